@@ -1,0 +1,1 @@
+"""gridtool-agent: one per hypervisor host; mirrors libvirt state into the etcd registry."""

@@ -1,0 +1,154 @@
+"""The libvirt adapter: one connection, lifecycle events, and records built from domains."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import libvirt
+
+from gridtool.domxml import DomainXMLError, parse_domain
+from gridtool.model import GUEST_STATES, GuestRecord
+from gridtool.storage import SharedStorageRules
+
+log = logging.getLogger("gridtool.agent")
+
+_event_loop_started = False
+_event_loop_lock = threading.Lock()
+
+
+def start_event_loop() -> None:
+    """Register libvirt's default event loop (before any connection opens) and run it."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+def _silence_libvirt_errors() -> None:
+    """libvirt prints every error to stderr by default; we report them ourselves."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class LibvirtSource:
+    """A libvirt connection that reports lifecycle events and describes domains."""
+
+    def __init__(self, uri: str, rules: SharedStorageRules,
+                 on_change: Callable[[str], None], on_close: Callable[[], None]) -> None:
+        self.uri = uri
+        self._rules = rules
+        self._on_change = on_change
+        self._on_close = on_close
+        self._conn: libvirt.virConnect | None = None
+        self._callback_id: int | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def connect(self) -> None:
+        """Open the connection and subscribe to lifecycle events."""
+        start_event_loop()
+        _silence_libvirt_errors()
+        conn = libvirt.open(self.uri)
+        try:
+            conn.setKeepAlive(5, 3)
+        except libvirt.libvirtError:
+            pass  # local drivers have no keepalive; they cannot lose the daemon silently
+        conn.registerCloseCallback(self._closed, None)
+        self._callback_id = conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+        self._conn = conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if self._callback_id is not None:
+                conn.domainEventDeregisterAny(self._callback_id)
+            conn.unregisterCloseCallback()
+            conn.close()
+        except libvirt.libvirtError:
+            pass  # already broken; nothing left to release
+
+    def _lifecycle(self, _conn: object, dom: libvirt.virDomain, event: int, detail: int,
+                   _opaque: object) -> None:
+        self._on_change(dom.UUIDString())
+
+    def _closed(self, _conn: object, reason: int, _opaque: object) -> None:
+        log.warning("event=libvirt_closed uri=%s reason=%s", self.uri, reason)
+        self._conn = None
+        self._on_close()
+
+    def _require(self) -> libvirt.virConnect:
+        if self._conn is None:
+            raise libvirt.libvirtError("not connected to libvirt")
+        return self._conn
+
+    # -- descriptions --------------------------------------------------------
+
+    def node(self) -> dict:
+        """Hypervisor type, CPUs, total and free memory (MiB)."""
+        conn = self._require()
+        info = conn.getInfo()
+        hypervisor = conn.getType().lower()
+        if hypervisor == "test":  # the test driver reports a fixed, meaningless free memory
+            used_kib = sum(d.info()[1] for d in conn.listAllDomains(
+                libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+            free_mib = int(info[1]) - used_kib // 1024
+        else:
+            free_mib = conn.getFreeMemory() // (1024 * 1024)
+        return {"hypervisor": hypervisor, "cpus": int(info[2]), "memory_mib": int(info[1]),
+                "free_memory_mib": int(free_mib)}
+
+    def guests(self, host: str) -> dict[str, GuestRecord]:
+        """Every domain libvirt knows (running or defined), by uuid."""
+        records = {}
+        for dom in self._require().listAllDomains(0):
+            rec = self._describe(dom, host)
+            if rec is not None:
+                records[rec.uuid] = rec
+        return records
+
+    def guest(self, uuid: str, host: str) -> GuestRecord | None:
+        """The domain with ``uuid``, or None when libvirt no longer has it."""
+        try:
+            dom = self._require().lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+        return self._describe(dom, host)
+
+    def _describe(self, dom: libvirt.virDomain, host: str) -> GuestRecord | None:
+        try:
+            state, max_kib, _mem, vcpus, _cpu = dom.info()
+            xml = dom.XMLDesc(0)
+            persistent = bool(dom.isPersistent())
+            autostart = bool(dom.autostart()) if persistent else False
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None  # vanished while we looked
+            raise
+        try:
+            disks = parse_domain(xml, self._rules).disks
+        except DomainXMLError as exc:
+            log.warning("event=bad_domain_xml guest=%s error=%s", dom.name(), exc)
+            disks = ()
+        return GuestRecord(
+            uuid=dom.UUIDString(), name=dom.name(), host=host,
+            state=GUEST_STATES[state] if 0 <= state < 8 else "unknown",
+            vcpus=int(vcpus), memory_mib=int(max_kib) // 1024, updated_at=time.time(),
+            disks=disks, persistent=persistent, autostart=autostart,
+        )

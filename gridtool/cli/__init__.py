@@ -1,0 +1,1 @@
+"""The ``gridtool`` command line (click + rich)."""

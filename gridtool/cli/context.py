@@ -1,0 +1,52 @@
+"""What every command shares: the loaded config and a lazily opened registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from gridtool.config import Config
+    from gridtool.registry import Registry
+    from gridtool.store import Store
+
+
+@dataclass
+class AppContext:
+    """Global options, resolved into a Config and a Registry on first use."""
+
+    config_file: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    _config: Config | None = None
+    _store: Store | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            from gridtool.config import load
+
+            self._config = load(self.config_file, self.overrides)
+        return self._config
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            from gridtool.etcdstore import EtcdStore
+
+            self._store = EtcdStore(self.config)
+        return self._store
+
+    @property
+    def registry(self) -> Registry:
+        from gridtool.registry import Registry
+
+        return Registry(self.store, self.config.keys)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+pass_app = click.make_pass_decorator(AppContext)

@@ -1,0 +1,90 @@
+"""``gridtool host ...``: the hypervisor hosts in the registry."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import click
+
+from gridtool.cli.context import AppContext, pass_app
+from gridtool.cli.output import age, emit_json, mib, table, warn
+
+
+@click.group()
+def host() -> None:
+    """Hypervisor hosts (each reported by its agent, under its lease).
+
+    \b
+    Example:
+      gridtool host list
+    """
+
+
+def _running_counts(app: AppContext) -> dict[str, int]:
+    guests, _ = app.registry.list_guests()
+    counts: dict[str, int] = {}
+    for g in guests:
+        if g.state == "running":
+            counts[g.host] = counts.get(g.host, 0) + 1
+    return counts
+
+
+@host.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_app
+def list_hosts(app: AppContext, as_json: bool) -> None:
+    """List live hosts (a host whose agent died vanishes when its lease expires).
+
+    \b
+    Example:
+      gridtool host list --json | jq '.hosts[].name'
+    """
+    records, errors = app.registry.list_hosts()
+    running = _running_counts(app)
+    records.sort(key=lambda h: h.name)
+    if as_json:
+        emit_json(hosts=[{**asdict(h), "running_guests": running.get(h.name, 0)}
+                         for h in records],
+                  errors=[{"key": e.key, "error": e.reason} for e in errors])
+    else:
+        now = time.time()
+        table(None, ["NAME", "HYPERVISOR", "CPUS", "MEMORY", "FREE", "RUNNING", "LABELS",
+                     "AGENT", "REPORTED"],
+              [(h.name, h.hypervisor, h.cpus, mib(h.memory_mib), mib(h.free_memory_mib),
+                running.get(h.name, 0), ",".join(h.labels) or "-", h.agent_version,
+                age(h.reported_at, now)) for h in records])
+    for err in errors:
+        warn(str(err))
+
+
+@host.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_app
+def show_host(app: AppContext, name: str, as_json: bool) -> None:
+    """Show one host and its guests.
+
+    \b
+    Example:
+      gridtool host show hv1
+    """
+    from gridtool.errors import CorruptRecord
+    from gridtool.model import DecodeError
+
+    try:
+        record = app.registry.get_host(name)
+    except DecodeError as exc:
+        raise CorruptRecord(str(exc)) from None
+    guests, errors = app.registry.guests_of(name)
+    if as_json:
+        emit_json(host=asdict(record), guests=[asdict(g) for g in guests.values()])
+        return
+    rows = [(k, v) for k, v in asdict(record).items()]
+    rows = [(k, ", ".join(v) if isinstance(v, tuple | list) else v) for k, v in rows]
+    table(f"host {name}", ["FIELD", "VALUE"], rows)
+    table("guests", ["NAME", "UUID", "STATE", "VCPUS", "MEMORY"],
+          [(g.name, g.uuid, g.state, g.vcpus, mib(g.memory_mib))
+           for g in sorted(guests.values(), key=lambda g: g.name)])
+    for err in errors:
+        warn(str(err))

@@ -1,0 +1,63 @@
+"""Output for people (rich tables) and scripts (one versioned JSON document on stdout)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+JSON_VERSION = 1
+
+
+def emit_json(**body: Any) -> None:
+    """Print one JSON document: ``{"v": 1, ...body}``."""
+    sys.stdout.write(json.dumps({"v": JSON_VERSION, **body}, indent=2, default=str) + "\n")
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"gridtool: warning: {message}\n")
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print a rich table to stdout."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", box=None, header_style="bold",
+              pad_edge=False)
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    for row in rows:
+        t.add_row(*[str(c) for c in row])
+    console().print(t)
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich console; when output is not a terminal, wide enough not to fold rows."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 200)
+
+
+def mib(value: int) -> str:
+    return f"{value / 1024:.1f} GiB" if value >= 1024 else f"{value} MiB"
+
+
+def age(epoch: float, now: float | None = None) -> str:
+    """'3s ago', '5m ago'…"""
+    secs = max(0.0, (now or time.time()) - epoch)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{int(secs // size)}{unit} ago"
+    return f"{secs:.0f}s ago"
+
+
+STATE_STYLE = {"running": "green", "paused": "yellow", "shutoff": "dim", "crashed": "red",
+               "unknown": "bold red"}
+
+
+def styled_state(state: str) -> str:
+    style = STATE_STYLE.get(state)
+    return f"[{style}]{state}[/{style}]" if style else state

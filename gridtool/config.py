@@ -1,0 +1,194 @@
+"""Configuration: file (INI), then ``GRIDTOOL_*`` environment, then flags.
+
+Which file: ``--config``, else ``$GRIDTOOL_CONFIG``, else the running lab's
+``gridtool.conf`` (found through the lab state file), else
+``/etc/gridtool/gridtool.conf`` (the agent: ``/etc/gridtool/agent.conf``).
+A missing default file is fine; a bad value is a ``ConfigError`` naming the setting.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from gridtool.errors import ConfigError
+from gridtool.keys import DEFAULT_PREFIX, Keys, validate_name
+from gridtool.storage import DEFAULT_SHARED_PATTERNS, SharedStorageRules
+
+SYSTEM_CONFIG = Path("/etc/gridtool/gridtool.conf")
+AGENT_CONFIG = Path("/etc/gridtool/agent.conf")
+
+#: setting name -> INI section it lives in.
+_SECTIONS = {
+    "endpoints": "registry", "prefix": "registry", "user": "registry", "password": "registry",
+    "password_file": "registry", "ca_cert": "registry", "cert": "registry", "key": "registry",
+    "timeout": "registry",
+    "host": "agent", "libvirt_uri": "agent", "ttl": "agent", "resync_interval": "agent",
+    "labels": "agent", "storage": "agent",
+    "shared_patterns": "storage", "shared_pools": "storage",
+}
+SECRET_SETTINGS = frozenset({"password"})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting gridtool and gridtool-agent read."""
+
+    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    prefix: str = DEFAULT_PREFIX
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+    ca_cert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    timeout: float = 5.0
+    host: str | None = None
+    libvirt_uri: str | None = None
+    ttl: int = 10
+    resync_interval: float = 30.0
+    labels: tuple[str, ...] = ()
+    storage: tuple[str, ...] = ()
+    shared_patterns: tuple[str, ...] = DEFAULT_SHARED_PATTERNS
+    shared_pools: tuple[str, ...] = ()
+    source: str = "defaults"
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.prefix)
+
+    @property
+    def shared_rules(self) -> SharedStorageRules:
+        return SharedStorageRules(self.shared_patterns, self.shared_pools)
+
+    def require(self, *names: str) -> Config:
+        """Raise ConfigError for the first of ``names`` that is unset."""
+        for name in names:
+            if getattr(self, name) in (None, "", ()):
+                raise ConfigError(
+                    f"setting '{name}' is required (config [{_SECTIONS[name]}] {name}, "
+                    f"env GRIDTOOL_{name.upper()}, or --{name.replace('_', '-')})")
+        return self
+
+
+def _parse(name: str, raw: Any) -> Any:
+    """Turn a string (or flag value) into the typed setting, or raise ConfigError."""
+    if raw is None:
+        return None
+    kind = {f.name: f.type for f in fields(Config)}[name]
+    text = raw if isinstance(raw, str) else None
+    try:
+        if "tuple" in str(kind):
+            items = raw if isinstance(raw, list | tuple) else text.replace(",", " ").split()
+            return tuple(str(i) for i in items)
+        if kind == "int":
+            value = int(raw)
+            if value < 2:
+                raise ValueError("must be at least 2")
+            return value
+        if kind == "float":
+            value = float(raw)
+            if value <= 0:
+                raise ValueError("must be positive")
+            return value
+        return str(raw)
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError(f"setting '{name}': invalid value {raw!r} ({exc})") from None
+
+
+def _validate(cfg: Config) -> Config:
+    try:
+        Keys(cfg.prefix)
+        if cfg.host:
+            validate_name("host", cfg.host)
+    except ValueError as exc:
+        setting = "host" if cfg.host and "host" in str(exc) else "prefix"
+        raise ConfigError(f"setting '{setting}': {exc}") from None
+    for ep in cfg.endpoints:
+        host, _, port = ep.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"setting 'endpoints': {ep!r} is not HOST:PORT")
+    if cfg.password is None and cfg.password_file:
+        try:
+            pw = Path(cfg.password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"setting 'password_file': cannot read it ({exc.strerror})") from None
+        cfg = replace(cfg, password=pw)
+    if cfg.user and not cfg.password:
+        raise ConfigError("setting 'password': required when 'user' is set")
+    return cfg
+
+
+def read_file(path: Path) -> dict[str, str]:
+    """Read an INI config file into {setting: raw string}; unknown keys are errors."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with path.open() as fh:
+            parser.read_file(fh)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except configparser.Error as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path}: {first}") from None
+    values: dict[str, str] = {}
+    for section in parser.sections():
+        for name, raw in parser.items(section):
+            if _SECTIONS.get(name) != section:
+                raise ConfigError(f"config file {path}: unknown setting [{section}] {name}")
+            values[name] = raw
+    return values
+
+
+def choose_file(explicit: str | None, default: Path, env: Mapping[str, str]) -> Path | None:
+    """The config file to read, or None when no file applies."""
+    if explicit:
+        return Path(explicit)
+    if env.get("GRIDTOOL_CONFIG"):
+        return Path(env["GRIDTOOL_CONFIG"])
+    from gridtool.labstate import running_lab_config
+
+    lab = running_lab_config(env)
+    if lab is not None:
+        return lab
+    return default if default.exists() else None
+
+
+def load(
+    config_file: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    default_file: Path = SYSTEM_CONFIG,
+) -> Config:
+    """Merge file, environment and flag overrides into a validated Config."""
+    env = os.environ if env is None else env
+    path = choose_file(config_file, default_file, env)
+    raw: dict[str, Any] = read_file(path) if path else {}
+    for name in _SECTIONS:
+        if f"GRIDTOOL_{name.upper()}" in env:
+            raw[name] = env[f"GRIDTOOL_{name.upper()}"]
+    raw.update({k: v for k, v in (overrides or {}).items() if v not in (None, ())})
+    parsed = {name: _parse(name, value) for name, value in raw.items()}
+    return _validate(Config(**parsed, source=str(path) if path else "defaults"))
+
+
+def render(cfg: Config, include_secrets: bool = False) -> str:
+    """The config as an INI file (what the lab and ``host add`` write)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    for f in fields(Config):
+        section = _SECTIONS.get(f.name)
+        value = getattr(cfg, f.name)
+        if section is None or value in (None, ()) or value == f.default:
+            continue
+        if f.name in SECRET_SETTINGS and not include_secrets:
+            continue
+        parser.setdefault(section, {})
+        parser[section][f.name] = ", ".join(value) if isinstance(value, tuple) else str(value)
+    from io import StringIO
+
+    out = StringIO()
+    parser.write(out)
+    return out.getvalue()

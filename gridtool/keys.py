@@ -1,0 +1,64 @@
+"""The registry's key layout under a configurable prefix (default ``/gridtool/v1/``).
+
+Per-host subtrees (``guests/<host>/``, ``intents/<host>/``) let etcd's prefix-based
+roles give each host's credentials write access to its own keys only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "/gridtool/v1/"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds registry keys under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.prefix.startswith("/") or not self.prefix.endswith("/"):
+            raise ValueError(f"registry prefix must start and end with '/': {self.prefix!r}")
+
+    @property
+    def hosts(self) -> str:
+        return f"{self.prefix}hosts/"
+
+    def host(self, name: str) -> str:
+        return f"{self.hosts}{name}"
+
+    @property
+    def guests(self) -> str:
+        return f"{self.prefix}guests/"
+
+    def host_guests(self, host: str) -> str:
+        return f"{self.guests}{host}/"
+
+    def guest(self, host: str, uuid: str) -> str:
+        return f"{self.host_guests(host)}{uuid}"
+
+    @property
+    def fences(self) -> str:
+        return f"{self.prefix}fences/"
+
+    def fence(self, volume: str) -> str:
+        return f"{self.fences}{volume}"
+
+    def intents(self, host: str) -> str:
+        return f"{self.prefix}intents/{host}/"
+
+    @property
+    def pools(self) -> str:
+        return f"{self.prefix}pools/"
+
+    @property
+    def manager(self) -> str:
+        return f"{self.prefix}manager/"
+
+
+def validate_name(kind: str, name: str) -> str:
+    """Host and pool names become key segments: refuse '/', blanks and control chars."""
+    if not name or "/" in name or any(c.isspace() or ord(c) < 32 for c in name):
+        raise ValueError(f"invalid {kind} name {name!r}: no '/', spaces or control characters")
+    return name

@@ -1,0 +1,1 @@
+"""The lab: a real etcd and simulated hypervisor hosts (real libvirtd + agent) on one machine."""

@@ -1,0 +1,172 @@
+"""Bring a lab up and down: etcd, simulated hosts (libvirtd + agent), a connection keeper."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from gridtool.config import Config, render
+from gridtool.lab.etcd import EtcdCluster
+from gridtool.lab.hosts import LabHost, sample_domain_xml
+from gridtool.lab.procs import LabError, spawn, stop_pid, wait_for
+from gridtool.labstate import pid_alive, read_state, state_path
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def is_up(directory: Path) -> bool:
+    state = read_state(directory)
+    return bool(state) and any(pid_alive(m.get("pid")) for m in state["etcd"]["members"])
+
+
+def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
+       ttl: int = 10, progress: Progress = _quiet) -> dict[str, Any]:
+    """Start a lab under ``directory`` and return its state (also saved as lab.json)."""
+    if hosts < 1 or guests < 0 or etcd_members not in (1, 3):
+        raise LabError("need --hosts >= 1, --guests >= 0 and --etcd-members 1 or 3")
+    if is_up(directory):
+        raise LabError(f"a lab is already up in {directory} (run 'gridtool lab down' first)")
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    state: dict[str, Any] = {"v": 1, "lab_dir": str(directory), "created_at": time.time(),
+                             "config": str(directory / "gridtool.conf")}
+    try:
+        _up(directory, state, hosts, guests, etcd_members, ttl, progress)
+    except BaseException:
+        _save(directory, state)
+        down(directory)
+        raise
+    return state
+
+
+def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_members: int,
+        ttl: int, progress: Progress) -> None:
+    progress(f"starting etcd ({etcd_members} member{'s' if etcd_members > 1 else ''})")
+    cluster = EtcdCluster.create(directory, etcd_members)
+    state["etcd"] = cluster.to_dict()
+    cluster.start()
+    state["etcd"] = cluster.to_dict()
+    state["etcd_endpoints"] = cluster.endpoints
+    cfg = Config(endpoints=tuple(cluster.endpoints), ttl=ttl, resync_interval=30.0)
+    Path(state["config"]).write_text(render(cfg))
+    lab_hosts = [LabHost(f"hv{i}", str(directory / "hosts" / f"hv{i}"))
+                 for i in range(1, hosts + 1)]
+    state["hosts"] = []
+    for host in lab_hosts:
+        progress(f"starting libvirtd for {host.name}")
+        host.start_libvirtd()
+        state["hosts"].append(host.to_dict())
+    progress("defining sample guests")
+    state["keeper_pid"] = _seed_and_keep(directory, lab_hosts, guests)
+    for host in lab_hosts:
+        progress(f"starting agent for {host.name}")
+        host.write_agent_conf(cfg)
+        host.start_agent()
+    state["hosts"] = [h.to_dict() for h in lab_hosts]
+    _save(directory, state)
+    progress("waiting for every host to report to the registry")
+    wait_registered(cfg, [h.name for h in lab_hosts], hosts * guests)
+
+
+def _seed_and_keep(directory: Path, hosts: list[LabHost], guests: int) -> int:
+    """Replace the test driver's default guest with ours, then hand the state to a keeper."""
+    conns = [libvirt.open(h.libvirt_uri) for h in hosts]
+    try:
+        for host, conn in zip(hosts, conns, strict=True):
+            for dom in conn.listAllDomains(0):
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefine()
+            for index in range(1, guests + 1):
+                dom = conn.defineXML(sample_domain_xml(host.name, index, shared=index % 2 == 0))
+                if index % 3 != 0:
+                    dom.create()
+        ready = directory / "keeper.ready"
+        proc = spawn([sys.executable, "-m", "gridtool.lab.keeper", str(ready),
+                      *[h.libvirt_uri for h in hosts]], directory / "keeper.log")
+        wait_for(ready.exists, 10.0, "lab keeper", alive=lambda: proc.poll() is None)
+        return proc.pid
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def wait_registered(cfg: Config, names: list[str], guest_count: int,
+                    timeout: float = 30.0) -> None:
+    """Wait until every host is in the registry with at least ``guest_count`` guests."""
+    from gridtool.etcdstore import EtcdStore
+    from gridtool.registry import Registry
+
+    store = EtcdStore(cfg)
+    registry = Registry(store, cfg.keys)
+
+    def ready() -> bool:
+        hosts, _ = registry.list_hosts()
+        guests, _ = registry.list_guests()
+        return {h.name for h in hosts} >= set(names) and len(guests) >= guest_count
+
+    try:
+        wait_for(ready, timeout, "hosts reporting to the registry", interval=0.1)
+    finally:
+        store.close()
+
+
+def down(directory: Path) -> list[str]:
+    """Stop every process the lab started (by PID); return what was stopped."""
+    state = read_state(directory)
+    if state is None:
+        return []
+    stopped = []
+    for host in [LabHost.from_dict(h) for h in state.get("hosts", [])]:
+        if stop_pid(host.agent_pid, "agents.main"):
+            stopped.append(f"agent {host.name}")
+    if stop_pid(state.get("keeper_pid"), "gridtool.lab.keeper"):
+        stopped.append("keeper")
+    for host in [LabHost.from_dict(h) for h in state.get("hosts", [])]:
+        if stop_pid(host.libvirtd_pid, "libvirtd"):
+            stopped.append(f"libvirtd {host.name}")
+    if "etcd" in state:
+        for member in EtcdCluster.from_dict(state["etcd"]).members:
+            if stop_pid(member.pid, "etcd"):
+                stopped.append(f"etcd {member.name}")
+    state_path(directory).unlink(missing_ok=True)
+    return stopped
+
+
+def status(directory: Path) -> dict[str, Any] | None:
+    """The lab's state with each process marked alive or not; None when no lab."""
+    state = read_state(directory)
+    if state is None:
+        return None
+    for host in state.get("hosts", []):
+        host["agent_alive"] = pid_alive(host.get("agent_pid"))
+        host["libvirtd_alive"] = pid_alive(host.get("libvirtd_pid"))
+    for member in state.get("etcd", {}).get("members", []):
+        member["alive"] = pid_alive(member.get("pid"))
+    state["keeper_alive"] = pid_alive(state.get("keeper_pid"))
+    return state
+
+
+def summary(state: dict[str, Any]) -> dict[str, Any]:
+    """The documented ``lab up --json`` document."""
+    return {"v": 1, "etcd_endpoints": state.get("etcd_endpoints", []),
+            "hosts": [{"name": h["name"], "libvirt_uri": h["libvirt_uri"]}
+                      for h in state.get("hosts", [])],
+            "lab_dir": state["lab_dir"]}
+
+
+def _save(directory: Path, state: dict[str, Any]) -> None:
+    state_path(directory).write_text(json.dumps(state, indent=2))

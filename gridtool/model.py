@@ -1,0 +1,170 @@
+"""Registry records as plain data, and their JSON codec (schema version "v": 1).
+
+Pure: no etcd, no libvirt. Every value in the registry is a JSON object with a
+``"v"`` field so that ``etcdctl get --prefix`` shows readable records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
+
+SCHEMA_VERSION = 1
+
+#: Guest states as gridtool names them (libvirt's virDomainState, plus ``unknown``).
+GUEST_STATES = (
+    "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
+    "pmsuspended", "unknown",
+)
+
+
+class DecodeError(ValueError):
+    """A registry value is not a valid record; str() is one line naming the key."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"corrupt registry record {key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Disk:
+    """One disk of a guest, as read from its domain XML."""
+
+    target: str
+    source: str
+    kind: str = "file"  # file | block | network | volume
+    protocol: str | None = None
+    shareable: bool = False
+    shared: bool = False
+    volume: str | None = None  # stable shared-storage volume id when shared
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """A hypervisor host as its agent reports it; lives under the host's lease."""
+
+    name: str
+    libvirt_uri: str
+    hypervisor: str
+    cpus: int
+    memory_mib: int
+    free_memory_mib: int
+    agent_version: str
+    reported_at: float
+    labels: tuple[str, ...] = ()
+    started_at: float = 0.0
+    storage: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GuestRecord:
+    """A guest (libvirt domain) on one host, as that host's agent last saw it."""
+
+    uuid: str
+    name: str
+    host: str
+    state: str
+    vcpus: int
+    memory_mib: int
+    updated_at: float
+    disks: tuple[Disk, ...] = ()
+    persistent: bool = True
+    autostart: bool = False
+
+    @property
+    def fenced(self) -> bool:
+        """True when at least one disk lives on shared storage."""
+        return any(d.shared for d in self.disks)
+
+    @property
+    def volumes(self) -> tuple[str, ...]:
+        """Shared-storage volume ids of this guest, sorted."""
+        return tuple(sorted({d.volume for d in self.disks if d.shared and d.volume}))
+
+    def same_content(self, other: GuestRecord) -> bool:
+        """Equal apart from the report timestamp."""
+        return replace(self, updated_at=0.0) == replace(other, updated_at=0.0)
+
+
+R = TypeVar("R", HostRecord, GuestRecord)
+
+
+def encode(record: HostRecord | GuestRecord) -> bytes:
+    """Serialise a record to the registry's JSON form."""
+    body: dict[str, Any] = {"v": SCHEMA_VERSION, **asdict(record)}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode(cls: type[R], key: str, raw: bytes | str) -> R:
+    """Parse a registry value into ``cls``; raise DecodeError naming ``key``."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(key, f"not JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise DecodeError(key, "not a JSON object")
+    version = data.pop("v", None)
+    if version != SCHEMA_VERSION:
+        raise DecodeError(key, f"unknown schema version {version!r}")
+    return _build(cls, key, data)
+
+
+def _build(cls: type[R], key: str, data: dict[str, Any]) -> R:
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(cls, key, f.name, data[f.name])
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise DecodeError(key, f"missing field {f.name!r}")
+    return cls(**kwargs)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "libvirt_uri": (str,), "hypervisor": (str,), "agent_version": (str,),
+    "uuid": (str,), "host": (str,), "state": (str,),
+    "cpus": (int,), "memory_mib": (int,), "free_memory_mib": (int,), "vcpus": (int,),
+    "reported_at": (int, float), "started_at": (int, float), "updated_at": (int, float),
+    "persistent": (bool,), "autostart": (bool,),
+}
+
+
+def _coerce(cls: type, key: str, name: str, value: Any) -> Any:
+    if name in ("labels", "storage"):
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise DecodeError(key, f"field {name!r} must be a list of strings")
+        return tuple(value)
+    if name == "disks":
+        if not isinstance(value, list):
+            raise DecodeError(key, "field 'disks' must be a list")
+        return tuple(_disk(key, d) for d in value)
+    expected = _TYPES.get(name)
+    bad_bool = isinstance(value, bool) and bool not in (expected or ())
+    if expected and (not isinstance(value, expected) or bad_bool):
+        raise DecodeError(key, f"field {name!r} has the wrong type")
+    if name == "state" and value not in GUEST_STATES:
+        raise DecodeError(key, f"unknown guest state {value!r}")
+    return value
+
+
+def _disk(key: str, raw: Any) -> Disk:
+    if not isinstance(raw, dict) or not isinstance(raw.get("target"), str) \
+            or not isinstance(raw.get("source"), str):
+        raise DecodeError(key, "a disk needs string fields 'target' and 'source'")
+    known = {f.name for f in fields(Disk)}
+    return Disk(**{k: v for k, v in raw.items() if k in known})
+
+
+def effective_state(guest: GuestRecord, live_hosts: set[str] | frozenset[str]) -> str:
+    """The state to show: ``unknown`` when the guest's host has lost its lease."""
+    return guest.state if guest.host in live_hosts else "unknown"
+
+
+@dataclass
+class Listing:
+    """Records decoded from a prefix, with the keys that failed to decode."""
+
+    hosts: list[HostRecord] = field(default_factory=list)
+    guests: list[GuestRecord] = field(default_factory=list)
+    errors: list[DecodeError] = field(default_factory=list)
