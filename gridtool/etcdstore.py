@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import etcd3
-import etcd3.events
 import etcd3.exceptions
 import grpc
 
@@ -28,6 +28,13 @@ T = TypeVar("T")
 _UNREACHABLE = (etcd3.exceptions.ConnectionFailedError,
                 etcd3.exceptions.ConnectionTimeoutError)
 _AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+_MVCC_DELETE = 1  # mvccpb.Event.EventType.DELETE
+
+
+class _Unavailable(Exception):
+    """One endpoint did not answer."""
 
 
 def _auth_error(exc: grpc.RpcError) -> AuthError | None:
@@ -64,49 +71,66 @@ class EtcdStore:
                     user=self._cfg.user, password=self._cfg.password,
                     ca_cert=self._cfg.ca_cert, cert_key=self._cfg.key,
                     cert_cert=self._cfg.cert,
-                    grpc_options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)],
+                    grpc_options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                                  ("grpc.initial_reconnect_backoff_ms", 100),
+                                  ("grpc.max_reconnect_backoff_ms", 1000)],
                 )
                 self._clients[endpoint] = client
             return client
 
     def _drop(self, endpoint: str) -> None:
+        """Forget a failing endpoint's client; the next call opens a fresh channel.
+
+        The old channel is not closed here: a watch may still be reading from it,
+        and it closes by itself once nothing refers to it.
+        """
         with self._lock:
-            client = self._clients.pop(endpoint, None)
-        if client is not None:
-            try:
-                client.close()
-            except Exception:  # closing a broken channel may fail; it is gone anyway
-                pass
+            self._clients.pop(endpoint, None)
 
     def _call(self, fn: Callable[[etcd3.Etcd3Client], T]) -> T:
-        """Run ``fn`` on the first endpoint that answers, starting with the last good one."""
-        errors = []
-        count = len(self._endpoints)
-        for step in range(count):
-            index = (self._current + step) % count
-            endpoint = self._endpoints[index]
-            try:
-                result = fn(self._client(endpoint))
-            except _UNREACHABLE as exc:
-                errors.append(f"{endpoint}: {exc}")
-                self._drop(endpoint)
-                continue
-            except grpc.RpcError as exc:
-                auth = _auth_error(exc)
-                if auth is not None:
-                    self._drop(endpoint)
-                    raise auth from None
-                if exc.code() in (grpc.StatusCode.UNAVAILABLE,
-                                  grpc.StatusCode.DEADLINE_EXCEEDED):
-                    errors.append(f"{endpoint}: {exc.code().name.lower()}")
-                    self._drop(endpoint)
+        """Run ``fn`` on the first endpoint that answers, starting with the last good one.
+
+        Passes over every endpoint until ``timeout`` seconds have gone by: a cluster
+        electing a new leader answers "unavailable" for a moment.
+        """
+        deadline = time.monotonic() + self._cfg.timeout
+        errors: dict[str, str] = {}
+        while True:
+            for endpoint in self._rotation():
+                try:
+                    result = self._attempt(fn, endpoint)
+                except _Unavailable as exc:
+                    errors[endpoint] = str(exc)
                     continue
-                raise
-            except ValueError as exc:  # etcd3 raises it for bad TLS parameters
-                raise AuthError(f"etcd TLS settings: {exc}") from None
-            self._current = index
-            return result
-        raise RegistryUnavailable("no etcd endpoint answered: " + "; ".join(errors))
+                self._current = self._endpoints.index(endpoint)
+                return result
+            if time.monotonic() + 0.1 >= deadline:
+                detail = "; ".join(f"{ep}: {err}" for ep, err in errors.items())
+                raise RegistryUnavailable(f"no etcd endpoint answered: {detail}")
+            time.sleep(0.1)
+
+    def _rotation(self) -> list[str]:
+        start = self._current
+        return self._endpoints[start:] + self._endpoints[:start]
+
+    def _attempt(self, fn: Callable[[etcd3.Etcd3Client], T], endpoint: str) -> T:
+        """One try on one endpoint; ``_Unavailable`` when it did not answer."""
+        try:
+            return fn(self._client(endpoint))
+        except _UNREACHABLE as exc:
+            self._drop(endpoint)
+            raise _Unavailable(str(exc)) from None
+        except grpc.RpcError as exc:
+            auth = _auth_error(exc)
+            if auth is not None:
+                self._drop(endpoint)
+                raise auth from None
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self._drop(endpoint)
+                raise _Unavailable(exc.code().name.lower()) from None
+            raise
+        except ValueError as exc:  # etcd3 raises it for bad TLS parameters
+            raise AuthError(f"etcd TLS settings: {exc}") from None
 
     # -- key-value -----------------------------------------------------------
 
@@ -186,8 +210,10 @@ class EtcdStore:
             db_size=int(st.dbSize), revision=int(st.header.revision), version=st.version)
 
     def close(self) -> None:
-        for endpoint in list(self._clients):
-            self._drop(endpoint)
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
 
 
 def _item(value: bytes, meta: Any) -> Item:
@@ -211,56 +237,82 @@ def _op(c: etcd3.Etcd3Client, op: Put | Delete) -> Any:
 
 
 class PrefixWatch:
-    """A prefix watch that resumes on another endpoint after a failure."""
+    """A prefix watch on its own thread, resuming on another endpoint after a failure.
+
+    It reads the gRPC watch stream directly (not etcd3's shared watcher thread), so
+    that cancelling it ends its thread cleanly.
+    """
 
     def __init__(self, store: EtcdStore, prefix: str, on_event: Callable[[Event], None],
                  start_revision: int | None) -> None:
         self._store = store
-        self._prefix = prefix
+        self._key = prefix.encode()
         self._on_event = on_event
-        self._next_revision = start_revision
+        self._next_revision = start_revision or 0
         self._cancelled = threading.Event()
-        self._lock = threading.Lock()
-        self._handle: tuple[etcd3.Etcd3Client, int] | None = None
-        self._subscribe()
+        self._created = threading.Event()
+        self._call: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"watch {prefix}", daemon=True)
+        self._thread.start()
+        if not self._created.wait(store._cfg.timeout):
+            self.cancel()
+            raise RegistryUnavailable(f"could not start a watch on {prefix}")
 
-    def _subscribe(self) -> None:
-        def run(c: etcd3.Etcd3Client) -> tuple[etcd3.Etcd3Client, int]:
-            kwargs = {} if self._next_revision is None else {
-                "start_revision": self._next_revision}
-            return c, c.add_watch_prefix_callback(self._prefix, self._deliver, **kwargs)
-
-        with self._lock:
-            if not self._cancelled.is_set():
-                self._handle = self._store._call(run)
-
-    def _deliver(self, response: Any) -> None:
-        if isinstance(response, Exception):
-            log.info("event=watch_lost prefix=%s error=%s", self._prefix, response)
-            threading.Thread(target=self._resubscribe, daemon=True).start()
-            return
-        for ev in response.events:
-            kind = "delete" if isinstance(ev, etcd3.events.DeleteEvent) else "put"
-            self._next_revision = ev.mod_revision + 1
-            self._on_event(Event(kind, ev.key.decode(), ev.value, ev.mod_revision))
-
-    def _resubscribe(self) -> None:
+    def _run(self) -> None:
         delay = 0.1
-        while not self._cancelled.wait(delay):
-            try:
-                self._subscribe()
+        while not self._cancelled.is_set():
+            for endpoint in self._store._rotation():
+                if self._cancelled.is_set():
+                    return
+                try:
+                    self._stream(self._store._client(endpoint))
+                    delay = 0.1
+                except (grpc.RpcError, ValueError, etcd3.exceptions.Etcd3Exception) as exc:
+                    if self._cancelled.is_set():
+                        return
+                    log.info("event=watch_lost endpoint=%s error=%s", endpoint,
+                             type(exc).__name__)
+                    self._store._drop(endpoint)
+            self._cancelled.wait(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _stream(self, client: etcd3.Etcd3Client) -> None:
+        from etcd3 import etcdrpc, utils
+
+        create = etcdrpc.WatchCreateRequest(
+            key=self._key, range_end=utils.increment_last_byte(self._key),
+            start_revision=self._next_revision)
+        requests = iter([etcdrpc.WatchRequest(create_request=create)])
+        stub = etcdrpc.WatchStub(client.channel)
+        self._call = stub.Watch(_hold_open(requests, self._cancelled),
+                                credentials=client.call_credentials, metadata=client.metadata)
+        if self._cancelled.is_set():
+            self._call.cancel()
+        for resp in self._call:
+            if resp.created:
+                self._created.set()
+            if resp.compact_revision:
+                # Events were compacted away: tell the consumer to re-read, go on from now.
+                self._next_revision = 0
+                self._on_event(Event("reset", self._key.decode(), b"", resp.compact_revision))
                 return
-            except (RegistryUnavailable, AuthError) as exc:
-                log.info("event=watch_retry prefix=%s error=%s", self._prefix, exc)
-                delay = min(delay * 2, 2.0)
+            for ev in resp.events:
+                kind = "delete" if ev.type == _MVCC_DELETE else "put"
+                self._next_revision = ev.kv.mod_revision + 1
+                self._on_event(Event(kind, ev.kv.key.decode(), ev.kv.value, ev.kv.mod_revision))
+            if resp.canceled:
+                return
 
     def cancel(self) -> None:
         self._cancelled.set()
-        with self._lock:
-            handle, self._handle = self._handle, None
-        if handle is not None:
-            client, watch_id = handle
-            try:
-                client.cancel_watch(watch_id)
-            except Exception:  # the endpoint may be gone; the watch dies with it
-                pass
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+
+def _hold_open(first: Iterator[Any], stop: threading.Event) -> Iterator[Any]:
+    """Send the create request, then keep the request stream open until ``stop``."""
+    yield from first
+    stop.wait()

@@ -1,0 +1,145 @@
+"""The agent against a real libvirtd (test driver) and a real etcd."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from gridtool.lab.testbed import domain_xml, wait_until
+from gridtool.model import effective_state
+
+
+def _guests(registry, host):  # type: ignore[no-untyped-def]
+    return registry.guests_of(host)[0]
+
+
+def _state_of(registry, host, name):  # type: ignore[no-untyped-def]
+    for g in _guests(registry, host).values():
+        if g.name == name:
+            return g.state
+    return None
+
+
+def test_full_sync_then_events(lab_hosts, registry):  # type: ignore[no-untyped-def]
+    lab_hosts.add("hv1")
+    conn = lab_hosts.conn("hv1")
+    conn.defineXML(domain_xml("pre-running", disk="/dev/etherd/e1.1", block=True)).create()
+    conn.defineXML(domain_xml("pre-off"))
+    lab_hosts.start_agent("hv1")
+
+    wait_until(lambda: {g.name: g.state for g in _guests(registry, "hv1").values()}
+               == {"pre-running": "running", "pre-off": "shutoff"}, what="full sync")
+    host = registry.get_host("hv1")
+    assert host.hypervisor == "test" and host.cpus == 16 and host.memory_mib == 3072
+    assert host.free_memory_mib == 3072 - 128
+    fenced = [g for g in _guests(registry, "hv1").values() if g.name == "pre-running"][0]
+    assert fenced.fenced and fenced.volumes == ("aoe-e1.1",)
+
+    dom = conn.defineXML(domain_xml("new"))
+    wait_until(lambda: _state_of(registry, "hv1", "new") == "shutoff", what="define event")
+    dom.create()
+    wait_until(lambda: _state_of(registry, "hv1", "new") == "running", what="start event")
+    dom.suspend()
+    wait_until(lambda: _state_of(registry, "hv1", "new") == "paused", what="suspend event")
+    dom.resume()
+    dom.destroy()
+    wait_until(lambda: _state_of(registry, "hv1", "new") == "shutoff", what="destroy event")
+    dom.undefine()
+    wait_until(lambda: _state_of(registry, "hv1", "new") is None, what="undefine event")
+    # A transient guest disappears from the registry when it is destroyed.
+    transient = conn.createXML(domain_xml("transient"), 0)
+    wait_until(lambda: _state_of(registry, "hv1", "transient") == "running", what="transient")
+    transient.destroy()
+    wait_until(lambda: _state_of(registry, "hv1", "transient") is None, what="transient gone")
+
+
+def test_sigkill_expires_host_and_guests_show_unknown(lab_hosts, registry, cfg):  # type: ignore[no-untyped-def]
+    lab_hosts.add("hv1")
+    lab_hosts.conn("hv1").defineXML(domain_xml("g1")).create()
+    lab_hosts.start_agent("hv1")
+    wait_until(lambda: _state_of(registry, "hv1", "g1") == "running", what="sync")
+    lab_hosts.stop_agent("hv1", kill=True)
+
+    wait_until(lambda: not registry.list_hosts()[0], timeout=cfg.ttl + 5,
+               what="host key to expire with its lease")
+    live = frozenset(h.name for h in registry.list_hosts()[0])
+    (guest,) = _guests(registry, "hv1").values()
+    assert guest.state == "running"  # the last report is kept...
+    assert effective_state(guest, live) == "unknown"  # ...but shown as unknown
+
+
+def test_sigterm_revokes_lease_at_once(lab_hosts, registry):  # type: ignore[no-untyped-def]
+    lab_hosts.add("hv1")
+    lab_hosts.start_agent("hv1", ttl=30)
+    wait_until(lambda: registry.list_hosts()[0], what="host registered")
+    lab_hosts.agents["hv1"].send_signal(signal.SIGTERM)
+    # With a 30 s TTL only a revoked lease makes the host vanish this fast.
+    wait_until(lambda: not registry.list_hosts()[0], timeout=5, what="host gone on SIGTERM")
+    assert lab_hosts.agents["hv1"].wait(5) == 0
+
+
+def test_restart_resync_repairs_what_changed_while_down(lab_hosts, registry):  # type: ignore[no-untyped-def]
+    lab_hosts.add("hv1")
+    conn = lab_hosts.conn("hv1")
+    persistent = conn.defineXML(domain_xml("persistent"))
+    persistent.create()
+    transient = conn.createXML(domain_xml("transient"), 0)
+    lab_hosts.start_agent("hv1")
+    wait_until(lambda: len(_guests(registry, "hv1")) == 2, what="sync")
+    lab_hosts.stop_agent("hv1", kill=True)
+
+    persistent.destroy()
+    transient.destroy()
+    conn.defineXML(domain_xml("defined-while-down"))
+    lab_hosts.start_agent("hv1")
+    wait_until(lambda: {g.name: g.state for g in _guests(registry, "hv1").values()}
+               == {"persistent": "shutoff", "defined-while-down": "shutoff"},
+               what="resync after restart")
+
+
+def test_agent_survives_etcd_restart(lab_hosts, registry, etcd_cluster, cfg):  # type: ignore[no-untyped-def]
+    lab_hosts.add("hv1")
+    conn = lab_hosts.conn("hv1")
+    lab_hosts.start_agent("hv1", ttl=30)
+    wait_until(lambda: registry.list_hosts()[0], what="host registered")
+    member = etcd_cluster.members[0]
+    etcd_cluster.stop_member(member)
+    try:
+        conn.defineXML(domain_xml("while-etcd-down")).create()
+        wait_until(lambda: "event=registry_lost" in lab_hosts.agent_log("hv1")
+                   or "keepalive_failed" in lab_hosts.agent_log("hv1"),
+                   what="agent to notice etcd is gone")
+    finally:
+        etcd_cluster.start_member(member)
+    wait_until(lambda: _state_of(registry, "hv1", "while-etcd-down") == "running",
+               timeout=20, what="agent to write the change after etcd came back")
+    assert registry.get_host("hv1").name == "hv1"
+
+
+def test_corrupt_record_is_named_and_listing_goes_on(lab_hosts, registry, store, cfg):  # type: ignore[no-untyped-def]
+    lab_hosts.add("hv1")
+    lab_hosts.conn("hv1").defineXML(domain_xml("good"))
+    lab_hosts.start_agent("hv1")
+    wait_until(lambda: _state_of(registry, "hv1", "good"), what="sync")
+    bad_key = cfg.keys.guest("hv9", "00000000-0000-0000-0000-00000000dead")
+    store.put(bad_key, b"{not json")
+    store.put(cfg.keys.guest("hv9", "v2"), b'{"v": 2}')
+    guests, errors = registry.list_guests()
+    assert [g.name for g in guests] == ["good"]
+    assert sorted(e.key for e in errors) == sorted([bad_key, cfg.keys.guest("hv9", "v2")])
+    assert any("unknown schema version 2" in str(e) for e in errors)
+
+
+@pytest.mark.parametrize("bad", ["--ttl=1", "--libvirt-uri="])
+def test_bad_agent_config_exits_2_with_one_line(bad, cfg, tmp_path):  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "agents.main", "--host", "hv1", "--libvirt-uri", "test:///default",
+         "--endpoints", ",".join(cfg.endpoints), "--config", str(tmp_path / "none.conf"), bad],
+        capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "gridtool-agent:" in lines[0], done.stderr

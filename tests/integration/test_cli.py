@@ -1,0 +1,112 @@
+"""The ``gridtool`` CLI against a real registry: JSON output and documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from gridtool.cli.main import cli
+from gridtool.lab.procs import free_port
+from gridtool.lab.testbed import domain_xml, wait_until
+
+
+def _args(cfg, *rest: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return ["--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix, *rest]
+
+
+def run(cfg, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    """The real ``gridtool`` as a subprocess (no lab config leaks in)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from gridtool.cli.main import main; main()", *_args(cfg, *args)],
+        capture_output=True, text=True, timeout=timeout,
+        env={"PATH": "/usr/bin:/bin", "GRIDTOOL_LAB_DIR": "/nonexistent"})
+
+
+@pytest.fixture
+def populated(lab_hosts, registry):  # type: ignore[no-untyped-def]
+    for name in ("hv1", "hv2"):
+        lab_hosts.add(name)
+        conn = lab_hosts.conn(name)
+        conn.defineXML(domain_xml(f"{name}-web", disk="/dev/etherd/e7.1", block=True)).create()
+        conn.defineXML(domain_xml(f"{name}-db"))
+        lab_hosts.start_agent(name)
+    wait_until(lambda: len(registry.list_guests()[0]) == 4, what="4 guests")
+    return lab_hosts
+
+
+def test_host_and_guest_list_json(populated, cfg):  # type: ignore[no-untyped-def]
+    hosts = json.loads(run(cfg, "host", "list", "--json").stdout)
+    assert hosts["v"] == 1 and [h["name"] for h in hosts["hosts"]] == ["hv1", "hv2"]
+    assert hosts["hosts"][0]["running_guests"] == 1
+    done = run(cfg, "guest", "list", "--json", "--host", "hv2", "--state", "running")
+    guests = json.loads(done.stdout)
+    assert [(g["name"], g["state"], g["fenced"]) for g in guests["guests"]] == [
+        ("hv2-web", "running", True)]
+    assert guests["guests"][0]["disks"][0]["volume"] == "aoe-e7.1"
+    assert done.stderr == ""
+
+
+def test_show_by_name_and_uuid(populated, cfg):  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    result = runner.invoke(cli, _args(cfg, "guest", "show", "hv1-db", "--json"))
+    assert result.exit_code == 0, result.output
+    (view,) = json.loads(result.output)["guests"]
+    by_uuid = runner.invoke(cli, _args(cfg, "guest", "show", view["uuid"], "--json"))
+    assert json.loads(by_uuid.output)["guests"][0]["name"] == "hv1-db"
+    table = runner.invoke(cli, _args(cfg, "host", "show", "hv1"))
+    assert table.exit_code == 0 and "hv1-web" in table.output
+
+
+def test_guest_of_dead_host_shows_unknown(populated, cfg):  # type: ignore[no-untyped-def]
+    populated.stop_agent("hv2", kill=True)
+    wait_until(lambda: "hv2" not in run(cfg, "host", "list", "--json").stdout,
+               timeout=cfg.ttl + 5, what="hv2 lease expiry")
+    guests = json.loads(run(cfg, "guest", "list", "--json", "--host", "hv2").stdout)["guests"]
+    assert {g["state"] for g in guests} == {"unknown"}
+    assert "host lost" in run(cfg, "guest", "list", "--host", "hv2").stdout
+
+
+def test_unknown_objects_exit_3(cfg, store):  # type: ignore[no-untyped-def]
+    for args in (("host", "show", "nope"), ("guest", "show", "nope")):
+        done = run(cfg, *args)
+        assert done.returncode == 3
+        assert done.stderr.count("\n") == 1 and "unknown" in done.stderr
+
+
+def test_bad_flag_exits_2_with_one_line(cfg):  # type: ignore[no-untyped-def]
+    done = run(cfg, "guest", "list", "--state", "flying")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_unreachable_etcd_answers_within_5s_with_exit_4(cfg):  # type: ignore[no-untyped-def]
+    dead = f"127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", "from gridtool.cli.main import main; main()",
+         "--endpoints", dead, "host", "list"], capture_output=True, text=True, timeout=30,
+        env={"PATH": "/usr/bin:/bin", "GRIDTOOL_LAB_DIR": "/nonexistent"})
+    assert time.monotonic() - start < 5.0 + 1.5  # + interpreter start-up
+    assert done.returncode == 4
+    assert done.stderr.startswith("gridtool: no etcd endpoint answered") and \
+        done.stderr.count("\n") == 1
+
+
+def test_corrupt_record_warns_and_lists_the_rest(populated, cfg, store):  # type: ignore[no-untyped-def]
+    key = cfg.keys.guest("hv1", "bad-uuid")
+    store.put(key, b"\xff\xfe garbage")
+    done = run(cfg, "guest", "list", "--json")
+    assert done.returncode == 0
+    body = json.loads(done.stdout)
+    assert len(body["guests"]) == 4 and body["errors"][0]["key"] == key
+    assert f"corrupt registry record {key}" in done.stderr
+
+
+def test_registry_status(cfg, store):  # type: ignore[no-untyped-def]
+    (ep,) = json.loads(run(cfg, "registry", "status", "--json").stdout)["endpoints"]
+    assert ep["healthy"] and ep["leader"] and ep["revision"] > 0
