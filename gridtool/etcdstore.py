@@ -1,6 +1,6 @@
-"""The etcd adapter: ``Store`` over the etcd3 client, with failover between endpoints.
+"""The etcd adapter: ``Store`` over pyetcd (etcd-sdk-python), failing over between endpoints.
 
-etcd3 talks to one endpoint per client; this adapter keeps one client per endpoint,
+This adapter keeps one single-endpoint client per etcd member,
 sends each call to the endpoint that answered last, and moves on to the next one
 when it does not answer. Watches re-subscribe on another endpoint from the last
 revision they delivered, so no event is lost across a member failure.
@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-import etcd3
-import etcd3.exceptions
 import grpc
+import pyetcd
+import pyetcd.exceptions
 
 from gridtool.config import Config
 from gridtool.errors import AuthError, RegistryUnavailable
@@ -25,8 +25,8 @@ from gridtool.store import Compare, Delete, EndpointStatus, Event, Item, Put
 log = logging.getLogger("gridtool.etcd")
 T = TypeVar("T")
 
-_UNREACHABLE = (etcd3.exceptions.ConnectionFailedError,
-                etcd3.exceptions.ConnectionTimeoutError)
+_UNREACHABLE = (pyetcd.exceptions.ConnectionFailedError,
+                pyetcd.exceptions.ConnectionTimeoutError)
 _AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
@@ -52,7 +52,7 @@ class EtcdStore:
             raise RegistryUnavailable("no etcd endpoints configured")
         self._cfg = cfg
         self._endpoints = list(cfg.endpoints)
-        self._clients: dict[str, etcd3.Etcd3Client] = {}
+        self._clients: dict[str, pyetcd.Etcd3Client] = {}
         self._current = 0
         self._lock = threading.Lock()
         # Each endpoint gets a share of the total answer time, so that a dead
@@ -61,22 +61,33 @@ class EtcdStore:
 
     # -- connection handling -------------------------------------------------
 
-    def _client(self, endpoint: str) -> etcd3.Etcd3Client:
+    def _client(self, endpoint: str) -> pyetcd.Etcd3Client:
         with self._lock:
             client = self._clients.get(endpoint)
-            if client is None:
-                host, _, port = endpoint.rpartition(":")
-                client = etcd3.client(
-                    host=host.strip("[]"), port=int(port), timeout=self._call_timeout,
-                    user=self._cfg.user, password=self._cfg.password,
-                    ca_cert=self._cfg.ca_cert, cert_key=self._cfg.key,
-                    cert_cert=self._cfg.cert,
-                    grpc_options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
-                                  ("grpc.initial_reconnect_backoff_ms", 100),
-                                  ("grpc.max_reconnect_backoff_ms", 1000)],
-                )
-                self._clients[endpoint] = client
-            return client
+        if client is None:
+            client = self._connect(endpoint)
+            with self._lock:
+                client = self._clients.setdefault(endpoint, client)
+        return client
+
+    def _connect(self, endpoint: str) -> pyetcd.Etcd3Client:
+        """A client for one endpoint; authenticates at once when credentials are set."""
+        host, _, port = endpoint.rpartition(":")
+        try:
+            return pyetcd.client(
+                host=host.strip("[]"), port=int(port), timeout=self._call_timeout,
+                user=self._cfg.user, password=self._cfg.password,
+                ca_cert=self._cfg.ca_cert, cert_key=self._cfg.key, cert_cert=self._cfg.cert,
+                grpc_options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                              ("grpc.initial_reconnect_backoff_ms", 100),
+                              ("grpc.max_reconnect_backoff_ms", 1000)])
+        except ValueError as exc:  # raised for inconsistent TLS parameters
+            raise AuthError(f"etcd TLS settings: {exc}") from None
+        except grpc.RpcError as exc:  # the authentication call failed
+            auth = _auth_error(exc)
+            if auth is not None:
+                raise auth from None
+            raise _Unavailable(exc.code().name.lower()) from None
 
     def _drop(self, endpoint: str) -> None:
         """Forget a failing endpoint's client; the next call opens a fresh channel.
@@ -87,7 +98,7 @@ class EtcdStore:
         with self._lock:
             self._clients.pop(endpoint, None)
 
-    def _call(self, fn: Callable[[etcd3.Etcd3Client], T]) -> T:
+    def _call(self, fn: Callable[[pyetcd.Etcd3Client], T]) -> T:
         """Run ``fn`` on the first endpoint that answers, starting with the last good one.
 
         Passes over every endpoint until ``timeout`` seconds have gone by: a cluster
@@ -113,11 +124,15 @@ class EtcdStore:
         start = self._current
         return self._endpoints[start:] + self._endpoints[:start]
 
-    def _attempt(self, fn: Callable[[etcd3.Etcd3Client], T], endpoint: str) -> T:
+    def _attempt(self, fn: Callable[[pyetcd.Etcd3Client], T], endpoint: str) -> T:
         """One try on one endpoint; ``_Unavailable`` when it did not answer."""
+        client = self._client(endpoint)
         try:
-            return fn(self._client(endpoint))
+            return fn(client)
         except _UNREACHABLE as exc:
+            self._drop(endpoint)
+            raise _Unavailable(str(exc) or type(exc).__name__) from None
+        except ValueError as exc:  # pyetcd: this client's endpoint was marked failed
             self._drop(endpoint)
             raise _Unavailable(str(exc)) from None
         except grpc.RpcError as exc:
@@ -129,8 +144,6 @@ class EtcdStore:
                 self._drop(endpoint)
                 raise _Unavailable(exc.code().name.lower()) from None
             raise
-        except ValueError as exc:  # etcd3 raises it for bad TLS parameters
-            raise AuthError(f"etcd TLS settings: {exc}") from None
 
     # -- key-value -----------------------------------------------------------
 
@@ -139,7 +152,7 @@ class EtcdStore:
         return None if meta is None else _item(value, meta)
 
     def list(self, prefix: str) -> tuple[list[Item], int]:
-        def run(c: etcd3.Etcd3Client) -> tuple[list[Item], int]:
+        def run(c: pyetcd.Etcd3Client) -> tuple[list[Item], int]:
             resp = c.get_prefix_response(prefix, sort_order="ascend")
             return [_raw_item(kv) for kv in resp.kvs], resp.header.revision
 
@@ -157,7 +170,7 @@ class EtcdStore:
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Put | Delete],
             failure: Sequence[Put | Delete] = ()) -> bool:
-        def run(c: etcd3.Etcd3Client) -> bool:
+        def run(c: pyetcd.Etcd3Client) -> bool:
             ok, _ = c.transaction(
                 compare=[_compare(c, x) for x in compares],
                 success=[_op(c, x) for x in success],
@@ -173,7 +186,7 @@ class EtcdStore:
         return int(self._call(lambda c: c.lease(ttl)).id)
 
     def keepalive(self, lease: int) -> int:
-        def run(c: etcd3.Etcd3Client) -> int:
+        def run(c: pyetcd.Etcd3Client) -> int:
             for resp in c.refresh_lease(lease):
                 return int(resp.TTL)
             return 0
@@ -193,18 +206,16 @@ class EtcdStore:
         return [self._endpoint_status(ep) for ep in self._endpoints]
 
     def _endpoint_status(self, endpoint: str) -> EndpointStatus:
-        from etcd3 import etcdrpc
+        from pyetcd import etcdrpc
+
+        def run(c: pyetcd.Etcd3Client) -> Any:
+            return c.maintenancestub.Status(etcdrpc.StatusRequest(), self._call_timeout,
+                                            credentials=c.call_credentials, metadata=c.metadata)
 
         try:
-            client = self._client(endpoint)
-            st = client.maintenancestub.Status(
-                etcdrpc.StatusRequest(), self._call_timeout,
-                credentials=client.call_credentials, metadata=client.metadata)
-        except grpc.RpcError as exc:
-            self._drop(endpoint)
-            auth = _auth_error(exc)
-            text = str(auth) if auth else (exc.details() or exc.code().name.lower())
-            return EndpointStatus(endpoint, healthy=False, error=text)
+            st = self._attempt(run, endpoint)
+        except (_Unavailable, AuthError) as exc:
+            return EndpointStatus(endpoint, healthy=False, error=str(exc))
         return EndpointStatus(
             endpoint, healthy=True, leader=st.leader == st.header.member_id,
             db_size=int(st.dbSize), revision=int(st.header.revision), version=st.version)
@@ -224,13 +235,13 @@ def _raw_item(kv: Any) -> Item:
     return Item(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, kv.lease)
 
 
-def _compare(c: etcd3.Etcd3Client, cmp: Compare) -> Any:
+def _compare(c: pyetcd.Etcd3Client, cmp: Compare) -> Any:
     builder = {"create": c.transactions.create, "mod": c.transactions.mod,
                "value": c.transactions.value}[cmp.target]
     return builder(cmp.key) == cmp.value
 
 
-def _op(c: etcd3.Etcd3Client, op: Put | Delete) -> Any:
+def _op(c: pyetcd.Etcd3Client, op: Put | Delete) -> Any:
     if isinstance(op, Put):
         return c.transactions.put(op.key, op.value, lease=op.lease)
     return c.transactions.delete(op.key)
@@ -239,7 +250,7 @@ def _op(c: etcd3.Etcd3Client, op: Put | Delete) -> Any:
 class PrefixWatch:
     """A prefix watch on its own thread, resuming on another endpoint after a failure.
 
-    It reads the gRPC watch stream directly (not etcd3's shared watcher thread), so
+    It reads the gRPC watch stream directly (not pyetcd's shared watcher thread), so
     that cancelling it ends its thread cleanly.
     """
 
@@ -267,7 +278,7 @@ class PrefixWatch:
                 try:
                     self._stream(self._store._client(endpoint))
                     delay = 0.1
-                except (grpc.RpcError, ValueError, etcd3.exceptions.Etcd3Exception) as exc:
+                except (grpc.RpcError, ValueError, pyetcd.exceptions.Etcd3Exception) as exc:
                     if self._cancelled.is_set():
                         return
                     log.info("event=watch_lost endpoint=%s error=%s", endpoint,
@@ -276,11 +287,11 @@ class PrefixWatch:
             self._cancelled.wait(delay)
             delay = min(delay * 2, 1.0)
 
-    def _stream(self, client: etcd3.Etcd3Client) -> None:
-        from etcd3 import etcdrpc, utils
+    def _stream(self, client: pyetcd.Etcd3Client) -> None:
+        from pyetcd import etcdrpc
 
         create = etcdrpc.WatchCreateRequest(
-            key=self._key, range_end=utils.increment_last_byte(self._key),
+            key=self._key, range_end=_range_end(self._key),
             start_revision=self._next_revision)
         requests = iter([etcdrpc.WatchRequest(create_request=create)])
         stub = etcdrpc.WatchStub(client.channel)
@@ -310,6 +321,12 @@ class PrefixWatch:
             call.cancel()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
+
+
+def _range_end(prefix: bytes) -> bytes:
+    """The smallest key above every key starting with ``prefix`` (etcd's range end)."""
+    trimmed = prefix.rstrip(b"\xff")
+    return trimmed[:-1] + bytes([trimmed[-1] + 1]) if trimmed else b"\0"
 
 
 def _hold_open(first: Iterator[Any], stop: threading.Event) -> Iterator[Any]:

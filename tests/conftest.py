@@ -4,16 +4,17 @@ test-driver hosts, and agents as separate processes. Every server started is sto
 from __future__ import annotations
 
 import shutil
-import subprocess
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from gridtool.config import Config
-from gridtool.lab.testbed import LabHosts
+
+if TYPE_CHECKING:
+    from gridtool.lab.testbed import LabHosts
 
 
 def _need(binary: str) -> None:
@@ -60,6 +61,9 @@ def registry(store, cfg: Config):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def lab_hosts(tmp_path: Path, cfg: Config) -> Iterator[LabHosts]:
+    from gridtool.lab.testbed import LabHosts
+
+    _need("libvirtd")
     hosts = LabHosts(tmp_path / "hosts", cfg)
     yield hosts
     hosts.close()

@@ -1,0 +1,62 @@
+"""Shared bits of the benchmarks: percentiles, a printed table, JSON results."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of ``values`` (pct in 0..100)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summary_ms(values: Sequence[float]) -> dict[str, float]:
+    """p50/p99/max/mean of seconds, in milliseconds."""
+    return {"p50_ms": percentile(values, 50) * 1000, "p99_ms": percentile(values, 99) * 1000,
+            "max_ms": max(values) * 1000, "mean_ms": sum(values) / len(values) * 1000,
+            "count": len(values)}
+
+
+def print_table(title: str, rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
+    cells = [[str(h) for h in header]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def write_json(name: str, body: dict[str, Any], path: str | None = None) -> Path:
+    target = Path(path) if path else RESULTS / f"{name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": {"python": platform.python_version(), "cpus": _cpus()}, **body}
+    target.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nwrote {target}")
+    return target
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
