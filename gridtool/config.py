@@ -9,6 +9,7 @@ A missing default file is fine; a bad value is a ``ConfigError`` naming the sett
 from __future__ import annotations
 
 import configparser
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -92,25 +93,29 @@ def _parse(name: str, raw: Any) -> Any:
             return value
         if kind == "float":
             value = float(raw)
-            if value <= 0:
-                raise ValueError("must be positive")
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError("must be a positive number")
             return value
         return str(raw)
-    except (ValueError, AttributeError) as exc:
+    except (ValueError, AttributeError, TypeError, OverflowError) as exc:
         raise ConfigError(f"setting '{name}': invalid value {raw!r} ({exc})") from None
 
 
 def _validate(cfg: Config) -> Config:
     try:
         Keys(cfg.prefix)
+    except ValueError as exc:
+        raise ConfigError(f"setting 'prefix': {exc}") from None
+    try:
         if cfg.host:
             validate_name("host", cfg.host)
     except ValueError as exc:
-        setting = "host" if cfg.host and "host" in str(exc) else "prefix"
-        raise ConfigError(f"setting '{setting}': {exc}") from None
+        raise ConfigError(f"setting 'host': {exc}") from None
+    if not cfg.endpoints:
+        raise ConfigError("setting 'endpoints': at least one HOST:PORT is required")
     for ep in cfg.endpoints:
         host, _, port = ep.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdecimal()) or not 0 < int(port) < 65536:
             raise ConfigError(f"setting 'endpoints': {ep!r} is not HOST:PORT")
     if cfg.password is None and cfg.password_file:
         try:
@@ -131,9 +136,14 @@ def read_file(path: Path) -> dict[str, str]:
             parser.read_file(fh)
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
     except configparser.Error as exc:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"config file {path}: {first}") from None
+    if parser.defaults():
+        raise ConfigError(f"config file {path}: settings must be in [registry], [agent] "
+                          "or [storage], not [DEFAULT]")
     values: dict[str, str] = {}
     for section in parser.sections():
         for name, raw in parser.items(section):

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from gridtool.model import Disk
 from gridtool.storage import SharedStorageRules, classify
 
-_MEMORY_UNITS_KIB = {
-    "b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024,
-    "m": 1024, "mib": 1024, "mb": 1000**2 / 1024, "g": 1024**2, "gib": 1024**2,
-    "gb": 1000**3 / 1024, "t": 1024**3, "tib": 1024**3, "tb": 1000**4 / 1024,
+#: libvirt's memory units, in bytes (integers: exact for any size).
+_MEMORY_UNIT_BYTES = {
+    "b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000,
+    "m": 1024**2, "mib": 1024**2, "mb": 1000**2, "g": 1024**3, "gib": 1024**3,
+    "gb": 1000**3, "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
 }
 
 
@@ -75,9 +76,9 @@ def _memory_mib(root: ET.Element) -> int:
     if mem is None or not (mem.text or "").strip():
         raise DomainXMLError("domain XML has no <memory>")
     unit = mem.get("unit", "KiB").lower()
-    if unit not in _MEMORY_UNITS_KIB:
+    if unit not in _MEMORY_UNIT_BYTES:
         raise DomainXMLError(f"unknown memory unit {mem.get('unit')!r}")
-    return int(_int(mem.text or "", "memory") * _MEMORY_UNITS_KIB[unit] // 1024)
+    return _int(mem.text or "", "memory") * _MEMORY_UNIT_BYTES[unit] // 1024**2
 
 
 def _disks(root: ET.Element) -> list[Disk]:

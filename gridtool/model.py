@@ -7,7 +7,7 @@ Pure: no etcd, no libvirt. Every value in the registry is a JSON object with a
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 SCHEMA_VERSION = 1
@@ -23,7 +23,8 @@ class DecodeError(ValueError):
     """A registry value is not a valid record; str() is one line naming the key."""
 
     def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"corrupt registry record {key}: {reason}")
+        printable = key.encode("unicode_escape").decode("ascii")
+        super().__init__(f"corrupt registry record {printable}: {reason}")
         self.key = key
         self.reason = reason
 
@@ -91,9 +92,18 @@ class GuestRecord:
 R = TypeVar("R", HostRecord, GuestRecord)
 
 
+def as_dict(record: HostRecord | GuestRecord) -> dict[str, Any]:
+    """The record as plain JSON-ready data (a fast, shallow ``dataclasses.asdict``)."""
+    data = dict(record.__dict__)
+    for name, value in data.items():
+        if isinstance(value, tuple):
+            data[name] = [dict(v.__dict__) if isinstance(v, Disk) else v for v in value]
+    return data
+
+
 def encode(record: HostRecord | GuestRecord) -> bytes:
     """Serialise a record to the registry's JSON form."""
-    body: dict[str, Any] = {"v": SCHEMA_VERSION, **asdict(record)}
+    body: dict[str, Any] = {"v": SCHEMA_VERSION, **as_dict(record)}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -101,12 +111,12 @@ def decode(cls: type[R], key: str, raw: bytes | str) -> R:
     """Parse a registry value into ``cls``; raise DecodeError naming ``key``."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise DecodeError(key, f"not JSON ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise DecodeError(key, "not a JSON object")
     version = data.pop("v", None)
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise DecodeError(key, f"unknown schema version {version!r}")
     return _build(cls, key, data)
 
@@ -148,12 +158,20 @@ def _coerce(cls: type, key: str, name: str, value: Any) -> Any:
     return value
 
 
+_DISK_TYPES: dict[str, tuple[type, ...]] = {
+    "target": (str,), "source": (str,), "kind": (str,), "protocol": (str, type(None)),
+    "shareable": (bool,), "shared": (bool,), "volume": (str, type(None)),
+}
+
+
 def _disk(key: str, raw: Any) -> Disk:
     if not isinstance(raw, dict) or not isinstance(raw.get("target"), str) \
             or not isinstance(raw.get("source"), str):
         raise DecodeError(key, "a disk needs string fields 'target' and 'source'")
-    known = {f.name for f in fields(Disk)}
-    return Disk(**{k: v for k, v in raw.items() if k in known})
+    for name, value in raw.items():
+        if name in _DISK_TYPES and not isinstance(value, _DISK_TYPES[name]):
+            raise DecodeError(key, f"disk field {name!r} has the wrong type")
+    return Disk(**{k: v for k, v in raw.items() if k in _DISK_TYPES})
 
 
 def effective_state(guest: GuestRecord, live_hosts: set[str] | frozenset[str]) -> str:

@@ -11,6 +11,7 @@ from gridtool.model import (
     GuestRecord,
     HostRecord,
     Listing,
+    as_dict,
     decode,
     effective_state,
     encode,
@@ -93,11 +94,5 @@ class Registry:
 
 def guest_view(guest: GuestRecord, live_hosts: frozenset[str]) -> dict:
     """A guest as listings show it: the record plus its effective state."""
-    return {**_plain(guest), "state": effective_state(guest, live_hosts),
+    return {**as_dict(guest), "state": effective_state(guest, live_hosts),
             "reported_state": guest.state, "fenced": guest.fenced}
-
-
-def _plain(record: object) -> dict:
-    from dataclasses import asdict
-
-    return asdict(record)  # type: ignore[call-overload]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from gridtool.model import Disk
 
@@ -33,7 +34,7 @@ def volume_id(disk: Disk) -> str:
     if disk.protocol == "iscsi":
         target, _, lun = disk.source.partition("/")
         return f"iscsi-{target}-lun{lun or '0'}"
-    return "path-" + disk.source.strip("/").replace("/", "_")
+    return "path-" + quote(disk.source.strip("/"), safe="-._~")
 
 
 def is_shared(disk: Disk, rules: SharedStorageRules) -> bool:

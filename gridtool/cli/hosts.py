@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 
 import click
 
 from gridtool.cli.context import AppContext, pass_app
 from gridtool.cli.output import age, emit_json, mib, table, warn
+from gridtool.model import as_dict
 
 
 @click.group()
@@ -44,7 +44,7 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
     running = _running_counts(app)
     records.sort(key=lambda h: h.name)
     if as_json:
-        emit_json(hosts=[{**asdict(h), "running_guests": running.get(h.name, 0)}
+        emit_json(hosts=[{**as_dict(h), "running_guests": running.get(h.name, 0)}
                          for h in records],
                   errors=[{"key": e.key, "error": e.reason} for e in errors])
     else:
@@ -78,9 +78,9 @@ def show_host(app: AppContext, name: str, as_json: bool) -> None:
         raise CorruptRecord(str(exc)) from None
     guests, errors = app.registry.guests_of(name)
     if as_json:
-        emit_json(host=asdict(record), guests=[asdict(g) for g in guests.values()])
+        emit_json(host=as_dict(record), guests=[as_dict(g) for g in guests.values()])
         return
-    rows = [(k, v) for k, v in asdict(record).items()]
+    rows = [(k, v) for k, v in as_dict(record).items()]
     rows = [(k, ", ".join(v) if isinstance(v, tuple | list) else v) for k, v in rows]
     table(f"host {name}", ["FIELD", "VALUE"], rows)
     table("guests", ["NAME", "UUID", "STATE", "VCPUS", "MEMORY"],

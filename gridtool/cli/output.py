@@ -12,8 +12,9 @@ JSON_VERSION = 1
 
 
 def emit_json(**body: Any) -> None:
-    """Print one JSON document: ``{"v": 1, ...body}``."""
-    sys.stdout.write(json.dumps({"v": JSON_VERSION, **body}, indent=2, default=str) + "\n")
+    """Print one JSON document: ``{"v": 1, ...body}`` (indented only for a terminal)."""
+    indent = 2 if sys.stdout.isatty() else None
+    sys.stdout.write(json.dumps({"v": JSON_VERSION, **body}, indent=indent, default=str) + "\n")
 
 
 def warn(message: str) -> None:
