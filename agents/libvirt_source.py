@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -61,10 +62,9 @@ class LibvirtSource:
         start_event_loop()
         _silence_libvirt_errors()
         conn = libvirt.open(self.uri)
-        try:
+        # Local drivers have no keepalive; they cannot lose the daemon silently.
+        with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(5, 3)
-        except libvirt.libvirtError:
-            pass  # local drivers have no keepalive; they cannot lose the daemon silently
         conn.registerCloseCallback(self._closed, None)
         self._callback_id = conn.domainEventRegisterAny(
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)

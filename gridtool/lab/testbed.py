@@ -3,6 +3,7 @@ hosts started on demand, a held connection to each, and agents as real processes
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import Callable
@@ -67,10 +68,8 @@ class LabHosts:
         for name in list(self.agents):
             self.stop_agent(name)
         for conn in self.conns.values():
-            try:
+            with contextlib.suppress(libvirt.libvirtError):  # the daemon may be gone
                 conn.close()
-            except Exception:  # the daemon may already be gone
-                pass
         for host in self.hosts.values():
             host.stop_libvirtd()
 

@@ -1,0 +1,613 @@
+"""The fencing rule, pure: fence records, acquire/release plans, judgements, the lease clock.
+
+A guest whose disks live on shared storage must never run on two hosts at once. Each
+shared volume has a fence key ``<prefix>fences/<volume>`` whose value is a :class:`Fence`
+and whose ``mod_revision`` is the fencing token. This module decides; the shell (agent,
+manager, libvirt hook) reads etcd, runs the transaction a plan describes and acts on
+libvirt. Nothing here does I/O or reads a clock: times are numbers passed in.
+
+Shell contract, in short:
+
+* **acquire**: read every fence key of the guest, build a :class:`Observation` per volume
+  with :func:`observe`, call :func:`plan_acquire`, and run ONE etcd transaction: for each
+  :class:`FenceStep` compare ``create_revision == 0`` (``Expect.ABSENT``) or
+  ``mod_revision == step.mod_revision`` (``Expect.MINE``); on success put every
+  ``step.value``, with the holder's lease when ``step.with_lease``. A failed compare means
+  the world moved: read again and plan again. Start the guest only after success.
+* **release**: :func:`plan_release` gives compare-``mod_revision``-then-delete steps, one
+  transaction.
+* **self-fence**: keep a :class:`LeaseClock`; when it says ``MUST_SELF_FENCE``, destroy
+  every HA fenced guest at once and leave pinned guests running.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class FenceError(ValueError):
+    """A fence record or a fencing request is malformed; the message names what is wrong."""
+
+
+class FenceKind(StrEnum):
+    """How a fence lives: HA fences die with their holder's lease, pinned ones do not."""
+
+    HA = "ha"
+    PINNED = "pinned"
+
+
+def check_volume(volume: object) -> str:
+    """Return ``volume`` if it can be a key segment (non-empty, no '/', blanks, controls)."""
+    if not isinstance(volume, str) or not volume:
+        raise FenceError(f"volume id must be a non-empty string, got {volume!r}")
+    if "/" in volume or any(c.isspace() or ord(c) < 32 for c in volume):
+        raise FenceError(f"volume id {volume!r} must not contain '/', blanks or controls")
+    return volume
+
+
+def _text(owner: str, name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise FenceError(f"{owner}: field {name!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _number(owner: str, name: str, value: object) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:  # type: ignore[arg-type]
+        raise FenceError(f"{owner}: field {name!r} must be a finite number >= 0, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _kind(owner: str, value: object) -> FenceKind:
+    try:
+        return FenceKind(value)
+    except ValueError:
+        kinds = ", ".join(k.value for k in FenceKind)
+        raise FenceError(f"{owner}: field 'kind' must be one of {kinds}, got {value!r}") from None
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The value of one fence key: who holds ``volume`` for which guest, and since when."""
+
+    volume: str
+    holder: str
+    guest: str
+    guest_name: str
+    kind: FenceKind
+    since: float  # epoch seconds when the holder first took the fence
+
+    def __post_init__(self) -> None:
+        owner = "fence record"
+        try:
+            check_volume(self.volume)
+        except FenceError as exc:
+            raise FenceError(f"{owner}: field 'volume': {exc}") from None
+        for name in ("holder", "guest", "guest_name"):
+            _text(owner, name, getattr(self, name))
+        object.__setattr__(self, "kind", _kind(owner, self.kind))
+        _number(owner, "since", self.since)
+
+    @property
+    def with_lease(self) -> bool:
+        """True when the key must be put with the holder's lease (HA fences)."""
+        return self.kind is FenceKind.HA
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object stored in etcd (schema ``"v": 1``)."""
+        return {
+            "v": SCHEMA_VERSION,
+            "volume": self.volume,
+            "holder": self.holder,
+            "guest": self.guest,
+            "guest_name": self.guest_name,
+            "kind": self.kind.value,
+            "since": self.since,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Fence:
+        """Parse a decoded JSON object; raise :class:`FenceError` naming the bad field."""
+        if not isinstance(data, Mapping):
+            raise FenceError(f"fence record: expected a JSON object, got {type(data).__name__}")
+        version = data.get("v")
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            raise FenceError(
+                f"fence record: unsupported schema version {version!r} (expected 1)"
+            )
+        names = ("volume", "holder", "guest", "guest_name", "kind", "since")
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise FenceError(f"fence record: missing field {missing[0]!r}")
+        return cls(**{n: data[n] for n in names})
+
+    def to_json(self) -> str:
+        """Compact, key-sorted JSON text (what the shell puts)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Fence:
+        """Parse the stored text; raise :class:`FenceError` when it is not a fence record."""
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FenceError(f"fence record: not JSON ({exc.__class__.__name__})") from None
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A fence key as read: its record and its ``mod_revision`` (the fencing token)."""
+
+    fence: Fence
+    mod_revision: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mod_revision, bool) or not isinstance(self.mod_revision, int) \
+                or self.mod_revision <= 0:
+            raise FenceError(f"mod_revision must be a positive int, got {self.mod_revision!r}")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A fence key exists but its value is not a valid record: treated as held by nobody
+    we know, so it blocks every acquire until an operator repairs it."""
+
+    volume: str
+    mod_revision: int
+    error: str
+
+
+#: What the shell saw for one volume: ``None`` when the key is absent.
+Observation = Observed | Unreadable | None
+
+
+def observe(volume: str, raw: str | bytes | None, mod_revision: int = 0) -> Observation:
+    """Decode what etcd returned for ``volume``'s fence key (``raw=None``: key absent)."""
+    check_volume(volume)
+    if raw is None:
+        return None
+    try:
+        fence = Fence.from_json(raw)
+    except FenceError as exc:
+        return Unreadable(volume, mod_revision, str(exc))
+    if fence.volume != volume:
+        return Unreadable(volume, mod_revision, f"record names volume {fence.volume!r}")
+    try:
+        return Observed(fence, mod_revision)
+    except FenceError as exc:
+        return Unreadable(volume, mod_revision, str(exc))
+
+
+@dataclass(frozen=True)
+class GuestRef:
+    """A fenced guest: identity, fence kind and its shared volumes (sorted, unique)."""
+
+    uuid: str
+    name: str
+    kind: FenceKind
+    volumes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        _text("guest", "uuid", self.uuid)
+        _text("guest", "name", self.name)
+        object.__setattr__(self, "kind", _kind("guest", self.kind))
+        vols = tuple(sorted({check_volume(v) for v in self.volumes}))
+        object.__setattr__(self, "volumes", vols)
+
+
+def _lookup(observed: Mapping[str, Observation], volume: str) -> Observation:
+    if volume not in observed:
+        raise FenceError(f"no observation for volume {volume!r}: read every fence key first")
+    return observed[volume]
+
+
+def _held(host: str, guest: GuestRef, obs: Observation) -> Observed | None:
+    """``obs`` if it is a fence ``host`` holds for ``guest``, else None."""
+    mine = isinstance(obs, Observed) and obs.fence.holder == host and obs.fence.guest == guest.uuid
+    return obs if mine else None  # type: ignore[return-value]
+
+
+def _describe(obs: Observation) -> str:
+    if obs is None:
+        return "absent"
+    if isinstance(obs, Unreadable):
+        return f"unreadable at revision {obs.mod_revision} ({obs.error})"
+    f = obs.fence
+    return f"held by {f.holder} for guest {f.guest_name} ({f.guest})"
+
+
+# --------------------------------------------------------------------------- acquire/release
+
+
+class Expect(StrEnum):
+    """The compare of one acquire step."""
+
+    ABSENT = "absent"  # create_revision(key) == 0
+    MINE = "mine"  # mod_revision(key) == step.mod_revision
+
+
+@dataclass(frozen=True)
+class FenceStep:
+    """One volume of an acquire transaction: a compare and the record to put."""
+
+    volume: str
+    expect: Expect
+    mod_revision: int  # 0 with Expect.ABSENT
+    fence: Fence
+
+    @property
+    def value(self) -> str:
+        """The JSON text to put."""
+        return self.fence.to_json()
+
+    @property
+    def with_lease(self) -> bool:
+        """Put with the holder's lease (HA) or with no lease (pinned)."""
+        return self.fence.with_lease
+
+
+@dataclass(frozen=True)
+class AcquirePlan:
+    """Take every fence of ``guest`` in ONE transaction, or none (all compares must hold)."""
+
+    guest: str
+    holder: str
+    steps: tuple[FenceStep, ...]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The guest must not start here: ``volume`` is held elsewhere (or unreadable)."""
+
+    guest: str
+    volume: str
+    holder: str | None  # None when the record is unreadable
+    reason: str
+
+
+StepFor = Callable[[str, Observation], "FenceStep | None"]
+
+
+def plan_acquire(
+    host: str, guest: GuestRef, observed: Mapping[str, Observation], now: float
+) -> AcquirePlan | Refusal:
+    """Plan taking all of ``guest``'s fences for ``host``; refuse on the first foreign one.
+
+    A fence already held by ``host`` for this guest is re-put (compare its mod_revision)
+    with the guest's current kind and name, keeping its ``since``; that re-attaches it to
+    the host's current lease and yields a fresh fencing token. A fence held by ``host``
+    for another guest is a conflict too: two guests must not share a volume.
+    """
+    _text("acquire", "host", host)
+
+    def step(volume: str, obs: Observation) -> FenceStep | None:
+        if obs is None:
+            fence = Fence(volume, host, guest.uuid, guest.name, guest.kind, now)
+            return FenceStep(volume, Expect.ABSENT, 0, fence)
+        return _restep(host, guest, obs, holder=host, since=None)
+
+    return _plan_puts(guest, observed, host, step)
+
+
+def plan_handover(
+    source: str, target: str, guest: GuestRef, observed: Mapping[str, Observation], now: float
+) -> AcquirePlan | Refusal:
+    """Plan passing every fence of ``guest`` from ``source`` to ``target`` (migration).
+
+    Every fence must be held by ``source`` for the guest; each step compares its
+    mod_revision. For HA guests the shell puts with ``target``'s lease (its host record
+    names it), so the fence follows the host that now runs the guest.
+    """
+    _text("handover", "target", target)
+
+    def step(volume: str, obs: Observation) -> FenceStep | None:
+        return _restep(source, guest, obs, holder=target, since=now)
+
+    return _plan_puts(guest, observed, target, step)
+
+
+def _restep(
+    host: str, guest: GuestRef, obs: Observation, holder: str, since: float | None
+) -> FenceStep | None:
+    """Re-put a fence ``host`` holds for ``guest`` (compare its mod_revision), or None."""
+    held = _held(host, guest, obs)
+    if held is None:
+        return None
+    changes: dict[str, Any] = {"holder": holder, "kind": guest.kind, "guest_name": guest.name}
+    if since is not None:
+        changes["since"] = since
+    return FenceStep(held.fence.volume, Expect.MINE, held.mod_revision,
+                     replace(held.fence, **changes))
+
+
+def _plan_puts(
+    guest: GuestRef, observed: Mapping[str, Observation], holder: str, step: StepFor
+) -> AcquirePlan | Refusal:
+    steps = []
+    for volume in guest.volumes:
+        obs = _lookup(observed, volume)
+        made = step(volume, obs)
+        if made is None:
+            who = obs.fence.holder if isinstance(obs, Observed) else None
+            return Refusal(guest.uuid, volume, who, f"fence {volume} {_describe(obs)}")
+        steps.append(made)
+    return AcquirePlan(guest.uuid, holder, tuple(steps))
+
+
+@dataclass(frozen=True)
+class ReleaseStep:
+    """Delete ``volume``'s fence key if its mod_revision still equals ``mod_revision``."""
+
+    volume: str
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """Release the fences ``holder`` holds for ``guest``; others are left alone."""
+
+    guest: str
+    holder: str
+    steps: tuple[ReleaseStep, ...]
+    skipped: tuple[str, ...]  # volumes not held by holder for this guest: untouched
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to release: no transaction needed."""
+        return not self.steps
+
+
+def plan_release(host: str, guest: GuestRef, observed: Mapping[str, Observation]) -> ReleasePlan:
+    """Plan deleting only the fences ``host`` holds for ``guest`` (compare mod_revision)."""
+    steps, skipped = [], []
+    for volume in guest.volumes:
+        obs = _lookup(observed, volume)
+        held = _held(host, guest, obs)
+        if held is not None:
+            steps.append(ReleaseStep(volume, held.mod_revision))
+        else:
+            skipped.append(volume)
+    return ReleasePlan(guest.uuid, host, tuple(steps), tuple(skipped))
+
+
+# --------------------------------------------------------------------------- judgements
+
+
+class Verdict(StrEnum):
+    """What an agent concludes about one fenced guest on its host."""
+
+    OK = "ok"  # running, holds every fence
+    TAKE = "take"  # running, some fence absent and none foreign: violation, take them
+    INTRUDER = "intruder"  # running, another host (or an unreadable record) holds a fence
+    RELEASE = "release"  # not running, holds fences it no longer needs
+    KEEP = "keep"  # not running, pinned and stopped uncleanly: keep the fences
+    NOTHING = "nothing"  # not running, holds no fence
+
+
+class Act(StrEnum):
+    """What the agent does about it."""
+
+    NONE = "none"
+    ACQUIRE = "acquire"  # plan_acquire + one transaction; on Refusal judge again
+    PAUSE = "pause"  # virDomainSuspend: stops its I/O, keeps its memory for an operator
+    DESTROY = "destroy"  # virDomainDestroy
+    RELEASE = "release"  # plan_release + one transaction
+
+
+class IntruderPolicy(StrEnum):
+    """What to do with a guest running here while another host holds its fence."""
+
+    PAUSE = "pause"
+    DESTROY = "destroy"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A verdict, the act it calls for, whether it is a violation, and one report line."""
+
+    verdict: Verdict
+    act: Act
+    violation: bool
+    report: str
+
+
+def judge_running(
+    host: str,
+    guest: GuestRef,
+    observed: Mapping[str, Observation],
+    policy: IntruderPolicy = IntruderPolicy.PAUSE,
+) -> Judgement:
+    """Judge a fenced guest found running (or paused) on ``host``."""
+    obs = {v: _lookup(observed, v) for v in guest.volumes}
+    foreign = [v for v, o in obs.items() if o is not None and _held(host, guest, o) is None]
+    if foreign:
+        v = foreign[0]
+        policy = IntruderPolicy(policy)
+        return Judgement(
+            Verdict.INTRUDER, Act(policy.value), True,
+            f"fence violation: {guest.name} runs on {host} but fence {v} {_describe(obs[v])};"
+            f" {policy.value} it",
+        )
+    absent = [v for v, o in obs.items() if o is None]
+    if absent:
+        return Judgement(
+            Verdict.TAKE, Act.ACQUIRE, True,
+            f"fence violation: {guest.name} runs on {host} without fence "
+            f"{', '.join(absent)}; taking it",
+        )
+    return Judgement(Verdict.OK, Act.NONE, False, f"{guest.name} holds all its fences")
+
+
+def judge_stopped(
+    host: str, guest: GuestRef, observed: Mapping[str, Observation], clean_stop: bool
+) -> Judgement:
+    """Judge a fenced guest NOT running on ``host`` (neither running nor paused).
+
+    HA fences are released at once. A pinned guest's fences are released only after a
+    clean stop (shutdown or operator stop); after a crash they stay so that only this
+    host (or an operator's ``host confirm-dead``) can bring the guest back.
+    """
+    held = [v for v in guest.volumes if _held(host, guest, _lookup(observed, v))]
+    if not held:
+        return Judgement(Verdict.NOTHING, Act.NONE, False, f"{guest.name} holds no fence here")
+    vols = ", ".join(held)
+    if guest.kind is FenceKind.HA or clean_stop:
+        return Judgement(Verdict.RELEASE, Act.RELEASE, False,
+                         f"{guest.name} is not running: release fence {vols}")
+    return Judgement(Verdict.KEEP, Act.NONE, False,
+                     f"pinned {guest.name} stopped uncleanly: keep fence {vols}")
+
+
+def may_start(host: str, guest: GuestRef, observed: Mapping[str, Observation]) -> bool:
+    """The libvirt hook's rule: start only if ``host`` holds every fence of ``guest``."""
+    return all(_held(host, guest, _lookup(observed, v)) for v in guest.volumes)
+
+
+# --------------------------------------------------------------------------- lease clock
+
+
+class LeaseState(StrEnum):
+    """The agent's view of its own lease."""
+
+    HEALTHY = "healthy"
+    AT_RISK = "at_risk"  # keepalive overdue: retry fast, take no new HA fence
+    MUST_SELF_FENCE = "must_self_fence"  # destroy HA fenced guests now; pinned stay
+
+
+def default_margin(ttl: float) -> float:
+    """Self-fence safety margin: ``max(1 s, TTL/5)``.
+
+    The margin must cover the time to act plus clock disagreement (see
+    :class:`LeaseClock`): one loop tick (<= 0.5 s) plus a forced destroy (SIGKILL of the
+    QEMU process, well under 0.5 s) fits in 1 s, and clock-rate drift (~1e-4 * TTL) is
+    negligible. TTL/5 scales the margin for long TTLs, and keeps ``TTL - margin = 0.8 TTL
+    = 2.4 keepalive intervals``, so one lost keepalive never triggers a self-fence.
+    """
+    return max(1.0, ttl / 5)
+
+
+@dataclass(frozen=True)
+class LeaseClock:
+    """The agent's lease, tracked on its own monotonic clock (all times are numbers).
+
+    Safety inequality. Let ``s`` be the send time of the newest keepalive (or grant)
+    the server acknowledged, on the agent's clock. The server received it after ``s`` and
+    renews to at least ``receipt + TTL``; it never expires a lease earlier than TTL after
+    the last renewal it applied, and may only expire it later (a leader change extends
+    every lease). So the fences cannot vanish before ``E = s + TTL`` (the ``expiry_floor``),
+    and nobody can take them before then. The agent self-fences at
+    ``deadline = s + TTL - margin`` and needs at most ``J + K`` (loop tick + destroy), with
+    clock drift ``rho * TTL`` between agent and etcd leader, so it is done before ``E`` if::
+
+        margin >= J + K + rho * TTL
+
+    An ack moves the floor only to its own ``send + TTL``, so a late ack for an old send
+    cannot stretch it. Recovery elsewhere adds more slack (the manager must notice, order
+    a restart, and the new host must take the fences) but the proof does not count on it.
+    The watchdog backstop (:meth:`watchdog_may_pet`) keeps a hung agent inside the same
+    bound.
+    """
+
+    ttl: float
+    margin: float
+    interval: float  # keepalive period, TTL/3 by default
+    retry: float  # keepalive period once at risk
+    last_sent: float  # send time of the newest keepalive (acked or not)
+    acked_sent: float  # send time of the newest acknowledged keepalive
+    lost: bool = False  # the server said the lease is gone
+
+    @classmethod
+    def start(
+        cls,
+        ttl: float,
+        granted_sent_at: float,
+        *,
+        granted_ttl: float | None = None,
+        margin: float | None = None,
+        interval: float | None = None,
+    ) -> LeaseClock:
+        """The clock after a lease grant sent at ``granted_sent_at`` was answered."""
+        margin = default_margin(ttl) if margin is None else margin
+        interval = ttl / 3 if interval is None else interval
+        if not (ttl > 0 and margin > 0 and interval > 0):
+            raise ValueError("lease clock: ttl, margin and interval must be positive")
+        if interval >= ttl - margin:
+            raise ValueError(
+                f"lease clock: keepalive interval {interval} must be shorter than "
+                f"ttl - margin = {ttl - margin}, or healthy keepalives trip the self-fence"
+            )
+        base = cls(ttl, margin, interval, interval / 5, granted_sent_at, granted_sent_at)
+        return base.acked(granted_sent_at, granted_ttl)
+
+    @property
+    def expiry_floor(self) -> float:
+        """Earliest moment the server may expire the lease: ``acked_sent + ttl``."""
+        return self.acked_sent + self.ttl
+
+    @property
+    def deadline(self) -> float:
+        """When the agent must self-fence: ``expiry_floor - margin``."""
+        return -math.inf if self.lost else self.expiry_floor - self.margin
+
+    @property
+    def max_watchdog_timeout(self) -> float:
+        """Longest watchdog timeout that healthy keepalives can keep petting."""
+        return self.ttl - self.interval - self.margin / 2
+
+    def sent(self, now: float) -> LeaseClock:
+        """Record a keepalive sent at ``now``; the caller keeps ``now`` to ack it."""
+        return replace(self, last_sent=max(self.last_sent, now))
+
+    def acked(self, sent_at: float, granted_ttl: float | None = None) -> LeaseClock:
+        """Record the reply to the keepalive sent at ``sent_at``.
+
+        ``granted_ttl`` is the TTL in the reply; <= 0 means the lease is gone. A smaller
+        TTL than configured shrinks the clock's TTL for good (a renewal replaces the
+        server's expiry, so a shorter TTL may pull it in); a larger one is not trusted.
+        """
+        if sent_at > self.last_sent:
+            raise ValueError(f"lease clock: ack for a keepalive never sent (at {sent_at})")
+        if granted_ttl is not None and granted_ttl <= 0:
+            return self.revoked()
+        ttl = self.ttl if granted_ttl is None else min(self.ttl, granted_ttl)
+        return replace(self, ttl=ttl, acked_sent=max(self.acked_sent, sent_at))
+
+    def revoked(self) -> LeaseClock:
+        """The server reported the lease gone (expired, revoked): self-fence at once."""
+        return replace(self, lost=True)
+
+    def state(self, now: float) -> LeaseState:
+        """Healthy, at risk (keepalive overdue) or must self-fence (deadline reached)."""
+        if now >= self.deadline:
+            return LeaseState.MUST_SELF_FENCE
+        if now >= self.acked_sent + 1.5 * self.interval:
+            return LeaseState.AT_RISK
+        return LeaseState.HEALTHY
+
+    def keepalive_due(self, now: float) -> bool:
+        """Send a keepalive now? Every ``interval``, every ``retry`` once at risk."""
+        healthy = self.state(now) is LeaseState.HEALTHY
+        return now - self.last_sent >= (self.interval if healthy else self.retry)
+
+    def watchdog_may_pet(self, now: float, timeout: float, ha_running: bool) -> bool:
+        """May the host watchdog (timeout ``timeout``) be petted now?
+
+        With no HA fenced guest running there is nothing to fence: always. Otherwise only
+        if a reset ``timeout`` from now still lands by ``expiry_floor - margin/2``: a hung
+        agent is then reset before the fences can vanish, while a live agent self-fences
+        first (at ``expiry_floor - margin``) and goes on petting.
+        """
+        if not ha_running:
+            return True
+        return not self.lost and now + timeout <= self.expiry_floor - self.margin / 2

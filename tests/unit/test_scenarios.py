@@ -1,0 +1,63 @@
+"""Scenario tests: tests/scenarios/<name>/{initial.json, cmds, expected_log[, expected_error]}.
+
+Each scenario runs in :class:`gridtool.hasim.Simulator`, which asserts after every step
+that no fenced guest runs on two hosts. The log must equal ``expected_log``, written by
+hand. A scenario with ``expected_error`` must instead break the invariant with that text
+(the negative cases that show the simulator does catch a double start).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+import pytest
+
+from gridtool.hasim import SimulationError, Simulator
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+CASES = sorted(p for p in SCENARIOS.iterdir() if (p / "initial.json").is_file())
+
+
+def _run(case: Path) -> tuple[list[str], str | None]:
+    sim = Simulator(json.loads((case / "initial.json").read_text()))
+    try:
+        sim.run((case / "cmds").read_text().splitlines())
+    except SimulationError as exc:
+        return sim.log, str(exc).splitlines()[0]
+    return sim.log, None
+
+
+@pytest.mark.parametrize("case", CASES, ids=[p.name for p in CASES])
+def test_scenario(case: Path) -> None:
+    log, error = _run(case)
+    expected = (case / "expected_log").read_text().splitlines()
+    diff = "\n".join(difflib.unified_diff(expected, log, "expected_log", "actual", lineterm=""))
+    assert log == expected, f"log differs:\n{diff}"
+    error_file = case / "expected_error"
+    want = error_file.read_text().strip() if error_file.exists() else None
+    assert error == want if want is None else want in (error or ""), error
+
+
+def test_there_are_enough_scenarios() -> None:
+    assert len([c for c in CASES if not (c / "expected_error").exists()]) >= 8
+
+
+def test_bad_command_is_refused() -> None:
+    sim = Simulator({"hosts": [{"name": "h1", "memory_mib": 1024}], "guests": []})
+    with pytest.raises(SimulationError, match="bad command"):
+        sim.command("fly h1")
+    with pytest.raises(SimulationError, match="unknown host"):
+        sim.command("power-off h9")
+
+
+def test_invariant_catches_a_double_start() -> None:
+    sim = Simulator({
+        "hosts": [{"name": "h1", "memory_mib": 4096}, {"name": "h2", "memory_mib": 4096}],
+        "guests": [{"name": "vm1", "host": "h1", "state": "running", "memory_mib": 512,
+                    "volumes": ["vol1"]}],
+    })
+    sim.hosts["h2"].domains["vm1"] = "running"  # a start that bypassed the fence
+    with pytest.raises(SimulationError, match="guest vm1 in use on h1 and h2"):
+        sim.check_invariant()
