@@ -1,9 +1,12 @@
-"""The agent: mirror one host's libvirt into the registry, under the host's lease.
+"""The agent: mirror one host's libvirt into the registry, under the host's lease, and
+enforce its fences.
 
-Threads: libvirt's event loop (pushes changed uuids onto a queue), the lease
-keepalive (every TTL/3), and the main loop here, which owns every registry write:
-full resync on start, on reconnect and every ``resync_interval``, and one record
-write per lifecycle event in between.
+Threads: libvirt's event loop (pushes changed guests onto a queue); the lease
+keepalive and its guard (``agents.lease``: self-fence at the deadline); the intent
+worker (carries out what the CLI and the manager ask of this host, one at a time); and
+the main loop here, which owns record writes: full resync on start, on reconnect and
+every ``resync_interval``, one record write per lifecycle event in between, and the
+fence judgement of every fenced guest it sees.
 """
 
 from __future__ import annotations
@@ -12,22 +15,28 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import libvirt
 
+from agents.fencer import Fencer, FenceRefused
+from agents.intents import IntentWorker
+from agents.lease import HostLease, Watchdog
 from agents.libvirt_source import LibvirtSource
 from gridtool import __version__
 from gridtool.config import Config
 from gridtool.errors import AuthError, RegistryUnavailable
-from gridtool.model import HostRecord
+from gridtool.fencing import Act, GuestRef, IntruderPolicy, judge_running, judge_stopped
+from gridtool.model import GuestRecord, HostRecord
+from gridtool.records import DomainDefinition, Violation, decode, encode
 from gridtool.registry import Registry
-from gridtool.store import Store
+from gridtool.store import Event, Store
 from gridtool.sync import plan_sync
 
 log = logging.getLogger("gridtool.agent")
 
-_RESYNC = "*resync*"
+_RESYNC = ("resync", "", None)
+ACTIVE_STATES = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdown"})
 
 
 @dataclass
@@ -53,19 +62,29 @@ class Agent:
         cfg.require("host", "libvirt_uri")
         self.cfg = cfg
         self.host: str = cfg.host  # type: ignore[assignment]
+        self.keys = cfg.keys
         self.registry = Registry(store, cfg.keys)
         self.store = store
-        self.changes: queue.Queue[str] = queue.Queue()
-        self.libvirt = LibvirtSource(cfg.libvirt_uri or "", cfg.shared_rules,
-                                     on_change=self.changes.put, on_close=self._libvirt_lost)
-        self.lease: int | None = None
+        self.changes: queue.Queue[tuple[str, str, bool | None]] = queue.Queue()
+        self.libvirt = LibvirtSource(
+            cfg.libvirt_uri or "", cfg.shared_rules,
+            on_change=lambda uuid, clean: self.changes.put(("guest", uuid, clean)),
+            on_close=lambda: self.changes.put(_RESYNC))
+        watchdog = Watchdog(cfg.watchdog, cfg.watchdog_timeout) if cfg.watchdog else None
+        self.lease = HostLease(store, cfg.ttl, self.host, self.self_fence, watchdog,
+                               has_ha_guests=lambda: bool(self.fencer.ha_guests()))
+        self.fencer = Fencer(store, cfg.keys, self.host, lambda: self.lease.lease)
+        self.intents = IntentWorker(self)
         self.started_at = time.time()
+        self.busy: set[str] = set()  # guests an intent is working on
+        self.busy_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._lease_lost = threading.Event()
         self._next_resync = 0.0
         self._libvirt_backoff = Backoff()
         self._registry_backoff = Backoff()
         self._registry_ok = True
+        self._xml_written: dict[str, str] = {}
+        self._intent_watch = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -77,8 +96,8 @@ class Agent:
         log.info("event=agent_start host=%s uri=%s endpoints=%s ttl=%s version=%s",
                  self.host, self.cfg.libvirt_uri, ",".join(self.cfg.endpoints),
                  self.cfg.ttl, __version__)
-        keepalive = threading.Thread(target=self._keepalive_loop, name="lease", daemon=True)
-        keepalive.start()
+        self.lease.start()
+        self.intents.start()
         while not self._stopping.is_set():
             try:
                 self._step()
@@ -89,12 +108,10 @@ class Agent:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        lease, self.lease = self.lease, None
-        if lease is not None:
-            try:
-                self.store.revoke_lease(lease)
-            except (RegistryUnavailable, AuthError) as exc:
-                log.warning("event=lease_revoke_failed host=%s error=%s", self.host, exc)
+        self.intents.stop()
+        if self._intent_watch is not None:
+            self._intent_watch.cancel()
+        self.lease.revoke()
         self.libvirt.close()
         self.store.close()
         log.info("event=agent_stop host=%s", self.host)
@@ -105,7 +122,7 @@ class Agent:
             self._registry_backoff.reset()
             self._next_resync = 0.0  # whatever we missed, repair it now
         elif not ok and self._registry_ok:
-            log.warning("event=registry_lost host=%s error=%s", self.host, error)
+            log.warning("event=registry_lost host=%s error=%s", self.host, _one_line(error))
         self._registry_ok = ok
 
     # -- main loop -----------------------------------------------------------
@@ -113,13 +130,22 @@ class Agent:
     def _step(self) -> None:
         if not self.libvirt.connected and not self._connect_libvirt():
             return
-        if self.lease is None or self._lease_lost.is_set():
+        if self.lease.lease is None or self.lease.lost.is_set():
             self._register()
+        if self._intent_watch is None:
+            self._intent_watch = self.store.watch_prefix(
+                self.keys.intents(self.host), self._intent_event)
         now = time.monotonic()
         if now >= self._next_resync:
             self.resync()
             self._next_resync = now + self.cfg.resync_interval
-        self._drain_changes(timeout=max(0.0, min(1.0, self._next_resync - time.monotonic())))
+        self._drain_changes(timeout=max(0.0, min(0.5, self._next_resync - time.monotonic())))
+
+    def _intent_event(self, ev: Event) -> None:
+        if ev.kind == "put":
+            self.intents.offer(ev.key, ev.value)
+        elif ev.kind == "reset":
+            self._next_resync = 0.0
 
     def _connect_libvirt(self) -> bool:
         try:
@@ -135,16 +161,13 @@ class Agent:
         self._next_resync = 0.0
         return True
 
-    def _libvirt_lost(self) -> None:
-        self.changes.put(_RESYNC)
-
     def _register(self) -> None:
         """Take a fresh lease and publish the host record under it."""
-        self._lease_lost.clear()
-        self.lease = self.store.grant_lease(self.cfg.ttl)
+        lease = self.lease.grant()
         self.publish_host()
+        self.store.delete(self.keys.dead_host(self.host))  # alive again: not dead
         self._next_resync = 0.0
-        log.info("event=host_registered host=%s lease=%x ttl=%s", self.host, self.lease,
+        log.info("event=host_registered host=%s lease=%x ttl=%s", self.host, lease,
                  self.cfg.ttl)
 
     def publish_host(self) -> None:
@@ -153,16 +176,18 @@ class Agent:
             name=self.host, libvirt_uri=self.cfg.libvirt_uri or "", agent_version=__version__,
             reported_at=time.time(), labels=self.cfg.labels, started_at=self.started_at,
             storage=self.cfg.storage, **node,
-        ), lease=self.lease)
+        ), lease=self.lease.lease)
 
     def resync(self) -> None:
-        """Make the registry's records of this host's guests match libvirt exactly."""
+        """Make the registry match libvirt exactly, and judge every fenced guest."""
         try:
             observed = self.libvirt.guests(self.host)
         except libvirt.libvirtError as exc:
             log.warning("event=libvirt_error host=%s error=%s", self.host, _one_line(exc))
             self.libvirt.close()
             return
+        self.fencer.refresh_held()
+        observed = {u: self._with_token(r) for u, r in observed.items()}
         stored, errors = self.registry.guests_of(self.host)
         for err in errors:
             log.warning("event=corrupt_record host=%s key=%s", self.host, err.key)
@@ -176,28 +201,40 @@ class Agent:
                      self.host, rec.name, rec.uuid, rec.state)
         for uuid in deletes:
             log.info("event=guest_removed host=%s uuid=%s", self.host, uuid)
+        for rec in observed.values():
+            self.judge(rec, clean_stop=None)
+            self._publish_definition(rec)
+        self._release_orphans(observed)
         self.publish_host()
+        self.intents.catch_up()
+
+    def _with_token(self, rec: GuestRecord) -> GuestRecord:
+        token = self.fencer.tokens.get(rec.uuid, 0) if rec.fenced else 0
+        return replace(rec, fence_token=token) if token != rec.fence_token else rec
 
     def _drain_changes(self, timeout: float) -> None:
         try:
             first = self.changes.get(timeout=timeout)
         except queue.Empty:
             return
-        pending = {first}
-        while True:  # coalesce a burst of events into one write per guest
+        pending: dict[str, bool | None] = {}
+        item: tuple[str, str, bool | None] | None = first
+        while item is not None:  # coalesce a burst of events into one write per guest
+            kind, uuid, clean = item
+            if kind == "resync":
+                self._next_resync = 0.0
+            elif uuid not in pending or clean is not None:
+                pending[uuid] = clean
             try:
-                pending.add(self.changes.get_nowait())
+                item = self.changes.get_nowait()
             except queue.Empty:
-                break
-        if _RESYNC in pending:
-            self._next_resync = 0.0
-            pending.discard(_RESYNC)
-        for uuid in sorted(pending):
-            self._write_guest(uuid)
+                item = None
+        for uuid, clean in sorted(pending.items()):
+            self._write_guest(uuid, clean)
         if pending and self.libvirt.connected:
             self.publish_host()  # free memory follows the guests
 
-    def _write_guest(self, uuid: str) -> None:
+    def _write_guest(self, uuid: str, clean: bool | None) -> None:
         if not self.libvirt.connected:
             return
         try:
@@ -210,29 +247,115 @@ class Agent:
         if rec is None:
             self.registry.delete_guest(self.host, uuid)
             log.info("event=guest_removed host=%s uuid=%s", self.host, uuid)
-        else:
-            self.registry.put_guest(rec)
-            log.info("event=guest_changed host=%s guest=%s uuid=%s state=%s",
-                     self.host, rec.name, rec.uuid, rec.state)
+            return
+        rec = self._with_token(rec)
+        self.registry.put_guest(rec)
+        log.info("event=guest_changed host=%s guest=%s uuid=%s state=%s",
+                 self.host, rec.name, rec.uuid, rec.state)
+        self.judge(rec, clean)
+        self._publish_definition(rec)
 
-    # -- lease keepalive -----------------------------------------------------
+    # -- fencing -------------------------------------------------------------
 
-    def _keepalive_loop(self) -> None:
-        period = self.cfg.ttl / 3
-        while not self._stopping.wait(period):
-            lease = self.lease
-            if lease is None or self._lease_lost.is_set():
-                continue
+    def judge(self, rec: GuestRecord, clean_stop: bool | None) -> None:
+        """Apply the fencing rule to one guest seen on this host."""
+        if not rec.fenced:
+            return
+        with self.busy_lock:
+            if rec.uuid in self.busy:
+                return  # an intent is starting or stopping it right now
+        ref = self.fencer.ref(rec)
+        observed = self.fencer.observe(ref.volumes)
+        if rec.state in ACTIVE_STATES:
+            policy = IntruderPolicy(self.cfg.intruder_policy)
+            verdict = judge_running(self.host, ref, observed, policy)
+            if verdict.act is Act.ACQUIRE:
+                self.report_violation(rec, verdict.report, "take")
+                try:
+                    self.fencer.acquire(ref)
+                    return
+                except FenceRefused:
+                    verdict = judge_running(self.host, ref, self.fencer.observe(ref.volumes),
+                                            policy)
+            if verdict.act in (Act.PAUSE, Act.DESTROY):
+                self._stop_intruder(rec, verdict.act)
+                self.report_violation(rec, verdict.report, verdict.act.value)
+            return
+        verdict = judge_stopped(self.host, ref, observed, clean_stop=bool(clean_stop))
+        if verdict.act is Act.RELEASE:
+            self.fencer.release(ref)
+
+    def _stop_intruder(self, rec: GuestRecord, act: Act) -> None:
+        dom = self.libvirt.domain(rec.uuid)
+        if dom is None:
+            return
+        try:
+            if act is Act.DESTROY:
+                dom.destroy()
+            elif dom.info()[0] != libvirt.VIR_DOMAIN_PAUSED:
+                dom.suspend()
+        except libvirt.libvirtError as exc:
+            log.error("event=intruder_stop_failed host=%s guest=%s error=%s", self.host,
+                      rec.name, _one_line(exc))
+
+    def report_violation(self, rec: GuestRecord, message: str, action: str) -> None:
+        log.error("event=fence_violation host=%s guest=%s uuid=%s action=%s message=%s",
+                  self.host, rec.name, rec.uuid, action, message)
+        observed = self.fencer.observe(rec.volumes)
+        holders = [o.fence.holder for o in observed.values()
+                   if o is not None and hasattr(o, "fence") and o.fence.holder != self.host]
+        volume = rec.volumes[0] if rec.volumes else ""
+        self.store.put(self.keys.violation(self.host, rec.uuid), encode(Violation(
+            self.host, rec.uuid, rec.name, volume, holders[0] if holders else "",
+            action, time.time(), message)))
+
+    def _release_orphans(self, observed: dict[str, GuestRecord]) -> None:
+        """Fences this host holds for guests it no longer has (undefined while down)."""
+        for fence in list(self.fencer.held.values()):
+            if fence.guest not in observed:
+                self.fencer.release(GuestRef(fence.guest, fence.guest_name, fence.kind,
+                                             (fence.volume,)))
+
+    def self_fence(self) -> None:
+        """The lease deadline passed: destroy every HA fenced guest here, now.
+
+        Pinned guests are left running: nobody may take their fences without an
+        operator's ``host confirm-dead``.
+        """
+        for uuid in sorted(self.fencer.ha_guests()):
             try:
-                remaining = self.store.keepalive(lease)
-            except (RegistryUnavailable, AuthError) as exc:
-                log.warning("event=keepalive_failed host=%s error=%s", self.host, _one_line(exc))
-                continue
-            if remaining <= 0:
-                log.warning("event=lease_expired host=%s lease=%x", self.host, lease)
-                self._lease_lost.set()
-                self.changes.put(_RESYNC)
+                dom = self.libvirt.domain(uuid)
+                if dom is not None and dom.isActive():
+                    dom.destroy()
+                    log.warning("event=self_fenced host=%s guest=%s uuid=%s", self.host,
+                                dom.name(), uuid)
+            except libvirt.libvirtError as exc:
+                log.error("event=self_fence_failed host=%s uuid=%s error=%s", self.host, uuid,
+                          _one_line(exc))
+
+    def _publish_definition(self, rec: GuestRecord) -> None:
+        """Keep a fenced guest's XML in the registry so another host can take it over."""
+        if not rec.fenced or not rec.persistent:
+            return
+        dom = self.libvirt.domain(rec.uuid)
+        if dom is None:
+            return
+        xml = self.libvirt.inactive_xml(dom)
+        if self._xml_written.get(rec.uuid) == xml:
+            return
+        key = self.keys.domain(rec.uuid)
+        item = self.store.get(key)
+        if item is not None:
+            try:
+                if decode(DomainDefinition, key, item.value).xml == xml:
+                    self._xml_written[rec.uuid] = xml
+                    return
+            except ValueError:
+                pass  # corrupt: overwrite it
+        self.store.put(key, encode(DomainDefinition(rec.uuid, rec.name, xml, self.host,
+                                                    time.time())))
+        self._xml_written[rec.uuid] = xml
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException | str) -> str:
     return " ".join(str(exc).split())

@@ -41,11 +41,24 @@ def _silence_libvirt_errors() -> None:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
+_UNCLEAN_STOPS = {libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED}
+
+
+def stop_was_clean(event: int, detail: int) -> bool | None:
+    """For a stop event: True after shutdown/destroy/save, False after a crash; else None."""
+    if event == libvirt.VIR_DOMAIN_EVENT_CRASHED:
+        return False
+    if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+        return detail not in _UNCLEAN_STOPS
+    return None
+
+
 class LibvirtSource:
     """A libvirt connection that reports lifecycle events and describes domains."""
 
     def __init__(self, uri: str, rules: SharedStorageRules,
-                 on_change: Callable[[str], None], on_close: Callable[[], None]) -> None:
+                 on_change: Callable[[str, bool | None], None],
+                 on_close: Callable[[], None]) -> None:
         self.uri = uri
         self._rules = rules
         self._on_change = on_change
@@ -84,7 +97,7 @@ class LibvirtSource:
 
     def _lifecycle(self, _conn: object, dom: libvirt.virDomain, event: int, detail: int,
                    _opaque: object) -> None:
-        self._on_change(dom.UUIDString())
+        self._on_change(dom.UUIDString(), stop_was_clean(event, detail))
 
     def _closed(self, _conn: object, reason: int, _opaque: object) -> None:
         log.warning("event=libvirt_closed uri=%s reason=%s", self.uri, reason)
@@ -152,3 +165,28 @@ class LibvirtSource:
             vcpus=int(vcpus), memory_mib=int(max_kib) // 1024, updated_at=time.time(),
             disks=disks, persistent=persistent, autostart=autostart,
         )
+
+    # -- actions -------------------------------------------------------------
+
+    def domain(self, uuid: str) -> libvirt.virDomain | None:
+        try:
+            return self._require().lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def define(self, xml: str) -> libvirt.virDomain:
+        return self._require().defineXML(xml)
+
+    def inactive_xml(self, dom: libvirt.virDomain) -> str:
+        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    def wait_stopped(self, dom: libvirt.virDomain, timeout: float) -> bool:
+        """Poll until the domain is off; False if still running after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while dom.isActive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True

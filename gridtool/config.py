@@ -29,7 +29,8 @@ _SECTIONS = {
     "password_file": "registry", "ca_cert": "registry", "cert": "registry", "key": "registry",
     "timeout": "registry",
     "host": "agent", "libvirt_uri": "agent", "ttl": "agent", "resync_interval": "agent",
-    "labels": "agent", "storage": "agent",
+    "labels": "agent", "storage": "agent", "intruder_policy": "agent", "watchdog": "agent",
+    "watchdog_timeout": "agent",
     "shared_patterns": "storage", "shared_pools": "storage",
 }
 SECRET_SETTINGS = frozenset({"password"})
@@ -54,6 +55,9 @@ class Config:
     resync_interval: float = 30.0
     labels: tuple[str, ...] = ()
     storage: tuple[str, ...] = ()
+    intruder_policy: str = "pause"
+    watchdog: str | None = None
+    watchdog_timeout: float = 5.0
     shared_patterns: tuple[str, ...] = DEFAULT_SHARED_PATTERNS
     shared_pools: tuple[str, ...] = ()
     source: str = "defaults"
@@ -111,6 +115,9 @@ def _validate(cfg: Config) -> Config:
             validate_name("host", cfg.host)
     except ValueError as exc:
         raise ConfigError(f"setting 'host': {exc}") from None
+    if cfg.intruder_policy not in ("pause", "destroy"):
+        raise ConfigError(f"setting 'intruder_policy': {cfg.intruder_policy!r} is not "
+                          "pause or destroy")
     if not cfg.endpoints:
         raise ConfigError("setting 'endpoints': at least one HOST:PORT is required")
     for ep in cfg.endpoints:

@@ -45,8 +45,43 @@ class Keys:
     def fence(self, volume: str) -> str:
         return f"{self.fences}{volume}"
 
+    @property
+    def all_intents(self) -> str:
+        return f"{self.prefix}intents/"
+
     def intents(self, host: str) -> str:
-        return f"{self.prefix}intents/{host}/"
+        return f"{self.all_intents}{host}/"
+
+    def intent(self, host: str, intent_id: str) -> str:
+        return f"{self.intents(host)}{intent_id}"
+
+    @property
+    def settings(self) -> str:
+        return f"{self.prefix}settings/"
+
+    def guest_settings(self, uuid: str) -> str:
+        return f"{self.settings}{uuid}"
+
+    @property
+    def domains(self) -> str:
+        return f"{self.prefix}domains/"
+
+    def domain(self, uuid: str) -> str:
+        return f"{self.domains}{uuid}"
+
+    @property
+    def violations(self) -> str:
+        return f"{self.prefix}violations/"
+
+    def violation(self, host: str, uuid: str) -> str:
+        return f"{self.violations}{host}/{uuid}"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}dead/"
+
+    def dead_host(self, host: str) -> str:
+        return f"{self.dead}{host}"
 
     @property
     def pools(self) -> str:
@@ -55,6 +90,14 @@ class Keys:
     @property
     def manager(self) -> str:
         return f"{self.prefix}manager/"
+
+    @property
+    def manager_leader(self) -> str:
+        return f"{self.manager}leader"
+
+    @property
+    def manager_status(self) -> str:
+        return f"{self.manager}status"
 
 
 def validate_name(kind: str, name: str) -> str:

@@ -73,6 +73,7 @@ class GuestRecord:
     disks: tuple[Disk, ...] = ()
     persistent: bool = True
     autostart: bool = False
+    fence_token: int = 0  # revision of the fence key(s) this host holds for the guest
 
     @property
     def fenced(self) -> bool:
@@ -135,6 +136,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "libvirt_uri": (str,), "hypervisor": (str,), "agent_version": (str,),
     "uuid": (str,), "host": (str,), "state": (str,),
     "cpus": (int,), "memory_mib": (int,), "free_memory_mib": (int,), "vcpus": (int,),
+    "fence_token": (int,),
     "reported_at": (int, float), "started_at": (int, float), "updated_at": (int, float),
     "persistent": (bool,), "autostart": (bool,),
 }

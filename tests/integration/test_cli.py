@@ -29,10 +29,11 @@ def run(cfg, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:  #
 
 @pytest.fixture
 def populated(lab_hosts, registry):  # type: ignore[no-untyped-def]
-    for name in ("hv1", "hv2"):
+    for shelf, name in enumerate(("hv1", "hv2"), start=1):
         lab_hosts.add(name)
         conn = lab_hosts.conn(name)
-        conn.defineXML(domain_xml(f"{name}-web", disk="/dev/etherd/e7.1", block=True)).create()
+        conn.defineXML(domain_xml(f"{name}-web", disk=f"/dev/etherd/e7.{shelf}",
+                                  block=True)).create()
         conn.defineXML(domain_xml(f"{name}-db"))
         lab_hosts.start_agent(name)
     wait_until(lambda: len(registry.list_guests()[0]) == 4, what="4 guests")
@@ -47,7 +48,7 @@ def test_host_and_guest_list_json(populated, cfg):  # type: ignore[no-untyped-de
     guests = json.loads(done.stdout)
     assert [(g["name"], g["state"], g["fenced"]) for g in guests["guests"]] == [
         ("hv2-web", "running", True)]
-    assert guests["guests"][0]["disks"][0]["volume"] == "aoe-e7.1"
+    assert guests["guests"][0]["disks"][0]["volume"] == "aoe-e7.2"
     assert done.stderr == ""
 
 

@@ -1,0 +1,162 @@
+"""The agent's fencing shell: read fence keys, run the pure rule, write ONE transaction.
+
+Every decision is taken by ``gridtool.fencing``; this module only reads what it needs
+from etcd and carries the plan out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from gridtool.fencing import (
+    AcquirePlan,
+    Expect,
+    Fence,
+    FenceKind,
+    GuestRef,
+    Observation,
+    Observed,
+    Refusal,
+    observe,
+    plan_acquire,
+    plan_release,
+)
+from gridtool.keys import Keys
+from gridtool.model import GuestRecord
+from gridtool.records import GuestSettings, decode
+from gridtool.store import Compare, Delete, Put, Store
+
+log = logging.getLogger("gridtool.agent")
+
+
+class FenceRefused(Exception):
+    """The guest's fence is held elsewhere (or unreadable); str() names the holder."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
+class Fencer:
+    """Takes and releases one host's fences; remembers which it holds and of what kind."""
+
+    def __init__(self, store: Store, keys: Keys, host: str, lease: Callable[[], int | None]
+                 ) -> None:
+        self.store = store
+        self.keys = keys
+        self.host = host
+        self._lease = lease
+        self._lock = threading.Lock()
+        self.held: dict[str, Fence] = {}  # volume -> fence this host holds
+        self.tokens: dict[str, int] = {}  # guest uuid -> fencing token
+
+    # -- reading -------------------------------------------------------------
+
+    def kind_of(self, uuid: str) -> FenceKind:
+        """HA when the operator set ``guest set --ha on``; pinned otherwise."""
+        item = self.store.get(self.keys.guest_settings(uuid))
+        if item is None:
+            return FenceKind.PINNED
+        try:
+            settings = decode(GuestSettings, item.key, item.value)
+        except ValueError:
+            return FenceKind.PINNED
+        return FenceKind.HA if settings.ha else FenceKind.PINNED
+
+    def ref(self, guest: GuestRecord, kind: FenceKind | None = None) -> GuestRef:
+        return GuestRef(guest.uuid, guest.name, kind or self.kind_of(guest.uuid), guest.volumes)
+
+    def observe(self, volumes: Iterable[str]) -> dict[str, Observation]:
+        observed: dict[str, Observation] = {}
+        for volume in volumes:
+            item = self.store.get(self.keys.fence(volume))
+            observed[volume] = observe(volume, item.value if item else None,
+                                       item.mod_revision if item else 0)
+        return observed
+
+    def refresh_held(self) -> dict[str, Fence]:
+        """Re-read which fences this host holds (one range read)."""
+        items, _ = self.store.list(self.keys.fences)
+        held: dict[str, Fence] = {}
+        tokens: dict[str, int] = {}
+        for item in items:
+            volume = item.key.removeprefix(self.keys.fences)
+            obs = observe(volume, item.value, item.mod_revision)
+            if isinstance(obs, Observed) and obs.fence.holder == self.host:
+                held[volume] = obs.fence
+                tokens[obs.fence.guest] = max(tokens.get(obs.fence.guest, 0), obs.mod_revision)
+        with self._lock:
+            self.held, self.tokens = held, tokens
+        return held
+
+    def ha_guests(self) -> set[str]:
+        """UUIDs of guests this host holds HA fences for (used to self-fence)."""
+        with self._lock:
+            return {f.guest for f in self.held.values() if f.kind is FenceKind.HA}
+
+    # -- writing -------------------------------------------------------------
+
+    def acquire(self, guest: GuestRef, attempts: int = 5) -> int:
+        """Take every fence of ``guest`` in one transaction; return the fencing token.
+
+        Raises FenceRefused when another host holds one. A transaction that loses a
+        race is re-planned from a fresh read.
+        """
+        for _ in range(attempts):
+            plan = plan_acquire(self.host, guest, self.observe(guest.volumes), time.time())
+            if isinstance(plan, Refusal):
+                raise FenceRefused(plan)
+            if self._run_acquire(plan):
+                token = self._token(guest)
+                log.info("event=fence_acquired host=%s guest=%s volumes=%s kind=%s token=%s",
+                         self.host, guest.name, ",".join(guest.volumes), guest.kind.value,
+                         token)
+                return token
+        raise FenceRefused(Refusal(guest.uuid, guest.volumes[0], None,
+                                   f"fence of {guest.name} keeps changing: try again"))
+
+    def _run_acquire(self, plan: AcquirePlan) -> bool:
+        lease = self._lease()
+        compares, puts = [], []
+        for step in plan.steps:
+            key = self.keys.fence(step.volume)
+            compares.append(Compare(key, "create", 0) if step.expect is Expect.ABSENT
+                            else Compare(key, "mod", step.mod_revision))
+            if step.with_lease and not lease:
+                return False
+            puts.append(Put(key, step.value.encode(), lease if step.with_lease else None))
+        if not self.store.txn(compares, puts):
+            return False
+        with self._lock:
+            for step in plan.steps:
+                self.held[step.volume] = step.fence
+        return True
+
+    def _token(self, guest: GuestRef) -> int:
+        tokens = [o.mod_revision for o in self.observe(guest.volumes).values()
+                  if isinstance(o, Observed)]
+        token = max(tokens, default=0)
+        with self._lock:
+            self.tokens[guest.uuid] = token
+        return token
+
+    def release(self, guest: GuestRef) -> list[str]:
+        """Delete the fences this host holds for ``guest`` (compare-and-delete, one txn)."""
+        plan = plan_release(self.host, guest, self.observe(guest.volumes))
+        if plan.empty:
+            return []
+        keys = [self.keys.fence(s.volume) for s in plan.steps]
+        ok = self.store.txn([Compare(k, "mod", s.mod_revision)
+                             for k, s in zip(keys, plan.steps, strict=True)],
+                            [Delete(k) for k in keys])
+        with self._lock:
+            for step in plan.steps:
+                self.held.pop(step.volume, None)
+            self.tokens.pop(guest.uuid, None)
+        if ok:
+            log.info("event=fence_released host=%s guest=%s volumes=%s", self.host, guest.name,
+                     ",".join(s.volume for s in plan.steps))
+        return [s.volume for s in plan.steps] if ok else []

@@ -1,0 +1,213 @@
+"""Carry out intents addressed to this host, one at a time, and write the outcome back."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import libvirt
+
+from agents.fencer import FenceRefused
+from gridtool.errors import AuthError, RegistryUnavailable
+from gridtool.fencing import FenceKind
+from gridtool.model import DecodeError
+from gridtool.records import DomainDefinition, Intent, decode, encode
+
+if TYPE_CHECKING:
+    from agents.agent import Agent
+
+log = logging.getLogger("gridtool.agent")
+
+FINISHED_KEEP_S = 600.0  # finished intents nobody collected are removed after this
+
+
+class IntentFailed(Exception):
+    """The intent cannot be carried out; str() is the one-line reason."""
+
+
+class IntentWorker:
+    """A thread that takes intents from a queue and runs them in order."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self._queued: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="intents", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self._thread.join(timeout=10)
+
+    def offer(self, key: str, raw: bytes) -> None:
+        """A watched intent key changed: queue it if it still has to be done."""
+        try:
+            intent = decode(Intent, key, raw)
+        except DecodeError as exc:
+            log.warning("event=corrupt_intent host=%s key=%s error=%s", self.agent.host, key,
+                        exc.reason)
+            return
+        if intent.finished:
+            return
+        with self._lock:
+            if key in self._queued:
+                return
+            self._queued.add(key)
+        self.queue.put(key)
+
+    def catch_up(self) -> None:
+        """On resync: queue unfinished intents the watch may have missed; drop stale ones."""
+        items, _ = self.agent.store.list(self.agent.keys.intents(self.agent.host))
+        now = time.time()
+        for item in items:
+            try:
+                intent = decode(Intent, item.key, item.value)
+            except DecodeError:
+                continue
+            if intent.finished and now - intent.updated > FINISHED_KEEP_S:
+                self.agent.store.delete(item.key)
+            elif not intent.finished:
+                self.offer(item.key, item.value)
+
+    def _loop(self) -> None:
+        while True:
+            key = self.queue.get()
+            if key is None:
+                return
+            try:
+                self._run(key)
+            except (RegistryUnavailable, AuthError) as exc:
+                log.warning("event=intent_deferred host=%s key=%s error=%s", self.agent.host,
+                            key, exc)
+            finally:
+                with self._lock:
+                    self._queued.discard(key)
+
+    def _run(self, key: str) -> None:
+        item = self.agent.store.get(key)
+        if item is None:
+            return  # withdrawn
+        intent = decode(Intent, key, item.value)
+        if intent.finished:
+            return
+        self._write(key, intent, "running", "")
+        log.info("event=intent_start host=%s id=%s action=%s guest=%s", self.agent.host,
+                 intent.id, intent.action, intent.name)
+        with self.agent.busy_lock:
+            self.agent.busy.add(intent.guest)
+        try:
+            message = getattr(self, f"_do_{intent.action}")(intent)
+            state = "done"
+        except IntentFailed as exc:
+            state, message = "failed", str(exc)
+        except FenceRefused as exc:
+            state, message = "failed", f"refused: {exc}"
+        except libvirt.libvirtError as exc:
+            state, message = "failed", "libvirt: " + " ".join(str(exc).split())
+        except AttributeError:
+            state, message = "failed", f"unknown action {intent.action!r}"
+        finally:
+            with self.agent.busy_lock:
+                self.agent.busy.discard(intent.guest)
+        self._write(key, intent, state, message)
+        log.info("event=intent_%s host=%s id=%s action=%s guest=%s message=%s", state,
+                 self.agent.host, intent.id, intent.action, intent.name, message)
+        self.agent.changes.put(("guest", intent.guest, None))
+
+    def _write(self, key: str, intent: Intent, state: str, message: str) -> None:
+        from dataclasses import replace
+
+        self.agent.store.put(key, encode(replace(intent, state=state, message=message,
+                                                 updated=time.time())))
+
+    # -- actions -------------------------------------------------------------
+
+    def _domain(self, intent: Intent) -> libvirt.virDomain:
+        dom = self.agent.libvirt.domain(intent.guest)
+        if dom is not None:
+            return dom
+        item = self.agent.store.get(self.agent.keys.domain(intent.guest))
+        if item is None:
+            raise IntentFailed(f"guest {intent.name} is not defined on {self.agent.host} "
+                               "and the registry has no definition of it")
+        definition = decode(DomainDefinition, item.key, item.value)
+        log.info("event=guest_defined host=%s guest=%s from=registry", self.agent.host,
+                 intent.name)
+        return self.agent.libvirt.define(definition.xml)
+
+    def _record(self, intent: Intent):  # type: ignore[no-untyped-def]
+        rec = self.agent.libvirt.guest(intent.guest, self.agent.host)
+        if rec is None:
+            raise IntentFailed(f"guest {intent.name} vanished from {self.agent.host}")
+        return rec
+
+    def _do_start(self, intent: Intent) -> str:
+        dom = self._domain(intent)
+        rec = self._record(intent)
+        token = 0
+        if rec.fenced:
+            ref = self.agent.fencer.ref(rec)
+            if ref.kind is FenceKind.HA and not self.agent.lease.healthy():
+                raise IntentFailed(f"{self.agent.host}'s lease is not healthy: "
+                                   "refusing to take an HA fence")
+            token = self.agent.fencer.acquire(ref)
+        if dom.isActive():
+            return f"{intent.name} already running on {self.agent.host}"
+        try:
+            dom.create()
+        except libvirt.libvirtError:
+            if rec.fenced:
+                self.agent.fencer.release(self.agent.fencer.ref(rec))
+            raise
+        suffix = f" (fence token {token})" if token else ""
+        return f"{intent.name} started on {self.agent.host}{suffix}"
+
+    def _do_stop(self, intent: Intent) -> str:
+        dom = self._domain(intent)
+        timeout = float(intent.params.get("timeout", 60))
+        how = "was not running"
+        if dom.isActive():
+            dom.shutdown()
+            how = "shut down"
+            if not self.agent.libvirt.wait_stopped(dom, timeout):
+                dom.destroy()
+                how = f"destroyed after {timeout:g} s without shutting down"
+        self._release(intent)
+        return f"{intent.name} {how} on {self.agent.host}"
+
+    def _do_destroy(self, intent: Intent) -> str:
+        dom = self._domain(intent)
+        if dom.isActive():
+            dom.destroy()
+        self._release(intent)
+        return f"{intent.name} destroyed on {self.agent.host}"
+
+    def _do_restart(self, intent: Intent) -> str:
+        self._do_stop(intent)
+        return self._do_start(intent).replace("started", "restarted")
+
+    def _do_define(self, intent: Intent) -> str:
+        xml = intent.params.get("xml")
+        if not isinstance(xml, str):
+            raise IntentFailed("define needs the domain XML")
+        dom = self.agent.libvirt.define(xml)
+        return f"{dom.name()} defined on {self.agent.host} as {dom.UUIDString()}"
+
+    def _do_undefine(self, intent: Intent) -> str:
+        dom = self._domain(intent)
+        if dom.isActive():
+            raise IntentFailed(f"{intent.name} is running on {self.agent.host}: stop it first")
+        self._release(intent)
+        dom.undefine()
+        return f"{intent.name} undefined on {self.agent.host}"
+
+    def _release(self, intent: Intent) -> None:
+        rec = self.agent.libvirt.guest(intent.guest, self.agent.host)
+        if rec is not None and rec.fenced:
+            self.agent.fencer.release(self.agent.fencer.ref(rec))

@@ -1,0 +1,121 @@
+"""The host lease: keepalives on their own thread, tracked by the pure ``LeaseClock``;
+a guard thread self-fences (destroys HA fenced guests) when the deadline comes, and
+optionally pets a hardware/soft watchdog while it is safe to."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from gridtool.errors import AuthError, RegistryUnavailable
+from gridtool.fencing import LeaseClock, LeaseState
+from gridtool.store import Store
+
+log = logging.getLogger("gridtool.agent")
+
+
+class Watchdog:
+    """Linux watchdog device (``/dev/watchdog``, softdog): pet it, close it magically."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._fh = Path(path).open("wb", buffering=0)  # noqa: SIM115 - held open on purpose
+
+    def pet(self) -> None:
+        self._fh.write(b"\0")
+
+    def close(self) -> None:
+        self._fh.write(b"V")  # magic close: a clean stop does not reset the host
+        self._fh.close()
+
+
+class HostLease:
+    """Grant, keep alive and watch one etcd lease for this host."""
+
+    def __init__(self, store: Store, ttl: int, host: str,
+                 self_fence: Callable[[], None], watchdog: Watchdog | None = None,
+                 has_ha_guests: Callable[[], bool] = lambda: True) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.host = host
+        self._self_fence = self_fence
+        self._watchdog = watchdog
+        self._has_ha_guests = has_ha_guests
+        self.lease: int | None = None
+        self.clock: LeaseClock | None = None
+        self.lost = threading.Event()
+        self._fenced_for: int | None = None
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._keepalive_loop, name="keepalive",
+                                          daemon=True),
+                         threading.Thread(target=self._guard_loop, name="lease-guard",
+                                          daemon=True)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def grant(self) -> int:
+        """Take a new lease (after start-up or after the old one was lost)."""
+        sent = time.monotonic()
+        lease = self.store.grant_lease(self.ttl)
+        self.clock = LeaseClock.start(self.ttl, sent)
+        self.lease = lease
+        self.lost.clear()
+        return lease
+
+    def healthy(self) -> bool:
+        clock = self.clock
+        return clock is not None and clock.state(time.monotonic()) is LeaseState.HEALTHY
+
+    def revoke(self) -> None:
+        self._stop.set()
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            try:
+                self.store.revoke_lease(lease)
+            except (RegistryUnavailable, AuthError) as exc:
+                log.warning("event=lease_revoke_failed host=%s error=%s", self.host, exc)
+        if self._watchdog is not None:
+            self._watchdog.close()
+
+    def _keepalive_loop(self) -> None:
+        while not self._stop.wait(0.05):
+            clock, lease = self.clock, self.lease
+            now = time.monotonic()
+            if clock is None or lease is None or self.lost.is_set() \
+                    or not clock.keepalive_due(now):
+                continue
+            self.clock = clock.sent(now)
+            try:
+                remaining = self.store.keepalive(lease)
+            except (RegistryUnavailable, AuthError) as exc:
+                log.warning("event=keepalive_failed host=%s error=%s", self.host,
+                            " ".join(str(exc).split()))
+                continue
+            if lease != self.lease or self.clock is None:
+                continue  # a new lease was granted meanwhile
+            self.clock = self.clock.acked(now, remaining)
+            if remaining <= 0:
+                log.warning("event=lease_expired host=%s lease=%x", self.host, lease)
+                self.lost.set()
+
+    def _guard_loop(self) -> None:
+        while not self._stop.wait(0.1):
+            clock, lease = self.clock, self.lease
+            if clock is None or lease is None:
+                continue
+            now = time.monotonic()
+            if clock.state(now) is LeaseState.MUST_SELF_FENCE and self._fenced_for != lease:
+                self._fenced_for = lease
+                log.warning("event=self_fence host=%s lease=%x reason=lease_deadline "
+                            "overdue_s=%.2f", self.host, lease, now - clock.deadline)
+                self._self_fence()
+                self.lost.set()
+            if self._watchdog is not None and clock.watchdog_may_pet(
+                    now, self._watchdog.timeout, self._has_ha_guests()):
+                self._watchdog.pet()
