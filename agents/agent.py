@@ -26,7 +26,14 @@ from agents.libvirt_source import LibvirtSource
 from gridtool import __version__
 from gridtool.config import Config
 from gridtool.errors import AuthError, RegistryUnavailable
-from gridtool.fencing import Act, GuestRef, IntruderPolicy, judge_running, judge_stopped
+from gridtool.fencing import (
+    Act,
+    GuestRef,
+    IntruderPolicy,
+    Observed,
+    judge_running,
+    judge_stopped,
+)
 from gridtool.model import GuestRecord, HostRecord
 from gridtool.records import DomainDefinition, Violation, decode, encode
 from gridtool.registry import Registry
@@ -84,6 +91,9 @@ class Agent:
         self._registry_backoff = Backoff()
         self._registry_ok = True
         self._xml_written: dict[str, str] = {}
+        # The first resync adopts fenced guests that ran before this agent started
+        # (installing gridtool on a running host); later ones without a fence are violations.
+        self._adopting = True
         self._intent_watch = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -98,6 +108,12 @@ class Agent:
                  self.cfg.ttl, __version__)
         self.lease.start()
         self.intents.start()
+        if self.cfg.manager:
+            from gridtool.manager import Manager
+
+            manager = Manager(self.cfg, self.store, self.host)
+            threading.Thread(target=manager.run, args=(self._stopping,), name="manager",
+                             daemon=True).start()
         while not self._stopping.is_set():
             try:
                 self._step()
@@ -204,6 +220,7 @@ class Agent:
         for rec in observed.values():
             self.judge(rec, clean_stop=None)
             self._publish_definition(rec)
+        self._adopting = False
         self._release_orphans(observed)
         self.publish_host()
         self.intents.catch_up()
@@ -270,7 +287,10 @@ class Agent:
             policy = IntruderPolicy(self.cfg.intruder_policy)
             verdict = judge_running(self.host, ref, observed, policy)
             if verdict.act is Act.ACQUIRE:
-                self.report_violation(rec, verdict.report, "take")
+                if self._adopting:  # running before this agent ever ran here: adopt it
+                    log.info("event=fence_adopt host=%s guest=%s", self.host, rec.name)
+                else:
+                    self.report_violation(rec, verdict.report, "take")
                 try:
                     self.fencer.acquire(ref)
                     return
@@ -280,6 +300,9 @@ class Agent:
             if verdict.act in (Act.PAUSE, Act.DESTROY):
                 self._stop_intruder(rec, verdict.act)
                 self.report_violation(rec, verdict.report, verdict.act.value)
+            elif any(o.fence.kind is not ref.kind for o in observed.values()
+                     if isinstance(o, Observed)):
+                self.fencer.acquire(ref)  # HA switched on or off: re-put with(out) lease
             return
         verdict = judge_stopped(self.host, ref, observed, clean_stop=bool(clean_stop))
         if verdict.act is Act.RELEASE:

@@ -192,6 +192,14 @@ class IntentWorker:
         self._do_stop(intent)
         return self._do_start(intent).replace("started", "restarted")
 
+    def _do_refresh(self, intent: Intent) -> str:
+        """Settings changed (HA on/off): judge the guest again, re-putting its fences."""
+        rec = self._record(intent)
+        with self.agent.busy_lock:
+            self.agent.busy.discard(intent.guest)
+        self.agent.judge(rec, clean_stop=None)
+        return f"{intent.name} refreshed on {self.agent.host}"
+
     def _do_define(self, intent: Intent) -> str:
         xml = intent.params.get("xml")
         if not isinstance(xml, str):

@@ -30,10 +30,12 @@ _SECTIONS = {
     "timeout": "registry",
     "host": "agent", "libvirt_uri": "agent", "ttl": "agent", "resync_interval": "agent",
     "labels": "agent", "storage": "agent", "intruder_policy": "agent", "watchdog": "agent",
-    "watchdog_timeout": "agent",
+    "watchdog_timeout": "agent", "manager": "agent",
     "shared_patterns": "storage", "shared_pools": "storage",
 }
 SECRET_SETTINGS = frozenset({"password"})
+_BOOLS = {"1": True, "yes": True, "true": True, "on": True,
+          "0": False, "no": False, "false": False, "off": False}
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class Config:
     intruder_policy: str = "pause"
     watchdog: str | None = None
     watchdog_timeout: float = 5.0
+    manager: bool = False
     shared_patterns: tuple[str, ...] = DEFAULT_SHARED_PATTERNS
     shared_pools: tuple[str, ...] = ()
     source: str = "defaults"
@@ -90,6 +93,13 @@ def _parse(name: str, raw: Any) -> Any:
         if "tuple" in str(kind):
             items = raw if isinstance(raw, list | tuple) else text.replace(",", " ").split()
             return tuple(str(i) for i in items)
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            word = str(raw).strip().lower()
+            if word not in _BOOLS:
+                raise ValueError("must be yes or no")
+            return _BOOLS[word]
         if kind == "int":
             value = int(raw)
             if value < 2:

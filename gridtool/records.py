@@ -17,7 +17,7 @@ from gridtool.model import SCHEMA_VERSION, DecodeError
 
 R = TypeVar("R")
 
-INTENT_ACTIONS = ("start", "stop", "destroy", "restart", "define", "undefine")
+INTENT_ACTIONS = ("start", "stop", "destroy", "restart", "define", "undefine", "refresh")
 INTENT_STATES = ("pending", "running", "done", "failed")
 
 

@@ -38,9 +38,12 @@ def cli(ctx: click.Context, config_file: str | None, **overrides: object) -> Non
 
 
 def _register_commands() -> None:
-    from gridtool.cli import guests, hosts, lab, registry
+    from gridtool.cli import fences, guests, hosts, lab, lifecycle, manager, registry
 
-    for group in (hosts.host, guests.guest, registry.registry, lab.lab):
+    for command in lifecycle.COMMANDS:
+        guests.guest.add_command(command)
+    for group in (hosts.host, guests.guest, fences.fence, manager.manager, registry.registry,
+                  lab.lab):
         cli.add_command(group)
 
 

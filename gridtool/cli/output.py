@@ -25,13 +25,15 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     """Print a rich table to stdout."""
     from rich.table import Table
 
-    t = Table(title=title, title_justify="left", box=None, header_style="bold",
-              pad_edge=False)
+    t = Table(box=None, header_style="bold", pad_edge=False)
     for col in columns:
         t.add_column(col, overflow="fold")
     for row in rows:
         t.add_row(*[str(c) for c in row])
-    console().print(t)
+    out = console()
+    if title:
+        out.print(f"[bold]{title}[/bold]", highlight=False)
+    out.print(t)
 
 
 def console(stderr: bool = False) -> Any:

@@ -33,7 +33,7 @@ def test_full_sync_then_events(lab_hosts, registry):  # type: ignore[no-untyped-
     host = registry.get_host("hv1")
     assert host.hypervisor == "test" and host.cpus == 16 and host.memory_mib == 3072
     assert host.free_memory_mib == 3072 - 128
-    fenced = [g for g in _guests(registry, "hv1").values() if g.name == "pre-running"][0]
+    fenced = next(g for g in _guests(registry, "hv1").values() if g.name == "pre-running")
     assert fenced.fenced and fenced.volumes == ("aoe-e1.1",)
 
     dom = conn.defineXML(domain_xml("new"))

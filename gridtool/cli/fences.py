@@ -1,0 +1,132 @@
+"""``gridtool fence ...``: who holds which shared volume, and fence violations."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from gridtool.cli.context import AppContext, pass_app
+from gridtool.cli.output import age, emit_json, table, warn
+from gridtool.errors import Conflict, NotFound, UsageError
+
+
+@click.group()
+def fence() -> None:
+    """Fences: one holder host per shared-storage volume.
+
+    \b
+    Example:
+      gridtool fence list
+    """
+
+
+def _fences(app: AppContext) -> tuple[list[dict], list[str]]:
+    from gridtool.fencing import Observed, Unreadable, observe
+
+    keys = app.config.keys
+    items, _ = app.store.list(keys.fences)
+    rows, errors = [], []
+    for item in items:
+        volume = item.key.removeprefix(keys.fences)
+        obs = observe(volume, item.value, item.mod_revision)
+        if isinstance(obs, Unreadable):
+            errors.append(f"corrupt registry record {item.key}: {obs.error}")
+        elif isinstance(obs, Observed):
+            f = obs.fence
+            rows.append({"volume": f.volume, "guest": f.guest, "guest_name": f.guest_name,
+                         "holder": f.holder, "token": obs.mod_revision, "since": f.since,
+                         "kind": f.kind.value, "leased": bool(item.lease)})
+    return rows, errors
+
+
+def _violations(app: AppContext) -> list[dict]:
+    from dataclasses import asdict
+
+    from gridtool.model import DecodeError
+    from gridtool.records import Violation, decode
+
+    items, _ = app.store.list(app.config.keys.violations)
+    found = []
+    for item in items:
+        try:
+            found.append(asdict(decode(Violation, item.key, item.value)))
+        except DecodeError as exc:
+            warn(str(exc))
+    return found
+
+
+@fence.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_app
+def list_fences(app: AppContext, as_json: bool) -> None:
+    """List fences (volume, guest, holder, token, since, kind) and violations seen.
+
+    The token is the fence key's etcd revision: it grows every time the fence changes
+    hands, so storage that checks it can refuse writes from a stale holder.
+
+    \b
+    Example:
+      gridtool fence list --json
+    """
+    rows, errors = _fences(app)
+    violations = _violations(app)
+    if as_json:
+        emit_json(fences=rows, violations=violations, errors=errors)
+    else:
+        now = time.time()
+        table(None, ["VOLUME", "GUEST", "HOLDER", "TOKEN", "SINCE", "KIND"],
+              [(r["volume"], r["guest_name"], r["holder"], r["token"], age(r["since"], now),
+                r["kind"]) for r in rows])
+        if violations:
+            table("fence violations", ["WHEN", "HOST", "GUEST", "VOLUME", "HELD BY", "ACTION"],
+                  [(age(v["at"], now), v["host"], v["name"], v["volume"], v["holder"] or "-",
+                    v["action"]) for v in violations])
+    for err in errors:
+        warn(err)
+
+
+@fence.command("release")
+@click.argument("volume")
+@click.option("--force", is_flag=True, help="Required: this can let a guest run twice.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def release(app: AppContext, volume: str, force: bool, yes: bool) -> None:
+    """Delete a fence by hand (for an operator who knows its holder is dead).
+
+    \b
+    Example:
+      gridtool fence release aoe-e1.2 --force
+    """
+    from gridtool.store import Compare, Delete
+
+    if not force:
+        raise UsageError("releasing a fence by hand can let a guest run on two hosts: "
+                         "add --force if its holder is really dead")
+    key = app.config.keys.fence(volume)
+    item = app.store.get(key)
+    if item is None:
+        raise NotFound(f"no fence on volume {volume!r}")
+    holder = next((r["holder"] for r in _fences(app)[0] if r["volume"] == volume), "?")
+    if not yes:
+        click.confirm(f"Release fence {volume} held by {holder}? Make sure {holder} does not "
+                      "run the guest", abort=True, err=True)
+    if not app.store.txn([Compare(key, "mod", item.mod_revision)], [Delete(key)]):
+        raise Conflict(f"fence {volume} changed meanwhile: look again")
+    click.echo(f"released fence {volume} (was held by {holder})", err=True)
+
+
+@fence.command("clear-violations")
+@click.option("--host", "host_name", metavar="HOST", help="Only this host's violations.")
+@pass_app
+def clear_violations(app: AppContext, host_name: str | None) -> None:
+    """Forget the fence violations recorded so far (after an operator looked at them).
+
+    \b
+    Example:
+      gridtool fence clear-violations --host hv2
+    """
+    prefix = app.config.keys.violations + (f"{host_name}/" if host_name else "")
+    count = len(app.store.list(prefix)[0])
+    app.store.delete_prefix(prefix)
+    click.echo(f"cleared {count} violation record(s)", err=True)

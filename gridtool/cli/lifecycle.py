@@ -1,0 +1,204 @@
+"""``gridtool guest start|stop|destroy|restart|set``: lifecycle through intents."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import click
+
+from gridtool.cli.context import AppContext, pass_app
+from gridtool.errors import Conflict, NotFound, UsageError
+from gridtool.model import GuestRecord
+
+ACTIVE = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdown"})
+
+WAIT = click.option("--wait/--no-wait", default=True, show_default=True,
+                    help="Follow the operation to its outcome.")
+ON = click.option("--on", "on_host", metavar="HOST", help="The host to act on.")
+
+
+def _live_records(app: AppContext, name: str) -> tuple[list[GuestRecord], set[str]]:
+    records = app.registry.find_guest(name)
+    hosts, _ = app.registry.list_hosts()
+    live = {h.name for h in hosts}
+    return records, live
+
+
+def _target(app: AppContext, name: str, on_host: str | None, running: bool) -> GuestRecord:
+    """The record (host) an intent goes to: where it runs, or where it should start."""
+    records, live = _live_records(app, name)
+    if on_host:
+        if on_host not in live:
+            raise NotFound(f"unknown host {on_host!r} (not in the registry: no live agent)")
+        chosen = [r for r in records if r.host == on_host]
+        if chosen:
+            return chosen[0]
+        if running:
+            raise Conflict(f"guest {name} is not on {on_host}")
+        # Starting elsewhere: the agent defines it from the registry's copy of its XML.
+        return replace(records[0], host=on_host, state="shutoff")
+    alive = [r for r in records if r.host in live]
+    if not alive:
+        hosts = ", ".join(sorted({r.host for r in records}))
+        raise Conflict(f"guest {name} is only on hosts that are gone ({hosts}); "
+                       "use --on HOST to start it elsewhere")
+    active = [r for r in alive if r.state in ACTIVE]
+    if len(active) > 1:
+        raise Conflict(f"guest {name} is active on {', '.join(r.host for r in active)}: "
+                       "say which with --on HOST")
+    if active:
+        return active[0]
+    if running:
+        return alive[0]
+    free = {h.name: h.free_memory_mib for h in app.registry.list_hosts()[0]}
+    return max(alive, key=lambda r: (free.get(r.host, 0), r.host))
+
+
+def _set_desired(app: AppContext, rec: GuestRecord, desired: str) -> None:
+    from gridtool import settings
+
+    settings.update(app.store, app.config.keys, rec.uuid, rec.name,
+                    lambda s: replace(s, desired=desired, error=""))
+
+
+def run_intent(app: AppContext, rec: GuestRecord, action: str, wait: bool,
+               timeout: float, params: dict | None = None) -> None:
+    """Submit an intent to ``rec.host`` and follow it with a spinner."""
+    from gridtool.cli.output import console
+    from gridtool.intentclient import IntentClient
+
+    client = IntentClient(app.store, app.config.keys)
+    intent = client.submit(rec.host, action, rec.uuid, rec.name, params)
+    err = console(stderr=True)
+    if not wait:
+        err.print(f"{action} {rec.name}: asked {rec.host} (intent {intent.id})")
+        return
+
+    def alive() -> bool:
+        return app.store.get(app.config.keys.host(rec.host)) is not None
+
+    with err.status(f"{action} {rec.name} on {rec.host}: pending") as status:
+        done = client.wait(intent, timeout,
+                           on_state=lambda i: status.update(
+                               f"{action} {rec.name} on {rec.host}: {i.state}"),
+                           host_alive=alive)
+    err.print(done.message)
+
+
+@click.command("start")
+@click.argument("name")
+@ON
+@WAIT
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait.")
+@pass_app
+def start(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: float) -> None:
+    """Start a guest; a fenced guest takes its fences first (one holder, ever).
+
+    Fails (exit 8) when another host holds one of its fences, naming that host.
+
+    \b
+    Example:
+      gridtool guest start web1 --on hv2
+    """
+    rec = _target(app, name, on_host, running=False)
+    _set_desired(app, rec, "running")
+    run_intent(app, rec, "start", wait, timeout)
+
+
+@click.command("stop")
+@click.argument("name")
+@ON
+@WAIT
+@click.option("--timeout", default=60.0, show_default=True,
+              help="Seconds to wait for a clean shutdown before destroying it.")
+@pass_app
+def stop(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: float) -> None:
+    """Shut a guest down gracefully (destroy it after --timeout); release its fences.
+
+    \b
+    Example:
+      gridtool guest stop web1 --timeout 120
+    """
+    rec = _target(app, name, on_host, running=True)
+    _set_desired(app, rec, "stopped")
+    run_intent(app, rec, "stop", wait, timeout + 30, {"timeout": timeout})
+
+
+@click.command("destroy")
+@click.argument("name")
+@ON
+@WAIT
+@pass_app
+def destroy(app: AppContext, name: str, on_host: str | None, wait: bool) -> None:
+    """Power a guest off at once (like pulling the plug); release its fences.
+
+    \b
+    Example:
+      gridtool guest destroy web1
+    """
+    rec = _target(app, name, on_host, running=True)
+    _set_desired(app, rec, "stopped")
+    run_intent(app, rec, "destroy", wait, 60.0)
+
+
+@click.command("restart")
+@click.argument("name")
+@ON
+@WAIT
+@click.option("--timeout", default=60.0, show_default=True,
+              help="Seconds to wait for a clean shutdown before destroying it.")
+@pass_app
+def restart(app: AppContext, name: str, on_host: str | None, wait: bool,
+            timeout: float) -> None:
+    """Stop and start a guest on the same host.
+
+    \b
+    Example:
+      gridtool guest restart web1
+    """
+    rec = _target(app, name, on_host, running=True)
+    _set_desired(app, rec, "running")
+    run_intent(app, rec, "restart", wait, timeout + 60, {"timeout": timeout})
+
+
+@click.command("set")
+@click.argument("name")
+@click.option("--ha", type=click.Choice(["on", "off"]), help="HA (restart elsewhere when its "
+              "host dies) or pinned (moved only after 'host confirm-dead').")
+@click.option("--anti-affinity", metavar="GROUP",
+              help="No two guests of GROUP on one host ('' to clear).")
+@pass_app
+def set_guest(app: AppContext, name: str, ha: str | None, anti_affinity: str | None) -> None:
+    """Change a guest's settings.
+
+    \b
+    Example:
+      gridtool guest set db1 --ha on
+    """
+    from gridtool import settings
+
+    if ha is None and anti_affinity is None:
+        raise UsageError("nothing to set: give --ha and/or --anti-affinity")
+    records = app.registry.find_guest(name)
+    rec = records[0]
+    if ha == "on" and not rec.fenced:
+        raise Conflict(f"guest {rec.name} has no disk on shared storage: HA needs one "
+                       "(another host must be able to reach its disks)")
+
+    def change(s):  # type: ignore[no-untyped-def]
+        if ha is not None:
+            s = replace(s, ha=ha == "on")
+        if anti_affinity is not None:
+            s = replace(s, anti_affinity=anti_affinity)
+        return s
+
+    new = settings.update(app.store, app.config.keys, rec.uuid, rec.name, change)
+    live = {h.name for h in app.registry.list_hosts()[0]}
+    for active in [r for r in records if r.state in ACTIVE and r.host in live and r.fenced]:
+        run_intent(app, active, "refresh", True, 30.0)  # re-put its fences as HA/pinned
+    click.echo(f"{rec.name}: ha={'on' if new.ha else 'off'} desired={new.desired}"
+               + (f" anti-affinity={new.anti_affinity}" if new.anti_affinity else ""), err=True)
+
+
+#: Added to ``gridtool guest`` by the CLI's entry point.
+COMMANDS = (start, stop, destroy, restart, set_guest)

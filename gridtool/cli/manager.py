@@ -1,0 +1,89 @@
+"""``gridtool manager ...``: the leader-elected HA manager."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import click
+
+from gridtool.cli.context import AppContext, pass_app
+from gridtool.cli.output import age, emit_json, table
+
+
+@click.group()
+def manager() -> None:
+    """The HA manager: one leader (etcd election) among any number of candidates.
+
+    \b
+    Example:
+      gridtool manager status
+    """
+
+
+@manager.command("run")
+@click.option("--name", default=lambda: socket.gethostname(), show_default="hostname",
+              help="This candidate's name.")
+@click.option("--period", default=1.0, show_default=True, help="Seconds between rounds.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@pass_app
+def run(app: AppContext, name: str, period: float, log_level: str) -> None:
+    """Run a manager candidate in the foreground until SIGTERM or Ctrl-C.
+
+    The leader restarts HA guests of dead hosts elsewhere (after their fences expired)
+    and pinned guests of hosts an operator confirmed dead. Every agent can also run a
+    candidate (agent setting 'manager = yes').
+
+    \b
+    Example:
+      gridtool manager run --name mgr1
+    """
+    import logging
+    import signal
+    import sys
+    import threading
+
+    from gridtool.manager import Manager
+
+    logging.basicConfig(level=log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    Manager(app.config, app.store, name, period=period).run(stop)
+
+
+@manager.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_app
+def status(app: AppContext, as_json: bool) -> None:
+    """Who leads, since when, and what it did and waits for.
+
+    \b
+    Example:
+      gridtool manager status
+    """
+    import json
+    from dataclasses import asdict
+
+    from gridtool.errors import NotFound
+    from gridtool.records import ManagerStatus, decode
+
+    keys = app.config.keys
+    leader = app.store.get(keys.manager_leader)
+    if leader is None:
+        raise NotFound("no manager leads: start one with 'gridtool manager run'")
+    who = json.loads(leader.value)
+    item = app.store.get(keys.manager_status)
+    st = decode(ManagerStatus, item.key, item.value) if item else None
+    if as_json:
+        emit_json(leader=who.get("leader"), since=who.get("since"),
+                  status=asdict(st) if st else None)
+        return
+    now = time.time()
+    click.echo(f"leader: {who.get('leader')} (since {age(who.get('since', now), now)})")
+    if st:
+        click.echo(f"last round: {age(st.heartbeat, now)}")
+        table("recent actions", ["ACTION"], [(a,) for a in st.actions])
+        table("waiting", ["GUEST", "REASON"], list(st.blocked.items()))

@@ -1,0 +1,275 @@
+"""The HA manager's shell: an etcd election, then a loop that reads a snapshot of the
+registry, asks the pure ``hadecide.decide`` what to do, and writes intents.
+
+Every write of the leader is a transaction guarded by its election key (compare its
+create revision), so a deposed leader that has not noticed yet cannot act.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from dataclasses import replace
+
+from gridtool.config import Config
+from gridtool.errors import AuthError, RegistryUnavailable
+from gridtool.fencing import observe
+from gridtool.hadecide import (
+    Attempt,
+    Blocked,
+    GuestKind,
+    GuestView,
+    LiveHost,
+    MarkError,
+    Pending,
+    ReleaseFences,
+    Restart,
+    RestartLimits,
+    Snapshot,
+    decide,
+)
+from gridtool.model import DecodeError, GuestRecord
+from gridtool.records import GuestSettings, Intent, ManagerStatus, decode, encode
+from gridtool.registry import Registry
+from gridtool.store import Compare, Delete, Put, Store
+
+log = logging.getLogger("gridtool.manager")
+
+#: Guest states in which a guest occupies its host (its record wins over others).
+ACTIVE_LIKE = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdown"})
+
+
+class Manager:
+    """One manager candidate; ``run()`` campaigns and, once elected, manages."""
+
+    def __init__(self, cfg: Config, store: Store, name: str, period: float = 1.0,
+                 limits: RestartLimits | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.keys = cfg.keys
+        self.registry = Registry(store, cfg.keys)
+        self.name = name
+        self.period = period
+        self.limits = limits or RestartLimits()
+        self.lease: int | None = None
+        self.leader_rev = 0
+        self.since = 0.0
+        self.blocked: dict[str, str] = {}
+        self.names: dict[str, str] = {}
+        self.recent: list[str] = []
+        self._last_keepalive = 0.0
+
+    # -- election ------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("event=manager_start name=%s", self.name)
+        while not stop.is_set():
+            try:
+                if self.leader_rev:
+                    self._keepalive()
+                    if self.leader_rev:
+                        self.tick()
+                else:
+                    self._campaign()
+            except (RegistryUnavailable, AuthError) as exc:
+                if self.leader_rev:
+                    log.warning("event=manager_step_down name=%s error=%s", self.name, exc)
+                self.leader_rev = 0
+            stop.wait(self.period if self.leader_rev else min(self.period, 0.5))
+        self._resign()
+
+    def _campaign(self) -> None:
+        if self.lease is None:
+            self.lease = self.store.grant_lease(self.cfg.ttl)
+            self._last_keepalive = time.monotonic()
+        else:
+            self._keepalive_lease()
+        key = self.keys.manager_leader
+        body = json.dumps({"v": 1, "leader": self.name, "since": time.time()}).encode()
+        if self.store.txn([Compare(key, "create", 0)], [Put(key, body, self.lease)]):
+            item = self.store.get(key)
+            if item is not None and item.lease == self.lease:
+                self.leader_rev = item.create_revision
+                self.since = time.time()
+                log.info("event=manager_elected name=%s revision=%s", self.name,
+                         self.leader_rev)
+
+    def _keepalive_lease(self) -> None:
+        if self.lease is None or time.monotonic() - self._last_keepalive < self.cfg.ttl / 3:
+            return
+        if self.store.keepalive(self.lease) <= 0:
+            self.lease = None
+            self.leader_rev = 0
+            return
+        self._last_keepalive = time.monotonic()
+
+    def _keepalive(self) -> None:
+        self._keepalive_lease()
+        item = self.store.get(self.keys.manager_leader)
+        if item is None or item.create_revision != self.leader_rev:
+            log.warning("event=manager_lost_leadership name=%s", self.name)
+            self.leader_rev = 0
+
+    def _resign(self) -> None:
+        if self.lease is not None:
+            with contextlib.suppress(RegistryUnavailable, AuthError):  # it expires by itself
+                self.store.revoke_lease(self.lease)
+        log.info("event=manager_stop name=%s", self.name)
+
+    @property
+    def guard(self) -> list[Compare]:
+        return [Compare(self.keys.manager_leader, "create", self.leader_rev)]
+
+    # -- one round -----------------------------------------------------------
+
+    def tick(self) -> None:
+        snap, self.names = self.snapshot()
+        actions = decide(snap, self.limits)
+        failed: set[str] = set()
+        for action in actions:
+            if action.guest in failed:
+                continue
+            if not self._act(action, snap):
+                failed.add(action.guest)
+        self._publish_status()
+
+    def snapshot(self) -> tuple[Snapshot, dict[str, str]]:
+        """Read hosts, guests, settings, fences, intents: the manager's whole input."""
+        hosts, _ = self.registry.list_hosts()
+        records, _ = self.registry.list_guests()
+        settings = self._settings()
+        fences = {}
+        for item in self.store.list(self.keys.fences)[0]:
+            volume = item.key.removeprefix(self.keys.fences)
+            fences[volume] = observe(volume, item.value, item.mod_revision)
+        dead = {item.key.removeprefix(self.keys.dead)
+                for item in self.store.list(self.keys.dead)[0]}
+        pending = self._pending()
+        live = {h.name for h in hosts}
+        by_uuid: dict[str, list[GuestRecord]] = {}
+        for rec in records:
+            by_uuid.setdefault(rec.uuid, []).append(rec)
+        views = [_view(recs, live, settings.get(uuid)) for uuid, recs in by_uuid.items()]
+        history = {uuid: tuple(Attempt(a[0], bool(a[1])) for a in s.attempts)
+                   for uuid, s in settings.items()}
+        snap = Snapshot(
+            now=time.time(),
+            hosts=tuple(LiveHost(h.name, h.free_memory_mib) for h in hosts),
+            guests=tuple(views), fences=fences, confirmed_dead=frozenset(dead),
+            history=history, pending=pending)
+        return snap, {v.uuid: v.name for v in views}
+
+    def _settings(self) -> dict[str, GuestSettings]:
+        found = {}
+        for item in self.store.list(self.keys.settings)[0]:
+            try:
+                s = decode(GuestSettings, item.key, item.value)
+            except DecodeError as exc:
+                log.warning("event=corrupt_record key=%s error=%s", item.key, exc.reason)
+                continue
+            found[s.uuid] = s
+        return found
+
+    def _pending(self) -> dict[str, Pending]:
+        pending = {}
+        for item in self.store.list(self.keys.all_intents)[0]:
+            try:
+                intent = decode(Intent, item.key, item.value)
+            except DecodeError:
+                continue
+            if not intent.finished:
+                pending[intent.guest] = Pending(intent.guest, intent.host, intent.created)
+            elif intent.by == self.by:
+                log.info("event=restart_%s guest=%s host=%s message=%s", intent.state,
+                         intent.name, intent.host, intent.message)
+                self._note(f"{intent.name} on {intent.host}: {intent.message}")
+                self.store.delete(item.key)
+        return pending
+
+    @property
+    def by(self) -> str:
+        return f"manager:{self.name}"
+
+    # -- carrying out --------------------------------------------------------
+
+    def _act(self, action: object, snap: Snapshot) -> bool:
+        if isinstance(action, Blocked):
+            if self.blocked.get(action.guest) != action.reason:
+                log.info("event=ha_blocked guest=%s reason=%s", action.name, action.reason)
+                self.blocked[action.guest] = action.reason
+            return True
+        self.blocked.pop(getattr(action, "guest", ""), None)
+        if isinstance(action, Restart):
+            return self._restart(action, snap)
+        if isinstance(action, ReleaseFences):
+            keys = [self.keys.fence(s.volume) for s in action.plan.steps]
+            ok = self.store.txn(
+                self.guard + [Compare(k, "mod", s.mod_revision)
+                              for k, s in zip(keys, action.plan.steps, strict=True)],
+                [Delete(k) for k in keys])
+            log.info("event=fences_released_for_dead_host guest=%s host=%s ok=%s",
+                     action.name, action.host, ok)
+            return ok
+        if isinstance(action, MarkError):
+            log.error("event=ha_error guest=%s reason=%s", action.name, action.reason)
+            return self._update_settings(action.guest, action.name,
+                                         lambda s: replace(s, error=action.reason))
+        return True
+
+    def _restart(self, action: Restart, snap: Snapshot) -> bool:
+        """Write the start intent and record the attempt, in one guarded transaction."""
+        intent = Intent(id=f"{time.time_ns():x}-ha", host=action.on_host, action="start",
+                        guest=action.guest, name=action.name, created=time.time(), by=self.by,
+                        params={"reason": action.reason})
+        attempt = [snap.now, 1.0 if action.relocated else 0.0]
+        ok = self._update_settings(
+            action.guest, action.name,
+            lambda s: replace(s, attempts=[*s.attempts[-20:], attempt]),
+            extra=[Put(self.keys.intent(action.on_host, intent.id), encode(intent))])
+        if ok:
+            log.info("event=ha_restart guest=%s on=%s from=%s reason=%s", action.name,
+                     action.on_host, action.from_host, action.reason)
+            self._note(f"restart {action.name} on {action.on_host}: {action.reason}")
+        return ok
+
+    def _update_settings(self, uuid: str, name: str, change, extra=()) -> bool:  # type: ignore[no-untyped-def]
+        key = self.keys.guest_settings(uuid)
+        item = self.store.get(key)
+        current = (decode(GuestSettings, key, item.value) if item
+                   else GuestSettings(uuid, name))
+        compare = Compare(key, "mod", item.mod_revision) if item else Compare(key, "create", 0)
+        return self.store.txn([*self.guard, compare],
+                              [Put(key, encode(change(current))), *extra])
+
+    def _note(self, line: str) -> None:
+        self.recent = [*self.recent, line][-10:]
+
+    def _publish_status(self) -> None:
+        status = ManagerStatus(self.name, self.since, time.time(), self.recent,
+                               {self.names.get(k, k): v for k, v in self.blocked.items()})
+        self.store.txn(self.guard, [Put(self.keys.manager_status, encode(status), self.lease)])
+
+
+def _view(records: list[GuestRecord], live: set[str], settings: GuestSettings | None
+          ) -> GuestView:
+    """One guest from its records on several hosts: a live, active record wins."""
+    def rank(r: GuestRecord) -> tuple[bool, bool, float]:
+        return (r.host in live, r.state in ACTIVE_LIKE, r.updated_at)
+
+    rec = max(records, key=rank)
+    fenced = any(r.fenced for r in records)
+    if not fenced:
+        kind = GuestKind.NONE
+    else:
+        kind = GuestKind.HA if settings and settings.ha else GuestKind.PINNED
+    if settings is not None:
+        desired = settings.desired
+    else:
+        desired = "running" if rec.state in ACTIVE_LIKE else "stopped"
+    state = "error" if settings is not None and settings.error else rec.state
+    volumes = tuple(sorted({v for r in records for v in r.volumes}))
+    return GuestView(rec.uuid, rec.name, rec.host, state, rec.memory_mib, kind, volumes,
+                     desired)

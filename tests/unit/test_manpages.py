@@ -1,0 +1,243 @@
+"""The man pages in man/ match the code: regenerated output, every command and option,
+every setting, and groff renders them without a warning."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+
+import click
+import pytest
+
+from agents.main import main as agent_main
+from gridtool import manpage
+from gridtool.cli.main import cli
+from gridtool.config import Config, load
+
+MAN = Path(__file__).resolve().parents[2] / "man"
+PAGES = ("gridtool.1", "gridtool-agent.8", "gridtool.conf.5")
+REGENERATE = "run scripts/gen-man and commit the result"
+
+
+def plain(roff: str) -> str:
+    """Roff source with the escapes this project uses undone (``\\-`` -> ``-`` ...)."""
+    text = re.sub(r"\\f[BIRP]", "", roff)
+    text = text.replace(r"\%", "").replace(r"\&", "").replace(r"\:", "")
+    text = text.replace(r"\-", "-").replace(r"\e", "\\")
+    for name, char in (("aq", "'"), ("ga", "`"), ("ha", "^"), ("ti", "~"), ("dq", '"')):
+        text = text.replace(rf"\({name}", char)
+    return text
+
+
+def page(name: str) -> str:
+    path = MAN / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: {REGENERATE}")
+    return path.read_text()
+
+
+def commands(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
+    """(command path, command) for the whole tree, walked with click alone."""
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            if not sub.hidden:
+                yield from commands(sub, f"{path} {name}")
+
+
+def flags(command: click.Command) -> list[str]:
+    return [flag for param in command.params
+            if isinstance(param, click.Option) and not param.hidden
+            for flag in param.opts + param.secondary_opts]
+
+
+def mentions(text: str, word: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text) is not None
+
+
+# -- (a) the committed pages are the generator's output --------------------------
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_committed_page_is_current(name: str) -> None:
+    fresh = manpage.generate()[name]
+    committed = page(name)
+    if committed != fresh:
+        diff = "".join(list(difflib.unified_diff(
+            committed.splitlines(keepends=True), fresh.splitlines(keepends=True),
+            f"man/{name} (committed)", f"man/{name} (generated)"))[:40])
+        pytest.fail(f"man/{name} is stale: {REGENERATE}\n{diff}")
+
+
+def test_generation_is_reproducible() -> None:
+    assert manpage.generate() == manpage.generate()
+    assert set(manpage.generate()) == set(PAGES)
+
+
+# -- (b) every command and option is documented -----------------------------------
+
+
+def test_every_gridtool_command_and_option_is_in_the_page() -> None:
+    text = plain(page("gridtool.1"))
+    missing = []
+    for path, command in commands(cli, "gridtool"):
+        if path != "gridtool" and f'.SS "{path}"' not in text:
+            missing.append(f"command '{path}'")
+        missing += [f"option {flag} of '{path}'" for flag in flags(command)
+                    if not mentions(text, flag)]
+    for flag in cli.get_help_option(click.Context(cli, **cli.context_settings)).opts:
+        if not mentions(text, flag):
+            missing.append(f"option {flag}")
+    assert not missing, f"man/gridtool.1 lacks {', '.join(missing)}: {REGENERATE}"
+
+
+def test_every_agent_option_is_in_the_page() -> None:
+    text = plain(page("gridtool-agent.8"))
+    missing = [flag for flag in [*flags(agent_main), "--help"] if not mentions(text, flag)]
+    assert not missing, f"man/gridtool-agent.8 lacks {', '.join(missing)}: {REGENERATE}"
+
+
+def test_choices_and_shown_defaults_are_documented() -> None:
+    for name, root in (("gridtool.1", cli), ("gridtool-agent.8", agent_main)):
+        text = plain(page(name))
+        for path, command in commands(root, name.split(".")[0]):
+            for param in command.params:
+                if isinstance(param, click.Option) and isinstance(param.type, click.Choice):
+                    for choice in param.type.choices:
+                        assert mentions(text, str(choice)), (path, param.name, choice)
+                if isinstance(param, click.Option) and param.show_default \
+                        and not param.is_flag:
+                    shown = {str(param.default), format(param.default, "g")
+                             if isinstance(param.default, float) else str(param.default)}
+                    if isinstance(param.show_default, str):
+                        shown = {param.show_default}
+                    assert any(f"Default: {d}." in text for d in shown), (path, param.name)
+
+
+def test_exit_codes_environment_and_files_are_documented() -> None:
+    from gridtool.config import _SECTIONS, AGENT_CONFIG, SYSTEM_CONFIG
+    from gridtool.errors import EXIT_CODES
+    from gridtool.labstate import DEFAULT_LAB_DIR
+
+    text = plain(page("gridtool.1"))
+    exit_status = text.split('.SH "EXIT STATUS"')[1].split(".SH")[0]
+    for code, meaning in EXIT_CODES.items():
+        assert f".TP\n{code}\n{meaning[0].upper()}{meaning[1:]}." in exit_status, code
+    for env in ["GRIDTOOL_CONFIG", "GRIDTOOL_LAB_DIR", "GRIDTOOL_DEBUG",
+                *(f"GRIDTOOL_{name.upper()}" for name in _SECTIONS)]:
+        assert mentions(text, env), env
+    for path in (SYSTEM_CONFIG, AGENT_CONFIG, DEFAULT_LAB_DIR, DEFAULT_LAB_DIR / "lab.json"):
+        assert str(path) in text, path
+    assert ('"gridtool check"' in text) == ("check" in cli.commands)
+    assert ("Nagios" in text) == ("check" in cli.commands)
+    agent = plain(page("gridtool-agent.8"))
+    for heading in ("SIGNALS", "LOGGING", "EXIT STATUS", "ENVIRONMENT", "FILES"):
+        assert f'.SH "{heading}"' in agent, heading
+    assert "SIGTERM" in agent
+
+
+def test_new_commands_are_picked_up_without_changes() -> None:
+    """A command added to the tree (here a fake ``check``) appears with its options."""
+    if "check" in cli.commands:
+        pytest.skip("gridtool check exists; its note is covered by the committed page")
+
+    @click.command("check", help="Nagios check.\n\n\b\nExample:\n  gridtool check --warn 3")
+    @click.option("--warn", type=int, default=3, show_default=True, help="Warn above this.")
+    @click.option("--mode", type=click.Choice(["a", "b"]), help="Which way.")
+    def check(warn: int, mode: str) -> None:
+        """unused"""
+
+    cli.add_command(check)
+    try:
+        text = plain(manpage.render_gridtool())
+    finally:
+        cli.commands.pop("check")
+    assert '.SS "gridtool check"' in text
+    assert "--warn" in text and "Default: 3." in text and "{a|b}" in text
+    assert "gridtool check --warn 3" in text
+    assert "Nagios" in text and "3 UNKNOWN" in text
+    assert "Nagios" not in plain(manpage.render_gridtool())
+
+
+# -- roff escaping ----------------------------------------------------------------
+
+
+def test_escaping() -> None:
+    assert manpage.code("--log-level") == r"\-\-log\-level"
+    assert manpage.code(r"a \ b") == r"a \e b"
+    assert manpage.code(".hidden") == r"\&.hidden"
+    assert manpage.code("'quoted'") == r"\(aqquoted\(aq"
+    assert manpage.prose("'tis so") == r"\&'tis so"
+    assert manpage.prose("use --json, not re-run") == r"use \%\-\-json, not re-run"
+    assert manpage.prose("ünïcode…") == r"\[u00FC]n\[u00EF]code\[u2026]"
+    assert manpage.prose("line\none\n.two") == "line\none\n\\&.two"
+
+
+def test_help_blocks_become_example_blocks() -> None:
+    roff = manpage.help_blocks(agent_main)
+    assert ".nf" in roff and ".fi" in roff
+    # the docstring's continuation backslash survives as \e, hyphens as \-
+    assert "\\e\n" in roff and r"\-\-endpoints 10.0.0.1:2379" in roff
+
+
+# -- (c) groff renders every page without a warning ---------------------------------
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_groff_renders_without_warnings(name: str) -> None:
+    if shutil.which("groff") is None:
+        pytest.skip("groff is not installed (apt package groff-base; scripts/setup installs it)")
+    result = subprocess.run(["groff", "-man", "-Tutf8", "-ww", str(MAN / name)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", f"groff warns about man/{name}:\n{result.stderr}"
+    assert len(result.stdout.splitlines()) > 20
+
+
+# -- (d) every setting is documented ------------------------------------------------
+
+
+def test_every_config_field_has_a_meaning() -> None:
+    names = {f.name for f in fields(Config)}
+    missing = sorted(names - set(manpage.MEANINGS))
+    assert not missing, (f"Config field(s) {missing} have no meaning: add them to MEANINGS "
+                         "in gridtool/manpage.py, then run scripts/gen-man")
+    stale = sorted(set(manpage.MEANINGS) - names)
+    assert not stale, f"MEANINGS in gridtool/manpage.py names no Config field: {stale}"
+
+
+def test_conf_page_mentions_every_config_field() -> None:
+    from gridtool.config import _SECTIONS
+
+    text = plain(page("gridtool.conf.5"))
+    for f in fields(Config):
+        assert f".TP\n{f.name}\n" in text, f"man/gridtool.conf.5 lacks {f.name}: {REGENERATE}"
+    for name, section in _SECTIONS.items():
+        block = text.split(f'.SS "[{section}]"')[1].split(".SS")[0]
+        assert mentions(block, name), f"{name} is not under [{section}] in gridtool.conf.5"
+        assert mentions(text, f"GRIDTOOL_{name.upper()}"), name
+
+
+def test_conf_example_is_a_valid_config(tmp_path: Path) -> None:
+    path = tmp_path / "agent.conf"
+    path.write_text(manpage.EXAMPLE_CONF)
+    cfg = load(str(path), env={"GRIDTOOL_PASSWORD": "secret"})
+    assert cfg.host == "hv1" and cfg.source == str(path)
+
+
+def test_a_field_without_meaning_stops_the_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(manpage.MEANINGS, "ttl")
+    with pytest.raises(manpage.MissingMeaning, match="ttl"):
+        manpage.render_conf()
+
+
+def test_gen_man_writes_then_checks(tmp_path: Path) -> None:
+    assert manpage.main(["--check", str(tmp_path)]) == 1
+    assert manpage.main([str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(PAGES)
+    assert manpage.main(["--check", str(tmp_path)]) == 0
