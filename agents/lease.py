@@ -5,6 +5,7 @@ optionally pets a hardware/soft watchdog while it is safe to."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,19 +19,31 @@ log = logging.getLogger("gridtool.agent")
 
 
 class Watchdog:
-    """Linux watchdog device (``/dev/watchdog``, softdog): pet it, close it magically."""
+    """A host watchdog: the Linux device (``/dev/watchdog``, softdog), or a plain file
+    that the lab's emulator watches (``gridtool.lab.watchdog``). Pet it; close it
+    magically ("V") on a clean stop so that stopping the agent does not reset the host."""
 
     def __init__(self, path: str, timeout: float) -> None:
-        self.path = path
+        self.path = Path(path)
         self.timeout = timeout
-        self._fh = Path(path).open("wb", buffering=0)  # noqa: SIM115 - held open on purpose
+        self._device = self.path.is_char_device()
+        if self._device:
+            self._fh = self.path.open("wb", buffering=0)
+        else:
+            self.path.write_bytes(b"\0")  # armed
 
     def pet(self) -> None:
-        self._fh.write(b"\0")
+        if self._device:
+            self._fh.write(b"\0")
+        else:
+            os.utime(self.path)
 
     def close(self) -> None:
-        self._fh.write(b"V")  # magic close: a clean stop does not reset the host
-        self._fh.close()
+        if self._device:
+            self._fh.write(b"V")
+            self._fh.close()
+        else:
+            self.path.write_bytes(b"V")
 
 
 class HostLease:

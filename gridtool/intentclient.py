@@ -39,8 +39,10 @@ class IntentClient:
 
     def wait(self, intent: Intent, timeout: float,
              on_state: Callable[[Intent], None] | None = None,
-             host_alive: Callable[[], bool] | None = None) -> Intent:
-        """Block until the intent is done or failed; raise on failure, host loss, timeout."""
+             host_alive: Callable[[], bool] | None = None,
+             raise_failed: bool = True) -> Intent:
+        """Block until the intent is done or failed; raise on failure (unless
+        ``raise_failed`` is false: then return the failed intent), host loss, timeout."""
         key = self.keys.intent(intent.host, intent.id)
         changed = threading.Event()
         watch = self.store.watch_prefix(key, lambda _ev: changed.set())
@@ -55,7 +57,7 @@ class IntentClient:
                     on_state(current)
                 if current.finished:
                     self.store.delete(key)
-                    if current.state == "failed":
+                    if current.state == "failed" and raise_failed:
                         raise OperationFailed(f"{intent.action} {intent.name} on "
                                               f"{intent.host} failed: {current.message}")
                     return current

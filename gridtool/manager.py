@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from gridtool.config import Config
 from gridtool.errors import AuthError, RegistryUnavailable
-from gridtool.fencing import observe
+from gridtool.fencing import Observed, observe
 from gridtool.hadecide import (
     Attempt,
     Blocked,
@@ -64,7 +64,9 @@ class Manager:
 
     # -- election ------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, resign: bool = True) -> None:
+        """Campaign and manage until ``stop``; then resign (revoke the lease) unless told
+        not to (a test's stand-in for a manager that dies)."""
         log.info("event=manager_start name=%s", self.name)
         while not stop.is_set():
             try:
@@ -79,7 +81,8 @@ class Manager:
                     log.warning("event=manager_step_down name=%s error=%s", self.name, exc)
                 self.leader_rev = 0
             stop.wait(self.period if self.leader_rev else min(self.period, 0.5))
-        self._resign()
+        if resign:
+            self._resign()
 
     def _campaign(self) -> None:
         if self.lease is None:
@@ -152,7 +155,10 @@ class Manager:
         by_uuid: dict[str, list[GuestRecord]] = {}
         for rec in records:
             by_uuid.setdefault(rec.uuid, []).append(rec)
-        views = [_view(recs, live, settings.get(uuid)) for uuid, recs in by_uuid.items()]
+        holders = {o.fence.guest: o.fence.holder for o in fences.values()
+                   if isinstance(o, Observed)}
+        views = [_view(recs, live, settings.get(uuid), holders.get(uuid))
+                 for uuid, recs in by_uuid.items()]
         history = {uuid: tuple(Attempt(a[0], bool(a[1])) for a in s.attempts)
                    for uuid, s in settings.items()}
         snap = Snapshot(
@@ -253,11 +259,13 @@ class Manager:
         self.store.txn(self.guard, [Put(self.keys.manager_status, encode(status), self.lease)])
 
 
-def _view(records: list[GuestRecord], live: set[str], settings: GuestSettings | None
-          ) -> GuestView:
-    """One guest from its records on several hosts: a live, active record wins."""
-    def rank(r: GuestRecord) -> tuple[bool, bool, float]:
-        return (r.host in live, r.state in ACTIVE_LIKE, r.updated_at)
+def _view(records: list[GuestRecord], live: set[str], settings: GuestSettings | None,
+          holder: str | None) -> GuestView:
+    """One guest from its records on several hosts (a shared-storage guest is often
+    defined on many): the fence holder's record wins, then an active one, then a live one.
+    """
+    def rank(r: GuestRecord) -> tuple[bool, bool, bool, float]:
+        return (r.host == holder, r.state in ACTIVE_LIKE, r.host in live, r.updated_at)
 
     rec = max(records, key=rank)
     fenced = any(r.fenced for r in records)
@@ -268,7 +276,7 @@ def _view(records: list[GuestRecord], live: set[str], settings: GuestSettings | 
     if settings is not None:
         desired = settings.desired
     else:
-        desired = "running" if rec.state in ACTIVE_LIKE else "stopped"
+        desired = "running" if any(r.state in ACTIVE_LIKE for r in records) else "stopped"
     state = "error" if settings is not None and settings.error else rec.state
     volumes = tuple(sorted({v for r in records for v in r.volumes}))
     return GuestView(rec.uuid, rec.name, rec.host, state, rec.memory_mib, kind, volumes,

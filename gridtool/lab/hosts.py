@@ -63,10 +63,18 @@ class LabHost:
         wait_for(self.socket.exists, timeout, f"libvirtd of {self.name}",
                  alive=lambda: proc.poll() is None)
 
-    def write_agent_conf(self, base: Config) -> None:
+    @property
+    def watchdog(self) -> Path:
+        return Path(self.dir, "watchdog")
+
+    def write_agent_conf(self, base: Config, watchdog: bool = True) -> None:
+        """The agent's config; with ``watchdog``, it pets this host's emulated watchdog."""
         from dataclasses import replace
 
         cfg = replace(base, host=self.name, libvirt_uri=self.libvirt_uri)
+        if watchdog:
+            cfg = replace(cfg, watchdog=str(self.watchdog),
+                          watchdog_timeout=watchdog_timeout_for(base.ttl))
         self.agent_conf.write_text(render(cfg, include_secrets=True))
         self.agent_conf.chmod(0o600)
 
@@ -91,6 +99,13 @@ class LabHost:
     def from_dict(cls, data: dict) -> LabHost:
         return cls(data["name"], data["dir"], data.get("libvirtd_pid", 0),
                    data.get("agent_pid", 0))
+
+
+def watchdog_timeout_for(ttl: int) -> float:
+    """A watchdog timeout that healthy keepalives can always pet (80 % of the bound)."""
+    from gridtool.fencing import LeaseClock
+
+    return round(LeaseClock.start(ttl, 0.0).max_watchdog_timeout * 0.8, 2)
 
 
 def sample_domain_xml(host: str, index: int, shared: bool) -> str:

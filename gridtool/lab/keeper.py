@@ -1,19 +1,26 @@
-"""Hold one libvirt connection per lab host, so test-driver state outlives agent restarts.
+"""Hold one libvirt connection per lab host, so test-driver state outlives agent restarts,
+and run each host's watchdog emulator.
 
 The test driver's ``test:///default`` state lives only while some connection to its
 daemon is open; an agent killed by a test must find its guests again on restart.
-Run as ``python -m gridtool.lab.keeper READY_FILE URI...``; reconnects if a daemon restarts.
+Run as ``python -m gridtool.lab.keeper READY_FILE HOSTS_JSON``, where HOSTS_JSON is a
+list of ``{"name", "uri", "watchdog", "watchdog_timeout"}``; reconnects if a daemon
+restarts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import signal
 import sys
 import threading
 from pathlib import Path
 
 import libvirt
+
+from gridtool.lab.watchdog import WatchdogEmulator
 
 
 def hold(ready: Path, uris: list[str], stop: threading.Event) -> None:
@@ -38,9 +45,16 @@ def hold(ready: Path, uris: list[str], stop: threading.Event) -> None:
 
 
 def main() -> None:
+    logging.basicConfig(level="INFO", stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    hold(Path(sys.argv[1]), sys.argv[2:], stop)
+    hosts = json.loads(sys.argv[2])
+    dogs = [WatchdogEmulator(Path(h["watchdog"]), h["watchdog_timeout"], h["uri"],
+                             h["name"]).start() for h in hosts if h.get("watchdog")]
+    hold(Path(sys.argv[1]), [h["uri"] for h in hosts], stop)
+    for dog in dogs:
+        dog.stop()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import libvirt
 
 from gridtool.config import Config, render
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.lab.hosts import LabHost, sample_domain_xml
+from gridtool.lab.hosts import LabHost, sample_domain_xml, watchdog_timeout_for
 from gridtool.lab.procs import LabError, spawn, stop_pid, wait_for
 from gridtool.labstate import pid_alive, read_state, state_path
 
@@ -69,7 +69,7 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
         host.start_libvirtd()
         state["hosts"].append(host.to_dict())
     progress("defining sample guests")
-    state["keeper_pid"] = _seed_and_keep(directory, lab_hosts, guests)
+    state["keeper_pid"] = _seed_and_keep(directory, lab_hosts, guests, ttl)
     for host in lab_hosts:
         progress(f"starting agent for {host.name}")
         host.write_agent_conf(cfg)
@@ -80,7 +80,7 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
     wait_registered(cfg, [h.name for h in lab_hosts], hosts * guests)
 
 
-def _seed_and_keep(directory: Path, hosts: list[LabHost], guests: int) -> int:
+def _seed_and_keep(directory: Path, hosts: list[LabHost], guests: int, ttl: int) -> int:
     """Replace the test driver's default guest with ours, then hand the state to a keeper."""
     conns = [libvirt.open(h.libvirt_uri) for h in hosts]
     try:
@@ -95,8 +95,10 @@ def _seed_and_keep(directory: Path, hosts: list[LabHost], guests: int) -> int:
                 if index % 3 != 0:
                     dom.create()
         ready = directory / "keeper.ready"
+        spec = [{"name": h.name, "uri": h.libvirt_uri, "watchdog": str(h.watchdog),
+                 "watchdog_timeout": watchdog_timeout_for(ttl)} for h in hosts]
         proc = spawn([sys.executable, "-m", "gridtool.lab.keeper", str(ready),
-                      *[h.libvirt_uri for h in hosts]], directory / "keeper.log")
+                      json.dumps(spec)], directory / "keeper.log")
         wait_for(ready.exists, 10.0, "lab keeper", alive=lambda: proc.poll() is None)
         return proc.pid
     finally:

@@ -13,8 +13,9 @@ from pathlib import Path
 import libvirt
 
 from gridtool.config import Config
-from gridtool.lab.hosts import LabHost
+from gridtool.lab.hosts import LabHost, watchdog_timeout_for
 from gridtool.lab.procs import LabError
+from gridtool.lab.watchdog import WatchdogEmulator
 
 
 class LabHosts:
@@ -26,6 +27,7 @@ class LabHosts:
         self.hosts: dict[str, LabHost] = {}
         self.conns: dict[str, libvirt.virConnect] = {}
         self.agents: dict[str, subprocess.Popen] = {}
+        self.watchdogs: dict[str, WatchdogEmulator] = {}
 
     def add(self, name: str, clear: bool = True) -> LabHost:
         host = LabHost(name, str(self.base / name))
@@ -42,9 +44,16 @@ class LabHosts:
     def conn(self, name: str) -> libvirt.virConnect:
         return self.conns[name]
 
-    def start_agent(self, name: str, **settings: object) -> subprocess.Popen:
+    def start_agent(self, name: str, watchdog: bool = True,
+                    **settings: object) -> subprocess.Popen:
+        """Start ``name``'s agent; with ``watchdog``, a killed or hung agent resets the
+        simulated host (its running guests are destroyed) as a hardware watchdog would."""
         host = self.hosts[name]
-        host.write_agent_conf(replace(self.cfg, **settings))  # type: ignore[arg-type]
+        cfg = replace(self.cfg, **settings)  # type: ignore[arg-type]
+        host.write_agent_conf(cfg, watchdog)
+        if watchdog and name not in self.watchdogs:
+            self.watchdogs[name] = WatchdogEmulator(
+                host.watchdog, watchdog_timeout_for(cfg.ttl), host.libvirt_uri, name).start()
         proc = host.start_agent()
         self.agents[name] = proc
         return proc
@@ -67,6 +76,8 @@ class LabHosts:
     def close(self) -> None:
         for name in list(self.agents):
             self.stop_agent(name)
+        for dog in self.watchdogs.values():
+            dog.stop()
         for conn in self.conns.values():
             with contextlib.suppress(libvirt.libvirtError):  # the daemon may be gone
                 conn.close()

@@ -85,7 +85,7 @@ def test_restart_resync_repairs_what_changed_while_down(lab_hosts, registry):  #
     persistent = conn.defineXML(domain_xml("persistent"))
     persistent.create()
     transient = conn.createXML(domain_xml("transient"), 0)
-    lab_hosts.start_agent("hv1")
+    lab_hosts.start_agent("hv1", watchdog=False)
     wait_until(lambda: len(_guests(registry, "hv1")) == 2, what="sync")
     lab_hosts.stop_agent("hv1", kill=True)
 

@@ -1,0 +1,71 @@
+"""A host watchdog for the lab: what /dev/watchdog does on real hardware, for a
+simulated host. The agent "pets" a file (touches it); if the pets stop for longer than
+the timeout (agent hung or killed) and the file was not magically closed ("V"), the
+emulator "resets the host": it destroys every running guest of that host's libvirtd."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import libvirt
+
+log = logging.getLogger("gridtool.lab")
+
+
+class WatchdogEmulator:
+    """Watches one host's watchdog file on a thread of its own."""
+
+    def __init__(self, path: Path, timeout: float, uri: str, host: str) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.uri = uri
+        self.host = host
+        self.resets = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"watchdog {host}", daemon=True)
+
+    def start(self) -> WatchdogEmulator:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _armed_and_expired(self, now: float) -> bool:
+        try:
+            stat = self.path.stat()
+            closed = stat.st_size == 1 and self.path.read_bytes() == b"V"
+        except OSError:
+            return False  # never opened: not armed
+        return not closed and now - stat.st_mtime > self.timeout
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.05):
+            if self._armed_and_expired(time.time()):
+                self.reset()
+
+    def reset(self) -> None:
+        """Power-cycle the simulated host: every running guest is gone at once."""
+        self.resets += 1
+        destroyed = []
+        try:
+            conn = libvirt.open(self.uri)
+            try:
+                for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                    dom.destroy()
+                    destroyed.append(dom.name())
+            finally:
+                conn.close()
+        except libvirt.libvirtError as exc:
+            log.warning("event=watchdog_reset_failed host=%s error=%s", self.host, exc)
+        log.warning(
+            "event=watchdog_reset host=%s destroyed=%s", self.host, ",".join(destroyed) or "-"
+        )
+        # Disarmed until the (restarted) agent opens the watchdog again.
+        self.path.write_bytes(b"V")
+        os.utime(self.path)

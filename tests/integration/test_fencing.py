@@ -1,0 +1,214 @@
+"""Fencing end to end: real agents racing for one shared-storage guest, intruders, the
+self-fence on a partition, and HA restarts by the leader-elected manager."""
+
+from __future__ import annotations
+
+import threading
+
+from gridtool.intentclient import IntentClient
+from gridtool.lab.checker import DoubleRunChecker
+from gridtool.lab.proxy import CuttableProxy
+from gridtool.lab.testbed import domain_xml, wait_until
+from gridtool.manager import Manager
+from gridtool.records import GuestSettings, Intent, Violation, decode, encode
+
+SHARED = "/dev/etherd/e9.1"
+VOLUME = "aoe-e9.1"
+UUID = "11111111-2222-3333-4444-555555555555"
+
+
+def shared_xml(name: str = "db", uuid: str = UUID, disk: str = SHARED) -> str:
+    return domain_xml(name, disk=disk, block=True).replace(
+        f"<name>{name}</name>", f"<name>{name}</name><uuid>{uuid}</uuid>")
+
+
+def hosts_with_guest(lab_hosts, names, **agent_settings):  # type: ignore[no-untyped-def]
+    """Hosts that all have the shared guest defined (as Xen/AoE fleets do)."""
+    for name in names:
+        lab_hosts.add(name)
+        lab_hosts.conn(name).defineXML(shared_xml())
+        lab_hosts.start_agent(name, **agent_settings)
+
+
+def running_on(lab_hosts, uuid=UUID):  # type: ignore[no-untyped-def]
+    import libvirt
+
+    found = []
+    for name, conn in lab_hosts.conns.items():
+        dom = conn.lookupByUUIDString(uuid) if uuid in [
+            d.UUIDString() for d in conn.listAllDomains(0)] else None
+        if dom is not None and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+            found.append(name)
+    return found
+
+
+def fence_holder(store, cfg):  # type: ignore[no-untyped-def]
+    from gridtool.fencing import Fence
+
+    item = store.get(cfg.keys.fence(VOLUME))
+    return Fence.from_json(item.value).holder if item else None
+
+
+def wait_registered(registry, names):  # type: ignore[no-untyped-def]
+    wait_until(lambda: {h.name for h in registry.list_hosts()[0]} >= set(names),
+               what="hosts registered")
+
+
+def test_race_exactly_one_winner_per_round(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
+    names = [f"hv{i}" for i in range(1, 6)]
+    hosts_with_guest(lab_hosts, names)
+    wait_registered(registry, names)
+    client = IntentClient(store, cfg.keys)
+    rounds = 200
+    winners = []
+    with DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+        for _ in range(rounds):
+            intents = [client.submit(h, "start", UUID, "db") for h in names]
+            outcomes = [_outcome(client, i) for i in intents]
+            won = [o for o in outcomes if o.state == "done"]
+            assert len(won) == 1, [(o.host, o.state, o.message) for o in outcomes]
+            winner = won[0].host
+            for lost in (o for o in outcomes if o.state == "failed"):
+                assert f"held by {winner}" in lost.message
+            assert running_on(lab_hosts) == [winner]
+            winners.append(winner)
+            _outcome(client, client.submit(winner, "destroy", UUID, "db"))
+            assert store.get(cfg.keys.fence(VOLUME)) is None
+    assert checker.overlaps == [] and checker.samples > 0
+    assert len(set(winners)) > 1  # the race is real: different hosts win
+
+
+def _outcome(client: IntentClient, intent: Intent) -> Intent:
+    return client.wait(intent, timeout=30, raise_failed=False)
+
+
+def test_guest_started_behind_our_back_is_paused_as_intruder(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
+    hosts_with_guest(lab_hosts, ["hv1", "hv2"])
+    wait_registered(registry, ["hv1", "hv2"])
+    client = IntentClient(store, cfg.keys)
+    assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+    # A sysadmin runs a bare `virsh start` on hv2 (the test driver has no hook to stop it).
+    lab_hosts.conn("hv2").lookupByUUIDString(UUID).create()
+    key = cfg.keys.violation("hv2", UUID)
+    wait_until(lambda: store.get(key), what="violation reported")
+    violation = decode(Violation, key, store.get(key).value)
+    assert (violation.holder, violation.action, violation.volume) == ("hv1", "pause", VOLUME)
+    import libvirt
+
+    wait_until(lambda: lab_hosts.conn("hv2").lookupByUUIDString(UUID).state()[0]
+               == libvirt.VIR_DOMAIN_PAUSED, what="intruder paused")
+    assert fence_holder(store, cfg) == "hv1"
+
+
+def test_guest_started_without_fence_takes_it_and_reports(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
+    hosts_with_guest(lab_hosts, ["hv1"])
+    wait_registered(registry, ["hv1"])
+    wait_until(lambda: registry.guests_of("hv1")[0], what="guest synced")
+    lab_hosts.conn("hv1").lookupByUUIDString(UUID).create()
+    wait_until(lambda: fence_holder(store, cfg) == "hv1", what="fence taken")
+    item = store.get(cfg.keys.violation("hv1", UUID))
+    assert item is not None and decode(Violation, item.key, item.value).action == "take"
+
+
+def test_partitioned_host_self_fences_before_its_fence_expires(lab_hosts, store, cfg, registry,  # type: ignore[no-untyped-def]
+                                                               etcd_cluster):
+    proxy = CuttableProxy(etcd_cluster.endpoints[0])
+    try:
+        lab_hosts.add("hv1")
+        lab_hosts.conn("hv1").defineXML(shared_xml())
+        store.put(cfg.keys.guest_settings(UUID), encode(GuestSettings(UUID, "db", ha=True)))
+        lab_hosts.start_agent("hv1", endpoints=(proxy.endpoint,))
+        wait_registered(registry, ["hv1"])
+        client = IntentClient(store, cfg.keys)
+        assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+        fence = store.get(cfg.keys.fence(VOLUME))
+        assert fence is not None and fence.lease  # HA fence: bound to hv1's lease
+        gone = threading.Event()
+        watch = store.watch_prefix(cfg.keys.fence(VOLUME),
+                                   lambda ev: ev.kind == "delete" and gone.set())
+        states_when_gone: list[list[str]] = []
+        try:
+            proxy.cut()
+            wait_until(lambda: gone.is_set() and not states_when_gone.append(
+                running_on(lab_hosts)), timeout=cfg.ttl + 5, what="fence to expire")
+        finally:
+            watch.cancel()
+        # The guest was destroyed by hv1 itself before etcd let the fence go.
+        assert states_when_gone[0] == []
+        assert "event=self_fence" in lab_hosts.agent_log("hv1")
+    finally:
+        proxy.close()
+
+
+def test_ha_guest_restarted_elsewhere_after_power_off(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
+    hosts_with_guest(lab_hosts, ["hv1", "hv2"])
+    wait_registered(registry, ["hv1", "hv2"])
+    store.put(cfg.keys.guest_settings(UUID), encode(GuestSettings(UUID, "db", ha=True)))
+    client = IntentClient(store, cfg.keys)
+    assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+    stop = threading.Event()
+    mgr = threading.Thread(target=Manager(cfg, store, "m1", period=0.2).run, args=(stop,))
+    mgr.start()
+    try:
+        with DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+            lab_hosts.stop_agent("hv1", kill=True)  # power off: agent gone, then its guests
+            lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
+            wait_until(lambda: running_on(lab_hosts) == ["hv2"], timeout=cfg.ttl + 10,
+                       what="HA restart on hv2")
+        assert checker.overlaps == []
+        assert fence_holder(store, cfg) == "hv2"
+    finally:
+        stop.set()
+        mgr.join(10)
+
+
+def test_pinned_guest_moves_only_after_confirm_dead(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
+    import json
+    import time
+
+    hosts_with_guest(lab_hosts, ["hv1", "hv2"])
+    wait_registered(registry, ["hv1", "hv2"])
+    client = IntentClient(store, cfg.keys)
+    assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+    stop = threading.Event()
+    manager = Manager(cfg, store, "m1", period=0.2)
+    mgr = threading.Thread(target=manager.run, args=(stop,))
+    mgr.start()
+    try:
+        lab_hosts.stop_agent("hv1", kill=True)
+        lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
+        wait_until(lambda: "hv1" not in {h.name for h in registry.list_hosts()[0]},
+                   timeout=cfg.ttl + 5, what="hv1's lease to expire")
+        wait_until(lambda: any("confirm-dead" in r for r in manager.blocked.values()),
+                   what="manager waiting for confirm-dead")
+        assert fence_holder(store, cfg) == "hv1"  # pinned: the fence outlives the lease
+        assert running_on(lab_hosts) == []
+        store.put(cfg.keys.dead_host("hv1"), json.dumps({"v": 1, "at": time.time()}).encode())
+        wait_until(lambda: running_on(lab_hosts) == ["hv2"], timeout=15,
+                   what="pinned guest restarted after confirm-dead")
+        assert fence_holder(store, cfg) == "hv2"
+    finally:
+        stop.set()
+        mgr.join(10)
+
+
+def test_manager_failover_within_ttl_plus_one_second(store, cfg):  # type: ignore[no-untyped-def]
+    import time
+
+    stops = {n: threading.Event() for n in ("m1", "m2")}
+    threads = {n: threading.Thread(target=Manager(cfg, store, n, period=0.1).run,
+                                   args=(stops[n], n != "m1")) for n in stops}
+    threads["m1"].start()
+    wait_until(lambda: store.get(cfg.keys.manager_leader), what="m1 elected")
+    threads["m2"].start()
+    leader = store.get(cfg.keys.manager_leader)
+    assert b'"m1"' in leader.value
+    # m1 dies without resigning: its lease must expire for m2 to lead.
+    stops["m1"].set()
+    died = time.monotonic()
+    threads["m1"].join(10)
+    wait_until(lambda: b'"m2"' in (store.get(cfg.keys.manager_leader) or leader).value,
+               timeout=cfg.ttl + 3, what="m2 elected")
+    assert time.monotonic() - died <= cfg.ttl + 1.0
+    stops["m2"].set()
+    threads["m2"].join(10)
