@@ -68,11 +68,17 @@ class Manager:
         """Campaign and manage until ``stop``; then resign (revoke the lease) unless told
         not to (a test's stand-in for a manager that dies)."""
         log.info("event=manager_start name=%s", self.name)
+        wake = threading.Event()
+        watches = []
         while not stop.is_set():
             try:
                 if self.leader_rev:
                     self._keepalive()
                     if self.leader_rev:
+                        if not watches:  # a host or fence vanishing wakes the next round
+                            watches = [self.store.watch_prefix(p, lambda _ev: wake.set())
+                                       for p in (self.keys.hosts, self.keys.fences)]
+                        wake.clear()
                         self.tick()
                 else:
                     self._campaign()
@@ -80,7 +86,12 @@ class Manager:
                 if self.leader_rev:
                     log.warning("event=manager_step_down name=%s error=%s", self.name, exc)
                 self.leader_rev = 0
-            stop.wait(self.period if self.leader_rev else min(self.period, 0.5))
+            if not self.leader_rev:
+                watches = _cancel(watches)
+            wake.wait(self.period if self.leader_rev else min(self.period, 0.5))
+            if stop.is_set():
+                break
+        _cancel(watches)
         if resign:
             self._resign()
 
@@ -281,3 +292,9 @@ def _view(records: list[GuestRecord], live: set[str], settings: GuestSettings | 
     volumes = tuple(sorted({v for r in records for v in r.volumes}))
     return GuestView(rec.uuid, rec.name, rec.host, state, rec.memory_mib, kind, volumes,
                      desired)
+
+
+def _cancel(watches: list) -> list:  # type: ignore[type-arg]
+    for watch in watches:
+        watch.cancel()
+    return []

@@ -119,3 +119,46 @@ def down(lab_dir: Path | None) -> None:
     stopped = labmod.down(directory)
     click.echo(f"lab in {directory}: stopped {len(stopped)} processes" +
                (f" ({', '.join(stopped)})" if stopped else ""), err=True)
+
+
+@lab.command("power-off")
+@click.argument("host")
+@LAB_DIR
+def power_off(host: str, lab_dir: Path | None) -> None:
+    """Pull a lab host's plug: kill its agent and destroy its running guests.
+
+    Its lease expires after the TTL; the manager then restarts its HA guests elsewhere.
+
+    \b
+    Example:
+      gridtool lab power-off hv1
+    """
+    from gridtool.lab import lab as labmod
+    from gridtool.lab.procs import LabError
+
+    try:
+        gone = labmod.power_off(_dir(lab_dir), host)
+    except LabError as exc:
+        raise NotFound(str(exc)) from None
+    click.echo(f"{host} powered off ({len(gone)} guests gone: {', '.join(gone) or '-'})",
+               err=True)
+
+
+@lab.command("power-on")
+@click.argument("host")
+@LAB_DIR
+def power_on(host: str, lab_dir: Path | None) -> None:
+    """Start a lab host's agent again after 'lab power-off'.
+
+    \b
+    Example:
+      gridtool lab power-on hv1
+    """
+    from gridtool.lab import lab as labmod
+    from gridtool.lab.procs import LabError
+
+    try:
+        pid = labmod.start_agent(_dir(lab_dir), host)
+    except LabError as exc:
+        raise NotFound(str(exc)) from None
+    click.echo(f"{host}: agent started (pid {pid})", err=True)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +76,7 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
     state["keeper_pid"] = _seed_and_keep(directory, lab_hosts, guests, ttl)
     for host in lab_hosts:
         progress(f"starting agent for {host.name}")
-        host.write_agent_conf(cfg)
+        host.write_agent_conf(replace(cfg, manager=True))  # every host runs a candidate
         host.start_agent()
     state["hosts"] = [h.to_dict() for h in lab_hosts]
     _save(directory, state)
@@ -172,3 +176,38 @@ def summary(state: dict[str, Any]) -> dict[str, Any]:
 
 def _save(directory: Path, state: dict[str, Any]) -> None:
     state_path(directory).write_text(json.dumps(state, indent=2))
+
+
+def power_off(directory: Path, name: str) -> list[str]:
+    """Simulate pulling a lab host's plug: kill its agent, destroy its running guests."""
+    state = read_state(directory)
+    hosts = {h["name"]: LabHost.from_dict(h) for h in (state or {}).get("hosts", [])}
+    if name not in hosts:
+        raise LabError(f"no lab host {name!r} (lab hosts: {', '.join(sorted(hosts)) or '-'})")
+    host = hosts[name]
+    if host.agent_pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(host.agent_pid, signal.SIGKILL)
+    conn = libvirt.open(host.libvirt_uri)
+    try:
+        doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        for dom in doms:
+            dom.destroy()
+        return [d.name() for d in doms]
+    finally:
+        conn.close()
+
+
+def start_agent(directory: Path, name: str) -> int:
+    """(Re)start a lab host's agent after a power-off; returns its PID."""
+    state = read_state(directory)
+    if state is None:
+        raise LabError(f"no lab in {directory}")
+    for entry in state["hosts"]:
+        if entry["name"] == name:
+            host = LabHost.from_dict(entry)
+            host.start_agent()
+            entry.update(host.to_dict())
+            _save(directory, state)
+            return host.agent_pid
+    raise LabError(f"no lab host {name!r}")

@@ -1,0 +1,164 @@
+"""HA failover: how long until an HA fenced guest runs again on another host.
+
+Power-off: SIGKILL host A's agent and destroy its guests. Partition: cut host A off
+from etcd (a TCP proxy between its agent and etcd) while it stays alive. Phases are
+measured from the fault: host record gone (detection), fence key gone (expiry), guest
+running on another host; for the partition also when A destroyed the guest itself
+(self-fence). An independent checker watches every host's libvirt: overlap must be 0.
+Target with the default TTL (10 s): running elsewhere <= 10 s after power-off.
+
+    python bench/failover.py [--rounds 3] [--ttl 10] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import libvirt
+from benchlib import print_table, verdict, write_json
+
+from gridtool.config import Config
+from gridtool.etcdstore import EtcdStore
+from gridtool.intentclient import IntentClient
+from gridtool.lab.checker import DoubleRunChecker
+from gridtool.lab.etcd import EtcdCluster
+from gridtool.lab.proxy import CuttableProxy
+from gridtool.lab.testbed import LabHosts, domain_xml, wait_until
+from gridtool.manager import Manager
+from gridtool.records import GuestSettings, encode
+
+TARGET_S = 10.0
+HOSTS = ("hv1", "hv2", "hv3")
+
+
+class Timeline:
+    """When each awaited event happened, in seconds since the fault."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.marks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, time.monotonic() - self.start)
+
+
+def one_round(base: Path, cluster: EtcdCluster, ttl: int, partition: bool,
+              phase: float) -> dict:
+    prefix = f"/bench-failover-{uuid.uuid4().hex[:6]}/"
+    cfg = Config(endpoints=tuple(cluster.endpoints), prefix=prefix, ttl=ttl, timeout=3.0)
+    store = EtcdStore(cfg)
+    proxy = CuttableProxy(cluster.endpoints[0])
+    hosts = LabHosts(base / prefix.strip("/"), cfg)
+    guest = str(uuid.uuid4())
+    stop = threading.Event()
+    try:
+        xml = domain_xml("ha-db", disk="/dev/etherd/e5.5", block=True).replace(
+            "<name>ha-db</name>", f"<name>ha-db</name><uuid>{guest}</uuid>")
+        for name in HOSTS:
+            hosts.add(name)
+            hosts.conn(name).defineXML(xml)
+            endpoints = (proxy.endpoint,) if name == "hv1" else cfg.endpoints
+            hosts.start_agent(name, endpoints=endpoints)
+        wait_until(lambda: len(store.list(cfg.keys.hosts)[0]) == len(HOSTS), what="hosts")
+        store.put(cfg.keys.guest_settings(guest), encode(GuestSettings(guest, "ha-db", ha=True)))
+        client = IntentClient(store, cfg.keys)
+        client.wait(client.submit("hv1", "start", guest, "ha-db"), 30)
+        threading.Thread(target=Manager(cfg, store, "bench", period=1.0).run, args=(stop,),
+                         daemon=True).start()
+        wait_until(lambda: store.get(cfg.keys.manager_leader), what="manager")
+        # Hosts die at any point of the keepalive cycle: the lease outlives the host by
+        # TTL minus the time since its last keepalive.
+        time.sleep(phase)
+        return _fault_and_measure(hosts, store, cfg, proxy, guest, partition)
+    finally:
+        stop.set()
+        hosts.close()
+        proxy.close()
+        store.delete_prefix(prefix)
+        store.close()
+
+
+def _fault_and_measure(hosts: LabHosts, store: EtcdStore, cfg: Config, proxy: CuttableProxy,
+                       guest: str, partition: bool) -> dict:
+    def running(name: str) -> bool:
+        dom = hosts.conn(name).lookupByUUIDString(guest)
+        return dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+
+    with DoubleRunChecker(lambda: hosts.conns, interval=0.01) as checker:
+        timeline = Timeline()
+        if partition:
+            proxy.cut()
+        else:
+            hosts.stop_agent("hv1", kill=True)
+            hosts.conn("hv1").lookupByUUIDString(guest).destroy()
+
+        def progressed() -> bool:
+            if store.get(cfg.keys.host("hv1")) is None:
+                timeline.mark("detected")
+            if store.get(cfg.keys.fence("aoe-e5.5")) is None:
+                timeline.mark("fence_expired")
+            if partition and not running("hv1"):
+                timeline.mark("self_fenced")
+            if any(running(h) for h in HOSTS[1:]):
+                timeline.mark("running_elsewhere")
+            return "running_elsewhere" in timeline.marks
+
+        wait_until(progressed, timeout=cfg.ttl * 4, what="guest running elsewhere")
+    return {**timeline.marks, "overlap_s": checker.overlap_seconds,
+            "overlaps": len(checker.overlaps)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--ttl", type=int, default=10)
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+    results: dict[str, list[dict]] = {"power_off": [], "partition": []}
+    with tempfile.TemporaryDirectory(prefix="gridtool-bench-") as tmp:
+        cluster = EtcdCluster.create(Path(tmp), 1)
+        cluster.start()
+        try:
+            rng = random.Random(args.seed)
+            for case in results:
+                for _ in range(args.rounds):
+                    phase = rng.uniform(0, args.ttl / 3)
+                    results[case].append({**one_round(Path(tmp), cluster, args.ttl,
+                                                      case == "partition", phase),
+                                          "phase_s": phase})
+        finally:
+            cluster.stop()
+    rows = []
+    phases = ("detected", "self_fenced", "fence_expired", "running_elsewhere")
+    for case, runs in results.items():
+        for phase in phases:
+            values = [r[phase] for r in runs if phase in r]
+            if values:
+                rows.append((case, phase, sum(values) / len(values), max(values)))
+        rows.append((case, "overlap (s)", max(r["overlap_s"] for r in runs),
+                     max(r["overlap_s"] for r in runs)))
+    power_off = [r["running_elsewhere"] for r in results["power_off"]]
+    worst = max(power_off)
+    mean = sum(power_off) / len(power_off)
+    overlap = max(r["overlap_s"] for runs in results.values() for r in runs)
+    ok = mean <= TARGET_S and overlap == 0
+    print_table(f"HA failover, TTL {args.ttl} s, {args.rounds} rounds per case "
+                "(seconds after the fault)", rows, ["case", "phase", "mean s", "max s"])
+    print(f"\npower-off -> running elsewhere: mean {mean:.2f} s, worst {worst:.2f} s "
+          f"(target {TARGET_S} s; the worst case is TTL + reaction, when the host dies just "
+          f"after a keepalive); overlap {overlap} s: {verdict(ok)}")
+    write_json("failover", {"ttl": args.ttl, "results": results, "target_s": TARGET_S,
+                            "worst_power_off_s": worst, "mean_power_off_s": mean,
+                            "max_overlap_s": overlap, "pass": ok},
+               args.json_path)
+
+
+if __name__ == "__main__":
+    main()
