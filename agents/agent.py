@@ -355,6 +355,8 @@ class Agent:
             except libvirt.libvirtError as exc:
                 log.error("event=self_fence_failed host=%s uuid=%s error=%s", self.host, uuid,
                           _one_line(exc))
+                return  # keep counting them: the watchdog stays the backstop
+        self.fencer.forget_ha()
 
     def _publish_definition(self, rec: GuestRecord) -> None:
         """Keep a fenced guest's XML in the registry so another host can take it over."""

@@ -92,6 +92,12 @@ class Fencer:
             self.held, self.tokens = held, tokens
         return held
 
+    def forget_ha(self) -> None:
+        """After a self-fence: the HA guests are gone and their fences expire with the
+        lease; stop counting them (so the watchdog may be petted again)."""
+        with self._lock:
+            self.held = {v: f for v, f in self.held.items() if f.kind is not FenceKind.HA}
+
     def ha_guests(self) -> set[str]:
         """UUIDs of guests this host holds HA fences for (used to self-fence)."""
         with self._lock:
