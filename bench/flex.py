@@ -1,0 +1,176 @@
+"""Benchmark the flex policies: replay the sample traces under every policy, check targets.
+
+Replays bench/traces/{steady,spike,diurnal,bursty}.csv through the seeded pool simulator
+under the erlang, classic and hpa policies; prints SLA-violation seconds, worker-seconds
+and scale reversals (with ratios to the classic baseline), then the targets with PASS/FAIL,
+and writes everything, time series included, to bench/results/flex.json. Exit status 1 if
+a target fails. Targets, for the erlang policy: on the 5x spike trace the first scale-up
+within 3 samples of the step, and SLA-violation seconds <= 50 % of classic's at <= 110 %
+of its worker-seconds; no scale reversal on the steady trace.
+
+Setup: exponential service with 1 s mean, 5 s clone start-up, a sample every 10 s; the SLA
+is an interval mean wait <= 0.5 s and the erlang policy targets that same mean wait. Each
+run starts with the pool Erlang C sizes for the trace's initial rate (no cold start), and
+every policy sees the same jobs (same seed).
+
+    python bench/flex.py [--seed S --json PATH --plot out.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchlib import print_table, verdict, write_json
+
+from gridtool.erlang import servers_needed
+from gridtool.flex import POLICY_NAMES, PolicyParams
+from gridtool.queuesim import SimConfig, SimResult, Trace, load_trace, plot, simulate_policies
+
+TRACES = Path(__file__).resolve().parent / "traces"
+TRACE_NAMES = ("steady", "spike", "diurnal", "bursty")
+OURS, BASELINE = "erlang", "classic"
+
+SERVICE_TIME = 1.0
+SLA_WAIT = 0.5
+PARAMS = PolicyParams(min_workers=1, max_workers=200, target_kind="mean_wait", target=SLA_WAIT)
+
+SPIKE_FACTOR = 4.0  # a rate step of at least this factor is "the spike"
+SPIKE_SAMPLES = 3
+SLA_RATIO = 0.5
+COST_RATIO = 1.1
+
+Target = tuple[str, str, str, bool]  # name, measured, needed, ok
+
+
+def sim_config(trace: Trace, seed: int) -> SimConfig:
+    """The shared simulation setup, starting sized for the trace's initial load."""
+    load = trace.rate_at(0.0) * SERVICE_TIME
+    start = servers_needed(load, SERVICE_TIME, SLA_WAIT, kind="mean_wait") if load else 1
+    return SimConfig(
+        service_time=SERVICE_TIME,
+        startup_delay=5.0,
+        period=10.0,
+        sla_wait=SLA_WAIT,
+        initial_workers=start,
+        seed=seed,
+    )
+
+
+def run(trace_dir: Path, seed: int) -> list[SimResult]:
+    results: list[SimResult] = []
+    for name in TRACE_NAMES:
+        trace = load_trace(trace_dir / f"{name}.csv")
+        results += simulate_policies(trace, PARAMS, POLICY_NAMES, sim_config(trace, seed))
+    return results
+
+
+def _pick(results: Sequence[SimResult], trace: str, policy: str) -> SimResult:
+    return next(r for r in results if r.trace == trace and r.policy == policy)
+
+
+def _ratio(value: float, base: float) -> str:
+    if base:
+        return f"{value / base:.0%}"
+    return "-" if value == 0 else "inf"
+
+
+def targets(results: Sequence[SimResult], trace_dir: Path) -> list[Target]:
+    """The benchmark targets, evaluated for the erlang policy."""
+    spike_at = load_trace(trace_dir / "spike.csv").step_ups(SPIKE_FACTOR)[0]
+    spike, base = _pick(results, "spike", OURS), _pick(results, "spike", BASELINE)
+    lag = spike.samples_to_scale_up(spike_at)
+    sla, base_sla = spike.sla_violation_seconds, base.sla_violation_seconds
+    cost, base_cost = spike.worker_seconds, base.worker_seconds
+    reversals = _pick(results, "steady", OURS).reversals
+    return [
+        (
+            "spike: samples to first scale-up",
+            f"{lag} (step at t={spike_at:g}s)",
+            f"<= {SPIKE_SAMPLES}",
+            lag is not None and lag <= SPIKE_SAMPLES,
+        ),
+        (
+            "spike: SLA-violation s vs classic",
+            f"{sla:.0f} vs {base_sla:.0f} = {_ratio(sla, base_sla)}",
+            f"<= {SLA_RATIO:.0%}",
+            sla <= SLA_RATIO * base_sla,
+        ),
+        (
+            "spike: worker-s vs classic",
+            f"{cost:.0f} vs {base_cost:.0f} = {_ratio(cost, base_cost)}",
+            f"<= {COST_RATIO:.0%}",
+            cost <= COST_RATIO * base_cost,
+        ),
+        ("steady: reversals", str(reversals), "0", reversals == 0),
+    ]
+
+
+def result_rows(results: Sequence[SimResult]) -> list[tuple[object, ...]]:
+    """One row per trace and policy; the "x classic" columns compare with the baseline."""
+    rows: list[tuple[object, ...]] = []
+    for r in results:
+        base = _pick(results, r.trace, BASELINE)
+        rows.append(
+            (
+                r.trace,
+                r.policy,
+                round(r.sla_violation_seconds),
+                _ratio(r.sla_violation_seconds, base.sla_violation_seconds),
+                round(r.worker_seconds),
+                _ratio(r.worker_seconds, base.worker_seconds),
+                r.reversals,
+                r.scale_ups,
+                r.scale_downs,
+                f"{r.mean_wait:.3f}",
+            )
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--traces", type=Path, default=TRACES)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", default=None, help="default bench/results/flex.json")
+    parser.add_argument("--plot", type=Path, help="also draw workers and waits to this PNG")
+    args = parser.parse_args(argv)
+
+    results = run(args.traces, args.seed)
+    checks = targets(results, args.traces)
+    header = (
+        "trace",
+        "policy",
+        "SLA-viol s",
+        "x classic",
+        "worker-s",
+        "x classic",
+        "reversals",
+        "ups",
+        "downs",
+        "mean wait s",
+    )
+    print_table("flex policies on the sample traces", result_rows(results), header)
+    rows = [(name, got, need, verdict(ok)) for name, got, need, ok in checks]
+    print_table("targets (erlang policy)", rows, ("target", "measured", "needed", "verdict"))
+    body = {
+        "setup": {"params": PARAMS.to_dict(), "seed": args.seed, "sla_wait": SLA_WAIT},
+        "results": [r.to_dict() for r in results],
+        "targets": [
+            {"target": name, "measured": got, "needed": need, "pass": ok}
+            for name, got, need, ok in checks
+        ],
+        "pass": all(ok for *_, ok in checks),
+    }
+    write_json("flex", body, args.json)
+    if args.plot:
+        print(f"wrote {plot(results, args.plot)}")
+    return 0 if body["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

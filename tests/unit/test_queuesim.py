@@ -1,0 +1,197 @@
+"""Trace parsing and the seeded flex-pool simulator."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gridtool.erlang import mean_wait
+from gridtool.errors import UsageError
+from gridtool.flex import PolicyParams
+from gridtool.queuesim import (
+    Segment,
+    SimConfig,
+    Trace,
+    count_reversals,
+    dump_trace_csv,
+    load_trace,
+    parse_trace,
+    plot,
+    simulate,
+    simulate_policies,
+)
+
+SPIKE = Trace(
+    "spike",
+    600.0,
+    segments=(Segment(0, 200, 5.0), Segment(200, 400, 25.0), Segment(400, 600, 5.0)),
+)
+PARAMS = PolicyParams(max_workers=80, target_kind="mean_wait", target=0.5)
+CONFIG = SimConfig(service_time=1.0, sla_wait=0.5, initial_workers=7, seed=3)
+
+
+# --- traces -----------------------------------------------------------------------------
+
+
+def test_parse_csv_segments_with_comments() -> None:
+    text = "# a comment\nstart,end,rate\n0,60,2.5\n\n60,120,10\n"
+    trace = parse_trace(text, name="t")
+    assert trace.duration == 120
+    assert trace.segments == (Segment(0, 60, 2.5), Segment(60, 120, 10))
+    assert trace.rate_at(30) == 2.5 and trace.rate_at(60) == 10 and trace.rate_at(500) == 0
+    assert parse_trace(dump_trace_csv(trace), name="t") == trace
+
+
+def test_parse_explicit_arrivals_csv_and_json() -> None:
+    csv_trace = parse_trace("time\n0.5\n1.5\n7\n", name="a")
+    assert csv_trace.arrivals == (0.5, 1.5, 7.0)
+    doc = {"name": "j", "duration": 20, "arrivals": [3, 1, 2]}
+    json_trace = parse_trace(json.dumps(doc), fmt="json")
+    assert (json_trace.name, json_trace.duration) == ("j", 20.0)
+    assert json_trace.arrival_times() == [1.0, 2.0, 3.0]
+
+
+def test_parse_json_segments() -> None:
+    trace = parse_trace('{"segments": [[0, 10, 1], [10, 30, 4]]}', name="s", fmt="json")
+    assert trace.duration == 30 and trace.rate_at(15) == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt"),
+    [
+        ("begin,end,rate\n0,1,1\n", "csv"),
+        ("start,end,rate\n0,1\n", "csv"),
+        ("start,end,rate\n5,1,1\n", "csv"),
+        ("start,end,rate\n0,1,-3\n", "csv"),
+        ("start,end,rate\n0,x,1\n", "csv"),
+        ('{"segments": 3}', "json"),
+        ("{", "json"),
+        ("start,end,rate\n0,1,1\n", "yaml"),
+    ],
+)
+def test_parse_rejects_bad_traces(text: str, fmt: str) -> None:
+    with pytest.raises(ValueError):
+        parse_trace(text, fmt=fmt)
+
+
+def test_load_trace_files(tmp_path: Path) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_text("start,end,rate\n0,100,3\n")
+    assert load_trace(path).name == "mine"
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(UsageError, match=r"bad\.json"):
+        load_trace(tmp_path / "bad.json")
+    with pytest.raises(UsageError, match="missing"):
+        load_trace(tmp_path / "missing.csv")
+
+
+def test_sample_traces_load() -> None:
+    root = Path(__file__).resolve().parents[2] / "bench" / "traces"
+    for name in ("steady", "spike", "diurnal", "bursty"):
+        path = root / f"{name}.csv"
+        assert path.stat().st_size < 10_000
+        assert load_trace(path).duration == 3600
+    assert load_trace(root / "spike.csv").step_ups(4.0) == [600.0]
+
+
+def test_step_ups() -> None:
+    assert SPIKE.step_ups(4.0) == [200]
+    assert SPIKE.step_ups(6.0) == []
+
+
+def test_count_reversals() -> None:
+    assert count_reversals([]) == 0
+    assert count_reversals([1, 0, 3, 0, 2]) == 0
+    assert count_reversals([2, 0, -1, 1, 0, -3]) == 3
+
+
+# --- simulation -------------------------------------------------------------------------
+
+
+def test_simulation_is_deterministic_for_a_seed() -> None:
+    first = simulate(SPIKE, PARAMS, CONFIG)
+    again = simulate(SPIKE, PARAMS, CONFIG)
+    assert first == again
+    assert first.to_dict() == again.to_dict()
+    other = simulate(SPIKE, PARAMS, replace(CONFIG, seed=4))
+    assert other.to_dict() != first.to_dict()
+
+
+def test_policies_see_the_same_jobs() -> None:
+    results = simulate_policies(SPIKE, PARAMS, ("erlang", "classic", "hpa"), CONFIG)
+    assert [r.policy for r in results] == ["erlang", "classic", "hpa"]
+    assert len({r.jobs for r in results}) == 1
+    arrivals = {tuple(p.arrival_rate for p in r.series) for r in results}
+    assert len(arrivals) == 1
+
+
+def test_fixed_pool_matches_erlang_c() -> None:
+    trace = Trace("steady", 7200.0, segments=(Segment(0, 7200, 8.0),))
+    fixed = PolicyParams(policy="classic", min_workers=10, max_workers=10)
+    result = simulate(trace, fixed, SimConfig(service_time=1.0, seed=11))
+    assert result.worker_seconds == pytest.approx(10 * 7200)
+    assert result.scale_ups == result.scale_downs == result.reversals == 0
+    assert abs(result.jobs - 8 * 7200) < 4 * (8 * 7200) ** 0.5
+    assert result.mean_wait == pytest.approx(mean_wait(10, 8.0, 1.0), rel=0.2)
+
+
+def test_erlang_reacts_to_the_spike_and_counts_cost() -> None:
+    erlang, classic = simulate_policies(SPIKE, PARAMS, ("erlang", "classic"), CONFIG)
+    assert erlang.samples_to_scale_up(200) == 1
+    assert erlang.sla_violation_seconds < classic.sla_violation_seconds
+    peak = max(p.workers for p in erlang.series)
+    assert peak >= 25
+    assert 7 * 600 < erlang.worker_seconds < peak * 600
+
+
+def test_startup_delay_keeps_new_workers_starting() -> None:
+    slow_start = replace(CONFIG, startup_delay=15.0, initial_workers=1)
+    result = simulate(SPIKE, PARAMS, slow_start)
+    first, second = result.decisions[0], result.decisions[1]
+    assert first.change > 0
+    assert second.starting == first.change and second.ready == 1
+
+
+def test_empty_pool_censors_waits() -> None:
+    trace = Trace("t", 100.0, segments=(Segment(0, 100, 1.0),))
+    none = PolicyParams(policy="classic", min_workers=0, max_workers=0)
+    result = simulate(trace, none, SimConfig(seed=1, sla_wait=0.5))
+    assert result.worker_seconds == 0
+    assert result.jobs > 0 and result.mean_wait > 10
+    assert result.sla_violation_seconds == 100
+
+
+def test_explicit_arrivals_are_replayed() -> None:
+    trace = Trace("a", 50.0, arrivals=(1.0, 2.0, 2.5, 40.0, 60.0))
+    result = simulate(trace, PARAMS, SimConfig(initial_workers=1, period=10.0))
+    assert result.jobs == 4  # the one at 60 s is past the end
+    assert [p.arrival_rate for p in result.series][:2] == [0.3, 0.0]
+
+
+def test_result_to_dict_is_json() -> None:
+    result = simulate(SPIKE, PARAMS, CONFIG)
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert data["policy"] == "erlang"
+    assert len(data["series"]["time"]) == len(data["series"]["workers"]) == 60
+    assert set(result.summary()) >= {"sla_violation_seconds", "worker_seconds", "reversals"}
+
+
+# --- plotting ---------------------------------------------------------------------------
+
+
+def test_plot_writes_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    results = simulate_policies(SPIKE, PARAMS, ("erlang", "classic"), CONFIG)
+    out = plot(results, tmp_path / "flex.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(UsageError, match="matplotlib"):
+        plot([], tmp_path / "x.png")
