@@ -38,12 +38,12 @@ def cli(ctx: click.Context, config_file: str | None, **overrides: object) -> Non
 
 
 def _register_commands() -> None:
-    from gridtool.cli import fences, guests, hosts, lab, lifecycle, manager, registry
+    from gridtool.cli import check, fences, guests, hosts, lab, lifecycle, manager, registry
 
     for command in lifecycle.COMMANDS:
         guests.guest.add_command(command)
     for group in (hosts.host, guests.guest, fences.fence, manager.manager, registry.registry,
-                  lab.lab):
+                  lab.lab, check.check):
         cli.add_command(group)
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else "gridtool"
         sys.stderr.write(f"gridtool: {exc.format_message()} (see '{where} --help')\n")
-        sys.exit(2)
+        sys.exit(3 if where.startswith("gridtool check") else 2)  # Nagios: UNKNOWN
     except click.ClickException as exc:
         sys.stderr.write(f"gridtool: {exc.format_message()}\n")
         sys.exit(exc.exit_code)

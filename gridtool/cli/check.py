@@ -1,0 +1,66 @@
+"""``gridtool check``: a Nagios/Icinga plugin for cron and monitoring."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from gridtool.cli.context import AppContext, pass_app
+
+
+@click.command("check")
+@click.option("--warn", multiple=True, metavar="KEY=RANGE",
+              help="Warning threshold, e.g. report_age=60 or clock_skew=-2:2 (repeatable; "
+                   "keys: report_age, clock_skew, intent_age; Nagios range syntax).")
+@click.option("--crit", multiple=True, metavar="KEY=RANGE",
+              help="Critical threshold, same syntax as --warn.")
+@click.option("--ignore", multiple=True, metavar="CODE",
+              help="Ignore findings with this code (repeatable), e.g. AGENT_VERSION_SKEW.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_app
+def check(app: AppContext, warn: tuple[str, ...], crit: tuple[str, ...],
+          ignore: tuple[str, ...], as_json: bool) -> None:
+    """Check the fleet: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios plugin rules).
+
+    One status line with perfdata, then one line per finding with its stable code:
+    registry endpoints and quorum, lost or stale hosts, guests running on two hosts,
+    fenced guests without their fence, orphan fences, stale intents, manager leader,
+    agent version skew, clock skew, corrupt records.
+
+    \b
+    Example (crontab):
+      */5 * * * * root gridtool check --ignore AGENT_VERSION_SKEW || mail -s gridtool root
+    """
+    from gridtool import health
+    from gridtool.errors import GridtoolError
+    from gridtool.healthcollect import collect
+
+    try:
+        params = health.build_params(warn, crit, ignore)
+    except health.CheckUsageError as exc:
+        report = health.unknown_report(str(exc))
+    else:
+        try:
+            snap = collect(app.store, app.config.keys, len(app.config.endpoints))
+            report = health.evaluate(snap, params)
+        except GridtoolError as exc:
+            report = health.unreachable_report(str(exc), _endpoint_statuses(app))
+        except Exception as exc:  # a plugin must answer UNKNOWN, never a traceback
+            report = health.unknown_report(f"{type(exc).__name__}: {exc}")
+    if as_json:
+        click.echo(json.dumps(health.render_json(report), allow_nan=False))
+    else:
+        click.echo(health.render_text(report))
+    sys.exit(health.exit_code(report))
+
+
+def _endpoint_statuses(app: AppContext) -> tuple:
+    from gridtool.health import EndpointStatus
+
+    try:
+        return tuple(EndpointStatus(s.endpoint, s.healthy, s.leader, s.error)
+                     for s in app.store.status())
+    except Exception:  # the config itself may be what failed
+        return ()

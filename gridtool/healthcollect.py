@@ -1,0 +1,74 @@
+"""Collect the health snapshot from the registry (the shell around ``gridtool.health``)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from gridtool.fencing import Observed, Unreadable, observe
+from gridtool.health import (
+    CorruptRecord,
+    EndpointStatus,
+    FenceObs,
+    GuestObs,
+    HostObs,
+    IntentObs,
+    RunReport,
+    Snapshot,
+)
+from gridtool.keys import Keys
+from gridtool.model import DecodeError
+from gridtool.records import Intent, decode
+from gridtool.registry import Registry
+from gridtool.store import Store
+
+
+def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
+    """Read everything ``gridtool check`` judges; raises RegistryUnavailable if it can't."""
+    endpoints = tuple(EndpointStatus(s.endpoint, s.healthy, s.leader, s.error)
+                      for s in store.status())
+    registry = Registry(store, keys)
+    listing = registry.listing()
+    now = time.time()
+    live = {h.name for h in listing.hosts}
+    hosts = [HostObs(h.name, h.reported_at, h.agent_version,
+                     host_clock=h.reported_at if h.reported_at > now else None,
+                     checker_clock=now if h.reported_at > now else None)
+             for h in listing.hosts]
+    # A host that left guest records behind but holds no lease is a lost host.
+    hosts += [HostObs(name, None, lease=False)
+              for name in sorted({g.host for g in listing.guests} - live)]
+    corrupt = [CorruptRecord(e.key, e.reason) for e in listing.errors]
+    fences = []
+    for item in store.list(keys.fences)[0]:
+        obs = observe(item.key.removeprefix(keys.fences), item.value, item.mod_revision)
+        if isinstance(obs, Observed):
+            fences.append(FenceObs(obs.fence.volume, obs.fence.holder, obs.fence.guest))
+        elif isinstance(obs, Unreadable):
+            corrupt.append(CorruptRecord(item.key, obs.error))
+    intents = []
+    for item in store.list(keys.all_intents)[0]:
+        try:
+            intent = decode(Intent, item.key, item.value)
+        except DecodeError as exc:
+            corrupt.append(CorruptRecord(item.key, exc.reason))
+            continue
+        intents.append(IntentObs(intent.host, intent.id, intent.created, intent.state))
+    leader = store.get(keys.manager_leader)
+    return Snapshot(
+        now=now, endpoints=endpoints, member_count=member_count, hosts=tuple(hosts),
+        guests=tuple(GuestObs(g.uuid, g.name, g.host, g.state, g.fenced, g.volumes)
+                     for g in listing.guests),
+        running=tuple(RunReport(g.uuid, g.host) for g in listing.guests
+                      if g.state == "running" and g.host in live),
+        fences=tuple(fences), intents=tuple(intents),
+        manager_leader=_leader_name(leader.value) if leader else None,
+        corrupt=tuple(corrupt))
+
+
+def _leader_name(raw: bytes) -> str | None:
+    try:
+        name = json.loads(raw).get("leader")
+    except (ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
