@@ -38,12 +38,22 @@ def cli(ctx: click.Context, config_file: str | None, **overrides: object) -> Non
 
 
 def _register_commands() -> None:
-    from gridtool.cli import check, fences, guests, hosts, lab, lifecycle, manager, registry
+    from gridtool.cli import (
+        check,
+        fences,
+        guests,
+        hosts,
+        lab,
+        lifecycle,
+        manager,
+        pools,
+        registry,
+    )
 
     for command in lifecycle.COMMANDS:
         guests.guest.add_command(command)
     for group in (hosts.host, guests.guest, fences.fence, manager.manager, registry.registry,
-                  lab.lab, check.check):
+                  lab.lab, check.check, pools.pool):
         cli.add_command(group)
 
 
