@@ -50,8 +50,8 @@ def simulate(trace_file: Path, policy: str, service_time: float, startup_delay: 
     Example:
       gridtool pool simulate --trace bench/traces/bursty.csv --policy all --json
     """
-    from gridtool.errors import UsageError
     from gridtool.erlang import servers_needed
+    from gridtool.errors import UsageError
     from gridtool.flex import POLICY_NAMES, PolicyParams
     from gridtool.queuesim import SimConfig, load_trace, plot, simulate_policies
 
