@@ -725,7 +725,7 @@ def _millis(value: float | None) -> float | None:
 
 
 def _perfdata(
-    snap: Snapshot, view: _View, params: CheckParams, violations: int
+    snap: Snapshot, view: _View, params: CheckParams, findings: int
 ) -> tuple[Perf, ...]:
     total = len(view.hosts)
     members = _members(snap)
@@ -736,7 +736,7 @@ def _perfdata(
         Perf("guests_running", len(view.running), minimum=0),
         Perf("guests_unknown", len(view.unknown_guests), minimum=0),
         Perf("fences_held", len(snap.fences), minimum=0),
-        Perf("violations", violations, minimum=0),
+        Perf("findings", findings, minimum=0),
         Perf("pools_undersized", sum(p.actual < p.desired for p in snap.pools), minimum=0),
         Perf(
             "oldest_report_age",

@@ -142,6 +142,8 @@ class Manager:
     def tick(self) -> None:
         snap, self.names = self.snapshot()
         actions = decide(snap, self.limits)
+        waiting = {a.guest for a in actions if isinstance(a, Blocked)}
+        self.blocked = {g: r for g, r in self.blocked.items() if g in waiting}
         failed: set[str] = set()
         for action in actions:
             if action.guest in failed:

@@ -774,14 +774,14 @@ def test_perfdata_labels_and_format() -> None:
         "'guests_running'",
         "'guests_unknown'",
         "'fences_held'",
-        "'violations'",
+        "'findings'",
         "'pools_undersized'",
         "'oldest_report_age'",
         "'max_clock_skew'",
         "'etcd_endpoints_healthy'",
     ]
     assert items[0] == "'hosts_up'=3;;;0;3"
-    assert items[5] == "'violations'=1;;;0"
+    assert items[5] == "'findings'=1;;;0"
     assert items[7] == "'oldest_report_age'=42.25s;90;300;0"
     assert items[8] == "'max_clock_skew'=-7s;-5:5;-30:30"
     assert items[9] == "'etcd_endpoints_healthy'=3;;;0;3"
@@ -801,7 +801,7 @@ def test_perfdata_thresholds_follow_params() -> None:
     items = perf_items(evaluate(healthy(), params))
     assert "'oldest_report_age'=10s;@10:20;300;0" in items
     assert "'max_clock_skew'=0.2s;-5:5;~:3" in items
-    assert "'violations'=3;;;0" in items
+    assert "'findings'=3;;;0" in items
 
 
 def test_perf_str_and_validation() -> None:
@@ -827,7 +827,7 @@ def test_ignore_drops_findings_and_counts_them() -> None:
     assert report.status is Status.OK
     assert report.ignored == (("HOST_STALE", 2),)
     assert render_json(report)["ignored"] == {"HOST_STALE": 2}
-    assert perf_of(report)["violations"].value == 0
+    assert perf_of(report)["findings"].value == 0
 
 
 def test_ignore_keeps_other_codes() -> None:
