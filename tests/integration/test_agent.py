@@ -143,3 +143,26 @@ def test_bad_agent_config_exits_2_with_one_line(bad, cfg, tmp_path):  # type: ig
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "gridtool-agent:" in lines[0], done.stderr
+
+
+def test_agent_survives_libvirtd_restart(lab_hosts, registry):  # type: ignore[no-untyped-def]
+    import libvirt
+
+    host = lab_hosts.add("hv1")
+    lab_hosts.start_agent("hv1", watchdog=False)
+    lab_hosts.conn("hv1").defineXML(domain_xml("before"))
+    wait_until(lambda: _state_of(registry, "hv1", "before"), what="sync")
+    host.stop_libvirtd()
+    wait_until(lambda: "event=libvirt_closed" in lab_hosts.agent_log("hv1")
+               or "libvirt_unreachable" in lab_hosts.agent_log("hv1"),
+               what="agent to notice libvirtd is gone")
+    host.start_libvirtd()
+    # The test driver's state died with the daemon: a new connection starts afresh.
+    conn = libvirt.open(host.libvirt_uri)
+    lab_hosts.conns["hv1"] = conn
+    conn.defineXML(domain_xml("after"))
+    wait_until(lambda: _state_of(registry, "hv1", "after") == "shutoff", timeout=20,
+               what="agent to reconnect and report the new guest")
+    # The resync after reconnecting removed what the new daemon does not have.
+    wait_until(lambda: _state_of(registry, "hv1", "before") is None, timeout=20,
+               what="stale record removed")
