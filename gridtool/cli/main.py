@@ -46,6 +46,7 @@ def _register_commands() -> None:
         lab,
         lifecycle,
         manager,
+        metrics,
         pools,
         registry,
     )
@@ -53,7 +54,7 @@ def _register_commands() -> None:
     for command in lifecycle.COMMANDS:
         guests.guest.add_command(command)
     for group in (hosts.host, guests.guest, fences.fence, manager.manager, registry.registry,
-                  lab.lab, check.check, pools.pool):
+                  lab.lab, check.check, pools.pool, metrics.metrics):
         cli.add_command(group)
 
 

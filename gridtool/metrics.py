@@ -1,0 +1,116 @@
+"""Prometheus metrics of the fleet, read from the registry at each scrape.
+
+A custom collector (``prometheus_client``) turns one registry read into gauges; a
+watch on the guests prefix feeds a histogram of event propagation latency (the agent's
+report time to the moment the registry change reaches the exporter).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from gridtool.errors import GridtoolError
+from gridtool.keys import Keys
+from gridtool.model import DecodeError, GuestRecord, decode, effective_state
+from gridtool.registry import Registry
+from gridtool.store import Event, Store
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Propagation:
+    """Histogram of seconds from an agent's report to the exporter seeing it."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, ev: Event) -> None:
+        if ev.kind != "put":
+            return
+        try:
+            delay = max(0.0, time.time() - decode(GuestRecord, ev.key, ev.value).updated_at)
+        except DecodeError:
+            return
+        index = next((i for i, b in enumerate(LATENCY_BUCKETS) if delay <= b),
+                     len(LATENCY_BUCKETS))
+        with self._lock:
+            self.counts[index] += 1
+            self.total += delay
+
+    def family(self) -> HistogramMetricFamily:
+        with self._lock:
+            counts, total = list(self.counts), self.total
+        cumulative, buckets = 0, []
+        for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        return HistogramMetricFamily(
+            "gridtool_event_propagation_seconds",
+            "Seconds from an agent's report of a guest change to the registry watch",
+            buckets=buckets, sum_value=total)
+
+
+class FleetCollector(Collector):
+    """Gauges of hosts, guests, fences, violations and the manager, per scrape."""
+
+    def __init__(self, store: Store, keys: Keys, propagation: Propagation) -> None:
+        self.store = store
+        self.keys = keys
+        self.registry = Registry(store, keys)
+        self.propagation = propagation
+
+    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+        up = GaugeMetricFamily("gridtool_registry_up", "1 if the registry answered this scrape")
+        try:
+            listing = self.registry.listing()
+            fences = len(self.store.list(self.keys.fences)[0])
+            violations = len(self.store.list(self.keys.violations)[0])
+            leader = self.store.get(self.keys.manager_leader)
+        except GridtoolError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        live = frozenset(h.name for h in listing.hosts)
+        yield _gauge("gridtool_hosts_up", "Hosts whose agent holds its lease", len(live))
+        states = Counter(effective_state(g, live) for g in listing.guests)
+        guests = GaugeMetricFamily("gridtool_guests", "Guests by state (unknown: host lost)",
+                                   labels=["state"])
+        for state, count in sorted(states.items()):
+            guests.add_metric([state], count)
+        yield guests
+        yield _gauge("gridtool_fences_held", "Fence keys in the registry", fences)
+        yield _gauge("gridtool_fence_violations", "Fence violations recorded by agents",
+                     violations)
+        yield _gauge("gridtool_registry_corrupt_records", "Records that do not decode",
+                     len(listing.errors))
+        yield _gauge("gridtool_manager_leader", "1 if a manager leads", int(leader is not None))
+        yield self.propagation.family()
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc)
+    family.add_metric([], value)
+    return family
+
+
+def serve(store: Store, keys: Keys, port: int, addr: str = "127.0.0.1") -> tuple:
+    """Start the exporter's HTTP server; returns (server, thread, watch) to stop it."""
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import CollectorRegistry
+
+    propagation = Propagation()
+    watch = store.watch_prefix(keys.guests, propagation.observe)
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(store, keys, propagation))
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    return server, thread, watch

@@ -1,0 +1,41 @@
+"""The Prometheus exporter against a real registry, validated by the client's parser."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gridtool.lab.procs import free_port
+from gridtool.lab.testbed import domain_xml, wait_until
+from gridtool.metrics import serve
+
+
+def test_metrics_parse_and_count_the_fleet(lab_hosts, registry, store, cfg):  # type: ignore[no-untyped-def]
+    port = free_port()
+    server, _thread, watch = serve(store, cfg.keys, port)
+    try:
+        lab_hosts.add("hv1")
+        lab_hosts.start_agent("hv1")
+        conn = lab_hosts.conn("hv1")
+        conn.defineXML(domain_xml("a", disk="/dev/etherd/e4.1", block=True)).create()
+        conn.defineXML(domain_xml("b"))
+        wait_until(lambda: len(registry.list_guests()[0]) == 2, what="sync")
+
+        def scrape() -> dict:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            return {s.name + str(sorted(s.labels.items())): s.value
+                    for fam in text_string_to_metric_families(text.decode())
+                    for s in fam.samples}
+
+        values = wait_until(lambda: (v := scrape()).get(
+            "gridtool_event_propagation_seconds_count[]", 0) > 0 and v,
+            what="a propagation sample")
+        assert values["gridtool_registry_up[]"] == 1
+        assert values["gridtool_hosts_up[]"] == 1
+        assert values["gridtool_guests[('state', 'running')]"] == 1
+        assert values["gridtool_guests[('state', 'shutoff')]"] == 1
+        assert values["gridtool_fences_held[]"] == 1  # taken by its agent
+    finally:
+        watch.cancel()
+        server.shutdown()
