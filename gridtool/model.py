@@ -102,14 +102,14 @@ def as_dict(record: HostRecord | GuestRecord) -> dict[str, Any]:
     return data
 
 
-def encode(record: HostRecord | GuestRecord) -> bytes:
-    """Serialise a record to the registry's JSON form."""
-    body: dict[str, Any] = {"v": SCHEMA_VERSION, **as_dict(record)}
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+def dump_json(body: dict[str, Any]) -> bytes:
+    """A record body as the registry's JSON, with its schema version."""
+    return json.dumps({"v": SCHEMA_VERSION, **body}, sort_keys=True,
+                      separators=(",", ":")).encode()
 
 
-def decode(cls: type[R], key: str, raw: bytes | str) -> R:
-    """Parse a registry value into ``cls``; raise DecodeError naming ``key``."""
+def load_json(key: str, raw: bytes | str) -> dict[str, Any]:
+    """A registry value's JSON object without its ``"v"``; DecodeError naming ``key``."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -119,7 +119,17 @@ def decode(cls: type[R], key: str, raw: bytes | str) -> R:
     version = data.pop("v", None)
     if type(version) is not int or version != SCHEMA_VERSION:
         raise DecodeError(key, f"unknown schema version {version!r}")
-    return _build(cls, key, data)
+    return data
+
+
+def encode(record: HostRecord | GuestRecord) -> bytes:
+    """Serialise a record to the registry's JSON form."""
+    return dump_json(as_dict(record))
+
+
+def decode(cls: type[R], key: str, raw: bytes | str) -> R:
+    """Parse a registry value into ``cls``; raise DecodeError naming ``key``."""
+    return _build(cls, key, load_json(key, raw))
 
 
 def _build(cls: type[R], key: str, data: dict[str, Any]) -> R:

@@ -7,13 +7,12 @@ corrupt value is a ``DecodeError`` naming the key, never a crash further on.
 
 from __future__ import annotations
 
-import json
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
-from gridtool.model import SCHEMA_VERSION, DecodeError
+from gridtool.model import DecodeError, dump_json, load_json
 
 R = TypeVar("R")
 
@@ -99,21 +98,12 @@ class ManagerStatus:
 
 def encode(record: Any) -> bytes:
     """A record as the registry's JSON."""
-    body = {"v": SCHEMA_VERSION, **{f.name: getattr(record, f.name) for f in fields(record)}}
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return dump_json({f.name: getattr(record, f.name) for f in fields(record)})
 
 
 def decode(cls: type[R], key: str, raw: bytes | str) -> R:
     """Parse and type-check a record; ``DecodeError`` naming ``key`` on any problem."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise DecodeError(key, f"not JSON ({type(exc).__name__})") from None
-    if not isinstance(data, dict):
-        raise DecodeError(key, "not a JSON object")
-    version = data.pop("v", None)
-    if type(version) is not int or version != SCHEMA_VERSION:
-        raise DecodeError(key, f"unknown schema version {version!r}")
+    data = load_json(key, raw)
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in fields(cls):  # type: ignore[arg-type]
