@@ -17,6 +17,9 @@ from gridtool.store import Store
 
 log = logging.getLogger("gridtool.agent")
 
+#: How often the guard checks the lease deadline; part of the margin's budget (J).
+GUARD_TICK = 0.1
+
 
 class Watchdog:
     """A host watchdog: the Linux device (``/dev/watchdog``, softdog), or a plain file
@@ -97,7 +100,7 @@ class HostLease:
             self._watchdog.close()
 
     def _keepalive_loop(self) -> None:
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(self._until_due()):
             clock, lease = self.clock, self.lease
             now = time.monotonic()
             if clock is None or lease is None or self.lost.is_set() \
@@ -117,8 +120,17 @@ class HostLease:
                 log.warning("event=lease_expired host=%s lease=%x", self.host, lease)
                 self.lost.set()
 
+    def _until_due(self) -> float:
+        """Sleep until the next keepalive is due (at most 0.25 s, at least 10 ms)."""
+        clock = self.clock
+        if clock is None:
+            return 0.05
+        period = clock.interval if clock.state(time.monotonic()) is LeaseState.HEALTHY \
+            else clock.retry
+        return min(0.25, max(0.01, clock.last_sent + period - time.monotonic()))
+
     def _guard_loop(self) -> None:
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(GUARD_TICK):
             clock, lease = self.clock, self.lease
             if clock is None or lease is None:
                 continue

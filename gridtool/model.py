@@ -6,6 +6,7 @@ Pure: no etcd, no libvirt. Every value in the registry is a JSON object with a
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, TypeVar
@@ -132,13 +133,24 @@ def decode(cls: type[R], key: str, raw: bytes | str) -> R:
     return _build(cls, key, load_json(key, raw))
 
 
+@functools.cache
+def _schema(cls: type) -> tuple[tuple[str, bool], ...]:
+    """(field name, required) for each field of a record class."""
+    return tuple((f.name, f.default is MISSING and f.default_factory is MISSING)
+                 for f in fields(cls))
+
+
 def _build(cls: type[R], key: str, data: dict[str, Any]) -> R:
     kwargs: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _coerce(cls, key, f.name, data[f.name])
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise DecodeError(key, f"missing field {f.name!r}")
+    for name, required in _schema(cls):
+        if name in data:
+            value = data[name]
+            expected = _TYPES.get(name)
+            # type() (not isinstance) so that True is not taken for an int
+            kwargs[name] = value if expected and type(value) in expected \
+                and name != "state" else _coerce(key, name, value)
+        elif required:
+            raise DecodeError(key, f"missing field {name!r}")
     return cls(**kwargs)
 
 
@@ -152,7 +164,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _coerce(cls: type, key: str, name: str, value: Any) -> Any:
+def _coerce(key: str, name: str, value: Any) -> Any:
     if name in ("labels", "storage"):
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise DecodeError(key, f"field {name!r} must be a list of strings")
@@ -177,13 +189,18 @@ _DISK_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def _disk(key: str, raw: Any) -> Disk:
-    if not isinstance(raw, dict) or not isinstance(raw.get("target"), str) \
-            or not isinstance(raw.get("source"), str):
+    if not isinstance(raw, dict) or type(raw.get("target")) is not str \
+            or type(raw.get("source")) is not str:
         raise DecodeError(key, "a disk needs string fields 'target' and 'source'")
+    known = {}
     for name, value in raw.items():
-        if name in _DISK_TYPES and not isinstance(value, _DISK_TYPES[name]):
+        expected = _DISK_TYPES.get(name)
+        if expected is None:
+            continue
+        if type(value) not in expected:
             raise DecodeError(key, f"disk field {name!r} has the wrong type")
-    return Disk(**{k: v for k, v in raw.items() if k in _DISK_TYPES})
+        known[name] = value
+    return Disk(**known)
 
 
 def effective_state(guest: GuestRecord, live_hosts: set[str] | frozenset[str]) -> str:

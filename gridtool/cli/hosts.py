@@ -22,11 +22,19 @@ def host() -> None:
 
 
 def _running_counts(app: AppContext) -> dict[str, int]:
-    guests, _ = app.registry.list_guests()
+    """Running guests per host, from the raw records (a count needs no full decode;
+    records that do not decode are reported by ``guest list``)."""
+    import json
+
+    items, _ = app.store.list(app.config.keys.guests)
     counts: dict[str, int] = {}
-    for g in guests:
-        if g.state == "running":
-            counts[g.host] = counts.get(g.host, 0) + 1
+    for item in items:
+        try:
+            data = json.loads(item.value)
+            if data.get("state") == "running" and isinstance(data.get("host"), str):
+                counts[data["host"]] = counts.get(data["host"], 0) + 1
+        except (ValueError, AttributeError, RecursionError):
+            continue
     return counts
 
 
