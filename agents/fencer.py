@@ -22,6 +22,7 @@ from gridtool.fencing import (
     Refusal,
     observe,
     plan_acquire,
+    plan_handover,
     plan_release,
 )
 from gridtool.keys import Keys
@@ -148,6 +149,51 @@ class Fencer:
         with self._lock:
             self.tokens[guest.uuid] = token
         return token
+
+    def handover(self, guest: GuestRef, target: str, attempts: int = 5) -> int:
+        """Pass every fence this host holds for ``guest`` to ``target`` (cold migration)
+        in ONE transaction, instead of releasing it; return the new fencing token.
+
+        Each key's mod_revision is compared (``plan_handover``), and so is the create
+        revision of ``target``'s host record: HA fences are put with the lease that record
+        lives under, so they die with ``target`` as if it had taken them itself. Returns 0
+        when this host holds none of them (nothing to hand over). Raises FenceRefused when
+        a fence is held by someone else or ``target`` has no live host record.
+        """
+        for _ in range(attempts):
+            observed = self.observe(guest.volumes)
+            if not any(isinstance(o, Observed) and o.fence.holder == self.host
+                       and o.fence.guest == guest.uuid for o in observed.values()):
+                return 0
+            plan = plan_handover(self.host, target, guest, observed, time.time())
+            if isinstance(plan, Refusal):
+                raise FenceRefused(plan)
+            host_key = self.keys.host(target)
+            host = self.store.get(host_key)
+            if host is None or (guest.kind is FenceKind.HA and not host.lease):
+                raise FenceRefused(Refusal(guest.uuid, guest.volumes[0], None,
+                                           f"{target} has no live host record: cannot hand "
+                                           f"the fences of {guest.name} to it"))
+            compares = [Compare(host_key, "create", host.create_revision)]
+            puts = []
+            for step in plan.steps:
+                key = self.keys.fence(step.volume)
+                compares.append(Compare(key, "mod", step.mod_revision))
+                puts.append(Put(key, step.value.encode(), host.lease if step.with_lease else None))
+            if not self.store.txn(compares, puts):
+                continue  # a fence or the target's record changed: read again
+            with self._lock:
+                for step in plan.steps:
+                    self.held.pop(step.volume, None)
+                self.tokens.pop(guest.uuid, None)
+            token = max((o.mod_revision for o in self.observe(guest.volumes).values()
+                         if isinstance(o, Observed)), default=0)
+            log.info("event=fence_handed_over host=%s to=%s guest=%s volumes=%s kind=%s "
+                     "token=%s", self.host, target, guest.name,
+                     ",".join(s.volume for s in plan.steps), guest.kind.value, token)
+            return token
+        raise FenceRefused(Refusal(guest.uuid, guest.volumes[0], None,
+                                   f"fence of {guest.name} keeps changing: try again"))
 
     def release(self, guest: GuestRef) -> list[str]:
         """Delete the fences this host holds for ``guest`` (compare-and-delete, one txn)."""

@@ -171,6 +171,9 @@ class IntentWorker:
     def _do_stop(self, intent: Intent) -> str:
         dom = self._domain(intent)
         timeout = float(intent.params.get("timeout", 60))
+        target = intent.params.get("handover_to")
+        if target:  # cold migration: the destination defines it from the registry's copy
+            self._publish_definition(intent, dom)
         how = "was not running"
         if dom.isActive():
             dom.shutdown()
@@ -178,8 +181,35 @@ class IntentWorker:
             if not self.agent.libvirt.wait_stopped(dom, timeout):
                 dom.destroy()
                 how = f"destroyed after {timeout:g} s without shutting down"
+        if target:
+            return f"{intent.name} {how} on {self.agent.host}" + self._handover(
+                intent, str(target), how)
         self._release(intent)
         return f"{intent.name} {how} on {self.agent.host}"
+
+    def _publish_definition(self, intent: Intent, dom: libvirt.virDomain) -> None:
+        """Put the guest's inactive XML in ``domains/<uuid>`` (agents keep it only for
+        fenced guests; a migrating unfenced guest needs it too)."""
+        xml = self.agent.libvirt.inactive_xml(dom)
+        self.agent.store.put(self.agent.keys.domain(intent.guest), encode(DomainDefinition(
+            intent.guest, intent.name, xml, self.agent.host, time.time())))
+
+    def _handover(self, intent: Intent, target: str, how: str) -> str:
+        """The guest is off: pass its fences to ``target`` (one transaction) instead of
+        releasing them; if that is refused, release them and fail the intent."""
+        rec = self.agent.libvirt.guest(intent.guest, self.agent.host)
+        if rec is None or not rec.fenced:
+            return ""
+        ref = self.agent.fencer.ref(rec)
+        try:
+            token = self.agent.fencer.handover(ref, target)
+        except FenceRefused as exc:
+            released = self.agent.fencer.release(ref)
+            raise IntentFailed(
+                f"{intent.name} {how} on {self.agent.host}, but its fences could not be "
+                f"handed to {target} ({exc})"
+                + ("; released them" if released else "")) from None
+        return f"; fences handed to {target} (token {token})" if token else ""
 
     def _do_destroy(self, intent: Intent) -> str:
         dom = self._domain(intent)

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import replace
 
+from gridtool import hostconf
 from gridtool.config import Config
 from gridtool.errors import AuthError, RegistryUnavailable
 from gridtool.fencing import Observed, observe
@@ -174,9 +175,11 @@ class Manager:
                  for uuid, recs in by_uuid.items()]
         history = {uuid: tuple(Attempt(a[0], bool(a[1])) for a in s.attempts)
                    for uuid, s in settings.items()}
+        draining = hostconf.draining_hosts(self.store, self.keys)
         snap = Snapshot(
             now=time.time(),
-            hosts=tuple(LiveHost(h.name, h.free_memory_mib) for h in hosts),
+            hosts=tuple(LiveHost(h.name, h.free_memory_mib, draining=h.name in draining)
+                        for h in hosts),
             guests=tuple(views), fences=fences, confirmed_dead=frozenset(dead),
             history=history, pending=pending)
         return snap, {v.uuid: v.name for v in views}

@@ -47,12 +47,17 @@ def _register_commands() -> None:
         lifecycle,
         manager,
         metrics,
+        placement,
         pools,
         registry,
     )
 
-    for command in lifecycle.COMMANDS:
+    for command in lifecycle.COMMANDS + placement.GUEST_COMMANDS:
         guests.guest.add_command(command)
+    for command in placement.HOST_COMMANDS:
+        hosts.host.add_command(command)
+    for command in placement.COMMANDS:
+        cli.add_command(command)
     for group in (hosts.host, guests.guest, fences.fence, manager.manager, registry.registry,
                   lab.lab, check.check, pools.pool, metrics.metrics):
         cli.add_command(group)
