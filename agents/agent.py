@@ -25,9 +25,10 @@ from agents.lease import HostLease, Watchdog
 from agents.libvirt_source import LibvirtSource
 from gridtool import __version__
 from gridtool.config import Config
-from gridtool.errors import AuthError, RegistryUnavailable
+from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing import (
     Act,
+    FenceKind,
     GuestRef,
     IntruderPolicy,
     Observed,
@@ -78,8 +79,11 @@ class Agent:
             on_change=lambda uuid, clean: self.changes.put(("guest", uuid, clean)),
             on_close=lambda: self.changes.put(_RESYNC))
         watchdog = Watchdog(cfg.watchdog, cfg.watchdog_timeout) if cfg.watchdog else None
+        # The watchdog is first petted after the first resync: only then are the fences
+        # this host holds (perhaps under a resumed lease) known.
         self.lease = HostLease(store, cfg.ttl, self.host, self.self_fence, watchdog,
-                               has_ha_guests=lambda: bool(self.fencer.ha_guests()))
+                               has_ha_guests=lambda: bool(self.fencer.ha_guests()),
+                               may_pet=lambda: not self._adopting)
         self.fencer = Fencer(store, cfg.keys, self.host, lambda: self.lease.lease)
         self.intents = IntentWorker(self)
         self.started_at = time.time()
@@ -119,6 +123,8 @@ class Agent:
                 self._step()
                 self._set_registry_ok(True)
             except (RegistryUnavailable, AuthError) as exc:
+                if isinstance(exc, LeaseGone):
+                    self.lease.lost.set()  # register again under a fresh lease
                 self._set_registry_ok(False, str(exc))
                 self._stopping.wait(self._registry_backoff.next())
         self._shutdown()
@@ -127,7 +133,24 @@ class Agent:
         self.intents.stop()
         if self._intent_watch is not None:
             self._intent_watch.cancel()
-        self.lease.revoke()
+        ha = self.fencer.ha_guests()
+        if ha and self.lease.has_watchdog and self.lease.arm():
+            # HA guests keep running after the agent exits; revoking the lease would drop
+            # their fences and the manager would start them elsewhere. Keep the lease (a
+            # restarted agent resumes it) and leave the watchdog armed: if no agent pets
+            # it in time, the host resets before the fences can vanish.
+            log.warning("event=agent_stop_lease_kept host=%s ha_guests=%d lease=%x "
+                        "note=restart the agent within the watchdog timeout or the host "
+                        "resets; drain the host first to stop it for good", self.host,
+                        len(ha), self.lease.lease or 0)
+            self.lease.keep()
+        else:
+            if ha:  # nothing would stop them once the lease lapses: stop them now
+                log.warning("event=agent_stop_self_fence host=%s ha_guests=%d reason=%s",
+                            self.host, len(ha), "no watchdog configured" if not
+                            self.lease.has_watchdog else "lease not healthy")
+                self.self_fence()
+            self.lease.revoke()
         self.libvirt.close()
         self.store.close()
         log.info("event=agent_stop host=%s", self.host)
@@ -178,13 +201,24 @@ class Agent:
         return True
 
     def _register(self) -> None:
-        """Take a fresh lease and publish the host record under it."""
-        lease = self.lease.grant()
+        """Publish the host record under a lease: on start-up the previous agent's lease
+        if etcd still has it (a restart keeps every fence in place), else a fresh one."""
+        lease = self._resumable_lease()
+        resumed = lease is not None and self.lease.resume(lease)
+        if not resumed:
+            lease = self.lease.grant()
         self.publish_host()
         self.store.delete(self.keys.dead_host(self.host))  # alive again: not dead
         self._next_resync = 0.0
-        log.info("event=host_registered host=%s lease=%x ttl=%s", self.host, lease,
-                 self.cfg.ttl)
+        log.info("event=host_registered host=%s lease=%x ttl=%s resumed=%s", self.host,
+                 self.lease.lease, self.cfg.ttl, "yes" if resumed else "no")
+
+    def _resumable_lease(self) -> int | None:
+        """The lease of this host's record, when this agent has not held a lease yet."""
+        if self.lease.clock is not None:
+            return None  # lost while we ran: the fences may have moved on, start afresh
+        item = self.store.get(self.keys.host(self.host))
+        return item.lease if item is not None and item.lease else None
 
     def publish_host(self) -> None:
         node = self.libvirt.node()
@@ -292,6 +326,8 @@ class Agent:
                 else:
                     self.report_violation(rec, verdict.report, "take")
                 try:
+                    if ref.kind is FenceKind.HA:
+                        self.lease.arm()  # a crash from now on must reset the host
                     self.fencer.acquire(ref)
                     return
                 except FenceRefused:
@@ -300,9 +336,12 @@ class Agent:
             if verdict.act in (Act.PAUSE, Act.DESTROY):
                 self._stop_intruder(rec, verdict.act)
                 self.report_violation(rec, verdict.report, verdict.act.value)
-            elif any(o.fence.kind is not ref.kind for o in observed.values()
-                     if isinstance(o, Observed)):
-                self.fencer.acquire(ref)  # HA switched on or off: re-put with(out) lease
+            elif rec.uuid in self.fencer.stale or any(
+                    o.fence.kind is not ref.kind for o in observed.values()
+                    if isinstance(o, Observed)):
+                # HA switched on or off, or bound to a lease we no longer keep alive:
+                # re-put with (or without) our lease
+                self.fencer.acquire(ref)
             return
         verdict = judge_stopped(self.host, ref, observed, clean_stop=bool(clean_stop))
         if verdict.act is Act.RELEASE:

@@ -53,6 +53,8 @@ class Fencer:
         self._lock = threading.Lock()
         self.held: dict[str, Fence] = {}  # volume -> fence this host holds
         self.tokens: dict[str, int] = {}  # guest uuid -> fencing token
+        # guest uuids whose HA fence is bound to another lease than ours (a lost one)
+        self.stale: set[str] = set()
 
     # -- reading -------------------------------------------------------------
 
@@ -83,14 +85,18 @@ class Fencer:
         items, _ = self.store.list(self.keys.fences)
         held: dict[str, Fence] = {}
         tokens: dict[str, int] = {}
+        stale: set[str] = set()
+        lease = self._lease()
         for item in items:
             volume = item.key.removeprefix(self.keys.fences)
             obs = observe(volume, item.value, item.mod_revision)
             if isinstance(obs, Observed) and obs.fence.holder == self.host:
                 held[volume] = obs.fence
                 tokens[obs.fence.guest] = max(tokens.get(obs.fence.guest, 0), obs.mod_revision)
+                if obs.fence.kind is FenceKind.HA and item.lease != lease:
+                    stale.add(obs.fence.guest)
         with self._lock:
-            self.held, self.tokens = held, tokens
+            self.held, self.tokens, self.stale = held, tokens, stale
         return held
 
     def forget_ha(self) -> None:
@@ -140,6 +146,7 @@ class Fencer:
         with self._lock:
             for step in plan.steps:
                 self.held[step.volume] = step.fence
+            self.stale.discard(plan.guest)
         return True
 
     def _token(self, guest: GuestRef) -> int:

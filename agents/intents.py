@@ -153,7 +153,7 @@ class IntentWorker:
         token = 0
         if rec.fenced:
             ref = self.agent.fencer.ref(rec)
-            if ref.kind is FenceKind.HA and not self.agent.lease.healthy():
+            if ref.kind is FenceKind.HA and not self.agent.lease.arm():
                 raise IntentFailed(f"{self.agent.host}'s lease is not healthy: "
                                    "refusing to take an HA fence")
             token = self.agent.fencer.acquire(ref)

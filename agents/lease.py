@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from gridtool.errors import AuthError, RegistryUnavailable
 from gridtool.fencing import LeaseClock, LeaseState
@@ -23,30 +24,53 @@ GUARD_TICK = 0.1
 
 class Watchdog:
     """A host watchdog: the Linux device (``/dev/watchdog``, softdog), or a plain file
-    that the lab's emulator watches (``gridtool.lab.watchdog``). Pet it; close it
-    magically ("V") on a clean stop so that stopping the agent does not reset the host."""
+    that the lab's emulator watches (``gridtool.lab.watchdog``).
+
+    It is opened by the first pet, not before: opening pets it, and a restarted agent
+    must not extend a reset that its predecessor's last pet scheduled until it knows its
+    lease (see ``HostLease``). ``close`` writes the magic "V" (a clean stop with nothing
+    to fence does not reset the host); ``abandon`` leaves it armed."""
 
     def __init__(self, path: str, timeout: float) -> None:
         self.path = Path(path)
         self.timeout = timeout
-        self._device = self.path.is_char_device()
-        if self._device:
-            self._fh = self.path.open("wb", buffering=0)
-        else:
-            self.path.write_bytes(b"\0")  # armed
+        self._fh: BinaryIO | None = None
+        self._opened = False
+        self._lock = threading.Lock()  # the guard and intent threads both pet
 
     def pet(self) -> None:
-        if self._device:
+        with self._lock:
+            self._pet()
+
+    def _pet(self) -> None:
+        if self.path.is_char_device():
+            if self._fh is None:
+                self._fh = self.path.open("wb", buffering=0)
             self._fh.write(b"\0")
+        elif not self._opened:
+            self.path.write_bytes(b"\0")  # armed (and petted: the mtime is new)
         else:
             os.utime(self.path)
+        self._opened = True
 
     def close(self) -> None:
-        if self._device:
+        if not self._opened:
+            return
+        if self._fh is not None:
             self._fh.write(b"V")
             self._fh.close()
+            self._fh = None
         else:
             self.path.write_bytes(b"V")
+        self._opened = False
+
+    def abandon(self) -> None:
+        """Let go without the magic close: the watchdog resets the host unless a new
+        agent pets it in time."""
+        if self._fh is not None:
+            self._fh.close()  # no "V": the device stays armed
+            self._fh = None
+        self._opened = False
 
 
 class HostLease:
@@ -54,13 +78,15 @@ class HostLease:
 
     def __init__(self, store: Store, ttl: int, host: str,
                  self_fence: Callable[[], None], watchdog: Watchdog | None = None,
-                 has_ha_guests: Callable[[], bool] = lambda: True) -> None:
+                 has_ha_guests: Callable[[], bool] = lambda: True,
+                 may_pet: Callable[[], bool] = lambda: True) -> None:
         self.store = store
         self.ttl = ttl
         self.host = host
         self._self_fence = self_fence
         self._watchdog = watchdog
         self._has_ha_guests = has_ha_guests
+        self._may_pet = may_pet
         self.lease: int | None = None
         self.clock: LeaseClock | None = None
         self.lost = threading.Event()
@@ -84,9 +110,49 @@ class HostLease:
         self.lost.clear()
         return lease
 
+    def resume(self, lease: int) -> bool:
+        """Carry on with ``lease`` (a restarted agent's predecessor's) if etcd still has
+        it; the clock starts at this keepalive's send time. False when it is gone."""
+        sent = time.monotonic()
+        remaining = self.store.keepalive(lease)
+        if remaining <= 0:
+            return False
+        self.clock = LeaseClock.start(self.ttl, sent, granted_ttl=remaining)
+        self.lease = lease
+        self.lost.clear()
+        return True
+
     def healthy(self) -> bool:
         clock = self.clock
         return clock is not None and clock.state(time.monotonic()) is LeaseState.HEALTHY
+
+    @property
+    def has_watchdog(self) -> bool:
+        return self._watchdog is not None
+
+    def arm(self) -> bool:
+        """Get ready to run an HA guest: True when the lease is healthy and the watchdog
+        (if configured) was petted just now, so that a crash from this instant on resets
+        the host before the fences can vanish (the guard pets it only every tick)."""
+        clock, now = self.clock, time.monotonic()
+        if clock is None or clock.state(now) is not LeaseState.HEALTHY:
+            return False
+        if self._watchdog is None:
+            return True
+        if not clock.watchdog_may_pet(now, self._watchdog.timeout, True):
+            return False
+        self._watchdog.pet()
+        return True
+
+    def keep(self) -> None:
+        """Stop without revoking: the lease runs out by itself unless a restarted agent
+        resumes it, and the watchdog stays armed to reset the host before it does."""
+        self._stop.set()
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=2)
+        if self._watchdog is not None:
+            self._watchdog.abandon()
 
     def revoke(self) -> None:
         self._stop.set()
@@ -141,6 +207,6 @@ class HostLease:
                             "overdue_s=%.2f", self.host, lease, now - clock.deadline)
                 self._self_fence()
                 self.lost.set()
-            if self._watchdog is not None and clock.watchdog_may_pet(
+            if self._watchdog is not None and self._may_pet() and clock.watchdog_may_pet(
                     now, self._watchdog.timeout, self._has_ha_guests()):
                 self._watchdog.pet()

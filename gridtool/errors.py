@@ -33,6 +33,10 @@ class RegistryUnavailable(GridtoolError):
     exit_code = 4
 
 
+class LeaseGone(RegistryUnavailable):
+    """The etcd lease a write was bound to has expired or was revoked: grant a new one."""
+
+
 class AuthError(GridtoolError):
     """etcd refused the credentials or the permission."""
 

@@ -19,7 +19,7 @@ import pyetcd
 import pyetcd.exceptions
 
 from gridtool.config import Config
-from gridtool.errors import AuthError, RegistryUnavailable
+from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.store import Compare, Delete, EndpointStatus, Event, Item, Put
 
 log = logging.getLogger("gridtool.etcd")
@@ -140,10 +140,14 @@ class EtcdStore:
             if auth is not None:
                 self._drop(endpoint)
                 raise auth from None
+            details = " ".join((exc.details() or "").split()).removeprefix("etcdserver: ")
+            if "lease not found" in details:
+                raise LeaseGone(f"etcd: {details}") from None
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 self._drop(endpoint)
-                raise _Unavailable(exc.code().name.lower()) from None
-            raise
+            # Anything else etcd says (leader changed, context deadline exceeded, too many
+            # requests...) is a failed try on this endpoint, never a crash of the caller.
+            raise _Unavailable(details or exc.code().name.lower()) from None
 
     # -- key-value -----------------------------------------------------------
 
@@ -191,7 +195,10 @@ class EtcdStore:
                 return int(resp.TTL)
             return 0
 
-        return self._call(run)
+        try:
+            return self._call(run)
+        except LeaseGone:
+            return 0
 
     def revoke_lease(self, lease: int) -> None:
         self._call(lambda c: c.revoke_lease(lease))

@@ -84,8 +84,33 @@ class Keys:
         return f"{self.dead}{host}"
 
     @property
+    def templates(self) -> str:
+        return f"{self.prefix}templates/"
+
+    def template(self, name: str) -> str:
+        return f"{self.templates}{name}"
+
+    @property
     def pools(self) -> str:
         return f"{self.prefix}pools/"
+
+    def pool(self, name: str) -> str:
+        """The pool's spec (template, min, max, desired, policy)."""
+        return f"{self.pools}{name}/spec"
+
+    def pool_members(self, name: str) -> str:
+        return f"{self.pools}{name}/members/"
+
+    def pool_member(self, name: str, uuid: str) -> str:
+        """One clone of the pool: {host, name, template, created_at}."""
+        return f"{self.pool_members(name)}{uuid}"
+
+    def pool_samples(self, name: str) -> str:
+        return f"{self.pools}{name}/samples/"
+
+    def pool_sample(self, name: str, sample_id: str) -> str:
+        """One load report (arrivals, completions, busy seconds, queue depth)."""
+        return f"{self.pool_samples(name)}{sample_id}"
 
     @property
     def manager(self) -> str:

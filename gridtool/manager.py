@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from gridtool import hostconf
 from gridtool.config import Config
-from gridtool.errors import AuthError, RegistryUnavailable
+from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing import Observed, observe
 from gridtool.hadecide import (
     Attempt,
@@ -87,6 +87,8 @@ class Manager:
                 if self.leader_rev:
                     log.warning("event=manager_step_down name=%s error=%s", self.name, exc)
                 self.leader_rev = 0
+                if isinstance(exc, LeaseGone):
+                    self.lease = None  # campaign again with a fresh lease
             if not self.leader_rev:
                 watches = _cancel(watches)
             wake.wait(self.period if self.leader_rev else min(self.period, 0.5))

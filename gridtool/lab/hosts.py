@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gridtool.config import Config, render
-from gridtool.lab.procs import LabError, spawn, stop_pid, wait_for
+from gridtool.lab.procs import AGENT_MARKER, LabError, spawn, stop_pid, wait_for
 
 LIBVIRTD_CONF = """\
 unix_sock_dir = "{run}"
@@ -85,7 +85,7 @@ class LabHost:
         return proc
 
     def stop_agent(self) -> None:
-        stop_pid(self.agent_pid, "agents.main")
+        stop_pid(self.agent_pid, AGENT_MARKER)
         self.agent_pid = 0
 
     def stop_libvirtd(self) -> None:

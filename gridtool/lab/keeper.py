@@ -20,7 +20,9 @@ from pathlib import Path
 
 import libvirt
 
+from gridtool.lab.procs import AGENT_MARKER, kill_now
 from gridtool.lab.watchdog import WatchdogEmulator
+from gridtool.labstate import read_state
 
 
 def hold(ready: Path, uris: list[str], stop: threading.Event) -> None:
@@ -50,8 +52,16 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     hosts = json.loads(sys.argv[2])
+    lab = Path(sys.argv[1]).parent
+
+    def kill_agent(name: str) -> None:  # the reset takes the host's agent down too
+        for host in (read_state(lab) or {}).get("hosts", []):
+            if host["name"] == name:
+                kill_now(host.get("agent_pid"), AGENT_MARKER)
+
     dogs = [WatchdogEmulator(Path(h["watchdog"]), h["watchdog_timeout"], h["uri"],
-                             h["name"]).start() for h in hosts if h.get("watchdog")]
+                             h["name"], on_reset=kill_agent).start()
+            for h in hosts if h.get("watchdog")]
     hold(Path(sys.argv[1]), [h["uri"] for h in hosts], stop)
     for dog in dogs:
         dog.stop()

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +16,7 @@ import libvirt
 from gridtool.config import Config, render
 from gridtool.lab.etcd import EtcdCluster
 from gridtool.lab.hosts import LabHost, sample_domain_xml, watchdog_timeout_for
-from gridtool.lab.procs import LabError, spawn, stop_pid, wait_for
+from gridtool.lab.procs import AGENT_MARKER, LabError, kill_now, spawn, stop_pid, wait_for
 from gridtool.labstate import pid_alive, read_state, state_path
 
 Progress = Callable[[str], None]
@@ -137,7 +134,7 @@ def down(directory: Path) -> list[str]:
         return []
     stopped = []
     for host in [LabHost.from_dict(h) for h in state.get("hosts", [])]:
-        if stop_pid(host.agent_pid, "agents.main"):
+        if stop_pid(host.agent_pid, AGENT_MARKER):
             stopped.append(f"agent {host.name}")
     if stop_pid(state.get("keeper_pid"), "gridtool.lab.keeper"):
         stopped.append("keeper")
@@ -185,9 +182,7 @@ def power_off(directory: Path, name: str) -> list[str]:
     if name not in hosts:
         raise LabError(f"no lab host {name!r} (lab hosts: {', '.join(sorted(hosts)) or '-'})")
     host = hosts[name]
-    if host.agent_pid:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(host.agent_pid, signal.SIGKILL)
+    kill_now(host.agent_pid, AGENT_MARKER)
     conn = libvirt.open(host.libvirt_uri)
     try:
         doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)

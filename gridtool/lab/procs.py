@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+#: What an agent's command line contains (``python -m agents.main``).
+AGENT_MARKER = "agents.main"
+
 
 class LabError(RuntimeError):
     """A lab process failed to start or a condition was not met in time."""
@@ -80,6 +83,16 @@ def stop_pid(pid: int | None, marker: str, timeout: float = 5.0) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     _reap(pid)
+    return True
+
+
+def kill_now(pid: int | None, marker: str) -> bool:
+    """SIGKILL (power loss, no clean-up) a process whose command line contains
+    ``marker``; True when one was killed."""
+    if not pid or marker not in cmdline(pid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
     return True
 
 

@@ -53,10 +53,17 @@ class LabHosts:
         host.write_agent_conf(cfg, watchdog)
         if watchdog and name not in self.watchdogs:
             self.watchdogs[name] = WatchdogEmulator(
-                host.watchdog, watchdog_timeout_for(cfg.ttl), host.libvirt_uri, name).start()
+                host.watchdog, watchdog_timeout_for(cfg.ttl), host.libvirt_uri, name,
+                on_reset=self._power_loss).start()
         proc = host.start_agent()
         self.agents[name] = proc
         return proc
+
+    def _power_loss(self, name: str) -> None:
+        """A watchdog reset takes the host's agent down with its guests."""
+        proc = self.agents.get(name)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
 
     def stop_agent(self, name: str, kill: bool = False) -> None:
         proc = self.agents.pop(name)

@@ -1,7 +1,9 @@
 """A host watchdog for the lab: what /dev/watchdog does on real hardware, for a
 simulated host. The agent "pets" a file (touches it); if the pets stop for longer than
 the timeout (agent hung or killed) and the file was not magically closed ("V"), the
-emulator "resets the host": it destroys every running guest of that host's libvirtd."""
+emulator "resets the host": it destroys every running guest of that host's libvirtd and
+calls ``on_reset(host)``, whose job is to kill the host's agent too (a real reset takes
+the whole dom0 down; an agent that was only hung must not resume and pet again)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import libvirt
@@ -19,8 +22,10 @@ log = logging.getLogger("gridtool.lab")
 class WatchdogEmulator:
     """Watches one host's watchdog file on a thread of its own."""
 
-    def __init__(self, path: Path, timeout: float, uri: str, host: str) -> None:
+    def __init__(self, path: Path, timeout: float, uri: str, host: str,
+                 on_reset: Callable[[str], None] | None = None) -> None:
         self.path = path
+        self._on_reset = on_reset
         self.timeout = timeout
         self.uri = uri
         self.host = host
@@ -52,6 +57,8 @@ class WatchdogEmulator:
     def reset(self) -> None:
         """Power-cycle the simulated host: every running guest is gone at once."""
         self.resets += 1
+        if self._on_reset is not None:
+            self._on_reset(self.host)
         destroyed = []
         try:
             conn = libvirt.open(self.uri)

@@ -1,0 +1,904 @@
+"""The randomized fault harness: "never two running", whatever fails.
+
+A real 3-member etcd cluster, N simulated hosts (libvirtd test driver) whose agents each
+run in their own network namespace (``gridtool.lab.netns``) with an emulated watchdog,
+two HA manager candidates as processes, and K HA fenced guests, each defined on every
+host with one UUID and its own shared volume, started through intents. Then rounds of
+faults drawn from a seeded RNG:
+
+======================  =========================================================
+``cut``                 cut a host's network (``link`` or ``carrier`` mode), heal later
+``stop``                SIGSTOP a host's agent, SIGCONT later
+``kill_agent``          SIGKILL a host's agent, start it again later
+``kill_etcd_leader``    SIGKILL the etcd leader, start it again later
+``restart_etcd``        SIGTERM one etcd member, start it again
+``kill_manager``        SIGKILL the leading manager, start a new candidate later
+``term_agent``          SIGTERM a host's agent (a clean stop, as ``systemctl restart``
+                        does), start it again later: the new agent resumes the lease,
+                        or the watchdog resets the host first
+======================  =========================================================
+
+A round is one fault, sometimes two at once (a second of another kind starting while
+the first is in force); after the heal the harness waits, with a deadline, for every
+guest to run again (liveness, informative). All the while a ``DoubleRunChecker`` samples
+every host's libvirt directly: overlaps and overlap seconds must be 0.
+
+A watchdog reset is a reboot of the simulated host: its running guests are destroyed
+(the lab's emulator) and its agent is killed with them; the agent starts again once the
+round's faults are healed. An agent that exits by itself is reported as a crash and
+started again, as systemd would.
+
+The schedule (kinds, targets, delays, cut modes) is a pure function of the seed
+(:class:`Planner`), so a failing run can be replayed with its seed; the outcome still
+depends on timing. ``python -m gridtool.lab.chaos manager ...`` is the manager candidate
+process the harness starts (the product's Manager, with restart limits lifted so that
+guests are restarted as often as the faults need).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid as uuidlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from gridtool.config import Config, render
+from gridtool.errors import GridtoolError
+from gridtool.lab.checker import DoubleRunChecker
+from gridtool.lab.etcd import EtcdCluster, EtcdMember
+from gridtool.lab.hosts import watchdog_timeout_for
+from gridtool.lab.netns import CUT_MODES, NetnsSet
+from gridtool.lab.procs import LabError, port_open, spawn, wait_for
+from gridtool.lab.testbed import LabHosts, domain_xml
+from gridtool.lab.watchdog import WatchdogEmulator
+
+KINDS = ("cut", "stop", "kill_agent", "term_agent", "kill_etcd_leader", "restart_etcd",
+         "kill_manager")
+HOST_KINDS = frozenset({"cut", "stop", "kill_agent", "term_agent"})
+ETCD_KINDS = frozenset({"kill_etcd_leader", "restart_etcd"})
+ETCD_MEMBERS = 3
+
+#: How long each kind of fault stays in force, as (low, high) multiples of the TTL.
+HOLD_TTL = {
+    "cut": (0.3, 2.5),
+    "stop": (0.1, 2.0),
+    "kill_agent": (0.0, 1.5),  # quick restarts re-arm the watchdog before it fires
+    "kill_etcd_leader": (0.2, 1.5),
+    "restart_etcd": (0.0, 0.5),
+    "kill_manager": (0.0, 1.5),
+    "term_agent": (0.0, 1.5),  # quick restarts resume the lease, slow ones get reset
+}
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault of a round: ``at`` seconds after the round starts, healed ``hold`` later."""
+
+    kind: str
+    at: float
+    hold: float
+    host: str = ""  # host faults
+    member: int = -1  # restart_etcd: index of the member
+    mode: str = ""  # cut: link or carrier
+
+    def describe(self) -> str:
+        target = self.host or (f"etcd{self.member}" if self.member >= 0 else "")
+        extra = f" mode={self.mode}" if self.mode else ""
+        return (f"{self.kind}{' ' + target if target else ''}{extra} "
+                f"at=+{self.at:.2f}s hold={self.hold:.2f}s")
+
+
+class Planner:
+    """Draws rounds of faults from ``seed`` alone (nothing observed at run time), so a
+    seed always gives the same schedule.
+
+    ``per_kind``: each kind exactly that many times as a round's first fault, shuffled,
+    then the schedule ends; otherwise kinds are drawn at random for ever.
+    ``concurrent``: probability that a round adds a second fault of another kind.
+    """
+
+    def __init__(self, seed: int, hosts: list[str], ttl: float, per_kind: int | None = None,
+                 concurrent: float = 0.25, kinds: tuple[str, ...] = KINDS) -> None:
+        unknown = set(kinds) - set(KINDS)
+        if unknown or not kinds:
+            raise ValueError(f"unknown fault kinds: {', '.join(sorted(unknown)) or '(none)'}")
+        self.rng = random.Random(seed)
+        self.hosts = hosts
+        self.ttl = ttl
+        self.concurrent = concurrent
+        self.kinds = tuple(kinds)
+        self.queue: list[str] | None = None
+        if per_kind is not None:
+            self.queue = [k for k in self.kinds for _ in range(per_kind)]
+            self.rng.shuffle(self.queue)
+
+    def next_round(self) -> list[Fault] | None:
+        if self.queue is not None:
+            if not self.queue:
+                return None
+            kind = self.queue.pop()
+        else:
+            kind = self.rng.choice(self.kinds)
+        first = self._fault(kind, 0.0, exclude_host="")
+        faults = [first]
+        if self.rng.random() < self.concurrent:
+            others = [k for k in self.kinds if _compatible(k, first.kind, len(self.hosts))]
+            second = self._fault(self.rng.choice(others), self.rng.uniform(0, first.hold),
+                                 exclude_host=first.host)
+            faults.append(second)
+        return faults
+
+    def _fault(self, kind: str, at: float, exclude_host: str) -> Fault:
+        low, high = HOLD_TTL[kind]
+        hold = round(self.rng.uniform(low, high) * self.ttl, 2)
+        if kind in HOST_KINDS:
+            host = self.rng.choice([h for h in self.hosts if h != exclude_host])
+            mode = self.rng.choice(CUT_MODES) if kind == "cut" else ""
+            return Fault(kind, round(at, 2), hold, host=host, mode=mode)
+        if kind == "restart_etcd":
+            return Fault(kind, round(at, 2), hold, member=self.rng.randrange(ETCD_MEMBERS))
+        return Fault(kind, round(at, 2), hold)
+
+
+def _compatible(kind: str, first: str, hosts: int) -> bool:
+    """A second fault in the same round: never two etcd faults (quorum stays), never two
+    manager kills; host faults go to another host."""
+    if kind in ETCD_KINDS and first in ETCD_KINDS:
+        return False
+    if kind in HOST_KINDS and first in HOST_KINDS and hosts < 2:
+        return False
+    return not (kind == first == "kill_manager")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class ChaosSettings:
+    """What to run. ``rounds`` and ``seconds`` bound the fault loop (whichever first)."""
+
+    seed: int | None = None
+    hosts: int = 4
+    guests: int = 3
+    ttl: int = 3
+    rounds: int | None = None
+    seconds: float = 120.0
+    per_kind: int | None = None
+    concurrent: float = 0.25
+    kinds: tuple[str, ...] = KINDS
+    settle_timeout: float | None = None  # default 4 TTL + 8 s
+    manager_period: float = 0.3
+    stop_on_overlap: bool = True
+    keep_dir: bool = False
+
+
+@dataclass
+class RoundResult:
+    index: int
+    faults: list[str]
+    settle_s: float
+    running: int  # guests running (on one host) when the round ended
+    guests: int
+
+    @property
+    def all_running(self) -> bool:
+        return self.running == self.guests
+
+
+@dataclass
+class ChaosReport:
+    """What a run did and saw; ``ok`` means no guest ever ran on two hosts."""
+
+    seed: int
+    hosts: int
+    guests: int
+    ttl: int
+    rounds: list[RoundResult] = field(default_factory=list)
+    faults: Counter = field(default_factory=Counter)
+    cut_modes: Counter = field(default_factory=Counter)
+    overlaps: int = 0  # checker samples with a guest on two hosts
+    overlap_seconds: float = 0.0
+    overlap_detail: list[str] = field(default_factory=list)
+    samples: int = 0
+    agent_crashes: int = 0  # agents that exited by themselves (restarted, as systemd would)
+    manager_crashes: int = 0  # manager candidates that exited by themselves (replaced)
+    setup_s: float = 0.0
+    runtime_s: float = 0.0
+    counters: dict[str, int] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+    error: str = ""
+    work_dir: str = ""  # kept when something went wrong
+    namespaces: list[str] = field(default_factory=list)  # created, and deleted at the end
+
+    @property
+    def ok(self) -> bool:
+        return self.overlaps == 0 and self.overlap_seconds == 0.0 and not self.error
+
+    @property
+    def rounds_all_running(self) -> int:
+        return sum(r.all_running for r in self.rounds)
+
+    @property
+    def running_fraction(self) -> float:
+        total = sum(r.guests for r in self.rounds)
+        return sum(r.running for r in self.rounds) / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        body = asdict(self)
+        body["faults"] = dict(self.faults)
+        body["cut_modes"] = dict(self.cut_modes)
+        body["rounds"] = [{**asdict(r), "all_running": r.all_running} for r in self.rounds]
+        body.update(ok=self.ok, rounds_all_running=self.rounds_all_running,
+                    running_fraction=round(self.running_fraction, 4))
+        if self.ok:  # the whole event log only when it is needed (it is in events.log)
+            body["events"] = self.events[-20:]
+        return body
+
+    def summary(self) -> str:
+        kinds = " ".join(f"{k}={n}" for k, n in sorted(self.faults.items()))
+        return (f"seed={self.seed} rounds={len(self.rounds)} faults: {kinds} | "
+                f"overlaps={self.overlaps} overlap_s={self.overlap_seconds:.3f} | "
+                f"all guests running at round end: {self.rounds_all_running}/"
+                f"{len(self.rounds)} ({self.running_fraction:.0%} of guest-rounds) | "
+                f"crashes: agents={self.agent_crashes} managers={self.manager_crashes} | "
+                f"runtime={self.runtime_s:.1f}s")
+
+
+# --------------------------------------------------------------------------- etcd
+
+
+@dataclass
+class _Member(EtcdMember):
+    """An etcd member that also listens on the root-side address of every namespace."""
+
+    extra_hosts: tuple[str, ...] = ()
+
+    def argv(self, cluster: str, token: str, state: str = "new") -> list[str]:
+        argv = super().argv(cluster, token, state)
+        i = argv.index("--listen-client-urls") + 1
+        argv[i] = ",".join([argv[i], *(f"http://{h}:{self.client_port}"
+                                       for h in self.extra_hosts)])
+        return argv
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _EventHandler(logging.Handler):
+    """The lab's own log lines (watchdog resets) go to the event log."""
+
+    def __init__(self, event: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self._event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self._event(record.getMessage())
+
+
+class _Abort(Exception):
+    """Stop the fault loop (an overlap was seen and the run stops on the first)."""
+
+
+class ChaosRun:
+    """Set up, inject rounds of faults, report, tear everything down."""
+
+    def __init__(self, settings: ChaosSettings, out: Callable[[str], None] | None = None,
+                 work_dir: Path | None = None) -> None:
+        self.s = settings
+        seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(
+            1, 2**31)
+        self.s = replace(settings, seed=seed)
+        self.out = out or (lambda line: print(line, flush=True))
+        self.hosts = [f"hv{i}" for i in range(1, settings.hosts + 1)]
+        self.report = ChaosReport(seed, settings.hosts, settings.guests, settings.ttl)
+        self._own_dir = work_dir is None
+        self.dir = work_dir or Path(tempfile.mkdtemp(prefix="gridtool-chaos-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.t0 = time.monotonic()
+        self._events_file = self.dir / "events.log"
+        self._event_lock = threading.Lock()
+        self.netns: NetnsSet | None = None
+        self.cluster: EtcdCluster | None = None
+        self.etcd_procs: dict[str, subprocess.Popen] = {}
+        self.lab: LabHosts | None = None
+        self.store = None
+        self.cfg: Config | None = None
+        self.checker: DoubleRunChecker | None = None
+        self.managers: dict[str, subprocess.Popen] = {}
+        self._manager_seq = 0
+        self.guests: dict[str, str] = {}  # uuid -> name
+        self._seen_overlaps = 0
+        self._agent_lock = threading.RLock()  # the watchdog threads kill agents too
+        self._rebooted: set[str] = set()
+
+    # -- events ------------------------------------------------------------
+
+    def event(self, text: str) -> None:
+        now = time.time()
+        stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+        line = f"{stamp} +{time.monotonic() - self.t0:7.2f}s {text}"
+        with self._event_lock:  # the watchdog threads log here too
+            self.report.events.append(line)
+            with self._events_file.open("a") as fh:
+                fh.write(line + "\n")
+            self.out(line)
+
+    # -- top level ---------------------------------------------------------
+
+    def run(self) -> ChaosReport:
+        self.out(f"chaos seed={self.s.seed} (replay with --seed {self.s.seed})")
+        self.event(f"settings {self.s}")
+        started = time.monotonic()
+        lab_log = logging.getLogger("gridtool.lab")
+        handler = _EventHandler(self.event)
+        lab_log.addHandler(handler)
+        try:
+            self._setup()
+            self.report.setup_s = round(time.monotonic() - started, 2)
+            self._loop()
+        except _Abort:
+            pass
+        except BaseException as exc:
+            self.report.error = f"{type(exc).__name__}: {exc}"
+            self.event(f"error {self.report.error}")
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            lab_log.removeHandler(handler)
+            self._finish()
+            self.report.runtime_s = round(time.monotonic() - started, 2)
+        self.out(self.report.summary())
+        return self.report
+
+    # -- setup -------------------------------------------------------------
+
+    def _setup(self) -> None:
+        self.netns = NetnsSet()
+        spaces = {h: self.netns.add(h) for h in self.hosts}
+        self.report.namespaces = [n.ns for n in spaces.values()]
+        self.event("namespaces " + " ".join(f"{h}={n.ns}({n.ns_addr}->{n.root_addr})"
+                                            for h, n in spaces.items()))
+        self._start_etcd()
+        assert self.cluster is not None
+        prefix = f"/gridtool-chaos-{self.netns.suffix}/"
+        self.cfg = Config(endpoints=tuple(self.cluster.endpoints), prefix=prefix,
+                          ttl=self.s.ttl, resync_interval=2.0, timeout=3.0)
+        from gridtool.etcdstore import EtcdStore
+
+        self.store = EtcdStore(self.cfg)
+        (self.dir / "gridtool.conf").write_text(render(self.cfg))
+        self.lab = LabHosts(self.dir / "hosts", self.cfg)
+        for name in self.hosts:
+            self.lab.add(name)
+        self.checker = DoubleRunChecker(lambda: self.lab.conns if self.lab else {})
+        self.checker.__enter__()
+        self._define_guests()
+        for name in self.hosts:
+            self._start_agent(name, first=True)
+        self._wait(self._all_registered, 30, "every agent registered")
+        self._start_guests()
+        for _ in range(2):
+            self._start_manager()
+        self._wait(self._manager_leader, 30, "a manager elected")
+        self.event(f"setup done: {len(self.hosts)} hosts, {len(self.guests)} HA guests, "
+                   f"managers {','.join(self.managers)}, leader {self._manager_leader()}")
+
+    def _start_etcd(self) -> None:
+        assert self.netns is not None
+        from gridtool.lab.procs import free_port
+
+        members: list[EtcdMember] = [
+            _Member(f"etcd{i}", free_port(), free_port(), str(self.dir / f"etcd{i}.data"),
+                    str(self.dir / f"etcd{i}.log"),
+                    extra_hosts=tuple(self.netns.root_addresses))
+            for i in range(ETCD_MEMBERS)]
+        self.cluster = EtcdCluster(members, f"gridtool-chaos-{self.netns.suffix}")
+        for m in members:
+            self.etcd_procs[m.name] = self.cluster.start_member(m, wait=False)
+        for m in members:
+            wait_for(lambda m=m: port_open(m.client_port), 20, f"etcd member {m.name}",
+                     alive=lambda m=m: self.etcd_procs[m.name].poll() is None)
+        wait_for(self.cluster.healthy, 20, "etcd cluster health", interval=0.2)
+
+    def _define_guests(self) -> None:
+        from gridtool.records import GuestSettings, encode
+
+        assert self.lab is not None and self.cfg is not None and self.store is not None
+        for k in range(1, self.s.guests + 1):
+            uuid = str(uuidlib.uuid4())
+            name = f"chaos{k}"
+            xml = domain_xml(name, disk=f"/dev/etherd/e7.{k}", block=True).replace(
+                f"<name>{name}</name>", f"<name>{name}</name><uuid>{uuid}</uuid>")
+            for host in self.hosts:
+                self.lab.conn(host).defineXML(xml)
+            self.store.put(self.cfg.keys.guest_settings(uuid),
+                           encode(GuestSettings(uuid, name, ha=True)))
+            self.guests[uuid] = name
+
+    def _start_guests(self) -> None:
+        from gridtool.intentclient import IntentClient
+
+        assert self.store is not None and self.cfg is not None
+        client = IntentClient(self.store, self.cfg.keys)
+        intents = [client.submit(self.hosts[i % len(self.hosts)], "start", uuid, name,
+                                 by="chaos")
+                   for i, (uuid, name) in enumerate(self.guests.items())]
+        for intent in intents:
+            done = client.wait(intent, timeout=30)
+            self.event(f"started {intent.name} on {intent.host}: {done.message}")
+
+    # -- processes ---------------------------------------------------------
+
+    def _start_agent(self, name: str, first: bool = False) -> None:
+        assert self.lab is not None and self.cfg is not None and self.netns is not None
+        assert self.cluster is not None
+        host = self.lab.hosts[name]
+        space = self.netns.hosts[name]
+        if first:
+            endpoints = tuple(space.endpoint(m.client_port) for m in self.cluster.members)
+            host.write_agent_conf(replace(self.cfg, endpoints=endpoints), watchdog=True)
+            self.lab.watchdogs[name] = WatchdogEmulator(
+                host.watchdog, watchdog_timeout_for(self.cfg.ttl), host.libvirt_uri,
+                name, self._host_reset).start()
+        argv = space.exec_argv([sys.executable, "-m", "agents.main", "--config",
+                                str(host.agent_conf)])
+        with self._agent_lock:
+            self.lab.agents[name] = spawn(argv, Path(host.dir, "agent.log"))
+
+    def _host_reset(self, name: str) -> None:
+        """Called by a host's watchdog as it resets the host: the agent goes down too."""
+        assert self.lab is not None
+        with self._agent_lock:
+            proc = self.lab.agents.get(name)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                self._rebooted.add(name)
+                self.event(f"watchdog of {name} fires: host reboots (agent pid {proc.pid} "
+                           "killed with its guests)")
+
+    def _signal_agent(self, name: str, sig: int) -> int:
+        """Send ``sig`` to ``name``'s agent if it runs; its pid (0 when it does not)."""
+        assert self.lab is not None
+        with self._agent_lock:
+            proc = self.lab.agents.get(name)
+            if proc is None or proc.poll() is not None:
+                return 0
+            proc.send_signal(sig)
+            return proc.pid
+
+    def _restart_crashed(self) -> None:
+        """An agent or manager that exited by itself is a finding (reported, counted);
+        start it again, as systemd (Restart=always) would, so the run goes on."""
+        assert self.lab is not None
+        with self._agent_lock:
+            for name in self.hosts:
+                proc = self.lab.agents.get(name)
+                code = None if proc is None else proc.poll()
+                if proc is not None and code is None:
+                    continue
+                if name in self._rebooted:
+                    self._rebooted.discard(name)
+                    self.event(f"host {name} back after its watchdog reset: agent started")
+                else:
+                    self.report.agent_crashes += 1
+                    tail = _last_error(Path(self.lab.hosts[name].dir, "agent.log"))
+                    self.event(f"AGENT CRASH {name} exit={code}: {tail}; restarting it")
+                self._start_agent(name)
+        for name, proc in list(self.managers.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self.managers[name]
+            self.report.manager_crashes += 1
+            tail = _last_error(self.dir / f"manager-{name}.log")
+            new = self._start_manager()
+            self.event(f"MANAGER CRASH {name} exit={code}: {tail}; started candidate {new}")
+
+    def _kill_agent(self, name: str) -> None:
+        assert self.lab is not None
+        with self._agent_lock:
+            proc = self.lab.agents.pop(name, None)
+            self._rebooted.discard(name)
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+    def _start_manager(self) -> str:
+        self._manager_seq += 1
+        name = f"m{self._manager_seq}"
+        argv = [sys.executable, "-m", "gridtool.lab.chaos", "manager", "--config",
+                str(self.dir / "gridtool.conf"), "--name", name,
+                "--period", str(self.s.manager_period)]
+        self.managers[name] = spawn(argv, self.dir / f"manager-{name}.log")
+        return name
+
+    def _manager_leader(self) -> str:
+        import json
+
+        assert self.store is not None and self.cfg is not None
+        try:
+            item = self.store.get(self.cfg.keys.manager_leader)
+        except GridtoolError:
+            return ""
+        return str(json.loads(item.value).get("leader", "")) if item else ""
+
+    def _etcd_leader(self) -> EtcdMember | None:
+        assert self.store is not None and self.cluster is not None
+        by_endpoint = {m.endpoint: m for m in self.cluster.members}
+        for status in self.store.status():
+            if status.leader:
+                return by_endpoint.get(status.endpoint)
+        return None
+
+    def _stop_member(self, member: EtcdMember, kill: bool) -> None:
+        assert self.cluster is not None
+        proc = self.etcd_procs.pop(member.name, None)
+        if kill:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            member.pid = 0
+        else:
+            self.cluster.stop_member(member)
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+
+    def _start_member(self, member: EtcdMember) -> None:
+        assert self.cluster is not None
+        self.etcd_procs[member.name] = self.cluster.start_member(member, wait=True)
+
+    # -- waiting -----------------------------------------------------------
+
+    def _wait(self, condition: Callable[[], object], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise LabError(f"timed out after {timeout:g} s waiting for {what}")
+            self._pause(0.1)
+
+    def _pause(self, seconds: float) -> None:
+        """Let time pass (the workload's delays), watching for overlaps meanwhile."""
+        end = time.monotonic() + seconds
+        while True:
+            self._note_overlaps()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+
+    def _note_overlaps(self) -> None:
+        checker = self.checker
+        if checker is None:
+            return
+        new = checker.overlaps[self._seen_overlaps:]
+        for uuid, hosts, when in new:
+            stamp = time.strftime("%H:%M:%S", time.localtime(when)) + f".{int(when % 1 * 1000):03d}"
+            line = (f"OVERLAP guest={self.guests.get(uuid, uuid)} uuid={uuid} "
+                    f"hosts={','.join(hosts)} at={stamp}")
+            self.report.overlap_detail.append(line)
+            self.event(line)
+        self._seen_overlaps += len(new)
+        if new and self.s.stop_on_overlap:
+            raise _Abort
+
+    def _registered(self) -> set[str] | None:
+        """Hosts with a live host record (None: etcd did not answer)."""
+        assert self.store is not None and self.cfg is not None
+        try:
+            items, _ = self.store.list(self.cfg.keys.hosts)
+        except GridtoolError:
+            return None
+        return {i.key.removeprefix(self.cfg.keys.hosts) for i in items}
+
+    def _all_registered(self) -> bool:
+        return (self._registered() or set()) >= set(self.hosts)
+
+    def _running(self) -> dict[str, list[str]]:
+        assert self.checker is not None
+        return self.checker.sample()
+
+    def _running_count(self) -> int:
+        running = self._running()
+        return sum(1 for u in self.guests if len(running.get(u, ())) == 1)
+
+    def _settled(self) -> bool:
+        return self._running_count() == len(self.guests) and self._all_registered()
+
+    # -- the fault loop ----------------------------------------------------
+
+    def _loop(self) -> None:
+        planner = Planner(self.s.seed or 0, self.hosts, self.s.ttl, self.s.per_kind,
+                          self.s.concurrent, self.s.kinds)
+        started = time.monotonic()
+        index = 0
+        while self.s.rounds is None or index < self.s.rounds:
+            if time.monotonic() - started >= self.s.seconds:
+                self.event(f"time budget of {self.s.seconds:g} s used: stopping")
+                break
+            faults = planner.next_round()
+            if faults is None:
+                break
+            index += 1
+            self._round(index, faults)
+
+    def _round(self, index: int, faults: list[Fault]) -> None:
+        self.event(f"round {index}: " + "; ".join(f.describe() for f in faults))
+        steps = sorted([(f.at, 0, i) for i, f in enumerate(faults)]
+                       + [(f.at + f.hold, 1, i) for i, f in enumerate(faults)])
+        state: dict[int, object] = {}
+        start = time.monotonic()
+        healed: set[int] = set()
+        try:
+            for at, heal, i in steps:
+                self._pause(start + at - time.monotonic())
+                fault = faults[i]
+                if heal:
+                    if i in state:
+                        getattr(self, f"_heal_{fault.kind}")(fault, state[i])
+                    healed.add(i)
+                else:
+                    state[i] = getattr(self, f"_inject_{fault.kind}")(fault)
+                    self.report.faults[fault.kind] += 1
+                    if fault.mode:
+                        self.report.cut_modes[fault.mode] += 1
+        finally:
+            for i in sorted(set(state) - healed):  # aborted mid-round: heal what is left
+                with contextlib.suppress(Exception):
+                    getattr(self, f"_heal_{faults[i].kind}")(faults[i], state[i])
+        settle_from = time.monotonic()
+        timeout = self.s.settle_timeout or 4 * self.s.ttl + 8
+        deadline = settle_from + timeout
+        while True:
+            self._restart_crashed()
+            if self._settled() or time.monotonic() >= deadline:
+                break
+            self._pause(0.1)
+        running = self._running_count()
+        settle = round(time.monotonic() - settle_from, 2)
+        self.report.rounds.append(RoundResult(index, [f.describe() for f in faults], settle,
+                                              running, len(self.guests)))
+        where = {self.guests[u]: ",".join(h) for u, h in self._running().items()
+                 if u in self.guests}
+        registered = self._registered()
+        missing = "?" if registered is None else ",".join(sorted(set(self.hosts) - registered))
+        self.event(f"round {index} end: {running}/{len(self.guests)} guests running "
+                   f"after {settle:.1f}s settle; placement {where}; "
+                   f"hosts not registered: {missing or '-'}")
+        self._wait(self._etcd_healthy, 30, "every etcd member healthy")
+
+    def _etcd_healthy(self) -> bool:
+        assert self.cluster is not None
+        return all(m.pid for m in self.cluster.members) and self.cluster.healthy()
+
+    # -- faults: inject and heal --------------------------------------------
+
+    def _inject_cut(self, f: Fault) -> None:
+        assert self.netns is not None
+        self.netns.hosts[f.host].cut(f.mode)
+        self.event(f"cut {f.host} ({f.mode})")
+
+    def _heal_cut(self, f: Fault, _state: object) -> None:
+        assert self.netns is not None
+        self.netns.hosts[f.host].heal()
+        self.event(f"healed {f.host}")
+
+    def _inject_stop(self, f: Fault) -> None:
+        pid = self._signal_agent(f.host, signal.SIGSTOP)
+        self.event(f"SIGSTOP agent of {f.host} (pid {pid or 'none: not running'})")
+
+    def _heal_stop(self, f: Fault, _state: object) -> None:
+        pid = self._signal_agent(f.host, signal.SIGCONT)
+        self.event(f"SIGCONT agent of {f.host}{'' if pid else ' (gone: its host was reset)'}")
+
+    def _inject_kill_agent(self, f: Fault) -> None:
+        self._kill_agent(f.host)
+        self.event(f"SIGKILL agent of {f.host}")
+
+    def _heal_kill_agent(self, f: Fault, _state: object) -> None:
+        self._start_agent(f.host)
+        self.event(f"restarted agent of {f.host}")
+
+    def _inject_term_agent(self, f: Fault) -> None:
+        assert self.lab is not None
+        with self._agent_lock:
+            proc = self.lab.agents.pop(f.host)
+            self._rebooted.discard(f.host)
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        self.event(f"SIGTERM agent of {f.host} (clean stop, exit {proc.returncode})")
+
+    def _heal_term_agent(self, f: Fault, _state: object) -> None:
+        self._heal_kill_agent(f, _state)
+
+    def _inject_kill_etcd_leader(self, f: Fault) -> EtcdMember:
+        deadline = time.monotonic() + 10
+        leader = self._etcd_leader()
+        while leader is None and time.monotonic() < deadline:
+            self._pause(0.1)
+            leader = self._etcd_leader()
+        if leader is None:
+            raise LabError("no etcd leader within 10 s")
+        self._stop_member(leader, kill=True)
+        self.event(f"SIGKILL etcd leader {leader.name}")
+        return leader
+
+    def _heal_kill_etcd_leader(self, f: Fault, member: object) -> None:
+        assert isinstance(member, EtcdMember)
+        self._start_member(member)
+        self.event(f"restarted etcd {member.name}")
+
+    def _inject_restart_etcd(self, f: Fault) -> EtcdMember:
+        assert self.cluster is not None
+        member = self.cluster.members[f.member]
+        self._stop_member(member, kill=False)
+        self.event(f"SIGTERM etcd {member.name}")
+        return member
+
+    def _heal_restart_etcd(self, f: Fault, member: object) -> None:
+        self._heal_kill_etcd_leader(f, member)
+
+    def _inject_kill_manager(self, f: Fault) -> str:
+        leader = self._manager_leader()
+        if not self.managers:
+            self.event("no manager candidate left to kill")
+            return ""
+        name = leader if leader in self.managers else next(iter(self.managers))
+        proc = self.managers.pop(name)
+        proc.kill()
+        proc.wait(10)
+        self.event(f"SIGKILL manager {name}{' (leader)' if name == leader else ''}")
+        return name
+
+    def _heal_kill_manager(self, f: Fault, _state: object) -> None:
+        name = self._start_manager()
+        self.event(f"started manager candidate {name}")
+
+    # -- teardown ----------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Stop everything in an order that cannot itself cause a double run: managers
+        first (nothing restarts guests any more), then the checker, then the hosts."""
+        with contextlib.suppress(_Abort):
+            self._note_overlaps()
+        for proc in self.managers.values():
+            with contextlib.suppress(Exception):
+                proc.kill()
+                proc.wait(10)
+        if self.checker is not None:
+            self.checker.__exit__(None, None, None)
+            self.report.overlaps = len(self.checker.overlaps)
+            self.report.overlap_seconds = round(self.checker.overlap_seconds, 4)
+            self.report.samples = self.checker.samples
+            with contextlib.suppress(_Abort):
+                self._note_overlaps()
+        if self.lab is not None:
+            for name in list(self.lab.agents):
+                with contextlib.suppress(Exception):
+                    self._kill_agent(name)
+            self.report.counters = self._counters()
+            with contextlib.suppress(Exception):
+                self.lab.close()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                self.store.close()
+        if self.cluster is not None:
+            for member in self.cluster.members:
+                with contextlib.suppress(Exception):
+                    self._stop_member(member, kill=True)
+                shutil.rmtree(member.data_dir, ignore_errors=True)  # 125 MB each; logs stay
+        if self.netns is not None:
+            self.netns.close()
+        keep = self.s.keep_dir or not self.report.ok
+        if keep or not self._own_dir:
+            self.report.work_dir = str(self.dir)
+            if keep:
+                self.out(f"logs kept in {self.dir} (events.log, hosts/*/agent.log, "
+                         "manager-*.log, etcd*.log)")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _counters(self) -> dict[str, int]:
+        """What the product did, counted from its logs (informative)."""
+        assert self.lab is not None
+        agent_logs = "".join(_read(Path(h.dir, "agent.log")) for h in self.lab.hosts.values())
+        manager_logs = "".join(_read(p) for p in self.dir.glob("manager-*.log"))
+        return {
+            "self_fence": agent_logs.count("event=self_fence "),
+            "self_fenced_guests": agent_logs.count("event=self_fenced "),
+            "watchdog_resets": sum(d.resets for d in self.lab.watchdogs.values()),
+            "fence_violations": agent_logs.count("event=fence_violation "),
+            "intents_failed": agent_logs.count("event=intent_failed "),
+            "ha_restarts": manager_logs.count("event=ha_restart "),
+            "manager_elected": manager_logs.count("event=manager_elected "),
+            "ha_errors": manager_logs.count("event=ha_error "),
+        }
+
+
+def _last_error(path: Path) -> str:
+    """The last line of a log that looks like an exception or an error."""
+    lines = [ln.strip() for ln in _read(path).splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line or "Exception" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else "(empty log)"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def run_chaos(settings: ChaosSettings, out: Callable[[str], None] | None = None) -> ChaosReport:
+    """Run the harness once (see the module doc)."""
+    return ChaosRun(settings, out).run()
+
+
+# --------------------------------------------------------------------------- manager process
+
+
+def _manager_main(argv: list[str]) -> None:
+    from gridtool.config import load
+    from gridtool.etcdstore import EtcdStore
+    from gridtool.hadecide import RestartLimits
+    from gridtool.manager import Manager
+
+    parser = argparse.ArgumentParser(prog="python -m gridtool.lab.chaos manager")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--period", type=float, default=0.3)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO", stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    cfg = load(args.config)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    unlimited = RestartLimits(max_restarts=10**9, max_relocations=10**9)
+    Manager(cfg, EtcdStore(cfg), args.name, period=args.period, limits=unlimited).run(stop)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["manager"]:
+        _manager_main(args[1:])
+        return
+    if args[:1] == ["sweep"]:
+        from gridtool.lab.netns import sweep_stale
+
+        print("\n".join(sweep_stale()) or "nothing to sweep")
+        return
+    print("usage: python -m gridtool.lab.chaos manager|sweep ... "
+          "(the harness itself: bench/chaos.py)", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["KINDS", "ChaosReport", "ChaosRun", "ChaosSettings", "Fault", "Planner",
+           "run_chaos"]
