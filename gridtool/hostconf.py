@@ -26,19 +26,9 @@ class HostConf:
     reason: str = ""
 
 
-def prefix(keys: Keys) -> str:
-    """Where every host's settings live: ``<prefix>hostconf/``."""
-    return f"{keys.prefix}hostconf/"
-
-
-def key(keys: Keys, host: str) -> str:
-    """The settings key of ``host``: ``<prefix>hostconf/<host>``."""
-    return f"{prefix(keys)}{host}"
-
-
 def read(store: Store, keys: Keys, host: str) -> HostConf:
     """The host's settings (defaults when none were ever written or the record is corrupt)."""
-    item = store.get(key(keys, host))
+    item = store.get(keys.hostconf(host))
     if item is None:
         return HostConf(host)
     try:
@@ -50,7 +40,7 @@ def read(store: Store, keys: Keys, host: str) -> HostConf:
 def read_all(store: Store, keys: Keys) -> dict[str, HostConf]:
     """Every host's settings, by host name (corrupt records are skipped)."""
     found = {}
-    base = prefix(keys)
+    base = keys.hostconfs
     for item in store.list(base)[0]:
         try:
             conf = decode(HostConf, item.key, item.value)
@@ -70,5 +60,5 @@ def set_draining(store: Store, keys: Keys, host: str, draining: bool, by: str = 
     """Mark ``host`` draining (or not); returns what was written."""
     conf = HostConf(host, draining, time.time() if draining else 0.0, by,
                     reason if draining else "")
-    store.put(key(keys, host), encode(conf))
+    store.put(keys.hostconf(host), encode(conf))
     return conf

@@ -84,6 +84,14 @@ class Keys:
         return f"{self.dead}{host}"
 
     @property
+    def hostconfs(self) -> str:
+        return f"{self.prefix}hostconf/"
+
+    def hostconf(self, host: str) -> str:
+        """An operator's settings of a host (draining), apart from what its agent reports."""
+        return f"{self.hostconfs}{host}"
+
+    @property
     def templates(self) -> str:
         return f"{self.prefix}templates/"
 

@@ -48,20 +48,24 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
     Example:
       gridtool host list --json | jq '.hosts[].name'
     """
+    from gridtool.hostconf import draining_hosts
+
     records, errors = app.registry.list_hosts()
     running = _running_counts(app)
+    draining = draining_hosts(app.store, app.config.keys)
     records.sort(key=lambda h: h.name)
     if as_json:
-        emit_json(hosts=[{**as_dict(h), "running_guests": running.get(h.name, 0)}
-                         for h in records],
+        emit_json(hosts=[{**as_dict(h), "running_guests": running.get(h.name, 0),
+                          "draining": h.name in draining} for h in records],
                   errors=[{"key": e.key, "error": e.reason} for e in errors])
     else:
         now = time.time()
-        table(None, ["NAME", "HYPERVISOR", "CPUS", "MEMORY", "FREE", "RUNNING", "LABELS",
-                     "AGENT", "REPORTED"],
-              [(h.name, h.hypervisor, h.cpus, mib(h.memory_mib), mib(h.free_memory_mib),
-                running.get(h.name, 0), ",".join(h.labels) or "-", h.agent_version,
-                age(h.reported_at, now)) for h in records])
+        table(None, ["NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY", "FREE", "RUNNING",
+                     "LABELS", "AGENT", "REPORTED"],
+              [(h.name, "draining" if h.name in draining else "up", h.hypervisor, h.cpus,
+                mib(h.memory_mib), mib(h.free_memory_mib), running.get(h.name, 0),
+                ",".join(h.labels) or "-", h.agent_version, age(h.reported_at, now))
+               for h in records])
     for err in errors:
         warn(str(err))
 
