@@ -11,10 +11,12 @@ fence judgement of every fenced guest it sees.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import libvirt
@@ -89,6 +91,10 @@ class Agent:
         self.started_at = time.time()
         self.busy: set[str] = set()  # guests an intent is working on
         self.busy_lock = threading.Lock()
+        # guests judge() is acting on: intents wait for it (a judgement made on a stale
+        # view must not release a fence an intent has just used to start the guest)
+        self.judging: set[str] = set()
+        self.judged = threading.Condition(self.busy_lock)
         self._stopping = threading.Event()
         self._next_resync = 0.0
         self._libvirt_backoff = Backoff()
@@ -112,6 +118,10 @@ class Agent:
                  self.cfg.ttl, __version__)
         self.lease.start()
         self.intents.start()
+        if self.cfg.hook_socket:  # the libvirt fence hook asks us here
+            from agents.hooksock import HookServer
+
+            self.hook_server = HookServer(self, self.cfg.hook_socket).start()
         if self.cfg.manager:
             from gridtool.manager import Manager
 
@@ -309,12 +319,40 @@ class Agent:
     # -- fencing -------------------------------------------------------------
 
     def judge(self, rec: GuestRecord, clean_stop: bool | None) -> None:
-        """Apply the fencing rule to one guest seen on this host."""
+        """Apply the fencing rule to one guest seen on this host.
+
+        ``rec`` may be a resync's snapshot: the guest is claimed (no intent acts on it
+        meanwhile) and its state read again from libvirt before anything is decided.
+        """
         if not rec.fenced:
             return
+        with self._claimed(rec.uuid) as claimed:
+            fresh = self.libvirt.guest(rec.uuid, self.host) if claimed else None
+            if fresh is not None and fresh.fenced:
+                self._judge(fresh, clean_stop if fresh.state == rec.state else None)
+
+    @contextlib.contextmanager
+    def _claimed(self, uuid: str) -> Iterator[bool]:
+        """Claim ``uuid`` for a fencing decision: False (skip it) while an intent works on
+        it; intents wait until the claim ends. libvirt errors end the decision quietly."""
         with self.busy_lock:
-            if rec.uuid in self.busy:
-                return  # an intent is starting or stopping it right now
+            if uuid in self.busy or uuid in self.judging:
+                claimed = False
+            else:
+                self.judging.add(uuid)
+                claimed = True
+        try:
+            yield claimed
+        except libvirt.libvirtError as exc:
+            log.warning("event=libvirt_error host=%s uuid=%s error=%s", self.host, uuid,
+                        _one_line(exc))
+        finally:
+            if claimed:
+                with self.judged:
+                    self.judging.discard(uuid)
+                    self.judged.notify_all()
+
+    def _judge(self, rec: GuestRecord, clean_stop: bool | None) -> None:
         ref = self.fencer.ref(rec)
         observed = self.fencer.observe(ref.volumes)
         if rec.state in ACTIVE_STATES:
@@ -374,9 +412,12 @@ class Agent:
     def _release_orphans(self, observed: dict[str, GuestRecord]) -> None:
         """Fences this host holds for guests it no longer has (undefined while down)."""
         for fence in list(self.fencer.held.values()):
-            if fence.guest not in observed:
-                self.fencer.release(GuestRef(fence.guest, fence.guest_name, fence.kind,
-                                             (fence.volume,)))
+            if fence.guest in observed:
+                continue
+            with self._claimed(fence.guest) as claimed:  # busy: an intent defines it now
+                if claimed and self.libvirt.domain(fence.guest) is None:  # still gone
+                    self.fencer.release(GuestRef(fence.guest, fence.guest_name, fence.kind,
+                                                 (fence.volume,)))
 
     def self_fence(self) -> None:
         """The lease deadline passed: destroy every HA fenced guest here, now.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -10,11 +11,14 @@ from typing import TYPE_CHECKING
 
 import libvirt
 
+from agents import images
 from agents.fencer import FenceRefused
+from gridtool.cloneplan import ClonePlanError, check_name, golden_path, inside, template_disks
 from gridtool.errors import AuthError, RegistryUnavailable
 from gridtool.fencing import FenceKind
 from gridtool.model import DecodeError
 from gridtool.records import DomainDefinition, Intent, decode, encode
+from gridtool.templates import forget_clone
 
 if TYPE_CHECKING:
     from agents.agent import Agent
@@ -99,7 +103,8 @@ class IntentWorker:
         self._write(key, intent, "running", "")
         log.info("event=intent_start host=%s id=%s action=%s guest=%s", self.agent.host,
                  intent.id, intent.action, intent.name)
-        with self.agent.busy_lock:
+        with self.agent.judged:  # a judgement in progress on this guest finishes first
+            self.agent.judged.wait_for(lambda: intent.guest not in self.agent.judging, 10)
             self.agent.busy.add(intent.guest)
         try:
             message = getattr(self, f"_do_{intent.action}")(intent)
@@ -222,6 +227,18 @@ class IntentWorker:
         self._do_stop(intent)
         return self._do_start(intent).replace("started", "restarted")
 
+    def _do_migrate(self, intent: Intent) -> str:
+        """Live-migrate to ``params['to']``, fences handed over at switchover."""
+        from agents.livemigrate import live_migrate
+
+        return live_migrate(self, intent)
+
+    def _do_receive(self, intent: Intent) -> str:
+        """Accept one incoming live migration of the guest from ``params['from']``."""
+        from agents.livemigrate import receive
+
+        return receive(self, intent)
+
     def _do_refresh(self, intent: Intent) -> str:
         """Settings changed (HA on/off): judge the guest again, re-putting its fences."""
         rec = self._record(intent)
@@ -249,3 +266,139 @@ class IntentWorker:
         rec = self.agent.libvirt.guest(intent.guest, self.agent.host)
         if rec is not None and rec.fenced:
             self.agent.fencer.release(self.agent.fencer.ref(rec))
+
+    # -- templates and clones (gridtool.clone) --------------------------------
+    # Results the caller needs (XML, image paths, phase timings) go back in
+    # ``params["result"]``: the outcome written by ``_write`` carries the params along.
+
+    def _do_template(self, intent: Intent) -> str:
+        """Freeze the guest's disks into read-only golden images under images_dir (a
+        running guest is paused meanwhile, so the copies are crash-consistent)."""
+        name, images_dir = str(intent.params.get("template", "")), self.agent.cfg.images_dir
+        dom = self._domain(intent)
+        xml = self.agent.libvirt.inactive_xml(dom)
+        try:
+            disks = template_disks(xml)
+            check_name("template", name)
+        except ClonePlanError as exc:
+            raise IntentFailed(str(exc)) from None
+        folder = images.template_dir(images_dir, name)
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir()  # exclusive: golden images are written once
+        except FileExistsError:
+            raise IntentFailed(f"golden images of template {name} already exist in "
+                               f"{folder}") from None
+        except OSError as exc:
+            raise IntentFailed(f"cannot create {folder}: {exc.strerror}") from None
+        copying = any(d.source and os.path.exists(d.source) for d in disks)
+        paused = copying and dom.info()[0] == libvirt.VIR_DOMAIN_RUNNING
+        golden: dict[str, str] = {}
+        try:
+            if paused:
+                dom.suspend()
+            for disk in disks:
+                golden[disk.target] = golden_path(images_dir, name, disk.target)
+                images.freeze(images_dir, golden[disk.target], disk.source)
+        except (images.ImageError, libvirt.libvirtError) as exc:
+            images.remove_template(images_dir, name)
+            raise IntentFailed(f"template {name}: " + " ".join(str(exc).split())) from None
+        finally:
+            if paused:
+                dom.resume()
+        intent.params["result"] = {"xml": xml, "images": golden, "images_dir": images_dir,
+                                   "disks": [d.target for d in disks]}
+        return f"{intent.name}: {len(disks)} disk(s) frozen as template {name} on {self.agent.host}"
+
+    def _do_remove_template(self, intent: Intent) -> str:
+        """Delete a template's golden images (the caller checked no clone uses them)."""
+        name = str(intent.params.get("template", ""))
+        try:
+            check_name("template", name)
+            gone = images.remove_template(self.agent.cfg.images_dir, name)
+        except (ClonePlanError, images.ImageError, OSError) as exc:
+            raise IntentFailed(f"template {name}: {exc}") from None
+        return f"golden images of {name} " + ("deleted" if gone else "were already gone")
+
+    def _do_clone(self, intent: Intent) -> str:
+        """Make a clone: a qcow2 overlay per disk on its golden image, define the rewritten
+        XML, start it (unless ``start`` is false). A failure removes what it made."""
+        params, host = intent.params, self.agent.host
+        xml, overlays = params.get("xml"), params.get("overlays")
+        if not isinstance(xml, str) or not isinstance(overlays, dict):
+            raise IntentFailed("clone needs the domain XML and the overlays")
+        conn = self.agent.libvirt._require()
+        leftover = self.agent.libvirt.domain(intent.guest)
+        stale = [str(s.get("path")) for s in overlays.values()
+                 if isinstance(s, dict) and os.path.lexists(str(s.get("path")))]
+        if leftover is not None or stale:  # the UUID is new: only an earlier attempt at
+            self._undo_clone(conn, leftover, stale)  # this intent (agent restarted) made them
+        timings: dict[str, float] = {}
+        params["result"] = {"timings": timings}
+        made: list[str] = []
+        dom = None
+        try:
+            began = time.monotonic()
+            for spec in overlays.values():
+                images.create_overlay(conn, self.agent.cfg.images_dir, str(spec["path"]),
+                                      str(spec["backing"]))
+                made.append(str(spec["path"]))
+            timings["overlay"] = time.monotonic() - began
+            began = time.monotonic()
+            dom = self.agent.libvirt.define(xml)
+            timings["define"] = time.monotonic() - began
+            if params.get("start", True):
+                began = time.monotonic()
+                self._do_start(intent)
+                timings["start"] = time.monotonic() - began
+        except (images.ImageError, IntentFailed, FenceRefused, libvirt.libvirtError,
+                KeyError, TypeError) as exc:
+            self._undo_clone(conn, dom, made)
+            raise IntentFailed(f"clone {intent.name} on {host}: "
+                               + " ".join(str(exc).split())) from None
+        return f"{intent.name} cloned on {host}" + (
+            " and started" if params.get("start", True) else "")
+
+    def _undo_clone(self, conn: libvirt.virConnect, dom: libvirt.virDomain | None,
+                    made: list[str]) -> None:
+        """Remove a half-made clone: its definition and the overlays it created."""
+        try:
+            if dom is not None:
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefine()
+        except libvirt.libvirtError as exc:
+            log.error("event=clone_undo_failed host=%s error=%s", self.agent.host,
+                      " ".join(str(exc).split()))
+        for path in made:
+            try:
+                images.delete_overlay(conn, self.agent.cfg.images_dir, path)
+            except images.ImageError as exc:
+                log.error("event=clone_undo_failed host=%s error=%s", self.agent.host, exc)
+
+    def _do_remove_clone(self, intent: Intent) -> str:
+        """Destroy and undefine a clone, delete its overlays, forget its records."""
+        images_dir, params = self.agent.cfg.images_dir, intent.params
+        clones_dir = os.path.join(images_dir, "clones")
+        overlays = {str(p) for p in params.get("overlays") or []}
+        conn = self.agent.libvirt._require()
+        dom = self.agent.libvirt.domain(intent.guest)
+        if dom is not None:
+            sources = images.disk_sources(self.agent.libvirt.inactive_xml(dom))
+            overlays |= {p for p in sources if inside(p, clones_dir)}
+            if dom.isActive():
+                dom.destroy()
+            self._release(intent)
+            if dom.isPersistent():
+                dom.undefine()
+        try:
+            deleted = [p for p in sorted(overlays)
+                       if images.delete_overlay(conn, images_dir, p)]
+        except images.ImageError as exc:
+            raise IntentFailed(str(exc)) from None
+        if params.get("template"):  # (pool membership is the caller's: hosts cannot write
+            # pools/, and a pool forgets a member at once when it asks for its removal)
+            forget_clone(self.agent.store, self.agent.keys, str(params["template"]),
+                         intent.guest)
+        return (f"{intent.name} removed from {self.agent.host} "
+                f"({len(deleted)} overlay(s) deleted)")

@@ -1,3 +1,39 @@
 """gridtool: run a fleet of Xen/KVM hypervisor hosts through libvirt and etcd."""
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+
+def report(pool: str, *, arrivals: int, completions: int = 0,
+           busy_seconds: float | None = None, mean_service_time: float | None = None,
+           queue_depth: int = 0, interval: float = 10.0, config: str | None = None,
+           **options: object) -> object:
+    """Report a pool's load over the last ``interval`` seconds (for its flex policy);
+    returns the ``gridtool.poolplan.PoolSample`` written.
+
+    Reads the configuration as the CLI does (``config`` file, ``$GRIDTOOL_CONFIG``, the
+    running lab's, ``/etc/gridtool/gridtool.conf``; ``GRIDTOOL_*`` variables). Call it
+    once per interval from each worker or producer; reports add up. Example::
+
+        gridtool.report("api", arrivals=420, completions=415, busy_seconds=380.0,
+                        queue_depth=3, interval=10)
+    """
+    from gridtool import pools
+
+    store, keys = pools.api_store(config)
+    return pools.report(store, keys, pool, arrivals=arrivals, completions=completions,
+                        busy_seconds=busy_seconds, mean_service_time=mean_service_time,
+                        queue_depth=queue_depth, interval=interval, **options)  # type: ignore[arg-type]
+
+
+def set_desired(pool: str, size: int, *, config: str | None = None) -> int:
+    """Set a fixed pool's size (for an outside policy engine); returns the size.
+
+    Raises ``gridtool.errors.UsageError`` outside the pool's ``[min, max]`` and
+    ``NotFound`` for an unknown pool.
+    """
+    from gridtool import pools
+
+    store, keys = pools.api_store(config)
+    return pools.set_desired(store, keys, pool, size).desired

@@ -30,8 +30,8 @@ _SECTIONS = {
     "timeout": "registry",
     "host": "agent", "libvirt_uri": "agent", "ttl": "agent", "resync_interval": "agent",
     "labels": "agent", "storage": "agent", "intruder_policy": "agent", "watchdog": "agent",
-    "watchdog_timeout": "agent", "manager": "agent",
-    "shared_patterns": "storage", "shared_pools": "storage",
+    "watchdog_timeout": "agent", "manager": "agent", "hook_socket": "agent",
+    "shared_patterns": "storage", "shared_pools": "storage", "images_dir": "storage",
 }
 SECRET_SETTINGS = frozenset({"password"})
 _BOOLS = {"1": True, "yes": True, "true": True, "on": True,
@@ -61,8 +61,10 @@ class Config:
     watchdog: str | None = None
     watchdog_timeout: float = 5.0
     manager: bool = False
+    hook_socket: str | None = None  # the fence hook asks the agent here
     shared_patterns: tuple[str, ...] = DEFAULT_SHARED_PATTERNS
     shared_pools: tuple[str, ...] = ()
+    images_dir: str = "/var/lib/gridtool/images"  # golden images and clone overlays
     source: str = "defaults"
 
     @property

@@ -19,7 +19,7 @@ import pyetcd
 import pyetcd.exceptions
 
 from gridtool.config import Config
-from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
+from gridtool.errors import AuthError, ConfigError, LeaseGone, RegistryUnavailable
 from gridtool.store import Compare, Delete, EndpointStatus, Event, Item, Put
 
 log = logging.getLogger("gridtool.etcd")
@@ -37,10 +37,13 @@ class _Unavailable(Exception):
     """One endpoint did not answer."""
 
 
-def _auth_error(exc: grpc.RpcError) -> AuthError | None:
+def _auth_error(exc: grpc.RpcError, user: str | None = None) -> AuthError | None:
     code, details = exc.code(), (exc.details() or "")
-    if code in _AUTH_CODES or "authentication" in details or "auth token" in details:
-        return AuthError(f"etcd refused the request: {details.removeprefix('etcdserver: ')}")
+    if code in _AUTH_CODES or "authentication" in details or "auth token" in details \
+            or "user name is empty" in details:
+        who = f" (user {user})" if user else " (no user configured)"
+        return AuthError(f"etcd refused the request{who}: "
+                         f"{details.removeprefix('etcdserver: ')}")
     return None
 
 
@@ -74,20 +77,26 @@ class EtcdStore:
         """A client for one endpoint; authenticates at once when credentials are set."""
         host, _, port = endpoint.rpartition(":")
         try:
-            return pyetcd.client(
+            client = pyetcd.client(
                 host=host.strip("[]"), port=int(port), timeout=self._call_timeout,
                 user=self._cfg.user, password=self._cfg.password,
                 ca_cert=self._cfg.ca_cert, cert_key=self._cfg.key, cert_cert=self._cfg.cert,
                 grpc_options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
                               ("grpc.initial_reconnect_backoff_ms", 100),
                               ("grpc.max_reconnect_backoff_ms", 1000)])
+        except OSError as exc:  # a TLS file cannot be read
+            raise ConfigError(f"etcd TLS file {exc.filename}: {exc.strerror}") from None
         except ValueError as exc:  # raised for inconsistent TLS parameters
             raise AuthError(f"etcd TLS settings: {exc}") from None
         except grpc.RpcError as exc:  # the authentication call failed
-            auth = _auth_error(exc)
+            auth = _auth_error(exc, self._cfg.user)
             if auth is not None:
                 raise auth from None
             raise _Unavailable(exc.code().name.lower()) from None
+        if not client.uses_secure_channel:
+            # gRPC sends call credentials over TLS only; the token metadata goes anyway.
+            client.call_credentials = None
+        return client
 
     def _drop(self, endpoint: str) -> None:
         """Forget a failing endpoint's client; the next call opens a fresh channel.
@@ -136,7 +145,10 @@ class EtcdStore:
             self._drop(endpoint)
             raise _Unavailable(str(exc)) from None
         except grpc.RpcError as exc:
-            auth = _auth_error(exc)
+            if "invalid auth token" in (exc.details() or ""):  # expired or member restarted
+                self._drop(endpoint)  # the next try authenticates again
+                raise _Unavailable("invalid auth token") from None
+            auth = _auth_error(exc, self._cfg.user)
             if auth is not None:
                 self._drop(endpoint)
                 raise auth from None
@@ -202,6 +214,12 @@ class EtcdStore:
 
     def revoke_lease(self, lease: int) -> None:
         self._call(lambda c: c.revoke_lease(lease))
+
+    def auth_rpc(self, method: str, request: Any) -> Any:
+        """One call of etcd's Auth service (``UserAdd``, ``RoleGrantPermission``...);
+        pyetcd has no methods for them, so ``gridtool.etcdauth`` builds the requests."""
+        return self._call(lambda c: getattr(c.authstub, method)(
+            request, self._call_timeout, credentials=c.call_credentials, metadata=c.metadata))
 
     # -- watches and status --------------------------------------------------
 

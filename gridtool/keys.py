@@ -99,6 +99,17 @@ class Keys:
         return f"{self.templates}{name}"
 
     @property
+    def clones(self) -> str:
+        return f"{self.prefix}clones/"
+
+    def template_clones(self, template: str) -> str:
+        return f"{self.clones}{template}/"
+
+    def clone(self, template: str, uuid: str) -> str:
+        """One clone of a template: {uuid, name, template, host, pool, overlays}."""
+        return f"{self.template_clones(template)}{uuid}"
+
+    @property
     def pools(self) -> str:
         return f"{self.prefix}pools/"
 
@@ -119,6 +130,10 @@ class Keys:
     def pool_sample(self, name: str, sample_id: str) -> str:
         """One load report (arrivals, completions, busy seconds, queue depth)."""
         return f"{self.pool_samples(name)}{sample_id}"
+
+    def pool_status(self, name: str) -> str:
+        """What the manager last did with the pool (size, flex state and decision)."""
+        return f"{self.pools}{name}/status"
 
     @property
     def manager(self) -> str:

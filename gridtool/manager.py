@@ -33,6 +33,7 @@ from gridtool.hadecide import (
     decide,
 )
 from gridtool.model import DecodeError, GuestRecord
+from gridtool.poolmanager import PoolKeeper
 from gridtool.records import GuestSettings, Intent, ManagerStatus, decode, encode
 from gridtool.registry import Registry
 from gridtool.store import Compare, Delete, Put, Store
@@ -47,7 +48,7 @@ class Manager:
     """One manager candidate; ``run()`` campaigns and, once elected, manages."""
 
     def __init__(self, cfg: Config, store: Store, name: str, period: float = 1.0,
-                 limits: RestartLimits | None = None) -> None:
+                 limits: RestartLimits | None = None, pool_period: float = 10.0) -> None:
         self.cfg = cfg
         self.store = store
         self.keys = cfg.keys
@@ -62,6 +63,7 @@ class Manager:
         self.names: dict[str, str] = {}
         self.recent: list[str] = []
         self._last_keepalive = 0.0
+        self.pools = PoolKeeper(self, period=pool_period)  # pool rounds on their own thread
 
     # -- election ------------------------------------------------------------
 
@@ -95,6 +97,7 @@ class Manager:
             if stop.is_set():
                 break
         _cancel(watches)
+        self.pools.stop()
         if resign:
             self._resign()
 
@@ -154,6 +157,7 @@ class Manager:
             if not self._act(action, snap):
                 failed.add(action.guest)
         self._publish_status()
+        self.pools.maybe_run()
 
     def snapshot(self) -> tuple[Snapshot, dict[str, str]]:
         """Read hosts, guests, settings, fences, intents: the manager's whole input."""

@@ -73,12 +73,20 @@ MEANINGS: dict[str, str] = {
     "manager": "Whether the agent also runs a candidate of the HA manager (as `gridtool "
                "manager run` does): the candidates elect one leader in etcd, which restarts "
                "the HA guests of dead hosts elsewhere.",
+    "hook_socket": "The unix socket on which the agent answers the libvirt fence hook "
+                   "(`/etc/libvirt/hooks/qemu`): may this host start, restore or receive "
+                   "this guest? The hook refuses when the agent does not hold every fence "
+                   "of the guest, or does not answer in time. Unset: no hook server.",
     "shared_patterns": "Shell glob patterns of disk source paths that live on storage "
                        "several hosts can see (AoE, iSCSI by-path). A guest with such a disk "
                        "must run on one host at a time, so gridtool fences it. Disks marked "
                        "shareable and iSCSI network disks are always shared.",
     "shared_pools": "libvirt storage pools whose volumes are shared between hosts "
                     "(for disks of type volume).",
+    "images_dir": "Where templates' golden images (`templates/`) and clones' copy-on-write "
+                  "overlays (`clones/<host>/`) live. Shared storage (NFS, a cluster file "
+                  "system) mounted at the same path on every host, so any host can clone "
+                  "any template.",
     "source": "Not a setting: where the values came from, the configuration file's path or "
               "`defaults`. It cannot be set.",
 }

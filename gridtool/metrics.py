@@ -12,7 +12,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from gridtool.errors import GridtoolError
@@ -67,7 +71,8 @@ class FleetCollector(Collector):
         self.registry = Registry(store, keys)
         self.propagation = propagation
 
-    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily
+                                  | CounterMetricFamily]:
         up = GaugeMetricFamily("gridtool_registry_up", "1 if the registry answered this scrape")
         try:
             listing = self.registry.listing()
@@ -94,7 +99,34 @@ class FleetCollector(Collector):
         yield _gauge("gridtool_registry_corrupt_records", "Records that do not decode",
                      len(listing.errors))
         yield _gauge("gridtool_manager_leader", "1 if a manager leads", int(leader is not None))
+        yield from _pool_families(self.store, self.keys)
         yield self.propagation.family()
+
+
+def _pool_families(store: Store, keys: Keys) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Per pool: desired and actual size, ready workers, flex decisions by direction."""
+    from gridtool.pools import overview
+
+    try:
+        rows = overview(store, keys)
+    except GridtoolError:
+        return
+    desired = GaugeMetricFamily("gridtool_pool_desired", "Workers the pool should have",
+                                labels=["pool"])
+    actual = GaugeMetricFamily("gridtool_pool_members", "Workers the pool has (recorded)",
+                               labels=["pool"])
+    ready = GaugeMetricFamily("gridtool_pool_ready", "Pool workers running, as the manager "
+                              "last saw", labels=["pool"])
+    decisions = CounterMetricFamily("gridtool_pool_flex_decisions",
+                                    "Flex policy verdicts by direction (up, down, hold)",
+                                    labels=["pool", "direction"])
+    for row in rows:
+        desired.add_metric([row["name"]], row["target"])
+        actual.add_metric([row["name"]], row["members"])
+        ready.add_metric([row["name"]], row["ready"] or 0)
+        for way, count in sorted(row["decisions"].items()):
+            decisions.add_metric([row["name"], way], count)
+    yield from (desired, actual, ready, decisions)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -33,8 +33,9 @@ it is stopped with its fences released or handed back. A destination that stops 
 after it was handed the fences may have started the guest: then the source never starts
 it again while the destination holds a fence (HA fences vanish with its lease, exactly
 as for an HA restart), and the result says so (``unknown``). A guest is never left
-running on two hosts. Live migration (:func:`live_refusal`) is a seam: no hypervisor
-supports it yet (the test driver never will).
+running on two hosts. Live migration (:func:`live_refusal`, :meth:`Migrator._live`) works
+between QEMU hosts (the test driver never will): ``receive`` on the destination, then
+``migrate`` on the source (:meth:`Migrator._live`).
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ from gridtool.store import Compare, Delete, Store
 #: Guest states in which a guest occupies its host (memory, vCPUs, anti-affinity).
 ACTIVE = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdown"})
 
-#: Hypervisors gridtool can live-migrate between (the same one on both ends). Empty until
-#: live migration is built (real QEMU hosts); the test driver cannot live-migrate at all.
-LIVE_HYPERVISORS: frozenset[str] = frozenset()
+#: Hypervisors gridtool can live-migrate between (the same one on both ends): QEMU through
+#: libvirt peer-to-peer (``agents/livemigrate.py``); the test driver cannot live-migrate.
+LIVE_HYPERVISORS: frozenset[str] = frozenset({"qemu"})
 
 
 # --------------------------------------------------------------------------- views
@@ -227,6 +228,19 @@ def choose_mode(source: HostRecord, target: HostRecord, live: bool | None) -> st
     return "live" if live else "cold"
 
 
+#: How long a live migration's transfer may take beyond the intent timeout.
+LIVE_TRANSFER_S = 600.0
+
+
+def job_progress(remaining: int, total: int, width: int = 20) -> str:
+    """A libvirt migration job's memory progress as one line with a text bar."""
+    total = max(total, 1)
+    done = min(max(total - remaining, 0), total)
+    filled = round(width * done / total)
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {100 * done // total} % of memory "
+            f"sent, {remaining / 2**20:.0f} of {total / 2**20:.0f} MiB remaining")
+
+
 # --------------------------------------------------------------------------- migration
 
 
@@ -313,9 +327,11 @@ class Migrator:
         result = MigrationResult(rec.name, rec.uuid, rec.host, target, mode)
         start = time.monotonic()
         try:
-            if mode == "live":
-                raise Conflict(f"live migration of {rec.name} is not built yet: use --cold")
-            self._cold(rec, target, result, follow_cleanup)
+            if mode == "live" and rec.state in ACTIVE:
+                self._live(rec, target, result)
+            else:  # a stopped guest has no memory to move live: a cold move is the same
+                result.mode = "cold"
+                self._cold(rec, target, result, follow_cleanup)
         finally:
             result.seconds = time.monotonic() - start
         return result
@@ -380,6 +396,39 @@ class Migrator:
         self._end(result, EndState.MOVED,
                   f"{name} {'runs' if running else 'is defined'} on {target}"
                   + (f" (fence token {token})" if token else ""))
+
+    def _live(self, rec: GuestRecord, target: str, result: MigrationResult) -> None:
+        """Live migration: a ``receive`` intent on the destination (its fence hook then
+        accepts this one incoming migration), then a ``migrate`` intent on the source,
+        whose agent runs libvirt's peer-to-peer migration and hands the fences over at
+        switchover (the guest is paused on both ends meanwhile). A failure leaves it
+        running on the source with its fences (libvirt aborts the job, resumes it there)."""
+        source, name = rec.host, rec.name
+        if target == source:
+            raise Conflict(f"{name} is already on {target}")
+        for host in (source, target):
+            if not self._alive(host):
+                raise NotFound(f"unknown host {host!r} (not in the registry: no live agent)")
+        done = self._step(result, "receive", target, "receive", {"from": source})
+        if not done.ok:  # nothing moved: the destination cannot accept it
+            self._end(result, EndState.ON_SOURCE, f"{target} cannot receive {name} "
+                      f"({done.message}): {name} still runs on {source}")
+            return
+        done = self._step(result, "migrate", source, "migrate", {"to": target},
+                          timeout=self.intent_timeout + LIVE_TRANSFER_S)
+        if done.ok:
+            token = self._token(rec)
+            self._end(result, EndState.MOVED, f"{name} runs on {target}"
+                      + (f" (fence token {token})" if token else ""))
+        elif done.lost:
+            self._end(result, EndState.UNKNOWN,
+                      f"{source} did not finish migrating {name} ({done.message}); "
+                      + self._fence_text(rec))
+        else:
+            holders = set(self._holders(rec).values()) if rec.fenced else {source}
+            state = EndState.ON_SOURCE if holders == {source} and "still runs" in \
+                done.message else EndState.UNKNOWN
+            self._end(result, state, done.message)
 
     def _start_failed(self, result: MigrationResult, rec: GuestRecord, target: str,
                       done: _Outcome, made_copy: bool) -> None:
@@ -468,7 +517,7 @@ class Migrator:
 
         def progress(i: Intent) -> None:
             if not i.finished:
-                self._emit(result, PhaseEvent(phase, host, i.state,
+                self._emit(result, PhaseEvent(phase, host, i.state, i.message,
                                               seconds=time.monotonic() - began), record=False)
 
         try:

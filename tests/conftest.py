@@ -22,24 +22,54 @@ def _need(binary: str) -> None:
         pytest.fail(f"{binary} is not installed: run scripts/setup (scripts/test does)")
 
 
+def _credentials(factory: pytest.TempPathFactory) -> Path:
+    return factory.getbasetemp() / "etcd-credentials"
+
+
 @pytest.fixture(scope="session")
 def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """One real etcd member for the whole session; tests share it under their own prefix."""
+    """One real etcd member for the whole session; tests share it under their own prefix.
+    Authentication is on: root and an admin user (readwrite on every '/' key), whose
+    passwords are in the session's ``etcd-credentials`` folder, with ``admin.conf``."""
+    from gridtool.authplan import admin_user
+    from gridtool.config import render
+    from gridtool.credfiles import password_path
     from gridtool.lab.etcd import EtcdCluster
+    from gridtool.security import init_registry
 
     _need("etcd")
     cluster = EtcdCluster.create(tmp_path_factory.mktemp("etcd"), 1)
     cluster.start()
+    try:
+        directory = _credentials(tmp_path_factory)
+        init_registry(Config(endpoints=tuple(cluster.endpoints), prefix="/"), directory, [])
+        (directory / "admin.conf").write_text(render(Config(
+            endpoints=tuple(cluster.endpoints), user=admin_user("/"),
+            password_file=str(password_path(directory, admin_user("/"))))))
+    except BaseException:
+        cluster.stop()
+        raise
     yield cluster
     cluster.stop()
 
 
 @pytest.fixture
-def cfg(etcd_cluster) -> Config:  # type: ignore[no-untyped-def]
-    """A config for this test alone: its own key prefix, a short lease TTL."""
+def cfg(etcd_cluster, tmp_path_factory: pytest.TempPathFactory,  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch) -> Config:
+    """A config for this test alone: its own key prefix, a short lease TTL, the admin's
+    credentials (also in GRIDTOOL_CONFIG for in-process CLI runs, with --endpoints and
+    --prefix; ``testbed.credential_env()`` passes it to a subprocess). Agents started by
+    ``lab_hosts`` get their own per-host users (their --config wins over GRIDTOOL_CONFIG)."""
+    from gridtool.authplan import admin_user
+    from gridtool.credfiles import password_path, read_password
+
+    user = admin_user("/")
+    password_file = password_path(_credentials(tmp_path_factory), user)
+    monkeypatch.setenv("GRIDTOOL_CONFIG", str(_credentials(tmp_path_factory) / "admin.conf"))
     return Config(endpoints=tuple(etcd_cluster.endpoints),
                   prefix=f"/gt-test-{uuid.uuid4().hex[:10]}/", ttl=3, resync_interval=2.0,
-                  timeout=3.0)
+                  timeout=3.0, user=user, password=read_password(password_file),
+                  password_file=str(password_file))
 
 
 @pytest.fixture

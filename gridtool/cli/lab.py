@@ -42,14 +42,21 @@ def lab() -> None:
               help="etcd members (3 = a real cluster).")
 @click.option("--ttl", default=10, show_default=True, help="Host lease TTL in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the lab as JSON on stdout.")
+@click.option("--insecure", is_flag=True,
+              help="Leave etcd authentication off (default: on, credentials in LAB_DIR).")
+@click.option("--hypervisor", type=click.Choice(["test", "qemu"]), default="test",
+              show_default=True,
+              help="test: libvirt's test driver; qemu: real QEMU guests (TCG, 128 MiB, tiny "
+                   "image built once in /var/cache/gridtool-lab), fence hook, live migration.")
 @LAB_DIR
-def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool,
-       lab_dir: Path | None) -> None:
+def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool, insecure: bool,
+       hypervisor: str, lab_dir: Path | None) -> None:
     """Start etcd, HOSTS libvirt daemons and their agents; wait until all report.
 
     \b
     Example:
       gridtool lab up --hosts 3 --guests 4 --etcd-members 3
+      gridtool lab up --hosts 2 --guests 1 --hypervisor qemu
     """
     from rich.console import Console
 
@@ -61,7 +68,8 @@ def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool,
     try:
         with console.status("starting lab") as spinner:
             state = labmod.up(directory, hosts, guests, int(etcd_members), ttl,
-                              progress=lambda msg: spinner.update(msg))
+                              progress=lambda msg: spinner.update(msg), insecure=insecure,
+                              hypervisor=hypervisor)
     except (LabError, OSError) as exc:
         raise LabFailed(f"lab up failed: {exc} (logs in {directory})") from None
     summary = labmod.summary(state)

@@ -40,8 +40,11 @@ def cli(ctx: click.Context, config_file: str | None, **overrides: object) -> Non
 def _register_commands() -> None:
     from gridtool.cli import (
         check,
+        completion,
+        credentials,
         fences,
         guests,
+        hostadmin,
         hosts,
         lab,
         lifecycle,
@@ -50,17 +53,21 @@ def _register_commands() -> None:
         placement,
         pools,
         registry,
+        templates,
     )
 
     for command in lifecycle.COMMANDS + placement.GUEST_COMMANDS:
         guests.guest.add_command(command)
-    for command in placement.HOST_COMMANDS:
+    for command in placement.HOST_COMMANDS + hostadmin.COMMANDS:
         hosts.host.add_command(command)
+    hosts.host.add_command(credentials.credentials)
     for command in placement.COMMANDS:
         cli.add_command(command)
     for group in (hosts.host, guests.guest, fences.fence, manager.manager, registry.registry,
-                  lab.lab, check.check, pools.pool, metrics.metrics):
+                  lab.lab, check.check, pools.pool, metrics.metrics, completion.completion):
         cli.add_command(group)
+    cli.add_command(templates.template)
+    cli.add_command(templates.clone)
 
 
 _register_commands()

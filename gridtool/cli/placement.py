@@ -130,7 +130,7 @@ class MigrationProgress:
                        f"{escape(ev.message)}")
         else:
             self.progress.update(self.task, description=f"migrate {self.label}: {ev.phase} "
-                                 f"on {ev.host} ({ev.state})")
+                                 f"on {ev.host} ({ev.state}) {escape(ev.message)}".rstrip())
 
     def done(self, result: MigrationResult | None = None, error: str = "") -> None:
         from rich.markup import escape

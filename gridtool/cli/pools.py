@@ -1,20 +1,25 @@
-"""``gridtool pool ...``: worker pools (the simulator of the flex policies for now)."""
+"""``gridtool pool ...``: worker pools kept at size by the manager, their load reports, and
+the simulator of the flex policies."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
-from gridtool.cli.output import emit_json, table
+from gridtool.cli.context import AppContext, pass_app
+from gridtool.cli.output import age, console, emit_json, styled_state, table
 
 
 @click.group()
 def pool() -> None:
-    """Worker pools that flex with measured load.
+    """Worker pools: clones of a template kept at size (fixed) or flexed with measured
+    load (flex) by the leading manager.
 
     \b
     Example:
+      gridtool pool create web --template worker --min 2 --max 20 --policy flex
       gridtool pool simulate --trace bench/traces/spike.csv --plot spike.png
     """
 
@@ -78,3 +83,219 @@ def simulate(trace_file: Path, policy: str, service_time: float, startup_delay: 
           r.scale_ups, f"{r.mean_wait:.2f}") for r in results])
     if plot_file is not None:
         click.echo(f"plot written to {plot_file}", err=True)
+
+
+JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+
+
+@pool.command("create")
+@click.argument("name")
+@click.option("--template", required=True, metavar="T", help="Template the workers clone.")
+@click.option("--min", "min_size", required=True, type=int, metavar="A", help="Fewest workers.")
+@click.option("--max", "max_size", required=True, type=int, metavar="B", help="Most workers.")
+@click.option("--size", type=int, metavar="N",
+              help="Workers to start with (default: --min); a flex pool then follows load.")
+@click.option("--policy", type=click.Choice(["fixed", "flex"]), default="fixed",
+              show_default=True, help="fixed: the size you set; flex: the Erlang C policy.")
+@click.option("--target-wait", type=float, metavar="S",
+              help="Flex: keep the mean wait under S seconds (default: P(wait) <= 0.2).")
+@JSON
+@pass_app
+def create(app: AppContext, name: str, template: str, min_size: int, max_size: int,
+           size: int | None, policy: str, target_wait: float | None, as_json: bool) -> None:
+    """Create a pool; the leading manager clones it to size at once.
+
+    \b
+    Example:
+      gridtool pool create workers --template worker --min 8 --max 8
+      gridtool pool create api --template api --min 2 --max 40 --policy flex --target-wait 0.5
+    """
+    from gridtool import pools
+    from gridtool.errors import NotFound
+
+    spec = pools.new_spec(name, template, min_size, max_size, desired=size, policy=policy,
+                          target_wait=target_wait)
+    if app.store.get(app.config.keys.template(template)) is None:
+        raise NotFound(f"unknown template {template!r}")
+    pools.create(app.store, app.config.keys, spec)
+    if as_json:
+        emit_json(pool=_spec_dict(spec))
+        return
+    click.echo(f"pool {name} created: {spec.desired} worker(s) of {template} "
+               f"({policy}, {min_size}..{max_size})", err=True)
+
+
+@pool.command("scale")
+@click.argument("name")
+@click.argument("size", type=int)
+@pass_app
+def scale(app: AppContext, name: str, size: int) -> None:
+    """Set a fixed pool's size (within its min and max); the manager follows.
+
+    \b
+    Example:
+      gridtool pool scale workers 12
+    """
+    from gridtool import pools
+
+    spec = pools.set_desired(app.store, app.config.keys, name, size)
+    click.echo(f"pool {name}: size {spec.desired}", err=True)
+
+
+@pool.command("list")
+@JSON
+@pass_app
+def list_pools(app: AppContext, as_json: bool) -> None:
+    """List pools with their size and what the manager last saw.
+
+    \b
+    Example:
+      gridtool pool list --json | jq '.pools[] | {name, desired, ready}'
+    """
+    from gridtool import pools
+
+    rows = pools.overview(app.store, app.config.keys)
+    if as_json:
+        emit_json(pools=rows)
+        return
+    table(None, ["NAME", "TEMPLATE", "POLICY", "MIN", "MAX", "TARGET", "MEMBERS", "READY",
+                 "UPDATED"],
+          [(r["name"], r["template"], r["policy"], r["min"], r["max"], r["target"],
+            r["members"], "-" if r["ready"] is None else r["ready"],
+            age(r["updated"]) if r["updated"] else "never") for r in rows])
+
+
+@pool.command("show")
+@click.argument("name")
+@JSON
+@pass_app
+def show(app: AppContext, name: str, as_json: bool) -> None:
+    """Show a pool: spec, members with host and state, and the flex policy's numbers.
+
+    \b
+    Example:
+      gridtool pool show workers --json | jq .flex.offered_load
+    """
+    from dataclasses import asdict
+
+    from gridtool import pools
+    from gridtool.poolplan import classify, target_size
+
+    keys = app.config.keys
+    spec = pools.get(app.store, keys, name)
+    st = pools.status(app.store, keys, name)
+    hosts, views = pools.observe(app.store, keys, name)
+    live, now = {h.name: h for h in hosts}, time.time()
+    members = [{**asdict(v), "class": classify(v, live, now).value,
+                "overflow": v.host in live and live[v.host].overflow}
+               for v in sorted(views, key=lambda v: v.name)]
+    flex = pools.flex_numbers(app.store, keys, name)
+    status = {k: v for k, v in asdict(st).items() if k != "flex_state"} if st else None
+    doc = {"pool": _spec_dict(spec), "target": target_size(spec, st),
+           "status": status, "members": members,
+           "flex": flex}
+    if as_json:
+        emit_json(**doc)
+        return
+    rows = [("template", spec.template), ("policy", spec.policy),
+            ("size", f"{doc['target']} (min {spec.min}, max {spec.max})"),
+            ("members", f"{len(views)} ({sum(m['class'] == 'ready' for m in members)} ready)")]
+    if st is not None:
+        rows.append(("manager", f"{age(st.updated)}"
+                     + (f"; {st.message}" if st.message else "")))
+    if spec.flex:
+        rows.append(("flex target", ", ".join(f"{k}={v}" for k, v in spec.flex.items())))
+    table(f"pool {name}", ["FIELD", "VALUE"], rows)
+    table("members", ["NAME", "HOST", "STATE", "AS", "AGE"],
+          [(m["name"], m["host"] + (" (overflow)" if m["overflow"] else ""),
+            styled_state(m["state"]), m["class"], age(m["created_at"], now))
+           for m in members])
+    if flex:
+        table(f"flex policy ({flex['from']}, {age(flex['at'], now)})", ["NUMBER", "VALUE"], [
+            ("arrival rate", f"{flex['smoothed_rate']:.3f} /s"),
+            ("mean service time", f"{flex['service_time']:.3f} s"),
+            ("offered load", f"{flex['offered_load']:.2f} Erlang"),
+            ("recommended", flex["recommended"]), ("desired", flex["desired"]),
+            ("P(wait)", f"{flex['predicted_wait_probability']:.3f}"),
+            ("reason", flex["reason"])])
+
+
+@pool.command("delete")
+@click.argument("name")
+@click.option("--keep-guests", is_flag=True, help="Keep the clones as plain guests.")
+@click.option("--timeout", "wait", default=60.0, show_default=True,
+              help="Seconds to wait for each clone's removal.")
+@pass_app
+def delete(app: AppContext, name: str, keep_guests: bool, wait: float) -> None:
+    """Delete a pool and (unless --keep-guests) stop and remove its clones.
+
+    \b
+    Example:
+      gridtool pool delete workers
+      gridtool pool delete workers --keep-guests
+    """
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from gridtool import pools
+    from gridtool.errors import OperationFailed
+
+    keys = app.config.keys
+    pools.get(app.store, keys, name)
+    total = len(pools.members(app.store, keys, name))
+    out = console(stderr=True)
+    with Progress(TextColumn("removing clones"), BarColumn(), MofNCompleteColumn(),
+                  console=out, transient=True, disable=not out.is_terminal) as progress:
+        task = progress.add_task("", total=total)
+
+        def removed(guest: str, host: str, error: str) -> None:
+            mark = "[red]FAIL[/red]" if error else "[green]ok[/green]  "
+            out.print(f"  {mark} {escape(guest)} on {escape(host)} {escape(error)}",
+                      highlight=False)
+            progress.advance(task)
+
+        errors = pools.delete(app.store, app.config, name, keep_guests=keep_guests,
+                              timeout=wait, on_removed=removed)
+    if errors:
+        raise OperationFailed(f"pool {name}: {len(errors)} clone(s) not removed "
+                              f"(first: {errors[0]}); run 'gridtool pool delete' again")
+    kept = f", {total} clone(s) kept" if keep_guests else f", {total} clone(s) removed"
+    click.echo(f"pool {name} deleted{kept}", err=True)
+
+
+@pool.command("report")
+@click.argument("name")
+@click.option("--arrivals", required=True, type=int, help="Requests that arrived.")
+@click.option("--completions", default=0, show_default=True, type=int,
+              help="Requests finished.")
+@click.option("--busy-seconds", type=float, help="Seconds workers spent serving.")
+@click.option("--service-time", type=float, help="Mean service time, seconds (instead of "
+              "--busy-seconds).")
+@click.option("--queue-depth", default=0, show_default=True, type=int,
+              help="Requests waiting at the end of the interval.")
+@click.option("--interval", default=10.0, show_default=True, type=float,
+              help="Seconds the report covers (ending now).")
+@click.option("--source", help="Reporter name (default host:pid); reporters add up. A "
+              "worker reporting as its own guest name is removed last while busy.")
+@pass_app
+def report(app: AppContext, name: str, arrivals: int, completions: int,
+           busy_seconds: float | None, service_time: float | None, queue_depth: int,
+           interval: float, source: str | None) -> None:
+    """Report a pool's load over the last interval (read by the flex policy).
+
+    \b
+    Example:
+      gridtool pool report api --arrivals 420 --completions 415 --busy-seconds 380 \\
+          --queue-depth 3 --interval 10
+    """
+    from gridtool import pools
+
+    pools.report(app.store, app.config.keys, name, arrivals=arrivals, completions=completions,
+                 busy_seconds=busy_seconds, mean_service_time=service_time,
+                 queue_depth=queue_depth, interval=interval, source=source)
+
+
+def _spec_dict(spec: object) -> dict:
+    from dataclasses import asdict
+
+    return asdict(spec)  # type: ignore[call-overload]

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
 
 from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import emit_json, table
-from gridtool.errors import RegistryUnavailable
+from gridtool.cli.output import console, emit_json, table
+from gridtool.errors import RegistryUnavailable, UsageError
+
+if TYPE_CHECKING:
+    from gridtool.security import UserResult
 
 
 @click.group()
 def registry() -> None:
-    """The registry (etcd cluster).
+    """The registry (etcd cluster): status, authentication, TLS certificates.
 
     \b
-    Example:
+    Examples:
       gridtool registry status
+      gridtool registry init --hosts hv1,hv2 --managers all
     """
 
 
@@ -43,3 +48,103 @@ def status(app: AppContext, as_json: bool) -> None:
                 s.revision or "-", s.version or "-", s.error or "") for s in statuses])
     if not any(s.healthy for s in statuses):
         raise RegistryUnavailable("no etcd endpoint is healthy")
+
+
+def _names(raw: str | None, what: str) -> list[str] | None:
+    """A comma-separated list of host names (None when the option was not given)."""
+    if raw is None:
+        return None
+    from gridtool.keys import validate_name
+
+    try:
+        return [validate_name("host", n.strip()) for n in raw.split(",") if n.strip()]
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def user_rows(results: list[UserResult]) -> list[tuple[str, str, str, str]]:
+    return [(r.user, ", ".join(r.roles), r.password_file, r.action) for r in results]
+
+
+@registry.command("init")
+@click.option("--hosts", metavar="H1,H2", help="Hosts to create users for (default: the hosts "
+              "in the registry and those that already have a user).")
+@click.option("--managers", metavar="H1,H2|all", help="Hosts that run a manager candidate "
+              "(manager = yes): they get the manager role too (default: keep the grants).")
+@click.option("--credentials-dir", metavar="DIR", help="Where password files are written, "
+              "0600 (default: the folder of password_file, else /etc/gridtool/credentials).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_app
+def init(app: AppContext, hosts: str | None, managers: str | None,
+         credentials_dir: str | None, as_json: bool) -> None:
+    """Turn on etcd authentication: root, an admin user, one user per host.
+
+    Root's password is generated and kept in DIR/root.password; every user's password
+    goes to DIR/USER.password (mode 0600) and is never printed. Each host's role may write
+    only that host's keys (record, guests, intent outcomes, violations) plus fences/,
+    domains/ and clones/; hosts in --managers may also write intents, settings, pools and
+    the manager election. Running it again repairs what drifted. Exit 5 when etcd refuses
+    root's password.
+
+    \b
+    Example:
+      gridtool registry init --hosts hv1,hv2,hv3 --managers all \\
+          --credentials-dir /etc/gridtool/credentials
+    """
+    from gridtool.security import credentials_dir as cred_dir
+    from gridtool.security import init_registry
+
+    host_list = _names(hosts, "--hosts")
+    manager_list = "all" if managers and managers.strip() == "all" else \
+        _names(managers, "--managers")
+    directory = cred_dir(app.config, credentials_dir)
+    results, enabled_now = init_registry(app.config, directory, host_list, manager_list)
+    if as_json:
+        emit_json(users=[asdict(r) for r in results], auth_enabled_now=enabled_now,
+                  credentials_dir=str(directory))
+        return
+    table(None, ["USER", "ROLES", "PASSWORD FILE", "ACTION"], user_rows(results))
+    console().print("authentication " + ("enabled" if enabled_now else "was already enabled"),
+                    highlight=False)
+
+
+@registry.command("certs")
+@click.option("--dir", "directory", required=True, metavar="DIR",
+              help="Where to write ca.crt, server.crt and USER.crt (keys 0600).")
+@click.option("--hosts", metavar="H1,H2", default="",
+              help="Hosts to issue client certificates for (CN = the host's etcd user).")
+@click.option("--ip", "ips", multiple=True, metavar="ADDR",
+              help="IP address of an etcd member for the server certificate "
+                   "(repeatable; default 127.0.0.1).")
+@click.option("--dns", "dns", multiple=True, metavar="NAME",
+              help="DNS name of an etcd member (repeatable; default localhost).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_app
+def certs(app: AppContext, directory: str, hosts: str, ips: tuple[str, ...],
+          dns: tuple[str, ...], as_json: bool) -> None:
+    """Generate a CA, the etcd members' server certificate and client certificates.
+
+    The CA is reused when DIR already has one, so certificates issued later are trusted
+    by the same members. Client certificates are issued for the admin user and each host
+    (CN = etcd user, for etcd's --client-cert-auth). Start etcd with --cert-file
+    server.crt --key-file server.key --trusted-ca-file ca.crt (and the --peer-* ones);
+    clients set ca_cert (and cert/key) in [registry].
+
+    \b
+    Example:
+      gridtool registry certs --dir /etc/gridtool/tls --hosts hv1,hv2 --ip 10.0.0.5
+    """
+    from pathlib import Path
+
+    from gridtool.authplan import admin_user, host_user
+    from gridtool.certs import make_certs
+
+    prefix = app.config.prefix
+    clients = [admin_user(prefix)] + [host_user(h, prefix) for h in _names(hosts, "--hosts") or []]
+    issued = make_certs(Path(directory), clients, ips or ("127.0.0.1",), dns or ("localhost",))
+    if as_json:
+        emit_json(certificates=[{"name": i.name, "cert": str(i.cert), "key": str(i.key)}
+                                for i in issued])
+    else:
+        table(None, ["NAME", "CERTIFICATE", "KEY (0600)"],
+              [(i.name, i.cert, i.key) for i in issued])

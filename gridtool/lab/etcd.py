@@ -26,12 +26,14 @@ class EtcdMember:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
-    def argv(self, cluster: str, token: str, state: str = "new") -> list[str]:
+    def argv(self, cluster: str, token: str, state: str = "new",
+             tls: TlsFiles | None = None) -> list[str]:
         etcd = shutil.which("etcd")
         if etcd is None:
             raise LabError("etcd is not installed (apt-get install etcd-server)")
-        client = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        scheme = "https" if tls else "http"
+        client = f"{scheme}://127.0.0.1:{self.client_port}"
+        peer = f"{scheme}://127.0.0.1:{self.peer_port}"
         return [
             etcd, "--name", self.name, "--data-dir", self.data_dir,
             "--listen-client-urls", client, "--advertise-client-urls", client,
@@ -40,7 +42,33 @@ class EtcdMember:
             "--initial-cluster-state", state,
             "--heartbeat-interval", "50", "--election-timeout", "500",
             "--logger", "zap", "--log-outputs", "stderr",
+            *(tls.etcd_flags() if tls else []),
         ]
+
+
+@dataclass
+class TlsFiles:
+    """Certificates from ``gridtool registry certs`` (``gridtool.certs``) in ``directory``:
+    client and peer URLs over TLS; with ``client_cert_auth`` clients must show a
+    certificate signed by the CA (its CN is then the etcd user)."""
+
+    directory: str
+    client_cert_auth: bool = False
+
+    def path(self, name: str) -> str:
+        return str(Path(self.directory, name))
+
+    def etcd_flags(self) -> list[str]:
+        ca, cert, key = self.path("ca.crt"), self.path("server.crt"), self.path("server.key")
+        flags = ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca,
+                 "--peer-cert-file", cert, "--peer-key-file", key,
+                 "--peer-trusted-ca-file", ca, "--peer-client-cert-auth"]
+        return flags + (["--client-cert-auth"] if self.client_cert_auth else [])
+
+    def etcdctl_flags(self) -> list[str]:
+        """The server certificate doubles as a client certificate (CN 'etcd', no user)."""
+        return ["--cacert", self.path("ca.crt"), "--cert", self.path("server.crt"),
+                "--key", self.path("server.key")]
 
 
 @dataclass
@@ -49,15 +77,16 @@ class EtcdCluster:
 
     members: list[EtcdMember]
     token: str
+    tls: TlsFiles | None = None
 
     @classmethod
-    def create(cls, directory: Path, size: int = 1) -> EtcdCluster:
+    def create(cls, directory: Path, size: int = 1, tls: TlsFiles | None = None) -> EtcdCluster:
         members = [
             EtcdMember(f"etcd{i}", free_port(), free_port(), str(directory / f"etcd{i}.data"),
                        str(directory / f"etcd{i}.log"))
             for i in range(size)
         ]
-        return cls(members, f"gridtool-lab-{uuid.uuid4().hex[:8]}")
+        return cls(members, f"gridtool-lab-{uuid.uuid4().hex[:8]}", tls)
 
     @property
     def endpoints(self) -> list[str]:
@@ -65,7 +94,8 @@ class EtcdCluster:
 
     @property
     def initial_cluster(self) -> str:
-        return ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        scheme = "https" if self.tls else "http"
+        return ",".join(f"{m.name}={scheme}://127.0.0.1:{m.peer_port}" for m in self.members)
 
     def start(self, timeout: float = 20.0) -> None:
         procs = [self.start_member(m, wait=False) for m in self.members]
@@ -78,7 +108,9 @@ class EtcdCluster:
     def start_member(self, member: EtcdMember, wait: bool = True) -> subprocess.Popen:
         """(Re)start one member with its existing data dir."""
         state = "existing" if Path(member.data_dir, "member").exists() else "new"
-        proc = spawn(member.argv(self.initial_cluster, self.token, state), Path(member.log))
+        tls = {"tls": self.tls} if self.tls else {}  # subclasses may not take it (chaos)
+        proc = spawn(member.argv(self.initial_cluster, self.token, state, **tls),
+                     Path(member.log))
         member.pid = proc.pid
         if wait:
             wait_for(lambda: port_open(member.client_port), 20.0,
@@ -90,23 +122,39 @@ class EtcdCluster:
         member.pid = 0
 
     def healthy(self) -> bool:
-        """True when etcdctl reads through every running member."""
+        """True when etcdctl reads through every running member.
+
+        With authentication on, etcdctl has no user here: a read refused with "user name
+        is empty" or "permission denied" was refused after it went through consensus,
+        which is what this checks."""
         etcdctl = shutil.which("etcdctl")
         if etcdctl is None:
             raise LabError("etcdctl is not installed (apt-get install etcd-client)")
         eps = ",".join(m.endpoint for m in self.members if m.pid)
         done = subprocess.run(
-            [etcdctl, "--endpoints", eps, "--command-timeout=1s", "endpoint", "health"],
-            capture_output=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
-        return done.returncode == 0
+            [etcdctl, "--endpoints", eps, "--command-timeout=1s", "endpoint", "health",
+             *(self.tls.etcdctl_flags() if self.tls else [])],
+            capture_output=True, text=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        if done.returncode == 0:
+            return True
+        lines = (done.stdout + done.stderr).splitlines()
+        return all(any(line.startswith(f"{ep} is healthy") or (
+            line.startswith(f"{ep} is unhealthy") and _refused_after_consensus(line))
+            for line in lines) for ep in eps.split(","))
 
     def stop(self) -> None:
         for member in self.members:
             self.stop_member(member)
 
     def to_dict(self) -> dict:
-        return {"token": self.token, "members": [asdict(m) for m in self.members]}
+        return {"token": self.token, "members": [asdict(m) for m in self.members],
+                "tls": asdict(self.tls) if self.tls else None}
 
     @classmethod
     def from_dict(cls, data: dict) -> EtcdCluster:
-        return cls([EtcdMember(**m) for m in data["members"]], data["token"])
+        tls = TlsFiles(**data["tls"]) if data.get("tls") else None
+        return cls([EtcdMember(**m) for m in data["members"]], data["token"], tls)
+
+
+def _refused_after_consensus(line: str) -> bool:
+    return "user name is empty" in line or "permission denied" in line

@@ -14,6 +14,7 @@ from typing import Any
 import libvirt
 
 from gridtool.config import Config, render
+from gridtool.lab import qemu
 from gridtool.lab.etcd import EtcdCluster
 from gridtool.lab.hosts import LabHost, sample_domain_xml, watchdog_timeout_for
 from gridtool.lab.procs import AGENT_MARKER, LabError, kill_now, spawn, stop_pid, wait_for
@@ -32,10 +33,16 @@ def is_up(directory: Path) -> bool:
 
 
 def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
-       ttl: int = 10, progress: Progress = _quiet) -> dict[str, Any]:
-    """Start a lab under ``directory`` and return its state (also saved as lab.json)."""
+       ttl: int = 10, progress: Progress = _quiet, insecure: bool = False,
+       hypervisor: str = "test") -> dict[str, Any]:
+    """Start a lab under ``directory`` and return its state (also saved as lab.json).
+
+    etcd authentication is on (credentials in ``<directory>/credentials``: the CLI runs as
+    the admin user, each agent as its host's user) unless ``insecure``."""
     if hosts < 1 or guests < 0 or etcd_members not in (1, 3):
         raise LabError("need --hosts >= 1, --guests >= 0 and --etcd-members 1 or 3")
+    if hypervisor not in ("test", "qemu"):
+        raise LabError(f"unknown hypervisor {hypervisor!r} (test or qemu)")
     if is_up(directory):
         raise LabError(f"a lab is already up in {directory} (run 'gridtool lab down' first)")
     if directory.exists():
@@ -43,8 +50,9 @@ def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
     directory.mkdir(parents=True)
     state: dict[str, Any] = {"v": 1, "lab_dir": str(directory), "created_at": time.time(),
                              "config": str(directory / "gridtool.conf")}
+    state["hypervisor"] = hypervisor  # qemu: real guests (gridtool.lab.qemu)
     try:
-        _up(directory, state, hosts, guests, etcd_members, ttl, progress)
+        _up(directory, state, hosts, guests, etcd_members, ttl, progress, insecure)
     except BaseException:
         _save(directory, state)
         down(directory)
@@ -53,32 +61,68 @@ def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
 
 
 def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_members: int,
-        ttl: int, progress: Progress) -> None:
+        ttl: int, progress: Progress, insecure: bool = False) -> None:
     progress(f"starting etcd ({etcd_members} member{'s' if etcd_members > 1 else ''})")
     cluster = EtcdCluster.create(directory, etcd_members)
     state["etcd"] = cluster.to_dict()
     cluster.start()
     state["etcd"] = cluster.to_dict()
     state["etcd_endpoints"] = cluster.endpoints
-    cfg = Config(endpoints=tuple(cluster.endpoints), ttl=ttl, resync_interval=30.0)
-    Path(state["config"]).write_text(render(cfg))
-    lab_hosts = [LabHost(f"hv{i}", str(directory / "hosts" / f"hv{i}"))
-                 for i in range(1, hosts + 1)]
+    cfg = Config(endpoints=tuple(cluster.endpoints), ttl=ttl, resync_interval=30.0,
+                 images_dir=str(directory / "images"))  # the lab's "shared storage"
+    names = [f"hv{i}" for i in range(1, hosts + 1)]
+    if not insecure:
+        progress("enabling etcd authentication")
+        cfg = _enable_auth(cfg, directory / "credentials", names)
+    state["auth"] = not insecure
+    Path(state["config"]).write_text(render(cfg))  # password_file, never the password
+    lab_hosts = [LabHost(name, str(directory / "hosts" / name)) for name in names]
+    if state.get("hypervisor") == "qemu":
+        lab_hosts = qemu.lab_hosts(directory, names)  # type: ignore[assignment]
     state["hosts"] = []
     for host in lab_hosts:
         progress(f"starting libvirtd for {host.name}")
         host.start_libvirtd()
         state["hosts"].append(host.to_dict())
     progress("defining sample guests")
-    state["keeper_pid"] = _seed_and_keep(directory, lab_hosts, guests, ttl)
+    state["keeper_pid"] = (0 if state.get("hypervisor") == "qemu"  # guests boot below
+                           else _seed_and_keep(directory, lab_hosts, guests, ttl))
     for host in lab_hosts:
         progress(f"starting agent for {host.name}")
-        host.write_agent_conf(replace(cfg, manager=True))  # every host runs a candidate
+        host.write_agent_conf(_agent_cfg(replace(cfg, manager=True), host.name))  # candidates
         host.start_agent()
     state["hosts"] = [h.to_dict() for h in lab_hosts]
     _save(directory, state)
+    if state.get("hypervisor") == "qemu":  # started through the agents: the hook lets them
+        progress("booting sample QEMU guests")
+        qemu.seed_guests(cfg, lab_hosts, guests, directory)  # type: ignore[arg-type]
     progress("waiting for every host to report to the registry")
     wait_registered(cfg, [h.name for h in lab_hosts], hosts * guests)
+
+
+def _enable_auth(cfg: Config, credentials: Path, names: list[str]) -> Config:
+    """Root, the admin and one user per host (all manager candidates); auth on. Returns
+    the admin's config."""
+    from gridtool.authplan import admin_user
+    from gridtool.credfiles import password_path, read_password
+    from gridtool.security import init_registry
+
+    init_registry(cfg, credentials, names, "all")
+    path = password_path(credentials, admin_user(cfg.prefix))
+    return replace(cfg, user=admin_user(cfg.prefix), password=read_password(path),
+                   password_file=str(path))
+
+
+def _agent_cfg(cfg: Config, name: str) -> Config:
+    """The admin's config turned into host ``name``'s (its own user and password file)."""
+    if not cfg.user or not cfg.password_file:
+        return cfg
+    from gridtool.authplan import host_user
+    from gridtool.credfiles import password_path
+
+    user = host_user(name, cfg.prefix)
+    return replace(cfg, user=user, password=None,
+                   password_file=str(password_path(Path(cfg.password_file).parent, user)))
 
 
 def _seed_and_keep(directory: Path, hosts: list[LabHost], guests: int, ttl: int) -> int:
@@ -133,12 +177,13 @@ def down(directory: Path) -> list[str]:
     if state is None:
         return []
     stopped = []
-    for host in [LabHost.from_dict(h) for h in state.get("hosts", [])]:
+    for host in [qemu.host_from(h) for h in state.get("hosts", [])]:
         if stop_pid(host.agent_pid, AGENT_MARKER):
             stopped.append(f"agent {host.name}")
     if stop_pid(state.get("keeper_pid"), "gridtool.lab.keeper"):
         stopped.append("keeper")
-    for host in [LabHost.from_dict(h) for h in state.get("hosts", [])]:
+    stopped += qemu.down_hosts(state.get("hosts", []))  # guests, daemons, hook files
+    for host in [qemu.host_from(h) for h in state.get("hosts", [])]:
         if stop_pid(host.libvirtd_pid, "libvirtd"):
             stopped.append(f"libvirtd {host.name}")
     if "etcd" in state:
@@ -178,7 +223,7 @@ def _save(directory: Path, state: dict[str, Any]) -> None:
 def power_off(directory: Path, name: str) -> list[str]:
     """Simulate pulling a lab host's plug: kill its agent, destroy its running guests."""
     state = read_state(directory)
-    hosts = {h["name"]: LabHost.from_dict(h) for h in (state or {}).get("hosts", [])}
+    hosts = {h["name"]: qemu.host_from(h) for h in (state or {}).get("hosts", [])}
     if name not in hosts:
         raise LabError(f"no lab host {name!r} (lab hosts: {', '.join(sorted(hosts)) or '-'})")
     host = hosts[name]
@@ -200,7 +245,7 @@ def start_agent(directory: Path, name: str) -> int:
         raise LabError(f"no lab in {directory}")
     for entry in state["hosts"]:
         if entry["name"] == name:
-            host = LabHost.from_dict(entry)
+            host = qemu.host_from(entry)
             host.start_agent()
             entry.update(host.to_dict())
             _save(directory, state)

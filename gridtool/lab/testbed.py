@@ -4,6 +4,7 @@ hosts started on demand, a held connection to each, and agents as real processes
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import libvirt
 
+from gridtool.authplan import host_user
 from gridtool.config import Config
 from gridtool.lab.hosts import LabHost, watchdog_timeout_for
 from gridtool.lab.procs import LabError
@@ -28,18 +30,25 @@ class LabHosts:
         self.conns: dict[str, libvirt.virConnect] = {}
         self.agents: dict[str, subprocess.Popen] = {}
         self.watchdogs: dict[str, WatchdogEmulator] = {}
+        self.credentials: dict[tuple[str, bool], str] = {}  # (host, manager) -> password file
 
     def add(self, name: str, clear: bool = True) -> LabHost:
         host = LabHost(name, str(self.base / name))
         host.start_libvirtd()
         self.hosts[name] = host
-        conn = libvirt.open(host.libvirt_uri)  # keeps the test driver's state alive
+        conn = wait_until(lambda: _try_open(host.libvirt_uri), 10.0,  # the socket file
+                          what=f"libvirtd of {name} accepting")  # exists before listen()
         self.conns[name] = conn
         if clear:
             for dom in conn.listAllDomains(0):
                 dom.destroy()
                 dom.undefine()
         return host
+
+    @property
+    def images_dir(self) -> Path:
+        """Golden images and clone overlays of every host (shared storage in production)."""
+        return self.base / "images"
 
     def conn(self, name: str) -> libvirt.virConnect:
         return self.conns[name]
@@ -49,8 +58,9 @@ class LabHosts:
         """Start ``name``'s agent; with ``watchdog``, a killed or hung agent resets the
         simulated host (its running guests are destroyed) as a hardware watchdog would."""
         host = self.hosts[name]
+        settings.setdefault("images_dir", str(self.images_dir))  # one lab-wide directory
         cfg = replace(self.cfg, **settings)  # type: ignore[arg-type]
-        host.write_agent_conf(cfg, watchdog)
+        host.write_agent_conf(self._host_credentials(name, cfg), watchdog)
         if watchdog and name not in self.watchdogs:
             self.watchdogs[name] = WatchdogEmulator(
                 host.watchdog, watchdog_timeout_for(cfg.ttl), host.libvirt_uri, name,
@@ -58,6 +68,21 @@ class LabHosts:
         proc = host.start_agent()
         self.agents[name] = proc
         return proc
+
+    def _host_credentials(self, name: str, cfg: Config) -> Config:
+        """With authentication on, the agent runs as its own etcd user ``host-<name>``
+        (issued once per host and manager setting, from root's password file beside
+        the admin's)."""
+        if not cfg.user or not cfg.password_file:
+            return cfg
+        from gridtool.security import credentials_dir, issue_host_credentials
+
+        key = (name, cfg.manager)
+        if key not in self.credentials:
+            self.credentials[key] = issue_host_credentials(
+                cfg, credentials_dir(cfg, None), name, manager=cfg.manager).password_file
+        user = host_user(name, cfg.prefix)
+        return replace(cfg, user=user, password=None, password_file=self.credentials[key])
 
     def _power_loss(self, name: str) -> None:
         """A watchdog reset takes the host's agent down with its guests."""
@@ -90,6 +115,20 @@ class LabHosts:
                 conn.close()
         for host in self.hosts.values():
             host.stop_libvirtd()
+
+
+def credential_env() -> dict[str, str]:
+    """This process's ``GRIDTOOL_CONFIG`` (the tests' admin credentials), for a CLI
+    subprocess run with a clean environment."""
+    return {k: v for k, v in os.environ.items() if k == "GRIDTOOL_CONFIG"}
+
+
+def _try_open(uri: str) -> libvirt.virConnect | None:
+    """A connection (it keeps the test driver's state alive), or None if refused yet."""
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError:
+        return None
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0,

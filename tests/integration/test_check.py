@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from gridtool.lab.procs import free_port
-from gridtool.lab.testbed import domain_xml, wait_until
+from gridtool.lab.testbed import credential_env, domain_xml, wait_until
 
 PERFDATA = re.compile(r"^'[^']+'=(-?[\d.]+|U)[a-zA-Z%]*(;[^;]*){0,4}$")
 
@@ -18,7 +18,7 @@ def check(cfg, *args: str, endpoints: str | None = None) -> subprocess.Completed
         [sys.executable, "-c", "from gridtool.cli.main import main; main()",
          "--endpoints", endpoints or ",".join(cfg.endpoints), "--prefix", cfg.prefix,
          "check", *args], capture_output=True, text=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "GRIDTOOL_LAB_DIR": "/nonexistent"})
+        env={"PATH": "/usr/bin:/bin", "GRIDTOOL_LAB_DIR": "/nonexistent", **credential_env()})
 
 
 def test_ok_then_critical_when_a_host_is_lost(lab_hosts, registry, cfg):  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from gridtool.cli.main import cli
 from gridtool.lab.procs import free_port
-from gridtool.lab.testbed import domain_xml, wait_until
+from gridtool.lab.testbed import credential_env, domain_xml, wait_until
 
 
 def _args(cfg, *rest: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -24,7 +24,7 @@ def run(cfg, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:  #
     return subprocess.run(
         [sys.executable, "-c", "from gridtool.cli.main import main; main()", *_args(cfg, *args)],
         capture_output=True, text=True, timeout=timeout,
-        env={"PATH": "/usr/bin:/bin", "GRIDTOOL_LAB_DIR": "/nonexistent"})
+        env={"PATH": "/usr/bin:/bin", "GRIDTOOL_LAB_DIR": "/nonexistent", **credential_env()})
 
 
 @pytest.fixture

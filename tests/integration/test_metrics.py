@@ -21,6 +21,9 @@ def test_metrics_parse_and_count_the_fleet(lab_hosts, registry, store, cfg):  # 
         conn.defineXML(domain_xml("a", disk="/dev/etherd/e4.1", block=True)).create()
         conn.defineXML(domain_xml("b"))
         wait_until(lambda: len(registry.list_guests()[0]) == 2, what="sync")
+        from gridtool.pools import create, new_spec
+
+        create(store, cfg.keys, new_spec("web", "tmpl", 1, 9, desired=3))
 
         def scrape() -> dict:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
@@ -36,6 +39,8 @@ def test_metrics_parse_and_count_the_fleet(lab_hosts, registry, store, cfg):  # 
         assert values["gridtool_guests[('state', 'running')]"] == 1
         assert values["gridtool_guests[('state', 'shutoff')]"] == 1
         assert values["gridtool_fences_held[]"] == 1  # taken by its agent
+        assert values["gridtool_pool_desired[('pool', 'web')]"] == 3
+        assert values["gridtool_pool_members[('pool', 'web')]"] == 0
     finally:
         watch.cancel()
         server.shutdown()

@@ -1,0 +1,306 @@
+"""``gridtool host add|remove``: install a host's agent over SSH, or take it out.
+
+The steps are data (:mod:`gridtool.bootstrapplan`); :mod:`gridtool.bootstrap` runs them
+over paramiko. Registered into the ``host`` group by ``gridtool/cli/main.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from gridtool.cli.context import AppContext, pass_app
+from gridtool.cli.output import console, warn
+from gridtool.errors import Conflict, Timeout, UsageError
+
+if TYPE_CHECKING:
+    from gridtool.bootstrap import Remote, StepResult
+    from gridtool.bootstrapplan import Layout, SshTarget, Step
+
+
+def _ssh_options(required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options every SSH-using command shares."""
+    options = [
+        click.option("--ssh", "ssh", metavar="USER@ADDR[:PORT]", required=required,
+                     help="Where to log in (as root, or a user with password-less sudo)."),
+        click.option("--key", "key_file", metavar="FILE",
+                     type=click.Path(exists=True, dir_okay=False),
+                     help="SSH private key (default: ~/.ssh keys and ssh-agent)."),
+        click.option("--known-hosts", metavar="FILE", type=click.Path(dir_okay=False),
+                     default="~/.ssh/known_hosts", show_default=True,
+                     help="known_hosts file the host key is checked against."),
+        click.option("--accept-new-host-key", is_flag=True,
+                     help="Trust an unknown host key once and save it (a changed key is "
+                          "always refused)."),
+        click.option("--prefix-dir", metavar="DIR", default="/", show_default=True,
+                     help="Install under DIR instead of / (tests, chroots); not systemd then."),
+        click.option("--venv", "venv_path", metavar="DIR", default="/opt/gridtool/venv",
+                     show_default=True, help="The agent's venv on the host (under DIR)."),
+        click.option("--timeout", "wait", type=float, default=120.0, show_default=True,
+                     metavar="SECONDS",
+                     help="Give up connecting, or waiting for the registry, after this long."),
+    ]
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+class _Progress:
+    """One line per finished step on stderr; a spinner for the running one on a terminal."""
+
+    WORDS = {"ok": "[green]ok[/green]     ", "apply": "[cyan]changed[/cyan]",
+             "note": "[yellow]skipped[/yellow]"}
+
+    def __init__(self) -> None:
+        self.console = console(stderr=True)
+        self.status: Any = None
+
+    def start(self, step: Step) -> None:
+        if self.console.is_terminal:
+            self.status = self.console.status(step.title)
+            self.status.start()
+
+    def done(self, result: StepResult) -> None:
+        from rich.markup import escape
+
+        if self.status is not None:
+            self.status.stop()
+        text = f"  {self.WORDS[result.action.value]} {escape(result.step.title)}"
+        self.console.print(f"{text}  [dim]{result.seconds:.1f}s[/dim]", highlight=False)
+        if result.step.note:
+            self.console.print(f"           [dim]{escape(result.step.note)}[/dim]",
+                               highlight=False)
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+    def line(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+
+def _validated(name: str) -> str:
+    from gridtool.keys import validate_name
+
+    try:
+        return validate_name("host", name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _target(ssh: str) -> SshTarget:
+    from gridtool.bootstrapplan import parse_ssh_target
+
+    try:
+        return parse_ssh_target(ssh)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _connect(target: SshTarget, key_file: str | None, known_hosts: str, accept_new: bool,
+             wait: float, progress: _Progress) -> Remote:
+    from gridtool.bootstrap import Remote
+
+    remote = Remote.connect(target, key_file, Path(known_hosts).expanduser(), accept_new,
+                            min(wait, 30.0))
+    if remote.new_host_key:
+        warn(f"trusted a new host key and saved it to {known_hosts}: {remote.new_host_key}")
+    progress.line(f"[bold]{target}[/bold] connected")
+    return remote
+
+
+def _layout(prefix_dir: str, venv_path: str) -> Layout:
+    from gridtool.bootstrapplan import Layout
+
+    if not prefix_dir.startswith("/") or not venv_path.startswith("/"):
+        raise UsageError("--prefix-dir and --venv must be absolute paths")
+    return Layout(prefix_dir, venv_path)
+
+
+def _agent_config(app: AppContext, name: str, libvirt_uri: str, endpoints: str | None,
+                  user: str | None, password_file: str | None,
+                  hook_socket: str | None) -> str:
+    """The agent's config file: the registry and storage rules this CLI uses, the
+    host's credentials, the fence hook's socket."""
+    from gridtool.bootstrap import host_user, issue_credentials
+    from gridtool.config import Config, render
+
+    cfg = app.config
+    agent = Config(endpoints=cfg.endpoints, prefix=cfg.prefix, timeout=cfg.timeout,
+                   ttl=cfg.ttl, resync_interval=cfg.resync_interval, host=name,
+                   libvirt_uri=libvirt_uri, hook_socket=hook_socket,
+                   shared_patterns=cfg.shared_patterns, shared_pools=cfg.shared_pools)
+    if endpoints:
+        agent = replace(agent, endpoints=tuple(e.strip() for e in endpoints.split(",")
+                                               if e.strip()))
+    if password_file:
+        try:
+            password = Path(password_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"--password-file {password_file}: {exc.strerror}") from None
+        if not password:
+            raise UsageError(f"--password-file {password_file} is empty")
+        agent = replace(agent, user=user or host_user(cfg, name), password=password)
+    elif (issued := issue_credentials(cfg, name)) is not None:
+        agent = replace(agent, user=issued[0], password=issued[1])
+    elif user:
+        raise UsageError("--user needs --password-file")
+    return render(agent, include_secrets=True)
+
+
+@click.command("add")
+@click.argument("name")
+@_ssh_options(required=True)
+@click.option("--libvirt-uri", default="qemu:///system", show_default=True, metavar="URI",
+              help="libvirt URI the agent watches on the host.")
+@click.option("--endpoints", "agent_endpoints", metavar="HOST:PORT,...",
+              help="etcd endpoints as the host reaches them (default: this CLI's).")
+@click.option("--user", metavar="USER",
+              help="The host's etcd user, with --password-file (default: host-NAME).")
+@click.option("--password-file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="The host's etcd password (default: issued when the registry has auth).")
+@click.option("--wheel", "wheel_file", metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False),
+              help="Install this gridtool wheel (default: build one from this source tree).")
+@click.option("--python", "remote_python", default="python3", show_default=True,
+              metavar="PATH", help="Python on the host that creates the venv.")
+@pass_app
+def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_hosts: str,
+             accept_new_host_key: bool, prefix_dir: str, venv_path: str, wait: float,
+             libvirt_uri: str, agent_endpoints: str | None, user: str | None,
+             password_file: str | None, wheel_file: str | None, remote_python: str) -> None:
+    """Install and start a host's agent over SSH, then wait until the host registers.
+
+    Steps (each checked first, so a second run repairs and never duplicates): check
+    libvirt answers, copy the gridtool wheel and install it in a venv, write
+    /etc/gridtool/agent.conf (0600, with the host's etcd credentials), install the
+    libvirt hook (when this gridtool has one) and gridtool-agent.service, enable and
+    start it (no systemd on the host: start the agent directly with nohup). The host
+    key must be in known_hosts unless --accept-new-host-key.
+
+    \b
+    Example:
+      gridtool host add hv4 --ssh root@10.0.0.14 --libvirt-uri qemu:///system
+      gridtool host add hv5 --ssh admin@hv5.example:2222 --key ~/.ssh/fleet \\
+          --accept-new-host-key --password-file hv5.pw
+    """
+    from gridtool import bootstrap
+    from gridtool.bootstrapplan import AddSpec, plan_add, render_unit
+
+    _validated(name)
+    target = _target(ssh)
+    layout = _layout(prefix_dir, venv_path)
+    root = bootstrap.project_root()
+    hook = bootstrap.hook_script(root, layout, app.config.shared_patterns)
+    conf = _agent_config(app, name, libvirt_uri, agent_endpoints, user, password_file,
+                         layout.hook_socket if hook else None)
+    wheel = (Path(wheel_file) if wheel_file
+             else bootstrap.build_wheel(root, bootstrap.default_cache_dir()))
+    spec = AddSpec(name, libvirt_uri, wheel.name, wheel.read_bytes(), conf,
+                   render_unit(bootstrap.unit_template(root), layout), hook, layout,
+                   remote_python)
+    app.store.get(app.config.keys.host(name))  # the registry answers, before touching a host
+    progress = _Progress()
+    remote = _connect(target, key_file, known_hosts, accept_new_host_key, wait, progress)
+    began = time.monotonic()
+    try:
+        steps = plan_add(spec, remote.facts())
+        results = bootstrap.run_steps(remote, steps, progress.start, progress.done)
+        progress.line(f"  waiting for {name} in the registry ...")
+        keys = app.config.keys
+        if not bootstrap.wait_registered(lambda: app.store.get(keys.host(name)),
+                                         time.monotonic() + wait):
+            raise Timeout(f"{name} did not appear in the registry within {wait:.0f} s; "
+                          f"agent log: {bootstrap.agent_log_tail(remote, layout)}")
+    finally:
+        progress.stop()
+        remote.close()
+    changed = sum(r.action.value == "apply" for r in results)
+    click.echo(f"{name}: in the registry after {time.monotonic() - began:.1f} s "
+               f"({changed} steps changed, {len(results) - changed} already in place or "
+               "skipped)", err=True)
+
+
+def _check_guests(app: AppContext, name: str, force: bool, live: bool) -> list[str]:
+    """Refuse (Conflict) while guests run on ``name``, unless ``force`` after a drain (a
+    dead host cannot be drained: ``force`` alone); returns the guests left running."""
+    from gridtool import hostconf
+    from gridtool.migration import ACTIVE
+
+    guests, _ = app.registry.guests_of(name)
+    active = sorted(g.name for g in guests.values() if g.state in ACTIVE)
+    if active and not force:
+        raise Conflict(f"{name} runs {len(active)} guests ({', '.join(active[:5])}): "
+                       f"'gridtool host drain {name}' first, or --force after a drain")
+    if active and live and not hostconf.read(app.store, app.config.keys, name).draining:
+        raise Conflict(f"{name} runs {len(active)} guests and is not draining: "
+                       f"--force needs 'gridtool host drain {name}' first")
+    return active
+
+
+def _forget(app: AppContext, name: str) -> None:
+    """Delete the host's registry keys (fences are left: a pinned fence is released
+    only by its host or 'host confirm-dead')."""
+    keys = app.config.keys
+    for prefix in (keys.host_guests(name), keys.intents(name), f"{keys.violations}{name}/"):
+        app.store.delete_prefix(prefix)
+    for key in (keys.host(name), keys.dead_host(name), keys.hostconf(name)):
+        app.store.delete(key)
+
+
+@click.command("remove")
+@click.argument("name")
+@click.option("--force", is_flag=True,
+              help="Remove a draining host even though guests still run there.")
+@_ssh_options(required=False)
+@pass_app
+def remove_host(app: AppContext, name: str, force: bool, ssh: str | None,
+                key_file: str | None, known_hosts: str, accept_new_host_key: bool,
+                prefix_dir: str, venv_path: str, wait: float) -> None:
+    """Stop a host's agent, remove its unit, config and venv, and forget it in the registry.
+
+    Refused (exit 7) while guests run on the host, unless --force after 'gridtool host
+    drain'; guests still running keep running (only the agent goes). Without --ssh only
+    the registry keys of a host whose agent is gone are deleted. Its fences stay.
+
+    \b
+    Example:
+      gridtool host drain hv4
+      gridtool host remove hv4 --ssh root@10.0.0.14
+    """
+    from gridtool import bootstrap
+    from gridtool.bootstrapplan import plan_remove
+
+    _validated(name)
+    target = _target(ssh) if ssh is not None else None
+    layout = _layout(prefix_dir, venv_path)
+    live = app.store.get(app.config.keys.host(name)) is not None
+    left = _check_guests(app, name, force, live)
+    if live and ssh is None:
+        raise Conflict(f"{name}'s agent is running (its lease is held): give --ssh "
+                       "USER@ADDR to stop it")
+    if target is not None:
+        progress = _Progress()
+        remote = _connect(target, key_file, known_hosts, accept_new_host_key, wait, progress)
+        try:
+            bootstrap.run_steps(remote, plan_remove(layout, remote.facts()), progress.start,
+                                progress.done)
+        finally:
+            progress.stop()
+            remote.close()
+    _forget(app, name)
+    if left:
+        warn(f"{len(left)} guests still run on {name} unmanaged: {', '.join(left[:5])}")
+    click.echo(f"{name}: removed", err=True)
+
+
+COMMANDS = (add_host, remove_host)

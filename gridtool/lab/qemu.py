@@ -1,0 +1,597 @@
+"""Real QEMU lab hosts: a libvirtd with the QEMU driver per host, each in its own mount
+namespace, listening on its own loopback TCP port, running tiny TCG guests.
+
+* :func:`guest_image` builds (once, cached) the guest: ``vmlinuz`` taken from Debian's
+  ``linux-image`` package and an initramfs from ``scripts/build-guest-initramfs`` (busybox,
+  an ``/init`` that prints ``GRIDTOOL-READY`` then ``GRIDTOOL-HEARTBEAT <n>`` every 100 ms on
+  the serial console). It also finds out, by booting it, whether KVM really works.
+* :class:`QemuHost` starts one host's ``libvirtd`` (QEMU driver only) and ``virtlogd`` under
+  ``unshare -m`` with private bind mounts over ``/etc/libvirt``, ``/run/libvirt``,
+  ``/var/lib/libvirt``, ``/var/cache/libvirt`` and ``/var/log/libvirt``; its ``hooks/qemu``
+  is gridtool's fence hook (``agents/hook.py``) asking this host's agent.
+* :class:`QemuHosts` is the test bed the tests and benchmarks use (like ``LabHosts``).
+* Disks live in a lab-wide ``shared`` directory standing in for a shared LUN; the agents'
+  ``shared_patterns`` include it, so every guest with a disk there is fenced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from gridtool.config import Config
+from gridtool.lab.hosts import LabHost
+from gridtool.lab.procs import LabError, cmdline, spawn, stop_pid, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+INITRAMFS_SCRIPT = ROOT / "scripts" / "build-guest-initramfs"
+HOOK_SCRIPT = ROOT / "agents" / "hook.py"
+DRIVER_DIR = Path("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver")
+QEMU = "/usr/bin/qemu-system-x86_64"
+READY = "GRIDTOOL-READY"
+HEARTBEAT = "GRIDTOOL-HEARTBEAT"
+KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1"
+#: What the namespaced daemon sees at each path -> the host directory's subdirectory.
+PRIVATE_DIRS = {"/etc/libvirt": "etc", "/run/libvirt": "run", "/var/lib/libvirt": "lib",
+                "/var/cache/libvirt": "cache", "/var/log/libvirt": "log"}
+
+LIBVIRTD_CONF = """\
+listen_tls = 0
+listen_tcp = 1
+listen_addr = "127.0.0.1"
+tcp_port = "{port}"
+auth_tcp = "none"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+host_uuid = "{host_uuid}"
+log_outputs = "3:file:{dir}/libvirtd-internal.log"
+"""
+
+QEMU_CONF = """\
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+cgroup_controllers = [ ]
+namespaces = [ ]
+migration_port_min = {mig_min}
+migration_port_max = {mig_max}
+"""
+
+
+def default_cache() -> Path:
+    """Where the guest image is built once: ``$GRIDTOOL_LAB_CACHE`` or
+    /var/cache/gridtool-lab."""
+    return Path(os.environ.get("GRIDTOOL_LAB_CACHE", "/var/cache/gridtool-lab"))
+
+
+def unavailable() -> str | None:
+    """Why real QEMU guests cannot run here at all (None: they can)."""
+    for binary in (QEMU, "/usr/sbin/libvirtd", "/usr/sbin/virtlogd", "/usr/bin/qemu-img",
+                   "/usr/bin/unshare", "/bin/busybox"):
+        if not Path(binary).exists():
+            return f"{binary} is missing (run scripts/setup)"
+    if not (DRIVER_DIR / "libvirt_driver_qemu.so").exists():
+        return "libvirt's QEMU driver is missing (apt-get install libvirt-daemon-driver-qemu)"
+    if os.geteuid() != 0:
+        return "the QEMU lab needs root (mount namespaces, libvirtd)"
+    return None
+
+
+# --------------------------------------------------------------------------- the guest image
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """The lab guest's kernel and initramfs, and the accelerator that boots it here."""
+
+    kernel: Path
+    initramfs: Path
+    accel: str  # "kvm" or "tcg"
+
+    @property
+    def domain_type(self) -> str:
+        return "kvm" if self.accel == "kvm" else "qemu"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def guest_image(cache: Path | None = None) -> GuestImage:
+    """Build the guest once under ``cache`` (safe against concurrent builders)."""
+    cache = cache or default_cache()
+    with _locked(cache / "build.lock"):
+        kernel = cache / "vmlinuz"
+        if not kernel.exists():
+            _fetch_kernel(cache, kernel)
+        initramfs = cache / "initramfs.cpio.gz"
+        if not initramfs.exists() or initramfs.stat().st_mtime < INITRAMFS_SCRIPT.stat().st_mtime:
+            _run([str(INITRAMFS_SCRIPT), str(initramfs)], "building the guest initramfs")
+        probe = cache / "accel.json"
+        key = f"{kernel.stat().st_size}-{initramfs.stat().st_mtime_ns}"
+        known = json.loads(probe.read_text()) if probe.exists() else {}
+        if known.get("key") != key:
+            known = {"key": key, "accel": detect_accel(kernel, initramfs)}
+            probe.write_text(json.dumps(known))
+        return GuestImage(kernel, initramfs, known["accel"])
+
+
+def _fetch_kernel(cache: Path, kernel: Path) -> None:
+    """``apt-get download`` Debian's current kernel package and take ``vmlinuz`` only."""
+    out = _run(["apt-cache", "depends", "linux-image-amd64"], "finding the kernel package")
+    names = [w for line in out.splitlines() if "Depends:" in line
+             for w in line.split() if w.startswith("linux-image-")]
+    if not names:
+        raise LabError("no linux-image-*-amd64 package known to apt (apt-get update?)")
+    work = cache / "download"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        _run(["apt-get", "download", "-q", names[0]], f"downloading {names[0]}", cwd=work)
+        (deb,) = work.glob("*.deb")
+        extract = work / "root"
+        extract.mkdir()
+        tar = subprocess.run(f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{extract}' "
+                             "--wildcards './boot/vmlinuz-*'", shell=True, capture_output=True,
+                             text=True, check=False)
+        found = sorted(extract.glob("boot/vmlinuz-*"))
+        if tar.returncode != 0 or not found:
+            raise LabError(f"no vmlinuz in {deb.name}: {tar.stderr.strip()}")
+        tmp = kernel.with_suffix(".tmp")
+        shutil.copyfile(found[0], tmp)
+        tmp.rename(kernel)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, check=False)
+    if done.returncode != 0:
+        raise LabError(f"{what} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+    return done.stdout
+
+
+def detect_accel(kernel: Path, initramfs: Path, timeout: float = 8.0) -> str:
+    """``kvm`` only if a guest really boots to its ready marker under KVM, else ``tcg``."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    proc = subprocess.Popen(
+        [QEMU, "-machine", "pc", "-accel", "kvm", "-m", "128", "-nographic", "-no-reboot",
+         "-nodefaults", "-serial", "stdio", "-kernel", str(kernel), "-initrd", str(initramfs),
+         "-append", KERNEL_CMDLINE], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL)
+    os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
+    seen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            chunk = proc.stdout.read() or b""  # type: ignore[union-attr]
+            seen = (seen + chunk)[-4096:]
+            if READY.encode() in seen:
+                return "kvm"
+            time.sleep(0.05)
+        return "tcg"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# --------------------------------------------------------------------------- one host
+
+
+def ensure_qemu_user() -> None:
+    """libvirt's QEMU driver wants a ``libvirt-qemu`` user and group to exist."""
+    if subprocess.run(["getent", "group", "libvirt-qemu"], capture_output=True).returncode:
+        _run(["groupadd", "-r", "libvirt-qemu"], "creating group libvirt-qemu")
+    if subprocess.run(["getent", "passwd", "libvirt-qemu"], capture_output=True).returncode:
+        _run(["useradd", "-r", "-g", "libvirt-qemu", "-M", "-d", "/var/lib/libvirt",
+              "-s", "/usr/sbin/nologin", "libvirt-qemu"], "creating user libvirt-qemu")
+
+
+@dataclass
+class QemuHost(LabHost):
+    """One real QEMU host: a namespaced libvirtd on ``qemu+tcp://127.0.0.1:PORT/system``."""
+
+    port: int = 0
+    shared_dir: str = ""
+    hypervisor: str = "qemu"
+
+    @property
+    def libvirt_uri(self) -> str:  # type: ignore[override]
+        return f"qemu+tcp://127.0.0.1:{self.port}/system"
+
+    @property
+    def hook_socket(self) -> Path:
+        return Path(self.dir, "agent-hook.sock")
+
+    @property
+    def hook_file(self) -> Path:
+        return Path(self.dir, "etc", "hooks", "qemu")
+
+    @property
+    def virtlogd_pidfile(self) -> Path:
+        return Path(self.dir, "run", "virtlogd.pid")
+
+    def start_libvirtd(self, timeout: float = 20.0) -> None:
+        """Write this host's config and hook, then start virtlogd + libvirtd in a private
+        mount namespace; wait until its TCP port answers."""
+        if not self.port:
+            raise LabError(f"{self.name}: no TCP port chosen")
+        ensure_qemu_user()
+        base = Path(self.dir)
+        for sub in (*PRIVATE_DIRS.values(), "drivers", "etc/hooks", "etc/qemu"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        drivers = base / "drivers" / "libvirt_driver_qemu.so"
+        if not drivers.exists():
+            drivers.symlink_to(DRIVER_DIR / "libvirt_driver_qemu.so")
+        (base / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(
+            port=self.port, dir=base, host_uuid=uuid.uuid5(uuid.NAMESPACE_DNS, str(base))))
+        mig = 49152 + (self.port % 200) * 64  # own migration ports: daemons share the netns
+        (base / "etc" / "qemu.conf").write_text(QEMU_CONF.format(mig_min=mig,
+                                                                  mig_max=mig + 63))
+        self.write_hook()
+        for target in PRIVATE_DIRS:
+            Path(target).mkdir(parents=True, exist_ok=True)
+        mounts = "\n".join(f"mount --bind '{base / sub}' '{target}'"
+                           for target, sub in PRIVATE_DIRS.items())
+        script = (f"set -e\n{mounts}\nrm -f /run/libvirt/virtlogd-sock\n"
+                  "/usr/sbin/virtlogd -d -p /run/libvirt/virtlogd.pid\n"
+                  f"exec /usr/sbin/libvirtd --listen --config '{base / 'etc' / 'libvirtd.conf'}'"
+                  f" --pid-file '{base / 'run' / 'libvirtd.pid'}'\n")
+        proc = spawn(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                     base / "libvirtd.log", env={"LIBVIRT_DRIVER_DIR": str(base / "drivers")})
+        self.libvirtd_pid = proc.pid
+        from gridtool.lab.procs import port_open
+
+        wait_for(lambda: port_open(self.port), timeout, f"libvirtd of {self.name}",
+                 alive=lambda: proc.poll() is None)
+
+    def write_hook(self) -> None:
+        """Install the fence hook (libvirt reads it at daemon start or SIGHUP only)."""
+        patterns = " ".join(f"--shared '{p}'" for p in self.shared_patterns())
+        self.hook_file.write_text(
+            "#!/bin/sh\n# gridtool fence hook: installed by gridtool lab\n"
+            f"exec '{sys.executable}' -I '{HOOK_SCRIPT}' --socket '{self.hook_socket}' "
+            f"{patterns} -- \"$@\"\n")
+        self.hook_file.chmod(0o755)
+
+    def shared_patterns(self) -> tuple[str, ...]:
+        from gridtool.storage import DEFAULT_SHARED_PATTERNS
+
+        return (*DEFAULT_SHARED_PATTERNS, f"{self.shared_dir}/*") if self.shared_dir \
+            else DEFAULT_SHARED_PATTERNS
+
+    def write_agent_conf(self, base: Config, watchdog: bool = False) -> None:
+        """The agent's config: this host's URI, hook socket and the lab's shared dir. No
+        watchdog: nothing emulates one for QEMU hosts (an agent that stops with HA guests
+        self-fences them instead)."""
+        cfg = replace(base, shared_patterns=self.shared_patterns(),
+                      hook_socket=str(self.hook_socket))
+        super().write_agent_conf(cfg, watchdog=False)
+
+    def stop_libvirtd(self) -> None:
+        """Destroy this host's guests, then stop libvirtd and virtlogd; no qemu is left."""
+        if self.libvirtd_pid and "libvirtd" in cmdline(self.libvirtd_pid):
+            with contextlib.suppress(Exception):
+                destroy_all(self.libvirt_uri)
+        stop_pid(self.libvirtd_pid, "libvirtd")
+        self.libvirtd_pid = 0
+        for pidfile in Path(self.dir, "run", "qemu").glob("*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                stop_pid(int(pidfile.read_text().strip() or 0), "qemu-system")
+        with contextlib.suppress(ValueError, OSError):
+            stop_pid(int(self.virtlogd_pidfile.read_text().strip() or 0), "virtlogd")
+        self.hook_file.unlink(missing_ok=True)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "libvirt_uri": self.libvirt_uri}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QemuHost:  # type: ignore[override]
+        return cls(data["name"], data["dir"], data.get("libvirtd_pid", 0),
+                   data.get("agent_pid", 0), data.get("port", 0), data.get("shared_dir", ""))
+
+
+def destroy_all(uri: str) -> list[str]:
+    """Destroy every running guest of one daemon; their names."""
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        for dom in doms:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+        return [d.name() for d in doms]
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- gridtool lab
+
+
+def lab_hosts(directory: Path, names: list[str]) -> list[QemuHost]:
+    """``gridtool lab up --hypervisor qemu``: one QEMU host per name, each on its own
+    loopback port, all seeing ``<directory>/shared`` (the lab's shared LUN)."""
+    from gridtool.lab.procs import free_port
+
+    why = unavailable()
+    if why:
+        raise LabError(f"QEMU lab hosts cannot run here: {why}")
+    shared = directory / "shared"
+    shared.mkdir(parents=True, exist_ok=True)
+    return [QemuHost(n, str(directory / "hosts" / n), port=free_port(), shared_dir=str(shared))
+            for n in names]
+
+
+def seed_guests(cfg: Config, hosts: list[QemuHost], guests: int, directory: Path) -> None:
+    """Define ``guests`` tiny guests per host (even ones fenced: disk in the shared dir)
+    and start two in three of them through their agents (so the fence hook lets them)."""
+    import libvirt
+
+    from gridtool.errors import GridtoolError
+    from gridtool.etcdstore import EtcdStore
+    from gridtool.intentclient import IntentClient
+
+    image = guest_image()
+    (directory / "serial").mkdir(parents=True, exist_ok=True)
+    store = EtcdStore(cfg)
+    client = IntentClient(store, cfg.keys)
+    try:
+        pending = []
+        for host in hosts:
+            conn = libvirt.open(host.libvirt_uri)
+            try:
+                for index in range(1, guests + 1):
+                    name = f"{host.name}-vm{index}"
+                    where = Path(host.shared_dir) if index % 2 == 0 else Path(host.dir, "disks")
+                    make_disk(where / f"{name}.qcow2")
+                    dom = conn.defineXML(guest_xml(name, image, where / f"{name}.qcow2",
+                                                   directory / "serial" / f"{name}.log"))
+                    if index % 3 != 0:
+                        pending.append(client.submit(host.name, "start", dom.UUIDString(),
+                                                     name))
+            finally:
+                conn.close()
+        for intent in pending:
+            client.wait(intent, 60.0)
+    except GridtoolError as exc:
+        raise LabError(f"starting the sample guests: {exc}") from None
+    finally:
+        store.close()
+
+
+def host_from(entry: dict) -> LabHost:
+    """A lab state entry as its host object (QEMU or test driver)."""
+    return QemuHost.from_dict(entry) if entry.get("hypervisor") == "qemu" \
+        else LabHost.from_dict(entry)
+
+
+def down_hosts(entries: list[dict]) -> list[str]:
+    """``lab down`` for QEMU hosts: destroy their guests, stop libvirtd and virtlogd,
+    remove their hook files; what was stopped."""
+    stopped = []
+    for entry in entries:
+        if entry.get("hypervisor") != "qemu":
+            continue
+        host = QemuHost.from_dict(entry)
+        alive = bool(host.libvirtd_pid) and "libvirtd" in cmdline(host.libvirtd_pid)
+        host.stop_libvirtd()
+        if alive:
+            stopped.append(f"libvirtd {host.name} (qemu)")
+    return stopped
+
+
+# --------------------------------------------------------------------------- guests
+
+
+def guest_xml(name: str, image: GuestImage, disk: Path, serial_log: Path,
+              memory_mib: int = 128, guest_uuid: str | None = None) -> str:
+    """A tiny guest: direct kernel boot, one qcow2 disk, serial console to a file."""
+    gid = guest_uuid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridtool-lab-qemu/{name}"))
+    return f"""<domain type='{image.domain_type}'>
+  <name>{name}</name>
+  <uuid>{gid}</uuid>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{image.kernel}</kernel>
+    <initrd>{image.initramfs}</initrd>
+    <cmdline>{KERNEL_CMDLINE}</cmdline>
+  </os>
+  <devices>
+    <emulator>{QEMU}</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='file'>
+      <source path='{serial_log}' append='on'/>
+      <target port='0'/>
+    </serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+
+def make_disk(path: Path, size: str = "64M") -> None:
+    """An empty qcow2 disk (the guest runs from its initramfs; the disk is what is fenced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], f"creating {path}")
+
+
+def heartbeats(log: Path) -> list[tuple[float, int]]:
+    """Heartbeat counters seen in a serial log, in order (time is not known: 0.0)."""
+    try:
+        text = log.read_bytes().decode(errors="replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        if line.startswith(HEARTBEAT):
+            with contextlib.suppress(ValueError, IndexError):
+                out.append((0.0, int(line.split()[1])))
+    return out
+
+
+class HeartbeatWatcher:
+    """Follows a serial log, stamping each new heartbeat line with the host's clock: the
+    largest gap between two consecutive heartbeats is the downtime the guest saw."""
+
+    def __init__(self, log: Path, every: float = 0.01) -> None:
+        import threading
+
+        self.log, self.every = log, every
+        self.seen: list[tuple[float, int]] = []  # (time.monotonic(), counter)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+
+    def __enter__(self) -> HeartbeatWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        offset, rest = 0, b""
+        while not self._stop.wait(self.every):
+            try:
+                with self.log.open("rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+            except OSError:
+                continue
+            offset += len(data)
+            now = time.monotonic()
+            *lines, rest = (rest + data).split(b"\n")
+            for line in lines:
+                if line.startswith(HEARTBEAT.encode()):
+                    with contextlib.suppress(ValueError, IndexError):
+                        self.seen.append((now, int(line.split()[1])))
+
+    @property
+    def last(self) -> int:
+        return self.seen[-1][1] if self.seen else 0
+
+    def consecutive(self) -> bool:
+        """Every counter is the previous one plus one (the guest never restarted)."""
+        counters = [c for _, c in self.seen]
+        return all(b == a + 1 for a, b in itertools.pairwise(counters))
+
+    def max_gap(self, since: float = 0.0) -> float:
+        """The longest time between two heartbeats seen after ``since`` (monotonic)."""
+        times = [t for t, _ in self.seen if t >= since]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+def last_heartbeat(log: Path) -> int:
+    """The newest heartbeat counter in a serial log (0: none yet)."""
+    beats = heartbeats(log)
+    return beats[-1][1] if beats else 0
+
+
+def is_ready(log: Path) -> bool:
+    try:
+        return READY.encode() in log.read_bytes()
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- the test bed
+
+
+class QemuHosts:
+    """Real QEMU hosts for tests and benchmarks: namespaced daemons, a shared disk dir,
+    agents as real processes; ``close()`` stops every guest, agent and daemon."""
+
+    def __init__(self, base: Path, cfg: Config, cache: Path | None = None) -> None:
+        from gridtool.lab.testbed import LabHosts
+
+        self.base = base
+        self.cfg = cfg
+        self.image = guest_image(cache)
+        self.shared = base / "shared"
+        self.shared.mkdir(parents=True, exist_ok=True)
+        self.serial = base / "serial"
+        self.serial.mkdir(parents=True, exist_ok=True)
+        self._bed = LabHosts(base, cfg)  # agents, connections, clean-up
+        self.hosts: dict[str, QemuHost] = self._bed.hosts  # type: ignore[assignment]
+
+    def add(self, name: str) -> QemuHost:
+        import libvirt
+
+        from gridtool.lab.procs import free_port
+
+        host = QemuHost(name, str(self.base / name), port=free_port(),
+                        shared_dir=str(self.shared))
+        self.hosts[name] = host
+        host.start_libvirtd()
+        self._bed.conns[name] = libvirt.open(host.libvirt_uri)
+        return host
+
+    def conn(self, name: str):  # type: ignore[no-untyped-def]
+        return self._bed.conns[name]
+
+    @property
+    def agents(self) -> dict[str, subprocess.Popen]:
+        return self._bed.agents
+
+    def start_agent(self, name: str, **settings: object) -> subprocess.Popen:
+        return self._bed.start_agent(name, watchdog=False, **settings)
+
+    def stop_agent(self, name: str, kill: bool = False) -> None:
+        self._bed.stop_agent(name, kill)
+
+    def agent_log(self, name: str) -> str:
+        return self._bed.agent_log(name)
+
+    def define(self, host: str, name: str, memory_mib: int = 128):  # type: ignore[no-untyped-def]
+        """Define (not start) a fenced guest on ``host``: its disk is in the shared dir."""
+        disk = self.shared / f"{name}.qcow2"
+        if not disk.exists():
+            make_disk(disk)
+        return self.conn(host).defineXML(guest_xml(name, self.image, disk,
+                                                   self.serial_log(name), memory_mib))
+
+    def serial_log(self, name: str) -> Path:
+        return self.serial / f"{name}.log"
+
+    def wait_ready(self, name: str, timeout: float = 60.0) -> None:
+        from gridtool.lab.testbed import wait_until
+
+        wait_until(lambda: is_ready(self.serial_log(name)), timeout,
+                   what=f"{name}'s ready marker on its serial console")
+
+    def close(self) -> None:
+        for name in list(self._bed.agents):
+            self._bed.stop_agent(name)
+        for conn in self._bed.conns.values():
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._bed.conns.clear()
+        for host in self.hosts.values():
+            host.stop_libvirtd()

@@ -1,0 +1,223 @@
+"""Worker pools end to end: real agents clone workers from a template, the leader-elected
+manager keeps a pool at size (regrowing it elsewhere when a host dies), fills overflow
+hosts only when the dedicated ones are full and empties them first, follows load reports
+for a flex pool, and the CLI creates, scales, shows and deletes pools."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import gridtool as gridtool_api
+from gridtool import pools
+from gridtool.cli.main import main
+from gridtool.clone import create_template
+from gridtool.lab.testbed import domain_xml, wait_until
+from gridtool.manager import Manager
+
+
+@pytest.fixture(autouse=True)
+def _no_lab_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRIDTOOL_LAB_DIR", "/nonexistent")
+    monkeypatch.delenv("GRIDTOOL_CONFIG", raising=False)
+
+
+def gridtool(cfg, capsys, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix, *args])
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def start_fleet(lab_hosts, registry, store, cfg, hosts: dict[str, tuple[str, ...]],  # type: ignore[no-untyped-def]
+                memory_mib: int) -> None:
+    """Hosts with agents (name -> labels) and a template ``w`` of ``memory_mib``."""
+    for name in hosts:
+        lab_hosts.add(name)
+    for name, labels in hosts.items():
+        lab_hosts.start_agent(name, labels=labels)
+    wait_until(lambda: len(registry.list_hosts()[0]) == len(hosts), what="hosts registered")
+    first = next(iter(hosts))
+    lab_hosts.conn(first).defineXML(domain_xml("w-src", memory_mib=memory_mib,
+                                               disk="/var/lib/nowhere/w.qcow2"))
+    wait_until(lambda: registry.guests_of(first)[0], what="template source synced")
+    create_template(store, cfg, "w", "w-src", timeout=30)
+
+
+@pytest.fixture
+def manager(store, cfg):  # type: ignore[no-untyped-def]
+    stop = threading.Event()
+    mgr = Manager(cfg, store, "m1", period=0.2, pool_period=0.3)
+    thread = threading.Thread(target=mgr.run, args=(stop,))
+    thread.start()
+    yield mgr
+    stop.set()
+    thread.join(30)
+
+
+def running_members(store, cfg, registry, pool: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """uuid -> host of the pool's members that run on a live host."""
+    hosts, views = pools.observe(store, cfg.keys, pool)
+    live = {h.name for h in hosts}
+    return {v.uuid: v.host for v in views if v.state == "running" and v.host in live}
+
+
+def overlays(lab_hosts, host: str) -> list[Path]:  # type: ignore[no-untyped-def]
+    return sorted(Path(lab_hosts.images_dir, "clones", host).glob("*.qcow2"))
+
+
+def test_pool_kept_at_size_and_regrown_after_a_host_dies(lab_hosts, registry, store, cfg,  # type: ignore[no-untyped-def]
+                                                         manager, capsys):
+    start_fleet(lab_hosts, registry, store, cfg, {"hv1": (), "hv2": (), "hv3": ()}, 128)
+    code, _, err = gridtool(cfg, capsys, "pool", "create", "workers", "--template", "w",
+                            "--min", "2", "--max", "10", "--size", "8")
+    assert code == 0 and "pool workers created: 8 worker(s)" in err
+    members = wait_until(lambda: len(m := running_members(store, cfg, registry, "workers"))
+                         == 8 and m, timeout=30, what="8 workers running")
+    by_host = Counter(members.values())
+    assert set(by_host) == {"hv1", "hv2", "hv3"}  # spread over the dedicated hosts
+
+    code, out, _ = gridtool(cfg, capsys, "pool", "show", "workers", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["target"] == 8 and len(doc["members"]) == 8
+    assert {m["class"] for m in doc["members"]} == {"ready"}
+    code, out, _ = gridtool(cfg, capsys, "pool", "list", "--json")
+    assert [(p["name"], p["target"], p["members"]) for p in json.loads(out)["pools"]] == [
+        ("workers", 8, 8)]
+    code, out, _ = gridtool(cfg, capsys, "pool", "list")
+    assert code == 0 and out.splitlines()[1].split()[:7] == [
+        "workers", "w", "fixed", "2", "10", "8", "8"]
+    code, out, _ = gridtool(cfg, capsys, "pool", "show", "workers")
+    assert code == 0 and "8 (min 2, max 10)" in out and out.count(" ready ") == 8
+
+    victim = by_host.most_common(1)[0][0]
+    lab_hosts.stop_agent(victim, kill=True)  # power off: agent gone, then its guests
+    for dom in lab_hosts.conn(victim).listAllDomains(1):  # active ones
+        dom.destroy()
+    regrown = wait_until(
+        lambda: len(m := running_members(store, cfg, registry, "workers")) == 8
+        and victim not in m.values() and len(pools.members(store, cfg.keys, "workers")) == 8
+        and m, timeout=cfg.ttl + 30, what=f"the pool to regrow to 8 without {victim}")
+    assert set(regrown.values()) == {"hv1", "hv2", "hv3"} - {victim}
+    assert set(members) - set(regrown)  # the lost workers were replaced by new ones
+    status = pools.status(store, cfg.keys, "workers")
+    assert status is not None and status.desired == 8
+
+    # bad input: one line, distinct exit codes, nothing changed
+    assert gridtool(cfg, capsys, "pool", "scale", "nope", "3")[0] == 3
+    assert gridtool(cfg, capsys, "pool", "show", "nope")[0] == 3
+    assert gridtool(cfg, capsys, "pool", "scale", "workers", "11")[0] == 2
+    assert gridtool(cfg, capsys, "pool", "create", "x", "--template", "w", "--min", "3",
+                    "--max", "2")[0] == 2
+    assert gridtool(cfg, capsys, "pool", "create", "x", "--template", "nope", "--min", "1",
+                    "--max", "2")[0] == 3
+    assert gridtool(cfg, capsys, "pool", "create", "workers", "--template", "w", "--min", "1",
+                    "--max", "2")[0] == 7
+    assert [s.name for s in pools.list_specs(store, cfg.keys)] == ["workers"]
+
+
+def test_overflow_used_last_emptied_first_and_delete(lab_hosts, registry, store, cfg,  # type: ignore[no-untyped-def]
+                                                     manager, capsys, monkeypatch):
+    start_fleet(lab_hosts, registry, store, cfg, {"hv1": ("dedicated",), "ov1": ("overflow",)},
+                1024)
+    per_host = registry.get_host("hv1").memory_mib // 1024
+    assert per_host >= 2
+    code, _, _ = gridtool(cfg, capsys, "pool", "create", "batch", "--template", "w", "--min",
+                          "0", "--max", str(2 * per_host), "--size", str(per_host))
+    assert code == 0
+    first = wait_until(lambda: len(m := running_members(store, cfg, registry, "batch"))
+                       == per_host and m, timeout=30, what="dedicated host filled")
+    assert set(first.values()) == {"hv1"}  # the overflow host is not used while hv1 has room
+    wait_until(lambda: registry.get_host("hv1").free_memory_mib < 1024, what="hv1 full")
+
+    monkeypatch.setenv("GRIDTOOL_ENDPOINTS", ",".join(cfg.endpoints))
+    monkeypatch.setenv("GRIDTOOL_PREFIX", cfg.prefix)
+    try:  # what an outside policy engine calls
+        assert gridtool_api.set_desired("batch", per_host + 2) == per_host + 2
+    finally:
+        pools.close_api_stores()
+    grown = wait_until(lambda: len(m := running_members(store, cfg, registry, "batch"))
+                       == per_host + 2 and m, timeout=30, what="overflow workers")
+    assert Counter(grown.values()) == {"hv1": per_host, "ov1": 2}
+    assert len(overlays(lab_hosts, "ov1")) == 2
+
+    assert gridtool(cfg, capsys, "pool", "scale", "batch", str(per_host))[0] == 0
+    wait_until(lambda: not overlays(lab_hosts, "ov1")
+               and len(pools.members(store, cfg.keys, "batch")) == per_host,
+               timeout=30, what="overflow emptied and its overlays removed")
+    assert running_members(store, cfg, registry, "batch") == first  # dedicated ones kept
+    assert not [d for d in lab_hosts.conn("ov1").listAllDomains(0)]
+
+    code, _, err = gridtool(cfg, capsys, "pool", "delete", "batch")
+    assert code == 0 and f"{per_host} clone(s) removed" in err
+    assert not overlays(lab_hosts, "hv1")
+    assert [d.name() for d in lab_hosts.conn("hv1").listAllDomains(0)] == ["w-src"]
+    assert store.list(f"{cfg.keys.pools}batch/")[0] == []
+    assert gridtool(cfg, capsys, "pool", "delete", "batch")[0] == 3
+
+
+def test_flex_pool_follows_load_reports(lab_hosts, registry, store, cfg, manager,  # type: ignore[no-untyped-def]
+                                        capsys, monkeypatch):
+    start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64)
+    code, _, _ = gridtool(cfg, capsys, "pool", "create", "api", "--template", "w", "--min",
+                          "1", "--max", "4", "--policy", "flex", "--target-wait", "0.1")
+    assert code == 0
+    wait_until(lambda: len(running_members(store, cfg, registry, "api")) == 1, timeout=30,
+               what="the pool's minimum")
+    monkeypatch.setenv("GRIDTOOL_ENDPOINTS", ",".join(cfg.endpoints))
+    monkeypatch.setenv("GRIDTOOL_PREFIX", cfg.prefix)
+    try:  # the Python API, configured as the CLI is: 10 requests/s of 0.5 s
+        gridtool_api.report("api", arrivals=100, completions=100, busy_seconds=50.0, interval=10)
+    finally:
+        pools.close_api_stores()
+    wait_until(lambda: len(running_members(store, cfg, registry, "api")) == 4, timeout=30,
+               what="the flex policy to scale up to max")
+    code, out, _ = gridtool(cfg, capsys, "pool", "show", "api", "--json")
+    flex = json.loads(out)["flex"]
+    assert flex["from"] == "manager" and flex["desired"] == 4
+    assert flex["service_time"] == pytest.approx(0.5) and flex["offered_load"] > 3
+    assert json.loads(out)["status"]["decisions"]["up"] >= 1
+    code, out, _ = gridtool(cfg, capsys, "pool", "show", "api")
+    assert code == 0 and "offered load" in out and "0.500 s" in out
+    assert gridtool(cfg, capsys, "pool", "scale", "api", "2")[0] == 2  # flex: policy decides
+    code, _, _ = gridtool(cfg, capsys, "pool", "report", "api", "--arrivals", "5",
+                          "--service-time", "0.5", "--queue-depth", "2", "--interval", "10")
+    assert code == 0 and len(pools.samples(store, cfg.keys, "api")) == 2
+    assert gridtool(cfg, capsys, "pool", "report", "api", "--arrivals", "-1")[0] == 2
+    assert gridtool(cfg, capsys, "pool", "report", "nope", "--arrivals", "1")[0] == 3
+    code, _, err = gridtool(cfg, capsys, "pool", "delete", "api", "--keep-guests")
+    assert code == 0 and "4 clone(s) kept" in err
+    assert len([d for d in lab_hosts.conn("hv1").listAllDomains(0)]) == 5
+
+
+def test_reports_give_flex_numbers_and_busy_workers_before_any_manager(store, cfg):  # type: ignore[no-untyped-def]
+    pools.create(store, cfg.keys, pools.new_spec("q", "w", 1, 30, policy="flex"))
+    for i in (1, 2):  # members as the clone API records them
+        store.put(cfg.keys.pool_member("q", f"uuid-{i}"), json.dumps(
+            {"v": 1, "host": "hv1", "name": f"q-{i}", "template": "w",
+             "created_at": 1.0}).encode())
+    pools.report(store, cfg.keys, "q", arrivals=200, completions=200, busy_seconds=9.0,
+                 interval=10, source="q-1")
+    pools.report(store, cfg.keys, "q", arrivals=100, completions=30, mean_service_time=0.1,
+                 interval=10, source="q-2", queue_depth=4)
+    numbers = pools.flex_numbers(store, cfg.keys, "q")
+    assert numbers["from"] == "reports" and numbers["direction"] == "up"
+    assert numbers["service_time"] == pytest.approx(12 / 230)  # (9 + 30 x 0.1) / 230
+    assert 20 < numbers["smoothed_rate"] <= 30 and numbers["recommended"] >= 2
+    _, views = pools.observe(store, cfg.keys, "q")
+    assert {v.name: (v.busy, v.state) for v in views} == {
+        "q-1": (True, "missing"), "q-2": (False, "missing")}
+    assert pools.overview(store, cfg.keys)[0]["members"] == 2
+    # the reports share one lease; a revoked lease is replaced on the next report
+    (lease,) = {i.lease for i in store.list(cfg.keys.pool_samples("q"))[0]}
+    store.revoke_lease(lease)
+    assert pools.samples(store, cfg.keys, "q") == []
+    pools.report(store, cfg.keys, "q", arrivals=1, interval=10, source="q-1")
+    (again,) = store.list(cfg.keys.pool_samples("q"))[0]
+    assert again.lease not in (0, lease)

@@ -1,0 +1,186 @@
+"""Real QEMU guests under libvirt (TCG): two namespaced libvirtd hosts with agents, a
+guest that boots to its ready marker and prints a heartbeat every 100 ms, the fence hook
+refusing a start whose fence another host holds, and live migration moving the fence at
+switchover while the guest keeps counting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from gridtool.config import Config
+from gridtool.fencing import observe
+from gridtool.intentclient import IntentClient
+from gridtool.lab import qemu
+from gridtool.lab.testbed import wait_until
+from gridtool.migration import EndState, Migrator
+
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture
+def qemu_hosts(tmp_path: Path, cfg: Config) -> Iterator[qemu.QemuHosts]:
+    why = qemu.unavailable()
+    if why:
+        pytest.skip(f"QEMU cannot run here: {why}")
+    hosts = qemu.QemuHosts(tmp_path, cfg)
+    try:
+        for name in ("hv1", "hv2"):
+            hosts.add(name)
+            hosts.start_agent(name)
+        yield hosts
+    finally:
+        hosts.close()
+
+
+def registered(registry, names: tuple[str, ...]) -> bool:  # type: ignore[no-untyped-def]
+    hosts, _ = registry.list_hosts()
+    return {h.name for h in hosts} >= set(names)
+
+
+def record_on(registry, host: str, uuid: str):  # type: ignore[no-untyped-def]
+    recs, _ = registry.guests_of(host)
+    return recs.get(uuid)
+
+
+def holder(store, cfg: Config, volume: str) -> str | None:  # type: ignore[no-untyped-def]
+    item = store.get(cfg.keys.fence(volume))
+    obs = observe(volume, item.value if item else None, item.mod_revision if item else 0)
+    return getattr(getattr(obs, "fence", None), "holder", None)
+
+
+def start_on(store, cfg: Config, host: str, dom) -> str:  # type: ignore[no-untyped-def]
+    client = IntentClient(store, cfg.keys)
+    intent = client.submit(host, "start", dom.UUIDString(), dom.name())
+    return client.wait(intent, 60).message
+
+
+def running_guest(qemu_hosts: qemu.QemuHosts, store, registry, cfg: Config,  # type: ignore[no-untyped-def]
+                  name: str = "g1", define_on: tuple[str, ...] = ("hv1",)):
+    """A fenced guest started through gridtool on hv1, booted, reported running."""
+    wait_until(lambda: registered(registry, ("hv1", "hv2")), 20, what="both hosts registered")
+    doms = [qemu_hosts.define(h, name) for h in define_on]
+    dom = doms[0]
+    start_on(store, cfg, "hv1", dom)
+    qemu_hosts.wait_ready(name, 60)
+    rec = wait_until(lambda: (r := record_on(registry, "hv1", dom.UUIDString())) is not None
+                     and r.state == "running" and r, 20, what=f"{name} reported running")
+    return dom, rec
+
+
+def test_guest_boots_and_is_reported_running(qemu_hosts, store, registry, cfg) -> None:  # type: ignore[no-untyped-def]
+    _dom, rec = running_guest(qemu_hosts, store, registry, cfg)
+    assert rec.fenced and rec.volumes, "the disk in the lab's shared dir makes it fenced"
+    assert holder(store, cfg, rec.volumes[0]) == "hv1"
+    log = qemu_hosts.serial_log("g1")
+    first = qemu.last_heartbeat(log)
+    wait_until(lambda: qemu.last_heartbeat(log) > first + 3, 10, what="heartbeats")
+    assert registry.get_host("hv1").hypervisor == "qemu"
+
+
+def test_hook_refuses_a_start_held_elsewhere_and_allows_the_holder(  # type: ignore[no-untyped-def]
+        qemu_hosts, store, registry, cfg) -> None:
+    dom, _rec = running_guest(qemu_hosts, store, registry, cfg, define_on=("hv1", "hv2"))
+    # the holder's start went through its hook (installed before the daemon started)
+    assert "event=hook_allowed host=hv1 guest=g1 op=prepare" in qemu_hosts.agent_log("hv1")
+    other = qemu_hosts.conn("hv2").lookupByUUIDString(dom.UUIDString())
+    with pytest.raises(libvirt.libvirtError) as exc:
+        other.create()  # a bare 'virsh start' on hv2
+    assert exc.value.get_error_code() == libvirt.VIR_ERR_HOOK_SCRIPT_FAILED
+    assert "fence is held by hv1" in str(exc.value)
+    assert not other.isActive()
+    assert dom.isActive()
+    # the agent down: the hook fails closed
+    qemu_hosts.stop_agent("hv2")
+    with pytest.raises(libvirt.libvirtError) as exc:
+        other.create()
+    assert "fail closed" in str(exc.value)
+
+
+def test_live_migration_keeps_the_guest_running_and_moves_the_fence(  # type: ignore[no-untyped-def]
+        qemu_hosts, store, registry, cfg) -> None:
+    dom, rec = running_guest(qemu_hosts, store, registry, cfg)
+    volume = rec.volumes[0]
+    before = store.get(cfg.keys.fence(volume)).mod_revision
+    events = []
+    with qemu.HeartbeatWatcher(qemu_hosts.serial_log("g1")) as beats:
+        wait_until(lambda: beats.last > 0, 10, what="heartbeats before the migration")
+        began = beats.seen[-1][0]
+        result = Migrator(store, cfg.keys, on_event=events.append).migrate(rec, "hv2", "live")
+        assert result.ok, result.message
+        at_switch = beats.last
+        wait_until(lambda: beats.last > at_switch + 5, 10,
+                   what="heartbeats from hv2 after the migration")
+    assert result.mode == "live" and result.state is EndState.MOVED
+    assert beats.consecutive(), "the guest never restarted: its counter only grew by one"
+    assert beats.max_gap(began) < 5.0
+    assert holder(store, cfg, volume) == "hv2"
+    assert store.get(cfg.keys.fence(volume)).mod_revision > before  # the token grew
+    assert qemu_hosts.conn("hv2").lookupByUUIDString(dom.UUIDString()).isActive()
+    assert not [d for d in qemu_hosts.conn("hv1").listAllDomains(0)
+                if d.UUIDString() == dom.UUIDString()], "undefined on the source"
+    assert any("% of memory sent" in e.message for e in events if not e.finished), \
+        "the libvirt job's progress reached the caller"
+    wait_until(lambda: (r := record_on(registry, "hv2", dom.UUIDString())) is not None
+               and r.state == "running", 20, what="g1 reported running on hv2")
+    assert "fence_violation" not in qemu_hosts.agent_log("hv2")
+
+
+def test_a_migration_refused_by_the_destination_hook_leaves_the_source_running(  # type: ignore[no-untyped-def]
+        qemu_hosts, store, registry, cfg) -> None:
+    dom, rec = running_guest(qemu_hosts, store, registry, cfg)
+    volume = rec.volumes[0]
+    # a bare 'virsh migrate' behind gridtool's back: hv2's hook refuses the guest
+    with pytest.raises(libvirt.libvirtError) as exc:
+        dom.migrateToURI3(qemu_hosts.hosts["hv2"].libvirt_uri,
+                          {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1"},
+                          libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+                          | libvirt.VIR_MIGRATE_UNSAFE)
+    assert "fence is held by hv1" in str(exc.value)
+    assert dom.isActive() and holder(store, cfg, volume) == "hv1"
+    # through gridtool, hv2's agent hanging right after it accepted: its hook fails closed
+    def hang_hv2(ev) -> None:  # type: ignore[no-untyped-def]
+        if ev.phase == "receive" and ev.state == "done":
+            qemu_hosts.agents["hv2"].send_signal(signal.SIGSTOP)
+
+    try:
+        result = Migrator(store, cfg.keys, on_event=hang_hv2).migrate(rec, "hv2", "live")
+    finally:
+        qemu_hosts.agents["hv2"].send_signal(signal.SIGCONT)
+    assert result.state is EndState.ON_SOURCE, result.message
+    assert "fail closed" in result.message
+    assert dom.isActive() and holder(store, cfg, volume) == "hv1"
+    log = qemu_hosts.serial_log("g1")
+    last = qemu.last_heartbeat(log)
+    wait_until(lambda: qemu.last_heartbeat(log) > last + 3, 10, what="g1 still counting")
+
+
+def test_destination_dying_mid_migration_leaves_the_source_running(  # type: ignore[no-untyped-def]
+        qemu_hosts, store, registry, cfg) -> None:
+    dom, rec = running_guest(qemu_hosts, store, registry, cfg)
+    volume = rec.volumes[0]
+    pidfile = Path(qemu_hosts.hosts["hv2"].dir, "run", "qemu", "g1.pid")
+    killed = threading.Event()
+
+    def kill_incoming() -> None:  # the destination's qemu dies as soon as it exists
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 60,
+                   what="the incoming qemu on hv2")
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        killed.set()
+
+    killer = threading.Thread(target=kill_incoming)
+    killer.start()
+    result = Migrator(store, cfg.keys).migrate(rec, "hv2", "live")
+    killer.join()
+    assert killed.is_set()
+    assert result.state is EndState.ON_SOURCE, result.message
+    assert dom.isActive() and holder(store, cfg, volume) == "hv1"
+    log = qemu_hosts.serial_log("g1")
+    last = qemu.last_heartbeat(log)
+    wait_until(lambda: qemu.last_heartbeat(log) > last + 3, 10, what="g1 still counting")

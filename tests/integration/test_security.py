@@ -1,0 +1,200 @@
+"""etcd authentication and TLS against a real etcd: per-host least privilege, one-line
+refusals, credential files 0600, no password in any output, TLS with the generated CA."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gridtool import security
+from gridtool.authplan import Access, Permission, Step, admin_user, host_role, host_user
+from gridtool.cli.main import cli
+from gridtool.config import Config
+from gridtool.credfiles import password_path, read_password, write_private
+from gridtool.errors import AuthError
+from gridtool.etcdauth import EtcdAuth
+from gridtool.etcdstore import EtcdStore
+from gridtool.lab.etcd import EtcdCluster, TlsFiles
+from gridtool.lab.testbed import wait_until
+from gridtool.store import Put
+
+
+@pytest.fixture
+def creds(cfg: Config, tmp_path: Path) -> Path:
+    """A credentials folder of this test's own, with the session's root password."""
+    directory = tmp_path / "credentials"
+    root = read_password(security.credentials_dir(cfg, None) / "root.password")
+    assert root
+    write_private(password_path(directory, "root"), root)
+    return directory
+
+
+def as_user(cfg: Config, creds: Path, user: str) -> EtcdStore:
+    return EtcdStore(replace(cfg, user=user, password=read_password(password_path(creds, user)),
+                             password_file=None))
+
+
+def gridtool(cfg: Config, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from gridtool.cli.main import main; main()", "--endpoints",
+         ",".join(cfg.endpoints), "--prefix", cfg.prefix, "--timeout", "2", *args],
+        capture_output=True, text=True, timeout=30,
+        env={"PATH": "/usr/bin:/bin", "GRIDTOOL_LAB_DIR": "/nonexistent", **env})
+
+
+def one_line_error(done: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    assert done.returncode == code, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    for word in words:
+        assert word in done.stderr
+
+
+def test_host_writes_only_its_own_keys(cfg: Config, store: EtcdStore, creds: Path) -> None:
+    keys = cfg.keys
+    results, enabled_now = security.init_registry(cfg, creds, ["hv1", "hv2"], ["hv2"])
+    assert not enabled_now  # the session etcd has auth on already
+    assert {r.user for r in results} >= {host_user("hv1", cfg.prefix), admin_user(cfg.prefix)}
+    store.put(keys.manager_leader, b'{"v":1}')
+    store.put(keys.host("hv2"), b'{"v":1}')
+    hv1 = as_user(cfg, creds, host_user("hv1", cfg.prefix))
+    try:
+        hv1.put(keys.host("hv1"), b'{"v":1}')
+        hv1.txn([], [Put(keys.guest("hv1", "u1"), b"{}"), Put(keys.fence("vol1"), b"{}")])
+        hv1.put(keys.intent("hv1", "i1"), b"{}")
+        assert hv1.get(keys.host("hv2")) is not None  # reads what an agent reads
+        for key in (keys.host("hv2"), keys.guest("hv2", "u1"), keys.violation("hv2", "u1"),
+                    keys.intent("hv2", "i1"), keys.guest_settings("u1")):
+            with pytest.raises(AuthError) as exc:
+                hv1.put(key, b"{}")
+            message = str(exc.value)
+            assert "\n" not in message and "permission denied" in message
+            assert host_user("hv1", cfg.prefix) in message
+        with pytest.raises(AuthError):
+            hv1.txn([], [Put(keys.guest("hv1", "u2"), b"{}"), Put(keys.host("hv2"), b"x")])
+        assert hv1.get(keys.guest("hv1", "u2")) is None  # nothing half-written
+        with pytest.raises(AuthError):
+            hv1.delete(keys.manager_leader)
+        assert store.get(keys.manager_leader) is not None
+    finally:
+        hv1.close()
+    hv2 = as_user(cfg, creds, host_user("hv2", cfg.prefix))  # a manager candidate
+    try:
+        hv2.put(keys.manager_status, b"{}")
+        with pytest.raises(AuthError):
+            hv2.put(keys.host("hv1"), b"{}")
+    finally:
+        hv2.close()
+
+
+def test_credential_files_are_0600_and_a_second_init_repairs(cfg: Config, creds: Path) -> None:
+    security.init_registry(cfg, creds, ["hv1"], [])
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o700
+    for path in creds.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    user, role = host_user("hv1", cfg.prefix), host_role("hv1", cfg.prefix)
+    extra = Permission.on_prefix(cfg.keys.hosts, Access.READWRITE)
+    root = EtcdStore(replace(cfg, user="root", password=read_password(creds / "root.password")))
+    try:
+        EtcdAuth(root).apply(Step("grant_permission", role, extra))
+        EtcdAuth(root).change_password(user, "drifted")
+        results, _ = security.init_registry(cfg, creds)
+        assert {r.user: r.action for r in results}[user] == "repaired"
+        assert extra not in EtcdAuth(root).role_permissions(role)
+    finally:
+        root.close()
+    hv1 = as_user(cfg, creds, user)
+    try:
+        hv1.put(cfg.keys.host("hv1"), b"{}")
+    finally:
+        hv1.close()
+
+
+def test_host_credentials_reissues_and_json_has_no_password(cfg: Config, creds: Path) -> None:
+    runner = CliRunner()
+    base = ["--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix]
+    init = runner.invoke(cli, [*base, "registry", "init", "--hosts", "hv1", "--credentials-dir",
+                               str(creds), "--json"])
+    assert init.exit_code == 0, init.output
+    user = host_user("hv1", cfg.prefix)
+    old = read_password(password_path(creds, user))
+    first = runner.invoke(cli, [*base, "host", "credentials", "hv1", "--credentials-dir",
+                                str(creds), "--json"])
+    assert first.exit_code == 0, first.output
+    doc = json.loads(first.output)
+    new = read_password(Path(doc["password_file"]))
+    assert doc["user"] == user and new and new != old
+    assert stat.S_IMODE(Path(doc["password_file"]).stat().st_mode) == 0o600
+    secrets = [read_password(p) for p in creds.iterdir()]
+    for output in (init.output, first.output):
+        assert not any(s and s in output for s in secrets)
+    with pytest.raises(AuthError):
+        EtcdStore(replace(cfg, user=user, password=old)).get(cfg.keys.host("hv1"))
+    as_user(cfg, creds, user).put(cfg.keys.host("hv1"), b"{}")
+
+
+def test_wrong_or_missing_password_is_one_line_exit_5(cfg: Config) -> None:
+    admin = str(cfg.user)
+    one_line_error(gridtool(cfg, "host", "list", GRIDTOOL_USER=admin, GRIDTOOL_PASSWORD="nope"),
+                   5, "authentication failed", admin)
+    one_line_error(gridtool(cfg, "host", "list"), 5, "user name is empty")
+    one_line_error(gridtool(cfg, "host", "list", "--json", GRIDTOOL_USER=admin,
+                            GRIDTOOL_PASSWORD_FILE="/nonexistent/pw"), 2, "password_file")
+
+
+def test_lab_agents_run_as_their_host_user(lab_hosts, registry, cfg: Config) -> None:  # type: ignore[no-untyped-def]
+    lab_hosts.add("hv1")
+    lab_hosts.start_agent("hv1")
+    wait_until(lambda: registry.store.get(cfg.keys.host("hv1")), what="hv1 registered")
+    conf = Path(lab_hosts.hosts["hv1"].agent_conf).read_text()
+    assert f"user = {host_user('hv1', cfg.prefix)}" in conf
+    assert "password =" not in conf and str(cfg.password) not in conf
+    password_file = Path(lab_hosts.credentials[("hv1", False)])
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    # Rotating hv1's password locks its running agent out: it did run as host-hv1.
+    security.issue_host_credentials(cfg, security.credentials_dir(cfg, None), "hv1")
+    wait_until(lambda: f"(user {host_user('hv1', cfg.prefix)}): authentication failed"
+               in lab_hosts.agent_log("hv1"), what="the agent refused with its old password")
+
+
+def test_tls_with_the_generated_ca(tmp_path: Path) -> None:
+    """A TLS etcd (client and peer URLs, client certificates required): the CA's clients
+    work, a plaintext client fails in one line, and a host certificate (CN = its etcd
+    user) gets that host's permissions once auth is on."""
+    tls_dir = tmp_path / "tls"
+    prefix = "/tls-test/"
+    runner = CliRunner()
+    made = runner.invoke(cli, ["--prefix", prefix, "registry", "certs", "--dir", str(tls_dir),
+                               "--hosts", "hv1", "--ip", "127.0.0.1", "--json"])
+    assert made.exit_code == 0, made.output
+    for key in tls_dir.glob("*.key"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    cluster = EtcdCluster.create(tmp_path, 1, tls=TlsFiles(str(tls_dir), client_cert_auth=True))
+    cluster.start()
+    try:
+        admin = admin_user(prefix)
+        cfg = Config(endpoints=tuple(cluster.endpoints), prefix=prefix, timeout=3.0,
+                     ca_cert=str(tls_dir / "ca.crt"), cert=str(tls_dir / f"{admin}.crt"),
+                     key=str(tls_dir / f"{admin}.key"))
+        store = EtcdStore(cfg)
+        store.put(cfg.keys.host("x"), b"{}")
+        assert store.get(cfg.keys.host("x")) is not None
+        store.close()
+        one_line_error(gridtool(cfg, "host", "list"), 4, "no etcd endpoint answered")
+        security.init_registry(cfg, tmp_path / "credentials", ["hv1", "hv2"], [])
+        hv1 = EtcdStore(replace(cfg, cert=str(tls_dir / f"{host_user('hv1', prefix)}.crt"),
+                                key=str(tls_dir / f"{host_user('hv1', prefix)}.key")))
+        try:
+            hv1.put(cfg.keys.host("hv1"), b"{}")  # no password: the certificate's CN
+            with pytest.raises(AuthError):
+                hv1.put(cfg.keys.host("hv2"), b"{}")
+        finally:
+            hv1.close()
+    finally:
+        cluster.stop()

@@ -1,0 +1,198 @@
+"""The host bootstrap plan: step order, idempotent checks (run with a real ``sh`` in a
+temporary root, no SSH), secrets kept off command lines, SSH target parsing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gridtool.bootstrapplan import (
+    Action,
+    AddSpec,
+    HostFacts,
+    Layout,
+    SshTarget,
+    Step,
+    apply_script,
+    decide,
+    hook_shim,
+    parse_facts,
+    parse_ssh_target,
+    plan_add,
+    plan_remove,
+    render_unit,
+)
+
+UNIT = Path(__file__).resolve().parents[2] / "scripts/systemd/gridtool-agent.service"
+SECRET = "s3cret-pw-do-not-log"
+
+
+def spec(root: str = "/", hook: str | None = None) -> AddSpec:
+    layout = Layout(root)
+    conf = f"[registry]\nuser = hv1\npassword = {SECRET}\n"
+    return AddSpec("hv1", "qemu:///system", "gridtool-0.1.0-py3-none-any.whl", b"PK wheel",
+                   conf, render_unit(UNIT.read_text(), layout), hook, layout)
+
+
+def sh(command: str, stage: Path) -> int:
+    return subprocess.run(["sh", "-c", command], env={**os.environ, "GT_STAGE": str(stage)},
+                          capture_output=True, check=False).returncode
+
+
+def run_local(steps: list[Step], stage: Path) -> list[Action]:
+    """What bootstrap.run_steps does, with a local sh instead of SSH."""
+    actions, changed = [], False
+    for step in steps:
+        passed = sh(step.check, stage) == 0 if step.check is not None else None
+        action = decide(step, passed, changed)
+        if action is Action.APPLY:
+            for upload in step.uploads:
+                (stage / upload.name).write_bytes(upload.data)
+            assert sh(apply_script(step), stage) == 0, step.name
+            changed = True
+        actions.append(action)
+    return actions
+
+
+@pytest.mark.parametrize(("text", "target"), [
+    ("root@10.0.0.5", SshTarget("root", "10.0.0.5", 22)),
+    ("admin@hv5.example:2222", SshTarget("admin", "hv5.example", 2222)),
+    ("root@[fe80::1]:22", SshTarget("root", "fe80::1", 22)),
+    ("root@fe80::1", SshTarget("root", "fe80::1", 22)),
+])
+def test_parse_ssh_target(text: str, target: SshTarget) -> None:
+    assert parse_ssh_target(text) == target
+    assert parse_ssh_target(str(target)) == target
+
+
+@pytest.mark.parametrize("text", ["10.0.0.5", "@host", "root@", "root@h:0", "root@h:99999",
+                                  "root@h:x", "root@[::1", "a b@h"])
+def test_parse_ssh_target_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="--ssh"):
+        parse_ssh_target(text)
+
+
+def test_decide() -> None:
+    both = Step("s", "s", "true", "true")
+    after = Step("s", "s", "true", "true", after_change=True)
+    check_only = Step("s", "s", "true", None)
+    assert decide(both, True, True) is Action.OK
+    assert decide(both, False, False) is Action.APPLY
+    assert decide(after, True, False) is Action.OK
+    assert decide(after, True, True) is Action.APPLY
+    assert decide(check_only, False, False) is Action.FAIL
+    assert decide(Step("s", "s", None, None, note="n"), None, True) is Action.NOTE
+
+
+def test_apply_script_exit_codes(tmp_path: Path) -> None:
+    """0 applied and verified, 101 apply failed, 102 the check still fails after it."""
+    flag = tmp_path / "flag"
+    assert sh(apply_script(Step("s", "s", f"test -e {flag}", f"touch {flag}")), tmp_path) == 0
+    assert sh(apply_script(Step("s", "s", "true", "false")), tmp_path) == 101
+    assert sh(apply_script(Step("s", "s", "false", "true")), tmp_path) == 102
+    assert sh(apply_script(Step("s", "s", None, "true")), tmp_path) == 0
+
+
+def test_facts() -> None:
+    assert parse_facts("systemd=1\n") == HostFacts(systemd=True)
+    assert parse_facts("systemd=0\n") == HostFacts(systemd=False)
+    assert parse_facts("") == HostFacts(systemd=False)
+
+
+def test_steps_in_order_systemd_only_on_a_real_root() -> None:
+    names = [s.name for s in plan_add(spec(), HostFacts(systemd=True))]
+    assert names == ["libvirt", "wheel", "venv", "config", "hook", "unit", "start"]
+    start = plan_add(spec(), HostFacts(systemd=True))[-1]
+    assert "systemctl enable" in (start.apply or "") and start.after_change
+    for facts, root in ((HostFacts(False), "/"), (HostFacts(True), "/tmp/r")):
+        start = plan_add(spec(root), facts)[-1]
+        assert "nohup" in (start.apply or "") and "systemctl" not in (start.apply or "")
+        assert "no systemd" in start.note
+
+
+def test_paths_under_the_prefix_and_unit_rendered() -> None:
+    lay = Layout("/tmp/r", "/opt/x/venv")
+    assert lay.config == "/tmp/r/etc/gridtool/agent.conf"
+    assert lay.agent == "/tmp/r/opt/x/venv/bin/gridtool-agent"
+    unit = render_unit(UNIT.read_text(), lay)
+    assert "ExecStart=/tmp/r/opt/x/venv/bin/gridtool-agent --config " \
+           "/tmp/r/etc/gridtool/agent.conf" in unit
+    assert "ReadOnlyPaths=/tmp/r/etc/gridtool" in unit and "Restart=always" in unit
+
+
+def test_the_password_is_uploaded_never_on_a_command_line() -> None:
+    steps = plan_add(spec(), HostFacts(False)) + plan_remove(Layout(), HostFacts(False))
+    for step in steps:
+        assert SECRET not in f"{step.check} {step.apply} {step.title} {step.note}"
+    (config,) = [s for s in steps if s.name == "config"]
+    assert config.uploads[0].secret and SECRET.encode() in config.uploads[0].data
+
+
+def test_hook_step_skipped_or_installed() -> None:
+    (skipped,) = [s for s in plan_add(spec(), HostFacts(False)) if s.name == "hook"]
+    assert decide(skipped, None, False) is Action.NOTE and "no libvirt hook" in skipped.note
+    shim = hook_shim(Layout("/r"), "agents.hook")
+    (hook,) = [s for s in plan_add(spec("/r", shim), HostFacts(False)) if s.name == "hook"]
+    assert hook.uploads[0].data == shim.encode() and "/r/etc/libvirt/hooks/qemu" in hook.title
+
+
+FILES = ("wheel", "config", "hook", "unit")
+
+
+def test_file_steps_apply_once_then_repair(tmp_path: Path) -> None:
+    """Real sh in a temporary root: the first run installs, the second changes nothing,
+    a changed mode or content is repaired, and remove deletes only what is ours."""
+    root, stage = tmp_path / "root", tmp_path / "stage"
+    stage.mkdir()
+    the_spec = spec(str(root), hook=hook_shim(Layout(str(root)), "agents.hook"))
+    steps = [s for s in plan_add(the_spec, HostFacts(False)) if s.name in FILES]
+    assert run_local(steps, stage) == [Action.APPLY] * 4
+    lay = the_spec.layout
+    conf = Path(lay.config)
+    assert conf.stat().st_mode & 0o777 == 0o600 and SECRET in conf.read_text()
+    assert Path(lay.hook).stat().st_mode & 0o777 == 0o755
+    assert run_local(steps, stage) == [Action.OK] * 4
+    conf.chmod(0o644)
+    Path(lay.unit).write_text("tampered")
+    assert run_local(steps, stage) == [Action.OK, Action.APPLY, Action.OK, Action.APPLY]
+    assert conf.stat().st_mode & 0o777 == 0o600 and "ExecStart=" in Path(lay.unit).read_text()
+    assert sorted(p.name for p in Path(lay.wheels).iterdir()) == [the_spec.wheel_name]
+
+    remove = plan_remove(lay, HostFacts(False))
+    assert run_local(remove, stage) == [Action.OK, Action.APPLY]
+    assert not conf.exists() and not Path(lay.unit).exists() and not Path(lay.hook).exists()
+    assert run_local(remove, stage) == [Action.OK, Action.OK]
+
+
+def test_remove_keeps_a_hook_that_is_not_ours(tmp_path: Path) -> None:
+    lay = Layout(str(tmp_path))
+    Path(lay.hook).parent.mkdir(parents=True)
+    Path(lay.hook).write_text("#!/bin/sh\nexit 0\n")
+    assert run_local(plan_remove(lay, HostFacts(False)), tmp_path) == [Action.OK, Action.OK]
+    assert Path(lay.hook).exists()
+
+
+def test_direct_stop_kills_only_the_agent_of_this_config(tmp_path: Path) -> None:
+    """The pid file's process is stopped only when its command line names our config."""
+    lay = Layout(str(tmp_path))
+    Path(lay.pid_file).parent.mkdir(parents=True)
+    stop = plan_remove(lay, HostFacts(False))[0]
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             "--config", lay.config])
+    try:
+        Path(lay.pid_file).write_text(f"{other.pid}\n")
+        assert sh(stop.check or "", tmp_path) == 0  # not ours: counts as stopped
+        Path(lay.pid_file).write_text(f"{ours.pid}\n")
+        assert sh(stop.check or "", tmp_path) != 0
+        assert sh(stop.apply or "", tmp_path) == 0
+        assert ours.wait(5) == -15 and other.poll() is None
+        assert not Path(lay.pid_file).exists()
+    finally:
+        for proc in (other, ours):
+            proc.kill()
+            proc.wait()
