@@ -13,11 +13,13 @@ from gridtool.health import (
     GuestObs,
     HostObs,
     IntentObs,
+    PoolObs,
     RunReport,
     Snapshot,
 )
 from gridtool.keys import Keys
 from gridtool.model import DecodeError
+from gridtool.poolplan import PoolSpec, PoolStatus, target_size
 from gridtool.records import Intent, decode
 from gridtool.registry import Registry
 from gridtool.store import Store
@@ -55,6 +57,8 @@ def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
             continue
         intents.append(IntentObs(intent.host, intent.id, intent.created, intent.state))
     leader = store.get(keys.manager_leader)
+    running = {g.uuid for g in listing.guests if g.state == "running" and g.host in live}
+    pools = _pools(store, keys, running, corrupt)
     return Snapshot(
         now=now, endpoints=endpoints, member_count=member_count, hosts=tuple(hosts),
         guests=tuple(GuestObs(g.uuid, g.name, g.host, g.state, g.fenced, g.volumes)
@@ -63,7 +67,29 @@ def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
                       if g.state == "running" and g.host in live),
         fences=tuple(fences), intents=tuple(intents),
         manager_leader=_leader_name(leader.value) if leader else None,
-        corrupt=tuple(corrupt))
+        corrupt=tuple(corrupt), pools=tuple(pools))
+
+
+def _pools(store: Store, keys: Keys, running: set[str],
+           corrupt: list[CorruptRecord]) -> list[PoolObs]:
+    """Each pool's target size and how many of its members run on a live host."""
+    specs: dict[str, PoolSpec] = {}
+    statuses: dict[str, PoolStatus] = {}
+    members: dict[str, set[str]] = {}
+    for item in store.list(keys.pools)[0]:
+        name, _, rest = item.key.removeprefix(keys.pools).partition("/")
+        try:
+            if rest == "spec":
+                specs[name] = decode(PoolSpec, item.key, item.value)
+            elif rest == "status":
+                statuses[name] = decode(PoolStatus, item.key, item.value)
+        except DecodeError as exc:
+            corrupt.append(CorruptRecord(item.key, exc.reason))
+        if rest.startswith("members/"):
+            members.setdefault(name, set()).add(rest.removeprefix("members/"))
+    return [PoolObs(name, target_size(spec, statuses.get(name)),
+                    len(members.get(name, set()) & running))
+            for name, spec in sorted(specs.items())]
 
 
 def _leader_name(raw: bytes) -> str | None:

@@ -2,7 +2,8 @@
 
 A custom collector (``prometheus_client``) turns one registry read into gauges; a
 watch on the guests prefix feeds a histogram of event propagation latency (the agent's
-report time to the moment the registry change reaches the exporter).
+report time to the moment the registry change reaches the exporter), and a watch on the
+intents prefix one of clone phase durations (as the agents measured them).
 """
 
 from __future__ import annotations
@@ -26,15 +27,49 @@ from gridtool.registry import Registry
 from gridtool.store import Event, Store
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+CLONE_PHASES = ("overlay", "define", "start")
 
 
-class Propagation:
-    """Histogram of seconds from an agent's report to the exporter seeing it."""
+class Histogram:
+    """A histogram kept per label value, exported as one metric family."""
+
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...] = LATENCY_BUCKETS,
+                 label: str | None = None) -> None:
+        self.name, self.doc, self.bounds, self.label = name, doc, buckets, label
+        self._series: dict[str, tuple[list[int], list[float]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float, value: str = "") -> None:
+        index = next((i for i, b in enumerate(self.bounds) if seconds <= b), len(self.bounds))
+        with self._lock:
+            counts, total = self._series.setdefault(value, ([0] * (len(self.bounds) + 1),
+                                                            [0.0]))
+            counts[index] += 1
+            total[0] += seconds
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.doc,
+                                       labels=[self.label] if self.label else None)
+        with self._lock:
+            series = {k: (list(c), t[0]) for k, (c, t) in self._series.items()}
+        if not self.label and not series:
+            series[""] = ([0] * (len(self.bounds) + 1), 0.0)
+        for value, (counts, total) in sorted(series.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip([*map(str, self.bounds), "+Inf"], counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric([value] if self.label else [], buckets, total)
+        return family
+
+
+class Propagation(Histogram):
+    """Seconds from an agent's report to the exporter seeing it (a guests watch)."""
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.total = 0.0
-        self._lock = threading.Lock()
+        super().__init__("gridtool_event_propagation_seconds",
+                         "Seconds from an agent's report of a guest change to the registry "
+                         "watch")
 
     def observe(self, ev: Event) -> None:
         if ev.kind != "put":
@@ -43,33 +78,44 @@ class Propagation:
             delay = max(0.0, time.time() - decode(GuestRecord, ev.key, ev.value).updated_at)
         except DecodeError:
             return
-        index = next((i for i, b in enumerate(LATENCY_BUCKETS) if delay <= b),
-                     len(LATENCY_BUCKETS))
-        with self._lock:
-            self.counts[index] += 1
-            self.total += delay
+        self.add(delay)
 
-    def family(self) -> HistogramMetricFamily:
-        with self._lock:
-            counts, total = list(self.counts), self.total
-        cumulative, buckets = 0, []
-        for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], counts, strict=True):
-            cumulative += count
-            buckets.append((bound, cumulative))
-        return HistogramMetricFamily(
-            "gridtool_event_propagation_seconds",
-            "Seconds from an agent's report of a guest change to the registry watch",
-            buckets=buckets, sum_value=total)
+
+class ClonePhases(Histogram):
+    """Seconds per clone phase, from finished clone intents (an intents watch)."""
+
+    def __init__(self) -> None:
+        super().__init__("gridtool_clone_phase_seconds",
+                         "Seconds an agent spent on each phase of a clone", label="phase")
+        self._seen: set[str] = set()
+
+    def observe(self, ev: Event) -> None:
+        from gridtool.records import Intent
+        from gridtool.records import decode as decode_record
+
+        if ev.kind != "put":
+            return
+        try:
+            intent = decode_record(Intent, ev.key, ev.value)
+        except DecodeError:
+            return
+        if intent.action != "clone" or intent.state != "done" or intent.id in self._seen:
+            return
+        self._seen.add(intent.id)
+        timings = (intent.params.get("result") or {}).get("timings") or {}
+        for phase in CLONE_PHASES:
+            if isinstance(timings.get(phase), int | float):
+                self.add(float(timings[phase]), phase)
 
 
 class FleetCollector(Collector):
     """Gauges of hosts, guests, fences, violations and the manager, per scrape."""
 
-    def __init__(self, store: Store, keys: Keys, propagation: Propagation) -> None:
+    def __init__(self, store: Store, keys: Keys, *histograms: Histogram) -> None:
         self.store = store
         self.keys = keys
         self.registry = Registry(store, keys)
-        self.propagation = propagation
+        self.histograms = histograms
 
     def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily
                                   | CounterMetricFamily]:
@@ -100,7 +146,8 @@ class FleetCollector(Collector):
                      len(listing.errors))
         yield _gauge("gridtool_manager_leader", "1 if a manager leads", int(leader is not None))
         yield from _pool_families(self.store, self.keys)
-        yield self.propagation.family()
+        for histogram in self.histograms:
+            yield histogram.family()
 
 
 def _pool_families(store: Store, keys: Keys) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -140,9 +187,21 @@ def serve(store: Store, keys: Keys, port: int, addr: str = "127.0.0.1") -> tuple
     from prometheus_client import start_http_server
     from prometheus_client.registry import CollectorRegistry
 
-    propagation = Propagation()
-    watch = store.watch_prefix(keys.guests, propagation.observe)
+    propagation, clones = Propagation(), ClonePhases()
+    watches = _Watches([store.watch_prefix(keys.guests, propagation.observe),
+                        store.watch_prefix(keys.all_intents, clones.observe)])
     registry = CollectorRegistry()
-    registry.register(FleetCollector(store, keys, propagation))
+    registry.register(FleetCollector(store, keys, propagation, clones))
     server, thread = start_http_server(port, addr=addr, registry=registry)
-    return server, thread, watch
+    return server, thread, watches
+
+
+class _Watches:
+    """Several watches that cancel together."""
+
+    def __init__(self, watches: list) -> None:
+        self.watches = watches
+
+    def cancel(self) -> None:
+        for watch in self.watches:
+            watch.cancel()

@@ -57,6 +57,26 @@ def test_guest_running_on_two_hosts_is_critical(registry, cfg, store):  # type: 
     assert done.returncode == 2 and "GUEST_DOUBLE_RUN" in done.stdout
 
 
+def test_pool_below_size(registry, cfg, store):  # type: ignore[no-untyped-def]
+    import time
+
+    from gridtool import pools
+    from gridtool.model import GuestRecord, HostRecord
+    from gridtool.poolplan import PoolSpec
+
+    now = time.time()
+    registry.put_host(HostRecord("a", "test:///", "test", 1, 1024, 512, "0.1.0", now),
+                      store.grant_lease(30))
+    registry.put_guest(GuestRecord("u-1", "w-1", "a", "running", 1, 128, now))
+    pools.create(store, cfg.keys, PoolSpec("w", "tpl", 1, 4, 3))
+    store.put(cfg.keys.pool_member("w", "u-1"), b'{"v": 1}')
+    done = check(cfg, "--json", "--ignore", "MANAGER_NO_LEADER")
+    findings = json.loads(done.stdout)["findings"]
+    assert done.returncode == 1, done.stdout
+    assert [f["message"] for f in findings if f["code"] == "POOL_UNDERSIZE"] == [
+        "pool w runs 1/3 members"]
+
+
 def test_unreachable_registry_is_critical_and_bad_usage_unknown(cfg):  # type: ignore[no-untyped-def]
     dead = check(cfg, endpoints=f"127.0.0.1:{free_port()}")
     assert dead.returncode == 2 and "ETCD_UNREACHABLE" in dead.stdout

@@ -24,6 +24,12 @@ def test_metrics_parse_and_count_the_fleet(lab_hosts, registry, store, cfg):  # 
         from gridtool.pools import create, new_spec
 
         create(store, cfg.keys, new_spec("web", "tmpl", 1, 9, desired=3))
+        from gridtool.records import Intent, encode
+
+        done = Intent("c1", "hv9", "clone", "u-c1", "w-1", 1.0, "t", "done",
+                      params={"result": {"timings": {"overlay": 0.012, "define": 0.002,
+                                                     "start": 0.3}}})
+        store.put(cfg.keys.intent("hv9", "c1"), encode(done))
 
         def scrape() -> dict:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
@@ -41,6 +47,14 @@ def test_metrics_parse_and_count_the_fleet(lab_hosts, registry, store, cfg):  # 
         assert values["gridtool_fences_held[]"] == 1  # taken by its agent
         assert values["gridtool_pool_desired[('pool', 'web')]"] == 3
         assert values["gridtool_pool_members[('pool', 'web')]"] == 0
+        values = wait_until(lambda: (v := scrape()).get(
+            "gridtool_clone_phase_seconds_count[('phase', 'overlay')]", 0) > 0 and v,
+            what="a clone phase sample")
+        assert values["gridtool_clone_phase_seconds_bucket[('le', '0.025'), ('phase', "
+                      "'overlay')]"] == 1
+        assert values["gridtool_clone_phase_seconds_bucket[('le', '0.25'), ('phase', "
+                      "'start')]"] == 0
+        assert values["gridtool_clone_phase_seconds_sum[('phase', 'start')]"] == 0.3
     finally:
         watch.cancel()
         server.shutdown()
