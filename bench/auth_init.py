@@ -7,18 +7,16 @@ against a real etcd, for a fleet of N hosts; and the cost of auth on a put.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchlib import print_table, summary_ms, write_json
+from benchlib import lab_etcd, print_table, summary_ms, write_json
 
 from gridtool import security
 from gridtool.config import Config
 from gridtool.credfiles import password_path, read_password
 from gridtool.etcdstore import EtcdStore
-from gridtool.lab.etcd import EtcdCluster
 
 
 def _puts(cfg: Config, count: int) -> list[float]:
@@ -40,29 +38,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     hosts = [f"hv{i}" for i in range(1, args.hosts + 1)]
-    with tempfile.TemporaryDirectory() as tmp:
-        cluster = EtcdCluster.create(Path(tmp), 1)
-        cluster.start()
-        try:
-            cfg = Config(endpoints=tuple(cluster.endpoints), timeout=10.0)
-            plain = _puts(cfg, 200)
-            creds = Path(tmp) / "credentials"
+    with lab_etcd() as (tmp, cluster):
+        cfg = Config(endpoints=tuple(cluster.endpoints), timeout=10.0)
+        plain = _puts(cfg, 200)
+        creds = Path(tmp) / "credentials"
+        start = time.perf_counter()
+        security.init_registry(cfg, creds, hosts, "all")
+        first = time.perf_counter() - start
+        repairs, issues = [], []
+        for _ in range(args.rounds):
             start = time.perf_counter()
-            security.init_registry(cfg, creds, hosts, "all")
-            first = time.perf_counter() - start
-            repairs, issues = [], []
-            for _ in range(args.rounds):
-                start = time.perf_counter()
-                security.init_registry(cfg, creds)
-                repairs.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                security.issue_host_credentials(cfg, creds, "hv1")
-                issues.append(time.perf_counter() - start)
-            user = "host-hv1"
-            authed = _puts(replace(cfg, user=user,
-                                   password=read_password(password_path(creds, user))), 200)
-        finally:
-            cluster.stop()
+            security.init_registry(cfg, creds)
+            repairs.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            security.issue_host_credentials(cfg, creds, "hv1")
+            issues.append(time.perf_counter() - start)
+        user = "host-hv1"
+        authed = _puts(replace(cfg, user=user,
+                               password=read_password(password_path(creds, user))), 200)
     body = {"hosts": args.hosts, "init_first_s": round(first, 3),
             "init_repair_ms": summary_ms(repairs), "host_credentials_ms": summary_ms(issues),
             "put_plain_ms": summary_ms(plain), "put_auth_ms": summary_ms(authed)}

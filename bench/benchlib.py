@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,20 @@ def _cpus() -> int:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+@contextlib.contextmanager
+def lab_etcd(members: int = 1, prefix: str = "gridtool-bench-") -> Iterator[tuple[Path, Any]]:
+    """A temporary directory and a real etcd cluster started in it (stopped, and the
+    directory removed, on exit): ``with lab_etcd() as (tmp, cluster): ...``."""
+    import tempfile
+
+    from gridtool.lab.etcd import EtcdCluster
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        cluster = EtcdCluster.create(Path(tmp), members)
+        cluster.start()
+        try:
+            yield Path(tmp), cluster
+        finally:
+            cluster.stop()

@@ -19,14 +19,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import print_table, summary_ms, verdict, write_json
+from benchlib import lab_etcd, print_table, summary_ms, verdict, write_json
 
 from agents.images import create_overlay, delete_overlay
 from gridtool.clone import clone_guests, create_template, remove_clone
@@ -115,15 +114,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="gridtool-bench-") as tmp:
-        cluster = EtcdCluster.create(Path(tmp), 1)
-        cluster.start()
-        try:
-            load = os.getloadavg()[0]
-            out = run(Path(tmp), cluster, args.count, args.hosts, args.rounds)
-            out["load"] = (load, os.getloadavg()[0])
-        finally:
-            cluster.stop()
+    with lab_etcd() as (tmp, cluster):
+        load = os.getloadavg()[0]
+        out = run(Path(tmp), cluster, args.count, args.hosts, args.rounds)
+        out["load"] = (load, os.getloadavg()[0])
     clones = [c for r in out["rounds"] for c in r["clones"]]
     good = [c for c in clones if c["ok"]]
     rows, summary = [], {}

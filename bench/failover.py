@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
 import libvirt
-from benchlib import print_table, verdict, write_json
+from benchlib import lab_etcd, print_table, verdict, write_json
 
 from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
@@ -122,19 +121,14 @@ def main() -> None:
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     results: dict[str, list[dict]] = {"power_off": [], "partition": []}
-    with tempfile.TemporaryDirectory(prefix="gridtool-bench-") as tmp:
-        cluster = EtcdCluster.create(Path(tmp), 1)
-        cluster.start()
-        try:
-            rng = random.Random(args.seed)
-            for case in results:
-                for _ in range(args.rounds):
-                    phase = rng.uniform(0, args.ttl / 3)
-                    results[case].append({**one_round(Path(tmp), cluster, args.ttl,
-                                                      case == "partition", phase),
-                                          "phase_s": phase})
-        finally:
-            cluster.stop()
+    with lab_etcd() as (tmp, cluster):
+        rng = random.Random(args.seed)
+        for case in results:
+            for _ in range(args.rounds):
+                phase = rng.uniform(0, args.ttl / 3)
+                results[case].append({**one_round(Path(tmp), cluster, args.ttl,
+                                                  case == "partition", phase),
+                                      "phase_s": phase})
     rows = []
     phases = ("detected", "self_fenced", "fence_expired", "running_elsewhere")
     for case, runs in results.items():

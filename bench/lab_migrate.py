@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import libvirt
-from benchlib import print_table, summary_ms, verdict, write_json
+from benchlib import lab_etcd, print_table, summary_ms, verdict, write_json
 
 from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
@@ -108,13 +107,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="gridtool-bench-") as tmp:
-        cluster = EtcdCluster.create(Path(tmp), 1)
-        cluster.start()
-        try:
-            out = run(Path(tmp), cluster, args.guests, args.rounds)
-        finally:
-            cluster.stop()
+    with lab_etcd() as (tmp, cluster):
+        out = run(Path(tmp), cluster, args.guests, args.rounds)
     migrations = out["migrations"]
     rows, summary = [], {}
     groups = (("fenced", [m for m in migrations if m["fenced"]]),

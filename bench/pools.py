@@ -14,14 +14,13 @@ so the target is: regrown <= TTL + 2 s.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
-from benchlib import print_table, verdict, write_json
+from benchlib import lab_etcd, print_table, verdict, write_json
 
 from gridtool import pools
 from gridtool.clone import create_template
@@ -96,15 +95,10 @@ def main() -> None:
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     runs = []
-    with tempfile.TemporaryDirectory(prefix="gridtool-bench-") as tmp:
-        cluster = EtcdCluster.create(Path(tmp), 1)
-        cluster.start()
-        try:
-            for _ in range(args.rounds):
-                runs.append(one_round(Path(tmp), cluster, args.size, args.ttl,
-                                      args.pool_period))
-        finally:
-            cluster.stop()
+    with lab_etcd() as (tmp, cluster):
+        for _ in range(args.rounds):
+            runs.append(one_round(Path(tmp), cluster, args.size, args.ttl,
+                                  args.pool_period))
     rows = [(phase, sum(r[phase] for r in runs) / len(runs), max(r[phase] for r in runs))
             for phase in ("filled", "detected", "regrown")]
     bound = args.ttl + 2.0

@@ -15,16 +15,14 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from benchlib import percentile, print_table, verdict, write_json
+from benchlib import lab_etcd, percentile, print_table, verdict, write_json
 
 from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
-from gridtool.lab.etcd import EtcdCluster
 from gridtool.lab.testbed import LabHosts, domain_xml, wait_until
 from gridtool.model import Disk, GuestRecord, HostRecord
 from gridtool.registry import Registry
@@ -98,21 +96,16 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="gridtool-bench-") as tmp:
-        cluster = EtcdCluster.create(Path(tmp), 1)
-        cluster.start()
-        try:
-            cfg = Config(endpoints=tuple(cluster.endpoints), prefix="/bench-scale/")
-            store = EtcdStore(cfg)
-            write_s = populate(Registry(store, cfg.keys), store, args.hosts,
-                               args.guests_per_host)
-            store.close()
-            guest_times, guests = time_cli(cfg, "guest", "list", "--json")
-            host_times, hosts = time_cli(cfg, "host", "list", "--json")
-            idle_cfg = Config(endpoints=cfg.endpoints, prefix="/bench-idle/")
-            cpu = idle_agent_cpu(idle_cfg, Path(tmp), args.idle_agents, args.idle_seconds)
-        finally:
-            cluster.stop()
+    with lab_etcd() as (tmp, cluster):
+        cfg = Config(endpoints=tuple(cluster.endpoints), prefix="/bench-scale/")
+        store = EtcdStore(cfg)
+        write_s = populate(Registry(store, cfg.keys), store, args.hosts,
+                           args.guests_per_host)
+        store.close()
+        guest_times, guests = time_cli(cfg, "guest", "list", "--json")
+        host_times, hosts = time_cli(cfg, "host", "list", "--json")
+        idle_cfg = Config(endpoints=cfg.endpoints, prefix="/bench-idle/")
+        cpu = idle_agent_cpu(idle_cfg, Path(tmp), args.idle_agents, args.idle_seconds)
     guest_p50 = percentile(guest_times, 50)
     ok = guest_p50 <= TARGET_LIST_S
     print_table(f"registry at scale: {hosts} hosts, {guests} guests (write {write_s:.1f} s)", [

@@ -26,6 +26,12 @@ def _credentials(factory: pytest.TempPathFactory) -> Path:
     return factory.getbasetemp() / "etcd-credentials"
 
 
+@pytest.fixture(autouse=True)
+def _no_running_lab(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lab running on this machine must not be picked up by in-process CLI runs."""
+    monkeypatch.setenv("GRIDTOOL_LAB_DIR", "/nonexistent")
+
+
 @pytest.fixture(scope="session")
 def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """One real etcd member for the whole session; tests share it under their own prefix.

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 from pathlib import Path
 
 import libvirt
@@ -154,3 +155,18 @@ def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None,
                "<target dev='vda'/></disk>")
     return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory>"
             f"<vcpu>1</vcpu><os><type>hvm</type></os><devices>{dev}</devices></domain>")
+
+
+def run_cli(cfg: Config, capsys: Any, *args: str) -> tuple[int, str, str]:
+    """Run the gridtool CLI in-process against ``cfg``'s registry (a test's ``capsys``
+    captures it): (exit code, stdout, stderr)."""
+    from gridtool.cli.main import main
+
+    capsys.readouterr()
+    code: int | str | None = 0
+    try:
+        main(["--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix, *args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return (1 if isinstance(code, str) else code or 0), out, err

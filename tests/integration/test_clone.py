@@ -16,8 +16,8 @@ import libvirt
 import pytest
 
 from gridtool import templates
-from gridtool.cli.main import main
 from gridtool.clone import CloneResult, clone_guests, remove_clone
+from gridtool.lab.testbed import run_cli as gridtool
 from gridtool.lab.testbed import wait_until
 
 HOSTS = ("hv1", "hv2", "hv3")
@@ -27,21 +27,6 @@ BASE_XML = """<domain type='test'><name>{name}</name><memory unit='MiB'>{memory}
 <serial>BASE-1</serial></disk>
 <interface type='network'><mac address='52:54:00:12:34:56'/><source network='default'/>
 </interface></devices></domain>"""
-
-
-@pytest.fixture(autouse=True)
-def _no_lab_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GRIDTOOL_LAB_DIR", "/nonexistent")
-    monkeypatch.delenv("GRIDTOOL_CONFIG", raising=False)
-
-
-def gridtool(cfg, capsys, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(["--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix, *args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ self-fence on a partition, and HA restarts by the leader-elected manager."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from gridtool.intentclient import IntentClient
@@ -140,7 +141,9 @@ def test_partitioned_host_self_fences_before_its_fence_expires(lab_hosts, store,
         proxy.close()
 
 
-def test_ha_guest_restarted_elsewhere_after_power_off(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
+    """The shared guest running on hv1 as an HA guest, hv2 ready, a manager running."""
     hosts_with_guest(lab_hosts, ["hv1", "hv2"])
     wait_registered(registry, ["hv1", "hv2"])
     store.put(cfg.keys.guest_settings(UUID), encode(GuestSettings(UUID, "db", ha=True)))
@@ -150,33 +153,25 @@ def test_ha_guest_restarted_elsewhere_after_power_off(lab_hosts, store, cfg, reg
     mgr = threading.Thread(target=Manager(cfg, store, "m1", period=0.2).run, args=(stop,))
     mgr.start()
     try:
-        with DoubleRunChecker(lambda: lab_hosts.conns) as checker:
-            lab_hosts.stop_agent("hv1", kill=True)  # power off: agent gone, then its guests
-            lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
-            wait_until(lambda: running_on(lab_hosts) == ["hv2"], timeout=cfg.ttl + 10,
-                       what="HA restart on hv2")
-        assert checker.overlaps == []
-        assert fence_holder(store, cfg) == "hv2"
+        yield
     finally:
         stop.set()
         mgr.join(10)
 
 
-def _ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
-    hosts_with_guest(lab_hosts, ["hv1", "hv2"])
-    wait_registered(registry, ["hv1", "hv2"])
-    store.put(cfg.keys.guest_settings(UUID), encode(GuestSettings(UUID, "db", ha=True)))
-    client = IntentClient(store, cfg.keys)
-    assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
-    stop = threading.Event()
-    mgr = threading.Thread(target=Manager(cfg, store, "m1", period=0.2).run, args=(stop,))
-    mgr.start()
-    return stop, mgr
+def test_ha_guest_restarted_elsewhere_after_power_off(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
+    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry), \
+            DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+        lab_hosts.stop_agent("hv1", kill=True)  # power off: agent gone, then its guests
+        lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
+        wait_until(lambda: running_on(lab_hosts) == ["hv2"], timeout=cfg.ttl + 10,
+                   what="HA restart on hv2")
+    assert checker.overlaps == []
+    assert fence_holder(store, cfg) == "hv2"
 
 
 def test_agent_restart_resumes_its_lease_and_keeps_ha_guests(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
-    stop, mgr = _ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry)
-    try:
+    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry):
         fence = store.get(cfg.keys.fence(VOLUME))
         with DoubleRunChecker(lambda: lab_hosts.conns) as checker:
             lab_hosts.stop_agent("hv1")  # SIGTERM: a clean stop, as for an upgrade
@@ -193,24 +188,17 @@ def test_agent_restart_resumes_its_lease_and_keeps_ha_guests(lab_hosts, store, c
         assert running_on(lab_hosts) == ["hv1"]
         after = store.get(cfg.keys.fence(VOLUME))
         assert after is not None and after.mod_revision == fence.mod_revision
-    finally:
-        stop.set()
-        mgr.join(10)
 
 
 def test_agent_stopped_for_good_resets_host_before_ha_restart(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
-    stop, mgr = _ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry)
-    try:
-        with DoubleRunChecker(lambda: lab_hosts.conns) as checker:
-            lab_hosts.stop_agent("hv1")  # SIGTERM and never started again
-            wait_until(lambda: running_on(lab_hosts) == ["hv2"], timeout=cfg.ttl + 10,
-                       what="HA restart on hv2 after hv1's watchdog reset")
-        assert checker.overlaps == [] and checker.samples > 0
-        assert lab_hosts.watchdogs["hv1"].resets == 1
-        assert fence_holder(store, cfg) == "hv2"
-    finally:
-        stop.set()
-        mgr.join(10)
+    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry), \
+            DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+        lab_hosts.stop_agent("hv1")  # SIGTERM and never started again
+        wait_until(lambda: running_on(lab_hosts) == ["hv2"], timeout=cfg.ttl + 10,
+                   what="HA restart on hv2 after hv1's watchdog reset")
+    assert checker.overlaps == [] and checker.samples > 0
+    assert lab_hosts.watchdogs["hv1"].resets == 1
+    assert fence_holder(store, cfg) == "hv2"
 
 
 def test_pinned_guest_moves_only_after_confirm_dead(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]

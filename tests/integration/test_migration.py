@@ -13,27 +13,12 @@ import libvirt
 import pytest
 
 from gridtool import hostconf
-from gridtool.cli.main import main
 from gridtool.fencing import Fence
 from gridtool.lab.checker import DoubleRunChecker
 from gridtool.lab.testbed import domain_xml, wait_until
+from gridtool.lab.testbed import run_cli as gridtool
 from gridtool.migration import EndState, Migrator
 from gridtool.records import GuestSettings, encode
-
-
-@pytest.fixture(autouse=True)
-def _no_lab_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GRIDTOOL_LAB_DIR", "/nonexistent")
-    monkeypatch.delenv("GRIDTOOL_CONFIG", raising=False)
-
-
-def gridtool(cfg, capsys, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(["--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix, *args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def guest_xml(name: str, uuid: str | None = None, disk: str | None = None,

@@ -10,24 +10,9 @@ from pathlib import Path
 import pytest
 
 from gridtool import hostconf
-from gridtool.cli.main import main
 from gridtool.lab.checker import DoubleRunChecker
 from gridtool.lab.testbed import domain_xml, wait_until
-
-
-@pytest.fixture(autouse=True)
-def _no_lab_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GRIDTOOL_LAB_DIR", "/nonexistent")
-    monkeypatch.delenv("GRIDTOOL_CONFIG", raising=False)
-
-
-def gridtool(cfg, capsys, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(["--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix, *args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+from gridtool.lab.testbed import run_cli as gridtool
 
 
 def one_line_error(err: str) -> str:

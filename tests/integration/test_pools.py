@@ -14,25 +14,10 @@ import pytest
 
 import gridtool as gridtool_api
 from gridtool import pools
-from gridtool.cli.main import main
 from gridtool.clone import create_template
 from gridtool.lab.testbed import domain_xml, wait_until
+from gridtool.lab.testbed import run_cli as gridtool
 from gridtool.manager import Manager
-
-
-@pytest.fixture(autouse=True)
-def _no_lab_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GRIDTOOL_LAB_DIR", "/nonexistent")
-    monkeypatch.delenv("GRIDTOOL_CONFIG", raising=False)
-
-
-def gridtool(cfg, capsys, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(["--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix, *args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def start_fleet(lab_hosts, registry, store, cfg, hosts: dict[str, tuple[str, ...]],  # type: ignore[no-untyped-def]

@@ -5,8 +5,11 @@ switchover while the guest keeps counting."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ from gridtool.config import Config
 from gridtool.fencing import observe
 from gridtool.intentclient import IntentClient
 from gridtool.lab import qemu
+from gridtool.lab.procs import cmdline
 from gridtool.lab.testbed import wait_until
 from gridtool.migration import EndState, Migrator
 
@@ -184,3 +188,64 @@ def test_destination_dying_mid_migration_leaves_the_source_running(  # type: ign
     log = qemu_hosts.serial_log("g1")
     last = qemu.last_heartbeat(log)
     wait_until(lambda: qemu.last_heartbeat(log) > last + 3, 10, what="g1 still counting")
+
+
+def test_destination_dying_at_switchover_gives_the_fence_back(  # type: ignore[no-untyped-def]
+        qemu_hosts, store, registry, cfg) -> None:
+    dom, rec = running_guest(qemu_hosts, store, registry, cfg)
+    volume = rec.volumes[0]
+    pidfile = Path(qemu_hosts.hosts["hv2"].dir, "run", "qemu", "g1.pid")
+    watch = libvirt.open(qemu_hosts.hosts["hv1"].libvirt_uri)
+    killed = threading.Event()
+
+    def kill_at_switchover() -> None:  # the source paused for the final copy: kill hv2's qemu
+        src = watch.lookupByUUIDString(dom.UUIDString())
+        wait_until(lambda: tuple(src.state()) == (libvirt.VIR_DOMAIN_PAUSED,
+                                                  libvirt.VIR_DOMAIN_PAUSED_MIGRATION),
+                   60, what="the switchover")
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        killed.set()
+
+    killer = threading.Thread(target=kill_at_switchover)
+    killer.start()
+    try:
+        result = Migrator(store, cfg.keys).migrate(rec, "hv2", "live")
+    finally:
+        killer.join()
+        watch.close()
+    assert killed.is_set()
+    assert result.state is EndState.ON_SOURCE, result.message
+    assert dom.isActive() and holder(store, cfg, volume) == "hv1"
+
+
+def test_lab_up_with_qemu_hosts_then_down_leaves_nothing(tmp_path: Path) -> None:
+    if qemu.unavailable():
+        pytest.skip(f"QEMU cannot run here: {qemu.unavailable()}")
+    lab_dir = tmp_path / "lab"
+
+    def gridtool(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", "from gridtool.cli.main import main; main()", *args],
+            capture_output=True, text=True, timeout=180,
+            env={**os.environ, "GRIDTOOL_LAB_DIR": str(lab_dir)})
+
+    up = gridtool("lab", "up", "--hosts", "2", "--guests", "2", "--hypervisor", "qemu",
+                  "--json")
+    qemus: list[int] = []
+    try:
+        assert up.returncode == 0, up.stderr
+        uris = [h["libvirt_uri"] for h in json.loads(up.stdout)["hosts"]]
+        assert all(u.startswith("qemu+tcp://127.0.0.1:") for u in uris)
+        guests = json.loads(gridtool("guest", "list", "--json").stdout)["guests"]
+        assert {g["name"] for g in guests if g["state"] == "running"} == {
+            "hv1-vm1", "hv1-vm2", "hv2-vm1", "hv2-vm2"}
+        assert sum(any(d["shared"] for d in g["disks"]) for g in guests) == 2, "vm2s are fenced"
+        qemus = [int(p.read_text()) for p in lab_dir.glob("hosts/*/run/qemu/hv*.pid")]
+        assert len(qemus) == 4 and all("qemu-system" in cmdline(p) for p in qemus)
+        assert all(p.exists() for p in lab_dir.glob("hosts/*/etc/hooks/qemu"))
+    finally:
+        down = gridtool("lab", "down")
+    assert down.returncode == 0, down.stderr
+    assert "libvirtd hv1 (qemu)" in down.stderr
+    assert not any("qemu-system" in cmdline(p) for p in qemus)
+    assert not list(lab_dir.glob("hosts/*/etc/hooks/qemu")), "hook files removed"
