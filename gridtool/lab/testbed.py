@@ -9,8 +9,8 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
