@@ -2,19 +2,17 @@
 switchover.
 
 libvirt migrates peer-to-peer to the destination daemon (LIVE | PEER2PEER |
-PERSIST_DEST | UNDEFINE_SOURCE | PAUSED, ``migrate_uri tcp://<destination address>``).
-With PAUSED the guest arrives paused: a watcher sees the destination finish the incoming
-migration (paused, reason "user", the source paused too) and only then hands every fence
-to the destination in ONE transaction comparing the holder (``Fencer.handover``) and
-resumes the guest there. The guest runs nowhere while its fences move, and it resumes
-without waiting for libvirt's confirm phase (the source's qemu teardown). The
-destination's fence hook accepts the incoming guest only after a ``receive`` intent
-there (:func:`receive`, ``agents.hooksock``).
+PERSIST_DEST | UNDEFINE_SOURCE, ``migrate_uri tcp://<destination address>``). A watcher
+hands every fence to the destination in ONE transaction comparing the holder
+(``Fencer.handover``) the moment libvirt pauses the guest on the source for the final
+copy: the guest runs nowhere while its fences move (the destination resumes it only
+after that copy). The destination's fence hook accepts the incoming guest only after a
+``receive`` intent there (:func:`receive`, ``agents.hooksock``).
 
 Failures: libvirt aborts a failed migration (destination hook refusal, destination
-death, network cut) with the guest still running here, and the fences never moved. A
-refused handover after a completed transfer leaves the guest paused on the destination
-(it runs nowhere) and says so.
+death, network cut) and the guest keeps running here; if that happens after the
+switchover, the fences are taken back (compare-and-swap against the revision the
+handover wrote) before the intent fails.
 
 UNSAFE is added only for guests whose shared disks are plain files (a local path
 standing in for a LUN, as in the lab): libvirt cannot see that such a path is shared;
@@ -33,15 +31,16 @@ from urllib.parse import urlsplit
 import libvirt
 
 from agents.fencer import FenceRefused
+from gridtool.fencing import Observed, Refusal, plan_handover
 from gridtool.migration import job_progress
 from gridtool.records import Intent, encode
+from gridtool.store import Compare, Put
 
 if TYPE_CHECKING:
     from agents.intents import IntentWorker
 
 BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
-              | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-              | libvirt.VIR_MIGRATE_PAUSED)
+              | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
 PROGRESS_EVERY_S = 0.25
 SWITCH_POLL_S = 0.01
 
@@ -69,7 +68,7 @@ def live_migrate(worker: IntentWorker, intent: Intent) -> str:
     flags = BASE_FLAGS | (libvirt.VIR_MIGRATE_UNSAFE if unsafe_disks(rec) else 0)
     began = time.monotonic()
     reporter = _Progress(worker, intent, dom)
-    switch = _Switchover(agent.fencer, ref, target, dest_uri, intent.guest, dom)
+    switch = _Switchover(agent, ref, target, dom)
     reporter.start()
     switch.start()
     try:
@@ -78,99 +77,118 @@ def live_migrate(worker: IntentWorker, intent: Intent) -> str:
         switch.stop()
         reporter.stop()
         why = " ".join(str(exc).split())
-        if switch.resumed:  # committed on the destination before the source's confirm failed
-            raise IntentFailed(f"{intent.name} runs on {target} but libvirt reported an "
-                               f"error after the switchover ({why})") from None
-        here = "still runs" if _active(dom) else "is NOT running"
+        if not _active(dom):
+            raise IntentFailed(f"live migration of {intent.name} to {target} ended with an "
+                               f"error ({why}): it is NOT running on {agent.host}; "
+                               + switch.where()) from None
+        back = switch.take_back()  # libvirt resumed it here: its fences come back
         raise IntentFailed(f"live migration of {intent.name} to {target} failed ({why}): "
-                           f"it {here} on {agent.host}"
-                           + (" with its fences" if ref is not None else "")) from None
+                           f"it still runs on {agent.host}"
+                           + (" with its fences" if ref is not None and back else "")
+                           + ("" if back else "; " + switch.where())) from None
     transfer = time.monotonic() - began
     reporter.stop()
-    switch.finish()  # libvirt is done: switch over now unless the watcher already did
+    switch.finish()  # libvirt is done: hand over now unless the watcher already did
     if switch.error:
-        raise IntentFailed(f"{intent.name} was transferred to {target} but its fences could "
-                           f"not be handed over ({switch.error}): it stays PAUSED on "
-                           f"{target} and runs nowhere")
-    fence = (f"; fences handed to {target} in {switch.handover_s * 1000:.0f} ms "
-             f"(token {switch.token})" if ref is not None else "")
-    return (f"{intent.name} live-migrated from {agent.host} to {target} in {transfer:.2f} s"
-            f"{fence}; switched over (handover + resume) in {switch.paused_s * 1000:.0f} ms")
+        raise IntentFailed(f"{intent.name} runs on {target}, but its fences could not be "
+                           f"handed over ({switch.error}): {target}'s agent takes them when "
+                           f"{agent.host} releases them")
+    fence = (f"; fences handed to {target} in {switch.handover_s * 1000:.0f} ms at "
+             f"switchover (token {switch.token})" if ref is not None else "")
+    return f"{intent.name} live-migrated from {agent.host} to {target} in {transfer:.2f} s{fence}"
 
 
 class _Switchover:
-    """Hands the fences over and resumes the guest on the destination as soon as the
-    destination has finished the incoming migration (paused there, reason "user", while
-    the source is paused too): the guest runs nowhere while the fences move. Without
-    this, libvirt would only return after the source's qemu is gone (seconds later)."""
+    """Hands the fences to the destination at switchover: the moment libvirt pauses the
+    guest on the source for the final copy (paused, reason "migration"). It runs nowhere
+    then: the destination resumes it only after that copy. If the migration fails after
+    all, libvirt resumes it here and :meth:`take_back` returns the fences (compared
+    against the very revision the handover wrote)."""
 
-    def __init__(self, fencer, ref, target: str, uri: str, uuid: str,  # type: ignore[no-untyped-def]
+    def __init__(self, agent, ref, target: str,  # type: ignore[no-untyped-def]
                  source: libvirt.virDomain) -> None:
-        self.fencer, self.ref, self.target, self.uri, self.uuid = fencer, ref, target, uri, uuid
-        self.source = source
-        self.token, self.handover_s, self.paused_s = 0, 0.0, 0.0
+        self.agent, self.ref, self.target, self.source = agent, ref, target, source
+        self.token, self.handover_s = 0, 0.0
         self.error = ""
-        self.resumed = False
+        self.handed = False
         self._done = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="switchover", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        if self.ref is not None:
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def finish(self) -> None:
         self.stop()
-        self._switch(committed=True)
+        self._hand_over("libvirt-return")
 
     def _watch(self) -> None:
-        try:
-            conn = libvirt.open(self.uri)
-        except libvirt.libvirtError:
-            return  # finish() switches over once libvirt returns
-        try:
-            while not self._stop.wait(SWITCH_POLL_S):
-                with contextlib.suppress(libvirt.libvirtError):
-                    state, reason = conn.lookupByUUIDString(self.uuid).state()
-                    if (state == libvirt.VIR_DOMAIN_PAUSED
-                            and reason == libvirt.VIR_DOMAIN_PAUSED_USER
-                            and self.source.state()[0] != libvirt.VIR_DOMAIN_RUNNING):
-                        self._switch(committed=False, conn=conn)
-                        return
-        finally:
+        while not self._stop.wait(SWITCH_POLL_S):
             with contextlib.suppress(libvirt.libvirtError):
-                conn.close()
+                state, reason = self.source.state()
+                if (state == libvirt.VIR_DOMAIN_PAUSED
+                        and reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION):
+                    self._hand_over("source-paused")
+                    return
 
-    def _switch(self, committed: bool, conn: libvirt.virConnect | None = None) -> None:
-        """Hand the fences over (one transaction), then resume on the destination."""
+    def _hand_over(self, by: str) -> None:
+        """Pass every fence to the destination (one transaction comparing the holder)."""
         with self._done:
-            if self.resumed or self.error:
+            if self.ref is None or self.handed or self.error:
                 return
             began = time.monotonic()
-            if self.ref is not None:
-                try:
-                    self.token = self.fencer.handover(self.ref, self.target)
-                except FenceRefused as exc:
-                    self.error = str(exc)
-                    return
-                self.handover_s = time.monotonic() - began
-            own = conn is None
-            conn = conn or libvirt.open(self.uri)
             try:
-                dom = conn.lookupByUUIDString(self.uuid)
-                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
-                    dom.resume()
-            finally:
-                if own:
-                    conn.close()
-            self.resumed = True
-            self.paused_s = time.monotonic() - began
-            log.info("event=live_switchover guest=%s to=%s handover_ms=%.1f resume_ms=%.1f "
-                     "by=%s", self.uuid, self.target, self.handover_s * 1000,
-                     self.paused_s * 1000, "libvirt-return" if committed else "watch")
+                self.token = self.agent.fencer.handover(self.ref, self.target)
+            except FenceRefused as exc:
+                self.error = str(exc)
+                return
+            self.handed = True
+            self.handover_s = time.monotonic() - began
+            log.info("event=live_switchover guest=%s to=%s handover_ms=%.1f token=%s by=%s",
+                     self.ref.name, self.target, self.handover_s * 1000, self.token, by)
+
+    def take_back(self) -> bool:
+        """The migration failed and the guest runs here again: take back the fences the
+        handover gave away, if nobody touched them since. True when this host holds them."""
+        with self._done:
+            if self.ref is None:
+                return True
+            if not self.handed:
+                return not self.error
+            fencer, keys = self.agent.fencer, self.agent.keys
+            observed = fencer.observe(self.ref.volumes)
+            plan = plan_handover(self.target, self.agent.host, self.ref, observed, time.time())
+            lease = self.agent.lease.lease
+            ok = not isinstance(plan, Refusal) and all(
+                s.mod_revision == self.token for s in plan.steps) and self.agent.store.txn(
+                [Compare(keys.fence(s.volume), "mod", s.mod_revision) for s in plan.steps],
+                [Put(keys.fence(s.volume), s.value.encode(), lease if s.with_lease else None)
+                 for s in plan.steps])
+            if ok:
+                fencer.refresh_held()
+            else:  # the destination released them already (its guest died): take them anew
+                try:
+                    fencer.acquire(self.ref)
+                except FenceRefused:
+                    return False
+            self.handed = False
+            log.warning("event=live_fence_taken_back guest=%s from=%s", self.ref.name,
+                        self.target)
+            return True
+
+    def where(self) -> str:
+        """Where the fences are, for a failure message."""
+        if self.ref is None:
+            return "it has no fences"
+        holders = {o.fence.holder for o in self.agent.fencer.observe(self.ref.volumes).values()
+                   if isinstance(o, Observed)}
+        return f"its fences are held by {', '.join(sorted(holders)) or 'nobody'}"
 
 
 def receive(worker: IntentWorker, intent: Intent) -> str:

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 INITRAMFS_SCRIPT = ROOT / "scripts" / "build-guest-initramfs"
 HOOK_SCRIPT = ROOT / "agents" / "hook.py"
 DRIVER_DIR = Path("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver")
+DRIVERS = ("libvirt_driver_qemu.so", "libvirt_driver_storage.so")
 QEMU = "/usr/bin/qemu-system-x86_64"
 READY = "GRIDTOOL-READY"
 HEARTBEAT = "GRIDTOOL-HEARTBEAT"
@@ -241,9 +242,10 @@ class QemuHost(LabHost):
         base = Path(self.dir)
         for sub in (*PRIVATE_DIRS.values(), "drivers", "etc/hooks", "etc/qemu"):
             (base / sub).mkdir(parents=True, exist_ok=True)
-        drivers = base / "drivers" / "libvirt_driver_qemu.so"
-        if not drivers.exists():
-            drivers.symlink_to(DRIVER_DIR / "libvirt_driver_qemu.so")
+        for driver in DRIVERS:  # the QEMU driver, and storage (pools, volumes) as on real hosts
+            link = base / "drivers" / driver
+            if not link.exists() and (DRIVER_DIR / driver).exists():
+                link.symlink_to(DRIVER_DIR / driver)
         (base / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(
             port=self.port, dir=base, host_uuid=uuid.uuid5(uuid.NAMESPACE_DNS, str(base))))
         mig = 49152 + (self.port % 200) * 64  # own migration ports: daemons share the netns
@@ -406,9 +408,22 @@ def down_hosts(entries: list[dict]) -> list[str]:
 
 
 def guest_xml(name: str, image: GuestImage, disk: Path, serial_log: Path,
-              memory_mib: int = 128, guest_uuid: str | None = None) -> str:
-    """A tiny guest: direct kernel boot, one qcow2 disk, serial console to a file."""
+              memory_mib: int = 128, guest_uuid: str | None = None,
+              console_port: int = 0) -> str:
+    """A tiny guest: direct kernel boot, one qcow2 disk, serial console appended to a file
+    (or, with ``console_port``, connecting to a TCP console server on that loopback port:
+    clones of one template each get their own stream, see :class:`ConsoleServer`)."""
     gid = guest_uuid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridtool-lab-qemu/{name}"))
+    serial = (f"""<serial type='tcp'>
+      <source mode='connect' host='127.0.0.1' service='{console_port}'>
+        <reconnect enabled='yes' timeout='1'/>
+      </source>
+      <protocol type='raw'/>
+      <target port='0'/>
+    </serial>""" if console_port else f"""<serial type='file'>
+      <source path='{serial_log}' append='on'/>
+      <target port='0'/>
+    </serial>""")
     return f"""<domain type='{image.domain_type}'>
   <name>{name}</name>
   <uuid>{gid}</uuid>
@@ -427,10 +442,7 @@ def guest_xml(name: str, image: GuestImage, disk: Path, serial_log: Path,
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <serial type='file'>
-      <source path='{serial_log}' append='on'/>
-      <target port='0'/>
-    </serial>
+    {serial}
     <memballoon model='none'/>
   </devices>
 </domain>"""
@@ -457,14 +469,16 @@ def heartbeats(log: Path) -> list[tuple[float, int]]:
 
 
 class HeartbeatWatcher:
-    """Follows a serial log, stamping each new heartbeat line with the host's clock: the
-    largest gap between two consecutive heartbeats is the downtime the guest saw."""
+    """Follows a serial log, stamping each new heartbeat line with the host's clock (the
+    largest gap between two consecutive heartbeats is the downtime the guest saw) and each
+    ready marker by the guest's UUID (clones of one template share a log)."""
 
     def __init__(self, log: Path, every: float = 0.01) -> None:
         import threading
 
         self.log, self.every = log, every
         self.seen: list[tuple[float, int]] = []  # (time.monotonic(), counter)
+        self.ready: dict[str, float] = {}  # guest uuid -> when its ready marker appeared
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
 
@@ -492,6 +506,9 @@ class HeartbeatWatcher:
                 if line.startswith(HEARTBEAT.encode()):
                     with contextlib.suppress(ValueError, IndexError):
                         self.seen.append((now, int(line.split()[1])))
+                elif line.startswith(READY.encode()):
+                    words = line.decode(errors="replace").split()
+                    self.ready.setdefault(words[1].lower() if len(words) > 1 else "", now)
 
     @property
     def last(self) -> int:
@@ -506,6 +523,57 @@ class HeartbeatWatcher:
         """The longest time between two heartbeats seen after ``since`` (monotonic)."""
         times = [t for t, _ in self.seen if t >= since]
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+class ConsoleServer:
+    """A loopback TCP server the guests' serial consoles connect to (``console_port``):
+    one stream per guest, so clones sharing one template definition are told apart by
+    the UUID in their ready marker. ``ready``: guest uuid -> when its marker arrived."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self.ready: dict[str, float] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="consoles", daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn) -> None:  # type: ignore[no-untyped-def]
+        rest = b""
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                now = time.monotonic()
+                *lines, rest = (rest + data).split(b"\n")
+                for line in lines:
+                    if line.startswith(READY.encode()):
+                        words = line.decode(errors="replace").split()
+                        with self._lock:
+                            self.ready.setdefault(words[1].lower() if len(words) > 1 else "",
+                                                  now)
 
 
 def last_heartbeat(log: Path) -> int:
@@ -550,7 +618,10 @@ class QemuHosts:
                         shared_dir=str(self.shared))
         self.hosts[name] = host
         host.start_libvirtd()
-        self._bed.conns[name] = libvirt.open(host.libvirt_uri)
+        conn = libvirt.open(host.libvirt_uri)
+        self._bed.conns[name] = conn
+        with contextlib.suppress(libvirt.libvirtError):  # probe QEMU now, not at first use
+            conn.getDomainCapabilities(QEMU, "x86_64", "pc", self.image.domain_type)
         return host
 
     def conn(self, name: str):  # type: ignore[no-untyped-def]
@@ -569,13 +640,15 @@ class QemuHosts:
     def agent_log(self, name: str) -> str:
         return self._bed.agent_log(name)
 
-    def define(self, host: str, name: str, memory_mib: int = 128):  # type: ignore[no-untyped-def]
+    def define(self, host: str, name: str, memory_mib: int = 128,  # type: ignore[no-untyped-def]
+               console_port: int = 0):
         """Define (not start) a fenced guest on ``host``: its disk is in the shared dir."""
         disk = self.shared / f"{name}.qcow2"
         if not disk.exists():
             make_disk(disk)
         return self.conn(host).defineXML(guest_xml(name, self.image, disk,
-                                                   self.serial_log(name), memory_mib))
+                                                   self.serial_log(name), memory_mib,
+                                                   console_port=console_port))
 
     def serial_log(self, name: str) -> Path:
         return self.serial / f"{name}.log"

@@ -1,0 +1,123 @@
+"""Clones of a real QEMU guest (TCG, 128 MiB) made in parallel on two lab hosts.
+
+Starts a real etcd and two namespaced libvirtd QEMU hosts with their agents, defines the
+lab guest on hv1, freezes it as a template (``gridtool.clone.create_template``: golden
+qcow2 images in the lab's images dir), then clones it CLONES times at once
+(``gridtool.clone.clone_guests``, as ``gridtool clone`` does): per clone a qcow2 overlay
+on the golden image, define, start, each host's agent working through its own clones.
+Per clone: overlay creation, define, start (the agent's ``create()``), submitted ->
+reported running in the registry, and start -> the guest's ready marker on its serial
+console (``GRIDTOOL-READY <uuid>``, its SMBIOS UUID: every clone's console connects to one
+loopback TCP console server, a stream per clone). ROUNDS rounds; clones are removed
+between them.
+
+    python bench/real_clone.py [--clones 4] [--rounds 2] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchlib import print_table, summary_ms, write_json
+
+from gridtool.clone import clone_guests, create_template, remove_clone
+from gridtool.config import Config
+from gridtool.etcdstore import EtcdStore
+from gridtool.lab import qemu
+from gridtool.lab.etcd import EtcdCluster
+from gridtool.lab.testbed import wait_until
+from gridtool.registry import Registry
+
+PHASES = ("overlay", "define", "start", "running", "ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clones", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+    why = qemu.unavailable()
+    if why:
+        print(f"real_clone: QEMU cannot run here: {why}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="gt-real-clone-") as tmp:
+        base = Path(tmp)
+        cluster = EtcdCluster.create(base / "etcd", 1)
+        cluster.start()
+        try:
+            return run(base, cluster, args)
+        finally:
+            cluster.stop()
+
+
+def run(base: Path, cluster: EtcdCluster, args: argparse.Namespace) -> int:
+    cfg = Config(endpoints=tuple(cluster.endpoints), prefix=f"/bench-{uuid.uuid4().hex[:8]}/",
+                 ttl=5, resync_interval=5.0, images_dir=str(base / "lab" / "images"))
+    store = EtcdStore(cfg)
+    registry = Registry(store, cfg.keys)
+    hosts = qemu.QemuHosts(base / "lab", cfg)
+    try:
+        for name in ("hv1", "hv2"):
+            hosts.add(name)
+            hosts.start_agent(name)
+        wait_until(lambda: len(registry.list_hosts()[0]) == 2, 30, what="two hosts")
+        consoles = qemu.ConsoleServer()
+        hosts.define("hv1", "tiny", console_port=consoles.port)
+        wait_until(lambda: any(g.name == "tiny" for g in registry.list_guests()[0]), 20,
+                   what="the template guest")
+        began = time.monotonic()
+        create_template(store, cfg, "tiny", "tiny")
+        template_s = time.monotonic() - began
+        samples: dict[str, list[float]] = {p: [] for p in PHASES}
+        rows, failed, all_ready = [], 0, []
+        for n in range(1, args.rounds + 1):
+            began = time.monotonic()
+            results = clone_guests(store, cfg, "tiny", args.clones, timeout=120.0)
+            ok = [r for r in results if r.ok]
+            failed += len(results) - len(ok)
+            for r in results:
+                if not r.ok:
+                    print(f"round {n}: {r.name}: {r.error}", file=sys.stderr)
+            if not ok:
+                return 1
+            wait_until(lambda ok=ok: all(r.uuid.lower() in consoles.ready for r in ok), 180,
+                       what="every clone's ready marker")
+            all_ready.append(max(consoles.ready[r.uuid.lower()] for r in ok) - began)
+            for r in ok:
+                ready = consoles.ready[r.uuid.lower()] - began - r.timings["running"]
+                timings = {**r.timings, "ready": max(ready, 0.0)}
+                for phase in PHASES:
+                    samples[phase].append(timings.get(phase, 0.0))
+                rows.append((n, r.name, r.host, *(timings.get(p, 0.0) for p in PHASES)))
+            for r in ok:
+                remove_clone(store, cfg, r.host, r.uuid, r.name)
+        print_table(f"{args.clones} clones of a 128 MiB TCG guest at once, {args.rounds} rounds "
+                    f"(template made in {template_s:.2f} s; seconds)", rows,
+                    ["ROUND", "CLONE", "HOST", "OVERLAY", "DEFINE", "START", "RUNNING",
+                     "START->READY"])
+        print(f"\nall {args.clones} clones at their ready marker after "
+              + ", ".join(f"{s:.2f} s" for s in all_ready) + f"; failed clones: {failed}")
+        write_json("real_clone", {
+            "params": {"clones": args.clones, "rounds": args.rounds, "memory_mib": 128,
+                       "accel": hosts.image.accel},
+            "template_s": round(template_s, 3),
+            "all_ready_s": [round(s, 3) for s in all_ready], "failed": failed,
+            **{phase: summary_ms(values) for phase, values in samples.items() if values},
+        }, args.json_path)
+        return 0 if not failed else 1
+    finally:
+        hosts.close()
+        store.delete_prefix(cfg.prefix)
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
