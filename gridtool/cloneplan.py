@@ -250,6 +250,7 @@ def rewrite(xml: str, identity: CloneIdentity, overlays: Mapping[str, str]) -> s
         nvram.text = None  # per-machine UEFI variables: libvirt makes a fresh file
     _rewrite_disks(root, overlays)
     _rewrite_interfaces(root, identity.macs)
+    _rewrite_console_files(root, identity.name)
     _scrub_devices(root)
     for label in root.findall("seclabel"):
         if label.get("type", "dynamic") == "dynamic":
@@ -299,6 +300,27 @@ def _rewrite_interfaces(root: ET.Element, macs: tuple[str, ...]) -> None:
             raise ClonePlanError(f"not a MAC address: {mac!r}")
         _drop(nic, "mac", "target", "alias")
         nic.insert(0, ET.Element("mac", {"address": mac}))
+
+
+def _rewrite_console_files(root: ET.Element, name: str) -> None:
+    """Serial/console output files (and their ``<log>``) get the clone's own file in the
+    same directory: two clones on one host cannot share one (virtlogd holds it), and
+    on shared storage their output would interleave. A console that mirrors a serial
+    port's file keeps mirroring it."""
+    renamed: dict[str, str] = {}
+    for dev in root.findall("./devices/serial") + root.findall("./devices/console"):
+        places = [(dev.find("source"), "path")] if dev.get("type") == "file" else []
+        places.append((dev.find("log"), "file"))
+        for el, attr in places:
+            old = el.get(attr) if el is not None else None
+            if el is None or not old:
+                continue
+            if old not in renamed:
+                folder, _, base = old.rpartition("/")
+                suffix = base[base.rfind("."):] if "." in base else ".log"
+                renamed[old] = f"{folder}/{name}-{len(renamed)}{suffix}" if renamed \
+                    else f"{folder}/{name}{suffix}"
+            el.set(attr, renamed[old])
 
 
 def _scrub_devices(root: ET.Element) -> None:

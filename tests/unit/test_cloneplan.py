@@ -163,6 +163,19 @@ def test_identity_bound_parts_removed() -> None:
     assert graphics.get("autoport") == "yes" and graphics.get("port") is None
 
 
+def test_console_files_are_per_clone() -> None:
+    xml = TEMPLATE.replace("</devices>", """<serial type='file'>
+      <source path='/var/log/lab/worker.log'/><log file='/var/log/lab/worker-raw.log'/>
+    </serial><console type='file'><source path='/var/log/lab/worker.log'/></console>
+    <serial type='pty'/></devices>""")
+    root = ET.fromstring(rewrite(xml, IDENT, OVERLAYS))
+    serial, pty = root.findall("./devices/serial")
+    assert serial.find("source").get("path") == "/var/log/lab/worker-1.log"
+    assert serial.find("log").get("file") == "/var/log/lab/worker-1-1.log"
+    assert root.find("./devices/console/source").get("path") == "/var/log/lab/worker-1.log"
+    assert pty.find("source") is None
+
+
 def test_metadata_namespace_kept() -> None:
     out = rewrite(TEMPLATE, IDENT, OVERLAYS)
     assert "app:role" in out and "https://example.org/app/1" in out
