@@ -29,6 +29,15 @@ SERVICE = "gridtool-agent.service"
 LIBVIRTD = "libvirtd.service"
 #: A marker every file we install carries (or whose path is ours) so remove finds them.
 HOOK_MARKER = "gridtool"
+#: libvirt drivers whose hook (``/etc/libvirt/hooks/<driver>``) is the fence hook.
+HOOK_DRIVERS = ("qemu", "libxl")
+
+
+def hook_driver(libvirt_uri: str) -> str:
+    """The hook script libvirt runs for guests of ``libvirt_uri``: ``libxl`` for Xen
+    (``xen:///system``, ``xen+ssh://...``), else ``qemu``."""
+    scheme = libvirt_uri.split(":", 1)[0].split("+", 1)[0].lower()
+    return "libxl" if scheme == "xen" else "qemu"
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,15 @@ class Layout:
     def hook(self) -> str:
         return self.at("/etc/libvirt/hooks/qemu")
 
+    def hook_for(self, libvirt_uri: str) -> str:
+        """The fence hook's path for this libvirt URI (``hooks/libxl`` for Xen)."""
+        return self.at(f"/etc/libvirt/hooks/{hook_driver(libvirt_uri)}")
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        """Every path the fence hook may be installed at."""
+        return tuple(self.at(f"/etc/libvirt/hooks/{d}") for d in HOOK_DRIVERS)
+
     @property
     def pid_file(self) -> str:
         return self.at("/run/gridtool/agent.pid")
@@ -77,6 +95,11 @@ class Layout:
     @property
     def agent(self) -> str:
         return f"{self.venv}/bin/gridtool-agent"
+
+    @property
+    def tls_dir(self) -> str:
+        """The agent's copies of the registry's TLS files."""
+        return self.at("/etc/gridtool/tls")
 
 
 @dataclass(frozen=True)
@@ -110,6 +133,34 @@ class Step:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The registry's TLS files for a host's agent: the CA certificate, and for etcd's
+    client-certificate auth the host's own certificate and key (``<stem>.crt/.key``,
+    stem = the host's etcd user, as ``gridtool registry certs`` names them)."""
+
+    ca: bytes
+    stem: str = ""
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    def files(self) -> list[tuple[str, str, bytes, str]]:
+        """(config setting, file name, content, mode) of each file to install."""
+        out = [("ca_cert", "ca.crt", self.ca, "644")]
+        if self.cert is not None and self.key is not None:
+            out += [("cert", f"{self.stem}.crt", self.cert, "644"),
+                    ("key", f"{self.stem}.key", self.key, "600")]
+        return out
+
+
+def tls_settings(layout: Layout, tls: TlsFiles | None) -> dict[str, str]:
+    """The agent config's ``ca_cert`` (and ``cert``/``key``): where :func:`plan_add`
+    installs them."""
+    if tls is None:
+        return {}
+    return {setting: f"{layout.tls_dir}/{name}" for setting, name, _, _ in tls.files()}
+
+
+@dataclass(frozen=True)
 class AddSpec:
     """Everything ``host add`` installs (contents already rendered)."""
 
@@ -122,6 +173,7 @@ class AddSpec:
     hook: str | None = None  # None: this gridtool has no libvirt hook yet
     layout: Layout = Layout()
     python: str = "python3"
+    tls: TlsFiles | None = None  # None: the registry is plaintext
 
 
 class Action(Enum):
@@ -248,6 +300,17 @@ def _libvirt_check(uri: str, python: str) -> str:
             f">/dev/null; else {q(python)} -c {q(probe)} {q(uri)}; fi")
 
 
+def _tls_steps(layout: Layout, tls: TlsFiles | None) -> list[Step]:
+    """One file step per TLS file (keys 0600, never shown); before the config, so a
+    changed certificate restarts the agent too."""
+    if tls is None:
+        return []
+    paths = tls_settings(layout, tls)
+    return [_file_step(f"tls-{setting}", f"install {paths[setting]} ({mode})", paths[setting],
+                       data, mode, secret=mode == "600")
+            for setting, _, data, mode in tls.files()]
+
+
 def plan_add(spec: AddSpec, facts: HostFacts) -> list[Step]:
     """The steps of ``host add``, in order."""
     q = shlex.quote
@@ -271,6 +334,7 @@ def plan_add(spec: AddSpec, facts: HostFacts) -> list[Step]:
              f"{q(spec.python)} -m venv --clear {q(lay.venv)}; }} && "
              f"{pip} {q(wheel_path)} && {pip} --force-reinstall --no-deps {q(wheel_path)} && "
              f"echo {digest} >{q(stamp)}"),
+        *_tls_steps(lay, spec.tls),
         _file_step("config", f"write {lay.config} (0600)", lay.config,
                    spec.agent_conf.encode(), "600", secret=True),
     ]
@@ -279,7 +343,8 @@ def plan_add(spec: AddSpec, facts: HostFacts) -> list[Step]:
         steps.append(Step("hook", "libvirt hook", None, None,
                           note="skipped: this gridtool has no libvirt hook to install"))
     else:
-        hook = _file_step("hook", f"install the libvirt hook {lay.hook}", lay.hook,
+        path = lay.hook_for(spec.libvirt_uri)
+        hook = _file_step("hook", f"install the libvirt hook {path}", path,
                           spec.hook.encode(), "755",
                           then=f"{{ systemctl try-reload-or-restart {LIBVIRTD} || true; }}"
                           if systemd else "")
@@ -302,9 +367,10 @@ def plan_add(spec: AddSpec, facts: HostFacts) -> list[Step]:
     return steps
 
 
-def plan_remove(layout: Layout, facts: HostFacts) -> list[Step]:
-    """The steps of ``host remove``: stop the agent, then delete what ``add`` installed
-    (the log is kept)."""
+def plan_remove(layout: Layout, facts: HostFacts, tls_stem: str = "") -> list[Step]:
+    """The steps of ``host remove``: stop the agent, then delete what ``add`` installed,
+    the host's TLS certificate and key ``<tls_stem>.crt/.key`` included (the log and the
+    CA certificate are kept)."""
     q = shlex.quote
     lay = layout
     if uses_systemd(facts, lay):
@@ -315,12 +381,16 @@ def plan_remove(layout: Layout, facts: HostFacts) -> list[Step]:
     else:
         stop = Step("stop", "stop the agent", f"! {{ {_running(lay)}; }}", _stop_direct(lay))
     paths = [lay.unit, lay.config, lay.venv, lay.wheels, lay.pid_file]
-    ours_hook = f"grep -qs {HOOK_MARKER} {q(lay.hook)}"
+    if tls_stem:
+        paths += [f"{lay.tls_dir}/{tls_stem}.{ext}" for ext in ("crt", "key")]
+    ours = [(f"grep -qs {HOOK_MARKER} {q(h)}", h) for h in lay.hooks]  # qemu, libxl
     reload = " && systemctl daemon-reload" if uses_systemd(facts, lay) else ""
     files = Step("files", "remove the unit, config, venv and hook",
-                 " && ".join(f"! test -e {q(p)}" for p in paths) + f" && ! {ours_hook}",
-                 f"rm -rf {' '.join(q(p) for p in paths)} && "
-                 f"{{ ! {ours_hook} || rm -f {q(lay.hook)}; }}{reload}")
+                 " && ".join(f"! test -e {q(p)}" for p in paths)
+                 + "".join(f" && ! {ours_hook}" for ours_hook, _ in ours),
+                 f"rm -rf {' '.join(q(p) for p in paths)}"
+                 + "".join(f" && {{ ! {ours_hook} || rm -f {q(h)}; }}" for ours_hook, h in ours)
+                 + reload)
     return [stop, files]
 
 

@@ -77,6 +77,12 @@ class EtcdAuth:
         else:
             raise ValueError(f"unknown auth step {step.op!r}")
 
+    def delete_user(self, name: str) -> None:
+        self._rpc("UserDelete", etcdrpc.AuthUserDeleteRequest(name=name))
+
+    def delete_role(self, name: str) -> None:
+        self._rpc("RoleDelete", etcdrpc.AuthRoleDeleteRequest(role=name))
+
     def change_password(self, user: str, password: str) -> None:
         self._rpc("UserChangePassword",
                   etcdrpc.AuthUserChangePasswordRequest(name=user, password=password))

@@ -198,3 +198,30 @@ def issue_host_credentials(cfg: Config, directory: Path, host: str,
         return result
     finally:
         root.close()
+
+
+def remove_host_credentials(cfg: Config, directory: Path, host: str) -> list[str] | None:
+    """Delete ``host``'s etcd user and role and its password file (what ``host add`` or
+    ``host credentials`` made). None when ``directory`` has no root password (nothing is
+    touched then); else what was removed (names and the file, never a password)."""
+    validate_name("host", host)
+    if read_password(password_path(directory, authplan.ROOT)) is None:
+        return None
+    user, role = authplan.host_user(host, cfg.prefix), authplan.host_role(host, cfg.prefix)
+    removed = []
+    root = _Root(cfg, directory, create=False)
+    try:
+        if user in root.auth.users():
+            root.auth.delete_user(user)
+            removed.append(f"user {user}")
+        if role in root.auth.roles():
+            root.auth.delete_role(role)
+            removed.append(f"role {role}")
+    finally:
+        root.close()
+    path = password_path(directory, user)
+    if path.exists():
+        path.unlink()
+        removed.append(str(path))
+    log.info("event=host_credentials_removed host=%s removed=%d", host, len(removed))
+    return removed

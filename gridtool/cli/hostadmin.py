@@ -20,7 +20,8 @@ from gridtool.errors import Conflict, Timeout, UsageError
 
 if TYPE_CHECKING:
     from gridtool.bootstrap import Remote, StepResult
-    from gridtool.bootstrapplan import Layout, SshTarget, Step
+    from gridtool.bootstrapplan import Layout, SshTarget, Step, TlsFiles
+    from gridtool.config import Config
 
 
 def _ssh_options(required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -126,11 +127,41 @@ def _layout(prefix_dir: str, venv_path: str) -> Layout:
     return Layout(prefix_dir, venv_path)
 
 
+def _read_tls(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{setting} {path}: {exc.strerror}") from None
+
+
+def _tls_files(cfg: Config, name: str) -> TlsFiles | None:
+    """The TLS files to copy to host ``name``: the CLI's CA certificate and, with
+    client-certificate auth (``cert``/``key`` set), the host's own certificate from the
+    CA's directory (the admin's key never goes to a host)."""
+    from gridtool.bootstrap import host_user
+    from gridtool.bootstrapplan import TlsFiles
+
+    if not cfg.ca_cert:
+        return None
+    ca = Path(cfg.ca_cert)
+    if not (cfg.cert and cfg.key):
+        return TlsFiles(_read_tls(ca, "ca_cert"))
+    stem = host_user(cfg, name)
+    cert, key = ca.with_name(f"{stem}.crt"), ca.with_name(f"{stem}.key")
+    if not (cert.is_file() and key.is_file()):
+        raise UsageError(f"client-certificate auth: no {cert.name}/{key.name} for {name} in "
+                         f"{ca.parent}: issue them with 'gridtool registry certs --dir "
+                         f"{ca.parent} --hosts {name}' (repeat its --ip/--dns: it rewrites "
+                         "server.crt)")
+    return TlsFiles(_read_tls(ca, "ca_cert"), stem, _read_tls(cert, "cert"),
+                    _read_tls(key, "key"))
+
+
 def _agent_config(app: AppContext, name: str, libvirt_uri: str, endpoints: str | None,
                   user: str | None, password_file: str | None,
-                  hook_socket: str | None) -> str:
+                  hook_socket: str | None, tls: dict[str, str]) -> str:
     """The agent's config file: the registry and storage rules this CLI uses, the
-    host's credentials, the fence hook's socket."""
+    host's credentials, the fence hook's socket, the TLS files as installed (``tls``)."""
     from gridtool.bootstrap import host_user, issue_credentials
     from gridtool.config import Config, render
 
@@ -138,7 +169,8 @@ def _agent_config(app: AppContext, name: str, libvirt_uri: str, endpoints: str |
     agent = Config(endpoints=cfg.endpoints, prefix=cfg.prefix, timeout=cfg.timeout,
                    ttl=cfg.ttl, resync_interval=cfg.resync_interval, host=name,
                    libvirt_uri=libvirt_uri, hook_socket=hook_socket,
-                   shared_patterns=cfg.shared_patterns, shared_pools=cfg.shared_pools)
+                   shared_patterns=cfg.shared_patterns, shared_pools=cfg.shared_pools,
+                   **tls)
     if endpoints:
         agent = replace(agent, endpoints=tuple(e.strip() for e in endpoints.split(",")
                                                if e.strip()))
@@ -181,11 +213,14 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
     """Install and start a host's agent over SSH, then wait until the host registers.
 
     Steps (each checked first, so a second run repairs and never duplicates): check
-    libvirt answers, copy the gridtool wheel and install it in a venv, write
-    /etc/gridtool/agent.conf (0600, with the host's etcd credentials), install the
-    libvirt hook (when this gridtool has one) and gridtool-agent.service, enable and
-    start it (no systemd on the host: start the agent directly with nohup). The host
-    key must be in known_hosts unless --accept-new-host-key.
+    libvirt answers, copy the gridtool wheel and install it in a venv, copy the
+    registry's TLS files to /etc/gridtool/tls/ (when ca_cert is set: the CA, and for
+    client-certificate auth the host's own host-NAME.crt/.key from the CA's directory;
+    keys 0600), write /etc/gridtool/agent.conf (0600, with the host's etcd credentials
+    and TLS paths), install the libvirt hook (when this gridtool has one) and
+    gridtool-agent.service, enable and start it (no systemd on the host: start the agent
+    directly with nohup). The host key must be in known_hosts unless
+    --accept-new-host-key.
 
     \b
     Example:
@@ -194,20 +229,21 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
           --accept-new-host-key --password-file hv5.pw
     """
     from gridtool import bootstrap
-    from gridtool.bootstrapplan import AddSpec, plan_add, render_unit
+    from gridtool.bootstrapplan import AddSpec, plan_add, render_unit, tls_settings
 
     _validated(name)
     target = _target(ssh)
     layout = _layout(prefix_dir, venv_path)
     root = bootstrap.project_root()
     hook = bootstrap.hook_script(root, layout, app.config.shared_patterns)
+    tls = _tls_files(app.config, name)
     conf = _agent_config(app, name, libvirt_uri, agent_endpoints, user, password_file,
-                         layout.hook_socket if hook else None)
+                         layout.hook_socket if hook else None, tls_settings(layout, tls))
     wheel = (Path(wheel_file) if wheel_file
              else bootstrap.build_wheel(root, bootstrap.default_cache_dir()))
     spec = AddSpec(name, libvirt_uri, wheel.name, wheel.read_bytes(), conf,
                    render_unit(bootstrap.unit_template(root), layout), hook, layout,
-                   remote_python)
+                   remote_python, tls)
     app.store.get(app.config.keys.host(name))  # the registry answers, before touching a host
     progress = _Progress()
     remote = _connect(target, key_file, known_hosts, accept_new_host_key, wait, progress)
@@ -257,6 +293,23 @@ def _forget(app: AppContext, name: str) -> None:
         app.store.delete(key)
 
 
+def _remove_credentials(cfg: Config, name: str) -> None:
+    """With registry authentication, delete the host's etcd user and role and its
+    password file; without root's password file, say so and leave them."""
+    from gridtool.bootstrap import host_user
+    from gridtool.security import credentials_dir, remove_host_credentials
+
+    if not cfg.user:
+        return
+    directory = credentials_dir(cfg, None)
+    removed = remove_host_credentials(cfg, directory, name)
+    if removed is None:
+        warn(f"no root password in {directory}: etcd user {host_user(cfg, name)} and its "
+             "role are left in place")
+    elif removed:
+        click.echo(f"{name}: removed {', '.join(removed)}", err=True)
+
+
 @click.command("remove")
 @click.argument("name")
 @click.option("--force", is_flag=True,
@@ -270,7 +323,9 @@ def remove_host(app: AppContext, name: str, force: bool, ssh: str | None,
 
     Refused (exit 7) while guests run on the host, unless --force after 'gridtool host
     drain'; guests still running keep running (only the agent goes). Without --ssh only
-    the registry keys of a host whose agent is gone are deleted. Its fences stay.
+    the registry keys of a host whose agent is gone are deleted. Its fences stay. With
+    registry authentication, the host's etcd user, role and password file are deleted
+    too (needs root's password file in the credentials directory).
 
     \b
     Example:
@@ -292,12 +347,13 @@ def remove_host(app: AppContext, name: str, force: bool, ssh: str | None,
         progress = _Progress()
         remote = _connect(target, key_file, known_hosts, accept_new_host_key, wait, progress)
         try:
-            bootstrap.run_steps(remote, plan_remove(layout, remote.facts()), progress.start,
-                                progress.done)
+            steps = plan_remove(layout, remote.facts(), bootstrap.host_user(app.config, name))
+            bootstrap.run_steps(remote, steps, progress.start, progress.done)
         finally:
             progress.stop()
             remote.close()
     _forget(app, name)
+    _remove_credentials(app.config, name)
     if left:
         warn(f"{len(left)} guests still run on {name} unmanaged: {', '.join(left[:5])}")
     click.echo(f"{name}: removed", err=True)

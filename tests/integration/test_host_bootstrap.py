@@ -16,15 +16,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
+from gridtool.authplan import admin_user, host_role, host_user
 from gridtool.bootstrap import build_wheel, project_root
 from gridtool.bootstrapplan import Layout
+from gridtool.credfiles import password_path, read_password
+from gridtool.errors import AuthError
+from gridtool.etcdstore import EtcdStore
 from gridtool.lab.procs import free_port, port_open, spawn, stop_pid
 from gridtool.lab.testbed import credential_env, domain_xml, wait_until
+from gridtool.security import credentials_dir
 
 SSHD = "/usr/sbin/sshd"
 
@@ -100,15 +105,16 @@ def root(tmp_path: Path) -> Iterator[Path]:
         stop_pid(pid, config)
 
 
-def gridtool(cfg, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
-    """The real CLI as a subprocess, on the test's registry prefix."""
+def gridtool(cfg, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    """The real CLI as a subprocess, on the test's registry prefix (``env``: more
+    GRIDTOOL_* settings)."""
     return subprocess.run(
         [sys.executable, "-c", "from gridtool.cli.main import main; main()",
          "--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix, *args],
         capture_output=True, text=True, timeout=timeout, check=False,
         env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
              "GRIDTOOL_LAB_DIR": "/nonexistent", "GRIDTOOL_TTL": str(cfg.ttl),
-             "GRIDTOOL_RESYNC_INTERVAL": "2", **credential_env()})
+             "GRIDTOOL_RESYNC_INTERVAL": "2", **credential_env(), **env})
 
 
 def ssh_args(sshd: Sshd, root: Path, *extra: str, key: Path | None = None) -> list[str]:
@@ -136,6 +142,8 @@ def test_add_repair_and_remove(sshd, wheel, cfg, store, registry, lab_hosts, roo
     assert "trusted a new host key" in first.stderr and "no systemd" in first.stderr
     assert registry.get_host("hv1").libvirt_uri == lab.libvirt_uri
     conf = Path(lay.config).read_text()
+    (conf_password,) = [v for k, _, v in (line.partition(" = ") for line in conf.splitlines())
+                        if k == "password"]
     assert Path(lay.config).stat().st_mode & 0o777 == 0o600
     assert "user = host-" in conf and "password = " in conf  # its own etcd user
     assert "password" not in first.stderr + first.stdout
@@ -194,6 +202,28 @@ def test_add_repair_and_remove(sshd, wheel, cfg, store, registry, lab_hosts, roo
     assert not Path(lay.venv).exists()
     assert store.get(cfg.keys.host("hv1")) is None
     assert store.list(cfg.keys.host_guests("hv1"))[0] == []
+    # Its etcd user, role and password file (issued by the first add) are gone too.
+    user = host_user("hv1", cfg.prefix)
+    assert f"removed user {user}, role {host_role('hv1', cfg.prefix)}" in gone.stderr
+    assert not password_path(credentials_dir(cfg, None), user).exists()
+    with pytest.raises(AuthError):
+        EtcdStore(replace(cfg, user=user, password=conf_password, password_file=None)).get(
+            cfg.keys.host("hv1"))
+
+
+def test_client_cert_auth_without_the_hosts_cert_is_refused(sshd, cfg, root):  # type: ignore[no-untyped-def]
+    """With client-certificate auth, only the host's own certificate goes to the host (the
+    admin's key would give it admin rights): none for hv2 is a one-line usage error."""
+    tls = root.parent / "tls"
+    tls.mkdir()
+    for name in ("ca.crt", "gridtool-admin.crt", "gridtool-admin.key"):
+        (tls / name).write_text("x")
+    done = gridtool(cfg, "host", "add", "hv2", *ssh_args(sshd, root, "--accept-new-host-key"),
+                    GRIDTOOL_CA_CERT=str(tls / "ca.crt"),
+                    GRIDTOOL_CERT=str(tls / "gridtool-admin.crt"),
+                    GRIDTOOL_KEY=str(tls / "gridtool-admin.key"))
+    one_line(done, 2, f"registry certs --dir {tls} --hosts hv2")
+    assert not root.exists() and not (root.parent / "known_hosts").exists()
 
 
 def test_unknown_host_key_refused_nothing_installed(sshd, wheel, cfg, store, root):  # type: ignore[no-untyped-def]
@@ -230,3 +260,51 @@ def test_unreachable_host(sshd, wheel, cfg, store, root):  # type: ignore[no-unt
     one_line(done, 8, "cannot reach")
     done = gridtool(cfg, "host", "remove", "hv2", *closed)
     one_line(done, 8, "cannot reach")
+
+
+def test_add_over_tls_with_the_hosts_client_certificate(sshd, wheel, lab_hosts, root):  # type: ignore[no-untyped-def]
+    """A TLS etcd requiring client certificates: host add copies the CA and the host's own
+    certificate (not the admin's) to /etc/gridtool/tls/, and the agent registers with them."""
+    from gridtool.certs import make_certs
+    from gridtool.config import Config, render
+    from gridtool.lab.etcd import EtcdCluster, TlsFiles
+    from gridtool.security import init_registry
+
+    base, prefix = root.parent, "/tls-add/"
+    tls = base / "tls"
+    admin, user = admin_user(prefix), host_user("hv3", prefix)
+    make_certs(tls, [admin, user])
+    cluster = EtcdCluster.create(base, 1, tls=TlsFiles(str(tls), client_cert_auth=True))
+    cluster.start()
+    try:
+        cfg = Config(endpoints=tuple(cluster.endpoints), prefix=prefix, ttl=3, timeout=3.0,
+                     ca_cert=str(tls / "ca.crt"), cert=str(tls / f"{admin}.crt"),
+                     key=str(tls / f"{admin}.key"))
+        init_registry(cfg, base / "credentials", [], [])
+        cfg = replace(cfg, user=admin, password_file=str(base / "credentials" /
+                                                         f"{admin}.password"))
+        (base / "admin.conf").write_text(render(cfg))
+        lab = lab_hosts.add("hv3")
+        done = gridtool(cfg, "host", "add", "hv3", *ssh_args(sshd, root, "--accept-new-host-key"),
+                        "--libvirt-uri", lab.libvirt_uri, "--wheel", str(wheel),
+                        "--timeout", "30", GRIDTOOL_CONFIG=str(base / "admin.conf"))
+        assert done.returncode == 0, done.stderr
+        lay = Layout(str(root))
+        installed = Path(lay.tls_dir)
+        assert sorted(p.name for p in installed.iterdir()) == ["ca.crt", f"{user}.crt",
+                                                                 f"{user}.key"]
+        assert (installed / f"{user}.key").stat().st_mode & 0o777 == 0o600
+        assert (installed / f"{user}.key").read_bytes() == (tls / f"{user}.key").read_bytes()
+        conf = Path(lay.config).read_text()
+        assert f"ca_cert = {installed}/ca.crt" in conf and f"key = {installed}/{user}.key" in conf
+        assert f"user = {user}" in conf
+        print(f"host add over TLS:\n{done.stderr}")
+        store = EtcdStore(replace(cfg, password=read_password(Path(str(cfg.password_file)))))
+        try:
+            assert store.get(cfg.keys.host("hv3")) is not None  # registered over TLS
+        finally:
+            store.close()
+        for pid in agent_pids(lay.config):  # before its etcd goes
+            stop_pid(pid, lay.config)
+    finally:
+        cluster.stop()

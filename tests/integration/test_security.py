@@ -14,7 +14,15 @@ import pytest
 from click.testing import CliRunner
 
 from gridtool import security
-from gridtool.authplan import Access, Permission, Step, admin_user, host_role, host_user
+from gridtool.authplan import (
+    Access,
+    Permission,
+    Step,
+    admin_user,
+    host_role,
+    host_user,
+    manager_role,
+)
 from gridtool.cli.main import cli
 from gridtool.config import Config
 from gridtool.credfiles import password_path, read_password, write_private
@@ -137,6 +145,46 @@ def test_host_credentials_reissues_and_json_has_no_password(cfg: Config, creds: 
     with pytest.raises(AuthError):
         EtcdStore(replace(cfg, user=user, password=old)).get(cfg.keys.host("hv1"))
     as_user(cfg, creds, user).put(cfg.keys.host("hv1"), b"{}")
+
+
+def test_remove_host_credentials_deletes_user_role_and_file(cfg: Config, creds: Path,
+                                                            tmp_path: Path) -> None:
+    user, role = host_user("hv1", cfg.prefix), host_role("hv1", cfg.prefix)
+    issued = security.issue_host_credentials(cfg, creds, "hv1", manager=True)
+    password = read_password(Path(issued.password_file))
+    # Without root's password nothing is touched.
+    assert security.remove_host_credentials(cfg, tmp_path / "empty", "hv1") is None
+    removed = security.remove_host_credentials(cfg, creds, "hv1")
+    assert removed == [f"user {user}", f"role {role}", issued.password_file]
+    assert not Path(issued.password_file).exists()
+    root = EtcdStore(replace(cfg, user="root", password=read_password(creds / "root.password")))
+    try:
+        auth = EtcdAuth(root)
+        assert user not in auth.users() and role not in auth.roles()
+        assert manager_role(cfg.prefix) in auth.roles()  # shared by the other candidates
+        assert not auth.check_password(user, str(password))
+    finally:
+        root.close()
+    assert security.remove_host_credentials(cfg, creds, "hv1") == []  # a second run: no-op
+
+
+def test_host_remove_without_root_password_leaves_the_user(cfg: Config, creds: Path,
+                                                            tmp_path: Path) -> None:
+    """The CLI's credentials folder has no root.password: one warning line, exit 0."""
+    security.issue_host_credentials(cfg, creds, "hv1")
+    admin = tmp_path / "admin-only" / "admin.password"
+    write_private(admin, str(cfg.password))
+    done = gridtool(cfg, "host", "remove", "hv1", GRIDTOOL_USER=str(cfg.user),
+                    GRIDTOOL_PASSWORD_FILE=str(admin))
+    assert done.returncode == 0, done.stderr
+    (warning,) = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert f"no root password in {admin.parent}" in warning
+    assert host_user("hv1", cfg.prefix) in warning
+    hv1 = as_user(cfg, creds, host_user("hv1", cfg.prefix))
+    try:
+        hv1.put(cfg.keys.host("hv1"), b"{}")  # still works
+    finally:
+        hv1.close()
 
 
 def test_wrong_or_missing_password_is_one_line_exit_5(cfg: Config) -> None:

@@ -17,6 +17,7 @@ from gridtool.bootstrapplan import (
     Layout,
     SshTarget,
     Step,
+    TlsFiles,
     apply_script,
     decide,
     hook_shim,
@@ -25,17 +26,22 @@ from gridtool.bootstrapplan import (
     plan_add,
     plan_remove,
     render_unit,
+    tls_settings,
 )
 
 UNIT = Path(__file__).resolve().parents[2] / "scripts/systemd/gridtool-agent.service"
 SECRET = "s3cret-pw-do-not-log"
 
 
-def spec(root: str = "/", hook: str | None = None) -> AddSpec:
+KEY = b"-----BEGIN PRIVATE KEY-----\nhost key\n"
+TLS = TlsFiles(b"CA cert", "host-hv1", b"host cert", KEY)
+
+
+def spec(root: str = "/", hook: str | None = None, tls: TlsFiles | None = None) -> AddSpec:
     layout = Layout(root)
     conf = f"[registry]\nuser = hv1\npassword = {SECRET}\n"
     return AddSpec("hv1", "qemu:///system", "gridtool-0.1.0-py3-none-any.whl", b"PK wheel",
-                   conf, render_unit(UNIT.read_text(), layout), hook, layout)
+                   conf, render_unit(UNIT.read_text(), layout), hook, layout, tls=tls)
 
 
 def sh(command: str, stage: Path) -> int:
@@ -196,3 +202,42 @@ def test_direct_stop_kills_only_the_agent_of_this_config(tmp_path: Path) -> None
         for proc in (other, ours):
             proc.kill()
             proc.wait()
+
+
+def test_tls_files_go_before_the_config_and_the_agent_config_points_at_them() -> None:
+    names = [s.name for s in plan_add(spec(tls=TLS), HostFacts(False))]
+    assert names == ["libvirt", "wheel", "venv", "tls-ca_cert", "tls-cert", "tls-key",
+                     "config", "hook", "unit", "start"]
+    ca_only = [s.name for s in plan_add(spec(tls=TlsFiles(b"CA")), HostFacts(False))]
+    assert ca_only[3:5] == ["tls-ca_cert", "config"]
+    assert tls_settings(Layout("/r"), TLS) == {
+        "ca_cert": "/r/etc/gridtool/tls/ca.crt", "cert": "/r/etc/gridtool/tls/host-hv1.crt",
+        "key": "/r/etc/gridtool/tls/host-hv1.key"}
+    assert tls_settings(Layout(), TlsFiles(b"CA")) == {"ca_cert": "/etc/gridtool/tls/ca.crt"}
+    assert tls_settings(Layout(), None) == {}
+    (key,) = [s for s in plan_add(spec(tls=TLS), HostFacts(False)) if s.name == "tls-key"]
+    assert key.uploads[0].secret and KEY.decode() not in f"{key.check} {key.apply}"
+
+
+def test_tls_files_installed_keys_0600_repaired_and_removed(tmp_path: Path) -> None:
+    """Real sh: installed with their modes, a no-op the second time, a changed key is
+    put back (and would restart the agent), remove deletes the host's cert and key."""
+    root, stage = tmp_path / "root", tmp_path / "stage"
+    stage.mkdir()
+    the_spec = spec(str(root), tls=TLS)
+    steps = [s for s in plan_add(the_spec, HostFacts(False)) if s.name.startswith("tls-")]
+    assert run_local(steps, stage) == [Action.APPLY] * 3
+    paths = tls_settings(the_spec.layout, TLS)
+    modes = {k: Path(v).stat().st_mode & 0o777 for k, v in paths.items()}
+    assert modes == {"ca_cert": 0o644, "cert": 0o644, "key": 0o600}
+    assert Path(paths["key"]).read_bytes() == KEY
+    assert run_local(steps, stage) == [Action.OK] * 3
+    Path(paths["key"]).write_bytes(b"other")
+    assert run_local(steps, stage) == [Action.OK, Action.OK, Action.APPLY]
+    assert Path(paths["key"]).read_bytes() == KEY
+
+    remove = plan_remove(the_spec.layout, HostFacts(False), tls_stem="host-hv1")
+    assert run_local(remove, stage) == [Action.OK, Action.APPLY]
+    assert not Path(paths["key"]).exists() and not Path(paths["cert"]).exists()
+    assert Path(paths["ca_cert"]).exists()  # public, and possibly shared: kept
+    assert run_local(remove, stage) == [Action.OK, Action.OK]
