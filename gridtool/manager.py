@@ -297,8 +297,9 @@ def _view(records: list[GuestRecord], live: set[str], settings: GuestSettings | 
         kind = GuestKind.HA if settings and settings.ha else GuestKind.PINNED
     if settings is not None:
         desired = settings.desired
-    else:
-        desired = "running" if any(r.state in ACTIVE_LIKE for r in records) else "stopped"
+    else:  # a held fence means it ran when last known, even if no report said so yet
+        running = any(r.state in ACTIVE_LIKE for r in records) or holder is not None
+        desired = "running" if running else "stopped"
     state = "error" if settings is not None and settings.error else rec.state
     volumes = tuple(sorted({v for r in records for v in r.volumes}))
     return GuestView(rec.uuid, rec.name, rec.host, state, rec.memory_mib, kind, volumes,
