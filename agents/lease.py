@@ -36,6 +36,7 @@ class Watchdog:
         self.timeout = timeout
         self._fh: BinaryIO | None = None
         self._opened = False
+        self._disarmed = False  # unknown at start: a predecessor may have left it armed
         self._lock = threading.Lock()  # the guard and intent threads both pet
 
     def pet(self) -> None:
@@ -51,18 +52,25 @@ class Watchdog:
             self.path.write_bytes(b"\0")  # armed (and petted: the mtime is new)
         else:
             os.utime(self.path)
-        self._opened = True
+        self._opened, self._disarmed = True, False
 
     def close(self) -> None:
-        if not self._opened:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        """Disarm with the magic "V", also a watchdog a predecessor left armed."""
+        if self._disarmed:
             return
+        if self._fh is None and self.path.is_char_device():
+            self._fh = self.path.open("wb", buffering=0)
         if self._fh is not None:
             self._fh.write(b"V")
             self._fh.close()
             self._fh = None
-        else:
+        elif self.path.exists():
             self.path.write_bytes(b"V")
-        self._opened = False
+        self._opened, self._disarmed = False, True
 
     def abandon(self) -> None:
         """Let go without the magic close: the watchdog resets the host unless a new
@@ -91,6 +99,7 @@ class HostLease:
         self.clock: LeaseClock | None = None
         self.lost = threading.Event()
         self._fenced_for: int | None = None
+        self._armed_until = 0.0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._keepalive_loop, name="keepalive",
                                           daemon=True),
@@ -141,6 +150,7 @@ class HostLease:
             return True
         if not clock.watchdog_may_pet(now, self._watchdog.timeout, True):
             return False
+        self._armed_until = now + self.ttl  # the guard keeps it armed while the fence is taken
         self._watchdog.pet()
         return True
 
@@ -207,6 +217,14 @@ class HostLease:
                             "overdue_s=%.2f", self.host, lease, now - clock.deadline)
                 self._self_fence()
                 self.lost.set()
-            if self._watchdog is not None and self._may_pet() and clock.watchdog_may_pet(
-                    now, self._watchdog.timeout, self._has_ha_guests()):
-                self._watchdog.pet()
+            if self._watchdog is not None and self._may_pet():
+                self._tend_watchdog(self._watchdog, clock, now)
+
+    def _tend_watchdog(self, watchdog: Watchdog, clock: LeaseClock, now: float) -> None:
+        """Armed only while HA guests run here (a dead agent must not reset a host that
+        runs only pinned or unfenced guests), petted while the lease clock allows."""
+        ha = self._has_ha_guests()
+        if not ha and now >= self._armed_until:
+            watchdog.close()  # nothing to fence: disarm (a no-op when not open)
+        elif clock.watchdog_may_pet(now, watchdog.timeout, ha):
+            watchdog.pet()

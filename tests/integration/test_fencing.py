@@ -201,6 +201,26 @@ def test_agent_stopped_for_good_resets_host_before_ha_restart(lab_hosts, store, 
     assert fence_holder(store, cfg) == "hv2"
 
 
+def test_agent_crash_with_only_pinned_guests_does_not_reset_the_host(lab_hosts, store, cfg,  # type: ignore[no-untyped-def]
+                                                                      registry):
+    from gridtool.lab.hosts import watchdog_timeout_for
+
+    hosts_with_guest(lab_hosts, ["hv1"])
+    wait_registered(registry, ["hv1"])
+    client = IntentClient(store, cfg.keys)
+    assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+    wait_until(lambda: any(g.state == "running" for g in registry.list_guests()[0]),
+               what="db reported running")
+    threading.Event().wait(1.0)  # an observation window of 10 guard ticks
+    dog = lab_hosts.hosts["hv1"].watchdog
+    assert not dog.exists() or dog.read_bytes() == b"V"  # never armed: nothing to fence
+    lab_hosts.stop_agent("hv1", kill=True)
+    # An observation window past the watchdog timeout: a pinned guest must survive it.
+    threading.Event().wait(2 * watchdog_timeout_for(cfg.ttl))
+    assert lab_hosts.watchdogs["hv1"].resets == 0
+    assert running_on(lab_hosts) == ["hv1"]
+
+
 def test_pinned_guest_moves_only_after_confirm_dead(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
     import json
     import time
