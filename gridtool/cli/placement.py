@@ -392,7 +392,10 @@ def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
                   live: bool | None, wait: bool, timeout: float, as_json: bool) -> None:
     """Move a guest to another host; a fenced guest's fences move with it.
 
-    Cold migration: define on the destination, stop on the source (whose agent then hands
+    Live (both hosts QEMU/KVM): the destination is told to expect the guest, the source's
+    agent migrates it peer-to-peer and hands every fence to the destination in one
+    transaction at the switchover; the bar shows the memory sent. Cold (the test driver,
+    or --cold): define on the destination, stop on the source (whose agent then hands
     every fence to the destination in one transaction), start on the destination (the
     fencing token grows), undefine on the source. A failure leaves the guest running on
     the source with its fence, or stopped with its fences released or handed back, never
@@ -400,6 +403,7 @@ def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
 
     \b
     Example:
+      gridtool guest migrate web1 --to hv2 --live
       gridtool guest migrate web1 --to hv2 --cold
       gridtool guest migrate web1 --auto
     """
