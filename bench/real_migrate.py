@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import print_table, summary_ms, write_json
+from benchlib import lab_etcd, print_table, summary_ms, write_json
 
 from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
@@ -52,14 +51,8 @@ def main() -> int:
     if why:
         print(f"real_migrate: QEMU cannot run here: {why}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="gt-real-migrate-") as tmp:
-        base = Path(tmp)
-        cluster = EtcdCluster.create(base / "etcd", 1)
-        cluster.start()
-        try:
-            return run(base, cluster, args)
-        finally:
-            cluster.stop()
+    with lab_etcd(prefix="gt-real-migrate-") as (base, cluster):
+        return run(base, cluster, args)
 
 
 def run(base: Path, cluster: EtcdCluster, args: argparse.Namespace) -> int:

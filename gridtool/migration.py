@@ -336,14 +336,18 @@ class Migrator:
             result.seconds = time.monotonic() - start
         return result
 
-    def _cold(self, rec: GuestRecord, target: str, result: MigrationResult,
-              follow_cleanup: bool) -> None:
-        source, name = rec.host, rec.name
+    def _check_ends(self, source: str, target: str, name: str) -> None:
+        """Both ends must be distinct live hosts."""
         if target == source:
             raise Conflict(f"{name} is already on {target}")
         for host in (source, target):
             if not self._alive(host):
                 raise NotFound(f"unknown host {host!r} (not in the registry: no live agent)")
+
+    def _cold(self, rec: GuestRecord, target: str, result: MigrationResult,
+              follow_cleanup: bool) -> None:
+        source, name = rec.host, rec.name
+        self._check_ends(source, target, name)
         if not rec.persistent:
             raise Conflict(f"{name} is a transient guest on {source}: it has no definition "
                            "to move (define it persistently first)")
@@ -404,11 +408,7 @@ class Migrator:
         switchover (the guest is paused on both ends meanwhile). A failure leaves it
         running on the source with its fences (libvirt aborts the job, resumes it there)."""
         source, name = rec.host, rec.name
-        if target == source:
-            raise Conflict(f"{name} is already on {target}")
-        for host in (source, target):
-            if not self._alive(host):
-                raise NotFound(f"unknown host {host!r} (not in the registry: no live agent)")
+        self._check_ends(source, target, name)
         done = self._step(result, "receive", target, "receive", {"from": source})
         if not done.ok:  # nothing moved: the destination cannot accept it
             self._end(result, EndState.ON_SOURCE, f"{target} cannot receive {name} "
