@@ -25,6 +25,7 @@ from agents.fencer import Fencer, FenceRefused
 from agents.intents import IntentWorker
 from agents.lease import HostLease, Watchdog
 from agents.libvirt_source import LibvirtSource
+from agents.readiness import ReadinessWatcher
 from gridtool import __version__
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
@@ -88,6 +89,8 @@ class Agent:
                                may_pet=lambda: not self._adopting)
         self.fencer = Fencer(store, cfg.keys, self.host, lambda: self.lease.lease)
         self.intents = IntentWorker(self)
+        self.readiness = ReadinessWatcher(lambda uuid: self.changes.put(("guest", uuid, None)))
+        self.libvirt.readiness = self.readiness
         self.started_at = time.time()
         self.busy: set[str] = set()  # guests an intent is working on
         self.busy_lock = threading.Lock()
@@ -118,6 +121,7 @@ class Agent:
                  self.cfg.ttl, __version__)
         self.lease.start()
         self.intents.start()
+        self.readiness.start()
         if self.cfg.hook_socket:  # the libvirt fence hook asks us here
             from agents.hooksock import HookServer
 
@@ -141,6 +145,7 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.intents.stop()
+        self.readiness.stop()
         if self._intent_watch is not None:
             self._intent_watch.cancel()
         ha = self.fencer.ha_guests()

@@ -1,4 +1,5 @@
-"""gridtool's libvirt fence hook (installed as the daemon's ``hooks/qemu``).
+"""gridtool's libvirt fence hook (installed as the daemon's ``hooks/qemu``, or
+``hooks/libxl`` on Xen hosts: the same script, libxl calls it with the same operations).
 
 libvirt runs ``hooks/qemu NAME OP SUBOP EXTRA`` with the domain XML on stdin. On
 ``prepare begin`` (any start), ``restore begin`` and ``migrate begin`` (an incoming
@@ -23,6 +24,9 @@ import socket
 import sys
 import xml.etree.ElementTree as ET
 
+# Never refuse anything else: libxl kills running domains when ``reconnect begin`` (the
+# daemon restarting) fails, and stop/release cannot be refused anyway. An incoming
+# ``migrate begin`` may print a rewritten XML on stdout (libxl): we print nothing there.
 CHECKED = {("prepare", "begin"), ("restore", "begin"), ("migrate", "begin")}
 VERB = {"prepare": "start", "restore": "restore", "migrate": "accept the migration of"}
 

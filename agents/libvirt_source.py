@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import libvirt
 
+from agents.readiness import ReadinessWatcher
 from gridtool.domxml import DomainXMLError, parse_domain
 from gridtool.model import GUEST_STATES, GuestRecord
 from gridtool.storage import SharedStorageRules
@@ -65,6 +66,7 @@ class LibvirtSource:
         self._on_close = on_close
         self._conn: libvirt.virConnect | None = None
         self._callback_id: int | None = None
+        self.readiness: ReadinessWatcher | None = None  # stamps ready_at when set
 
     @property
     def connected(self) -> bool:
@@ -132,6 +134,8 @@ class LibvirtSource:
             rec = self._describe(dom, host)
             if rec is not None:
                 records[rec.uuid] = rec
+        if self.readiness is not None:
+            self.readiness.retain(set(records))
         return records
 
     def guest(self, uuid: str, host: str) -> GuestRecord | None:
@@ -140,6 +144,8 @@ class LibvirtSource:
             dom = self._require().lookupByUUIDString(uuid)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                if self.readiness is not None:
+                    self.readiness.forget(uuid)
                 return None
             raise
         return self._describe(dom, host)
@@ -159,12 +165,13 @@ class LibvirtSource:
         except DomainXMLError as exc:
             log.warning("event=bad_domain_xml guest=%s error=%s", dom.name(), exc)
             disks = ()
-        return GuestRecord(
+        rec = GuestRecord(
             uuid=dom.UUIDString(), name=dom.name(), host=host,
             state=GUEST_STATES[state] if 0 <= state < 8 else "unknown",
             vcpus=int(vcpus), memory_mib=int(max_kib) // 1024, updated_at=time.time(),
             disks=disks, persistent=persistent, autostart=autostart,
         )
+        return self.readiness.observe(rec, xml) if self.readiness is not None else rec
 
     # -- actions -------------------------------------------------------------
 

@@ -21,7 +21,10 @@ made, and its records are deleted; the others go on. Timings per clone (seconds)
 the intent until the registry showed the clone running (the clone's whole latency), and
 ``wait`` the part of it not spent in the agent's phases (behind the host's earlier
 clones, and messages through etcd). ``--no-start``: ``defined`` (submitted to the
-agent's outcome) instead of ``running``.
+agent's outcome) instead of ``running``. A template with a ready marker: a clone is
+done when its agent reports it ready (``GuestRecord.ready_at``, the marker seen on its
+serial console); ``ready`` is submitted -> the registry showing that, and ``boot`` the
+agent's own start -> marker seen (its clock on both ends).
 """
 
 from __future__ import annotations
@@ -70,11 +73,15 @@ class CloneResult:
 
 
 def create_template(store: Store, cfg: Config, name: str, guest: str,
-                    timeout: float = 600.0) -> Template:
-    """Freeze ``guest`` (name or uuid) as template ``name`` and record it."""
+                    timeout: float = 600.0, ready_marker: str = "") -> Template:
+    """Freeze ``guest`` (name or uuid) as template ``name`` and record it. With
+    ``ready_marker`` its clones count as up once their agent sees it on their serial
+    console (``UsageError`` when the guest has no serial console writing to a file)."""
     keys = cfg.keys
     try:
         cloneplan.check_name("template", name)
+        if ready_marker:
+            cloneplan.check_marker(ready_marker)
     except cloneplan.ClonePlanError as exc:
         raise UsageError(str(exc)) from None
     if store.get(keys.template(name)) is not None:
@@ -92,8 +99,14 @@ def create_template(store: Store, cfg: Config, name: str, guest: str,
         images=dict(result.get("images", {})), memory_mib=rec.memory_mib, vcpus=rec.vcpus,
         images_dir=str(result.get("images_dir", cfg.images_dir)), source_guest=rec.uuid,
         source_name=rec.name, source_host=rec.host, created_at=time.time(),
-        nics=cloneplan.interface_count(xml), macs=list(cloneplan.macs_of(xml)))
+        nics=cloneplan.interface_count(xml), macs=list(cloneplan.macs_of(xml)),
+        ready_marker=ready_marker)
     try:
+        if ready_marker:
+            try:
+                cloneplan.check_ready(xml, ready_marker)
+            except cloneplan.ClonePlanError as exc:
+                raise UsageError(f"template {name}: {exc}") from None
         templates.create_template(store, keys, template)
     except Conflict:
         raise  # a record written meanwhile names the same directory: leave the images
@@ -187,7 +200,8 @@ def clone_guests(store: Store, cfg: Config, template: str, count: int, *,
     if jobs:
         for job in jobs:
             emit(f"{job.record.name}: placed on {job.record.host}")
-        results.update(_Run(store, cfg, jobs, start, timeout, emit).run())
+        results.update(_Run(store, cfg, jobs, start, timeout, emit,
+                            ready=bool(tpl.ready_marker)).run())
     return [results[n] for n in names]
 
 
@@ -233,7 +247,8 @@ def _plan_job(tpl: Template, ident: cloneplan.CloneIdentity, host: str, pool: st
               now: float) -> _Job:
     overlays = {t: {"path": cloneplan.overlay_path(tpl.images_dir, host, ident.uuid, t),
                     "backing": tpl.images[t]} for t in tpl.disks}
-    xml = cloneplan.rewrite(tpl.xml, ident, {t: o["path"] for t, o in overlays.items()})
+    xml = cloneplan.rewrite(tpl.xml, ident, {t: o["path"] for t, o in overlays.items()},
+                            tpl.ready_marker)
     record = CloneRecord(ident.uuid, ident.name, tpl.name, host, now, pool,
                          [o["path"] for o in overlays.values()])
     return _Job(record, xml, overlays)
@@ -241,16 +256,18 @@ def _plan_job(tpl: Template, ident: cloneplan.CloneIdentity, host: str, pool: st
 
 class _Run:
     """Submit every clone intent at once, follow each host's intents in order on its own
-    thread, and watch the hosts' guest records for the clones to be reported running."""
+    thread, and watch the hosts' guest records for the clones to be reported running
+    (with ``ready``: running and past their ready marker)."""
 
     def __init__(self, store: Store, cfg: Config, jobs: list[_Job], start: bool,
-                 timeout: float, emit: Progress) -> None:
+                 timeout: float, emit: Progress, ready: bool = False) -> None:
         self.store, self.cfg, self.keys, self.jobs = store, cfg, cfg.keys, jobs
-        self.start, self.timeout, self.emit = start, timeout, emit
+        self.start, self.timeout, self.emit, self.ready = start, timeout, emit, ready
         self.client = IntentClient(store, self.keys)
         self.running: dict[str, threading.Event] = {j.record.uuid: threading.Event()
                                                     for j in jobs}
         self.running_at: dict[str, float] = {}
+        self.ready_at: dict[str, tuple[float, float]] = {}  # (monotonic, agent's ready_at)
         self.emit_lock = threading.Lock()
 
     def run(self) -> dict[str, CloneResult]:
@@ -285,8 +302,13 @@ class _Run:
             rec = decode_guest(GuestRecord, ev.key, ev.value)
         except DecodeError:
             return
-        if rec.state == "running":
-            self.running_at[uuid] = time.monotonic()
+        if rec.state != "running":
+            return
+        self.running_at.setdefault(uuid, time.monotonic())
+        if not self.ready:
+            flag.set()
+        elif rec.ready_at > 0:
+            self.ready_at[uuid] = (time.monotonic(), rec.ready_at)
             flag.set()
 
     def _say(self, item: CloneResult | str) -> None:
@@ -322,9 +344,11 @@ class _Run:
             timings["defined"] = max(work, done.updated - done.created)
             timings["wait"] = timings["defined"] - work
             return self._settle(job, timings, "")
-        self._say(f"{rec.name}: started on {rec.host}, waiting for its agent to report it")
+        what = "ready" if self.ready else "running"
+        self._say(f"{rec.name}: started on {rec.host}, waiting for its agent to report it "
+                  f"{what}")
         if not self.running[rec.uuid].wait(max(0.0, deadline - time.monotonic())):
-            error = f"not reported running within {self.timeout:g} s"
+            error = f"not reported {what} within {self.timeout:g} s"
             try:
                 remove_clone(self.store, self.cfg, rec.host, rec.uuid, rec.name,
                              pool=rec.pool or None, timeout=max(5.0, self.timeout / 4))
@@ -333,6 +357,10 @@ class _Run:
             return self._settle(job, timings, error)
         timings["running"] = self.running_at[rec.uuid] - job.submitted
         timings["wait"] = max(0.0, timings["running"] - work)
+        if self.ready:  # the agent's clock on both ends: started -> marker seen
+            seen, agent_ready = self.ready_at[rec.uuid]
+            timings["ready"] = seen - job.submitted
+            timings["boot"] = max(0.0, agent_ready - done.updated)
         return self._settle(job, timings, "")
 
     def _lost(self, job: _Job, error: str) -> str:

@@ -30,6 +30,11 @@ MAC_PREFIX = "52:54:00"  # locally administered (QEMU/KVM's OUI, as libvirt uses
 OVERLAY_FORMAT = "qcow2"
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_XEN_DRIVERS = frozenset({"phy", "file", "tap", "tap2"})  # libxl disk backends without qcow2
+#: The clone's ready marker: ``<metadata><gt:ready xmlns:gt=READY_NS marker="TEXT"/>``.
+READY_NS = "https://gridtool.invalid/ready"
+MAX_MARKER = 64
+_MARKER_OK = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
 
 
 class ClonePlanError(ValueError):
@@ -227,9 +232,11 @@ def _drop(parent: ET.Element, *tags: str) -> None:
             parent.remove(el)
 
 
-def rewrite(xml: str, identity: CloneIdentity, overlays: Mapping[str, str]) -> str:
+def rewrite(xml: str, identity: CloneIdentity, overlays: Mapping[str, str],
+            ready_marker: str = "") -> str:
     """The template's domain XML as clone ``identity``: new name, UUID and MACs, each
-    disk (by target) on its overlay from ``overlays``, identity-bound parts removed."""
+    disk (by target) on its overlay from ``overlays``, identity-bound parts removed;
+    with ``ready_marker`` also the marker element (:func:`set_ready_marker`)."""
     root = _parse(xml)
     for prefix, uri in _namespaces(xml).items():  # keep metadata prefixes as written
         if prefix and not re.fullmatch(r"ns\d+", prefix):
@@ -255,6 +262,8 @@ def rewrite(xml: str, identity: CloneIdentity, overlays: Mapping[str, str]) -> s
     for label in root.findall("seclabel"):
         if label.get("type", "dynamic") == "dynamic":
             _drop(label, "label", "imagelabel")
+    if ready_marker:
+        set_ready_marker(root, ready_marker)
     return ET.tostring(root, encoding="unicode")
 
 
@@ -281,6 +290,8 @@ def _rewrite_disks(root: ET.Element, overlays: Mapping[str, str]) -> None:
             driver = ET.Element("driver", {"name": "qemu"})
             disk.insert(0, driver)
         driver.set("type", OVERLAY_FORMAT)
+        if driver.get("name") in _XEN_DRIVERS:  # Xen: qcow2 needs libxl's qdisk backend
+            driver.set("name", "qemu")
         _drop(disk, "source", "backingStore", "serial", "wwn", "alias")
         source = ET.Element("source", {"file": overlays[dev]})
         disk.insert(list(disk).index(driver) + 1, source)
@@ -332,3 +343,71 @@ def _scrub_devices(root: ET.Element) -> None:
             for attr in ("port", "tlsPort", "websocket"):
                 graphics.attrib.pop(attr, None)
             graphics.set("autoport", "yes")  # two clones on one host cannot share a port
+
+
+# --------------------------------------------------------------------------- ready marker
+
+
+def check_marker(marker: str) -> str:
+    """A ready marker: 1..64 printable ASCII characters without spaces."""
+    if not _MARKER_OK.fullmatch(marker) or len(marker) > MAX_MARKER:
+        raise ClonePlanError(f"invalid ready marker {marker!r}: use 1..{MAX_MARKER} printable "
+                             "ASCII characters without spaces")
+    return marker
+
+
+def serial_file(root: ET.Element) -> str:
+    """The file the guest's first serial port (else console) writes to: a ``file``
+    device's source path, or the ``<log file=...>`` of another kind ("" when none)."""
+    for dev in root.findall("./devices/serial") + root.findall("./devices/console"):
+        src, log = dev.find("source"), dev.find("log")
+        if dev.get("type") == "file" and src is not None and src.get("path"):
+            return str(src.get("path"))
+        if log is not None and log.get("file"):
+            return str(log.get("file"))
+    return ""
+
+
+def set_ready_marker(root: ET.Element, marker: str) -> None:
+    """Record ``marker`` in the domain's ``<metadata>`` and make its serial file start
+    empty at each boot (``append`` off), so a marker found there is from this boot.
+    ``ClonePlanError`` when the domain has no serial file to watch."""
+    check_marker(marker)
+    path = serial_file(root)
+    if not path:
+        raise ClonePlanError("a ready marker needs a serial console writing to a file "
+                             "(<serial type='file'> or a <log file=...>)")
+    for dev in root.findall("./devices/serial") + root.findall("./devices/console"):
+        for el in (dev.find("source"), dev.find("log")):
+            if el is not None and path in (el.get("path"), el.get("file")):
+                el.attrib.pop("append", None)
+    ET.register_namespace("gt", READY_NS)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.Element("metadata")
+        root.insert(list(root).index(root.find("uuid")) + 1, metadata)  # type: ignore[arg-type]
+    for old in metadata.findall(f"{{{READY_NS}}}ready"):
+        metadata.remove(old)
+    ET.SubElement(metadata, f"{{{READY_NS}}}ready", {"marker": marker})
+
+
+def check_ready(xml: str, marker: str) -> None:
+    """``ClonePlanError`` unless clones of ``xml`` can carry ready ``marker``."""
+    set_ready_marker(_parse(xml), marker)
+
+
+def ready_spec(xml: str) -> tuple[str, str] | None:
+    """``(marker, serial file)`` of a domain XML carrying a ready marker, else None
+    (also for XML that does not parse: readiness is then simply not watched)."""
+    if READY_NS not in xml:
+        return None
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    el = root.find(f"./metadata/{{{READY_NS}}}ready")
+    marker = el.get("marker", "") if el is not None else ""
+    path = serial_file(root)
+    if not marker or not path or not _MARKER_OK.fullmatch(marker):
+        return None
+    return marker, path

@@ -75,6 +75,7 @@ class GuestRecord:
     persistent: bool = True
     autostart: bool = False
     fence_token: int = 0  # revision of the fence key(s) this host holds for the guest
+    ready_at: float = 0.0  # when the agent saw the guest's ready marker this run (0: not)
 
     @property
     def fenced(self) -> bool:
@@ -160,6 +161,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "cpus": (int,), "memory_mib": (int,), "free_memory_mib": (int,), "vcpus": (int,),
     "fence_token": (int,),
     "reported_at": (int, float), "started_at": (int, float), "updated_at": (int, float),
+    "ready_at": (int, float),
     "persistent": (bool,), "autostart": (bool,),
 }
 

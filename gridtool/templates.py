@@ -37,6 +37,7 @@ class Template:
     created_at: float
     nics: int = 0
     macs: list[str] = field(default_factory=list)  # the source's MACs (never reused)
+    ready_marker: str = ""  # clones are ready once this is on their serial console
 
 
 @dataclass(frozen=True)

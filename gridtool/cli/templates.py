@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from gridtool.clone import CloneResult
 
 JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-PHASES = ("overlay", "define", "start", "running")
+PHASES = ("overlay", "define", "start", "running", "ready")
 
 
 @click.group()
@@ -34,22 +34,29 @@ def template() -> None:
 @click.argument("name")
 @click.option("--from", "guest", required=True, metavar="GUEST",
               help="The guest (name or UUID) whose disks become the golden images.")
+@click.option("--ready-marker", metavar="TEXT",
+              help="Clones count as up once TEXT appears on their serial console (the "
+                   "guest needs a serial console writing to a file).")
 @click.option("--timeout", default=600.0, show_default=True,
               help="Seconds to wait for the host to copy the disks.")
 @JSON
 @pass_app
-def create(app: AppContext, name: str, guest: str, timeout: float, as_json: bool) -> None:
+def create(app: AppContext, name: str, guest: str, ready_marker: str | None, timeout: float,
+           as_json: bool) -> None:
     """Freeze a guest's disks as golden images (written once, read-only) and record the
     template (XML, disks, memory, vCPUs). A running guest is paused while its disks are
-    copied.
+    copied. With --ready-marker, each clone's agent watches the clone's serial log and
+    reports it ready when the marker appears; `gridtool clone` waits for that.
 
     \b
     Example:
       gridtool template create worker --from worker-base
+      gridtool template create tiny --from tiny-base --ready-marker GRIDTOOL-READY
     """
     from gridtool.clone import create_template
 
-    tpl = create_template(app.store, app.config, name, guest, timeout=timeout)
+    tpl = create_template(app.store, app.config, name, guest, timeout=timeout,
+                          ready_marker=ready_marker or "")
     if as_json:
         emit_json(template=_template_doc(tpl, []))
     else:
@@ -118,7 +125,8 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     table(f"template {tpl.name}", ["FIELD", "VALUE"], [
         ("from", f"{tpl.source_name} ({tpl.source_guest}) on {tpl.source_host}"),
         ("memory", mib(tpl.memory_mib)), ("vcpus", tpl.vcpus), ("interfaces", tpl.nics),
-        ("created", age(tpl.created_at)), ("images dir", tpl.images_dir)])
+        ("created", age(tpl.created_at)), ("images dir", tpl.images_dir),
+        ("ready marker", tpl.ready_marker or "-")])
     table("golden images", ["DISK", "IMAGE"], [(d, tpl.images[d]) for d in tpl.disks])
     table(f"clones ({len(clones)})", ["NAME", "HOST", "POOL", "UUID"],
           [(c.name, c.host, c.pool or "-", c.uuid) for c in clones])

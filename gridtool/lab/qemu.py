@@ -284,12 +284,13 @@ class QemuHost(LabHost):
             else DEFAULT_SHARED_PATTERNS
 
     def write_agent_conf(self, base: Config, watchdog: bool = False) -> None:
-        """The agent's config: this host's URI, hook socket and the lab's shared dir. No
-        watchdog: nothing emulates one for QEMU hosts (an agent that stops with HA guests
-        self-fences them instead)."""
+        """The agent's config: this host's URI, hook socket and the lab's shared dir; with
+        ``watchdog`` it pets the emulated watchdog (:class:`QemuHosts` runs the emulator,
+        which destroys this daemon's guests on expiry), else an agent that stops with HA
+        guests self-fences them."""
         cfg = replace(base, shared_patterns=self.shared_patterns(),
                       hook_socket=str(self.hook_socket))
-        super().write_agent_conf(cfg, watchdog=False)
+        super().write_agent_conf(cfg, watchdog=watchdog)
 
     def stop_libvirtd(self) -> None:
         """Destroy this host's guests, then stop libvirtd and virtlogd; no qemu is left."""
@@ -628,11 +629,45 @@ class QemuHosts:
         return self._bed.conns[name]
 
     @property
+    def watchdogs(self) -> dict:
+        """Host name -> its :class:`WatchdogEmulator` (agents started with ``watchdog``)."""
+        return self._bed.watchdogs
+
+    @property
+    def conns(self) -> dict:
+        """Host name -> its libvirt connection (for :class:`DoubleRunChecker`)."""
+        return self._bed.conns
+
+    @property
     def agents(self) -> dict[str, subprocess.Popen]:
         return self._bed.agents
 
-    def start_agent(self, name: str, **settings: object) -> subprocess.Popen:
-        return self._bed.start_agent(name, watchdog=False, **settings)
+    def start_agent(self, name: str, watchdog: bool = False,
+                    **settings: object) -> subprocess.Popen:
+        """Start ``name``'s agent; with ``watchdog``, as on the test-driver lab, a killed
+        or hung agent "resets" the host (:class:`gridtool.lab.watchdog.WatchdogEmulator`):
+        the agent and every QEMU process of the host are SIGKILLed at once (a power loss:
+        a ``virDomainDestroy`` per guest can take seconds on a loaded machine, long past
+        the lease), then the emulator has libvirt destroy what is left."""
+        if watchdog and name not in self._bed.watchdogs:
+            from gridtool.lab.hosts import watchdog_timeout_for
+            from gridtool.lab.watchdog import WatchdogEmulator
+
+            host = self.hosts[name]
+            ttl = int(settings.get("ttl", self.cfg.ttl))  # type: ignore[call-overload]
+            self._bed.watchdogs[name] = WatchdogEmulator(
+                host.watchdog, watchdog_timeout_for(ttl), host.libvirt_uri, name,
+                on_reset=self._power_loss).start()
+        return self._bed.start_agent(name, watchdog=watchdog, **settings)
+
+    def _power_loss(self, name: str) -> None:
+        """The host's agent and all its QEMU processes die at once."""
+        self._bed._power_loss(name)
+        for pidfile in Path(self.hosts[name].dir, "run", "qemu").glob("*.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pidfile.read_text().strip())
+                if "qemu-system" in cmdline(pid):
+                    os.kill(pid, 9)
 
     def stop_agent(self, name: str, kill: bool = False) -> None:
         self._bed.stop_agent(name, kill)
@@ -660,6 +695,8 @@ class QemuHosts:
                    what=f"{name}'s ready marker on its serial console")
 
     def close(self) -> None:
+        for dog in self._bed.watchdogs.values():
+            dog.stop()
         for name in list(self._bed.agents):
             self._bed.stop_agent(name)
         for conn in self._bed.conns.values():

@@ -7,23 +7,30 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 
+from gridtool.clone import clone_guests, create_template
 from gridtool.config import Config
 from gridtool.fencing import observe
+from gridtool.hadecide import RestartLimits
 from gridtool.intentclient import IntentClient
 from gridtool.lab import qemu
-from gridtool.lab.procs import cmdline
+from gridtool.lab.checker import DoubleRunChecker
+from gridtool.lab.procs import LabError, cmdline
 from gridtool.lab.testbed import wait_until
+from gridtool.manager import Manager
 from gridtool.migration import EndState, Migrator
+from gridtool.records import GuestSettings, encode
 
 pytestmark = pytest.mark.qemu
 
@@ -216,6 +223,157 @@ def test_destination_dying_at_switchover_gives_the_fence_back(  # type: ignore[n
     assert killed.is_set()
     assert result.state is EndState.ON_SOURCE, result.message
     assert dom.isActive() and holder(store, cfg, volume) == "hv1"
+
+
+def test_clones_of_a_template_with_a_ready_marker_are_reported_ready(  # type: ignore[no-untyped-def]
+        qemu_hosts, store, registry, cfg) -> None:
+    wait_until(lambda: registered(registry, ("hv1", "hv2")), 20, what="both hosts registered")
+    qemu_hosts.define("hv1", "tiny")
+    wait_until(lambda: any(g.name == "tiny" for g in registry.list_guests()[0]), 20,
+               what="the template's source guest")
+    tpl = create_template(store, cfg, "tiny", "tiny", ready_marker=qemu.READY)
+    assert tpl.ready_marker == qemu.READY
+    results = clone_guests(store, cfg, "tiny", 2, timeout=90.0)
+    assert all(r.ok for r in results), [r.error for r in results]
+    for r in results:
+        rec = record_on(registry, r.host, r.uuid)
+        assert rec.state == "running" and rec.ready_at > 0, "reported ready by its agent"
+        assert r.timings["ready"] >= r.timings["running"] and 0 < r.timings["boot"] < 60, r.timings
+        # each clone has its own serial file, and the marker there is its own boot's
+        log = qemu_hosts.serial_log(r.name).read_text(errors="replace")
+        assert f"{qemu.READY} {r.uuid}".lower() in log.lower()
+    assert "event=guest_ready" in qemu_hosts.agent_log(results[0].host)
+
+
+FAULTS = ("kill_agent", "hang_agent", "hang_briefly")
+
+
+def qemu_alive(hosts: qemu.QemuHosts, host: str, name: str) -> bool:
+    """The guest's QEMU process on ``host`` exists and is not a zombie."""
+    try:
+        pid = int(Path(hosts.hosts[host].dir, "run", "qemu", f"{name}.pid").read_text())
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+class QemuRunChecker(DoubleRunChecker):
+    """Running = libvirt says running AND its QEMU process is alive: after a power loss
+    (QEMU SIGKILLed) libvirt may list the guest as running until it notices; a dead
+    process cannot touch the disk."""
+
+    def __init__(self, hosts: qemu.QemuHosts) -> None:
+        super().__init__(lambda: hosts.conns)
+        self.hosts = hosts
+        self.lagging = 0  # samples where libvirt listed a guest whose QEMU was dead
+
+    def sample(self) -> dict[str, list[str]]:
+        running: dict[str, list[str]] = {}
+        for host, conn in self.hosts.conns.items():
+            try:
+                doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)
+                found = [(d.UUIDString(), d.name()) for d in doms]
+            except libvirt.libvirtError:
+                continue
+            for uuid, name in found:
+                if qemu_alive(self.hosts, host, name):
+                    running.setdefault(uuid, []).append(host)
+                else:
+                    self.lagging += 1
+        return running
+
+
+def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no-untyped-def]
+        tmp_path: Path, store, registry, cfg) -> None:
+    """A few seeded rounds of agent faults on two QEMU hosts with emulated watchdogs and a
+    manager: SIGKILL, SIGSTOP past the watchdog timeout (the host "resets"), or a short
+    SIGSTOP. Both daemons are sampled every 20 ms: the HA guest never runs twice, and after
+    each round it runs on exactly one host that holds its fence. Replay with
+    GRIDTOOL_CHAOS_SEED."""
+    why = qemu.unavailable()
+    if why:
+        pytest.skip(f"QEMU cannot run here: {why}")
+    seed = int(os.environ.get("GRIDTOOL_CHAOS_SEED") or 20261130)
+    rng = random.Random(seed)
+    names = ("hv1", "hv2")
+    hosts = qemu.QemuHosts(tmp_path, cfg)
+    stop = threading.Event()
+    limits = RestartLimits(max_restarts=10, max_relocations=10)  # every round may move it
+    manager = threading.Thread(target=Manager(cfg, store, "m1", period=0.2, limits=limits).run,
+                               args=(stop,))
+    try:
+        for name in names:
+            hosts.add(name)
+            hosts.start_agent(name, watchdog=True)
+        wait_until(lambda: registered(registry, names), 20, what="both hosts registered")
+        dom = hosts.define("hv1", "ha1")
+        uuid = dom.UUIDString()
+        store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, "ha1", ha=True)))
+        start_on(store, cfg, "hv1", dom)
+        rec = wait_until(lambda: (r := record_on(registry, "hv1", uuid)) is not None
+                         and r.state == "running" and r, 20, what="ha1 reported running")
+        volume = rec.volumes[0]
+        manager.start()
+
+        def settled(checker: DoubleRunChecker) -> str | None:
+            on = checker.sample().get(uuid, [])
+            if len(on) != 1 or holder(store, cfg, volume) != on[0]:
+                return None
+            r = record_on(registry, on[0], uuid)
+            return on[0] if r is not None and r.state == "running" else None
+
+        log = [f"seed {seed}"]
+        with QemuRunChecker(hosts) as checker:
+            for n in range(6):
+                fault, target = rng.choice(FAULTS), rng.choice(names)
+                was_on = wait_until(lambda: settled(checker), 30, what="ha1 settled")
+                log.append(f"round {n}: {fault} {target} (ha1 on {was_on})")
+                agent, dog = hosts.agents[target], hosts.watchdogs[target]
+                resets = dog.resets
+                if fault == "kill_agent":
+                    agent.kill()
+                    agent.wait(10)
+                else:
+                    agent.send_signal(signal.SIGSTOP)
+                if target == was_on and fault != "hang_briefly":
+                    # nothing pets the armed watchdog: the host resets, ha1 destroyed there
+                    wait_until(lambda d=dog, r=resets, t=target, a=agent: d.resets > r
+                               and a.poll() is not None
+                               and t not in checker.sample().get(uuid, []), 20,
+                               what=f"{target}'s watchdog reset; " + "; ".join(log))
+                elif fault != "kill_agent":  # the hang's length; a watchdog is armed only
+                    # while the host holds HA fences, so an idle host is not reset
+                    time.sleep(0.3 if fault == "hang_briefly" else dog.timeout + 0.5)
+                    agent.send_signal(signal.SIGCONT)
+                if dog.resets > resets:  # reset (also an unexpected one): its agent is dead
+                    agent.wait(10)
+                try:
+                    now_on = wait_until(lambda: settled(checker), 40,
+                                        what=f"ha1 running once after {fault} on {target}")
+                except LabError as exc:  # say what the hosts were like at the end
+                    alive = {h: hosts.agents[h].poll() is None for h in names}
+                    resets = {h: hosts.watchdogs[h].resets for h in names}
+                    raise AssertionError(f"{exc}; agents alive {alive}, resets {resets}, "
+                                         f"running {checker.sample()}; {log}") from None
+                log.append(f"  -> ha1 on {now_on}")
+                if fault != "hang_briefly" and target == was_on:
+                    assert now_on != was_on, f"the reset of its host moved it: {log}"
+                for name in names:  # power reset hosts' agents back on
+                    if hosts.agents[name].poll() is not None:
+                        hosts.start_agent(name, watchdog=True)
+                wait_until(lambda: registered(registry, names), 20, what="both hosts back")
+        assert checker.overlaps == [], "; ".join(log)
+        assert checker.samples > 100
+        print("\n".join(log), f"\nsamples {checker.samples}, libvirt lagging behind a dead "
+              f"QEMU in {checker.lagging}")
+    finally:
+        stop.set()
+        if manager.is_alive():
+            manager.join(10)
+        for agent in hosts.agents.values():
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGCONT)
+        hosts.close()
 
 
 def test_lab_up_with_qemu_hosts_then_down_leaves_nothing(tmp_path: Path) -> None:
