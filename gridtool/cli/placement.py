@@ -532,7 +532,7 @@ def undrain_host(app: AppContext, host_name: str) -> None:
 @pass_app
 def rebalance(app: AppContext, dry_run: bool, max_moves: int, threshold: float,
               timeout: float, as_json: bool) -> None:
-    """Even out memory use across hosts by migrating guests (cold until live exists).
+    """Even out memory use across hosts by migrating guests (live where both hosts can).
 
     Plans greedily: each move relieves the host farthest outside mean +- PCT and never
     makes the imbalance worse; targets pass every placement filter. Draining, overflow
