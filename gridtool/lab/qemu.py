@@ -409,22 +409,14 @@ def down_hosts(entries: list[dict]) -> list[str]:
 
 
 def guest_xml(name: str, image: GuestImage, disk: Path, serial_log: Path,
-              memory_mib: int = 128, guest_uuid: str | None = None,
-              console_port: int = 0) -> str:
+              memory_mib: int = 128, guest_uuid: str | None = None) -> str:
     """A tiny guest: direct kernel boot, one qcow2 disk, serial console appended to a file
-    (or, with ``console_port``, connecting to a TCP console server on that loopback port:
-    clones of one template each get their own stream, see :class:`ConsoleServer`)."""
+    (a clone gets its own file: ``cloneplan`` rewrites the path)."""
     gid = guest_uuid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridtool-lab-qemu/{name}"))
-    serial = (f"""<serial type='tcp'>
-      <source mode='connect' host='127.0.0.1' service='{console_port}'>
-        <reconnect enabled='yes' timeout='1'/>
-      </source>
-      <protocol type='raw'/>
-      <target port='0'/>
-    </serial>""" if console_port else f"""<serial type='file'>
+    serial = f"""<serial type='file'>
       <source path='{serial_log}' append='on'/>
       <target port='0'/>
-    </serial>""")
+    </serial>"""
     return f"""<domain type='{image.domain_type}'>
   <name>{name}</name>
   <uuid>{gid}</uuid>
@@ -526,57 +518,6 @@ class HeartbeatWatcher:
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
-class ConsoleServer:
-    """A loopback TCP server the guests' serial consoles connect to (``console_port``):
-    one stream per guest, so clones sharing one template definition are told apart by
-    the UUID in their ready marker. ``ready``: guest uuid -> when its marker arrived."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = int(self.sock.getsockname()[1])
-        self.ready: dict[str, float] = {}
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, name="consoles", daemon=True).start()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _accept(self) -> None:
-        import threading
-
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
-
-    def _read(self, conn) -> None:  # type: ignore[no-untyped-def]
-        rest = b""
-        with conn:
-            while True:
-                try:
-                    data = conn.recv(4096)
-                except OSError:
-                    return
-                if not data:
-                    return
-                now = time.monotonic()
-                *lines, rest = (rest + data).split(b"\n")
-                for line in lines:
-                    if line.startswith(READY.encode()):
-                        words = line.decode(errors="replace").split()
-                        with self._lock:
-                            self.ready.setdefault(words[1].lower() if len(words) > 1 else "",
-                                                  now)
-
-
 def last_heartbeat(log: Path) -> int:
     """The newest heartbeat counter in a serial log (0: none yet)."""
     beats = heartbeats(log)
@@ -675,15 +616,13 @@ class QemuHosts:
     def agent_log(self, name: str) -> str:
         return self._bed.agent_log(name)
 
-    def define(self, host: str, name: str, memory_mib: int = 128,  # type: ignore[no-untyped-def]
-               console_port: int = 0):
+    def define(self, host: str, name: str, memory_mib: int = 128):  # type: ignore[no-untyped-def]
         """Define (not start) a fenced guest on ``host``: its disk is in the shared dir."""
         disk = self.shared / f"{name}.qcow2"
         if not disk.exists():
             make_disk(disk)
         return self.conn(host).defineXML(guest_xml(name, self.image, disk,
-                                                   self.serial_log(name), memory_mib,
-                                                   console_port=console_port))
+                                                   self.serial_log(name), memory_mib))
 
     def serial_log(self, name: str) -> Path:
         return self.serial / f"{name}.log"
