@@ -27,6 +27,7 @@ from gridtool.intentclient import IntentClient
 from gridtool.lab import qemu
 from gridtool.lab.checker import DoubleRunChecker
 from gridtool.lab.procs import LabError, cmdline
+from gridtool.lab.proxy import CuttableProxy
 from gridtool.lab.testbed import wait_until
 from gridtool.manager import Manager
 from gridtool.migration import EndState, Migrator
@@ -245,7 +246,7 @@ def test_four_clones_of_a_template_with_a_ready_marker_are_reported_ready(  # ty
     assert "event=guest_ready" in qemu_hosts.agent_log(results[0].host)
 
 
-FAULTS = ("kill_agent", "hang_agent", "hang_briefly")
+FAULTS = ("kill_agent", "hang_agent", "hang_briefly", "cut")
 
 
 def qemu_alive(hosts: qemu.QemuHosts, host: str, name: str) -> bool:
@@ -285,11 +286,12 @@ class QemuRunChecker(DoubleRunChecker):
 
 def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no-untyped-def]
         tmp_path: Path, store, registry, cfg) -> None:
-    """A few seeded rounds of agent faults on two QEMU hosts with emulated watchdogs and a
-    manager: SIGKILL, SIGSTOP past the watchdog timeout (the host "resets"), or a short
-    SIGSTOP. Both daemons are sampled every 20 ms: the HA guest never runs twice, and after
-    each round it runs on exactly one host that holds its fence. Replay with
-    GRIDTOOL_CHAOS_SEED."""
+    """A few seeded rounds of faults on two QEMU hosts with emulated watchdogs and a
+    manager: SIGKILL the agent, SIGSTOP it past the watchdog timeout (the host "resets"),
+    a short SIGSTOP, or cut the host off etcd (its agent reaches etcd through a cuttable
+    proxy: it must destroy its HA guest itself before the lease can expire). Both daemons
+    are sampled every 20 ms: the HA guest never runs twice, and after each round it runs on
+    exactly one host that holds its fence. Replay with GRIDTOOL_CHAOS_SEED."""
     why = qemu.unavailable()
     if why:
         pytest.skip(f"QEMU cannot run here: {why}")
@@ -297,6 +299,7 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
     rng = random.Random(seed)
     names = ("hv1", "hv2")
     hosts = qemu.QemuHosts(tmp_path, cfg)
+    proxies = {n: CuttableProxy(cfg.endpoints[0]) for n in names}
     stop = threading.Event()
     limits = RestartLimits(max_restarts=10, max_relocations=10)  # every round may move it
     manager = threading.Thread(target=Manager(cfg, store, "m1", period=0.2, limits=limits).run,
@@ -304,7 +307,7 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
     try:
         for name in names:
             hosts.add(name)
-            hosts.start_agent(name, watchdog=True)
+            hosts.start_agent(name, watchdog=True, endpoints=(proxies[name].endpoint,))
         wait_until(lambda: registered(registry, names), 20, what="both hosts registered")
         dom = hosts.define("hv1", "ha1")
         uuid = dom.UUIDString()
@@ -324,18 +327,29 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
 
         log = [f"seed {seed}"]
         with QemuRunChecker(hosts) as checker:
-            for n in range(6):
-                fault, target = rng.choice(FAULTS), rng.choice(names)
+            schedule = list(FAULTS) * 2  # every kind twice, in a seeded order
+            rng.shuffle(schedule)
+            for n, fault in enumerate(schedule):
+                target = rng.choice(names)
                 was_on = wait_until(lambda: settled(checker), 30, what="ha1 settled")
                 log.append(f"round {n}: {fault} {target} (ha1 on {was_on})")
                 agent, dog = hosts.agents[target], hosts.watchdogs[target]
                 resets = dog.resets
-                if fault == "kill_agent":
+                if fault == "cut":
+                    proxies[target].cut()
+                elif fault == "kill_agent":
                     agent.kill()
                     agent.wait(10)
                 else:
                     agent.send_signal(signal.SIGSTOP)
-                if target == was_on and fault != "hang_briefly":
+                if fault == "cut":
+                    if target == was_on:  # it self-fences; the guest moves to the other host
+                        wait_until(lambda t=target: t not in checker.sample().get(uuid, []),
+                                   cfg.ttl + 10, what=f"{target} self-fenced; " + "; ".join(log))
+                    else:  # the idle host is cut for longer than the lease
+                        time.sleep(cfg.ttl + 1)
+                    proxies[target].heal()
+                elif target == was_on and fault != "hang_briefly":
                     # nothing pets the armed watchdog: the host resets, ha1 destroyed there
                     wait_until(lambda d=dog, r=resets, t=target, a=agent: d.resets > r
                                and a.poll() is not None
@@ -360,7 +374,8 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
                     assert now_on != was_on, f"the reset of its host moved it: {log}"
                 for name in names:  # power reset hosts' agents back on
                     if hosts.agents[name].poll() is not None:
-                        hosts.start_agent(name, watchdog=True)
+                        hosts.start_agent(name, watchdog=True,
+                                          endpoints=(proxies[name].endpoint,))
                 wait_until(lambda: registered(registry, names), 20, what="both hosts back")
         assert checker.overlaps == [], "; ".join(log)
         assert checker.samples > 100
@@ -374,6 +389,8 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
             if agent.poll() is None:
                 agent.send_signal(signal.SIGCONT)
         hosts.close()
+        for proxy in proxies.values():
+            proxy.close()
 
 
 def test_lab_up_with_qemu_hosts_then_down_leaves_nothing(tmp_path: Path) -> None:
