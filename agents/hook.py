@@ -56,18 +56,24 @@ def domain_uuid(xml: str) -> str:
         return ""
 
 
+def read_line(sock: socket.socket) -> bytes:
+    """Bytes up to and including the first newline (or until the peer closes)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def ask(path: str, request: dict, timeout: float) -> dict:
     """One JSON line out, one JSON line back; raises OSError/ValueError on any trouble."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
         sock.sendall(json.dumps(request).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_line(sock)
     return json.loads(data)
 
 

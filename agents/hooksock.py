@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agents.hook import read_line
 from gridtool.domxml import DomainXMLError, parse_domain
 from gridtool.fencing import Observed
 
@@ -81,13 +82,7 @@ class HookServer:
         with conn:
             conn.settimeout(5.0)
             try:
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                request = dict(json.loads(data))
+                request = dict(json.loads(read_line(conn)))
                 allow, message = self.check(str(request.get("op", "")),
                                              str(request.get("uuid", "")),
                                              str(request.get("name", "")),

@@ -78,3 +78,18 @@ def lab_etcd(members: int = 1, prefix: str = "gridtool-bench-") -> Iterator[tupl
             yield Path(tmp), cluster
         finally:
             cluster.stop()
+
+
+def on_qemu_lab(name: str, run: Any, args: Any) -> int:
+    """``run(base, cluster, args)`` with a real etcd, or exit code 2 (and why) when QEMU
+    cannot run on this machine: the entry point of the real-QEMU benchmarks."""
+    import sys
+
+    from gridtool.lab import qemu
+
+    why = qemu.unavailable()
+    if why:
+        print(f"{name}: QEMU cannot run here: {why}", file=sys.stderr)
+        return 2
+    with lab_etcd(prefix=f"gt-{name.replace('_', '-')}-") as (base, cluster):
+        return run(base, cluster, args)

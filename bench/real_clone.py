@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import lab_etcd, print_table, summary_ms, write_json
+from benchlib import on_qemu_lab, print_table, summary_ms, write_json
 
 from gridtool.clone import clone_guests, create_template, remove_clone
 from gridtool.config import Config
@@ -44,12 +44,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
-    why = qemu.unavailable()
-    if why:
-        print(f"real_clone: QEMU cannot run here: {why}", file=sys.stderr)
-        return 2
-    with lab_etcd(prefix="gt-real-clone-") as (base, cluster):
-        return run(base, cluster, args)
+    return on_qemu_lab("real_clone", run, args)
 
 
 def run(base: Path, cluster: EtcdCluster, args: argparse.Namespace) -> int:

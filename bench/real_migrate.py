@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import lab_etcd, print_table, summary_ms, write_json
+from benchlib import on_qemu_lab, print_table, summary_ms, write_json
 
 from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
@@ -47,12 +47,7 @@ def main() -> int:
     parser.add_argument("--memory", type=int, default=128, help="guest memory (MiB)")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
-    why = qemu.unavailable()
-    if why:
-        print(f"real_migrate: QEMU cannot run here: {why}", file=sys.stderr)
-        return 2
-    with lab_etcd(prefix="gt-real-migrate-") as (base, cluster):
-        return run(base, cluster, args)
+    return on_qemu_lab("real_migrate", run, args)
 
 
 def run(base: Path, cluster: EtcdCluster, args: argparse.Namespace) -> int:

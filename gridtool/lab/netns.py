@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -40,11 +39,11 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gridtool.lab.procs import LabError
+from gridtool.lab.procs import LabError, file_lock
 from gridtool.labstate import pid_alive
 
 #: RFC 2544: addresses for benchmarking, never routed on the internet.
@@ -190,7 +189,7 @@ class NetnsSet:
         ns = f"{NS_PREFIX}{self.suffix}-{index}"
         made = HostNetns(host, ns, f"gtr{self.suffix}{index}", f"gtn{self.suffix}{index}",
                          "", "")
-        with self._lock, _alloc_lock():
+        with self._lock, file_lock(LOCK_FILE):
             net = _free_block()
             root_addr, ns_addr = (str(a) for a in list(net.hosts())[:2])
             made.root_addr, made.ns_addr = root_addr, ns_addr
@@ -253,17 +252,6 @@ def sweep_stale() -> list[str]:
         with contextlib.suppress(OSError):
             state.unlink()
     return removed
-
-
-@contextlib.contextmanager
-def _alloc_lock() -> Iterator[None]:
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    with LOCK_FILE.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _used_networks() -> list[ipaddress.IPv4Network]:

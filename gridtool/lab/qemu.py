@@ -17,7 +17,6 @@ namespace, listening on its own loopback TCP port, running tiny TCG guests.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import json
 import os
@@ -26,13 +25,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from gridtool.config import Config
 from gridtool.lab.hosts import LabHost
-from gridtool.lab.procs import LabError, cmdline, spawn, stop_pid, wait_for
+from gridtool.lab.procs import LabError, cmdline, file_lock, spawn, stop_pid, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 INITRAMFS_SCRIPT = ROOT / "scripts" / "build-guest-initramfs"
@@ -107,21 +105,10 @@ class GuestImage:
         return "kvm" if self.accel == "kvm" else "qemu"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def guest_image(cache: Path | None = None) -> GuestImage:
     """Build the guest once under ``cache`` (safe against concurrent builders)."""
     cache = cache or default_cache()
-    with _locked(cache / "build.lock"):
+    with file_lock(cache / "build.lock"):
         kernel = cache / "vmlinuz"
         if not kernel.exists():
             _fetch_kernel(cache, kernel)

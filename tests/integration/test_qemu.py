@@ -73,6 +73,15 @@ def start_on(store, cfg: Config, host: str, dom) -> str:  # type: ignore[no-unty
     return client.wait(intent, 60).message
 
 
+def still_counting_on_hv1(qemu_hosts: qemu.QemuHosts, store, cfg: Config, dom,  # type: ignore[no-untyped-def]
+                          volume: str) -> None:
+    """g1 still runs on hv1 with its fence, and its heartbeat counter still advances."""
+    assert dom.isActive() and holder(store, cfg, volume) == "hv1"
+    log = qemu_hosts.serial_log("g1")
+    last = qemu.last_heartbeat(log)
+    wait_until(lambda: qemu.last_heartbeat(log) > last + 3, 10, what="g1 still counting")
+
+
 def running_guest(qemu_hosts: qemu.QemuHosts, store, registry, cfg: Config,  # type: ignore[no-untyped-def]
                   name: str = "g1", define_on: tuple[str, ...] = ("hv1",)):
     """A fenced guest started through gridtool on hv1, booted, reported running."""
@@ -167,10 +176,7 @@ def test_a_migration_refused_by_the_destination_hook_leaves_the_source_running( 
         qemu_hosts.agents["hv2"].send_signal(signal.SIGCONT)
     assert result.state is EndState.ON_SOURCE, result.message
     assert "fail closed" in result.message
-    assert dom.isActive() and holder(store, cfg, volume) == "hv1"
-    log = qemu_hosts.serial_log("g1")
-    last = qemu.last_heartbeat(log)
-    wait_until(lambda: qemu.last_heartbeat(log) > last + 3, 10, what="g1 still counting")
+    still_counting_on_hv1(qemu_hosts, store, cfg, dom, volume)
 
 
 def test_destination_dying_mid_migration_leaves_the_source_running(  # type: ignore[no-untyped-def]
@@ -192,10 +198,7 @@ def test_destination_dying_mid_migration_leaves_the_source_running(  # type: ign
     killer.join()
     assert killed.is_set()
     assert result.state is EndState.ON_SOURCE, result.message
-    assert dom.isActive() and holder(store, cfg, volume) == "hv1"
-    log = qemu_hosts.serial_log("g1")
-    last = qemu.last_heartbeat(log)
-    wait_until(lambda: qemu.last_heartbeat(log) > last + 3, 10, what="g1 still counting")
+    still_counting_on_hv1(qemu_hosts, store, cfg, dom, volume)
 
 
 def test_destination_dying_at_switchover_gives_the_fence_back(  # type: ignore[no-untyped-def]
