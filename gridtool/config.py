@@ -1,8 +1,9 @@
 """Configuration: file (INI), then ``GRIDTOOL_*`` environment, then flags.
 
 Which file: ``--config``, else ``$GRIDTOOL_CONFIG``, else the running lab's
-``gridtool.conf`` (found through the lab state file), else
-``/etc/gridtool/gridtool.conf`` (the agent: ``/etc/gridtool/agent.conf``).
+``gridtool.conf`` (found through the lab state file, and only when the lab dir is ours:
+see ``gridtool.labstate``), else ``/etc/gridtool/gridtool.conf`` (the agent:
+``/etc/gridtool/agent.conf``).
 A missing default file is fine; a bad value is a ``ConfigError`` naming the setting.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import configparser
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -178,9 +180,13 @@ def choose_file(explicit: str | None, default: Path, env: Mapping[str, str]) -> 
         return Path(explicit)
     if env.get("GRIDTOOL_CONFIG"):
         return Path(env["GRIDTOOL_CONFIG"])
-    from gridtool.labstate import running_lab_config
+    from gridtool.labstate import UntrustedLab, running_lab_config
 
-    lab = running_lab_config(env)
+    try:
+        lab = running_lab_config(env)
+    except UntrustedLab as exc:
+        sys.stderr.write(f"gridtool: warning: ignoring {exc}\n")
+        lab = None
     if lab is not None:
         return lab
     return default if default.exists() else None

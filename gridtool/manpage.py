@@ -580,7 +580,8 @@ def render_gridtool() -> str:
         "and the system's file.")))
     out.append(tp(bold("GRIDTOOL_LAB_DIR"), markup(
         f"The lab directory (default `{DEFAULT_LAB_DIR}`), as `--lab-dir` of the `lab` "
-        "commands. Every command also looks there for a running lab's configuration.")))
+        "commands. Every command also looks there for a running lab's configuration, used "
+        "only when the directory is the user's own (see `gridtool.conf`(5)).")))
     out.append(tp(bold("GRIDTOOL_DEBUG"), markup(
         "When set and not empty, an internal error prints a Python traceback instead of "
         "one line.")))
@@ -604,7 +605,9 @@ def render_gridtool() -> str:
     out.append(tp(bold(str(state_path(DEFAULT_LAB_DIR))), markup(
         "The lab's state: its processes, etcd endpoints and configuration file. While the "
         f"lab's etcd runs, commands read the lab's configuration (`{lab_conf}`) unless "
-        "`--config` or `GRIDTOOL_CONFIG` names another.")))
+        "`--config` or `GRIDTOOL_CONFIG` names another, and only when the lab directory, "
+        "this file and the configuration file are the user's own; `lab up` prints the "
+        "`export GRIDTOOL_CONFIG=`... line that names it.")))
 
     out.append(section("EXAMPLES"))
     seen: set[str] = set()
@@ -788,6 +791,13 @@ def render_conf() -> str:
         f"running lab's (`{DEFAULT_LAB_DIR}/gridtool.conf`, found through "
         f"`{DEFAULT_LAB_DIR}/lab.json` or `GRIDTOOL_LAB_DIR`), else `{SYSTEM_CONFIG}` "
         f"(for the agent `{AGENT_CONFIG}`). A missing default file means the defaults.")))
+    out.append(_lines(".PP", markup(
+        "A running lab's file is used only when the lab directory, its `lab.json` and the "
+        "configuration file are each owned by the user running the command, not writable "
+        "by group or others and not symbolic links; otherwise the command prints a "
+        "one-line warning and goes on to the system file, so that a file planted in "
+        "`/tmp` cannot redirect another user's commands. A lab process whose PID the user "
+        "may not signal does not count as running.")))
 
     out.append(section("SETTINGS"))
     for sect in section_names:

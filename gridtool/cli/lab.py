@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -78,6 +79,9 @@ def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool, inse
         return
     console.print(f"lab up in {directory}: etcd {', '.join(summary['etcd_endpoints'])}")
     table(None, ["HOST", "LIBVIRT URI"], [(h["name"], h["libvirt_uri"]) for h in summary["hosts"]])
+    console.print("point the CLI at it with:\n"
+                  f"  export GRIDTOOL_CONFIG={shlex.quote(summary['config'])}",
+                  markup=False, highlight=False, soft_wrap=True)
     console.print("stop it with: gridtool lab down")
 
 
