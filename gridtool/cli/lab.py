@@ -8,15 +8,15 @@ from pathlib import Path
 import click
 
 from gridtool.cli.output import emit_json, table
-from gridtool.errors import GridtoolError, NotFound
+from gridtool.errors import NotFound, OperationFailed
 
 LAB_DIR = click.option(
     "--lab-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GRIDTOOL_LAB_DIR",
     help="Where the lab keeps its state, data and logs (default /tmp/gridtool-lab).")
 
 
-class LabFailed(GridtoolError):
-    exit_code = 8
+class LabFailed(OperationFailed):
+    """``lab up`` could not start the lab."""
 
 
 def _dir(lab_dir: Path | None) -> Path:

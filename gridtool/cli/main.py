@@ -9,7 +9,7 @@ import click
 
 from gridtool import __version__
 from gridtool.cli.context import AppContext
-from gridtool.errors import GridtoolError
+from gridtool.errors import EXIT_INTERRUPTED, GridtoolError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("gridtool: interrupted\n")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # the last line of defence: no traceback for users
         if os.environ.get("GRIDTOOL_DEBUG"):
             raise
