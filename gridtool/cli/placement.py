@@ -207,11 +207,12 @@ def place_guest(app: AppContext, name: str, dry_run: bool, as_json: bool) -> Non
     Example:
       gridtool guest place web1 --dry-run
     """
-    from gridtool.migration import ACTIVE, placement_for
+    from gridtool.migration import placement_for
+    from gridtool.model import ACTIVE_STATES
 
     fleet = _fleet(app)
     records = app.registry.find_guest(name)
-    active = [r for r in records if r.state in ACTIVE and r.host in fleet.records]
+    active = [r for r in records if r.state in ACTIVE_STATES and r.host in fleet.records]
     rec = active[0] if active else records[0]
     needs = fleet.needs(rec)
     placement, current = placement_for(fleet, rec, needs)
@@ -452,7 +453,7 @@ def drain_host(app: AppContext, host_name: str, dry_run: bool, timeout: float,
     """
     from gridtool import hostconf
     from gridtool.intentclient import who
-    from gridtool.migration import ACTIVE
+    from gridtool.model import ACTIVE_STATES
     from gridtool.rebalance import drain_plan
 
     fleet = _fleet(app)
@@ -465,7 +466,7 @@ def drain_host(app: AppContext, host_name: str, dry_run: bool, timeout: float,
               else "not movable: a transient guest has no definition to move"}
              for s in plan.stuck]
     stopped = sorted(g.name for g in fleet.guests
-                     if g.host == host_name and g.state not in ACTIVE)
+                     if g.host == host_name and g.state not in ACTIVE_STATES)
     if not as_json:
         table(f"drain {host_name}" + (" (dry run)" if dry_run else ""), ["GUEST", "TO"],
               [(m.guest, m.target) for m in plan.moves]
