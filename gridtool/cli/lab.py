@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from gridtool.cli.output import emit_json, table
+from gridtool.cli.output import emit_json, json_option, table
 from gridtool.errors import NotFound, OperationFailed
 
 LAB_DIR = click.option(
@@ -42,7 +42,7 @@ def lab() -> None:
 @click.option("--etcd-members", type=click.Choice(["1", "3"]), default="1", show_default=True,
               help="etcd members (3 = a real cluster).")
 @click.option("--ttl", default=10, show_default=True, help="Host lease TTL in seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print the lab as JSON on stdout.")
+@json_option
 @click.option("--insecure", is_flag=True,
               help="Leave etcd authentication off (default: on, credentials in LAB_DIR).")
 @click.option("--hypervisor", type=click.Choice(["test", "qemu"]), default="test",
@@ -86,7 +86,7 @@ def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool, inse
 
 
 @lab.command("status")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @LAB_DIR
 def status(as_json: bool, lab_dir: Path | None) -> None:
     """Show the lab's processes and whether each is alive.

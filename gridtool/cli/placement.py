@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import console, emit_json, mib, table
+from gridtool.cli.output import console, emit_json, json_option, mib, table
 from gridtool.errors import Conflict, GridtoolError, NotFound, OperationFailed, UsageError
 
 if TYPE_CHECKING:
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from gridtool.model import GuestRecord
     from gridtool.placement import GuestNeeds, HostVerdict, Placement
 
-JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 SHUTDOWN = click.option("--timeout", default=60.0, show_default=True,
                         help="Seconds to wait for a clean shutdown before destroying a guest.")
 
@@ -193,7 +192,7 @@ def _run_moves(app: AppContext, fleet: FleetView, moves: Sequence[Any], timeout:
 @click.argument("name")
 @click.option("--dry-run", is_flag=True,
               help="Explain only (the only mode: nothing is started or moved).")
-@JSON
+@json_option
 @pass_app
 def place_guest(app: AppContext, name: str, dry_run: bool, as_json: bool) -> None:
     """Explain where a guest would go: every host with its verdict and score.
@@ -275,7 +274,7 @@ def _await_record(app: AppContext, host: str, uuid: str, timeout: float) -> None
 @click.option("--start", "start_it", is_flag=True, help="Start it once it is defined.")
 @click.option("--timeout", default=60.0, show_default=True,
               help="Seconds to wait for each step.")
-@JSON
+@json_option
 @pass_app
 def create_guest(app: AppContext, xml_file: Path, on_host: str | None, auto: bool,
                  start_it: bool, timeout: float, as_json: bool) -> None:
@@ -387,7 +386,7 @@ def _target(app: AppContext, fleet: FleetView, rec: GuestRecord, to_host: str | 
               help="Also follow the source's final undefine (--no-wait: return once the "
                    "guest runs on the destination).")
 @SHUTDOWN
-@JSON
+@json_option
 @pass_app
 def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
                   live: bool | None, wait: bool, timeout: float, as_json: bool) -> None:
@@ -435,7 +434,7 @@ def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
 @click.argument("host_name", metavar="HOST")
 @click.option("--dry-run", is_flag=True, help="Show the plan; mark and move nothing.")
 @SHUTDOWN
-@JSON
+@json_option
 @pass_app
 def drain_host(app: AppContext, host_name: str, dry_run: bool, timeout: float,
                as_json: bool) -> None:
@@ -529,7 +528,7 @@ def undrain_host(app: AppContext, host_name: str) -> None:
               metavar="PCT",
               help="Bring every host's memory use within PCT points of the fleet's mean.")
 @SHUTDOWN
-@JSON
+@json_option
 @pass_app
 def rebalance(app: AppContext, dry_run: bool, max_moves: int, threshold: float,
               timeout: float, as_json: bool) -> None:

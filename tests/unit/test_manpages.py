@@ -294,3 +294,15 @@ def test_readme_exit_code_table_matches_the_error_classes() -> None:
     assert {int(c) for c in rows} == set(EXIT_CODES), "README's exit-code table"
     for code, meaning in EXIT_CODES.items():
         assert rows[str(code)].startswith(meaning), (code, rows[str(code)])
+
+
+def test_every_json_option_is_the_shared_one() -> None:
+    """``--json`` comes from ``output.json_option`` everywhere: one name, one help."""
+    options = [(path, param) for path, command in commands(cli, "gridtool")
+               for param in command.params if "--json" in getattr(param, "opts", ())]
+    assert len(options) >= 17
+    for path, param in options:
+        assert (param.name, param.is_flag, param.help) == (
+            "as_json", True, "One JSON document on stdout."), path
+    sources = "".join(p.read_text() for p in (ROOT / "gridtool" / "cli").glob("*.py"))
+    assert sources.count('"--json"') == 1, "declare --json with @json_option"
