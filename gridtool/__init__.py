@@ -10,7 +10,7 @@ def report(pool: str, *, arrivals: int, completions: int = 0,
            queue_depth: int = 0, interval: float = 10.0, config: str | None = None,
            **options: object) -> object:
     """Report a pool's load over the last ``interval`` seconds (for its flex policy);
-    returns the ``gridtool.poolplan.PoolSample`` written.
+    returns the ``gridtool.flex.LoadSample`` written.
 
     Reads the configuration as the CLI does (``config`` file, ``$GRIDTOOL_CONFIG``, the
     running lab's, ``/etc/gridtool/gridtool.conf``; ``GRIDTOOL_*`` variables). Call it

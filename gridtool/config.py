@@ -1,8 +1,9 @@
 """Configuration: file (INI), then ``GRIDTOOL_*`` environment, then flags.
 
 Which file: ``--config``, else ``$GRIDTOOL_CONFIG``, else the running lab's
-``gridtool.conf`` (found through the lab state file), else
-``/etc/gridtool/gridtool.conf`` (the agent: ``/etc/gridtool/agent.conf``).
+``gridtool.conf`` (found through the lab state file, and only when the lab dir is ours:
+see ``gridtool.labstate``), else ``/etc/gridtool/gridtool.conf`` (the agent:
+``/etc/gridtool/agent.conf``).
 A missing default file is fine; a bad value is a ``ConfigError`` naming the setting.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import configparser
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -23,49 +25,97 @@ from gridtool.storage import DEFAULT_SHARED_PATTERNS, SharedStorageRules
 SYSTEM_CONFIG = Path("/etc/gridtool/gridtool.conf")
 AGENT_CONFIG = Path("/etc/gridtool/agent.conf")
 
-#: setting name -> INI section it lives in.
-_SECTIONS = {
-    "endpoints": "registry", "prefix": "registry", "user": "registry", "password": "registry",
-    "password_file": "registry", "ca_cert": "registry", "cert": "registry", "key": "registry",
-    "timeout": "registry",
-    "host": "agent", "libvirt_uri": "agent", "ttl": "agent", "resync_interval": "agent",
-    "labels": "agent", "storage": "agent", "intruder_policy": "agent", "watchdog": "agent",
-    "watchdog_timeout": "agent", "manager": "agent", "hook_socket": "agent",
-    "shared_patterns": "storage", "shared_pools": "storage", "images_dir": "storage",
-}
 SECRET_SETTINGS = frozenset({"password"})
 _BOOLS = {"1": True, "yes": True, "true": True, "on": True,
           "0": False, "no": False, "false": False, "off": False}
 
 
+def setting(default: Any, section: str | None, *, meaning: str, repr: bool = True) -> Any:
+    """A ``Config`` field with the INI section it lives in (None: not a setting) and what
+    it means, in the man pages' mini markup (`` `code` ``, ``*italic*``)."""
+    return field(default=default, repr=repr, metadata={"section": section, "meaning": meaning})
+
+
 @dataclass(frozen=True)
 class Config:
-    """Every setting gridtool and gridtool-agent read."""
+    """Every setting gridtool and gridtool-agent read: the one table of settings (name,
+    type, default, section and meaning), from which the man pages are generated."""
 
-    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
-    prefix: str = DEFAULT_PREFIX
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    password_file: str | None = None
-    ca_cert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    timeout: float = 5.0
-    host: str | None = None
-    libvirt_uri: str | None = None
-    ttl: int = 10
-    resync_interval: float = 30.0
-    labels: tuple[str, ...] = ()
-    storage: tuple[str, ...] = ()
-    intruder_policy: str = "pause"
-    watchdog: str | None = None
-    watchdog_timeout: float = 5.0
-    manager: bool = False
-    hook_socket: str | None = None  # the fence hook asks the agent here
-    shared_patterns: tuple[str, ...] = DEFAULT_SHARED_PATTERNS
-    shared_pools: tuple[str, ...] = ()
-    images_dir: str = "/var/lib/gridtool/images"  # golden images and clone overlays
-    source: str = "defaults"
+    endpoints: tuple[str, ...] = setting(("127.0.0.1:2379",), "registry", meaning=(
+        "The etcd client endpoints, each `HOST:PORT`. A request goes to the endpoint that last "
+        "answered and fails over to the next one in turn."))
+    prefix: str = setting(DEFAULT_PREFIX, "registry", meaning=(
+        "The key prefix every gridtool record lives under; it must start and end with `/`. Fleets "
+        "with different prefixes can share one etcd cluster."))
+    user: str | None = setting(None, "registry", meaning=(
+        "The etcd user to authenticate as. It needs `password` (or `password_file`)."))
+    password: str | None = setting(None, "registry", repr=False, meaning=(
+        "The etcd password of `user`. Prefer `password_file`, which keeps the secret out of the "
+        "configuration file."))
+    password_file: str | None = setting(None, "registry", meaning=(
+        "A file holding the etcd password (surrounding white space is stripped); read only when "
+        "`password` is not set."))
+    ca_cert: str | None = setting(None, "registry", meaning=(
+        "A PEM file of the CA certificate that signed etcd's TLS server certificates; setting it "
+        "makes gridtool talk TLS to etcd."))
+    cert: str | None = setting(None, "registry", meaning=(
+        "A PEM client certificate for TLS client authentication to etcd (with `key`)."))
+    key: str | None = setting(None, "registry", meaning=(
+        "The PEM private key of `cert`."))
+    timeout: float = setting(5.0, "registry", meaning=(
+        "Seconds to keep trying the registry before giving up with exit status 4; each endpoint "
+        "gets an equal share of it for one attempt (at least 1 second)."))
+    host: str | None = setting(None, "agent", meaning=(
+        "This host's name in the registry. The agent needs it."))
+    libvirt_uri: str | None = setting(None, "agent", meaning=(
+        "The libvirt URI the agent watches, such as `qemu:///system` or `xen:///system`. The agent "
+        "needs it."))
+    ttl: int = setting(10, "agent", meaning=(
+        "Seconds of the host's lease. The agent renews it every *ttl*/3 seconds; when the agent "
+        "dies its host record vanishes after *ttl* seconds and its guests show as `unknown`."))
+    resync_interval: float = setting(30.0, "agent", meaning=(
+        "Seconds between the agent's full resyncs of libvirt into the registry (besides the one at "
+        "start, the one after each reconnect and the write on each libvirt lifecycle event)."))
+    labels: tuple[str, ...] = setting((), "agent", meaning=(
+        "This host's labels, used by placement: a guest can require or prefer labels, and hosts "
+        "labelled `overflow` are used only when no other host fits."))
+    storage: tuple[str, ...] = setting((), "agent", meaning=(
+        "The shared storage this host can reach (ids such as an AoE shelf or an iSCSI target); a "
+        "guest whose volumes live on shared storage is placed only on hosts that reach all of it."))
+    intruder_policy: str = setting("pause", "agent", meaning=(
+        "What the agent does with a guest running on this host while another host holds its fence: "
+        "`pause` suspends it and keeps its memory for an operator, `destroy` stops it at once. One "
+        "of `pause` and `destroy`."))
+    watchdog: str | None = setting(None, "agent", meaning=(
+        "A Linux watchdog device, such as `/dev/watchdog` (hardware or the softdog module), that "
+        "the agent pets while its lease is safe. If the agent hangs while HA guests run, the "
+        "watchdog resets the host before their fences can expire. Unset: no watchdog."))
+    watchdog_timeout: float = setting(5.0, "agent", meaning=(
+        "The watchdog device's timeout in seconds, as set on the device (the agent does not set "
+        "it). The agent pets the watchdog only while a reset that far away still comes before the "
+        "lease can expire."))
+    manager: bool = setting(False, "agent", meaning=(
+        "Whether the agent also runs a candidate of the HA manager (as `gridtool manager run` "
+        "does): the candidates elect one leader in etcd, which restarts the HA guests of dead "
+        "hosts elsewhere."))
+    hook_socket: str | None = setting(None, "agent", meaning=(
+        "The unix socket on which the agent answers the libvirt fence hook "
+        "(`/etc/libvirt/hooks/qemu`): may this host start, restore or receive this guest? The "
+        "hook refuses when the agent does not hold every fence of the guest, or does not answer "
+        "in time. Unset: no hook server."))
+    shared_patterns: tuple[str, ...] = setting(DEFAULT_SHARED_PATTERNS, "storage", meaning=(
+        "Shell glob patterns of disk source paths that live on storage several hosts can see (AoE, "
+        "iSCSI by-path). A guest with such a disk must run on one host at a time, so gridtool "
+        "fences it. Disks marked shareable and iSCSI network disks are always shared."))
+    shared_pools: tuple[str, ...] = setting((), "storage", meaning=(
+        "libvirt storage pools whose volumes are shared between hosts (for disks of type volume)."))
+    images_dir: str = setting("/var/lib/gridtool/images", "storage", meaning=(
+        "Where templates' golden images (`templates/`) and clones' copy-on-write overlays "
+        "(`clones/<host>/`) live. Shared storage (NFS, a cluster file system) mounted at the same "
+        "path on every host, so any host can clone any template."))
+    source: str = setting("defaults", None, meaning=(
+        "Not a setting: where the values came from, the configuration file's path or "
+        "`defaults`. It cannot be set."))
 
     @property
     def keys(self) -> Keys:
@@ -83,6 +133,12 @@ class Config:
                     f"setting '{name}' is required (config [{_SECTIONS[name]}] {name}, "
                     f"env GRIDTOOL_{name.upper()}, or --{name.replace('_', '-')})")
         return self
+
+
+#: setting name -> INI section it lives in.
+_SECTIONS = {f.name: f.metadata["section"] for f in fields(Config) if f.metadata["section"]}
+#: field name -> what it means (every field has one: ``setting`` requires it).
+MEANINGS = {f.name: f.metadata["meaning"] for f in fields(Config)}
 
 
 def _parse(name: str, raw: Any) -> Any:
@@ -178,9 +234,13 @@ def choose_file(explicit: str | None, default: Path, env: Mapping[str, str]) -> 
         return Path(explicit)
     if env.get("GRIDTOOL_CONFIG"):
         return Path(env["GRIDTOOL_CONFIG"])
-    from gridtool.labstate import running_lab_config
+    from gridtool.labstate import UntrustedLab, running_lab_config
 
-    lab = running_lab_config(env)
+    try:
+        lab = running_lab_config(env)
+    except UntrustedLab as exc:
+        sys.stderr.write(f"gridtool: warning: ignoring {exc}\n")
+        lab = None
     if lab is not None:
         return lab
     return default if default.exists() else None

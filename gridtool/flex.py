@@ -79,7 +79,9 @@ class LoadSample:
 
     ``workers`` is the number of ready workers and ``starting`` the number requested but
     not yet ready, both at ``timestamp``. Service time is ``mean_service_time`` if given,
-    else ``busy_seconds / completions``.
+    else ``busy_seconds / completions``. Also the record of one load report,
+    ``pools/<name>/samples/<id>``: ``source`` names the reporter, so reports of several
+    workers or producers add up (``gridtool.poolplan.aggregate``).
     """
 
     timestamp: float
@@ -91,6 +93,7 @@ class LoadSample:
     queue_depth: int = 0
     workers: int = 0
     starting: int = 0
+    source: str = ""
 
     def __post_init__(self) -> None:
         if not self.interval > 0:

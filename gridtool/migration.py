@@ -51,7 +51,7 @@ from gridtool.errors import Conflict, NotFound, OperationFailed, Timeout
 from gridtool.fencing import Observed, observe
 from gridtool.intentclient import IntentClient, who
 from gridtool.keys import Keys
-from gridtool.model import DecodeError, GuestRecord, HostRecord
+from gridtool.model import ACTIVE_STATES, DecodeError, GuestRecord, HostRecord
 from gridtool.placement import (
     DEFAULT_POLICY,
     GuestNeeds,
@@ -64,9 +64,6 @@ from gridtool.placement import (
 from gridtool.records import DomainDefinition, GuestSettings, Intent, decode
 from gridtool.registry import Registry
 from gridtool.store import Compare, Delete, Store
-
-#: Guest states in which a guest occupies its host (memory, vCPUs, anti-affinity).
-ACTIVE = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdown"})
 
 #: Hypervisors gridtool can live-migrate between (the same one on both ends): QEMU through
 #: libvirt peer-to-peer (``agents/livemigrate.py``); the test driver cannot live-migrate.
@@ -111,7 +108,7 @@ class FleetView:
     def record(self, host: str, name: str) -> GuestRecord:
         """The active guest ``name`` on ``host`` (what a planned move refers to)."""
         for g in self.guests:
-            if g.host == host and g.name == name and g.state in ACTIVE:
+            if g.host == host and g.name == name and g.state in ACTIVE_STATES:
                 return g
         raise NotFound(f"guest {name} is not active on {host}")
 
@@ -147,7 +144,7 @@ def read_fleet(store: Store, keys: Keys) -> FleetView:
     declared = frozenset(s for h in hosts for s in h.storage)
     by_host: dict[str, list[GuestRecord]] = {}
     for g in guests:
-        if g.state in ACTIVE:
+        if g.state in ACTIVE_STATES:
             by_host.setdefault(g.host, []).append(g)
     views = []
     for h in sorted(hosts, key=lambda h: h.name):
@@ -171,7 +168,7 @@ def current_record(records: list[GuestRecord], live: Iterable[str]) -> GuestReco
     if not alive:
         hosts = ", ".join(sorted({r.host for r in records}))
         raise Conflict(f"guest {name} is only on hosts that are gone ({hosts})")
-    active = [r for r in alive if r.state in ACTIVE]
+    active = [r for r in alive if r.state in ACTIVE_STATES]
     if len(active) > 1:
         raise Conflict(f"guest {name} is active on {', '.join(r.host for r in active)}")
     if active:
@@ -190,7 +187,7 @@ def placement_for(fleet: FleetView, rec: GuestRecord | None, needs: GuestNeeds,
     A guest active on a host is taken off it first (its resources freed), so the other
     hosts are judged as they would be after a move.
     """
-    current = rec.host if rec is not None and rec.state in ACTIVE else None
+    current = rec.host if rec is not None and rec.state in ACTIVE_STATES else None
     hosts = fleet.without(rec) if rec is not None else fleet.hosts
     choice = place(needs, [h for h in hosts if h.name != current], policy)
     return Placement(needs, choice.host, hosts, policy), current
@@ -327,7 +324,7 @@ class Migrator:
         result = MigrationResult(rec.name, rec.uuid, rec.host, target, mode)
         start = time.monotonic()
         try:
-            if mode == "live" and rec.state in ACTIVE:
+            if mode == "live" and rec.state in ACTIVE_STATES:
                 self._live(rec, target, result)
             else:  # a stopped guest has no memory to move live: a cold move is the same
                 result.mode = "cold"
@@ -351,7 +348,7 @@ class Migrator:
         if not rec.persistent:
             raise Conflict(f"{name} is a transient guest on {source}: it has no definition "
                            "to move (define it persistently first)")
-        running = rec.state in ACTIVE
+        running = rec.state in ACTIVE_STATES
         was_defined = self.store.get(self.keys.guest(target, rec.uuid)) is not None
         made_copy = False  # we defined it on the target (undo on failure)
         here = f"{name} still runs on {source}" if running else f"{name} stays on {source}"
@@ -465,7 +462,7 @@ class Migrator:
             if not back.ok:
                 result.warnings.append(f"handing the fences back from {target} failed: "
                                        f"{back.message}")
-        if rec.state not in ACTIVE:
+        if rec.state not in ACTIVE_STATES:
             self._undo_copy(result, rec, target, made_copy)
             self._forget_copy(rec)
             self._end(result, EndState.STOPPED, f"{why}: {name} stays defined on {source}; "

@@ -18,6 +18,9 @@ GUEST_STATES = (
     "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
     "pmsuspended", "unknown",
 )
+#: Guest states in which a guest is on its host's hypervisor: it occupies memory and
+#: vCPUs (placement, anti-affinity) and may write its disks (``shutdown`` is not off yet).
+ACTIVE_STATES = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdown"})
 
 
 class DecodeError(ValueError):

@@ -25,7 +25,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -94,29 +94,6 @@ class MemberRecord:
     name: str
     template: str = ""
     created_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class PoolSample:
-    """One load report, ``pools/<name>/samples/<id>`` (under a short lease).
-
-    Covers the ``interval`` seconds ending at ``timestamp``; ``source`` names the
-    reporter, so reports of several workers or producers add up.
-    """
-
-    timestamp: float
-    interval: float
-    arrivals: int
-    completions: int = 0
-    busy_seconds: float | None = None
-    mean_service_time: float | None = None
-    queue_depth: int = 0
-    source: str = ""
-
-    def to_load(self) -> LoadSample:
-        """Validate through flex's own sample type (ValueError on bad numbers)."""
-        return LoadSample(self.timestamp, self.interval, self.arrivals, self.completions,
-                          self.busy_seconds, self.mean_service_time, self.queue_depth)
 
 
 @dataclass(frozen=True)
@@ -302,7 +279,7 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
 # --- flex -----------------------------------------------------------------------------
 
 
-def aggregate(samples: Iterable[PoolSample], start: float, end: float) -> LoadSample | None:
+def aggregate(samples: Iterable[LoadSample], start: float, end: float) -> LoadSample | None:
     """The pool's load over ``(start, end]`` from the reports that ended in it.
 
     Each reporter (``source``) gives a rate (its arrivals over its reported intervals),
@@ -315,7 +292,7 @@ def aggregate(samples: Iterable[PoolSample], start: float, end: float) -> LoadSa
                     key=lambda s: s.timestamp)
     if not chosen or end <= start:
         return None
-    sources: dict[str, list[PoolSample]] = {}
+    sources: dict[str, list[LoadSample]] = {}
     for s in chosen:
         sources.setdefault(s.source, []).append(s)
     rate = sum(sum(s.arrivals for s in group) / sum(s.interval for s in group)
@@ -339,11 +316,11 @@ def aggregate(samples: Iterable[PoolSample], start: float, end: float) -> LoadSa
         queue_depth=sum(group[-1].queue_depth for group in sources.values()))
 
 
-def busy_sources(samples: Iterable[PoolSample], threshold: float = BUSY_UTILIZATION
+def busy_sources(samples: Iterable[LoadSample], threshold: float = BUSY_UTILIZATION
                  ) -> frozenset[str]:
     """Reporters whose latest report shows them busy at least ``threshold`` of its
     interval (busy seconds, or mean service time x completions)."""
-    latest: dict[str, PoolSample] = {}
+    latest: dict[str, LoadSample] = {}
     for s in samples:
         if s.source not in latest or s.timestamp > latest[s.source].timestamp:
             latest[s.source] = s
@@ -362,10 +339,7 @@ def flex_step(spec: PoolSpec, state: FlexState, load: LoadSample | None, ready: 
     the pool holds its size)."""
     if load is None:
         return None, state
-    sample = LoadSample(load.timestamp, load.interval, load.arrivals, load.completions,
-                        load.busy_seconds, load.mean_service_time, load.queue_depth,
-                        workers=ready, starting=starting)
-    return decide(state, sample, now, spec.params())
+    return decide(state, replace(load, workers=ready, starting=starting), now, spec.params())
 
 
 def direction(decision: Decision) -> str:

@@ -29,7 +29,7 @@ from gridtool.errors import (
     NotFound,
     UsageError,
 )
-from gridtool.flex import FlexState
+from gridtool.flex import FlexState, LoadSample
 from gridtool.keys import Keys
 from gridtool.model import DecodeError, GuestRecord
 from gridtool.placement import DEFAULT_POLICY
@@ -37,7 +37,6 @@ from gridtool.poolplan import (
     HostInfo,
     MemberRecord,
     MemberView,
-    PoolSample,
     PoolSpec,
     PoolStatus,
     aggregate,
@@ -267,19 +266,18 @@ def default_source() -> str:
 def report(store: Store, keys: Keys, pool: str, *, arrivals: int, completions: int = 0,
            busy_seconds: float | None = None, mean_service_time: float | None = None,
            queue_depth: int = 0, interval: float = 10.0, source: str | None = None,
-           timestamp: float | None = None, ttl: int = SAMPLE_TTL) -> PoolSample:
+           timestamp: float | None = None, ttl: int = SAMPLE_TTL) -> LoadSample:
     """Write one load report for ``pool``: what happened over the last ``interval`` s.
 
     Report once per interval and reporter (the manager samples every 10 s). UsageError
     (exit 2) for bad numbers, NotFound (exit 3) for an unknown pool.
     """
-    sample = PoolSample(time.time() if timestamp is None else timestamp, float(interval),
-                        int(arrivals), int(completions),
-                        None if busy_seconds is None else float(busy_seconds),
-                        None if mean_service_time is None else float(mean_service_time),
-                        int(queue_depth), source or default_source())
     try:
-        sample.to_load()
+        sample = LoadSample(time.time() if timestamp is None else timestamp, float(interval),
+                            int(arrivals), int(completions),
+                            None if busy_seconds is None else float(busy_seconds),
+                            None if mean_service_time is None else float(mean_service_time),
+                            int(queue_depth), source=source or default_source())
     except ValueError as exc:
         raise UsageError(f"load report: {exc}") from None
     if store.get(keys.pool(pool)) is None:
@@ -307,14 +305,14 @@ def _sample_lease(store: Store, ttl: int, fresh: bool = False) -> int:
     return lease
 
 
-def samples(store: Store, keys: Keys, pool: str) -> list[PoolSample]:
-    """The pool's live load reports, oldest first (corrupt ones skipped)."""
+def samples(store: Store, keys: Keys, pool: str) -> list[LoadSample]:
+    """The pool's live load reports, oldest first (corrupt or invalid ones skipped)."""
     items, _ = store.list(keys.pool_samples(pool))
     found = []
     for item in items:
         try:
-            found.append(decode(PoolSample, item.key, item.value))
-        except DecodeError:
+            found.append(decode(LoadSample, item.key, item.value))
+        except (DecodeError, ValueError):
             continue
     return sorted(found, key=lambda s: s.timestamp)
 

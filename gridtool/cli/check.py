@@ -8,6 +8,7 @@ import sys
 import click
 
 from gridtool.cli.context import AppContext, pass_app
+from gridtool.cli.output import json_option
 
 
 @click.command("check")
@@ -18,7 +19,7 @@ from gridtool.cli.context import AppContext, pass_app
               help="Critical threshold, same syntax as --warn.")
 @click.option("--ignore", multiple=True, metavar="CODE",
               help="Ignore findings with this code (repeatable), e.g. AGENT_VERSION_SKEW.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def check(app: AppContext, warn: tuple[str, ...], crit: tuple[str, ...],
           ignore: tuple[str, ...], as_json: bool) -> None:

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import click
 
 from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import console, emit_json
+from gridtool.cli.output import console, emit_json, json_option
 
 
 @click.command("credentials")
@@ -18,15 +18,15 @@ from gridtool.cli.output import console, emit_json
 @click.option("--manager/--no-manager", default=None,
               help="Grant (or take away) the manager role: the host runs a manager "
                    "candidate (default: keep).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout "
-              "(the password file's path, never the password).")
+@json_option
 @pass_app
 def credentials(app: AppContext, host_name: str, credentials_dir: str | None,
                 manager: bool | None, as_json: bool) -> None:
     """Issue a new etcd password for HOST's agent (user host-HOST).
 
     Creates the host's user and role when missing. The password is written to
-    DIR/host-HOST.password (mode 0600) and never printed; the old one stops working at
+    DIR/host-HOST.password (mode 0600) and never printed (--json names the file, never the
+    password); the old one stops working at
     once: install the file as the agent's password_file and restart the agent. Needs
     root's password in DIR/root.password (written by 'gridtool registry init').
 

@@ -7,7 +7,7 @@ import time
 import click
 
 from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import age, emit_json, table, warn
+from gridtool.cli.output import age, emit_json, json_option, table, warn
 from gridtool.errors import Conflict, NotFound, UsageError
 
 
@@ -57,7 +57,7 @@ def _violations(app: AppContext) -> list[dict]:
 
 
 @fence.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def list_fences(app: AppContext, as_json: bool) -> None:
     """List fences (volume, guest, holder, token, since, kind) and violations seen.

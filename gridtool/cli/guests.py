@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import emit_json, mib, styled_state, table, warn
+from gridtool.cli.output import emit_json, json_option, mib, styled_state, table, warn
 from gridtool.model import GUEST_STATES
 
 
@@ -31,7 +31,7 @@ def _views(app: AppContext) -> tuple[list[dict], list]:
 @guest.command("list")
 @click.option("--host", "host_name", metavar="HOST", help="Only guests on this host.")
 @click.option("--state", type=click.Choice(GUEST_STATES), help="Only guests in this state.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def list_guests(app: AppContext, host_name: str | None, state: str | None,
                 as_json: bool) -> None:
@@ -64,7 +64,7 @@ def _state_text(view: dict) -> str:
 
 @guest.command("show")
 @click.argument("name_or_uuid")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def show_guest(app: AppContext, name_or_uuid: str, as_json: bool) -> None:
     """Show a guest by name or UUID (every host that reports it).

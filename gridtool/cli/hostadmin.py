@@ -270,10 +270,10 @@ def _check_guests(app: AppContext, name: str, force: bool, live: bool) -> list[s
     """Refuse (Conflict) while guests run on ``name``, unless ``force`` after a drain (a
     dead host cannot be drained: ``force`` alone); returns the guests left running."""
     from gridtool import hostconf
-    from gridtool.migration import ACTIVE
+    from gridtool.model import ACTIVE_STATES
 
     guests, _ = app.registry.guests_of(name)
-    active = sorted(g.name for g in guests.values() if g.state in ACTIVE)
+    active = sorted(g.name for g in guests.values() if g.state in ACTIVE_STATES)
     if active and not force:
         raise Conflict(f"{name} runs {len(active)} guests ({', '.join(active[:5])}): "
                        f"'gridtool host drain {name}' first, or --force after a drain")

@@ -7,7 +7,7 @@ import time
 import click
 
 from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import age, emit_json, mib, table, warn
+from gridtool.cli.output import age, emit_json, json_option, mib, table, warn
 from gridtool.model import as_dict
 
 
@@ -39,7 +39,7 @@ def _running_counts(app: AppContext) -> dict[str, int]:
 
 
 @host.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def list_hosts(app: AppContext, as_json: bool) -> None:
     """List live hosts (a host whose agent died vanishes when its lease expires).
@@ -72,7 +72,7 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
 
 @host.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def show_host(app: AppContext, name: str, as_json: bool) -> None:
     """Show one host and its guests.

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
 
-from gridtool.cli.output import emit_json, table
-from gridtool.errors import GridtoolError, NotFound
+from gridtool.cli.output import emit_json, json_option, table
+from gridtool.errors import NotFound, OperationFailed
 
 LAB_DIR = click.option(
     "--lab-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GRIDTOOL_LAB_DIR",
     help="Where the lab keeps its state, data and logs (default /tmp/gridtool-lab).")
 
 
-class LabFailed(GridtoolError):
-    exit_code = 8
+class LabFailed(OperationFailed):
+    """``lab up`` could not start the lab."""
 
 
 def _dir(lab_dir: Path | None) -> Path:
@@ -41,7 +42,7 @@ def lab() -> None:
 @click.option("--etcd-members", type=click.Choice(["1", "3"]), default="1", show_default=True,
               help="etcd members (3 = a real cluster).")
 @click.option("--ttl", default=10, show_default=True, help="Host lease TTL in seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print the lab as JSON on stdout.")
+@json_option
 @click.option("--insecure", is_flag=True,
               help="Leave etcd authentication off (default: on, credentials in LAB_DIR).")
 @click.option("--hypervisor", type=click.Choice(["test", "qemu"]), default="test",
@@ -78,11 +79,14 @@ def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool, inse
         return
     console.print(f"lab up in {directory}: etcd {', '.join(summary['etcd_endpoints'])}")
     table(None, ["HOST", "LIBVIRT URI"], [(h["name"], h["libvirt_uri"]) for h in summary["hosts"]])
+    console.print("point the CLI at it with:\n"
+                  f"  export GRIDTOOL_CONFIG={shlex.quote(summary['config'])}",
+                  markup=False, highlight=False, soft_wrap=True)
     console.print("stop it with: gridtool lab down")
 
 
 @lab.command("status")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @LAB_DIR
 def status(as_json: bool, lab_dir: Path | None) -> None:
     """Show the lab's processes and whether each is alive.

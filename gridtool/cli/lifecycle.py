@@ -8,9 +8,7 @@ import click
 
 from gridtool.cli.context import AppContext, pass_app
 from gridtool.errors import Conflict, NotFound, UsageError
-from gridtool.model import GuestRecord
-
-ACTIVE = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdown"})
+from gridtool.model import ACTIVE_STATES, GuestRecord
 
 WAIT = click.option("--wait/--no-wait", default=True, show_default=True,
                     help="Follow the operation to its outcome.")
@@ -42,7 +40,7 @@ def _target(app: AppContext, name: str, on_host: str | None, running: bool) -> G
         hosts = ", ".join(sorted({r.host for r in records}))
         raise Conflict(f"guest {name} is only on hosts that are gone ({hosts}); "
                        "use --on HOST to start it elsewhere")
-    active = [r for r in alive if r.state in ACTIVE]
+    active = [r for r in alive if r.state in ACTIVE_STATES]
     if len(active) > 1:
         raise Conflict(f"guest {name} is active on {', '.join(r.host for r in active)}: "
                        "say which with --on HOST")
@@ -194,7 +192,7 @@ def set_guest(app: AppContext, name: str, ha: str | None, anti_affinity: str | N
 
     new = settings.update(app.store, app.config.keys, rec.uuid, rec.name, change)
     live = {h.name for h in app.registry.list_hosts()[0]}
-    for active in [r for r in records if r.state in ACTIVE and r.host in live and r.fenced]:
+    for active in [r for r in records if r.state in ACTIVE_STATES and r.host in live and r.fenced]:
         run_intent(app, active, "refresh", True, 30.0)  # re-put its fences as HA/pinned
     click.echo(f"{rec.name}: ha={'on' if new.ha else 'off'} desired={new.desired}"
                + (f" anti-affinity={new.anti_affinity}" if new.anti_affinity else ""), err=True)

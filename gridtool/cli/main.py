@@ -9,7 +9,7 @@ import click
 
 from gridtool import __version__
 from gridtool.cli.context import AppContext
-from gridtool.errors import GridtoolError
+from gridtool.errors import EXIT_INTERRUPTED, GridtoolError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -17,7 +17,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="gridtool")
 @click.option("--config", "config_file", metavar="FILE", envvar="GRIDTOOL_CONFIG",
-              help="Config file (default: the running lab's, else /etc/gridtool/gridtool.conf).")
+              help="Config file (default: your own running lab's, else "
+              "/etc/gridtool/gridtool.conf).")
 @click.option("--endpoints", metavar="HOST:PORT,...", help="etcd endpoints, comma separated.")
 @click.option("--prefix", metavar="PREFIX", help="Registry key prefix (default /gridtool/v1/).")
 @click.option("--timeout", type=float, metavar="SECONDS",
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("gridtool: interrupted\n")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # the last line of defence: no traceback for users
         if os.environ.get("GRIDTOOL_DEBUG"):
             raise

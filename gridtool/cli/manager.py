@@ -8,7 +8,7 @@ import time
 import click
 
 from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import age, emit_json, table
+from gridtool.cli.output import age, emit_json, json_option, table
 
 
 @click.group()
@@ -55,7 +55,7 @@ def run(app: AppContext, name: str, period: float, log_level: str) -> None:
 
 
 @manager.command("status")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def status(app: AppContext, as_json: bool) -> None:
     """Who leads, since when, and what it did and waits for.

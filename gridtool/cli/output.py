@@ -8,7 +8,13 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import click
+
 JSON_VERSION = 1
+
+#: ``--json`` of every command that has it: one option name, one help text.
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="One JSON document on stdout.")
 
 
 def emit_json(**body: Any) -> None:

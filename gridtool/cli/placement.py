@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import console, emit_json, mib, table
+from gridtool.cli.output import console, emit_json, json_option, mib, table
 from gridtool.errors import Conflict, GridtoolError, NotFound, OperationFailed, UsageError
 
 if TYPE_CHECKING:
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from gridtool.model import GuestRecord
     from gridtool.placement import GuestNeeds, HostVerdict, Placement
 
-JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 SHUTDOWN = click.option("--timeout", default=60.0, show_default=True,
                         help="Seconds to wait for a clean shutdown before destroying a guest.")
 
@@ -193,7 +192,7 @@ def _run_moves(app: AppContext, fleet: FleetView, moves: Sequence[Any], timeout:
 @click.argument("name")
 @click.option("--dry-run", is_flag=True,
               help="Explain only (the only mode: nothing is started or moved).")
-@JSON
+@json_option
 @pass_app
 def place_guest(app: AppContext, name: str, dry_run: bool, as_json: bool) -> None:
     """Explain where a guest would go: every host with its verdict and score.
@@ -207,11 +206,12 @@ def place_guest(app: AppContext, name: str, dry_run: bool, as_json: bool) -> Non
     Example:
       gridtool guest place web1 --dry-run
     """
-    from gridtool.migration import ACTIVE, placement_for
+    from gridtool.migration import placement_for
+    from gridtool.model import ACTIVE_STATES
 
     fleet = _fleet(app)
     records = app.registry.find_guest(name)
-    active = [r for r in records if r.state in ACTIVE and r.host in fleet.records]
+    active = [r for r in records if r.state in ACTIVE_STATES and r.host in fleet.records]
     rec = active[0] if active else records[0]
     needs = fleet.needs(rec)
     placement, current = placement_for(fleet, rec, needs)
@@ -274,7 +274,7 @@ def _await_record(app: AppContext, host: str, uuid: str, timeout: float) -> None
 @click.option("--start", "start_it", is_flag=True, help="Start it once it is defined.")
 @click.option("--timeout", default=60.0, show_default=True,
               help="Seconds to wait for each step.")
-@JSON
+@json_option
 @pass_app
 def create_guest(app: AppContext, xml_file: Path, on_host: str | None, auto: bool,
                  start_it: bool, timeout: float, as_json: bool) -> None:
@@ -386,7 +386,7 @@ def _target(app: AppContext, fleet: FleetView, rec: GuestRecord, to_host: str | 
               help="Also follow the source's final undefine (--no-wait: return once the "
                    "guest runs on the destination).")
 @SHUTDOWN
-@JSON
+@json_option
 @pass_app
 def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
                   live: bool | None, wait: bool, timeout: float, as_json: bool) -> None:
@@ -434,7 +434,7 @@ def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
 @click.argument("host_name", metavar="HOST")
 @click.option("--dry-run", is_flag=True, help="Show the plan; mark and move nothing.")
 @SHUTDOWN
-@JSON
+@json_option
 @pass_app
 def drain_host(app: AppContext, host_name: str, dry_run: bool, timeout: float,
                as_json: bool) -> None:
@@ -452,7 +452,7 @@ def drain_host(app: AppContext, host_name: str, dry_run: bool, timeout: float,
     """
     from gridtool import hostconf
     from gridtool.intentclient import who
-    from gridtool.migration import ACTIVE
+    from gridtool.model import ACTIVE_STATES
     from gridtool.rebalance import drain_plan
 
     fleet = _fleet(app)
@@ -465,7 +465,7 @@ def drain_host(app: AppContext, host_name: str, dry_run: bool, timeout: float,
               else "not movable: a transient guest has no definition to move"}
              for s in plan.stuck]
     stopped = sorted(g.name for g in fleet.guests
-                     if g.host == host_name and g.state not in ACTIVE)
+                     if g.host == host_name and g.state not in ACTIVE_STATES)
     if not as_json:
         table(f"drain {host_name}" + (" (dry run)" if dry_run else ""), ["GUEST", "TO"],
               [(m.guest, m.target) for m in plan.moves]
@@ -528,7 +528,7 @@ def undrain_host(app: AppContext, host_name: str) -> None:
               metavar="PCT",
               help="Bring every host's memory use within PCT points of the fleet's mean.")
 @SHUTDOWN
-@JSON
+@json_option
 @pass_app
 def rebalance(app: AppContext, dry_run: bool, max_moves: int, threshold: float,
               timeout: float, as_json: bool) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import age, console, emit_json, styled_state, table
+from gridtool.cli.output import age, console, emit_json, json_option, styled_state, table
 
 
 @click.group()
@@ -42,7 +42,7 @@ def pool() -> None:
 @click.option("--seed", default=1, show_default=True, help="Random seed (same seed, same run).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw arrivals, workers and wait over time to this PNG (needs matplotlib).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 def simulate(trace_file: Path, policy: str, service_time: float, startup_delay: float,
              period: float, sla_wait: float, min_workers: int, max_workers: int, seed: int,
              plot_file: Path | None, as_json: bool) -> None:
@@ -85,7 +85,6 @@ def simulate(trace_file: Path, policy: str, service_time: float, startup_delay: 
         click.echo(f"plot written to {plot_file}", err=True)
 
 
-JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 
 
 @pool.command("create")
@@ -99,7 +98,7 @@ JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document o
               show_default=True, help="fixed: the size you set; flex: the Erlang C policy.")
 @click.option("--target-wait", type=float, metavar="S",
               help="Flex: keep the mean wait under S seconds (default: P(wait) <= 0.2).")
-@JSON
+@json_option
 @pass_app
 def create(app: AppContext, name: str, template: str, min_size: int, max_size: int,
            size: int | None, policy: str, target_wait: float | None, as_json: bool) -> None:
@@ -143,7 +142,7 @@ def scale(app: AppContext, name: str, size: int) -> None:
 
 
 @pool.command("list")
-@JSON
+@json_option
 @pass_app
 def list_pools(app: AppContext, as_json: bool) -> None:
     """List pools with their size and what the manager last saw.
@@ -167,7 +166,7 @@ def list_pools(app: AppContext, as_json: bool) -> None:
 
 @pool.command("show")
 @click.argument("name")
-@JSON
+@json_option
 @pass_app
 def show(app: AppContext, name: str, as_json: bool) -> None:
     """Show a pool: spec, members with host and state, and the flex policy's numbers.

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import console, emit_json, table
+from gridtool.cli.output import console, emit_json, json_option, table
 from gridtool.errors import RegistryUnavailable, UsageError
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def registry() -> None:
 
 
 @registry.command("status")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def status(app: AppContext, as_json: bool) -> None:
     """Each etcd endpoint: healthy, leader, database size, revision.
@@ -73,7 +73,7 @@ def user_rows(results: list[UserResult]) -> list[tuple[str, str, str, str]]:
               "(manager = yes): they get the manager role too (default: keep the grants).")
 @click.option("--credentials-dir", metavar="DIR", help="Where password files are written, "
               "0600 (default: the folder of password_file, else /etc/gridtool/credentials).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def init(app: AppContext, hosts: str | None, managers: str | None,
          credentials_dir: str | None, as_json: bool) -> None:
@@ -118,7 +118,7 @@ def init(app: AppContext, hosts: str | None, managers: str | None,
                    "(repeatable; default 127.0.0.1).")
 @click.option("--dns", "dns", multiple=True, metavar="NAME",
               help="DNS name of an etcd member (repeatable; default localhost).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def certs(app: AppContext, directory: str, hosts: str, ips: tuple[str, ...],
           dns: tuple[str, ...], as_json: bool) -> None:

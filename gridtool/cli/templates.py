@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import age, console, emit_json, mib, table, warn
+from gridtool.cli.output import age, console, emit_json, json_option, mib, table, warn
 from gridtool.errors import OperationFailed, UsageError
 
 if TYPE_CHECKING:
     from gridtool.clone import CloneResult
 
-JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 PHASES = ("overlay", "define", "start", "running", "ready")
 
 
@@ -39,7 +38,7 @@ def template() -> None:
                    "guest needs a serial console writing to a file).")
 @click.option("--timeout", default=600.0, show_default=True,
               help="Seconds to wait for the host to copy the disks.")
-@JSON
+@json_option
 @pass_app
 def create(app: AppContext, name: str, guest: str, ready_marker: str | None, timeout: float,
            as_json: bool) -> None:
@@ -76,7 +75,7 @@ def _template_doc(tpl: Any, clones: list[Any], xml: bool = False) -> dict[str, A
 
 
 @template.command("list")
-@JSON
+@json_option
 @pass_app
 def list_templates(app: AppContext, as_json: bool) -> None:
     """List templates with their clone counts.
@@ -106,7 +105,7 @@ def list_templates(app: AppContext, as_json: bool) -> None:
 
 @template.command("show")
 @click.argument("name")
-@JSON
+@json_option
 @pass_app
 def show(app: AppContext, name: str, as_json: bool) -> None:
     """Show a template: its golden images and its clones.
@@ -245,7 +244,7 @@ class CloneProgress:
 @click.option("--no-start", is_flag=True, help="Define the clones without starting them.")
 @click.option("--timeout", default=60.0, show_default=True,
               help="Seconds to wait for every clone to be reported running.")
-@JSON
+@json_option
 @pass_app
 def clone(app: AppContext, template_name: str, count: int, pool: str | None,
           name_prefix: str | None, on_host: str | None, auto: bool, no_start: bool,

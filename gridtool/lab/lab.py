@@ -18,7 +18,7 @@ from gridtool.lab import qemu
 from gridtool.lab.etcd import EtcdCluster
 from gridtool.lab.hosts import LabHost, sample_domain_xml, watchdog_timeout_for
 from gridtool.lab.procs import AGENT_MARKER, LabError, kill_now, spawn, stop_pid, wait_for
-from gridtool.labstate import pid_alive, read_state, state_path
+from gridtool.labstate import pid_alive, read_state, state_path, write_file
 
 Progress = Callable[[str], None]
 
@@ -47,7 +47,7 @@ def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
         raise LabError(f"a lab is already up in {directory} (run 'gridtool lab down' first)")
     if directory.exists():
         shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, mode=0o755)  # ours alone: see gridtool.labstate
     state: dict[str, Any] = {"v": 1, "lab_dir": str(directory), "created_at": time.time(),
                              "config": str(directory / "gridtool.conf")}
     state["hypervisor"] = hypervisor  # qemu: real guests (gridtool.lab.qemu)
@@ -75,7 +75,7 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
         progress("enabling etcd authentication")
         cfg = _enable_auth(cfg, directory / "credentials", names)
     state["auth"] = not insecure
-    Path(state["config"]).write_text(render(cfg))  # password_file, never the password
+    write_file(Path(state["config"]), render(cfg))  # password_file, never the password
     lab_hosts = [LabHost(name, str(directory / "hosts" / name)) for name in names]
     if state.get("hypervisor") == "qemu":
         lab_hosts = qemu.lab_hosts(directory, names)  # type: ignore[assignment]
@@ -213,11 +213,11 @@ def summary(state: dict[str, Any]) -> dict[str, Any]:
     return {"v": 1, "etcd_endpoints": state.get("etcd_endpoints", []),
             "hosts": [{"name": h["name"], "libvirt_uri": h["libvirt_uri"]}
                       for h in state.get("hosts", [])],
-            "lab_dir": state["lab_dir"]}
+            "lab_dir": state["lab_dir"], "config": state["config"]}
 
 
 def _save(directory: Path, state: dict[str, Any]) -> None:
-    state_path(directory).write_text(json.dumps(state, indent=2))
+    write_file(state_path(directory), json.dumps(state, indent=2))
 
 
 def power_off(directory: Path, name: str) -> list[str]:

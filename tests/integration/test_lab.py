@@ -27,9 +27,16 @@ def test_lab_up_json_then_down_leaves_nothing_running(tmp_path: Path) -> None:
         body = json.loads(up.stdout)
         assert body["lab_dir"] == str(lab_dir) and len(body["etcd_endpoints"]) == 3
         assert [h["name"] for h in body["hosts"]] == ["hv1", "hv2"]
-        # Commands find the running lab by themselves (no flags).
+        # Commands find the user's own running lab by themselves (no flags)...
         guests = json.loads(gridtool(lab_dir, "guest", "list", "--json").stdout)["guests"]
         assert len(guests) == 6
+        # ... and through the config `lab up` names (what it prints to export).
+        assert body["config"] == str(lab_dir / "gridtool.conf")
+        listed = gridtool(Path("/nonexistent"), "--config", body["config"], "host", "list",
+                          "--json")
+        assert len(json.loads(listed.stdout)["hosts"]) == 2, listed.stderr
+        for path in (lab_dir, lab_dir / "lab.json", lab_dir / "gridtool.conf"):
+            assert path.stat().st_mode & 0o022 == 0 and path.stat().st_uid == os.geteuid()
         status = json.loads(gridtool(lab_dir, "registry", "status", "--json").stdout)
         assert sum(e["leader"] for e in status["endpoints"]) == 1
         state = json.loads(gridtool(lab_dir, "lab", "status", "--json").stdout)["lab"]

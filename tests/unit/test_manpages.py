@@ -3,10 +3,13 @@ every setting, and groff renders them without a warning."""
 
 from __future__ import annotations
 
+import configparser
 import difflib
+import importlib.util
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -15,11 +18,25 @@ import click
 import pytest
 
 from agents.main import main as agent_main
-from gridtool import manpage
+from gridtool import config
 from gridtool.cli.main import cli
 from gridtool.config import Config, load
 
-MAN = Path(__file__).resolve().parents[2] / "man"
+ROOT = Path(__file__).resolve().parents[2]
+MAN = ROOT / "man"
+
+
+def _load_generator():  # type: ignore[no-untyped-def]
+    """tools/manpage.py: a build tool outside the installed package."""
+    spec = importlib.util.spec_from_file_location("manpage", ROOT / "tools" / "manpage.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["manpage"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+manpage = _load_generator()
 PAGES = ("gridtool.1", "gridtool-agent.8", "gridtool.conf.5")
 REGENERATE = "run scripts/gen-man and commit the result"
 
@@ -204,11 +221,11 @@ def test_groff_renders_without_warnings(name: str) -> None:
 
 def test_every_config_field_has_a_meaning() -> None:
     names = {f.name for f in fields(Config)}
-    missing = sorted(names - set(manpage.MEANINGS))
-    assert not missing, (f"Config field(s) {missing} have no meaning: add them to MEANINGS "
-                         "in gridtool/manpage.py, then run scripts/gen-man")
-    stale = sorted(set(manpage.MEANINGS) - names)
-    assert not stale, f"MEANINGS in gridtool/manpage.py names no Config field: {stale}"
+    missing = sorted(n for n in names if not config.MEANINGS.get(n))
+    assert not missing, (f"Config field(s) {missing} have no meaning: declare them with "
+                         "setting(..., meaning=...) in gridtool/config.py, then run "
+                         "scripts/gen-man")
+    assert set(config.MEANINGS) == names
 
 
 def test_conf_page_mentions_every_config_field() -> None:
@@ -231,7 +248,7 @@ def test_conf_example_is_a_valid_config(tmp_path: Path) -> None:
 
 
 def test_a_field_without_meaning_stops_the_generator(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(manpage.MEANINGS, "ttl")
+    monkeypatch.delitem(config.MEANINGS, "ttl")
     with pytest.raises(manpage.MissingMeaning, match="ttl"):
         manpage.render_conf()
 
@@ -241,3 +258,51 @@ def test_gen_man_writes_then_checks(tmp_path: Path) -> None:
     assert manpage.main([str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(PAGES)
     assert manpage.main(["--check", str(tmp_path)]) == 0
+
+
+# -- (e) the generator is a build tool; exit codes come from the error classes ---------
+
+
+def test_generator_is_not_installed() -> None:
+    from setuptools import find_packages
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    include = cfg["options.packages.find"]["include"].split()
+    found = find_packages(str(ROOT), include=include)
+    assert "gridtool" in found and "agents" in found
+    assert not [p for p in found if p.startswith("tools")]
+    assert not (ROOT / "gridtool" / "manpage.py").exists()
+
+
+def test_exit_codes_are_the_error_classes() -> None:
+    from gridtool import errors
+
+    coded = [c for c in vars(errors).values() if isinstance(c, type)
+             and issubclass(c, errors.GridtoolError) and "exit_code" in vars(c)]
+    assert all("meaning" in vars(c) for c in coded), "each coded class says what it means"
+    for cls in coded:
+        assert cls.meaning in errors.EXIT_CODES[cls.exit_code], cls
+    assert set(errors.EXIT_CODES) == {0, 130} | {c.exit_code for c in coded}
+
+
+def test_readme_exit_code_table_matches_the_error_classes() -> None:
+    from gridtool.errors import EXIT_CODES
+
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| (\d+) \| (.+) \|$", readme, flags=re.M))
+    assert {int(c) for c in rows} == set(EXIT_CODES), "README's exit-code table"
+    for code, meaning in EXIT_CODES.items():
+        assert rows[str(code)].startswith(meaning), (code, rows[str(code)])
+
+
+def test_every_json_option_is_the_shared_one() -> None:
+    """``--json`` comes from ``output.json_option`` everywhere: one name, one help."""
+    options = [(path, param) for path, command in commands(cli, "gridtool")
+               for param in command.params if "--json" in getattr(param, "opts", ())]
+    assert len(options) >= 17
+    for path, param in options:
+        assert (param.name, param.is_flag, param.help) == (
+            "as_json", True, "One JSON document on stdout."), path
+    sources = "".join(p.read_text() for p in (ROOT / "gridtool" / "cli").glob("*.py"))
+    assert sources.count('"--json"') == 1, "declare --json with @json_option"

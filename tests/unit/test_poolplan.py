@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridtool.flex import FlexState
+from gridtool.flex import FlexState, LoadSample
 from gridtool.model import DecodeError
 from gridtool.poolplan import (
     Clone,
@@ -18,7 +18,6 @@ from gridtool.poolplan import (
     MemberClass,
     MemberView,
     Plan,
-    PoolSample,
     PoolSpec,
     PoolStatus,
     Remove,
@@ -91,10 +90,10 @@ def test_shrink_removes_draining_then_overflow_then_newest() -> None:
 
 
 def test_busy_workers_go_after_idle_ones_on_the_same_kind_of_host() -> None:
-    reports = [PoolSample(NOW - 20, 10, 5, 5, 9.0, source="web-2"),
-               PoolSample(NOW - 10, 10, 5, 5, 1.0, source="web-2"),  # latest: idle
-               PoolSample(NOW - 10, 10, 8, 8, None, 1.0, source="web-3"),  # 8 s of 10
-               PoolSample(NOW - 10, 10, 8, 8, 9.0, source="web-4")]
+    reports = [LoadSample(NOW - 20, 10, 5, 5, 9.0, source="web-2"),
+               LoadSample(NOW - 10, 10, 5, 5, 1.0, source="web-2"),  # latest: idle
+               LoadSample(NOW - 10, 10, 8, 8, None, 1.0, source="web-3"),  # 8 s of 10
+               LoadSample(NOW - 10, 10, 8, 8, 9.0, source="web-4")]
     busy = busy_sources(reports)
     assert busy == {"web-3", "web-4"}
     members = [replace(member(i, "ov1" if i == 4 else "hv1", age=100 - i),
@@ -130,18 +129,18 @@ def test_spec_validation_and_records_round_trip() -> None:
     flex = PoolSpec("p", "t", 1, 9, 1, "flex", {"target_kind": "mean_wait", "target": 0.5})
     assert flex.params().max_workers == 9 and flex.params().target == 0.5
     assert decode(PoolSpec, "k", encode(flex)) == flex
-    sample = PoolSample(NOW, 10.0, 5, 4, None, 0.5, 1, "w1")
-    assert decode(PoolSample, "k", encode(sample)) == sample
+    sample = LoadSample(NOW, 10.0, 5, 4, None, 0.5, 1, source="w1")
+    assert decode(LoadSample, "k", encode(sample)) == sample
     with pytest.raises(DecodeError, match="min"):
         decode(PoolSpec, "k", b'{"v":1,"name":"p","template":"t","min":"x","max":1,'
                               b'"desired":1}')
 
 
 def test_aggregate_adds_reporters_and_is_robust_to_cadence() -> None:
-    reports = [PoolSample(NOW - 12, 10, 100, 90, 45.0, source="a"),  # before the round
-               PoolSample(NOW - 9, 10, 50, 50, 25.0, source="a"),
-               PoolSample(NOW - 1, 10, 70, 50, 25.0, source="a"),  # two of "a" in the round
-               PoolSample(NOW - 2, 5, 10, 10, None, 2.0, queue_depth=3, source="b")]
+    reports = [LoadSample(NOW - 12, 10, 100, 90, 45.0, source="a"),  # before the round
+               LoadSample(NOW - 9, 10, 50, 50, 25.0, source="a"),
+               LoadSample(NOW - 1, 10, 70, 50, 25.0, source="a"),  # two of "a" in the round
+               LoadSample(NOW - 2, 5, 10, 10, None, 2.0, queue_depth=3, source="b")]
     load = aggregate(reports, NOW - 10, NOW)
     assert load is not None and load.interval == 10
     # a: 120 arrivals over 20 s = 6/s; b: 10 over 5 s = 2/s -> 8/s over the 10 s round
@@ -153,7 +152,7 @@ def test_aggregate_adds_reporters_and_is_robust_to_cadence() -> None:
 
 def test_flex_step_scales_up_at_once_and_holds_without_reports() -> None:
     spec = PoolSpec("p", "t", 1, 50, 2, "flex")
-    load = aggregate([PoolSample(NOW, 10, 200, 200, 200.0, source="w")], NOW - 10, NOW)
+    load = aggregate([LoadSample(NOW, 10, 200, 200, 200.0, source="w")], NOW - 10, NOW)
     decision, state = flex_step(spec, FlexState(), load, 2, 0, NOW)
     assert decision is not None and decision.desired > 20 and decision.change > 0
     assert flex_step(spec, state, None, 2, 0, NOW + 10) == (None, state)

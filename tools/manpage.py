@@ -1,16 +1,17 @@
 """Man pages generated from the click command tree, the settings and the exit codes.
 
-``python -m gridtool.manpage DIR`` writes ``gridtool.1``, ``gridtool-agent.8`` and
-``gridtool.conf.5`` into DIR (``scripts/gen-man`` does it for ``man/``); with
-``--check`` it writes nothing and exits 1 when a file differs from what it would write.
+A build tool, not part of the installed package. ``python tools/manpage.py DIR`` writes
+``gridtool.1``, ``gridtool-agent.8`` and ``gridtool.conf.5`` into DIR (``scripts/gen-man``
+does it for ``man/``); with ``--check`` it writes nothing and exits 1 when a file differs
+from what it would write.
 
 Everything a user can type comes from the code: commands, usage lines, options,
-metavars, choices, defaults and help from click; settings, types, defaults and
-environment variables from :mod:`gridtool.config`; exit statuses from
-:data:`gridtool.errors.EXIT_CODES`. The only prose kept here is what the code
-cannot say: what each setting means (:data:`MEANINGS`) and the pages' framing.
-The output depends on nothing but the code (the date field is the version), so
-the committed pages can be compared with fresh output in the tests.
+metavars, choices, defaults and help from click; settings, their types, defaults,
+sections and meanings from the ``Config`` table in :mod:`gridtool.config`; exit statuses
+and their meanings from the error classes (:data:`gridtool.errors.EXIT_CODES`). The only
+prose kept here is the pages' framing. The output depends on nothing but the code (the
+date field is the version), so the committed pages can be compared with fresh output in
+the tests.
 """
 
 from __future__ import annotations
@@ -26,77 +27,14 @@ from typing import Any
 import click
 
 from gridtool import __version__
-
-#: What each ``Config`` field means, for gridtool.conf(5) and the ENVIRONMENT sections.
-#: Written in the mini markup of :func:`markup`: ```code``` is bold, ``*word*`` italic.
-#: Every ``Config`` field needs one: the generator (and a unit test) refuse a field without.
-MEANINGS: dict[str, str] = {
-    "endpoints": "The etcd client endpoints, each `HOST:PORT`. A request goes to the endpoint "
-                 "that last answered and fails over to the next one in turn.",
-    "prefix": "The key prefix every gridtool record lives under; it must start and end "
-              "with `/`. Fleets with different prefixes can share one etcd cluster.",
-    "user": "The etcd user to authenticate as. It needs `password` (or `password_file`).",
-    "password": "The etcd password of `user`. Prefer `password_file`, which keeps the "
-                "secret out of the configuration file.",
-    "password_file": "A file holding the etcd password (surrounding white space is "
-                     "stripped); read only when `password` is not set.",
-    "ca_cert": "A PEM file of the CA certificate that signed etcd's TLS server "
-               "certificates; setting it makes gridtool talk TLS to etcd.",
-    "cert": "A PEM client certificate for TLS client authentication to etcd (with `key`).",
-    "key": "The PEM private key of `cert`.",
-    "timeout": "Seconds to keep trying the registry before giving up with exit status 4; "
-               "each endpoint gets an equal share of it for one attempt (at least 1 second).",
-    "host": "This host's name in the registry. The agent needs it.",
-    "libvirt_uri": "The libvirt URI the agent watches, such as `qemu:///system` or "
-                   "`xen:///system`. The agent needs it.",
-    "ttl": "Seconds of the host's lease. The agent renews it every *ttl*/3 seconds; when "
-           "the agent dies its host record vanishes after *ttl* seconds and its guests "
-           "show as `unknown`.",
-    "resync_interval": "Seconds between the agent's full resyncs of libvirt into the "
-                       "registry (besides the one at start, the one after each reconnect "
-                       "and the write on each libvirt lifecycle event).",
-    "labels": "This host's labels, used by placement: a guest can require or prefer "
-              "labels, and hosts labelled `overflow` are used only when no other host fits.",
-    "storage": "The shared storage this host can reach (ids such as an AoE shelf or an "
-               "iSCSI target); a guest whose volumes live on shared storage is placed only "
-               "on hosts that reach all of it.",
-    "intruder_policy": "What the agent does with a guest running on this host while another "
-                       "host holds its fence: `pause` suspends it and keeps its memory for an "
-                       "operator, `destroy` stops it at once. One of `pause` and `destroy`.",
-    "watchdog": "A Linux watchdog device, such as `/dev/watchdog` (hardware or the softdog "
-                "module), that the agent pets while its lease is safe. If the agent hangs "
-                "while HA guests run, the watchdog resets the host before their fences can "
-                "expire. Unset: no watchdog.",
-    "watchdog_timeout": "The watchdog device's timeout in seconds, as set on the device "
-                        "(the agent does not set it). The agent pets the watchdog only while "
-                        "a reset that far away still comes before the lease can expire.",
-    "manager": "Whether the agent also runs a candidate of the HA manager (as `gridtool "
-               "manager run` does): the candidates elect one leader in etcd, which restarts "
-               "the HA guests of dead hosts elsewhere.",
-    "hook_socket": "The unix socket on which the agent answers the libvirt fence hook "
-                   "(`/etc/libvirt/hooks/qemu`): may this host start, restore or receive "
-                   "this guest? The hook refuses when the agent does not hold every fence "
-                   "of the guest, or does not answer in time. Unset: no hook server.",
-    "shared_patterns": "Shell glob patterns of disk source paths that live on storage "
-                       "several hosts can see (AoE, iSCSI by-path). A guest with such a disk "
-                       "must run on one host at a time, so gridtool fences it. Disks marked "
-                       "shareable and iSCSI network disks are always shared.",
-    "shared_pools": "libvirt storage pools whose volumes are shared between hosts "
-                    "(for disks of type volume).",
-    "images_dir": "Where templates' golden images (`templates/`) and clones' copy-on-write "
-                  "overlays (`clones/<host>/`) live. Shared storage (NFS, a cluster file "
-                  "system) mounted at the same path on every host, so any host can clone "
-                  "any template.",
-    "source": "Not a setting: where the values came from, the configuration file's path or "
-              "`defaults`. It cannot be set.",
-}
+from gridtool.config import MEANINGS
 
 #: Nagios plugin statuses that ``gridtool check`` uses, when that command exists.
 NAGIOS_CODES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
 
 PAGE_DATE = f"gridtool {__version__}"
 SOURCE = f"gridtool {__version__}"
-GENERATED = (".\\\" Generated by gridtool.manpage from the code; do not edit.\n"
+GENERATED = (".\\\" Generated by tools/manpage.py from the code; do not edit.\n"
              ".\\\" Regenerate with scripts/gen-man.\n")
 
 
@@ -405,17 +343,17 @@ def tp(tag: str, body: str) -> str:
 
 
 class MissingMeaning(Exception):
-    """A ``Config`` field has no entry in :data:`MEANINGS`."""
+    """A ``Config`` field has no meaning (``gridtool.config.MEANINGS``)."""
 
 
 def _settings() -> tuple[list[Any], dict[str, str]]:
     from gridtool.config import _SECTIONS, Config
 
     config_fields = list(fields(Config))
-    missing = [f.name for f in config_fields if f.name not in MEANINGS]
+    missing = [f.name for f in config_fields if not MEANINGS.get(f.name)]
     if missing:
         raise MissingMeaning(f"no meaning for Config field(s) {', '.join(missing)}: "
-                             "add them to MEANINGS in gridtool/manpage.py")
+                             "declare them with setting(..., meaning=...) in gridtool/config.py")
     return config_fields, dict(_SECTIONS)
 
 
@@ -488,7 +426,6 @@ def exit_status(check_note: bool) -> str:
     out = [section("EXIT STATUS")]
     for code_, meaning in sorted(EXIT_CODES.items()):
         out.append(tp(bold(str(code_)), prose(meaning[:1].upper() + meaning[1:] + ".")))
-    out.append(tp(bold("130"), "Interrupted (SIGINT)."))
     if check_note:
         statuses = ", ".join(f"{n} {s}" for n, s in sorted(NAGIOS_CODES.items()))
         out.append(_lines(".PP", markup(
@@ -580,7 +517,8 @@ def render_gridtool() -> str:
         "and the system's file.")))
     out.append(tp(bold("GRIDTOOL_LAB_DIR"), markup(
         f"The lab directory (default `{DEFAULT_LAB_DIR}`), as `--lab-dir` of the `lab` "
-        "commands. Every command also looks there for a running lab's configuration.")))
+        "commands. Every command also looks there for a running lab's configuration, used "
+        "only when the directory is the user's own (see `gridtool.conf`(5)).")))
     out.append(tp(bold("GRIDTOOL_DEBUG"), markup(
         "When set and not empty, an internal error prints a Python traceback instead of "
         "one line.")))
@@ -604,7 +542,9 @@ def render_gridtool() -> str:
     out.append(tp(bold(str(state_path(DEFAULT_LAB_DIR))), markup(
         "The lab's state: its processes, etcd endpoints and configuration file. While the "
         f"lab's etcd runs, commands read the lab's configuration (`{lab_conf}`) unless "
-        "`--config` or `GRIDTOOL_CONFIG` names another.")))
+        "`--config` or `GRIDTOOL_CONFIG` names another, and only when the lab directory, "
+        "this file and the configuration file are the user's own; `lab up` prints the "
+        "`export GRIDTOOL_CONFIG=`... line that names it.")))
 
     out.append(section("EXAMPLES"))
     seen: set[str] = set()
@@ -788,6 +728,13 @@ def render_conf() -> str:
         f"running lab's (`{DEFAULT_LAB_DIR}/gridtool.conf`, found through "
         f"`{DEFAULT_LAB_DIR}/lab.json` or `GRIDTOOL_LAB_DIR`), else `{SYSTEM_CONFIG}` "
         f"(for the agent `{AGENT_CONFIG}`). A missing default file means the defaults.")))
+    out.append(_lines(".PP", markup(
+        "A running lab's file is used only when the lab directory, its `lab.json` and the "
+        "configuration file are each owned by the user running the command, not writable "
+        "by group or others and not symbolic links; otherwise the command prints a "
+        "one-line warning and goes on to the system file, so that a file planted in "
+        "`/tmp` cannot redirect another user's commands. A lab process whose PID the user "
+        "may not signal does not count as running.")))
 
     out.append(section("SETTINGS"))
     for sect in section_names:
@@ -847,13 +794,13 @@ def main(argv: list[str] | None = None) -> int:
     check = "--check" in args
     args = [a for a in args if a != "--check"]
     if len(args) != 1:
-        sys.stderr.write("usage: python -m gridtool.manpage [--check] DIR\n")
+        sys.stderr.write("usage: python tools/manpage.py [--check] DIR\n")
         return 2
     directory = Path(args[0])
     try:
         pages = generate()
     except MissingMeaning as exc:
-        sys.stderr.write(f"gridtool.manpage: {exc}\n")
+        sys.stderr.write(f"tools/manpage.py: {exc}\n")
         return 1
     stale = []
     for name, text in pages.items():
