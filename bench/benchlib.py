@@ -1,16 +1,24 @@
-"""Shared bits of the benchmarks: percentiles, a printed table, JSON results."""
+"""Shared bits of the benchmarks: percentiles, a printed table, JSON results.
+
+Every benchmark imports this module first: it puts the repository root on ``sys.path``
+so that ``python bench/x.py`` can import the test harness (``tests.harness``), which
+the installed package does not ship."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import platform
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -83,8 +91,6 @@ def lab_etcd(members: int = 1, prefix: str = "gridtool-bench-") -> Iterator[tupl
 def on_qemu_lab(name: str, run: Any, args: Any) -> int:
     """``run(base, cluster, args)`` with a real etcd, or exit code 2 (and why) when QEMU
     cannot run on this machine: the entry point of the real-QEMU benchmarks."""
-    import sys
-
     from gridtool.lab import qemu
 
     why = qemu.unavailable()

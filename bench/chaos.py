@@ -5,7 +5,7 @@ with an emulated watchdog), two HA manager candidates and K HA fenced guests; th
 rounds of random faults from the seed (network cut, SIGSTOP, SIGKILL of an agent, etcd
 leader killed, etcd member restarted, leading manager killed) for N minutes. An
 independent checker samples every host's libvirt: overlaps must be 0. Needs root (ip
-netns). See gridtool/lab/chaos.py.
+netns). See tests/harness/chaos.py.
 
     python bench/chaos.py --minutes N [--seed S] [--hosts N] [--guests K] [--ttl T]
                           [--kinds cut,stop,...] [--json PATH]
@@ -20,8 +20,8 @@ from typing import NoReturn
 
 from benchlib import print_table, verdict, write_json
 
-from gridtool.lab.chaos import KINDS, ChaosSettings, run_chaos
-from gridtool.lab.netns import unavailable_reason
+from tests.harness.chaos import KINDS, ChaosSettings, run_chaos
+from tests.harness.netns import unavailable_reason
 
 
 def _interrupted(_signum: int, _frame: object) -> NoReturn:

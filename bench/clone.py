@@ -32,8 +32,8 @@ from gridtool.clone import clone_guests, create_template, remove_clone
 from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.lab.testbed import LabHosts, wait_until
 from gridtool.registry import Registry
+from tests.harness.testbed import LabHosts, wait_until
 
 PHASES = ("overlay", "define", "start", "wait", "running")
 TARGET_TOTAL_S = 5.0

@@ -25,12 +25,12 @@ from benchlib import lab_etcd, print_table, verdict, write_json
 from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
 from gridtool.intentclient import IntentClient
-from gridtool.lab.checker import DoubleRunChecker
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.lab.proxy import CuttableProxy
-from gridtool.lab.testbed import LabHosts, domain_xml, wait_until
 from gridtool.manager import Manager
 from gridtool.records import GuestSettings, encode
+from tests.harness.checker import DoubleRunChecker
+from tests.harness.proxy import CuttableProxy
+from tests.harness.testbed import LabHosts, domain_xml, wait_until
 
 TARGET_S = 10.0
 HOSTS = ("hv1", "hv2", "hv3")

@@ -26,12 +26,12 @@ from benchlib import lab_etcd, print_table, summary_ms, verdict, write_json
 from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
 from gridtool.intentclient import IntentClient
-from gridtool.lab.checker import DoubleRunChecker
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.lab.testbed import LabHosts, domain_xml, wait_until
 from gridtool.migration import Migrator
 from gridtool.records import GuestSettings, encode
 from gridtool.registry import Registry
+from tests.harness.checker import DoubleRunChecker
+from tests.harness.testbed import LabHosts, domain_xml, wait_until
 
 HOSTS = ("hv1", "hv2")
 PHASES = ("define", "stop", "start", "undefine")

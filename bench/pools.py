@@ -27,8 +27,8 @@ from gridtool.clone import create_template
 from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.lab.testbed import LabHosts, domain_xml, wait_until
 from gridtool.manager import Manager
+from tests.harness.testbed import LabHosts, domain_xml, wait_until
 
 HOSTS = ("hv1", "hv2", "hv3", "hv4")
 

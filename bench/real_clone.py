@@ -32,8 +32,9 @@ from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
 from gridtool.lab import qemu
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.lab.testbed import wait_until
 from gridtool.registry import Registry
+from tests.harness import qemu_testbed
+from tests.harness.testbed import wait_until
 
 PHASES = ("overlay", "define", "start", "running", "ready", "boot")
 
@@ -52,7 +53,7 @@ def run(base: Path, cluster: EtcdCluster, args: argparse.Namespace) -> int:
                  ttl=5, resync_interval=5.0, images_dir=str(base / "lab" / "images"))
     store = EtcdStore(cfg)
     registry = Registry(store, cfg.keys)
-    hosts = qemu.QemuHosts(base / "lab", cfg)
+    hosts = qemu_testbed.QemuHosts(base / "lab", cfg)
     try:
         for name in ("hv1", "hv2"):
             hosts.add(name)

@@ -30,11 +30,11 @@ from benchlib import on_qemu_lab, print_table, summary_ms, write_json
 from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
 from gridtool.intentclient import IntentClient
-from gridtool.lab import qemu
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.lab.testbed import wait_until
 from gridtool.migration import Migrator
 from gridtool.registry import Registry
+from tests.harness import qemu_testbed
+from tests.harness.testbed import wait_until
 
 HEARTBEAT_S = 0.1
 _TRANSFER = re.compile(r"in ([0-9.]+) s")
@@ -55,7 +55,7 @@ def run(base: Path, cluster: EtcdCluster, args: argparse.Namespace) -> int:
                  ttl=5, resync_interval=5.0)
     store = EtcdStore(cfg)
     registry = Registry(store, cfg.keys)
-    hosts = qemu.QemuHosts(base / "lab", cfg)
+    hosts = qemu_testbed.QemuHosts(base / "lab", cfg)
     try:
         for name in ("hv1", "hv2"):
             hosts.add(name)
@@ -69,7 +69,7 @@ def run(base: Path, cluster: EtcdCluster, args: argparse.Namespace) -> int:
         boot_s = time.monotonic() - began
         rows, totals, transfers, handovers, downtimes = [], [], [], [], []
         where = "hv1"
-        with qemu.HeartbeatWatcher(hosts.serial_log("bench1")) as beats:
+        with qemu_testbed.HeartbeatWatcher(hosts.serial_log("bench1")) as beats:
             wait_until(lambda: beats.last > 5, 20, what="heartbeats")
             for n in range(1, args.rounds + 1):
                 target = "hv2" if where == "hv1" else "hv1"

@@ -23,9 +23,9 @@ from benchlib import lab_etcd, percentile, print_table, verdict, write_json
 
 from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
-from gridtool.lab.testbed import LabHosts, domain_xml, wait_until
 from gridtool.model import Disk, GuestRecord, HostRecord
 from gridtool.registry import Registry
+from tests.harness.testbed import LabHosts, domain_xml, wait_until
 
 TARGET_LIST_S = 1.5
 

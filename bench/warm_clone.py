@@ -2,7 +2,7 @@
 template instead of booting (the issue's stretch item). Benchmark and experiment only:
 NOT wired into ``gridtool clone`` (see the printed verdict and docs).
 
-One namespaced QEMU lab host (``gridtool.lab.qemu.QemuHosts``, no etcd, no agent: the
+One namespaced QEMU lab host (``gridtool.lab.qemu_testbed.QemuHosts``, no etcd, no agent: the
 template's disk is not on the shared dir, so the fence hook allows without asking):
 
 1. cold: define + start the lab guest (TCG, 128 MiB), time to its ``GRIDTOOL-READY``
@@ -46,7 +46,8 @@ from benchlib import print_table, summary_ms, write_json
 
 from gridtool.config import Config
 from gridtool.lab import qemu
-from gridtool.lab.testbed import wait_until
+from tests.harness import qemu_testbed
+from tests.harness.testbed import wait_until
 
 HEADER = struct.Struct("<16s5I56x")  # virQEMUSaveHeader: magic, version, data_len,
 MAGIC = b"LibvirtQemudSave"  # was_running, format, cookieOffset, unused[14]
@@ -67,7 +68,7 @@ def main() -> int:
 
     libvirt.registerErrorHandler(lambda *_a: None, None)  # errors are raised, not printed
     with tempfile.TemporaryDirectory(prefix="gt-warm-clone-") as tmp:
-        hosts = qemu.QemuHosts(Path(tmp) / "lab", Config())
+        hosts = qemu_testbed.QemuHosts(Path(tmp) / "lab", Config())
         try:
             return run(hosts, Path(tmp), args)
         finally:
@@ -76,7 +77,7 @@ def main() -> int:
 
 def first_beat(log: Path, timeout: float = 30.0) -> int:
     """Wait for the first heartbeat line in ``log``; its counter."""
-    return wait_until(lambda: qemu.last_heartbeat(log) or None, timeout,
+    return wait_until(lambda: qemu_testbed.last_heartbeat(log) or None, timeout,
                       what=f"a heartbeat in {log.name}")
 
 
@@ -136,7 +137,7 @@ def refused(fn: object) -> str:
     return "ACCEPTED"
 
 
-def run(hosts: qemu.QemuHosts, tmp: Path, args: argparse.Namespace) -> int:
+def run(hosts: qemu_testbed.QemuHosts, tmp: Path, args: argparse.Namespace) -> int:
     import libvirt
 
     host = hosts.add("hv1")
@@ -151,17 +152,17 @@ def run(hosts: qemu.QemuHosts, tmp: Path, args: argparse.Namespace) -> int:
     began = time.monotonic()
     dom.create()
     cold_start = time.monotonic() - began
-    wait_until(lambda: qemu.is_ready(log), 60, what="the template's ready marker")
+    wait_until(lambda: qemu_testbed.is_ready(log), 60, what="the template's ready marker")
     cold_ready = time.monotonic() - began
     template_beat = first_beat(log)
-    wait_until(lambda: qemu.last_heartbeat(log) >= 20, 30, what="20 template heartbeats")
+    wait_until(lambda: qemu_testbed.last_heartbeat(log) >= 20, 30, what="20 template heartbeats")
     # 2. the warm template
     save = images / "tiny.save"
     began = time.monotonic()
     dom.save(str(save))
     save_s = time.monotonic() - began
     golden.chmod(0o444)
-    saved_beat = qemu.last_heartbeat(log)
+    saved_beat = qemu_testbed.last_heartbeat(log)
     xml = conn.saveImageGetXMLDesc(str(save), 0)
     print(f"accel {hosts.image.accel}; cold start() {cold_start:.2f} s, boot to ready "
           f"{cold_ready:.2f} s; save {save_s:.2f} s ({save.stat().st_size >> 20} MiB image, "
@@ -222,7 +223,7 @@ def run(hosts: qemu.QemuHosts, tmp: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def cold_parallel(conn, hosts: qemu.QemuHosts, images: Path,  # type: ignore[no-untyped-def]
+def cold_parallel(conn, hosts: qemu_testbed.QemuHosts, images: Path,  # type: ignore[no-untyped-def]
                   golden: Path, count: int) -> dict:
     """Boot ``count`` overlays of the golden disk at once (the cold clone path, minus
     gridtool): seconds from the starts to every ready marker."""
@@ -256,7 +257,7 @@ def cold_parallel(conn, hosts: qemu.QemuHosts, images: Path,  # type: ignore[no-
     return out
 
 
-def experiment(conn, hosts: qemu.QemuHosts, images: Path, golden: Path,  # type: ignore[no-untyped-def]
+def experiment(conn, hosts: qemu_testbed.QemuHosts, images: Path, golden: Path,  # type: ignore[no-untyped-def]
                save: Path, xml: str, count: int) -> dict:
     """Restore ``count`` header-rewritten copies at once (new names/UUIDs), each on its
     own thread; per clone the copy, restore and restore -> first heartbeat times."""
@@ -294,7 +295,7 @@ def experiment(conn, hosts: qemu.QemuHosts, images: Path, golden: Path,  # type:
         out["names"] = [d.name() for d in doms]
         out["qemu_has_new_uuid"] = [uid in _qemu_cmdline(hosts, d.name())
                                     for d, (_c, _s, uid) in zip(doms, copies, strict=True)]
-        out["ready_marker_in_clone_log"] = [qemu.is_ready(s) for _c, s, _u in copies]
+        out["ready_marker_in_clone_log"] = [qemu_testbed.is_ready(s) for _c, s, _u in copies]
     finally:
         for _copy, _serial, uid in copies:
             with contextlib.suppress(Exception):
@@ -310,7 +311,7 @@ def experiment(conn, hosts: qemu.QemuHosts, images: Path, golden: Path,  # type:
     return out
 
 
-def _qemu_cmdline(hosts: qemu.QemuHosts, name: str) -> str:
+def _qemu_cmdline(hosts: qemu_testbed.QemuHosts, name: str) -> str:
     from gridtool.lab.procs import cmdline
 
     pidfile = Path(hosts.hosts["hv1"].dir, "run", "qemu", f"{name}.pid")

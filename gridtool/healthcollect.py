@@ -6,7 +6,7 @@ import json
 import time
 
 from gridtool.fencing import Observed, Unreadable, observe
-from gridtool.health import (
+from gridtool.health.snapshot import (
     CorruptRecord,
     EndpointStatus,
     FenceObs,

@@ -14,7 +14,7 @@ import pytest
 from gridtool.config import Config
 
 if TYPE_CHECKING:
-    from gridtool.lab.testbed import LabHosts
+    from tests.harness.testbed import LabHosts
 
 
 def _need(binary: str) -> None:
@@ -97,7 +97,7 @@ def registry(store, cfg: Config):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def lab_hosts(tmp_path: Path, cfg: Config) -> Iterator[LabHosts]:
-    from gridtool.lab.testbed import LabHosts
+    from tests.harness.testbed import LabHosts
 
     _need("libvirtd")
     hosts = LabHosts(tmp_path / "hosts", cfg)

@@ -34,31 +34,35 @@ def check(app: AppContext, warn: tuple[str, ...], crit: tuple[str, ...],
     Example (crontab):
       */5 * * * * root gridtool check --ignore AGENT_VERSION_SKEW || mail -s gridtool root
     """
-    from gridtool import health
     from gridtool.errors import GridtoolError
+    from gridtool.health.checks import evaluate, unknown_report, unreachable_report
+    from gridtool.health.params import build_params
+    from gridtool.health.ranges import CheckUsageError
+    from gridtool.health.render import render_json, render_text
+    from gridtool.health.report import exit_code
     from gridtool.healthcollect import collect
 
     try:
-        params = health.build_params(warn, crit, ignore)
-    except health.CheckUsageError as exc:
-        report = health.unknown_report(str(exc))
+        params = build_params(warn, crit, ignore)
+    except CheckUsageError as exc:
+        report = unknown_report(str(exc))
     else:
         try:
             snap = collect(app.store, app.config.keys, len(app.config.endpoints))
-            report = health.evaluate(snap, params)
+            report = evaluate(snap, params)
         except GridtoolError as exc:
-            report = health.unreachable_report(str(exc), _endpoint_statuses(app))
+            report = unreachable_report(str(exc), _endpoint_statuses(app))
         except Exception as exc:  # a plugin must answer UNKNOWN, never a traceback
-            report = health.unknown_report(f"{type(exc).__name__}: {exc}")
+            report = unknown_report(f"{type(exc).__name__}: {exc}")
     if as_json:
-        click.echo(json.dumps(health.render_json(report), allow_nan=False))
+        click.echo(json.dumps(render_json(report), allow_nan=False))
     else:
-        click.echo(health.render_text(report))
-    sys.exit(health.exit_code(report))
+        click.echo(render_text(report))
+    sys.exit(exit_code(report))
 
 
 def _endpoint_statuses(app: AppContext) -> tuple:
-    from gridtool.health import EndpointStatus
+    from gridtool.health.snapshot import EndpointStatus
 
     try:
         return tuple(EndpointStatus(s.endpoint, s.healthy, s.leader, s.error)

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from gridtool.lab.testbed import domain_xml, wait_until
 from gridtool.model import effective_state
+from tests.harness.testbed import domain_xml, wait_until
 
 
 def _guests(registry, host):  # type: ignore[no-untyped-def]

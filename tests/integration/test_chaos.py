@@ -1,4 +1,4 @@
-"""Randomized faults: "never two running", whatever fails (gridtool/lab/chaos.py).
+"""Randomized faults: "never two running", whatever fails (tests/harness/chaos.py).
 
 The fast tier runs one seeded schedule with every fault kind a few times (about a
 minute and a half on a 2-core machine); the soak tier (``-m soak``, not in CI) runs for
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gridtool.lab.chaos import KINDS, ChaosReport, ChaosRun, ChaosSettings, Planner
+from tests.harness.chaos import KINDS, ChaosReport, ChaosRun, ChaosSettings, Planner
 
 CI_SEED = 20240607
 
@@ -25,7 +25,7 @@ def _seed(default: int | None) -> int | None:
 
 
 def _need_netns() -> None:
-    from gridtool.lab.netns import unavailable_reason
+    from tests.harness.netns import unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from gridtool.lab.procs import free_port
-from gridtool.lab.testbed import credential_env, domain_xml, wait_until
+from tests.harness.testbed import credential_env, domain_xml, wait_until
 
 PERFDATA = re.compile(r"^'[^']+'=(-?[\d.]+|U)[a-zA-Z%]*(;[^;]*){0,4}$")
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from gridtool.cli.main import cli
 from gridtool.lab.procs import free_port
-from gridtool.lab.testbed import credential_env, domain_xml, wait_until
+from tests.harness.testbed import credential_env, domain_xml, wait_until
 
 
 def _args(cfg, *rest: str) -> list[str]:  # type: ignore[no-untyped-def]

@@ -17,8 +17,8 @@ import pytest
 
 from gridtool import templates
 from gridtool.clone import CloneResult, clone_guests, remove_clone
-from gridtool.lab.testbed import run_cli as gridtool
-from gridtool.lab.testbed import wait_until
+from tests.harness.testbed import run_cli as gridtool
+from tests.harness.testbed import wait_until
 
 HOSTS = ("hv1", "hv2", "hv3")
 BASE_XML = """<domain type='test'><name>{name}</name><memory unit='MiB'>{memory}</memory>

@@ -10,8 +10,8 @@ import pytest
 from gridtool.config import Config
 from gridtool.etcdstore import EtcdStore
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.lab.testbed import wait_until
 from gridtool.store import Event
+from tests.harness.testbed import wait_until
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import contextlib
 import threading
 
 from gridtool.intentclient import IntentClient
-from gridtool.lab.checker import DoubleRunChecker
-from gridtool.lab.proxy import CuttableProxy
-from gridtool.lab.testbed import domain_xml, wait_until
 from gridtool.manager import Manager
 from gridtool.records import GuestSettings, Intent, Violation, decode, encode
+from tests.harness.checker import DoubleRunChecker
+from tests.harness.proxy import CuttableProxy
+from tests.harness.testbed import domain_xml, wait_until
 
 SHARED = "/dev/etherd/e9.1"
 VOLUME = "aoe-e9.1"

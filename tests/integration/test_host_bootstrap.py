@@ -28,8 +28,8 @@ from gridtool.credfiles import password_path, read_password
 from gridtool.errors import AuthError
 from gridtool.etcdstore import EtcdStore
 from gridtool.lab.procs import free_port, port_open, spawn, stop_pid
-from gridtool.lab.testbed import credential_env, domain_xml, wait_until
 from gridtool.security import credentials_dir
+from tests.harness.testbed import credential_env, domain_xml, wait_until
 
 SSHD = "/usr/sbin/sshd"
 

@@ -7,8 +7,8 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from gridtool.lab.procs import free_port
-from gridtool.lab.testbed import domain_xml, wait_until
 from gridtool.metrics import serve
+from tests.harness.testbed import domain_xml, wait_until
 
 
 def test_metrics_parse_and_count_the_fleet(lab_hosts, registry, store, cfg):  # type: ignore[no-untyped-def]

@@ -14,11 +14,11 @@ import pytest
 
 from gridtool import hostconf
 from gridtool.fencing import Fence
-from gridtool.lab.checker import DoubleRunChecker
-from gridtool.lab.testbed import domain_xml, wait_until
-from gridtool.lab.testbed import run_cli as gridtool
 from gridtool.migration import EndState, Migrator
 from gridtool.records import GuestSettings, encode
+from tests.harness.checker import DoubleRunChecker
+from tests.harness.testbed import domain_xml, wait_until
+from tests.harness.testbed import run_cli as gridtool
 
 
 def guest_xml(name: str, uuid: str | None = None, disk: str | None = None,

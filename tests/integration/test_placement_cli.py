@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from gridtool import hostconf
-from gridtool.lab.checker import DoubleRunChecker
-from gridtool.lab.testbed import domain_xml, wait_until
-from gridtool.lab.testbed import run_cli as gridtool
+from tests.harness.checker import DoubleRunChecker
+from tests.harness.testbed import domain_xml, wait_until
+from tests.harness.testbed import run_cli as gridtool
 
 
 def one_line_error(err: str) -> str:

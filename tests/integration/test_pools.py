@@ -15,9 +15,9 @@ import pytest
 import gridtool as gridtool_api
 from gridtool import pools
 from gridtool.clone import create_template
-from gridtool.lab.testbed import domain_xml, wait_until
-from gridtool.lab.testbed import run_cli as gridtool
 from gridtool.manager import Manager
+from tests.harness.testbed import domain_xml, wait_until
+from tests.harness.testbed import run_cli as gridtool
 
 
 def start_fleet(lab_hosts, registry, store, cfg, hosts: dict[str, tuple[str, ...]],  # type: ignore[no-untyped-def]

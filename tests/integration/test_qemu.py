@@ -25,23 +25,24 @@ from gridtool.fencing import observe
 from gridtool.hadecide import RestartLimits
 from gridtool.intentclient import IntentClient
 from gridtool.lab import qemu
-from gridtool.lab.checker import DoubleRunChecker
 from gridtool.lab.procs import LabError, cmdline
-from gridtool.lab.proxy import CuttableProxy
-from gridtool.lab.testbed import wait_until
 from gridtool.manager import Manager
 from gridtool.migration import EndState, Migrator
 from gridtool.records import GuestSettings, encode
+from tests.harness import qemu_testbed
+from tests.harness.checker import DoubleRunChecker
+from tests.harness.proxy import CuttableProxy
+from tests.harness.testbed import wait_until
 
 pytestmark = pytest.mark.qemu
 
 
 @pytest.fixture
-def qemu_hosts(tmp_path: Path, cfg: Config) -> Iterator[qemu.QemuHosts]:
+def qemu_hosts(tmp_path: Path, cfg: Config) -> Iterator[qemu_testbed.QemuHosts]:
     why = qemu.unavailable()
     if why:
         pytest.skip(f"QEMU cannot run here: {why}")
-    hosts = qemu.QemuHosts(tmp_path, cfg)
+    hosts = qemu_testbed.QemuHosts(tmp_path, cfg)
     try:
         for name in ("hv1", "hv2"):
             hosts.add(name)
@@ -73,16 +74,16 @@ def start_on(store, cfg: Config, host: str, dom) -> str:  # type: ignore[no-unty
     return client.wait(intent, 60).message
 
 
-def still_counting_on_hv1(qemu_hosts: qemu.QemuHosts, store, cfg: Config, dom,  # type: ignore[no-untyped-def]
+def still_counting_on_hv1(qemu_hosts: qemu_testbed.QemuHosts, store, cfg: Config, dom,  # type: ignore[no-untyped-def]
                           volume: str) -> None:
     """g1 still runs on hv1 with its fence, and its heartbeat counter still advances."""
     assert dom.isActive() and holder(store, cfg, volume) == "hv1"
     log = qemu_hosts.serial_log("g1")
-    last = qemu.last_heartbeat(log)
-    wait_until(lambda: qemu.last_heartbeat(log) > last + 3, 10, what="g1 still counting")
+    last = qemu_testbed.last_heartbeat(log)
+    wait_until(lambda: qemu_testbed.last_heartbeat(log) > last + 3, 10, what="g1 still counting")
 
 
-def running_guest(qemu_hosts: qemu.QemuHosts, store, registry, cfg: Config,  # type: ignore[no-untyped-def]
+def running_guest(qemu_hosts: qemu_testbed.QemuHosts, store, registry, cfg: Config,  # type: ignore[no-untyped-def]
                   name: str = "g1", define_on: tuple[str, ...] = ("hv1",)):
     """A fenced guest started through gridtool on hv1, booted, reported running."""
     wait_until(lambda: registered(registry, ("hv1", "hv2")), 20, what="both hosts registered")
@@ -100,8 +101,8 @@ def test_guest_boots_and_is_reported_running(qemu_hosts, store, registry, cfg) -
     assert rec.fenced and rec.volumes, "the disk in the lab's shared dir makes it fenced"
     assert holder(store, cfg, rec.volumes[0]) == "hv1"
     log = qemu_hosts.serial_log("g1")
-    first = qemu.last_heartbeat(log)
-    wait_until(lambda: qemu.last_heartbeat(log) > first + 3, 10, what="heartbeats")
+    first = qemu_testbed.last_heartbeat(log)
+    wait_until(lambda: qemu_testbed.last_heartbeat(log) > first + 3, 10, what="heartbeats")
     assert registry.get_host("hv1").hypervisor == "qemu"
 
 
@@ -130,7 +131,7 @@ def test_live_migration_keeps_the_guest_running_and_moves_the_fence(  # type: ig
     volume = rec.volumes[0]
     before = store.get(cfg.keys.fence(volume)).mod_revision
     events = []
-    with qemu.HeartbeatWatcher(qemu_hosts.serial_log("g1")) as beats:
+    with qemu_testbed.HeartbeatWatcher(qemu_hosts.serial_log("g1")) as beats:
         wait_until(lambda: beats.last > 0, 10, what="heartbeats before the migration")
         began = beats.seen[-1][0]
         result = Migrator(store, cfg.keys, on_event=events.append).migrate(rec, "hv2", "live")
@@ -252,7 +253,7 @@ def test_four_clones_of_a_template_with_a_ready_marker_are_reported_ready(  # ty
 FAULTS = ("kill_agent", "hang_agent", "hang_briefly", "cut")
 
 
-def qemu_alive(hosts: qemu.QemuHosts, host: str, name: str) -> bool:
+def qemu_alive(hosts: qemu_testbed.QemuHosts, host: str, name: str) -> bool:
     """The guest's QEMU process on ``host`` exists and is not a zombie."""
     try:
         pid = int(Path(hosts.hosts[host].dir, "run", "qemu", f"{name}.pid").read_text())
@@ -266,7 +267,7 @@ class QemuRunChecker(DoubleRunChecker):
     (QEMU SIGKILLed) libvirt may list the guest as running until it notices; a dead
     process cannot touch the disk."""
 
-    def __init__(self, hosts: qemu.QemuHosts) -> None:
+    def __init__(self, hosts: qemu_testbed.QemuHosts) -> None:
         super().__init__(lambda: hosts.conns)
         self.hosts = hosts
         self.lagging = 0  # samples where libvirt listed a guest whose QEMU was dead
@@ -301,7 +302,7 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
     seed = int(os.environ.get("GRIDTOOL_CHAOS_SEED") or 20261130)
     rng = random.Random(seed)
     names = ("hv1", "hv2")
-    hosts = qemu.QemuHosts(tmp_path, cfg)
+    hosts = qemu_testbed.QemuHosts(tmp_path, cfg)
     proxies = {n: CuttableProxy(cfg.endpoints[0]) for n in names}
     stop = threading.Event()
     limits = RestartLimits(max_restarts=10, max_relocations=10)  # every round may move it

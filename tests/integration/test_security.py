@@ -30,8 +30,8 @@ from gridtool.errors import AuthError
 from gridtool.etcdauth import EtcdAuth
 from gridtool.etcdstore import EtcdStore
 from gridtool.lab.etcd import EtcdCluster, TlsFiles
-from gridtool.lab.testbed import wait_until
 from gridtool.store import Put
+from tests.harness.testbed import wait_until
 
 
 @pytest.fixture

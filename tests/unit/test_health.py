@@ -1,4 +1,4 @@
-"""Unit tests for gridtool.health: the pure verdicts behind ``gridtool check``."""
+"""Unit tests for the gridtool.health package: the pure verdicts behind ``gridtool check``."""
 
 from __future__ import annotations
 
@@ -15,41 +15,36 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gridtool.health as health
-from gridtool.health import (
+from gridtool.health.checks import evaluate, unknown_report, unreachable_report
+from gridtool.health.params import (
     AGENT_REPORT_PERIOD_S,
-    CODES,
-    IGNORABLE_CODES,
-    STATUS_TEXT_MAX,
     CheckParams,
+    apply_thresholds,
+    build_params,
+    parse_ignore,
+    parse_threshold,
+)
+from gridtool.health.ranges import (
     CheckUsageError,
+    Range,
+    Status,
+    fmt_number,
+    grade,
+    parse_range,
+    worst,
+)
+from gridtool.health.render import STATUS_TEXT_MAX, render_json, render_text
+from gridtool.health.report import CODES, IGNORABLE_CODES, Finding, Perf, Report, exit_code
+from gridtool.health.snapshot import (
     CorruptRecord,
     EndpointStatus,
     FenceObs,
-    Finding,
     GuestObs,
     HostObs,
     IntentObs,
-    Perf,
     PoolObs,
-    Range,
-    Report,
     RunReport,
     Snapshot,
-    Status,
-    apply_thresholds,
-    build_params,
-    evaluate,
-    exit_code,
-    fmt_number,
-    grade,
-    parse_ignore,
-    parse_range,
-    parse_threshold,
-    render_json,
-    render_text,
-    unknown_report,
-    unreachable_report,
-    worst,
 )
 
 NOW = 1_700_000_000.0
@@ -1006,20 +1001,18 @@ def test_json_ok_and_unknown_values() -> None:
 # --------------------------------------------------------------------------- purity
 
 
-def test_module_imports_only_pure_stdlib() -> None:
-    tree = ast.parse(Path(health.__file__).read_text())
+@pytest.mark.parametrize(
+    "module", sorted(p.name for p in Path(health.__file__).parent.glob("*.py")))
+def test_module_imports_only_pure_stdlib(module: str) -> None:
+    tree = ast.parse((Path(health.__file__).parent / module).read_text())
     imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
         for alias in node.names
-    } | {
-        (node.module or "").split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-    }
+    } | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     pure = {"__future__", "collections", "dataclasses", "decimal", "enum", "math", "re", "typing"}
-    assert imported <= pure
+    assert {name.split(".")[0] for name in imported} - {"gridtool"} <= pure
+    assert {name for name in imported if name.split(".")[0] == "gridtool"} <= {
+        f"gridtool.health.{p.stem}" for p in Path(health.__file__).parent.glob("*.py")}
 
 
 # --------------------------------------------------------------------------- properties

@@ -1,7 +1,7 @@
 """The randomized fault harness: "never two running", whatever fails.
 
 A real 3-member etcd cluster, N simulated hosts (libvirtd test driver) whose agents each
-run in their own network namespace (``gridtool.lab.netns``) with an emulated watchdog,
+run in their own network namespace (``tests.harness.netns``) with an emulated watchdog,
 two HA manager candidates as processes, and K HA fenced guests, each defined on every
 host with one UUID and its own shared volume, started through intents. Then rounds of
 faults drawn from a seeded RNG:
@@ -30,7 +30,7 @@ started again, as systemd would.
 
 The schedule (kinds, targets, delays, cut modes) is a pure function of the seed
 (:class:`Planner`), so a failing run can be replayed with its seed; the outcome still
-depends on timing. ``python -m gridtool.lab.chaos manager ...`` is the manager candidate
+depends on timing. ``python -m tests.harness.chaos manager ...`` is the manager candidate
 process the harness starts (the product's Manager, with restart limits lifted so that
 guests are restarted as often as the faults need).
 """
@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import random
 import shutil
 import signal
@@ -56,13 +57,14 @@ from pathlib import Path
 
 from gridtool.config import Config, render
 from gridtool.errors import GridtoolError
-from gridtool.lab.checker import DoubleRunChecker
 from gridtool.lab.etcd import EtcdCluster, EtcdMember
 from gridtool.lab.hosts import watchdog_timeout_for
-from gridtool.lab.netns import CUT_MODES, NetnsSet
 from gridtool.lab.procs import LabError, port_open, spawn, wait_for
-from gridtool.lab.testbed import LabHosts, domain_xml
 from gridtool.lab.watchdog import WatchdogEmulator
+from tests.harness import ROOT
+from tests.harness.checker import DoubleRunChecker
+from tests.harness.netns import CUT_MODES, NetnsSet
+from tests.harness.testbed import LabHosts, domain_xml
 
 KINDS = ("cut", "stop", "kill_agent", "term_agent", "kill_etcd_leader", "restart_etcd",
          "kill_manager")
@@ -523,10 +525,12 @@ class ChaosRun:
     def _start_manager(self) -> str:
         self._manager_seq += 1
         name = f"m{self._manager_seq}"
-        argv = [sys.executable, "-m", "gridtool.lab.chaos", "manager", "--config",
+        argv = [sys.executable, "-m", "tests.harness.chaos", "manager", "--config",
                 str(self.dir / "gridtool.conf"), "--name", name,
                 "--period", str(self.s.manager_period)]
-        self.managers[name] = spawn(argv, self.dir / f"manager-{name}.log")
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        self.managers[name] = spawn(argv, self.dir / f"manager-{name}.log",
+                                    env={"PYTHONPATH": path})  # tests.harness importable
         return name
 
     def _manager_leader(self) -> str:
@@ -866,7 +870,7 @@ def _manager_main(argv: list[str]) -> None:
     from gridtool.hadecide import RestartLimits
     from gridtool.manager import Manager
 
-    parser = argparse.ArgumentParser(prog="python -m gridtool.lab.chaos manager")
+    parser = argparse.ArgumentParser(prog="python -m tests.harness.chaos manager")
     parser.add_argument("--config", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--period", type=float, default=0.3)
@@ -887,11 +891,11 @@ def main(argv: list[str] | None = None) -> None:
         _manager_main(args[1:])
         return
     if args[:1] == ["sweep"]:
-        from gridtool.lab.netns import sweep_stale
+        from tests.harness.netns import sweep_stale
 
         print("\n".join(sweep_stale()) or "nothing to sweep")
         return
-    print("usage: python -m gridtool.lab.chaos manager|sweep ... "
+    print("usage: python -m tests.harness.chaos manager|sweep ... "
           "(the harness itself: bench/chaos.py)", file=sys.stderr)
     sys.exit(2)
 

@@ -1,0 +1,357 @@
+"""The checks: :func:`evaluate` judges a :class:`Snapshot` against :class:`CheckParams` and
+returns a :class:`Report`; :func:`unknown_report` and :func:`unreachable_report` are the
+reports made without a snapshot."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from gridtool.health.params import CheckParams
+from gridtool.health.ranges import Status, fmt_number, grade
+from gridtool.health.report import Finding, Perf, Report, finite_or_none, plural
+from gridtool.health.snapshot import EndpointStatus, FenceObs, HostObs, Snapshot
+
+
+@dataclass(frozen=True)
+class _View:
+    """Facts derived once from a snapshot and shared by the checks."""
+
+    hosts: Mapping[str, HostObs]
+    live: frozenset[str]
+    lost: frozenset[str]
+    running: Mapping[str, frozenset[str]]
+    unknown_guests: frozenset[str]
+    names: Mapping[str, str]
+    report_ages: Mapping[str, float]
+    skews: Mapping[str, float]
+
+
+def _age(now: float, then: float | None) -> float:
+    """Seconds from ``then`` to ``now``: inf if unknown, clamped at 0 for future stamps."""
+    if then is None:
+        return math.inf
+    age = now - then
+    return math.inf if math.isnan(age) else max(0.0, age)
+
+
+def _running_map(snap: Snapshot, lost: frozenset[str]) -> dict[str, frozenset[str]]:
+    """Guest uuid -> hosts running it, from run reports and records saying "running".
+
+    A host that lost its lease proves nothing (its reports are stale; its guests are
+    unknown), so its claims are left out; any other reporting host counts.
+    """
+    claims = [(r.uuid, r.host) for r in snap.running]
+    claims += [(g.uuid, g.host) for g in snap.guests if g.state == "running" and g.host]
+    hosts: defaultdict[str, set[str]] = defaultdict(set)
+    for uuid, host in claims:
+        if host not in lost:
+            hosts[uuid].add(host)
+    return {uuid: frozenset(names) for uuid, names in hosts.items()}
+
+
+def _skew(host: HostObs) -> float | None:
+    if host.host_clock is None or host.checker_clock is None:
+        return None
+    return finite_or_none(host.host_clock - host.checker_clock)
+
+
+def _view(snap: Snapshot) -> _View:
+    hosts = {h.name: h for h in snap.hosts}
+    live = frozenset(name for name, h in hosts.items() if h.lease)
+    lost = frozenset(hosts) - live
+    running = _running_map(snap, lost)
+    unknown = frozenset(
+        g.uuid
+        for g in snap.guests
+        if g.uuid not in running and (g.state == "unknown" or g.host in lost)
+    )
+    skews = {name: _skew(hosts[name]) for name in live}
+    return _View(
+        hosts=hosts,
+        live=live,
+        lost=lost,
+        running=running,
+        unknown_guests=unknown,
+        names={g.uuid: g.name or g.uuid for g in snap.guests},
+        report_ages={name: _age(snap.now, hosts[name].last_report) for name in live},
+        skews={name: skew for name, skew in skews.items() if skew is not None},
+    )
+
+
+# --------------------------------------------------------------------------- checks
+
+Check = Callable[[Snapshot, _View, CheckParams], Iterator[Finding]]
+
+
+def _dur(seconds: float) -> str:
+    return f"{fmt_number(round(seconds))}s" if math.isfinite(seconds) else "?s"
+
+
+def _and_list(items: Iterable[str]) -> str:
+    ordered = sorted(items)
+    return ordered[0] if len(ordered) == 1 else ", ".join(ordered[:-1]) + " and " + ordered[-1]
+
+
+def _endpoints_down(endpoints: Iterable[EndpointStatus]) -> Iterator[Finding]:
+    for ep in endpoints:
+        if not ep.healthy:
+            why = f": {ep.error}" if ep.error else ""
+            msg = f"etcd endpoint {ep.endpoint} unhealthy{why}"
+            yield Finding("ETCD_ENDPOINT_DOWN", Status.WARNING, "endpoint", ep.endpoint, msg)
+
+
+def _check_etcd(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    yield from _endpoints_down(snap.endpoints)
+    yield from _check_quorum(snap)
+
+
+def _members(snap: Snapshot) -> int:
+    """etcd cluster size: the reported member count, else the number of endpoints."""
+    return snap.member_count if snap.member_count > 0 else len(snap.endpoints)
+
+
+def _healthy(snap: Snapshot) -> int:
+    return sum(ep.healthy for ep in snap.endpoints)
+
+
+def _check_quorum(snap: Snapshot) -> Iterator[Finding]:
+    members, healthy = _members(snap), _healthy(snap)
+    quorum = members // 2 + 1
+    if healthy < quorum:
+        msg = f"only {healthy}/{members} etcd members healthy, quorum is {quorum}"
+    elif len(snap.endpoints) >= members and not any(
+        ep.is_leader for ep in snap.endpoints if ep.healthy
+    ):
+        msg = "no healthy etcd member is the raft leader"
+    else:
+        return
+    yield Finding("ETCD_NO_QUORUM", Status.CRITICAL, "etcd", "cluster", msg)
+
+
+def _check_hosts(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    for name in sorted(view.lost):
+        stranded = sum(1 for g in snap.guests if g.host == name and g.uuid in view.unknown_guests)
+        msg = f"host {name} lost its lease ({plural(stranded, 'guest')} unknown)"
+        yield Finding("HOST_LEASE_LOST", Status.CRITICAL, "host", name, msg)
+    for name, age in sorted(view.report_ages.items()):
+        severity = grade(age, params.report_age_warn, params.report_age_crit)
+        if severity is not Status.OK:
+            never = view.hosts[name].last_report is None
+            msg = f"host {name} " + (
+                "never reported" if never else f"last reported {_dur(age)} ago"
+            )
+            yield Finding("HOST_STALE", severity, "host", name, msg)
+
+
+def _check_clock(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    for name, skew in sorted(view.skews.items()):
+        severity = grade(skew, params.clock_skew_warn, params.clock_skew_crit)
+        if severity is not Status.OK:
+            msg = f"host {name} clock is off by {fmt_number(round(skew, 3))}s"
+            yield Finding("CLOCK_SKEW", severity, "host", name, msg)
+
+
+def _version_key(version: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key comparing numeric dotted parts numerically."""
+    parts = re.split(r"[.\-+_]", version)
+    return tuple((0, int(p), "") if re.fullmatch(r"[0-9]+", p) else (1, 0, p) for p in parts)
+
+
+def _check_versions(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    versions = {n: view.hosts[n].agent_version for n in view.live if view.hosts[n].agent_version}
+    counts = Counter(versions.values())
+    if len(counts) < 2:
+        return
+    majority = max(counts, key=lambda v: (counts[v], _version_key(v), v))
+    for name, version in sorted(versions.items()):
+        if version != majority:
+            msg = f"host {name} runs agent {version}, fleet majority is {majority}"
+            yield Finding("AGENT_VERSION_SKEW", Status.WARNING, "host", name, msg)
+
+
+def _check_double_run(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    for uuid, hosts in sorted(view.running.items()):
+        if len(hosts) > 1:
+            name = view.names.get(uuid, uuid)
+            msg = f"guest {name} running on {_and_list(hosts)}"
+            yield Finding("GUEST_DOUBLE_RUN", Status.CRITICAL, "guest", name, msg)
+
+
+def _fence_problem(
+    fences: Sequence[FenceObs], uuid: str, hosts: frozenset[str], names: Mapping[str, str]
+) -> str | None:
+    """Why the guest's fence on one volume is not right, or None if it is."""
+    if any(f.guest_uuid == uuid and f.holder in hosts for f in fences):
+        return None
+    if not fences:
+        return "has no fence"
+    fence = fences[0]
+    if fence.guest_uuid != uuid:
+        return f"is fenced for guest {names.get(fence.guest_uuid, fence.guest_uuid)}"
+    return f"has its fence held by {fence.holder}"
+
+
+def _check_fence_missing(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    by_volume: defaultdict[str, list[FenceObs]] = defaultdict(list)
+    for fence in snap.fences:
+        by_volume[fence.volume].append(fence)
+    for guest in snap.guests:
+        hosts = view.running.get(guest.uuid)
+        if not (guest.fenced and hosts):
+            continue
+        for volume in guest.volumes:
+            problem = _fence_problem(by_volume.get(volume, []), guest.uuid, hosts, view.names)
+            if problem:
+                name = view.names[guest.uuid]
+                msg = f"guest {name} runs on {_and_list(hosts)} but volume {volume} {problem}"
+                yield Finding("FENCE_MISSING", Status.CRITICAL, "guest", name, msg)
+
+
+def _check_fence_orphan(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    for fence in snap.fences:
+        uuid = fence.guest_uuid
+        if uuid not in view.running and uuid not in view.unknown_guests:
+            guest = view.names.get(uuid, uuid)
+            msg = f"fence on {fence.volume} held by {fence.holder} for stopped guest {guest}"
+            yield Finding("FENCE_ORPHAN", Status.WARNING, "volume", fence.volume, msg)
+
+
+def _check_intents(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    for intent in snap.intents:
+        subject = f"{intent.host}/{intent.id}"
+        if intent.state == "failed":
+            msg = f"intent {intent.id} on host {intent.host} failed"
+            yield Finding("INTENT_FAILED", Status.WARNING, "intent", subject, msg)
+        elif intent.state == "pending":
+            age = _age(snap.now, intent.created)
+            severity = grade(age, params.intent_age_warn, params.intent_age_crit)
+            if severity is not Status.OK:
+                msg = f"intent {intent.id} on host {intent.host} pending for {_dur(age)}"
+                yield Finding("INTENT_STALE", severity, "intent", subject, msg)
+
+
+def _check_pools(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    for pool in snap.pools:
+        if pool.actual < pool.desired:
+            severity = Status.CRITICAL if pool.actual <= 0 else Status.WARNING
+            msg = f"pool {pool.name} runs {pool.actual}/{pool.desired} members"
+            yield Finding("POOL_UNDERSIZE", severity, "pool", pool.name, msg)
+
+
+def _check_manager(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    if not snap.manager_leader:
+        since = snap.manager_since
+        tail = f" for {_dur(_age(snap.now, since))}" if since is not None else ""
+        msg = f"no manager leader{tail}"
+        yield Finding("MANAGER_NO_LEADER", Status.CRITICAL, "manager", "leader", msg)
+
+
+def _check_corrupt(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    for record in snap.corrupt:
+        msg = f"undecodable record {record.key}: {record.error}"
+        yield Finding("REGISTRY_CORRUPT", Status.WARNING, "registry", record.key, msg)
+
+
+CHECKS: tuple[Check, ...] = (
+    _check_etcd,
+    _check_hosts,
+    _check_clock,
+    _check_versions,
+    _check_double_run,
+    _check_fence_missing,
+    _check_fence_orphan,
+    _check_intents,
+    _check_pools,
+    _check_manager,
+    _check_corrupt,
+)
+
+
+def _order(finding: Finding) -> tuple[int, str, str, str]:
+    return (-finding.severity.rank, finding.code, finding.subject, finding.message)
+
+
+def _millis(value: float | None) -> float | None:
+    """Seconds rounded to milliseconds for display (grading uses the exact value)."""
+    return None if value is None else round(value, 3)
+
+
+def _perfdata(
+    snap: Snapshot, view: _View, params: CheckParams, findings: int
+) -> tuple[Perf, ...]:
+    total = len(view.hosts)
+    members = _members(snap)
+    ages = [age for age in view.report_ages.values() if math.isfinite(age)]
+    return (
+        Perf("hosts_up", len(view.live), minimum=0, maximum=total),
+        Perf("hosts_lost", len(view.lost), minimum=0, maximum=total),
+        Perf("guests_running", len(view.running), minimum=0),
+        Perf("guests_unknown", len(view.unknown_guests), minimum=0),
+        Perf("fences_held", len(snap.fences), minimum=0),
+        Perf("findings", findings, minimum=0),
+        Perf("pools_undersized", sum(p.actual < p.desired for p in snap.pools), minimum=0),
+        Perf(
+            "oldest_report_age",
+            _millis(max(ages, default=None)),
+            "s",
+            params.report_age_warn,
+            params.report_age_crit,
+            minimum=0,
+        ),
+        Perf(
+            "max_clock_skew",
+            _millis(max(view.skews.values(), key=abs, default=None)),
+            "s",
+            params.clock_skew_warn,
+            params.clock_skew_crit,
+        ),
+        Perf("etcd_endpoints_healthy", _healthy(snap), minimum=0, maximum=members),
+    )
+
+
+def _ok_text(snap: Snapshot, view: _View) -> str:
+    return (
+        f"{len(view.live)}/{len(view.hosts)} hosts up, {len(view.running)} guests running, "
+        f"{_healthy(snap)}/{len(snap.endpoints)} etcd endpoints healthy"
+    )
+
+
+def evaluate(snapshot: Snapshot, params: CheckParams | None = None) -> Report:
+    """Judge ``snapshot``: findings (minus ignored codes), overall status and perfdata."""
+    if params is None:
+        params = CheckParams()
+    view = _view(snapshot)
+    found = [finding for check in CHECKS for finding in check(snapshot, view, params)]
+    kept = sorted((f for f in found if f.code not in params.ignore), key=_order)
+    ignored = Counter(f.code for f in found if f.code in params.ignore)
+    return Report(
+        findings=tuple(kept),
+        perfdata=_perfdata(snapshot, view, params, len(kept)),
+        ignored=tuple(sorted(ignored.items())),
+        ok_text=_ok_text(snapshot, view),
+    )
+
+
+def unknown_report(error: str) -> Report:
+    """UNKNOWN report for bad arguments or an internal failure of the check itself."""
+    message = error or "check failed"
+    return Report(findings=(Finding("CHECK_ERROR", Status.UNKNOWN, "check", "gridtool", message),))
+
+
+def unreachable_report(error: str, endpoints: Sequence[EndpointStatus] = ()) -> Report:
+    """CRITICAL report when no etcd endpoint answered, so no snapshot could be collected.
+
+    Per the guidelines, timeouts and refused connections are facts about the service,
+    not UNKNOWN. ``endpoints`` are the failed probes, each reported as ETCD_ENDPOINT_DOWN.
+    """
+    why = f": {error}" if error else ""
+    head = Finding(
+        "ETCD_UNREACHABLE", Status.CRITICAL, "etcd", "cluster", f"etcd registry unreachable{why}"
+    )
+    details = sorted(_endpoints_down(endpoints), key=_order)
+    perf = Perf("etcd_endpoints_healthy", 0, minimum=0, maximum=len(endpoints))
+    return Report(findings=(head, *details), perfdata=(perf,))

@@ -1,0 +1,110 @@
+"""What ``gridtool check`` judges: a :class:`Snapshot` of the registry, plain frozen data
+that the shell (``gridtool.healthcollect``) collects, with the checker's time ``now``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """One etcd client endpoint as probed; ``is_leader`` if it is the raft leader."""
+
+    endpoint: str
+    healthy: bool
+    is_leader: bool = False
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class HostObs:
+    """A registered host: last report (epoch s), agent version, clock pair, lease presence.
+
+    ``host_clock`` is the host's clock reading and ``checker_clock`` the checker's time taken
+    for the same instant; either may be None when unmeasured.
+    """
+
+    name: str
+    last_report: float | None
+    agent_version: str = ""
+    host_clock: float | None = None
+    checker_clock: float | None = None
+    lease: bool = True
+
+
+@dataclass(frozen=True)
+class GuestObs:
+    """A guest record as observed: assigned host, state ("running", "unknown", ...)."""
+
+    uuid: str
+    name: str
+    host: str | None
+    state: str
+    fenced: bool = False
+    volumes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Host ``host`` reports guest ``uuid`` running (one per host per guest)."""
+
+    uuid: str
+    host: str
+
+
+@dataclass(frozen=True)
+class FenceObs:
+    """A fence on shared-storage ``volume`` held by host ``holder`` for guest ``guest_uuid``."""
+
+    volume: str
+    holder: str
+    guest_uuid: str
+
+
+@dataclass(frozen=True)
+class IntentObs:
+    """An intent queued for ``host``; ``state`` is "pending", "done" or "failed"."""
+
+    host: str
+    id: str
+    created: float
+    state: str
+
+
+@dataclass(frozen=True)
+class PoolObs:
+    """A worker pool with its desired and actually running member counts."""
+
+    name: str
+    desired: int
+    actual: int
+
+
+@dataclass(frozen=True)
+class CorruptRecord:
+    """A registry key whose value failed to decode."""
+
+    key: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the shell collected, at checker time ``now`` (epoch seconds).
+
+    ``member_count`` is the etcd cluster size (0: use the number of endpoints); list every
+    member's endpoint so quorum and leader can be judged.
+    """
+
+    now: float
+    endpoints: tuple[EndpointStatus, ...] = ()
+    member_count: int = 0
+    hosts: tuple[HostObs, ...] = ()
+    guests: tuple[GuestObs, ...] = ()
+    running: tuple[RunReport, ...] = ()
+    fences: tuple[FenceObs, ...] = ()
+    intents: tuple[IntentObs, ...] = ()
+    pools: tuple[PoolObs, ...] = ()
+    manager_leader: str | None = None
+    manager_since: float | None = None
+    corrupt: tuple[CorruptRecord, ...] = ()
