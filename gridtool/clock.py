@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Clock:
-    """``time``: epoch seconds (records, intents); ``monotonic``: intervals, deadlines."""
+    """``wall``: epoch seconds (records, intents); ``monotonic``: intervals, deadlines."""
 
-    time: Callable[[], float] = time.time
+    wall: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
 
 

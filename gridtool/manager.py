@@ -121,12 +121,12 @@ class Manager:
             if self.lease is None:  # it expired: campaign next turn with a fresh one
                 return
         key = self.keys.manager_leader
-        body = json.dumps({"v": 1, "leader": self.name, "since": self.clock.time()}).encode()
+        body = json.dumps({"v": 1, "leader": self.name, "since": self.clock.wall()}).encode()
         if self.store.txn([Compare(key, "create", 0)], [Put(key, body, self.lease)]):
             item = self.store.get(key)
             if item is not None and item.lease == self.lease:
                 self.leader_rev = item.create_revision
-                self.since = self.clock.time()
+                self.since = self.clock.wall()
                 log.info("event=manager_elected name=%s revision=%s", self.name,
                          self.leader_rev)
 
@@ -197,7 +197,7 @@ class Manager:
                    for uuid, s in settings.items()}
         draining = hostconf.draining_hosts(self.store, self.keys)
         snap = Snapshot(
-            now=self.clock.time(),
+            now=self.clock.wall(),
             hosts=tuple(LiveHost(h.name, h.free_memory_mib, draining=h.name in draining)
                         for h in hosts),
             guests=tuple(views), fences=fences, confirmed_dead=frozenset(dead),
@@ -264,7 +264,7 @@ class Manager:
     def _restart(self, action: Restart, snap: Snapshot) -> bool:
         """Write the start intent and record the attempt, in one guarded transaction."""
         intent = Intent(id=f"{time.time_ns():x}-ha", host=action.on_host, action="start",
-                        guest=action.guest, name=action.name, created=self.clock.time(), by=self.by,
+                        guest=action.guest, name=action.name, created=self.clock.wall(), by=self.by,
                         params={"reason": action.reason})
         attempt = [snap.now, 1.0 if action.relocated else 0.0]
         ok = self._update_settings(
@@ -290,7 +290,7 @@ class Manager:
         self.recent = [*self.recent, line][-10:]
 
     def _publish_status(self) -> None:
-        status = ManagerStatus(self.name, self.since, self.clock.time(), self.recent,
+        status = ManagerStatus(self.name, self.since, self.clock.wall(), self.recent,
                                {self.names.get(k, k): v for k, v in self.blocked.items()})
         self.store.txn(self.guard, [Put(self.keys.manager_status, encode(status), self.lease)])
 

@@ -162,7 +162,7 @@ class PoolKeeper:
     def tend(self, spec: PoolSpec) -> Plan:
         """Plan one pool, record the status, carry the actions out."""
         store, keys = self.store, self.keys
-        now = self.clock.time()
+        now = self.clock.wall()
         before = pools.status(store, keys, spec.name)
         hosts, views = pools.observe(store, keys, spec.name)
         memory = _worker_memory(store, keys, spec.template)
