@@ -122,13 +122,16 @@ class Manager:
                 return
         key = self.keys.manager_leader
         body = json.dumps({"v": 1, "leader": self.name, "since": self.clock.wall()}).encode()
-        if self.store.txn([Compare(key, "create", 0)], [Put(key, body, self.lease)]):
-            item = self.store.get(key)
-            if item is not None and item.lease == self.lease:
-                self.leader_rev = item.create_revision
-                self.since = self.clock.wall()
-                log.info("event=manager_elected name=%s revision=%s", self.name,
-                         self.leader_rev)
+        self.store.txn([Compare(key, "create", 0)], [Put(key, body, self.lease)])
+        # Won now, or still holds the key from before a step-down (a registry error):
+        # the key under our own lease is the leadership (else nobody could win until
+        # the lease this candidate keeps alive expired).
+        item = self.store.get(key)
+        if item is not None and item.lease == self.lease:
+            self.leader_rev = item.create_revision
+            self.since = self.clock.wall()
+            log.info("event=manager_elected name=%s revision=%s", self.name,
+                     self.leader_rev)
 
     def _keepalive_lease(self) -> None:
         if self.lease is None or \

@@ -63,3 +63,18 @@ def test_invariant_catches_a_double_start() -> None:
     sim.hosts["h2"].virt.start("vm1")  # a start that bypassed the fence
     with pytest.raises(SimulationError, match="guest vm1 in use on h1 and h2"):
         sim.check_invariant()
+
+
+def test_a_scenario_turns_red_without_the_shipped_fence_before_recover_rule(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator runs the shipped manager: with ``hadecide`` patched to ignore the
+    fences still present (restart an HA guest while its fence is held), the scenario that
+    exercises the rule no longer matches its expected log."""
+    from gridtool import hadecide
+
+    monkeypatch.setattr(hadecide._Round, "held", lambda self, guest: {})
+    case = SCENARIOS / "ha-fence-before-recover"
+    with pytest.raises(AssertionError, match="log differs"):
+        test_scenario(case)
+    log, _ = _run(case)
+    assert "45 manager@h1: restart vm1 on h1 (host h2 gone)" in log
