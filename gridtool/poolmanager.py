@@ -22,7 +22,7 @@ import threading
 from collections import Counter
 from typing import Any, Protocol
 
-from gridtool import clone, pools, templates
+from gridtool import pools
 from gridtool.clock import SYSTEM, Clock
 from gridtool.config import Config
 from gridtool.errors import GridtoolError, NotFound
@@ -253,6 +253,8 @@ class PoolKeeper:
             self.errors[spec.name] = f"{type(action).__name__.lower()}: {exc}"
 
     def _do(self, spec: PoolSpec, action: Action) -> None:
+        from gridtool import clone  # the clone API: imported on first use (agent startup)
+
         if isinstance(action, Clone):
             started = self.clock.monotonic()
             results = clone.clone_guests(
@@ -281,6 +283,8 @@ class PoolKeeper:
 def _worker_memory(store: Store, keys: Keys, template: str) -> int | None:
     """The template's memory (bounds how many clones fit); None when it is unknown (no
     clones can be made then, but the pool can still shrink and forget lost workers)."""
+    from gridtool import templates
+
     try:
         return templates.get_template(store, keys, template).memory_mib
     except NotFound:
