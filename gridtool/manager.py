@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 
 from gridtool import hostconf
+from gridtool.clock import SYSTEM, Clock
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing import Observed, observe
@@ -36,7 +37,7 @@ from gridtool.model import DecodeError, GuestRecord
 from gridtool.poolmanager import PoolKeeper
 from gridtool.records import GuestSettings, Intent, ManagerStatus, decode, encode
 from gridtool.registry import Registry
-from gridtool.store import Compare, Delete, Put, Store
+from gridtool.store import Compare, Delete, Put, Store, Watch
 
 log = logging.getLogger("gridtool.manager")
 
@@ -45,10 +46,15 @@ ACTIVE_LIKE = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdow
 
 
 class Manager:
-    """One manager candidate; ``run()`` campaigns and, once elected, manages."""
+    """One manager candidate; ``run()`` campaigns and, once elected, manages.
+
+    ``clock`` is where it reads the time; ``threaded=False`` runs pool rounds inline.
+    The simulator passes both and calls :meth:`step` itself instead of ``run()``.
+    """
 
     def __init__(self, cfg: Config, store: Store, name: str, period: float = 1.0,
-                 limits: RestartLimits | None = None, pool_period: float = 10.0) -> None:
+                 limits: RestartLimits | None = None, pool_period: float = 10.0,
+                 clock: Clock = SYSTEM, threaded: bool = True) -> None:
         self.cfg = cfg
         self.store = store
         self.keys = cfg.keys
@@ -62,8 +68,12 @@ class Manager:
         self.blocked: dict[str, str] = {}
         self.names: dict[str, str] = {}
         self.recent: list[str] = []
+        self.clock = clock
         self._last_keepalive = 0.0
-        self.pools = PoolKeeper(self, period=pool_period)  # pool rounds on their own thread
+        self._wake = threading.Event()  # a host or fence vanishing wakes the next round
+        self._watches: list[Watch] = []
+        self.pools = PoolKeeper(store, cfg, self, period=pool_period, clock=clock,
+                                threaded=threaded)
 
     # -- election ------------------------------------------------------------
 
@@ -71,60 +81,67 @@ class Manager:
         """Campaign and manage until ``stop``; then resign (revoke the lease) unless told
         not to (a test's stand-in for a manager that dies)."""
         log.info("event=manager_start name=%s", self.name)
-        wake = threading.Event()
-        watches = []
         while not stop.is_set():
-            try:
-                if self.leader_rev:
-                    self._keepalive()
-                    if self.leader_rev:
-                        if not watches:  # a host or fence vanishing wakes the next round
-                            watches = [self.store.watch_prefix(p, lambda _ev: wake.set())
-                                       for p in (self.keys.hosts, self.keys.fences)]
-                        wake.clear()
-                        self.tick()
-                else:
-                    self._campaign()
-            except (RegistryUnavailable, AuthError) as exc:
-                if self.leader_rev:
-                    log.warning("event=manager_step_down name=%s error=%s", self.name, exc)
-                self.leader_rev = 0
-                if isinstance(exc, LeaseGone):
-                    self.lease = None  # campaign again with a fresh lease
-            if not self.leader_rev:
-                watches = _cancel(watches)
-            wake.wait(self.period if self.leader_rev else min(self.period, 0.5))
-            if stop.is_set():
-                break
-        _cancel(watches)
+            self.step()
+            self._wake.wait(self.period if self.leader_rev else min(self.period, 0.5))
+        self._watches = _cancel(self._watches)
         self.pools.stop()
         if resign:
             self._resign()
 
+    def step(self) -> None:
+        """One turn: campaign when not leading; once leading, keep the lease and run a
+        round. Registry errors end the leadership (a lost lease: campaign anew)."""
+        try:
+            if not self.leader_rev:
+                self._campaign()
+            if self.leader_rev:
+                self._keepalive()
+            if self.leader_rev:
+                if not self._watches:
+                    self._watches = [self.store.watch_prefix(p, lambda _ev: self._wake.set())
+                                     for p in (self.keys.hosts, self.keys.fences)]
+                self._wake.clear()
+                self.tick()
+        except (RegistryUnavailable, AuthError) as exc:
+            if self.leader_rev:
+                log.warning("event=manager_step_down name=%s error=%s", self.name, exc)
+            self.leader_rev = 0
+            if isinstance(exc, LeaseGone):
+                self.lease = None  # campaign again with a fresh lease
+        if not self.leader_rev:
+            self._watches = _cancel(self._watches)
+
     def _campaign(self) -> None:
         if self.lease is None:
             self.lease = self.store.grant_lease(self.cfg.ttl)
-            self._last_keepalive = time.monotonic()
+            self._last_keepalive = self.clock.monotonic()
         else:
             self._keepalive_lease()
+            if self.lease is None:  # it expired: campaign next turn with a fresh one
+                return
         key = self.keys.manager_leader
-        body = json.dumps({"v": 1, "leader": self.name, "since": time.time()}).encode()
-        if self.store.txn([Compare(key, "create", 0)], [Put(key, body, self.lease)]):
-            item = self.store.get(key)
-            if item is not None and item.lease == self.lease:
-                self.leader_rev = item.create_revision
-                self.since = time.time()
-                log.info("event=manager_elected name=%s revision=%s", self.name,
-                         self.leader_rev)
+        body = json.dumps({"v": 1, "leader": self.name, "since": self.clock.wall()}).encode()
+        self.store.txn([Compare(key, "create", 0)], [Put(key, body, self.lease)])
+        # Won now, or still holds the key from before a step-down (a registry error):
+        # the key under our own lease is the leadership (else nobody could win until
+        # the lease this candidate keeps alive expired).
+        item = self.store.get(key)
+        if item is not None and item.lease == self.lease:
+            self.leader_rev = item.create_revision
+            self.since = self.clock.wall()
+            log.info("event=manager_elected name=%s revision=%s", self.name,
+                     self.leader_rev)
 
     def _keepalive_lease(self) -> None:
-        if self.lease is None or time.monotonic() - self._last_keepalive < self.cfg.ttl / 3:
+        if self.lease is None or \
+                self.clock.monotonic() - self._last_keepalive < self.cfg.ttl / 3:
             return
         if self.store.keepalive(self.lease) <= 0:
             self.lease = None
             self.leader_rev = 0
             return
-        self._last_keepalive = time.monotonic()
+        self._last_keepalive = self.clock.monotonic()
 
     def _keepalive(self) -> None:
         self._keepalive_lease()
@@ -183,7 +200,7 @@ class Manager:
                    for uuid, s in settings.items()}
         draining = hostconf.draining_hosts(self.store, self.keys)
         snap = Snapshot(
-            now=time.time(),
+            now=self.clock.wall(),
             hosts=tuple(LiveHost(h.name, h.free_memory_mib, draining=h.name in draining)
                         for h in hosts),
             guests=tuple(views), fences=fences, confirmed_dead=frozenset(dead),
@@ -250,7 +267,7 @@ class Manager:
     def _restart(self, action: Restart, snap: Snapshot) -> bool:
         """Write the start intent and record the attempt, in one guarded transaction."""
         intent = Intent(id=f"{time.time_ns():x}-ha", host=action.on_host, action="start",
-                        guest=action.guest, name=action.name, created=time.time(), by=self.by,
+                        guest=action.guest, name=action.name, created=self.clock.wall(), by=self.by,
                         params={"reason": action.reason})
         attempt = [snap.now, 1.0 if action.relocated else 0.0]
         ok = self._update_settings(
@@ -276,7 +293,7 @@ class Manager:
         self.recent = [*self.recent, line][-10:]
 
     def _publish_status(self) -> None:
-        status = ManagerStatus(self.name, self.since, time.time(), self.recent,
+        status = ManagerStatus(self.name, self.since, self.clock.wall(), self.recent,
                                {self.names.get(k, k): v for k, v in self.blocked.items()})
         self.store.txn(self.guard, [Put(self.keys.manager_status, encode(status), self.lease)])
 

@@ -17,15 +17,14 @@ manager still leads, and a failed action is logged and planned again next round.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import threading
-import time
 from collections import Counter
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gridtool import pools
+from gridtool.clock import SYSTEM, Clock
+from gridtool.config import Config
 from gridtool.errors import GridtoolError, NotFound
 from gridtool.flex import Decision, FlexState
 from gridtool.keys import Keys
@@ -47,9 +46,6 @@ from gridtool.poolplan import (
 from gridtool.records import encode
 from gridtool.store import Compare, Event, Put, Store, Watch
 
-if TYPE_CHECKING:
-    from gridtool.manager import Manager
-
 log = logging.getLogger("gridtool.pools")
 
 DEFAULT_PERIOD = 10.0
@@ -63,18 +59,37 @@ class _Skip(Exception):
     """The pool was deleted or changed during the round: leave it to the next round."""
 
 
-class PoolKeeper:
-    """Runs pool rounds for a :class:`gridtool.manager.Manager` while it leads."""
+class Leader(Protocol):
+    """What a pool round needs from the manager that runs it: whether it leads (its
+    election key's create revision, 0 when not) and the compare that guards its writes."""
 
-    def __init__(self, manager: Manager, period: float = DEFAULT_PERIOD,
-                 action_timeout: float = 60.0, grace: float = DEFAULT_GRACE) -> None:
-        self.mgr = manager
+    @property
+    def leader_rev(self) -> int: ...
+
+    @property
+    def guard(self) -> list[Compare]: ...
+
+
+class PoolKeeper:
+    """Runs pool rounds for a leader (the :class:`gridtool.manager.Manager`) while it
+    leads. ``threaded=False`` runs each round inline in ``maybe_run`` (the simulator)."""
+
+    def __init__(self, store: Store, cfg: Config, leader: Leader,
+                 period: float = DEFAULT_PERIOD, action_timeout: float = 60.0,
+                 grace: float = DEFAULT_GRACE, clock: Clock = SYSTEM,
+                 threaded: bool = True) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.keys = cfg.keys
+        self.leader = leader
         self.period = period
         self.action_timeout = action_timeout
         self.grace = grace
+        self.clock = clock
+        self.threaded = threaded
         self.errors: dict[str, str] = {}
         self._thread: threading.Thread | None = None
-        self._last = -period
+        self._last = clock.monotonic() - period
         self._stop = threading.Event()
         self._due = threading.Event()
         self._watches: list[Watch] = []
@@ -84,17 +99,20 @@ class PoolKeeper:
     def maybe_run(self) -> None:
         """Start a round on a worker thread if one is due and none is running: every
         ``period``, and at once when a host vanishes or a pool spec changes."""
-        if self._stop.is_set() or not self.mgr.leader_rev:
+        if self._stop.is_set() or not self.leader.leader_rev:
             return
         if not self._watches:
-            self._watches = [self.mgr.store.watch_prefix(self.mgr.keys.hosts, self._on_host),
-                             self.mgr.store.watch_prefix(self.mgr.keys.pools, self._on_pool)]
+            self._watches = [self.store.watch_prefix(self.keys.hosts, self._on_host),
+                             self.store.watch_prefix(self.keys.pools, self._on_pool)]
         if self.busy:
             return
-        if not self._due.is_set() and time.monotonic() - self._last < self.period:
+        if not self._due.is_set() and self.clock.monotonic() - self._last < self.period:
             return
         self._due.clear()
-        self._last = time.monotonic()
+        self._last = self.clock.monotonic()
+        if not self.threaded:
+            self.round()
+            return
         self._thread = threading.Thread(target=self.round, name="pool-round", daemon=True)
         self._thread.start()
 
@@ -124,7 +142,7 @@ class PoolKeeper:
     def round(self) -> None:
         """Tend every pool once (errors are logged, the next round tries again)."""
         try:
-            specs = pools.list_specs(self.mgr.store, self.mgr.keys)
+            specs = pools.list_specs(self.store, self.keys)
         except GridtoolError as exc:
             log.warning("event=pool_round_failed error=%s", exc)
             return
@@ -143,8 +161,8 @@ class PoolKeeper:
 
     def tend(self, spec: PoolSpec) -> Plan:
         """Plan one pool, record the status, carry the actions out."""
-        store, keys = self.mgr.store, self.mgr.keys
-        now = time.time()
+        store, keys = self.store, self.keys
+        now = self.clock.wall()
         before = pools.status(store, keys, spec.name)
         hosts, views = pools.observe(store, keys, spec.name)
         memory = _worker_memory(store, keys, spec.template)
@@ -174,7 +192,7 @@ class PoolKeeper:
                 state = FlexState.from_dict(before.flex_state)
             except (TypeError, ValueError):
                 log.warning("event=pool_flex_state_reset pool=%s", spec.name)
-        reports = pools.samples(self.mgr.store, self.mgr.keys, spec.name)
+        reports = pools.samples(self.store, self.keys, spec.name)
         if before is not None and before.samples_until:
             start = before.samples_until
         else:  # first round (of a new pool or after a lost status): every live report
@@ -204,12 +222,12 @@ class PoolKeeper:
             samples_until=now if spec.policy == "flex" else 0.0,
             flex_state=state.to_dict() if spec.policy == "flex" else {},
             decision=last, decisions=counts)
-        spec_item = self.mgr.store.get(self.mgr.keys.pool(spec.name))
+        spec_item = self.store.get(self.keys.pool(spec.name))
         if spec_item is None:
             raise _Skip("deleted")
-        key = self.mgr.keys.pool_status(spec.name)
-        guard = [*self.mgr.guard, Compare(spec_item.key, "mod", spec_item.mod_revision)]
-        if not self.mgr.store.txn(guard, [Put(key, encode(status))]):
+        key = self.keys.pool_status(spec.name)
+        guard = [*self.leader.guard, Compare(spec_item.key, "mod", spec_item.mod_revision)]
+        if not self.store.txn(guard, [Put(key, encode(status))]):
             if not self._leading():
                 raise _Deposed
             raise _Skip("changed during the round")
@@ -217,15 +235,15 @@ class PoolKeeper:
     # -- carrying out --------------------------------------------------------
 
     def _leading(self) -> bool:
-        if self._stop.is_set() or not self.mgr.leader_rev:
+        if self._stop.is_set() or not self.leader.leader_rev:
             return False
-        item = self.mgr.store.get(self.mgr.keys.manager_leader)
-        return item is not None and item.create_revision == self.mgr.leader_rev
+        item = self.store.get(self.keys.manager_leader)
+        return item is not None and item.create_revision == self.leader.leader_rev
 
     def _act(self, spec: PoolSpec, action: Action) -> None:
         if not self._leading():
             raise _Deposed
-        if self.mgr.store.get(self.mgr.keys.pool(spec.name)) is None:
+        if self.store.get(self.keys.pool(spec.name)) is None:
             raise _Skip("deleted")
         try:
             self._do(spec, action)
@@ -235,17 +253,18 @@ class PoolKeeper:
             self.errors[spec.name] = f"{type(action).__name__.lower()}: {exc}"
 
     def _do(self, spec: PoolSpec, action: Action) -> None:
-        clone = _clone_api()
+        from gridtool import clone  # the clone API: imported on first use (agent startup)
+
         if isinstance(action, Clone):
-            started = time.monotonic()
+            started = self.clock.monotonic()
             results = clone.clone_guests(
-                self.mgr.store, self.mgr.cfg, spec.template, action.count, pool=spec.name,
+                self.store, self.cfg, spec.template, action.count, pool=spec.name,
                 name_prefix=f"{spec.name}-", exclude_hosts=action.exclude_hosts,
                 timeout=self.action_timeout)
             failed = [r for r in results if not r.ok]
             log.info("event=pool_clone pool=%s count=%s ok=%s seconds=%.2f reason=%s",
                      spec.name, action.count, len(results) - len(failed),
-                     time.monotonic() - started, action.reason)
+                     self.clock.monotonic() - started, action.reason)
             if failed:
                 self.errors[spec.name] = "clone: " + "; ".join(
                     f"{r.name}: {r.error}" for r in failed[:3])
@@ -253,9 +272,9 @@ class PoolKeeper:
         # Remove, or Forget: for a host that is gone, remove_clone drops the membership
         # at once and leaves the removal queued for that host's agent, should it return.
         with contextlib.suppress(NotFound):  # already gone: just drop the membership
-            clone.remove_clone(self.mgr.store, self.mgr.cfg, action.host, action.uuid,
+            clone.remove_clone(self.store, self.cfg, action.host, action.uuid,
                                action.name, pool=spec.name, timeout=self.action_timeout)
-        self.mgr.store.delete(self.mgr.keys.pool_member(spec.name, action.uuid))
+        self.store.delete(self.keys.pool_member(spec.name, action.uuid))
         log.info("event=pool_%s pool=%s guest=%s host=%s reason=%s",
                  type(action).__name__.lower(), spec.name, action.name, action.host,
                  action.reason)
@@ -264,18 +283,9 @@ class PoolKeeper:
 def _worker_memory(store: Store, keys: Keys, template: str) -> int | None:
     """The template's memory (bounds how many clones fit); None when it is unknown (no
     clones can be made then, but the pool can still shrink and forget lost workers)."""
-    try:
-        from gridtool import templates
+    from gridtool import templates
 
+    try:
         return templates.get_template(store, keys, template).memory_mib
-    except (ImportError, NotFound):
+    except NotFound:
         return None
-
-
-def _clone_api() -> ModuleType:
-    """``gridtool.clone`` (templates and fast clones), imported when first needed."""
-    try:
-        return importlib.import_module("gridtool.clone")
-    except ImportError as exc:
-        raise GridtoolError(f"the clone API is not available ({exc})") from None
-

@@ -1,7 +1,8 @@
 """Scenario tests: tests/scenarios/<name>/{initial.json, cmds, expected_log[, expected_error]}.
 
-Each scenario runs in :class:`gridtool.hasim.Simulator`, which asserts after every step
-that no fenced guest runs on two hosts. The log must equal ``expected_log``, written by
+Each scenario runs in :class:`tests.sim.hasim.Simulator` (the shipped manager, fencer and
+in-memory store on a simulated clock), which asserts after every step that no fenced
+guest runs on two hosts. The log must equal ``expected_log``, written by
 hand. A scenario with ``expected_error`` must instead break the invariant with that text
 (the negative cases that show the simulator does catch a double start).
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gridtool.hasim import SimulationError, Simulator
+from tests.sim.hasim import SimulationError, Simulator
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 CASES = sorted(p for p in SCENARIOS.iterdir() if (p / "initial.json").is_file())
@@ -58,6 +59,22 @@ def test_invariant_catches_a_double_start() -> None:
         "guests": [{"name": "vm1", "host": "h1", "state": "running", "memory_mib": 512,
                     "volumes": ["vol1"]}],
     })
-    sim.hosts["h2"].domains["vm1"] = "running"  # a start that bypassed the fence
+    sim.hosts["h2"].virt.define("vm1")
+    sim.hosts["h2"].virt.start("vm1")  # a start that bypassed the fence
     with pytest.raises(SimulationError, match="guest vm1 in use on h1 and h2"):
         sim.check_invariant()
+
+
+def test_a_scenario_turns_red_without_the_shipped_fence_before_recover_rule(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator runs the shipped manager: with ``hadecide`` patched to ignore the
+    fences still present (restart an HA guest while its fence is held), the scenario that
+    exercises the rule no longer matches its expected log."""
+    from gridtool import hadecide
+
+    monkeypatch.setattr(hadecide._Round, "held", lambda self, guest: {})
+    case = SCENARIOS / "ha-fence-before-recover"
+    with pytest.raises(AssertionError, match="log differs"):
+        test_scenario(case)
+    log, _ = _run(case)
+    assert "45 manager@h1: restart vm1 on h1 (host h2 gone)" in log

@@ -1,0 +1,671 @@
+"""A deterministic fleet simulator that runs the shipped manager and fencing code (tests).
+
+In the style of pve-ha-manager's regression tests: a simulated clock in whole seconds and
+a command list, every event one log line ``<t> <source>: <message>``. What runs is the
+product: the registry is :class:`gridtool.memstore.MemStore` on the simulated clock (its
+leases expire when the clock passes their TTL); every host runs a real
+:class:`gridtool.manager.Manager` candidate (election, ``hadecide.decide``, its guarded
+transactions, its :class:`gridtool.poolmanager.PoolKeeper` rounds inline) and its agent
+takes and releases fences with the real :class:`agents.fencer.Fencer`. The agent loop
+itself is still simulated (:class:`SimAgent`): it keeps a real :class:`LeaseClock`,
+judges with the real pure rules (``judge_running``/``judge_stopped``), self-fences and
+carries out start intents on a fake libvirt host (:mod:`tests.sim.fakevirt`). **A next
+step replaces SimAgent with the real agent's IntentWorker and lease guard** once they
+take narrow collaborators.
+
+After every command and every tick the simulator asserts the invariant "no fenced guest
+runs on two powered hosts" (also per shared volume) and raises :class:`SimulationError`.
+
+One tick, at time ``t``: (1) etcd expires due leases (unless etcd is down); (2) each
+powered host, by name: the watchdog resets it if armed and not petted for ``watchdog``
+seconds, then its agent (unless hung or crashed) sends keepalives, judges its lease,
+self-fences, pets the watchdog and, when it reaches etcd, carries out intents, judges
+its guests and reports; (3) every ``manager_interval`` seconds every manager candidate,
+by host name, takes one :meth:`Manager.step`; (4) the invariant.
+
+Commands (one a line, ``#`` starts a comment): ``advance N``, ``power-off H``,
+``power-on H``, ``partition H``, ``heal H``, ``agent-hang H``, ``agent-resume H``,
+``agent-crash H`` (agent and its manager die, guests keep running), ``agent-start H``
+(a new agent process: resumes its predecessor's lease if it is still alive),
+``manager-crash H``, ``watchdog-off H``, ``crash GUEST``, ``confirm-dead H``,
+``set-ha GUEST on|off``, ``lease-expire H`` (advance until H's lease is gone),
+``leader-change`` (a new etcd leader extends every lease by TTL + ``leader_extend``),
+``etcd-down`` / ``etcd-up`` (quorum lost: nobody reaches etcd and no lease expires;
+back: a new leader extends every lease).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agents.fencer import Fencer, FenceRefused
+from gridtool import hostconf
+from gridtool.clock import Clock
+from gridtool.config import Config
+from gridtool.errors import RegistryUnavailable
+from gridtool.fencing import (
+    Act,
+    IntruderPolicy,
+    LeaseClock,
+    LeaseState,
+    judge_running,
+    judge_stopped,
+)
+from gridtool.hadecide import GuestKind, RestartLimits
+from gridtool.manager import Manager
+from gridtool.memstore import MemStore
+from gridtool.model import Disk, GuestRecord, HostRecord
+from gridtool.records import GuestSettings, Intent, decode, encode
+from gridtool.registry import Registry
+from tests.sim.fakevirt import FakeHost
+
+
+class SimulationError(AssertionError):
+    """The invariant broke (a fenced guest on two hosts) or a command was invalid."""
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Timing and policy of one simulation."""
+
+    ttl: int = 15
+    margin: float | None = None  # None: fencing.default_margin(ttl)
+    watchdog: float = 5.0  # host watchdog timeout, seconds
+    manager_interval: int = 5
+    boot_seconds: int = 0  # from taking the fences to the start intent being done
+    leader_extend: float = 1.0
+    limits: RestartLimits = field(default_factory=RestartLimits)
+    policy: IntruderPolicy = IntruderPolicy.PAUSE
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SimConfig:
+        data = dict(data)
+        limits = RestartLimits(**data.pop("limits", {}))
+        policy = IntruderPolicy(data.pop("policy", "pause"))
+        return cls(limits=limits, policy=policy, **data)
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """What does not change about a guest."""
+
+    uuid: str
+    name: str
+    memory_mib: int
+    kind: GuestKind
+    volumes: tuple[str, ...]
+    desired: str = "running"
+
+    @property
+    def fenced(self) -> bool:
+        return self.kind is not GuestKind.NONE and bool(self.volumes)
+
+    def record(self, host: str, state: str, now: float) -> GuestRecord:
+        disks = tuple(Disk(f"vd{chr(97 + i)}", f"/dev/etherd/{v}", "block", shared=True,
+                           volume=v) for i, v in enumerate(self.volumes))
+        return GuestRecord(self.uuid, self.name, host, state, 1, self.memory_mib, now, disks)
+
+
+class Link:
+    """A host's connection to the registry: the store's calls, or RegistryUnavailable."""
+
+    def __init__(self, store: MemStore, up: Callable[[], bool]) -> None:
+        self._store = store
+        self._up = up
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not self._up():
+                raise RegistryUnavailable("sim: etcd unreachable from this host")
+            return attr(*args, **kwargs)
+
+        return call
+
+
+@dataclass
+class SimAgent:
+    """The simulated agent process of one host (the part a next step replaces with the
+    real agent): a real Fencer over the host's link, a real LeaseClock, the real rules."""
+
+    fencer: Fencer
+    lease: int | None = None
+    clock: LeaseClock | None = None
+    lease_state: LeaseState | None = None
+    booting: dict[str, tuple[str, Intent, int]] = field(default_factory=dict)
+    reported: dict[str, GuestRecord] = field(default_factory=dict)
+    free_reported: int | None = None
+
+
+@dataclass
+class Host:
+    """A simulated hypervisor host: power, network, watchdog, its agent and manager."""
+
+    name: str
+    memory_mib: int
+    virt: FakeHost
+    powered: bool = True
+    connected: bool = True
+    hung: bool = False
+    watchdog: bool = True
+    armed: bool = False  # the agent arms the watchdog while HA guests run here
+    last_pet: float = 0.0
+    agent: SimAgent | None = None
+    manager: Manager | None = None
+
+
+class Simulator:
+    """Runs one scenario: ``Simulator(initial).run(cmds)`` returns the log lines."""
+
+    def __init__(self, initial: Mapping[str, Any]) -> None:
+        self.cfg = SimConfig.from_dict(initial.get("config", {}))
+        self.t = 0
+        self.log: list[str] = []
+        self.etcd_up = True
+        self.store = MemStore(self._now)
+        self.conf = Config(ttl=self.cfg.ttl)
+        self.keys = self.conf.keys
+        self.sim_clock = Clock(wall=self._now, monotonic=self._now)
+        self.owners: dict[int, str] = {}  # lease id -> "h1" (agent) or "manager h1"
+        self.hosts = {h["name"]: Host(h["name"], h["memory_mib"], FakeHost(h["name"]),
+                                      h.get("powered", True)) for h in initial["hosts"]}
+        self.specs = {s.uuid: s for s in map(_spec, initial["guests"])}
+        self._check_watchdog()
+        self._setup(initial)
+
+    def _now(self) -> float:
+        return float(self.t)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, cmds: Iterable[str]) -> list[str]:
+        """Apply every command; return the log."""
+        for raw in cmds:
+            line = raw.split("#", 1)[0].strip()
+            if line:
+                self.command(line)
+        return self.log
+
+    def command(self, line: str) -> None:
+        """Apply one command line."""
+        verb, *args = line.split()
+        handler = getattr(self, "_cmd_" + verb.replace("-", "_"), None)
+        arity = {"leader-change": 0, "etcd-down": 0, "etcd-up": 0, "set-ha": 2}.get(verb, 1)
+        if handler is None or len(args) != arity:
+            raise SimulationError(f"bad command {line!r}")
+        if verb not in ("advance", "lease-expire"):
+            self.emit("cmd", line)
+        handler(*args)
+        self.check_invariant()
+
+    def tick(self) -> None:
+        """Advance the clock by one second and run everything due."""
+        self.t += 1
+        if self.etcd_up:
+            for gone in self.store.expire():
+                if gone.keys:
+                    self.emit("etcd", f"lease of {self.owners.get(gone.lease, '?')} expired; "
+                                      f"deleted {self._labels(gone.keys)}")
+        for host in self._by_name():
+            self._host_step(host)
+        if self.t % self.cfg.manager_interval == 0:
+            self._managers_step()
+        self.check_invariant()
+
+    def emit(self, source: str, message: str) -> None:
+        self.log.append(f"{self.t} {source}: {message}")
+
+    def check_invariant(self) -> None:
+        """No fenced guest, and no shared volume, in use on two powered hosts."""
+        users: dict[str, set[str]] = {}
+        for host in self.hosts.values():
+            for uuid in host.virt.active if host.powered else ():
+                spec = self.specs[uuid]
+                if spec.fenced:
+                    for key in (f"guest {spec.name}", *(f"volume {v}" for v in spec.volumes)):
+                        users.setdefault(key, set()).add(host.name)
+        for key, hosts in sorted(users.items()):
+            if len(hosts) > 1:
+                raise SimulationError(
+                    f"t={self.t}: {key} in use on {' and '.join(sorted(hosts))}\n"
+                    + "\n".join(self.log))
+
+    def _by_name(self) -> list[Host]:
+        return sorted(self.hosts.values(), key=lambda h: h.name)
+
+    def _labels(self, keys: Iterable[str]) -> str:
+        """Deleted keys as the log names them: hosts, fences, the election, the rest."""
+        named = {self.keys.manager_leader: (2, "leader key"),
+                 self.keys.manager_status: (3, "manager status")}
+        for key in keys:
+            for rank, (prefix, label) in enumerate(((self.keys.hosts, "host "),
+                                                     (self.keys.fences, "fence "))):
+                if key.startswith(prefix):
+                    named.setdefault(key, (rank, label + key.removeprefix(prefix)))
+            named.setdefault(key, (4, key))
+        return ", ".join(label for _, label in sorted(named[k] for k in keys))
+
+    # ------------------------------------------------------------------ setup
+
+    def _check_watchdog(self) -> None:
+        clock = LeaseClock.start(self.cfg.ttl, 0, margin=self.cfg.margin)
+        if self.cfg.watchdog > clock.max_watchdog_timeout:
+            raise SimulationError(
+                f"watchdog {self.cfg.watchdog} s exceeds {clock.max_watchdog_timeout} s")
+
+    def _setup(self, initial: Mapping[str, Any]) -> None:
+        self.emit("sim", f"ttl {self.cfg.ttl:g} s, margin {self._clock0().margin:g} s, "
+                         f"watchdog {self.cfg.watchdog:g} s")
+        for raw in initial["hosts"]:
+            if raw.get("draining"):
+                hostconf.set_draining(self.store, self.keys, raw["name"], True, by="sim")
+        for spec in self.specs.values():
+            if spec.fenced:
+                self.store.put(self.keys.guest_settings(spec.uuid), encode(GuestSettings(
+                    spec.uuid, spec.name, ha=spec.kind is GuestKind.HA, desired=spec.desired)))
+        for host in self._by_name():
+            if host.powered:
+                self._boot(host)
+        for g in sorted(initial["guests"], key=lambda g: g["name"]):
+            host, spec = self.hosts[g["host"]], self.specs[g.get("uuid", g["name"])]
+            host.virt.define(spec.uuid)
+            if g.get("state") == "running" and not self._start(host, spec, boot=0):
+                raise SimulationError(f"initial guest {spec.name} could not start")
+        for host in self._by_name():
+            if host.agent is not None:
+                self._report(host)
+        self._managers_step()
+
+    def _clock0(self) -> LeaseClock:
+        return LeaseClock.start(self.cfg.ttl, self.t, margin=self.cfg.margin)
+
+    def _link(self, host: Host) -> Link:
+        return Link(self.store, lambda: self.etcd_up and host.powered and host.connected)
+
+    def _boot(self, host: Host) -> None:
+        """Power on: a fresh agent process (registers) and manager candidate."""
+        host.powered, host.connected, host.hung = True, True, False
+        self._start_processes(host)
+
+    def _start_processes(self, host: Host) -> None:
+        """The agent process (resumes or registers) and its manager candidate."""
+        self._start_agent(host)
+        host.manager = Manager(self.conf, self._link(host), host.name,  # type: ignore[arg-type]
+                               period=self.cfg.manager_interval, limits=self.cfg.limits,
+                               clock=self.sim_clock, threaded=False)
+
+    def _start_agent(self, host: Host) -> None:
+        """A new agent process: resume the lease on its host record if it is alive."""
+        link = self._link(host)
+        agent = SimAgent(Fencer(link, self.keys, host.name,  # type: ignore[arg-type]
+                                lambda: agent.lease))
+        host.agent = agent
+        item = self.store.get(self.keys.host(host.name))
+        if item is not None and item.lease and self.store.keepalive(item.lease) > 0:
+            agent.lease = item.lease
+            agent.clock, agent.lease_state = self._clock0(), LeaseState.HEALTHY
+            agent.fencer.refresh_held()
+            self.emit(f"{host.name}/agent", "resumed its lease")
+            return
+        self._register(host)
+
+    def _register(self, host: Host) -> None:
+        agent = self._agent(host)
+        agent.lease = self.store.grant_lease(self.cfg.ttl)
+        self.owners[agent.lease] = host.name
+        agent.clock, agent.lease_state = self._clock0(), LeaseState.HEALTHY
+        agent.free_reported, agent.reported = None, {}
+        host.last_pet = self.t
+        self._report(host)
+        self.emit(f"{host.name}/agent", f"registered, lease ttl {self.cfg.ttl:g} s")
+        if self.store.delete(self.keys.dead_host(host.name)):
+            self.emit(f"{host.name}/agent", "cleared the confirm-dead mark")
+
+    def _agent(self, host: Host) -> SimAgent:
+        assert host.agent is not None
+        return host.agent
+
+    def _free(self, host: Host) -> int:
+        return host.memory_mib - sum(self.specs[u].memory_mib for u in host.virt.active)
+
+    # ------------------------------------------------------------------ hosts
+
+    def _host_step(self, host: Host) -> None:
+        if not host.powered:
+            return
+        if host.watchdog and host.armed and self.t - host.last_pet >= self.cfg.watchdog:
+            self._power_off(host, f"{host.name}/watchdog",
+                            f"not petted for {self.cfg.watchdog:g} s: hardware reset")
+            return
+        agent = host.agent
+        if host.hung or agent is None or agent.clock is None:
+            return
+        self._keepalive(host, agent)
+        self._lease_state(host, agent)
+        self._pet(host, agent)
+        if self._reaches(host) and agent.clock is not None:
+            self._intents(host, agent)
+            self._judge(host, agent)
+            self._report(host)
+
+    def _reaches(self, host: Host) -> bool:
+        return self.etcd_up and host.powered and host.connected and not host.hung
+
+    def _keepalive(self, host: Host, agent: SimAgent) -> None:
+        assert agent.clock is not None and agent.lease is not None
+        if not agent.clock.keepalive_due(self.t):
+            return
+        agent.clock = agent.clock.sent(self.t)
+        with suppress(RegistryUnavailable):  # cut off: no ack
+            agent.clock = agent.clock.acked(self.t, agent.fencer.store.keepalive(agent.lease))
+
+    def _lease_state(self, host: Host, agent: SimAgent) -> None:
+        assert agent.clock is not None
+        name = f"{host.name}/agent"
+        state = agent.clock.state(self.t)
+        if state is not agent.lease_state:
+            self.emit(name, {
+                LeaseState.HEALTHY: "lease healthy",
+                LeaseState.AT_RISK: "lease at risk: keepalive overdue",
+                LeaseState.MUST_SELF_FENCE: "lease deadline reached",
+            }[state])
+            agent.lease_state = state
+            pinned = self._kind_on(host, GuestKind.PINNED)
+            if state is LeaseState.MUST_SELF_FENCE and pinned:
+                self.emit(name, f"pinned {self._names(pinned)} left running")
+        if state is LeaseState.MUST_SELF_FENCE:
+            self._self_fence(host, agent)
+        if agent.clock.lost and self._reaches(host):
+            self.emit(name, "lease gone in etcd; registering anew")
+            self._register(host)
+
+    def _self_fence(self, host: Host, agent: SimAgent) -> None:
+        """As ``Agent.self_fence``: destroy every guest this host holds HA fences for."""
+        gone = [u for u in sorted(agent.fencer.ha_guests()) if u in host.virt.active]
+        for uuid in gone:
+            host.virt.destroy(uuid)
+        agent.fencer.forget_ha()
+        if gone:
+            self.emit(f"{host.name}/agent", f"self-fence: destroyed {self._names(gone)}")
+
+    def _pet(self, host: Host, agent: SimAgent) -> None:
+        assert agent.clock is not None
+        ha = bool(agent.fencer.ha_guests() & set(host.virt.active))
+        host.armed = ha  # with no HA guest here the agent disarms it (magic close)
+        if agent.clock.watchdog_may_pet(self.t, self.cfg.watchdog, ha):
+            host.last_pet = self.t
+
+    def _kind_on(self, host: Host, kind: GuestKind) -> list[str]:
+        return sorted((u for u in host.virt.active if self.specs[u].kind is kind
+                       and self.specs[u].fenced), key=lambda u: self.specs[u].name)
+
+    def _names(self, uuids: Iterable[str]) -> str:
+        return ", ".join(self.specs[u].name for u in uuids)
+
+    def _report(self, host: Host) -> None:
+        """Put the host record (free memory) and the changed guest records."""
+        agent = self._agent(host)
+        registry = Registry(agent.fencer.store, self.keys)
+        free = self._free(host)
+        if free != agent.free_reported:
+            registry.put_host(HostRecord(host.name, f"sim:///{host.name}", "sim", 16,
+                                         host.memory_mib, free, "sim", self.t), agent.lease)
+            agent.free_reported = free
+        for uuid in sorted(host.virt.defined):
+            record = self.specs[uuid].record(host.name, host.virt.state(uuid), self.t)
+            seen = agent.reported.get(uuid)
+            if seen is None or not seen.same_content(record):
+                registry.put_guest(record)
+                agent.reported[uuid] = record
+
+    # ------------------------------------------------------------------ intents
+
+    def _intents(self, host: Host, agent: SimAgent) -> None:
+        """Carry out start intents (the stand-in for the real IntentWorker)."""
+        for uuid, (key, intent, done_at) in sorted(agent.booting.items()):
+            if self.t >= done_at:
+                del agent.booting[uuid]
+                self._finish(agent, key, intent, "done", f"{intent.name} started")
+                self.emit(f"{host.name}/agent", f"{intent.name} running")
+        for item in agent.fencer.store.list(self.keys.intents(host.name))[0]:
+            intent = decode(Intent, item.key, item.value)
+            if intent.state != "pending":
+                continue
+            if intent.action != "start":
+                self._finish(agent, item.key, intent, "failed", "sim: only start intents")
+                continue
+            self._take(host, agent, item.key, intent)
+
+    def _take(self, host: Host, agent: SimAgent, key: str, intent: Intent) -> None:
+        spec = self.specs[intent.guest]
+        assert agent.clock is not None
+        if agent.clock.state(self.t) is not LeaseState.HEALTHY:
+            why = f"{host.name}'s lease is not healthy: refusing to take an HA fence"
+        elif self._free(host) < spec.memory_mib:
+            why = f"not enough memory for {spec.name}"
+        else:
+            if spec.uuid not in host.virt.defined:  # defined from the registry's copy
+                host.virt.define(spec.uuid)
+            if self._start(host, spec, self.cfg.boot_seconds):
+                if not self.cfg.boot_seconds:
+                    self._finish(agent, key, intent, "done", f"{spec.name} started")
+                else:
+                    self._finish(agent, key, intent, "running", "")
+                    agent.booting[spec.uuid] = (key, intent, self.t + self.cfg.boot_seconds)
+                return
+            why = f"could not start {spec.name}"
+        self.emit(f"{host.name}/agent", f"intent failed: {why}")
+        self._finish(agent, key, intent, "failed", why)
+
+    def _finish(self, agent: SimAgent, key: str, intent: Intent, state: str,
+                message: str) -> None:
+        agent.fencer.store.put(key, encode(replace(intent, state=state, message=message,
+                                                   updated=float(self.t))))
+
+    def _start(self, host: Host, spec: GuestSpec, boot: int) -> bool:
+        """Take every fence (the real Fencer: one transaction), then start the domain."""
+        name = f"{host.name}/agent"
+        taken = ""
+        if spec.fenced:
+            fencer = self._agent(host).fencer
+            try:
+                fencer.acquire(fencer.ref(spec.record(host.name, "shutoff", self.t)))
+            except FenceRefused as exc:
+                self.emit(name, f"refused to start {spec.name}: {exc}")
+                return False
+            taken = f"took fence {', '.join(spec.volumes)}; "
+        host.virt.start(spec.uuid)
+        self.emit(name, f"{taken}{spec.name} {'booting' if boot else 'running'}")
+        return True
+
+    # ------------------------------------------------------------------ judging
+
+    def _judge(self, host: Host, agent: SimAgent) -> None:
+        """Judge every fenced guest here (running or holding fences), with the real rules."""
+        assert agent.clock is not None
+        if agent.clock.state(self.t) is not LeaseState.HEALTHY:
+            return
+        fencer = agent.fencer
+        held = {f.guest for f in fencer.refresh_held().values()}
+        for uuid in sorted(host.virt.active):
+            spec = self.specs[uuid]
+            if spec.fenced and uuid not in agent.booting:
+                self._judge_running(host, fencer, spec)
+        for uuid in sorted(held - set(host.virt.active)):
+            spec = self.specs[uuid]
+            ref = fencer.ref(spec.record(host.name, "shutoff", self.t))
+            verdict = judge_stopped(host.name, ref, fencer.observe(ref.volumes),
+                                    clean_stop=False)
+            if verdict.act is Act.RELEASE and fencer.release(ref):
+                self.emit(f"{host.name}/agent", f"released fence {', '.join(ref.volumes)} "
+                                                f"of {spec.name} (not running here)")
+
+    def _judge_running(self, host: Host, fencer: Fencer, spec: GuestSpec) -> None:
+        ref = fencer.ref(spec.record(host.name, "running", self.t))
+        verdict = judge_running(host.name, ref, fencer.observe(ref.volumes), self.cfg.policy)
+        if verdict.violation:
+            self.emit(f"{host.name}/agent", verdict.report)
+        if verdict.act is Act.ACQUIRE:
+            with suppress(FenceRefused):  # judged again next tick
+                fencer.acquire(ref)
+        elif verdict.act is Act.PAUSE and host.virt.state(spec.uuid) == "running":
+            host.virt.suspend(spec.uuid)
+        elif verdict.act is Act.DESTROY:
+            host.virt.destroy(spec.uuid)
+
+    def _power_off(self, host: Host, source: str, why: str) -> None:
+        gone = sorted(host.virt.power_off(), key=lambda u: self.specs[u].name)
+        killed = f"; killed {self._names(gone)}" if gone else ""
+        self.emit(source, f"{why}{killed}")
+        host.powered, host.armed = False, False
+        host.agent = host.manager = None
+
+    # ------------------------------------------------------------------ manager
+
+    def _managers_step(self) -> None:
+        for host in self._by_name():
+            if host.powered and not host.hung and host.manager is not None:
+                with self._manager_log(host.manager):
+                    host.manager.step()
+                if host.manager.lease is not None:
+                    self.owners.setdefault(host.manager.lease, f"manager {host.name}")
+
+    @contextmanager
+    def _manager_log(self, manager: Manager) -> Iterator[None]:
+        """Turn the manager's event log lines into simulator log lines."""
+        logger = logging.getLogger("gridtool.manager")
+        handler = _ManagerEvents(self, manager.name)
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+    # ------------------------------------------------------------------ commands
+
+    def _host(self, name: str) -> Host:
+        if name not in self.hosts:
+            raise SimulationError(f"unknown host {name!r}")
+        return self.hosts[name]
+
+    def _guest(self, name: str) -> GuestSpec:
+        spec = next((s for s in self.specs.values() if s.name == name), None)
+        if spec is None:
+            raise SimulationError(f"unknown guest {name!r}")
+        return spec
+
+    def _cmd_advance(self, seconds: str) -> None:
+        for _ in range(int(seconds)):
+            self.tick()
+
+    def _cmd_power_off(self, name: str) -> None:
+        self._power_off(self._host(name), "hw", f"{name} powered off")
+
+    def _cmd_power_on(self, name: str) -> None:
+        self._boot(self._host(name))
+
+    def _cmd_partition(self, name: str) -> None:
+        self._host(name).connected = False
+
+    def _cmd_heal(self, name: str) -> None:
+        self._host(name).connected = True
+
+    def _cmd_agent_hang(self, name: str) -> None:
+        self._host(name).hung = True
+
+    def _cmd_agent_resume(self, name: str) -> None:
+        self._host(name).hung = False
+
+    def _cmd_agent_crash(self, name: str) -> None:
+        host = self._host(name)
+        host.agent = host.manager = None
+
+    def _cmd_agent_start(self, name: str) -> None:
+        self._start_processes(self._host(name))
+
+    def _cmd_manager_crash(self, name: str) -> None:
+        self._host(name).manager = None
+
+    def _cmd_watchdog_off(self, name: str) -> None:
+        self._host(name).watchdog = False
+
+    def _cmd_crash(self, guest: str) -> None:
+        spec = self._guest(guest)
+        host = next((h for h in self.hosts.values() if spec.uuid in h.virt.active), None)
+        if host is None:
+            raise SimulationError(f"guest {guest!r} is not running anywhere")
+        host.virt.destroy(spec.uuid, "crashed")
+        self.emit("hw", f"{guest} crashed on {host.name}")
+
+    def _cmd_confirm_dead(self, name: str) -> None:
+        self.store.put(self.keys.dead_host(self._host(name).name), b'{"v": 1}')
+
+    def _cmd_set_ha(self, guest: str, value: str) -> None:
+        spec = self._guest(guest)
+        key = self.keys.guest_settings(spec.uuid)
+        item = self.store.get(key)
+        current = decode(GuestSettings, key, item.value) if item else GuestSettings(
+            spec.uuid, spec.name)
+        self.store.put(key, encode(replace(current, ha=value == "on")))
+
+    def _cmd_lease_expire(self, name: str) -> None:
+        item = self.store.get(self.keys.host(self._host(name).name))
+        self.emit("cmd", f"lease-expire {name}")
+        for _ in range(int(10 * self.cfg.ttl)):
+            if item is None or self.store.lease_of(item.lease) is None:
+                return
+            self.tick()
+        raise SimulationError(f"lease of {name} did not expire")
+
+    def _cmd_leader_change(self) -> None:
+        self.store.promote(self.cfg.leader_extend)
+        self.emit("etcd", f"leader change: every lease extended to "
+                          f"{self.t + self.cfg.ttl + self.cfg.leader_extend:g}")
+
+    def _cmd_etcd_down(self) -> None:
+        self.etcd_up = False
+
+    def _cmd_etcd_up(self) -> None:
+        self.etcd_up = True
+        self._cmd_leader_change()
+
+
+class _ManagerEvents(logging.Handler):
+    """The manager's ``event=...`` log records as simulator log lines."""
+
+    def __init__(self, sim: Simulator, name: str) -> None:
+        super().__init__(logging.INFO)
+        self.sim = sim
+        self.name = name
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = str(record.msg).split()[0].removeprefix("event=")
+        args = record.args if isinstance(record.args, tuple) else ()
+        here = f"manager@{self.name}"
+        line = {
+            "manager_elected": lambda: ("manager", f"{args[0]} elected leader"),
+            "manager_lost_leadership": lambda: (here, "lost the leadership"),
+            "manager_step_down": lambda: (here, f"stepped down: {args[1]}"),
+            "ha_restart": lambda: (here, f"restart {args[0]} on {args[1]} ({args[3]})"),
+            "ha_blocked": lambda: (here, f"leave {args[0]}: {args[1]}"),
+            "ha_error": lambda: (here, f"{args[0]} marked error: {args[1]}"),
+            "fences_released_for_dead_host": lambda: (
+                here, f"released the fences of {args[0]} held by dead {args[1]}"
+                if args[2] else f"release of {args[0]}'s fences failed"),
+        }.get(event)
+        if line is not None:
+            self.sim.emit(*line())
+
+
+def _spec(raw: Mapping[str, Any]) -> GuestSpec:
+    return GuestSpec(raw.get("uuid", raw["name"]), raw["name"], raw["memory_mib"],
+                     GuestKind(raw.get("kind", "ha")), tuple(sorted(raw.get("volumes", ()))),
+                     raw.get("desired", "running"))
