@@ -54,7 +54,6 @@ from gridtool.hadecide import (
     Blocked,
     GuestKind,
     GuestView,
-    LiveHost,
     MarkError,
     Pending,
     ReleaseFences,
@@ -63,6 +62,7 @@ from gridtool.hadecide import (
     Snapshot,
     decide,
 )
+from gridtool.placement import HostView
 
 
 class SimulationError(AssertionError):
@@ -547,7 +547,8 @@ class Simulator:
 
     def _snapshot(self) -> Snapshot:
         e = self.etcd
-        hosts = [LiveHost(h, free, draining=self.hosts[h].draining)
+        hosts = [HostView(h, self.hosts[h].memory_mib, free, cpus=1,
+                          draining=self.hosts[h].draining)
                  for h, (_, free) in sorted(e.hosts.items())]
         guests = [GuestView(u, s.name, e.guests[u].host, e.guests[u].state, s.memory_mib,
                             s.kind, s.volumes, s.desired) for u, s in sorted(self.specs.items())]

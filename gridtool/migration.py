@@ -40,6 +40,7 @@ between QEMU hosts (the test driver never will): ``receive`` on the destination,
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ from gridtool.placement import (
 from gridtool.records import DomainDefinition, GuestSettings, Intent, decode
 from gridtool.registry import Registry
 from gridtool.store import Compare, Delete, Store
+
+log = logging.getLogger("gridtool.migration")
 
 #: Guest states in which a guest occupies its host (memory, vCPUs, anti-affinity).
 ACTIVE = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdown"})
@@ -126,12 +129,13 @@ def guest_needs(rec: GuestRecord, settings: GuestSettings | None,
 
 
 def read_settings(store: Store, keys: Keys) -> dict[str, GuestSettings]:
-    """Every guest's settings by uuid (corrupt records skipped)."""
+    """Every guest's settings by uuid (corrupt records logged and skipped)."""
     found = {}
     for item in store.list(keys.settings)[0]:
         try:
             s = decode(GuestSettings, item.key, item.value)
-        except DecodeError:
+        except DecodeError as exc:
+            log.warning("event=corrupt_record key=%s error=%s", item.key, exc.reason)
             continue
         found[s.uuid] = s
     return found
