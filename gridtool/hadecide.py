@@ -10,21 +10,31 @@ The leader-elected manager reads a :class:`Snapshot` of the registry and calls
 * at most ``max_restarts`` restarts and ``max_relocations`` relocations per guest per
   ``window``; beyond that :class:`MarkError`;
 * no action for a guest with an intent in flight;
-* the host is picked by a replaceable :data:`Chooser`, by default the live, up,
-  non-draining host with the most free memory (ties: name).
+* the host is the placement allocator's (:func:`gridtool.placement.place`, the one rule
+  every placement follows: up, not draining, memory, vCPUs, labels, anti-affinity,
+  storage reachability; overflow hosts last), each restart seeing the hosts as the
+  restarts decided before it in the same round leave them.
 
-:class:`Blocked` says why a guest that should run is left down; the shell logs it when the
-reason changes.
+:class:`Blocked` says why a guest that should run is left down (when no host passes, the
+allocator's explanation); the shell logs it when the reason changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
 from gridtool.fencing import FenceKind, GuestRef, Observation, Observed, ReleasePlan, plan_release
+from gridtool.placement import (
+    DEFAULT_POLICY,
+    GuestNeeds,
+    HostView,
+    PlacementPolicy,
+    add_guest,
+    place,
+)
 
 #: Guest states (libvirt's names) in which a guest that should run is down.
 DOWN_STATES = frozenset({"shutoff", "crashed"})
@@ -39,16 +49,6 @@ class GuestKind(StrEnum):
 
 
 @dataclass(frozen=True)
-class LiveHost:
-    """A host whose record exists in the registry (its lease is alive)."""
-
-    name: str
-    free_memory_mib: int
-    up: bool = True  # the agent reports its hypervisor usable
-    draining: bool = False  # takes no new guests
-
-
-@dataclass(frozen=True)
 class GuestView:
     """One guest as the manager sees it (the record from its live host wins)."""
 
@@ -60,10 +60,19 @@ class GuestView:
     kind: GuestKind
     volumes: tuple[str, ...] = ()
     desired: str = "running"
+    needs: GuestNeeds | None = None  # what it needs from a host (None: its memory only)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", GuestKind(self.kind))
         object.__setattr__(self, "volumes", tuple(sorted(set(self.volumes))))
+        needs = self.needs
+        if needs is not None and (needs.name, needs.memory_mib) != (self.name,
+                                                                    self.memory_mib):
+            raise ValueError(f"guest {self.name}: its needs describe another guest")
+
+    def requirements(self) -> GuestNeeds:
+        """What the allocator must find on a host for this guest."""
+        return self.needs or GuestNeeds(self.name, self.memory_mib, 0)
 
     def ref(self) -> GuestRef:
         """The fencing view of this guest (only for HA and pinned guests)."""
@@ -103,10 +112,11 @@ def _frozen(mapping: Mapping | None) -> Mapping:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the manager read from the registry, at time ``now``."""
+    """What the manager read from the registry, at time ``now``; ``hosts`` are the live
+    hosts (their records exist: leases alive) with their active guests."""
 
     now: float
-    hosts: tuple[LiveHost, ...]
+    hosts: tuple[HostView, ...]
     guests: tuple[GuestView, ...]
     fences: Mapping[str, Observation] = field(default_factory=dict)  # present keys only
     confirmed_dead: frozenset[str] = frozenset()
@@ -170,40 +180,17 @@ class Blocked:
 Action = Restart | ReleaseFences | MarkError | Blocked
 
 
-@dataclass(frozen=True)
-class Choice:
-    """A chooser's answer: a host name, or None with the reason."""
-
-    host: str | None
-    reason: str = ""
-
-
-#: Picks a host for a guest among the live hosts (free memory already reduced by
-#: restarts decided earlier in the same round). Swap in the placement allocator here.
-Chooser = Callable[[GuestView, Sequence[LiveHost]], Choice]
-
-
-def choose_most_free(guest: GuestView, hosts: Sequence[LiveHost]) -> Choice:
-    """Default chooser: up, not draining, enough free memory; most free first, then name."""
-    fits = [h for h in hosts if h.up and not h.draining and h.free_memory_mib >= guest.memory_mib]
-    if not fits:
-        return Choice(None, f"no capacity: no host up, not draining, with "
-                            f"{guest.memory_mib} MiB free")
-    best = min(fits, key=lambda h: (-h.free_memory_mib, h.name))
-    return Choice(best.name)
-
-
 # --------------------------------------------------------------------------- decide
 
 
 @dataclass
 class _Round:
-    """Working state of one decide() call: host capacity left after this round's picks."""
+    """Working state of one decide() call: the hosts as this round's restarts leave them."""
 
     snap: Snapshot
     limits: RestartLimits
-    choose: Chooser
-    hosts: dict[str, LiveHost]
+    policy: PlacementPolicy
+    hosts: dict[str, HostView]
 
     def live(self, host: str | None) -> bool:
         return host is not None and host in self.hosts
@@ -212,13 +199,12 @@ class _Round:
         """The fence keys of ``guest`` that exist, by volume."""
         return {v: self.snap.fences[v] for v in guest.volumes if v in self.snap.fences}
 
-    def take(self, host: str, memory_mib: int) -> None:
-        h = self.hosts[host]
-        self.hosts[host] = replace(h, free_memory_mib=h.free_memory_mib - memory_mib)
+    def take(self, host: str, needs: GuestNeeds) -> None:
+        self.hosts[host] = add_guest(self.hosts[host], needs)
 
 
 def decide(
-    snap: Snapshot, limits: RestartLimits | None = None, choose: Chooser = choose_most_free
+    snap: Snapshot, limits: RestartLimits | None = None, policy: PlacementPolicy = DEFAULT_POLICY
 ) -> tuple[Action, ...]:
     """The manager's actions for ``snap``, in the order the shell must carry them out.
 
@@ -226,7 +212,7 @@ def decide(
     the shell stops at the first action that fails (e.g. a ReleaseFences whose compare
     fails drops the Restart after it).
     """
-    rnd = _Round(snap, limits or RestartLimits(), choose, {h.name: h for h in snap.hosts})
+    rnd = _Round(snap, limits or RestartLimits(), policy, {h.name: h for h in snap.hosts})
     actions: list[Action] = []
     for guest in sorted(snap.guests, key=lambda g: (g.name, g.uuid)):
         actions.extend(_decide_guest(guest, rnd))
@@ -294,15 +280,15 @@ def _restart(guest: GuestView, rnd: _Round, why: str) -> Action:
     if len(recent) >= limits.max_restarts:
         return MarkError(guest.uuid, guest.name,
                          f"restart limit: {len(recent)} restarts within {window}")
-    choice = rnd.choose(guest, tuple(rnd.hosts.values()))
-    if choice.host is None:
-        return Blocked(guest.uuid, guest.name, choice.reason or "no host chosen")
-    if choice.host not in rnd.hosts:
-        raise ValueError(f"chooser picked {choice.host!r}, which is not a live host")
-    relocated = choice.host != guest.host
+    needs = guest.requirements()
+    placement = place(needs, tuple(rnd.hosts.values()), rnd.policy)
+    host = placement.host
+    if host is None:
+        return Blocked(guest.uuid, guest.name, placement.reason)
+    relocated = host != guest.host
     moves = sum(a.relocated for a in recent)
     if relocated and moves >= limits.max_relocations:
         return MarkError(guest.uuid, guest.name,
                          f"relocation limit: {moves} relocations within {window}")
-    rnd.take(choice.host, guest.memory_mib)
-    return Restart(guest.uuid, guest.name, choice.host, guest.host, relocated, why)
+    rnd.take(host, needs)
+    return Restart(guest.uuid, guest.name, host, guest.host, relocated, why)

@@ -14,7 +14,6 @@ import threading
 import time
 from dataclasses import replace
 
-from gridtool import hostconf
 from gridtool.clock import SYSTEM, Clock
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
@@ -24,7 +23,6 @@ from gridtool.hadecide import (
     Blocked,
     GuestKind,
     GuestView,
-    LiveHost,
     MarkError,
     Pending,
     ReleaseFences,
@@ -33,6 +31,7 @@ from gridtool.hadecide import (
     Snapshot,
     decide,
 )
+from gridtool.migration import FleetView, read_fleet
 from gridtool.model import DecodeError, GuestRecord
 from gridtool.poolmanager import PoolKeeper
 from gridtool.records import GuestSettings, Intent, ManagerStatus, decode, encode
@@ -177,10 +176,9 @@ class Manager:
         self.pools.maybe_run()
 
     def snapshot(self) -> tuple[Snapshot, dict[str, str]]:
-        """Read hosts, guests, settings, fences, intents: the manager's whole input."""
-        hosts, _ = self.registry.list_hosts()
-        records, _ = self.registry.list_guests()
-        settings = self._settings()
+        """Read hosts and guests (as placement sees them: :func:`migration.read_fleet`),
+        settings, fences, intents: the manager's whole input."""
+        fleet = read_fleet(self.store, self.keys)
         fences = {}
         for item in self.store.list(self.keys.fences)[0]:
             volume = item.key.removeprefix(self.keys.fences)
@@ -188,35 +186,19 @@ class Manager:
         dead = {item.key.removeprefix(self.keys.dead)
                 for item in self.store.list(self.keys.dead)[0]}
         pending = self._pending()
-        live = {h.name for h in hosts}
+        live = set(fleet.records)
         by_uuid: dict[str, list[GuestRecord]] = {}
-        for rec in records:
+        for rec in fleet.guests:
             by_uuid.setdefault(rec.uuid, []).append(rec)
         holders = {o.fence.guest: o.fence.holder for o in fences.values()
                    if isinstance(o, Observed)}
-        views = [_view(recs, live, settings.get(uuid), holders.get(uuid))
-                 for uuid, recs in by_uuid.items()]
+        views = [_view(recs, live, fleet, holders.get(uuid)) for uuid, recs in by_uuid.items()]
         history = {uuid: tuple(Attempt(a[0], bool(a[1])) for a in s.attempts)
-                   for uuid, s in settings.items()}
-        draining = hostconf.draining_hosts(self.store, self.keys)
+                   for uuid, s in fleet.settings.items()}
         snap = Snapshot(
-            now=self.clock.wall(),
-            hosts=tuple(LiveHost(h.name, h.free_memory_mib, draining=h.name in draining)
-                        for h in hosts),
-            guests=tuple(views), fences=fences, confirmed_dead=frozenset(dead),
-            history=history, pending=pending)
+            now=self.clock.wall(), hosts=fleet.hosts, guests=tuple(views), fences=fences,
+            confirmed_dead=frozenset(dead), history=history, pending=pending)
         return snap, {v.uuid: v.name for v in views}
-
-    def _settings(self) -> dict[str, GuestSettings]:
-        found = {}
-        for item in self.store.list(self.keys.settings)[0]:
-            try:
-                s = decode(GuestSettings, item.key, item.value)
-            except DecodeError as exc:
-                log.warning("event=corrupt_record key=%s error=%s", item.key, exc.reason)
-                continue
-            found[s.uuid] = s
-        return found
 
     def _pending(self) -> dict[str, Pending]:
         pending = {}
@@ -298,15 +280,17 @@ class Manager:
         self.store.txn(self.guard, [Put(self.keys.manager_status, encode(status), self.lease)])
 
 
-def _view(records: list[GuestRecord], live: set[str], settings: GuestSettings | None,
+def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
           holder: str | None) -> GuestView:
     """One guest from its records on several hosts (a shared-storage guest is often
-    defined on many): the fence holder's record wins, then an active one, then a live one.
+    defined on many): the fence holder's record wins, then an active one, then a live one;
+    what it needs from a host is placement's reading of that record (``fleet.needs``).
     """
     def rank(r: GuestRecord) -> tuple[bool, bool, bool, float]:
         return (r.host == holder, r.state in ACTIVE_LIKE, r.host in live, r.updated_at)
 
     rec = max(records, key=rank)
+    settings = fleet.settings.get(rec.uuid)
     fenced = any(r.fenced for r in records)
     if not fenced:
         kind = GuestKind.NONE
@@ -320,7 +304,7 @@ def _view(records: list[GuestRecord], live: set[str], settings: GuestSettings | 
     state = "error" if settings is not None and settings.error else rec.state
     volumes = tuple(sorted({v for r in records for v in r.volumes}))
     return GuestView(rec.uuid, rec.name, rec.host, state, rec.memory_mib, kind, volumes,
-                     desired)
+                     desired, fleet.needs(rec))
 
 
 def _cancel(watches: list) -> list:  # type: ignore[type-arg]

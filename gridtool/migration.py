@@ -40,6 +40,7 @@ between QEMU hosts (the test driver never will): ``receive`` on the destination,
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ from gridtool.placement import (
 from gridtool.records import DomainDefinition, GuestSettings, Intent, decode
 from gridtool.registry import Registry
 from gridtool.store import Compare, Delete, Store
+
+log = logging.getLogger("gridtool.migration")
 
 #: Hypervisors gridtool can live-migrate between (the same one on both ends): QEMU through
 #: libvirt peer-to-peer (``agents/livemigrate.py``); the test driver cannot live-migrate.
@@ -123,12 +126,13 @@ def guest_needs(rec: GuestRecord, settings: GuestSettings | None,
 
 
 def read_settings(store: Store, keys: Keys) -> dict[str, GuestSettings]:
-    """Every guest's settings by uuid (corrupt records skipped)."""
+    """Every guest's settings by uuid (corrupt records logged and skipped)."""
     found = {}
     for item in store.list(keys.settings)[0]:
         try:
             s = decode(GuestSettings, item.key, item.value)
-        except DecodeError:
+        except DecodeError as exc:
+            log.warning("event=corrupt_record key=%s error=%s", item.key, exc.reason)
             continue
         found[s.uuid] = s
     return found

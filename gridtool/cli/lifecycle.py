@@ -48,8 +48,24 @@ def _target(app: AppContext, name: str, on_host: str | None, running: bool) -> G
         return active[0]
     if running:
         return alive[0]
-    free = {h.name: h.free_memory_mib for h in app.registry.list_hosts()[0]}
-    return max(alive, key=lambda r: (free.get(r.host, 0), r.host))
+    return _placed(app, alive)
+
+
+def _placed(app: AppContext, defined: list[GuestRecord]) -> GuestRecord:
+    """Where a stopped guest starts without --on: the allocator's choice among the live
+    hosts that define it (``defined``: its records there)."""
+    from gridtool.cli.placement import no_host_reason
+    from gridtool.migration import read_fleet
+    from gridtool.placement import place
+
+    fleet = read_fleet(app.store, app.config.keys)
+    on = {r.host: r for r in defined}
+    needs = fleet.needs(defined[0])
+    placement = place(needs, [h for h in fleet.hosts if h.name in on])
+    if placement.host is None:
+        raise Conflict(no_host_reason(defined[0].name, needs, placement)
+                       + " (--on HOST starts it on another host)")
+    return on[placement.host]
 
 
 def _set_desired(app: AppContext, rec: GuestRecord, desired: str) -> None:
@@ -92,7 +108,9 @@ def run_intent(app: AppContext, rec: GuestRecord, action: str, wait: bool,
 def start(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: float) -> None:
     """Start a guest; a fenced guest takes its fences first (one holder, ever).
 
-    Fails (exit 8) when another host holds one of its fences, naming that host.
+    Without --on, placement chooses among the live hosts that define it (exit 7 with
+    each host's reason when none passes). Fails (exit 8) when another host holds one of
+    its fences, naming that host.
 
     \b
     Example:

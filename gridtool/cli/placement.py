@@ -70,6 +70,13 @@ def _why_not(rows: Sequence[dict[str, Any]], current: str | None) -> str:
     return "; ".join(reasons) if reasons else "no live host"
 
 
+def no_host_reason(name: str, needs: GuestNeeds, placement: Placement,
+                   current: str | None = None) -> str:
+    """Why no host can take guest ``name``: what it needs and why each host fails."""
+    return (f"no host can take {name} ({_needs_text(needs)}): "
+            f"{_why_not(_rows(placement, current), current)}")
+
+
 def _print_verdicts(title: str, rows: Sequence[dict[str, Any]]) -> None:
     table(title, ["HOST", "VERDICT", "SCORE", "WHY NOT"],
           [(r["host"], r["verdict"], "-" if r["score"] is None else f"{r['score']:.3f}",
@@ -325,10 +332,8 @@ def create_guest(app: AppContext, xml_file: Path, on_host: str | None, auto: boo
         if not hosts:
             raise NotFound(f"unknown host {on_host!r} (not in the registry: no live agent)")
     placement = place(needs, hosts)
-    rows = _rows(placement, None)
     if placement.host is None:
-        raise Conflict(f"no host can take {spec.name} ({_needs_text(needs)}): "
-                       f"{_why_not(rows, None)}")
+        raise Conflict(no_host_reason(spec.name, needs, placement))
     rec = replace(rec, host=placement.host)
     run_intent(app, rec, "define", True, timeout, {"xml": xml})
     _await_record(app, rec.host, rec.uuid, timeout)
@@ -343,7 +348,7 @@ def create_guest(app: AppContext, xml_file: Path, on_host: str | None, auto: boo
     if as_json:
         emit_json(guest={"name": spec.name, "uuid": guest_uuid, "host": rec.host,
                          "started": start_it},
-                  placement={"chosen": placement.host, "hosts": rows})
+                  placement={"chosen": placement.host, "hosts": _rows(placement, None)})
     else:
         click.echo(f"{spec.name} ({guest_uuid}) created on {rec.host}"
                    + (" and started" if start_it else ""), err=True)
@@ -361,8 +366,7 @@ def _target(app: AppContext, fleet: FleetView, rec: GuestRecord, to_host: str | 
     rows = _rows(placement, current)
     if to_host is None:
         if placement.host is None:
-            raise Conflict(f"no host can take {rec.name} ({_needs_text(needs)}): "
-                           f"{_why_not(rows, current)}")
+            raise Conflict(no_host_reason(rec.name, needs, placement, current))
         return placement.host
     if to_host not in fleet.records:
         raise NotFound(f"unknown host {to_host!r} (not in the registry: no live agent)")

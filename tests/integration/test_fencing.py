@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import uuid as uuidlib
+
+import pytest
 
 from gridtool.intentclient import IntentClient
 from gridtool.manager import Manager
@@ -23,12 +26,13 @@ def shared_xml(name: str = "db", uuid: str = UUID, disk: str = SHARED) -> str:
         f"<name>{name}</name>", f"<name>{name}</name><uuid>{uuid}</uuid>")
 
 
-def hosts_with_guest(lab_hosts, names, **agent_settings):  # type: ignore[no-untyped-def]
-    """Hosts that all have the shared guest defined (as Xen/AoE fleets do)."""
+def hosts_with_guest(lab_hosts, names, xml=None, storage=None, **agent_settings):  # type: ignore[no-untyped-def]
+    """Hosts that all have the shared guest defined (as Xen/AoE fleets do); ``storage``:
+    the storage ids each host's agent declares it reaches (host -> ids)."""
     for name in names:
         lab_hosts.add(name)
-        lab_hosts.conn(name).defineXML(shared_xml())
-        lab_hosts.start_agent(name, **agent_settings)
+        lab_hosts.conn(name).defineXML(xml or shared_xml())
+        lab_hosts.start_agent(name, storage=(storage or {}).get(name, ()), **agent_settings)
 
 
 def running_on(lab_hosts, uuid=UUID):  # type: ignore[no-untyped-def]
@@ -142,13 +146,16 @@ def test_partitioned_host_self_fences_before_its_fence_expires(lab_hosts, store,
 
 
 @contextlib.contextmanager
-def ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
-    """The shared guest running on hv1 as an HA guest, hv2 ready, a manager running."""
-    hosts_with_guest(lab_hosts, ["hv1", "hv2"])
-    wait_registered(registry, ["hv1", "hv2"])
-    store.put(cfg.keys.guest_settings(UUID), encode(GuestSettings(UUID, "db", ha=True)))
+def ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, name="db", uuid=UUID,  # type: ignore[no-untyped-def]
+                                 storage=None):
+    """The shared guest running on hv1 as an HA guest, hv2 (or every host of ``storage``,
+    host -> storage ids it reaches) ready, a manager running."""
+    names = sorted(storage or ("hv1", "hv2"))
+    hosts_with_guest(lab_hosts, names, shared_xml(name, uuid), storage)
+    wait_registered(registry, names)
+    store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, name, ha=True)))
     client = IntentClient(store, cfg.keys)
-    assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+    assert client.wait(client.submit("hv1", "start", uuid, name), 30).state == "done"
     stop = threading.Event()
     mgr = threading.Thread(target=Manager(cfg, store, "m1", period=0.2).run, args=(stop,))
     mgr.start()
@@ -168,6 +175,26 @@ def test_ha_guest_restarted_elsewhere_after_power_off(lab_hosts, store, cfg, reg
                    what="HA restart on hv2")
     assert checker.overlaps == []
     assert fence_holder(store, cfg) == "hv2"
+
+
+@pytest.mark.parametrize("name", ["db", "cache", "dns"])
+def test_ha_restart_only_on_a_host_that_reaches_the_storage(lab_hosts, store, cfg, registry,  # type: ignore[no-untyped-def]
+                                                             name):
+    """hv2 cannot reach AoE shelf 9 (it declares shelf 8): when hv1 dies, its HA guest
+    comes back on hv3 or hv4, never on hv2. The hosts are alike, so the allocator's
+    tie-break decides: hv4 for db (hv2 without the storage filter), hv3 for cache."""
+    uuid = str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, name))
+    storage = {"hv1": ("aoe-e9.",), "hv2": ("aoe-e8.",), "hv3": ("aoe-e9.",),
+               "hv4": ("aoe-e9.",)}
+    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, name, uuid, storage), \
+            DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+        lab_hosts.stop_agent("hv1", kill=True)  # power off: agent gone, then its guests
+        lab_hosts.conn("hv1").lookupByUUIDString(uuid).destroy()
+        where = wait_until(lambda: running_on(lab_hosts, uuid), timeout=cfg.ttl + 10,
+                           what="HA restart")
+    assert where in (["hv3"], ["hv4"]), f"{name} restarted on {where}"
+    assert checker.overlaps == []
+    assert fence_holder(store, cfg) == where[0]
 
 
 def test_agent_restart_resumes_its_lease_and_keeps_ha_guests(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]

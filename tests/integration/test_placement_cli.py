@@ -135,3 +135,27 @@ def test_create_errors_define_nothing(fleet, store, cfg, registry, capsys, tmp_p
     assert libvirt_names(fleet) == before  # nothing was defined anywhere
     assert {g.name for g in registry.list_guests()[0]} == {"web"}
     assert store.list(cfg.keys.all_intents)[0] == []
+
+
+def test_start_without_on_goes_where_placement_says(fleet, store, cfg, registry, capsys):  # type: ignore[no-untyped-def]
+    # db (shelf 9) is defined on every host: hv3 cannot reach shelf 9, hv1 is draining,
+    # so only hv2 may start it; with hv2 draining too, nobody may.
+    xml = domain_xml("db", memory_mib=512, disk="/dev/etherd/e9.1", block=True)
+    for host in ("hv1", "hv2", "hv3"):
+        fleet.conn(host).defineXML(xml)
+    wait_until(lambda: len(registry.find_guest("db")) == 3, what="db on every host")
+    for host in ("hv1", "hv2"):
+        hostconf.set_draining(store, cfg.keys, host, True)
+    code, _, err = gridtool(cfg, capsys, "guest", "start", "db")
+    assert code == 7 and "no host can take db" in one_line_error(err)
+    assert "hv1: draining" in err and "hv2: draining" in err and "hv3: storage" in err
+    assert store.get(cfg.keys.fence("aoe-e9.1")) is None  # nothing was asked to start
+
+    hostconf.set_draining(store, cfg.keys, "hv2", False)
+    with DoubleRunChecker(lambda: fleet.conns) as checker:
+        code, _, err = gridtool(cfg, capsys, "guest", "start", "db")
+    assert code == 0, err
+    wait_until(lambda: {(g.host, g.state) for g in registry.find_guest("db")} ==
+               {("hv1", "shutoff"), ("hv2", "running"), ("hv3", "shutoff")},
+               what="db running on hv2 only")
+    assert checker.overlaps == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -14,27 +15,33 @@ from gridtool.hadecide import (
     Action,
     Attempt,
     Blocked,
-    Choice,
     GuestKind,
     GuestView,
-    LiveHost,
     MarkError,
     Pending,
     ReleaseFences,
     Restart,
     RestartLimits,
     Snapshot,
-    choose_most_free,
     decide,
 )
+from gridtool.placement import GuestNeeds, HostView, PlacementPolicy, Weigher, tiebreak
 
 HA, PINNED, NONE = GuestKind.HA, GuestKind.PINNED, GuestKind.NONE
 
 
 def guest(name: str = "vm1", host: str | None = "h9", state: str = "running",
           kind: GuestKind = HA, memory: int = 1024, volumes: Sequence[str] = ("vol1",),
-          desired: str = "running") -> GuestView:
-    return GuestView(f"u-{name}", name, host, state, memory, kind, tuple(volumes), desired)
+          desired: str = "running", **needs: Any) -> GuestView:
+    """A guest view; ``needs`` (storage, anti_affinity, vcpus, ...) become its GuestNeeds."""
+    wants = GuestNeeds(name, memory, **{"vcpus": 1, **needs}) if needs else None
+    return GuestView(f"u-{name}", name, host, state, memory, kind, tuple(volumes), desired,
+                     wants)
+
+
+def live(name: str, free: int, total: int = 8192, **kw: Any) -> HostView:
+    """A live host with ``free`` of ``total`` MiB free and 8 CPUs."""
+    return HostView(name, total, free, 8, **kw)
 
 
 def held_by(holder: str, g: GuestView, volume: str | None = None, rev: int = 3) -> Observed:
@@ -43,10 +50,10 @@ def held_by(holder: str, g: GuestView, volume: str | None = None, rev: int = 3) 
     return Observed(Fence(volume, holder, g.uuid, g.name, kind, 0), rev)
 
 
-HOSTS = (LiveHost("h1", 4096), LiveHost("h2", 8192), LiveHost("h3", 2048))
+HOSTS = (live("h1", 4096), live("h2", 8192), live("h3", 2048))
 
 
-def snap(*guests: GuestView, hosts: Sequence[LiveHost] = HOSTS, **kw: object) -> Snapshot:
+def snap(*guests: GuestView, hosts: Sequence[HostView] = HOSTS, **kw: object) -> Snapshot:
     return Snapshot(now=kw.pop("now", 10_000), hosts=tuple(hosts), guests=guests, **kw)
 
 
@@ -129,38 +136,93 @@ def test_restart_and_relocation_limits() -> None:
     assert isinstance(decide(snap(g, history={g.uuid: old}), limits)[0], Restart)
 
 
-def test_chooser_skips_down_draining_and_small_hosts_and_breaks_ties_by_name() -> None:
-    hosts = [LiveHost("a", 9000, up=False), LiveHost("b", 9000, draining=True),
-             LiveHost("d", 3000), LiveHost("c", 3000), LiveHost("e", 500)]
-    assert choose_most_free(guest(memory=1000), hosts) == Choice("c")
-    none = choose_most_free(guest(memory=4000), hosts)
-    assert none.host is None and "4000 MiB" in none.reason
+def test_allocator_skips_down_draining_and_small_hosts_and_breaks_ties_by_its_hash() -> None:
+    hosts = [live("a", 9000, 9000, up=False), live("b", 9000, 9000, draining=True),
+             live("d", 3000), live("c", 3000), live("e", 500)]
+    (action,) = decide(snap(guest(memory=1000), hosts=hosts))
+    assert isinstance(action, Restart)
+    assert action.on_host == min("cd", key=lambda h: tiebreak("vm1", h))
+    (none,) = decide(snap(guest(memory=4000), hosts=hosts))
+    assert none == Blocked("u-vm1", "vm1",
+                           "no host passes the filters (down on 1, draining on 1, memory on 3)")
 
 
 def test_one_round_accounts_for_its_own_placements() -> None:
-    hosts = (LiveHost("h1", 4096), LiveHost("h2", 6144))
-    a, b, c = guest("a", memory=4096), guest("b", memory=2048), guest("c", memory=2048)
+    hosts = (live("h1", 4096, 4096), live("h2", 6144, 6144))
+    a, b, c = guest("a", memory=4096), guest("b", memory=2048), guest("c", memory=1024)
     actions = decide(snap(a, b, c, hosts=hosts))
     assert [(x.name, getattr(x, "on_host", None)) for x in actions] == [
         ("a", "h2"), ("b", "h1"), ("c", "h1")]
     d = guest("d", memory=4096)
     last = decide(snap(a, b, c, d, hosts=hosts))[-1]
-    assert isinstance(last, Blocked) and last.reason.startswith("no capacity")
+    assert last == Blocked("u-d", "d", "no host passes the filters (memory on 2)")
 
 
-def test_custom_chooser_is_used_and_checked() -> None:
-    def last_host(g: GuestView, hosts: Sequence[LiveHost]) -> Choice:
-        return Choice(max(h.name for h in hosts))
+def test_one_round_keeps_anti_affinity_between_its_own_restarts() -> None:
+    hosts = (live("h1", 8192), live("h2", 4096), live("h3", 2048))
+    pair = [guest(n, memory=512, anti_affinity="db") for n in ("db1", "db2", "db3", "db4")]
+    actions = decide(snap(*pair, hosts=hosts))
+    assert sorted(a.on_host for a in actions if isinstance(a, Restart)) == ["h1", "h2", "h3"]
+    assert actions[-1] == Blocked("u-db4", "db4",
+                                  "no host passes the filters (anti-affinity on 3)")
 
-    assert decide(snap(guest()), choose=last_host)[0].on_host == "h3"  # type: ignore[union-attr]
-    assert decide(snap(guest()), choose=lambda g, h: Choice(None, "nope"))[0].reason == "nope"
-    with pytest.raises(ValueError, match="not a live host"):
-        decide(snap(guest()), choose=lambda g, h: Choice("h9"))
+
+def on_host(actions: tuple[Action, ...]) -> str:
+    (action,) = actions
+    assert isinstance(action, Restart), action
+    return action.on_host
+
+
+def test_placement_policy_and_vcpus_are_the_allocators() -> None:
+    assert on_host(decide(snap(guest()))) == "h2"  # spread: the emptiest host
+    assert on_host(decide(snap(guest()), policy=PlacementPolicy(Weigher.PACK))) == "h3"
+    hosts = (live("h1", 8192, vcpus_allocated=30), live("h2", 8192, vcpus_allocated=31))
+    assert on_host(decide(snap(guest(vcpus=2), hosts=hosts))) == "h1"  # 8 CPUs x 4 vCPUs
+
+
+def test_guest_needs_must_describe_the_guest() -> None:
+    assert guest().requirements() == GuestNeeds("vm1", 1024, 0)  # memory only
+    with pytest.raises(ValueError, match="another guest"):
+        GuestView("u", "vm1", None, "shutoff", 1024, HA, ("v",), "running",
+                  GuestNeeds("vm2", 1024, 1))
 
 
 def test_snapshot_refuses_duplicate_hosts() -> None:
     with pytest.raises(ValueError, match="duplicate"):
-        snap(hosts=(LiveHost("h1", 1), LiveHost("h1", 2)))
+        snap(hosts=(live("h1", 1), live("h1", 2)))
+
+
+# --------------------------------------------------------------------------- storage
+
+SHELF9 = frozenset({"aoe-e9."})
+
+
+@given(frees=st.lists(st.integers(0, 8192), min_size=4, max_size=4),
+       reaching=st.sets(st.sampled_from(["h1", "h2", "h3", "h4"]), min_size=2, max_size=2),
+       memory=st.integers(1, 8192))
+@settings(max_examples=300, deadline=None, database=None)
+def test_ha_restart_only_on_a_host_that_reaches_its_storage(
+        frees: list[int], reaching: set[str], memory: int) -> None:
+    """Two of four live hosts reach the guest's shared storage: it restarts on the emptier
+    of those two that has room, whatever the others have free, else it is Blocked."""
+    hosts = [live(f"h{i}", free, storage=SHELF9 if f"h{i}" in reaching else {"aoe-e8."})
+             for i, free in enumerate(frees, 1)]
+    (action,) = decide(snap(guest(memory=memory, storage=SHELF9), hosts=hosts))
+    fits = {h.name: h.free_memory_mib for h in hosts
+            if h.name in reaching and h.free_memory_mib >= memory}
+    if fits:
+        assert isinstance(action, Restart) and action.on_host in fits
+        assert fits[action.on_host] == max(fits.values())
+    else:
+        assert isinstance(action, Blocked) and "storage on 2" in action.reason
+
+
+def test_ha_guest_blocked_when_no_host_that_reaches_its_storage_has_room() -> None:
+    hosts = [live("h1", 512, storage=SHELF9), live("h2", 8192, storage={"aoe-e8."}),
+             live("h3", 1000, storage=SHELF9), live("h4", 8192)]
+    (action,) = decide(snap(guest(memory=1024, storage=SHELF9), hosts=hosts))
+    assert action == Blocked("u-vm1", "vm1",
+                             "no host passes the filters (memory on 2, storage on 2)")
 
 
 # --------------------------------------------------------------------------- properties
@@ -171,9 +233,13 @@ VOLS = ["v1", "v2", "v3", "v4", "v5"]
 
 @st.composite
 def snapshots(draw: st.DrawFn) -> Snapshot:
-    live = draw(st.lists(st.sampled_from(NAMES), unique=True))
-    hosts = [LiveHost(h, draw(st.integers(0, 8192)), draw(st.booleans()), draw(st.booleans()))
-             for h in live]
+    live_names = draw(st.lists(st.sampled_from(NAMES), unique=True))
+    hosts = []
+    for h in live_names:
+        free = draw(st.integers(0, 8192))
+        hosts.append(HostView(h, draw(st.integers(max(free, 1), 16384)), free,
+                              draw(st.integers(1, 8)), up=draw(st.booleans()),
+                              draining=draw(st.booleans())))
     guests = []
     for i in range(draw(st.integers(0, 6))):
         guests.append(GuestView(
