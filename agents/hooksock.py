@@ -185,15 +185,18 @@ class HookServer:
                          name=f"incoming-{guest.uuid[:8]}").start()
 
     def _follow(self, guest: GuestRef) -> None:
-        deadline = time.monotonic() + INCOMING_MAX_S
+        began = time.monotonic()
+        seen = False  # libvirt adds the incoming domain only after 'migrate begin'
         try:
-            while time.monotonic() < deadline:
+            while time.monotonic() < began + INCOMING_MAX_S:
                 time.sleep(0.1)
                 with contextlib.suppress(Exception):  # etcd or libvirt away: keep waiting
                     if may_start(self.host, guest, self.fencer.observe(guest.volumes)).allow:
                         break  # every fence is this host's now
-                    if self.domains.domain(guest.uuid) is None:
-                        break
+                    present = self.domains.domain(guest.uuid) is not None
+                    seen = seen or present
+                    if not present and (seen or time.monotonic() > began + EXPECT_S):
+                        break  # the migration failed: the guest is gone (or never came)
         finally:
             with self._lock:
                 self._arriving.pop(guest.uuid, None)
