@@ -21,7 +21,9 @@ from dataclasses import dataclass, field, replace
 
 import libvirt
 
+from agents.claims import GuestClaims
 from agents.fencer import Fencer, FenceRefused
+from agents.hooksock import HookServer
 from agents.intents import IntentWorker
 from agents.lease import HostLease, Watchdog
 from agents.libvirt_source import LibvirtSource
@@ -88,16 +90,21 @@ class Agent:
                                has_ha_guests=lambda: bool(self.fencer.ha_guests()),
                                may_pet=lambda: not self._adopting)
         self.fencer = Fencer(store, cfg.keys, self.host, lambda: self.lease.lease)
-        self.intents = IntentWorker(self)
-        self.readiness = ReadinessWatcher(lambda uuid: self.changes.put(("guest", uuid, None)))
+        # guests an intent or the fence hook works on, and guests judge() acts on
+        self.claims = GuestClaims()
+        self.hook_server: HookServer | None = None
+        if cfg.hook_socket:  # the libvirt fence hook asks us here
+            self.hook_server = HookServer(
+                cfg.hook_socket, host=self.host, rules=cfg.shared_rules, fencer=self.fencer,
+                claims=self.claims, domains=self.libvirt, on_change=self._look_again)
+        self.intents = IntentWorker(
+            host=self.host, store=store, keys=cfg.keys, domains=self.libvirt,
+            fencer=self.fencer, lease=self.lease, claims=self.claims,
+            images_dir=cfg.images_dir, on_change=self._look_again,
+            judge=lambda rec: self.judge(rec, clean_stop=None), hook=self.hook_server)
+        self.readiness = ReadinessWatcher(self._look_again)
         self.libvirt.readiness = self.readiness
         self.started_at = time.time()
-        self.busy: set[str] = set()  # guests an intent is working on
-        self.busy_lock = threading.Lock()
-        # guests judge() is acting on: intents wait for it (a judgement made on a stale
-        # view must not release a fence an intent has just used to start the guest)
-        self.judging: set[str] = set()
-        self.judged = threading.Condition(self.busy_lock)
         self._stopping = threading.Event()
         self._next_resync = 0.0
         self._libvirt_backoff = Backoff()
@@ -122,10 +129,8 @@ class Agent:
         self.lease.start()
         self.intents.start()
         self.readiness.start()
-        if self.cfg.hook_socket:  # the libvirt fence hook asks us here
-            from agents.hooksock import HookServer
-
-            self.hook_server = HookServer(self, self.cfg.hook_socket).start()
+        if self.hook_server is not None:
+            self.hook_server.start()
         if self.cfg.manager:
             from gridtool.manager import Manager
 
@@ -146,6 +151,8 @@ class Agent:
     def _shutdown(self) -> None:
         self.intents.stop()
         self.readiness.stop()
+        if self.hook_server is not None:
+            self.hook_server.stop()
         if self._intent_watch is not None:
             self._intent_watch.cancel()
         ha = self.fencer.ha_guests()
@@ -194,6 +201,10 @@ class Agent:
             self.resync()
             self._next_resync = now + self.cfg.resync_interval
         self._drain_changes(timeout=max(0.0, min(0.5, self._next_resync - time.monotonic())))
+
+    def _look_again(self, uuid: str) -> None:
+        """Have the main loop read ``uuid`` from libvirt again (and judge it)."""
+        self.changes.put(("guest", uuid, None))
 
     def _intent_event(self, ev: Event) -> None:
         if ev.kind == "put":
@@ -338,24 +349,14 @@ class Agent:
 
     @contextlib.contextmanager
     def _claimed(self, uuid: str) -> Iterator[bool]:
-        """Claim ``uuid`` for a fencing decision: False (skip it) while an intent works on
-        it; intents wait until the claim ends. libvirt errors end the decision quietly."""
-        with self.busy_lock:
-            if uuid in self.busy or uuid in self.judging:
-                claimed = False
-            else:
-                self.judging.add(uuid)
-                claimed = True
-        try:
-            yield claimed
-        except libvirt.libvirtError as exc:
-            log.warning("event=libvirt_error host=%s uuid=%s error=%s", self.host, uuid,
-                        _one_line(exc))
-        finally:
-            if claimed:
-                with self.judged:
-                    self.judging.discard(uuid)
-                    self.judged.notify_all()
+        """Claim ``uuid`` for a fencing decision (``GuestClaims.judging``): False (skip
+        it) while an intent or the hook works on it. libvirt errors end it quietly."""
+        with self.claims.judging(uuid) as claimed:
+            try:
+                yield claimed
+            except libvirt.libvirtError as exc:
+                log.warning("event=libvirt_error host=%s uuid=%s error=%s", self.host, uuid,
+                            _one_line(exc))
 
     def _judge(self, rec: GuestRecord, clean_stop: bool | None) -> None:
         ref = self.fencer.ref(rec)

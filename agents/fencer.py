@@ -11,16 +11,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from gridtool.fencestore import read_all_fences, read_fences, run_plan
 from gridtool.fencing import (
     AcquirePlan,
-    Expect,
     Fence,
     FenceKind,
     GuestRef,
     Observation,
     Observed,
     Refusal,
-    observe,
     plan_acquire,
     plan_handover,
     plan_release,
@@ -28,7 +27,7 @@ from gridtool.fencing import (
 from gridtool.keys import Keys
 from gridtool.model import GuestRecord
 from gridtool.records import GuestSettings, decode
-from gridtool.store import Compare, Delete, Put, Store
+from gridtool.store import Compare, Store
 
 log = logging.getLogger("gridtool.agent")
 
@@ -73,27 +72,20 @@ class Fencer:
         return GuestRef(guest.uuid, guest.name, kind or self.kind_of(guest.uuid), guest.volumes)
 
     def observe(self, volumes: Iterable[str]) -> dict[str, Observation]:
-        observed: dict[str, Observation] = {}
-        for volume in volumes:
-            item = self.store.get(self.keys.fence(volume))
-            observed[volume] = observe(volume, item.value if item else None,
-                                       item.mod_revision if item else 0)
-        return observed
+        return read_fences(self.store, self.keys, volumes)
 
     def refresh_held(self) -> dict[str, Fence]:
         """Re-read which fences this host holds (one range read)."""
-        items, _ = self.store.list(self.keys.fences)
+        observed, leases = read_all_fences(self.store, self.keys)
         held: dict[str, Fence] = {}
         tokens: dict[str, int] = {}
         stale: set[str] = set()
         lease = self._lease()
-        for item in items:
-            volume = item.key.removeprefix(self.keys.fences)
-            obs = observe(volume, item.value, item.mod_revision)
+        for volume, obs in observed.items():
             if isinstance(obs, Observed) and obs.fence.holder == self.host:
                 held[volume] = obs.fence
                 tokens[obs.fence.guest] = max(tokens.get(obs.fence.guest, 0), obs.mod_revision)
-                if obs.fence.kind is FenceKind.HA and item.lease != lease:
+                if obs.fence.kind is FenceKind.HA and leases[volume] != lease:
                     stale.add(obs.fence.guest)
         with self._lock:
             self.held, self.tokens, self.stale = held, tokens, stale
@@ -132,16 +124,7 @@ class Fencer:
                                    f"fence of {guest.name} keeps changing: try again"))
 
     def _run_acquire(self, plan: AcquirePlan) -> bool:
-        lease = self._lease()
-        compares, puts = [], []
-        for step in plan.steps:
-            key = self.keys.fence(step.volume)
-            compares.append(Compare(key, "create", 0) if step.expect is Expect.ABSENT
-                            else Compare(key, "mod", step.mod_revision))
-            if step.with_lease and not lease:
-                return False
-            puts.append(Put(key, step.value.encode(), lease if step.with_lease else None))
-        if not self.store.txn(compares, puts):
+        if not run_plan(self.store, self.keys, plan, self._lease()):
             return False
         with self._lock:
             for step in plan.steps:
@@ -181,13 +164,8 @@ class Fencer:
                 raise FenceRefused(Refusal(guest.uuid, guest.volumes[0], None,
                                            f"{target} has no live host record: cannot hand "
                                            f"the fences of {guest.name} to it"))
-            compares = [Compare(host_key, "create", host.create_revision)]
-            puts = []
-            for step in plan.steps:
-                key = self.keys.fence(step.volume)
-                compares.append(Compare(key, "mod", step.mod_revision))
-                puts.append(Put(key, step.value.encode(), host.lease if step.with_lease else None))
-            if not self.store.txn(compares, puts):
+            guard = [Compare(host_key, "create", host.create_revision)]
+            if not run_plan(self.store, self.keys, plan, host.lease, guard):
                 continue  # a fence or the target's record changed: read again
             with self._lock:
                 for step in plan.steps:
@@ -207,10 +185,7 @@ class Fencer:
         plan = plan_release(self.host, guest, self.observe(guest.volumes))
         if plan.empty:
             return []
-        keys = [self.keys.fence(s.volume) for s in plan.steps]
-        ok = self.store.txn([Compare(k, "mod", s.mod_revision)
-                             for k, s in zip(keys, plan.steps, strict=True)],
-                            [Delete(k) for k in keys])
+        ok = run_plan(self.store, self.keys, plan)
         with self._lock:
             for step in plan.steps:
                 self.held.pop(step.volume, None)

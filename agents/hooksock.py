@@ -2,11 +2,12 @@
 every fence of this guest?" for ``agents/hook.py``.
 
 A request is one JSON line ``{"op", "sub", "name", "uuid", "xml"}``; the answer one JSON
-line ``{"allow": bool, "message": str}``. The guest's shared volumes come from its XML
-under the agent's storage rules (no shared disk: allowed). Allowed when the fencer holds
-every one of them for this guest; a positive local view is trusted for
-:data:`FRESH_S` seconds after etcd last confirmed it, otherwise (and whenever the local
-view says no) the fence keys are read from etcd.
+line ``{"allow": bool, "message": str}``. This module only gathers the facts: the guest's
+shared volumes (from its XML under the agent's storage rules), the observed fences and
+the incoming migration it expects, if any; the answer is ``gridtool.fencing.may_start``'s.
+It decides with the guest claimed (``agents.claims``: after a judgement of the guest in
+progress ends, and none starts meanwhile). Fences are read from etcd, except that a
+"held" read is reused for :data:`FRESH_S` seconds while the fencer still holds them.
 
 An incoming live migration (``migrate``) is allowed while the fences are still with the
 source only when this agent was told to expect it (a ``receive`` intent, submitted by
@@ -26,34 +27,47 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from agents.claims import GuestClaims
 from agents.hook import read_line
+from agents.ports import Domains, FenceView
 from gridtool.domxml import DomainXMLError, parse_domain
-from gridtool.fencing import Observed
-
-if TYPE_CHECKING:
-    from agents.agent import Agent
+from gridtool.fencing import Expected, FenceKind, GuestRef, Observation, StartOp, may_start
+from gridtool.storage import SharedStorageRules
 
 log = logging.getLogger("gridtool.agent")
 
 FRESH_S = 2.0  # how long an etcd-confirmed "held" answer is trusted without a read
 INCOMING_MAX_S = 900.0  # an incoming migration is given up on after this
 EXPECT_S = 60.0  # a 'receive' intent's acceptance lasts this long
+CLAIM_WAIT_S = 1.0  # a judgement of the guest in progress must end within this
 
 
 class HookServer:
-    """A daemon thread serving the fence hook on ``path``."""
+    """A daemon thread serving the fence hook on ``path`` for ``host``.
 
-    def __init__(self, agent: Agent, path: str) -> None:
-        self.agent = agent
+    ``fencer`` gives the fences held and fresh reads; ``claims`` the guest claims shared
+    with the agent; ``domains`` the host's libvirt (is an incoming guest still there?);
+    ``on_change(uuid)`` asks the agent to look at a guest again.
+    """
+
+    def __init__(self, path: str, *, host: str, rules: SharedStorageRules,
+                 fencer: FenceView, claims: GuestClaims, domains: Domains,
+                 on_change: Callable[[str], None]) -> None:
         self.path = path
+        self.host = host
+        self.rules = rules
+        self.fencer = fencer
+        self.claims = claims
+        self.domains = domains
+        self.on_change = on_change
         self._sock: socket.socket | None = None
-        self._confirmed: dict[str, float] = {}  # guest uuid -> when etcd said "held"
-        self._incoming: dict[str, str] = {}  # guest uuid -> source host
-        self._expected: dict[str, tuple[str, float]] = {}  # uuid -> (source, until)
+        # guest uuid -> (when etcd said "held", what it said)
+        self._confirmed: dict[str, tuple[float, dict[str, Observation]]] = {}
+        self._arriving: dict[str, str] = {}  # guest uuid -> source host
+        self._expected: dict[str, Expected] = {}
         self._lock = threading.Lock()
 
     def start(self) -> HookServer:
@@ -65,14 +79,24 @@ class HookServer:
         sock.listen(16)
         self._sock = sock
         threading.Thread(target=self._serve, name="hooksock", daemon=True).start()
-        log.info("event=hook_socket host=%s path=%s", self.agent.host, self.path)
+        log.info("event=hook_socket host=%s path=%s", self.host, self.path)
         return self
 
+    def stop(self) -> None:
+        """Stop answering (the serving thread ends) and remove the socket."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+            Path(self.path).unlink(missing_ok=True)
+
     def _serve(self) -> None:
-        assert self._sock is not None
+        sock = self._sock
+        assert sock is not None
         while True:
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = sock.accept()
             except OSError:
                 return
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
@@ -90,51 +114,60 @@ class HookServer:
             except Exception as exc:
                 allow, message = False, f"the agent could not decide ({exc})"
             log.info("event=hook_%s host=%s guest=%s op=%s message=%s",
-                     "allowed" if allow else "refused", self.agent.host,
+                     "allowed" if allow else "refused", self.host,
                      request.get("name", "?"), request.get("op", "?"), message)
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps({"allow": allow, "message": message}).encode() + b"\n")
 
-    # -- the decision --------------------------------------------------------
+    # -- the facts, and the rule's answer --------------------------------------
 
     def check(self, op: str, uuid: str, name: str, xml: str) -> tuple[bool, str]:
         """(allowed, why) for starting/restoring/receiving guest ``uuid`` here."""
         try:
-            spec = parse_domain(xml, self.agent.cfg.shared_rules)
+            spec = parse_domain(xml, self.rules)
         except DomainXMLError as exc:
             return False, f"its domain XML cannot be read ({exc})"
         volumes = tuple(sorted({d.volume for d in spec.disks if d.shared and d.volume}))
         if not volumes:
             return True, "not fenced"
-        host = self.agent.host
-        if self._held_locally(uuid, volumes):
-            return True, f"{host} holds its fences"
-        holders = self._holders(uuid, volumes)
-        if all(h == host for h in holders.values()):
-            with self._lock:
-                self._confirmed[uuid] = time.monotonic()
-            return True, f"{host} holds its fences"
-        source = self._accepts(op, uuid, holders)
-        if source:
-            return True, f"incoming live migration from {source}"
-        return False, describe(name, host, holders)
+        if not uuid:
+            return False, "its domain XML has no UUID"
+        guest = GuestRef(uuid, name or uuid, FenceKind.PINNED, volumes)  # kind: not asked
+        with self.claims.working(uuid, CLAIM_WAIT_S) as claimed:
+            if not claimed:
+                return False, f"{self.host}'s agent is judging it right now: try again"
+            return self._decide(op, guest)
 
-    def _held_locally(self, uuid: str, volumes: Iterable[str]) -> bool:
+    def _decide(self, op: str, guest: GuestRef) -> tuple[bool, str]:
+        now = time.monotonic()
+        cached = self._cached(guest, now)
+        observed = cached if cached is not None else self.fencer.observe(guest.volumes)
         with self._lock:
-            at = self._confirmed.get(uuid)
-        if at is None or time.monotonic() - at > FRESH_S:
-            return False
-        held = self.agent.fencer.held
-        return all(v in held and held[v].guest == uuid for v in volumes)
+            expected = self._expected.get(guest.uuid)
+            arriving = self._arriving.get(guest.uuid)
+            answer = may_start(self.host, guest, observed, op, expected, arriving, now)
+            source = answer.incoming_from
+            accepted = False
+            if source is not None and op == StartOp.MIGRATE:
+                # the expectation is used up: this migration is arriving now
+                del self._expected[guest.uuid]
+                self._arriving[guest.uuid] = source
+                accepted = True
+            elif answer.allow and source is None and cached is None:
+                self._confirmed[guest.uuid] = (now, dict(observed))
+        if accepted:
+            self._follow_arrival(guest)
+        return answer.allow, answer.reason
 
-    def _holders(self, uuid: str, volumes: Iterable[str]) -> dict[str, str | None]:
-        """Volume -> the host holding its fence for ``uuid`` (None: free, unreadable, or
-        held for another guest)."""
-        found: dict[str, str | None] = {}
-        for volume, obs in self.agent.fencer.observe(volumes).items():
-            found[volume] = (obs.fence.holder if isinstance(obs, Observed)
-                             and obs.fence.guest == uuid else None)
-        return found
+    def _cached(self, guest: GuestRef, now: float) -> dict[str, Observation] | None:
+        """The last "held" read of ``guest``'s fences if recent and the fencer still
+        holds every one of them, else None (read again)."""
+        with self._lock:
+            at, observed = self._confirmed.get(guest.uuid, (0.0, {}))
+        held = self.fencer.held
+        fresh = now - at <= FRESH_S and all(
+            v in held and held[v].guest == guest.uuid for v in guest.volumes)
+        return observed if fresh and set(observed) >= set(guest.volumes) else None
 
     # -- incoming live migrations ---------------------------------------------
 
@@ -142,57 +175,30 @@ class HookServer:
         """The ``receive`` intent: accept ONE incoming live migration of ``uuid`` from
         ``source`` within :data:`EXPECT_S` seconds (its fences still with ``source``)."""
         with self._lock:
-            self._expected[uuid] = (source, time.monotonic() + EXPECT_S)
+            self._expected[uuid] = Expected(source, time.monotonic() + EXPECT_S)
 
-    def _accepts(self, op: str, uuid: str, holders: dict[str, str | None]) -> str | None:
-        """The source host when this is an expected incoming migration (every fence held
-        by that source), else None. ``migrate`` consumes the expectation; the ``prepare``
-        that follows it is allowed while the migration runs."""
-        sources = set(holders.values())
-        if len(sources) != 1 or None in sources:
-            return None
-        (holder,) = sources
-        with self._lock:
-            if op in ("prepare", "restore") and self._incoming.get(uuid) == holder:
-                return holder
-            source, until = self._expected.get(uuid, ("", 0.0))
-            if op != "migrate" or source != holder or time.monotonic() > until:
-                return None
-            del self._expected[uuid]
-            self._incoming[uuid] = source
-        with self.agent.busy_lock:  # not an intruder while its fences are still away
-            self.agent.busy.add(uuid)
-        threading.Thread(target=self._follow, args=(uuid, tuple(holders)), daemon=True,
-                         name=f"incoming-{uuid[:8]}").start()
-        return holder
+    def _follow_arrival(self, guest: GuestRef) -> None:
+        """Keep the arriving guest busy (not judged an intruder while its fences are still
+        away) until they are here or it is gone again; then have it judged at once."""
+        self.claims.enter(guest.uuid, wait=0.0)  # we hold it already: no judgement runs
+        threading.Thread(target=self._follow, args=(guest,), daemon=True,
+                         name=f"incoming-{guest.uuid[:8]}").start()
 
-    def _follow(self, uuid: str, volumes: tuple[str, ...]) -> None:
-        """Until the fences are ours or the incoming guest is gone again (a failed
-        migration), keep it out of the agent's judgement; then judge it at once."""
-        deadline = time.monotonic() + INCOMING_MAX_S
+    def _follow(self, guest: GuestRef) -> None:
+        began = time.monotonic()
+        seen = False  # libvirt adds the incoming domain only after 'migrate begin'
         try:
-            while time.monotonic() < deadline:
+            while time.monotonic() < began + INCOMING_MAX_S:
                 time.sleep(0.1)
                 with contextlib.suppress(Exception):  # etcd or libvirt away: keep waiting
-                    if all(h == self.agent.host
-                           for h in self._holders(uuid, volumes).values()):
-                        break
-                    if self.agent.libvirt.domain(uuid) is None:
-                        break
+                    if may_start(self.host, guest, self.fencer.observe(guest.volumes)).allow:
+                        break  # every fence is this host's now
+                    present = self.domains.domain(guest.uuid) is not None
+                    seen = seen or present
+                    if not present and (seen or time.monotonic() > began + EXPECT_S):
+                        break  # the migration failed: the guest is gone (or never came)
         finally:
             with self._lock:
-                self._incoming.pop(uuid, None)
-            with self.agent.busy_lock:
-                self.agent.busy.discard(uuid)
-            self.agent.changes.put(("guest", uuid, None))
-
-
-def describe(name: str, host: str, holders: dict[str, str | None]) -> str:
-    """Why ``host`` may not run ``name``, naming whoever holds its fences."""
-    others = sorted({h for h in holders.values() if h and h != host})
-    free = sorted(v for v, h in holders.items() if h is None)
-    if others:
-        return (f"its fence is held by {', '.join(others)} (not by {host}); start it "
-                f"through gridtool ('gridtool guest start {name}') or migrate it")
-    return (f"{host} does not hold the fence of {', '.join(free)}; start it through "
-            f"gridtool ('gridtool guest start {name}')")
+                self._arriving.pop(guest.uuid, None)
+            self.claims.leave(guest.uuid)
+            self.on_change(guest.uuid)

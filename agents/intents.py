@@ -7,36 +7,53 @@ import os
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import libvirt
 
 from agents import images
+from agents.claims import GuestClaims
 from agents.fencer import FenceRefused
+from agents.livemigrate import LiveMigrator, receive
+from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
 from gridtool.cloneplan import ClonePlanError, check_name, golden_path, inside, template_disks
 from gridtool.errors import AuthError, RegistryUnavailable
 from gridtool.fencing import FenceKind
-from gridtool.model import DecodeError
-from gridtool.records import DomainDefinition, Intent, decode, encode
+from gridtool.keys import Keys
+from gridtool.model import DecodeError, GuestRecord
+from gridtool.records import DomainDefinition, Intent, IntentAction, decode, encode
+from gridtool.store import Store
 from gridtool.templates import forget_clone
-
-if TYPE_CHECKING:
-    from agents.agent import Agent
 
 log = logging.getLogger("gridtool.agent")
 
 FINISHED_KEEP_S = 600.0  # finished intents nobody collected are removed after this
+CLAIM_WAIT_S = 10.0  # a judgement of the guest in progress finishes first (at most this)
 
-
-class IntentFailed(Exception):
-    """The intent cannot be carried out; str() is the one-line reason."""
+__all__ = ["IntentFailed", "IntentWorker"]
 
 
 class IntentWorker:
-    """A thread that takes intents from a queue and runs them in order."""
+    """A thread that takes intents for ``host`` from a queue and runs them in order.
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    Collaborators: the ``store`` and ``keys`` the intents live in, the host's libvirt
+    (``domains``), its ``fencer`` and ``lease``, the guest ``claims`` shared with the
+    agent, ``images_dir`` for templates and clones, ``on_change(uuid)`` to have a guest
+    looked at again, ``judge(record)`` to judge one now, and the fence ``hook`` (None
+    when the host has none) for ``receive``.
+    """
+
+    def __init__(self, *, host: str, store: Store, keys: Keys, domains: Domains,
+                 fencer: FenceHolder, lease: LeaseView, claims: GuestClaims,
+                 images_dir: str, on_change: Callable[[str], None],
+                 judge: Callable[[GuestRecord], None], hook: Receiver | None = None) -> None:
+        self.host, self.store, self.keys = host, store, keys
+        self.domains, self.fencer, self.lease, self.claims = domains, fencer, lease, claims
+        self.images_dir, self.on_change, self.judge, self.hook = (images_dir, on_change,
+                                                                   judge, hook)
+        self.live = LiveMigrator(host=host, store=store, keys=keys, domains=domains,
+                                 fencer=fencer, lease=lease)
         self.queue: queue.Queue[str | None] = queue.Queue()
         self._queued: set[str] = set()
         self._lock = threading.Lock()
@@ -54,7 +71,7 @@ class IntentWorker:
         try:
             intent = decode(Intent, key, raw)
         except DecodeError as exc:
-            log.warning("event=corrupt_intent host=%s key=%s error=%s", self.agent.host, key,
+            log.warning("event=corrupt_intent host=%s key=%s error=%s", self.host, key,
                         exc.reason)
             return
         if intent.finished:
@@ -67,7 +84,7 @@ class IntentWorker:
 
     def catch_up(self) -> None:
         """On resync: queue unfinished intents the watch may have missed; drop stale ones."""
-        items, _ = self.agent.store.list(self.agent.keys.intents(self.agent.host))
+        items, _ = self.store.list(self.keys.intents(self.host))
         now = time.time()
         for item in items:
             try:
@@ -75,7 +92,7 @@ class IntentWorker:
             except DecodeError:
                 continue
             if intent.finished and now - intent.updated > FINISHED_KEEP_S:
-                self.agent.store.delete(item.key)
+                self.store.delete(item.key)
             elif not intent.finished:
                 self.offer(item.key, item.value)
 
@@ -87,69 +104,81 @@ class IntentWorker:
             try:
                 self._run(key)
             except (RegistryUnavailable, AuthError) as exc:
-                log.warning("event=intent_deferred host=%s key=%s error=%s", self.agent.host,
+                log.warning("event=intent_deferred host=%s key=%s error=%s", self.host,
                             key, exc)
             finally:
                 with self._lock:
                     self._queued.discard(key)
 
     def _run(self, key: str) -> None:
-        item = self.agent.store.get(key)
+        item = self.store.get(key)
         if item is None:
             return  # withdrawn
         intent = decode(Intent, key, item.value)
         if intent.finished:
             return
         self._write(key, intent, "running", "")
-        log.info("event=intent_start host=%s id=%s action=%s guest=%s", self.agent.host,
+        log.info("event=intent_start host=%s id=%s action=%s guest=%s", self.host,
                  intent.id, intent.action, intent.name)
-        with self.agent.judged:  # a judgement in progress on this guest finishes first
-            self.agent.judged.wait_for(lambda: intent.guest not in self.agent.judging, 10)
-            self.agent.busy.add(intent.guest)
-        try:
-            message = getattr(self, f"_do_{intent.action}")(intent)
-            state = "done"
-        except IntentFailed as exc:
-            state, message = "failed", str(exc)
-        except FenceRefused as exc:
-            state, message = "failed", f"refused: {exc}"
-        except libvirt.libvirtError as exc:
-            state, message = "failed", "libvirt: " + " ".join(str(exc).split())
-        except AttributeError:
+        handler = HANDLERS.get(intent.action) if isinstance(intent.action, IntentAction) \
+            else None
+        if handler is None:
             state, message = "failed", f"unknown action {intent.action!r}"
-        finally:
-            with self.agent.busy_lock:
-                self.agent.busy.discard(intent.guest)
+        else:
+            state, message = self._carry_out(handler, intent)
         self._write(key, intent, state, message)
         log.info("event=intent_%s host=%s id=%s action=%s guest=%s message=%s", state,
-                 self.agent.host, intent.id, intent.action, intent.name, message)
-        self.agent.changes.put(("guest", intent.guest, None))
+                 self.host, intent.id, intent.action, intent.name, message)
+        self.on_change(intent.guest)
+
+    def _carry_out(self, handler: Handler, intent: Intent) -> tuple[str, str]:
+        """Run ``handler`` (with the guest busy unless it judges it itself): the state and
+        message to write. Registry trouble propagates (the intent is retried later); any
+        other error fails the intent with what it was."""
+        if handler.claims:  # a judgement in progress on this guest finishes first
+            self.claims.enter(intent.guest, CLAIM_WAIT_S)
+        try:
+            return "done", handler.run(self, intent)
+        except IntentFailed as exc:
+            return "failed", str(exc)
+        except FenceRefused as exc:
+            return "failed", f"refused: {exc}"
+        except libvirt.libvirtError as exc:
+            return "failed", "libvirt: " + " ".join(str(exc).split())
+        except (RegistryUnavailable, AuthError):
+            raise
+        except Exception as exc:
+            log.exception("event=intent_error host=%s id=%s action=%s guest=%s", self.host,
+                          intent.id, intent.action, intent.name)
+            return "failed", f"{intent.action} failed on {self.host}: " \
+                f"{type(exc).__name__}: {exc}"
+        finally:
+            if handler.claims:
+                self.claims.leave(intent.guest)
 
     def _write(self, key: str, intent: Intent, state: str, message: str) -> None:
-        from dataclasses import replace
-
-        self.agent.store.put(key, encode(replace(intent, state=state, message=message,
+        self.store.put(key, encode(replace(intent, state=state, message=message,
                                                  updated=time.time())))
 
     # -- actions -------------------------------------------------------------
 
     def _domain(self, intent: Intent) -> libvirt.virDomain:
-        dom = self.agent.libvirt.domain(intent.guest)
+        dom = self.domains.domain(intent.guest)
         if dom is not None:
             return dom
-        item = self.agent.store.get(self.agent.keys.domain(intent.guest))
+        item = self.store.get(self.keys.domain(intent.guest))
         if item is None:
-            raise IntentFailed(f"guest {intent.name} is not defined on {self.agent.host} "
+            raise IntentFailed(f"guest {intent.name} is not defined on {self.host} "
                                "and the registry has no definition of it")
         definition = decode(DomainDefinition, item.key, item.value)
-        log.info("event=guest_defined host=%s guest=%s from=registry", self.agent.host,
+        log.info("event=guest_defined host=%s guest=%s from=registry", self.host,
                  intent.name)
-        return self.agent.libvirt.define(definition.xml)
+        return self.domains.define(definition.xml)
 
-    def _record(self, intent: Intent):  # type: ignore[no-untyped-def]
-        rec = self.agent.libvirt.guest(intent.guest, self.agent.host)
+    def _record(self, intent: Intent) -> GuestRecord:
+        rec = self.domains.guest(intent.guest, self.host)
         if rec is None:
-            raise IntentFailed(f"guest {intent.name} vanished from {self.agent.host}")
+            raise IntentFailed(f"guest {intent.name} vanished from {self.host}")
         return rec
 
     def _do_start(self, intent: Intent) -> str:
@@ -157,21 +186,21 @@ class IntentWorker:
         rec = self._record(intent)
         token = 0
         if rec.fenced:
-            ref = self.agent.fencer.ref(rec)
-            if ref.kind is FenceKind.HA and not self.agent.lease.arm():
-                raise IntentFailed(f"{self.agent.host}'s lease is not healthy: "
+            ref = self.fencer.ref(rec)
+            if ref.kind is FenceKind.HA and not self.lease.arm():
+                raise IntentFailed(f"{self.host}'s lease is not healthy: "
                                    "refusing to take an HA fence")
-            token = self.agent.fencer.acquire(ref)
+            token = self.fencer.acquire(ref)
         if dom.isActive():
-            return f"{intent.name} already running on {self.agent.host}"
+            return f"{intent.name} already running on {self.host}"
         try:
             dom.create()
         except libvirt.libvirtError:
             if rec.fenced:
-                self.agent.fencer.release(self.agent.fencer.ref(rec))
+                self.fencer.release(self.fencer.ref(rec))
             raise
         suffix = f" (fence token {token})" if token else ""
-        return f"{intent.name} started on {self.agent.host}{suffix}"
+        return f"{intent.name} started on {self.host}{suffix}"
 
     def _do_stop(self, intent: Intent) -> str:
         dom = self._domain(intent)
@@ -183,35 +212,35 @@ class IntentWorker:
         if dom.isActive():
             dom.shutdown()
             how = "shut down"
-            if not self.agent.libvirt.wait_stopped(dom, timeout):
+            if not self.domains.wait_stopped(dom, timeout):
                 dom.destroy()
                 how = f"destroyed after {timeout:g} s without shutting down"
         if target:
-            return f"{intent.name} {how} on {self.agent.host}" + self._handover(
+            return f"{intent.name} {how} on {self.host}" + self._handover(
                 intent, str(target), how)
         self._release(intent)
-        return f"{intent.name} {how} on {self.agent.host}"
+        return f"{intent.name} {how} on {self.host}"
 
     def _publish_definition(self, intent: Intent, dom: libvirt.virDomain) -> None:
         """Put the guest's inactive XML in ``domains/<uuid>`` (agents keep it only for
         fenced guests; a migrating unfenced guest needs it too)."""
-        xml = self.agent.libvirt.inactive_xml(dom)
-        self.agent.store.put(self.agent.keys.domain(intent.guest), encode(DomainDefinition(
-            intent.guest, intent.name, xml, self.agent.host, time.time())))
+        xml = self.domains.inactive_xml(dom)
+        self.store.put(self.keys.domain(intent.guest), encode(DomainDefinition(
+            intent.guest, intent.name, xml, self.host, time.time())))
 
     def _handover(self, intent: Intent, target: str, how: str) -> str:
         """The guest is off: pass its fences to ``target`` (one transaction) instead of
         releasing them; if that is refused, release them and fail the intent."""
-        rec = self.agent.libvirt.guest(intent.guest, self.agent.host)
+        rec = self.domains.guest(intent.guest, self.host)
         if rec is None or not rec.fenced:
             return ""
-        ref = self.agent.fencer.ref(rec)
+        ref = self.fencer.ref(rec)
         try:
-            token = self.agent.fencer.handover(ref, target)
+            token = self.fencer.handover(ref, target)
         except FenceRefused as exc:
-            released = self.agent.fencer.release(ref)
+            released = self.fencer.release(ref)
             raise IntentFailed(
-                f"{intent.name} {how} on {self.agent.host}, but its fences could not be "
+                f"{intent.name} {how} on {self.host}, but its fences could not be "
                 f"handed to {target} ({exc})"
                 + ("; released them" if released else "")) from None
         return f"; fences handed to {target} (token {token})" if token else ""
@@ -221,7 +250,7 @@ class IntentWorker:
         if dom.isActive():
             dom.destroy()
         self._release(intent)
-        return f"{intent.name} destroyed on {self.agent.host}"
+        return f"{intent.name} destroyed on {self.host}"
 
     def _do_restart(self, intent: Intent) -> str:
         self._do_stop(intent)
@@ -229,43 +258,36 @@ class IntentWorker:
 
     def _do_migrate(self, intent: Intent) -> str:
         """Live-migrate to ``params['to']``, fences handed over at switchover."""
-        from agents.livemigrate import live_migrate
-
-        return live_migrate(self, intent)
+        return self.live.migrate(intent, lambda: self._record(intent))
 
     def _do_receive(self, intent: Intent) -> str:
         """Accept one incoming live migration of the guest from ``params['from']``."""
-        from agents.livemigrate import receive
-
-        return receive(self, intent)
+        return receive(self.hook, self.host, intent)
 
     def _do_refresh(self, intent: Intent) -> str:
         """Settings changed (HA on/off): judge the guest again, re-putting its fences."""
-        rec = self._record(intent)
-        with self.agent.busy_lock:
-            self.agent.busy.discard(intent.guest)
-        self.agent.judge(rec, clean_stop=None)
-        return f"{intent.name} refreshed on {self.agent.host}"
+        self.judge(self._record(intent))
+        return f"{intent.name} refreshed on {self.host}"
 
     def _do_define(self, intent: Intent) -> str:
         xml = intent.params.get("xml")
         if not isinstance(xml, str):
             raise IntentFailed("define needs the domain XML")
-        dom = self.agent.libvirt.define(xml)
-        return f"{dom.name()} defined on {self.agent.host} as {dom.UUIDString()}"
+        dom = self.domains.define(xml)
+        return f"{dom.name()} defined on {self.host} as {dom.UUIDString()}"
 
     def _do_undefine(self, intent: Intent) -> str:
         dom = self._domain(intent)
         if dom.isActive():
-            raise IntentFailed(f"{intent.name} is running on {self.agent.host}: stop it first")
+            raise IntentFailed(f"{intent.name} is running on {self.host}: stop it first")
         self._release(intent)
         dom.undefine()
-        return f"{intent.name} undefined on {self.agent.host}"
+        return f"{intent.name} undefined on {self.host}"
 
     def _release(self, intent: Intent) -> None:
-        rec = self.agent.libvirt.guest(intent.guest, self.agent.host)
+        rec = self.domains.guest(intent.guest, self.host)
         if rec is not None and rec.fenced:
-            self.agent.fencer.release(self.agent.fencer.ref(rec))
+            self.fencer.release(self.fencer.ref(rec))
 
     # -- templates and clones (gridtool.clone) --------------------------------
     # Results the caller needs (XML, image paths, phase timings) go back in
@@ -274,9 +296,9 @@ class IntentWorker:
     def _do_template(self, intent: Intent) -> str:
         """Freeze the guest's disks into read-only golden images under images_dir (a
         running guest is paused meanwhile, so the copies are crash-consistent)."""
-        name, images_dir = str(intent.params.get("template", "")), self.agent.cfg.images_dir
+        name, images_dir = str(intent.params.get("template", "")), self.images_dir
         dom = self._domain(intent)
-        xml = self.agent.libvirt.inactive_xml(dom)
+        xml = self.domains.inactive_xml(dom)
         try:
             disks = template_disks(xml)
             check_name("template", name)
@@ -308,14 +330,14 @@ class IntentWorker:
                 dom.resume()
         intent.params["result"] = {"xml": xml, "images": golden, "images_dir": images_dir,
                                    "disks": [d.target for d in disks]}
-        return f"{intent.name}: {len(disks)} disk(s) frozen as template {name} on {self.agent.host}"
+        return f"{intent.name}: {len(disks)} disk(s) frozen as template {name} on {self.host}"
 
     def _do_remove_template(self, intent: Intent) -> str:
         """Delete a template's golden images (the caller checked no clone uses them)."""
         name = str(intent.params.get("template", ""))
         try:
             check_name("template", name)
-            gone = images.remove_template(self.agent.cfg.images_dir, name)
+            gone = images.remove_template(self.images_dir, name)
         except (ClonePlanError, images.ImageError, OSError) as exc:
             raise IntentFailed(f"template {name}: {exc}") from None
         return f"golden images of {name} " + ("deleted" if gone else "were already gone")
@@ -323,12 +345,12 @@ class IntentWorker:
     def _do_clone(self, intent: Intent) -> str:
         """Make a clone: a qcow2 overlay per disk on its golden image, define the rewritten
         XML, start it (unless ``start`` is false). A failure removes what it made."""
-        params, host = intent.params, self.agent.host
+        params, host = intent.params, self.host
         xml, overlays = params.get("xml"), params.get("overlays")
         if not isinstance(xml, str) or not isinstance(overlays, dict):
             raise IntentFailed("clone needs the domain XML and the overlays")
-        conn = self.agent.libvirt._require()
-        leftover = self.agent.libvirt.domain(intent.guest)
+        conn = self.domains.connection()
+        leftover = self.domains.domain(intent.guest)
         stale = [str(s.get("path")) for s in overlays.values()
                  if isinstance(s, dict) and os.path.lexists(str(s.get("path")))]
         if leftover is not None or stale:  # the UUID is new: only an earlier attempt at
@@ -340,12 +362,12 @@ class IntentWorker:
         try:
             began = time.monotonic()
             for spec in overlays.values():
-                images.create_overlay(conn, self.agent.cfg.images_dir, str(spec["path"]),
+                images.create_overlay(conn, self.images_dir, str(spec["path"]),
                                       str(spec["backing"]))
                 made.append(str(spec["path"]))
             timings["overlay"] = time.monotonic() - began
             began = time.monotonic()
-            dom = self.agent.libvirt.define(xml)
+            dom = self.domains.define(xml)
             timings["define"] = time.monotonic() - began
             if params.get("start", True):
                 began = time.monotonic()
@@ -368,23 +390,23 @@ class IntentWorker:
                     dom.destroy()
                 dom.undefine()
         except libvirt.libvirtError as exc:
-            log.error("event=clone_undo_failed host=%s error=%s", self.agent.host,
+            log.error("event=clone_undo_failed host=%s error=%s", self.host,
                       " ".join(str(exc).split()))
         for path in made:
             try:
-                images.delete_overlay(conn, self.agent.cfg.images_dir, path)
+                images.delete_overlay(conn, self.images_dir, path)
             except images.ImageError as exc:
-                log.error("event=clone_undo_failed host=%s error=%s", self.agent.host, exc)
+                log.error("event=clone_undo_failed host=%s error=%s", self.host, exc)
 
     def _do_remove_clone(self, intent: Intent) -> str:
         """Destroy and undefine a clone, delete its overlays, forget its records."""
-        images_dir, params = self.agent.cfg.images_dir, intent.params
+        images_dir, params = self.images_dir, intent.params
         clones_dir = os.path.join(images_dir, "clones")
         overlays = {str(p) for p in params.get("overlays") or []}
-        conn = self.agent.libvirt._require()
-        dom = self.agent.libvirt.domain(intent.guest)
+        conn = self.domains.connection()
+        dom = self.domains.domain(intent.guest)
         if dom is not None:
-            sources = images.disk_sources(self.agent.libvirt.inactive_xml(dom))
+            sources = images.disk_sources(self.domains.inactive_xml(dom))
             overlays |= {p for p in sources if inside(p, clones_dir)}
             if dom.isActive():
                 dom.destroy()
@@ -398,7 +420,33 @@ class IntentWorker:
             raise IntentFailed(str(exc)) from None
         if params.get("template"):  # (pool membership is the caller's: hosts cannot write
             # pools/, and a pool forgets a member at once when it asks for its removal)
-            forget_clone(self.agent.store, self.agent.keys, str(params["template"]),
+            forget_clone(self.store, self.keys, str(params["template"]),
                          intent.guest)
-        return (f"{intent.name} removed from {self.agent.host} "
+        return (f"{intent.name} removed from {self.host} "
                 f"({len(deleted)} overlay(s) deleted)")
+
+
+@dataclass(frozen=True)
+class Handler:
+    """How the worker carries out one action: ``run(worker, intent)`` returns the outcome
+    line; ``claims``: the guest is busy meanwhile (refresh judges it itself instead)."""
+
+    run: Callable[[IntentWorker, Intent], str]
+    claims: bool = True
+
+
+HANDLERS: dict[IntentAction, Handler] = {
+    IntentAction.START: Handler(IntentWorker._do_start),
+    IntentAction.STOP: Handler(IntentWorker._do_stop),
+    IntentAction.DESTROY: Handler(IntentWorker._do_destroy),
+    IntentAction.RESTART: Handler(IntentWorker._do_restart),
+    IntentAction.DEFINE: Handler(IntentWorker._do_define),
+    IntentAction.UNDEFINE: Handler(IntentWorker._do_undefine),
+    IntentAction.REFRESH: Handler(IntentWorker._do_refresh, claims=False),
+    IntentAction.MIGRATE: Handler(IntentWorker._do_migrate),
+    IntentAction.RECEIVE: Handler(IntentWorker._do_receive),
+    IntentAction.TEMPLATE: Handler(IntentWorker._do_template),
+    IntentAction.REMOVE_TEMPLATE: Handler(IntentWorker._do_remove_template),
+    IntentAction.CLONE: Handler(IntentWorker._do_clone),
+    IntentAction.REMOVE_CLONE: Handler(IntentWorker._do_remove_clone),
+}

@@ -111,6 +111,10 @@ class LibvirtSource:
             raise libvirt.libvirtError("not connected to libvirt")
         return self._conn
 
+    def connection(self) -> libvirt.virConnect:
+        """The open connection; libvirtError when not connected."""
+        return self._require()
+
     # -- descriptions --------------------------------------------------------
 
     def node(self) -> dict:

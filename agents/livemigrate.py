@@ -25,19 +25,22 @@ import contextlib
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import libvirt
 
 from agents.fencer import FenceRefused
-from gridtool.fencing import Observed, Refusal, plan_handover
+from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
+from gridtool.fencestore import run_plan
+from gridtool.fencing import GuestRef, Observed, Refusal, plan_handover
+from gridtool.keys import Keys
 from gridtool.migration import job_progress
+from gridtool.model import GuestRecord
 from gridtool.records import Intent, encode
-from gridtool.store import Compare, Put
-
-if TYPE_CHECKING:
-    from agents.intents import IntentWorker
+from gridtool.registry import Registry
+from gridtool.store import Store
 
 BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
               | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
@@ -47,55 +50,65 @@ SWITCH_POLL_S = 0.01
 log = logging.getLogger("gridtool.agent")
 
 
-def live_migrate(worker: IntentWorker, intent: Intent) -> str:
-    """Carry out one ``migrate`` intent; the one-line outcome (raises to fail it)."""
-    from agents.intents import IntentFailed
+class LiveMigrator:
+    """The source's side of live migrations from ``host``: its libvirt (``domains``), its
+    fencer and lease, and the store the intent's progress is written to."""
 
-    agent = worker.agent
-    target = str(intent.params.get("to") or "")
-    if not target or target == agent.host:
-        raise IntentFailed(f"live migration of {intent.name} needs another destination host")
-    dom = agent.libvirt.domain(intent.guest)
-    if dom is None or not dom.isActive():
-        raise IntentFailed(f"{intent.name} is not running on {agent.host}: nothing to "
-                           "live-migrate (use a cold migration)")
-    rec = worker._record(intent)
-    ref = agent.fencer.ref(rec) if rec.fenced else None
-    if ref is not None:
-        agent.fencer.acquire(ref)  # ours already: confirms it before anything moves
-    dest_uri = agent.registry.get_host(target).libvirt_uri
-    address = urlsplit(dest_uri).hostname or target
-    flags = BASE_FLAGS | (libvirt.VIR_MIGRATE_UNSAFE if unsafe_disks(rec) else 0)
-    began = time.monotonic()
-    reporter = _Progress(worker, intent, dom)
-    switch = _Switchover(agent, ref, target, dom)
-    reporter.start()
-    switch.start()
-    try:
-        dom.migrateToURI3(dest_uri, {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{address}"}, flags)
-    except libvirt.libvirtError as exc:
-        switch.stop()
+    def __init__(self, *, host: str, store: Store, keys: Keys, domains: Domains,
+                 fencer: FenceHolder, lease: LeaseView) -> None:
+        self.host, self.store, self.keys = host, store, keys
+        self.domains, self.fencer, self.lease = domains, fencer, lease
+
+    def migrate(self, intent: Intent, record: Callable[[], GuestRecord]) -> str:
+        """Carry out one ``migrate`` intent (``record()`` reads the guest's record); the
+        one-line outcome (raises IntentFailed to fail it)."""
+        target = str(intent.params.get("to") or "")
+        if not target or target == self.host:
+            raise IntentFailed(f"live migration of {intent.name} needs another destination "
+                               "host")
+        dom = self.domains.domain(intent.guest)
+        if dom is None or not dom.isActive():
+            raise IntentFailed(f"{intent.name} is not running on {self.host}: nothing to "
+                               "live-migrate (use a cold migration)")
+        rec = record()
+        ref = self.fencer.ref(rec) if rec.fenced else None
+        if ref is not None:
+            self.fencer.acquire(ref)  # ours already: confirms it before anything moves
+        dest_uri = Registry(self.store, self.keys).get_host(target).libvirt_uri
+        address = urlsplit(dest_uri).hostname or target
+        flags = BASE_FLAGS | (libvirt.VIR_MIGRATE_UNSAFE if unsafe_disks(rec) else 0)
+        began = time.monotonic()
+        reporter = _Progress(self.store, self.keys.intent(intent.host, intent.id), intent, dom)
+        switch = _Switchover(self, ref, target, dom)
+        reporter.start()
+        switch.start()
+        try:
+            dom.migrateToURI3(dest_uri, {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{address}"},
+                              flags)
+        except libvirt.libvirtError as exc:
+            switch.stop()
+            reporter.stop()
+            why = " ".join(str(exc).split())
+            if not _active(dom):
+                raise IntentFailed(f"live migration of {intent.name} to {target} ended with "
+                                   f"an error ({why}): it is NOT running on {self.host}; "
+                                   + switch.where()) from None
+            back = switch.take_back()  # libvirt resumed it here: its fences come back
+            raise IntentFailed(f"live migration of {intent.name} to {target} failed ({why}):"
+                               f" it still runs on {self.host}"
+                               + (" with its fences" if ref is not None and back else "")
+                               + ("" if back else "; " + switch.where())) from None
+        transfer = time.monotonic() - began
         reporter.stop()
-        why = " ".join(str(exc).split())
-        if not _active(dom):
-            raise IntentFailed(f"live migration of {intent.name} to {target} ended with an "
-                               f"error ({why}): it is NOT running on {agent.host}; "
-                               + switch.where()) from None
-        back = switch.take_back()  # libvirt resumed it here: its fences come back
-        raise IntentFailed(f"live migration of {intent.name} to {target} failed ({why}): "
-                           f"it still runs on {agent.host}"
-                           + (" with its fences" if ref is not None and back else "")
-                           + ("" if back else "; " + switch.where())) from None
-    transfer = time.monotonic() - began
-    reporter.stop()
-    switch.finish()  # libvirt is done: hand over now unless the watcher already did
-    if switch.error:
-        raise IntentFailed(f"{intent.name} runs on {target}, but its fences could not be "
-                           f"handed over ({switch.error}): {target}'s agent takes them when "
-                           f"{agent.host} releases them")
-    fence = (f"; fences handed to {target} in {switch.handover_s * 1000:.0f} ms at "
-             f"switchover (token {switch.token})" if ref is not None else "")
-    return f"{intent.name} live-migrated from {agent.host} to {target} in {transfer:.2f} s{fence}"
+        switch.finish()  # libvirt is done: hand over now unless the watcher already did
+        if switch.error:
+            raise IntentFailed(f"{intent.name} runs on {target}, but its fences could not "
+                               f"be handed over ({switch.error}): {target}'s agent takes "
+                               f"them when {self.host} releases them")
+        fence = (f"; fences handed to {target} in {switch.handover_s * 1000:.0f} ms at "
+                 f"switchover (token {switch.token})" if ref is not None else "")
+        return (f"{intent.name} live-migrated from {self.host} to {target} in "
+                f"{transfer:.2f} s{fence}")
 
 
 class _Switchover:
@@ -105,9 +118,9 @@ class _Switchover:
     all, libvirt resumes it here and :meth:`take_back` returns the fences (compared
     against the very revision the handover wrote)."""
 
-    def __init__(self, agent, ref, target: str,  # type: ignore[no-untyped-def]
+    def __init__(self, side: LiveMigrator, ref: GuestRef | None, target: str,
                  source: libvirt.virDomain) -> None:
-        self.agent, self.ref, self.target, self.source = agent, ref, target, source
+        self.side, self.ref, self.target, self.source = side, ref, target, source
         self.token, self.handover_s = 0, 0.0
         self.error = ""
         self.handed = False
@@ -144,7 +157,7 @@ class _Switchover:
                 return
             began = time.monotonic()
             try:
-                self.token = self.agent.fencer.handover(self.ref, self.target)
+                self.token = self.side.fencer.handover(self.ref, self.target)
             except FenceRefused as exc:
                 self.error = str(exc)
                 return
@@ -161,15 +174,12 @@ class _Switchover:
                 return True
             if not self.handed:
                 return not self.error
-            fencer, keys = self.agent.fencer, self.agent.keys
+            side, fencer = self.side, self.side.fencer
             observed = fencer.observe(self.ref.volumes)
-            plan = plan_handover(self.target, self.agent.host, self.ref, observed, time.time())
-            lease = self.agent.lease.lease
+            plan = plan_handover(self.target, side.host, self.ref, observed, time.time())
             ok = not isinstance(plan, Refusal) and all(
-                s.mod_revision == self.token for s in plan.steps) and self.agent.store.txn(
-                [Compare(keys.fence(s.volume), "mod", s.mod_revision) for s in plan.steps],
-                [Put(keys.fence(s.volume), s.value.encode(), lease if s.with_lease else None)
-                 for s in plan.steps])
+                s.mod_revision == self.token for s in plan.steps) and run_plan(
+                side.store, side.keys, plan, side.lease.lease)
             if ok:
                 fencer.refresh_held()
             else:  # the destination released them already (its guest died): take them anew
@@ -186,29 +196,25 @@ class _Switchover:
         """Where the fences are, for a failure message."""
         if self.ref is None:
             return "it has no fences"
-        holders = {o.fence.holder for o in self.agent.fencer.observe(self.ref.volumes).values()
+        holders = {o.fence.holder for o in self.side.fencer.observe(self.ref.volumes).values()
                    if isinstance(o, Observed)}
         return f"its fences are held by {', '.join(sorted(holders)) or 'nobody'}"
 
 
-def receive(worker: IntentWorker, intent: Intent) -> str:
+def receive(hook: Receiver | None, host: str, intent: Intent) -> str:
     """The destination's side: let the fence hook accept ONE incoming migration of the
     guest from ``params['from']`` (which must hold its fences) within a minute."""
-    from agents.intents import IntentFailed
-
-    agent = worker.agent
     source = str(intent.params.get("from") or "")
-    server = getattr(agent, "hook_server", None)
-    if server is None:
-        raise IntentFailed(f"{agent.host} has no fence hook (setting 'hook_socket'): it "
+    if hook is None:
+        raise IntentFailed(f"{host} has no fence hook (setting 'hook_socket'): it "
                            f"cannot check an incoming live migration of {intent.name}")
-    if not source or source == agent.host:
+    if not source or source == host:
         raise IntentFailed(f"receiving {intent.name} needs the source host")
-    server.expect(intent.guest, source)
-    return f"{agent.host} expects {intent.name} from {source}"
+    hook.expect(intent.guest, source)
+    return f"{host} expects {intent.name} from {source}"
 
 
-def unsafe_disks(rec) -> bool:  # type: ignore[no-untyped-def]
+def unsafe_disks(rec: GuestRecord) -> bool:
     """True when a shared disk is a plain file (libvirt cannot tell it is shared)."""
     return any(d.shared and d.kind == "file" for d in rec.disks)
 
@@ -221,10 +227,10 @@ def _active(dom: libvirt.virDomain) -> bool:
 
 
 class _Progress:
-    """Writes the libvirt job's memory progress into the intent while it runs."""
+    """Writes the libvirt job's memory progress into the intent at ``key`` while it runs."""
 
-    def __init__(self, worker: IntentWorker, intent: Intent, dom: libvirt.virDomain) -> None:
-        self.worker, self.intent, self.dom = worker, intent, dom
+    def __init__(self, store: Store, key: str, intent: Intent, dom: libvirt.virDomain) -> None:
+        self.store, self.key, self.intent, self.dom = store, key, intent, dom
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="migrate-progress", daemon=True)
 
@@ -236,10 +242,6 @@ class _Progress:
         self._thread.join(timeout=2)
 
     def _run(self) -> None:
-        from dataclasses import replace
-
-        store, keys = self.worker.agent.store, self.worker.agent.keys
-        key = keys.intent(self.intent.host, self.intent.id)
         last = ""
         while not self._stop.wait(PROGRESS_EVERY_S):
             with contextlib.suppress(libvirt.libvirtError):
@@ -250,6 +252,6 @@ class _Progress:
                 text = job_progress(int(stats.get("memory_remaining", total)), total)
                 if text != last:
                     with contextlib.suppress(Exception):
-                        store.put(key, encode(replace(self.intent, state="running",
-                                                      message=text, updated=time.time())))
+                        self.store.put(self.key, encode(replace(
+                            self.intent, state="running", message=text, updated=time.time())))
                     last = text

@@ -469,9 +469,85 @@ def judge_stopped(
                      f"pinned {guest.name} stopped uncleanly: keep fence {vols}")
 
 
-def may_start(host: str, guest: GuestRef, observed: Mapping[str, Observation]) -> bool:
-    """The libvirt hook's rule: start only if ``host`` holds every fence of ``guest``."""
+# --------------------------------------------------------------------------- the hook's rule
+
+
+class StartOp(StrEnum):
+    """What libvirt asks the fence hook about (``hooks/qemu NAME OP begin``)."""
+
+    PREPARE = "prepare"  # any start, and the start of an incoming migration
+    RESTORE = "restore"  # a start from a saved image
+    MIGRATE = "migrate"  # an incoming live migration begins
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A ``receive`` intent told this host to accept ONE incoming live migration of the
+    guest from ``source`` until ``until`` (the shell's clock)."""
+
+    source: str
+    until: float
+
+
+@dataclass(frozen=True)
+class StartAnswer:
+    """The hook's answer: allowed or not, one line why, and for an incoming migration the
+    host it comes from (``op`` MIGRATE: the shell consumes the expectation and treats the
+    guest as arriving until its fences are here or it is gone)."""
+
+    allow: bool
+    reason: str
+    incoming_from: str | None = None
+
+
+def may_start(
+    host: str,
+    guest: GuestRef,
+    observed: Mapping[str, Observation],
+    op: StartOp | str = StartOp.PREPARE,
+    expected: Expected | None = None,
+    arriving_from: str | None = None,
+    now: float = 0.0,
+) -> StartAnswer:
+    """The libvirt hook's rule: may ``host`` start (``op``) fenced ``guest`` now?
+
+    Yes when ``host`` holds every fence of ``guest`` (no shared volume: nothing to hold).
+    An incoming live migration is allowed while every fence is still with the source:
+    its ``migrate`` only when a ``receive`` intent ``expected`` it from that source and
+    ``now`` is within its time; the ``prepare``/``restore`` of an accepted migration still
+    ``arriving_from`` that source. Everything else is refused, naming the holder.
+    """
+    if _all_held(host, guest, observed):
+        return StartAnswer(True, f"{host} holds its fences")
+    if (arriving_from is not None and op in (StartOp.PREPARE, StartOp.RESTORE)
+            and _all_held(arriving_from, guest, observed)):
+        return StartAnswer(True, f"incoming live migration from {arriving_from}",
+                           arriving_from)
+    if (expected is not None and op == StartOp.MIGRATE and now <= expected.until
+            and _all_held(expected.source, guest, observed)):
+        return StartAnswer(True, f"incoming live migration from {expected.source}",
+                           expected.source)
+    return StartAnswer(False, _start_refusal(host, guest, observed))
+
+
+def _all_held(host: str, guest: GuestRef, observed: Mapping[str, Observation]) -> bool:
     return all(_held(host, guest, _lookup(observed, v)) for v in guest.volumes)
+
+
+def _start_refusal(host: str, guest: GuestRef, observed: Mapping[str, Observation]) -> str:
+    """Why ``host`` may not start ``guest``, naming whoever holds its fences."""
+    holders: dict[str, str | None] = {}
+    for volume in guest.volumes:
+        obs = _lookup(observed, volume)
+        holders[volume] = (obs.fence.holder if isinstance(obs, Observed)
+                           and obs.fence.guest == guest.uuid else None)
+    others = sorted({h for h in holders.values() if h and h != host})
+    if others:
+        return (f"its fence is held by {', '.join(others)} (not by {host}); start it "
+                f"through gridtool ('gridtool guest start {guest.name}') or migrate it")
+    free = sorted(v for v, h in holders.items() if h is None)
+    return (f"{host} does not hold the fence of {', '.join(free)}; start it through "
+            f"gridtool ('gridtool guest start {guest.name}')")
 
 
 # --------------------------------------------------------------------------- lease clock

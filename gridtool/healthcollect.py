@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from gridtool.fencing import Observed, Unreadable, observe
+from gridtool.fencestore import read_all_fences
+from gridtool.fencing import Observed, Unreadable
 from gridtool.health.snapshot import (
     CorruptRecord,
     EndpointStatus,
@@ -42,12 +43,11 @@ def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
               for name in sorted({g.host for g in listing.guests} - live)]
     corrupt = [CorruptRecord(e.key, e.reason) for e in listing.errors]
     fences = []
-    for item in store.list(keys.fences)[0]:
-        obs = observe(item.key.removeprefix(keys.fences), item.value, item.mod_revision)
+    for volume, obs in read_all_fences(store, keys)[0].items():
         if isinstance(obs, Observed):
             fences.append(FenceObs(obs.fence.volume, obs.fence.holder, obs.fence.guest))
         elif isinstance(obs, Unreadable):
-            corrupt.append(CorruptRecord(item.key, obs.error))
+            corrupt.append(CorruptRecord(keys.fence(volume), obs.error))
     intents = []
     for item in store.list(keys.all_intents)[0]:
         try:

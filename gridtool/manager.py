@@ -17,7 +17,8 @@ from dataclasses import replace
 from gridtool.clock import SYSTEM, Clock
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
-from gridtool.fencing import Observed, observe
+from gridtool.fencestore import read_all_fences, run_plan
+from gridtool.fencing import Observed
 from gridtool.hadecide import (
     Attempt,
     Blocked,
@@ -36,7 +37,7 @@ from gridtool.model import DecodeError, GuestRecord
 from gridtool.poolmanager import PoolKeeper
 from gridtool.records import GuestSettings, Intent, ManagerStatus, decode, encode
 from gridtool.registry import Registry
-from gridtool.store import Compare, Delete, Put, Store, Watch
+from gridtool.store import Compare, Put, Store, Watch
 
 log = logging.getLogger("gridtool.manager")
 
@@ -179,10 +180,7 @@ class Manager:
         """Read hosts and guests (as placement sees them: :func:`migration.read_fleet`),
         settings, fences, intents: the manager's whole input."""
         fleet = read_fleet(self.store, self.keys)
-        fences = {}
-        for item in self.store.list(self.keys.fences)[0]:
-            volume = item.key.removeprefix(self.keys.fences)
-            fences[volume] = observe(volume, item.value, item.mod_revision)
+        fences, _ = read_all_fences(self.store, self.keys)
         dead = {item.key.removeprefix(self.keys.dead)
                 for item in self.store.list(self.keys.dead)[0]}
         pending = self._pending()
@@ -232,11 +230,7 @@ class Manager:
         if isinstance(action, Restart):
             return self._restart(action, snap)
         if isinstance(action, ReleaseFences):
-            keys = [self.keys.fence(s.volume) for s in action.plan.steps]
-            ok = self.store.txn(
-                self.guard + [Compare(k, "mod", s.mod_revision)
-                              for k, s in zip(keys, action.plan.steps, strict=True)],
-                [Delete(k) for k in keys])
+            ok = run_plan(self.store, self.keys, action.plan, guard=self.guard)
             log.info("event=fences_released_for_dead_host guest=%s host=%s ok=%s",
                      action.name, action.host, ok)
             return ok

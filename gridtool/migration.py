@@ -49,7 +49,8 @@ from typing import Any
 
 from gridtool import hostconf
 from gridtool.errors import Conflict, NotFound, OperationFailed, Timeout
-from gridtool.fencing import Observed, observe
+from gridtool.fencestore import read_fences
+from gridtool.fencing import Observed
 from gridtool.intentclient import IntentClient, who
 from gridtool.keys import Keys
 from gridtool.model import ACTIVE_STATES, DecodeError, GuestRecord, HostRecord
@@ -573,18 +574,13 @@ class Migrator:
 
     def _holders(self, rec: GuestRecord) -> dict[str, str | None]:
         """Volume -> the host holding its fence (None: absent or unreadable)."""
-        found: dict[str, str | None] = {}
-        for volume in rec.volumes:
-            item = self.store.get(self.keys.fence(volume))
-            obs = observe(volume, item.value if item else None,
-                          item.mod_revision if item else 0)
-            found[volume] = obs.fence.holder if isinstance(obs, Observed) else None
-        return found
+        return {volume: obs.fence.holder if isinstance(obs, Observed) else None
+                for volume, obs in read_fences(self.store, self.keys, rec.volumes).items()}
 
     def _token(self, rec: GuestRecord) -> int:
-        tokens = [item.mod_revision for v in rec.volumes
-                  if (item := self.store.get(self.keys.fence(v))) is not None]
-        return max(tokens, default=0)
+        return max((obs.mod_revision for obs in
+                    read_fences(self.store, self.keys, rec.volumes).values()
+                    if obs is not None), default=0)
 
     def _fence_text(self, rec: GuestRecord) -> str:
         if not rec.fenced:

@@ -10,13 +10,43 @@ from __future__ import annotations
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from gridtool.model import DecodeError, dump_json, load_json
 
 R = TypeVar("R")
 
-INTENT_ACTIONS = ("start", "stop", "destroy", "restart", "define", "undefine", "refresh")
+
+
+class IntentAction(StrEnum):
+    """What an agent can be asked to do (stored as its plain string)."""
+
+    START = "start"
+    STOP = "stop"
+    DESTROY = "destroy"
+    RESTART = "restart"
+    DEFINE = "define"
+    UNDEFINE = "undefine"
+    REFRESH = "refresh"  # settings changed: judge the guest again
+    MIGRATE = "migrate"  # live migration, on the source
+    RECEIVE = "receive"  # accept one incoming live migration, on the destination
+    TEMPLATE = "template"
+    REMOVE_TEMPLATE = "remove_template"
+    CLONE = "clone"
+    REMOVE_CLONE = "remove_clone"
+
+    @classmethod
+    def parse(cls, text: str) -> IntentAction | str:
+        """The action named ``text``, or ``text`` itself when no agent knows it (a newer
+        client's action, a corrupt record): kept so that it can be reported."""
+        try:
+            return cls(text)
+        except ValueError:
+            return text
+
+
+INTENT_ACTIONS = tuple(a.value for a in IntentAction)
 INTENT_STATES = ("pending", "running", "done", "failed")
 
 
@@ -26,7 +56,7 @@ class Intent:
 
     id: str
     host: str
-    action: str
+    action: IntentAction | str  # a str only when no agent knows the action
     guest: str  # uuid
     name: str
     created: float
@@ -35,6 +65,10 @@ class Intent:
     message: str = ""
     updated: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.action, str) and not isinstance(self.action, IntentAction):
+            object.__setattr__(self, "action", IntentAction.parse(self.action))
 
     @property
     def finished(self) -> bool:

@@ -22,21 +22,20 @@ def fence() -> None:
 
 
 def _fences(app: AppContext) -> tuple[list[dict], list[str]]:
-    from gridtool.fencing import Observed, Unreadable, observe
+    from gridtool.fencestore import read_all_fences
+    from gridtool.fencing import Observed, Unreadable
 
     keys = app.config.keys
-    items, _ = app.store.list(keys.fences)
+    observed, leases = read_all_fences(app.store, keys)
     rows, errors = [], []
-    for item in items:
-        volume = item.key.removeprefix(keys.fences)
-        obs = observe(volume, item.value, item.mod_revision)
+    for volume, obs in observed.items():
         if isinstance(obs, Unreadable):
-            errors.append(f"corrupt registry record {item.key}: {obs.error}")
+            errors.append(f"corrupt registry record {keys.fence(volume)}: {obs.error}")
         elif isinstance(obs, Observed):
             f = obs.fence
             rows.append({"volume": f.volume, "guest": f.guest, "guest_name": f.guest_name,
                          "holder": f.holder, "token": obs.mod_revision, "since": f.since,
-                         "kind": f.kind.value, "leased": bool(item.lease)})
+                         "kind": f.kind.value, "leased": bool(leases[volume])})
     return rows, errors
 
 

@@ -14,6 +14,7 @@ from gridtool.fencing import (
     AcquirePlan,
     Act,
     Expect,
+    Expected,
     Fence,
     FenceError,
     FenceKind,
@@ -210,12 +211,69 @@ def test_judge_stopped_releases_ha_and_keeps_pinned_after_crash() -> None:
     assert judge_stopped("h2", VM1, observed, clean_stop=True).verdict is Verdict.NOTHING
 
 
-def test_hook_may_start_only_with_every_fence_held() -> None:
-    both = {"vol-a": held("vol-a"), "vol-b": held("vol-b")}
-    assert may_start("h1", VM1, both)
-    assert not may_start("h2", VM1, both)
-    assert not may_start("h1", VM1, {**both, "vol-b": None})
-    assert may_start("h1", GuestRef("u2", "local", HA), {})
+# The hook's rule, case by case. Fences of VM1 (vol-a, vol-b) as seen; the host asking is
+# h2; h1 is the migration source. E: a 'receive' intent expects VM1 from h1 until t=100.
+H2_HOLDS = {"vol-a": held("vol-a", "h2"), "vol-b": held("vol-b", "h2")}
+H1_HOLDS = {"vol-a": held("vol-a", "h1"), "vol-b": held("vol-b", "h1")}
+SPLIT = {"vol-a": held("vol-a", "h1"), "vol-b": held("vol-b", "h2")}
+HALF = {"vol-a": held("vol-a", "h2"), "vol-b": None}
+OTHER_GUEST = {"vol-a": held("vol-a", "h2"), "vol-b": held("vol-b", "h2", guest="u9")}
+JUNK = {"vol-a": held("vol-a", "h2"), "vol-b": Unreadable("vol-b", 3, "bad")}
+E = Expected("h1", until=100)
+E_H3 = Expected("h3", until=100)
+START_CASES = [
+    # observed, op, expected, arriving_from, now -> allow, incoming_from
+    (H2_HOLDS, "prepare", None, None, 0, True, None),  # the holder starts it
+    (H2_HOLDS, "restore", None, None, 0, True, None),
+    (H2_HOLDS, "migrate", None, None, 0, True, None),  # fences here already
+    (H2_HOLDS, "migrate", E, None, 500, True, None),  # ... expectation not needed
+    (H1_HOLDS, "prepare", None, None, 0, False, None),  # held elsewhere: a bare start
+    (H1_HOLDS, "restore", None, None, 0, False, None),
+    (H1_HOLDS, "migrate", None, None, 0, False, None),  # a bare 'virsh migrate'
+    (H1_HOLDS, "migrate", E, None, 50, True, "h1"),  # the expected migration
+    (H1_HOLDS, "migrate", E, None, 100, True, "h1"),  # ... to the last moment
+    (H1_HOLDS, "migrate", E, None, 100.5, False, None),  # ... expired
+    (H1_HOLDS, "migrate", E_H3, None, 50, False, None),  # ... from another source
+    (H1_HOLDS, "prepare", E, None, 50, False, None),  # expected, not yet accepted
+    (H1_HOLDS, "prepare", None, "h1", 0, True, "h1"),  # accepted and arriving
+    (H1_HOLDS, "restore", None, "h1", 0, True, "h1"),
+    (H1_HOLDS, "migrate", None, "h1", 0, False, None),  # arriving is not expected again
+    (H1_HOLDS, "prepare", None, "h3", 0, False, None),  # arriving from another source
+    (SPLIT, "migrate", E, None, 50, False, None),  # the source must hold every fence
+    (SPLIT, "prepare", None, "h1", 0, False, None),
+    (SPLIT, "prepare", None, None, 0, False, None),
+    (HALF, "prepare", None, None, 0, False, None),  # every fence, not most
+    (HALF, "migrate", Expected("h2", 100), None, 50, False, None),
+    (OTHER_GUEST, "prepare", None, None, 0, False, None),  # held for another guest
+    (JUNK, "prepare", None, None, 0, False, None),  # unreadable blocks
+    ({"vol-a": None, "vol-b": None}, "prepare", None, None, 0, False, None),
+    ({"vol-a": None, "vol-b": None}, "migrate", E, None, 50, False, None),
+    (H2_HOLDS, "start", None, None, 0, True, None),  # any other op: the holder's rule
+    (H1_HOLDS, "start", E, "h1", 50, False, None),
+]
+
+
+@pytest.mark.parametrize("observed,op,expected,arriving,now,allow,incoming", START_CASES)
+def test_the_hooks_rule(observed: dict[str, Observation], op: str, expected: Expected | None,
+                        arriving: str | None, now: float, allow: bool,
+                        incoming: str | None) -> None:
+    answer = may_start("h2", VM1, observed, op, expected, arriving, now)
+    assert (answer.allow, answer.incoming_from) == (allow, incoming), answer.reason
+
+
+def test_the_hooks_rule_allows_a_guest_without_shared_volumes_and_needs_every_read() -> None:
+    assert may_start("h1", GuestRef("u2", "local", HA), {}).allow
+    with pytest.raises(FenceError, match="read every fence key"):
+        may_start("h1", VM1, {"vol-a": held("vol-a")})
+
+
+def test_a_refusal_names_the_holder() -> None:
+    assert "held by h1 (not by h2)" in may_start("h2", VM1, SPLIT).reason
+    assert "does not hold the fence of vol-b" in may_start("h2", VM1, HALF).reason
+    assert "does not hold the fence of vol-b" in may_start("h2", VM1, OTHER_GUEST).reason
+    assert "gridtool guest start vm1" in may_start("h2", VM1, H1_HOLDS, "migrate").reason
+    assert may_start("h2", VM1, H1_HOLDS, "migrate", E, None, 1).reason == (
+        "incoming live migration from h1")
 
 
 # --------------------------------------------------------------------------- lease clock

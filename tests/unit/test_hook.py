@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from agents import hook
-from agents.hooksock import describe
 from gridtool.migration import job_progress
 
 SHARED = "/srv/shared/*"
@@ -82,11 +81,6 @@ def test_the_agents_refusal_is_passed_on(monkeypatch: pytest.MonkeyPatch, tmp_pa
     finally:
         thread.join()
         server.close()
-
-
-def test_a_refusal_names_the_holder() -> None:
-    assert "held by hv1 (not by hv2)" in describe("g", "hv2", {"v1": "hv1", "v2": None})
-    assert "does not hold the fence of v2" in describe("g", "hv2", {"v2": None})
 
 
 def test_job_progress_line() -> None:

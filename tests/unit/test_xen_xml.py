@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from agents import hook
+from agents.claims import GuestClaims
 from agents.hooksock import HookServer
 from gridtool import cloneplan
 from gridtool.bootstrapplan import AddSpec, HostFacts, Layout, hook_driver, plan_add, plan_remove
@@ -131,26 +132,25 @@ def test_local_only_xen_guest_starts_without_asking(monkeypatch, capsys, tmp_pat
     assert run_hook(monkeypatch, capsys, tmp_path, "prepare", "begin", LOCAL_ONLY)[0] == 0
 
 
-def fake_agent(holders: dict[str, str]) -> SimpleNamespace:
-    """What HookServer.check reads of an agent: its host, storage rules and fences."""
+def hook_server(holders: dict[str, str]) -> HookServer:
+    """A hook server for xen1 whose fence reads return ``holders`` (pure logic: no etcd)."""
     def observe(volumes):  # type: ignore[no-untyped-def]
         return {v: Observed(Fence(v, holders[v], UUID, "db1", FenceKind.PINNED, 1.0), 7)
-                for v in volumes if v in holders}
+                if v in holders else None for v in volumes}
     fencer = SimpleNamespace(held={}, observe=observe)
-    return SimpleNamespace(host="xen1", cfg=SimpleNamespace(shared_rules=SharedStorageRules()),
-                           fencer=fencer)
+    return HookServer("/nonexistent", host="xen1", rules=SharedStorageRules(),
+                      fencer=fencer, claims=GuestClaims(), domains=SimpleNamespace(),  # type: ignore[arg-type]
+                      on_change=lambda uuid: None)
 
 
 def test_the_agents_decision_on_a_xen_guest() -> None:
     both = {"aoe-e1.2": "xen1", "iscsi-iqn.2004-01.com.example:db-lun1": "xen1"}
-    ok, why = HookServer(fake_agent(both), "/nonexistent").check("prepare", UUID, "db1", XEN_PV)
+    ok, why = hook_server(both).check("prepare", UUID, "db1", XEN_PV)
     assert ok and "xen1 holds its fences" in why
     split = {**both, "iscsi-iqn.2004-01.com.example:db-lun1": "xen2"}
-    ok, why = HookServer(fake_agent(split), "/nonexistent").check("prepare", UUID, "db1",
-                                                                  XEN_PV)
+    ok, why = hook_server(split).check("prepare", UUID, "db1", XEN_PV)
     assert not ok and "held by xen2" in why, "every fence, not just one"
-    ok, why = HookServer(fake_agent({}), "/nonexistent").check("prepare", UUID, "db1",
-                                                               LOCAL_ONLY)
+    ok, why = hook_server({}).check("prepare", UUID, "db1", LOCAL_ONLY)
     assert ok and why == "not fenced"
 
 

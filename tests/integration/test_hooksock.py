@@ -1,0 +1,119 @@
+"""The agent's fence-hook server (agents.hooksock) built from its parts alone: real etcd,
+a Fencer, the guest claims and libvirt's test driver, asked over its unix socket the
+way ``agents/hook.py`` asks it. Real QEMU hooks: tests/integration/test_qemu.py."""
+
+from __future__ import annotations
+
+import threading
+import uuid as uuidlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.claims import GuestClaims
+from agents.fencer import Fencer
+from agents.hook import ask
+from agents.hooksock import CLAIM_WAIT_S, HookServer
+from agents.libvirt_source import LibvirtSource
+from gridtool.config import Config
+from gridtool.fencing import FenceKind, GuestRef
+from gridtool.lab.testbed import domain_xml, wait_until
+from gridtool.storage import SharedStorageRules
+
+RULES = SharedStorageRules()
+DISK = "/dev/etherd/e1.2"  # AoE: volume aoe-e1.2
+
+
+class Host:
+    """One host's hook server with its fencer and claims; ``changed`` collects the
+    guests it asked the agent to look at again."""
+
+    def __init__(self, name: str, store, cfg: Config, domains: LibvirtSource,  # type: ignore[no-untyped-def]
+                 path: Path) -> None:
+        self.fencer = Fencer(store, cfg.keys, name, lambda: None)
+        self.claims = GuestClaims()
+        self.changed: list[str] = []
+        self.server = HookServer(str(path), host=name, rules=RULES, fencer=self.fencer,
+                                 claims=self.claims, domains=domains,
+                                 on_change=self.changed.append).start()
+
+    def ask(self, op: str, uuid: str, xml: str) -> dict:
+        return ask(self.server.path, {"op": op, "sub": "begin", "name": "g1", "uuid": uuid,
+                                      "xml": xml}, timeout=10)
+
+
+@pytest.fixture
+def hosts(store, cfg: Config, tmp_path: Path) -> Iterator[tuple[Host, Host, str, str]]:  # type: ignore[no-untyped-def]
+    domains = LibvirtSource("test:///default", RULES, lambda *_: None, lambda: None)
+    domains.connect()
+    name = f"g-{uuidlib.uuid4().hex[:8]}"
+    dom = domains.define(domain_xml(name, disk=DISK, block=True))
+    uuid = dom.UUIDString()
+    xml = dom.XMLDesc(0)
+    h1 = Host("h1", store, cfg, domains, tmp_path / "h1.sock")
+    h2 = Host("h2", store, cfg, domains, tmp_path / "h2.sock")
+    try:
+        yield h1, h2, uuid, xml
+    finally:
+        h1.server.stop()
+        h2.server.stop()
+        dom.undefine()
+        domains.close()
+
+
+def ref(uuid: str) -> GuestRef:
+    return GuestRef(uuid, "g1", FenceKind.PINNED, ("aoe-e1.2",))
+
+
+def test_only_the_holder_may_start_it(hosts) -> None:  # type: ignore[no-untyped-def]
+    h1, h2, uuid, xml = hosts
+    assert h1.ask("prepare", uuid, xml)["allow"] is False, "nobody holds it yet"
+    h1.fencer.acquire(ref(uuid))
+    assert h1.ask("prepare", uuid, xml) == {"allow": True, "message": "h1 holds its fences"}
+    refused = h2.ask("prepare", uuid, xml)
+    assert refused["allow"] is False and "fence is held by h1 (not by h2)" in refused["message"]
+    h1.fencer.release(ref(uuid))
+    assert h1.ask("prepare", uuid, xml)["allow"] is False, "released: the cache is not used"
+
+
+def test_an_expected_incoming_migration_only(hosts) -> None:  # type: ignore[no-untyped-def]
+    h1, h2, uuid, xml = hosts
+    h1.fencer.acquire(ref(uuid))
+    assert h2.ask("migrate", uuid, xml)["allow"] is False, "a bare 'virsh migrate'"
+    h2.server.expect(uuid, "h1")
+    assert h2.ask("prepare", uuid, xml)["allow"] is False, "expected, not accepted yet"
+    assert h2.ask("migrate", uuid, xml) == {"allow": True,
+                                             "message": "incoming live migration from h1"}
+    assert h2.claims.busy(uuid), "arriving: the agent must not judge it an intruder"
+    assert h2.ask("prepare", uuid, xml)["allow"] is True, "the accepted migration's start"
+    assert h2.ask("migrate", uuid, xml)["allow"] is False, "one migration per 'receive'"
+    _hand_over(h1, uuid, "h2")
+    wait_until(lambda: not h2.claims.busy(uuid) and h2.changed == [uuid], 10,
+               what="the arrival to end once the fences are here")
+    assert h2.ask("prepare", uuid, xml)["message"] == "h2 holds its fences"
+    assert h2.ask("prepare", uuid, xml)["allow"] is True
+
+
+def _hand_over(source: Host, uuid: str, target: str) -> None:
+    """Pass the pinned fence to ``target`` as the source does at switchover (the handover
+    compares the target's host record: write one)."""
+    source.fencer.store.put(source.fencer.keys.host(target), b"{}")
+    source.fencer.handover(ref(uuid), target)
+
+
+def test_the_decision_waits_for_a_judgement_of_the_guest(hosts) -> None:  # type: ignore[no-untyped-def]
+    h1, _h2, uuid, xml = hosts
+    h1.fencer.acquire(ref(uuid))
+    with h1.claims.judging(uuid) as claimed:  # a judgement that outlasts the hook's wait
+        assert claimed
+        answer = h1.ask("prepare", uuid, xml)
+    assert answer["allow"] is False and "judging it right now" in answer["message"]
+    answers: list[dict] = []
+    with h1.claims.judging(uuid):  # a judgement that releases the fence meanwhile
+        asking = threading.Thread(target=lambda: answers.append(h1.ask("prepare", uuid, xml)))
+        asking.start()
+        h1.fencer.release(ref(uuid))
+    asking.join(timeout=CLAIM_WAIT_S + 10)
+    assert answers and answers[0]["allow"] is False, "decided after the judgement, not before"
+    assert not h1.claims.busy(uuid)
