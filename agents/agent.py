@@ -31,7 +31,7 @@ from agents.readiness import ReadinessWatcher
 from gridtool import __version__
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
-from gridtool.fencing import (
+from gridtool.fencing.rules import (
     Act,
     FenceKind,
     GuestRef,
@@ -40,11 +40,11 @@ from gridtool.fencing import (
     judge_running,
     judge_stopped,
 )
-from gridtool.model import GuestRecord, HostRecord
-from gridtool.records import DomainDefinition, Violation, decode, encode
-from gridtool.registry import Registry
-from gridtool.store import Event, Store
-from gridtool.sync import plan_sync
+from gridtool.registry.fleet import Registry
+from gridtool.registry.model import GuestRecord, HostRecord
+from gridtool.registry.records import DomainDefinition, Violation, decode, encode
+from gridtool.registry.store import Event, Store
+from gridtool.registry.sync import plan_sync
 
 log = logging.getLogger("gridtool.agent")
 
@@ -132,7 +132,7 @@ class Agent:
         if self.hook_server is not None:
             self.hook_server.start()
         if self.cfg.manager:
-            from gridtool.manager import Manager
+            from gridtool.ha.manager import Manager
 
             manager = Manager(self.cfg, self.store, self.host)
             threading.Thread(target=manager.run, args=(self._stopping,), name="manager",

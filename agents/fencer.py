@@ -1,6 +1,6 @@
 """The agent's fencing shell: read fence keys, run the pure rule, write ONE transaction.
 
-Every decision is taken by ``gridtool.fencing``; this module only reads what it needs
+Every decision is taken by ``gridtool.fencing.rules``; this module only reads what it needs
 from etcd and carries the plan out.
 """
 
@@ -11,8 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from gridtool.fencestore import read_all_fences, read_fences, run_plan
-from gridtool.fencing import (
+from gridtool.fencing.rules import (
     AcquirePlan,
     Fence,
     FenceKind,
@@ -24,10 +23,11 @@ from gridtool.fencing import (
     plan_handover,
     plan_release,
 )
-from gridtool.keys import Keys
-from gridtool.model import GuestRecord
-from gridtool.records import GuestSettings, decode
-from gridtool.store import Compare, Store
+from gridtool.fencing.shell import read_all_fences, read_fences, run_plan
+from gridtool.registry.keys import Keys
+from gridtool.registry.model import GuestRecord
+from gridtool.registry.records import GuestSettings, decode
+from gridtool.registry.store import Compare, Store
 
 log = logging.getLogger("gridtool.agent")
 

@@ -4,7 +4,7 @@ every fence of this guest?" for ``agents/hook.py``.
 A request is one JSON line ``{"op", "sub", "name", "uuid", "xml"}``; the answer one JSON
 line ``{"allow": bool, "message": str}``. This module only gathers the facts: the guest's
 shared volumes (from its XML under the agent's storage rules), the observed fences and
-the incoming migration it expects, if any; the answer is ``gridtool.fencing.may_start``'s.
+the incoming migration it expects, if any; the answer is ``gridtool.fencing.rules.may_start``'s.
 It decides with the guest claimed (``agents.claims``: after a judgement of the guest in
 progress ends, and none starts meanwhile). Fences are read from etcd, except that a
 "held" read is reused for :data:`FRESH_S` seconds while the fencer still holds them.
@@ -33,9 +33,9 @@ from pathlib import Path
 from agents.claims import GuestClaims
 from agents.hook import read_line
 from agents.ports import Domains, FenceView
-from gridtool.domxml import DomainXMLError, parse_domain
-from gridtool.fencing import Expected, FenceKind, GuestRef, Observation, StartOp, may_start
-from gridtool.storage import SharedStorageRules
+from gridtool.domains.storage import SharedStorageRules
+from gridtool.domains.xml import DomainXMLError, parse_domain
+from gridtool.fencing.rules import Expected, FenceKind, GuestRef, Observation, StartOp, may_start
 
 log = logging.getLogger("gridtool.agent")
 

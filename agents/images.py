@@ -23,7 +23,7 @@ from pathlib import Path
 
 import libvirt
 
-from gridtool.cloneplan import OVERLAY_FORMAT, inside
+from gridtool.clone.rules import OVERLAY_FORMAT, inside
 
 #: Virtual size of a golden image made for a disk whose source does not exist (the
 #: libvirt test driver's guests have no real disks); sparse, so it costs ~200 KiB.

@@ -17,14 +17,14 @@ from agents.claims import GuestClaims
 from agents.fencer import FenceRefused
 from agents.livemigrate import LiveMigrator, receive
 from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
-from gridtool.cloneplan import ClonePlanError, check_name, golden_path, inside, template_disks
+from gridtool.clone.rules import ClonePlanError, check_name, golden_path, inside, template_disks
+from gridtool.clone.templates import forget_clone
 from gridtool.errors import AuthError, RegistryUnavailable
-from gridtool.fencing import FenceKind
-from gridtool.keys import Keys
-from gridtool.model import DecodeError, GuestRecord
-from gridtool.records import DomainDefinition, Intent, IntentAction, decode, encode
-from gridtool.store import Store
-from gridtool.templates import forget_clone
+from gridtool.fencing.rules import FenceKind
+from gridtool.registry.keys import Keys
+from gridtool.registry.model import DecodeError, GuestRecord
+from gridtool.registry.records import DomainDefinition, Intent, IntentAction, decode, encode
+from gridtool.registry.store import Store
 
 log = logging.getLogger("gridtool.agent")
 
@@ -289,7 +289,7 @@ class IntentWorker:
         if rec is not None and rec.fenced:
             self.fencer.release(self.fencer.ref(rec))
 
-    # -- templates and clones (gridtool.clone) --------------------------------
+    # -- templates and clones (gridtool.clone.shell) --------------------------------
     # Results the caller needs (XML, image paths, phase timings) go back in
     # ``params["result"]``: the outcome written by ``_write`` carries the params along.
 

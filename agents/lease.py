@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gridtool.errors import AuthError, RegistryUnavailable
-from gridtool.fencing import LeaseClock, LeaseState
-from gridtool.store import Store
+from gridtool.fencing.rules import LeaseClock, LeaseState
+from gridtool.registry.store import Store
 
 log = logging.getLogger("gridtool.agent")
 

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import libvirt
 
 from agents.readiness import ReadinessWatcher
-from gridtool.domxml import DomainXMLError, parse_domain
-from gridtool.model import GUEST_STATES, GuestRecord
-from gridtool.storage import SharedStorageRules
+from gridtool.domains.storage import SharedStorageRules
+from gridtool.domains.xml import DomainXMLError, parse_domain
+from gridtool.registry.model import GUEST_STATES, GuestRecord
 
 log = logging.getLogger("gridtool.agent")
 

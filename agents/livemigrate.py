@@ -33,14 +33,14 @@ import libvirt
 
 from agents.fencer import FenceRefused
 from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
-from gridtool.fencestore import run_plan
-from gridtool.fencing import GuestRef, Observed, Refusal, plan_handover
-from gridtool.keys import Keys
-from gridtool.migration import job_progress
-from gridtool.model import GuestRecord
-from gridtool.records import Intent, encode
-from gridtool.registry import Registry
-from gridtool.store import Store
+from gridtool.fencing.rules import GuestRef, Observed, Refusal, plan_handover
+from gridtool.fencing.shell import run_plan
+from gridtool.placement.shell import job_progress
+from gridtool.registry.fleet import Registry
+from gridtool.registry.keys import Keys
+from gridtool.registry.model import GuestRecord
+from gridtool.registry.records import Intent, encode
+from gridtool.registry.store import Store
 
 BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
               | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)

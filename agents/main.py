@@ -36,7 +36,7 @@ def main(config_file: str | None, log_level: str, **flags: object) -> None:
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     from agents.agent import Agent
-    from gridtool.etcdstore import EtcdStore
+    from gridtool.registry.etcdstore import EtcdStore
 
     try:
         cfg = load(config_file, flags, default_file=AGENT_CONFIG).require("host", "libvirt_uri")

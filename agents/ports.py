@@ -9,8 +9,8 @@ from typing import Protocol
 
 import libvirt
 
-from gridtool.fencing import Fence, FenceKind, GuestRef, Observation
-from gridtool.model import GuestRecord
+from gridtool.fencing.rules import Fence, FenceKind, GuestRef, Observation
+from gridtool.registry.model import GuestRecord
 
 
 class IntentFailed(Exception):

@@ -1,5 +1,5 @@
 """Ready markers: a guest whose domain XML carries one (``<metadata><gt:ready
-marker=...>``, see :func:`gridtool.cloneplan.set_ready_marker`) is reported ready
+marker=...>``, see :func:`gridtool.clone.rules.set_ready_marker`) is reported ready
 (``GuestRecord.ready_at``) once the marker appears in its serial console's file.
 
 The libvirt adapter hands every domain it describes to :meth:`ReadinessWatcher.observe`,
@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from gridtool.cloneplan import ready_spec
-from gridtool.model import GuestRecord
+from gridtool.clone.rules import ready_spec
+from gridtool.registry.model import GuestRecord
 
 log = logging.getLogger("gridtool.agent")
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from benchlib import lab_etcd, print_table, summary_ms, write_json
 
-from gridtool import security
+from gridtool.auth import shell as security
+from gridtool.auth.credfiles import password_path, read_password
 from gridtool.config import Config
-from gridtool.credfiles import password_path, read_password
-from gridtool.etcdstore import EtcdStore
+from gridtool.registry.etcdstore import EtcdStore
 
 
 def _puts(cfg: Config, count: int) -> list[float]:

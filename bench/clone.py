@@ -2,7 +2,7 @@
 
 Starts a real etcd and HOSTS libvirtd test-driver hosts with their agents (one lab-wide
 images directory, as shared storage would be), makes a template from a guest, then
-clones it COUNT times with ``gridtool.clone.clone_guests`` (what ``gridtool clone``
+clones it COUNT times with ``gridtool.clone.shell.clone_guests`` (what ``gridtool clone``
 runs), ROUNDS times (the clones are removed between rounds). Reports the total time
 until every clone was reported running by its agent, per-clone latency p50/p99, each
 phase (overlay creation, define, start, waiting behind the host's earlier clones and
@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchlib import lab_etcd, print_table, summary_ms, verdict, write_json
 
 from agents.images import create_overlay, delete_overlay
-from gridtool.clone import clone_guests, create_template, remove_clone
+from gridtool.clone.shell import clone_guests, create_template, remove_clone
 from gridtool.config import Config
-from gridtool.etcdstore import EtcdStore
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.registry import Registry
+from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.fleet import Registry
 from tests.harness.testbed import LabHosts, wait_until
 
 PHASES = ("overlay", "define", "start", "wait", "running")

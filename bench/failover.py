@@ -23,11 +23,11 @@ import libvirt
 from benchlib import lab_etcd, print_table, verdict, write_json
 
 from gridtool.config import Config
-from gridtool.etcdstore import EtcdStore
-from gridtool.intentclient import IntentClient
+from gridtool.ha.manager import Manager
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.manager import Manager
-from gridtool.records import GuestSettings, encode
+from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.intents import IntentClient
+from gridtool.registry.records import GuestSettings, encode
 from tests.harness.checker import DoubleRunChecker
 from tests.harness.proxy import CuttableProxy
 from tests.harness.testbed import LabHosts, domain_xml, wait_until

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import print_table, verdict, write_json
 
-from gridtool.erlang import servers_needed
-from gridtool.flex import POLICY_NAMES, PolicyParams
-from gridtool.queuesim import SimConfig, SimResult, Trace, load_trace, plot, simulate_policies
+from gridtool.pools.erlang import servers_needed
+from gridtool.pools.flex import POLICY_NAMES, PolicyParams
+from gridtool.pools.queuesim import SimConfig, SimResult, Trace, load_trace, plot, simulate_policies
 
 TRACES = Path(__file__).resolve().parent / "traces"
 TRACE_NAMES = ("steady", "spike", "diurnal", "bursty")

@@ -24,12 +24,12 @@ import libvirt
 from benchlib import lab_etcd, print_table, summary_ms, verdict, write_json
 
 from gridtool.config import Config
-from gridtool.etcdstore import EtcdStore
-from gridtool.intentclient import IntentClient
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.migration import Migrator
-from gridtool.records import GuestSettings, encode
-from gridtool.registry import Registry
+from gridtool.placement.shell import Migrator
+from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.fleet import Registry
+from gridtool.registry.intents import IntentClient
+from gridtool.registry.records import GuestSettings, encode
 from tests.harness.checker import DoubleRunChecker
 from tests.harness.testbed import LabHosts, domain_xml, wait_until
 

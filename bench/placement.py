@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import print_table, summary_ms, verdict, write_json
 
-from gridtool.placement import (
+from gridtool.placement.rebalance import balanced_hosts, mean_use_pct, plan_rebalance
+from gridtool.placement.rules import (
     Fleet,
     GuestNeeds,
     HostView,
@@ -34,7 +35,6 @@ from gridtool.placement import (
     is_overflow,
     place,
 )
-from gridtool.rebalance import balanced_hosts, mean_use_pct, plan_rebalance
 
 GIB = 1024
 HOST_CLASSES = ((128 * GIB, 32, 3), (256 * GIB, 64, 5), (512 * GIB, 96, 2))  # mem, cpus, weight

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from benchlib import lab_etcd, print_table, verdict, write_json
 
-from gridtool import pools
-from gridtool.clone import create_template
+from gridtool.clone.shell import create_template
 from gridtool.config import Config
-from gridtool.etcdstore import EtcdStore
+from gridtool.ha.manager import Manager
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.manager import Manager
+from gridtool.pools import shell as pools
+from gridtool.registry.etcdstore import EtcdStore
 from tests.harness.testbed import LabHosts, domain_xml, wait_until
 
 HOSTS = ("hv1", "hv2", "hv3", "hv4")

@@ -18,10 +18,10 @@ from pathlib import Path
 from benchlib import print_table, summary_ms, verdict, write_json
 
 from gridtool.config import Config
-from gridtool.etcdstore import EtcdStore
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.model import GuestRecord, decode
-from gridtool.store import Event
+from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.model import GuestRecord, decode
+from gridtool.registry.store import Event
 from tests.harness.testbed import LabHosts, domain_xml, wait_until
 
 TARGET_P99_MS = 50.0

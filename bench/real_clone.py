@@ -1,9 +1,9 @@
 """Clones of a real QEMU guest (TCG, 128 MiB) made in parallel on two lab hosts.
 
 Starts a real etcd and two namespaced libvirtd QEMU hosts with their agents, defines the
-lab guest on hv1, freezes it as a template (``gridtool.clone.create_template``: golden
+lab guest on hv1, freezes it as a template (``gridtool.clone.shell.create_template``: golden
 qcow2 images in the lab's images dir), then clones it CLONES times at once
-(``gridtool.clone.clone_guests``, as ``gridtool clone`` does): per clone a qcow2 overlay
+(``gridtool.clone.shell.clone_guests``, as ``gridtool clone`` does): per clone a qcow2 overlay
 on the golden image, define, start, each host's agent working through its own clones.
 The template carries the ready marker ``GRIDTOOL-READY``: each clone gets its own serial
 log file, its agent watches it and reports the clone ready (``GuestRecord.ready_at``), and
@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import on_qemu_lab, print_table, summary_ms, write_json
 
-from gridtool.clone import clone_guests, create_template, remove_clone
+from gridtool.clone.shell import clone_guests, create_template, remove_clone
 from gridtool.config import Config
-from gridtool.etcdstore import EtcdStore
 from gridtool.lab import qemu
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.registry import Registry
+from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.fleet import Registry
 from tests.harness import qemu_testbed
 from tests.harness.testbed import wait_until
 

@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchlib import on_qemu_lab, print_table, summary_ms, write_json
 
 from gridtool.config import Config
-from gridtool.etcdstore import EtcdStore
-from gridtool.intentclient import IntentClient
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.migration import Migrator
-from gridtool.registry import Registry
+from gridtool.placement.shell import Migrator
+from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.fleet import Registry
+from gridtool.registry.intents import IntentClient
 from tests.harness import qemu_testbed
 from tests.harness.testbed import wait_until
 

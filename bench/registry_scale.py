@@ -22,9 +22,9 @@ from pathlib import Path
 from benchlib import lab_etcd, percentile, print_table, verdict, write_json
 
 from gridtool.config import Config
-from gridtool.etcdstore import EtcdStore
-from gridtool.model import Disk, GuestRecord, HostRecord
-from gridtool.registry import Registry
+from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.fleet import Registry
+from gridtool.registry.model import Disk, GuestRecord, HostRecord
 from tests.harness.testbed import LabHosts, domain_xml, wait_until
 
 TARGET_LIST_S = 1.5

@@ -10,7 +10,7 @@ def report(pool: str, *, arrivals: int, completions: int = 0,
            queue_depth: int = 0, interval: float = 10.0, config: str | None = None,
            **options: object) -> object:
     """Report a pool's load over the last ``interval`` seconds (for its flex policy);
-    returns the ``gridtool.flex.LoadSample`` written.
+    returns the ``gridtool.pools.flex.LoadSample`` written.
 
     Reads the configuration as the CLI does (``config`` file, ``$GRIDTOOL_CONFIG``, the
     running lab's, ``/etc/gridtool/gridtool.conf``; ``GRIDTOOL_*`` variables). Call it
@@ -19,7 +19,7 @@ def report(pool: str, *, arrivals: int, completions: int = 0,
         gridtool.report("api", arrivals=420, completions=415, busy_seconds=380.0,
                         queue_depth=3, interval=10)
     """
-    from gridtool import pools
+    from gridtool.pools import shell as pools
 
     store, keys = pools.api_store(config)
     return pools.report(store, keys, pool, arrivals=arrivals, completions=completions,
@@ -33,7 +33,7 @@ def set_desired(pool: str, size: int, *, config: str | None = None) -> int:
     Raises ``gridtool.errors.UsageError`` outside the pool's ``[min, max]`` and
     ``NotFound`` for an unknown pool.
     """
-    from gridtool import pools
+    from gridtool.pools import shell as pools
 
     store, keys = pools.api_store(config)
     return pools.set_desired(store, keys, pool, size).desired

@@ -2,7 +2,7 @@
 
 Which file: ``--config``, else ``$GRIDTOOL_CONFIG``, else the running lab's
 ``gridtool.conf`` (found through the lab state file, and only when the lab dir is ours:
-see ``gridtool.labstate``), else ``/etc/gridtool/gridtool.conf`` (the agent:
+see ``gridtool.lab.state``), else ``/etc/gridtool/gridtool.conf`` (the agent:
 ``/etc/gridtool/agent.conf``).
 A missing default file is fine; a bad value is a ``ConfigError`` naming the setting.
 """
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS, SharedStorageRules
 from gridtool.errors import ConfigError
-from gridtool.keys import DEFAULT_PREFIX, Keys, validate_name
-from gridtool.storage import DEFAULT_SHARED_PATTERNS, SharedStorageRules
+from gridtool.registry.keys import DEFAULT_PREFIX, Keys, validate_name
 
 SYSTEM_CONFIG = Path("/etc/gridtool/gridtool.conf")
 AGENT_CONFIG = Path("/etc/gridtool/agent.conf")
@@ -234,7 +234,7 @@ def choose_file(explicit: str | None, default: Path, env: Mapping[str, str]) -> 
         return Path(explicit)
     if env.get("GRIDTOOL_CONFIG"):
         return Path(env["GRIDTOOL_CONFIG"])
-    from gridtool.labstate import UntrustedLab, running_lab_config
+    from gridtool.lab.state import UntrustedLab, running_lab_config
 
     try:
         lab = running_lab_config(env)

@@ -37,11 +37,11 @@ def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """One real etcd member for the whole session; tests share it under their own prefix.
     Authentication is on: root and an admin user (readwrite on every '/' key), whose
     passwords are in the session's ``etcd-credentials`` folder, with ``admin.conf``."""
-    from gridtool.authplan import admin_user
+    from gridtool.auth.credfiles import password_path
+    from gridtool.auth.rules import admin_user
+    from gridtool.auth.shell import init_registry
     from gridtool.config import render
-    from gridtool.credfiles import password_path
     from gridtool.lab.etcd import EtcdCluster
-    from gridtool.security import init_registry
 
     _need("etcd")
     cluster = EtcdCluster.create(tmp_path_factory.mktemp("etcd"), 1)
@@ -66,8 +66,8 @@ def cfg(etcd_cluster, tmp_path_factory: pytest.TempPathFactory,  # type: ignore[
     credentials (also in GRIDTOOL_CONFIG for in-process CLI runs, with --endpoints and
     --prefix; ``testbed.credential_env()`` passes it to a subprocess). Agents started by
     ``lab_hosts`` get their own per-host users (their --config wins over GRIDTOOL_CONFIG)."""
-    from gridtool.authplan import admin_user
-    from gridtool.credfiles import password_path, read_password
+    from gridtool.auth.credfiles import password_path, read_password
+    from gridtool.auth.rules import admin_user
 
     user = admin_user("/")
     password_file = password_path(_credentials(tmp_path_factory), user)
@@ -80,7 +80,7 @@ def cfg(etcd_cluster, tmp_path_factory: pytest.TempPathFactory,  # type: ignore[
 
 @pytest.fixture
 def store(cfg: Config) -> Iterator:
-    from gridtool.etcdstore import EtcdStore
+    from gridtool.registry.etcdstore import EtcdStore
 
     s = EtcdStore(cfg)
     yield s
@@ -90,7 +90,7 @@ def store(cfg: Config) -> Iterator:
 
 @pytest.fixture
 def registry(store, cfg: Config):  # type: ignore[no-untyped-def]
-    from gridtool.registry import Registry
+    from gridtool.registry.fleet import Registry
 
     return Registry(store, cfg.keys)
 

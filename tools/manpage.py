@@ -451,7 +451,7 @@ def render_gridtool() -> str:
     from gridtool.cli.main import cli
     from gridtool.cli.output import JSON_VERSION
     from gridtool.config import AGENT_CONFIG, SYSTEM_CONFIG
-    from gridtool.labstate import DEFAULT_LAB_DIR, state_path
+    from gridtool.lab.state import DEFAULT_LAB_DIR, state_path
 
     nodes = list(walk(cli, "gridtool"))
     root, rest = nodes[0], nodes[1:]
@@ -581,7 +581,7 @@ def agent_events() -> list[str]:
 def render_agent() -> str:
     from agents.main import main as agent_main
     from gridtool.config import AGENT_CONFIG
-    from gridtool.labstate import DEFAULT_LAB_DIR
+    from gridtool.lab.state import DEFAULT_LAB_DIR
 
     node = next(walk(agent_main, "gridtool-agent"))
     out = [header("gridtool-agent", 8, "gridtool manual")]
@@ -698,7 +698,7 @@ shared_pools = san
 
 def render_conf() -> str:
     from gridtool.config import AGENT_CONFIG, SECRET_SETTINGS, SYSTEM_CONFIG
-    from gridtool.labstate import DEFAULT_LAB_DIR
+    from gridtool.lab.state import DEFAULT_LAB_DIR
 
     config_fields, sections = _settings()
     by_name = {f.name: f for f in config_fields}

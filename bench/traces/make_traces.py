@@ -2,7 +2,7 @@
 
     python bench/traces/make_traces.py
 
-Each trace is a ``start,end,rate`` CSV (see gridtool.queuesim): one simulated hour with a
+Each trace is a ``start,end,rate`` CSV (see gridtool.pools.queuesim): one simulated hour with a
 base rate of 10 arrivals/s, i.e. 10 erlangs at the benchmark's 1 s mean service time.
 """
 

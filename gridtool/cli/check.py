@@ -36,11 +36,11 @@ def check(app: AppContext, warn: tuple[str, ...], crit: tuple[str, ...],
     """
     from gridtool.errors import GridtoolError
     from gridtool.health.checks import evaluate, unknown_report, unreachable_report
+    from gridtool.health.collect import collect
     from gridtool.health.params import build_params
     from gridtool.health.ranges import CheckUsageError
     from gridtool.health.render import render_json, render_text
     from gridtool.health.report import exit_code
-    from gridtool.healthcollect import collect
 
     try:
         params = build_params(warn, crit, ignore)

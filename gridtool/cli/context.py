@@ -9,8 +9,8 @@ import click
 
 if TYPE_CHECKING:
     from gridtool.config import Config
-    from gridtool.registry import Registry
-    from gridtool.store import Store
+    from gridtool.registry.fleet import Registry
+    from gridtool.registry.store import Store
 
 
 @dataclass
@@ -33,14 +33,14 @@ class AppContext:
     @property
     def store(self) -> Store:
         if self._store is None:
-            from gridtool.etcdstore import EtcdStore
+            from gridtool.registry.etcdstore import EtcdStore
 
             self._store = EtcdStore(self.config)
         return self._store
 
     @property
     def registry(self) -> Registry:
-        from gridtool.registry import Registry
+        from gridtool.registry.fleet import Registry
 
         return Registry(self.store, self.config.keys)
 

@@ -34,8 +34,8 @@ def credentials(app: AppContext, host_name: str, credentials_dir: str | None,
     Example:
       gridtool host credentials hv3 --credentials-dir /etc/gridtool/credentials
     """
-    from gridtool.security import credentials_dir as cred_dir
-    from gridtool.security import issue_host_credentials
+    from gridtool.auth.shell import credentials_dir as cred_dir
+    from gridtool.auth.shell import issue_host_credentials
 
     directory = cred_dir(app.config, credentials_dir)
     result = issue_host_credentials(app.config, directory, host_name, manager)

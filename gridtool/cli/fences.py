@@ -22,8 +22,8 @@ def fence() -> None:
 
 
 def _fences(app: AppContext) -> tuple[list[dict], list[str]]:
-    from gridtool.fencestore import read_all_fences
-    from gridtool.fencing import Observed, Unreadable
+    from gridtool.fencing.rules import Observed, Unreadable
+    from gridtool.fencing.shell import read_all_fences
 
     keys = app.config.keys
     observed, leases = read_all_fences(app.store, keys)
@@ -42,8 +42,8 @@ def _fences(app: AppContext) -> tuple[list[dict], list[str]]:
 def _violations(app: AppContext) -> list[dict]:
     from dataclasses import asdict
 
-    from gridtool.model import DecodeError
-    from gridtool.records import Violation, decode
+    from gridtool.registry.model import DecodeError
+    from gridtool.registry.records import Violation, decode
 
     items, _ = app.store.list(app.config.keys.violations)
     found = []
@@ -97,7 +97,7 @@ def release(app: AppContext, volume: str, force: bool, yes: bool) -> None:
     Example:
       gridtool fence release aoe-e1.2 --force
     """
-    from gridtool.store import Compare, Delete
+    from gridtool.registry.store import Compare, Delete
 
     if not force:
         raise UsageError("releasing a fence by hand can let a guest run on two hosts: "

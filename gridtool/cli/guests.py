@@ -6,7 +6,7 @@ import click
 
 from gridtool.cli.context import AppContext, pass_app
 from gridtool.cli.output import emit_json, json_option, mib, styled_state, table, warn
-from gridtool.model import GUEST_STATES
+from gridtool.registry.model import GUEST_STATES
 
 
 @click.group()
@@ -20,7 +20,7 @@ def guest() -> None:
 
 
 def _views(app: AppContext) -> tuple[list[dict], list]:
-    from gridtool.registry import guest_view
+    from gridtool.registry.fleet import guest_view
 
     hosts, host_errors = app.registry.list_hosts()
     live = frozenset(h.name for h in hosts)
@@ -73,7 +73,7 @@ def show_guest(app: AppContext, name_or_uuid: str, as_json: bool) -> None:
     Example:
       gridtool guest show hv1-vm1
     """
-    from gridtool.registry import guest_view
+    from gridtool.registry.fleet import guest_view
 
     hosts, _ = app.registry.list_hosts()
     live = frozenset(h.name for h in hosts)

@@ -1,6 +1,6 @@
 """``gridtool host add|remove``: install a host's agent over SSH, or take it out.
 
-The steps are data (:mod:`gridtool.bootstrapplan`); :mod:`gridtool.bootstrap` runs them
+The steps are data (:mod:`gridtool.bootstrap.rules`); :mod:`gridtool.bootstrap.shell` runs them
 over paramiko. Registered into the ``host`` group by ``gridtool/cli/main.py``.
 """
 
@@ -19,8 +19,8 @@ from gridtool.cli.output import console, warn
 from gridtool.errors import Conflict, Timeout, UsageError
 
 if TYPE_CHECKING:
-    from gridtool.bootstrap import Remote, StepResult
-    from gridtool.bootstrapplan import Layout, SshTarget, Step, TlsFiles
+    from gridtool.bootstrap.rules import Layout, SshTarget, Step, TlsFiles
+    from gridtool.bootstrap.shell import Remote, StepResult
     from gridtool.config import Config
 
 
@@ -90,7 +90,7 @@ class _Progress:
 
 
 def _validated(name: str) -> str:
-    from gridtool.keys import validate_name
+    from gridtool.registry.keys import validate_name
 
     try:
         return validate_name("host", name)
@@ -99,7 +99,7 @@ def _validated(name: str) -> str:
 
 
 def _target(ssh: str) -> SshTarget:
-    from gridtool.bootstrapplan import parse_ssh_target
+    from gridtool.bootstrap.rules import parse_ssh_target
 
     try:
         return parse_ssh_target(ssh)
@@ -109,7 +109,7 @@ def _target(ssh: str) -> SshTarget:
 
 def _connect(target: SshTarget, key_file: str | None, known_hosts: str, accept_new: bool,
              wait: float, progress: _Progress) -> Remote:
-    from gridtool.bootstrap import Remote
+    from gridtool.bootstrap.shell import Remote
 
     remote = Remote.connect(target, key_file, Path(known_hosts).expanduser(), accept_new,
                             min(wait, 30.0))
@@ -120,7 +120,7 @@ def _connect(target: SshTarget, key_file: str | None, known_hosts: str, accept_n
 
 
 def _layout(prefix_dir: str, venv_path: str) -> Layout:
-    from gridtool.bootstrapplan import Layout
+    from gridtool.bootstrap.rules import Layout
 
     if not prefix_dir.startswith("/") or not venv_path.startswith("/"):
         raise UsageError("--prefix-dir and --venv must be absolute paths")
@@ -138,8 +138,8 @@ def _tls_files(cfg: Config, name: str) -> TlsFiles | None:
     """The TLS files to copy to host ``name``: the CLI's CA certificate and, with
     client-certificate auth (``cert``/``key`` set), the host's own certificate from the
     CA's directory (the admin's key never goes to a host)."""
-    from gridtool.bootstrap import host_user
-    from gridtool.bootstrapplan import TlsFiles
+    from gridtool.bootstrap.rules import TlsFiles
+    from gridtool.bootstrap.shell import host_user
 
     if not cfg.ca_cert:
         return None
@@ -162,7 +162,7 @@ def _agent_config(app: AppContext, name: str, libvirt_uri: str, endpoints: str |
                   hook_socket: str | None, tls: dict[str, str]) -> str:
     """The agent's config file: the registry and storage rules this CLI uses, the
     host's credentials, the fence hook's socket, the TLS files as installed (``tls``)."""
-    from gridtool.bootstrap import host_user, issue_credentials
+    from gridtool.bootstrap.shell import host_user, issue_credentials
     from gridtool.config import Config, render
 
     cfg = app.config
@@ -228,8 +228,8 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
       gridtool host add hv5 --ssh admin@hv5.example:2222 --key ~/.ssh/fleet \\
           --accept-new-host-key --password-file hv5.pw
     """
-    from gridtool import bootstrap
-    from gridtool.bootstrapplan import AddSpec, plan_add, render_unit, tls_settings
+    from gridtool.bootstrap import shell as bootstrap
+    from gridtool.bootstrap.rules import AddSpec, plan_add, render_unit, tls_settings
 
     _validated(name)
     target = _target(ssh)
@@ -269,8 +269,8 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
 def _check_guests(app: AppContext, name: str, force: bool, live: bool) -> list[str]:
     """Refuse (Conflict) while guests run on ``name``, unless ``force`` after a drain (a
     dead host cannot be drained: ``force`` alone); returns the guests left running."""
-    from gridtool import hostconf
-    from gridtool.model import ACTIVE_STATES
+    from gridtool.registry import hostconf
+    from gridtool.registry.model import ACTIVE_STATES
 
     guests, _ = app.registry.guests_of(name)
     active = sorted(g.name for g in guests.values() if g.state in ACTIVE_STATES)
@@ -296,8 +296,8 @@ def _forget(app: AppContext, name: str) -> None:
 def _remove_credentials(cfg: Config, name: str) -> None:
     """With registry authentication, delete the host's etcd user and role and its
     password file; without root's password file, say so and leave them."""
-    from gridtool.bootstrap import host_user
-    from gridtool.security import credentials_dir, remove_host_credentials
+    from gridtool.auth.shell import credentials_dir, remove_host_credentials
+    from gridtool.bootstrap.shell import host_user
 
     if not cfg.user:
         return
@@ -332,8 +332,8 @@ def remove_host(app: AppContext, name: str, force: bool, ssh: str | None,
       gridtool host drain hv4
       gridtool host remove hv4 --ssh root@10.0.0.14
     """
-    from gridtool import bootstrap
-    from gridtool.bootstrapplan import plan_remove
+    from gridtool.bootstrap import shell as bootstrap
+    from gridtool.bootstrap.rules import plan_remove
 
     _validated(name)
     target = _target(ssh) if ssh is not None else None

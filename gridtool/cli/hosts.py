@@ -8,7 +8,7 @@ import click
 
 from gridtool.cli.context import AppContext, pass_app
 from gridtool.cli.output import age, emit_json, json_option, mib, table, warn
-from gridtool.model import as_dict
+from gridtool.registry.model import as_dict
 
 
 @click.group()
@@ -48,7 +48,7 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
     Example:
       gridtool host list --json | jq '.hosts[].name'
     """
-    from gridtool.hostconf import draining_hosts
+    from gridtool.registry.hostconf import draining_hosts
 
     records, errors = app.registry.list_hosts()
     running = _running_counts(app)
@@ -82,7 +82,7 @@ def show_host(app: AppContext, name: str, as_json: bool) -> None:
       gridtool host show hv1
     """
     from gridtool.errors import CorruptRecord
-    from gridtool.model import DecodeError
+    from gridtool.registry.model import DecodeError
 
     try:
         record = app.registry.get_host(name)
@@ -119,7 +119,7 @@ def confirm_dead(app: AppContext, name: str, yes: bool) -> None:
     import json
 
     from gridtool.errors import Conflict
-    from gridtool.intentclient import who
+    from gridtool.registry.intents import who
 
     keys = app.config.keys
     if app.store.get(keys.host(name)) is not None:

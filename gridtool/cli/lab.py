@@ -20,7 +20,7 @@ class LabFailed(OperationFailed):
 
 
 def _dir(lab_dir: Path | None) -> Path:
-    from gridtool.labstate import lab_dir as default_dir
+    from gridtool.lab.state import lab_dir as default_dir
 
     return lab_dir or default_dir()
 

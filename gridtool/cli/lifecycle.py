@@ -8,7 +8,7 @@ import click
 
 from gridtool.cli.context import AppContext, pass_app
 from gridtool.errors import Conflict, NotFound, UsageError
-from gridtool.model import ACTIVE_STATES, GuestRecord
+from gridtool.registry.model import ACTIVE_STATES, GuestRecord
 
 WAIT = click.option("--wait/--no-wait", default=True, show_default=True,
                     help="Follow the operation to its outcome.")
@@ -55,8 +55,8 @@ def _placed(app: AppContext, defined: list[GuestRecord]) -> GuestRecord:
     """Where a stopped guest starts without --on: the allocator's choice among the live
     hosts that define it (``defined``: its records there)."""
     from gridtool.cli.placement import no_host_reason
-    from gridtool.migration import read_fleet
-    from gridtool.placement import place
+    from gridtool.placement.rules import place
+    from gridtool.placement.shell import read_fleet
 
     fleet = read_fleet(app.store, app.config.keys)
     on = {r.host: r for r in defined}
@@ -69,7 +69,7 @@ def _placed(app: AppContext, defined: list[GuestRecord]) -> GuestRecord:
 
 
 def _set_desired(app: AppContext, rec: GuestRecord, desired: str) -> None:
-    from gridtool import settings
+    from gridtool.registry import settings
 
     settings.update(app.store, app.config.keys, rec.uuid, rec.name,
                     lambda s: replace(s, desired=desired, error=""))
@@ -79,7 +79,7 @@ def run_intent(app: AppContext, rec: GuestRecord, action: str, wait: bool,
                timeout: float, params: dict | None = None) -> None:
     """Submit an intent to ``rec.host`` and follow it with a spinner."""
     from gridtool.cli.output import console
-    from gridtool.intentclient import IntentClient
+    from gridtool.registry.intents import IntentClient
 
     client = IntentClient(app.store, app.config.keys)
     intent = client.submit(rec.host, action, rec.uuid, rec.name, params)
@@ -191,7 +191,7 @@ def set_guest(app: AppContext, name: str, ha: str | None, anti_affinity: str | N
     Example:
       gridtool guest set db1 --ha on
     """
-    from gridtool import settings
+    from gridtool.registry import settings
 
     if ha is None and anti_affinity is None:
         raise UsageError("nothing to set: give --ha and/or --anti-affinity")

@@ -44,7 +44,7 @@ def run(app: AppContext, name: str, period: float, log_level: str) -> None:
     import sys
     import threading
 
-    from gridtool.manager import Manager
+    from gridtool.ha.manager import Manager
 
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
@@ -68,7 +68,7 @@ def status(app: AppContext, as_json: bool) -> None:
     from dataclasses import asdict
 
     from gridtool.errors import NotFound
-    from gridtool.records import ManagerStatus, decode
+    from gridtool.registry.records import ManagerStatus, decode
 
     keys = app.config.keys
     leader = app.store.get(keys.manager_leader)

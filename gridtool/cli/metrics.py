@@ -35,7 +35,7 @@ def serve(app: AppContext, port: int, addr: str) -> None:
     import signal
     import threading
 
-    from gridtool.metrics import serve as start
+    from gridtool.health.metrics import serve as start
 
     server, _thread, watch = start(app.store, app.config.keys, port, addr)
     click.echo(f"serving metrics on http://{addr}:{port}/metrics", err=True)

@@ -17,16 +17,16 @@ from gridtool.cli.output import console, emit_json, json_option, mib, table
 from gridtool.errors import Conflict, GridtoolError, NotFound, OperationFailed, UsageError
 
 if TYPE_CHECKING:
-    from gridtool.migration import FleetView, MigrationResult, PhaseEvent
-    from gridtool.model import GuestRecord
-    from gridtool.placement import GuestNeeds, HostVerdict, Placement
+    from gridtool.placement.rules import GuestNeeds, HostVerdict, Placement
+    from gridtool.placement.shell import FleetView, MigrationResult, PhaseEvent
+    from gridtool.registry.model import GuestRecord
 
 SHUTDOWN = click.option("--timeout", default=60.0, show_default=True,
                         help="Seconds to wait for a clean shutdown before destroying a guest.")
 
 
 def _fleet(app: AppContext) -> FleetView:
-    from gridtool.migration import read_fleet
+    from gridtool.placement.shell import read_fleet
 
     return read_fleet(app.store, app.config.keys)
 
@@ -157,7 +157,7 @@ class MigrationProgress:
 
 
 def _migrator(app: AppContext, timeout: float, progress: MigrationProgress | None):  # type: ignore[no-untyped-def]
-    from gridtool.migration import Migrator
+    from gridtool.placement.shell import Migrator
 
     return Migrator(app.store, app.config.keys, shutdown_timeout=timeout,
                     on_event=progress.event if progress is not None else None)
@@ -166,7 +166,7 @@ def _migrator(app: AppContext, timeout: float, progress: MigrationProgress | Non
 def _run_moves(app: AppContext, fleet: FleetView, moves: Sequence[Any], timeout: float,
                stop_on_failure: bool) -> list[dict[str, Any]]:
     """Carry out planned moves one after another with progress; one dict per move."""
-    from gridtool.migration import choose_mode
+    from gridtool.placement.shell import choose_mode
 
     done: list[dict[str, Any]] = []
     with MigrationProgress(total=len(moves)) as progress:
@@ -213,8 +213,8 @@ def place_guest(app: AppContext, name: str, dry_run: bool, as_json: bool) -> Non
     Example:
       gridtool guest place web1 --dry-run
     """
-    from gridtool.migration import placement_for
-    from gridtool.model import ACTIVE_STATES
+    from gridtool.placement.shell import placement_for
+    from gridtool.registry.model import ACTIVE_STATES
 
     fleet = _fleet(app)
     records = app.registry.find_guest(name)
@@ -297,12 +297,12 @@ def create_guest(app: AppContext, xml_file: Path, on_host: str | None, auto: boo
     """
     from dataclasses import replace
 
-    from gridtool import settings as settings_mod
     from gridtool.cli.lifecycle import run_intent
-    from gridtool.domxml import DomainXMLError, parse_domain
-    from gridtool.migration import guest_needs
-    from gridtool.model import GuestRecord
-    from gridtool.placement import place
+    from gridtool.domains.xml import DomainXMLError, parse_domain
+    from gridtool.placement.rules import place
+    from gridtool.placement.shell import guest_needs
+    from gridtool.registry import settings as settings_mod
+    from gridtool.registry.model import GuestRecord
 
     if on_host and auto:
         raise UsageError("give --on HOST or --auto, not both")
@@ -359,7 +359,7 @@ def create_guest(app: AppContext, xml_file: Path, on_host: str | None, auto: boo
 
 def _target(app: AppContext, fleet: FleetView, rec: GuestRecord, to_host: str | None) -> str:
     """The destination: --to HOST (checked against the filters) or the placement choice."""
-    from gridtool.migration import placement_for
+    from gridtool.placement.shell import placement_for
 
     needs = fleet.needs(rec)
     placement, current = placement_for(fleet, rec, needs)
@@ -411,7 +411,7 @@ def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
       gridtool guest migrate web1 --to hv2 --cold
       gridtool guest migrate web1 --auto
     """
-    from gridtool.migration import choose_mode, current_record
+    from gridtool.placement.shell import choose_mode, current_record
 
     if bool(to_host) == auto:
         raise UsageError("say where: --to HOST or --auto")
@@ -454,10 +454,10 @@ def drain_host(app: AppContext, host_name: str, dry_run: bool, timeout: float,
       gridtool host drain hv3 --dry-run
       gridtool host drain hv3
     """
-    from gridtool import hostconf
-    from gridtool.intentclient import who
-    from gridtool.model import ACTIVE_STATES
-    from gridtool.rebalance import drain_plan
+    from gridtool.placement.rebalance import drain_plan
+    from gridtool.registry import hostconf
+    from gridtool.registry.intents import who
+    from gridtool.registry.model import ACTIVE_STATES
 
     fleet = _fleet(app)
     if host_name not in fleet.records:
@@ -510,8 +510,8 @@ def undrain_host(app: AppContext, host_name: str) -> None:
     Example:
       gridtool host undrain hv3
     """
-    from gridtool import hostconf
-    from gridtool.keys import validate_name
+    from gridtool.registry import hostconf
+    from gridtool.registry.keys import validate_name
 
     try:
         validate_name("host", host_name)
@@ -547,7 +547,7 @@ def rebalance(app: AppContext, dry_run: bool, max_moves: int, threshold: float,
       gridtool rebalance --dry-run --threshold 5
       gridtool rebalance --max-moves 3
     """
-    from gridtool.rebalance import plan_rebalance
+    from gridtool.placement.rebalance import plan_rebalance
 
     fleet = _fleet(app)
     plan = plan_rebalance(fleet.hosts, threshold_pct=threshold, max_moves=max_moves)

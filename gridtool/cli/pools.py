@@ -55,10 +55,10 @@ def simulate(trace_file: Path, policy: str, service_time: float, startup_delay: 
     Example:
       gridtool pool simulate --trace bench/traces/bursty.csv --policy all --json
     """
-    from gridtool.erlang import servers_needed
     from gridtool.errors import UsageError
-    from gridtool.flex import POLICY_NAMES, PolicyParams
-    from gridtool.queuesim import SimConfig, load_trace, plot, simulate_policies
+    from gridtool.pools.erlang import servers_needed
+    from gridtool.pools.flex import POLICY_NAMES, PolicyParams
+    from gridtool.pools.queuesim import SimConfig, load_trace, plot, simulate_policies
 
     trace = load_trace(trace_file)
     try:
@@ -109,8 +109,8 @@ def create(app: AppContext, name: str, template: str, min_size: int, max_size: i
       gridtool pool create workers --template worker --min 8 --max 8
       gridtool pool create api --template api --min 2 --max 40 --policy flex --target-wait 0.5
     """
-    from gridtool import pools
     from gridtool.errors import NotFound
+    from gridtool.pools import shell as pools
 
     spec = pools.new_spec(name, template, min_size, max_size, desired=size, policy=policy,
                           target_wait=target_wait)
@@ -135,7 +135,7 @@ def scale(app: AppContext, name: str, size: int) -> None:
     Example:
       gridtool pool scale workers 12
     """
-    from gridtool import pools
+    from gridtool.pools import shell as pools
 
     spec = pools.set_desired(app.store, app.config.keys, name, size)
     click.echo(f"pool {name}: size {spec.desired}", err=True)
@@ -151,7 +151,7 @@ def list_pools(app: AppContext, as_json: bool) -> None:
     Example:
       gridtool pool list --json | jq '.pools[] | {name, desired, ready}'
     """
-    from gridtool import pools
+    from gridtool.pools import shell as pools
 
     rows = pools.overview(app.store, app.config.keys)
     if as_json:
@@ -177,8 +177,8 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     """
     from dataclasses import asdict
 
-    from gridtool import pools
-    from gridtool.poolplan import classify, target_size
+    from gridtool.pools import shell as pools
+    from gridtool.pools.rules import classify, target_size
 
     keys = app.config.keys
     spec = pools.get(app.store, keys, name)
@@ -236,8 +236,8 @@ def delete(app: AppContext, name: str, keep_guests: bool, wait: float) -> None:
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from gridtool import pools
     from gridtool.errors import OperationFailed
+    from gridtool.pools import shell as pools
 
     keys = app.config.keys
     pools.get(app.store, keys, name)
@@ -287,7 +287,7 @@ def report(app: AppContext, name: str, arrivals: int, completions: int,
       gridtool pool report api --arrivals 420 --completions 415 --busy-seconds 380 \\
           --queue-depth 3 --interval 10
     """
-    from gridtool import pools
+    from gridtool.pools import shell as pools
 
     pools.report(app.store, app.config.keys, name, arrivals=arrivals, completions=completions,
                  busy_seconds=busy_seconds, mean_service_time=service_time,

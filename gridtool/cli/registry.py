@@ -12,7 +12,7 @@ from gridtool.cli.output import console, emit_json, json_option, table
 from gridtool.errors import RegistryUnavailable, UsageError
 
 if TYPE_CHECKING:
-    from gridtool.security import UserResult
+    from gridtool.auth.shell import UserResult
 
 
 @click.group()
@@ -54,7 +54,7 @@ def _names(raw: str | None, what: str) -> list[str] | None:
     """A comma-separated list of host names (None when the option was not given)."""
     if raw is None:
         return None
-    from gridtool.keys import validate_name
+    from gridtool.registry.keys import validate_name
 
     try:
         return [validate_name("host", n.strip()) for n in raw.split(",") if n.strip()]
@@ -91,8 +91,8 @@ def init(app: AppContext, hosts: str | None, managers: str | None,
       gridtool registry init --hosts hv1,hv2,hv3 --managers all \\
           --credentials-dir /etc/gridtool/credentials
     """
-    from gridtool.security import credentials_dir as cred_dir
-    from gridtool.security import init_registry
+    from gridtool.auth.shell import credentials_dir as cred_dir
+    from gridtool.auth.shell import init_registry
 
     host_list = _names(hosts, "--hosts")
     manager_list = "all" if managers and managers.strip() == "all" else \
@@ -136,8 +136,8 @@ def certs(app: AppContext, directory: str, hosts: str, ips: tuple[str, ...],
     """
     from pathlib import Path
 
-    from gridtool.authplan import admin_user, host_user
-    from gridtool.certs import make_certs
+    from gridtool.auth.certs import make_certs
+    from gridtool.auth.rules import admin_user, host_user
 
     prefix = app.config.prefix
     clients = [admin_user(prefix)] + [host_user(h, prefix) for h in _names(hosts, "--hosts") or []]

@@ -13,7 +13,7 @@ from gridtool.cli.output import age, console, emit_json, json_option, mib, table
 from gridtool.errors import OperationFailed, UsageError
 
 if TYPE_CHECKING:
-    from gridtool.clone import CloneResult
+    from gridtool.clone.shell import CloneResult
 
 PHASES = ("overlay", "define", "start", "running", "ready")
 
@@ -52,7 +52,7 @@ def create(app: AppContext, name: str, guest: str, ready_marker: str | None, tim
       gridtool template create worker --from worker-base
       gridtool template create tiny --from tiny-base --ready-marker GRIDTOOL-READY
     """
-    from gridtool.clone import create_template
+    from gridtool.clone.shell import create_template
 
     tpl = create_template(app.store, app.config, name, guest, timeout=timeout,
                           ready_marker=ready_marker or "")
@@ -84,7 +84,7 @@ def list_templates(app: AppContext, as_json: bool) -> None:
     Example:
       gridtool template list --json | jq '.templates[].name'
     """
-    from gridtool.templates import clones_of, list_templates
+    from gridtool.clone.templates import clones_of, list_templates
 
     found, errors = list_templates(app.store, app.config.keys)
     clones = clones_of(app.store, app.config.keys)
@@ -114,7 +114,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     Example:
       gridtool template show worker
     """
-    from gridtool.templates import clones_of, get_template
+    from gridtool.clone.templates import clones_of, get_template
 
     tpl = get_template(app.store, app.config.keys, name)
     clones = clones_of(app.store, app.config.keys, name)
@@ -144,7 +144,7 @@ def delete(app: AppContext, name: str, timeout: float) -> None:
     Example:
       gridtool template delete worker
     """
-    from gridtool.clone import delete_template
+    from gridtool.clone.shell import delete_template
 
     delete_template(app.store, app.config, name, timeout=timeout)
     console().print(f"template {name} deleted", highlight=False)
@@ -164,9 +164,9 @@ def remove_clones(app: AppContext, clones: tuple[str, ...], timeout: float) -> N
     Example:
       gridtool template remove-clone worker-1 worker-2
     """
-    from gridtool.clone import remove_clone
+    from gridtool.clone.shell import remove_clone
+    from gridtool.clone.templates import clones_of
     from gridtool.errors import NotFound
-    from gridtool.templates import clones_of
 
     known = clones_of(app.store, app.config.keys)
     chosen = []
@@ -259,7 +259,7 @@ def clone(app: AppContext, template_name: str, count: int, pool: str | None,
       gridtool clone worker --count 8
       gridtool clone worker --count 2 --on hv2 --name-prefix hot- --json
     """
-    from gridtool.clone import clone_guests
+    from gridtool.clone.shell import clone_guests
 
     if on_host and auto:
         raise UsageError("--on and --auto exclude each other")

@@ -1,6 +1,6 @@
 """Pure health-check verdicts for ``gridtool check``, following the Nagios plugin guidelines.
 
-Functional core: the shell (``gridtool.healthcollect``, ``gridtool.cli.check``) collects a
+Functional core: the shell (``gridtool.health.collect``, ``gridtool.cli.check``) collects a
 :class:`~gridtool.health.snapshot.Snapshot` (plain frozen data, time passed in as ``now``),
 calls :func:`~gridtool.health.checks.evaluate`, prints
 :func:`~gridtool.health.render.render_text` or :func:`~gridtool.health.render.render_json`

@@ -1,5 +1,5 @@
 """What ``gridtool check`` judges: a :class:`Snapshot` of the registry, plain frozen data
-that the shell (``gridtool.healthcollect``) collects, with the checker's time ``now``."""
+that the shell (``gridtool.health.collect``) collects, with the checker's time ``now``."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ class EtcdMember:
 
 @dataclass
 class TlsFiles:
-    """Certificates from ``gridtool registry certs`` (``gridtool.certs``) in ``directory``:
+    """Certificates from ``gridtool registry certs`` (``gridtool.auth.certs``) in ``directory``:
     client and peer URLs over TLS; with ``client_cert_auth`` clients must show a
     certificate signed by the CA (its CN is then the etcd user)."""
 

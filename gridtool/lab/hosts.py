@@ -103,7 +103,7 @@ class LabHost:
 
 def watchdog_timeout_for(ttl: int) -> float:
     """A watchdog timeout that healthy keepalives can always pet (80 % of the bound)."""
-    from gridtool.fencing import LeaseClock
+    from gridtool.fencing.rules import LeaseClock
 
     return round(LeaseClock.start(ttl, 0.0).max_watchdog_timeout * 0.8, 2)
 

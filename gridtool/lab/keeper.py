@@ -21,8 +21,8 @@ from pathlib import Path
 import libvirt
 
 from gridtool.lab.procs import AGENT_MARKER, kill_now
+from gridtool.lab.state import read_state
 from gridtool.lab.watchdog import WatchdogEmulator
-from gridtool.labstate import read_state
 
 
 def hold(ready: Path, uris: list[str], stop: threading.Event) -> None:

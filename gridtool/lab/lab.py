@@ -18,7 +18,7 @@ from gridtool.lab import qemu
 from gridtool.lab.etcd import EtcdCluster
 from gridtool.lab.hosts import LabHost, sample_domain_xml, watchdog_timeout_for
 from gridtool.lab.procs import AGENT_MARKER, LabError, kill_now, spawn, stop_pid, wait_for
-from gridtool.labstate import pid_alive, read_state, state_path, write_file
+from gridtool.lab.state import pid_alive, read_state, state_path, write_file
 
 Progress = Callable[[str], None]
 
@@ -47,7 +47,7 @@ def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
         raise LabError(f"a lab is already up in {directory} (run 'gridtool lab down' first)")
     if directory.exists():
         shutil.rmtree(directory)
-    directory.mkdir(parents=True, mode=0o755)  # ours alone: see gridtool.labstate
+    directory.mkdir(parents=True, mode=0o755)  # ours alone: see gridtool.lab.state
     state: dict[str, Any] = {"v": 1, "lab_dir": str(directory), "created_at": time.time(),
                              "config": str(directory / "gridtool.conf")}
     state["hypervisor"] = hypervisor  # qemu: real guests (gridtool.lab.qemu)
@@ -103,9 +103,9 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
 def _enable_auth(cfg: Config, credentials: Path, names: list[str]) -> Config:
     """Root, the admin and one user per host (all manager candidates); auth on. Returns
     the admin's config."""
-    from gridtool.authplan import admin_user
-    from gridtool.credfiles import password_path, read_password
-    from gridtool.security import init_registry
+    from gridtool.auth.credfiles import password_path, read_password
+    from gridtool.auth.rules import admin_user
+    from gridtool.auth.shell import init_registry
 
     init_registry(cfg, credentials, names, "all")
     path = password_path(credentials, admin_user(cfg.prefix))
@@ -117,8 +117,8 @@ def _agent_cfg(cfg: Config, name: str) -> Config:
     """The admin's config turned into host ``name``'s (its own user and password file)."""
     if not cfg.user or not cfg.password_file:
         return cfg
-    from gridtool.authplan import host_user
-    from gridtool.credfiles import password_path
+    from gridtool.auth.credfiles import password_path
+    from gridtool.auth.rules import host_user
 
     user = host_user(name, cfg.prefix)
     return replace(cfg, user=user, password=None,
@@ -154,8 +154,8 @@ def _seed_and_keep(directory: Path, hosts: list[LabHost], guests: int, ttl: int)
 def wait_registered(cfg: Config, names: list[str], guest_count: int,
                     timeout: float = 30.0) -> None:
     """Wait until every host is in the registry with at least ``guest_count`` guests."""
-    from gridtool.etcdstore import EtcdStore
-    from gridtool.registry import Registry
+    from gridtool.registry.etcdstore import EtcdStore
+    from gridtool.registry.fleet import Registry
 
     store = EtcdStore(cfg)
     registry = Registry(store, cfg.keys)

@@ -265,7 +265,7 @@ class QemuHost(LabHost):
         self.hook_file.chmod(0o755)
 
     def shared_patterns(self) -> tuple[str, ...]:
-        from gridtool.storage import DEFAULT_SHARED_PATTERNS
+        from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS
 
         return (*DEFAULT_SHARED_PATTERNS, f"{self.shared_dir}/*") if self.shared_dir \
             else DEFAULT_SHARED_PATTERNS
@@ -340,8 +340,8 @@ def seed_guests(cfg: Config, hosts: list[QemuHost], guests: int, directory: Path
     import libvirt
 
     from gridtool.errors import GridtoolError
-    from gridtool.etcdstore import EtcdStore
-    from gridtool.intentclient import IntentClient
+    from gridtool.registry.etcdstore import EtcdStore
+    from gridtool.registry.intents import IntentClient
 
     image = guest_image()
     (directory / "serial").mkdir(parents=True, exist_ok=True)

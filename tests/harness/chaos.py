@@ -381,7 +381,7 @@ class ChaosRun:
         prefix = f"/gridtool-chaos-{self.netns.suffix}/"
         self.cfg = Config(endpoints=tuple(self.cluster.endpoints), prefix=prefix,
                           ttl=self.s.ttl, resync_interval=2.0, timeout=3.0)
-        from gridtool.etcdstore import EtcdStore
+        from gridtool.registry.etcdstore import EtcdStore
 
         self.store = EtcdStore(self.cfg)
         (self.dir / "gridtool.conf").write_text(render(self.cfg))
@@ -419,7 +419,7 @@ class ChaosRun:
         wait_for(self.cluster.healthy, 20, "etcd cluster health", interval=0.2)
 
     def _define_guests(self) -> None:
-        from gridtool.records import GuestSettings, encode
+        from gridtool.registry.records import GuestSettings, encode
 
         assert self.lab is not None and self.cfg is not None and self.store is not None
         for k in range(1, self.s.guests + 1):
@@ -434,7 +434,7 @@ class ChaosRun:
             self.guests[uuid] = name
 
     def _start_guests(self) -> None:
-        from gridtool.intentclient import IntentClient
+        from gridtool.registry.intents import IntentClient
 
         assert self.store is not None and self.cfg is not None
         client = IntentClient(self.store, self.cfg.keys)
@@ -866,9 +866,9 @@ def run_chaos(settings: ChaosSettings, out: Callable[[str], None] | None = None)
 
 def _manager_main(argv: list[str]) -> None:
     from gridtool.config import load
-    from gridtool.etcdstore import EtcdStore
-    from gridtool.hadecide import RestartLimits
-    from gridtool.manager import Manager
+    from gridtool.ha.manager import Manager
+    from gridtool.ha.rules import RestartLimits
+    from gridtool.registry.etcdstore import EtcdStore
 
     parser = argparse.ArgumentParser(prog="python -m tests.harness.chaos manager")
     parser.add_argument("--config", required=True)

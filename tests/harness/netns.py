@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gridtool.lab.procs import LabError, file_lock
-from gridtool.labstate import pid_alive
+from gridtool.lab.state import pid_alive
 
 #: RFC 2544: addresses for benchmarking, never routed on the internet.
 BENCH_NET = ipaddress.ip_network("198.18.0.0/15")

@@ -14,7 +14,7 @@ from typing import Any
 
 import libvirt
 
-from gridtool.authplan import host_user
+from gridtool.auth.rules import host_user
 from gridtool.config import Config
 from gridtool.lab.hosts import LabHost, watchdog_timeout_for
 from gridtool.lab.procs import LabError
@@ -76,7 +76,7 @@ class LabHosts:
         the admin's)."""
         if not cfg.user or not cfg.password_file:
             return cfg
-        from gridtool.security import credentials_dir, issue_host_credentials
+        from gridtool.auth.shell import credentials_dir, issue_host_credentials
 
         key = (name, cfg.manager)
         if key not in self.credentials:

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from gridtool.model import effective_state
+from gridtool.registry.model import effective_state
 from tests.harness.testbed import domain_xml, wait_until
 
 

@@ -46,7 +46,7 @@ def test_ok_then_critical_when_a_host_is_lost(lab_hosts, registry, cfg):  # type
 def test_guest_running_on_two_hosts_is_critical(registry, cfg, store):  # type: ignore[no-untyped-def]
     import time
 
-    from gridtool.model import GuestRecord, HostRecord
+    from gridtool.registry.model import GuestRecord, HostRecord
 
     now = time.time()
     for host in ("a", "b"):
@@ -60,9 +60,9 @@ def test_guest_running_on_two_hosts_is_critical(registry, cfg, store):  # type: 
 def test_pool_below_size(registry, cfg, store):  # type: ignore[no-untyped-def]
     import time
 
-    from gridtool import pools
-    from gridtool.model import GuestRecord, HostRecord
-    from gridtool.poolplan import PoolSpec
+    from gridtool.pools import shell as pools
+    from gridtool.pools.rules import PoolSpec
+    from gridtool.registry.model import GuestRecord, HostRecord
 
     now = time.time()
     registry.put_host(HostRecord("a", "test:///", "test", 1, 1024, 512, "0.1.0", now),

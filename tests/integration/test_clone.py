@@ -15,8 +15,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from gridtool import templates
-from gridtool.clone import CloneResult, clone_guests, remove_clone
+from gridtool.clone import templates
+from gridtool.clone.shell import CloneResult, clone_guests, remove_clone
 from tests.harness.testbed import run_cli as gridtool
 from tests.harness.testbed import wait_until
 
@@ -205,7 +205,7 @@ def test_template_of_running_guest_and_no_start(fleet, store, cfg, registry):  #
     clones are defined, not started, and pause nothing."""
     dom = fleet.conn("hv1").lookupByName("base")
     dom.create()
-    from gridtool.clone import create_template
+    from gridtool.clone.shell import create_template
 
     tpl = create_template(store, cfg, "live", "base")
     assert dom.info()[0] == libvirt.VIR_DOMAIN_RUNNING

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from gridtool.config import Config
-from gridtool.etcdstore import EtcdStore
 from gridtool.lab.etcd import EtcdCluster
-from gridtool.store import Event
+from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.store import Event
 from tests.harness.testbed import wait_until
 
 
@@ -59,7 +59,7 @@ def test_store_and_watch_survive_member_loss(cluster3):  # type: ignore[no-untyp
 def test_agent_keeps_its_lease_through_member_loss(cluster3, lab_hosts):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
-    from gridtool.registry import Registry
+    from gridtool.registry.fleet import Registry
 
     cfg = Config(endpoints=tuple(cluster3.endpoints), prefix="/failover-agent/", ttl=3,
                  timeout=3.0)

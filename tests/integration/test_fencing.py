@@ -9,9 +9,9 @@ import uuid as uuidlib
 
 import pytest
 
-from gridtool.intentclient import IntentClient
-from gridtool.manager import Manager
-from gridtool.records import GuestSettings, Intent, Violation, decode, encode
+from gridtool.ha.manager import Manager
+from gridtool.registry.intents import IntentClient
+from gridtool.registry.records import GuestSettings, Intent, Violation, decode, encode
 from tests.harness.checker import DoubleRunChecker
 from tests.harness.proxy import CuttableProxy
 from tests.harness.testbed import domain_xml, wait_until
@@ -48,7 +48,7 @@ def running_on(lab_hosts, uuid=UUID):  # type: ignore[no-untyped-def]
 
 
 def fence_holder(store, cfg):  # type: ignore[no-untyped-def]
-    from gridtool.fencing import Fence
+    from gridtool.fencing.rules import Fence
 
     item = store.get(cfg.keys.fence(VOLUME))
     return Fence.from_json(item.value).holder if item else None

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gridtool.lab.testbed import domain_xml, wait_until
 
 from agents.claims import GuestClaims
 from agents.fencer import Fencer
@@ -17,9 +18,8 @@ from agents.hook import ask
 from agents.hooksock import CLAIM_WAIT_S, HookServer
 from agents.libvirt_source import LibvirtSource
 from gridtool.config import Config
-from gridtool.fencing import FenceKind, GuestRef
-from gridtool.lab.testbed import domain_xml, wait_until
-from gridtool.storage import SharedStorageRules
+from gridtool.domains.storage import SharedStorageRules
+from gridtool.fencing.rules import FenceKind, GuestRef
 
 RULES = SharedStorageRules()
 DISK = "/dev/etherd/e1.2"  # AoE: volume aoe-e1.2

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from gridtool.authplan import admin_user, host_role, host_user
-from gridtool.bootstrap import build_wheel, project_root
-from gridtool.bootstrapplan import Layout
-from gridtool.credfiles import password_path, read_password
+from gridtool.auth.credfiles import password_path, read_password
+from gridtool.auth.rules import admin_user, host_role, host_user
+from gridtool.auth.shell import credentials_dir
+from gridtool.bootstrap.rules import Layout
+from gridtool.bootstrap.shell import build_wheel, project_root
 from gridtool.errors import AuthError
-from gridtool.etcdstore import EtcdStore
 from gridtool.lab.procs import free_port, port_open, spawn, stop_pid
-from gridtool.security import credentials_dir
+from gridtool.registry.etcdstore import EtcdStore
 from tests.harness.testbed import credential_env, domain_xml, wait_until
 
 SSHD = "/usr/sbin/sshd"
@@ -265,10 +265,10 @@ def test_unreachable_host(sshd, wheel, cfg, store, root):  # type: ignore[no-unt
 def test_add_over_tls_with_the_hosts_client_certificate(sshd, wheel, lab_hosts, root):  # type: ignore[no-untyped-def]
     """A TLS etcd requiring client certificates: host add copies the CA and the host's own
     certificate (not the admin's) to /etc/gridtool/tls/, and the agent registers with them."""
-    from gridtool.certs import make_certs
+    from gridtool.auth.certs import make_certs
+    from gridtool.auth.shell import init_registry
     from gridtool.config import Config, render
     from gridtool.lab.etcd import EtcdCluster, TlsFiles
-    from gridtool.security import init_registry
 
     base, prefix = root.parent, "/tls-add/"
     tls = base / "tls"

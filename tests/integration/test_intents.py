@@ -7,6 +7,7 @@ import uuid as uuidlib
 from collections.abc import Iterator
 
 import pytest
+from gridtool.lab.testbed import domain_xml
 
 from agents.claims import GuestClaims
 from agents.fencer import Fencer
@@ -14,10 +15,9 @@ from agents.intents import HANDLERS, IntentWorker
 from agents.lease import HostLease
 from agents.libvirt_source import LibvirtSource
 from gridtool.config import Config
-from gridtool.intentclient import IntentClient
-from gridtool.lab.testbed import domain_xml
-from gridtool.records import Intent, IntentAction, encode
-from gridtool.storage import SharedStorageRules
+from gridtool.domains.storage import SharedStorageRules
+from gridtool.registry.intents import IntentClient
+from gridtool.registry.records import Intent, IntentAction, encode
 
 
 @pytest.fixture

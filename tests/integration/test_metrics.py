@@ -6,8 +6,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gridtool.health.metrics import serve
 from gridtool.lab.procs import free_port
-from gridtool.metrics import serve
 from tests.harness.testbed import domain_xml, wait_until
 
 
@@ -21,10 +21,10 @@ def test_metrics_parse_and_count_the_fleet(lab_hosts, registry, store, cfg):  # 
         conn.defineXML(domain_xml("a", disk="/dev/etherd/e4.1", block=True)).create()
         conn.defineXML(domain_xml("b"))
         wait_until(lambda: len(registry.list_guests()[0]) == 2, what="sync")
-        from gridtool.pools import create, new_spec
+        from gridtool.pools.shell import create, new_spec
 
         create(store, cfg.keys, new_spec("web", "tmpl", 1, 9, desired=3))
-        from gridtool.records import Intent, encode
+        from gridtool.registry.records import Intent, encode
 
         done = Intent("c1", "hv9", "clone", "u-c1", "w-1", 1.0, "t", "done",
                       params={"result": {"timings": {"overlay": 0.012, "define": 0.002,

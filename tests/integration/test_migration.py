@@ -12,10 +12,10 @@ import signal
 import libvirt
 import pytest
 
-from gridtool import hostconf
-from gridtool.fencing import Fence
-from gridtool.migration import EndState, Migrator
-from gridtool.records import GuestSettings, encode
+from gridtool.fencing.rules import Fence
+from gridtool.placement.shell import EndState, Migrator
+from gridtool.registry import hostconf
+from gridtool.registry.records import GuestSettings, encode
 from tests.harness.checker import DoubleRunChecker
 from tests.harness.testbed import domain_xml, wait_until
 from tests.harness.testbed import run_cli as gridtool
@@ -79,7 +79,7 @@ def test_cold_migration_moves_the_fence(lab_hosts, store, cfg, registry, capsys)
     start_hosts(lab_hosts, registry, ["hv1", "hv2"])
     store.put(cfg.keys.guest_settings(UUID_HA), encode(GuestSettings(UUID_HA, "ha", ha=True)))
     client_start = [("db", UUID_DB, "/dev/etherd/e9.1"), ("ha", UUID_HA, "/dev/etherd/e9.2")]
-    from gridtool.intentclient import IntentClient
+    from gridtool.registry.intents import IntentClient
 
     client = IntentClient(store, cfg.keys)
     for name, uuid, disk in client_start:

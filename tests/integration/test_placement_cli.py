@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gridtool import hostconf
+from gridtool.registry import hostconf
 from tests.harness.checker import DoubleRunChecker
 from tests.harness.testbed import domain_xml, wait_until
 from tests.harness.testbed import run_cli as gridtool

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import gridtool as gridtool_api
-from gridtool import pools
-from gridtool.clone import create_template
-from gridtool.manager import Manager
+from gridtool.clone.shell import create_template
+from gridtool.ha.manager import Manager
+from gridtool.pools import shell as pools
 from tests.harness.testbed import domain_xml, wait_until
 from tests.harness.testbed import run_cli as gridtool
 

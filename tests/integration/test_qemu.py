@@ -19,16 +19,16 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from gridtool.clone import clone_guests, create_template
+from gridtool.clone.shell import clone_guests, create_template
 from gridtool.config import Config
-from gridtool.fencing import observe
-from gridtool.hadecide import RestartLimits
-from gridtool.intentclient import IntentClient
+from gridtool.fencing.rules import observe
+from gridtool.ha.manager import Manager
+from gridtool.ha.rules import RestartLimits
 from gridtool.lab import qemu
 from gridtool.lab.procs import LabError, cmdline
-from gridtool.manager import Manager
-from gridtool.migration import EndState, Migrator
-from gridtool.records import GuestSettings, encode
+from gridtool.placement.shell import EndState, Migrator
+from gridtool.registry.intents import IntentClient
+from gridtool.registry.records import GuestSettings, encode
 from tests.harness import qemu_testbed
 from tests.harness.checker import DoubleRunChecker
 from tests.harness.proxy import CuttableProxy

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gridtool import security
-from gridtool.authplan import (
+from gridtool.auth import shell as security
+from gridtool.auth.credfiles import password_path, read_password, write_private
+from gridtool.auth.etcdauth import EtcdAuth
+from gridtool.auth.rules import (
     Access,
     Permission,
     Step,
@@ -25,12 +27,10 @@ from gridtool.authplan import (
 )
 from gridtool.cli.main import cli
 from gridtool.config import Config
-from gridtool.credfiles import password_path, read_password, write_private
 from gridtool.errors import AuthError
-from gridtool.etcdauth import EtcdAuth
-from gridtool.etcdstore import EtcdStore
 from gridtool.lab.etcd import EtcdCluster, TlsFiles
-from gridtool.store import Put
+from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.store import Put
 from tests.harness.testbed import wait_until
 
 

@@ -19,8 +19,8 @@ import pytest
 from gridtool.config import Config
 from gridtool.errors import LeaseGone
 from gridtool.lab.procs import wait_for
-from gridtool.memstore import MemStore
-from gridtool.store import Compare, Delete, Event, Put, Store
+from gridtool.registry.memstore import MemStore
+from gridtool.registry.store import Compare, Delete, Event, Put, Store
 
 TTL = 2  # seconds; etcd's lessor checks expiry every 500 ms
 

@@ -2,10 +2,10 @@
 
 In the style of pve-ha-manager's regression tests: a simulated clock in whole seconds and
 a command list, every event one log line ``<t> <source>: <message>``. What runs is the
-product: the registry is :class:`gridtool.memstore.MemStore` on the simulated clock (its
+product: the registry is :class:`gridtool.registry.memstore.MemStore` on the simulated clock (its
 leases expire when the clock passes their TTL); every host runs a real
-:class:`gridtool.manager.Manager` candidate (election, ``hadecide.decide``, its guarded
-transactions, its :class:`gridtool.poolmanager.PoolKeeper` rounds inline) and its agent
+:class:`gridtool.ha.manager.Manager` candidate (election, ``hadecide.decide``, its guarded
+transactions, its :class:`gridtool.pools.keeper.PoolKeeper` rounds inline) and its agent
 takes and releases fences with the real :class:`agents.fencer.Fencer`. The agent loop
 itself is still simulated (:class:`SimAgent`): it keeps a real :class:`LeaseClock`,
 judges with the real pure rules (``judge_running``/``judge_stopped``), self-fences and
@@ -43,11 +43,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agents.fencer import Fencer, FenceRefused
-from gridtool import hostconf
 from gridtool.clock import Clock
 from gridtool.config import Config
 from gridtool.errors import RegistryUnavailable
-from gridtool.fencing import (
+from gridtool.fencing.rules import (
     Act,
     IntruderPolicy,
     LeaseClock,
@@ -55,12 +54,13 @@ from gridtool.fencing import (
     judge_running,
     judge_stopped,
 )
-from gridtool.hadecide import GuestKind, RestartLimits
-from gridtool.manager import Manager
-from gridtool.memstore import MemStore
-from gridtool.model import Disk, GuestRecord, HostRecord
-from gridtool.records import GuestSettings, Intent, decode, encode
-from gridtool.registry import Registry
+from gridtool.ha.manager import Manager
+from gridtool.ha.rules import GuestKind, RestartLimits
+from gridtool.registry import hostconf
+from gridtool.registry.fleet import Registry
+from gridtool.registry.memstore import MemStore
+from gridtool.registry.model import Disk, GuestRecord, HostRecord
+from gridtool.registry.records import GuestSettings, Intent, decode, encode
 from tests.sim.fakevirt import FakeHost
 
 
@@ -538,7 +538,7 @@ class Simulator:
     @contextmanager
     def _manager_log(self, manager: Manager) -> Iterator[None]:
         """Turn the manager's event log lines into simulator log lines."""
-        logger = logging.getLogger("gridtool.manager")
+        logger = logging.getLogger("gridtool.ha.manager")
         handler = _ManagerEvents(self, manager.name)
         level = logger.level
         logger.addHandler(handler)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gridtool.authplan import (
+from gridtool.auth.rules import (
     ROOT,
     Access,
     Current,
@@ -19,7 +19,7 @@ from gridtool.authplan import (
     prefix_end,
     repair_steps,
 )
-from gridtool.keys import DEFAULT_PREFIX, Keys
+from gridtool.registry.keys import DEFAULT_PREFIX, Keys
 
 K = Keys()
 P = plan(DEFAULT_PREFIX, ["hv1", "hv10", "hv2"], managers=["hv2"])

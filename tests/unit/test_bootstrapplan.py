@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gridtool.bootstrapplan import (
+from gridtool.bootstrap.rules import (
     Action,
     AddSpec,
     HostFacts,

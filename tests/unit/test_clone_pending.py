@@ -1,13 +1,13 @@
-"""Unit test for gridtool.clone's placement view: clones another call is still making
+"""Unit test for gridtool.clone.shell's placement view: clones another call is still making
 (a clone record, no guest record yet) count against their hosts."""
 
 from __future__ import annotations
 
-from gridtool.clone import _with_pending
-from gridtool.migration import FleetView
-from gridtool.model import GuestRecord
-from gridtool.placement import HostView
-from gridtool.templates import CloneRecord, Template
+from gridtool.clone.shell import _with_pending
+from gridtool.clone.templates import CloneRecord, Template
+from gridtool.placement.rules import HostView
+from gridtool.placement.shell import FleetView
+from gridtool.registry.model import GuestRecord
 
 
 def test_pending_clones_take_room() -> None:

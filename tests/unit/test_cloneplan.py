@@ -1,4 +1,4 @@
-"""Unit tests for gridtool.cloneplan: clone names, identities and the rewritten XML."""
+"""Unit tests for gridtool.clone.rules: clone names, identities and the rewritten XML."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridtool.cloneplan import (
+from gridtool.clone.rules import (
     CloneIdentity,
     ClonePlanError,
     clone_names,

@@ -17,9 +17,9 @@ from gridtool.config import (
     read_file,
     render,
 )
+from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS, SharedStorageRules
 from gridtool.errors import ConfigError
-from gridtool.keys import Keys
-from gridtool.storage import DEFAULT_SHARED_PATTERNS, SharedStorageRules
+from gridtool.registry.keys import Keys
 
 FULL_INI = """\
 [registry]

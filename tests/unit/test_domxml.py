@@ -1,12 +1,12 @@
-"""Unit tests for gridtool.domxml: reading libvirt domain XML."""
+"""Unit tests for gridtool.domains.xml: reading libvirt domain XML."""
 
 from __future__ import annotations
 
 import pytest
 
-from gridtool.domxml import DomainSpec, DomainXMLError, parse_domain
-from gridtool.model import Disk
-from gridtool.storage import SharedStorageRules
+from gridtool.domains.storage import SharedStorageRules
+from gridtool.domains.xml import DomainSpec, DomainXMLError, parse_domain
+from gridtool.registry.model import Disk
 
 IQN = "iqn.2013-06.com.example:storage.tgt1"
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gridtool.erlang import (
+from gridtool.pools.erlang import (
     erlang_b,
     erlang_c,
     mean_wait,

@@ -1,11 +1,11 @@
-"""The transaction a fencing plan stands for (gridtool.fencestore.plan_ops, pure)."""
+"""The transaction a fencing plan stands for (gridtool.fencing.shell.plan_ops, pure)."""
 
 from __future__ import annotations
 
-from gridtool.fencestore import plan_ops
-from gridtool.fencing import Fence, FenceKind, GuestRef, Observed, plan_acquire, plan_release
-from gridtool.keys import Keys
-from gridtool.store import Compare, Delete, Put
+from gridtool.fencing.rules import Fence, FenceKind, GuestRef, Observed, plan_acquire, plan_release
+from gridtool.fencing.shell import plan_ops
+from gridtool.registry.keys import Keys
+from gridtool.registry.store import Compare, Delete, Put
 
 KEYS = Keys("/p/")
 HA_VM = GuestRef("u1", "vm1", FenceKind.HA, ("vol-a", "vol-b"))

@@ -1,4 +1,4 @@
-"""Unit and property tests of gridtool.fencing (records, plans, judgements, lease clock)."""
+"""Unit and property tests of gridtool.fencing.rules (records, plans, judgements, lease clock)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridtool.fencing import (
+from gridtool.fencing.rules import (
     AcquirePlan,
     Act,
     Expect,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridtool.erlang import servers_needed
-from gridtool.flex import (
+from gridtool.pools.erlang import servers_needed
+from gridtool.pools.flex import (
     POLICIES,
     POLICY_NAMES,
     Decision,

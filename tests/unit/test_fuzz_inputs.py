@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from gridtool import config
 from gridtool.config import Config, load, read_file
-from gridtool.domxml import DomainSpec, DomainXMLError, parse_domain
+from gridtool.domains.xml import DomainSpec, DomainXMLError, parse_domain
 from gridtool.errors import ConfigError
-from gridtool.model import (
+from gridtool.registry.model import (
     GUEST_STATES,
     DecodeError,
     Disk,

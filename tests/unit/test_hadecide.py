@@ -1,4 +1,4 @@
-"""Unit and property tests of gridtool.hadecide (the HA manager's decisions)."""
+"""Unit and property tests of gridtool.ha.rules (the HA manager's decisions)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridtool.fencing import Fence, FenceKind, Observation, Observed, Unreadable
-from gridtool.hadecide import (
+from gridtool.fencing.rules import Fence, FenceKind, Observation, Observed, Unreadable
+from gridtool.ha.rules import (
     Action,
     Attempt,
     Blocked,
@@ -25,7 +25,7 @@ from gridtool.hadecide import (
     Snapshot,
     decide,
 )
-from gridtool.placement import GuestNeeds, HostView, PlacementPolicy, Weigher, tiebreak
+from gridtool.placement.rules import GuestNeeds, HostView, PlacementPolicy, Weigher, tiebreak
 
 HA, PINNED, NONE = GuestKind.HA, GuestKind.PINNED, GuestKind.NONE
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agents import hook
-from gridtool.migration import job_progress
+from gridtool.placement.shell import job_progress
 
 SHARED = "/srv/shared/*"
 

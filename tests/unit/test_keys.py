@@ -1,10 +1,10 @@
-"""Unit tests for gridtool.keys: the registry key layout and name validation."""
+"""Unit tests for gridtool.registry.keys: the registry key layout and name validation."""
 
 from __future__ import annotations
 
 import pytest
 
-from gridtool.keys import DEFAULT_PREFIX, Keys, validate_name
+from gridtool.registry.keys import DEFAULT_PREFIX, Keys, validate_name
 
 
 def test_default_layout() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gridtool.config import choose_file
-from gridtool.labstate import pid_alive
+from gridtool.lab.state import pid_alive
 
 NOBODY = 65534
 REPO = Path(__file__).resolve().parents[2]

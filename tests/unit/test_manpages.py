@@ -139,7 +139,7 @@ def test_choices_and_shown_defaults_are_documented() -> None:
 def test_exit_codes_environment_and_files_are_documented() -> None:
     from gridtool.config import _SECTIONS, AGENT_CONFIG, SYSTEM_CONFIG
     from gridtool.errors import EXIT_CODES
-    from gridtool.labstate import DEFAULT_LAB_DIR
+    from gridtool.lab.state import DEFAULT_LAB_DIR
 
     text = plain(page("gridtool.1"))
     exit_status = text.split('.SH "EXIT STATUS"')[1].split(".SH")[0]

@@ -1,4 +1,4 @@
-"""Unit tests for gridtool.model: records, effective state and the JSON codec."""
+"""Unit tests for gridtool.registry.model: records, effective state and the JSON codec."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import FrozenInstanceError, asdict, replace
 
 import pytest
 
-from gridtool.model import (
+from gridtool.registry.model import (
     GUEST_STATES,
     SCHEMA_VERSION,
     DecodeError,

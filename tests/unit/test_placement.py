@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridtool.placement import (
+from gridtool.placement.rules import (
     DEFAULT_POLICY,
     FILTER_CODES,
     Fleet,

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridtool.flex import FlexState, LoadSample
-from gridtool.model import DecodeError
-from gridtool.poolplan import (
+from gridtool.pools.flex import FlexState, LoadSample
+from gridtool.pools.rules import (
     Clone,
     Forget,
     HostInfo,
@@ -29,7 +28,8 @@ from gridtool.poolplan import (
     removal_order,
     target_size,
 )
-from gridtool.records import decode, encode
+from gridtool.registry.model import DecodeError
+from gridtool.registry.records import decode, encode
 
 NOW = 1_000_000.0
 SPEC = PoolSpec("web", "tmpl", min=2, max=10, desired=4)

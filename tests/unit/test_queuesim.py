@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gridtool.erlang import mean_wait
 from gridtool.errors import UsageError
-from gridtool.flex import PolicyParams
-from gridtool.queuesim import (
+from gridtool.pools.erlang import mean_wait
+from gridtool.pools.flex import PolicyParams
+from gridtool.pools.queuesim import (
     Segment,
     SimConfig,
     Trace,

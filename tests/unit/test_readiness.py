@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from agents.readiness import MarkerScan, ReadinessWatcher, domain_id
-from gridtool import cloneplan
-from gridtool.model import GuestRecord, decode, encode
+from gridtool.clone import rules as cloneplan
+from gridtool.registry.model import GuestRecord, decode, encode
 
 TEMPLATE = """<domain type='qemu'>
   <name>tiny</name>

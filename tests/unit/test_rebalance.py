@@ -10,16 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridtool.placement import (
-    DEFAULT_POLICY,
-    GuestNeeds,
-    HostView,
-    PlacementPolicy,
-    add_guest,
-    passes,
-    remove_guest,
-)
-from gridtool.rebalance import (
+from gridtool.placement.rebalance import (
     Move,
     Stuck,
     balanced_hosts,
@@ -28,6 +19,15 @@ from gridtool.rebalance import (
     mean_use_pct,
     plan_rebalance,
     use_pct,
+)
+from gridtool.placement.rules import (
+    DEFAULT_POLICY,
+    GuestNeeds,
+    HostView,
+    PlacementPolicy,
+    add_guest,
+    passes,
+    remove_guest,
 )
 
 PROPS = settings(max_examples=100, deadline=None)

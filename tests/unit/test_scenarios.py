@@ -70,7 +70,7 @@ def test_a_scenario_turns_red_without_the_shipped_fence_before_recover_rule(
     """The simulator runs the shipped manager: with ``hadecide`` patched to ignore the
     fences still present (restart an HA guest while its fence is held), the scenario that
     exercises the rule no longer matches its expected log."""
-    from gridtool import hadecide
+    from gridtool.ha import rules as hadecide
 
     monkeypatch.setattr(hadecide._Round, "held", lambda self, guest: {})
     case = SCENARIOS / "ha-fence-before-recover"

@@ -1,4 +1,4 @@
-"""Unit tests for gridtool.storage: shared-storage classification and volume ids."""
+"""Unit tests for gridtool.domains.storage: shared-storage classification and volume ids."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from dataclasses import replace
 
 import pytest
 
-from gridtool.model import Disk
-from gridtool.storage import (
+from gridtool.domains.storage import (
     DEFAULT_SHARED_PATTERNS,
     SharedStorageRules,
     classify,
     is_shared,
     volume_id,
 )
+from gridtool.registry.model import Disk
 
 RULES = SharedStorageRules()
 IQN = "iqn.2013-06.com.example:storage.tgt1"

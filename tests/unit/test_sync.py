@@ -1,12 +1,12 @@
-"""Unit tests for gridtool.sync: the pure reconcile plan."""
+"""Unit tests for gridtool.registry.sync: the pure reconcile plan."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridtool.model import Disk, GuestRecord
-from gridtool.sync import SyncPlan, plan_sync
+from gridtool.registry.model import Disk, GuestRecord
+from gridtool.registry.sync import SyncPlan, plan_sync
 
 
 def guest(uuid: str, **kw: object) -> GuestRecord:

@@ -15,12 +15,12 @@ import pytest
 from agents import hook
 from agents.claims import GuestClaims
 from agents.hooksock import HookServer
-from gridtool import cloneplan
-from gridtool.bootstrapplan import AddSpec, HostFacts, Layout, hook_driver, plan_add, plan_remove
+from gridtool.bootstrap.rules import AddSpec, HostFacts, Layout, hook_driver, plan_add, plan_remove
+from gridtool.clone import rules as cloneplan
 from gridtool.config import load
-from gridtool.domxml import parse_domain
-from gridtool.fencing import Fence, FenceKind, Observed
-from gridtool.storage import DEFAULT_SHARED_PATTERNS, SharedStorageRules
+from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS, SharedStorageRules
+from gridtool.domains.xml import parse_domain
+from gridtool.fencing.rules import Fence, FenceKind, Observed
 
 UUID = "6f2d5c1e-7a3b-4c8d-9e0f-112233445566"
 ISCSI = "/dev/disk/by-path/ip-192.0.2.10:3260-iscsi-iqn.2004-01.com.example:db-lun-1"

@@ -1,0 +1,2 @@
+"""Host bootstrap over SSH: ``rules`` (the steps, pure), ``shell``
+(paramiko)."""

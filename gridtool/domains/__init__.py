@@ -1,0 +1,1 @@
+"""Guest definitions, pure: libvirt domain XML and shared-storage rules."""

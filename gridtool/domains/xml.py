@@ -1,0 +1,108 @@
+"""Read what gridtool needs from libvirt domain XML (pure; stdlib ElementTree).
+
+ElementTree does not expand external entities, and domain XML comes from libvirt or
+from an operator's file; malformed input raises ``DomainXMLError`` with one line.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from gridtool.domains.storage import SharedStorageRules, classify
+from gridtool.registry.model import Disk
+
+#: libvirt's memory units, in bytes (integers: exact for any size).
+_MEMORY_UNIT_BYTES = {
+    "b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000,
+    "m": 1024**2, "mib": 1024**2, "mb": 1000**2, "g": 1024**3, "gib": 1024**3,
+    "gb": 1000**3, "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
+}
+
+
+class DomainXMLError(ValueError):
+    """The domain XML is malformed or lacks something gridtool needs."""
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """The parts of a domain definition the registry records."""
+
+    name: str
+    uuid: str | None
+    domain_type: str
+    vcpus: int
+    memory_mib: int
+    disks: tuple[Disk, ...]
+
+
+def parse_domain(xml: str, rules: SharedStorageRules | None = None) -> DomainSpec:
+    """Parse domain XML; classify disks as shared or local with ``rules``."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise DomainXMLError(f"malformed domain XML: {exc}") from None
+    if root.tag != "domain":
+        raise DomainXMLError(f"not a domain definition (root element <{root.tag}>)")
+    name = (root.findtext("name") or "").strip()
+    if not name:
+        raise DomainXMLError("domain XML has no <name>")
+    rules = rules or SharedStorageRules()
+    disks = tuple(classify(d, rules) for d in _disks(root))
+    return DomainSpec(
+        name=name,
+        uuid=(root.findtext("uuid") or "").strip() or None,
+        domain_type=root.get("type", ""),
+        vcpus=_int(root.findtext("vcpu") or "1", "vcpu"),
+        memory_mib=_memory_mib(root),
+        disks=disks,
+    )
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise DomainXMLError(f"<{what}> is not a whole number: {text.strip()!r}") from None
+    if value < 0:
+        raise DomainXMLError(f"<{what}> is negative")
+    return value
+
+
+def _memory_mib(root: ET.Element) -> int:
+    mem = root.find("currentMemory")
+    if mem is None:
+        mem = root.find("memory")
+    if mem is None or not (mem.text or "").strip():
+        raise DomainXMLError("domain XML has no <memory>")
+    unit = mem.get("unit", "KiB").lower()
+    if unit not in _MEMORY_UNIT_BYTES:
+        raise DomainXMLError(f"unknown memory unit {mem.get('unit')!r}")
+    return _int(mem.text or "", "memory") * _MEMORY_UNIT_BYTES[unit] // 1024**2
+
+
+def _disks(root: ET.Element) -> list[Disk]:
+    found = []
+    for el in root.findall("./devices/disk"):
+        if el.get("device", "disk") not in ("disk", "lun"):
+            continue
+        src = el.find("source")
+        target = el.find("target")
+        found.append(Disk(
+            target=target.get("dev", "") if target is not None else "",
+            source=_source(el.get("type", "file"), src),
+            kind=el.get("type", "file"),
+            protocol=src.get("protocol") if src is not None else None,
+            shareable=el.find("shareable") is not None,
+        ))
+    return found
+
+
+def _source(kind: str, src: ET.Element | None) -> str:
+    if src is None:
+        return ""
+    if kind == "network":
+        return src.get("name", "")
+    if kind == "volume":
+        return f"{src.get('pool', '')}/{src.get('volume', '')}"
+    return src.get("file") or src.get("dev") or src.get("dir") or ""

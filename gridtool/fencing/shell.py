@@ -1,0 +1,74 @@
+"""The fencing shell's store side: read fence keys, run a plan as ONE transaction.
+
+The only place that reads fence keys into :data:`~gridtool.fencing.rules.Observation` values
+and the only place that turns a fencing plan into an etcd transaction. Every caller
+(agent, hook, manager, migration, CLI, health) goes through it, so the compares a plan
+stands for are written once. Only the :class:`~gridtool.registry.store.Store` protocol is used:
+any store (etcd, in-memory) will do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from gridtool.fencing.rules import (
+    AcquirePlan,
+    Expect,
+    Observation,
+    ReleasePlan,
+    ReleaseStep,
+    observe,
+)
+from gridtool.registry.keys import Keys
+from gridtool.registry.store import Compare, Delete, Put, Store
+
+
+def read_fences(store: Store, keys: Keys, volumes: Iterable[str]) -> dict[str, Observation]:
+    """Volume -> what its fence key holds now (``None``: absent); one get per volume."""
+    observed: dict[str, Observation] = {}
+    for volume in volumes:
+        item = store.get(keys.fence(volume))
+        observed[volume] = observe(volume, item.value if item else None,
+                                   item.mod_revision if item else 0)
+    return observed
+
+
+def read_all_fences(store: Store, keys: Keys) -> tuple[dict[str, Observation], dict[str, int]]:
+    """Every fence key in one range read: (volume -> observation, volume -> the lease the
+    key is attached to, 0 for none)."""
+    items, _ = store.list(keys.fences)
+    observed: dict[str, Observation] = {}
+    leases: dict[str, int] = {}
+    for item in items:
+        volume = item.key.removeprefix(keys.fences)
+        observed[volume] = observe(volume, item.value, item.mod_revision)
+        leases[volume] = item.lease
+    return observed, leases
+
+
+def plan_ops(keys: Keys, plan: AcquirePlan | ReleasePlan, lease: int | None = None,
+             guard: Sequence[Compare] = ()) -> tuple[list[Compare], list[Put | Delete]] | None:
+    """The transaction ``plan`` stands for: ``guard`` plus one compare per step, then the
+    puts (HA fences with ``lease``) or deletes. None when an HA fence must be put and
+    there is no ``lease``: such a fence would never die with its holder."""
+    compares = list(guard)
+    ops: list[Put | Delete] = []
+    for step in plan.steps:
+        key = keys.fence(step.volume)
+        if isinstance(step, ReleaseStep):
+            compares.append(Compare(key, "mod", step.mod_revision))
+            ops.append(Delete(key))
+            continue
+        if step.with_lease and not lease:
+            return None
+        compares.append(Compare(key, "create", 0) if step.expect is Expect.ABSENT
+                        else Compare(key, "mod", step.mod_revision))
+        ops.append(Put(key, step.value.encode(), lease if step.with_lease else None))
+    return compares, ops
+
+
+def run_plan(store: Store, keys: Keys, plan: AcquirePlan | ReleasePlan,
+             lease: int | None = None, guard: Sequence[Compare] = ()) -> bool:
+    """Run ``plan`` as ONE transaction (see :func:`plan_ops`); True when it committed."""
+    txn = plan_ops(keys, plan, lease, guard)
+    return txn is not None and store.txn(*txn)

@@ -1,0 +1,307 @@
+"""The HA manager's shell: an etcd election, then a loop that reads a snapshot of the
+registry, asks the pure ``hadecide.decide`` what to do, and writes intents.
+
+Every write of the leader is a transaction guarded by its election key (compare its
+create revision), so a deposed leader that has not noticed yet cannot act.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from dataclasses import replace
+
+from gridtool.clock import SYSTEM, Clock
+from gridtool.config import Config
+from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
+from gridtool.fencing.rules import Observed
+from gridtool.fencing.shell import read_all_fences, run_plan
+from gridtool.ha.rules import (
+    Attempt,
+    Blocked,
+    GuestKind,
+    GuestView,
+    MarkError,
+    Pending,
+    ReleaseFences,
+    Restart,
+    RestartLimits,
+    Snapshot,
+    decide,
+)
+from gridtool.placement.shell import FleetView, read_fleet
+from gridtool.pools.keeper import PoolKeeper
+from gridtool.registry.fleet import Registry
+from gridtool.registry.model import DecodeError, GuestRecord
+from gridtool.registry.records import GuestSettings, Intent, ManagerStatus, decode, encode
+from gridtool.registry.store import Compare, Put, Store, Watch
+
+log = logging.getLogger("gridtool.ha.manager")
+
+#: Guest states in which a guest occupies its host (its record wins over others).
+ACTIVE_LIKE = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdown"})
+
+
+class Manager:
+    """One manager candidate; ``run()`` campaigns and, once elected, manages.
+
+    ``clock`` is where it reads the time; ``threaded=False`` runs pool rounds inline.
+    The simulator passes both and calls :meth:`step` itself instead of ``run()``.
+    """
+
+    def __init__(self, cfg: Config, store: Store, name: str, period: float = 1.0,
+                 limits: RestartLimits | None = None, pool_period: float = 10.0,
+                 clock: Clock = SYSTEM, threaded: bool = True) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.keys = cfg.keys
+        self.registry = Registry(store, cfg.keys)
+        self.name = name
+        self.period = period
+        self.limits = limits or RestartLimits()
+        self.lease: int | None = None
+        self.leader_rev = 0
+        self.since = 0.0
+        self.blocked: dict[str, str] = {}
+        self.names: dict[str, str] = {}
+        self.recent: list[str] = []
+        self.clock = clock
+        self._last_keepalive = 0.0
+        self._wake = threading.Event()  # a host or fence vanishing wakes the next round
+        self._watches: list[Watch] = []
+        self.pools = PoolKeeper(store, cfg, self, period=pool_period, clock=clock,
+                                threaded=threaded)
+
+    # -- election ------------------------------------------------------------
+
+    def run(self, stop: threading.Event, resign: bool = True) -> None:
+        """Campaign and manage until ``stop``; then resign (revoke the lease) unless told
+        not to (a test's stand-in for a manager that dies)."""
+        log.info("event=manager_start name=%s", self.name)
+        while not stop.is_set():
+            self.step()
+            self._wake.wait(self.period if self.leader_rev else min(self.period, 0.5))
+        self._watches = _cancel(self._watches)
+        self.pools.stop()
+        if resign:
+            self._resign()
+
+    def step(self) -> None:
+        """One turn: campaign when not leading; once leading, keep the lease and run a
+        round. Registry errors end the leadership (a lost lease: campaign anew)."""
+        try:
+            if not self.leader_rev:
+                self._campaign()
+            if self.leader_rev:
+                self._keepalive()
+            if self.leader_rev:
+                if not self._watches:
+                    self._watches = [self.store.watch_prefix(p, lambda _ev: self._wake.set())
+                                     for p in (self.keys.hosts, self.keys.fences)]
+                self._wake.clear()
+                self.tick()
+        except (RegistryUnavailable, AuthError) as exc:
+            if self.leader_rev:
+                log.warning("event=manager_step_down name=%s error=%s", self.name, exc)
+            self.leader_rev = 0
+            if isinstance(exc, LeaseGone):
+                self.lease = None  # campaign again with a fresh lease
+        if not self.leader_rev:
+            self._watches = _cancel(self._watches)
+
+    def _campaign(self) -> None:
+        if self.lease is None:
+            self.lease = self.store.grant_lease(self.cfg.ttl)
+            self._last_keepalive = self.clock.monotonic()
+        else:
+            self._keepalive_lease()
+            if self.lease is None:  # it expired: campaign next turn with a fresh one
+                return
+        key = self.keys.manager_leader
+        body = json.dumps({"v": 1, "leader": self.name, "since": self.clock.wall()}).encode()
+        self.store.txn([Compare(key, "create", 0)], [Put(key, body, self.lease)])
+        # Won now, or still holds the key from before a step-down (a registry error):
+        # the key under our own lease is the leadership (else nobody could win until
+        # the lease this candidate keeps alive expired).
+        item = self.store.get(key)
+        if item is not None and item.lease == self.lease:
+            self.leader_rev = item.create_revision
+            self.since = self.clock.wall()
+            log.info("event=manager_elected name=%s revision=%s", self.name,
+                     self.leader_rev)
+
+    def _keepalive_lease(self) -> None:
+        if self.lease is None or \
+                self.clock.monotonic() - self._last_keepalive < self.cfg.ttl / 3:
+            return
+        if self.store.keepalive(self.lease) <= 0:
+            self.lease = None
+            self.leader_rev = 0
+            return
+        self._last_keepalive = self.clock.monotonic()
+
+    def _keepalive(self) -> None:
+        self._keepalive_lease()
+        item = self.store.get(self.keys.manager_leader)
+        if item is None or item.create_revision != self.leader_rev:
+            log.warning("event=manager_lost_leadership name=%s", self.name)
+            self.leader_rev = 0
+
+    def _resign(self) -> None:
+        if self.lease is not None:
+            with contextlib.suppress(RegistryUnavailable, AuthError):  # it expires by itself
+                self.store.revoke_lease(self.lease)
+        log.info("event=manager_stop name=%s", self.name)
+
+    @property
+    def guard(self) -> list[Compare]:
+        return [Compare(self.keys.manager_leader, "create", self.leader_rev)]
+
+    # -- one round -----------------------------------------------------------
+
+    def tick(self) -> None:
+        snap, self.names = self.snapshot()
+        actions = decide(snap, self.limits)
+        waiting = {a.guest for a in actions if isinstance(a, Blocked)}
+        self.blocked = {g: r for g, r in self.blocked.items() if g in waiting}
+        failed: set[str] = set()
+        for action in actions:
+            if action.guest in failed:
+                continue
+            if not self._act(action, snap):
+                failed.add(action.guest)
+        self._publish_status()
+        self.pools.maybe_run()
+
+    def snapshot(self) -> tuple[Snapshot, dict[str, str]]:
+        """Read hosts and guests (as placement sees them: :func:`migration.read_fleet`),
+        settings, fences, intents: the manager's whole input."""
+        fleet = read_fleet(self.store, self.keys)
+        fences, _ = read_all_fences(self.store, self.keys)
+        dead = {item.key.removeprefix(self.keys.dead)
+                for item in self.store.list(self.keys.dead)[0]}
+        pending = self._pending()
+        live = set(fleet.records)
+        by_uuid: dict[str, list[GuestRecord]] = {}
+        for rec in fleet.guests:
+            by_uuid.setdefault(rec.uuid, []).append(rec)
+        holders = {o.fence.guest: o.fence.holder for o in fences.values()
+                   if isinstance(o, Observed)}
+        views = [_view(recs, live, fleet, holders.get(uuid)) for uuid, recs in by_uuid.items()]
+        history = {uuid: tuple(Attempt(a[0], bool(a[1])) for a in s.attempts)
+                   for uuid, s in fleet.settings.items()}
+        snap = Snapshot(
+            now=self.clock.wall(), hosts=fleet.hosts, guests=tuple(views), fences=fences,
+            confirmed_dead=frozenset(dead), history=history, pending=pending)
+        return snap, {v.uuid: v.name for v in views}
+
+    def _pending(self) -> dict[str, Pending]:
+        pending = {}
+        for item in self.store.list(self.keys.all_intents)[0]:
+            try:
+                intent = decode(Intent, item.key, item.value)
+            except DecodeError:
+                continue
+            if not intent.finished:
+                pending[intent.guest] = Pending(intent.guest, intent.host, intent.created)
+            elif intent.by == self.by:
+                log.info("event=restart_%s guest=%s host=%s message=%s", intent.state,
+                         intent.name, intent.host, intent.message)
+                self._note(f"{intent.name} on {intent.host}: {intent.message}")
+                self.store.delete(item.key)
+        return pending
+
+    @property
+    def by(self) -> str:
+        return f"manager:{self.name}"
+
+    # -- carrying out --------------------------------------------------------
+
+    def _act(self, action: object, snap: Snapshot) -> bool:
+        if isinstance(action, Blocked):
+            if self.blocked.get(action.guest) != action.reason:
+                log.info("event=ha_blocked guest=%s reason=%s", action.name, action.reason)
+                self.blocked[action.guest] = action.reason
+            return True
+        self.blocked.pop(getattr(action, "guest", ""), None)
+        if isinstance(action, Restart):
+            return self._restart(action, snap)
+        if isinstance(action, ReleaseFences):
+            ok = run_plan(self.store, self.keys, action.plan, guard=self.guard)
+            log.info("event=fences_released_for_dead_host guest=%s host=%s ok=%s",
+                     action.name, action.host, ok)
+            return ok
+        if isinstance(action, MarkError):
+            log.error("event=ha_error guest=%s reason=%s", action.name, action.reason)
+            return self._update_settings(action.guest, action.name,
+                                         lambda s: replace(s, error=action.reason))
+        return True
+
+    def _restart(self, action: Restart, snap: Snapshot) -> bool:
+        """Write the start intent and record the attempt, in one guarded transaction."""
+        intent = Intent(id=f"{time.time_ns():x}-ha", host=action.on_host, action="start",
+                        guest=action.guest, name=action.name, created=self.clock.wall(), by=self.by,
+                        params={"reason": action.reason})
+        attempt = [snap.now, 1.0 if action.relocated else 0.0]
+        ok = self._update_settings(
+            action.guest, action.name,
+            lambda s: replace(s, attempts=[*s.attempts[-20:], attempt]),
+            extra=[Put(self.keys.intent(action.on_host, intent.id), encode(intent))])
+        if ok:
+            log.info("event=ha_restart guest=%s on=%s from=%s reason=%s", action.name,
+                     action.on_host, action.from_host, action.reason)
+            self._note(f"restart {action.name} on {action.on_host}: {action.reason}")
+        return ok
+
+    def _update_settings(self, uuid: str, name: str, change, extra=()) -> bool:  # type: ignore[no-untyped-def]
+        key = self.keys.guest_settings(uuid)
+        item = self.store.get(key)
+        current = (decode(GuestSettings, key, item.value) if item
+                   else GuestSettings(uuid, name))
+        compare = Compare(key, "mod", item.mod_revision) if item else Compare(key, "create", 0)
+        return self.store.txn([*self.guard, compare],
+                              [Put(key, encode(change(current))), *extra])
+
+    def _note(self, line: str) -> None:
+        self.recent = [*self.recent, line][-10:]
+
+    def _publish_status(self) -> None:
+        status = ManagerStatus(self.name, self.since, self.clock.wall(), self.recent,
+                               {self.names.get(k, k): v for k, v in self.blocked.items()})
+        self.store.txn(self.guard, [Put(self.keys.manager_status, encode(status), self.lease)])
+
+
+def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
+          holder: str | None) -> GuestView:
+    """One guest from its records on several hosts (a shared-storage guest is often
+    defined on many): the fence holder's record wins, then an active one, then a live one;
+    what it needs from a host is placement's reading of that record (``fleet.needs``).
+    """
+    def rank(r: GuestRecord) -> tuple[bool, bool, bool, float]:
+        return (r.host == holder, r.state in ACTIVE_LIKE, r.host in live, r.updated_at)
+
+    rec = max(records, key=rank)
+    settings = fleet.settings.get(rec.uuid)
+    fenced = any(r.fenced for r in records)
+    if not fenced:
+        kind = GuestKind.NONE
+    else:
+        kind = GuestKind.HA if settings and settings.ha else GuestKind.PINNED
+    if settings is not None:
+        desired = settings.desired
+    else:  # a held fence means it ran when last known, even if no report said so yet
+        running = any(r.state in ACTIVE_LIKE for r in records) or holder is not None
+        desired = "running" if running else "stopped"
+    state = "error" if settings is not None and settings.error else rec.state
+    volumes = tuple(sorted({v for r in records for v in r.volumes}))
+    return GuestView(rec.uuid, rec.name, rec.host, state, rec.memory_mib, kind, volumes,
+                     desired, fleet.needs(rec))
+
+
+def _cancel(watches: list) -> list:  # type: ignore[type-arg]
+    for watch in watches:
+        watch.cancel()
+    return []

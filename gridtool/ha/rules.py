@@ -1,0 +1,301 @@
+"""HA manager decisions, pure: which guests to restart where, and which to leave alone.
+
+The leader-elected manager reads a :class:`Snapshot` of the registry and calls
+:func:`decide`; the shell carries out the returned actions in order. Rules:
+
+* fence before recover: an HA guest is restarted only when its host is gone (no host
+  record) or it is down on a live host, AND every one of its fence keys is absent;
+* a pinned guest is moved only after an operator's ``host confirm-dead`` of its host
+  that is gone: then :class:`ReleaseFences` (the dead host's fences) and :class:`Restart`;
+* at most ``max_restarts`` restarts and ``max_relocations`` relocations per guest per
+  ``window``; beyond that :class:`MarkError`;
+* no action for a guest with an intent in flight;
+* the host is the placement allocator's (:func:`gridtool.placement.rules.place`, the one rule
+  every placement follows: up, not draining, memory, vCPUs, labels, anti-affinity,
+  storage reachability; overflow hosts last), each restart seeing the hosts as the
+  restarts decided before it in the same round leave them.
+
+:class:`Blocked` says why a guest that should run is left down (when no host passes, the
+allocator's explanation); the shell logs it when the reason changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+from gridtool.fencing.rules import (
+    FenceKind,
+    GuestRef,
+    Observation,
+    Observed,
+    ReleasePlan,
+    plan_release,
+)
+from gridtool.placement.rules import (
+    DEFAULT_POLICY,
+    GuestNeeds,
+    HostView,
+    PlacementPolicy,
+    add_guest,
+    place,
+)
+
+#: Guest states (libvirt's names) in which a guest that should run is down.
+DOWN_STATES = frozenset({"shutoff", "crashed"})
+
+
+class GuestKind(StrEnum):
+    """How the manager treats a guest."""
+
+    HA = "ha"  # restarted elsewhere when its host dies (fences die with the host's lease)
+    PINNED = "pinned"  # left alone until an operator confirms its host dead
+    NONE = "none"  # not managed
+
+
+@dataclass(frozen=True)
+class GuestView:
+    """One guest as the manager sees it (the record from its live host wins)."""
+
+    uuid: str
+    name: str
+    host: str | None
+    state: str
+    memory_mib: int
+    kind: GuestKind
+    volumes: tuple[str, ...] = ()
+    desired: str = "running"
+    needs: GuestNeeds | None = None  # what it needs from a host (None: its memory only)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", GuestKind(self.kind))
+        object.__setattr__(self, "volumes", tuple(sorted(set(self.volumes))))
+        needs = self.needs
+        if needs is not None and (needs.name, needs.memory_mib) != (self.name,
+                                                                    self.memory_mib):
+            raise ValueError(f"guest {self.name}: its needs describe another guest")
+
+    def requirements(self) -> GuestNeeds:
+        """What the allocator must find on a host for this guest."""
+        return self.needs or GuestNeeds(self.name, self.memory_mib, 0)
+
+    def ref(self) -> GuestRef:
+        """The fencing view of this guest (only for HA and pinned guests)."""
+        return GuestRef(self.uuid, self.name, FenceKind(self.kind.value), self.volumes)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One restart the manager ordered: when, and whether it moved the guest."""
+
+    at: float
+    relocated: bool
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An unfinished intent for a guest: addressed to ``host`` at ``since``."""
+
+    guest: str
+    host: str
+    since: float
+
+
+@dataclass(frozen=True)
+class RestartLimits:
+    """Per-guest limits within a sliding ``window`` of seconds."""
+
+    max_restarts: int = 3
+    max_relocations: int = 2
+    window: float = 3600.0
+    intent_timeout: float = 300.0  # an older unfinished intent no longer counts as in flight
+
+
+def _frozen(mapping: Mapping | None) -> Mapping:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the manager read from the registry, at time ``now``; ``hosts`` are the live
+    hosts (their records exist: leases alive) with their active guests."""
+
+    now: float
+    hosts: tuple[HostView, ...]
+    guests: tuple[GuestView, ...]
+    fences: Mapping[str, Observation] = field(default_factory=dict)  # present keys only
+    confirmed_dead: frozenset[str] = frozenset()
+    history: Mapping[str, tuple[Attempt, ...]] = field(default_factory=dict)  # by guest uuid
+    pending: Mapping[str, Pending] = field(default_factory=dict)  # by guest uuid
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hosts", tuple(self.hosts))
+        object.__setattr__(self, "guests", tuple(self.guests))
+        object.__setattr__(self, "confirmed_dead", frozenset(self.confirmed_dead))
+        for name in ("fences", "history", "pending"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+        names = [h.name for h in self.hosts]
+        if len(set(names)) != len(names):
+            raise ValueError("snapshot: duplicate host names")
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Ask ``on_host`` to start the guest (its agent takes the fences first)."""
+
+    guest: str
+    name: str
+    on_host: str
+    from_host: str | None
+    relocated: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReleaseFences:
+    """Release the fences a confirmed-dead host holds for a pinned guest (one txn)."""
+
+    guest: str
+    name: str
+    host: str
+    plan: ReleasePlan
+
+
+@dataclass(frozen=True)
+class MarkError:
+    """Stop managing the guest: set its state to error, with ``reason``."""
+
+    guest: str
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """The guest should run but stays down for now, because of ``reason``."""
+
+    guest: str
+    name: str
+    reason: str
+
+
+Action = Restart | ReleaseFences | MarkError | Blocked
+
+
+# --------------------------------------------------------------------------- decide
+
+
+@dataclass
+class _Round:
+    """Working state of one decide() call: the hosts as this round's restarts leave them."""
+
+    snap: Snapshot
+    limits: RestartLimits
+    policy: PlacementPolicy
+    hosts: dict[str, HostView]
+
+    def live(self, host: str | None) -> bool:
+        return host is not None and host in self.hosts
+
+    def held(self, guest: GuestView) -> dict[str, Observation]:
+        """The fence keys of ``guest`` that exist, by volume."""
+        return {v: self.snap.fences[v] for v in guest.volumes if v in self.snap.fences}
+
+    def take(self, host: str, needs: GuestNeeds) -> None:
+        self.hosts[host] = add_guest(self.hosts[host], needs)
+
+
+def decide(
+    snap: Snapshot, limits: RestartLimits | None = None, policy: PlacementPolicy = DEFAULT_POLICY
+) -> tuple[Action, ...]:
+    """The manager's actions for ``snap``, in the order the shell must carry them out.
+
+    Guests are taken by name (then uuid), so the result is deterministic. For one guest
+    the shell stops at the first action that fails (e.g. a ReleaseFences whose compare
+    fails drops the Restart after it).
+    """
+    rnd = _Round(snap, limits or RestartLimits(), policy, {h.name: h for h in snap.hosts})
+    actions: list[Action] = []
+    for guest in sorted(snap.guests, key=lambda g: (g.name, g.uuid)):
+        actions.extend(_decide_guest(guest, rnd))
+    return tuple(actions)
+
+
+def _in_flight(guest: GuestView, rnd: _Round) -> bool:
+    pending = rnd.snap.pending.get(guest.uuid)
+    if pending is None:
+        return False
+    fresh = rnd.snap.now - pending.since < rnd.limits.intent_timeout
+    return fresh and rnd.live(pending.host)
+
+
+def _decide_guest(guest: GuestView, rnd: _Round) -> list[Action]:
+    managed = guest.kind is not GuestKind.NONE and guest.desired == "running"
+    if not managed or guest.state == "error" or _in_flight(guest, rnd):
+        return []
+    if guest.kind is GuestKind.PINNED:
+        return _decide_pinned(guest, rnd)
+    return _decide_ha(guest, rnd)
+
+
+def _decide_ha(guest: GuestView, rnd: _Round) -> list[Action]:
+    if rnd.live(guest.host) and guest.state not in DOWN_STATES:
+        return []
+    held = rnd.held(guest)
+    if held:
+        volume, obs = next(iter(held.items()))
+        who = obs.fence.holder if isinstance(obs, Observed) else "an unreadable record"
+        return [Blocked(guest.uuid, guest.name,
+                        f"waiting for fence {volume} held by {who} to go")]
+    live = rnd.live(guest.host)
+    why = f"{guest.state} on {guest.host}" if live else (
+        f"host {guest.host} gone" if guest.host else "not placed")
+    return [_restart(guest, rnd, why)]
+
+
+def _decide_pinned(guest: GuestView, rnd: _Round) -> list[Action]:
+    if rnd.live(guest.host):
+        return []  # its own agent restarts it in place
+    host = guest.host
+    if host is None:
+        return [Blocked(guest.uuid, guest.name, "pinned guest without a host")]
+    if host not in rnd.snap.confirmed_dead:
+        return [Blocked(guest.uuid, guest.name,
+                        f"pinned: host {host} unreachable; waiting for "
+                        f"`host confirm-dead {host}`")]
+    held = rnd.held(guest)
+    plan = plan_release(host, guest.ref(), {v: held.get(v) for v in guest.volumes})
+    foreign = [v for v in plan.skipped if v in held]
+    if foreign:
+        return [Blocked(guest.uuid, guest.name,
+                        f"pinned: fence {foreign[0]} is not held by dead host {host}")]
+    action = _restart(guest, rnd, f"host {host} confirmed dead")
+    if not isinstance(action, Restart) or plan.empty:
+        return [action]
+    return [ReleaseFences(guest.uuid, guest.name, host, plan), action]
+
+
+def _restart(guest: GuestView, rnd: _Round, why: str) -> Action:
+    limits, now = rnd.limits, rnd.snap.now
+    recent = [a for a in rnd.snap.history.get(guest.uuid, ()) if now - a.at < limits.window]
+    window = f"{limits.window:g} s"
+    if len(recent) >= limits.max_restarts:
+        return MarkError(guest.uuid, guest.name,
+                         f"restart limit: {len(recent)} restarts within {window}")
+    needs = guest.requirements()
+    placement = place(needs, tuple(rnd.hosts.values()), rnd.policy)
+    host = placement.host
+    if host is None:
+        return Blocked(guest.uuid, guest.name, placement.reason)
+    relocated = host != guest.host
+    moves = sum(a.relocated for a in recent)
+    if relocated and moves >= limits.max_relocations:
+        return MarkError(guest.uuid, guest.name,
+                         f"relocation limit: {moves} relocations within {window}")
+    rnd.take(host, needs)
+    return Restart(guest.uuid, guest.name, host, guest.host, relocated, why)

@@ -1,0 +1,100 @@
+"""Collect the health snapshot from the registry (the shell around ``gridtool.health``)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from gridtool.fencing.rules import Observed, Unreadable
+from gridtool.fencing.shell import read_all_fences
+from gridtool.health.snapshot import (
+    CorruptRecord,
+    EndpointStatus,
+    FenceObs,
+    GuestObs,
+    HostObs,
+    IntentObs,
+    PoolObs,
+    RunReport,
+    Snapshot,
+)
+from gridtool.pools.rules import PoolSpec, PoolStatus, target_size
+from gridtool.registry.fleet import Registry
+from gridtool.registry.keys import Keys
+from gridtool.registry.model import DecodeError
+from gridtool.registry.records import Intent, decode
+from gridtool.registry.store import Store
+
+
+def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
+    """Read everything ``gridtool check`` judges; raises RegistryUnavailable if it can't."""
+    endpoints = tuple(EndpointStatus(s.endpoint, s.healthy, s.leader, s.error)
+                      for s in store.status())
+    registry = Registry(store, keys)
+    listing = registry.listing()
+    now = time.time()
+    live = {h.name for h in listing.hosts}
+    hosts = [HostObs(h.name, h.reported_at, h.agent_version,
+                     host_clock=h.reported_at if h.reported_at > now else None,
+                     checker_clock=now if h.reported_at > now else None)
+             for h in listing.hosts]
+    # A host that left guest records behind but holds no lease is a lost host.
+    hosts += [HostObs(name, None, lease=False)
+              for name in sorted({g.host for g in listing.guests} - live)]
+    corrupt = [CorruptRecord(e.key, e.reason) for e in listing.errors]
+    fences = []
+    for volume, obs in read_all_fences(store, keys)[0].items():
+        if isinstance(obs, Observed):
+            fences.append(FenceObs(obs.fence.volume, obs.fence.holder, obs.fence.guest))
+        elif isinstance(obs, Unreadable):
+            corrupt.append(CorruptRecord(keys.fence(volume), obs.error))
+    intents = []
+    for item in store.list(keys.all_intents)[0]:
+        try:
+            intent = decode(Intent, item.key, item.value)
+        except DecodeError as exc:
+            corrupt.append(CorruptRecord(item.key, exc.reason))
+            continue
+        intents.append(IntentObs(intent.host, intent.id, intent.created, intent.state))
+    leader = store.get(keys.manager_leader)
+    running = {g.uuid for g in listing.guests if g.state == "running" and g.host in live}
+    pools = _pools(store, keys, running, corrupt)
+    return Snapshot(
+        now=now, endpoints=endpoints, member_count=member_count, hosts=tuple(hosts),
+        guests=tuple(GuestObs(g.uuid, g.name, g.host, g.state, g.fenced, g.volumes)
+                     for g in listing.guests),
+        running=tuple(RunReport(g.uuid, g.host) for g in listing.guests
+                      if g.state == "running" and g.host in live),
+        fences=tuple(fences), intents=tuple(intents),
+        manager_leader=_leader_name(leader.value) if leader else None,
+        corrupt=tuple(corrupt), pools=tuple(pools))
+
+
+def _pools(store: Store, keys: Keys, running: set[str],
+           corrupt: list[CorruptRecord]) -> list[PoolObs]:
+    """Each pool's target size and how many of its members run on a live host."""
+    specs: dict[str, PoolSpec] = {}
+    statuses: dict[str, PoolStatus] = {}
+    members: dict[str, set[str]] = {}
+    for item in store.list(keys.pools)[0]:
+        name, _, rest = item.key.removeprefix(keys.pools).partition("/")
+        try:
+            if rest == "spec":
+                specs[name] = decode(PoolSpec, item.key, item.value)
+            elif rest == "status":
+                statuses[name] = decode(PoolStatus, item.key, item.value)
+        except DecodeError as exc:
+            corrupt.append(CorruptRecord(item.key, exc.reason))
+        if rest.startswith("members/"):
+            members.setdefault(name, set()).add(rest.removeprefix("members/"))
+    return [PoolObs(name, target_size(spec, statuses.get(name)),
+                    len(members.get(name, set()) & running))
+            for name, spec in sorted(specs.items())]
+
+
+def _leader_name(raw: bytes) -> str | None:
+    try:
+        name = json.loads(raw).get("leader")
+    except (ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None

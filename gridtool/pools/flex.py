@@ -1,0 +1,580 @@
+"""Flex policies for worker pools: pure decisions over plain data.
+
+Every policy has the signature ``decide(state, sample, now, params) -> (Decision, state)``:
+it reads one :class:`LoadSample` (the pool's load over the last interval plus its current
+size), the previous :class:`FlexState`, and returns how many workers the pool should have.
+No I/O, no clock: the caller passes ``now`` and persists the returned state
+(``FlexState.to_dict``) between calls. ``params.policy`` picks the policy by name from
+:data:`POLICIES`:
+
+``erlang`` (default)
+    Offered load A = arrival estimate x mean service time (EWMA of measured service
+    times). The arrival estimate follows a slow EWMA (``slow_tau``) so that Poisson noise
+    does not move the pool, but reacts within one sample to real changes: when a fast EWMA
+    (``fast_tau``) is more than ``noise_z`` standard deviations of Poisson noise away from
+    the slow one, the estimate moves to the fast one (less that margin) - this is what
+    catches a spike; and while the slow EWMA is rising significantly (Brown's double
+    smoothing), it is de-lagged and projected ``lookahead`` seconds ahead (the time new
+    workers need to help) - this is what keeps up with ramps. Queue depth is a second
+    signal: the part beyond its (1 - ``queue_epsilon``) quantile for the ready workers at
+    their target load is backlog, drained over ``drain_time`` as extra arrival rate.
+    Workers come from Erlang C so that the pool's target (P(wait > ``wait_threshold``) or
+    mean wait) holds at A. Scale-up is immediate, to exactly that count, with workers
+    still starting counted as capacity (never overshoots); it is skipped as "small" only
+    if the current size misses the target by at most ``tolerance`` (relative). Scale-down
+    goes to the highest recommendation of the last ``stabilization_window`` seconds, and
+    only if that removes more than ``tolerance`` of the pool.
+``classic``
+    The known baseline: unweighted mean of the last ``classic_window`` samples (rate and
+    service time); one worker more when the Erlang intensity A / workers reaches
+    ``classic_up`` (0.90), one fewer when it drops below ``classic_down`` (0.50, our
+    reading of "well below") unless one fewer would be back at ``classic_up`` (which
+    only happens for pools of one or two and would flap), otherwise hold.
+``hpa``
+    The Kubernetes HPA rule on the busy fraction: ``desired = ceil(current * util /
+    target)``, no change while ``|util / target - 1| <= hpa_tolerance`` (0.1), starting
+    workers count as idle when scaling up, scale-up limited as in the HPA defaults (to
+    ``max(2 x current, current + 4)``), and scale-down to the highest recommendation of
+    the stabilization window (300 s).
+
+Counts: ``current`` is ready + starting workers; ``desired`` is the new total, always
+within ``[min_workers, max_workers]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from gridtool.pools.erlang import (
+    DEFAULT_SERVER_LIMIT,
+    TARGET_KINDS,
+    TargetKind,
+    erlang_c,
+    mean_wait,
+    servers_needed,
+    wait_metric,
+)
+
+POLICY_NAMES = ("erlang", "classic", "hpa")
+
+
+def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return dict(data)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """Load of one pool over the ``interval`` seconds ending at ``timestamp``.
+
+    ``workers`` is the number of ready workers and ``starting`` the number requested but
+    not yet ready, both at ``timestamp``. Service time is ``mean_service_time`` if given,
+    else ``busy_seconds / completions``. Also the record of one load report,
+    ``pools/<name>/samples/<id>``: ``source`` names the reporter, so reports of several
+    workers or producers add up (``gridtool.pools.rules.aggregate``).
+    """
+
+    timestamp: float
+    interval: float
+    arrivals: int
+    completions: int = 0
+    busy_seconds: float | None = None
+    mean_service_time: float | None = None
+    queue_depth: int = 0
+    workers: int = 0
+    starting: int = 0
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.interval > 0:
+            raise ValueError(f"interval must be > 0, got {self.interval}")
+        counts = (self.arrivals, self.completions, self.queue_depth, self.workers, self.starting)
+        if min(counts) < 0:
+            raise ValueError("counts must be >= 0")
+        if self.busy_seconds is not None and self.busy_seconds < 0:
+            raise ValueError("busy_seconds must be >= 0")
+        if self.mean_service_time is not None and not self.mean_service_time > 0:
+            raise ValueError("mean_service_time must be > 0")
+
+    @property
+    def arrival_rate(self) -> float:
+        """Arrivals per second over the interval."""
+        return self.arrivals / self.interval
+
+    @property
+    def current(self) -> int:
+        """Pool size counting workers still starting."""
+        return self.workers + self.starting
+
+    def service_time(self) -> float | None:
+        """Measured mean service time, or None if the interval tells nothing."""
+        if self.mean_service_time is not None:
+            return self.mean_service_time
+        if self.busy_seconds and self.completions:
+            return self.busy_seconds / self.completions
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LoadSample:
+        return cls(**_known(cls, data))
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    """Per-pool flex settings (all times in seconds)."""
+
+    policy: str = "erlang"
+    min_workers: int = 1
+    max_workers: int = 100
+    target_kind: TargetKind = "wait_probability"
+    target: float = 0.2
+    wait_threshold: float = 0.0
+    default_service_time: float = 1.0
+    fast_tau: float = 10.0
+    slow_tau: float = 60.0
+    noise_z: float = 3.0
+    lookahead: float = 15.0
+    queue_epsilon: float = 0.01
+    drain_time: float = 30.0
+    service_tau: float = 60.0
+    stabilization_window: float = 300.0
+    tolerance: float = 0.15
+    classic_window: int = 10
+    classic_up: float = 0.9
+    classic_down: float = 0.5
+    hpa_target_utilization: float = 0.7
+    hpa_tolerance: float = 0.1
+
+    def __post_init__(self) -> None:
+        checks = {
+            "policy must be one of " + ", ".join(POLICY_NAMES): self.policy in POLICY_NAMES,
+            "0 <= min_workers <= max_workers": 0 <= self.min_workers <= self.max_workers,
+            "target_kind must be one of " + ", ".join(TARGET_KINDS): (
+                self.target_kind in TARGET_KINDS
+            ),
+            "target must be > 0": self.target > 0,
+            "wait_threshold must be >= 0": self.wait_threshold >= 0,
+            "default_service_time must be > 0": self.default_service_time > 0,
+            "taus and stabilization_window must be >= 0": min(
+                self.fast_tau, self.slow_tau, self.service_tau, self.stabilization_window
+            )
+            >= 0,
+            "drain_time must be > 0": self.drain_time > 0,
+            "noise_z and lookahead must be >= 0": min(self.noise_z, self.lookahead) >= 0,
+            "0 <= queue_epsilon < 1": 0 <= self.queue_epsilon < 1,
+            "0 <= tolerance < 1": 0 <= self.tolerance < 1,
+            "classic_window must be >= 1": self.classic_window >= 1,
+            "0 < classic_down < classic_up": 0 < self.classic_down < self.classic_up,
+            "0 < hpa_target_utilization <= 1": 0 < self.hpa_target_utilization <= 1,
+            "hpa_tolerance must be >= 0": self.hpa_tolerance >= 0,
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError("invalid PolicyParams: " + "; ".join(failed))
+
+    def clamp(self, workers: int) -> int:
+        """Bound a worker count to ``[min_workers, max_workers]``."""
+        return max(self.min_workers, min(self.max_workers, workers))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PolicyParams:
+        return cls(**_known(cls, data))
+
+
+@dataclass(frozen=True)
+class FlexState:
+    """What a policy remembers between samples (persist it with ``to_dict``)."""
+
+    last_timestamp: float | None = None
+    fast_rate: float | None = None
+    slow_rate: float | None = None
+    slow2_rate: float | None = None
+    service_time: float | None = None
+    recent: tuple[tuple[float, float], ...] = ()
+    window: tuple[tuple[float, int], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["recent"] = [list(pair) for pair in self.recent]
+        data["window"] = [list(pair) for pair in self.window]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlexState:
+        values = _known(cls, data)
+        values["recent"] = tuple((float(r), float(s)) for r, s in values.get("recent", ()))
+        values["window"] = tuple((float(t), int(n)) for t, n in values.get("window", ()))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy's verdict for one sample, with the numbers behind it."""
+
+    policy: str
+    timestamp: float
+    current: int
+    ready: int
+    starting: int
+    smoothed_rate: float
+    backlog_rate: float
+    service_time: float
+    offered_load: float
+    intensity: float
+    recommended: int
+    desired: int
+    reason: str
+    predicted_wait_probability: float
+    predicted_mean_wait: float
+
+    @property
+    def change(self) -> int:
+        """Workers to add (> 0) or remove (< 0)."""
+        return self.desired - self.current
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("intensity", "predicted_mean_wait"):
+            data[name] = _finite_or_none(data[name])
+        data["change"] = self.change
+        return data
+
+
+Policy = Callable[[FlexState, LoadSample, float, PolicyParams], tuple[Decision, FlexState]]
+
+
+# --- shared steps ---------------------------------------------------------------------
+
+
+def _ewma(
+    previous: float | None, value: float, dt: float, tau: float, first: float | None = None
+) -> float:
+    if previous is None:
+        return value if first is None else first
+    if tau <= 0:
+        return value
+    alpha = 1.0 - math.exp(-dt / tau)
+    return previous + alpha * (value - previous)
+
+
+def _observe(state: FlexState, sample: LoadSample, params: PolicyParams) -> FlexState:
+    """Fold one sample into the smoothed rates, service time and recent history."""
+    rate, dt = sample.arrival_rate, sample.interval
+    measured = sample.service_time()
+    service = state.service_time
+    if measured is not None:
+        service = _ewma(service, measured, dt, params.service_tau)
+    recent_service = service if service is not None else params.default_service_time
+    recent = (*state.recent, (rate, recent_service))[-params.classic_window :]
+    # one sample is a noisy start for the slow level: begin at its Poisson lower bound
+    start = max(0.0, rate - params.noise_z * math.sqrt(rate / dt))
+    return replace(
+        state,
+        last_timestamp=sample.timestamp,
+        fast_rate=_ewma(state.fast_rate, rate, dt, params.fast_tau),
+        slow_rate=(slow := _ewma(state.slow_rate, rate, dt, params.slow_tau, first=start)),
+        slow2_rate=_ewma(state.slow2_rate, slow, dt, params.slow_tau),
+        service_time=service,
+        recent=recent,
+    )
+
+
+def _service_time(state: FlexState, params: PolicyParams) -> float:
+    return state.service_time if state.service_time is not None else params.default_service_time
+
+
+def _intensity(load: float, workers: int) -> float:
+    if workers > 0:
+        return load / workers
+    return math.inf if load > 0 else 0.0
+
+
+def _predict(workers: int, load: float, service: float) -> tuple[float, float]:
+    """Erlang C P(wait) and mean wait for ``workers`` at ``load``."""
+    if load <= 0:
+        return 0.0, 0.0
+    return erlang_c(workers, load), mean_wait(workers, load, service)
+
+
+def _window(
+    before: FlexState, state: FlexState, now: float, current: int, rec: int, params: PolicyParams
+) -> tuple[int, FlexState]:
+    """Record ``rec`` and return the highest recommendation of the stabilization window.
+
+    A fresh state starts the window with the current size, so nothing scales down during
+    the first window after a (re)start.
+    """
+    horizon = now - params.stabilization_window
+    seed = ((now, current),) if before.last_timestamp is None else ()
+    window = tuple((t, n) for t, n in (*before.window, *seed) if t > horizon)
+    window = (*window, (now, rec))
+    return max(n for _, n in window), replace(state, window=window)
+
+
+def _finish(
+    policy: str,
+    sample: LoadSample,
+    now: float,
+    params: PolicyParams,
+    numbers: tuple[float, float, float],
+    recommended: int,
+    desired: int,
+    reason: str,
+) -> Decision:
+    """Clamp ``desired`` and assemble the Decision; numbers = (rate, backlog rate, s)."""
+    rate, backlog, service = numbers
+    load = (rate + backlog) * service
+    bounded = params.clamp(desired)
+    if bounded != desired or params.clamp(recommended) != recommended:
+        reason = f"{reason}; bounded to [{params.min_workers}, {params.max_workers}]"
+    p_wait, wait = _predict(bounded, load, service)
+    return Decision(
+        policy=policy,
+        timestamp=now,
+        current=sample.current,
+        ready=sample.workers,
+        starting=sample.starting,
+        smoothed_rate=rate,
+        backlog_rate=backlog,
+        service_time=service,
+        offered_load=load,
+        intensity=_intensity(load, sample.current),
+        recommended=recommended,
+        desired=bounded,
+        reason=reason,
+        predicted_wait_probability=p_wait,
+        predicted_mean_wait=wait,
+    )
+
+
+# --- erlang ---------------------------------------------------------------------------
+
+
+def _target_metric(workers: int, load: float, service: float, params: PolicyParams) -> float:
+    """The pool's target metric (P(wait > threshold) or mean wait) at ``workers``."""
+    if load <= 0:
+        return 0.0
+    kind, threshold = params.target_kind, params.wait_threshold
+    return wait_metric(workers, load, service, kind=kind, threshold=threshold)
+
+
+def _erlang_workers(load: float, service: float, params: PolicyParams) -> int:
+    """Workers Erlang C asks for (``DEFAULT_SERVER_LIMIT + 1`` for absurd loads)."""
+    try:
+        return servers_needed(
+            load, service, params.target, kind=params.target_kind, threshold=params.wait_threshold
+        )
+    except ValueError:
+        return DEFAULT_SERVER_LIMIT + 1
+
+
+def _erlang_step(
+    current: int, rec: int, held: int, metric: float, params: PolicyParams
+) -> tuple[int, str]:
+    """Apply scale-up-at-once, tolerance band and scale-down stabilization."""
+    if rec > current:
+        if metric <= params.target * (1 + params.tolerance):
+            return current, f"hold: {current} misses target by <= tolerance (rec {rec})"
+        return rec, f"scale up: Erlang C needs {rec} > {current}"
+    if held >= current:
+        return current, f"hold: window max {held} >= {current}"
+    if current - held <= params.tolerance * current:
+        return current, f"hold: {current} -> {held} within tolerance {params.tolerance:g}"
+    return held, f"scale down to window max {held} (rec {rec})"
+
+
+def _alpha(interval: float, tau: float) -> float:
+    return 1.0 - math.exp(-interval / tau) if tau > 0 else 1.0
+
+
+def _rise_sd(variance: float, alpha: float) -> float:
+    """Noise sd of EWMA - EWMA(EWMA) for white noise of the given per-sample variance."""
+    b2 = (1.0 - alpha) ** 2
+    s0, s1, s2 = 1 / (1 - b2), 1 / (1 - b2) ** 2, (1 + b2) / (1 - b2) ** 3
+    return alpha * math.sqrt(variance * max(0.0, s0 - 2 * alpha * s1 + alpha**2 * s2))
+
+
+def _arrival_estimate(
+    before: FlexState, after: FlexState, interval: float, params: PolicyParams
+) -> float:
+    """Arrival rate to size for: the slow EWMA, projected ``lookahead`` seconds ahead along
+    its trend (Brown's double smoothing) when the rise is significant, and pulled towards
+    the fast EWMA when that one is more than ``noise_z`` sd of Poisson noise away.
+
+    Noise levels come from the previous slow rate (the sample itself on a fresh state), so
+    the estimate is monotone in this sample's arrivals.
+    """
+    fast, slow = after.fast_rate or 0.0, after.slow_rate or 0.0
+    level = before.slow_rate if before.slow_rate is not None else fast  # first: its own
+    variance = level / interval  # Poisson: variance of one sample's rate
+    rise = slow - (after.slow2_rate if after.slow2_rate is not None else slow)
+    slow_alpha = _alpha(interval, params.slow_tau)
+    if params.slow_tau > 0 and rise > params.noise_z * _rise_sd(variance, slow_alpha):
+        projected = slow + rise * (1 + params.lookahead / params.slow_tau)
+        slow = max(slow, min(projected, fast))  # never beyond the latest evidence
+    fast_alpha = _alpha(interval, params.fast_tau)
+    margin = params.noise_z * math.sqrt(variance * fast_alpha / (2.0 - fast_alpha))
+    return min(max(slow, fast - margin), fast + margin)
+
+
+def _target_load(workers: int, service: float, params: PolicyParams) -> float:
+    """Highest offered load at which ``workers`` still meet the target (bisection)."""
+    low, high = 0.0, float(workers)
+    for _ in range(40):
+        middle = (low + high) / 2
+        if _target_metric(workers, middle, service, params) <= params.target:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def _excess_queue(sample: LoadSample, service: float, params: PolicyParams) -> float:
+    """Queue depth beyond its (1 - queue_epsilon) quantile for the ready workers running
+    at their target load: the backlog that M/M/c noise does not explain."""
+    ready, depth = sample.workers, float(sample.queue_depth)
+    if params.queue_epsilon <= 0 or ready == 0 or depth == 0:
+        return depth
+    load = _target_load(ready, service, params)
+    p_wait = erlang_c(ready, load) if load > 0 else 0.0
+    if p_wait <= params.queue_epsilon:
+        return depth
+    normal = math.log(params.queue_epsilon / p_wait) / math.log(load / ready)
+    return max(0.0, depth - normal)
+
+
+def decide_erlang(
+    state: FlexState, sample: LoadSample, now: float, params: PolicyParams
+) -> tuple[Decision, FlexState]:
+    """Erlang C sizing on the gated arrival estimate plus backlog; see the module doc."""
+    observed = _observe(state, sample, params)
+    service = _service_time(observed, params)
+    rate = _arrival_estimate(state, observed, sample.interval, params)
+    backlog = _excess_queue(sample, service, params) / params.drain_time
+    load = (rate + backlog) * service
+    current = sample.current
+    raw = _erlang_workers(load, service, params)
+    rec = params.clamp(raw)
+    held, new_state = _window(state, observed, now, current, rec, params)
+    metric = _target_metric(current, load, service, params)
+    desired, reason = _erlang_step(current, rec, held, metric, params)
+    numbers = (rate, backlog, service)
+    decision = _finish("erlang", sample, now, params, numbers, raw, desired, reason)
+    return decision, new_state
+
+
+# --- classic --------------------------------------------------------------------------
+
+
+def decide_classic(
+    state: FlexState, sample: LoadSample, now: float, params: PolicyParams
+) -> tuple[Decision, FlexState]:
+    """Mean of the last N samples; +1 at intensity >= classic_up, -1 below classic_down."""
+    observed = _observe(state, sample, params)
+    count = len(observed.recent)
+    rate = sum(r for r, _ in observed.recent) / count
+    service = sum(s for _, s in observed.recent) / count
+    current = sample.current
+    load = rate * service
+    intensity = _intensity(load, current)
+    if intensity >= params.classic_up:
+        rec, reason = current + 1, f"scale up: intensity {intensity:.2f} >= {params.classic_up}"
+    elif (
+        current > 0
+        and intensity < params.classic_down
+        and _intensity(load, current - 1) < params.classic_up
+    ):
+        rec, reason = current - 1, f"scale down: intensity {intensity:.2f} < {params.classic_down}"
+    else:
+        rec, reason = current, f"hold: intensity {intensity:.2f}"
+    decision = _finish("classic", sample, now, params, (rate, 0.0, service), rec, rec, reason)
+    return decision, observed
+
+
+# --- hpa ------------------------------------------------------------------------------
+
+
+def _hpa_recommend(sample: LoadSample, service: float, params: PolicyParams) -> tuple[int, str]:
+    """Kubernetes HPA replica calculation on the busy fraction of the pool."""
+    current, ready = sample.current, sample.workers
+    busy = sample.busy_seconds
+    if busy is None:
+        busy = sample.completions * service
+    if ready == 0:
+        if current == 0 and (sample.arrivals or sample.queue_depth):
+            return 1, "scale up: load on an empty pool"
+        return current, "hold: no ready workers to measure"
+    target = params.hpa_target_utilization
+    ratio = busy / (sample.interval * ready) / target
+    if abs(ratio - 1) <= params.hpa_tolerance:
+        return current, f"hold: usage ratio {ratio:.2f} within tolerance"
+    if ratio > 1 and sample.starting:
+        ratio = busy / (sample.interval * current) / target  # starting workers count idle
+        if ratio <= 1 + params.hpa_tolerance:
+            return current, f"hold: usage ratio {ratio:.2f} counting starting workers"
+    rec = math.ceil(ratio * current)
+    limit = max(2 * current, current + 4)
+    if rec > limit:
+        return limit, f"scale up: ratio {ratio:.2f}, rate-limited to {limit}"
+    return rec, f"usage ratio {ratio:.2f} -> {rec}"
+
+
+def decide_hpa(
+    state: FlexState, sample: LoadSample, now: float, params: PolicyParams
+) -> tuple[Decision, FlexState]:
+    """Kubernetes HPA: ceil(current x util / target), tolerance, down-stabilization."""
+    observed = _observe(state, sample, params)
+    service = _service_time(observed, params)
+    current = sample.current
+    rec, reason = _hpa_recommend(sample, service, params)
+    rec = params.clamp(rec)
+    held, new_state = _window(state, observed, now, current, rec, params)
+    if rec >= current:
+        desired = rec
+    else:
+        desired = min(current, held)
+        reason = f"{reason}; stabilized to window max {desired}"
+    numbers = (sample.arrival_rate, 0.0, service)
+    decision = _finish("hpa", sample, now, params, numbers, rec, desired, reason)
+    return decision, new_state
+
+
+# --- registry -------------------------------------------------------------------------
+
+POLICIES: dict[str, Policy] = {
+    "erlang": decide_erlang,
+    "classic": decide_classic,
+    "hpa": decide_hpa,
+}
+assert tuple(POLICIES) == POLICY_NAMES
+
+
+def get_policy(name: str) -> Policy:
+    """Look a policy up by name (ValueError for unknown names)."""
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown flex policy {name!r}; known: {', '.join(POLICIES)}") from None
+
+
+def decide(
+    state: FlexState, sample: LoadSample, now: float, params: PolicyParams
+) -> tuple[Decision, FlexState]:
+    """Run the policy named by ``params.policy``."""
+    return get_policy(params.policy)(state, sample, now, params)

@@ -1,0 +1,291 @@
+"""The manager's pool round: keep every pool at its size (shell around ``poolplan``).
+
+Every ``period`` seconds (and at once when a host's record vanishes or a pool's spec
+changes) the leading manager reads each pool's spec, members, the live
+hosts and the load reports, asks :func:`gridtool.pools.rules.plan` what to do, records the
+result (``pools/<name>/status``) and carries the actions out through the clone API
+(``gridtool.clone.shell``).
+
+The round runs on its own thread, one round at a time: cloning and removing workers
+takes seconds (intents to agents, a start to be reported), while the manager's
+fencing/HA round must keep its short period. ``Manager.tick`` only starts a round when
+the previous one has finished and ``period`` has passed; it never waits for one. Each
+action is bounded by ``action_timeout``; before each one the round checks that this
+manager still leads, and a failed action is logged and planned again next round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import Counter
+from typing import Any, Protocol
+
+from gridtool.clock import SYSTEM, Clock
+from gridtool.config import Config
+from gridtool.errors import GridtoolError, NotFound
+from gridtool.pools import shell as pools
+from gridtool.pools.flex import Decision, FlexState
+from gridtool.pools.rules import (
+    DEFAULT_GRACE,
+    Action,
+    Clone,
+    MemberClass,
+    Plan,
+    PoolSpec,
+    PoolStatus,
+    aggregate,
+    classify,
+    direction,
+    flex_step,
+    plan,
+    target_size,
+)
+from gridtool.registry.keys import Keys
+from gridtool.registry.records import encode
+from gridtool.registry.store import Compare, Event, Put, Store, Watch
+
+log = logging.getLogger("gridtool.pools.shell")
+
+DEFAULT_PERIOD = 10.0
+
+
+class _Deposed(Exception):
+    """This manager no longer leads (or is stopping): drop the rest of the round."""
+
+
+class _Skip(Exception):
+    """The pool was deleted or changed during the round: leave it to the next round."""
+
+
+class Leader(Protocol):
+    """What a pool round needs from the manager that runs it: whether it leads (its
+    election key's create revision, 0 when not) and the compare that guards its writes."""
+
+    @property
+    def leader_rev(self) -> int: ...
+
+    @property
+    def guard(self) -> list[Compare]: ...
+
+
+class PoolKeeper:
+    """Runs pool rounds for a leader (the :class:`gridtool.ha.manager.Manager`) while it
+    leads. ``threaded=False`` runs each round inline in ``maybe_run`` (the simulator)."""
+
+    def __init__(self, store: Store, cfg: Config, leader: Leader,
+                 period: float = DEFAULT_PERIOD, action_timeout: float = 60.0,
+                 grace: float = DEFAULT_GRACE, clock: Clock = SYSTEM,
+                 threaded: bool = True) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.keys = cfg.keys
+        self.leader = leader
+        self.period = period
+        self.action_timeout = action_timeout
+        self.grace = grace
+        self.clock = clock
+        self.threaded = threaded
+        self.errors: dict[str, str] = {}
+        self._thread: threading.Thread | None = None
+        self._last = clock.monotonic() - period
+        self._stop = threading.Event()
+        self._due = threading.Event()
+        self._watches: list[Watch] = []
+
+    # -- scheduling (called from Manager.tick / Manager.run) -----------------
+
+    def maybe_run(self) -> None:
+        """Start a round on a worker thread if one is due and none is running: every
+        ``period``, and at once when a host vanishes or a pool spec changes."""
+        if self._stop.is_set() or not self.leader.leader_rev:
+            return
+        if not self._watches:
+            self._watches = [self.store.watch_prefix(self.keys.hosts, self._on_host),
+                             self.store.watch_prefix(self.keys.pools, self._on_pool)]
+        if self.busy:
+            return
+        if not self._due.is_set() and self.clock.monotonic() - self._last < self.period:
+            return
+        self._due.clear()
+        self._last = self.clock.monotonic()
+        if not self.threaded:
+            self.round()
+            return
+        self._thread = threading.Thread(target=self.round, name="pool-round", daemon=True)
+        self._thread.start()
+
+    def _on_host(self, event: Event) -> None:
+        if event.kind == "delete":  # a host's lease expired: replace its workers now
+            self._due.set()
+
+    def _on_pool(self, event: Event) -> None:
+        if event.key.endswith("/spec"):  # created, scaled or deleted
+            self._due.set()
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """No new rounds or actions; wait up to ``timeout`` for the running action."""
+        self._stop.set()
+        for watch in self._watches:
+            watch.cancel()
+        self._watches = []
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- one round -----------------------------------------------------------
+
+    def round(self) -> None:
+        """Tend every pool once (errors are logged, the next round tries again)."""
+        try:
+            specs = pools.list_specs(self.store, self.keys)
+        except GridtoolError as exc:
+            log.warning("event=pool_round_failed error=%s", exc)
+            return
+        for spec in specs:
+            try:
+                self.tend(spec)
+            except _Deposed:
+                return
+            except _Skip as exc:
+                log.info("event=pool_skipped pool=%s reason=%s", spec.name, exc)
+            except GridtoolError as exc:
+                log.warning("event=pool_round_failed pool=%s error=%s", spec.name, exc)
+                self.errors[spec.name] = str(exc)
+            except Exception:  # a bug must not end the manager's pool rounds for good
+                log.exception("event=pool_round_crashed pool=%s", spec.name)
+
+    def tend(self, spec: PoolSpec) -> Plan:
+        """Plan one pool, record the status, carry the actions out."""
+        store, keys = self.store, self.keys
+        now = self.clock.wall()
+        before = pools.status(store, keys, spec.name)
+        hosts, views = pools.observe(store, keys, spec.name)
+        memory = _worker_memory(store, keys, spec.template)
+        live = {h.name: h for h in hosts}
+        classes = Counter(classify(v, live, now, self.grace) for v in views)
+        decision, state = None, FlexState()
+        if spec.policy == "flex":
+            decision, state = self._flex(spec, before, classes, now)
+        target = spec.clamp(decision.desired) if decision else target_size(spec, before)
+        result = plan(spec, target, views, hosts, now=now, grace=self.grace,
+                      worker_memory_mib=memory)
+        self._record(spec, before, result, decision, state, now)
+        if result.actions:
+            log.info("event=pool_plan pool=%s target=%s ready=%s starting=%s lost=%s "
+                     "actions=%s", spec.name, result.target, result.ready, result.starting,
+                     result.lost, ",".join(type(a).__name__.lower() for a in result.actions))
+        for action in result.actions:
+            self._act(spec, action)
+        return result
+
+    def _flex(self, spec: PoolSpec, before: PoolStatus | None, classes: Counter,
+              now: float) -> tuple[Decision | None, FlexState]:
+        """Feed the reports since the last round to the pool's policy."""
+        state = FlexState()
+        if before is not None and before.flex_state:
+            try:
+                state = FlexState.from_dict(before.flex_state)
+            except (TypeError, ValueError):
+                log.warning("event=pool_flex_state_reset pool=%s", spec.name)
+        reports = pools.samples(self.store, self.keys, spec.name)
+        if before is not None and before.samples_until:
+            start = before.samples_until
+        else:  # first round (of a new pool or after a lost status): every live report
+            start = min((s.timestamp - s.interval for s in reports), default=now - self.period)
+        load = aggregate(reports, start, now)
+        decision, state = flex_step(spec, state, load, classes[MemberClass.READY],
+                                    classes[MemberClass.STARTING], now)
+        if decision is not None:
+            log.info("event=pool_flex pool=%s direction=%s desired=%s load=%.2f reason=%s",
+                     spec.name, direction(decision), decision.desired, decision.offered_load,
+                     decision.reason)
+        return decision, state
+
+    def _record(self, spec: PoolSpec, before: PoolStatus | None, result: Plan,
+                decision: Decision | None, state: FlexState, now: float) -> None:
+        counts = dict(before.decisions) if before else {}
+        last: dict[str, Any] = dict(before.decision) if before else {}
+        if decision is not None:
+            counts[direction(decision)] = counts.get(direction(decision), 0) + 1
+            last = {**decision.to_dict(), "direction": direction(decision)}
+        notes = [self.errors.pop(spec.name, "")]
+        if result.short:
+            notes.append(f"no room for {result.short} worker(s)")
+        status = PoolStatus(
+            spec.name, now, result.target, result.ready, result.starting, result.lost,
+            "; ".join(n for n in notes if n),
+            samples_until=now if spec.policy == "flex" else 0.0,
+            flex_state=state.to_dict() if spec.policy == "flex" else {},
+            decision=last, decisions=counts)
+        spec_item = self.store.get(self.keys.pool(spec.name))
+        if spec_item is None:
+            raise _Skip("deleted")
+        key = self.keys.pool_status(spec.name)
+        guard = [*self.leader.guard, Compare(spec_item.key, "mod", spec_item.mod_revision)]
+        if not self.store.txn(guard, [Put(key, encode(status))]):
+            if not self._leading():
+                raise _Deposed
+            raise _Skip("changed during the round")
+
+    # -- carrying out --------------------------------------------------------
+
+    def _leading(self) -> bool:
+        if self._stop.is_set() or not self.leader.leader_rev:
+            return False
+        item = self.store.get(self.keys.manager_leader)
+        return item is not None and item.create_revision == self.leader.leader_rev
+
+    def _act(self, spec: PoolSpec, action: Action) -> None:
+        if not self._leading():
+            raise _Deposed
+        if self.store.get(self.keys.pool(spec.name)) is None:
+            raise _Skip("deleted")
+        try:
+            self._do(spec, action)
+        except GridtoolError as exc:
+            log.warning("event=pool_action_failed pool=%s action=%s error=%s", spec.name,
+                        type(action).__name__.lower(), exc)
+            self.errors[spec.name] = f"{type(action).__name__.lower()}: {exc}"
+
+    def _do(self, spec: PoolSpec, action: Action) -> None:
+        from gridtool import clone  # the clone API: imported on first use (agent startup)
+
+        if isinstance(action, Clone):
+            started = self.clock.monotonic()
+            results = clone.clone_guests(
+                self.store, self.cfg, spec.template, action.count, pool=spec.name,
+                name_prefix=f"{spec.name}-", exclude_hosts=action.exclude_hosts,
+                timeout=self.action_timeout)
+            failed = [r for r in results if not r.ok]
+            log.info("event=pool_clone pool=%s count=%s ok=%s seconds=%.2f reason=%s",
+                     spec.name, action.count, len(results) - len(failed),
+                     self.clock.monotonic() - started, action.reason)
+            if failed:
+                self.errors[spec.name] = "clone: " + "; ".join(
+                    f"{r.name}: {r.error}" for r in failed[:3])
+            return
+        # Remove, or Forget: for a host that is gone, remove_clone drops the membership
+        # at once and leaves the removal queued for that host's agent, should it return.
+        with contextlib.suppress(NotFound):  # already gone: just drop the membership
+            clone.remove_clone(self.store, self.cfg, action.host, action.uuid,
+                               action.name, pool=spec.name, timeout=self.action_timeout)
+        self.store.delete(self.keys.pool_member(spec.name, action.uuid))
+        log.info("event=pool_%s pool=%s guest=%s host=%s reason=%s",
+                 type(action).__name__.lower(), spec.name, action.name, action.host,
+                 action.reason)
+
+
+def _worker_memory(store: Store, keys: Keys, template: str) -> int | None:
+    """The template's memory (bounds how many clones fit); None when it is unknown (no
+    clones can be made then, but the pool can still shrink and forget lost workers)."""
+    from gridtool.clone import templates
+
+    try:
+        return templates.get_template(store, keys, template).memory_mib
+    except NotFound:
+        return None

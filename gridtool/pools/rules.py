@@ -1,0 +1,356 @@
+"""Worker pools, pure: the pool's records and the plan that keeps a pool at its size.
+
+Functional core (no etcd, no libvirt, no clock): the shell (``gridtool.pools.keeper``)
+reads a pool's spec, its members as the registry sees them and the live hosts, calls
+:func:`plan`, and carries out the returned actions with the clone API.
+
+Rules:
+
+- A member whose host has left the registry (its lease expired) is *lost*: it is
+  forgotten at once (it no longer counts; its removal waits queued for its host, should
+  that come back) and the pool is cloned back to size on the remaining hosts.
+- A member still in its start-up grace (``grace`` seconds after it was cloned) counts as
+  *starting* capacity whatever its state; after that it must be running (or paused...),
+  else it is *broken* and removed (the grow step replaces it).
+- The pool grows to its target at once (one :class:`Clone` for the missing count, never
+  onto draining hosts; the allocator behind the clone API uses ``overflow`` hosts only
+  when the dedicated ones are full), and shrinks by removing workers in
+  :func:`removal_order`: on draining hosts, then on overflow hosts; idle ones (by their
+  own load reports, when they send them) before busy ones, then the newest.
+- The target is always within ``[min, max]``; for ``flex`` pools it comes from the flex
+  policy (:mod:`gridtool.pools.flex`) fed with the load the pool's workers report
+  (:func:`aggregate`, :func:`flex_step`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from gridtool.pools.flex import Decision, FlexState, LoadSample, PolicyParams, decide
+
+POOL_POLICIES = ("fixed", "flex")
+#: Guest states in which a started worker counts as ready.
+READY_STATES = frozenset({"running", "blocked", "paused", "pmsuspended"})
+DEFAULT_GRACE = 30.0
+#: A worker reporting at least this busy fraction is removed after idle ones.
+BUSY_UTILIZATION = 0.5
+
+
+# --- records (registry JSON through gridtool.registry.records' typed codec) --------------------
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """What the operator asked for: ``pools/<name>/spec``.
+
+    ``desired`` is the size of a fixed pool (``pool scale``, ``gridtool.set_desired``);
+    a flex pool's size follows its policy, started from ``desired``. ``flex`` holds
+    :class:`gridtool.pools.flex.PolicyParams` overrides (e.g. ``target_kind``, ``target``).
+    """
+
+    name: str
+    template: str
+    min: int
+    max: int
+    desired: int
+    policy: str = "fixed"
+    flex: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def problems(self) -> list[str]:
+        """Why this spec is invalid (empty when it is fine)."""
+        found = []
+        if not 0 <= self.min <= self.max:
+            found.append(f"need 0 <= min <= max (min {self.min}, max {self.max})")
+        elif not self.min <= self.desired <= self.max:
+            found.append(f"size {self.desired} is outside [{self.min}, {self.max}]")
+        if self.policy not in POOL_POLICIES:
+            found.append(f"policy must be one of {', '.join(POOL_POLICIES)}")
+        if not found and self.policy == "flex":
+            try:
+                self.params()
+            except (TypeError, ValueError) as exc:
+                found.append(str(exc))
+        return found
+
+    def params(self) -> PolicyParams:
+        """The flex policy's parameters, bounded by the pool's min and max."""
+        return PolicyParams.from_dict(
+            {**self.flex, "min_workers": self.min, "max_workers": self.max})
+
+    def clamp(self, size: int) -> int:
+        return max(self.min, min(self.max, size))
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """``pools/<name>/members/<uuid>`` as the clone API writes it."""
+
+    host: str
+    name: str
+    template: str = ""
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """What the leading manager last did with a pool: ``pools/<name>/status``.
+
+    ``flex_state`` carries the policy's memory across rounds and manager fail-overs;
+    ``decision`` is its last verdict (the numbers ``pool show`` prints); ``decisions``
+    counts verdicts by direction (up, down, hold) for the metrics.
+    """
+
+    pool: str
+    updated: float
+    desired: int
+    ready: int
+    starting: int
+    lost: int = 0
+    message: str = ""
+    samples_until: float = 0.0
+    flex_state: dict[str, Any] = field(default_factory=dict)
+    decision: dict[str, Any] = field(default_factory=dict)
+    decisions: dict[str, int] = field(default_factory=dict)
+
+
+# --- plan inputs and actions ----------------------------------------------------------
+
+
+class MemberClass(StrEnum):
+    READY = "ready"
+    STARTING = "starting"
+    BROKEN = "broken"
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """A pool member as the registry shows it (``state`` "missing": no guest record).
+
+    ``busy``: its own latest load report (``source`` = its name) says it is busy; a
+    worker that does not report counts as idle.
+    """
+
+    uuid: str
+    name: str
+    host: str
+    created_at: float
+    state: str
+    busy: bool = False
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """A live host (its agent holds its lease)."""
+
+    name: str
+    draining: bool = False
+    overflow: bool = False
+    free_memory_mib: int = 0
+
+
+@dataclass(frozen=True)
+class Clone:
+    """Clone ``count`` workers from the pool's template, on none of ``exclude_hosts``."""
+
+    count: int
+    exclude_hosts: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Stop and remove a worker (its domain, overlay and membership)."""
+
+    uuid: str
+    name: str
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Drop a member whose host is gone (its removal is queued for that host)."""
+
+    uuid: str
+    name: str
+    host: str
+    reason: str
+
+
+Action = Clone | Remove | Forget
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The actions for one round and the counts behind them."""
+
+    pool: str
+    target: int
+    ready: int
+    starting: int
+    lost: int
+    broken: int
+    short: int  # workers the hosts have no room for this round
+    actions: tuple[Action, ...]
+
+    @property
+    def healthy(self) -> int:
+        return self.ready + self.starting
+
+
+# --- the plan -------------------------------------------------------------------------
+
+
+def classify(member: MemberView, live: Mapping[str, HostInfo], now: float,
+             grace: float = DEFAULT_GRACE) -> MemberClass:
+    """Where a member stands: lost (host gone), ready, starting (in grace) or broken."""
+    if member.host not in live:
+        return MemberClass.LOST
+    if member.state in READY_STATES:
+        return MemberClass.READY
+    if now - member.created_at < grace:
+        return MemberClass.STARTING
+    return MemberClass.BROKEN
+
+
+def removal_order(members: Iterable[MemberView],
+                  live: Mapping[str, HostInfo]) -> list[MemberView]:
+    """Members in the order a shrinking pool removes them: on draining hosts first, then
+    on overflow hosts; within those, idle before busy, then newest first (ties by name,
+    for a stable order)."""
+    def key(m: MemberView) -> tuple[bool, bool, bool, float, str]:
+        host = live.get(m.host, HostInfo(m.host))
+        return (not host.draining, not host.overflow, m.busy, -m.created_at, m.name)
+
+    return sorted(members, key=key)
+
+
+def room(hosts: Iterable[HostInfo], memory_mib: int | None) -> int | None:
+    """How many more workers of ``memory_mib`` the non-draining hosts hold (None:
+    unknown)."""
+    if not memory_mib or memory_mib <= 0:
+        return None
+    return sum(h.free_memory_mib // memory_mib for h in hosts if not h.draining)
+
+
+def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
+         hosts: Sequence[HostInfo], *, now: float, grace: float = DEFAULT_GRACE,
+         worker_memory_mib: int | None = None) -> Plan:
+    """One round for one pool: what to clone, remove and forget.
+
+    ``target`` is the wanted size (clamped here to ``[spec.min, spec.max]``). With
+    ``worker_memory_mib`` the clone count is bounded by the hosts' free memory.
+    """
+    size = spec.clamp(target)
+    live = {h.name: h for h in hosts}
+    classes = {m.uuid: classify(m, live, now, grace) for m in members}
+    by_class: dict[MemberClass, list[MemberView]] = {c: [] for c in MemberClass}
+    for m in members:
+        by_class[classes[m.uuid]].append(m)
+    healthy = by_class[MemberClass.READY] + by_class[MemberClass.STARTING]
+    actions: list[Action] = []
+    short = 0
+    missing = size - len(healthy)
+    if missing > 0:
+        capacity = room(hosts, worker_memory_mib)
+        count = missing if capacity is None else min(missing, capacity)
+        short = missing - count
+        if count:
+            draining = tuple(sorted(h.name for h in hosts if h.draining))
+            actions.append(Clone(count, draining, f"{len(healthy)} of {size} workers"))
+    actions += [Forget(m.uuid, m.name, m.host, f"host {m.host} is gone")
+                for m in by_class[MemberClass.LOST]]
+    actions += [Remove(m.uuid, m.name, m.host, f"state {m.state} after {grace:g} s")
+                for m in by_class[MemberClass.BROKEN]]
+    if missing < 0:
+        actions += [Remove(m.uuid, m.name, m.host, f"shrink to {size}")
+                    for m in removal_order(healthy, live)[:-missing]]
+    return Plan(spec.name, size, len(by_class[MemberClass.READY]),
+                len(by_class[MemberClass.STARTING]), len(by_class[MemberClass.LOST]),
+                len(by_class[MemberClass.BROKEN]), short, tuple(actions))
+
+
+# --- flex -----------------------------------------------------------------------------
+
+
+def aggregate(samples: Iterable[LoadSample], start: float, end: float) -> LoadSample | None:
+    """The pool's load over ``(start, end]`` from the reports that ended in it.
+
+    Each reporter (``source``) gives a rate (its arrivals over its reported intervals),
+    so a reporter whose cadence drifts against the manager's period is neither counted
+    twice nor zero; the rates add up. Service time: total busy seconds over completions
+    (reports with a mean service time count as mean x completions). Queue depth: the
+    latest of each reporter, summed. None when nothing was reported.
+    """
+    chosen = sorted((s for s in samples if start < s.timestamp <= end),
+                    key=lambda s: s.timestamp)
+    if not chosen or end <= start:
+        return None
+    sources: dict[str, list[LoadSample]] = {}
+    for s in chosen:
+        sources.setdefault(s.source, []).append(s)
+    rate = sum(sum(s.arrivals for s in group) / sum(s.interval for s in group)
+               for group in sources.values())
+    busy = completions = 0.0
+    for s in chosen:
+        if s.busy_seconds is not None:
+            busy, completions = busy + s.busy_seconds, completions + s.completions
+        elif s.mean_service_time is not None and s.completions:
+            busy, completions = busy + s.mean_service_time * s.completions, \
+                completions + s.completions
+    estimates = [s.mean_service_time for s in chosen if s.mean_service_time is not None]
+    service = busy / completions if completions else (
+        sum(estimates) / len(estimates) if estimates else None)
+    interval = end - start
+    return LoadSample(
+        timestamp=end, interval=interval, arrivals=round(rate * interval),
+        completions=sum(s.completions for s in chosen),
+        busy_seconds=busy if completions else None,
+        mean_service_time=service if service and service > 0 else None,
+        queue_depth=sum(group[-1].queue_depth for group in sources.values()))
+
+
+def busy_sources(samples: Iterable[LoadSample], threshold: float = BUSY_UTILIZATION
+                 ) -> frozenset[str]:
+    """Reporters whose latest report shows them busy at least ``threshold`` of its
+    interval (busy seconds, or mean service time x completions)."""
+    latest: dict[str, LoadSample] = {}
+    for s in samples:
+        if s.source not in latest or s.timestamp > latest[s.source].timestamp:
+            latest[s.source] = s
+    found = set()
+    for source, s in latest.items():
+        busy = s.busy_seconds if s.busy_seconds is not None else (
+            (s.mean_service_time or 0.0) * s.completions)
+        if busy >= threshold * s.interval:
+            found.add(source)
+    return frozenset(found)
+
+
+def flex_step(spec: PoolSpec, state: FlexState, load: LoadSample | None, ready: int,
+              starting: int, now: float) -> tuple[Decision | None, FlexState]:
+    """Feed one round's load to the pool's flex policy (None when nothing was reported:
+    the pool holds its size)."""
+    if load is None:
+        return None, state
+    return decide(state, replace(load, workers=ready, starting=starting), now, spec.params())
+
+
+def direction(decision: Decision) -> str:
+    """up, down or hold."""
+    return "up" if decision.change > 0 else "down" if decision.change < 0 else "hold"
+
+
+def target_size(spec: PoolSpec, status: PoolStatus | None) -> int:
+    """The size the pool should have now: its spec's for a fixed pool, the policy's last
+    verdict for a flex pool (its spec's until the policy has spoken)."""
+    if spec.policy == "flex" and status is not None and status.decision:
+        return spec.clamp(int(status.desired))
+    return spec.clamp(spec.desired)
+

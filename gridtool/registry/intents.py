@@ -1,0 +1,74 @@
+"""Ask a host to do something (write an intent) and follow it to its outcome."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gridtool.errors import OperationFailed, Timeout
+from gridtool.registry.keys import Keys
+from gridtool.registry.records import Intent, decode, encode
+from gridtool.registry.store import Store
+
+
+def who() -> str:
+    """Who asks: user@machine, for the intent's ``by`` field and the logs."""
+    return f"{os.environ.get('USER', 'root')}@{socket.gethostname()}"
+
+
+@dataclass
+class IntentClient:
+    """Submits intents and waits for them through a watch (no polling)."""
+
+    store: Store
+    keys: Keys
+
+    def submit(self, host: str, action: str, guest: str, name: str,
+               params: dict[str, Any] | None = None, by: str | None = None) -> Intent:
+        intent = Intent(id=f"{time.time_ns():x}-{uuidlib.uuid4().hex[:6]}", host=host,
+                        action=action, guest=guest, name=name, created=time.time(),
+                        by=by or who(), params=params or {})
+        self.store.put(self.keys.intent(host, intent.id), encode(intent))
+        return intent
+
+    def wait(self, intent: Intent, timeout: float,
+             on_state: Callable[[Intent], None] | None = None,
+             host_alive: Callable[[], bool] | None = None,
+             raise_failed: bool = True) -> Intent:
+        """Block until the intent is done or failed; raise on failure (unless
+        ``raise_failed`` is false: then return the failed intent), host loss, timeout."""
+        key = self.keys.intent(intent.host, intent.id)
+        changed = threading.Event()
+        watch = self.store.watch_prefix(key, lambda _ev: changed.set())
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                item = self.store.get(key)
+                current = decode(Intent, key, item.value) if item else None
+                if current is None:
+                    raise OperationFailed(f"intent {intent.id} for {intent.host} was withdrawn")
+                if on_state is not None:
+                    on_state(current)
+                if current.finished:
+                    self.store.delete(key)
+                    if current.state == "failed" and raise_failed:
+                        raise OperationFailed(f"{intent.action} {intent.name} on "
+                                              f"{intent.host} failed: {current.message}")
+                    return current
+                if host_alive is not None and not host_alive():
+                    raise OperationFailed(f"host {intent.host} is gone (its lease expired) "
+                                          f"before it finished {intent.action} {intent.name}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout(f"{intent.action} {intent.name} on {intent.host}: no outcome "
+                                  f"after {timeout:g} s (intent {intent.id} left in place)")
+                changed.wait(min(left, 1.0))
+                changed.clear()
+        finally:
+            watch.cancel()

@@ -1,0 +1,31 @@
+"""Read and update a guest's operator settings (``settings/<uuid>``) safely."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from gridtool.errors import Conflict
+from gridtool.registry.keys import Keys
+from gridtool.registry.records import GuestSettings, decode, encode
+from gridtool.registry.store import Compare, Put, Store
+
+
+def read(store: Store, keys: Keys, uuid: str) -> GuestSettings | None:
+    item = store.get(keys.guest_settings(uuid))
+    return decode(GuestSettings, item.key, item.value) if item else None
+
+
+def update(store: Store, keys: Keys, uuid: str, name: str,
+           change: Callable[[GuestSettings], GuestSettings],
+           guard: list[Compare] | None = None) -> GuestSettings:
+    """Read-modify-write with a compare on the key's revision; retried on a race."""
+    key = keys.guest_settings(uuid)
+    for _ in range(10):
+        item = store.get(key)
+        current = decode(GuestSettings, key, item.value) if item else GuestSettings(uuid, name)
+        new = change(replace(current, name=name))
+        compare = Compare(key, "mod", item.mod_revision) if item else Compare(key, "create", 0)
+        if store.txn([compare, *(guard or [])], [Put(key, encode(new))]):
+            return new
+    raise Conflict(f"settings of {name} keep changing under us: try again")

@@ -1,0 +1,107 @@
+"""The small key-value interface the registry needs (typing.Protocol), and its plain data.
+
+The etcd adapter (``gridtool.registry.etcdstore``) implements it; nothing else imports etcd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Item:
+    """One key with its value and etcd metadata."""
+
+    key: str
+    value: bytes
+    mod_revision: int = 0
+    create_revision: int = 0
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change seen by a watch: ``put`` (value set) or ``delete``."""
+
+    kind: str
+    key: str
+    value: bytes
+    revision: int
+
+
+@dataclass(frozen=True)
+class Compare:
+    """A transaction guard: ``target`` of ``key`` equals ``value``.
+
+    target: ``create`` (create_revision; 0 means absent), ``mod`` (mod_revision),
+    ``value`` (the raw bytes).
+    """
+
+    key: str
+    target: str
+    value: int | bytes
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """What ``registry status`` shows for one etcd endpoint."""
+
+    endpoint: str
+    healthy: bool
+    leader: bool = False
+    db_size: int = 0
+    revision: int = 0
+    version: str = ""
+    error: str = ""
+
+
+class Watch(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Store(Protocol):
+    """Key-value operations over etcd, with leases, transactions and watches."""
+
+    def get(self, key: str) -> Item | None: ...
+
+    def list(self, prefix: str) -> tuple[list[Item], int]:
+        """All items under ``prefix`` and the store revision they were read at."""
+        ...
+
+    def put(self, key: str, value: bytes, lease: int | None = None) -> int: ...
+
+    def delete(self, key: str) -> bool: ...
+
+    def delete_prefix(self, prefix: str) -> None: ...
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Put | Delete],
+            failure: Sequence[Put | Delete] = ()) -> bool: ...
+
+    def grant_lease(self, ttl: int) -> int: ...
+
+    def keepalive(self, lease: int) -> int:
+        """Refresh a lease; return its remaining TTL (<= 0: the lease is gone)."""
+        ...
+
+    def revoke_lease(self, lease: int) -> None: ...
+
+    def watch_prefix(self, prefix: str, on_event: Callable[[Event], None],
+                     start_revision: int | None = None) -> Watch: ...
+
+    def status(self) -> list[EndpointStatus]: ...
+
+    def close(self) -> None: ...
