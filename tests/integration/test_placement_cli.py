@@ -143,7 +143,8 @@ def test_start_without_on_goes_where_placement_says(fleet, store, cfg, registry,
     xml = domain_xml("db", memory_mib=512, disk="/dev/etherd/e9.1", block=True)
     for host in ("hv1", "hv2", "hv3"):
         fleet.conn(host).defineXML(xml)
-    wait_until(lambda: len(registry.find_guest("db")) == 3, what="db on every host")
+    wait_until(lambda: sum(g.name == "db" for g in registry.list_guests()[0]) == 3,
+               what="db on every host")
     for host in ("hv1", "hv2"):
         hostconf.set_draining(store, cfg.keys, host, True)
     code, _, err = gridtool(cfg, capsys, "guest", "start", "db")
