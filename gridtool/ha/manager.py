@@ -38,14 +38,11 @@ from gridtool.ha.rules import (
 from gridtool.placement.shell import FleetView, read_fleet
 from gridtool.pools.keeper import PoolKeeper
 from gridtool.registry.fleet import Registry
-from gridtool.registry.model import DecodeError, GuestRecord
+from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord
 from gridtool.registry.records import GuestSettings, Intent, ManagerStatus, decode, encode
 from gridtool.registry.store import Compare, Put, Store, Watch
 
 log = logging.getLogger("gridtool.ha.manager")
-
-#: Guest states in which a guest occupies its host (its record wins over others).
-ACTIVE_LIKE = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdown"})
 
 
 class Manager:
@@ -304,7 +301,7 @@ def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
     what it needs from a host is placement's reading of that record (``fleet.needs``).
     """
     def rank(r: GuestRecord) -> tuple[bool, bool, bool, float]:
-        return (r.host == holder, r.state in ACTIVE_LIKE, r.host in live, r.updated_at)
+        return (r.host == holder, r.state in ACTIVE_STATES, r.host in live, r.updated_at)
 
     rec = max(records, key=rank)
     settings = fleet.settings.get(rec.uuid)
@@ -316,7 +313,7 @@ def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
     if settings is not None:
         desired = settings.desired
     else:  # a held fence means it ran when last known, even if no report said so yet
-        running = any(r.state in ACTIVE_LIKE for r in records) or holder is not None
+        running = any(r.state in ACTIVE_STATES for r in records) or holder is not None
         desired = "running" if running else "stopped"
     state = "error" if settings is not None and settings.error else rec.state
     volumes = tuple(sorted({v for r in records for v in r.volumes}))
