@@ -123,6 +123,3 @@ def run_moves(app: AppContext, fleet: FleetView, moves: Sequence[Any], timeout: 
             if stop_on_failure and not entry["ok"]:
                 break
     return done
-
-
-# --------------------------------------------------------------------------- guest place

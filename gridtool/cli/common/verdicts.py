@@ -72,6 +72,3 @@ def print_verdicts(title: str, rows: Sequence[dict[str, Any]]) -> None:
           [(r["host"], r["verdict"], "-" if r["score"] is None else f"{r['score']:.3f}",
             "; ".join(f"{f['code']}: {f['reason']}" for f in r["failures"]) or "-")
            for r in rows])
-
-
-# --------------------------------------------------------------------------- progress

@@ -262,6 +262,3 @@ def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
     if not result.ok:
         raise OperationFailed(f"migrating {rec.name} to {target} failed; it is "
                               f"{result.state.value}: {result.message}")
-
-
-# --------------------------------------------------------------------------- host drain

@@ -98,6 +98,3 @@ def undrain_host(app: AppContext, host_name: str) -> None:
         raise UsageError(str(exc)) from None
     hostconf.set_draining(app.store, app.config.keys, host_name, False)
     click.echo(f"{host_name} takes guests again", err=True)
-
-
-# --------------------------------------------------------------------------- rebalance

@@ -161,6 +161,3 @@ def remove_clones(app: AppContext, clones: tuple[str, ...], timeout: float) -> N
         remove_clone(app.store, app.config, c.host, c.uuid, c.name, pool=c.pool or None,
                      timeout=timeout)
         console().print(f"{c.name} removed from {c.host}", highlight=False)
-
-
-# --------------------------------------------------------------------------- clone
