@@ -41,7 +41,7 @@ from gridtool.fencing.rules import (
     judge_stopped,
 )
 from gridtool.registry.fleet import Registry
-from gridtool.registry.model import GuestRecord, HostRecord
+from gridtool.registry.model import ACTIVE_STATES, GuestRecord, HostRecord
 from gridtool.registry.records import DomainDefinition, Violation, decode, encode
 from gridtool.registry.store import Event, Store
 from gridtool.registry.sync import plan_sync
@@ -49,7 +49,6 @@ from gridtool.registry.sync import plan_sync
 log = logging.getLogger("gridtool.agent")
 
 _RESYNC = ("resync", "", None)
-ACTIVE_STATES = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdown"})
 
 
 @dataclass

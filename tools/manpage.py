@@ -448,8 +448,8 @@ def _all_envvars(nodes: list[Node]) -> list[tuple[str, str]]:
 
 
 def render_gridtool() -> str:
+    from gridtool.cli.common.output import JSON_VERSION
     from gridtool.cli.main import cli
-    from gridtool.cli.output import JSON_VERSION
     from gridtool.config import AGENT_CONFIG, SYSTEM_CONFIG
     from gridtool.lab.state import DEFAULT_LAB_DIR, state_path
 

@@ -8,7 +8,7 @@ import sys
 import click
 
 from gridtool import __version__
-from gridtool.cli.context import AppContext
+from gridtool.cli.common.context import AppContext
 from gridtool.errors import EXIT_INTERRUPTED, GridtoolError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -39,36 +39,24 @@ def cli(ctx: click.Context, config_file: str | None, **overrides: object) -> Non
 
 
 def _register_commands() -> None:
-    from gridtool.cli import (
-        check,
-        completion,
-        credentials,
-        fences,
-        guests,
-        hostadmin,
-        hosts,
-        lab,
-        lifecycle,
-        manager,
-        metrics,
-        placement,
-        pools,
-        registry,
-        templates,
-    )
+    """Add every top-level command: one package per command under ``gridtool/cli/``."""
+    from gridtool.cli.check import check
+    from gridtool.cli.clone import clone
+    from gridtool.cli.completion import completion
+    from gridtool.cli.fence import fence
+    from gridtool.cli.guest import guest
+    from gridtool.cli.host import host
+    from gridtool.cli.lab import lab
+    from gridtool.cli.manager import manager
+    from gridtool.cli.metrics import metrics
+    from gridtool.cli.pool import pool
+    from gridtool.cli.rebalance import rebalance
+    from gridtool.cli.registry import registry
+    from gridtool.cli.template import template
 
-    for command in lifecycle.COMMANDS + placement.GUEST_COMMANDS:
-        guests.guest.add_command(command)
-    for command in placement.HOST_COMMANDS + hostadmin.COMMANDS:
-        hosts.host.add_command(command)
-    hosts.host.add_command(credentials.credentials)
-    for command in placement.COMMANDS:
+    for command in (rebalance, host, guest, fence, manager, registry, lab, check, pool, metrics,
+                    completion, template, clone):
         cli.add_command(command)
-    for group in (hosts.host, guests.guest, fences.fence, manager.manager, registry.registry,
-                  lab.lab, check.check, pools.pool, metrics.metrics, completion.completion):
-        cli.add_command(group)
-    cli.add_command(templates.template)
-    cli.add_command(templates.clone)
 
 
 _register_commands()

@@ -12,7 +12,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from gridtool.clock import SYSTEM, Clock
 from gridtool.config import Config
@@ -20,6 +22,7 @@ from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing.rules import Observed
 from gridtool.fencing.shell import read_all_fences, run_plan
 from gridtool.ha.rules import (
+    Action,
     Attempt,
     Blocked,
     GuestKind,
@@ -35,14 +38,11 @@ from gridtool.ha.rules import (
 from gridtool.placement.shell import FleetView, read_fleet
 from gridtool.pools.keeper import PoolKeeper
 from gridtool.registry.fleet import Registry
-from gridtool.registry.model import DecodeError, GuestRecord
+from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord
 from gridtool.registry.records import GuestSettings, Intent, ManagerStatus, decode, encode
 from gridtool.registry.store import Compare, Put, Store, Watch
 
 log = logging.getLogger("gridtool.ha.manager")
-
-#: Guest states in which a guest occupies its host (its record wins over others).
-ACTIVE_LIKE = frozenset({"running", "paused", "blocked", "pmsuspended", "shutdown"})
 
 
 class Manager:
@@ -220,25 +220,36 @@ class Manager:
 
     # -- carrying out --------------------------------------------------------
 
-    def _act(self, action: object, snap: Snapshot) -> bool:
-        if isinstance(action, Blocked):
-            if self.blocked.get(action.guest) != action.reason:
-                log.info("event=ha_blocked guest=%s reason=%s", action.name, action.reason)
-                self.blocked[action.guest] = action.reason
-            return True
-        self.blocked.pop(getattr(action, "guest", ""), None)
-        if isinstance(action, Restart):
-            return self._restart(action, snap)
-        if isinstance(action, ReleaseFences):
-            ok = run_plan(self.store, self.keys, action.plan, guard=self.guard)
-            log.info("event=fences_released_for_dead_host guest=%s host=%s ok=%s",
-                     action.name, action.host, ok)
-            return ok
-        if isinstance(action, MarkError):
-            log.error("event=ha_error guest=%s reason=%s", action.name, action.reason)
-            return self._update_settings(action.guest, action.name,
-                                         lambda s: replace(s, error=action.reason))
+    def _act(self, action: Action, snap: Snapshot) -> bool:
+        """Carry out one of ``decide``'s actions through its handler in ``_HANDLERS``;
+        False when its write failed (the round skips that guest's later actions). An
+        action with no handler is a bug: logged and raised (``TypeError``), never skipped.
+        """
+        handler = _HANDLERS.get(type(action))
+        if handler is None:
+            log.error("event=ha_unknown_action type=%s action=%r", type(action).__name__,
+                      action)
+            raise TypeError(f"the HA manager has no handler for {action!r}")
+        if not isinstance(action, Blocked):
+            self.blocked.pop(action.guest, None)
+        return handler(self, action, snap)
+
+    def _block(self, action: Blocked, _snap: Snapshot) -> bool:
+        if self.blocked.get(action.guest) != action.reason:
+            log.info("event=ha_blocked guest=%s reason=%s", action.name, action.reason)
+            self.blocked[action.guest] = action.reason
         return True
+
+    def _release_fences(self, action: ReleaseFences, _snap: Snapshot) -> bool:
+        ok = run_plan(self.store, self.keys, action.plan, guard=self.guard)
+        log.info("event=fences_released_for_dead_host guest=%s host=%s ok=%s",
+                 action.name, action.host, ok)
+        return ok
+
+    def _mark_error(self, action: MarkError, _snap: Snapshot) -> bool:
+        log.error("event=ha_error guest=%s reason=%s", action.name, action.reason)
+        return self._update_settings(action.guest, action.name,
+                                     lambda s: replace(s, error=action.reason))
 
     def _restart(self, action: Restart, snap: Snapshot) -> bool:
         """Write the start intent and record the attempt, in one guarded transaction."""
@@ -274,6 +285,15 @@ class Manager:
         self.store.txn(self.guard, [Put(self.keys.manager_status, encode(status), self.lease)])
 
 
+#: One handler per kind of :data:`gridtool.ha.rules.Action` (a closed union).
+_HANDLERS: dict[type, Callable[[Manager, Any, Snapshot], bool]] = {
+    Blocked: Manager._block,
+    Restart: Manager._restart,
+    ReleaseFences: Manager._release_fences,
+    MarkError: Manager._mark_error,
+}
+
+
 def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
           holder: str | None) -> GuestView:
     """One guest from its records on several hosts (a shared-storage guest is often
@@ -281,7 +301,7 @@ def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
     what it needs from a host is placement's reading of that record (``fleet.needs``).
     """
     def rank(r: GuestRecord) -> tuple[bool, bool, bool, float]:
-        return (r.host == holder, r.state in ACTIVE_LIKE, r.host in live, r.updated_at)
+        return (r.host == holder, r.state in ACTIVE_STATES, r.host in live, r.updated_at)
 
     rec = max(records, key=rank)
     settings = fleet.settings.get(rec.uuid)
@@ -293,7 +313,7 @@ def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
     if settings is not None:
         desired = settings.desired
     else:  # a held fence means it ran when last known, even if no report said so yet
-        running = any(r.state in ACTIVE_LIKE for r in records) or holder is not None
+        running = any(r.state in ACTIVE_STATES for r in records) or holder is not None
         desired = "running" if running else "stopped"
     state = "error" if settings is not None and settings.error else rec.state
     volumes = tuple(sorted({v for r in records for v in r.volumes}))

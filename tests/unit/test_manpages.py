@@ -304,5 +304,5 @@ def test_every_json_option_is_the_shared_one() -> None:
     for path, param in options:
         assert (param.name, param.is_flag, param.help) == (
             "as_json", True, "One JSON document on stdout."), path
-    sources = "".join(p.read_text() for p in (ROOT / "gridtool" / "cli").glob("*.py"))
+    sources = "".join(p.read_text() for p in (ROOT / "gridtool" / "cli").rglob("*.py"))
     assert sources.count('"--json"') == 1, "declare --json with @json_option"

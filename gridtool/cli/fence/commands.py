@@ -6,19 +6,9 @@ import time
 
 import click
 
-from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import age, emit_json, json_option, table, warn
+from gridtool.cli.common.context import AppContext, pass_app
+from gridtool.cli.common.output import age, emit_json, json_option, table, warn
 from gridtool.errors import Conflict, NotFound, UsageError
-
-
-@click.group()
-def fence() -> None:
-    """Fences: one holder host per shared-storage volume.
-
-    \b
-    Example:
-      gridtool fence list
-    """
 
 
 def _fences(app: AppContext) -> tuple[list[dict], list[str]]:
@@ -55,7 +45,7 @@ def _violations(app: AppContext) -> list[dict]:
     return found
 
 
-@fence.command("list")
+@click.command("list")
 @json_option
 @pass_app
 def list_fences(app: AppContext, as_json: bool) -> None:
@@ -85,7 +75,7 @@ def list_fences(app: AppContext, as_json: bool) -> None:
         warn(err)
 
 
-@fence.command("release")
+@click.command("release")
 @click.argument("volume")
 @click.option("--force", is_flag=True, help="Required: this can let a guest run twice.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -115,7 +105,7 @@ def release(app: AppContext, volume: str, force: bool, yes: bool) -> None:
     click.echo(f"released fence {volume} (was held by {holder})", err=True)
 
 
-@fence.command("clear-violations")
+@click.command("clear-violations")
 @click.option("--host", "host_name", metavar="HOST", help="Only this host's violations.")
 @pass_app
 def clear_violations(app: AppContext, host_name: str | None) -> None:

@@ -1,4 +1,5 @@
-"""``gridtool guest start|stop|destroy|restart|set``: lifecycle through intents."""
+"""``gridtool guest start|stop|destroy|restart|set``: a guest's lifecycle, as intents to
+its host's agent."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ from dataclasses import replace
 
 import click
 
-from gridtool.cli.context import AppContext, pass_app
+from gridtool.cli.common.context import AppContext, pass_app
+from gridtool.cli.common.intents import run_intent
+from gridtool.cli.common.verdicts import no_host_reason
 from gridtool.errors import Conflict, NotFound, UsageError
 from gridtool.registry.model import ACTIVE_STATES, GuestRecord
 
 WAIT = click.option("--wait/--no-wait", default=True, show_default=True,
                     help="Follow the operation to its outcome.")
+
+
 ON = click.option("--on", "on_host", metavar="HOST", help="The host to act on.")
 
 
@@ -54,7 +59,6 @@ def _target(app: AppContext, name: str, on_host: str | None, running: bool) -> G
 def _placed(app: AppContext, defined: list[GuestRecord]) -> GuestRecord:
     """Where a stopped guest starts without --on: the allocator's choice among the live
     hosts that define it (``defined``: its records there)."""
-    from gridtool.cli.placement import no_host_reason
     from gridtool.placement.rules import place
     from gridtool.placement.shell import read_fleet
 
@@ -73,30 +77,6 @@ def _set_desired(app: AppContext, rec: GuestRecord, desired: str) -> None:
 
     settings.update(app.store, app.config.keys, rec.uuid, rec.name,
                     lambda s: replace(s, desired=desired, error=""))
-
-
-def run_intent(app: AppContext, rec: GuestRecord, action: str, wait: bool,
-               timeout: float, params: dict | None = None) -> None:
-    """Submit an intent to ``rec.host`` and follow it with a spinner."""
-    from gridtool.cli.output import console
-    from gridtool.registry.intents import IntentClient
-
-    client = IntentClient(app.store, app.config.keys)
-    intent = client.submit(rec.host, action, rec.uuid, rec.name, params)
-    err = console(stderr=True)
-    if not wait:
-        err.print(f"{action} {rec.name}: asked {rec.host} (intent {intent.id})")
-        return
-
-    def alive() -> bool:
-        return app.store.get(app.config.keys.host(rec.host)) is not None
-
-    with err.status(f"{action} {rec.name} on {rec.host}: pending") as status:
-        done = client.wait(intent, timeout,
-                           on_state=lambda i: status.update(
-                               f"{action} {rec.name} on {rec.host}: {i.state}"),
-                           host_alive=alive)
-    err.print(done.message)
 
 
 @click.command("start")
@@ -217,4 +197,3 @@ def set_guest(app: AppContext, name: str, ha: str | None, anti_affinity: str | N
 
 
 #: Added to ``gridtool guest`` by the CLI's entry point.
-COMMANDS = (start, stop, destroy, restart, set_guest)

@@ -8,23 +8,11 @@ from pathlib import Path
 
 import click
 
-from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import age, console, emit_json, json_option, styled_state, table
+from gridtool.cli.common.context import AppContext, pass_app
+from gridtool.cli.common.output import age, console, emit_json, json_option, styled_state, table
 
 
-@click.group()
-def pool() -> None:
-    """Worker pools: clones of a template kept at size (fixed) or flexed with measured
-    load (flex) by the leading manager.
-
-    \b
-    Example:
-      gridtool pool create web --template worker --min 2 --max 20 --policy flex
-      gridtool pool simulate --trace bench/traces/spike.csv --plot spike.png
-    """
-
-
-@pool.command("simulate")
+@click.command("simulate")
 @click.option("--trace", "trace_file", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Arrival trace: CSV 'start,end,rate' segments or 'time' arrivals, or JSON.")
@@ -85,9 +73,7 @@ def simulate(trace_file: Path, policy: str, service_time: float, startup_delay: 
         click.echo(f"plot written to {plot_file}", err=True)
 
 
-
-
-@pool.command("create")
+@click.command("create")
 @click.argument("name")
 @click.option("--template", required=True, metavar="T", help="Template the workers clone.")
 @click.option("--min", "min_size", required=True, type=int, metavar="A", help="Fewest workers.")
@@ -124,7 +110,7 @@ def create(app: AppContext, name: str, template: str, min_size: int, max_size: i
                f"({policy}, {min_size}..{max_size})", err=True)
 
 
-@pool.command("scale")
+@click.command("scale")
 @click.argument("name")
 @click.argument("size", type=int)
 @pass_app
@@ -141,7 +127,7 @@ def scale(app: AppContext, name: str, size: int) -> None:
     click.echo(f"pool {name}: size {spec.desired}", err=True)
 
 
-@pool.command("list")
+@click.command("list")
 @json_option
 @pass_app
 def list_pools(app: AppContext, as_json: bool) -> None:
@@ -164,7 +150,7 @@ def list_pools(app: AppContext, as_json: bool) -> None:
             age(r["updated"]) if r["updated"] else "never") for r in rows])
 
 
-@pool.command("show")
+@click.command("show")
 @click.argument("name")
 @json_option
 @pass_app
@@ -219,7 +205,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
             ("reason", flex["reason"])])
 
 
-@pool.command("delete")
+@click.command("delete")
 @click.argument("name")
 @click.option("--keep-guests", is_flag=True, help="Keep the clones as plain guests.")
 @click.option("--timeout", "wait", default=60.0, show_default=True,
@@ -262,7 +248,7 @@ def delete(app: AppContext, name: str, keep_guests: bool, wait: float) -> None:
     click.echo(f"pool {name} deleted{kept}", err=True)
 
 
-@pool.command("report")
+@click.command("report")
 @click.argument("name")
 @click.option("--arrivals", required=True, type=int, help="Requests that arrived.")
 @click.option("--completions", default=0, show_default=True, type=int,

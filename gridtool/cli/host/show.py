@@ -1,4 +1,4 @@
-"""``gridtool host ...``: the hypervisor hosts in the registry."""
+"""``gridtool host list|show``: the hypervisor hosts in the registry."""
 
 from __future__ import annotations
 
@@ -6,19 +6,9 @@ import time
 
 import click
 
-from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import age, emit_json, json_option, mib, table, warn
+from gridtool.cli.common.context import AppContext, pass_app
+from gridtool.cli.common.output import age, emit_json, json_option, mib, table, warn
 from gridtool.registry.model import as_dict
-
-
-@click.group()
-def host() -> None:
-    """Hypervisor hosts (each reported by its agent, under its lease).
-
-    \b
-    Example:
-      gridtool host list
-    """
 
 
 def _running_counts(app: AppContext) -> dict[str, int]:
@@ -38,7 +28,7 @@ def _running_counts(app: AppContext) -> dict[str, int]:
     return counts
 
 
-@host.command("list")
+@click.command("list")
 @json_option
 @pass_app
 def list_hosts(app: AppContext, as_json: bool) -> None:
@@ -70,7 +60,7 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
         warn(str(err))
 
 
-@host.command("show")
+@click.command("show")
 @click.argument("name")
 @json_option
 @pass_app
@@ -100,34 +90,3 @@ def show_host(app: AppContext, name: str, as_json: bool) -> None:
            for g in sorted(guests.values(), key=lambda g: g.name)])
     for err in errors:
         warn(str(err))
-
-
-@host.command("confirm-dead")
-@click.argument("name")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@pass_app
-def confirm_dead(app: AppContext, name: str, yes: bool) -> None:
-    """Tell gridtool a host is powered off (STONITH by hand): its pinned guests may move.
-
-    Refused while the host still holds its lease. The manager then releases the host's
-    pinned fences and restarts its guests elsewhere.
-
-    \b
-    Example:
-      gridtool host confirm-dead hv3 --yes
-    """
-    import json
-
-    from gridtool.errors import Conflict
-    from gridtool.registry.intents import who
-
-    keys = app.config.keys
-    if app.store.get(keys.host(name)) is not None:
-        raise Conflict(f"host {name} is alive (its lease is held): power it off first")
-    if not yes:
-        click.confirm(f"Is {name} really powered off? Its guests will be started elsewhere",
-                      abort=True, err=True)
-    body = {"v": 1, "host": name, "by": who(), "at": time.time()}
-    app.store.put(keys.dead_host(name), json.dumps(body).encode())
-    click.echo(f"{name} confirmed dead: its pinned guests may now be restarted elsewhere",
-               err=True)

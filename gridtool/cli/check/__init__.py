@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import json_option
+from gridtool.cli.common.context import AppContext, pass_app
+from gridtool.cli.common.output import json_option
 
 
 @click.command("check")

@@ -1,22 +1,12 @@
-"""``gridtool guest ...``: guests (libvirt domains) across the fleet."""
+"""``gridtool guest list|show``: guests (libvirt domains) across the fleet."""
 
 from __future__ import annotations
 
 import click
 
-from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import emit_json, json_option, mib, styled_state, table, warn
+from gridtool.cli.common.context import AppContext, pass_app
+from gridtool.cli.common.output import emit_json, json_option, mib, styled_state, table, warn
 from gridtool.registry.model import GUEST_STATES
-
-
-@click.group()
-def guest() -> None:
-    """Guests (libvirt domains) on every host.
-
-    \b
-    Example:
-      gridtool guest list --host hv1
-    """
 
 
 def _views(app: AppContext) -> tuple[list[dict], list]:
@@ -28,7 +18,7 @@ def _views(app: AppContext) -> tuple[list[dict], list]:
     return [guest_view(g, live) for g in guests], host_errors + guest_errors
 
 
-@guest.command("list")
+@click.command("list")
 @click.option("--host", "host_name", metavar="HOST", help="Only guests on this host.")
 @click.option("--state", type=click.Choice(GUEST_STATES), help="Only guests in this state.")
 @json_option
@@ -62,7 +52,7 @@ def _state_text(view: dict) -> str:
     return styled_state(view["state"])
 
 
-@guest.command("show")
+@click.command("show")
 @click.argument("name_or_uuid")
 @json_option
 @pass_app

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from gridtool.cli.output import emit_json, json_option, table
+from gridtool.cli.common.output import emit_json, json_option, table
 from gridtool.errors import NotFound, OperationFailed
 
 LAB_DIR = click.option(
@@ -25,18 +25,7 @@ def _dir(lab_dir: Path | None) -> Path:
     return lab_dir or default_dir()
 
 
-@click.group()
-def lab() -> None:
-    """A local lab: a real etcd and simulated hosts (libvirtd test driver + agent).
-
-    \b
-    Example:
-      gridtool lab up --hosts 3 --guests 2
-      gridtool lab down
-    """
-
-
-@lab.command("up")
+@click.command("up")
 @click.option("--hosts", default=3, show_default=True, help="Simulated hosts.")
 @click.option("--guests", default=2, show_default=True, help="Sample guests per host.")
 @click.option("--etcd-members", type=click.Choice(["1", "3"]), default="1", show_default=True,
@@ -85,7 +74,7 @@ def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool, inse
     console.print("stop it with: gridtool lab down")
 
 
-@lab.command("status")
+@click.command("status")
 @json_option
 @LAB_DIR
 def status(as_json: bool, lab_dir: Path | None) -> None:
@@ -116,7 +105,7 @@ def status(as_json: bool, lab_dir: Path | None) -> None:
     table(f"lab in {directory}", ["PROCESS", "PID", "ALIVE", "WHERE"], rows)
 
 
-@lab.command("down")
+@click.command("down")
 @LAB_DIR
 def down(lab_dir: Path | None) -> None:
     """Stop every process the lab started (by PID); nothing is left running.
@@ -133,7 +122,7 @@ def down(lab_dir: Path | None) -> None:
                (f" ({', '.join(stopped)})" if stopped else ""), err=True)
 
 
-@lab.command("power-off")
+@click.command("power-off")
 @click.argument("host")
 @LAB_DIR
 def power_off(host: str, lab_dir: Path | None) -> None:
@@ -156,7 +145,7 @@ def power_off(host: str, lab_dir: Path | None) -> None:
                err=True)
 
 
-@lab.command("power-on")
+@click.command("power-on")
 @click.argument("host")
 @LAB_DIR
 def power_on(host: str, lab_dir: Path | None) -> None:

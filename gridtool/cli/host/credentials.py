@@ -6,8 +6,8 @@ from dataclasses import asdict
 
 import click
 
-from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import console, emit_json, json_option
+from gridtool.cli.common.context import AppContext, pass_app
+from gridtool.cli.common.output import console, emit_json, json_option
 
 
 @click.command("credentials")

@@ -7,26 +7,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import console, emit_json, json_option, table
+from gridtool.cli.common.context import AppContext, pass_app
+from gridtool.cli.common.output import console, emit_json, json_option, table
 from gridtool.errors import RegistryUnavailable, UsageError
 
 if TYPE_CHECKING:
     from gridtool.auth.shell import UserResult
 
 
-@click.group()
-def registry() -> None:
-    """The registry (etcd cluster): status, authentication, TLS certificates.
-
-    \b
-    Examples:
-      gridtool registry status
-      gridtool registry init --hosts hv1,hv2 --managers all
-    """
-
-
-@registry.command("status")
+@click.command("status")
 @json_option
 @pass_app
 def status(app: AppContext, as_json: bool) -> None:
@@ -66,7 +55,7 @@ def user_rows(results: list[UserResult]) -> list[tuple[str, str, str, str]]:
     return [(r.user, ", ".join(r.roles), r.password_file, r.action) for r in results]
 
 
-@registry.command("init")
+@click.command("init")
 @click.option("--hosts", metavar="H1,H2", help="Hosts to create users for (default: the hosts "
               "in the registry and those that already have a user).")
 @click.option("--managers", metavar="H1,H2|all", help="Hosts that run a manager candidate "
@@ -108,7 +97,7 @@ def init(app: AppContext, hosts: str | None, managers: str | None,
                     highlight=False)
 
 
-@registry.command("certs")
+@click.command("certs")
 @click.option("--dir", "directory", required=True, metavar="DIR",
               help="Where to write ca.crt, server.crt and USER.crt (keys 0600).")
 @click.option("--hosts", metavar="H1,H2", default="",

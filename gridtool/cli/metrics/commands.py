@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import click
 
-from gridtool.cli.context import AppContext, pass_app
+from gridtool.cli.common.context import AppContext, pass_app
 
 
-@click.group()
-def metrics() -> None:
-    """Prometheus metrics of the fleet.
-
-    \b
-    Example:
-      gridtool metrics serve --port 9477
-    """
-
-
-@metrics.command("serve")
+@click.command("serve")
 @click.option("--port", default=9477, show_default=True, help="TCP port to listen on.")
 @click.option("--addr", default="127.0.0.1", show_default=True, help="Address to bind.")
 @pass_app

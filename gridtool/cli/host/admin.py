@@ -1,7 +1,7 @@
 """``gridtool host add|remove``: install a host's agent over SSH, or take it out.
 
 The steps are data (:mod:`gridtool.bootstrap.rules`); :mod:`gridtool.bootstrap.shell` runs them
-over paramiko. Registered into the ``host`` group by ``gridtool/cli/main.py``.
+over paramiko.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import console, warn
+from gridtool.cli.common.context import AppContext, pass_app
+from gridtool.cli.common.output import console, warn
 from gridtool.errors import Conflict, Timeout, UsageError
 
 if TYPE_CHECKING:
@@ -357,6 +357,3 @@ def remove_host(app: AppContext, name: str, force: bool, ssh: str | None,
     if left:
         warn(f"{len(left)} guests still run on {name} unmanaged: {', '.join(left[:5])}")
     click.echo(f"{name}: removed", err=True)
-
-
-COMMANDS = (add_host, remove_host)

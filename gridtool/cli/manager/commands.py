@@ -7,21 +7,11 @@ import time
 
 import click
 
-from gridtool.cli.context import AppContext, pass_app
-from gridtool.cli.output import age, emit_json, json_option, table
+from gridtool.cli.common.context import AppContext, pass_app
+from gridtool.cli.common.output import age, emit_json, json_option, table
 
 
-@click.group()
-def manager() -> None:
-    """The HA manager: one leader (etcd election) among any number of candidates.
-
-    \b
-    Example:
-      gridtool manager status
-    """
-
-
-@manager.command("run")
+@click.command("run")
 @click.option("--name", default=lambda: socket.gethostname(), show_default="hostname",
               help="This candidate's name.")
 @click.option("--period", default=1.0, show_default=True, help="Seconds between rounds.")
@@ -54,7 +44,7 @@ def run(app: AppContext, name: str, period: float, log_level: str) -> None:
     Manager(app.config, app.store, name, period=period).run(stop)
 
 
-@manager.command("status")
+@click.command("status")
 @json_option
 @pass_app
 def status(app: AppContext, as_json: bool) -> None:

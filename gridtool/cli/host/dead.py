@@ -1,0 +1,40 @@
+"""``gridtool host confirm-dead``: release a dead host's fences, on the operator's word."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from gridtool.cli.common.context import AppContext, pass_app
+
+
+@click.command("confirm-dead")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def confirm_dead(app: AppContext, name: str, yes: bool) -> None:
+    """Tell gridtool a host is powered off (STONITH by hand): its pinned guests may move.
+
+    Refused while the host still holds its lease. The manager then releases the host's
+    pinned fences and restarts its guests elsewhere.
+
+    \b
+    Example:
+      gridtool host confirm-dead hv3 --yes
+    """
+    import json
+
+    from gridtool.errors import Conflict
+    from gridtool.registry.intents import who
+
+    keys = app.config.keys
+    if app.store.get(keys.host(name)) is not None:
+        raise Conflict(f"host {name} is alive (its lease is held): power it off first")
+    if not yes:
+        click.confirm(f"Is {name} really powered off? Its guests will be started elsewhere",
+                      abort=True, err=True)
+    body = {"v": 1, "host": name, "by": who(), "at": time.time()}
+    app.store.put(keys.dead_host(name), json.dumps(body).encode())
+    click.echo(f"{name} confirmed dead: its pinned guests may now be restarted elsewhere",
+               err=True)
