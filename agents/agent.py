@@ -43,7 +43,7 @@ from gridtool.fencing.rules import (
 from gridtool.registry.fleet import Registry
 from gridtool.registry.model import GuestRecord, HostRecord
 from gridtool.registry.records import DomainDefinition, Violation, decode, encode
-from gridtool.registry.store import Event, Store
+from gridtool.registry.store import Event, Store, Watch
 from gridtool.registry.sync import plan_sync
 
 log = logging.getLogger("gridtool.agent")
@@ -114,7 +114,7 @@ class Agent:
         # The first resync adopts fenced guests that ran before this agent started
         # (installing gridtool on a running host); later ones without a fence are violations.
         self._adopting = True
-        self._intent_watch = None
+        self._intent_watch: Watch | None = None
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -182,7 +182,7 @@ class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                          key: paramiko.PKey) -> None:
-        self.line = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line()
+        self.line = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line() or ""
         self.added = f"{hostname} {key.get_name()} {key.fingerprint}"
 
 

@@ -18,7 +18,7 @@ from gridtool.errors import Conflict, GridtoolError, NotFound, OperationFailed, 
 
 if TYPE_CHECKING:
     from gridtool.placement.rules import GuestNeeds, HostVerdict, Placement
-    from gridtool.placement.shell import FleetView, MigrationResult, PhaseEvent
+    from gridtool.placement.shell import FleetView, MigrationResult, Migrator, PhaseEvent
     from gridtool.registry.model import GuestRecord
 
 SHUTDOWN = click.option("--timeout", default=60.0, show_default=True,
@@ -156,7 +156,7 @@ class MigrationProgress:
         self.progress.console.print(text, highlight=False)
 
 
-def _migrator(app: AppContext, timeout: float, progress: MigrationProgress | None):  # type: ignore[no-untyped-def]
+def _migrator(app: AppContext, timeout: float, progress: MigrationProgress | None) -> Migrator:
     from gridtool.placement.shell import Migrator
 
     return Migrator(app.store, app.config.keys, shutdown_timeout=timeout,

@@ -29,7 +29,9 @@ def _quiet(_msg: str) -> None:
 
 def is_up(directory: Path) -> bool:
     state = read_state(directory)
-    return bool(state) and any(pid_alive(m.get("pid")) for m in state["etcd"]["members"])
+    if not state:
+        return False
+    return any(pid_alive(m.get("pid")) for m in state["etcd"]["members"])
 
 
 def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,

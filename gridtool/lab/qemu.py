@@ -205,7 +205,7 @@ class QemuHost(LabHost):
     hypervisor: str = "qemu"
 
     @property
-    def libvirt_uri(self) -> str:  # type: ignore[override]
+    def libvirt_uri(self) -> str:
         return f"qemu+tcp://127.0.0.1:{self.port}/system"
 
     @property
@@ -297,7 +297,7 @@ class QemuHost(LabHost):
         return {**asdict(self), "libvirt_uri": self.libvirt_uri}
 
     @classmethod
-    def from_dict(cls, data: dict) -> QemuHost:  # type: ignore[override]
+    def from_dict(cls, data: dict) -> QemuHost:
         return cls(data["name"], data["dir"], data.get("libvirtd_pid", 0),
                    data.get("agent_pid", 0), data.get("port", 0), data.get("shared_dir", ""))
 
