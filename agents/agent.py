@@ -74,7 +74,7 @@ class Agent:
     def __init__(self, cfg: Config, store: Store) -> None:
         cfg.require("host", "libvirt_uri")
         self.cfg = cfg
-        self.host: str = cfg.host  # type: ignore[assignment]
+        self.host: str = cfg.host  # type: ignore[assignment]  # cfg.require() checked it is set
         self.keys = cfg.keys
         self.registry = Registry(store, cfg.keys)
         self.store = store

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gridtool.errors import Conflict, CorruptRecord, NotFound
 from gridtool.registry.keys import Keys
@@ -20,7 +20,10 @@ from gridtool.registry.model import DecodeError, dump_json
 from gridtool.registry.records import decode, encode
 from gridtool.registry.store import Compare, Put, Store
 
-R = TypeVar("R")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
 
 
 @dataclass(frozen=True)

@@ -168,12 +168,13 @@ def detect_accel(kernel: Path, initramfs: Path, timeout: float = 8.0) -> str:
          "-nodefaults", "-serial", "stdio", "-kernel", str(kernel), "-initrd", str(initramfs),
          "-append", KERNEL_CMDLINE], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL)
-    os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
+    assert proc.stdout is not None  # stdout=PIPE
+    os.set_blocking(proc.stdout.fileno(), False)
     seen = b""
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            chunk = proc.stdout.read() or b""  # type: ignore[union-attr]
+            chunk = proc.stdout.read() or b""
             seen = (seen + chunk)[-4096:]
             if READY.encode() in seen:
                 return "kvm"
