@@ -43,7 +43,7 @@ from gridtool.fencing.rules import (
 from gridtool.registry.fleet import Registry
 from gridtool.registry.model import ACTIVE_STATES, GuestRecord, HostRecord
 from gridtool.registry.records import DomainDefinition, Violation, decode, encode
-from gridtool.registry.store import Event, Store
+from gridtool.registry.store import Event, Store, Watch
 from gridtool.registry.sync import plan_sync
 
 log = logging.getLogger("gridtool.agent")
@@ -73,7 +73,7 @@ class Agent:
     def __init__(self, cfg: Config, store: Store) -> None:
         cfg.require("host", "libvirt_uri")
         self.cfg = cfg
-        self.host: str = cfg.host  # type: ignore[assignment]
+        self.host: str = cfg.host  # type: ignore[assignment]  # cfg.require() checked it is set
         self.keys = cfg.keys
         self.registry = Registry(store, cfg.keys)
         self.store = store
@@ -113,7 +113,7 @@ class Agent:
         # The first resync adopts fenced guests that ran before this agent started
         # (installing gridtool on a running host); later ones without a fence are violations.
         self._adopting = True
-        self._intent_watch = None
+        self._intent_watch: Watch | None = None
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
 
 def report(pool: str, *, arrivals: int, completions: int = 0,
            busy_seconds: float | None = None, mean_service_time: float | None = None,
            queue_depth: int = 0, interval: float = 10.0, config: str | None = None,
-           **options: object) -> object:
+           **options: Any) -> object:
     """Report a pool's load over the last ``interval`` seconds (for its flex policy);
     returns the ``gridtool.pools.flex.LoadSample`` written.
 
@@ -24,7 +26,7 @@ def report(pool: str, *, arrivals: int, completions: int = 0,
     store, keys = pools.api_store(config)
     return pools.report(store, keys, pool, arrivals=arrivals, completions=completions,
                         busy_seconds=busy_seconds, mean_service_time=mean_service_time,
-                        queue_depth=queue_depth, interval=interval, **options)  # type: ignore[arg-type]
+                        queue_depth=queue_depth, interval=interval, **options)
 
 
 def set_desired(pool: str, size: int, *, config: str | None = None) -> int:

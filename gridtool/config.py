@@ -149,7 +149,12 @@ def _parse(name: str, raw: Any) -> Any:
     text = raw if isinstance(raw, str) else None
     try:
         if "tuple" in str(kind):
-            items = raw if isinstance(raw, list | tuple) else text.replace(",", " ").split()
+            if isinstance(raw, list | tuple):
+                items = raw
+            elif text is not None:
+                items = text.replace(",", " ").split()
+            else:
+                raise TypeError("must be a list or a string")
             return tuple(str(i) for i in items)
         if kind == "bool":
             if isinstance(raw, bool):
@@ -164,10 +169,10 @@ def _parse(name: str, raw: Any) -> Any:
                 raise ValueError("must be at least 2")
             return value
         if kind == "float":
-            value = float(raw)
-            if not math.isfinite(value) or value <= 0:
+            number = float(raw)
+            if not math.isfinite(number) or number <= 0:
                 raise ValueError("must be a positive number")
-            return value
+            return number
         return str(raw)
     except (ValueError, AttributeError, TypeError, OverflowError) as exc:
         raise ConfigError(f"setting '{name}': invalid value {raw!r} ({exc})") from None

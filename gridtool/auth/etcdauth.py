@@ -8,6 +8,8 @@ as every other call (no ``etcdctl`` binary needed on the admin's machine).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyetcd import etcdrpc
 from pyetcd.etcdrpc import auth_pb2
 
@@ -26,7 +28,8 @@ class EtcdAuth:
     def __init__(self, store: EtcdStore) -> None:
         self.store = store
 
-    def _rpc(self, method: str, request: object) -> object:
+    def _rpc(self, method: str, request: object) -> Any:
+        """One Auth call; the reply is an (untyped) pyetcd protobuf message."""
         return self.store.auth_rpc(method, request)
 
     def users(self) -> list[str]:

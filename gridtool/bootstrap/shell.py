@@ -67,7 +67,7 @@ class HostUnreachable(OperationFailed):
 
 def project_root() -> Path:
     """The gridtool source tree this code runs from (the wheel and unit come from it)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[2]  # gridtool/bootstrap/shell.py
     if not (root / "setup.cfg").exists() or not (root / UNIT_TEMPLATE).exists():
         raise UsageError(f"host add needs the gridtool source tree (no setup.cfg or "
                          f"{UNIT_TEMPLATE} under {root}); give --wheel and run it from there")
@@ -182,7 +182,7 @@ class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                          key: paramiko.PKey) -> None:
-        self.line = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line()
+        self.line = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line() or ""
         self.added = f"{hostname} {key.get_name()} {key.fingerprint}"
 
 

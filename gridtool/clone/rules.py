@@ -243,8 +243,7 @@ def rewrite(xml: str, identity: CloneIdentity, overlays: Mapping[str, str],
             ET.register_namespace(prefix, uri)
     if root.get("id") is not None:
         del root.attrib["id"]  # a live XML's domain id
-    _set_child(root, "name", identity.name, first=True)
-    name_at = list(root).index(root.find("name"))  # type: ignore[arg-type]
+    name_at = list(root).index(_set_child(root, "name", identity.name, first=True))
     if root.find("uuid") is None:
         root.insert(name_at + 1, ET.Element("uuid"))
     _set_child(root, "uuid", identity.uuid)
@@ -385,7 +384,7 @@ def set_ready_marker(root: ET.Element, marker: str) -> None:
     metadata = root.find("metadata")
     if metadata is None:
         metadata = ET.Element("metadata")
-        root.insert(list(root).index(root.find("uuid")) + 1, metadata)  # type: ignore[arg-type]
+        root.insert(list(root).index(root.find("uuid")) + 1, metadata)  # type: ignore[arg-type]  # no <uuid>: ValueError as before
     for old in metadata.findall(f"{{{READY_NS}}}ready"):
         metadata.remove(old)
     ET.SubElement(metadata, f"{{{READY_NS}}}ready", {"marker": marker})

@@ -324,9 +324,12 @@ class _Run:
         rec, intent = job.record, job.intent
         assert intent is not None
 
+        told = False
+
         def on_state(i: Intent) -> None:
-            if i.state == "running" and not getattr(on_state, "told", False):
-                on_state.told = True  # type: ignore[attr-defined]
+            nonlocal told
+            if i.state == "running" and not told:
+                told = True
                 self._say(f"{rec.name}: cloning on {rec.host}")
 
         try:

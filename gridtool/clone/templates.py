@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
 from gridtool.errors import Conflict, CorruptRecord, NotFound
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError, dump_json
 from gridtool.registry.records import decode, encode
 from gridtool.registry.store import Compare, Put, Store
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class CloneRecord:
     overlays: list[str] = field(default_factory=list)
 
 
-def _decoded(cls: type, key: str, raw: bytes):  # type: ignore[no-untyped-def]
+def _decoded(cls: type[R], key: str, raw: bytes) -> R:
     try:
         return decode(cls, key, raw)
     except DecodeError as exc:

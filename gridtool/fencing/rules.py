@@ -59,18 +59,20 @@ def _text(owner: str, name: str, value: object) -> str:
 
 
 def _number(owner: str, name: str, value: object) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0:  # type: ignore[arg-type]
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or value < 0:
         raise FenceError(f"{owner}: field {name!r} must be a finite number >= 0, got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _kind(owner: str, value: object) -> FenceKind:
-    try:
-        return FenceKind(value)
-    except ValueError:
-        kinds = ", ".join(k.value for k in FenceKind)
-        raise FenceError(f"{owner}: field 'kind' must be one of {kinds}, got {value!r}") from None
+    if isinstance(value, str):
+        try:
+            return FenceKind(value)
+        except ValueError:
+            pass
+    kinds = ", ".join(k.value for k in FenceKind)
+    raise FenceError(f"{owner}: field 'kind' must be one of {kinds}, got {value!r}")
 
 
 # --------------------------------------------------------------------------- records
@@ -214,8 +216,9 @@ def _lookup(observed: Mapping[str, Observation], volume: str) -> Observation:
 
 def _held(host: str, guest: GuestRef, obs: Observation) -> Observed | None:
     """``obs`` if it is a fence ``host`` holds for ``guest``, else None."""
-    mine = isinstance(obs, Observed) and obs.fence.holder == host and obs.fence.guest == guest.uuid
-    return obs if mine else None  # type: ignore[return-value]
+    if isinstance(obs, Observed) and obs.fence.holder == host and obs.fence.guest == guest.uuid:
+        return obs
+    return None
 
 
 def _describe(obs: Observation) -> str:

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -267,7 +267,10 @@ class Manager:
             self._note(f"restart {action.name} on {action.on_host}: {action.reason}")
         return ok
 
-    def _update_settings(self, uuid: str, name: str, change, extra=()) -> bool:  # type: ignore[no-untyped-def]
+    def _update_settings(self, uuid: str, name: str,
+                         change: Callable[[GuestSettings], GuestSettings],
+                         extra: Sequence[Put] = ()) -> bool:
+        """Write ``change(settings)`` and the ``extra`` puts in one guarded transaction."""
         key = self.keys.guest_settings(uuid)
         item = self.store.get(key)
         current = (decode(GuestSettings, key, item.value) if item
@@ -321,7 +324,8 @@ def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
                      desired, fleet.needs(rec))
 
 
-def _cancel(watches: list) -> list:  # type: ignore[type-arg]
+def _cancel(watches: list[Watch]) -> list[Watch]:
+    """Cancel every watch; the empty list that replaces them."""
     for watch in watches:
         watch.cancel()
     return []

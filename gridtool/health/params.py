@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from gridtool.health.ranges import CheckUsageError, Range, parse_range
 from gridtool.health.report import IGNORABLE_CODES, UNIGNORABLE
@@ -22,7 +23,7 @@ THRESHOLDS: Mapping[str, str] = {
 """Metric names accepted by ``--warn KEY=RANGE`` / ``--crit KEY=RANGE``."""
 
 
-def _period_defaults(period_s: float) -> dict[str, Range]:
+def _period_defaults(period_s: float) -> dict[str, Any]:
     """Default thresholds as multiples of the agent report period."""
     return {
         "report_age_warn": Range(end=3 * period_s),
@@ -90,7 +91,7 @@ def apply_thresholds(
     params: CheckParams, warn: Iterable[str] = (), crit: Iterable[str] = ()
 ) -> CheckParams:
     """Return ``params`` with ``--warn``/``--crit`` ``KEY=RANGE[,KEY=RANGE]`` values applied."""
-    changes: dict[str, Range] = {}
+    changes: dict[str, Any] = {}  # CheckParams fields by name: Range values
     for level, values in (("warn", warn), ("crit", crit)):
         for item in _split_items(values):
             key, rng = parse_threshold(item)

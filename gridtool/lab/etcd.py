@@ -6,9 +6,15 @@ import shutil
 import subprocess
 import uuid
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from gridtool.lab.procs import LabError, free_port, port_open, spawn, stop_pid, wait_for
+
+
+def _running(proc: subprocess.Popen) -> bool:
+    """True while ``proc`` has not exited."""
+    return proc.poll() is None
 
 
 @dataclass
@@ -100,9 +106,9 @@ class EtcdCluster:
     def start(self, timeout: float = 20.0) -> None:
         procs = [self.start_member(m, wait=False) for m in self.members]
         for member, proc in zip(self.members, procs, strict=True):
-            wait_for(lambda m=member: port_open(m.client_port), timeout,
+            wait_for(partial(port_open, member.client_port), timeout,
                      f"etcd member {member.name} on port {member.client_port}",
-                     alive=lambda p=proc: p.poll() is None)
+                     alive=partial(_running, proc))
         wait_for(self.healthy, timeout, "etcd cluster health")
 
     def start_member(self, member: EtcdMember, wait: bool = True) -> subprocess.Popen:

@@ -29,7 +29,9 @@ def _quiet(_msg: str) -> None:
 
 def is_up(directory: Path) -> bool:
     state = read_state(directory)
-    return bool(state) and any(pid_alive(m.get("pid")) for m in state["etcd"]["members"])
+    if not state:
+        return False
+    return any(pid_alive(m.get("pid")) for m in state["etcd"]["members"])
 
 
 def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
@@ -76,9 +78,9 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
         cfg = _enable_auth(cfg, directory / "credentials", names)
     state["auth"] = not insecure
     write_file(Path(state["config"]), render(cfg))  # password_file, never the password
-    lab_hosts = [LabHost(name, str(directory / "hosts" / name)) for name in names]
-    if state.get("hypervisor") == "qemu":
-        lab_hosts = qemu.lab_hosts(directory, names)  # type: ignore[assignment]
+    qemu_hosts = qemu.lab_hosts(directory, names) if state.get("hypervisor") == "qemu" else []
+    lab_hosts: list[LabHost] = (list(qemu_hosts) if qemu_hosts else
+                                [LabHost(name, str(directory / "hosts" / name)) for name in names])
     state["hosts"] = []
     for host in lab_hosts:
         progress(f"starting libvirtd for {host.name}")
@@ -95,7 +97,7 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
     _save(directory, state)
     if state.get("hypervisor") == "qemu":  # started through the agents: the hook lets them
         progress("booting sample QEMU guests")
-        qemu.seed_guests(cfg, lab_hosts, guests, directory)  # type: ignore[arg-type]
+        qemu.seed_guests(cfg, qemu_hosts, guests, directory)
     progress("waiting for every host to report to the registry")
     wait_registered(cfg, [h.name for h in lab_hosts], hosts * guests)
 

@@ -168,12 +168,13 @@ def detect_accel(kernel: Path, initramfs: Path, timeout: float = 8.0) -> str:
          "-nodefaults", "-serial", "stdio", "-kernel", str(kernel), "-initrd", str(initramfs),
          "-append", KERNEL_CMDLINE], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL)
-    os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
+    assert proc.stdout is not None  # stdout=PIPE
+    os.set_blocking(proc.stdout.fileno(), False)
     seen = b""
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            chunk = proc.stdout.read() or b""  # type: ignore[union-attr]
+            chunk = proc.stdout.read() or b""
             seen = (seen + chunk)[-4096:]
             if READY.encode() in seen:
                 return "kvm"
@@ -205,7 +206,7 @@ class QemuHost(LabHost):
     hypervisor: str = "qemu"
 
     @property
-    def libvirt_uri(self) -> str:  # type: ignore[override]
+    def libvirt_uri(self) -> str:
         return f"qemu+tcp://127.0.0.1:{self.port}/system"
 
     @property
@@ -297,7 +298,7 @@ class QemuHost(LabHost):
         return {**asdict(self), "libvirt_uri": self.libvirt_uri}
 
     @classmethod
-    def from_dict(cls, data: dict) -> QemuHost:  # type: ignore[override]
+    def from_dict(cls, data: dict) -> QemuHost:
         return cls(data["name"], data["dir"], data.get("libvirtd_pid", 0),
                    data.get("agent_pid", 0), data.get("port", 0), data.get("shared_dir", ""))
 

@@ -375,7 +375,7 @@ def _decode(cls: type, key: str, raw: bytes) -> Any:
 
 def _records(store: Store, prefix: str, cls: type) -> dict[str, Any]:
     items, _ = store.list(prefix)
-    found = {}
+    found: dict[str, Any] = {}
     for item in items:
         try:
             found[item.key.removeprefix(prefix)] = decode(cls, item.key, item.value)

@@ -8,6 +8,7 @@ revision they delivered, so no event is lost across a member failure.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
@@ -227,7 +228,7 @@ class EtcdStore:
                      start_revision: int | None = None) -> PrefixWatch:
         return PrefixWatch(self, prefix, on_event, start_revision)
 
-    def status(self) -> list[EndpointStatus]:
+    def status(self) -> builtins.list[EndpointStatus]:
         return [self._endpoint_status(ep) for ep in self._endpoints]
 
     def _endpoint_status(self, endpoint: str) -> EndpointStatus:

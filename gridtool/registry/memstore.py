@@ -17,6 +17,7 @@ No etcd import: the contract tests run the same cases against this and ``EtcdSto
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class MemStore:
     def delete_prefix(self, prefix: str) -> None:
         self._write(lambda: [Delete(k) for k in self._items if k.startswith(prefix)])
 
-    def _write(self, ops: Callable[[], list[Put | Delete]]) -> list[Event]:
+    def _write(self, ops: Callable[[], builtins.list[Put | Delete]]) -> builtins.list[Event]:
         """Apply the ops ``ops()`` lists (under the lock) as one revision."""
         self.expire()
         with self._lock:
@@ -117,7 +118,7 @@ class MemStore:
             item.create_revision if cmp.target == "create" else item.mod_revision)
         return actual == cmp.value
 
-    def _apply(self, ops: Sequence[Put | Delete]) -> list[Event]:
+    def _apply(self, ops: Sequence[Put | Delete]) -> builtins.list[Event]:
         """Apply ``ops`` as one revision (caller holds the lock); return the events."""
         for op in ops:
             if isinstance(op, Put) and op.lease and op.lease not in self._leases:
@@ -181,13 +182,14 @@ class MemStore:
             found = self._leases.get(lease)
             return None if found is None else (found.ttl, found.expires_at - self._clock())
 
-    def expire(self) -> list[Expired]:
+    def expire(self) -> builtins.list[Expired]:
         """Expire every lease whose time has come, oldest deadline first."""
         with self._lock:
             now = self._clock()
             due = sorted((x.expires_at, lid) for lid, x in self._leases.items()
                          if x.expires_at <= now)
-            gone, events = [], []
+            gone: list[Expired] = []
+            events: list[Event] = []
             for _, lid in due:
                 keys = tuple(sorted(self._leases[lid].keys))
                 events += self._drop(lid)
@@ -195,7 +197,7 @@ class MemStore:
         self._deliver(events)
         return gone
 
-    def _drop(self, lease: int) -> list[Event]:
+    def _drop(self, lease: int) -> builtins.list[Event]:
         keys = sorted(self._leases.pop(lease).keys)
         return self._apply([Delete(k) for k in keys])
 
@@ -225,7 +227,7 @@ class MemStore:
         with self._lock:
             self._watches = [w for w in self._watches if w is not watch]
 
-    def _deliver(self, events: list[Event]) -> None:
+    def _deliver(self, events: builtins.list[Event]) -> None:
         if not events:
             return
         with self._lock:
@@ -235,7 +237,7 @@ class MemStore:
                 if not watch.cancelled and event.key.startswith(watch.prefix):
                     watch.on_event(event)
 
-    def status(self) -> list[EndpointStatus]:
+    def status(self) -> builtins.list[EndpointStatus]:
         return [EndpointStatus("memory", True, leader=True, revision=self.revision,
                                version="memstore")]
 

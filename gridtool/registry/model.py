@@ -146,7 +146,7 @@ def _schema(cls: type) -> tuple[tuple[str, bool], ...]:
 
 def _build(cls: type[R], key: str, data: dict[str, Any]) -> R:
     kwargs: dict[str, Any] = {}
-    for name, required in _schema(cls):
+    for name, required in _schema(cls):  # type: ignore[arg-type]  # mypy misses that a class is Hashable
         if name in data:
             value = data[name]
             expected = _TYPES.get(name)

@@ -11,11 +11,14 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gridtool.registry.model import DecodeError, dump_json, load_json
 
-R = TypeVar("R")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
 
 
 
@@ -140,7 +143,7 @@ def decode(cls: type[R], key: str, raw: bytes | str) -> R:
     data = load_json(key, raw)
     hints = typing.get_type_hints(cls)
     kwargs = {}
-    for f in fields(cls):  # type: ignore[arg-type]
+    for f in fields(cls):
         if f.name in data:
             if not _conforms(data[f.name], hints[f.name]):
                 raise DecodeError(key, f"field {f.name!r} has the wrong type")

@@ -5,6 +5,7 @@ The etcd adapter (``gridtool.registry.etcdstore``) implements it; nothing else i
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -102,6 +103,6 @@ class Store(Protocol):
     def watch_prefix(self, prefix: str, on_event: Callable[[Event], None],
                      start_revision: int | None = None) -> Watch: ...
 
-    def status(self) -> list[EndpointStatus]: ...
+    def status(self) -> builtins.list[EndpointStatus]: ...
 
     def close(self) -> None: ...

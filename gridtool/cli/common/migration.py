@@ -13,7 +13,7 @@ from gridtool.cli.common.output import console
 from gridtool.errors import GridtoolError
 
 if TYPE_CHECKING:
-    from gridtool.placement.shell import FleetView, MigrationResult, PhaseEvent
+    from gridtool.placement.shell import FleetView, MigrationResult, Migrator, PhaseEvent
 
 
 SHUTDOWN = click.option("--timeout", default=60.0, show_default=True,
@@ -89,7 +89,7 @@ class MigrationProgress:
         self.progress.console.print(text, highlight=False)
 
 
-def migrator_for(app: AppContext, timeout: float, progress: MigrationProgress | None):  # type: ignore[no-untyped-def]
+def migrator_for(app: AppContext, timeout: float, progress: MigrationProgress | None) -> Migrator:
     from gridtool.placement.shell import Migrator
 
     return Migrator(app.store, app.config.keys, shutdown_timeout=timeout,

@@ -4,6 +4,7 @@ its host's agent."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +13,9 @@ from gridtool.cli.common.intents import run_intent
 from gridtool.cli.common.verdicts import no_host_reason
 from gridtool.errors import Conflict, NotFound, UsageError
 from gridtool.registry.model import ACTIVE_STATES, GuestRecord
+
+if TYPE_CHECKING:
+    from gridtool.registry.records import GuestSettings
 
 WAIT = click.option("--wait/--no-wait", default=True, show_default=True,
                     help="Follow the operation to its outcome.")
@@ -181,7 +185,7 @@ def set_guest(app: AppContext, name: str, ha: str | None, anti_affinity: str | N
         raise Conflict(f"guest {rec.name} has no disk on shared storage: HA needs one "
                        "(another host must be able to reach its disks)")
 
-    def change(s):  # type: ignore[no-untyped-def]
+    def change(s: GuestSettings) -> GuestSettings:
         if ha is not None:
             s = replace(s, ha=ha == "on")
         if anti_affinity is not None:

@@ -159,7 +159,7 @@ def _tls_files(cfg: Config, name: str) -> TlsFiles | None:
 
 def _agent_config(app: AppContext, name: str, libvirt_uri: str, endpoints: str | None,
                   user: str | None, password_file: str | None,
-                  hook_socket: str | None, tls: dict[str, str]) -> str:
+                  hook_socket: str | None, tls: dict[str, Any]) -> str:
     """The agent's config file: the registry and storage rules this CLI uses, the
     host's credentials, the fence hook's socket, the TLS files as installed (``tls``)."""
     from gridtool.bootstrap.shell import host_user, issue_credentials

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import age, console, emit_json, json_option, styled_state, table
+
+if TYPE_CHECKING:
+    from gridtool.pools.rules import PoolSpec
 
 
 @click.command("simulate")
@@ -280,7 +284,7 @@ def report(app: AppContext, name: str, arrivals: int, completions: int,
                  queue_depth=queue_depth, interval=interval, source=source)
 
 
-def _spec_dict(spec: object) -> dict:
+def _spec_dict(spec: PoolSpec) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return asdict(spec)  # type: ignore[call-overload]
+    return asdict(spec)
