@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gridtool.lab.testbed import domain_xml, wait_until
 
 from agents.claims import GuestClaims
 from agents.fencer import Fencer
@@ -20,6 +19,7 @@ from agents.libvirt_source import LibvirtSource
 from gridtool.config import Config
 from gridtool.domains.storage import SharedStorageRules
 from gridtool.fencing.rules import FenceKind, GuestRef
+from tests.harness.testbed import domain_xml, wait_until
 
 RULES = SharedStorageRules()
 DISK = "/dev/etherd/e1.2"  # AoE: volume aoe-e1.2

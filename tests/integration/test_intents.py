@@ -7,7 +7,6 @@ import uuid as uuidlib
 from collections.abc import Iterator
 
 import pytest
-from gridtool.lab.testbed import domain_xml
 
 from agents.claims import GuestClaims
 from agents.fencer import Fencer
@@ -18,6 +17,7 @@ from gridtool.config import Config
 from gridtool.domains.storage import SharedStorageRules
 from gridtool.registry.intents import IntentClient
 from gridtool.registry.records import Intent, IntentAction, encode
+from tests.harness.testbed import domain_xml
 
 
 @pytest.fixture

@@ -6,12 +6,14 @@ product: the registry is :class:`gridtool.registry.memstore.MemStore` on the sim
 leases expire when the clock passes their TTL); every host runs a real
 :class:`gridtool.ha.manager.Manager` candidate (election, ``hadecide.decide``, its guarded
 transactions, its :class:`gridtool.pools.keeper.PoolKeeper` rounds inline) and its agent
-takes and releases fences with the real :class:`agents.fencer.Fencer`. The agent loop
-itself is still simulated (:class:`SimAgent`): it keeps a real :class:`LeaseClock`,
-judges with the real pure rules (``judge_running``/``judge_stopped``), self-fences and
-carries out start intents on a fake libvirt host (:mod:`tests.sim.fakevirt`). **A next
-step replaces SimAgent with the real agent's IntentWorker and lease guard** once they
-take narrow collaborators.
+takes and releases fences with the real :class:`agents.fencer.Fencer` and carries out its
+intents with the real :class:`agents.intents.IntentWorker` (its handler table, the real
+:class:`agents.claims.GuestClaims`, on the simulated clock), driven without its thread
+(:meth:`IntentWorker.handle` per queued intent) on the fake libvirt host
+(:mod:`tests.sim.fakevirt`, behind the agent's ``Domains`` port). The rest of the agent
+loop is still simulated (:class:`SimAgent`): it keeps a real :class:`LeaseClock`, judges
+with the real pure rules (``judge_running``/``judge_stopped``) and self-fences; **a next
+step replaces that with the real lease guard** once ``HostLease`` takes a clock.
 
 After every command and every tick the simulator asserts the invariant "no fenced guest
 runs on two powered hosts" (also per shared volume) and raises :class:`SimulationError`.
@@ -42,7 +44,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agents.claims import GuestClaims
 from agents.fencer import Fencer, FenceRefused
+from agents.intents import IntentWorker
 from gridtool.clock import Clock
 from gridtool.config import Config
 from gridtool.errors import RegistryUnavailable
@@ -60,8 +64,8 @@ from gridtool.registry import hostconf
 from gridtool.registry.fleet import Registry
 from gridtool.registry.memstore import MemStore
 from gridtool.registry.model import Disk, GuestRecord, HostRecord
-from gridtool.registry.records import GuestSettings, Intent, decode, encode
-from tests.sim.fakevirt import FakeHost
+from gridtool.registry.records import DomainDefinition, GuestSettings, decode, encode
+from tests.sim.fakevirt import FakeHost, FakeLibvirt, domain_xml
 
 
 class SimulationError(AssertionError):
@@ -76,7 +80,6 @@ class SimConfig:
     margin: float | None = None  # None: fencing.default_margin(ttl)
     watchdog: float = 5.0  # host watchdog timeout, seconds
     manager_interval: int = 5
-    boot_seconds: int = 0  # from taking the fences to the start intent being done
     leader_extend: float = 1.0
     limits: RestartLimits = field(default_factory=RestartLimits)
     policy: IntruderPolicy = IntruderPolicy.PAUSE
@@ -130,16 +133,22 @@ class Link:
 
 @dataclass
 class SimAgent:
-    """The simulated agent process of one host (the part a next step replaces with the
-    real agent): a real Fencer over the host's link, a real LeaseClock, the real rules."""
+    """The agent process of one host: a real Fencer over the host's link, the real
+    IntentWorker (set right after) on the fake libvirt, a real LeaseClock, the real rules.
+    It is the worker's ``LeaseView`` (``lease``, ``arm``)."""
 
     fencer: Fencer
+    now: Callable[[], float]
+    worker: IntentWorker | None = None
     lease: int | None = None
     clock: LeaseClock | None = None
     lease_state: LeaseState | None = None
-    booting: dict[str, tuple[str, Intent, int]] = field(default_factory=dict)
     reported: dict[str, GuestRecord] = field(default_factory=dict)
     free_reported: int | None = None
+
+    def arm(self) -> bool:
+        """As ``HostLease.arm`` with the watchdog petted every tick: lease healthy."""
+        return self.clock is not None and self.clock.state(self.now()) is LeaseState.HEALTHY
 
 
 @dataclass
@@ -157,6 +166,7 @@ class Host:
     last_pet: float = 0.0
     agent: SimAgent | None = None
     manager: Manager | None = None
+    events: _AgentEvents | None = None  # while its intent worker runs
 
 
 class Simulator:
@@ -265,16 +275,18 @@ class Simulator:
             if raw.get("draining"):
                 hostconf.set_draining(self.store, self.keys, raw["name"], True, by="sim")
         for spec in self.specs.values():
-            if spec.fenced:
+            if spec.fenced:  # settings, and the definition agents keep for a takeover
                 self.store.put(self.keys.guest_settings(spec.uuid), encode(GuestSettings(
                     spec.uuid, spec.name, ha=spec.kind is GuestKind.HA, desired=spec.desired)))
+                self.store.put(self.keys.domain(spec.uuid), encode(DomainDefinition(
+                    spec.uuid, spec.name, domain_xml(spec.uuid, spec.name), "sim", 0.0)))
         for host in self._by_name():
             if host.powered:
                 self._boot(host)
         for g in sorted(initial["guests"], key=lambda g: g["name"]):
             host, spec = self.hosts[g["host"]], self.specs[g.get("uuid", g["name"])]
             host.virt.define(spec.uuid)
-            if g.get("state") == "running" and not self._start(host, spec, boot=0):
+            if g.get("state") == "running" and not self._start(host, spec):
                 raise SimulationError(f"initial guest {spec.name} could not start")
         for host in self._by_name():
             if host.agent is not None:
@@ -303,7 +315,8 @@ class Simulator:
         """A new agent process: resume the lease on its host record if it is alive."""
         link = self._link(host)
         agent = SimAgent(Fencer(link, self.keys, host.name,  # type: ignore[arg-type]
-                                lambda: agent.lease))
+                                lambda: agent.lease), self._now)
+        agent.worker = self._worker(host, agent, link)
         host.agent = agent
         item = self.store.get(self.keys.host(host.name))
         if item is not None and item.lease and self.store.keepalive(item.lease) > 0:
@@ -313,6 +326,34 @@ class Simulator:
             self.emit(f"{host.name}/agent", "resumed its lease")
             return
         self._register(host)
+
+    def _worker(self, host: Host, agent: SimAgent, link: Link) -> IntentWorker:
+        """The agent's real intent worker, on the host's link and fake libvirt."""
+        virt = FakeLibvirt(host.virt, host.name,
+                           lambda uuid, state: self.specs[uuid].record(host.name, state, self.t),
+                           lambda uuid: self.specs[uuid].name,
+                           lambda uuid: self._no_room(host, uuid),
+                           lambda uuid: self._started(host, uuid))
+        return IntentWorker(
+            host=host.name, store=link, keys=self.keys, domains=virt,  # type: ignore[arg-type]
+            fencer=agent.fencer, lease=agent, claims=GuestClaims(), images_dir="/nonexistent",
+            on_change=lambda _uuid: None,  # the agent reports every tick
+            judge=lambda rec: self._judge_running(host, agent.fencer, self.specs[rec.uuid]),
+            clock=self.sim_clock)
+
+    def _no_room(self, host: Host, uuid: str) -> str | None:
+        """Why the fake libvirt refuses to start ``uuid`` here (memory), or None."""
+        spec = self.specs[uuid]
+        if self._free(host) < spec.memory_mib:
+            return f"sim: not enough memory for {spec.name} on {host.name}"
+        return None
+
+    def _started(self, host: Host, uuid: str) -> None:
+        """The fake libvirt started ``uuid`` for an intent: log it with the fences taken."""
+        spec = self.specs[uuid]
+        taken = host.events.taken.pop(spec.name, "") if host.events else ""
+        self.emit(f"{host.name}/agent", f"took fence {taken}; {spec.name} running"
+                  if taken else f"{spec.name} running")
 
     def _register(self, host: Host) -> None:
         agent = self._agent(host)
@@ -426,49 +467,24 @@ class Simulator:
     # ------------------------------------------------------------------ intents
 
     def _intents(self, host: Host, agent: SimAgent) -> None:
-        """Carry out start intents (the stand-in for the real IntentWorker)."""
-        for uuid, (key, intent, done_at) in sorted(agent.booting.items()):
-            if self.t >= done_at:
-                del agent.booting[uuid]
-                self._finish(agent, key, intent, "done", f"{intent.name} started")
-                self.emit(f"{host.name}/agent", f"{intent.name} running")
-        for item in agent.fencer.store.list(self.keys.intents(host.name))[0]:
-            intent = decode(Intent, item.key, item.value)
-            if intent.state != "pending":
-                continue
-            if intent.action != "start":
-                self._finish(agent, item.key, intent, "failed", "sim: only start intents")
-                continue
-            self._take(host, agent, item.key, intent)
+        """Carry out this host's unfinished intents with the real IntentWorker, in order:
+        its catch-up queues them, :meth:`IntentWorker.handle` runs each (no thread)."""
+        worker = agent.worker
+        assert worker is not None
+        host.events = _AgentEvents(self, host.name)
+        try:
+            with _logged("gridtool.agent", host.events):
+                worker.catch_up()
+                while not worker.queue.empty():
+                    key = worker.queue.get_nowait()
+                    if key is not None:
+                        worker.handle(key)
+        finally:
+            host.events = None
 
-    def _take(self, host: Host, agent: SimAgent, key: str, intent: Intent) -> None:
-        spec = self.specs[intent.guest]
-        assert agent.clock is not None
-        if agent.clock.state(self.t) is not LeaseState.HEALTHY:
-            why = f"{host.name}'s lease is not healthy: refusing to take an HA fence"
-        elif self._free(host) < spec.memory_mib:
-            why = f"not enough memory for {spec.name}"
-        else:
-            if spec.uuid not in host.virt.defined:  # defined from the registry's copy
-                host.virt.define(spec.uuid)
-            if self._start(host, spec, self.cfg.boot_seconds):
-                if not self.cfg.boot_seconds:
-                    self._finish(agent, key, intent, "done", f"{spec.name} started")
-                else:
-                    self._finish(agent, key, intent, "running", "")
-                    agent.booting[spec.uuid] = (key, intent, self.t + self.cfg.boot_seconds)
-                return
-            why = f"could not start {spec.name}"
-        self.emit(f"{host.name}/agent", f"intent failed: {why}")
-        self._finish(agent, key, intent, "failed", why)
-
-    def _finish(self, agent: SimAgent, key: str, intent: Intent, state: str,
-                message: str) -> None:
-        agent.fencer.store.put(key, encode(replace(intent, state=state, message=message,
-                                                   updated=float(self.t))))
-
-    def _start(self, host: Host, spec: GuestSpec, boot: int) -> bool:
-        """Take every fence (the real Fencer: one transaction), then start the domain."""
+    def _start(self, host: Host, spec: GuestSpec) -> bool:
+        """A guest running at the start: take every fence (the real Fencer: one
+        transaction), then start the domain."""
         name = f"{host.name}/agent"
         taken = ""
         if spec.fenced:
@@ -480,7 +496,7 @@ class Simulator:
                 return False
             taken = f"took fence {', '.join(spec.volumes)}; "
         host.virt.start(spec.uuid)
-        self.emit(name, f"{taken}{spec.name} {'booting' if boot else 'running'}")
+        self.emit(name, f"{taken}{spec.name} running")
         return True
 
     # ------------------------------------------------------------------ judging
@@ -494,7 +510,7 @@ class Simulator:
         held = {f.guest for f in fencer.refresh_held().values()}
         for uuid in sorted(host.virt.active):
             spec = self.specs[uuid]
-            if spec.fenced and uuid not in agent.booting:
+            if spec.fenced:
                 self._judge_running(host, fencer, spec)
         for uuid in sorted(held - set(host.virt.active)):
             spec = self.specs[uuid]
@@ -530,24 +546,10 @@ class Simulator:
     def _managers_step(self) -> None:
         for host in self._by_name():
             if host.powered and not host.hung and host.manager is not None:
-                with self._manager_log(host.manager):
+                with _logged("gridtool.ha.manager", _ManagerEvents(self, host.name)):
                     host.manager.step()
                 if host.manager.lease is not None:
                     self.owners.setdefault(host.manager.lease, f"manager {host.name}")
-
-    @contextmanager
-    def _manager_log(self, manager: Manager) -> Iterator[None]:
-        """Turn the manager's event log lines into simulator log lines."""
-        logger = logging.getLogger("gridtool.ha.manager")
-        handler = _ManagerEvents(self, manager.name)
-        level = logger.level
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        try:
-            yield
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
 
     # ------------------------------------------------------------------ commands
 
@@ -636,6 +638,38 @@ class Simulator:
     def _cmd_etcd_up(self) -> None:
         self.etcd_up = True
         self._cmd_leader_change()
+
+
+@contextmanager
+def _logged(name: str, handler: logging.Handler) -> Iterator[None]:
+    """Hand the INFO records of logger ``name`` to ``handler`` meanwhile."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+class _AgentEvents(logging.Handler):
+    """The intent worker's log records: the fences it took (by guest name, for the line
+    the start logs) and failed intents as simulator log lines."""
+
+    def __init__(self, sim: Simulator, host: str) -> None:
+        super().__init__(logging.INFO)
+        self.sim = sim
+        self.host = host
+        self.taken: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg, args = str(record.msg), record.args if isinstance(record.args, tuple) else ()
+        if msg.startswith("event=fence_acquired"):
+            self.taken[str(args[1])] = ", ".join(str(args[2]).split(","))
+        elif msg.startswith("event=intent_%s") and args[0] == "failed":
+            self.sim.emit(f"{self.host}/agent", f"intent failed: {args[5]}")
 
 
 class _ManagerEvents(logging.Handler):
