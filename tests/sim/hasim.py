@@ -30,7 +30,9 @@ Commands (one a line, ``#`` starts a comment): ``advance N``, ``power-off H``,
 ``agent-crash H`` (agent and its manager die, guests keep running), ``agent-start H``
 (a new agent process: resumes its predecessor's lease if it is still alive),
 ``manager-crash H``, ``watchdog-off H``, ``crash GUEST``, ``confirm-dead H``,
-``set-ha GUEST on|off``, ``lease-expire H`` (advance until H's lease is gone),
+``set-ha GUEST on|off``, ``start GUEST H`` (the operator's start intent for H's agent),
+``libvirtd-stop H`` / ``libvirtd-start H`` (libvirtd restarting: guests run on
+untouched, the agent cannot reach them), ``lease-expire H`` (advance until H's lease is gone),
 ``leader-change`` (a new etcd leader extends every lease by TTL + ``leader_extend``),
 ``etcd-down`` / ``etcd-up`` (quorum lost: nobody reaches etcd and no lease expires;
 back: a new leader extends every lease).
@@ -64,7 +66,14 @@ from gridtool.registry import hostconf
 from gridtool.registry.fleet import Registry
 from gridtool.registry.memstore import MemStore
 from gridtool.registry.model import Disk, GuestRecord, HostRecord
-from gridtool.registry.records import DomainDefinition, GuestSettings, decode, encode
+from gridtool.registry.records import (
+    DomainDefinition,
+    GuestSettings,
+    Intent,
+    IntentAction,
+    decode,
+    encode,
+)
 from tests.sim.fakevirt import FakeHost, FakeLibvirt, domain_xml
 
 
@@ -145,6 +154,7 @@ class SimAgent:
     lease_state: LeaseState | None = None
     reported: dict[str, GuestRecord] = field(default_factory=dict)
     free_reported: int | None = None
+    libvirt_up: bool = True
 
     def arm(self) -> bool:
         """As ``HostLease.arm`` with the watchdog petted every tick: lease healthy."""
@@ -205,7 +215,8 @@ class Simulator:
         """Apply one command line."""
         verb, *args = line.split()
         handler = getattr(self, "_cmd_" + verb.replace("-", "_"), None)
-        arity = {"leader-change": 0, "etcd-down": 0, "etcd-up": 0, "set-ha": 2}.get(verb, 1)
+        arity = {"leader-change": 0, "etcd-down": 0, "etcd-up": 0, "set-ha": 2,
+                 "start": 2}.get(verb, 1)
         if handler is None or len(args) != arity:
             raise SimulationError(f"bad command {line!r}")
         if verb not in ("advance", "lease-expire"):
@@ -302,6 +313,7 @@ class Simulator:
     def _boot(self, host: Host) -> None:
         """Power on: a fresh agent process (registers) and manager candidate."""
         host.powered, host.connected, host.hung = True, True, False
+        host.virt.daemon_up = True
         self._start_processes(host)
 
     def _start_processes(self, host: Host) -> None:
@@ -391,8 +403,21 @@ class Simulator:
         self._pet(host, agent)
         if self._reaches(host) and agent.clock is not None:
             self._intents(host, agent)
-            self._judge(host, agent)
-            self._report(host)
+            if self._libvirt(host, agent):
+                self._judge(host, agent)
+                self._report(host)
+
+    def _libvirt(self, host: Host, agent: SimAgent) -> bool:
+        """Whether the agent is connected to libvirtd. While it is not, the agent neither
+        judges nor reports (its intent worker still runs, and fails what needs libvirt);
+        once it is back, a full resync re-reports every guest."""
+        if host.virt.daemon_up != agent.libvirt_up:
+            agent.libvirt_up = host.virt.daemon_up
+            if agent.libvirt_up:
+                agent.reported, agent.free_reported = {}, None
+            self.emit(f"{host.name}/agent", "libvirt connected again: resync"
+                      if agent.libvirt_up else "libvirt connection lost")
+        return agent.libvirt_up
 
     def _reaches(self, host: Host) -> bool:
         return self.etcd_up and host.powered and host.connected and not host.hung
@@ -617,6 +642,20 @@ class Simulator:
         current = decode(GuestSettings, key, item.value) if item else GuestSettings(
             spec.uuid, spec.name)
         self.store.put(key, encode(replace(current, ha=value == "on")))
+
+    def _cmd_start(self, guest: str, name: str) -> None:
+        """The operator asks host ``name`` to start ``guest`` (``gridtool guest start``):
+        a start intent its agent carries out, or refuses."""
+        spec, host = self._guest(guest), self._host(name)
+        intent = Intent(f"{self.t:08d}-op", host.name, IntentAction.START, spec.uuid,
+                        spec.name, float(self.t), "sim")
+        self.store.put(self.keys.intent(host.name, intent.id), encode(intent))
+
+    def _cmd_libvirtd_stop(self, name: str) -> None:
+        self._host(name).virt.daemon_up = False
+
+    def _cmd_libvirtd_start(self, name: str) -> None:
+        self._host(name).virt.daemon_up = True
 
     def _cmd_lease_expire(self, name: str) -> None:
         item = self.store.get(self.keys.host(self._host(name).name))
