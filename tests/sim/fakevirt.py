@@ -162,10 +162,10 @@ class FakeLibvirt:
     """A :class:`FakeHost` behind the agent's ``Domains`` port (``agents.ports``): what
     the real ``IntentWorker`` needs of the host's libvirt. ``describe(uuid, state)`` makes
     the guest record of a defined domain (the simulator knows its disks); a domain is
-    defined from XML by its ``<uuid>``."""
+    defined from XML by its ``<uuid>``, the XML first told to ``learn``."""
 
     host: FakeHost
-    host_name: str
+    learn: Callable[[str], None]
     describe: Callable[[str, str], GuestRecord]
     label: Callable[[str], str]
     may_start: Callable[[str], str | None]
@@ -189,6 +189,7 @@ class FakeLibvirt:
         uuid = ElementTree.fromstring(xml).findtext("uuid")
         if not uuid:
             raise libvirt.libvirtError("sim: domain XML without a <uuid>")
+        self.learn(xml)
         self.host.define(uuid)
         return self._dom(uuid)
 

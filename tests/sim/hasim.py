@@ -45,11 +45,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
+from xml.etree import ElementTree
 
 from agents.claims import GuestClaims
 from agents.fencer import Fencer, FenceRefused
 from agents.intents import IntentWorker
 from gridtool.clock import Clock
+from gridtool.clone import templates
 from gridtool.config import Config
 from gridtool.errors import RegistryUnavailable
 from gridtool.fencing.rules import (
@@ -62,6 +64,7 @@ from gridtool.fencing.rules import (
 )
 from gridtool.ha.manager import Manager
 from gridtool.ha.rules import GuestKind, RestartLimits
+from gridtool.pools import shell as pools
 from gridtool.registry import hostconf
 from gridtool.registry.fleet import Registry
 from gridtool.registry.memstore import MemStore
@@ -74,7 +77,13 @@ from gridtool.registry.records import (
     decode,
     encode,
 )
+from gridtool.registry.store import Event
 from tests.sim.fakevirt import FakeHost, FakeLibvirt, domain_xml
+
+#: Intents whose submitter (the pool keeper) waits for the outcome.
+WAITED_ACTIONS = frozenset({IntentAction.CLONE, IntentAction.REMOVE_CLONE})
+#: Real seconds the pool keeper waits for such an intent (see ``_intent_put``).
+POOL_ACTION_TIMEOUT = 0.2
 
 
 class SimulationError(AssertionError):
@@ -155,6 +164,7 @@ class SimAgent:
     reported: dict[str, GuestRecord] = field(default_factory=dict)
     free_reported: int | None = None
     libvirt_up: bool = True
+    handling: bool = False  # its intent worker is running (not re-entered from a watch)
 
     def arm(self) -> bool:
         """As ``HostLease.arm`` with the watchdog petted every tick: lease healthy."""
@@ -291,6 +301,11 @@ class Simulator:
                     spec.uuid, spec.name, ha=spec.kind is GuestKind.HA, desired=spec.desired)))
                 self.store.put(self.keys.domain(spec.uuid), encode(DomainDefinition(
                     spec.uuid, spec.name, domain_xml(spec.uuid, spec.name), "sim", 0.0)))
+        for raw in initial.get("templates", ()):
+            templates.create_template(self.store, self.keys, _template(raw))
+        for raw in initial.get("pools", ()):
+            pools.create(self.store, self.keys, pools.new_spec(
+                raw["name"], raw["template"], raw["min"], raw.get("max", raw["min"])))
         for host in self._by_name():
             if host.powered:
                 self._boot(host)
@@ -322,6 +337,9 @@ class Simulator:
         host.manager = Manager(self.conf, self._link(host), host.name,  # type: ignore[arg-type]
                                period=self.cfg.manager_interval, limits=self.cfg.limits,
                                clock=self.sim_clock, threaded=False)
+        # an intent the pool keeper waits for is done inside its put, or never (no other
+        # agent runs during the wait): do not wait the real-time default for it
+        host.manager.pools.action_timeout = POOL_ACTION_TIMEOUT
 
     def _start_agent(self, host: Host) -> None:
         """A new agent process: resume the lease on its host record if it is alive."""
@@ -330,6 +348,8 @@ class Simulator:
                                 lambda: agent.lease), self._now)
         agent.worker = self._worker(host, agent, link)
         host.agent = agent
+        self.store.watch_prefix(self.keys.intents(host.name),
+                                lambda ev: self._intent_put(host, agent, ev))
         item = self.store.get(self.keys.host(host.name))
         if item is not None and item.lease and self.store.keepalive(item.lease) > 0:
             agent.lease = item.lease
@@ -341,7 +361,7 @@ class Simulator:
 
     def _worker(self, host: Host, agent: SimAgent, link: Link) -> IntentWorker:
         """The agent's real intent worker, on the host's link and fake libvirt."""
-        virt = FakeLibvirt(host.virt, host.name,
+        virt = FakeLibvirt(host.virt, self._learn,
                            lambda uuid, state: self.specs[uuid].record(host.name, state, self.t),
                            lambda uuid: self.specs[uuid].name,
                            lambda uuid: self._no_room(host, uuid),
@@ -352,6 +372,27 @@ class Simulator:
             on_change=lambda _uuid: None,  # the agent reports every tick
             judge=lambda rec: self._judge_running(host, agent.fencer, self.specs[rec.uuid]),
             clock=self.sim_clock)
+
+    def _learn(self, xml: str) -> None:
+        """A domain defined from XML the simulator did not set up (a clone): know it."""
+        root = ElementTree.fromstring(xml)
+        uuid, name = root.findtext("uuid") or "", root.findtext("name") or ""
+        if uuid and uuid not in self.specs:
+            memory = int(root.findtext("memory") or 0) // 1024  # KiB
+            self.specs[uuid] = GuestSpec(uuid, name, memory, GuestKind.NONE, ())
+
+    def _intent_put(self, host: Host, agent: SimAgent, event: Event) -> None:
+        """The agent's intent watch. Intents whose submitter waits for them (the pool
+        keeper's clone and remove_clone) are carried out at once, inside the submitter's
+        put: in production it waits on its own thread while the agent works; here nothing
+        else can run meanwhile. Every other intent waits for the agent's next tick."""
+        if event.kind != "put" or agent.handling or host.agent is not agent \
+                or not self._reaches(host) or not agent.libvirt_up:
+            return
+        with suppress(ValueError):
+            intent = decode(Intent, event.key, event.value)
+            if not intent.finished and intent.action in WAITED_ACTIONS:
+                self._intents(host, agent)
 
     def _no_room(self, host: Host, uuid: str) -> str | None:
         """Why the fake libvirt refuses to start ``uuid`` here (memory), or None."""
@@ -366,6 +407,7 @@ class Simulator:
         taken = host.events.taken.pop(spec.name, "") if host.events else ""
         self.emit(f"{host.name}/agent", f"took fence {taken}; {spec.name} running"
                   if taken else f"{spec.name} running")
+        self._report(host)  # a clone's submitter waits to see it running
 
     def _register(self, host: Host) -> None:
         agent = self._agent(host)
@@ -496,16 +538,16 @@ class Simulator:
         its catch-up queues them, :meth:`IntentWorker.handle` runs each (no thread)."""
         worker = agent.worker
         assert worker is not None
-        host.events = _AgentEvents(self, host.name)
+        host.events, agent.handling = _AgentEvents(self, host.name), True
         try:
-            with _logged("gridtool.agent", host.events):
+            with _logged(host.events, "gridtool.agent"):
                 worker.catch_up()
                 while not worker.queue.empty():
                     key = worker.queue.get_nowait()
                     if key is not None:
                         worker.handle(key)
         finally:
-            host.events = None
+            host.events, agent.handling = None, False
 
     def _start(self, host: Host, spec: GuestSpec) -> bool:
         """A guest running at the start: take every fence (the real Fencer: one
@@ -571,7 +613,8 @@ class Simulator:
     def _managers_step(self) -> None:
         for host in self._by_name():
             if host.powered and not host.hung and host.manager is not None:
-                with _logged("gridtool.ha.manager", _ManagerEvents(self, host.name)):
+                with _logged(_ManagerEvents(self, host.name), "gridtool.ha.manager",
+                             "gridtool.pools.shell"):
                     host.manager.step()
                 if host.manager.lease is not None:
                     self.owners.setdefault(host.manager.lease, f"manager {host.name}")
@@ -680,17 +723,19 @@ class Simulator:
 
 
 @contextmanager
-def _logged(name: str, handler: logging.Handler) -> Iterator[None]:
-    """Hand the INFO records of logger ``name`` to ``handler`` meanwhile."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+def _logged(handler: logging.Handler, *names: str) -> Iterator[None]:
+    """Hand the INFO records of the loggers ``names`` to ``handler`` meanwhile."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 class _AgentEvents(logging.Handler):
@@ -722,6 +767,8 @@ class _ManagerEvents(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         event = str(record.msg).split()[0].removeprefix("event=")
         args = record.args if isinstance(record.args, tuple) else ()
+        if event.endswith("%s") and args:  # "event=pool_%s": the name's tail is args[0]
+            event, args = event.removesuffix("%s") + str(args[0]), args[1:]
         here = f"manager@{self.name}"
         line = {
             "manager_elected": lambda: ("manager", f"{args[0]} elected leader"),
@@ -730,12 +777,28 @@ class _ManagerEvents(logging.Handler):
             "ha_restart": lambda: (here, f"restart {args[0]} on {args[1]} ({args[3]})"),
             "ha_blocked": lambda: (here, f"leave {args[0]}: {args[1]}"),
             "ha_error": lambda: (here, f"{args[0]} marked error: {args[1]}"),
+            "pool_clone": lambda: (here, f"pool {args[0]}: cloned {args[2]} of {args[1]} "
+                                         f"({args[4]})"),
+            "pool_round_crashed": lambda: (here, f"pool {args[0]}: round crashed"),
+            "pool_forget": lambda: (here, f"pool {args[0]}: forgot {args[1]} on {args[2]} "
+                                          f"({args[3]})"),
+            "pool_remove": lambda: (here, f"pool {args[0]}: removed {args[1]} on {args[2]} "
+                                          f"({args[3]})"),
             "fences_released_for_dead_host": lambda: (
                 here, f"released the fences of {args[0]} held by dead {args[1]}"
                 if args[2] else f"release of {args[0]}'s fences failed"),
         }.get(event)
         if line is not None:
             self.sim.emit(*line())
+
+
+def _template(raw: Mapping[str, Any]) -> templates.Template:
+    """A diskless template (clones are defined and started, no images to make)."""
+    xml = (f"<domain type='kvm'><name>{raw['name']}</name><uuid>{raw['name']}</uuid>"
+           f"<memory unit='KiB'>{raw['memory_mib'] * 1024}</memory><vcpu>1</vcpu>"
+           "<devices/></domain>")
+    return templates.Template(raw["name"], xml, [], {}, raw["memory_mib"], 1, "/nonexistent",
+                              raw["name"], raw["name"], "sim", 0.0)
 
 
 def _spec(raw: Mapping[str, Any]) -> GuestSpec:
