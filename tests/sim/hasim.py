@@ -10,10 +10,12 @@ takes and releases fences with the real :class:`agents.fencer.Fencer` and carrie
 intents with the real :class:`agents.intents.IntentWorker` (its handler table, the real
 :class:`agents.claims.GuestClaims`, on the simulated clock), driven without its thread
 (:meth:`IntentWorker.handle` per queued intent) on the fake libvirt host
-(:mod:`tests.sim.fakevirt`, behind the agent's ``Domains`` port). The rest of the agent
-loop is still simulated (:class:`SimAgent`): it keeps a real :class:`LeaseClock`, judges
-with the real pure rules (``judge_running``/``judge_stopped``) and self-fences; **a next
-step replaces that with the real lease guard** once ``HostLease`` takes a clock.
+(:mod:`tests.sim.fakevirt`, behind the agent's ``Domains`` port). Its lease is the real
+:class:`agents.lease.HostLease` on the simulated clock (``keepalive_step``/``guard_step``
+each tick: keepalives, the self-fence at the deadline, the watchdog through
+:class:`SimWatchdog`). What is still simulated (:class:`SimAgent`) is the agent's main
+loop: registering, reporting, and judging with the real pure rules
+(``judge_running``/``judge_stopped``) instead of ``Agent.judge``.
 
 After every command and every tick the simulator asserts the invariant "no fenced guest
 runs on two powered hosts" (also per shared volume) and raises :class:`SimulationError`.
@@ -50,6 +52,7 @@ from xml.etree import ElementTree
 from agents.claims import GuestClaims
 from agents.fencer import Fencer, FenceRefused
 from agents.intents import IntentWorker
+from agents.lease import HostLease
 from gridtool.clock import Clock
 from gridtool.clone import templates
 from gridtool.config import Config
@@ -95,7 +98,6 @@ class SimConfig:
     """Timing and policy of one simulation."""
 
     ttl: int = 15
-    margin: float | None = None  # None: fencing.default_margin(ttl)
     watchdog: float = 5.0  # host watchdog timeout, seconds
     manager_interval: int = 5
     leader_extend: float = 1.0
@@ -150,25 +152,44 @@ class Link:
 
 
 @dataclass
+class SimWatchdog:
+    """The host's watchdog as ``agents.lease.HostLease`` tends it: a pet arms it and
+    notes the time, the magic close disarms it; the simulator resets an armed host that
+    went unpetted for ``timeout`` seconds (unless ``watchdog-off``)."""
+
+    host: Host
+    now: Callable[[], float]
+    timeout: float
+
+    def pet(self) -> None:
+        self.host.armed, self.host.last_pet = True, self.now()
+
+    def close(self) -> None:
+        self.host.armed = False
+
+    def abandon(self) -> None:
+        """A process that dies leaves it as it was."""
+
+
+@dataclass
 class SimAgent:
     """The agent process of one host: a real Fencer over the host's link, the real
-    IntentWorker (set right after) on the fake libvirt, a real LeaseClock, the real rules.
-    It is the worker's ``LeaseView`` (``lease``, ``arm``)."""
+    HostLease (keepalives, self-fence, watchdog) and IntentWorker on the fake libvirt
+    (both set right after), judging with the real rules."""
 
     fencer: Fencer
-    now: Callable[[], float]
     worker: IntentWorker | None = None
-    lease: int | None = None
-    clock: LeaseClock | None = None
+    guard: HostLease | None = None
     lease_state: LeaseState | None = None
     reported: dict[str, GuestRecord] = field(default_factory=dict)
     free_reported: int | None = None
     libvirt_up: bool = True
     handling: bool = False  # its intent worker is running (not re-entered from a watch)
 
-    def arm(self) -> bool:
-        """As ``HostLease.arm`` with the watchdog petted every tick: lease healthy."""
-        return self.clock is not None and self.clock.state(self.now()) is LeaseState.HEALTHY
+    @property
+    def lease(self) -> HostLease:
+        assert self.guard is not None
+        return self.guard
 
 
 @dataclass
@@ -284,13 +305,14 @@ class Simulator:
     # ------------------------------------------------------------------ setup
 
     def _check_watchdog(self) -> None:
-        clock = LeaseClock.start(self.cfg.ttl, 0, margin=self.cfg.margin)
+        clock = LeaseClock.start(self.cfg.ttl, 0)
         if self.cfg.watchdog > clock.max_watchdog_timeout:
             raise SimulationError(
                 f"watchdog {self.cfg.watchdog} s exceeds {clock.max_watchdog_timeout} s")
 
     def _setup(self, initial: Mapping[str, Any]) -> None:
-        self.emit("sim", f"ttl {self.cfg.ttl:g} s, margin {self._clock0().margin:g} s, "
+        margin = LeaseClock.start(self.cfg.ttl, 0).margin
+        self.emit("sim", f"ttl {self.cfg.ttl:g} s, margin {margin:g} s, "
                          f"watchdog {self.cfg.watchdog:g} s")
         for raw in initial["hosts"]:
             if raw.get("draining"):
@@ -319,9 +341,6 @@ class Simulator:
                 self._report(host)
         self._managers_step()
 
-    def _clock0(self) -> LeaseClock:
-        return LeaseClock.start(self.cfg.ttl, self.t, margin=self.cfg.margin)
-
     def _link(self, host: Host) -> Link:
         return Link(self.store, lambda: self.etcd_up and host.powered and host.connected)
 
@@ -345,15 +364,18 @@ class Simulator:
         """A new agent process: resume the lease on its host record if it is alive."""
         link = self._link(host)
         agent = SimAgent(Fencer(link, self.keys, host.name,  # type: ignore[arg-type]
-                                lambda: agent.lease), self._now)
+                                lambda: agent.lease.lease))
+        agent.guard = HostLease(
+            link, self.cfg.ttl, host.name, lambda: self._self_fence(host, agent),  # type: ignore[arg-type]
+            SimWatchdog(host, self._now, self.cfg.watchdog),  # type: ignore[arg-type]
+            has_ha_guests=lambda: bool(agent.fencer.ha_guests()), clock=self.sim_clock)
         agent.worker = self._worker(host, agent, link)
         host.agent = agent
         self.store.watch_prefix(self.keys.intents(host.name),
                                 lambda ev: self._intent_put(host, agent, ev))
         item = self.store.get(self.keys.host(host.name))
-        if item is not None and item.lease and self.store.keepalive(item.lease) > 0:
-            agent.lease = item.lease
-            agent.clock, agent.lease_state = self._clock0(), LeaseState.HEALTHY
+        if item is not None and item.lease and agent.lease.resume(item.lease):
+            agent.lease_state = LeaseState.HEALTHY
             agent.fencer.refresh_held()
             self.emit(f"{host.name}/agent", "resumed its lease")
             return
@@ -368,7 +390,8 @@ class Simulator:
                            lambda uuid: self._started(host, uuid))
         return IntentWorker(
             host=host.name, store=link, keys=self.keys, domains=virt,  # type: ignore[arg-type]
-            fencer=agent.fencer, lease=agent, claims=GuestClaims(), images_dir="/nonexistent",
+            fencer=agent.fencer, lease=agent.lease, claims=GuestClaims(),
+            images_dir="/nonexistent",
             on_change=lambda _uuid: None,  # the agent reports every tick
             judge=lambda rec: self._judge_running(host, agent.fencer, self.specs[rec.uuid]),
             clock=self.sim_clock)
@@ -411,11 +434,9 @@ class Simulator:
 
     def _register(self, host: Host) -> None:
         agent = self._agent(host)
-        agent.lease = self.store.grant_lease(self.cfg.ttl)
-        self.owners[agent.lease] = host.name
-        agent.clock, agent.lease_state = self._clock0(), LeaseState.HEALTHY
+        self.owners[agent.lease.grant()] = host.name
+        agent.lease_state = LeaseState.HEALTHY
         agent.free_reported, agent.reported = None, {}
-        host.last_pet = self.t
         self._report(host)
         self.emit(f"{host.name}/agent", f"registered, lease ttl {self.cfg.ttl:g} s")
         if self.store.delete(self.keys.dead_host(host.name)):
@@ -438,12 +459,11 @@ class Simulator:
                             f"not petted for {self.cfg.watchdog:g} s: hardware reset")
             return
         agent = host.agent
-        if host.hung or agent is None or agent.clock is None:
+        if host.hung or agent is None or agent.lease.clock is None:
             return
-        self._keepalive(host, agent)
+        agent.lease.keepalive_step()
         self._lease_state(host, agent)
-        self._pet(host, agent)
-        if self._reaches(host) and agent.clock is not None:
+        if self._reaches(host):
             self._intents(host, agent)
             if self._libvirt(host, agent):
                 self._judge(host, agent)
@@ -464,18 +484,13 @@ class Simulator:
     def _reaches(self, host: Host) -> bool:
         return self.etcd_up and host.powered and host.connected and not host.hung
 
-    def _keepalive(self, host: Host, agent: SimAgent) -> None:
-        assert agent.clock is not None and agent.lease is not None
-        if not agent.clock.keepalive_due(self.t):
-            return
-        agent.clock = agent.clock.sent(self.t)
-        with suppress(RegistryUnavailable):  # cut off: no ack
-            agent.clock = agent.clock.acked(self.t, agent.fencer.store.keepalive(agent.lease))
-
     def _lease_state(self, host: Host, agent: SimAgent) -> None:
-        assert agent.clock is not None
+        """Log the lease clock's state changes; the real guard step self-fences and tends
+        the watchdog; a lost lease is registered anew once etcd is reached."""
+        clock = agent.lease.clock
+        assert clock is not None
         name = f"{host.name}/agent"
-        state = agent.clock.state(self.t)
+        state = clock.state(self.t)
         if state is not agent.lease_state:
             self.emit(name, {
                 LeaseState.HEALTHY: "lease healthy",
@@ -486,10 +501,9 @@ class Simulator:
             pinned = self._kind_on(host, GuestKind.PINNED)
             if state is LeaseState.MUST_SELF_FENCE and pinned:
                 self.emit(name, f"pinned {self._names(pinned)} left running")
-        if state is LeaseState.MUST_SELF_FENCE:
-            self._self_fence(host, agent)
-        if agent.clock.lost and self._reaches(host):
-            self.emit(name, "lease gone in etcd; registering anew")
+        agent.lease.guard_step()
+        if agent.lease.lost.is_set() and self._reaches(host):
+            self.emit(name, "lease lost; registering anew")
             self._register(host)
 
     def _self_fence(self, host: Host, agent: SimAgent) -> None:
@@ -500,13 +514,6 @@ class Simulator:
         agent.fencer.forget_ha()
         if gone:
             self.emit(f"{host.name}/agent", f"self-fence: destroyed {self._names(gone)}")
-
-    def _pet(self, host: Host, agent: SimAgent) -> None:
-        assert agent.clock is not None
-        ha = bool(agent.fencer.ha_guests() & set(host.virt.active))
-        host.armed = ha  # with no HA guest here the agent disarms it (magic close)
-        if agent.clock.watchdog_may_pet(self.t, self.cfg.watchdog, ha):
-            host.last_pet = self.t
 
     def _kind_on(self, host: Host, kind: GuestKind) -> list[str]:
         return sorted((u for u in host.virt.active if self.specs[u].kind is kind
@@ -522,7 +529,7 @@ class Simulator:
         free = self._free(host)
         if free != agent.free_reported:
             registry.put_host(HostRecord(host.name, f"sim:///{host.name}", "sim", 16,
-                                         host.memory_mib, free, "sim", self.t), agent.lease)
+                                         host.memory_mib, free, "sim", self.t), agent.lease.lease)
             agent.free_reported = free
         for uuid in sorted(host.virt.defined):
             record = self.specs[uuid].record(host.name, host.virt.state(uuid), self.t)
@@ -570,8 +577,7 @@ class Simulator:
 
     def _judge(self, host: Host, agent: SimAgent) -> None:
         """Judge every fenced guest here (running or holding fences), with the real rules."""
-        assert agent.clock is not None
-        if agent.clock.state(self.t) is not LeaseState.HEALTHY:
+        if not agent.lease.healthy():
             return
         fencer = agent.fencer
         held = {f.guest for f in fencer.refresh_held().values()}
