@@ -32,7 +32,7 @@ Commands (one a line, ``#`` starts a comment): ``advance N``, ``power-off H``,
 ``agent-crash H`` (agent and its manager die, guests keep running), ``agent-start H``
 (a new agent process: resumes its predecessor's lease if it is still alive),
 ``manager-crash H``, ``watchdog-off H``, ``crash GUEST``, ``confirm-dead H``,
-``set-ha GUEST on|off``, ``start GUEST H`` (the operator's start intent for H's agent),
+``set-ha GUEST on|off``, ``intent H ACTION GUEST`` (the operator's intent for H's agent),
 ``libvirtd-stop H`` / ``libvirtd-start H`` (libvirtd restarting: guests run on
 untouched, the agent cannot reach them), ``lease-expire H`` (advance until H's lease is gone),
 ``leader-change`` (a new etcd leader extends every lease by TTL + ``leader_extend``),
@@ -85,6 +85,8 @@ from tests.sim.fakevirt import FakeHost, FakeLibvirt, domain_xml
 
 #: Intents whose submitter (the pool keeper) waits for the outcome.
 WAITED_ACTIONS = frozenset({IntentAction.CLONE, IntentAction.REMOVE_CLONE})
+#: Intents whose outcome is the start line the fake libvirt logs.
+SILENT_DONE = frozenset({IntentAction.START, IntentAction.CLONE})
 #: Real seconds the pool keeper waits for such an intent (see ``_intent_put``).
 POOL_ACTION_TIMEOUT = 0.2
 
@@ -247,7 +249,7 @@ class Simulator:
         verb, *args = line.split()
         handler = getattr(self, "_cmd_" + verb.replace("-", "_"), None)
         arity = {"leader-change": 0, "etcd-down": 0, "etcd-up": 0, "set-ha": 2,
-                 "start": 2}.get(verb, 1)
+                 "intent": 3}.get(verb, 1)
         if handler is None or len(args) != arity:
             raise SimulationError(f"bad command {line!r}")
         if verb not in ("advance", "lease-expire"):
@@ -692,12 +694,16 @@ class Simulator:
             spec.uuid, spec.name)
         self.store.put(key, encode(replace(current, ha=value == "on")))
 
-    def _cmd_start(self, guest: str, name: str) -> None:
-        """The operator asks host ``name`` to start ``guest`` (``gridtool guest start``):
-        a start intent its agent carries out, or refuses."""
+    def _cmd_intent(self, name: str, action: str, guest: str) -> None:
+        """The operator asks host ``name`` to ``action`` ``guest`` (``gridtool guest
+        start/stop/...``): an intent its agent carries out at its next tick, or fails."""
         spec, host = self._guest(guest), self._host(name)
-        intent = Intent(f"{self.t:08d}-op", host.name, IntentAction.START, spec.uuid,
-                        spec.name, float(self.t), "sim")
+        try:
+            what = IntentAction(action)
+        except ValueError:
+            raise SimulationError(f"unknown intent action {action!r}") from None
+        intent = Intent(f"{self.t:08d}-op", host.name, what, spec.uuid, spec.name,
+                        float(self.t), "sim")
         self.store.put(self.keys.intent(host.name, intent.id), encode(intent))
 
     def _cmd_libvirtd_stop(self, name: str) -> None:
@@ -746,7 +752,7 @@ def _logged(handler: logging.Handler, *names: str) -> Iterator[None]:
 
 class _AgentEvents(logging.Handler):
     """The intent worker's log records: the fences it took (by guest name, for the line
-    the start logs) and failed intents as simulator log lines."""
+    the start logs); fences released and intents finished as simulator log lines."""
 
     def __init__(self, sim: Simulator, host: str) -> None:
         super().__init__(logging.INFO)
@@ -758,8 +764,14 @@ class _AgentEvents(logging.Handler):
         msg, args = str(record.msg), record.args if isinstance(record.args, tuple) else ()
         if msg.startswith("event=fence_acquired"):
             self.taken[str(args[1])] = ", ".join(str(args[2]).split(","))
+        elif msg.startswith("event=fence_released"):
+            volumes = ", ".join(str(args[2]).split(","))
+            self.sim.emit(f"{self.host}/agent", f"released fence {volumes} of {args[1]}")
         elif msg.startswith("event=intent_%s") and args[0] == "failed":
             self.sim.emit(f"{self.host}/agent", f"intent failed: {args[5]}")
+        elif msg.startswith("event=intent_%s") and args[0] == "done" \
+                and args[3] not in SILENT_DONE:  # a start logs its own line
+            self.sim.emit(f"{self.host}/agent", f"{args[3]} done: {args[5]}")
 
 
 class _ManagerEvents(logging.Handler):
