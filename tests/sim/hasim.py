@@ -46,9 +46,11 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 from xml.etree import ElementTree
 
+from agents.agent import Agent
 from agents.claims import GuestClaims
 from agents.fencer import Fencer, FenceRefused
 from agents.intents import IntentWorker
@@ -180,6 +182,7 @@ class SimAgent:
     (both set right after), judging with the real rules."""
 
     fencer: Fencer
+    virt: FakeLibvirt | None = None
     worker: IntentWorker | None = None
     guard: HostLease | None = None
     lease_state: LeaseState | None = None
@@ -385,13 +388,14 @@ class Simulator:
 
     def _worker(self, host: Host, agent: SimAgent, link: Link) -> IntentWorker:
         """The agent's real intent worker, on the host's link and fake libvirt."""
-        virt = FakeLibvirt(host.virt, self._learn,
-                           lambda uuid, state: self.specs[uuid].record(host.name, state, self.t),
-                           lambda uuid: self.specs[uuid].name,
-                           lambda uuid: self._no_room(host, uuid),
-                           lambda uuid: self._started(host, uuid))
+        agent.virt = FakeLibvirt(
+            host.virt, self._learn,
+            lambda uuid, state: self.specs[uuid].record(host.name, state, self.t),
+            lambda uuid: self.specs[uuid].name, lambda uuid: self._no_room(host, uuid),
+            lambda uuid: self._started(host, uuid))
         return IntentWorker(
-            host=host.name, store=link, keys=self.keys, domains=virt,  # type: ignore[arg-type]
+            host=host.name, store=link, keys=self.keys,
+            domains=agent.virt,  # type: ignore[arg-type]
             fencer=agent.fencer, lease=agent.lease, claims=GuestClaims(),
             images_dir="/nonexistent",
             on_change=lambda _uuid: None,  # the agent reports every tick
@@ -509,13 +513,12 @@ class Simulator:
             self._register(host)
 
     def _self_fence(self, host: Host, agent: SimAgent) -> None:
-        """As ``Agent.self_fence``: destroy every guest this host holds HA fences for."""
-        gone = [u for u in sorted(agent.fencer.ha_guests()) if u in host.virt.active]
-        for uuid in gone:
-            host.virt.destroy(uuid)
-        agent.fencer.forget_ha()
-        if gone:
-            self.emit(f"{host.name}/agent", f"self-fence: destroyed {self._names(gone)}")
+        """The guard's self-fence: the real ``Agent.self_fence`` (destroy every guest this
+        host holds HA fences for; if libvirt fails, keep counting them so the watchdog
+        resets the host), run on just the parts it reads: fencer, libvirt, host name."""
+        parts = SimpleNamespace(fencer=agent.fencer, libvirt=agent.virt, host=host.name)
+        with _logged(_AgentEvents(self, host.name), "gridtool.agent"):
+            Agent.self_fence(cast(Agent, parts))
 
     def _kind_on(self, host: Host, kind: GuestKind) -> list[str]:
         return sorted((u for u in host.virt.active if self.specs[u].kind is kind
@@ -764,6 +767,11 @@ class _AgentEvents(logging.Handler):
         msg, args = str(record.msg), record.args if isinstance(record.args, tuple) else ()
         if msg.startswith("event=fence_acquired"):
             self.taken[str(args[1])] = ", ".join(str(args[2]).split(","))
+        elif msg.startswith("event=self_fenced"):
+            self.sim.emit(f"{self.host}/agent", f"self-fence: destroyed {args[1]}")
+        elif msg.startswith("event=self_fence_failed"):
+            self.sim.emit(f"{self.host}/agent", f"self-fence of "
+                          f"{self.sim.specs[str(args[1])].name} failed: {args[2]}")
         elif msg.startswith("event=fence_released"):
             volumes = ", ".join(str(args[2]).split(","))
             self.sim.emit(f"{self.host}/agent", f"released fence {volumes} of {args[1]}")

@@ -117,16 +117,34 @@ def _acquire_blind(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fencer, "run_plan", run_plan)
 
 
-@pytest.mark.parametrize("patch", [_start_without_fence, _acquire_blind],
-                         ids=["start-skips-fence", "acquire-skips-create-compare"])
+def _self_fence_forgets_on_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's self-fence stops counting HA guests it failed to destroy."""
+    from agents.agent import Agent
+
+    real = Agent.self_fence
+
+    def self_fence(self: Agent) -> None:
+        real(self)
+        self.fencer.forget_ha()
+
+    monkeypatch.setattr(Agent, "self_fence", self_fence)
+
+
+@pytest.mark.parametrize(("patch", "case", "error"), [
+    (_start_without_fence, "operator-start-fence-held", "t=6: guest vm1 in use on h1 and h2"),
+    (_acquire_blind, "operator-start-fence-held", "t=6: guest vm1 in use on h1 and h2"),
+    (_self_fence_forgets_on_failure, "libvirtd-down-self-fence-watchdog",
+     "t=36: guest vm1 in use on h1 and h3"),
+], ids=["start-skips-fence", "acquire-skips-create-compare", "self-fence-forgets-failures"])
 def test_a_scenario_turns_red_when_the_agent_side_of_the_fence_is_patched_out(
-        monkeypatch: pytest.MonkeyPatch, patch: Callable[[pytest.MonkeyPatch], None]) -> None:
-    """The simulator runs the agent's real IntentWorker and Fencer: with the start handler
-    not taking the fence, or the Fencer's acquire not guarded by the fence's create
-    revision, the operator's start of a guest fenced on another host runs it twice."""
+        monkeypatch: pytest.MonkeyPatch, patch: Callable[[pytest.MonkeyPatch], None],
+        case: str, error: str) -> None:
+    """The simulator runs the agent's real IntentWorker, Fencer, lease guard and
+    self-fence: with the start handler not taking the fence, or the Fencer's acquire not
+    guarded by the fence's create revision, the operator's start of a guest fenced on
+    another host runs it twice; with a failed self-fence no longer counted, the watchdog
+    is disarmed and the guest runs on while it is restarted elsewhere."""
     patch(monkeypatch)
-    case = SCENARIOS / "operator-start-fence-held"
     with pytest.raises(AssertionError, match="log differs"):
-        test_scenario(case)
-    _, error = _run(case)
-    assert error == "t=6: guest vm1 in use on h1 and h2"
+        test_scenario(SCENARIOS / case)
+    assert _run(SCENARIOS / case)[1] == error
