@@ -12,8 +12,8 @@ intents with the real :class:`agents.intents.IntentWorker` (its handler table, t
 (:meth:`IntentWorker.handle` per queued intent) on the fake libvirt host
 (:mod:`tests.sim.fakevirt`, behind the agent's ``Domains`` port). Its lease is the real
 :class:`agents.lease.HostLease` on the simulated clock (``keepalive_step``/``guard_step``
-each tick: keepalives, the self-fence at the deadline, the watchdog through
-:class:`SimWatchdog`). What is still simulated (:class:`SimAgent`) is the agent's main
+each tick: keepalives, the self-fence at the deadline, which is the real
+``Agent.self_fence`` on the fake libvirt, the watchdog through :class:`SimWatchdog`). What is still simulated (:class:`SimAgent`) is the agent's main
 loop: registering, reporting, and judging with the real pure rules
 (``judge_running``/``judge_stopped``) instead of ``Agent.judge``.
 
