@@ -12,10 +12,10 @@ intents with the real :class:`agents.intents.IntentWorker` (its handler table, t
 (:meth:`IntentWorker.handle` per queued intent) on the fake libvirt host
 (:mod:`tests.sim.fakevirt`, behind the agent's ``Domains`` port). Its lease is the real
 :class:`agents.lease.HostLease` on the simulated clock (``keepalive_step``/``guard_step``
-each tick: keepalives, the self-fence at the deadline, which is the real
-``Agent.self_fence`` on the fake libvirt, the watchdog through :class:`SimWatchdog`). What is still simulated (:class:`SimAgent`) is the agent's main
-loop: registering, reporting, and judging with the real pure rules
-(``judge_running``/``judge_stopped``) instead of ``Agent.judge``.
+each tick: keepalives; at the deadline the real ``Agent.self_fence`` on the fake
+libvirt; the watchdog through :class:`SimWatchdog`). What is still simulated
+(:class:`SimAgent`) is the agent's main loop: registering, reporting, and judging with
+the real pure rules (``judge_running``/``judge_stopped``) instead of ``Agent.judge``.
 
 After every command and every tick the simulator asserts the invariant "no fenced guest
 runs on two powered hosts" (also per shared volume) and raises :class:`SimulationError`.
@@ -528,7 +528,8 @@ class Simulator:
         return ", ".join(self.specs[u].name for u in uuids)
 
     def _report(self, host: Host) -> None:
-        """Put the host record (free memory) and the changed guest records."""
+        """Put the host record (free memory) and the changed guest records; delete the
+        records of guests no longer defined here."""
         agent = self._agent(host)
         registry = Registry(agent.fencer.store, self.keys)
         free = self._free(host)
@@ -542,6 +543,9 @@ class Simulator:
             if seen is None or not seen.same_content(record):
                 registry.put_guest(record)
                 agent.reported[uuid] = record
+        for uuid in sorted(set(agent.reported) - host.virt.defined):
+            registry.delete_guest(host.name, uuid)
+            del agent.reported[uuid]
 
     # ------------------------------------------------------------------ intents
 
