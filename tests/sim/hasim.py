@@ -33,7 +33,7 @@ Commands (one a line, ``#`` starts a comment): ``advance N``, ``power-off H``,
 (a new agent process: resumes its predecessor's lease if it is still alive),
 ``manager-crash H``, ``watchdog-off H``, ``crash GUEST``, ``confirm-dead H``,
 ``set-ha GUEST on|off``, ``intent H ACTION GUEST`` (the operator's intent for H's agent),
-``libvirtd-stop H`` / ``libvirtd-start H`` (libvirtd restarting: guests run on
+``pool-size POOL N``, ``libvirtd-stop H`` / ``libvirtd-start H`` (libvirtd restarting: guests run on
 untouched, the agent cannot reach them), ``lease-expire H`` (advance until H's lease is gone),
 ``leader-change`` (a new etcd leader extends every lease by TTL + ``leader_extend``),
 ``etcd-down`` / ``etcd-up`` (quorum lost: nobody reaches etcd and no lease expires;
@@ -252,7 +252,7 @@ class Simulator:
         verb, *args = line.split()
         handler = getattr(self, "_cmd_" + verb.replace("-", "_"), None)
         arity = {"leader-change": 0, "etcd-down": 0, "etcd-up": 0, "set-ha": 2,
-                 "intent": 3}.get(verb, 1)
+                 "intent": 3, "pool-size": 2}.get(verb, 1)
         if handler is None or len(args) != arity:
             raise SimulationError(f"bad command {line!r}")
         if verb not in ("advance", "lease-expire"):
@@ -332,7 +332,8 @@ class Simulator:
             templates.create_template(self.store, self.keys, _template(raw))
         for raw in initial.get("pools", ()):
             pools.create(self.store, self.keys, pools.new_spec(
-                raw["name"], raw["template"], raw["min"], raw.get("max", raw["min"])))
+                raw["name"], raw["template"], raw["min"], raw.get("max", raw["min"]),
+                desired=raw.get("desired")))
         for host in self._by_name():
             if host.powered:
                 self._boot(host)
@@ -712,6 +713,10 @@ class Simulator:
         intent = Intent(f"{self.t:08d}-op", host.name, what, spec.uuid, spec.name,
                         float(self.t), "sim")
         self.store.put(self.keys.intent(host.name, intent.id), encode(intent))
+
+    def _cmd_pool_size(self, pool: str, size: str) -> None:
+        """``gridtool pool scale POOL N``: the keeper grows or shrinks it next round."""
+        pools.set_desired(self.store, self.keys, pool, int(size))
 
     def _cmd_libvirtd_stop(self, name: str) -> None:
         self._host(name).virt.daemon_up = False
