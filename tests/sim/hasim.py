@@ -419,10 +419,12 @@ class Simulator:
         if event.kind != "put" or agent.handling or host.agent is not agent \
                 or not self._reaches(host) or not agent.libvirt_up:
             return
-        with suppress(ValueError):
+        try:
             intent = decode(Intent, event.key, event.value)
-            if not intent.finished and intent.action in WAITED_ACTIONS:
-                self._intents(host, agent)
+        except ValueError:
+            return  # the worker's offer logs a corrupt intent at its next tick
+        if not intent.finished and intent.action in WAITED_ACTIONS:
+            self._intents(host, agent, event)
 
     def _no_room(self, host: Host, uuid: str) -> str | None:
         """Why the fake libvirt refuses to start ``uuid`` here (memory), or None."""
@@ -550,15 +552,19 @@ class Simulator:
 
     # ------------------------------------------------------------------ intents
 
-    def _intents(self, host: Host, agent: SimAgent) -> None:
+    def _intents(self, host: Host, agent: SimAgent, offered: Event | None = None) -> None:
         """Carry out this host's unfinished intents with the real IntentWorker, in order:
-        its catch-up queues them, :meth:`IntentWorker.handle` runs each (no thread)."""
+        its catch-up queues them (or just the ``offered`` one, as its watch does),
+        :meth:`IntentWorker.handle` runs each (no thread)."""
         worker = agent.worker
         assert worker is not None
         host.events, agent.handling = _AgentEvents(self, host.name), True
         try:
             with _logged(host.events, "gridtool.agent"):
-                worker.catch_up()
+                if offered is None:
+                    worker.catch_up()
+                else:
+                    worker.offer(offered.key, offered.value)
                 while not worker.queue.empty():
                     key = worker.queue.get_nowait()
                     if key is not None:
