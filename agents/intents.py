@@ -6,7 +6,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -17,6 +16,7 @@ from agents.claims import GuestClaims
 from agents.fencer import FenceRefused
 from agents.livemigrate import LiveMigrator, receive
 from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
+from gridtool.clock import SYSTEM, Clock
 from gridtool.clone.rules import ClonePlanError, check_name, golden_path, inside, template_disks
 from gridtool.clone.templates import forget_clone
 from gridtool.errors import AuthError, RegistryUnavailable
@@ -40,18 +40,21 @@ class IntentWorker:
     Collaborators: the ``store`` and ``keys`` the intents live in, the host's libvirt
     (``domains``), its ``fencer`` and ``lease``, the guest ``claims`` shared with the
     agent, ``images_dir`` for templates and clones, ``on_change(uuid)`` to have a guest
-    looked at again, ``judge(record)`` to judge one now, and the fence ``hook`` (None
-    when the host has none) for ``receive``.
+    looked at again, ``judge(record)`` to judge one now, the fence ``hook`` (None
+    when the host has none) for ``receive``, and the ``clock`` it reads the time from.
+    The simulator runs it without its thread: :meth:`handle` per queued key.
     """
 
     def __init__(self, *, host: str, store: Store, keys: Keys, domains: Domains,
                  fencer: FenceHolder, lease: LeaseView, claims: GuestClaims,
                  images_dir: str, on_change: Callable[[str], None],
-                 judge: Callable[[GuestRecord], None], hook: Receiver | None = None) -> None:
+                 judge: Callable[[GuestRecord], None], hook: Receiver | None = None,
+                 clock: Clock = SYSTEM) -> None:
         self.host, self.store, self.keys = host, store, keys
         self.domains, self.fencer, self.lease, self.claims = domains, fencer, lease, claims
         self.images_dir, self.on_change, self.judge, self.hook = (images_dir, on_change,
                                                                    judge, hook)
+        self.clock = clock
         self.live = LiveMigrator(host=host, store=store, keys=keys, domains=domains,
                                  fencer=fencer, lease=lease)
         self.queue: queue.Queue[str | None] = queue.Queue()
@@ -85,7 +88,7 @@ class IntentWorker:
     def catch_up(self) -> None:
         """On resync: queue unfinished intents the watch may have missed; drop stale ones."""
         items, _ = self.store.list(self.keys.intents(self.host))
-        now = time.time()
+        now = self.clock.wall()
         for item in items:
             try:
                 intent = decode(Intent, item.key, item.value)
@@ -101,14 +104,18 @@ class IntentWorker:
             key = self.queue.get()
             if key is None:
                 return
-            try:
-                self._run(key)
-            except (RegistryUnavailable, AuthError) as exc:
-                log.warning("event=intent_deferred host=%s key=%s error=%s", self.host,
-                            key, exc)
-            finally:
-                with self._lock:
-                    self._queued.discard(key)
+            self.handle(key)
+
+    def handle(self, key: str) -> None:
+        """Carry out the intent at ``key`` now (what the thread does with each queued key);
+        registry trouble leaves it for a later offer or catch-up."""
+        try:
+            self._run(key)
+        except (RegistryUnavailable, AuthError) as exc:
+            log.warning("event=intent_deferred host=%s key=%s error=%s", self.host, key, exc)
+        finally:
+            with self._lock:
+                self._queued.discard(key)
 
     def _run(self, key: str) -> None:
         item = self.store.get(key)
@@ -158,7 +165,7 @@ class IntentWorker:
 
     def _write(self, key: str, intent: Intent, state: str, message: str) -> None:
         self.store.put(key, encode(replace(intent, state=state, message=message,
-                                                 updated=time.time())))
+                                                 updated=self.clock.wall())))
 
     # -- actions -------------------------------------------------------------
 
@@ -226,7 +233,7 @@ class IntentWorker:
         fenced guests; a migrating unfenced guest needs it too)."""
         xml = self.domains.inactive_xml(dom)
         self.store.put(self.keys.domain(intent.guest), encode(DomainDefinition(
-            intent.guest, intent.name, xml, self.host, time.time())))
+            intent.guest, intent.name, xml, self.host, self.clock.wall())))
 
     def _handover(self, intent: Intent, target: str, how: str) -> str:
         """The guest is off: pass its fences to ``target`` (one transaction) instead of
@@ -360,19 +367,19 @@ class IntentWorker:
         made: list[str] = []
         dom = None
         try:
-            began = time.monotonic()
+            began = self.clock.monotonic()
             for spec in overlays.values():
                 images.create_overlay(conn, self.images_dir, str(spec["path"]),
                                       str(spec["backing"]))
                 made.append(str(spec["path"]))
-            timings["overlay"] = time.monotonic() - began
-            began = time.monotonic()
+            timings["overlay"] = self.clock.monotonic() - began
+            began = self.clock.monotonic()
             dom = self.domains.define(xml)
-            timings["define"] = time.monotonic() - began
+            timings["define"] = self.clock.monotonic() - began
             if params.get("start", True):
-                began = time.monotonic()
+                began = self.clock.monotonic()
                 self._do_start(intent)
-                timings["start"] = time.monotonic() - began
+                timings["start"] = self.clock.monotonic() - began
         except (images.ImageError, IntentFailed, FenceRefused, libvirt.libvirtError,
                 KeyError, TypeError) as exc:
             self._undo_clone(conn, dom, made)

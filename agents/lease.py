@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from gridtool.clock import SYSTEM, Clock
 from gridtool.errors import AuthError, RegistryUnavailable
 from gridtool.fencing.rules import LeaseClock, LeaseState
 from gridtool.registry.store import Store
@@ -82,13 +82,18 @@ class Watchdog:
 
 
 class HostLease:
-    """Grant, keep alive and watch one etcd lease for this host."""
+    """Grant, keep alive and watch one etcd lease for this host.
+
+    Two threads run it (:meth:`start`); each turn of theirs is a public step,
+    :meth:`keepalive_step` and :meth:`guard_step`, which the simulator calls on its own
+    ``clock`` instead."""
 
     def __init__(self, store: Store, ttl: int, host: str,
                  self_fence: Callable[[], None], watchdog: Watchdog | None = None,
                  has_ha_guests: Callable[[], bool] = lambda: True,
-                 may_pet: Callable[[], bool] = lambda: True) -> None:
+                 may_pet: Callable[[], bool] = lambda: True, clock: Clock = SYSTEM) -> None:
         self.store = store
+        self._clock = clock
         self.ttl = ttl
         self.host = host
         self._self_fence = self_fence
@@ -112,7 +117,7 @@ class HostLease:
 
     def grant(self) -> int:
         """Take a new lease (after start-up or after the old one was lost)."""
-        sent = time.monotonic()
+        sent = self._clock.monotonic()
         lease = self.store.grant_lease(self.ttl)
         self.clock = LeaseClock.start(self.ttl, sent)
         self.lease = lease
@@ -122,7 +127,7 @@ class HostLease:
     def resume(self, lease: int) -> bool:
         """Carry on with ``lease`` (a restarted agent's predecessor's) if etcd still has
         it; the clock starts at this keepalive's send time. False when it is gone."""
-        sent = time.monotonic()
+        sent = self._clock.monotonic()
         remaining = self.store.keepalive(lease)
         if remaining <= 0:
             return False
@@ -133,7 +138,7 @@ class HostLease:
 
     def healthy(self) -> bool:
         clock = self.clock
-        return clock is not None and clock.state(time.monotonic()) is LeaseState.HEALTHY
+        return clock is not None and clock.state(self._clock.monotonic()) is LeaseState.HEALTHY
 
     @property
     def has_watchdog(self) -> bool:
@@ -143,7 +148,7 @@ class HostLease:
         """Get ready to run an HA guest: True when the lease is healthy and the watchdog
         (if configured) was petted just now, so that a crash from this instant on resets
         the host before the fences can vanish (the guard pets it only every tick)."""
-        clock, now = self.clock, time.monotonic()
+        clock, now = self.clock, self._clock.monotonic()
         if clock is None or clock.state(now) is not LeaseState.HEALTHY:
             return False
         if self._watchdog is None:
@@ -177,48 +182,56 @@ class HostLease:
 
     def _keepalive_loop(self) -> None:
         while not self._stop.wait(self._until_due()):
-            clock, lease = self.clock, self.lease
-            now = time.monotonic()
-            if clock is None or lease is None or self.lost.is_set() \
-                    or not clock.keepalive_due(now):
-                continue
-            self.clock = clock.sent(now)
-            try:
-                remaining = self.store.keepalive(lease)
-            except (RegistryUnavailable, AuthError) as exc:
-                log.warning("event=keepalive_failed host=%s error=%s", self.host,
-                            " ".join(str(exc).split()))
-                continue
-            if lease != self.lease or self.clock is None:
-                continue  # a new lease was granted meanwhile
-            self.clock = self.clock.acked(now, remaining)
-            if remaining <= 0:
-                log.warning("event=lease_expired host=%s lease=%x", self.host, lease)
-                self.lost.set()
+            self.keepalive_step()
+
+    def keepalive_step(self) -> None:
+        """Send one keepalive if it is due, and track its answer."""
+        clock, lease = self.clock, self.lease
+        now = self._clock.monotonic()
+        if clock is None or lease is None or self.lost.is_set() \
+                or not clock.keepalive_due(now):
+            return
+        self.clock = clock.sent(now)
+        try:
+            remaining = self.store.keepalive(lease)
+        except (RegistryUnavailable, AuthError) as exc:
+            log.warning("event=keepalive_failed host=%s error=%s", self.host,
+                        " ".join(str(exc).split()))
+            return
+        if lease != self.lease or self.clock is None:
+            return  # a new lease was granted meanwhile
+        self.clock = self.clock.acked(now, remaining)
+        if remaining <= 0:
+            log.warning("event=lease_expired host=%s lease=%x", self.host, lease)
+            self.lost.set()
 
     def _until_due(self) -> float:
         """Sleep until the next keepalive is due (at most 0.25 s, at least 10 ms)."""
         clock = self.clock
         if clock is None:
             return 0.05
-        period = clock.interval if clock.state(time.monotonic()) is LeaseState.HEALTHY \
+        period = clock.interval if clock.state(self._clock.monotonic()) is LeaseState.HEALTHY \
             else clock.retry
-        return min(0.25, max(0.01, clock.last_sent + period - time.monotonic()))
+        return min(0.25, max(0.01, clock.last_sent + period - self._clock.monotonic()))
 
     def _guard_loop(self) -> None:
         while not self._stop.wait(GUARD_TICK):
-            clock, lease = self.clock, self.lease
-            if clock is None or lease is None:
-                continue
-            now = time.monotonic()
-            if clock.state(now) is LeaseState.MUST_SELF_FENCE and self._fenced_for != lease:
-                self._fenced_for = lease
-                log.warning("event=self_fence host=%s lease=%x reason=lease_deadline "
-                            "overdue_s=%.2f", self.host, lease, now - clock.deadline)
-                self._self_fence()
-                self.lost.set()
-            if self._watchdog is not None and self._may_pet():
-                self._tend_watchdog(self._watchdog, clock, now)
+            self.guard_step()
+
+    def guard_step(self) -> None:
+        """Self-fence once the lease deadline has come; tend the watchdog."""
+        clock, lease = self.clock, self.lease
+        if clock is None or lease is None:
+            return
+        now = self._clock.monotonic()
+        if clock.state(now) is LeaseState.MUST_SELF_FENCE and self._fenced_for != lease:
+            self._fenced_for = lease
+            log.warning("event=self_fence host=%s lease=%x reason=lease_deadline "
+                        "overdue_s=%.2f", self.host, lease, now - clock.deadline)
+            self._self_fence()
+            self.lost.set()
+        if self._watchdog is not None and self._may_pet():
+            self._tend_watchdog(self._watchdog, clock, now)
 
     def _tend_watchdog(self, watchdog: Watchdog, clock: LeaseClock, now: float) -> None:
         """Armed only while HA guests run here (a dead agent must not reset a host that

@@ -253,8 +253,7 @@ class PoolKeeper:
             self.errors[spec.name] = f"{type(action).__name__.lower()}: {exc}"
 
     def _do(self, spec: PoolSpec, action: Action) -> None:
-        # the clone API: imported on first use (agent startup)
-        from gridtool.clone import shell as clone
+        from gridtool.clone import shell as clone  # imported on first use (agent startup)
 
         if isinstance(action, Clone):
             started = self.clock.monotonic()

@@ -6,12 +6,16 @@ product: the registry is :class:`gridtool.registry.memstore.MemStore` on the sim
 leases expire when the clock passes their TTL); every host runs a real
 :class:`gridtool.ha.manager.Manager` candidate (election, ``hadecide.decide``, its guarded
 transactions, its :class:`gridtool.pools.keeper.PoolKeeper` rounds inline) and its agent
-takes and releases fences with the real :class:`agents.fencer.Fencer`. The agent loop
-itself is still simulated (:class:`SimAgent`): it keeps a real :class:`LeaseClock`,
-judges with the real pure rules (``judge_running``/``judge_stopped``), self-fences and
-carries out start intents on a fake libvirt host (:mod:`tests.sim.fakevirt`). **A next
-step replaces SimAgent with the real agent's IntentWorker and lease guard** once they
-take narrow collaborators.
+takes and releases fences with the real :class:`agents.fencer.Fencer` and carries out its
+intents with the real :class:`agents.intents.IntentWorker` (its handler table, the real
+:class:`agents.claims.GuestClaims`, on the simulated clock), driven without its thread
+(:meth:`IntentWorker.handle` per queued intent) on the fake libvirt host
+(:mod:`tests.sim.fakevirt`, behind the agent's ``Domains`` port). Its lease is the real
+:class:`agents.lease.HostLease` on the simulated clock (``keepalive_step``/``guard_step``
+each tick: keepalives; at the deadline the real ``Agent.self_fence`` on the fake
+libvirt; the watchdog through :class:`SimWatchdog`). What is still simulated
+(:class:`SimAgent`) is the agent's main loop: registering, reporting, and judging with
+the real pure rules (``judge_running``/``judge_stopped``) instead of ``Agent.judge``.
 
 After every command and every tick the simulator asserts the invariant "no fenced guest
 runs on two powered hosts" (also per shared volume) and raises :class:`SimulationError`.
@@ -28,7 +32,9 @@ Commands (one a line, ``#`` starts a comment): ``advance N``, ``power-off H``,
 ``agent-crash H`` (agent and its manager die, guests keep running), ``agent-start H``
 (a new agent process: resumes its predecessor's lease if it is still alive),
 ``manager-crash H``, ``watchdog-off H``, ``crash GUEST``, ``confirm-dead H``,
-``set-ha GUEST on|off``, ``lease-expire H`` (advance until H's lease is gone),
+``set-ha GUEST on|off``, ``intent H ACTION GUEST`` (the operator's intent for H's agent),
+``pool-size POOL N``, ``libvirtd-stop H`` / ``libvirtd-start H`` (libvirtd restarting: guests run on
+untouched, the agent cannot reach them), ``lease-expire H`` (advance until H's lease is gone),
 ``leader-change`` (a new etcd leader extends every lease by TTL + ``leader_extend``),
 ``etcd-down`` / ``etcd-up`` (quorum lost: nobody reaches etcd and no lease expires;
 back: a new leader extends every lease).
@@ -40,10 +46,17 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
+from xml.etree import ElementTree
 
+from agents.agent import Agent
+from agents.claims import GuestClaims
 from agents.fencer import Fencer, FenceRefused
+from agents.intents import IntentWorker
+from agents.lease import HostLease
 from gridtool.clock import Clock
+from gridtool.clone import templates
 from gridtool.config import Config
 from gridtool.errors import RegistryUnavailable
 from gridtool.fencing.rules import (
@@ -56,12 +69,28 @@ from gridtool.fencing.rules import (
 )
 from gridtool.ha.manager import Manager
 from gridtool.ha.rules import GuestKind, RestartLimits
+from gridtool.pools import shell as pools
 from gridtool.registry import hostconf
 from gridtool.registry.fleet import Registry
 from gridtool.registry.memstore import MemStore
 from gridtool.registry.model import Disk, GuestRecord, HostRecord
-from gridtool.registry.records import GuestSettings, Intent, decode, encode
-from tests.sim.fakevirt import FakeHost
+from gridtool.registry.records import (
+    DomainDefinition,
+    GuestSettings,
+    Intent,
+    IntentAction,
+    decode,
+    encode,
+)
+from gridtool.registry.store import Event
+from tests.sim.fakevirt import FakeHost, FakeLibvirt, domain_xml
+
+#: Intents whose submitter (the pool keeper) waits for the outcome.
+WAITED_ACTIONS = frozenset({IntentAction.CLONE, IntentAction.REMOVE_CLONE})
+#: Intents whose outcome is the start line the fake libvirt logs.
+SILENT_DONE = frozenset({IntentAction.START, IntentAction.CLONE})
+#: Real seconds the pool keeper waits for such an intent (see ``_intent_put``).
+POOL_ACTION_TIMEOUT = 0.2
 
 
 class SimulationError(AssertionError):
@@ -73,10 +102,8 @@ class SimConfig:
     """Timing and policy of one simulation."""
 
     ttl: int = 15
-    margin: float | None = None  # None: fencing.default_margin(ttl)
     watchdog: float = 5.0  # host watchdog timeout, seconds
     manager_interval: int = 5
-    boot_seconds: int = 0  # from taking the fences to the start intent being done
     leader_extend: float = 1.0
     limits: RestartLimits = field(default_factory=RestartLimits)
     policy: IntruderPolicy = IntruderPolicy.PAUSE
@@ -129,17 +156,45 @@ class Link:
 
 
 @dataclass
+class SimWatchdog:
+    """The host's watchdog as ``agents.lease.HostLease`` tends it: a pet arms it and
+    notes the time, the magic close disarms it; the simulator resets an armed host that
+    went unpetted for ``timeout`` seconds (unless ``watchdog-off``)."""
+
+    host: Host
+    now: Callable[[], float]
+    timeout: float
+
+    def pet(self) -> None:
+        self.host.armed, self.host.last_pet = True, self.now()
+
+    def close(self) -> None:
+        self.host.armed = False
+
+    def abandon(self) -> None:
+        """A process that dies leaves it as it was."""
+
+
+@dataclass
 class SimAgent:
-    """The simulated agent process of one host (the part a next step replaces with the
-    real agent): a real Fencer over the host's link, a real LeaseClock, the real rules."""
+    """The agent process of one host: a real Fencer over the host's link, the real
+    HostLease (keepalives, self-fence, watchdog) and IntentWorker on the fake libvirt
+    (both set right after), judging with the real rules."""
 
     fencer: Fencer
-    lease: int | None = None
-    clock: LeaseClock | None = None
+    virt: FakeLibvirt | None = None
+    worker: IntentWorker | None = None
+    guard: HostLease | None = None
     lease_state: LeaseState | None = None
-    booting: dict[str, tuple[str, Intent, int]] = field(default_factory=dict)
     reported: dict[str, GuestRecord] = field(default_factory=dict)
     free_reported: int | None = None
+    libvirt_up: bool = True
+    handling: bool = False  # its intent worker is running (not re-entered from a watch)
+
+    @property
+    def lease(self) -> HostLease:
+        assert self.guard is not None
+        return self.guard
 
 
 @dataclass
@@ -157,6 +212,7 @@ class Host:
     last_pet: float = 0.0
     agent: SimAgent | None = None
     manager: Manager | None = None
+    events: _AgentEvents | None = None  # while its intent worker runs
 
 
 class Simulator:
@@ -195,7 +251,8 @@ class Simulator:
         """Apply one command line."""
         verb, *args = line.split()
         handler = getattr(self, "_cmd_" + verb.replace("-", "_"), None)
-        arity = {"leader-change": 0, "etcd-down": 0, "etcd-up": 0, "set-ha": 2}.get(verb, 1)
+        arity = {"leader-change": 0, "etcd-down": 0, "etcd-up": 0, "set-ha": 2,
+                 "intent": 3, "pool-size": 2}.get(verb, 1)
         if handler is None or len(args) != arity:
             raise SimulationError(f"bad command {line!r}")
         if verb not in ("advance", "lease-expire"):
@@ -253,36 +310,42 @@ class Simulator:
     # ------------------------------------------------------------------ setup
 
     def _check_watchdog(self) -> None:
-        clock = LeaseClock.start(self.cfg.ttl, 0, margin=self.cfg.margin)
+        clock = LeaseClock.start(self.cfg.ttl, 0)
         if self.cfg.watchdog > clock.max_watchdog_timeout:
             raise SimulationError(
                 f"watchdog {self.cfg.watchdog} s exceeds {clock.max_watchdog_timeout} s")
 
     def _setup(self, initial: Mapping[str, Any]) -> None:
-        self.emit("sim", f"ttl {self.cfg.ttl:g} s, margin {self._clock0().margin:g} s, "
+        margin = LeaseClock.start(self.cfg.ttl, 0).margin
+        self.emit("sim", f"ttl {self.cfg.ttl:g} s, margin {margin:g} s, "
                          f"watchdog {self.cfg.watchdog:g} s")
         for raw in initial["hosts"]:
             if raw.get("draining"):
                 hostconf.set_draining(self.store, self.keys, raw["name"], True, by="sim")
         for spec in self.specs.values():
-            if spec.fenced:
+            if spec.fenced:  # settings, and the definition agents keep for a takeover
                 self.store.put(self.keys.guest_settings(spec.uuid), encode(GuestSettings(
                     spec.uuid, spec.name, ha=spec.kind is GuestKind.HA, desired=spec.desired)))
+                self.store.put(self.keys.domain(spec.uuid), encode(DomainDefinition(
+                    spec.uuid, spec.name, domain_xml(spec.uuid, spec.name), "sim", 0.0)))
+        for raw in initial.get("templates", ()):
+            templates.create_template(self.store, self.keys, _template(raw))
+        for raw in initial.get("pools", ()):
+            pools.create(self.store, self.keys, pools.new_spec(
+                raw["name"], raw["template"], raw["min"], raw.get("max", raw["min"]),
+                desired=raw.get("desired")))
         for host in self._by_name():
             if host.powered:
                 self._boot(host)
         for g in sorted(initial["guests"], key=lambda g: g["name"]):
             host, spec = self.hosts[g["host"]], self.specs[g.get("uuid", g["name"])]
             host.virt.define(spec.uuid)
-            if g.get("state") == "running" and not self._start(host, spec, boot=0):
+            if g.get("state") == "running" and not self._start(host, spec):
                 raise SimulationError(f"initial guest {spec.name} could not start")
         for host in self._by_name():
             if host.agent is not None:
                 self._report(host)
         self._managers_step()
-
-    def _clock0(self) -> LeaseClock:
-        return LeaseClock.start(self.cfg.ttl, self.t, margin=self.cfg.margin)
 
     def _link(self, host: Host) -> Link:
         return Link(self.store, lambda: self.etcd_up and host.powered and host.connected)
@@ -290,6 +353,7 @@ class Simulator:
     def _boot(self, host: Host) -> None:
         """Power on: a fresh agent process (registers) and manager candidate."""
         host.powered, host.connected, host.hung = True, True, False
+        host.virt.daemon_up = True
         self._start_processes(host)
 
     def _start_processes(self, host: Host) -> None:
@@ -298,29 +362,90 @@ class Simulator:
         host.manager = Manager(self.conf, self._link(host), host.name,  # type: ignore[arg-type]
                                period=self.cfg.manager_interval, limits=self.cfg.limits,
                                clock=self.sim_clock, threaded=False)
+        # an intent the pool keeper waits for is done inside its put, or never (no other
+        # agent runs during the wait): do not wait the real-time default for it
+        host.manager.pools.action_timeout = POOL_ACTION_TIMEOUT
 
     def _start_agent(self, host: Host) -> None:
         """A new agent process: resume the lease on its host record if it is alive."""
         link = self._link(host)
         agent = SimAgent(Fencer(link, self.keys, host.name,  # type: ignore[arg-type]
-                                lambda: agent.lease))
+                                lambda: agent.lease.lease))
+        agent.guard = HostLease(
+            link, self.cfg.ttl, host.name, lambda: self._self_fence(host, agent),  # type: ignore[arg-type]
+            SimWatchdog(host, self._now, self.cfg.watchdog),  # type: ignore[arg-type]
+            has_ha_guests=lambda: bool(agent.fencer.ha_guests()), clock=self.sim_clock)
+        agent.worker = self._worker(host, agent, link)
         host.agent = agent
+        self.store.watch_prefix(self.keys.intents(host.name),
+                                lambda ev: self._intent_put(host, agent, ev))
         item = self.store.get(self.keys.host(host.name))
-        if item is not None and item.lease and self.store.keepalive(item.lease) > 0:
-            agent.lease = item.lease
-            agent.clock, agent.lease_state = self._clock0(), LeaseState.HEALTHY
+        if item is not None and item.lease and agent.lease.resume(item.lease):
+            agent.lease_state = LeaseState.HEALTHY
             agent.fencer.refresh_held()
             self.emit(f"{host.name}/agent", "resumed its lease")
             return
         self._register(host)
 
+    def _worker(self, host: Host, agent: SimAgent, link: Link) -> IntentWorker:
+        """The agent's real intent worker, on the host's link and fake libvirt."""
+        agent.virt = FakeLibvirt(
+            host.virt, self._learn,
+            lambda uuid, state: self.specs[uuid].record(host.name, state, self.t),
+            lambda uuid: self.specs[uuid].name, lambda uuid: self._no_room(host, uuid),
+            lambda uuid: self._started(host, uuid))
+        return IntentWorker(
+            host=host.name, store=link, keys=self.keys,
+            domains=agent.virt,  # type: ignore[arg-type]
+            fencer=agent.fencer, lease=agent.lease, claims=GuestClaims(),
+            images_dir="/nonexistent",
+            on_change=lambda _uuid: None,  # the agent reports every tick
+            judge=lambda rec: self._judge_running(host, agent.fencer, self.specs[rec.uuid]),
+            clock=self.sim_clock)
+
+    def _learn(self, xml: str) -> None:
+        """A domain defined from XML the simulator did not set up (a clone): know it."""
+        root = ElementTree.fromstring(xml)
+        uuid, name = root.findtext("uuid") or "", root.findtext("name") or ""
+        if uuid and uuid not in self.specs:
+            memory = int(root.findtext("memory") or 0) // 1024  # KiB
+            self.specs[uuid] = GuestSpec(uuid, name, memory, GuestKind.NONE, ())
+
+    def _intent_put(self, host: Host, agent: SimAgent, event: Event) -> None:
+        """The agent's intent watch. Intents whose submitter waits for them (the pool
+        keeper's clone and remove_clone) are carried out at once, inside the submitter's
+        put: in production it waits on its own thread while the agent works; here nothing
+        else can run meanwhile. Every other intent waits for the agent's next tick."""
+        if event.kind != "put" or agent.handling or host.agent is not agent \
+                or not self._reaches(host) or not agent.libvirt_up:
+            return
+        try:
+            intent = decode(Intent, event.key, event.value)
+        except ValueError:
+            return  # the worker's offer logs a corrupt intent at its next tick
+        if not intent.finished and intent.action in WAITED_ACTIONS:
+            self._intents(host, agent, event)
+
+    def _no_room(self, host: Host, uuid: str) -> str | None:
+        """Why the fake libvirt refuses to start ``uuid`` here (memory), or None."""
+        spec = self.specs[uuid]
+        if self._free(host) < spec.memory_mib:
+            return f"sim: not enough memory for {spec.name} on {host.name}"
+        return None
+
+    def _started(self, host: Host, uuid: str) -> None:
+        """The fake libvirt started ``uuid`` for an intent: log it with the fences taken."""
+        spec = self.specs[uuid]
+        taken = host.events.taken.pop(spec.name, "") if host.events else ""
+        self.emit(f"{host.name}/agent", f"took fence {taken}; {spec.name} running"
+                  if taken else f"{spec.name} running")
+        self._report(host)  # a clone's submitter waits to see it running
+
     def _register(self, host: Host) -> None:
         agent = self._agent(host)
-        agent.lease = self.store.grant_lease(self.cfg.ttl)
-        self.owners[agent.lease] = host.name
-        agent.clock, agent.lease_state = self._clock0(), LeaseState.HEALTHY
+        self.owners[agent.lease.grant()] = host.name
+        agent.lease_state = LeaseState.HEALTHY
         agent.free_reported, agent.reported = None, {}
-        host.last_pet = self.t
         self._report(host)
         self.emit(f"{host.name}/agent", f"registered, lease ttl {self.cfg.ttl:g} s")
         if self.store.delete(self.keys.dead_host(host.name)):
@@ -343,31 +468,38 @@ class Simulator:
                             f"not petted for {self.cfg.watchdog:g} s: hardware reset")
             return
         agent = host.agent
-        if host.hung or agent is None or agent.clock is None:
+        if host.hung or agent is None or agent.lease.clock is None:
             return
-        self._keepalive(host, agent)
+        agent.lease.keepalive_step()
         self._lease_state(host, agent)
-        self._pet(host, agent)
-        if self._reaches(host) and agent.clock is not None:
+        if self._reaches(host):
             self._intents(host, agent)
-            self._judge(host, agent)
-            self._report(host)
+            if self._libvirt(host, agent):
+                self._judge(host, agent)
+                self._report(host)
+
+    def _libvirt(self, host: Host, agent: SimAgent) -> bool:
+        """Whether the agent is connected to libvirtd. While it is not, the agent neither
+        judges nor reports (its intent worker still runs, and fails what needs libvirt);
+        once it is back, a full resync re-reports every guest."""
+        if host.virt.daemon_up != agent.libvirt_up:
+            agent.libvirt_up = host.virt.daemon_up
+            if agent.libvirt_up:
+                agent.reported, agent.free_reported = {}, None
+            self.emit(f"{host.name}/agent", "libvirt connected again: resync"
+                      if agent.libvirt_up else "libvirt connection lost")
+        return agent.libvirt_up
 
     def _reaches(self, host: Host) -> bool:
         return self.etcd_up and host.powered and host.connected and not host.hung
 
-    def _keepalive(self, host: Host, agent: SimAgent) -> None:
-        assert agent.clock is not None and agent.lease is not None
-        if not agent.clock.keepalive_due(self.t):
-            return
-        agent.clock = agent.clock.sent(self.t)
-        with suppress(RegistryUnavailable):  # cut off: no ack
-            agent.clock = agent.clock.acked(self.t, agent.fencer.store.keepalive(agent.lease))
-
     def _lease_state(self, host: Host, agent: SimAgent) -> None:
-        assert agent.clock is not None
+        """Log the lease clock's state changes; the real guard step self-fences and tends
+        the watchdog; a lost lease is registered anew once etcd is reached."""
+        clock = agent.lease.clock
+        assert clock is not None
         name = f"{host.name}/agent"
-        state = agent.clock.state(self.t)
+        state = clock.state(self.t)
         if state is not agent.lease_state:
             self.emit(name, {
                 LeaseState.HEALTHY: "lease healthy",
@@ -378,27 +510,18 @@ class Simulator:
             pinned = self._kind_on(host, GuestKind.PINNED)
             if state is LeaseState.MUST_SELF_FENCE and pinned:
                 self.emit(name, f"pinned {self._names(pinned)} left running")
-        if state is LeaseState.MUST_SELF_FENCE:
-            self._self_fence(host, agent)
-        if agent.clock.lost and self._reaches(host):
-            self.emit(name, "lease gone in etcd; registering anew")
+        agent.lease.guard_step()
+        if agent.lease.lost.is_set() and self._reaches(host):
+            self.emit(name, "lease lost; registering anew")
             self._register(host)
 
     def _self_fence(self, host: Host, agent: SimAgent) -> None:
-        """As ``Agent.self_fence``: destroy every guest this host holds HA fences for."""
-        gone = [u for u in sorted(agent.fencer.ha_guests()) if u in host.virt.active]
-        for uuid in gone:
-            host.virt.destroy(uuid)
-        agent.fencer.forget_ha()
-        if gone:
-            self.emit(f"{host.name}/agent", f"self-fence: destroyed {self._names(gone)}")
-
-    def _pet(self, host: Host, agent: SimAgent) -> None:
-        assert agent.clock is not None
-        ha = bool(agent.fencer.ha_guests() & set(host.virt.active))
-        host.armed = ha  # with no HA guest here the agent disarms it (magic close)
-        if agent.clock.watchdog_may_pet(self.t, self.cfg.watchdog, ha):
-            host.last_pet = self.t
+        """The guard's self-fence: the real ``Agent.self_fence`` (destroy every guest this
+        host holds HA fences for; if libvirt fails, keep counting them so the watchdog
+        resets the host), run on just the parts it reads: fencer, libvirt, host name."""
+        parts = SimpleNamespace(fencer=agent.fencer, libvirt=agent.virt, host=host.name)
+        with _logged(_AgentEvents(self, host.name), "gridtool.agent"):
+            Agent.self_fence(cast(Agent, parts))
 
     def _kind_on(self, host: Host, kind: GuestKind) -> list[str]:
         return sorted((u for u in host.virt.active if self.specs[u].kind is kind
@@ -408,13 +531,14 @@ class Simulator:
         return ", ".join(self.specs[u].name for u in uuids)
 
     def _report(self, host: Host) -> None:
-        """Put the host record (free memory) and the changed guest records."""
+        """Put the host record (free memory) and the changed guest records; delete the
+        records of guests no longer defined here."""
         agent = self._agent(host)
         registry = Registry(agent.fencer.store, self.keys)
         free = self._free(host)
         if free != agent.free_reported:
             registry.put_host(HostRecord(host.name, f"sim:///{host.name}", "sim", 16,
-                                         host.memory_mib, free, "sim", self.t), agent.lease)
+                                         host.memory_mib, free, "sim", self.t), agent.lease.lease)
             agent.free_reported = free
         for uuid in sorted(host.virt.defined):
             record = self.specs[uuid].record(host.name, host.virt.state(uuid), self.t)
@@ -422,53 +546,35 @@ class Simulator:
             if seen is None or not seen.same_content(record):
                 registry.put_guest(record)
                 agent.reported[uuid] = record
+        for uuid in sorted(set(agent.reported) - host.virt.defined):
+            registry.delete_guest(host.name, uuid)
+            del agent.reported[uuid]
 
     # ------------------------------------------------------------------ intents
 
-    def _intents(self, host: Host, agent: SimAgent) -> None:
-        """Carry out start intents (the stand-in for the real IntentWorker)."""
-        for uuid, (key, intent, done_at) in sorted(agent.booting.items()):
-            if self.t >= done_at:
-                del agent.booting[uuid]
-                self._finish(agent, key, intent, "done", f"{intent.name} started")
-                self.emit(f"{host.name}/agent", f"{intent.name} running")
-        for item in agent.fencer.store.list(self.keys.intents(host.name))[0]:
-            intent = decode(Intent, item.key, item.value)
-            if intent.state != "pending":
-                continue
-            if intent.action != "start":
-                self._finish(agent, item.key, intent, "failed", "sim: only start intents")
-                continue
-            self._take(host, agent, item.key, intent)
-
-    def _take(self, host: Host, agent: SimAgent, key: str, intent: Intent) -> None:
-        spec = self.specs[intent.guest]
-        assert agent.clock is not None
-        if agent.clock.state(self.t) is not LeaseState.HEALTHY:
-            why = f"{host.name}'s lease is not healthy: refusing to take an HA fence"
-        elif self._free(host) < spec.memory_mib:
-            why = f"not enough memory for {spec.name}"
-        else:
-            if spec.uuid not in host.virt.defined:  # defined from the registry's copy
-                host.virt.define(spec.uuid)
-            if self._start(host, spec, self.cfg.boot_seconds):
-                if not self.cfg.boot_seconds:
-                    self._finish(agent, key, intent, "done", f"{spec.name} started")
+    def _intents(self, host: Host, agent: SimAgent, offered: Event | None = None) -> None:
+        """Carry out this host's unfinished intents with the real IntentWorker, in order:
+        its catch-up queues them (or just the ``offered`` one, as its watch does),
+        :meth:`IntentWorker.handle` runs each (no thread)."""
+        worker = agent.worker
+        assert worker is not None
+        host.events, agent.handling = _AgentEvents(self, host.name), True
+        try:
+            with _logged(host.events, "gridtool.agent"):
+                if offered is None:
+                    worker.catch_up()
                 else:
-                    self._finish(agent, key, intent, "running", "")
-                    agent.booting[spec.uuid] = (key, intent, self.t + self.cfg.boot_seconds)
-                return
-            why = f"could not start {spec.name}"
-        self.emit(f"{host.name}/agent", f"intent failed: {why}")
-        self._finish(agent, key, intent, "failed", why)
+                    worker.offer(offered.key, offered.value)
+                while not worker.queue.empty():
+                    key = worker.queue.get_nowait()
+                    if key is not None:
+                        worker.handle(key)
+        finally:
+            host.events, agent.handling = None, False
 
-    def _finish(self, agent: SimAgent, key: str, intent: Intent, state: str,
-                message: str) -> None:
-        agent.fencer.store.put(key, encode(replace(intent, state=state, message=message,
-                                                   updated=float(self.t))))
-
-    def _start(self, host: Host, spec: GuestSpec, boot: int) -> bool:
-        """Take every fence (the real Fencer: one transaction), then start the domain."""
+    def _start(self, host: Host, spec: GuestSpec) -> bool:
+        """A guest running at the start: take every fence (the real Fencer: one
+        transaction), then start the domain."""
         name = f"{host.name}/agent"
         taken = ""
         if spec.fenced:
@@ -480,21 +586,20 @@ class Simulator:
                 return False
             taken = f"took fence {', '.join(spec.volumes)}; "
         host.virt.start(spec.uuid)
-        self.emit(name, f"{taken}{spec.name} {'booting' if boot else 'running'}")
+        self.emit(name, f"{taken}{spec.name} running")
         return True
 
     # ------------------------------------------------------------------ judging
 
     def _judge(self, host: Host, agent: SimAgent) -> None:
         """Judge every fenced guest here (running or holding fences), with the real rules."""
-        assert agent.clock is not None
-        if agent.clock.state(self.t) is not LeaseState.HEALTHY:
+        if not agent.lease.healthy():
             return
         fencer = agent.fencer
         held = {f.guest for f in fencer.refresh_held().values()}
         for uuid in sorted(host.virt.active):
             spec = self.specs[uuid]
-            if spec.fenced and uuid not in agent.booting:
+            if spec.fenced:
                 self._judge_running(host, fencer, spec)
         for uuid in sorted(held - set(host.virt.active)):
             spec = self.specs[uuid]
@@ -530,24 +635,11 @@ class Simulator:
     def _managers_step(self) -> None:
         for host in self._by_name():
             if host.powered and not host.hung and host.manager is not None:
-                with self._manager_log(host.manager):
+                with _logged(_ManagerEvents(self, host.name), "gridtool.ha.manager",
+                             "gridtool.pools.shell"):
                     host.manager.step()
                 if host.manager.lease is not None:
                     self.owners.setdefault(host.manager.lease, f"manager {host.name}")
-
-    @contextmanager
-    def _manager_log(self, manager: Manager) -> Iterator[None]:
-        """Turn the manager's event log lines into simulator log lines."""
-        logger = logging.getLogger("gridtool.ha.manager")
-        handler = _ManagerEvents(self, manager.name)
-        level = logger.level
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        try:
-            yield
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
 
     # ------------------------------------------------------------------ commands
 
@@ -616,6 +708,28 @@ class Simulator:
             spec.uuid, spec.name)
         self.store.put(key, encode(replace(current, ha=value == "on")))
 
+    def _cmd_intent(self, name: str, action: str, guest: str) -> None:
+        """The operator asks host ``name`` to ``action`` ``guest`` (``gridtool guest
+        start/stop/...``): an intent its agent carries out at its next tick, or fails."""
+        spec, host = self._guest(guest), self._host(name)
+        try:
+            what = IntentAction(action)
+        except ValueError:
+            raise SimulationError(f"unknown intent action {action!r}") from None
+        intent = Intent(f"{self.t:08d}-op", host.name, what, spec.uuid, spec.name,
+                        float(self.t), "sim")
+        self.store.put(self.keys.intent(host.name, intent.id), encode(intent))
+
+    def _cmd_pool_size(self, pool: str, size: str) -> None:
+        """``gridtool pool scale POOL N``: the keeper grows or shrinks it next round."""
+        pools.set_desired(self.store, self.keys, pool, int(size))
+
+    def _cmd_libvirtd_stop(self, name: str) -> None:
+        self._host(name).virt.daemon_up = False
+
+    def _cmd_libvirtd_start(self, name: str) -> None:
+        self._host(name).virt.daemon_up = True
+
     def _cmd_lease_expire(self, name: str) -> None:
         item = self.store.get(self.keys.host(self._host(name).name))
         self.emit("cmd", f"lease-expire {name}")
@@ -638,6 +752,51 @@ class Simulator:
         self._cmd_leader_change()
 
 
+@contextmanager
+def _logged(handler: logging.Handler, *names: str) -> Iterator[None]:
+    """Hand the INFO records of the loggers ``names`` to ``handler`` meanwhile."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+class _AgentEvents(logging.Handler):
+    """The intent worker's log records: the fences it took (by guest name, for the line
+    the start logs); fences released and intents finished as simulator log lines."""
+
+    def __init__(self, sim: Simulator, host: str) -> None:
+        super().__init__(logging.INFO)
+        self.sim = sim
+        self.host = host
+        self.taken: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg, args = str(record.msg), record.args if isinstance(record.args, tuple) else ()
+        if msg.startswith("event=fence_acquired"):
+            self.taken[str(args[1])] = ", ".join(str(args[2]).split(","))
+        elif msg.startswith("event=self_fenced"):
+            self.sim.emit(f"{self.host}/agent", f"self-fence: destroyed {args[1]}")
+        elif msg.startswith("event=self_fence_failed"):
+            self.sim.emit(f"{self.host}/agent", f"self-fence of "
+                          f"{self.sim.specs[str(args[1])].name} failed: {args[2]}")
+        elif msg.startswith("event=fence_released"):
+            volumes = ", ".join(str(args[2]).split(","))
+            self.sim.emit(f"{self.host}/agent", f"released fence {volumes} of {args[1]}")
+        elif msg.startswith("event=intent_%s") and args[0] == "failed":
+            self.sim.emit(f"{self.host}/agent", f"intent failed: {args[5]}")
+        elif msg.startswith("event=intent_%s") and args[0] == "done" \
+                and args[3] not in SILENT_DONE:  # a start logs its own line
+            self.sim.emit(f"{self.host}/agent", f"{args[3]} done: {args[5]}")
+
+
 class _ManagerEvents(logging.Handler):
     """The manager's ``event=...`` log records as simulator log lines."""
 
@@ -649,6 +808,8 @@ class _ManagerEvents(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         event = str(record.msg).split()[0].removeprefix("event=")
         args = record.args if isinstance(record.args, tuple) else ()
+        if event.endswith("%s") and args:  # "event=pool_%s": the name's tail is args[0]
+            event, args = event.removesuffix("%s") + str(args[0]), args[1:]
         here = f"manager@{self.name}"
         line = {
             "manager_elected": lambda: ("manager", f"{args[0]} elected leader"),
@@ -657,12 +818,28 @@ class _ManagerEvents(logging.Handler):
             "ha_restart": lambda: (here, f"restart {args[0]} on {args[1]} ({args[3]})"),
             "ha_blocked": lambda: (here, f"leave {args[0]}: {args[1]}"),
             "ha_error": lambda: (here, f"{args[0]} marked error: {args[1]}"),
+            "pool_clone": lambda: (here, f"pool {args[0]}: cloned {args[2]} of {args[1]} "
+                                         f"({args[4]})"),
+            "pool_round_crashed": lambda: (here, f"pool {args[0]}: round crashed"),
+            "pool_forget": lambda: (here, f"pool {args[0]}: forgot {args[1]} on {args[2]} "
+                                          f"({args[3]})"),
+            "pool_remove": lambda: (here, f"pool {args[0]}: removed {args[1]} on {args[2]} "
+                                          f"({args[3]})"),
             "fences_released_for_dead_host": lambda: (
                 here, f"released the fences of {args[0]} held by dead {args[1]}"
                 if args[2] else f"release of {args[0]}'s fences failed"),
         }.get(event)
         if line is not None:
             self.sim.emit(*line())
+
+
+def _template(raw: Mapping[str, Any]) -> templates.Template:
+    """A diskless template (clones are defined and started, no images to make)."""
+    xml = (f"<domain type='kvm'><name>{raw['name']}</name><uuid>{raw['name']}</uuid>"
+           f"<memory unit='KiB'>{raw['memory_mib'] * 1024}</memory><vcpu>1</vcpu>"
+           "<devices/></domain>")
+    return templates.Template(raw["name"], xml, [], {}, raw["memory_mib"], 1, "/nonexistent",
+                              raw["name"], raw["name"], "sim", 0.0)
 
 
 def _spec(raw: Mapping[str, Any]) -> GuestSpec:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gridtool.registry.records import Intent
 from tests.sim.hasim import SimulationError, Simulator
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
@@ -78,3 +81,70 @@ def test_a_scenario_turns_red_without_the_shipped_fence_before_recover_rule(
         test_scenario(case)
     log, _ = _run(case)
     assert "45 manager@h1: restart vm1 on h1 (host h2 gone)" in log
+
+
+def _start_without_fence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's start handler defines and starts the guest but skips its fence."""
+    from agents.intents import HANDLERS, Handler, IntentWorker
+    from gridtool.registry.records import IntentAction
+
+    def start(worker: IntentWorker, intent: Intent) -> str:
+        worker._domain(intent).create()
+        return f"{intent.name} started on {worker.host}"
+
+    monkeypatch.setitem(HANDLERS, IntentAction.START, Handler(start))
+
+
+def _acquire_blind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Fencer plans as if no fence were there and drops the transaction's
+    create-revision compares (the guard that a fence is still absent)."""
+    from agents import fencer
+    from gridtool.fencing import shell
+
+    real_plan = fencer.plan_acquire
+
+    def plan_acquire(host: str, guest: Any, observed: dict, now: float) -> Any:
+        return real_plan(host, guest, dict.fromkeys(observed), now)
+
+    def run_plan(store: Any, keys: Any, plan: Any, lease: Any = None, guard: Any = ()) -> bool:
+        txn = shell.plan_ops(keys, plan, lease, guard)
+        if txn is None:
+            return False
+        compares, ops = txn
+        return store.txn([c for c in compares if c.target != "create"], ops)
+
+    monkeypatch.setattr(fencer, "plan_acquire", plan_acquire)
+    monkeypatch.setattr(fencer, "run_plan", run_plan)
+
+
+def _self_fence_forgets_on_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's self-fence stops counting HA guests it failed to destroy."""
+    from agents.agent import Agent
+
+    real = Agent.self_fence
+
+    def self_fence(self: Agent) -> None:
+        real(self)
+        self.fencer.forget_ha()
+
+    monkeypatch.setattr(Agent, "self_fence", self_fence)
+
+
+@pytest.mark.parametrize(("patch", "case", "error"), [
+    (_start_without_fence, "operator-start-fence-held", "t=6: guest vm1 in use on h1 and h2"),
+    (_acquire_blind, "operator-start-fence-held", "t=6: guest vm1 in use on h1 and h2"),
+    (_self_fence_forgets_on_failure, "libvirtd-down-self-fence-watchdog",
+     "t=36: guest vm1 in use on h1 and h3"),
+], ids=["start-skips-fence", "acquire-skips-create-compare", "self-fence-forgets-failures"])
+def test_a_scenario_turns_red_when_the_agent_side_of_the_fence_is_patched_out(
+        monkeypatch: pytest.MonkeyPatch, patch: Callable[[pytest.MonkeyPatch], None],
+        case: str, error: str) -> None:
+    """The simulator runs the agent's real IntentWorker, Fencer, lease guard and
+    self-fence: with the start handler not taking the fence, or the Fencer's acquire not
+    guarded by the fence's create revision, the operator's start of a guest fenced on
+    another host runs it twice; with a failed self-fence no longer counted, the watchdog
+    is disarmed and the guest runs on while it is restarted elsewhere."""
+    patch(monkeypatch)
+    with pytest.raises(AssertionError, match="log differs"):
+        test_scenario(SCENARIOS / case)
+    assert _run(SCENARIOS / case)[1] == error
