@@ -4,8 +4,11 @@ A 3-member etcd cluster, N simulated hosts (each agent in its own network namesp
 with an emulated watchdog), two HA manager candidates and K HA fenced guests; then
 rounds of random faults from the seed (network cut, SIGSTOP, SIGKILL of an agent, etcd
 leader killed, etcd member restarted, leading manager killed) for N minutes. An
-independent checker samples every host's libvirt: overlaps must be 0. Needs root (ip
-netns). See tests/harness/chaos.py.
+independent checker samples every host's libvirt. PASS is ``ChaosReport.ok``, the rule
+of the CI tier: 0 overlaps, 0 agent or manager crashes, every round ends with every
+guest running within the settle bound (2 TTL + 8 s), every round sampled at 15 samples/s
+or more, at most 1 % unknown samples; each is printed with its number. Exits 1 on FAIL.
+Needs root (ip netns). See tests/harness/chaos.py.
 
     python bench/chaos.py --minutes N [--seed S] [--hosts N] [--guests K] [--ttl T]
                           [--kinds cut,stop,...] [--json PATH]
@@ -64,11 +67,18 @@ def main() -> None:
         ("overlap samples (must be 0)", report.overlaps),
         ("overlap seconds (must be 0)", report.overlap_seconds),
         ("checker samples", report.samples),
+        ("checker samples/s, whole run", report.sample_rate),
+        ("checker samples/s, slowest round",
+         round(report.slowest_round.sample_rate, 1) if report.slowest_round else 0.0),
+        ("checker longest gap between samples, s", report.max_gap_s),
+        ("unknown samples (host unreadable)", f"{report.unknown_samples} "
+                                              f"({report.unknown_fraction:.2%})"),
         ("rounds ending with every guest running", f"{report.rounds_all_running}/"
                                                    f"{len(report.rounds)}"),
         ("guest-rounds running at round end", f"{report.running_fraction:.1%}"),
         ("settle after heal, median s", settles[len(settles) // 2] if settles else 0.0),
         ("settle after heal, max s", settles[-1] if settles else 0.0),
+        ("settle bound, s", report.settle_bound_s),
         ("agent crashes (restarted)", report.agent_crashes),
         ("manager crashes (replaced)", report.manager_crashes),
         *report.counters.items(),
@@ -80,7 +90,9 @@ def main() -> None:
         print(f"\nerror: {report.error}")
     for line in report.overlap_detail:
         print(line)
-    print(f"\nnever two running: {verdict(report.ok)} (replay: --seed {report.seed})")
+    print()
+    print(report.verdict())
+    print(f"\nchaos: {verdict(report.ok)} (replay: --seed {report.seed})")
     write_json("chaos", {"settings": {"minutes": args.minutes, "kinds": list(kinds),
                                       "concurrent": args.concurrent},
                          **report.to_dict(), "pass": report.ok}, args.json_path)

@@ -19,9 +19,21 @@ faults drawn from a seeded RNG:
 ======================  =========================================================
 
 A round is one fault, sometimes two at once (a second of another kind starting while
-the first is in force); after the heal the harness waits, with a deadline, for every
-guest to run again (liveness, informative). All the while a ``DoubleRunChecker`` samples
-every host's libvirt directly: overlaps and overlap seconds must be 0.
+the first is in force); after the heal the harness waits for every guest to run again
+on one host, and every host to be registered, within the settle bound. All the while a
+``DoubleRunChecker`` samples every host's libvirt directly. A run passes
+(:attr:`ChaosReport.ok`, the one rule of the CI tier and of ``bench/chaos.py``) when
+every criterion of :meth:`ChaosReport.criteria` holds:
+
+- 0 overlaps and 0 overlap seconds;
+- 0 agent and 0 manager crashes (a process that exited without a fault of the round
+  killing it, stopping it or resetting its host);
+- every round ends with every guest running within the settle bound
+  (:func:`settle_bound`: 2 TTL + 8 s, 14 s at TTL 3);
+- every round sampled at ``min_sample_rate`` samples/s or more (:data:`MIN_SAMPLE_RATE`),
+  so a sampler stretched by load fails the run instead of passing it blind;
+- at most ``MAX_UNKNOWN_FRACTION`` (1 %) of the samples unknown (a host whose libvirt
+  could not be read), see ``tests.harness.checker``.
 
 A watchdog reset is a reboot of the simulated host: its running guests are destroyed
 (the lab's emulator) and its agent is killed with them; the agent starts again once the
@@ -62,7 +74,7 @@ from gridtool.lab.hosts import watchdog_timeout_for
 from gridtool.lab.procs import LabError, port_open, spawn, wait_for
 from gridtool.lab.watchdog import WatchdogEmulator
 from tests.harness import ROOT
-from tests.harness.checker import DoubleRunChecker
+from tests.harness.checker import MAX_UNKNOWN_FRACTION, DoubleRunChecker
 from tests.harness.netns import CUT_MODES, NetnsSet
 from tests.harness.testbed import LabHosts, domain_xml
 
@@ -169,6 +181,54 @@ def _compatible(kind: str, first: str, hosts: int) -> bool:
 
 # --------------------------------------------------------------------------- results
 
+#: The settle bound's allowance beyond the leases, seconds: what a restart costs on a
+#: loaded 2-core machine once the fences may move: a reset host's agent started again
+#: (Python start, lease grant, registration, first resync), the manager's period and
+#: its restart intent, the new host's start through the hook and libvirt, an etcd member
+#: restarted with a leader elected. The CI tier measured settles of at most 2.1-3.7 s
+#: at load 6-13 (the whole round, leases included): 14 s at TTL 3 is a wide margin that
+#: still fails a guest left down. See settle_bound.
+SETTLE_RESTART_S = 8.0
+
+#: Lowest checker rate accepted in any round, samples/s. The sampler asks for a sample
+#: every 20 ms (at most 50/s); one sample lists the running domains of the 4 libvirtds.
+#: On this 2-core machine at load average 6-13 the CI tier measured 35-41 samples/s for
+#: its slowest round (40-43/s over the whole run, longest gap 0.12-0.21 s; see
+#: docs/architecture.md, "Randomized fault tests"); 15/s leaves a factor 2.3 or more for
+#: a worse-loaded machine. Why a floor at all: a double run shorter than the gap between
+#: two samples can slip through unseen, and a sampler stretched by load would pass a run
+#: it did not watch. At 15/s the gaps average 67 ms: the double runs the tiers have found
+#: (a QEMU destroy finishing late on the loaded machine: tens of ms to 1-2 s) would be
+#: seen unless shorter than that; at 1/s (a stalled sampler) most would not.
+MIN_SAMPLE_RATE = 15.0
+
+
+def settle_bound(ttl: float) -> float:
+    """How long after the last heal of a round every guest must run again (on one host)
+    and every host be registered: 2 TTL + ``SETTLE_RESTART_S``.
+
+    One TTL: a lease alive at the heal runs out at most TTL later before its fences may
+    move (a host that self-fenced or was reset keeps its lease until then; etcd never
+    expires a lease earlier than TTL after its last keepalive). A second TTL in series:
+    the manager that must order the restart may itself be waiting out its killed
+    predecessor's election lease (a concurrent ``kill_manager``; "manager crash:
+    ≤ TTL + 1 s" in the fault table). Then the restart itself (``SETTLE_RESTART_S``).
+    """
+    return 2 * ttl + SETTLE_RESTART_S
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One line of the verdict: what, the number seen, the bound, and whether it holds."""
+
+    name: str
+    value: str
+    bound: str
+    ok: bool
+
+    def line(self) -> str:
+        return f"{'PASS' if self.ok else 'FAIL'}  {self.name}: {self.value} (must be {self.bound})"
+
 
 @dataclass
 class ChaosSettings:
@@ -183,7 +243,9 @@ class ChaosSettings:
     per_kind: int | None = None
     concurrent: float = 0.25
     kinds: tuple[str, ...] = KINDS
-    settle_timeout: float | None = None  # default 4 TTL + 8 s
+    settle_timeout: float | None = None  # default settle_bound(ttl): 2 TTL + 8 s
+    min_sample_rate: float = MIN_SAMPLE_RATE  # per round, samples/s
+    max_unknown_fraction: float = MAX_UNKNOWN_FRACTION
     manager_period: float = 0.3
     stop_on_overlap: bool = True
     keep_dir: bool = False
@@ -193,18 +255,26 @@ class ChaosSettings:
 class RoundResult:
     index: int
     faults: list[str]
-    settle_s: float
+    settle_s: float  # from the last heal to settled (or to the settle bound)
     running: int  # guests running (on one host) when the round ended
     guests: int
+    settled: bool = True  # every guest running and every host registered in the bound
+    samples: int = 0  # checker samples taken during the round (faults and settle)
+    seconds: float = 0.0  # how long the round lasted
 
     @property
     def all_running(self) -> bool:
-        return self.running == self.guests
+        return self.running == self.guests and self.settled
+
+    @property
+    def sample_rate(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
 class ChaosReport:
-    """What a run did and saw; ``ok`` means no guest ever ran on two hosts."""
+    """What a run did and saw; ``ok`` means every criterion of :meth:`criteria` held (no
+    guest on two hosts, no crash, every round settled, a checker that kept up and saw)."""
 
     seed: int
     hosts: int
@@ -217,8 +287,15 @@ class ChaosReport:
     overlap_seconds: float = 0.0
     overlap_detail: list[str] = field(default_factory=list)
     samples: int = 0
+    sample_rate: float = 0.0  # whole run, samples/s
+    max_gap_s: float = 0.0  # longest time between two checker samples
+    unknown_samples: int = 0  # samples in which some host's libvirt could not be read
+    unknown_detail: list[str] = field(default_factory=list)
     agent_crashes: int = 0  # agents that exited by themselves (restarted, as systemd would)
     manager_crashes: int = 0  # manager candidates that exited by themselves (replaced)
+    settle_bound_s: float = 0.0
+    min_sample_rate: float = MIN_SAMPLE_RATE
+    max_unknown_fraction: float = MAX_UNKNOWN_FRACTION
     setup_s: float = 0.0
     runtime_s: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
@@ -229,7 +306,55 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
-        return self.overlaps == 0 and self.overlap_seconds == 0.0 and not self.error
+        return not self.error and all(c.ok for c in self.criteria())
+
+    @property
+    def unknown_fraction(self) -> float:
+        return self.unknown_samples / self.samples if self.samples else 0.0
+
+    @property
+    def slowest_round(self) -> RoundResult | None:
+        return min(self.rounds, key=lambda r: r.sample_rate, default=None)
+
+    def criteria(self) -> list[Criterion]:
+        """The pass rule, one criterion per line (both the CI tier and the bench)."""
+        unsettled = [r.index for r in self.rounds if not r.all_running]
+        settles = [r.settle_s for r in self.rounds]
+        slow = self.slowest_round
+        slow_rate = slow.sample_rate if slow else 0.0
+        return [
+            Criterion("overlaps (samples with a guest on two hosts)",
+                      f"{self.overlaps} ({self.overlap_seconds:.3f} s)", "0",
+                      self.overlaps == 0 and self.overlap_seconds == 0.0),
+            Criterion("agent crashes (exits no fault caused)", str(self.agent_crashes), "0",
+                      self.agent_crashes == 0),
+            Criterion("manager crashes (exits no fault caused)", str(self.manager_crashes),
+                      "0", self.manager_crashes == 0),
+            Criterion("rounds ending with every guest running",
+                      f"{self.rounds_all_running}/{len(self.rounds)}, settle max "
+                      f"{max(settles, default=0.0):.1f} s"
+                      + (f", not settled: rounds {unsettled}" if unsettled else ""),
+                      f"all, each within {self.settle_bound_s:g} s",
+                      bool(self.rounds) and not unsettled),
+            Criterion("checker samples/s, slowest round",
+                      f"{slow_rate:.1f}" + (f" (round {slow.index}; whole run "
+                                            f"{self.sample_rate:.1f}, {self.samples} samples, "
+                                            f"longest gap {self.max_gap_s:.2f} s)"
+                                            if slow else ""),
+                      f">= {self.min_sample_rate:g}", slow_rate >= self.min_sample_rate),
+            Criterion("unknown checker samples (a host unreadable)",
+                      f"{self.unknown_samples}/{self.samples} = {self.unknown_fraction:.2%}",
+                      f"<= {self.max_unknown_fraction:.0%}",
+                      self.samples > 0 and self.unknown_fraction <= self.max_unknown_fraction),
+        ]
+
+    def verdict(self) -> str:
+        """Every criterion with its number and verdict, then the run's."""
+        lines = [c.line() for c in self.criteria()]
+        if self.error:
+            lines.append(f"FAIL  error: {self.error}")
+        lines.append(f"{'PASS' if self.ok else 'FAIL'}  chaos run (seed {self.seed})")
+        return "\n".join(lines)
 
     @property
     def rounds_all_running(self) -> int:
@@ -244,9 +369,12 @@ class ChaosReport:
         body = asdict(self)
         body["faults"] = dict(self.faults)
         body["cut_modes"] = dict(self.cut_modes)
-        body["rounds"] = [{**asdict(r), "all_running": r.all_running} for r in self.rounds]
+        body["rounds"] = [{**asdict(r), "all_running": r.all_running,
+                           "sample_rate": round(r.sample_rate, 1)} for r in self.rounds]
         body.update(ok=self.ok, rounds_all_running=self.rounds_all_running,
-                    running_fraction=round(self.running_fraction, 4))
+                    running_fraction=round(self.running_fraction, 4),
+                    unknown_fraction=round(self.unknown_fraction, 5),
+                    criteria=[asdict(c) for c in self.criteria()])
         if self.ok:  # the whole event log only when it is needed (it is in events.log)
             body["events"] = self.events[-20:]
         return body
@@ -258,7 +386,9 @@ class ChaosReport:
                 f"all guests running at round end: {self.rounds_all_running}/"
                 f"{len(self.rounds)} ({self.running_fraction:.0%} of guest-rounds) | "
                 f"crashes: agents={self.agent_crashes} managers={self.manager_crashes} | "
-                f"runtime={self.runtime_s:.1f}s")
+                f"samples={self.samples} ({self.sample_rate:.1f}/s, slowest round "
+                f"{self.slowest_round.sample_rate if self.slowest_round else 0.0:.1f}/s) "
+                f"unknown={self.unknown_fraction:.2%} | runtime={self.runtime_s:.1f}s")
 
 
 # --------------------------------------------------------------------------- etcd
@@ -308,7 +438,11 @@ class ChaosRun:
         self.s = replace(settings, seed=seed)
         self.out = out or (lambda line: print(line, flush=True))
         self.hosts = [f"hv{i}" for i in range(1, settings.hosts + 1)]
-        self.report = ChaosReport(seed, settings.hosts, settings.guests, settings.ttl)
+        self.report = ChaosReport(seed, settings.hosts, settings.guests, settings.ttl,
+                                  settle_bound_s=settings.settle_timeout
+                                  or settle_bound(settings.ttl),
+                                  min_sample_rate=settings.min_sample_rate,
+                                  max_unknown_fraction=settings.max_unknown_fraction)
         self._own_dir = work_dir is None
         self.dir = work_dir or Path(tempfile.mkdtemp(prefix="gridtool-chaos-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -328,6 +462,7 @@ class ChaosRun:
         self._seen_overlaps = 0
         self._agent_lock = threading.RLock()  # the watchdog threads kill agents too
         self._rebooted: set[str] = set()
+        self._looping = False  # the fault loop began: processes are watched for crashes
 
     # -- events ------------------------------------------------------------
 
@@ -366,6 +501,7 @@ class ChaosRun:
             self._finish()
             self.report.runtime_s = round(time.monotonic() - started, 2)
         self.out(self.report.summary())
+        self.out(self.report.verdict())
         return self.report
 
     # -- setup -------------------------------------------------------------
@@ -484,9 +620,13 @@ class ChaosRun:
             proc.send_signal(sig)
             return proc.pid
 
-    def _restart_crashed(self) -> None:
-        """An agent or manager that exited by itself is a finding (reported, counted);
-        start it again, as systemd (Restart=always) would, so the run goes on."""
+    def _restart_crashed(self, restart: bool = True) -> None:
+        """An agent or manager that exited by itself is a finding (a crash: the run
+        fails); start it again, as systemd (Restart=always) would, so the run goes on.
+        Exits the faults caused are no crash: a killed or stopped agent is popped from
+        ``lab.agents`` by its fault, a killed manager from ``managers``, and an agent
+        killed by its host's watchdog reset is in ``_rebooted``. ``restart=False`` (at
+        the end of the run) only counts."""
         assert self.lab is not None
         with self._agent_lock:
             for name in self.hosts:
@@ -494,14 +634,18 @@ class ChaosRun:
                 code = None if proc is None else proc.poll()
                 if proc is not None and code is None:
                     continue
+                if proc is None and not restart:
+                    continue  # its fault is still in force
                 if name in self._rebooted:
                     self._rebooted.discard(name)
                     self.event(f"host {name} back after its watchdog reset: agent started")
                 else:
                     self.report.agent_crashes += 1
                     tail = _last_error(Path(self.lab.hosts[name].dir, "agent.log"))
-                    self.event(f"AGENT CRASH {name} exit={code}: {tail}; restarting it")
-                self._start_agent(name)
+                    self.event(f"AGENT CRASH {name} exit={code}: {tail}"
+                               f"{'; restarting it' if restart else ''}")
+                if restart:
+                    self._start_agent(name)
         for name, proc in list(self.managers.items()):
             code = proc.poll()
             if code is None:
@@ -509,7 +653,7 @@ class ChaosRun:
             del self.managers[name]
             self.report.manager_crashes += 1
             tail = _last_error(self.dir / f"manager-{name}.log")
-            new = self._start_manager()
+            new = self._start_manager() if restart else "none (the run ends)"
             self.event(f"MANAGER CRASH {name} exit={code}: {tail}; started candidate {new}")
 
     def _kill_agent(self, name: str) -> None:
@@ -620,7 +764,12 @@ class ChaosRun:
         return self.checker.sample()
 
     def _running_count(self) -> int:
-        running = self._running()
+        """Guests seen running on exactly one host (0 when some host could not be read:
+        a guest seen once might run there too)."""
+        assert self.checker is not None
+        running, unknown = self.checker.observe()
+        if unknown:
+            return 0
         return sum(1 for u in self.guests if len(running.get(u, ())) == 1)
 
     def _settled(self) -> bool:
@@ -633,6 +782,7 @@ class ChaosRun:
                           self.s.concurrent, self.s.kinds)
         started = time.monotonic()
         index = 0
+        self._looping = True
         while self.s.rounds is None or index < self.s.rounds:
             if time.monotonic() - started >= self.s.seconds:
                 self.event(f"time budget of {self.s.seconds:g} s used: stopping")
@@ -649,6 +799,7 @@ class ChaosRun:
                        + [(f.at + f.hold, 1, i) for i, f in enumerate(faults)])
         state: dict[int, object] = {}
         start = time.monotonic()
+        samples0 = self.checker.samples if self.checker else 0
         healed: set[int] = set()
         try:
             for at, heal, i in steps:
@@ -668,24 +819,29 @@ class ChaosRun:
                 with contextlib.suppress(Exception):
                     getattr(self, f"_heal_{faults[i].kind}")(faults[i], state[i])
         settle_from = time.monotonic()
-        timeout = self.s.settle_timeout or 4 * self.s.ttl + 8
-        deadline = settle_from + timeout
+        deadline = settle_from + self.report.settle_bound_s
         while True:
             self._restart_crashed()
-            if self._settled() or time.monotonic() >= deadline:
+            settled = self._settled()
+            if settled or time.monotonic() >= deadline:
                 break
             self._pause(0.1)
-        running = self._running_count()
-        settle = round(time.monotonic() - settle_from, 2)
+        running = len(self.guests) if settled else self._running_count()
+        end = time.monotonic()
+        settle = round(end - settle_from, 2)
+        samples = (self.checker.samples if self.checker else 0) - samples0
         self.report.rounds.append(RoundResult(index, [f.describe() for f in faults], settle,
-                                              running, len(self.guests)))
+                                              running, len(self.guests), settled, samples,
+                                              round(end - start, 2)))
         where = {self.guests[u]: ",".join(h) for u, h in self._running().items()
                  if u in self.guests}
         registered = self._registered()
         missing = "?" if registered is None else ",".join(sorted(set(self.hosts) - registered))
         self.event(f"round {index} end: {running}/{len(self.guests)} guests running "
-                   f"after {settle:.1f}s settle; placement {where}; "
-                   f"hosts not registered: {missing or '-'}")
+                   f"after {settle:.1f}s settle{'' if settled else ' (NOT SETTLED)'}; "
+                   f"placement {where}; hosts not registered: {missing or '-'}; "
+                   f"{samples} samples in {end - start:.1f}s "
+                   f"({samples / max(end - start, 1e-9):.1f}/s)")
         self._wait(self._etcd_healthy, 30, "every etcd member healthy")
 
     def _etcd_healthy(self) -> bool:
@@ -786,6 +942,9 @@ class ChaosRun:
         first (nothing restarts guests any more), then the checker, then the hosts."""
         with contextlib.suppress(_Abort):
             self._note_overlaps()
+        if self.lab is not None and self._looping:
+            with contextlib.suppress(Exception):
+                self._restart_crashed(restart=False)  # crashes after the last round count
         for proc in self.managers.values():
             with contextlib.suppress(Exception):
                 proc.kill()
@@ -795,6 +954,10 @@ class ChaosRun:
             self.report.overlaps = len(self.checker.overlaps)
             self.report.overlap_seconds = round(self.checker.overlap_seconds, 4)
             self.report.samples = self.checker.samples
+            self.report.sample_rate = round(self.checker.rate, 2)
+            self.report.max_gap_s = round(self.checker.max_gap, 3)
+            self.report.unknown_samples = self.checker.unknown
+            self.report.unknown_detail = list(self.checker.unknown_detail)
             with contextlib.suppress(_Abort):
                 self._note_overlaps()
         if self.lab is not None:
