@@ -188,8 +188,8 @@ def serve(store: Store, keys: Keys, port: int, addr: str = "127.0.0.1") -> tuple
     from prometheus_client.registry import CollectorRegistry
 
     propagation, clones = Propagation(), ClonePhases()
-    watches = _Watches([store.watch_prefix(keys.guests, propagation.observe),
-                        store.watch_prefix(keys.all_intents, clones.observe)])
+    watches = _Watches(store, [(keys.guests, propagation.observe),
+                               (keys.all_intents, clones.observe)])
     registry = CollectorRegistry()
     registry.register(FleetCollector(store, keys, propagation, clones))
     server, thread = start_http_server(port, addr=addr, registry=registry)
@@ -197,11 +197,27 @@ def serve(store: Store, keys: Keys, port: int, addr: str = "127.0.0.1") -> tuple
 
 
 class _Watches:
-    """Several watches that cancel together."""
+    """Several watches that cancel together, started on a thread that retries while the
+    registry is unreachable: the exporter serves (``gridtool_registry_up 0``) meanwhile."""
 
-    def __init__(self, watches: list) -> None:
-        self.watches = watches
+    def __init__(self, store: Store, specs: list) -> None:
+        self.watches: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._start, args=(store, specs),
+                                        name="metrics watches", daemon=True)
+        self._thread.start()
+
+    def _start(self, store: Store, specs: list) -> None:
+        for prefix, observe in specs:
+            while not self._stop.is_set():
+                try:
+                    self.watches.append(store.watch_prefix(prefix, observe))
+                    break
+                except GridtoolError:
+                    self._stop.wait(1.0)
 
     def cancel(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
         for watch in self.watches:
             watch.cancel()

@@ -304,7 +304,8 @@ class PrefixWatch:
                 try:
                     self._stream(self._store._client(endpoint))
                     delay = 0.1
-                except (grpc.RpcError, ValueError, pyetcd.exceptions.Etcd3Exception) as exc:
+                except (grpc.RpcError, ValueError, pyetcd.exceptions.Etcd3Exception,
+                        _Unavailable) as exc:  # _Unavailable: reconnecting (auth) failed
                     if self._cancelled.is_set():
                         return
                     log.info("event=watch_lost endpoint=%s error=%s", endpoint,
