@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gridtool.config import Config
@@ -182,9 +181,6 @@ def test_confirm_dead_refused_while_leased_then_the_manager_moves_the_pinned_gue
     assert checker.overlaps == [] and checker.samples > 0
 
 
-@pytest.mark.xfail(strict=True, reason="product bug, not fixed here (gridtool/cli is being "
-                   "restructured): confirm-dead of a host the registry never knew (a typo) "
-                   "succeeds, exit 0, and leaves a dead/ mark that moves nothing")
 def test_confirm_dead_of_an_unknown_host_is_refused(store, cfg, capsys):  # type: ignore[no-untyped-def]
     code, _, err = gridtool(cfg, capsys, "host", "confirm-dead", "hv9", "--yes")
     assert store.get(cfg.keys.dead_host("hv9")) is None, err

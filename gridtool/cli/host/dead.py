@@ -25,12 +25,19 @@ def confirm_dead(app: AppContext, name: str, yes: bool) -> None:
     """
     import json
 
-    from gridtool.errors import Conflict
+    from gridtool.errors import Conflict, NotFound
+    from gridtool.fencing.rules import Observed
+    from gridtool.fencing.shell import read_all_fences
     from gridtool.registry.intents import who
 
     keys = app.config.keys
     if app.store.get(keys.host(name)) is not None:
         raise Conflict(f"host {name} is alive (its lease is held): power it off first")
+    guests, _ = app.registry.guests_of(name)
+    fences, _ = read_all_fences(app.store, keys)
+    if not guests and not any(isinstance(o, Observed) and o.fence.holder == name
+                              for o in fences.values()):
+        raise NotFound(f"unknown host {name!r}: no guest record or fence names it")
     if not yes:
         click.confirm(f"Is {name} really powered off? Its guests will be started elsewhere",
                       abort=True, err=True)
