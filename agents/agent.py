@@ -84,11 +84,13 @@ class Agent:
             on_change=lambda uuid, clean: self.changes.put(("guest", uuid, clean)),
             on_close=lambda: self.changes.put(_RESYNC))
         watchdog = Watchdog(cfg.watchdog, cfg.watchdog_timeout) if cfg.watchdog else None
-        # The watchdog is first petted after the first resync: only then are the fences
-        # this host holds (perhaps under a resumed lease) known.
+        # The watchdog is first petted once the lease (perhaps resumed) and the fences
+        # this host holds under it are known: right after registering, before the first
+        # resync (which may take long on a loaded host: a restarted agent's predecessor's
+        # last pet must not run out meanwhile).
         self.lease = HostLease(store, cfg.ttl, self.host, self.self_fence, watchdog,
                                has_ha_guests=lambda: bool(self.fencer.ha_guests()),
-                               may_pet=lambda: not self._adopting)
+                               may_pet=lambda: self._fences_known)
         self.fencer = Fencer(store, cfg.keys, self.host, lambda: self.lease.lease)
         # guests an intent or the fence hook works on, and guests judge() acts on
         self.claims = GuestClaims()
@@ -114,6 +116,7 @@ class Agent:
         # The first resync adopts fenced guests that ran before this agent started
         # (installing gridtool on a running host); later ones without a fence are violations.
         self._adopting = True
+        self._fences_known = False  # the watchdog may be tended (see HostLease)
         self._intent_watch = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -233,6 +236,9 @@ class Agent:
         resumed = lease is not None and self.lease.resume(lease)
         if not resumed:
             lease = self.lease.grant()
+        self.fencer.refresh_held()  # the fences held here (HA ones: the watchdog is armed)
+        self._fences_known = True
+        self.lease.tend_watchdog()  # first pet now, not after the first resync
         self.publish_host()
         self.store.delete(self.keys.dead_host(self.host))  # alive again: not dead
         self._next_resync = 0.0
@@ -263,6 +269,7 @@ class Agent:
             self.libvirt.close()
             return
         self.fencer.refresh_held()
+        self._fences_known = True
         observed = {u: self._with_token(r) for u, r in observed.items()}
         stored, errors = self.registry.guests_of(self.host)
         for err in errors:
