@@ -149,6 +149,9 @@ class Agent:
                     self.lease.lost.set()  # register again under a fresh lease
                 self._set_registry_ok(False, str(exc))
                 self._stopping.wait(self._registry_backoff.next())
+            except libvirt.libvirtError as exc:  # e.g. libvirtd died in a resync: reconnect
+                log.warning("event=libvirt_error host=%s error=%s", self.host, _one_line(exc))
+                self.libvirt.close()
         self._shutdown()
 
     def _shutdown(self) -> None:
