@@ -83,11 +83,12 @@ class Agent:
             on_change=lambda uuid, clean: self.changes.put(("guest", uuid, clean)),
             on_close=lambda: self.changes.put(_RESYNC))
         watchdog = Watchdog(cfg.watchdog, cfg.watchdog_timeout) if cfg.watchdog else None
-        # The watchdog is first petted after the first resync: only then are the fences
-        # this host holds (perhaps under a resumed lease) known.
+        # The watchdog is first tended once the fences this host holds are known: right
+        # after resuming a predecessor's lease (its last pet must not run out during a
+        # slow first resync), else once the first resync has judged every guest.
         self.lease = HostLease(store, cfg.ttl, self.host, self.self_fence, watchdog,
                                has_ha_guests=lambda: bool(self.fencer.ha_guests()),
-                               may_pet=lambda: not self._adopting)
+                               may_pet=lambda: self._fences_known)
         self.fencer = Fencer(store, cfg.keys, self.host, lambda: self.lease.lease)
         # guests an intent or the fence hook works on, and guests judge() acts on
         self.claims = GuestClaims()
@@ -113,6 +114,7 @@ class Agent:
         # The first resync adopts fenced guests that ran before this agent started
         # (installing gridtool on a running host); later ones without a fence are violations.
         self._adopting = True
+        self._fences_known = False  # the watchdog may be tended (see _register, resync)
         self._intent_watch: Watch | None = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -145,6 +147,9 @@ class Agent:
                     self.lease.lost.set()  # register again under a fresh lease
                 self._set_registry_ok(False, str(exc))
                 self._stopping.wait(self._registry_backoff.next())
+            except libvirt.libvirtError as exc:  # e.g. libvirtd died in a resync: reconnect
+                log.warning("event=libvirt_error host=%s error=%s", self.host, _one_line(exc))
+                self.libvirt.close()
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -232,6 +237,14 @@ class Agent:
         resumed = lease is not None and self.lease.resume(lease)
         if not resumed:
             lease = self.lease.grant()
+        if resumed:
+            # The predecessor's fences are still ours and its watchdog may be armed: tend
+            # it now, not after the first resync (slow on a loaded host). Under a fresh
+            # lease the old fences are gone: the watchdog waits until the first resync
+            # has judged every guest still running here.
+            self.fencer.refresh_held()
+            self._fences_known = True
+            self.lease.tend_watchdog()
         self.publish_host()
         self.store.delete(self.keys.dead_host(self.host))  # alive again: not dead
         self._next_resync = 0.0
@@ -280,6 +293,7 @@ class Agent:
             self.judge(rec, clean_stop=None)
             self._publish_definition(rec)
         self._adopting = False
+        self._fences_known = True  # every guest judged: the guard may tend the watchdog
         self._release_orphans(observed)
         self.publish_host()
         self.intents.catch_up()

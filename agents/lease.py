@@ -233,6 +233,15 @@ class HostLease:
         if self._watchdog is not None and self._may_pet():
             self._tend_watchdog(self._watchdog, clock, now)
 
+    def tend_watchdog(self) -> None:
+        """Pet (or disarm) the watchdog now, as the guard's next tick would: called as
+        soon as a (re)started agent knows its lease and the fences it holds, so that a
+        slow first resync cannot let its predecessor's last pet run out."""
+        clock, lease = self.clock, self.lease
+        if self._watchdog is None or clock is None or lease is None or not self._may_pet():
+            return
+        self._tend_watchdog(self._watchdog, clock, self._clock.monotonic())
+
     def _tend_watchdog(self, watchdog: Watchdog, clock: LeaseClock, now: float) -> None:
         """Armed only while HA guests run here (a dead agent must not reset a host that
         runs only pinned or unfenced guests), petted while the lease clock allows."""

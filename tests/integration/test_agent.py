@@ -166,3 +166,53 @@ def test_agent_survives_libvirtd_restart(lab_hosts, registry):  # type: ignore[n
     # The resync after reconnecting removed what the new daemon does not have.
     wait_until(lambda: _state_of(registry, "hv1", "before") is None, timeout=20,
                what="stale record removed")
+
+
+def test_libvirt_error_in_the_main_loop_reconnects_instead_of_crashing(lab_hosts, registry):  # type: ignore[no-untyped-def]
+    """libvirtd restarting while the agent resyncs: a libvirt call outside the guarded
+    listing (here the host record's node info) failed and killed the agent (seen under
+    load in test_agent_survives_libvirtd_restart). The agent runs in this process with
+    that call failing once: it must reconnect and go on."""
+    import threading
+
+    import libvirt
+
+    from agents.agent import Agent
+    from gridtool.config import load
+    from gridtool.registry.etcdstore import EtcdStore
+
+    host = lab_hosts.add("hv1")
+    lab_hosts.start_agent("hv1", watchdog=False)
+    wait_until(lambda: [h for h in registry.list_hosts()[0] if h.name == "hv1"],
+               what="hv1 registered")
+    lab_hosts.stop_agent("hv1")  # its config is reused by the agent in this process
+    agent_cfg = load(str(host.agent_conf), {}, env={})
+    agent = Agent(agent_cfg, EtcdStore(agent_cfg))
+    real_node, failed = agent.libvirt.node, threading.Event()
+
+    def node_failing_once():  # type: ignore[no-untyped-def]
+        if not failed.is_set():
+            failed.set()
+            raise libvirt.libvirtError("Cannot recv data: Connection reset by peer")
+        return real_node()
+
+    agent.libvirt.node = node_failing_once  # type: ignore[method-assign]
+    crashed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            agent.run()
+        except BaseException as exc:
+            crashed.append(exc)
+
+    runner = threading.Thread(target=run, name="agent hv1")
+    runner.start()
+    try:
+        lab_hosts.conn("hv1").defineXML(domain_xml("after"))
+        wait_until(lambda: crashed or _state_of(registry, "hv1", "after") == "shutoff",
+                   timeout=20, what="the agent to report the new guest")
+        assert failed.is_set() and crashed == []
+    finally:
+        agent.stop()
+        runner.join(30)
+    assert not runner.is_alive()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -85,21 +84,34 @@ def test_bad_flag_exits_2_with_one_line(cfg):  # type: ignore[no-untyped-def]
     assert "Traceback" not in done.stderr
 
 
-def test_unreachable_etcd_answers_within_5s_with_exit_4(cfg):  # type: ignore[no-untyped-def]
+def test_unreachable_etcd_answers_within_5s_with_exit_4(cfg, tmp_path):  # type: ignore[no-untyped-def]
+    """The promise: a registry command gives up after --timeout (default 5 s). Timed inside
+    the process, from after the imports a registry command needs to the exit, so that the
+    interpreter start-up (seconds on a loaded machine) does not count: what the CLI
+    controls is measured, and waiting e.g. twice the timeout still fails."""
     dead = f"127.0.0.1:{free_port()}"
-    start = time.monotonic()
+    took = tmp_path / "gave-up-after"
+    code = ("import atexit, time\n"
+            "from gridtool.cli.main import main\n"
+            "import gridtool.registry.etcdstore\n"  # loaded by a registry command
+            "start = time.monotonic()\n"
+            f"atexit.register(lambda: open({str(took)!r}, 'w').write("
+            "repr(time.monotonic() - start)))\n"
+            "main()\n")
     done = subprocess.run(
-        [sys.executable, "-c", "from gridtool.cli.main import main; main()",
-         "--endpoints", dead, "host", "list"], capture_output=True, text=True, timeout=30,
-        env={"PATH": "/usr/bin:/bin", "GRIDTOOL_LAB_DIR": "/nonexistent"})
-    assert time.monotonic() - start < 5.0 + 1.5  # + interpreter start-up
-    assert done.returncode == 4
+        [sys.executable, "-c", code, "--endpoints", dead, "host", "list"], capture_output=True,
+        text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "GRIDTOOL_LAB_DIR": "/nonexistent"})
+    assert done.returncode == 4, done.stderr
     assert done.stderr.startswith("gridtool: no etcd endpoint answered") and \
         done.stderr.count("\n") == 1
+    gave_up = float(took.read_text())
+    assert 5.0 - 0.2 <= gave_up < 5.0 + 2.0, gave_up  # tries for the timeout, then stops
 
 
 def test_corrupt_record_warns_and_lists_the_rest(populated, cfg, store):  # type: ignore[no-untyped-def]
-    key = cfg.keys.guest("hv1", "bad-uuid")
+    # Under a host with no agent: hv1's agent deletes a corrupt record of its own at its
+    # next resync (every 2 s here), often before the CLI has started up to list it.
+    key = cfg.keys.guest("hv9", "bad-uuid")
     store.put(key, b"\xff\xfe garbage")
     done = run(cfg, "guest", "list", "--json")
     assert done.returncode == 0

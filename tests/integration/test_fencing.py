@@ -4,8 +4,12 @@ self-fence on a partition, and HA restarts by the leader-elected manager."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
+import time
 import uuid as uuidlib
+from pathlib import Path
 
 import pytest
 
@@ -147,11 +151,11 @@ def test_partitioned_host_self_fences_before_its_fence_expires(lab_hosts, store,
 
 @contextlib.contextmanager
 def ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, name="db", uuid=UUID,  # type: ignore[no-untyped-def]
-                                 storage=None):
+                                 storage=None, **agent_settings):
     """The shared guest running on hv1 as an HA guest, hv2 (or every host of ``storage``,
     host -> storage ids it reaches) ready, a manager running."""
     names = sorted(storage or ("hv1", "hv2"))
-    hosts_with_guest(lab_hosts, names, shared_xml(name, uuid), storage)
+    hosts_with_guest(lab_hosts, names, shared_xml(name, uuid), storage, **agent_settings)
     wait_registered(registry, names)
     store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, name, ha=True)))
     client = IntentClient(store, cfg.keys)
@@ -197,24 +201,114 @@ def test_ha_restart_only_on_a_host_that_reaches_the_storage(lab_hosts, store, cf
     assert fence_holder(store, cfg) == where[0]
 
 
+def agent_startup_seconds() -> float:
+    """How long an agent process takes here and now to start up to its first registry
+    call: the interpreter and the agent's imports, the bulk of an agent restart (a
+    config file that does not exist stops it right after them)."""
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "agents.main", "--config", "/nonexistent.conf"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    return time.monotonic() - start
+
+
+def ttl_for_restart(cfg, startup: float) -> int:  # type: ignore[no-untyped-def]
+    """The smallest lease TTL (at least the tests' own) whose lab watchdog timeout gives an
+    agent restart twice the measured start-up, plus a second for the stop and the
+    registry calls: on a loaded machine a restart takes seconds, longer than the watchdog
+    timeout of the tests' 3 s TTL (1.2 s), and the host would be reset meanwhile. (Seen
+    at load 7-10 on 2 cores: start-up 4.4-11 s, restart to first pet 1.7-4.0 s.)"""
+    from gridtool.lab.hosts import watchdog_timeout_for
+
+    ttl = cfg.ttl
+    while watchdog_timeout_for(ttl) < 2 * startup + 1:
+        ttl += 1
+    return ttl
+
+
+def petted_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime > since and path.read_bytes() != b"V"
+    except OSError:
+        return False
+
+
 def test_agent_restart_resumes_its_lease_and_keeps_ha_guests(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
-    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry):
+    from gridtool.lab.hosts import watchdog_timeout_for
+
+    startup = agent_startup_seconds()
+    ttl = ttl_for_restart(cfg, startup)
+    timeout = watchdog_timeout_for(ttl)
+    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, ttl=ttl):
         fence = store.get(cfg.keys.fence(VOLUME))
+        dog = lab_hosts.hosts["hv1"].watchdog
         with DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+            stopped = time.time()
             lab_hosts.stop_agent("hv1")  # SIGTERM: a clean stop, as for an upgrade
             assert "event=agent_stop_lease_kept" in lab_hosts.agent_log("hv1")
             held = store.get(cfg.keys.fence(VOLUME))
             assert held is not None and held.lease == fence.lease  # not revoked
-            lab_hosts.start_agent("hv1")
-            wait_until(lambda: "resumed=yes" in lab_hosts.agent_log("hv1"),
+            restarted = time.time()
+            lab_hosts.start_agent("hv1", ttl=ttl)
+            # The first pet must come before the predecessor's last one runs out.
+            wait_until(lambda: petted_since(dog, restarted), timeout=timeout,
+                       what=f"the restarted agent's first watchdog pet (start-up {startup:.1f} s)")
+            first_pet = time.time() - restarted
+            wait_until(lambda: "resumed=yes" in lab_hosts.agent_log("hv1"), timeout=timeout,
                        what="the restarted agent to resume its lease")
-            # Watch for longer than the TTL (an observation window, not a wait for a
-            # result): the old lease would have expired; instead nothing moves.
-            threading.Event().wait(cfg.ttl + 2)
+            resumed = time.time() - restarted
+            print(f"agent start-up {startup:.2f} s; ttl {ttl} s, watchdog {timeout} s; restart "
+                  f"-> first pet {first_pet:.2f} s, -> lease resumed {resumed:.2f} s")
+            # Watch until past the moment the old lease would have expired (an observation
+            # window, not a wait for a result): instead nothing moves.
+            threading.Event().wait(max(0.0, stopped + ttl + 1 - time.time()))
+        assert lab_hosts.watchdogs["hv1"].resets == 0
         assert checker.overlaps == []
         assert running_on(lab_hosts) == ["hv1"]
         after = store.get(cfg.keys.fence(VOLUME))
         assert after is not None and after.mod_revision == fence.mod_revision
+
+
+def test_restarted_agent_pets_the_watchdog_before_its_first_resync(lab_hosts, store, cfg,  # type: ignore[no-untyped-def]
+                                                                    registry):
+    """A restarted agent's first resync can take long on a loaded host (every guest
+    judged, definitions published): it must not hold back the first watchdog pet, or the
+    predecessor's last pet runs out and the host is reset although the lease was resumed.
+    Here the first resync waits until the test has seen the pet (the agent runs in this
+    process, its resync held by an event: no timing involved)."""
+    from agents.agent import Agent
+    from gridtool.config import load
+    from gridtool.lab.hosts import watchdog_timeout_for
+    from gridtool.registry.etcdstore import EtcdStore
+
+    ttl = 10  # a 4.5 s watchdog: ample for an in-process agent to resume its lease
+    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, ttl=ttl):
+        dog = lab_hosts.hosts["hv1"].watchdog
+        lab_hosts.stop_agent("hv1")  # SIGTERM: lease kept, watchdog left armed
+        assert "event=agent_stop_lease_kept" in lab_hosts.agent_log("hv1")
+        restarted = time.time()
+        agent_cfg = load(str(lab_hosts.hosts["hv1"].agent_conf), {}, env={})
+        agent = Agent(agent_cfg, EtcdStore(agent_cfg))
+        release, first_resync = threading.Event(), agent.resync
+
+        def held_resync() -> None:
+            release.wait(60)
+            first_resync()
+
+        agent.resync = held_resync  # type: ignore[method-assign]
+        runner = threading.Thread(target=agent.run, name="agent hv1")
+        runner.start()
+        try:
+            wait_until(lambda: petted_since(dog, restarted),
+                       timeout=watchdog_timeout_for(ttl),
+                       what="the first watchdog pet while the first resync is held")
+            assert lab_hosts.watchdogs["hv1"].resets == 0
+            assert running_on(lab_hosts) == ["hv1"]
+        finally:
+            release.set()
+            agent.stop()
+            runner.join(30)
+        assert not runner.is_alive()
 
 
 def test_agent_stopped_for_good_resets_host_before_ha_restart(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
