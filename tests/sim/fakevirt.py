@@ -93,8 +93,16 @@ class FakeHost:
             listener(uuid, event, detail)
 
 
+def sim_error(message: str) -> libvirt.libvirtError:
+    """A libvirtError that says ``message``: libvirt-python takes the message of the
+    thread's last real libvirt error when there is one (left by any earlier libvirt call
+    in the process, e.g. an integration test), so clear it first."""
+    libvirt.virResetLastError()
+    return libvirt.libvirtError(message)
+
+
 def _refused(exc: DomainError) -> libvirt.libvirtError:
-    return libvirt.libvirtError(str(exc))
+    return sim_error(str(exc))
 
 
 @dataclass
@@ -111,7 +119,7 @@ class FakeDomain:
 
     def _up(self) -> None:
         if not self.host.daemon_up:
-            raise libvirt.libvirtError("sim: not connected to libvirt")
+            raise sim_error("sim: not connected to libvirt")
 
     def name(self) -> str:
         return self.label
@@ -130,7 +138,7 @@ class FakeDomain:
         self._up()
         why = self.may_start(self.uuid)
         if why is not None:
-            raise libvirt.libvirtError(why)
+            raise sim_error(why)
         try:
             self.host.start(self.uuid)
         except DomainError as exc:
@@ -188,7 +196,7 @@ class FakeLibvirt:
         self.connection()
         uuid = ElementTree.fromstring(xml).findtext("uuid")
         if not uuid:
-            raise libvirt.libvirtError("sim: domain XML without a <uuid>")
+            raise sim_error("sim: domain XML without a <uuid>")
         self.learn(xml)
         self.host.define(uuid)
         return self._dom(uuid)
@@ -202,7 +210,7 @@ class FakeLibvirt:
     def connection(self) -> FakeHost:
         """Stands in for the open connection; libvirtError while libvirtd is down."""
         if not self.host.daemon_up:
-            raise libvirt.libvirtError("sim: not connected to libvirt")
+            raise sim_error("sim: not connected to libvirt")
         return self.host
 
 

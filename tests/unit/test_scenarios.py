@@ -44,6 +44,18 @@ def test_scenario(case: Path) -> None:
     assert error == want if want is None else want in (error or ""), error
 
 
+def test_scenarios_do_not_depend_on_an_earlier_libvirt_error() -> None:
+    """libvirt-python names a new libvirtError after the thread's last real libvirt error:
+    a failed libvirt call earlier in the process (an integration test) must not change
+    what the simulated libvirt says."""
+    import libvirt
+
+    with pytest.raises(libvirt.libvirtError):
+        libvirt.open("test:///no/such/file.xml")  # leaves a last error behind
+    case = SCENARIOS / "libvirtd-restart"
+    assert _run(case)[0] == (case / "expected_log").read_text().splitlines()
+
+
 def test_there_are_enough_scenarios() -> None:
     assert len([c for c in CASES if not (c / "expected_error").exists()]) >= 8
 
