@@ -103,13 +103,41 @@ class EtcdCluster:
         scheme = "https" if self.tls else "http"
         return ",".join(f"{m.name}={scheme}://127.0.0.1:{m.peer_port}" for m in self.members)
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0, attempts: int = 3) -> None:
+        """Start every member and wait until the cluster is healthy. A member that lost
+        its free port to another process meanwhile (the ports are picked before etcd binds
+        them) makes the whole cluster start again on fresh ports; any other failure stops
+        the members already started, so a failed start leaves nothing running."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(timeout)
+                return
+            except BaseException:
+                self.stop()
+                if attempt == attempts or not self._lost_a_port():
+                    raise
+            for member in self.members:
+                shutil.rmtree(member.data_dir, ignore_errors=True)
+                Path(member.log).unlink(missing_ok=True)
+                member.client_port, member.peer_port = free_port(), free_port()
+
+    def _start_once(self, timeout: float) -> None:
         procs = [self.start_member(m, wait=False) for m in self.members]
         for member, proc in zip(self.members, procs, strict=True):
             wait_for(partial(port_open, member.client_port), timeout,
                      f"etcd member {member.name} on port {member.client_port}",
                      alive=partial(_running, proc))
         wait_for(self.healthy, timeout, "etcd cluster health")
+
+    def _lost_a_port(self) -> bool:
+        """Whether a member's log says it could not bind its port."""
+        for member in self.members:
+            try:
+                if "address already in use" in Path(member.log).read_text(errors="replace"):
+                    return True
+            except OSError:
+                continue
+        return False
 
     def start_member(self, member: EtcdMember, wait: bool = True) -> subprocess.Popen:
         """(Re)start one member with its existing data dir."""
