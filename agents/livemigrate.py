@@ -82,9 +82,12 @@ class LiveMigrator:
         switch = _Switchover(self, ref, target, dom)
         reporter.start()
         switch.start()
+        params: dict[str, object] = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{address}"}
+        bandwidth = int(intent.params.get("bandwidth_mib") or 0)
+        if bandwidth > 0:  # MiB/s, libvirt's unit
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth
         try:
-            dom.migrateToURI3(dest_uri, {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{address}"},
-                              flags)
+            dom.migrateToURI3(dest_uri, params, flags)
         except libvirt.libvirtError as exc:
             switch.stop()
             reporter.stop()

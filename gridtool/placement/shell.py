@@ -311,13 +311,15 @@ class Migrator:
 
     def __init__(self, store: Store, keys: Keys, shutdown_timeout: float = 60.0,
                  intent_timeout: float = 60.0,
-                 on_event: Callable[[PhaseEvent], None] | None = None) -> None:
+                 on_event: Callable[[PhaseEvent], None] | None = None,
+                 bandwidth_mib: int | None = None) -> None:
         self.store = store
         self.keys = keys
         self.client = IntentClient(store, keys)
         self.shutdown_timeout = shutdown_timeout
         self.intent_timeout = intent_timeout
         self.on_event = on_event or (lambda _ev: None)
+        self.bandwidth_mib = bandwidth_mib  # live transfers' cap in MiB/s (None: none)
         self.by = who()
 
     # -- the phases ----------------------------------------------------------
@@ -416,7 +418,10 @@ class Migrator:
             self._end(result, EndState.ON_SOURCE, f"{target} cannot receive {name} "
                       f"({done.message}): {name} still runs on {source}")
             return
-        done = self._step(result, "migrate", source, "migrate", {"to": target},
+        params: dict[str, object] = {"to": target}
+        if self.bandwidth_mib:
+            params["bandwidth_mib"] = self.bandwidth_mib
+        done = self._step(result, "migrate", source, "migrate", params,
                           timeout=self.intent_timeout + LIVE_TRANSFER_S)
         if done.ok:
             token = self._token(rec)

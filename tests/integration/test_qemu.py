@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -125,6 +126,11 @@ def test_hook_refuses_a_start_held_elsewhere_and_allows_the_holder(  # type: ign
     assert "fail closed" in str(exc.value)
 
 
+#: MiB/s for the progress test's migration: libvirt counts every page against the cap, so
+#: the 128 MiB guest takes ~2 s (8 progress samples) at this.
+MIGRATION_CAP_MIB = 64
+
+
 def test_live_migration_keeps_the_guest_running_and_moves_the_fence(  # type: ignore[no-untyped-def]
         qemu_hosts, store, registry, cfg) -> None:
     dom, rec = running_guest(qemu_hosts, store, registry, cfg)
@@ -134,7 +140,10 @@ def test_live_migration_keeps_the_guest_running_and_moves_the_fence(  # type: ig
     with qemu_testbed.HeartbeatWatcher(qemu_hosts.serial_log("g1")) as beats:
         wait_until(lambda: beats.last > 0, 10, what="heartbeats before the migration")
         began = beats.seen[-1][0]
-        result = Migrator(store, cfg.keys, on_event=events.append).migrate(rec, "hv2", "live")
+        # capped (as --bandwidth does) so the transfer outlasts several progress samples:
+        # uncapped, this 128 MiB guest crosses loopback in under one sampling period
+        result = Migrator(store, cfg.keys, on_event=events.append,
+                          bandwidth_mib=MIGRATION_CAP_MIB).migrate(rec, "hv2", "live")
         assert result.ok, result.message
         at_switch = beats.last
         wait_until(lambda: beats.last > at_switch + 5, 10,
@@ -149,6 +158,9 @@ def test_live_migration_keeps_the_guest_running_and_moves_the_fence(  # type: ig
                 if d.UUIDString() == dom.UUIDString()], "undefined on the source"
     assert any("% of memory sent" in e.message for e in events if not e.finished), \
         "the libvirt job's progress reached the caller"
+    transfer = next(float(m.group(1)) for e in events
+                    if (m := re.search(r"live-migrated .* in ([0-9.]+) s", e.message)))
+    assert transfer >= 0.75 * 128 / MIGRATION_CAP_MIB, "the bandwidth cap reached libvirt"
     wait_until(lambda: (r := record_on(registry, "hv2", dom.UUIDString())) is not None
                and r.state == "running", 20, what="g1 reported running on hv2")
     assert "fence_violation" not in qemu_hosts.agent_log("hv2")

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 SHUTDOWN = click.option("--timeout", default=60.0, show_default=True,
                         help="Seconds to wait for a clean shutdown before destroying a guest.")
+BANDWIDTH = click.option("--bandwidth", type=click.IntRange(min=1), metavar="MIB",
+                         help="Cap each live migration's transfer at MIB MiB/s (libvirt's "
+                              "migration bandwidth), to spare a shared link; default: no cap.")
 
 
 class MigrationProgress:
@@ -89,21 +92,23 @@ class MigrationProgress:
         self.progress.console.print(text, highlight=False)
 
 
-def migrator_for(app: AppContext, timeout: float, progress: MigrationProgress | None) -> Migrator:
+def migrator_for(app: AppContext, timeout: float, progress: MigrationProgress | None,
+                 bandwidth_mib: int | None = None) -> Migrator:
     from gridtool.placement.shell import Migrator
 
     return Migrator(app.store, app.config.keys, shutdown_timeout=timeout,
-                    on_event=progress.event if progress is not None else None)
+                    on_event=progress.event if progress is not None else None,
+                    bandwidth_mib=bandwidth_mib)
 
 
 def run_moves(app: AppContext, fleet: FleetView, moves: Sequence[Any], timeout: float,
-               stop_on_failure: bool) -> list[dict[str, Any]]:
+              stop_on_failure: bool, bandwidth_mib: int | None = None) -> list[dict[str, Any]]:
     """Carry out planned moves one after another with progress; one dict per move."""
     from gridtool.placement.shell import choose_mode
 
     done: list[dict[str, Any]] = []
     with MigrationProgress(total=len(moves)) as progress:
-        migrator = migrator_for(app, timeout, progress)
+        migrator = migrator_for(app, timeout, progress, bandwidth_mib)
         for move in moves:
             progress.begin(move.guest, move.source, move.target)
             entry: dict[str, Any] = {"guest": move.guest, "from": move.source,

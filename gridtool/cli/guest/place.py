@@ -12,7 +12,7 @@ import click
 
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.intents import run_intent
-from gridtool.cli.common.migration import SHUTDOWN, MigrationProgress, migrator_for
+from gridtool.cli.common.migration import BANDWIDTH, SHUTDOWN, MigrationProgress, migrator_for
 from gridtool.cli.common.output import emit_json, json_option
 from gridtool.cli.common.verdicts import (
     fleet_of,
@@ -223,10 +223,12 @@ def _target(app: AppContext, fleet: FleetView, rec: GuestRecord, to_host: str | 
               help="Also follow the source's final undefine (--no-wait: return once the "
                    "guest runs on the destination).")
 @SHUTDOWN
+@BANDWIDTH
 @json_option
 @pass_app
 def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
-                  live: bool | None, wait: bool, timeout: float, as_json: bool) -> None:
+                  live: bool | None, wait: bool, timeout: float, bandwidth: int | None,
+                  as_json: bool) -> None:
     """Move a guest to another host; a fenced guest's fences move with it.
 
     Live (both hosts QEMU/KVM): the destination is told to expect the guest, the source's
@@ -254,8 +256,8 @@ def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
     mode = choose_mode(fleet.records[rec.host], fleet.records[target], live)
     with MigrationProgress() as progress:
         progress.begin(rec.name, rec.host, target)
-        result = migrator_for(app, timeout, progress).migrate(rec, target, mode,
-                                                           follow_cleanup=wait)
+        result = migrator_for(app, timeout, progress, bandwidth).migrate(
+            rec, target, mode, follow_cleanup=wait)
         progress.done(result)
     if as_json:
         emit_json(migration=result.to_dict())

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.migration import SHUTDOWN, run_moves
+from gridtool.cli.common.migration import BANDWIDTH, SHUTDOWN, run_moves
 from gridtool.cli.common.output import emit_json, json_option, table
 from gridtool.cli.common.verdicts import fleet_of
 from gridtool.errors import Conflict, NotFound, OperationFailed, UsageError
@@ -17,10 +17,11 @@ from gridtool.errors import Conflict, NotFound, OperationFailed, UsageError
 @click.argument("host_name", metavar="HOST")
 @click.option("--dry-run", is_flag=True, help="Show the plan; mark and move nothing.")
 @SHUTDOWN
+@BANDWIDTH
 @json_option
 @pass_app
 def drain_host(app: AppContext, host_name: str, dry_run: bool, timeout: float,
-               as_json: bool) -> None:
+               bandwidth: int | None, as_json: bool) -> None:
     """Mark a host draining (it takes no new guests) and move its active guests away.
 
     Each guest goes where placement sends it (largest first); guests no host can take
@@ -56,7 +57,8 @@ def drain_host(app: AppContext, host_name: str, dry_run: bool, timeout: float,
     moves: list[dict[str, Any]] = [{"guest": m.guest, "from": m.source, "to": m.target}
                                    for m in plan.moves]
     if not dry_run and plan.moves:
-        moves = run_moves(app, fleet, plan.moves, timeout, stop_on_failure=False)
+        moves = run_moves(app, fleet, plan.moves, timeout, stop_on_failure=False,
+                          bandwidth_mib=bandwidth)
     failed = [m for m in moves if not dry_run and not m.get("ok")]
     if as_json:
         draining = not dry_run or fleet.host(host_name).draining

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.migration import SHUTDOWN, run_moves
+from gridtool.cli.common.migration import BANDWIDTH, SHUTDOWN, run_moves
 from gridtool.cli.common.output import emit_json, json_option, mib, table
 from gridtool.cli.common.verdicts import fleet_of
 from gridtool.errors import OperationFailed
@@ -21,10 +21,11 @@ from gridtool.errors import OperationFailed
               metavar="PCT",
               help="Bring every host's memory use within PCT points of the fleet's mean.")
 @SHUTDOWN
+@BANDWIDTH
 @json_option
 @pass_app
 def rebalance(app: AppContext, dry_run: bool, max_moves: int, threshold: float,
-              timeout: float, as_json: bool) -> None:
+              timeout: float, bandwidth: int | None, as_json: bool) -> None:
     """Even out memory use across hosts by migrating guests (live where both hosts can).
 
     Plans greedily: each move relieves the host farthest outside mean +- PCT and never
@@ -56,7 +57,8 @@ def rebalance(app: AppContext, dry_run: bool, max_moves: int, threshold: float,
     if not dry_run and plan.moves:
         gains = {m["guest"]: m["gain_mib"] for m in moves}
         moves = [{**m, "gain_mib": gains[m["guest"]]} for m in
-                 run_moves(app, fleet, plan.moves, timeout, stop_on_failure=True)]
+                 run_moves(app, fleet, plan.moves, timeout, stop_on_failure=True,
+                           bandwidth_mib=bandwidth)]
     if as_json:
         emit_json(dry_run=dry_run, plan=summary, moves=moves)
     failed = [m for m in moves if not dry_run and not m.get("ok")]
