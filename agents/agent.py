@@ -245,8 +245,7 @@ class Agent:
             self.fencer.refresh_held()
             self._fences_known = True
             self.lease.tend_watchdog()
-        self.publish_host()
-        self.store.delete(self.keys.dead_host(self.host))  # alive again: not dead
+        self.publish_host()  # alive again: its confirm-dead mark goes with this write
         self._next_resync = 0.0
         log.info("event=host_registered host=%s lease=%x ttl=%s resumed=%s", self.host,
                  self.lease.lease, self.cfg.ttl, "yes" if resumed else "no")

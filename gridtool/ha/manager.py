@@ -72,6 +72,7 @@ class Manager:
         self._last_keepalive = 0.0
         self._wake = threading.Event()  # a host or fence vanishing wakes the next round
         self._watches: list[Watch] = []
+        self._dead_marks: dict[str, int] = {}  # confirm-dead marks read: host -> revision
         self.pools = PoolKeeper(store, cfg, self, period=pool_period, clock=clock,
                                 threaded=threaded)
 
@@ -181,8 +182,9 @@ class Manager:
         settings, fences, intents: the manager's whole input."""
         fleet = read_fleet(self.store, self.keys)
         fences, _ = read_all_fences(self.store, self.keys)
-        dead = {item.key.removeprefix(self.keys.dead)
-                for item in self.store.list(self.keys.dead)[0]}
+        self._dead_marks = {item.key.removeprefix(self.keys.dead): item.mod_revision
+                            for item in self.store.list(self.keys.dead)[0]}
+        dead = set(self._dead_marks)
         pending = self._pending()
         live = set(fleet.records)
         by_uuid: dict[str, list[GuestRecord]] = {}
@@ -241,7 +243,12 @@ class Manager:
         return True
 
     def _release_fences(self, action: ReleaseFences, _snap: Snapshot) -> bool:
-        ok = run_plan(self.store, self.keys, action.plan, guard=self.guard)
+        """Only while the host is still absent and the mark read is still there: a host
+        that came back (or a withdrawn mark) makes the transaction fail."""
+        absent = [Compare(self.keys.host(action.host), "create", 0),
+                  Compare(self.keys.dead_host(action.host), "mod",
+                          self._dead_marks.get(action.host, 0))]
+        ok = run_plan(self.store, self.keys, action.plan, guard=[*self.guard, *absent])
         log.info("event=fences_released_for_dead_host guest=%s host=%s ok=%s",
                  action.name, action.host, ok)
         return ok

@@ -29,7 +29,11 @@ class Registry:
     # -- hosts ---------------------------------------------------------------
 
     def put_host(self, record: HostRecord, lease: int | None) -> None:
-        self.store.put(self.keys.host(record.name), encode(record), lease=lease)
+        """Write a live host's record and drop its ``confirm-dead`` mark in ONE
+        transaction: a host record and a mark never coexist, so a mark whose delete
+        failed cannot outlive the host's return (every later write retries it)."""
+        self.store.txn((), (Put(self.keys.host(record.name), encode(record), lease),
+                            Delete(self.keys.dead_host(record.name))))
 
     def list_hosts(self) -> tuple[list[HostRecord], list[DecodeError]]:
         return self._decode_all(HostRecord, self.keys.hosts)

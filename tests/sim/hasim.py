@@ -446,9 +446,10 @@ class Simulator:
         self.owners[agent.lease.grant()] = host.name
         agent.lease_state = LeaseState.HEALTHY
         agent.free_reported, agent.reported = None, {}
-        self._report(host)
+        marked = self.store.get(self.keys.dead_host(host.name)) is not None
+        self._report(host)  # the host record's write drops the mark (one transaction)
         self.emit(f"{host.name}/agent", f"registered, lease ttl {self.cfg.ttl:g} s")
-        if self.store.delete(self.keys.dead_host(host.name)):
+        if marked and self.store.get(self.keys.dead_host(host.name)) is None:
             self.emit(f"{host.name}/agent", "cleared the confirm-dead mark")
 
     def _agent(self, host: Host) -> SimAgent:

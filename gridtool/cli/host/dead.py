@@ -29,6 +29,7 @@ def confirm_dead(app: AppContext, name: str, yes: bool) -> None:
     from gridtool.fencing.rules import Observed
     from gridtool.fencing.shell import read_all_fences
     from gridtool.registry.intents import who
+    from gridtool.registry.store import Compare, Put
 
     keys = app.config.keys
     if app.store.get(keys.host(name)) is not None:
@@ -42,6 +43,8 @@ def confirm_dead(app: AppContext, name: str, yes: bool) -> None:
         click.confirm(f"Is {name} really powered off? Its guests will be started elsewhere",
                       abort=True, err=True)
     body = {"v": 1, "host": name, "by": who(), "at": time.time()}
-    app.store.put(keys.dead_host(name), json.dumps(body).encode())
+    if not app.store.txn([Compare(keys.host(name), "create", 0)],
+                         [Put(keys.dead_host(name), json.dumps(body).encode())]):
+        raise Conflict(f"host {name} came back (its agent registered): not marked dead")
     click.echo(f"{name} confirmed dead: its pinned guests may now be restarted elsewhere",
                err=True)
