@@ -241,3 +241,19 @@ def test_tls_files_installed_keys_0600_repaired_and_removed(tmp_path: Path) -> N
     assert not Path(paths["key"]).exists() and not Path(paths["cert"]).exists()
     assert Path(paths["ca_cert"]).exists()  # public, and possibly shared: kept
     assert run_local(remove, stage) == [Action.OK, Action.OK]
+
+
+def test_the_agent_unit_outlives_a_libvirtd_restart() -> None:
+    """Requires=/BindsTo=/PartOf= libvirtd would stop or restart the agent with libvirtd,
+    and an agent stopped without a watchdog destroys its HA guests: only ordering and a
+    weak Wants= link the two (the agent reconnects by itself)."""
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string(UNIT.read_text())
+    section = unit["Unit"]
+    for strong in ("Requires", "Requisite", "BindsTo", "PartOf"):
+        assert "libvirtd" not in section.get(strong, ""), f"{strong}= ties the agent to libvirtd"
+    assert "libvirtd.service" in section["After"].split()
+    assert "libvirtd.service" in section["Wants"].split()
