@@ -31,6 +31,7 @@ from agents.readiness import ReadinessWatcher
 from gridtool import __version__
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
+from gridtool.fencing.etcdversions import FIXED_VERSIONS, revokes_leases_early
 from gridtool.fencing.rules import (
     Act,
     FenceKind,
@@ -115,6 +116,7 @@ class Agent:
         # (installing gridtool on a running host); later ones without a fence are violations.
         self._adopting = True
         self._fences_known = False  # the watchdog may be tended (see _register, resync)
+        self._etcd_checked = False  # early-revocation versions logged (once, at start)
         self._intent_watch: Watch | None = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -249,6 +251,18 @@ class Agent:
         self._next_resync = 0.0
         log.info("event=host_registered host=%s lease=%x ttl=%s resumed=%s", self.host,
                  self.lease.lease, self.cfg.ttl, "yes" if resumed else "no")
+        if not self._etcd_checked:
+            self._etcd_checked = True
+            self._warn_early_revocation()
+
+    def _warn_early_revocation(self) -> None:
+        """Log once which etcd members run a version that can revoke leases early: the
+        timed self-fence of this host's HA guests assumes they never do."""
+        for status in self.store.status():
+            if status.healthy and revokes_leases_early(status.version):
+                log.warning("event=etcd_early_revocation host=%s endpoint=%s version=%s "
+                            "fixed_in=%s issues=etcd#15247,etcd#12528", self.host,
+                            status.endpoint, status.version, FIXED_VERSIONS)
 
     def _resumable_lease(self) -> int | None:
         """The lease of this host's record, when this agent has not held a lease yet."""

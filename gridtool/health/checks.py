@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from gridtool.fencing.etcdversions import REFERENCE, revokes_leases_early
 from gridtool.health.params import CheckParams
 from gridtool.health.ranges import Status, fmt_number, grade
 from gridtool.health.report import Finding, Perf, Report, finite_or_none, plural
@@ -107,6 +108,19 @@ def _endpoints_down(endpoints: Iterable[EndpointStatus]) -> Iterator[Finding]:
 def _check_etcd(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
     yield from _endpoints_down(snap.endpoints)
     yield from _check_quorum(snap)
+    yield from _check_early_revocation(snap)
+
+
+def _check_early_revocation(snap: Snapshot) -> Iterator[Finding]:
+    """HA guests rely on leases never expiring early; some etcd versions break that."""
+    risky = sorted({ep.version for ep in snap.endpoints
+                    if ep.healthy and revokes_leases_early(ep.version)})
+    ha_guests = {f.guest_uuid for f in snap.fences if f.kind == "ha"}
+    if risky and ha_guests:
+        msg = (f"etcd {_and_list(risky)} can revoke leases early ({REFERENCE}): "
+               f"{plural(len(ha_guests), 'HA guest')} rely on the timed self-fence; "
+               "upgrade etcd")
+        yield Finding("ETCD_EARLY_REVOCATION", Status.WARNING, "etcd", "cluster", msg)
 
 
 def _members(snap: Snapshot) -> int:

@@ -28,7 +28,7 @@ from gridtool.registry.store import Store
 
 def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
     """Read everything ``gridtool check`` judges; raises RegistryUnavailable if it can't."""
-    endpoints = tuple(EndpointStatus(s.endpoint, s.healthy, s.leader, s.error)
+    endpoints = tuple(EndpointStatus(s.endpoint, s.healthy, s.leader, s.error, s.version)
                       for s in store.status())
     registry = Registry(store, keys)
     listing = registry.listing()
@@ -45,7 +45,8 @@ def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
     fences = []
     for volume, obs in read_all_fences(store, keys)[0].items():
         if isinstance(obs, Observed):
-            fences.append(FenceObs(obs.fence.volume, obs.fence.holder, obs.fence.guest))
+            fences.append(FenceObs(obs.fence.volume, obs.fence.holder, obs.fence.guest,
+                                   str(obs.fence.kind)))
         elif isinstance(obs, Unreadable):
             corrupt.append(CorruptRecord(keys.fence(volume), obs.error))
     intents = []

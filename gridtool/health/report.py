@@ -13,6 +13,8 @@ from gridtool.health.ranges import Range, Status, fmt_number, worst
 CODES: Mapping[str, str] = {
     "ETCD_ENDPOINT_DOWN": "an etcd endpoint is unreachable or unhealthy",
     "ETCD_NO_QUORUM": "too few healthy etcd members for quorum, or no raft leader",
+    "ETCD_EARLY_REVOCATION": "HA guests rely on leases of an etcd version that can revoke "
+                             "them early (etcd issues 15247/12528)",
     "HOST_LEASE_LOST": "a registered host has no live lease; its guests are unknown",
     "HOST_STALE": "a live host has not reported within the report_age thresholds",
     "CLOCK_SKEW": "a host clock differs from the checker's beyond clock_skew",

@@ -14,6 +14,7 @@ class EndpointStatus:
     healthy: bool
     is_leader: bool = False
     error: str = ""
+    version: str = ""  # the etcd server's version ("" unknown)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class FenceObs:
     volume: str
     holder: str
     guest_uuid: str
+    kind: str = ""  # "ha" (leased: the timed self-fence protects it) or "pinned"
 
 
 @dataclass(frozen=True)

@@ -216,3 +216,21 @@ def test_libvirt_error_in_the_main_loop_reconnects_instead_of_crashing(lab_hosts
         agent.stop()
         runner.join(30)
     assert not runner.is_alive()
+
+
+def test_the_agent_warns_once_about_an_etcd_that_revokes_leases_early(  # type: ignore[no-untyped-def]
+        lab_hosts, store, registry) -> None:
+    """The lab's etcd is Debian's 3.4.23 (etcd issue 15247 unfixed): the agent says so at
+    start, once per endpoint (`gridtool check`'s warning: test_safety_commands)."""
+    from gridtool.fencing.etcdversions import revokes_leases_early
+
+    version = store.status()[0].version
+    lab_hosts.add("hv1")
+    lab_hosts.start_agent("hv1")
+    wait_until(lambda: registry.list_hosts()[0], what="hv1 registered")
+    line = f"event=etcd_early_revocation host=hv1 endpoint={store.status()[0].endpoint} "
+    if revokes_leases_early(version):
+        wait_until(lambda: line in lab_hosts.agent_log("hv1"), what="the warning logged")
+        assert lab_hosts.agent_log("hv1").count("event=etcd_early_revocation") == 1
+    else:
+        assert "event=etcd_early_revocation" not in lab_hosts.agent_log("hv1")

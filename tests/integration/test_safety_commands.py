@@ -22,6 +22,7 @@ import libvirt
 from prometheus_client.parser import text_string_to_metric_families
 
 from gridtool.config import Config
+from gridtool.fencing.etcdversions import revokes_leases_early
 from gridtool.fencing.rules import Fence
 from gridtool.lab.procs import cmdline, free_port
 from gridtool.pools import shell as pools
@@ -338,6 +339,12 @@ def test_guest_set_ha_binds_the_fence_to_the_lease_and_the_manager_restarts_it( 
     assert hv1_lease and store.get(cfg.keys.fence(VOLUME)).lease == hv1_lease
     [row] = fence_rows(cfg, capsys)["fences"]
     assert (row["holder"], row["kind"], row["leased"]) == ("hv1", "ha", True)
+    # an HA guest now relies on the lease: with an etcd that revokes leases early (the
+    # lab's Debian 3.4.23), `gridtool check` warns
+    code, out, _ = gridtool(cfg, capsys, "check", "--json")
+    codes = {f["code"] for f in json.loads(out)["findings"]}
+    assert ("ETCD_EARLY_REVOCATION" in codes) == revokes_leases_early(
+        store.status()[0].version), out
 
     with cli_server(cfg, tmp_path / "manager.log", "manager", "run", "--name", "mgr-ha",
                     "--period", "0.2"), DoubleRunChecker(lambda: lab_hosts.conns) as checker:

@@ -46,6 +46,7 @@ from gridtool.health.snapshot import (
     RunReport,
     Snapshot,
 )
+from tests.unit.test_architecture import product_modules, pure_set
 
 NOW = 1_700_000_000.0
 INF = math.inf
@@ -347,6 +348,16 @@ CODE_CASES: list[tuple[str, Mutation, str, Status, str, str]] = [
         Status.CRITICAL,
         "cluster",
         "no healthy etcd member is the raft leader",
+    ),
+    (
+        "early-revocation",
+        lambda s: with_endpoint(replace(s, fences=(FenceObs("vol-web1", "h1", "u1", "ha"),)),
+                                1, version="3.4.23"),
+        "ETCD_EARLY_REVOCATION",
+        Status.WARNING,
+        "cluster",
+        "etcd 3.4.23 can revoke leases early (etcd issues 15247/12528, fixed in 3.4.31 and "
+        "3.5.13): 1 HA guest rely on the timed self-fence",
     ),
     (
         "lease-lost",
@@ -1015,8 +1026,8 @@ def test_module_imports_only_pure_stdlib(module: str) -> None:
     } | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     pure = {"__future__", "collections", "dataclasses", "decimal", "enum", "math", "re", "typing"}
     assert {name.split(".")[0] for name in imported} - {"gridtool"} <= pure
-    assert {name for name in imported if name.split(".")[0] == "gridtool"} <= {
-        f"gridtool.health.{Path(p).stem}" for p in PURE}
+    assert {name for name in imported if name.split(".")[0] == "gridtool"} <= \
+        pure_set(set(product_modules()))  # the product's pure core (test_architecture)
 
 
 # --------------------------------------------------------------------------- properties
@@ -1130,3 +1141,13 @@ def test_fallback_reports_are_valid(error: str, endpoints: tuple[EndpointStatus,
         assert first.startswith(f"GRIDTOOL {status.name}")
         assert not set(first) & set(LINE_BREAKS)
         json.dumps(render_json(report), allow_nan=False)
+
+
+def test_early_revocation_needs_both_an_affected_etcd_and_ha_guests() -> None:
+    """A fixed etcd, or only pinned guests (no lease to lose), says nothing."""
+    ha = replace(healthy(), fences=(FenceObs("vol-web1", "h1", "u1", "ha"),))
+    pinned = replace(healthy(), fences=(FenceObs("vol-web1", "h1", "u1", "pinned"),))
+    for snap in (with_endpoint(ha, 0, version="3.5.13"),
+                 with_endpoint(pinned, 0, version="3.4.23"),
+                 with_endpoint(with_endpoint(ha, 0, version="3.4.23"), 0, healthy=False)):
+        assert "ETCD_EARLY_REVOCATION" not in {f.code for f in evaluate(snap).findings}
