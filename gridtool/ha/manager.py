@@ -180,12 +180,12 @@ class Manager:
     def snapshot(self) -> tuple[Snapshot, dict[str, str]]:
         """Read hosts and guests (as placement sees them: :func:`migration.read_fleet`),
         settings, fences, intents: the manager's whole input."""
+        pending = self._pending()  # first: it marks failed attempts in the settings read next
         fleet = read_fleet(self.store, self.keys)
         fences, _ = read_all_fences(self.store, self.keys)
         self._dead_marks = {item.key.removeprefix(self.keys.dead): item.mod_revision
                             for item in self.store.list(self.keys.dead)[0]}
         dead = set(self._dead_marks)
-        pending = self._pending()
         live = set(fleet.records)
         by_uuid: dict[str, list[GuestRecord]] = {}
         for rec in fleet.guests:
@@ -193,7 +193,8 @@ class Manager:
         holders = {o.fence.guest: o.fence.holder for o in fences.values()
                    if isinstance(o, Observed)}
         views = [_view(recs, live, fleet, holders.get(uuid)) for uuid, recs in by_uuid.items()]
-        history = {uuid: tuple(Attempt(a[0], bool(a[1])) for a in s.attempts)
+        history = {uuid: tuple(Attempt(a[0], bool(a[1]), len(a) > 2 and bool(a[2]))
+                               for a in s.attempts)
                    for uuid, s in fleet.settings.items()}
         snap = Snapshot(
             now=self.clock.wall(), hosts=fleet.hosts, guests=tuple(views), fences=fences,
@@ -213,7 +214,8 @@ class Manager:
                 log.info("event=restart_%s guest=%s host=%s message=%s", intent.state,
                          intent.name, intent.host, intent.message)
                 self._note(f"{intent.name} on {intent.host}: {intent.message}")
-                self.store.delete(item.key)
+                if intent.state != "failed" or self._attempt_failed(intent):
+                    self.store.delete(item.key)
         return pending
 
     @property
@@ -260,8 +262,9 @@ class Manager:
 
     def _restart(self, action: Restart, snap: Snapshot) -> bool:
         """Write the start intent and record the attempt, in one guarded transaction."""
+        # the intent's ``created`` is the attempt's time: a failed intent marks its attempt
         intent = Intent(id=f"{time.time_ns():x}-ha", host=action.on_host, action="start",
-                        guest=action.guest, name=action.name, created=self.clock.wall(), by=self.by,
+                        guest=action.guest, name=action.name, created=snap.now, by=self.by,
                         params={"reason": action.reason})
         attempt = [snap.now, 1.0 if action.relocated else 0.0]
         ok = self._update_settings(
@@ -285,6 +288,16 @@ class Manager:
         compare = Compare(key, "mod", item.mod_revision) if item else Compare(key, "create", 0)
         return self.store.txn([*self.guard, compare],
                               [Put(key, encode(change(current))), *extra])
+
+    def _attempt_failed(self, intent: Intent) -> bool:
+        """Mark the restart attempt of a failed intent as failed (it does not count
+        against the restart limit; the next try backs off); False if the write failed."""
+        def mark(settings: GuestSettings) -> GuestSettings:
+            return replace(settings, attempts=[
+                [a[0], a[1], 1.0] if a[0] == intent.created else a
+                for a in settings.attempts])
+
+        return self._update_settings(intent.guest, intent.name, mark)
 
     def _note(self, line: str) -> None:
         self.recent = [*self.recent, line][-10:]

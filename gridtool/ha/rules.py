@@ -5,10 +5,14 @@ The leader-elected manager reads a :class:`Snapshot` of the registry and calls
 
 * fence before recover: an HA guest is restarted only when its host is gone (no host
   record) or it is down on a live host, AND every one of its fence keys is absent;
-* a pinned guest is moved only after an operator's ``host confirm-dead`` of its host
-  that is gone: then :class:`ReleaseFences` (the dead host's fences) and :class:`Restart`;
+* a pinned guest that should run but is down on its live host (crashed, shut down from
+  inside, or its autostart refused at boot) is restarted in place, on that host only;
+  it is moved only after an operator's ``host confirm-dead`` of its host that is gone:
+  then :class:`ReleaseFences` (the dead host's fences) and :class:`Restart`;
 * at most ``max_restarts`` restarts and ``max_relocations`` relocations per guest per
-  ``window``; beyond that :class:`MarkError`;
+  ``window``; beyond that :class:`MarkError`. A restart whose intent failed does not
+  count; the next try waits ``retry_after`` seconds, doubled per consecutive failure up
+  to ``retry_max``;
 * no action for a guest with an intent in flight;
 * the host is the placement allocator's (:func:`gridtool.placement.rules.place`, the one rule
   every placement follows: up, not draining, memory, vCPUs, labels, anti-affinity,
@@ -92,6 +96,7 @@ class Attempt:
 
     at: float
     relocated: bool
+    failed: bool = False  # its start intent failed: not a restart of the guest
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,8 @@ class RestartLimits:
     max_relocations: int = 2
     window: float = 3600.0
     intent_timeout: float = 300.0  # an older unfinished intent no longer counts as in flight
+    retry_after: float = 10.0  # after a failed restart intent; doubled per failure in a row
+    retry_max: float = 300.0
 
 
 def _frozen(mapping: Mapping | None) -> Mapping:
@@ -260,7 +267,7 @@ def _decide_ha(guest: GuestView, rnd: _Round) -> list[Action]:
 
 def _decide_pinned(guest: GuestView, rnd: _Round) -> list[Action]:
     if rnd.live(guest.host):
-        return []  # its own agent restarts it in place
+        return _restart_in_place(guest, rnd) if guest.state in DOWN_STATES else []
     host = guest.host
     if host is None:
         return [Blocked(guest.uuid, guest.name, "pinned guest without a host")]
@@ -280,18 +287,56 @@ def _decide_pinned(guest: GuestView, rnd: _Round) -> list[Action]:
     return [ReleaseFences(guest.uuid, guest.name, host, plan), action]
 
 
-def _restart(guest: GuestView, rnd: _Round, why: str) -> Action:
+def _restart_in_place(guest: GuestView, rnd: _Round) -> list[Action]:
+    """A pinned guest down on its live host: back on that host, never elsewhere."""
+    assert guest.host is not None
+    foreign = [(v, o) for v, o in rnd.held(guest).items()
+               if not (isinstance(o, Observed) and o.fence.holder == guest.host)]
+    if foreign:
+        volume, obs = foreign[0]
+        who = obs.fence.holder if isinstance(obs, Observed) else "an unreadable record"
+        return [Blocked(guest.uuid, guest.name,
+                        f"pinned: fence {volume} held by {who}, not by {guest.host}")]
+    return [_restart(guest, rnd, f"{guest.state} on {guest.host}", on_host=guest.host)]
+
+
+def _retry_wait(attempts: list[Attempt], limits: RestartLimits) -> tuple[int, float]:
+    """Failed restarts in a row at the end of ``attempts`` (by time), and how long after
+    the last of them the next try waits."""
+    failures = 0
+    for attempt in sorted(attempts, key=lambda a: a.at, reverse=True):
+        if not attempt.failed:
+            break
+        failures += 1
+    if not failures:
+        return 0, 0.0
+    return failures, min(limits.retry_max, limits.retry_after * 2 ** (failures - 1))
+
+
+def _restart(guest: GuestView, rnd: _Round, why: str, on_host: str | None = None) -> Action:
+    """Restart ``guest`` where placement says (only ``on_host`` if given: placement still
+    judges it, so a draining or full host leaves the guest Blocked), within the limits."""
     limits, now = rnd.limits, rnd.snap.now
-    recent = [a for a in rnd.snap.history.get(guest.uuid, ()) if now - a.at < limits.window]
+    tried = [a for a in rnd.snap.history.get(guest.uuid, ()) if now - a.at < limits.window]
+    recent = [a for a in tried if not a.failed]
     window = f"{limits.window:g} s"
     if len(recent) >= limits.max_restarts:
         return MarkError(guest.uuid, guest.name,
                          f"restart limit: {len(recent)} restarts within {window}")
+    failures, wait = _retry_wait(tried, limits)
+    last = max((a.at for a in tried), default=now)
+    if failures and now - last < wait:
+        return Blocked(guest.uuid, guest.name,  # a stable text: logged once
+                       f"{failures} restart(s) in a row failed; next try {wait:g} s "
+                       "after the last")
     needs = guest.requirements()
-    placement = place(needs, tuple(rnd.hosts.values()), rnd.policy)
+    # the one placement rule, over every live host or only the one the guest is pinned to
+    candidates = tuple(rnd.hosts.values()) if on_host is None else (rnd.hosts[on_host],)
+    placement = place(needs, candidates, rnd.policy)
+    if placement.host is None:
+        return Blocked(guest.uuid, guest.name, placement.reason if on_host is None else
+                       f"pinned to {on_host}, which cannot take it: {placement.reason}")
     host = placement.host
-    if host is None:
-        return Blocked(guest.uuid, guest.name, placement.reason)
     relocated = host != guest.host
     moves = sum(a.relocated for a in recent)
     if relocated and moves >= limits.max_relocations:

@@ -10,6 +10,11 @@ from gridtool.registry.keys import Keys
 from gridtool.registry.records import GuestSettings, decode, encode
 from gridtool.registry.store import Compare, Put, Store
 
+#: The desired state each operator action leaves (``gridtool guest start/stop/...``): the
+#: HA manager brings a managed guest back only while it is desired running.
+DESIRED_AFTER = {"start": "running", "restart": "running", "stop": "stopped",
+                 "destroy": "stopped"}
+
 
 def read(store: Store, keys: Keys, uuid: str) -> GuestSettings | None:
     item = store.get(keys.guest_settings(uuid))
@@ -29,3 +34,10 @@ def update(store: Store, keys: Keys, uuid: str, name: str,
         if store.txn([compare, *(guard or [])], [Put(key, encode(new))]):
             return new
     raise Conflict(f"settings of {name} keep changing under us: try again")
+
+
+def set_desired_after(store: Store, keys: Keys, uuid: str, name: str,
+                      action: str) -> GuestSettings:
+    """Record the desired state the operator's ``action`` leaves (and clear any error)."""
+    desired = DESIRED_AFTER[action]
+    return update(store, keys, uuid, name, lambda s: replace(s, desired=desired, error=""))

@@ -372,6 +372,41 @@ def test_pinned_guest_moves_only_after_confirm_dead(lab_hosts, store, cfg, regis
         mgr.join(10)
 
 
+def test_a_pinned_guest_down_on_its_live_host_is_restarted_there(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry, capsys):
+    """Started by the operator (desired running), pinned db dies behind gridtool's back on
+    hv1 (a crash, or an autostart its hook refused): the manager starts it again on hv1,
+    never on hv2; stopped by the operator, it stays down."""
+    from tests.harness.testbed import run_cli
+
+    hosts_with_guest(lab_hosts, ["hv1", "hv2"])
+    wait_registered(registry, ["hv1", "hv2"])
+    assert run_cli(cfg, capsys, "guest", "start", "db", "--on", "hv1")[0] == 0
+    stop = threading.Event()
+    mgr = threading.Thread(target=Manager(cfg, store, "m1", period=0.2).run, args=(stop,))
+    mgr.start()
+    try:
+        with DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+            lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
+            wait_until(lambda: running_on(lab_hosts) == [], what="db down on hv1")
+            wait_until(lambda: running_on(lab_hosts) == ["hv1"], timeout=15,
+                       what="db restarted in place on hv1")
+            assert fence_holder(store, cfg) == "hv1"
+            assert run_cli(cfg, capsys, "guest", "stop", "db")[0] == 0
+            wait_until(lambda: running_on(lab_hosts) == [], what="db stopped")
+            # several manager rounds (0.2 s each) later it is still down
+            wait_until(lambda: store.get(cfg.keys.manager_status) is not None,
+                       what="the manager's status")
+            first = store.get(cfg.keys.manager_status).mod_revision
+            wait_until(lambda: store.get(cfg.keys.manager_status).mod_revision >= first + 10,
+                       what="ten manager rounds")
+            assert running_on(lab_hosts) == []
+        assert checker.overlaps == [] and not checker.blind
+    finally:
+        stop.set()
+        mgr.join(10)
+
+
 def test_manager_failover_within_ttl_plus_one_second(store, cfg):  # type: ignore[no-untyped-def]
     import time
 

@@ -34,7 +34,9 @@ Commands (one a line, ``#`` starts a comment): ``advance N``, ``power-off H``,
 ``manager-crash H``, ``watchdog-off H``, ``crash GUEST``, ``confirm-dead H``,
 ``set-ha GUEST on|off``, ``intent H ACTION GUEST`` (the operator's intent for H's agent),
 ``pool-size POOL N``, ``libvirtd-stop H`` / ``libvirtd-start H`` (libvirtd restarting: guests run on
-untouched, the agent cannot reach them), ``lease-expire H`` (advance until H's lease is gone),
+untouched, the agent cannot reach them), ``refuse-starts H`` / ``allow-starts H`` (H's
+libvirt fails every domain start, as a broken disk path or a full host would),
+``lease-expire H`` (advance until H's lease is gone),
 ``leader-change`` (a new etcd leader extends every lease by TTL + ``leader_extend``),
 ``etcd-down`` / ``etcd-up`` (quorum lost: nobody reaches etcd and no lease expires;
 back: a new leader extends every lease).
@@ -70,7 +72,7 @@ from gridtool.fencing.rules import (
 from gridtool.ha.manager import Manager
 from gridtool.ha.rules import GuestKind, RestartLimits
 from gridtool.pools import shell as pools
-from gridtool.registry import hostconf
+from gridtool.registry import hostconf, settings
 from gridtool.registry.fleet import Registry
 from gridtool.registry.memstore import MemStore
 from gridtool.registry.model import Disk, GuestRecord, HostRecord
@@ -207,6 +209,7 @@ class Host:
     powered: bool = True
     connected: bool = True
     hung: bool = False
+    refuse_starts: bool = False  # its libvirt fails every domain start
     watchdog: bool = True
     armed: bool = False  # the agent arms the watchdog while HA guests run here
     last_pet: float = 0.0
@@ -392,7 +395,7 @@ class Simulator:
         agent.virt = FakeLibvirt(
             host.virt, self._learn,
             lambda uuid, state: self.specs[uuid].record(host.name, state, self.t),
-            lambda uuid: self.specs[uuid].name, lambda uuid: self._no_room(host, uuid),
+            lambda uuid: self.specs[uuid].name, lambda uuid: self._refusal(host, uuid),
             lambda uuid: self._started(host, uuid))
         return IntentWorker(
             host=host.name, store=link, keys=self.keys,
@@ -426,9 +429,11 @@ class Simulator:
         if not intent.finished and intent.action in WAITED_ACTIONS:
             self._intents(host, agent, event)
 
-    def _no_room(self, host: Host, uuid: str) -> str | None:
-        """Why the fake libvirt refuses to start ``uuid`` here (memory), or None."""
+    def _refusal(self, host: Host, uuid: str) -> str | None:
+        """Why the fake libvirt refuses to start ``uuid`` here (a fault, memory), or None."""
         spec = self.specs[uuid]
+        if host.refuse_starts:
+            return f"sim: {host.name} cannot start {spec.name} (injected fault)"
         if self._free(host) < spec.memory_mib:
             return f"sim: not enough memory for {spec.name} on {host.name}"
         return None
@@ -711,12 +716,15 @@ class Simulator:
 
     def _cmd_intent(self, name: str, action: str, guest: str) -> None:
         """The operator asks host ``name`` to ``action`` ``guest`` (``gridtool guest
-        start/stop/...``): an intent its agent carries out at its next tick, or fails."""
+        start/stop/...``): as the CLI does, the desired state the action leaves is recorded
+        first; then an intent its agent carries out at its next tick, or fails."""
         spec, host = self._guest(guest), self._host(name)
         try:
             what = IntentAction(action)
         except ValueError:
             raise SimulationError(f"unknown intent action {action!r}") from None
+        if spec.fenced and action in settings.DESIRED_AFTER:
+            settings.set_desired_after(self.store, self.keys, spec.uuid, spec.name, action)
         intent = Intent(f"{self.t:08d}-op", host.name, what, spec.uuid, spec.name,
                         float(self.t), "sim")
         self.store.put(self.keys.intent(host.name, intent.id), encode(intent))
@@ -724,6 +732,12 @@ class Simulator:
     def _cmd_pool_size(self, pool: str, size: str) -> None:
         """``gridtool pool scale POOL N``: the keeper grows or shrinks it next round."""
         pools.set_desired(self.store, self.keys, pool, int(size))
+
+    def _cmd_refuse_starts(self, name: str) -> None:
+        self._host(name).refuse_starts = True
+
+    def _cmd_allow_starts(self, name: str) -> None:
+        self._host(name).refuse_starts = False
 
     def _cmd_libvirtd_stop(self, name: str) -> None:
         self._host(name).virt.daemon_up = False
@@ -846,4 +860,5 @@ def _template(raw: Mapping[str, Any]) -> templates.Template:
 def _spec(raw: Mapping[str, Any]) -> GuestSpec:
     return GuestSpec(raw.get("uuid", raw["name"]), raw["name"], raw["memory_mib"],
                      GuestKind(raw.get("kind", "ha")), tuple(sorted(raw.get("volumes", ()))),
-                     raw.get("desired", "running"))
+                     raw.get("desired", "stopped" if raw.get("state") == "stopped"
+                             else "running"))  # a guest set up stopped is meant to be

@@ -96,6 +96,45 @@ def test_pinned_guest_waits_for_confirm_dead() -> None:
     assert decide(snap(guest(host=None)))[0].reason == "not placed"  # type: ignore[union-attr]
 
 
+def test_pinned_guest_down_on_its_live_host_is_restarted_there_only() -> None:
+    g = guest(kind=PINNED, host="h3", state="crashed")  # h2 has more room: not a candidate
+    (action,) = decide(snap(g, fences={"vol1": held_by("h3", g)}))
+    assert action == Restart("u-vm1", "vm1", "h3", "h3", False, "crashed on h3")
+    shut = guest(kind=PINNED, host="h3", state="shutoff")  # autostart refused at boot
+    assert decide(snap(shut))[0] == Restart("u-vm1", "vm1", "h3", "h3", False,
+                                            "shutoff on h3")
+    assert decide(snap(guest(kind=PINNED, host="h3", state="shutoff",
+                             desired="stopped"))) == ()
+    (held,) = decide(snap(g, fences={"vol1": held_by("h1", g)}))
+    assert held == Blocked("u-vm1", "vm1", "pinned: fence vol1 held by h1, not by h3")
+    big = guest(kind=PINNED, host="h3", state="crashed", memory=4096)
+    (full,) = decide(snap(big))
+    assert isinstance(full, Blocked) and "h3" in full.reason  # the allocator's reason
+    draining = (live("h1", 4096), live("h3", 2048, draining=True))
+    (drain,) = decide(snap(g, hosts=draining))
+    assert isinstance(drain, Blocked) and "draining" in drain.reason
+
+
+def test_failed_restarts_do_not_count_and_back_off() -> None:
+    g = guest(host="h2", state="crashed")
+    limits = RestartLimits(max_restarts=2, window=3600, retry_after=10, retry_max=300)
+    failed = tuple(Attempt(9_000 + i, False, failed=True) for i in range(5))
+    # five failed intents: no limit reached; the fifth failure waits min(300, 10 * 2**4)
+    (wait,) = decide(snap(g, history={g.uuid: failed}, now=9_004 + 159), limits)
+    assert wait == Blocked("u-vm1", "vm1",
+                           "5 restart(s) in a row failed; next try 160 s after the last")
+    assert isinstance(decide(snap(g, history={g.uuid: failed}, now=9_004 + 160),
+                             limits)[0], Restart)
+    many = tuple(Attempt(5_000 + i, False, failed=True) for i in range(12))
+    assert isinstance(decide(snap(g, history={g.uuid: many}, now=5_011 + 300), limits)[0],
+                      Restart)  # capped at retry_max
+    # a success ends the run of failures; successes still count against the limit
+    mixed = (Attempt(9_000, False, failed=True), Attempt(9_100, False))
+    assert isinstance(decide(snap(g, history={g.uuid: mixed}, now=9_101), limits)[0], Restart)
+    two = (*mixed, Attempt(9_200, False))
+    assert isinstance(decide(snap(g, history={g.uuid: two}, now=9_300), limits)[0], MarkError)
+
+
 def test_pinned_guest_of_a_confirmed_dead_host_is_released_then_restarted() -> None:
     g = guest(kind=PINNED, volumes=("vol1", "vol2"))
     fences = {"vol1": held_by("h9", g, "vol1", 5), "vol2": held_by("h9", g, "vol2", 6)}
@@ -287,6 +326,11 @@ def test_never_restart_a_guest_whose_fence_key_exists(s: Snapshot) -> None:
         g = guests[r.guest]
         existing = {v for v in g.volumes if v in s.fences}
         freed = _released_before(actions, r)
+        if g.kind is PINNED and r.on_host == g.host:  # in place: only its host's fences
+            assert g.host in live and not freed
+            assert all(isinstance(o := s.fences[v], Observed) and o.fence.holder == g.host
+                       for v in existing)
+            existing = set()
         assert existing <= freed, f"restart of {g.name} while fence {existing - freed} exists"
         if freed:  # only a pinned guest of an operator-confirmed-dead host that is gone
             assert g.kind is PINNED and g.host in s.confirmed_dead and g.host not in live

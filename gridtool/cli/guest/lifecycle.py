@@ -76,11 +76,10 @@ def _placed(app: AppContext, defined: list[GuestRecord]) -> GuestRecord:
     return on[placement.host]
 
 
-def _set_desired(app: AppContext, rec: GuestRecord, desired: str) -> None:
+def _set_desired(app: AppContext, rec: GuestRecord, action: str) -> None:
     from gridtool.registry import settings
 
-    settings.update(app.store, app.config.keys, rec.uuid, rec.name,
-                    lambda s: replace(s, desired=desired, error=""))
+    settings.set_desired_after(app.store, app.config.keys, rec.uuid, rec.name, action)
 
 
 @click.command("start")
@@ -101,7 +100,7 @@ def start(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: 
       gridtool guest start web1 --on hv2
     """
     rec = _target(app, name, on_host, running=False)
-    _set_desired(app, rec, "running")
+    _set_desired(app, rec, "start")
     run_intent(app, rec, "start", wait, timeout)
 
 
@@ -120,7 +119,7 @@ def stop(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: f
       gridtool guest stop web1 --timeout 120
     """
     rec = _target(app, name, on_host, running=True)
-    _set_desired(app, rec, "stopped")
+    _set_desired(app, rec, "stop")
     run_intent(app, rec, "stop", wait, timeout + 30, {"timeout": timeout})
 
 
@@ -137,7 +136,7 @@ def destroy(app: AppContext, name: str, on_host: str | None, wait: bool) -> None
       gridtool guest destroy web1
     """
     rec = _target(app, name, on_host, running=True)
-    _set_desired(app, rec, "stopped")
+    _set_desired(app, rec, "destroy")
     run_intent(app, rec, "destroy", wait, 60.0)
 
 
@@ -157,7 +156,7 @@ def restart(app: AppContext, name: str, on_host: str | None, wait: bool,
       gridtool guest restart web1
     """
     rec = _target(app, name, on_host, running=True)
-    _set_desired(app, rec, "running")
+    _set_desired(app, rec, "restart")
     run_intent(app, rec, "restart", wait, timeout + 60, {"timeout": timeout})
 
 
