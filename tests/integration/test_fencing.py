@@ -115,8 +115,10 @@ def test_guest_started_without_fence_takes_it_and_reports(lab_hosts, store, cfg,
     wait_until(lambda: registry.guests_of("hv1")[0], what="guest synced")
     lab_hosts.conn("hv1").lookupByUUIDString(UUID).create()
     wait_until(lambda: fence_holder(store, cfg) == "hv1", what="fence taken")
-    item = store.get(cfg.keys.violation("hv1", UUID))
-    assert item is not None and decode(Violation, item.key, item.value).action == "take"
+    # the agent reports the violation just after taking the fence
+    item = wait_until(lambda: store.get(cfg.keys.violation("hv1", UUID)),
+                      what="violation reported")
+    assert decode(Violation, item.key, item.value).action == "take"
 
 
 def test_partitioned_host_self_fences_before_its_fence_expires(lab_hosts, store, cfg, registry,  # type: ignore[no-untyped-def]
