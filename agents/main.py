@@ -12,6 +12,10 @@ import click
 from gridtool.config import AGENT_CONFIG, load
 from gridtool.errors import GridtoolError
 
+#: The signals that stop the agent cleanly (man page: SIGNALS). Every other signal keeps
+#: its default action: SIGHUP, for one, ends the agent at once, as SIGKILL does.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_file", metavar="FILE",
@@ -49,8 +53,8 @@ def main(config_file: str | None, log_level: str, **flags: object) -> None:
         logging.getLogger("gridtool.agent").info("event=signal signal=%s", signum)
         agent.stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
     agent.run()
 
 

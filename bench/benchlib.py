@@ -67,10 +67,6 @@ def _cpus() -> int:
     return os.cpu_count() or 0
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
 @contextlib.contextmanager
 def lab_etcd(members: int = 1, prefix: str = "gridtool-bench-") -> Iterator[tuple[Path, Any]]:
     """A temporary directory and a real etcd cluster started in it (stopped, and the

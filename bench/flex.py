@@ -19,13 +19,15 @@ every policy sees the same jobs (same seed).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import print_table, verdict, write_json
+from benchlib import print_table, write_json
+from verdict import Verdict
 
 from gridtool.pools.erlang import servers_needed
 from gridtool.pools.flex import POLICY_NAMES, PolicyParams
@@ -43,9 +45,6 @@ SPIKE_FACTOR = 4.0  # a rate step of at least this factor is "the spike"
 SPIKE_SAMPLES = 3
 SLA_RATIO = 0.5
 COST_RATIO = 1.1
-
-Target = tuple[str, str, str, bool]  # name, measured, needed, ok
-
 
 def sim_config(trace: Trace, seed: int) -> SimConfig:
     """The shared simulation setup, starting sized for the trace's initial load."""
@@ -73,41 +72,32 @@ def _pick(results: Sequence[SimResult], trace: str, policy: str) -> SimResult:
     return next(r for r in results if r.trace == trace and r.policy == policy)
 
 
-def _ratio(value: float, base: float) -> str:
+def ratio(value: float, base: float) -> float:
+    """``value / base``; 0 when both are 0, infinite when only the base is."""
     if base:
-        return f"{value / base:.0%}"
-    return "-" if value == 0 else "inf"
+        return value / base
+    return 0.0 if value == 0 else math.inf
 
 
-def targets(results: Sequence[SimResult], trace_dir: Path) -> list[Target]:
+def _ratio(value: float, base: float) -> str:
+    share = ratio(value, base)
+    return "-" if not base and not value else ("inf" if math.isinf(share) else f"{share:.0%}")
+
+
+def targets(results: Sequence[SimResult], trace_dir: Path) -> Verdict:
     """The benchmark targets, evaluated for the erlang policy."""
     spike_at = load_trace(trace_dir / "spike.csv").step_ups(SPIKE_FACTOR)[0]
     spike, base = _pick(results, "spike", OURS), _pick(results, "spike", BASELINE)
-    lag = spike.samples_to_scale_up(spike_at)
-    sla, base_sla = spike.sla_violation_seconds, base.sla_violation_seconds
-    cost, base_cost = spike.worker_seconds, base.worker_seconds
-    reversals = _pick(results, "steady", OURS).reversals
-    return [
-        (
-            "spike: samples to first scale-up",
-            f"{lag} (step at t={spike_at:g}s)",
-            f"<= {SPIKE_SAMPLES}",
-            lag is not None and lag <= SPIKE_SAMPLES,
-        ),
-        (
-            "spike: SLA-violation s vs classic",
-            f"{sla:.0f} vs {base_sla:.0f} = {_ratio(sla, base_sla)}",
-            f"<= {SLA_RATIO:.0%}",
-            sla <= SLA_RATIO * base_sla,
-        ),
-        (
-            "spike: worker-s vs classic",
-            f"{cost:.0f} vs {base_cost:.0f} = {_ratio(cost, base_cost)}",
-            f"<= {COST_RATIO:.0%}",
-            cost <= COST_RATIO * base_cost,
-        ),
-        ("steady: reversals", str(reversals), "0", reversals == 0),
-    ]
+    verdict = Verdict("flex policies (erlang)")
+    verdict.check(f"spike: samples to first scale-up (step at t={spike_at:g}s)",
+                  spike.samples_to_scale_up(spike_at), "<=", SPIKE_SAMPLES)
+    verdict.check("spike: SLA-violation s, share of classic's",
+                  ratio(spike.sla_violation_seconds, base.sla_violation_seconds), "<=",
+                  SLA_RATIO)
+    verdict.check("spike: worker-s, share of classic's",
+                  ratio(spike.worker_seconds, base.worker_seconds), "<=", COST_RATIO)
+    verdict.check("steady: reversals", _pick(results, "steady", OURS).reversals, "==", 0)
+    return verdict
 
 
 def result_rows(results: Sequence[SimResult]) -> list[tuple[object, ...]]:
@@ -155,21 +145,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mean wait s",
     )
     print_table("flex policies on the sample traces", result_rows(results), header)
-    rows = [(name, got, need, verdict(ok)) for name, got, need, ok in checks]
-    print_table("targets (erlang policy)", rows, ("target", "measured", "needed", "verdict"))
+    checks.print()
     body = {
         "setup": {"params": PARAMS.to_dict(), "seed": args.seed, "sla_wait": SLA_WAIT},
         "results": [r.to_dict() for r in results],
-        "targets": [
-            {"target": name, "measured": got, "needed": need, "pass": ok}
-            for name, got, need, ok in checks
-        ],
-        "pass": all(ok for *_, ok in checks),
+        **checks.to_dict(),
     }
     write_json("flex", body, args.json)
     if args.plot:
         print(f"wrote {plot(results, args.plot)}")
-    return 0 if body["pass"] else 1
+    return checks.exit_code()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ pinned), then migrates every guest to the other host, one after another, ROUNDS 
 (define on the destination, stop + fence handover on the source, start on the
 destination, undefine on the source) and per migration the p50/p99/max/mean; an
 independent checker samples every host's libvirt: a guest must never run on two hosts.
+Targets: every migration done, every guest on its destination, 0 double-run samples.
+Exits 1 when a target fails.
 
     python bench/lab_migrate.py [--guests 20] [--rounds 1] [--json PATH]
 """
@@ -21,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import libvirt
-from benchlib import lab_etcd, print_table, summary_ms, verdict, write_json
+from benchlib import lab_etcd, print_table, summary_ms, write_json
+from verdict import Verdict
 
 from gridtool.config import Config
 from gridtool.lab.etcd import EtcdCluster
@@ -101,7 +104,18 @@ def run(base: Path, cluster: EtcdCluster, guests: int, rounds: int) -> dict:
         store.close()
 
 
-def main() -> None:
+def judge(out: dict, guests: int, rounds: int) -> Verdict:
+    """Every migration done and landed, never a guest on two hosts."""
+    verdict = Verdict("cold migration")
+    migrations = out["migrations"]
+    verdict.check("migrations done", sum(bool(m["ok"]) for m in migrations), "==",
+                  guests * rounds)
+    verdict.check("every guest on its destination", bool(out["all_on_target"]), "==", True)
+    verdict.check("double-run samples", out["overlaps"], "==", 0)
+    return verdict
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--guests", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=1)
@@ -124,18 +138,20 @@ def main() -> None:
             summary.setdefault(label, {})[phase] = s
             rows.append((label, phase, s["count"], s["p50_ms"], s["p99_ms"], s["max_ms"],
                          s["mean_ms"]))
-    ok = out["overlaps"] == 0 and out["all_on_target"] and all(m["ok"] for m in migrations)
     print_table(f"cold migration, {args.guests} guests x {args.rounds} round(s), test driver "
                 "(ms per phase)", rows,
                 ["guests", "phase", "n", "p50 ms", "p99 ms", "max ms", "mean ms"])
-    print(f"\n{len(migrations)} migrations, all moved: {all(m['ok'] for m in migrations)}; "
-          f"double-run samples with overlap: {out['overlaps']} of {out['samples']}: "
-          f"{verdict(ok)}")
+    print(f"\n{len(migrations)} migrations; double-run samples with overlap: "
+          f"{out['overlaps']} of {out['samples']}")
+    verdict = judge(out, args.guests, args.rounds)
+    verdict.print()
     write_json("lab_migrate", {"guests": args.guests, "rounds": args.rounds,
                                "summary": summary, "overlaps": out["overlaps"],
                                "overlap_s": out["overlap_s"], "samples": out["samples"],
-                               "pass": ok, "migrations": migrations}, args.json_path)
+                               "migrations": migrations, **verdict.to_dict()},
+               args.json_path)
+    return verdict.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -4,6 +4,8 @@ Places M guests one by one on N hosts through the allocator (:class:`Fleet`; eac
 placement sees the hosts left by the previous one) and reports per-placement latency
 (target p99 <= 1 ms); then plans a rebalance of a skewed N-host cluster (target <= 1 s)
 and compares its move count with a greedy lower bound. Seeded, so runs are repeatable.
+Also judged: no host over capacity, and the indexed allocator agrees with the linear
+``place()`` on every sampled guest. Exits 1 when a target fails.
 
     python bench/placement.py [--hosts N --guests M --seed S --json PATH]
 """
@@ -22,7 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import print_table, summary_ms, verdict, write_json
+from benchlib import print_table, summary_ms, write_json
+from verdict import Verdict
 
 from gridtool.placement.rebalance import balanced_hosts, mean_use_pct, plan_rebalance
 from gridtool.placement.rules import (
@@ -210,12 +213,12 @@ def _lat(summary: dict[str, float]) -> str:
 def report(body: dict[str, Any]) -> None:
     """Print the summary table."""
     p, r = body["placement"], body["rebalance"]
-    p99, plan_s = p["place"]["p99_ms"], r["plan_s"]
+    plan_s = r["plan_s"]
     rows = [
         (
             f"place, {p['placed'] + p['unplaced']} guests (ms)",
             _lat(p["place"]),
-            f"p99 <= {PLACE_P99_TARGET_MS:g} ms {verdict(p99 <= PLACE_P99_TARGET_MS)}",
+            f"p99 <= {PLACE_P99_TARGET_MS:g} ms",
         ),
         ("  same, thread CPU time (ms)", _lat(p["place_cpu_time"]), "time preempted excluded"),
         ("place + apply (ms)", _lat(p["place_plus_apply"]), ""),
@@ -230,11 +233,11 @@ def report(body: dict[str, Any]) -> None:
             f"{p['placed']} / {p['unplaced']} / {p['on_overflow']}",
             "",
         ),
-        ("hosts over capacity", p["hosts_over_capacity"], verdict(not p["hosts_over_capacity"])),
+        ("hosts over capacity", p["hosts_over_capacity"], "0"),
         (
             f"rebalance plan, {r['hosts']} hosts / {r['guests']} guests",
             f"{plan_s:.3f} s",
-            f"<= {PLAN_TARGET_S:g} s {verdict(plan_s <= PLAN_TARGET_S)}",
+            f"<= {PLAN_TARGET_S:g} s",
         ),
         (
             "rebalance moves / lower bound",
@@ -254,6 +257,20 @@ def report(body: dict[str, Any]) -> None:
         ("load average before / after", " / ".join(f"{x:.2f}" for x in body["loadavg"]), ""),
     ]
     print_table("placement allocator and rebalance planner", rows, ("metric", "value", "target"))
+
+
+def judge(body: dict[str, Any]) -> Verdict:
+    """The targets of a run (``body`` as :func:`main` builds it)."""
+    p, r = body["placement"], body["rebalance"]
+    verdict = Verdict("placement")
+    verdict.check("place, p99", p["place"]["p99_ms"], "<=", PLACE_P99_TARGET_MS, "ms")
+    verdict.check("rebalance plan", r["plan_s"], "<=", PLAN_TARGET_S, "s")
+    verdict.check("guests placed or refused", p["placed"] + p["unplaced"], "==",
+                  body["config"]["guests"])
+    verdict.check("hosts over capacity", p["hosts_over_capacity"], "==", 0)
+    verdict.check("indexed vs linear place(), disagreements", p["linear_disagreements"],
+                  "==", 0)
+    return verdict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,8 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loadavg": [load_before, os.getloadavg()[0]],
     }
     report(body)
-    write_json("placement", body, args.json)
-    return 0
+    verdict = judge(body)
+    verdict.print()
+    write_json("placement", {**body, **verdict.to_dict()}, args.json)
+    return verdict.exit_code()
 
 
 if __name__ == "__main__":

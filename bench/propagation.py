@@ -1,8 +1,14 @@
-"""Lifecycle-change propagation: libvirt call returns -> change visible through an etcd watch.
+"""Lifecycle-change propagation: libvirt call made -> change visible through an etcd watch.
 
 Starts a real etcd and one lab host (libvirtd test driver + agent), then makes N
 lifecycle changes (start/destroy of one guest, alternating) and times how long each
-takes to show up in a watch on the registry. Target: p99 <= 50 ms.
+takes to show up in a watch on the registry, from the moment the libvirt call is made
+(one monotonic clock, ``time.perf_counter``, in this one process). The change often
+shows up before the call has returned here (the agent's event is faster than the
+call's return path), so "from the return" is no latency; from the call it can never be
+negative, and a negative value fails the run: it means the watch matched a record of an
+earlier change. Targets: p99 <= 50 ms, no negative value, every change seen. Exits 1
+when a target fails.
 
     python bench/propagation.py [--changes 1000] [--json PATH]
 """
@@ -15,7 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import print_table, summary_ms, verdict, write_json
+from benchlib import print_table, summary_ms, write_json
+from verdict import Verdict
 
 from gridtool.config import Config
 from gridtool.lab.etcd import EtcdCluster
@@ -57,7 +64,9 @@ class StateWatch:
                 self.cond.wait(left)
 
 
-def measure(changes: int, base: Path) -> list[float]:
+def measure(changes: int, base: Path) -> tuple[list[float], list[float]]:
+    """Per change: seconds from the libvirt call to the record in the watch, and the
+    call's own seconds."""
     cluster = EtcdCluster.create(base, 1)
     cluster.start()
     cfg = Config(endpoints=tuple(cluster.endpoints), prefix="/bench-propagation/", ttl=10)
@@ -70,41 +79,60 @@ def measure(changes: int, base: Path) -> list[float]:
         wait_until(lambda: store.list(cfg.keys.host_guests("hv1"))[0], what="agent sync")
         watch = StateWatch()
         handle = store.watch_prefix(cfg.keys.host_guests("hv1"), watch)
-        latencies = []
+        latencies, calls = [], []
         for i in range(changes):
             mark = len(watch.seen)
+            called = time.perf_counter()
             if i % 2 == 0:
                 dom.create()
                 expect = "running"
             else:
                 dom.destroy()
                 expect = "shutoff"
-            returned = time.perf_counter()
-            latencies.append(max(0.0, watch.wait_for(expect, mark) - returned))
+            calls.append(time.perf_counter() - called)
+            latencies.append(watch.wait_for(expect, mark) - called)
         handle.cancel()
-        return latencies
+        return latencies, calls
     finally:
         store.close()
         hosts.close()
         cluster.stop()
 
 
-def main() -> None:
+def judge(latencies: list[float], changes: int) -> Verdict:
+    """p99 against the target; a negative latency is a measurement bug and fails."""
+    verdict = Verdict("propagation")
+    verdict.check("changes seen in the watch", len(latencies), "==", changes)
+    verdict.check("negative latencies", sum(1 for x in latencies if x < 0), "==", 0)
+    verdict.check("call -> visible, p99", summary_ms(latencies)["p99_ms"] if latencies
+                  else None, "<=", TARGET_P99_MS, "ms")
+    return verdict
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=1000)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gridtool-bench-") as tmp:
-        latencies = measure(args.changes, Path(tmp))
-    stats = summary_ms(latencies)
-    ok = stats["p99_ms"] <= TARGET_P99_MS
-    print_table("libvirt lifecycle change -> visible in an etcd watch",
-                [(stats["count"], stats["p50_ms"], stats["p99_ms"], stats["max_ms"],
-                  TARGET_P99_MS, verdict(ok))],
-                ["changes", "p50 ms", "p99 ms", "max ms", "target p99 ms", "verdict"])
-    write_json("propagation", {"stats": stats, "target_p99_ms": TARGET_P99_MS, "pass": ok},
+        latencies, calls = measure(args.changes, Path(tmp))
+    stats, call_stats = summary_ms(latencies), summary_ms(calls)
+    before = sum(1 for latency, call in zip(latencies, calls, strict=True) if latency < call)
+    print_table("libvirt lifecycle change -> visible in an etcd watch (ms)", [
+        ("call made -> visible", stats["count"], stats["p50_ms"], stats["p99_ms"],
+         stats["max_ms"], min(latencies) * 1000),
+        ("the libvirt call itself", call_stats["count"], call_stats["p50_ms"],
+         call_stats["p99_ms"], call_stats["max_ms"], min(calls) * 1000),
+    ], ["what", "changes", "p50", "p99", "max", "min"])
+    print(f"\nvisible before the call had returned: {before} of {len(latencies)}")
+    verdict = judge(latencies, args.changes)
+    verdict.print()
+    write_json("propagation", {"stats": stats, "call": call_stats,
+                               "visible_before_return": before,
+                               "target_p99_ms": TARGET_P99_MS, **verdict.to_dict()},
                args.json_path)
+    return verdict.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

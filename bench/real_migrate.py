@@ -11,6 +11,10 @@ forth ROUNDS times through the same ``Migrator`` the CLI uses. Per migration:
 * downtime seen by the guest: the largest gap between two consecutive heartbeat lines
   on its serial console (printed every 100 ms by the guest), minus those 100 ms.
 
+Judged: every migration done, and the guest's heartbeat counter never restarted (it kept
+running, it was not rebooted). The README states no time target. Exits 1 when a check
+fails, 2 when QEMU cannot run here.
+
     python bench/real_migrate.py [--rounds 4] [--memory 128] [--json PATH]
 """
 
@@ -26,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import on_qemu_lab, print_table, summary_ms, write_json
+from verdict import Verdict
 
 from gridtool.config import Config
 from gridtool.lab.etcd import EtcdCluster
@@ -79,7 +84,7 @@ def run(base: Path, cluster: EtcdCluster, args: argparse.Namespace) -> int:
                 result = Migrator(store, cfg.keys).migrate(rec, target, "live")
                 if not result.ok:
                     print(f"round {n}: {result.state.value}: {result.message}", file=sys.stderr)
-                    return 1
+                    break
                 mark = beats.last
                 wait_until(lambda m=mark: beats.last > m + 3, 10, what="heartbeats after")
                 message = next(p.message for p in result.phases if p.phase == "migrate")
@@ -97,16 +102,21 @@ def run(base: Path, cluster: EtcdCluster, args: argparse.Namespace) -> int:
         print_table(f"live migration of a {args.memory} MiB TCG guest ({args.rounds} rounds; "
                     f"boot to ready marker {boot_s:.2f} s)", rows,
                     ["ROUND", "MOVE", "TOTAL s", "TRANSFER s", "HANDOVER ms", "DOWNTIME ms"])
-        print(f"\nheartbeat counter never restarted: {'yes' if consecutive else 'NO'}")
+        verdict = Verdict("live migration")
+        verdict.check("migrations done", len(totals), "==", args.rounds)
+        verdict.check("heartbeat counter never restarted", consecutive, "==", True)
+        verdict.print()
         write_json("real_migrate", {
             "params": {"rounds": args.rounds, "memory_mib": args.memory,
                        "accel": hosts.image.accel},
             "boot_to_ready_s": round(boot_s, 3),
-            "total": summary_ms(totals), "transfer": summary_ms(transfers),
-            "fence_handover": summary_ms(handovers),
-            "guest_downtime": summary_ms(downtimes), "heartbeat_consecutive": consecutive,
+            **{name: summary_ms(values) for name, values in (
+                ("total", totals), ("transfer", transfers), ("fence_handover", handovers),
+                ("guest_downtime", downtimes)) if values},
+            "heartbeat_consecutive": consecutive,
+            **verdict.to_dict(),
         }, args.json_path)
-        return 0 if consecutive else 1
+        return verdict.exit_code()
     finally:
         hosts.close()
         store.delete_prefix(cfg.prefix)

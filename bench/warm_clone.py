@@ -23,6 +23,10 @@ template's disk is not on the shared dir, so the fence hook allows without askin
    ready marker already printed, entropy pool, boot_id, hostname, clock) is the
    template's, and so is the MAC of any NIC (QEMU's device state in the stream).
 
+Judged, as docs/architecture.md states them: libvirt refuses each of the three, and every
+restore continues the template's memory (its first heartbeat is the counter at save plus
+one). Exits 1 when one does not hold, 2 when QEMU cannot run here.
+
     python bench/warm_clone.py [--rounds 3] [--clones 4] [--json PATH]
 """
 
@@ -43,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import print_table, summary_ms, write_json
+from verdict import Verdict
 
 from gridtool.config import Config
 from gridtool.lab import qemu
@@ -210,6 +215,8 @@ def run(hosts: qemu_testbed.QemuHosts, tmp: Path, args: argparse.Namespace) -> i
     cold = cold_parallel(conn, hosts, images, golden, args.clones) if args.clones else {}
     exp = experiment(conn, hosts, images, golden, save, xml, args.clones) if args.clones \
         else {}
+    verdict = judge(refusals, first_counters, saved_beat, args.rounds)
+    verdict.print()
     write_json("warm_clone", {
         "params": {"rounds": args.rounds, "clones": args.clones, "memory_mib": 128,
                    "accel": hosts.image.accel, "host": host.name},
@@ -219,8 +226,21 @@ def run(hosts: qemu_testbed.QemuHosts, tmp: Path, args: argparse.Namespace) -> i
         "restore_first_counters": first_counters,
         **{k: summary_ms(v) for k, v in samples.items()},
         "refused": refusals, "cold_parallel": cold, "header_experiment": exp,
+        **verdict.to_dict(),
     }, args.json_path)
-    return 0
+    return verdict.exit_code()
+
+
+def judge(refusals: dict[str, str], first_counters: list[int], saved_beat: int,
+          rounds: int) -> Verdict:
+    """What the docs say of libvirt's restore: no new identity, the template's memory."""
+    verdict = Verdict("warm restore (measured, not built)")
+    for what, message in refusals.items():
+        verdict.check(f"libvirt refuses {what.replace('_', ' ')}", message != "ACCEPTED",
+                      "==", True)
+    verdict.check(f"restores whose first heartbeat is {saved_beat} + 1",
+                  first_counters.count(saved_beat + 1), "==", rounds)
+    return verdict
 
 
 def cold_parallel(conn, hosts: qemu_testbed.QemuHosts, images: Path,  # type: ignore[no-untyped-def]

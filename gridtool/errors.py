@@ -14,6 +14,13 @@ class GridtoolError(Exception):
     meaning = "unexpected internal error"
 
 
+class Aborted(GridtoolError):
+    """A confirmation prompt was declined, or standard input ended before an answer."""
+
+    exit_code = 1
+    meaning = "a confirmation was declined or not answered"
+
+
 class UsageError(GridtoolError):
     """Bad flags, arguments or input files."""
 
@@ -82,7 +89,7 @@ class Timeout(GridtoolError):
 
 
 EXIT_SUCCESS = 0
-EXIT_INTERRUPTED = 130  # SIGINT, the shell's 128 + 2
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C, at a prompt too), the shell's 128 + 2
 
 
 def _coded(cls: type[GridtoolError]) -> list[type[GridtoolError]]:

@@ -16,6 +16,9 @@ from gridtool.config import Config
 if TYPE_CHECKING:
     from tests.harness.testbed import LabHosts
 
+#: strict_ci: with CI=true a skip fails the run; pytester: tests that run pytest itself.
+pytest_plugins = ("tests.harness.strict_ci", "pytester")
+
 
 def _need(binary: str) -> None:
     if shutil.which(binary) is None and not Path("/usr/sbin", binary).exists():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, fields
@@ -28,9 +29,10 @@ import click
 
 from gridtool import __version__
 from gridtool.config import MEANINGS
+from gridtool.health.ranges import Status
 
 #: Nagios plugin statuses that ``gridtool check`` uses, when that command exists.
-NAGIOS_CODES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+NAGIOS_CODES = {int(status): status.name for status in Status}
 
 PAGE_DATE = f"gridtool {__version__}"
 SOURCE = f"gridtool {__version__}"
@@ -434,6 +436,16 @@ def exit_status(check_note: bool) -> str:
     return "".join(out)
 
 
+def images_dir_entry() -> str:
+    """FILES: the default ``images_dir`` (templates' golden images, clones' overlays)."""
+    from gridtool.config import Config
+
+    default = next(f.default for f in fields(Config) if f.name == "images_dir")
+    return tp(bold(str(default)), markup(
+        "The default `images_dir`: templates' golden images (`templates/`) and clones' "
+        "overlays (`clones/`*host*`/`), shared storage in production; see `gridtool.conf`(5)."))
+
+
 # -- gridtool(1) ---------------------------------------------------------------
 
 
@@ -448,6 +460,7 @@ def _all_envvars(nodes: list[Node]) -> list[tuple[str, str]]:
 
 
 def render_gridtool() -> str:
+    from gridtool.auth.credfiles import DEFAULT_DIR as CREDENTIALS_DIR
     from gridtool.cli.common.output import JSON_VERSION
     from gridtool.cli.main import cli
     from gridtool.config import AGENT_CONFIG, SYSTEM_CONFIG
@@ -536,6 +549,11 @@ def render_gridtool() -> str:
         "name another; a missing file means the defaults. See `gridtool.conf`(5).")))
     out.append(tp(bold(str(AGENT_CONFIG)), markup(
         "The agent's configuration file; see `gridtool-agent`(8).")))
+    out.append(tp(bold(str(CREDENTIALS_DIR)), markup(
+        "The etcd users' password files (*user*`.password`, mode 0600) that `registry init` "
+        "and `host credentials` write and read, when neither `--credentials-dir` nor the "
+        "folder of `password_file` names another.")))
+    out.append(images_dir_entry())
     out.append(tp(bold(str(DEFAULT_LAB_DIR)), markup(
         "The lab directory (`GRIDTOOL_LAB_DIR`, `--lab-dir`): the lab's etcd data, each "
         "simulated host's libvirtd and agent files, and the logs.")))
@@ -579,6 +597,7 @@ def agent_events() -> list[str]:
 
 
 def render_agent() -> str:
+    from agents.main import STOP_SIGNALS
     from agents.main import main as agent_main
     from gridtool.config import AGENT_CONFIG
     from gridtool.lab.state import DEFAULT_LAB_DIR
@@ -616,13 +635,24 @@ def render_agent() -> str:
     out.append(section("OPTIONS"))
     out.append(options_block(node, with_help=True))
 
+    stops = [signal.Signals(s).name for s in STOP_SIGNALS]
     out.append(section("SIGNALS"))
-    out.append(tp(bold("SIGTERM") + ", " + bold("SIGINT"), markup(
-        "Stop: the agent revokes its lease, so the host vanishes from the registry at once "
-        "instead of after *ttl* seconds, closes its connections and exits 0.")))
-    out.append(tp(bold("SIGKILL"), markup(
-        "(or a crash, or a lost network) The lease is no longer renewed: the host vanishes "
-        "when it expires, *ttl* seconds later.")))
+    out.append(tp(", ".join(bold(name) for name in stops), markup(
+        "A clean stop, then exit 0. With no HA guest running on the host, the agent revokes "
+        "its lease: the host vanishes from the registry at once instead of after *ttl* "
+        "seconds. With HA guests running and a `watchdog` configured, it keeps the lease and "
+        "leaves the watchdog armed, so that nothing moves: an agent started again within "
+        "*watchdog_timeout* seconds resumes the same lease; otherwise the watchdog resets the "
+        "host before the lease can expire, and the manager restarts the HA guests elsewhere. "
+        "With HA guests and no watchdog (or a lease that is not healthy at the stop), it "
+        "destroys its HA guests, then revokes the lease. Pinned and unfenced guests keep "
+        "running in every case. To take a host out for good, drain it first.")))
+    out.append(tp(bold("SIGKILL") + ", " + bold("SIGHUP"), markup(
+        f"(or any other signal that ends a process: the agent handles only {' and '.join(stops)}, "
+        "and SIGHUP does not reload; or a crash, or a lost network) No clean stop: the lease is "
+        "no longer renewed, and the host vanishes from the registry when it expires, at most "
+        "*ttl* seconds later. With HA guests running, an armed `watchdog` resets the host "
+        "before that.")))
 
     out.append(section("LOGGING"))
     out.append(_lines(".PP", markup(
@@ -637,13 +667,14 @@ def render_agent() -> str:
     out.append(_lines(".PP", "Events include " + ", ".join(bold(e) for e in events[:-1])
                       + f" and {bold(events[-1])}."))
 
-    from gridtool.errors import EXIT_CODES
+    from gridtool.errors import EXIT_CODES, GridtoolError, UsageError
 
     out.append(section("EXIT STATUS"))
-    out.append(tp(bold("0"), "Stopped by SIGTERM or SIGINT."))
-    for status in (1, 2):
-        out.append(tp(bold(str(status)), prose(EXIT_CODES[status][:1].upper()
-                                               + EXIT_CODES[status][1:] + ".")))
+    out.append(tp(bold("0"), f"Stopped by {' or '.join(stops)}."))
+    # the agent asks no questions: of status 1's meanings only the internal error applies
+    for status, meaning in ((GridtoolError.exit_code, GridtoolError.meaning),
+                            (UsageError.exit_code, EXIT_CODES[UsageError.exit_code])):
+        out.append(tp(bold(str(status)), prose(meaning[:1].upper() + meaning[1:] + ".")))
     out.append(_lines(".PP", markup(
         "A non-zero status comes from a problem at start, such as a missing `--host` "
         "(status 2); other errors at start exit with the statuses listed in `gridtool`(1). "
@@ -660,6 +691,7 @@ def render_agent() -> str:
     out.append(section("FILES"))
     out.append(tp(bold(str(AGENT_CONFIG)), markup(
         "The configuration file; a missing file means the defaults. See `gridtool.conf`(5).")))
+    out.append(images_dir_entry())
 
     out.append(section("EXAMPLES"))
     for body in example_lines(agent_main):

@@ -9,7 +9,8 @@ import click
 
 from gridtool import __version__
 from gridtool.cli.common.context import AppContext
-from gridtool.errors import EXIT_INTERRUPTED, GridtoolError
+from gridtool.errors import EXIT_INTERRUPTED, EXIT_SUCCESS, Aborted, GridtoolError, UsageError
+from gridtool.health.ranges import Status
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -68,13 +69,20 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="gridtool", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C into Abort: raised from the KeyboardInterrupt, or (at a
+        # prompt) with it as the context; a declined prompt or closed stdin has neither
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            sys.stderr.write("gridtool: interrupted\n")
+            sys.exit(EXIT_INTERRUPTED)
         sys.stderr.write("gridtool: aborted\n")
-        sys.exit(1)
+        sys.exit(Aborted.exit_code)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else "gridtool"
         sys.stderr.write(f"gridtool: {exc.format_message()} (see '{where} --help')\n")
-        sys.exit(3 if where.startswith("gridtool check") else 2)  # Nagios: UNKNOWN
+        # gridtool check is a Nagios plugin: bad arguments are its UNKNOWN
+        sys.exit(Status.UNKNOWN.value if where.startswith("gridtool check")
+                 else UsageError.exit_code)
     except click.ClickException as exc:
         sys.stderr.write(f"gridtool: {exc.format_message()}\n")
         sys.exit(exc.exit_code)
@@ -89,5 +97,5 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"gridtool: internal error: {type(exc).__name__}: {exc} "
                          "(set GRIDTOOL_DEBUG=1 for a traceback)\n")
-        sys.exit(1)
-    sys.exit(0)
+        sys.exit(GridtoolError.exit_code)
+    sys.exit(EXIT_SUCCESS)

@@ -6,6 +6,7 @@ import signal
 
 import pytest
 
+from agents.main import STOP_SIGNALS
 from gridtool.registry.model import effective_state
 from tests.harness.testbed import domain_xml, wait_until
 
@@ -69,14 +70,28 @@ def test_sigkill_expires_host_and_guests_show_unknown(lab_hosts, registry, cfg):
     assert effective_state(guest, live) == "unknown"  # ...but shown as unknown
 
 
-def test_sigterm_revokes_lease_at_once(lab_hosts, registry):  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_a_stop_signal_revokes_the_lease_at_once(lab_hosts, registry, signum):  # type: ignore[no-untyped-def]
+    """gridtool-agent(8), SIGNALS: with no HA guest, a stop signal revokes the lease."""
     lab_hosts.add("hv1")
     lab_hosts.start_agent("hv1", ttl=30)
     wait_until(lambda: registry.list_hosts()[0], what="host registered")
-    lab_hosts.agents["hv1"].send_signal(signal.SIGTERM)
+    lab_hosts.agents["hv1"].send_signal(signum)
     # With a 30 s TTL only a revoked lease makes the host vanish this fast.
-    wait_until(lambda: not registry.list_hosts()[0], timeout=5, what="host gone on SIGTERM")
+    wait_until(lambda: not registry.list_hosts()[0], timeout=5, what="host gone on the signal")
     assert lab_hosts.agents["hv1"].wait(5) == 0
+
+
+def test_sighup_ends_the_agent_without_revoking_its_lease(lab_hosts, registry):  # type: ignore[no-untyped-def]
+    """gridtool-agent(8), SIGNALS: SIGHUP has no handler (no reload): the agent ends at
+    once, as on SIGKILL, and its host stays registered until the lease expires."""
+    lab_hosts.add("hv1")
+    agent = lab_hosts.start_agent("hv1", ttl=30)
+    wait_until(lambda: registry.list_hosts()[0], what="host registered")
+    agent.send_signal(signal.SIGHUP)
+    assert agent.wait(10) == -signal.SIGHUP
+    assert [h.name for h in registry.list_hosts()[0]] == ["hv1"]  # the lease lives on
+    assert "event=agent_stop" not in lab_hosts.agent_log("hv1")
 
 
 def test_restart_resync_repairs_what_changed_while_down(lab_hosts, registry):  # type: ignore[no-untyped-def]

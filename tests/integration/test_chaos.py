@@ -181,13 +181,18 @@ def _namespaces() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
+SOAK_MINUTES = float(os.environ.get("GRIDTOOL_CHAOS_MINUTES", "10"))
+
+
 @pytest.mark.soak
 @pytest.mark.netns
+# its own length plus the CI tier's limit (setup.cfg's timeout) for setup, the last round's
+# settling and the teardown
+@pytest.mark.timeout(SOAK_MINUTES * 60 + 600)
 def test_never_two_running_soak(tmp_path: Path) -> None:
     _need_netns()
-    minutes = float(os.environ.get("GRIDTOOL_CHAOS_MINUTES", "10"))
     settings = ChaosSettings(seed=_seed(None), hosts=4, guests=3, ttl=3,
-                             seconds=minutes * 60, concurrent=0.3)
+                             seconds=SOAK_MINUTES * 60, concurrent=0.3)
     report = ChaosRun(settings, work_dir=tmp_path / "chaos").run()
     _check(report)
     print(report.summary())

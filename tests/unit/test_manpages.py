@@ -6,11 +6,15 @@ from __future__ import annotations
 import configparser
 import difflib
 import importlib.util
+import io
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from agents.main import main as agent_main
 from gridtool import config
 from gridtool.cli.main import cli
 from gridtool.config import Config, load
+from tests.harness.testbed import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MAN = ROOT / "man"
@@ -136,6 +141,16 @@ def test_choices_and_shown_defaults_are_documented() -> None:
                     assert any(f"Default: {d}." in text for d in shown), (path, param.name)
 
 
+def section_of(text: str, heading: str) -> str:
+    """The body of ``.SH "heading"`` in plain roff."""
+    return text.split(f'.SH "{heading}"')[1].split(".SH")[0]
+
+
+def listed(text: str) -> dict[str, str]:
+    """``.TP`` entries of a section: tag line -> first body line."""
+    return dict(re.findall(r"^\.TP\n(.+)\n(.+)$", text, flags=re.M))
+
+
 def test_exit_codes_environment_and_files_are_documented() -> None:
     from gridtool.config import _SECTIONS, AGENT_CONFIG, SYSTEM_CONFIG
     from gridtool.errors import EXIT_CODES
@@ -159,25 +174,38 @@ def test_exit_codes_environment_and_files_are_documented() -> None:
 
 
 def test_new_commands_are_picked_up_without_changes() -> None:
-    """A command added to the tree (here a fake ``check``) appears with its options."""
-    if "check" in cli.commands:
-        pytest.skip("gridtool check exists; its note is covered by the committed page")
+    """A command added to the tree (a fake ``frobnicate``) appears with its options,
+    choices, defaults and example, and goes with it."""
+    assert "frobnicate" not in cli.commands
 
-    @click.command("check", help="Nagios check.\n\n\b\nExample:\n  gridtool check --warn 3")
+    @click.command("frobnicate",
+                   help="Frobnicate the fleet.\n\n\b\nExample:\n  gridtool frobnicate --warn 3")
     @click.option("--warn", type=int, default=3, show_default=True, help="Warn above this.")
     @click.option("--mode", type=click.Choice(["a", "b"]), help="Which way.")
-    def check(warn: int, mode: str) -> None:
+    def frobnicate(warn: int, mode: str) -> None:
         """unused"""
 
-    cli.add_command(check)
+    cli.add_command(frobnicate)
     try:
         text = plain(manpage.render_gridtool())
     finally:
-        cli.commands.pop("check")
-    assert '.SS "gridtool check"' in text
+        cli.commands.pop("frobnicate")
+    assert '.SS "gridtool frobnicate"' in text and "Frobnicate the fleet." in text
     assert "--warn" in text and "Default: 3." in text and "{a|b}" in text
-    assert "gridtool check --warn 3" in text
-    assert "Nagios" in text and "3 UNKNOWN" in text
+    assert "gridtool frobnicate --warn 3" in text
+    assert "frobnicate" not in plain(manpage.render_gridtool())
+
+
+def test_the_nagios_note_follows_the_check_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gridtool check`` exits with Nagios statuses, not the EXIT STATUS table: the page
+    says so while the command exists, and not once it is gone."""
+    from gridtool.health.ranges import Status
+
+    assert "check" in cli.commands
+    note = section_of(plain(manpage.render_gridtool()), "EXIT STATUS")
+    assert "Nagios" in note
+    assert all(f"{int(s)} {s.name}" in note for s in Status)
+    monkeypatch.delitem(cli.commands, "check")
     assert "Nagios" not in plain(manpage.render_gridtool())
 
 
@@ -306,3 +334,183 @@ def test_every_json_option_is_the_shared_one() -> None:
             "as_json", True, "One JSON document on stdout."), path
     sources = "".join(p.read_text() for p in (ROOT / "gridtool" / "cli").rglob("*.py"))
     assert sources.count('"--json"') == 1, "declare --json with @json_option"
+
+
+# -- (f) what the pages say against what the programs do ------------------------------
+
+BIN = Path(sys.executable).parent
+
+
+def test_exit_status_lists_exactly_the_codes_of_the_code() -> None:
+    """gridtool(1): every status of the error table, nothing else; gridtool-agent(8): its
+    stop signals' 0, the internal error and the start-up usage/config errors."""
+    from agents.main import STOP_SIGNALS
+    from gridtool.errors import EXIT_CODES, GridtoolError, UsageError
+
+    cli_codes = listed(section_of(plain(page("gridtool.1")), "EXIT STATUS"))
+    assert cli_codes == {str(code): meaning[:1].upper() + meaning[1:] + "."
+                         for code, meaning in EXIT_CODES.items()}
+    agent_codes = listed(section_of(plain(page("gridtool-agent.8")), "EXIT STATUS"))
+    assert agent_codes == {
+        "0": "Stopped by " + " or ".join(s.name for s in STOP_SIGNALS) + ".",
+        "1": GridtoolError.meaning[:1].upper() + GridtoolError.meaning[1:] + ".",
+        "2": EXIT_CODES[UsageError.exit_code][:1].upper()
+        + EXIT_CODES[UsageError.exit_code][1:] + "."}
+
+
+class _Interrupted(io.StringIO):
+    """Standard input on which the user presses Ctrl-C."""
+
+    def readline(self, *_args: object) -> str:
+        raise KeyboardInterrupt
+
+
+def _confirm() -> None:
+    click.confirm("Really?", abort=True)
+
+
+def _raise(exc: BaseException) -> Callable[[], None]:
+    def action() -> None:
+        raise exc
+
+    return action
+
+
+def _ends(name: str, action: Callable[[], None], stdin: io.StringIO,
+          monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+          ) -> tuple[int, str]:
+    """(exit status, stderr) of ``gridtool NAME`` where the command runs ``action``."""
+    from gridtool.cli.main import main
+
+    command = click.command(name)(lambda: action())
+    monkeypatch.setitem(cli.commands, name, command)
+    monkeypatch.setattr(sys, "stdin", stdin)
+    monkeypatch.delenv("GRIDTOOL_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as ended:
+        main([name])
+    status = ended.value.code
+    assert isinstance(status, int)
+    return status, capsys.readouterr().err
+
+
+def _every_error_class() -> list[type[Exception]]:
+    from gridtool import errors
+
+    return [c for c in vars(errors).values()
+            if isinstance(c, type) and issubclass(c, errors.GridtoolError)]
+
+
+@pytest.mark.parametrize("action, stdin, status, line", [
+    (_confirm, "n\n", 1, "gridtool: aborted"),
+    (_confirm, "", 1, "gridtool: aborted"),  # no answer: stdin closed
+    (_confirm, _Interrupted(), 130, "gridtool: interrupted"),  # Ctrl-C at the prompt
+    (_raise(KeyboardInterrupt()), "", 130, "gridtool: interrupted"),
+    (_raise(RuntimeError("bug")), "", 1, "gridtool: internal error: RuntimeError: bug"),
+    (_raise(click.BadParameter("no")), "", 2, "gridtool: Invalid value: no"),
+    *[(_raise(cls("what went wrong")), "", cls.exit_code, "gridtool: what went wrong")
+      for cls in _every_error_class()],
+], ids=["declined", "no-answer", "ctrl-c-at-prompt", "ctrl-c", "internal", "usage",
+        *[cls.__name__ for cls in _every_error_class()]])
+def test_every_way_the_cli_ends_is_a_documented_status(
+        action: Callable[[], None], stdin: str | io.StringIO, status: int, line: str,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from gridtool.errors import EXIT_CODES
+
+    got, err = _ends("boom", action, io.StringIO(stdin) if isinstance(stdin, str) else stdin,
+                     monkeypatch, capsys)
+    last = err.strip().splitlines()[-1].strip()
+    assert got == status and last.startswith(line), (got, last)
+    assert got in EXIT_CODES
+
+
+def test_ctrl_c_ends_a_waiting_command_with_130(tmp_path: Path) -> None:
+    """A real SIGINT to ``gridtool`` while it waits for an etcd that accepted the
+    connection and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(30)
+        port = silent.getsockname()[1]
+        proc = subprocess.Popen(
+            [str(BIN / "gridtool"), "--endpoints", f"127.0.0.1:{port}", "--timeout", "60",
+             "host", "list"], stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "GRIDTOOL_LAB_DIR": str(tmp_path), "GRIDTOOL_CONFIG": ""})
+        try:
+            connection, _ = silent.accept()  # it is waiting for the registry now
+            with connection:
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, err.strip().splitlines()[-1]) == (130, "gridtool: interrupted")
+
+
+def _caught_signals(pid: int) -> set[signal.Signals]:
+    """The signals process ``pid`` has handlers for (``SigCgt`` in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, flags=re.M).group(1), 16)  # type: ignore[union-attr]
+    return {signal.Signals(n) for n in range(1, 65) if mask >> (n - 1) & 1
+            and n in signal.Signals._value2member_map_}
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """A real ``gridtool-agent`` on libvirt's in-process test driver whose etcd refuses
+    connections (it rides that out), running its main loop; and its log file."""
+    log = tmp_path / "agent.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "gridtool-agent"), "--host", "hv1", "--libvirt-uri", "test:///default",
+             "--endpoints", "127.0.0.1:1", "--ttl", "3"], stderr=out, text=True,
+            env={**os.environ, "GRIDTOOL_LAB_DIR": str(tmp_path), "GRIDTOOL_CONFIG": ""})
+    try:
+        wait_until(lambda: "event=libvirt_connected" in log.read_text() or proc.poll(),
+                   timeout=30, what="the agent's main loop")
+        assert proc.poll() is None, log.read_text()
+        yield proc, log
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_agent_handles_only_its_stop_signals(agent) -> None:  # type: ignore[no-untyped-def]
+    """SIGNALS: "the agent handles only SIGTERM and SIGINT" (SIGHUP has no handler)."""
+    from agents.main import STOP_SIGNALS
+
+    proc, _ = agent
+    assert _caught_signals(proc.pid) == set(STOP_SIGNALS)
+    signals = listed(section_of(plain(page("gridtool-agent.8")), "SIGNALS"))
+    assert next(iter(signals)) == ", ".join(s.name for s in STOP_SIGNALS)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
+                         ids=lambda s: signal.Signals(s).name)
+def test_a_signal_does_what_the_page_says(agent, signum: signal.Signals) -> None:  # type: ignore[no-untyped-def]
+    """A stop signal: a clean stop, exit 0 (the lease itself: tests/integration/
+    test_agent.py); any other: the agent ends at once, without its clean stop."""
+    from agents.main import STOP_SIGNALS
+
+    proc, log = agent
+    proc.send_signal(signum)
+    status = proc.wait(30)
+    if signum in STOP_SIGNALS:
+        assert status == 0 and "event=agent_stop " in log.read_text()
+    else:
+        assert status == -signum and "event=agent_stop" not in log.read_text()
+    assert signal.Signals(signum).name in section_of(plain(page("gridtool-agent.8")), "SIGNALS")
+
+
+def test_files_are_the_paths_the_code_uses() -> None:
+    """FILES of each page: the code's own default paths, and no other."""
+    from gridtool.auth.credfiles import DEFAULT_DIR
+    from gridtool.config import AGENT_CONFIG, SYSTEM_CONFIG
+    from gridtool.lab.state import DEFAULT_LAB_DIR, state_path
+
+    images = str(next(f.default for f in fields(Config) if f.name == "images_dir"))
+    expected = {
+        "gridtool.1": {str(SYSTEM_CONFIG), str(AGENT_CONFIG), str(DEFAULT_DIR), images,
+                       str(DEFAULT_LAB_DIR), str(state_path(DEFAULT_LAB_DIR))},
+        "gridtool-agent.8": {str(AGENT_CONFIG), images},
+        "gridtool.conf.5": {str(SYSTEM_CONFIG), str(AGENT_CONFIG)},
+    }
+    for name, paths in expected.items():
+        assert set(listed(section_of(plain(page(name)), "FILES"))) == paths, name

@@ -1,0 +1,176 @@
+"""The benchmarks' verdicts (bench/verdict.py and each benchmark's ``judge``): pure rules
+over measured numbers, so every target is judged as the README states it and a failed
+target is exit status 1."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.harness import ROOT
+
+
+def bench(name: str) -> ModuleType:
+    """bench/NAME.py, imported the way the benchmarks import each other."""
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    return importlib.import_module(name)
+
+
+verdict = bench("verdict")
+
+
+# -- the shared rule ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("measured, op, bound, ok", [
+    (10.0, "<=", 10.0, True), (10.01, "<=", 10.0, False), (3, ">=", 3, True),
+    (2, ">=", 3, False), (0, "==", 0, True), (1, "==", 0, False), (True, "==", True, True),
+    (False, "==", True, False), (0.5, "<", 1, True), (1, ">", 1, False),
+    (None, "<=", 10.0, False), (math.nan, "<=", 10.0, False), (math.inf, "<=", 10.0, False),
+])
+def test_a_check_compares_the_measurement_with_its_bound(measured: object, op: str,
+                                                          bound: float, ok: bool) -> None:
+    check = verdict.Check("x", measured, op, bound)
+    assert check.ok is ok
+    assert check.row()[-1] == ("PASS" if ok else "FAIL")
+
+
+def test_an_unknown_comparison_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown comparison"):
+        verdict.Check("x", 1, "=<", 2)
+
+
+def test_a_verdict_passes_only_when_every_target_holds() -> None:
+    v = verdict.Verdict("demo")
+    assert not v.ok and v.exit_code() == 1  # nothing measured is no pass
+    assert v.check("fast", 0.5, "<=", 1.0, "s")
+    assert v.ok and v.exit_code() == 0
+    assert not v.check("complete", 9, "==", 10)
+    assert not v.ok and v.exit_code() == 1
+    assert [c.name for c in v.failed] == ["complete"]
+    body = v.to_dict()
+    assert body["pass"] is False
+    assert body["targets"][0] == {"target": "fast", "measured": 0.5, "op": "<=",
+                                  "bound": 1.0, "unit": "s", "pass": True}
+    json.dumps(body)  # goes into the benchmark's JSON as it is
+
+
+def test_the_printed_verdict_names_what_failed(capsys: pytest.CaptureFixture[str]) -> None:
+    v = verdict.Verdict("demo")
+    v.check("fast", 0.5, "<=", 1.0, "s")
+    v.check("complete", None, "==", 10)
+    v.print()
+    out = capsys.readouterr().out
+    assert "0.5 s" in out and "<= 1 s" in out and "not measured" in out
+    assert out.rstrip().endswith("demo: FAIL (complete)")
+    verdict.Verdict("empty").print()
+    assert capsys.readouterr().out.rstrip().endswith("empty: FAIL (no target checked)")
+
+
+# -- each benchmark's targets -------------------------------------------------------
+
+
+def _failover_round(elsewhere: float, overlaps: int = 0) -> dict:
+    return {"detected": 3.0, "fence_expired": elsewhere - 1, "running_elsewhere": elsewhere,
+            "overlap_s": 0.0, "overlaps": overlaps}
+
+
+def test_failover_judges_the_worst_round_not_the_mean() -> None:
+    failover = bench("failover")
+    good = [_failover_round(s) for s in (8.0, 9.2, 7.5)]
+    assert failover.judge({"power_off": good, "partition": good}, 3).ok
+    # mean 7.7 s passes "<= 10 s"; the round at 11 s does not
+    slow = [_failover_round(s) for s in (6.0, 6.0, 11.0)]
+    judged = failover.judge({"power_off": slow, "partition": good}, 3)
+    assert [c.name for c in judged.failed] == ["power-off -> running elsewhere, worst round"]
+    overlap = [*good[:2], _failover_round(8.0, overlaps=1)]
+    assert not failover.judge({"power_off": good, "partition": overlap}, 3).ok
+    assert not failover.judge({"power_off": good[:2], "partition": good}, 3).ok
+
+
+def test_registry_scale_checks_how_many_records_came_back() -> None:
+    scale = bench("registry_scale")
+    fast = [0.3] * 5
+    assert scale.judge(fast, [10_000] * 5, [200] * 5, 200, 50).ok
+    dropped = scale.judge(fast, [10_000, 10_000, 9_999, 10_000, 10_000], [200] * 5, 200, 50)
+    assert [c.name for c in dropped.failed] == ["guests listed, fewest of 5 runs"]
+    assert not scale.judge(fast, [10_000] * 5, [200, 200, 201, 200, 200], 200, 50).ok
+    assert not scale.judge([1.6] * 5, [10_000] * 5, [200] * 5, 200, 50).ok
+
+
+def test_propagation_fails_on_a_negative_latency_instead_of_clamping_it() -> None:
+    propagation = bench("propagation")
+    assert propagation.judge([0.002, 0.003, 0.004], 3).ok
+    judged = propagation.judge([0.002, -0.001, 0.004], 3)
+    assert [c.name for c in judged.failed] == ["negative latencies"]
+    assert not propagation.judge([0.002] * 99 + [0.2], 100).ok  # p99 over 50 ms
+    assert not propagation.judge([0.002], 2).ok  # a change never seen
+
+
+def _clone(overlay: float = 0.02, define: float = 0.005, start: float = 0.6) -> dict:
+    return {"overlay": overlay, "define": define, "start": start, "running": 0.9,
+            "ready": 11.0, "boot": 10.0}
+
+
+def test_real_clone_has_the_readmes_targets() -> None:
+    real_clone = bench("real_clone")
+    # a worst define + start of 1.5 s is within target: the target is the median clone
+    assert real_clone.judge([_clone(), _clone(), _clone(start=1.5)], 3).ok
+    assert not real_clone.judge([_clone(), _clone(overlay=0.2)], 2).ok
+    assert not real_clone.judge([_clone(start=1.2), _clone(start=1.1)], 2).ok
+    assert not real_clone.judge([_clone()], 2).ok  # a clone never ready
+    partial = _clone()
+    del partial["overlay"]
+    assert not real_clone.judge([_clone(), partial], 2).ok  # not measured is no pass
+
+
+def test_placement_exits_with_its_verdict(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    placement = bench("placement")
+    args = ["--hosts", "20", "--guests", "100", "--json", str(tmp_path / "p.json")]
+    monkeypatch.setattr(placement, "PLACE_P99_TARGET_MS", 1e9)
+    assert placement.main(args) == 0
+    assert json.loads((tmp_path / "p.json").read_text())["pass"] is True
+    monkeypatch.setattr(placement, "PLACE_P99_TARGET_MS", 0.0)  # nothing is that fast
+    assert placement.main(args) == 1
+    assert json.loads((tmp_path / "p.json").read_text())["pass"] is False
+
+
+def test_placement_judges_capacity_and_the_linear_rule() -> None:
+    placement = bench("placement")
+
+    def body(**placed: object) -> dict:
+        return {"config": {"guests": 100},
+                "placement": {"place": {"p99_ms": 0.5}, "placed": 90, "unplaced": 10,
+                              "hosts_over_capacity": 0, "linear_disagreements": 0, **placed},
+                "rebalance": {"plan_s": 0.2}}
+
+    assert placement.judge(body()).ok
+    assert not placement.judge(body(hosts_over_capacity=1)).ok
+    assert not placement.judge(body(linear_disagreements=2)).ok
+    assert not placement.judge(body(placed=80)).ok
+
+
+def test_flex_ratios() -> None:
+    flex = bench("flex")
+    assert flex.ratio(20, 100) == 0.2
+    assert flex.ratio(0, 0) == 0.0  # no violation either way: within any share
+    assert flex.ratio(5, 0) == math.inf  # worse than a perfect baseline: never within
+
+
+def test_every_benchmark_uses_the_shared_verdict() -> None:
+    """One rule for every benchmark: each judges through bench/verdict.py and exits with
+    its status (chaos through ChaosReport, which prints its criteria itself)."""
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        if path.stem in ("benchlib", "verdict"):
+            continue
+        source = path.read_text()
+        assert "from verdict import" in source, path.name
+        assert "exit_code()" in source or path.stem == "chaos", path.name
