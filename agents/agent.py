@@ -28,7 +28,7 @@ from agents.intents import IntentWorker
 from agents.lease import HostLease, Watchdog
 from agents.libvirt_source import LibvirtSource
 from agents.readiness import ReadinessWatcher
-from gridtool import __version__
+from gridtool import __version__, supervise
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing.rules import (
@@ -136,8 +136,7 @@ class Agent:
             from gridtool.ha.manager import Manager
 
             manager = Manager(self.cfg, self.store, self.host)
-            threading.Thread(target=manager.run, args=(self._stopping,), name="manager",
-                             daemon=True).start()
+            supervise.start(manager.run, "manager", (self._stopping,), logger=log)
         while not self._stopping.is_set():
             try:
                 self._step()

@@ -16,6 +16,7 @@ from agents.claims import GuestClaims
 from agents.fencer import FenceRefused
 from agents.livemigrate import LiveMigrator, receive
 from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
+from gridtool import supervise
 from gridtool.clock import SYSTEM, Clock
 from gridtool.clone.rules import ClonePlanError, check_name, golden_path, inside, template_disks
 from gridtool.clone.templates import forget_clone
@@ -60,7 +61,7 @@ class IntentWorker:
         self.queue: queue.Queue[str | None] = queue.Queue()
         self._queued: set[str] = set()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="intents", daemon=True)
+        self._thread = supervise.thread(self._loop, "intents", logger=log)
 
     def start(self) -> None:
         self._thread.start()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from gridtool import supervise
 from gridtool.clock import SYSTEM, Clock
 from gridtool.errors import AuthError, RegistryUnavailable
 from gridtool.fencing.rules import LeaseClock, LeaseState
@@ -106,10 +107,8 @@ class HostLease:
         self._fenced_for: int | None = None
         self._armed_until = 0.0
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._keepalive_loop, name="keepalive",
-                                          daemon=True),
-                         threading.Thread(target=self._guard_loop, name="lease-guard",
-                                          daemon=True)]
+        self._threads = [supervise.thread(self._keepalive_loop, "keepalive", logger=log),
+                         supervise.thread(self._guard_loop, "lease-guard", logger=log)]
 
     def start(self) -> None:
         for thread in self._threads:
