@@ -36,6 +36,7 @@ from gridtool.fencing.rules import (
     FenceKind,
     GuestRef,
     IntruderPolicy,
+    LeaseClock,
     Observed,
     judge_running,
     judge_stopped,
@@ -49,6 +50,7 @@ from gridtool.registry.sync import plan_sync
 log = logging.getLogger("gridtool.agent")
 
 _RESYNC = ("resync", "", None)
+_HOST = ("host", "", None)  # the host record changed (its watchdog began or stopped working)
 
 
 @dataclass
@@ -82,7 +84,10 @@ class Agent:
             cfg.libvirt_uri or "", cfg.shared_rules,
             on_change=lambda uuid, clean: self.changes.put(("guest", uuid, clean)),
             on_close=lambda: self.changes.put(_RESYNC))
-        watchdog = Watchdog(cfg.watchdog, cfg.watchdog_timeout) if cfg.watchdog else None
+        watchdog = Watchdog(
+            cfg.watchdog, cfg.watchdog_timeout, cfg.watchdog_kind,
+            limit=LeaseClock.start(cfg.ttl, 0.0).max_watchdog_timeout,
+            on_change=lambda: self.changes.put(_HOST)) if cfg.watchdog else None
         # The watchdog is first tended once the fences this host holds are known: right
         # after resuming a predecessor's lease (its last pet must not run out during a
         # slow first resync), else once the first resync has judged every guest.
@@ -262,7 +267,8 @@ class Agent:
         self.registry.put_host(HostRecord(
             name=self.host, libvirt_uri=self.cfg.libvirt_uri or "", agent_version=__version__,
             reported_at=time.time(), labels=self.cfg.labels, started_at=self.started_at,
-            storage=self.cfg.storage, **node,
+            storage=self.cfg.storage, watchdog=self.lease.has_watchdog,
+            watchdog_timeout=self.lease.watchdog_timeout, **node,
         ), lease=self.lease.lease)
 
     def resync(self) -> None:
@@ -307,11 +313,14 @@ class Agent:
         except queue.Empty:
             return
         pending: dict[str, bool | None] = {}
+        host_changed = False
         item: tuple[str, str, bool | None] | None = first
         while item is not None:  # coalesce a burst of events into one write per guest
             kind, uuid, clean = item
             if kind == "resync":
                 self._next_resync = 0.0
+            elif kind == "host":
+                host_changed = True
             elif uuid not in pending or clean is not None:
                 pending[uuid] = clean
             try:
@@ -320,7 +329,7 @@ class Agent:
                 item = None
         for uuid, clean in sorted(pending.items()):
             self._write_guest(uuid, clean)
-        if pending and self.libvirt.connected:
+        if (pending or host_changed) and self.libvirt.connected and self.lease.lease:
             self.publish_host()  # free memory follows the guests
 
     def _write_guest(self, uuid: str, clean: bool | None) -> None:

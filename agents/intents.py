@@ -196,8 +196,9 @@ class IntentWorker:
         if rec.fenced:
             ref = self.fencer.ref(rec)
             if ref.kind is FenceKind.HA and not self.lease.arm():
-                raise IntentFailed(f"{self.host}'s lease is not healthy: "
-                                   "refusing to take an HA fence")
+                why = (f"its watchdog does not work ({self.lease.watchdog_problem})"
+                       if self.lease.watchdog_problem else "its lease is not healthy")
+                raise IntentFailed(f"{self.host} refuses to take an HA fence: {why}")
             token = self.fencer.acquire(ref)
         if dom.isActive():
             return f"{intent.name} already running on {self.host}"

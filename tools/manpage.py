@@ -648,6 +648,12 @@ def render_agent() -> str:
         "A non-zero status comes from a problem at start, such as a missing `--host` "
         "(status 2); other errors at start exit with the statuses listed in `gridtool`(1). "
         "Once running, the agent rides out registry and libvirt outages.")))
+    from gridtool.supervise import EXIT_THREAD_DIED
+
+    out.append(tp(bold(str(EXIT_THREAD_DIED)), markup(
+        "One of the agent's threads, or its main loop, died of an error nobody planned for "
+        "(the line `event=thread_died` names the thread and where): the agent ends at once, "
+        "leaving its watchdog unpetted as a crash would, for systemd to restart it.")))
 
     out.append(section("ENVIRONMENT"))
     out.append(tp(bold("GRIDTOOL_CONFIG"), markup(

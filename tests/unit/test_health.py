@@ -524,6 +524,15 @@ CODE_CASES: list[tuple[str, Mutation, str, Status, str, str]] = [
         "/gridtool/guests/u9",
         "undecodable record /gridtool/guests/u9: bad json",
     ),
+    (
+        "ha-guest-on-unprotected-host",
+        lambda s: with_host(replace(s, fences=(FenceObs("vol-web1", "h1", "u1", ha=True),)),
+                            "h1", protected=False),
+        "HOST_HA_UNPROTECTED",
+        Status.WARNING,
+        "h1",
+        "host h1 runs HA 1 guest (web1) with no working watchdog and no fencing",
+    ),
 ]
 
 
@@ -547,6 +556,9 @@ def test_code_cases_cover_every_code() -> None:
 
 
 NO_FINDING_CASES: list[tuple[str, Mutation]] = [
+    ("pinned-guest-on-unprotected-host", lambda s: with_host(s, "h1", protected=False)),
+    ("ha-guest-on-protected-host",
+     lambda s: replace(s, fences=(FenceObs("vol-web1", "h1", "u1", ha=True),))),
     ("future-report-is-not-stale", lambda s: with_host(s, "h2", last_report=NOW + 50)),
     ("small-skew", lambda s: with_host(s, "h1", host_clock=NOW - 4.9)),
     ("no-clock-reading", lambda s: with_host(s, "h1", host_clock=None)),
