@@ -176,9 +176,11 @@ class Agent:
             self.lease.keep()
         else:
             if ha:  # nothing would stop them once the lease lapses: stop them now
+                reason = ("lease not healthy" if self.lease.has_watchdog else
+                          "watchdog does not work" if self.lease.watchdog_problem else
+                          "no watchdog configured")
                 log.warning("event=agent_stop_self_fence host=%s ha_guests=%d reason=%s",
-                            self.host, len(ha), "no watchdog configured" if not
-                            self.lease.has_watchdog else "lease not healthy")
+                            self.host, len(ha), reason)
                 self.self_fence()
             self.lease.revoke()
         self.libvirt.close()
