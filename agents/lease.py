@@ -234,10 +234,13 @@ class Watchdog:
         """Let go without the magic close: the watchdog resets the host unless a new
         agent pets it in time."""
         with self._lock:
-            if self._fd is not None and self._nowayout:
-                log.warning("event=watchdog_left_armed path=%s timeout_s=%g", self.path,
-                            self.timeout)
             self._drop()
+
+    @property
+    def armed(self) -> bool:
+        """This agent holds the device open: it resets the host unless petted (after a
+        ``close`` only on a ``nowayout`` kernel)."""
+        return self._fd is not None
 
 
 class HostLease:
@@ -353,6 +356,10 @@ class HostLease:
                 log.warning("event=lease_revoke_failed host=%s error=%s", self.host, exc)
         if self._watchdog is not None:
             self._watchdog.close()
+            if self._watchdog.armed:  # nowayout: this agent's exit leaves it running
+                log.warning("event=watchdog_nowayout host=%s timeout_s=%g note=the kernel "
+                            "cannot stop the watchdog: the host resets unless an agent pets "
+                            "it in time", self.host, self._watchdog.timeout)
 
     def _keepalive_loop(self) -> None:
         while not self._stop.wait(self._until_due()):

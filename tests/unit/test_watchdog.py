@@ -144,7 +144,7 @@ def test_on_a_nowayout_kernel_an_opened_device_is_petted_not_let_go(
     dog = Watchdog(str(path), 4.0, limit=5.67, ioctl=FakeWatchdogIoctl(), sysfs=tmp_path)
     assert dog.pet() is True
     dog.close()  # nothing to fence any more: but a "V" would not stop it
-    assert written(master) == b"\0\0"
+    assert written(master) == b"\0\0" and dog.armed
 
 
 def test_the_lab_emulated_watchdog_is_a_file_named_as_such(tmp_path: Path) -> None:
