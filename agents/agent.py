@@ -28,7 +28,7 @@ from agents.intents import IntentWorker
 from agents.lease import HostLease, Watchdog
 from agents.libvirt_source import LibvirtSource
 from agents.readiness import ReadinessWatcher
-from gridtool import __version__
+from gridtool import __version__, supervise
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing.etcdversions import FIXED_VERSIONS, revokes_leases_early
@@ -37,6 +37,7 @@ from gridtool.fencing.rules import (
     FenceKind,
     GuestRef,
     IntruderPolicy,
+    LeaseClock,
     Observed,
     judge_running,
     judge_stopped,
@@ -50,6 +51,7 @@ from gridtool.registry.sync import plan_sync
 log = logging.getLogger("gridtool.agent")
 
 _RESYNC = ("resync", "", None)
+_HOST = ("host", "", None)  # the host record changed (its watchdog began or stopped working)
 
 
 @dataclass
@@ -83,7 +85,10 @@ class Agent:
             cfg.libvirt_uri or "", cfg.shared_rules,
             on_change=lambda uuid, clean: self.changes.put(("guest", uuid, clean)),
             on_close=lambda: self.changes.put(_RESYNC))
-        watchdog = Watchdog(cfg.watchdog, cfg.watchdog_timeout) if cfg.watchdog else None
+        watchdog = Watchdog(
+            cfg.watchdog, cfg.watchdog_timeout, cfg.watchdog_kind,
+            limit=LeaseClock.start(cfg.ttl, 0.0).max_watchdog_timeout,
+            on_change=lambda: self.changes.put(_HOST)) if cfg.watchdog else None
         # The watchdog is first tended once the fences this host holds are known: right
         # after resuming a predecessor's lease (its last pet must not run out during a
         # slow first resync), else once the first resync has judged every guest.
@@ -138,8 +143,7 @@ class Agent:
             from gridtool.ha.manager import Manager
 
             manager = Manager(self.cfg, self.store, self.host)
-            threading.Thread(target=manager.run, args=(self._stopping,), name="manager",
-                             daemon=True).start()
+            supervise.start(manager.run, "manager", (self._stopping,), logger=log)
         while not self._stopping.is_set():
             try:
                 self._step()
@@ -174,9 +178,11 @@ class Agent:
             self.lease.keep()
         else:
             if ha:  # nothing would stop them once the lease lapses: stop them now
+                reason = ("lease not healthy" if self.lease.has_watchdog else
+                          "watchdog does not work" if self.lease.watchdog_problem else
+                          "no watchdog configured")
                 log.warning("event=agent_stop_self_fence host=%s ha_guests=%d reason=%s",
-                            self.host, len(ha), "no watchdog configured" if not
-                            self.lease.has_watchdog else "lease not healthy")
+                            self.host, len(ha), reason)
                 self.self_fence()
             self.lease.revoke()
         self.libvirt.close()
@@ -276,7 +282,8 @@ class Agent:
         self.registry.put_host(HostRecord(
             name=self.host, libvirt_uri=self.cfg.libvirt_uri or "", agent_version=__version__,
             reported_at=time.time(), labels=self.cfg.labels, started_at=self.started_at,
-            storage=self.cfg.storage, **node,
+            storage=self.cfg.storage, watchdog=self.lease.has_watchdog,
+            watchdog_timeout=self.lease.watchdog_timeout, **node,
         ), lease=self.lease.lease)
 
     def resync(self) -> None:
@@ -321,11 +328,14 @@ class Agent:
         except queue.Empty:
             return
         pending: dict[str, bool | None] = {}
+        host_changed = False
         item: tuple[str, str, bool | None] | None = first
         while item is not None:  # coalesce a burst of events into one write per guest
             kind, uuid, clean = item
             if kind == "resync":
                 self._next_resync = 0.0
+            elif kind == "host":
+                host_changed = True
             elif uuid not in pending or clean is not None:
                 pending[uuid] = clean
             try:
@@ -334,7 +344,7 @@ class Agent:
                 item = None
         for uuid, clean in sorted(pending.items()):
             self._write_guest(uuid, clean)
-        if pending and self.libvirt.connected:
+        if (pending or host_changed) and self.libvirt.connected and self.lease.lease:
             self.publish_host()  # free memory follows the guests
 
     def _write_guest(self, uuid: str, clean: bool | None) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from agents.claims import GuestClaims
 from agents.hook import read_line
 from agents.ports import Domains, FenceView
+from gridtool import supervise
 from gridtool.domains.storage import SharedStorageRules
 from gridtool.domains.xml import DomainXMLError, parse_domain
 from gridtool.fencing.rules import Expected, FenceKind, GuestRef, Observation, StartOp, may_start
@@ -78,7 +79,7 @@ class HookServer:
         os.chmod(self.path, 0o600)
         sock.listen(16)
         self._sock = sock
-        threading.Thread(target=self._serve, name="hooksock", daemon=True).start()
+        supervise.start(self._serve, "hooksock", logger=log)
         log.info("event=hook_socket host=%s path=%s", self.host, self.path)
         return self
 
@@ -99,7 +100,7 @@ class HookServer:
                 conn, _ = sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            supervise.start(self._handle, "hooksock-request", (conn,), logger=log)
 
     def _handle(self, conn: socket.socket) -> None:
         request: dict = {}
@@ -181,8 +182,7 @@ class HookServer:
         """Keep the arriving guest busy (not judged an intruder while its fences are still
         away) until they are here or it is gone again; then have it judged at once."""
         self.claims.enter(guest.uuid, wait=0.0)  # we hold it already: no judgement runs
-        threading.Thread(target=self._follow, args=(guest,), daemon=True,
-                         name=f"incoming-{guest.uuid[:8]}").start()
+        supervise.start(self._follow, f"incoming-{guest.uuid[:8]}", (guest,), logger=log)
 
     def _follow(self, guest: GuestRef) -> None:
         began = time.monotonic()

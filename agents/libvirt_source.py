@@ -11,6 +11,7 @@ from collections.abc import Callable
 import libvirt
 
 from agents.readiness import ReadinessWatcher
+from gridtool import supervise
 from gridtool.domains.storage import SharedStorageRules
 from gridtool.domains.xml import DomainXMLError, parse_domain
 from gridtool.registry.model import GUEST_STATES, GuestRecord
@@ -33,7 +34,7 @@ def start_event_loop() -> None:
             while True:
                 libvirt.virEventRunDefaultImpl()
 
-        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        supervise.start(run, "libvirt-events", logger=log)
         _event_loop_started = True
 
 

@@ -89,11 +89,20 @@ class Config:
     watchdog: str | None = setting(None, "agent", meaning=(
         "A Linux watchdog device, such as `/dev/watchdog` (hardware or the softdog module), that "
         "the agent pets while its lease is safe. If the agent hangs while HA guests run, the "
-        "watchdog resets the host before their fences can expire. Unset: no watchdog."))
+        "watchdog resets the host before their fences can expire. Only a character device "
+        "counts (a missing path is never created); a device that is busy, is no watchdog or "
+        "cannot take a short enough timeout does not protect the host, which its record then "
+        "says, and the host takes no HA guest. Unset: no watchdog."))
+    watchdog_kind: str = setting("device", "agent", meaning=(
+        "What `watchdog` is: `device`, a Linux watchdog device, or `emulated`, the file that "
+        "the lab's watchdog emulator watches (tests and `gridtool lab` only; it resets nothing "
+        "but the lab's simulated host). One of `device` and `emulated`."))
     watchdog_timeout: float = setting(5.0, "agent", meaning=(
-        "The watchdog device's timeout in seconds, as set on the device (the agent does not set "
-        "it). The agent pets the watchdog only while a reset that far away still comes before the "
-        "lease can expire."))
+        "The watchdog's timeout in seconds. The agent sets it on the device when it opens it "
+        "(in whole seconds, at least 1) and reckons with the value the device reads back; it "
+        "must not exceed what the lease allows (*ttl* minus *ttl*/3 minus half the self-fence "
+        "margin), or the watchdog protects nothing. The agent pets the watchdog only while a "
+        "reset that far away still comes before the lease can expire."))
     manager: bool = setting(False, "agent", meaning=(
         "Whether the agent also runs a candidate of the HA manager (as `gridtool manager run` "
         "does): the candidates elect one leader in etcd, which restarts the HA guests of dead "
@@ -188,6 +197,9 @@ def _validate(cfg: Config) -> Config:
             validate_name("host", cfg.host)
     except ValueError as exc:
         raise ConfigError(f"setting 'host': {exc}") from None
+    if cfg.watchdog_kind not in ("device", "emulated"):
+        raise ConfigError(f"setting 'watchdog_kind': {cfg.watchdog_kind!r} is not "
+                          "device or emulated")
     if cfg.intruder_policy not in ("pause", "destroy"):
         raise ConfigError(f"setting 'intruder_policy': {cfg.intruder_policy!r} is not "
                           "pause or destroy")

@@ -73,7 +73,7 @@ class LabHost:
 
         cfg = replace(base, host=self.name, libvirt_uri=self.libvirt_uri)
         if watchdog:
-            cfg = replace(cfg, watchdog=str(self.watchdog),
+            cfg = replace(cfg, watchdog=str(self.watchdog), watchdog_kind="emulated",
                           watchdog_timeout=watchdog_timeout_for(base.ttl))
         self.agent_conf.write_text(render(cfg, include_secrets=True))
         self.agent_conf.chmod(0o600)

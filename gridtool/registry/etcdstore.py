@@ -19,6 +19,7 @@ import grpc
 import pyetcd
 import pyetcd.exceptions
 
+from gridtool import supervise
 from gridtool.config import Config
 from gridtool.errors import AuthError, ConfigError, LeaseGone, RegistryUnavailable
 from gridtool.registry.store import Compare, Delete, EndpointStatus, Event, Item, Put
@@ -289,7 +290,7 @@ class PrefixWatch:
         self._cancelled = threading.Event()
         self._created = threading.Event()
         self._call: Any = None
-        self._thread = threading.Thread(target=self._run, name=f"watch {prefix}", daemon=True)
+        self._thread = supervise.thread(self._run, f"watch {prefix}", logger=log)
         self._thread.start()
         if not self._created.wait(store._cfg.timeout):
             self.cancel()

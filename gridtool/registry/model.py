@@ -61,6 +61,19 @@ class HostRecord:
     labels: tuple[str, ...] = ()
     started_at: float = 0.0
     storage: tuple[str, ...] = ()
+    #: A working watchdog protects the host: a hung or dead agent gets it reset before
+    #: its lease (and so its HA fences) can expire. False from agents that predate it.
+    watchdog: bool = False
+    watchdog_timeout: float = 0.0  # that watchdog's timeout in seconds (0: none)
+    #: How another party can fence this host when it stops answering ("power",
+    #: "storage"): written by fence agents, none of which exists yet (issue 13).
+    fencing: tuple[str, ...] = ()
+
+    @property
+    def protected(self) -> bool:
+        """An HA guest may run here: a hung agent cannot leave it running while it is
+        restarted elsewhere (a working watchdog, or the host can be fenced)."""
+        return self.watchdog or bool(self.fencing)
 
 
 @dataclass(frozen=True)
@@ -166,11 +179,12 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "reported_at": (int, float), "started_at": (int, float), "updated_at": (int, float),
     "ready_at": (int, float),
     "persistent": (bool,), "autostart": (bool,),
+    "watchdog": (bool,), "watchdog_timeout": (int, float),
 }
 
 
 def _coerce(key: str, name: str, value: Any) -> Any:
-    if name in ("labels", "storage"):
+    if name in ("labels", "storage", "fencing"):
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise DecodeError(key, f"field {name!r} must be a list of strings")
         return tuple(value)
