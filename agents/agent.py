@@ -36,6 +36,7 @@ from gridtool.fencing.rules import (
     FenceKind,
     GuestRef,
     IntruderPolicy,
+    Judgement,
     Observed,
     judge_running,
     judge_stopped,
@@ -375,7 +376,8 @@ class Agent:
         observed = self.fencer.observe(ref.volumes)
         if rec.state in ACTIVE_STATES:
             policy = IntruderPolicy(self.cfg.intruder_policy)
-            verdict = judge_running(self.host, ref, observed, policy)
+            paused = rec.state == "paused"
+            verdict = judge_running(self.host, ref, observed, policy, paused)
             if verdict.act is Act.ACQUIRE:
                 if self._adopting:  # running before this agent ever ran here: adopt it
                     log.info("event=fence_adopt host=%s guest=%s", self.host, rec.name)
@@ -388,9 +390,9 @@ class Agent:
                     return
                 except FenceRefused:
                     verdict = judge_running(self.host, ref, self.fencer.observe(ref.volumes),
-                                            policy)
+                                            policy, paused)
             if verdict.act in (Act.PAUSE, Act.DESTROY):
-                self._stop_intruder(rec, verdict.act)
+                self._stop_intruder(rec, verdict)
                 self.report_violation(rec, verdict.report, verdict.act.value)
             elif rec.uuid in self.fencer.stale or any(
                     o.fence.kind is not ref.kind for o in observed.values()
@@ -403,12 +405,26 @@ class Agent:
         if verdict.act is Act.RELEASE:
             self.fencer.release(ref)
 
-    def _stop_intruder(self, rec: GuestRecord, act: Act) -> None:
+    def _stop_intruder(self, rec: GuestRecord, verdict: Judgement) -> None:
+        """Destroy, or mark (when the rule says so) and pause, an intruder; a marked copy
+        found running again is reported as resumed."""
         dom = self.libvirt.domain(rec.uuid)
         if dom is None:
             return
+        if verdict.resumed:
+            log.error("event=intruder_resumed host=%s guest=%s uuid=%s action=%s", self.host,
+                      rec.name, rec.uuid, verdict.act.value)
+        if verdict.mark:  # before the pause: a paused intruder is never left unmarked
+            try:
+                self.libvirt.mark_intruder(dom, self._foreign_holder(rec))
+                log.warning("event=intruder_marked host=%s guest=%s uuid=%s", self.host,
+                            rec.name, rec.uuid)
+                self._look_again(rec.uuid)  # its record shows the mark
+            except libvirt.libvirtError as exc:
+                log.error("event=intruder_mark_failed host=%s guest=%s error=%s", self.host,
+                          rec.name, _one_line(exc))
         try:
-            if act is Act.DESTROY:
+            if verdict.act is Act.DESTROY:
                 dom.destroy()
             elif dom.info()[0] != libvirt.VIR_DOMAIN_PAUSED:
                 dom.suspend()
@@ -416,15 +432,19 @@ class Agent:
             log.error("event=intruder_stop_failed host=%s guest=%s error=%s", self.host,
                       rec.name, _one_line(exc))
 
+    def _foreign_holder(self, rec: GuestRecord) -> str:
+        """Another host holding a fence of ``rec`` (a fresh read), or ''."""
+        observed = self.fencer.observe(rec.volumes)
+        holders = [o.fence.holder for o in observed.values()
+                   if isinstance(o, Observed) and o.fence.holder != self.host]
+        return holders[0] if holders else ""
+
     def report_violation(self, rec: GuestRecord, message: str, action: str) -> None:
         log.error("event=fence_violation host=%s guest=%s uuid=%s action=%s message=%s",
                   self.host, rec.name, rec.uuid, action, message)
-        observed = self.fencer.observe(rec.volumes)
-        holders = [o.fence.holder for o in observed.values()
-                   if o is not None and hasattr(o, "fence") and o.fence.holder != self.host]
         volume = rec.volumes[0] if rec.volumes else ""
         self.store.put(self.keys.violation(self.host, rec.uuid), encode(Violation(
-            self.host, rec.uuid, rec.name, volume, holders[0] if holders else "",
+            self.host, rec.uuid, rec.name, volume, self._foreign_holder(rec),
             action, time.time(), message)))
 
     def _release_orphans(self, observed: dict[str, GuestRecord]) -> None:

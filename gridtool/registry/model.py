@@ -79,6 +79,7 @@ class GuestRecord:
     autostart: bool = False
     fence_token: int = 0  # revision of the fence key(s) this host holds for the guest
     ready_at: float = 0.0  # when the agent saw the guest's ready marker this run (0: not)
+    intruder: bool = False  # this run was judged an intruder: it takes no fence until off
 
     @property
     def fenced(self) -> bool:
@@ -165,7 +166,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "fence_token": (int,),
     "reported_at": (int, float), "started_at": (int, float), "updated_at": (int, float),
     "ready_at": (int, float),
-    "persistent": (bool,), "autostart": (bool,),
+    "persistent": (bool,), "autostart": (bool,), "intruder": (bool,),
 }
 
 
