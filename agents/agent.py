@@ -24,6 +24,7 @@ import libvirt
 from agents.claims import GuestClaims
 from agents.fencer import Fencer, FenceRefused
 from agents.hooksock import HookServer
+from agents.identity import HostNameTaken, Registration, admit, read_identity
 from agents.intents import IntentWorker
 from agents.lease import HostLease, Watchdog
 from agents.libvirt_source import LibvirtSource
@@ -50,6 +51,7 @@ from gridtool.registry.sync import plan_sync
 log = logging.getLogger("gridtool.agent")
 
 _RESYNC = ("resync", "", None)
+REGISTER_ATTEMPTS = 5  # registrations racing with another agent's before a backoff
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Agent:
         cfg.require("host", "libvirt_uri")
         self.cfg = cfg
         self.host: str = cfg.host  # type: ignore[assignment]  # cfg.require() checked it is set
+        self.identity = read_identity(cfg.machine_id_file)  # ConfigError: refuse to start
         self.keys = cfg.keys
         self.registry = Registry(store, cfg.keys)
         self.store = store
@@ -117,6 +120,7 @@ class Agent:
         self._adopting = True
         self._fences_known = False  # the watchdog may be tended (see _register, resync)
         self._intent_watch: Watch | None = None
+        self._refused: HostNameTaken | None = None  # the host name is another machine's
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -151,7 +155,14 @@ class Agent:
             except libvirt.libvirtError as exc:  # e.g. libvirtd died in a resync: reconnect
                 log.warning("event=libvirt_error host=%s error=%s", self.host, _one_line(exc))
                 self.libvirt.close()
+            except HostNameTaken as exc:
+                log.error("event=host_name_taken host=%s machine=%s reason=%s", self.host,
+                          self.identity.machine, exc)
+                self._refused = exc
+                break
         self._shutdown()
+        if self._refused is not None:
+            raise self._refused  # gridtool-agent exits with its one line
 
     def _shutdown(self) -> None:
         self.intents.stop()
@@ -161,7 +172,11 @@ class Agent:
         if self._intent_watch is not None:
             self._intent_watch.cancel()
         ha = self.fencer.ha_guests()
-        if ha and self.lease.has_watchdog and self.lease.arm():
+        if self._refused is not None:
+            # Not this machine's host name: touch no lease, and leave the watchdog as it
+            # is (this machine's own agent may have left it armed under another name).
+            self.lease.keep()
+        elif ha and self.lease.has_watchdog and self.lease.arm():
             # HA guests keep running after the agent exits; revoking the lease would drop
             # their fences and the manager would start them elsewhere. Keep the lease (a
             # restarted agent resumes it) and leave the watchdog armed: if no agent pets
@@ -233,7 +248,11 @@ class Agent:
 
     def _register(self) -> None:
         """Publish the host record under a lease: on start-up the previous agent's lease
-        if etcd still has it (a restart keeps every fence in place), else a fresh one."""
+        if etcd still has it (a restart keeps every fence in place), else a fresh one.
+        First of all, the host name must be this machine's (``agents.identity.admit``:
+        HostNameTaken when not); the record and the name's claim are written in one
+        transaction that fails if another agent registered since the check."""
+        registration = admit(self.store, self.keys, self.host, self.identity, time.time())
         lease = self._resumable_lease()
         resumed = lease is not None and self.lease.resume(lease)
         if not resumed:
@@ -246,7 +265,14 @@ class Agent:
             self.fencer.refresh_held()
             self._fences_known = True
             self.lease.tend_watchdog()
-        self.publish_host()  # alive again: its confirm-dead mark goes with this write
+        for _ in range(REGISTER_ATTEMPTS):  # alive again: its confirm-dead mark goes too
+            if self.publish_host(registration):
+                break
+            registration = admit(self.store, self.keys, self.host, self.identity, time.time())
+        else:
+            self.lease.lost.set()  # register again (after the main loop's backoff)
+            raise RegistryUnavailable(f"the registration of {self.host} kept racing with "
+                                      "another agent's: trying again")
         self._next_resync = 0.0
         log.info("event=host_registered host=%s lease=%x ttl=%s resumed=%s", self.host,
                  self.lease.lease, self.cfg.ttl, "yes" if resumed else "no")
@@ -258,13 +284,19 @@ class Agent:
         item = self.store.get(self.keys.host(self.host))
         return item.lease if item is not None and item.lease else None
 
-    def publish_host(self) -> None:
+    def publish_host(self, registration: Registration | None = None) -> bool:
+        """Write the host record under the lease (with ``registration``'s claim and
+        compares when registering: False when they failed and nothing was written)."""
         node = self.libvirt.node()
-        self.registry.put_host(HostRecord(
+        record = HostRecord(
             name=self.host, libvirt_uri=self.cfg.libvirt_uri or "", agent_version=__version__,
             reported_at=time.time(), labels=self.cfg.labels, started_at=self.started_at,
-            storage=self.cfg.storage, **node,
-        ), lease=self.lease.lease)
+            storage=self.cfg.storage, machine_id=self.identity.machine,
+            instance=self.identity.instance, **node)
+        if registration is None:
+            return self.registry.put_host(record, self.lease.lease)
+        return self.registry.put_host(record, self.lease.lease, registration.guard,
+                                      (registration.claim,))
 
     def resync(self) -> None:
         """Make the registry match libvirt exactly, and judge every fenced guest."""

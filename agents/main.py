@@ -51,7 +51,11 @@ def main(config_file: str | None, log_level: str, **flags: object) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    agent.run()
+    try:
+        agent.run()
+    except GridtoolError as exc:  # the host name is another machine's
+        click.echo(f"gridtool-agent: {exc}", err=True)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ class HostRecord:
     labels: tuple[str, ...] = ()
     started_at: float = 0.0
     storage: tuple[str, ...] = ()
+    machine_id: str = ""  # the machine the agent runs on ('' from agents before it was kept)
+    instance: str = ""  # the agent process (random, new at each start)
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ def _build(cls: type[R], key: str, data: dict[str, Any]) -> R:
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "libvirt_uri": (str,), "hypervisor": (str,), "agent_version": (str,),
-    "uuid": (str,), "host": (str,), "state": (str,),
+    "uuid": (str,), "host": (str,), "state": (str,), "machine_id": (str,), "instance": (str,),
     "cpus": (int,), "memory_mib": (int,), "free_memory_mib": (int,), "vcpus": (int,),
     "fence_token": (int,),
     "reported_at": (int, float), "started_at": (int, float), "updated_at": (int, float),
