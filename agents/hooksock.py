@@ -133,7 +133,8 @@ class HookServer:
             return True, "not fenced"
         if not uuid:
             return False, "its domain XML has no UUID"
-        guest = GuestRef(uuid, name or uuid, FenceKind.PINNED, volumes)  # kind: not asked
+        guest = GuestRef(uuid, name or uuid, FenceKind.PINNED, volumes,  # kind: not asked
+                         intruder=spec.intruder)  # a saved image of a marked copy
         with self.claims.working(uuid, CLAIM_WAIT_S) as claimed:
             if not claimed:
                 return False, f"{self.host}'s agent is judging it right now: try again"

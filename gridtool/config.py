@@ -70,6 +70,12 @@ class Config:
     libvirt_uri: str | None = setting(None, "agent", meaning=(
         "The libvirt URI the agent watches, such as `qemu:///system` or `xen:///system`. The agent "
         "needs it."))
+    machine_id_file: str = setting("/etc/machine-id", "agent", meaning=(
+        "A file holding this machine's identity, read by the agent at start (surrounding white "
+        "space is stripped; empty or unreadable: the agent refuses to start). The host name "
+        "belongs to one machine at a time: an agent of the same `host` on a machine with "
+        "another identity refuses to start while the first one's lease lives. A cloned machine "
+        "needs its own identity (`systemd-machine-id-setup` after emptying the file)."))
     ttl: int = setting(10, "agent", meaning=(
         "Seconds of the host's lease. The agent renews it every *ttl*/3 seconds; when the agent "
         "dies its host record vanishes after *ttl* seconds and its guests show as `unknown`."))

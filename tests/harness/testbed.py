@@ -54,14 +54,16 @@ class LabHosts:
     def conn(self, name: str) -> libvirt.virConnect:
         return self.conns[name]
 
-    def start_agent(self, name: str, watchdog: bool = True,
+    def start_agent(self, name: str, watchdog: bool = True, as_host: str | None = None,
                     **settings: object) -> subprocess.Popen:
         """Start ``name``'s agent; with ``watchdog``, a killed or hung agent resets the
-        simulated host (its running guests are destroyed) as a hardware watchdog would."""
+        simulated host (its running guests are destroyed) as a hardware watchdog would.
+        ``as_host``: the agent registers under that name, with that host's credentials
+        (a cloned dom0, or a typo in its config), on ``name``'s machine."""
         host = self.hosts[name]
         settings.setdefault("images_dir", str(self.images_dir))  # one lab-wide directory
         cfg = replace(self.cfg, **settings)  # type: ignore[arg-type]
-        host.write_agent_conf(self._host_credentials(name, cfg), watchdog)
+        host.write_agent_conf(self._host_credentials(as_host or name, cfg), watchdog, as_host)
         if watchdog and name not in self.watchdogs:
             self.watchdogs[name] = WatchdogEmulator(
                 host.watchdog, watchdog_timeout_for(cfg.ttl), host.libvirt_uri, name,

@@ -429,3 +429,109 @@ def test_manager_failover_within_ttl_plus_one_second(store, cfg):  # type: ignor
     assert time.monotonic() - died <= cfg.ttl + 1.0
     stops["m2"].set()
     threads["m2"].join(10)
+
+
+def _violation(store, cfg, host):  # type: ignore[no-untyped-def]
+    item = store.get(cfg.keys.violation(host, UUID))
+    return decode(Violation, item.key, item.value) if item is not None else None
+
+
+def _judged_since(store, cfg, host, since):  # type: ignore[no-untyped-def]
+    """The violation ``host``'s agent recorded for the guest after ``since`` (its agent
+    judged the guest again), or None yet."""
+    violation = _violation(store, cfg, host)
+    return violation if violation is not None and violation.at > since else None
+
+
+def _judged_or_taken(store, cfg, host, since):  # type: ignore[no-untyped-def]
+    """(the violation ``host`` recorded after ``since``, the fence's holder) once either
+    is there: an agent that adopts a guest silently records no violation."""
+    found = (_judged_since(store, cfg, host, since), fence_holder(store, cfg))
+    return found if found != (None, None) else None
+
+
+def _state(lab_hosts, host):  # type: ignore[no-untyped-def]
+    return lab_hosts.conn(host).lookupByUUIDString(UUID).state()[0]
+
+
+def _paused_intruder_with_its_fence_freed(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
+    """hv1 runs the guest with its fence; a bare start on hv2 is paused as an intruder;
+    then the guest stops cleanly on hv1, which frees the fence. hv2 resyncs every
+    second. Returns when the fence key is gone (the time it was seen gone)."""
+    import libvirt
+
+    hosts_with_guest(lab_hosts, ["hv1", "hv2"], resync_interval=1.0)
+    wait_registered(registry, ["hv1", "hv2"])
+    client = IntentClient(store, cfg.keys)
+    assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+    lab_hosts.conn("hv2").lookupByUUIDString(UUID).create()  # a bare `virsh start`
+    wait_until(lambda: _state(lab_hosts, "hv2") == libvirt.VIR_DOMAIN_PAUSED
+               and _violation(store, cfg, "hv2"), what="intruder paused and reported")
+    assert _violation(store, cfg, "hv2").action == "pause"
+    assert client.wait(client.submit("hv1", "stop", UUID, "db"), 30).state == "done"
+    wait_until(lambda: fence_holder(store, cfg) != "hv1", what="fence freed on hv1")
+    return time.time()
+
+
+def test_paused_intruder_never_inherits_the_freed_fence(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
+    """Issue 12 item 3: once judged an intruder, a guest takes no fence until it has been
+    shut off, across an agent restart; a resume is paused again and reported; a proper
+    start through gridtool after it is shut off works."""
+    import libvirt
+
+    freed = _paused_intruder_with_its_fence_freed(lab_hosts, store, cfg, registry)
+    judged = wait_until(lambda: _judged_since(store, cfg, "hv2", freed),
+                        what="hv2 judged its copy after the fence was freed")
+    assert (judged.action, fence_holder(store, cfg)) == ("pause", None), judged
+    assert _state(lab_hosts, "hv2") == libvirt.VIR_DOMAIN_PAUSED
+    # A restarted agent (its first resync adopts what ran before it) must not forget.
+    lab_hosts.stop_agent("hv2")
+    restarted = time.time()
+    lab_hosts.start_agent("hv2", resync_interval=1.0)
+    judged, holder = wait_until(lambda: _judged_or_taken(store, cfg, "hv2", restarted),
+                                what="the restarted hv2 judged its copy")
+    assert (judged and judged.action, holder) == ("pause", None), (judged, holder)
+    assert "event=fence_adopt" not in lab_hosts.agent_log("hv2")
+    record = registry.guests_of("hv2")[0][UUID]
+    assert (record.state, record.intruder) == ("paused", True)
+    # `virsh resume`: paused again at once (the lifecycle event), and reported.
+    dom = lab_hosts.conn("hv2").lookupByUUIDString(UUID)
+    resumed = time.time()
+    dom.resume()
+    wait_until(lambda: _state(lab_hosts, "hv2") == libvirt.VIR_DOMAIN_PAUSED
+               and _judged_since(store, cfg, "hv2", resumed), what="resumed intruder paused")
+    assert fence_holder(store, cfg) is None
+    assert "event=intruder_resumed host=hv2" in lab_hosts.agent_log("hv2")
+    # A start through gridtool would take the fence for the paused copy: refused.
+    client = IntentClient(store, cfg.keys)
+    refused = client.wait(client.submit("hv2", "start", UUID, "db"), 30, raise_failed=False)
+    assert refused.state == "failed" and "judged an intruder" in refused.message
+    assert fence_holder(store, cfg) is None
+    # Shut off, the copy is an ordinary guest again: a start through gridtool works.
+    dom.destroy()
+    wait_until(lambda: not registry.guests_of("hv2")[0][UUID].intruder
+               and registry.guests_of("hv2")[0][UUID].state == "shutoff",
+               what="hv2's copy shut off")
+    assert client.wait(client.submit("hv2", "start", UUID, "db"), 30).state == "done"
+    assert fence_holder(store, cfg) == "hv2" and running_on(lab_hosts) == ["hv2"]
+
+
+def test_intruder_resumed_while_its_agent_was_down_is_destroyed_per_policy(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry):
+    """The mark lives with the running copy: resumed while hv2's agent was down, with
+    the fence free, the copy is not adopted by the restarted agent; with
+    intruder_policy=destroy it is destroyed and reported."""
+    _paused_intruder_with_its_fence_freed(lab_hosts, store, cfg, registry)
+    lab_hosts.stop_agent("hv2")
+    lab_hosts.conn("hv2").lookupByUUIDString(UUID).resume()
+    restarted = time.time()
+    lab_hosts.start_agent("hv2", intruder_policy="destroy")
+    judged, holder = wait_until(lambda: _judged_or_taken(store, cfg, "hv2", restarted),
+                                what="the restarted hv2 judged its copy")
+    assert (judged and judged.action, holder) == ("destroy", None), (judged, holder)
+    assert running_on(lab_hosts) == []
+    import libvirt
+
+    assert _state(lab_hosts, "hv2") == libvirt.VIR_DOMAIN_SHUTOFF
+    log = lab_hosts.agent_log("hv2")
+    assert "event=fence_adopt" not in log and "event=intruder_resumed host=hv2" in log

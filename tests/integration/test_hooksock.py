@@ -117,3 +117,22 @@ def test_the_decision_waits_for_a_judgement_of_the_guest(hosts) -> None:  # type
     asking.join(timeout=CLAIM_WAIT_S + 10)
     assert answers and answers[0]["allow"] is False, "decided after the judgement, not before"
     assert not h1.claims.busy(uuid)
+
+
+def test_a_saved_image_of_a_marked_intruder_is_refused(hosts) -> None:  # type: ignore[no-untyped-def]
+    """The intruder mark lives in the live XML, so a saved image of the copy carries it:
+    restoring it would resume stale memory, even on the host that now holds the fence."""
+    h1, _h2, uuid, xml = hosts
+    domains = h1.server.domains
+    dom = domains.domain(uuid)
+    dom.create()
+    try:
+        domains.mark_intruder(dom, "h2")
+        saved = dom.XMLDesc(0)  # what libvirt hands the hook on 'restore begin'
+    finally:
+        dom.destroy()
+    assert "gridtool.invalid/intruder" not in dom.XMLDesc(0), "gone with the run"
+    h1.fencer.acquire(ref(uuid))
+    answer = h1.ask("restore", uuid, saved)
+    assert answer["allow"] is False and "judged an intruder" in answer["message"]
+    assert h1.ask("prepare", uuid, xml)["allow"] is True, "a fresh boot is not marked"

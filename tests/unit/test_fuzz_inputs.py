@@ -69,7 +69,7 @@ hosts = st.builds(
 guests = st.builds(
     GuestRecord, uuid=texts, name=texts, host=texts, state=st.sampled_from(GUEST_STATES),
     vcpus=ints, memory_mib=ints, updated_at=finite, disks=st.lists(disks, max_size=3).map(tuple),
-    persistent=st.booleans(), autostart=st.booleans())
+    persistent=st.booleans(), autostart=st.booleans(), intruder=st.booleans())
 
 
 def check_decode(cls: type, key: str, raw: bytes | str) -> Any:
@@ -93,8 +93,8 @@ def assert_well_typed(rec: HostRecord | GuestRecord) -> None:
             for d in value:
                 assert isinstance(d, Disk)
                 assert isinstance(d.target, str) and isinstance(d.source, str)
-        elif f.name in ("persistent", "autostart", "watchdog"):
-            assert isinstance(value, bool)
+        elif f.type == "bool":
+            assert isinstance(value, bool), (f.name, value)
         elif f.type == "int":
             assert isinstance(value, int) and not isinstance(value, bool)
         elif f.type == "float":
