@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,11 @@ class LabHosts:
     def agent_log(self, name: str) -> str:
         return Path(self.hosts[name].dir, "agent.log").read_text()
 
+    def agent_events(self, name: str, event: str) -> list[tuple[float, str]]:
+        """``name``'s agent log lines of ``event=<event>`` with their wall-clock times
+        (``time.time()`` scale, millisecond resolution), oldest first."""
+        return log_events(self.agent_log(name), event)
+
     def close(self) -> None:
         for name in list(self.agents):
             self.stop_agent(name)
@@ -143,6 +149,34 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0,
         if time.monotonic() > deadline:
             raise LabError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def hold_for(seconds: float, invariant: Callable[[], object], what: str,
+             interval: float = 0.05) -> None:
+    """Observe for ``seconds``: ``invariant()`` must stay truthy at every poll, and the
+    first poll where it does not fails at once (AssertionError naming ``what``).
+
+    For a claim that something does NOT happen within a window (a reset, a move): the
+    window is the claim's, not a wait for a result, which ``wait_until`` is for."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert invariant(), f"{what}: broken {seconds - (deadline - time.monotonic()):.2f} s " \
+            f"into the {seconds:.2f} s window"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(interval, left))
+
+
+def log_events(text: str, event: str) -> list[tuple[float, str]]:
+    """Lines of a gridtool log (``%(asctime)s LEVEL event=...``) with ``event=<event>``
+    as (wall-clock time, line)."""
+    found = []
+    for line in text.splitlines():
+        if f" event={event} " in f"{line} ":
+            stamp = " ".join(line.split()[:2])
+            found.append((datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), line))
+    return found
 
 
 def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None,
