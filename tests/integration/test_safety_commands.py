@@ -38,6 +38,7 @@ from tests.integration.test_fencing import (
     fence_holder,
     hosts_with_guest,
     running_on,
+    wait_ha_restart,
     wait_registered,
 )
 
@@ -343,11 +344,11 @@ def test_guest_set_ha_binds_the_fence_to_the_lease_and_the_manager_restarts_it( 
                     "--period", "0.2"), DoubleRunChecker(lambda: lab_hosts.conns) as checker:
         wait_until(lambda: store.get(cfg.keys.manager_leader), timeout=30,
                    what="the CLI's manager to lead")
+        powered_off = time.monotonic()
         lab_hosts.stop_agent("hv1", kill=True)  # power off
         lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
         # No confirm-dead: an HA guest comes back once hv1's lease (TTL) expires.
-        wait_until(lambda: running_on(lab_hosts) == ["hv2"], timeout=cfg.ttl + 20,
-                   what="the HA guest restarted on hv2")
+        wait_ha_restart(lab_hosts, cfg, powered_off, ["hv2"])
     assert checker.overlaps == [] and checker.samples > 0
     assert store.get(cfg.keys.dead_host("hv1")) is None
     [row] = fence_rows(cfg, capsys)["fences"]
