@@ -125,22 +125,37 @@ def _outcome(client: IntentClient, intent: Intent) -> Intent:
     return client.wait(intent, timeout=30, raise_failed=False)
 
 
-def test_guest_started_behind_our_back_is_paused_as_intruder(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
-    hosts_with_guest(lab_hosts, ["hv1", "hv2"])
+@pytest.mark.parametrize("policy", ["pause", "destroy"])
+def test_guest_started_behind_our_back_is_stopped_as_intruder(lab_hosts, store, cfg, registry,  # type: ignore[no-untyped-def]
+                                                              policy):
+    """A bare start on hv2 of the guest whose fence hv1 holds: hv2's agent stops it as its
+    ``intruder_policy`` says (paused by default, or destroyed) and records the violation;
+    hv1 keeps the guest and the fence."""
+    import libvirt
+
+    lab_hosts.add("hv1")
+    lab_hosts.add("hv2")
+    for name in ("hv1", "hv2"):
+        lab_hosts.conn(name).defineXML(shared_xml())
+    lab_hosts.start_agent("hv1")
+    lab_hosts.start_agent("hv2", intruder_policy=policy)
     wait_registered(registry, ["hv1", "hv2"])
     client = IntentClient(store, cfg.keys)
     assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
     # A sysadmin runs a bare `virsh start` on hv2 (the test driver has no hook to stop it).
-    lab_hosts.conn("hv2").lookupByUUIDString(UUID).create()
+    intruder = lab_hosts.conn("hv2").lookupByUUIDString(UUID)
+    intruder.create()
     key = cfg.keys.violation("hv2", UUID)
     wait_until(lambda: store.get(key), what="violation reported")
     violation = decode(Violation, key, store.get(key).value)
-    assert (violation.holder, violation.action, violation.volume) == ("hv1", "pause", VOLUME)
-    import libvirt
-
-    wait_until(lambda: lab_hosts.conn("hv2").lookupByUUIDString(UUID).state()[0]
-               == libvirt.VIR_DOMAIN_PAUSED, what="intruder paused")
-    assert fence_holder(store, cfg) == "hv1"
+    assert (violation.holder, violation.action, violation.volume) == ("hv1", policy, VOLUME)
+    assert f"{policy} it" in violation.message
+    stopped = {"pause": libvirt.VIR_DOMAIN_PAUSED, "destroy": libvirt.VIR_DOMAIN_SHUTOFF}
+    wait_until(lambda: intruder.state()[0] == stopped[policy],
+               what=f"the intruder {policy.removesuffix('e')}ed")
+    assert f"event=fence_violation host=hv2 guest=db uuid={UUID} action={policy}" in \
+        lab_hosts.agent_log("hv2")
+    assert running_on(lab_hosts) == ["hv1"] and fence_holder(store, cfg) == "hv1"
 
 
 def test_guest_started_without_fence_takes_it_and_reports(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
