@@ -82,14 +82,15 @@ def ha_restart_bound(ttl: float) -> float:
 
 
 def wait_ha_restart(lab_hosts, cfg, since: float, where: list[str] | None = None,  # type: ignore[no-untyped-def]
-                    uuid: str = UUID) -> list[str]:
-    """Wait (within :func:`ha_restart_bound`, counted from ``since``, a ``time.monotonic()``)
-    until the HA guest runs on one host (on ``where`` if given); return the hosts."""
+                    uuid: str = UUID, ttl: float | None = None) -> list[str]:
+    """Wait (within :func:`ha_restart_bound` of ``ttl``, default the lease TTL, counted
+    from ``since``, a ``time.monotonic()``) until the HA guest runs on one host (on
+    ``where`` if given); return the hosts. ``ttl=0``: the lease was revoked at ``since``."""
     def restarted() -> list[str] | None:
         on = running_on(lab_hosts, uuid)
         return on if (on == where if where is not None else len(on) == 1) else None
 
-    bound = ha_restart_bound(cfg.ttl)
+    bound = ha_restart_bound(cfg.ttl if ttl is None else ttl)
     on = wait_until(restarted, timeout=max(0.0, since + bound - time.monotonic()),
                     what=f"the HA restart on {where or 'another host'} within TTL + 0.2 s + "
                          f"{HA_RESTART_SLACK_S:g} s slack = {bound:.1f} s")
@@ -401,6 +402,31 @@ def test_agent_stopped_for_good_resets_host_before_ha_restart(lab_hosts, store, 
     assert checker.overlaps == [] and checker.samples > 0
     assert lab_hosts.watchdogs["hv1"].resets == 1
     assert fence_holder(store, cfg) == "hv2"
+
+
+def test_clean_stop_without_a_watchdog_destroys_ha_guests_then_revokes_its_lease(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry):
+    """Documented for SIGTERM without a watchdog: nothing would stop the HA guests once the
+    lease lapsed, so the agent destroys them first (agent_stop_self_fence), then revokes
+    its lease and exits 0. The fence goes with the revoke, not 30 s later with an expiry:
+    the manager restarts the guest elsewhere within the restart chain's own time."""
+    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, watchdog=False,
+                                      ttl=30), \
+            DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+        agent = lab_hosts.agents["hv1"]
+        lab_hosts.stop_agent("hv1")  # SIGTERM; returns once the agent has exited
+        exited = time.monotonic()
+        assert agent.returncode == 0
+        assert store.get(cfg.keys.host("hv1")) is None, "lease not revoked at the stop"
+        assert "hv1" not in running_on(lab_hosts)
+        [(fence_at, line)] = lab_hosts.agent_events("hv1", "agent_stop_self_fence")
+        assert "ha_guests=1 reason=no watchdog configured" in line
+        [(destroyed_at, _)] = lab_hosts.agent_events("hv1", "self_fenced")
+        [(stop_at, _)] = lab_hosts.agent_events("hv1", "agent_stop")
+        assert fence_at <= destroyed_at <= stop_at  # destroyed, then the lease, then exit
+        wait_ha_restart(lab_hosts, cfg, exited, ["hv2"], ttl=0)
+    assert checker.overlaps == [] and checker.samples > 0
+    assert lab_hosts.watchdogs == {} and fence_holder(store, cfg) == "hv2"
 
 
 def test_agent_crash_with_only_pinned_guests_does_not_reset_the_host(lab_hosts, store, cfg,  # type: ignore[no-untyped-def]
