@@ -225,6 +225,39 @@ def test_partitioned_host_self_fences_before_its_fence_expires(lab_hosts, store,
     assert deadline <= cut + cfg.ttl - margin + resolution, numbers
 
 
+def test_a_fence_bound_to_a_lease_the_agent_does_not_keep_is_bound_to_its_own(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry):
+    """Documented: an HA fence found bound to another lease than the agent's own (a lease
+    lost while the guest kept running) is re-put under the current lease by the next
+    resync. Here the test moves hv1's fence onto a stray lease of its own (60 s, kept
+    alive by nobody); hv1's next resync binds it to hv1's lease again, so that the stray
+    lease's end leaves the fence, and the guest, where they are."""
+    from gridtool.registry.store import Compare, Put
+
+    hosts_with_guest(lab_hosts, ["hv1"])
+    wait_registered(registry, ["hv1"])
+    store.put(cfg.keys.guest_settings(UUID), encode(GuestSettings(UUID, "db", ha=True)))
+    client = IntentClient(store, cfg.keys)
+    assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+    key = cfg.keys.fence(VOLUME)
+    held, own = store.get(key), store.get(cfg.keys.host("hv1")).lease
+    assert held is not None and held.lease == own
+    stray = store.grant_lease(60)
+    try:
+        assert store.txn([Compare(key, "mod", held.mod_revision)],
+                         [Put(key, held.value, stray)])
+        # the next resync comes within resync_interval (2 s); +2 s for a loaded machine
+        rebound = wait_until(lambda: (item := store.get(key)) is not None
+                             and item.lease == own and item, timeout=cfg.resync_interval + 2,
+                             what="hv1's resync to bind the fence to its own lease again")
+    finally:
+        store.revoke_lease(stray)
+    assert rebound.mod_revision > held.mod_revision and rebound.value == held.value
+    after = store.get(key)
+    assert after is not None and after.lease == own, "the stray lease took the fence along"
+    assert running_on(lab_hosts) == ["hv1"]
+
+
 @contextlib.contextmanager
 def ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, name="db", uuid=UUID,  # type: ignore[no-untyped-def]
                                  storage=None, **agent_settings):
