@@ -179,6 +179,19 @@ def test_confirm_dead_refused_while_leased_then_the_manager_moves_the_pinned_gue
         assert row["token"] > item.mod_revision
         actions = json.loads(gridtool(cfg, capsys, "manager", "status", "--json")[1])
         assert any("db" in a and "hv2" in a for a in actions["status"]["actions"]), actions
+
+        # hv1 powered on again: its agent deletes the dead/ mark when it registers (a
+        # mark left behind would let the manager release hv1's pinned fences again),
+        # and the moved guest is not started a second time.
+        lab_hosts.start_agent("hv1")
+        wait_until(lambda: store.get(cfg.keys.host("hv1")), timeout=30,
+                   what="hv1 registered again")
+        # (deleted right after the host record is put: a moment later)
+        wait_until(lambda: dead_mark(store, cfg) is None, timeout=5,
+                   what="hv1's dead mark deleted once it registered")
+        code, out, _ = gridtool(cfg, capsys, "host", "list", "--json")
+        assert code == 0 and "hv1" in {h["name"] for h in json.loads(out)["hosts"]}
+        assert running_on(lab_hosts) == ["hv2"] and fence_holder(store, cfg) == "hv2"
     assert checker.overlaps == [] and checker.samples > 0
 
 
