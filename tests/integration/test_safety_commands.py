@@ -201,6 +201,42 @@ def test_confirm_dead_of_an_unknown_host_is_refused(store, cfg, capsys):  # type
     assert code == 3 and one_line(err) and "hv9" in err
 
 
+def test_host_remove_of_a_dead_host_with_guests_needs_force_and_leaves_its_fences(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry, capsys):
+    """docs/architecture.md, `host remove`: refused (exit 7) while guests are active on the
+    host, unless --force; a dead host (no lease) cannot be drained, so --force alone is
+    enough, and no --ssh (its agent is gone). Its registry keys go (host record, guests,
+    dead mark); its fences stay (a pinned fence is released only by its host or
+    confirm-dead), and the guests it still ran are named as left unmanaged."""
+    hosts_with_guest(lab_hosts, ["hv1"])  # db: fenced (pinned)
+    lab_hosts.conn("hv1").defineXML(domain_xml("web")).create()  # not fenced
+    wait_registered(registry, ["hv1"])
+    assert gridtool(cfg, capsys, "guest", "start", "db", "--on", "hv1")[0] == 0
+    wait_until(lambda: sorted(g.name for g in registry.guests_of("hv1")[0].values()
+                              if g.state == "running") == ["db", "web"],
+               what="db and web reported running")
+    lab_hosts.stop_agent("hv1", kill=True)  # power off, as far as the registry can tell
+    wait_until(lambda: store.get(cfg.keys.host("hv1")) is None, timeout=cfg.ttl + 0.5 + 2,
+               what="hv1's lease to expire")  # TTL, etcd's 0.5 s expiry check, 2 s of load
+    code, _, err = gridtool(cfg, capsys, "host", "confirm-dead", "hv1", "--yes")
+    assert code == 0 and dead_mark(store, cfg) is not None, err
+
+    code, _, err = gridtool(cfg, capsys, "host", "remove", "hv1")
+    assert code == 7 and one_line(err), err
+    assert "hv1 runs 2 guests (db, web)" in err and "--force" in err
+    assert len(registry.guests_of("hv1")[0]) == 2, "a refusal deletes nothing"
+
+    code, _, err = gridtool(cfg, capsys, "host", "remove", "hv1", "--force")
+    assert code == 0, err
+    assert "gridtool: warning: 2 guests still run on hv1 unmanaged: db, web\n" in err
+    assert err.endswith("hv1: removed\n") and "Traceback" not in err
+    assert store.get(cfg.keys.host("hv1")) is None and dead_mark(store, cfg) is None
+    assert store.list(cfg.keys.host_guests("hv1"))[0] == []
+    assert fence_holder(store, cfg) == "hv1", "host remove must leave the fence"
+    [row] = fence_rows(cfg, capsys)["fences"]
+    assert (row["holder"], row["guest_name"], row["kind"]) == ("hv1", "db", "pinned")
+
+
 def test_fence_release_force_lets_another_host_start_the_guest(lab_hosts, store, cfg,  # type: ignore[no-untyped-def]
                                                                registry, capsys):
     hosts_with_guest(lab_hosts, ["hv1", "hv2"])
