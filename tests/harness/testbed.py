@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -17,9 +18,11 @@ import libvirt
 
 from gridtool.auth.rules import host_user
 from gridtool.config import Config
+from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS
 from gridtool.lab.hosts import LabHost, watchdog_timeout_for
 from gridtool.lab.procs import LabError
 from gridtool.lab.watchdog import WatchdogEmulator
+from tests.harness import ROOT
 
 
 class LabHosts:
@@ -177,6 +180,20 @@ def log_events(text: str, event: str) -> list[tuple[float, str]]:
             stamp = " ".join(line.split()[:2])
             found.append((datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), line))
     return found
+
+
+def run_fence_hook(socket: str, xml: str, name: str, op: str = "prepare",
+                   timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run the libvirt fence hook as a QEMU host's libvirtd does (``python -I
+    agents/hook.py --socket S --shared P... -- NAME OP begin -``, the domain XML on its
+    stdin, the default shared patterns as ``gridtool lab`` installs them); ``timeout``:
+    the hook's own ``--timeout`` (its default when None)."""
+    shared = [arg for pattern in DEFAULT_SHARED_PATTERNS for arg in ("--shared", pattern)]
+    wait = ["--timeout", str(timeout)] if timeout is not None else []
+    return subprocess.run(
+        [sys.executable, "-I", str(ROOT / "agents" / "hook.py"), "--socket", socket, *shared,
+         *wait, "--", name, op, "begin", "-"],
+        input=xml, capture_output=True, text=True, timeout=60)
 
 
 def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None,

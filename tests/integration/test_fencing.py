@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from agents.hook import DEFAULT_TIMEOUT_S as HOOK_TIMEOUT_S
 from agents.lease import GUARD_TICK
 from gridtool.ha.manager import Manager
 from gridtool.registry.intents import IntentClient
 from gridtool.registry.records import GuestSettings, Intent, Violation, decode, encode
 from tests.harness.checker import DoubleRunChecker
 from tests.harness.proxy import CuttableProxy
-from tests.harness.testbed import domain_xml, hold_for, wait_until
+from tests.harness.testbed import domain_xml, hold_for, run_fence_hook, wait_until
 
 SHARED = "/dev/etherd/e9.1"
 VOLUME = "aoe-e9.1"
@@ -256,6 +257,47 @@ def test_a_fence_bound_to_a_lease_the_agent_does_not_keep_is_bound_to_its_own(  
     after = store.get(key)
     assert after is not None and after.lease == own, "the stray lease took the fence along"
     assert running_on(lab_hosts) == ["hv1"]
+
+
+@pytest.mark.parametrize("registry_timeout", [1.0, 3.0], ids=["store-gives-up", "store-retries"])
+def test_the_fence_hook_fails_closed_saying_why_while_etcd_is_unreachable(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry, etcd_cluster, tmp_path, registry_timeout):
+    """hv2's agent is up, its way to etcd is cut: the libvirt fence hook, run as libvirt
+    runs it, must refuse a start there (nobody can tell who holds the fence) within its
+    own timeout, and say that the registry is the trouble, not tell the operator to
+    start an agent that runs. Whether the agent's store gives up on etcd before the
+    hook's deadline (timeout 1 s) or would go on retrying past it (3 s; 5 s by default)."""
+    proxy = CuttableProxy(etcd_cluster.endpoints[0])
+    sock = str(tmp_path / "hv2-hook.sock")
+    try:
+        lab_hosts.add("hv1")
+        lab_hosts.add("hv2")
+        for name in ("hv1", "hv2"):
+            lab_hosts.conn(name).defineXML(shared_xml())
+        lab_hosts.start_agent("hv1")
+        lab_hosts.start_agent("hv2", endpoints=(proxy.endpoint,), hook_socket=sock,
+                              timeout=registry_timeout)
+        wait_registered(registry, ["hv1", "hv2"])
+        client = IntentClient(store, cfg.keys)
+        assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+        xml = lab_hosts.conn("hv2").lookupByUUIDString(UUID).XMLDesc(0)
+        asked = run_fence_hook(sock, xml, "db")  # etcd reachable: the agent knows
+        assert asked.returncode == 1 and "fence is held by hv1" in asked.stderr, asked.stderr
+        proxy.cut()
+        began = time.monotonic()
+        refused = run_fence_hook(sock, xml, "db", timeout=HOOK_TIMEOUT_S)
+        took = time.monotonic() - began
+    finally:
+        proxy.close()
+    print(f"hook refused in {took:.2f} s: {refused.stderr.strip()}")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("gridtool fence hook: refusing to start db: ")
+    assert "registry" in refused.stderr and "unreachable" in refused.stderr, refused.stderr
+    assert "start the agent" not in refused.stderr, "hv2's agent runs: wrong advice"
+    # its own timeout, plus the interpreter's start-up on a loaded machine (python -I)
+    assert took < HOOK_TIMEOUT_S + 3, took
+    assert "hook_refused host=hv2 guest=db" in lab_hosts.agent_log("hv2")
 
 
 @contextlib.contextmanager
