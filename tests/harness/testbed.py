@@ -154,6 +154,17 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0,
         time.sleep(0.02)
 
 
+#: After a lease's last keepalive, etcd deletes its keys within the TTL plus its lessor's
+#: check period (0.5 s); 2 s more for a loaded 2-core machine (etcd, the agents and the
+#: test share two cores). A key that outlives a second TTL fails.
+LEASE_EXPIRY_SLACK_S = 0.5 + 2.0
+
+
+def lease_expiry_bound(ttl: float) -> float:
+    """Seconds from a lease's last keepalive (a power-off, a cut) to its keys gone."""
+    return ttl + LEASE_EXPIRY_SLACK_S
+
+
 def hold_for(seconds: float, invariant: Callable[[], object], what: str,
              interval: float = 0.05) -> None:
     """Observe for ``seconds``: ``invariant()`` must stay truthy at every poll, and the

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from gridtool.registry.model import effective_state
-from tests.harness.testbed import domain_xml, wait_until
+from tests.harness.testbed import domain_xml, lease_expiry_bound, wait_until
 
 
 def _guests(registry, host):  # type: ignore[no-untyped-def]
@@ -61,7 +61,7 @@ def test_sigkill_expires_host_and_guests_show_unknown(lab_hosts, registry, cfg):
     wait_until(lambda: _state_of(registry, "hv1", "g1") == "running", what="sync")
     lab_hosts.stop_agent("hv1", kill=True)
 
-    wait_until(lambda: not registry.list_hosts()[0], timeout=cfg.ttl + 5,
+    wait_until(lambda: not registry.list_hosts()[0], timeout=lease_expiry_bound(cfg.ttl),
                what="host key to expire with its lease")
     live = frozenset(h.name for h in registry.list_hosts()[0])
     (guest,) = _guests(registry, "hv1").values()

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from gridtool.cli.main import cli
 from gridtool.lab.procs import free_port
 from tests.harness.proxy import SilentServer
-from tests.harness.testbed import credential_env, domain_xml, wait_until
+from tests.harness.testbed import credential_env, domain_xml, lease_expiry_bound, wait_until
 
 
 def _args(cfg, *rest: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -67,7 +67,7 @@ def test_show_by_name_and_uuid(populated, cfg):  # type: ignore[no-untyped-def]
 def test_guest_of_dead_host_shows_unknown(populated, cfg):  # type: ignore[no-untyped-def]
     populated.stop_agent("hv2", kill=True)
     wait_until(lambda: "hv2" not in run(cfg, "host", "list", "--json").stdout,
-               timeout=cfg.ttl + 5, what="hv2 lease expiry")
+               timeout=lease_expiry_bound(cfg.ttl), what="hv2 lease expiry")
     guests = json.loads(run(cfg, "guest", "list", "--json", "--host", "hv2").stdout)["guests"]
     assert {g["state"] for g in guests} == {"unknown"}
     assert "host lost" in run(cfg, "guest", "list", "--host", "hv2").stdout

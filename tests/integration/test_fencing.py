@@ -20,7 +20,13 @@ from gridtool.registry.intents import IntentClient
 from gridtool.registry.records import GuestSettings, Intent, Violation, decode, encode
 from tests.harness.checker import DoubleRunChecker
 from tests.harness.proxy import CuttableProxy
-from tests.harness.testbed import domain_xml, hold_for, run_fence_hook, wait_until
+from tests.harness.testbed import (
+    domain_xml,
+    hold_for,
+    lease_expiry_bound,
+    run_fence_hook,
+    wait_until,
+)
 
 SHARED = "/dev/etherd/e9.1"
 VOLUME = "aoe-e9.1"
@@ -198,8 +204,8 @@ def test_partitioned_host_self_fences_before_its_fence_expires(lab_hosts, store,
         try:
             cut = time.time()
             proxy.cut()
-            # etcd's lessor looks for expired leases every 0.5 s; +2 s for the load
-            wait_until(lambda: deleted, timeout=cfg.ttl + 0.5 + 2.0, what="the fence to expire")
+            wait_until(lambda: deleted, timeout=lease_expiry_bound(cfg.ttl),
+                       what="the fence to expire")
         finally:
             watch.cancel()
     finally:
@@ -543,7 +549,7 @@ def test_pinned_guest_moves_only_after_confirm_dead(lab_hosts, store, cfg, regis
         lab_hosts.stop_agent("hv1", kill=True)
         lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
         wait_until(lambda: "hv1" not in {h.name for h in registry.list_hosts()[0]},
-                   timeout=cfg.ttl + 5, what="hv1's lease to expire")
+                   timeout=lease_expiry_bound(cfg.ttl), what="hv1's lease to expire")
         wait_until(lambda: any("confirm-dead" in r for r in manager.blocked.values()),
                    what="manager waiting for confirm-dead")
         assert fence_holder(store, cfg) == "hv1"  # pinned: the fence outlives the lease

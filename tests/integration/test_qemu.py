@@ -31,7 +31,7 @@ from gridtool.registry.records import GuestSettings, encode
 from tests.harness import qemu_testbed
 from tests.harness.checker import MAX_UNKNOWN_FRACTION, DoubleRunChecker, Unknown
 from tests.harness.proxy import CuttableProxy
-from tests.harness.testbed import hold_for, wait_until
+from tests.harness.testbed import hold_for, lease_expiry_bound, wait_until
 
 pytestmark = pytest.mark.qemu
 
@@ -386,11 +386,13 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
                 if fault == "cut":
                     if target == was_on:  # it self-fences; the guest moves to the other host
                         wait_until(lambda t=target: gone_from(checker, uuid, t),
-                                   cfg.ttl + 10, what=f"{target} self-fenced; " + "; ".join(log))
+                                   lease_expiry_bound(cfg.ttl),
+                                   what=f"{target} self-fenced; " + "; ".join(log))
                     else:  # the idle host is cut for longer than its lease: until its
-                        # host record expired (TTL, etcd's 0.5 s expiry check, 2 s of load)
+                        # host record expired
                         wait_until(lambda t=target: not registered(registry, (t,)),
-                                   cfg.ttl + 0.5 + 2, what=f"{target}'s lease to expire")
+                                   lease_expiry_bound(cfg.ttl),
+                                   what=f"{target}'s lease to expire")
                     proxies[target].heal()
                 elif target == was_on and fault != "hang_briefly":
                     # nothing pets the armed watchdog: the host resets, ha1 destroyed there

@@ -29,7 +29,7 @@ from gridtool.pools.rules import PoolStatus
 from gridtool.registry.records import GuestSettings, decode, encode
 from tests.harness.checker import DoubleRunChecker
 from tests.harness.proxy import CuttableProxy
-from tests.harness.testbed import credential_env, domain_xml, wait_until
+from tests.harness.testbed import credential_env, domain_xml, lease_expiry_bound, wait_until
 from tests.harness.testbed import run_cli as gridtool
 from tests.integration.test_clone import define_base
 from tests.integration.test_fencing import (
@@ -145,7 +145,8 @@ def test_confirm_dead_refused_while_leased_then_the_manager_moves_the_pinned_gue
         # Power hv1 off: the pinned guest stays down, its fence stays with hv1.
         lab_hosts.stop_agent("hv1", kill=True)
         lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
-        wait_until(lambda: store.get(cfg.keys.host("hv1")) is None, timeout=cfg.ttl + 10,
+        wait_until(lambda: store.get(cfg.keys.host("hv1")) is None,
+                   timeout=lease_expiry_bound(cfg.ttl),
                    what="hv1's lease to expire")
 
         def waiting() -> dict:
@@ -216,8 +217,8 @@ def test_host_remove_of_a_dead_host_with_guests_needs_force_and_leaves_its_fence
                               if g.state == "running") == ["db", "web"],
                what="db and web reported running")
     lab_hosts.stop_agent("hv1", kill=True)  # power off, as far as the registry can tell
-    wait_until(lambda: store.get(cfg.keys.host("hv1")) is None, timeout=cfg.ttl + 0.5 + 2,
-               what="hv1's lease to expire")  # TTL, etcd's 0.5 s expiry check, 2 s of load
+    wait_until(lambda: store.get(cfg.keys.host("hv1")) is None,
+               timeout=lease_expiry_bound(cfg.ttl), what="hv1's lease to expire")
     code, _, err = gridtool(cfg, capsys, "host", "confirm-dead", "hv1", "--yes")
     assert code == 0 and dead_mark(store, cfg) is not None, err
 
@@ -244,7 +245,8 @@ def test_fence_release_force_lets_another_host_start_the_guest(lab_hosts, store,
     assert gridtool(cfg, capsys, "guest", "start", "db", "--on", "hv1")[0] == 0
     lab_hosts.stop_agent("hv1", kill=True)  # power off: the pinned fence stays
     lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
-    wait_until(lambda: store.get(cfg.keys.host("hv1")) is None, timeout=cfg.ttl + 10,
+    wait_until(lambda: store.get(cfg.keys.host("hv1")) is None,
+               timeout=lease_expiry_bound(cfg.ttl),
                what="hv1's lease to expire")
 
     code, _, err = gridtool(cfg, capsys, "guest", "start", "db", "--on", "hv2")
