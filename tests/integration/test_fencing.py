@@ -1,5 +1,7 @@
-"""Fencing end to end: real agents racing for one shared-storage guest, intruders, the
-self-fence on a partition, and HA restarts by the leader-elected manager."""
+"""Fencing end to end: real agents racing for one shared-storage guest, intruders (paused
+or destroyed), the self-fence on a partition timed against the fence's expiry, the fence
+hook while etcd is unreachable, a fence re-bound to the agent's lease, clean stops with
+and without a watchdog, and HA restarts by the leader-elected manager."""
 
 from __future__ import annotations
 
