@@ -162,6 +162,8 @@ def _parse(name: str, raw: Any) -> Any:
         return None
     kind = {f.name: f.type for f in fields(Config)}[name]
     text = raw if isinstance(raw, str) else None
+    if kind == "str | None" and text is not None and not text.strip():
+        return None  # `user =`, or `GRIDTOOL_USER=` (how a shell clears it): no user
     try:
         if "tuple" in str(kind):
             if isinstance(raw, list | tuple):
