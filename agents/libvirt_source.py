@@ -72,7 +72,7 @@ class LibvirtSource:
         self._on_change = on_change
         self._on_close = on_close
         self._conn: libvirt.virConnect | None = None
-        self._callback_id: int | None = None
+        self._callback_ids: list[int] = []
         self.readiness: ReadinessWatcher | None = None  # stamps ready_at when set
 
     @property
@@ -80,7 +80,9 @@ class LibvirtSource:
         return self._conn is not None
 
     def connect(self) -> None:
-        """Open the connection and subscribe to lifecycle events."""
+        """Open the connection and subscribe to lifecycle and device-added events (a
+        shared disk hot-plugged into a running guest must be fenced at once: libvirt's
+        hook never hears of it)."""
         start_event_loop()
         _silence_libvirt_errors()
         conn = libvirt.open(self.uri)
@@ -88,8 +90,11 @@ class LibvirtSource:
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(5, 3)
         conn.registerCloseCallback(self._closed, None)
-        self._callback_id = conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+        self._callback_ids = [
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                        self._lifecycle, None),
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
+                                        self._device_added, None)]
         self._conn = conn
 
     def close(self) -> None:
@@ -97,8 +102,9 @@ class LibvirtSource:
         if conn is None:
             return
         try:
-            if self._callback_id is not None:
-                conn.domainEventDeregisterAny(self._callback_id)
+            for callback in self._callback_ids:
+                conn.domainEventDeregisterAny(callback)
+            self._callback_ids = []
             conn.unregisterCloseCallback()
             conn.close()
         except libvirt.libvirtError:
@@ -107,6 +113,10 @@ class LibvirtSource:
     def _lifecycle(self, _conn: object, dom: libvirt.virDomain, event: int, detail: int,
                    _opaque: object) -> None:
         self._on_change(dom.UUIDString(), stop_was_clean(event, detail))
+
+    def _device_added(self, _conn: object, dom: libvirt.virDomain, _alias: str,
+                      _opaque: object) -> None:
+        self._on_change(dom.UUIDString(), None)  # judged again: a new disk may be shared
 
     def _closed(self, _conn: object, reason: int, _opaque: object) -> None:
         log.warning("event=libvirt_closed uri=%s reason=%s", self.uri, reason)

@@ -125,6 +125,46 @@ def test_hook_refuses_a_start_held_elsewhere_and_allows_the_holder(  # type: ign
     assert "fail closed" in str(exc.value)
 
 
+def _hot_plug(dom, path: Path, target: str) -> str:  # type: ignore[no-untyped-def]
+    """Attach a new qcow2 disk at ``path`` to the running ``dom``; its volume id."""
+    from gridtool.domains.storage import volume_id
+    from gridtool.registry.model import Disk
+
+    qemu.make_disk(path)
+    dom.attachDeviceFlags(f"<disk type='file' device='disk'><driver name='qemu' "
+                          f"type='qcow2'/><source file='{path}'/><target dev='{target}' "
+                          "bus='usb'/></disk>",  # USB: the lab's guests have no PCI hotplug
+                          libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    return volume_id(Disk(target, str(path)))
+
+
+def test_a_shared_disk_hot_plugged_into_a_running_guest_is_fenced_at_once(  # type: ignore[no-untyped-def]
+        qemu_hosts, store, registry, cfg) -> None:
+    """libvirt's hook never hears of a hot-plug: the agent's device-added event takes the
+    new volume's fence, or pauses the guest when another host holds it, at once; with a
+    10-minute resync, nothing else could."""
+    from gridtool.domains.storage import volume_id
+    from gridtool.fencing.rules import Fence, FenceKind
+    from gridtool.registry.model import Disk
+
+    qemu_hosts.stop_agent("hv1")
+    qemu_hosts.start_agent("hv1", resync_interval=600.0)
+    dom, _rec = running_guest(qemu_hosts, store, registry, cfg)
+    free = _hot_plug(dom, qemu_hosts.shared / "extra.qcow2", "sdb")
+    wait_until(lambda: holder(store, cfg, free) == "hv1", 10, what="the new volume fenced")
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    held = qemu_hosts.shared / "someone-elses.qcow2"
+    volume = volume_id(Disk("sdc", str(held)))
+    other = Fence(volume, "hv2", "00000000-0000-0000-0000-0000000000e5", "other",
+                  FenceKind.PINNED, 0.0)
+    store.put(cfg.keys.fence(volume), other.to_json().encode())
+    assert _hot_plug(dom, held, "sdc") == volume
+    wait_until(lambda: dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED, 10,
+               what="the guest paused: a disk whose fence hv2 holds")
+    assert holder(store, cfg, volume) == "hv2"
+    assert store.get(cfg.keys.violation("hv1", dom.UUIDString())) is not None
+
+
 #: MiB/s for the progress test's migration: libvirt counts every page against the cap, so
 #: the 128 MiB guest takes ~2 s (8 progress samples) at this.
 MIGRATION_CAP_MIB = 64
