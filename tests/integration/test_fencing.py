@@ -40,13 +40,16 @@ def shared_xml(name: str = "db", uuid: str = UUID, disk: str = SHARED) -> str:
         f"<name>{name}</name>", f"<name>{name}</name><uuid>{uuid}</uuid>")
 
 
-def hosts_with_guest(lab_hosts, names, xml=None, storage=None, **agent_settings):  # type: ignore[no-untyped-def]
+def hosts_with_guest(lab_hosts, names, xml=None, storage=None, per_host=None,  # type: ignore[no-untyped-def]
+                     **agent_settings):
     """Hosts that all have the shared guest defined (as Xen/AoE fleets do); ``storage``:
-    the storage ids each host's agent declares it reaches (host -> ids)."""
+    the storage ids each host's agent declares it reaches (host -> ids); ``per_host``:
+    agent settings of one host only (host -> settings)."""
     for name in names:
         lab_hosts.add(name)
         lab_hosts.conn(name).defineXML(xml or shared_xml())
-        lab_hosts.start_agent(name, storage=(storage or {}).get(name, ()), **agent_settings)
+        lab_hosts.start_agent(name, storage=(storage or {}).get(name, ()),
+                              **{**agent_settings, **(per_host or {}).get(name, {})})
 
 
 def running_on(lab_hosts, uuid=UUID):  # type: ignore[no-untyped-def]
@@ -312,11 +315,12 @@ def test_the_fence_hook_fails_closed_saying_why_while_etcd_is_unreachable(  # ty
 
 @contextlib.contextmanager
 def ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, name="db", uuid=UUID,  # type: ignore[no-untyped-def]
-                                 storage=None, **agent_settings):
+                                 storage=None, per_host=None, **agent_settings):
     """The shared guest running on hv1 as an HA guest, hv2 (or every host of ``storage``,
     host -> storage ids it reaches) ready, a manager running."""
     names = sorted(storage or ("hv1", "hv2"))
-    hosts_with_guest(lab_hosts, names, shared_xml(name, uuid), storage, **agent_settings)
+    hosts_with_guest(lab_hosts, names, shared_xml(name, uuid), storage, per_host,
+                     **agent_settings)
     wait_registered(registry, names)
     store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, name, ha=True)))
     client = IntentClient(store, cfg.keys)
@@ -495,8 +499,10 @@ def test_clean_stop_without_a_watchdog_destroys_ha_guests_then_revokes_its_lease
     lease lapsed, so the agent destroys them first (agent_stop_self_fence), then revokes
     its lease and exits 0. The fence goes with the revoke, not 30 s later with an expiry:
     the manager restarts the guest elsewhere within the restart chain's own time."""
-    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, watchdog=False,
-                                      ttl=30), \
+    # hv1 without a watchdog; hv2 with one (the manager restarts HA guests only on a
+    # protected host)
+    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, ttl=30,
+                                      per_host={"hv1": {"watchdog": False}}), \
             DoubleRunChecker(lambda: lab_hosts.conns) as checker:
         agent = lab_hosts.agents["hv1"]
         lab_hosts.stop_agent("hv1")  # SIGTERM; returns once the agent has exited
@@ -511,7 +517,7 @@ def test_clean_stop_without_a_watchdog_destroys_ha_guests_then_revokes_its_lease
         assert fence_at <= destroyed_at <= stop_at  # destroyed, then the lease, then exit
         wait_ha_restart(lab_hosts, cfg, exited, ["hv2"], ttl=0)
     assert checker.overlaps == [] and checker.samples > 0
-    assert lab_hosts.watchdogs == {} and fence_holder(store, cfg) == "hv2"
+    assert "hv1" not in lab_hosts.watchdogs and fence_holder(store, cfg) == "hv2"
 
 
 def test_agent_crash_with_only_pinned_guests_does_not_reset_the_host(lab_hosts, store, cfg,  # type: ignore[no-untyped-def]
