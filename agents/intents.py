@@ -19,7 +19,7 @@ from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
 from gridtool.clock import SYSTEM, Clock
 from gridtool.clone.rules import ClonePlanError, check_name, golden_path, inside, template_disks
 from gridtool.clone.templates import forget_clone
-from gridtool.errors import AuthError, RegistryUnavailable
+from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing.rules import FenceKind
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError, GuestRecord
@@ -195,6 +195,9 @@ class IntentWorker:
         if rec.fenced:
             ref = self.fencer.ref(rec)
             if ref.kind is FenceKind.HA and not self.lease.arm():
+                if self.lease.lost.is_set():  # in flight until the resync after registering
+                    raise LeaseGone(f"{self.host}'s lease is lost: the start waits for "
+                                    "the fresh one")
                 raise IntentFailed(f"{self.host}'s lease is not healthy: "
                                    "refusing to take an HA fence")
             token = self.fencer.acquire(ref)
