@@ -177,13 +177,17 @@ class Manager:
         self.pools.maybe_run()
 
     def snapshot(self) -> tuple[Snapshot, dict[str, str]]:
-        """Read hosts and guests (as placement sees them: :func:`migration.read_fleet`),
-        settings, fences, intents: the manager's whole input."""
+        """Read intents, hosts and guests (as placement sees them:
+        :func:`migration.read_fleet`), settings, fences: the manager's whole input.
+
+        Intents first: an agent takes a guest's fences before it reports its intent
+        done, so a restart that finishes while the snapshot is read is either still in
+        flight here or its fences are seen (never neither: that ordered it again)."""
+        pending = self._pending()
         fleet = read_fleet(self.store, self.keys)
         fences, _ = read_all_fences(self.store, self.keys)
         dead = {item.key.removeprefix(self.keys.dead)
                 for item in self.store.list(self.keys.dead)[0]}
-        pending = self._pending()
         live = set(fleet.records)
         by_uuid: dict[str, list[GuestRecord]] = {}
         for rec in fleet.guests:
