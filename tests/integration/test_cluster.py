@@ -97,7 +97,8 @@ def test_quorum_loss_self_fences_ha_guests_keeps_pinned_ones_and_recovers_once( 
             wait_until(lambda: "event=self_fenced host=hv1 guest=web" in lab_hosts.agent_log("hv1")
                        and "event=self_fence " in lab_hosts.agent_log("hv2"),
                        timeout=cfg.ttl + 5, what="both agents past their lease deadline")
-            assert running_on(lab_hosts, WEB_UUID) == [] and running_on(lab_hosts) == ["hv1"]
+            assert running_on(lab_hosts, WEB_UUID) == [], "web self-fenced, started nowhere"
+            assert running_on(lab_hosts) == ["hv1"], "db left running"
             while stopped:
                 cluster3.start_member(stopped.pop())
             wait_until(cluster3.healthy, timeout=20, what="quorum back")

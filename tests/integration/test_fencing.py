@@ -82,6 +82,24 @@ def resynced(store, cfg, host, old_lease=None):  # type: ignore[no-untyped-def]
     return done
 
 
+def manager_round_since(store, cfg, since):  # type: ignore[no-untyped-def]
+    """A condition for wait_until: the leading manager finished a round that began after
+    ``since`` (wall clock). Its status heartbeat is written at a round's end: the round
+    after the first heartbeat past ``since`` read the registry after it."""
+    from gridtool.registry.records import ManagerStatus
+
+    seen: list[float] = []
+
+    def done() -> bool:
+        item = store.get(cfg.keys.manager_status)
+        beat = decode(ManagerStatus, item.key, item.value).heartbeat if item else 0.0
+        if beat > since and not seen:
+            seen.append(beat)
+        return bool(seen) and beat > seen[0]
+
+    return done
+
+
 @contextlib.contextmanager
 def running_manager(cfg, store, name="m1", **settings):  # type: ignore[no-untyped-def]
     """A manager candidate (period 0.2 s) running on a thread of this process."""
