@@ -477,7 +477,7 @@ def test_pinned_guest_moves_only_after_confirm_dead(lab_hosts, store, cfg, regis
 
 def test_partition_leaves_the_pinned_guest_running_where_it_is(lab_hosts, store, cfg,  # type: ignore[no-untyped-def]
                                                                 registry, etcd_cluster):
-    """Fault table, host partitioned: hv1 is cut off etcd past its lease. Its HA guest
+    """Fault table, host partitioned: hv1 is cut off from etcd past its lease. Its HA guest
     ``web`` is self-fenced and restarted on hv2; its pinned guest ``db`` keeps running on
     hv1 under its lease-less fence, which nobody else may take: the manager waits for
     ``host confirm-dead hv1`` and an operator's start on hv2 is refused. Healed, hv1

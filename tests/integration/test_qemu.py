@@ -323,6 +323,7 @@ class QemuProcessChecker(DoubleRunChecker):
 
 
 def qemu_pid(hosts: qemu_testbed.QemuHosts, host: str, name: str) -> int:
+    """The pid of the guest's QEMU process on ``host``, from its pid file."""
     return int(Path(hosts.hosts[host].dir, "run", "qemu", f"{name}.pid").read_text())
 
 
