@@ -40,6 +40,7 @@ from gridtool.fencing.rules import (
     IntruderPolicy,
     Judgement,
     LeaseClock,
+    Observation,
     Observed,
     judge_running,
     judge_stopped,
@@ -407,14 +408,27 @@ class Agent:
         """Apply the fencing rule to one guest seen on this host.
 
         ``rec`` may be a resync's snapshot: the guest is claimed (no intent acts on it
-        meanwhile) and its state read again from libvirt before anything is decided.
+        meanwhile), its kind and fences are read from the registry, and only then its
+        state from libvirt, right before deciding. A registry read can take seconds (a
+        partition that heals); a self-fence does not wait for the claim and may destroy
+        the guest meanwhile: judged on an older libvirt read, a guest no longer running
+        was taken for an intruder.
         """
         if not rec.fenced:
             return
         with self._claimed(rec.uuid) as claimed:
-            fresh = self.libvirt.guest(rec.uuid, self.host) if claimed else None
-            if fresh is not None and fresh.fenced:
-                self._judge(fresh, clean_stop if fresh.state == rec.state else None)
+            if not claimed:
+                return
+            ref = self.fencer.ref(rec)
+            observed = self.fencer.observe(ref.volumes)
+            fresh = self.libvirt.guest(rec.uuid, self.host)
+            if fresh is None or not fresh.fenced:
+                return
+            if fresh.volumes != ref.volumes:  # redefined meanwhile: judge it afresh
+                self._look_again(rec.uuid)
+                return
+            self._judge(fresh, self.fencer.ref(fresh, ref.kind), observed,
+                        clean_stop if fresh.state == rec.state else None)
 
     @contextlib.contextmanager
     def _claimed(self, uuid: str) -> Iterator[bool]:
@@ -427,9 +441,8 @@ class Agent:
                 log.warning("event=libvirt_error host=%s uuid=%s error=%s", self.host, uuid,
                             _one_line(exc))
 
-    def _judge(self, rec: GuestRecord, clean_stop: bool | None) -> None:
-        ref = self.fencer.ref(rec)
-        observed = self.fencer.observe(ref.volumes)
+    def _judge(self, rec: GuestRecord, ref: GuestRef, observed: dict[str, Observation],
+               clean_stop: bool | None) -> None:
         if rec.state in ACTIVE_STATES:
             policy = IntruderPolicy(self.cfg.intruder_policy)
             paused = rec.state == "paused"

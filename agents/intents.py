@@ -20,7 +20,7 @@ from gridtool import supervise
 from gridtool.clock import SYSTEM, Clock
 from gridtool.clone.rules import ClonePlanError, check_name, golden_path, inside, template_disks
 from gridtool.clone.templates import forget_clone
-from gridtool.errors import AuthError, RegistryUnavailable
+from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing.rules import FenceKind
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError, GuestRecord
@@ -196,6 +196,9 @@ class IntentWorker:
         if rec.fenced:
             ref = self.fencer.ref(rec)
             if ref.kind is FenceKind.HA and not self.lease.arm():
+                if self.lease.lost.is_set():  # in flight until the resync after registering
+                    raise LeaseGone(f"{self.host}'s lease is lost: the start waits for "
+                                    "the fresh one")
                 why = (f"its watchdog does not work ({self.lease.watchdog_problem})"
                        if self.lease.watchdog_problem else "its lease is not healthy")
                 raise IntentFailed(f"{self.host} refuses to take an HA fence: {why}")

@@ -4,6 +4,7 @@ libvirt-like connection, never from the whole ``Agent``."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -34,9 +35,11 @@ class Domains(Protocol):
 
 
 class LeaseView(Protocol):
-    """The host's lease (``agents.lease.HostLease``): its id, and arming before HA work."""
+    """The host's lease (``agents.lease.HostLease``): its id, whether it is ``lost`` (the
+    agent registers anew), and arming before HA work."""
 
     lease: int | None
+    lost: threading.Event
 
     def arm(self) -> bool: ...
 

@@ -178,9 +178,14 @@ class Manager:
         self.pools.maybe_run()
 
     def snapshot(self) -> tuple[Snapshot, dict[str, str]]:
-        """Read hosts and guests (as placement sees them: :func:`migration.read_fleet`),
-        settings, fences, intents: the manager's whole input."""
-        pending = self._pending()  # first: it marks failed attempts in the settings read next
+        """Read intents, hosts and guests (as placement sees them:
+        :func:`migration.read_fleet`), settings, fences: the manager's whole input.
+
+        Intents first: an agent takes a guest's fences before it reports its intent
+        done, so a restart that finishes while the snapshot is read is either still in
+        flight here or its fences are seen (never neither: that ordered it again). Reading
+        them first also marks failed attempts in the settings read next."""
+        pending = self._pending()
         fleet = read_fleet(self.store, self.keys)
         fences, _ = read_all_fences(self.store, self.keys)
         self._dead_marks = {item.key.removeprefix(self.keys.dead): item.mod_revision

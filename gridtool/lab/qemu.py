@@ -222,8 +222,8 @@ class QemuHost(LabHost):
         return Path(self.dir, "run", "virtlogd.pid")
 
     def start_libvirtd(self, timeout: float = 20.0) -> None:
-        """Write this host's config and hook, then start virtlogd + libvirtd in a private
-        mount namespace; wait until its TCP port answers."""
+        """Write this host's config and hook, then start virtlogd (unless it still runs)
+        and libvirtd in a private mount namespace; wait until its TCP port answers."""
         if not self.port:
             raise LabError(f"{self.name}: no TCP port chosen")
         ensure_qemu_user()
@@ -244,8 +244,10 @@ class QemuHost(LabHost):
             Path(target).mkdir(parents=True, exist_ok=True)
         mounts = "\n".join(f"mount --bind '{base / sub}' '{target}'"
                            for target, sub in PRIVATE_DIRS.items())
-        script = (f"set -e\n{mounts}\nrm -f /run/libvirt/virtlogd-sock\n"
-                  "/usr/sbin/virtlogd -d -p /run/libvirt/virtlogd.pid\n"
+        virtlogd = "" if self.virtlogd_running() else (
+            "rm -f /run/libvirt/virtlogd-sock\n"
+            "/usr/sbin/virtlogd -d -p /run/libvirt/virtlogd.pid\n")
+        script = (f"set -e\n{mounts}\n{virtlogd}"
                   f"exec /usr/sbin/libvirtd --listen --config '{base / 'etc' / 'libvirtd.conf'}'"
                   f" --pid-file '{base / 'run' / 'libvirtd.pid'}'\n")
         proc = spawn(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
@@ -255,6 +257,20 @@ class QemuHost(LabHost):
 
         wait_for(lambda: port_open(self.port), timeout, f"libvirtd of {self.name}",
                  alive=lambda: proc.poll() is None)
+
+    def virtlogd_running(self) -> bool:
+        """This host's virtlogd runs (it outlives a libvirtd restart, as under systemd)."""
+        try:
+            return "virtlogd" in cmdline(int(self.virtlogd_pidfile.read_text().strip() or 0))
+        except (OSError, ValueError):
+            return False
+
+    def restart_libvirtd(self, timeout: float = 20.0) -> None:
+        """Stop this host's libvirtd alone and start it again, as ``systemctl restart
+        libvirtd`` does: the guests' QEMU processes and virtlogd run on, and the new
+        daemon reconnects to them."""
+        stop_pid(self.libvirtd_pid, "libvirtd")
+        self.start_libvirtd(timeout)
 
     def write_hook(self) -> None:
         """Install the fence hook (libvirt reads it at daemon start or SIGHUP only)."""

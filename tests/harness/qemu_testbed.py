@@ -174,6 +174,15 @@ class QemuHosts:
     def stop_agent(self, name: str, kill: bool = False) -> None:
         self._bed.stop_agent(name, kill)
 
+    def restart_libvirtd(self, name: str) -> None:
+        """Restart ``name``'s libvirtd alone (its guests' QEMU processes run on), then
+        reopen this test bed's connection to it."""
+        self.hosts[name].restart_libvirtd()
+        old, self._bed.conns[name] = self._bed.conns[name], libvirt.open(
+            self.hosts[name].libvirt_uri)
+        with contextlib.suppress(libvirt.libvirtError):
+            old.close()
+
     def agent_log(self, name: str) -> str:
         return self._bed.agent_log(name)
 

@@ -33,6 +33,9 @@ from tests.harness.testbed import (
 SHARED = "/dev/etherd/e9.1"
 VOLUME = "aoe-e9.1"
 UUID = "11111111-2222-3333-4444-555555555555"
+#: An HA guest beside the pinned ``db`` on its own shared volume.
+WEB_UUID = "66666666-7777-8888-9999-000000000000"
+WEB_VOLUME = "aoe-e9.2"
 
 
 def shared_xml(name: str = "db", uuid: str = UUID, disk: str = SHARED) -> str:
@@ -44,12 +47,85 @@ def hosts_with_guest(lab_hosts, names, xml=None, storage=None, per_host=None,  #
                      **agent_settings):
     """Hosts that all have the shared guest defined (as Xen/AoE fleets do); ``storage``:
     the storage ids each host's agent declares it reaches (host -> ids); ``per_host``:
-    agent settings of one host only (host -> settings)."""
+    agent settings of single hosts (host -> settings)."""
+    settings = {name: {**(per_host or {}).get(name, {}),
+                       **({"storage": storage[name]} if name in (storage or {}) else {})}
+                for name in names}
+    hosts_with_guests(lab_hosts, names, [xml or shared_xml()], settings, **agent_settings)
+
+
+def hosts_with_guests(lab_hosts, names, xmls, per_host=None, **agent_settings):  # type: ignore[no-untyped-def]
+    """Hosts that all define every guest of ``xmls``; ``per_host``: settings of single
+    hosts' agents (host -> settings), over ``agent_settings``."""
     for name in names:
         lab_hosts.add(name)
-        lab_hosts.conn(name).defineXML(xml or shared_xml())
-        lab_hosts.start_agent(name, storage=(storage or {}).get(name, ()),
-                              **{**agent_settings, **(per_host or {}).get(name, {})})
+        for xml in xmls:
+            lab_hosts.conn(name).defineXML(xml)
+        lab_hosts.start_agent(name, **{**agent_settings, **(per_host or {}).get(name, {})})
+
+
+def pinned_db_and_ha_web_on_hv1(lab_hosts, store, cfg, registry, per_host=None):  # type: ignore[no-untyped-def]
+    """hv1 and hv2 define the pinned guest ``db`` and the HA guest ``web`` (each on its
+    own shared volume); both are started on hv1. ``per_host`` as in hosts_with_guests."""
+    xmls = [shared_xml(), shared_xml("web", WEB_UUID, "/dev/etherd/e9.2")]
+    hosts_with_guests(lab_hosts, ["hv1", "hv2"], xmls, per_host)
+    wait_registered(registry, ["hv1", "hv2"])
+    store.put(cfg.keys.guest_settings(WEB_UUID), encode(GuestSettings(WEB_UUID, "web", ha=True)))
+    client = IntentClient(store, cfg.keys)
+    for uuid, name in ((UUID, "db"), (WEB_UUID, "web")):
+        assert client.wait(client.submit("hv1", "start", uuid, name), 30).state == "done"
+
+
+def resynced(store, cfg, host, old_lease=None):  # type: ignore[no-untyped-def]
+    """A condition for wait_until: ``host``'s agent is registered (under a lease other
+    than ``old_lease``) and has published its host record again since this condition
+    first saw it: registering publishes it, and so does the end of the resync that
+    follows at once (which has judged every guest)."""
+    from gridtool.registry import model
+
+    seen: list[float] = []
+
+    def done() -> bool:
+        item = store.get(cfg.keys.host(host))
+        if item is None or item.lease == old_lease:
+            return False
+        at = model.decode(model.HostRecord, item.key, item.value).reported_at
+        seen[:] = seen or [at]
+        return at > seen[0]
+
+    return done
+
+
+def manager_round_since(store, cfg, since):  # type: ignore[no-untyped-def]
+    """A condition for wait_until: the leading manager finished a round that began after
+    ``since`` (wall clock). Its status heartbeat is written at a round's end: the round
+    after the first heartbeat past ``since`` read the registry after it."""
+    from gridtool.registry.records import ManagerStatus
+
+    seen: list[float] = []
+
+    def done() -> bool:
+        item = store.get(cfg.keys.manager_status)
+        beat = decode(ManagerStatus, item.key, item.value).heartbeat if item else 0.0
+        if beat > since and not seen:
+            seen.append(beat)
+        return bool(seen) and beat > seen[0]
+
+    return done
+
+
+@contextlib.contextmanager
+def running_manager(cfg, store, name="m1", **settings):  # type: ignore[no-untyped-def]
+    """A manager candidate (period 0.2 s) running on a thread of this process."""
+    stop = threading.Event()
+    manager = Manager(cfg, store, name, **{"period": 0.2, **settings})
+    thread = threading.Thread(target=manager.run, args=(stop,), name=f"manager {name}")
+    thread.start()
+    try:
+        yield manager
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def running_on(lab_hosts, uuid=UUID):  # type: ignore[no-untyped-def]
@@ -64,10 +140,10 @@ def running_on(lab_hosts, uuid=UUID):  # type: ignore[no-untyped-def]
     return found
 
 
-def fence_holder(store, cfg):  # type: ignore[no-untyped-def]
+def fence_holder(store, cfg, volume=VOLUME):  # type: ignore[no-untyped-def]
     from gridtool.fencing.rules import Fence
 
-    item = store.get(cfg.keys.fence(VOLUME))
+    item = store.get(cfg.keys.fence(volume))
     return Fence.from_json(item.value).holder if item else None
 
 
@@ -173,14 +249,55 @@ def test_guest_started_behind_our_back_is_stopped_as_intruder(lab_hosts, store, 
 
 def test_guest_started_without_fence_takes_it_and_reports(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
     hosts_with_guest(lab_hosts, ["hv1"])
-    wait_registered(registry, ["hv1"])
-    wait_until(lambda: registry.guests_of("hv1")[0], what="guest synced")
+    # Not before the first resync is done: it adopts what it finds running.
+    wait_until(resynced(store, cfg, "hv1"), what="hv1's first resync")
     lab_hosts.conn("hv1").lookupByUUIDString(UUID).create()
     wait_until(lambda: fence_holder(store, cfg) == "hv1", what="fence taken")
     # the agent reports the violation just after taking the fence
     item = wait_until(lambda: store.get(cfg.keys.violation("hv1", UUID)),
                       what="violation reported")
     assert decode(Violation, item.key, item.value).action == "take"
+
+
+def test_a_guest_gone_during_a_slow_registry_read_is_not_judged_an_intruder(lab_hosts, store,  # type: ignore[no-untyped-def]
+                                                                            cfg):
+    """Found by test_partition_leaves_the_pinned_guest_running_where_it_is: the agent's
+    judgement read the guest from libvirt (running), then waited seconds on the cut-off
+    registry; meanwhile the self-fence destroyed the guest, and the fence read that came
+    back after the heal (held by the host that had restarted it) made the agent "pause" a
+    guest no longer running and report a violation that never was. Here the agent runs in
+    this process and its fence read destroys the guest first, as the self-fence did."""
+    from dataclasses import replace
+
+    from agents.agent import Agent
+    from gridtool.fencing.rules import Fence, FenceKind
+    from gridtool.registry.etcdstore import EtcdStore
+
+    host = lab_hosts.add("hv1")
+    dom = lab_hosts.conn("hv1").defineXML(shared_xml())
+    dom.create()
+    fence = Fence(VOLUME, "hv2", UUID, "db", FenceKind.HA, time.time())
+    store.put(cfg.keys.fence(VOLUME), fence.to_json().encode())
+    agent_cfg = replace(cfg, host="hv1", libvirt_uri=host.libvirt_uri)
+    agent = Agent(agent_cfg, EtcdStore(agent_cfg))
+    agent.libvirt.connect()
+    try:
+        rec = agent.libvirt.guest(UUID, "hv1")
+        assert rec is not None and rec.state == "running"
+        read_fences = agent.fencer.observe
+
+        def slow_read(volumes):  # type: ignore[no-untyped-def]
+            if dom.isActive():
+                dom.destroy()  # the self-fence, while the registry has not answered yet
+            return read_fences(volumes)
+
+        agent.fencer.observe = slow_read  # type: ignore[method-assign]
+        agent.judge(rec, clean_stop=None)
+    finally:
+        agent.libvirt.close()
+        agent.store.close()
+    assert store.get(cfg.keys.violation("hv1", UUID)) is None
+    assert fence_holder(store, cfg) == "hv2"
 
 
 def test_partitioned_host_self_fences_before_its_fence_expires(lab_hosts, store, cfg, registry,  # type: ignore[no-untyped-def]
@@ -325,14 +442,8 @@ def ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, name="db", uui
     store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, name, ha=True)))
     client = IntentClient(store, cfg.keys)
     assert client.wait(client.submit("hv1", "start", uuid, name), 30).state == "done"
-    stop = threading.Event()
-    mgr = threading.Thread(target=Manager(cfg, store, "m1", period=0.2).run, args=(stop,))
-    mgr.start()
-    try:
+    with running_manager(cfg, store):
         yield
-    finally:
-        stop.set()
-        mgr.join(10)
 
 
 def test_ha_guest_restarted_elsewhere_after_power_off(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
@@ -551,11 +662,7 @@ def test_pinned_guest_moves_only_after_confirm_dead(lab_hosts, store, cfg, regis
     wait_registered(registry, ["hv1", "hv2"])
     client = IntentClient(store, cfg.keys)
     assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
-    stop = threading.Event()
-    manager = Manager(cfg, store, "m1", period=0.2)
-    mgr = threading.Thread(target=manager.run, args=(stop,))
-    mgr.start()
-    try:
+    with running_manager(cfg, store) as manager:
         lab_hosts.stop_agent("hv1", kill=True)
         lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
         wait_until(lambda: "hv1" not in {h.name for h in registry.list_hosts()[0]},
@@ -568,9 +675,56 @@ def test_pinned_guest_moves_only_after_confirm_dead(lab_hosts, store, cfg, regis
         wait_until(lambda: running_on(lab_hosts) == ["hv2"], timeout=15,
                    what="pinned guest restarted after confirm-dead")
         assert fence_holder(store, cfg) == "hv2"
+
+
+def test_partition_leaves_the_pinned_guest_running_where_it_is(lab_hosts, store, cfg,  # type: ignore[no-untyped-def]
+                                                                registry, etcd_cluster):
+    """Fault table, host partitioned: hv1 is cut off from etcd past its lease. Its HA guest
+    ``web`` is self-fenced and restarted on hv2; its pinned guest ``db`` keeps running on
+    hv1 under its lease-less fence, which nobody else may take: the manager waits for
+    ``host confirm-dead hv1`` and an operator's start on hv2 is refused. Healed, hv1
+    registers again and still holds db's fence with the same token. Both hosts are
+    sampled throughout: neither guest ever runs twice."""
+    proxy = CuttableProxy(etcd_cluster.endpoints[0])
+    try:
+        pinned_db_and_ha_web_on_hv1(lab_hosts, store, cfg, registry,
+                                    {"hv1": {"endpoints": (proxy.endpoint,)}})
+        fence = store.get(cfg.keys.fence(VOLUME))
+        assert fence is not None and not fence.lease  # pinned: bound to no lease
+        lease = store.get(cfg.keys.host("hv1")).lease
+        client = IntentClient(store, cfg.keys)
+        with running_manager(cfg, store) as manager, \
+                DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+            proxy.cut()
+            wait_until(lambda: running_on(lab_hosts, WEB_UUID) == ["hv2"],
+                       timeout=cfg.ttl + 10, what="web self-fenced, then restarted on hv2")
+            wait_until(lambda: UUID in manager.blocked or running_on(lab_hosts) != ["hv1"],
+                       what="the manager's decision on db")
+            assert running_on(lab_hosts) == ["hv1"], "db stays where it runs"
+            assert "waiting for `host confirm-dead hv1`" in manager.blocked[UUID]
+            refused = client.wait(client.submit("hv2", "start", UUID, "db"), 30,
+                                  raise_failed=False)
+            assert refused.state == "failed" and "held by hv1" in refused.message
+            proxy.heal()
+            wait_until(resynced(store, cfg, "hv1", lease), timeout=15,
+                       what="hv1 back on etcd, registered anew and resynced")
+            wait_until(lambda: UUID not in manager.blocked,
+                       what="the manager to see db's host alive again")
+        assert running_on(lab_hosts) == ["hv1"] and running_on(lab_hosts, WEB_UUID) == ["hv2"]
+        after = store.get(cfg.keys.fence(VOLUME))
+        assert fence_holder(store, cfg) == "hv1"
+        assert (after.mod_revision, after.lease) == (fence.mod_revision, 0)  # same token
+        assert fence_holder(store, cfg, WEB_VOLUME) == "hv2"
+        log = lab_hosts.agent_log("hv1")
+        assert "event=self_fenced host=hv1 guest=web" in log
+        assert "event=self_fenced host=hv1 guest=db" not in log
+        assert lab_hosts.watchdogs["hv1"].resets == 0
+        assert store.list(cfg.keys.violations)[0] == []
+        assert checker.overlaps == [] and not checker.blind, checker.unknown_detail
     finally:
-        stop.set()
-        mgr.join(10)
+        if "hv1" in lab_hosts.agents:  # while it can still reach etcd to stop cleanly
+            lab_hosts.stop_agent("hv1")
+        proxy.close()
 
 
 def test_a_pinned_guest_down_on_its_live_host_is_restarted_there(  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from agents.libvirt_source import LibvirtSource
 from gridtool.config import Config
 from gridtool.domains.storage import SharedStorageRules
 from gridtool.registry.intents import IntentClient
-from gridtool.registry.records import Intent, IntentAction, encode
+from gridtool.registry.records import GuestSettings, Intent, IntentAction, decode, encode
 from tests.harness.testbed import domain_xml
 
 
@@ -31,8 +31,8 @@ def domains() -> Iterator[LibvirtSource]:
 
 @pytest.fixture
 def worker(store, cfg: Config, domains: LibvirtSource) -> Iterator[IntentWorker]:  # type: ignore[no-untyped-def]
-    fencer = Fencer(store, cfg.keys, "h1", lambda: None)
     lease = HostLease(store, cfg.ttl, "h1", self_fence=lambda: None)
+    fencer = Fencer(store, cfg.keys, "h1", lambda: lease.lease)
     worker = IntentWorker(host="h1", store=store, keys=cfg.keys, domains=domains,
                           fencer=fencer, lease=lease, claims=GuestClaims(),
                           images_dir="/nonexistent", on_change=lambda uuid: None,
@@ -79,3 +79,36 @@ def test_an_attribute_error_inside_a_handler_is_that_failure_not_an_unknown_acti
     assert done.message == ("define failed on h1: AttributeError: 'NoneType' object has no "
                             "attribute 'name'")
     assert run(store, cfg, worker, "frobnicate").state == "failed", "the worker goes on"
+
+
+def test_an_ha_start_waits_while_the_host_registers_under_a_fresh_lease(  # type: ignore[no-untyped-def]
+        store, cfg: Config, worker: IntentWorker, domains: LibvirtSource) -> None:
+    """Found by the etcd quorum-loss test: with quorum back, the manager ordered an HA
+    restart on a host whose agent had self-fenced and not registered again yet (its host
+    record lived on under the lost lease, which the new etcd leader had extended). The
+    start failed ("lease is not healthy") and used up one of the guest's restarts (3 an
+    hour: a few refusals while the agent sleeps in its registry backoff mark the guest
+    error). While the lease is lost the start stays in flight; the catch-up of the resync
+    that follows the agent's registration carries it out."""
+    uuid = str(uuidlib.uuid4())
+    name = f"ha-{uuid[:8]}"
+    xml = domain_xml(name, disk="/dev/etherd/e7.1", block=True).replace(
+        "</name>", f"</name><uuid>{uuid}</uuid>")
+    dom = domains.define(xml)
+    store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, name, ha=True)))
+    worker.lease.lost.set()  # self-fenced: the agent is about to register anew
+    client = IntentClient(store, cfg.keys)
+    intent = client.submit("h1", "start", uuid, name)
+    key = cfg.keys.intent("h1", intent.id)
+    try:
+        worker.handle(key)
+        waiting = decode(Intent, key, store.get(key).value)
+        assert (waiting.state, dom.isActive()) == ("running", False), waiting.message
+        worker.lease.grant()  # registered under a fresh lease, then the resync's catch-up
+        worker.catch_up()
+        done = client.wait(intent, 20, raise_failed=False)
+        assert done.state == "done" and dom.isActive(), done.message
+    finally:
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,11 +29,12 @@ from gridtool.lab import qemu
 from gridtool.lab.procs import LabError, cmdline
 from gridtool.placement.shell import EndState, Migrator
 from gridtool.registry.intents import IntentClient
-from gridtool.registry.records import GuestSettings, encode
+from gridtool.registry.records import GuestSettings, decode, encode
 from tests.harness import qemu_testbed
 from tests.harness.checker import MAX_UNKNOWN_FRACTION, DoubleRunChecker, Unknown
 from tests.harness.proxy import CuttableProxy
 from tests.harness.testbed import hold_for, lease_expiry_bound, wait_until
+from tests.integration.test_fencing import manager_round_since, resynced, running_manager
 
 pytestmark = pytest.mark.qemu
 
@@ -321,12 +323,18 @@ def test_four_clones_of_a_template_with_a_ready_marker_are_reported_ready(  # ty
 FAULTS = ("kill_agent", "hang_agent", "hang_briefly", "cut")
 
 
-def qemu_alive(hosts: qemu_testbed.QemuHosts, host: str, name: str) -> bool:
+def qemu_alive(hosts: qemu_testbed.QemuHosts, host: str, name: str,
+               missing_ok: bool = False) -> bool:
     """The guest's QEMU process on ``host`` exists and is not a zombie. Raises
-    ``Unknown`` when its pid file cannot be read or parsed: then nothing can be said."""
+    ``Unknown`` when its pid file cannot be read or parsed (``missing_ok``: a pid file
+    that is not there means no QEMU): then nothing can be said."""
     pidfile = Path(hosts.hosts[host].dir, "run", "qemu", f"{name}.pid")
     try:
         pid = int(pidfile.read_text().strip())
+    except FileNotFoundError as exc:
+        if missing_ok:
+            return False
+        raise Unknown(f"pid file of {name}: {exc}") from exc
     except (OSError, ValueError) as exc:
         raise Unknown(f"pid file of {name}: {exc}") from exc
     try:
@@ -366,6 +374,75 @@ class QemuRunChecker(DoubleRunChecker):
             else:
                 self.lagging += 1
         return running
+
+
+class QemuProcessChecker(DoubleRunChecker):
+    """Running = a live QEMU process of the host's, found from its pid files alone (by
+    guest name): no libvirt call, so a libvirtd restart leaves no blind spot; a paused
+    guest counts as running (its QEMU holds the disk)."""
+
+    def __init__(self, hosts: qemu_testbed.QemuHosts) -> None:
+        super().__init__(lambda: hosts.conns)
+        self.hosts = hosts
+
+    def running_on(self, host: str, conn: libvirt.virConnect) -> list[str]:
+        pidfiles = Path(self.hosts.hosts[host].dir, "run", "qemu").glob("*.pid")
+        return [p.stem for p in pidfiles if p.stem != "driver"  # the QEMU driver's lock
+                and qemu_alive(self.hosts, host, p.stem, missing_ok=True)]
+
+
+def qemu_pid(hosts: qemu_testbed.QemuHosts, host: str, name: str) -> int:
+    """The pid of the guest's QEMU process on ``host``, from its pid file."""
+    return int(Path(hosts.hosts[host].dir, "run", "qemu", f"{name}.pid").read_text())
+
+
+def test_libvirtd_restart_leaves_the_guests_and_their_fences_alone(  # type: ignore[no-untyped-def]
+        qemu_hosts, store, registry, cfg) -> None:
+    """Fault table, libvirtd restart: hv1 runs an HA guest and a pinned guest (real QEMU)
+    when its libvirtd restarts (their QEMU processes and virtlogd run on). The agent
+    reconnects and resyncs; nothing moves and nothing is stopped: the same QEMU processes
+    run, libvirt says running, each fence has the same holder, token and lease, the host
+    keeps its lease, no violation, no restart ordered. A checker reading QEMU pid files
+    (blind to nothing while the daemon is down) sees no guest run twice."""
+    wait_until(lambda: registered(registry, ("hv1", "hv2")), 20, what="both hosts registered")
+    doms = {name: qemu_hosts.define("hv1", name) for name in ("ha1", "pin1")}
+    ha_uuid = doms["ha1"].UUIDString()
+    store.put(cfg.keys.guest_settings(ha_uuid), encode(GuestSettings(ha_uuid, "ha1", ha=True)))
+    for dom in doms.values():
+        start_on(store, cfg, "hv1", dom)
+    volumes = {name: wait_until(lambda d=dom: (r := record_on(registry, "hv1", d.UUIDString()))
+                                is not None and r.state == "running" and r.volumes[0], 20,
+                                what=f"{name} reported running")
+               for name, dom in doms.items()}
+    fences = {name: store.get(cfg.keys.fence(v)) for name, v in volumes.items()}
+    lease = store.get(cfg.keys.host("hv1")).lease
+    assert (fences["ha1"].lease, fences["pin1"].lease) == (lease, 0)
+    pids = {name: qemu_pid(qemu_hosts, "hv1", name) for name in doms}
+    connected = qemu_hosts.agent_log("hv1").count("event=libvirt_connected host=hv1")
+    with running_manager(cfg, store), QemuProcessChecker(qemu_hosts) as checker:
+        qemu_hosts.restart_libvirtd("hv1")
+        wait_until(lambda: qemu_hosts.agent_log("hv1").count(
+            "event=libvirt_connected host=hv1") > connected, 20, what="hv1's agent to reconnect")
+        wait_until(resynced(store, cfg, "hv1"), 20, what="its resync after reconnecting")
+        wait_until(manager_round_since(store, cfg, time.time()), 20,
+                   what="a manager round on the registry as the resync left it")
+    conn = qemu_hosts.conn("hv1")
+    for name, dom in doms.items():
+        assert conn.lookupByUUIDString(dom.UUIDString()).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert qemu_pid(qemu_hosts, "hv1", name) == pids[name] and qemu_alive(
+            qemu_hosts, "hv1", name), f"{name}'s QEMU process ran on"
+        after = store.get(cfg.keys.fence(volumes[name]))
+        assert holder(store, cfg, volumes[name]) == "hv1"
+        assert (after.mod_revision, after.lease) == (fences[name].mod_revision,
+                                                     fences[name].lease), name
+    assert store.get(cfg.keys.host("hv1")).lease == lease
+    assert store.list(cfg.keys.violations)[0] == []
+    item = store.get(cfg.keys.guest_settings(ha_uuid))
+    assert decode(GuestSettings, item.key, item.value).attempts == []
+    log = qemu_hosts.agent_log("hv1")
+    assert "event=libvirt_closed" in log and "event=self_fence" not in log
+    assert checker.overlaps == [] and checker.samples > 0, checker.overlaps
+    assert not checker.blind, checker.unknown_detail
 
 
 def gone_from(checker: DoubleRunChecker, uuid: str, host: str) -> bool:

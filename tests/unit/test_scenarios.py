@@ -95,6 +95,29 @@ def test_a_scenario_turns_red_without_the_shipped_fence_before_recover_rule(
     assert "45 manager@h1: restart vm1 on h1 (host h2 gone)" in log
 
 
+def test_a_scenario_runs_a_pinned_guest_twice_when_the_manager_skips_confirm_dead(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped manager moves a pinned guest only after ``host confirm-dead``: with
+    ``hadecide`` patched to count every unreachable host as confirmed dead, it releases
+    the fence of the guest still running on the cut-off host and restarts it elsewhere,
+    and the simulator's invariant catches the double run."""
+    from dataclasses import replace
+
+    from gridtool.ha import rules as hadecide
+
+    real = hadecide._decide_pinned
+
+    def without_confirm_dead(guest: hadecide.GuestView, rnd: hadecide._Round) -> list:
+        dead = rnd.snap.confirmed_dead | {guest.host or ""}
+        return real(guest, replace(rnd, snap=replace(rnd.snap, confirmed_dead=dead)))
+
+    monkeypatch.setattr(hadecide, "_decide_pinned", without_confirm_dead)
+    case = SCENARIOS / "pinned-partition-confirm-dead"
+    with pytest.raises(AssertionError, match="log differs"):
+        test_scenario(case)
+    assert _run(case)[1] == "t=36: guest vm2 in use on h2 and h3"
+
+
 def _start_without_fence(monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent's start handler defines and starts the guest but skips its fence."""
     from agents.intents import HANDLERS, Handler, IntentWorker
