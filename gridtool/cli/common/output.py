@@ -42,6 +42,14 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     out.print(t)
 
 
+def section(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A titled table, or 'title: -' when it has no row."""
+    if rows:
+        table(title, columns, rows)
+    else:
+        console().print(f"[bold]{title}[/bold]: {NOTHING}", highlight=False)
+
+
 def console(stderr: bool = False) -> Any:
     """A rich console; when output is not a terminal, wide enough not to fold rows."""
     from rich.console import Console

@@ -143,5 +143,6 @@ def _guest_counts(data: HostData) -> str:
 
 
 def _counts(counter: Counter[str]) -> str:
-    """'2 running, 1 shutoff' (largest first)."""
-    return ", ".join(f"{n} {what}" for what, n in counter.most_common())
+    """'2 running, 1 shutoff' (largest first, then by name)."""
+    return ", ".join(f"{n} {what}" for what, n in sorted(counter.items(),
+                                                         key=lambda c: (-c[1], c[0])))
