@@ -24,11 +24,12 @@ import libvirt
 from agents.claims import GuestClaims
 from agents.fencer import Fencer, FenceRefused
 from agents.hooksock import HookServer
+from agents.identity import HostNameTaken, Registration, admit, read_identity
 from agents.intents import IntentWorker
 from agents.lease import HostLease, Watchdog
 from agents.libvirt_source import LibvirtSource
 from agents.readiness import ReadinessWatcher
-from gridtool import __version__
+from gridtool import __version__, supervise
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing.etcdversions import FIXED_VERSIONS, revokes_leases_early
@@ -37,6 +38,8 @@ from gridtool.fencing.rules import (
     FenceKind,
     GuestRef,
     IntruderPolicy,
+    Judgement,
+    LeaseClock,
     Observed,
     judge_running,
     judge_stopped,
@@ -50,6 +53,8 @@ from gridtool.registry.sync import plan_sync
 log = logging.getLogger("gridtool.agent")
 
 _RESYNC = ("resync", "", None)
+_HOST = ("host", "", None)  # the host record changed (its watchdog began or stopped working)
+REGISTER_ATTEMPTS = 5  # registrations racing with another agent's before a backoff
 
 
 @dataclass
@@ -75,6 +80,7 @@ class Agent:
         cfg.require("host", "libvirt_uri")
         self.cfg = cfg
         self.host: str = cfg.host  # type: ignore[assignment]  # cfg.require() checked it is set
+        self.identity = read_identity(cfg.machine_id_file)  # ConfigError: refuse to start
         self.keys = cfg.keys
         self.registry = Registry(store, cfg.keys)
         self.store = store
@@ -83,7 +89,10 @@ class Agent:
             cfg.libvirt_uri or "", cfg.shared_rules,
             on_change=lambda uuid, clean: self.changes.put(("guest", uuid, clean)),
             on_close=lambda: self.changes.put(_RESYNC))
-        watchdog = Watchdog(cfg.watchdog, cfg.watchdog_timeout) if cfg.watchdog else None
+        watchdog = Watchdog(
+            cfg.watchdog, cfg.watchdog_timeout, cfg.watchdog_kind,
+            limit=LeaseClock.start(cfg.ttl, 0.0).max_watchdog_timeout,
+            on_change=lambda: self.changes.put(_HOST)) if cfg.watchdog else None
         # The watchdog is first tended once the fences this host holds are known: right
         # after resuming a predecessor's lease (its last pet must not run out during a
         # slow first resync), else once the first resync has judged every guest.
@@ -118,6 +127,7 @@ class Agent:
         self._fences_known = False  # the watchdog may be tended (see _register, resync)
         self._etcd_checked = False  # early-revocation versions logged (once, at start)
         self._intent_watch: Watch | None = None
+        self._refused: HostNameTaken | None = None  # the host name is another machine's
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -138,8 +148,7 @@ class Agent:
             from gridtool.ha.manager import Manager
 
             manager = Manager(self.cfg, self.store, self.host)
-            threading.Thread(target=manager.run, args=(self._stopping,), name="manager",
-                             daemon=True).start()
+            supervise.start(manager.run, "manager", (self._stopping,), logger=log)
         while not self._stopping.is_set():
             try:
                 self._step()
@@ -152,7 +161,14 @@ class Agent:
             except libvirt.libvirtError as exc:  # e.g. libvirtd died in a resync: reconnect
                 log.warning("event=libvirt_error host=%s error=%s", self.host, _one_line(exc))
                 self.libvirt.close()
+            except HostNameTaken as exc:
+                log.error("event=host_name_taken host=%s machine=%s reason=%s", self.host,
+                          self.identity.machine, exc)
+                self._refused = exc
+                break
         self._shutdown()
+        if self._refused is not None:
+            raise self._refused  # gridtool-agent exits with its one line
 
     def _shutdown(self) -> None:
         self.intents.stop()
@@ -162,7 +178,11 @@ class Agent:
         if self._intent_watch is not None:
             self._intent_watch.cancel()
         ha = self.fencer.ha_guests()
-        if ha and self.lease.has_watchdog and self.lease.arm():
+        if self._refused is not None:
+            # Not this machine's host name: touch no lease, and leave the watchdog as it
+            # is (this machine's own agent may have left it armed under another name).
+            self.lease.keep()
+        elif ha and self.lease.has_watchdog and self.lease.arm():
             # HA guests keep running after the agent exits; revoking the lease would drop
             # their fences and the manager would start them elsewhere. Keep the lease (a
             # restarted agent resumes it) and leave the watchdog armed: if no agent pets
@@ -174,9 +194,11 @@ class Agent:
             self.lease.keep()
         else:
             if ha:  # nothing would stop them once the lease lapses: stop them now
+                reason = ("lease not healthy" if self.lease.has_watchdog else
+                          "watchdog does not work" if self.lease.watchdog_problem else
+                          "no watchdog configured")
                 log.warning("event=agent_stop_self_fence host=%s ha_guests=%d reason=%s",
-                            self.host, len(ha), "no watchdog configured" if not
-                            self.lease.has_watchdog else "lease not healthy")
+                            self.host, len(ha), reason)
                 self.self_fence()
             self.lease.revoke()
         self.libvirt.close()
@@ -234,7 +256,11 @@ class Agent:
 
     def _register(self) -> None:
         """Publish the host record under a lease: on start-up the previous agent's lease
-        if etcd still has it (a restart keeps every fence in place), else a fresh one."""
+        if etcd still has it (a restart keeps every fence in place), else a fresh one.
+        First of all, the host name must be this machine's (``agents.identity.admit``:
+        HostNameTaken when not); the record and the name's claim are written in one
+        transaction that fails if another agent registered since the check."""
+        registration = admit(self.store, self.keys, self.host, self.identity, time.time())
         lease = self._resumable_lease()
         resumed = lease is not None and self.lease.resume(lease)
         if not resumed:
@@ -247,7 +273,14 @@ class Agent:
             self.fencer.refresh_held()
             self._fences_known = True
             self.lease.tend_watchdog()
-        self.publish_host()  # alive again: its confirm-dead mark goes with this write
+        for _ in range(REGISTER_ATTEMPTS):  # alive again: its confirm-dead mark goes too
+            if self.publish_host(registration):
+                break
+            registration = admit(self.store, self.keys, self.host, self.identity, time.time())
+        else:
+            self.lease.lost.set()  # register again (after the main loop's backoff)
+            raise RegistryUnavailable(f"the registration of {self.host} kept racing with "
+                                      "another agent's: trying again")
         self._next_resync = 0.0
         log.info("event=host_registered host=%s lease=%x ttl=%s resumed=%s", self.host,
                  self.lease.lease, self.cfg.ttl, "yes" if resumed else "no")
@@ -271,13 +304,20 @@ class Agent:
         item = self.store.get(self.keys.host(self.host))
         return item.lease if item is not None and item.lease else None
 
-    def publish_host(self) -> None:
+    def publish_host(self, registration: Registration | None = None) -> bool:
+        """Write the host record under the lease (with ``registration``'s claim and
+        compares when registering: False when they failed and nothing was written)."""
         node = self.libvirt.node()
-        self.registry.put_host(HostRecord(
+        record = HostRecord(
             name=self.host, libvirt_uri=self.cfg.libvirt_uri or "", agent_version=__version__,
             reported_at=time.time(), labels=self.cfg.labels, started_at=self.started_at,
-            storage=self.cfg.storage, **node,
-        ), lease=self.lease.lease)
+            storage=self.cfg.storage, watchdog=self.lease.has_watchdog,
+            watchdog_timeout=self.lease.watchdog_timeout, machine_id=self.identity.machine,
+            instance=self.identity.instance, **node)
+        if registration is None:
+            return self.registry.put_host(record, self.lease.lease)
+        return self.registry.put_host(record, self.lease.lease, registration.guard,
+                                      (registration.claim,))
 
     def resync(self) -> None:
         """Make the registry match libvirt exactly, and judge every fenced guest."""
@@ -321,11 +361,14 @@ class Agent:
         except queue.Empty:
             return
         pending: dict[str, bool | None] = {}
+        host_changed = False
         item: tuple[str, str, bool | None] | None = first
         while item is not None:  # coalesce a burst of events into one write per guest
             kind, uuid, clean = item
             if kind == "resync":
                 self._next_resync = 0.0
+            elif kind == "host":
+                host_changed = True
             elif uuid not in pending or clean is not None:
                 pending[uuid] = clean
             try:
@@ -334,7 +377,7 @@ class Agent:
                 item = None
         for uuid, clean in sorted(pending.items()):
             self._write_guest(uuid, clean)
-        if pending and self.libvirt.connected:
+        if (pending or host_changed) and self.libvirt.connected and self.lease.lease:
             self.publish_host()  # free memory follows the guests
 
     def _write_guest(self, uuid: str, clean: bool | None) -> None:
@@ -389,7 +432,8 @@ class Agent:
         observed = self.fencer.observe(ref.volumes)
         if rec.state in ACTIVE_STATES:
             policy = IntruderPolicy(self.cfg.intruder_policy)
-            verdict = judge_running(self.host, ref, observed, policy)
+            paused = rec.state == "paused"
+            verdict = judge_running(self.host, ref, observed, policy, paused)
             if verdict.act is Act.ACQUIRE:
                 if self._adopting:  # running before this agent ever ran here: adopt it
                     log.info("event=fence_adopt host=%s guest=%s", self.host, rec.name)
@@ -402,9 +446,9 @@ class Agent:
                     return
                 except FenceRefused:
                     verdict = judge_running(self.host, ref, self.fencer.observe(ref.volumes),
-                                            policy)
+                                            policy, paused)
             if verdict.act in (Act.PAUSE, Act.DESTROY):
-                self._stop_intruder(rec, verdict.act)
+                self._stop_intruder(rec, verdict)
                 self.report_violation(rec, verdict.report, verdict.act.value)
             elif rec.uuid in self.fencer.stale or any(
                     o.fence.kind is not ref.kind for o in observed.values()
@@ -417,12 +461,26 @@ class Agent:
         if verdict.act is Act.RELEASE:
             self.fencer.release(ref)
 
-    def _stop_intruder(self, rec: GuestRecord, act: Act) -> None:
+    def _stop_intruder(self, rec: GuestRecord, verdict: Judgement) -> None:
+        """Destroy, or mark (when the rule says so) and pause, an intruder; a marked copy
+        found running again is reported as resumed."""
         dom = self.libvirt.domain(rec.uuid)
         if dom is None:
             return
+        if verdict.resumed:
+            log.error("event=intruder_resumed host=%s guest=%s uuid=%s action=%s", self.host,
+                      rec.name, rec.uuid, verdict.act.value)
+        if verdict.mark:  # before the pause: a paused intruder is never left unmarked
+            try:
+                self.libvirt.mark_intruder(dom, self._foreign_holder(rec))
+                log.warning("event=intruder_marked host=%s guest=%s uuid=%s", self.host,
+                            rec.name, rec.uuid)
+                self._look_again(rec.uuid)  # its record shows the mark
+            except libvirt.libvirtError as exc:
+                log.error("event=intruder_mark_failed host=%s guest=%s error=%s", self.host,
+                          rec.name, _one_line(exc))
         try:
-            if act is Act.DESTROY:
+            if verdict.act is Act.DESTROY:
                 dom.destroy()
             elif dom.info()[0] != libvirt.VIR_DOMAIN_PAUSED:
                 dom.suspend()
@@ -430,15 +488,19 @@ class Agent:
             log.error("event=intruder_stop_failed host=%s guest=%s error=%s", self.host,
                       rec.name, _one_line(exc))
 
+    def _foreign_holder(self, rec: GuestRecord) -> str:
+        """Another host holding a fence of ``rec`` (a fresh read), or ''."""
+        observed = self.fencer.observe(rec.volumes)
+        holders = [o.fence.holder for o in observed.values()
+                   if isinstance(o, Observed) and o.fence.holder != self.host]
+        return holders[0] if holders else ""
+
     def report_violation(self, rec: GuestRecord, message: str, action: str) -> None:
         log.error("event=fence_violation host=%s guest=%s uuid=%s action=%s message=%s",
                   self.host, rec.name, rec.uuid, action, message)
-        observed = self.fencer.observe(rec.volumes)
-        holders = [o.fence.holder for o in observed.values()
-                   if o is not None and hasattr(o, "fence") and o.fence.holder != self.host]
         volume = rec.volumes[0] if rec.volumes else ""
         self.store.put(self.keys.violation(self.host, rec.uuid), encode(Violation(
-            self.host, rec.uuid, rec.name, volume, holders[0] if holders else "",
+            self.host, rec.uuid, rec.name, volume, self._foreign_holder(rec),
             action, time.time(), message)))
 
     def _release_orphans(self, observed: dict[str, GuestRecord]) -> None:

@@ -69,7 +69,10 @@ class Fencer:
         return FenceKind.HA if settings.ha else FenceKind.PINNED
 
     def ref(self, guest: GuestRecord, kind: FenceKind | None = None) -> GuestRef:
-        return GuestRef(guest.uuid, guest.name, kind or self.kind_of(guest.uuid), guest.volumes)
+        """The rule's view of ``guest``: its fence kind (the operator's setting unless
+        given), volumes, and whether this run of it is marked an intruder."""
+        return GuestRef(guest.uuid, guest.name, kind or self.kind_of(guest.uuid), guest.volumes,
+                        intruder=guest.intruder)
 
     def observe(self, volumes: Iterable[str]) -> dict[str, Observation]:
         return read_fences(self.store, self.keys, volumes)

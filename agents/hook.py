@@ -29,6 +29,8 @@ import xml.etree.ElementTree as ET
 # ``migrate begin`` may print a rewritten XML on stdout (libxl): we print nothing there.
 CHECKED = {("prepare", "begin"), ("restore", "begin"), ("migrate", "begin")}
 VERB = {"prepare": "start", "restore": "restore", "migrate": "accept the migration of"}
+#: How long the hook waits for the agent's answer unless ``--timeout`` says otherwise.
+DEFAULT_TIMEOUT_S = 2.0
 
 
 def may_be_fenced(xml: str, patterns: list[str]) -> bool:
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gridtool-hook")
     parser.add_argument("--socket", required=True)
     parser.add_argument("--shared", action="append", default=[])
-    parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
     parser.add_argument("args", nargs="*")
     opts = parser.parse_args(argv)
     xml = sys.stdin.read()  # always drain it: libvirt writes the XML to our stdin

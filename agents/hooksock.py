@@ -9,6 +9,11 @@ It decides with the guest claimed (``agents.claims``: after a judgement of the g
 progress ends, and none starts meanwhile). Fences are read from etcd, except that a
 "held" read is reused for :data:`FRESH_S` seconds while the fencer still holds them.
 
+The answer goes out within :data:`ANSWER_WITHIN_S`, before the hook's own timeout: a
+registry that does not answer (etcd unreachable, a read retried for the store's whole
+timeout) is a refusal that says so, not a silence the hook would report as an agent
+that is not running. A decision given up that way changes nothing.
+
 An incoming live migration (``migrate``) is allowed while the fences are still with the
 source only when this agent was told to expect it (a ``receive`` intent, submitted by
 the migrating client before the source's ``migrate`` intent; it names the source, which
@@ -31,10 +36,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agents.claims import GuestClaims
-from agents.hook import read_line
+from agents.hook import DEFAULT_TIMEOUT_S, read_line
 from agents.ports import Domains, FenceView
+from gridtool import supervise
 from gridtool.domains.storage import SharedStorageRules
 from gridtool.domains.xml import DomainXMLError, parse_domain
+from gridtool.errors import RegistryUnavailable
 from gridtool.fencing.rules import Expected, FenceKind, GuestRef, Observation, StartOp, may_start
 
 log = logging.getLogger("gridtool.agent")
@@ -43,6 +50,30 @@ FRESH_S = 2.0  # how long an etcd-confirmed "held" answer is trusted without a r
 INCOMING_MAX_S = 900.0  # an incoming migration is given up on after this
 EXPECT_S = 60.0  # a 'receive' intent's acceptance lasts this long
 CLAIM_WAIT_S = 1.0  # a judgement of the guest in progress must end within this
+#: The hook waits DEFAULT_TIMEOUT_S (2 s) for the answer; it is sent 0.5 s before that
+#: (the hook's connect and the answer's way back), decided or not.
+ANSWER_WITHIN_S = DEFAULT_TIMEOUT_S - 0.5
+
+
+class _Decision:
+    """One hook decision's race against its deadline: it takes effect (``commit``) or is
+    given up (``abandon``), never both."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = ""  # "", "committed" or "abandoned"
+
+    def commit(self) -> bool:
+        """Before the decision changes anything: False once it was given up."""
+        with self._lock:
+            self._state = self._state or "committed"
+            return self._state == "committed"
+
+    def abandon(self) -> bool:
+        """The deadline passed: True when the decision had not taken effect (it never will)."""
+        with self._lock:
+            self._state = self._state or "abandoned"
+            return self._state == "abandoned"
 
 
 class HookServer:
@@ -55,8 +86,10 @@ class HookServer:
 
     def __init__(self, path: str, *, host: str, rules: SharedStorageRules,
                  fencer: FenceView, claims: GuestClaims, domains: Domains,
-                 on_change: Callable[[str], None]) -> None:
+                 on_change: Callable[[str], None],
+                 answer_within: float = ANSWER_WITHIN_S) -> None:
         self.path = path
+        self.answer_within = answer_within
         self.host = host
         self.rules = rules
         self.fencer = fencer
@@ -78,7 +111,7 @@ class HookServer:
         os.chmod(self.path, 0o600)
         sock.listen(16)
         self._sock = sock
-        threading.Thread(target=self._serve, name="hooksock", daemon=True).start()
+        supervise.start(self._serve, "hooksock", logger=log)
         log.info("event=hook_socket host=%s path=%s", self.host, self.path)
         return self
 
@@ -99,7 +132,7 @@ class HookServer:
                 conn, _ = sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            supervise.start(self._handle, "hooksock-request", (conn,), logger=log)
 
     def _handle(self, conn: socket.socket) -> None:
         request: dict = {}
@@ -107,7 +140,7 @@ class HookServer:
             conn.settimeout(5.0)
             try:
                 request = dict(json.loads(read_line(conn)))
-                allow, message = self.check(str(request.get("op", "")),
+                allow, message = self.answer(str(request.get("op", "")),
                                              str(request.get("uuid", "")),
                                              str(request.get("name", "")),
                                              str(request.get("xml", "")))
@@ -121,8 +154,35 @@ class HookServer:
 
     # -- the facts, and the rule's answer --------------------------------------
 
-    def check(self, op: str, uuid: str, name: str, xml: str) -> tuple[bool, str]:
-        """(allowed, why) for starting/restoring/receiving guest ``uuid`` here."""
+    def answer(self, op: str, uuid: str, name: str, xml: str) -> tuple[bool, str]:
+        """:meth:`check`'s answer, or a refusal naming the registry once
+        :attr:`answer_within` seconds have passed without one."""
+        decision = _Decision()
+        result: list[tuple[bool, str]] = []
+        done = threading.Event()
+
+        def decide() -> None:
+            try:
+                result.append(self.check(op, uuid, name, xml, decision))
+            except RegistryUnavailable as exc:
+                result.append((False, f"{self.host}'s agent cannot read its fences: the "
+                                      f"registry (etcd) is unreachable ({exc})"))
+            except Exception as exc:
+                result.append((False, f"the agent could not decide ({exc})"))
+            done.set()
+
+        threading.Thread(target=decide, name="hook-decision", daemon=True).start()
+        if not done.wait(self.answer_within) and decision.abandon():
+            return False, (f"{self.host}'s agent cannot read its fences: the registry (etcd) "
+                           f"did not answer within {self.answer_within:g} s (unreachable?); "
+                           "nobody can tell who holds them")
+        done.wait()  # it took effect just now: its answer comes at once
+        return result[0]
+
+    def check(self, op: str, uuid: str, name: str, xml: str,
+              decision: _Decision | None = None) -> tuple[bool, str]:
+        """(allowed, why) for starting/restoring/receiving guest ``uuid`` here; changes
+        nothing when ``decision`` was given up by the time the fences are read."""
         try:
             spec = parse_domain(xml, self.rules)
         except DomainXMLError as exc:
@@ -132,17 +192,20 @@ class HookServer:
             return True, "not fenced"
         if not uuid:
             return False, "its domain XML has no UUID"
-        guest = GuestRef(uuid, name or uuid, FenceKind.PINNED, volumes)  # kind: not asked
+        guest = GuestRef(uuid, name or uuid, FenceKind.PINNED, volumes,  # kind: not asked
+                         intruder=spec.intruder)  # a saved image of a marked copy
         with self.claims.working(uuid, CLAIM_WAIT_S) as claimed:
             if not claimed:
                 return False, f"{self.host}'s agent is judging it right now: try again"
-            return self._decide(op, guest)
+            return self._decide(op, guest, decision or _Decision())
 
-    def _decide(self, op: str, guest: GuestRef) -> tuple[bool, str]:
+    def _decide(self, op: str, guest: GuestRef, decision: _Decision) -> tuple[bool, str]:
         now = time.monotonic()
         cached = self._cached(guest, now)
         observed = cached if cached is not None else self.fencer.observe(guest.volumes)
         with self._lock:
+            if not decision.commit():
+                return False, "given up: the fences were read too late"
             expected = self._expected.get(guest.uuid)
             arriving = self._arriving.get(guest.uuid)
             answer = may_start(self.host, guest, observed, op, expected, arriving, now)
@@ -181,8 +244,7 @@ class HookServer:
         """Keep the arriving guest busy (not judged an intruder while its fences are still
         away) until they are here or it is gone again; then have it judged at once."""
         self.claims.enter(guest.uuid, wait=0.0)  # we hold it already: no judgement runs
-        threading.Thread(target=self._follow, args=(guest,), daemon=True,
-                         name=f"incoming-{guest.uuid[:8]}").start()
+        supervise.start(self._follow, f"incoming-{guest.uuid[:8]}", (guest,), logger=log)
 
     def _follow(self, guest: GuestRef) -> None:
         began = time.monotonic()

@@ -16,6 +16,7 @@ from agents.claims import GuestClaims
 from agents.fencer import FenceRefused
 from agents.livemigrate import LiveMigrator, receive
 from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
+from gridtool import supervise
 from gridtool.clock import SYSTEM, Clock
 from gridtool.clone.rules import ClonePlanError, check_name, golden_path, inside, template_disks
 from gridtool.clone.templates import forget_clone
@@ -60,7 +61,7 @@ class IntentWorker:
         self.queue: queue.Queue[str | None] = queue.Queue()
         self._queued: set[str] = set()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="intents", daemon=True)
+        self._thread = supervise.thread(self._loop, "intents", logger=log)
 
     def start(self) -> None:
         self._thread.start()
@@ -195,8 +196,9 @@ class IntentWorker:
         if rec.fenced:
             ref = self.fencer.ref(rec)
             if ref.kind is FenceKind.HA and not self.lease.arm():
-                raise IntentFailed(f"{self.host}'s lease is not healthy: "
-                                   "refusing to take an HA fence")
+                why = (f"its watchdog does not work ({self.lease.watchdog_problem})"
+                       if self.lease.watchdog_problem else "its lease is not healthy")
+                raise IntentFailed(f"{self.host} refuses to take an HA fence: {why}")
             token = self.fencer.acquire(ref)
         if dom.isActive():
             return f"{intent.name} already running on {self.host}"

@@ -4,13 +4,19 @@ optionally pets a hardware/soft watchdog while it is safe to."""
 
 from __future__ import annotations
 
+import array
+import contextlib
+import errno
+import fcntl
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
 
+from gridtool import supervise
 from gridtool.clock import SYSTEM, Clock
 from gridtool.errors import AuthError, RegistryUnavailable
 from gridtool.fencing.rules import LeaseClock, LeaseState
@@ -22,63 +28,219 @@ log = logging.getLogger("gridtool.agent")
 GUARD_TICK = 0.1
 
 
+#: Linux watchdog ioctls (``<linux/watchdog.h>``): ``_IOWR('W', 6, int)``, ``_IOR('W', 7, int)``.
+WDIOC_SETTIMEOUT = 0xC0045706
+WDIOC_GETTIMEOUT = 0x80045707
+#: Written before closing, it stops the watchdog (unless the kernel is ``nowayout``).
+MAGIC_CLOSE = b"V"
+#: The legacy ``/dev/watchdog`` (misc 10:130) is the first watchdog, ``watchdog0`` in sysfs.
+_LEGACY_DEVICE = (10, 130)
+
+Ioctl = Callable[[int, int, bytearray], object]
+
+
+class WatchdogKind(StrEnum):
+    """What the agent's ``watchdog`` path is; never guessed from the path."""
+
+    DEVICE = "device"  # a Linux watchdog character device (hardware, softdog)
+    EMULATED = "emulated"  # a plain file the lab's emulator watches (gridtool.lab.watchdog)
+
+
 class Watchdog:
-    """A host watchdog: the Linux device (``/dev/watchdog``, softdog), or a plain file
-    that the lab's emulator watches (``gridtool.lab.watchdog``).
+    """A host watchdog: a Linux watchdog device (``/dev/watchdog``: hardware or softdog),
+    or, named as such in the agent's configuration, the file of the lab's emulator.
 
-    It is opened by the first pet, not before: opening pets it, and a restarted agent
-    must not extend a reset that its predecessor's last pet scheduled until it knows its
-    lease (see ``HostLease``). ``close`` writes the magic "V" (a clean stop with nothing
-    to fence does not reset the host); ``abandon`` leaves it armed."""
+    Only a character device counts as a device: a missing path or a plain file is a
+    *problem* (never created, never written). The device is opened by the first pet, not
+    before: opening pets it, and a restarted agent must not extend a reset that its
+    predecessor's last pet scheduled until it knows its lease (see ``HostLease``). On
+    opening, the timeout is set (``WDIOC_SETTIMEOUT``, whole seconds) and read back
+    (``WDIOC_GETTIMEOUT``); the read-back value is the timeout the agent reckons with,
+    and one longer than ``limit`` (what the lease allows) is a problem.
 
-    def __init__(self, path: str, timeout: float) -> None:
+    No method raises on a device error (busy: systemd's ``RuntimeWatchdogSec`` holds it;
+    not a watchdog; gone): the error becomes :attr:`problem`, logged once, and the next
+    pet tries again. While there is a problem the watchdog does not protect the host
+    (:attr:`working`). ``close`` writes the magic "V" (a clean stop with nothing to fence
+    does not reset the host) to a device this agent opened, or one a predecessor left armed
+    (:meth:`inherit`), never to one nobody opened: on a ``nowayout`` kernel that would arm
+    it for good. On such a kernel an opened device is never let go: it is petted instead.
+    ``abandon`` leaves it armed."""
+
+    def __init__(self, path: str, timeout: float, kind: WatchdogKind | str = WatchdogKind.DEVICE,
+                 limit: float = math.inf, on_change: Callable[[], None] = lambda: None,
+                 ioctl: Ioctl = fcntl.ioctl, sysfs: Path = Path("/sys")) -> None:
         self.path = Path(path)
-        self.timeout = timeout
-        self._fh: BinaryIO | None = None
+        self.kind = WatchdogKind(kind)
+        self.timeout = timeout  # the one reckoned with: the device's own once read back
+        self.limit = limit
+        self._on_change = on_change
+        self._ioctl = ioctl
+        self._sysfs = sysfs
+        self._fd: int | None = None
         self._opened = False
-        self._disarmed = False  # unknown at start: a predecessor may have left it armed
+        self._inherited = False  # a predecessor may have left it armed
+        self._nowayout = False
         self._lock = threading.Lock()  # the guard and intent threads both pet
+        self.problem = ""
+        self._set_problem(self._static_problem())
 
-    def pet(self) -> None:
-        with self._lock:
-            self._pet()
+    @property
+    def working(self) -> bool:
+        """True while nothing is known to keep this watchdog from resetting the host."""
+        return not self.problem
 
-    def _pet(self) -> None:
-        if self.path.is_char_device():
-            if self._fh is None:
-                self._fh = self.path.open("wb", buffering=0)
-            self._fh.write(b"\0")
-        elif not self._opened:
-            self.path.write_bytes(b"\0")  # armed (and petted: the mtime is new)
+    def _static_problem(self) -> str:
+        """What is wrong before the device is even opened ("" if nothing)."""
+        if self.kind is WatchdogKind.DEVICE and not self.path.exists():
+            return f"{self.path} does not exist (load a watchdog driver, e.g. softdog)"
+        if self.kind is WatchdogKind.DEVICE and not self.path.is_char_device():
+            return f"{self.path} is not a character device"
+        if self.timeout > self.limit:
+            return (f"watchdog_timeout {self.timeout:g} s exceeds the {self.limit:g} s "
+                    "the lease allows")
+        return ""
+
+    def _set_problem(self, problem: str) -> None:
+        if problem == self.problem:
+            return
+        if problem:
+            log.error("event=watchdog_problem path=%s kind=%s problem=%s", self.path,
+                      self.kind, problem)
         else:
-            os.utime(self.path)
-        self._opened, self._disarmed = True, False
+            log.info("event=watchdog_ok path=%s kind=%s timeout_s=%g", self.path, self.kind,
+                     self.timeout)
+        self.problem = problem
+        self._on_change()
+
+    def inherit(self) -> None:
+        """A predecessor's lease was resumed: it may have left the watchdog armed, so
+        :meth:`close` disarms it even if this agent never opened it."""
+        self._inherited = True
+
+    def pet(self) -> bool:
+        """Pet (opening and arming it if need be): True when it was petted and works."""
+        with self._lock:
+            return self._guarded(self._pet)
 
     def close(self) -> None:
+        """Disarm with the magic "V": the device this agent opened or inherited."""
         with self._lock:
-            self._close()
+            self._guarded(self._close)
 
-    def _close(self) -> None:
-        """Disarm with the magic "V", also a watchdog a predecessor left armed."""
-        if self._disarmed:
+    def _guarded(self, step: Callable[[], bool]) -> bool:
+        """Run ``step``; a device error becomes the problem (and drops the descriptor)."""
+        try:
+            return step()
+        except OSError as exc:
+            self._let_go()
+            name = errno.errorcode.get(exc.errno or 0, "error")
+            self._set_problem(f"{exc.strerror or exc} ({name})")
+            return False
+
+    def _pet(self) -> bool:
+        static = self._static_problem()
+        if static:
+            self._set_problem(static)
+            return False
+        if self.kind is WatchdogKind.EMULATED:
+            if not self._opened:
+                self.path.write_bytes(b"\0")  # armed (and petted: the mtime is new)
+            else:
+                os.utime(self.path)
+            self._opened = True
+            self._set_problem("")
+            return True
+        if self._fd is None:
+            self._open_device()
+        assert self._fd is not None
+        problem = self._timeout_problem()
+        if problem and not self._nowayout:
+            self._let_go()  # too slow to protect anything: disarmed, not left to fire
+        else:  # (on a nowayout kernel it cannot be stopped: keep it petted all the same)
+            os.write(self._fd, b"\0")
+            self._opened = True
+        self._set_problem(problem)
+        return not problem
+
+    def _open_device(self) -> None:
+        """Open the device, set its timeout and read it back."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        self._fd = fd
+        self._nowayout = self._read_nowayout()
+        wanted = array.array("i", [max(1, math.floor(self.timeout))])
+        with contextlib.suppress(OSError):  # a driver may refuse the value: read what it has
+            self._ioctl(fd, WDIOC_SETTIMEOUT, wanted)  # type: ignore[arg-type]
+        got = array.array("i", [0])
+        self._ioctl(fd, WDIOC_GETTIMEOUT, got)  # type: ignore[arg-type]
+        self.timeout = float(got[0])
+        log.info("event=watchdog_open path=%s timeout_s=%d nowayout=%s", self.path, got[0],
+                 "yes" if self._nowayout else "no")
+
+    def _timeout_problem(self) -> str:
+        if self.timeout > self.limit:
+            return (f"the device's timeout is {self.timeout:g} s, over the {self.limit:g} s "
+                    "the lease allows")
+        return ""
+
+    def _read_nowayout(self) -> bool:
+        """The kernel's ``nowayout`` for this device (sysfs); False when it cannot tell."""
+        try:
+            rdev = self.path.stat().st_rdev
+            dev = (os.major(rdev), os.minor(rdev))
+            node = (self._sysfs / "class/watchdog/watchdog0" if dev == _LEGACY_DEVICE
+                    else self._sysfs / f"dev/char/{dev[0]}:{dev[1]}")
+            return (node / "nowayout").read_text().strip() == "1"
+        except (OSError, ValueError):
+            return False
+
+    def _close(self) -> bool:
+        if self.kind is WatchdogKind.EMULATED:
+            if self._opened or (self._inherited and self.path.exists()):
+                self.path.write_bytes(MAGIC_CLOSE)
+            self._opened = self._inherited = False
+            return True
+        if self._fd is None and self._inherited and not self._static_problem():
+            self._open_device()  # a predecessor's armed device: disarm it
+        self._inherited = False
+        if self._fd is None:
+            return True  # never opened: leave it alone (opening would arm it)
+        if self._nowayout:
+            os.write(self._fd, b"\0")  # it cannot be stopped: keep it petted
+            return True
+        os.write(self._fd, MAGIC_CLOSE)
+        self._drop()
+        return True
+
+    def _let_go(self) -> None:
+        """After a device error: disarm and close what this agent opened (a device that
+        errs cannot be relied on; left armed it would reset a host whose agent lives),
+        except on a ``nowayout`` kernel, where closing would leave it armed for good."""
+        if self._fd is not None and self._nowayout:
             return
-        if self._fh is None and self.path.is_char_device():
-            self._fh = self.path.open("wb", buffering=0)
-        if self._fh is not None:
-            self._fh.write(b"V")
-            self._fh.close()
-            self._fh = None
-        elif self.path.exists():
-            self.path.write_bytes(b"V")
-        self._opened, self._disarmed = False, True
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._fd, MAGIC_CLOSE)
+        self._drop()
+
+    def _drop(self) -> None:
+        fd, self._fd = self._fd, None
+        self._opened = False
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def abandon(self) -> None:
         """Let go without the magic close: the watchdog resets the host unless a new
         agent pets it in time."""
-        if self._fh is not None:
-            self._fh.close()  # no "V": the device stays armed
-            self._fh = None
-        self._opened = False
+        with self._lock:
+            self._drop()
+
+    @property
+    def armed(self) -> bool:
+        """This agent holds the device open: it resets the host unless petted (after a
+        ``close`` only on a ``nowayout`` kernel)."""
+        return self._fd is not None
 
 
 class HostLease:
@@ -106,10 +268,8 @@ class HostLease:
         self._fenced_for: int | None = None
         self._armed_until = 0.0
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._keepalive_loop, name="keepalive",
-                                          daemon=True),
-                         threading.Thread(target=self._guard_loop, name="lease-guard",
-                                          daemon=True)]
+        self._threads = [supervise.thread(self._keepalive_loop, "keepalive", logger=log),
+                         supervise.thread(self._guard_loop, "lease-guard", logger=log)]
 
     def start(self) -> None:
         for thread in self._threads:
@@ -134,6 +294,8 @@ class HostLease:
         self.clock = LeaseClock.start(self.ttl, sent, granted_ttl=remaining)
         self.lease = lease
         self.lost.clear()
+        if self._watchdog is not None:
+            self._watchdog.inherit()  # the predecessor kept its lease: it left it armed
         return True
 
     def healthy(self) -> bool:
@@ -142,21 +304,36 @@ class HostLease:
 
     @property
     def has_watchdog(self) -> bool:
-        return self._watchdog is not None
+        """A watchdog is configured and, as far as is known, works (see ``Watchdog``)."""
+        return self._watchdog is not None and self._watchdog.working
+
+    @property
+    def watchdog_problem(self) -> str:
+        """Why the configured watchdog does not protect the host ("" when it does, or
+        when none is configured)."""
+        return self._watchdog.problem if self._watchdog is not None else ""
+
+    @property
+    def watchdog_timeout(self) -> float:
+        """The working watchdog's timeout in seconds (0: no working watchdog)."""
+        return self._watchdog.timeout if self._watchdog is not None and self.has_watchdog \
+            else 0.0
 
     def arm(self) -> bool:
         """Get ready to run an HA guest: True when the lease is healthy and the watchdog
         (if configured) was petted just now, so that a crash from this instant on resets
-        the host before the fences can vanish (the guard pets it only every tick)."""
+        the host before the fences can vanish (the guard pets it only every tick). False
+        too when a configured watchdog fails (busy, not a watchdog, a timeout longer than
+        the lease allows): an HA guest must not start on a host it would not protect."""
         clock, now = self.clock, self._clock.monotonic()
         if clock is None or clock.state(now) is not LeaseState.HEALTHY:
             return False
         if self._watchdog is None:
             return True
-        if not clock.watchdog_may_pet(now, self._watchdog.timeout, True):
+        if not clock.watchdog_may_pet(now, self._watchdog.timeout, True) \
+                or not self._watchdog.pet():
             return False
         self._armed_until = now + self.ttl  # the guard keeps it armed while the fence is taken
-        self._watchdog.pet()
         return True
 
     def keep(self) -> None:
@@ -179,6 +356,10 @@ class HostLease:
                 log.warning("event=lease_revoke_failed host=%s error=%s", self.host, exc)
         if self._watchdog is not None:
             self._watchdog.close()
+            if self._watchdog.armed:  # nowayout: this agent's exit leaves it running
+                log.warning("event=watchdog_nowayout host=%s timeout_s=%g note=the kernel "
+                            "cannot stop the watchdog: the host resets unless an agent pets "
+                            "it in time", self.host, self._watchdog.timeout)
 
     def _keepalive_loop(self) -> None:
         while not self._stop.wait(self._until_due()):

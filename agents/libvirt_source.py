@@ -11,8 +11,15 @@ from collections.abc import Callable
 import libvirt
 
 from agents.readiness import ReadinessWatcher
+from gridtool import supervise
 from gridtool.domains.storage import SharedStorageRules
-from gridtool.domains.xml import DomainXMLError, parse_domain
+from gridtool.domains.xml import (
+    INTRUDER_NS,
+    INTRUDER_PREFIX,
+    DomainXMLError,
+    intruder_mark,
+    parse_domain,
+)
 from gridtool.registry.model import GUEST_STATES, GuestRecord
 
 log = logging.getLogger("gridtool.agent")
@@ -33,7 +40,7 @@ def start_event_loop() -> None:
             while True:
                 libvirt.virEventRunDefaultImpl()
 
-        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        supervise.start(run, "libvirt-events", logger=log)
         _event_loop_started = True
 
 
@@ -165,15 +172,16 @@ class LibvirtSource:
                 return None  # vanished while we looked
             raise
         try:
-            disks = parse_domain(xml, self._rules).disks
+            spec = parse_domain(xml, self._rules)
+            disks, intruder = spec.disks, spec.intruder
         except DomainXMLError as exc:
             log.warning("event=bad_domain_xml guest=%s error=%s", dom.name(), exc)
-            disks = ()
+            disks, intruder = (), False
         rec = GuestRecord(
             uuid=dom.UUIDString(), name=dom.name(), host=host,
             state=GUEST_STATES[state] if 0 <= state < 8 else "unknown",
             vcpus=int(vcpus), memory_mib=int(max_kib) // 1024, updated_at=time.time(),
-            disks=disks, persistent=persistent, autostart=autostart,
+            disks=disks, persistent=persistent, autostart=autostart, intruder=intruder,
         )
         return self.readiness.observe(rec, xml) if self.readiness is not None else rec
 
@@ -186,6 +194,13 @@ class LibvirtSource:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
             raise
+
+    def mark_intruder(self, dom: libvirt.virDomain, holder: str) -> None:
+        """Mark this run of ``dom`` an intruder in its live definition's metadata (see
+        ``gridtool.domains.xml.INTRUDER_NS``): gone when it is shut off, kept by libvirt
+        across agent and daemon restarts."""
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, intruder_mark(holder, time.time()),
+                        INTRUDER_PREFIX, INTRUDER_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
     def define(self, xml: str) -> libvirt.virDomain:
         return self._require().defineXML(xml)

@@ -33,6 +33,7 @@ import libvirt
 
 from agents.fencer import FenceRefused
 from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
+from gridtool import supervise
 from gridtool.fencing.rules import GuestRef, Observed, Refusal, plan_handover
 from gridtool.fencing.shell import run_plan
 from gridtool.placement.shell import job_progress
@@ -129,7 +130,7 @@ class _Switchover:
         self.handed = False
         self._done = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="switchover", daemon=True)
+        self._thread = supervise.thread(self._watch, "switchover", logger=log)
 
     def start(self) -> None:
         if self.ref is not None:
@@ -235,7 +236,7 @@ class _Progress:
     def __init__(self, store: Store, key: str, intent: Intent, dom: libvirt.virDomain) -> None:
         self.store, self.key, self.intent, self.dom = store, key, intent, dom
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="migrate-progress", daemon=True)
+        self._thread = supervise.thread(self._run, "migrate-progress", logger=log)
 
     def start(self) -> None:
         self._thread.start()

@@ -9,6 +9,7 @@ from types import FrameType
 
 import click
 
+from gridtool import supervise
 from gridtool.config import AGENT_CONFIG, load
 from gridtool.errors import GridtoolError
 
@@ -55,7 +56,20 @@ def main(config_file: str | None, log_level: str, **flags: object) -> None:
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
-    agent.run()
+    refused: list[GridtoolError] = []
+
+    def run() -> None:
+        try:
+            agent.run()
+        except GridtoolError as exc:  # the host name is another machine's: a planned end
+            refused.append(exc)
+
+    # The main loop handles what it expects; anything else ends the process in one line
+    # (its watchdog then goes unpetted, as after a crash) for systemd to restart it.
+    supervise.supervised(run, "main", logging.getLogger("gridtool.agent"))()
+    if refused:
+        click.echo(f"gridtool-agent: {refused[0]}", err=True)
+        sys.exit(refused[0].exit_code)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ class LeaseView(Protocol):
 
     def arm(self) -> bool: ...
 
+    @property
+    def watchdog_problem(self) -> str: ...
+
 
 class FenceView(Protocol):
     """What the fence hook reads of the host's fencer: the fences it holds, fresh reads."""

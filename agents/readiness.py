@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from gridtool import supervise
 from gridtool.clone.rules import ready_spec
 from gridtool.registry.model import GuestRecord
 
@@ -84,7 +85,7 @@ class ReadinessWatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> ReadinessWatcher:
-        self._thread = threading.Thread(target=self._loop, name="readiness", daemon=True)
+        self._thread = supervise.thread(self._loop, "readiness", logger=log)
         self._thread.start()
         return self
 

@@ -70,6 +70,12 @@ class Config:
     libvirt_uri: str | None = setting(None, "agent", meaning=(
         "The libvirt URI the agent watches, such as `qemu:///system` or `xen:///system`. The agent "
         "needs it."))
+    machine_id_file: str = setting("/etc/machine-id", "agent", meaning=(
+        "A file holding this machine's identity, read by the agent at start (surrounding white "
+        "space is stripped; empty or unreadable: the agent refuses to start). The host name "
+        "belongs to one machine at a time: an agent of the same `host` on a machine with "
+        "another identity refuses to start while the first one's lease lives. A cloned machine "
+        "needs its own identity (`systemd-machine-id-setup` after emptying the file)."))
     ttl: int = setting(10, "agent", meaning=(
         "Seconds of the host's lease. The agent renews it every *ttl*/3 seconds; when the agent "
         "dies its host record vanishes after *ttl* seconds and its guests show as `unknown`."))
@@ -89,11 +95,20 @@ class Config:
     watchdog: str | None = setting(None, "agent", meaning=(
         "A Linux watchdog device, such as `/dev/watchdog` (hardware or the softdog module), that "
         "the agent pets while its lease is safe. If the agent hangs while HA guests run, the "
-        "watchdog resets the host before their fences can expire. Unset: no watchdog."))
+        "watchdog resets the host before their fences can expire. Only a character device "
+        "counts (a missing path is never created); a device that is busy, is no watchdog or "
+        "cannot take a short enough timeout does not protect the host, which its record then "
+        "says, and the host takes no HA guest. Unset: no watchdog."))
+    watchdog_kind: str = setting("device", "agent", meaning=(
+        "What `watchdog` is: `device`, a Linux watchdog device, or `emulated`, the file that "
+        "the lab's watchdog emulator watches (tests and `gridtool lab` only; it resets nothing "
+        "but the lab's simulated host). One of `device` and `emulated`."))
     watchdog_timeout: float = setting(5.0, "agent", meaning=(
-        "The watchdog device's timeout in seconds, as set on the device (the agent does not set "
-        "it). The agent pets the watchdog only while a reset that far away still comes before the "
-        "lease can expire."))
+        "The watchdog's timeout in seconds. The agent sets it on the device when it opens it "
+        "(in whole seconds, at least 1) and reckons with the value the device reads back; it "
+        "must not exceed what the lease allows (*ttl* minus *ttl*/3 minus half the self-fence "
+        "margin), or the watchdog protects nothing. The agent pets the watchdog only while a "
+        "reset that far away still comes before the lease can expire."))
     manager: bool = setting(False, "agent", meaning=(
         "Whether the agent also runs a candidate of the HA manager (as `gridtool manager run` "
         "does): the candidates elect one leader in etcd, which restarts the HA guests of dead "
@@ -147,6 +162,8 @@ def _parse(name: str, raw: Any) -> Any:
         return None
     kind = {f.name: f.type for f in fields(Config)}[name]
     text = raw if isinstance(raw, str) else None
+    if kind == "str | None" and text is not None and not text.strip():
+        return None  # `user =`, or `GRIDTOOL_USER=` (how a shell clears it): no user
     try:
         if "tuple" in str(kind):
             if isinstance(raw, list | tuple):
@@ -188,6 +205,9 @@ def _validate(cfg: Config) -> Config:
             validate_name("host", cfg.host)
     except ValueError as exc:
         raise ConfigError(f"setting 'host': {exc}") from None
+    if cfg.watchdog_kind not in ("device", "emulated"):
+        raise ConfigError(f"setting 'watchdog_kind': {cfg.watchdog_kind!r} is not "
+                          "device or emulated")
     if cfg.intruder_policy not in ("pause", "destroy"):
         raise ConfigError(f"setting 'intruder_policy': {cfg.intruder_policy!r} is not "
                           "pause or destroy")

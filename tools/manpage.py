@@ -672,11 +672,14 @@ def render_agent() -> str:
     out.append(section("EXIT STATUS"))
     out.append(tp(bold("0"), f"Stopped by {' or '.join(stops)}."))
     # the agent asks no questions: of status 1's meanings only the internal error applies
+    from gridtool.supervise import EXIT_THREAD_DIED, THREAD_DIED_MEANING
+
     for status, meaning in ((GridtoolError.exit_code, GridtoolError.meaning),
                             (UsageError.exit_code, EXIT_CODES[UsageError.exit_code])):
         out.append(tp(bold(str(status)), prose(meaning[:1].upper() + meaning[1:] + ".")))
+    out.append(tp(bold(str(EXIT_THREAD_DIED)), markup(THREAD_DIED_MEANING)))
     out.append(_lines(".PP", markup(
-        "A non-zero status comes from a problem at start, such as a missing `--host` "
+        "Statuses 1 and 2 come from a problem at start, such as a missing `--host` "
         "(status 2); other errors at start exit with the statuses listed in `gridtool`(1). "
         "Once running, the agent rides out registry and libvirt outages.")))
 

@@ -6,7 +6,8 @@ For one registry prefix and a list of hosts, ``plan`` says what must exist:
 - ``root`` (etcd's superuser; only it manages users and roles);
 - an admin user and role for the CLI and a stand-alone manager: readwrite on the prefix;
 - per host a user ``host-<name>`` whose role writes only that host's keys (its host
-  record, its guests, its intents' outcomes, its violations, its ``dead/`` mark), the
+  record, its machine claim, its guests, its intents' outcomes, its violations, its
+  ``dead/`` mark), the
   shared ``fences/``, ``domains/`` and ``clones/`` (keyed by volume, uuid or template,
   not by host: etcd cannot restrict by value), and reads what an agent reads;
 - a manager role, granted to the hosts that run a manager candidate: reads everything,
@@ -158,6 +159,7 @@ def _host_permissions(keys: Keys, host: str) -> tuple[Permission, ...]:
     return (
         Permission(keys.host(host), rw),                      # its record, under its lease
         Permission(keys.dead_host(host), rw),                 # deletes its 'confirmed dead' mark
+        Permission(keys.machine(host), rw),                   # which machine its name belongs to
         Permission.on_prefix(keys.host_guests(host), rw),
         Permission.on_prefix(keys.intents(host), rw),         # outcomes; clears old intents
         Permission.on_prefix(keys.violation(host, ""), rw),

@@ -12,6 +12,15 @@ from dataclasses import dataclass
 from gridtool.domains.storage import SharedStorageRules, classify
 from gridtool.registry.model import Disk
 
+#: The intruder mark: ``<metadata><gti:intruder xmlns:gti=INTRUDER_NS holder=... at=.../>``,
+#: set on the *live* definition of a copy the agent paused as an intruder. It lives as
+#: long as that run of the domain (its memory) does: libvirt drops it with the live
+#: definition when the domain is shut off, and keeps it across agent and libvirtd
+#: restarts (and in a saved image of the copy).
+INTRUDER_NS = "https://gridtool.invalid/intruder"
+INTRUDER_PREFIX = "gti"  # the namespace prefix libvirt writes it with
+INTRUDER_ELEMENT = "intruder"
+
 #: libvirt's memory units, in bytes (integers: exact for any size).
 _MEMORY_UNIT_BYTES = {
     "b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000,
@@ -34,6 +43,7 @@ class DomainSpec:
     vcpus: int
     memory_mib: int
     disks: tuple[Disk, ...]
+    intruder: bool = False  # carries the intruder mark (see INTRUDER_NS)
 
 
 def parse_domain(xml: str, rules: SharedStorageRules | None = None) -> DomainSpec:
@@ -56,7 +66,30 @@ def parse_domain(xml: str, rules: SharedStorageRules | None = None) -> DomainSpe
         vcpus=_int(root.findtext("vcpu") or "1", "vcpu"),
         memory_mib=_memory_mib(root),
         disks=disks,
+        intruder=_marked(root),
     )
+
+
+def intruder_marked(xml: str) -> bool:
+    """True when domain XML carries the intruder mark (False for XML that does not parse:
+    the caller's own parse reports that)."""
+    if INTRUDER_NS not in xml:
+        return False
+    try:
+        return _marked(ET.fromstring(xml))
+    except ET.ParseError:
+        return False
+
+
+def _marked(root: ET.Element) -> bool:
+    return root.find(f"./metadata/{{{INTRUDER_NS}}}{INTRUDER_ELEMENT}") is not None
+
+
+def intruder_mark(holder: str, at: float) -> str:
+    """The mark's element as libvirt's ``virDomainSetMetadata`` takes it (namespace
+    given apart): who held the fence (``holder``, '' when nobody) and when (epoch s)."""
+    el = ET.Element(INTRUDER_ELEMENT, {"holder": holder, "at": f"{at:.3f}"})
+    return ET.tostring(el, encoding="unicode")
 
 
 def _int(text: str, what: str) -> int:

@@ -193,12 +193,19 @@ def observe(volume: str, raw: str | bytes | None, mod_revision: int = 0) -> Obse
 
 @dataclass(frozen=True)
 class GuestRef:
-    """A fenced guest: identity, fence kind and its shared volumes (sorted, unique)."""
+    """A fenced guest: identity, fence kind and its shared volumes (sorted, unique).
+
+    ``intruder``: this run of the guest was once judged an intruder (the shell marks it;
+    see ``gridtool.domains.xml.INTRUDER_NS``). Its memory may be stale against a disk
+    that changed since, so until it has been shut off it takes no fence, is never judged
+    OK and may not start (a saved image of it carries the mark: restoring it is refused).
+    """
 
     uuid: str
     name: str
     kind: FenceKind
     volumes: tuple[str, ...] = field(default=())
+    intruder: bool = False
 
     def __post_init__(self) -> None:
         _text("guest", "uuid", self.uuid)
@@ -293,6 +300,8 @@ def plan_acquire(
     for another guest is a conflict too: two guests must not share a volume.
     """
     _text("acquire", "host", host)
+    if guest.intruder:
+        return _intruder_refusal(host, guest)
 
     def step(volume: str, obs: Observation) -> FenceStep | None:
         if obs is None:
@@ -346,6 +355,18 @@ def _plan_puts(
             return Refusal(guest.uuid, volume, who, f"fence {volume} {_describe(obs)}")
         steps.append(made)
     return AcquirePlan(guest.uuid, holder, tuple(steps))
+
+
+def _intruder_refusal(host: str, guest: GuestRef) -> Refusal:
+    """No fence for a copy once judged an intruder (see :class:`GuestRef`)."""
+    return Refusal(guest.uuid, guest.volumes[0] if guest.volumes else "", None,
+                   f"{guest.name} on {host} {_STALE}")
+
+
+#: What a copy marked an intruder is, and why it gets no fence (ends of sentences).
+_MARKED = "was judged an intruder and has not been shut off since"
+_STALE = (f"{_MARKED}: its memory may be stale, so it takes no fence; destroy it "
+          "(virsh destroy), then start the guest through gridtool")
 
 
 @dataclass(frozen=True)
@@ -417,12 +438,19 @@ class IntruderPolicy(StrEnum):
 
 @dataclass(frozen=True)
 class Judgement:
-    """A verdict, the act it calls for, whether it is a violation, and one report line."""
+    """A verdict, the act it calls for, whether it is a violation, and one report line.
+
+    ``mark``: the shell marks this run of the guest an intruder before it pauses it (the
+    mark outlives the agent; a marked guest is judged by :func:`judge_running` with
+    ``GuestRef.intruder`` set). ``resumed``: a marked guest found running again (someone
+    resumed it), to be reported as such."""
 
     verdict: Verdict
     act: Act
     violation: bool
     report: str
+    mark: bool = False
+    resumed: bool = False
 
 
 def judge_running(
@@ -430,17 +458,34 @@ def judge_running(
     guest: GuestRef,
     observed: Mapping[str, Observation],
     policy: IntruderPolicy = IntruderPolicy.PAUSE,
+    paused: bool = False,
 ) -> Judgement:
-    """Judge a fenced guest found running (or paused) on ``host``."""
+    """Judge a fenced guest found running (or ``paused``) on ``host``.
+
+    Another host (or an unreadable record) holds a fence: an intruder, paused (and
+    marked) or destroyed per ``policy``. A guest marked an intruder stays one until it
+    is shut off, whoever holds its fences now: a fence freed meanwhile is not taken, and
+    a marked guest found running (not ``paused``) was resumed behind our back.
+    """
     obs = {v: _lookup(observed, v) for v in guest.volumes}
+    policy = IntruderPolicy(policy)
+    act = Act(policy.value)
+    mark = act is Act.PAUSE and not guest.intruder
+    resumed = guest.intruder and not paused
     foreign = [v for v, o in obs.items() if o is not None and _held(host, guest, o) is None]
     if foreign:
         v = foreign[0]
-        policy = IntruderPolicy(policy)
         return Judgement(
-            Verdict.INTRUDER, Act(policy.value), True,
+            Verdict.INTRUDER, act, True,
             f"fence violation: {guest.name} runs on {host} but fence {v} {_describe(obs[v])};"
-            f" {policy.value} it",
+            f"{' it was resumed;' if resumed else ''} {policy.value} it", mark, resumed,
+        )
+    if guest.intruder:
+        return Judgement(
+            Verdict.INTRUDER, act, True,
+            f"fence violation: {guest.name} {'was resumed ' if resumed else ''}on {host} but "
+            f"{_MARKED}: it never takes a fence; {policy.value} it",
+            False, resumed,
         )
     absent = [v for v, o in obs.items() if o is None]
     if absent:
@@ -518,8 +563,12 @@ def may_start(
     An incoming live migration is allowed while every fence is still with the source:
     its ``migrate`` only when a ``receive`` intent ``expected`` it from that source and
     ``now`` is within its time; the ``prepare``/``restore`` of an accepted migration still
-    ``arriving_from`` that source. Everything else is refused, naming the holder.
+    ``arriving_from`` that source. Everything else is refused, naming the holder, and so
+    is any start of a copy marked an intruder (its XML carries the mark only when it is
+    a saved image of that copy: a fresh boot starts from the inactive definition).
     """
+    if guest.intruder:  # a saved image of a copy once judged an intruder
+        return StartAnswer(False, f"this copy of {guest.name} {_STALE}")
     if _all_held(host, guest, observed):
         return StartAnswer(True, f"{host} holds its fences")
     if (arriving_from is not None and op in (StartOp.PREPARE, StartOp.RESTORE)

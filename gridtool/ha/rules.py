@@ -26,7 +26,7 @@ allocator's explanation); the shell logs it when the reason changes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -90,8 +90,11 @@ class GuestView:
             raise ValueError(f"guest {self.name}: its needs describe another guest")
 
     def requirements(self) -> GuestNeeds:
-        """What the allocator must find on a host for this guest."""
-        return self.needs or GuestNeeds(self.name, self.memory_mib, 0)
+        """What the allocator must find on a host for this guest; an HA guest, a
+        protected host (never one where a hung agent could leave it running twice)."""
+        needs = self.needs or GuestNeeds(self.name, self.memory_mib, 0)
+        ha = self.kind is GuestKind.HA
+        return needs if needs.ha == ha else replace(needs, ha=ha)
 
     def ref(self) -> GuestRef:
         """The fencing view of this guest (only for HA and pinned guests)."""

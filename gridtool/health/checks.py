@@ -115,7 +115,7 @@ def _check_early_revocation(snap: Snapshot) -> Iterator[Finding]:
     """HA guests rely on leases never expiring early; some etcd versions break that."""
     risky = sorted({ep.version for ep in snap.endpoints
                     if ep.healthy and revokes_leases_early(ep.version)})
-    ha_guests = {f.guest_uuid for f in snap.fences if f.kind == "ha"}
+    ha_guests = {f.guest_uuid for f in snap.fences if f.ha}
     if risky and ha_guests:
         msg = (f"etcd {_and_list(risky)} can revoke leases early ({REFERENCE}): "
                f"{plural(len(ha_guests), 'HA guest')} rely on the timed self-fence; "
@@ -234,6 +234,20 @@ def _check_fence_orphan(snap: Snapshot, view: _View, params: CheckParams) -> Ite
             yield Finding("FENCE_ORPHAN", Status.WARNING, "volume", fence.volume, msg)
 
 
+def _check_ha_unprotected(snap: Snapshot, view: _View,
+                          params: CheckParams) -> Iterator[Finding]:
+    ha_on: defaultdict[str, set[str]] = defaultdict(set)
+    for fence in snap.fences:
+        if fence.ha and fence.holder in view.running.get(fence.guest_uuid, ()):
+            ha_on[fence.holder].add(view.names.get(fence.guest_uuid, fence.guest_uuid))
+    for name in sorted(view.live):
+        guests = ha_on.get(name)
+        if guests and not view.hosts[name].protected:
+            msg = (f"host {name} runs HA {plural(len(guests), 'guest')} "
+                   f"({_and_list(guests)}) with no working watchdog and no fencing")
+            yield Finding("HOST_HA_UNPROTECTED", Status.WARNING, "host", name, msg)
+
+
 def _check_intents(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
     for intent in snap.intents:
         subject = f"{intent.host}/{intent.id}"
@@ -278,6 +292,7 @@ CHECKS: tuple[Check, ...] = (
     _check_double_run,
     _check_fence_missing,
     _check_fence_orphan,
+    _check_ha_unprotected,
     _check_intents,
     _check_pools,
     _check_manager,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from gridtool.fencing.rules import Observed, Unreadable
+from gridtool.fencing.rules import FenceKind, Observed, Unreadable
 from gridtool.fencing.shell import read_all_fences
 from gridtool.health.snapshot import (
     CorruptRecord,
@@ -36,7 +36,8 @@ def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
     live = {h.name for h in listing.hosts}
     hosts = [HostObs(h.name, h.reported_at, h.agent_version,
                      host_clock=h.reported_at if h.reported_at > now else None,
-                     checker_clock=now if h.reported_at > now else None)
+                     checker_clock=now if h.reported_at > now else None,
+                     protected=h.protected)
              for h in listing.hosts]
     # A host that left guest records behind but holds no lease is a lost host.
     hosts += [HostObs(name, None, lease=False)
@@ -46,7 +47,7 @@ def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
     for volume, obs in read_all_fences(store, keys)[0].items():
         if isinstance(obs, Observed):
             fences.append(FenceObs(obs.fence.volume, obs.fence.holder, obs.fence.guest,
-                                   str(obs.fence.kind)))
+                                   ha=obs.fence.kind is FenceKind.HA))
         elif isinstance(obs, Unreadable):
             corrupt.append(CorruptRecord(keys.fence(volume), obs.error))
     intents = []

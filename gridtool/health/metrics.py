@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from gridtool import supervise
 from gridtool.errors import GridtoolError
 from gridtool.registry.fleet import Registry
 from gridtool.registry.keys import Keys
@@ -203,8 +204,7 @@ class _Watches:
     def __init__(self, store: Store, specs: list) -> None:
         self.watches: list = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._start, args=(store, specs),
-                                        name="metrics watches", daemon=True)
+        self._thread = supervise.thread(self._start, "metrics watches", (store, specs))
         self._thread.start()
 
     def _start(self, store: Store, specs: list) -> None:

@@ -22,6 +22,8 @@ CODES: Mapping[str, str] = {
     "GUEST_DOUBLE_RUN": "a guest is running on two or more hosts (always CRITICAL)",
     "FENCE_MISSING": "a fenced guest is running without holding its volume fence",
     "FENCE_ORPHAN": "a fence is held for a guest that is not running",
+    "HOST_HA_UNPROTECTED": "a live host runs HA guests with no working watchdog and no way "
+                           "to fence it: a hung agent there lets them run twice",
     "INTENT_STALE": "a pending intent is older than the intent_age thresholds",
     "INTENT_FAILED": "an intent failed and is still recorded",
     "POOL_UNDERSIZE": "a worker pool runs fewer members than desired",

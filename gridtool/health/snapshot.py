@@ -31,6 +31,7 @@ class HostObs:
     host_clock: float | None = None
     checker_clock: float | None = None
     lease: bool = True
+    protected: bool = True  # a working watchdog, or the host can be fenced
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,13 @@ class RunReport:
 
 @dataclass(frozen=True)
 class FenceObs:
-    """A fence on shared-storage ``volume`` held by host ``holder`` for guest ``guest_uuid``."""
+    """A fence on shared-storage ``volume`` held by host ``holder`` for guest ``guest_uuid``;
+    ``ha`` for an HA guest's fence (it vanishes with the holder's lease)."""
 
     volume: str
     holder: str
     guest_uuid: str
-    kind: str = ""  # "ha" (leased: the timed self-fence protects it) or "pinned"
+    ha: bool = False
 
 
 @dataclass(frozen=True)

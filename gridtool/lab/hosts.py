@@ -67,16 +67,29 @@ class LabHost:
     def watchdog(self) -> Path:
         return Path(self.dir, "watchdog")
 
-    def write_agent_conf(self, base: Config, watchdog: bool = True) -> None:
-        """The agent's config; with ``watchdog``, it pets this host's emulated watchdog."""
+    def write_agent_conf(self, base: Config, watchdog: bool = True,
+                         as_host: str | None = None) -> None:
+        """The agent's config; with ``watchdog``, it pets this host's emulated watchdog.
+        ``as_host``: the name its agent registers as (default this host's: another name
+        is a cloned dom0 or a typo)."""
         from dataclasses import replace
 
-        cfg = replace(base, host=self.name, libvirt_uri=self.libvirt_uri)
+        cfg = replace(base, host=as_host or self.name, libvirt_uri=self.libvirt_uri,
+                      machine_id_file=str(self.machine_id()))
         if watchdog:
-            cfg = replace(cfg, watchdog=str(self.watchdog),
+            cfg = replace(cfg, watchdog=str(self.watchdog), watchdog_kind="emulated",
                           watchdog_timeout=watchdog_timeout_for(base.ttl))
         self.agent_conf.write_text(render(cfg, include_secrets=True))
         self.agent_conf.chmod(0o600)
+
+    def machine_id(self) -> Path:
+        """This simulated machine's identity file (made once, kept with the host's dir):
+        the lab's hosts share one real machine, so each needs its own."""
+        path = Path(self.dir, "machine-id")
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(uuid.uuid4().hex + "\n")
+        return path
 
     def start_agent(self, extra: list[str] | None = None) -> subprocess.Popen:
         proc = spawn([sys.executable, "-m", "agents.main", "--config", str(self.agent_conf),

@@ -271,14 +271,15 @@ class QemuHost(LabHost):
         return (*DEFAULT_SHARED_PATTERNS, f"{self.shared_dir}/*") if self.shared_dir \
             else DEFAULT_SHARED_PATTERNS
 
-    def write_agent_conf(self, base: Config, watchdog: bool = False) -> None:
+    def write_agent_conf(self, base: Config, watchdog: bool = False,
+                         as_host: str | None = None) -> None:
         """The agent's config: this host's URI, hook socket and the lab's shared dir; with
         ``watchdog`` it pets the emulated watchdog (whoever starts the host runs the emulator,
         which destroys this daemon's guests on expiry), else an agent that stops with HA
         guests self-fences them."""
         cfg = replace(base, shared_patterns=self.shared_patterns(),
                       hook_socket=str(self.hook_socket))
-        super().write_agent_conf(cfg, watchdog=watchdog)
+        super().write_agent_conf(cfg, watchdog=watchdog, as_host=as_host)
 
     def stop_libvirtd(self) -> None:
         """Destroy this host's guests, then stop libvirtd and virtlogd; no qemu is left."""

@@ -48,6 +48,7 @@ __all__ = [
     "score",
     "scores",
     "tiebreak",
+    "unprotected_reason",
     "verdicts",
 ]
 
@@ -96,6 +97,7 @@ class GuestNeeds:
     required_labels: frozenset[str] = frozenset()
     preferred_labels: frozenset[str] = frozenset()
     movable: bool = True  # may be live-migrated (rebalance/drain); ignored for new guests
+    ha: bool = False  # an HA guest: only on protected hosts (see :attr:`HostView.protected`)
 
     def __post_init__(self) -> None:
         if self.memory_mib < 0 or self.vcpus < 0:
@@ -118,6 +120,9 @@ class HostView:
     labels: frozenset[str] = frozenset()
     storage: frozenset[str] = frozenset()  # shared storage ids this host can reach
     guests: tuple[GuestNeeds, ...] = ()
+    #: A hung agent here cannot leave an HA guest running while it restarts elsewhere: a
+    #: working watchdog, or the host can be fenced (``HostRecord.protected``).
+    protected: bool = True
     groups: frozenset[str] = field(init=False, repr=False, compare=False)  # derived
     used_memory_mib: int = field(init=False, repr=False, compare=False)  # derived
 
@@ -221,6 +226,16 @@ def _keep_storage(guest: GuestNeeds, hosts: Hosts, policy: PlacementPolicy) -> H
     return [h for h in hosts if wanted <= h.storage] if wanted else hosts
 
 
+def _keep_protected(guest: GuestNeeds, hosts: Hosts, policy: PlacementPolicy) -> Hosts:
+    return [h for h in hosts if h.protected] if guest.ha else hosts
+
+
+def unprotected_reason(host: str) -> str:
+    """Why an HA guest may not go to ``host``: the placement filter's and the CLI's words."""
+    return (f"host {host} has no working watchdog and cannot be fenced: an HA guest there "
+            "could run twice if its agent hung")
+
+
 def _listed(items: Iterable[str]) -> str:
     return ", ".join(sorted(items))
 
@@ -261,6 +276,7 @@ FILTERS: tuple[Filter, ...] = (
         _keep_storage,
         lambda g, h, p: f"cannot reach storage: {_listed(g.storage - h.storage)}",
     ),
+    Filter("unprotected", _keep_protected, lambda g, h, p: unprotected_reason(h.name)),
 )
 FILTER_CODES: tuple[str, ...] = tuple(f.code for f in FILTERS)
 _PROFILE_FILTERS = tuple(f for f in FILTERS if f.by_profile)

@@ -124,7 +124,8 @@ def guest_needs(rec: GuestRecord, settings: GuestSettings | None,
     group = settings.anti_affinity if settings is not None else ""
     return GuestNeeds(rec.name, rec.memory_mib, rec.vcpus,
                       storage=storage_needs(rec.volumes, declared),
-                      anti_affinity=group or None, movable=rec.persistent)
+                      anti_affinity=group or None, movable=rec.persistent,
+                      ha=settings is not None and settings.ha and rec.fenced)
 
 
 def read_fleet(store: Store, keys: Keys) -> FleetView:
@@ -146,7 +147,7 @@ def read_fleet(store: Store, keys: Keys) -> FleetView:
             name=h.name, total_memory_mib=max(1, h.memory_mib),
             free_memory_mib=h.free_memory_mib, cpus=max(1, h.cpus),
             vcpus_allocated=sum(g.vcpus for g in on), draining=h.name in draining,
-            labels=frozenset(h.labels), storage=frozenset(h.storage),
+            labels=frozenset(h.labels), storage=frozenset(h.storage), protected=h.protected,
             guests=tuple(guest_needs(g, settings.get(g.uuid), declared) for g in on)))
     return FleetView(tuple(views), {h.name: h for h in hosts}, tuple(guests), settings,
                      declared)

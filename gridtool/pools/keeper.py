@@ -22,6 +22,7 @@ import threading
 from collections import Counter
 from typing import Any, Protocol
 
+from gridtool import supervise
 from gridtool.clock import SYSTEM, Clock
 from gridtool.config import Config
 from gridtool.errors import GridtoolError, NotFound
@@ -113,7 +114,7 @@ class PoolKeeper:
         if not self.threaded:
             self.round()
             return
-        self._thread = threading.Thread(target=self.round, name="pool-round", daemon=True)
+        self._thread = supervise.thread(self.round, "pool-round", logger=log)
         self._thread.start()
 
     def _on_host(self, event: Event) -> None:

@@ -19,6 +19,7 @@ import grpc
 import pyetcd
 import pyetcd.exceptions
 
+from gridtool import supervise
 from gridtool.config import Config
 from gridtool.errors import AuthError, ConfigError, LeaseGone, RegistryUnavailable
 from gridtool.registry.store import Compare, Delete, EndpointStatus, Event, Item, Put
@@ -45,6 +46,21 @@ def _auth_error(exc: grpc.RpcError, user: str | None = None) -> AuthError | None
         who = f" (user {user})" if user else " (no user configured)"
         return AuthError(f"etcd refused the request{who}: "
                          f"{details.removeprefix('etcdserver: ')}")
+    return None
+
+
+def _tls_refusal(exc: BaseException, host: str) -> str | None:
+    """What gRPC says when this client refused the server's TLS certificate, in plain
+    words (None: the failure was not that). pyetcd raises its own exception from inside
+    the handler of gRPC's, so the details are on ``__context__``."""
+    error = exc if isinstance(exc, grpc.RpcError) else exc.__context__
+    details = (error.details() or "") if isinstance(error, grpc.RpcError) else ""
+    if "Hostname Verification Check failed" in details:
+        return (f"TLS: the server's certificate is not made out to {host} (refused; connect "
+                "by a name or address the certificate lists: gridtool registry certs "
+                "--ip/--dns)")
+    if "handshake failed" in details.lower():
+        return f"TLS: handshake failed ({details.rsplit(': ', 1)[-1].strip()})"
     return None
 
 
@@ -93,7 +109,7 @@ class EtcdStore:
             auth = _auth_error(exc, self._cfg.user)
             if auth is not None:
                 raise auth from None
-            raise _Unavailable(exc.code().name.lower()) from None
+            raise _Unavailable(_tls_refusal(exc, host) or exc.code().name.lower()) from None
         if not client.uses_secure_channel:
             # gRPC sends call credentials over TLS only; the token metadata goes anyway.
             client.call_credentials = None
@@ -141,7 +157,8 @@ class EtcdStore:
             return fn(client)
         except _UNREACHABLE as exc:
             self._drop(endpoint)
-            raise _Unavailable(str(exc) or type(exc).__name__) from None
+            raise _Unavailable(_tls_refusal(exc, endpoint.rpartition(":")[0])
+                               or str(exc) or type(exc).__name__) from None
         except ValueError as exc:  # pyetcd: this client's endpoint was marked failed
             self._drop(endpoint)
             raise _Unavailable(str(exc)) from None
@@ -293,7 +310,7 @@ class PrefixWatch:
         self._cancelled = threading.Event()
         self._created = threading.Event()
         self._call: Any = None
-        self._thread = threading.Thread(target=self._run, name=f"watch {prefix}", daemon=True)
+        self._thread = supervise.thread(self._run, f"watch {prefix}", logger=log)
         self._thread.start()
         if not self._created.wait(store._cfg.timeout):
             self.cancel()

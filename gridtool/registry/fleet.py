@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridtool.errors import NotFound
@@ -16,7 +17,7 @@ from gridtool.registry.model import (
     effective_state,
     encode,
 )
-from gridtool.registry.store import Delete, Put, Store
+from gridtool.registry.store import Compare, Delete, Put, Store
 
 
 @dataclass
@@ -28,12 +29,15 @@ class Registry:
 
     # -- hosts ---------------------------------------------------------------
 
-    def put_host(self, record: HostRecord, lease: int | None) -> None:
+    def put_host(self, record: HostRecord, lease: int | None,
+                 guard: Sequence[Compare] = (), also: Sequence[Put] = ()) -> bool:
         """Write a live host's record and drop its ``confirm-dead`` mark in ONE
         transaction: a host record and a mark never coexist, so a mark whose delete
-        failed cannot outlive the host's return (every later write retries it)."""
-        self.store.txn((), (Put(self.keys.host(record.name), encode(record), lease),
-                            Delete(self.keys.dead_host(record.name))))
+        failed cannot outlive the host's return (every later write retries it).
+        ``guard``: compares the transaction needs (False when one fails: nothing was
+        written); ``also``: more puts in it (the registration's machine claim)."""
+        return self.store.txn(guard, (Put(self.keys.host(record.name), encode(record), lease),
+                                      Delete(self.keys.dead_host(record.name)), *also))
 
     def list_hosts(self) -> tuple[list[HostRecord], list[DecodeError]]:
         return self._decode_all(HostRecord, self.keys.hosts)

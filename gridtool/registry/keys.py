@@ -84,6 +84,14 @@ class Keys:
         return f"{self.dead}{host}"
 
     @property
+    def machines(self) -> str:
+        return f"{self.prefix}machines/"
+
+    def machine(self, host: str) -> str:
+        """Which machine the host name belongs to (no lease: it outlives the agent)."""
+        return f"{self.machines}{host}"
+
+    @property
     def hostconfs(self) -> str:
         return f"{self.prefix}hostconf/"
 

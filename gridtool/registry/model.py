@@ -61,6 +61,21 @@ class HostRecord:
     labels: tuple[str, ...] = ()
     started_at: float = 0.0
     storage: tuple[str, ...] = ()
+    #: A working watchdog protects the host: a hung or dead agent gets it reset before
+    #: its lease (and so its HA fences) can expire. False from agents that predate it.
+    watchdog: bool = False
+    watchdog_timeout: float = 0.0  # that watchdog's timeout in seconds (0: none)
+    #: How another party can fence this host when it stops answering ("power",
+    #: "storage"): written by fence agents, none of which exists yet (issue 13).
+    fencing: tuple[str, ...] = ()
+
+    @property
+    def protected(self) -> bool:
+        """An HA guest may run here: a hung agent cannot leave it running while it is
+        restarted elsewhere (a working watchdog, or the host can be fenced)."""
+        return self.watchdog or bool(self.fencing)
+    machine_id: str = ""  # the machine the agent runs on ('' from agents before it was kept)
+    instance: str = ""  # the agent process (random, new at each start)
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,7 @@ class GuestRecord:
     autostart: bool = False
     fence_token: int = 0  # revision of the fence key(s) this host holds for the guest
     ready_at: float = 0.0  # when the agent saw the guest's ready marker this run (0: not)
+    intruder: bool = False  # this run was judged an intruder: it takes no fence until off
 
     @property
     def fenced(self) -> bool:
@@ -160,17 +176,18 @@ def _build(cls: type[R], key: str, data: dict[str, Any]) -> R:
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "libvirt_uri": (str,), "hypervisor": (str,), "agent_version": (str,),
-    "uuid": (str,), "host": (str,), "state": (str,),
+    "uuid": (str,), "host": (str,), "state": (str,), "machine_id": (str,), "instance": (str,),
     "cpus": (int,), "memory_mib": (int,), "free_memory_mib": (int,), "vcpus": (int,),
     "fence_token": (int,),
     "reported_at": (int, float), "started_at": (int, float), "updated_at": (int, float),
     "ready_at": (int, float),
-    "persistent": (bool,), "autostart": (bool,),
+    "persistent": (bool,), "autostart": (bool,), "intruder": (bool,),
+    "watchdog": (bool,), "watchdog_timeout": (int, float),
 }
 
 
 def _coerce(key: str, name: str, value: Any) -> Any:
-    if name in ("labels", "storage"):
+    if name in ("labels", "storage", "fencing"):
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise DecodeError(key, f"field {name!r} must be a list of strings")
         return tuple(value)

@@ -123,6 +123,18 @@ class Violation:
 
 
 @dataclass(frozen=True)
+class HostClaim:
+    """Which machine a host name belongs to: the identity of the agent that last
+    registered under it (``machines/<host>``, no lease). See ``registry.identity``."""
+
+    host: str
+    machine: str  # the machine identity (/etc/machine-id)
+    boot: str  # the boot it was registered in (/proc/sys/kernel/random/boot_id; '' unknown)
+    instance: str  # that agent process (random, new at each start)
+    at: float  # when (epoch seconds)
+
+
+@dataclass(frozen=True)
 class ManagerStatus:
     """What the leading manager is doing (``gridtool manager status``)."""
 

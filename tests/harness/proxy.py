@@ -1,5 +1,6 @@
 """A TCP proxy on loopback that a test can cut and heal: a network partition between an
-agent and etcd without touching the host's network."""
+agent and etcd without touching the host's network; and a server that accepts and never
+answers (a hung etcd)."""
 
 from __future__ import annotations
 
@@ -83,3 +84,50 @@ def _close(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
+
+
+class SilentServer:
+    """A TCP server on loopback that accepts every connection and never answers: an etcd
+    endpoint whose process hangs (or a firewall that lets SYNs through). ``close()``
+    (or leaving the ``with`` block) closes the listener and every connection it holds."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._accepted = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True, name="silent-server").start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def accepted(self) -> int:
+        """How many connections it has accepted (and left unanswered)."""
+        with self._lock:
+            return self._accepted
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        _close(self._listener)
+        with self._lock:
+            held, self._held = self._held, []
+        for conn in held:
+            _close(conn)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._held.append(conn)
+                self._accepted += 1

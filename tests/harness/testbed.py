@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,11 @@ import libvirt
 
 from gridtool.auth.rules import host_user
 from gridtool.config import Config
+from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS
 from gridtool.lab.hosts import LabHost, watchdog_timeout_for
 from gridtool.lab.procs import LabError
 from gridtool.lab.watchdog import WatchdogEmulator
+from tests.harness import ROOT
 
 
 class LabHosts:
@@ -54,14 +58,16 @@ class LabHosts:
     def conn(self, name: str) -> libvirt.virConnect:
         return self.conns[name]
 
-    def start_agent(self, name: str, watchdog: bool = True,
+    def start_agent(self, name: str, watchdog: bool = True, as_host: str | None = None,
                     **settings: object) -> subprocess.Popen:
         """Start ``name``'s agent; with ``watchdog``, a killed or hung agent resets the
-        simulated host (its running guests are destroyed) as a hardware watchdog would."""
+        simulated host (its running guests are destroyed) as a hardware watchdog would.
+        ``as_host``: the agent registers under that name, with that host's credentials
+        (a cloned dom0, or a typo in its config), on ``name``'s machine."""
         host = self.hosts[name]
         settings.setdefault("images_dir", str(self.images_dir))  # one lab-wide directory
         cfg = replace(self.cfg, **settings)  # type: ignore[arg-type]
-        host.write_agent_conf(self._host_credentials(name, cfg), watchdog)
+        host.write_agent_conf(self._host_credentials(as_host or name, cfg), watchdog, as_host)
         if watchdog and name not in self.watchdogs:
             self.watchdogs[name] = WatchdogEmulator(
                 host.watchdog, watchdog_timeout_for(cfg.ttl), host.libvirt_uri, name,
@@ -106,6 +112,11 @@ class LabHosts:
     def agent_log(self, name: str) -> str:
         return Path(self.hosts[name].dir, "agent.log").read_text()
 
+    def agent_events(self, name: str, event: str) -> list[tuple[float, str]]:
+        """``name``'s agent log lines of ``event=<event>`` with their wall-clock times
+        (``time.time()`` scale, millisecond resolution), oldest first."""
+        return log_events(self.agent_log(name), event)
+
     def close(self) -> None:
         for name in list(self.agents):
             self.stop_agent(name)
@@ -143,6 +154,59 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0,
         if time.monotonic() > deadline:
             raise LabError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+#: After a lease's last keepalive, etcd deletes its keys within the TTL plus its lessor's
+#: check period (0.5 s); 2 s more for a loaded 2-core machine (etcd, the agents and the
+#: test share two cores). A key that outlives a second TTL fails.
+LEASE_EXPIRY_SLACK_S = 0.5 + 2.0
+
+
+def lease_expiry_bound(ttl: float) -> float:
+    """Seconds from a lease's last keepalive (a power-off, a cut) to its keys gone."""
+    return ttl + LEASE_EXPIRY_SLACK_S
+
+
+def hold_for(seconds: float, invariant: Callable[[], object], what: str,
+             interval: float = 0.05) -> None:
+    """Observe for ``seconds``: ``invariant()`` must stay truthy at every poll, and the
+    first poll where it does not fails at once (AssertionError naming ``what``).
+
+    For a claim that something does NOT happen within a window (a reset, a move): the
+    window is the claim's, not a wait for a result, which ``wait_until`` is for."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert invariant(), f"{what}: broken {seconds - (deadline - time.monotonic()):.2f} s " \
+            f"into the {seconds:.2f} s window"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(interval, left))
+
+
+def log_events(text: str, event: str) -> list[tuple[float, str]]:
+    """Lines of a gridtool log (``%(asctime)s LEVEL event=...``) with ``event=<event>``
+    as (wall-clock time, line)."""
+    found = []
+    for line in text.splitlines():
+        if f" event={event} " in f"{line} ":
+            stamp = " ".join(line.split()[:2])
+            found.append((datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), line))
+    return found
+
+
+def run_fence_hook(socket: str, xml: str, name: str, op: str = "prepare",
+                   timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run the libvirt fence hook as a QEMU host's libvirtd does (``python -I
+    agents/hook.py --socket S --shared P... -- NAME OP begin -``, the domain XML on its
+    stdin, the default shared patterns as ``gridtool lab`` installs them); ``timeout``:
+    the hook's own ``--timeout`` (its default when None)."""
+    shared = [arg for pattern in DEFAULT_SHARED_PATTERNS for arg in ("--shared", pattern)]
+    wait = ["--timeout", str(timeout)] if timeout is not None else []
+    return subprocess.run(
+        [sys.executable, "-I", str(ROOT / "agents" / "hook.py"), "--socket", socket, *shared,
+         *wait, "--", name, op, "begin", "-"],
+        input=xml, capture_output=True, text=True, timeout=60)
 
 
 def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None,

@@ -26,6 +26,7 @@ from tests.harness.chaos import (
     settle_bound,
 )
 from tests.harness.checker import MAX_UNKNOWN_FRACTION, DoubleRunChecker
+from tests.harness.testbed import wait_until
 
 CI_SEED = 20240607
 
@@ -148,10 +149,7 @@ def test_the_checker_counts_an_unreadable_host_as_unknown_not_as_empty() -> None
     assert running == {"g1": ["hv1"]} and list(unknown) == ["hv2"]
     assert "client socket is closed" in unknown["hv2"]
     with checker:
-        wait = 0
-        while checker.samples < 5 and wait < 500:
-            checker._stop.wait(0.02)  # the sampler's own pace, bounded
-            wait += 1
+        wait_until(lambda: checker.samples >= 5, timeout=10, what="5 samples")
     assert checker.samples >= 5 and checker.unknown == checker.samples
     assert checker.unknown_fraction == 1.0 and checker.blind
     assert checker.overlaps == []  # hv2 may well run g1 too: nobody can tell

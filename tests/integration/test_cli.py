@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -14,11 +15,13 @@ from click.testing import CliRunner
 from gridtool.cli.main import cli
 from gridtool.lab.procs import free_port
 from gridtool.registry import hostconf
+from tests.harness.proxy import SilentServer
 from tests.harness.testbed import (
     AGO,
     as_fields,
     credential_env,
     domain_xml,
+    lease_expiry_bound,
     run_cli,
     show_tables,
     wait_until,
@@ -76,7 +79,7 @@ def test_show_by_name_and_uuid(populated, cfg):  # type: ignore[no-untyped-def]
 def test_guest_of_dead_host_shows_unknown(populated, cfg, capsys):  # type: ignore[no-untyped-def]
     populated.stop_agent("hv2", kill=True)
     wait_until(lambda: "hv2" not in run(cfg, "host", "list", "--json").stdout,
-               timeout=cfg.ttl + 5, what="hv2 lease expiry")
+               timeout=lease_expiry_bound(cfg.ttl), what="hv2 lease expiry")
     guests = json.loads(run(cfg, "guest", "list", "--json", "--host", "hv2").stdout)["guests"]
     assert {g["state"] for g in guests} == {"unknown"}
     assert "host lost" in run(cfg, "guest", "list", "--host", "hv2").stdout
@@ -233,12 +236,11 @@ def test_bad_flag_exits_2_with_one_line(cfg):  # type: ignore[no-untyped-def]
     assert "Traceback" not in done.stderr
 
 
-def test_unreachable_etcd_answers_within_5s_with_exit_4(cfg, tmp_path):  # type: ignore[no-untyped-def]
-    """The promise: a registry command gives up after --timeout (default 5 s). Timed inside
-    the process, from after the imports a registry command needs to the exit, so that the
-    interpreter start-up (seconds on a loaded machine) does not count: what the CLI
-    controls is measured, and waiting e.g. twice the timeout still fails."""
-    dead = f"127.0.0.1:{free_port()}"
+def timed_cli(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``gridtool ARGS`` as a process; also return how long the CLI itself ran, timed
+    inside the process from after the imports a registry command needs to the exit, so
+    that the interpreter start-up (seconds on a loaded machine) does not count: what the
+    CLI controls is measured."""
     took = tmp_path / "gave-up-after"
     code = ("import atexit, time\n"
             "from gridtool.cli.main import main\n"
@@ -248,13 +250,43 @@ def test_unreachable_etcd_answers_within_5s_with_exit_4(cfg, tmp_path):  # type:
             "repr(time.monotonic() - start)))\n"
             "main()\n")
     done = subprocess.run(
-        [sys.executable, "-c", code, "--endpoints", dead, "host", "list"], capture_output=True,
-        text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "GRIDTOOL_LAB_DIR": "/nonexistent"})
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "GRIDTOOL_LAB_DIR": "/nonexistent", **env})
+    return done, float(took.read_text())
+
+
+def gives_up_in_one_line(done: subprocess.CompletedProcess, endpoint: str) -> None:
+    """Exit 4 (registry unreachable), one line naming the endpoint, no traceback."""
     assert done.returncode == 4, done.stderr
     assert done.stderr.startswith("gridtool: no etcd endpoint answered") and \
-        done.stderr.count("\n") == 1
-    gave_up = float(took.read_text())
+        done.stderr.count("\n") == 1 and endpoint in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unreachable_etcd_answers_within_5s_with_exit_4(cfg, tmp_path):  # type: ignore[no-untyped-def]
+    """The promise: a registry command gives up after --timeout (default 5 s); waiting
+    e.g. twice the timeout fails."""
+    dead = f"127.0.0.1:{free_port()}"
+    done, gave_up = timed_cli(tmp_path, "--endpoints", dead, "host", "list")
+    gives_up_in_one_line(done, dead)
     assert 5.0 - 0.2 <= gave_up < 5.0 + 2.0, gave_up  # tries for the timeout, then stops
+
+
+@pytest.mark.parametrize("credentials", [False, True], ids=["anonymous", "password"])
+def test_an_etcd_that_accepts_but_never_answers_is_given_up_on_within_the_timeout(  # type: ignore[no-untyped-def]
+        tmp_path, credentials):
+    """A hung etcd (the connection is accepted, nothing ever comes back) must not hang the
+    CLI: neither the first request nor, with a user set, the authentication that comes
+    before it. --timeout 2: the flag is honoured, not only the default."""
+    env = {"GRIDTOOL_USER": "gridtool-admin", "GRIDTOOL_PASSWORD": "x"} if credentials else {}
+    with SilentServer() as hung:
+        done, gave_up = timed_cli(tmp_path, "--endpoints", hung.endpoint, "--timeout", "2",
+                                  "host", "list", **env)
+        assert hung.accepted >= 1, "the CLI never even connected: nothing was tested"
+    gives_up_in_one_line(done, hung.endpoint)
+    # 2 s of tries, then a last one may still be under way (0.1 s of the loop's slack);
+    # +2 s for a loaded 2-core machine: still short of a second full timeout
+    assert 2.0 - 0.2 <= gave_up < 2.0 + 2.0, gave_up
 
 
 def test_corrupt_record_warns_and_lists_the_rest(populated, cfg, store):  # type: ignore[no-untyped-def]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -11,7 +10,7 @@ from gridtool.config import Config
 from gridtool.lab.etcd import EtcdCluster
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.store import Event
-from tests.harness.testbed import wait_until
+from tests.harness.testbed import hold_for, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +74,11 @@ def test_agent_keeps_its_lease_through_member_loss(cluster3, lab_hosts):  # type
         try:
             # For three TTLs the host key must stay, on the same lease: the agent's
             # keepalives go to the surviving members.
-            end = time.monotonic() + 3 * cfg.ttl
-            while time.monotonic() < end:
+            def kept() -> bool:
                 item = store.get(cfg.keys.host("hv1"))
-                assert item is not None and item.lease == lease
-                time.sleep(0.2)
+                return item is not None and item.lease == lease
+
+            hold_for(3 * cfg.ttl, kept, "hv1's host key on its first lease", interval=0.2)
         finally:
             cluster3.start_member(cluster3.members[0])
     finally:

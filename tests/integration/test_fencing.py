@@ -1,5 +1,7 @@
-"""Fencing end to end: real agents racing for one shared-storage guest, intruders, the
-self-fence on a partition, and HA restarts by the leader-elected manager."""
+"""Fencing end to end: real agents racing for one shared-storage guest, intruders (paused
+or destroyed), the self-fence on a partition timed against the fence's expiry, the fence
+hook while etcd is unreachable, a fence re-bound to the agent's lease, clean stops with
+and without a watchdog, and HA restarts by the leader-elected manager."""
 
 from __future__ import annotations
 
@@ -13,12 +15,20 @@ from pathlib import Path
 
 import pytest
 
+from agents.hook import DEFAULT_TIMEOUT_S as HOOK_TIMEOUT_S
+from agents.lease import GUARD_TICK
 from gridtool.ha.manager import Manager
 from gridtool.registry.intents import IntentClient
 from gridtool.registry.records import GuestSettings, Intent, Violation, decode, encode
 from tests.harness.checker import DoubleRunChecker
 from tests.harness.proxy import CuttableProxy
-from tests.harness.testbed import domain_xml, wait_until
+from tests.harness.testbed import (
+    domain_xml,
+    hold_for,
+    lease_expiry_bound,
+    run_fence_hook,
+    wait_until,
+)
 
 SHARED = "/dev/etherd/e9.1"
 VOLUME = "aoe-e9.1"
@@ -63,6 +73,40 @@ def wait_registered(registry, names):  # type: ignore[no-untyped-def]
                what="hosts registered")
 
 
+#: The fault table in docs/architecture.md: after a host power-off its HA guests run
+#: elsewhere within "TTL + ~0.2 s" (the lease runs out at most TTL after the last
+#: keepalive, sent before the power-off; then the manager's watch, its intent and the
+#: other host's start take ~0.2 s). The slack is for a loaded 2-core machine: etcd's
+#: lessor looks for expired leases every 0.5 s, and the manager, two agents, their
+#: libvirtds and the suite's other work share two cores (seconds of scheduling delay at
+#: load 6-10). Measured here at TTL 3: 2.4-3.2 s after the fault at load 1-4, 2.4-3.5 s
+#: at load 5-6 (three CPU burners beside the test). A restart that waits for a second
+#: TTL, a manager period of seconds or an intent retry fails.
+HA_RESTART_SLACK_S = 2.0
+
+
+def ha_restart_bound(ttl: float) -> float:
+    """Seconds from a power-off (or an agent stop) to the HA guest running elsewhere."""
+    return ttl + 0.2 + HA_RESTART_SLACK_S
+
+
+def wait_ha_restart(lab_hosts, cfg, since: float, where: list[str] | None = None,  # type: ignore[no-untyped-def]
+                    uuid: str = UUID, ttl: float | None = None) -> list[str]:
+    """Wait (within :func:`ha_restart_bound` of ``ttl``, default the lease TTL, counted
+    from ``since``, a ``time.monotonic()``) until the HA guest runs on one host (on
+    ``where`` if given); return the hosts. ``ttl=0``: the lease was revoked at ``since``."""
+    def restarted() -> list[str] | None:
+        on = running_on(lab_hosts, uuid)
+        return on if (on == where if where is not None else len(on) == 1) else None
+
+    bound = ha_restart_bound(cfg.ttl if ttl is None else ttl)
+    on = wait_until(restarted, timeout=max(0.0, since + bound - time.monotonic()),
+                    what=f"the HA restart on {where or 'another host'} within TTL + 0.2 s + "
+                         f"{HA_RESTART_SLACK_S:g} s slack = {bound:.1f} s")
+    print(f"HA restart {time.monotonic() - since:.2f} s after the fault (bound {bound:.1f} s)")
+    return on  # type: ignore[return-value]
+
+
 def test_race_exactly_one_winner_per_round(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
     names = [f"hv{i}" for i in range(1, 6)]
     hosts_with_guest(lab_hosts, names)
@@ -91,22 +135,37 @@ def _outcome(client: IntentClient, intent: Intent) -> Intent:
     return client.wait(intent, timeout=30, raise_failed=False)
 
 
-def test_guest_started_behind_our_back_is_paused_as_intruder(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
-    hosts_with_guest(lab_hosts, ["hv1", "hv2"])
+@pytest.mark.parametrize("policy", ["pause", "destroy"])
+def test_guest_started_behind_our_back_is_stopped_as_intruder(lab_hosts, store, cfg, registry,  # type: ignore[no-untyped-def]
+                                                              policy):
+    """A bare start on hv2 of the guest whose fence hv1 holds: hv2's agent stops it as its
+    ``intruder_policy`` says (paused by default, or destroyed) and records the violation;
+    hv1 keeps the guest and the fence."""
+    import libvirt
+
+    lab_hosts.add("hv1")
+    lab_hosts.add("hv2")
+    for name in ("hv1", "hv2"):
+        lab_hosts.conn(name).defineXML(shared_xml())
+    lab_hosts.start_agent("hv1")
+    lab_hosts.start_agent("hv2", intruder_policy=policy)
     wait_registered(registry, ["hv1", "hv2"])
     client = IntentClient(store, cfg.keys)
     assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
     # A sysadmin runs a bare `virsh start` on hv2 (the test driver has no hook to stop it).
-    lab_hosts.conn("hv2").lookupByUUIDString(UUID).create()
+    intruder = lab_hosts.conn("hv2").lookupByUUIDString(UUID)
+    intruder.create()
     key = cfg.keys.violation("hv2", UUID)
     wait_until(lambda: store.get(key), what="violation reported")
     violation = decode(Violation, key, store.get(key).value)
-    assert (violation.holder, violation.action, violation.volume) == ("hv1", "pause", VOLUME)
-    import libvirt
-
-    wait_until(lambda: lab_hosts.conn("hv2").lookupByUUIDString(UUID).state()[0]
-               == libvirt.VIR_DOMAIN_PAUSED, what="intruder paused")
-    assert fence_holder(store, cfg) == "hv1"
+    assert (violation.holder, violation.action, violation.volume) == ("hv1", policy, VOLUME)
+    assert f"{policy} it" in violation.message
+    stopped = {"pause": libvirt.VIR_DOMAIN_PAUSED, "destroy": libvirt.VIR_DOMAIN_SHUTOFF}
+    wait_until(lambda: intruder.state()[0] == stopped[policy],
+               what=f"the intruder {policy.removesuffix('e')}ed")
+    assert f"event=fence_violation host=hv2 guest=db uuid={UUID} action={policy}" in \
+        lab_hosts.agent_log("hv2")
+    assert running_on(lab_hosts) == ["hv1"] and fence_holder(store, cfg) == "hv1"
 
 
 def test_guest_started_without_fence_takes_it_and_reports(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
@@ -123,6 +182,15 @@ def test_guest_started_without_fence_takes_it_and_reports(lab_hosts, store, cfg,
 
 def test_partitioned_host_self_fences_before_its_fence_expires(lab_hosts, store, cfg, registry,  # type: ignore[no-untyped-def]
                                                                etcd_cluster):
+    """hv1 cut off etcd destroys its HA guest itself, at least the margin before etcd can
+    let the fence go, on the clocks that matter. hv1 decides at its deadline D = (send
+    time of the newest acknowledged keepalive) + TTL - margin: its log's self_fence line
+    minus the overdue_s it prints. etcd expires the lease no earlier than TTL after the
+    last keepalive it received, which was sent no earlier: the fence's delete (seen by a
+    watch here) must come at least ``margin`` after D, and the guest must be gone by then.
+    The guard must also act promptly (its tick plus a destroy, well inside the margin),
+    and D can be no later than the cut + TTL - margin (nothing sent after the cut is
+    acknowledged)."""
     proxy = CuttableProxy(etcd_cluster.endpoints[0])
     try:
         lab_hosts.add("hv1")
@@ -134,21 +202,112 @@ def test_partitioned_host_self_fences_before_its_fence_expires(lab_hosts, store,
         assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
         fence = store.get(cfg.keys.fence(VOLUME))
         assert fence is not None and fence.lease  # HA fence: bound to hv1's lease
-        gone = threading.Event()
-        watch = store.watch_prefix(cfg.keys.fence(VOLUME),
-                                   lambda ev: ev.kind == "delete" and gone.set())
-        states_when_gone: list[list[str]] = []
+        deleted: list[tuple[float, list[str]]] = []  # (when, where the guest ran then)
+        watch = store.watch_prefix(cfg.keys.fence(VOLUME), lambda ev: ev.kind == "delete" and (
+            deleted.append((time.time(), running_on(lab_hosts)))))
         try:
+            cut = time.time()
             proxy.cut()
-            wait_until(lambda: gone.is_set() and not states_when_gone.append(
-                running_on(lab_hosts)), timeout=cfg.ttl + 5, what="fence to expire")
+            wait_until(lambda: deleted, timeout=lease_expiry_bound(cfg.ttl),
+                       what="the fence to expire")
         finally:
             watch.cancel()
-        # The guest was destroyed by hv1 itself before etcd let the fence go.
-        assert states_when_gone[0] == []
-        assert "event=self_fence" in lab_hosts.agent_log("hv1")
     finally:
         proxy.close()
+    expired, running_then = deleted[0]
+    # (a late self-fence is logged after the expiry: wait for it to say by how much)
+    wait_until(lambda: lab_hosts.agent_events("hv1", "self_fenced"), timeout=cfg.ttl,
+               what="hv1's self-fence")
+    [(decided, line)] = lab_hosts.agent_events("hv1", "self_fence")
+    deadline = decided - float(line.rsplit("overdue_s=", 1)[1].split()[0])
+    [(destroyed, _)] = lab_hosts.agent_events("hv1", "self_fenced")
+    margin = max(1.0, cfg.ttl / 5)  # as documented (not the code's: a change must show)
+    resolution = 0.01  # the log's milliseconds and overdue_s's two decimals
+    numbers = (f"cut at 0, deadline {deadline - cut:+.3f} s, destroyed {destroyed - cut:+.3f} s, "
+               f"fence expired {expired - cut:+.3f} s (TTL {cfg.ttl} s, margin {margin:g} s)")
+    print(numbers)
+    assert running_then == [], f"the guest still ran when etcd let its fence go: {numbers}"
+    assert expired - deadline >= margin - resolution, numbers
+    assert destroyed < expired, numbers
+    # the guard's tick (0.1 s) and a test-driver destroy (ms) take far less than the
+    # margin they are budgeted in; half of it leaves 0.4 s for scheduling on the loaded
+    # 2-core machine. A guard needing more is a regression even if this run was safe.
+    assert destroyed - deadline <= margin / 2, numbers
+    assert deadline <= cut + cfg.ttl - margin + resolution, numbers
+
+
+def test_a_fence_bound_to_a_lease_the_agent_does_not_keep_is_bound_to_its_own(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry):
+    """Documented: an HA fence found bound to another lease than the agent's own (a lease
+    lost while the guest kept running) is re-put under the current lease by the next
+    resync. Here the test moves hv1's fence onto a stray lease of its own (60 s, kept
+    alive by nobody); hv1's next resync binds it to hv1's lease again, so that the stray
+    lease's end leaves the fence, and the guest, where they are."""
+    from gridtool.registry.store import Compare, Put
+
+    hosts_with_guest(lab_hosts, ["hv1"])
+    wait_registered(registry, ["hv1"])
+    store.put(cfg.keys.guest_settings(UUID), encode(GuestSettings(UUID, "db", ha=True)))
+    client = IntentClient(store, cfg.keys)
+    assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+    key = cfg.keys.fence(VOLUME)
+    held, own = store.get(key), store.get(cfg.keys.host("hv1")).lease
+    assert held is not None and held.lease == own
+    stray = store.grant_lease(60)
+    try:
+        assert store.txn([Compare(key, "mod", held.mod_revision)],
+                         [Put(key, held.value, stray)])
+        # the next resync comes within resync_interval (2 s); +2 s for a loaded machine
+        rebound = wait_until(lambda: (item := store.get(key)) is not None
+                             and item.lease == own and item, timeout=cfg.resync_interval + 2,
+                             what="hv1's resync to bind the fence to its own lease again")
+    finally:
+        store.revoke_lease(stray)
+    assert rebound.mod_revision > held.mod_revision and rebound.value == held.value
+    after = store.get(key)
+    assert after is not None and after.lease == own, "the stray lease took the fence along"
+    assert running_on(lab_hosts) == ["hv1"]
+
+
+@pytest.mark.parametrize("registry_timeout", [1.0, 3.0], ids=["store-gives-up", "store-retries"])
+def test_the_fence_hook_fails_closed_saying_why_while_etcd_is_unreachable(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry, etcd_cluster, tmp_path, registry_timeout):
+    """hv2's agent is up, its way to etcd is cut: the libvirt fence hook, run as libvirt
+    runs it, must refuse a start there (nobody can tell who holds the fence) within its
+    own timeout, and say that the registry is the trouble, not tell the operator to
+    start an agent that runs. Whether the agent's store gives up on etcd before the
+    hook's deadline (timeout 1 s) or would go on retrying past it (3 s; 5 s by default)."""
+    proxy = CuttableProxy(etcd_cluster.endpoints[0])
+    sock = str(tmp_path / "hv2-hook.sock")
+    try:
+        lab_hosts.add("hv1")
+        lab_hosts.add("hv2")
+        for name in ("hv1", "hv2"):
+            lab_hosts.conn(name).defineXML(shared_xml())
+        lab_hosts.start_agent("hv1")
+        lab_hosts.start_agent("hv2", endpoints=(proxy.endpoint,), hook_socket=sock,
+                              timeout=registry_timeout)
+        wait_registered(registry, ["hv1", "hv2"])
+        client = IntentClient(store, cfg.keys)
+        assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+        xml = lab_hosts.conn("hv2").lookupByUUIDString(UUID).XMLDesc(0)
+        asked = run_fence_hook(sock, xml, "db")  # etcd reachable: the agent knows
+        assert asked.returncode == 1 and "fence is held by hv1" in asked.stderr, asked.stderr
+        proxy.cut()
+        began = time.monotonic()
+        refused = run_fence_hook(sock, xml, "db", timeout=HOOK_TIMEOUT_S)
+        took = time.monotonic() - began
+    finally:
+        proxy.close()
+    print(f"hook refused in {took:.2f} s: {refused.stderr.strip()}")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("gridtool fence hook: refusing to start db: ")
+    assert "registry" in refused.stderr and "unreachable" in refused.stderr, refused.stderr
+    assert "start the agent" not in refused.stderr, "hv2's agent runs: wrong advice"
+    # its own timeout, plus the interpreter's start-up on a loaded machine (python -I)
+    assert took < HOOK_TIMEOUT_S + 3, took
+    assert "hook_refused host=hv2 guest=db" in lab_hosts.agent_log("hv2")
 
 
 @contextlib.contextmanager
@@ -175,10 +334,10 @@ def ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, name="db", uui
 def test_ha_guest_restarted_elsewhere_after_power_off(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
     with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry), \
             DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+        powered_off = time.monotonic()
         lab_hosts.stop_agent("hv1", kill=True)  # power off: agent gone, then its guests
         lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
-        wait_until(lambda: running_on(lab_hosts) == ["hv2"], timeout=cfg.ttl + 10,
-                   what="HA restart on hv2")
+        wait_ha_restart(lab_hosts, cfg, powered_off, ["hv2"])
     assert checker.overlaps == []
     assert fence_holder(store, cfg) == "hv2"
 
@@ -194,10 +353,10 @@ def test_ha_restart_only_on_a_host_that_reaches_the_storage(lab_hosts, store, cf
                "hv4": ("aoe-e9.",)}
     with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, name, uuid, storage), \
             DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+        powered_off = time.monotonic()
         lab_hosts.stop_agent("hv1", kill=True)  # power off: agent gone, then its guests
         lab_hosts.conn("hv1").lookupByUUIDString(uuid).destroy()
-        where = wait_until(lambda: running_on(lab_hosts, uuid), timeout=cfg.ttl + 10,
-                           what="HA restart")
+        where = wait_ha_restart(lab_hosts, cfg, powered_off, uuid=uuid)
     assert where in (["hv3"], ["hv4"]), f"{name} restarted on {where}"
     assert checker.overlaps == []
     assert fence_holder(store, cfg) == where[0]
@@ -261,14 +420,17 @@ def test_agent_restart_resumes_its_lease_and_keeps_ha_guests(lab_hosts, store, c
             resumed = time.time() - restarted
             print(f"agent start-up {startup:.2f} s; ttl {ttl} s, watchdog {timeout} s; restart "
                   f"-> first pet {first_pet:.2f} s, -> lease resumed {resumed:.2f} s")
-            # Watch until past the moment the old lease would have expired (an observation
-            # window, not a wait for a result): instead nothing moves.
-            threading.Event().wait(max(0.0, stopped + ttl + 1 - time.time()))
-        assert lab_hosts.watchdogs["hv1"].resets == 0
+            # Past the moment the old lease would have expired (+1 s: etcd's lessor checks
+            # every 0.5 s), nothing may move: checked all along, failing at the first move.
+            def nothing_moved() -> bool:
+                held = store.get(cfg.keys.fence(VOLUME))
+                return (lab_hosts.watchdogs["hv1"].resets == 0
+                        and running_on(lab_hosts) == ["hv1"] and held is not None
+                        and held.mod_revision == fence.mod_revision)
+
+            hold_for(max(0.0, stopped + ttl + 1 - time.time()), nothing_moved,
+                     "hv1 keeps db and its fence through its agent's restart")
         assert checker.overlaps == []
-        assert running_on(lab_hosts) == ["hv1"]
-        after = store.get(cfg.keys.fence(VOLUME))
-        assert after is not None and after.mod_revision == fence.mod_revision
 
 
 def test_restarted_agent_pets_the_watchdog_before_its_first_resync(lab_hosts, store, cfg,  # type: ignore[no-untyped-def]
@@ -316,12 +478,40 @@ def test_restarted_agent_pets_the_watchdog_before_its_first_resync(lab_hosts, st
 def test_agent_stopped_for_good_resets_host_before_ha_restart(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
     with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry), \
             DoubleRunChecker(lambda: lab_hosts.conns) as checker:
-        lab_hosts.stop_agent("hv1")  # SIGTERM and never started again
-        wait_until(lambda: running_on(lab_hosts) == ["hv2"], timeout=cfg.ttl + 10,
-                   what="HA restart on hv2 after hv1's watchdog reset")
+        # SIGTERM and never started again: the last keepalive was sent before the stop,
+        # so the lease runs out within TTL of it, as after a power-off (the watchdog
+        # resets hv1 before, at its 1.2 s timeout)
+        stopped = time.monotonic()
+        lab_hosts.stop_agent("hv1")
+        wait_ha_restart(lab_hosts, cfg, stopped, ["hv2"])
     assert checker.overlaps == [] and checker.samples > 0
     assert lab_hosts.watchdogs["hv1"].resets == 1
     assert fence_holder(store, cfg) == "hv2"
+
+
+def test_clean_stop_without_a_watchdog_destroys_ha_guests_then_revokes_its_lease(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry):
+    """Documented for SIGTERM without a watchdog: nothing would stop the HA guests once the
+    lease lapsed, so the agent destroys them first (agent_stop_self_fence), then revokes
+    its lease and exits 0. The fence goes with the revoke, not 30 s later with an expiry:
+    the manager restarts the guest elsewhere within the restart chain's own time."""
+    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, watchdog=False,
+                                      ttl=30), \
+            DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+        agent = lab_hosts.agents["hv1"]
+        lab_hosts.stop_agent("hv1")  # SIGTERM; returns once the agent has exited
+        exited = time.monotonic()
+        assert agent.returncode == 0
+        assert store.get(cfg.keys.host("hv1")) is None, "lease not revoked at the stop"
+        assert "hv1" not in running_on(lab_hosts)
+        [(fence_at, line)] = lab_hosts.agent_events("hv1", "agent_stop_self_fence")
+        assert "ha_guests=1 reason=no watchdog configured" in line
+        [(destroyed_at, _)] = lab_hosts.agent_events("hv1", "self_fenced")
+        [(stop_at, _)] = lab_hosts.agent_events("hv1", "agent_stop")
+        assert fence_at <= destroyed_at <= stop_at  # destroyed, then the lease, then exit
+        wait_ha_restart(lab_hosts, cfg, exited, ["hv2"], ttl=0)
+    assert checker.overlaps == [] and checker.samples > 0
+    assert lab_hosts.watchdogs == {} and fence_holder(store, cfg) == "hv2"
 
 
 def test_agent_crash_with_only_pinned_guests_does_not_reset_the_host(lab_hosts, store, cfg,  # type: ignore[no-untyped-def]
@@ -334,14 +524,17 @@ def test_agent_crash_with_only_pinned_guests_does_not_reset_the_host(lab_hosts, 
     assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
     wait_until(lambda: any(g.state == "running" for g in registry.list_guests()[0]),
                what="db reported running")
-    threading.Event().wait(1.0)  # an observation window of 10 guard ticks
     dog = lab_hosts.hosts["hv1"].watchdog
-    assert not dog.exists() or dog.read_bytes() == b"V"  # never armed: nothing to fence
+    # The guard tends the watchdog once the first resync has judged every guest; the main
+    # loop writes a guest's record only after that resync, so from db's "running" on the
+    # guard is at work: 10 of its ticks must leave the watchdog unarmed (nothing to fence).
+    hold_for(10 * GUARD_TICK, lambda: not dog.exists() or dog.read_bytes() == b"V",
+             "hv1's watchdog never armed while only a pinned guest runs")
     lab_hosts.stop_agent("hv1", kill=True)
-    # An observation window past the watchdog timeout: a pinned guest must survive it.
-    threading.Event().wait(2 * watchdog_timeout_for(cfg.ttl))
-    assert lab_hosts.watchdogs["hv1"].resets == 0
-    assert running_on(lab_hosts) == ["hv1"]
+    # Past twice the watchdog timeout, a pinned guest must still run, its host not reset.
+    hold_for(2 * watchdog_timeout_for(cfg.ttl),
+             lambda: lab_hosts.watchdogs["hv1"].resets == 0 and running_on(lab_hosts) == ["hv1"],
+             "db keeps running on hv1 after its agent crashed")
 
 
 def test_pinned_guest_moves_only_after_confirm_dead(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
@@ -360,7 +553,7 @@ def test_pinned_guest_moves_only_after_confirm_dead(lab_hosts, store, cfg, regis
         lab_hosts.stop_agent("hv1", kill=True)
         lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
         wait_until(lambda: "hv1" not in {h.name for h in registry.list_hosts()[0]},
-                   timeout=cfg.ttl + 5, what="hv1's lease to expire")
+                   timeout=lease_expiry_bound(cfg.ttl), what="hv1's lease to expire")
         wait_until(lambda: any("confirm-dead" in r for r in manager.blocked.values()),
                    what="manager waiting for confirm-dead")
         assert fence_holder(store, cfg) == "hv1"  # pinned: the fence outlives the lease
@@ -426,6 +619,118 @@ def test_manager_failover_within_ttl_plus_one_second(store, cfg):  # type: ignor
     threads["m1"].join(10)
     wait_until(lambda: b'"m2"' in (store.get(cfg.keys.manager_leader) or leader).value,
                timeout=cfg.ttl + 3, what="m2 elected")
-    assert time.monotonic() - died <= cfg.ttl + 1.0
+    took = time.monotonic() - died
+    print(f"manager failover {took:.2f} s after the leader died (TTL {cfg.ttl} s)")
+    # The fault table's "≤ TTL + 1 s": etcd's lessor checks expiry every 0.5 s, then m2's
+    # next campaign (every 0.1 s here) and its transaction. +1 s for a loaded 2-core
+    # machine (measured 0.36-0.49 s over TTL at load 3-5, so the 1 s had 0.5 s left);
+    # a failover waiting for a second TTL still fails.
+    assert took <= cfg.ttl + 1.0 + 1.0
     stops["m2"].set()
     threads["m2"].join(10)
+
+
+def _violation(store, cfg, host):  # type: ignore[no-untyped-def]
+    item = store.get(cfg.keys.violation(host, UUID))
+    return decode(Violation, item.key, item.value) if item is not None else None
+
+
+def _judged_since(store, cfg, host, since):  # type: ignore[no-untyped-def]
+    """The violation ``host``'s agent recorded for the guest after ``since`` (its agent
+    judged the guest again), or None yet."""
+    violation = _violation(store, cfg, host)
+    return violation if violation is not None and violation.at > since else None
+
+
+def _judged_or_taken(store, cfg, host, since):  # type: ignore[no-untyped-def]
+    """(the violation ``host`` recorded after ``since``, the fence's holder) once either
+    is there: an agent that adopts a guest silently records no violation."""
+    found = (_judged_since(store, cfg, host, since), fence_holder(store, cfg))
+    return found if found != (None, None) else None
+
+
+def _state(lab_hosts, host):  # type: ignore[no-untyped-def]
+    return lab_hosts.conn(host).lookupByUUIDString(UUID).state()[0]
+
+
+def _paused_intruder_with_its_fence_freed(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
+    """hv1 runs the guest with its fence; a bare start on hv2 is paused as an intruder;
+    then the guest stops cleanly on hv1, which frees the fence. hv2 resyncs every
+    second. Returns when the fence key is gone (the time it was seen gone)."""
+    import libvirt
+
+    hosts_with_guest(lab_hosts, ["hv1", "hv2"], resync_interval=1.0)
+    wait_registered(registry, ["hv1", "hv2"])
+    client = IntentClient(store, cfg.keys)
+    assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+    lab_hosts.conn("hv2").lookupByUUIDString(UUID).create()  # a bare `virsh start`
+    wait_until(lambda: _state(lab_hosts, "hv2") == libvirt.VIR_DOMAIN_PAUSED
+               and _violation(store, cfg, "hv2"), what="intruder paused and reported")
+    assert _violation(store, cfg, "hv2").action == "pause"
+    assert client.wait(client.submit("hv1", "stop", UUID, "db"), 30).state == "done"
+    wait_until(lambda: fence_holder(store, cfg) != "hv1", what="fence freed on hv1")
+    return time.time()
+
+
+def test_paused_intruder_never_inherits_the_freed_fence(lab_hosts, store, cfg, registry):  # type: ignore[no-untyped-def]
+    """Issue 12 item 3: once judged an intruder, a guest takes no fence until it has been
+    shut off, across an agent restart; a resume is paused again and reported; a proper
+    start through gridtool after it is shut off works."""
+    import libvirt
+
+    freed = _paused_intruder_with_its_fence_freed(lab_hosts, store, cfg, registry)
+    judged = wait_until(lambda: _judged_since(store, cfg, "hv2", freed),
+                        what="hv2 judged its copy after the fence was freed")
+    assert (judged.action, fence_holder(store, cfg)) == ("pause", None), judged
+    assert _state(lab_hosts, "hv2") == libvirt.VIR_DOMAIN_PAUSED
+    # A restarted agent (its first resync adopts what ran before it) must not forget.
+    lab_hosts.stop_agent("hv2")
+    restarted = time.time()
+    lab_hosts.start_agent("hv2", resync_interval=1.0)
+    judged, holder = wait_until(lambda: _judged_or_taken(store, cfg, "hv2", restarted),
+                                what="the restarted hv2 judged its copy")
+    assert (judged and judged.action, holder) == ("pause", None), (judged, holder)
+    assert "event=fence_adopt" not in lab_hosts.agent_log("hv2")
+    record = registry.guests_of("hv2")[0][UUID]
+    assert (record.state, record.intruder) == ("paused", True)
+    # `virsh resume`: paused again at once (the lifecycle event), and reported.
+    dom = lab_hosts.conn("hv2").lookupByUUIDString(UUID)
+    resumed = time.time()
+    dom.resume()
+    wait_until(lambda: _state(lab_hosts, "hv2") == libvirt.VIR_DOMAIN_PAUSED
+               and _judged_since(store, cfg, "hv2", resumed), what="resumed intruder paused")
+    assert fence_holder(store, cfg) is None
+    assert "event=intruder_resumed host=hv2" in lab_hosts.agent_log("hv2")
+    # A start through gridtool would take the fence for the paused copy: refused.
+    client = IntentClient(store, cfg.keys)
+    refused = client.wait(client.submit("hv2", "start", UUID, "db"), 30, raise_failed=False)
+    assert refused.state == "failed" and "judged an intruder" in refused.message
+    assert fence_holder(store, cfg) is None
+    # Shut off, the copy is an ordinary guest again: a start through gridtool works.
+    dom.destroy()
+    wait_until(lambda: not registry.guests_of("hv2")[0][UUID].intruder
+               and registry.guests_of("hv2")[0][UUID].state == "shutoff",
+               what="hv2's copy shut off")
+    assert client.wait(client.submit("hv2", "start", UUID, "db"), 30).state == "done"
+    assert fence_holder(store, cfg) == "hv2" and running_on(lab_hosts) == ["hv2"]
+
+
+def test_intruder_resumed_while_its_agent_was_down_is_destroyed_per_policy(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry):
+    """The mark lives with the running copy: resumed while hv2's agent was down, with
+    the fence free, the copy is not adopted by the restarted agent; with
+    intruder_policy=destroy it is destroyed and reported."""
+    _paused_intruder_with_its_fence_freed(lab_hosts, store, cfg, registry)
+    lab_hosts.stop_agent("hv2")
+    lab_hosts.conn("hv2").lookupByUUIDString(UUID).resume()
+    restarted = time.time()
+    lab_hosts.start_agent("hv2", intruder_policy="destroy")
+    judged, holder = wait_until(lambda: _judged_or_taken(store, cfg, "hv2", restarted),
+                                what="the restarted hv2 judged its copy")
+    assert (judged and judged.action, holder) == ("destroy", None), (judged, holder)
+    assert running_on(lab_hosts) == []
+    import libvirt
+
+    assert _state(lab_hosts, "hv2") == libvirt.VIR_DOMAIN_SHUTOFF
+    log = lab_hosts.agent_log("hv2")
+    assert "event=fence_adopt" not in log and "event=intruder_resumed host=hv2" in log

@@ -8,6 +8,7 @@ import threading
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -117,3 +118,51 @@ def test_the_decision_waits_for_a_judgement_of_the_guest(hosts) -> None:  # type
     asking.join(timeout=CLAIM_WAIT_S + 10)
     assert answers and answers[0]["allow"] is False, "decided after the judgement, not before"
     assert not h1.claims.busy(uuid)
+
+
+def test_a_saved_image_of_a_marked_intruder_is_refused(hosts) -> None:  # type: ignore[no-untyped-def]
+    """The intruder mark lives in the live XML, so a saved image of the copy carries it:
+    restoring it would resume stale memory, even on the host that now holds the fence."""
+    h1, _h2, uuid, xml = hosts
+    domains = h1.server.domains
+    dom = domains.domain(uuid)
+    dom.create()
+    try:
+        domains.mark_intruder(dom, "h2")
+        saved = dom.XMLDesc(0)  # what libvirt hands the hook on 'restore begin'
+    finally:
+        dom.destroy()
+    assert "gridtool.invalid/intruder" not in dom.XMLDesc(0), "gone with the run"
+    h1.fencer.acquire(ref(uuid))
+    answer = h1.ask("restore", uuid, saved)
+    assert answer["allow"] is False and "judged an intruder" in answer["message"]
+    assert h1.ask("prepare", uuid, xml)["allow"] is True, "a fresh boot is not marked"
+
+
+def test_an_answer_given_up_on_changes_nothing(hosts) -> None:  # type: ignore[no-untyped-def]
+    """A fence read slower than the answer's deadline (etcd hanging): the hook hears a
+    refusal naming the registry in time, and the read's late result must not take
+    effect: here it would use up h2's one expected migration."""
+    h1, h2, uuid, xml = hosts
+    h1.fencer.acquire(ref(uuid))
+    h2.server.expect(uuid, "h1")
+    gate = threading.Event()
+
+    def hanging(volumes):  # type: ignore[no-untyped-def]
+        gate.wait(30)
+        return h2.fencer.observe(volumes)
+
+    h2.server.fencer = SimpleNamespace(held=h2.fencer.held, observe=hanging)
+    h2.server.answer_within = 0.3
+    try:
+        refused = h2.ask("migrate", uuid, xml)
+    finally:
+        gate.set()
+    assert refused["allow"] is False
+    assert "the registry (etcd) did not answer within 0.3 s" in refused["message"]
+    wait_until(lambda: not [t for t in threading.enumerate()
+                            if t.name == "hook-decision" and t.is_alive()], 10,
+               what="the given-up decision to end")
+    h2.server.fencer = h2.fencer
+    assert h2.ask("migrate", uuid, xml) == {"allow": True,
+                                             "message": "incoming live migration from h1"}

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from gridtool.registry.records import GuestSettings, encode
 from tests.harness import qemu_testbed
 from tests.harness.checker import MAX_UNKNOWN_FRACTION, DoubleRunChecker, Unknown
 from tests.harness.proxy import CuttableProxy
-from tests.harness.testbed import wait_until
+from tests.harness.testbed import hold_for, lease_expiry_bound, wait_until
 
 pytestmark = pytest.mark.qemu
 
@@ -130,6 +129,20 @@ def test_hook_refuses_a_start_held_elsewhere_and_allows_the_holder(  # type: ign
 #: the 128 MiB guest takes ~2 s (8 progress samples) at this.
 MIGRATION_CAP_MIB = 64
 
+#: The guest prints a heartbeat every 100 ms (``usleep 100000``, scripts/build-guest-
+#: initramfs). Across a live migration the largest gap between two heartbeats is one
+#: period plus the time the guest was paused at the switchover: measured 47-198 ms
+#: (bench/real_migrate.py, README), so 147-298 ms of gap. Bound: 2 periods (the beat's
+#: own, and one of pause as libvirt's switchover normally takes), plus slack: another
+#: 0.2 s of pause (the worst measured pause is 2 periods), 2 x 10 ms for the watcher's
+#: polls of the serial log, and 0.3 s for a loaded 2-core machine (the TCG vCPU, the
+#: watcher thread and the migration's own libvirt calls compete for the cores). An
+#: earlier design paused both ends and cost up to 2.2 s of downtime: that must fail
+#: (rebuilt for a try: 1.81 s). Measured by this test: 236 ms at load 4.6, 388 ms at
+#: load 5-8.
+HEARTBEAT_PERIOD_S = 0.1
+MIGRATION_GAP_BOUND_S = 2 * HEARTBEAT_PERIOD_S + 0.2 + 2 * 0.01 + 0.3
+
 
 def test_live_migration_keeps_the_guest_running_and_moves_the_fence(  # type: ignore[no-untyped-def]
         qemu_hosts, store, registry, cfg) -> None:
@@ -150,7 +163,10 @@ def test_live_migration_keeps_the_guest_running_and_moves_the_fence(  # type: ig
                    what="heartbeats from hv2 after the migration")
     assert result.mode == "live" and result.state is EndState.MOVED
     assert beats.consecutive(), "the guest never restarted: its counter only grew by one"
-    assert beats.max_gap(began) < 5.0
+    gap = beats.max_gap(began)
+    print(f"largest heartbeat gap across the live migration: {gap * 1000:.0f} ms "
+          f"(bound {MIGRATION_GAP_BOUND_S * 1000:.0f} ms)")
+    assert gap < MIGRATION_GAP_BOUND_S, f"downtime {gap:.3f} s"
     assert holder(store, cfg, volume) == "hv2"
     assert store.get(cfg.keys.fence(volume)).mod_revision > before  # the token grew
     assert qemu_hosts.conn("hv2").lookupByUUIDString(dom.UUIDString()).isActive()
@@ -381,9 +397,13 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
                 if fault == "cut":
                     if target == was_on:  # it self-fences; the guest moves to the other host
                         wait_until(lambda t=target: gone_from(checker, uuid, t),
-                                   cfg.ttl + 10, what=f"{target} self-fenced; " + "; ".join(log))
-                    else:  # the idle host is cut for longer than the lease
-                        time.sleep(cfg.ttl + 1)
+                                   lease_expiry_bound(cfg.ttl),
+                                   what=f"{target} self-fenced; " + "; ".join(log))
+                    else:  # the idle host is cut for longer than its lease: until its
+                        # host record expired
+                        wait_until(lambda t=target: not registered(registry, (t,)),
+                                   lease_expiry_bound(cfg.ttl),
+                                   what=f"{target}'s lease to expire")
                     proxies[target].heal()
                 elif target == was_on and fault != "hang_briefly":
                     # nothing pets the armed watchdog: the host resets, ha1 destroyed there
@@ -391,9 +411,12 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
                                and a.poll() is not None
                                and gone_from(checker, uuid, t), 20,
                                what=f"{target}'s watchdog reset; " + "; ".join(log))
-                elif fault != "kill_agent":  # the hang's length; a watchdog is armed only
-                    # while the host holds HA fences, so an idle host is not reset
-                    time.sleep(0.3 if fault == "hang_briefly" else dog.timeout + 0.5)
+                elif fault != "kill_agent":  # the hang's length: no reset meanwhile (a
+                    # watchdog is armed only while the host holds HA fences, so an idle
+                    # host is not reset; a 0.3 s hang is well inside the watchdog timeout)
+                    hold_for(0.3 if fault == "hang_briefly" else dog.timeout + 0.5,
+                             lambda d=dog, r=resets: d.resets == r,
+                             f"{target} not reset during its agent's {fault}; " + "; ".join(log))
                     agent.send_signal(signal.SIGCONT)
                 if dog.resets > resets:  # reset (also an unexpected one): its agent is dead
                     agent.wait(10)

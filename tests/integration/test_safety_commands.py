@@ -35,6 +35,7 @@ from tests.harness.testbed import (
     as_fields,
     credential_env,
     domain_xml,
+    lease_expiry_bound,
     show_tables,
     wait_until,
 )
@@ -46,6 +47,7 @@ from tests.integration.test_fencing import (
     fence_holder,
     hosts_with_guest,
     running_on,
+    wait_ha_restart,
     wait_registered,
 )
 
@@ -152,7 +154,8 @@ def test_confirm_dead_refused_while_leased_then_the_manager_moves_the_pinned_gue
         # Power hv1 off: the pinned guest stays down, its fence stays with hv1.
         lab_hosts.stop_agent("hv1", kill=True)
         lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
-        wait_until(lambda: store.get(cfg.keys.host("hv1")) is None, timeout=cfg.ttl + 10,
+        wait_until(lambda: store.get(cfg.keys.host("hv1")) is None,
+                   timeout=lease_expiry_bound(cfg.ttl),
                    what="hv1's lease to expire")
 
         def waiting() -> dict:
@@ -208,6 +211,19 @@ def test_confirm_dead_refused_while_leased_then_the_manager_moves_the_pinned_gue
         assert row["token"] > item.mod_revision
         actions = json.loads(gridtool(cfg, capsys, "manager", "status", "--json")[1])
         assert any("db" in a and "hv2" in a for a in actions["status"]["actions"]), actions
+
+        # hv1 powered on again: its agent deletes the dead/ mark when it registers (a
+        # mark left behind would let the manager release hv1's pinned fences again),
+        # and the moved guest is not started a second time.
+        lab_hosts.start_agent("hv1")
+        wait_until(lambda: store.get(cfg.keys.host("hv1")), timeout=30,
+                   what="hv1 registered again")
+        # (deleted right after the host record is put: a moment later)
+        wait_until(lambda: dead_mark(store, cfg) is None, timeout=5,
+                   what="hv1's dead mark deleted once it registered")
+        code, out, _ = gridtool(cfg, capsys, "host", "list", "--json")
+        assert code == 0 and "hv1" in {h["name"] for h in json.loads(out)["hosts"]}
+        assert running_on(lab_hosts) == ["hv2"] and fence_holder(store, cfg) == "hv2"
     assert checker.overlaps == [] and checker.samples > 0
 
 
@@ -217,6 +233,42 @@ def test_confirm_dead_of_an_unknown_host_is_refused(store, cfg, capsys):  # type
     assert code == 3 and one_line(err) and "hv9" in err
 
 
+def test_host_remove_of_a_dead_host_with_guests_needs_force_and_leaves_its_fences(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry, capsys):
+    """docs/architecture.md, `host remove`: refused (exit 7) while guests are active on the
+    host, unless --force; a dead host (no lease) cannot be drained, so --force alone is
+    enough, and no --ssh (its agent is gone). Its registry keys go (host record, guests,
+    dead mark); its fences stay (a pinned fence is released only by its host or
+    confirm-dead), and the guests it still ran are named as left unmanaged."""
+    hosts_with_guest(lab_hosts, ["hv1"])  # db: fenced (pinned)
+    lab_hosts.conn("hv1").defineXML(domain_xml("web")).create()  # not fenced
+    wait_registered(registry, ["hv1"])
+    assert gridtool(cfg, capsys, "guest", "start", "db", "--on", "hv1")[0] == 0
+    wait_until(lambda: sorted(g.name for g in registry.guests_of("hv1")[0].values()
+                              if g.state == "running") == ["db", "web"],
+               what="db and web reported running")
+    lab_hosts.stop_agent("hv1", kill=True)  # power off, as far as the registry can tell
+    wait_until(lambda: store.get(cfg.keys.host("hv1")) is None,
+               timeout=lease_expiry_bound(cfg.ttl), what="hv1's lease to expire")
+    code, _, err = gridtool(cfg, capsys, "host", "confirm-dead", "hv1", "--yes")
+    assert code == 0 and dead_mark(store, cfg) is not None, err
+
+    code, _, err = gridtool(cfg, capsys, "host", "remove", "hv1")
+    assert code == 7 and one_line(err), err
+    assert "hv1 runs 2 guests (db, web)" in err and "--force" in err
+    assert len(registry.guests_of("hv1")[0]) == 2, "a refusal deletes nothing"
+
+    code, _, err = gridtool(cfg, capsys, "host", "remove", "hv1", "--force")
+    assert code == 0, err
+    assert "gridtool: warning: 2 guests still run on hv1 unmanaged: db, web\n" in err
+    assert err.endswith("hv1: removed\n") and "Traceback" not in err
+    assert store.get(cfg.keys.host("hv1")) is None and dead_mark(store, cfg) is None
+    assert store.list(cfg.keys.host_guests("hv1"))[0] == []
+    assert fence_holder(store, cfg) == "hv1", "host remove must leave the fence"
+    [row] = fence_rows(cfg, capsys)["fences"]
+    assert (row["holder"], row["guest_name"], row["kind"]) == ("hv1", "db", "pinned")
+
+
 def test_fence_release_force_lets_another_host_start_the_guest(lab_hosts, store, cfg,  # type: ignore[no-untyped-def]
                                                                registry, capsys):
     hosts_with_guest(lab_hosts, ["hv1", "hv2"])
@@ -224,7 +276,8 @@ def test_fence_release_force_lets_another_host_start_the_guest(lab_hosts, store,
     assert gridtool(cfg, capsys, "guest", "start", "db", "--on", "hv1")[0] == 0
     lab_hosts.stop_agent("hv1", kill=True)  # power off: the pinned fence stays
     lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
-    wait_until(lambda: store.get(cfg.keys.host("hv1")) is None, timeout=cfg.ttl + 10,
+    wait_until(lambda: store.get(cfg.keys.host("hv1")) is None,
+               timeout=lease_expiry_bound(cfg.ttl),
                what="hv1's lease to expire")
 
     code, _, err = gridtool(cfg, capsys, "guest", "start", "db", "--on", "hv2")
@@ -379,11 +432,11 @@ def test_guest_set_ha_binds_the_fence_to_the_lease_and_the_manager_restarts_it( 
                     "--period", "0.2"), DoubleRunChecker(lambda: lab_hosts.conns) as checker:
         wait_until(lambda: store.get(cfg.keys.manager_leader), timeout=30,
                    what="the CLI's manager to lead")
+        powered_off = time.monotonic()
         lab_hosts.stop_agent("hv1", kill=True)  # power off
         lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
         # No confirm-dead: an HA guest comes back once hv1's lease (TTL) expires.
-        wait_until(lambda: running_on(lab_hosts) == ["hv2"], timeout=cfg.ttl + 20,
-                   what="the HA guest restarted on hv2")
+        wait_ha_restart(lab_hosts, cfg, powered_off, ["hv2"])
     assert checker.overlaps == [] and checker.samples > 0
     assert store.get(cfg.keys.dead_host("hv1")) is None
     [row] = fence_rows(cfg, capsys)["fences"]

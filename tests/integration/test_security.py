@@ -4,9 +4,12 @@ refusals, credential files 0600, no password in any output, TLS with the generat
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +34,8 @@ from gridtool.errors import AuthError
 from gridtool.lab.etcd import EtcdCluster, TlsFiles
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.store import Put
-from tests.harness.testbed import wait_until
+from tests.harness.testbed import domain_xml, wait_until
+from tests.harness.tls import TlsRegistry, tls_registry
 
 
 @pytest.fixture
@@ -246,3 +250,104 @@ def test_tls_with_the_generated_ca(tmp_path: Path) -> None:
             hv1.close()
     finally:
         cluster.stop()
+
+
+# --------------------------------------------------------------------------- TLS, with auth
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRegistry]:
+    """Three etcd members over TLS, client and peer URLs, client certificates required on
+    both; authentication on (passwords). The server certificate names 127.0.0.1 only:
+    reached as 'localhost', a member shows a certificate not made out to that name."""
+    with tls_registry(tmp_path_factory.mktemp("tls-etcd"), "/tls-pw/", members=3,
+                      server_dns=()) as registry:
+        yield registry
+
+
+def tls_cli(registry: TlsRegistry, *args: str, endpoint: str | None = None,
+            **env: str) -> subprocess.CompletedProcess:
+    """``gridtool`` as the admin over TLS (``env`` overrides, e.g. the password)."""
+    cfg = replace(registry.cfg, endpoints=(endpoint,)) if endpoint else registry.cfg
+    return gridtool(cfg, *args, **registry.env(**env))
+
+
+def test_tls_with_a_ca_and_passwords(tls_etcd: TlsRegistry, lab_hosts) -> None:  # type: ignore[no-untyped-def]
+    """Over TLS with client certificates required (CN: no etcd user, it only opens the
+    connection) and auth on: the CLI works as the admin with its password, an agent as
+    its host user with its own; a wrong password is the one-line authentication error,
+    exit 5, and so is no password at all (the certificate names no user)."""
+    cfg = tls_etcd.cfg
+    lab_hosts.cfg = cfg
+    lab_hosts.add("hv1")
+    lab_hosts.conn("hv1").defineXML(domain_xml("web"))
+    lab_hosts.start_agent("hv1")
+    conf = Path(lab_hosts.hosts["hv1"].agent_conf).read_text()
+    assert f"user = {host_user('hv1', cfg.prefix)}" in conf and f"ca_cert = {cfg.ca_cert}" in conf
+
+    def listed() -> dict | None:
+        done = tls_cli(tls_etcd, "guest", "list", "--json")
+        assert done.returncode == 0, done.stderr
+        guests = json.loads(done.stdout)["guests"]
+        return guests[0] if guests else None
+
+    web = wait_until(listed, timeout=30, what="hv1's agent to report web over TLS")
+    assert (web["name"], web["host"], web["state"]) == ("web", "hv1", "shutoff")  # type: ignore[index]
+    hosts = json.loads(tls_cli(tls_etcd, "host", "list", "--json").stdout)["hosts"]
+    assert [h["name"] for h in hosts] == ["hv1"]
+
+    one_line_error(tls_cli(tls_etcd, "host", "list", GRIDTOOL_PASSWORD="wrong"), 5,
+                   "authentication failed", str(cfg.user))
+    one_line_error(tls_cli(tls_etcd, "host", "list", GRIDTOOL_USER="", GRIDTOOL_PASSWORD_FILE=""),
+                   5, "etcd refused the request")
+
+
+def test_tls_between_members(tls_etcd: TlsRegistry) -> None:
+    """The members talk over TLS with client certificates (https peer URLs,
+    --peer-client-cert-auth): a write through one member is read through each of the
+    others, and a member's peer port refuses plaintext and a TLS client without a
+    certificate, while one with a certificate of the CA gets the member list."""
+    cfg, members = tls_etcd.cfg, tls_etcd.cluster.members
+    stores = [EtcdStore(replace(cfg, endpoints=(m.endpoint,))) for m in members]
+    key = cfg.prefix + "peer-tls"
+    try:
+        revision = stores[0].put(key, b"across")
+        for store in stores[1:]:  # a linearizable read: the member asks the leader
+            item = store.get(key)
+            assert item is not None and (item.value, item.mod_revision) == (b"across", revision)
+    finally:
+        stores[0].delete(key)
+        for store in stores:
+            store.close()
+    port = members[1].peer_port
+    plain = http_get(port, None)
+    assert not plain.startswith("HTTP/1.0 200") and "peerURLs" not in plain, plain
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        http_get(port, ssl.create_default_context(cafile=tls_etcd.tls_file("ca.crt")))
+    member = ssl.create_default_context(cafile=tls_etcd.tls_file("ca.crt"))
+    member.load_cert_chain(tls_etcd.tls_file("server.crt"), tls_etcd.tls_file("server.key"))
+    peers = json.loads(http_get(port, member).split("\r\n\r\n", 1)[1])
+    assert sorted(url for m in peers for url in m["peerURLs"]) == sorted(
+        f"https://127.0.0.1:{m.peer_port}" for m in members)
+
+
+def http_get(port: int, context: ssl.SSLContext | None, path: str = "/members") -> str:
+    """One HTTP/1.0 GET to 127.0.0.1:``port`` (over TLS with ``context``): the raw answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        sock = context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_certificate_not_made_out_to_the_endpoint_is_refused_in_one_line(
+        tls_etcd: TlsRegistry) -> None:
+    """The members' certificate names 127.0.0.1 only. Reached as localhost, the client must
+    refuse the member and say why in one line (exit 4: no usable endpoint), not report a
+    mere connection failure; as 127.0.0.1 the same member works."""
+    port = tls_etcd.cluster.members[0].client_port
+    assert tls_cli(tls_etcd, "host", "list", endpoint=f"127.0.0.1:{port}").returncode == 0
+    refused = tls_cli(tls_etcd, "host", "list", endpoint=f"localhost:{port}")
+    one_line_error(refused, 4, f"localhost:{port}", "certificate", "localhost")

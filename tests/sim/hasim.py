@@ -166,9 +166,14 @@ class SimWatchdog:
     host: Host
     now: Callable[[], float]
     timeout: float
+    working: bool = True
 
-    def pet(self) -> None:
+    def pet(self) -> bool:
         self.host.armed, self.host.last_pet = True, self.now()
+        return True
+
+    def inherit(self) -> None:
+        """Its state is the host's: a resumed lease changes nothing."""
 
     def close(self) -> None:
         self.host.armed = False
@@ -543,8 +548,10 @@ class Simulator:
         registry = Registry(agent.fencer.store, self.keys)
         free = self._free(host)
         if free != agent.free_reported:
-            registry.put_host(HostRecord(host.name, f"sim:///{host.name}", "sim", 16,
-                                         host.memory_mib, free, "sim", self.t), agent.lease.lease)
+            registry.put_host(HostRecord(
+                host.name, f"sim:///{host.name}", "sim", 16, host.memory_mib, free, "sim",
+                self.t, watchdog=agent.lease.has_watchdog,
+                watchdog_timeout=agent.lease.watchdog_timeout), agent.lease.lease)
             agent.free_reported = free
         for uuid in sorted(host.virt.defined):
             record = self.specs[uuid].record(host.name, host.virt.state(uuid), self.t)

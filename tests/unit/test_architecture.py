@@ -18,7 +18,7 @@ from tests.harness import ROOT
 PURE_MODULES = {
     "gridtool.clock",
     *(f"gridtool.registry.{m}" for m in ("keys", "model", "records", "store", "memstore",
-                                         "sync")),
+                                         "sync", "identity")),
     "gridtool.domains.storage", "gridtool.domains.xml", "gridtool.fencing.etcdversions",
     "gridtool.placement.rebalance",
     *(f"gridtool.pools.{m}" for m in ("flex", "erlang", "queuesim")),

@@ -54,14 +54,15 @@ def test_users_and_roles() -> None:
 
 @pytest.mark.parametrize("key", [K.host("hv1"), K.guest("hv1", "u1"), K.intent("hv1", "i1"),
                                  K.violation("hv1", "u1"), K.dead_host("hv1"), K.fence("v1"),
-                                 K.domain("u1"), K.clone("t", "u1")])
+                                 K.domain("u1"), K.clone("t", "u1"), K.machine("hv1")])
 def test_host_writes_its_own_keys(key: str) -> None:
     assert P.permitted("host-hv1", key, write=True)
 
 
 @pytest.mark.parametrize("key", [K.host("hv2"), K.host("hv10"), K.guest("hv2", "u1"),
                                  K.guest("hv10", "u1"), K.intent("hv2", "i1"),
-                                 K.violation("hv2", "u"), K.dead_host("hv2"), K.manager_leader,
+                                 K.violation("hv2", "u"), K.dead_host("hv2"), K.machine("hv2"),
+                                 K.machine("hv10"), K.manager_leader,
                                  K.manager_status, K.guest_settings("u1"), K.pool("p"),
                                  "/other/key"])
 def test_host_cannot_write_others(key: str) -> None:

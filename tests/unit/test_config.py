@@ -277,6 +277,15 @@ def test_user_without_password_rejected(env: dict, absent: Path) -> None:
     assert msg == "setting 'password': required when 'user' is set"
 
 
+def test_an_empty_optional_setting_is_no_setting(env: dict, absent: Path) -> None:
+    """`GRIDTOOL_USER=` (how a shell clears a variable) or `user =` in a file means no
+    user, not the user "": the etcd client took "" for a user without a password and the
+    CLI died with an internal error (exit 1) instead of etcd's refusal (exit 5)."""
+    env = {**env, "GRIDTOOL_USER": "", "GRIDTOOL_PASSWORD_FILE": " ", "GRIDTOOL_CA_CERT": ""}
+    cfg = load(env=env, default_file=absent)
+    assert (cfg.user, cfg.password_file, cfg.ca_cert) == (None, None, None)
+
+
 def test_user_with_password(env: dict, absent: Path) -> None:
     env = {**env, "GRIDTOOL_USER": "agent1", "GRIDTOOL_PASSWORD": "pw"}
     cfg = load(env=env, default_file=absent)

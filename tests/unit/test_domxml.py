@@ -279,3 +279,21 @@ def test_huge_memory_is_exact_or_domain_xml_error(unit: str, bytes_per_unit: int
         assert "\n" not in str(exc)
     else:
         assert spec.memory_mib == value * bytes_per_unit // 1024**2
+
+
+def test_the_intruder_mark_is_read_from_the_metadata_libvirt_writes() -> None:
+    """The element ``intruder_mark`` makes, as libvirt puts it in the live XML (its
+    namespace declared on it), marks the domain; the ready marker or another namespace's
+    ``intruder`` element does not."""
+    from gridtool.domains.xml import INTRUDER_NS, INTRUDER_PREFIX, intruder_mark, intruder_marked
+
+    element = intruder_mark("hv1", 12.5)
+    assert element == '<intruder holder="hv1" at="12.500" />'
+    prefixed = element.replace("<intruder", f"<{INTRUDER_PREFIX}:intruder "
+                               f"xmlns:{INTRUDER_PREFIX}='{INTRUDER_NS}'")
+    marked = KVM_XML.replace("</metadata>", f"{prefixed}</metadata>")
+    assert intruder_marked(marked) and parse_domain(marked).intruder
+    assert not intruder_marked(KVM_XML) and not parse_domain(KVM_XML).intruder
+    other = KVM_XML.replace("</metadata>", "<x:intruder xmlns:x='urn:other'/></metadata>")
+    assert not parse_domain(other).intruder
+    assert not intruder_marked(f"<domain>{INTRUDER_NS}")  # does not parse: not marked

@@ -25,6 +25,7 @@ from gridtool.fencing.rules import (
     Observation,
     Observed,
     Refusal,
+    StartOp,
     Unreadable,
     Verdict,
     default_margin,
@@ -432,3 +433,122 @@ def test_deadline_never_later_than_last_acked_send_plus_ttl_minus_margin(
         timeout = data.draw(st.floats(0.1, ttl))
         if clock.watchdog_may_pet(now, timeout, ha_running=True):
             assert now + timeout < clock.expiry_floor  # a hung agent is reset before expiry
+
+
+# --------------------------------------------------------------------------- intruders
+
+
+MARKED = GuestRef("u1", "vm1", PINNED, ("vol-a",), intruder=True)
+OBSERVATIONS = st.sampled_from([None, held("vol-a"), held("vol-a", holder="h2"),
+                                Unreadable("vol-a", 3, "bad")])
+
+
+@given(obs=OBSERVATIONS, policy=st.sampled_from(list(IntruderPolicy)), paused=st.booleans())
+@settings(max_examples=100, deadline=None, database=None)
+def test_a_marked_intruder_never_takes_a_fence_nor_starts(
+    obs: Observation, policy: IntruderPolicy, paused: bool
+) -> None:
+    """Issue 12 item 3: once judged an intruder, a copy stays one until it is shut off,
+    whoever holds its fence now (freed, still foreign, or even this host's)."""
+    observed = {"vol-a": obs}
+    verdict = judge_running("h1", MARKED, observed, policy, paused)
+    assert (verdict.verdict, verdict.act) == (Verdict.INTRUDER, Act(policy.value))
+    assert verdict.violation and not verdict.mark  # marked already
+    assert verdict.resumed is (not paused)
+    assert isinstance(plan_acquire("h1", MARKED, observed, now=1), Refusal)
+    for op in StartOp:
+        assert not may_start("h1", MARKED, observed, op, Expected("h1", 9), "h1", 1).allow
+
+
+def test_the_first_pause_of_an_intruder_marks_it_and_a_resume_is_reported() -> None:
+    foreign = {"vol-a": held("vol-a", holder="h2")}
+    fresh = GuestRef("u1", "vm1", PINNED, ("vol-a",))
+    first = judge_running("h1", fresh, foreign)
+    assert (first.act, first.mark, first.resumed) == (Act.PAUSE, True, False)
+    assert not judge_running("h1", fresh, foreign, IntruderPolicy.DESTROY).mark
+    again = judge_running("h1", MARKED, {"vol-a": None}, paused=False)
+    assert (again.act, again.mark, again.resumed) == (Act.PAUSE, False, True)
+    assert "was resumed on h1" in again.report and "never takes a fence" in again.report
+    refusal = plan_acquire("h1", MARKED, {"vol-a": None}, now=1)
+    assert isinstance(refusal, Refusal) and "virsh destroy" in refusal.reason
+
+
+@dataclass
+class Copy:
+    """A model of one guest's copy on h1, its fence, and h1's agent (up or down), for
+    the lifecycle property."""
+
+    policy: IntruderPolicy
+    state: str = "off"  # off | running | paused
+    marked: bool = False  # the intruder mark of this run (lives with the run)
+    stale: bool = False  # truth: alive while h2 held the fence (h2's copy wrote the disk)
+    holder: str | None = None
+    agent_up: bool = True
+
+    def ref(self) -> GuestRef:
+        return GuestRef("u1", "vm1", PINNED, ("vol-a",), intruder=self.marked)
+
+    def observed(self) -> dict[str, Observation]:
+        return {"vol-a": None if self.holder is None else held("vol-a", self.holder)}
+
+    def off(self) -> None:
+        self.state, self.marked, self.stale = "off", False, False
+        if self.holder == "h1" and self.agent_up:  # its agent releases it after a clean stop
+            self.holder = None
+
+    def judge(self) -> None:
+        """What the agent does on the copy's lifecycle event, a resync, or its start."""
+        if self.state == "off":
+            return
+        verdict = judge_running("h1", self.ref(), self.observed(), self.policy,
+                                self.state == "paused")
+        if verdict.act is Act.ACQUIRE:
+            if isinstance(plan_acquire("h1", self.ref(), self.observed(), 1), AcquirePlan):
+                self.holder = "h1"
+        elif verdict.act is Act.DESTROY:
+            self.off()
+        elif verdict.act is Act.PAUSE:
+            self.marked = self.marked or verdict.mark
+            self.state = "paused"
+
+    def step(self, event: str) -> None:
+        if event == "bare_start" and self.state == "off":
+            self.state = "running"
+        elif event == "h2_takes" and self.holder is None:
+            self.holder = "h2"
+        elif event == "h2_frees" and self.holder == "h2":
+            self.holder = None
+        elif event == "resume" and self.state == "paused":
+            self.state = "running"
+        elif event == "shut_off":
+            self.off()
+        elif event == "gridtool_start" and self.agent_up and isinstance(
+                plan_acquire("h1", self.ref(), self.observed(), 1), AcquirePlan):
+            self.holder = "h1"
+            self.state = "running" if self.state == "off" else self.state
+        elif event in ("agent_stop", "agent_start"):
+            self.agent_up = event == "agent_start"
+        self.stale = self.stale or (self.state != "off" and self.holder == "h2")
+        if self.agent_up:
+            self.judge()  # the lifecycle event, a resync, or the restarted agent's first
+
+
+EVENTS = st.lists(st.sampled_from(["bare_start", "h2_takes", "h2_frees", "resume", "shut_off",
+                                   "gridtool_start", "agent_stop", "agent_start", "resync"]),
+                  max_size=40)
+
+
+@given(events=EVENTS, policy=st.sampled_from(list(IntruderPolicy)))
+@settings(max_examples=300, deadline=None, database=None)
+def test_a_stale_copy_never_holds_the_fence_nor_keeps_running(
+    events: list[str], policy: IntruderPolicy
+) -> None:
+    """Any interleaving of bare starts, h2 taking and freeing the fence, resumes, shut
+    offs, gridtool starts, agent stops and restarts and resyncs: a copy whose memory
+    went stale never holds the fence, and runs only while its agent is down."""
+    copy = Copy(policy)
+    for event in events:
+        copy.step(event)
+        if copy.stale:
+            assert copy.holder != "h1", (events, copy)
+            assert copy.state != "running" or not copy.agent_up, (events, copy)

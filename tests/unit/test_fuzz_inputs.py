@@ -64,11 +64,12 @@ hosts = st.builds(
     HostRecord, name=texts, libvirt_uri=texts, hypervisor=texts, cpus=ints, memory_mib=ints,
     free_memory_mib=ints, agent_version=texts, reported_at=finite,
     labels=st.lists(texts, max_size=3).map(tuple), started_at=finite,
-    storage=st.lists(texts, max_size=3).map(tuple))
+    storage=st.lists(texts, max_size=3).map(tuple), watchdog=st.booleans(),
+    watchdog_timeout=finite, fencing=st.lists(texts, max_size=2).map(tuple))
 guests = st.builds(
     GuestRecord, uuid=texts, name=texts, host=texts, state=st.sampled_from(GUEST_STATES),
     vcpus=ints, memory_mib=ints, updated_at=finite, disks=st.lists(disks, max_size=3).map(tuple),
-    persistent=st.booleans(), autostart=st.booleans())
+    persistent=st.booleans(), autostart=st.booleans(), intruder=st.booleans())
 
 
 def check_decode(cls: type, key: str, raw: bytes | str) -> Any:
@@ -85,15 +86,15 @@ def check_decode(cls: type, key: str, raw: bytes | str) -> Any:
 def assert_well_typed(rec: HostRecord | GuestRecord) -> None:
     for f in fields(rec):
         value = getattr(rec, f.name)
-        if f.name in ("labels", "storage"):
+        if f.name in ("labels", "storage", "fencing"):
             assert isinstance(value, tuple) and all(isinstance(x, str) for x in value)
         elif f.name == "disks":
             assert isinstance(value, tuple)
             for d in value:
                 assert isinstance(d, Disk)
                 assert isinstance(d.target, str) and isinstance(d.source, str)
-        elif f.name in ("persistent", "autostart"):
-            assert isinstance(value, bool)
+        elif f.type == "bool":
+            assert isinstance(value, bool), (f.name, value)
         elif f.type == "int":
             assert isinstance(value, int) and not isinstance(value, bool)
         elif f.type == "float":

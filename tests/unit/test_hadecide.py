@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -60,6 +61,20 @@ def snap(*guests: GuestView, hosts: Sequence[HostView] = HOSTS, **kw: object) ->
 def test_ha_guest_of_a_gone_host_restarts_on_the_host_with_most_free_memory() -> None:
     assert decide(snap(guest())) == (
         Restart("u-vm1", "vm1", "h2", "h9", True, "host h9 gone"),)
+
+
+def test_an_ha_guest_is_never_restarted_on_an_unprotected_host() -> None:
+    """Issue 12 item 1: no working watchdog and no fencing there, a hung agent would
+    leave the guest running while it runs elsewhere; pinned guests may go there."""
+    unprotected = tuple(replace(h, protected=h.name == "h3") for h in HOSTS)
+    assert decide(snap(guest(), hosts=unprotected)) == (
+        Restart("u-vm1", "vm1", "h3", "h9", True, "host h9 gone"),)  # the only protected one
+    (action,) = decide(snap(guest(vcpus=1), hosts=unprotected[:2]))
+    assert action == Blocked("u-vm1", "vm1", "no host passes the filters (unprotected on 2)")
+    pinned = guest(kind=PINNED)
+    (_, restart) = decide(snap(pinned, hosts=unprotected[:2], confirmed_dead=frozenset({"h9"}),
+                               fences={"vol1": held_by("h9", pinned)}))
+    assert isinstance(restart, Restart) and restart.on_host == "h2"
 
 
 def test_fence_before_recover_ha_waits_while_any_fence_key_exists() -> None:
@@ -220,7 +235,8 @@ def test_placement_policy_and_vcpus_are_the_allocators() -> None:
 
 
 def test_guest_needs_must_describe_the_guest() -> None:
-    assert guest().requirements() == GuestNeeds("vm1", 1024, 0)  # memory only
+    # memory only, and (an HA guest) a protected host
+    assert guest().requirements() == GuestNeeds("vm1", 1024, 0, ha=True)
     with pytest.raises(ValueError, match="another guest"):
         GuestView("u", "vm1", None, "shutoff", 1024, HA, ("v",), "running",
                   GuestNeeds("vm2", 1024, 1))

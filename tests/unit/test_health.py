@@ -351,7 +351,7 @@ CODE_CASES: list[tuple[str, Mutation, str, Status, str, str]] = [
     ),
     (
         "early-revocation",
-        lambda s: with_endpoint(replace(s, fences=(FenceObs("vol-web1", "h1", "u1", "ha"),)),
+        lambda s: with_endpoint(replace(s, fences=(FenceObs("vol-web1", "h1", "u1", ha=True),)),
                                 1, version="3.4.23"),
         "ETCD_EARLY_REVOCATION",
         Status.WARNING,
@@ -535,6 +535,15 @@ CODE_CASES: list[tuple[str, Mutation, str, Status, str, str]] = [
         "/gridtool/guests/u9",
         "undecodable record /gridtool/guests/u9: bad json",
     ),
+    (
+        "ha-guest-on-unprotected-host",
+        lambda s: with_host(replace(s, fences=(FenceObs("vol-web1", "h1", "u1", ha=True),)),
+                            "h1", protected=False),
+        "HOST_HA_UNPROTECTED",
+        Status.WARNING,
+        "h1",
+        "host h1 runs HA 1 guest (web1) with no working watchdog and no fencing",
+    ),
 ]
 
 
@@ -558,6 +567,9 @@ def test_code_cases_cover_every_code() -> None:
 
 
 NO_FINDING_CASES: list[tuple[str, Mutation]] = [
+    ("pinned-guest-on-unprotected-host", lambda s: with_host(s, "h1", protected=False)),
+    ("ha-guest-on-protected-host",
+     lambda s: replace(s, fences=(FenceObs("vol-web1", "h1", "u1", ha=True),))),
     ("future-report-is-not-stale", lambda s: with_host(s, "h2", last_report=NOW + 50)),
     ("small-skew", lambda s: with_host(s, "h1", host_clock=NOW - 4.9)),
     ("no-clock-reading", lambda s: with_host(s, "h1", host_clock=None)),
@@ -1145,8 +1157,8 @@ def test_fallback_reports_are_valid(error: str, endpoints: tuple[EndpointStatus,
 
 def test_early_revocation_needs_both_an_affected_etcd_and_ha_guests() -> None:
     """A fixed etcd, or only pinned guests (no lease to lose), says nothing."""
-    ha = replace(healthy(), fences=(FenceObs("vol-web1", "h1", "u1", "ha"),))
-    pinned = replace(healthy(), fences=(FenceObs("vol-web1", "h1", "u1", "pinned"),))
+    ha = replace(healthy(), fences=(FenceObs("vol-web1", "h1", "u1", ha=True),))
+    pinned = replace(healthy(), fences=(FenceObs("vol-web1", "h1", "u1"),))
     for snap in (with_endpoint(ha, 0, version="3.5.13"),
                  with_endpoint(pinned, 0, version="3.4.23"),
                  with_endpoint(with_endpoint(ha, 0, version="3.4.23"), 0, healthy=False)):

@@ -346,6 +346,7 @@ def test_exit_status_lists_exactly_the_codes_of_the_code() -> None:
     stop signals' 0, the internal error and the start-up usage/config errors."""
     from agents.main import STOP_SIGNALS
     from gridtool.errors import EXIT_CODES, GridtoolError, UsageError
+    from gridtool.supervise import EXIT_THREAD_DIED, THREAD_DIED_MEANING
 
     cli_codes = listed(section_of(plain(page("gridtool.1")), "EXIT STATUS"))
     assert cli_codes == {str(code): meaning[:1].upper() + meaning[1:] + "."
@@ -355,7 +356,8 @@ def test_exit_status_lists_exactly_the_codes_of_the_code() -> None:
         "0": "Stopped by " + " or ".join(s.name for s in STOP_SIGNALS) + ".",
         "1": GridtoolError.meaning[:1].upper() + GridtoolError.meaning[1:] + ".",
         "2": EXIT_CODES[UsageError.exit_code][:1].upper()
-        + EXIT_CODES[UsageError.exit_code][1:] + "."}
+        + EXIT_CODES[UsageError.exit_code][1:] + ".",
+        str(EXIT_THREAD_DIED): THREAD_DIED_MEANING.replace("`", "")}
 
 
 class _Interrupted(io.StringIO):

@@ -284,9 +284,11 @@ def test_every_filter_reports_code_and_reason() -> None:
         storage={"san-a"},
         anti_affinity="web",
         required_labels={"ssd"},
+        ha=True,
     )
     peer = guest("web1", memory=0, vcpus=0, anti_affinity="web")
-    h = HostView("h", 8192, 2048, 1, vcpus_allocated=2, up=False, draining=True, guests=(peer,))
+    h = HostView("h", 8192, 2048, 1, vcpus_allocated=2, up=False, draining=True, guests=(peer,),
+                 protected=False)
     failures = {f.code: f.reason for f in explain(g, h, DEFAULT_POLICY)}
     assert tuple(failures) == FILTER_CODES
     assert failures["down"] == "host is down"
@@ -296,11 +298,12 @@ def test_every_filter_reports_code_and_reason() -> None:
     assert failures["labels"] == "missing required labels: ssd"
     assert failures["anti-affinity"] == "anti-affinity group web already has web1 here"
     assert failures["storage"] == "cannot reach storage: san-a"
+    assert failures["unprotected"].startswith("host h has no working watchdog")
     p = place(g, [h])
     assert p.host is None
     assert p.reason == (
         "no host passes the filters (down on 1, draining on 1, memory on 1, cpu on 1,"
-        " labels on 1, anti-affinity on 1, storage on 1)"
+        " labels on 1, anti-affinity on 1, storage on 1, unprotected on 1)"
     )
 
 

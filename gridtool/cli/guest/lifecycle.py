@@ -166,9 +166,17 @@ def restart(app: AppContext, name: str, on_host: str | None, wait: bool,
               "host dies) or pinned (moved only after 'host confirm-dead').")
 @click.option("--anti-affinity", metavar="GROUP",
               help="No two guests of GROUP on one host ('' to clear).")
+@click.option("--force", is_flag=True, help="With --ha on: even while the guest runs on a "
+              "host with no working watchdog that cannot be fenced (it could run twice).")
 @pass_app
-def set_guest(app: AppContext, name: str, ha: str | None, anti_affinity: str | None) -> None:
+def set_guest(app: AppContext, name: str, ha: str | None, anti_affinity: str | None,
+              force: bool) -> None:
     """Change a guest's settings.
+
+    An HA guest must run on a protected host: one whose agent pets a working watchdog
+    (or that can be fenced), so that a hung agent cannot leave the guest running while
+    the manager restarts it elsewhere. '--ha on' refuses a guest running on any other
+    host unless --force; the manager never restarts an HA guest on one.
 
     \b
     Example:
@@ -183,6 +191,8 @@ def set_guest(app: AppContext, name: str, ha: str | None, anti_affinity: str | N
     if ha == "on" and not rec.fenced:
         raise Conflict(f"guest {rec.name} has no disk on shared storage: HA needs one "
                        "(another host must be able to reach its disks)")
+    if ha == "on" and not force:
+        _refuse_unprotected(app, records)
 
     def change(s: GuestSettings) -> GuestSettings:
         if ha is not None:
@@ -197,6 +207,18 @@ def set_guest(app: AppContext, name: str, ha: str | None, anti_affinity: str | N
         run_intent(app, active, "refresh", True, 30.0)  # re-put its fences as HA/pinned
     click.echo(f"{rec.name}: ha={'on' if new.ha else 'off'} desired={new.desired}"
                + (f" anti-affinity={new.anti_affinity}" if new.anti_affinity else ""), err=True)
+
+
+def _refuse_unprotected(app: AppContext, records: list[GuestRecord]) -> None:
+    """Conflict when the guest is active on a live host that is not protected."""
+    from gridtool.placement.rules import unprotected_reason
+
+    hosts = {h.name: h for h in app.registry.list_hosts()[0]}
+    for rec in records:
+        host = hosts.get(rec.host)
+        if rec.state in ACTIVE_STATES and host is not None and not host.protected:
+            raise Conflict(f"guest {rec.name} runs on {rec.host}: "
+                           f"{unprotected_reason(rec.host)} (--force to make it HA anyway)")
 
 
 #: Added to ``gridtool guest`` by the CLI's entry point.

@@ -34,6 +34,7 @@ def run(app: AppContext, name: str, period: float, log_level: str) -> None:
     import sys
     import threading
 
+    from gridtool import supervise
     from gridtool.ha.manager import Manager
 
     logging.basicConfig(level=log_level, stream=sys.stderr,
@@ -41,7 +42,10 @@ def run(app: AppContext, name: str, period: float, log_level: str) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    Manager(app.config, app.store, name, period=period).run(stop)
+    manager = Manager(app.config, app.store, name, period=period)
+    # what its step does not expect ends the process in one line (its threads, the pool
+    # round and the watches, are supervised the same way): a supervisor restarts it
+    supervise.supervised(manager.run, "manager", logging.getLogger("gridtool.ha.manager"))(stop)
 
 
 @click.command("status")
