@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 from gridtool.cli.common.output import NOTHING, guest_state, seconds, text, utc, when
@@ -18,7 +19,8 @@ from gridtool.registry.records import GuestSettings
 
 NOW = 1_796_189_227.5  # 2026-12-02 05:27:07 UTC
 HOST = HostRecord("hv1", "qemu:///system", "kvm", 16, 3072, 2560, "0.1.0",
-                  reported_at=NOW - 12, started_at=NOW - 3600)
+                  reported_at=NOW - 12, started_at=NOW - 3600, watchdog=True,
+                  watchdog_timeout=10.0)
 SHARED = Disk("vda", "/dev/etherd/e1.2", "block", shared=True, volume="aoe-e1.2")
 WEB = GuestRecord("u-web", "web", "hv1", "running", 1, 256, NOW - 30, (SHARED,),
                   fence_token=23)
@@ -51,10 +53,12 @@ def test_when_and_friends() -> None:
 def test_host_facts_put_the_safety_state_first_in_human_units() -> None:
     facts = host_facts(up_host(), NOW)
     rows = dict(facts)
-    assert [k for k, _ in facts[:4]] == ["state", "lease", "last keepalive", "fences held"]
+    assert [k for k, _ in facts[:5]] == ["state", "lease", "last keepalive", "protection",
+                                         "fences held"]
     assert rows["state"] == "up"
     assert rows["lease"] == "TTL 10 s, 7 s left (id 694d8a2f)"
     assert rows["last keepalive"] == "3s ago (2026-12-02 05:27:04 UTC)"  # 10 - 7 s ago
+    assert rows["protection"] == "working watchdog (10 s timeout)"
     assert rows["fences held"] == "1 (1 ha)"
     assert rows["guests"] == "2 (1 running, 1 shutoff)"
     assert (rows["HA guests"], rows["pinned guests"]) == ("1", "0")
@@ -79,8 +83,24 @@ def test_host_doc_keeps_the_raw_record_and_adds_the_facts() -> None:
     assert doc["lease"] == {"id": 0x694D8A2F, "granted_ttl": 10, "remaining_ttl": 7.0,
                             "last_keepalive": NOW - 3}
     assert (doc["fences"], doc["ha_guests"], doc["pinned_guests"]) == ([FENCE], 1, 0)
+    assert doc["protected"] is True
     assert doc["confirmed_dead"] is None
     json.dumps(doc)  # plain data
+
+
+def test_protection_says_what_keeps_an_ha_guest_from_running_twice() -> None:
+    def protection(record: HostRecord) -> tuple[str, bool]:
+        data = up_host(record=record)
+        return dict(host_facts(data, NOW))["protection"], host_doc(data, NOW)["protected"]
+
+    bare = replace(HOST, watchdog=False, watchdog_timeout=0.0)
+    assert protection(bare) == (
+        "none: host hv1 has no working watchdog and cannot be fenced: an HA guest there "
+        "could run twice if its agent hung", False)
+    assert protection(replace(bare, fencing=("power", "storage"))) == (
+        "fencing: power, storage", True)
+    assert protection(replace(HOST, fencing=("storage",))) == (
+        "working watchdog (10 s timeout); fencing: storage", True)
 
 
 def test_draining_and_lost_hosts() -> None:
@@ -96,11 +116,11 @@ def test_draining_and_lost_hosts() -> None:
     rows = dict(host_facts(lost, NOW))
     assert rows["state"] == "lost (its lease expired)" and rows["lease"] == "expired"
     assert rows["guests"] == "2 (unknown; last reported 1 running, 1 shutoff)"
-    assert "agent version" not in rows and "memory" not in rows  # nothing known of them
+    assert not {"agent version", "memory", "protection"} & set(rows)  # nothing known of them
     assert guest_rows(lost)[1][1].endswith("(host lost; last running)")
     doc = host_doc(lost, NOW)
-    assert (doc["host"], doc["state"], doc["lease"], doc["pinned_guests"]) == (
-        None, "lost", None, 1)
+    assert (doc["host"], doc["state"], doc["lease"], doc["pinned_guests"], doc["protected"]) == (
+        None, "lost", None, 1, None)
 
     dead = up_host(record=None, lease=None, dead={"by": "ops@adm1", "at": NOW - 5})
     assert dict(host_facts(dead, NOW))["state"] == (

@@ -16,6 +16,7 @@ from gridtool.cli.common.output import (
     text,
     when,
 )
+from gridtool.placement.rules import unprotected_reason
 from gridtool.registry.hostconf import HostConf
 from gridtool.registry.model import GuestRecord, HostRecord, as_dict, effective_state
 
@@ -65,12 +66,14 @@ def host_doc(data: HostData, now: float) -> dict[str, Any]:
         "fences": data.fences,
         "ha_guests": data.count("ha"),
         "pinned_guests": data.count("pinned"),
+        "protected": data.record.protected if data.record else None,
         "confirmed_dead": data.dead,
     }
 
 
 def host_facts(data: HostData, now: float) -> Rows:
-    """The FIELD / VALUE rows of ``host show``, what a sysadmin looks for first on top."""
+    """The FIELD / VALUE rows of ``host show``, what a sysadmin looks for first on top:
+    up, draining or lost; the lease; what protects its HA guests; the fences it holds."""
     rows: Rows = [("state", _state(data, now))]
     if data.lease is not None:
         granted, remaining = data.lease
@@ -79,6 +82,8 @@ def host_facts(data: HostData, now: float) -> Rows:
                  ("last keepalive", when(_keepalive(data.lease, now), now))]
     elif data.record is None:
         rows.append(("lease", "expired"))
+    if data.record is not None:
+        rows.append(("protection", _protection(data.record)))
     held = Counter(f["kind"] for f in data.fences)
     rows += [("fences held", f"{len(data.fences)} ({_counts(held)})" if held else NOTHING),
              ("guests", _guest_counts(data)),
@@ -131,6 +136,13 @@ def _state(data: HostData, now: float) -> str:
     by = f" by {conf.by}" if conf.by else ""
     why = f": {conf.reason}" if conf.reason else ""
     return f"draining since {when(conf.since, now)}{by}{why}"
+
+
+def _protection(rec: HostRecord) -> str:
+    """What keeps an HA guest from running twice if this host's agent hangs."""
+    ways = ([f"working watchdog ({seconds(rec.watchdog_timeout)} timeout)"]
+            if rec.watchdog else []) + ([f"fencing: {text(rec.fencing)}"] if rec.fencing else [])
+    return "; ".join(ways) if ways else f"none: {unprotected_reason(rec.name)}"
 
 
 def _guest_counts(data: HostData) -> str:

@@ -69,9 +69,10 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
 @json_option
 @pass_app
 def show_host(app: AppContext, name: str, as_json: bool) -> None:
-    """Show one host: up, draining or lost; its lease (TTL, last keepalive); the fences
-    it holds; its guests (HA, pinned); its agent and resources. A lost host (its lease
-    expired) is shown while guest records or fences still name it.
+    """Show one host: up, draining or lost; its lease (TTL, last keepalive); whether a
+    working watchdog or fencing protects its HA guests; the fences it holds; its guests
+    (HA, pinned); its agent and resources. A lost host (its lease expired) is shown while
+    guest records or fences still name it.
 
     \b
     Example:
