@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.output import age, emit_json, json_option, mib, table, warn
+from gridtool.cli.common.output import age, emit_json, json_option, mib, section, table, warn
 from gridtool.registry.model import DecodeError, as_dict
 
 if TYPE_CHECKING:
@@ -90,7 +90,8 @@ def show_host(app: AppContext, name: str, as_json: bool) -> None:
         if data.fences:
             table("fences held", ["VOLUME", "GUEST", "TOKEN", "KIND", "SINCE"],
                   fence_rows(data, now))
-        table("guests", ["NAME", "STATE", "KIND", "VCPUS", "MEMORY", "UUID"], guest_rows(data))
+        section("guests", ["NAME", "STATE", "KIND", "VCPUS", "MEMORY", "UUID"],
+                guest_rows(data))
     for err in errors:
         warn(str(err))
 
