@@ -25,7 +25,6 @@ from gridtool.ha.rules import (
     Action,
     Attempt,
     Blocked,
-    GuestKind,
     GuestView,
     MarkError,
     Pending,
@@ -34,6 +33,7 @@ from gridtool.ha.rules import (
     RestartLimits,
     Snapshot,
     decide,
+    guest_kind,
 )
 from gridtool.placement.shell import FleetView, read_fleet
 from gridtool.pools.keeper import PoolKeeper
@@ -333,11 +333,7 @@ def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
 
     rec = max(records, key=rank)
     settings = fleet.settings.get(rec.uuid)
-    fenced = any(r.fenced for r in records)
-    if not fenced:
-        kind = GuestKind.NONE
-    else:
-        kind = GuestKind.HA if settings and settings.ha else GuestKind.PINNED
+    kind = guest_kind(any(r.fenced for r in records), bool(settings and settings.ha))
     if settings is not None:
         desired = settings.desired
     else:  # a held fence means it ran when last known, even if no report said so yet

@@ -59,6 +59,14 @@ class GuestKind(StrEnum):
     NONE = "none"  # not managed
 
 
+def guest_kind(fenced: bool, ha: bool) -> GuestKind:
+    """A fenced guest is HA when its settings say so, else pinned; an unfenced one is
+    not managed (``ha``: the guest's ``settings/<uuid>`` ``ha``, False without settings)."""
+    if not fenced:
+        return GuestKind.NONE
+    return GuestKind.HA if ha else GuestKind.PINNED
+
+
 @dataclass(frozen=True)
 class GuestView:
     """One guest as the manager sees it (the record from its live host wins)."""

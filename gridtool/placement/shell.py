@@ -60,6 +60,7 @@ from gridtool.placement.rules import (
     remove_guest,
 )
 from gridtool.registry import hostconf
+from gridtool.registry import settings as guest_settings
 from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient, who
 from gridtool.registry.keys import Keys
@@ -127,25 +128,12 @@ def guest_needs(rec: GuestRecord, settings: GuestSettings | None,
                       ha=settings is not None and settings.ha and rec.fenced)
 
 
-def read_settings(store: Store, keys: Keys) -> dict[str, GuestSettings]:
-    """Every guest's settings by uuid (corrupt records logged and skipped)."""
-    found = {}
-    for item in store.list(keys.settings)[0]:
-        try:
-            s = decode(GuestSettings, item.key, item.value)
-        except DecodeError as exc:
-            log.warning("event=corrupt_record key=%s error=%s", item.key, exc.reason)
-            continue
-        found[s.uuid] = s
-    return found
-
-
 def read_fleet(store: Store, keys: Keys) -> FleetView:
     """Read hosts, guests, guest settings and host settings into a :class:`FleetView`."""
     registry = Registry(store, keys)
     hosts, _ = registry.list_hosts()
     guests, _ = registry.list_guests()
-    settings = read_settings(store, keys)
+    settings = guest_settings.read_all(store, keys)
     draining = hostconf.draining_hosts(store, keys)
     declared = frozenset(s for h in hosts for s in h.storage)
     by_host: dict[str, list[GuestRecord]] = {}

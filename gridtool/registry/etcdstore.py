@@ -233,6 +233,10 @@ class EtcdStore:
     def revoke_lease(self, lease: int) -> None:
         self._call(lambda c: c.revoke_lease(lease))
 
+    def lease_info(self, lease: int) -> tuple[int, float] | None:
+        resp = self._call(lambda c: c.get_lease_info(lease))
+        return None if resp.TTL < 0 else (int(resp.grantedTTL), float(resp.TTL))
+
     def auth_rpc(self, method: str, request: Any) -> Any:
         """One call of etcd's Auth service (``UserAdd``, ``RoleGrantPermission``...);
         pyetcd has no methods for them, so ``gridtool.auth.etcdauth`` builds the requests."""

@@ -43,10 +43,15 @@ class Registry:
         return self._decode_all(HostRecord, self.keys.hosts)
 
     def get_host(self, name: str) -> HostRecord:
+        found = self.find_host(name)
+        if found is None:
+            raise unknown_host(name)
+        return found[0]
+
+    def find_host(self, name: str) -> tuple[HostRecord, int] | None:
+        """A live host's record and the lease it lives under; None when it has none."""
         item = self.store.get(self.keys.host(name))
-        if item is None:
-            raise NotFound(f"unknown host {name!r} (not in the registry: no live agent)")
-        return decode(HostRecord, item.key, item.value)
+        return None if item is None else (decode(HostRecord, item.key, item.value), item.lease)
 
     # -- guests --------------------------------------------------------------
 
@@ -98,6 +103,11 @@ class Registry:
             except DecodeError as exc:
                 errors.append(exc)
         return records, errors
+
+
+def unknown_host(name: str) -> NotFound:
+    """The error for a host the registry does not know (exit 3)."""
+    return NotFound(f"unknown host {name!r} (not in the registry: no live agent)")
 
 
 def guest_view(guest: GuestRecord, live_hosts: frozenset[str]) -> dict:

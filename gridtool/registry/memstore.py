@@ -175,8 +175,8 @@ class MemStore:
             events = self._drop(lease)
         self._deliver(events)
 
-    def lease_of(self, lease: int) -> tuple[int, float] | None:
-        """(TTL, remaining seconds) of a live lease, None when it is gone."""
+    def lease_info(self, lease: int) -> tuple[int, float] | None:
+        """(granted TTL, remaining seconds) of a live lease; None when it is gone."""
         self.expire()
         with self._lock:
             found = self._leases.get(lease)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 
 from gridtool.errors import Conflict
 from gridtool.registry.keys import Keys
+from gridtool.registry.model import DecodeError
 from gridtool.registry.records import GuestSettings, decode, encode
 from gridtool.registry.store import Compare, Put, Store
+
+log = logging.getLogger("gridtool.registry.settings")
 
 #: The desired state each operator action leaves (``gridtool guest start/stop/...``): the
 #: HA manager brings a managed guest back only while it is desired running.
@@ -19,6 +23,20 @@ DESIRED_AFTER = {"start": "running", "restart": "running", "stop": "stopped",
 def read(store: Store, keys: Keys, uuid: str) -> GuestSettings | None:
     item = store.get(keys.guest_settings(uuid))
     return decode(GuestSettings, item.key, item.value) if item else None
+
+
+def read_all(store: Store, keys: Keys) -> dict[str, GuestSettings]:
+    """Every guest's settings by uuid, in one range read (corrupt records logged and
+    skipped)."""
+    found = {}
+    for item in store.list(keys.settings)[0]:
+        try:
+            s = decode(GuestSettings, item.key, item.value)
+        except DecodeError as exc:
+            log.warning("event=corrupt_record key=%s error=%s", item.key, exc.reason)
+            continue
+        found[s.uuid] = s
+    return found
 
 
 def update(store: Store, keys: Keys, uuid: str, name: str,

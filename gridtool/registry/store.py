@@ -100,6 +100,10 @@ class Store(Protocol):
 
     def revoke_lease(self, lease: int) -> None: ...
 
+    def lease_info(self, lease: int) -> tuple[int, float] | None:
+        """(granted TTL, remaining seconds) of a live lease; None when it is gone."""
+        ...
+
     def watch_prefix(self, prefix: str, on_event: Callable[[Event], None],
                      start_revision: int | None = None) -> Watch: ...
 

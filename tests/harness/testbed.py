@@ -234,3 +234,41 @@ def run_cli(cfg: Config, capsys: Any, *args: str) -> tuple[int, str, str]:
         code = exc.code
     out, err = capsys.readouterr()
     return (1 if isinstance(code, str) else code or 0), out, err
+
+
+#: A past time as the CLI's tables show it, '12s ago (2026-12-02 05:20:15 UTC)' (group 1:
+#: the UTC time).
+AGO = r"\d+[smhd] ago \((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC\)"
+
+
+def show_tables(out: str) -> dict[str, list[list[str]]]:
+    """The titled tables of a ``show`` command's output: title -> rows, each row its cells
+    (split on runs of 2+ spaces; the header row left out). A title is the line above an
+    all-capitals header; ``title: -`` (an empty section) gives no rows."""
+    import re
+
+    def is_header(line: str) -> bool:
+        return bool(re.fullmatch(r"[A-Z][A-Z ]*", line.strip()))
+
+    lines = [line.rstrip() for line in out.splitlines()] + [""]
+    found: dict[str, list[list[str]]] = {}
+    rows: list[list[str]] = []
+    i = 0
+    while i < len(lines) - 1:
+        line = lines[i]
+        if is_header(lines[i + 1]) and not is_header(line):
+            rows = found.setdefault(line.strip(), [])
+            i += 2
+            continue
+        if line.endswith(": -"):
+            rows = found.setdefault(line[:-3], [])
+        elif line:
+            rows.append(re.split(r"\s{2,}", line.strip()))
+        i += 1
+    return found
+
+
+def as_fields(rows: list[list[str]]) -> dict[str, str]:
+    """A FIELD / VALUE table's rows (from :func:`show_tables`) by field."""
+    return {row[0]: row[1] if len(row) > 1 else "" for row in rows}
+

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,18 @@ from click.testing import CliRunner
 
 from gridtool.cli.main import cli
 from gridtool.lab.procs import free_port
+from gridtool.registry import hostconf
 from tests.harness.proxy import SilentServer
-from tests.harness.testbed import credential_env, domain_xml, lease_expiry_bound, wait_until
+from tests.harness.testbed import (
+    AGO,
+    as_fields,
+    credential_env,
+    domain_xml,
+    lease_expiry_bound,
+    run_cli,
+    show_tables,
+    wait_until,
+)
 
 
 def _args(cfg, *rest: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -64,13 +76,153 @@ def test_show_by_name_and_uuid(populated, cfg):  # type: ignore[no-untyped-def]
     assert table.exit_code == 0 and "hv1-web" in table.output
 
 
-def test_guest_of_dead_host_shows_unknown(populated, cfg):  # type: ignore[no-untyped-def]
+def test_guest_of_dead_host_shows_unknown(populated, cfg, capsys):  # type: ignore[no-untyped-def]
     populated.stop_agent("hv2", kill=True)
     wait_until(lambda: "hv2" not in run(cfg, "host", "list", "--json").stdout,
                timeout=lease_expiry_bound(cfg.ttl), what="hv2 lease expiry")
     guests = json.loads(run(cfg, "guest", "list", "--json", "--host", "hv2").stdout)["guests"]
     assert {g["state"] for g in guests} == {"unknown"}
     assert "host lost" in run(cfg, "guest", "list", "--host", "hv2").stdout
+
+    # host show: a lost host still named by guest records is shown as lost, not unknown
+    code, out, err = run_cli(cfg, capsys, "host", "show", "hv2", "--json")
+    doc = json.loads(out)
+    assert code == 0 and err == "" and (doc["host"], doc["state"], doc["lease"]) == (
+        None, "lost", None)
+    assert sorted(g["name"] for g in doc["guests"]) == ["hv2-db", "hv2-web"]
+    code, out, _ = run_cli(cfg, capsys, "host", "show", "hv2")
+    shown = show_tables(out)
+    facts = as_fields(shown["host hv2"])
+    assert (facts["state"], facts["lease"]) == ("lost (its lease expired)", "expired")
+    assert facts["guests"] == "2 (unknown; last reported 1 running, 1 shutoff)"
+    assert "agent version" not in facts  # the record went with the lease
+    assert {r[0]: r[1] for r in shown["guests"]} == {
+        "hv2-db": "unknown (host lost; last shutoff)",
+        "hv2-web": "unknown (host lost; last running)"}
+
+
+RAW_NUMBER = re.compile(r"^\d+\.\d+$")  # an epoch float or a bare fraction
+
+
+def shown_time(value: str) -> float:
+    """The epoch second a table shows as '12s ago (2026-12-02 05:20:15 UTC)'."""
+    match = re.fullmatch(AGO, value)
+    assert match, f"not a time for people: {value!r}"
+    return datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+
+
+def same_second(value: str, epoch: float, slack: float = 0) -> bool:
+    """The table's time is the JSON's epoch (to the second; ``slack`` for a value that may
+    move between the two reads)."""
+    return abs(shown_time(value) - int(epoch)) <= slack
+
+
+def test_host_show_table_tells_the_json_facts_in_human_units(populated, cfg, store,  # type: ignore[no-untyped-def]
+                                                             capsys):
+    code, _, err = run_cli(cfg, capsys, "guest", "set", "hv1-web", "--ha", "on")
+    assert code == 0, err
+    wait_until(lambda: (d := json.loads(run_cli(cfg, capsys, "host", "show", "hv1",
+                                                "--json")[1]))["fences"]
+               and d["fences"][0]["kind"] == "ha", what="hv1-web's fence held as HA")
+    code, out, err = run_cli(cfg, capsys, "host", "show", "hv1", "--json")
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    code, out, err = run_cli(cfg, capsys, "host", "show", "hv1")
+    assert code == 0 and err == ""
+    shown = show_tables(out)
+    facts = as_fields(shown["host hv1"])
+    rec, lease = doc["host"], doc["lease"]
+
+    # JSON: the raw record as before (epoch seconds, MiB), the new facts added
+    assert isinstance(rec["reported_at"], float) and rec["memory_mib"] == 3072
+    assert (doc["state"], doc["draining"], doc["confirmed_dead"]) == ("up", None, None)
+    assert lease["granted_ttl"] == cfg.ttl and 0 < lease["remaining_ttl"] <= cfg.ttl
+    assert lease["id"] == store.get(cfg.keys.host("hv1")).lease
+    assert (doc["ha_guests"], doc["pinned_guests"]) == (1, 0)
+    [fence] = doc["fences"]
+    assert (fence["volume"], fence["guest_name"], fence["holder"]) == ("aoe-e7.1", "hv1-web",
+                                                                       "hv1")
+    # the table: the same facts, for people
+    assert facts["state"] == doc["state"] == "up"
+    assert re.fullmatch(rf"TTL {cfg.ttl} s, \d+ s left \(id {lease['id']:x}\)", facts["lease"])
+    assert same_second(facts["last keepalive"], lease["last_keepalive"], slack=cfg.ttl)
+    assert doc["protected"] is rec["watchdog"] is True and rec["fencing"] == []
+    assert facts["protection"] == f"working watchdog ({rec['watchdog_timeout']:g} s timeout)"
+    assert facts["fences held"] == "1 (1 ha)"
+    assert shown["fences held"] == [[fence["volume"], fence["guest_name"], str(fence["token"]),
+                                     "ha", shown["fences held"][0][4]]]
+    assert same_second(shown["fences held"][0][4], fence["since"])
+    assert facts["guests"] == "2 (1 running, 1 shutoff)"
+    assert (facts["HA guests"], facts["pinned guests"]) == ("1", "0")
+    assert facts["agent version"] == rec["agent_version"]
+    assert same_second(facts["agent started"], rec["started_at"])
+    assert same_second(facts["last report"], rec["reported_at"], slack=5)
+    assert (facts["hypervisor"], facts["libvirt uri"], facts["cpus"]) == (
+        rec["hypervisor"], rec["libvirt_uri"], str(rec["cpus"]))
+    assert facts["memory"] == "3.0 GiB"
+    assert facts["free memory"] == f"{rec['free_memory_mib'] / 1024:.1f} GiB"
+    assert (rec["labels"], rec["storage"]) == ([], []) and facts["labels"] == facts[
+        "storage"] == "-"
+    kinds = {"ha": "HA", "pinned": "pinned", "none": "-"}
+    assert sorted(shown["guests"]) == sorted(
+        [g["name"], g["state"], kinds[g["kind"]], str(g["vcpus"]), f"{g['memory_mib']} MiB",
+         g["uuid"]] for g in doc["guests"])
+    cells = [c for rows in shown.values() for row in rows for c in row]
+    assert not [c for c in cells if RAW_NUMBER.match(c)]
+
+    hostconf.set_draining(store, cfg.keys, "hv2", True, by="ops@test", reason="disk swap")
+    code, out, _ = run_cli(cfg, capsys, "host", "show", "hv2", "--json")
+    doc = json.loads(out)
+    assert doc["state"] == "draining" and doc["draining"]["by"] == "ops@test"
+    state = as_fields(show_tables(run_cli(cfg, capsys, "host", "show", "hv2")[1])["host hv2"])[
+        "state"]
+    since, _, rest = state.removeprefix("draining since ").partition(" by ")
+    assert same_second(since, doc["draining"]["since"]) and rest == "ops@test: disk swap"
+
+
+def test_guest_show_table_tells_the_json_facts_in_human_units(populated, cfg,  # type: ignore[no-untyped-def]
+                                                              capsys):
+    assert run_cli(cfg, capsys, "guest", "set", "hv1-web", "--ha", "on")[0] == 0
+    for name in ("hv1-web", "hv1-db"):
+        code, out, err = run_cli(cfg, capsys, "guest", "show", name, "--json")
+        assert code == 0 and err == ""
+        [view] = json.loads(out)["guests"]
+        code, out, err = run_cli(cfg, capsys, "guest", "show", name)
+        assert code == 0 and err == ""
+        shown = show_tables(out)
+        facts = as_fields(shown[f"guest {name} on hv1"])
+        # JSON: the record as ``guest list`` gives it, raw; then the added facts
+        assert isinstance(view["updated_at"], float) and view["ready_at"] == 0.0
+        assert (view["template"], view["pool"], view["waiting"]) == (None, None, None)
+        # the table: the same facts, for people
+        assert (facts["host"], facts["state"], facts["uuid"]) == (
+            view["host"], view["state"], view["uuid"])
+        assert (facts["vcpus"], facts["memory"]) == (str(view["vcpus"]),
+                                                     f"{view['memory_mib']} MiB")
+        assert facts["persistent"] == ("yes" if view["persistent"] else "no")
+        assert facts["autostart"] == ("yes" if view["autostart"] else "no")
+        assert same_second(facts["updated"], view["updated_at"], slack=5)
+        assert facts["ready"] == "-"  # no ready marker: not 'ready_at 0.0'
+        assert facts["template"] == facts["pool"] == facts["manager"] == "-"
+        assert shown["disks"] == [[d["target"], d["source"], d["kind"],
+                                   "yes" if d["shared"] else "no", d["volume"] or "-"]
+                                  for d in view["disks"]]
+        cells = [c for rows in shown.values() for row in rows for c in row]
+        assert not [c for c in cells if RAW_NUMBER.match(c)]
+        if name == "hv1-db":  # defined, not shared: nothing fences it
+            assert (view["kind"], view["settings"], view["fences"]) == ("none", None, [])
+            assert facts["policy"] == "not fenced (no disk on shared storage)"
+            assert facts["desired"] == "-" and "fences" not in shown
+            continue
+        assert view["kind"] == "ha" and view["settings"]["desired"] == "running"
+        assert facts["policy"] == "HA: restarted on another host when hv1 dies"
+        assert facts["desired"] == view["settings"]["desired"]
+        [fence] = view["fences"]
+        assert (fence["volume"], fence["holder"], fence["token"]) == (
+            "aoe-e7.1", "hv1", view["fence_token"])
+        [row] = shown["fences"]
+        assert row[:4] == [fence["volume"], fence["holder"], str(fence["token"]),
+                           fence["kind"]] and same_second(row[4], fence["since"])
 
 
 def test_unknown_objects_exit_3(cfg, store):  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ for a flex pool, and the CLI creates, scales, shows and deletes pools."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -16,7 +17,7 @@ import gridtool as gridtool_api
 from gridtool.clone.shell import create_template
 from gridtool.ha.manager import Manager
 from gridtool.pools import shell as pools
-from tests.harness.testbed import domain_xml, wait_until
+from tests.harness.testbed import AGO, domain_xml, wait_until
 from tests.harness.testbed import run_cli as gridtool
 
 
@@ -80,6 +81,8 @@ def test_pool_kept_at_size_and_regrown_after_a_host_dies(lab_hosts, registry, st
         "workers", "w", "fixed", "2", "10", "8", "8"]
     code, out, _ = gridtool(cfg, capsys, "pool", "show", "workers")
     assert code == 0 and "8 (min 2, max 10)" in out and out.count(" ready ") == 8
+    assert re.search(rf"^created\s+{AGO}\s*$", out, re.M), out
+    assert re.search(rf"^last round\s+{AGO}\s*$", out, re.M), out
 
     victim = by_host.most_common(1)[0][0]
     lab_hosts.stop_agent(victim, kill=True)  # power off: agent gone, then its guests
@@ -170,6 +173,7 @@ def test_flex_pool_follows_load_reports(lab_hosts, registry, store, cfg, manager
     assert json.loads(out)["status"]["decisions"]["up"] >= 1
     code, out, _ = gridtool(cfg, capsys, "pool", "show", "api")
     assert code == 0 and "offered load" in out and "0.500 s" in out
+    assert re.search(r"^flex target\s+mean wait <= 0.1 s\s*$", out, re.M), out
     assert gridtool(cfg, capsys, "pool", "scale", "api", "2")[0] == 2  # flex: policy decides
     code, _, _ = gridtool(cfg, capsys, "pool", "report", "api", "--arrivals", "5",
                           "--service-time", "0.5", "--queue-depth", "2", "--interval", "10")

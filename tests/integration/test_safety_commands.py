@@ -30,7 +30,15 @@ from gridtool.pools.rules import PoolStatus
 from gridtool.registry.records import GuestSettings, decode, encode
 from tests.harness.checker import DoubleRunChecker
 from tests.harness.proxy import CuttableProxy
-from tests.harness.testbed import credential_env, domain_xml, lease_expiry_bound, wait_until
+from tests.harness.testbed import (
+    AGO,
+    as_fields,
+    credential_env,
+    domain_xml,
+    lease_expiry_bound,
+    show_tables,
+    wait_until,
+)
 from tests.harness.testbed import run_cli as gridtool
 from tests.integration.test_clone import define_base
 from tests.integration.test_fencing import (
@@ -158,10 +166,26 @@ def test_confirm_dead_refused_while_leased_then_the_manager_moves_the_pinned_gue
                             what="the manager to wait for confirm-dead")
         assert "confirm-dead hv1" in str(reason)
         code, out, _ = gridtool(cfg, capsys, "manager", "status")
-        assert code == 0 and out.startswith("leader: mgr-cli (since ")
-        assert re.search(r"^last round: \d+s ago$", out, re.M)
+        assert code == 0 and out.startswith("leader: mgr-cli, since ")
+        assert re.match(rf"leader: mgr-cli, since {AGO}$", out.splitlines()[0])
+        assert re.search(rf"^last round: {AGO}$", out, re.M), out
         assert re.search(r"^db\s+.*confirm-dead hv1", out, re.M), out
         assert running_on(lab_hosts) == [] and fence_holder(store, cfg) == "hv1"
+
+        # host show: hv1 is lost and still holds the pinned fence; guest show: db waits
+        # for the manager, which waits for confirm-dead
+        lost = as_fields(show_tables(gridtool(cfg, capsys, "host", "show", "hv1")[1])[
+            "host hv1"])
+        assert (lost["state"], lost["fences held"], lost["pinned guests"]) == (
+            "lost (its lease expired)", "1 (1 pinned)", "1")
+        code, out, _ = gridtool(cfg, capsys, "guest", "show", "db", "--json")
+        [view] = [v for v in json.loads(out)["guests"] if v["host"] == "hv1"]
+        assert code == 0 and view["kind"] == "pinned" and "confirm-dead hv1" in view["waiting"]
+        shown = show_tables(gridtool(cfg, capsys, "guest", "show", "db")[1])
+        facts = as_fields(shown["guest db on hv1"])
+        assert facts["manager"] == f"waiting: {view['waiting']}"
+        assert facts["policy"] == "pinned: moved only after 'gridtool host confirm-dead hv1'"
+        assert shown["fences"][0][:4] == [VOLUME, "hv1", str(item.mod_revision), "pinned"]
 
         # Asked without --yes, an operator who answers "n" changes nothing.
         asked = gridtool_process(cfg, "host", "confirm-dead", "hv1", input_text="n\n")
@@ -172,6 +196,12 @@ def test_confirm_dead_refused_while_leased_then_the_manager_moves_the_pinned_gue
         assert code == 0 and "hv1 confirmed dead" in err, err
         mark = dead_mark(store, cfg)
         assert mark["host"] == "hv1" and mark["v"] == 1 and mark["by"]
+        code, out, _ = gridtool(cfg, capsys, "host", "show", "hv1", "--json")
+        assert json.loads(out)["confirmed_dead"]["by"] == mark["by"]
+        state = as_fields(show_tables(gridtool(cfg, capsys, "host", "show", "hv1")[1])[
+            "host hv1"])["state"]
+        assert re.fullmatch(rf"lost \(confirmed dead by {re.escape(mark['by'])} {AGO}\)",
+                            state), state
 
         wait_until(lambda: running_on(lab_hosts) == ["hv2"], timeout=30,
                    what="the pinned guest restarted on hv2 after confirm-dead")
@@ -579,7 +609,8 @@ def test_template_show_table_json_and_unknown(lab_hosts, registry, store, cfg, c
     assert code == 0
     assert "template worker" in out and re.search(r"^from\s+base \(\S+\) on hv1\s*$", out, re.M)
     assert re.search(rf"^vda\s+{re.escape(str(golden))}\s*$", out, re.M), out
-    assert re.search(r"^memory\s+128 MiB\s*$", out, re.M) and "clones (0)" in out
+    assert re.search(r"^memory\s+128 MiB\s*$", out, re.M) and "clones (0): -" in out
+    assert re.search(rf"^created\s+{AGO}\s*$", out, re.M), out
 
     code, _, err = gridtool(cfg, capsys, "template", "show", "nope")
     assert code == 3 and one_line(err) and "nope" in err

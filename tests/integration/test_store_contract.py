@@ -2,7 +2,7 @@
 in-memory store (``MemStore``, on a clock the test moves).
 
 Everything the product relies on: transaction compares on create revision (absent),
-mod revision and value; one revision per write request; leases (grant, keepalive,
+mod revision and value; one revision per write request; leases (grant, keepalive, info,
 revoke, expiry deleting the attached keys); prefix ranges; watches seeing puts and
 deletes (also those caused by a lease expiry) and replaying from a revision.
 """
@@ -177,6 +177,25 @@ def test_lease_keepalive_revoke(kv: Harness) -> None:
     assert s.keepalive(lease) <= 0
     with pytest.raises(LeaseGone):
         s.put(k, b"y", lease=lease)
+
+
+def test_lease_info_gives_granted_and_remaining_ttl(kv: Harness) -> None:
+    s, ttl = kv.store, TTL * 5
+    lease = s.grant_lease(ttl)
+    if kv.clock is not None:
+        kv.clock.advance(2)
+    else:
+        time.sleep(2.2)  # etcd counts remaining seconds whole
+    info = s.lease_info(lease)
+    assert info is not None
+    granted, remaining = info
+    assert granted == ttl and ttl - 3 <= remaining <= ttl - 1, info
+    s.keepalive(lease)
+    assert s.lease_info(lease) is not None
+    assert ttl - 1 <= s.lease_info(lease)[1] <= ttl  # type: ignore[index]
+    s.revoke_lease(lease)
+    assert s.lease_info(lease) is None
+    assert s.lease_info(lease + 987654) is None  # never granted
 
 
 def test_lease_expiry_deletes_attached_keys_and_watch_sees_it(kv: Harness) -> None:

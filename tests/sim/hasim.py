@@ -756,7 +756,7 @@ class Simulator:
         item = self.store.get(self.keys.host(self._host(name).name))
         self.emit("cmd", f"lease-expire {name}")
         for _ in range(int(10 * self.cfg.ttl)):
-            if item is None or self.store.lease_of(item.lease) is None:
+            if item is None or self.store.lease_info(item.lease) is None:
                 return
             self.tick()
         raise SimulationError(f"lease of {name} did not expire")

@@ -42,6 +42,14 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     out.print(t)
 
 
+def section(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A titled table, or 'title: -' when it has no row."""
+    if rows:
+        table(title, columns, rows)
+    else:
+        console().print(f"[bold]{title}[/bold]: {NOTHING}", highlight=False)
+
+
 def console(stderr: bool = False) -> Any:
     """A rich console; when output is not a terminal, wide enough not to fold rows."""
     from rich.console import Console
@@ -50,17 +58,46 @@ def console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, width=None if stream.isatty() else 200)
 
 
+#: What a view shows for nothing: no value, an empty list, a time that never was.
+NOTHING = "-"
+
+
 def mib(value: int) -> str:
     return f"{value / 1024:.1f} GiB" if value >= 1024 else f"{value} MiB"
 
 
 def age(epoch: float, now: float | None = None) -> str:
     """'3s ago', '5m ago'…"""
-    secs = max(0.0, (now or time.time()) - epoch)
+    secs = max(0.0, (time.time() if now is None else now) - epoch)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if secs >= size:
             return f"{int(secs // size)}{unit} ago"
     return f"{secs:.0f}s ago"
+
+
+def utc(epoch: float) -> str:
+    """'2026-12-02 05:20:15 UTC'."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def when(epoch: float | None, now: float | None = None) -> str:
+    """A past time for people: '12s ago (2026-12-02 05:20:15 UTC)'; '-' for none (0)."""
+    return f"{age(epoch, now)} ({utc(epoch)})" if epoch else NOTHING
+
+
+def seconds(value: float) -> str:
+    """A duration: '10 s', '2.5 s'."""
+    return f"{value:g} s"
+
+
+def text(value: object) -> str:
+    """A value for people: '-' for None, '' and empty lists; lists joined with ', ';
+    booleans as yes/no."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(str(v) for v in value) or NOTHING
+    return NOTHING if value is None or value == "" else str(value)
 
 
 STATE_STYLE = {"running": "green", "paused": "yellow", "shutoff": "dim", "crashed": "red",
@@ -70,3 +107,11 @@ STATE_STYLE = {"running": "green", "paused": "yellow", "shutoff": "dim", "crashe
 def styled_state(state: str) -> str:
     style = STATE_STYLE.get(state)
     return f"[{style}]{state}[/{style}]" if style else state
+
+
+def guest_state(state: str, reported: str) -> str:
+    """A guest's state as listings show it: 'unknown (host lost; last running)' when its
+    host is gone."""
+    if state == "unknown" and reported != "unknown":
+        return styled_state("unknown") + f" (host lost; last {reported})"
+    return styled_state(state)

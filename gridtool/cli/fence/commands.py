@@ -12,21 +12,10 @@ from gridtool.errors import Conflict, NotFound, UsageError
 
 
 def _fences(app: AppContext) -> tuple[list[dict], list[str]]:
-    from gridtool.fencing.rules import Observed, Unreadable
-    from gridtool.fencing.shell import read_all_fences
+    from gridtool.cli.common.fences import read_fence_rows
 
-    keys = app.config.keys
-    observed, leases = read_all_fences(app.store, keys)
-    rows, errors = [], []
-    for volume, obs in observed.items():
-        if isinstance(obs, Unreadable):
-            errors.append(f"corrupt registry record {keys.fence(volume)}: {obs.error}")
-        elif isinstance(obs, Observed):
-            f = obs.fence
-            rows.append({"volume": f.volume, "guest": f.guest, "guest_name": f.guest_name,
-                         "holder": f.holder, "token": obs.mod_revision, "since": f.since,
-                         "kind": f.kind.value, "leased": bool(leases[volume])})
-    return rows, errors
+    rows, errors = read_fence_rows(app.store, app.config.keys)
+    return rows, list(errors.values())
 
 
 def _violations(app: AppContext) -> list[dict]:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.output import age, emit_json, json_option, mib, table, warn
-from gridtool.registry.model import as_dict
+from gridtool.cli.common.output import age, emit_json, json_option, mib, section, table, warn
+from gridtool.registry.model import DecodeError, as_dict
+
+if TYPE_CHECKING:
+    from gridtool.cli.host.facts import HostData
 
 
 def _running_counts(app: AppContext) -> dict[str, int]:
@@ -65,28 +69,72 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
 @json_option
 @pass_app
 def show_host(app: AppContext, name: str, as_json: bool) -> None:
-    """Show one host and its guests.
+    """Show one host: up, draining or lost; its lease (TTL, last keepalive); whether a
+    working watchdog or fencing protects its HA guests; the fences it holds; its guests
+    (HA, pinned); its agent and resources. A lost host (its lease expired) is shown while
+    guest records or fences still name it.
 
     \b
     Example:
       gridtool host show hv1
+      gridtool host show hv1 --json | jq .lease.remaining_ttl
     """
-    from gridtool.errors import CorruptRecord
-    from gridtool.registry.model import DecodeError
+    from gridtool.cli.host.facts import fence_rows, guest_rows, host_doc, host_facts
 
+    data, errors = _gather(app, name)
+    now = time.time()
+    if as_json:
+        emit_json(**host_doc(data, now))
+    else:
+        table(f"host {name}", ["FIELD", "VALUE"], host_facts(data, now))
+        if data.fences:
+            table("fences held", ["VOLUME", "GUEST", "TOKEN", "KIND", "SINCE"],
+                  fence_rows(data, now))
+        section("guests", ["NAME", "STATE", "KIND", "VCPUS", "MEMORY", "UUID"],
+                guest_rows(data))
+    for err in errors:
+        warn(str(err))
+
+
+def _gather(app: AppContext, name: str) -> tuple[HostData, list[DecodeError]]:
+    """Everything ``host show`` tells about ``name`` (a few reads); NotFound (exit 3)
+    when neither a record, a guest record nor a fence names it."""
+    from gridtool.cli.common.fences import read_fence_rows
+    from gridtool.cli.host.facts import HostData
+    from gridtool.errors import CorruptRecord
+    from gridtool.ha.rules import guest_kind
+    from gridtool.registry import hostconf, settings
+    from gridtool.registry.fleet import unknown_host
+
+    keys = app.config.keys
     try:
-        record = app.registry.get_host(name)
+        found = app.registry.find_host(name)
     except DecodeError as exc:
         raise CorruptRecord(str(exc)) from None
     guests, errors = app.registry.guests_of(name)
-    if as_json:
-        emit_json(host=as_dict(record), guests=[as_dict(g) for g in guests.values()])
-        return
-    rows = [(k, v) for k, v in as_dict(record).items()]
-    rows = [(k, ", ".join(v) if isinstance(v, tuple | list) else v) for k, v in rows]
-    table(f"host {name}", ["FIELD", "VALUE"], rows)
-    table("guests", ["NAME", "UUID", "STATE", "VCPUS", "MEMORY"],
-          [(g.name, g.uuid, g.state, g.vcpus, mib(g.memory_mib))
-           for g in sorted(guests.values(), key=lambda g: g.name)])
-    for err in errors:
-        warn(str(err))
+    fences = [f for f in read_fence_rows(app.store, keys)[0] if f["holder"] == name]
+    if found is None and not guests and not fences:
+        raise unknown_host(name)
+    record, lease_id = found or (None, 0)
+    ha = {u for u, s in settings.read_all(app.store, keys).items() if s.ha}
+    return HostData(
+        name, record, lease_id,
+        lease=app.store.lease_info(lease_id) if lease_id else None,
+        guests=sorted(guests.values(), key=lambda g: g.name),
+        kinds={u: guest_kind(g.fenced, u in ha).value for u, g in guests.items()},
+        fences=fences, conf=hostconf.read(app.store, keys, name),
+        dead=_dead_mark(app, name, errors)), errors
+
+
+def _dead_mark(app: AppContext, name: str, errors: list[DecodeError]) -> dict | None:
+    """The operator's confirm-dead mark of ``name`` (``by``, ``at``), if any."""
+    from gridtool.registry.model import load_json
+
+    item = app.store.get(app.config.keys.dead_host(name))
+    if item is None:
+        return None
+    try:
+        return load_json(item.key, item.value)
+    except DecodeError as exc:
+        errors.append(exc)
+        return None

@@ -8,7 +8,7 @@ import time
 import click
 
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.output import age, emit_json, json_option, table
+from gridtool.cli.common.output import NOTHING, emit_json, json_option, section, when
 
 
 @click.command("run")
@@ -76,8 +76,7 @@ def status(app: AppContext, as_json: bool) -> None:
                   status=asdict(st) if st else None)
         return
     now = time.time()
-    click.echo(f"leader: {who.get('leader')} (since {age(who.get('since', now), now)})")
-    if st:
-        click.echo(f"last round: {age(st.heartbeat, now)}")
-        table("recent actions", ["ACTION"], [(a,) for a in st.actions])
-        table("waiting", ["GUEST", "REASON"], list(st.blocked.items()))
+    click.echo(f"leader: {who.get('leader')}, since {when(who.get('since'), now)}")
+    click.echo(f"last round: {when(st.heartbeat, now) if st else NOTHING}")
+    section("recent actions", ["ACTION"], [(a,) for a in st.actions] if st else [])
+    section("waiting", ["GUEST", "REASON"], list(st.blocked.items()) if st else [])

@@ -10,7 +10,19 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.output import age, console, emit_json, json_option, styled_state, table
+from gridtool.cli.common.output import (
+    NOTHING,
+    age,
+    console,
+    emit_json,
+    json_option,
+    seconds,
+    section,
+    styled_state,
+    table,
+    text,
+    when,
+)
 
 if TYPE_CHECKING:
     from gridtool.pools.rules import PoolSpec
@@ -188,17 +200,17 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
         return
     rows = [("template", spec.template), ("policy", spec.policy),
             ("size", f"{doc['target']} (min {spec.min}, max {spec.max})"),
-            ("members", f"{len(views)} ({sum(m['class'] == 'ready' for m in members)} ready)")]
-    if st is not None:
-        rows.append(("manager", f"{age(st.updated)}"
-                     + (f"; {st.message}" if st.message else "")))
-    if spec.flex:
-        rows.append(("flex target", ", ".join(f"{k}={v}" for k, v in spec.flex.items())))
+            ("members", f"{len(views)} ({sum(m['class'] == 'ready' for m in members)} ready)"),
+            ("created", when(spec.created_at, now)),
+            ("last round", when(st.updated, now) if st else NOTHING),
+            ("manager says", text(st.message if st else None))]
+    if spec.policy == "flex":
+        rows.append(("flex target", _flex_target(spec)))
     table(f"pool {name}", ["FIELD", "VALUE"], rows)
-    table("members", ["NAME", "HOST", "STATE", "AS", "AGE"],
-          [(m["name"], m["host"] + (" (overflow)" if m["overflow"] else ""),
-            styled_state(m["state"]), m["class"], age(m["created_at"], now))
-           for m in members])
+    section("members", ["NAME", "HOST", "STATE", "AS", "AGE"],
+            [(m["name"], m["host"] + (" (overflow)" if m["overflow"] else ""),
+              styled_state(m["state"]), m["class"], age(m["created_at"], now))
+             for m in members])
     if flex:
         table(f"flex policy ({flex['from']}, {age(flex['at'], now)})", ["NUMBER", "VALUE"], [
             ("arrival rate", f"{flex['smoothed_rate']:.3f} /s"),
@@ -282,6 +294,14 @@ def report(app: AppContext, name: str, arrivals: int, completions: int,
     pools.report(app.store, app.config.keys, name, arrivals=arrivals, completions=completions,
                  busy_seconds=busy_seconds, mean_service_time=service_time,
                  queue_depth=queue_depth, interval=interval, source=source)
+
+
+def _flex_target(spec: PoolSpec) -> str:
+    """What a flex pool keeps under its target: 'mean wait <= 0.5 s', 'P(wait > 0 s) <= 0.2'."""
+    params = spec.params()
+    if params.target_kind == "mean_wait":
+        return f"mean wait <= {seconds(params.target)}"
+    return f"P(wait > {seconds(params.wait_threshold)}) <= {params.target:g}"
 
 
 def _spec_dict(spec: PoolSpec) -> dict[str, Any]:

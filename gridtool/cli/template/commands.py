@@ -8,7 +8,18 @@ from typing import Any
 import click
 
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.output import age, console, emit_json, json_option, mib, table, warn
+from gridtool.cli.common.output import (
+    age,
+    console,
+    emit_json,
+    json_option,
+    mib,
+    section,
+    table,
+    text,
+    warn,
+    when,
+)
 
 
 @click.command("create")
@@ -103,14 +114,15 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     if as_json:
         emit_json(template=_template_doc(tpl, clones, xml=True))
         return
+    now = time.time()
     table(f"template {tpl.name}", ["FIELD", "VALUE"], [
         ("from", f"{tpl.source_name} ({tpl.source_guest}) on {tpl.source_host}"),
         ("memory", mib(tpl.memory_mib)), ("vcpus", tpl.vcpus), ("interfaces", tpl.nics),
-        ("created", age(tpl.created_at)), ("images dir", tpl.images_dir),
+        ("created", when(tpl.created_at, now)), ("images dir", tpl.images_dir),
         ("ready marker", tpl.ready_marker or "-")])
     table("golden images", ["DISK", "IMAGE"], [(d, tpl.images[d]) for d in tpl.disks])
-    table(f"clones ({len(clones)})", ["NAME", "HOST", "POOL", "UUID"],
-          [(c.name, c.host, c.pool or "-", c.uuid) for c in clones])
+    section(f"clones ({len(clones)})", ["NAME", "HOST", "POOL", "CREATED", "UUID"],
+            [(c.name, c.host, text(c.pool), when(c.created_at, now), c.uuid) for c in clones])
 
 
 @click.command("delete")
