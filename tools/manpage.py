@@ -640,11 +640,11 @@ def render_agent() -> str:
     out.append(tp(", ".join(bold(name) for name in stops), markup(
         "A clean stop, then exit 0. With no HA guest running on the host, the agent revokes "
         "its lease: the host vanishes from the registry at once instead of after *ttl* "
-        "seconds. With HA guests running and a `watchdog` configured, it keeps the lease and "
+        "seconds. With HA guests running and a working `watchdog`, it keeps the lease and "
         "leaves the watchdog armed, so that nothing moves: an agent started again within "
         "*watchdog_timeout* seconds resumes the same lease; otherwise the watchdog resets the "
         "host before the lease can expire, and the manager restarts the HA guests elsewhere. "
-        "With HA guests and no watchdog (or a lease that is not healthy at the stop), it "
+        "With HA guests and no working watchdog (or a lease that is not healthy at the stop), it "
         "destroys its HA guests, then revokes the lease. Pinned and unfenced guests keep "
         "running in every case. To take a host out for good, drain it first.")))
     out.append(tp(bold("SIGKILL") + ", " + bold("SIGHUP"), markup(
