@@ -114,6 +114,12 @@ class DoubleRunChecker:
     def unknown_fraction(self) -> float:
         return self.unknown / self.samples if self.samples else 0.0
 
+    def assert_safe(self) -> None:
+        """No guest ran on two hosts at any sample, and enough samples could tell (a
+        blind checker proves nothing)."""
+        assert self.overlaps == [], f"double run: {self.overlaps}"
+        assert not self.blind, f"the checker was blind: {self.unknown_detail}"
+
     @property
     def blind(self) -> bool:
         """True when more than ``MAX_UNKNOWN_FRACTION`` of the samples were unknown (or

@@ -85,7 +85,7 @@ def test_create_places_defines_and_starts(fleet, store, cfg, registry, capsys,  
     wait_until(lambda: [(g.host, g.state) for g in registry.find_guest("web")
                         if g.uuid == uuid] == [("hv2", "running")], what="web running on hv2")
     assert store.get(cfg.keys.fence("aoe-e9.7")) is not None  # started with its fence
-    assert checker.overlaps == []
+    checker.assert_safe()
 
     # --on HOST: defined there (the command returns once the registry shows it), stopped
     other = tmp_path / "api.xml"
@@ -159,4 +159,4 @@ def test_start_without_on_goes_where_placement_says(fleet, store, cfg, registry,
     wait_until(lambda: {(g.host, g.state) for g in registry.find_guest("db")} ==
                {("hv1", "shutoff"), ("hv2", "running"), ("hv3", "shutoff")},
                what="db running on hv2 only")
-    assert checker.overlaps == []
+    checker.assert_safe()
