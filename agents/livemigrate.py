@@ -59,7 +59,14 @@ from gridtool.fencing.migration import (
     fences_at,
     pause_source_first,
 )
-from gridtool.fencing.rules import GuestRef, Observation, Observed, Refusal, plan_handover
+from gridtool.fencing.rules import (
+    FenceKind,
+    GuestRef,
+    Observation,
+    Observed,
+    Refusal,
+    plan_handover,
+)
 from gridtool.fencing.shell import run_plan
 from gridtool.placement.shell import job_progress
 from gridtool.registry.fleet import Registry
@@ -219,10 +226,11 @@ class _Switchover:
                         if self.outcome is not Handover.DONE:
                             self._abort()
                         return
-        except Exception:  # never die silently: the outcome stays what it was
+        except Exception as exc:  # never die silently, nor pass for "not reached"
             log.exception("event=live_switchover_error guest=%s", self._name)
-            if self.outcome is Handover.NOT_TRIED and self._began:
-                self.outcome, self.error = Handover.UNKNOWN, "the switchover watcher failed"
+            if self.outcome is Handover.NOT_TRIED:
+                self.outcome = Handover.UNKNOWN
+                self.error = f"the switchover watcher failed ({type(exc).__name__}: {exc})"
 
     @property
     def _name(self) -> str:
@@ -241,8 +249,7 @@ class _Switchover:
 
     def _hand_over(self, by: str) -> None:
         """Pass every fence to the destination (one transaction comparing the holder), or
-        record why not; never raises. A retry after an unknown outcome first looks whether
-        the earlier transaction committed after all."""
+        record why not in ``outcome`` and ``error``; never raises."""
         with self._done:
             if self.ref is None or self.outcome in (Handover.DONE, Handover.REFUSED):
                 return
@@ -304,11 +311,11 @@ class _Switchover:
             observed = self.side.fencer.observe(self.ref.volumes)
         except (RegistryUnavailable, AuthError) as exc:
             return f"its fences could not be read ({' '.join(str(exc).split())})"
-        return fence_text(observed)
+        return _fence_text(observed)
 
 
-def fence_text(observed: dict[str, Observation]) -> str:
-    """"its fences are held by ...", for messages."""
+def _fence_text(observed: dict[str, Observation]) -> str:
+    """Who holds the fences, for messages."""
     holders = {o.fence.holder for o in observed.values() if isinstance(o, Observed)}
     return f"its fences are held by {', '.join(sorted(holders)) or 'nobody'}"
 
@@ -394,7 +401,7 @@ class _Recovery:
                 return fences_at(self.side.host, self.target, self.ref, self.observed)
             except (RegistryUnavailable, AuthError) as exc:
                 if time.monotonic() + delay > deadline:
-                    self.notes.append(f"its fences could not be read ({exc})")
+                    self.notes.append(f"etcd: {' '.join(str(exc).split())}")
                     break
             time.sleep(delay)  # etcd is away: nothing to wait on but the clock
             delay = min(RETRY_MAX_S, delay * 2)
@@ -429,6 +436,8 @@ class _Recovery:
         if act is FenceAct.KEEP:
             return ""
         side, fencer = self.side, self.side.fencer
+        if self.ref.kind is FenceKind.HA and not side.lease.arm():
+            return f"{side.host}'s lease is not healthy: its HA fences cannot be taken back"
         try:
             if act is FenceAct.TAKE_BACK and self.observed is not None:
                 plan = plan_handover(self.target, side.host, self.ref, self.observed,
