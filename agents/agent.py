@@ -88,7 +88,7 @@ class Agent:
         self.changes: queue.Queue[tuple[str, str, bool | None]] = queue.Queue()
         self.libvirt = LibvirtSource(
             cfg.libvirt_uri or "", cfg.shared_rules,
-            on_change=lambda uuid, clean: self.changes.put(("guest", uuid, clean)),
+            on_change=self._lifecycle_event,
             on_close=lambda: self.changes.put(_RESYNC))
         watchdog = Watchdog(
             cfg.watchdog, cfg.watchdog_timeout, cfg.watchdog_kind,
@@ -107,7 +107,8 @@ class Agent:
         if cfg.hook_socket:  # the libvirt fence hook asks us here
             self.hook_server = HookServer(
                 cfg.hook_socket, host=self.host, rules=cfg.shared_rules, fencer=self.fencer,
-                claims=self.claims, domains=self.libvirt, on_change=self._look_again)
+                claims=self.claims, domains=self.libvirt, on_change=self._look_again,
+                policy=IntruderPolicy(cfg.intruder_policy), report=self._report_arrival)
         self.intents = IntentWorker(
             host=self.host, store=store, keys=cfg.keys, domains=self.libvirt,
             fencer=self.fencer, lease=self.lease, claims=self.claims,
@@ -230,6 +231,13 @@ class Agent:
             self.resync()
             self._next_resync = now + self.cfg.resync_interval
         self._drain_changes(timeout=max(0.0, min(0.5, self._next_resync - time.monotonic())))
+
+    def _lifecycle_event(self, uuid: str, clean: bool | None) -> None:
+        """libvirt's event loop saw ``uuid`` change: queue it for the main loop, and have
+        the hook server judge it at once if it is arriving by a live migration."""
+        self.changes.put(("guest", uuid, clean))
+        if self.hook_server is not None:
+            self.hook_server.wake(uuid)
 
     def _look_again(self, uuid: str) -> None:
         """Have the main loop read ``uuid`` from libvirt again (and judge it)."""
@@ -515,6 +523,12 @@ class Agent:
         self.store.put(self.keys.violation(self.host, rec.uuid), encode(Violation(
             self.host, rec.uuid, rec.name, volume, self._foreign_holder(rec),
             action, time.time(), message)))
+
+    def _report_arrival(self, uuid: str, message: str, action: str) -> None:
+        """The hook server stopped an arriving guest that ran without its fences."""
+        rec = self.libvirt.guest(uuid, self.host)
+        if rec is not None:
+            self.report_violation(rec, message, action)
 
     def _release_orphans(self, observed: dict[str, GuestRecord]) -> None:
         """Fences this host holds for guests it no longer has (undefined while down)."""

@@ -20,7 +20,12 @@ the migrating client before the source's ``migrate`` intent; it names the source
 must hold every fence, and lasts one minute for one migration): the source hands the
 fences over at switchover. A bare ``virsh migrate`` is refused. Until the fences are
 here (or the incoming guest is gone again), the guest is marked busy (the agent does
-not judge it an intruder) and its ``prepare`` is allowed.
+not judge it) and its ``prepare`` is allowed; a thread follows the arrival, judging it
+(``fencing.migration.judge_arrival``) on each of its lifecycle events (:meth:`HookServer.wake`)
+and every :data:`ARRIVAL_POLL_S`: paused for the incoming migration it waits; resumed
+by libvirt without this host holding every fence, it is paused at once (resumed again if
+the source's handover then arrives) or, when the fences are not even with the source,
+stopped as an intruder under ``intruder_policy`` and reported.
 """
 
 from __future__ import annotations
@@ -33,16 +38,27 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.claims import GuestClaims
 from agents.hook import DEFAULT_TIMEOUT_S, read_line
+from agents.livemigrate import copy_of
 from agents.ports import Domains, FenceView
 from gridtool import supervise
 from gridtool.domains.storage import SharedStorageRules
 from gridtool.domains.xml import DomainXMLError, parse_domain
 from gridtool.errors import RegistryUnavailable
-from gridtool.fencing.rules import Expected, FenceKind, GuestRef, Observation, StartOp, may_start
+from gridtool.fencing.migration import ArrivalAct, Copy, judge_arrival
+from gridtool.fencing.rules import (
+    Expected,
+    FenceKind,
+    GuestRef,
+    IntruderPolicy,
+    Observation,
+    StartOp,
+    may_start,
+)
 
 log = logging.getLogger("gridtool.agent")
 
@@ -76,18 +92,47 @@ class _Decision:
             return self._state == "abandoned"
 
 
+#: An arriving guest is judged on each of its lifecycle events, and at least this often.
+ARRIVAL_POLL_S = 0.05
+
+#: The log line of each act on an arriving guest.
+_ARRIVAL_EVENTS = {ArrivalAct.PAUSE: "event=incoming_paused",
+                   ArrivalAct.DESTROY: "event=incoming_destroyed",
+                   ArrivalAct.RESUME: "event=incoming_resumed"}
+
+#: ``report(uuid, message, action)``: record a fence violation of an arriving guest.
+Report = Callable[[str, str, str], None]
+
+
+@dataclass
+class _Arrival:
+    """One incoming live migration being followed."""
+
+    guest: GuestRef
+    source: str
+    began: float
+    wake: threading.Event = field(default_factory=threading.Event)
+    woke_at: float = 0.0  # when the last lifecycle event came (monotonic)
+    seen: bool = False  # libvirt has shown the incoming domain
+    paused_by_us: bool = False  # resumed before its fences: paused by this arrival
+    failing: str = ""  # the last error judging it (logged once)
+
+
 class HookServer:
     """A daemon thread serving the fence hook on ``path`` for ``host``.
 
     ``fencer`` gives the fences held and fresh reads; ``claims`` the guest claims shared
-    with the agent; ``domains`` the host's libvirt (is an incoming guest still there?);
-    ``on_change(uuid)`` asks the agent to look at a guest again.
+    with the agent; ``domains`` the host's libvirt (an incoming guest's state, and where
+    it is paused or stopped); ``on_change(uuid)`` asks the agent to look at a guest
+    again; ``policy`` is what an arriving intruder gets, ``report`` records its violation.
     """
 
     def __init__(self, path: str, *, host: str, rules: SharedStorageRules,
                  fencer: FenceView, claims: GuestClaims, domains: Domains,
                  on_change: Callable[[str], None],
-                 answer_within: float = ANSWER_WITHIN_S) -> None:
+                 answer_within: float = ANSWER_WITHIN_S,
+                 policy: IntruderPolicy = IntruderPolicy.PAUSE,
+                 report: Report | None = None) -> None:
         self.path = path
         self.answer_within = answer_within
         self.host = host
@@ -96,10 +141,12 @@ class HookServer:
         self.claims = claims
         self.domains = domains
         self.on_change = on_change
+        self.policy = policy
+        self.report = report
         self._sock: socket.socket | None = None
         # guest uuid -> (when etcd said "held", what it said)
         self._confirmed: dict[str, tuple[float, dict[str, Observation]]] = {}
-        self._arriving: dict[str, str] = {}  # guest uuid -> source host
+        self._arriving: dict[str, _Arrival] = {}  # guest uuid -> its arrival
         self._expected: dict[str, Expected] = {}
         self._lock = threading.Lock()
 
@@ -207,19 +254,20 @@ class HookServer:
             if not decision.commit():
                 return False, "given up: the fences were read too late"
             expected = self._expected.get(guest.uuid)
-            arriving = self._arriving.get(guest.uuid)
-            answer = may_start(self.host, guest, observed, op, expected, arriving, now)
+            arrival = self._arriving.get(guest.uuid)
+            answer = may_start(self.host, guest, observed, op, expected,
+                               arrival.source if arrival is not None else None, now)
             source = answer.incoming_from
-            accepted = False
             if source is not None and op == StartOp.MIGRATE:
                 # the expectation is used up: this migration is arriving now
                 del self._expected[guest.uuid]
-                self._arriving[guest.uuid] = source
-                accepted = True
-            elif answer.allow and source is None and cached is None:
-                self._confirmed[guest.uuid] = (now, dict(observed))
-        if accepted:
-            self._follow_arrival(guest)
+                arrival = self._arriving[guest.uuid] = _Arrival(guest, source, now)
+            else:
+                arrival = None
+                if answer.allow and source is None and cached is None:
+                    self._confirmed[guest.uuid] = (now, dict(observed))
+        if arrival is not None:
+            self._follow_arrival(arrival)
         return answer.allow, answer.reason
 
     def _cached(self, guest: GuestRef, now: float) -> dict[str, Observation] | None:
@@ -240,27 +288,69 @@ class HookServer:
         with self._lock:
             self._expected[uuid] = Expected(source, time.monotonic() + EXPECT_S)
 
-    def _follow_arrival(self, guest: GuestRef) -> None:
-        """Keep the arriving guest busy (not judged an intruder while its fences are still
-        away) until they are here or it is gone again; then have it judged at once."""
-        self.claims.enter(guest.uuid, wait=0.0)  # we hold it already: no judgement runs
-        supervise.start(self._follow, f"incoming-{guest.uuid[:8]}", (guest,), logger=log)
+    def wake(self, uuid: str) -> None:
+        """A lifecycle event of ``uuid`` (the agent calls this from libvirt's event loop):
+        an arriving guest is judged again at once (RESUMED/STARTED with detail MIGRATED
+        is libvirt resuming it)."""
+        with self._lock:
+            arrival = self._arriving.get(uuid)
+        if arrival is not None:
+            arrival.woke_at = time.monotonic()
+            arrival.wake.set()
 
-    def _follow(self, guest: GuestRef) -> None:
-        began = time.monotonic()
-        seen = False  # libvirt adds the incoming domain only after 'migrate begin'
+    def _follow_arrival(self, arrival: _Arrival) -> None:
+        """Keep the arriving guest busy (not judged by the agent while its fences are
+        still away) and judge it as it arrives, until its fences are here or it is gone
+        again; then have the agent judge it at once."""
+        self.claims.enter(arrival.guest.uuid, wait=0.0)  # held already: no judgement runs
+        supervise.start(self._follow, f"incoming-{arrival.guest.uuid[:8]}", (arrival,),
+                        logger=log)
+
+    def _follow(self, arrival: _Arrival) -> None:
+        uuid = arrival.guest.uuid
         try:
-            while time.monotonic() < began + INCOMING_MAX_S:
-                time.sleep(0.1)
-                with contextlib.suppress(Exception):  # etcd or libvirt away: keep waiting
-                    if may_start(self.host, guest, self.fencer.observe(guest.volumes)).allow:
-                        break  # every fence is this host's now
-                    present = self.domains.domain(guest.uuid) is not None
-                    seen = seen or present
-                    if not present and (seen or time.monotonic() > began + EXPECT_S):
-                        break  # the migration failed: the guest is gone (or never came)
+            while time.monotonic() < arrival.began + INCOMING_MAX_S:
+                arrival.wake.wait(ARRIVAL_POLL_S)
+                arrival.wake.clear()
+                try:
+                    if self._arrival_step(arrival):
+                        break
+                    arrival.failing = ""
+                except Exception as exc:  # etcd or libvirt away: judge it at the next try
+                    error = " ".join(str(exc).split())
+                    if error != arrival.failing:
+                        log.warning("event=incoming_check_failed host=%s guest=%s error=%s",
+                                    self.host, arrival.guest.name, error)
+                    arrival.failing = error
         finally:
             with self._lock:
-                self._arriving.pop(guest.uuid, None)
-            self.claims.leave(guest.uuid)
-            self.on_change(guest.uuid)
+                self._arriving.pop(uuid, None)
+            self.claims.leave(uuid)
+            self.on_change(uuid)
+
+    def _arrival_step(self, arrival: _Arrival) -> bool:
+        """Judge the arriving guest once and act; True when its arrival is over."""
+        guest = arrival.guest
+        dom = self.domains.domain(guest.uuid)
+        copy = copy_of(dom)
+        arrival.seen = arrival.seen or copy is not Copy.ABSENT
+        step = judge_arrival(
+            self.host, arrival.source, guest, self.fencer.observe(guest.volumes), copy,
+            paused_by_us=arrival.paused_by_us, policy=self.policy,
+            may_be_gone=arrival.seen or time.monotonic() > arrival.began + EXPECT_S)
+        if step.act in (ArrivalAct.WAIT, ArrivalAct.DONE) or dom is None:
+            return step.act is ArrivalAct.DONE
+        if step.act is ArrivalAct.RESUME:
+            dom.resume()
+        elif step.act is ArrivalAct.DESTROY:
+            dom.destroy()
+        else:
+            dom.suspend()
+            arrival.paused_by_us = True
+        since = (time.monotonic() - arrival.woke_at) * 1000 if arrival.woke_at else -1.0
+        log.warning(_ARRIVAL_EVENTS[step.act] + " host=%s guest=%s from=%s "
+                    "since_event_ms=%.1f message=%s", self.host, guest.name, arrival.source,
+                    since, step.reason)
+        if step.violation and self.report is not None:
+            self.report(guest.uuid, step.reason, step.act.value)
+        return step.act is ArrivalAct.RESUME

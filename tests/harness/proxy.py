@@ -65,14 +65,48 @@ class CuttableProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._open.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+            answers = self._answers()
+            for src, dst, swallow in ((client, upstream, None), (upstream, client, answers)):
+                threading.Thread(target=_pump, args=(src, dst, swallow), daemon=True).start()
+
+    def _answers(self) -> threading.Event | None:
+        """For a new connection: an event that, once set, swallows what the upstream
+        sends on it (None: always forwarded)."""
+        return None
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+class StallingProxy(CuttableProxy):
+    """A :class:`CuttableProxy` that can also fail one way: ``watch()`` marks the
+    connections accepted from then on; ``stall()`` stops marking and, on the marked
+    connections, swallows everything the upstream sends while the client's requests still
+    reach it. The client then waits for answers that never come (a one-way network
+    fault), until its keepalive gives up; connections made later are not touched."""
+
+    def __init__(self, upstream: str) -> None:
+        self._stalled: threading.Event | None = None
+        super().__init__(upstream)
+
+    def watch(self) -> None:
+        with self._lock:
+            self._stalled = threading.Event()
+
+    def stall(self) -> None:
+        with self._lock:
+            stalled, self._stalled = self._stalled, None
+        if stalled is not None:
+            stalled.set()
+
+    def _answers(self) -> threading.Event | None:
+        with self._lock:
+            return self._stalled
+
+
+def _pump(src: socket.socket, dst: socket.socket,
+          swallow: threading.Event | None = None) -> None:
     try:
         while data := src.recv(65536):
-            dst.sendall(data)
+            if swallow is None or not swallow.is_set():
+                dst.sendall(data)
     except OSError:
         pass
     _close(src)

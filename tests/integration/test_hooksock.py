@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import libvirt
 import pytest
 
 from agents.claims import GuestClaims
@@ -19,7 +20,7 @@ from agents.hooksock import CLAIM_WAIT_S, HookServer
 from agents.libvirt_source import LibvirtSource
 from gridtool.config import Config
 from gridtool.domains.storage import SharedStorageRules
-from gridtool.fencing.rules import FenceKind, GuestRef
+from gridtool.fencing.rules import FenceKind, GuestRef, IntruderPolicy
 from tests.harness.testbed import domain_xml, wait_until
 
 RULES = SharedStorageRules()
@@ -28,16 +29,18 @@ DISK = "/dev/etherd/e1.2"  # AoE: volume aoe-e1.2
 
 class Host:
     """One host's hook server with its fencer and claims; ``changed`` collects the
-    guests it asked the agent to look at again."""
+    guests it asked the agent to look at again, ``reports`` the violations it reported."""
 
     def __init__(self, name: str, store, cfg: Config, domains: LibvirtSource,  # type: ignore[no-untyped-def]
-                 path: Path) -> None:
+                 path: Path, policy: IntruderPolicy = IntruderPolicy.PAUSE) -> None:
         self.fencer = Fencer(store, cfg.keys, name, lambda: None)
         self.claims = GuestClaims()
         self.changed: list[str] = []
+        self.reports: list[tuple[str, str, str]] = []
         self.server = HookServer(str(path), host=name, rules=RULES, fencer=self.fencer,
                                  claims=self.claims, domains=domains,
-                                 on_change=self.changed.append).start()
+                                 on_change=self.changed.append, policy=policy,
+                                 report=lambda *r: self.reports.append(r)).start()
 
     def ask(self, op: str, uuid: str, xml: str) -> dict:
         return ask(self.server.path, {"op": op, "sub": "begin", "name": "g1", "uuid": uuid,
@@ -45,7 +48,10 @@ class Host:
 
 
 @pytest.fixture
-def hosts(store, cfg: Config, tmp_path: Path) -> Iterator[tuple[Host, Host, str, str]]:  # type: ignore[no-untyped-def]
+def hosts(store, cfg: Config, tmp_path: Path,  # type: ignore[no-untyped-def]
+          request: pytest.FixtureRequest) -> Iterator[tuple[Host, Host, str, str]]:
+    """h1 and h2 sharing one test-driver daemon and guest g1 (h2's intruder policy: the
+    test's ``param``, pause by default)."""
     domains = LibvirtSource("test:///default", RULES, lambda *_: None, lambda: None)
     domains.connect()
     name = f"g-{uuidlib.uuid4().hex[:8]}"
@@ -53,12 +59,15 @@ def hosts(store, cfg: Config, tmp_path: Path) -> Iterator[tuple[Host, Host, str,
     uuid = dom.UUIDString()
     xml = dom.XMLDesc(0)
     h1 = Host("h1", store, cfg, domains, tmp_path / "h1.sock")
-    h2 = Host("h2", store, cfg, domains, tmp_path / "h2.sock")
+    h2 = Host("h2", store, cfg, domains, tmp_path / "h2.sock",
+              IntruderPolicy(getattr(request, "param", IntruderPolicy.PAUSE)))
     try:
         yield h1, h2, uuid, xml
     finally:
         h1.server.stop()
         h2.server.stop()
+        if dom.isActive():
+            dom.destroy()
         dom.undefine()
         domains.close()
 
@@ -101,6 +110,51 @@ def _hand_over(source: Host, uuid: str, target: str) -> None:
     compares the target's host record: write one)."""
     source.fencer.store.put(source.fencer.keys.host(target), b"{}")
     source.fencer.handover(ref(uuid), target)
+
+
+def libvirt_resumes_it(h2: Host, uuid: str) -> None:
+    """libvirt's Finish resumes the incoming guest on h2 (the test driver starts it), and
+    h2's agent passes the lifecycle event on."""
+    dom = h2.server.domains.domain(uuid)
+    assert dom is not None
+    dom.create()
+    h2.server.wake(uuid)
+
+
+def state_of(h: Host, uuid: str) -> int:
+    dom = h.server.domains.domain(uuid)
+    assert dom is not None
+    return int(dom.state()[0])
+
+
+def test_a_copy_resumed_before_its_fences_is_paused_until_the_handover(hosts) -> None:  # type: ignore[no-untyped-def]
+    h1, h2, uuid, xml = hosts
+    h1.fencer.acquire(ref(uuid))
+    h2.server.expect(uuid, "h1")
+    assert h2.ask("migrate", uuid, xml)["allow"] is True
+    libvirt_resumes_it(h2, uuid)  # before h1 handed the fences over
+    wait_until(lambda: state_of(h2, uuid) == libvirt.VIR_DOMAIN_PAUSED, 10,
+               what="h2 to pause a copy that runs without its fences")
+    assert h2.claims.busy(uuid) and h2.reports == [], "still arriving: not a violation yet"
+    _hand_over(h1, uuid, "h2")
+    wait_until(lambda: state_of(h2, uuid) == libvirt.VIR_DOMAIN_RUNNING
+               and not h2.claims.busy(uuid) and h2.changed == [uuid], 10,
+               what="h2 to resume it once its fences arrived")
+
+
+@pytest.mark.parametrize("hosts", [IntruderPolicy.DESTROY], indirect=True)
+def test_a_copy_resumed_while_a_third_host_holds_its_fences_is_an_intruder(hosts) -> None:  # type: ignore[no-untyped-def]
+    h1, h2, uuid, xml = hosts
+    h1.fencer.acquire(ref(uuid))
+    h2.server.expect(uuid, "h1")
+    assert h2.ask("migrate", uuid, xml)["allow"] is True
+    _hand_over(h1, uuid, "h3")  # the fences went elsewhere meanwhile
+    libvirt_resumes_it(h2, uuid)
+    wait_until(lambda: state_of(h2, uuid) == libvirt.VIR_DOMAIN_SHUTOFF, 10,
+               what="h2 to destroy the intruder (its intruder policy)")
+    assert [(u, action) for u, _, action in h2.reports] == [(uuid, "destroy")]
+    assert "held by h3" in h2.reports[0][1]
+    wait_until(lambda: not h2.claims.busy(uuid), 10, what="the arrival to end: it is gone")
 
 
 def test_the_decision_waits_for_a_judgement_of_the_guest(hosts) -> None:  # type: ignore[no-untyped-def]
