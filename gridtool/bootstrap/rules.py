@@ -284,13 +284,20 @@ def _stop_direct(layout: Layout) -> str:
 
 
 def _start_direct(layout: Layout) -> str:
-    """Apply: (re)start the agent in the background, detached (nohup, own session)."""
+    """Apply: (re)start the agent in the background, detached (nohup, own session), and
+    wait up to 5 s for it to run.
+
+    The pid file is written by the process that then execs the agent, not from ``$!``:
+    setsid forks when its caller leads a process group, and ``$!`` is then a parent that
+    exits at once (the check after the apply failed although the agent ran)."""
     q = shlex.quote
+    inner = f"echo $$ >{q(layout.pid_file)}; exec {q(layout.agent)} --config {q(layout.config)}"
     return (f"{_stop_direct(layout)}; "
             f"mkdir -p {q(posixpath.dirname(layout.pid_file))} "
             f"{q(posixpath.dirname(layout.log_file))} && cd / && "
-            f"(setsid nohup {q(layout.agent)} --config {q(layout.config)} "
-            f">>{q(layout.log_file)} 2>&1 </dev/null & echo $! >{q(layout.pid_file)})")
+            f"(setsid nohup sh -c {q(inner)} >>{q(layout.log_file)} 2>&1 </dev/null &) && "
+            f"i=0; while ! {{ {_running(layout)}; }} && [ $i -lt 50 ]; do sleep 0.1; "
+            "i=$((i+1)); done")
 
 
 def _libvirt_check(uri: str, python: str) -> str:

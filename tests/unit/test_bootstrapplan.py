@@ -257,3 +257,25 @@ def test_the_agent_unit_outlives_a_libvirtd_restart() -> None:
         assert "libvirtd" not in section.get(strong, ""), f"{strong}= ties the agent to libvirtd"
     assert "libvirtd.service" in section["After"].split()
     assert "libvirtd.service" in section["Wants"].split()
+
+
+def test_a_direct_start_waits_for_the_agent_and_records_its_own_pid(tmp_path: Path) -> None:
+    """The start step's apply returns once the agent runs, with the agent's pid (not a
+    short-lived parent's) in the pid file; its check then passes and the stop step ends
+    it. A stand-in agent that only sleeps, run by a real sh."""
+    from gridtool.bootstrap.rules import _running, _start_direct, _stop_direct
+
+    layout = Layout(str(tmp_path))
+    agent = Path(layout.agent)
+    agent.parent.mkdir(parents=True)
+    agent.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    agent.chmod(0o755)
+    try:
+        assert sh(_start_direct(layout), tmp_path) == 0
+        pid = int(Path(layout.pid_file).read_text())
+        assert f"--config {layout.config}" in Path(f"/proc/{pid}/cmdline").read_bytes() \
+            .replace(b"\0", b" ").decode()
+        assert sh(_running(layout), tmp_path) == 0
+    finally:
+        assert sh(_stop_direct(layout), tmp_path) == 0
+    assert sh(_running(layout), tmp_path) != 0
