@@ -95,15 +95,20 @@ class Fencer:
         return held
 
     def forget_ha(self) -> None:
-        """After a self-fence: the HA guests are gone and their fences expire with the
-        lease; stop counting them (so the watchdog may be petted again)."""
+        """After a self-fence, once libvirt confirmed every HA guest gone: their fences
+        expire with the lease; stop counting them (so the watchdog may be disarmed)."""
         with self._lock:
             self.held = {v: f for v, f in self.held.items() if f.kind is not FenceKind.HA}
 
     def ha_guests(self) -> set[str]:
         """UUIDs of guests this host holds HA fences for (used to self-fence)."""
+        return set(self.ha_names())
+
+    def ha_names(self) -> dict[str, str]:
+        """uuid -> name of the guests this host holds HA fences for."""
         with self._lock:
-            return {f.guest for f in self.held.values() if f.kind is FenceKind.HA}
+            return {f.guest: f.guest_name for f in self.held.values()
+                    if f.kind is FenceKind.HA}
 
     # -- writing -------------------------------------------------------------
 

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from agents.claims import GuestClaims
 from agents.hook import DEFAULT_TIMEOUT_S, read_line
-from agents.ports import Domains, FenceView
+from agents.lease import HOOK_BUDGET_S
+from agents.ports import Domains, FenceView, LeaseView
 from gridtool import supervise
 from gridtool.domains.storage import SharedStorageRules
 from gridtool.domains.xml import DomainXMLError, parse_domain
@@ -81,14 +82,18 @@ class HookServer:
 
     ``fencer`` gives the fences held and fresh reads; ``claims`` the guest claims shared
     with the agent; ``domains`` the host's libvirt (is an incoming guest still there?);
-    ``on_change(uuid)`` asks the agent to look at a guest again.
+    ``on_change(uuid)`` asks the agent to look at a guest again; ``lease`` the host's
+    lease, whose clock refuses an HA guest's start near the self-fence deadline (None:
+    not checked).
     """
 
     def __init__(self, path: str, *, host: str, rules: SharedStorageRules,
                  fencer: FenceView, claims: GuestClaims, domains: Domains,
                  on_change: Callable[[str], None],
-                 answer_within: float = ANSWER_WITHIN_S) -> None:
+                 answer_within: float = ANSWER_WITHIN_S,
+                 lease: LeaseView | None = None) -> None:
         self.path = path
+        self.lease = lease
         self.answer_within = answer_within
         self.host = host
         self.rules = rules
@@ -208,7 +213,10 @@ class HookServer:
                 return False, "given up: the fences were read too late"
             expected = self._expected.get(guest.uuid)
             arriving = self._arriving.get(guest.uuid)
-            answer = may_start(self.host, guest, observed, op, expected, arriving, now)
+            lease = self.lease
+            budget = HOOK_BUDGET_S + (lease.keepalive_rtt if lease is not None else 0.0)
+            answer = may_start(self.host, guest, observed, op, expected, arriving, now,
+                               lease.clock if lease is not None else None, budget)
             source = answer.incoming_from
             accepted = False
             if source is not None and op == StartOp.MIGRATE:

@@ -26,6 +26,15 @@ log = logging.getLogger("gridtool.agent")
 
 #: How often the guard checks the lease deadline; part of the margin's budget (J).
 GUARD_TICK = 0.1
+#: Seconds an HA guest's start needs from the intent's last lease check to a running
+#: guest: ``create()``, the fence hook's round trip inside it (a Python start, ~30 ms, and
+#: the agent's decision) and QEMU's spawn (measured 0.1-0.3 s for a TCG guest on the
+#: loaded 2-core machine), doubled for scheduling delays. The next keepalive's round trip
+#: is added (``HostLease.keepalive_rtt``). At TTL 3 a healthy lease's deadline is 1-2 s
+#: away, so a healthy host never refuses.
+START_BUDGET_S = 0.5
+#: The same from the fence hook's decision on (libvirt's spawn of QEMU alone).
+HOOK_BUDGET_S = 0.25
 
 
 #: Linux watchdog ioctls (``<linux/watchdog.h>``): ``_IOWR('W', 6, int)``, ``_IOR('W', 7, int)``.
@@ -251,7 +260,7 @@ class HostLease:
     ``clock`` instead."""
 
     def __init__(self, store: Store, ttl: int, host: str,
-                 self_fence: Callable[[], None], watchdog: Watchdog | None = None,
+                 self_fence: Callable[[bool], bool], watchdog: Watchdog | None = None,
                  has_ha_guests: Callable[[], bool] = lambda: True,
                  may_pet: Callable[[], bool] = lambda: True, clock: Clock = SYSTEM) -> None:
         self.store = store
@@ -266,6 +275,8 @@ class HostLease:
         self.clock: LeaseClock | None = None
         self.lost = threading.Event()
         self._fenced_for: int | None = None
+        self._fencing = False  # some HA guest of a lease in doubt is not confirmed gone
+        self.keepalive_rtt = 0.0  # the last keepalive's (or grant's) round trip, seconds
         self._armed_until = 0.0
         self._stop = threading.Event()
         self._threads = [supervise.thread(self._keepalive_loop, "keepalive", logger=log),
@@ -279,6 +290,7 @@ class HostLease:
         """Take a new lease (after start-up or after the old one was lost)."""
         sent = self._clock.monotonic()
         lease = self.store.grant_lease(self.ttl)
+        self.keepalive_rtt = self._clock.monotonic() - sent
         self.clock = LeaseClock.start(self.ttl, sent)
         self.lease = lease
         self.lost.clear()
@@ -326,7 +338,7 @@ class HostLease:
         too when a configured watchdog fails (busy, not a watchdog, a timeout longer than
         the lease allows): an HA guest must not start on a host it would not protect."""
         clock, now = self.clock, self._clock.monotonic()
-        if clock is None or clock.state(now) is not LeaseState.HEALTHY:
+        if clock is None or clock.state(now) is not LeaseState.HEALTHY or self._fencing:
             return False
         if self._watchdog is None:
             return True
@@ -335,6 +347,19 @@ class HostLease:
             return False
         self._armed_until = now + self.ttl  # the guard keeps it armed while the fence is taken
         return True
+
+    def why_not_start(self, budget: float = START_BUDGET_S) -> str:
+        """Why no HA guest may start here now ('' when one may): the lease clock's
+        answer (:meth:`LeaseClock.may_start`) for a start needing ``budget`` seconds and
+        the next keepalive's round trip; checked right before libvirt's ``create()``."""
+        clock = self.clock
+        if clock is None:
+            return f"{self.host} holds no lease"
+        if self._fencing:
+            return (f"{self.host} is still self-fencing the HA guests of a lease in doubt: "
+                    "it starts none until libvirt confirms them gone")
+        return clock.why_not_start(self.host, self._clock.monotonic(),
+                                   budget + self.keepalive_rtt)
 
     def keep(self) -> None:
         """Stop without revoking: the lease runs out by itself unless a restarted agent
@@ -381,6 +406,7 @@ class HostLease:
             return
         if lease != self.lease or self.clock is None:
             return  # a new lease was granted meanwhile
+        self.keepalive_rtt = self._clock.monotonic() - now
         self.clock = self.clock.acked(now, remaining)
         if remaining <= 0:
             log.warning("event=lease_expired host=%s lease=%x", self.host, lease)
@@ -400,18 +426,23 @@ class HostLease:
             self.guard_step()
 
     def guard_step(self) -> None:
-        """Self-fence once the lease deadline has come; tend the watchdog."""
+        """Self-fence from the lease deadline on, on every tick while the lease is in
+        doubt and after it until every HA guest is confirmed gone; tend the watchdog
+        (never while one is not: it stays armed and unpetted, the backstop)."""
         clock, lease = self.clock, self.lease
         if clock is None or lease is None:
             return
         now = self._clock.monotonic()
-        if clock.state(now) is LeaseState.MUST_SELF_FENCE and self._fenced_for != lease:
+        in_doubt = clock.state(now) is LeaseState.MUST_SELF_FENCE
+        if in_doubt and self._fenced_for != lease:
             self._fenced_for = lease
             log.warning("event=self_fence host=%s lease=%x reason=lease_deadline "
                         "overdue_s=%.2f", self.host, lease, now - clock.deadline)
-            self._self_fence()
+        if in_doubt or self._fencing:
+            self._fencing = not self._self_fence(in_doubt)
+        if in_doubt and self.lease == lease:  # (not a lease granted meanwhile)
             self.lost.set()
-        if self._watchdog is not None and self._may_pet():
+        if self._watchdog is not None and self._may_pet() and not self._fencing:
             self._tend_watchdog(self._watchdog, clock, now)
 
     def tend_watchdog(self) -> None:
