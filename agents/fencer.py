@@ -94,11 +94,14 @@ class Fencer:
             self.held, self.tokens, self.stale = held, tokens, stale
         return held
 
-    def forget_ha(self) -> None:
-        """After a self-fence, once libvirt confirmed every HA guest gone: their fences
-        expire with the lease; stop counting them (so the watchdog may be disarmed)."""
+    def forget_ha(self, guests: Iterable[str] | None = None) -> None:
+        """After a self-fence, once libvirt confirmed its HA guests gone (``guests``, by
+        uuid; None: every one): their fences expire with the lease; stop counting them (so
+        the watchdog may be disarmed)."""
+        gone = None if guests is None else set(guests)
         with self._lock:
-            self.held = {v: f for v, f in self.held.items() if f.kind is not FenceKind.HA}
+            self.held = {v: f for v, f in self.held.items() if f.kind is not FenceKind.HA
+                         or (gone is not None and f.guest not in gone)}
 
     def ha_guests(self) -> set[str]:
         """UUIDs of guests this host holds HA fences for (used to self-fence)."""

@@ -30,7 +30,7 @@ import os
 import signal
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import libvirt
@@ -52,7 +52,7 @@ class HAFences(Protocol):
 
     def ha_names(self) -> dict[str, str]: ...
 
-    def forget_ha(self) -> None: ...
+    def forget_ha(self, guests: Iterable[str] | None = None) -> None: ...
 
 
 class KillDomains(Protocol):
@@ -121,6 +121,7 @@ class SelfFence:
                 self._began = now
             self.targets = dict(plan.targets)
             if plan.over:
+                self._forget_when_gone(True, now)
                 self._reset()
                 return True
             act = [(u, self.targets[u]) for u in plan.act if u not in self._busy]
@@ -158,7 +159,7 @@ class SelfFence:
         """Every target confirmed gone: stop counting the HA fences (the guard may tend
         the watchdog again); a target seen alive again counts them again."""
         if all_gone and not self._forgotten:
-            self._fencer.forget_ha()
+            self._fencer.forget_ha(self.targets)  # (not a new lease's HA fences)
             self._forgotten = True
             log.warning("event=self_fence_done host=%s guests=%d elapsed_s=%.2f", self.host,
                         len(self.targets), now - self._began)

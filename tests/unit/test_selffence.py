@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 
 import libvirt
 import pytest
@@ -139,9 +140,9 @@ class FakeHost:
     def ha_names(self) -> dict[str, str]:
         return dict(self.ha)
 
-    def forget_ha(self) -> None:
+    def forget_ha(self, guests: Iterable[str] | None = None) -> None:
         self.forgotten += 1
-        self.ha = {}
+        self.ha = {u: n for u, n in self.ha.items() if guests is not None and u not in guests}
 
     def domain(self, uuid: str) -> FakeGuest | None:
         return self.guests.get(uuid)
@@ -200,3 +201,15 @@ def test_a_guest_brought_up_again_while_in_doubt_is_killed_again() -> None:
     assert fence.step(False) and not fence.covers("u1")  # a new lease: it is over
     guest.active = True  # a start under the new lease is none of its business
     assert fence.step(False) and guest.active
+
+
+def test_a_new_leases_ha_fences_are_not_forgotten_with_the_old_guests() -> None:
+    stubborn = FakeGuest("u1", fail=1)
+    host = FakeHost([stubborn])
+    fence = SelfFence("h1", host, host, threaded=False)  # type: ignore[arg-type]
+    assert not fence.step(True)  # its destroy failed: the fences are kept
+    host.ha["u9"] = "vm-u9"  # a new lease is healthy; an HA guest started under it
+    assert fence.step(False) and not stubborn.active
+    assert host.ha == {"u9": "vm-u9"}
+    assert fence.step(False) and not fence.covers("u1")  # over
+    assert host.ha == {"u9": "vm-u9"}
