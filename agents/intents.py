@@ -211,12 +211,15 @@ class IntentWorker:
             time.sleep(self.faults.delay_before_create)
         if ref is not None and ref.kind is FenceKind.HA:
             self._lease_allows_start(intent, ref)
+        began = self.clock.monotonic()
         try:
             dom.create()
         except libvirt.libvirtError:
             if rec.fenced:
                 self.fencer.release(self.fencer.ref(rec))
             raise
+        log.info("event=guest_created host=%s guest=%s create_s=%.3f", self.host, intent.name,
+                 self.clock.monotonic() - began)  # (what START_BUDGET_S is measured by)
         suffix = f" (fence token {token})" if token else ""
         return f"{intent.name} started on {self.host}{suffix}"
 

@@ -26,14 +26,19 @@ log = logging.getLogger("gridtool.agent")
 
 #: How often the guard checks the lease deadline; part of the margin's budget (J).
 GUARD_TICK = 0.1
-#: Seconds an HA guest's start needs from the intent's last lease check to a running
-#: guest: ``create()``, the fence hook's round trip inside it (a Python start, ~30 ms, and
-#: the agent's decision) and QEMU's spawn (measured 0.1-0.3 s for a TCG guest on the
-#: loaded 2-core machine), doubled for scheduling delays. The next keepalive's round trip
-#: is added (``HostLease.keepalive_rtt``). At TTL 3 a healthy lease's deadline is 1-2 s
-#: away, so a healthy host never refuses.
+#: Seconds reserved, at the intent's last lease check, for an HA guest's start before the
+#: self-fence deadline; the next keepalive's round trip is added
+#: (``HostLease.keepalive_rtt``). Not a bound on ``create()``: measured (event
+#: guest_created, 8 HA TCG guests started back to back on the 2-core machine at load
+#: 6-10) it took 0.9-6.7 s, the fence hook's decision included. Safety does not rest on
+#: it: the guest's fence is taken before, so the self-fence counts it from its deadline
+#: on, and the guard SIGKILLs its QEMU on the first tick after its pid file appears (the
+#: QEMU driver writes it right after the fork, early in ``create()``). The reserve keeps a
+#: start that would mostly run after the deadline from beginning at all, and is small
+#: enough never to refuse on a healthy lease: at TTL 3 its deadline is 1-2 s away (at
+#: TTL 10, 4.7-8 s).
 START_BUDGET_S = 0.5
-#: The same from the fence hook's decision on (libvirt's spawn of QEMU alone).
+#: The same at the fence hook's check, later in the start (libvirt's spawn of QEMU is left).
 HOOK_BUDGET_S = 0.25
 
 

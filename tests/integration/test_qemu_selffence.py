@@ -49,7 +49,7 @@ def dead(pid: int) -> bool:
 
 
 def test_stopped_ha_qemu_guests_all_die_before_their_fences_can_expire(  # type: ignore[no-untyped-def]
-        tmp_path: Path, store, registry, cfg: Config) -> None:
+        tmp_path: Path, store, cfg: Config) -> None:
     why = qemu.unavailable()
     if why:
         pytest.skip(f"QEMU cannot run here: {why}")
@@ -107,7 +107,9 @@ def test_stopped_ha_qemu_guests_all_die_before_their_fences_can_expire(  # type:
                    f"first dead {min(died.values()) - cut:+.3f} s, last dead {last - cut:+.3f} s "
                    f"({last - deadline:.3f} s after the deadline; margin {margin:g} s), first "
                    f"fence expired {min(deleted) - cut:+.3f} s")
-        print(numbers)
+        creates = [float(line.rsplit("create_s=", 1)[1]) for _, line in
+                   log_events(log, "guest_created")]
+        print(numbers, f"; create() took {min(creates):.2f}-{max(creates):.2f} s")
         assert last < min(deleted), f"a guest outlived its fence: {numbers}"
         assert last - deadline < margin, numbers
         assert len(log_events(log, "self_fence_kill")) == GUESTS, "each QEMU SIGKILLed"
