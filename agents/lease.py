@@ -1,6 +1,7 @@
 """The host lease: keepalives on their own thread, tracked by the pure ``LeaseClock``;
-a guard thread self-fences (destroys HA fenced guests) when the deadline comes, and
-optionally pets a hardware/soft watchdog while it is safe to."""
+a guard thread self-fences (``agents.selffence``: kills every HA fenced guest) from the
+deadline on, on every tick until each is confirmed gone, and optionally pets a
+hardware/soft watchdog while it is safe to (never while a guest is not confirmed gone)."""
 
 from __future__ import annotations
 
