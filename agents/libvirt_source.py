@@ -197,6 +197,11 @@ class LibvirtSource:
                 return None
             raise
 
+    def active(self) -> set[str]:
+        """The UUIDs of the domains libvirt lists active (running, paused, ...)."""
+        return {d.UUIDString() for d in self._require().listAllDomains(
+            libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+
     def qemu_pid(self, name: str) -> int | None:
         """The process id of guest ``name``'s QEMU on this machine, or None when none is
         known: libvirt's QEMU driver writes it to ``<run_dir>/qemu/<name>.pid``; it

@@ -16,7 +16,9 @@ module carries it out:
 3. On every later tick, again: a target libvirt did not confirm gone (an error, a destroy
    that failed) is killed again; while the lease is in doubt even the confirmed ones are
    checked again (a start in flight at the deadline may bring one up after the first
-   pass), and every HA fence taken meanwhile joins the targets.
+   pass): their pid files at once, and one listing of libvirt's active domains per tick
+   (not a thread and two calls per guest for as long as a partition lasts); every HA
+   fence taken meanwhile joins the targets.
 
 The HA fences are forgotten (so the guard may tend, and disarm, the watchdog) only once
 every target is confirmed gone: while one refuses to die the watchdog is never petted and
@@ -60,6 +62,8 @@ class KillDomains(Protocol):
 
     def domain(self, uuid: str) -> libvirt.virDomain | None: ...
 
+    def active(self) -> set[str]: ...
+
 
 class SelfFence:
     """The self-fence of one host's HA guests (thread-safe; see the module's text).
@@ -85,6 +89,7 @@ class SelfFence:
         self.targets: dict[str, str] = {}  # uuid -> name: every guest this self-fence covers
         self.fates: dict[str, Fate] = {}
         self._busy: set[str] = set()  # a libvirt thread works on it
+        self._rechecking = False  # a listing of the active domains is in flight
         self._alive_at: dict[str, float] = {}  # when it was last seen alive (or SIGKILLed)
         self._killed: set[str] = set()  # killed since last confirmed gone: log when it is
         self._signalled: dict[str, int] = {}  # uuid -> the pid SIGKILLed (logged once)
@@ -127,8 +132,13 @@ class SelfFence:
             act = [(u, self.targets[u]) for u in plan.act if u not in self._busy]
         for uuid, name in act:
             self._sigkill(uuid, name)
+        with self._changed:
+            confirmed = [(u, n) for u, n in act if self.fates.get(u) is Fate.GONE]
         for uuid, name in act:
-            self._settle_later(uuid, name)
+            if (uuid, name) not in confirmed:
+                self._settle_later(uuid, name)
+        if confirmed:
+            self._recheck_later(confirmed)
         with self._changed:
             gone = all(self.fates.get(u) is Fate.GONE for u in self.targets)
             self._forget_when_gone(gone, self._clock.monotonic())
@@ -202,6 +212,38 @@ class SelfFence:
                             logger=log)
         else:
             self._settle(uuid, name, began)
+
+    def _recheck_later(self, guests: list[tuple[str, str]]) -> None:
+        """Ask libvirt once (one listing, on its own thread) whether any of ``guests``,
+        confirmed gone before, runs again; kill those that do."""
+        with self._changed:
+            if self._rechecking:
+                return
+            self._rechecking = True
+        if self._threaded:
+            supervise.start(self._recheck, "self-fence-recheck", (guests,), logger=log)
+        else:
+            self._recheck(guests)
+
+    def _recheck(self, guests: list[tuple[str, str]]) -> None:
+        back: list[tuple[str, str]] = []
+        try:
+            active = self._domains.active()
+            back = [(u, n) for u, n in guests if u in active]
+        except libvirt.libvirtError as exc:
+            for uuid, _name in guests:  # cannot tell: pursue them one by one again
+                self._failed(uuid, " ".join(str(exc).split()))
+            back = guests
+        finally:
+            with self._changed:
+                self._rechecking = False
+                now = self._clock.monotonic()
+                for uuid, _name in back:
+                    if uuid in self.targets:
+                        self.fates[uuid] = Fate.UNKNOWN
+                        self._alive_at[uuid] = now  # (an older "gone" answer is stale)
+        for uuid, name in back:
+            self._settle_later(uuid, name)
 
     def _settle(self, uuid: str, name: str, began: float) -> None:
         fate = Fate.UNKNOWN

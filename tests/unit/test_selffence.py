@@ -136,6 +136,7 @@ class FakeHost:
         self.guests = {g.uuid: g for g in guests}
         self.ha = {g.uuid: f"vm-{g.uuid}" for g in guests}
         self.forgotten = 0
+        self.calls: list[str] = []  # what libvirt was asked
 
     def ha_names(self) -> dict[str, str]:
         return dict(self.ha)
@@ -145,7 +146,12 @@ class FakeHost:
         self.ha = {u: n for u, n in self.ha.items() if guests is not None and u not in guests}
 
     def domain(self, uuid: str) -> FakeGuest | None:
+        self.calls.append(f"domain {uuid}")
         return self.guests.get(uuid)
+
+    def active(self) -> set[str]:
+        self.calls.append("active")
+        return {u for u, g in self.guests.items() if g.active}
 
     def pid_of(self, name: str) -> int | None:
         guest = self.guests[name.removeprefix("vm-")]
@@ -213,3 +219,12 @@ def test_a_new_leases_ha_fences_are_not_forgotten_with_the_old_guests() -> None:
     assert host.ha == {"u9": "vm-u9"}
     assert fence.step(False) and not fence.covers("u1")  # over
     assert host.ha == {"u9": "vm-u9"}
+
+
+def test_confirmed_guests_cost_one_listing_per_tick_while_in_doubt() -> None:
+    host = FakeHost([FakeGuest(f"u{i}") for i in range(8)])
+    fence = SelfFence("h1", host, host, threaded=False)  # type: ignore[arg-type]
+    assert fence.step(True)
+    host.calls.clear()
+    assert fence.step(True) and fence.step(True)
+    assert host.calls == ["active", "active"], "no call per guest for the ones gone"
