@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 import libvirt
 
 from agents.claims import GuestClaims
+from agents.faults import Faults
 from agents.fencer import Fencer, FenceRefused
 from agents.hooksock import HookServer
 from agents.identity import HostNameTaken, Registration, admit, read_identity
@@ -29,6 +30,7 @@ from agents.intents import IntentWorker
 from agents.lease import HostLease, Watchdog
 from agents.libvirt_source import LibvirtSource
 from agents.readiness import ReadinessWatcher
+from agents.selffence import SelfFence
 from gridtool import __version__, supervise
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
@@ -56,6 +58,9 @@ log = logging.getLogger("gridtool.agent")
 _RESYNC = ("resync", "", None)
 _HOST = ("host", "", None)  # the host record changed (its watchdog began or stopped working)
 REGISTER_ATTEMPTS = 5  # registrations racing with another agent's before a backoff
+#: A clean stop without a watchdog waits this long for its HA guests to be confirmed gone
+#: (a SIGKILLed QEMU goes in milliseconds; libvirt's destroy alone may take 10 s).
+STOP_SELF_FENCE_S = 15.0
 
 
 @dataclass
@@ -86,10 +91,11 @@ class Agent:
         self.registry = Registry(store, cfg.keys)
         self.store = store
         self.changes: queue.Queue[tuple[str, str, bool | None]] = queue.Queue()
+        self.faults = Faults.parse(cfg.fault_points)  # ConfigError: refuse to start
         self.libvirt = LibvirtSource(
             cfg.libvirt_uri or "", cfg.shared_rules,
             on_change=self._lifecycle_event,
-            on_close=lambda: self.changes.put(_RESYNC))
+            on_close=lambda: self.changes.put(_RESYNC), run_dir=cfg.libvirt_run_dir)
         watchdog = Watchdog(
             cfg.watchdog, cfg.watchdog_timeout, cfg.watchdog_kind,
             limit=LeaseClock.start(cfg.ttl, 0.0).max_watchdog_timeout,
@@ -97,10 +103,14 @@ class Agent:
         # The watchdog is first tended once the fences this host holds are known: right
         # after resuming a predecessor's lease (its last pet must not run out during a
         # slow first resync), else once the first resync has judged every guest.
-        self.lease = HostLease(store, cfg.ttl, self.host, self.self_fence, watchdog,
+        self.lease = HostLease(store, cfg.ttl, self.host,
+                               lambda in_doubt: self.self_fencer.step(in_doubt), watchdog,
                                has_ha_guests=lambda: bool(self.fencer.ha_guests()),
                                may_pet=lambda: self._fences_known)
         self.fencer = Fencer(store, cfg.keys, self.host, lambda: self.lease.lease)
+        self.self_fencer = SelfFence(self.host, self.fencer, self.libvirt,
+                                     pid_of=self.libvirt.qemu_pid,
+                                     destroy_fails=self.faults.self_fence_destroy_fails)
         # guests an intent or the fence hook works on, and guests judge() acts on
         self.claims = GuestClaims()
         self.hook_server: HookServer | None = None
@@ -108,12 +118,14 @@ class Agent:
             self.hook_server = HookServer(
                 cfg.hook_socket, host=self.host, rules=cfg.shared_rules, fencer=self.fencer,
                 claims=self.claims, domains=self.libvirt, on_change=self._look_again,
-                policy=IntruderPolicy(cfg.intruder_policy), report=self._report_arrival)
+                policy=IntruderPolicy(cfg.intruder_policy), report=self._report_arrival,
+                lease=self.lease)
         self.intents = IntentWorker(
             host=self.host, store=store, keys=cfg.keys, domains=self.libvirt,
             fencer=self.fencer, lease=self.lease, claims=self.claims,
             images_dir=cfg.images_dir, on_change=self._look_again,
-            judge=lambda rec: self.judge(rec, clean_stop=None), hook=self.hook_server)
+            judge=lambda rec: self.judge(rec, clean_stop=None), hook=self.hook_server,
+            faults=self.faults)
         self.readiness = ReadinessWatcher(self._look_again)
         self.libvirt.readiness = self.readiness
         self.started_at = time.time()
@@ -141,6 +153,9 @@ class Agent:
         log.info("event=agent_start host=%s uri=%s endpoints=%s ttl=%s version=%s",
                  self.host, self.cfg.libvirt_uri, ",".join(self.cfg.endpoints),
                  self.cfg.ttl, __version__)
+        if self.faults.any:
+            log.warning("event=fault_points host=%s faults=%s note=test only",
+                        self.host, ",".join(self.cfg.fault_points))
         self.lease.start()
         self.intents.start()
         self.readiness.start()
@@ -201,7 +216,9 @@ class Agent:
                           "no watchdog configured")
                 log.warning("event=agent_stop_self_fence host=%s ha_guests=%d reason=%s",
                             self.host, len(ha), reason)
-                self.self_fence()
+                if not self.self_fence():
+                    log.error("event=agent_stop_self_fence_incomplete host=%s note=an HA guest "
+                              "was not confirmed gone", self.host)
             self.lease.revoke()
         self.libvirt.close()
         self.store.close()
@@ -422,8 +439,8 @@ class Agent:
         the guest meanwhile: judged on an older libvirt read, a guest no longer running
         was taken for an intruder.
         """
-        if not rec.fenced:
-            return
+        if not rec.fenced or self.self_fencer.covers(rec.uuid):
+            return  # (a guest the self-fence pursues takes no fence)
         with self._claimed(rec.uuid) as claimed:
             if not claimed:
                 return
@@ -540,24 +557,15 @@ class Agent:
                     self.fencer.release(GuestRef(fence.guest, fence.guest_name, fence.kind,
                                                  (fence.volume,)))
 
-    def self_fence(self) -> None:
-        """The lease deadline passed: destroy every HA fenced guest here, now.
+    def self_fence(self) -> bool:
+        """Kill every HA fenced guest here now (``agents.selffence``) and wait until
+        libvirt confirms each gone, at most :data:`STOP_SELF_FENCE_S`: a clean stop with
+        no watchdog to leave in charge. False when one did not die in time.
 
         Pinned guests are left running: nobody may take their fences without an
         operator's ``host confirm-dead``.
         """
-        for uuid in sorted(self.fencer.ha_guests()):
-            try:
-                dom = self.libvirt.domain(uuid)
-                if dom is not None and dom.isActive():
-                    dom.destroy()
-                    log.warning("event=self_fenced host=%s guest=%s uuid=%s", self.host,
-                                dom.name(), uuid)
-            except libvirt.libvirtError as exc:
-                log.error("event=self_fence_failed host=%s uuid=%s error=%s", self.host, uuid,
-                          _one_line(exc))
-                return  # keep counting them: the watchdog stays the backstop
-        self.fencer.forget_ha()
+        return self.self_fencer.finish(STOP_SELF_FENCE_S)
 
     def _publish_definition(self, rec: GuestRecord) -> None:
         """Keep a fenced guest's XML in the registry so another host can take it over."""

@@ -94,16 +94,24 @@ class Fencer:
             self.held, self.tokens, self.stale = held, tokens, stale
         return held
 
-    def forget_ha(self) -> None:
-        """After a self-fence: the HA guests are gone and their fences expire with the
-        lease; stop counting them (so the watchdog may be petted again)."""
+    def forget_ha(self, guests: Iterable[str] | None = None) -> None:
+        """After a self-fence, once libvirt confirmed its HA guests gone (``guests``, by
+        uuid; None: every one): their fences expire with the lease; stop counting them (so
+        the watchdog may be disarmed)."""
+        gone = None if guests is None else set(guests)
         with self._lock:
-            self.held = {v: f for v, f in self.held.items() if f.kind is not FenceKind.HA}
+            self.held = {v: f for v, f in self.held.items() if f.kind is not FenceKind.HA
+                         or (gone is not None and f.guest not in gone)}
 
     def ha_guests(self) -> set[str]:
         """UUIDs of guests this host holds HA fences for (used to self-fence)."""
+        return set(self.ha_names())
+
+    def ha_names(self) -> dict[str, str]:
+        """uuid -> name of the guests this host holds HA fences for."""
         with self._lock:
-            return {f.guest for f in self.held.values() if f.kind is FenceKind.HA}
+            return {f.guest: f.guest_name for f in self.held.values()
+                    if f.kind is FenceKind.HA}
 
     # -- writing -------------------------------------------------------------
 

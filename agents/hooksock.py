@@ -43,8 +43,9 @@ from pathlib import Path
 
 from agents.claims import GuestClaims
 from agents.hook import DEFAULT_TIMEOUT_S, read_line
+from agents.lease import HOOK_BUDGET_S
 from agents.livemigrate import copy_of
-from agents.ports import Domains, FenceView
+from agents.ports import Domains, FenceView, LeaseView
 from gridtool import supervise
 from gridtool.domains.storage import SharedStorageRules
 from gridtool.domains.xml import DomainXMLError, parse_domain
@@ -124,7 +125,9 @@ class HookServer:
     ``fencer`` gives the fences held and fresh reads; ``claims`` the guest claims shared
     with the agent; ``domains`` the host's libvirt (an incoming guest's state, and where
     it is paused or stopped); ``on_change(uuid)`` asks the agent to look at a guest
-    again; ``policy`` is what an arriving intruder gets, ``report`` records its violation.
+    again; ``policy`` is what an arriving intruder gets, ``report`` records its violation;
+    ``lease`` the host's lease, whose clock refuses an HA guest's start near the
+    self-fence deadline (None: not checked).
     """
 
     def __init__(self, path: str, *, host: str, rules: SharedStorageRules,
@@ -132,8 +135,10 @@ class HookServer:
                  on_change: Callable[[str], None],
                  answer_within: float = ANSWER_WITHIN_S,
                  policy: IntruderPolicy = IntruderPolicy.PAUSE,
-                 report: Report | None = None) -> None:
+                 report: Report | None = None,
+                 lease: LeaseView | None = None) -> None:
         self.path = path
+        self.lease = lease
         self.answer_within = answer_within
         self.host = host
         self.rules = rules
@@ -255,8 +260,11 @@ class HookServer:
                 return False, "given up: the fences were read too late"
             expected = self._expected.get(guest.uuid)
             arrival = self._arriving.get(guest.uuid)
+            lease = self.lease
+            budget = HOOK_BUDGET_S + (lease.keepalive_rtt if lease is not None else 0.0)
             answer = may_start(self.host, guest, observed, op, expected,
-                               arrival.source if arrival is not None else None, now)
+                               arrival.source if arrival is not None else None, now,
+                               lease.clock if lease is not None else None, budget)
             source = answer.incoming_from
             if source is not None and op == StartOp.MIGRATE:
                 # the expectation is used up: this migration is arriving now

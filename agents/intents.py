@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -13,6 +15,7 @@ import libvirt
 
 from agents import images
 from agents.claims import GuestClaims
+from agents.faults import NO_FAULTS, Faults
 from agents.fencer import FenceRefused
 from agents.livemigrate import LiveMigrator, receive
 from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
@@ -21,7 +24,7 @@ from gridtool.clock import SYSTEM, Clock
 from gridtool.clone.rules import ClonePlanError, check_name, golden_path, inside, template_disks
 from gridtool.clone.templates import forget_clone
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
-from gridtool.fencing.rules import FenceKind
+from gridtool.fencing.rules import FenceKind, GuestRef
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError, GuestRecord
 from gridtool.registry.records import DomainDefinition, Intent, IntentAction, decode, encode
@@ -42,7 +45,8 @@ class IntentWorker:
     (``domains``), its ``fencer`` and ``lease``, the guest ``claims`` shared with the
     agent, ``images_dir`` for templates and clones, ``on_change(uuid)`` to have a guest
     looked at again, ``judge(record)`` to judge one now, the fence ``hook`` (None
-    when the host has none) for ``receive``, and the ``clock`` it reads the time from.
+    when the host has none) for ``receive``, the ``clock`` it reads the time from, and the
+    test-only ``faults`` (``agents.faults``).
     The simulator runs it without its thread: :meth:`handle` per queued key.
     """
 
@@ -50,12 +54,13 @@ class IntentWorker:
                  fencer: FenceHolder, lease: LeaseView, claims: GuestClaims,
                  images_dir: str, on_change: Callable[[str], None],
                  judge: Callable[[GuestRecord], None], hook: Receiver | None = None,
-                 clock: Clock = SYSTEM) -> None:
+                 clock: Clock = SYSTEM, faults: Faults = NO_FAULTS) -> None:
         self.host, self.store, self.keys = host, store, keys
         self.domains, self.fencer, self.lease, self.claims = domains, fencer, lease, claims
         self.images_dir, self.on_change, self.judge, self.hook = (images_dir, on_change,
                                                                    judge, hook)
         self.clock = clock
+        self.faults = faults
         self.live = LiveMigrator(host=host, store=store, keys=keys, domains=domains,
                                  fencer=fencer, lease=lease)
         self.queue: queue.Queue[str | None] = queue.Queue()
@@ -193,8 +198,8 @@ class IntentWorker:
         dom = self._domain(intent)
         rec = self._record(intent)
         token = 0
-        if rec.fenced:
-            ref = self.fencer.ref(rec)
+        ref = self.fencer.ref(rec) if rec.fenced else None
+        if ref is not None:
             if ref.kind is FenceKind.HA and not self.lease.arm():
                 if self.lease.lost.is_set():  # in flight until the resync after registering
                     raise LeaseGone(f"{self.host}'s lease is lost: the start waits for "
@@ -205,14 +210,34 @@ class IntentWorker:
             token = self.fencer.acquire(ref)
         if dom.isActive():
             return f"{intent.name} already running on {self.host}"
+        if self.faults.delay_before_create:  # test-only: a start racing the deadline
+            time.sleep(self.faults.delay_before_create)
+        if ref is not None and ref.kind is FenceKind.HA:
+            self._lease_allows_start(intent, ref)
+        began = self.clock.monotonic()
         try:
             dom.create()
         except libvirt.libvirtError:
             if rec.fenced:
                 self.fencer.release(self.fencer.ref(rec))
             raise
+        log.info("event=guest_created host=%s guest=%s create_s=%.3f", self.host, intent.name,
+                 self.clock.monotonic() - began)  # (what START_BUDGET_S is measured by)
         suffix = f" (fence token {token})" if token else ""
         return f"{intent.name} started on {self.host}{suffix}"
+
+    def _lease_allows_start(self, intent: Intent, ref: GuestRef) -> None:
+        """The lease clock's last word before an HA guest's ``create()``: IntentFailed
+        (its fences given back, if etcd answers) when the self-fence deadline is too
+        near for the start to finish before it."""
+        why = self.lease.why_not_start()
+        if not why:
+            return
+        log.warning("event=start_refused host=%s guest=%s uuid=%s reason=%s", self.host,
+                    intent.name, intent.guest, why)
+        with contextlib.suppress(RegistryUnavailable, AuthError):  # (they die with the lease)
+            self.fencer.release(ref)
+        raise IntentFailed(f"{intent.name} not started on {self.host}: {why}")
 
     def _do_stop(self, intent: Intent) -> str:
         dom = self._domain(intent)

@@ -1,6 +1,7 @@
 """The host lease: keepalives on their own thread, tracked by the pure ``LeaseClock``;
-a guard thread self-fences (destroys HA fenced guests) when the deadline comes, and
-optionally pets a hardware/soft watchdog while it is safe to."""
+a guard thread self-fences (``agents.selffence``: kills every HA fenced guest) from the
+deadline on, on every tick until each is confirmed gone, and optionally pets a
+hardware/soft watchdog while it is safe to (never while a guest is not confirmed gone)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,20 @@ log = logging.getLogger("gridtool.agent")
 
 #: How often the guard checks the lease deadline; part of the margin's budget (J).
 GUARD_TICK = 0.1
+#: Seconds reserved, at the intent's last lease check, for an HA guest's start before the
+#: self-fence deadline; the next keepalive's round trip is added
+#: (``HostLease.keepalive_rtt``). Not a bound on ``create()``: measured (event
+#: guest_created, 8 HA TCG guests started back to back on the 2-core machine at load
+#: 6-10) it took 0.9-6.7 s, the fence hook's decision included. Safety does not rest on
+#: it: the guest's fence is taken before, so the self-fence counts it from its deadline
+#: on, and the guard SIGKILLs its QEMU on the first tick after its pid file appears (the
+#: QEMU driver writes it right after the fork, early in ``create()``). The reserve keeps a
+#: start that would mostly run after the deadline from beginning at all, and is small
+#: enough never to refuse on a healthy lease: at TTL 3 its deadline is 1-2 s away (at
+#: TTL 10, 4.7-8 s).
+START_BUDGET_S = 0.5
+#: The same at the fence hook's check, later in the start (libvirt's spawn of QEMU is left).
+HOOK_BUDGET_S = 0.25
 
 
 #: Linux watchdog ioctls (``<linux/watchdog.h>``): ``_IOWR('W', 6, int)``, ``_IOR('W', 7, int)``.
@@ -251,7 +266,7 @@ class HostLease:
     ``clock`` instead."""
 
     def __init__(self, store: Store, ttl: int, host: str,
-                 self_fence: Callable[[], None], watchdog: Watchdog | None = None,
+                 self_fence: Callable[[bool], bool], watchdog: Watchdog | None = None,
                  has_ha_guests: Callable[[], bool] = lambda: True,
                  may_pet: Callable[[], bool] = lambda: True, clock: Clock = SYSTEM) -> None:
         self.store = store
@@ -266,6 +281,8 @@ class HostLease:
         self.clock: LeaseClock | None = None
         self.lost = threading.Event()
         self._fenced_for: int | None = None
+        self._fencing = False  # some HA guest of a lease in doubt is not confirmed gone
+        self.keepalive_rtt = 0.0  # the last keepalive's (or grant's) round trip, seconds
         self._armed_until = 0.0
         self._stop = threading.Event()
         self._threads = [supervise.thread(self._keepalive_loop, "keepalive", logger=log),
@@ -279,6 +296,7 @@ class HostLease:
         """Take a new lease (after start-up or after the old one was lost)."""
         sent = self._clock.monotonic()
         lease = self.store.grant_lease(self.ttl)
+        self.keepalive_rtt = self._clock.monotonic() - sent
         self.clock = LeaseClock.start(self.ttl, sent)
         self.lease = lease
         self.lost.clear()
@@ -326,7 +344,7 @@ class HostLease:
         too when a configured watchdog fails (busy, not a watchdog, a timeout longer than
         the lease allows): an HA guest must not start on a host it would not protect."""
         clock, now = self.clock, self._clock.monotonic()
-        if clock is None or clock.state(now) is not LeaseState.HEALTHY:
+        if clock is None or clock.state(now) is not LeaseState.HEALTHY or self._fencing:
             return False
         if self._watchdog is None:
             return True
@@ -335,6 +353,19 @@ class HostLease:
             return False
         self._armed_until = now + self.ttl  # the guard keeps it armed while the fence is taken
         return True
+
+    def why_not_start(self, budget: float = START_BUDGET_S) -> str:
+        """Why no HA guest may start here now ('' when one may): the lease clock's
+        answer (:meth:`LeaseClock.may_start`) for a start needing ``budget`` seconds and
+        the next keepalive's round trip; checked right before libvirt's ``create()``."""
+        clock = self.clock
+        if clock is None:
+            return f"{self.host} holds no lease"
+        if self._fencing:
+            return (f"{self.host} is still self-fencing the HA guests of a lease in doubt: "
+                    "it starts none until libvirt confirms them gone")
+        return clock.why_not_start(self.host, self._clock.monotonic(),
+                                   budget + self.keepalive_rtt)
 
     def keep(self) -> None:
         """Stop without revoking: the lease runs out by itself unless a restarted agent
@@ -381,6 +412,7 @@ class HostLease:
             return
         if lease != self.lease or self.clock is None:
             return  # a new lease was granted meanwhile
+        self.keepalive_rtt = self._clock.monotonic() - now
         self.clock = self.clock.acked(now, remaining)
         if remaining <= 0:
             log.warning("event=lease_expired host=%s lease=%x", self.host, lease)
@@ -400,18 +432,23 @@ class HostLease:
             self.guard_step()
 
     def guard_step(self) -> None:
-        """Self-fence once the lease deadline has come; tend the watchdog."""
+        """Self-fence from the lease deadline on, on every tick while the lease is in
+        doubt and after it until every HA guest is confirmed gone; tend the watchdog
+        (never while one is not: it stays armed and unpetted, the backstop)."""
         clock, lease = self.clock, self.lease
         if clock is None or lease is None:
             return
         now = self._clock.monotonic()
-        if clock.state(now) is LeaseState.MUST_SELF_FENCE and self._fenced_for != lease:
+        in_doubt = clock.state(now) is LeaseState.MUST_SELF_FENCE
+        if in_doubt and self._fenced_for != lease:
             self._fenced_for = lease
             log.warning("event=self_fence host=%s lease=%x reason=lease_deadline "
                         "overdue_s=%.2f", self.host, lease, now - clock.deadline)
-            self._self_fence()
+        if in_doubt or self._fencing:
+            self._fencing = not self._self_fence(in_doubt)
+        if in_doubt and self.lease == lease:  # (not a lease granted meanwhile)
             self.lost.set()
-        if self._watchdog is not None and self._may_pet():
+        if self._watchdog is not None and self._may_pet() and not self._fencing:
             self._tend_watchdog(self._watchdog, clock, now)
 
     def tend_watchdog(self) -> None:

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import libvirt
 
@@ -66,8 +67,9 @@ class LibvirtSource:
 
     def __init__(self, uri: str, rules: SharedStorageRules,
                  on_change: Callable[[str, bool | None], None],
-                 on_close: Callable[[], None]) -> None:
+                 on_close: Callable[[], None], run_dir: str = "/run/libvirt") -> None:
         self.uri = uri
+        self.run_dir = Path(run_dir)
         self._rules = rules
         self._on_change = on_change
         self._on_close = on_close
@@ -204,6 +206,26 @@ class LibvirtSource:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
             raise
+
+    def active(self) -> set[str]:
+        """The UUIDs of the domains libvirt lists active (running, paused, ...)."""
+        return {d.UUIDString() for d in self._require().listAllDomains(
+            libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+
+    def qemu_pid(self, name: str) -> int | None:
+        """The process id of guest ``name``'s QEMU on this machine, or None when none is
+        known: libvirt's QEMU driver writes it to ``<run_dir>/qemu/<name>.pid``; it
+        counts only while that process is alive and is QEMU started for this guest (its
+        command line names ``guest=<name>``), so a stale file or a reused pid is never
+        killed. Other drivers (the test driver, Xen) have no such file."""
+        try:
+            pid = int((self.run_dir / "qemu" / f"{name}.pid").read_text().strip())
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        wanted = f"guest={name}".encode()
+        named = any(a == wanted or a.startswith(wanted + b",") for a in argv)
+        return pid if pid > 0 and named and b"qemu" in argv[0] else None
 
     def mark_intruder(self, dom: libvirt.virDomain, holder: str) -> None:
         """Mark this run of ``dom`` an intruder in its live definition's metadata (see

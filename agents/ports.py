@@ -10,7 +10,7 @@ from typing import Protocol
 
 import libvirt
 
-from gridtool.fencing.rules import Fence, FenceKind, GuestRef, Observation
+from gridtool.fencing.rules import Fence, FenceKind, GuestRef, LeaseClock, Observation
 from gridtool.registry.model import GuestRecord
 
 
@@ -35,13 +35,18 @@ class Domains(Protocol):
 
 
 class LeaseView(Protocol):
-    """The host's lease (``agents.lease.HostLease``): its id, whether it is ``lost`` (the
-    agent registers anew), and arming before HA work."""
+    """The host's lease (``agents.lease.HostLease``): its id and clock, whether it is
+    ``lost`` (the agent registers anew), arming before HA work, and whether an HA guest
+    may start now."""
 
     lease: int | None
     lost: threading.Event
+    clock: LeaseClock | None
+    keepalive_rtt: float
 
     def arm(self) -> bool: ...
+
+    def why_not_start(self, budget: float = ...) -> str: ...
 
     @property
     def watchdog_problem(self) -> str: ...

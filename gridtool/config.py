@@ -118,6 +118,18 @@ class Config:
         "(`/etc/libvirt/hooks/qemu`): may this host start, restore or receive this guest? The "
         "hook refuses when the agent does not hold every fence of the guest, or does not answer "
         "in time. Unset: no hook server."))
+    libvirt_run_dir: str = setting("/run/libvirt", "agent", meaning=(
+        "Where the local libvirtd keeps its runtime state, as the agent sees it: the QEMU "
+        "driver writes each running guest's process id to `qemu/NAME.pid` there. When its "
+        "lease runs out, the agent kills the QEMU process of every HA guest with SIGKILL "
+        "first (libvirt's own destroy tries SIGTERM and may wait 10 s before SIGKILL), then "
+        "has libvirt destroy it. No pid file (another driver, a remote URI): libvirt's "
+        "destroy alone."))
+    fault_points: tuple[str, ...] = setting((), "agent", meaning=(
+        "Test-only fault points, off by default; never set them on a real host. "
+        "`self-fence-destroy-fails=N`: the self-fence's libvirt destroy of each guest fails "
+        "the first N times. `delay-before-create=S`: a start waits S seconds after taking "
+        "the guest's fences, before the lease check and libvirt's create."))
     shared_patterns: tuple[str, ...] = setting(DEFAULT_SHARED_PATTERNS, "storage", meaning=(
         "Shell glob patterns of disk source paths that live on storage several hosts can see (AoE, "
         "iSCSI by-path). A guest with such a disk must run on one host at a time, so gridtool "

@@ -16,8 +16,11 @@ Shell contract, in short:
   the world moved: read again and plan again. Start the guest only after success.
 * **release**: :func:`plan_release` gives compare-``mod_revision``-then-delete steps, one
   transaction.
-* **self-fence**: keep a :class:`LeaseClock`; when it says ``MUST_SELF_FENCE``, destroy
-  every HA fenced guest at once and leave pinned guests running.
+* **self-fence**: keep a :class:`LeaseClock`; when it says ``MUST_SELF_FENCE``, kill
+  every HA fenced guest at once, and on every tick after that ask :func:`self_fence_round`
+  what to kill or check again, until libvirt confirms each gone; pinned guests run on.
+* **starts near the deadline**: an HA guest starts only while :meth:`LeaseClock.may_start`
+  says its start (and one keepalive) fits before the deadline.
 """
 
 from __future__ import annotations
@@ -556,6 +559,8 @@ def may_start(
     expected: Expected | None = None,
     arriving_from: str | None = None,
     now: float = 0.0,
+    lease: LeaseClock | None = None,
+    budget: float = 0.0,
 ) -> StartAnswer:
     """The libvirt hook's rule: may ``host`` start (``op``) fenced ``guest`` now?
 
@@ -566,20 +571,35 @@ def may_start(
     ``arriving_from`` that source. Everything else is refused, naming the holder, and so
     is any start of a copy marked an intruder (its XML carries the mark only when it is
     a saved image of that copy: a fresh boot starts from the inactive definition).
+    An HA guest (some fence of it is HA: it dies with the holder's lease) is refused too
+    while ``host``'s ``lease`` clock (on ``now``'s clock) says a start needing ``budget``
+    seconds no longer fits before its self-fence deadline (:meth:`LeaseClock.may_start`).
     """
     if guest.intruder:  # a saved image of a copy once judged an intruder
         return StartAnswer(False, f"this copy of {guest.name} {_STALE}")
     if _all_held(host, guest, observed):
-        return StartAnswer(True, f"{host} holds its fences")
-    if (arriving_from is not None and op in (StartOp.PREPARE, StartOp.RESTORE)
+        answer = StartAnswer(True, f"{host} holds its fences")
+    elif (arriving_from is not None and op in (StartOp.PREPARE, StartOp.RESTORE)
             and _all_held(arriving_from, guest, observed)):
-        return StartAnswer(True, f"incoming live migration from {arriving_from}",
-                           arriving_from)
-    if (expected is not None and op == StartOp.MIGRATE and now <= expected.until
+        answer = StartAnswer(True, f"incoming live migration from {arriving_from}",
+                             arriving_from)
+    elif (expected is not None and op == StartOp.MIGRATE and now <= expected.until
             and _all_held(expected.source, guest, observed)):
-        return StartAnswer(True, f"incoming live migration from {expected.source}",
-                           expected.source)
-    return StartAnswer(False, _start_refusal(host, guest, observed))
+        answer = StartAnswer(True, f"incoming live migration from {expected.source}",
+                             expected.source)
+    else:
+        return StartAnswer(False, _start_refusal(host, guest, observed))
+    if lease is not None and _ha(guest, observed):
+        why = lease.why_not_start(host, now, budget)
+        if why:
+            return StartAnswer(False, why)
+    return answer
+
+
+def _ha(guest: GuestRef, observed: Mapping[str, Observation]) -> bool:
+    """Some fence of ``guest`` is an HA fence (it dies with its holder's lease)."""
+    return any(isinstance(o, Observed) and o.fence.guest == guest.uuid
+               and o.fence.kind is FenceKind.HA for o in observed.values())
 
 
 def _all_held(host: str, guest: GuestRef, observed: Mapping[str, Observation]) -> bool:
@@ -728,6 +748,32 @@ class LeaseClock:
         healthy = self.state(now) is LeaseState.HEALTHY
         return now - self.last_sent >= (self.interval if healthy else self.retry)
 
+    def may_start(self, now: float, budget: float) -> bool:
+        """May an HA guest start now, when its start (and the next keepalive's round
+        trip) needs ``budget`` seconds?
+
+        No once the lease is lost or the deadline is nearer than ``budget``: a guest still
+        coming up at the deadline would miss the self-fence's first pass and run into the
+        margin the kill needs (the guard catches it on a later tick, but only a guest up
+        before the deadline is killed with the whole margin to spare), and a guest that no
+        keepalive can renew in time is started only to be killed.
+        """
+        return not self.lost and now + budget < self.deadline
+
+    def why_not_start(self, host: str, now: float, budget: float) -> str:
+        """One line why ``host`` may start no HA guest now ('' when
+        :meth:`may_start`)."""
+        if self.may_start(now, budget):
+            return ""
+        if self.lost:
+            return (f"{host}'s lease is gone (etcd said so): it is self-fencing its HA guests "
+                    "and starts none until it has registered again")
+        left = self.deadline - now
+        when = (f"passed {-left:.1f} s ago" if left <= 0 else
+                f"is {left:.1f} s away and a start needs {budget:.1f} s")
+        return (f"{host}'s lease is in doubt: its self-fence deadline {when}; it starts no "
+                "HA guest until a keepalive reaches the registry (etcd unreachable or slow?)")
+
     def watchdog_may_pet(self, now: float, timeout: float, ha_running: bool) -> bool:
         """May the host watchdog (timeout ``timeout``) be petted now?
 
@@ -739,3 +785,53 @@ class LeaseClock:
         if not ha_running:
             return True
         return not self.lost and now + timeout <= self.expiry_floor - self.margin / 2
+
+
+# --------------------------------------------------------------------------- the self-fence
+
+
+class Fate(StrEnum):
+    """What libvirt last said about one guest the self-fence must see dead."""
+
+    UNKNOWN = "unknown"  # not asked yet, or libvirt could not tell (an error)
+    ALIVE = "alive"  # active (or its QEMU process alive): kill it
+    GONE = "gone"  # libvirt says inactive, or knows no such domain
+
+
+@dataclass(frozen=True)
+class SelfFenceRound:
+    """One guard tick of a self-fence: whom it must see dead, whom to kill or check now.
+
+    ``targets``: uuid -> name of every HA guest of this self-fence (it only grows while
+    the lease is in doubt); ``act``: the targets to kill if alive and check again now;
+    ``all_gone``: libvirt confirmed every target gone (then the HA fences may be
+    forgotten: the watchdog need no longer reset the host); ``over``: all gone and the
+    lease no longer in doubt, the self-fence ends."""
+
+    targets: Mapping[str, str]
+    act: tuple[str, ...]
+    all_gone: bool
+    over: bool
+
+
+def self_fence_round(
+    targets: Mapping[str, str],
+    fates: Mapping[str, Fate],
+    held_ha: Mapping[str, str],
+    in_doubt: bool,
+) -> SelfFenceRound:
+    """Decide one tick of the self-fence.
+
+    ``targets`` (uuid -> name) are the HA guests this self-fence already covers, ``fates``
+    what libvirt last said of each (missing: not asked yet), ``held_ha`` the HA fences the
+    host holds now (uuid -> name), ``in_doubt``: the lease clock is past its deadline (no
+    new lease since). While in doubt every HA guest whose fence is held joins the targets
+    (one whose start raced the deadline: its fence was taken before, its QEMU came up
+    after the first pass) and every target is checked again on every tick, gone or not (a
+    start in flight at the deadline may bring one back). Once a new lease is healthy only
+    the targets not yet confirmed gone are pursued, until libvirt confirms them gone.
+    """
+    merged = {**targets, **held_ha} if in_doubt else dict(targets)
+    pending = sorted(u for u in merged if fates.get(u) is not Fate.GONE)
+    act = tuple(sorted(merged)) if in_doubt else tuple(pending)
+    return SelfFenceRound(merged, act, not pending, not pending and not in_doubt)

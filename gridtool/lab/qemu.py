@@ -218,6 +218,12 @@ class QemuHost(LabHost):
         return Path(self.dir, "etc", "hooks", "qemu")
 
     @property
+    def run_dir(self) -> Path:
+        """The daemon's ``/run/libvirt`` as seen from outside its mount namespace (its
+        QEMU driver writes each guest's pid to ``qemu/NAME.pid`` there)."""
+        return Path(self.dir, "run")
+
+    @property
     def virtlogd_pidfile(self) -> Path:
         return Path(self.dir, "run", "virtlogd.pid")
 
@@ -294,7 +300,7 @@ class QemuHost(LabHost):
         which destroys this daemon's guests on expiry), else an agent that stops with HA
         guests self-fences them."""
         cfg = replace(base, shared_patterns=self.shared_patterns(),
-                      hook_socket=str(self.hook_socket))
+                      hook_socket=str(self.hook_socket), libvirt_run_dir=str(self.run_dir))
         super().write_agent_conf(cfg, watchdog=watchdog, as_host=as_host)
 
     def stop_libvirtd(self) -> None:

@@ -87,6 +87,38 @@ def test_only_the_holder_may_start_it(hosts) -> None:  # type: ignore[no-untyped
     assert h1.ask("prepare", uuid, xml)["allow"] is False, "released: the cache is not used"
 
 
+def test_an_ha_start_is_refused_while_the_agents_deadline_is_near(  # type: ignore[no-untyped-def]
+        hosts, store) -> None:
+    """The hook asks the agent's lease clock too: an HA guest (its fence is HA) does not
+    start when the self-fence deadline is nearer than the start needs (a pinned one does:
+    tests/unit/test_selffence.py)."""
+    import time
+
+    from agents.lease import HOOK_BUDGET_S
+    from gridtool.fencing.rules import LeaseClock
+
+    h1, _h2, uuid, xml = hosts
+    lease = store.grant_lease(30)
+    try:
+        h1.fencer._lease = lambda: lease  # HA fences are put with the host's lease
+        h1.fencer.acquire(GuestRef(uuid, "g1", FenceKind.HA, ("aoe-e1.2",)))
+        now = time.monotonic()
+        clock = LeaseClock.start(10, now)  # deadline: now + 8
+        h1.server.lease = SimpleNamespace(clock=clock, keepalive_rtt=0.0)
+        assert h1.ask("prepare", uuid, xml) == {"allow": True, "message": "h1 holds its fences"}
+        h1.server.lease.clock = LeaseClock.start(10, now - 8 + HOOK_BUDGET_S / 2)
+        refused = h1.ask("prepare", uuid, xml)
+        assert refused["allow"] is False
+        assert refused["message"].startswith("h1's lease is in doubt: its self-fence "
+                                             "deadline "), refused
+        assert "it starts no HA guest until a keepalive reaches the registry" in \
+            refused["message"]
+        h1.server.lease.clock = clock.revoked()
+        assert "h1's lease is gone" in h1.ask("prepare", uuid, xml)["message"]
+    finally:
+        store.revoke_lease(lease)
+
+
 def test_an_expected_incoming_migration_only(hosts) -> None:  # type: ignore[no-untyped-def]
     h1, h2, uuid, xml = hosts
     h1.fencer.acquire(ref(uuid))

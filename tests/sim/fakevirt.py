@@ -186,6 +186,10 @@ class FakeLibvirt:
         self.connection()
         return self._dom(uuid) if uuid in self.host.defined else None
 
+    def active(self) -> set[str]:
+        self.connection()
+        return set(self.host.active)
+
     def guest(self, uuid: str, host: str) -> GuestRecord | None:
         self.connection()
         if uuid not in self.host.defined:

@@ -12,7 +12,7 @@ intents with the real :class:`agents.intents.IntentWorker` (its handler table, t
 (:meth:`IntentWorker.handle` per queued intent) on the fake libvirt host
 (:mod:`tests.sim.fakevirt`, behind the agent's ``Domains`` port). Its lease is the real
 :class:`agents.lease.HostLease` on the simulated clock (``keepalive_step``/``guard_step``
-each tick: keepalives; at the deadline the real ``Agent.self_fence`` on the fake
+each tick: keepalives; from the deadline on the real ``SelfFence`` on the fake
 libvirt; the watchdog through :class:`SimWatchdog`). What is still simulated
 (:class:`SimAgent`) is the agent's main loop: registering, reporting, and judging with
 the real pure rules (``judge_running``/``judge_stopped``) instead of ``Agent.judge``.
@@ -48,15 +48,14 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 from xml.etree import ElementTree
 
-from agents.agent import Agent
 from agents.claims import GuestClaims
 from agents.fencer import Fencer, FenceRefused
 from agents.intents import IntentWorker
 from agents.lease import HostLease
+from agents.selffence import SelfFence
 from gridtool.clock import Clock
 from gridtool.clone import templates
 from gridtool.config import Config
@@ -192,6 +191,7 @@ class SimAgent:
     virt: FakeLibvirt | None = None
     worker: IntentWorker | None = None
     guard: HostLease | None = None
+    selffence: SelfFence | None = None
     lease_state: LeaseState | None = None
     reported: dict[str, GuestRecord] = field(default_factory=dict)
     free_reported: int | None = None
@@ -380,10 +380,13 @@ class Simulator:
         agent = SimAgent(Fencer(link, self.keys, host.name,  # type: ignore[arg-type]
                                 lambda: agent.lease.lease))
         agent.guard = HostLease(
-            link, self.cfg.ttl, host.name, lambda: self._self_fence(host, agent),  # type: ignore[arg-type]
+            link, self.cfg.ttl, host.name,  # type: ignore[arg-type]
+            lambda in_doubt: self._self_fence(host, agent, in_doubt),
             SimWatchdog(host, self._now, self.cfg.watchdog),  # type: ignore[arg-type]
             has_ha_guests=lambda: bool(agent.fencer.ha_guests()), clock=self.sim_clock)
         agent.worker = self._worker(host, agent, link)
+        agent.selffence = SelfFence(host.name, agent.fencer, agent.virt,  # type: ignore[arg-type]
+                                    threaded=False, clock=self.sim_clock)
         host.agent = agent
         self.store.watch_prefix(self.keys.intents(host.name),
                                 lambda ev: self._intent_put(host, agent, ev))
@@ -526,13 +529,14 @@ class Simulator:
             self.emit(name, "lease lost; registering anew")
             self._register(host)
 
-    def _self_fence(self, host: Host, agent: SimAgent) -> None:
-        """The guard's self-fence: the real ``Agent.self_fence`` (destroy every guest this
-        host holds HA fences for; if libvirt fails, keep counting them so the watchdog
-        resets the host), run on just the parts it reads: fencer, libvirt, host name."""
-        parts = SimpleNamespace(fencer=agent.fencer, libvirt=agent.virt, host=host.name)
+    def _self_fence(self, host: Host, agent: SimAgent, in_doubt: bool) -> bool:
+        """The guard's self-fence: the real ``agents.selffence.SelfFence`` on the fake
+        libvirt, its destroys inline (destroy every guest this host holds HA fences for;
+        until libvirt confirms them gone, keep counting them so the watchdog resets the
+        host)."""
+        assert agent.selffence is not None
         with _logged(_AgentEvents(self, host.name), "gridtool.agent"):
-            Agent.self_fence(cast(Agent, parts))
+            return agent.selffence.step(in_doubt)
 
     def _kind_on(self, host: Host, kind: GuestKind) -> list[str]:
         return sorted((u for u in host.virt.active if self.specs[u].kind is kind

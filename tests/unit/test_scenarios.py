@@ -154,15 +154,16 @@ def _acquire_blind(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _self_fence_forgets_on_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent's self-fence stops counting HA guests it failed to destroy."""
-    from agents.agent import Agent
+    from agents.selffence import SelfFence
 
-    real = Agent.self_fence
+    real = SelfFence.step
 
-    def self_fence(self: Agent) -> None:
-        real(self)
-        self.fencer.forget_ha()
+    def step(self: SelfFence, in_doubt: bool) -> bool:
+        real(self, in_doubt)
+        self._fencer.forget_ha()
+        return True
 
-    monkeypatch.setattr(Agent, "self_fence", self_fence)
+    monkeypatch.setattr(SelfFence, "step", step)
 
 
 @pytest.mark.parametrize(("patch", "case", "error"), [
