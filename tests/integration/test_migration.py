@@ -50,11 +50,12 @@ def fence(store, cfg, volume: str) -> tuple[Fence | None, int, int]:  # type: ig
     return Fence.from_json(item.value), item.mod_revision, item.lease
 
 
-def start_hosts(lab_hosts, registry, names, **settings) -> None:  # type: ignore[no-untyped-def]
+def start_hosts(lab_hosts, registry, names, per_host=None, **settings) -> None:  # type: ignore[no-untyped-def]
+    """Start ``names``' agents (``per_host``: settings of single hosts) and wait for them."""
     for name in names:
         lab_hosts.add(name)
     for name in names:
-        lab_hosts.start_agent(name, **settings)
+        lab_hosts.start_agent(name, **{**settings, **(per_host or {}).get(name, {})})
     wait_until(lambda: {h.name for h in registry.list_hosts()[0]} >= set(names),
                what="hosts registered")
 
@@ -177,7 +178,10 @@ def test_drain_a_host_with_10_guests(lab_hosts, store, cfg, registry, capsys):  
 
 @pytest.mark.parametrize("ha", [True, False], ids=["ha", "pinned"])
 def test_destination_agent_killed_mid_way_ends_safe(lab_hosts, store, cfg, registry, ha):  # type: ignore[no-untyped-def]
-    start_hosts(lab_hosts, registry, ["hv1", "hv2"])
+    # hv2 waits 2 s between taking the fence and create(): the kill below lands in that
+    # window every time (without it, a fast start could finish before the kill: flaky)
+    start_hosts(lab_hosts, registry, ["hv1", "hv2"],
+                per_host={"hv2": {"fault_points": ("delay-before-create=2",)}})
     store.put(cfg.keys.guest_settings(UUID_HA), encode(GuestSettings(UUID_HA, "ha", ha=ha)))
     run_guest(lab_hosts, registry, "hv1", guest_xml("ha", UUID_HA, "/dev/etherd/e9.2"))
     wait_until(lambda: fence(store, cfg, "aoe-e9.2")[0], what="fence adopted")
