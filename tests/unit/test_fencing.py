@@ -512,7 +512,10 @@ class Copy:
             self.state = "paused"
 
     def step(self, event: str) -> None:
-        if event == "bare_start" and self.state == "off":
+        if event == "bare_start" and self.state == "off" and self.agent_up:
+            # with its agent down, the libvirt hook refuses a start (fail closed); a host
+            # without the hook runs it unchecked and the agent's first resync adopts it
+            # (documented limit: hook-less hosts, e.g. libvirt's test driver)
             self.state = "running"
         elif event == "h2_takes" and self.holder is None:
             self.holder = "h2"
