@@ -90,7 +90,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -384,12 +384,24 @@ class RoundResult:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
-def wrong_resets(faults: list[Fault], resets: list[str]) -> list[str]:
-    """The resets among ``resets`` (hosts, in order) of a host whose agent no fault of
-    the round hung, killed or stopped (:data:`AGENT_DOWN_KINDS`): a healthy agent's host
-    reset (a cut host must self-fence and disarm its watchdog, not be reset)."""
-    down = {f.host for f in faults if f.kind in AGENT_DOWN_KINDS}
-    return [h for h in resets if h not in down]
+#: How late after its deadline the lab's watchdog emulator may fire, seconds: it polls
+#: every 50 ms; the rest is the loaded machine.
+RESET_SLACK_S = 1.0
+
+
+def wrong_reset(host: str, at: float, down_since: Mapping[str, float],
+                down_now: Collection[str], watchdog_timeout: float) -> bool:
+    """Is a watchdog reset of ``host`` at ``at`` (monotonic seconds) *wrong*: a reset of
+    a host whose agent was healthy? Right when a fault (:data:`AGENT_DOWN_KINDS`) holds
+    its agent down now (``down_now``), or took it down (``down_since``: when, last) no
+    longer than the watchdog timeout (plus :data:`RESET_SLACK_S`) ago: the last pet came
+    before that, and a restarted agent may not pet in time (the reset lands in the next
+    round when the fault's round was short). A cut host's agent is healthy: it must
+    self-fence and disarm its watchdog, not be reset."""
+    if host in down_now:
+        return False
+    since = down_since.get(host)
+    return since is None or at - since > watchdog_timeout + RESET_SLACK_S
 
 
 @dataclass(frozen=True)
@@ -689,7 +701,11 @@ class ChaosRun:
         # the current round's accounting (the watchdog threads add resets)
         self._round_overlaps = 0
         self._round_resets: list[str] = []
+        self._round_wrong_resets: list[str] = []
         self._round_failures: list[str] = []
+        # agents taken down by faults: since when (last), and those held down now
+        self._down_since: dict[str, float] = {}
+        self._down_now: set[str] = set()
         # checks polled while time passes: (fault, check -> a problem or None)
         self._watches: list[tuple[Fault, Callable[[], str | None]]] = []
 
@@ -833,6 +849,11 @@ class ChaosRun:
         assert self.lab is not None
         with self._agent_lock:
             self._round_resets.append(name)
+            if wrong_reset(name, time.monotonic(), self._down_since, self._down_now,
+                           self.lab.watchdogs[name].timeout):
+                self._round_wrong_resets.append(name)
+                self.event(f"WRONG RESET {name}: no fault took its agent down within the "
+                           "watchdog timeout")
             proc = self.lab.agents.get(name)
             if proc is not None and proc.poll() is None:
                 proc.kill()
@@ -1060,7 +1081,8 @@ class ChaosRun:
         start = time.monotonic()
         samples0 = self.checker.samples if self.checker else 0
         with self._agent_lock:
-            self._round_overlaps, self._round_resets, self._round_failures = 0, [], []
+            self._round_overlaps, self._round_failures = 0, []
+            self._round_resets, self._round_wrong_resets = [], []
         try:
             settle, running, settled = self._round_faults(faults, steps, state, start)
         except _Abort:  # an overlap stops the run: the round still counts, cut short
@@ -1083,8 +1105,11 @@ class ChaosRun:
                     if i in state:
                         getattr(self, f"_heal_{fault.kind}")(fault, state[i])
                     healed.add(i)
+                    self._agent_down(fault, False)
                 else:
+                    self._agent_down(fault, True)
                     state[i] = getattr(self, f"_inject_{fault.kind}")(fault)
+                    self._agent_down(fault, True)  # from when it is down: a clean stop takes time
                     self.report.faults[fault.kind] += 1
                     if fault.mode:
                         self.report.cut_modes[fault.mode] += 1
@@ -1092,6 +1117,7 @@ class ChaosRun:
             for i in sorted(set(state) - healed):  # aborted mid-round: heal what is left
                 with contextlib.suppress(Exception):
                     getattr(self, f"_heal_{faults[i].kind}")(faults[i], state[i])
+                self._agent_down(faults[i], False)
         settle_from = time.monotonic()
         deadline = settle_from + self.report.settle_bound_s
         while True:
@@ -1103,6 +1129,18 @@ class ChaosRun:
         running = len(self.guests) if settled else self._running_count()
         return round(time.monotonic() - settle_from, 2), running, settled
 
+    def _agent_down(self, f: Fault, down: bool) -> None:
+        """Note that ``f`` takes its host's agent down (``down``) or lets it up again
+        (for :func:`wrong_reset`)."""
+        if f.kind not in AGENT_DOWN_KINDS:
+            return
+        with self._agent_lock:
+            if down:
+                self._down_since[f.host] = time.monotonic()
+                self._down_now.add(f.host)
+            else:
+                self._down_now.discard(f.host)
+
     def _record_round(self, index: int, faults: list[Fault], start: float, samples0: int,
                       settle: float, running: int, settled: bool, aborted: bool = False
                       ) -> None:
@@ -1110,10 +1148,7 @@ class ChaosRun:
         end = time.monotonic()
         samples = (self.checker.samples if self.checker else 0) - samples0
         with self._agent_lock:
-            resets = list(self._round_resets)
-        wrong = wrong_resets(faults, resets)
-        for host in wrong:
-            self.event(f"WRONG RESET {host}: its agent was not taken down in this round")
+            resets, wrong = list(self._round_resets), list(self._round_wrong_resets)
         self.report.rounds.append(RoundResult(
             index, [f.describe() for f in faults], settle, running, len(self.guests), settled,
             samples, round(end - start, 2), kinds=[f.kind for f in faults],
