@@ -42,12 +42,20 @@ class WatchdogEmulator:
         self._thread.join(timeout=5)
 
     def _armed_and_expired(self, now: float) -> bool:
+        """Armed (not closed with "V") and not petted for longer than the timeout.
+
+        The content is read *before* the mtime: an agent arming a watchdog it had
+        closed long ago rewrites the one byte ("V" -> "\\0", the size stays 1) with a
+        new mtime, and a stat taken before that write paired with the content read after
+        it was an old pet on an armed watchdog: a reset of a healthy host the instant
+        its agent started an HA guest (found by the chaos harness's wrong-reset count).
+        Read first, the mtime is at least as new as the content."""
         try:
-            stat = self.path.stat()
-            closed = stat.st_size == 1 and self.path.read_bytes() == b"V"
+            closed = self.path.read_bytes() == b"V"
+            mtime = self.path.stat().st_mtime
         except OSError:
             return False  # never opened: not armed
-        return not closed and now - stat.st_mtime > self.timeout
+        return not closed and now - mtime > self.timeout
 
     def _loop(self) -> None:
         while not self._stop.wait(0.05):
