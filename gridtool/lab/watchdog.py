@@ -30,6 +30,7 @@ class WatchdogEmulator:
         self.uri = uri
         self.host = host
         self.resets = 0
+        self._empty_since: float | None = None  # when the file was first seen empty
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"watchdog {host}", daemon=True)
 
@@ -44,18 +45,27 @@ class WatchdogEmulator:
     def _armed_and_expired(self, now: float) -> bool:
         """Armed (not closed with "V") and not petted for longer than the timeout.
 
-        The content is read *before* the mtime: an agent arming a watchdog it had
-        closed long ago rewrites the one byte ("V" -> "\\0", the size stays 1) with a
-        new mtime, and a stat taken before that write paired with the content read after
-        it was an old pet on an armed watchdog: a reset of a healthy host the instant
-        its agent started an HA guest (found by the chaos harness's wrong-reset count).
-        Read first, the mtime is at least as new as the content."""
+        An agent arming a watchdog it had closed long ago rewrites the one byte ("V"
+        becomes "\\0"): the file is truncated first, and the truncate keeps the old
+        mtime (measured on ext4) until the byte is written. So the content is read
+        *before* the mtime (a stat taken before the write paired with the content read
+        after it was an old pet on an armed watchdog), and an empty file is a write in
+        progress: petted when first seen empty (opening a device pets it), so an agent
+        killed in mid-write still gets its host reset. Before, a healthy host was reset
+        the instant its agent started an HA guest (found by the chaos harness's
+        wrong-reset count; tests/unit/test_lab_watchdog.py)."""
         try:
-            closed = self.path.read_bytes() == b"V"
+            content = self.path.read_bytes()
             mtime = self.path.stat().st_mtime
         except OSError:
             return False  # never opened: not armed
-        return not closed and now - mtime > self.timeout
+        if content != b"":
+            self._empty_since = None
+        elif self._empty_since is None:
+            self._empty_since = now
+        if content == b"V":
+            return False  # closed
+        return now - (mtime if self._empty_since is None else self._empty_since) > self.timeout
 
     def _loop(self) -> None:
         while not self._stop.wait(0.05):

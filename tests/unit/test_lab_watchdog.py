@@ -48,3 +48,18 @@ def test_arming_a_long_closed_watchdog_while_it_is_read_does_not_reset(tmp_path:
     _aged(path, b"V", 20)
     assert not _emulator(path)._armed_and_expired(time.time())
     assert path.read_bytes() == b"\0"  # it is armed now, and freshly petted
+
+
+def test_an_empty_file_is_a_pet_in_progress_then_an_armed_watchdog(tmp_path: Path) -> None:
+    """Arming truncates the file before writing its byte, and the truncate keeps the old
+    mtime (ext4): empty is petted when first seen, and fires a timeout later if no byte
+    ever comes (an agent killed in mid-write)."""
+    path = tmp_path / "watchdog"
+    _aged(path, b"", 20)
+    emulator = _emulator(path)
+    now = time.time()
+    assert not emulator._armed_and_expired(now)
+    assert not emulator._armed_and_expired(now + TIMEOUT - 0.1)
+    assert emulator._armed_and_expired(now + TIMEOUT + 0.1)
+    _aged(path, b"\0", 0)  # the byte came: its mtime counts again
+    assert not emulator._armed_and_expired(time.time())
