@@ -111,6 +111,8 @@ def main() -> None:
         ("lost guests (not running at their round's settle bound)", report.lost_guests),
         ("wrong resets (a healthy agent's host reset)", report.wrong_resets),
         ("failed fault checks", len(report.failures)),
+        ("faults skipped (not set up as planned)",
+         ", ".join(f"{k} {n}" for k, n in sorted(report.skipped.items())) or 0),
         ("agent crashes (restarted)", report.agent_crashes),
         ("manager crashes (replaced)", report.manager_crashes),
         *report.counters.items(),

@@ -436,6 +436,7 @@ class ChaosReport:
     ttl: int
     rounds: list[RoundResult] = field(default_factory=list)
     faults: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)  # faults set up not as planned
     cut_modes: Counter = field(default_factory=Counter)
     overlaps: int = 0  # checker samples with a guest on two hosts
     overlap_seconds: float = 0.0
@@ -564,6 +565,7 @@ class ChaosReport:
     def to_dict(self) -> dict:
         body = asdict(self)
         body["faults"] = dict(self.faults)
+        body["skipped"] = dict(self.skipped)
         body["cut_modes"] = dict(self.cut_modes)
         body["rounds"] = [{**asdict(r), "all_running": r.all_running, "lost": r.lost,
                            "sample_rate": round(r.sample_rate, 1)} for r in self.rounds]
@@ -584,7 +586,8 @@ class ChaosReport:
                 f"all guests running at round end: {self.rounds_all_running}/"
                 f"{len(self.rounds)} ({self.running_fraction:.0%} of guest-rounds) | "
                 f"lost guests={self.lost_guests} wrong resets={self.wrong_resets} "
-                f"failed checks={len(self.failures)} | "
+                f"failed checks={len(self.failures)} skipped faults="
+                f"{sum(self.skipped.values())} | "
                 f"crashes: agents={self.agent_crashes} managers={self.manager_crashes} | "
                 f"samples={self.samples} ({self.sample_rate:.1f}/s, slowest round "
                 f"{self.slowest_round.sample_rate if self.slowest_round else 0.0:.1f}/s) "
@@ -1278,9 +1281,8 @@ class ChaosRun:
         assert self.cfg is not None
         before = self._name_state(f.host)
         if before is None or before[0] is None:
-            self.event(f"twin_agent skipped: {f.host} is not registered (the rule would "
-                       "let a new machine take a free name)")
-            return None
+            return self._skip(f, f"{f.host} is not registered (the rule would let a new "
+                                 "machine take a free name)")
         machine = self.lab.hosts[f.machine]
         space = self.netns.hosts[f.machine]
         endpoints = tuple(space.endpoint(m.client_port) for m in self.cluster.members)
@@ -1352,13 +1354,20 @@ class ChaosRun:
         candidates = sorted((self.guests[u], u, hosts[0]) for u, hosts in running.items()
                             if u in self.guests and len(hosts) == 1 and hosts[0] != f.host)
         if not candidates:
-            self.event(f"intruder skipped: no guest runs outside {f.host}")
-            return None
+            return self._skip(f, f"no guest runs outside {f.host}")
         name, uuid, holder = candidates[f.pick % len(candidates)]
         intruder = _Intruder(uuid, name, holder, f.host)
-        rightful = self.lab.conn(holder).lookupByUUIDString(uuid)
-        rightful.suspend()
-        self.lab.conn(f.host).lookupByUUIDString(uuid).create()
+        try:
+            rightful = self.lab.conn(holder).lookupByUUIDString(uuid)
+            rightful.suspend()
+        except libvirt.libvirtError as exc:  # stopped meanwhile
+            return self._skip(f, f"{name} on {holder}: {exc}")
+        try:
+            self.lab.conn(f.host).lookupByUUIDString(uuid).create()
+        except libvirt.libvirtError as exc:
+            with contextlib.suppress(libvirt.libvirtError):
+                rightful.resume()
+            return self._skip(f, f"{name} on {f.host}: {exc}")
         self.event(f"intruder: {name} paused on {holder} (holding its fence), started on "
                    f"{f.host}")
         if self._wait_for(lambda: self._marked(intruder), INTRUDER_MARK_S, 0.05):
@@ -1414,6 +1423,11 @@ class ChaosRun:
             if problem is not None:
                 self._watches = [(g, w) for g, w in self._watches if w is not check]
                 self._fail(fault, problem)
+
+    def _skip(self, f: Fault, why: str) -> None:
+        """A fault that could not be set up as planned (counted apart, nothing checked)."""
+        self.report.skipped[f.kind] += 1
+        self.event(f"{f.kind} skipped: {why}")
 
     def _fail(self, f: Fault, problem: str) -> None:
         self._round_failures.append(f"{f.kind}: {problem}")
