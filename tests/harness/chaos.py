@@ -1348,7 +1348,11 @@ class ChaosRun:
         The test driver has no hook to refuse the start, and cannot start a domain
         paused: the copy runs until its agent pauses it (the event latency). So the
         rightful copy is paused first (its fence stays held): two copies never *run* at
-        once, and the checker stays strict."""
+        once, and the checker stays strict. The intruder starts only once the checker
+        has taken a whole sample after the pause: a sample lists the hosts one after
+        the other, and one that read the rightful host before the pause and the
+        intruder's after the start showed both running (seen in a soak run, seed
+        862390941, the two calls 1 ms apart)."""
         assert self.lab is not None and self.checker is not None
         running, _unknown = self.checker.observe()
         candidates = sorted((self.guests[u], u, hosts[0]) for u, hosts in running.items()
@@ -1359,9 +1363,13 @@ class ChaosRun:
         intruder = _Intruder(uuid, name, holder, f.host)
         try:
             rightful = self.lab.conn(holder).lookupByUUIDString(uuid)
+            sampled = self.checker.samples
             rightful.suspend()
         except libvirt.libvirtError as exc:  # stopped meanwhile
             return self._skip(f, f"{name} on {holder}: {exc}")
+        # the sample under way may have read the holder before the pause: wait for the next
+        self._wait(lambda: self.checker is not None and self.checker.samples >= sampled + 2,
+                   10, "a checker sample after the pause")
         try:
             self.lab.conn(f.host).lookupByUUIDString(uuid).create()
         except libvirt.libvirtError as exc:
