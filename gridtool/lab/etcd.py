@@ -11,6 +11,11 @@ from pathlib import Path
 
 from gridtool.lab.procs import LabError, free_port, port_open, spawn, stop_pid, wait_for
 
+#: The lab members' Raft timing (etcd's defaults are 100 ms and 1000 ms): a leader that
+#: sends no heartbeat for ELECTION_TIMEOUT_MS is replaced by an election.
+HEARTBEAT_MS = 50
+ELECTION_TIMEOUT_MS = 500
+
 
 def _running(proc: subprocess.Popen) -> bool:
     """True while ``proc`` has not exited."""
@@ -46,7 +51,8 @@ class EtcdMember:
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", cluster, "--initial-cluster-token", token,
             "--initial-cluster-state", state,
-            "--heartbeat-interval", "50", "--election-timeout", "500",
+            "--heartbeat-interval", str(HEARTBEAT_MS),
+            "--election-timeout", str(ELECTION_TIMEOUT_MS),
             "--logger", "zap", "--log-outputs", "stderr",
             *(tls.etcd_flags() if tls else []),
         ]

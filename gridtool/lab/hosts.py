@@ -68,10 +68,11 @@ class LabHost:
         return Path(self.dir, "watchdog")
 
     def write_agent_conf(self, base: Config, watchdog: bool = True,
-                         as_host: str | None = None) -> None:
-        """The agent's config; with ``watchdog``, it pets this host's emulated watchdog.
-        ``as_host``: the name its agent registers as (default this host's: another name
-        is a cloned dom0 or a typo)."""
+                         as_host: str | None = None, path: Path | None = None) -> Path:
+        """The agent's config (at ``path``, default :attr:`agent_conf`); with
+        ``watchdog``, it pets this host's emulated watchdog. ``as_host``: the name its
+        agent registers as (default this host's: another name is a cloned dom0 or a
+        typo). Returns the file written."""
         from dataclasses import replace
 
         cfg = replace(base, host=as_host or self.name, libvirt_uri=self.libvirt_uri,
@@ -79,8 +80,11 @@ class LabHost:
         if watchdog:
             cfg = replace(cfg, watchdog=str(self.watchdog), watchdog_kind="emulated",
                           watchdog_timeout=watchdog_timeout_for(base.ttl))
-        self.agent_conf.write_text(render(cfg, include_secrets=True))
-        self.agent_conf.chmod(0o600)
+        path = path or self.agent_conf
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(cfg, include_secrets=True))
+        path.chmod(0o600)
+        return path
 
     def machine_id(self) -> Path:
         """This simulated machine's identity file (made once, kept with the host's dir):

@@ -294,14 +294,14 @@ class QemuHost(LabHost):
             else DEFAULT_SHARED_PATTERNS
 
     def write_agent_conf(self, base: Config, watchdog: bool = False,
-                         as_host: str | None = None) -> None:
+                         as_host: str | None = None, path: Path | None = None) -> Path:
         """The agent's config: this host's URI, hook socket and the lab's shared dir; with
         ``watchdog`` it pets the emulated watchdog (whoever starts the host runs the emulator,
         which destroys this daemon's guests on expiry), else an agent that stops with HA
         guests self-fences them."""
         cfg = replace(base, shared_patterns=self.shared_patterns(),
                       hook_socket=str(self.hook_socket), libvirt_run_dir=str(self.run_dir))
-        super().write_agent_conf(cfg, watchdog=watchdog, as_host=as_host)
+        return super().write_agent_conf(cfg, watchdog=watchdog, as_host=as_host, path=path)
 
     def stop_libvirtd(self) -> None:
         """Destroy this host's guests, then stop libvirtd and virtlogd; no qemu is left."""

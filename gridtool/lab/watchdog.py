@@ -30,6 +30,7 @@ class WatchdogEmulator:
         self.uri = uri
         self.host = host
         self.resets = 0
+        self._empty_since: float | None = None  # when the file was first seen empty
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"watchdog {host}", daemon=True)
 
@@ -42,12 +43,29 @@ class WatchdogEmulator:
         self._thread.join(timeout=5)
 
     def _armed_and_expired(self, now: float) -> bool:
+        """Armed (not closed with "V") and not petted for longer than the timeout.
+
+        An agent arming a watchdog it had closed long ago rewrites the one byte ("V"
+        becomes "\\0"): the file is truncated first, and the truncate keeps the old
+        mtime (measured on ext4) until the byte is written. So the content is read
+        *before* the mtime (a stat taken before the write paired with the content read
+        after it was an old pet on an armed watchdog), and an empty file is a write in
+        progress: petted when first seen empty (opening a device pets it), so an agent
+        killed in mid-write still gets its host reset. Before, a healthy host was reset
+        the instant its agent started an HA guest (found by the chaos harness's
+        wrong-reset count; tests/unit/test_lab_watchdog.py)."""
         try:
-            stat = self.path.stat()
-            closed = stat.st_size == 1 and self.path.read_bytes() == b"V"
+            content = self.path.read_bytes()
+            mtime = self.path.stat().st_mtime
         except OSError:
             return False  # never opened: not armed
-        return not closed and now - stat.st_mtime > self.timeout
+        if content != b"":
+            self._empty_since = None
+        elif self._empty_since is None:
+            self._empty_since = now
+        if content == b"V":
+            return False  # closed
+        return now - (mtime if self._empty_since is None else self._empty_since) > self.timeout
 
     def _loop(self) -> None:
         while not self._stop.wait(0.05):

@@ -167,10 +167,36 @@ def test_flex_ratios() -> None:
 
 def test_every_benchmark_uses_the_shared_verdict() -> None:
     """One rule for every benchmark: each judges through bench/verdict.py and exits with
-    its status (chaos through ChaosReport, which prints its criteria itself)."""
+    its status."""
     for path in sorted((ROOT / "bench").glob("*.py")):
         if path.stem in ("benchlib", "verdict"):
             continue
         source = path.read_text()
         assert "from verdict import" in source, path.name
-        assert "exit_code()" in source or path.stem == "chaos", path.name
+        assert "exit_code()" in source, path.name
+
+
+def test_chaos_fails_on_an_overlap_a_lost_guest_a_failed_check_or_its_own_rule() -> None:
+    from tests.harness.chaos import ChaosReport, RoundResult
+
+    chaos = bench("chaos")
+
+    def report(**change: object) -> ChaosReport:
+        r = ChaosReport(1, 4, 8, 3, settle_bound_s=14.0, samples=1000, sample_rate=40.0)
+        r.rounds = [RoundResult(1, ["cut hv1"], 2.0, 8, 8, True, 400, 10.0, kinds=["cut"])]
+        for name, value in change.items():
+            setattr(r, name, value)
+        return r
+
+    good = chaos.judge(report())
+    assert good.ok and good.exit_code() == 0
+    lost = report()
+    lost.rounds[0].running, lost.rounds[0].settled = 6, False
+    failed = report()
+    failed.rounds[0].failures.append("intruder: it ran")
+    for bad, target in [(report(overlaps=1), "overlap"), (lost, "lost guests"),
+                        (failed, "failed fault checks"), (report(agent_crashes=1), "ok")]:
+        verdict = chaos.judge(bad)
+        assert not verdict.ok and verdict.exit_code() == 1
+        assert any(target in c.name for c in verdict.failed), verdict.failed
+    assert not chaos.judge(report(rounds=[])).ok  # nothing ran: nothing proven
