@@ -119,7 +119,7 @@ class Agent:
                 cfg.hook_socket, host=self.host, rules=cfg.shared_rules, fencer=self.fencer,
                 claims=self.claims, domains=self.libvirt, on_change=self._look_again,
                 policy=IntruderPolicy(cfg.intruder_policy), report=self._report_arrival,
-                lease=self.lease)
+                lease=self.lease, registry_silence=store.unanswered_for)
         self.intents = IntentWorker(
             host=self.host, store=store, keys=cfg.keys, domains=self.libvirt,
             fencer=self.fencer, lease=self.lease, claims=self.claims,

@@ -127,7 +127,9 @@ class HookServer:
     it is paused or stopped); ``on_change(uuid)`` asks the agent to look at a guest
     again; ``policy`` is what an arriving intruder gets, ``report`` records its violation;
     ``lease`` the host's lease, whose clock refuses an HA guest's start near the
-    self-fence deadline (None: not checked).
+    self-fence deadline (None: not checked); ``registry_silence()`` how long the registry
+    has not answered the agent (``Store.unanswered_for``), which names the registry as
+    the trouble when a judgement in progress holds the guest past the claim wait.
     """
 
     def __init__(self, path: str, *, host: str, rules: SharedStorageRules,
@@ -136,8 +138,10 @@ class HookServer:
                  answer_within: float = ANSWER_WITHIN_S,
                  policy: IntruderPolicy = IntruderPolicy.PAUSE,
                  report: Report | None = None,
-                 lease: LeaseView | None = None) -> None:
+                 lease: LeaseView | None = None,
+                 registry_silence: Callable[[], float] = lambda: 0.0) -> None:
         self.path = path
+        self.registry_silence = registry_silence
         self.lease = lease
         self.answer_within = answer_within
         self.host = host
@@ -217,8 +221,7 @@ class HookServer:
             try:
                 result.append(self.check(op, uuid, name, xml, decision))
             except RegistryUnavailable as exc:
-                result.append((False, f"{self.host}'s agent cannot read its fences: the "
-                                      f"registry (etcd) is unreachable ({exc})"))
+                result.append((False, self._unreachable(str(exc))))
             except Exception as exc:
                 result.append((False, f"the agent could not decide ({exc})"))
             done.set()
@@ -248,8 +251,15 @@ class HookServer:
                          intruder=spec.intruder)  # a saved image of a marked copy
         with self.claims.working(uuid, CLAIM_WAIT_S) as claimed:
             if not claimed:
+                silent = self.registry_silence()
+                if silent > 0:  # that judgement waits on etcd: say so, not "try again"
+                    return False, self._unreachable(f"no answer for {silent:.1f} s")
                 return False, f"{self.host}'s agent is judging it right now: try again"
             return self._decide(op, guest, decision or _Decision())
+
+    def _unreachable(self, detail: str) -> str:
+        return (f"{self.host}'s agent cannot read its fences: the registry (etcd) is "
+                f"unreachable ({detail})")
 
     def _decide(self, op: str, guest: GuestRef, decision: _Decision) -> tuple[bool, str]:
         now = time.monotonic()

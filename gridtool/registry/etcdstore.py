@@ -78,6 +78,7 @@ class EtcdStore:
         # Each endpoint gets a share of the total answer time, so that a dead
         # cluster is reported within ``cfg.timeout`` seconds.
         self._call_timeout = max(1.0, cfg.timeout / len(self._endpoints))
+        self._failing_since: float | None = None  # first failed try since the last answer
 
     # -- connection handling -------------------------------------------------
 
@@ -138,13 +139,22 @@ class EtcdStore:
                     result = self._attempt(fn, endpoint)
                 except _Unavailable as exc:
                     errors[endpoint] = str(exc)
+                    if self._failing_since is None:
+                        self._failing_since = time.monotonic()
                     continue
                 self._current = self._endpoints.index(endpoint)
+                self._failing_since = None
                 return result
             if time.monotonic() + 0.1 >= deadline:
                 detail = "; ".join(f"{ep}: {err}" for ep, err in errors.items())
                 raise RegistryUnavailable(f"no etcd endpoint answered: {detail}")
             time.sleep(0.1)
+
+    def unanswered_for(self) -> float:
+        """Seconds since a try on etcd first failed with no answer from it since (0.0
+        while the last try was answered): how long the registry has been unreachable."""
+        since = self._failing_since
+        return 0.0 if since is None else max(time.monotonic() - since, 1e-3)
 
     def _rotation(self) -> list[str]:
         start = self._current

@@ -67,6 +67,10 @@ class MemStore:
         self._watches: list[_Watch] = []
         self.revision = 1  # etcd's revision of an empty store
 
+    def unanswered_for(self) -> float:
+        """Always answered: the store is in this process."""
+        return 0.0
+
     # -- key-value -----------------------------------------------------------
 
     def get(self, key: str) -> Item | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import uuid as uuidlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +21,10 @@ from agents.hooksock import CLAIM_WAIT_S, HookServer
 from agents.libvirt_source import LibvirtSource
 from gridtool.config import Config
 from gridtool.domains.storage import SharedStorageRules
+from gridtool.errors import RegistryUnavailable
 from gridtool.fencing.rules import FenceKind, GuestRef, IntruderPolicy
+from gridtool.registry.etcdstore import EtcdStore
+from tests.harness.proxy import CuttableProxy
 from tests.harness.testbed import domain_xml, wait_until
 
 RULES = SharedStorageRules()
@@ -204,6 +208,34 @@ def test_the_decision_waits_for_a_judgement_of_the_guest(hosts) -> None:  # type
     asking.join(timeout=CLAIM_WAIT_S + 10)
     assert answers and answers[0]["allow"] is False, "decided after the judgement, not before"
     assert not h1.claims.busy(uuid)
+
+
+def test_a_judgement_stuck_on_an_unreachable_registry_is_named_as_such(  # type: ignore[no-untyped-def]
+        hosts, cfg: Config, etcd_cluster) -> None:
+    """A judgement of the guest holds it past the claim wait because the agent's etcd
+    calls fail (its way to etcd is cut): the refusal names the unreachable registry, not
+    "try again" (seen in CI: the hook's answer then told the operator nothing true)."""
+    h1, _h2, uuid, xml = hosts
+    h1.fencer.acquire(ref(uuid))
+    proxy = CuttableProxy(etcd_cluster.endpoints[0])
+    cut_off = EtcdStore(replace(cfg, endpoints=(proxy.endpoint,), timeout=1.0))
+    try:
+        assert cut_off.get("/probe") is None and cut_off.unanswered_for() == 0.0
+        h1.server.registry_silence = cut_off.unanswered_for
+        proxy.cut()
+        with pytest.raises(RegistryUnavailable):
+            cut_off.get("/probe")
+        with h1.claims.judging(uuid):  # the judgement waiting on that etcd
+            answer = h1.ask("prepare", uuid, xml)
+        assert answer["allow"] is False
+        assert "the registry (etcd) is unreachable (no answer for" in answer["message"], \
+            answer["message"]
+        proxy.heal()
+        wait_until(lambda: cut_off.get("/probe") is None, 10, what="etcd again")
+        assert cut_off.unanswered_for() == 0.0, "answered again: no longer unreachable"
+    finally:
+        cut_off.close()
+        proxy.close()
 
 
 def test_a_saved_image_of_a_marked_intruder_is_refused(hosts) -> None:  # type: ignore[no-untyped-def]
