@@ -106,7 +106,8 @@ class Agent:
         self.lease = HostLease(store, cfg.ttl, self.host,
                                lambda in_doubt: self.self_fencer.step(in_doubt), watchdog,
                                has_ha_guests=lambda: bool(self.fencer.ha_guests()),
-                               may_pet=lambda: self._fences_known)
+                               may_pet=lambda: self._fences_known,
+                               came_up=lambda uuid: self.self_fencer.came_up(uuid))
         self.fencer = Fencer(store, cfg.keys, self.host, lambda: self.lease.lease)
         self.self_fencer = SelfFence(self.host, self.fencer, self.libvirt,
                                      pid_of=self.libvirt.qemu_pid,

@@ -212,15 +212,17 @@ class IntentWorker:
             return f"{intent.name} already running on {self.host}"
         if self.faults.delay_before_create:  # test-only: a start racing the deadline
             time.sleep(self.faults.delay_before_create)
-        if ref is not None and ref.kind is FenceKind.HA:
-            self._lease_allows_start(intent, ref)
-        began = self.clock.monotonic()
-        try:
-            dom.create()
-        except libvirt.libvirtError:
-            if rec.fenced:
-                self.fencer.release(self.fencer.ref(rec))
-            raise
+        ha = ref is not None and ref.kind is FenceKind.HA
+        with self.lease.creating(intent.guest) if ha else contextlib.nullcontext():
+            if ref is not None and ha:
+                self._lease_allows_start(intent, ref)
+            began = self.clock.monotonic()
+            try:
+                dom.create()
+            except libvirt.libvirtError:
+                if rec.fenced:
+                    self.fencer.release(self.fencer.ref(rec))
+                raise
         log.info("event=guest_created host=%s guest=%s create_s=%.3f", self.host, intent.name,
                  self.clock.monotonic() - began)  # (what START_BUDGET_S is measured by)
         suffix = f" (fence token {token})" if token else ""

@@ -13,7 +13,9 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 
@@ -268,7 +270,9 @@ class HostLease:
     def __init__(self, store: Store, ttl: int, host: str,
                  self_fence: Callable[[bool], bool], watchdog: Watchdog | None = None,
                  has_ha_guests: Callable[[], bool] = lambda: True,
-                 may_pet: Callable[[], bool] = lambda: True, clock: Clock = SYSTEM) -> None:
+                 may_pet: Callable[[], bool] = lambda: True,
+                 came_up: Callable[[str], None] = lambda _uuid: None,
+                 clock: Clock = SYSTEM) -> None:
         self.store = store
         self._clock = clock
         self.ttl = ttl
@@ -277,6 +281,9 @@ class HostLease:
         self._watchdog = watchdog
         self._has_ha_guests = has_ha_guests
         self._may_pet = may_pet
+        self._came_up = came_up
+        self._creating: Counter[str] = Counter()  # HA guests whose create() is in flight
+        self._creating_lock = threading.Lock()
         self.lease: int | None = None
         self.clock: LeaseClock | None = None
         self.lost = threading.Event()
@@ -366,6 +373,33 @@ class HostLease:
                     "it starts none until libvirt confirms them gone")
         return clock.why_not_start(self.host, self._clock.monotonic(),
                                    budget + self.keepalive_rtt)
+
+    @contextmanager
+    def creating(self, guest: str) -> Iterator[None]:
+        """An HA guest's start from its lease clock's last check to the end of libvirt's
+        ``create()``: meanwhile the guard counts it as an HA guest running here (the
+        watchdog is neither disarmed nor petted past what the lease allows, even once
+        the self-fence has confirmed every HA guest dead), and when it ends the
+        self-fence is told (``came_up``): a guest it confirmed gone before may run now."""
+        with self._creating_lock:
+            self._creating[guest] += 1
+        try:
+            yield
+        finally:
+            try:
+                self._came_up(guest)
+            finally:
+                with self._creating_lock:
+                    self._creating[guest] -= 1
+                    if self._creating[guest] <= 0:
+                        del self._creating[guest]
+
+    def _ha_running(self) -> bool:
+        """HA guests run here, or one's ``create()`` is in flight."""
+        with self._creating_lock:
+            if self._creating:
+                return True
+        return self._has_ha_guests()
 
     def keep(self) -> None:
         """Stop without revoking: the lease runs out by itself unless a restarted agent
@@ -463,7 +497,7 @@ class HostLease:
     def _tend_watchdog(self, watchdog: Watchdog, clock: LeaseClock, now: float) -> None:
         """Armed only while HA guests run here (a dead agent must not reset a host that
         runs only pinned or unfenced guests), petted while the lease clock allows."""
-        ha = self._has_ha_guests()
+        ha = self._ha_running()
         if not ha and now >= self._armed_until:
             watchdog.close()  # nothing to fence: disarm (a no-op when not open)
         elif clock.watchdog_may_pet(now, watchdog.timeout, ha):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import libvirt
@@ -47,6 +48,8 @@ class LeaseView(Protocol):
     def arm(self) -> bool: ...
 
     def why_not_start(self, budget: float = ...) -> str: ...
+
+    def creating(self, guest: str) -> AbstractContextManager[None]: ...
 
     @property
     def watchdog_problem(self) -> str: ...

@@ -111,6 +111,16 @@ class SelfFence:
         with self._changed:
             return any(self.fates.get(u) is not Fate.GONE for u in self.targets)
 
+    def came_up(self, uuid: str) -> None:
+        """A start of ``uuid`` just ended (``HostLease.creating``): if this self-fence
+        covers it, a "gone" it saw before the ``create()`` landed is stale: kill and
+        confirm it again (meanwhile the guard neither pets nor disarms the watchdog)."""
+        with self._changed:
+            if uuid in self.targets:
+                self.fates[uuid] = Fate.UNKNOWN
+                self._alive_at[uuid] = self._clock.monotonic()
+                self._forgotten = False
+
     # -- the guard's tick ----------------------------------------------------------
 
     def step(self, in_doubt: bool) -> bool:

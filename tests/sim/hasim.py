@@ -37,6 +37,8 @@ Commands (one a line, ``#`` starts a comment): ``advance N``, ``power-off H``,
 untouched, the agent cannot reach them), ``refuse-starts H`` / ``allow-starts H`` (H's
 libvirt fails every domain start, as a broken disk path or a full host would),
 ``lease-expire H`` (advance until H's lease is gone),
+``slow-create H N`` (H's next domain start blocks N seconds, and H loses etcd as it
+begins: the clock runs on meanwhile, H's intents wait; a start in flight at the deadline),
 ``leader-change`` (a new etcd leader extends every lease by TTL + ``leader_extend``),
 ``etcd-down`` / ``etcd-up`` (quorum lost: nobody reaches etcd and no lease expires;
 back: a new leader extends every lease).
@@ -108,6 +110,7 @@ class SimConfig:
     leader_extend: float = 1.0
     limits: RestartLimits = field(default_factory=RestartLimits)
     policy: IntruderPolicy = IntruderPolicy.PAUSE
+    destroy_fails: int = 0  # the self-fence's destroys fail this often (a fault point)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SimConfig:
@@ -239,6 +242,7 @@ class Simulator:
         self.hosts = {h["name"]: Host(h["name"], h["memory_mib"], FakeHost(h["name"]),
                                       h.get("powered", True)) for h in initial["hosts"]}
         self.specs = {s.uuid: s for s in map(_spec, initial["guests"])}
+        self.slow_creates: dict[str, int] = {}  # host -> seconds its next start blocks
         self._check_watchdog()
         self._setup(initial)
 
@@ -260,7 +264,7 @@ class Simulator:
         verb, *args = line.split()
         handler = getattr(self, "_cmd_" + verb.replace("-", "_"), None)
         arity = {"leader-change": 0, "etcd-down": 0, "etcd-up": 0, "set-ha": 2,
-                 "intent": 3, "pool-size": 2}.get(verb, 1)
+                 "intent": 3, "pool-size": 2, "slow-create": 2}.get(verb, 1)
         if handler is None or len(args) != arity:
             raise SimulationError(f"bad command {line!r}")
         if verb not in ("advance", "lease-expire"):
@@ -383,10 +387,13 @@ class Simulator:
             link, self.cfg.ttl, host.name,  # type: ignore[arg-type]
             lambda in_doubt: self._self_fence(host, agent, in_doubt),
             SimWatchdog(host, self._now, self.cfg.watchdog),  # type: ignore[arg-type]
-            has_ha_guests=lambda: bool(agent.fencer.ha_guests()), clock=self.sim_clock)
+            has_ha_guests=lambda: bool(agent.fencer.ha_guests()),
+            came_up=lambda uuid: agent.selffence and agent.selffence.came_up(uuid),
+            clock=self.sim_clock)
         agent.worker = self._worker(host, agent, link)
         agent.selffence = SelfFence(host.name, agent.fencer, agent.virt,  # type: ignore[arg-type]
-                                    threaded=False, clock=self.sim_clock)
+                                    destroy_fails=self.cfg.destroy_fails, threaded=False,
+                                    clock=self.sim_clock)
         host.agent = agent
         self.store.watch_prefix(self.keys.intents(host.name),
                                 lambda ev: self._intent_put(host, agent, ev))
@@ -438,8 +445,18 @@ class Simulator:
             self._intents(host, agent, event)
 
     def _refusal(self, host: Host, uuid: str) -> str | None:
-        """Why the fake libvirt refuses to start ``uuid`` here (a fault, memory), or None."""
+        """Why the fake libvirt refuses to start ``uuid`` here (a fault, memory), or None.
+        A ``slow-create`` of this host blocks here first, the clock running on."""
         spec = self.specs[uuid]
+        seconds = self.slow_creates.pop(host.name, 0)
+        if seconds:
+            host.connected = False
+            self.emit(f"{host.name}/libvirt", f"start of {spec.name} blocks {seconds} s; "
+                                              f"{host.name} cut off etcd")
+            for _ in range(seconds):
+                self.tick()
+            if not host.powered:
+                return f"sim: {host.name} was reset during the start of {spec.name}"
         if host.refuse_starts:
             return f"sim: {host.name} cannot start {spec.name} (injected fault)"
         if self._free(host) < spec.memory_mib:
@@ -452,7 +469,8 @@ class Simulator:
         taken = host.events.taken.pop(spec.name, "") if host.events else ""
         self.emit(f"{host.name}/agent", f"took fence {taken}; {spec.name} running"
                   if taken else f"{spec.name} running")
-        self._report(host)  # a clone's submitter waits to see it running
+        if self._reaches(host):
+            self._report(host)  # a clone's submitter waits to see it running
 
     def _register(self, host: Host) -> None:
         agent = self._agent(host)
@@ -487,8 +505,9 @@ class Simulator:
         agent.lease.keepalive_step()
         self._lease_state(host, agent)
         if self._reaches(host):
-            self._intents(host, agent)
-            if self._libvirt(host, agent):
+            if not agent.handling:  # (a slow start of its own is in flight)
+                self._intents(host, agent)
+            if self._reaches(host) and host.agent is agent and self._libvirt(host, agent):
                 self._judge(host, agent)
                 self._report(host)
 
@@ -749,6 +768,9 @@ class Simulator:
 
     def _cmd_allow_starts(self, name: str) -> None:
         self._host(name).refuse_starts = False
+
+    def _cmd_slow_create(self, name: str, seconds: str) -> None:
+        self.slow_creates[self._host(name).name] = int(seconds)
 
     def _cmd_libvirtd_stop(self, name: str) -> None:
         self._host(name).virt.daemon_up = False

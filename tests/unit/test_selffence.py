@@ -228,3 +228,22 @@ def test_confirmed_guests_cost_one_listing_per_tick_while_in_doubt() -> None:
     host.calls.clear()
     assert fence.step(True) and fence.step(True)
     assert host.calls == ["active", "active"], "no call per guest for the ones gone"
+
+
+def test_a_create_that_lands_after_the_guest_was_confirmed_gone_is_pursued_at_once() -> None:
+    """A start in flight at the deadline: the self-fence found the guest not running
+    (confirmed gone, its fence forgotten), then libvirt's ``create()`` returns. Told so
+    (``came_up``, by ``HostLease.creating``), the self-fence counts it as not gone at
+    once, without waiting for a later listing, and kills it again."""
+    guest = FakeGuest("u1", fail=1)
+    guest.active = False
+    host = FakeHost([guest])
+    fence = SelfFence("h1", host, host, threaded=False)  # type: ignore[arg-type]
+    assert fence.step(True) and not fence.pending and host.forgotten == 1
+    guest.active = True  # the create lands
+    fence.came_up("u1")
+    assert fence.pending
+    assert not fence.step(True) and guest.active  # its destroy failed: still pursued
+    assert fence.step(True) and not guest.active and host.forgotten == 2
+    fence.came_up("u9")  # not one of its targets: none of its business
+    assert not fence.pending
