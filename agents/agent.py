@@ -111,7 +111,8 @@ class Agent:
         self.fencer = Fencer(store, cfg.keys, self.host, lambda: self.lease.lease)
         self.self_fencer = SelfFence(self.host, self.fencer, self.libvirt,
                                      pid_of=self.libvirt.qemu_pid,
-                                     destroy_fails=self.faults.self_fence_destroy_fails)
+                                     destroy_fails=self.faults.self_fence_destroy_fails,
+                                     slow_destroy=self.faults.self_fence_slow_destroy)
         # guests an intent or the fence hook works on, and guests judge() acts on
         self.claims = GuestClaims()
         self.hook_server: HookServer | None = None

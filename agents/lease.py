@@ -289,6 +289,7 @@ class HostLease:
         self.lost = threading.Event()
         self._fenced_for: int | None = None
         self._fencing = False  # some HA guest of a lease in doubt is not confirmed gone
+        self._fence_open = False  # a self-fence began and has not been ended yet
         self.keepalive_rtt = 0.0  # the last keepalive's (or grant's) round trip, seconds
         self._armed_until = 0.0
         self._stop = threading.Event()
@@ -478,8 +479,12 @@ class HostLease:
             self._fenced_for = lease
             log.warning("event=self_fence host=%s lease=%x reason=lease_deadline "
                         "overdue_s=%.2f", self.host, lease, now - clock.deadline)
-        if in_doubt or self._fencing:
-            self._fencing = not self._self_fence(in_doubt)
+        if in_doubt or self._fencing or self._fence_open:
+            done = self._self_fence(in_doubt)
+            self._fencing = not done
+            # open until a step out of doubt finds every target gone: it ends it (the
+            # self-fence then covers its guests no more: they are the agent's to judge)
+            self._fence_open = not (done and not in_doubt)
         if in_doubt and self.lease == lease:  # (not a lease granted meanwhile)
             self.lost.set()
         if self._watchdog is not None and self._may_pet() and not self._fencing:

@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -69,20 +70,23 @@ class SelfFence:
     """The self-fence of one host's HA guests (thread-safe; see the module's text).
 
     ``pid_of(name)``: the guest's QEMU process id, or None (then libvirt's destroy alone);
-    ``kill``: ``os.kill``; ``destroy_fails``: the test-only fault point
-    ``self-fence-destroy-fails`` (``agents.faults``); ``threaded``: False runs the libvirt
-    part inline (the simulator's clock)."""
+    ``kill``: ``os.kill``; ``destroy_fails`` and ``slow_destroy``: the test-only fault
+    points ``self-fence-destroy-fails`` and ``self-fence-slow-destroy``
+    (``agents.faults``); ``threaded``: False runs the libvirt part inline (the
+    simulator's clock)."""
 
     def __init__(self, host: str, fencer: HAFences, domains: KillDomains, *,
                  pid_of: Callable[[str], int | None] = lambda _name: None,
                  kill: Callable[[int, int], None] = os.kill, destroy_fails: int = 0,
-                 threaded: bool = True, clock: Clock = SYSTEM) -> None:
+                 slow_destroy: float = 0.0, threaded: bool = True,
+                 clock: Clock = SYSTEM) -> None:
         self.host = host
         self._fencer = fencer
         self._domains = domains
         self._pid_of = pid_of
         self._kill = kill
         self._destroy_fails = destroy_fails
+        self._slow_destroy = slow_destroy
         self._threaded = threaded
         self._clock = clock
         self._changed = threading.Condition()  # guards everything below
@@ -280,6 +284,8 @@ class SelfFence:
                 raise libvirt.libvirtError(
                     f"test fault point self-fence-destroy-fails: failure "
                     f"{self._destroy_failed[uuid]} of {self._destroy_fails}")
+            if self._slow_destroy:  # test-only: libvirt waiting for a QEMU to die
+                time.sleep(self._slow_destroy)
             dom.destroy()
         except libvirt.libvirtError:
             if dom.isActive():  # (after a SIGKILL libvirt may say "not running": fine)

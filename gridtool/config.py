@@ -129,7 +129,9 @@ class Config:
         "Test-only fault points, off by default; never set them on a real host. "
         "`self-fence-destroy-fails=N`: the self-fence's libvirt destroy of each guest fails "
         "the first N times. `delay-before-create=S`: a start waits S seconds after taking "
-        "the guest's fences, before the lease check and libvirt's create."))
+        "the guest's fences, before the lease check and libvirt's create. "
+        "`self-fence-slow-destroy=S`: the self-fence's libvirt destroy of each guest takes "
+        "S seconds more."))
     shared_patterns: tuple[str, ...] = setting(DEFAULT_SHARED_PATTERNS, "storage", meaning=(
         "Shell glob patterns of disk source paths that live on storage several hosts can see (AoE, "
         "iSCSI by-path). A guest with such a disk must run on one host at a time, so gridtool "

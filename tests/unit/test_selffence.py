@@ -13,7 +13,9 @@ import libvirt
 import pytest
 
 from agents.faults import Faults
+from agents.lease import HostLease
 from agents.selffence import SelfFence
+from gridtool.clock import Clock
 from gridtool.errors import ConfigError
 from gridtool.fencing.rules import (
     Fate,
@@ -25,6 +27,7 @@ from gridtool.fencing.rules import (
     may_start,
     self_fence_round,
 )
+from gridtool.registry.memstore import MemStore
 from tests.harness.testbed import wait_until
 
 # --------------------------------------------------------------------------- lease clock
@@ -97,8 +100,10 @@ def test_after_a_new_lease_only_guests_not_confirmed_gone_are_pursued() -> None:
 
 def test_fault_points_parse_and_refuse_what_they_do_not_know() -> None:
     assert Faults.parse(()) == Faults() and not Faults().any
-    faults = Faults.parse(["self-fence-destroy-fails=3", "delay-before-create=2.5"])
-    assert faults == Faults(3, 2.5) and faults.any
+    faults = Faults.parse(["self-fence-destroy-fails=3", "delay-before-create=2.5",
+                           "self-fence-slow-destroy=0.25"])
+    assert faults == Faults(3, 2.5, 0.25) and faults.any
+    assert not Faults.parse([]).any
     for bad in ("destroy=1", "delay-before-create=-1", "self-fence-destroy-fails=x"):
         with pytest.raises(ConfigError, match="fault_points"):
             Faults.parse([bad])
@@ -197,6 +202,15 @@ def test_the_fault_point_fails_the_first_destroys() -> None:
     assert [fence.step(True) for _ in range(3)] == [False, False, True]
 
 
+def test_the_slow_destroy_fault_point_slows_every_destroy_but_they_run_at_once() -> None:
+    host = FakeHost([FakeGuest(f"u{i}") for i in range(6)])
+    fence = SelfFence("h1", host, host, slow_destroy=0.3)  # type: ignore[arg-type]
+    began = time.monotonic()
+    wait_until(lambda: fence.step(True), 5, what="every guest confirmed gone")
+    took = time.monotonic() - began
+    assert 0.3 <= took < 0.3 * 6 / 2, f"{took:.2f} s: not one destroy after the other"
+
+
 def test_a_guest_brought_up_again_while_in_doubt_is_killed_again() -> None:
     guest = FakeGuest("u1")
     host = FakeHost([guest])
@@ -247,3 +261,24 @@ def test_a_create_that_lands_after_the_guest_was_confirmed_gone_is_pursued_at_on
     assert fence.step(True) and not guest.active and host.forgotten == 2
     fence.came_up("u9")  # not one of its targets: none of its business
     assert not fence.pending
+
+
+def test_a_finished_self_fence_lets_its_guests_go_once_a_new_lease_is_healthy() -> None:
+    """The guard's self-fence of a lease in doubt covers its guests (no judgement may take
+    their fences) only until a new lease is healthy: then the agent judges them again
+    (an intruder copy started there later must be judged one). The guard used to stop
+    calling the finished self-fence, which went on covering them until the next one."""
+    now = [0.0]
+    clock = Clock(wall=lambda: now[0], monotonic=lambda: now[0])
+    guest = FakeGuest("u1")
+    host = FakeHost([guest])
+    fence = SelfFence("h1", host, host, threaded=False, clock=clock)  # type: ignore[arg-type]
+    lease = HostLease(MemStore(lambda: now[0]), 3, "h1", fence.step, clock=clock)
+    lease.grant()
+    now[0] = 2.5  # past the deadline (TTL 3, margin 1): no keepalive answered
+    lease.guard_step()
+    assert not guest.active and fence.covers("u1") and not fence.pending
+    lease.grant()  # the agent registers again under a new lease
+    now[0] = 2.6
+    lease.guard_step()
+    assert not fence.covers("u1"), "the finished self-fence still covers u1"
