@@ -26,7 +26,24 @@ faults drawn from a seeded RNG:
                         not hold its fence; once its agent has marked it an intruder,
                         the rightful copy is destroyed (the fence is freed): the
                         intruder must never run nor take the fence; then destroyed
+``slow_destroy``        cut the host whose self-fence destroys slowly (its agent's
+                        fault point ``self-fence-slow-destroy``) while it runs HA
+                        guests: it must self-fence every one of them (the destroys at
+                        once) before its watchdog fires or their fences expire
+``failing_destroy``     the same on the host whose self-fence destroys fail first
+                        (``self-fence-destroy-fails``): retried until libvirt says gone
+``delay_create``        on the host whose starts wait after taking the fences
+                        (``delay-before-create``): a guest is cold-migrated there
+                        (stopped, its fences handed over), and the host is cut off
+                        while its start waits: the lease clock's check right before
+                        ``create()`` refuses it, or the self-fence kills it; never a
+                        double run
 ======================  =========================================================
+
+The three fault-point kinds each have one host of their own for the whole run
+(:func:`fault_point_hosts`: the first hosts, in kind order), whose agent always runs
+with its kind's fault point (:data:`FAULT_POINTS`), so that other kinds meet it too (a
+``stop`` of the slow-destroy host, say).
 
 A round is one fault, sometimes two at once (a second of another kind starting while
 the first is in force; ``twin_agent`` and ``intruder`` check one claim each and run
@@ -112,18 +129,54 @@ from tests.harness.netns import CUT_MODES, NetnsSet
 from tests.harness.testbed import LabHosts, domain_xml
 
 KINDS = ("cut", "stop", "kill_agent", "term_agent", "kill_etcd_leader", "restart_etcd",
-         "kill_manager", "stop_etcd_leader", "twin_agent", "intruder")
+         "kill_manager", "stop_etcd_leader", "twin_agent", "intruder", "slow_destroy",
+         "failing_destroy", "delay_create")
 HOST_KINDS = frozenset({"cut", "stop", "kill_agent", "term_agent"})
 ETCD_KINDS = frozenset({"kill_etcd_leader", "restart_etcd", "stop_etcd_leader"})
 #: Kinds that check one claim each: alone in their round (no second fault), so that
 #: what they check can only have changed by what they did.
-SOLO_KINDS = frozenset({"twin_agent", "intruder"})
+SOLO_KINDS = frozenset({"twin_agent", "intruder", "slow_destroy", "failing_destroy",
+                        "delay_create"})
 #: Kinds that take a host's agent down (hung, killed, stopped): a watchdog reset of that
 #: host during the round is the backstop working; a reset of any other host is *wrong*.
 AGENT_DOWN_KINDS = frozenset({"stop", "kill_agent", "term_agent"})
 ETCD_MEMBERS = 3
 #: The agents' resync period in the harness (seconds).
 RESYNC_INTERVAL_S = 2.0
+
+#: How much longer each of the self-fence's destroys takes on the slow-destroy host, s.
+#: At TTL 3 its watchdog fires at most margin/2 = 0.5 s after the deadline: destroys run
+#: one after the other would not all be done in time with 2 guests or more on the host.
+SLOW_DESTROY_S = 0.2
+#: How often each of the self-fence's destroys fails first on the failing-destroy host
+#: (each retry waits for the next guard tick, 0.1 s).
+DESTROY_FAILS = 2
+#: How long a start waits after taking its fences on the delay-create host, in TTLs (1.5 s
+#: at TTL 3). The cut comes 0-90 % of it after the fences were taken; the deadline is 1-2
+#: s after the cut (TTL - margin after the last keepalive answered): the lease check
+#: after the wait refuses the start, or passes it and the self-fence kills the guest.
+#: Every start on that host waits as long (the manager's restarts too): short, so that
+#: the settles stay short.
+DELAY_CREATE_TTL = 0.5
+
+
+def fault_points(kind: str, ttl: float) -> tuple[str, ...]:
+    """The agent fault points (``agents.faults``) of the host of a fault-point kind."""
+    return {"slow_destroy": (f"self-fence-slow-destroy={SLOW_DESTROY_S}",),
+            "failing_destroy": (f"self-fence-destroy-fails={DESTROY_FAILS}",),
+            "delay_create": (f"delay-before-create={DELAY_CREATE_TTL * ttl:g}",),
+            }.get(kind, ())
+
+
+#: The kinds whose host's agent carries a fault point for the whole run.
+FAULT_POINT_KINDS = ("slow_destroy", "failing_destroy", "delay_create")
+
+
+def fault_point_hosts(hosts: list[str], kinds: Collection[str]) -> dict[str, str]:
+    """kind -> its host: the fault-point kinds run (in :data:`FAULT_POINT_KINDS` order)
+    on the first hosts, one each (round robin when there are fewer hosts)."""
+    used = [k for k in FAULT_POINT_KINDS if k in kinds]
+    return {kind: hosts[i % len(hosts)] for i, kind in enumerate(used)}
 
 #: How long each kind of fault stays in force, as (low, high) multiples of the TTL.
 HOLD_TTL = {
@@ -137,6 +190,9 @@ HOLD_TTL = {
     "stop_etcd_leader": (0.3, 2.0),
     "twin_agent": (0.0, 1.0),  # then the heal waits for the impostor to exit
     "intruder": (0.5, 2.0),  # from the freed fence to the intruder destroyed
+    "slow_destroy": (1.0, 2.0),  # past the deadline: the self-fence must run
+    "failing_destroy": (1.0, 2.0),
+    "delay_create": (1.0, 2.0),  # from the cut, made while the start waits
 }
 
 #: Shortest hold of a kind, seconds, whatever the TTL: a stalled etcd leader must stay
@@ -180,13 +236,15 @@ class Fault:
     member: int = -1  # restart_etcd: index of the member
     mode: str = ""  # cut: link or carrier
     machine: str = ""  # twin_agent: the host whose machine the impostor runs on
-    pick: int = 0  # intruder: which guest (modulo those running on another host)
+    pick: int = 0  # intruder, delay_create: which guest (modulo those that fit)
+    lag: float = 0.0  # delay_create: seconds after the start took its fences to the cut
 
     def describe(self) -> str:
         target = self.host or (f"etcd{self.member}" if self.member >= 0 else "")
         extra = f" mode={self.mode}" if self.mode else ""
         extra += f" on-machine={self.machine}" if self.machine else ""
-        extra += f" pick={self.pick}" if self.kind == "intruder" else ""
+        extra += f" pick={self.pick}" if self.kind in ("intruder", "delay_create") else ""
+        extra += f" lag={self.lag:.2f}s" if self.kind == "delay_create" else ""
         return (f"{self.kind}{' ' + target if target else ''}{extra} "
                 f"at=+{self.at:.2f}s hold={self.hold:.2f}s")
 
@@ -219,8 +277,9 @@ class Planner:
         self.concurrent = concurrent
         self.kinds = tuple(kinds)
         self.max_hold = dict(max_hold or {})
-        if len(hosts) < 2 and set(kinds) & {"twin_agent", "intruder"}:
-            raise ValueError("twin_agent and intruder need two hosts or more")
+        if len(hosts) < 2 and set(kinds) & {"twin_agent", "intruder", "delay_create"}:
+            raise ValueError("twin_agent, intruder and delay_create need two hosts or more")
+        self.fault_hosts = fault_point_hosts(hosts, kinds)
         self.queue: list[str] | None = None
         if per_kind is not None:
             counts = per_kind if isinstance(per_kind, Mapping) else dict.fromkeys(kinds, per_kind)
@@ -262,6 +321,12 @@ class Planner:
         if kind == "intruder":
             return Fault(kind, round(at, 2), hold, host=self.rng.choice(self.hosts),
                          pick=self.rng.randrange(1 << 16))
+        if kind in FAULT_POINT_KINDS:
+            lag = (round(self.rng.uniform(0, DELAY_CREATE_TTL * self.ttl * 0.9), 2)
+                   if kind == "delay_create" else 0.0)
+            return Fault(kind, round(at, 2), hold, host=self.fault_hosts[kind],
+                         mode=self.rng.choice(CUT_MODES), pick=self.rng.randrange(1 << 16),
+                         lag=lag)
         return Fault(kind, round(at, 2), hold)
 
 
@@ -652,6 +717,35 @@ class _Twin:
 
 
 @dataclass
+class _SelfFenceCut:
+    """A running ``slow_destroy`` or ``failing_destroy`` fault: the HA guests its host
+    ran when it was cut off, and where its agent's log stood then."""
+
+    guests: list[str]
+    log: Path
+    offset: int
+
+
+@dataclass
+class _DelayedStart:
+    """A running ``delay_create`` fault: the guest whose start waits on the cut host,
+    when the cut came (monotonic), and where that host's agent log stood before the
+    start."""
+
+    uuid: str
+    name: str
+    source: str
+    cut_at: float
+    log: Path
+    offset: int
+
+
+#: How long a ``delay_create`` fault's cold migration steps may take (the stop on the
+#: source, the start on the delay host taking its fences), seconds, on the loaded machine.
+DELAY_CREATE_STEP_S = 30.0
+
+
+@dataclass
 class _Intruder:
     """A running ``intruder`` fault: the guest, the host its rightful copy ran on, and
     the host of the paused copy."""
@@ -838,7 +932,10 @@ class ChaosRun:
         space = self.netns.hosts[name]
         if first:
             endpoints = tuple(space.endpoint(m.client_port) for m in self.cluster.members)
-            host.write_agent_conf(replace(self.cfg, endpoints=endpoints), watchdog=True)
+            points = tuple(p for kind, h in fault_point_hosts(self.hosts, self.s.kinds).items()
+                           if h == name for p in fault_points(kind, self.s.ttl))
+            host.write_agent_conf(replace(self.cfg, endpoints=endpoints, fault_points=points),
+                                  watchdog=True)
             self.lab.watchdogs[name] = WatchdogEmulator(
                 host.watchdog, watchdog_timeout_for(self.cfg.ttl), host.libvirt_uri,
                 name, self._host_reset).start()
@@ -1424,6 +1521,126 @@ class ChaosRun:
                  and o.fence.guest == intruder.uuid and o.fence.holder == intruder.host]
         return f"{intruder.host} took fence {taken[0]} for {intruder.name}" if taken else None
 
+    def _inject_slow_destroy(self, f: Fault) -> _SelfFenceCut | None:
+        return self._cut_ha_host(f)
+
+    def _heal_slow_destroy(self, f: Fault, state: object) -> None:
+        self._heal_ha_host(f, state)
+
+    def _inject_failing_destroy(self, f: Fault) -> _SelfFenceCut | None:
+        return self._cut_ha_host(f)
+
+    def _heal_failing_destroy(self, f: Fault, state: object) -> None:
+        self._heal_ha_host(f, state)
+
+    def _cut_ha_host(self, f: Fault) -> _SelfFenceCut | None:
+        """Cut ``f.host`` (its agent's fault point makes its self-fence's destroys slow,
+        or fail first) off etcd while it runs HA guests."""
+        assert self.checker is not None and self.netns is not None and self.lab is not None
+        running, _unknown = self.checker.observe()
+        guests = sorted(self.guests[u] for u, hosts in running.items()
+                        if u in self.guests and hosts == [f.host])
+        if not guests:
+            return self._skip(f, f"{f.host} runs no HA guest")
+        log = Path(self.lab.hosts[f.host].dir, "agent.log")
+        state = _SelfFenceCut(guests, log, len(_read(log)))
+        self.netns.hosts[f.host].cut(f.mode)
+        self.event(f"cut {f.host} ({f.mode}) running {len(guests)} HA guests "
+                   f"({', '.join(guests)}); its agent's fault points: "
+                   f"{', '.join(fault_points(f.kind, self.s.ttl))}")
+        return state
+
+    def _heal_ha_host(self, f: Fault, state: object) -> None:
+        """Heal the cut; the host must have self-fenced every HA guest during it (its
+        watchdog firing instead is a wrong reset, counted apart), the fault point
+        acting."""
+        if state is None:
+            return
+        assert isinstance(state, _SelfFenceCut) and self.netns is not None
+        self.netns.hosts[f.host].heal()
+        text = _read(state.log)[state.offset:]
+        done = [ln for ln in text.splitlines() if "event=self_fence_done " in ln]
+        elapsed = done[-1].rsplit("elapsed_s=", 1)[-1].split()[0] if done else "?"
+        self.event(f"healed {f.host}: self-fence "
+                   + (f"done in {elapsed} s after the deadline" if done else "not done")
+                   + f", {text.count('event=self_fence_failed ')} destroys failed")
+        if f.host in self._round_resets:
+            self.event(f"{f.host}'s watchdog reset it (wrong unless a fault of the last "
+                       "round took its agent down): nothing more to check")
+            return
+        if not done:
+            self._fail(f, f"{f.host} did not finish self-fencing {', '.join(state.guests)} "
+                          "during the cut")
+        elif f.kind == "failing_destroy" and "self-fence-destroy-fails" not in text:
+            self._fail(f, f"no destroy failed on {f.host}: its fault point did not act")
+        elif f.kind == "slow_destroy" and float(elapsed) < SLOW_DESTROY_S:
+            self._fail(f, f"{f.host}'s self-fence took {elapsed} s: its slow destroys "
+                          f"({SLOW_DESTROY_S:g} s) did not act")
+
+    def _inject_delay_create(self, f: Fault) -> _DelayedStart | None:
+        """Cold-migrate a guest running elsewhere to ``f.host`` (stop with its fences
+        handed over, then start), and cut ``f.host`` off ``f.lag`` seconds after the
+        start took the fences, while it waits (its ``delay-before-create``)."""
+        from gridtool.registry.intents import IntentClient
+
+        assert self.checker is not None and self.netns is not None and self.lab is not None
+        assert self.store is not None and self.cfg is not None
+        running, _unknown = self.checker.observe()
+        candidates = sorted((self.guests[u], u, hosts[0]) for u, hosts in running.items()
+                            if u in self.guests and len(hosts) == 1 and hosts[0] != f.host)
+        if not candidates:
+            return self._skip(f, f"no guest runs outside {f.host}")
+        name, uuid, source = candidates[f.pick % len(candidates)]
+        client = IntentClient(self.store, self.cfg.keys)
+        try:
+            stop = client.wait(client.submit(source, "stop", uuid, name, {
+                "timeout": 5, "handover_to": f.host}, by="chaos"), DELAY_CREATE_STEP_S,
+                raise_failed=False)
+        except GridtoolError as exc:
+            return self._skip(f, f"stop of {name} on {source}: {exc}")
+        if stop.state != "done":
+            return self._skip(f, f"stop of {name} on {source}: {stop.message}")
+        log = Path(self.lab.hosts[f.host].dir, "agent.log")
+        offset = len(_read(log))
+        client.submit(f.host, "start", uuid, name, by="chaos")
+
+        def taken() -> bool:
+            return any(f"event=fence_acquired host={f.host} guest={name} " in ln
+                       for ln in _read(log)[offset:].splitlines())
+
+        if not self._wait_for(taken, DELAY_CREATE_STEP_S, 0.02):
+            return self._skip(f, f"{name}'s start on {f.host} took no fence within "
+                                 f"{DELAY_CREATE_STEP_S:g} s")
+        self._pause(f.lag)
+        self.netns.hosts[f.host].cut(f.mode)
+        self.event(f"delay_create: {name} stopped on {source}, its fences handed to "
+                   f"{f.host}, whose start took them and waits "
+                   f"({', '.join(fault_points(f.kind, self.s.ttl))}); cut {f.host} "
+                   f"({f.mode}) {f.lag:.2f} s later")
+        return _DelayedStart(uuid, name, source, time.monotonic(), log, offset)
+
+    def _heal_delay_create(self, f: Fault, state: object) -> None:
+        """Heal ``f.hold`` after the cut. The delayed start must not have left the guest
+        running on the cut host: refused by the lease check, or killed by the self-fence
+        (or the host reset)."""
+        if state is None:
+            return
+        assert isinstance(state, _DelayedStart) and self.netns is not None
+        self._pause(state.cut_at + f.hold - time.monotonic())
+        self.netns.hosts[f.host].heal()
+        lines = [ln for ln in _read(state.log)[state.offset:].splitlines()
+                 if f" guest={state.name} " in ln + " "]
+        refused = any("event=start_refused " in ln for ln in lines)
+        created = any("event=guest_created " in ln for ln in lines)
+        killed = any("event=self_fenced " in ln for ln in lines)
+        outcome = ("refused by the lease check" if refused else
+                   "created, then killed by the self-fence" if created and killed else
+                   "created" if created else "neither created nor refused")
+        self.event(f"healed {f.host}: the delayed start of {state.name}: {outcome}")
+        if created and not killed and f.host not in self._round_resets:
+            self._fail(f, f"{state.name} was created on {f.host} during the cut and never "
+                          "killed by its self-fence")
+
     def _poll_watches(self) -> None:
         """Run the faults' checks; a check that finds a problem fails its fault once."""
         for fault, check in list(self._watches):
@@ -1574,5 +1791,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["KINDS", "ChaosReport", "ChaosRun", "ChaosSettings", "Fault", "Planner",
-           "run_chaos"]
+__all__ = ["FAULT_POINT_KINDS", "KINDS", "ChaosReport", "ChaosRun", "ChaosSettings", "Fault",
+           "Planner", "run_chaos"]

@@ -1,7 +1,7 @@
 """Randomized faults: "never two running", whatever fails (tests/harness/chaos.py).
 
-The fast tier runs one seeded schedule with every fault kind (the first seven three
-times, the three added for issue 12 once: the time budget) and two HA guests per host
+The fast tier runs one seeded schedule with every fault kind (the older ones twice or
+three times, the six added for issue 12 once: the time budget) and two HA guests per host
 (about a minute and a half on a 2-core machine); the soak tier (``-m soak``, not in CI)
 runs for minutes with a random seed. Both pass by ``ChaosReport.ok``, the rule
 bench/chaos.py prints as PASS: 0 overlaps, 0 agent or manager crashes, 0 failed fault
@@ -19,6 +19,7 @@ import pytest
 
 from tests.harness.chaos import (
     ETCD_KINDS,
+    FAULT_POINT_KINDS,
     HOLD_MIN_S,
     KINDS,
     SOLO_KINDS,
@@ -28,6 +29,8 @@ from tests.harness.chaos import (
     Planner,
     RoundResult,
     early_revocation_stall_cap,
+    fault_point_hosts,
+    fault_points,
     settle_bound,
     wrong_reset,
 )
@@ -106,6 +109,26 @@ def test_the_schedule_takes_counts_per_kind_and_caps_holds() -> None:
         Planner(1, ["hv1", "hv2"], 3, per_kind={"stop": 1}, kinds=("cut",))
     with pytest.raises(ValueError, match="two hosts"):
         Planner(1, ["hv1"], 3, per_kind=1, kinds=("twin_agent",))
+
+
+def test_each_fault_point_kind_has_a_host_of_its_own_whose_agent_carries_it() -> None:
+    hosts = ["hv1", "hv2", "hv3", "hv4"]
+    assert fault_point_hosts(hosts, KINDS) == {"slow_destroy": "hv1",
+                                               "failing_destroy": "hv2",
+                                               "delay_create": "hv3"}
+    assert fault_point_hosts(hosts, ("cut", "delay_create")) == {"delay_create": "hv1"}
+    assert fault_point_hosts(["hv1", "hv2"], KINDS)["delay_create"] == "hv1"
+    assert fault_points("delay_create", 3) == ("delay-before-create=1.5",)
+    assert fault_points("cut", 3) == ()
+    planner = Planner(4, hosts, 3, per_kind=dict.fromkeys(FAULT_POINT_KINDS, 2),
+                      kinds=FAULT_POINT_KINDS, concurrent=1.0)
+    rounds = []
+    while (faults := planner.next_round()) is not None:
+        rounds.append(faults)
+    assert len(rounds) == 6 and all(len(r) == 1 for r in rounds)  # alone in their round
+    for [f] in rounds:
+        assert f.host == planner.fault_hosts[f.kind] and f.mode and f.hold >= 3.0
+        assert 0 <= f.lag < 3.0 if f.kind == "delay_create" else f.lag == 0.0
 
 
 def test_a_reset_is_wrong_unless_a_fault_took_that_hosts_agent_down() -> None:
@@ -227,10 +250,11 @@ def test_the_checker_counts_an_unreadable_host_as_unknown_not_as_empty() -> None
 
 
 #: The CI tier's schedule: each kind this many times as a round's first fault. The
-#: kinds added for issue 12 run once each (the tier's time budget, 80-100 s on the loaded
-#: 2-core machine; the soak tier and bench/chaos.py draw them as often as the others).
-CI_COUNTS = {**dict.fromkeys(KINDS, 3), "stop_etcd_leader": 1, "twin_agent": 1,
-             "intruder": 1}
+#: kinds added for issue 12 run once each, the older ones twice, ``cut`` three times (the
+#: tier's time budget, 90-110 s on the loaded 2-core machine; the soak tier and
+#: bench/chaos.py draw them as often as one another).
+CI_COUNTS = {**dict.fromkeys(KINDS, 2), "cut": 3, "stop_etcd_leader": 1, "twin_agent": 1,
+             "intruder": 1, "slow_destroy": 1, "failing_destroy": 1, "delay_create": 1}
 
 
 @pytest.mark.netns
@@ -247,6 +271,7 @@ def test_never_two_running_under_every_fault_kind(tmp_path: Path) -> None:
     assert report.guests == 8
     assert report.counters["ha_restarts"] > 0  # faults did move guests: the test has teeth
     assert report.counters["intruders_marked"] >= 1  # the intruder was judged one
+    assert report.counters["self_fenced_guests"] >= 1  # the fault-point kinds self-fenced
     assert report.namespaces and not set(report.namespaces) & _namespaces()  # cleaned up
 
 

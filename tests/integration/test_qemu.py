@@ -320,7 +320,7 @@ def test_four_clones_of_a_template_with_a_ready_marker_are_reported_ready(  # ty
     assert "event=guest_ready" in qemu_hosts.agent_log(results[0].host)
 
 
-FAULTS = ("kill_agent", "hang_agent", "hang_briefly", "cut")
+FAULTS = ("kill_agent", "hang_agent", "hang_briefly", "cut", "restart_libvirtd")
 
 
 def qemu_alive(hosts: qemu_testbed.QemuHosts, host: str, name: str,
@@ -349,24 +349,40 @@ def qemu_alive(hosts: qemu_testbed.QemuHosts, host: str, name: str,
         raise Unknown(f"/proc/{pid}/stat of {name} unparsable: {stat[:80]!r}") from exc
 
 
+def running_from_pidfiles(hosts: qemu_testbed.QemuHosts, host: str) -> list[str]:
+    """The guests (by name) whose QEMU process on ``host`` lives, from its pid files
+    alone: no libvirt call (a paused guest counts: its QEMU holds the disk)."""
+    pidfiles = Path(hosts.hosts[host].dir, "run", "qemu").glob("*.pid")
+    return [p.stem for p in pidfiles if p.stem != "driver"  # the QEMU driver's lock
+            and qemu_alive(hosts, host, p.stem, missing_ok=True)]
+
+
 class QemuRunChecker(DoubleRunChecker):
     """Running = libvirt says running AND its QEMU process is alive: after a power loss
     (QEMU SIGKILLed) libvirt may list the guest as running until it notices; a dead
     process cannot touch the disk. A guest libvirt lists whose pid file cannot be read
     makes the sample unknown (not "not running"): past ``MAX_UNKNOWN_FRACTION`` the run
-    fails."""
+    fails. While libvirtd does not answer (restarting), the host's live QEMU processes
+    from their pid files count (``uuids``: name -> uuid of the guests to look for)."""
 
-    def __init__(self, hosts: qemu_testbed.QemuHosts) -> None:
+    def __init__(self, hosts: qemu_testbed.QemuHosts,
+                 uuids: dict[str, str] | None = None) -> None:
         super().__init__(lambda: hosts.conns)
         self.hosts = hosts
+        self.uuids = uuids or {}
         self.lagging = 0  # samples where libvirt listed a guest whose QEMU was dead
+        self.from_pidfiles = 0  # host samples read from pid files (libvirtd not answering)
 
     def running_on(self, host: str, conn: libvirt.virConnect) -> list[str]:
         try:
             doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)
             found = [(d.UUIDString(), d.name()) for d in doms]
         except libvirt.libvirtError as exc:
-            raise Unknown(f"libvirt: {exc}") from exc
+            if not self.uuids:
+                raise Unknown(f"libvirt: {exc}") from exc
+            self.from_pidfiles += 1
+            return [self.uuids.get(name, name) for name in running_from_pidfiles(
+                self.hosts, host)]
         running = []
         for uuid, name in found:
             if qemu_alive(self.hosts, host, name):
@@ -386,9 +402,7 @@ class QemuProcessChecker(DoubleRunChecker):
         self.hosts = hosts
 
     def running_on(self, host: str, conn: libvirt.virConnect) -> list[str]:
-        pidfiles = Path(self.hosts.hosts[host].dir, "run", "qemu").glob("*.pid")
-        return [p.stem for p in pidfiles if p.stem != "driver"  # the QEMU driver's lock
-                and qemu_alive(self.hosts, host, p.stem, missing_ok=True)]
+        return running_from_pidfiles(self.hosts, host)
 
 
 def qemu_pid(hosts: qemu_testbed.QemuHosts, host: str, name: str) -> int:
@@ -456,10 +470,13 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
         tmp_path: Path, store, registry, cfg) -> None:
     """A few seeded rounds of faults on two QEMU hosts with emulated watchdogs and a
     manager: SIGKILL the agent, SIGSTOP it past the watchdog timeout (the host "resets"),
-    a short SIGSTOP, or cut the host off etcd (its agent reaches etcd through a cuttable
-    proxy: it must destroy its HA guest itself before the lease can expire). Both daemons
-    are sampled every 20 ms: the HA guest never runs twice, and after each round it runs on
-    exactly one host that holds its fence. Replay with GRIDTOOL_CHAOS_SEED."""
+    a short SIGSTOP, cut the host off etcd (its agent reaches etcd through a cuttable
+    proxy: it must destroy its HA guest itself before the lease can expire), or restart
+    its libvirtd (the guest's QEMU runs on: nothing moves, nothing is destroyed, the fence
+    is untouched, the agent reconnects). Both hosts are sampled every 20 ms (from the QEMU
+    pid files while a libvirtd restarts): the HA guest never runs twice, and after each
+    round it runs on exactly one host that holds its fence. Replay with
+    GRIDTOOL_CHAOS_SEED."""
     why = qemu.unavailable()
     if why:
         pytest.skip(f"QEMU cannot run here: {why}")
@@ -495,7 +512,7 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
             return on[0] if r is not None and r.state == "running" else None
 
         log = [f"seed {seed}"]
-        with QemuRunChecker(hosts) as checker:
+        with QemuRunChecker(hosts, {"ha1": uuid}) as checker:
             schedule = list(FAULTS) * 2  # every kind twice, in a seeded order
             rng.shuffle(schedule)
             for n, fault in enumerate(schedule):
@@ -504,7 +521,10 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
                 log.append(f"round {n}: {fault} {target} (ha1 on {was_on})")
                 agent, dog = hosts.agents[target], hosts.watchdogs[target]
                 resets = dog.resets
-                if fault == "cut":
+                if fault == "restart_libvirtd":
+                    restart_libvirtd_under(hosts, store, cfg, target, was_on, volume, log)
+                    assert dog.resets == resets and agent.poll() is None, "; ".join(log)
+                elif fault == "cut":
                     proxies[target].cut()
                 elif fault == "kill_agent":
                     agent.kill()
@@ -546,15 +566,18 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
                     raise AssertionError(f"{exc}; agents alive {alive}, resets {resets}, "
                                          f"running {checker.sample()}; {log}") from None
                 log.append(f"  -> ha1 on {now_on}")
-                if fault != "hang_briefly" and target == was_on:
+                if fault not in ("hang_briefly", "restart_libvirtd") and target == was_on:
                     assert now_on != was_on, f"the reset of its host moved it: {log}"
+                if fault == "restart_libvirtd":
+                    assert now_on == was_on, f"a libvirtd restart moved it: {log}"
                 for name in names:  # power reset hosts' agents back on
                     if hosts.agents[name].poll() is not None:
                         hosts.start_agent(name, watchdog=True,
                                           endpoints=(proxies[name].endpoint,))
                 wait_until(lambda: registered(registry, names), 20, what="both hosts back")
         numbers = (f"samples {checker.samples} ({checker.rate:.1f}/s, longest gap "
-                   f"{checker.max_gap:.2f} s), unknown {checker.unknown} "
+                   f"{checker.max_gap:.2f} s), read from pid files while a libvirtd "
+                   f"restarted {checker.from_pidfiles}, unknown {checker.unknown} "
                    f"({checker.unknown_fraction:.2%}, at most {MAX_UNKNOWN_FRACTION:.0%}: "
                    f"{checker.unknown_detail[:5]}), libvirt lagging behind a dead QEMU in "
                    f"{checker.lagging}")
@@ -572,6 +595,25 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
         hosts.close()
         for proxy in proxies.values():
             proxy.close()
+
+
+def restart_libvirtd_under(hosts: qemu_testbed.QemuHosts, store, cfg: Config,  # type: ignore[no-untyped-def]
+                           target: str, was_on: str, volume: str, log: list[str]) -> None:
+    """Restart ``target``'s libvirtd under the running HA guest ha1 (on ``was_on``):
+    its agent reconnects, and ha1's QEMU process and fence (holder, revision, lease) are
+    the same after it."""
+    fence = store.get(cfg.keys.fence(volume))
+    pid = qemu_pid(hosts, was_on, "ha1")
+    mark = f"event=libvirt_connected host={target}"
+    connected = hosts.agent_log(target).count(mark)
+    hosts.restart_libvirtd(target)
+    wait_until(lambda: hosts.agent_log(target).count(mark) > connected, 30,
+               what=f"{target}'s agent reconnected to its restarted libvirtd; "
+                    + "; ".join(log))
+    after = store.get(cfg.keys.fence(volume))
+    assert (after.mod_revision, after.lease) == (fence.mod_revision, fence.lease), log
+    assert qemu_pid(hosts, was_on, "ha1") == pid and qemu_alive(hosts, was_on, "ha1"), (
+        f"ha1's QEMU on {was_on} was replaced or killed; " + "; ".join(log))
 
 
 def test_lab_up_with_qemu_hosts_then_down_leaves_nothing(tmp_path: Path) -> None:
