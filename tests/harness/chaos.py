@@ -190,9 +190,9 @@ HOLD_TTL = {
     "stop_etcd_leader": (0.3, 2.0),
     "twin_agent": (0.0, 1.0),  # then the heal waits for the impostor to exit
     "intruder": (0.5, 2.0),  # from the freed fence to the intruder destroyed
-    "slow_destroy": (1.0, 2.0),  # past the deadline: the self-fence must run
-    "failing_destroy": (1.0, 2.0),
-    "delay_create": (1.0, 2.0),  # from the cut, made while the start waits
+    "slow_destroy": (1.0, 1.3),  # past the deadline (<= TTL - margin after the cut) and
+    "failing_destroy": (1.0, 1.3),  # the self-fence's 0.5 s before the watchdog fires
+    "delay_create": (1.0, 1.3),  # from the cut, made while the start waits
 }
 
 #: Shortest hold of a kind, seconds, whatever the TTL: a stalled etcd leader must stay
