@@ -213,9 +213,9 @@ class IntentWorker:
         if self.faults.delay_before_create:  # test-only: a start racing the deadline
             time.sleep(self.faults.delay_before_create)
         ha = ref is not None and ref.kind is FenceKind.HA
+        if ref is not None and ha:
+            self._lease_allows_start(intent, ref)  # (passed: the deadline is >= 0.5 s away)
         with self.lease.creating(intent.guest) if ha else contextlib.nullcontext():
-            if ref is not None and ha:
-                self._lease_allows_start(intent, ref)
             began = self.clock.monotonic()
             try:
                 dom.create()

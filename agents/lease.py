@@ -377,8 +377,8 @@ class HostLease:
 
     @contextmanager
     def creating(self, guest: str) -> Iterator[None]:
-        """An HA guest's start from its lease clock's last check to the end of libvirt's
-        ``create()``: meanwhile the guard counts it as an HA guest running here (the
+        """An HA guest's ``create()``, right after its lease clock's last check passed:
+        meanwhile the guard counts it as an HA guest running here (the
         watchdog is neither disarmed nor petted past what the lease allows, even once
         the self-fence has confirmed every HA guest dead), and when it ends the
         self-fence is told (``came_up``): a guest it confirmed gone before may run now."""
