@@ -521,17 +521,17 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
                 log.append(f"round {n}: {fault} {target} (ha1 on {was_on})")
                 agent, dog = hosts.agents[target], hosts.watchdogs[target]
                 resets = dog.resets
-                if fault == "restart_libvirtd":
-                    restart_libvirtd_under(hosts, store, cfg, target, was_on, volume, log)
-                    assert dog.resets == resets and agent.poll() is None, "; ".join(log)
-                elif fault == "cut":
+                if fault == "cut":
                     proxies[target].cut()
                 elif fault == "kill_agent":
                     agent.kill()
                     agent.wait(10)
-                else:
+                elif fault != "restart_libvirtd":
                     agent.send_signal(signal.SIGSTOP)
-                if fault == "cut":
+                if fault == "restart_libvirtd":
+                    restart_libvirtd_under(hosts, store, cfg, target, was_on, volume, log)
+                    assert dog.resets == resets and agent.poll() is None, "; ".join(log)
+                elif fault == "cut":
                     if target == was_on:  # it self-fences; the guest moves to the other host
                         wait_until(lambda t=target: gone_from(checker, uuid, t),
                                    lease_expiry_bound(cfg.ttl),
