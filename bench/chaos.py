@@ -5,7 +5,8 @@ with an emulated watchdog), two HA manager candidates and K HA fenced guests (2 
 by default); then rounds of random faults from the seed (network cut, SIGSTOP, SIGKILL
 or SIGTERM of an agent, etcd leader killed or stalled, etcd member restarted, leading
 manager killed, a second agent with a host's name, a paused intruder whose fence is
-freed) for N minutes. An independent checker samples every host's libvirt. Printed:
+freed, a host cut off while its self-fence's destroys are slow or fail first, a start
+delayed past the lease check) for N minutes. An independent checker samples every host's libvirt. Printed:
 the faults per kind with their overlap samples, lost guests, wrong resets and failed
 checks, then the outcome and ``ChaosReport``'s criteria (the CI tier's rule: 0 overlaps,
 0 agent or manager crashes, 0 failed fault checks, every round ends with every guest
