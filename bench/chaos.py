@@ -6,13 +6,14 @@ by default); then rounds of random faults from the seed (network cut, SIGSTOP, S
 or SIGTERM of an agent, etcd leader killed or stalled, etcd member restarted, leading
 manager killed, a second agent with a host's name, a paused intruder whose fence is
 freed, a host cut off while its self-fence's destroys are slow or fail first, a start
-delayed past the lease check) for N minutes. An independent checker samples every
-host's libvirt. Printed: the faults per kind with their overlap samples, lost guests,
-wrong resets and failed checks, then the outcome and ``ChaosReport``'s criteria (the CI tier's rule: 0 overlaps,
-0 agent or manager crashes, 0 failed fault checks, every round ends with every guest
-running within the settle bound (2 TTL + 8 s), every round sampled at 15 samples/s or
-more, at most 1 % unknown samples). The verdict (bench/verdict.py, :func:`judge`) fails
-on any overlap, any lost guest, any failed fault check, or that rule failing; exit 1.
+delayed past the lease check) for N minutes. An independent checker samples every host's
+libvirt. Printed: the faults per kind with their overlap samples, lost guests, wrong
+resets and failed checks, then the outcome and ``ChaosReport``'s criteria (the CI tier's
+rule: 0 overlaps, 0 agent or manager crashes, 0 failed fault checks, every round ends
+with every guest running within the settle bound (2 TTL + 8 s), every round sampled at
+15 samples/s or more, at most 1 % unknown samples). The verdict (bench/verdict.py,
+:func:`judge`) fails on any overlap, any lost guest, any failed fault check, or that
+rule failing; exit 1.
 Needs root (ip netns). See tests/harness/chaos.py.
 
     python bench/chaos.py --minutes N [--seed S] [--hosts N] [--guests-per-host G |
