@@ -100,13 +100,13 @@ def lun_id(name: str) -> str | None:
                   or _ISCSI_NAME.match(iscsi.group(1).lower())):
         tail = _ISCSI_TAIL.match(iscsi.group(1))
         if tail is None:
-            raise DiskIdError(f"{name}: no '-lun-N' after the iSCSI target name")
+            raise DiskIdError("no '-lun-N' after the iSCSI target name")
         return iscsi_id(tail.group(1), sam_lun(tail.group(2)))
     wwn = _BY_ID_WWN.match(name)
     if wwn:
         hex_ = wwn.group(1).lower()
         if not _WWN_HEX.match(hex_):
-            raise DiskIdError(f"{name}: {wwn.group(1)!r} is not a WWN (16 or 32 hex digits)")
+            raise DiskIdError(f"{wwn.group(1)!r} is not a WWN (16 or 32 hex digits)")
         return f"wwn-0x{hex_}"
     return None
 
@@ -135,12 +135,22 @@ def volume_id(disk: Disk, aliases: Iterable[str] = ()) -> str:
     source = normal_path(disk.source)
     if disk.kind == "network":
         return "path-" + quote(disk.source.strip("/"), safe="-._~")
-    found = {i for i in (lun_id(n) for n in (source, *map(normal_path, aliases))) if i}
+    found = {i for i in (_alias_id(n) for n in map(normal_path, aliases)) if i}
+    own = lun_id(source)
+    found |= {own} if own else set()
     for kind in _PREFERENCE:
         ids = sorted(i for i in found if i.startswith(kind))
         if ids:
             return ids[0]
     return "path-" + quote(source.strip("/"), safe="-._~")
+
+
+def _alias_id(name: str) -> str | None:
+    """:func:`lun_id` of another name of the disk, an error saying which name it was."""
+    try:
+        return lun_id(name)
+    except DiskIdError as exc:
+        raise DiskIdError(f"its alias {name}: {exc}") from None
 
 
 def is_shared(disk: Disk, rules: SharedStorageRules, aliases: Iterable[str] = ()) -> bool:

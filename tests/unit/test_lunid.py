@@ -291,3 +291,11 @@ def test_the_guest_with_one_is_refused_its_fences_and_its_start() -> None:
     assert not isinstance(plan_acquire("h1", GuestRef("u1", "g", FenceKind.PINNED,
                                                       rec.volumes), {"aoe-e1.2": None}, 0.0),
                           Refusal)
+
+
+def test_an_alias_that_cannot_be_identified_is_named() -> None:
+    alias = "/dev/disk/by-path/ip-10.0.0.1:3260-iscsi-iqn.2000-01.a:t"
+    with pytest.raises(DiskIdError) as info:
+        classify(block("/dev/sdc"), RULES, (alias,))
+    assert str(info.value) == (f"disk vda ('/dev/sdc'): its alias {alias}: no '-lun-N' "
+                               "after the iSCSI target name")
