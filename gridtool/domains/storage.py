@@ -34,7 +34,7 @@ MAX_LUN = 0x3FFF
 _AOE = re.compile(r"^/dev/etherd/e(\d+)\.(\d+)(p\d+)?$")
 _ISCSI_IN_PATH = re.compile(r"-iscsi-([^/]*)$")
 _ISCSI_TAIL = re.compile(r"^(.+)-lun-(\d+|0x[0-9a-fA-F]{16})(-part\d+)?$")
-_BY_ID_WWN = re.compile(r"^/dev/disk/by-id/(?:wwn-0x|scsi-3)(.*?)(-part\d+)?$")
+_BY_ID_WWN = re.compile(r"^/dev/disk/by-id/(?:wwn-0x|scsi-3|dm-uuid-mpath-3)(.*?)(-part\d+)?$")
 _WWN_HEX = re.compile(r"^(?:[0-9a-f]{16}|[0-9a-f]{32})$")
 _ISCSI_NAME = re.compile(r"^(?:iqn\.|eui\.|naa\.)[^\s/]+$")
 
@@ -90,7 +90,8 @@ def lun_id(name: str) -> str | None:
     """The LUN id a device name carries (``name`` normalised), None when it names none:
     ``/dev/disk/by-path/...-iscsi-NAME-lun-N`` (or any path ending ``-iscsi-iqn...``)
     -> ``iscsi-NAME-lunN``,
-    ``/dev/disk/by-id/wwn-0xHEX`` or ``scsi-3HEX`` -> ``wwn-0xHEX``,
+    ``/dev/disk/by-id/wwn-0xHEX``, ``scsi-3HEX`` or ``dm-uuid-mpath-3HEX`` (a multipath
+    map of it) -> ``wwn-0xHEX``,
     ``/dev/etherd/eS.P`` -> ``aoe-eS.P`` (partitions: their disk's id)."""
     aoe = _AOE.match(name)
     if aoe:

@@ -153,7 +153,8 @@ def test_one_wwn_is_one_key(wwn: str, part: int) -> None:
     want = f"wwn-0x{wwn}"
     for source in (f"/dev/disk/by-id/wwn-0x{wwn}", f"/dev/disk/by-id/scsi-3{wwn}",
                    f"/dev/disk/by-id/wwn-0x{wwn.upper()}-part{part}",
-                   f"/dev/disk/by-id/scsi-3{wwn.upper()}", f"//dev/disk//by-id/wwn-0x{wwn}/"):
+                   f"/dev/disk/by-id/scsi-3{wwn.upper()}", f"//dev/disk//by-id/wwn-0x{wwn}/",
+                   f"/dev/disk/by-id/dm-uuid-mpath-3{wwn}"):
         assert lun_id(normal_path(source)) == want, source
 
 
