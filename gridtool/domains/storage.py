@@ -31,12 +31,12 @@ MAX_ISCSI_NAME = 223
 #: The highest LUN a one-level SAM address carries (flat space addressing: 14 bits).
 MAX_LUN = 0x3FFF
 
-_AOE = re.compile(r"^/dev/etherd/e(\d+)\.(\d+)(p\d+)?$")
-_ISCSI_IN_PATH = re.compile(r"-iscsi-([^/]*)$")
-_ISCSI_TAIL = re.compile(r"^(.+)-lun-(\d+|0x[0-9a-fA-F]{16})(-part\d+)?$")
-_BY_ID_WWN = re.compile(r"^/dev/disk/by-id/(?:wwn-0x|scsi-3|dm-uuid-mpath-3)(.*?)(-part\d+)?$")
-_WWN_HEX = re.compile(r"^(?:[0-9a-f]{16}|[0-9a-f]{32})$")
-_ISCSI_NAME = re.compile(r"^(?:iqn\.|eui\.|naa\.)[^\s/]+$")
+_AOE = re.compile(r"^/dev/etherd/e(\d+)\.(\d+)(p\d+)?\Z")
+_ISCSI_IN_PATH = re.compile(r"-iscsi-([^/]*)\Z")
+_ISCSI_TAIL = re.compile(r"^(.+)-lun-(\d+|0x[0-9a-fA-F]{16})(-part\d+)?\Z")
+_BY_ID_WWN = re.compile(r"^/dev/disk/by-id/(?:wwn-0x|scsi-3|dm-uuid-mpath-3)(.*?)(-part\d+)?\Z")
+_WWN_HEX = re.compile(r"^(?:[0-9a-f]{16}|[0-9a-f]{32})\Z")
+_ISCSI_NAME = re.compile(r"^(?:iqn\.|eui\.|naa\.)[^\s/\x00-\x1f\x7f]+\Z")
 
 
 class DiskIdError(ValueError):
@@ -151,7 +151,7 @@ def _alias_id(name: str) -> str | None:
     try:
         return lun_id(name)
     except DiskIdError as exc:
-        raise DiskIdError(f"its alias {name}: {exc}") from None
+        raise DiskIdError(f"its alias {name!r}: {exc}") from None
 
 
 def is_shared(disk: Disk, rules: SharedStorageRules, aliases: Iterable[str] = ()) -> bool:

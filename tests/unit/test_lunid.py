@@ -23,7 +23,14 @@ from gridtool.domains.storage import (
     volume_id,
 )
 from gridtool.domains.xml import parse_domain
-from gridtool.fencing.rules import FenceKind, GuestRef, Refusal, may_start, plan_acquire
+from gridtool.fencing.rules import (
+    FenceKind,
+    GuestRef,
+    Refusal,
+    check_volume,
+    may_start,
+    plan_acquire,
+)
 from gridtool.registry.model import Disk, GuestRecord
 
 RULES = SharedStorageRules()
@@ -298,5 +305,21 @@ def test_an_alias_that_cannot_be_identified_is_named() -> None:
     alias = "/dev/disk/by-path/ip-10.0.0.1:3260-iscsi-iqn.2000-01.a:t"
     with pytest.raises(DiskIdError) as info:
         classify(block("/dev/sdc"), RULES, (alias,))
-    assert str(info.value) == (f"disk vda ('/dev/sdc'): its alias {alias}: no '-lun-N' "
+    assert str(info.value) == (f"disk vda ('/dev/sdc'): its alias {alias!r}: no '-lun-N' "
                                "after the iSCSI target name")
+
+
+@given(st.text(max_size=60), st.sampled_from(["network", "block", "file"]),
+       st.lists(st.text(max_size=60), max_size=3))
+def test_any_name_gives_a_key_segment_or_a_one_line_error(
+        name: str, kind: str, aliases: list[str]) -> None:
+    """Whatever a domain XML or a dom0 holds: an id that can name an etcd key, or
+    DiskIdError in one line; never another exception."""
+    disk = Disk("vda", name, kind=kind, protocol="iscsi" if kind == "network" else None,
+                shareable=True)
+    try:
+        volume = classify(disk, RULES, aliases).volume
+    except DiskIdError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert check_volume(volume) == volume
