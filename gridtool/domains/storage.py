@@ -127,15 +127,17 @@ def network_id(disk: Disk) -> str:
     return iscsi_id(target, int(lun) if slash else 0)
 
 
-def volume_id(disk: Disk, aliases: Iterable[str] = ()) -> str:
+def volume_id(disk: Disk, aliases: Iterable[str] = (), path: str | None = None) -> str:
     """The volume id of a shared ``disk`` (its fence key's name): the LUN identity of its
     source or of any of this host's ``aliases`` for it (most preferred kind, then the
-    least), else ``path-`` and its normalised source. DiskIdError when it cannot be made."""
+    least), else ``path-`` and ``path`` (the name that made it shared, see
+    :func:`shared_names`; default: its source), normalised. DiskIdError when it cannot be
+    made."""
     if disk.protocol == "iscsi":
         return network_id(disk)
-    source = normal_path(disk.source)
     if disk.kind == "network":
         return "path-" + quote(disk.source.strip("/"), safe="-._~")
+    source = normal_path(disk.source)
     found = {i for i in (_alias_id(n) for n in map(normal_path, aliases)) if i}
     own = lun_id(source)
     found |= {own} if own else set()
@@ -143,7 +145,7 @@ def volume_id(disk: Disk, aliases: Iterable[str] = ()) -> str:
         ids = sorted(i for i in found if i.startswith(kind))
         if ids:
             return ids[0]
-    return "path-" + quote(source.strip("/"), safe="-._~")
+    return "path-" + quote(normal_path(path or source).strip("/"), safe="-._~")
 
 
 def _alias_id(name: str) -> str | None:
@@ -152,6 +154,15 @@ def _alias_id(name: str) -> str | None:
         return lun_id(name)
     except DiskIdError as exc:
         raise DiskIdError(f"its alias {name!r}: {exc}") from None
+
+
+def shared_names(disk: Disk, rules: SharedStorageRules, aliases: Iterable[str] = ()
+                 ) -> list[str]:
+    """The names of ``disk`` (normalised) that a shared pattern matches: its source first,
+    then its ``aliases``, sorted."""
+    own = normal_path(disk.source)
+    others = sorted({normal_path(a) for a in aliases} - {own})
+    return [n for n in (own, *others) if any(fnmatch.fnmatchcase(n, p) for p in rules.patterns)]
 
 
 def is_shared(disk: Disk, rules: SharedStorageRules, aliases: Iterable[str] = ()) -> bool:
@@ -163,18 +174,19 @@ def is_shared(disk: Disk, rules: SharedStorageRules, aliases: Iterable[str] = ()
     if disk.kind == "volume":
         pool = disk.source.partition("/")[0]
         return pool in rules.shared_pools
-    names = {normal_path(n) for n in (disk.source, *aliases)}
-    return any(fnmatch.fnmatchcase(n, p) for n in names for p in rules.patterns)
+    return bool(shared_names(disk, rules, aliases))
 
 
 def classify(disk: Disk, rules: SharedStorageRules, aliases: Iterable[str] = ()) -> Disk:
     """The disk with ``shared`` and ``volume`` filled in; DiskIdError (naming the disk)
-    for a shared disk whose volume id cannot be made."""
+    for a shared disk whose volume id cannot be made. A file shared only through an alias
+    (a link into a shared directory) is named after that alias: the file it is."""
     aliases = tuple(aliases)
     if not is_shared(disk, rules, aliases):
         return disk
+    names = shared_names(disk, rules, aliases) if disk.kind != "volume" else []
     try:
-        volume = volume_id(disk, aliases)
+        volume = volume_id(disk, aliases, names[0] if names else None)
     except DiskIdError as exc:
         raise DiskIdError(f"disk {disk.target or '?'} ({disk.source!r}): {exc}") from None
     return replace(disk, shared=True, volume=volume)

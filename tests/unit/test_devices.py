@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -88,9 +89,12 @@ def test_a_symlink_into_shared_storage_is_shared(tmp_path: Path) -> None:
     (shared / "a.img").write_bytes(b"")
     (local / "a.img").symlink_to(shared / "a.img")
     rules = SharedStorageRules(patterns=(f"{shared}/*",), link_dirs=())
-    disks, problems = local_disks(xml(str(local / "a.img")).replace("'block'", "'file'")
-                                  .replace("dev=", "file="), rules)
-    assert disks[0].shared and not problems
+    files = xml(str(local / "a.img"), str(shared / "a.img"), str(shared / "./a.img"))
+    disks, problems = local_disks(files.replace("'block'", "'file'").replace("dev=", "file="),
+                                  rules)
+    assert all(d.shared for d in disks) and not problems
+    assert {d.volume for d in disks} == {"path-" + quote(str(shared / "a.img")[1:], safe="")}, \
+        "named after the file it is"
     assert hook.may_be_fenced(xml(str(local / "a.img")), [f"{shared}/*"], ())
 
 
