@@ -23,9 +23,10 @@ import json
 import socket
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 from gridtool.domains.devices import local_disks
-from gridtool.domains.storage import LINK_DIRS, SharedStorageRules
+from gridtool.domains.storage import SharedStorageRules
 from gridtool.domains.xml import DomainXMLError
 
 # Never refuse anything else: libxl kills running domains when ``reconnect begin`` (the
@@ -38,12 +39,14 @@ DEFAULT_TIMEOUT_S = 2.0
 
 
 def may_be_fenced(xml: str, patterns: list[str],
-                  link_dirs: tuple[str, ...] = LINK_DIRS) -> bool:
+                  where: SharedStorageRules | None = None) -> bool:
     """True when some disk may be on shared storage (the agent decides for sure): the
-    agent's own detection (:func:`gridtool.domains.devices.local_disks`), plus
-    every volume and network disk (the hook does not know the shared pools)."""
+    agent's own detection (:func:`gridtool.domains.devices.local_disks`) with ``patterns``
+    (the rest of ``where``: which device names it follows), plus every volume and
+    network disk (the hook does not know the shared pools)."""
     try:
-        disks, _ = local_disks(xml, SharedStorageRules(tuple(patterns), link_dirs=link_dirs))
+        disks, _ = local_disks(xml, replace(where or SharedStorageRules(),
+                                            patterns=tuple(patterns)))
     except DomainXMLError:
         return True  # cannot tell: ask the agent
     return any(d.shared or d.kind in ("volume", "network") for d in disks)

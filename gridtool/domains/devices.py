@@ -1,10 +1,12 @@
 """The other names this host has for a disk's source (shell: reads the file system).
 
 A guest's XML may name one LUN as ``/dev/sdc``, as a ``/dev/disk/by-path`` link or as a
-``/dev/disk/by-id`` link. Here each source is resolved (symlinks followed) and given
-every udev link that names the same device; :mod:`gridtool.domains.storage` then takes
-the LUN identity from all of those names, so one LUN is one fence key on this host
-however the XML names it. Light to import: the libvirt hook uses it.
+``/dev/disk/by-id`` link. Here each source under ``/dev/`` is resolved (symlinks
+followed) and given every udev link that names the same device (files are not: a stat
+on a hard-mounted NFS whose server is gone would hang the agent);
+:mod:`gridtool.domains.storage` then takes the LUN identity from all of those names, so
+one LUN is one fence key on this host however the XML names it. Light to import: the
+libvirt hook uses it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from gridtool.domains.storage import LINK_DIRS, SharedStorageRules
+from gridtool.domains.storage import LINK_DIRS, RESOLVE_UNDER, SharedStorageRules, normal_path
 from gridtool.domains.xml import (
     DomainSpec,
     DomainXMLError,
@@ -37,11 +39,14 @@ def _links(link_dirs: Iterable[str]) -> dict[str, list[str]]:
     return found
 
 
-def source_aliases(sources: Iterable[str],
-                   link_dirs: Iterable[str] = LINK_DIRS) -> dict[str, tuple[str, ...]]:
-    """For each source that exists here: what it resolves to and every link in
-    ``link_dirs`` to that (sources that do not exist have none)."""
-    existing = [s for s in sources if os.path.exists(s)]
+def source_aliases(sources: Iterable[str], link_dirs: Iterable[str] = LINK_DIRS,
+                   resolve_under: Iterable[str] = RESOLVE_UNDER,
+                   ) -> dict[str, tuple[str, ...]]:
+    """For each source under ``resolve_under`` that exists here: what it resolves to and
+    every link in ``link_dirs`` to that (other sources have none)."""
+    prefixes = tuple(resolve_under)
+    existing = [s for s in sources if normal_path(s).startswith(prefixes)
+                and os.path.exists(s)]
     if not existing:
         return {}
     links = _links(link_dirs)
@@ -56,7 +61,7 @@ def local_aliases(xml: str, rules: SharedStorageRules) -> dict[str, tuple[str, .
     """:func:`source_aliases` of the disk sources of domain ``xml`` (links looked up in
     ``rules.link_dirs``); none for XML that does not parse (its parser says why)."""
     try:
-        return source_aliases(disk_sources(xml), rules.link_dirs)
+        return source_aliases(disk_sources(xml), rules.link_dirs, rules.resolve_under)
     except DomainXMLError:
         return {}
 

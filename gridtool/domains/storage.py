@@ -25,6 +25,9 @@ from gridtool.registry.model import Disk
 DEFAULT_SHARED_PATTERNS = ("/dev/etherd/*", "/dev/disk/by-path/*-iscsi-*")
 #: Where udev keeps the links that name block devices by what they are.
 LINK_DIRS = ("/dev/disk/by-path", "/dev/disk/by-id")
+#: The sources the shell resolves: device names only. /dev cannot hang a stat, while a
+#: file on a hard-mounted NFS whose server is gone would hang the agent for good.
+RESOLVE_UNDER = ("/dev/",)
 
 #: The longest iSCSI name (RFC 3720 3.2.6.1: 223 bytes).
 MAX_ISCSI_NAME = 223
@@ -46,11 +49,13 @@ class DiskIdError(ValueError):
 @dataclass(frozen=True)
 class SharedStorageRules:
     """What counts as shared storage: path patterns and libvirt pools marked shared;
-    ``link_dirs``: where the shell looks for other names of a disk's device."""
+    ``link_dirs``: where the shell looks for other names of a disk's device, and
+    ``resolve_under``: the prefixes of the sources it resolves at all."""
 
     patterns: tuple[str, ...] = DEFAULT_SHARED_PATTERNS
     shared_pools: tuple[str, ...] = ()
     link_dirs: tuple[str, ...] = LINK_DIRS
+    resolve_under: tuple[str, ...] = RESOLVE_UNDER
 
 
 def normal_path(path: str) -> str:
@@ -179,8 +184,8 @@ def is_shared(disk: Disk, rules: SharedStorageRules, aliases: Iterable[str] = ()
 
 def classify(disk: Disk, rules: SharedStorageRules, aliases: Iterable[str] = ()) -> Disk:
     """The disk with ``shared`` and ``volume`` filled in; DiskIdError (naming the disk)
-    for a shared disk whose volume id cannot be made. A file shared only through an alias
-    (a link into a shared directory) is named after that alias: the file it is."""
+    for a shared disk whose volume id cannot be made. A disk shared only through an alias
+    (a link that a pattern matches) is named after that alias."""
     aliases = tuple(aliases)
     if not is_shared(disk, rules, aliases):
         return disk

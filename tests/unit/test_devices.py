@@ -5,6 +5,7 @@ symlinks to it, and guests naming it three ways. The hook's pre-filter uses it t
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -36,7 +37,7 @@ class Dom0:
         # a by-path name made with the real paths' prefix, for the default patterns
         self.rules = SharedStorageRules(
             patterns=(*DEFAULT_SHARED_PATTERNS, f"{self.by_path}/*-iscsi-*"),
-            link_dirs=(str(self.by_path), str(self.by_id)))
+            link_dirs=(str(self.by_path), str(self.by_id)), resolve_under=(f"{self.dev}/",))
 
     @staticmethod
     def link(directory: Path, name: str, target: Path) -> Path:
@@ -59,7 +60,7 @@ def xml(*sources: str) -> str:
 
 def test_aliases_are_the_device_and_every_link_to_it(dom0: Dom0) -> None:
     found = source_aliases([str(dom0.wwn), str(dom0.sdd), "/nonexistent/x"],
-                           dom0.rules.link_dirs)
+                           dom0.rules.link_dirs, dom0.rules.resolve_under)
     assert found[str(dom0.wwn)] == (str(dom0.sdc), str(dom0.iscsi), str(dom0.wwn))
     assert found[str(dom0.sdd)] == (str(dom0.sdd), str(dom0.local))
     assert "/nonexistent/x" not in found
@@ -80,27 +81,32 @@ def test_a_local_disk_stays_local(dom0: Dom0) -> None:
     assert not any(d.shared for d in spec.disks)
 
 
-def test_a_symlink_into_shared_storage_is_shared(tmp_path: Path) -> None:
-    """Before, only the name in the XML was matched: a link from a local directory into
-    the shared one hid the disk from fencing."""
+def test_files_are_not_followed_but_a_resolved_link_into_shared_storage_is_shared(
+        tmp_path: Path) -> None:
+    """Only device names are resolved (a stat on a dead hard NFS mount would hang the
+    agent); where a source is resolved, a link into a shared directory is shared and named
+    after the file it is."""
     shared, local = tmp_path / "shared", tmp_path / "local"
     shared.mkdir()
     local.mkdir()
     (shared / "a.img").write_bytes(b"")
     (local / "a.img").symlink_to(shared / "a.img")
-    rules = SharedStorageRules(patterns=(f"{shared}/*",), link_dirs=())
     files = xml(str(local / "a.img"), str(shared / "a.img"), str(shared / "./a.img"))
-    disks, problems = local_disks(files.replace("'block'", "'file'").replace("dev=", "file="),
-                                  rules)
+    files = files.replace("'block'", "'file'").replace("dev=", "file=")
+    rules = SharedStorageRules(patterns=(f"{shared}/*",), link_dirs=())
+    assert source_aliases([str(local / "a.img")], (), rules.resolve_under) == {}
+    assert [d.shared for d in local_disks(files, rules)[0]] == [False, True, True]
+    resolving = replace(rules, resolve_under=(f"{tmp_path}/",))
+    disks, problems = local_disks(files, resolving)
     assert all(d.shared for d in disks) and not problems
     assert {d.volume for d in disks} == {"path-" + quote(str(shared / "a.img")[1:], safe="")}, \
         "named after the file it is"
-    assert hook.may_be_fenced(xml(str(local / "a.img")), [f"{shared}/*"], ())
+    assert hook.may_be_fenced(xml(str(local / "a.img")), [f"{shared}/*"], resolving)
+    assert not hook.may_be_fenced(xml(str(local / "a.img")), [f"{shared}/*"], rules)
 
 
 def test_the_hook_asks_the_agent_about_every_name_of_a_shared_lun(dom0: Dom0) -> None:
-    patterns = list(dom0.rules.patterns)
-    dirs = dom0.rules.link_dirs
+    patterns, dirs = list(dom0.rules.patterns), dom0.rules
     assert hook.may_be_fenced(xml(str(dom0.sdc)), patterns, dirs)
     assert hook.may_be_fenced(xml(str(dom0.wwn)), patterns, dirs)
     assert hook.may_be_fenced(xml("/dev//etherd/e1.2"), patterns, dirs)
