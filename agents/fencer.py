@@ -70,9 +70,10 @@ class Fencer:
 
     def ref(self, guest: GuestRecord, kind: FenceKind | None = None) -> GuestRef:
         """The rule's view of ``guest``: its fence kind (the operator's setting unless
-        given), volumes, and whether this run of it is marked an intruder."""
+        given), volumes, whether this run of it is marked an intruder, and its shared
+        disks that cannot be identified."""
         return GuestRef(guest.uuid, guest.name, kind or self.kind_of(guest.uuid), guest.volumes,
-                        intruder=guest.intruder)
+                        intruder=guest.intruder, unidentified=guest.unidentified)
 
     def observe(self, volumes: Iterable[str]) -> dict[str, Observation]:
         return read_fences(self.store, self.keys, volumes)

@@ -9,8 +9,9 @@ exits 1 with the reason on stderr otherwise: libvirt then refuses the start with
 VIR_ERR_HOOK_SCRIPT_FAILED and that message. An agent that does not answer within
 ``--timeout`` seconds means a refusal (fail closed). Every other operation is allowed.
 
-Standard library only, so that it starts fast and runs with ``python -I``. libvirt reads
-the hook only when the daemon starts or gets SIGHUP.
+It imports only the standard library and gridtool's (light) disk detection, so that it
+starts fast and runs with ``python -I`` from the agent's environment. libvirt reads the
+hook only when the daemon starts or gets SIGHUP.
 
 Usage: hook.py --socket PATH [--shared GLOB]... [--timeout S] -- NAME OP SUBOP EXTRA
 """
@@ -18,11 +19,15 @@ Usage: hook.py --socket PATH [--shared GLOB]... [--timeout S] -- NAME OP SUBOP E
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import socket
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import replace
+
+from gridtool.domains.devices import local_disks
+from gridtool.domains.storage import SharedStorageRules
+from gridtool.domains.xml import DomainXMLError
 
 # Never refuse anything else: libxl kills running domains when ``reconnect begin`` (the
 # daemon restarting) fails, and stop/release cannot be refused anyway. An incoming
@@ -33,22 +38,18 @@ VERB = {"prepare": "start", "restore": "restore", "migrate": "accept the migrati
 DEFAULT_TIMEOUT_S = 2.0
 
 
-def may_be_fenced(xml: str, patterns: list[str]) -> bool:
-    """True when some disk may be on shared storage (the agent decides for sure)."""
+def may_be_fenced(xml: str, patterns: list[str],
+                  where: SharedStorageRules | None = None) -> bool:
+    """True when some disk may be on shared storage (the agent decides for sure): the
+    agent's own detection (:func:`gridtool.domains.devices.local_disks`) with ``patterns``
+    (the rest of ``where``: which device names it follows), plus every volume and
+    network disk (the hook does not know the shared pools)."""
     try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
+        disks, _ = local_disks(xml, replace(where or SharedStorageRules(),
+                                            patterns=tuple(patterns)))
+    except DomainXMLError:
         return True  # cannot tell: ask the agent
-    for disk in root.iterfind("./devices/disk"):
-        if disk.find("shareable") is not None or disk.get("type") in ("volume", "network"):
-            return True
-        src = disk.find("source")
-        if src is None:
-            continue
-        path = src.get("file") or src.get("dev") or ""
-        if path and any(fnmatch.fnmatchcase(path, p) for p in patterns):
-            return True
-    return False
+    return any(d.shared or d.kind in ("volume", "network") for d in disks)
 
 
 def domain_uuid(xml: str) -> str:

@@ -47,8 +47,9 @@ from agents.lease import HOOK_BUDGET_S
 from agents.livemigrate import copy_of
 from agents.ports import Domains, FenceView, LeaseView
 from gridtool import supervise
+from gridtool.domains.devices import parse_local_domain
 from gridtool.domains.storage import SharedStorageRules
-from gridtool.domains.xml import DomainXMLError, parse_domain
+from gridtool.domains.xml import DomainXMLError
 from gridtool.errors import RegistryUnavailable
 from gridtool.fencing.migration import ArrivalAct, Copy, judge_arrival
 from gridtool.fencing.rules import (
@@ -239,16 +240,17 @@ class HookServer:
         """(allowed, why) for starting/restoring/receiving guest ``uuid`` here; changes
         nothing when ``decision`` was given up by the time the fences are read."""
         try:
-            spec = parse_domain(xml, self.rules)
+            spec = parse_local_domain(xml, self.rules)
         except DomainXMLError as exc:
             return False, f"its domain XML cannot be read ({exc})"
         volumes = tuple(sorted({d.volume for d in spec.disks if d.shared and d.volume}))
-        if not volumes:
+        if not volumes and not spec.unidentified:
             return True, "not fenced"
         if not uuid:
             return False, "its domain XML has no UUID"
         guest = GuestRef(uuid, name or uuid, FenceKind.PINNED, volumes,  # kind: not asked
-                         intruder=spec.intruder)  # a saved image of a marked copy
+                         intruder=spec.intruder,  # a saved image of a marked copy
+                         unidentified=spec.unidentified)
         with self.claims.working(uuid, CLAIM_WAIT_S) as claimed:
             if not claimed:
                 silent = self.registry_silence()

@@ -13,13 +13,13 @@ import libvirt
 
 from agents.readiness import ReadinessWatcher
 from gridtool import supervise
+from gridtool.domains.devices import parse_local_domain
 from gridtool.domains.storage import SharedStorageRules
 from gridtool.domains.xml import (
     INTRUDER_NS,
     INTRUDER_PREFIX,
     DomainXMLError,
     intruder_mark,
-    parse_domain,
 )
 from gridtool.registry.model import GUEST_STATES, GuestRecord
 
@@ -184,8 +184,10 @@ class LibvirtSource:
                 return None  # vanished while we looked
             raise
         try:
-            spec = parse_domain(xml, self._rules)
+            spec = parse_local_domain(xml, self._rules)
             disks, intruder = spec.disks, spec.intruder
+            for problem in spec.unidentified:  # it takes no fence and may not start
+                log.warning("event=unidentified_disk guest=%s error=%s", dom.name(), problem)
         except DomainXMLError as exc:
             log.warning("event=bad_domain_xml guest=%s error=%s", dom.name(), exc)
             disks, intruder = (), False

@@ -135,7 +135,12 @@ class Config:
     shared_patterns: tuple[str, ...] = setting(DEFAULT_SHARED_PATTERNS, "storage", meaning=(
         "Shell glob patterns of disk source paths that live on storage several hosts can see (AoE, "
         "iSCSI by-path). A guest with such a disk must run on one host at a time, so gridtool "
-        "fences it. Disks marked shareable and iSCSI network disks are always shared."))
+        "fences it. Disks marked shareable and iSCSI network disks are always shared. A source "
+        "is matched normalised (no doubled slashes, '.' or '..') and by every other name the host "
+        "has for it (the device a symlink names, its /dev/disk/by-path and by-id links). The "
+        "fence is named after the LUN: iscsi-IQN-lunN (network disk or by-path, any portal), "
+        "wwn-0xHEX, aoe-eS.P, else path-PATH; a shared disk whose LUN cannot be identified "
+        "keeps its guest from starting. Add /dev/disk/by-id/wwn-* for FC or SAS LUNs."))
     shared_pools: tuple[str, ...] = setting((), "storage", meaning=(
         "libvirt storage pools whose volumes are shared between hosts (for disks of type volume)."))
     images_dir: str = setting("/var/lib/gridtool/images", "storage", meaning=(

@@ -7,9 +7,10 @@ from an operator's file; malformed input raises ``DomainXMLError`` with one line
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
-from gridtool.domains.storage import SharedStorageRules, classify
+from gridtool.domains.storage import DiskIdError, SharedStorageRules, classify
 from gridtool.registry.model import Disk
 
 #: The intruder mark: ``<metadata><gti:intruder xmlns:gti=INTRUDER_NS holder=... at=.../>``,
@@ -44,21 +45,21 @@ class DomainSpec:
     memory_mib: int
     disks: tuple[Disk, ...]
     intruder: bool = False  # carries the intruder mark (see INTRUDER_NS)
+    #: Shared disks whose LUN cannot be identified (one line each): they are in
+    #: ``disks`` as shared with no volume, and the guest must not start.
+    unidentified: tuple[str, ...] = ()
 
 
-def parse_domain(xml: str, rules: SharedStorageRules | None = None) -> DomainSpec:
-    """Parse domain XML; classify disks as shared or local with ``rules``."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise DomainXMLError(f"malformed domain XML: {exc}") from None
-    if root.tag != "domain":
-        raise DomainXMLError(f"not a domain definition (root element <{root.tag}>)")
+def parse_domain(xml: str, rules: SharedStorageRules | None = None,
+                 aliases: Mapping[str, tuple[str, ...]] | None = None) -> DomainSpec:
+    """Parse domain XML; classify disks as shared or local with ``rules`` and the other
+    names this host has for each disk source (``aliases``, from
+    :func:`gridtool.domains.devices.source_aliases`; none when parsed away from the host)."""
+    root = _root(xml)
     name = (root.findtext("name") or "").strip()
     if not name:
         raise DomainXMLError("domain XML has no <name>")
-    rules = rules or SharedStorageRules()
-    disks = tuple(classify(d, rules) for d in _disks(root))
+    disks, unidentified = _classified(root, rules, aliases)
     return DomainSpec(
         name=name,
         uuid=(root.findtext("uuid") or "").strip() or None,
@@ -67,7 +68,48 @@ def parse_domain(xml: str, rules: SharedStorageRules | None = None) -> DomainSpe
         memory_mib=_memory_mib(root),
         disks=disks,
         intruder=_marked(root),
+        unidentified=unidentified,
     )
+
+
+def domain_disks(xml: str, rules: SharedStorageRules | None = None,
+                 aliases: Mapping[str, tuple[str, ...]] | None = None,
+                 ) -> tuple[tuple[Disk, ...], tuple[str, ...]]:
+    """Only the disks of domain ``xml``, classified as :func:`parse_domain` does, and the
+    unidentified ones' problems (DomainXMLError when it does not parse)."""
+    return _classified(_root(xml), rules, aliases)
+
+
+def _classified(root: ET.Element, rules: SharedStorageRules | None,
+                aliases: Mapping[str, tuple[str, ...]] | None,
+                ) -> tuple[tuple[Disk, ...], tuple[str, ...]]:
+    rules = rules or SharedStorageRules()
+    aliases = aliases or {}
+    disks, unidentified = [], []
+    for disk in _disks(root):
+        try:
+            disks.append(classify(disk, rules, aliases.get(disk.source, ())))
+        except DiskIdError as exc:
+            disks.append(replace(disk, shared=True, volume=None))
+            unidentified.append(str(exc))
+    return tuple(disks), tuple(unidentified)
+
+
+def disk_sources(xml: str) -> tuple[str, ...]:
+    """The sources of the file and block disks of domain ``xml`` (what the shell resolves
+    to aliases); DomainXMLError when it does not parse."""
+    return tuple(d.source for d in _disks(_root(xml)) if d.kind in ("file", "block")
+                 and d.source)
+
+
+def _root(xml: str) -> ET.Element:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise DomainXMLError(f"malformed domain XML: {exc}") from None
+    if root.tag != "domain":
+        raise DomainXMLError(f"not a domain definition (root element <{root.tag}>)")
+    return root
 
 
 def intruder_marked(xml: str) -> bool:

@@ -202,6 +202,10 @@ class GuestRef:
     see ``gridtool.domains.xml.INTRUDER_NS``). Its memory may be stale against a disk
     that changed since, so until it has been shut off it takes no fence, is never judged
     OK and may not start (a saved image of it carries the mark: restoring it is refused).
+
+    ``unidentified``: its disks on shared storage whose LUN could not be identified (one
+    line each, see ``gridtool.domains.storage``): no fence can cover them, so the guest
+    takes none and may not start (fail closed).
     """
 
     uuid: str
@@ -209,6 +213,7 @@ class GuestRef:
     kind: FenceKind
     volumes: tuple[str, ...] = field(default=())
     intruder: bool = False
+    unidentified: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _text("guest", "uuid", self.uuid)
@@ -349,6 +354,9 @@ def _restep(
 def _plan_puts(
     guest: GuestRef, observed: Mapping[str, Observation], holder: str, step: StepFor
 ) -> AcquirePlan | Refusal:
+    if guest.unidentified:
+        return Refusal(guest.uuid, guest.volumes[0] if guest.volumes else "", None,
+                       _unidentified(guest))
     steps = []
     for volume in guest.volumes:
         obs = _lookup(observed, volume)
@@ -358,6 +366,12 @@ def _plan_puts(
             return Refusal(guest.uuid, volume, who, f"fence {volume} {_describe(obs)}")
         steps.append(made)
     return AcquirePlan(guest.uuid, holder, tuple(steps))
+
+
+def _unidentified(guest: GuestRef) -> str:
+    """Why a guest with an unidentified shared disk gets no fence (fail closed)."""
+    return (f"{guest.name} has a disk on shared storage whose LUN cannot be identified, "
+            f"so no fence can cover it: {'; '.join(guest.unidentified)}")
 
 
 def _intruder_refusal(host: str, guest: GuestRef) -> Refusal:
@@ -570,13 +584,16 @@ def may_start(
     ``now`` is within its time; the ``prepare``/``restore`` of an accepted migration still
     ``arriving_from`` that source. Everything else is refused, naming the holder, and so
     is any start of a copy marked an intruder (its XML carries the mark only when it is
-    a saved image of that copy: a fresh boot starts from the inactive definition).
+    a saved image of that copy: a fresh boot starts from the inactive definition), and of
+    a guest with a shared disk whose LUN cannot be identified.
     An HA guest (some fence of it is HA: it dies with the holder's lease) is refused too
     while ``host``'s ``lease`` clock (on ``now``'s clock) says a start needing ``budget``
     seconds no longer fits before its self-fence deadline (:meth:`LeaseClock.may_start`).
     """
     if guest.intruder:  # a saved image of a copy once judged an intruder
         return StartAnswer(False, f"this copy of {guest.name} {_STALE}")
+    if guest.unidentified:
+        return StartAnswer(False, _unidentified(guest))
     if _all_held(host, guest, observed):
         answer = StartAnswer(True, f"{host} holds its fences")
     elif (arriving_from is not None and op in (StartOp.PREPARE, StartOp.RESTORE)

@@ -106,6 +106,12 @@ class GuestRecord:
         """Shared-storage volume ids of this guest, sorted."""
         return tuple(sorted({d.volume for d in self.disks if d.shared and d.volume}))
 
+    @property
+    def unidentified(self) -> tuple[str, ...]:
+        """Its shared disks with no volume id (their LUN could not be identified)."""
+        return tuple(f"disk {d.target} ({d.source!r})" for d in self.disks
+                     if d.shared and not d.volume)
+
     def same_content(self, other: GuestRecord) -> bool:
         """Equal apart from the report timestamp."""
         return replace(self, updated_at=0.0) == replace(other, updated_at=0.0)

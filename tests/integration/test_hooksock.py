@@ -284,3 +284,20 @@ def test_an_answer_given_up_on_changes_nothing(hosts) -> None:  # type: ignore[n
     h2.server.fencer = h2.fencer
     assert h2.ask("migrate", uuid, xml) == {"allow": True,
                                              "message": "incoming live migration from h1"}
+
+
+def test_a_shared_disk_that_cannot_be_identified_is_refused_even_to_the_holder(  # type: ignore[no-untyped-def]
+        hosts) -> None:
+    """Fail closed: an iSCSI disk with an empty LUN (no fence can cover it) keeps the guest
+    from starting, even on the host holding the fence of its other disk."""
+    h1, _h2, uuid, xml = hosts
+    bad = ("<disk type='network' device='disk'><source protocol='iscsi' "
+           "name='iqn.2026-12.lab.gridtool:t1/'><host name='127.0.0.1' port='3260'/>"
+           "</source><target dev='sdb'/></disk></devices>")
+    h1.fencer.acquire(ref(uuid))
+    assert h1.ask("prepare", uuid, xml)["allow"] is True
+    answer = h1.ask("prepare", uuid, xml.replace("</devices>", bad))
+    assert answer["allow"] is False
+    assert ("cannot be identified" in answer["message"]
+            and "disk sdb ('iqn.2026-12.lab.gridtool:t1/'): the LUN after '/' is empty"
+            in answer["message"]), answer

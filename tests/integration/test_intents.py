@@ -112,3 +112,29 @@ def test_an_ha_start_waits_while_the_host_registers_under_a_fresh_lease(  # type
         if dom.isActive():
             dom.destroy()
         dom.undefine()
+
+
+def test_a_guest_with_a_shared_disk_that_cannot_be_identified_does_not_start(  # type: ignore[no-untyped-def]
+        store, cfg: Config, worker: IntentWorker, domains: LibvirtSource) -> None:
+    """Fail closed on a host without hooks (the test driver): the agent takes no fence for
+    a guest whose iSCSI disk names no LUN it can identify, so it does not start it."""
+    name = f"g-{uuidlib.uuid4().hex[:8]}"
+    disk = ("<disk type='network' device='disk'><source protocol='iscsi' "
+            "name='iqn.2026-12.lab.gridtool:t1/x'><host name='127.0.0.1' port='3260'/>"
+            "</source><target dev='sda'/></disk>")
+    dom = domains.define(domain_xml(name).replace("<devices>", "<devices>" + disk))
+    try:
+        rec = domains.guest(dom.UUIDString(), "h1")
+        assert rec is not None and rec.fenced and rec.unidentified == (
+            "disk sda ('iqn.2026-12.lab.gridtool:t1/x')",)
+        client = IntentClient(store, cfg.keys)
+        intent = client.submit("h1", "start", dom.UUIDString(), name, None)
+        worker.offer(cfg.keys.intent("h1", intent.id), encode(intent))
+        done = client.wait(intent, 20, raise_failed=False)
+        assert done.state == "failed" and "cannot be identified" in done.message, done
+        assert not dom.isActive()
+        assert store.list(cfg.keys.fences)[0] == [], "no fence taken"
+    finally:
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()

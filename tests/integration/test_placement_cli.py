@@ -107,6 +107,14 @@ def test_create_errors_define_nothing(fleet, store, cfg, registry, capsys, tmp_p
     code, _, err = gridtool(cfg, capsys, "guest", "create", "--xml", str(bad))
     assert code == 2 and "malformed domain XML" in one_line_error(err)
 
+    unidentified = tmp_path / "lun.xml"
+    unidentified.write_text(domain_xml("nolun", disk="/dev/disk/by-path/ip-10.0.0.1:3260-"
+                                       "iscsi-iqn.2026-12.lab:t1", block=True))
+    code, _, err = gridtool(cfg, capsys, "guest", "create", "--xml", str(unidentified))
+    assert code == 2 and ("shared disk vda ('/dev/disk/by-path/ip-10.0.0.1:3260-iscsi-iqn"
+                          ".2026-12.lab:t1'): no '-lun-N' after the iSCSI target name"
+                          in one_line_error(err)), err
+
     dup = tmp_path / "dup.xml"
     dup.write_text(domain_xml("web"))
     code, _, err = gridtool(cfg, capsys, "guest", "create", "--xml", str(dup))

@@ -148,6 +148,11 @@ def test_guest_facts_say_who_may_run_it() -> None:
     assert fence_rows(data, NOW) == [
         ("aoe-e1.2", "hv1", "23", "ha", "5m ago (2026-12-02 05:22:07 UTC)")]
     assert disk_rows(data) == [("vda", "/dev/etherd/e1.2", "block", "yes", "aoe-e1.2")]
+    nolun = Disk("sdb", "iqn.2026-12.lab:t1/", "network", "iscsi", shared=True)
+    unidentified = replace(data, view={**data.view, "disks": [*data.view["disks"],
+                                                              nolun.__dict__]})
+    assert disk_rows(unidentified)[1] == ("sdb", "iqn.2026-12.lab:t1/", "network", "yes",
+                                          "cannot be identified: the guest may not start")
 
     doc = guest_doc(data)
     assert {k: doc[k] for k in guest_view(WEB, frozenset({"hv1"}))} == guest_view(

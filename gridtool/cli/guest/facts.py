@@ -70,9 +70,14 @@ def fence_rows(data: GuestData, now: float) -> list[tuple[str, ...]]:
             else (vol, NOTHING, NOTHING, NOTHING, NOTHING) for vol in data.volumes]
 
 
+#: The VOLUME of a shared disk whose LUN could not be identified (the guest may not start).
+UNIDENTIFIED = "cannot be identified: the guest may not start"
+
+
 def disk_rows(data: GuestData) -> list[tuple[str, ...]]:
     """TARGET, SOURCE, TYPE, SHARED, VOLUME of each disk."""
-    return [(d["target"], d["source"], d["kind"], text(d["shared"]), text(d["volume"]))
+    return [(d["target"], d["source"], d["kind"], text(d["shared"]),
+             UNIDENTIFIED if d["shared"] and not d["volume"] else text(d["volume"]))
             for d in data.view["disks"]]
 
 

@@ -123,7 +123,8 @@ def create_guest(app: AppContext, xml_file: Path, on_host: str | None, auto: boo
 
     Refused (exit 7) when a guest with its name or UUID exists anywhere in the registry,
     or when no host passes the placement filters (the error says why for each host);
-    nothing is defined anywhere then. Malformed XML exits 2.
+    nothing is defined anywhere then. Malformed XML exits 2, and so does a disk on
+    shared storage whose LUN cannot be identified (no fence could cover it).
 
     \b
     Example:
@@ -147,6 +148,8 @@ def create_guest(app: AppContext, xml_file: Path, on_host: str | None, auto: boo
         spec = parse_domain(xml, app.config.shared_rules)
     except DomainXMLError as exc:
         raise UsageError(f"{xml_file}: {exc}") from None
+    if spec.unidentified:  # it could never start: a fence cannot cover that disk
+        raise UsageError(f"{xml_file}: shared {spec.unidentified[0]}")
     if spec.uuid is None:
         xml, guest_uuid = _with_uuid(xml, spec.name)
     else:
