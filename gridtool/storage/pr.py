@@ -358,6 +358,20 @@ def format_key(key: int) -> str:
     return f"0x{key:016x}"
 
 
+def describe_lun(lun: str, keys: Keys, reservation: Reservation,
+                 owners: dict[int, str]) -> dict[str, object]:
+    """One LUN's registrations and reservation as ``fence list --storage`` shows them: each
+    key with the host it belongs to (None for a key no known host has)."""
+    holder = None
+    if reservation.key is not None:
+        holder = {"key": format_key(reservation.key), "host": owners.get(reservation.key),
+                  "type": reservation.type, "type_name": reservation.type_name}
+    return {"lun": lun, "generation": keys.generation,
+            "registrations": [{"key": format_key(k), "host": owners.get(k)}
+                              for k in keys.keys],
+            "reservation": holder}
+
+
 # -- the port -----------------------------------------------------------------------------
 
 

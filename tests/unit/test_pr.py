@@ -233,3 +233,15 @@ def test_the_real_sg_persist_on_a_missing_device_is_a_one_line_error(tmp_path) -
     with pytest.raises(pr.PrError, match="cannot open the device") as raised:
         SgPersistLun(str(tmp_path / "no-such-lun")).read_keys()
     assert "\n" not in str(raised.value)
+
+
+def test_describe_lun_names_known_hosts_keys_and_the_holder() -> None:
+    owners = pr.key_owners(["hv1", "hv2"])
+    row = pr.describe_lun("iscsi://h:1/t/1", pr.Keys(3, (KEY, 7)),
+                          pr.Reservation(3, KEY, 5, 0), owners)
+    assert row == {"lun": "iscsi://h:1/t/1", "generation": 3,
+                   "registrations": [{"key": pr.format_key(KEY), "host": "hv1"},
+                                     {"key": "0x0000000000000007", "host": None}],
+                   "reservation": {"key": pr.format_key(KEY), "host": "hv1", "type": 5,
+                                   "type_name": "Write Exclusive, registrants only"}}
+    assert pr.describe_lun("l", pr.Keys(0, ()), pr.Reservation(0), owners)["reservation"] is None
