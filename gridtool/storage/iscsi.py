@@ -78,6 +78,20 @@ class IscsiLun:
             raise ValueError(f"write of {len(data)} bytes: not whole {BLOCK}-byte blocks")
         self._send("WRITE(10)", pr.write10_cdb(lba, len(data) // BLOCK), data)
 
+    def read(self, lba: int, blocks: int) -> bytes:
+        """READ(10) ``blocks`` blocks at ``lba``, once."""
+        return self._send("READ(10)", pr.read10_cdb(lba, blocks), data_in=blocks * BLOCK)
+
+    def capacity(self) -> int:
+        """The LUN's size in bytes (READ CAPACITY(10)); PrError unless its blocks are
+        512 bytes, the only size this session reads and writes."""
+        blocks, size = pr.parse_capacity10(pr.once_more_after_attention(
+            "READ CAPACITY(10)",
+            lambda: self._send("READ CAPACITY(10)", pr.read_capacity10_cdb(), data_in=8)))
+        if size != BLOCK:
+            raise pr.PrError(f"{self.url}: {size}-byte blocks, not {BLOCK}")
+        return blocks * size
+
     # -- the port ---------------------------------------------------------------------
 
     def register(self, key: int) -> None:

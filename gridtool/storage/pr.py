@@ -20,6 +20,8 @@ from typing import Protocol, TypeVar
 PR_IN = 0x5E
 PR_OUT = 0x5F
 WRITE_10 = 0x2A
+READ_10 = 0x28
+READ_CAPACITY_10 = 0x25
 #: Bytes of a PR OUT parameter list without transport IDs (SPEC_I_PT, which tgt refuses).
 PARAM_LEN = 24
 #: PR IN allocation length: room for 1,022 keys, far more than a fleet's hosts.
@@ -224,6 +226,22 @@ def in_cdb(action: InAction, alloc: int = ALLOC_LEN) -> bytes:
 def write10_cdb(lba: int, blocks: int) -> bytes:
     """WRITE(10) of ``blocks`` blocks at ``lba`` (what a fenced initiator's writes are)."""
     return struct.pack(">BBIBHB", WRITE_10, 0, lba, 0, blocks, 0)
+
+
+def read10_cdb(lba: int, blocks: int) -> bytes:
+    return struct.pack(">BBIBHB", READ_10, 0, lba, 0, blocks, 0)
+
+
+def read_capacity10_cdb() -> bytes:
+    return bytes([READ_CAPACITY_10]) + bytes(9)
+
+
+def parse_capacity10(data: bytes) -> tuple[int, int]:
+    """READ CAPACITY(10): (number of blocks, block size)."""
+    if len(data) < 8:
+        raise PrError(f"READ CAPACITY(10): reply of {len(data)} bytes, not 8")
+    last, size = struct.unpack(">II", data[:8])
+    return last + 1, size
 
 
 @dataclass(frozen=True)
