@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gridtool.lab import nbd
-from gridtool.lab.procs import spawn, stop_pid, wait_for
+from gridtool.lab.procs import cmdline, spawn, stop_pid, wait_for
 from gridtool.storage import pr
 from gridtool.storage.iscsi import BLOCK, IscsiLun
 
@@ -186,6 +186,10 @@ def start(directory: Path, host: str, iqn: str, urls: list[str]) -> subprocess.P
 
 def stop(pid: int) -> bool:
     return stop_pid(pid, MARKER)
+
+
+def alive(pid: int) -> bool:
+    return MARKER in cmdline(pid)
 
 
 class PrSocketLun:

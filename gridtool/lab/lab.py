@@ -14,8 +14,8 @@ from typing import Any
 import libvirt
 
 from gridtool.config import Config, render
+from gridtool.lab import initiator, qemu
 from gridtool.lab import iscsi as lab_iscsi
-from gridtool.lab import qemu
 from gridtool.lab.etcd import EtcdCluster
 from gridtool.lab.hosts import LabHost, sample_domain_xml, watchdog_timeout_for
 from gridtool.lab.procs import AGENT_MARKER, LabError, kill_now, spawn, stop_pid, wait_for
@@ -113,13 +113,19 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
 
 
 def _start_target(directory: Path, state: dict[str, Any], names: list[str]) -> None:
-    """Start the lab's tgtd; its state is recorded even when it fails half-way, so that
-    ``down`` stops it."""
+    """Start the lab's tgtd, then each host's initiator (``gridtool.lab.initiator``); each
+    is recorded as soon as it runs, so that ``down`` stops it even after a failure."""
     target = lab_iscsi.create(directory, names)
     try:
         lab_iscsi.start(target)
     finally:
         state["iscsi"] = target.to_dict()
+    state["initiators"] = []
+    for name in names:
+        where = directory / "initiators" / name
+        proc = initiator.start(where, name, target.initiators[name],
+                               [target.url(n) for n in target.lun_numbers()])
+        state["initiators"].append({"host": name, "pid": proc.pid, "dir": str(where)})
 
 
 def _enable_auth(cfg: Config, credentials: Path, names: list[str]) -> Config:
@@ -208,6 +214,9 @@ def down(directory: Path) -> list[str]:
     for host in [qemu.host_from(h) for h in state.get("hosts", [])]:
         if stop_pid(host.libvirtd_pid, "libvirtd"):
             stopped.append(f"libvirtd {host.name}")
+    for entry in state.get("initiators", []):
+        if initiator.stop(entry["pid"]):
+            stopped.append(f"initiator {entry['host']}")
     if "iscsi" in state and lab_iscsi.stop(lab_iscsi.IscsiTarget.from_dict(state["iscsi"])):
         stopped.append("tgtd")
     if "etcd" in state:
@@ -231,6 +240,8 @@ def status(directory: Path) -> dict[str, Any] | None:
     state["keeper_alive"] = pid_alive(state.get("keeper_pid"))
     if "iscsi" in state:
         state["iscsi"]["alive"] = lab_iscsi.alive(lab_iscsi.IscsiTarget.from_dict(state["iscsi"]))
+    for entry in state.get("initiators", []):
+        entry["alive"] = initiator.alive(entry["pid"])
     return state
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from gridtool.lab import iscsi as lab_iscsi
+from gridtool.lab.initiator import PrSocketLun
 from gridtool.lab.procs import cmdline
 from gridtool.storage import pr
 from gridtool.storage.iscsi import IscsiLun
@@ -29,10 +30,17 @@ def test_lab_with_iscsi_storage_shows_registrations_and_stops_its_target(
         assert [Path(lab_dir, f"lun-{n}.img").stat().st_size for n in (1, 2)] == [64 << 20] * 2
         shown = gridtool(lab_dir, "lab", "status")
         assert "tgtd (iSCSI target)" in shown.stdout and target["portal"] in shown.stdout
+        hosts = {e["host"]: e for e in state["initiators"]}
+        assert sorted(hosts) == ["hv1", "hv2"] and all(e["alive"] for e in hosts.values())
+        assert "initiator hv2" in shown.stdout
+        # the host's initiator carries its PR commands (on the session its guests use)
+        PrSocketLun(Path(hosts["hv2"]["dir"]), 2).register(pr.host_key("hv2"))
 
-        empty = json.loads(gridtool(lab_dir, "fence", "list", "--storage", "--json").stdout)
-        assert [(r["lun"], r["registrations"], r["reservation"]) for r in empty["luns"]] == [
-            (url, [], None) for url in target["urls"]]
+        before = json.loads(gridtool(lab_dir, "fence", "list", "--storage", "--json").stdout)
+        assert [(r["lun"], r["registrations"], r["reservation"]) for r in before["luns"]] == [
+            (target["urls"][0], [], None),
+            (target["urls"][1], [{"key": pr.format_key(pr.host_key("hv2")), "host": "hv2"}],
+             None)]
 
         k1, k2 = pr.host_key("hv1"), pr.host_key("hv2")
         with IscsiLun(target["urls"][0], target["initiators"]["hv1"]) as hv1, \
@@ -61,6 +69,6 @@ def test_lab_with_iscsi_storage_shows_registrations_and_stops_its_target(
     finally:
         down = gridtool(lab_dir, "lab", "down")
     assert down.returncode == 0, down.stderr
-    assert "tgtd" in down.stderr
-    assert not cmdline(tgtd["pid"])
+    assert "tgtd" in down.stderr and "initiator hv1, initiator hv2" in down.stderr
+    assert not cmdline(tgtd["pid"]) and not any(cmdline(e["pid"]) for e in hosts.values())
     assert not any(p.exists() for p in lab_iscsi.socket_files(tgtd["control_port"]))

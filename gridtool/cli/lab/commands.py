@@ -111,6 +111,9 @@ def status(as_json: bool, lab_dir: Path | None) -> None:
         target = state["iscsi"]
         rows.append(("tgtd (iSCSI target)", target["pid"], "yes" if target["alive"] else "no",
                      f"{target['portal']} {target['iqn']}, {target['luns']} LUNs"))
+    for entry in state.get("initiators", []):
+        rows.append((f"initiator {entry['host']}", entry["pid"],
+                     "yes" if entry["alive"] else "no", str(Path(entry["dir"], "lun-N.nbd"))))
     table(f"lab in {directory}", ["PROCESS", "PID", "ALIVE", "WHERE"], rows)
 
 
