@@ -4,15 +4,17 @@ with it. Each test starts its own tgtd and leaves nothing behind."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gridtool.lab import iscsi as lab_iscsi
-from gridtool.lab.procs import cmdline
+from gridtool.lab.procs import cmdline, free_port
 from gridtool.storage import pr
 from gridtool.storage.iscsi import IscsiLun
+from tests.integration.test_lab import gridtool
 
 HOSTS = ["hv1", "hv2", "hv3"]
 BLOCK = b"\xa5" * 512
@@ -129,3 +131,21 @@ def test_an_operation_the_lun_refuses_and_an_initiator_the_acl_refuses_are_clear
         IscsiLun(target.url(1), "iqn.2026-12.lab.gridtool:stranger")
     with pytest.raises(pr.PrError, match=r"/9 as .*: cannot log in"):
         IscsiLun(target.url(9), lab_iscsi.initiator_iqn("hv1"))
+
+
+def test_fence_list_storage_still_reads_the_luns_while_etcd_is_unreachable(
+        target: lab_iscsi.IscsiTarget, tmp_path: Path) -> None:
+    """Storage fencing is for when the registry cannot be trusted: the keys on the LUN
+    are shown anyway, without host names, and the registry's failure is a warning."""
+    with session(target, "hv1") as hv1:
+        hv1.register(pr.host_key("hv1"))
+    conf = tmp_path / "gridtool.conf"
+    conf.write_text(f"[registry]\nendpoints = 127.0.0.1:{free_port()}\n")
+    listed = gridtool(tmp_path / "no-lab", "--config", str(conf), "fence", "list", "--storage",
+                      "--json", "--initiator", lab_iscsi.CLI_INITIATOR, "--lun", target.url(1))
+    assert listed.returncode == 0, listed.stderr
+    body = json.loads(listed.stdout)
+    assert body["luns"][0]["registrations"] == [{"key": pr.format_key(pr.host_key("hv1")),
+                                                 "host": None}]
+    assert body["errors"][0].startswith("host names unknown (no etcd endpoint answered")
+    assert listed.stderr.startswith("gridtool: warning: host names unknown")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gridtool.cli.common.context import AppContext
-from gridtool.errors import OperationFailed, UsageError
+from gridtool.errors import OperationFailed, RegistryUnavailable, UsageError
 
 
 def lab_target() -> dict | None:
@@ -38,9 +38,14 @@ def read_luns(app: AppContext, luns: list[str], initiator: str) -> tuple[list[di
     from gridtool.storage import pr
     from gridtool.storage.iscsi import IscsiLun
 
-    hosts, _ = app.registry.list_hosts()
-    owners = pr.key_owners(h.name for h in hosts)
-    rows, errors = [], []
+    rows: list[dict] = []
+    errors: list[str] = []
+    try:
+        hosts, _ = app.registry.list_hosts()
+        owners = pr.key_owners(h.name for h in hosts)
+    except RegistryUnavailable as exc:  # the LUNs still answer: show keys without names
+        errors.append(f"host names unknown ({exc})")
+        owners = {}
     for url in luns:
         try:
             with IscsiLun(url, initiator) as lun:
@@ -48,7 +53,8 @@ def read_luns(app: AppContext, luns: list[str], initiator: str) -> tuple[list[di
                                             owners))
         except pr.PrError as exc:
             errors.append(str(exc))
-    if errors and not rows:
-        raise OperationFailed(errors[0] + (f" (and {len(errors) - 1} more)"
-                                           if len(errors) > 1 else ""))
+    if not rows:
+        lun_errors = errors[-len(luns):]
+        raise OperationFailed(lun_errors[0] + (f" (and {len(lun_errors) - 1} more)"
+                                               if len(lun_errors) > 1 else ""))
     return rows, errors
