@@ -14,13 +14,16 @@ from typing import Any
 import libvirt
 
 from gridtool.config import Config, render
-from gridtool.lab import qemu
+from gridtool.lab import initiator, qemu
+from gridtool.lab import iscsi as lab_iscsi
 from gridtool.lab.etcd import EtcdCluster
 from gridtool.lab.hosts import LabHost, sample_domain_xml, watchdog_timeout_for
 from gridtool.lab.procs import AGENT_MARKER, LabError, kill_now, spawn, stop_pid, wait_for
 from gridtool.lab.state import pid_alive, read_state, state_path, write_file
 
 Progress = Callable[[str], None]
+#: The lab's shared storage: files in the lab dir, or LUNs of a lab-owned iSCSI target.
+STORAGE = ("files", "iscsi")
 
 
 def _quiet(_msg: str) -> None:
@@ -36,15 +39,18 @@ def is_up(directory: Path) -> bool:
 
 def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
        ttl: int = 10, progress: Progress = _quiet, insecure: bool = False,
-       hypervisor: str = "test") -> dict[str, Any]:
+       hypervisor: str = "test", storage: str = "files") -> dict[str, Any]:
     """Start a lab under ``directory`` and return its state (also saved as lab.json).
 
     etcd authentication is on (credentials in ``<directory>/credentials``: the CLI runs as
-    the admin user, each agent as its host's user) unless ``insecure``."""
+    the admin user, each agent as its host's user) unless ``insecure``. ``storage`` iscsi
+    also starts the lab's iSCSI target (:mod:`gridtool.lab.iscsi`)."""
     if hosts < 1 or guests < 0 or etcd_members not in (1, 3):
         raise LabError("need --hosts >= 1, --guests >= 0 and --etcd-members 1 or 3")
     if hypervisor not in ("test", "qemu"):
         raise LabError(f"unknown hypervisor {hypervisor!r} (test or qemu)")
+    if storage not in STORAGE:
+        raise LabError(f"unknown storage {storage!r} ({' or '.join(STORAGE)})")
     if is_up(directory):
         raise LabError(f"a lab is already up in {directory} (run 'gridtool lab down' first)")
     if directory.exists():
@@ -53,6 +59,7 @@ def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
     state: dict[str, Any] = {"v": 1, "lab_dir": str(directory), "created_at": time.time(),
                              "config": str(directory / "gridtool.conf")}
     state["hypervisor"] = hypervisor  # qemu: real guests (gridtool.lab.qemu)
+    state["storage"] = storage
     try:
         _up(directory, state, hosts, guests, etcd_members, ttl, progress, insecure)
     except BaseException:
@@ -73,6 +80,9 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
     cfg = Config(endpoints=tuple(cluster.endpoints), ttl=ttl, resync_interval=30.0,
                  images_dir=str(directory / "images"))  # the lab's "shared storage"
     names = [f"hv{i}" for i in range(1, hosts + 1)]
+    if state.get("storage") == "iscsi":
+        progress("starting the iSCSI target (tgtd)")
+        _start_target(directory, state, names)
     if not insecure:
         progress("enabling etcd authentication")
         cfg = _enable_auth(cfg, directory / "credentials", names)
@@ -100,6 +110,22 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
         qemu.seed_guests(cfg, qemu_hosts, guests, directory)
     progress("waiting for every host to report to the registry")
     wait_registered(cfg, [h.name for h in lab_hosts], hosts * guests)
+
+
+def _start_target(directory: Path, state: dict[str, Any], names: list[str]) -> None:
+    """Start the lab's tgtd, then each host's initiator (``gridtool.lab.initiator``); each
+    is recorded as soon as it runs, so that ``down`` stops it even after a failure."""
+    target = lab_iscsi.create(directory, names)
+    try:
+        lab_iscsi.start(target)
+    finally:
+        state["iscsi"] = target.to_dict()
+    state["initiators"] = []
+    for name in names:
+        where = directory / "initiators" / name
+        proc = initiator.start(where, name, target.initiators[name],
+                               [target.url(n) for n in target.lun_numbers()])
+        state["initiators"].append({"host": name, "pid": proc.pid, "dir": str(where)})
 
 
 def _enable_auth(cfg: Config, credentials: Path, names: list[str]) -> Config:
@@ -188,6 +214,11 @@ def down(directory: Path) -> list[str]:
     for host in [qemu.host_from(h) for h in state.get("hosts", [])]:
         if stop_pid(host.libvirtd_pid, "libvirtd"):
             stopped.append(f"libvirtd {host.name}")
+    for entry in state.get("initiators", []):
+        if initiator.stop(entry["pid"]):
+            stopped.append(f"initiator {entry['host']}")
+    if "iscsi" in state and lab_iscsi.stop(lab_iscsi.IscsiTarget.from_dict(state["iscsi"])):
+        stopped.append("tgtd")
     if "etcd" in state:
         for member in EtcdCluster.from_dict(state["etcd"]).members:
             if stop_pid(member.pid, "etcd"):
@@ -207,6 +238,10 @@ def status(directory: Path) -> dict[str, Any] | None:
     for member in state.get("etcd", {}).get("members", []):
         member["alive"] = pid_alive(member.get("pid"))
     state["keeper_alive"] = pid_alive(state.get("keeper_pid"))
+    if "iscsi" in state:
+        state["iscsi"]["alive"] = lab_iscsi.alive(lab_iscsi.IscsiTarget.from_dict(state["iscsi"]))
+    for entry in state.get("initiators", []):
+        entry["alive"] = initiator.alive(entry["pid"])
     return state
 
 
@@ -215,7 +250,9 @@ def summary(state: dict[str, Any]) -> dict[str, Any]:
     return {"v": 1, "etcd_endpoints": state.get("etcd_endpoints", []),
             "hosts": [{"name": h["name"], "libvirt_uri": h["libvirt_uri"]}
                       for h in state.get("hosts", [])],
-            "lab_dir": state["lab_dir"], "config": state["config"]}
+            "lab_dir": state["lab_dir"], "config": state["config"],
+            **({"iscsi": {k: state["iscsi"][k] for k in ("portal", "iqn", "urls", "initiators")}}
+               if "iscsi" in state else {})}
 
 
 def _save(directory: Path, state: dict[str, Any]) -> None:

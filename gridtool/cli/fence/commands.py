@@ -36,8 +36,17 @@ def _violations(app: AppContext) -> list[dict]:
 
 @click.command("list")
 @json_option
+@click.option("--storage", is_flag=True,
+              help="Show each shared iSCSI LUN's SCSI-3 registrations (key, its host) and "
+                   "reservation holder instead, read from the LUNs.")
+@click.option("--lun", "luns", multiple=True, metavar="URL",
+              help="With --storage: a LUN to read, iscsi://HOST:PORT/TARGET-IQN/LUN "
+                   "(repeatable; default: the running lab's LUNs).")
+@click.option("--initiator", metavar="IQN",
+              help="With --storage: the initiator name to log in as (default: the lab's).")
 @pass_app
-def list_fences(app: AppContext, as_json: bool) -> None:
+def list_fences(app: AppContext, as_json: bool, storage: bool, luns: tuple[str, ...],
+                initiator: str | None) -> None:
     """List fences (volume, guest, holder, token, since, kind) and violations seen.
 
     The token is the fence key's etcd revision: it grows every time the fence changes
@@ -46,7 +55,15 @@ def list_fences(app: AppContext, as_json: bool) -> None:
     \b
     Example:
       gridtool fence list --json
+      gridtool fence list --storage
+      gridtool fence list --storage --json --initiator iqn.2026-12.org.example:admin \\
+          --lun iscsi://10.0.0.5:3260/iqn.2026-12.org.example:store/1
     """
+    if storage:
+        _list_storage(app, as_json, luns, initiator)
+        return
+    if luns or initiator:
+        raise UsageError("--lun and --initiator go with --storage")
     rows, errors = _fences(app)
     violations = _violations(app)
     if as_json:
@@ -62,6 +79,29 @@ def list_fences(app: AppContext, as_json: bool) -> None:
                     v["action"]) for v in violations])
     for err in errors:
         warn(err)
+
+
+def _list_storage(app: AppContext, as_json: bool, luns: tuple[str, ...],
+                  initiator: str | None) -> None:
+    from gridtool.cli.fence.storage import luns_and_initiator, read_luns
+
+    rows, errors = read_luns(app, *luns_and_initiator(luns, initiator))
+    if as_json:
+        emit_json(luns=rows, errors=errors)
+    else:
+        table(None, ["LUN", "KEY", "HOST", "RESERVATION"],
+              [(r["lun"], reg["key"], reg["host"] or "?",
+                _holder(r["reservation"], reg["key"]))
+               for r in rows for reg in r["registrations"] or [{"key": "-", "host": "-"}]])
+    for err in errors:
+        warn(err)
+
+
+def _holder(reservation: dict | None, key: str) -> str:
+    """The RESERVATION column of one registration's row."""
+    if reservation is None:
+        return "none" if key == "-" else ""
+    return f"holder: {reservation['type_name']}" if reservation["key"] == key else ""
 
 
 @click.command("release")

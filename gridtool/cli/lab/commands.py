@@ -38,15 +38,20 @@ def _dir(lab_dir: Path | None) -> Path:
               show_default=True,
               help="test: libvirt's test driver; qemu: real QEMU guests (TCG, 128 MiB, tiny "
                    "image built once in /var/cache/gridtool-lab), fence hook, live migration.")
+@click.option("--storage", type=click.Choice(["files", "iscsi"]), default="files",
+              show_default=True,
+              help="files: shared disks are files in the lab dir; iscsi: also a lab-owned "
+                   "iSCSI target (tgtd) on loopback with file-backed LUNs, one initiator IQN "
+                   "per host, for SCSI-3 persistent reservations.")
 @LAB_DIR
 def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool, insecure: bool,
-       hypervisor: str, lab_dir: Path | None) -> None:
+       hypervisor: str, storage: str, lab_dir: Path | None) -> None:
     """Start etcd, HOSTS libvirt daemons and their agents; wait until all report.
 
     \b
     Example:
       gridtool lab up --hosts 3 --guests 4 --etcd-members 3
-      gridtool lab up --hosts 2 --guests 1 --hypervisor qemu
+      gridtool lab up --hosts 2 --guests 1 --hypervisor qemu --storage iscsi
     """
     from rich.console import Console
 
@@ -59,7 +64,7 @@ def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool, inse
         with console.status("starting lab") as spinner:
             state = labmod.up(directory, hosts, guests, int(etcd_members), ttl,
                               progress=lambda msg: spinner.update(msg), insecure=insecure,
-                              hypervisor=hypervisor)
+                              hypervisor=hypervisor, storage=storage)
     except (LabError, OSError) as exc:
         raise LabFailed(f"lab up failed: {exc} (logs in {directory})") from None
     summary = labmod.summary(state)
@@ -102,6 +107,13 @@ def status(as_json: bool, lab_dir: Path | None) -> None:
         rows.append((f"agent {h['name']}", h["agent_pid"], "yes" if h["agent_alive"] else "no",
                      str(Path(h["dir"], "agent.log"))))
     rows.append(("keeper", state.get("keeper_pid"), "yes" if state["keeper_alive"] else "no", ""))
+    if "iscsi" in state:
+        target = state["iscsi"]
+        rows.append(("tgtd (iSCSI target)", target["pid"], "yes" if target["alive"] else "no",
+                     f"{target['portal']} {target['iqn']}, {target['luns']} LUNs"))
+    for entry in state.get("initiators", []):
+        rows.append((f"initiator {entry['host']}", entry["pid"],
+                     "yes" if entry["alive"] else "no", str(Path(entry["dir"], "lun-N.nbd"))))
     table(f"lab in {directory}", ["PROCESS", "PID", "ALIVE", "WHERE"], rows)
 
 
