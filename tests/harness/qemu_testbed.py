@@ -17,6 +17,7 @@ from pathlib import Path
 import libvirt
 
 from gridtool.config import Config
+from gridtool.lab import diskcheck
 from gridtool.lab.hosts import watchdog_timeout_for
 from gridtool.lab.procs import cmdline, free_port
 from gridtool.lab.qemu import (
@@ -109,6 +110,23 @@ def last_heartbeat(log: Path) -> int:
     """The newest heartbeat counter in a serial log (0: none yet)."""
     beats = heartbeats(log)
     return beats[-1][1] if beats else 0
+
+
+def data_boots(log: Path) -> list[str]:
+    """Boot ids the guest announced on its serial log when it began writing its data disk
+    (``GRIDTOOL-DATA DEV SLOT BOOT``), in order."""
+    try:
+        lines = log.read_bytes().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [w[3] for w in (ln.split() for ln in lines)
+            if len(w) == 4 and w[0] == "GRIDTOOL-DATA"]
+
+
+def records_on(disk: Path, boot: str | None = None) -> int:
+    """How many valid records (of ``boot``, or of any) a data disk holds now."""
+    records, _ = diskcheck.scan(diskcheck.slots_of(disk))
+    return sum(1 for r in records if boot is None or r.boot == boot)
 
 
 def is_ready(log: Path) -> bool:

@@ -25,7 +25,7 @@ from gridtool.config import Config
 from gridtool.fencing.rules import observe
 from gridtool.ha.manager import Manager
 from gridtool.ha.rules import RestartLimits
-from gridtool.lab import qemu
+from gridtool.lab import diskcheck, qemu
 from gridtool.lab.procs import LabError, cmdline
 from gridtool.placement.shell import EndState, Migrator
 from gridtool.registry.intents import IntentClient
@@ -459,7 +459,9 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
     a short SIGSTOP, or cut the host off etcd (its agent reaches etcd through a cuttable
     proxy: it must destroy its HA guest itself before the lease can expire). Both daemons
     are sampled every 20 ms: the HA guest never runs twice, and after each round it runs on
-    exactly one host that holds its fence. Replay with GRIDTOOL_CHAOS_SEED."""
+    exactly one host that holds its fence. At the end its data disk is read by the
+    storage-level checker: no boot of it wrote after a newer boot had started. Replay with
+    GRIDTOOL_CHAOS_SEED."""
     why = qemu.unavailable()
     if why:
         pytest.skip(f"QEMU cannot run here: {why}")
@@ -477,12 +479,14 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
             hosts.add(name)
             hosts.start_agent(name, watchdog=True, endpoints=(proxies[name].endpoint,))
         wait_until(lambda: registered(registry, names), 20, what="both hosts registered")
-        dom = hosts.define("hv1", "ha1")
+        dom = hosts.define("hv1", "ha1", data=True)
         uuid = dom.UUIDString()
         store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, "ha1", ha=True)))
         start_on(store, cfg, "hv1", dom)
         rec = wait_until(lambda: (r := record_on(registry, "hv1", uuid)) is not None
                          and r.state == "running" and r, 20, what="ha1 reported running")
+        wait_until(lambda: qemu_testbed.records_on(hosts.data_disk("ha1")), 120,
+                   what="ha1 writing its data disk")
         volume = rec.volumes[0]
         manager.start()
 
@@ -562,6 +566,10 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
         assert checker.overlaps == [], "; ".join(log)
         assert checker.samples > 100, numbers
         assert not checker.blind, f"the checker could not see: {numbers}"
+        disk = diskcheck.check(hosts.data_disk("ha1"))
+        print(f"data disk: {disk.summary()}")
+        assert disk.ok, f"{disk.summary()}; {log}"
+        assert len(disk.boots) >= 2, f"a failover's new boot wrote: {disk.summary()}"
     finally:
         stop.set()
         if manager.is_alive():

@@ -15,6 +15,7 @@ from gridtool.config import Config
 from gridtool.lab import diskcheck, qemu
 from gridtool.registry.records import GuestSettings, encode
 from tests.harness import qemu_testbed
+from tests.harness.qemu_testbed import records_on
 from tests.harness.testbed import wait_until
 from tests.integration.test_fencing import running_manager
 from tests.integration.test_qemu import record_on, registered, start_on
@@ -29,20 +30,8 @@ def _need_qemu() -> None:
         pytest.skip(f"QEMU cannot run here: {why}")
 
 
-def records_of(disk: Path, boot: str | None = None) -> int:
-    """How many valid records (of ``boot``, or any) the disk holds now (no verdict)."""
-    records, _ = diskcheck.scan(diskcheck.slots_of(disk))
-    return sum(1 for r in records if boot is None or r.boot == boot)
-
-
-def boot_of(serial_log: Path) -> str:
-    """The boot id the guest announced with ``GRIDTOOL-DATA DEV SLOT BOOT`` ('': not yet)."""
-    try:
-        lines = serial_log.read_bytes().decode(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return next((ln.split()[3] for ln in lines
-                 if ln.startswith("GRIDTOOL-DATA ") and len(ln.split()) == 4), "")
+def first_boot(log: Path) -> str:
+    return next(iter(qemu_testbed.data_boots(log)), "")
 
 
 def running_on(log: Path, what: str) -> None:
@@ -62,11 +51,11 @@ def test_two_unfenced_copies_on_one_data_disk_are_caught(tmp_path: Path) -> None
     guest = str(uuidlib.uuid4())
     logs = {c: tmp_path / f"{c}.log" for c in "AB"}
     with qemu_testbed.bare_guest(image, guest, disk, logs["A"]) as copy_a:
-        boot_a = wait_until(lambda: boot_of(logs["A"]), 60, what="copy A writing")
-        wait_until(lambda: records_of(disk, boot_a) >= 5, 20, what="5 records of copy A")
+        boot_a = wait_until(lambda: first_boot(logs["A"]), 60, what="copy A writing")
+        wait_until(lambda: records_on(disk, boot_a) >= 5, 20, what="5 records of copy A")
         with qemu_testbed.bare_guest(image, guest, disk, logs["B"]) as copy_b:
-            boot_b = wait_until(lambda: boot_of(logs["B"]), 60, what="copy B writing")
-            wait_until(lambda: records_of(disk, boot_b), 20, what="a record of B")
+            boot_b = wait_until(lambda: first_boot(logs["B"]), 60, what="copy B writing")
+            wait_until(lambda: records_on(disk, boot_b), 20, what="a record of B")
             running_on(logs["B"], "copy B")  # both append in step: many of B's records
             assert copy_a.poll() is None and copy_b.poll() is None  # are A's again
         running_on(logs["A"], "copy A, alone again")
@@ -95,18 +84,18 @@ def test_an_ha_guest_failed_over_after_a_power_off_passes_the_check(  # type: ig
         store.put(cfg.keys.guest_settings(guest), encode(GuestSettings(guest, "ha1", ha=True)))
         start_on(store, cfg, "hv1", dom)
         disk, log = hosts.data_disk("ha1"), hosts.serial_log("ha1")
-        old = wait_until(lambda: boot_of(log), 60, what="ha1 writing its data disk")
-        wait_until(lambda: records_of(disk, old) >= 5, 20, what="5 records of ha1 on hv1")
+        old = wait_until(lambda: first_boot(log), 60, what="ha1 writing its data disk")
+        wait_until(lambda: records_on(disk, old) >= 5, 20, what="5 records of ha1 on hv1")
         with running_manager(cfg, store):
             off = time.monotonic()
             hosts.power_off("hv1")
             wait_until(lambda: (r := record_on(registry, "hv2", guest)) is not None
                        and r.state == "running", 30, what="ha1 restarted on hv2")
-            new = wait_until(lambda: next((r.boot for r in diskcheck.scan(
-                diskcheck.slots_of(disk))[0] if r.boot != old), ""), 60,
-                what="the new boot of ha1 writing")
-            print(f"power-off to the new boot's first record: {time.monotonic() - off:.1f} s")
-            wait_until(lambda: records_of(disk, new) >= 5, 20, what="5 records of it")
+            new = wait_until(lambda: qemu_testbed.data_boots(log)[-1:] != [old]
+                             and qemu_testbed.data_boots(log)[-1], 60,
+                             what="the new boot of ha1 writing")
+            print(f"power-off to the new boot beginning to write: {time.monotonic() - off:.1f} s")
+            wait_until(lambda: records_on(disk, new) >= 5, 20, what="5 records of it")
     finally:
         hosts.close()
     report = diskcheck.check(disk)

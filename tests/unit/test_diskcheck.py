@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gridtool.cli.main import cli
+from gridtool.errors import NotFound
 from gridtool.lab import diskcheck
 from gridtool.lab.diskcheck import SLOT, Record, check, decode, encode, judge, scan
 
@@ -122,3 +125,18 @@ def test_any_older_write_above_a_newer_first_slot_is_found(before: int, newer: i
     report = verdict(writes)
     assert len(report.violations) == late
     assert {(v.kind, v.evidence.slot) for v in report.violations} == {("stale", before)}
+
+
+def test_the_cli_judges_a_disk_and_exits_1_on_a_violation(tmp_path: Path) -> None:
+    clean, stale = tmp_path / "clean.img", tmp_path / "stale.img"
+    clean.write_bytes(b"".join(disk([(0, 1), (1, 1), (2, 2)])))
+    stale.write_bytes(b"".join(disk([(0, 1), (1, 2), (2, 1)])))
+    ok = CliRunner().invoke(cli, ["lab", "disk-check", "--json", str(clean)])
+    assert ok.exit_code == 0, ok.output
+    body = json.loads(ok.output)
+    assert body["ok"] and [b["records"] for b in body["boots"]] == [2, 1]
+    bad = CliRunner().invoke(cli, ["lab", "disk-check", str(stale)])
+    assert bad.exit_code == 1
+    assert f"boot {boot_id(1)} wrote slot 2" in bad.output
+    missing = CliRunner().invoke(cli, ["lab", "disk-check", str(tmp_path / "none.img")])
+    assert isinstance(missing.exception, NotFound) and missing.exception.exit_code == 3
