@@ -22,6 +22,9 @@ position is **corrupt** (a torn write, or noise): counted apart, never a violati
 
 The checker can miss a stale write that the new boot overwrote later; it never invents
 one. Times in the report (the guest's epoch seconds) are for people only.
+
+:func:`check` reads a file or block device; another source (a LUN read block by block
+through libiscsi) gives its 512-byte blocks to :func:`scan`, then :func:`judge`.
 """
 
 from __future__ import annotations

@@ -405,10 +405,7 @@ def seed_guests(cfg: Config, hosts: list[QemuHost], guests: int, directory: Path
                     fenced = index % 2 == 0  # a data disk in the shared dir
                     disk = Path(host.shared_dir, f"{name}.img") if fenced \
                         else Path(host.dir, "disks", f"{name}.qcow2")
-                    if fenced:
-                        make_data_disk(disk)
-                    else:
-                        make_disk(disk)
+                    (make_data_disk if fenced else make_disk)(disk)
                     dom = conn.defineXML(guest_xml(name, image, disk,
                                                    directory / "serial" / f"{name}.log",
                                                    data=fenced))
