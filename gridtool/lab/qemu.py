@@ -4,7 +4,9 @@ namespace, listening on its own loopback TCP port, running tiny TCG guests.
 * :func:`guest_image` builds (once, cached) the guest: ``vmlinuz`` taken from Debian's
   ``linux-image`` package and an initramfs from ``scripts/build-guest-initramfs`` (busybox,
   an ``/init`` that prints ``GRIDTOOL-READY`` then ``GRIDTOOL-HEARTBEAT <n>`` every 100 ms on
-  the serial console). It also finds out, by booting it, whether KVM really works.
+  the serial console, and appends a record every 100 ms to a disk with the serial
+  ``gridtool-data``, read by :mod:`gridtool.lab.diskcheck`; the virtio block modules come
+  from the same kernel package). It also finds out, by booting it, whether KVM really works.
 * :class:`QemuHost` starts one host's ``libvirtd`` (QEMU driver only) and ``virtlogd`` under
   ``unshare -m`` with private bind mounts over ``/etc/libvirt``, ``/run/libvirt``,
   ``/var/lib/libvirt``, ``/var/cache/libvirt`` and ``/var/log/libvirt``; its ``hooks/qemu``
@@ -12,12 +14,15 @@ namespace, listening on its own loopback TCP port, running tiny TCG guests.
 * The tests' and benchmarks' test bed of these hosts, and the readers of a guest's serial
   console, are in ``tests/harness/qemu_testbed.py`` (not shipped).
 * Disks live in a lab-wide ``shared`` directory standing in for a shared LUN; the agents'
-  ``shared_patterns`` include it, so every guest with a disk there is fenced.
+  ``shared_patterns`` include it, so every guest with a disk there is fenced. A fenced
+  guest's disk there can be a *data disk* (:func:`guest_xml` with ``data=True``: raw,
+  shareable, uncached, serial ``gridtool-data``) that the guest writes its records to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -40,6 +45,12 @@ DRIVERS = ("libvirt_driver_qemu.so", "libvirt_driver_storage.so")
 QEMU = "/usr/bin/qemu-system-x86_64"
 READY = "GRIDTOOL-READY"
 HEARTBEAT = "GRIDTOOL-HEARTBEAT"
+DATA_SERIAL = "gridtool-data"
+#: The guest kernel's modules that give it a virtio disk, in load order.
+GUEST_MODULES = ("kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/virtio.ko",
+                 "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
+                 "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
+                 "kernel/drivers/virtio/virtio_pci.ko", "kernel/drivers/block/virtio_blk.ko")
 KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1"
 #: What the namespaced daemon sees at each path -> the host directory's subdirectory.
 PRIVATE_DIRS = {"/etc/libvirt": "etc", "/run/libvirt": "run", "/var/lib/libvirt": "lib",
@@ -106,15 +117,19 @@ class GuestImage:
 
 
 def guest_image(cache: Path | None = None) -> GuestImage:
-    """Build the guest once under ``cache`` (safe against concurrent builders)."""
+    """Build the guest once under ``cache`` (safe against concurrent builders). The
+    initramfs is named after the build script's content: checkouts with other versions of
+    the script share the cache without using each other's guest."""
     cache = cache or default_cache()
     with file_lock(cache / "build.lock"):
-        kernel = cache / "vmlinuz"
-        if not kernel.exists():
-            _fetch_kernel(cache, kernel)
-        initramfs = cache / "initramfs.cpio.gz"
-        if not initramfs.exists() or initramfs.stat().st_mtime < INITRAMFS_SCRIPT.stat().st_mtime:
-            _run([str(INITRAMFS_SCRIPT), str(initramfs)], "building the guest initramfs")
+        kernel, modules = cache / "vmlinuz", cache / "modules"
+        if not kernel.exists() or not modules.is_dir():
+            _fetch_kernel(cache, kernel, modules)
+        digest = hashlib.sha256(INITRAMFS_SCRIPT.read_bytes()).hexdigest()[:12]
+        initramfs = cache / f"initramfs-{digest}.cpio.gz"
+        if not initramfs.exists():
+            _run([str(INITRAMFS_SCRIPT), str(initramfs), str(modules)],
+                 "building the guest initramfs")
         probe = cache / "accel.json"
         key = f"{kernel.stat().st_size}-{initramfs.stat().st_mtime_ns}"
         known = json.loads(probe.read_text()) if probe.exists() else {}
@@ -124,8 +139,9 @@ def guest_image(cache: Path | None = None) -> GuestImage:
         return GuestImage(kernel, initramfs, known["accel"])
 
 
-def _fetch_kernel(cache: Path, kernel: Path) -> None:
-    """``apt-get download`` Debian's current kernel package and take ``vmlinuz`` only."""
+def _fetch_kernel(cache: Path, kernel: Path, modules: Path) -> None:
+    """``apt-get download`` Debian's current kernel package and take ``vmlinuz`` and the
+    :data:`GUEST_MODULES` (named by their base name in ``modules``) only."""
     out = _run(["apt-cache", "depends", "linux-image-amd64"], "finding the kernel package")
     names = [w for line in out.splitlines() if "Depends:" in line
              for w in line.split() if w.startswith("linux-image-")]
@@ -139,12 +155,20 @@ def _fetch_kernel(cache: Path, kernel: Path) -> None:
         (deb,) = work.glob("*.deb")
         extract = work / "root"
         extract.mkdir()
+        wanted = " ".join(f"'./lib/modules/*/{m}'" for m in GUEST_MODULES)
         tar = subprocess.run(f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{extract}' "
-                             "--wildcards './boot/vmlinuz-*'", shell=True, capture_output=True,
-                             text=True, check=False)
+                             f"--wildcards './boot/vmlinuz-*' {wanted}", shell=True,
+                             capture_output=True, text=True, check=False)
         found = sorted(extract.glob("boot/vmlinuz-*"))
-        if tar.returncode != 0 or not found:
-            raise LabError(f"no vmlinuz in {deb.name}: {tar.stderr.strip()}")
+        kos = [ko for m in GUEST_MODULES for ko in extract.glob(f"lib/modules/*/{m}")]
+        if tar.returncode != 0 or not found or len(kos) != len(GUEST_MODULES):
+            raise LabError(f"no vmlinuz or virtio modules in {deb.name}: {tar.stderr.strip()}")
+        staged = work / "modules"
+        staged.mkdir()
+        for ko in kos:
+            shutil.copyfile(ko, staged / ko.name)
+        shutil.rmtree(modules, ignore_errors=True)
+        staged.rename(modules)
         tmp = kernel.with_suffix(".tmp")
         shutil.copyfile(found[0], tmp)
         tmp.rename(kernel)
@@ -359,7 +383,7 @@ def lab_hosts(directory: Path, names: list[str]) -> list[QemuHost]:
 
 
 def seed_guests(cfg: Config, hosts: list[QemuHost], guests: int, directory: Path) -> None:
-    """Define ``guests`` tiny guests per host (even ones fenced: disk in the shared dir)
+    """Define ``guests`` tiny guests per host (even ones fenced: a data disk in the shared dir)
     and start two in three of them through their agents (so the fence hook lets them)."""
     import libvirt
 
@@ -378,10 +402,13 @@ def seed_guests(cfg: Config, hosts: list[QemuHost], guests: int, directory: Path
             try:
                 for index in range(1, guests + 1):
                     name = f"{host.name}-vm{index}"
-                    where = Path(host.shared_dir) if index % 2 == 0 else Path(host.dir, "disks")
-                    make_disk(where / f"{name}.qcow2")
-                    dom = conn.defineXML(guest_xml(name, image, where / f"{name}.qcow2",
-                                                   directory / "serial" / f"{name}.log"))
+                    fenced = index % 2 == 0  # a data disk in the shared dir
+                    disk = Path(host.shared_dir, f"{name}.img") if fenced \
+                        else Path(host.dir, "disks", f"{name}.qcow2")
+                    (make_data_disk if fenced else make_disk)(disk)
+                    dom = conn.defineXML(guest_xml(name, image, disk,
+                                                   directory / "serial" / f"{name}.log",
+                                                   data=fenced))
                     if index % 3 != 0:
                         pending.append(client.submit(host.name, "start", dom.UUIDString(),
                                                      name))
@@ -420,9 +447,11 @@ def down_hosts(entries: list[dict]) -> list[str]:
 
 
 def guest_xml(name: str, image: GuestImage, disk: Path, serial_log: Path,
-              memory_mib: int = 128, guest_uuid: str | None = None) -> str:
+              memory_mib: int = 128, guest_uuid: str | None = None, data: bool = False) -> str:
     """A tiny guest: direct kernel boot, one qcow2 disk, serial console appended to a file
-    (a clone gets its own file: ``cloneplan`` rewrites the path)."""
+    (a clone gets its own file: ``cloneplan`` rewrites the path). With ``data`` the disk is
+    a raw shared data disk (:func:`make_data_disk`) the guest writes its records to: no
+    QEMU image lock, as on a LUN two hosts see (so a double start is not stopped here)."""
     gid = guest_uuid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridtool-lab-qemu/{name}"))
     serial = f"""<serial type='file'>
       <source path='{serial_log}' append='on'/>
@@ -441,15 +470,37 @@ def guest_xml(name: str, image: GuestImage, disk: Path, serial_log: Path,
   </os>
   <devices>
     <emulator>{QEMU}</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{disk}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
+    {_data_disk(disk) if data else _qcow2_disk(disk)}
     {serial}
     <memballoon model='none'/>
   </devices>
 </domain>"""
+
+
+def _qcow2_disk(disk: Path) -> str:
+    return f"""<disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>"""
+
+
+def _data_disk(disk: Path) -> str:
+    return f"""<disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+      <serial>{DATA_SERIAL}</serial>
+      <shareable/>
+    </disk>"""
+
+
+def make_data_disk(path: Path, size_mib: int = 8) -> None:
+    """An empty raw data disk: 512-byte record slots (8 MiB: 16384 records, 27 minutes
+    of a guest writing 10 a second)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        fh.truncate(size_mib << 20)
 
 
 def make_disk(path: Path, size: str = "64M") -> None:

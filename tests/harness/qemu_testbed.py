@@ -1,6 +1,7 @@
 """The QEMU test bed: real QEMU lab hosts (:class:`gridtool.lab.qemu.QemuHost`) for tests
-and benchmarks, and readers of a guest's serial console (its ready marker and its
-``GRIDTOOL-HEARTBEAT <n>`` lines every 100 ms)."""
+and benchmarks, readers of a guest's serial console (its ready marker and its
+``GRIDTOOL-HEARTBEAT <n>`` lines every 100 ms), and :func:`bare_guest`: the lab guest run
+straight by QEMU, with no libvirt, hook or agent (a host nobody fences)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,28 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 
 from gridtool.config import Config
+from gridtool.lab import diskcheck
 from gridtool.lab.hosts import watchdog_timeout_for
 from gridtool.lab.procs import cmdline, free_port
-from gridtool.lab.qemu import HEARTBEAT, QEMU, READY, QemuHost, guest_image, guest_xml, make_disk
+from gridtool.lab.qemu import (
+    DATA_SERIAL,
+    HEARTBEAT,
+    KERNEL_CMDLINE,
+    QEMU,
+    READY,
+    GuestImage,
+    QemuHost,
+    guest_image,
+    guest_xml,
+    make_data_disk,
+    make_disk,
+)
 from gridtool.lab.watchdog import WatchdogEmulator
 from tests.harness.testbed import LabHosts, wait_until
 
@@ -97,11 +112,48 @@ def last_heartbeat(log: Path) -> int:
     return beats[-1][1] if beats else 0
 
 
+def data_boots(log: Path) -> list[str]:
+    """Boot ids the guest announced on its serial log when it began writing its data disk
+    (``GRIDTOOL-DATA DEV SLOT BOOT``), in order."""
+    try:
+        lines = log.read_bytes().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [w[3] for w in (ln.split() for ln in lines)
+            if len(w) == 4 and w[0] == "GRIDTOOL-DATA"]
+
+
+def records_on(disk: Path, boot: str | None = None) -> int:
+    """How many valid records (of ``boot``, or of any) a data disk holds now."""
+    records, _ = diskcheck.scan(diskcheck.slots_of(disk))
+    return sum(1 for r in records if boot is None or r.boot == boot)
+
+
 def is_ready(log: Path) -> bool:
     try:
         return READY.encode() in log.read_bytes()
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def bare_guest(image: GuestImage, uuid: str, data_disk: Path,
+               serial_log: Path) -> Iterator[subprocess.Popen]:
+    """The lab guest with ``data_disk`` run straight by QEMU (no libvirt, no fence hook, no
+    agent), as a host that nobody fences would; killed on exit."""
+    proc = subprocess.Popen(
+        [QEMU, "-machine", "pc", "-accel", image.accel, "-m", "128", "-nographic",
+         "-no-reboot", "-nodefaults", "-uuid", uuid, "-serial", f"file:{serial_log}",
+         "-kernel", str(image.kernel), "-initrd", str(image.initramfs),
+         "-append", KERNEL_CMDLINE,
+         "-drive", f"file={data_disk},format=raw,if=none,id=data,cache=none,file.locking=off",
+         "-device", f"virtio-blk-pci,drive=data,serial={DATA_SERIAL},share-rw=on"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 class QemuHosts:
@@ -162,6 +214,10 @@ class QemuHosts:
                 on_reset=self._power_loss).start()
         return self._bed.start_agent(name, watchdog=watchdog, **settings)
 
+    def power_off(self, name: str) -> None:
+        """Power ``name`` off: its agent and every guest of it die at once, no clean-up."""
+        self._power_loss(name)
+
     def _power_loss(self, name: str) -> None:
         """The host's agent and all its QEMU processes die at once."""
         self._bed._power_loss(name)
@@ -186,13 +242,20 @@ class QemuHosts:
     def agent_log(self, name: str) -> str:
         return self._bed.agent_log(name)
 
-    def define(self, host: str, name: str, memory_mib: int = 128):  # type: ignore[no-untyped-def]
-        """Define (not start) a fenced guest on ``host``: its disk is in the shared dir."""
-        disk = self.shared / f"{name}.qcow2"
+    def define(self, host: str, name: str, memory_mib: int = 128,  # type: ignore[no-untyped-def]
+               data: bool = False):
+        """Define (not start) a fenced guest on ``host``: its disk is in the shared dir; with
+        ``data`` a raw data disk (:meth:`data_disk`) it writes its records to."""
+        disk = self.data_disk(name) if data else self.shared / f"{name}.qcow2"
         if not disk.exists():
-            make_disk(disk)
+            (make_data_disk if data else make_disk)(disk)
         return self.conn(host).defineXML(guest_xml(name, self.image, disk,
-                                                   self.serial_log(name), memory_mib))
+                                                   self.serial_log(name), memory_mib,
+                                                   data=data))
+
+    def data_disk(self, name: str) -> Path:
+        """Where guest ``name``'s data disk is (read it with :mod:`gridtool.lab.diskcheck`)."""
+        return self.shared / f"{name}.img"
 
     def serial_log(self, name: str) -> Path:
         return self.serial / f"{name}.log"

@@ -25,7 +25,7 @@ from gridtool.config import Config
 from gridtool.fencing.rules import observe
 from gridtool.ha.manager import Manager
 from gridtool.ha.rules import RestartLimits
-from gridtool.lab import qemu
+from gridtool.lab import diskcheck, qemu
 from gridtool.lab.procs import LabError, cmdline
 from gridtool.placement.shell import EndState, Migrator
 from gridtool.registry.intents import IntentClient
@@ -475,7 +475,9 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
     its libvirtd (the guest's QEMU runs on: nothing moves, nothing is destroyed, the fence
     is untouched, the agent reconnects). Both hosts are sampled every 20 ms (from the QEMU
     pid files while a libvirtd restarts): the HA guest never runs twice, and after each
-    round it runs on exactly one host that holds its fence. Replay with
+    round it runs on exactly one host that holds its fence. At the end its data disk is
+    read by the storage-level checker: no boot of it wrote after a newer boot had started.
+    Replay with
     GRIDTOOL_CHAOS_SEED."""
     why = qemu.unavailable()
     if why:
@@ -494,12 +496,15 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
             hosts.add(name)
             hosts.start_agent(name, watchdog=True, endpoints=(proxies[name].endpoint,))
         wait_until(lambda: registered(registry, names), 20, what="both hosts registered")
-        dom = hosts.define("hv1", "ha1")
+        dom = hosts.define("hv1", "ha1", data=True)
         uuid = dom.UUIDString()
         store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, "ha1", ha=True)))
         start_on(store, cfg, "hv1", dom)
         rec = wait_until(lambda: (r := record_on(registry, "hv1", uuid)) is not None
                          and r.state == "running" and r, 20, what="ha1 reported running")
+        data, serial = hosts.data_disk("ha1"), hosts.serial_log("ha1")
+        wait_until(lambda: qemu_testbed.records_on(data), 120, what="ha1 writing its data disk")
+        moves = 0
         volume = rec.volumes[0]
         manager.start()
 
@@ -518,6 +523,7 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
             for n, fault in enumerate(schedule):
                 target = rng.choice(names)
                 was_on = wait_until(lambda: settled(checker), 30, what="ha1 settled")
+                boots = len(qemu_testbed.data_boots(serial))
                 log.append(f"round {n}: {fault} {target} (ha1 on {was_on})")
                 agent, dog = hosts.agents[target], hosts.watchdogs[target]
                 resets = dog.resets
@@ -566,6 +572,11 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
                     raise AssertionError(f"{exc}; agents alive {alive}, resets {resets}, "
                                          f"running {checker.sample()}; {log}") from None
                 log.append(f"  -> ha1 on {now_on}")
+                if now_on != was_on:  # the new boot's first record is on the disk before
+                    moves += 1  # the next fault, so that the checker can judge the old one
+                    wait_until(lambda b=boots: len(bs := qemu_testbed.data_boots(serial)) > b
+                               and qemu_testbed.records_on(data, bs[-1]), 120,
+                               what=f"ha1's new boot on {now_on} writing; " + "; ".join(log))
                 if fault not in ("hang_briefly", "restart_libvirtd") and target == was_on:
                     assert now_on != was_on, f"the reset of its host moved it: {log}"
                 if fault == "restart_libvirtd":
@@ -585,6 +596,10 @@ def test_randomized_agent_faults_never_run_an_ha_guest_twice(  # type: ignore[no
         assert checker.overlaps == [], "; ".join(log)
         assert checker.samples > 100, numbers
         assert not checker.blind, f"the checker could not see: {numbers}"
+        disk = diskcheck.check(data)
+        print(f"data disk: {disk.summary()}; moves {moves}")
+        assert disk.ok, f"{disk.summary()}; {log}"
+        assert len(disk.boots) >= 1 + moves, f"every move's new boot wrote: {disk.summary()}"
     finally:
         stop.set()
         if manager.is_alive():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from gridtool.cli.lab.commands import down, power_off, power_on, status, up
+from gridtool.cli.lab.commands import disk_check, down, power_off, power_on, status, up
 
 
 @click.group()
@@ -20,5 +20,5 @@ def lab() -> None:
     """
 
 
-for _command in (up, status, down, power_off, power_on):
+for _command in (up, status, down, power_off, power_on, disk_check):
     lab.add_command(_command)

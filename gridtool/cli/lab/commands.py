@@ -175,3 +175,44 @@ def power_on(host: str, lab_dir: Path | None) -> None:
     except LabError as exc:
         raise NotFound(str(exc)) from None
     click.echo(f"{host}: agent started (pid {pid})", err=True)
+
+
+@click.command("disk-check")
+@click.argument("disk", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def disk_check(disk: Path, as_json: bool) -> None:
+    """Read a lab guest's data disk and judge it: did a stale copy write after a newer boot
+    of the guest had started? Exit 0: no violation, 1: violations (listed), 3: no such disk.
+
+    The lab's fenced QEMU guests append a record every 100 ms to their data disk
+    (LAB_DIR/shared/NAME.img); the order of the records on the disk, never a clock, decides.
+    Corrupt (torn) records are counted, not judged.
+
+    \b
+    Example:
+      gridtool lab disk-check /tmp/gridtool-lab/shared/hv1-vm2.img
+      gridtool lab disk-check --json /tmp/gridtool-lab/shared/hv1-vm2.img
+    """
+    import sys
+
+    from gridtool.errors import UsageError
+    from gridtool.lab import diskcheck
+
+    if not disk.exists():
+        raise NotFound(f"no such disk: {disk}")
+    try:
+        report = diskcheck.check(disk)
+    except OSError as exc:
+        raise UsageError(f"cannot read {disk}: {exc.strerror or exc}") from None
+    if as_json:
+        emit_json(disk=str(disk), **report.to_dict())
+    else:
+        table(f"{disk}: {report.summary().split(';')[0]}",
+              ["BOOT", "UUID", "RECORDS", "SLOTS", "SEQ", "EPOCH"],
+              [(b.boot, b.uuid, b.records, f"{b.first.slot}-{b.last.slot}",
+                f"{b.first.seq}-{b.last.seq}", f"{b.first.epoch}-{b.last.epoch}")
+               for b in report.boots])
+        for violation in report.violations:
+            click.echo(f"violation: {violation}", err=True)
+    if not report.ok:
+        sys.exit(1)
