@@ -71,7 +71,7 @@ class _FinishingStore(MemStore):
         return super().list(prefix)
 
 
-READS = 8  # more range reads than one snapshot makes
+READS = 10  # more range reads than one snapshot makes
 
 
 @pytest.mark.parametrize("after", range(READS + 1))
