@@ -88,13 +88,14 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
 
 def power_off(conf: FenceAgentConf, policy: PowerPolicy = DEFAULT_POWER,
               wait: Callable[[float], object] = time.sleep) -> Outcome:
-    """Fence the host: ``off``, then ``status`` every ``policy.poll`` until it says off,
+    """Fence the host: ``off``, then ``status`` (again every ``policy.poll``) until it says off,
     within ``policy.power_wait``. Never raises: an agent that cannot run is a failure."""
     start = time.monotonic()
     try:
         runs = [run(conf, "off", policy.timeout)]
         while (outcome := off_progress(runs, time.monotonic() - start, policy)) is None:
-            wait(policy.poll)
+            if len(runs) > 1:  # the first status right after the off
+                wait(policy.poll)
             runs.append(run(conf, "status", policy.timeout))
     except FenceAgentError as exc:
         return Outcome(False, str(exc), time.monotonic() - start)

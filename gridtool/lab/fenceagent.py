@@ -94,6 +94,8 @@ def powered_on(directory: Path, name: str) -> bool:
 
 def act(params: Mapping[str, str]) -> tuple[int, str]:
     """Carry out ``params['action']``; the exit code and what to print."""
+    import libvirt
+
     from gridtool.lab import lab as labmod
     from gridtool.lab.procs import LabError
 
@@ -114,7 +116,7 @@ def act(params: Mapping[str, str]) -> tuple[int, str]:
             labmod.power_off(directory, name)
         if action in ("on", "reboot"):
             labmod.start_agent(directory, name)
-    except (LabError, OSError) as exc:
+    except (LabError, OSError, libvirt.libvirtError) as exc:
         raise FenceError(str(exc)) from None
     if action in ("off", "on", "reboot"):
         return EXIT_OK, "Success: Powered OFF\n" if action == "off" else "Success: Powered ON\n"
