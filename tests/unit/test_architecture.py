@@ -20,7 +20,7 @@ PURE_MODULES = {
     *(f"gridtool.registry.{m}" for m in ("keys", "model", "records", "store", "memstore",
                                          "sync", "identity")),
     "gridtool.domains.storage", "gridtool.domains.xml", "gridtool.fencing.etcdversions",
-    "gridtool.fencing.migration",
+    "gridtool.fencing.migration", "gridtool.fencing.recovery", "gridtool.fencing.power",
     "gridtool.placement.rebalance",
     *(f"gridtool.pools.{m}" for m in ("flex", "erlang", "queuesim")),
     *(f"gridtool.health.{m}" for m in ("ranges", "snapshot", "params", "report", "checks",
