@@ -60,6 +60,15 @@ class HostFence:
     storage_message: str = ""
 
     @property
+    def state(self) -> str:
+        """In a word: ``failed``, ``power`` or ``storage`` (fenced that way), ``waiting``."""
+        if self.failed:
+            return "failed"
+        if self.power == POWER_OFF:
+            return "power"
+        return "storage" if PREEMPTED in self.storage.values() else "waiting"
+
+    @property
     def failed(self) -> str:
         """Why the last fence failed ('' when none did): ``gridtool check``'s message."""
         if self.power == POWER_FAILED:

@@ -33,7 +33,7 @@ from gridtool.fencing.recovery import (
     StorageFencer,
 )
 from gridtool.fencing.rules import Observed
-from gridtool.fencing.shell import read_all_fences, run_plan
+from gridtool.fencing.shell import read_all_fences, read_host_fences, run_plan
 from gridtool.ha.rules import (
     Action,
     Attempt,
@@ -241,7 +241,7 @@ class Manager:
         history = {uuid: tuple(Attempt(a[0], bool(a[1]), len(a) > 2 and bool(a[2]))
                                for a in s.attempts)
                    for uuid, s in fleet.settings.items()}
-        self._host_fences = self._read_host_fences()
+        self._host_fences = read_host_fences(self.store, self.keys)[0]
         with self._fence_lock:
             running = dict(self._fencing_now)
         snap = Snapshot(
@@ -251,16 +251,6 @@ class Manager:
             power_agents=frozenset(fenceagents.read_all(self.store, self.keys)),
             storage_fencer=self.storage_fencer is not None, fencing_now=running)
         return snap, {v.uuid: v.name for v in views}
-
-    def _read_host_fences(self) -> dict[str, HostFence]:
-        found = {}
-        for item in self.store.list(self.keys.host_fences)[0]:
-            try:
-                found[item.key.removeprefix(self.keys.host_fences)] = decode(
-                    HostFence, item.key, item.value)
-            except DecodeError:
-                continue
-        return found
 
     def _pending(self) -> dict[str, Pending]:
         pending = {}
@@ -467,18 +457,14 @@ class Manager:
             running = dict(self._fencing_now)
         summary = {}
         for host, rec in sorted(self._host_fences.items()):
-            if host in running:
-                summary[host] = f"fencing by {running[host]}"
-            elif rec.failed:
-                summary[host] = f"FAILED: {rec.failed}"
-            elif rec.power == POWER_OFF:
-                summary[host] = f"power: {rec.power_message}"
-            elif rec.storage:
-                summary[host] = "storage: " + ", ".join(
-                    f"{v} {r}" for v, r in sorted(rec.storage.items()))
-            else:
-                summary[host] = f"lost since {rec.gone_since:.0f}; timed grace " \
-                                f"{self.fencing.grace:g} s"
+            summary[host] = {
+                "failed": f"FAILED: {rec.failed}",
+                "power": f"power: {rec.power_message}",
+                "storage": "storage: " + ", ".join(f"{v} {r}" for v, r in
+                                                   sorted(rec.storage.items())),
+                "waiting": f"lost since {rec.gone_since:.0f}; timed grace "
+                           f"{self.fencing.grace:g} s",
+            }[rec.state] if host not in running else f"fencing by {running[host]}"
         return summary
 
     def _publish_status(self) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from gridtool.fencing.recovery import HostFence
 from gridtool.fencing.rules import FenceKind, Observed, Unreadable
-from gridtool.fencing.shell import read_all_fences
+from gridtool.fencing.shell import read_all_fences, read_host_fences
 from gridtool.health.snapshot import (
     CorruptRecord,
     EndpointStatus,
@@ -65,15 +64,9 @@ def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
     leader = store.get(keys.manager_leader)
     running = {g.uuid for g in listing.guests if g.state == "running" and g.host in live}
     pools = _pools(store, keys, running, corrupt)
-    failures = []
-    for item in store.list(keys.host_fences)[0]:
-        try:
-            record = decode(HostFence, item.key, item.value)
-        except DecodeError as exc:
-            corrupt.append(CorruptRecord(item.key, exc.reason))
-            continue
-        if record.failed:
-            failures.append(FenceFailure(record.host, record.failed))
+    host_fences, undecodable = read_host_fences(store, keys)
+    corrupt += [CorruptRecord(e.key, e.reason) for e in undecodable]
+    failures = [FenceFailure(r.host, r.failed) for r in host_fences.values() if r.failed]
     return Snapshot(
         now=now, endpoints=endpoints, member_count=member_count, hosts=tuple(hosts),
         guests=tuple(GuestObs(g.uuid, g.name, g.host, g.state, g.fenced, g.volumes)

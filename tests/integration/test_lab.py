@@ -81,7 +81,7 @@ def test_lab_up_gives_every_host_the_lab_fence_agent_which_powers_it_off_and_on(
         status = fence_lab(lab_dir, *base, "action=status")
         assert (status.returncode, status.stdout) == (2, "Status: OFF\n")
         state = json.loads(gridtool(lab_dir, "lab", "status", "--json").stdout)["lab"]
-        assert not [h for h in state["hosts"] if h["name"] == "hv1"][0]["agent_alive"]
+        assert not next(h for h in state["hosts"] if h["name"] == "hv1")["agent_alive"]
         assert fence_lab(lab_dir, *base, "action=on").returncode == 0
         assert fence_lab(lab_dir, *base, "action=status").returncode == 0
         unknown = fence_lab(lab_dir, f"lab_dir={lab_dir}", "plug=hv9", "action=off")

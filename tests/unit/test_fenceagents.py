@@ -46,3 +46,21 @@ def test_placement_reads_a_host_with_a_fence_agent_as_protected() -> None:
     fleet = read_fleet(store, KEYS)
     assert {h.name: h.protected for h in fleet.hosts} == {"hv1": False, "hv2": True}
     assert fleet.records["hv2"].fencing == ("power",)
+
+
+def test_metrics_count_lost_hosts_by_the_state_of_their_fence() -> None:
+    from gridtool.fencing.recovery import HostFence
+    from gridtool.health.metrics import FleetCollector
+    from gridtool.registry.records import encode
+
+    store = MemStore(lambda: 0.0)
+    records = [HostFence("hv1", 1.0, power="off"), HostFence("hv2", 1.0, power="failed",
+                                                             power_message="exit 1"),
+               HostFence("hv3", 1.0), HostFence("hv4", 1.0, storage={"lun1": "preempted"})]
+    for record in records:
+        store.put(KEYS.host_fence(record.host), encode(record))
+    store.put(KEYS.host_fence("hv5"), b"{not json")
+    (family,) = [f for f in FleetCollector(store, KEYS).collect()
+                 if f.name == "gridtool_lost_hosts"]
+    assert {s.labels["fence"]: s.value for s in family.samples} == {
+        "failed": 1, "power": 1, "storage": 1, "waiting": 1}
