@@ -92,13 +92,25 @@ def powered_on(directory: Path, name: str) -> bool:
         conn.close()
 
 
-def act(params: Mapping[str, str]) -> tuple[int, str]:
-    """Carry out ``params['action']``; the exit code and what to print."""
+def _switch(directory: Path, name: str, action: str) -> None:
+    """``lab power-off`` and/or ``lab power-on`` (imported only here: a status run,
+    the one repeated while a fence waits, stays quick)."""
     import libvirt
 
     from gridtool.lab import lab as labmod
     from gridtool.lab.procs import LabError
 
+    try:
+        if action in ("off", "reboot"):
+            labmod.power_off(directory, name)
+        if action in ("on", "reboot"):
+            labmod.start_agent(directory, name)
+    except (LabError, OSError, libvirt.libvirtError) as exc:
+        raise FenceError(str(exc)) from None
+
+
+def act(params: Mapping[str, str]) -> tuple[int, str]:
+    """Carry out ``params['action']``; the exit code and what to print."""
     action = params.get("action") or params.get("option") or "reboot"
     if action == "metadata":
         return EXIT_OK, METADATA
@@ -111,14 +123,8 @@ def act(params: Mapping[str, str]) -> tuple[int, str]:
     if action == "list":
         return EXIT_OK, "".join(f"{name},{name}\n" for name in sorted(_hosts(directory)))
     name = _plug(params, directory)
-    try:
-        if action in ("off", "reboot"):
-            labmod.power_off(directory, name)
-        if action in ("on", "reboot"):
-            labmod.start_agent(directory, name)
-    except (LabError, OSError, libvirt.libvirtError) as exc:
-        raise FenceError(str(exc)) from None
     if action in ("off", "on", "reboot"):
+        _switch(directory, name, action)
         return EXIT_OK, "Success: Powered OFF\n" if action == "off" else "Success: Powered ON\n"
     if action == "status":
         on = powered_on(directory, name)
