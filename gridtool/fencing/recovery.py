@@ -18,8 +18,10 @@ Three ways to know a lost host can no longer write a guest's disks, tried in thi
   gone: ``grace = TTL + margin``.
 
 What the manager did is a :class:`HostFence` record in etcd (``manager/fenced/<host>``)
-so a new leader neither redoes a fence that succeeded nor forgets when the lease went;
-the manager deletes it once the host is back.
+so a new leader neither redoes a fence that succeeded nor forgets when the lease went.
+It names the host's registration it is about (the agent rewrites ``machines/<host>`` in
+every registration), so a record from before the host came back never counts for its
+next loss; the manager also deletes it once it sees the host back.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class HostFence:
 
     host: str
     gone_since: float  # when a manager first saw the host's lease gone
+    #: the host's registration it is about (``machines/<host>``'s mod revision then): a
+    #: record of an earlier life of the host never counts for a later loss
+    registration: int = 0
     power: str = ""  # "" (not tried), "off" (confirmed), "failed"
     power_at: float = 0.0
     power_message: str = ""

@@ -249,7 +249,9 @@ class Manager:
             confirmed_dead=frozenset(dead), history=history, pending=pending,
             host_fences=self._host_fences,
             power_agents=frozenset(fenceagents.read_all(self.store, self.keys)),
-            storage_fencer=self.storage_fencer is not None, fencing_now=running)
+            storage_fencer=self.storage_fencer is not None, fencing_now=running,
+            registrations={item.key.removeprefix(self.keys.machines): item.mod_revision
+                           for item in self.store.list(self.keys.machines)[0]})
         return snap, {v.uuid: v.name for v in views}
 
     def _pending(self) -> dict[str, Pending]:
@@ -334,12 +336,14 @@ class Manager:
     # -- fencing a lost host ----------------------------------------------------
 
     def _note_gone(self, action: NoteGone, _snap: Snapshot) -> bool:
-        """Record when the host's lease was first seen gone (only if no record is)."""
-        key = self.keys.host_fence(action.host)
-        ok = self.store.txn([*self.guard, Compare(key, "create", 0)],
-                            [Put(key, encode(HostFence(action.host, action.at)))])
+        """Record when the host's lease was first seen gone, unless a record of this
+        registration is there (another leader's, kept with its time)."""
+        fresh = HostFence(action.host, action.at, action.registration)
+        ok = self._change_host_fence(
+            action.host, lambda r: r if r.registration == action.registration else fresh)
         if ok:
-            log.info("event=host_lost host=%s", action.host)
+            log.info("event=host_lost host=%s registration=%s", action.host,
+                     action.registration)
         return ok
 
     def _forget_fence(self, action: ForgetFence, _snap: Snapshot) -> bool:

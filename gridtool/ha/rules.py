@@ -165,13 +165,15 @@ class Snapshot:
     power_agents: frozenset[str] = frozenset()  # hosts with a fence agent configured
     storage_fencer: bool = False  # a StorageFencer is wired in
     fencing_now: Mapping[str, Method] = field(default_factory=dict)  # fences in flight
+    registrations: Mapping[str, int] = field(default_factory=dict)  # machines/<host> mod rev
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hosts", tuple(self.hosts))
         object.__setattr__(self, "guests", tuple(self.guests))
         object.__setattr__(self, "confirmed_dead", frozenset(self.confirmed_dead))
         object.__setattr__(self, "power_agents", frozenset(self.power_agents))
-        for name in ("fences", "history", "pending", "host_fences", "fencing_now"):
+        for name in ("fences", "history", "pending", "host_fences", "fencing_now",
+                     "registrations"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         names = [h.name for h in self.hosts]
         if len(set(names)) != len(names):
@@ -196,12 +198,14 @@ class Restart:
 
 @dataclass(frozen=True)
 class NoteGone:
-    """Record that ``host``'s lease was first seen gone at ``at`` (the timed path's start)."""
+    """Record that ``host``'s lease was first seen gone at ``at`` (the timed path's start),
+    in its registration ``registration`` (replacing a record of an earlier one)."""
 
     guest: str
     name: str
     host: str
     at: float
+    registration: int = 0
 
 
 @dataclass(frozen=True)
@@ -343,12 +347,13 @@ def _fence_first(guest: GuestView, host: str, rnd: _Round) -> tuple[list[Action]
     """What must happen before ``guest`` of lost ``host`` is recovered, and the fence it
     may rely on (None: not yet; the actions then end with why it waits)."""
     actions: list[Action] = []
+    registration = rnd.snap.registrations.get(host, 0)
     record = rnd.snap.host_fences.get(host)
-    if record is None:
-        record = HostFence(host, rnd.snap.now)
+    if record is None or record.registration != registration:  # none, or an earlier life's
+        record = HostFence(host, rnd.snap.now, registration)
         if host not in rnd.noted:
             rnd.noted.add(host)
-            actions.append(NoteGone(guest.uuid, guest.name, host, rnd.snap.now))
+            actions.append(NoteGone(guest.uuid, guest.name, host, rnd.snap.now, registration))
     running = rnd.snap.fencing_now.get(host) or rnd.started.get(host)
     verdict = judge(host, guest.volumes, record, rnd.snap.now, rnd.fencing,
                     host in rnd.snap.power_agents, rnd.snap.storage_fencer, running)

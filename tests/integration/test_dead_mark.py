@@ -54,7 +54,9 @@ def test_release_for_a_dead_host_fails_once_the_host_is_back(  # type: ignore[no
                what="hv1's lease to expire")
     _mark(store, cfg, "hv1")
     # hv1 fenced already (as recorded by a leader before this one): the release comes next
-    store.put(cfg.keys.host_fence("hv1"), encode(HostFence("hv1", time.time(), power="off")))
+    registration = store.get(cfg.keys.machine("hv1")).mod_revision
+    store.put(cfg.keys.host_fence("hv1"), encode(HostFence("hv1", time.time(), registration,
+                                                           power="off")))
     manager = Manager(cfg, store, "m1", period=0.2)
     manager._campaign()
     assert manager.leader_rev, "the test's manager leads"

@@ -199,3 +199,16 @@ def test_confirm_dead_release_of_a_pinned_guest_waits_for_a_fence_too() -> None:
     assert isinstance(then[-1], Restart) and then[-1].fence == "power: off"
     assert all(not isinstance(a, (FenceHost, NoteGone)) for a in then)
     assert not any(isinstance(a, ReleaseFences) for a in first)
+
+
+def test_a_fence_record_of_an_earlier_life_of_the_host_never_counts() -> None:
+    """hv9 was powered off in registration 7, came back (re-registered: 9) and is lost
+    again: the old power-off proves nothing now; the loss is noted anew and fenced."""
+    old = {"h9": HostFence("h9", 900.0, registration=7, power=POWER_OFF, power_message="off")}
+    actions = decide(snap(ha("a"), host_fences=old, registrations={"h9": 9},
+                          power_agents={"h9"}), fencing=POLICY)
+    assert actions == (NoteGone("u-a", "a", "h9", 1000.0, 9),
+                       Blocked("u-a", "a", "fencing h9 by power"),
+                       FenceHost("u-a", "a", "h9", Method.POWER))
+    same = decide(snap(ha("a"), host_fences=old, registrations={"h9": 7}), fencing=POLICY)
+    assert [type(a) for a in same] == [Restart]
