@@ -1010,3 +1010,28 @@ def test_timed_path_without_a_fence_agent_waits_ttl_plus_margin(  # type: ignore
     record = host_fence(store, cfg, "hv1")
     assert record is not None and record.power == "" and not record.storage, record
     assert running_at >= record.gone_since + grace, (running_at, record.gone_since)
+
+
+def test_the_runner_speaks_the_standard_fence_agent_protocol(tmp_path):  # type: ignore[no-untyped-def]
+    """Debian's fence-agents (the library fence_ipmilan and the others are built on):
+    fence_dummy with a status file is powered off through the same runner the manager
+    uses (off, then status until off), and `host fence-agent test`'s check says on/off."""
+    from gridtool.fencing import agentrun
+    from gridtool.fencing.power import PowerPolicy
+    from gridtool.registry.fenceagents import FenceAgentConf
+
+    if not Path("/usr/sbin/fence_dummy").exists():
+        pytest.fail("fence_dummy is not installed: run scripts/setup (fence-agents)")
+    status = tmp_path / "dummy.status"
+    status.write_text("on")  # fence_dummy compares the file's whole text
+    conf = FenceAgentConf("hv1", "fence_dummy", {"type": "file", "status_file": str(status)})
+    policy = PowerPolicy(timeout=20.0, power_wait=20.0, poll=0.2)
+    assert agentrun.check(conf, policy).message == "monitor ok; power on"
+    outcome = agentrun.power_off(conf, policy)
+    assert outcome.ok and outcome.message.startswith("power off confirmed by status"), outcome
+    assert status.read_text() == "off"
+    assert agentrun.check(conf, policy).message == "monitor ok; power off"
+    # type=fail never reaches off: the agent waits longer than the 2 s timeout and is killed
+    failing = FenceAgentConf("hv1", "fence_dummy", {"type": "fail"})
+    refused = agentrun.power_off(failing, PowerPolicy(timeout=2.0, power_wait=3.0))
+    assert not refused.ok and "on off" in refused.message, refused
