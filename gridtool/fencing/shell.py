@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from gridtool.fencing.recovery import HostFence
 from gridtool.fencing.rules import (
     AcquirePlan,
     Expect,
@@ -20,7 +21,23 @@ from gridtool.fencing.rules import (
     observe,
 )
 from gridtool.registry.keys import Keys
+from gridtool.registry.model import DecodeError
+from gridtool.registry.records import decode
 from gridtool.registry.store import Compare, Delete, Put, Store
+
+
+def read_host_fences(store: Store, keys: Keys) -> tuple[dict[str, HostFence],
+                                                        list[DecodeError]]:
+    """The manager's fence records of lost hosts (``manager/fenced/<host>``), by host, and
+    the records that do not decode (one range read)."""
+    found, errors = {}, []
+    for item in store.list(keys.host_fences)[0]:
+        try:
+            found[item.key.removeprefix(keys.host_fences)] = decode(HostFence, item.key,
+                                                                     item.value)
+        except DecodeError as exc:
+            errors.append(exc)
+    return found, errors
 
 
 def read_fences(store: Store, keys: Keys, volumes: Iterable[str]) -> dict[str, Observation]:

@@ -19,14 +19,30 @@ from typing import Any
 from gridtool.clock import SYSTEM, Clock
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
+from gridtool.fencing import agentrun
+from gridtool.fencing.power import DEFAULT_POWER, Outcome, PowerPolicy
+from gridtool.fencing.recovery import (
+    POWER_FAILED,
+    POWER_OFF,
+    PREEMPTED,
+    REFUSED,
+    UNSUPPORTED,
+    FencePolicy,
+    HostFence,
+    Method,
+    StorageFencer,
+)
 from gridtool.fencing.rules import Observed
-from gridtool.fencing.shell import read_all_fences, run_plan
+from gridtool.fencing.shell import read_all_fences, read_host_fences, run_plan
 from gridtool.ha.rules import (
     Action,
     Attempt,
     Blocked,
+    FenceHost,
+    ForgetFence,
     GuestView,
     MarkError,
+    NoteGone,
     Pending,
     ReleaseFences,
     Restart,
@@ -37,10 +53,11 @@ from gridtool.ha.rules import (
 )
 from gridtool.placement.shell import FleetView, read_fleet
 from gridtool.pools.keeper import PoolKeeper
+from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
 from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord
 from gridtool.registry.records import GuestSettings, Intent, ManagerStatus, decode, encode
-from gridtool.registry.store import Compare, Put, Store, Watch
+from gridtool.registry.store import Compare, Delete, Put, Store, Watch
 
 log = logging.getLogger("gridtool.ha.manager")
 
@@ -48,13 +65,20 @@ log = logging.getLogger("gridtool.ha.manager")
 class Manager:
     """One manager candidate; ``run()`` campaigns and, once elected, manages.
 
-    ``clock`` is where it reads the time; ``threaded=False`` runs pool rounds inline.
-    The simulator passes both and calls :meth:`step` itself instead of ``run()``.
+    ``clock`` is where it reads the time; ``threaded=False`` runs pool rounds and fences
+    inline. The simulator passes both and calls :meth:`step` itself instead of ``run()``.
+    Fencing a lost host: ``power_fence(host)`` (default: the host's configured fence agent,
+    :func:`gridtool.fencing.agentrun.power_off`), ``storage_fencer`` (none: no storage
+    fencing), ``fencing`` (the timed grace; default TTL + margin).
     """
 
     def __init__(self, cfg: Config, store: Store, name: str, period: float = 1.0,
                  limits: RestartLimits | None = None, pool_period: float = 10.0,
-                 clock: Clock = SYSTEM, threaded: bool = True) -> None:
+                 clock: Clock = SYSTEM, threaded: bool = True,
+                 power_fence: Callable[[str], Outcome] | None = None,
+                 storage_fencer: StorageFencer | None = None,
+                 fencing: FencePolicy | None = None,
+                 power_policy: PowerPolicy = DEFAULT_POWER) -> None:
         self.cfg = cfg
         self.store = store
         self.keys = cfg.keys
@@ -73,6 +97,15 @@ class Manager:
         self._wake = threading.Event()  # a host or fence vanishing wakes the next round
         self._watches: list[Watch] = []
         self._dead_marks: dict[str, int] = {}  # confirm-dead marks read: host -> revision
+        self.threaded = threaded
+        self.power_policy = power_policy
+        self.power_fence = power_fence or self._run_fence_agent
+        self.storage_fencer = storage_fencer
+        self.fencing = fencing or FencePolicy.for_ttl(cfg.ttl)
+        self._fence_lock = threading.Lock()
+        self._fencing_now: dict[str, Method] = {}  # fences in flight, by host
+        self._fenced_inline = False  # an inline fence finished: decide again this tick
+        self._host_fences: dict[str, HostFence] = {}  # as last read
         self.pools = PoolKeeper(store, cfg, self, period=pool_period, clock=clock,
                                 threaded=threaded)
 
@@ -164,18 +197,25 @@ class Manager:
     # -- one round -----------------------------------------------------------
 
     def tick(self) -> None:
+        for _ in range(2):  # a second pass recovers what an inline fence just allowed
+            self._fenced_inline = False
+            self._round()
+            if not self._fenced_inline:
+                break
+        self._publish_status()
+        self.pools.maybe_run()
+
+    def _round(self) -> None:
         snap, self.names = self.snapshot()
-        actions = decide(snap, self.limits)
+        actions = decide(snap, self.limits, fencing=self.fencing)
         waiting = {a.guest for a in actions if isinstance(a, Blocked)}
         self.blocked = {g: r for g, r in self.blocked.items() if g in waiting}
         failed: set[str] = set()
         for action in actions:
-            if action.guest in failed:
+            if action.guest and action.guest in failed:
                 continue
             if not self._act(action, snap):
                 failed.add(action.guest)
-        self._publish_status()
-        self.pools.maybe_run()
 
     def snapshot(self) -> tuple[Snapshot, dict[str, str]]:
         """Read intents, hosts and guests (as placement sees them:
@@ -201,9 +241,17 @@ class Manager:
         history = {uuid: tuple(Attempt(a[0], bool(a[1]), len(a) > 2 and bool(a[2]))
                                for a in s.attempts)
                    for uuid, s in fleet.settings.items()}
+        self._host_fences = read_host_fences(self.store, self.keys)[0]
+        with self._fence_lock:
+            running = dict(self._fencing_now)
         snap = Snapshot(
             now=self.clock.wall(), hosts=fleet.hosts, guests=tuple(views), fences=fences,
-            confirmed_dead=frozenset(dead), history=history, pending=pending)
+            confirmed_dead=frozenset(dead), history=history, pending=pending,
+            host_fences=self._host_fences,
+            power_agents=frozenset(fenceagents.read_all(self.store, self.keys)),
+            storage_fencer=self.storage_fencer is not None, fencing_now=running,
+            registrations={item.key.removeprefix(self.keys.machines): item.mod_revision
+                           for item in self.store.list(self.keys.machines)[0]})
         return snap, {v.uuid: v.name for v in views}
 
     def _pending(self) -> dict[str, Pending]:
@@ -268,19 +316,119 @@ class Manager:
     def _restart(self, action: Restart, snap: Snapshot) -> bool:
         """Write the start intent and record the attempt, in one guarded transaction."""
         # the intent's ``created`` is the attempt's time: a failed intent marks its attempt
+        params = {"reason": action.reason, **({"fence": action.fence} if action.fence else {})}
         intent = Intent(id=f"{time.time_ns():x}-ha", host=action.on_host, action="start",
                         guest=action.guest, name=action.name, created=snap.now, by=self.by,
-                        params={"reason": action.reason})
+                        params=params)
         attempt = [snap.now, 1.0 if action.relocated else 0.0]
         ok = self._update_settings(
             action.guest, action.name,
             lambda s: replace(s, attempts=[*s.attempts[-20:], attempt]),
             extra=[Put(self.keys.intent(action.on_host, intent.id), encode(intent))])
         if ok:
-            log.info("event=ha_restart guest=%s on=%s from=%s reason=%s", action.name,
-                     action.on_host, action.from_host, action.reason)
-            self._note(f"restart {action.name} on {action.on_host}: {action.reason}")
+            log.info("event=ha_restart guest=%s on=%s from=%s reason=%s fence=%s",
+                     action.name, action.on_host, action.from_host, action.reason,
+                     action.fence or "-")
+            self._note(f"restart {action.name} on {action.on_host}: {action.reason}"
+                       + (f" (fenced by {action.fence})" if action.fence else ""))
         return ok
+
+    # -- fencing a lost host ----------------------------------------------------
+
+    def _note_gone(self, action: NoteGone, _snap: Snapshot) -> bool:
+        """Record when the host's lease was first seen gone, unless a record of this
+        registration is there (another leader's, kept with its time)."""
+        fresh = HostFence(action.host, action.at, action.registration)
+        ok = self._change_host_fence(
+            action.host, lambda r: r if r.registration == action.registration else fresh)
+        if ok:
+            log.info("event=host_lost host=%s registration=%s", action.host,
+                     action.registration)
+        return ok
+
+    def _forget_fence(self, action: ForgetFence, _snap: Snapshot) -> bool:
+        self.store.txn(self.guard, [Delete(self.keys.host_fence(action.host))])
+        log.info("event=host_fence_forgotten host=%s", action.host)
+        return True
+
+    def _fence_host(self, action: FenceHost, _snap: Snapshot) -> bool:
+        """Start the fence (a thread, or inline when not ``threaded``); its result is
+        written to the host's record when it ends."""
+        with self._fence_lock:
+            if action.host in self._fencing_now:
+                return True
+            self._fencing_now[action.host] = action.method
+        log.info("event=host_fence_start host=%s method=%s volumes=%s", action.host,
+                 action.method, ",".join(action.volumes) or "-")
+        if self.threaded:
+            threading.Thread(target=self._run_fence, args=(action,), daemon=True,
+                             name=f"fence-{action.host}").start()
+        else:
+            self._run_fence(action)
+            self._fenced_inline = True
+        return True
+
+    def _run_fence(self, action: FenceHost) -> None:
+        try:
+            change, ok, message = (self._power(action) if action.method is Method.POWER
+                                   else self._storage(action))
+            written = self._change_host_fence(action.host, change)
+            level = logging.INFO if ok else logging.ERROR
+            log.log(level, "event=host_fenced host=%s method=%s ok=%s recorded=%s message=%s",
+                    action.host, action.method, ok, written, message)
+            self._note(f"fence {action.host} by {action.method}: "
+                       f"{'ok' if ok else 'FAILED'}: {message}")
+        except (RegistryUnavailable, AuthError) as exc:
+            log.warning("event=host_fence_unrecorded host=%s error=%s", action.host, exc)
+        finally:
+            with self._fence_lock:
+                self._fencing_now.pop(action.host, None)
+            self._wake.set()
+
+    def _power(self, action: FenceHost) -> tuple[Callable[[HostFence], HostFence], bool, str]:
+        outcome = self.power_fence(action.host)
+        now = self.clock.wall()
+        return (lambda r: replace(r, power=POWER_OFF if outcome.ok else POWER_FAILED,
+                                  power_at=now, power_message=outcome.message),
+                outcome.ok, outcome.message)
+
+    def _storage(self, action: FenceHost) -> tuple[Callable[[HostFence], HostFence], bool, str]:
+        assert self.storage_fencer is not None
+        try:
+            result = self.storage_fencer.preempt(action.host, action.volumes)
+            results = {**{v: PREEMPTED for v in result.preempted},
+                       **{v: UNSUPPORTED for v in result.unsupported},
+                       **{v: REFUSED for v in result.refused}}
+            message = "; ".join(f"{v}: {why}" for v, why in result.refused.items())
+        except Exception as exc:  # a port's failure is a refused fence, never success
+            results = {v: REFUSED for v in action.volumes}
+            message = f"storage fencer failed: {exc}"
+        missing = [v for v in action.volumes if v not in results]
+        results.update({v: REFUSED for v in missing})
+        message = message or ("preempted" if all(r == PREEMPTED for r in results.values())
+                              else "not all volumes preempted")
+        now = self.clock.wall()
+        ok = all(results.get(v) == PREEMPTED for v in action.volumes)
+        return (lambda r: replace(r, storage={**r.storage, **results}, storage_at=now,
+                                  storage_message=message), ok, message)
+
+    def _run_fence_agent(self, host: str) -> Outcome:
+        conf = fenceagents.read(self.store, self.keys, host)
+        if conf is None:
+            return Outcome(False, f"no fence agent configured for {host}")
+        return agentrun.power_off(conf, self.power_policy)
+
+    def _change_host_fence(self, host: str, change: Callable[[HostFence], HostFence]) -> bool:
+        """Write ``change(record)`` for ``host`` in one guarded transaction."""
+        key = self.keys.host_fence(host)
+        item = self.store.get(key)
+        try:
+            current = decode(HostFence, key, item.value) if item else None
+        except DecodeError:
+            current = None
+        base = current or HostFence(host, self.clock.wall())
+        compare = Compare(key, "mod", item.mod_revision) if item else Compare(key, "create", 0)
+        return self.store.txn([*self.guard, compare], [Put(key, encode(change(base)))])
 
     def _update_settings(self, uuid: str, name: str,
                          change: Callable[[GuestSettings], GuestSettings],
@@ -307,9 +455,26 @@ class Manager:
     def _note(self, line: str) -> None:
         self.recent = [*self.recent, line][-10:]
 
+    def _fence_summary(self) -> dict[str, str]:
+        """Each lost host's fence, in a few words (``manager status``)."""
+        with self._fence_lock:
+            running = dict(self._fencing_now)
+        summary = {}
+        for host, rec in sorted(self._host_fences.items()):
+            summary[host] = {
+                "failed": f"FAILED: {rec.failed}",
+                "power": f"power: {rec.power_message}",
+                "storage": "storage: " + ", ".join(f"{v} {r}" for v, r in
+                                                   sorted(rec.storage.items())),
+                "waiting": f"lost since {rec.gone_since:.0f}; timed grace "
+                           f"{self.fencing.grace:g} s",
+            }[rec.state] if host not in running else f"fencing by {running[host]}"
+        return summary
+
     def _publish_status(self) -> None:
         status = ManagerStatus(self.name, self.since, self.clock.wall(), self.recent,
-                               {self.names.get(k, k): v for k, v in self.blocked.items()})
+                               {self.names.get(k, k): v for k, v in self.blocked.items()},
+                               self._fence_summary())
         self.store.txn(self.guard, [Put(self.keys.manager_status, encode(status), self.lease)])
 
 
@@ -319,6 +484,9 @@ _HANDLERS: dict[type, Callable[[Manager, Any, Snapshot], bool]] = {
     Restart: Manager._restart,
     ReleaseFences: Manager._release_fences,
     MarkError: Manager._mark_error,
+    NoteGone: Manager._note_gone,
+    FenceHost: Manager._fence_host,
+    ForgetFence: Manager._forget_fence,
 }
 
 

@@ -4,11 +4,17 @@ The leader-elected manager reads a :class:`Snapshot` of the registry and calls
 :func:`decide`; the shell carries out the returned actions in order. Rules:
 
 * fence before recover: an HA guest is restarted only when its host is gone (no host
-  record) or it is down on a live host, AND every one of its fence keys is absent;
+  record) or it is down on a live host, AND every one of its fence keys is absent; and
+  when its host is gone, only after that host was fenced
+  (:func:`gridtool.fencing.recovery.judge`: storage preempt, power off by the host's
+  fence agent, or the timed grace): :class:`NoteGone` records when the lease was first
+  seen gone, :class:`FenceHost` runs a fence, and the :class:`Restart` names the fence
+  it relied on; :class:`ForgetFence` drops that record once the host is back;
 * a pinned guest that should run but is down on its live host (crashed, shut down from
   inside, or its autostart refused at boot) is restarted in place, on that host only;
-  it is moved only after an operator's ``host confirm-dead`` of its host that is gone:
-  then :class:`ReleaseFences` (the dead host's fences) and :class:`Restart`;
+  it is moved only after an operator's ``host confirm-dead`` of its host that is gone,
+  and a fence of that host as above: then :class:`ReleaseFences` (the dead host's
+  fences) and :class:`Restart`;
 * at most ``max_restarts`` restarts and ``max_relocations`` relocations per guest per
   ``window``; beyond that :class:`MarkError`. A restart whose intent failed does not
   count; the next try waits ``retry_after`` seconds, doubled per consecutive failure up
@@ -30,6 +36,14 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
+from gridtool.fencing.recovery import (
+    Fenced,
+    FencePolicy,
+    HostFence,
+    Method,
+    RunFence,
+    judge,
+)
 from gridtool.fencing.rules import (
     FenceKind,
     GuestRef,
@@ -147,12 +161,19 @@ class Snapshot:
     confirmed_dead: frozenset[str] = frozenset()
     history: Mapping[str, tuple[Attempt, ...]] = field(default_factory=dict)  # by guest uuid
     pending: Mapping[str, Pending] = field(default_factory=dict)  # by guest uuid
+    host_fences: Mapping[str, HostFence] = field(default_factory=dict)  # by host, stored
+    power_agents: frozenset[str] = frozenset()  # hosts with a fence agent configured
+    storage_fencer: bool = False  # a StorageFencer is wired in
+    fencing_now: Mapping[str, Method] = field(default_factory=dict)  # fences in flight
+    registrations: Mapping[str, int] = field(default_factory=dict)  # machines/<host> mod rev
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hosts", tuple(self.hosts))
         object.__setattr__(self, "guests", tuple(self.guests))
         object.__setattr__(self, "confirmed_dead", frozenset(self.confirmed_dead))
-        for name in ("fences", "history", "pending"):
+        object.__setattr__(self, "power_agents", frozenset(self.power_agents))
+        for name in ("fences", "history", "pending", "host_fences", "fencing_now",
+                     "registrations"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         names = [h.name for h in self.hosts]
         if len(set(names)) != len(names):
@@ -172,6 +193,39 @@ class Restart:
     from_host: str | None
     relocated: bool
     reason: str
+    fence: str = ""  # the fence of the lost host it relies on ('' when none was needed)
+
+
+@dataclass(frozen=True)
+class NoteGone:
+    """Record that ``host``'s lease was first seen gone at ``at`` (the timed path's start),
+    in its registration ``registration`` (replacing a record of an earlier one)."""
+
+    guest: str
+    name: str
+    host: str
+    at: float
+    registration: int = 0
+
+
+@dataclass(frozen=True)
+class FenceHost:
+    """Fence lost ``host`` by ``method`` (``volumes``: the LUNs to preempt) and record the
+    result; recovery waits for it."""
+
+    guest: str
+    name: str
+    host: str
+    method: Method
+    volumes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ForgetFence:
+    """``host`` is back: drop the record of its fence (a later loss is a new one)."""
+
+    host: str
+    guest: str = ""
 
 
 @dataclass(frozen=True)
@@ -202,7 +256,7 @@ class Blocked:
     reason: str
 
 
-Action = Restart | ReleaseFences | MarkError | Blocked
+Action = Restart | ReleaseFences | MarkError | Blocked | NoteGone | FenceHost | ForgetFence
 
 
 # --------------------------------------------------------------------------- decide
@@ -216,6 +270,9 @@ class _Round:
     limits: RestartLimits
     policy: PlacementPolicy
     hosts: dict[str, HostView]
+    fencing: FencePolicy
+    noted: set[str] = field(default_factory=set)  # hosts given a NoteGone this round
+    started: dict[str, Method] = field(default_factory=dict)  # fences ordered this round
 
     def live(self, host: str | None) -> bool:
         return host is not None and host in self.hosts
@@ -228,8 +285,13 @@ class _Round:
         self.hosts[host] = add_guest(self.hosts[host], needs)
 
 
+#: The timed path's grace when the caller gives none: the default TTL (10 s) + margin.
+DEFAULT_FENCING = FencePolicy.for_ttl(10)
+
+
 def decide(
-    snap: Snapshot, limits: RestartLimits | None = None, policy: PlacementPolicy = DEFAULT_POLICY
+    snap: Snapshot, limits: RestartLimits | None = None, policy: PlacementPolicy = DEFAULT_POLICY,
+    fencing: FencePolicy = DEFAULT_FENCING,
 ) -> tuple[Action, ...]:
     """The manager's actions for ``snap``, in the order the shell must carry them out.
 
@@ -237,8 +299,9 @@ def decide(
     the shell stops at the first action that fails (e.g. a ReleaseFences whose compare
     fails drops the Restart after it).
     """
-    rnd = _Round(snap, limits or RestartLimits(), policy, {h.name: h for h in snap.hosts})
-    actions: list[Action] = []
+    rnd = _Round(snap, limits or RestartLimits(), policy, {h.name: h for h in snap.hosts},
+                 fencing)
+    actions: list[Action] = [ForgetFence(h) for h in sorted(snap.host_fences) if rnd.live(h)]
     for guest in sorted(snap.guests, key=lambda g: (g.name, g.uuid)):
         actions.extend(_decide_guest(guest, rnd))
     return tuple(actions)
@@ -271,9 +334,36 @@ def _decide_ha(guest: GuestView, rnd: _Round) -> list[Action]:
         return [Blocked(guest.uuid, guest.name,
                         f"waiting for fence {volume} held by {who} to go")]
     live = rnd.live(guest.host)
-    why = f"{guest.state} on {guest.host}" if live else (
-        f"host {guest.host} gone" if guest.host else "not placed")
-    return [_restart(guest, rnd, why)]
+    if live or guest.host is None:
+        why = f"{guest.state} on {guest.host}" if live else "not placed"
+        return [_restart(guest, rnd, why)]
+    first, fence = _fence_first(guest, guest.host, rnd)
+    if fence is None:
+        return first
+    return [*first, _restart(guest, rnd, f"host {guest.host} gone", fence=fence)]
+
+
+def _fence_first(guest: GuestView, host: str, rnd: _Round) -> tuple[list[Action], str | None]:
+    """What must happen before ``guest`` of lost ``host`` is recovered, and the fence it
+    may rely on (None: not yet; the actions then end with why it waits)."""
+    actions: list[Action] = []
+    registration = rnd.snap.registrations.get(host, 0)
+    record = rnd.snap.host_fences.get(host)
+    if record is None or record.registration != registration:  # none, or an earlier life's
+        record = HostFence(host, rnd.snap.now, registration)
+        if host not in rnd.noted:
+            rnd.noted.add(host)
+            actions.append(NoteGone(guest.uuid, guest.name, host, rnd.snap.now, registration))
+    running = rnd.snap.fencing_now.get(host) or rnd.started.get(host)
+    verdict = judge(host, guest.volumes, record, rnd.snap.now, rnd.fencing,
+                    host in rnd.snap.power_agents, rnd.snap.storage_fencer, running)
+    if isinstance(verdict, Fenced):
+        return actions, verdict.how
+    if isinstance(verdict, RunFence):
+        rnd.started[host] = verdict.method
+        return [*actions, Blocked(guest.uuid, guest.name, f"fencing {host} by {verdict.method}"),
+                FenceHost(guest.uuid, guest.name, host, verdict.method, verdict.volumes)], None
+    return [*actions, Blocked(guest.uuid, guest.name, verdict.reason)], None
 
 
 def _decide_pinned(guest: GuestView, rnd: _Round) -> list[Action]:
@@ -292,10 +382,13 @@ def _decide_pinned(guest: GuestView, rnd: _Round) -> list[Action]:
     if foreign:
         return [Blocked(guest.uuid, guest.name,
                         f"pinned: fence {foreign[0]} is not held by dead host {host}")]
-    action = _restart(guest, rnd, f"host {host} confirmed dead")
+    first, fence = _fence_first(guest, host, rnd)
+    if fence is None:
+        return first
+    action = _restart(guest, rnd, f"host {host} confirmed dead", fence=fence)
     if not isinstance(action, Restart) or plan.empty:
-        return [action]
-    return [ReleaseFences(guest.uuid, guest.name, host, plan), action]
+        return [*first, action]
+    return [*first, ReleaseFences(guest.uuid, guest.name, host, plan), action]
 
 
 def _restart_in_place(guest: GuestView, rnd: _Round) -> list[Action]:
@@ -324,7 +417,8 @@ def _retry_wait(attempts: list[Attempt], limits: RestartLimits) -> tuple[int, fl
     return failures, min(limits.retry_max, limits.retry_after * 2 ** (failures - 1))
 
 
-def _restart(guest: GuestView, rnd: _Round, why: str, on_host: str | None = None) -> Action:
+def _restart(guest: GuestView, rnd: _Round, why: str, on_host: str | None = None,
+             fence: str = "") -> Action:
     """Restart ``guest`` where placement says (only ``on_host`` if given: placement still
     judges it, so a draining or full host leaves the guest Blocked), within the limits."""
     limits, now = rnd.limits, rnd.snap.now
@@ -354,4 +448,4 @@ def _restart(guest: GuestView, rnd: _Round, why: str, on_host: str | None = None
         return MarkError(guest.uuid, guest.name,
                          f"relocation limit: {moves} relocations within {window}")
     rnd.take(host, needs)
-    return Restart(guest.uuid, guest.name, host, guest.host, relocated, why)
+    return Restart(guest.uuid, guest.name, host, guest.host, relocated, why, fence)

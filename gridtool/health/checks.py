@@ -248,6 +248,12 @@ def _check_ha_unprotected(snap: Snapshot, view: _View,
             yield Finding("HOST_HA_UNPROTECTED", Status.WARNING, "host", name, msg)
 
 
+def _check_fence_failed(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    for failure in snap.fence_failures:
+        msg = f"{failure.message}; its HA guests stay down until a fence succeeds"
+        yield Finding("HOST_FENCE_FAILED", Status.CRITICAL, "host", failure.host, msg)
+
+
 def _check_intents(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
     for intent in snap.intents:
         subject = f"{intent.host}/{intent.id}"
@@ -293,6 +299,7 @@ CHECKS: tuple[Check, ...] = (
     _check_fence_missing,
     _check_fence_orphan,
     _check_ha_unprotected,
+    _check_fence_failed,
     _check_intents,
     _check_pools,
     _check_manager,

@@ -6,10 +6,11 @@ import json
 import time
 
 from gridtool.fencing.rules import FenceKind, Observed, Unreadable
-from gridtool.fencing.shell import read_all_fences
+from gridtool.fencing.shell import read_all_fences, read_host_fences
 from gridtool.health.snapshot import (
     CorruptRecord,
     EndpointStatus,
+    FenceFailure,
     FenceObs,
     GuestObs,
     HostObs,
@@ -19,6 +20,7 @@ from gridtool.health.snapshot import (
     Snapshot,
 )
 from gridtool.pools.rules import PoolSpec, PoolStatus, target_size
+from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError
@@ -34,10 +36,11 @@ def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
     listing = registry.listing()
     now = time.time()
     live = {h.name for h in listing.hosts}
+    powered = frozenset(fenceagents.read_all(store, keys))
     hosts = [HostObs(h.name, h.reported_at, h.agent_version,
                      host_clock=h.reported_at if h.reported_at > now else None,
                      checker_clock=now if h.reported_at > now else None,
-                     protected=h.protected)
+                     protected=fenceagents.with_fencing(h, powered).protected)
              for h in listing.hosts]
     # A host that left guest records behind but holds no lease is a lost host.
     hosts += [HostObs(name, None, lease=False)
@@ -61,6 +64,9 @@ def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
     leader = store.get(keys.manager_leader)
     running = {g.uuid for g in listing.guests if g.state == "running" and g.host in live}
     pools = _pools(store, keys, running, corrupt)
+    host_fences, undecodable = read_host_fences(store, keys)
+    corrupt += [CorruptRecord(e.key, e.reason) for e in undecodable]
+    failures = [FenceFailure(r.host, r.failed) for r in host_fences.values() if r.failed]
     return Snapshot(
         now=now, endpoints=endpoints, member_count=member_count, hosts=tuple(hosts),
         guests=tuple(GuestObs(g.uuid, g.name, g.host, g.state, g.fenced, g.volumes)
@@ -69,7 +75,7 @@ def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
                       if g.state == "running" and g.host in live),
         fences=tuple(fences), intents=tuple(intents),
         manager_leader=_leader_name(leader.value) if leader else None,
-        corrupt=tuple(corrupt), pools=tuple(pools))
+        corrupt=tuple(corrupt), pools=tuple(pools), fence_failures=tuple(failures))
 
 
 def _pools(store: Store, keys: Keys, running: set[str],

@@ -146,9 +146,27 @@ class FleetCollector(Collector):
         yield _gauge("gridtool_registry_corrupt_records", "Records that do not decode",
                      len(listing.errors))
         yield _gauge("gridtool_manager_leader", "1 if a manager leads", int(leader is not None))
+        yield self._host_fences()
         yield from _pool_families(self.store, self.keys)
         for histogram in self.histograms:
             yield histogram.family()
+
+
+    def _host_fences(self) -> GaugeMetricFamily:
+        """Lost hosts by the state of the manager's fence (power, storage, waiting, failed)."""
+        from gridtool.fencing.shell import read_host_fences
+
+        family = GaugeMetricFamily("gridtool_lost_hosts", "Lost hosts by the state of the "
+                                   "manager's fence (failed: their HA guests stay down)",
+                                   labels=["fence"])
+        try:
+            records = read_host_fences(self.store, self.keys)[0]
+        except GridtoolError:
+            records = {}
+        states = Counter(r.state for r in records.values())
+        for state in ("failed", "power", "storage", "waiting"):
+            family.add_metric([state], states[state])
+        return family
 
 
 def _pool_families(store: Store, keys: Keys) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

@@ -24,6 +24,8 @@ CODES: Mapping[str, str] = {
     "FENCE_ORPHAN": "a fence is held for a guest that is not running",
     "HOST_HA_UNPROTECTED": "a live host runs HA guests with no working watchdog and no way "
                            "to fence it: a hung agent there lets them run twice",
+    "HOST_FENCE_FAILED": "the manager's fence of a lost host failed or hung (power agent, "
+                         "storage preempt): its HA guests stay down (always CRITICAL)",
     "INTENT_STALE": "a pending intent is older than the intent_age thresholds",
     "INTENT_FAILED": "an intent failed and is still recorded",
     "POOL_UNDERSIZE": "a worker pool runs fewer members than desired",

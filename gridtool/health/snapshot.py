@@ -93,6 +93,14 @@ class CorruptRecord:
 
 
 @dataclass(frozen=True)
+class FenceFailure:
+    """The manager's last fence of lost ``host`` failed (``manager/fenced/<host>``)."""
+
+    host: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the shell collected, at checker time ``now`` (epoch seconds).
 
@@ -112,3 +120,4 @@ class Snapshot:
     manager_leader: str | None = None
     manager_since: float | None = None
     corrupt: tuple[CorruptRecord, ...] = ()
+    fence_failures: tuple[FenceFailure, ...] = ()

@@ -39,12 +39,15 @@ def is_up(directory: Path) -> bool:
 
 def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
        ttl: int = 10, progress: Progress = _quiet, insecure: bool = False,
-       hypervisor: str = "test", storage: str = "files") -> dict[str, Any]:
+       hypervisor: str = "test", storage: str = "files",
+       power_fence: bool = True) -> dict[str, Any]:
     """Start a lab under ``directory`` and return its state (also saved as lab.json).
 
     etcd authentication is on (credentials in ``<directory>/credentials``: the CLI runs as
     the admin user, each agent as its host's user) unless ``insecure``. ``storage`` iscsi
-    also starts the lab's iSCSI target (:mod:`gridtool.lab.iscsi`)."""
+    also starts the lab's iSCSI target (:mod:`gridtool.lab.iscsi`). Every host gets the
+    lab's power fence agent (``fence_gridtool_lab``) unless not ``power_fence``: the
+    manager then takes the timed path."""
     if hosts < 1 or guests < 0 or etcd_members not in (1, 3):
         raise LabError("need --hosts >= 1, --guests >= 0 and --etcd-members 1 or 3")
     if hypervisor not in ("test", "qemu"):
@@ -60,6 +63,7 @@ def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
                              "config": str(directory / "gridtool.conf")}
     state["hypervisor"] = hypervisor  # qemu: real guests (gridtool.lab.qemu)
     state["storage"] = storage
+    state["power_fence"] = power_fence
     try:
         _up(directory, state, hosts, guests, etcd_members, ttl, progress, insecure)
     except BaseException:
@@ -96,6 +100,9 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
         progress(f"starting libvirtd for {host.name}")
         host.start_libvirtd()
         state["hosts"].append(host.to_dict())
+    if state.get("power_fence"):
+        progress("configuring the lab fence agent")
+        _configure_fence_agents(cfg, directory, [h.name for h in lab_hosts])
     progress("defining sample guests")
     state["keeper_pid"] = (0 if state.get("hypervisor") == "qemu"  # guests boot below
                            else _seed_and_keep(directory, lab_hosts, guests, ttl))
@@ -126,6 +133,24 @@ def _start_target(directory: Path, state: dict[str, Any], names: list[str]) -> N
         proc = initiator.start(where, name, target.initiators[name],
                                [target.url(n) for n in target.lun_numbers()])
         state["initiators"].append({"host": name, "pid": proc.pid, "dir": str(where)})
+
+
+#: The lab's power fence agent (a console script of this package).
+FENCE_AGENT = "fence_gridtool_lab"
+
+
+def _configure_fence_agents(cfg: Config, directory: Path, names: list[str]) -> None:
+    """Give every lab host the lab fence agent, as an operator's ``host fence-agent set``."""
+    from gridtool.registry import fenceagents
+    from gridtool.registry.etcdstore import EtcdStore
+
+    store = EtcdStore(cfg)
+    try:
+        for name in names:
+            fenceagents.write(store, cfg.keys, name, FENCE_AGENT,
+                              {"lab_dir": str(directory), "plug": name}, by="lab")
+    finally:
+        store.close()
 
 
 def _enable_auth(cfg: Config, credentials: Path, names: list[str]) -> Config:

@@ -59,7 +59,7 @@ from gridtool.placement.rules import (
     place,
     remove_guest,
 )
-from gridtool.registry import hostconf
+from gridtool.registry import fenceagents, hostconf
 from gridtool.registry import settings as guest_settings
 from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient, who
@@ -131,7 +131,8 @@ def guest_needs(rec: GuestRecord, settings: GuestSettings | None,
 def read_fleet(store: Store, keys: Keys) -> FleetView:
     """Read hosts, guests, guest settings and host settings into a :class:`FleetView`."""
     registry = Registry(store, keys)
-    hosts, _ = registry.list_hosts()
+    powered = frozenset(fenceagents.read_all(store, keys))
+    hosts = [fenceagents.with_fencing(h, powered) for h in registry.list_hosts()[0]]
     guests, _ = registry.list_guests()
     settings = guest_settings.read_all(store, keys)
     draining = hostconf.draining_hosts(store, keys)

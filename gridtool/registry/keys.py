@@ -100,6 +100,14 @@ class Keys:
         return f"{self.hostconfs}{host}"
 
     @property
+    def fence_agents(self) -> str:
+        return f"{self.prefix}fenceagents/"
+
+    def fence_agent(self, host: str) -> str:
+        """The power fence agent of a host and its parameters (no secrets, only paths)."""
+        return f"{self.fence_agents}{host}"
+
+    @property
     def templates(self) -> str:
         return f"{self.prefix}templates/"
 
@@ -154,6 +162,14 @@ class Keys:
     @property
     def manager_status(self) -> str:
         return f"{self.manager}status"
+
+    @property
+    def host_fences(self) -> str:
+        return f"{self.manager}fenced/"
+
+    def host_fence(self, host: str) -> str:
+        """What the manager did to fence a lost host (no lease: a new leader reads it)."""
+        return f"{self.host_fences}{host}"
 
 
 def validate_name(kind: str, name: str) -> str:

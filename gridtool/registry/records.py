@@ -143,6 +143,7 @@ class ManagerStatus:
     heartbeat: float
     actions: list[str] = field(default_factory=list)
     blocked: dict[str, str] = field(default_factory=dict)
+    fences: dict[str, str] = field(default_factory=dict)  # lost host -> its fence, in words
 
 
 def encode(record: Any) -> bytes:

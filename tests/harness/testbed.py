@@ -4,6 +4,7 @@ hosts started on demand, a held connection to each, and agents as real processes
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -26,11 +27,17 @@ from tests.harness import ROOT
 
 
 class LabHosts:
-    """Start simulated hosts (libvirtd + a held connection) and their agents."""
+    """Start simulated hosts (libvirtd + a held connection) and their agents.
 
-    def __init__(self, base: Path, cfg: Config) -> None:
+    Like ``gridtool lab up``, every host gets the lab's power fence agent
+    (``fence_gridtool_lab``, on a ``lab.json`` in ``base`` kept up to date here) when its
+    agent first starts, unless ``power_fence`` is False (the manager's timed path)."""
+
+    def __init__(self, base: Path, cfg: Config, power_fence: bool = True) -> None:
         self.base = base
         self.cfg = cfg
+        self.power_fence = power_fence
+        self.fence_agents: set[str] = set()  # hosts given the lab fence agent
         self.hosts: dict[str, LabHost] = {}
         self.conns: dict[str, libvirt.virConnect] = {}
         self.agents: dict[str, subprocess.Popen] = {}
@@ -41,6 +48,7 @@ class LabHosts:
         host = LabHost(name, str(self.base / name))
         host.start_libvirtd()
         self.hosts[name] = host
+        self._save_state()
         conn = wait_until(lambda: _try_open(host.libvirt_uri), 10.0,  # the socket file
                           what=f"libvirtd of {name} accepting")  # exists before listen()
         self.conns[name] = conn
@@ -72,9 +80,34 @@ class LabHosts:
             self.watchdogs[name] = WatchdogEmulator(
                 host.watchdog, watchdog_timeout_for(cfg.ttl), host.libvirt_uri, name,
                 on_reset=self._power_loss).start()
+        if self.power_fence and name not in self.fence_agents:
+            self._set_fence_agent(name)
         proc = host.start_agent()
         self.agents[name] = proc
+        self._save_state()
         return proc
+
+    def _save_state(self) -> None:
+        """The lab state ``fence_gridtool_lab`` reads (hosts, their libvirtd and agent)."""
+        from gridtool.lab.state import state_path, write_file
+
+        self.base.mkdir(parents=True, exist_ok=True)
+        write_file(state_path(self.base), json.dumps(
+            {"v": 1, "lab_dir": str(self.base), "hosts": [h.to_dict() for h in
+                                                          self.hosts.values()]}))
+
+    def _set_fence_agent(self, name: str) -> None:
+        from gridtool.lab.lab import FENCE_AGENT
+        from gridtool.registry import fenceagents
+        from gridtool.registry.etcdstore import EtcdStore
+
+        store = EtcdStore(self.cfg)
+        try:
+            fenceagents.write(store, self.cfg.keys, name, FENCE_AGENT,
+                              {"lab_dir": str(self.base), "plug": name}, by="testbed")
+        finally:
+            store.close()
+        self.fence_agents.add(name)
 
     def _host_credentials(self, name: str, cfg: Config) -> Config:
         """With authentication on, the agent runs as its own etcd user ``host-<name>``

@@ -146,8 +146,10 @@ def test_host_show_table_tells_the_json_facts_in_human_units(populated, cfg, sto
     assert facts["state"] == doc["state"] == "up"
     assert re.fullmatch(rf"TTL {cfg.ttl} s, \d+ s left \(id {lease['id']:x}\)", facts["lease"])
     assert same_second(facts["last keepalive"], lease["last_keepalive"], slack=cfg.ttl)
-    assert doc["protected"] is rec["watchdog"] is True and rec["fencing"] == []
-    assert facts["protection"] == f"working watchdog ({rec['watchdog_timeout']:g} s timeout)"
+    # the lab fence agent too (the testbed gives every host one, as `lab up` does)
+    assert doc["protected"] is rec["watchdog"] is True and rec["fencing"] == ["power"]
+    assert facts["protection"] == (f"working watchdog ({rec['watchdog_timeout']:g} s "
+                                   "timeout); fencing: power")
     assert facts["fences held"] == "1 (1 ha)"
     assert shown["fences held"] == [[fence["volume"], fence["guest_name"], str(fence["token"]),
                                      "ha", shown["fences held"][0][4]]]

@@ -6,10 +6,13 @@ read is still there. Real etcd, real agents on libvirtd test-driver hosts."""
 from __future__ import annotations
 
 import json
+import time
 
+from gridtool.fencing.recovery import HostFence
 from gridtool.ha.manager import Manager
 from gridtool.ha.rules import ReleaseFences, decide
 from gridtool.registry.intents import IntentClient
+from gridtool.registry.records import encode
 from tests.harness.testbed import wait_until
 from tests.integration.test_fencing import (
     UUID,
@@ -50,6 +53,10 @@ def test_release_for_a_dead_host_fails_once_the_host_is_back(  # type: ignore[no
     wait_until(lambda: store.get(cfg.keys.host("hv1")) is None, timeout=cfg.ttl + 10,
                what="hv1's lease to expire")
     _mark(store, cfg, "hv1")
+    # hv1 fenced already (as recorded by a leader before this one): the release comes next
+    registration = store.get(cfg.keys.machine("hv1")).mod_revision
+    store.put(cfg.keys.host_fence("hv1"), encode(HostFence("hv1", time.time(), registration,
+                                                           power="off")))
     manager = Manager(cfg, store, "m1", period=0.2)
     manager._campaign()
     assert manager.leader_rev, "the test's manager leads"

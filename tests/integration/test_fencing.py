@@ -162,11 +162,16 @@ def wait_registered(registry, names):  # type: ignore[no-untyped-def]
 #: at load 5-6 (three CPU burners beside the test). A restart that waits for a second
 #: TTL, a manager period of seconds or an intent retry fails.
 HA_RESTART_SLACK_S = 2.0
+#: The manager fences the lost host first: the lab's fence agent (the testbed configures
+#: it for every host, as `lab up` does) runs off, then status, a Python process each:
+#: 0.3-0.45 s a run at load 3 (3.8-3.9 s power-off to restart at TTL 3), 1.1 s at load
+#: 8-10 (two restarts missed a 1 s allowance at load 10-20 with five other test runs).
+POWER_FENCE_S = 2.0
 
 
 def ha_restart_bound(ttl: float) -> float:
     """Seconds from a power-off (or an agent stop) to the HA guest running elsewhere."""
-    return ttl + 0.2 + HA_RESTART_SLACK_S
+    return ttl + 0.2 + POWER_FENCE_S + HA_RESTART_SLACK_S
 
 
 def wait_ha_restart(lab_hosts, cfg, since: float, where: list[str] | None = None,  # type: ignore[no-untyped-def]
@@ -181,7 +186,8 @@ def wait_ha_restart(lab_hosts, cfg, since: float, where: list[str] | None = None
     bound = ha_restart_bound(cfg.ttl if ttl is None else ttl)
     on = wait_until(restarted, timeout=max(0.0, since + bound - time.monotonic()),
                     what=f"the HA restart on {where or 'another host'} within TTL + 0.2 s + "
-                         f"{HA_RESTART_SLACK_S:g} s slack = {bound:.1f} s")
+                         f"{POWER_FENCE_S:g} s fence + {HA_RESTART_SLACK_S:g} s slack = "
+                         f"{bound:.1f} s")
     print(f"HA restart {time.monotonic() - since:.2f} s after the fault (bound {bound:.1f} s)")
     return on  # type: ignore[return-value]
 
@@ -432,9 +438,9 @@ def test_the_fence_hook_fails_closed_saying_why_while_etcd_is_unreachable(  # ty
 
 @contextlib.contextmanager
 def ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, name="db", uuid=UUID,  # type: ignore[no-untyped-def]
-                                 storage=None, per_host=None, **agent_settings):
+                                 storage=None, per_host=None, manager=None, **agent_settings):
     """The shared guest running on hv1 as an HA guest, hv2 (or every host of ``storage``,
-    host -> storage ids it reaches) ready, a manager running."""
+    host -> storage ids it reaches) ready, a manager running (``manager``: its settings)."""
     names = sorted(storage or ("hv1", "hv2"))
     hosts_with_guest(lab_hosts, names, shared_xml(name, uuid), storage, per_host,
                      **agent_settings)
@@ -442,7 +448,7 @@ def ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, name="db", uui
     store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, name, ha=True)))
     client = IntentClient(store, cfg.keys)
     assert client.wait(client.submit("hv1", "start", uuid, name), 30).state == "done"
-    with running_manager(cfg, store):
+    with running_manager(cfg, store, **(manager or {})):
         yield
 
 
@@ -894,3 +900,138 @@ def test_intruder_resumed_while_its_agent_was_down_is_destroyed_per_policy(  # t
     assert _state(lab_hosts, "hv2") == libvirt.VIR_DOMAIN_SHUTOFF
     log = lab_hosts.agent_log("hv2")
     assert "event=fence_adopt" not in log and "event=intruder_resumed host=hv2" in log
+
+
+# --------------------------------------------------------------------------- power fencing
+
+
+def host_fence(store, cfg, host):  # type: ignore[no-untyped-def]
+    """The manager's record of its fence of lost ``host`` (None when there is none)."""
+    from gridtool.fencing.recovery import HostFence
+
+    item = store.get(cfg.keys.host_fence(host))
+    return decode(HostFence, item.key, item.value) if item else None
+
+
+def manager_status(store, cfg):  # type: ignore[no-untyped-def]
+    from gridtool.registry.records import ManagerStatus
+
+    item = store.get(cfg.keys.manager_status)
+    return decode(ManagerStatus, item.key, item.value) if item else None
+
+
+def test_a_dead_agent_without_watchdog_is_power_fenced_before_the_ha_restart(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry):
+    """hv1's agent dies (SIGKILL) and hv1 has no watchdog: its HA guest runs on and nothing
+    on hv1 will stop it. The manager runs hv1's fence agent (the lab's fence_gridtool_lab,
+    as `lab up` configures it): off destroys the guest, status confirms; only then is it
+    restarted on hv2, and the record and the manager's status say which fence it relied on.
+    (Without the fence this is a double run after the timed grace: the simulator's
+    negative-hang-without-watchdog.)"""
+    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry,
+                                      per_host={"hv1": {"watchdog": False}}), \
+            DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+        killed = time.monotonic()
+        lab_hosts.stop_agent("hv1", kill=True)
+        assert running_on(lab_hosts) == ["hv1"]  # the guest outlives its agent
+        wait_ha_restart(lab_hosts, cfg, killed, ["hv2"])
+        wait_until(lambda: any("fenced by power" in a for a in manager_status(store, cfg).actions),
+                   what="the restart noted with its fence")
+    checker.assert_safe()
+    record = host_fence(store, cfg, "hv1")
+    assert record is not None and record.power == "off", record
+    assert record.power_message.startswith("power off confirmed by status"), record
+    assert record.gone_since <= record.power_at
+    assert fence_holder(store, cfg) == "hv2"
+
+
+FAILING_AGENT = "#!/bin/sh\ncat >/dev/null\necho 'ipmi: connection refused' >&2\nexit 1\n"
+HANGING_AGENT = "#!/bin/sh\necho $$ > \"$0.pid\"\nexec sleep 600\n"
+
+
+@pytest.mark.parametrize("script", [FAILING_AGENT, HANGING_AGENT], ids=["fails", "hangs"])
+def test_a_failing_or_hanging_fence_agent_means_no_restart_and_check_critical(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry, capsys, tmp_path, script):
+    """hv1's fence agent fails (exit 1) or hangs (killed after the 1 s timeout): the
+    manager does not recover hv1's HA guest, records the failure, and `gridtool check`
+    says CRITICAL HOST_FENCE_FAILED."""
+    import os
+
+    from gridtool.fencing.power import PowerPolicy
+    from gridtool.registry import fenceagents
+    from tests.harness.testbed import run_cli
+
+    agent = tmp_path / "fence_broken"
+    agent.write_text(script)
+    agent.chmod(0o755)
+    policy = PowerPolicy(timeout=1.0, power_wait=2.0, poll=0.2)
+    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry,
+                                      manager={"power_policy": policy}):
+        fenceagents.write(store, cfg.keys, "hv1", str(agent), {"ip": "10.0.0.11"})
+        lab_hosts.stop_agent("hv1", kill=True)  # power off: agent gone, then its guests
+        lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
+        wait_until(lambda: getattr(host_fence(store, cfg, "hv1"), "power", "") == "failed",
+                   timeout=lease_expiry_bound(cfg.ttl) + policy.timeout + 3,
+                   what="the failed fence recorded")
+        hold_for(2.0, lambda: running_on(lab_hosts) == [], "no restart after a failed fence")
+        code, out, _ = run_cli(cfg, capsys, "check")
+        status = manager_status(store, cfg)
+    record = host_fence(store, cfg, "hv1")
+    assert code == 2 and "HOST_FENCE_FAILED" in out, out
+    assert status is not None and status.fences["hv1"].startswith("FAILED"), status
+    if script is FAILING_AGENT:
+        assert "exit 1" in record.power_message and "connection refused" in record.power_message
+    else:
+        assert "hung on off" in record.power_message, record
+        pid = int(Path(f"{agent}.pid").read_text())
+        with pytest.raises(ProcessLookupError):  # killed with its process group
+            os.kill(pid, 0)
+
+
+def test_timed_path_without_a_fence_agent_waits_ttl_plus_margin(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry):
+    """No fence agent (`lab up --no-power-fence`) and no storage fencing: the manager
+    restarts the HA guest of a powered-off host only TTL + 2 s after it saw the lease gone."""
+    from gridtool.fencing.recovery import TIMED_MARGIN
+
+    lab_hosts.power_fence = False
+    grace = cfg.ttl + TIMED_MARGIN
+    with ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry), \
+            DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+        powered_off = time.monotonic()
+        lab_hosts.stop_agent("hv1", kill=True)
+        lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
+        wait_until(lambda: running_on(lab_hosts) == ["hv2"],
+                   timeout=ha_restart_bound(cfg.ttl) + grace, what="the timed restart")
+        running_at = time.time()
+        print(f"timed path: running elsewhere {time.monotonic() - powered_off:.2f} s after "
+              "the power-off")
+    checker.assert_safe()
+    record = host_fence(store, cfg, "hv1")
+    assert record is not None and record.power == "" and not record.storage, record
+    assert running_at >= record.gone_since + grace, (running_at, record.gone_since)
+
+
+def test_the_runner_speaks_the_standard_fence_agent_protocol(tmp_path):  # type: ignore[no-untyped-def]
+    """Debian's fence-agents (the library fence_ipmilan and the others are built on):
+    fence_dummy with a status file is powered off through the same runner the manager
+    uses (off, then status until off), and `host fence-agent test`'s check says on/off."""
+    from gridtool.fencing import agentrun
+    from gridtool.fencing.power import PowerPolicy
+    from gridtool.registry.fenceagents import FenceAgentConf
+
+    if not Path("/usr/sbin/fence_dummy").exists():
+        pytest.fail("fence_dummy is not installed: run scripts/setup (fence-agents)")
+    status = tmp_path / "dummy.status"
+    status.write_text("on")  # fence_dummy compares the file's whole text
+    conf = FenceAgentConf("hv1", "fence_dummy", {"type": "file", "status_file": str(status)})
+    policy = PowerPolicy(timeout=20.0, power_wait=20.0, poll=0.2)
+    assert agentrun.check(conf, policy).message == "monitor ok; power on"
+    outcome = agentrun.power_off(conf, policy)
+    assert outcome.ok and outcome.message.startswith("power off confirmed by status"), outcome
+    assert status.read_text() == "off"
+    assert agentrun.check(conf, policy).message == "monitor ok; power off"
+    # type=fail never reaches off: the agent waits longer than the 2 s timeout and is killed
+    failing = FenceAgentConf("hv1", "fence_dummy", {"type": "fail"})
+    refused = agentrun.power_off(failing, PowerPolicy(timeout=2.0, power_wait=3.0))
+    assert not refused.ok and "on off" in refused.message, refused

@@ -111,8 +111,9 @@ def test_a_watchdog_error_does_not_kill_the_guard(  # type: ignore[no-untyped-de
 
 def test_the_manager_restarts_an_ha_guest_only_on_a_protected_host(  # type: ignore[no-untyped-def]
         lab_hosts, store, cfg, registry):
-    """hv2's agent pets no watchdog: when hv1 dies, its HA guest waits (with the reason)
-    until hv2 has a watchdog, then comes back there."""
+    """hv2's agent pets no watchdog and hv2 has no fence agent: when hv1 dies, its HA
+    guest waits (with the reason) until hv2 has a watchdog, then comes back there."""
+    lab_hosts.power_fence = False  # no host can be fenced: hv1's loss takes the timed path
     for name in ("hv1", "hv2"):
         lab_hosts.add(name)
         lab_hosts.conn(name).defineXML(shared_xml())

@@ -62,6 +62,7 @@ from gridtool.clock import Clock
 from gridtool.clone import templates
 from gridtool.config import Config
 from gridtool.errors import RegistryUnavailable
+from gridtool.fencing.power import Outcome
 from gridtool.fencing.rules import (
     Act,
     IntruderPolicy,
@@ -73,7 +74,7 @@ from gridtool.fencing.rules import (
 from gridtool.ha.manager import Manager
 from gridtool.ha.rules import GuestKind, RestartLimits
 from gridtool.pools import shell as pools
-from gridtool.registry import hostconf, settings
+from gridtool.registry import fenceagents, hostconf, settings
 from gridtool.registry.fleet import Registry
 from gridtool.registry.memstore import MemStore
 from gridtool.registry.model import Disk, GuestRecord, HostRecord
@@ -111,6 +112,8 @@ class SimConfig:
     limits: RestartLimits = field(default_factory=RestartLimits)
     policy: IntruderPolicy = IntruderPolicy.PAUSE
     destroy_fails: int = 0  # the self-fence's destroys fail this often (a fault point)
+    #: every host has a (simulated) power fence agent; false: the manager's timed path
+    power_fence: bool = True
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SimConfig:
@@ -334,6 +337,9 @@ class Simulator:
         for raw in initial["hosts"]:
             if raw.get("draining"):
                 hostconf.set_draining(self.store, self.keys, raw["name"], True, by="sim")
+            if self.cfg.power_fence:
+                fenceagents.write(self.store, self.keys, raw["name"], "fence_sim",
+                                  {"plug": raw["name"]}, by="sim")
         for spec in self.specs.values():
             if spec.fenced:  # settings, and the definition agents keep for a takeover
                 self.store.put(self.keys.guest_settings(spec.uuid), encode(GuestSettings(
@@ -373,7 +379,8 @@ class Simulator:
         self._start_agent(host)
         host.manager = Manager(self.conf, self._link(host), host.name,  # type: ignore[arg-type]
                                period=self.cfg.manager_interval, limits=self.cfg.limits,
-                               clock=self.sim_clock, threaded=False)
+                               clock=self.sim_clock, threaded=False,
+                               power_fence=self._fence_agent)
         # an intent the pool keeper waits for is done inside its put, or never (no other
         # agent runs during the wait): do not wait the real-time default for it
         host.manager.pools.action_timeout = POOL_ACTION_TIMEOUT
@@ -659,6 +666,14 @@ class Simulator:
         elif verdict.act is Act.DESTROY:
             host.virt.destroy(spec.uuid)
 
+    def _fence_agent(self, name: str) -> Outcome:
+        """The simulated fence agent: ``off`` pulls the plug (as ``power-off`` does), then
+        ``status`` says off."""
+        host = self._host(name)
+        if host.powered:
+            self._power_off(host, "hw", f"{name} powered off by its fence agent")
+        return Outcome(True, "power off confirmed")
+
     def _power_off(self, host: Host, source: str, why: str) -> None:
         gone = sorted(host.virt.power_off(), key=lambda u: self.specs[u].name)
         killed = f"; killed {self._names(gone)}" if gone else ""
@@ -864,6 +879,9 @@ class _ManagerEvents(logging.Handler):
             "manager_lost_leadership": lambda: (here, "lost the leadership"),
             "manager_step_down": lambda: (here, f"stepped down: {args[1]}"),
             "ha_restart": lambda: (here, f"restart {args[0]} on {args[1]} ({args[3]})"),
+            "host_fenced": lambda: (here, f"fenced {args[0]} by {args[1]}: {args[4]}"
+                                          if args[2] else f"fence of {args[0]} by {args[1]} "
+                                                          f"FAILED: {args[4]}"),
             "ha_blocked": lambda: (here, f"leave {args[0]}: {args[1]}"),
             "ha_error": lambda: (here, f"{args[0]} marked error: {args[1]}"),
             "pool_clone": lambda: (here, f"pool {args[0]}: cloned {args[2]} of {args[1]} "

@@ -86,13 +86,15 @@ def test_failover_judges_the_worst_round_not_the_mean() -> None:
     failover = bench("failover")
     good = [_failover_round(s) for s in (8.0, 9.2, 7.5)]
     assert failover.judge({"power_off": good, "partition": good}, 3).ok
-    # mean 7.7 s passes "<= 10 s"; the round at 11 s does not
-    slow = [_failover_round(s) for s in (6.0, 6.0, 11.0)]
+    # mean 8.7 s passes "<= 13 s" (TTL 10 + the fence step); the round at 14 s does not
+    slow = [_failover_round(s) for s in (6.0, 6.0, 14.0)]
     judged = failover.judge({"power_off": slow, "partition": good}, 3)
     assert [c.name for c in judged.failed] == ["power-off -> running elsewhere, worst round"]
     overlap = [*good[:2], _failover_round(8.0, overlaps=1)]
     assert not failover.judge({"power_off": good, "partition": overlap}, 3).ok
     assert not failover.judge({"power_off": good[:2], "partition": good}, 3).ok
+    # the timed path's own bound: 2 TTL + 2 s grace margin + 3 s
+    assert failover.target_s(10, "timed") == 25.0 and failover.target_s(10, "power") == 13.0
 
 
 def test_registry_scale_checks_how_many_records_came_back() -> None:

@@ -8,18 +8,21 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
 
 from gridtool.config import Config
+from gridtool.fencing.power import Outcome
+from gridtool.fencing.recovery import HostFence, StorageResult
 from gridtool.fencing.rules import Fence, FenceKind
 from gridtool.ha.manager import _HANDLERS, Manager
 from gridtool.ha.rules import Action, Blocked, Restart, Snapshot, decide
+from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
 from gridtool.registry.memstore import MemStore
 from gridtool.registry.model import Disk, GuestRecord, HostRecord
-from gridtool.registry.records import GuestSettings, Intent, encode
+from gridtool.registry.records import GuestSettings, Intent, ManagerStatus, decode, encode
 from gridtool.registry.store import Item
 
 EMPTY = Snapshot(now=0.0, hosts=(), guests=())
@@ -71,7 +74,7 @@ class _FinishingStore(MemStore):
         return super().list(prefix)
 
 
-READS = 8  # more range reads than one snapshot makes
+READS = 12  # more range reads than one snapshot makes
 
 
 @pytest.mark.parametrize("after", range(READS + 1))
@@ -103,3 +106,110 @@ def test_a_restart_finishing_during_the_snapshot_is_not_ordered_again(after: int
     snap, _ = manager.snapshot()
     assert store.reads < READS
     assert [a for a in decide(snap, manager.limits) if isinstance(a, Restart)] == []
+
+
+# --------------------------------------------------------------------------- fencing
+
+
+class _Storage:
+    """A StorageFencer port implementation for the test: answers ``result`` or raises."""
+
+    def __init__(self, result: Any) -> None:
+        self.result, self.calls = result, []  # type: list[tuple[str, tuple[str, ...]]]
+
+    def preempt(self, host: str, volumes: Any) -> Any:
+        self.calls.append((host, tuple(volumes)))
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+def _lost_hv1(store: MemStore) -> None:
+    """hv2 alive; hv1 gone (no host record), its HA guest ``web`` left on its records."""
+    keys = Config().keys
+    uuid = "66666666-7777-8888-9999-000000000000"
+    disk = Disk("vda", "/dev/etherd/e9.2", "block", shared=True, volume="aoe-e9.2")
+    registry = Registry(store, keys)
+    registry.put_host(HostRecord("hv2", "test:///", "test", 4, 4096, 4096, "0", 0.0,
+                                 watchdog=True), None)
+    registry.put_guest(GuestRecord(uuid, "web", "hv1", "running", 1, 128, 0.0, (disk,)))
+    store.put(keys.guest_settings(uuid), encode(GuestSettings(uuid, "web", ha=True)))
+    fenceagents.write(store, keys, "hv1", "fence_ipmilan", {"ip": "10.0.0.11"})
+
+
+def _intents(store: MemStore) -> list[Intent]:
+    keys = Config().keys
+    return [decode(Intent, i.key, i.value) for i in store.list(keys.all_intents)[0]]
+
+
+def _record(store: MemStore, host: str = "hv1") -> HostFence:
+    item = store.get(Config().keys.host_fence(host))
+    assert item is not None
+    return decode(HostFence, item.key, item.value)
+
+
+def test_the_power_fence_runs_once_is_recorded_and_the_restart_names_it() -> None:
+    store = MemStore(lambda: 0.0)
+    _lost_hv1(store)
+    calls: list[str] = []
+
+    def power(host: str) -> Outcome:
+        calls.append(host)
+        return Outcome(True, "power off confirmed by status after 0.4 s")
+
+    first = Manager(Config(), store, "m1", threaded=False, power_fence=power)
+    first.step()
+    assert calls == ["hv1"]
+    assert _record(store).power == "off"
+    (intent,) = _intents(store)
+    assert (intent.host, intent.params["fence"]) == (
+        "hv2", "power: power off confirmed by status after 0.4 s")
+    # a new leader: the fence is recorded, so it is not run again
+    first._resign()
+    second = Manager(Config(), store, "m2", threaded=False, power_fence=power)
+    second.step()
+    assert second.leader_rev and calls == ["hv1"]
+
+
+def test_a_failed_power_fence_is_recorded_and_nothing_is_restarted() -> None:
+    store = MemStore(lambda: 0.0)
+    _lost_hv1(store)
+    manager = Manager(Config(), store, "m1", threaded=False,
+                      power_fence=lambda host: Outcome(False, "fence agent off failed (exit 1)"))
+    manager.step()
+    record = _record(store)
+    assert (record.power, record.failed) == (
+        "failed", "power fence of hv1 failed: fence agent off failed (exit 1)")
+    assert _intents(store) == []
+    status = decode(ManagerStatus, "k", store.get(Config().keys.manager_status).value)  # type: ignore[union-attr]
+    assert status.fences == {"hv1": f"FAILED: {record.failed}"}
+    assert status.blocked == {"web": record.failed}
+
+
+@pytest.mark.parametrize(("result", "restarted", "state"), [
+    (StorageResult(preempted=("aoe-e9.2",)), True, "preempted"),
+    (StorageResult(refused={"aoe-e9.2": "RESERVATION CONFLICT"}), False, "refused"),
+    (RuntimeError("target unreachable"), False, "refused"),
+], ids=["preempted", "refused", "port-raises"])
+def test_the_storage_fence_port(result: Any, restarted: bool, state: str) -> None:
+    """Preempted on every LUN: recovered without power; refused, or a port that raises:
+    never counted as fenced (and the power agent is not tried instead)."""
+    store = MemStore(lambda: 0.0)
+    _lost_hv1(store)
+    storage = _Storage(result)
+    power: list[str] = []
+    manager = Manager(Config(), store, "m1", threaded=False, storage_fencer=storage,
+                      power_fence=lambda h: power.append(h) or Outcome(True, "off"))
+    manager.step()
+    assert storage.calls == [("hv1", ("aoe-e9.2",))] and power == []
+    assert _record(store).storage == {"aoe-e9.2": state}
+    assert bool(_intents(store)) == restarted
+
+
+def test_without_a_storage_fencer_wired_there_is_no_storage_fencing() -> None:
+    store = MemStore(lambda: 0.0)
+    _lost_hv1(store)
+    manager = Manager(Config(), store, "m1", threaded=False,
+                      power_fence=lambda h: Outcome(True, "off"))
+    snap, _ = manager.snapshot()
+    assert not snap.storage_fencer and snap.power_agents == {"hv1"}

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gridtool.fencing.recovery import HostFence
 from gridtool.fencing.rules import Fence, FenceKind, Observation, Observed, Unreadable
 from gridtool.ha.rules import (
     Action,
@@ -54,13 +55,26 @@ def held_by(holder: str, g: GuestView, volume: str | None = None, rev: int = 3) 
 HOSTS = (live("h1", 4096), live("h2", 8192), live("h3", 2048))
 
 
-def snap(*guests: GuestView, hosts: Sequence[HostView] = HOSTS, **kw: object) -> Snapshot:
+#: A lost host that its fence agent powered off (the fence most tests take as given).
+POWERED = "power: off confirmed"
+
+
+def powered_off(*guests: GuestView, hosts: Sequence[HostView] = HOSTS) -> dict[str, HostFence]:
+    """A power fence recorded for each lost host of ``guests``."""
+    live_names = {h.name for h in hosts}
+    return {g.host: HostFence(g.host, 0.0, power="off", power_message="off confirmed")
+            for g in guests if g.host and g.host not in live_names}
+
+
+def snap(*guests: GuestView, hosts: Sequence[HostView] = HOSTS, **kw: Any) -> Snapshot:
+    """A snapshot at t=10000; lost hosts are power-fenced unless ``host_fences`` is given."""
+    kw.setdefault("host_fences", powered_off(*guests, hosts=hosts))
     return Snapshot(now=kw.pop("now", 10_000), hosts=tuple(hosts), guests=guests, **kw)
 
 
 def test_ha_guest_of_a_gone_host_restarts_on_the_host_with_most_free_memory() -> None:
     assert decide(snap(guest())) == (
-        Restart("u-vm1", "vm1", "h2", "h9", True, "host h9 gone"),)
+        Restart("u-vm1", "vm1", "h2", "h9", True, "host h9 gone", POWERED),)
 
 
 def test_an_ha_guest_is_never_restarted_on_an_unprotected_host() -> None:
@@ -68,7 +82,8 @@ def test_an_ha_guest_is_never_restarted_on_an_unprotected_host() -> None:
     leave the guest running while it runs elsewhere; pinned guests may go there."""
     unprotected = tuple(replace(h, protected=h.name == "h3") for h in HOSTS)
     assert decide(snap(guest(), hosts=unprotected)) == (
-        Restart("u-vm1", "vm1", "h3", "h9", True, "host h9 gone"),)  # the only protected one
+        Restart("u-vm1", "vm1", "h3", "h9", True, "host h9 gone",
+                POWERED),)  # the only protected one
     (action,) = decide(snap(guest(vcpus=1), hosts=unprotected[:2]))
     assert action == Blocked("u-vm1", "vm1", "no host passes the filters (unprotected on 2)")
     pinned = guest(kind=PINNED)
@@ -156,7 +171,8 @@ def test_pinned_guest_of_a_confirmed_dead_host_is_released_then_restarted() -> N
     release, restart = decide(snap(g, fences=fences, confirmed_dead={"h9"}))
     assert isinstance(release, ReleaseFences) and release.host == "h9"
     assert [(s.volume, s.mod_revision) for s in release.plan.steps] == [("vol1", 5), ("vol2", 6)]
-    assert restart == Restart("u-vm1", "vm1", "h2", "h9", True, "host h9 confirmed dead")
+    assert restart == Restart("u-vm1", "vm1", "h2", "h9", True, "host h9 confirmed dead",
+                               POWERED)
     assert decide(snap(g, confirmed_dead={"h9"}))[0] == restart  # fences already gone
 
 

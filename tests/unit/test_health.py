@@ -38,6 +38,7 @@ from gridtool.health.report import CODES, IGNORABLE_CODES, Finding, Perf, Report
 from gridtool.health.snapshot import (
     CorruptRecord,
     EndpointStatus,
+    FenceFailure,
     FenceObs,
     GuestObs,
     HostObs,
@@ -543,6 +544,15 @@ CODE_CASES: list[tuple[str, Mutation, str, Status, str, str]] = [
         Status.WARNING,
         "h1",
         "host h1 runs HA 1 guest (web1) with no working watchdog and no fencing",
+    ),
+    (
+        "fence-of-a-lost-host-failed",
+        lambda s: replace(s, fence_failures=(FenceFailure(
+            "h9", "power fence of h9 failed: fence agent hung on off: killed after 20.0 s"),)),
+        "HOST_FENCE_FAILED",
+        Status.CRITICAL,
+        "h9",
+        "power fence of h9 failed: fence agent hung on off",
     ),
 ]
 

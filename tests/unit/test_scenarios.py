@@ -115,7 +115,7 @@ def test_a_scenario_runs_a_pinned_guest_twice_when_the_manager_skips_confirm_dea
     case = SCENARIOS / "pinned-partition-confirm-dead"
     with pytest.raises(AssertionError, match="log differs"):
         test_scenario(case)
-    assert _run(case)[1] == "t=36: guest vm2 in use on h2 and h3"
+    assert _run(case)[1] == "t=56: guest vm2 in use on h2 and h3"  # after the timed grace
 
 
 def _start_without_fence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,7 +170,7 @@ def _self_fence_forgets_on_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     (_start_without_fence, "operator-start-fence-held", "t=6: guest vm1 in use on h1 and h2"),
     (_acquire_blind, "operator-start-fence-held", "t=6: guest vm1 in use on h1 and h2"),
     (_self_fence_forgets_on_failure, "libvirtd-down-self-fence-watchdog",
-     "t=36: guest vm1 in use on h1 and h3"),
+     "t=56: guest vm1 in use on h1 and h3"),
 ], ids=["start-skips-fence", "acquire-skips-create-compare", "self-fence-forgets-failures"])
 def test_a_scenario_turns_red_when_the_agent_side_of_the_fence_is_patched_out(
         monkeypatch: pytest.MonkeyPatch, patch: Callable[[pytest.MonkeyPatch], None],

@@ -210,10 +210,13 @@ def set_guest(app: AppContext, name: str, ha: str | None, anti_affinity: str | N
 
 
 def _refuse_unprotected(app: AppContext, records: list[GuestRecord]) -> None:
-    """Conflict when the guest is active on a live host that is not protected."""
+    """Conflict when the guest is active on a live host that is not protected (no working
+    watchdog, no fence agent)."""
     from gridtool.placement.rules import unprotected_reason
+    from gridtool.registry import fenceagents
 
-    hosts = {h.name: h for h in app.registry.list_hosts()[0]}
+    powered = frozenset(fenceagents.read_all(app.store, app.config.keys))
+    hosts = {h.name: fenceagents.with_fencing(h, powered) for h in app.registry.list_hosts()[0]}
     for rec in records:
         host = hosts.get(rec.host)
         if rec.state in ACTIVE_STATES and host is not None and not host.protected:

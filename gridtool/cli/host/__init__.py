@@ -10,6 +10,7 @@ from gridtool.cli.host.admin import add_host, remove_host
 from gridtool.cli.host.credentials import credentials
 from gridtool.cli.host.dead import confirm_dead
 from gridtool.cli.host.drain import drain_host, undrain_host
+from gridtool.cli.host.fenceagent import fence_agent
 from gridtool.cli.host.show import list_hosts, show_host
 
 
@@ -24,5 +25,5 @@ def host() -> None:
 
 
 for _command in (list_hosts, show_host, confirm_dead, drain_host, undrain_host, add_host,
-                 remove_host, credentials):
+                 remove_host, credentials, fence_agent):
     host.add_command(_command)

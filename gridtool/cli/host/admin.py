@@ -290,6 +290,7 @@ def _forget(app: AppContext, name: str) -> None:
     for prefix in (keys.host_guests(name), keys.intents(name), f"{keys.violations}{name}/"):
         app.store.delete_prefix(prefix)
     for key in (keys.host(name), keys.dead_host(name), keys.hostconf(name),
+                keys.fence_agent(name), keys.host_fence(name),
                 keys.machine(name)):  # the name no longer belongs to any machine
         app.store.delete(key)
 

@@ -103,7 +103,7 @@ def _gather(app: AppContext, name: str) -> tuple[HostData, list[DecodeError]]:
     from gridtool.cli.host.facts import HostData
     from gridtool.errors import CorruptRecord
     from gridtool.ha.rules import guest_kind
-    from gridtool.registry import hostconf, settings
+    from gridtool.registry import fenceagents, hostconf, settings
     from gridtool.registry.fleet import unknown_host
 
     keys = app.config.keys
@@ -116,6 +116,9 @@ def _gather(app: AppContext, name: str) -> tuple[HostData, list[DecodeError]]:
     if found is None and not guests and not fences:
         raise unknown_host(name)
     record, lease_id = found or (None, 0)
+    if record is not None:  # a fence agent protects it too
+        powered = {name} if fenceagents.read(app.store, keys, name) else set()
+        record = fenceagents.with_fencing(record, powered)
     ha = {u for u, s in settings.read_all(app.store, keys).items() if s.ha}
     return HostData(
         name, record, lease_id,

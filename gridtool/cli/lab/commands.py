@@ -43,15 +43,20 @@ def _dir(lab_dir: Path | None) -> Path:
               help="files: shared disks are files in the lab dir; iscsi: also a lab-owned "
                    "iSCSI target (tgtd) on loopback with file-backed LUNs, one initiator IQN "
                    "per host, for SCSI-3 persistent reservations.")
+@click.option("--power-fence/--no-power-fence", default=True, show_default=True,
+              help="Give every host the lab's power fence agent (fence_gridtool_lab); "
+                   "without it the manager recovers a lost host's HA guests on the timed "
+                   "path (TTL + 2 s after its lease went).")
 @LAB_DIR
 def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool, insecure: bool,
-       hypervisor: str, storage: str, lab_dir: Path | None) -> None:
+       hypervisor: str, storage: str, power_fence: bool, lab_dir: Path | None) -> None:
     """Start etcd, HOSTS libvirt daemons and their agents; wait until all report.
 
     \b
     Example:
       gridtool lab up --hosts 3 --guests 4 --etcd-members 3
       gridtool lab up --hosts 2 --guests 1 --hypervisor qemu --storage iscsi
+      gridtool lab up --hosts 2 --no-power-fence
     """
     from rich.console import Console
 
@@ -64,7 +69,8 @@ def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool, inse
         with console.status("starting lab") as spinner:
             state = labmod.up(directory, hosts, guests, int(etcd_members), ttl,
                               progress=lambda msg: spinner.update(msg), insecure=insecure,
-                              hypervisor=hypervisor, storage=storage)
+                              hypervisor=hypervisor, storage=storage,
+                              power_fence=power_fence)
     except (LabError, OSError) as exc:
         raise LabFailed(f"lab up failed: {exc} (logs in {directory})") from None
     summary = labmod.summary(state)
@@ -140,7 +146,8 @@ def down(lab_dir: Path | None) -> None:
 def power_off(host: str, lab_dir: Path | None) -> None:
     """Pull a lab host's plug: kill its agent and destroy its running guests.
 
-    Its lease expires after the TTL; the manager then restarts its HA guests elsewhere.
+    Its lease expires after the TTL; the manager then fences it (its fence agent, or the
+    timed grace without one) and restarts its HA guests elsewhere.
 
     \b
     Example:

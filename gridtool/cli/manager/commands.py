@@ -52,7 +52,8 @@ def run(app: AppContext, name: str, period: float, log_level: str) -> None:
 @json_option
 @pass_app
 def status(app: AppContext, as_json: bool) -> None:
-    """Who leads, since when, and what it did and waits for.
+    """Who leads, since when, what it did and waits for, and how each lost host was
+    fenced (storage, power, or the timed grace; FAILED stops its recovery).
 
     \b
     Example:
@@ -80,3 +81,4 @@ def status(app: AppContext, as_json: bool) -> None:
     click.echo(f"last round: {when(st.heartbeat, now) if st else NOTHING}")
     section("recent actions", ["ACTION"], [(a,) for a in st.actions] if st else [])
     section("waiting", ["GUEST", "REASON"], list(st.blocked.items()) if st else [])
+    section("lost hosts", ["HOST", "FENCE"], list(st.fences.items()) if st else [])

@@ -16,7 +16,9 @@ def serve(app: AppContext, port: int, addr: str) -> None:
 
     Metrics: gridtool_hosts_up, gridtool_guests{state}, gridtool_fences_held,
     gridtool_fence_violations, gridtool_manager_leader, gridtool_registry_up,
-    gridtool_registry_corrupt_records, gridtool_event_propagation_seconds (histogram).
+    gridtool_registry_corrupt_records, gridtool_lost_hosts{fence} (lost hosts by the
+    manager's fence: power, storage, waiting, failed),
+    gridtool_event_propagation_seconds (histogram).
 
     \b
     Example:
