@@ -19,13 +19,11 @@ import textwrap
 from dataclasses import fields
 from pathlib import Path
 
-from gridtool.bootstrap.rules import Layout, render_unit
+from gridtool.bootstrap.rules import PACKAGE_LAYOUT, render_unit
 from gridtool.config import AGENT_CONFIG, MEANINGS, Config
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT_TEMPLATE = ROOT / "scripts" / "systemd" / "gridtool-agent.service"
-#: Where the package installs the programs: ``/usr/bin/gridtool-agent``.
-PACKAGE_LAYOUT = Layout(venv_path="/usr")
 #: The sections an agent reads, in the order the conffile lists them.
 SECTIONS = ("registry", "agent", "storage")
 #: Settings the conffile sets (uncommented): the hook socket, where the packaged fence

@@ -109,6 +109,11 @@ def make_root(where: Path) -> DebianRoot:
     root.mkdir(parents=True)
     _checked(["tar", "-C", str(root), "--numeric-owner", "-xpf", str(tarball)])
     shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")
+    # No package's maintainer script may start a service here: the root shares this
+    # machine's network (an sshd would take port 22).
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
     archives = cache / "apt-archives"
     archives.mkdir(exist_ok=True)
     return DebianRoot(root, archives)

@@ -11,11 +11,14 @@ cache, unpacking the cached root 3 s, apt update + install 20 s.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +27,11 @@ import pytest
 
 from gridtool import __version__
 from gridtool.config import Config, render
-from gridtool.lab.procs import spawn
+from gridtool.lab.procs import free_port, port_open, spawn, stop_pid
 from gridtool.registry.fleet import Registry
 from tests.harness import ROOT
 from tests.harness.debroot import DebianRoot, make_root
-from tests.harness.testbed import wait_until
+from tests.harness.testbed import credential_env, wait_until
 
 VENDOR = ROOT / "packaging" / "deb" / "vendor.txt"
 HOOK = "/usr/libexec/gridtool/fence-hook"
@@ -167,3 +170,74 @@ def test_the_packaged_agent_registers_answers_the_hook_and_the_cli_reads_it(
         conf.write_text(packaged)
     assert agent.returncode == 0, (tmp_path / "agent.log").read_text()
     wait_until(lambda: registry.find_host(host) is None, 10, f"{host} gone after SIGTERM")
+
+
+def test_host_add_installs_the_debs_over_ssh_without_a_source_tree(
+        debs: list[Path], cfg: Config, registry: Registry, tmp_path: Path) -> None:
+    """``host add --deb`` into a clean Debian 12 whose sshd runs in the chroot (so apt
+    and dpkg act on it), with the CLI's source-tree lookup made to fail."""
+    root = make_root(tmp_path / "dom0")
+    base = root.apt_install("openssh-server", "libvirt-clients")
+    assert base.returncode == 0, base.stderr
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                    str(tmp_path / "client_key")], check=True)
+    ssh_dir = root.path / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copy(tmp_path / "client_key.pub", ssh_dir / "authorized_keys")
+    port = free_port()
+    (root.path / "etc/ssh/sshd_test_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/ssh_host_ed25519_key\n"
+        "PidFile /run/sshd-test.pid\nUsePAM no\nPermitRootLogin yes\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\n")
+    (root.path / "run/sshd").mkdir(parents=True, exist_ok=True)
+    (root.path / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    # A dom0 has /proc: host add finds its directly started agent there.
+    subprocess.run(["mount", "-t", "proc", "proc", str(root.path / "proc")], check=True)
+    sshd = spawn(["chroot", str(root.path), "/usr/sbin/sshd", "-D", "-e", "-f",
+                  "/etc/ssh/sshd_test_config"], tmp_path / "sshd.log")
+    host = f"deb-{uuid.uuid4().hex[:8]}"
+    common, agent = sorted(debs, key=lambda p: not p.name.startswith("gridtool-common"))[:2]
+    add = ["host", "add", host, "--ssh", f"root@127.0.0.1:{port}", "--key",
+           str(tmp_path / "client_key"), "--known-hosts", str(tmp_path / "known_hosts"),
+           "--accept-new-host-key", "--libvirt-uri", "test:///default", "--timeout", "60",
+           "--deb", str(agent), "--deb", str(common)]
+    try:
+        wait_until(lambda: port_open(port) or sshd.poll() is not None, 10, "sshd")
+        assert sshd.poll() is None, (tmp_path / "sshd.log").read_text()
+        first = cli_without_source_tree(cfg, *add)
+        assert first.returncode == 0, first.stderr
+        assert "no systemd" in first.stderr and "package's own" in first.stderr
+        assert registry.get_host(host).libvirt_uri == "test:///default"
+        refused = root.run("/etc/libvirt/hooks/qemu", "g1", "prepare", "begin", "-",
+                           stdin=guest_xml("/dev/etherd/e7.1"))
+        assert refused.returncode == 1 and "refusing to start g1" in refused.stderr
+        assert "fail closed" not in refused.stderr, "the packaged agent answered"
+        again = cli_without_source_tree(cfg, *add)
+        assert again.returncode == 0, again.stderr
+        assert "(0 steps changed" in again.stderr
+        print(f"host add --deb:\n{first.stderr}")
+    finally:
+        pid_file = root.path / "run/gridtool/agent.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text())
+            if Path(f"/proc/{pid}/root").resolve() == root.path.resolve():
+                stop_pid(pid, "gridtool-agent", timeout=20)
+        sshd.terminate()
+        sshd.wait(10)
+        if subprocess.run(["umount", str(root.path / "proc")], check=False).returncode == 0:
+            shutil.rmtree(root.path, ignore_errors=True)
+
+
+def cli_without_source_tree(cfg: Config, *args: str) -> subprocess.CompletedProcess[str]:
+    """gridtool as a subprocess on the test's registry prefix, where looking for the
+    source tree (what ``host add`` without --deb needs) fails."""
+    code = ("import gridtool.bootstrap.shell as s\n"
+            "def nope():\n    raise AssertionError('host add looked for the source tree')\n"
+            "s.project_root = nope\n"
+            "from gridtool.cli.main import main\nmain()\n")
+    return subprocess.run(
+        [sys.executable, "-c", code, "--endpoints", ",".join(cfg.endpoints),
+         "--prefix", cfg.prefix, *args], capture_output=True, text=True, timeout=600,
+        check=False, env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
+                          "GRIDTOOL_LAB_DIR": "/nonexistent", "GRIDTOOL_TTL": str(cfg.ttl),
+                          **credential_env()})
