@@ -231,7 +231,14 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
     With --deb, the agent comes from the Debian packages instead (no source tree
     needed): apt installs them on the host with their Debian dependencies
     (python3-libvirt, ...), the hook runs the package's fence hook, and the package's
-    unit is used. The host needs Debian 12 and apt access to Debian's archive.
+    unit is used.
+
+    Each host needs: SSH as root or with password-less sudo; libvirt answering at
+    --libvirt-uri (virsh, or python3 with the libvirt module); TCP to the etcd
+    endpoints. With --deb: Debian 12 on amd64 and apt reaching Debian's archive (or the
+    dependencies already installed); nothing is compiled. Without: python3 with venv,
+    and gcc, pkg-config, libvirt-dev and PyPI access, since pip builds libvirt-python
+    there.
 
     \b
     Example:
