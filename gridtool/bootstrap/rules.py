@@ -467,7 +467,8 @@ def plan_remove(layout: Layout, facts: HostFacts, tls_stem: str = "") -> list[St
                     f"systemctl disable --now --quiet {SERVICE}")
     else:
         stop = Step("stop", "stop the agent", f"! {{ {_running(lay)}; }}", _stop_direct(lay))
-    paths = [lay.unit, lay.config, lay.venv, lay.wheels, lay.pid_file]
+    paths = [lay.unit, lay.config, lay.venv, lay.wheels, lay.pid_file,
+             lay.at("/var/cache/gridtool/debs")]
     if tls_stem:
         paths += [f"{lay.tls_dir}/{tls_stem}.{ext}" for ext in ("crt", "key")]
     ours = [(f"grep -qs {HOOK_MARKER} {q(h)}", h) for h in lay.hooks]  # qemu, libxl
@@ -478,7 +479,19 @@ def plan_remove(layout: Layout, facts: HostFacts, tls_stem: str = "") -> list[St
                  f"rm -rf {' '.join(q(p) for p in paths)}"
                  + "".join(f" && {{ ! {ours_hook} || rm -f {q(h)}; }}" for ours_hook, h in ours)
                  + reload)
-    return [stop, files]
+    return [stop, *_purge_steps(lay), files]
+
+
+def _purge_steps(layout: Layout) -> list[Step]:
+    """Purge the Debian packages ``host add --deb`` installed; none for an install under
+    a prefix (dpkg acts on the real root only)."""
+    if layout.root != "/":
+        return []
+    present = (f"dpkg-query -W -f='${{Status}}\\n' {' '.join(DEB_PACKAGES)} 2>/dev/null | "
+               "grep -Eq 'installed|unpacked|config-files'")
+    return [Step("packages", f"purge {', '.join(DEB_PACKAGES)}", f"! {{ {present}; }}",
+                 "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "
+                 + " ".join(DEB_PACKAGES))]
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,18 @@ from pathlib import Path
 import pytest
 
 from gridtool import __version__
+from gridtool.bootstrap.rules import DEB_PACKAGES, Action, Layout, SshTarget, plan_remove
+from gridtool.bootstrap.shell import Remote, run_steps
 from gridtool.config import Config, render
 from gridtool.lab.procs import free_port, port_open, spawn, stop_pid
 from gridtool.registry.fleet import Registry
 from tests.harness import ROOT
 from tests.harness.debroot import DebianRoot, make_root
 from tests.harness.testbed import credential_env, wait_until
+
+# The first test also builds the packages (lintian included) and makes the root (a
+# debootstrap on a cold cache): 300 s seen at load 7-9 on 2 cores; 1200 s leaves a factor 4.
+pytestmark = pytest.mark.timeout(1200)
 
 VENDOR = ROOT / "packaging" / "deb" / "vendor.txt"
 HOOK = "/usr/libexec/gridtool/fence-hook"
@@ -216,6 +222,15 @@ def test_host_add_installs_the_debs_over_ssh_without_a_source_tree(
         assert again.returncode == 0, again.stderr
         assert "(0 steps changed" in again.stderr
         print(f"host add --deb:\n{first.stderr}")
+        # host remove's steps over the same SSH: stop the agent, purge the packages.
+        assert remove_steps(port, tmp_path) == [Action.APPLY] * 3
+        gone = root.run("dpkg-query", "-W", "-f=${Status}\n", *DEB_PACKAGES)
+        assert "installed" not in gone.stdout and "config-files" not in gone.stdout
+        for path in ("usr/lib/gridtool", "etc/gridtool/agent.conf", "etc/libvirt/hooks/qemu",
+                     "usr/bin/gridtool-agent"):
+            assert not (root.path / path).exists(), path
+        wait_until(lambda: registry.find_host(host) is None, 10, f"{host} gone")
+        assert remove_steps(port, tmp_path) == [Action.OK] * 3
     finally:
         pid_file = root.path / "run/gridtool/agent.pid"
         with contextlib.suppress(OSError, ValueError):
@@ -226,6 +241,16 @@ def test_host_add_installs_the_debs_over_ssh_without_a_source_tree(
         sshd.wait(10)
         if subprocess.run(["umount", str(root.path / "proc")], check=False).returncode == 0:
             shutil.rmtree(root.path, ignore_errors=True)
+
+
+def remove_steps(port: int, tmp_path: Path) -> list[Action]:
+    """Run ``host remove``'s plan on the dom0 over SSH, as the CLI does."""
+    remote = Remote.connect(SshTarget("root", "127.0.0.1", port), str(tmp_path / "client_key"),
+                            tmp_path / "known_hosts", accept_new=False, timeout=10)
+    try:
+        return [r.action for r in run_steps(remote, plan_remove(Layout(), remote.facts()))]
+    finally:
+        remote.close()
 
 
 def cli_without_source_tree(cfg: Config, *args: str) -> subprocess.CompletedProcess[str]:

@@ -324,3 +324,13 @@ def test_a_deb_install_uses_apt_the_packaged_hook_and_the_packages_unit(systemd:
     assert start.apply is not None
     assert ("systemctl restart" in start.apply) == systemd
     assert systemd or "/usr/bin/gridtool-agent --config /etc/gridtool/agent.conf" in start.apply
+
+
+def test_remove_purges_the_packages_on_a_real_root_only() -> None:
+    assert [s.name for s in plan_remove(Layout(), HostFacts(True))] == [
+        "stop", "packages", "files"]
+    purge = plan_remove(Layout(), HostFacts(True))[1]
+    assert purge.apply is not None and purge.apply.endswith(
+        "apt-get purge -y -q gridtool-common gridtool-agent")
+    assert [s.name for s in plan_remove(Layout("/tmp/x"), HostFacts(False))] == [
+        "stop", "files"]

@@ -381,7 +381,8 @@ def _remove_credentials(cfg: Config, name: str) -> None:
 def remove_host(app: AppContext, name: str, force: bool, ssh: str | None,
                 key_file: str | None, known_hosts: str, accept_new_host_key: bool,
                 prefix_dir: str, venv_path: str, wait: float) -> None:
-    """Stop a host's agent, remove its unit, config and venv, and forget it in the registry.
+    """Stop a host's agent, remove its unit, config and venv (or purge the Debian
+    packages that 'host add --deb' installed), and forget it in the registry.
 
     Refused (exit 7) while guests run on the host, unless --force after 'gridtool host
     drain'; guests still running keep running (only the agent goes). Without --ssh only
