@@ -5,8 +5,9 @@ agent against the session's real etcd (the chroot shares this machine's loopback
 libvirt's test driver, the packaged fence hook asking it, the packaged CLI reading the
 registry. Nothing from this checkout or its venv is on the chroot's paths.
 
-Measured here (2 cores): the build 45 s (lintian 35 s of it), debootstrap 40 s once per
-cache, unpacking the cached root 3 s, apt update + install 20 s.
+Measured on 2 cores: the build 44 s when idle, 100-165 s at load 7-9 (lintian 38 s of
+it); debootstrap 36 s, once per cache; the installed root 75-85 s with a warm cache (150 s
+cold); ``host add --deb`` 22-65 s. The whole module: 323 s at load 5-9.
 """
 
 from __future__ import annotations
