@@ -42,7 +42,7 @@ DEFAULT_SOCKET = "/run/gridtool/hook.sock"
 #: ``gridtool.domains.storage.DEFAULT_SHARED_PATTERNS``: the hook runs with ``python -I``
 #: and imports nothing of gridtool (a unit test keeps the two equal).
 DEFAULT_SHARED = ("/dev/etherd/*", "/dev/disk/by-path/*-iscsi-*")
-#: Exit status of a hook that cannot run at all (unreadable config).
+#: Exit status of ``--self-check`` with an unreadable config.
 EXIT_CONFIG = 2
 
 
@@ -168,21 +168,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="judge two sample guests, say what the hook would do, exit")
     parser.add_argument("args", nargs="*")
     opts = parser.parse_args(argv)
+    xml = "" if opts.self_check else sys.stdin.read()  # libvirt writes the XML to stdin
+    name, op, sub = ([*opts.args, "", "", ""])[:3]
     conf_sock: str | None = None
     conf_shared: list[str] = []
     if opts.config:
         try:
             conf_sock, conf_shared = config_settings(opts.config)
         except (OSError, configparser.Error) as exc:
-            print(f"gridtool fence hook: config {opts.config}: {exc}".splitlines()[0],
+            fault = f"config {opts.config}: {exc}".splitlines()[0]
+            if opts.self_check:
+                print(f"gridtool fence hook: {fault}", file=sys.stderr)
+                return EXIT_CONFIG
+            # Fail closed for what the hook checks (a start, even of a local disk: the
+            # patterns are unknown); never for the rest (libxl kills running domains
+            # when ``reconnect begin`` fails).
+            if (op, sub) not in CHECKED:
+                print(f"gridtool fence hook: {fault} (ignored for {op} {sub})",
+                      file=sys.stderr)
+                return 0
+            print(f"gridtool fence hook: refusing to {VERB[op]} {name}: {fault}",
                   file=sys.stderr)
-            return EXIT_CONFIG
+            return 1
     sock = opts.socket or conf_sock or DEFAULT_SOCKET
     patterns = opts.shared or conf_shared or ([*DEFAULT_SHARED] if opts.config else [])
     if opts.self_check:
         return self_check(sock, patterns, opts.timeout)
-    xml = sys.stdin.read()  # always drain it: libvirt writes the XML to our stdin
-    name, op, sub = ([*opts.args, "", "", ""])[:3]
     refusal = judge(name, op, sub, xml, sock, patterns, opts.timeout)
     if refusal is None:
         return 0

@@ -112,14 +112,37 @@ def test_a_config_without_patterns_means_the_default_ones(tmp_path: Path) -> Non
     assert hook.main(["--config", str(conf), "--self-check", "--timeout", "0.3"]) == 0
 
 
-def test_an_unreadable_config_is_one_line_and_exit_2(
+def test_an_unreadable_config_fails_the_self_check_in_one_line_and_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.conf"
     bad.write_text("host = hv1\n")  # no section
-    assert hook.main(["--config", str(bad), "--", "g", "prepare", "begin", "-"]) == 2
+    assert hook.main(["--config", str(bad), "--self-check"]) == 2
     assert hook.main(["--config", str(tmp_path / "none.conf"), "--self-check"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith("gridtool fence hook: config") for line in err)
+
+
+@pytest.mark.parametrize("op", ["reconnect", "release", "stopped", "started"])
+def test_an_unreadable_config_never_fails_an_operation_that_is_not_checked(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, op: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """libxl kills the running domains when ``reconnect begin`` fails (libvirtd restarted):
+    a broken agent.conf must not turn a daemon restart into an outage."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(xml("/local.qcow2")))
+    assert hook.main(["--config", str(tmp_path / "none.conf"),
+                      "--", "g", op, "begin", "-"]) == 0
+    assert "config" in capsys.readouterr().err, "it still says what is wrong"
+
+
+def test_an_unreadable_config_refuses_a_start_even_of_a_local_disk(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(xml("/local.qcow2")))
+    assert hook.main(["--config", str(tmp_path / "none.conf"),
+                      "--", "g", "prepare", "begin", "-"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gridtool fence hook: refusing to start g: config ")
+    assert err.count("\n") == 1
 
 
 def test_the_self_check_passes_failing_closed_without_an_agent(
