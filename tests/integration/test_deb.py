@@ -5,9 +5,10 @@ agent against the session's real etcd (the chroot shares this machine's loopback
 libvirt's test driver, the packaged fence hook asking it, the packaged CLI reading the
 registry. Nothing from this checkout or its venv is on the chroot's paths.
 
-Measured on 2 cores: the build 44 s when idle, 100-165 s at load 7-9 (lintian 38 s of
-it); debootstrap 36 s, once per cache; the installed root 75-85 s with a warm cache (150 s
-cold); ``host add --deb`` 22-65 s. The whole module: 323 s at load 5-9.
+Measured on 2 cores: the build 22 s when idle, 100-165 s at load 7-9 (lintian most of
+it); debootstrap 36 s, once per cache; the installed root 23 s idle with a warm cache,
+75-85 s loaded (150 s cold); ``host add --deb`` 22-65 s. The whole module: 96 s idle,
+323 s at load 5-9.
 """
 
 from __future__ import annotations
