@@ -13,12 +13,18 @@ It imports only the standard library and gridtool's (light) disk detection, so t
 starts fast and runs with ``python -I`` from the agent's environment. libvirt reads the
 hook only when the daemon starts or gets SIGHUP.
 
-Usage: hook.py --socket PATH [--shared GLOB]... [--timeout S] -- NAME OP SUBOP EXTRA
+Usage: hook.py [--config FILE] [--socket PATH] [--shared GLOB]... [--timeout S]
+       -- NAME OP SUBOP EXTRA
+       hook.py [--config FILE] [--socket PATH] [--shared GLOB]... --self-check
+
+``--config`` reads the agent's own settings (``[agent] hook_socket``, ``[storage]
+shared_patterns``) so the packaged hook and the agent never disagree; flags win over it.
 """
 
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import socket
 import sys
@@ -26,7 +32,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import replace
 
 from gridtool.domains.devices import local_disks
-from gridtool.domains.storage import SharedStorageRules
+from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS, SharedStorageRules
 from gridtool.domains.xml import DomainXMLError
 
 # Never refuse anything else: libxl kills running domains when ``reconnect begin`` (the
@@ -36,6 +42,12 @@ CHECKED = {("prepare", "begin"), ("restore", "begin"), ("migrate", "begin")}
 VERB = {"prepare": "start", "restore": "restore", "migrate": "accept the migration of"}
 #: How long the hook waits for the agent's answer unless ``--timeout`` says otherwise.
 DEFAULT_TIMEOUT_S = 2.0
+#: Where the agent answers unless the config or ``--socket`` says otherwise.
+DEFAULT_SOCKET = "/run/gridtool/hook.sock"
+#: The agent's default shared-storage patterns (used with ``--config``).
+DEFAULT_SHARED = DEFAULT_SHARED_PATTERNS
+#: Exit status of ``--self-check`` with an unreadable config.
+EXIT_CONFIG = 2
 
 
 def may_be_fenced(xml: str, patterns: list[str],
@@ -80,33 +92,112 @@ def ask(path: str, request: dict, timeout: float) -> dict:
     return json.loads(data)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gridtool-hook")
-    parser.add_argument("--socket", required=True)
-    parser.add_argument("--shared", action="append", default=[])
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
-    parser.add_argument("args", nargs="*")
-    opts = parser.parse_args(argv)
-    xml = sys.stdin.read()  # always drain it: libvirt writes the XML to our stdin
-    name, op, sub = ([*opts.args, "", "", ""])[:3]
-    if (op, sub) not in CHECKED or not may_be_fenced(xml, opts.shared):
-        return 0
+def config_settings(path: str) -> tuple[str | None, list[str]]:
+    """``[agent] hook_socket`` and ``[storage] shared_patterns`` (comma separated) of the
+    agent's INI config: (None, []) for what it leaves unset. OSError/configparser.Error
+    on an unreadable file."""
+    parser = configparser.ConfigParser(interpolation=None)
+    with open(path, encoding="utf-8") as fh:
+        parser.read_file(fh)
+    sock = parser.get("agent", "hook_socket", fallback=None)
+    patterns = parser.get("storage", "shared_patterns", fallback="")
+    return sock or None, [p.strip() for p in patterns.split(",") if p.strip()]
+
+
+def judge(name: str, op: str, sub: str, xml: str, sock: str, patterns: list[str],
+          timeout: float) -> str | None:
+    """None when libvirt may go on, else why the hook refuses (one line)."""
+    if (op, sub) not in CHECKED or not may_be_fenced(xml, patterns):
+        return None
     verb = VERB[op]
     request = {"op": op, "sub": sub, "name": name, "uuid": domain_uuid(xml), "xml": xml}
     try:
-        answer = ask(opts.socket, request, opts.timeout)
+        answer = ask(sock, request, timeout)
     except TimeoutError:
-        why = f"did not answer within {opts.timeout:g} s"
+        why = f"did not answer within {timeout:g} s"
     except (OSError, ValueError) as exc:
         why = f"cannot be asked ({type(exc).__name__}: {exc})"
     else:
         if answer.get("allow"):
-            return 0
-        print(f"gridtool fence hook: refusing to {verb} {name}: {answer.get('message')}",
-              file=sys.stderr)
-        return 1
-    print(f"gridtool fence hook: refusing to {verb} {name}: the gridtool agent on "
-          f"{opts.socket} {why} (fail closed: start the agent and try again)", file=sys.stderr)
+            return None
+        return f"gridtool fence hook: refusing to {verb} {name}: {answer.get('message')}"
+    return (f"gridtool fence hook: refusing to {verb} {name}: the gridtool agent on "
+            f"{sock} {why} (fail closed: start the agent and try again)")
+
+
+def _sample(source: str) -> str:
+    return (f"<domain type='kvm'><name>gridtool-self-check</name><uuid>00000000-0000-0000-"
+            f"0000-000000000000</uuid><devices><disk type='block' device='disk'><source "
+            f"dev='{source}'/><target dev='vda'/></disk></devices></domain>")
+
+
+def self_check(sock: str, patterns: list[str], timeout: float) -> int:
+    """Judge two sample guests as libvirt would hand them over: a local disk must pass
+    without asking, a disk on shared storage must be asked about (refused while the agent
+    does not answer). Prints what it found; 0 when the hook works, else 1."""
+    shared = next((p.replace("*", "self-check") for p in patterns if "*" in p), "")
+    print(f"hook: python {sys.version.split()[0]}, socket {sock}, shared "
+          f"{', '.join(patterns) or '-'}")
+    faults = []
+    if judge("local", "prepare", "begin", _sample("/var/lib/gridtool/local.img"),
+             sock, patterns, timeout) is not None:
+        faults.append("a guest on a local disk would be refused")
+    if not shared:
+        faults.append("no shared-storage pattern: no guest would be fenced")
+    else:
+        xml = _sample(shared)
+        if not may_be_fenced(xml, patterns):
+            faults.append(f"a guest on {shared} would not be checked")
+        verdict = judge("gridtool-self-check", "prepare", "begin", xml, sock, patterns,
+                        timeout)
+        print(f"shared-disk guest on {shared}: {verdict or 'allowed by the agent'}")
+    for fault in faults:
+        print(f"hook self-check failed: {fault}", file=sys.stderr)
+    if not faults:
+        print("hook self-check passed")
+    return 1 if faults else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gridtool-hook")
+    parser.add_argument("--config", help="the agent's config (hook_socket, shared_patterns)")
+    parser.add_argument("--socket")
+    parser.add_argument("--shared", action="append", default=[])
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    parser.add_argument("--self-check", action="store_true",
+                        help="judge two sample guests, say what the hook would do, exit")
+    parser.add_argument("args", nargs="*")
+    opts = parser.parse_args(argv)
+    xml = "" if opts.self_check else sys.stdin.read()  # libvirt writes the XML to stdin
+    name, op, sub = ([*opts.args, "", "", ""])[:3]
+    conf_sock: str | None = None
+    conf_shared: list[str] = []
+    if opts.config:
+        try:
+            conf_sock, conf_shared = config_settings(opts.config)
+        except (OSError, configparser.Error) as exc:
+            fault = f"config {opts.config}: {exc}".splitlines()[0]
+            if opts.self_check:
+                print(f"gridtool fence hook: {fault}", file=sys.stderr)
+                return EXIT_CONFIG
+            # Fail closed for what the hook checks (a start, even of a local disk: the
+            # patterns are unknown); never for the rest (libxl kills running domains
+            # when ``reconnect begin`` fails).
+            if (op, sub) not in CHECKED:
+                print(f"gridtool fence hook: {fault} (ignored for {op} {sub})",
+                      file=sys.stderr)
+                return 0
+            print(f"gridtool fence hook: refusing to {VERB[op]} {name}: {fault}",
+                  file=sys.stderr)
+            return 1
+    sock = opts.socket or conf_sock or DEFAULT_SOCKET
+    patterns = opts.shared or conf_shared or ([*DEFAULT_SHARED] if opts.config else [])
+    if opts.self_check:
+        return self_check(sock, patterns, opts.timeout)
+    refusal = judge(name, op, sub, xml, sock, patterns, opts.timeout)
+    if refusal is None:
+        return 0
+    print(refusal, file=sys.stderr)
     return 1
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -9,16 +11,53 @@ from types import FrameType
 
 import click
 
-from gridtool import supervise
+from gridtool import __version__, supervise
 from gridtool.config import AGENT_CONFIG, load
-from gridtool.errors import GridtoolError
+from gridtool.errors import GridtoolError, OperationFailed
+
+#: The libraries the agent runs on, as (distribution shown, module imported).
+RUNTIME = (("libvirt-python", "libvirt"), ("etcd-sdk-python", "pyetcd"),
+           ("grpcio", "grpc"), ("protobuf", "google.protobuf"))
 
 #: The signals that stop the agent cleanly (man page: SIGNALS). Every other signal keeps
 #: its default action: SIGHUP, for one, ends the agent at once, as SIGKILL does.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def runtime_versions() -> str:
+    """``gridtool-agent VERSION (python X, libvirt-python Y, ...)``, importing every library
+    the agent runs on: a broken install fails here (OperationFailed), not at its first
+    start under systemd."""
+    found = [f"python {sys.version.split()[0]}"]
+    for dist, module in RUNTIME:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise OperationFailed(f"cannot import {module} ({dist}): {exc}") from None
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            version = getattr(mod, "__version__", "?")
+        found.append(f"{dist} {version}")
+    return f"gridtool-agent {__version__} ({', '.join(found)})"
+
+
+def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    try:
+        click.echo(runtime_versions())
+    except GridtoolError as exc:
+        click.echo(f"gridtool-agent: {exc}", err=True)
+        ctx.exit(exc.exit_code)
+    ctx.exit(0)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=show_version,
+              help="Show the version and the libraries the agent loads (libvirt, etcd "
+                   "client, grpcio, protobuf), then exit.")
 @click.option("--config", "config_file", metavar="FILE",
               help=f"Config file (default {AGENT_CONFIG}).")
 @click.option("--host", help="This host's name in the registry.")

@@ -31,6 +31,11 @@ LIBVIRTD = "libvirtd.service"
 HOOK_MARKER = "gridtool"
 #: libvirt drivers whose hook (``/etc/libvirt/hooks/<driver>``) is the fence hook.
 HOOK_DRIVERS = ("qemu", "libxl")
+#: The fence hook the ``gridtool-agent`` Debian package installs (``scripts/build-deb``).
+PACKAGED_HOOK = "/usr/libexec/gridtool/fence-hook"
+#: The packages ``host add --deb`` installs, in apt's order.
+DEB_PACKAGES = ("gridtool-common", "gridtool-agent")
+_DEB_NAME = re.compile(r"^([a-z0-9][a-z0-9+.-]+)_([0-9][A-Za-z0-9.+~-]*)_([a-z0-9]+)\.deb$")
 
 
 def hook_driver(libvirt_uri: str) -> str:
@@ -102,6 +107,42 @@ class Layout:
         return self.at("/etc/gridtool/tls")
 
 
+#: Where the Debian packages put the programs: ``/usr/bin/gridtool-agent``.
+PACKAGE_LAYOUT = Layout(venv_path="/usr")
+
+
+@dataclass(frozen=True)
+class Deb:
+    """A Debian package file for ``host add --deb`` (named ``PACKAGE_VERSION_ARCH.deb``)."""
+
+    name: str
+    data: bytes
+
+    @property
+    def package(self) -> str:
+        return parse_deb_name(self.name)[0]
+
+    @property
+    def version(self) -> str:
+        return parse_deb_name(self.name)[1]
+
+
+def parse_deb_name(name: str) -> tuple[str, str]:
+    """(package, version) of a ``PACKAGE_VERSION_ARCH.deb`` file name; ValueError else."""
+    found = _DEB_NAME.match(name)
+    if not found:
+        raise ValueError(f"{name!r} is not named PACKAGE_VERSION_ARCH.deb")
+    return found[1], found[2]
+
+
+def check_debs(names: list[str]) -> None:
+    """ValueError unless ``names`` are exactly one file of each of :data:`DEB_PACKAGES`."""
+    packages = sorted(parse_deb_name(n)[0] for n in names)
+    if packages != sorted(DEB_PACKAGES):
+        raise ValueError(f"--deb needs one file of each of {', '.join(DEB_PACKAGES)} "
+                         f"(got {', '.join(packages) or 'none'})")
+
+
 @dataclass(frozen=True)
 class HostFacts:
     """What the probe found on the host."""
@@ -169,11 +210,12 @@ class AddSpec:
     wheel_name: str
     wheel: bytes
     agent_conf: str  # holds the host's credentials: uploaded, never on a command line
-    unit: str
+    unit: str | None  # None: the Debian package's own unit (``debs``)
     hook: str | None = None  # None: this gridtool has no libvirt hook yet
     layout: Layout = Layout()
     python: str = "python3"
     tls: TlsFiles | None = None  # None: the registry is plaintext
+    debs: tuple[Deb, ...] = ()  # installed with apt instead of the wheel in a venv
 
 
 class Action(Enum):
@@ -232,6 +274,13 @@ def render_unit(template: str, layout: Layout) -> str:
         text = re.sub(r"(?m)^\[Service\]$", "[Service]\nRuntimeDirectory=gridtool", text,
                       count=1)
     return text
+
+
+def packaged_hook_shim() -> str:
+    """The libvirt hook script of a host installed from the Debian packages: the
+    package's fence hook, which reads the agent's config for its socket and patterns."""
+    return (f"#!/bin/sh\n# {HOOK_MARKER} fence hook: installed by 'gridtool host add'\n"
+            f"exec {PACKAGED_HOOK} \"$@\"\n")
 
 
 def hook_shim(layout: Layout, module: str, shared_patterns: tuple[str, ...] = ()) -> str:
@@ -318,17 +367,34 @@ def _tls_steps(layout: Layout, tls: TlsFiles | None) -> list[Step]:
             for setting, _, data, mode in tls.files()]
 
 
-def plan_add(spec: AddSpec, facts: HostFacts) -> list[Step]:
-    """The steps of ``host add``, in order."""
+def _deb_steps(spec: AddSpec) -> list[Step]:
+    """Copy the .debs to the host and install them with apt (which fetches their Debian
+    dependencies); check: dpkg has exactly these versions installed. A config that
+    ``host add`` wrote before is kept (``--force-confold``)."""
+    q = shlex.quote
+    cache = spec.layout.at("/var/cache/gridtool/debs")
+    paths = [f"{cache}/{d.name}" for d in spec.debs]
+    installed = " && ".join(
+        f"[ \"$(dpkg-query -W -f='${{Status}} ${{Version}}' {q(d.package)} 2>/dev/null)\" = "
+        f"{q('install ok installed ' + d.version)} ]" for d in spec.debs)
+    copy = " && ".join(f"install -m 0644 \"$GT_STAGE\"/{q(d.name)} {q(path)}"
+                       for d, path in zip(spec.debs, paths, strict=True))
+    apply = (f"mkdir -p {q(cache)} && {copy} && DEBIAN_FRONTEND=noninteractive apt-get "
+             "install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold "
+             + " ".join(q(p) for p in paths))
+    return [Step("deb", f"install {', '.join(d.name for d in spec.debs)} with apt",
+                 installed, apply, tuple(Upload(d.name, d.data) for d in spec.debs))]
+
+
+def _venv_steps(spec: AddSpec) -> list[Step]:
+    """Copy the wheel to the host and install it in a venv (dependencies from pip)."""
     q = shlex.quote
     lay = spec.layout
     wheel_path = f"{lay.wheels}/{spec.wheel_name}"
     digest = sha256(spec.wheel)
     stamp = f"{lay.venv}/.gridtool-wheel.sha256"
     pip = f"{q(lay.venv)}/bin/pip install -q --disable-pip-version-check"
-    steps = [
-        Step("libvirt", f"libvirt answers at {spec.libvirt_uri}",
-             _libvirt_check(spec.libvirt_uri, spec.python), None),
+    return [
         Step("wheel", f"copy {spec.wheel_name} to {lay.wheels}",
              f"echo {digest}'  '{q(wheel_path)} | sha256sum -c --status",
              f"mkdir -p {q(lay.wheels)} && rm -f {q(lay.wheels)}/gridtool-*.whl && "
@@ -341,6 +407,16 @@ def plan_add(spec: AddSpec, facts: HostFacts) -> list[Step]:
              f"{q(spec.python)} -m venv --clear {q(lay.venv)}; }} && "
              f"{pip} {q(wheel_path)} && {pip} --force-reinstall --no-deps {q(wheel_path)} && "
              f"echo {digest} >{q(stamp)}"),
+    ]
+
+
+def plan_add(spec: AddSpec, facts: HostFacts) -> list[Step]:
+    """The steps of ``host add``, in order."""
+    lay = spec.layout
+    steps = [
+        Step("libvirt", f"libvirt answers at {spec.libvirt_uri}",
+             _libvirt_check(spec.libvirt_uri, spec.python), None),
+        *(_deb_steps(spec) if spec.debs else _venv_steps(spec)),
         *_tls_steps(lay, spec.tls),
         _file_step("config", f"write {lay.config} (0600)", lay.config,
                    spec.agent_conf.encode(), "600", secret=True),
@@ -357,8 +433,12 @@ def plan_add(spec: AddSpec, facts: HostFacts) -> list[Step]:
                           if systemd else "")
         steps.append(hook if systemd else replace(
             hook, note="libvirt reads a new hook only when it starts or gets SIGHUP"))
-    steps.append(_file_step("unit", f"install {lay.unit}", lay.unit, spec.unit.encode(),
-                            "644", then="systemctl daemon-reload" if systemd else ""))
+    if spec.unit is None:
+        steps.append(Step("unit", "systemd unit", None, None,
+                          note="the package's own /lib/systemd/system/" + SERVICE))
+    else:
+        steps.append(_file_step("unit", f"install {lay.unit}", lay.unit, spec.unit.encode(),
+                                "644", then="systemctl daemon-reload" if systemd else ""))
     if systemd:
         steps.append(Step("start", f"enable and start {SERVICE}",
                           f"systemctl is-enabled --quiet {SERVICE} && "
@@ -387,7 +467,8 @@ def plan_remove(layout: Layout, facts: HostFacts, tls_stem: str = "") -> list[St
                     f"systemctl disable --now --quiet {SERVICE}")
     else:
         stop = Step("stop", "stop the agent", f"! {{ {_running(lay)}; }}", _stop_direct(lay))
-    paths = [lay.unit, lay.config, lay.venv, lay.wheels, lay.pid_file]
+    paths = [lay.unit, lay.config, lay.venv, lay.wheels, lay.pid_file,
+             lay.at("/var/cache/gridtool/debs")]
     if tls_stem:
         paths += [f"{lay.tls_dir}/{tls_stem}.{ext}" for ext in ("crt", "key")]
     ours = [(f"grep -qs {HOOK_MARKER} {q(h)}", h) for h in lay.hooks]  # qemu, libxl
@@ -398,7 +479,19 @@ def plan_remove(layout: Layout, facts: HostFacts, tls_stem: str = "") -> list[St
                  f"rm -rf {' '.join(q(p) for p in paths)}"
                  + "".join(f" && {{ ! {ours_hook} || rm -f {q(h)}; }}" for ours_hook, h in ours)
                  + reload)
-    return [stop, files]
+    return [stop, *_purge_steps(lay), files]
+
+
+def _purge_steps(layout: Layout) -> list[Step]:
+    """Purge the Debian packages ``host add --deb`` installed; none for an install under
+    a prefix (dpkg acts on the real root only)."""
+    if layout.root != "/":
+        return []
+    present = (f"dpkg-query -W -f='${{Status}}\\n' {' '.join(DEB_PACKAGES)} 2>/dev/null | "
+               "grep -Eq 'installed|unpacked|config-files'")
+    return [Step("packages", f"purge {', '.join(DEB_PACKAGES)}", f"! {{ {present}; }}",
+                 "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "
+                 + " ".join(DEB_PACKAGES))]
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 from types import TracebackType
 
-import iscsi
-
 from gridtool.storage import pr
+
+try:
+    import iscsi
+except ImportError:  # the optional extra: pip install 'gridtool[iscsi]'
+    iscsi = None
 
 #: libiscsi's own status for a transport failure (SCSI_STATUS_ERROR), not a SCSI status.
 TRANSPORT_ERROR = 0x0F000001
@@ -30,6 +33,9 @@ class IscsiLun:
     def __init__(self, url: str, initiator: str) -> None:
         self.url = url
         self.initiator = initiator
+        if iscsi is None:
+            raise pr.PrError("libiscsi's Python binding is not installed: pip install "
+                             "'gridtool[iscsi]' (builds against Debian's libiscsi-dev)")
         try:
             self._ctx = iscsi.Context(initiator)
             parsed = iscsi.URL(self._ctx, url)

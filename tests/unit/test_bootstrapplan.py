@@ -11,16 +11,23 @@ from pathlib import Path
 import pytest
 
 from gridtool.bootstrap.rules import (
+    HOOK_MARKER,
+    PACKAGE_LAYOUT,
+    PACKAGED_HOOK,
     Action,
     AddSpec,
+    Deb,
     HostFacts,
     Layout,
     SshTarget,
     Step,
     TlsFiles,
     apply_script,
+    check_debs,
     decide,
     hook_shim,
+    packaged_hook_shim,
+    parse_deb_name,
     parse_facts,
     parse_ssh_target,
     plan_add,
@@ -279,3 +286,51 @@ def test_a_direct_start_waits_for_the_agent_and_records_its_own_pid(tmp_path: Pa
     finally:
         assert sh(_stop_direct(layout), tmp_path) == 0
     assert sh(_running(layout), tmp_path) != 0
+
+
+DEBS = (Deb("gridtool-common_0.1.0-1_amd64.deb", b"common"),
+        Deb("gridtool-agent_0.1.0-1_all.deb", b"agent"))
+
+
+def test_deb_names_are_checked() -> None:
+    assert parse_deb_name("gridtool-agent_0.1.0-1_all.deb") == ("gridtool-agent", "0.1.0-1")
+    with pytest.raises(ValueError, match=r"is not named PACKAGE_VERSION_ARCH\.deb"):
+        parse_deb_name("gridtool-agent.deb")
+    check_debs([d.name for d in DEBS])
+    with pytest.raises(ValueError, match=r"\(got gridtool-agent\)$"):
+        check_debs(["gridtool-agent_0.1.0-1_all.deb"])
+    with pytest.raises(ValueError, match="got gridtool-agent, gridtool-agent, gridtool-common"):
+        check_debs([*(d.name for d in DEBS), "gridtool-agent_0.2.0-1_all.deb"])
+
+
+@pytest.mark.parametrize("systemd", [True, False])
+def test_a_deb_install_uses_apt_the_packaged_hook_and_the_packages_unit(systemd: bool) -> None:
+    base = spec()
+    deb_spec = AddSpec("hv1", "qemu:///system", "", b"", base.agent_conf, None,
+                       packaged_hook_shim(), PACKAGE_LAYOUT, debs=DEBS)
+    steps = plan_add(deb_spec, HostFacts(systemd=systemd))
+    names = [s.name for s in steps]
+    assert names == ["libvirt", "deb", "config", "hook", "unit", "start"]
+    deb = steps[1]
+    assert [u.name for u in deb.uploads] == [d.name for d in DEBS]
+    assert deb.apply is not None and deb.check is not None
+    common, agent = (f"/var/cache/gridtool/debs/{d.name}" for d in DEBS)
+    assert deb.apply.endswith(f"--force-confold {common} {agent}")
+    assert "install ok installed 0.1.0-1" in deb.check and "gridtool-common" in deb.check
+    assert steps[4].apply is None and "package's own" in steps[4].note
+    hook = steps[3].uploads[0].data.decode()
+    assert hook.endswith(f'exec {PACKAGED_HOOK} "$@"\n') and HOOK_MARKER in hook
+    start = steps[5]
+    assert start.apply is not None
+    assert ("systemctl restart" in start.apply) == systemd
+    assert systemd or "/usr/bin/gridtool-agent --config /etc/gridtool/agent.conf" in start.apply
+
+
+def test_remove_purges_the_packages_on_a_real_root_only() -> None:
+    assert [s.name for s in plan_remove(Layout(), HostFacts(True))] == [
+        "stop", "packages", "files"]
+    purge = plan_remove(Layout(), HostFacts(True))[1]
+    assert purge.apply is not None and purge.apply.endswith(
+        "apt-get purge -y -q gridtool-common gridtool-agent")
+    assert [s.name for s in plan_remove(Layout("/tmp/x"), HostFacts(False))] == [
+        "stop", "files"]

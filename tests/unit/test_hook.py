@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agents import hook
+from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS
 from gridtool.placement.shell import job_progress
 
 SHARED = "/srv/shared/*"
@@ -81,6 +82,86 @@ def test_the_agents_refusal_is_passed_on(monkeypatch: pytest.MonkeyPatch, tmp_pa
     finally:
         thread.join()
         server.close()
+
+
+def test_the_hooks_default_patterns_are_the_agents() -> None:
+    assert hook.DEFAULT_SHARED == DEFAULT_SHARED_PATTERNS
+
+
+def test_the_config_gives_the_socket_and_the_patterns_and_flags_win(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "agent.conf"
+    conf.write_text(f"[agent]\nhost = hv1\nhook_socket = {tmp_path / 'conf.sock'}\n"
+                    f"[storage]\nshared_patterns = /srv/a/*, {SHARED}\n")
+    assert hook.config_settings(str(conf)) == (str(tmp_path / "conf.sock"),
+                                               ["/srv/a/*", SHARED])
+    monkeypatch.setattr("sys.stdin", io.StringIO(xml("/srv/shared/a.qcow2")))
+    assert hook.main(["--config", str(conf), "--timeout", "0.3",
+                      "--", "g", "prepare", "begin", "-"]) == 1
+    assert f"agent on {tmp_path / 'conf.sock'} cannot be asked" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO(xml("/srv/shared/a.qcow2")))
+    assert hook.main(["--config", str(conf), "--shared", "/elsewhere/*",
+                      "--", "g", "prepare", "begin", "-"]) == 0, "--shared wins"
+
+
+def test_a_config_without_patterns_means_the_default_ones(tmp_path: Path) -> None:
+    conf = tmp_path / "agent.conf"
+    conf.write_text("[agent]\nhost = hv1\n")
+    assert hook.config_settings(str(conf)) == (None, [])
+    assert hook.main(["--config", str(conf), "--self-check", "--timeout", "0.3"]) == 0
+
+
+def test_an_unreadable_config_fails_the_self_check_in_one_line_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.conf"
+    bad.write_text("host = hv1\n")  # no section
+    assert hook.main(["--config", str(bad), "--self-check"]) == 2
+    assert hook.main(["--config", str(tmp_path / "none.conf"), "--self-check"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("gridtool fence hook: config") for line in err)
+
+
+@pytest.mark.parametrize("op", ["reconnect", "release", "stopped", "started"])
+def test_an_unreadable_config_never_fails_an_operation_that_is_not_checked(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, op: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """libxl kills the running domains when ``reconnect begin`` fails (libvirtd restarted):
+    a broken agent.conf must not turn a daemon restart into an outage."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(xml("/local.qcow2")))
+    assert hook.main(["--config", str(tmp_path / "none.conf"),
+                      "--", "g", op, "begin", "-"]) == 0
+    assert "config" in capsys.readouterr().err, "it still says what is wrong"
+
+
+def test_an_unreadable_config_refuses_a_start_even_of_a_local_disk(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(xml("/local.qcow2")))
+    assert hook.main(["--config", str(tmp_path / "none.conf"),
+                      "--", "g", "prepare", "begin", "-"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gridtool fence hook: refusing to start g: config ")
+    assert err.count("\n") == 1
+
+
+def test_the_self_check_passes_failing_closed_without_an_agent(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = tmp_path / "none.sock"
+    assert hook.main(["--socket", str(sock), "--shared", SHARED, "--self-check"]) == 0
+    out = capsys.readouterr().out
+    assert "shared-disk guest on /srv/shared/self-check: gridtool fence hook: refusing" in out
+    assert "fail closed" in out and out.endswith("hook self-check passed\n")
+
+
+def test_the_self_check_fails_when_no_guest_would_be_fenced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = str(tmp_path / "none.sock")
+    assert hook.main(["--socket", sock, "--self-check"]) == 1
+    assert "no shared-storage pattern" in capsys.readouterr().err
+    # a pattern that catches local disks too: local guests would be refused
+    assert hook.main(["--socket", sock, "--shared", "/var/*", "--self-check"]) == 1
+    assert "a guest on a local disk would be refused" in capsys.readouterr().err
 
 
 def test_job_progress_line() -> None:

@@ -19,7 +19,7 @@ from gridtool.cli.common.output import console, warn
 from gridtool.errors import Conflict, Timeout, UsageError
 
 if TYPE_CHECKING:
-    from gridtool.bootstrap.rules import Layout, SshTarget, Step, TlsFiles
+    from gridtool.bootstrap.rules import AddSpec, Layout, SshTarget, Step, TlsFiles
     from gridtool.bootstrap.shell import Remote, StepResult
     from gridtool.config import Config
 
@@ -205,11 +205,17 @@ def _agent_config(app: AppContext, name: str, libvirt_uri: str, endpoints: str |
               help="Install this gridtool wheel (default: build one from this source tree).")
 @click.option("--python", "remote_python", default="python3", show_default=True,
               metavar="PATH", help="Python on the host that creates the venv.")
+@click.option("--deb", "deb_files", metavar="FILE", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Install these Debian packages with apt instead of a wheel in a venv: "
+                   "gridtool-common_*.deb and gridtool-agent_*.deb from scripts/build-deb "
+                   "(give --deb twice). Needs no source tree.")
 @pass_app
 def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_hosts: str,
              accept_new_host_key: bool, prefix_dir: str, venv_path: str, wait: float,
              libvirt_uri: str, agent_endpoints: str | None, user: str | None,
-             password_file: str | None, wheel_file: str | None, remote_python: str) -> None:
+             password_file: str | None, wheel_file: str | None, remote_python: str,
+             deb_files: tuple[str, ...]) -> None:
     """Install and start a host's agent over SSH, then wait until the host registers.
 
     Steps (each checked first, so a second run repairs and never duplicates): check
@@ -222,28 +228,34 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
     directly with nohup). The host key must be in known_hosts unless
     --accept-new-host-key.
 
+    With --deb, the agent comes from the Debian packages instead (no source tree
+    needed): apt installs them on the host with their Debian dependencies
+    (python3-libvirt, ...), the hook runs the package's fence hook, and the package's
+    unit is used.
+
+    Each host needs: SSH as root or with password-less sudo; libvirt answering at
+    --libvirt-uri (virsh, or python3 with the libvirt module); TCP to the etcd
+    endpoints. With --deb: Debian 12 on amd64 and apt reaching Debian's archive (or the
+    dependencies already installed); nothing is compiled. Without: python3 with venv,
+    and gcc, pkg-config, libvirt-dev and PyPI access, since pip builds libvirt-python
+    there.
+
     \b
     Example:
       gridtool host add hv4 --ssh root@10.0.0.14 --libvirt-uri qemu:///system
       gridtool host add hv5 --ssh admin@hv5.example:2222 --key ~/.ssh/fleet \\
           --accept-new-host-key --password-file hv5.pw
+      gridtool host add hv6 --ssh root@10.0.0.16 --deb gridtool-common_0.1.0-1_amd64.deb \\
+          --deb gridtool-agent_0.1.0-1_all.deb
     """
     from gridtool.bootstrap import shell as bootstrap
-    from gridtool.bootstrap.rules import AddSpec, plan_add, render_unit, tls_settings
+    from gridtool.bootstrap.rules import plan_add
 
     _validated(name)
     target = _target(ssh)
-    layout = _layout(prefix_dir, venv_path)
-    root = bootstrap.project_root()
-    hook = bootstrap.hook_script(root, layout, app.config.shared_patterns)
-    tls = _tls_files(app.config, name)
-    conf = _agent_config(app, name, libvirt_uri, agent_endpoints, user, password_file,
-                         layout.hook_socket if hook else None, tls_settings(layout, tls))
-    wheel = (Path(wheel_file) if wheel_file
-             else bootstrap.build_wheel(root, bootstrap.default_cache_dir()))
-    spec = AddSpec(name, libvirt_uri, wheel.name, wheel.read_bytes(), conf,
-                   render_unit(bootstrap.unit_template(root), layout), hook, layout,
-                   remote_python, tls)
+    spec = _add_spec(app, name, libvirt_uri, agent_endpoints, user, password_file,
+                     _layout(prefix_dir, venv_path), wheel_file, remote_python, deb_files)
+    layout = spec.layout
     app.store.get(app.config.keys.host(name))  # the registry answers, before touching a host
     progress = _Progress()
     remote = _connect(target, key_file, known_hosts, accept_new_host_key, wait, progress)
@@ -264,6 +276,55 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
     click.echo(f"{name}: in the registry after {time.monotonic() - began:.1f} s "
                f"({changed} steps changed, {len(results) - changed} already in place or "
                "skipped)", err=True)
+
+
+def _add_spec(app: AppContext, name: str, libvirt_uri: str, agent_endpoints: str | None,
+              user: str | None, password_file: str | None, layout: Layout,
+              wheel_file: str | None, remote_python: str,
+              deb_files: tuple[str, ...]) -> AddSpec:
+    """What ``host add`` installs: the Debian packages (``deb_files``), or a wheel (given,
+    or built from this source tree) in a venv."""
+    from gridtool.bootstrap import shell as bootstrap
+    from gridtool.bootstrap.rules import (
+        DEFAULT_VENV,
+        PACKAGE_LAYOUT,
+        AddSpec,
+        Deb,
+        check_debs,
+        packaged_hook_shim,
+        render_unit,
+        tls_settings,
+    )
+
+    debs: tuple[Deb, ...] = ()
+    if deb_files:
+        if wheel_file:
+            raise UsageError("--deb and --wheel exclude each other")
+        if layout.root != "/" or layout.venv_path != DEFAULT_VENV:
+            raise UsageError("--deb installs into / with apt: no --prefix-dir or --venv")
+        try:
+            check_debs([Path(f).name for f in deb_files])
+            debs = tuple(sorted((Deb(Path(f).name, Path(f).read_bytes()) for f in deb_files),
+                                key=lambda d: d.package != "gridtool-common"))
+        except (ValueError, OSError) as exc:
+            raise UsageError(str(exc)) from None
+        layout = PACKAGE_LAYOUT
+        hook: str | None = packaged_hook_shim()
+        unit: str | None = None
+    else:
+        root = bootstrap.project_root()
+        hook = bootstrap.hook_script(root, layout, app.config.shared_patterns)
+        unit = render_unit(bootstrap.unit_template(root), layout)
+    tls = _tls_files(app.config, name)
+    conf = _agent_config(app, name, libvirt_uri, agent_endpoints, user, password_file,
+                         layout.hook_socket if hook else None, tls_settings(layout, tls))
+    if debs:
+        return AddSpec(name, libvirt_uri, "", b"", conf, unit, hook, layout, remote_python,
+                       tls, debs)
+    wheel = (Path(wheel_file) if wheel_file
+             else bootstrap.build_wheel(root, bootstrap.default_cache_dir()))
+    return AddSpec(name, libvirt_uri, wheel.name, wheel.read_bytes(), conf, unit, hook,
+                   layout, remote_python, tls)
 
 
 def _check_guests(app: AppContext, name: str, force: bool, live: bool) -> list[str]:
@@ -321,7 +382,8 @@ def _remove_credentials(cfg: Config, name: str) -> None:
 def remove_host(app: AppContext, name: str, force: bool, ssh: str | None,
                 key_file: str | None, known_hosts: str, accept_new_host_key: bool,
                 prefix_dir: str, venv_path: str, wait: float) -> None:
-    """Stop a host's agent, remove its unit, config and venv, and forget it in the registry.
+    """Stop a host's agent, remove its unit, config and venv (or purge the Debian
+    packages that 'host add --deb' installed), and forget it in the registry.
 
     Refused (exit 7) while guests run on the host, unless --force after 'gridtool host
     drain'; guests still running keep running (only the agent goes). Without --ssh only
