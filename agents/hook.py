@@ -26,14 +26,20 @@ from __future__ import annotations
 import argparse
 import configparser
 import json
+import os
 import socket
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from gridtool.domains.devices import local_disks
-from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS, SharedStorageRules
-from gridtool.domains.xml import DomainXMLError
+if TYPE_CHECKING:
+    from gridtool.domains.storage import SharedStorageRules
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file (libvirt's hook; the package's /usr/lib/gridtool/agents/hook.py): the
+    # tree it lies in provides gridtool, whatever Python runs it (-I ignores PYTHONPATH).
+    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Never refuse anything else: libxl kills running domains when ``reconnect begin`` (the
 # daemon restarting) fails, and stop/release cannot be refused anyway. An incoming
@@ -44,8 +50,10 @@ VERB = {"prepare": "start", "restore": "restore", "migrate": "accept the migrati
 DEFAULT_TIMEOUT_S = 2.0
 #: Where the agent answers unless the config or ``--socket`` says otherwise.
 DEFAULT_SOCKET = "/run/gridtool/hook.sock"
-#: The agent's default shared-storage patterns (used with ``--config``).
-DEFAULT_SHARED = DEFAULT_SHARED_PATTERNS
+#: ``gridtool.domains.storage.DEFAULT_SHARED_PATTERNS`` (used with ``--config``), here so
+#: that the operations the hook never checks import nothing of gridtool (a unit test keeps
+#: the two equal).
+DEFAULT_SHARED = ("/dev/etherd/*", "/dev/disk/by-path/*-iscsi-*")
 #: Exit status of ``--self-check`` with an unreadable config.
 EXIT_CONFIG = 2
 
@@ -55,7 +63,13 @@ def may_be_fenced(xml: str, patterns: list[str],
     """True when some disk may be on shared storage (the agent decides for sure): the
     agent's own detection (:func:`gridtool.domains.devices.local_disks`) with ``patterns``
     (the rest of ``where``: which device names it follows), plus every volume and
-    network disk (the hook does not know the shared pools)."""
+    network disk (the hook does not know the shared pools). Imported here: the
+    operations the hook never checks (``reconnect begin``: libxl kills running domains
+    when it fails) must not depend on gridtool loading."""
+    from gridtool.domains.devices import local_disks
+    from gridtool.domains.storage import SharedStorageRules
+    from gridtool.domains.xml import DomainXMLError
+
     try:
         disks, _ = local_disks(xml, replace(where or SharedStorageRules(),
                                             patterns=tuple(patterns)))
@@ -107,9 +121,15 @@ def config_settings(path: str) -> tuple[str | None, list[str]]:
 def judge(name: str, op: str, sub: str, xml: str, sock: str, patterns: list[str],
           timeout: float) -> str | None:
     """None when libvirt may go on, else why the hook refuses (one line)."""
-    if (op, sub) not in CHECKED or not may_be_fenced(xml, patterns):
+    if (op, sub) not in CHECKED:
         return None
     verb = VERB[op]
+    try:
+        if not may_be_fenced(xml, patterns):
+            return None
+    except ImportError as exc:  # a broken install: fail closed, in one line
+        return (f"gridtool fence hook: refusing to {verb} {name}: gridtool's disk "
+                f"detection cannot be loaded ({exc})")
     request = {"op": op, "sub": sub, "name": name, "uuid": domain_uuid(xml), "xml": xml}
     try:
         answer = ask(sock, request, timeout)

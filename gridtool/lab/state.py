@@ -77,15 +77,20 @@ def read_state(directory: Path) -> dict[str, Any] | None:
 
 
 def pid_alive(pid: int | None) -> bool:
-    """True when ``pid`` is a process we may signal. EPERM means the pid was recycled by
-    someone else's process: not ours, so not alive."""
+    """True when ``pid`` is a live process we may signal. EPERM means the pid was recycled
+    by someone else's process: not ours, so not alive. A zombie (dead, not yet reaped by
+    its parent: a lab process outlives the CLI that started it) is not alive either."""
     if not pid:
         return False
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: kill's answer stands
+    return fields.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def running_lab_config(env: Mapping[str, str] | None = None) -> Path | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -162,6 +163,42 @@ def test_the_self_check_fails_when_no_guest_would_be_fenced(
     # a pattern that catches local disks too: local guests would be refused
     assert hook.main(["--socket", sock, "--shared", "/var/*", "--self-check"]) == 1
     assert "a guest on a local disk would be refused" in capsys.readouterr().err
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: gridtool is not installed there
+
+
+def _run_file(hook_file: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([SYSTEM_PYTHON, "-I", str(hook_file), "--socket", "/nonexistent",
+                           "--shared", "/dev/etherd/*",
+                           *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_run_as_a_file_it_finds_gridtool_in_the_tree_it_lies_in() -> None:
+    """As the package runs it (``python3 -I /usr/lib/gridtool/agents/hook.py``), with no
+    gridtool installed for that Python: the tree gives it (seen failing: every checked
+    start died of ModuleNotFoundError, with a traceback)."""
+    if subprocess.run([SYSTEM_PYTHON, "-I", "-c", "import gridtool"],
+                      capture_output=True).returncode == 0:
+        pytest.fail(f"{SYSTEM_PYTHON} has gridtool installed: this test needs one without")
+    done = _run_file(Path(hook.__file__), "--", "g", "prepare", "begin", "-",
+                     stdin=xml("/dev/etherd/e1.2", kind="block"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "refusing to start g: the gridtool agent on /nonexistent" in done.stderr
+
+
+def test_without_gridtool_only_the_checked_operations_fail_closed(tmp_path: Path) -> None:
+    """A hook file that cannot load gridtool at all (a broken install) still lets through
+    what it never checks (``reconnect begin``: libxl kills running domains when it fails)
+    and refuses a start in one line."""
+    alone = tmp_path / "hooks" / "qemu"
+    alone.parent.mkdir()
+    alone.write_text(Path(hook.__file__).read_text())
+    guest = xml("/dev/etherd/e1.2", kind="block")
+    assert _run_file(alone, "--", "g", "reconnect", "begin", "-", stdin=guest).returncode == 0
+    refused = _run_file(alone, "--", "g", "prepare", "begin", "-", stdin=guest)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "disk detection cannot be loaded" in refused.stderr
 
 
 def test_job_progress_line() -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from gridtool.config import choose_file
 from gridtool.lab.state import pid_alive
+from tests.harness.testbed import wait_until
 
 NOBODY = 65534
 REPO = Path(__file__).resolve().parents[2]
@@ -182,3 +183,19 @@ def test_lab_commands_refuse_a_planted_lab_dir(tmp_path: Path, command: str) -> 
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.startswith("gridtool: untrusted lab dir") and run.stderr.count("\n") == 1
     assert (lab / "lab.json").exists()
+
+
+def test_a_zombie_is_not_alive() -> None:
+    """A killed lab agent stays a zombie until its parent reaps it: `lab status` must not
+    call it alive (seen: the lab fence agent's off left `agent_alive` true)."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert pid_alive(child.pid)
+        child.kill()
+        wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text()
+                   .rpartition(")")[2].split()[0] == "Z", 10, what="the child to be a zombie")
+        assert not pid_alive(child.pid), "dead, not yet reaped"
+    finally:
+        child.kill()
+        child.wait()
+    assert not pid_alive(child.pid)
