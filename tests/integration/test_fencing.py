@@ -690,7 +690,9 @@ def test_partition_leaves_the_pinned_guest_running_where_it_is(lab_hosts, store,
     hv1 under its lease-less fence, which nobody else may take: the manager waits for
     ``host confirm-dead hv1`` and an operator's start on hv2 is refused. Healed, hv1
     registers again and still holds db's fence with the same token. Both hosts are
-    sampled throughout: neither guest ever runs twice."""
+    sampled throughout: neither guest ever runs twice. No fence agent here (the timed
+    path): a power fence would switch hv1 off before web's restart, db with it."""
+    lab_hosts.power_fence = False
     proxy = CuttableProxy(etcd_cluster.endpoints[0])
     try:
         pinned_db_and_ha_web_on_hv1(lab_hosts, store, cfg, registry,
