@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -305,3 +306,15 @@ def as_fields(rows: list[list[str]]) -> dict[str, str]:
     """A FIELD / VALUE table's rows (from :func:`show_tables`) by field."""
     return {row[0]: row[1] if len(row) > 1 else "" for row in rows}
 
+
+def terminate(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop ``proc`` as systemd would: SIGTERM, then SIGKILL after ``timeout`` seconds;
+    reaped either way (its ``returncode`` says which)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -35,7 +34,7 @@ from gridtool.lab.procs import free_port, port_open, spawn, stop_pid
 from gridtool.registry.fleet import Registry
 from tests.harness import ROOT
 from tests.harness.debroot import DebianRoot, make_root
-from tests.harness.testbed import credential_env, wait_until
+from tests.harness.testbed import credential_env, terminate, wait_until
 
 # The first test also builds the packages (lintian included) and makes the root (a
 # debootstrap on a cold cache): 300 s seen at load 7-9 on 2 cores; 1200 s leaves a factor 4.
@@ -169,12 +168,7 @@ def test_the_packaged_agent_registers_answers_the_hook_and_the_cli_reads_it(
         assert listing.returncode == 0, listing.stderr
         assert [h["name"] for h in json.loads(listing.stdout)["hosts"]] == [host]
     finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(20)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+        terminate(agent)
         conf.write_text(packaged)
     assert agent.returncode == 0, (tmp_path / "agent.log").read_text()
     wait_until(lambda: registry.find_host(host) is None, 10, f"{host} gone after SIGTERM")

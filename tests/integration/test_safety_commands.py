@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from tests.harness.testbed import (
     domain_xml,
     lease_expiry_bound,
     show_tables,
+    terminate,
     wait_until,
 )
 from tests.harness.testbed import run_cli as gridtool
@@ -93,13 +93,7 @@ def cli_server(cfg: Config, log: Path, *args: str,
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc)
     assert proc.returncode == 0, log.read_text()[-2000:]
 
 
