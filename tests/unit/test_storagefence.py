@@ -1,0 +1,251 @@
+"""Storage fencing's pure parts and shells on a model LUN: what a host registers where,
+what the manager's fencer preempts, and what each failure becomes. The model keeps the
+rules tgt follows (checked against a real tgtd in tests/integration/test_iscsi_pr.py and
+test_prwire.py): registrations per session, a type-5 reservation, PREEMPT moving the
+reservation to the preempter, the holder unregistering releasing it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.storagereg import Registrar, RegistrationFailed, by_path_device, port_opener
+from gridtool.config import Config, load
+from gridtool.domains.storage import iscsi_id, iscsi_lun
+from gridtool.errors import ConfigError
+from gridtool.fencing.recovery import StorageResult
+from gridtool.fencing.storagefence import PrStorageFencer, from_config
+from gridtool.storage import fence, pr
+
+IQN = "iqn.2026-12.lab.gridtool:storage"
+LUN1, LUN2 = iscsi_id(IQN, 1), iscsi_id(IQN, 2)
+HV1, HV2 = pr.host_key("hv1"), pr.host_key("hv2")
+
+
+class ModelLun:
+    """One LUN's PR state, by session (I_T nexus)."""
+
+    def __init__(self, supports_pr: bool = True) -> None:
+        self.regs: dict[str, int] = {}
+        self.holder: str | None = None
+        self.type = 0
+        self.generation = 0
+        self.supports_pr = supports_pr
+
+    def session(self, nexus: str) -> ModelPort:
+        return ModelPort(self, nexus)
+
+    def may_write(self, nexus: str) -> bool:
+        return self.holder is None or nexus in self.regs
+
+
+class ModelPort:
+    """The Reservations port on one session of a ModelLun."""
+
+    def __init__(self, lun: ModelLun, nexus: str) -> None:
+        self.lun, self.nexus = lun, nexus
+
+    def _pr(self, what: str) -> ModelLun:
+        if not self.lun.supports_pr:
+            raise pr.Unsupported(f"{what}: refused by the LUN")
+        return self.lun
+
+    def register(self, key: int) -> None:
+        lun = self._pr("REGISTER")
+        lun.regs[self.nexus] = key
+        lun.generation += 1
+
+    def unregister(self, key: int) -> None:
+        lun = self._pr("REGISTER")
+        if lun.regs.get(self.nexus) != key:
+            raise pr.ReservationConflict("REGISTER: reservation conflict")
+        del lun.regs[self.nexus]
+        if lun.holder == self.nexus:
+            lun.holder, lun.type = None, 0
+        lun.generation += 1
+
+    def reserve(self, key: int, res_type: int = pr.FENCE_TYPE) -> None:
+        lun = self._pr("RESERVE")
+        if self.nexus not in lun.regs or lun.holder not in (None, self.nexus):
+            raise pr.ReservationConflict("RESERVE: reservation conflict")
+        lun.holder, lun.type = self.nexus, res_type
+
+    def preempt(self, key: int, victim: int, res_type: int = pr.FENCE_TYPE) -> None:
+        lun = self._pr("PREEMPT")
+        if self.nexus not in lun.regs or victim not in lun.regs.values():
+            raise pr.ReservationConflict("PREEMPT: reservation conflict")
+        took = lun.holder is not None and lun.regs[lun.holder] == victim
+        lun.regs = {n: k for n, k in lun.regs.items() if k != victim or n == self.nexus}
+        if took:
+            lun.holder, lun.type = self.nexus, res_type
+        lun.generation += 1
+
+    def read_keys(self) -> pr.Keys:
+        lun = self._pr("READ KEYS")
+        return pr.Keys(lun.generation, tuple(lun.regs.values()))
+
+    def read_reservation(self) -> pr.Reservation:
+        lun = self._pr("READ RESERVATION")
+        if lun.holder is None:
+            return pr.Reservation(lun.generation)
+        return pr.Reservation(lun.generation, lun.regs[lun.holder], lun.type)
+
+
+# -- pure decisions ------------------------------------------------------------------------
+
+
+def test_a_volume_id_names_its_lun_and_nothing_else_does() -> None:
+    assert iscsi_lun(LUN1) == (IQN, 1)
+    assert iscsi_lun("iscsi-iqn.2026-12.x:a-lun2-lun16383") == ("iqn.2026-12.x:a-lun2", 16383)
+    for other in ("aoe-e9.1", "wwn-0x5000c500a1b2c3d4", "path-/srv/x.img",
+                  "iscsi-IQN.UPPER:x-lun1", "iscsi-notaniqn-lun1", "iscsi-iqn.x:y-lun99999"):
+        assert iscsi_lun(other) is None, other
+    assert fence.luns([LUN1, "aoe-e9.1", LUN1, LUN2]) == (
+        fence.Lun(LUN1, IQN, 1), fence.Lun(LUN2, IQN, 2))
+
+
+def test_a_host_leaves_only_the_luns_whose_fence_it_no_longer_holds() -> None:
+    assert fence.to_leave([LUN1, LUN2, "aoe-e9.1"], {LUN2}) == (fence.Lun(LUN1, IQN, 1),)
+
+
+def test_portals_name_where_the_fencer_logs_in() -> None:
+    portals = fence.parse_portals([f"{IQN.upper()}=127.0.0.1:3260", "iqn.x:y=[::1]:3261"])
+    assert portals == {IQN: "127.0.0.1:3260", "iqn.x:y": "[::1]:3261"}
+    assert fence.lun_url(fence.Lun(LUN2, IQN, 2), portals) == f"iscsi://127.0.0.1:3260/{IQN}/2"
+    assert fence.lun_url(fence.Lun("v", "iqn.other:t", 1), portals) is None
+    for bad in ("iqn.x:y", "iqn.x:y=host", "=h:1", "iqn.x:y=h:port"):
+        with pytest.raises(ValueError, match="TARGET-IQN=HOST:PORT"):
+            fence.parse_portals([bad])
+
+
+# -- register, unregister, preempt on the model ----------------------------------------------
+
+
+def test_the_first_host_reserves_the_next_ones_register_under_it() -> None:
+    lun = ModelLun()
+    assert fence.register(lun.session("hv1"), HV1)
+    assert fence.register(lun.session("hv2"), HV2)
+    assert fence.register(lun.session("hv1"), HV1)  # again: the same, idempotent
+    assert lun.regs == {"hv1": HV1, "hv2": HV2} and (lun.holder, lun.type) == ("hv1", 5)
+    assert not lun.may_write("hv3")
+
+
+def test_a_lun_without_pr_is_said_unsupported_a_foreign_reservation_is_refused() -> None:
+    assert not fence.register(ModelLun(supports_pr=False).session("hv1"), HV1)
+    lun = ModelLun()
+    lun.session("other").register(7)
+    lun.session("other").reserve(7, pr.ResType.WRITE_EXCLUSIVE)  # only its holder writes
+    with pytest.raises(pr.PrError, match=r"reserved Write Exclusive by key 0x0+7"):
+        fence.register(lun.session("hv1"), HV1)
+
+
+def test_the_reservation_holder_keeps_its_registration_when_it_leaves() -> None:
+    lun = ModelLun()
+    fence.register(lun.session("hv1"), HV1)
+    fence.register(lun.session("hv2"), HV2)
+    assert not fence.unregister(lun.session("hv1"), HV1)  # would release the reservation
+    assert fence.unregister(lun.session("hv2"), HV2)
+    assert lun.regs == {"hv1": HV1} and lun.holder == "hv1"
+
+
+@pytest.mark.parametrize("victim_holds", [True, False])
+def test_a_preempt_fences_the_victim_and_leaves_a_reservation(victim_holds: bool) -> None:
+    lun = ModelLun()
+    first, second = ("hv1", "hv2") if victim_holds else ("hv2", "hv1")
+    fence.register(lun.session(first), pr.host_key(first))
+    fence.register(lun.session(second), pr.host_key(second))
+    own = pr.host_key(fence.FENCER_KEY_NAME)
+    fence.preempt(lun.session("fencer"), own, HV1)
+    assert HV1 not in lun.regs.values() and not lun.may_write("hv1")
+    assert lun.may_write("hv2") and lun.holder in ("fencer", "hv2")
+    fence.preempt(lun.session("fencer"), own, HV1)  # again: already fenced, no error
+
+
+def test_a_preempt_of_a_victim_on_an_unreserved_lun_reserves_it() -> None:
+    lun = ModelLun()
+    lun.session("hv1").register(HV1)  # registered, never reserved: it still writes
+    fence.preempt(lun.session("fencer"), pr.host_key(fence.FENCER_KEY_NAME), HV1)
+    assert lun.holder == "fencer" and not lun.may_write("hv1")
+
+
+# -- the manager's fencer ------------------------------------------------------------------
+
+
+def _fencer(luns: dict[str, ModelLun], refuse_login: bool = False) -> PrStorageFencer:
+    @contextlib.contextmanager
+    def open_lun(url: str, initiator: str) -> Iterator[pr.Reservations]:
+        if refuse_login:
+            raise pr.PrError(f"{url} as {initiator}: cannot log in (not in the ACL)")
+        yield luns[url].session(initiator)
+
+    return PrStorageFencer("iqn.x:manager", {IQN: "10.0.0.1:3260"}, open_lun)
+
+
+def test_the_fencer_preempts_on_every_lun_and_says_what_it_could_not() -> None:
+    url1, url2 = (f"iscsi://10.0.0.1:3260/{IQN}/{n}" for n in (1, 2))
+    luns = {url1: ModelLun(), url2: ModelLun(supports_pr=False)}
+    fence.register(luns[url1].session("hv1"), HV1)
+    other = iscsi_id("iqn.other:t", 1)
+    result = _fencer(luns).preempt("hv1", [LUN1, LUN2, "aoe-e9.1", other])
+    assert result == StorageResult(preempted=(LUN1,),
+                                   unsupported=(LUN2, "aoe-e9.1", other))
+    assert not luns[url1].may_write("hv1")
+
+
+def test_a_login_the_target_refuses_is_a_refused_fence() -> None:
+    result = _fencer({}, refuse_login=True).preempt("hv1", [LUN1])
+    assert result.preempted == () and "cannot log in" in result.refused[LUN1]
+
+
+def test_the_settings_wire_the_fencer_or_none(tmp_path: Path) -> None:
+    assert from_config(Config()) is None
+    cfg = Config(pr_fence_initiator="iqn.x:m", pr_portals=(f"{IQN}=127.0.0.1:3260",))
+    fencer = from_config(cfg)
+    assert fencer is not None and fencer.portals == {IQN: "127.0.0.1:3260"}
+    conf = tmp_path / "bad.conf"
+    for line, error in (("pr_backend = scsi", "'pr_backend': 'scsi' is not none, initiator"),
+                        ("pr_backend = initiator", "'pr_initiator_dir': required"),
+                        ("pr_portals = iqn.x:y", "'pr_portals': 'iqn.x:y' is not")):
+        conf.write_text(f"[storage]\n{line}\n")
+        with pytest.raises(ConfigError, match=error):
+            load(str(conf), env={})
+
+
+# -- the agent's registrar -----------------------------------------------------------------
+
+
+def test_the_registrar_fails_closed_and_says_unsupported_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    luns = {1: ModelLun(), 2: ModelLun(supports_pr=False)}
+    registrar = Registrar("hv1", lambda lun: luns[lun.number].session("hv1"))
+    caplog.set_level(logging.INFO, "gridtool.agent")
+    for _ in range(2):
+        registrar.register("db", [LUN1, LUN2, "aoe-e9.1"])
+    assert luns[1].regs == {"hv1": HV1} and luns[1].holder == "hv1"
+    assert sum("event=pr_unsupported" in r.message for r in caplog.records) == 1
+    luns[1].session("other").register(7)
+    luns[1].holder, luns[1].type = "other", pr.ResType.EXCLUSIVE_ACCESS
+    with pytest.raises(RegistrationFailed, match=f"^hv1 could not register its key on {LUN1}"):
+        registrar.register("db", [LUN1])
+    Registrar("hv1", None).register("db", [LUN1])  # no back end: nothing to do
+
+
+def test_the_back_end_is_chosen_by_the_settings(tmp_path: Path) -> None:
+    assert port_opener(Config()) is None
+    opener = port_opener(Config(pr_backend="initiator", pr_initiator_dir=str(tmp_path)))
+    assert opener is not None
+    port = opener(fence.Lun(LUN2, IQN, 2))
+    assert (port.lun, port.path) == (2, tmp_path / "pr.sock")  # type: ignore[attr-defined]
+    by_path = tmp_path / "by-path"
+    by_path.mkdir()
+    for name in (f"ip-10.0.0.1:3260-iscsi-{IQN}-lun-1-part1", f"ip-10.0.0.1:3260-iscsi-{IQN}-lun-1",
+                 f"ip-10.0.0.1:3260-iscsi-{IQN}-lun-2"):
+        (by_path / name).touch()
+    lun1 = fence.Lun(LUN1, IQN, 1)
+    assert by_path_device(lun1, str(by_path)) == f"{by_path}/ip-10.0.0.1:3260-iscsi-{IQN}-lun-1"
+    with pytest.raises(pr.PrError, match="not logged in"):
+        by_path_device(fence.Lun(iscsi_id(IQN, 3), IQN, 3), str(by_path))
