@@ -127,7 +127,7 @@ def power_off_hv1(lab_hosts) -> float:  # type: ignore[no-untyped-def]
 
 
 def test_a_lost_host_is_preempted_on_the_lun_before_its_guest_runs_elsewhere(  # type: ignore[no-untyped-def]
-        lab_hosts, store, cfg, registry, storage):
+        lab_hosts, store, cfg, registry, storage, capsys):
     """hv1 runs an HA guest on LUN 1 and is lost: the manager preempts hv1's key there
     (READ KEYS: gone), records the storage fence and restarts the guest on hv2, which
     registered first; hv1's session can no longer write the LUN, hv2's can."""
@@ -147,6 +147,9 @@ def test_a_lost_host_is_preempted_on_the_lun_before_its_guest_runs_elsewhere(  #
     refused = storage.write("hv1", 1)
     assert refused.returncode == 1 and "Operation not permitted" in refused.stdout, refused
     assert storage.write("hv2", 1).returncode == 0
+    code, out, _ = run_cli(cfg, capsys, "fence", "list", "--storage", "--json", "--lun",
+                           storage.target.url(1), "--initiator", lab_iscsi.CLI_INITIATOR)
+    assert code == 0 and '"(fencer)"' in out and '"hv2"' in out and '"hv1"' not in out, out
     created = lab_hosts.agent_events("hv2", "guest_created")
     registered = lab_hosts.agent_events("hv2", "pr_registered")
     assert registered and created and registered[-1][0] <= created[-1][0]

@@ -249,3 +249,43 @@ def test_the_back_end_is_chosen_by_the_settings(tmp_path: Path) -> None:
     assert by_path_device(lun1, str(by_path)) == f"{by_path}/ip-10.0.0.1:3260-iscsi-{IQN}-lun-1"
     with pytest.raises(pr.PrError, match="not logged in"):
         by_path_device(fence.Lun(iscsi_id(IQN, 3), IQN, 3), str(by_path))
+
+
+# -- the manager with the fencer: a pinned guest after `host confirm-dead` -----------------
+
+
+def test_a_pinned_guest_moves_after_confirm_dead_only_through_the_storage_fence() -> None:
+    """hv1 is confirmed dead with a pinned guest on LUN 1: the manager's fencer preempts
+    hv1's key on the LUN (the model LUN refuses hv1's writes from then on), the record
+    says storage, and the guest is restarted on hv2 relying on it."""
+    import json
+
+    from gridtool.fencing.rules import Fence, FenceKind
+    from gridtool.ha.manager import Manager
+    from gridtool.registry.fleet import Registry
+    from gridtool.registry.memstore import MemStore
+    from gridtool.registry.model import Disk, GuestRecord, HostRecord
+    from gridtool.registry.records import Intent, decode
+
+    store, keys = MemStore(lambda: 0.0), Config().keys
+    uuid = "66666666-7777-8888-9999-000000000000"
+    disk = Disk("vda", f"{IQN}/1", "network", shared=True, volume=LUN1)
+    registry = Registry(store, keys)
+    registry.put_host(HostRecord("hv2", "test:///", "test", 4, 4096, 4096, "0", 0.0,
+                                 watchdog=True), None)
+    registry.put_guest(GuestRecord(uuid, "db", "hv1", "running", 1, 128, 0.0, (disk,)))
+    store.put(keys.fence(LUN1), Fence(LUN1, "hv1", uuid, "db", FenceKind.PINNED, 0.0)
+              .to_json().encode())
+    url = f"iscsi://10.0.0.1:3260/{IQN}/1"
+    lun = ModelLun()
+    fence.register(lun.session("hv1"), HV1)
+    manager = Manager(Config(), store, "m1", threaded=False,
+                      storage_fencer=_fencer({url: lun}))
+    manager.step()
+    assert [decode(Intent, i.key, i.value) for i in store.list(keys.all_intents)[0]] == []
+    store.put(keys.dead_host("hv1"), json.dumps({"v": 1, "host": "hv1"}).encode())
+    manager.step()
+    manager.step()
+    assert not lun.may_write("hv1") and HV1 not in lun.regs.values()
+    (intent,) = [decode(Intent, i.key, i.value) for i in store.list(keys.all_intents)[0]]
+    assert intent.host == "hv2" and str(intent.params["fence"]).startswith("storage: hv1's key")
