@@ -26,6 +26,7 @@ from gridtool.clone.rules import ClonePlanError, check_name, golden_path, inside
 from gridtool.clone.templates import forget_clone
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing.rules import FenceKind, GuestRef
+from gridtool.registry import model
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError, GuestRecord
 from gridtool.registry.records import DomainDefinition, Intent, IntentAction, decode, encode
@@ -328,9 +329,12 @@ class IntentWorker:
     def _do_receive(self, intent: Intent) -> str:
         """Accept one incoming live migration of the guest from ``params['from']``."""
         source = str(intent.params.get("from") or "")
-        item = self.store.get(self.keys.guest(source, intent.guest)) if source else None
-        if item is not None and self.hook is not None:  # before the switchover
-            rec = decode(GuestRecord, item.key, item.value)
+        if self.registrar.active and self.hook is not None and source:  # before the switchover
+            item = self.store.get(self.keys.guest(source, intent.guest))
+            if item is None:
+                raise IntentFailed(f"{self.host} will not receive {intent.name}: {source} "
+                                   "has no record of it, so its LUNs are unknown")
+            rec = model.decode(GuestRecord, item.key, item.value)
             try:
                 self.registrar.register(intent.name, rec.volumes)
             except RegistrationFailed as exc:

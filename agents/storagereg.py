@@ -73,6 +73,11 @@ class Registrar:
         self._unsupported: set[str] = set()  # said once each
         self._lock = threading.Lock()
 
+    @property
+    def active(self) -> bool:
+        """Whether this host registers at all (a back end is configured)."""
+        return self.open_port is not None
+
     def register(self, guest: str, volumes: Iterable[str]) -> None:
         """Register on every LUN of ``volumes`` before ``guest`` runs here;
         RegistrationFailed (and ``event=pr_register_failed``) on the first that refuses."""

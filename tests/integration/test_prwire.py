@@ -75,7 +75,7 @@ class Storage:
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storage]:
     base = tmp_path_factory.mktemp("prwire")
-    target = lab_iscsi.create(base, HOSTS, luns=3, size_mb=4)
+    target = lab_iscsi.create(base, HOSTS, luns=4, size_mb=4)
     procs = []
     try:
         lab_iscsi.start(target)
@@ -90,13 +90,13 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storage]:
         lab_iscsi.stop(target)
 
 
-def lun_xml(storage: Storage, n: int, name: str = "db") -> str:
+def lun_xml(storage: Storage, n: int, name: str = "db", uuid: str = UUID) -> str:
     """A test-driver guest whose one disk is LUN ``n`` as an iSCSI network disk."""
     disk = (f"<disk type='network' device='disk'><source protocol='iscsi' "
             f"name='{storage.target.iqn}/{n}'><host name='127.0.0.1' "
             f"port='{storage.target.port}'/></source><target dev='vda'/></disk>")
     return domain_xml(name).replace(f"<name>{name}</name>",
-                                    f"<name>{name}</name><uuid>{UUID}</uuid>").replace(
+                                    f"<name>{name}</name><uuid>{uuid}</uuid>").replace(
         "<devices>", f"<devices>{disk}")
 
 
@@ -195,3 +195,25 @@ def test_migration_registers_the_destination_and_unregisters_the_source(  # type
     assert storage.keys(3) == (KEY["hv1"],) and storage.holder(3).key == KEY["hv1"]
     assert lab_hosts.agent_events("hv2", "pr_unregistered")
     assert lab_hosts.agent_events("hv1", "pr_kept")
+
+
+def test_a_lun_the_host_cannot_register_on_fails_the_start_closed(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry, storage):
+    """LUN 4 is reserved Write Exclusive (only its holder writes) by a session of no
+    host: hv1 registers, but its guest could not write, so the start fails in one line,
+    the fence is given back and the guest does not run."""
+    with storage.lun(4) as other:  # (the registration and reservation outlive the session)
+        other.register(0x77)
+        other.reserve(0x77, pr.ResType.WRITE_EXCLUSIVE)
+    lab_hosts.add("hv1")
+    lab_hosts.conn("hv1").defineXML(lun_xml(storage, 4))
+    lab_hosts.start_agent("hv1", pr_backend="initiator", pr_initiator_dir=str(storage.dirs["hv1"]))
+    wait_registered(registry, ["hv1"])
+    client = IntentClient(store, cfg.keys)
+    done = client.wait(client.submit("hv1", "start", UUID, "db"), 30, raise_failed=False)
+    assert done.state == "failed", done
+    assert done.message.startswith(f"db not started on hv1: hv1 could not register its key on "
+                                   f"{storage.volume(4)}: the LUN is reserved Write Exclusive")
+    assert "\n" not in done.message and running_on(lab_hosts, UUID) == []
+    assert store.get(cfg.keys.fence(storage.volume(4))) is None
+    assert lab_hosts.agent_events("hv1", "pr_register_failed")

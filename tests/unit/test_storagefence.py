@@ -289,3 +289,45 @@ def test_a_pinned_guest_moves_after_confirm_dead_only_through_the_storage_fence(
     assert not lun.may_write("hv1") and HV1 not in lun.regs.values()
     (intent,) = [decode(Intent, i.key, i.value) for i in store.list(keys.all_intents)[0]]
     assert intent.host == "hv2" and str(intent.params["fence"]).startswith("storage: hv1's key")
+
+
+def test_the_destination_registers_before_it_accepts_an_incoming_migration() -> None:
+    """A ``receive`` intent (before the source's live migration starts): hv2 registers on
+    the guest's LUNs (read from the source's record) and only then expects the guest;
+    a refusal, or no record to read the LUNs from, fails it and nothing is expected."""
+    from agents.claims import GuestClaims
+    from agents.intents import IntentWorker
+    from agents.ports import IntentFailed
+    from gridtool.registry.fleet import Registry
+    from gridtool.registry.memstore import MemStore
+    from gridtool.registry.model import Disk, GuestRecord
+    from gridtool.registry.records import Intent
+
+    store, keys = MemStore(lambda: 0.0), Config().keys
+    uuid = "66666666-7777-8888-9999-000000000000"
+    disk = Disk("vda", f"{IQN}/1", "network", shared=True, volume=LUN1)
+    Registry(store, keys).put_guest(GuestRecord(uuid, "db", "hv1", "running", 1, 128, 0.0,
+                                                (disk,)))
+    lun = ModelLun()
+    fence.register(lun.session("hv1"), HV1)
+    expected: list[tuple[str, str]] = []
+
+    class Hook:
+        def expect(self, guest: str, source: str) -> None:
+            expected.append((guest, source))
+
+    worker = IntentWorker(host="hv2", store=store, keys=keys, domains=None,  # type: ignore[arg-type]
+                          fencer=None, lease=None, claims=GuestClaims(),  # type: ignore[arg-type]
+                          images_dir="/nonexistent", on_change=lambda _u: None,
+                          judge=lambda _r: None, hook=Hook(),
+                          registrar=Registrar("hv2", lambda _lun: lun.session("hv2")))
+    intent = Intent("i1", "hv2", "receive", uuid, "db", 0.0, "test", params={"from": "hv1"})
+    assert worker._do_receive(intent) == "hv2 expects db from hv1"
+    assert lun.regs == {"hv1": HV1, "hv2": HV2} and expected == [(uuid, "hv1")]
+    with pytest.raises(IntentFailed, match="hv3 has no record of it"):
+        worker._do_receive(Intent("i2", "hv2", "receive", uuid, "db", 0.0, "test",
+                                  params={"from": "hv3"}))
+    lun.holder, lun.type = "hv1", pr.ResType.EXCLUSIVE_ACCESS
+    with pytest.raises(IntentFailed, match=r"^hv2 will not receive db: hv2 could not register"):
+        worker._do_receive(intent)
+    assert expected == [(uuid, "hv1")]
