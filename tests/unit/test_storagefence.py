@@ -201,6 +201,24 @@ def test_a_login_the_target_refuses_is_a_refused_fence() -> None:
     assert result.preempted == () and "cannot log in" in result.refused[LUN1]
 
 
+def test_a_login_that_hangs_is_a_refused_fence_after_the_timeout() -> None:
+    import threading
+
+    release = threading.Event()
+
+    @contextlib.contextmanager
+    def hanging(url: str, initiator: str) -> Iterator[pr.Reservations]:
+        release.wait(10)
+        yield ModelLun().session(initiator)
+
+    fencer = PrStorageFencer("iqn.x:manager", {IQN: "10.0.0.1:3260"}, hanging, timeout=0.2)
+    try:
+        result = fencer.preempt("hv1", [LUN1])
+    finally:
+        release.set()
+    assert result.refused == {LUN1: f"iscsi://10.0.0.1:3260/{IQN}/1: no answer within 0.2 s"}
+
+
 def test_the_settings_wire_the_fencer_or_none(tmp_path: Path) -> None:
     assert from_config(Config()) is None
     cfg = Config(pr_fence_initiator="iqn.x:m", pr_portals=(f"{IQN}=127.0.0.1:3260",))
