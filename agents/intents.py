@@ -245,10 +245,13 @@ class IntentWorker:
                 self.fencer.release(ref)
             raise IntentFailed(f"{intent.name} not started on {self.host}: {exc}") from None
 
-    def _leave(self, name: str, ref: GuestRef) -> None:
-        """``name`` left for another host: unregister from the LUNs no guest here uses."""
+    def _leave(self, name: str, volumes: tuple[str, ...]) -> None:
+        """``name`` left for another host: unregister from the LUNs no guest here uses
+        (what fails is logged: the guest's move succeeded)."""
+        if not self.registrar.active:
+            return
         with contextlib.suppress(RegistryUnavailable, AuthError):
-            self.registrar.leave(name, ref.volumes, set(self.fencer.refresh_held()))
+            self.registrar.leave(name, volumes, set(self.fencer.refresh_held()))
 
     def _lease_allows_start(self, intent: Intent, ref: GuestRef) -> None:
         """The lease clock's last word before an HA guest's ``create()``: IntentFailed
@@ -304,7 +307,7 @@ class IntentWorker:
                 f"{intent.name} {how} on {self.host}, but its fences could not be "
                 f"handed to {target} ({exc})"
                 + ("; released them" if released else "")) from None
-        self._leave(intent.name, ref)
+        self._leave(intent.name, ref.volumes)
         return f"; fences handed to {target} (token {token})" if token else ""
 
     def _do_destroy(self, intent: Intent) -> str:
@@ -323,7 +326,7 @@ class IntentWorker:
         rec = self.domains.guest(intent.guest, self.host)
         outcome = self.live.migrate(intent, lambda: self._record(intent))
         if rec is not None and rec.fenced:  # (still held after a failure: kept)
-            self._leave(intent.name, self.fencer.ref(rec))
+            self._leave(intent.name, rec.volumes)
         return outcome
 
     def _do_receive(self, intent: Intent) -> str:
