@@ -31,6 +31,7 @@ from agents.lease import HostLease, Watchdog
 from agents.libvirt_source import LibvirtSource
 from agents.readiness import ReadinessWatcher
 from agents.selffence import SelfFence
+from agents.storagereg import Registrar, port_opener
 from gridtool import __version__, supervise
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
@@ -127,7 +128,7 @@ class Agent:
             fencer=self.fencer, lease=self.lease, claims=self.claims,
             images_dir=cfg.images_dir, on_change=self._look_again,
             judge=lambda rec: self.judge(rec, clean_stop=None), hook=self.hook_server,
-            faults=self.faults)
+            faults=self.faults, registrar=Registrar(self.host, port_opener(cfg)))
         self.readiness = ReadinessWatcher(self._look_again)
         self.libvirt.readiness = self.readiness
         self.started_at = time.time()
@@ -164,9 +165,11 @@ class Agent:
         if self.hook_server is not None:
             self.hook_server.start()
         if self.cfg.manager:
+            from gridtool.fencing.storagefence import from_config
             from gridtool.ha.manager import Manager
 
-            manager = Manager(self.cfg, self.store, self.host)
+            manager = Manager(self.cfg, self.store, self.host,
+                              storage_fencer=from_config(self.cfg))
             supervise.start(manager.run, "manager", (self._stopping,), logger=log)
         while not self._stopping.is_set():
             try:

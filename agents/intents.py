@@ -19,12 +19,14 @@ from agents.faults import NO_FAULTS, Faults
 from agents.fencer import FenceRefused
 from agents.livemigrate import LiveMigrator, receive
 from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
+from agents.storagereg import NO_REGISTRAR, Registrar, RegistrationFailed
 from gridtool import supervise
 from gridtool.clock import SYSTEM, Clock
 from gridtool.clone.rules import ClonePlanError, check_name, golden_path, inside, template_disks
 from gridtool.clone.templates import forget_clone
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing.rules import FenceKind, GuestRef
+from gridtool.registry import model
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError, GuestRecord
 from gridtool.registry.records import DomainDefinition, Intent, IntentAction, decode, encode
@@ -45,8 +47,9 @@ class IntentWorker:
     (``domains``), its ``fencer`` and ``lease``, the guest ``claims`` shared with the
     agent, ``images_dir`` for templates and clones, ``on_change(uuid)`` to have a guest
     looked at again, ``judge(record)`` to judge one now, the fence ``hook`` (None
-    when the host has none) for ``receive``, the ``clock`` it reads the time from, and the
-    test-only ``faults`` (``agents.faults``).
+    when the host has none) for ``receive``, the ``clock`` it reads the time from, the
+    ``registrar`` that registers the host's PR key on a guest's LUNs before it runs here
+    (``agents.storagereg``), and the test-only ``faults`` (``agents.faults``).
     The simulator runs it without its thread: :meth:`handle` per queued key.
     """
 
@@ -54,13 +57,15 @@ class IntentWorker:
                  fencer: FenceHolder, lease: LeaseView, claims: GuestClaims,
                  images_dir: str, on_change: Callable[[str], None],
                  judge: Callable[[GuestRecord], None], hook: Receiver | None = None,
-                 clock: Clock = SYSTEM, faults: Faults = NO_FAULTS) -> None:
+                 clock: Clock = SYSTEM, faults: Faults = NO_FAULTS,
+                 registrar: Registrar = NO_REGISTRAR) -> None:
         self.host, self.store, self.keys = host, store, keys
         self.domains, self.fencer, self.lease, self.claims = domains, fencer, lease, claims
         self.images_dir, self.on_change, self.judge, self.hook = (images_dir, on_change,
                                                                    judge, hook)
         self.clock = clock
         self.faults = faults
+        self.registrar = registrar
         self.live = LiveMigrator(host=host, store=store, keys=keys, domains=domains,
                                  fencer=fencer, lease=lease)
         self.queue: queue.Queue[str | None] = queue.Queue()
@@ -210,6 +215,8 @@ class IntentWorker:
             token = self.fencer.acquire(ref)
         if dom.isActive():
             return f"{intent.name} already running on {self.host}"
+        if ref is not None:
+            self._register(intent, ref)
         if self.faults.delay_before_create:  # test-only: a start racing the deadline
             time.sleep(self.faults.delay_before_create)
         ha = ref is not None and ref.kind is FenceKind.HA
@@ -227,6 +234,24 @@ class IntentWorker:
                  self.clock.monotonic() - began)  # (what START_BUDGET_S is measured by)
         suffix = f" (fence token {token})" if token else ""
         return f"{intent.name} started on {self.host}{suffix}"
+
+    def _register(self, intent: Intent, ref: GuestRef) -> None:
+        """Register the host's PR key on the guest's LUNs before it starts; fail closed
+        (its fences given back) when a LUN refuses."""
+        try:
+            self.registrar.register(intent.name, ref.volumes)
+        except RegistrationFailed as exc:
+            with contextlib.suppress(RegistryUnavailable, AuthError):
+                self.fencer.release(ref)
+            raise IntentFailed(f"{intent.name} not started on {self.host}: {exc}") from None
+
+    def _leave(self, name: str, volumes: tuple[str, ...]) -> None:
+        """``name`` left for another host: unregister from the LUNs no guest here uses
+        (what fails is logged: the guest's move succeeded)."""
+        if not self.registrar.active:
+            return
+        with contextlib.suppress(RegistryUnavailable, AuthError):
+            self.registrar.leave(name, volumes, set(self.fencer.refresh_held()))
 
     def _lease_allows_start(self, intent: Intent, ref: GuestRef) -> None:
         """The lease clock's last word before an HA guest's ``create()``: IntentFailed
@@ -282,6 +307,7 @@ class IntentWorker:
                 f"{intent.name} {how} on {self.host}, but its fences could not be "
                 f"handed to {target} ({exc})"
                 + ("; released them" if released else "")) from None
+        self._leave(intent.name, ref.volumes)
         return f"; fences handed to {target} (token {token})" if token else ""
 
     def _do_destroy(self, intent: Intent) -> str:
@@ -297,10 +323,25 @@ class IntentWorker:
 
     def _do_migrate(self, intent: Intent) -> str:
         """Live-migrate to ``params['to']``, fences handed over at switchover."""
-        return self.live.migrate(intent, lambda: self._record(intent))
+        rec = self.domains.guest(intent.guest, self.host)
+        outcome = self.live.migrate(intent, lambda: self._record(intent))
+        if rec is not None and rec.fenced:  # (still held after a failure: kept)
+            self._leave(intent.name, rec.volumes)
+        return outcome
 
     def _do_receive(self, intent: Intent) -> str:
         """Accept one incoming live migration of the guest from ``params['from']``."""
+        source = str(intent.params.get("from") or "")
+        if self.registrar.active and self.hook is not None and source:  # before the switchover
+            item = self.store.get(self.keys.guest(source, intent.guest))
+            if item is None:
+                raise IntentFailed(f"{self.host} will not receive {intent.name}: {source} "
+                                   "has no record of it, so its LUNs are unknown")
+            rec = model.decode(GuestRecord, item.key, item.value)
+            try:
+                self.registrar.register(intent.name, rec.volumes)
+            except RegistrationFailed as exc:
+                raise IntentFailed(f"{self.host} will not receive {intent.name}: {exc}") from None
         return receive(self.hook, self.host, intent)
 
     def _do_refresh(self, intent: Intent) -> str:

@@ -21,11 +21,14 @@ from typing import Any
 from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS, SharedStorageRules
 from gridtool.errors import ConfigError
 from gridtool.registry.keys import DEFAULT_PREFIX, Keys, validate_name
+from gridtool.storage.fence import parse_portals
 
 SYSTEM_CONFIG = Path("/etc/gridtool/gridtool.conf")
 AGENT_CONFIG = Path("/etc/gridtool/agent.conf")
 
 SECRET_SETTINGS = frozenset({"password"})
+#: How an agent registers its PR key (setting ``pr_backend``).
+PR_BACKENDS = ("none", "initiator", "sg_persist")
 _BOOLS = {"1": True, "yes": True, "true": True, "on": True,
           "0": False, "no": False, "false": False, "off": False}
 
@@ -147,6 +150,28 @@ class Config:
         "Where templates' golden images (`templates/`) and clones' copy-on-write overlays "
         "(`clones/<host>/`) live. Shared storage (NFS, a cluster file system) mounted at the same "
         "path on every host, so any host can clone any template."))
+    pr_backend: str = setting("none", "storage", meaning=(
+        "How this host's agent registers its SCSI-3 persistent reservation key on the iSCSI "
+        "LUNs of a guest before it starts or receives it (storage fencing): `sg_persist` on "
+        "the kernel's by-path device (`/dev/disk/by-path/*-iscsi-IQN-lun-N`, sg3-utils), "
+        "`initiator` through the lab's host initiator (`pr.sock` in `pr_initiator_dir`), or "
+        "`none`. It registers with REGISTER AND IGNORE EXISTING KEY and reserves the LUN "
+        "Write Exclusive, registrants only, if no reservation is held. A failed registration "
+        "fails the start; a LUN without PR support is said once in the log and is not "
+        "storage-fenced. One of `none`, `initiator` and `sg_persist`."))
+    pr_initiator_dir: str | None = setting(None, "storage", meaning=(
+        "The directory of the lab's host initiator (`gridtool lab up --storage iscsi` sets it): "
+        "its `pr.sock` carries this host's PR commands; the LUN's number is its index there. "
+        "Needed by `pr_backend = initiator`."))
+    pr_fence_initiator: str | None = setting(None, "storage", meaning=(
+        "The iSCSI initiator name the manager logs in as to fence a lost host at the storage: "
+        "before it recovers a guest of that host it registers its own key on each of the "
+        "guest's LUNs and PREEMPTs the host's key, so the target refuses the host's writes. "
+        "The target's ACL must allow it. Unset: the manager does not fence at the storage."))
+    pr_portals: tuple[str, ...] = setting((), "storage", meaning=(
+        "Where the manager reaches each iSCSI target to fence at the storage, as "
+        "`TARGET-IQN=HOST:PORT` entries. A LUN of a target not listed is not storage-fenced "
+        "(the manager uses the host's fence agent or the timed path)."))
     source: str = setting("defaults", None, meaning=(
         "Not a setting: where the values came from, the configuration file's path or "
         "`defaults`. It cannot be set."))
@@ -230,6 +255,15 @@ def _validate(cfg: Config) -> Config:
     if cfg.intruder_policy not in ("pause", "destroy"):
         raise ConfigError(f"setting 'intruder_policy': {cfg.intruder_policy!r} is not "
                           "pause or destroy")
+    if cfg.pr_backend not in PR_BACKENDS:
+        raise ConfigError(f"setting 'pr_backend': {cfg.pr_backend!r} is not "
+                          f"{', '.join(PR_BACKENDS[:-1])} or {PR_BACKENDS[-1]}")
+    if cfg.pr_backend == "initiator" and not cfg.pr_initiator_dir:
+        raise ConfigError("setting 'pr_initiator_dir': required when 'pr_backend' is initiator")
+    try:
+        parse_portals(cfg.pr_portals)
+    except ValueError as exc:
+        raise ConfigError(f"setting 'pr_portals': {exc}") from None
     if not cfg.endpoints:
         raise ConfigError("setting 'endpoints': at least one HOST:PORT is required")
     for ep in cfg.endpoints:

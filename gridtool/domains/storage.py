@@ -77,6 +77,21 @@ def iscsi_id(target: str, lun: int) -> str:
     return f"iscsi-{name}-lun{lun}"
 
 
+_ISCSI_VOLUME = re.compile(r"^iscsi-(.+)-lun(\d+)\Z")
+
+
+def iscsi_lun(volume: str) -> tuple[str, int] | None:
+    """The (target, LUN) a volume id of :func:`iscsi_id` names; None for any other id."""
+    match = _ISCSI_VOLUME.match(volume)
+    if match is None:
+        return None
+    target, lun = match.group(1), int(match.group(2))
+    try:
+        return (target, lun) if iscsi_id(target, lun) == volume else None
+    except DiskIdError:
+        return None
+
+
 def sam_lun(text: str) -> int:
     """A LUN as ``/dev/disk/by-path`` writes it: decimal below 256, else the 8-byte SAM
     address in hex (udev's ``lun-0x...``), of which one-level peripheral and flat space

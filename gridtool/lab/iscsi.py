@@ -1,7 +1,8 @@
 """The lab's shared storage over iSCSI: a lab-owned ``tgtd`` (Debian's ``tgt``) on loopback.
 
 One target per lab, its LUNs backed by files in the lab dir (``lun-N.img``); each lab host
-has its own initiator IQN, and only those (and the CLI's) pass the target's ACL. tgtd runs
+has its own initiator IQN, and only those (and the CLI's and the managers') pass the
+target's ACL. tgtd runs
 in the foreground with its own control port (``tgtd -C N``, its socket
 ``/var/run/tgtd/socket.N``) so it never meets a system tgtd, and it ignores SIGTERM while
 it has targets: :func:`stop` deletes them with ``tgtadm`` first, SIGKILLs if that fails,
@@ -26,6 +27,8 @@ IQN_BASE = "iqn.2026-12.lab.gridtool"
 TARGET_IQN = f"{IQN_BASE}:storage"
 #: The CLI's own initiator (``fence list --storage`` reads keys through it).
 CLI_INITIATOR = f"{IQN_BASE}:cli"
+#: The managers' initiator: they fence lost hosts at the storage through it.
+MANAGER_INITIATOR = f"{IQN_BASE}:manager"
 TGT_SOCKET_DIR = Path("/var/run/tgtd")
 #: Control ports tried for the lab's tgtd (a system tgtd uses 0).
 CONTROL_PORTS = range(10000, 32768)  # tgtd takes 0..32767
@@ -104,7 +107,7 @@ def setup_commands(target: IscsiTarget) -> list[list[str]]:
              for lun in target.lun_numbers()]
     cmds += [tgtadm(target.control_port, "--mode", "target", "--op", "bind", "--tid", tid,
                     "--initiator-name", iqn)
-             for iqn in [*target.initiators.values(), CLI_INITIATOR]]
+             for iqn in [*target.initiators.values(), CLI_INITIATOR, MANAGER_INITIATOR]]
     return cmds
 
 

@@ -86,7 +86,9 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
     names = [f"hv{i}" for i in range(1, hosts + 1)]
     if state.get("storage") == "iscsi":
         progress("starting the iSCSI target (tgtd)")
-        _start_target(directory, state, names)
+        target = _start_target(directory, state, names)
+        cfg = replace(cfg, pr_fence_initiator=lab_iscsi.MANAGER_INITIATOR,
+                      pr_portals=(f"{target.iqn}={target.portal}",))  # managers fence there
     if not insecure:
         progress("enabling etcd authentication")
         cfg = _enable_auth(cfg, directory / "credentials", names)
@@ -108,7 +110,8 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
                            else _seed_and_keep(directory, lab_hosts, guests, ttl))
     for host in lab_hosts:
         progress(f"starting agent for {host.name}")
-        host.write_agent_conf(_agent_cfg(replace(cfg, manager=True), host.name))  # candidates
+        host.write_agent_conf(_agent_cfg(_registering(replace(cfg, manager=True), state,
+                                                      host.name), host.name))  # candidates
         host.start_agent()
     state["hosts"] = [h.to_dict() for h in lab_hosts]
     _save(directory, state)
@@ -119,7 +122,14 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
     wait_registered(cfg, [h.name for h in lab_hosts], hosts * guests)
 
 
-def _start_target(directory: Path, state: dict[str, Any], names: list[str]) -> None:
+def _registering(cfg: Config, state: dict[str, Any], name: str) -> Config:
+    """Host ``name``'s agent registers its PR key through its initiator (iSCSI labs)."""
+    where = {e["host"]: e["dir"] for e in state.get("initiators", [])}.get(name)
+    return replace(cfg, pr_backend="initiator", pr_initiator_dir=where) if where else cfg
+
+
+def _start_target(directory: Path, state: dict[str, Any], names: list[str]
+                  ) -> lab_iscsi.IscsiTarget:
     """Start the lab's tgtd, then each host's initiator (``gridtool.lab.initiator``); each
     is recorded as soon as it runs, so that ``down`` stops it even after a failure."""
     target = lab_iscsi.create(directory, names)
@@ -133,6 +143,7 @@ def _start_target(directory: Path, state: dict[str, Any], names: list[str]) -> N
         proc = initiator.start(where, name, target.initiators[name],
                                [target.url(n) for n in target.lun_numbers()])
         state["initiators"].append({"host": name, "pid": proc.pid, "dir": str(where)})
+    return target
 
 
 #: The lab's power fence agent (a console script of this package).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gridtool.config import load
 from gridtool.lab import iscsi as lab_iscsi
 from gridtool.lab.initiator import PrSocketLun
 from gridtool.lab.procs import cmdline
@@ -33,6 +34,15 @@ def test_lab_with_iscsi_storage_shows_registrations_and_stops_its_target(
         hosts = {e["host"]: e for e in state["initiators"]}
         assert sorted(hosts) == ["hv1", "hv2"] and all(e["alive"] for e in hosts.values())
         assert "initiator hv2" in shown.stdout
+        # the agents register through their initiators, the managers fence as their own IQN
+        for name, entry in hosts.items():
+            agent = load(str(lab_dir / "hosts" / name / "agent.conf"), env={})
+            assert (agent.pr_backend, agent.pr_initiator_dir) == ("initiator", entry["dir"])
+            assert agent.pr_fence_initiator == lab_iscsi.MANAGER_INITIATOR
+        lab = load(str(lab_dir / "gridtool.conf"), env={})
+        assert lab.pr_portals == (f"{lab_iscsi.TARGET_IQN}={target['portal']}",)
+        with IscsiLun(target["urls"][1], lab_iscsi.MANAGER_INITIATOR) as manager:
+            assert manager.read_keys().keys == ()  # the ACL lets the managers in
         # the host's initiator carries its PR commands (on the session its guests use)
         PrSocketLun(Path(hosts["hv2"]["dir"]), 2).register(pr.host_key("hv2"))
 

@@ -11,7 +11,7 @@ from gridtool.lab import iscsi
 from gridtool.lab.procs import LabError
 
 
-def test_setup_exports_every_lun_to_each_host_and_the_cli_only(tmp_path: Path) -> None:
+def test_setup_exports_every_lun_to_each_host_the_cli_and_the_managers_only(tmp_path: Path) -> None:
     target = iscsi.create(tmp_path, ["hv1", "hv2"], luns=2)
     target.control_port = 12345
     cmds = iscsi.setup_commands(target)
@@ -22,7 +22,7 @@ def test_setup_exports_every_lun_to_each_host_and_the_cli_only(tmp_path: Path) -
     assert stores == [str(tmp_path / "lun-1.img"), str(tmp_path / "lun-2.img")]
     allowed = [c[-1] for c in cmds if "bind" in c]
     assert allowed == ["iqn.2026-12.lab.gridtool:hv1", "iqn.2026-12.lab.gridtool:hv2",
-                       iscsi.CLI_INITIATOR]  # never ALL
+                       iscsi.CLI_INITIATOR, iscsi.MANAGER_INITIATOR]  # never ALL
     assert [c[5:9] for c in iscsi.stop_commands(12345)] == [
         ["--mode", "target", "--op", "delete"], ["--mode", "system", "--op", "delete"]]
     assert [p.name for p in iscsi.socket_files(12345)] == ["socket.12345", "socket.12345.lock"]

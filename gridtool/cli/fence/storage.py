@@ -5,6 +5,9 @@ from __future__ import annotations
 from gridtool.cli.common.context import AppContext
 from gridtool.errors import OperationFailed, RegistryUnavailable, UsageError
 
+#: What the table shows for the manager's key (registered on every LUN it fenced).
+FENCER_OWNER = "(fencer)"
+
 
 def lab_target() -> dict | None:
     """The running lab's iSCSI target (``lab up --storage iscsi``), or None."""
@@ -36,6 +39,7 @@ def read_luns(app: AppContext, luns: list[str], initiator: str) -> tuple[list[di
     """Each LUN's registrations and reservation (keys named after the fleet's hosts), and
     one error line per LUN that could not be read; OperationFailed when none could."""
     from gridtool.storage import pr
+    from gridtool.storage.fence import FENCER_KEY_NAME
     from gridtool.storage.iscsi import IscsiLun
 
     rows: list[dict] = []
@@ -43,6 +47,7 @@ def read_luns(app: AppContext, luns: list[str], initiator: str) -> tuple[list[di
     try:
         hosts, _ = app.registry.list_hosts()
         owners = pr.key_owners(h.name for h in hosts)
+        owners[pr.host_key(FENCER_KEY_NAME)] = FENCER_OWNER
     except RegistryUnavailable as exc:  # the LUNs still answer: show keys without names
         errors.append(f"host names unknown ({exc})")
         owners = {}

@@ -42,7 +42,10 @@ def run(app: AppContext, name: str, period: float, log_level: str) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    manager = Manager(app.config, app.store, name, period=period)
+    from gridtool.fencing.storagefence import from_config
+
+    manager = Manager(app.config, app.store, name, period=period,
+                      storage_fencer=from_config(app.config))
     # what its step does not expect ends the process in one line (its threads, the pool
     # round and the watches, are supervised the same way): a supervisor restarts it
     supervise.supervised(manager.run, "manager", logging.getLogger("gridtool.ha.manager"))(stop)
