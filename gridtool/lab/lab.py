@@ -139,7 +139,8 @@ def _start_target(directory: Path, state: dict[str, Any], names: list[str],
                   luns: int) -> None:
     """Start the lab's tgtd, then each host's initiator (``gridtool.lab.initiator``); each
     is recorded as soon as it runs, so that ``down`` stops it even after a failure."""
-    target = lab_iscsi.create(directory, names, luns=luns)
+    target = lab_iscsi.create(directory, names, luns=luns, size_mb=(
+        qemu.DATA_DISK_MIB if state["hypervisor"] == "qemu" else lab_iscsi.LUN_MIB))
     try:
         lab_iscsi.start(target)
     finally:

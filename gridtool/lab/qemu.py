@@ -552,7 +552,11 @@ def _data_disk(disk: Path | LunSource) -> str:
     </disk>"""
 
 
-def make_data_disk(path: Path, size_mib: int = 8) -> None:
+#: A data disk's size (a file, or a LUN of the lab's target in a QEMU lab).
+DATA_DISK_MIB = 8
+
+
+def make_data_disk(path: Path, size_mib: int = DATA_DISK_MIB) -> None:
     """An empty raw data disk: 512-byte record slots (8 MiB: 16384 records, 27 minutes
     of a guest writing 10 a second)."""
     path.parent.mkdir(parents=True, exist_ok=True)
