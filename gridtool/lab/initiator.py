@@ -191,8 +191,15 @@ def start(directory: Path, host: str, iqn: str, urls: list[str]) -> subprocess.P
     return proc
 
 
-def stop(pid: int) -> bool:
-    return stop_pid(pid, MARKER)
+def stop(pid: int, directory: Path | None = None) -> bool:
+    """Stop the initiator ``pid``; True when it ran. With its ``directory``, also remove
+    the sockets a killed one (a power-off) left behind."""
+    stopped = stop_pid(pid, MARKER)
+    if directory is not None:
+        for path in [control_socket(directory), directory / "ready",
+                     *directory.glob("lun-*.nbd")]:
+            path.unlink(missing_ok=True)
+    return stopped
 
 
 def alive(pid: int) -> bool:

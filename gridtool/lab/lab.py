@@ -274,7 +274,7 @@ def down(directory: Path) -> list[str]:
         if stop_pid(host.libvirtd_pid, "libvirtd"):
             stopped.append(f"libvirtd {host.name}")
     for entry in state.get("initiators", []):
-        if initiator.stop(entry["pid"]):
+        if initiator.stop(entry["pid"], Path(entry["dir"])):
             stopped.append(f"initiator {entry['host']}")
     if "iscsi" in state and lab_iscsi.stop(lab_iscsi.IscsiTarget.from_dict(state["iscsi"])):
         stopped.append("tgtd")

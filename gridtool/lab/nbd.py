@@ -65,9 +65,9 @@ def export_name(option: int, payload: bytes) -> str | None:
     """The export an NBD_OPT_EXPORT_NAME, _GO or _INFO payload asks for (None: cut short)."""
     if option == OPT_EXPORT_NAME:
         return payload.decode(errors="replace")
-    if len(payload) < 4 or len(payload) < 4 + struct.unpack(">I", payload[:4])[0]:
-        return None
-    return payload[4:4 + struct.unpack(">I", payload[:4])[0]].decode(errors="replace")
+    size = struct.unpack(">I", payload[:4])[0] if len(payload) >= 4 else len(payload)
+    name = payload[4:4 + size]
+    return name.decode(errors="replace") if len(name) == size else None
 
 
 def simple_reply(handle: int, error: int = 0, data: bytes = b"") -> bytes:

@@ -653,6 +653,8 @@ def test_lab_up_with_qemu_hosts_then_down_leaves_nothing(tmp_path: Path) -> None
         assert {g["name"] for g in guests if g["state"] == "running"} == {
             "hv1-vm1", "hv1-vm2", "hv2-vm1", "hv2-vm2"}
         assert sum(any(d["shared"] for d in g["disks"]) for g in guests) == 2, "vm2s are fenced"
+        assert {d["volume"] for g in guests for d in g["disks"] if d["shared"]} == {
+            f"iscsi-iqn.2026-12.lab.gridtool:storage-lun{n}" for n in (1, 2)}, "on the LUNs"
         qemus = [int(p.read_text()) for p in lab_dir.glob("hosts/*/run/qemu/hv*.pid")]
         assert len(qemus) == 4 and all("qemu-system" in cmdline(p) for p in qemus)
         assert all(p.exists() for p in lab_dir.glob("hosts/*/etc/hooks/qemu"))
