@@ -40,6 +40,7 @@ _ISCSI_TAIL = re.compile(r"^(.+)-lun-(\d+|0x[0-9a-fA-F]{16})(-part\d+)?\Z")
 _BY_ID_WWN = re.compile(r"^/dev/disk/by-id/(?:wwn-0x|scsi-3|dm-uuid-mpath-3)(.*?)(-part\d+)?\Z")
 _WWN_HEX = re.compile(r"^(?:[0-9a-f]{16}|[0-9a-f]{32})\Z")
 _ISCSI_NAME = re.compile(r"^(?:iqn\.|eui\.|naa\.)[^\s/\x00-\x1f\x7f]+\Z")
+_ISCSI_PREFIXES = ("iqn.", "eui.", "naa.")
 
 
 class DiskIdError(ValueError):
@@ -137,9 +138,19 @@ def lun_id(name: str) -> str | None:
 _PREFERENCE = ("iscsi-", "wwn-", "aoe-")
 
 
+def names_lun(disk: Disk) -> bool:
+    """True for a network disk that names an iSCSI LUN: ``protocol='iscsi'``, or an NBD
+    export named ``TARGET-IQN/N`` (an iqn./eui./naa. name before the ``/``: how a host's
+    initiator serves its LUNs to its guests, e.g. the lab's, :mod:`gridtool.lab.initiator`)."""
+    if disk.protocol == "iscsi":
+        return True
+    return disk.protocol == "nbd" and disk.source.lower().startswith(_ISCSI_PREFIXES)
+
+
 def network_id(disk: Disk) -> str:
-    """The id of an iSCSI network disk, from ``<source name='TARGET/LUN'>`` alone (libvirt:
-    no ``/LUN`` means LUN 0); the portal (``<host>``) is no part of it."""
+    """The id of a network disk that names a LUN (:func:`names_lun`), from ``<source
+    name='TARGET/LUN'>`` alone (libvirt: no ``/LUN`` means LUN 0); the portal or socket
+    (``<host>``) is no part of it."""
     target, slash, lun = disk.source.partition("/")
     if slash and not lun.isdecimal():
         raise DiskIdError(f"LUN {lun!r} is not a number" if lun else "the LUN after '/' "
@@ -153,7 +164,7 @@ def volume_id(disk: Disk, aliases: Iterable[str] = (), path: str | None = None) 
     least), else ``path-`` and ``path`` (the name that made it shared, see
     :func:`shared_names`; default: its source), normalised. DiskIdError when it cannot be
     made."""
-    if disk.protocol == "iscsi":
+    if names_lun(disk):
         return network_id(disk)
     if disk.kind == "network":
         return "path-" + quote(disk.source.strip("/"), safe="-._~")
@@ -187,9 +198,9 @@ def shared_names(disk: Disk, rules: SharedStorageRules, aliases: Iterable[str] =
 
 def is_shared(disk: Disk, rules: SharedStorageRules, aliases: Iterable[str] = ()) -> bool:
     """True when the disk's source is on storage several hosts can see: ``<shareable/>``,
-    an iSCSI network disk, a volume of a shared pool, or a source (normalised) or alias
-    that a shared pattern matches."""
-    if disk.shareable or disk.protocol == "iscsi":
+    a network disk that names an iSCSI LUN (:func:`names_lun`), a volume of a shared
+    pool, or a source (normalised) or alias that a shared pattern matches."""
+    if disk.shareable or names_lun(disk):
         return True
     if disk.kind == "volume":
         pool = disk.source.partition("/")[0]

@@ -23,8 +23,9 @@ position is **corrupt** (a torn write, or noise): counted apart, never a violati
 The checker can miss a stale write that the new boot overwrote later; it never invents
 one. Times in the report (the guest's epoch seconds) are for people only.
 
-:func:`check` reads a file or block device; another source (a LUN read block by block
-through libiscsi) gives its 512-byte blocks to :func:`scan`, then :func:`judge`.
+:func:`check` reads a file or block device; :func:`check_lun` a LUN, through the target
+(a session of its own: a reader, allowed by the target's ACL, that never registers; a
+Write Exclusive - Registrants Only reservation lets everyone read).
 """
 
 from __future__ import annotations
@@ -184,3 +185,24 @@ def slots_of(path: Path, size: int = SLOT) -> Iterator[bytes]:
 def check(path: Path) -> Report:
     """Read a data disk (a file or block device) and judge it."""
     return judge(*scan(slots_of(path)))
+
+
+#: Blocks read per READ(10) from a LUN (64 KiB).
+LUN_CHUNK = 128
+
+
+def lun_slots(url: str, initiator_iqn: str) -> Iterator[bytes]:
+    """The slots of the LUN at ``url`` (``iscsi://PORTAL/TARGET-IQN/N``), read through
+    the target as ``initiator_iqn``; PrError when it cannot be read."""
+    from gridtool.storage.iscsi import IscsiLun
+
+    with IscsiLun(url, initiator_iqn) as lun:
+        blocks = lun.capacity() // SLOT
+        for lba in range(0, blocks, LUN_CHUNK):
+            data = lun.read(lba, min(LUN_CHUNK, blocks - lba))
+            yield from (data[at:at + SLOT] for at in range(0, len(data), SLOT))
+
+
+def check_lun(url: str, initiator_iqn: str) -> Report:
+    """Read a data disk on a LUN through the target and judge it."""
+    return judge(*scan(lun_slots(url, initiator_iqn)))

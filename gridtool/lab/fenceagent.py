@@ -104,7 +104,7 @@ def _switch(directory: Path, name: str, action: str) -> None:
         if action in ("off", "reboot"):
             labmod.power_off(directory, name)
         if action in ("on", "reboot"):
-            labmod.start_agent(directory, name)
+            labmod.power_on(directory, name)
     except (LabError, OSError, libvirt.libvirtError) as exc:
         raise FenceError(str(exc)) from None
 

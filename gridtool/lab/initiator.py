@@ -45,6 +45,12 @@ def nbd_socket(directory: Path, lun_index: int) -> Path:
     return directory / f"lun-{lun_index}.nbd"
 
 
+def export(url: str) -> str:
+    """The NBD export name of the LUN at ``url`` (``iscsi://PORTAL/TARGET-IQN/N``): its
+    ``TARGET-IQN/N``, which a guest's XML names and its volume id is made from."""
+    return url.split("://", 1)[-1].partition("/")[2]
+
+
 def control_socket(directory: Path) -> Path:
     return directory / "pr.sock"
 
@@ -57,6 +63,7 @@ class LunDisk:
         self.lun = lun
         self.lock = threading.Lock()
         self.size = lun.capacity()
+        self.name = export(lun.url)
 
     def _io(self, what: str, send: Any) -> Any:
         try:
@@ -184,8 +191,15 @@ def start(directory: Path, host: str, iqn: str, urls: list[str]) -> subprocess.P
     return proc
 
 
-def stop(pid: int) -> bool:
-    return stop_pid(pid, MARKER)
+def stop(pid: int, directory: Path | None = None) -> bool:
+    """Stop the initiator ``pid``; True when it ran. With its ``directory``, also remove
+    the sockets a killed one (a power-off) left behind."""
+    stopped = stop_pid(pid, MARKER)
+    if directory is not None:
+        for path in [control_socket(directory), directory / "ready",
+                     *directory.glob("lun-*.nbd")]:
+            path.unlink(missing_ok=True)
+    return stopped
 
 
 def alive(pid: int) -> bool:

@@ -34,6 +34,8 @@ TGT_SOCKET_DIR = Path("/var/run/tgtd")
 CONTROL_PORTS = range(10000, 32768)  # tgtd takes 0..32767
 TID = 1
 START_TIMEOUT = 10.0
+#: A lab LUN's size unless told (a QEMU lab's LUNs are its guests' data disks: smaller).
+LUN_MIB = 64
 
 
 def initiator_iqn(host: str) -> str:
@@ -83,7 +85,8 @@ class IscsiTarget:
         return cls(**{k: data[k] for k in names if k in data})
 
 
-def create(directory: Path, hosts: list[str], luns: int = 2, size_mb: int = 64) -> IscsiTarget:
+def create(directory: Path, hosts: list[str], luns: int = 2,
+           size_mb: int = LUN_MIB) -> IscsiTarget:
     """A target description for ``hosts`` (not started), its LUN files under ``directory``."""
     if luns < 1 or size_mb < 1:
         raise LabError("need at least one LUN of at least 1 MiB")

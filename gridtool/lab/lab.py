@@ -39,19 +39,22 @@ def is_up(directory: Path) -> bool:
 
 def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
        ttl: int = 10, progress: Progress = _quiet, insecure: bool = False,
-       hypervisor: str = "test", storage: str = "files",
+       hypervisor: str = "test", storage: str | None = None,
        power_fence: bool = True) -> dict[str, Any]:
     """Start a lab under ``directory`` and return its state (also saved as lab.json).
 
     etcd authentication is on (credentials in ``<directory>/credentials``: the CLI runs as
     the admin user, each agent as its host's user) unless ``insecure``. ``storage`` iscsi
-    also starts the lab's iSCSI target (:mod:`gridtool.lab.iscsi`). Every host gets the
+    also starts the lab's iSCSI target (:mod:`gridtool.lab.iscsi`) and each host's
+    initiator, and a QEMU lab's fenced guests get their data disks on its LUNs (default:
+    iscsi for qemu labs, files for test-driver ones). Every host gets the
     lab's power fence agent (``fence_gridtool_lab``) unless not ``power_fence``: the
     manager then takes the timed path."""
     if hosts < 1 or guests < 0 or etcd_members not in (1, 3):
         raise LabError("need --hosts >= 1, --guests >= 0 and --etcd-members 1 or 3")
     if hypervisor not in ("test", "qemu"):
         raise LabError(f"unknown hypervisor {hypervisor!r} (test or qemu)")
+    storage = storage or default_storage(hypervisor)
     if storage not in STORAGE:
         raise LabError(f"unknown storage {storage!r} ({' or '.join(STORAGE)})")
     if is_up(directory):
@@ -73,6 +76,18 @@ def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
     return state
 
 
+def default_storage(hypervisor: str) -> str:
+    """A QEMU lab's guests write to iSCSI LUNs unless told otherwise (``files``); a
+    test-driver lab's guests have no real disks."""
+    return "iscsi" if hypervisor == "qemu" else "files"
+
+
+def lun_count(hypervisor: str, hosts: int, guests: int) -> int:
+    """How many LUNs the lab's target exports: one per fenced sample guest of a QEMU lab
+    (every second guest of each host), at least 2."""
+    return max(2, hosts * (guests // 2)) if hypervisor == "qemu" else 2
+
+
 def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_members: int,
         ttl: int, progress: Progress, insecure: bool = False) -> None:
     progress(f"starting etcd ({etcd_members} member{'s' if etcd_members > 1 else ''})")
@@ -85,8 +100,9 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
                  images_dir=str(directory / "images"))  # the lab's "shared storage"
     names = [f"hv{i}" for i in range(1, hosts + 1)]
     if state.get("storage") == "iscsi":
-        progress("starting the iSCSI target (tgtd)")
-        target = _start_target(directory, state, names)
+        progress("starting the iSCSI target (tgtd) and the hosts' initiators")
+        target = _start_target(directory, state, names,
+                               lun_count(state["hypervisor"], hosts, guests))
         cfg = replace(cfg, pr_fence_initiator=lab_iscsi.MANAGER_INITIATOR,
                       pr_portals=(f"{target.iqn}={target.portal}",))  # managers fence there
     if not insecure:
@@ -94,7 +110,8 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
         cfg = _enable_auth(cfg, directory / "credentials", names)
     state["auth"] = not insecure
     write_file(Path(state["config"]), render(cfg))  # password_file, never the password
-    qemu_hosts = qemu.lab_hosts(directory, names) if state.get("hypervisor") == "qemu" else []
+    qemu_hosts = (qemu.lab_hosts(directory, names, iscsi="iscsi" in state)
+                  if state.get("hypervisor") == "qemu" else [])
     lab_hosts: list[LabHost] = (list(qemu_hosts) if qemu_hosts else
                                 [LabHost(name, str(directory / "hosts" / name)) for name in names])
     state["hosts"] = []
@@ -117,7 +134,7 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
     _save(directory, state)
     if state.get("hypervisor") == "qemu":  # started through the agents: the hook lets them
         progress("booting sample QEMU guests")
-        qemu.seed_guests(cfg, qemu_hosts, guests, directory)
+        qemu.seed_guests(cfg, qemu_hosts, guests, directory, _lun_sources(directory, state))
     progress("waiting for every host to report to the registry")
     wait_registered(cfg, [h.name for h in lab_hosts], hosts * guests)
 
@@ -128,22 +145,39 @@ def _registering(cfg: Config, state: dict[str, Any], name: str) -> Config:
     return replace(cfg, pr_backend="initiator", pr_initiator_dir=where) if where else cfg
 
 
-def _start_target(directory: Path, state: dict[str, Any], names: list[str]
-                  ) -> lab_iscsi.IscsiTarget:
+def _start_target(directory: Path, state: dict[str, Any], names: list[str],
+                  luns: int) -> lab_iscsi.IscsiTarget:
     """Start the lab's tgtd, then each host's initiator (``gridtool.lab.initiator``); each
     is recorded as soon as it runs, so that ``down`` stops it even after a failure."""
-    target = lab_iscsi.create(directory, names)
+    target = lab_iscsi.create(directory, names, luns=luns, size_mb=(
+        qemu.DATA_DISK_MIB if state["hypervisor"] == "qemu" else lab_iscsi.LUN_MIB))
     try:
         lab_iscsi.start(target)
     finally:
         state["iscsi"] = target.to_dict()
     state["initiators"] = []
     for name in names:
-        where = directory / "initiators" / name
-        proc = initiator.start(where, name, target.initiators[name],
-                               [target.url(n) for n in target.lun_numbers()])
-        state["initiators"].append({"host": name, "pid": proc.pid, "dir": str(where)})
+        entry = {"host": name, "pid": 0, "dir": str(qemu.initiators_dir(directory) / name)}
+        state["initiators"].append(entry)
+        _start_initiator(state, entry)
     return target
+
+
+def _start_initiator(state: dict[str, Any], entry: dict[str, Any]) -> None:
+    """Start one host's initiator (at boot, or at power-on) and record its pid."""
+    target = lab_iscsi.IscsiTarget.from_dict(state["iscsi"])
+    proc = initiator.start(Path(entry["dir"]), entry["host"], target.initiators[entry["host"]],
+                           [target.url(n) for n in target.lun_numbers()])
+    entry["pid"] = proc.pid
+
+
+def _lun_sources(directory: Path, state: dict[str, Any]) -> list[qemu.LunSource]:
+    """The lab's LUNs as its QEMU guests name them (none without a target)."""
+    if "iscsi" not in state:
+        return []
+    target = lab_iscsi.IscsiTarget.from_dict(state["iscsi"])
+    return [qemu.lun_source(target.iqn, n, qemu.luns_dir(directory))
+            for n in target.lun_numbers()]
 
 
 #: The lab's power fence agent (a console script of this package).
@@ -251,7 +285,7 @@ def down(directory: Path) -> list[str]:
         if stop_pid(host.libvirtd_pid, "libvirtd"):
             stopped.append(f"libvirtd {host.name}")
     for entry in state.get("initiators", []):
-        if initiator.stop(entry["pid"]):
+        if initiator.stop(entry["pid"], Path(entry["dir"])):
             stopped.append(f"initiator {entry['host']}")
     if "iscsi" in state and lab_iscsi.stop(lab_iscsi.IscsiTarget.from_dict(state["iscsi"])):
         stopped.append("tgtd")
@@ -296,13 +330,17 @@ def _save(directory: Path, state: dict[str, Any]) -> None:
 
 
 def power_off(directory: Path, name: str) -> list[str]:
-    """Simulate pulling a lab host's plug: kill its agent, destroy its running guests."""
+    """Simulate pulling a lab host's plug: kill its agent and its iSCSI initiator (a
+    powered-off dom0's sessions end; the target keeps their registrations), destroy its
+    running guests."""
     state = read_state(directory)
     hosts = {h["name"]: qemu.host_from(h) for h in (state or {}).get("hosts", [])}
     if name not in hosts:
         raise LabError(f"no lab host {name!r} (lab hosts: {', '.join(sorted(hosts)) or '-'})")
     host = hosts[name]
     kill_now(host.agent_pid, AGENT_MARKER)
+    for entry in _initiators_of(state, name):
+        kill_now(entry["pid"], initiator.MARKER)
     conn = libvirt.open(host.libvirt_uri)
     try:
         doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
@@ -311,6 +349,22 @@ def power_off(directory: Path, name: str) -> list[str]:
         return [d.name() for d in doms]
     finally:
         conn.close()
+
+
+def _initiators_of(state: dict[str, Any] | None, name: str) -> list[dict[str, Any]]:
+    return [e for e in (state or {}).get("initiators", []) if e["host"] == name]
+
+
+def power_on(directory: Path, name: str) -> int:
+    """Power a lab host on after :func:`power_off`: its initiator logs in to the LUNs
+    again (unless it still runs), then its agent starts; returns the agent's PID."""
+    state = read_state(directory)
+    for entry in _initiators_of(state, name):
+        if not initiator.alive(entry["pid"]):
+            assert state is not None  # an entry was found in it
+            _start_initiator(state, entry)
+            _save(directory, state)
+    return start_agent(directory, name)
 
 
 def start_agent(directory: Path, name: str) -> int:

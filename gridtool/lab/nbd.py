@@ -3,7 +3,10 @@ lab's per-host initiator (:mod:`gridtool.lab.initiator`) serves a LUN to its hos
 
 Only what QEMU's and qemu-io's NBD client need: NBD_OPT_GO / INFO / EXPORT_NAME (with the
 block size, so the client aligns its requests to 512 bytes), READ, WRITE, FLUSH, DISC;
-other options are answered "unsupported", other commands EINVAL. A request the back end
+other options are answered "unsupported", other commands EINVAL. A client must ask for
+the disk's export name (the LUN, ``TARGET-IQN/N``, that its guest's XML names and its
+fence key is named after): another name, the empty default too, is refused, so a guest
+cannot write to one LUN while fenced as another. A request the back end
 refuses because the host is fenced is answered EPERM (the errno QEMU then reports).
 """
 
@@ -23,7 +26,7 @@ REQUEST_MAGIC = 0x25609513
 SIMPLE_REPLY_MAGIC = 0x67446698
 FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
 OPT_EXPORT_NAME, OPT_ABORT, OPT_INFO, OPT_GO = 1, 2, 6, 7
-REP_ACK, REP_INFO, REP_ERR_UNSUP = 1, 3, (1 << 31) + 1
+REP_ACK, REP_INFO, REP_ERR_UNSUP, REP_ERR_UNKNOWN = 1, 3, (1 << 31) + 1, (1 << 31) + 6
 INFO_EXPORT, INFO_BLOCK_SIZE = 0, 3
 TFLAG_HAS_FLAGS, TFLAG_SEND_FLUSH = 1, 4
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH = 0, 1, 2, 3
@@ -32,9 +35,10 @@ MAX_PAYLOAD = 1 << 20
 
 
 class Disk(Protocol):
-    """What the server serves: whole 512-byte blocks."""
+    """What the server serves: whole 512-byte blocks, under one export name."""
 
     size: int
+    name: str
 
     def read(self, offset: int, length: int) -> bytes: ...
 
@@ -55,6 +59,15 @@ def info_replies(option: int, size: int) -> bytes:
             + option_reply(option, REP_INFO, struct.pack(">HIII", INFO_BLOCK_SIZE, BLOCK,
                                                          4096, MAX_PAYLOAD))
             + option_reply(option, REP_ACK))
+
+
+def export_name(option: int, payload: bytes) -> str | None:
+    """The export an NBD_OPT_EXPORT_NAME, _GO or _INFO payload asks for (None: cut short)."""
+    if option == OPT_EXPORT_NAME:
+        return payload.decode(errors="replace")
+    size = struct.unpack(">I", payload[:4])[0] if len(payload) >= 4 else len(payload)
+    name = payload[4:4 + size]
+    return name.decode(errors="replace") if len(name) == size else None
 
 
 def simple_reply(handle: int, error: int = 0, data: bytes = b"") -> bytes:
@@ -86,7 +99,14 @@ def _handshake(conn: socket.socket, disk: Disk) -> bool:
         magic, option, length = struct.unpack(">QII", _recv(conn, 16))
         if magic != IHAVEOPT or length > 4096:
             return False
-        _recv(conn, length)
+        payload = _recv(conn, length)
+        if option in (OPT_EXPORT_NAME, OPT_GO, OPT_INFO) and \
+                export_name(option, payload) != disk.name:
+            if option == OPT_EXPORT_NAME:
+                return False  # the protocol's only answer: close
+            conn.sendall(option_reply(option, REP_ERR_UNKNOWN,
+                                      f"this socket serves {disk.name!r} only".encode()))
+            continue
         if option == OPT_EXPORT_NAME:
             flags = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH
             zeroes = b"" if client_flags & FLAG_NO_ZEROES else bytes(124)

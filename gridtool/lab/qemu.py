@@ -13,10 +13,14 @@ namespace, listening on its own loopback TCP port, running tiny TCG guests.
   is gridtool's fence hook (``agents/hook.py``) asking this host's agent.
 * The tests' and benchmarks' test bed of these hosts, and the readers of a guest's serial
   console, are in ``tests/harness/qemu_testbed.py`` (not shipped).
-* Disks live in a lab-wide ``shared`` directory standing in for a shared LUN; the agents'
-  ``shared_patterns`` include it, so every guest with a disk there is fenced. A fenced
-  guest's disk there can be a *data disk* (:func:`guest_xml` with ``data=True``: raw,
-  shareable, uncached, serial ``gridtool-data``) that the guest writes its records to.
+* A fenced guest's shared disk is a *data disk* (:func:`guest_xml` with ``data=True``:
+  raw, shareable, uncached, serial ``gridtool-data``) that the guest writes its records
+  to: with the lab's iSCSI target (``--storage iscsi``) a LUN (:class:`LunSource`), served
+  by the host's initiator (:mod:`gridtool.lab.initiator`) over NBD at one path that every
+  host's libvirtd sees (``LAB/luns``: its initiator's directory bound there in the
+  daemon's mount namespace, as ``/dev/disk/by-path`` names a LUN on every dom0); else a
+  file in a lab-wide ``shared`` directory, which the agents' ``shared_patterns`` include.
+  Templates and images stay in the shared directory.
 """
 
 from __future__ import annotations
@@ -221,13 +225,35 @@ def ensure_qemu_user() -> None:
               "-s", "/usr/sbin/nologin", "libvirt-qemu"], "creating user libvirt-qemu")
 
 
+@dataclass(frozen=True)
+class LunSource:
+    """A LUN as a host's initiator serves it to the host's guests: the NBD export named
+    ``TARGET-IQN/N`` (what :mod:`gridtool.domains.storage` maps to the LUN's volume id) on
+    the socket at the path every lab host names it by."""
+
+    export: str
+    socket: Path
+
+
+def lun_source(target_iqn: str, lun: int, luns_dir: Path) -> LunSource:
+    """LUN ``lun`` of ``target_iqn`` as the lab's guests name it (``luns_dir``: the one
+    path at which each host's libvirtd sees its own initiator's sockets)."""
+    from gridtool.lab.initiator import nbd_socket
+
+    return LunSource(f"{target_iqn}/{lun}", nbd_socket(luns_dir, lun))
+
+
 @dataclass
 class QemuHost(LabHost):
-    """One real QEMU host: a namespaced libvirtd on ``qemu+tcp://127.0.0.1:PORT/system``."""
+    """One real QEMU host: a namespaced libvirtd on ``qemu+tcp://127.0.0.1:PORT/system``.
+    With ``initiator_dir`` (its iSCSI initiator's directory) and ``luns_dir``, the daemon
+    (and so its QEMUs) sees the first at the second's path."""
 
     port: int = 0
     shared_dir: str = ""
     hypervisor: str = "qemu"
+    luns_dir: str = ""
+    initiator_dir: str = ""
 
     @property
     def libvirt_uri(self) -> str:
@@ -272,8 +298,13 @@ class QemuHost(LabHost):
         self.write_hook()
         for target in PRIVATE_DIRS:
             Path(target).mkdir(parents=True, exist_ok=True)
-        mounts = "\n".join(f"mount --bind '{base / sub}' '{target}'"
-                           for target, sub in PRIVATE_DIRS.items())
+        binds = {target: str(base / sub) for target, sub in PRIVATE_DIRS.items()}
+        if self.luns_dir and self.initiator_dir:
+            for where in (self.luns_dir, self.initiator_dir):
+                Path(where).mkdir(parents=True, exist_ok=True)
+            binds[self.luns_dir] = self.initiator_dir
+        mounts = "\n".join(f"mount --bind '{source}' '{target}'"
+                           for target, source in binds.items())
         virtlogd = "" if self.virtlogd_running() else (
             "rm -f /run/libvirt/virtlogd-sock\n"
             "/usr/sbin/virtlogd -d -p /run/libvirt/virtlogd.pid\n")
@@ -347,7 +378,9 @@ class QemuHost(LabHost):
     @classmethod
     def from_dict(cls, data: dict) -> QemuHost:
         return cls(data["name"], data["dir"], data.get("libvirtd_pid", 0),
-                   data.get("agent_pid", 0), data.get("port", 0), data.get("shared_dir", ""))
+                   data.get("agent_pid", 0), data.get("port", 0), data.get("shared_dir", ""),
+                   luns_dir=data.get("luns_dir", ""),
+                   initiator_dir=data.get("initiator_dir", ""))
 
 
 def destroy_all(uri: str) -> list[str]:
@@ -368,9 +401,11 @@ def destroy_all(uri: str) -> list[str]:
 # --------------------------------------------------------------------------- gridtool lab
 
 
-def lab_hosts(directory: Path, names: list[str]) -> list[QemuHost]:
+def lab_hosts(directory: Path, names: list[str], iscsi: bool = False) -> list[QemuHost]:
     """``gridtool lab up --hypervisor qemu``: one QEMU host per name, each on its own
-    loopback port, all seeing ``<directory>/shared`` (the lab's shared LUN)."""
+    loopback port, all seeing ``<directory>/shared`` (templates, images, and the shared
+    disks without ``iscsi``); with ``iscsi`` each sees its own initiator's LUN sockets
+    at ``<directory>/luns`` (:func:`luns_dir`)."""
     from gridtool.lab.procs import free_port
 
     why = unavailable()
@@ -378,13 +413,27 @@ def lab_hosts(directory: Path, names: list[str]) -> list[QemuHost]:
         raise LabError(f"QEMU lab hosts cannot run here: {why}")
     shared = directory / "shared"
     shared.mkdir(parents=True, exist_ok=True)
-    return [QemuHost(n, str(directory / "hosts" / n), port=free_port(), shared_dir=str(shared))
+    return [QemuHost(n, str(directory / "hosts" / n), port=free_port(), shared_dir=str(shared),
+                     luns_dir=str(luns_dir(directory)) if iscsi else "",
+                     initiator_dir=str(initiators_dir(directory) / n) if iscsi else "")
             for n in names]
 
 
-def seed_guests(cfg: Config, hosts: list[QemuHost], guests: int, directory: Path) -> None:
-    """Define ``guests`` tiny guests per host (even ones fenced: a data disk in the shared dir)
-    and start two in three of them through their agents (so the fence hook lets them)."""
+def luns_dir(directory: Path) -> Path:
+    """The path at which every host of the lab in ``directory`` sees its LUN sockets."""
+    return directory / "luns"
+
+
+def initiators_dir(directory: Path) -> Path:
+    """Where the lab's per-host initiators keep their sockets (one directory per host)."""
+    return directory / "initiators"
+
+
+def seed_guests(cfg: Config, hosts: list[QemuHost], guests: int, directory: Path,
+                luns: list[LunSource] | None = None) -> None:
+    """Define ``guests`` tiny guests per host (even ones fenced: a data disk on the next of
+    ``luns``, else in the shared dir) and start two in three of them through their agents
+    (so the fence hook lets them)."""
     import libvirt
 
     from gridtool.errors import GridtoolError
@@ -392,6 +441,7 @@ def seed_guests(cfg: Config, hosts: list[QemuHost], guests: int, directory: Path
     from gridtool.registry.intents import IntentClient
 
     image = guest_image()
+    free = list(luns or [])
     (directory / "serial").mkdir(parents=True, exist_ok=True)
     store = EtcdStore(cfg)
     client = IntentClient(store, cfg.keys)
@@ -402,10 +452,12 @@ def seed_guests(cfg: Config, hosts: list[QemuHost], guests: int, directory: Path
             try:
                 for index in range(1, guests + 1):
                     name = f"{host.name}-vm{index}"
-                    fenced = index % 2 == 0  # a data disk in the shared dir
-                    disk = Path(host.shared_dir, f"{name}.img") if fenced \
-                        else Path(host.dir, "disks", f"{name}.qcow2")
-                    (make_data_disk if fenced else make_disk)(disk)
+                    fenced = index % 2 == 0  # a data disk: a LUN, or in the shared dir
+                    disk: Path | LunSource = (free.pop(0) if fenced and free else Path(
+                        host.shared_dir if fenced else Path(host.dir, "disks"),
+                        f"{name}.img" if fenced else f"{name}.qcow2"))
+                    if isinstance(disk, Path):
+                        (make_data_disk if fenced else make_disk)(disk)
                     dom = conn.defineXML(guest_xml(name, image, disk,
                                                    directory / "serial" / f"{name}.log",
                                                    data=fenced))
@@ -446,12 +498,13 @@ def down_hosts(entries: list[dict]) -> list[str]:
 # --------------------------------------------------------------------------- guests
 
 
-def guest_xml(name: str, image: GuestImage, disk: Path, serial_log: Path,
+def guest_xml(name: str, image: GuestImage, disk: Path | LunSource, serial_log: Path,
               memory_mib: int = 128, guest_uuid: str | None = None, data: bool = False) -> str:
     """A tiny guest: direct kernel boot, one qcow2 disk, serial console appended to a file
     (a clone gets its own file: ``cloneplan`` rewrites the path). With ``data`` the disk is
     a raw shared data disk (:func:`make_data_disk`) the guest writes its records to: no
-    QEMU image lock, as on a LUN two hosts see (so a double start is not stopped here)."""
+    QEMU image lock, as on a LUN two hosts see (so a double start is not stopped here).
+    A :class:`LunSource` is always a data disk: an NBD network disk."""
     gid = guest_uuid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridtool-lab-qemu/{name}"))
     serial = f"""<serial type='file'>
       <source path='{serial_log}' append='on'/>
@@ -470,7 +523,7 @@ def guest_xml(name: str, image: GuestImage, disk: Path, serial_log: Path,
   </os>
   <devices>
     <emulator>{QEMU}</emulator>
-    {_data_disk(disk) if data else _qcow2_disk(disk)}
+    {_qcow2_disk(disk) if isinstance(disk, Path) and not data else _data_disk(disk)}
     {serial}
     <memballoon model='none'/>
   </devices>
@@ -485,17 +538,25 @@ def _qcow2_disk(disk: Path) -> str:
     </disk>"""
 
 
-def _data_disk(disk: Path) -> str:
-    return f"""<disk type='file' device='disk'>
+def _data_disk(disk: Path | LunSource) -> str:
+    kind, source = ("file", f"<source file='{disk}'/>") if isinstance(disk, Path) else (
+        "network", f"""<source protocol='nbd' name='{disk.export}'>
+        <host transport='unix' socket='{disk.socket}'/>
+      </source>""")
+    return f"""<disk type='{kind}' device='disk'>
       <driver name='qemu' type='raw' cache='none'/>
-      <source file='{disk}'/>
+      {source}
       <target dev='vda' bus='virtio'/>
       <serial>{DATA_SERIAL}</serial>
       <shareable/>
     </disk>"""
 
 
-def make_data_disk(path: Path, size_mib: int = 8) -> None:
+#: A data disk's size (a file, or a LUN of the lab's target in a QEMU lab).
+DATA_DISK_MIB = 8
+
+
+def make_data_disk(path: Path, size_mib: int = DATA_DISK_MIB) -> None:
     """An empty raw data disk: 512-byte record slots (8 MiB: 16384 records, 27 minutes
     of a guest writing 10 a second)."""
     path.parent.mkdir(parents=True, exist_ok=True)

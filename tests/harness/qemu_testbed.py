@@ -17,19 +17,23 @@ from pathlib import Path
 import libvirt
 
 from gridtool.config import Config
-from gridtool.lab import diskcheck
+from gridtool.lab import diskcheck, initiator
+from gridtool.lab import iscsi as lab_iscsi
 from gridtool.lab.hosts import watchdog_timeout_for
-from gridtool.lab.procs import cmdline, free_port
+from gridtool.lab.procs import cmdline, free_port, kill_now
 from gridtool.lab.qemu import (
+    DATA_DISK_MIB,
     DATA_SERIAL,
     HEARTBEAT,
     KERNEL_CMDLINE,
     QEMU,
     READY,
     GuestImage,
+    LunSource,
     QemuHost,
     guest_image,
     guest_xml,
+    lun_source,
     make_data_disk,
     make_disk,
 )
@@ -158,12 +162,22 @@ def bare_guest(image: GuestImage, uuid: str, data_disk: Path,
 
 class QemuHosts:
     """Real QEMU hosts for tests and benchmarks: namespaced daemons, a shared disk dir,
-    agents as real processes; ``close()`` stops every guest, agent and daemon."""
+    agents as real processes; with ``luns`` also the lab's iSCSI target (tgtd) with that
+    many LUNs and one initiator per host (:meth:`lun`); ``close()`` stops every guest,
+    agent, daemon, initiator and the target."""
 
-    def __init__(self, base: Path, cfg: Config, cache: Path | None = None) -> None:
+    def __init__(self, base: Path, cfg: Config, cache: Path | None = None,
+                 luns: int = 0) -> None:
         self.base = base
         self.cfg = cfg
         self.image = guest_image(cache)
+        self.target: lab_iscsi.IscsiTarget | None = None
+        self.initiators: dict[str, subprocess.Popen] = {}
+        if luns:
+            base.mkdir(parents=True, exist_ok=True)
+            self.target = lab_iscsi.create(base, ["hv1", "hv2", "hv3"], luns=luns,
+                                           size_mb=DATA_DISK_MIB)
+            lab_iscsi.start(self.target)
         self.shared = base / "shared"
         self.shared.mkdir(parents=True, exist_ok=True)
         self.serial = base / "serial"
@@ -175,6 +189,12 @@ class QemuHosts:
         host = QemuHost(name, str(self.base / name), port=free_port(),
                         shared_dir=str(self.shared))
         self.hosts[name] = host
+        if self.target is not None:
+            host.luns_dir, host.initiator_dir = str(self.base / "luns"), str(
+                self.base / "initiators" / name)
+            self.initiators[name] = initiator.start(
+                Path(host.initiator_dir), name, self.target.initiators[name],
+                [self.target.url(n) for n in self.target.lun_numbers()])
         host.start_libvirtd()
         conn = libvirt.open(host.libvirt_uri)
         self._bed.conns[name] = conn
@@ -219,8 +239,10 @@ class QemuHosts:
         self._power_loss(name)
 
     def _power_loss(self, name: str) -> None:
-        """The host's agent and all its QEMU processes die at once."""
+        """The host's agent, its initiator and all its QEMU processes die at once."""
         self._bed._power_loss(name)
+        if name in self.initiators:
+            kill_now(self.initiators[name].pid, initiator.MARKER)
         for pidfile in Path(self.hosts[name].dir, "run", "qemu").glob("*.pid"):
             with contextlib.suppress(OSError, ValueError):
                 pid = int(pidfile.read_text().strip())
@@ -242,12 +264,20 @@ class QemuHosts:
     def agent_log(self, name: str) -> str:
         return self._bed.agent_log(name)
 
+    def lun(self, number: int) -> LunSource:
+        """LUN ``number`` of the target as the hosts' guests name it."""
+        assert self.target is not None, "a test bed with luns"
+        return lun_source(self.target.iqn, number, self.base / "luns")
+
     def define(self, host: str, name: str, memory_mib: int = 128,  # type: ignore[no-untyped-def]
-               data: bool = False):
+               data: bool = False, lun: int = 0):
         """Define (not start) a fenced guest on ``host``: its disk is in the shared dir; with
-        ``data`` a raw data disk (:meth:`data_disk`) it writes its records to."""
-        disk = self.data_disk(name) if data else self.shared / f"{name}.qcow2"
-        if not disk.exists():
+        ``data`` a raw data disk (:meth:`data_disk`) it writes its records to; with ``lun``
+        that LUN, through the host's initiator, is its data disk."""
+        disk: Path | LunSource = self.data_disk(name) if data else self.shared / f"{name}.qcow2"
+        if lun:
+            disk = self.lun(lun)
+        elif not disk.exists():
             (make_data_disk if data else make_disk)(disk)
         return self.conn(host).defineXML(guest_xml(name, self.image, disk,
                                                    self.serial_log(name), memory_mib,
@@ -275,3 +305,7 @@ class QemuHosts:
         self._bed.conns.clear()
         for host in self.hosts.values():
             host.stop_libvirtd()
+        for proc in self.initiators.values():
+            initiator.stop(proc.pid)
+        if self.target is not None:
+            lab_iscsi.stop(self.target)

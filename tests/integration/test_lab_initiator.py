@@ -38,9 +38,13 @@ def hosts(tmp_path: Path) -> Iterator[tuple[lab_iscsi.IscsiTarget, dict[str, Pat
     assert not list(tmp_path.glob("*/*.nbd")) and not list(tmp_path.glob("*/pr.sock"))
 
 
-def qemu_io(directory: Path, command: str, lun: int = 1) -> subprocess.CompletedProcess:
+def qemu_io(directory: Path, command: str, lun: int = 1,
+            export: str | None = None) -> subprocess.CompletedProcess:
+    """qemu-io on the host's LUN socket, asking for the LUN's export (or ``export``)."""
     sock = initiator.nbd_socket(directory, lun)
-    return subprocess.run(["qemu-io", "-f", "raw", "-c", command, f"nbd+unix:///?socket={sock}"],
+    name = f"{lab_iscsi.TARGET_IQN}/{lun}" if export is None else export
+    return subprocess.run(["qemu-io", "-f", "raw", "-c", command,
+                           f"nbd+unix:///{name}?socket={sock}"],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -67,6 +71,10 @@ def test_one_preempt_of_a_hosts_key_fences_every_writer_on_that_host(hosts) -> N
     assert [data[o * 1024] for o in (0, 4, 8, 12, 16)] == [0x11, 0x12, 0x22, 0x44, 0]
     # the other LUN has no reservation: hv1 still writes there
     assert qemu_io(dirs["hv1"], "write -P 0x55 0 4k", lun=2).returncode == 0
+    # a socket serves its own LUN only: another LUN's name, or none, is refused
+    for other in (f"{lab_iscsi.TARGET_IQN}/1", ""):
+        refused = qemu_io(dirs["hv1"], "read 0 4k", lun=2, export=other)
+        assert refused.returncode == 1 and "serves" in refused.stdout + refused.stderr
 
 
 def test_the_control_socket_says_what_went_wrong_in_one_line(hosts) -> None:  # type: ignore[no-untyped-def]

@@ -175,6 +175,36 @@ def test_a_lun_above_255_by_path_is_the_network_disks_lun() -> None:
         "-lun-0", "-lun-0x412c000000000000"))) == volume_id(net(f"{iqn}/300"))
 
 
+def nbd(name: str, shareable: bool = False) -> Disk:
+    return Disk("vda", name, kind="network", protocol="nbd", shareable=shareable)
+
+
+def test_an_nbd_export_named_after_a_lun_is_that_lun() -> None:
+    """The lab's guests reach their LUN through the host's initiator over NBD, the export
+    named TARGET-IQN/N: the same key as an iSCSI network disk or a by-path device of that
+    LUN, shared without a pattern or <shareable/>, whatever socket or case."""
+    iqn = "iqn.2026-12.lab.gridtool:storage"
+    xml = ("<domain><name>g</name><memory>1024</memory><devices><disk type='network'>"
+           f"<source protocol='nbd' name='{iqn.upper().replace('IQN', 'iqn')}/2'>"
+           "<host transport='unix' socket='/lab/luns/lun-2.nbd'/></source>"
+           "<target dev='vda'/></disk></devices></domain>")
+    (disk,) = parse_domain(xml, SharedStorageRules(patterns=())).disks
+    assert disk.shared and disk.volume == f"iscsi-{iqn}-lun2"
+    assert disk.volume == volume_id(net(f"{iqn}/2")) == volume_id(
+        block(by_path("ip-127.0.0.1:3260", iqn, 2)))
+    assert volume_id(nbd(f"{iqn}/3")) != disk.volume
+    assert volume_id(nbd(iqn)) == f"iscsi-{iqn}-lun0", "no /N: LUN 0, as for iSCSI"
+
+
+def test_other_nbd_exports_are_as_before() -> None:
+    """An export not named after an iSCSI LUN is no LUN: local unless <shareable/>, and
+    then named by its text, as before this change."""
+    assert not is_shared(nbd("disk1"), RULES)
+    assert classify(nbd("disk1", shareable=True), RULES).volume == "path-disk1"
+    assert not is_shared(Disk("vda", f"{'iqn.2000-01.a:t'}/1", kind="file"), RULES)
+    with pytest.raises(DiskIdError, match="LUN 'x' is not a number"):
+        classify(nbd("iqn.2000-01.a:t/x"), RULES)
+
 def test_aliases_name_the_device_the_shell_resolved() -> None:
     """Two symlinks (by-path, by-id) and the bare /dev/sdc: one key, the iSCSI one (every
     host, even one with a network disk, can name it so); the WWN when that is all."""
@@ -254,6 +284,8 @@ BAD = [
     ("network disk: no target", net("/1"), "'' is not an iSCSI target name"),
     ("network disk: not an iSCSI name", net("target1/1"), "'target1' is not an iSCSI"),
     ("network disk: LUN out of range", net("iqn.2000-01.a:t/16384"), "out of range"),
+    ("NBD export of a LUN: empty LUN", Disk("vda", "iqn.2000-01.a:t/", kind="network",
+                                             protocol="nbd"), "the LUN after '/' is empty"),
     ("by-path: no LUN", block("/dev/disk/by-path/ip-1.2.3.4:3260-iscsi-iqn.2000-01.a:t"),
      "no '-lun-N' after the iSCSI target name"),
     ("by-path: not an iSCSI name", block("/dev/disk/by-path/ip-1.2.3.4:3260-iscsi-x-lun-1"),

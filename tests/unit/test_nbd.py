@@ -10,6 +10,7 @@ from gridtool.lab import nbd
 
 class Disk:
     size = 8192
+    name = "iqn.2026-12.lab.gridtool:storage/1"
 
     def __init__(self, fenced: bool = False) -> None:
         self.fenced = fenced
@@ -54,3 +55,20 @@ def test_info_replies_announce_the_size_and_512_byte_blocks() -> None:
     assert struct.unpack(">HQH", replies[20:32])[:2] == (nbd.INFO_EXPORT, 8192)
     assert struct.unpack(">HIII", replies[52:66])[:2] == (nbd.INFO_BLOCK_SIZE, 512)
     assert struct.unpack(">QIII", replies[-20:])[2] == nbd.REP_ACK
+
+
+def test_the_export_name_is_read_from_each_option_that_names_one() -> None:
+    name = Disk.name.encode()
+    assert nbd.export_name(nbd.OPT_EXPORT_NAME, name) == Disk.name
+    go = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
+    assert nbd.export_name(nbd.OPT_GO, go) == nbd.export_name(nbd.OPT_INFO, go) == Disk.name
+    assert nbd.export_name(nbd.OPT_GO, struct.pack(">I", 0) + b"\0\0") == ""
+    assert nbd.export_name(nbd.OPT_GO, struct.pack(">I", 99) + name) is None
+    assert nbd.export_name(nbd.OPT_GO, b"\0") is None
+
+
+def test_the_initiator_serves_each_lun_under_its_target_and_number() -> None:
+    from gridtool.lab.initiator import export
+
+    assert export("iscsi://127.0.0.1:3260/iqn.2026-12.lab.gridtool:storage/2") == \
+        "iqn.2026-12.lab.gridtool:storage/2"

@@ -38,24 +38,26 @@ def _dir(lab_dir: Path | None) -> Path:
               show_default=True,
               help="test: libvirt's test driver; qemu: real QEMU guests (TCG, 128 MiB, tiny "
                    "image built once in /var/cache/gridtool-lab), fence hook, live migration.")
-@click.option("--storage", type=click.Choice(["files", "iscsi"]), default="files",
-              show_default=True,
+@click.option("--storage", type=click.Choice(["files", "iscsi"]), default=None,
               help="files: shared disks are files in the lab dir; iscsi: also a lab-owned "
-                   "iSCSI target (tgtd) on loopback with file-backed LUNs, one initiator IQN "
-                   "per host, for SCSI-3 persistent reservations.")
+                   "iSCSI target (tgtd) on loopback with file-backed LUNs and one initiator "
+                   "per host (its own IQN, serving the LUNs to its QEMUs over NBD), for "
+                   "SCSI-3 persistent reservations; a QEMU lab's fenced guests then write to "
+                   "LUNs.  [default: iscsi with --hypervisor qemu, else files]")
 @click.option("--power-fence/--no-power-fence", default=True, show_default=True,
               help="Give every host the lab's power fence agent (fence_gridtool_lab); "
                    "without it the manager recovers a lost host's HA guests on the timed "
                    "path (TTL + 2 s after its lease went).")
 @LAB_DIR
 def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool, insecure: bool,
-       hypervisor: str, storage: str, power_fence: bool, lab_dir: Path | None) -> None:
+       hypervisor: str, storage: str | None, power_fence: bool, lab_dir: Path | None) -> None:
     """Start etcd, HOSTS libvirt daemons and their agents; wait until all report.
 
     \b
     Example:
       gridtool lab up --hosts 3 --guests 4 --etcd-members 3
-      gridtool lab up --hosts 2 --guests 1 --hypervisor qemu --storage iscsi
+      gridtool lab up --hosts 2 --guests 2 --hypervisor qemu
+      gridtool lab up --hosts 2 --guests 2 --hypervisor qemu --storage files
       gridtool lab up --hosts 2 --no-power-fence
     """
     from rich.console import Console
@@ -144,7 +146,8 @@ def down(lab_dir: Path | None) -> None:
 @click.argument("host")
 @LAB_DIR
 def power_off(host: str, lab_dir: Path | None) -> None:
-    """Pull a lab host's plug: kill its agent and destroy its running guests.
+    """Pull a lab host's plug: kill its agent and its iSCSI initiator, destroy its running
+    guests.
 
     Its lease expires after the TTL; the manager then fences it (its fence agent, or the
     timed grace without one) and restarts its HA guests elsewhere.
@@ -168,7 +171,8 @@ def power_off(host: str, lab_dir: Path | None) -> None:
 @click.argument("host")
 @LAB_DIR
 def power_on(host: str, lab_dir: Path | None) -> None:
-    """Start a lab host's agent again after 'lab power-off'.
+    """Power a lab host on again after 'lab power-off': its iSCSI initiator, then its
+    agent.
 
     \b
     Example:
@@ -178,41 +182,55 @@ def power_on(host: str, lab_dir: Path | None) -> None:
     from gridtool.lab.procs import LabError
 
     try:
-        pid = labmod.start_agent(_dir(lab_dir), host)
+        pid = labmod.power_on(_dir(lab_dir), host)
     except LabError as exc:
         raise NotFound(str(exc)) from None
     click.echo(f"{host}: agent started (pid {pid})", err=True)
 
 
 @click.command("disk-check")
-@click.argument("disk", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("disk")
+@click.option("--initiator", default=None, metavar="IQN",
+              help="Read a LUN as this initiator (default: the lab CLI's, which the lab "
+                   "target's ACL allows).")
 @json_option
-def disk_check(disk: Path, as_json: bool) -> None:
+def disk_check(disk: str, initiator: str | None, as_json: bool) -> None:
     """Read a lab guest's data disk and judge it: did a stale copy write after a newer boot
-    of the guest had started? Exit 0: no violation, 1: violations (listed), 3: no such disk.
+    of the guest had started? Exit 0: no violation, 1: violations (listed), 3: no such disk
+    (or a LUN that cannot be logged in to).
 
-    The lab's fenced QEMU guests append a record every 100 ms to their data disk
-    (LAB_DIR/shared/NAME.img); the order of the records on the disk, never a clock, decides.
-    Corrupt (torn) records are counted, not judged.
+    DISK is a file, or a LUN as iscsi://PORTAL/TARGET-IQN/N (read through the target on a
+    session of its own, which never registers: reads pass any reservation; 'lab up
+    --json' lists the lab's LUN URLs). The lab's fenced QEMU guests append a record every
+    100 ms to their data disk (a LUN with --storage iscsi, the default; else
+    LAB_DIR/shared/NAME.img); the order of the records on the disk, never a clock,
+    decides. Corrupt (torn) records are counted, not judged.
 
     \b
     Example:
-      gridtool lab disk-check /tmp/gridtool-lab/shared/hv1-vm2.img
+      gridtool lab disk-check iscsi://127.0.0.1:40123/iqn.2026-12.lab.gridtool:storage/1
       gridtool lab disk-check --json /tmp/gridtool-lab/shared/hv1-vm2.img
     """
     import sys
 
     from gridtool.errors import UsageError
     from gridtool.lab import diskcheck
+    from gridtool.lab.iscsi import CLI_INITIATOR
+    from gridtool.storage.pr import PrError
 
-    if not disk.exists():
-        raise NotFound(f"no such disk: {disk}")
     try:
-        report = diskcheck.check(disk)
+        if disk.startswith("iscsi://"):
+            report = diskcheck.check_lun(disk, initiator or CLI_INITIATOR)
+        elif not Path(disk).exists():
+            raise NotFound(f"no such disk: {disk}")
+        else:
+            report = diskcheck.check(Path(disk))
+    except PrError as exc:
+        raise NotFound(f"cannot read {disk}: {exc}") from None
     except OSError as exc:
         raise UsageError(f"cannot read {disk}: {exc.strerror or exc}") from None
     if as_json:
-        emit_json(disk=str(disk), **report.to_dict())
+        emit_json(disk=disk, **report.to_dict())
     else:
         table(f"{disk}: {report.summary().split(';')[0]}",
               ["BOOT", "UUID", "RECORDS", "SLOTS", "SEQ", "EPOCH"],
