@@ -29,7 +29,15 @@ from gridtool.bootstrap.shell import build_wheel, project_root
 from gridtool.errors import AuthError
 from gridtool.lab.procs import free_port, port_open, spawn, stop_pid
 from gridtool.registry.etcdstore import EtcdStore
-from tests.harness.testbed import credential_env, domain_xml, wait_until
+from tests.harness import ROOT
+from tests.harness.debroot import cache_dir
+from tests.harness.testbed import (
+    CLI_WITHOUT_SOURCE_TREE,
+    credential_env,
+    domain_xml,
+    wait_until,
+)
+from tools.lock import parse
 
 SSHD = "/usr/sbin/sshd"
 
@@ -83,6 +91,20 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_wheel(project_root(), tmp_path_factory.mktemp("wheels"))
 
 
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``scripts/build-wheelhouse`` output, once per session (dependency wheels cached
+    beside the Debian roots: a warm build asks no index)."""
+    out = tmp_path_factory.mktemp("wheelhouse")
+    done = subprocess.run([str(ROOT / "scripts" / "build-wheelhouse"), str(out)],
+                          capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ,
+                               "GRIDTOOL_WHEEL_CACHE": str(cache_dir() / "wheelhouse")})
+    assert done.returncode == 0, f"build-wheelhouse failed:\n{done.stderr}"
+    assert done.stdout.strip() == str(out)
+    return out
+
+
 def agent_pids(config: str) -> list[int]:
     """PIDs of the processes whose command line names ``config`` (our agents only)."""
     found = []
@@ -105,11 +127,15 @@ def root(tmp_path: Path) -> Iterator[Path]:
         stop_pid(pid, config)
 
 
-def gridtool(cfg, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+CLI = "from gridtool.cli.main import main; main()"
+
+
+def gridtool(cfg, *args: str, timeout: float = 120, code: str = CLI,  # type: ignore[no-untyped-def]
+             **env: str) -> subprocess.CompletedProcess:
     """The real CLI as a subprocess, on the test's registry prefix (``env``: more
-    GRIDTOOL_* settings)."""
+    GRIDTOOL_* settings; ``code``: what ``python -c`` runs)."""
     return subprocess.run(
-        [sys.executable, "-c", "from gridtool.cli.main import main; main()",
+        [sys.executable, "-c", code,
          "--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix, *args],
         capture_output=True, text=True, timeout=timeout, check=False,
         env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
@@ -209,6 +235,38 @@ def test_add_repair_and_remove(sshd, wheel, cfg, store, registry, lab_hosts, roo
     with pytest.raises(AuthError):
         EtcdStore(replace(cfg, user=user, password=conf_password, password_file=None)).get(
             cfg.keys.host("hv1"))
+
+
+def test_add_from_a_wheelhouse_offline_without_a_source_tree(sshd, wheelhouse, cfg, registry,  # type: ignore[no-untyped-def]
+                                                            lab_hosts, root):
+    """``host add --wheelhouse`` as an admin runs it from an installed gridtool (looking
+    for a source tree fails): the venv gets exactly the locked versions, offline, and the
+    agent runs from it and registers."""
+    lab = lab_hosts.add("hv4")
+    add = ["host", "add", "hv4", *ssh_args(sshd, root, "--accept-new-host-key"),
+           "--libvirt-uri", lab.libvirt_uri, "--wheelhouse", str(wheelhouse), "--timeout", "30"]
+    lay = Layout(str(root))
+    began = time.monotonic()
+    first = gridtool(cfg, *add, code=CLI_WITHOUT_SOURCE_TREE)
+    assert first.returncode == 0, first.stderr
+    print(f"host add --wheelhouse: {time.monotonic() - began:.1f} s\n{first.stderr}")
+    assert "(offline, from the wheelhouse)" in first.stderr
+    assert registry.get_host("hv4").libvirt_uri == lab.libvirt_uri
+    (pid,) = agent_pids(lay.config)
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1] == lay.agent.encode()
+    freeze = subprocess.run([f"{lay.venv}/bin/python", "-m", "pip", "list", "--format=freeze",
+                             "--disable-pip-version-check"], capture_output=True, text=True,
+                            check=True).stdout
+    installed = parse(freeze)
+    pins = parse((wheelhouse / "constraints.txt").read_text())
+    assert {"grpcio", "protobuf", "etcd-sdk-python", "libvirt-python"} <= set(installed)
+    assert {n: v for n, v in installed.items() if n in pins} == {
+        n: pins[n] for n in installed if n in pins}
+    assert sorted(p.name for p in Path(lay.wheels).iterdir()) == sorted(
+        p.name for p in wheelhouse.iterdir())
+    again = gridtool(cfg, *add, code=CLI_WITHOUT_SOURCE_TREE)
+    assert again.returncode == 0, again.stderr
+    assert "(0 steps changed" in again.stderr and agent_pids(lay.config) == [pid]
 
 
 def test_client_cert_auth_without_the_hosts_cert_is_refused(sshd, cfg, root):  # type: ignore[no-untyped-def]
