@@ -6,9 +6,12 @@ libvirt's test driver, the packaged fence hook asking it, the packaged CLI readi
 registry. Nothing from this checkout or its venv is on the chroot's paths.
 
 Measured on 2 cores: the build 22 s when idle, 100-165 s at load 7-9 (lintian most of
-it); debootstrap 36 s, once per cache; the installed root 23 s idle with a warm cache,
-75-85 s loaded (150 s cold); ``host add --deb`` 22-65 s. The whole module: 96 s idle,
-323 s at load 5-9.
+it); debootstrap 36 s, once per cache. Each root starts as a copy-on-write view of a
+cached root that holds the packages' Debian dependencies (``debroot.overlay_root``): at
+load 10-17 the installed root took 31 s (175 s when each test unpacked the base and apt
+fetched and installed the dependencies), ``host add --deb`` 89 s (251 s, plus 30 s of
+teardown deleting the unpacked root, now 5 s), the whole module 318 s (629 s); with a
+cold cache (both cached roots made) 720 s.
 """
 
 from __future__ import annotations
