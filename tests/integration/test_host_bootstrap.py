@@ -305,7 +305,8 @@ def test_unreachable_host(sshd, wheel, cfg, store, root):  # type: ignore[no-unt
     one_line(done, 8, "cannot reach")
 
 
-def test_add_over_tls_with_the_hosts_client_certificate(sshd, wheel, lab_hosts, root):  # type: ignore[no-untyped-def]
+@pytest.mark.timeout(1200)  # as test_add_repair_and_remove: a venv on 2 loaded cores
+def test_add_over_tls_with_the_hosts_client_certificate(sshd, wheelhouse, lab_hosts, root):  # type: ignore[no-untyped-def]
     """A TLS etcd requiring client certificates: host add copies the CA and the host's own
     certificate (not the admin's) to /etc/gridtool/tls/, and the agent registers with them."""
     from gridtool.auth.certs import make_certs
@@ -329,8 +330,9 @@ def test_add_over_tls_with_the_hosts_client_certificate(sshd, wheel, lab_hosts, 
         (base / "admin.conf").write_text(render(cfg))
         lab = lab_hosts.add("hv3")
         done = gridtool(cfg, "host", "add", "hv3", *ssh_args(sshd, root, "--accept-new-host-key"),
-                        "--libvirt-uri", lab.libvirt_uri, "--wheel", str(wheel),
-                        "--timeout", "30", GRIDTOOL_CONFIG=str(base / "admin.conf"))
+                        "--libvirt-uri", lab.libvirt_uri, "--wheelhouse", str(wheelhouse),
+                        "--timeout", "30", timeout=600,
+                        GRIDTOOL_CONFIG=str(base / "admin.conf"))
         assert done.returncode == 0, done.stderr
         lay = Layout(str(root))
         installed = Path(lay.tls_dir)
