@@ -35,6 +35,8 @@ HOOK_DRIVERS = ("qemu", "libxl")
 PACKAGED_HOOK = "/usr/libexec/gridtool/fence-hook"
 #: The packages ``host add --deb`` installs, in apt's order.
 DEB_PACKAGES = ("gridtool-common", "gridtool-agent")
+#: The constraints file of a wheelhouse (``scripts/build-wheelhouse``).
+CONSTRAINTS = "constraints.txt"
 _DEB_NAME = re.compile(r"^([a-z0-9][a-z0-9+.-]+)_([0-9][A-Za-z0-9.+~-]*)_([a-z0-9]+)\.deb$")
 
 
@@ -143,6 +145,18 @@ def check_debs(names: list[str]) -> None:
                          f"(got {', '.join(packages) or 'none'})")
 
 
+def check_wheelhouse(names: list[str]) -> str:
+    """The gridtool wheel among a wheelhouse's file ``names``; ValueError unless there is
+    exactly one and a ``constraints.txt`` (what ``scripts/build-wheelhouse`` writes)."""
+    wheels = sorted(n for n in names if n.startswith("gridtool-") and n.endswith(".whl"))
+    if len(wheels) != 1 or CONSTRAINTS not in names:
+        raise ValueError(f"a wheelhouse holds one gridtool-*.whl and {CONSTRAINTS} "
+                         f"(got {len(wheels)} gridtool wheels"
+                         f"{'' if CONSTRAINTS in names else ', no ' + CONSTRAINTS}): "
+                         "build it with scripts/build-wheelhouse")
+    return wheels[0]
+
+
 @dataclass(frozen=True)
 class HostFacts:
     """What the probe found on the host."""
@@ -216,6 +230,10 @@ class AddSpec:
     python: str = "python3"
     tls: TlsFiles | None = None  # None: the registry is plaintext
     debs: tuple[Deb, ...] = ()  # installed with apt instead of the wheel in a venv
+    #: the dependency wheels and constraints.txt of a wheelhouse (``host add
+    #: --wheelhouse``): the venv is installed from them offline, never from an index
+    wheelhouse: tuple[Upload, ...] = ()
+    apt: bool = False  # install gridtool-agent from the host's own apt sources
 
 
 class Action(Enum):
@@ -369,43 +387,64 @@ def _tls_steps(layout: Layout, tls: TlsFiles | None) -> list[Step]:
 
 def _deb_steps(spec: AddSpec) -> list[Step]:
     """Copy the .debs to the host and install them with apt (which fetches their Debian
-    dependencies); check: dpkg has exactly these versions installed. A config that
+    dependencies); check: dpkg has exactly these versions installed. With ``apt``, the
+    host's own apt sources provide gridtool-agent (check: it is installed). A config that
     ``host add`` wrote before is kept (``--force-confold``)."""
     q = shlex.quote
+    install = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+               "-o Dpkg::Options::=--force-confold ")
+    if spec.apt:
+        return [Step("apt", "install gridtool-agent from the host's apt sources",
+                     _dpkg_has("gridtool-agent", ""),
+                     f"apt-get update -q && {install}gridtool-agent")]
     cache = spec.layout.at("/var/cache/gridtool/debs")
     paths = [f"{cache}/{d.name}" for d in spec.debs]
-    installed = " && ".join(
-        f"[ \"$(dpkg-query -W -f='${{Status}} ${{Version}}' {q(d.package)} 2>/dev/null)\" = "
-        f"{q('install ok installed ' + d.version)} ]" for d in spec.debs)
+    installed = " && ".join(_dpkg_has(d.package, d.version) for d in spec.debs)
     copy = " && ".join(f"install -m 0644 \"$GT_STAGE\"/{q(d.name)} {q(path)}"
                        for d, path in zip(spec.debs, paths, strict=True))
-    apply = (f"mkdir -p {q(cache)} && {copy} && DEBIAN_FRONTEND=noninteractive apt-get "
-             "install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold "
-             + " ".join(q(p) for p in paths))
+    apply = f"mkdir -p {q(cache)} && {copy} && {install}" + " ".join(q(p) for p in paths)
     return [Step("deb", f"install {', '.join(d.name for d in spec.debs)} with apt",
                  installed, apply, tuple(Upload(d.name, d.data) for d in spec.debs))]
 
 
+def _dpkg_has(package: str, version: str) -> str:
+    """Check: dpkg has ``package`` installed (at ``version``, unless empty)."""
+    q = shlex.quote
+    status = "${Status}" + (" ${Version}" if version else "")
+    want = "install ok installed" + (f" {version}" if version else "")
+    return f"[ \"$(dpkg-query -W -f={q(status)} {q(package)} 2>/dev/null)\" = {q(want)} ]"
+
+
 def _venv_steps(spec: AddSpec) -> list[Step]:
-    """Copy the wheel to the host and install it in a venv (dependencies from pip)."""
+    """Copy the wheel (and a wheelhouse's files) to the host and install it in a venv:
+    from the wheelhouse offline (``--no-index``, its constraints), else the dependencies
+    from the host's pip index. The venv is stamped with a digest of every file copied."""
     q = shlex.quote
     lay = spec.layout
-    wheel_path = f"{lay.wheels}/{spec.wheel_name}"
-    digest = sha256(spec.wheel)
+    files = (Upload(spec.wheel_name, spec.wheel), *spec.wheelhouse)
+    path = {f.name: f"{lay.wheels}/{f.name}" for f in files}
+    wheel_path = path[spec.wheel_name]
+    digest = sha256("".join(sorted(f"{sha256(f.data)}  {f.name}\n" for f in files)).encode())
     stamp = f"{lay.venv}/.gridtool-wheel.sha256"
     pip = f"{q(lay.venv)}/bin/pip install -q --disable-pip-version-check"
+    source = (f" --no-index --find-links {q(lay.wheels)} -c {q(path[CONSTRAINTS])}"
+              if spec.wheelhouse else "")
+    copied = "; ".join(f"echo {sha256(f.data)}'  '{q(path[f.name])}" for f in files)
+    more = f" and {len(files) - 1} wheelhouse files" if spec.wheelhouse else ""
     return [
-        Step("wheel", f"copy {spec.wheel_name} to {lay.wheels}",
-             f"echo {digest}'  '{q(wheel_path)} | sha256sum -c --status",
-             f"mkdir -p {q(lay.wheels)} && rm -f {q(lay.wheels)}/gridtool-*.whl && "
-             f"install -m 0644 \"$GT_STAGE\"/{q(spec.wheel_name)} {q(wheel_path)}",
-             (Upload(spec.wheel_name, spec.wheel),)),
-        Step("venv", f"install it in the venv {lay.venv}",
+        Step("wheel", f"copy {spec.wheel_name}{more} to {lay.wheels}",
+             f"{{ {copied}; }} | sha256sum -c --status",
+             f"rm -rf {q(lay.wheels)} && mkdir -p {q(lay.wheels)} && " + " && ".join(
+                 f"install -m 0644 \"$GT_STAGE\"/{q(f.name)} {q(path[f.name])}"
+                 for f in files), files),
+        Step("venv", f"install it in the venv {lay.venv}"
+             + (" (offline, from the wheelhouse)" if spec.wheelhouse else ""),
              f"{q(lay.venv)}/bin/python -c 'import gridtool, agents.agent' 2>/dev/null && "
              f"test -x {q(lay.agent)} && grep -qx {digest} {q(stamp)}",
              f"{{ {q(lay.venv)}/bin/python -c pass 2>/dev/null || "
              f"{q(spec.python)} -m venv --clear {q(lay.venv)}; }} && "
-             f"{pip} {q(wheel_path)} && {pip} --force-reinstall --no-deps {q(wheel_path)} && "
+             f"{pip}{source} {q(wheel_path)} && "
+             f"{pip} --no-index --force-reinstall --no-deps {q(wheel_path)} && "
              f"echo {digest} >{q(stamp)}"),
     ]
 
@@ -416,7 +455,7 @@ def plan_add(spec: AddSpec, facts: HostFacts) -> list[Step]:
     steps = [
         Step("libvirt", f"libvirt answers at {spec.libvirt_uri}",
              _libvirt_check(spec.libvirt_uri, spec.python), None),
-        *(_deb_steps(spec) if spec.debs else _venv_steps(spec)),
+        *(_deb_steps(spec) if spec.debs or spec.apt else _venv_steps(spec)),
         *_tls_steps(lay, spec.tls),
         _file_step("config", f"write {lay.config} (0600)", lay.config,
                    spec.agent_conf.encode(), "600", secret=True),

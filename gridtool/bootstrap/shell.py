@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import shlex
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ from gridtool.bootstrap.rules import (
     SshTarget,
     Step,
     apply_script,
+    check_wheelhouse,
     decide,
     hook_shim,
     parse_facts,
@@ -45,9 +48,12 @@ from gridtool.errors import AuthError, OperationFailed, Timeout, UsageError
 #: How long one remote command may run (a pip install on a slow host included).
 COMMAND_TIMEOUT = 600.0
 UNIT_TEMPLATE = "scripts/systemd/gridtool-agent.service"
+#: Where the wheel carries the unit template (setup.cfg ``data_files``), so ``host add
+#: --wheel/--wheelhouse`` needs no source tree.
+WHEEL_UNIT = ".data/data/share/gridtool/systemd/gridtool-agent.service"
 #: What goes into the wheel (copied to a scratch tree so the build never writes here).
-WHEEL_SOURCES = ("gridtool", "agents", "man", "setup.cfg", "pyproject.toml", "README.md",
-                 "MANIFEST.in")
+WHEEL_SOURCES = ("gridtool", "agents", "man", UNIT_TEMPLATE, "setup.cfg", "pyproject.toml",
+                 "README.md", "MANIFEST.in")
 
 
 class HostKeyError(AuthError):
@@ -66,11 +72,12 @@ class HostUnreachable(OperationFailed):
 
 
 def project_root() -> Path:
-    """The gridtool source tree this code runs from (the wheel and unit come from it)."""
+    """The gridtool source tree this code runs from (only building a wheel needs it)."""
     root = Path(__file__).resolve().parents[2]  # gridtool/bootstrap/shell.py
     if not (root / "setup.cfg").exists() or not (root / UNIT_TEMPLATE).exists():
-        raise UsageError(f"host add needs the gridtool source tree (no setup.cfg or "
-                         f"{UNIT_TEMPLATE} under {root}); give --wheel and run it from there")
+        raise UsageError(f"host add builds the wheel from the gridtool source tree, and there "
+                         f"is none (no setup.cfg or {UNIT_TEMPLATE} under {root}): give "
+                         "--wheelhouse DIR (scripts/build-wheelhouse), --wheel FILE or --deb")
     return root
 
 
@@ -105,13 +112,14 @@ def build_wheel(root: Path, cache_dir: Path) -> Path:
         return built[-1]
     with tempfile.TemporaryDirectory(prefix="gridtool-wheel-") as tmp:
         src = Path(tmp, "src")
-        for path in (root / n for n in WHEEL_SOURCES):
+        for name in WHEEL_SOURCES:
+            path = root / name
             if path.is_dir():
-                shutil.copytree(path, src / path.name,
+                shutil.copytree(path, src / name,
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             elif path.is_file():
-                src.mkdir(exist_ok=True)
-                shutil.copy2(path, src / path.name)
+                (src / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, src / name)
         done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                                "--disable-pip-version-check", "-w", str(Path(tmp, "out")),
                                str(src)], capture_output=True, text=True, check=False)
@@ -124,16 +132,36 @@ def build_wheel(root: Path, cache_dir: Path) -> Path:
         return final
 
 
-def unit_template(root: Path) -> str:
-    return (root / UNIT_TEMPLATE).read_text()
+def wheel_files(wheel: bytes, name: str) -> tuple[str, bool]:
+    """The agent unit's template carried by a gridtool wheel, and whether the wheel has
+    the libvirt fence hook (``agents/hook.py``); UsageError for a wheel without the unit."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(wheel)) as archive:
+            members = archive.namelist()
+            units = [m for m in members if m.endswith(WHEEL_UNIT)]
+            if not units:
+                raise UsageError(f"wheel {name} carries no gridtool-agent.service (an older "
+                                 "build?): rebuild it with scripts/build-wheelhouse")
+            return archive.read(units[0]).decode(), "agents/hook.py" in members
+    except zipfile.BadZipFile:
+        raise UsageError(f"wheel {name}: not a wheel (zip) file") from None
 
 
-def hook_script(root: Path, layout: Layout, shared_patterns: tuple[str, ...]) -> str | None:
+def hook_script(has_hook: bool, layout: Layout, shared_patterns: tuple[str, ...]) -> str | None:
     """The libvirt fence hook to install (``agents/hook.py`` run from the agent's venv),
     or None for a gridtool without one."""
-    if (root / "agents" / "hook.py").exists():
-        return hook_shim(layout, "agents.hook", shared_patterns)
-    return None
+    return hook_shim(layout, "agents.hook", shared_patterns) if has_hook else None
+
+
+def read_wheelhouse(directory: Path) -> tuple[Path, list[Path]]:
+    """A wheelhouse's gridtool wheel and its other files (dependency wheels and
+    constraints.txt); UsageError unless it is one (:func:`rules.check_wheelhouse`)."""
+    try:
+        files = sorted(p for p in directory.iterdir() if p.is_file())
+        gridtool = check_wheelhouse([p.name for p in files])
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--wheelhouse {directory}: {exc}") from None
+    return directory / gridtool, [p for p in files if p.name != gridtool]
 
 
 def host_user(cfg: Config, host: str) -> str:

@@ -318,3 +318,12 @@ def terminate(proc: subprocess.Popen, timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+#: ``python -c`` code running the gridtool CLI as an installed copy without a source tree
+#: runs it: looking for the tree (what building a wheel needs) fails the command.
+CLI_WITHOUT_SOURCE_TREE = (
+    "import gridtool.bootstrap.shell as s\n"
+    "def nope():\n    raise AssertionError('host add looked for the source tree')\n"
+    "s.project_root = nope\n"
+    "from gridtool.cli.main import main\nmain()\n")

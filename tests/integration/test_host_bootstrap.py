@@ -29,7 +29,15 @@ from gridtool.bootstrap.shell import build_wheel, project_root
 from gridtool.errors import AuthError
 from gridtool.lab.procs import free_port, port_open, spawn, stop_pid
 from gridtool.registry.etcdstore import EtcdStore
-from tests.harness.testbed import credential_env, domain_xml, wait_until
+from tests.harness import ROOT
+from tests.harness.debroot import cache_dir
+from tests.harness.testbed import (
+    CLI_WITHOUT_SOURCE_TREE,
+    credential_env,
+    domain_xml,
+    wait_until,
+)
+from tools.lock import parse
 
 SSHD = "/usr/sbin/sshd"
 
@@ -83,6 +91,20 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_wheel(project_root(), tmp_path_factory.mktemp("wheels"))
 
 
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``scripts/build-wheelhouse`` output, once per session (dependency wheels cached
+    beside the Debian roots: a warm build asks no index)."""
+    out = tmp_path_factory.mktemp("wheelhouse")
+    done = subprocess.run([str(ROOT / "scripts" / "build-wheelhouse"), str(out)],
+                          capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ,
+                               "GRIDTOOL_WHEEL_CACHE": str(cache_dir() / "wheelhouse")})
+    assert done.returncode == 0, f"build-wheelhouse failed:\n{done.stderr}"
+    assert done.stdout.strip() == str(out)
+    return out
+
+
 def agent_pids(config: str) -> list[int]:
     """PIDs of the processes whose command line names ``config`` (our agents only)."""
     found = []
@@ -105,11 +127,15 @@ def root(tmp_path: Path) -> Iterator[Path]:
         stop_pid(pid, config)
 
 
-def gridtool(cfg, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+CLI = "from gridtool.cli.main import main; main()"
+
+
+def gridtool(cfg, *args: str, timeout: float = 120, code: str = CLI,  # type: ignore[no-untyped-def]
+             **env: str) -> subprocess.CompletedProcess:
     """The real CLI as a subprocess, on the test's registry prefix (``env``: more
-    GRIDTOOL_* settings)."""
+    GRIDTOOL_* settings; ``code``: what ``python -c`` runs)."""
     return subprocess.run(
-        [sys.executable, "-c", "from gridtool.cli.main import main; main()",
+        [sys.executable, "-c", code,
          "--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix, *args],
         capture_output=True, text=True, timeout=timeout, check=False,
         env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
@@ -129,18 +155,33 @@ def one_line(done: subprocess.CompletedProcess, code: int, text: str) -> None:
     assert text in done.stderr, done.stderr
 
 
-def test_add_repair_and_remove(sshd, wheel, cfg, store, registry, lab_hosts, root):  # type: ignore[no-untyped-def]
+# Building the wheelhouse (cold cache: 170 s at load 16) and a venv of 19 wheels on the
+# "host" (110 s at load 13-16) are slow on 2 loaded cores; 1200 s leaves a factor 3.
+@pytest.mark.timeout(1200)
+def test_add_repair_and_remove(sshd, wheelhouse, cfg, store, registry, lab_hosts, root):  # type: ignore[no-untyped-def]
+    """``host add --wheelhouse`` as an admin runs it, from an installed gridtool (looking
+    for a source tree fails): the venv gets exactly the locked versions, offline, and the
+    agent runs from it; then repair and remove."""
     lab = lab_hosts.add("hv1")
     add = ["host", "add", "hv1", *ssh_args(sshd, root, "--accept-new-host-key"),
-           "--libvirt-uri", lab.libvirt_uri, "--wheel", str(wheel), "--timeout", "30"]
+           "--libvirt-uri", lab.libvirt_uri, "--wheelhouse", str(wheelhouse),
+           "--timeout", "30"]
     lay = Layout(str(root))
 
     began = time.monotonic()
-    first = gridtool(cfg, *add)
+    first = gridtool(cfg, *add, code=CLI_WITHOUT_SOURCE_TREE, timeout=600)
     first_s = time.monotonic() - began
     assert first.returncode == 0, first.stderr
     assert "trusted a new host key" in first.stderr and "no systemd" in first.stderr
+    assert "(offline, from the wheelhouse)" in first.stderr
     assert registry.get_host("hv1").libvirt_uri == lab.libvirt_uri
+    installed = parse(subprocess.run(
+        [f"{lay.venv}/bin/python", "-m", "pip", "list", "--format=freeze",
+         "--disable-pip-version-check"], capture_output=True, text=True, check=True).stdout)
+    pins = parse((wheelhouse / "constraints.txt").read_text())
+    assert {"grpcio", "protobuf", "etcd-sdk-python", "libvirt-python"} <= set(installed)
+    assert {n: v for n, v in installed.items() if n in pins} == {
+        n: pins[n] for n in installed if n in pins}
     conf = Path(lay.config).read_text()
     (conf_password,) = [v for k, _, v in (line.partition(" = ") for line in conf.splitlines())
                         if k == "password"]
@@ -149,6 +190,7 @@ def test_add_repair_and_remove(sshd, wheel, cfg, store, registry, lab_hosts, roo
     assert "password" not in first.stderr + first.stdout
     assert Path(lay.unit).exists() and Path(lay.agent).exists()
     (pid,) = agent_pids(lay.config)
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1] == lay.agent.encode()
     print(f"first host add: {first_s:.1f} s\n{first.stderr}")
     # The fence hook (as libvirt would run it) asks the agent: a shared-disk guest whose
     # fence this host does not hold is refused, a local-disk guest passes.
@@ -161,14 +203,15 @@ def test_add_repair_and_remove(sshd, wheel, cfg, store, registry, lab_hosts, roo
                            capture_output=True, text=True, timeout=10)
     assert local.returncode == 0, local.stderr
 
-    # A second run changes nothing: same agent, one wheel, one known_hosts line.
+    # A second run changes nothing: same agent, the wheelhouse, one known_hosts line.
     began = time.monotonic()
-    again = gridtool(cfg, *add[:-2], "--timeout", "30")
+    again = gridtool(cfg, *add[:-2], "--timeout", "30", code=CLI_WITHOUT_SOURCE_TREE)
     again_s = time.monotonic() - began
     assert again.returncode == 0, again.stderr
     assert "(0 steps changed" in again.stderr and "trusted" not in again.stderr
     assert agent_pids(lay.config) == [pid]
-    assert len(list(Path(lay.wheels).iterdir())) == 1
+    assert sorted(p.name for p in Path(lay.wheels).iterdir()) == sorted(
+        p.name for p in wheelhouse.iterdir())
     assert len((root.parent / "known_hosts").read_text().splitlines()) == 1
     print(f"second (no-op) host add: {again_s:.1f} s")
 
@@ -176,7 +219,7 @@ def test_add_repair_and_remove(sshd, wheel, cfg, store, registry, lab_hosts, roo
     Path(lay.config).chmod(0o644)
     os.kill(pid, 9)
     wait_until(lambda: not agent_pids(lay.config), 5, what="agent killed")
-    repair = gridtool(cfg, *add)
+    repair = gridtool(cfg, *add, code=CLI_WITHOUT_SOURCE_TREE)
     assert repair.returncode == 0, repair.stderr
     assert "(2 steps changed" in repair.stderr
     assert Path(lay.config).stat().st_mode & 0o777 == 0o600
@@ -262,7 +305,8 @@ def test_unreachable_host(sshd, wheel, cfg, store, root):  # type: ignore[no-unt
     one_line(done, 8, "cannot reach")
 
 
-def test_add_over_tls_with_the_hosts_client_certificate(sshd, wheel, lab_hosts, root):  # type: ignore[no-untyped-def]
+@pytest.mark.timeout(1200)  # as test_add_repair_and_remove: a venv on 2 loaded cores
+def test_add_over_tls_with_the_hosts_client_certificate(sshd, wheelhouse, lab_hosts, root):  # type: ignore[no-untyped-def]
     """A TLS etcd requiring client certificates: host add copies the CA and the host's own
     certificate (not the admin's) to /etc/gridtool/tls/, and the agent registers with them."""
     from gridtool.auth.certs import make_certs
@@ -286,8 +330,9 @@ def test_add_over_tls_with_the_hosts_client_certificate(sshd, wheel, lab_hosts, 
         (base / "admin.conf").write_text(render(cfg))
         lab = lab_hosts.add("hv3")
         done = gridtool(cfg, "host", "add", "hv3", *ssh_args(sshd, root, "--accept-new-host-key"),
-                        "--libvirt-uri", lab.libvirt_uri, "--wheel", str(wheel),
-                        "--timeout", "30", GRIDTOOL_CONFIG=str(base / "admin.conf"))
+                        "--libvirt-uri", lab.libvirt_uri, "--wheelhouse", str(wheelhouse),
+                        "--timeout", "30", timeout=600,
+                        GRIDTOOL_CONFIG=str(base / "admin.conf"))
         assert done.returncode == 0, done.stderr
         lay = Layout(str(root))
         installed = Path(lay.tls_dir)

@@ -3,9 +3,12 @@ temporary root, no SSH), secrets kept off command lines, SSH target parsing."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,8 +25,10 @@ from gridtool.bootstrap.rules import (
     SshTarget,
     Step,
     TlsFiles,
+    Upload,
     apply_script,
     check_debs,
+    check_wheelhouse,
     decide,
     hook_shim,
     packaged_hook_shim,
@@ -35,6 +40,8 @@ from gridtool.bootstrap.rules import (
     render_unit,
     tls_settings,
 )
+from gridtool.bootstrap.shell import wheel_files
+from gridtool.errors import UsageError
 
 UNIT = Path(__file__).resolve().parents[2] / "scripts/systemd/gridtool-agent.service"
 SECRET = "s3cret-pw-do-not-log"
@@ -334,3 +341,71 @@ def test_remove_purges_the_packages_on_a_real_root_only() -> None:
         "apt-get purge -y -q gridtool-common gridtool-agent")
     assert [s.name for s in plan_remove(Layout("/tmp/x"), HostFacts(False))] == [
         "stop", "files"]
+
+
+HOUSE = (Upload("grpcio-1.85.3-cp311-cp311-manylinux2014_x86_64.whl", b"PK grpcio"),
+         Upload("constraints.txt", b"grpcio==1.85.3\n"))
+
+
+def test_a_wheelhouse_is_copied_whole_and_installed_offline_at_its_constraints(
+        tmp_path: Path) -> None:
+    root, stage = tmp_path / "root", tmp_path / "stage"
+    stage.mkdir()
+    house = replace(spec(str(root)), wheelhouse=HOUSE)
+    wheel, venv = [s for s in plan_add(house, HostFacts(False)) if s.name in ("wheel", "venv")]
+    assert [u.name for u in wheel.uploads] == [house.wheel_name, *(u.name for u in HOUSE)]
+    wheels = house.layout.wheels
+    assert venv.apply is not None and "(offline, from the wheelhouse)" in venv.title
+    assert (f"pip install -q --disable-pip-version-check --no-index --find-links {wheels} "
+            f"-c {wheels}/constraints.txt {wheels}/{house.wheel_name}") in venv.apply
+    assert run_local([wheel], stage) == [Action.APPLY]
+    assert sorted(p.name for p in Path(wheels).iterdir()) == sorted(
+        [house.wheel_name, *(u.name for u in HOUSE)])
+    assert run_local([wheel], stage) == [Action.OK]
+    Path(wheels, HOUSE[0].name).write_bytes(b"PK other grpcio")
+    assert run_local([wheel], stage) == [Action.APPLY]
+    # the venv's stamp covers every file: another wheelhouse is another install
+    (plain_venv,) = [s for s in plan_add(spec(str(root)), HostFacts(False)) if s.name == "venv"]
+    assert plain_venv.check != venv.check and "--no-index --find-links" not in (
+        plain_venv.apply or "").split("&&")[1]
+
+
+def test_a_wheelhouse_needs_one_gridtool_wheel_and_its_constraints() -> None:
+    assert check_wheelhouse(["a-1-py3-none-any.whl", "gridtool-0.1.0-py3-none-any.whl",
+                             "constraints.txt"]) == "gridtool-0.1.0-py3-none-any.whl"
+    with pytest.raises(ValueError, match=r"\(got 1 gridtool wheels, no constraints.txt\)"):
+        check_wheelhouse(["gridtool-0.1.0-py3-none-any.whl"])
+    with pytest.raises(ValueError, match=r"\(got 2 gridtool wheels\)"):
+        check_wheelhouse(["gridtool-0.1.0-py3-none-any.whl", "gridtool-0.2.0-py3-none-any.whl",
+                          "constraints.txt"])
+
+
+def test_apt_installs_gridtool_agent_from_the_hosts_sources() -> None:
+    apt_spec = AddSpec("hv1", "qemu:///system", "", b"", spec().agent_conf, None,
+                       packaged_hook_shim(), PACKAGE_LAYOUT, apt=True)
+    steps = plan_add(apt_spec, HostFacts(systemd=True))
+    assert [s.name for s in steps] == ["libvirt", "apt", "config", "hook", "unit", "start"]
+    apt = steps[1]
+    assert apt.uploads == () and apt.apply is not None and apt.check is not None
+    assert apt.apply.startswith("apt-get update -q && ")
+    assert apt.apply.endswith("--force-confold gridtool-agent")
+    assert "'install ok installed' ]" in apt.check and "gridtool-agent" in apt.check
+
+
+def _wheel(members: dict[str, str]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, text in members.items():
+            archive.writestr(name, text)
+    return out.getvalue()
+
+
+def test_the_unit_template_and_the_hook_come_from_the_wheel() -> None:
+    unit = UNIT.read_text()
+    data = "gridtool-0.1.0.data/data/share/gridtool/systemd/gridtool-agent.service"
+    assert wheel_files(_wheel({data: unit, "agents/hook.py": ""}), "w.whl") == (unit, True)
+    assert wheel_files(_wheel({data: unit}), "w.whl") == (unit, False)
+    with pytest.raises(UsageError, match=r"wheel old\.whl carries no gridtool-agent\.service"):
+        wheel_files(_wheel({"agents/hook.py": ""}), "old.whl")
+    with pytest.raises(UsageError, match=r"wheel x\.whl: not a wheel"):
+        wheel_files(b"not a zip", "x.whl")

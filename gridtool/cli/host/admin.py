@@ -202,7 +202,12 @@ def _agent_config(app: AppContext, name: str, libvirt_uri: str, endpoints: str |
               help="The host's etcd password (default: issued when the registry has auth).")
 @click.option("--wheel", "wheel_file", metavar="FILE",
               type=click.Path(exists=True, dir_okay=False),
-              help="Install this gridtool wheel (default: build one from this source tree).")
+              help="Install this gridtool wheel, its dependencies from the host's pip index "
+                   "(default: build one from this source tree).")
+@click.option("--wheelhouse", metavar="DIR", type=click.Path(exists=True, file_okay=False),
+              help="Install offline from this wheelhouse (scripts/build-wheelhouse): its "
+                   "gridtool wheel and dependency wheels, at its constraints.txt versions, "
+                   "into the venv. Needs no source tree, no compiler and no index.")
 @click.option("--python", "remote_python", default="python3", show_default=True,
               metavar="PATH", help="Python on the host that creates the venv.")
 @click.option("--deb", "deb_files", metavar="FILE", multiple=True,
@@ -210,16 +215,20 @@ def _agent_config(app: AppContext, name: str, libvirt_uri: str, endpoints: str |
               help="Install these Debian packages with apt instead of a wheel in a venv: "
                    "gridtool-common_*.deb and gridtool-agent_*.deb from scripts/build-deb "
                    "(give --deb twice). Needs no source tree.")
+@click.option("--apt", "from_apt", is_flag=True,
+              help="Install gridtool-agent with apt from the host's own apt sources (a site "
+                   "repository carrying the scripts/build-deb packages).")
 @pass_app
 def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_hosts: str,
              accept_new_host_key: bool, prefix_dir: str, venv_path: str, wait: float,
              libvirt_uri: str, agent_endpoints: str | None, user: str | None,
-             password_file: str | None, wheel_file: str | None, remote_python: str,
-             deb_files: tuple[str, ...]) -> None:
+             password_file: str | None, wheel_file: str | None, wheelhouse: str | None,
+             remote_python: str, deb_files: tuple[str, ...], from_apt: bool) -> None:
     """Install and start a host's agent over SSH, then wait until the host registers.
 
     Steps (each checked first, so a second run repairs and never duplicates): check
-    libvirt answers, copy the gridtool wheel and install it in a venv, copy the
+    libvirt answers, copy the gridtool wheel (and wheelhouse) and install it in a venv
+    (/opt/gridtool/venv), copy the
     registry's TLS files to /etc/gridtool/tls/ (when ca_cert is set: the CA, and for
     client-certificate auth the host's own host-NAME.crt/.key from the CA's directory;
     keys 0600), write /etc/gridtool/agent.conf (0600, with the host's etcd credentials
@@ -228,25 +237,31 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
     directly with nohup). The host key must be in known_hosts unless
     --accept-new-host-key.
 
-    With --deb, the agent comes from the Debian packages instead (no source tree
-    needed): apt installs them on the host with their Debian dependencies
-    (python3-libvirt, ...), the hook runs the package's fence hook, and the package's
-    unit is used.
+    Where the agent comes from (none of these needs a checkout of gridtool, except the
+    default): --wheelhouse DIR (scripts/build-wheelhouse) installs its wheels offline
+    at its constraints.txt versions; --deb FILE (twice) or --apt install the Debian
+    packages with apt (the hook runs the package's fence hook, the package's unit is
+    used); --wheel FILE installs that wheel with its dependencies from the host's pip
+    index; by default a wheel is built from this source tree and installed that way.
 
     Each host needs: SSH as root or with password-less sudo; libvirt answering at
     --libvirt-uri (virsh, or python3 with the libvirt module); TCP to the etcd
-    endpoints. With --deb: Debian 12 on amd64 and apt reaching Debian's archive (or the
-    dependencies already installed); nothing is compiled. Without: python3 with venv,
-    and gcc, pkg-config, libvirt-dev and PyPI access, since pip builds libvirt-python
-    there.
+    endpoints. With --wheelhouse: python3 and python3-venv of the version the wheelhouse
+    was built with (Debian 12: 3.11), the libvirt library (libvirt0, there with libvirt);
+    no compiler, no index. With --deb/--apt: Debian 12 on amd64 and apt reaching
+    Debian's archive (or the dependencies already installed; --apt: and the site's
+    repository); nothing is compiled. With --wheel or the default: python3-venv, and
+    gcc, pkg-config, libvirt-dev, python3-dev and PyPI access, since pip builds
+    libvirt-python there.
 
     \b
     Example:
-      gridtool host add hv4 --ssh root@10.0.0.14 --libvirt-uri qemu:///system
+      gridtool host add hv4 --ssh root@10.0.0.14 --wheelhouse /srv/gridtool-wheelhouse
       gridtool host add hv5 --ssh admin@hv5.example:2222 --key ~/.ssh/fleet \\
-          --accept-new-host-key --password-file hv5.pw
+          --accept-new-host-key --password-file hv5.pw --wheelhouse wheelhouse/
       gridtool host add hv6 --ssh root@10.0.0.16 --deb gridtool-common_0.1.0-1_amd64.deb \\
           --deb gridtool-agent_0.1.0-1_all.deb
+      gridtool host add hv7 --ssh root@10.0.0.17 --apt --libvirt-uri xen:///system
     """
     from gridtool.bootstrap import shell as bootstrap
     from gridtool.bootstrap.rules import plan_add
@@ -254,7 +269,8 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
     _validated(name)
     target = _target(ssh)
     spec = _add_spec(app, name, libvirt_uri, agent_endpoints, user, password_file,
-                     _layout(prefix_dir, venv_path), wheel_file, remote_python, deb_files)
+                     _layout(prefix_dir, venv_path),
+                     _source(wheel_file, wheelhouse, deb_files, from_apt), remote_python)
     layout = spec.layout
     app.store.get(app.config.keys.host(name))  # the registry answers, before touching a host
     progress = _Progress()
@@ -278,53 +294,72 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
                "skipped)", err=True)
 
 
+def _source(wheel_file: str | None, wheelhouse: str | None, deb_files: tuple[str, ...],
+            from_apt: bool) -> tuple[str, Any]:
+    """Where the agent comes from: ("deb", files), ("apt", None), ("wheelhouse", DIR),
+    ("wheel", FILE) or ("build", None: a wheel built from this source tree)."""
+    given = [(kind, value) for kind, value in (("deb", deb_files), ("apt", from_apt),
+                                               ("wheelhouse", wheelhouse), ("wheel", wheel_file))
+             if value]
+    if len(given) > 1:
+        raise UsageError(" and ".join(f"--{kind}" for kind, _ in given) + " exclude each other")
+    return given[0] if given else ("build", None)
+
+
 def _add_spec(app: AppContext, name: str, libvirt_uri: str, agent_endpoints: str | None,
               user: str | None, password_file: str | None, layout: Layout,
-              wheel_file: str | None, remote_python: str,
-              deb_files: tuple[str, ...]) -> AddSpec:
-    """What ``host add`` installs: the Debian packages (``deb_files``), or a wheel (given,
-    or built from this source tree) in a venv."""
+              source: tuple[str, Any], remote_python: str) -> AddSpec:
+    """What ``host add`` installs: the Debian packages (given, or from the host's apt), or
+    a wheel (from a wheelhouse, given, or built from this source tree) in a venv. Only
+    building a wheel needs the source tree: the unit template and the hook come from the
+    wheel."""
     from gridtool.bootstrap import shell as bootstrap
     from gridtool.bootstrap.rules import (
         DEFAULT_VENV,
         PACKAGE_LAYOUT,
         AddSpec,
         Deb,
+        Upload,
         check_debs,
         packaged_hook_shim,
         render_unit,
         tls_settings,
     )
 
+    kind, value = source
     debs: tuple[Deb, ...] = ()
-    if deb_files:
-        if wheel_file:
-            raise UsageError("--deb and --wheel exclude each other")
+    house: list[Path] = []
+    if kind in ("deb", "apt"):
         if layout.root != "/" or layout.venv_path != DEFAULT_VENV:
-            raise UsageError("--deb installs into / with apt: no --prefix-dir or --venv")
-        try:
-            check_debs([Path(f).name for f in deb_files])
-            debs = tuple(sorted((Deb(Path(f).name, Path(f).read_bytes()) for f in deb_files),
-                                key=lambda d: d.package != "gridtool-common"))
-        except (ValueError, OSError) as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(f"--{kind} installs into / with apt: no --prefix-dir or --venv")
+        if kind == "deb":
+            try:
+                check_debs([Path(f).name for f in value])
+                debs = tuple(sorted((Deb(Path(f).name, Path(f).read_bytes()) for f in value),
+                                    key=lambda d: d.package != "gridtool-common"))
+            except (ValueError, OSError) as exc:
+                raise UsageError(str(exc)) from None
         layout = PACKAGE_LAYOUT
         hook: str | None = packaged_hook_shim()
         unit: str | None = None
+        wheel_name, wheel = "", b""
     else:
-        root = bootstrap.project_root()
-        hook = bootstrap.hook_script(root, layout, app.config.shared_patterns)
-        unit = render_unit(bootstrap.unit_template(root), layout)
+        if kind == "wheelhouse":
+            path, house = bootstrap.read_wheelhouse(Path(value))
+        elif kind == "wheel":
+            path = Path(value)
+        else:
+            path = bootstrap.build_wheel(bootstrap.project_root(), bootstrap.default_cache_dir())
+        wheel_name, wheel = path.name, path.read_bytes()
+        template, has_hook = bootstrap.wheel_files(wheel, wheel_name)
+        hook = bootstrap.hook_script(has_hook, layout, app.config.shared_patterns)
+        unit = render_unit(template, layout)
     tls = _tls_files(app.config, name)
     conf = _agent_config(app, name, libvirt_uri, agent_endpoints, user, password_file,
                          layout.hook_socket if hook else None, tls_settings(layout, tls))
-    if debs:
-        return AddSpec(name, libvirt_uri, "", b"", conf, unit, hook, layout, remote_python,
-                       tls, debs)
-    wheel = (Path(wheel_file) if wheel_file
-             else bootstrap.build_wheel(root, bootstrap.default_cache_dir()))
-    return AddSpec(name, libvirt_uri, wheel.name, wheel.read_bytes(), conf, unit, hook,
-                   layout, remote_python, tls)
+    return AddSpec(name, libvirt_uri, wheel_name, wheel, conf, unit, hook, layout,
+                   remote_python, tls, debs,
+                   tuple(Upload(p.name, p.read_bytes()) for p in house), kind == "apt")
 
 
 def _check_guests(app: AppContext, name: str, force: bool, live: bool) -> list[str]:
