@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from gridtool.lab import initiator
 from gridtool.lab import iscsi as lab_iscsi
 from gridtool.lab.procs import cmdline
 from gridtool.storage import pr
+from tests.harness.luns import qemu_io
 
 HOSTS = ["hv1", "hv2"]
 
@@ -36,16 +36,6 @@ def hosts(tmp_path: Path) -> Iterator[tuple[lab_iscsi.IscsiTarget, dict[str, Pat
             assert not cmdline(proc.pid)
         assert lab_iscsi.stop(target)
     assert not list(tmp_path.glob("*/*.nbd")) and not list(tmp_path.glob("*/pr.sock"))
-
-
-def qemu_io(directory: Path, command: str, lun: int = 1,
-            export: str | None = None) -> subprocess.CompletedProcess:
-    """qemu-io on the host's LUN socket, asking for the LUN's export (or ``export``)."""
-    sock = initiator.nbd_socket(directory, lun)
-    name = f"{lab_iscsi.TARGET_IQN}/{lun}" if export is None else export
-    return subprocess.run(["qemu-io", "-f", "raw", "-c", command,
-                           f"nbd+unix:///{name}?socket={sock}"],
-                          capture_output=True, text=True, timeout=60)
 
 
 def test_one_preempt_of_a_hosts_key_fences_every_writer_on_that_host(hosts) -> None:  # type: ignore[no-untyped-def]

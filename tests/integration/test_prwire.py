@@ -24,6 +24,7 @@ from gridtool.registry.records import GuestSettings, encode
 from gridtool.storage import pr
 from gridtool.storage.fence import FENCER_KEY_NAME
 from gridtool.storage.iscsi import IscsiLun
+from tests.harness.luns import qemu_io
 from tests.harness.testbed import domain_xml, hold_for, lease_expiry_bound, run_cli, wait_until
 from tests.integration.test_fencing import (
     host_fence,
@@ -66,10 +67,7 @@ class Storage:
 
     def write(self, host: str, n: int) -> subprocess.CompletedProcess:
         """One 4 KiB write through ``host``'s initiator (its guests' session) by qemu-io."""
-        sock = initiator.nbd_socket(self.dirs[host], n)
-        return subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 4k",
-                               f"nbd+unix:///?socket={sock}"],
-                              capture_output=True, text=True, timeout=60)
+        return qemu_io(self.dirs[host], "write -P 0x5a 0 4k", n, f"{self.target.iqn}/{n}")
 
 
 @pytest.fixture(scope="module")
