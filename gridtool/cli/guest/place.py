@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.intents import run_intent
+from gridtool.cli.common.intents import intent_doc, run_intent
 from gridtool.cli.common.migration import BANDWIDTH, SHUTDOWN, MigrationProgress, migrator_for
 from gridtool.cli.common.output import emit_json, json_option
 from gridtool.cli.common.verdicts import (
@@ -171,19 +171,20 @@ def create_guest(app: AppContext, xml_file: Path, on_host: str | None, auto: boo
     if placement.host is None:
         raise Conflict(no_host_reason(spec.name, needs, placement))
     rec = replace(rec, host=placement.host)
-    run_intent(app, rec, "define", True, timeout, {"xml": xml})
+    intents = [run_intent(app, rec, "define", True, timeout, {"xml": xml}, quiet=as_json)]
     _await_record(app, rec.host, rec.uuid, timeout)
     if start_it:
         settings_mod.update(app.store, app.config.keys, rec.uuid, rec.name,
                             lambda s: replace(s, desired="running", error=""))
         try:
-            run_intent(app, rec, "start", True, timeout)
+            intents.append(run_intent(app, rec, "start", True, timeout, quiet=as_json))
         except OperationFailed as exc:
             raise OperationFailed(f"{exc} ({spec.name} stays defined on {rec.host}, "
                                   "not running)") from None
     if as_json:
         emit_json(guest={"name": spec.name, "uuid": guest_uuid, "host": rec.host,
                          "started": start_it},
+                  intents=[intent_doc(i) for i in intents],
                   placement={"chosen": placement.host, "hosts": verdict_rows(placement, None)})
     else:
         click.echo(f"{spec.name} ({guest_uuid}) created on {rec.host}"

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.output import emit_json, json_option, table
+from gridtool.cli.common.output import emit_json, json_option, outcome, table
 from gridtool.errors import NotFound, OperationFailed, UsageError
 
 
@@ -38,8 +38,10 @@ def _name(host: str) -> str:
 @click.argument("host")
 @click.argument("agent")
 @click.argument("params", nargs=-1, metavar="[KEY=VALUE]...")
+@json_option
 @pass_app
-def set_agent(app: AppContext, host: str, agent: str, params: tuple[str, ...]) -> None:
+def set_agent(app: AppContext, host: str, agent: str, params: tuple[str, ...],
+              as_json: bool) -> None:
     """Set HOST's fence AGENT (a name on the manager's PATH or in /usr/sbin, or a path)
     and its parameters, passed on the agent's stdin as key=value lines.
 
@@ -64,7 +66,8 @@ def set_agent(app: AppContext, host: str, agent: str, params: tuple[str, ...]) -
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     fenceagents.write(app.store, app.config.keys, _name(host), agent, parsed, who())
-    click.echo(f"{host}: fence agent {agent} with {len(parsed)} parameters", err=True)
+    outcome(as_json, f"{host}: fence agent {agent} with {len(parsed)} parameters",
+            host=host, agent=agent, params=parsed)
 
 
 def _row(conf: Any) -> dict[str, Any]:
@@ -105,8 +108,9 @@ def show_agent(app: AppContext, host: str | None, as_json: bool) -> None:
 
 @fence_agent.command("remove")
 @click.argument("host")
+@json_option
 @pass_app
-def remove_agent(app: AppContext, host: str) -> None:
+def remove_agent(app: AppContext, host: str, as_json: bool) -> None:
     """Forget HOST's fence agent: the manager then recovers its guests on the timed path
     (or by storage fencing). Exits 3 when it had none.
 
@@ -118,7 +122,7 @@ def remove_agent(app: AppContext, host: str) -> None:
 
     if not fenceagents.remove(app.store, app.config.keys, _name(host)):
         raise NotFound(f"host {host} has no fence agent")
-    click.echo(f"{host}: fence agent removed", err=True)
+    outcome(as_json, f"{host}: fence agent removed", host=host, removed=True)
 
 
 @fence_agent.command("test")
