@@ -13,6 +13,7 @@ from typing import Any
 
 from gridtool.errors import OperationFailed, Timeout
 from gridtool.registry.keys import Keys
+from gridtool.registry.model import DecodeError
 from gridtool.registry.records import Intent, decode, encode
 from gridtool.registry.store import Delete, Put, Store
 
@@ -83,3 +84,18 @@ class IntentClient:
                 changed.clear()
         finally:
             watch.cancel()
+
+
+def read_intents(store: Store, keys: Keys) -> tuple[list[Intent], list[DecodeError]]:
+    """Every intent the registry still has, oldest first: queued, running, or finished
+    and not yet collected (``intents/``), and collected in the last DONE_KEEP_S
+    (``intents-done/``). Undecodable records are returned apart, never raised."""
+    found: list[Intent] = []
+    errors: list[DecodeError] = []
+    for prefix in (keys.all_intents, keys.intents_done):
+        for item in store.list(prefix)[0]:
+            try:
+                found.append(decode(Intent, item.key, item.value))
+            except DecodeError as exc:
+                errors.append(exc)
+    return sorted(found, key=lambda i: (i.created, i.id)), errors

@@ -37,7 +37,7 @@ def test_the_walk_sees_the_mutating_commands() -> None:
     for path in ("guest start", "guest stop", "guest set", "pool scale", "pool delete",
                  "pool report", "host add", "host remove", "fence release",
                  "guest migrate", "clone", "host drain", "host fence-agent set",
-                 ):
+                 "intent list", "intent show"):
         assert path in ALL, path
 
 

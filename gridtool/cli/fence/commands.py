@@ -6,6 +6,7 @@ import time
 
 import click
 
+from gridtool.cli.common.complete import HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import age, emit_json, json_option, outcome, table, warn
 from gridtool.errors import Conflict, NotFound, UsageError
@@ -137,7 +138,8 @@ def release(app: AppContext, volume: str, force: bool, yes: bool, as_json: bool)
 
 
 @click.command("clear-violations")
-@click.option("--host", "host_name", metavar="HOST", help="Only this host's violations.")
+@click.option("--host", "host_name", shell_complete=HOSTS, metavar="HOST",
+              help="Only this host's violations.")
 @json_option
 @pass_app
 def clear_violations(app: AppContext, host_name: str | None, as_json: bool) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from gridtool.cli.common.complete import GUESTS, HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.intents import intent_doc, run_intent
 from gridtool.cli.common.output import emit_json, json_option, outcome
@@ -22,7 +23,8 @@ WAIT = click.option("--wait/--no-wait", default=True, show_default=True,
                     help="Follow the operation to its outcome.")
 
 
-ON = click.option("--on", "on_host", metavar="HOST", help="The host to act on.")
+ON = click.option("--on", "on_host", shell_complete=HOSTS, metavar="HOST",
+                  help="The host to act on.")
 
 
 def _live_records(app: AppContext, name: str) -> tuple[list[GuestRecord], set[str]]:
@@ -91,7 +93,7 @@ def _act(app: AppContext, rec: GuestRecord, action: str, wait: bool, timeout: fl
 
 
 @click.command("start")
-@click.argument("name")
+@click.argument("name", shell_complete=GUESTS)
 @ON
 @WAIT
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait.")
@@ -114,7 +116,7 @@ def start(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: 
 
 
 @click.command("stop")
-@click.argument("name")
+@click.argument("name", shell_complete=GUESTS)
 @ON
 @WAIT
 @click.option("--timeout", default=60.0, show_default=True,
@@ -134,7 +136,7 @@ def stop(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: f
 
 
 @click.command("destroy")
-@click.argument("name")
+@click.argument("name", shell_complete=GUESTS)
 @ON
 @WAIT
 @json_option
@@ -152,7 +154,7 @@ def destroy(app: AppContext, name: str, on_host: str | None, wait: bool,
 
 
 @click.command("restart")
-@click.argument("name")
+@click.argument("name", shell_complete=GUESTS)
 @ON
 @WAIT
 @click.option("--timeout", default=60.0, show_default=True,
@@ -172,7 +174,7 @@ def restart(app: AppContext, name: str, on_host: str | None, wait: bool,
 
 
 @click.command("set")
-@click.argument("name")
+@click.argument("name", shell_complete=GUESTS)
 @click.option("--ha", type=click.Choice(["on", "off"]), help="HA (restart elsewhere when its "
               "host dies) or pinned (moved only after 'host confirm-dead').")
 @click.option("--anti-affinity", metavar="GROUP",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from gridtool.cli.common.complete import GUESTS, HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.intents import intent_doc, run_intent
 from gridtool.cli.common.migration import BANDWIDTH, SHUTDOWN, MigrationProgress, migrator_for
@@ -33,7 +34,7 @@ _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 
 
 @click.command("place")
-@click.argument("name")
+@click.argument("name", shell_complete=GUESTS)
 @click.option("--dry-run", is_flag=True,
               help="Explain only (the only mode: nothing is started or moved).")
 @json_option
@@ -109,7 +110,7 @@ def _await_record(app: AppContext, host: str, uuid: str, timeout: float) -> None
 @click.option("--xml", "xml_file", required=True, metavar="FILE",
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The libvirt domain XML of the new guest.")
-@click.option("--on", "on_host", metavar="HOST",
+@click.option("--on", "on_host", shell_complete=HOSTS, metavar="HOST",
               help="Define it on HOST (which must pass the placement filters).")
 @click.option("--auto", is_flag=True, help="Let placement choose the host (the default).")
 @click.option("--start", "start_it", is_flag=True, help="Start it once it is defined.")
@@ -217,8 +218,8 @@ def _target(app: AppContext, fleet: FleetView, rec: GuestRecord, to_host: str | 
 
 
 @click.command("migrate")
-@click.argument("name")
-@click.option("--to", "to_host", metavar="HOST", help="The destination host.")
+@click.argument("name", shell_complete=GUESTS)
+@click.option("--to", "to_host", shell_complete=HOSTS, metavar="HOST", help="The destination host.")
 @click.option("--auto", is_flag=True, help="Let placement choose the destination.")
 @click.option("--live/--cold", "live", default=None,
               help="Live (both hypervisors must support it) or cold: stop, hand the fences "

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from gridtool.cli.common.complete import HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import console, json_option, outcome, warn
 from gridtool.errors import Conflict, Timeout, UsageError
@@ -382,7 +383,7 @@ def _remove_credentials(cfg: Config, name: str) -> None:
 
 
 @click.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=HOSTS)
 @click.option("--force", is_flag=True,
               help="Remove a draining host even though guests still run there.")
 @_ssh_options(required=False)

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from gridtool.cli.common.complete import HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.migration import BANDWIDTH, SHUTDOWN, run_moves
 from gridtool.cli.common.output import emit_json, json_option, outcome, table
@@ -14,7 +15,7 @@ from gridtool.errors import Conflict, NotFound, OperationFailed, UsageError
 
 
 @click.command("drain")
-@click.argument("host_name", metavar="HOST")
+@click.argument("host_name", shell_complete=HOSTS, metavar="HOST")
 @click.option("--dry-run", is_flag=True, help="Show the plan; mark and move nothing.")
 @SHUTDOWN
 @BANDWIDTH
@@ -82,7 +83,7 @@ def drain_host(app: AppContext, host_name: str, dry_run: bool, timeout: float,
 
 
 @click.command("undrain")
-@click.argument("host_name", metavar="HOST")
+@click.argument("host_name", shell_complete=HOSTS, metavar="HOST")
 @json_option
 @pass_app
 def undrain_host(app: AppContext, host_name: str, as_json: bool) -> None:

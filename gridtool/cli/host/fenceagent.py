@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from gridtool.cli.common.complete import HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import emit_json, json_option, outcome, table
 from gridtool.errors import NotFound, OperationFailed, UsageError
@@ -35,7 +36,7 @@ def _name(host: str) -> str:
 
 
 @fence_agent.command("set")
-@click.argument("host")
+@click.argument("host", shell_complete=HOSTS)
 @click.argument("agent")
 @click.argument("params", nargs=-1, metavar="[KEY=VALUE]...")
 @json_option
@@ -76,7 +77,7 @@ def _row(conf: Any) -> dict[str, Any]:
 
 
 @fence_agent.command("show")
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=HOSTS)
 @json_option
 @pass_app
 def show_agent(app: AppContext, host: str | None, as_json: bool) -> None:
@@ -107,7 +108,7 @@ def show_agent(app: AppContext, host: str | None, as_json: bool) -> None:
 
 
 @fence_agent.command("remove")
-@click.argument("host")
+@click.argument("host", shell_complete=HOSTS)
 @json_option
 @pass_app
 def remove_agent(app: AppContext, host: str, as_json: bool) -> None:
@@ -126,7 +127,7 @@ def remove_agent(app: AppContext, host: str, as_json: bool) -> None:
 
 
 @fence_agent.command("test")
-@click.argument("host")
+@click.argument("host", shell_complete=HOSTS)
 @json_option
 @pass_app
 def test_agent(app: AppContext, host: str, as_json: bool) -> None:

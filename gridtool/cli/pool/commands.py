@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from gridtool.cli.common.complete import POOLS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import (
     NOTHING,
@@ -129,7 +130,7 @@ def create(app: AppContext, name: str, template: str, min_size: int, max_size: i
 
 
 @click.command("scale")
-@click.argument("name")
+@click.argument("name", shell_complete=POOLS)
 @click.argument("size", type=int)
 @json_option
 @pass_app
@@ -170,7 +171,7 @@ def list_pools(app: AppContext, as_json: bool) -> None:
 
 
 @click.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=POOLS)
 @json_option
 @pass_app
 def show(app: AppContext, name: str, as_json: bool) -> None:
@@ -225,7 +226,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
 
 
 @click.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=POOLS)
 @click.option("--keep-guests", is_flag=True, help="Keep the clones as plain guests.")
 @click.option("--timeout", "wait", default=60.0, show_default=True,
               help="Seconds to wait for each clone's removal.")
@@ -274,7 +275,7 @@ def delete(app: AppContext, name: str, keep_guests: bool, wait: float, as_json: 
 
 
 @click.command("report")
-@click.argument("name")
+@click.argument("name", shell_complete=POOLS)
 @click.option("--arrivals", required=True, type=int, help="Requests that arrived.")
 @click.option("--completions", default=0, show_default=True, type=int,
               help="Requests finished.")

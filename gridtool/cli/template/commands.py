@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from gridtool.cli.common.complete import TEMPLATES
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import (
     age,
@@ -98,7 +99,7 @@ def list_templates(app: AppContext, as_json: bool) -> None:
 
 
 @click.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=TEMPLATES)
 @json_option
 @pass_app
 def show(app: AppContext, name: str, as_json: bool) -> None:
@@ -127,7 +128,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
 
 
 @click.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=TEMPLATES)
 @click.option("--timeout", default=120.0, show_default=True,
               help="Seconds to wait for a host to delete the golden images.")
 @json_option
