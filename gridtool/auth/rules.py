@@ -151,7 +151,8 @@ def _manager_permissions(keys: Keys) -> tuple[Permission, ...]:
     rw = Access.READWRITE
     return (Permission.on_prefix(keys.prefix, Access.READ),
             *(Permission.on_prefix(p, rw) for p in (
-                keys.all_intents, keys.settings, keys.manager, keys.pools, keys.fences)))
+                keys.all_intents, keys.intents_done, keys.settings, keys.manager, keys.pools,
+                keys.fences)))
 
 
 def _host_permissions(keys: Keys, host: str) -> tuple[Permission, ...]:

@@ -47,6 +47,7 @@ def _register_commands() -> None:
     from gridtool.cli.fence import fence
     from gridtool.cli.guest import guest
     from gridtool.cli.host import host
+    from gridtool.cli.intent import intent
     from gridtool.cli.lab import lab
     from gridtool.cli.manager import manager
     from gridtool.cli.metrics import metrics
@@ -56,7 +57,7 @@ def _register_commands() -> None:
     from gridtool.cli.template import template
 
     for command in (rebalance, host, guest, fence, manager, registry, lab, check, pool, metrics,
-                    completion, template, clone):
+                    completion, template, clone, intent):
         cli.add_command(command)
 
 

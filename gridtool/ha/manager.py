@@ -55,6 +55,7 @@ from gridtool.placement.shell import FleetView, read_fleet
 from gridtool.pools.keeper import PoolKeeper
 from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
+from gridtool.registry.intents import IntentClient
 from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord
 from gridtool.registry.records import GuestSettings, Intent, ManagerStatus, decode, encode
 from gridtool.registry.store import Compare, Delete, Put, Store, Watch
@@ -268,7 +269,7 @@ class Manager:
                          intent.name, intent.host, intent.message)
                 self._note(f"{intent.name} on {intent.host}: {intent.message}")
                 if intent.state != "failed" or self._attempt_failed(intent):
-                    self.store.delete(item.key)
+                    IntentClient(self.store, self.keys).collect(intent)  # intent list
         return pending
 
     @property

@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from gridtool.lab.procs import LabError, free_port, port_open, spawn, stop_pid, wait_for
+from gridtool.registry.upkeep import Member, member_flags
 
 #: The lab members' Raft timing (etcd's defaults are 100 ms and 1000 ms): a leader that
 #: sends no heartbeat for ELECTION_TIMEOUT_MS is replaced by an election.
@@ -54,6 +55,7 @@ class EtcdMember:
             "--heartbeat-interval", str(HEARTBEAT_MS),
             "--election-timeout", str(ELECTION_TIMEOUT_MS),
             "--logger", "zap", "--log-outputs", "stderr",
+            *member_flags(),  # compaction and quota, as in production
             *(tls.etcd_flags() if tls else []),
         ]
 
@@ -126,6 +128,21 @@ class EtcdCluster:
                 shutil.rmtree(member.data_dir, ignore_errors=True)
                 Path(member.log).unlink(missing_ok=True)
                 member.client_port, member.peer_port = free_port(), free_port()
+
+    def resume(self, timeout: float = 20.0) -> None:
+        """Start every member again on its ports with the data it has (no fresh ports, no
+        new data dirs: see ``start``); a failed start stops what it started."""
+        try:
+            self._start_once(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def restore_member(self, member: EtcdMember) -> Member:
+        """Who ``member`` is, for ``etcdctl snapshot restore``."""
+        scheme = "https" if self.tls else "http"
+        return Member(member.name, f"{scheme}://127.0.0.1:{member.peer_port}",
+                      self.initial_cluster, self.token)
 
     def _start_once(self, timeout: float) -> None:
         procs = [self.start_member(m, wait=False) for m in self.members]

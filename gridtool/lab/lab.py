@@ -20,6 +20,7 @@ from gridtool.lab.etcd import EtcdCluster
 from gridtool.lab.hosts import LabHost, sample_domain_xml, watchdog_timeout_for
 from gridtool.lab.procs import AGENT_MARKER, LabError, kill_now, spawn, stop_pid, wait_for
 from gridtool.lab.state import pid_alive, read_state, state_path, write_file
+from gridtool.registry.upkeep import SnapshotStatus
 
 Progress = Callable[[str], None]
 #: The lab's shared storage: files in the lab dir, or LUNs of a lab-owned iSCSI target.
@@ -327,6 +328,31 @@ def summary(state: dict[str, Any]) -> dict[str, Any]:
 
 def _save(directory: Path, state: dict[str, Any]) -> None:
     write_file(state_path(directory), json.dumps(state, indent=2))
+
+
+def restore_etcd(directory: Path, snapshot: Path) -> SnapshotStatus:
+    """Put the lab's registry back to ``snapshot``: check it, stop every etcd member,
+    move its data dir aside (``DIR.pre-restore``, replacing an older one), restore each
+    member from the snapshot into a new data dir, start them on their ports. The agents
+    keep running: they reconnect, and their resync rewrites what changed since."""
+    from gridtool.registry import backup
+
+    state = read_state(directory)
+    if state is None or "etcd" not in state:
+        raise LabError(f"no lab in {directory}")
+    checked = backup.status(snapshot)  # before anything is stopped
+    cluster = EtcdCluster.from_dict(state["etcd"])
+    cluster.stop()
+    for member in cluster.members:
+        aside = Path(f"{member.data_dir}.pre-restore")
+        shutil.rmtree(aside, ignore_errors=True)
+        if Path(member.data_dir).exists():
+            Path(member.data_dir).rename(aside)
+        backup.restore(snapshot, cluster.restore_member(member), Path(member.data_dir))
+    cluster.resume()
+    state["etcd"] = cluster.to_dict()
+    _save(directory, state)
+    return checked
 
 
 def power_off(directory: Path, name: str) -> list[str]:

@@ -13,8 +13,13 @@ from typing import Any
 
 from gridtool.errors import OperationFailed, Timeout
 from gridtool.registry.keys import Keys
+from gridtool.registry.model import DecodeError
 from gridtool.registry.records import Intent, decode, encode
-from gridtool.registry.store import Store
+from gridtool.registry.store import Delete, Put, Store
+
+#: How long a collected intent stays listed by ``gridtool intent list`` (under a lease of
+#: its own); the agents drop finished intents nobody collected after the same time.
+DONE_KEEP_S = 600
 
 
 def who() -> str:
@@ -37,6 +42,13 @@ class IntentClient:
         self.store.put(self.keys.intent(host, intent.id), encode(intent))
         return intent
 
+    def collect(self, done: Intent) -> None:
+        """Move a finished intent out of its host's queue into ``intents-done/``, where
+        it expires after DONE_KEEP_S (one transaction: it is never in both or neither)."""
+        lease = self.store.grant_lease(DONE_KEEP_S)
+        self.store.txn([], [Delete(self.keys.intent(done.host, done.id)),
+                            Put(self.keys.intent_done(done.host, done.id), encode(done), lease)])
+
     def wait(self, intent: Intent, timeout: float,
              on_state: Callable[[Intent], None] | None = None,
              host_alive: Callable[[], bool] | None = None,
@@ -56,7 +68,7 @@ class IntentClient:
                 if on_state is not None:
                     on_state(current)
                 if current.finished:
-                    self.store.delete(key)
+                    self.collect(current)
                     if current.state == "failed" and raise_failed:
                         raise OperationFailed(f"{intent.action} {intent.name} on "
                                               f"{intent.host} failed: {current.message}")
@@ -72,3 +84,18 @@ class IntentClient:
                 changed.clear()
         finally:
             watch.cancel()
+
+
+def read_intents(store: Store, keys: Keys) -> tuple[list[Intent], list[DecodeError]]:
+    """Every intent the registry still has, oldest first: queued, running, or finished
+    and not yet collected (``intents/``), and collected in the last DONE_KEEP_S
+    (``intents-done/``). Undecodable records are returned apart, never raised."""
+    found: list[Intent] = []
+    errors: list[DecodeError] = []
+    for prefix in (keys.all_intents, keys.intents_done):
+        for item in store.list(prefix)[0]:
+            try:
+                found.append(decode(Intent, item.key, item.value))
+            except DecodeError as exc:
+                errors.append(exc)
+    return sorted(found, key=lambda i: (i.created, i.id)), errors

@@ -56,6 +56,14 @@ class Keys:
         return f"{self.intents(host)}{intent_id}"
 
     @property
+    def intents_done(self) -> str:
+        """Collected intents, kept a while under a lease for ``gridtool intent list``."""
+        return f"{self.prefix}intents-done/"
+
+    def intent_done(self, host: str, intent_id: str) -> str:
+        return f"{self.intents_done}{host}/{intent_id}"
+
+    @property
     def settings(self) -> str:
         return f"{self.prefix}settings/"
 

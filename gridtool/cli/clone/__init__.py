@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from gridtool.cli.common.complete import HOSTS, POOLS, TEMPLATES
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import console, emit_json, json_option, table
 from gridtool.errors import OperationFailed, UsageError
@@ -66,13 +67,15 @@ class CloneProgress:
 
 
 @click.command("clone")
-@click.argument("template_name", metavar="TEMPLATE")
+@click.argument("template_name", shell_complete=TEMPLATES, metavar="TEMPLATE")
 @click.option("--count", default=1, show_default=True, help="How many clones to make.")
-@click.option("--pool", metavar="POOL", help="Record the clones as members of this pool.")
+@click.option("--pool", shell_complete=POOLS, metavar="POOL",
+              help="Record the clones as members of this pool.")
 @click.option("--name-prefix", metavar="PREFIX",
               help="Clone names are PREFIX1, PREFIX2, ... skipping names in use "
                    "[default: TEMPLATE-].")
-@click.option("--on", "on_host", metavar="HOST", help="Put every clone on this host.")
+@click.option("--on", "on_host", shell_complete=HOSTS, metavar="HOST",
+              help="Put every clone on this host.")
 @click.option("--auto", is_flag=True,
               help="Let the allocator place each clone (the default).")
 @click.option("--no-start", is_flag=True, help="Define the clones without starting them.")

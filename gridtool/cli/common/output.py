@@ -23,6 +23,15 @@ def emit_json(**body: Any) -> None:
     sys.stdout.write(json.dumps({"v": JSON_VERSION, **body}, indent=indent, default=str) + "\n")
 
 
+def outcome(as_json: bool, message: str, **body: Any) -> None:
+    """Report what a command changed: with --json one JSON document on stdout (``body``:
+    what changed, names, intent ids), else ``message`` (if any) for people on stderr."""
+    if as_json:
+        emit_json(**body)
+    elif message:
+        click.echo(message, err=True)
+
+
 def warn(message: str) -> None:
     sys.stderr.write(f"gridtool: warning: {message}\n")
 

@@ -6,8 +6,9 @@ import time
 
 import click
 
+from gridtool.cli.common.complete import HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.output import age, emit_json, json_option, table, warn
+from gridtool.cli.common.output import age, emit_json, json_option, outcome, table, warn
 from gridtool.errors import Conflict, NotFound, UsageError
 
 
@@ -108,8 +109,9 @@ def _holder(reservation: dict | None, key: str) -> str:
 @click.argument("volume")
 @click.option("--force", is_flag=True, help="Required: this can let a guest run twice.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
 @pass_app
-def release(app: AppContext, volume: str, force: bool, yes: bool) -> None:
+def release(app: AppContext, volume: str, force: bool, yes: bool, as_json: bool) -> None:
     """Delete a fence by hand (for an operator who knows its holder is dead).
 
     \b
@@ -131,13 +133,16 @@ def release(app: AppContext, volume: str, force: bool, yes: bool) -> None:
                       "run the guest", abort=True, err=True)
     if not app.store.txn([Compare(key, "mod", item.mod_revision)], [Delete(key)]):
         raise Conflict(f"fence {volume} changed meanwhile: look again")
-    click.echo(f"released fence {volume} (was held by {holder})", err=True)
+    outcome(as_json, f"released fence {volume} (was held by {holder})",
+            released={"volume": volume, "holder": holder, "token": item.mod_revision})
 
 
 @click.command("clear-violations")
-@click.option("--host", "host_name", metavar="HOST", help="Only this host's violations.")
+@click.option("--host", "host_name", shell_complete=HOSTS, metavar="HOST",
+              help="Only this host's violations.")
+@json_option
 @pass_app
-def clear_violations(app: AppContext, host_name: str | None) -> None:
+def clear_violations(app: AppContext, host_name: str | None, as_json: bool) -> None:
     """Forget the fence violations recorded so far (after an operator looked at them).
 
     \b
@@ -145,6 +150,7 @@ def clear_violations(app: AppContext, host_name: str | None) -> None:
       gridtool fence clear-violations --host hv2
     """
     prefix = app.config.keys.violations + (f"{host_name}/" if host_name else "")
-    count = len(app.store.list(prefix)[0])
+    keys = [item.key.removeprefix(app.config.keys.violations)
+            for item in app.store.list(prefix)[0]]
     app.store.delete_prefix(prefix)
-    click.echo(f"cleared {count} violation record(s)", err=True)
+    outcome(as_json, f"cleared {len(keys)} violation record(s)", cleared=keys)

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from gridtool.cli.common.complete import GUESTS, HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.intents import run_intent
+from gridtool.cli.common.intents import intent_doc, run_intent
+from gridtool.cli.common.output import emit_json, json_option, outcome
 from gridtool.cli.common.verdicts import no_host_reason
 from gridtool.errors import Conflict, NotFound, UsageError
 from gridtool.registry.model import ACTIVE_STATES, GuestRecord
@@ -21,7 +23,8 @@ WAIT = click.option("--wait/--no-wait", default=True, show_default=True,
                     help="Follow the operation to its outcome.")
 
 
-ON = click.option("--on", "on_host", metavar="HOST", help="The host to act on.")
+ON = click.option("--on", "on_host", shell_complete=HOSTS, metavar="HOST",
+                  help="The host to act on.")
 
 
 def _live_records(app: AppContext, name: str) -> tuple[list[GuestRecord], set[str]]:
@@ -76,19 +79,28 @@ def _placed(app: AppContext, defined: list[GuestRecord]) -> GuestRecord:
     return on[placement.host]
 
 
-def _set_desired(app: AppContext, rec: GuestRecord, action: str) -> None:
+def _act(app: AppContext, rec: GuestRecord, action: str, wait: bool, timeout: float,
+         as_json: bool, params: dict | None = None) -> None:
+    """Record the desired state, send ``action`` to ``rec.host`` and report the intent
+    (with --json: the guest, its host and the intent, as submitted or finished)."""
     from gridtool.registry import settings
 
     settings.set_desired_after(app.store, app.config.keys, rec.uuid, rec.name, action)
+    done = run_intent(app, rec, action, wait, timeout, params, quiet=as_json)
+    if as_json:
+        emit_json(guest=rec.name, uuid=rec.uuid, host=rec.host, action=action,
+                  intent=intent_doc(done))
 
 
 @click.command("start")
-@click.argument("name")
+@click.argument("name", shell_complete=GUESTS)
 @ON
 @WAIT
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait.")
+@json_option
 @pass_app
-def start(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: float) -> None:
+def start(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: float,
+          as_json: bool) -> None:
     """Start a guest; a fenced guest takes its fences first (one holder, ever).
 
     Without --on, placement chooses among the live hosts that define it (exit 7 with
@@ -100,18 +112,19 @@ def start(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: 
       gridtool guest start web1 --on hv2
     """
     rec = _target(app, name, on_host, running=False)
-    _set_desired(app, rec, "start")
-    run_intent(app, rec, "start", wait, timeout)
+    _act(app, rec, "start", wait, timeout, as_json)
 
 
 @click.command("stop")
-@click.argument("name")
+@click.argument("name", shell_complete=GUESTS)
 @ON
 @WAIT
 @click.option("--timeout", default=60.0, show_default=True,
               help="Seconds to wait for a clean shutdown before destroying it.")
+@json_option
 @pass_app
-def stop(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: float) -> None:
+def stop(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: float,
+         as_json: bool) -> None:
     """Shut a guest down gracefully (destroy it after --timeout); release its fences.
 
     \b
@@ -119,16 +132,17 @@ def stop(app: AppContext, name: str, on_host: str | None, wait: bool, timeout: f
       gridtool guest stop web1 --timeout 120
     """
     rec = _target(app, name, on_host, running=True)
-    _set_desired(app, rec, "stop")
-    run_intent(app, rec, "stop", wait, timeout + 30, {"timeout": timeout})
+    _act(app, rec, "stop", wait, timeout + 30, as_json, {"timeout": timeout})
 
 
 @click.command("destroy")
-@click.argument("name")
+@click.argument("name", shell_complete=GUESTS)
 @ON
 @WAIT
+@json_option
 @pass_app
-def destroy(app: AppContext, name: str, on_host: str | None, wait: bool) -> None:
+def destroy(app: AppContext, name: str, on_host: str | None, wait: bool,
+            as_json: bool) -> None:
     """Power a guest off at once (like pulling the plug); release its fences.
 
     \b
@@ -136,19 +150,19 @@ def destroy(app: AppContext, name: str, on_host: str | None, wait: bool) -> None
       gridtool guest destroy web1
     """
     rec = _target(app, name, on_host, running=True)
-    _set_desired(app, rec, "destroy")
-    run_intent(app, rec, "destroy", wait, 60.0)
+    _act(app, rec, "destroy", wait, 60.0, as_json)
 
 
 @click.command("restart")
-@click.argument("name")
+@click.argument("name", shell_complete=GUESTS)
 @ON
 @WAIT
 @click.option("--timeout", default=60.0, show_default=True,
               help="Seconds to wait for a clean shutdown before destroying it.")
+@json_option
 @pass_app
 def restart(app: AppContext, name: str, on_host: str | None, wait: bool,
-            timeout: float) -> None:
+            timeout: float, as_json: bool) -> None:
     """Stop and start a guest on the same host.
 
     \b
@@ -156,21 +170,21 @@ def restart(app: AppContext, name: str, on_host: str | None, wait: bool,
       gridtool guest restart web1
     """
     rec = _target(app, name, on_host, running=True)
-    _set_desired(app, rec, "restart")
-    run_intent(app, rec, "restart", wait, timeout + 60, {"timeout": timeout})
+    _act(app, rec, "restart", wait, timeout + 60, as_json, {"timeout": timeout})
 
 
 @click.command("set")
-@click.argument("name")
+@click.argument("name", shell_complete=GUESTS)
 @click.option("--ha", type=click.Choice(["on", "off"]), help="HA (restart elsewhere when its "
               "host dies) or pinned (moved only after 'host confirm-dead').")
 @click.option("--anti-affinity", metavar="GROUP",
               help="No two guests of GROUP on one host ('' to clear).")
 @click.option("--force", is_flag=True, help="With --ha on: even while the guest runs on a "
               "host with no working watchdog that cannot be fenced (it could run twice).")
+@json_option
 @pass_app
 def set_guest(app: AppContext, name: str, ha: str | None, anti_affinity: str | None,
-              force: bool) -> None:
+              force: bool, as_json: bool) -> None:
     """Change a guest's settings.
 
     An HA guest must run on a protected host: one whose agent pets a working watchdog
@@ -203,10 +217,13 @@ def set_guest(app: AppContext, name: str, ha: str | None, anti_affinity: str | N
 
     new = settings.update(app.store, app.config.keys, rec.uuid, rec.name, change)
     live = {h.name for h in app.registry.list_hosts()[0]}
-    for active in [r for r in records if r.state in ACTIVE_STATES and r.host in live and r.fenced]:
-        run_intent(app, active, "refresh", True, 30.0)  # re-put its fences as HA/pinned
-    click.echo(f"{rec.name}: ha={'on' if new.ha else 'off'} desired={new.desired}"
-               + (f" anti-affinity={new.anti_affinity}" if new.anti_affinity else ""), err=True)
+    # re-put its fences as HA/pinned
+    refreshed = [run_intent(app, r, "refresh", True, 30.0, quiet=as_json) for r in records
+                 if r.state in ACTIVE_STATES and r.host in live and r.fenced]
+    outcome(as_json, f"{rec.name}: ha={'on' if new.ha else 'off'} desired={new.desired}"
+            + (f" anti-affinity={new.anti_affinity}" if new.anti_affinity else ""),
+            guest=rec.name, uuid=rec.uuid, ha=new.ha, desired=new.desired,
+            anti_affinity=new.anti_affinity, intents=[intent_doc(i) for i in refreshed])
 
 
 def _refuse_unprotected(app: AppContext, records: list[GuestRecord]) -> None:

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from gridtool.cli.common.complete import GUESTS, HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.intents import run_intent
+from gridtool.cli.common.intents import intent_doc, run_intent
 from gridtool.cli.common.migration import BANDWIDTH, SHUTDOWN, MigrationProgress, migrator_for
 from gridtool.cli.common.output import emit_json, json_option
 from gridtool.cli.common.verdicts import (
@@ -33,7 +34,7 @@ _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 
 
 @click.command("place")
-@click.argument("name")
+@click.argument("name", shell_complete=GUESTS)
 @click.option("--dry-run", is_flag=True,
               help="Explain only (the only mode: nothing is started or moved).")
 @json_option
@@ -109,7 +110,7 @@ def _await_record(app: AppContext, host: str, uuid: str, timeout: float) -> None
 @click.option("--xml", "xml_file", required=True, metavar="FILE",
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The libvirt domain XML of the new guest.")
-@click.option("--on", "on_host", metavar="HOST",
+@click.option("--on", "on_host", shell_complete=HOSTS, metavar="HOST",
               help="Define it on HOST (which must pass the placement filters).")
 @click.option("--auto", is_flag=True, help="Let placement choose the host (the default).")
 @click.option("--start", "start_it", is_flag=True, help="Start it once it is defined.")
@@ -171,19 +172,20 @@ def create_guest(app: AppContext, xml_file: Path, on_host: str | None, auto: boo
     if placement.host is None:
         raise Conflict(no_host_reason(spec.name, needs, placement))
     rec = replace(rec, host=placement.host)
-    run_intent(app, rec, "define", True, timeout, {"xml": xml})
+    intents = [run_intent(app, rec, "define", True, timeout, {"xml": xml}, quiet=as_json)]
     _await_record(app, rec.host, rec.uuid, timeout)
     if start_it:
         settings_mod.update(app.store, app.config.keys, rec.uuid, rec.name,
                             lambda s: replace(s, desired="running", error=""))
         try:
-            run_intent(app, rec, "start", True, timeout)
+            intents.append(run_intent(app, rec, "start", True, timeout, quiet=as_json))
         except OperationFailed as exc:
             raise OperationFailed(f"{exc} ({spec.name} stays defined on {rec.host}, "
                                   "not running)") from None
     if as_json:
         emit_json(guest={"name": spec.name, "uuid": guest_uuid, "host": rec.host,
                          "started": start_it},
+                  intents=[intent_doc(i) for i in intents],
                   placement={"chosen": placement.host, "hosts": verdict_rows(placement, None)})
     else:
         click.echo(f"{spec.name} ({guest_uuid}) created on {rec.host}"
@@ -216,8 +218,8 @@ def _target(app: AppContext, fleet: FleetView, rec: GuestRecord, to_host: str | 
 
 
 @click.command("migrate")
-@click.argument("name")
-@click.option("--to", "to_host", metavar="HOST", help="The destination host.")
+@click.argument("name", shell_complete=GUESTS)
+@click.option("--to", "to_host", shell_complete=HOSTS, metavar="HOST", help="The destination host.")
 @click.option("--auto", is_flag=True, help="Let placement choose the destination.")
 @click.option("--live/--cold", "live", default=None,
               help="Live (both hypervisors must support it) or cold: stop, hand the fences "

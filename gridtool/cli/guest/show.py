@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from gridtool.cli.common.complete import GUESTS, HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import (
     emit_json,
@@ -33,7 +34,8 @@ def _views(app: AppContext) -> tuple[list[dict], list]:
 
 
 @click.command("list")
-@click.option("--host", "host_name", metavar="HOST", help="Only guests on this host.")
+@click.option("--host", "host_name", shell_complete=HOSTS, metavar="HOST",
+              help="Only guests on this host.")
 @click.option("--state", type=click.Choice(GUEST_STATES), help="Only guests in this state.")
 @json_option
 @pass_app
@@ -62,7 +64,7 @@ def list_guests(app: AppContext, host_name: str | None, state: str | None,
 
 
 @click.command("show")
-@click.argument("name_or_uuid")
+@click.argument("name_or_uuid", shell_complete=GUESTS)
 @json_option
 @pass_app
 def show_guest(app: AppContext, name_or_uuid: str, as_json: bool) -> None:

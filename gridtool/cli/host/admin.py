@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from gridtool.cli.common.complete import HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.output import console, warn
+from gridtool.cli.common.output import console, json_option, outcome, warn
 from gridtool.errors import Conflict, Timeout, UsageError
 
 if TYPE_CHECKING:
@@ -87,6 +88,12 @@ class _Progress:
 
     def line(self, text: str) -> None:
         self.console.print(text, highlight=False)
+
+
+def _step_docs(results: list[StepResult]) -> list[dict[str, Any]]:
+    """Bootstrap steps as ``--json`` shows them."""
+    return [{"step": r.step.name, "action": r.action.value, "seconds": round(r.seconds, 1)}
+            for r in results]
 
 
 def _validated(name: str) -> str:
@@ -218,12 +225,14 @@ def _agent_config(app: AppContext, name: str, libvirt_uri: str, endpoints: str |
 @click.option("--apt", "from_apt", is_flag=True,
               help="Install gridtool-agent with apt from the host's own apt sources (a site "
                    "repository carrying the scripts/build-deb packages).")
+@json_option
 @pass_app
 def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_hosts: str,
              accept_new_host_key: bool, prefix_dir: str, venv_path: str, wait: float,
              libvirt_uri: str, agent_endpoints: str | None, user: str | None,
              password_file: str | None, wheel_file: str | None, wheelhouse: str | None,
-             remote_python: str, deb_files: tuple[str, ...], from_apt: bool) -> None:
+             remote_python: str, deb_files: tuple[str, ...], from_apt: bool,
+             as_json: bool) -> None:
     """Install and start a host's agent over SSH, then wait until the host registers.
 
     Steps (each checked first, so a second run repairs and never duplicates): check
@@ -289,9 +298,10 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
         progress.stop()
         remote.close()
     changed = sum(r.action.value == "apply" for r in results)
-    click.echo(f"{name}: in the registry after {time.monotonic() - began:.1f} s "
-               f"({changed} steps changed, {len(results) - changed} already in place or "
-               "skipped)", err=True)
+    seconds = time.monotonic() - began
+    outcome(as_json, f"{name}: in the registry after {seconds:.1f} s ({changed} steps "
+            f"changed, {len(results) - changed} already in place or skipped)",
+            host=name, registered=True, seconds=round(seconds, 1), steps=_step_docs(results))
 
 
 def _source(wheel_file: str | None, wheelhouse: str | None, deb_files: tuple[str, ...],
@@ -409,14 +419,15 @@ def _remove_credentials(cfg: Config, name: str) -> None:
 
 
 @click.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=HOSTS)
 @click.option("--force", is_flag=True,
               help="Remove a draining host even though guests still run there.")
 @_ssh_options(required=False)
+@json_option
 @pass_app
 def remove_host(app: AppContext, name: str, force: bool, ssh: str | None,
                 key_file: str | None, known_hosts: str, accept_new_host_key: bool,
-                prefix_dir: str, venv_path: str, wait: float) -> None:
+                prefix_dir: str, venv_path: str, wait: float, as_json: bool) -> None:
     """Stop a host's agent, remove its unit, config and venv (or purge the Debian
     packages that 'host add --deb' installed), and forget it in the registry.
 
@@ -442,12 +453,13 @@ def remove_host(app: AppContext, name: str, force: bool, ssh: str | None,
     if live and ssh is None:
         raise Conflict(f"{name}'s agent is running (its lease is held): give --ssh "
                        "USER@ADDR to stop it")
+    results: list[StepResult] = []
     if target is not None:
         progress = _Progress()
         remote = _connect(target, key_file, known_hosts, accept_new_host_key, wait, progress)
         try:
             steps = plan_remove(layout, remote.facts(), bootstrap.host_user(app.config, name))
-            bootstrap.run_steps(remote, steps, progress.start, progress.done)
+            results = bootstrap.run_steps(remote, steps, progress.start, progress.done)
         finally:
             progress.stop()
             remote.close()
@@ -455,4 +467,5 @@ def remove_host(app: AppContext, name: str, force: bool, ssh: str | None,
     _remove_credentials(app.config, name)
     if left:
         warn(f"{len(left)} guests still run on {name} unmanaged: {', '.join(left[:5])}")
-    click.echo(f"{name}: removed", err=True)
+    outcome(as_json, f"{name}: removed", host=name, removed=True, unmanaged_guests=left,
+            steps=_step_docs(results))

@@ -6,12 +6,13 @@ from dataclasses import asdict
 
 import click
 
+from gridtool.cli.common.complete import HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import console, emit_json, json_option
 
 
 @click.command("credentials")
-@click.argument("host_name", metavar="HOST")
+@click.argument("host_name", shell_complete=HOSTS, metavar="HOST")
 @click.option("--credentials-dir", metavar="DIR", help="Where root.password is and the host's "
               "password file is written, 0600 (default: the folder of password_file, else "
               "/etc/gridtool/credentials).")

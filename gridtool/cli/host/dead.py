@@ -7,13 +7,15 @@ import time
 import click
 
 from gridtool.cli.common.context import AppContext, pass_app
+from gridtool.cli.common.output import json_option, outcome
 
 
 @click.command("confirm-dead")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
 @pass_app
-def confirm_dead(app: AppContext, name: str, yes: bool) -> None:
+def confirm_dead(app: AppContext, name: str, yes: bool, as_json: bool) -> None:
     """Tell gridtool a host is powered off (STONITH by hand): its pinned guests may move.
 
     Refused while the host still holds its lease. The manager then releases the host's
@@ -46,5 +48,5 @@ def confirm_dead(app: AppContext, name: str, yes: bool) -> None:
     if not app.store.txn([Compare(keys.host(name), "create", 0)],
                          [Put(keys.dead_host(name), json.dumps(body).encode())]):
         raise Conflict(f"host {name} came back (its agent registered): not marked dead")
-    click.echo(f"{name} confirmed dead: its pinned guests may now be restarted elsewhere",
-               err=True)
+    outcome(as_json, f"{name} confirmed dead: its pinned guests may now be restarted "
+            "elsewhere", host=name, dead=True, by=body["by"], at=body["at"])

@@ -6,15 +6,16 @@ from typing import Any
 
 import click
 
+from gridtool.cli.common.complete import HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.migration import BANDWIDTH, SHUTDOWN, run_moves
-from gridtool.cli.common.output import emit_json, json_option, table
+from gridtool.cli.common.output import emit_json, json_option, outcome, table
 from gridtool.cli.common.verdicts import fleet_of
 from gridtool.errors import Conflict, NotFound, OperationFailed, UsageError
 
 
 @click.command("drain")
-@click.argument("host_name", metavar="HOST")
+@click.argument("host_name", shell_complete=HOSTS, metavar="HOST")
 @click.option("--dry-run", is_flag=True, help="Show the plan; mark and move nothing.")
 @SHUTDOWN
 @BANDWIDTH
@@ -82,9 +83,10 @@ def drain_host(app: AppContext, host_name: str, dry_run: bool, timeout: float,
 
 
 @click.command("undrain")
-@click.argument("host_name", metavar="HOST")
+@click.argument("host_name", shell_complete=HOSTS, metavar="HOST")
+@json_option
 @pass_app
-def undrain_host(app: AppContext, host_name: str) -> None:
+def undrain_host(app: AppContext, host_name: str, as_json: bool) -> None:
     """Let a drained host take guests again (it does not move guests back).
 
     \b
@@ -99,4 +101,4 @@ def undrain_host(app: AppContext, host_name: str) -> None:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     hostconf.set_draining(app.store, app.config.keys, host_name, False)
-    click.echo(f"{host_name} takes guests again", err=True)
+    outcome(as_json, f"{host_name} takes guests again", host=host_name, draining=False)

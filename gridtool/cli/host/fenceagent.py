@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
+from gridtool.cli.common.complete import HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.output import emit_json, json_option, table
+from gridtool.cli.common.output import emit_json, json_option, outcome, table
 from gridtool.errors import NotFound, OperationFailed, UsageError
 
 
@@ -35,11 +36,13 @@ def _name(host: str) -> str:
 
 
 @fence_agent.command("set")
-@click.argument("host")
+@click.argument("host", shell_complete=HOSTS)
 @click.argument("agent")
 @click.argument("params", nargs=-1, metavar="[KEY=VALUE]...")
+@json_option
 @pass_app
-def set_agent(app: AppContext, host: str, agent: str, params: tuple[str, ...]) -> None:
+def set_agent(app: AppContext, host: str, agent: str, params: tuple[str, ...],
+              as_json: bool) -> None:
     """Set HOST's fence AGENT (a name on the manager's PATH or in /usr/sbin, or a path)
     and its parameters, passed on the agent's stdin as key=value lines.
 
@@ -64,7 +67,8 @@ def set_agent(app: AppContext, host: str, agent: str, params: tuple[str, ...]) -
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     fenceagents.write(app.store, app.config.keys, _name(host), agent, parsed, who())
-    click.echo(f"{host}: fence agent {agent} with {len(parsed)} parameters", err=True)
+    outcome(as_json, f"{host}: fence agent {agent} with {len(parsed)} parameters",
+            host=host, agent=agent, params=parsed)
 
 
 def _row(conf: Any) -> dict[str, Any]:
@@ -73,7 +77,7 @@ def _row(conf: Any) -> dict[str, Any]:
 
 
 @fence_agent.command("show")
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=HOSTS)
 @json_option
 @pass_app
 def show_agent(app: AppContext, host: str | None, as_json: bool) -> None:
@@ -104,9 +108,10 @@ def show_agent(app: AppContext, host: str | None, as_json: bool) -> None:
 
 
 @fence_agent.command("remove")
-@click.argument("host")
+@click.argument("host", shell_complete=HOSTS)
+@json_option
 @pass_app
-def remove_agent(app: AppContext, host: str) -> None:
+def remove_agent(app: AppContext, host: str, as_json: bool) -> None:
     """Forget HOST's fence agent: the manager then recovers its guests on the timed path
     (or by storage fencing). Exits 3 when it had none.
 
@@ -118,11 +123,11 @@ def remove_agent(app: AppContext, host: str) -> None:
 
     if not fenceagents.remove(app.store, app.config.keys, _name(host)):
         raise NotFound(f"host {host} has no fence agent")
-    click.echo(f"{host}: fence agent removed", err=True)
+    outcome(as_json, f"{host}: fence agent removed", host=host, removed=True)
 
 
 @fence_agent.command("test")
-@click.argument("host")
+@click.argument("host", shell_complete=HOSTS)
 @json_option
 @pass_app
 def test_agent(app: AppContext, host: str, as_json: bool) -> None:

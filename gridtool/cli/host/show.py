@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from gridtool.cli.common.complete import HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import age, emit_json, json_option, mib, section, table, warn
 from gridtool.registry.model import DecodeError, as_dict
@@ -65,7 +66,7 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
 
 
 @click.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=HOSTS)
 @json_option
 @pass_app
 def show_host(app: AppContext, name: str, as_json: bool) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from gridtool.cli.common.output import emit_json, json_option, table
+from gridtool.cli.common.output import emit_json, json_option, outcome, table
 from gridtool.errors import NotFound, OperationFailed
 
 LAB_DIR = click.option(
@@ -127,7 +127,8 @@ def status(as_json: bool, lab_dir: Path | None) -> None:
 
 @click.command("down")
 @LAB_DIR
-def down(lab_dir: Path | None) -> None:
+@json_option
+def down(lab_dir: Path | None, as_json: bool) -> None:
     """Stop every process the lab started (by PID); nothing is left running.
 
     \b
@@ -138,14 +139,16 @@ def down(lab_dir: Path | None) -> None:
 
     directory = _dir(lab_dir)
     stopped = labmod.down(directory)
-    click.echo(f"lab in {directory}: stopped {len(stopped)} processes" +
-               (f" ({', '.join(stopped)})" if stopped else ""), err=True)
+    outcome(as_json, f"lab in {directory}: stopped {len(stopped)} processes"
+            + (f" ({', '.join(stopped)})" if stopped else ""),
+            lab_dir=str(directory), stopped=stopped)
 
 
 @click.command("power-off")
 @click.argument("host")
 @LAB_DIR
-def power_off(host: str, lab_dir: Path | None) -> None:
+@json_option
+def power_off(host: str, lab_dir: Path | None, as_json: bool) -> None:
     """Pull a lab host's plug: kill its agent and its iSCSI initiator, destroy its running
     guests.
 
@@ -163,14 +166,15 @@ def power_off(host: str, lab_dir: Path | None) -> None:
         gone = labmod.power_off(_dir(lab_dir), host)
     except LabError as exc:
         raise NotFound(str(exc)) from None
-    click.echo(f"{host} powered off ({len(gone)} guests gone: {', '.join(gone) or '-'})",
-               err=True)
+    outcome(as_json, f"{host} powered off ({len(gone)} guests gone: {', '.join(gone) or '-'})",
+            host=host, powered="off", guests_gone=gone)
 
 
 @click.command("power-on")
 @click.argument("host")
 @LAB_DIR
-def power_on(host: str, lab_dir: Path | None) -> None:
+@json_option
+def power_on(host: str, lab_dir: Path | None, as_json: bool) -> None:
     """Power a lab host on again after 'lab power-off': its iSCSI initiator, then its
     agent.
 
@@ -185,7 +189,8 @@ def power_on(host: str, lab_dir: Path | None) -> None:
         pid = labmod.power_on(_dir(lab_dir), host)
     except LabError as exc:
         raise NotFound(str(exc)) from None
-    click.echo(f"{host}: agent started (pid {pid})", err=True)
+    outcome(as_json, f"{host}: agent started (pid {pid})", host=host, powered="on",
+            agent_pid=pid)
 
 
 @click.command("disk-check")

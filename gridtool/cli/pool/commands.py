@@ -4,11 +4,13 @@ the simulator of the flex policies."""
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from gridtool.cli.common.complete import POOLS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import (
     NOTHING,
@@ -16,6 +18,7 @@ from gridtool.cli.common.output import (
     console,
     emit_json,
     json_option,
+    outcome,
     seconds,
     section,
     styled_state,
@@ -127,10 +130,11 @@ def create(app: AppContext, name: str, template: str, min_size: int, max_size: i
 
 
 @click.command("scale")
-@click.argument("name")
+@click.argument("name", shell_complete=POOLS)
 @click.argument("size", type=int)
+@json_option
 @pass_app
-def scale(app: AppContext, name: str, size: int) -> None:
+def scale(app: AppContext, name: str, size: int, as_json: bool) -> None:
     """Set a fixed pool's size (within its min and max); the manager follows.
 
     \b
@@ -140,7 +144,7 @@ def scale(app: AppContext, name: str, size: int) -> None:
     from gridtool.pools import shell as pools
 
     spec = pools.set_desired(app.store, app.config.keys, name, size)
-    click.echo(f"pool {name}: size {spec.desired}", err=True)
+    outcome(as_json, f"pool {name}: size {spec.desired}", pool=_spec_dict(spec))
 
 
 @click.command("list")
@@ -167,7 +171,7 @@ def list_pools(app: AppContext, as_json: bool) -> None:
 
 
 @click.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=POOLS)
 @json_option
 @pass_app
 def show(app: AppContext, name: str, as_json: bool) -> None:
@@ -222,12 +226,13 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
 
 
 @click.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=POOLS)
 @click.option("--keep-guests", is_flag=True, help="Keep the clones as plain guests.")
 @click.option("--timeout", "wait", default=60.0, show_default=True,
               help="Seconds to wait for each clone's removal.")
+@json_option
 @pass_app
-def delete(app: AppContext, name: str, keep_guests: bool, wait: float) -> None:
+def delete(app: AppContext, name: str, keep_guests: bool, wait: float, as_json: bool) -> None:
     """Delete a pool and (unless --keep-guests) stop and remove its clones.
 
     \b
@@ -245,14 +250,18 @@ def delete(app: AppContext, name: str, keep_guests: bool, wait: float) -> None:
     pools.get(app.store, keys, name)
     total = len(pools.members(app.store, keys, name))
     out = console(stderr=True)
+    done: list[dict[str, str]] = []
     with Progress(TextColumn("removing clones"), BarColumn(), MofNCompleteColumn(),
-                  console=out, transient=True, disable=not out.is_terminal) as progress:
+                  console=out, transient=True,
+                  disable=as_json or not out.is_terminal) as progress:
         task = progress.add_task("", total=total)
 
         def removed(guest: str, host: str, error: str) -> None:
-            mark = "[red]FAIL[/red]" if error else "[green]ok[/green]  "
-            out.print(f"  {mark} {escape(guest)} on {escape(host)} {escape(error)}",
-                      highlight=False)
+            done.append({"guest": guest, "host": host, "error": error})
+            if not as_json:
+                mark = "[red]FAIL[/red]" if error else "[green]ok[/green]  "
+                out.print(f"  {mark} {escape(guest)} on {escape(host)} {escape(error)}",
+                          highlight=False)
             progress.advance(task)
 
         errors = pools.delete(app.store, app.config, name, keep_guests=keep_guests,
@@ -261,11 +270,12 @@ def delete(app: AppContext, name: str, keep_guests: bool, wait: float) -> None:
         raise OperationFailed(f"pool {name}: {len(errors)} clone(s) not removed "
                               f"(first: {errors[0]}); run 'gridtool pool delete' again")
     kept = f", {total} clone(s) kept" if keep_guests else f", {total} clone(s) removed"
-    click.echo(f"pool {name} deleted{kept}", err=True)
+    outcome(as_json, f"pool {name} deleted{kept}", deleted=name, clones=total,
+            kept_guests=keep_guests, removed=done)
 
 
 @click.command("report")
-@click.argument("name")
+@click.argument("name", shell_complete=POOLS)
 @click.option("--arrivals", required=True, type=int, help="Requests that arrived.")
 @click.option("--completions", default=0, show_default=True, type=int,
               help="Requests finished.")
@@ -278,10 +288,11 @@ def delete(app: AppContext, name: str, keep_guests: bool, wait: float) -> None:
               help="Seconds the report covers (ending now).")
 @click.option("--source", help="Reporter name (default host:pid); reporters add up. A "
               "worker reporting as its own guest name is removed last while busy.")
+@json_option
 @pass_app
 def report(app: AppContext, name: str, arrivals: int, completions: int,
            busy_seconds: float | None, service_time: float | None, queue_depth: int,
-           interval: float, source: str | None) -> None:
+           interval: float, source: str | None, as_json: bool) -> None:
     """Report a pool's load over the last interval (read by the flex policy).
 
     \b
@@ -291,9 +302,11 @@ def report(app: AppContext, name: str, arrivals: int, completions: int,
     """
     from gridtool.pools import shell as pools
 
-    pools.report(app.store, app.config.keys, name, arrivals=arrivals, completions=completions,
-                 busy_seconds=busy_seconds, mean_service_time=service_time,
-                 queue_depth=queue_depth, interval=interval, source=source)
+    sample = pools.report(app.store, app.config.keys, name, arrivals=arrivals,
+                          completions=completions, busy_seconds=busy_seconds,
+                          mean_service_time=service_time, queue_depth=queue_depth,
+                          interval=interval, source=source)
+    outcome(as_json, "", pool=name, sample=asdict(sample))  # silent for people (cron)
 
 
 def _flex_target(spec: PoolSpec) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from gridtool.cli.common.complete import TEMPLATES
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import (
     age,
@@ -14,6 +15,7 @@ from gridtool.cli.common.output import (
     emit_json,
     json_option,
     mib,
+    outcome,
     section,
     table,
     text,
@@ -97,7 +99,7 @@ def list_templates(app: AppContext, as_json: bool) -> None:
 
 
 @click.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=TEMPLATES)
 @json_option
 @pass_app
 def show(app: AppContext, name: str, as_json: bool) -> None:
@@ -126,11 +128,12 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
 
 
 @click.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=TEMPLATES)
 @click.option("--timeout", default=120.0, show_default=True,
               help="Seconds to wait for a host to delete the golden images.")
+@json_option
 @pass_app
-def delete(app: AppContext, name: str, timeout: float) -> None:
+def delete(app: AppContext, name: str, timeout: float, as_json: bool) -> None:
     """Delete a template and its golden images. Refused (exit 7) while clones of it
     exist or a pool uses it.
 
@@ -141,15 +144,17 @@ def delete(app: AppContext, name: str, timeout: float) -> None:
     from gridtool.clone.shell import delete_template
 
     delete_template(app.store, app.config, name, timeout=timeout)
-    console().print(f"template {name} deleted", highlight=False)
+    outcome(as_json, f"template {name} deleted", deleted=name)
 
 
 @click.command("remove-clone")
 @click.argument("clones", nargs=-1, required=True, metavar="CLONE...")
 @click.option("--timeout", default=60.0, show_default=True,
               help="Seconds to wait for each clone's host.")
+@json_option
 @pass_app
-def remove_clones(app: AppContext, clones: tuple[str, ...], timeout: float) -> None:
+def remove_clones(app: AppContext, clones: tuple[str, ...], timeout: float,
+                  as_json: bool) -> None:
     """Remove clones (names or UUIDs): destroy, undefine, delete their overlays and
     forget their records. A clone on a host that is gone is removed when its agent
     comes back.
@@ -172,4 +177,7 @@ def remove_clones(app: AppContext, clones: tuple[str, ...], timeout: float) -> N
     for c in chosen:
         remove_clone(app.store, app.config, c.host, c.uuid, c.name, pool=c.pool or None,
                      timeout=timeout)
-        console().print(f"{c.name} removed from {c.host}", highlight=False)
+        if not as_json:
+            click.echo(f"{c.name} removed from {c.host}", err=True)
+    outcome(as_json, "", removed=[{"name": c.name, "uuid": c.uuid, "host": c.host}
+                                  for c in chosen])
