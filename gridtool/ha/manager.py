@@ -26,6 +26,7 @@ from gridtool.fencing.recovery import (
     POWER_OFF,
     PREEMPTED,
     REFUSED,
+    SUSPECTED,
     UNSUPPORTED,
     FencePolicy,
     HostFence,
@@ -140,8 +141,9 @@ class Manager:
                 if not self._watches:
                     self._watches = [self.store.watch_prefix(p, lambda _ev: self._wake.set())
                                      for p in (self.keys.hosts, self.keys.fences)]
-                    self._watches.append(self.store.watch_prefix(self.keys.heartbeats,
-                                                                 self._beat_event))
+                    if self.fencing.suspect_after is not None:
+                        self._watches.append(self.store.watch_prefix(self.keys.heartbeats,
+                                                                     self._beat_event))
                 self._wake.clear()
                 self.tick()
         except (RegistryUnavailable, AuthError) as exc:
@@ -217,7 +219,10 @@ class Manager:
 
     def _silences(self, live: set[str]) -> dict[str, float]:
         """Seconds since each live host's heartbeat last changed (read the keys too: the
-        watch may have missed some), forgetting hosts that are gone."""
+        watch may have missed some), forgetting hosts that are gone; none without
+        ``suspect_after`` (nothing read)."""
+        if self.fencing.suspect_after is None:
+            return {}
         for item in self.store.list(self.keys.heartbeats)[0]:
             self._saw_beat(item.key.removeprefix(self.keys.heartbeats), item.mod_revision)
         now = self.clock.monotonic()
@@ -530,7 +535,8 @@ class Manager:
                 "waiting": f"lost since {rec.gone_since:.0f}; timed grace "
                            f"{self.fencing.grace:g} s",
             }[rec.state] if host not in running else f"fencing by {running[host]}"
-            summary[host] += f" ({rec.detection})"
+            if rec.detection == SUSPECTED:
+                summary[host] += " (suspected before its lease expired)"
         return summary
 
     def _publish_status(self) -> None:
