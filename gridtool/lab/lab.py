@@ -18,7 +18,7 @@ from gridtool.lab import initiator, qemu
 from gridtool.lab import iscsi as lab_iscsi
 from gridtool.lab.etcd import EtcdCluster
 from gridtool.lab.hosts import LabHost, sample_domain_xml, watchdog_timeout_for
-from gridtool.lab.procs import AGENT_MARKER, LabError, kill_now, spawn, stop_pid, wait_for
+from gridtool.lab.procs import AGENT_MARKER, LabError, spawn, stop_pid, wait_for
 from gridtool.lab.state import pid_alive, read_state, state_path, write_file
 
 Progress = Callable[[str], None]
@@ -282,24 +282,6 @@ def summary(state: dict[str, Any]) -> dict[str, Any]:
 
 def _save(directory: Path, state: dict[str, Any]) -> None:
     write_file(state_path(directory), json.dumps(state, indent=2))
-
-
-def power_off(directory: Path, name: str) -> list[str]:
-    """Simulate pulling a lab host's plug: kill its agent, destroy its running guests."""
-    state = read_state(directory)
-    hosts = {h["name"]: qemu.host_from(h) for h in (state or {}).get("hosts", [])}
-    if name not in hosts:
-        raise LabError(f"no lab host {name!r} (lab hosts: {', '.join(sorted(hosts)) or '-'})")
-    host = hosts[name]
-    kill_now(host.agent_pid, AGENT_MARKER)
-    conn = libvirt.open(host.libvirt_uri)
-    try:
-        doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-        for dom in doms:
-            dom.destroy()
-        return [d.name() for d in doms]
-    finally:
-        conn.close()
 
 
 def start_agent(directory: Path, name: str) -> int:
