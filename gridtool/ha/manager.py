@@ -405,7 +405,13 @@ class Manager:
         if machine is None or machine.mod_revision != action.registration or \
                 item is None or not item.lease:
             return True  # gone already, or a new life of the host: nothing to revoke
-        self.store.revoke_lease(item.lease)
+        try:
+            self.store.revoke_lease(item.lease)
+        except AuthError as exc:  # an old role: the lease expires by itself (not a step-down)
+            log.error("event=host_lease_revoke_refused host=%s error=%s note=the manager role "
+                      "needs write access to hosts/ and heartbeats/: run `gridtool registry "
+                      "init` to repair it", action.host, " ".join(str(exc).split()))
+            return False
         log.info("event=host_lease_revoked host=%s lease=%x detection=suspected",
                  action.host, item.lease)
         self._note(f"revoked {action.host}'s lease (suspected, fenced)")

@@ -6,15 +6,19 @@ before its lease could have expired; a host whose agent is only stalled for long
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from gridtool.auth.credfiles import read_password
 from gridtool.config import Config
 from gridtool.fencing.recovery import SUSPECTED, FencePolicy
+from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.intents import IntentClient
 from gridtool.registry.records import GuestSettings, encode
 from tests.harness.checker import DoubleRunChecker
@@ -60,7 +64,13 @@ def test_power_fenced_host_recovered_before_its_lease_and_a_stalled_unfenced_one
                == {"hv1", "hv2", "hv3"}, what="every host's heartbeat")
     policy = FencePolicy.for_ttl(TTL, suspect_after=SUSPECT_AFTER)
     stalled = lab_hosts.agents["hv3"].pid
-    with running_manager(cfg, store, fencing=policy), \
+    # the manager as a candidate host runs it: a host user with the manager role (revoking
+    # hv1's lease needs write access to every key under it)
+    candidate = lab_hosts._host_credentials("hv4", replace(cfg, manager=True))
+    manager_store = EtcdStore(replace(candidate, password=read_password(
+        Path(candidate.password_file or ""))))
+    with contextlib.closing(manager_store), \
+            running_manager(cfg, manager_store, fencing=policy), \
             DoubleRunChecker(lambda: lab_hosts.conns) as checker:
         wait_until(lambda: manager_status(store, cfg), what="the manager leading")
         seen: dict[str, float] = {}
