@@ -359,13 +359,14 @@ def _decide_guest(guest: GuestView, rnd: _Round) -> list[Action]:
 
 
 def _suspicion_on(host: str, rnd: _Round) -> bool:
-    """A suspicion of live ``host`` still stands: its fence runs or succeeded, or it is
-    still silent (the record is kept; a host heard from again is forgotten)."""
+    """A suspicion of live ``host`` still stands: its fence runs, or it is still silent.
+    A host heard from again has its record forgotten, even one saying its fence worked:
+    a host that writes after its power-off was not off, and that record must never
+    count for a later loss of the same registration."""
     record = rnd.record(host)
     if record is None or record.lease_gone:
         return False
-    fenced = record.state in (Method.POWER, Method.STORAGE)
-    return fenced or host in rnd.snap.fencing_now or rnd.silent(host)
+    return host in rnd.snap.fencing_now or rnd.silent(host)
 
 
 def _decide_ha(guest: GuestView, rnd: _Round) -> list[Action]:

@@ -151,6 +151,14 @@ def test_a_fence_in_flight_is_waited_for_even_when_the_heartbeat_comes_back() ->
             assert actions == (Blocked("u-a", "a", "fencing h9 by power"),)
 
 
+def test_a_suspect_heard_from_after_its_fence_succeeded_is_forgotten() -> None:
+    """It wrote after its 'power off': the fence proved nothing, and that record must not
+    let a later loss of this registration skip its fence."""
+    fenced = {"h9": suspected(power=POWER_OFF, power_at=999.0, power_message="off")}
+    assert decide(snap(guest(), silent=0.5, power_agents={"h9"}, host_fences=fenced),
+                  fencing=POLICY) == (ForgetFence("h9"),)
+
+
 def test_a_failed_fence_means_no_recovery_and_no_revoke() -> None:
     failed = {"h9": suspected(power=POWER_FAILED, power_at=999.0, power_message="exit 1")}
     assert decide(snap(guest(), power_agents={"h9"}, host_fences=failed), fencing=POLICY) == (
