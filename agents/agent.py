@@ -24,6 +24,7 @@ import libvirt
 from agents.claims import GuestClaims
 from agents.faults import Faults
 from agents.fencer import Fencer, FenceRefused
+from agents.heartbeat import Heartbeat
 from agents.hooksock import HookServer
 from agents.identity import HostNameTaken, Registration, admit, read_identity
 from agents.intents import IntentWorker
@@ -110,6 +111,7 @@ class Agent:
                                may_pet=lambda: self._fences_known,
                                came_up=lambda uuid: self.self_fencer.came_up(uuid))
         self.fencer = Fencer(store, cfg.keys, self.host, lambda: self.lease.lease)
+        self.heartbeat = Heartbeat(store, cfg.keys, self.host, self._beat_lease)
         self.self_fencer = SelfFence(self.host, self.fencer, self.libvirt,
                                      pid_of=self.libvirt.qemu_pid,
                                      destroy_fails=self.faults.self_fence_destroy_fails,
@@ -160,6 +162,7 @@ class Agent:
             log.warning("event=fault_points host=%s faults=%s note=test only",
                         self.host, ",".join(self.cfg.fault_points))
         self.lease.start()
+        self.heartbeat.start()
         self.intents.start()
         self.readiness.start()
         if self.hook_server is not None:
@@ -192,7 +195,13 @@ class Agent:
         if self._refused is not None:
             raise self._refused  # gridtool-agent exits with its one line
 
+    def _beat_lease(self) -> int | None:
+        """The lease the heartbeat goes under: only a healthy, registered one."""
+        lost = self.lease.lost.is_set() or not self.lease.healthy()
+        return None if lost else self.lease.lease
+
     def _shutdown(self) -> None:
+        self.heartbeat.stop()
         self.intents.stop()
         self.readiness.stop()
         if self.hook_server is not None:

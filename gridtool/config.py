@@ -116,6 +116,14 @@ class Config:
         "Whether the agent also runs a candidate of the HA manager (as `gridtool manager run` "
         "does): the candidates elect one leader in etcd, which restarts the HA guests of dead "
         "hosts elsewhere."))
+    suspect_after: float | None = setting(None, "agent", meaning=(
+        "Seconds without a heartbeat (each agent rewrites one small key every second) after "
+        "which the HA manager suspects a host before its lease expires, but only where a fence "
+        "makes acting safe: the host has a power fence agent, or a storage fencer covers every "
+        "LUN of the guest. It fences the host, revokes its lease and restarts its HA guests "
+        "elsewhere; without such a fence it still waits for the lease. A host that is only "
+        "slow for longer is fenced needlessly (safe, but a needless recovery): keep it above "
+        "the longest stall you expect. Unset: only the lease's expiry finds a host lost."))
     hook_socket: str | None = setting(None, "agent", meaning=(
         "The unix socket on which the agent answers the libvirt fence hook "
         "(`/etc/libvirt/hooks/qemu`): may this host start, restore or receive this guest? The "
@@ -229,7 +237,7 @@ def _parse(name: str, raw: Any) -> Any:
             if value < 2:
                 raise ValueError("must be at least 2")
             return value
-        if kind == "float":
+        if kind in ("float", "float | None"):
             number = float(raw)
             if not math.isfinite(number) or number <= 0:
                 raise ValueError("must be a positive number")

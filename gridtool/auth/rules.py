@@ -149,16 +149,19 @@ def _admin_permissions(keys: Keys) -> tuple[Permission, ...]:
 
 def _manager_permissions(keys: Keys) -> tuple[Permission, ...]:
     rw = Access.READWRITE
+    # hosts/ and heartbeats/ too: revoking a suspected host's lease (once fenced) needs
+    # write access to every key under it (etcd checks each), its fences included
     return (Permission.on_prefix(keys.prefix, Access.READ),
             *(Permission.on_prefix(p, rw) for p in (
                 keys.all_intents, keys.intents_done, keys.settings, keys.manager, keys.pools,
-                keys.fences)))
+                keys.fences, keys.hosts, keys.heartbeats)))
 
 
 def _host_permissions(keys: Keys, host: str) -> tuple[Permission, ...]:
     rw, read = Access.READWRITE, Access.READ
     return (
         Permission(keys.host(host), rw),                      # its record, under its lease
+        Permission(keys.heartbeat(host), rw),                 # its heartbeat, under its lease
         Permission(keys.dead_host(host), rw),                 # deletes its 'confirmed dead' mark
         Permission(keys.machine(host), rw),                   # which machine its name belongs to
         Permission.on_prefix(keys.host_guests(host), rw),

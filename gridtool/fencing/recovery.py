@@ -19,6 +19,11 @@ Three ways to know a lost host can no longer write a guest's disks, tried in thi
 
 What the manager did is a :class:`HostFence` record in etcd (``manager/fenced/<host>``)
 so a new leader neither redoes a fence that succeeded nor forgets when the lease went.
+Detection: a host is lost when its lease is gone, or, only where a storage or power fence
+makes it safe, *suspected* before that (:func:`suspect`): its heartbeat has not changed
+for ``suspect_after`` seconds. A suspected host is fenced first and its lease revoked
+after (the shell); the timed path never applies to it until its lease is really gone.
+
 It names the host's registration it is about (the agent rewrites ``machines/<host>`` in
 every registration), so a record from before the host came back never counts for its
 next loss; the manager also deletes it once it sees the host back.
@@ -27,7 +32,7 @@ next loss; the manager also deletes it once it sees the host back.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol
 
@@ -44,6 +49,8 @@ class Method(StrEnum):
 PREEMPTED, REFUSED, UNSUPPORTED = "preempted", "refused", "unsupported"
 #: ``HostFence.power``.
 POWER_OFF, POWER_FAILED = "off", "failed"
+#: ``HostFence.detection``.
+SUSPECTED, LEASE_EXPIRED = "suspected", "lease expired"
 #: The margin (seconds) added to the TTL for the timed path (clock rates, the destroy).
 TIMED_MARGIN = 2.0
 
@@ -63,6 +70,13 @@ class HostFence:
     storage: dict[str, str] = field(default_factory=dict)  # volume -> preempted/refused/...
     storage_at: float = 0.0
     storage_message: str = ""
+    suspected_at: float = 0.0  # when it was suspected before its lease went (0: never)
+    lease_gone: bool = True  # False: only suspected so far (``gone_since``: the suspicion)
+
+    @property
+    def detection(self) -> str:
+        """How the host was found lost: ``suspected`` or ``lease expired``."""
+        return SUSPECTED if self.suspected_at else LEASE_EXPIRED
 
     @property
     def state(self) -> str:
@@ -85,6 +99,20 @@ class HostFence:
         return ""
 
 
+def note_lost(record: HostFence | None, host: str, at: float, registration: int,
+              lease_gone: bool) -> HostFence:
+    """The record once ``host`` (in ``registration``) is seen lost at ``at``: its lease
+    gone, or only suspected (``lease_gone`` False). A record of this registration is kept,
+    except that a suspicion's gains the time its lease was then seen gone (the timed
+    path counts from there, never from the suspicion)."""
+    if record is None or record.registration != registration:
+        return HostFence(host, at, registration, suspected_at=0.0 if lease_gone else at,
+                         lease_gone=lease_gone)
+    if lease_gone and not record.lease_gone:
+        return replace(record, gone_since=at, lease_gone=True)
+    return record
+
+
 @dataclass(frozen=True)
 class StorageResult:
     """What a :class:`StorageFencer` did, by volume: preempted, refused (with why), or
@@ -105,14 +133,22 @@ class StorageFencer(Protocol):
 @dataclass(frozen=True)
 class FencePolicy:
     """``grace``: the timed path's wait after the lease was seen gone (TTL + margin);
-    ``retry``: a failed fence is tried again this long after it failed."""
+    ``retry``: a failed fence is tried again this long after it failed;
+    ``suspect_after``: a host whose heartbeat has not changed for this long is suspected
+    (None: never; only the lease's expiry finds a host lost)."""
 
     grace: float
     retry: float = 30.0
+    suspect_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.suspect_after is not None and not self.suspect_after > 0:
+            raise ValueError(f"suspect_after must be positive, not {self.suspect_after!r}")
 
     @classmethod
-    def for_ttl(cls, ttl: float, margin: float = TIMED_MARGIN) -> FencePolicy:
-        return cls(grace=ttl + margin)
+    def for_ttl(cls, ttl: float, margin: float = TIMED_MARGIN,
+                suspect_after: float | None = None) -> FencePolicy:
+        return cls(grace=ttl + margin, suspect_after=suspect_after)
 
 
 @dataclass(frozen=True)
@@ -142,12 +178,29 @@ class Wait:
 Verdict = Fenced | RunFence | Wait
 
 
+def suspect(silent: float | None, policy: FencePolicy, volumes: Collection[str],
+            record: HostFence | None, power_agent: bool, storage_fencer: bool) -> bool:
+    """May the manager treat a host whose lease is alive as lost, for a guest on
+    ``volumes``? Only when its heartbeat has been ``silent`` (seconds; None: never seen)
+    for ``policy.suspect_after`` AND a fence can make it safe: the host's power agent, or a
+    storage fencer for every one of the guest's LUNs (none known unsupported)."""
+    after = policy.suspect_after
+    if after is None or silent is None or silent < after:
+        return False
+    if power_agent:
+        return True
+    known = record.storage if record is not None else {}
+    return storage_fencer and bool(volumes) and all(known.get(v) != UNSUPPORTED
+                                                     for v in volumes)
+
+
 def judge(host: str, volumes: Collection[str], record: HostFence, now: float,
           policy: FencePolicy, power_agent: bool, storage_fencer: bool,
           running: Method | None = None) -> Verdict:
     """May the guests on ``volumes`` of lost ``host`` be recovered? ``record``: what is
-    known (``gone_since`` at least); ``power_agent``/``storage_fencer``: the ways there
-    are; ``running``: a fence of the host in flight."""
+    known (``gone_since`` at least; ``lease_gone`` False: only suspected, so never the
+    timed path); ``power_agent``/``storage_fencer``: the ways there are; ``running``: a
+    fence of the host in flight."""
     wanted = tuple(sorted(volumes))
     results = {v: record.storage.get(v, "") for v in wanted}
     if wanted and all(r == PREEMPTED for r in results.values()):
@@ -166,6 +219,9 @@ def judge(host: str, volumes: Collection[str], record: HostFence, now: float,
         if record.power == POWER_FAILED and not retry_due:
             return Wait(record.failed, failed=True)
         return RunFence(Method.POWER)
+    if not record.lease_gone:
+        return Wait(f"{host} suspected but no fence can make that safe: waiting for its "
+                    "lease to expire")
     waited = now - record.gone_since
     if waited >= policy.grace:
         return Fenced(Method.TIMED, f"timed: {host}'s lease gone {waited:.0f} s "

@@ -26,11 +26,13 @@ from gridtool.fencing.recovery import (
     POWER_OFF,
     PREEMPTED,
     REFUSED,
+    SUSPECTED,
     UNSUPPORTED,
     FencePolicy,
     HostFence,
     Method,
     StorageFencer,
+    note_lost,
 )
 from gridtool.fencing.rules import Observed
 from gridtool.fencing.shell import read_all_fences, read_host_fences, run_plan
@@ -47,6 +49,7 @@ from gridtool.ha.rules import (
     ReleaseFences,
     Restart,
     RestartLimits,
+    RevokeLease,
     Snapshot,
     decide,
     guest_kind,
@@ -102,11 +105,14 @@ class Manager:
         self.power_policy = power_policy
         self.power_fence = power_fence or self._run_fence_agent
         self.storage_fencer = storage_fencer
-        self.fencing = fencing or FencePolicy.for_ttl(cfg.ttl)
+        self.fencing = fencing or FencePolicy.for_ttl(cfg.ttl, suspect_after=cfg.suspect_after)
         self._fence_lock = threading.Lock()
         self._fencing_now: dict[str, Method] = {}  # fences in flight, by host
         self._fenced_inline = False  # an inline fence finished: decide again this tick
         self._host_fences: dict[str, HostFence] = {}  # as last read
+        #: each host's heartbeat as last seen: (mod revision, monotonic time first seen)
+        self._beats: dict[str, tuple[int, float]] = {}
+        self._beat_lock = threading.Lock()
         self.pools = PoolKeeper(store, cfg, self, period=pool_period, clock=clock,
                                 threaded=threaded)
 
@@ -118,7 +124,7 @@ class Manager:
         log.info("event=manager_start name=%s", self.name)
         while not stop.is_set():
             self.step()
-            self._wake.wait(self.period if self.leader_rev else min(self.period, 0.5))
+            self._wake.wait(self._until_next() if self.leader_rev else min(self.period, 0.5))
         self._watches = _cancel(self._watches)
         self.pools.stop()
         if resign:
@@ -136,6 +142,9 @@ class Manager:
                 if not self._watches:
                     self._watches = [self.store.watch_prefix(p, lambda _ev: self._wake.set())
                                      for p in (self.keys.hosts, self.keys.fences)]
+                    if self.fencing.suspect_after is not None:
+                        self._watches.append(self.store.watch_prefix(self.keys.heartbeats,
+                                                                     self._beat_event))
                 self._wake.clear()
                 self.tick()
         except (RegistryUnavailable, AuthError) as exc:
@@ -195,6 +204,45 @@ class Manager:
     def guard(self) -> list[Compare]:
         return [Compare(self.keys.manager_leader, "create", self.leader_rev)]
 
+    # -- heartbeats (detection before the lease expires) -----------------------
+
+    def _beat_event(self, ev: Any) -> None:
+        if ev.kind == "put":
+            self._saw_beat(ev.key.removeprefix(self.keys.heartbeats), ev.revision)
+
+    def _saw_beat(self, host: str, revision: int) -> None:
+        """Note ``host``'s heartbeat at ``revision``; its silence counts from the first
+        time the manager saw it (by its own monotonic clock: no clock skew)."""
+        with self._beat_lock:
+            known = self._beats.get(host)
+            if known is None or revision > known[0]:
+                self._beats[host] = (revision, self.clock.monotonic())
+
+    def _silences(self, live: set[str]) -> dict[str, float]:
+        """Seconds since each live host's heartbeat last changed (read the keys too: the
+        watch may have missed some), forgetting hosts that are gone; none without
+        ``suspect_after`` (nothing read)."""
+        if self.fencing.suspect_after is None:
+            return {}
+        for item in self.store.list(self.keys.heartbeats)[0]:
+            self._saw_beat(item.key.removeprefix(self.keys.heartbeats), item.mod_revision)
+        now = self.clock.monotonic()
+        with self._beat_lock:
+            self._beats = {h: b for h, b in self._beats.items() if h in live}
+            return {h: now - seen for h, (_, seen) in self._beats.items()}
+
+    def _until_next(self) -> float:
+        """How long to wait for the next round: ``period``, or less when a host becomes
+        suspect sooner (its heartbeat silent for ``suspect_after``)."""
+        after = self.fencing.suspect_after
+        if after is None:
+            return self.period
+        now = self.clock.monotonic()
+        with self._beat_lock:
+            due = [seen + after - now for _, seen in self._beats.values()]
+        soonest = min((d for d in due if d > 0), default=self.period)
+        return max(0.05, min(self.period, soonest + 0.01))
+
     # -- one round -----------------------------------------------------------
 
     def tick(self) -> None:
@@ -252,7 +300,8 @@ class Manager:
             power_agents=frozenset(fenceagents.read_all(self.store, self.keys)),
             storage_fencer=self.storage_fencer is not None, fencing_now=running,
             registrations={item.key.removeprefix(self.keys.machines): item.mod_revision
-                           for item in self.store.list(self.keys.machines)[0]})
+                           for item in self.store.list(self.keys.machines)[0]},
+            silent=self._silences(live))
         return snap, {v.uuid: v.name for v in views}
 
     def _pending(self) -> dict[str, Pending]:
@@ -339,13 +388,36 @@ class Manager:
     def _note_gone(self, action: NoteGone, _snap: Snapshot) -> bool:
         """Record when the host's lease was first seen gone, unless a record of this
         registration is there (another leader's, kept with its time)."""
-        fresh = HostFence(action.host, action.at, action.registration)
         ok = self._change_host_fence(
-            action.host, lambda r: r if r.registration == action.registration else fresh)
+            action.host, lambda r: note_lost(r, action.host, action.at, action.registration,
+                                             action.lease_gone))
         if ok:
-            log.info("event=host_lost host=%s registration=%s", action.host,
-                     action.registration)
+            log.info("event=host_lost host=%s registration=%s detection=%s", action.host,
+                     action.registration, "lease_expired" if action.lease_gone else "suspected")
+            if not action.lease_gone:
+                self._note(f"suspect {action.host}: no heartbeat for "
+                           f"{self.fencing.suspect_after:g} s")
         return ok
+
+    def _revoke_lease(self, action: RevokeLease, _snap: Snapshot) -> bool:
+        """Revoke fenced ``host``'s lease, only while it is the registration fenced."""
+        machine = self.store.get(self.keys.machine(action.host))
+        item = self.store.get(self.keys.host(action.host))
+        if machine is None or machine.mod_revision != action.registration or \
+                item is None or not item.lease:
+            return True  # gone already, or a new life of the host: nothing to revoke
+        try:
+            self.store.revoke_lease(item.lease)
+        except AuthError as exc:  # an old role: the lease expires by itself (not a step-down)
+            log.error("event=host_lease_revoke_refused host=%s error=%s note=the manager role "
+                      "needs write access to hosts/ and heartbeats/: run `gridtool registry "
+                      "init` to repair it", action.host, " ".join(str(exc).split()))
+            return False
+        log.info("event=host_lease_revoked host=%s lease=%x detection=suspected",
+                 action.host, item.lease)
+        self._note(f"revoked {action.host}'s lease (suspected, fenced)")
+        self._fenced_inline = True  # the lease's keys are gone: decide again at once
+        return True
 
     def _forget_fence(self, action: ForgetFence, _snap: Snapshot) -> bool:
         self.store.txn(self.guard, [Delete(self.keys.host_fence(action.host))])
@@ -470,6 +542,8 @@ class Manager:
                 "waiting": f"lost since {rec.gone_since:.0f}; timed grace "
                            f"{self.fencing.grace:g} s",
             }[rec.state] if host not in running else f"fencing by {running[host]}"
+            if rec.detection == SUSPECTED:
+                summary[host] += " (suspected before its lease expired)"
         return summary
 
     def _publish_status(self) -> None:
@@ -488,6 +562,7 @@ _HANDLERS: dict[type, Callable[[Manager, Any, Snapshot], bool]] = {
     NoteGone: Manager._note_gone,
     FenceHost: Manager._fence_host,
     ForgetFence: Manager._forget_fence,
+    RevokeLease: Manager._revoke_lease,
 }
 
 

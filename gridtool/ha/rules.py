@@ -37,12 +37,15 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from gridtool.fencing.recovery import (
+    SUSPECTED,
     Fenced,
     FencePolicy,
     HostFence,
     Method,
     RunFence,
     judge,
+    note_lost,
+    suspect,
 )
 from gridtool.fencing.rules import (
     FenceKind,
@@ -166,6 +169,8 @@ class Snapshot:
     storage_fencer: bool = False  # a StorageFencer is wired in
     fencing_now: Mapping[str, Method] = field(default_factory=dict)  # fences in flight
     registrations: Mapping[str, int] = field(default_factory=dict)  # machines/<host> mod rev
+    #: seconds since the manager saw each live host's heartbeat change (absent: never seen)
+    silent: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hosts", tuple(self.hosts))
@@ -173,7 +178,7 @@ class Snapshot:
         object.__setattr__(self, "confirmed_dead", frozenset(self.confirmed_dead))
         object.__setattr__(self, "power_agents", frozenset(self.power_agents))
         for name in ("fences", "history", "pending", "host_fences", "fencing_now",
-                     "registrations"):
+                     "registrations", "silent"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         names = [h.name for h in self.hosts]
         if len(set(names)) != len(names):
@@ -199,12 +204,25 @@ class Restart:
 @dataclass(frozen=True)
 class NoteGone:
     """Record that ``host``'s lease was first seen gone at ``at`` (the timed path's start),
-    in its registration ``registration`` (replacing a record of an earlier one)."""
+    or, ``lease_gone`` False, that it was suspected then, in its registration
+    ``registration`` (:func:`gridtool.fencing.recovery.note_lost`)."""
 
     guest: str
     name: str
     host: str
     at: float
+    registration: int = 0
+    lease_gone: bool = True
+
+
+@dataclass(frozen=True)
+class RevokeLease:
+    """Suspected ``host`` is fenced: revoke its lease (in ``registration`` only), so its
+    record and fences go and the fleet and its agent agree it is gone."""
+
+    guest: str
+    name: str
+    host: str
     registration: int = 0
 
 
@@ -256,7 +274,8 @@ class Blocked:
     reason: str
 
 
-Action = Restart | ReleaseFences | MarkError | Blocked | NoteGone | FenceHost | ForgetFence
+Action = (Restart | ReleaseFences | MarkError | Blocked | NoteGone | FenceHost | ForgetFence
+          | RevokeLease)
 
 
 # --------------------------------------------------------------------------- decide
@@ -269,13 +288,26 @@ class _Round:
     snap: Snapshot
     limits: RestartLimits
     policy: PlacementPolicy
-    hosts: dict[str, HostView]
+    hosts: dict[str, HostView]  # the hosts a guest may be placed on (live, not silent)
     fencing: FencePolicy
     noted: set[str] = field(default_factory=set)  # hosts given a NoteGone this round
     started: dict[str, Method] = field(default_factory=dict)  # fences ordered this round
+    revoking: set[str] = field(default_factory=set)  # hosts given a RevokeLease this round
+    alive: frozenset[str] = frozenset()  # every live host (records exist), silent or not
 
     def live(self, host: str | None) -> bool:
-        return host is not None and host in self.hosts
+        return host is not None and host in self.alive
+
+    def silent(self, host: str) -> bool:
+        """No heartbeat from live ``host`` for ``suspect_after`` (fence or not)."""
+        after = self.fencing.suspect_after
+        return after is not None and self.snap.silent.get(host, 0.0) >= after
+
+    def record(self, host: str) -> HostFence | None:
+        """The stored fence record of ``host``'s current registration, if any."""
+        record = self.snap.host_fences.get(host)
+        current = self.snap.registrations.get(host, 0)
+        return record if record is not None and record.registration == current else None
 
     def held(self, guest: GuestView) -> dict[str, Observation]:
         """The fence keys of ``guest`` that exist, by volume."""
@@ -299,9 +331,11 @@ def decide(
     the shell stops at the first action that fails (e.g. a ReleaseFences whose compare
     fails drops the Restart after it).
     """
-    rnd = _Round(snap, limits or RestartLimits(), policy, {h.name: h for h in snap.hosts},
-                 fencing)
-    actions: list[Action] = [ForgetFence(h) for h in sorted(snap.host_fences) if rnd.live(h)]
+    rnd = _Round(snap, limits or RestartLimits(), policy, {}, fencing,
+                 alive=frozenset(h.name for h in snap.hosts))
+    rnd.hosts = {h.name: h for h in snap.hosts if not rnd.silent(h.name)}
+    actions: list[Action] = [ForgetFence(h) for h in sorted(snap.host_fences)
+                             if rnd.live(h) and not _suspicion_on(h, rnd)]
     for guest in sorted(snap.guests, key=lambda g: (g.name, g.uuid)):
         actions.extend(_decide_guest(guest, rnd))
     return tuple(actions)
@@ -324,9 +358,24 @@ def _decide_guest(guest: GuestView, rnd: _Round) -> list[Action]:
     return _decide_ha(guest, rnd)
 
 
+def _suspicion_on(host: str, rnd: _Round) -> bool:
+    """A suspicion of live ``host`` still stands: its fence runs, or it is still silent.
+    A host heard from again has its record forgotten, even one saying its fence worked:
+    a host that writes after its power-off was not off, and that record must never
+    count for a later loss of the same registration."""
+    record = rnd.record(host)
+    if record is None or record.lease_gone:
+        return False
+    return host in rnd.snap.fencing_now or rnd.silent(host)
+
+
 def _decide_ha(guest: GuestView, rnd: _Round) -> list[Action]:
-    if rnd.live(guest.host) and guest.state not in DOWN_STATES:
-        return []
+    if rnd.live(guest.host):
+        suspected = _decide_suspected(guest, rnd)
+        if suspected is not None:
+            return suspected
+        if guest.state not in DOWN_STATES:
+            return []
     held = rnd.held(guest)
     if held:
         volume, obs = next(iter(held.items()))
@@ -340,20 +389,48 @@ def _decide_ha(guest: GuestView, rnd: _Round) -> list[Action]:
     first, fence = _fence_first(guest, guest.host, rnd)
     if fence is None:
         return first
-    return [*first, _restart(guest, rnd, f"host {guest.host} gone", fence=fence)]
+    record = rnd.record(guest.host)
+    how = " (suspected: heartbeat silent)" if record and record.detection == SUSPECTED else ""
+    return [*first, _restart(guest, rnd, f"host {guest.host} gone{how}", fence=fence)]
 
 
-def _fence_first(guest: GuestView, host: str, rnd: _Round) -> tuple[list[Action], str | None]:
-    """What must happen before ``guest`` of lost ``host`` is recovered, and the fence it
-    may rely on (None: not yet; the actions then end with why it waits)."""
+def _decide_suspected(guest: GuestView, rnd: _Round) -> list[Action] | None:
+    """``guest`` holds its fences on its live but silent host: fence that host, then
+    revoke its lease; None when the host is not suspected for this guest (no fence can
+    make it safe, or it was heard from)."""
+    host = guest.host
+    assert host is not None
+    held = rnd.held(guest)
+    mine = [o for o in held.values() if isinstance(o, Observed) and o.fence.holder == host]
+    if not held or len(mine) != len(held):
+        return None
+    if not suspect(rnd.snap.silent.get(host), rnd.fencing, guest.volumes, rnd.record(host),
+                   host in rnd.snap.power_agents, rnd.snap.storage_fencer):
+        return None
+    first, fence = _fence_first(guest, host, rnd, lease_gone=False)
+    if fence is None:
+        return first
+    registration = rnd.snap.registrations.get(host, 0)
+    revoke: list[Action] = [] if host in rnd.revoking else [
+        RevokeLease(guest.uuid, guest.name, host, registration)]
+    rnd.revoking.add(host)
+    return [*first, *revoke, Blocked(guest.uuid, guest.name,
+                                     f"host {host} suspected and fenced; revoking its lease")]
+
+
+def _fence_first(guest: GuestView, host: str, rnd: _Round,
+                 lease_gone: bool = True) -> tuple[list[Action], str | None]:
+    """What must happen before ``guest`` of lost ``host`` (its lease gone, or only
+    suspected) is recovered, and the fence it may rely on (None: not yet; the actions then
+    end with why it waits)."""
     actions: list[Action] = []
     registration = rnd.snap.registrations.get(host, 0)
-    record = rnd.snap.host_fences.get(host)
-    if record is None or record.registration != registration:  # none, or an earlier life's
-        record = HostFence(host, rnd.snap.now, registration)
-        if host not in rnd.noted:
-            rnd.noted.add(host)
-            actions.append(NoteGone(guest.uuid, guest.name, host, rnd.snap.now, registration))
+    stored = rnd.record(host)
+    record = note_lost(stored, host, rnd.snap.now, registration, lease_gone)
+    if record != stored and host not in rnd.noted:
+        rnd.noted.add(host)
+        actions.append(NoteGone(guest.uuid, guest.name, host, rnd.snap.now, registration,
+                                lease_gone))
     running = rnd.snap.fencing_now.get(host) or rnd.started.get(host)
     verdict = judge(host, guest.volumes, record, rnd.snap.now, rnd.fencing,
                     host in rnd.snap.power_agents, rnd.snap.storage_fencer, running)
@@ -436,7 +513,8 @@ def _restart(guest: GuestView, rnd: _Round, why: str, on_host: str | None = None
                        "after the last")
     needs = guest.requirements()
     # the one placement rule, over every live host or only the one the guest is pinned to
-    candidates = tuple(rnd.hosts.values()) if on_host is None else (rnd.hosts[on_host],)
+    candidates = (tuple(rnd.hosts.values()) if on_host is None else
+                  tuple(h for n, h in rnd.hosts.items() if n == on_host))
     placement = place(needs, candidates, rnd.policy)
     if placement.host is None:
         return Blocked(guest.uuid, guest.name, placement.reason if on_host is None else

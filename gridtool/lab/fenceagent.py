@@ -97,13 +97,15 @@ def _switch(directory: Path, name: str, action: str) -> None:
     the one repeated while a fence waits, stays quick)."""
     import libvirt
 
-    from gridtool.lab import lab as labmod
+    from gridtool.lab.power import power_off
     from gridtool.lab.procs import LabError
 
     try:
         if action in ("off", "reboot"):
-            labmod.power_off(directory, name)
+            power_off(directory, name)
         if action in ("on", "reboot"):
+            from gridtool.lab import lab as labmod  # heavy: only when powering on
+
             labmod.power_on(directory, name)
     except (LabError, OSError, libvirt.libvirtError) as exc:
         raise FenceError(str(exc)) from None

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from gridtool.lab import nbd
-from gridtool.lab.procs import cmdline, spawn, stop_pid, wait_for
+from gridtool.lab.procs import INITIATOR_MARKER, cmdline, spawn, stop_pid, wait_for
 from gridtool.storage import pr
 from gridtool.storage.iscsi import BLOCK, IscsiLun
 
-MARKER = "gridtool.lab.initiator"
+MARKER = INITIATOR_MARKER
 CHUNK_BLOCKS = 128
 #: What the control socket's requests may ask, and the errors it names in replies.
 OPS = ("register", "unregister", "reserve", "preempt", "read_keys", "read_reservation")

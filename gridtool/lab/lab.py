@@ -18,7 +18,8 @@ from gridtool.lab import initiator, qemu
 from gridtool.lab import iscsi as lab_iscsi
 from gridtool.lab.etcd import EtcdCluster
 from gridtool.lab.hosts import LabHost, sample_domain_xml, watchdog_timeout_for
-from gridtool.lab.procs import AGENT_MARKER, LabError, kill_now, spawn, stop_pid, wait_for
+from gridtool.lab.power import initiators_of
+from gridtool.lab.procs import AGENT_MARKER, LabError, spawn, stop_pid, wait_for
 from gridtool.lab.state import pid_alive, read_state, state_path, write_file
 from gridtool.registry.upkeep import SnapshotStatus
 
@@ -355,37 +356,11 @@ def restore_etcd(directory: Path, snapshot: Path) -> SnapshotStatus:
     return checked
 
 
-def power_off(directory: Path, name: str) -> list[str]:
-    """Simulate pulling a lab host's plug: kill its agent and its iSCSI initiator (a
-    powered-off dom0's sessions end; the target keeps their registrations), destroy its
-    running guests."""
-    state = read_state(directory)
-    hosts = {h["name"]: qemu.host_from(h) for h in (state or {}).get("hosts", [])}
-    if name not in hosts:
-        raise LabError(f"no lab host {name!r} (lab hosts: {', '.join(sorted(hosts)) or '-'})")
-    host = hosts[name]
-    kill_now(host.agent_pid, AGENT_MARKER)
-    for entry in _initiators_of(state, name):
-        kill_now(entry["pid"], initiator.MARKER)
-    conn = libvirt.open(host.libvirt_uri)
-    try:
-        doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-        for dom in doms:
-            dom.destroy()
-        return [d.name() for d in doms]
-    finally:
-        conn.close()
-
-
-def _initiators_of(state: dict[str, Any] | None, name: str) -> list[dict[str, Any]]:
-    return [e for e in (state or {}).get("initiators", []) if e["host"] == name]
-
-
 def power_on(directory: Path, name: str) -> int:
     """Power a lab host on after :func:`power_off`: its initiator logs in to the LUNs
     again (unless it still runs), then its agent starts; returns the agent's PID."""
     state = read_state(directory)
-    for entry in _initiators_of(state, name):
+    for entry in initiators_of(state, name):
         if not initiator.alive(entry["pid"]):
             assert state is not None  # an entry was found in it
             _start_initiator(state, entry)

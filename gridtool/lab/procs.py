@@ -14,6 +14,8 @@ from pathlib import Path
 
 #: What an agent's command line contains (``python -m agents.main``).
 AGENT_MARKER = "agents.main"
+#: In a lab host's iSCSI initiator's command line (``python -m gridtool.lab.initiator``).
+INITIATOR_MARKER = "gridtool.lab.initiator"
 
 
 class LabError(RuntimeError):

@@ -160,6 +160,15 @@ class Keys:
         return f"{self.pools}{name}/status"
 
     @property
+    def heartbeats(self) -> str:
+        return f"{self.prefix}heartbeats/"
+
+    def heartbeat(self, host: str) -> str:
+        """The agent's heartbeat: rewritten every second under the host's lease; the
+        manager suspects a host whose heartbeat stops changing (where a fence allows)."""
+        return f"{self.heartbeats}{host}"
+
+    @property
     def manager(self) -> str:
         return f"{self.prefix}manager/"
 

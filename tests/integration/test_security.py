@@ -80,9 +80,11 @@ def test_host_writes_only_its_own_keys(cfg: Config, store: EtcdStore, creds: Pat
         hv1.put(keys.host("hv1"), b'{"v":1}')
         hv1.txn([], [Put(keys.guest("hv1", "u1"), b"{}"), Put(keys.fence("vol1"), b"{}")])
         hv1.put(keys.intent("hv1", "i1"), b"{}")
+        hv1.put(keys.heartbeat("hv1"), b"{}")
         assert hv1.get(keys.host("hv2")) is not None  # reads what an agent reads
         for key in (keys.host("hv2"), keys.guest("hv2", "u1"), keys.violation("hv2", "u1"),
-                    keys.intent("hv2", "i1"), keys.guest_settings("u1")):
+                    keys.intent("hv2", "i1"), keys.guest_settings("u1"),
+                    keys.heartbeat("hv2")):
             with pytest.raises(AuthError) as exc:
                 hv1.put(key, b"{}")
             message = str(exc.value)
@@ -99,8 +101,13 @@ def test_host_writes_only_its_own_keys(cfg: Config, store: EtcdStore, creds: Pat
     hv2 = as_user(cfg, creds, host_user("hv2", cfg.prefix))  # a manager candidate
     try:
         hv2.put(keys.manager_status, b"{}")
+        # it may write host records: revoking a fenced suspect's lease needs write
+        # access to every key under it (etcd checks each); never another host's guests
+        lease = hv2.grant_lease(10)
+        hv2.put(keys.host("hv1"), b"{}", lease)
+        hv2.revoke_lease(lease)
         with pytest.raises(AuthError):
-            hv2.put(keys.host("hv1"), b"{}")
+            hv2.put(keys.guest("hv1", "u1"), b"{}")
     finally:
         hv2.close()
 

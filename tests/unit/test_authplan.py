@@ -84,8 +84,15 @@ def test_manager_candidate_runs_the_election_but_keeps_host_limits() -> None:
     for key in (K.manager_leader, K.intent("hv1", "i"), K.guest_settings("u"), K.pool("p")):
         assert P.permitted("host-hv2", key, write=True)
     assert P.permitted("host-hv2", K.guest("hv1", "u"), write=False)
-    for key in (K.host("hv1"), K.guest("hv1", "u"), K.violation("hv1", "u")):
+    for key in (K.guest("hv1", "u"), K.violation("hv1", "u"), K.machine("hv1"),
+                K.dead_host("hv1")):
         assert not P.permitted("host-hv2", key, write=True)
+    # revoking a fenced suspect's lease: etcd wants write access to every key under it
+    for key in (K.host("hv1"), K.heartbeat("hv1"), K.fence("v")):
+        assert P.permitted("host-hv2", key, write=True)
+    assert not P.permitted("host-hv1", K.host("hv10"), write=True)  # no manager role
+    assert P.permitted("host-hv1", K.heartbeat("hv1"), write=True)
+    assert not P.permitted("host-hv1", K.heartbeat("hv10"), write=True)
 
 
 def test_admin_has_the_whole_prefix_only() -> None:

@@ -97,6 +97,20 @@ def test_failover_judges_the_worst_round_not_the_mean() -> None:
     assert failover.target_s(10, "timed") == 25.0 and failover.target_s(10, "power") == 13.0
 
 
+def test_failover_with_suspicion_targets_five_seconds_and_splits_the_phases() -> None:
+    failover = bench("failover")
+    assert failover.target_s(10, "power", 2.0) == 5.0
+    assert failover.target_s(10, "timed", 2.0) == 25.0  # no fence: the lease is waited for
+    assert not failover.judge({"power_off": [_failover_round(5.5)],
+                               "partition": [_failover_round(4.0)]}, 1, 5.0).ok
+    marks = {"suspected": 2.0, "power_fenced": 3.5, "detected": 3.6, "running_elsewhere": 3.9}
+    assert failover._phases(marks) == pytest.approx(
+        {"phase_detect_s": 2.0, "phase_fence_s": 1.5, "phase_restart_s": 0.4})
+    lease = {"detected": 9.0, "power_fenced": 11.0, "running_elsewhere": 11.2}
+    assert failover._phases(lease) == pytest.approx(
+        {"phase_detect_s": 9.0, "phase_fence_s": 2.0, "phase_restart_s": 0.2})
+
+
 def test_registry_scale_checks_how_many_records_came_back() -> None:
     scale = bench("registry_scale")
     fast = [0.3] * 5

@@ -159,11 +159,11 @@ def power_off(host: str, lab_dir: Path | None, as_json: bool) -> None:
     Example:
       gridtool lab power-off hv1
     """
-    from gridtool.lab import lab as labmod
+    from gridtool.lab.power import power_off as pull_plug
     from gridtool.lab.procs import LabError
 
     try:
-        gone = labmod.power_off(_dir(lab_dir), host)
+        gone = pull_plug(_dir(lab_dir), host)
     except LabError as exc:
         raise NotFound(str(exc)) from None
     outcome(as_json, f"{host} powered off ({len(gone)} guests gone: {', '.join(gone) or '-'})",
