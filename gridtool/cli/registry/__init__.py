@@ -7,6 +7,7 @@ from __future__ import annotations
 import click
 
 from gridtool.cli.registry.commands import certs, init, status
+from gridtool.cli.registry.users import user
 
 
 @click.group()
@@ -20,5 +21,5 @@ def registry() -> None:
     """
 
 
-for _command in (status, init, certs):
+for _command in (status, init, certs, user):
     registry.add_command(_command)
