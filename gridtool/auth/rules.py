@@ -195,6 +195,7 @@ def _host_permissions(keys: Keys, host: str) -> tuple[Permission, ...]:
         Permission.on_prefix(keys.templates, read),           # what a clone is made from
         Permission.on_prefix(keys.hosts, read),               # handover compares the target
         Permission.on_prefix(keys.settings, read),            # HA or pinned
+        Permission.on_prefix(keys.hostconfs, read),           # its settings (host set), watched
     )
 
 

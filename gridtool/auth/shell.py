@@ -201,6 +201,29 @@ def issue_host_credentials(cfg: Config, directory: Path, host: str,
         root.close()
 
 
+def grant_manager(cfg: Config, directory: Path, host: str, manager: bool) -> bool | None:
+    """Grant ``host``'s etcd user the manager role (or take it away) without touching its
+    password: what a manager candidate needs. None when ``directory`` has no root
+    password (nothing is touched then); else whether anything changed (a host without a
+    user yet gets the role when 'host add' or 'host credentials' makes it)."""
+    validate_name("host", host)
+    if read_password(password_path(directory, authplan.ROOT)) is None:
+        return None
+    prefix = cfg.prefix
+    user, role = authplan.host_user(host, prefix), authplan.manager_role(prefix)
+    root = _Root(cfg, directory, create=False)
+    try:
+        if user not in root.auth.users() or (role in root.auth.user_roles(user)) == manager:
+            return False
+        if manager:  # the role itself, as registry init makes it
+            _ensure(root, authplan.plan(prefix, [], []), {role}, directory, set())
+        root.auth.apply(authplan.Step("grant_role" if manager else "revoke_role", user, role))
+        log.info("event=manager_role host=%s granted=%s", host, manager)
+        return True
+    finally:
+        root.close()
+
+
 def issue_user(cfg: Config, directory: Path, role: Literal["monitor", "reporter"],
                pool: str | None = None, rotate: bool = False) -> tuple[UserResult, Path]:
     """Create (or repair) the monitoring user, or ``pool``'s reporter, with its role; its

@@ -16,6 +16,12 @@ import click
 
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import console, warn
+from gridtool.cli.host.settings import (
+    apply_settings,
+    check_fence_options,
+    setting_changes,
+    setting_options,
+)
 from gridtool.errors import Conflict, Timeout, UsageError
 
 if TYPE_CHECKING:
@@ -210,12 +216,16 @@ def _agent_config(app: AppContext, name: str, libvirt_uri: str, endpoints: str |
               help="Install these Debian packages with apt instead of a wheel in a venv: "
                    "gridtool-common_*.deb and gridtool-agent_*.deb from scripts/build-deb "
                    "(give --deb twice). Needs no source tree.")
+@setting_options
 @pass_app
 def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_hosts: str,
              accept_new_host_key: bool, prefix_dir: str, venv_path: str, wait: float,
              libvirt_uri: str, agent_endpoints: str | None, user: str | None,
              password_file: str | None, wheel_file: str | None, remote_python: str,
-             deb_files: tuple[str, ...]) -> None:
+             deb_files: tuple[str, ...], labels: tuple[str, ...], no_labels: bool,
+             overflow: bool | None, manager: bool | None, watchdog: str | None,
+             no_watchdog: bool, watchdog_timeout: float | None, fence_agent: str | None,
+             fence_params: tuple[str, ...]) -> None:
     """Install and start a host's agent over SSH, then wait until the host registers.
 
     Steps (each checked first, so a second run repairs and never duplicates): check
@@ -227,6 +237,11 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
     gridtool-agent.service, enable and start it (no systemd on the host: start the agent
     directly with nohup). The host key must be in known_hosts unless
     --accept-new-host-key.
+
+    The host settings (--label, --overflow, --manager-candidate, --watchdog,
+    --fence-agent, ...) go to the registry before the agent starts, as 'gridtool host
+    set' puts them; settings not given are left as they are, so running 'host add'
+    again never undoes a 'host set'.
 
     With --deb, the agent comes from the Debian packages instead (no source tree
     needed): apt installs them on the host with their Debian dependencies
@@ -247,16 +262,23 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
           --accept-new-host-key --password-file hv5.pw
       gridtool host add hv6 --ssh root@10.0.0.16 --deb gridtool-common_0.1.0-1_amd64.deb \\
           --deb gridtool-agent_0.1.0-1_all.deb
+      gridtool host add hv7 --ssh root@10.0.0.17 --overflow --label ssd \\
+          --watchdog /dev/watchdog --manager-candidate
     """
     from gridtool.bootstrap import shell as bootstrap
     from gridtool.bootstrap.rules import plan_add
 
     _validated(name)
     target = _target(ssh)
+    changes = setting_changes(labels, no_labels, overflow, manager, watchdog, no_watchdog,
+                              watchdog_timeout)
+    check_fence_options(fence_agent, fence_params)
     spec = _add_spec(app, name, libvirt_uri, agent_endpoints, user, password_file,
                      _layout(prefix_dir, venv_path), wheel_file, remote_python, deb_files)
     layout = spec.layout
     app.store.get(app.config.keys.host(name))  # the registry answers, before touching a host
+    if changes or fence_agent:  # before the agent starts: it reads them at start
+        apply_settings(app, name, changes, fence_agent, fence_params)
     progress = _Progress()
     remote = _connect(target, key_file, known_hosts, accept_new_host_key, wait, progress)
     began = time.monotonic()
