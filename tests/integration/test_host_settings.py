@@ -58,3 +58,23 @@ def test_settings_reach_the_agent_without_hand_edits(lab_hosts, registry, cfg: C
     assert shown["settings"]["overflow"] is True and shown["settings"]["fence_agent"]
     code, out, _ = run_cli(cfg, capsys, "host", "show", "hv1")
     assert "settings" in out and "(agent.conf)" in out  # watchdog_timeout: agent.conf's
+
+
+def test_host_add_sets_settings_and_a_second_add_keeps_them(cfg: Config, store,  # type: ignore[no-untyped-def]
+                                                            capsys: pytest.CaptureFixture,
+                                                            tmp_path) -> None:
+    from gridtool.lab.procs import free_port
+    from gridtool.registry import hostconf
+
+    wheel = tmp_path / "gridtool-0.1.0-py3-none-any.whl"  # never copied: no host answers
+    wheel.write_bytes(b"")
+    closed = ["--ssh", f"root@127.0.0.1:{free_port()}", "--known-hosts",
+              str(tmp_path / "known_hosts"), "--wheel", str(wheel), "--timeout", "2"]
+    code, _, err = run_cli(cfg, capsys, "host", "add", "hv2", *closed, "--label", "ssd",
+                           "--overflow", "--watchdog", "/dev/watchdog")
+    assert code == 8 and err.count("\n") == 1, err  # no host there: the settings wait
+    want = {"labels": ["ssd"], "overflow": True, "watchdog": "/dev/watchdog"}
+    assert hostconf.read(store, cfg.keys, "hv2").settings() == want
+    code, _, err = run_cli(cfg, capsys, "host", "add", "hv2", *closed)
+    assert code == 8, err
+    assert hostconf.read(store, cfg.keys, "hv2").settings() == want  # not undone
