@@ -32,6 +32,7 @@ from agents.lease import HostLease, Watchdog
 from agents.libvirt_source import LibvirtSource
 from agents.readiness import ReadinessWatcher
 from agents.selffence import SelfFence
+from agents.settings import HostSettings
 from agents.storagereg import Registrar, port_opener
 from gridtool import __version__, supervise
 from gridtool.config import Config
@@ -59,6 +60,7 @@ log = logging.getLogger("gridtool.agent")
 
 _RESYNC = ("resync", "", None)
 _HOST = ("host", "", None)  # the host record changed (its watchdog began or stopped working)
+_SETTINGS = ("settings", "", None)  # the host's settings in the registry changed
 REGISTER_ATTEMPTS = 5  # registrations racing with another agent's before a backoff
 #: A clean stop without a watchdog waits this long for its HA guests to be confirmed gone
 #: (a SIGKILLed QEMU goes in milliseconds; libvirt's destroy alone may take 10 s).
@@ -86,6 +88,8 @@ class Agent:
 
     def __init__(self, cfg: Config, store: Store) -> None:
         cfg.require("host", "libvirt_uri")
+        self.settings = HostSettings(cfg, store)
+        cfg = self.settings.initial()  # the registry's host settings over agent.conf
         self.cfg = cfg
         self.host: str = cfg.host  # type: ignore[assignment]  # cfg.require() checked it is set
         self.identity = read_identity(cfg.machine_id_file)  # ConfigError: refuse to start
@@ -208,6 +212,7 @@ class Agent:
             self.hook_server.stop()
         if self._intent_watch is not None:
             self._intent_watch.cancel()
+        self.settings.cancel()
         ha = self.fencer.ha_guests()
         if self._refused is not None:
             # Not this machine's host name: touch no lease, and leave the watchdog as it
@@ -257,6 +262,7 @@ class Agent:
         if self._intent_watch is None:
             self._intent_watch = self.store.watch_prefix(
                 self.keys.intents(self.host), self._intent_event)
+        self.settings.watch(lambda: self.changes.put(_SETTINGS))
         now = time.monotonic()
         if now >= self._next_resync:
             self.resync()
@@ -409,6 +415,10 @@ class Agent:
                 self._next_resync = 0.0
             elif kind == "host":
                 host_changed = True
+            elif kind == "settings":
+                if (live := self.settings.refresh(self.cfg)) is not None:
+                    self.cfg = live
+                    host_changed = True
             elif uuid not in pending or clean is not None:
                 pending[uuid] = clean
             try:

@@ -11,7 +11,13 @@ For one registry prefix and a list of hosts, ``plan`` says what must exist:
   shared ``fences/``, ``domains/`` and ``clones/`` (keyed by volume, uuid or template,
   not by host: etcd cannot restrict by value), and reads what an agent reads;
 - a manager role, granted to the hosts that run a manager candidate: reads everything,
-  writes intents for any host, guest settings, pools and the election keys.
+  writes intents for any host, guest settings, pools and the election keys;
+- a monitoring user and role (``gridtool-monitor``) that only reads the prefix: enough
+  for ``gridtool check`` and ``gridtool metrics serve`` (cron, Prometheus);
+- per pool on request, a reporter user ``pool-<name>`` (an outside policy engine) whose
+  role writes only that pool's load reports (``pools/<name>/samples/``) and its spec,
+  where its desired size lives (etcd grants by key, not by field: it could change the
+  spec's other fields too, never another pool's or any host, guest or fence).
 
 ``repair_steps`` compares a plan with what etcd has and lists the changes that make
 etcd match (a second ``registry init`` repairs instead of failing).
@@ -131,8 +137,23 @@ def host_role(host: str, prefix: str) -> str:
     return _scoped(f"gridtool-host-{host}", prefix)
 
 
-def host_of_user(user: str, prefix: str) -> str | None:
-    """The host a ``host_user`` name belongs to, or None for other users and scopes."""
+def monitor_user(prefix: str) -> str:
+    """The read-only monitoring user (and its role, of the same name)."""
+    return _scoped("gridtool-monitor", prefix)
+
+
+def reporter_user(pool: str, prefix: str) -> str:
+    """The etcd user of ``pool``'s outside reporter (and its role, of the same name)."""
+    return _scoped(f"pool-{validate_name('pool', pool)}", prefix)
+
+
+def pool_of_user(user: str, prefix: str) -> str | None:
+    """The pool a ``reporter_user`` name belongs to, or None for other users and scopes."""
+    return _unscoped(user, prefix, "pool-")
+
+
+def _unscoped(user: str, prefix: str, head: str) -> str | None:
+    """``user`` without its scope tag and ``head``: None unless both are there."""
     tag = scope(prefix)
     if tag:
         user, _, user_tag = user.rpartition("@")
@@ -140,7 +161,12 @@ def host_of_user(user: str, prefix: str) -> str | None:
             return None
     elif "@" in user:
         return None
-    return user.removeprefix("host-") if user.startswith("host-") and len(user) > 5 else None
+    return user.removeprefix(head) if user.startswith(head) and len(user) > len(head) else None
+
+
+def host_of_user(user: str, prefix: str) -> str | None:
+    """The host a ``host_user`` name belongs to, or None for other users and scopes."""
+    return _unscoped(user, prefix, "host-")
 
 
 def _admin_permissions(keys: Keys) -> tuple[Permission, ...]:
@@ -173,19 +199,33 @@ def _host_permissions(keys: Keys, host: str) -> tuple[Permission, ...]:
         Permission.on_prefix(keys.templates, read),           # what a clone is made from
         Permission.on_prefix(keys.hosts, read),               # handover compares the target
         Permission.on_prefix(keys.settings, read),            # HA or pinned
+        Permission.on_prefix(keys.hostconfs, read),           # its settings (host set), watched
     )
 
 
-def plan(prefix: str, hosts: Iterable[str], managers: Iterable[str] = ()) -> AuthPlan:
-    """The users and roles for ``prefix``: root, admin, one per host; ``managers`` are the
-    hosts that run a manager candidate (they also get the manager role)."""
+def _reporter_permissions(keys: Keys, pool: str) -> tuple[Permission, ...]:
+    rw = Access.READWRITE
+    return (Permission(keys.pool(pool), rw),                  # its desired size (pool scale)
+            Permission.on_prefix(keys.pool_samples(pool), rw))  # its load reports
+
+
+def plan(prefix: str, hosts: Iterable[str], managers: Iterable[str] = (),
+         pools: Iterable[str] = ()) -> AuthPlan:
+    """The users and roles for ``prefix``: root, admin, monitor, one per host, one per
+    reporting pool (``pools``); ``managers`` are the hosts that run a manager candidate
+    (they also get the manager role)."""
     keys = Keys(prefix)
     names = sorted(set(hosts) | set(managers))
     managers = set(managers)
-    admin, manager = admin_user(prefix), manager_role(prefix)
+    admin, manager, monitor = admin_user(prefix), manager_role(prefix), monitor_user(prefix)
     roles = [Role(ROOT, ()), Role(admin, _admin_permissions(keys)),
-             Role(manager, _manager_permissions(keys))]
-    users = [User(ROOT, (ROOT,)), User(admin, (admin,))]
+             Role(manager, _manager_permissions(keys)),
+             Role(monitor, (Permission.on_prefix(keys.prefix, Access.READ),))]
+    users = [User(ROOT, (ROOT,)), User(admin, (admin,)), User(monitor, (monitor,))]
+    for pool in sorted(set(pools)):
+        reporter = reporter_user(pool, prefix)
+        roles.append(Role(reporter, _reporter_permissions(keys, pool)))
+        users.append(User(reporter, (reporter,)))
     for host in names:
         role = host_role(host, prefix)
         roles.append(Role(role, _host_permissions(keys, host)))

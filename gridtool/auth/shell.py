@@ -157,8 +157,9 @@ def init_registry(cfg: Config, directory: Path, hosts: Iterable[str] | None = No
     root = _Root(cfg, directory, create=True)
     try:
         prefix = cfg.prefix
-        existing = {h for u in root.auth.users()
-                    if (h := authplan.host_of_user(u, prefix)) is not None}
+        users = root.auth.users()
+        existing = {h for u in users if (h := authplan.host_of_user(u, prefix)) is not None}
+        pools = {p for u in users if (p := authplan.pool_of_user(u, prefix)) is not None}
         if hosts is None:
             listed, _ = Registry(root.store, cfg.keys).list_hosts()
             hosts = existing | {h.name for h in listed}
@@ -169,7 +170,7 @@ def init_registry(cfg: Config, directory: Path, hosts: Iterable[str] | None = No
             role = authplan.manager_role(prefix)
             managers = {h for h in existing & hosts
                         if role in root.auth.user_roles(authplan.host_user(h, prefix))}
-        want = authplan.plan(prefix, hosts, managers)
+        want = authplan.plan(prefix, hosts, managers, pools)
         results = _ensure(root, want, None, directory, rotate=set())
         enabled_now = not root.enabled
         if enabled_now:
@@ -198,6 +199,57 @@ def issue_host_credentials(cfg: Config, directory: Path, host: str,
         return result
     finally:
         root.close()
+
+
+def grant_manager(cfg: Config, directory: Path, host: str, manager: bool) -> bool | None:
+    """Grant ``host``'s etcd user the manager role (or take it away) without touching its
+    password: what a manager candidate needs. None when ``directory`` has no root
+    password (nothing is touched then); else whether anything changed (a host without a
+    user yet gets the role when 'host add' or 'host credentials' makes it)."""
+    validate_name("host", host)
+    if read_password(password_path(directory, authplan.ROOT)) is None:
+        return None
+    prefix = cfg.prefix
+    user, role = authplan.host_user(host, prefix), authplan.manager_role(prefix)
+    root = _Root(cfg, directory, create=False)
+    try:
+        if user not in root.auth.users() or (role in root.auth.user_roles(user)) == manager:
+            return False
+        if manager:  # the role itself, as registry init makes it
+            _ensure(root, authplan.plan(prefix, [], []), {role}, directory, set())
+        root.auth.apply(authplan.Step("grant_role" if manager else "revoke_role", user, role))
+        log.info("event=manager_role host=%s granted=%s", host, manager)
+        return True
+    finally:
+        root.close()
+
+
+def issue_user(cfg: Config, directory: Path, role: Literal["monitor", "reporter"],
+               pool: str | None = None, rotate: bool = False) -> tuple[UserResult, Path]:
+    """Create (or repair) the monitoring user, or ``pool``'s reporter, with its role; its
+    password goes to its file (a new one with ``rotate``), and a client configuration
+    naming that file to ``<directory>/<user>.conf``. Returns the user and that config."""
+    from gridtool.config import render
+
+    root = _Root(cfg, directory, create=False)
+    try:
+        prefix = cfg.prefix
+        if role == "monitor":
+            user, pools = authplan.monitor_user(prefix), []
+        elif pool is None:
+            raise ValueError("a reporter needs its pool")
+        else:
+            user, pools = authplan.reporter_user(pool, prefix), [pool]
+        want = authplan.plan(prefix, [], [], pools)
+        (result,) = _ensure(root, want, {user}, directory, rotate={user} if rotate else set())
+    finally:
+        root.close()
+    client = replace(Config(endpoints=cfg.endpoints, prefix=prefix, timeout=cfg.timeout,
+                            ca_cert=cfg.ca_cert),
+                     user=user, password_file=result.password_file)
+    conf = write_private(directory / f"{user}.conf", render(client))
+    log.info("event=user_issued user=%s role=%s", user, role)
+    return result, conf
 
 
 def remove_host_credentials(cfg: Config, directory: Path, host: str) -> list[str] | None:

@@ -109,6 +109,39 @@ def _check_etcd(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Fi
     yield from _endpoints_down(snap.endpoints)
     yield from _check_quorum(snap)
     yield from _check_early_revocation(snap)
+    yield from _check_alarms(snap)
+    yield from _check_db_size(snap, params)
+
+
+def _check_alarms(snap: Snapshot) -> Iterator[Finding]:
+    """An alarm stays raised until disarmed: NOSPACE refuses every write (leases too)."""
+    for alarm in sorted(set(snap.alarms), key=lambda a: (a.alarm, a.member)):
+        hint = (": compact, defragment, then 'etcdctl alarm disarm'"
+                if alarm.alarm == "NOSPACE" else "")
+        msg = f"etcd member {alarm.member} raised alarm {alarm.alarm}{hint}"
+        yield Finding("ETCD_ALARM", Status.CRITICAL, "etcd", alarm.member, msg)
+
+
+def db_size_percent(db_size: int, quota_bytes: float) -> float:
+    """An etcd DB size in percent of the quota."""
+    return 100.0 * db_size / quota_bytes
+
+
+def _check_db_size(snap: Snapshot, params: CheckParams) -> Iterator[Finding]:
+    for ep in snap.endpoints:
+        if not (ep.healthy and ep.db_size):
+            continue
+        percent = db_size_percent(ep.db_size, params.etcd_quota_bytes)
+        severity = grade(percent, params.db_size_warn, params.db_size_crit)
+        if severity is not Status.OK:
+            msg = (f"etcd {ep.endpoint} DB is {_mib(ep.db_size)} MiB, "
+                   f"{fmt_number(round(percent, 1))}% of its "
+                   f"{_mib(params.etcd_quota_bytes)} MiB quota")
+            yield Finding("ETCD_DB_SIZE", severity, "endpoint", ep.endpoint, msg)
+
+
+def _mib(size: float) -> str:
+    return fmt_number(round(size / 2**20, 1))
 
 
 def _check_early_revocation(snap: Snapshot) -> Iterator[Finding]:
@@ -234,6 +267,32 @@ def _check_fence_orphan(snap: Snapshot, view: _View, params: CheckParams) -> Ite
             yield Finding("FENCE_ORPHAN", Status.WARNING, "volume", fence.volume, msg)
 
 
+def _check_violations(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    for v in sorted(snap.violations, key=lambda v: (v.host, v.guest, v.volume)):
+        msg = (f"host {v.host} ran guest {v.guest} without its fence on {v.volume} "
+               f"(held by {v.holder or 'nobody'}; {v.action or 'no action'}): look, then "
+               f"'gridtool fence clear-violations --host {v.host}'")
+        yield Finding("FENCE_VIOLATION", Status.CRITICAL, "guest", f"{v.host}/{v.guest}", msg)
+
+
+DAY_S = 86400.0
+
+
+def _check_certs(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    for cert in sorted(snap.certs, key=lambda c: c.path):
+        if cert.error or cert.not_after is None:
+            msg = f"certificate {cert.path} unreadable: {cert.error or 'no expiry'}"
+            yield Finding("CERT_EXPIRY", Status.WARNING, "certificate", cert.path, msg)
+            continue
+        days = (cert.not_after - snap.now) / DAY_S
+        severity = grade(days, params.cert_days_warn, params.cert_days_crit)
+        if severity is not Status.OK:
+            when = (f"expired {fmt_number(round(-days, 1))} days ago" if days < 0
+                    else f"expires in {fmt_number(round(days, 1))} days")
+            msg = f"certificate {cert.path} ({cert.subject}) {when}"
+            yield Finding("CERT_EXPIRY", severity, "certificate", cert.path, msg)
+
+
 def _check_ha_unprotected(snap: Snapshot, view: _View,
                           params: CheckParams) -> Iterator[Finding]:
     ha_on: defaultdict[str, set[str]] = defaultdict(set)
@@ -298,12 +357,14 @@ CHECKS: tuple[Check, ...] = (
     _check_double_run,
     _check_fence_missing,
     _check_fence_orphan,
+    _check_violations,
     _check_ha_unprotected,
     _check_fence_failed,
     _check_intents,
     _check_pools,
     _check_manager,
     _check_corrupt,
+    _check_certs,
 )
 
 
@@ -346,7 +407,17 @@ def _perfdata(
             params.clock_skew_crit,
         ),
         Perf("etcd_endpoints_healthy", _healthy(snap), minimum=0, maximum=members),
+        Perf("etcd_db_size", _percent(max((ep.db_size for ep in snap.endpoints if ep.healthy),
+                                          default=None), params), "%",
+             params.db_size_warn, params.db_size_crit, minimum=0, maximum=100),
+        Perf("violations", len(snap.violations), minimum=0),
     )
+
+
+def _percent(db_size: int | None, params: CheckParams) -> float | None:
+    if not db_size:
+        return None
+    return round(db_size_percent(db_size, params.etcd_quota_bytes), 2)
 
 
 def _ok_text(snap: Snapshot, view: _View) -> str:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
+from pathlib import Path
 
 from gridtool.fencing.rules import FenceKind, Observed, Unreadable
 from gridtool.fencing.shell import read_all_fences, read_host_fences
 from gridtool.health.snapshot import (
+    AlarmObs,
+    CertObs,
     CorruptRecord,
     EndpointStatus,
     FenceFailure,
@@ -18,20 +22,23 @@ from gridtool.health.snapshot import (
     PoolObs,
     RunReport,
     Snapshot,
+    ViolationObs,
 )
 from gridtool.pools.rules import PoolSpec, PoolStatus, target_size
 from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError
-from gridtool.registry.records import Intent, decode
+from gridtool.registry.records import Intent, Violation, decode
 from gridtool.registry.store import Store
 
 
-def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
-    """Read everything ``gridtool check`` judges; raises RegistryUnavailable if it can't."""
-    endpoints = tuple(EndpointStatus(s.endpoint, s.healthy, s.leader, s.error, s.version)
-                      for s in store.status())
+def collect(store: Store, keys: Keys, member_count: int,
+            cert_files: Iterable[Path] = ()) -> Snapshot:
+    """Read everything ``gridtool check`` judges; raises RegistryUnavailable if it can't.
+    ``cert_files``: the TLS certificates whose expiry is judged."""
+    endpoints = tuple(EndpointStatus(s.endpoint, s.healthy, s.leader, s.error, s.version,
+                                     s.db_size) for s in store.status())
     registry = Registry(store, keys)
     listing = registry.listing()
     now = time.time()
@@ -67,6 +74,7 @@ def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
     host_fences, undecodable = read_host_fences(store, keys)
     corrupt += [CorruptRecord(e.key, e.reason) for e in undecodable]
     failures = [FenceFailure(r.host, r.failed) for r in host_fences.values() if r.failed]
+    violations = _violations(store, keys, corrupt)
     return Snapshot(
         now=now, endpoints=endpoints, member_count=member_count, hosts=tuple(hosts),
         guests=tuple(GuestObs(g.uuid, g.name, g.host, g.state, g.fenced, g.volumes)
@@ -75,7 +83,44 @@ def collect(store: Store, keys: Keys, member_count: int) -> Snapshot:
                       if g.state == "running" and g.host in live),
         fences=tuple(fences), intents=tuple(intents),
         manager_leader=_leader_name(leader.value) if leader else None,
-        corrupt=tuple(corrupt), pools=tuple(pools), fence_failures=tuple(failures))
+        corrupt=tuple(corrupt), pools=tuple(pools), fence_failures=tuple(failures),
+        alarms=tuple(AlarmObs(member, alarm) for member, alarm in store.alarms()),
+        violations=tuple(violations), certs=tuple(read_cert(p) for p in cert_files))
+
+
+def _violations(store: Store, keys: Keys, corrupt: list[CorruptRecord]) -> list[ViolationObs]:
+    found = []
+    for item in store.list(keys.violations)[0]:
+        try:
+            v = decode(Violation, item.key, item.value)
+        except DecodeError as exc:
+            corrupt.append(CorruptRecord(item.key, exc.reason))
+            continue
+        found.append(ViolationObs(v.host, v.name or v.guest, v.volume, v.holder, v.action, v.at))
+    return found
+
+
+def cert_files(ca_cert: str | None, cert: str | None) -> list[Path]:
+    """The certificates ``check`` judges: ``ca_cert``, ``cert`` and every ``*.crt`` beside
+    ``ca_cert`` (where ``gridtool registry certs`` writes the server's and the users')."""
+    paths = [Path(p) for p in (ca_cert, cert) if p]
+    if ca_cert:
+        paths += sorted(Path(ca_cert).parent.glob("*.crt"))
+    return list(dict.fromkeys(p.resolve() if p.exists() else p for p in paths))
+
+
+def read_cert(path: Path) -> CertObs:
+    """A certificate's subject and expiry (the first PEM certificate in ``path``)."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        return CertObs(str(path), error=exc.strerror or str(exc))
+    except ValueError as exc:
+        return CertObs(str(path), error=f"not a PEM certificate ({exc})")
+    return CertObs(str(path), cert.subject.rfc4514_string(),
+                   cert.not_valid_after_utc.timestamp())
 
 
 def _pools(store: Store, keys: Keys, running: set[str],

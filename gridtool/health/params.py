@@ -14,11 +14,16 @@ from gridtool.health.report import IGNORABLE_CODES, UNIGNORABLE
 AGENT_REPORT_PERIOD_S = 30.0
 """Agent resync/report period that the default thresholds are multiples of."""
 
+ETCD_QUOTA_BYTES = 2 * 1024**3
+"""etcd's default ``--quota-backend-bytes`` (2 GiB): the DB size NOSPACE is raised at."""
+
 
 THRESHOLDS: Mapping[str, str] = {
     "report_age": "seconds since a live host last reported",
     "clock_skew": "host clock minus checker clock, in seconds (signed)",
     "intent_age": "seconds a pending intent has been waiting",
+    "db_size": "an etcd member's DB size in percent of its quota (--etcd-quota)",
+    "cert_days": "days until a certificate expires (alerts below the range's start)",
 }
 """Metric names accepted by ``--warn KEY=RANGE`` / ``--crit KEY=RANGE``."""
 
@@ -32,6 +37,10 @@ def _period_defaults(period_s: float) -> dict[str, Any]:
         "clock_skew_crit": Range(-period_s, period_s),
         "intent_age_warn": Range(end=10 * period_s),
         "intent_age_crit": Range(end=60 * period_s),
+        "db_size_warn": Range(end=80.0),
+        "db_size_crit": Range(end=95.0),
+        "cert_days_warn": Range(start=30.0),
+        "cert_days_crit": Range(start=7.0),
     }
 
 
@@ -58,10 +67,17 @@ class CheckParams:
     clock_skew_crit: Range = _DEFAULTS["clock_skew_crit"]
     intent_age_warn: Range = _DEFAULTS["intent_age_warn"]
     intent_age_crit: Range = _DEFAULTS["intent_age_crit"]
+    db_size_warn: Range = _DEFAULTS["db_size_warn"]
+    db_size_crit: Range = _DEFAULTS["db_size_crit"]
+    cert_days_warn: Range = _DEFAULTS["cert_days_warn"]
+    cert_days_crit: Range = _DEFAULTS["cert_days_crit"]
+    etcd_quota_bytes: float = ETCD_QUOTA_BYTES
     ignore: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         _check_ignorable(self.ignore)
+        if not (math.isfinite(self.etcd_quota_bytes) and self.etcd_quota_bytes > 0):
+            raise CheckUsageError(f"invalid etcd quota {self.etcd_quota_bytes!r}: must be > 0")
 
     @classmethod
     def for_period(cls, report_period_s: float) -> CheckParams:
@@ -106,12 +122,31 @@ def parse_ignore(values: Iterable[str]) -> frozenset[str]:
     return codes
 
 
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> float:
+    """Bytes from ``8589934592``, ``512M``, ``8G`` or ``8GiB`` (binary units)."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in ("K", "M", "G", "T") else (raw, "")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise CheckUsageError(f"invalid size {text!r}: expected bytes or N[K|M|G|T]")
+    return value
+
+
 def build_params(
     warn: Iterable[str] = (),
     crit: Iterable[str] = (),
     ignore: Iterable[str] = (),
     report_period_s: float = AGENT_REPORT_PERIOD_S,
+    etcd_quota: str | None = None,
 ) -> CheckParams:
     """CheckParams from raw CLI values; raises :class:`CheckUsageError` on any bad value."""
     base = replace(CheckParams.for_period(report_period_s), ignore=parse_ignore(ignore))
+    if etcd_quota is not None:
+        base = replace(base, etcd_quota_bytes=parse_size(etcd_quota))
     return apply_thresholds(base, warn, crit)

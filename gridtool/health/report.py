@@ -13,6 +13,10 @@ from gridtool.health.ranges import Range, Status, fmt_number, worst
 CODES: Mapping[str, str] = {
     "ETCD_ENDPOINT_DOWN": "an etcd endpoint is unreachable or unhealthy",
     "ETCD_NO_QUORUM": "too few healthy etcd members for quorum, or no raft leader",
+    "ETCD_ALARM": "an etcd member raised an alarm (NOSPACE: the DB hit its quota and etcd "
+                  "refuses writes; CORRUPT); always CRITICAL",
+    "ETCD_DB_SIZE": "an etcd member's DB file is large against its quota (--etcd-quota; "
+                    "db_size thresholds, in percent)",
     "ETCD_EARLY_REVOCATION": "HA guests rely on leases of an etcd version that can revoke "
                              "them early (etcd issues 15247/12528)",
     "HOST_LEASE_LOST": "a registered host has no live lease; its guests are unknown",
@@ -21,6 +25,8 @@ CODES: Mapping[str, str] = {
     "AGENT_VERSION_SKEW": "a live host runs another agent version than the fleet majority",
     "GUEST_DOUBLE_RUN": "a guest is running on two or more hosts (always CRITICAL)",
     "FENCE_MISSING": "a fenced guest is running without holding its volume fence",
+    "FENCE_VIOLATION": "an agent found a fenced guest running without its fence (it paused "
+                       "or destroyed it): look, then 'gridtool fence clear-violations'",
     "FENCE_ORPHAN": "a fence is held for a guest that is not running",
     "HOST_HA_UNPROTECTED": "a live host runs HA guests with no working watchdog and no way "
                            "to fence it: a hung agent there lets them run twice",
@@ -31,6 +37,8 @@ CODES: Mapping[str, str] = {
     "POOL_UNDERSIZE": "a worker pool runs fewer members than desired",
     "MANAGER_NO_LEADER": "no manager holds the leader election",
     "REGISTRY_CORRUPT": "a registry record could not be decoded",
+    "CERT_EXPIRY": "a TLS certificate in use (ca_cert, cert, the certificates beside "
+                   "ca_cert) expires within the cert_days thresholds, or cannot be read",
 }
 """Stable finding codes produced by :func:`evaluate`, with their meaning."""
 

@@ -15,6 +15,7 @@ class EndpointStatus:
     is_leader: bool = False
     error: str = ""
     version: str = ""  # the etcd server's version ("" unknown)
+    db_size: int = 0  # bytes of its backend database file (0 unknown)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,38 @@ class FenceFailure:
 
 
 @dataclass(frozen=True)
+class AlarmObs:
+    """An etcd alarm raised on one member (``NOSPACE``, ``CORRUPT``)."""
+
+    member: str
+    alarm: str
+
+
+@dataclass(frozen=True)
+class ViolationObs:
+    """A fence violation an agent recorded (``violations/<host>/<uuid>``): ``guest`` ran
+    on ``host`` while ``holder`` held the fence of ``volume``; ``action`` what it did."""
+
+    host: str
+    guest: str
+    volume: str
+    holder: str
+    action: str
+    at: float
+
+
+@dataclass(frozen=True)
+class CertObs:
+    """A TLS certificate file the fleet relies on, with its expiry (epoch seconds);
+    ``error`` when it could not be read or parsed."""
+
+    path: str
+    subject: str = ""
+    not_after: float | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the shell collected, at checker time ``now`` (epoch seconds).
 
@@ -121,3 +154,6 @@ class Snapshot:
     manager_since: float | None = None
     corrupt: tuple[CorruptRecord, ...] = ()
     fence_failures: tuple[FenceFailure, ...] = ()
+    alarms: tuple[AlarmObs, ...] = ()
+    violations: tuple[ViolationObs, ...] = ()
+    certs: tuple[CertObs, ...] = ()

@@ -300,6 +300,18 @@ class EtcdStore:
             endpoint, healthy=True, leader=st.leader == st.header.member_id,
             db_size=int(st.dbSize), revision=int(st.header.revision), version=st.version)
 
+    def alarms(self) -> builtins.list[tuple[str, str]]:
+        from pyetcd import etcdrpc
+
+        def run(c: pyetcd.Etcd3Client) -> Any:
+            request = etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.GET, memberID=0,
+                                           alarm=etcdrpc.NONE)
+            return c.maintenancestub.Alarm(request, self._call_timeout,
+                                           credentials=c.call_credentials, metadata=c.metadata)
+
+        reply = self._call(run)
+        return [(f"{a.memberID:x}", etcdrpc.AlarmType.Name(a.alarm)) for a in reply.alarms]
+
     def close(self) -> None:
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}

@@ -245,6 +245,9 @@ class MemStore:
         return [EndpointStatus("memory", True, leader=True, revision=self.revision,
                                version="memstore")]
 
+    def alarms(self) -> builtins.list[tuple[str, str]]:
+        return []
+
     def close(self) -> None:
         with self._lock:
             watches, self._watches = self._watches, []

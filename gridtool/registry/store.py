@@ -109,6 +109,10 @@ class Store(Protocol):
 
     def status(self) -> builtins.list[EndpointStatus]: ...
 
+    def alarms(self) -> builtins.list[tuple[str, str]]:
+        """The raised etcd alarms as (member id in hex, alarm name: NOSPACE, CORRUPT)."""
+        ...
+
     def unanswered_for(self) -> float:
         """Seconds the registry has not answered a try (0.0: its last answer came)."""
         ...

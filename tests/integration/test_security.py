@@ -34,7 +34,7 @@ from gridtool.errors import AuthError
 from gridtool.lab.etcd import EtcdCluster, TlsFiles
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.store import Put
-from tests.harness.testbed import domain_xml, wait_until
+from tests.harness.testbed import domain_xml, run_cli, wait_until
 from tests.harness.tls import TlsRegistry, tls_registry
 
 
@@ -358,3 +358,100 @@ def test_a_certificate_not_made_out_to_the_endpoint_is_refused_in_one_line(
     assert tls_cli(tls_etcd, "host", "list", endpoint=f"127.0.0.1:{port}").returncode == 0
     refused = tls_cli(tls_etcd, "host", "list", endpoint=f"localhost:{port}")
     one_line_error(refused, 4, f"localhost:{port}", "certificate", "localhost")
+
+
+def test_monitor_user_runs_check_and_metrics_and_cannot_write(cfg: Config, store: EtcdStore,
+                                                              creds: Path) -> None:
+    import urllib.request
+
+    from gridtool.auth.rules import monitor_user
+    from gridtool.health.metrics import serve
+    from gridtool.lab.procs import free_port
+
+    security.init_registry(cfg, creds, ["hv1"], [])  # init makes the monitor
+    monitor = monitor_user(cfg.prefix)
+    assert read_password(password_path(creds, monitor))
+    added = gridtool(cfg, "registry", "user", "add", "monitor", "--credentials-dir",
+                     str(creds), "--json")
+    assert added.returncode == 0, added.stderr
+    doc = json.loads(added.stdout)
+    conf = Path(doc["config"])
+    assert doc["user"]["user"] == monitor and doc["user"]["action"] == "unchanged"
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600 and "password =" not in conf.read_text()
+    store.put(cfg.keys.violation("hv1", "u1"), b"{}")
+    checked = subprocess.run(
+        [sys.executable, "-c", "from gridtool.cli.main import main; main()", "--config",
+         str(conf), "check", "--json"], capture_output=True, text=True, timeout=30,
+        env={"PATH": "/usr/bin:/bin", "GRIDTOOL_LAB_DIR": "/nonexistent"})
+    report = json.loads(checked.stdout)
+    found = {f["code"] for f in report["findings"]}
+    assert not found & {"ETCD_UNREACHABLE", "CHECK_ERROR", "ETCD_ENDPOINT_DOWN"}, report
+    assert "REGISTRY_CORRUPT" in found  # it read the (bad) violation record
+    reader = as_user(cfg, creds, monitor)
+    try:
+        assert reader.get(cfg.keys.violation("hv1", "u1")) is not None
+        for key in (cfg.keys.host("hv1"), cfg.keys.pool("web"), cfg.keys.fence("vol1"),
+                    cfg.keys.violation("hv1", "u1")):
+            with pytest.raises(AuthError, match="permission denied"):
+                reader.put(key, b"{}")
+        with pytest.raises(AuthError, match="permission denied"):
+            reader.delete(cfg.keys.violation("hv1", "u1"))
+        port = free_port()
+        server, _thread, watches = serve(reader, cfg.keys, port)
+        try:
+            page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+            text = page.read().decode()
+        finally:
+            watches.cancel()
+            server.shutdown()
+        assert "gridtool_registry_up 1.0" in text
+    finally:
+        reader.close()
+
+
+def test_pool_reporter_writes_only_its_own_pool(cfg: Config, store: EtcdStore, creds: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    from gridtool.auth.rules import reporter_user
+    from gridtool.pools import shell as pools
+    from gridtool.pools.rules import PoolSpec
+
+    def in_process(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.CompletedProcess(args, *run_cli(cfg, capsys, *args))
+
+    for name in ("web", "api"):
+        pools.create(store, cfg.keys, PoolSpec(name, "tmpl", 0, 5, 1))
+    one_line_error(in_process("registry", "user", "add", "reporter", "--credentials-dir",
+                              str(creds)), 2, "--pool")
+    added = in_process("registry", "user", "add", "reporter", "--pool", "web",
+                       "--credentials-dir", str(creds), "--json")
+    assert added.returncode == 0, added.stderr
+    conf = json.loads(added.stdout)["config"]
+
+    def as_reporter(*args: str) -> subprocess.CompletedProcess:
+        return in_process("--config", conf, *args)
+
+    reported = as_reporter("pool", "report", "web", "--arrivals", "7", "--interval", "10")
+    assert reported.returncode == 0, reported.stderr
+    assert [s.arrivals for s in pools.samples(store, cfg.keys, "web")] == [7]
+    scaled = as_reporter("pool", "scale", "web", "3")
+    assert scaled.returncode == 0, scaled.stderr
+    assert pools.get(store, cfg.keys, "web").desired == 3
+    one_line_error(as_reporter("pool", "report", "api", "--arrivals", "1"), 5,
+                   "permission denied")
+    one_line_error(as_reporter("pool", "scale", "api", "2"), 5, "permission denied")
+    assert pools.get(store, cfg.keys, "api").desired == 1
+    assert pools.samples(store, cfg.keys, "api") == []
+    reporter = as_user(cfg, creds, reporter_user("web", cfg.prefix))
+    try:
+        for key in (cfg.keys.host("hv1"), cfg.keys.guest("hv1", "u1"), cfg.keys.fence("v1"),
+                    cfg.keys.intent("hv1", "i1"), cfg.keys.guest_settings("u1"),
+                    cfg.keys.pool_status("web"), cfg.keys.pool_member("web", "u1"),
+                    cfg.keys.manager_leader):
+            with pytest.raises(AuthError, match="permission denied"):
+                reporter.put(key, b"{}")
+        with pytest.raises(AuthError, match="permission denied"):
+            reporter.get(cfg.keys.host("hv1"))
+    finally:
+        reporter.close()
+    results, _ = security.init_registry(cfg, creds, ["hv1"], [])  # init keeps the reporter
+    assert reporter_user("web", cfg.prefix) in {r.user for r in results}

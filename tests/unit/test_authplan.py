@@ -15,9 +15,12 @@ from gridtool.auth.rules import (
     host_role,
     host_user,
     manager_role,
+    monitor_user,
     plan,
+    pool_of_user,
     prefix_end,
     repair_steps,
+    reporter_user,
 )
 from gridtool.registry.keys import DEFAULT_PREFIX, Keys
 
@@ -45,8 +48,8 @@ def test_prefix_end() -> None:
 
 
 def test_users_and_roles() -> None:
-    assert {u.name for u in P.users} == {ROOT, "gridtool-admin", "host-hv1", "host-hv10",
-                                         "host-hv2"}
+    assert {u.name for u in P.users} == {ROOT, "gridtool-admin", "gridtool-monitor",
+                                         "host-hv1", "host-hv10", "host-hv2"}
     assert P.user("host-hv2").roles == (host_role("hv2", DEFAULT_PREFIX),
                                         manager_role(DEFAULT_PREFIX))
     assert P.user("host-hv1").roles == (host_role("hv1", DEFAULT_PREFIX),)
@@ -120,3 +123,36 @@ def test_repair_revokes_extra_permissions_and_roles() -> None:
                     for u in P.users})
     assert repair_steps(P, have) == [Step("revoke_permission", role, extra),
                                      Step("revoke_role", "host-hv1", "other")]
+
+
+R = plan(DEFAULT_PREFIX, ["hv1"], pools=["web", "web2"])
+
+
+def test_monitor_reads_everything_and_writes_nothing() -> None:
+    monitor = monitor_user(DEFAULT_PREFIX)
+    for key in (K.host("hv1"), K.fence("v1"), K.pool("web"), K.violation("hv1", "u1"),
+                K.manager_leader, K.hostconf("hv1")):
+        assert R.permitted(monitor, key, write=False)
+        assert not R.permitted(monitor, key, write=True)
+    assert not R.permitted(monitor, "/other/key", write=False)
+
+
+def test_reporter_writes_only_its_pools_reports_and_spec() -> None:
+    web = reporter_user("web", DEFAULT_PREFIX)
+    assert web == "pool-web" and pool_of_user(web, DEFAULT_PREFIX) == "web"
+    assert R.permitted(web, K.pool("web"), write=True)
+    assert R.permitted(web, K.pool_sample("web", "1-a"), write=True)
+    for key in (K.pool("web2"), K.pool_sample("web2", "1-a"), K.pool_status("web"),
+                K.pool_member("web", "u1"), K.host("hv1"), K.guest("hv1", "u1"),
+                K.fence("v1"), K.intent("hv1", "i1"), K.guest_settings("u1")):
+        assert not R.permitted(web, key, write=True), key
+    assert not R.permitted(web, K.host("hv1"), write=False)
+
+
+def test_pool_of_user_tells_reporters_apart() -> None:
+    assert pool_of_user(reporter_user("web", "/t/"), "/t/") == "web"
+    assert pool_of_user("pool-web", "/t/") is None
+    assert pool_of_user("host-hv1", DEFAULT_PREFIX) is None
+    assert pool_of_user("pool-", DEFAULT_PREFIX) is None
+    with pytest.raises(ValueError):
+        reporter_user("a/b", DEFAULT_PREFIX)

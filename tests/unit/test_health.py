@@ -36,6 +36,8 @@ from gridtool.health.ranges import (
 from gridtool.health.render import STATUS_TEXT_MAX, render_json, render_text
 from gridtool.health.report import CODES, IGNORABLE_CODES, Finding, Perf, Report, exit_code
 from gridtool.health.snapshot import (
+    AlarmObs,
+    CertObs,
     CorruptRecord,
     EndpointStatus,
     FenceFailure,
@@ -46,6 +48,7 @@ from gridtool.health.snapshot import (
     PoolObs,
     RunReport,
     Snapshot,
+    ViolationObs,
 )
 from tests.unit.test_architecture import product_modules, pure_set
 
@@ -554,6 +557,40 @@ CODE_CASES: list[tuple[str, Mutation, str, Status, str, str]] = [
         "h9",
         "power fence of h9 failed: fence agent hung on off",
     ),
+    (
+        "etcd-nospace-alarm",
+        lambda s: replace(s, alarms=(AlarmObs("8e9e05c52164694d", "NOSPACE"),)),
+        "ETCD_ALARM",
+        Status.CRITICAL,
+        "8e9e05c52164694d",
+        "raised alarm NOSPACE: compact, defragment",
+    ),
+    (
+        "etcd-db-near-quota",
+        lambda s: with_endpoint(s, 1, db_size=int(0.9 * 2 * 1024**3)),
+        "ETCD_DB_SIZE",
+        Status.WARNING,
+        "https://e2:2379",
+        "DB is 1843.2 MiB, 90% of its 2048 MiB quota",
+    ),
+    (
+        "fence-violation-seen",
+        lambda s: replace(s, violations=(ViolationObs("h2", "web1", "vol-web1", "h1",
+                                                      "paused", NOW - 60),)),
+        "FENCE_VIOLATION",
+        Status.CRITICAL,
+        "h2/web1",
+        "host h2 ran guest web1 without its fence on vol-web1 (held by h1; paused)",
+    ),
+    (
+        "certificate-expires-soon",
+        lambda s: replace(s, certs=(CertObs("/etc/gridtool/tls/ca.crt", "CN=gridtool CA",
+                                            NOW + 20 * 86400),)),
+        "CERT_EXPIRY",
+        Status.WARNING,
+        "/etc/gridtool/tls/ca.crt",
+        "certificate /etc/gridtool/tls/ca.crt (CN=gridtool CA) expires in 20 days",
+    ),
 ]
 
 
@@ -807,6 +844,8 @@ def test_perfdata_labels_and_format() -> None:
         "'oldest_report_age'",
         "'max_clock_skew'",
         "'etcd_endpoints_healthy'",
+        "'etcd_db_size'",
+        "'violations'",
     ]
     assert items[0] == "'hosts_up'=3;;;0;3"
     assert items[5] == "'findings'=1;;;0"

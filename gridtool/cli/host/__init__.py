@@ -11,6 +11,7 @@ from gridtool.cli.host.credentials import credentials
 from gridtool.cli.host.dead import confirm_dead
 from gridtool.cli.host.drain import drain_host, undrain_host
 from gridtool.cli.host.fenceagent import fence_agent
+from gridtool.cli.host.settings import set_host
 from gridtool.cli.host.show import list_hosts, show_host
 
 
@@ -25,5 +26,5 @@ def host() -> None:
 
 
 for _command in (list_hosts, show_host, confirm_dead, drain_host, undrain_host, add_host,
-                 remove_host, credentials, fence_agent):
+                 remove_host, credentials, fence_agent, set_host):
     host.add_command(_command)

@@ -17,6 +17,12 @@ import click
 from gridtool.cli.common.complete import HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
 from gridtool.cli.common.output import console, json_option, outcome, warn
+from gridtool.cli.host.settings import (
+    apply_settings,
+    check_fence_options,
+    setting_changes,
+    setting_options,
+)
 from gridtool.errors import Conflict, Timeout, UsageError
 
 if TYPE_CHECKING:
@@ -225,6 +231,7 @@ def _agent_config(app: AppContext, name: str, libvirt_uri: str, endpoints: str |
 @click.option("--apt", "from_apt", is_flag=True,
               help="Install gridtool-agent with apt from the host's own apt sources (a site "
                    "repository carrying the scripts/build-deb packages).")
+@setting_options
 @json_option
 @pass_app
 def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_hosts: str,
@@ -232,7 +239,10 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
              libvirt_uri: str, agent_endpoints: str | None, user: str | None,
              password_file: str | None, wheel_file: str | None, wheelhouse: str | None,
              remote_python: str, deb_files: tuple[str, ...], from_apt: bool,
-             as_json: bool) -> None:
+             labels: tuple[str, ...], no_labels: bool, overflow: bool | None,
+             manager: bool | None, watchdog: str | None, no_watchdog: bool,
+             watchdog_timeout: float | None, fence_agent: str | None,
+             fence_params: tuple[str, ...], as_json: bool) -> None:
     """Install and start a host's agent over SSH, then wait until the host registers.
 
     Steps (each checked first, so a second run repairs and never duplicates): check
@@ -253,6 +263,11 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
     used); --wheel FILE installs that wheel with its dependencies from the host's pip
     index; by default a wheel is built from this source tree and installed that way.
 
+    The host settings (--label, --overflow, --manager-candidate, --watchdog,
+    --fence-agent, ...) go to the registry before the agent starts, as 'gridtool host
+    set' puts them; settings not given are left as they are, so running 'host add'
+    again never undoes a 'host set'.
+
     Each host needs: SSH as root or with password-less sudo; libvirt answering at
     --libvirt-uri (virsh, or python3 with the libvirt module); TCP to the etcd
     endpoints. With --wheelhouse: python3 and python3-venv of the version the wheelhouse
@@ -271,17 +286,24 @@ def add_host(app: AppContext, name: str, ssh: str, key_file: str | None, known_h
       gridtool host add hv6 --ssh root@10.0.0.16 --deb gridtool-common_0.1.0-1_amd64.deb \\
           --deb gridtool-agent_0.1.0-1_all.deb
       gridtool host add hv7 --ssh root@10.0.0.17 --apt --libvirt-uri xen:///system
+      gridtool host add hv8 --ssh root@10.0.0.18 --wheelhouse wheelhouse/ --overflow \\
+          --label ssd --watchdog /dev/watchdog --manager-candidate
     """
     from gridtool.bootstrap import shell as bootstrap
     from gridtool.bootstrap.rules import plan_add
 
     _validated(name)
     target = _target(ssh)
+    changes = setting_changes(labels, no_labels, overflow, manager, watchdog, no_watchdog,
+                              watchdog_timeout)
+    check_fence_options(fence_agent, fence_params)
     spec = _add_spec(app, name, libvirt_uri, agent_endpoints, user, password_file,
                      _layout(prefix_dir, venv_path),
                      _source(wheel_file, wheelhouse, deb_files, from_apt), remote_python)
     layout = spec.layout
     app.store.get(app.config.keys.host(name))  # the registry answers, before touching a host
+    if changes or fence_agent:  # before the agent starts: it reads them at start
+        apply_settings(app, name, changes, fence_agent, fence_params)
     progress = _Progress()
     remote = _connect(target, key_file, known_hosts, accept_new_host_key, wait, progress)
     began = time.monotonic()

@@ -17,7 +17,8 @@ from gridtool.cli.common.output import (
     when,
 )
 from gridtool.placement.rules import unprotected_reason
-from gridtool.registry.hostconf import HostConf
+from gridtool.registry.fenceagents import FenceAgentConf
+from gridtool.registry.hostconf import SETTINGS, HostConf
 from gridtool.registry.model import GuestRecord, HostRecord, as_dict, effective_state
 
 Rows = list[tuple[str, str]]
@@ -37,6 +38,7 @@ class HostData:
     fences: list[dict[str, Any]] = field(default_factory=list)  # fence rows it holds
     conf: HostConf | None = None
     dead: dict[str, Any] | None = None  # the operator's confirm-dead mark
+    fence_agent: FenceAgentConf | None = None
 
     @property
     def state(self) -> str:
@@ -68,7 +70,33 @@ def host_doc(data: HostData, now: float) -> dict[str, Any]:
         "pinned_guests": data.count("pinned"),
         "protected": data.record.protected if data.record else None,
         "confirmed_dead": data.dead,
+        "settings": settings_doc(conf or HostConf(data.name), data.fence_agent),
     }
+
+
+def settings_doc(conf: HostConf, fence: FenceAgentConf | None) -> dict[str, Any]:
+    """The host's settings in the registry as ``host set/show --json`` give them (null:
+    not set there, agent.conf's value applies)."""
+    doc: dict[str, Any] = {name: getattr(conf, name) for name in SETTINGS}
+    doc["fence_agent"] = fence.agent if fence else None
+    doc["set_by"], doc["set_at"] = conf.set_by or None, conf.set_at or None
+    return doc
+
+
+def settings_rows(conf: HostConf, fence: FenceAgentConf | None) -> Rows:
+    """(setting, value) rows; a setting not set in the registry shows as agent.conf's."""
+    def shown(value: Any) -> str:
+        if value is None:
+            return "(agent.conf)"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, list):
+            return ",".join(value) or NOTHING
+        return str(value) or "none"
+
+    doc = settings_doc(conf, fence)
+    return [(name, shown(doc[name])) for name in SETTINGS] + [
+        ("fence_agent", doc["fence_agent"] or NOTHING)]
 
 
 def host_facts(data: HostData, now: float) -> Rows:

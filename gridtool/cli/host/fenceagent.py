@@ -4,6 +4,7 @@ fence_gridtool_lab), which the manager runs before it recovers the host's guests
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -56,6 +57,13 @@ def set_agent(app: AppContext, host: str, agent: str, params: tuple[str, ...],
           passwd_file=/etc/gridtool/ipmi-hv1 lanplus=1
       gridtool host fence-agent set hv2 fence_gridtool_lab lab_dir=/tmp/gridtool-lab plug=hv2
     """
+    conf = write_agent(app, host, agent, params)
+    outcome(as_json, f"{host}: fence agent {agent} with {len(conf.params)} parameters",
+            host=host, agent=agent, params=conf.params)
+
+
+def write_agent(app: AppContext, host: str, agent: str, params: Sequence[str]) -> Any:
+    """Check and store HOST's fence agent (UsageError, exit 2, for bad input)."""
     from gridtool.fencing.power import parse_params
     from gridtool.registry import fenceagents
     from gridtool.registry.intents import who
@@ -66,9 +74,7 @@ def set_agent(app: AppContext, host: str, agent: str, params: tuple[str, ...],
         parsed = parse_params(params)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    fenceagents.write(app.store, app.config.keys, _name(host), agent, parsed, who())
-    outcome(as_json, f"{host}: fence agent {agent} with {len(parsed)} parameters",
-            host=host, agent=agent, params=parsed)
+    return fenceagents.write(app.store, app.config.keys, _name(host), agent, parsed, who())
 
 
 def _row(conf: Any) -> dict[str, Any]:

@@ -71,16 +71,23 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
 @pass_app
 def show_host(app: AppContext, name: str, as_json: bool) -> None:
     """Show one host: up, draining or lost; its lease (TTL, last keepalive); whether a
-    working watchdog or fencing protects its HA guests; the fences it holds; its guests
-    (HA, pinned); its agent and resources. A lost host (its lease expired) is shown while
-    guest records or fences still name it.
+    working watchdog or fencing protects its HA guests; its settings ('host set'); the
+    fences it holds; its guests (HA, pinned); its agent and resources. A lost host (its
+    lease expired) is shown while guest records or fences still name it.
 
     \b
     Example:
       gridtool host show hv1
       gridtool host show hv1 --json | jq .lease.remaining_ttl
     """
-    from gridtool.cli.host.facts import fence_rows, guest_rows, host_doc, host_facts
+    from gridtool.cli.host.facts import (
+        fence_rows,
+        guest_rows,
+        host_doc,
+        host_facts,
+        settings_rows,
+    )
+    from gridtool.registry.hostconf import HostConf
 
     data, errors = _gather(app, name)
     now = time.time()
@@ -88,6 +95,8 @@ def show_host(app: AppContext, name: str, as_json: bool) -> None:
         emit_json(**host_doc(data, now))
     else:
         table(f"host {name}", ["FIELD", "VALUE"], host_facts(data, now))
+        table("settings", ["SETTING", "VALUE"],
+              settings_rows(data.conf or HostConf(name), data.fence_agent))
         if data.fences:
             table("fences held", ["VOLUME", "GUEST", "TOKEN", "KIND", "SINCE"],
                   fence_rows(data, now))
@@ -117,9 +126,9 @@ def _gather(app: AppContext, name: str) -> tuple[HostData, list[DecodeError]]:
     if found is None and not guests and not fences:
         raise unknown_host(name)
     record, lease_id = found or (None, 0)
+    fence_agent = fenceagents.read(app.store, keys, name)
     if record is not None:  # a fence agent protects it too
-        powered = {name} if fenceagents.read(app.store, keys, name) else set()
-        record = fenceagents.with_fencing(record, powered)
+        record = fenceagents.with_fencing(record, {name} if fence_agent else set())
     ha = {u for u, s in settings.read_all(app.store, keys).items() if s.ha}
     return HostData(
         name, record, lease_id,
@@ -127,7 +136,7 @@ def _gather(app: AppContext, name: str) -> tuple[HostData, list[DecodeError]]:
         guests=sorted(guests.values(), key=lambda g: g.name),
         kinds={u: guest_kind(g.fenced, u in ha).value for u, g in guests.items()},
         fences=fences, conf=hostconf.read(app.store, keys, name),
-        dead=_dead_mark(app, name, errors)), errors
+        dead=_dead_mark(app, name, errors), fence_agent=fence_agent), errors
 
 
 def _dead_mark(app: AppContext, name: str, errors: list[DecodeError]) -> dict | None:

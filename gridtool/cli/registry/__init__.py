@@ -8,6 +8,7 @@ import click
 
 from gridtool.cli.registry.commands import certs, init, status
 from gridtool.cli.registry.snapshots import backup, restore
+from gridtool.cli.registry.users import user
 
 
 @click.group()
@@ -31,5 +32,5 @@ def registry() -> None:
     """
 
 
-for _command in (status, init, certs, backup, restore):
+for _command in (status, init, certs, backup, restore, user):
     registry.add_command(_command)

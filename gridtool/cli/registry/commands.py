@@ -66,14 +66,16 @@ def user_rows(results: list[UserResult]) -> list[tuple[str, str, str, str]]:
 @pass_app
 def init(app: AppContext, hosts: str | None, managers: str | None,
          credentials_dir: str | None, as_json: bool) -> None:
-    """Turn on etcd authentication: root, an admin user, one user per host.
+    """Turn on etcd authentication: root, an admin user, a read-only monitoring user
+    (gridtool-monitor: for 'gridtool check' and 'metrics serve'), one user per host.
 
     Root's password is generated and kept in DIR/root.password; every user's password
     goes to DIR/USER.password (mode 0600) and is never printed. Each host's role may write
     only that host's keys (record, guests, intent outcomes, violations) plus fences/,
     domains/ and clones/; hosts in --managers may also write intents, settings, pools and
-    the manager election. Running it again repairs what drifted. Exit 5 when etcd refuses
-    root's password.
+    the manager election. Pool reporters ('registry user add reporter') are kept and
+    repaired. Running it again repairs what drifted. Exit 5 when etcd refuses root's
+    password.
 
     \b
     Example:
