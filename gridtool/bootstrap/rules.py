@@ -22,11 +22,14 @@ import shlex
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from gridtool.config import AGENT_CONFIG
+from gridtool.config import AGENT_CONFIG, Config
 
 DEFAULT_VENV = "/opt/gridtool/venv"
 SERVICE = "gridtool-agent.service"
 LIBVIRTD = "libvirtd.service"
+#: The unit's ``RuntimeDirectory=gridtool``: the hook socket's directory.
+RUNTIME_DIR = "/run/gridtool"
+DEFAULT_IMAGES_DIR = Config.images_dir
 #: A marker every file we install carries (or whose path is ours) so remove finds them.
 HOOK_MARKER = "gridtool"
 #: libvirt drivers whose hook (``/etc/libvirt/hooks/<driver>``) is the fence hook.
@@ -261,15 +264,23 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def render_unit(template: str, layout: Layout) -> str:
+def render_unit(template: str, layout: Layout, images_dir: str = DEFAULT_IMAGES_DIR,
+                hook_socket: str | None = None) -> str:
     """The agent's unit (``scripts/systemd/gridtool-agent.service``) with this layout's
-    program and config paths, and ``RuntimeDirectory=gridtool`` (the hook socket's
-    directory, writable under ``ProtectSystem=strict``)."""
+    program and config paths; ``ReadWritePaths`` covering libvirt's socket, the images
+    directory (``-``: no error while it is missing) and the hook socket's directory
+    (default :attr:`Layout.hook_socket`) unless that is the unit's ``RuntimeDirectory``
+    ``/run/gridtool`` (writable under ``ProtectSystem=strict`` by itself)."""
     q = shlex.quote
     text = re.sub(r"(?m)^ExecStart=.*$",
                   f"ExecStart={q(layout.agent)} --config {q(layout.config)}", template)
     text = re.sub(r"(?m)^ReadOnlyPaths=.*$",
                   f"ReadOnlyPaths={posixpath.dirname(layout.config)}", text)
+    writable = ["/run/libvirt", f"-{images_dir}"]
+    socket_dir = posixpath.dirname(hook_socket or layout.hook_socket)
+    if socket_dir != RUNTIME_DIR:
+        writable.append(socket_dir)
+    text = re.sub(r"(?m)^ReadWritePaths=.*$", f"ReadWritePaths={' '.join(writable)}", text)
     if not re.search(r"(?m)^RuntimeDirectory=", text):
         text = re.sub(r"(?m)^\[Service\]$", "[Service]\nRuntimeDirectory=gridtool", text,
                       count=1)
