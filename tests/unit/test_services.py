@@ -4,7 +4,6 @@ jittered reconnect schedule, and ``systemd-analyze verify`` on every unit we shi
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -18,9 +17,9 @@ from gridtool.backoff import Backoff
 from gridtool.bootstrap.rules import PACKAGE_LAYOUT, Layout, render_unit
 from gridtool.sdnotify import Notifier, socket_address, watchdog_interval
 from tests.harness import ROOT
+from tests.harness.units import can_verify, verify_unit
 
 UNITS = ROOT / "scripts" / "systemd"
-SYSTEM_UNITS = Path("/lib/systemd/system")
 
 
 # -- sd_notify ------------------------------------------------------------------
@@ -184,24 +183,11 @@ def test_elsewhere_lines_keep_their_time_stamp(tmp_path: Path, stream: str | Non
 
 def verify(tmp_path: Path, unit: str, name: str, programs: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess[str]:
-    """``systemd-analyze verify`` of ``unit`` in a root of this machine's system units,
-    with ``programs`` (path in the root -> a real file to copy there) installed."""
-    root = tmp_path / "root"
-    shutil.copytree(SYSTEM_UNITS, root / "lib/systemd/system", symlinks=True)
-    (root / "etc/systemd/system").mkdir(parents=True)
-    (root / "etc/systemd/system" / name).write_text(unit)
-    for path, source in (programs or {}).items():
-        target = root / path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source, target)
-    return subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={root}",
-                           f"/etc/systemd/system/{name}"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return verify_unit(tmp_path / "root", unit, name,
+                       {path: Path(src) for path, src in (programs or {}).items()})
 
 
-needs_systemd = pytest.mark.skipif(not shutil.which("systemd-analyze")
-                                   or not SYSTEM_UNITS.is_dir(),
-                                   reason="systemd-analyze is not installed")
+needs_systemd = pytest.mark.skipif(not can_verify(), reason="systemd-analyze is not installed")
 
 
 @needs_systemd

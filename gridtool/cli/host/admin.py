@@ -291,7 +291,6 @@ def _add_spec(app: AppContext, name: str, libvirt_uri: str, agent_endpoints: str
         AddSpec,
         Deb,
         check_debs,
-        packaged_hook_shim,
         render_unit,
         tls_settings,
     )
@@ -309,7 +308,7 @@ def _add_spec(app: AppContext, name: str, libvirt_uri: str, agent_endpoints: str
         except (ValueError, OSError) as exc:
             raise UsageError(str(exc)) from None
         layout = PACKAGE_LAYOUT
-        hook: str | None = packaged_hook_shim()
+        hook: str | None = None  # the package installs it in hooks/qemu.d/ itself
         unit: str | None = None
     else:
         root = bootstrap.project_root()
@@ -317,7 +316,8 @@ def _add_spec(app: AppContext, name: str, libvirt_uri: str, agent_endpoints: str
         unit = render_unit(bootstrap.unit_template(root), layout)
     tls = _tls_files(app.config, name)
     conf = _agent_config(app, name, libvirt_uri, agent_endpoints, user, password_file,
-                         layout.hook_socket if hook else None, tls_settings(layout, tls))
+                         layout.hook_socket if hook or debs else None,
+                         tls_settings(layout, tls))
     if debs:
         return AddSpec(name, libvirt_uri, "", b"", conf, unit, hook, layout, remote_python,
                        tls, debs)
