@@ -116,7 +116,7 @@ class Manager:
         """Campaign and manage until ``stop``; then resign (revoke the lease) unless told
         not to (a test's stand-in for a manager that dies)."""
         log.info("event=manager_start name=%s", self.name)
-        backoff = Backoff(first=0.5, limit=10.0)  # jittered: candidates must not retry together
+        backoff = Backoff(first=0.5, limit=5.0)  # jittered: candidates must not retry together
         while not stop.is_set():
             if self.step():
                 backoff.reset()
