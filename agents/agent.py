@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import libvirt
 
@@ -35,6 +35,7 @@ from agents.selffence import SelfFence
 from agents.settings import HostSettings
 from agents.storagereg import Registrar, port_opener
 from gridtool import __version__, supervise
+from gridtool.backoff import Backoff
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing.etcdversions import FIXED_VERSIONS, revokes_leases_early
@@ -55,6 +56,7 @@ from gridtool.registry.model import ACTIVE_STATES, GuestRecord, HostRecord
 from gridtool.registry.records import DomainDefinition, Violation, decode, encode
 from gridtool.registry.store import Event, Store, Watch
 from gridtool.registry.sync import plan_sync
+from gridtool.sdnotify import Notifier
 
 log = logging.getLogger("gridtool.agent")
 
@@ -67,26 +69,14 @@ REGISTER_ATTEMPTS = 5  # registrations racing with another agent's before a back
 STOP_SELF_FENCE_S = 15.0
 
 
-@dataclass
-class Backoff:
-    """Exponential backoff between reconnect attempts."""
-
-    first: float = 0.2
-    limit: float = 5.0
-    current: float = field(default=0.0, init=False)
-
-    def next(self) -> float:
-        self.current = min(self.limit, self.current * 2 if self.current else self.first)
-        return self.current
-
-    def reset(self) -> None:
-        self.current = 0.0
-
-
 class Agent:
-    """One host's agent. ``run()`` blocks until ``stop()``."""
+    """One host's agent. ``run()`` blocks until ``stop()``.
 
-    def __init__(self, cfg: Config, store: Store) -> None:
+    Under systemd (``Type=notify``) it tells ``notifier`` READY once the first resync is
+    done and pets the unit's watchdog on every turn of the main loop: a main loop stuck
+    (in a libvirt call that never returns, say) stops petting and systemd restarts it."""
+
+    def __init__(self, cfg: Config, store: Store, notifier: Notifier | None = None) -> None:
         cfg.require("host", "libvirt_uri")
         self.settings = HostSettings(cfg, store)
         cfg = self.settings.initial()  # the registry's host settings over agent.conf
@@ -138,6 +128,7 @@ class Agent:
         self.readiness = ReadinessWatcher(self._look_again)
         self.libvirt.readiness = self.readiness
         self.started_at = time.time()
+        self.notifier = notifier or Notifier()
         self._stopping = threading.Event()
         self._next_resync = 0.0
         self._libvirt_backoff = Backoff()
@@ -179,6 +170,7 @@ class Agent:
                               storage_fencer=from_config(self.cfg))
             supervise.start(manager.run, "manager", (self._stopping,), logger=log)
         while not self._stopping.is_set():
+            self.notifier.pet()  # each turn of this loop, never from another thread
             try:
                 self._step()
                 self._set_registry_ok(True)
@@ -205,6 +197,7 @@ class Agent:
         return None if lost else self.lease.lease
 
     def _shutdown(self) -> None:
+        self.notifier.stopping(f"stopping {self.host}")
         self.heartbeat.stop()
         self.intents.stop()
         self.readiness.stop()
@@ -267,6 +260,7 @@ class Agent:
         if now >= self._next_resync:
             self.resync()
             self._next_resync = now + self.cfg.resync_interval
+            self.notifier.ready(f"{self.host}: registered and resynced")
         self._drain_changes(timeout=max(0.0, min(0.5, self._next_resync - time.monotonic())))
 
     def _lifecycle_event(self, uuid: str, clean: bool | None) -> None:

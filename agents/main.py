@@ -11,13 +11,13 @@ from types import FrameType
 
 import click
 
-from gridtool import __version__, supervise
+from gridtool import __version__, logsetup, supervise
 from gridtool.config import AGENT_CONFIG, load
 from gridtool.errors import GridtoolError, OperationFailed
 
 #: The libraries the agent runs on, as (distribution shown, module imported).
 RUNTIME = (("libvirt-python", "libvirt"), ("etcd-sdk-python", "pyetcd"),
-           ("grpcio", "grpc"), ("protobuf", "google.protobuf"))
+           ("grpcio", "grpc"), ("protobuf", "google.protobuf"), ("tenacity", "tenacity"))
 
 #: The signals that stop the agent cleanly (man page: SIGNALS). Every other signal keeps
 #: its default action: SIGHUP, for one, ends the agent at once, as SIGKILL does.
@@ -77,8 +77,7 @@ def main(config_file: str | None, log_level: str, **flags: object) -> None:
       gridtool-agent --host hv1 --libvirt-uri qemu:///system \\
           --endpoints 10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
     """
-    logging.basicConfig(level=log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logsetup.configure(log_level)
     from agents.agent import Agent
     from gridtool.registry.etcdstore import EtcdStore
 

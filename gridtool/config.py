@@ -29,6 +29,10 @@ AGENT_CONFIG = Path("/etc/gridtool/agent.conf")
 SECRET_SETTINGS = frozenset({"password"})
 #: How an agent registers its PR key (setting ``pr_backend``).
 PR_BACKENDS = ("none", "initiator", "sg_persist")
+#: File settings a systemd credential may stand in for: a file named after the setting in
+#: ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=password_file:/etc/...``) replaces the
+#: configured path, because a ``DynamicUser=`` service cannot read root's 0600 files.
+CREDENTIAL_SETTINGS = ("password_file", "key", "cert", "ca_cert")
 _BOOLS = {"1": True, "yes": True, "true": True, "on": True,
           "0": False, "no": False, "false": False, "off": False}
 
@@ -332,19 +336,31 @@ def choose_file(explicit: str | None, default: Path, env: Mapping[str, str]) -> 
     return default if default.exists() else None
 
 
+def credentials(env: Mapping[str, str]) -> dict[str, str]:
+    """The file settings systemd passed in as credentials (:data:`CREDENTIAL_SETTINGS`
+    found in ``$CREDENTIALS_DIRECTORY``): setting -> the credential's path."""
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return {}
+    found = {name: Path(directory, name) for name in CREDENTIAL_SETTINGS}
+    return {name: str(path) for name, path in found.items() if path.is_file()}
+
+
 def load(
     config_file: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     default_file: Path = SYSTEM_CONFIG,
 ) -> Config:
-    """Merge file, environment and flag overrides into a validated Config."""
+    """Merge file, environment, systemd credentials and flag overrides (later ones win)
+    into a validated Config."""
     env = os.environ if env is None else env
     path = choose_file(config_file, default_file, env)
     raw: dict[str, Any] = read_file(path) if path else {}
     for name in _SECTIONS:
         if f"GRIDTOOL_{name.upper()}" in env:
             raw[name] = env[f"GRIDTOOL_{name.upper()}"]
+    raw.update(credentials(env))
     raw.update({k: v for k, v in (overrides or {}).items() if v not in (None, ())})
     parsed = {name: _parse(name, value) for name, value in raw.items()}
     return _validate(Config(**parsed, source=str(path) if path else "defaults"))

@@ -411,6 +411,25 @@ def _setting_options() -> dict[str, list[tuple[str, str]]]:
     return found
 
 
+def systemd_environment() -> str:
+    """ENVIRONMENT entries for what systemd sets (credentials, journal, notify socket)."""
+    from gridtool.config import CREDENTIAL_SETTINGS
+
+    names = ", ".join(f"`{n}`" for n in CREDENTIAL_SETTINGS)
+    return "".join([
+        tp(bold("CREDENTIALS_DIRECTORY"), markup(
+            f"Set by systemd (`LoadCredential=`): a file there named after one of the settings "
+            f"{names} replaces that setting's path (after the file and the environment, "
+            "before options), for a service whose user cannot read the original.")),
+        tp(bold("JOURNAL_STREAM"), markup(
+            "Set by systemd when standard error goes to journald: log lines then carry their "
+            "priority and no time stamp (see LOGGING in `gridtool-agent`(8)).")),
+        tp(bold("NOTIFY_SOCKET") + ", " + bold("WATCHDOG_USEC"), markup(
+            "Set by systemd for a `Type=notify` unit: `gridtool-agent` reports ready once "
+            "registered and resynced, and pets the unit's watchdog from its main loop.")),
+    ])
+
+
 def environment_settings() -> str:
     """ENVIRONMENT entries for every ``GRIDTOOL_<SETTING>``."""
     _, sections = _settings()
@@ -535,6 +554,7 @@ def render_gridtool() -> str:
     out.append(tp(bold("GRIDTOOL_DEBUG"), markup(
         "When set and not empty, an internal error prints a Python traceback instead of "
         "one line.")))
+    out.append(systemd_environment())
     listed = {"GRIDTOOL_CONFIG", "GRIDTOOL_LAB_DIR", "GRIDTOOL_DEBUG"}
     for env, where in _all_envvars(nodes):
         if env not in listed:
@@ -663,6 +683,10 @@ def render_agent() -> str:
                       code("2024-05-01 12:00:00,000 INFO event=host_registered host=hv1 "
                            "lease=694d8a2f1b3c ttl=10"),
                       ".fi", ".RE"))
+    out.append(_lines(".PP", markup(
+        "Under journald (`JOURNAL_STREAM` names standard error) a line has no time stamp and "
+        "starts with its syslog priority, `<4>WARNING event=...`, so that "
+        "`journalctl -p warning -u gridtool-agent` shows warnings and errors only.")))
     events = agent_events()
     out.append(_lines(".PP", "Events include " + ", ".join(bold(e) for e in events[:-1])
                       + f" and {bold(events[-1])}."))
@@ -689,6 +713,7 @@ def render_agent() -> str:
     out.append(tp(bold("GRIDTOOL_LAB_DIR"), markup(
         f"The lab directory (default `{DEFAULT_LAB_DIR}`): while a lab runs there, its "
         "configuration is read unless a file is named.")))
+    out.append(systemd_environment())
     out.append(environment_settings())
 
     out.append(section("FILES"))

@@ -22,16 +22,26 @@ import shlex
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from gridtool.config import AGENT_CONFIG
+from gridtool.config import AGENT_CONFIG, Config
 
 DEFAULT_VENV = "/opt/gridtool/venv"
 SERVICE = "gridtool-agent.service"
 LIBVIRTD = "libvirtd.service"
-#: A marker every file we install carries (or whose path is ours) so remove finds them.
-HOOK_MARKER = "gridtool"
-#: libvirt drivers whose hook (``/etc/libvirt/hooks/<driver>``) is the fence hook.
+#: The unit's ``RuntimeDirectory=gridtool``: the hook socket's directory.
+RUNTIME_DIR = "/run/gridtool"
+DEFAULT_IMAGES_DIR = Config.images_dir
+#: The first lines of every hook script gridtool installs: how an old gridtool hook at
+#: ``hooks/<driver>`` (before hooks went into ``<driver>.d/``) is told from a site's own.
+HOOK_LINE = "# gridtool fence hook: installed by"
+#: libvirt drivers whose hook directory (``/etc/libvirt/hooks/<driver>.d/``) gets the
+#: fence hook. libvirt >= 6.5 runs every executable there, in name order after
+#: ``hooks/<driver>`` itself, each with the same arguments and XML on stdin, and fails the
+#: operation if any of them fails: a site's own ``hooks/qemu`` is kept and still runs.
 HOOK_DRIVERS = ("qemu", "libxl")
-#: The fence hook the ``gridtool-agent`` Debian package installs (``scripts/build-deb``).
+#: The fence hook's file name in each ``<driver>.d/`` (the package's symlink too).
+HOOK_NAME = "gridtool"
+#: The fence hook the ``gridtool-agent`` Debian package installs (``scripts/build-deb``),
+#: with a symlink to it as ``/etc/libvirt/hooks/<driver>.d/gridtool`` for each driver.
 PACKAGED_HOOK = "/usr/libexec/gridtool/fence-hook"
 #: The packages ``host add --deb`` installs, in apt's order.
 DEB_PACKAGES = ("gridtool-common", "gridtool-agent")
@@ -75,15 +85,21 @@ class Layout:
 
     @property
     def hook(self) -> str:
-        return self.at("/etc/libvirt/hooks/qemu")
+        return self.hook_for("qemu:///system")
 
     def hook_for(self, libvirt_uri: str) -> str:
-        """The fence hook's path for this libvirt URI (``hooks/libxl`` for Xen)."""
-        return self.at(f"/etc/libvirt/hooks/{hook_driver(libvirt_uri)}")
+        """The fence hook's path for this libvirt URI (``hooks/libxl.d/`` for Xen)."""
+        return self.at(f"/etc/libvirt/hooks/{hook_driver(libvirt_uri)}.d/{HOOK_NAME}")
 
     @property
     def hooks(self) -> tuple[str, ...]:
-        """Every path the fence hook may be installed at."""
+        """Every path the fence hook is installed at (one per driver)."""
+        return tuple(self.at(f"/etc/libvirt/hooks/{d}.d/{HOOK_NAME}") for d in HOOK_DRIVERS)
+
+    @property
+    def legacy_hooks(self) -> tuple[str, ...]:
+        """Where older gridtool versions installed it (``hooks/<driver>``: removed only
+        when it carries :data:`HOOK_LINE`, else it is the site's own)."""
         return tuple(self.at(f"/etc/libvirt/hooks/{d}") for d in HOOK_DRIVERS)
 
     @property
@@ -279,26 +295,27 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def render_unit(template: str, layout: Layout) -> str:
+def render_unit(template: str, layout: Layout, images_dir: str = DEFAULT_IMAGES_DIR,
+                hook_socket: str | None = None) -> str:
     """The agent's unit (``scripts/systemd/gridtool-agent.service``) with this layout's
-    program and config paths, and ``RuntimeDirectory=gridtool`` (the hook socket's
-    directory, writable under ``ProtectSystem=strict``)."""
+    program and config paths; ``ReadWritePaths`` covering libvirt's socket, the images
+    directory (``-``: no error while it is missing) and the hook socket's directory
+    (default :attr:`Layout.hook_socket`) unless that is the unit's ``RuntimeDirectory``
+    ``/run/gridtool`` (writable under ``ProtectSystem=strict`` by itself)."""
     q = shlex.quote
     text = re.sub(r"(?m)^ExecStart=.*$",
                   f"ExecStart={q(layout.agent)} --config {q(layout.config)}", template)
     text = re.sub(r"(?m)^ReadOnlyPaths=.*$",
                   f"ReadOnlyPaths={posixpath.dirname(layout.config)}", text)
+    writable = ["/run/libvirt", f"-{images_dir}"]
+    socket_dir = posixpath.dirname(hook_socket or layout.hook_socket)
+    if socket_dir != RUNTIME_DIR:
+        writable.append(socket_dir)
+    text = re.sub(r"(?m)^ReadWritePaths=.*$", f"ReadWritePaths={' '.join(writable)}", text)
     if not re.search(r"(?m)^RuntimeDirectory=", text):
         text = re.sub(r"(?m)^\[Service\]$", "[Service]\nRuntimeDirectory=gridtool", text,
                       count=1)
     return text
-
-
-def packaged_hook_shim() -> str:
-    """The libvirt hook script of a host installed from the Debian packages: the
-    package's fence hook, which reads the agent's config for its socket and patterns."""
-    return (f"#!/bin/sh\n# {HOOK_MARKER} fence hook: installed by 'gridtool host add'\n"
-            f"exec {PACKAGED_HOOK} \"$@\"\n")
 
 
 def hook_shim(layout: Layout, module: str, shared_patterns: tuple[str, ...] = ()) -> str:
@@ -306,7 +323,7 @@ def hook_shim(layout: Layout, module: str, shared_patterns: tuple[str, ...] = ()
     asking the agent on :attr:`Layout.hook_socket`."""
     q = shlex.quote
     shared = "".join(f" --shared {q(p)}" for p in shared_patterns)
-    return (f"#!/bin/sh\n# {HOOK_MARKER} fence hook: installed by 'gridtool host add'\n"
+    return (f"#!/bin/sh\n{HOOK_LINE} 'gridtool host add'\n"
             f"exec {q(layout.venv)}/bin/python -I -m {module} --socket "
             f"{q(layout.hook_socket)}{shared} -- \"$@\"\n")
 
@@ -449,6 +466,31 @@ def _venv_steps(spec: AddSpec) -> list[Step]:
     ]
 
 
+def _hook_step(spec: AddSpec, systemd: bool) -> Step:
+    """The fence hook in ``hooks/<driver>.d/`` (a site's own ``hooks/<driver>`` is kept;
+    one an older gridtool put there is removed, else both would run). With ``debs`` or ``apt`` the
+    package installed it (a symlink to its fence hook): only checked."""
+    q = shlex.quote
+    path = spec.layout.hook_for(spec.libvirt_uri)
+    if spec.debs or spec.apt:
+        return Step("hook", f"the package's libvirt hook {path}", f"test -x {q(path)}", None)
+    if spec.hook is None:
+        return Step("hook", "libvirt hook", None, None,
+                    note="skipped: this gridtool has no libvirt hook to install")
+    legacy = spec.layout.at(f"/etc/libvirt/hooks/{hook_driver(spec.libvirt_uri)}")
+    reload = f"{{ systemctl try-reload-or-restart {LIBVIRTD} || true; }}" if systemd else ""
+    hook = _file_step("hook", f"install the libvirt hook {path}", path, spec.hook.encode(),
+                      "755", then=" && ".join(filter(None, [_drop_legacy(legacy), reload])))
+    return hook if systemd else replace(
+        hook, note="libvirt reads a new hook only when it starts or gets SIGHUP")
+
+
+def _drop_legacy(path: str) -> str:
+    """Apply: remove ``path`` if an older gridtool installed it (:data:`HOOK_LINE`)."""
+    q = shlex.quote
+    return f"{{ ! grep -qsF {q(HOOK_LINE)} {q(path)} || rm -f {q(path)}; }}"
+
+
 def plan_add(spec: AddSpec, facts: HostFacts) -> list[Step]:
     """The steps of ``host add``, in order."""
     lay = spec.layout
@@ -461,17 +503,7 @@ def plan_add(spec: AddSpec, facts: HostFacts) -> list[Step]:
                    spec.agent_conf.encode(), "600", secret=True),
     ]
     systemd = uses_systemd(facts, lay)
-    if spec.hook is None:
-        steps.append(Step("hook", "libvirt hook", None, None,
-                          note="skipped: this gridtool has no libvirt hook to install"))
-    else:
-        path = lay.hook_for(spec.libvirt_uri)
-        hook = _file_step("hook", f"install the libvirt hook {path}", path,
-                          spec.hook.encode(), "755",
-                          then=f"{{ systemctl try-reload-or-restart {LIBVIRTD} || true; }}"
-                          if systemd else "")
-        steps.append(hook if systemd else replace(
-            hook, note="libvirt reads a new hook only when it starts or gets SIGHUP"))
+    steps.append(_hook_step(spec, systemd))
     if spec.unit is None:
         steps.append(Step("unit", "systemd unit", None, None,
                           note="the package's own /lib/systemd/system/" + SERVICE))
@@ -510,13 +542,14 @@ def plan_remove(layout: Layout, facts: HostFacts, tls_stem: str = "") -> list[St
              lay.at("/var/cache/gridtool/debs")]
     if tls_stem:
         paths += [f"{lay.tls_dir}/{tls_stem}.{ext}" for ext in ("crt", "key")]
-    ours = [(f"grep -qs {HOOK_MARKER} {q(h)}", h) for h in lay.hooks]  # qemu, libxl
+    paths += list(lay.hooks)  # hooks/qemu.d/gridtool, hooks/libxl.d/gridtool
+    legacy = [f"grep -qsF {q(HOOK_LINE)} {q(h)}" for h in lay.legacy_hooks]
     reload = " && systemctl daemon-reload" if uses_systemd(facts, lay) else ""
     files = Step("files", "remove the unit, config, venv and hook",
                  " && ".join(f"! test -e {q(p)}" for p in paths)
-                 + "".join(f" && ! {ours_hook}" for ours_hook, _ in ours),
+                 + "".join(f" && ! {ours}" for ours in legacy),
                  f"rm -rf {' '.join(q(p) for p in paths)}"
-                 + "".join(f" && {{ ! {ours_hook} || rm -f {q(h)}; }}" for ours_hook, h in ours)
+                 + "".join(f" && {_drop_legacy(h)}" for h in lay.legacy_hooks)
                  + reload)
     return [stop, *_purge_steps(lay), files]
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from gridtool.backoff import Backoff
 from gridtool.clock import SYSTEM, Clock
 from gridtool.config import Config
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
@@ -122,17 +123,24 @@ class Manager:
         """Campaign and manage until ``stop``; then resign (revoke the lease) unless told
         not to (a test's stand-in for a manager that dies)."""
         log.info("event=manager_start name=%s", self.name)
+        backoff = Backoff(first=0.5, limit=5.0)  # jittered: candidates must not retry together
         while not stop.is_set():
-            self.step()
-            self._wake.wait(self._until_next() if self.leader_rev else min(self.period, 0.5))
+            if self.step():
+                backoff.reset()
+                self._wake.wait(self._until_next() if self.leader_rev
+                                else min(self.period, 0.5))
+            else:
+                stop.wait(backoff.next())  # not _wake: a watch event must not cut it short
         self._watches = _cancel(self._watches)
         self.pools.stop()
         if resign:
             self._resign()
 
-    def step(self) -> None:
+    def step(self) -> bool:
         """One turn: campaign when not leading; once leading, keep the lease and run a
-        round. Registry errors end the leadership (a lost lease: campaign anew)."""
+        round. Registry errors end the leadership (a lost lease: campaign anew) and make
+        it return False (``run`` then backs off)."""
+        ok = True
         try:
             if not self.leader_rev:
                 self._campaign()
@@ -151,10 +159,12 @@ class Manager:
             if self.leader_rev:
                 log.warning("event=manager_step_down name=%s error=%s", self.name, exc)
             self.leader_rev = 0
+            ok = False
             if isinstance(exc, LeaseGone):
                 self.lease = None  # campaign again with a fresh lease
         if not self.leader_rev:
             self._watches = _cancel(self._watches)
+        return ok
 
     def _campaign(self) -> None:
         if self.lease is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import signal
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import libvirt
 
+from gridtool import logsetup
 from gridtool.lab.procs import AGENT_MARKER, kill_now
 from gridtool.lab.state import read_state
 from gridtool.lab.watchdog import WatchdogEmulator
@@ -47,8 +47,7 @@ def hold(ready: Path, uris: list[str], stop: threading.Event) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level="INFO", stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logsetup.configure("INFO")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     hosts = json.loads(sys.argv[2])

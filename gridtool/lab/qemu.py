@@ -9,8 +9,9 @@ namespace, listening on its own loopback TCP port, running tiny TCG guests.
   from the same kernel package). It also finds out, by booting it, whether KVM really works.
 * :class:`QemuHost` starts one host's ``libvirtd`` (QEMU driver only) and ``virtlogd`` under
   ``unshare -m`` with private bind mounts over ``/etc/libvirt``, ``/run/libvirt``,
-  ``/var/lib/libvirt``, ``/var/cache/libvirt`` and ``/var/log/libvirt``; its ``hooks/qemu``
-  is gridtool's fence hook (``agents/hook.py``) asking this host's agent.
+  ``/var/lib/libvirt``, ``/var/cache/libvirt`` and ``/var/log/libvirt``; its
+  ``hooks/qemu.d/gridtool`` is gridtool's fence hook (``agents/hook.py``) asking this host's
+  agent.
 * The tests' and benchmarks' test bed of these hosts, and the readers of a guest's serial
   console, are in ``tests/harness/qemu_testbed.py`` (not shipped).
 * A fenced guest's shared disk is a *data disk* (:func:`guest_xml` with ``data=True``:
@@ -265,7 +266,9 @@ class QemuHost(LabHost):
 
     @property
     def hook_file(self) -> Path:
-        return Path(self.dir, "etc", "hooks", "qemu")
+        """The fence hook in the daemon's ``/etc/libvirt/hooks/qemu.d/`` (as ``host add``
+        and the package install it: libvirt >= 6.5 runs every executable there)."""
+        return Path(self.dir, "etc", "hooks", "qemu.d", "gridtool")
 
     @property
     def run_dir(self) -> Path:
@@ -284,7 +287,7 @@ class QemuHost(LabHost):
             raise LabError(f"{self.name}: no TCP port chosen")
         ensure_qemu_user()
         base = Path(self.dir)
-        for sub in (*PRIVATE_DIRS.values(), "drivers", "etc/hooks", "etc/qemu"):
+        for sub in (*PRIVATE_DIRS.values(), "drivers", "etc/hooks/qemu.d", "etc/qemu"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         for driver in DRIVERS:  # the QEMU driver, and storage (pools, volumes) as on real hosts
             link = base / "drivers" / driver

@@ -20,6 +20,7 @@ import pyetcd
 import pyetcd.exceptions
 
 from gridtool import supervise
+from gridtool.backoff import Backoff
 from gridtool.config import Config
 from gridtool.errors import AuthError, ConfigError, LeaseGone, RegistryUnavailable
 from gridtool.registry.store import Compare, Delete, EndpointStatus, Event, Item, Put
@@ -129,10 +130,12 @@ class EtcdStore:
         """Run ``fn`` on the first endpoint that answers, starting with the last good one.
 
         Passes over every endpoint until ``timeout`` seconds have gone by: a cluster
-        electing a new leader answers "unavailable" for a moment.
+        electing a new leader answers "unavailable" for a moment. Between passes it waits
+        a jittered, growing pause (:class:`gridtool.backoff.Backoff`, at most 1 s).
         """
         deadline = time.monotonic() + self._cfg.timeout
         errors: dict[str, str] = {}
+        backoff = Backoff(first=0.1, limit=1.0)  # jittered: many clients, one etcd
         while True:
             for endpoint in self._rotation():
                 try:
@@ -148,7 +151,7 @@ class EtcdStore:
             if time.monotonic() + 0.1 >= deadline:
                 detail = "; ".join(f"{ep}: {err}" for ep, err in errors.items())
                 raise RegistryUnavailable(f"no etcd endpoint answered: {detail}")
-            time.sleep(0.1)
+            time.sleep(max(0.0, min(backoff.next(), deadline - time.monotonic())))
 
     def unanswered_for(self) -> float:
         """Seconds since a try on etcd first failed with no answer from it since (0.0

@@ -43,6 +43,7 @@ from tests.harness.testbed import (
     terminate,
     wait_until,
 )
+from tests.harness.units import verify_unit
 
 # The first test also builds the packages (lintian included) and makes the root (a
 # debootstrap on a cold cache): 300 s seen at load 7-9 on 2 cores; 1200 s leaves a factor 4.
@@ -55,6 +56,18 @@ HOOK = "/usr/libexec/gridtool/fence-hook"
 def pins() -> dict[str, str]:
     """name -> version of every vendored library (packaging/deb/vendor.txt)."""
     return dict(re.findall(r"(?m)^([A-Za-z0-9_.-]+)==(\S+)", VENDOR.read_text()))
+
+
+SITE_HOOK = "#!/bin/sh\n# the site's own libvirt hook\nexit 0\n"
+
+
+def site_hook(root: Path) -> Path:
+    """A libvirt hook the site already has (``hooks/qemu``): gridtool must keep it."""
+    hook = root / "etc/libvirt/hooks/qemu"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text(SITE_HOOK)
+    hook.chmod(0o755)
+    return hook
 
 
 def guest_xml(source: str) -> str:
@@ -77,8 +90,10 @@ def installed(debs: list[Path], tmp_path_factory: pytest.TempPathFactory
               ) -> Iterator[tuple[DebianRoot, str]]:
     """A clean Debian 12 root with the three packages installed by apt, and apt's output.
     The root starts with their Debian dependencies (exactly what apt pulls in for their
-    Depends, no recommends), cached per dependency list, so apt installs offline here."""
+    Depends, no recommends), cached per dependency list, so apt installs offline here; a
+    site's own libvirt hook is there before the packages."""
     with overlay_root(tmp_path_factory.mktemp("debroot"), deb_depends(debs)) as root:
+        site_hook(root.path)
         done = root.apt_install(*root.copy_in(debs), update=False)
         assert done.returncode == 0, f"apt-get install failed:\n{done.stdout}\n{done.stderr}"
         yield root, done.stdout + done.stderr
@@ -127,6 +142,31 @@ def test_the_agent_runs_on_debians_libvirt_and_the_vendored_etcd_client(
     assert (unconfigured.returncode, unconfigured.stderr) == (
         2, "gridtool-agent: setting 'host' is required (config [agent] host, env "
            "GRIDTOOL_HOST, or --host)\n")
+
+
+def test_the_hook_goes_into_qemu_d_and_the_sites_own_hook_is_kept(
+        installed: tuple[DebianRoot, str]) -> None:
+    root, _ = installed
+    assert (root.path / "etc/libvirt/hooks/qemu").read_text() == SITE_HOOK
+    for driver in ("qemu", "libxl"):
+        link = root.path / f"etc/libvirt/hooks/{driver}.d/gridtool"
+        assert os.readlink(link) == HOOK
+    # as libvirt runs it: NAME OP SUBOP EXTRA, the XML on stdin
+    refused = root.run("/etc/libvirt/hooks/qemu.d/gridtool", "g1", "prepare", "begin", "-",
+                       stdin=guest_xml("/dev/etherd/e1.2"))
+    assert refused.returncode == 1 and "fail closed" in refused.stderr
+
+
+def test_the_packaged_unit_verifies_with_the_agent_where_the_package_put_it(
+        installed: tuple[DebianRoot, str], tmp_path: Path) -> None:
+    root, _ = installed
+    unit = (root.path / "lib/systemd/system/gridtool-agent.service").read_text()
+    (exec_start,) = [ln for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    program = exec_start.removeprefix("ExecStart=").split()[0]
+    assert program == "/usr/bin/gridtool-agent"
+    done = verify_unit(tmp_path / "root", unit, "gridtool-agent.service",
+                       {program: root.path / program.lstrip("/")})
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_packaged_hook_checks_itself_and_fails_closed_without_the_agent(
@@ -203,6 +243,7 @@ def add_debs_over_ssh(root: DebianRoot, debs: list[Path], cfg: Config, registry:
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\n")
     (root.path / "run/sshd").mkdir(parents=True, exist_ok=True)
     (root.path / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    site = site_hook(root.path)
     # A dom0 has /proc: host add finds its directly started agent there.
     subprocess.run(["mount", "-t", "proc", "proc", str(root.path / "proc")], check=True)
     sshd = spawn(["chroot", str(root.path), "/usr/sbin/sshd", "-D", "-e", "-f",
@@ -220,8 +261,8 @@ def add_debs_over_ssh(root: DebianRoot, debs: list[Path], cfg: Config, registry:
         assert first.returncode == 0, first.stderr
         assert "no systemd" in first.stderr and "package's own" in first.stderr
         assert registry.get_host(host).libvirt_uri == "test:///default"
-        refused = root.run("/etc/libvirt/hooks/qemu", "g1", "prepare", "begin", "-",
-                           stdin=guest_xml("/dev/etherd/e7.1"))
+        refused = root.run("/etc/libvirt/hooks/qemu.d/gridtool", "g1", "prepare", "begin",
+                           "-", stdin=guest_xml("/dev/etherd/e7.1"))
         assert refused.returncode == 1 and "refusing to start g1" in refused.stderr
         assert "fail closed" not in refused.stderr, "the packaged agent answered"
         again = cli_without_source_tree(cfg, *add)
@@ -232,9 +273,10 @@ def add_debs_over_ssh(root: DebianRoot, debs: list[Path], cfg: Config, registry:
         assert remove_steps(port, tmp_path) == [Action.APPLY] * 3
         gone = root.run("dpkg-query", "-W", "-f=${Status}\n", *DEB_PACKAGES)
         assert "installed" not in gone.stdout and "config-files" not in gone.stdout
-        for path in ("usr/lib/gridtool", "etc/gridtool/agent.conf", "etc/libvirt/hooks/qemu",
-                     "usr/bin/gridtool-agent"):
+        for path in ("usr/lib/gridtool", "etc/gridtool/agent.conf",
+                     "etc/libvirt/hooks/qemu.d/gridtool", "usr/bin/gridtool-agent"):
             assert not (root.path / path).exists(), path
+        assert site.read_text() == SITE_HOOK, "the site's own hook survives add and remove"
         wait_until(lambda: registry.find_host(host) is None, 10, f"{host} gone")
         assert remove_steps(port, tmp_path) == [Action.OK] * 3
     finally:

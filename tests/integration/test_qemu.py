@@ -44,11 +44,22 @@ def qemu_hosts(tmp_path: Path, cfg: Config) -> Iterator[qemu_testbed.QemuHosts]:
     hosts = qemu_testbed.QemuHosts(tmp_path, cfg)
     try:
         for name in ("hv1", "hv2"):
+            site_hook(tmp_path / name)
             hosts.add(name)
             hosts.start_agent(name)
         yield hosts
     finally:
         hosts.close()
+
+
+def site_hook(host_dir: Path) -> Path:
+    """A site's own ``hooks/qemu`` (gridtool's is in ``hooks/qemu.d/``): it logs each call
+    into ``site-hook.log`` beside it and allows everything."""
+    hook = host_dir / "etc" / "hooks" / "qemu"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text(f"#!/bin/sh\necho \"$*\" >>'{host_dir / 'site-hook.log'}'\n")
+    hook.chmod(0o755)
+    return hook
 
 
 def registered(registry, names: tuple[str, ...]) -> bool:  # type: ignore[no-untyped-def]
@@ -117,6 +128,10 @@ def test_hook_refuses_a_start_held_elsewhere_and_allows_the_holder(  # type: ign
     assert "fence is held by hv1" in str(exc.value)
     assert not other.isActive()
     assert dom.isActive()
+    # the site's own hooks/qemu ran too, with the same arguments, on both hosts
+    for host in ("hv1", "hv2"):
+        calls = Path(qemu_hosts.hosts[host].dir, "site-hook.log").read_text().splitlines()
+        assert "g1 prepare begin -" in calls, calls
     # the agent down: the hook fails closed
     qemu_hosts.stop_agent("hv2")
     with pytest.raises(libvirt.libvirtError) as exc:

@@ -98,7 +98,7 @@ def test_lab_up_boots_the_sample_guests_the_fenced_ones_on_luns(lab: Lab) -> Non
         "the agents name the NBD disks after their LUNs"
     assert holder(lab.store, lab.cfg, lab.volume) == "hv1"
     assert not list((lab.dir / "shared").glob("*.img")), "no data disk file in the shared dir"
-    assert all(p.exists() for p in lab.dir.glob("hosts/*/etc/hooks/qemu"))
+    assert all(p.exists() for p in lab.dir.glob("hosts/*/etc/hooks/qemu.d/gridtool"))
     boot = wait_until(lambda: next(iter(lab.boots()), ""), 120, what=f"{GUEST} writing")
     wait_until(lambda: lab.records(boot) >= 5, 30, what=f"5 records of {GUEST} on LUN 1")
 
@@ -149,6 +149,6 @@ def test_lab_down_leaves_nothing_running(lab: Lab) -> None:
     for what in ("libvirtd hv1 (qemu)", "tgtd", "initiator hv1", "initiator hv2"):
         assert what in down.stderr, what
     assert not any(cmdline(p) for p in pids + qemus)
-    assert not list(lab.dir.glob("hosts/*/etc/hooks/qemu")), "hook files removed"
+    assert not list(lab.dir.glob("hosts/*/etc/hooks/qemu.d/gridtool")), "hook files removed"
     assert not list(lab.dir.glob("initiators/*/*.nbd")), "no socket left"
     assert not any(p.exists() for p in lab_iscsi.socket_files(lab.target.control_port))

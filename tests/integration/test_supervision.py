@@ -4,13 +4,18 @@ it, instead of leaving it running without that thread."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from gridtool.lab.procs import spawn
-from tests.harness.testbed import wait_until
+from tests.harness.testbed import terminate, wait_until
 
 #: Starts the real agent with one etcd client call patched to fail with an error that
 #: gridtool does not map (pyetcd's InternalServerError): the lease keepalive, which only
@@ -77,3 +82,73 @@ def test_a_supervised_thread_that_dies_ends_the_process_at_once() -> None:
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("CRITICAL event=thread_died thread=worker error=KeyError: ")
     assert "where=" in lines[0] and "<string>" in lines[0]
+
+
+def notifications(sock: socket.socket, until: float) -> list[tuple[float, str]]:
+    """The datagrams ``sock`` receives before the monotonic time ``until``, timed."""
+    out = []
+    while (left := until - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            out.append((time.monotonic(), sock.recv(4096).decode()))
+        except TimeoutError:
+            break
+    return out
+
+
+def next_notification(sock: socket.socket, until: float) -> str:
+    """The next datagram ``sock`` receives before the monotonic time ``until``, or ""."""
+    sock.settimeout(max(0.001, until - time.monotonic()))
+    try:
+        return sock.recv(4096).decode()
+    except TimeoutError:
+        return ""
+
+
+def test_under_systemd_the_agent_says_ready_once_resynced_and_pets_only_from_its_main_loop(
+        lab_hosts, registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Type=notify with WatchdogSec=, as the unit runs it: READY=1 once registered and
+    resynced; WATCHDOG=1 while the main loop turns; none while it hangs in a libvirt call
+    (libvirtd stopped by SIGSTOP: the next resync never returns); again once it turns."""
+    host = lab_hosts.add("hv1")
+    host.write_agent_conf(replace(lab_hosts.cfg, resync_interval=0.5), watchdog=False)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"}
+    proc = spawn([sys.executable, "-m", "agents.main", "--config", str(host.agent_conf)],
+                 Path(host.dir, "agent.log"), env=env)
+    stopped = False
+    try:
+        deadline = time.monotonic() + 60
+        while (msg := next_notification(sock, deadline)) != "" and msg == "WATCHDOG=1":
+            pass  # pets come from the first turn on, before READY=1
+        assert msg == "READY=1\nSTATUS=hv1: registered and resynced"
+        assert "hv1" in {h.name for h in registry.list_hosts()[0]}
+        pets = [m for _, m in notifications(sock, time.monotonic() + 1.6)]
+        assert pets.count("WATCHDOG=1") >= 2, pets  # every 0.5 s (a quarter of 2 s)
+        os.kill(host.libvirtd_pid, signal.SIGSTOP)
+        stopped = True
+        # Within a resync interval the main loop is stuck in libvirt: a silence of 3 s
+        # (systemd would have fired at 2 s) must come, and nothing but it.
+        deadline = time.monotonic() + 30
+        last = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - last < 3.0:
+            got = notifications(sock, min(deadline, last + 3.0))
+            if got:
+                last = got[-1][0]
+        assert time.monotonic() - last >= 3.0, "the stuck main loop went on petting"
+        os.kill(host.libvirtd_pid, signal.SIGCONT)
+        stopped = False
+        deadline = time.monotonic() + 10
+        while (msg := next_notification(sock, deadline)) not in ("", "WATCHDOG=1"):
+            pass
+        assert msg == "WATCHDOG=1", "no WATCHDOG=1 after the main loop turned again"
+        terminate(proc)
+        assert any(m.startswith("STOPPING=1") for _, m in notifications(
+            sock, time.monotonic() + 1)), "no STOPPING=1 on SIGTERM"
+    finally:
+        if stopped:
+            os.kill(host.libvirtd_pid, signal.SIGCONT)
+        if proc.poll() is None:
+            terminate(proc)
+        sock.close()

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from gridtool.bootstrap.rules import (
-    HOOK_MARKER,
+    HOOK_LINE,
     PACKAGE_LAYOUT,
-    PACKAGED_HOOK,
     Action,
     AddSpec,
     Deb,
@@ -31,7 +30,6 @@ from gridtool.bootstrap.rules import (
     check_wheelhouse,
     decide,
     hook_shim,
-    packaged_hook_shim,
     parse_deb_name,
     parse_facts,
     parse_ssh_target,
@@ -157,7 +155,8 @@ def test_hook_step_skipped_or_installed() -> None:
     assert decide(skipped, None, False) is Action.NOTE and "no libvirt hook" in skipped.note
     shim = hook_shim(Layout("/r"), "agents.hook")
     (hook,) = [s for s in plan_add(spec("/r", shim), HostFacts(False)) if s.name == "hook"]
-    assert hook.uploads[0].data == shim.encode() and "/r/etc/libvirt/hooks/qemu" in hook.title
+    assert hook.uploads[0].data == shim.encode()
+    assert "/r/etc/libvirt/hooks/qemu.d/gridtool" in hook.title
 
 
 FILES = ("wheel", "config", "hook", "unit")
@@ -190,10 +189,39 @@ def test_file_steps_apply_once_then_repair(tmp_path: Path) -> None:
 
 def test_remove_keeps_a_hook_that_is_not_ours(tmp_path: Path) -> None:
     lay = Layout(str(tmp_path))
-    Path(lay.hook).parent.mkdir(parents=True)
-    Path(lay.hook).write_text("#!/bin/sh\nexit 0\n")
+    site = Path(lay.legacy_hooks[0])  # hooks/qemu
+    site.parent.mkdir(parents=True)
+    site.write_text("#!/bin/sh\n# the site's own gridtool-aware hook\nexit 0\n")
     assert run_local(plan_remove(lay, HostFacts(False)), tmp_path) == [Action.OK, Action.OK]
-    assert Path(lay.hook).exists()
+    assert site.exists()
+
+
+def test_a_sites_own_hook_survives_add_and_remove_and_an_old_gridtool_hook_goes(
+        tmp_path: Path) -> None:
+    """libvirt >= 6.5 runs hooks/qemu and then hooks/qemu.d/*: ours goes into qemu.d, a
+    site's hooks/qemu is never touched; one an older gridtool put at hooks/qemu is
+    removed on add (else both would run) and on remove."""
+    root, stage = tmp_path / "root", tmp_path / "stage"
+    stage.mkdir()
+    lay = Layout(str(root))
+    the_spec = spec(str(root), hook=hook_shim(lay, "agents.hook"))
+    (hook_step,) = [s for s in plan_add(the_spec, HostFacts(False)) if s.name == "hook"]
+    site = Path(lay.legacy_hooks[0])
+    site.parent.mkdir(parents=True)
+    site_text = "#!/bin/sh\nlogger \"site hook $*\"\n"
+    site.write_text(site_text)
+    site.chmod(0o755)
+    assert run_local([hook_step], stage) == [Action.APPLY]
+    assert Path(lay.hook).parent.name == "qemu.d" and Path(lay.hook).stat().st_mode & 0o111
+    assert site.read_text() == site_text
+    run_local(plan_remove(lay, HostFacts(False)), stage)
+    assert site.read_text() == site_text and not Path(lay.hook).exists()
+    site.write_text(f"#!/bin/sh\n{HOOK_LINE} 'gridtool host add'\nexec true\n")  # an old one
+    assert run_local([hook_step], stage) == [Action.APPLY]
+    assert not site.exists() and Path(lay.hook).exists()
+    site.write_text(f"#!/bin/sh\n{HOOK_LINE} 'gridtool host add'\nexec true\n")
+    assert run_local(plan_remove(lay, HostFacts(False)), stage)[-1] is Action.APPLY
+    assert not site.exists() and not Path(lay.hook).exists()
 
 
 def test_direct_stop_kills_only_the_agent_of_this_config(tmp_path: Path) -> None:
@@ -314,7 +342,7 @@ def test_deb_names_are_checked() -> None:
 def test_a_deb_install_uses_apt_the_packaged_hook_and_the_packages_unit(systemd: bool) -> None:
     base = spec()
     deb_spec = AddSpec("hv1", "qemu:///system", "", b"", base.agent_conf, None,
-                       packaged_hook_shim(), PACKAGE_LAYOUT, debs=DEBS)
+                       None, PACKAGE_LAYOUT, debs=DEBS)
     steps = plan_add(deb_spec, HostFacts(systemd=systemd))
     names = [s.name for s in steps]
     assert names == ["libvirt", "deb", "config", "hook", "unit", "start"]
@@ -325,8 +353,9 @@ def test_a_deb_install_uses_apt_the_packaged_hook_and_the_packages_unit(systemd:
     assert deb.apply.endswith(f"--force-confold {common} {agent}")
     assert "install ok installed 0.1.0-1" in deb.check and "gridtool-common" in deb.check
     assert steps[4].apply is None and "package's own" in steps[4].note
-    hook = steps[3].uploads[0].data.decode()
-    assert hook.endswith(f'exec {PACKAGED_HOOK} "$@"\n') and HOOK_MARKER in hook
+    hook = steps[3]  # the package's own symlink, checked only
+    assert hook.apply is None and not hook.uploads
+    assert hook.check == "test -x /etc/libvirt/hooks/qemu.d/gridtool"
     start = steps[5]
     assert start.apply is not None
     assert ("systemctl restart" in start.apply) == systemd
@@ -382,7 +411,7 @@ def test_a_wheelhouse_needs_one_gridtool_wheel_and_its_constraints() -> None:
 
 def test_apt_installs_gridtool_agent_from_the_hosts_sources() -> None:
     apt_spec = AddSpec("hv1", "qemu:///system", "", b"", spec().agent_conf, None,
-                       packaged_hook_shim(), PACKAGE_LAYOUT, apt=True)
+                       None, PACKAGE_LAYOUT, apt=True)
     steps = plan_add(apt_spec, HostFacts(systemd=True))
     assert [s.name for s in steps] == ["libvirt", "apt", "config", "hook", "unit", "start"]
     apt = steps[1]

@@ -13,6 +13,7 @@ from gridtool.config import (
     SYSTEM_CONFIG,
     Config,
     choose_file,
+    credentials,
     load,
     read_file,
     render,
@@ -458,3 +459,38 @@ def test_render_with_password_file_keeps_only_the_path(
     text = render(cfg)
     assert "topsecret" not in text
     assert f"password_file = {pw}" in text
+
+
+# -- systemd credentials ($CREDENTIALS_DIRECTORY) ------------------------------
+
+
+def test_a_systemd_credential_replaces_the_configured_file(tmp_path: Path, env: dict,
+                                                           absent: Path) -> None:
+    """LoadCredential=password_file:... under DynamicUser: the file root keeps 0600 is
+    unreadable; the credential's copy is read instead (and a key credential likewise)."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "password_file").write_text("from-systemd\n")
+    (creds / "key").write_text("KEY")
+    conf = write(tmp_path, "[registry]\nuser = mgr\npassword_file = /nonexistent/pw\n"
+                           "key = /nonexistent/mgr.key\n")
+    cfg = load(str(conf), env={**env, "CREDENTIALS_DIRECTORY": str(creds)},
+               default_file=absent)
+    assert (cfg.password, cfg.password_file) == ("from-systemd", str(creds / "password_file"))
+    assert cfg.key == str(creds / "key") and cfg.cert is None
+    msg = config_error(str(conf), env=env, default_file=absent)  # outside systemd
+    assert msg == "setting 'password_file': cannot read it (No such file or directory)"
+
+
+def test_credentials_lose_to_flags_and_only_named_files_count(tmp_path: Path, env: dict,
+                                                              absent: Path) -> None:
+    creds = tmp_path / "creds"
+    (creds / "password").mkdir(parents=True)  # not a file setting: ignored
+    (creds / "password_file").write_text("cred")
+    flag = tmp_path / "flag.pw"
+    flag.write_text("flag")
+    cfg = load(overrides={"user": "u", "password_file": str(flag)}, default_file=absent,
+               env={**env, "CREDENTIALS_DIRECTORY": str(creds)})
+    assert cfg.password == "flag"
+    assert credentials({"CREDENTIALS_DIRECTORY": str(tmp_path / "none")}) == {}
+    assert credentials({}) == {}

@@ -5,6 +5,7 @@ snapshot never misses a restart that finishes while it is read."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -213,3 +214,43 @@ def test_without_a_storage_fencer_wired_there_is_no_storage_fencing() -> None:
                       power_fence=lambda h: Outcome(True, "off"))
     snap, _ = manager.snapshot()
     assert not snap.storage_fencer and snap.power_agents == {"hv1"}
+
+
+class _Unreachable(MemStore):
+    """A registry that never answers (etcd down)."""
+
+    def grant_lease(self, ttl: int) -> int:
+        from gridtool.errors import RegistryUnavailable
+
+        raise RegistryUnavailable("no etcd endpoint answered")
+
+
+class _CountedStop(threading.Event):
+    """A stop event that records each wait's timeout instead of sleeping, and is set
+    after ``limit`` waits."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        if len(self.waits) >= self.limit:
+            self.set()
+        return self.is_set()
+
+
+def test_a_candidate_that_cannot_reach_etcd_backs_off_with_jitter() -> None:
+    """After an etcd outage many candidates must not retry in lockstep: each failed turn
+    waits a random time under a doubling ceiling (0.5 s, 1 s, ... 5 s), not a fixed 0.5 s."""
+    waits: list[list[float]] = []
+    for _ in range(20):
+        stop = _CountedStop(8)
+        Manager(Config(), _Unreachable(lambda: 0.0), "m1", threaded=False).run(stop)
+        waits.append([w for w in stop.waits if w is not None])
+    assert all(len(w) == 8 for w in waits)
+    for n in range(8):
+        nth = [w[n] for w in waits]
+        assert all(0.0 <= d <= min(5.0, 0.5 * 2 ** n) for d in nth)
+        assert len(set(nth)) == 20  # twenty candidates, twenty different delays

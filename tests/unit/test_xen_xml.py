@@ -172,11 +172,12 @@ def test_host_add_installs_the_libxl_hook_for_a_xen_uri_and_remove_takes_both() 
                    "[agent]\nlibvirt_uri = xen:///system\n", "[Unit]\n", "#!/bin/sh\n",
                    layout)
     step = next(s for s in plan_add(spec, HostFacts(systemd=True)) if s.name == "hook")
-    assert "/etc/libvirt/hooks/libxl" in step.title and "hooks/qemu" not in step.apply
+    assert "/etc/libvirt/hooks/libxl.d/gridtool" in step.title and "hooks/qemu" not in step.apply
     libvirt_check = plan_add(spec, HostFacts(systemd=True))[0].check
     assert "xen:///system" in libvirt_check
     files = plan_remove(layout, HostFacts(systemd=True))[-1]
-    assert "/etc/libvirt/hooks/libxl" in files.apply and "/etc/libvirt/hooks/qemu" in files.apply
+    assert "/etc/libvirt/hooks/libxl.d/gridtool" in files.apply
+    assert "/etc/libvirt/hooks/qemu.d/gridtool" in files.apply
 
 
 def test_xen_uri_through_config(tmp_path: Path) -> None:

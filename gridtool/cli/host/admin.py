@@ -353,7 +353,6 @@ def _add_spec(app: AppContext, name: str, libvirt_uri: str, agent_endpoints: str
         Deb,
         Upload,
         check_debs,
-        packaged_hook_shim,
         render_unit,
         tls_settings,
     )
@@ -372,7 +371,7 @@ def _add_spec(app: AppContext, name: str, libvirt_uri: str, agent_endpoints: str
             except (ValueError, OSError) as exc:
                 raise UsageError(str(exc)) from None
         layout = PACKAGE_LAYOUT
-        hook: str | None = packaged_hook_shim()
+        hook: str | None = None  # the package installs it in hooks/qemu.d/ itself
         unit: str | None = None
         wheel_name, wheel = "", b""
     else:
@@ -388,7 +387,8 @@ def _add_spec(app: AppContext, name: str, libvirt_uri: str, agent_endpoints: str
         unit = render_unit(template, layout)
     tls = _tls_files(app.config, name)
     conf = _agent_config(app, name, libvirt_uri, agent_endpoints, user, password_file,
-                         layout.hook_socket if hook else None, tls_settings(layout, tls))
+                         layout.hook_socket if hook or kind in ("deb", "apt") else None,
+                         tls_settings(layout, tls))
     return AddSpec(name, libvirt_uri, wheel_name, wheel, conf, unit, hook, layout,
                    remote_python, tls, debs,
                    tuple(Upload(p.name, p.read_bytes()) for p in house), kind == "apt")

@@ -31,14 +31,12 @@ def run(app: AppContext, name: str, period: float, log_level: str) -> None:
     """
     import logging
     import signal
-    import sys
     import threading
 
-    from gridtool import supervise
+    from gridtool import logsetup, supervise
     from gridtool.ha.manager import Manager
 
-    logging.basicConfig(level=log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logsetup.configure(log_level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
