@@ -11,7 +11,8 @@ For one registry prefix and a list of hosts, ``plan`` says what must exist:
   shared ``fences/``, ``domains/`` and ``clones/`` (keyed by volume, uuid or template,
   not by host: etcd cannot restrict by value), and reads what an agent reads;
 - a manager role, granted to the hosts that run a manager candidate: reads everything,
-  writes intents for any host, guest settings, pools and the election keys.
+  writes intents for any host, guest settings, pools and the election keys;
+- a viewer user and role that only reads the prefix (``gridtool web serve``).
 
 ``repair_steps`` compares a plan with what etcd has and lists the changes that make
 etcd match (a second ``registry init`` repairs instead of failing).
@@ -118,6 +119,11 @@ def admin_user(prefix: str) -> str:
     return _scoped("gridtool-admin", prefix)
 
 
+def viewer_user(prefix: str) -> str:
+    """The read-only user (and role) of the web view."""
+    return _scoped("gridtool-viewer", prefix)
+
+
 def manager_role(prefix: str) -> str:
     return _scoped("gridtool-manager", prefix)
 
@@ -178,10 +184,11 @@ def plan(prefix: str, hosts: Iterable[str], managers: Iterable[str] = ()) -> Aut
     keys = Keys(prefix)
     names = sorted(set(hosts) | set(managers))
     managers = set(managers)
-    admin, manager = admin_user(prefix), manager_role(prefix)
+    admin, manager, viewer = admin_user(prefix), manager_role(prefix), viewer_user(prefix)
     roles = [Role(ROOT, ()), Role(admin, _admin_permissions(keys)),
-             Role(manager, _manager_permissions(keys))]
-    users = [User(ROOT, (ROOT,)), User(admin, (admin,))]
+             Role(manager, _manager_permissions(keys)),
+             Role(viewer, (Permission.on_prefix(keys.prefix, Access.READ),))]
+    users = [User(ROOT, (ROOT,)), User(admin, (admin,)), User(viewer, (viewer,))]
     for host in names:
         role = host_role(host, prefix)
         roles.append(Role(role, _host_permissions(keys, host)))

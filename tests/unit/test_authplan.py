@@ -18,6 +18,7 @@ from gridtool.auth.rules import (
     plan,
     prefix_end,
     repair_steps,
+    viewer_user,
 )
 from gridtool.registry.keys import DEFAULT_PREFIX, Keys
 
@@ -45,8 +46,8 @@ def test_prefix_end() -> None:
 
 
 def test_users_and_roles() -> None:
-    assert {u.name for u in P.users} == {ROOT, "gridtool-admin", "host-hv1", "host-hv10",
-                                         "host-hv2"}
+    assert {u.name for u in P.users} == {ROOT, "gridtool-admin", "gridtool-viewer",
+                                         "host-hv1", "host-hv10", "host-hv2"}
     assert P.user("host-hv2").roles == (host_role("hv2", DEFAULT_PREFIX),
                                         manager_role(DEFAULT_PREFIX))
     assert P.user("host-hv1").roles == (host_role("hv1", DEFAULT_PREFIX),)
@@ -67,6 +68,17 @@ def test_host_writes_its_own_keys(key: str) -> None:
                                  "/other/key"])
 def test_host_cannot_write_others(key: str) -> None:
     assert not P.permitted("host-hv1", key, write=True)
+
+
+@pytest.mark.parametrize("key", [K.host("hv1"), K.guest("hv1", "u1"), K.fence("v1"),
+                                 K.manager_status, K.pool("p"), K.guest_settings("u1")])
+def test_the_viewer_reads_every_key_and_writes_none(key: str) -> None:
+    """The web view's user (``gridtool web serve --user gridtool-viewer``)."""
+    viewer = viewer_user(DEFAULT_PREFIX)
+    assert viewer == "gridtool-viewer"
+    assert P.permitted(viewer, key, write=False)
+    assert not P.permitted(viewer, key, write=True)
+    assert not P.permitted(viewer, "/other/key", write=False)
 
 
 @pytest.mark.parametrize("key", [K.host("hv2"), K.fence("v"), K.guest_settings("u"),
