@@ -149,6 +149,12 @@ class Mirror:
             elif self._frozen is not None:
                 self._frozen.state = state
 
+    def touch(self) -> None:
+        """Wake the pages: something derived from the registry changed (the check)."""
+        with self._lock:
+            self.version += 1
+            self.on_change(self.version)
+
     @property
     def state(self) -> RegistryState:
         return self._state

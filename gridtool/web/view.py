@@ -11,17 +11,30 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar, cast
 
 from gridtool.registry.keys import Keys
-from gridtool.registry.model import GUEST_STATES, DecodeError, HostRecord, as_dict
-from gridtool.registry.store import Store
+from gridtool.registry.model import (
+    GUEST_STATES,
+    DecodeError,
+    GuestRecord,
+    HostRecord,
+    as_dict,
+    decode,
+)
+from gridtool.registry.store import Item, Store
 
 KINDS = ("ha", "pinned", "none", "fenced")  # "fenced": ha or pinned
 PER_PAGE = 100
 MAX_PER_PAGE = 500
+SHOWN_FENCES = 500  # the fence table's rows (fence list --json has them all)
+SHOWN_FINDINGS = 50
+PENDING_CHECK: dict[str, Any] = {"status": "PENDING", "summary": "not checked yet",
+                                 "findings": []}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,49 +51,141 @@ class Fleet:
     errors: list[dict[str, str]]
 
     def summary(self) -> dict[str, Any]:
-        """The page's top half (all but the guests, which go out a page at a time), with
-        the choices the guest filters offer."""
-        return {"revision": self.revision, "hosts": self.hosts, "fences": self.fences,
-                "pools": self.pools, "manager": self.manager, "check": self.check,
+        """The page's top half (all but the guests, which go out a page at a time; the
+        first fences and findings), with the choices the guest filters offer."""
+        findings = self.check.get("findings", [])
+        return {"revision": self.revision, "hosts": self.hosts,
+                "fences": self.fences[:SHOWN_FENCES], "fence_count": len(self.fences),
+                "pools": self.pools, "manager": self.manager,
+                "check": {**self.check, "findings": findings[:SHOWN_FINDINGS],
+                          "finding_count": len(findings)},
                 "errors": self.errors, "guest_count": len(self.guests),
                 "filters": {"host": sorted({g["host"] for g in self.guests}),
                             "state": list(GUEST_STATES), "pool": [p["name"] for p in self.pools],
                             "kind": list(KINDS)}}
 
 
-def fleet(store: Store, keys: Keys, now: float, member_count: int) -> Fleet:
-    """Read the fleet from ``store`` (a snapshot); ``now`` for report ages,
-    ``member_count``: etcd endpoints configured (for the check's quorum finding)."""
-    from gridtool.cli.common.fences import read_fence_rows
-    from gridtool.registry import fenceagents, hostconf, settings
-    from gridtool.registry.fleet import Registry, guest_view
+class Memo:
+    """Results of a pure function of one registry item, kept while the item's
+    ``mod_revision`` stays: a view of 10,000 guests decodes only what changed since the
+    last one. ``sweep()`` forgets the keys a build did not ask for (deleted ones)."""
 
-    listing = Registry(store, keys).listing()
-    live = frozenset(h.name for h in listing.hosts)
-    fences, fence_errors = read_fence_rows(store, keys)
-    fences.sort(key=lambda f: f["volume"])
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[Hashable, Any]] = {}
+        self._used: set[str] = set()
+
+    def __call__(self, item: Item, fn: Callable[[Item], T]) -> T:
+        return self.derive(item.key, item.mod_revision, lambda: fn(item))
+
+    def derive(self, name: str, stamp: Hashable, fn: Callable[[], T]) -> T:
+        """``fn()``, kept under ``name`` while ``stamp`` (what it depends on) stays."""
+        self._used.add(name)
+        hit = self._kept.get(name)
+        if hit is not None and hit[0] == stamp:
+            return cast(T, hit[1])
+        value = fn()
+        self._kept[name] = (stamp, value)
+        return value
+
+    def sweep(self) -> None:
+        self._kept = {k: v for k, v in self._kept.items() if k in self._used}
+        self._used = set()
+
+
+def fleet(store: Store, keys: Keys, now: float, memo: Memo | None = None,
+          check: dict[str, Any] | None = None) -> Fleet:
+    """Read the fleet from ``store`` (a snapshot); ``now`` for report ages; ``memo``
+    keeps decoded records between builds; ``check``: the last ``check_report``."""
+    from gridtool.registry import fenceagents, hostconf, settings
+
+    memo = memo or Memo()
+    hosts_found, errors = _decode_all(store, keys.hosts, memo, _host)
+    guests_found, guest_errors = _decode_all(store, keys.guests, memo, _guest_base)
+    errors += guest_errors
+    fences, fence_errors = _decode_all(store, keys.fences, memo, partial(_fence_row, keys))
+    errors += fence_errors
+    live = frozenset(h.name for h in hosts_found)
     ha = {u for u, s in settings.read_all(store, keys).items() if s.ha}
     members = _pool_members(store, keys)
     manager = _manager(store, keys)
     waits = (manager["status"] or {}).get("blocked", {})
     by_volume = {f["volume"]: f for f in fences}
     guests = []
-    for g in listing.guests:
-        row = guest_view(g, live)
-        kind = "none" if not g.fenced else "ha" if g.uuid in ha else "pinned"
-        row.update(kind=kind, pool=members.get(g.uuid),
-                   fences=[by_volume[v] for v in g.volumes if v in by_volume],
-                   waiting=waits.get(g.uuid) or waits.get(g.name))
-        guests.append(row)
+    for base, volumes, revision in guests_found:
+        uuid = base["uuid"]
+        kind = "none" if not base["fenced"] else "ha" if uuid in ha else "pinned"
+        held = tuple(by_volume[v] for v in volumes if v in by_volume)
+        fact = (base["host"] in live, kind, members.get(uuid),
+                waits.get(uuid) or waits.get(base["name"]))
+        # the row is kept while its record, its fences and these facts stay: most of
+        # 10,000 do, from one build to the next
+        guests.append(memo.derive(f"row {base['host']}/{uuid}",
+                                  (revision, fact, tuple(f["token"] for f in held)),
+                                  partial(_guest_row, base, fact, held)))
+    memo.sweep()
     guests.sort(key=lambda v: (v["name"], v["host"], v["uuid"]))
     powered = frozenset(fenceagents.read_all(store, keys))
     draining = hostconf.draining_hosts(store, keys)
-    hosts = host_rows([fenceagents.with_fencing(h, powered) for h in listing.hosts],
+    hosts = host_rows([fenceagents.with_fencing(h, powered) for h in hosts_found],
                       guests, fences, draining, now)
-    errors = [{"key": e.key, "error": e.reason} for e in listing.errors]
-    errors += [{"key": keys.fence(v), "error": msg} for v, msg in sorted(fence_errors.items())]
-    return Fleet(store.list(keys.prefix)[1], hosts, guests, fences, pool_rows(store, keys),
-                 manager, _check(store, keys, member_count), errors)
+    return Fleet(store.list(keys.hosts)[1], hosts, guests, fences, pool_rows(store, keys),
+                 manager, check or PENDING_CHECK, errors)
+
+
+def _decode_all(store: Store, prefix: str, memo: Memo, fn: Callable[[Item], T],
+                ) -> tuple[list[T], list[dict[str, str]]]:
+    """``fn`` of each item under ``prefix`` (memoised); the items that do not decode as
+    ``{"key", "error"}`` rows."""
+    found, errors = [], []
+    for item in store.list(prefix)[0]:
+        value = memo(item, partial(_or_error, fn))
+        if isinstance(value, DecodeError):
+            errors.append({"key": value.key, "error": value.reason})
+        else:
+            found.append(value)
+    return found, errors
+
+
+def _or_error(fn: Callable[[Item], T], item: Item) -> T | DecodeError:
+    try:
+        return fn(item)
+    except DecodeError as exc:
+        return exc
+
+
+def _guest_row(base: dict[str, Any], fact: tuple[bool, str, str | None, str | None],
+               held: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    live, kind, pool, waiting = fact
+    return {**base, "state": base["reported_state"] if live else "unknown", "kind": kind,
+            "pool": pool, "fences": list(held), "waiting": waiting}
+
+
+def _host(item: Item) -> HostRecord:
+    return decode(HostRecord, item.key, item.value)
+
+
+def _guest_base(item: Item) -> tuple[dict[str, Any], tuple[str, ...], int]:
+    """A guest as ``guest list --json`` shows it, before the fleet's state is known; its
+    shared volumes; the record's revision."""
+    g = decode(GuestRecord, item.key, item.value)
+    return ({**as_dict(g), "reported_state": g.state, "fenced": g.fenced}, g.volumes,
+            item.mod_revision)
+
+
+def _fence_row(keys: Keys, item: Item) -> dict[str, Any]:
+    """A fence as ``fence list --json`` shows it; DecodeError when it does not decode."""
+    from gridtool.fencing.rules import FenceError, Observed, observe
+
+    try:
+        obs = observe(item.key.removeprefix(keys.fences), item.value, item.mod_revision)
+    except FenceError as exc:  # a key that names no valid volume
+        raise DecodeError(item.key, str(exc)) from None
+    if not isinstance(obs, Observed):
+        raise DecodeError(item.key, getattr(obs, "error", "unreadable"))
+    f = obs.fence
+    return {"volume": f.volume, "guest": f.guest, "guest_name": f.guest_name,
+            "holder": f.holder, "token": obs.mod_revision, "since": f.since,
+            "kind": f.kind.value, "leased": bool(item.lease)}
 
 
 def host_rows(records: list[HostRecord], guests: list[dict[str, Any]],
@@ -157,7 +262,7 @@ def _manager(store: Store, keys: Keys) -> dict[str, Any]:
             "status": asdict(st) if st else None}
 
 
-def _check(store: Store, keys: Keys, member_count: int) -> dict[str, Any]:
+def check_report(store: Store, keys: Keys, member_count: int) -> dict[str, Any]:
     """``gridtool check --json``'s report on the snapshot (its endpoints: the last probe)."""
     from gridtool.health.checks import evaluate, unknown_report
     from gridtool.health.collect import collect

@@ -20,7 +20,7 @@ from gridtool.registry.records import encode as encode_record
 from gridtool.registry.store import Event, Item
 from gridtool.web.listen import Listen, parse_listen, refusal
 from gridtool.web.mirror import Mirror, RegistryState
-from gridtool.web.view import GuestQuery, QueryError, fleet, page_guests
+from gridtool.web.view import GuestQuery, Memo, QueryError, check_report, fleet, page_guests
 
 K = Keys()
 NOW = 1_800_000_000.0
@@ -62,7 +62,7 @@ def store() -> MemStore:
 
 
 def test_the_fleet_view_names_each_host_up_draining_or_lost(store: MemStore) -> None:
-    view = fleet(store, K, NOW, 1)
+    view = fleet(store, K, NOW)
     hosts = {h["name"]: h for h in view.hosts}
     assert [(h["name"], h["state"]) for h in view.hosts] == [
         ("hv1", "up"), ("hv2", "draining"), ("hv3", "lost")]
@@ -72,7 +72,7 @@ def test_the_fleet_view_names_each_host_up_draining_or_lost(store: MemStore) -> 
 
 
 def test_guests_carry_their_kind_pool_fences_and_the_state_to_show(store: MemStore) -> None:
-    guests = {g["name"]: g for g in fleet(store, K, NOW, 1).guests}
+    guests = {g["name"]: g for g in fleet(store, K, NOW).guests}
     assert guests["vm-ha"]["state"] == "unknown"  # its host is lost
     assert guests["vm-ha"]["reported_state"] == "running"
     assert {n: g["kind"] for n, g in guests.items()} == {
@@ -82,14 +82,14 @@ def test_guests_carry_their_kind_pool_fences_and_the_state_to_show(store: MemSto
 
 
 def test_the_check_reports_the_lost_host(store: MemStore) -> None:
-    check = fleet(store, K, NOW, 1).check
+    check = check_report(store, K, 1)
     assert check["status"] != "OK"
     assert any(f["subject"] == "hv3" for f in check["findings"])
 
 
 def test_a_corrupt_record_is_listed_not_raised(store: MemStore) -> None:
     store.put(K.guest("hv1", "bad"), b"{not json")
-    view = fleet(store, K, NOW, 1)
+    view = fleet(store, K, NOW)
     assert [e["key"] for e in view.errors] == [K.guest("hv1", "bad")]
     assert len(view.guests) == 4
 
@@ -105,7 +105,7 @@ def test_a_corrupt_record_is_listed_not_raised(store: MemStore) -> None:
     ({"q": "uuid-vm-pin"}, ["vm-pin"]),
 ])
 def test_guest_filters(store: MemStore, params: dict[str, str], names: list[str]) -> None:
-    page = page_guests(fleet(store, K, NOW, 1).guests, GuestQuery.parse(params))
+    page = page_guests(fleet(store, K, NOW).guests, GuestQuery.parse(params))
     assert [g["name"] for g in page["guests"]] == names
     assert page["total"] == len(names)
 
@@ -269,4 +269,26 @@ def test_the_record_json_the_view_reads_is_the_agents() -> None:
     """The view decodes what agents write (a guard against a field renamed on one side)."""
     s = MemStore(time.monotonic)
     s.put(K.host("hv1"), encode(host("hv1")))
-    assert fleet(s, K, NOW, 1).hosts[0]["agent_version"] == "1"
+    assert fleet(s, K, NOW).hosts[0]["agent_version"] == "1"
+
+
+def test_a_kept_build_follows_every_change(store: MemStore) -> None:
+    """With one Memo across builds (the server's), a row changes when its record, its
+    host's liveness, its settings or its fence change; and a deleted guest goes."""
+    memo = Memo()
+    first = {g["name"]: g for g in fleet(store, K, NOW, memo).guests}
+    assert first["vm-pin"]["state"] == "running" and first["vm-local"]["kind"] == "none"
+    store.delete(K.host("hv1"))
+    store.put(K.fence("aoe-2"), json.dumps(Fence("aoe-2", "hv2", "uuid-vm-pin", "vm-pin",
+                                                 FenceKind.PINNED, NOW).to_dict()).encode())
+    store.put(K.guest_settings("uuid-vm-ha"), encode_record(GuestSettings("uuid-vm-ha",
+                                                                          "vm-ha")))
+    store.delete(K.guest("hv2", "uuid-vm-local"))
+    again = {g["name"]: g for g in fleet(store, K, NOW, memo).guests}
+    assert again["vm-pin"]["state"] == "unknown"
+    assert [f["holder"] for f in again["vm-pin"]["fences"]] == ["hv2"]
+    assert again["vm-ha"]["kind"] == "pinned"
+    assert "vm-local" not in again
+    assert again["vm-pool"] is not first["vm-pool"] and again["vm-pool"]["state"] == "unknown"
+    kept = {g["name"]: g for g in fleet(store, K, NOW, memo).guests}
+    assert kept["vm-pool"] is again["vm-pool"]  # nothing changed: the same row
