@@ -217,16 +217,17 @@ def test_an_unreachable_registry_shows_a_banner_then_the_page_follows_again(
         admin: Any, page: Any, proxy: CuttableProxy, tmp_path: Path) -> None:
     proxy.cut()
     try:
-        wait_for(page, "() => document.body.dataset.registry === 'down'", timeout=30)
-        assert "Registry unreachable" in page.inner_text("#banner")
+        wait_for(page, "() => document.body.dataset.registry === 'down' && document"
+                       ".querySelector('#banner').textContent.includes('Registry unreachable')",
+                 timeout=30)
         shot(page, tmp_path, "web-registry-down")
         [record] = guest_records("made-while-cut")
         admin.put_guest(record)  # the server cannot see it yet
     finally:
         proxy.heal()
     try:
-        wait_for(page, "() => document.body.dataset.registry === 'up'", timeout=30)
-        assert page.is_hidden("#banner")
+        wait_for(page, "() => document.body.dataset.registry === 'up'"
+                       " && document.querySelector('#banner').hidden", timeout=30)
         wait_for(page, SHOWN, ["made-while-cut"])  # read afresh once back
     finally:
         admin.delete_guest(record.host, record.uuid)

@@ -102,8 +102,8 @@ function renderGuests(doc) {
   $("#next").disabled = doc.page >= doc.pages;
 }
 
-function renderFences(fences) {
-  $("#fence-count").textContent = `(${fences.length})`;
+function renderFences(fences, count) {
+  $("#fence-count").textContent = count > fences.length ? `(first ${fences.length} of ${count})` : `(${count})`;
   fill($("#fence-table tbody"), fences.map((f) => {
     const tr = row([f.volume, f.guest_name || f.guest, f.holder, f.token, f.kind, ago(f.since)]);
     tr.dataset.volume = f.volume;
@@ -136,7 +136,8 @@ function renderManager(m) {
 function renderCheck(check) {
   const findings = check.findings || [];
   $("#check").hidden = findings.length === 0;
-  $("#check-status").textContent = check.summary || check.status;
+  const more = check.finding_count > findings.length ? ` (first ${findings.length} of ${check.finding_count} findings)` : "";
+  $("#check-status").textContent = (check.summary || check.status) + more;
   $("#findings").replaceChildren(...findings.map((f) =>
     el("li", `${f.severity} ${f.code} ${f.kind} ${f.subject}: ${f.message}`, `sev-${f.severity}`)));
 }
@@ -196,7 +197,7 @@ async function refresh() {
       renderCheck(fleet.check);
       renderHosts(fleet.hosts);
       renderGuests(guests);
-      renderFences(fleet.fences);
+      renderFences(fleet.fences, fleet.fence_count);
       renderPools(fleet.pools);
       renderManager(fleet.manager);
       $("#revision").textContent = `registry revision ${fleet.revision}`;
@@ -212,11 +213,13 @@ async function refresh() {
 function connect() {
   const live = $("#live");
   const source = new EventSource("/events");
-  source.addEventListener("open", () => { live.textContent = "live"; live.className = "live on"; });
-  source.addEventListener("change", (ev) => {
-    renderRegistry(JSON.parse(ev.data).registry);
+  source.addEventListener("open", () => {
+    live.textContent = "live"; live.className = "live on";
     refresh();
   });
+  // the event only says "look again": what the page shows comes from the fetch that
+  // follows (an older fetch still under way is followed by one more)
+  source.addEventListener("change", () => refresh());
   // EventSource reconnects by itself (the server asks for 1 s); say so meanwhile.
   source.addEventListener("error", () => { live.textContent = "reconnecting"; live.className = "live off"; });
 }
