@@ -1,4 +1,5 @@
-"""Where ``gridtool web serve`` may listen, and what a non-local address requires (pure)."""
+"""Where ``gridtool web serve`` may listen, what a non-local address requires, who may
+look (the basic-auth file) and the TLS files (pure)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,29 @@ def refusal(listen: Listen, tls: bool, basic_auth: bool, client_certs: bool) -> 
     if not (basic_auth or client_certs):
         return f"{where}: give --basic-auth-file or --client-ca (who may look)"
     return None
+
+
+def parse_users(text: str) -> dict[str, str]:
+    """A basic-auth file: one ``USER:PASSWORD`` a line (``#`` comments); ValueError."""
+    users = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f"line {number}: expected USER:PASSWORD")
+        users[user] = password
+    if not users:
+        raise ValueError("no USER:PASSWORD line")
+    return users
+
+
+@dataclass(frozen=True)
+class Tls:
+    """The server's certificate and key; ``client_ca``: require client certificates
+    signed by it."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None

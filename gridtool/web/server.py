@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gridtool import supervise
 from gridtool.registry.keys import Keys
+from gridtool.web.listen import Tls
 from gridtool.web.mirror import Mirror, RegistryState, Snapshot
 from gridtool.web.view import (
     PENDING_CHECK,
@@ -161,22 +162,6 @@ class BasicAuth:
                                                             password.encode())
 
 
-def parse_users(text: str) -> dict[str, str]:
-    """A basic-auth file: one ``USER:PASSWORD`` a line (``#`` comments); ValueError."""
-    users = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, password = line.partition(":")
-        if not sep or not user or not password:
-            raise ValueError(f"line {number}: expected USER:PASSWORD")
-        users[user] = password
-    if not users:
-        raise ValueError("no USER:PASSWORD line")
-    return users
-
-
 def create_app(mirror: Mirror, views: Views, start: Callable[[], None],
                stop: Callable[[], None], users: dict[str, str] | None = None) -> Starlette:
     """The app; ``start``/``stop`` run the feed with the app's lifespan."""
@@ -247,16 +232,6 @@ async def _stream(hub: Hub, mirror: Mirror) -> AsyncIterator[str]:
 def _json(body: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(body, allow_nan=False, separators=(",", ":")), status,
                     headers=HEADERS, media_type="application/json")
-
-
-@dataclass(frozen=True)
-class Tls:
-    """The server's certificate and key; ``client_ca``: require client certificates
-    signed by it."""
-
-    cert: str
-    key: str
-    client_ca: str | None = None
 
 
 def serve(app: Starlette, sock: socket.socket, tls: Tls | None,

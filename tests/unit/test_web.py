@@ -18,7 +18,7 @@ from gridtool.registry.model import Disk, GuestRecord, HostRecord, encode
 from gridtool.registry.records import GuestSettings
 from gridtool.registry.records import encode as encode_record
 from gridtool.registry.store import Event, Item
-from gridtool.web.listen import Listen, parse_listen, refusal
+from gridtool.web.listen import Listen, parse_listen, parse_users, refusal
 from gridtool.web.mirror import Mirror, RegistryState
 from gridtool.web.view import GuestQuery, Memo, QueryError, check_report, fleet, page_guests
 
@@ -218,8 +218,6 @@ def test_the_cli_refuses_a_wide_listen_without_tls_in_one_line() -> None:
 
 
 def test_basic_auth_file() -> None:
-    from gridtool.web.server import parse_users
-
     assert parse_users("# who\nann:s3cret:with:colons\n\nbob:pw\n") == {
         "ann": "s3cret:with:colons", "bob": "pw"}
     for bad in ("", "# only\n", "ann\n", ":pw\n", "ann:\n"):

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import click
 
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.errors import UsageError
+from gridtool.errors import GridtoolError, UsageError
 from gridtool.web.listen import DEFAULT_LISTEN
 
 if TYPE_CHECKING:
-    from gridtool.web.server import Tls
+    from gridtool.web.listen import Tls
 
 
 def _read(path: str, option: str) -> str:
@@ -62,7 +62,7 @@ def serve(app: AppContext, listen: str, tls_cert: str | None, tls_key: str | Non
           --user gridtool-viewer --password-file creds/gridtool-viewer.password
     """
     from gridtool.web import listen as rules
-    from gridtool.web.server import Tls, parse_users
+    from gridtool.web.listen import Tls, parse_users
 
     try:
         where = rules.parse_listen(listen)
@@ -107,7 +107,12 @@ def _run(app: AppContext, sock: socket.socket, tls: Tls | None,
          users: dict[str, str] | None) -> None:
     from gridtool.web.feed import Feed
     from gridtool.web.mirror import Mirror
-    from gridtool.web.server import Views, create_app, serve
+
+    try:
+        from gridtool.web.server import Views, create_app, serve
+    except ImportError as exc:  # e.g. the Debian package, which does not vendor them yet
+        raise GridtoolError(f"gridtool web serve needs starlette and uvicorn ({exc}): "
+                            "pip install 'starlette==1.10.0' 'uvicorn==0.54.0'") from None
 
     cfg = app.config
     mirror = Mirror(cfg.keys.prefix)
