@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,30 @@ def test_https_with_client_certificates(cfg: Config, tls: Path) -> None:
             fetch(url + "api/fleet", context)  # no certificate: the handshake fails
         context.load_cert_chain(str(tls / "viewer.crt"), str(tls / "viewer.key"))
         assert fetch(url + "api/fleet", context) == 200
+
+
+def test_the_viewer_user_reads_the_prefix_and_writes_nothing(cfg: Config, store: Any,
+                                                             tmp_path: Path) -> None:
+    """``registry init``'s gridtool-viewer, in a real etcd with auth on."""
+    from dataclasses import replace
+
+    from gridtool.auth import shell as security
+    from gridtool.auth.credfiles import password_path, read_password, write_private
+    from gridtool.auth.rules import viewer_user
+    from gridtool.errors import AuthError
+    from gridtool.registry.etcdstore import EtcdStore
+
+    creds = tmp_path / "credentials"
+    write_private(password_path(creds, "root"),
+                  read_password(security.credentials_dir(cfg, None) / "root.password") or "")
+    security.init_registry(cfg, creds, [])
+    user = viewer_user(cfg.prefix)
+    store.put(cfg.keys.host("hv1"), b'{"v":1}')
+    viewer = EtcdStore(replace(cfg, user=user, password_file=None,
+                               password=read_password(password_path(creds, user))))
+    try:
+        assert viewer.get(cfg.keys.host("hv1")) is not None
+        with pytest.raises(AuthError, match="permission denied"):
+            viewer.put(cfg.keys.host("hv1"), b"{}")
+    finally:
+        viewer.close()
