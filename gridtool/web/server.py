@@ -63,9 +63,10 @@ class Views:
     """The fleet view of the mirror's current snapshot, built once per change and only
     when a page asks (on a worker thread), decoding only the records that changed.
 
-    ``gridtool check``'s findings come from their own thread, at most every
-    ``CHECK_EVERY`` seconds (and never more than a fifth of the time: on 10,000 guests
-    the check reads and judges everything again); pages are woken when they change."""
+    ``gridtool check``'s findings come from a thread of their own (``start``), every
+    ``CHECK_EVERY`` seconds and never more than a fifth of the time (on 10,000 guests the
+    check reads and judges everything again): a page's request never waits for it, nor
+    starts it. Pages are woken when the findings change."""
 
     CHECK_EVERY = 10.0
 
@@ -76,14 +77,20 @@ class Views:
         self._memo = Memo()
         self._cached: tuple[Snapshot, Fleet] | None = None
         self._check: dict[str, Any] = PENDING_CHECK
-        self._check_done = -float("inf")
-        self._check_cost = 0.0
-        self._checking = False
+        self._stop = threading.Event()
+        self._checker = supervise.thread(self._run_checks, "web check", logger=log)
+
+    def start(self) -> None:
+        self._checker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._checker.is_alive():
+            self._checker.join(timeout=30)
 
     def current(self) -> tuple[Snapshot, Fleet]:
         with self._lock:
             snap = self._mirror.frozen()
-            self._maybe_check(snap)
             if self._cached is None or self._cached[0] is not snap:
                 self._cached = snap, fleet(snap, self._keys, self._clock(), self._memo,
                                            self._check)
@@ -91,20 +98,18 @@ class Views:
                 self._cached = snap, replace(self._cached[1], check=self._check)
             return self._cached
 
-    def _maybe_check(self, snap: Snapshot) -> None:
-        wait = max(self.CHECK_EVERY, 5 * self._check_cost)
-        if not self._checking and time.monotonic() - self._check_done >= wait:
-            self._checking = True
-            supervise.start(self._run_check, "web check", (snap,), logger=log)
-
-    def _run_check(self, snap: Snapshot) -> None:
-        start = time.monotonic()
-        report = check_report(snap, self._keys, self._members)
-        with self._lock:
-            self._check, self._checking = report, False
-            self._check_done = time.monotonic()
-            self._check_cost = self._check_done - start
-        self._mirror.touch()
+    def _run_checks(self) -> None:
+        wait = 0.0
+        while not self._stop.wait(wait):
+            if not self._mirror.state.up and self._check is PENDING_CHECK:
+                wait = 1.0  # nothing read yet: no check of an empty copy
+                continue
+            start = time.monotonic()
+            report = check_report(self._mirror.frozen(), self._keys, self._members)
+            with self._lock:
+                self._check = report
+            self._mirror.touch()
+            wait = max(self.CHECK_EVERY, 5 * (time.monotonic() - start))
 
 
 class Hub:

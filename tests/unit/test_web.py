@@ -5,6 +5,7 @@ pages, what --listen requires, the basic-auth file; and the app's answers to bad
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -290,3 +291,26 @@ def test_a_kept_build_follows_every_change(store: MemStore) -> None:
     assert again["vm-pool"] is not first["vm-pool"] and again["vm-pool"]["state"] == "unknown"
     kept = {g["name"]: g for g in fleet(store, K, NOW, memo).guests}
     assert kept["vm-pool"] is again["vm-pool"]  # nothing changed: the same row
+
+
+def test_the_check_runs_on_its_own_thread_and_wakes_the_pages(store: MemStore) -> None:
+    from gridtool.web.server import Views
+
+    woken = threading.Event()
+    mirror = Mirror(K.prefix, lambda version: woken.set())
+    items, revision = store.list(K.prefix)
+    mirror.reset(items, revision)
+    woken.clear()
+    views = Views(mirror, K, 1)
+    assert views.current()[1].check["status"] == "PENDING"
+    mirror.set_state(RegistryState(up=True, error="", since=NOW))
+    views.start()
+    try:
+        deadline = time.monotonic() + 30
+        while views.current()[1].check["status"] == "PENDING":
+            assert time.monotonic() < deadline
+            woken.clear()
+            woken.wait(1)  # the check's touch() wakes it
+        assert any(f["subject"] == "hv3" for f in views.current()[1].check["findings"])
+    finally:
+        views.stop()

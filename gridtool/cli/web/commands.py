@@ -118,7 +118,16 @@ def _run(app: AppContext, sock: socket.socket, tls: Tls | None,
     mirror = Mirror(cfg.keys.prefix)
     feed = Feed(app.store, mirror)
     views = Views(mirror, cfg.keys, len(cfg.endpoints))
-    web_app = create_app(mirror, views, feed.start, feed.stop, users)
+
+    def start() -> None:
+        feed.start()
+        views.start()
+
+    def stop() -> None:
+        views.stop()
+        feed.stop()
+
+    web_app = create_app(mirror, views, start, stop, users)
 
     def announce(url: str) -> None:
         click.echo(url)
