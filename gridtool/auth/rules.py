@@ -13,7 +13,8 @@ For one registry prefix and a list of hosts, ``plan`` says what must exist:
 - a manager role, granted to the hosts that run a manager candidate: reads everything,
   writes intents for any host, guest settings, pools and the election keys;
 - a monitoring user and role (``gridtool-monitor``) that only reads the prefix: enough
-  for ``gridtool check`` and ``gridtool metrics serve`` (cron, Prometheus);
+  for ``gridtool check``, ``gridtool metrics serve`` (cron, Prometheus) and
+  ``gridtool web serve``;
 - per pool on request, a reporter user ``pool-<name>`` (an outside policy engine) whose
   role writes only that pool's load reports (``pools/<name>/samples/``) and its spec,
   where its desired size lives (etcd grants by key, not by field: it could change the

@@ -55,9 +55,10 @@ def _register_commands() -> None:
     from gridtool.cli.rebalance import rebalance
     from gridtool.cli.registry import registry
     from gridtool.cli.template import template
+    from gridtool.cli.web import web
 
     for command in (rebalance, host, guest, fence, manager, registry, lab, check, pool, metrics,
-                    completion, template, clone, intent):
+                    completion, template, clone, intent, web):
         cli.add_command(command)
 
 

@@ -413,7 +413,8 @@ class PrefixWatch:
             for ev in resp.events:
                 kind = "delete" if ev.type == _MVCC_DELETE else "put"
                 self._next_revision = ev.kv.mod_revision + 1
-                self._on_event(Event(kind, ev.kv.key.decode(), ev.kv.value, ev.kv.mod_revision))
+                self._on_event(Event(kind, ev.kv.key.decode(), ev.kv.value, ev.kv.mod_revision,
+                                     ev.kv.lease, ev.kv.create_revision))
             if resp.canceled:
                 return
 

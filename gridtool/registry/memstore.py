@@ -145,7 +145,7 @@ class MemStore:
             self._leases[lease].keys.add(op.key)
         created = old.create_revision if old is not None else self.revision
         self._items[op.key] = Item(op.key, op.value, self.revision, created, lease)
-        return Event("put", op.key, op.value, self.revision)
+        return Event("put", op.key, op.value, self.revision, lease, created)
 
     def _delete(self, key: str) -> Event:
         old = self._items.pop(key)

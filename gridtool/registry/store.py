@@ -24,12 +24,15 @@ class Item:
 
 @dataclass(frozen=True)
 class Event:
-    """A change seen by a watch: ``put`` (value set) or ``delete``."""
+    """A change seen by a watch: ``put`` (value set) or ``delete``; ``lease``: the lease
+    a put attached the key to (0: none), ``create_revision`` its creation (a put)."""
 
     kind: str
     key: str
     value: bytes
     revision: int
+    lease: int = 0
+    create_revision: int = 0
 
 
 @dataclass(frozen=True)

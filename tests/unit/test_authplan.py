@@ -72,12 +72,6 @@ def test_host_cannot_write_others(key: str) -> None:
     assert not P.permitted("host-hv1", key, write=True)
 
 
-@pytest.mark.parametrize("key", [K.host("hv2"), K.fence("v"), K.guest_settings("u"),
-                                 K.domain("u"), K.intent("hv1", "i")])
-def test_host_reads_what_an_agent_reads(key: str) -> None:
-    assert P.permitted("host-hv1", key, write=False)
-
-
 def test_host_does_not_read_other_hosts_intents() -> None:
     assert not P.permitted("host-hv1", K.intent("hv2", "i"), write=False)
     assert not P.permitted("host-hv1", K.guest("hv2", "u"), write=False)
