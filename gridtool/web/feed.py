@@ -77,7 +77,8 @@ class Feed:
         if not any(s.healthy for s in statuses):
             self._store.get(self._mirror.prefix)
         self._mirror.set_state(RegistryState(up=True, error="", since=self._since(True),
-                                             endpoints=statuses))
+                                             endpoints=statuses,
+                                             alarms=tuple(self._store.alarms())))
 
     def _down(self, error: str) -> None:
         if self._mirror.state.up or not self._mirror.state.since:

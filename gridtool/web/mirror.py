@@ -20,12 +20,14 @@ from gridtool.registry.store import Compare, Delete, EndpointStatus, Event, Item
 @dataclass(frozen=True)
 class RegistryState:
     """Whether the mirror follows the registry: ``up``; else why not (``error``) and since
-    when (``since``, epoch seconds). ``endpoints``: the last probe's answer per endpoint."""
+    when (``since``, epoch seconds). ``endpoints``: the last probe's answer per endpoint;
+    ``alarms``: the etcd alarms it saw raised (member, name)."""
 
     up: bool = False
     error: str = "not connected yet"
     since: float = 0.0
     endpoints: tuple[EndpointStatus, ...] = ()
+    alarms: tuple[tuple[str, str], ...] = ()
 
 
 class Snapshot:
@@ -56,6 +58,9 @@ class Snapshot:
 
     def status(self) -> builtins.list[EndpointStatus]:
         return list(self.state.endpoints)
+
+    def alarms(self) -> builtins.list[tuple[str, str]]:
+        return list(self.state.alarms)
 
     def unanswered_for(self) -> float:
         return 0.0 if self.state.up else float("inf")

@@ -17,6 +17,7 @@ from gridtool.cli.main import cli
 NO_RESULT = {
     "manager run": "a long-running service (logs, no result)",
     "metrics serve": "a long-running HTTP server",
+    "web serve": "a long-running HTTP server",
     "completion": "prints a shell script to source",
 }
 
