@@ -161,7 +161,7 @@ def one_line(done: subprocess.CompletedProcess, code: int, text: str) -> None:
 def test_add_repair_and_remove(sshd, wheelhouse, cfg, store, registry, lab_hosts, root):  # type: ignore[no-untyped-def]
     """``host add --wheelhouse`` as an admin runs it, from an installed gridtool (looking
     for a source tree fails): the venv gets exactly the locked versions, offline, and the
-    agent runs from it; then repair and remove."""
+    agent runs from it, with the host settings given to host add; then repair and remove."""
     lab = lab_hosts.add("hv1")
     add = ["host", "add", "hv1", *ssh_args(sshd, root, "--accept-new-host-key"),
            "--libvirt-uri", lab.libvirt_uri, "--wheelhouse", str(wheelhouse),
@@ -169,12 +169,16 @@ def test_add_repair_and_remove(sshd, wheelhouse, cfg, store, registry, lab_hosts
     lay = Layout(str(root))
 
     began = time.monotonic()
-    first = gridtool(cfg, *add, code=CLI_WITHOUT_SOURCE_TREE, timeout=600)
+    first = gridtool(cfg, *add, "--label", "ssd", "--overflow", code=CLI_WITHOUT_SOURCE_TREE,
+                     timeout=600)
     first_s = time.monotonic() - began
     assert first.returncode == 0, first.stderr
     assert "trusted a new host key" in first.stderr and "no systemd" in first.stderr
     assert "(offline, from the wheelhouse)" in first.stderr
     assert registry.get_host("hv1").libvirt_uri == lab.libvirt_uri
+    # the settings given to host add reached the installed agent, no agent.conf edit
+    wait_until(lambda: registry.get_host("hv1").labels == ("ssd", "overflow"), 10,
+               what="hv1's labels from host add --label/--overflow")
     installed = parse(subprocess.run(
         [f"{lay.venv}/bin/python", "-m", "pip", "list", "--format=freeze",
          "--disable-pip-version-check"], capture_output=True, text=True, check=True).stdout)

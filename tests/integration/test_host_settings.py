@@ -66,10 +66,8 @@ def test_host_add_sets_settings_and_a_second_add_keeps_them(cfg: Config, store, 
     from gridtool.lab.procs import free_port
     from gridtool.registry import hostconf
 
-    wheel = tmp_path / "gridtool-0.1.0-py3-none-any.whl"  # never copied: no host answers
-    wheel.write_bytes(b"")
-    closed = ["--ssh", f"root@127.0.0.1:{free_port()}", "--known-hosts",
-              str(tmp_path / "known_hosts"), "--wheel", str(wheel), "--timeout", "2"]
+    closed = ["--ssh", f"root@127.0.0.1:{free_port()}", "--known-hosts",  # no host answers
+              str(tmp_path / "known_hosts"), "--apt", "--timeout", "2"]
     code, _, err = run_cli(cfg, capsys, "host", "add", "hv2", *closed, "--label", "ssd",
                            "--overflow", "--watchdog", "/dev/watchdog")
     assert code == 8 and err.count("\n") == 1, err  # no host there: the settings wait
