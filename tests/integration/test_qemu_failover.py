@@ -5,7 +5,9 @@ The manager suspects hv1 (``suspect_after``), PREEMPTs its key, revokes its leas
 restarts the guest on hv2 while the old copy still runs; from the preempt on, the old
 copy's writes are refused (EPERM through hv1's initiator), and the storage checker,
 reading the LUN through the target, finds no record of the old boot written after the
-fence and none after the new boot began."""
+fence and none after the new boot began. TTL 15 s: the agent's own self-fence (7-12 s
+after the cut) then comes well after the preempt (about 3 s), so the old copy is alive
+and writing when it is fenced."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def test_a_partitioned_hosts_live_copy_is_fenced_at_the_storage(
     why = qemu.unavailable()
     if why:
         pytest.skip(f"QEMU cannot run here: {why}")
-    with ha_guest_lab(tmp_path, cfg, "storage", ttl=10,
+    with ha_guest_lab(tmp_path, cfg, "storage", ttl=15,
                       suspect_after=2.0, hosts=2) as lab:
         began = time.monotonic()
         seen = lab.watch(lab.proxy.cut, settle=1.0)

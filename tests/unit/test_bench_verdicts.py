@@ -219,24 +219,25 @@ def test_chaos_fails_on_an_overlap_a_lost_guest_a_failed_check_or_its_own_rule()
 
 
 def _qemu_round(check_ok: bool = True, writes: int | None = 0, overlaps: int = 0,
-                elsewhere: bool = True) -> dict:
+                elsewhere: bool = True, fence: str = "storage") -> dict:
     marks = {"running_elsewhere": 4.0} if elsewhere else {}
-    return {**marks, "check_ok": check_ok, "writes_after_fence": writes,
+    return {**marks, "check_ok": check_ok, "writes_after_fence": writes, "fence": fence,
             "overlaps": overlaps, "overlap_s": 0.1 * overlaps}
 
 
 def test_qemu_failover_judges_the_checker_writes_after_the_fence_and_overlap() -> None:
     qemu = bench("failover_qemu")
-    good = [_qemu_round(), _qemu_round(writes=None)]  # None: no fence recorded (timed)
-    assert qemu.judge({"power_off": good, "partition": good}, "storage", False).ok
-    assert not qemu.judge({"partition": [_qemu_round(writes=1)]}, "storage", False).ok
-    assert not qemu.judge({"partition": [_qemu_round(check_ok=False)]}, "storage", False).ok
-    assert not qemu.judge({"partition": [_qemu_round(elsewhere=False)]}, "storage", False).ok
+    good = [_qemu_round(), _qemu_round(writes=None, fence="")]  # timed: no fence recorded
+    assert qemu.judge({"power_off": good, "partition": good}, False).ok
+    assert not qemu.judge({"partition": [_qemu_round(writes=1)]}, False).ok
+    assert not qemu.judge({"partition": [_qemu_round(check_ok=False)]}, False).ok
+    assert not qemu.judge({"partition": [_qemu_round(elsewhere=False)]}, False).ok
     # a storage-fenced old copy may still run (its writes refused); without one, no overlap
-    assert qemu.judge({"partition": [_qemu_round(overlaps=3)]}, "storage", False).ok
-    assert not qemu.judge({"partition": [_qemu_round(overlaps=3)]}, "power", False).ok
+    assert qemu.judge({"partition": [_qemu_round(overlaps=3)]}, False).ok
+    assert not qemu.judge({"partition": [_qemu_round(overlaps=3, fence="power")]}, False).ok
+    assert not qemu.judge({"migrate_kill": [_qemu_round(overlaps=1, fence="")]}, True).ok
     # a fault that need not move the guest is judged by the checker alone
-    assert qemu.judge({"leader_stop": [_qemu_round(elsewhere=False)]}, "storage", True).ok
+    assert qemu.judge({"leader_stop": [_qemu_round(elsewhere=False, fence="")]}, True).ok
 
 
 def test_writes_after_the_fence_count_the_old_boots_later_records_only() -> None:
