@@ -145,11 +145,14 @@ class FailoverLab:
         old_gone = old_gone or (lambda: not self.running("hv1"))
         limit = timeout if timeout is not None else 4 * self.cfg.ttl + BOOT_S
         with DoubleRunChecker(lambda: self.hosts.conns, interval=0.05) as checker:
-            began = time.monotonic()
+            began, began_wall = time.monotonic(), time.time()
             fault()
 
-            def mark(name: str) -> None:
-                seen.marks.setdefault(name, round(time.monotonic() - began, 3))
+            def mark(name: str, at: float | None = None) -> None:
+                """``name`` happened now, or at wall-clock ``at`` (the manager's record:
+                exact, where a poll stuck in a slow libvirt call would be late)."""
+                seen.marks.setdefault(name, round(
+                    time.monotonic() - began if at is None else at - began_wall, 3))
 
             def progressed() -> bool:
                 try:  # an etcd member stalled by the fault: ask again next time
@@ -159,14 +162,17 @@ class FailoverLab:
                 except GridtoolError:
                     return False
                 if record is not None and record.suspected_at:
-                    mark("suspected")
+                    mark("suspected", record.suspected_at)
                 if record is not None and record.state in ("power", "storage") \
                         and "fenced" not in seen.marks:
-                    mark("fenced")
+                    mark("fenced", record.power_at if record.state == "power"
+                         else record.storage_at)
+                    polled = time.monotonic() - began
                     seen.fence = record.state
                     seen.seq_at_fence = last_seq(self.records(), seen.old_boot)
                     seen.fence_read_lag_s = round(time.monotonic() - began
                                                   - seen.marks["fenced"], 3)
+                    seen.notes["fence_seen_lag_s"] = f"{polled - seen.marks['fenced']:.3f}"
                 if old_gone():
                     mark("old_stopped")
                 if self.elsewhere():
