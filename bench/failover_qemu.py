@@ -100,9 +100,9 @@ def leader_stop(lab: FailoverLab, cluster: EtcdCluster, hold: float) -> Watch:
                         10, what="the etcd leader")
     timer = threading.Timer(hold, os.kill, (leader.pid, signal.SIGCONT))
     try:
-        return lab.watch(lambda: (os.kill(leader.pid, signal.SIGSTOP), timer.start()),
-                         old_gone=lambda: True, timeout=hold + 2 * lab.cfg.ttl,
-                         recovery=False)
+        return without_old_stop(lab.watch(
+            lambda: (os.kill(leader.pid, signal.SIGSTOP), timer.start()),
+            old_gone=lambda: True, timeout=hold + 2 * lab.cfg.ttl, recovery=False))
     finally:
         timer.cancel()
         os.kill(leader.pid, signal.SIGCONT)
@@ -125,10 +125,16 @@ def migrate_kill(lab: FailoverLab) -> Watch:
         thread.join(120)
         lab.hosts.restart_libvirtd("hv2")
 
-    seen = lab.watch(fault, old_gone=lambda: True, settle=5.0, timeout=2 * lab.cfg.ttl,
-                     recovery=False)
+    seen = without_old_stop(lab.watch(fault, old_gone=lambda: True, settle=5.0,
+                                      timeout=2 * lab.cfg.ttl, recovery=False))
     seen.notes["migration"] = result[0].state.value if result else "hung"
     seen.notes["running_on"] = ",".join(h for h in lab.hosts.hosts if lab.running(h))
+    return seen
+
+
+def without_old_stop(seen: Watch) -> Watch:
+    """A fault that need not stop the old copy: its ``old_stopped`` mark means nothing."""
+    seen.marks.pop("old_stopped", None)
     return seen
 
 
