@@ -47,6 +47,22 @@ def print_table(title: str, rows: Sequence[Sequence[Any]], header: Sequence[str]
             print("  ".join("-" * w for w in widths))
 
 
+def phase_split(marks: dict[str, float], fenced: str = "fenced") -> dict[str, float]:
+    """Where a failover's time went, from its marks (seconds after the fault): detection
+    (``suspected``, else ``detected``), the fence after it (mark ``fenced``), the restart
+    after the fence (or after detection without one: ``running_elsewhere``)."""
+    detect = marks.get("suspected", marks.get("detected"))
+    if detect is None or "running_elsewhere" not in marks:
+        return {}
+    fence_at = marks.get(fenced)
+    phases = {"phase_detect_s": detect}
+    if fence_at is not None:
+        phases["phase_fence_s"] = fence_at - detect
+    phases["phase_restart_s"] = marks["running_elsewhere"] - (detect if fence_at is None
+                                                              else fence_at)
+    return phases
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
@@ -84,14 +100,15 @@ def lab_etcd(members: int = 1, prefix: str = "gridtool-bench-") -> Iterator[tupl
             cluster.stop()
 
 
-def on_qemu_lab(name: str, run: Any, args: Any) -> int:
-    """``run(base, cluster, args)`` with a real etcd, or exit code 2 (and why) when QEMU
-    cannot run on this machine: the entry point of the real-QEMU benchmarks."""
+def on_qemu_lab(name: str, run: Any, args: Any, members: int = 1) -> int:
+    """``run(base, cluster, args)`` with a real etcd of ``members`` members, or exit code 2
+    (and why) when QEMU cannot run on this machine: the entry point of the real-QEMU
+    benchmarks."""
     from gridtool.lab import qemu
 
     why = qemu.unavailable()
     if why:
         print(f"{name}: QEMU cannot run here: {why}", file=sys.stderr)
         return 2
-    with lab_etcd(prefix=f"gt-{name.replace('_', '-')}-") as (base, cluster):
+    with lab_etcd(members, prefix=f"gt-{name.replace('_', '-')}-") as (base, cluster):
         return run(base, cluster, args)

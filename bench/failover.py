@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
-from benchlib import lab_etcd, print_table, summary_ms, write_json
+from benchlib import lab_etcd, phase_split, print_table, summary_ms, write_json
 from verdict import Verdict
 
 from agents.heartbeat import HEARTBEAT_S, Heartbeat
@@ -186,18 +186,8 @@ def _fault_and_measure(hosts: LabHosts, store: EtcdStore, cfg: Config, proxy: Cu
 
 
 def _phases(marks: dict[str, float]) -> dict[str, float]:
-    """Where the time went: detection (suspected, else the host record gone), the fence
-    after it, the restart after the fence (or after detection without one)."""
-    detect = marks.get("suspected", marks.get("detected"))
-    if detect is None or "running_elsewhere" not in marks:
-        return {}
-    fenced = marks.get("power_fenced")
-    phases = {"phase_detect_s": detect}
-    if fenced is not None:
-        phases["phase_fence_s"] = fenced - detect
-    phases["phase_restart_s"] = marks["running_elsewhere"] - (detect if fenced is None
-                                                              else fenced)
-    return phases
+    """Where the time went (:func:`benchlib.phase_split`; the fence: the power fence)."""
+    return phase_split(marks, "power_fenced")
 
 
 #: The fence step after the lease is gone: the lab agent's off and status, a Python

@@ -164,10 +164,11 @@ class QemuHosts:
     """Real QEMU hosts for tests and benchmarks: namespaced daemons, a shared disk dir,
     agents as real processes; with ``luns`` also the lab's iSCSI target (tgtd) with that
     many LUNs and one initiator per host (:meth:`lun`); ``close()`` stops every guest,
-    agent, daemon, initiator and the target."""
+    agent, daemon, initiator and the target. Each host gets the lab's power fence agent
+    unless not ``power_fence``."""
 
     def __init__(self, base: Path, cfg: Config, cache: Path | None = None,
-                 luns: int = 0) -> None:
+                 luns: int = 0, power_fence: bool = True) -> None:
         self.base = base
         self.cfg = cfg
         self.image = guest_image(cache)
@@ -182,7 +183,7 @@ class QemuHosts:
         self.shared.mkdir(parents=True, exist_ok=True)
         self.serial = base / "serial"
         self.serial.mkdir(parents=True, exist_ok=True)
-        self._bed = LabHosts(base, cfg)  # agents, connections, clean-up
+        self._bed = LabHosts(base, cfg, power_fence)  # agents, connections, clean-up
         self.hosts: dict[str, QemuHost] = self._bed.hosts  # type: ignore[assignment]
 
     def add(self, name: str) -> QemuHost:

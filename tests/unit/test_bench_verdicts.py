@@ -216,3 +216,37 @@ def test_chaos_fails_on_an_overlap_a_lost_guest_a_failed_check_or_its_own_rule()
         assert not verdict.ok and verdict.exit_code() == 1
         assert any(target in c.name for c in verdict.failed), verdict.failed
     assert not chaos.judge(report(rounds=[])).ok  # nothing ran: nothing proven
+
+
+def _qemu_round(check_ok: bool = True, writes: int | None = 0, overlaps: int = 0,
+                elsewhere: bool = True, fence: str = "storage") -> dict:
+    marks = {"running_elsewhere": 4.0} if elsewhere else {}
+    return {**marks, "check_ok": check_ok, "writes_after_fence": writes, "fence": fence,
+            "overlaps": overlaps, "overlap_s": 0.1 * overlaps}
+
+
+def test_qemu_failover_judges_the_checker_writes_after_the_fence_and_overlap() -> None:
+    qemu = bench("failover_qemu")
+    good = [_qemu_round(), _qemu_round(writes=None, fence="")]  # timed: no fence recorded
+    assert qemu.judge({"power_off": good, "partition": good}, False).ok
+    assert not qemu.judge({"partition": [_qemu_round(writes=1)]}, False).ok
+    assert not qemu.judge({"partition": [_qemu_round(check_ok=False)]}, False).ok
+    assert not qemu.judge({"partition": [_qemu_round(elsewhere=False)]}, False).ok
+    # a storage-fenced old copy may still run (its writes refused); without one, no overlap
+    assert qemu.judge({"partition": [_qemu_round(overlaps=3)]}, False).ok
+    assert not qemu.judge({"partition": [_qemu_round(overlaps=3, fence="power")]}, False).ok
+    assert not qemu.judge({"migrate_kill": [_qemu_round(overlaps=1, fence="")]}, True).ok
+    # a fault that need not move the guest is judged by the checker alone
+    assert qemu.judge({"leader_stop": [_qemu_round(elsewhere=False, fence="")]}, True).ok
+
+
+def test_writes_after_the_fence_count_the_old_boots_later_records_only() -> None:
+    from gridtool.lab.diskcheck import Record
+    from tests.harness.qemu_failover import last_seq, writes_after
+
+    records = [Record(n, boot, seq, 0, 0.0, "u") for n, (boot, seq) in enumerate(
+        [("old", 1), ("old", 2), ("old", 5), ("new", 1), ("old", 9)])]
+    assert last_seq(records, "old") == 9 and last_seq(records, "gone") == 0
+    assert writes_after(records, "old", 2) == 2
+    assert writes_after(records, "old", 9) == 0
+    assert writes_after(records, "new", 0) == 1
