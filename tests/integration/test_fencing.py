@@ -198,7 +198,7 @@ def test_race_exactly_one_winner_per_round(lab_hosts, store, cfg, registry):  # 
     hosts_with_guest(lab_hosts, names)
     wait_registered(registry, names)
     client = IntentClient(store, cfg.keys)
-    rounds = 200
+    rounds = 100  # 500 contested starts (the chaos tier and the unit properties race more)
     winners = []
     with DoubleRunChecker(lambda: lab_hosts.conns) as checker:
         for _ in range(rounds):
