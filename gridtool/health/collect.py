@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gridtool.fencing.rules import FenceKind, Observed, Unreadable
 from gridtool.fencing.shell import read_all_fences, read_host_fences
@@ -60,14 +61,8 @@ def collect(store: Store, keys: Keys, member_count: int,
                                    ha=obs.fence.kind is FenceKind.HA))
         elif isinstance(obs, Unreadable):
             corrupt.append(CorruptRecord(keys.fence(volume), obs.error))
-    intents = []
-    for item in store.list(keys.all_intents)[0]:
-        try:
-            intent = decode(Intent, item.key, item.value)
-        except DecodeError as exc:
-            corrupt.append(CorruptRecord(item.key, exc.reason))
-            continue
-        intents.append(IntentObs(intent.host, intent.id, intent.created, intent.state))
+    intents = [IntentObs(i.host, i.id, i.created, i.state)
+               for i in _decoded(store, keys.all_intents, Intent, corrupt)]
     leader = store.get(keys.manager_leader)
     running = {g.uuid for g in listing.guests if g.state == "running" and g.host in live}
     pools = _pools(store, keys, running, corrupt)
@@ -88,16 +83,23 @@ def collect(store: Store, keys: Keys, member_count: int,
         violations=tuple(violations), certs=tuple(read_cert(p) for p in cert_files))
 
 
-def _violations(store: Store, keys: Keys, corrupt: list[CorruptRecord]) -> list[ViolationObs]:
+T = TypeVar("T", bound=Any)
+
+
+def _decoded(store: Store, prefix: str, kind: type[T], corrupt: list[CorruptRecord]) -> list[T]:
+    """Every record under ``prefix`` that decodes as ``kind``; the others go to ``corrupt``."""
     found = []
-    for item in store.list(keys.violations)[0]:
+    for item in store.list(prefix)[0]:
         try:
-            v = decode(Violation, item.key, item.value)
+            found.append(decode(kind, item.key, item.value))
         except DecodeError as exc:
             corrupt.append(CorruptRecord(item.key, exc.reason))
-            continue
-        found.append(ViolationObs(v.host, v.name or v.guest, v.volume, v.holder, v.action, v.at))
     return found
+
+
+def _violations(store: Store, keys: Keys, corrupt: list[CorruptRecord]) -> list[ViolationObs]:
+    return [ViolationObs(v.host, v.name or v.guest, v.volume, v.holder, v.action, v.at)
+            for v in _decoded(store, keys.violations, Violation, corrupt)]
 
 
 def cert_files(ca_cert: str | None, cert: str | None) -> list[Path]:
