@@ -376,7 +376,9 @@ class Agent:
         plan = plan_sync(observed, stored)
         deletes = tuple(sorted(set(plan.deletes) | (bad_uuids - set(observed))))
         self.registry.write_guests(plan.puts + tuple(
-            observed[u] for u in sorted(bad_uuids & set(observed))), deletes, self.host)
+            observed[u] for u in sorted(bad_uuids & set(observed))), deletes, self.host, stored)
+        if self._adopting:  # once a start: records written before the guest index get theirs
+            self.registry.index_guests(tuple(observed.values()))
         for rec in plan.puts:
             log.info("event=guest_synced host=%s guest=%s uuid=%s state=%s",
                      self.host, rec.name, rec.uuid, rec.state)

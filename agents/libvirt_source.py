@@ -137,7 +137,8 @@ class LibvirtSource:
     # -- descriptions --------------------------------------------------------
 
     def node(self) -> dict:
-        """Hypervisor type, CPUs, total and free memory (MiB)."""
+        """Hypervisor type, CPUs, total and free memory (MiB), how many guests libvirt has
+        and how many of them run (``host list`` shows these without reading guests)."""
         conn = self._require()
         info = conn.getInfo()
         hypervisor = conn.getType().lower()
@@ -148,7 +149,10 @@ class LibvirtSource:
         else:
             free_mib = conn.getFreeMemory() // (1024 * 1024)
         return {"hypervisor": hypervisor, "cpus": int(info[2]), "memory_mib": int(info[1]),
-                "free_memory_mib": int(free_mib)}
+                "free_memory_mib": int(free_mib),
+                "guests": conn.numOfDomains() + conn.numOfDefinedDomains(),
+                "running_guests": len(conn.listAllDomains(
+                    libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING))}
 
     def guests(self, host: str) -> dict[str, GuestRecord]:
         """Every domain libvirt knows (running or defined), by uuid."""

@@ -8,8 +8,9 @@ For one registry prefix and a list of hosts, ``plan`` says what must exist:
 - per host a user ``host-<name>`` whose role writes only that host's keys (its host
   record, its machine claim, its guests, its intents' outcomes, its violations, its
   ``dead/`` mark), the
-  shared ``fences/``, ``domains/`` and ``clones/`` (keyed by volume, uuid or template,
-  not by host: etcd cannot restrict by value), and reads what an agent reads;
+  shared ``fences/``, ``domains/``, ``clones/`` and ``guestindex/`` (keyed by volume,
+  uuid, template or guest name, not by host: etcd cannot restrict by value; an index
+  entry is checked against the guest record it points to), and reads what an agent reads;
 - a manager role, granted to the hosts that run a manager candidate: reads everything,
   writes intents for any host, guest settings, pools and the election keys;
 - a monitoring user and role (``gridtool-monitor``) that only reads the prefix: enough
@@ -192,6 +193,7 @@ def _host_permissions(keys: Keys, host: str) -> tuple[Permission, ...]:
         Permission(keys.dead_host(host), rw),                 # deletes its 'confirmed dead' mark
         Permission(keys.machine(host), rw),                   # which machine its name belongs to
         Permission.on_prefix(keys.host_guests(host), rw),
+        Permission.on_prefix(keys.guest_index, rw),           # by name: checked on each read
         Permission.on_prefix(keys.intents(host), rw),         # outcomes; clears old intents
         Permission.on_prefix(keys.violation(host, ""), rw),
         Permission.on_prefix(keys.fences, rw),                # fencing: any host may take a fence

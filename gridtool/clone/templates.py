@@ -108,7 +108,15 @@ def clones_of(store: Store, keys: Keys, template: str | None = None) -> list[Clo
 
 
 def find_clone(store: Store, keys: Keys, uuid: str) -> CloneRecord | None:
-    return next((c for c in clones_of(store, keys) if c.uuid == uuid), None)
+    """The clone record of guest ``uuid``: one read per template, not per clone."""
+    for item in store.list(keys.templates)[0]:
+        found = store.get(keys.clone(item.key.removeprefix(keys.templates), uuid))
+        if found is not None:
+            try:
+                return decode(CloneRecord, found.key, found.value)
+            except DecodeError:
+                return None
+    return None
 
 
 def put_clone(store: Store, keys: Keys, clone: CloneRecord) -> None:

@@ -205,6 +205,17 @@ class EtcdStore:
 
         return self._call(run)
 
+    def list_page(self, prefix: str, after: str, limit: int,
+                  revision: int = 0) -> tuple[builtins.list[Item], int]:
+        def run(c: pyetcd.Etcd3Client) -> tuple[builtins.list[Item], int]:
+            resp = c.get_range_response(after + "\0" if after else prefix,
+                                        _range_end(prefix.encode()), limit=limit,
+                                        revision=revision or None, sort_order="ascend")
+            return [_raw_item(kv) for kv in resp.kvs], resp.header.revision
+
+        items, now = self._call(run)
+        return items, revision or now
+
     def put(self, key: str, value: bytes, lease: int | None = None) -> int:
         resp = self._call(lambda c: c.put(key, value, lease=lease))
         return resp.header.revision

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gridtool.errors import NotFound
+from gridtool.registry.guestindex import entries, index_ops, located
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import (
     DecodeError,
@@ -14,10 +16,13 @@ from gridtool.registry.model import (
     Listing,
     as_dict,
     decode,
-    effective_state,
     encode,
+    guest_data,
 )
-from gridtool.registry.store import Compare, Delete, Put, Store
+from gridtool.registry.store import Compare, Delete, Item, Put, Store, scan
+
+#: Operations per transaction (etcd refuses more than 128 by default).
+TXN_OPS = 100
 
 
 @dataclass
@@ -63,19 +68,60 @@ class Registry:
     def list_guests(self) -> tuple[list[GuestRecord], list[DecodeError]]:
         return self._decode_all(GuestRecord, self.keys.guests)
 
+    def guest_data(self, host: str | None = None) -> Iterator[dict[str, Any] | DecodeError]:
+        """Every guest record (of ``host``), in key order (host, then uuid), as plain data
+        (``guest_data``) or the DecodeError of one that does not decode: read a page at
+        a time, never the whole fleet in memory."""
+        prefix = self.keys.host_guests(host) if host else self.keys.guests
+        for item in scan(self.store, prefix):
+            try:
+                yield guest_data(item.key, item.value)
+            except DecodeError as exc:
+                yield exc
+
     def write_guests(self, puts: tuple[GuestRecord, ...], deletes: tuple[str, ...],
-                     host: str) -> None:
-        """Apply a sync plan for ``host`` in one transaction per 100 operations."""
-        ops: list[Put | Delete] = [Put(self.keys.guest(g.host, g.uuid), encode(g)) for g in puts]
-        ops += [Delete(self.keys.guest(host, uuid)) for uuid in deletes]
-        for start in range(0, len(ops), 100):
-            self.store.txn([], ops[start:start + 100])
+                     host: str, before: Mapping[str, GuestRecord] | None = None) -> None:
+        """Apply a sync plan for ``host``, each guest's record and index entries in one
+        transaction (at most ``TXN_OPS`` operations each); ``before``: the host's records
+        the plan was made from (None: read them)."""
+        if before is None:
+            before = self.guests_of(host)[0]
+        groups = [[Put(self.keys.guest(g.host, g.uuid), encode(g)),
+                   *self._index_ops(host, g.uuid, before.get(g.uuid), g)] for g in puts]
+        groups += [[Delete(self.keys.guest(host, uuid)),
+                    *self._index_ops(host, uuid, before.get(uuid), None)] for uuid in deletes]
+        batch: list[Put | Delete] = []
+        for group in groups:
+            if batch and len(batch) + len(group) > TXN_OPS:
+                self.store.txn([], batch)
+                batch = []
+            batch += group
+        if batch:
+            self.store.txn([], batch)
 
     def put_guest(self, record: GuestRecord) -> None:
-        self.store.put(self.keys.guest(record.host, record.uuid), encode(record))
+        key = self.keys.guest(record.host, record.uuid)
+        before = self._decoded(self.store.get(key))
+        self.store.txn([], [Put(key, encode(record)),
+                            *self._index_ops(record.host, record.uuid, before, record)])
 
     def delete_guest(self, host: str, uuid: str) -> None:
-        self.store.delete(self.keys.guest(host, uuid))
+        key = self.keys.guest(host, uuid)
+        before = self._decoded(self.store.get(key))
+        self.store.txn([], [Delete(key), *self._index_ops(host, uuid, before, None)])
+
+    def forget_guests(self, host: str) -> None:
+        """Delete every guest record of ``host`` and their index entries."""
+        records, _ = self.guests_of(host)
+        self.write_guests((), tuple(sorted(records)), host, records)
+        self.store.delete_prefix(self.keys.host_guests(host))  # and those that do not decode
+
+    def index_guests(self, records: Sequence[GuestRecord]) -> None:
+        """(Re)write the index entries of ``records`` (an agent's first resync: records
+        written before the index existed get theirs)."""
+        puts = [Put(k, b"") for rec in records for k in sorted(entries(self.keys, rec))]
+        for start in range(0, len(puts), TXN_OPS):
+            self.store.txn([], puts[start:start + TXN_OPS])
 
     def listing(self) -> Listing:
         """Every host and guest record, with decode errors collected, not raised."""
@@ -84,15 +130,41 @@ class Registry:
         return Listing(hosts, guests, host_errors + guest_errors)
 
     def find_guest(self, name_or_uuid: str) -> list[GuestRecord]:
-        """Guests whose uuid or name is ``name_or_uuid`` (several if defined twice)."""
-        guests, _ = self.list_guests()
-        found = [g for g in guests if g.uuid == name_or_uuid.lower()]
-        found = found or [g for g in guests if g.name == name_or_uuid]
+        """Guests whose uuid or name is ``name_or_uuid`` (several if defined twice), by
+        the guest index: the reads of those guests' keys, whatever the fleet's size."""
+        uuid = name_or_uuid.lower()
+        found = self._indexed(uuid, lambda g: g.uuid == uuid) or self._indexed(
+            name_or_uuid, lambda g: g.name == name_or_uuid)
         if not found:
             raise NotFound(f"unknown guest {name_or_uuid!r}")
         return found
 
     # -- helpers -------------------------------------------------------------
+
+    def _index_ops(self, host: str, uuid: str, before: GuestRecord | None,
+                   after: GuestRecord | None) -> list[Put | Delete]:
+        return index_ops(self.keys, host, uuid, before.name if before else None, after)
+
+    def _decoded(self, item: Item | None) -> GuestRecord | None:
+        """The guest record in ``item``; None when there is none or it does not decode."""
+        try:
+            return None if item is None else decode(GuestRecord, item.key, item.value)
+        except DecodeError:
+            return None
+
+    def _indexed(self, term: str, match: Callable[[GuestRecord], bool]) -> list[GuestRecord]:
+        """The records the index lists under ``term`` that ``match`` (entries whose record
+        is gone, renamed or corrupt are passed over)."""
+        items, _ = self.store.list(self.keys.guest_lookup(term))
+        found = []
+        for item in items:
+            where = located(self.keys, term, item.key)
+            if where is None:
+                continue
+            record = self._decoded(self.store.get(self.keys.guest(*where)))
+            if record is not None and record.host == where[0] and match(record):
+                found.append(record)
+        return found
 
     def _decode_all(self, cls: type, prefix: str) -> tuple[list, list[DecodeError]]:
         items, _ = self.store.list(prefix)
@@ -112,5 +184,10 @@ def unknown_host(name: str) -> NotFound:
 
 def guest_view(guest: GuestRecord, live_hosts: frozenset[str]) -> dict:
     """A guest as listings show it: the record plus its effective state."""
-    return {**as_dict(guest), "state": effective_state(guest, live_hosts),
-            "reported_state": guest.state, "fenced": guest.fenced}
+    return view_of(as_dict(guest), live_hosts)
+
+
+def view_of(data: dict[str, Any], live_hosts: frozenset[str]) -> dict[str, Any]:
+    """``guest_view`` of a guest record's plain data (``guest_data``, ``as_dict``)."""
+    return {**data, "state": data["state"] if data["host"] in live_hosts else "unknown",
+            "reported_state": data["state"], "fenced": any(d["shared"] for d in data["disks"])}

@@ -39,6 +39,16 @@ class Keys:
         return f"{self.host_guests(host)}{uuid}"
 
     @property
+    def guest_index(self) -> str:
+        return f"{self.prefix}guestindex/"
+
+    def guest_lookup(self, term: str) -> str:
+        """The index entries of the guests named ``term`` or with uuid ``term``:
+        ``<term>/<host>/<uuid>``, empty, written with the guest record (``guest show``
+        reads one guest without scanning the fleet)."""
+        return f"{self.guest_index}{term}/"
+
+    @property
     def fences(self) -> str:
         return f"{self.prefix}fences/"
 

@@ -85,6 +85,12 @@ class MemStore:
                            key=lambda i: i.key)
             return found, self.revision
 
+    def list_page(self, prefix: str, after: str, limit: int,
+                  revision: int = 0) -> tuple[builtins.list[Item], int]:
+        """A page of ``list`` (``revision`` is ignored: the store keeps no history)."""
+        found, now = self.list(prefix)
+        return [i for i in found if i.key > after][:limit], revision or now
+
     def put(self, key: str, value: bytes, lease: int | None = None) -> int:
         self._write(lambda: [Put(key, value, lease)])
         return self.revision

@@ -76,6 +76,11 @@ class HostRecord:
         return self.watchdog or bool(self.fencing)
     machine_id: str = ""  # the machine the agent runs on ('' from agents before it was kept)
     instance: str = ""  # the agent process (random, new at each start)
+    #: Its guests and those running, as libvirt counted them when the agent last wrote
+    #: this record (it does after each burst of guest changes): what ``host list``
+    #: shows without reading a guest record. None from agents before they were kept.
+    guests: int | None = None
+    running_guests: int | None = None
 
 
 @dataclass(frozen=True)
@@ -167,8 +172,19 @@ def _schema(cls: type) -> tuple[tuple[str, bool], ...]:
 
 
 def _build(cls: type[R], key: str, data: dict[str, Any]) -> R:
+    kwargs = _fields(cls, key, data)
+    for name, value in kwargs.items():
+        if type(value) is list:  # JSON lists become the records' tuples
+            kwargs[name] = tuple(Disk(**d) for d in value) if name == "disks" \
+                else tuple(value)
+    return cls(**kwargs)
+
+
+def _fields(cls: type, key: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The checked fields of a record as JSON values (disks as dicts with their defaults
+    filled in); DecodeError naming ``key``."""
     kwargs: dict[str, Any] = {}
-    for name, required in _schema(cls):  # type: ignore[arg-type]  # mypy misses that a class is Hashable
+    for name, required in _schema(cls):
         if name in data:
             value = data[name]
             expected = _TYPES.get(name)
@@ -177,7 +193,13 @@ def _build(cls: type[R], key: str, data: dict[str, Any]) -> R:
                 and name != "state" else _coerce(key, name, value)
         elif required:
             raise DecodeError(key, f"missing field {name!r}")
-    return cls(**kwargs)
+    return kwargs
+
+
+def guest_data(key: str, raw: bytes | str) -> dict[str, Any]:
+    """A guest record as ``as_dict(decode(GuestRecord, key, raw))`` gives it, checked
+    the same way but without building the record (what a listing of 100,000 streams)."""
+    return {**_GUEST_TEMPLATE, **_fields(GuestRecord, key, load_json(key, raw))}
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -189,6 +211,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "ready_at": (int, float),
     "persistent": (bool,), "autostart": (bool,), "intruder": (bool,),
     "watchdog": (bool,), "watchdog_timeout": (int, float),
+    "guests": (int, type(None)), "running_guests": (int, type(None)),
 }
 
 
@@ -196,11 +219,11 @@ def _coerce(key: str, name: str, value: Any) -> Any:
     if name in ("labels", "storage", "fencing"):
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise DecodeError(key, f"field {name!r} must be a list of strings")
-        return tuple(value)
+        return list(value)
     if name == "disks":
         if not isinstance(value, list):
             raise DecodeError(key, "field 'disks' must be a list")
-        return tuple(_disk(key, d) for d in value)
+        return [_disk(key, d) for d in value]
     expected = _TYPES.get(name)
     bad_bool = isinstance(value, bool) and bool not in (expected or ())
     if expected and (not isinstance(value, expected) or bad_bool):
@@ -216,7 +239,7 @@ _DISK_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _disk(key: str, raw: Any) -> Disk:
+def _disk(key: str, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict) or type(raw.get("target")) is not str \
             or type(raw.get("source")) is not str:
         raise DecodeError(key, "a disk needs string fields 'target' and 'source'")
@@ -228,7 +251,15 @@ def _disk(key: str, raw: Any) -> Disk:
         if type(value) not in expected:
             raise DecodeError(key, f"disk field {name!r} has the wrong type")
         known[name] = value
-    return Disk(**known)
+    return {**_DISK_DEFAULTS, **known}
+
+
+_DISK_DEFAULTS = dict(Disk("", "").__dict__)
+#: A guest record's fields in their order, for ``guest_data`` (required ones are always
+#: overwritten: a record without one does not decode).
+_GUEST_TEMPLATE = {f.name: None if f.default is MISSING else
+                   list(f.default) if isinstance(f.default, tuple) else f.default
+                   for f in fields(GuestRecord)}
 
 
 def effective_state(guest: GuestRecord, live_hosts: set[str] | frozenset[str]) -> str:

@@ -45,9 +45,14 @@ class Snapshot:
         return self._items.get(key)
 
     def list(self, prefix: str) -> tuple[builtins.list[Item], int]:
-        start = bisect.bisect_left(self._keys, prefix)
+        return self.list_page(prefix, "", len(self._keys))
+
+    def list_page(self, prefix: str, after: str, limit: int,
+                  revision: int = 0) -> tuple[builtins.list[Item], int]:
+        start = bisect.bisect_right(self._keys, after) if after > prefix else \
+            bisect.bisect_left(self._keys, prefix)
         found = []
-        for key in self._keys[start:]:
+        for key in self._keys[start:start + limit]:
             if not key.startswith(prefix):
                 break
             found.append(self._items[key])

@@ -99,6 +99,8 @@ def assert_well_typed(rec: HostRecord | GuestRecord) -> None:
             assert isinstance(value, int) and not isinstance(value, bool)
         elif f.type == "float":
             assert isinstance(value, int | float) and not isinstance(value, bool)
+        elif f.type == "int | None":
+            assert value is None or type(value) is int, (f.name, value)
         else:
             assert isinstance(value, str), (f.name, value)
     if isinstance(rec, GuestRecord):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import click
@@ -21,6 +21,21 @@ def emit_json(**body: Any) -> None:
     """Print one JSON document: ``{"v": 1, ...body}`` (indented only for a terminal)."""
     indent = 2 if sys.stdout.isatty() else None
     sys.stdout.write(json.dumps({"v": JSON_VERSION, **body}, indent=indent, default=str) + "\n")
+
+
+def stream_json(field: str, items: Iterable[Any], tail: Callable[[], dict[str, Any]]) -> None:
+    """Print one JSON document ``{"v": 1, field: [items...], **tail()}``, each item written
+    as it comes (never the whole list in memory); ``tail`` is called after the last item
+    (what the items' reading found: errors, counts)."""
+    encode = json.JSONEncoder(default=str).encode
+    write = sys.stdout.write
+    write(f'{{"v": {JSON_VERSION}, {encode(field)}: [')
+    sep = ""
+    for item in items:
+        write(sep + encode(item))
+        sep = ", "
+    rest = encode(tail())[1:]  # '"errors": [...]}', or '}' for nothing more
+    write("]" + ("}" if rest == "}" else ", " + rest) + "\n")
 
 
 def outcome(as_json: bool, message: str, **body: Any) -> None:

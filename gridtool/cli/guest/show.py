@@ -14,9 +14,11 @@ from gridtool.cli.common.output import (
     guest_state,
     json_option,
     mib,
+    stream_json,
     table,
     warn,
 )
+from gridtool.cli.guest.listing import TABLE_LIMIT, Paging
 from gridtool.registry.model import GUEST_STATES, DecodeError
 
 if TYPE_CHECKING:
@@ -24,42 +26,73 @@ if TYPE_CHECKING:
     from gridtool.registry.records import GuestSettings
 
 
-def _views(app: AppContext) -> tuple[list[dict], list]:
-    from gridtool.registry.fleet import guest_view
+def _live_hosts(app: AppContext, host_name: str | None) -> frozenset[str]:
+    """The hosts with a record (a live lease): of ``host_name`` alone when given (one
+    read), else every host's key (no record decoded)."""
+    keys = app.config.keys
+    if host_name:
+        return frozenset({host_name} if app.store.get(keys.host(host_name)) else ())
+    return frozenset(i.key.removeprefix(keys.hosts) for i in app.store.list(keys.hosts)[0])
 
-    hosts, host_errors = app.registry.list_hosts()
-    live = frozenset(h.name for h in hosts)
-    guests, guest_errors = app.registry.list_guests()
-    return [guest_view(g, live) for g in guests], host_errors + guest_errors
+
+def _pool_members(app: AppContext, pool: str) -> frozenset[str]:
+    """The uuids of ``pool``'s members; NotFound (exit 3) for an unknown pool."""
+    from gridtool.errors import NotFound
+
+    keys = app.config.keys
+    if app.store.get(keys.pool(pool)) is None:
+        raise NotFound(f"unknown pool {pool!r}")
+    prefix = keys.pool_members(pool)
+    return frozenset(i.key.removeprefix(prefix) for i in app.store.list(prefix)[0])
 
 
 @click.command("list")
 @click.option("--host", "host_name", shell_complete=HOSTS, metavar="HOST",
-              help="Only guests on this host.")
+              help="Only guests on this host (reads that host's records alone).")
 @click.option("--state", type=click.Choice(GUEST_STATES), help="Only guests in this state.")
+@click.option("--pool", metavar="POOL", help="Only members of this pool.")
+@click.option("--limit", type=click.IntRange(min=0), metavar="N",
+              help=f"Show N guests (0: all); default {TABLE_LIMIT} in the table, all with "
+                   "--json.")
+@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="P", help="Show the P-th run of --limit guests.")
 @json_option
 @pass_app
-def list_guests(app: AppContext, host_name: str | None, state: str | None,
-                as_json: bool) -> None:
-    """List guests; a guest whose host lost its lease shows as 'unknown'.
+def list_guests(app: AppContext, host_name: str | None, state: str | None, pool: str | None,
+                limit: int | None, page: int, as_json: bool) -> None:
+    """List guests by host, then UUID (the registry's order, read a page at a time); a
+    guest whose host lost its lease shows as 'unknown'. The table shows 100 guests and
+    says how many more match; --json streams every match (or --limit of them).
 
     \b
     Example:
       gridtool guest list --state running --json
+      gridtool guest list --host hv1
+      gridtool guest list --limit 50 --page 3
     """
-    views, errors = _views(app)
-    views = [v for v in views if (not host_name or v["host"] == host_name)
-             and (not state or v["state"] == state)]
-    views.sort(key=lambda v: (v["name"], v["host"]))
+    from gridtool.registry.fleet import view_of
+
+    live = _live_hosts(app, host_name)
+    members = _pool_members(app, pool) if pool else None
+    paging = Paging(limit=(0 if as_json else TABLE_LIMIT) if limit is None else limit,
+                    page=page)
+    views = (view_of(data, live) if isinstance(data, dict) else data
+             for data in app.registry.guest_data(host_name))
+    shown = paging.select(views, lambda v: (members is None or v["uuid"] in members)
+                          and (not state or v["state"] == state))
     if as_json:
-        emit_json(guests=views, errors=[{"key": e.key, "error": e.reason} for e in errors])
+        stream_json("guests", shown, lambda: {
+            "errors": [{"key": e.key, "error": e.reason} for e in paging.errors],
+            "matched": paging.matched, "more": paging.more})
     else:
         table(None, ["NAME", "HOST", "STATE", "VCPUS", "MEMORY", "SHARED VOLUMES", "UUID"],
               [(v["name"], v["host"], guest_state(v["state"], v["reported_state"]),
                 v["vcpus"], mib(v["memory_mib"]),
                 ",".join(d["volume"] for d in v["disks"] if d["shared"]) or "-", v["uuid"])
-               for v in views])
-    for err in errors:
+               for v in shown])
+        if (footer := paging.footer()) is not None:
+            click.echo(footer, err=True)
+    for err in paging.errors:
         warn(str(err))
 
 
@@ -99,24 +132,25 @@ def show_guest(app: AppContext, name_or_uuid: str, as_json: bool) -> None:
 
 def _gather(app: AppContext, name_or_uuid: str) -> tuple[list[GuestData], list[str]]:
     """Each record of the guest with its settings, fences, template, pool and what the
-    manager says about it (a few range reads); NotFound (exit 3) for an unknown guest."""
+    manager says about it (reads of this guest's keys, whatever the fleet's size);
+    NotFound (exit 3) for an unknown guest."""
     from gridtool.cli.common.fences import read_fence_rows
     from gridtool.cli.guest.facts import GuestData
-    from gridtool.clone.templates import clones_of
+    from gridtool.clone.templates import find_clone
     from gridtool.registry.fleet import guest_view
 
     keys = app.config.keys
-    hosts, _ = app.registry.list_hosts()
-    live = frozenset(h.name for h in hosts)
     records = app.registry.find_guest(name_or_uuid)
-    fences, fence_errors = read_fence_rows(app.store, keys)
-    clones = {c.uuid: c for c in clones_of(app.store, keys)}
+    live = frozenset(h for h in {r.host for r in records}
+                     if app.store.get(keys.host(h)) is not None)
+    fences, fence_errors = read_fence_rows(app.store, keys,
+                                           [v for r in records for v in r.volumes])
     blocked = _blocked(app)
     errors: list[str] = []
     settings = {r.uuid: _settings(app, r.uuid, errors) for r in records}
     found = []
     for rec in records:
-        clone = clones.get(rec.uuid)
+        clone = find_clone(app.store, keys, rec.uuid)
         pool = clone.pool if clone and clone.pool and app.store.get(
             keys.pool_member(clone.pool, rec.uuid)) else None
         found.append(GuestData(

@@ -415,7 +415,8 @@ def _forget(app: AppContext, name: str) -> None:
     """Delete the host's registry keys (fences are left: a pinned fence is released
     only by its host or 'host confirm-dead')."""
     keys = app.config.keys
-    for prefix in (keys.host_guests(name), keys.intents(name), f"{keys.violations}{name}/"):
+    app.registry.forget_guests(name)  # with their guest index entries
+    for prefix in (keys.intents(name), f"{keys.violations}{name}/"):
         app.store.delete_prefix(prefix)
     for key in (keys.host(name), keys.dead_host(name), keys.hostconf(name),
                 keys.fence_agent(name), keys.host_fence(name),

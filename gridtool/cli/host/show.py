@@ -9,35 +9,29 @@ import click
 
 from gridtool.cli.common.complete import HOSTS
 from gridtool.cli.common.context import AppContext, pass_app
-from gridtool.cli.common.output import age, emit_json, json_option, mib, section, table, warn
+from gridtool.cli.common.output import (
+    age,
+    emit_json,
+    json_option,
+    mib,
+    section,
+    table,
+    text,
+    warn,
+)
 from gridtool.registry.model import DecodeError, as_dict
 
 if TYPE_CHECKING:
     from gridtool.cli.host.facts import HostData
 
 
-def _running_counts(app: AppContext) -> dict[str, int]:
-    """Running guests per host, from the raw records (a count needs no full decode;
-    records that do not decode are reported by ``guest list``)."""
-    import json
-
-    items, _ = app.store.list(app.config.keys.guests)
-    counts: dict[str, int] = {}
-    for item in items:
-        try:
-            data = json.loads(item.value)
-            if data.get("state") == "running" and isinstance(data.get("host"), str):
-                counts[data["host"]] = counts.get(data["host"], 0) + 1
-        except (ValueError, AttributeError, RecursionError):
-            continue
-    return counts
-
-
 @click.command("list")
 @json_option
 @pass_app
 def list_hosts(app: AppContext, as_json: bool) -> None:
-    """List live hosts (a host whose agent died vanishes when its lease expires).
+    """List live hosts (a host whose agent died vanishes when its lease expires). GUESTS
+    and RUNNING are the counts its agent last wrote into its record (after each burst
+    of guest changes; '-' from an agent that predates them): no guest record is read.
 
     \b
     Example:
@@ -46,21 +40,19 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
     from gridtool.registry.hostconf import draining_hosts
 
     records, errors = app.registry.list_hosts()
-    running = _running_counts(app)
     draining = draining_hosts(app.store, app.config.keys)
     records.sort(key=lambda h: h.name)
     if as_json:
-        emit_json(hosts=[{**as_dict(h), "running_guests": running.get(h.name, 0),
-                          "draining": h.name in draining} for h in records],
+        emit_json(hosts=[{**as_dict(h), "draining": h.name in draining} for h in records],
                   errors=[{"key": e.key, "error": e.reason} for e in errors])
     else:
         now = time.time()
-        table(None, ["NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY", "FREE", "RUNNING",
-                     "LABELS", "AGENT", "REPORTED"],
+        table(None, ["NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY", "FREE", "GUESTS",
+                     "RUNNING", "LABELS", "AGENT", "REPORTED"],
               [(h.name, "draining" if h.name in draining else "up", h.hypervisor, h.cpus,
-                mib(h.memory_mib), mib(h.free_memory_mib), running.get(h.name, 0),
-                ",".join(h.labels) or "-", h.agent_version, age(h.reported_at, now))
-               for h in records])
+                mib(h.memory_mib), mib(h.free_memory_mib), text(h.guests),
+                text(h.running_guests), ",".join(h.labels) or "-", h.agent_version,
+                age(h.reported_at, now)) for h in records])
     for err in errors:
         warn(str(err))
 
