@@ -13,6 +13,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,8 +27,10 @@ from gridtool.registry.model import (
     Disk,
     GuestRecord,
     HostRecord,
+    as_dict,
     decode,
     encode,
+    guest_data,
 )
 
 FUZZ = settings(max_examples=150, deadline=None,
@@ -357,3 +360,26 @@ def test_load_arbitrary_env(name: str, value: str) -> None:
     except ConfigError as exc:
         one_line(str(exc))
         assert f"'{name}'" in str(exc), str(exc)
+
+
+@FUZZ
+@given(record=guests, key=keys, data=st.data())
+def test_guest_data_is_the_decoded_record(record: GuestRecord, key: str,
+                                          data: st.DataObject) -> None:
+    """What ``guest list`` streams (``guest_data``) is what ``decode`` gives, refused
+    exactly when ``decode`` refuses."""
+    body: dict[str, Any] = {"v": 1, **asdict(record)}
+    for _ in range(data.draw(st.integers(0, 2), label="mutations")):
+        name = data.draw(st.sampled_from(sorted(body)), label="field")
+        if data.draw(st.booleans(), label="delete"):  # a default fills in, or it fails
+            body.pop(name)
+        else:
+            body[name] = data.draw(json_values, label="value")
+    raw = json.dumps(body).encode()
+    try:
+        expected = as_dict(decode(GuestRecord, key, raw))
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            guest_data(key, raw)
+        return
+    assert guest_data(key, raw) == expected

@@ -1,0 +1,129 @@
+"""Reads that cost what is asked (issue 20), on the in-memory store: paged scans, the
+guest index kept by the registry's writers, ``guest list``'s paging and streamed JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+
+import pytest
+
+from gridtool.cli.common import output
+from gridtool.cli.guest.listing import Paging
+from gridtool.errors import NotFound
+from gridtool.registry.fleet import Registry
+from gridtool.registry.guestindex import entry, index_ops, located
+from gridtool.registry.keys import Keys
+from gridtool.registry.memstore import MemStore
+from gridtool.registry.model import DecodeError, GuestRecord
+from gridtool.registry.store import Delete, Put, scan
+
+KEYS = Keys("/t/")
+U1, U2 = "11111111-0000-0000-0000-000000000001", "11111111-0000-0000-0000-000000000002"
+
+
+def guest(uuid: str, name: str, host: str, state: str = "running") -> GuestRecord:
+    return GuestRecord(uuid, name, host, state, 1, 512, 1.0)
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry(MemStore(lambda: 0.0), KEYS)
+
+
+def index(registry: Registry) -> list[str]:
+    return [i.key.removeprefix(KEYS.guest_index) for i in
+            registry.store.list(KEYS.guest_index)[0]]
+
+
+@pytest.mark.parametrize("page", [1, 2, 3, 7])
+def test_scan_reads_every_key_once_in_order(page: int) -> None:
+    store = MemStore(lambda: 0.0)
+    for n in range(7):
+        store.put(f"/p/{n}", b"x")
+    store.put("/q", b"outside")
+    assert [i.key for i in scan(store, "/p/", page)] == [f"/p/{n}" for n in range(7)]
+
+
+def test_index_ops_of_a_rename_drop_the_old_name() -> None:
+    ops = index_ops(KEYS, "hv1", U1, "old", guest(U1, "new", "hv1"))
+    assert ops == [Delete(entry(KEYS, "old", "hv1", U1)),
+                   Put(entry(KEYS, U1, "hv1", U1), b""), Put(entry(KEYS, "new", "hv1", U1), b"")]
+    assert index_ops(KEYS, "hv1", U1, None, None) == [Delete(entry(KEYS, U1, "hv1", U1))]
+
+
+def test_located_refuses_what_is_not_an_entry() -> None:
+    assert located(KEYS, "web", entry(KEYS, "web", "hv1", U1)) == ("hv1", U1)
+    assert located(KEYS, "web", f"{KEYS.guest_lookup('web')}hv1") is None
+    assert located(KEYS, "web", f"{KEYS.guest_lookup('web')}x/hv1/{U1}") is None
+
+
+def test_the_index_follows_rename_migration_and_undefine(registry: Registry) -> None:
+    registry.write_guests((guest(U1, "web", "hv1"), guest(U2, "db", "hv1")), (), "hv1")
+    assert [g.host for g in registry.find_guest("web")] == ["hv1"]
+    assert registry.find_guest(U2.upper())[0].name == "db"
+    registry.put_guest(guest(U1, "www", "hv1"))  # renamed
+    with pytest.raises(NotFound):
+        registry.find_guest("web")
+    assert registry.find_guest("www")[0].uuid == U1
+    registry.put_guest(guest(U1, "www", "hv2"))  # migrated: both hosts report it a moment
+    assert sorted(g.host for g in registry.find_guest("www")) == ["hv1", "hv2"]
+    registry.delete_guest("hv1", U1)
+    assert [g.host for g in registry.find_guest(U1)] == ["hv2"]
+    registry.write_guests((), (U2,), "hv1")  # undefined
+    with pytest.raises(NotFound):
+        registry.find_guest("db")
+    assert index(registry) == [f"{U1}/hv2/{U1}", f"www/hv2/{U1}"]
+    registry.forget_guests("hv2")
+    assert index(registry) == [] and registry.store.list(KEYS.guests)[0] == []
+
+
+def test_a_stale_or_forged_entry_is_passed_over(registry: Registry) -> None:
+    registry.put_guest(guest(U1, "web", "hv1"))
+    registry.store.put(entry(KEYS, "web", "hv9", U2), b"")  # no such record
+    registry.store.put(entry(KEYS, "web", "hv1", U2), b"")
+    registry.store.put(KEYS.guest("hv1", U2), b"{corrupt")
+    assert [g.uuid for g in registry.find_guest("web")] == [U1]
+
+
+def test_index_guests_gives_old_records_their_entries(registry: Registry) -> None:
+    registry.store.put(KEYS.guest("hv1", U1), b"")  # as an older agent wrote it: no entry
+    registry.index_guests([guest(U1, "web", "hv1")])
+    registry.put_guest(guest(U1, "web", "hv1"))
+    assert registry.find_guest("web")[0].uuid == U1
+
+
+def test_write_guests_keeps_each_guest_in_one_transaction(registry: Registry) -> None:
+    many = tuple(guest(f"{n:08d}-0000-0000-0000-000000000000", f"g{n}", "hv1")
+                 for n in range(90))
+    registry.write_guests(many, (), "hv1")
+    renamed = tuple(replace(g, name=g.name + "x") for g in many)
+    registry.write_guests(renamed, (), "hv1")
+    assert len(index(registry)) == 180
+    assert registry.find_guest("g89x")[0].uuid == many[89].uuid
+
+
+def test_paging_shows_one_page_and_counts_the_rest() -> None:
+    bad = DecodeError("/k", "not JSON")
+    rows = [{"n": n} for n in range(10)]
+    paging = Paging(limit=3, page=2)
+    shown = list(paging.select([rows[0], bad, *rows[1:]], lambda r: r["n"] != 4))
+    assert [r["n"] for r in shown] == [3, 5, 6]
+    assert (paging.matched, paging.more, paging.errors) == (9, 3, [bad])
+    assert paging.footer() is not None and "3 more" in paging.footer()
+    everything = Paging()
+    assert len(list(everything.select(rows, lambda r: True))) == 10
+    assert everything.more == 0 and everything.footer() is None
+
+
+def test_stream_json_writes_one_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    output.stream_json("guests", iter([{"a": 1}, {"b": [2]}]), lambda: {"errors": []})
+    assert json.loads(out.getvalue()) == {"v": 1, "guests": [{"a": 1}, {"b": [2]}],
+                                          "errors": []}
+    out.seek(0)
+    out.truncate()
+    output.stream_json("guests", iter([]), dict)
+    assert json.loads(out.getvalue()) == {"v": 1, "guests": []}
