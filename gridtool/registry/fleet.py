@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gridtool.errors import NotFound
+from gridtool.errors import AuthError, NotFound
 from gridtool.registry.guestindex import entries, index_ops, located
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import (
@@ -20,6 +21,8 @@ from gridtool.registry.model import (
     guest_data,
 )
 from gridtool.registry.store import Compare, Delete, Item, Put, Store, scan
+
+log = logging.getLogger("gridtool.registry")
 
 #: Operations per transaction (etcd refuses more than 128 by default).
 TXN_OPS = 100
@@ -86,29 +89,32 @@ class Registry:
         the plan was made from (None: read them)."""
         if before is None:
             before = self.guests_of(host)[0]
-        groups = [[Put(self.keys.guest(g.host, g.uuid), encode(g)),
-                   *self._index_ops(host, g.uuid, before.get(g.uuid), g)] for g in puts]
-        groups += [[Delete(self.keys.guest(host, uuid)),
-                    *self._index_ops(host, uuid, before.get(uuid), None)] for uuid in deletes]
-        batch: list[Put | Delete] = []
-        for group in groups:
-            if batch and len(batch) + len(group) > TXN_OPS:
-                self.store.txn([], batch)
-                batch = []
-            batch += group
-        if batch:
-            self.store.txn([], batch)
+        groups: list[tuple[list[Put | Delete], list[Put | Delete]]] = [
+            ([Put(self.keys.guest(g.host, g.uuid), encode(g))],
+             self._index_ops(host, g.uuid, before.get(g.uuid), g)) for g in puts]
+        groups += [([Delete(self.keys.guest(host, uuid))],
+                    self._index_ops(host, uuid, before.get(uuid), None)) for uuid in deletes]
+        records: list[Put | Delete] = []
+        index: list[Put | Delete] = []
+        for rec_ops, entry_ops in groups:
+            if records and len(records) + len(index) + len(rec_ops) + len(entry_ops) > TXN_OPS:
+                self._write(records, index)
+                records, index = [], []
+            records += rec_ops
+            index += entry_ops
+        if records:
+            self._write(records, index)
 
     def put_guest(self, record: GuestRecord) -> None:
         key = self.keys.guest(record.host, record.uuid)
         before = self._decoded(self.store.get(key))
-        self.store.txn([], [Put(key, encode(record)),
-                            *self._index_ops(record.host, record.uuid, before, record)])
+        self._write([Put(key, encode(record))],
+                    self._index_ops(record.host, record.uuid, before, record))
 
     def delete_guest(self, host: str, uuid: str) -> None:
         key = self.keys.guest(host, uuid)
         before = self._decoded(self.store.get(key))
-        self.store.txn([], [Delete(key), *self._index_ops(host, uuid, before, None)])
+        self._write([Delete(key)], self._index_ops(host, uuid, before, None))
 
     def forget_guests(self, host: str) -> None:
         """Delete every guest record of ``host`` and their index entries."""
@@ -140,6 +146,19 @@ class Registry:
         return found
 
     # -- helpers -------------------------------------------------------------
+
+    def _write(self, records: list[Put | Delete], index: list[Put | Delete]) -> None:
+        """Guest records with their index entries in one transaction; the records alone
+        when etcd refuses the index to this host (a role from before the index, until
+        ``registry init`` repairs it): a guest record is never held back for the index."""
+        try:
+            self.store.txn([], records + index)
+        except AuthError:
+            if not index:
+                raise
+            log.warning("event=guest_index_refused count=%d (run 'gridtool registry init' "
+                        "to grant hosts the guest index)", len(index))
+            self.store.txn([], records)
 
     def _index_ops(self, host: str, uuid: str, before: GuestRecord | None,
                    after: GuestRecord | None) -> list[Put | Delete]:

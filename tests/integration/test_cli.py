@@ -65,7 +65,9 @@ def test_host_and_guest_list_json(populated, cfg):  # type: ignore[no-untyped-de
     assert done.stderr == ""
 
 
-def test_show_by_name_and_uuid(populated, cfg):  # type: ignore[no-untyped-def]
+def test_show_by_name_and_uuid(populated, cfg, registry, store):  # type: ignore[no-untyped-def]
+    from gridtool.registry.guestindex import entries
+
     runner = CliRunner()
     result = runner.invoke(cli, _args(cfg, "guest", "show", "hv1-db", "--json"))
     assert result.exit_code == 0, result.output
@@ -74,6 +76,34 @@ def test_show_by_name_and_uuid(populated, cfg):  # type: ignore[no-untyped-def]
     assert json.loads(by_uuid.output)["guests"][0]["name"] == "hv1-db"
     table = runner.invoke(cli, _args(cfg, "host", "show", "hv1"))
     assert table.exit_code == 0 and "hv1-web" in table.output
+
+    # What the agents write for the read side (issue 20): after a rename, a move (the
+    # domain defined on hv1 and undefined on hv2: what a migration leaves) and an
+    # undefine, the guest index holds exactly the entries of the records, ``guest show``
+    # finds each guest by its new name, and ``host list`` counts come from host records.
+    hv1, hv2 = populated.conn("hv1"), populated.conn("hv2")
+    hv1.lookupByName("hv1-db").rename("hv1-base", 0)
+    moved = hv2.lookupByName("hv2-db")
+    hv1.defineXML(moved.XMLDesc(0))
+    moved.undefine()
+    hv1.lookupByName("hv1-web").destroy()
+    hv1.lookupByName("hv1-web").undefine()
+
+    def settled() -> bool:
+        records, _ = registry.list_guests()
+        wanted = set().union(*(entries(cfg.keys, g) for g in records))
+        indexed = {i.key for i in store.list(cfg.keys.guest_index)[0]}
+        return wanted == indexed and sorted((g.name, g.host) for g in records) == [
+            ("hv1-base", "hv1"), ("hv2-db", "hv1"), ("hv2-web", "hv2")]
+
+    wait_until(settled, what="records and index entries after rename, move, undefine")
+    shown = json.loads(run(cfg, "guest", "show", "hv2-db", "--json").stdout)["guests"]
+    assert [(g["name"], g["host"]) for g in shown] == [("hv2-db", "hv1")]
+    assert run(cfg, "guest", "show", "hv1-db").returncode == 3
+    assert run(cfg, "guest", "show", "hv1-web").returncode == 3
+    wait_until(lambda: [(h["name"], h["guests"], h["running_guests"]) for h in json.loads(
+        run(cfg, "host", "list", "--json").stdout)["hosts"]] == [("hv1", 2, 0), ("hv2", 1, 1)],
+        what="host records' counts")
 
 
 def test_guest_of_dead_host_shows_unknown(populated, cfg, capsys):  # type: ignore[no-untyped-def]
@@ -308,3 +338,4 @@ def test_corrupt_record_warns_and_lists_the_rest(populated, cfg, store):  # type
 def test_registry_status(cfg, store):  # type: ignore[no-untyped-def]
     (ep,) = json.loads(run(cfg, "registry", "status", "--json").stdout)["endpoints"]
     assert ep["healthy"] and ep["leader"] and ep["revision"] > 0
+

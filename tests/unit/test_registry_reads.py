@@ -127,3 +127,22 @@ def test_stream_json_writes_one_document(monkeypatch: pytest.MonkeyPatch) -> Non
     out.truncate()
     output.stream_json("guests", iter([]), dict)
     assert json.loads(out.getvalue()) == {"v": 1, "guests": []}
+
+
+class _NoIndexGrant(MemStore):
+    """etcd with a host role from before the guest index: writes under it refused."""
+
+    def txn(self, compares, success, failure=()):  # type: ignore[no-untyped-def]
+        if any(op.key.startswith(KEYS.guest_index) for op in success):
+            from gridtool.errors import AuthError
+            raise AuthError("etcd refused the request (user host-hv1): permission denied")
+        return super().txn(compares, success, failure)
+
+
+def test_a_refused_index_never_holds_back_a_guest_record() -> None:
+    registry = Registry(_NoIndexGrant(lambda: 0.0), KEYS)
+    registry.write_guests((guest(U1, "web", "hv1"),), (), "hv1")
+    registry.put_guest(guest(U2, "db", "hv1"))
+    assert sorted(registry.guests_of("hv1")[0]) == [U1, U2]
+    registry.delete_guest("hv1", U2)
+    assert sorted(registry.guests_of("hv1")[0]) == [U1]
