@@ -1,12 +1,21 @@
-"""Registry scale: 200 hosts x 50 guests through the real registry code, then the CLI.
+"""Registry scale: the CLI's read costs from 1,000 to 100,000 guests (issue 20).
 
-Writes 10,000 guest records (synthetic hosts, each under its own lease) with the
-registry code the agents use, then times ``gridtool guest list --json`` and
-``gridtool host list --json`` end to end as subprocesses. Also measures the CPU an
-idle real agent uses. Targets: the 10,000-guest listing <= 1.5 s (median of 5 runs), and
-every run of each listing returns every record written. Exits 1 when a target fails.
+Grows one fleet in a real etcd through the registry code the agents use (each host under
+its own lease, its record carrying its guest counts as an agent writes them) through the
+points 200 hosts x 5 guests (1k), 200 x 50 (10k), 1,000 x 50 (50k) and 2,000 x 50 (100k),
+and at each point times whole ``gridtool`` commands as a user runs them (median of
+--runs, with each run's peak RSS): ``host list --json``, ``guest list --json``,
+``guest list --host H --json`` and ``guest show NAME --json``. Each run's output is
+checked (every host, every guest, one host's guests, the one guest): a fast listing that
+drops records does not pass. Also times, in process, the alternative to counts in the
+host record: one count-only range read per host, batched 128 to a transaction.
+``--before TREE`` times the same commands with another source tree's gridtool (e.g.
+``git archive main | tar -x -C /tmp/before``) on the same etcd, for a before/after table.
+Targets at the largest point: host list <= 0.3 s, guest list --json <= 2 s, guest list
+--host and guest show <= 0.2 s. Exits 1 when a target or a count fails.
 
-    python bench/registry_scale.py [--hosts 200] [--guests-per-host 50] [--idle-agents 3]
+    python bench/registry_scale.py [--points 200x5,200x50,1000x50,2000x50] [--runs 3]
+        [--before /tmp/before] [--idle-agents 0] [--json out.json]
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchlib import lab_etcd, percentile, print_table, write_json
 from verdict import Verdict
@@ -29,40 +40,119 @@ from gridtool.registry.fleet import Registry
 from gridtool.registry.model import Disk, GuestRecord, HostRecord
 from tests.harness.testbed import LabHosts, domain_xml, wait_until
 
-TARGET_LIST_S = 1.5
+ROOT = Path(__file__).resolve().parent.parent
+POINTS = "200x5,200x50,1000x50,2000x50"
+#: Target seconds (median) of each command at the largest point.
+TARGETS = {"host list": 0.3, "guest list": 2.0, "guest list --host": 0.2, "guest show": 0.2}
 
 
-def populate(registry: Registry, store: EtcdStore, hosts: int, per_host: int) -> float:
-    start = time.perf_counter()
-    now = time.time()
+def host_name(h: int) -> str:
+    return f"sim{h:04d}"
+
+
+def guest_record(h: int, g: int, now: float) -> GuestRecord:
+    name = host_name(h)
+    return GuestRecord(
+        str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name}/{g}")), f"{name}-g{g:02d}", name,
+        "running" if g % 4 else "shutoff", 2, 2048, now,
+        (Disk("vda", f"/dev/etherd/e{h}.{g}", "block", shared=True, volume=f"aoe-e{h}.{g}"),))
+
+
+def populate(registry: Registry, store: EtcdStore, hosts: int, per_host: int,
+             have: tuple[int, int] = (0, 0), leases: dict[str, int] | None = None) -> float:
+    """Grow the fleet from ``have`` (hosts, guests per host) to ``hosts`` x ``per_host``;
+    seconds taken. Each host record carries its counts, as an agent writes it."""
+    start, now = time.perf_counter(), time.time()
+    leases = {} if leases is None else leases
     for h in range(hosts):
-        name = f"sim{h:03d}"
-        lease = store.grant_lease(600)
-        registry.put_host(HostRecord(name, f"qemu+tcp://{name}/system", "kvm", 32, 262144,
-                                     131072, "bench", now, ("dedicated",)), lease)
-        guests = tuple(GuestRecord(
-            str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name}/{g}")), f"{name}-g{g:02d}", name,
-            "running" if g % 4 else "shutoff", 2, 2048, now,
-            (Disk("vda", f"/dev/etherd/e{h}.{g}", "block", shared=True,
-                  volume=f"aoe-e{h}.{g}"),)) for g in range(per_host))
-        registry.write_guests(guests, (), name)
+        name = host_name(h)
+        first = have[1] if h < have[0] else 0
+        registry.write_guests(tuple(guest_record(h, g, now) for g in range(first, per_host)),
+                              (), name, before={})
+        if name not in leases:
+            leases[name] = store.grant_lease(3600)
+        registry.put_host(HostRecord(
+            name, f"qemu+tcp://{name}/system", "kvm", 32, 262144, 131072, "bench", now,
+            ("dedicated",), guests=per_host,
+            running_guests=sum(1 for g in range(per_host) if g % 4)), leases[name])
     return time.perf_counter() - start
 
 
-def time_cli(cfg: Config, *args: str, runs: int = 5) -> tuple[list[float], list[int]]:
-    """Seconds of each run of ``gridtool ARGS`` (a ``--json`` listing) and how many
-    records each run listed."""
-    argv = [str(Path(sys.executable).with_name("gridtool")), "--endpoints", ",".join(cfg.endpoints),
-            "--prefix", cfg.prefix, *args]
-    env = {**os.environ, "GRIDTOOL_LAB_DIR": "/nonexistent"}
-    times, counts = [], []
+@dataclass
+class Timing:
+    """The runs of one command: wall seconds, CPU seconds (user + sys: what a busy shared
+    machine inflates least), peak RSS (KiB) and what each listed."""
+
+    seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
+    rss_kib: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "median_s": percentile(self.seconds, 50),
+                "cpu_seconds": self.cpu_seconds,
+                "median_cpu_s": percentile(self.cpu_seconds, 50),
+                "max_rss_kib": max(self.rss_kib), "counts": self.counts}
+
+
+def run_cli(cfg: Config, tree: Path, args: list[str], key: str, runs: int) -> Timing:
+    """``gridtool ARGS`` from source tree ``tree``, ``runs`` times, as a whole process."""
+    argv = [sys.executable, "-c", "from gridtool.cli.main import main; main()",
+            "--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix, *args]
+    env = {**os.environ, "GRIDTOOL_LAB_DIR": "/nonexistent", "PYTHONPATH": str(tree)}
+    timing = Timing()
     for _ in range(runs):
         start = time.perf_counter()
-        out = subprocess.run(argv, capture_output=True, check=True, env=env).stdout
-        times.append(time.perf_counter() - start)
-        body = json.loads(out)
-        counts.append(len(body.get("guests", body.get("hosts", []))))
-    return times, counts
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env=env)
+        out = proc.stdout.read() if proc.stdout else b""
+        _, status, usage = os.wait4(proc.pid, 0)
+        timing.seconds.append(time.perf_counter() - start)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        timing.cpu_seconds.append(usage.ru_utime + usage.ru_stime)
+        timing.rss_kib.append(usage.ru_maxrss)
+        timing.counts.append(len(json.loads(out)[key]) if proc.returncode == 0 else -1)
+    return timing
+
+
+def commands(hosts: int) -> dict[str, tuple[list[str], str]]:
+    """The commands timed at each point: (argv, the JSON list that counts)."""
+    middle = hosts // 2
+    return {"host list": (["host", "list", "--json"], "hosts"),
+            "guest list": (["guest", "list", "--json"], "guests"),
+            "guest list --host": (["guest", "list", "--host", host_name(middle), "--json"],
+                                  "guests"),
+            "guest show": (["guest", "show", f"{host_name(middle)}-g01", "--json"], "guests")}
+
+
+def expected(hosts: int, per_host: int) -> dict[str, int]:
+    return {"host list": hosts, "guest list": hosts * per_host,
+            "guest list --host": per_host, "guest show": 1}
+
+
+def count_only_seconds(cfg: Config, hosts: int) -> float:
+    """The alternative to counts in host records: one count-only range per host's guests,
+    128 to a transaction (total guests only: a count cannot filter on state)."""
+    import pyetcd
+    from pyetcd import etcdrpc
+
+    host, _, port = cfg.endpoints[0].rpartition(":")
+    client = pyetcd.client(host=host, port=int(port))
+    keys = cfg.keys
+    start = time.perf_counter()
+    counts = []
+    for first in range(0, hosts, 128):
+        ops = []
+        for h in range(first, min(hosts, first + 128)):
+            prefix = keys.host_guests(host_name(h)).encode()
+            ops.append(etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(
+                key=prefix, range_end=prefix[:-1] + b"0", count_only=True)))
+        reply = client.kvstub.Txn(etcdrpc.TxnRequest(success=ops), 30)
+        counts += [r.response_range.count for r in reply.responses]
+    seconds = time.perf_counter() - start
+    client.close()
+    assert len(counts) == hosts
+    return seconds
 
 
 def idle_agent_cpu(cfg: Config, base: Path, agents: int, seconds: float) -> float:
@@ -92,56 +182,85 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def judge(guest_times: list[float], guest_counts: list[int], host_counts: list[int],
-          hosts: int, per_host: int) -> Verdict:
-    """The listing's median against the target; every run's record counts against what
-    was written (a fast listing that drops records must not pass)."""
-    verdict = Verdict("registry at scale")
-    verdict.check("guest list --json, median", percentile(guest_times, 50), "<=",
-                  TARGET_LIST_S, "s")
-    for what, counts, expected in (("guests", guest_counts, hosts * per_host),
-                                   ("hosts", host_counts, hosts)):
-        verdict.check(f"{what} listed, fewest of {len(counts)} runs", min(counts, default=None),
-                      "==", expected)
-        verdict.check(f"{what} listed, most of {len(counts)} runs", max(counts, default=None),
-                      "==", expected)
+def judge(points: list[dict[str, Any]]) -> Verdict:
+    """At the largest point, each command's median against its target; at every point,
+    every run's count against what was written (a listing that drops records fails)."""
+    verdict = Verdict("registry reads at scale")
+    last = points[-1]
+    for what, target in TARGETS.items():
+        verdict.check(f"{what}, median at {last['guests']} guests",
+                      percentile(last["after"][what]["seconds"], 50), "<=", target, "s")
+    for point in points:
+        for what, want in point["expected"].items():
+            counts = point["after"][what]["counts"]
+            verdict.check(f"{what} at {point['guests']} guests: fewest listed",
+                          min(counts, default=None), "==", want)
+            verdict.check(f"{what} at {point['guests']} guests: most listed",
+                          max(counts, default=None), "==", want)
     return verdict
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hosts", type=int, default=200)
-    parser.add_argument("--guests-per-host", type=int, default=50)
-    parser.add_argument("--idle-agents", type=int, default=3)
+    parser.add_argument("--points", default=POINTS,
+                        help="HOSTSxGUESTS_PER_HOST,... growing (default %(default)s)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--before", type=Path, help="an older source tree to time too")
+    parser.add_argument("--idle-agents", type=int, default=0)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
+    points = [tuple(int(n) for n in p.split("x")) for p in args.points.split(",")]
+    results: list[dict[str, Any]] = []
     with lab_etcd() as (tmp, cluster):
         cfg = Config(endpoints=tuple(cluster.endpoints), prefix="/bench-scale/")
         store = EtcdStore(cfg)
-        write_s = populate(Registry(store, cfg.keys), store, args.hosts,
-                           args.guests_per_host)
+        registry, leases, have = Registry(store, cfg.keys), {}, (0, 0)
+        for hosts, per_host in points:
+            write_s = populate(registry, store, hosts, per_host, have, leases)
+            have = (hosts, per_host)
+            point: dict[str, Any] = {
+                "hosts": hosts, "guests": hosts * per_host, "write_seconds": write_s,
+                "load_average": os.getloadavg()[0], "expected": expected(hosts, per_host),
+                "count_only_seconds": count_only_seconds(cfg, hosts)}
+            for label, tree in (("after", ROOT), ("before", args.before)):
+                if tree is not None:
+                    point[label] = {what: run_cli(cfg, tree, argv, key, args.runs).to_dict()
+                                    for what, (argv, key) in commands(hosts).items()}
+            results.append(point)
+            print(f"{hosts} hosts x {per_host}: written in {write_s:.1f} s, "
+                  f"load {point['load_average']:.1f}", flush=True)
         store.close()
-        guest_times, guests = time_cli(cfg, "guest", "list", "--json")
-        host_times, hosts = time_cli(cfg, "host", "list", "--json")
-        idle_cfg = Config(endpoints=cfg.endpoints, prefix="/bench-idle/")
-        cpu = idle_agent_cpu(idle_cfg, Path(tmp), args.idle_agents, args.idle_seconds)
-    guest_p50 = percentile(guest_times, 50)
-    print_table(f"registry at scale: {args.hosts} hosts x {args.guests_per_host} guests "
-                f"written in {write_s:.1f} s", [
-        ("gridtool guest list --json", min(guests), guest_p50, max(guest_times)),
-        ("gridtool host list --json", min(hosts), percentile(host_times, 50), max(host_times)),
-    ], ["command", "records (fewest)", "median s", "max s"])
-    print_table("idle agent", [(args.idle_agents, args.idle_seconds, cpu)],
-                ["agents", "seconds sampled", "CPU % of one core per agent"])
-    verdict = judge(guest_times, guests, hosts, args.hosts, args.guests_per_host)
+        cpu = None
+        if args.idle_agents:
+            idle_cfg = Config(endpoints=cfg.endpoints, prefix="/bench-idle/")
+            cpu = idle_agent_cpu(idle_cfg, Path(tmp), args.idle_agents, args.idle_seconds)
+    rows = []
+    for point in results:
+        for what in TARGETS:
+            before = point.get("before", {}).get(what)
+            after = point["after"][what]
+            rows.append((point["hosts"], point["guests"], what,
+                         before["median_s"] if before else "-",
+                         before["median_cpu_s"] if before else "-",
+                         before["max_rss_kib"] // 1024 if before else "-",
+                         after["median_s"], after["median_cpu_s"],
+                         after["max_rss_kib"] // 1024, min(after["counts"]),
+                         point["load_average"]))
+    print_table("registry reads (whole CLI commands, median of runs)", rows,
+                ["hosts", "guests", "command", "before s", "before CPU s", "before RSS MiB",
+                 "after s", "after CPU s", "after RSS MiB", "listed", "load"])
+    print_table("host list counts: the alternative", [
+        (p["hosts"], p["count_only_seconds"]) for p in results],
+        ["hosts", "count-only range per host, 128 per txn: s"])
+    if cpu is not None:
+        print_table("idle agent", [(args.idle_agents, args.idle_seconds, cpu)],
+                    ["agents", "seconds sampled", "CPU % of one core per agent"])
+    verdict = judge(results)
     verdict.print()
-    write_json("registry_scale", {
-        "hosts": args.hosts, "guests": args.hosts * args.guests_per_host,
-        "listed_guests": guests, "listed_hosts": hosts, "write_seconds": write_s,
-        "guest_list_seconds": guest_times, "host_list_seconds": host_times,
-        "guest_list_median_s": guest_p50, "target_s": TARGET_LIST_S,
-        "idle_agent_cpu_percent": cpu, **verdict.to_dict()}, args.json_path)
+    write_json("registry_scale", {"points": results, "targets_s": TARGETS,
+                                  "idle_agent_cpu_percent": cpu, **verdict.to_dict()},
+               args.json_path)
     return verdict.exit_code()
 
 

@@ -113,12 +113,20 @@ def test_failover_with_suspicion_targets_five_seconds_and_splits_the_phases() ->
 
 def test_registry_scale_checks_how_many_records_came_back() -> None:
     scale = bench("registry_scale")
-    fast = [0.3] * 5
-    assert scale.judge(fast, [10_000] * 5, [200] * 5, 200, 50).ok
-    dropped = scale.judge(fast, [10_000, 10_000, 9_999, 10_000, 10_000], [200] * 5, 200, 50)
-    assert [c.name for c in dropped.failed] == ["guests listed, fewest of 5 runs"]
-    assert not scale.judge(fast, [10_000] * 5, [200, 200, 201, 200, 200], 200, 50).ok
-    assert not scale.judge([1.6] * 5, [10_000] * 5, [200] * 5, 200, 50).ok
+
+    def point(seconds: float, guests: list[int]) -> dict:
+        want = scale.expected(2000, 50)
+        after = {what: {"seconds": [seconds] * 3, "counts": [n] * 3}
+                 for what, n in want.items()}
+        after["guest list"]["counts"] = guests
+        return {"guests": 100_000, "expected": want, "after": after}
+
+    assert scale.judge([point(0.15, [100_000] * 3)]).ok
+    dropped = scale.judge([point(0.15, [100_000, 99_999, 100_000])])
+    assert [c.name for c in dropped.failed] == ["guest list at 100000 guests: fewest listed"]
+    slow = scale.judge([point(0.25, [100_000] * 3)])
+    assert [c.name for c in slow.failed] == [
+        "guest list --host, median at 100000 guests", "guest show, median at 100000 guests"]
 
 
 def test_propagation_fails_on_a_negative_latency_instead_of_clamping_it() -> None:
