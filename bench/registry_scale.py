@@ -47,7 +47,7 @@ TARGETS = {"host list": 0.3, "guest list": 2.0, "guest list --host": 0.2, "guest
 
 
 def host_name(h: int) -> str:
-    return f"sim{h:04d}"
+    return f"sim{h:03d}"  # bench/web.py names sim000, sim001...
 
 
 def guest_record(h: int, g: int, now: float) -> GuestRecord:
