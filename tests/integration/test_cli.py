@@ -53,7 +53,7 @@ def populated(lab_hosts, registry):  # type: ignore[no-untyped-def]
     return lab_hosts
 
 
-def test_host_and_guest_list_json(populated, cfg):  # type: ignore[no-untyped-def]
+def test_host_and_guest_list_json(populated, cfg, capsys):  # type: ignore[no-untyped-def]
     hosts = json.loads(run(cfg, "host", "list", "--json").stdout)
     assert hosts["v"] == 1 and [h["name"] for h in hosts["hosts"]] == ["hv1", "hv2"]
     assert hosts["hosts"][0]["running_guests"] == 1
@@ -62,7 +62,14 @@ def test_host_and_guest_list_json(populated, cfg):  # type: ignore[no-untyped-de
     assert [(g["name"], g["state"], g["fenced"]) for g in guests["guests"]] == [
         ("hv2-web", "running", True)]
     assert guests["guests"][0]["disks"][0]["volume"] == "aoe-e7.2"
+    assert (guests["matched"], guests["more"]) == (1, 0)
     assert done.stderr == ""
+    # a page of the table, and the line that says how many more match
+    code, out, err = run_cli(cfg, capsys, "guest", "list", "--limit", "1", "--page", "2")
+    assert code == 0 and len(out.strip().splitlines()) == 2, out
+    assert "2 more guest(s) match: --page 3 for the next 1" in err
+    code, _, err = run_cli(cfg, capsys, "guest", "list", "--pool", "nope")
+    assert code == 3 and "unknown pool 'nope'" in err
 
 
 def test_show_by_name_and_uuid(populated, cfg, registry, store):  # type: ignore[no-untyped-def]
