@@ -259,6 +259,7 @@ def test_host_remove_of_a_dead_host_with_guests_needs_force_and_leaves_its_fence
     assert err.endswith("hv1: removed\n") and "Traceback" not in err
     assert store.get(cfg.keys.host("hv1")) is None and dead_mark(store, cfg) is None
     assert store.list(cfg.keys.host_guests("hv1"))[0] == []
+    assert [i.key for i in store.list(cfg.keys.guest_index)[0] if "/hv1/" in i.key] == []
     assert fence_holder(store, cfg) == "hv1", "host remove must leave the fence"
     [row] = fence_rows(cfg, capsys)["fences"]
     assert (row["holder"], row["guest_name"], row["kind"]) == ("hv1", "db", "pinned")
