@@ -20,7 +20,7 @@ from gridtool.config import Config
 from gridtool.errors import LeaseGone
 from gridtool.lab.procs import wait_for
 from gridtool.registry.memstore import MemStore
-from gridtool.registry.store import Compare, Delete, Event, Put, Store
+from gridtool.registry.store import Compare, Delete, Event, Put, Store, scan
 
 TTL = 2  # seconds; etcd's lessor checks expiry every 500 ms
 
@@ -127,6 +127,22 @@ def test_list_by_prefix_sorted_with_revision(kv: Harness) -> None:
     s.delete_prefix(kv.key("p/"))
     assert s.list(kv.key("p/"))[0] == []
     assert [i.key for i in s.list(kv.key("q/"))[0]] == [kv.key("q/x")]
+
+
+def test_pages_of_a_prefix_in_key_order_as_of_the_first(kv: Harness) -> None:
+    s = kv.store
+    for name in ("p/a", "p/b", "p/c", "p/d", "p/e", "q/x"):
+        s.put(kv.key(name), name.encode())
+    first, rev = s.list_page(kv.key("p/"), "", 2)
+    assert [i.key for i in first] == [kv.key("p/a"), kv.key("p/b")]
+    rest, same = s.list_page(kv.key("p/"), first[-1].key, 10, rev)
+    assert [i.key for i in rest] == [kv.key(n) for n in ("p/c", "p/d", "p/e")] and same == rev
+    assert [i.key for i in scan(s, kv.key("p/"), page=2)] == [
+        kv.key(n) for n in ("p/a", "p/b", "p/c", "p/d", "p/e")]
+    if kv.real:  # etcd keeps history: a later page reads the first page's revision
+        s.put(kv.key("p/f"), b"late")
+        late, _ = s.list_page(kv.key("p/"), kv.key("p/e"), 10, rev)
+        assert late == []
 
 
 def test_txn_create_revision_zero_lets_one_creator_win(kv: Harness) -> None:
