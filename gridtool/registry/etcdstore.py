@@ -205,12 +205,11 @@ class EtcdStore:
 
         return self._call(run)
 
-    def list_page(self, prefix: str, after: str, limit: int,
-                  revision: int = 0) -> tuple[builtins.list[Item], int]:
+    def list_range(self, start: str, end: str,
+                   revision: int = 0) -> tuple[builtins.list[Item], int]:
         def run(c: pyetcd.Etcd3Client) -> tuple[builtins.list[Item], int]:
-            resp = c.get_range_response(after + "\0" if after else prefix,
-                                        _range_end(prefix.encode()), limit=limit,
-                                        revision=revision or None, sort_order="ascend")
+            resp = c.get_range_response(start, end, revision=revision or None,
+                                        sort_order="ascend")
             return [_raw_item(kv) for kv in resp.kvs], resp.header.revision
 
         items, now = self._call(run)

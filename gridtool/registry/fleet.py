@@ -24,6 +24,11 @@ from gridtool.registry.store import Compare, Delete, Item, Put, Store, scan
 
 log = logging.getLogger("gridtool.registry")
 
+#: Guest records per range read of a listing (about 0.5 MB).
+PAGE = 1000
+#: What a host record without its guest counts (an older agent) is taken to have.
+GUESTS_UNCOUNTED = 50
+
 #: Operations per transaction (etcd refuses more than 128 by default).
 TXN_OPS = 100
 
@@ -75,8 +80,14 @@ class Registry:
         """Every guest record (of ``host``), in key order (host, then uuid), as plain data
         (``guest_data``) or the DecodeError of one that does not decode: read a page at
         a time, never the whole fleet in memory."""
-        prefix = self.keys.host_guests(host) if host else self.keys.guests
-        for item in scan(self.store, prefix):
+        if host:
+            prefix, bounds = self.keys.host_guests(host), []
+        else:
+            hosts, _ = self.list_hosts()
+            prefix = self.keys.guests
+            bounds = [self.keys.host_guests(h) for h in page_bounds(
+                [(h.name, h.guests) for h in hosts], PAGE)]
+        for item in scan(self.store, prefix, bounds):
             try:
                 yield guest_data(item.key, item.value)
             except DecodeError as exc:
@@ -194,6 +205,19 @@ class Registry:
             except DecodeError as exc:
                 errors.append(exc)
         return records, errors
+
+
+def page_bounds(hosts: Sequence[tuple[str, int | None]], page: int) -> list[str]:
+    """The hosts (sorted names) at which to start a new range read of every guest record,
+    about ``page`` records apart by the hosts' counts (None: ``GUESTS_UNCOUNTED``); the
+    guests of a host without a record are read with the range they fall in."""
+    bounds, size = [], 0
+    for name, count in sorted(hosts):
+        if size >= page:
+            bounds.append(name)
+            size = 0
+        size += GUESTS_UNCOUNTED if count is None else count
+    return bounds
 
 
 def unknown_host(name: str) -> NotFound:

@@ -23,7 +23,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gridtool.errors import LeaseGone
-from gridtool.registry.store import Compare, Delete, EndpointStatus, Event, Item, Put
+from gridtool.registry.store import (
+    Compare,
+    Delete,
+    EndpointStatus,
+    Event,
+    Item,
+    Put,
+    prefix_end,
+)
 
 
 @dataclass
@@ -79,17 +87,16 @@ class MemStore:
             return self._items.get(key)
 
     def list(self, prefix: str) -> tuple[list[Item], int]:
+        return self.list_range(prefix, prefix_end(prefix))
+
+    def list_range(self, start: str, end: str,
+                   revision: int = 0) -> tuple[builtins.list[Item], int]:
+        """``start <= key < end`` (``revision`` is ignored: the store keeps no history)."""
         self.expire()
         with self._lock:
-            found = sorted((i for k, i in self._items.items() if k.startswith(prefix)),
+            found = sorted((i for k, i in self._items.items() if start <= k < end),
                            key=lambda i: i.key)
-            return found, self.revision
-
-    def list_page(self, prefix: str, after: str, limit: int,
-                  revision: int = 0) -> tuple[builtins.list[Item], int]:
-        """A page of ``list`` (``revision`` is ignored: the store keeps no history)."""
-        found, now = self.list(prefix)
-        return [i for i in found if i.key > after][:limit], revision or now
+            return found, revision or self.revision
 
     def put(self, key: str, value: bytes, lease: int | None = None) -> int:
         self._write(lambda: [Put(key, value, lease)])

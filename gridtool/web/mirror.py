@@ -14,7 +14,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from gridtool.registry.store import Compare, Delete, EndpointStatus, Event, Item, Put, Watch
+from gridtool.registry.store import (
+    Compare,
+    Delete,
+    EndpointStatus,
+    Event,
+    Item,
+    Put,
+    Watch,
+    prefix_end,
+)
 
 
 @dataclass(frozen=True)
@@ -45,18 +54,12 @@ class Snapshot:
         return self._items.get(key)
 
     def list(self, prefix: str) -> tuple[builtins.list[Item], int]:
-        return self.list_page(prefix, "", len(self._keys))
+        return self.list_range(prefix, prefix_end(prefix))
 
-    def list_page(self, prefix: str, after: str, limit: int,
-                  revision: int = 0) -> tuple[builtins.list[Item], int]:
-        start = bisect.bisect_right(self._keys, after) if after > prefix else \
-            bisect.bisect_left(self._keys, prefix)
-        found = []
-        for key in self._keys[start:start + limit]:
-            if not key.startswith(prefix):
-                break
-            found.append(self._items[key])
-        return found, self.revision
+    def list_range(self, start: str, end: str,
+                   revision: int = 0) -> tuple[builtins.list[Item], int]:
+        low, high = bisect.bisect_left(self._keys, start), bisect.bisect_left(self._keys, end)
+        return [self._items[k] for k in self._keys[low:high]], self.revision
 
     def lease_info(self, lease: int) -> tuple[int, float] | None:
         return None  # a watch does not tell lease TTLs; nothing in the view needs them

@@ -129,19 +129,19 @@ def test_list_by_prefix_sorted_with_revision(kv: Harness) -> None:
     assert [i.key for i in s.list(kv.key("q/"))[0]] == [kv.key("q/x")]
 
 
-def test_pages_of_a_prefix_in_key_order_as_of_the_first(kv: Harness) -> None:
+def test_ranges_of_a_prefix_in_key_order_as_of_the_first(kv: Harness) -> None:
     s = kv.store
     for name in ("p/a", "p/b", "p/c", "p/d", "p/e", "q/x"):
         s.put(kv.key(name), name.encode())
-    first, rev = s.list_page(kv.key("p/"), "", 2)
+    first, rev = s.list_range(kv.key("p/a"), kv.key("p/c"))
     assert [i.key for i in first] == [kv.key("p/a"), kv.key("p/b")]
-    rest, same = s.list_page(kv.key("p/"), first[-1].key, 10, rev)
+    rest, same = s.list_range(kv.key("p/c"), kv.key("p0"), rev)
     assert [i.key for i in rest] == [kv.key(n) for n in ("p/c", "p/d", "p/e")] and same == rev
-    assert [i.key for i in scan(s, kv.key("p/"), page=2)] == [
+    assert [i.key for i in scan(s, kv.key("p/"), [kv.key("p/b"), kv.key("p/d")])] == [
         kv.key(n) for n in ("p/a", "p/b", "p/c", "p/d", "p/e")]
-    if kv.real:  # etcd keeps history: a later page reads the first page's revision
+    if kv.real:  # etcd keeps history: a later range reads the first one's revision
         s.put(kv.key("p/f"), b"late")
-        late, _ = s.list_page(kv.key("p/"), kv.key("p/e"), 10, rev)
+        late, _ = s.list_range(kv.key("p/e0"), kv.key("p0"), rev)
         assert late == []
 
 

@@ -12,11 +12,11 @@ import pytest
 from gridtool.cli.common import output
 from gridtool.cli.guest.listing import Paging
 from gridtool.errors import NotFound
-from gridtool.registry.fleet import Registry
+from gridtool.registry.fleet import Registry, page_bounds
 from gridtool.registry.guestindex import entry, index_ops, located
 from gridtool.registry.keys import Keys
 from gridtool.registry.memstore import MemStore
-from gridtool.registry.model import DecodeError, GuestRecord
+from gridtool.registry.model import DecodeError, GuestRecord, HostRecord, encode
 from gridtool.registry.store import Delete, Put, scan
 
 KEYS = Keys("/t/")
@@ -37,13 +37,34 @@ def index(registry: Registry) -> list[str]:
             registry.store.list(KEYS.guest_index)[0]]
 
 
-@pytest.mark.parametrize("page", [1, 2, 3, 7])
-def test_scan_reads_every_key_once_in_order(page: int) -> None:
+@pytest.mark.parametrize("bounds", [[], ["/p/3"], ["/p/1", "/p/2", "/p/6"]])
+def test_scan_reads_every_key_once_in_order(bounds: list[str]) -> None:
     store = MemStore(lambda: 0.0)
     for n in range(7):
         store.put(f"/p/{n}", b"x")
     store.put("/q", b"outside")
-    assert [i.key for i in scan(store, "/p/", page)] == [f"/p/{n}" for n in range(7)]
+    assert [i.key for i in scan(store, "/p/", bounds)] == [f"/p/{n}" for n in range(7)]
+
+
+def test_page_bounds_split_by_the_hosts_counts() -> None:
+    hosts = [("c", 600), ("a", 600), ("b", None), ("d", 10), ("e", 1000)]
+    assert page_bounds(hosts, 1000) == ["d"]  # a + b (50 assumed) + c = 1250 >= 1000
+    assert page_bounds(hosts, 600) == ["b", "d"]
+    assert page_bounds(hosts, 10_000) == []
+    assert page_bounds([], 1000) == []
+
+
+def test_listing_every_guest_reads_the_ranges_between_hosts(registry: Registry) -> None:
+    """A host without a record (lost) is listed with the range around it."""
+    for n, host in enumerate(("hv1", "hv2", "hv3")):
+        registry.write_guests(tuple(guest(f"{n}{g:07d}-0000-0000-0000-000000000000", f"{host}-{g}",
+                                          host) for g in range(3)), (), host)
+    for host in ("hv1", "hv3"):
+        registry.store.put(KEYS.host(host), encode(HostRecord(
+            host, "test:///", "test", 1, 1, 1, "0", 0.0, guests=3)))
+    listed = [d["name"] for d in registry.guest_data() if isinstance(d, dict)]
+    assert sorted(listed) == sorted(f"hv{h}-{g}" for h in (1, 2, 3) for g in range(3))
+    assert len(listed) == 9
 
 
 def test_index_ops_of_a_rename_drop_the_old_name() -> None:
