@@ -92,6 +92,7 @@ class SimHost:
     worker: IntentWorker | None = None
     next_beat: float = 0.0
     dead: bool = False
+    ready: bool = False  # registered
     resync_at: float | None = None
 
 
@@ -141,10 +142,10 @@ class AgentWorker:
         state = sim.virt.state(uid)
         self.registry.put_guest(replace(self.ha[uid], host=sim.name, state=state))
 
-    def register(self) -> None:
-        for sim in self.hosts.values():
-            sim.lease.grant()
-            self._put_host(sim)
+    def register(self, sim: SimHost) -> None:
+        """The agent's registration: a lease, then the host record under it."""
+        sim.lease.grant()
+        self._put_host(sim)
 
     def _put_host(self, sim: SimHost) -> None:
         self.registry.put_host(HostRecord(
@@ -152,10 +153,16 @@ class AgentWorker:
             ("dedicated",), watchdog=True), sim.lease.lease)  # the lab's hosts have one
 
     def run(self, conn: Connection) -> None:
+        """Register every host (the loop keeps the registered ones alive meanwhile),
+        say ready, then answer the parent's commands."""
         stop = threading.Event()
         threading.Thread(target=self._loop, args=(stop,), daemon=True).start()
         threading.Thread(target=self._intent_loop, args=(stop,), daemon=True).start()
         watch = self.store.watch_prefix(self.keys.all_intents, self._intent_event)
+        for sim in self.hosts.values():
+            self.register(sim)
+            sim.ready = True
+        conn.send("ready")
         while True:
             cmd, arg = conn.recv()
             if cmd == "stats":
@@ -204,14 +211,16 @@ class AgentWorker:
                 else:
                     stop.wait(1.0)
                 continue
-            for sim in self.hosts.values():
-                if sim.dead:
-                    continue
+            live = [sim for sim in self.hosts.values() if sim.ready and not sim.dead]
+            for sim in live:  # keepalives first: a late heartbeat costs less than a lease
                 if sim.resync_at is not None and now >= sim.resync_at:
                     self._resync(sim)
+                elif sim.lease.lost.is_set():
+                    self.register(sim)  # as the agent does when its lease expired
                 if sim.lease.clock is not None and sim.lease.clock.keepalive_due(now):
                     sim.lease.keepalive_step()
                     self.counters.keepalives += 1
+            for sim in live:
                 if now >= sim.next_beat and sim.resync_at is None:
                     self.counters.beat_late_s += now - sim.next_beat
                     sim.next_beat += HEARTBEAT_S
@@ -259,10 +268,7 @@ def agent_process(cfg: Config, hosts: list[str], ha: dict[str, GuestRecord],
                   conn: Connection) -> None:
     if os.environ.get("FLEET_LOG"):
         log_to(os.environ["FLEET_LOG"])
-    worker = AgentWorker(cfg, hosts, ha)
-    worker.register()
-    conn.send("ready")
-    worker.run(conn)
+    AgentWorker(cfg, hosts, ha).run(conn)
 
 
 class Agents:
