@@ -19,7 +19,7 @@ etcd outage of ``--outage`` s after which every agent reconnects and resyncs (ji
 over ``--jitter`` s). Prints tables, writes bench/results/fleet_scale.json.
 
     python bench/fleet_scale.py [--hosts 2000] [--curve 1000,10000,50000,100000]
-        [--workers 4] [--steady 30] [--outage 5] [--jitter 10]
+        [--workers 8] [--ttl 30] [--beat 5] [--steady 30] [--outage 8] [--jitter 10]
 """
 
 from __future__ import annotations
@@ -124,8 +124,10 @@ class AgentWorker:
     def _host(self, name: str) -> SimHost:
         lease = HostLease(self.store, self.cfg.ttl, name, lambda _doubt: True)
         virt = FakeHost(name, defined=set(self.ha))
-        sim = SimHost(name, lease, Heartbeat(self.store, self.keys, name, lambda: lease.lease),
-                      virt, next_beat=time.monotonic() + random.uniform(0, HEARTBEAT_S))
+        beat = float(os.environ.get("FLEET_BEAT", str(HEARTBEAT_S)))
+        sim = SimHost(name, lease, Heartbeat(self.store, self.keys, name, lambda: lease.lease,
+                                             interval=beat),
+                      virt, next_beat=time.monotonic() + random.uniform(0, beat))
         fencer = Fencer(self.store, self.keys, name, lambda: lease.lease)
         domains = FakeLibvirt(virt, lambda _xml: None,
                               lambda uid, state: replace(self.ha[uid], host=name, state=state),
@@ -223,7 +225,7 @@ class AgentWorker:
             for sim in live:
                 if now >= sim.next_beat and sim.resync_at is None:
                     self.counters.beat_late_s += now - sim.next_beat
-                    sim.next_beat += HEARTBEAT_S
+                    sim.next_beat += sim.beat.interval
                     if sim.beat.beat():
                         self.counters.beats += 1
                         self.counters.beat_bytes += len(sim.beat.key) + 40
@@ -432,7 +434,7 @@ def steady(store: EtcdStore, cluster: Any, agents: Agents, hosts: int,
         "writes_per_s_per_host": writes / seconds / hosts,
         "bytes_per_s_per_host": counters.beat_bytes / seconds / hosts,
         "beat_lateness_mean_s": counters.beat_late_s / max(1, counters.beats),
-        "beats_scheduled_per_s": hosts / HEARTBEAT_S,
+        "beats_scheduled_per_s": hosts / float(os.environ["FLEET_BEAT"]),
         "etcd_cpu_cores": (cpu1 - cpu0) / seconds,
         "etcd_cpu_us_per_write": (cpu1 - cpu0) / max(1, writes) * 1e6,
         "revisions_per_s": (rev1 - rev0) / seconds, "db_bytes_growth_per_s": (db1 - db0) / seconds,
@@ -467,13 +469,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=2000)
     parser.add_argument("--curve", default="1000,10000,50000,100000")
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--ha-guests", type=int, default=50)
     parser.add_argument("--window", type=float, default=15.0, help="manager sampling s")
     parser.add_argument("--steady", type=float, default=30.0)
     parser.add_argument("--outage", type=float, default=8.0,
                         help="seconds etcd is down (above the registry timeout, 5 s)")
     parser.add_argument("--jitter", type=float, default=10.0)
+    parser.add_argument("--ttl", type=int, default=30, help="the hosts' lease TTL (agent: 10)")
+    parser.add_argument("--beat", type=float, default=5.0,
+                        help=f"heartbeat interval of the simulated hosts (agent: {HEARTBEAT_S:g})")
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--log", help="write the manager's and agents' log lines here")
     args = parser.parse_args()
@@ -482,18 +487,20 @@ def main() -> int:
         log_to(args.log)
     curve = [int(x) for x in args.curve.split(",")]
     os.environ["FLEET_JITTER"] = str(args.jitter)
+    os.environ["FLEET_BEAT"] = str(args.beat)
     print(f"load average at start: {os.getloadavg()}")
     results: dict[str, Any] = {"hosts": args.hosts, "curve": [], "load_start": os.getloadavg()}
     one, many = host_name(1), host_name(2)
     ha = ha_guests({one: 1, many: args.ha_guests})
     with lab_etcd(3, prefix="gt-fleet-") as (_tmp, cluster):
-        cfg = Config(endpoints=tuple(cluster.endpoints), prefix=PREFIX)
+        cfg = Config(endpoints=tuple(cluster.endpoints), prefix=PREFIX, ttl=args.ttl)
         store = EtcdStore(cfg)
         started = time.monotonic()
         agents = Agents(cfg, args.hosts, args.workers, ha)
         results["agents_start_s"] = time.monotonic() - started
         mark_ha(store, cfg.keys, ha)
         have = len(ha)
+        first = guest(host_name(have % args.hosts), 100 + have // args.hosts)  # populated first
         try:
             with running_manager(cfg) as manager:
                 for size in curve:
@@ -512,8 +519,8 @@ def main() -> int:
                             "host list --json": time_cli(cfg, "host", "list", "--json"),
                             "guest list --json": time_cli(cfg, "guest", "list", "--json"),
                             "guest list --host --json": time_cli(
-                                cfg, "guest", "list", "--host", host_name(7), "--json"),
-                            "guest show": time_cli(cfg, "guest", "show", f"{host_name(7)}-g100"),
+                                cfg, "guest", "list", "--host", first.host, "--json"),
+                            "guest show": time_cli(cfg, "guest", "show", first.name),
                         }}
                     results["curve"].append(point)
                     print(f"{size} guests: {point}", flush=True)
