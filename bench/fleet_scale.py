@@ -376,15 +376,18 @@ def relist_round(cfg: Config, store: EtcdStore) -> float:
     return time.perf_counter() - start
 
 
-def time_cli(cfg: Config, *args: str, runs: int = 3) -> float:
-    """Median seconds of ``gridtool ARGS`` end to end (a fresh process each run)."""
+def time_cli(cfg: Config, *args: str, runs: int = 1) -> float | str:
+    """Median seconds of ``gridtool ARGS`` end to end (a fresh process each run), or how
+    it failed (``exit N``: the registry timed out, say)."""
     argv = [str(Path(sys.executable).with_name("gridtool")), "--endpoints",
             ",".join(cfg.endpoints), "--prefix", cfg.prefix, *args]
     env = {**os.environ, "GRIDTOOL_LAB_DIR": "/nonexistent"}
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(argv, capture_output=True, check=True, env=env)
+        done = subprocess.run(argv, capture_output=True, env=env)
+        if done.returncode:
+            return f"exit {done.returncode}"
         times.append(time.perf_counter() - start)
     return percentile(times, 50)
 
@@ -524,6 +527,7 @@ def main() -> int:
                         }}
                     results["curve"].append(point)
                     print(f"{size} guests: {point}", flush=True)
+                    write_json("fleet_scale", results, args.json_path)  # partial results
                 results["steady"] = steady(store, cluster, agents, args.hosts, args.steady)
                 results["failover_1_s"] = failover(store, cfg.keys, agents, one, ha)
                 results["failover_many_s"] = failover(store, cfg.keys, agents, many, ha)

@@ -189,7 +189,8 @@ class Manager:
                 watches.append(self.store.watch_prefix(self.keys.heartbeats, self._beat_event))
             return watches
         view = MirrorStore(self.store, self.keys.prefix, mirrored(self.keys),
-                           quiet=(self.keys.heartbeats,), on_event=self._mirror_event)
+                           quiet=(self.keys.heartbeats,), on_event=self._mirror_event,
+                           catch_up=max(2.0, self.cfg.timeout))
         view.start()
         self.view, self._idle = view, None
         return [view]
