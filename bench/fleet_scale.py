@@ -51,6 +51,7 @@ from agents.heartbeat import HEARTBEAT_S, Heartbeat
 from agents.intents import IntentWorker
 from agents.lease import HostLease
 from gridtool.config import Config
+from gridtool.errors import RegistryUnavailable
 from gridtool.ha.manager import Manager
 from gridtool.ha.rules import decide
 from gridtool.registry.etcdstore import EtcdStore
@@ -367,11 +368,15 @@ def rounds_in(manager: Manager, seconds: float) -> tuple[list[float], list[float
     return [s for s, full in taken if not full], [s for s, full in taken if full]
 
 
-def relist_round(cfg: Config, store: EtcdStore) -> float:
-    """One round the old way: list the registry, decide (nothing is written)."""
+def relist_round(cfg: Config, store: EtcdStore) -> float | str:
+    """One round the old way: list the registry, decide (nothing is written); or why it
+    could not (a listing that outlasts the registry timeout)."""
     manager = Manager(cfg, store, "relist", mirror=False)
     start = time.perf_counter()
-    snap, _ = manager.snapshot()
+    try:
+        snap, _ = manager.snapshot()
+    except RegistryUnavailable as exc:
+        return f"failed: {str(exc)[:60]}"
     decide(snap, manager.limits, fencing=manager.fencing)
     return time.perf_counter() - start
 
