@@ -1,6 +1,12 @@
 """The HA manager's shell: an etcd election, then a loop that reads a snapshot of the
 registry, asks the pure ``hadecide.decide`` what to do, and writes intents.
 
+The leader reads by watch: a :class:`gridtool.registry.mirror.MirrorStore` keeps the
+prefixes it reads, and each round first brings it up to the registry's revision (or lists
+again). A round whose inputs did not change since an idle round (no actions, nothing in
+flight, nobody fenced or suspect) skips the snapshot and ``decide`` (a *quiet* round),
+until ``full_every`` seconds have passed since the last full one.
+
 Every write of the leader is a transaction guarded by its election key (compare its
 create revision), so a deposed leader that has not noticed yet cannot act.
 """
@@ -12,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -60,6 +67,8 @@ from gridtool.pools.keeper import PoolKeeper
 from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient
+from gridtool.registry.keys import Keys
+from gridtool.registry.mirror import MirrorStore
 from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord
 from gridtool.registry.records import GuestSettings, Intent, ManagerStatus, decode, encode
 from gridtool.registry.store import Compare, Delete, Put, Store, Watch
@@ -83,7 +92,8 @@ class Manager:
                  power_fence: Callable[[str], Outcome] | None = None,
                  storage_fencer: StorageFencer | None = None,
                  fencing: FencePolicy | None = None,
-                 power_policy: PowerPolicy = DEFAULT_POWER) -> None:
+                 power_policy: PowerPolicy = DEFAULT_POWER,
+                 mirror: bool = True, full_every: float = 30.0) -> None:
         self.cfg = cfg
         self.store = store
         self.keys = cfg.keys
@@ -116,6 +126,12 @@ class Manager:
         self._beat_lock = threading.Lock()
         self.pools = PoolKeeper(store, cfg, self, period=pool_period, clock=clock,
                                 threaded=threaded)
+        self.mirror = mirror  # read by watch (False: list the registry every round)
+        self.full_every = full_every
+        self.view: Store = store  # where rounds read: the mirror while leading
+        self._idle: tuple[int, float] | None = None  # (mirror changes, time) of an idle round
+        #: the last rounds: (seconds, True for a full round / False for a quiet one)
+        self.rounds: deque[tuple[float, bool]] = deque(maxlen=10_000)
 
     # -- election ------------------------------------------------------------
 
@@ -148,11 +164,7 @@ class Manager:
                 self._keepalive()
             if self.leader_rev:
                 if not self._watches:
-                    self._watches = [self.store.watch_prefix(p, lambda _ev: self._wake.set())
-                                     for p in (self.keys.hosts, self.keys.fences)]
-                    if self.fencing.suspect_after is not None:
-                        self._watches.append(self.store.watch_prefix(self.keys.heartbeats,
-                                                                     self._beat_event))
+                    self._watches = self._watch()
                 self._wake.clear()
                 self.tick()
         except (RegistryUnavailable, AuthError) as exc:
@@ -164,7 +176,33 @@ class Manager:
                 self.lease = None  # campaign again with a fresh lease
         if not self.leader_rev:
             self._watches = _cancel(self._watches)
+            self.view = self.store
         return ok
+
+    def _watch(self) -> list[Watch]:
+        """Watch what wakes a round (hosts, fences), heartbeats (when suspecting), and,
+        reading by watch, everything a round reads (one watch feeding the mirror)."""
+        if not self.mirror:
+            watches: list[Watch] = [self.store.watch_prefix(p, self._wake_event)
+                                    for p in (self.keys.hosts, self.keys.fences)]
+            if self.fencing.suspect_after is not None:
+                watches.append(self.store.watch_prefix(self.keys.heartbeats, self._beat_event))
+            return watches
+        view = MirrorStore(self.store, self.keys.prefix, mirrored(self.keys),
+                           quiet=(self.keys.heartbeats,), on_event=self._mirror_event,
+                           catch_up=max(2.0, self.cfg.timeout))
+        view.start()
+        self.view, self._idle = view, None
+        return [view]
+
+    def _wake_event(self, _ev: Any) -> None:
+        self._wake.set()
+
+    def _mirror_event(self, ev: Any) -> None:
+        if ev.key.startswith(self.keys.heartbeats):
+            self._beat_event(ev)
+        elif ev.key.startswith((self.keys.hosts, self.keys.fences)) or ev.kind == "reset":
+            self._wake.set()
 
     def _campaign(self) -> None:
         if self.lease is None:
@@ -234,7 +272,7 @@ class Manager:
         ``suspect_after`` (nothing read)."""
         if self.fencing.suspect_after is None:
             return {}
-        for item in self.store.list(self.keys.heartbeats)[0]:
+        for item in self.view.list(self.keys.heartbeats)[0]:
             self._saw_beat(item.key.removeprefix(self.keys.heartbeats), item.mod_revision)
         now = self.clock.monotonic()
         with self._beat_lock:
@@ -256,17 +294,37 @@ class Manager:
     # -- one round -----------------------------------------------------------
 
     def tick(self) -> None:
-        for _ in range(2):  # a second pass recovers what an inline fence just allowed
+        started = time.perf_counter()
+        full = self._sync_view()
+        for _ in range(2 if full else 0):  # a 2nd pass recovers what an inline fence allowed
             self._fenced_inline = False
             self._round()
             if not self._fenced_inline:
                 break
+        self.rounds.append((time.perf_counter() - started, full))
         self._publish_status()
         self.pools.maybe_run()
 
+    def _sync_view(self) -> bool:
+        """Bring the mirror up to date; True when this round must read and decide (False:
+        a quiet round, nothing it reads changed since an idle one)."""
+        if not isinstance(self.view, MirrorStore):
+            return True
+        self.view.sync()
+        idle = self._idle
+        if idle is None or idle[0] != self.view.changes or \
+                self.clock.monotonic() - idle[1] >= self.full_every:
+            return True
+        live = {i.key.removeprefix(self.keys.hosts) for i in self.view.list(self.keys.hosts)[0]}
+        after = self.fencing.suspect_after
+        return after is not None and any(s >= after for s in self._silences(live).values())
+
     def _round(self) -> None:
+        changes = self.view.changes if isinstance(self.view, MirrorStore) else 0
         snap, self.names = self.snapshot()
         actions = decide(snap, self.limits, fencing=self.fencing)
+        idle = not (actions or snap.pending or snap.host_fences or snap.fencing_now)
+        self._idle = (changes, self.clock.monotonic()) if idle else None
         waiting = {a.guest for a in actions if isinstance(a, Blocked)}
         self.blocked = {g: r for g, r in self.blocked.items() if g in waiting}
         failed: set[str] = set()
@@ -284,11 +342,12 @@ class Manager:
         done, so a restart that finishes while the snapshot is read is either still in
         flight here or its fences are seen (never neither: that ordered it again). Reading
         them first also marks failed attempts in the settings read next."""
+        view = self.view
         pending = self._pending()
-        fleet = read_fleet(self.store, self.keys)
-        fences, _ = read_all_fences(self.store, self.keys)
+        fleet = read_fleet(view, self.keys)
+        fences, _ = read_all_fences(view, self.keys)
         self._dead_marks = {item.key.removeprefix(self.keys.dead): item.mod_revision
-                            for item in self.store.list(self.keys.dead)[0]}
+                            for item in view.list(self.keys.dead)[0]}
         dead = set(self._dead_marks)
         live = set(fleet.records)
         by_uuid: dict[str, list[GuestRecord]] = {}
@@ -300,23 +359,23 @@ class Manager:
         history = {uuid: tuple(Attempt(a[0], bool(a[1]), len(a) > 2 and bool(a[2]))
                                for a in s.attempts)
                    for uuid, s in fleet.settings.items()}
-        self._host_fences = read_host_fences(self.store, self.keys)[0]
+        self._host_fences = read_host_fences(view, self.keys)[0]
         with self._fence_lock:
             running = dict(self._fencing_now)
         snap = Snapshot(
             now=self.clock.wall(), hosts=fleet.hosts, guests=tuple(views), fences=fences,
             confirmed_dead=frozenset(dead), history=history, pending=pending,
             host_fences=self._host_fences,
-            power_agents=frozenset(fenceagents.read_all(self.store, self.keys)),
+            power_agents=frozenset(fenceagents.read_all(view, self.keys)),
             storage_fencer=self.storage_fencer is not None, fencing_now=running,
             registrations={item.key.removeprefix(self.keys.machines): item.mod_revision
-                           for item in self.store.list(self.keys.machines)[0]},
+                           for item in view.list(self.keys.machines)[0]},
             silent=self._silences(live))
         return snap, {v.uuid: v.name for v in views}
 
     def _pending(self) -> dict[str, Pending]:
         pending = {}
-        for item in self.store.list(self.keys.all_intents)[0]:
+        for item in self.view.list(self.keys.all_intents)[0]:
             try:
                 intent = decode(Intent, item.key, item.value)
             except DecodeError:
@@ -597,6 +656,13 @@ def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
     volumes = tuple(sorted({v for r in records for v in r.volumes}))
     return GuestView(rec.uuid, rec.name, rec.host, state, rec.memory_mib, kind, volumes,
                      desired, fleet.needs(rec))
+
+
+def mirrored(keys: Keys) -> tuple[str, ...]:
+    """The prefixes a manager round reads (what its mirror keeps)."""
+    return (keys.hosts, keys.guests, keys.settings, keys.hostconfs, keys.fence_agents,
+            keys.fences, keys.all_intents, keys.dead, keys.host_fences, keys.machines,
+            keys.heartbeats)
 
 
 def _cancel(watches: list[Watch]) -> list[Watch]:

@@ -7,6 +7,7 @@ corrupt value is a ``DecodeError`` naming the key, never a crash further on.
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -154,7 +155,7 @@ def encode(record: Any) -> bytes:
 def decode(cls: type[R], key: str, raw: bytes | str) -> R:
     """Parse and type-check a record; ``DecodeError`` naming ``key`` on any problem."""
     data = load_json(key, raw)
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs = {}
     for f in fields(cls):
         if f.name in data:
@@ -164,6 +165,12 @@ def decode(cls: type[R], key: str, raw: bytes | str) -> R:
         elif f.default is MISSING and f.default_factory is MISSING:
             raise DecodeError(key, f"missing field {f.name!r}")
     return cls(**kwargs)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A record class's resolved field types (resolving them is most of a decode's cost)."""
+    return typing.get_type_hints(cls)
 
 
 def _conforms(value: Any, hint: Any) -> bool:
