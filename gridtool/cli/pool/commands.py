@@ -184,7 +184,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     from dataclasses import asdict
 
     from gridtool.pools import shell as pools
-    from gridtool.pools.rules import classify, target_size
+    from gridtool.pools.rules import classify, engine_numbers, target_size
 
     keys = app.config.keys
     spec = pools.get(app.store, keys, name)
@@ -196,9 +196,10 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
                for v in sorted(views, key=lambda v: v.name)]
     flex = pools.flex_numbers(app.store, keys, name)
     status = {k: v for k, v in asdict(st).items() if k != "flex_state"} if st else None
+    numbers = engine_numbers(spec, flex)
     doc = {"pool": _spec_dict(spec), "target": target_size(spec, st),
            "status": status, "members": members,
-           "flex": flex}
+           "flex": flex, "numbers": numbers}
     if as_json:
         emit_json(**doc)
         return
@@ -215,14 +216,54 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
             [(m["name"], m["host"] + (" (overflow)" if m["overflow"] else ""),
               styled_state(m["state"]), m["class"], age(m["created_at"], now))
              for m in members])
-    if flex:
-        table(f"flex policy ({flex['from']}, {age(flex['at'], now)})", ["NUMBER", "VALUE"], [
-            ("arrival rate", f"{flex['smoothed_rate']:.3f} /s"),
-            ("mean service time", f"{flex['service_time']:.3f} s"),
-            ("offered load", f"{flex['offered_load']:.2f} Erlang"),
-            ("recommended", flex["recommended"]), ("desired", flex["desired"]),
-            ("P(wait)", f"{flex['predicted_wait_probability']:.3f}"),
-            ("reason", flex["reason"])])
+    if numbers:
+        _numbers_table("flex numbers", numbers, now,
+                       ("P(wait)", f"{flex['predicted_wait_probability']:.3f}"))
+
+
+def _numbers_table(title: str, numbers: dict[str, Any], now: float,
+                   *extra: tuple[str, object]) -> None:
+    """The numbers an outside policy engine reads, as a table (``extra`` rows last)."""
+    last, utilization = numbers["last_decision"], numbers["utilization"]
+    table(f"{title} ({last['from']}, {age(last['at'], now)})", ["NUMBER", "VALUE"], [
+        ("arrival rate", f"{numbers['arrival_rate']:.3f} /s measured, "
+                         f"{numbers['smoothed_rate']:.3f} /s smoothed"),
+        ("mean service time", f"{numbers['service_time']:.3f} s"),
+        ("offered load", f"{numbers['intensity']:.2f} Erlang"
+                         + ("" if utilization is None else f" ({utilization:.2f} per worker)")),
+        ("recommended", numbers["recommended"]),
+        ("last decision", f"{last['direction']} {last['current']} -> {last['desired']} "
+                          f"({last['policy']})"),
+        *extra,
+        ("reason", last["reason"])])
+
+
+@click.command("numbers")
+@click.argument("name", shell_complete=POOLS)
+@json_option
+@pass_app
+def numbers_cmd(app: AppContext, name: str, as_json: bool) -> None:
+    """The numbers an outside policy engine reads: measured and smoothed arrival rate,
+    service time, intensity (Erlangs), recommended size and the last decision.
+
+    Needs read access to the pool's spec, status and reports only, which the pool's
+    reporter user has; an engine then sets the size of a fixed pool with `pool scale`
+    (or gridtool.set_desired). Empty before any report or decision.
+
+    \b
+    Example:
+      gridtool pool numbers api --json | jq .numbers.recommended
+    """
+    from gridtool.pools import shell as pools
+
+    numbers = pools.engine_numbers(app.store, app.config.keys, name)
+    if as_json:
+        emit_json(pool=name, numbers=numbers)
+        return
+    if not numbers:
+        click.echo(f"pool {name}: no reports or decisions yet", err=True)
+        return
+    _numbers_table(f"pool {name}: numbers", numbers, time.time())
 
 
 @click.command("delete")
