@@ -19,11 +19,15 @@ No I/O, no clock: the caller passes ``now`` and persists the returned state
     signal: the part beyond its (1 - ``queue_epsilon``) quantile for the ready workers at
     their target load is backlog, drained over ``drain_time`` as extra arrival rate.
     Workers come from Erlang C so that the pool's target (P(wait > ``wait_threshold``) or
-    mean wait) holds at A. Scale-up is immediate, to exactly that count, with workers
-    still starting counted as capacity (never overshoots); it is skipped as "small" only
+    mean wait) times ``margin`` (0.5: headroom for the noise of one interval, so that the
+    target holds in most intervals, not only on average) holds at A. Scale-up is
+    immediate, to exactly that count, with workers still starting counted as capacity
+    (never overshoots); it is skipped as "small" only
     if the current size misses the target by at most ``tolerance`` (relative). Scale-down
-    goes to the highest recommendation of the last ``stabilization_window`` seconds, and
-    only if that removes more than ``tolerance`` of the pool.
+    goes to the highest recommendation of the last ``down_window`` seconds (60: a worker
+    comes back in a startup delay, so holding idle ones for minutes is waste), and only
+    if that removes more than ``tolerance`` of the pool. The defaults were tuned against
+    the clairvoyant schedule (``gridtool.pools.frontier``, ``bench/frontier.py``).
 ``classic``
     The known baseline: unweighted mean of the last ``classic_window`` samples (rate and
     service time); one worker more when the Erlang intensity A / workers reaches

@@ -201,9 +201,10 @@ def test_reports_give_flex_numbers_and_busy_workers_before_any_manager(store, cf
     assert 20 < numbers["smoothed_rate"] <= 30 and numbers["recommended"] >= 2
     # what an outside engine reads: the same numbers, the measured rate beside them
     engine = pools.engine_numbers(store, cfg.keys, "q")
-    assert engine["arrival_rate"] == pytest.approx(30.0)  # 200/10 s + 100/10 s
+    # 200/10 s + 100/10 s, over the window from the first report to now
+    assert engine["arrival_rate"] == pytest.approx(30.0, rel=0.01)
     assert engine["service_time"] == numbers["service_time"]
-    assert engine["intensity"] == numbers["offered_load"]
+    assert engine["intensity"] == pytest.approx(numbers["offered_load"], rel=0.01)  # later
     assert engine["last_decision"]["from"] == "reports"
     code, out, _ = gridtool(cfg, capsys, "pool", "numbers", "q", "--json")
     assert code == 0 and json.loads(out)["numbers"]["recommended"] == engine["recommended"]
