@@ -29,6 +29,21 @@ def report(pool: str, *, arrivals: int, completions: int = 0,
                         queue_depth=queue_depth, interval=interval, **options)
 
 
+def numbers(pool: str, *, config: str | None = None) -> dict[str, Any]:
+    """The numbers an outside policy engine reads (as ``gridtool pool numbers --json``):
+    ``arrival_rate``, ``smoothed_rate`` (/s), ``service_time`` (s), ``intensity``
+    (Erlangs), ``utilization``, ``recommended`` and ``last_decision``; ``{}`` before any
+    report. The pool's reporter user may read them. Example::
+
+        n = gridtool.numbers("api")
+        gridtool.set_desired("api", my_policy(n["arrival_rate"], n["service_time"]))
+    """
+    from gridtool.pools import shell as pools
+
+    store, keys = pools.api_store(config)
+    return pools.engine_numbers(store, keys, pool)
+
+
 def set_desired(pool: str, size: int, *, config: str | None = None) -> int:
     """Set a fixed pool's size (for an outside policy engine); returns the size.
 

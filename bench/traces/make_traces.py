@@ -4,6 +4,11 @@
 
 Each trace is a ``start,end,rate`` CSV (see gridtool.pools.queuesim): one simulated hour with a
 base rate of 10 arrivals/s, i.e. 10 erlangs at the benchmark's 1 s mean service time.
+
+The sample traces (steady, spike, diurnal, bursty) are what the flex policy was tuned on.
+The held-out traces in ``heldout/`` are shapes and seeds it was never tuned on (flash crowd,
+sawtooth, high steady load, bursts from another seed); each file's first line records its
+generator and seed. bench/frontier.py reports the policy on both sets.
 """
 
 from __future__ import annotations
@@ -55,12 +60,52 @@ def bursty(seed: int = 7) -> Rows:
     return rows
 
 
+def flash_crowd(seed: int = 101) -> Rows:
+    """A flash crowd: at a random minute, the rate jumps to 6-10x and decays back to the
+    base with a time constant of 2-5 minutes, in 10 s steps (seeded)."""
+    rng = random.Random(seed)
+    onset = rng.randrange(600, 2401, 10)
+    peak, tau = rng.uniform(6, 10), rng.uniform(120, 300)
+    rows: Rows = [(0, onset, BASE)]
+    for t in range(onset, HOUR, 10):
+        rows.append((t, t + 10, round(BASE * (1 + (peak - 1) * math.exp(-(t - onset) / tau)), 2)))
+    return rows
+
+
+def sawtooth(seed: int = 202) -> Rows:
+    """Linear ramps from 0.5x to 3-5x over 4-10 minutes, then a drop back, in 10 s steps
+    (seeded)."""
+    rng = random.Random(seed)
+    rows: Rows = []
+    t = 0
+    while t < HOUR:
+        length, top = rng.randrange(240, 601, 10), rng.uniform(3, 5)
+        for step in range(0, min(length, HOUR - t), 10):
+            share = step / length
+            rows.append((t + step, t + step + 10, round(BASE * (0.5 + (top - 0.5) * share), 2)))
+        t += length
+    return rows
+
+
+def high_steady(seed: int = 303) -> Rows:
+    """A high steady load: 8-12x the base for the whole hour (about 100 erlangs; seeded)."""
+    return [(0, HOUR, round(BASE * random.Random(seed).uniform(8, 12), 1))]
+
+
+def bursty_other(seed: int = 404) -> Rows:
+    """The bursty shape from another seed."""
+    return bursty(seed)
+
+
 TRACES = {"steady": steady, "spike": spike, "diurnal": diurnal, "bursty": bursty}
+HELDOUT = {"flash_crowd": flash_crowd, "sawtooth": sawtooth, "high_steady": high_steady,
+           "bursty_404": bursty_other}
 
 
-def write(name: str, rows: Rows) -> Path:
-    path = HERE / f"{name}.csv"
-    lines = ["start,end,rate"] + [f"{a:g},{b:g},{r:g}" for a, b, r in rows]
+def write(name: str, rows: Rows, directory: Path = HERE, note: str = "") -> Path:
+    path = directory / f"{name}.csv"
+    lines = ([f"# {note}"] if note else []) + ["start,end,rate"]
+    lines += [f"{a:g},{b:g},{r:g}" for a, b, r in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -68,6 +113,12 @@ def write(name: str, rows: Rows) -> Path:
 def main() -> None:
     for name, make in TRACES.items():
         print(write(name, make()))
+    heldout = HERE / "heldout"
+    heldout.mkdir(exist_ok=True)
+    for name, make in HELDOUT.items():
+        seed = make.__defaults__[0] if make.__defaults__ else None
+        note = f"held out: bench/traces/make_traces.py {make.__name__}(seed={seed})"
+        print(write(name, make(), heldout, note))
 
 
 if __name__ == "__main__":

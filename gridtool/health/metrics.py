@@ -193,6 +193,42 @@ def _pool_families(store: Store, keys: Keys) -> Iterator[GaugeMetricFamily | Cou
         for way, count in sorted(row["decisions"].items()):
             decisions.add_metric([row["name"], way], count)
     yield from (desired, actual, ready, decisions)
+    yield from _pool_numbers(store, keys, [row["name"] for row in rows])
+
+
+# the numbers an outside policy engine reads (gridtool.pools.rules.engine_numbers)
+_NUMBER_GAUGES = (
+    ("arrival_rate", "gridtool_pool_arrival_rate", "Arrivals per second, measured"),
+    ("smoothed_rate", "gridtool_pool_smoothed_arrival_rate",
+     "Arrivals per second, the flex policy's estimate"),
+    ("service_time", "gridtool_pool_service_time_seconds", "Mean service time"),
+    ("intensity", "gridtool_pool_intensity_erlangs", "Offered load: rate x service time"),
+    ("recommended", "gridtool_pool_recommended", "Workers the flex policy recommends"),
+)
+
+
+def _pool_numbers(store: Store, keys: Keys, names: list[str]) -> Iterator[GaugeMetricFamily]:
+    """Per pool with a report or decision: the numbers of ``pool numbers`` and the time
+    and direction of the last decision."""
+    from gridtool.pools.shell import engine_numbers
+
+    families = {key: GaugeMetricFamily(name, doc, labels=["pool"])
+                for key, name, doc in _NUMBER_GAUGES}
+    when = GaugeMetricFamily("gridtool_pool_last_decision_timestamp_seconds",
+                             "When the last flex decision was made (Unix time)",
+                             labels=["pool", "direction", "source"])
+    for name in names:
+        try:
+            numbers = engine_numbers(store, keys, name)
+        except GridtoolError:
+            continue
+        if not numbers:
+            continue
+        for key, family in families.items():
+            family.add_metric([name], numbers[key])
+        last = numbers["last_decision"]
+        when.add_metric([name, last["direction"], last["from"]], last["at"])
+    yield from (*families.values(), when)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -19,11 +19,15 @@ No I/O, no clock: the caller passes ``now`` and persists the returned state
     signal: the part beyond its (1 - ``queue_epsilon``) quantile for the ready workers at
     their target load is backlog, drained over ``drain_time`` as extra arrival rate.
     Workers come from Erlang C so that the pool's target (P(wait > ``wait_threshold``) or
-    mean wait) holds at A. Scale-up is immediate, to exactly that count, with workers
-    still starting counted as capacity (never overshoots); it is skipped as "small" only
+    mean wait) times ``margin`` (0.5: headroom for the noise of one interval, so that the
+    target holds in most intervals, not only on average) holds at A. Scale-up is
+    immediate, to exactly that count, with workers still starting counted as capacity
+    (never overshoots); it is skipped as "small" only
     if the current size misses the target by at most ``tolerance`` (relative). Scale-down
-    goes to the highest recommendation of the last ``stabilization_window`` seconds, and
-    only if that removes more than ``tolerance`` of the pool.
+    goes to the highest recommendation of the last ``down_window`` seconds (60: a worker
+    comes back in a startup delay, so holding idle ones for minutes is waste), and only
+    if that removes more than ``tolerance`` of the pool. The defaults were tuned against
+    the clairvoyant schedule (``gridtool.pools.frontier``, ``bench/frontier.py``).
 ``classic``
     The known baseline: unweighted mean of the last ``classic_window`` samples (rate and
     service time); one worker more when the Erlang intensity A / workers reaches
@@ -143,12 +147,12 @@ class PolicyParams:
     target: float = 0.2
     wait_threshold: float = 0.0
     default_service_time: float = 1.0
-    fast_tau: float = 10.0
+    fast_tau: float = 3.0
     slow_tau: float = 60.0
     noise_z: float = 3.0
     lookahead: float = 15.0
     queue_epsilon: float = 0.01
-    drain_time: float = 30.0
+    drain_time: float = 10.0
     service_tau: float = 60.0
     stabilization_window: float = 300.0
     tolerance: float = 0.15
@@ -157,6 +161,8 @@ class PolicyParams:
     classic_down: float = 0.5
     hpa_target_utilization: float = 0.7
     hpa_tolerance: float = 0.1
+    margin: float = 0.5
+    down_window: float = 60.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -169,7 +175,8 @@ class PolicyParams:
             "wait_threshold must be >= 0": self.wait_threshold >= 0,
             "default_service_time must be > 0": self.default_service_time > 0,
             "taus and stabilization_window must be >= 0": min(
-                self.fast_tau, self.slow_tau, self.service_tau, self.stabilization_window
+                self.fast_tau, self.slow_tau, self.service_tau, self.stabilization_window,
+                self.down_window,
             )
             >= 0,
             "drain_time must be > 0": self.drain_time > 0,
@@ -180,10 +187,16 @@ class PolicyParams:
             "0 < classic_down < classic_up": 0 < self.classic_down < self.classic_up,
             "0 < hpa_target_utilization <= 1": 0 < self.hpa_target_utilization <= 1,
             "hpa_tolerance must be >= 0": self.hpa_tolerance >= 0,
+            "margin must be > 0": self.margin > 0,
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
             raise ValueError("invalid PolicyParams: " + "; ".join(failed))
+
+    @property
+    def sizing_target(self) -> float:
+        """What the erlang policy sizes for: ``target x margin``."""
+        return self.target * self.margin
 
     def clamp(self, workers: int) -> int:
         """Bound a worker count to ``[min_workers, max_workers]``."""
@@ -242,6 +255,7 @@ class Decision:
     reason: str
     predicted_wait_probability: float
     predicted_mean_wait: float
+    arrival_rate: float = 0.0  # measured over the sample, before any smoothing
 
     @property
     def change(self) -> int:
@@ -313,14 +327,14 @@ def _predict(workers: int, load: float, service: float) -> tuple[float, float]:
 
 
 def _window(
-    before: FlexState, state: FlexState, now: float, current: int, rec: int, params: PolicyParams
+    before: FlexState, state: FlexState, now: float, current: int, rec: int, length: float
 ) -> tuple[int, FlexState]:
-    """Record ``rec`` and return the highest recommendation of the stabilization window.
+    """Record ``rec`` and return the highest recommendation of the last ``length`` s.
 
     A fresh state starts the window with the current size, so nothing scales down during
     the first window after a (re)start.
     """
-    horizon = now - params.stabilization_window
+    horizon = now - length
     seed = ((now, current),) if before.last_timestamp is None else ()
     window = tuple((t, n) for t, n in (*before.window, *seed) if t > horizon)
     window = (*window, (now, rec))
@@ -360,6 +374,7 @@ def _finish(
         reason=reason,
         predicted_wait_probability=p_wait,
         predicted_mean_wait=wait,
+        arrival_rate=sample.arrival_rate,
     )
 
 
@@ -378,7 +393,8 @@ def _erlang_workers(load: float, service: float, params: PolicyParams) -> int:
     """Workers Erlang C asks for (``DEFAULT_SERVER_LIMIT + 1`` for absurd loads)."""
     try:
         return servers_needed(
-            load, service, params.target, kind=params.target_kind, threshold=params.wait_threshold
+            load, service, params.sizing_target, kind=params.target_kind,
+            threshold=params.wait_threshold,
         )
     except ValueError:
         return DEFAULT_SERVER_LIMIT + 1
@@ -389,7 +405,7 @@ def _erlang_step(
 ) -> tuple[int, str]:
     """Apply scale-up-at-once, tolerance band and scale-down stabilization."""
     if rec > current:
-        if metric <= params.target * (1 + params.tolerance):
+        if metric <= params.sizing_target * (1 + params.tolerance):
             return current, f"hold: {current} misses target by <= tolerance (rec {rec})"
         return rec, f"scale up: Erlang C needs {rec} > {current}"
     if held >= current:
@@ -438,7 +454,7 @@ def _target_load(workers: int, service: float, params: PolicyParams) -> float:
     low, high = 0.0, float(workers)
     for _ in range(40):
         middle = (low + high) / 2
-        if _target_metric(workers, middle, service, params) <= params.target:
+        if _target_metric(workers, middle, service, params) <= params.sizing_target:
             low = middle
         else:
             high = middle
@@ -471,7 +487,7 @@ def decide_erlang(
     current = sample.current
     raw = _erlang_workers(load, service, params)
     rec = params.clamp(raw)
-    held, new_state = _window(state, observed, now, current, rec, params)
+    held, new_state = _window(state, observed, now, current, rec, params.down_window)
     metric = _target_metric(current, load, service, params)
     desired, reason = _erlang_step(current, rec, held, metric, params)
     numbers = (rate, backlog, service)
@@ -544,7 +560,8 @@ def decide_hpa(
     current = sample.current
     rec, reason = _hpa_recommend(sample, service, params)
     rec = params.clamp(rec)
-    held, new_state = _window(state, observed, now, current, rec, params)
+    held, new_state = _window(state, observed, now, current, rec,
+                              params.stabilization_window)
     if rec >= current:
         desired = rec
     else:

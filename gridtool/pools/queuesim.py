@@ -251,7 +251,7 @@ def count_reversals(changes: Iterable[int]) -> int:
     return sum(1 for a, b in pairwise(signs) if a != b)
 
 
-_DEPART, _READY, _SAMPLE = 0, 1, 2
+_DEPART, _READY, _SET, _SAMPLE = 0, 1, 2, 3
 
 
 class _Pool:
@@ -289,6 +289,11 @@ class _Pool:
     @property
     def ready(self) -> int:
         return self.idle + self.busy - self.draining
+
+    @property
+    def size(self) -> int:
+        """Workers provisioned and not leaving: ready plus starting."""
+        return self.ready + len(self.starting)
 
     @property
     def queue_depth(self) -> int:
@@ -380,14 +385,69 @@ def _draw_jobs(trace: Trace, cfg: SimConfig) -> tuple[list[float], list[float]]:
 def simulate(trace: Trace, params: PolicyParams, cfg: SimConfig | None = None) -> SimResult:
     """Replay ``trace`` with the policy ``params.policy``; deterministic for a seed."""
     cfg = cfg or SimConfig()
+    initial = params.clamp(cfg.initial_workers if cfg.initial_workers is not None else 0)
+    return _run(trace, cfg, params.policy, initial, _PolicyDriver(params), ())
+
+
+def simulate_schedule(
+    trace: Trace, schedule: Sequence[tuple[float, int]], cfg: SimConfig | None = None,
+    *, name: str = "clairvoyant",
+) -> SimResult:
+    """Replay ``trace`` with the pool sized by a fixed ``schedule`` of ``(time, workers)``
+    steps (the first at time 0; workers then added start at once and are ready after
+    the startup delay), instead of a policy. Same jobs as :func:`simulate` for a seed."""
+    cfg = cfg or SimConfig()
+    if not schedule or schedule[0][0] != 0:
+        raise ValueError("a schedule starts at time 0")
+    return _run(trace, cfg, name, schedule[0][1], _ScheduleDriver(schedule), schedule[1:])
+
+
+class _PolicyDriver:
+    """Asks the flex policy at every sample."""
+
+    def __init__(self, params: PolicyParams):
+        self.params, self.state = params, FlexState()
+        self.decisions: list[Decision] = []
+
+    def sample(self, sample: LoadSample, t: float) -> int:
+        decision, self.state = decide(self.state, sample, t, self.params)
+        self.decisions.append(decision)
+        return decision.desired
+
+    def changes(self) -> list[int]:
+        return [d.change for d in self.decisions]
+
+
+class _ScheduleDriver:
+    """Follows a fixed schedule; samples only read the pool."""
+
+    def __init__(self, schedule: Sequence[tuple[float, int]]):
+        self.schedule = schedule
+        self.decisions: list[Decision] = []
+
+    def sample(self, sample: LoadSample, t: float) -> int:
+        return next(n for at, n in reversed(self.schedule) if at <= t)
+
+    def changes(self) -> list[int]:
+        return [b[1] - a[1] for a, b in pairwise(self.schedule)]
+
+
+_Driver = _PolicyDriver | _ScheduleDriver
+
+
+def _run(
+    trace: Trace, cfg: SimConfig, name: str, initial: int, driver: _Driver,
+    sets: Sequence[tuple[float, int]],
+) -> SimResult:
     jobs = _draw_jobs(trace, cfg)
     arrivals = jobs[0]
-    initial = params.clamp(cfg.initial_workers if cfg.initial_workers is not None else 0)
     pool = _Pool(jobs, cfg, initial, trace.duration)
     sample_times = [cfg.period * k for k in range(1, int(trace.duration // cfg.period) + 1)]
     for t in sample_times:
         pool.push(t, _SAMPLE, 0)
-    state, decisions, points = FlexState(), [], []
+    for t, size in sets:
+        pool.push(t, _SET, size)
+    points: list[tuple[float, LoadSample, int]] = []
     next_job, window_start = 0, 0
     while pool.events or next_job < len(arrivals):
         if next_job < len(arrivals) and (
@@ -403,23 +463,24 @@ def simulate(trace: Trace, params: PolicyParams, cfg: SimConfig | None = None) -
             pool.depart(data)
         elif kind == _READY:
             pool.worker_ready(data)
+        elif kind == _SET:
+            pool.scale(data - pool.size)
         else:
             sample = pool.take_sample(t, next_job - window_start)
             window_start = next_job
-            decision, state = decide(state, sample, t, params)
-            pool.scale(decision.change)
-            decisions.append(decision)
-            points.append((t, sample, decision))
-    return _result(trace, params, cfg, pool, decisions, points)
+            desired = driver.sample(sample, t)
+            pool.scale(desired - sample.current)
+            points.append((t, sample, desired))
+    return _result(trace, name, cfg, pool, driver, points)
 
 
 def _result(
     trace: Trace,
-    params: PolicyParams,
+    name: str,
     cfg: SimConfig,
     pool: _Pool,
-    decisions: list[Decision],
-    points: list[tuple[float, LoadSample, Decision]],
+    driver: _Driver,
+    points: list[tuple[float, LoadSample, int]],
 ) -> SimResult:
     waits = _waits(pool, trace.duration)
     interval_waits = _interval_waits(pool.arrivals, waits, cfg.period, len(points))
@@ -431,14 +492,14 @@ def _result(
             ready=sample.workers,
             queue_depth=sample.queue_depth,
             mean_wait=_round(interval_waits[i]),
-            desired=decision.desired,
+            desired=desired,
         )
-        for i, (t, sample, decision) in enumerate(points)
+        for i, (t, sample, desired) in enumerate(points)
     )
     violations = sum(1 for w in interval_waits if w is not None and w > cfg.sla_wait)
-    changes = [d.change for d in decisions]
+    changes = driver.changes()
     return SimResult(
-        policy=params.policy,
+        policy=name,
         trace=trace.name,
         sla_wait=cfg.sla_wait,
         sla_violation_seconds=violations * cfg.period,
@@ -450,7 +511,7 @@ def _result(
         mean_wait=math.fsum(waits) / len(waits) if waits else 0.0,
         waited_fraction=sum(1 for w in waits if w > 1e-12) / len(waits) if waits else 0.0,
         series=series,
-        decisions=tuple(decisions),
+        decisions=tuple(driver.decisions),
     )
 
 

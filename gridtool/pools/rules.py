@@ -347,6 +347,42 @@ def direction(decision: Decision) -> str:
     return "up" if decision.change > 0 else "down" if decision.change < 0 else "hold"
 
 
+ENGINE_NUMBERS = ("arrival_rate", "smoothed_rate", "service_time", "intensity",
+                  "utilization", "recommended", "last_decision")
+
+
+def engine_numbers(spec: PoolSpec, decision: Mapping[str, Any]) -> dict[str, Any]:
+    """What an outside policy engine reads about a pool (the contract of ``pool numbers``,
+    ``pool show --json``'s ``numbers`` and the ``gridtool_pool_*`` gauges).
+
+    From one policy decision as ``pool show`` has it (``Decision.to_dict()`` plus ``at``
+    and ``from``: ``manager`` for the leader's last round, ``reports`` for a dry run over
+    the live reports):
+    ``arrival_rate`` (measured, per s), ``smoothed_rate`` (the policy's estimate, per s),
+    ``service_time`` (s), ``intensity`` (offered load in Erlangs: rate x service time),
+    ``utilization`` (Erlangs per current worker, None for an empty pool),
+    ``recommended`` (the workers gridtool's policy would have, within the pool's
+    bounds) and ``last_decision`` (when, from where, which policy, direction, current
+    and desired workers, reason). ``{}`` when ``decision`` is empty.
+    """
+    if not decision:
+        return {}
+    change = int(decision["desired"]) - int(decision["current"])
+    return {
+        "arrival_rate": decision.get("arrival_rate", decision["smoothed_rate"]),
+        "smoothed_rate": decision["smoothed_rate"],
+        "service_time": decision["service_time"],
+        "intensity": decision["offered_load"],
+        "utilization": decision.get("intensity"),
+        "recommended": spec.clamp(int(decision["recommended"])),
+        "last_decision": {
+            "at": decision["at"], "from": decision["from"], "policy": decision["policy"],
+            "direction": "up" if change > 0 else "down" if change < 0 else "hold",
+            "current": decision["current"], "desired": decision["desired"],
+            "reason": decision["reason"]},
+    }
+
+
 def target_size(spec: PoolSpec, status: PoolStatus | None) -> int:
     """The size the pool should have now: its spec's for a fixed pool, the policy's last
     verdict for a flex pool (its spec's until the policy has spoken)."""

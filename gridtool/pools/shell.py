@@ -42,6 +42,7 @@ from gridtool.pools.rules import (
     flex_step,
     target_size,
 )
+from gridtool.pools.rules import engine_numbers as rules_engine_numbers
 from gridtool.registry import hostconf
 from gridtool.registry.fleet import Registry
 from gridtool.registry.keys import Keys
@@ -325,7 +326,20 @@ def flex_numbers(store: Store, keys: Keys, name: str) -> dict[str, Any]:
     there is neither. Keys: smoothed_rate (/s), service_time (s), offered_load
     (Erlangs), recommended and desired workers, intensity, predicted wait, reason.
     """
+    return _flex_numbers(store, keys, get(store, keys, name))
+
+
+def engine_numbers(store: Store, keys: Keys, name: str) -> dict[str, Any]:
+    """The numbers an outside policy engine reads (``rules.engine_numbers``: measured
+    and smoothed arrival rate, service time, intensity, recommended size, last
+    decision); ``{}`` before any decision or report. Reads the pool's spec, status and
+    reports only, which a pool's reporter user may read."""
     spec = get(store, keys, name)
+    return rules_engine_numbers(spec, _flex_numbers(store, keys, spec))
+
+
+def _flex_numbers(store: Store, keys: Keys, spec: PoolSpec) -> dict[str, Any]:
+    name = spec.name
     st = status(store, keys, name)
     if st is not None and st.decision:
         return {"from": "manager", "at": st.updated, **st.decision}

@@ -185,7 +185,7 @@ def test_flex_pool_follows_load_reports(lab_hosts, registry, store, cfg, manager
     assert len([d for d in lab_hosts.conn("hv1").listAllDomains(0)]) == 5
 
 
-def test_reports_give_flex_numbers_and_busy_workers_before_any_manager(store, cfg):  # type: ignore[no-untyped-def]
+def test_reports_give_flex_numbers_and_busy_workers_before_any_manager(store, cfg, capsys):  # type: ignore[no-untyped-def]
     pools.create(store, cfg.keys, pools.new_spec("q", "w", 1, 30, policy="flex"))
     for i in (1, 2):  # members as the clone API records them
         store.put(cfg.keys.pool_member("q", f"uuid-{i}"), json.dumps(
@@ -199,6 +199,16 @@ def test_reports_give_flex_numbers_and_busy_workers_before_any_manager(store, cf
     assert numbers["from"] == "reports" and numbers["direction"] == "up"
     assert numbers["service_time"] == pytest.approx(12 / 230)  # (9 + 30 x 0.1) / 230
     assert 20 < numbers["smoothed_rate"] <= 30 and numbers["recommended"] >= 2
+    # what an outside engine reads: the same numbers, the measured rate beside them
+    engine = pools.engine_numbers(store, cfg.keys, "q")
+    # 200/10 s + 100/10 s, over the window from the first report to now
+    assert engine["arrival_rate"] == pytest.approx(30.0, rel=0.01)
+    assert engine["service_time"] == numbers["service_time"]
+    assert engine["intensity"] == pytest.approx(numbers["offered_load"], rel=0.01)  # later
+    assert engine["last_decision"]["from"] == "reports"
+    code, out, _ = gridtool(cfg, capsys, "pool", "numbers", "q", "--json")
+    assert code == 0 and json.loads(out)["numbers"]["recommended"] == engine["recommended"]
+    assert gridtool(cfg, capsys, "pool", "numbers", "nope")[0] == 3
     _, views = pools.observe(store, cfg.keys, "q")
     assert {v.name: (v.busy, v.state) for v in views} == {
         "q-1": (True, "missing"), "q-2": (False, "missing")}

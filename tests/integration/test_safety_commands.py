@@ -25,6 +25,7 @@ from gridtool.fencing.etcdversions import revokes_leases_early
 from gridtool.fencing.rules import Fence
 from gridtool.lab.procs import cmdline, free_port
 from gridtool.pools import shell as pools
+from gridtool.pools.flex import FlexState, LoadSample, PolicyParams, decide
 from gridtool.pools.rules import PoolStatus
 from gridtool.registry.records import GuestSettings, decode, encode
 from tests.harness.checker import DoubleRunChecker
@@ -58,7 +59,10 @@ FAMILIES = ("gridtool_registry_up", "gridtool_hosts_up", "gridtool_guests",
             "gridtool_lost_hosts", "gridtool_pool_desired", "gridtool_pool_members",
             "gridtool_pool_ready",
             "gridtool_pool_flex_decisions", "gridtool_event_propagation_seconds",
-            "gridtool_clone_phase_seconds")
+            "gridtool_clone_phase_seconds", "gridtool_pool_arrival_rate",
+            "gridtool_pool_smoothed_arrival_rate", "gridtool_pool_service_time_seconds",
+            "gridtool_pool_intensity_erlangs", "gridtool_pool_recommended",
+            "gridtool_pool_last_decision_timestamp_seconds")
 
 
 def one_line(err: str) -> bool:
@@ -468,9 +472,13 @@ def test_metrics_serve_exports_every_family_and_registry_down(lab_hosts, store, 
     assert gridtool(cfg, capsys, "guest", "start", "db", "--on", "hv1")[0] == 0
     # A pool with the status a keeper round writes (its flex verdicts counted), so that
     # the pool families have series too (a counter with no series is not exported).
+    # Its last decision: 20 requests/s of 0.5 s seen by 2 workers (the numbers' gauges).
     pools.create(store, cfg.keys, pools.new_spec("web", "tmpl", 1, 9, desired=3))
+    decided = time.time()
+    decision, _ = decide(FlexState(), LoadSample(decided, 10.0, 200, 200, 100.0, workers=2),
+                         decided, PolicyParams(max_workers=9))
     store.put(cfg.keys.pool_status("web"), encode(PoolStatus(
-        "web", time.time(), 3, 2, 1, decisions={"up": 2, "hold": 5})))
+        "web", decided, 3, 2, 1, decision=decision.to_dict(), decisions={"up": 2, "hold": 5})))
     proxy = CuttableProxy(etcd_cluster.endpoints[0])  # the exporter's way to etcd
     port = free_port()
     log = tmp_path / "metrics.log"
@@ -499,6 +507,13 @@ def test_metrics_serve_exports_every_family_and_registry_down(lab_hosts, store, 
             assert values["gridtool_pool_members[('pool', 'web')]"] == 0
             assert values["gridtool_pool_flex_decisions_total[('direction', 'up'), "
                           "('pool', 'web')]"] == 2
+            assert values["gridtool_pool_arrival_rate[('pool', 'web')]"] == 20.0
+            assert values["gridtool_pool_service_time_seconds[('pool', 'web')]"] == 0.5
+            assert values["gridtool_pool_intensity_erlangs[('pool', 'web')]"] == \
+                decision.offered_load
+            assert values["gridtool_pool_recommended[('pool', 'web')]"] == 9  # max
+            assert values["gridtool_pool_last_decision_timestamp_seconds[('direction', 'up'), "
+                          "('pool', 'web'), ('source', 'manager')]"] == decided
             assert values["gridtool_event_propagation_seconds_count[]"] >= 0
 
             proxy.cut()  # etcd gone for the exporter: it answers, and says so

@@ -436,6 +436,11 @@ def test_pool_reporter_writes_only_its_own_pool(cfg: Config, store: EtcdStore, c
     scaled = as_reporter("pool", "scale", "web", "3")
     assert scaled.returncode == 0, scaled.stderr
     assert pools.get(store, cfg.keys, "web").desired == 3
+    # an outside engine's read-back: its pool's numbers (spec, status, reports), no other's
+    numbers = as_reporter("pool", "numbers", "web", "--json")
+    assert numbers.returncode == 0, numbers.stderr
+    assert json.loads(numbers.stdout)["numbers"]["arrival_rate"] == pytest.approx(0.7, rel=0.1)
+    one_line_error(as_reporter("pool", "numbers", "api"), 5, "permission denied")
     one_line_error(as_reporter("pool", "report", "api", "--arrivals", "1"), 5,
                    "permission denied")
     one_line_error(as_reporter("pool", "scale", "api", "2"), 5, "permission denied")

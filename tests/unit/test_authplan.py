@@ -141,6 +141,9 @@ def test_reporter_writes_only_its_pools_reports_and_spec() -> None:
                 K.fence("v1"), K.intent("hv1", "i1"), K.guest_settings("u1")):
         assert not R.permitted(web, key, write=True), key
     assert not R.permitted(web, K.host("hv1"), write=False)
+    # the numbers of `pool numbers`: its own pool's status, read only
+    assert R.permitted(web, K.pool_status("web"), write=False)
+    assert not R.permitted(web, K.pool_status("web2"), write=False)
 
 
 def test_pool_of_user_tells_reporters_apart() -> None:

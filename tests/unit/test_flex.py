@@ -200,7 +200,7 @@ def test_erlang_scales_down_only_after_the_window() -> None:
     decisions, _ = run(params, low, state)
     downs = [d for d in decisions if d.change < 0]
     assert downs, "never scaled down"
-    assert downs[0].timestamp >= low_start + params.stabilization_window - PERIOD
+    assert downs[0].timestamp >= low_start + params.down_window - PERIOD
     assert "window" in downs[0].reason
 
 
@@ -221,10 +221,15 @@ def test_erlang_bounds() -> None:
 
 
 def test_erlang_wait_probability_target() -> None:
-    params = PolicyParams(target_kind="wait_probability", target=0.2, max_workers=100)
+    params = PolicyParams(target_kind="wait_probability", target=0.2, max_workers=100,
+                          margin=1.0)
     state = steady_state(params, workers=56, arrivals=480)
     decision, _ = decide(state, sample(400, 480, 56), 400, params)
     assert decision.recommended == servers_needed(48.0, 1.0, 0.2) == 56
+    tight = replace(params, margin=0.5)
+    decision, _ = decide(steady_state(tight, workers=56, arrivals=480), sample(400, 480, 56),
+                         400, tight)
+    assert decision.recommended == servers_needed(48.0, 1.0, 0.1) > 56
 
 
 def test_erlang_ignores_normal_queue_noise_but_not_backlog() -> None:

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridtool.pools.flex import FlexState, LoadSample
+from gridtool.pools.flex import FlexState, LoadSample, PolicyParams, decide
 from gridtool.pools.rules import (
+    ENGINE_NUMBERS,
     Clone,
     Forget,
     HostInfo,
@@ -23,6 +24,7 @@ from gridtool.pools.rules import (
     aggregate,
     busy_sources,
     classify,
+    engine_numbers,
     flex_step,
     plan,
     removal_order,
@@ -227,3 +229,32 @@ def test_property_shrink_empties_overflow_first_and_newest_first(members, hosts,
                 assert k.busy >= gone.busy
                 if k.busy == gone.busy:
                     assert k.created_at <= gone.created_at
+
+
+# --- the numbers an outside policy engine reads ---------------------------------------
+
+
+def test_engine_numbers_from_a_decision() -> None:
+    spec = PoolSpec("api", "w", 2, 4, 2, "fixed")
+    sample = LoadSample(100.0, 10.0, arrivals=80, completions=80, busy_seconds=40.0,
+                        workers=2, starting=1)
+    decision, _ = decide(FlexState(), sample, 100.0, PolicyParams(max_workers=50))
+    flex = {"from": "reports", "at": 100.0, **decision.to_dict()}
+    numbers = engine_numbers(spec, flex)
+    assert set(numbers) == set(ENGINE_NUMBERS)
+    assert numbers["arrival_rate"] == 8.0 and numbers["service_time"] == 0.5
+    assert numbers["smoothed_rate"] == decision.smoothed_rate < 8.0  # a fresh estimate
+    assert numbers["intensity"] == pytest.approx(decision.smoothed_rate * 0.5)
+    assert numbers["utilization"] == pytest.approx(numbers["intensity"] / 3)
+    assert decision.recommended > 4 and numbers["recommended"] == 4  # the pool's max
+    last = numbers["last_decision"]
+    assert (last["from"], last["at"], last["current"], last["direction"]) == (
+        "reports", 100.0, 3, "up" if decision.desired > 3 else "hold")
+    assert engine_numbers(spec, {}) == {}
+    # a decision recorded before the measured rate was kept: the smoothed one stands in
+    old = {k: v for k, v in flex.items() if k != "arrival_rate"}
+    assert engine_numbers(spec, old)["arrival_rate"] == decision.smoothed_rate
+    empty = decide(FlexState(), replace(sample, workers=0, starting=0), 100.0,
+                   PolicyParams())[0]
+    assert engine_numbers(spec, {"from": "manager", "at": 1.0,
+                                 **empty.to_dict()})["utilization"] is None

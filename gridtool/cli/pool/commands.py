@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 
 
 @click.command("simulate")
-@click.option("--trace", "trace_file", required=True,
+@click.option("--trace", "trace_files", required=True, multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Arrival trace: CSV 'start,end,rate' segments or 'time' arrivals, or JSON.")
+              help="Arrival trace: CSV 'start,end,rate' segments or 'time' arrivals, or JSON "
+                   "(repeat for several traces).")
 @click.option("--policy", type=click.Choice(["erlang", "classic", "hpa", "all"]),
               default="all", show_default=True, help="Flex policy to replay.")
 @click.option("--service-time", default=1.0, show_default=True,
@@ -47,49 +48,78 @@ if TYPE_CHECKING:
 @click.option("--min", "min_workers", default=1, show_default=True, help="Pool minimum.")
 @click.option("--max", "max_workers", default=200, show_default=True, help="Pool maximum.")
 @click.option("--seed", default=1, show_default=True, help="Random seed (same seed, same run).")
+@click.option("--frontier", is_flag=True,
+              help="Also sweep each policy's parameters: the cost/SLA frontiers and the "
+                   "clairvoyant schedule, per trace.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the frontiers, one panel per trace, to this SVG or PNG (implies "
+                   "--frontier; needs matplotlib).")
+@click.option("--plot-series", "series_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw arrivals, workers and wait over time to this PNG (needs matplotlib).")
 @json_option
-def simulate(trace_file: Path, policy: str, service_time: float, startup_delay: float,
-             period: float, sla_wait: float, min_workers: int, max_workers: int, seed: int,
-             plot_file: Path | None, as_json: bool) -> None:
-    """Replay an arrival trace through a queue model under each flex policy.
+def simulate(trace_files: tuple[Path, ...], policy: str, service_time: float,
+             startup_delay: float, period: float, sla_wait: float, min_workers: int,
+             max_workers: int, seed: int, frontier: bool, plot_file: Path | None,
+             series_file: Path | None, as_json: bool) -> None:
+    """Replay arrival traces through a queue model under each flex policy.
 
-    Prints, per policy: seconds with the mean wait over the SLA, worker-seconds (cost)
-    and scale direction reversals.
+    Prints, per trace and policy: seconds with the mean wait over the SLA, worker-seconds
+    (cost) and scale direction reversals. With --frontier (or --plot), each policy's
+    cost/SLA frontier over a sweep of its main parameters and the clairvoyant schedule
+    (the fewest worker-seconds that keep every interval within the SLA in the queueing
+    model); a sweep takes seconds per simulated hour.
 
     \b
     Example:
       gridtool pool simulate --trace bench/traces/bursty.csv --policy all --json
+      gridtool pool simulate --trace bench/traces/spike.csv --trace bench/traces/steady.csv \\
+          --plot frontiers.svg
     """
     from gridtool.errors import UsageError
     from gridtool.pools.erlang import servers_needed
     from gridtool.pools.flex import POLICY_NAMES, PolicyParams
+    from gridtool.pools.frontier import frontier_rows, plot_frontiers, trace_frontier
     from gridtool.pools.queuesim import SimConfig, load_trace, plot, simulate_policies
 
-    trace = load_trace(trace_file)
+    traces = [load_trace(path) for path in trace_files]
     try:
         params = PolicyParams(min_workers=min_workers, max_workers=max_workers,
                               target_kind="mean_wait", target=sla_wait)
-        load = trace.rate_at(0.0) * service_time
-        start = servers_needed(load, service_time, sla_wait, kind="mean_wait") if load else 1
-        cfg = SimConfig(service_time=service_time, startup_delay=startup_delay, period=period,
-                        sla_wait=sla_wait, initial_workers=params.clamp(start), seed=seed)
+        configs = []
+        for trace in traces:
+            load = trace.rate_at(0.0) * service_time
+            start = servers_needed(load, service_time, sla_wait, kind="mean_wait") if load else 1
+            configs.append(SimConfig(service_time=service_time, startup_delay=startup_delay,
+                                     period=period, sla_wait=sla_wait,
+                                     initial_workers=params.clamp(start), seed=seed))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     names = POLICY_NAMES if policy == "all" else (policy,)
-    results = simulate_policies(trace, params, names, cfg)
+    results = [r for trace, cfg in zip(traces, configs, strict=True)
+               for r in simulate_policies(trace, params, names, cfg)]
+    fronts = [trace_frontier(trace, params, cfg) for trace, cfg in
+              zip(traces, configs, strict=True)] if frontier or plot_file else []
+    if series_file is not None:
+        plot(results, series_file)
     if plot_file is not None:
-        plot(results, plot_file)
+        plot_frontiers(fronts, plot_file)
     if as_json:
-        emit_json(trace=str(trace_file), results=[r.summary() for r in results])
+        emit_json(traces=[str(path) for path in trace_files],
+                  results=[r.summary() for r in results],
+                  frontiers=[f.to_dict() for f in fronts])
         return
-    table(f"{trace_file.name}: {len(results[0].series)} samples", [
-        "POLICY", "SLA-VIOLATION S", "WORKER-S", "REVERSALS", "SCALE UPS", "MEAN WAIT S"],
-        [(r.policy, f"{r.sla_violation_seconds:.0f}", f"{r.worker_seconds:.0f}", r.reversals,
-          r.scale_ups, f"{r.mean_wait:.2f}") for r in results])
-    if plot_file is not None:
-        click.echo(f"plot written to {plot_file}", err=True)
+    for trace in traces:
+        mine = [r for r in results if r.trace == trace.name]
+        table(f"{trace.name}: {len(mine[0].series)} samples", [
+            "POLICY", "SLA-VIOLATION S", "WORKER-S", "REVERSALS", "SCALE UPS", "MEAN WAIT S"],
+            [(r.policy, f"{r.sla_violation_seconds:.0f}", f"{r.worker_seconds:.0f}",
+              r.reversals, r.scale_ups, f"{r.mean_wait:.2f}") for r in mine])
+    for front in fronts:
+        rows, header = frontier_rows(front)
+        table(f"{front.trace}: frontiers", [h.upper() for h in header], rows)
+    for path in (series_file, plot_file):
+        if path is not None:
+            click.echo(f"plot written to {path}", err=True)
 
 
 @click.command("create")
@@ -184,7 +214,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     from dataclasses import asdict
 
     from gridtool.pools import shell as pools
-    from gridtool.pools.rules import classify, target_size
+    from gridtool.pools.rules import classify, engine_numbers, target_size
 
     keys = app.config.keys
     spec = pools.get(app.store, keys, name)
@@ -196,9 +226,10 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
                for v in sorted(views, key=lambda v: v.name)]
     flex = pools.flex_numbers(app.store, keys, name)
     status = {k: v for k, v in asdict(st).items() if k != "flex_state"} if st else None
+    numbers = engine_numbers(spec, flex)
     doc = {"pool": _spec_dict(spec), "target": target_size(spec, st),
            "status": status, "members": members,
-           "flex": flex}
+           "flex": flex, "numbers": numbers}
     if as_json:
         emit_json(**doc)
         return
@@ -215,14 +246,54 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
             [(m["name"], m["host"] + (" (overflow)" if m["overflow"] else ""),
               styled_state(m["state"]), m["class"], age(m["created_at"], now))
              for m in members])
-    if flex:
-        table(f"flex policy ({flex['from']}, {age(flex['at'], now)})", ["NUMBER", "VALUE"], [
-            ("arrival rate", f"{flex['smoothed_rate']:.3f} /s"),
-            ("mean service time", f"{flex['service_time']:.3f} s"),
-            ("offered load", f"{flex['offered_load']:.2f} Erlang"),
-            ("recommended", flex["recommended"]), ("desired", flex["desired"]),
-            ("P(wait)", f"{flex['predicted_wait_probability']:.3f}"),
-            ("reason", flex["reason"])])
+    if numbers:
+        _numbers_table("flex numbers", numbers, now,
+                       ("P(wait)", f"{flex['predicted_wait_probability']:.3f}"))
+
+
+def _numbers_table(title: str, numbers: dict[str, Any], now: float,
+                   *extra: tuple[str, object]) -> None:
+    """The numbers an outside policy engine reads, as a table (``extra`` rows last)."""
+    last, utilization = numbers["last_decision"], numbers["utilization"]
+    table(f"{title} ({last['from']}, {age(last['at'], now)})", ["NUMBER", "VALUE"], [
+        ("arrival rate", f"{numbers['arrival_rate']:.3f} /s measured, "
+                         f"{numbers['smoothed_rate']:.3f} /s smoothed"),
+        ("mean service time", f"{numbers['service_time']:.3f} s"),
+        ("offered load", f"{numbers['intensity']:.2f} Erlang"
+                         + ("" if utilization is None else f" ({utilization:.2f} per worker)")),
+        ("recommended", numbers["recommended"]),
+        ("last decision", f"{last['direction']} {last['current']} -> {last['desired']} "
+                          f"({last['policy']})"),
+        *extra,
+        ("reason", last["reason"])])
+
+
+@click.command("numbers")
+@click.argument("name", shell_complete=POOLS)
+@json_option
+@pass_app
+def numbers_cmd(app: AppContext, name: str, as_json: bool) -> None:
+    """The numbers an outside policy engine reads: measured and smoothed arrival rate,
+    service time, intensity (Erlangs), recommended size and the last decision.
+
+    Needs read access to the pool's spec, status and reports only, which the pool's
+    reporter user has; an engine then sets the size of a fixed pool with `pool scale`
+    (or gridtool.set_desired). Empty before any report or decision.
+
+    \b
+    Example:
+      gridtool pool numbers api --json | jq .numbers.recommended
+    """
+    from gridtool.pools import shell as pools
+
+    numbers = pools.engine_numbers(app.store, app.config.keys, name)
+    if as_json:
+        emit_json(pool=name, numbers=numbers)
+        return
+    if not numbers:
+        click.echo(f"pool {name}: no reports or decisions yet", err=True)
+        return
+    _numbers_table(f"pool {name}: numbers", numbers, time.time())
 
 
 @click.command("delete")
