@@ -19,7 +19,7 @@ from agents.faults import NO_FAULTS, Faults
 from agents.fencer import FenceRefused
 from agents.livemigrate import LiveMigrator, receive
 from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
-from agents.readiness import console_size, wait_console_output
+from agents.readiness import console_file, console_size, wait_console_output
 from agents.storagereg import NO_REGISTRAR, Registrar, RegistrationFailed
 from gridtool import supervise
 from gridtool.clock import SYSTEM, Clock
@@ -28,7 +28,6 @@ from gridtool.clone.rules import (
     check_name,
     golden_path,
     inside,
-    ready_spec,
     template_disks,
 )
 from gridtool.clone.templates import forget_clone
@@ -501,8 +500,7 @@ class IntentWorker:
         the hook like any start. With ``alive_timeout`` > 0 and a serial file, done only
         once the guest writes to its console after the wake (``timings.alive``)."""
         dom = self._domain(intent)
-        spec = ready_spec(self.domains.inactive_xml(dom))
-        path = spec[1] if spec else ""
+        path = console_file(self.domains.inactive_xml(dom))
         before = console_size(path) if path else -1
         timings: dict[str, float] = {}
         intent.params["result"] = {"timings": timings}

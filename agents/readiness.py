@@ -18,11 +18,12 @@ import os
 import re
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from gridtool import supervise
-from gridtool.clone.rules import ready_spec
+from gridtool.clone.rules import ready_spec, serial_file
 from gridtool.registry.model import GuestRecord
 
 log = logging.getLogger("gridtool.agent")
@@ -156,6 +157,14 @@ class ReadinessWatcher:
 
 
 # --- alive after a wake (warm pools) ---------------------------------------------------
+
+
+def console_file(xml: str) -> str:
+    """The file a domain's serial console writes to ("" when none, or unreadable XML)."""
+    try:
+        return serial_file(ET.fromstring(xml))
+    except ET.ParseError:
+        return ""
 
 
 def console_size(path: str) -> int:
