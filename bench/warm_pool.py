@@ -155,7 +155,8 @@ def cold_round(store: Store, cfg: Config, hosts: qemu_testbed.QemuHosts,
     """One cold clone booted to its ready marker, from the decision on (its serial file,
     named after it, watched from the decision)."""
     t0 = time.monotonic()
-    watcher = HeartbeatAfter(str(hosts.serial / f"cold{n}-1.log"), 0, t0).start()
+    watcher = HeartbeatAfter(str(hosts.serial / f"cold{n}-1.log"), 0, t0,
+                             timeout=240.0).start()  # (a TCG boot under load: minutes)
     (result,) = clone_guests(store, cfg, "tiny", 1, name_prefix=f"cold{n}-", timeout=180.0)
     ready = time.monotonic() - t0
     if not result.ok:
@@ -204,7 +205,7 @@ def run(base: Path, cluster: EtcdCluster, args: argparse.Namespace) -> int:
     hosts = qemu_testbed.QemuHosts(base / "lab", cfg)
     try:
         hosts.add("hv1")
-        hosts.start_agent("hv1")
+        hosts.start_agent("hv1", images_dir=cfg.images_dir)  # (overlays in the shared dir)
         wait_until(lambda: len(registry.list_hosts()[0]) == 1, 30, what="the host")
         hosts.define("hv1", "tiny")
         wait_until(lambda: any(g.name == "tiny" for g in registry.list_guests()[0]), 20,
