@@ -256,6 +256,9 @@ def test_warm_pool_wakes_hibernated_and_paused_workers_first_and_refills(  # typ
         1, 2, "hibernate", 2)
     code, out, _ = gridtool(cfg, capsys, "pool", "list")
     assert "2/2 hibernate" in out
+    code, out, _ = gridtool(cfg, capsys, "pool", "show", "jobs")
+    assert re.search(r"^warm\s+2 asleep, 0 booting \(keeps 2, hibernate; not serving\)",
+                     out, re.M), out
 
     # scale up by 2: the two hibernated workers are restored (no cold clone), then the
     # warm set is refilled to min(2, 4 - 3) = 1

@@ -56,7 +56,7 @@ FAMILIES = ("gridtool_registry_up", "gridtool_hosts_up", "gridtool_guests",
             "gridtool_fences_held", "gridtool_fence_violations",
             "gridtool_registry_corrupt_records", "gridtool_manager_leader",
             "gridtool_lost_hosts", "gridtool_pool_desired", "gridtool_pool_members",
-            "gridtool_pool_ready",
+            "gridtool_pool_ready", "gridtool_pool_warm",
             "gridtool_pool_flex_decisions", "gridtool_event_propagation_seconds",
             "gridtool_clone_phase_seconds")
 
