@@ -19,10 +19,17 @@ from agents.faults import NO_FAULTS, Faults
 from agents.fencer import FenceRefused
 from agents.livemigrate import LiveMigrator, receive
 from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
+from agents.readiness import console_file, console_size, wait_console_output
 from agents.storagereg import NO_REGISTRAR, Registrar, RegistrationFailed
 from gridtool import supervise
 from gridtool.clock import SYSTEM, Clock
-from gridtool.clone.rules import ClonePlanError, check_name, golden_path, inside, template_disks
+from gridtool.clone.rules import (
+    ClonePlanError,
+    check_name,
+    golden_path,
+    inside,
+    template_disks,
+)
 from gridtool.clone.templates import forget_clone
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing.rules import FenceKind, GuestRef
@@ -199,20 +206,25 @@ class IntentWorker:
             raise IntentFailed(f"guest {intent.name} vanished from {self.host}")
         return rec
 
+    def _take_fences(self, rec: GuestRecord) -> tuple[GuestRef | None, int]:
+        """Acquire (or find this host holding) a fenced guest's fences before it runs:
+        its ref and the fencing token ((None, 0) for an unfenced guest)."""
+        ref = self.fencer.ref(rec) if rec.fenced else None
+        if ref is None:
+            return None, 0
+        if ref.kind is FenceKind.HA and not self.lease.arm():
+            if self.lease.lost.is_set():  # in flight until the resync after registering
+                raise LeaseGone(f"{self.host}'s lease is lost: the start waits for "
+                                "the fresh one")
+            why = (f"its watchdog does not work ({self.lease.watchdog_problem})"
+                   if self.lease.watchdog_problem else "its lease is not healthy")
+            raise IntentFailed(f"{self.host} refuses to take an HA fence: {why}")
+        return ref, self.fencer.acquire(ref)
+
     def _do_start(self, intent: Intent) -> str:
         dom = self._domain(intent)
         rec = self._record(intent)
-        token = 0
-        ref = self.fencer.ref(rec) if rec.fenced else None
-        if ref is not None:
-            if ref.kind is FenceKind.HA and not self.lease.arm():
-                if self.lease.lost.is_set():  # in flight until the resync after registering
-                    raise LeaseGone(f"{self.host}'s lease is lost: the start waits for "
-                                    "the fresh one")
-                why = (f"its watchdog does not work ({self.lease.watchdog_problem})"
-                       if self.lease.watchdog_problem else "its lease is not healthy")
-                raise IntentFailed(f"{self.host} refuses to take an HA fence: {why}")
-            token = self.fencer.acquire(ref)
+        ref, token = self._take_fences(rec)
         if dom.isActive():
             return f"{intent.name} already running on {self.host}"
         if ref is not None:
@@ -461,6 +473,58 @@ class IntentWorker:
         return f"{intent.name} cloned on {host}" + (
             " and started" if params.get("start", True) else "")
 
+    # -- warm pool workers (gridtool.pools.keeper) ---------------------------------
+
+    def _do_sleep(self, intent: Intent) -> str:
+        """Put a booted warm worker to sleep: ``hibernate`` (managed save: memory to a
+        file, the domain off, its fences released) or ``pause`` (suspended, RAM and
+        fences held)."""
+        mode = str(intent.params.get("mode", ""))
+        dom = self._domain(intent)
+        if not dom.isActive():
+            raise IntentFailed(f"{intent.name} is not running on {self.host}")
+        began = self.clock.monotonic()
+        if mode == "pause":
+            dom.suspend()
+        elif mode == "hibernate":
+            dom.managedSave(0)
+            self._release(intent)
+        else:
+            raise IntentFailed(f"unknown warm mode {mode!r}")
+        intent.params["result"] = {"timings": {"sleep": self.clock.monotonic() - began}}
+        return f"{intent.name} asleep ({mode}) on {self.host}"
+
+    def _do_wake(self, intent: Intent) -> str:
+        """Wake a warm worker: resume a paused one (its fences checked first), or start
+        a hibernated one, which restores its managed save image through the fences and
+        the hook like any start. With ``alive_timeout`` > 0 and a serial file, done only
+        once the guest writes to its console after the wake (``timings.alive``)."""
+        dom = self._domain(intent)
+        path = console_file(self.domains.inactive_xml(dom))
+        before = console_size(path) if path else -1
+        timings: dict[str, float] = {}
+        intent.params["result"] = {"timings": timings}
+        began = self.clock.monotonic()
+        if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            self._take_fences(self._record(intent))
+            dom.resume()
+            how = "resumed"
+        elif not dom.isActive():
+            saved = bool(dom.hasManagedSaveImage(0))
+            self._do_start(intent)
+            how = "restored from its managed save" if saved else "booted (no saved image)"
+        else:
+            how = "already running"
+        timings["wake"] = self.clock.monotonic() - began
+        timeout = float(intent.params.get("alive_timeout", 0) or 0)
+        if path and timeout > 0:
+            alive = wait_console_output(path, before, timeout)
+            if alive is None:
+                raise IntentFailed(f"{intent.name} {how} on {self.host} but wrote nothing "
+                                   f"to its console within {timeout:g} s")
+            timings["alive"] = self.clock.monotonic() - began
+        return f"{intent.name} {how} on {self.host}"
+
     def _undo_clone(self, conn: libvirt.virConnect, dom: libvirt.virDomain | None,
                     made: list[str]) -> None:
         """Remove a half-made clone: its definition and the overlays it created."""
@@ -491,8 +555,8 @@ class IntentWorker:
             if dom.isActive():
                 dom.destroy()
             self._release(intent)
-            if dom.isPersistent():
-                dom.undefine()
+            if dom.isPersistent():  # with a warm worker's managed save image, if any
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
         try:
             deleted = [p for p in sorted(overlays)
                        if images.delete_overlay(conn, images_dir, p)]
@@ -529,4 +593,6 @@ HANDLERS: dict[IntentAction, Handler] = {
     IntentAction.REMOVE_TEMPLATE: Handler(IntentWorker._do_remove_template),
     IntentAction.CLONE: Handler(IntentWorker._do_clone),
     IntentAction.REMOVE_CLONE: Handler(IntentWorker._do_remove_clone),
+    IntentAction.SLEEP: Handler(IntentWorker._do_sleep),
+    IntentAction.WAKE: Handler(IntentWorker._do_wake),
 }

@@ -14,14 +14,16 @@ the XML and a local file are read. :class:`MarkerScan` is the pure part.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from gridtool import supervise
-from gridtool.clone.rules import ready_spec
+from gridtool.clone.rules import ready_spec, serial_file
 from gridtool.registry.model import GuestRecord
 
 log = logging.getLogger("gridtool.agent")
@@ -152,3 +154,44 @@ class ReadinessWatcher:
             for uuid in self.poll():
                 log.info("event=guest_ready uuid=%s", uuid)
                 self.on_ready(uuid)
+
+
+# --- alive after a wake (warm pools) ---------------------------------------------------
+
+
+def console_file(xml: str) -> str:
+    """The file a domain's serial console writes to ("" when none, or unreadable XML)."""
+    try:
+        return serial_file(ET.fromstring(xml))
+    except ET.ParseError:
+        return ""
+
+
+def console_size(path: str) -> int:
+    """The serial file's size now (-1 when it cannot be read)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def wrote_since(before: int, now: int) -> bool:
+    """The console shows output written after a wake: the file grew past ``before``
+    bytes, or it was started afresh (a restore reopens a non-appending serial file)
+    and holds something again. Before the wake the guest was asleep and wrote
+    nothing, so this is the guest alive now, not a stale ready marker."""
+    return now > before or 0 < now < before
+
+
+def wait_console_output(path: str, before: int, timeout: float,
+                        interval: float = 0.01) -> float | None:
+    """Seconds until the serial file at ``path`` shows new output after a wake
+    (``before``: its size just before the wake), None if none within ``timeout``."""
+    began = time.monotonic()
+    deadline = began + timeout
+    while True:
+        if wrote_since(before, console_size(path)):
+            return time.monotonic() - began
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)

@@ -160,11 +160,12 @@ def clone_guests(store: Store, cfg: Config, template: str, count: int, *,
                  on: str | None = None, exclude_hosts: Collection[str] = (),
                  prefer_labels: Sequence[str] = ("dedicated", "overflow"),
                  start: bool = True, timeout: float = 60.0,
-                 progress: Progress | None = None) -> list[CloneResult]:
+                 progress: Progress | None = None, warm: str = "") -> list[CloneResult]:
     """Make ``count`` clones of ``template``; one :class:`CloneResult` per clone (in name
     order). ``on``: every clone on that host; else placement over the live hosts minus
     ``exclude_hosts``; hosts carrying ``prefer_labels`` score higher (the overflow label
     is never a preference: overflow hosts are used only when no other host has room).
+    ``warm``: the pool members are recorded with that ``warm`` state (warm workers).
     ``progress`` gets ``"NAME: what"`` lines as clones move along and
     each :class:`CloneResult` as it is settled. Raises only for a bad request (unknown
     template or host, bad count or prefix); failed clones are results with ``ok`` false.
@@ -197,7 +198,7 @@ def clone_guests(store: Store, cfg: Config, template: str, count: int, *,
                                               f"no host for it: {placement.reason}", {})
             emit(results[ident.name])
             continue
-        jobs.append(_plan_job(tpl, ident, placement.host, pool or "", now))
+        jobs.append(_plan_job(tpl, ident, placement.host, pool or "", now, warm))
     if jobs:
         for job in jobs:
             emit(f"{job.record.name}: placed on {job.record.host}")
@@ -245,13 +246,13 @@ def _valid(kind: str, name: str) -> str:
 
 
 def _plan_job(tpl: Template, ident: cloneplan.CloneIdentity, host: str, pool: str,
-              now: float) -> _Job:
+              now: float, warm: str = "") -> _Job:
     overlays = {t: {"path": cloneplan.overlay_path(tpl.images_dir, host, ident.uuid, t),
                     "backing": tpl.images[t]} for t in tpl.disks}
     xml = cloneplan.rewrite(tpl.xml, ident, {t: o["path"] for t, o in overlays.items()},
                             tpl.ready_marker)
     record = CloneRecord(ident.uuid, ident.name, tpl.name, host, now, pool,
-                         [o["path"] for o in overlays.values()])
+                         [o["path"] for o in overlays.values()], warm)
     return _Job(record, xml, overlays)
 
 

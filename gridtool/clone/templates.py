@@ -57,6 +57,7 @@ class CloneRecord:
     created_at: float
     pool: str = ""
     overlays: list[str] = field(default_factory=list)
+    warm: str = ""  # a warm pool worker: its pool member's initial ``warm`` ("booting")
 
 
 def _decoded(cls: type[R], key: str, raw: bytes) -> R:
@@ -134,9 +135,11 @@ def forget_clone(store: Store, keys: Keys, template: str, uuid: str, pool: str =
 
 
 def member_json(clone: CloneRecord) -> bytes:
-    """The pool member value: ``{"v":1,"host","name","template","created_at"}``."""
+    """The pool member value: ``{"v":1,"host","name","template","created_at"}`` (and
+    ``"warm"`` for a warm worker)."""
+    extra = {"warm": clone.warm} if clone.warm else {}
     return dump_json({"host": clone.host, "name": clone.name, "template": clone.template,
-                      "created_at": clone.created_at})
+                      "created_at": clone.created_at, **extra})
 
 
 def pools_using(store: Store, keys: Keys, template: str) -> list[str]:

@@ -170,7 +170,8 @@ class FleetCollector(Collector):
 
 
 def _pool_families(store: Store, keys: Keys) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-    """Per pool: desired and actual size, ready workers, flex decisions by direction."""
+    """Per pool: desired and actual size, ready workers, warm workers (not serving) by
+    state, flex decisions by direction."""
     from gridtool.pools.shell import overview
 
     try:
@@ -183,6 +184,9 @@ def _pool_families(store: Store, keys: Keys) -> Iterator[GaugeMetricFamily | Cou
                                labels=["pool"])
     ready = GaugeMetricFamily("gridtool_pool_ready", "Pool workers running, as the manager "
                               "last saw", labels=["pool"])
+    warm = GaugeMetricFamily("gridtool_pool_warm", "Warm pool workers that are not serving "
+                             "(asleep, or booting before their sleep), as the manager last "
+                             "saw", labels=["pool", "state"])
     decisions = CounterMetricFamily("gridtool_pool_flex_decisions",
                                     "Flex policy verdicts by direction (up, down, hold)",
                                     labels=["pool", "direction"])
@@ -190,9 +194,11 @@ def _pool_families(store: Store, keys: Keys) -> Iterator[GaugeMetricFamily | Cou
         desired.add_metric([row["name"]], row["target"])
         actual.add_metric([row["name"]], row["members"])
         ready.add_metric([row["name"]], row["ready"] or 0)
+        warm.add_metric([row["name"], "asleep"], row["warm_asleep"] or 0)
+        warm.add_metric([row["name"], "booting"], row["warm_booting"] or 0)
         for way, count in sorted(row["decisions"].items()):
             decisions.add_metric([row["name"], way], count)
-    yield from (desired, actual, ready, decisions)
+    yield from (desired, actual, ready, warm, decisions)
     yield from _pool_numbers(store, keys, [row["name"] for row in rows])
 
 

@@ -27,6 +27,7 @@ from gridtool.clock import SYSTEM, Clock
 from gridtool.config import Config
 from gridtool.errors import GridtoolError, NotFound
 from gridtool.pools import shell as pools
+from gridtool.pools import warm
 from gridtool.pools.flex import Decision, FlexState
 from gridtool.pools.rules import (
     DEFAULT_GRACE,
@@ -36,6 +37,7 @@ from gridtool.pools.rules import (
     Plan,
     PoolSpec,
     PoolStatus,
+    Wake,
     aggregate,
     classify,
     direction,
@@ -168,7 +170,8 @@ class PoolKeeper:
         hosts, views = pools.observe(store, keys, spec.name)
         memory = _worker_memory(store, keys, spec.template)
         live = {h.name: h for h in hosts}
-        classes = Counter(classify(v, live, now, self.grace) for v in views)
+        # warm workers are not serving: neither ready nor starting for the flex policy
+        classes = Counter(classify(v, live, now, self.grace) for v in views if not v.warm)
         decision, state = None, FlexState()
         if spec.policy == "flex":
             decision, state = self._flex(spec, before, classes, now)
@@ -180,9 +183,30 @@ class PoolKeeper:
             log.info("event=pool_plan pool=%s target=%s ready=%s starting=%s lost=%s "
                      "actions=%s", spec.name, result.target, result.ready, result.starting,
                      result.lost, ",".join(type(a).__name__.lower() for a in result.actions))
+        wakes = [a for a in result.actions if isinstance(a, Wake)]
+        if wakes:  # all at once, before anything slower
+            self._wake(spec, wakes)
         for action in result.actions:
-            self._act(spec, action)
+            if not isinstance(action, Wake):
+                self._act(spec, action)
         return result
+
+    def _wake(self, spec: PoolSpec, wakes: list[Wake]) -> None:
+        """Wake asleep warm workers (those that fail are removed by a later round)."""
+        if not self._leading():
+            raise _Deposed
+        alive = warm.ALIVE_TIMEOUT if _has_marker(self.store, self.keys, spec.template) \
+            else 0.0
+        woken = warm.wake(self.store, self.cfg, spec.name,
+                          [(a.uuid, a.name, a.host) for a in wakes],
+                          alive_timeout=alive, timeout=self.action_timeout)
+        for w in woken:
+            log.info("event=pool_wake pool=%s guest=%s host=%s ok=%s seconds=%.2f "
+                     "error=%s", spec.name, w.name, w.host, w.ok, w.seconds, w.error)
+        failed = [w for w in woken if not w.ok]
+        if failed:
+            self.errors[spec.name] = "wake: " + "; ".join(
+                f"{w.name}: {w.error}" for w in failed[:3])
 
     def _flex(self, spec: PoolSpec, before: PoolStatus | None, classes: Counter,
               now: float) -> tuple[Decision | None, FlexState]:
@@ -222,7 +246,7 @@ class PoolKeeper:
             "; ".join(n for n in notes if n),
             samples_until=now if spec.policy == "flex" else 0.0,
             flex_state=state.to_dict() if spec.policy == "flex" else {},
-            decision=last, decisions=counts)
+            decision=last, decisions=counts, warm=result.warm, warming=result.warming)
         spec_item = self.store.get(self.keys.pool(spec.name))
         if spec_item is None:
             raise _Skip("deleted")
@@ -256,6 +280,14 @@ class PoolKeeper:
     def _do(self, spec: PoolSpec, action: Action) -> None:
         from gridtool.clone import shell as clone  # imported on first use (agent startup)
 
+        if isinstance(action, Clone) and action.warm:
+            errors = warm.refill(self.store, self.cfg, spec, action.count,
+                                 action.exclude_hosts, timeout=self.action_timeout)
+            log.info("event=pool_warm_refill pool=%s count=%s failed=%s reason=%s",
+                     spec.name, action.count, len(errors), action.reason)
+            if errors:
+                self.errors[spec.name] = "warm: " + "; ".join(errors[:3])
+            return
         if isinstance(action, Clone):
             started = self.clock.monotonic()
             results = clone.clone_guests(
@@ -279,6 +311,16 @@ class PoolKeeper:
         log.info("event=pool_%s pool=%s guest=%s host=%s reason=%s",
                  type(action).__name__.lower(), spec.name, action.name, action.host,
                  action.reason)
+
+
+def _has_marker(store: Store, keys: Keys, template: str) -> bool:
+    """The template's clones print a ready marker (so a wake can be checked alive)."""
+    from gridtool.clone import templates
+
+    try:
+        return bool(templates.get_template(store, keys, template).ready_marker)
+    except NotFound:
+        return False
 
 
 def _worker_memory(store: Store, keys: Keys, template: str) -> int | None:

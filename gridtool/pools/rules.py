@@ -20,6 +20,13 @@ Rules:
 - The target is always within ``[min, max]``; for ``flex`` pools it comes from the flex
   policy (:mod:`gridtool.pools.flex`) fed with the load the pool's workers report
   (:func:`aggregate`, :func:`flex_step`).
+- Warm workers (``spec.warm``): clones booted once until ready, then put to sleep
+  (``warm_mode`` hibernate: libvirt managed save, no RAM held; pause: suspended, RAM
+  held). They are capacity that is not serving: never in ``ready``/``starting``. A pool
+  short of serving workers wakes asleep ones first (:func:`wake_order`) and clones cold
+  ones for the rest; the warm set is then refilled to :func:`warm_target`
+  (``min(warm, max - target)``: serving plus warm never exceeds the pool's maximum) and
+  trimmed (newest first) when above it.
 """
 
 from __future__ import annotations
@@ -32,8 +39,15 @@ from typing import Any
 from gridtool.pools.flex import Decision, FlexState, LoadSample, PolicyParams, decide
 
 POOL_POLICIES = ("fixed", "flex")
+WARM_MODES = ("hibernate", "pause")
+#: ``MemberRecord.warm``: cloned as a warm worker, booting to ready (then put to sleep).
+WARM_BOOTING = "booting"
+#: ``MemberRecord.warm``: asleep (hibernated or paused), waiting to be woken.
+WARM_ASLEEP = "asleep"
 #: Guest states in which a started worker counts as ready.
 READY_STATES = frozenset({"running", "blocked", "paused", "pmsuspended"})
+#: Guest states of an asleep warm worker: hibernated (managed save) or paused.
+SLEEP_STATES = frozenset({"shutoff", "paused", "pmsuspended"})
 DEFAULT_GRACE = 30.0
 #: A worker reporting at least this busy fraction is removed after idle ones.
 BUSY_UTILIZATION = 0.5
@@ -60,6 +74,8 @@ class PoolSpec:
     flex: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+    warm: int = 0
+    warm_mode: str = "hibernate"
 
     def problems(self) -> list[str]:
         """Why this spec is invalid (empty when it is fine)."""
@@ -70,6 +86,7 @@ class PoolSpec:
             found.append(f"size {self.desired} is outside [{self.min}, {self.max}]")
         if self.policy not in POOL_POLICIES:
             found.append(f"policy must be one of {', '.join(POOL_POLICIES)}")
+        found += warm_problems(self.warm, self.warm_mode, self.max)
         if not found and self.policy == "flex":
             try:
                 self.params()
@@ -86,6 +103,18 @@ class PoolSpec:
         return max(self.min, min(self.max, size))
 
 
+def warm_problems(warm: int, mode: str, maximum: int) -> list[str]:
+    """Why a warm size and mode are invalid for a pool of at most ``maximum`` workers."""
+    found = []
+    if warm < 0:
+        found.append(f"warm size must be >= 0, not {warm}")
+    elif warm > maximum:
+        found.append(f"warm size {warm} is above the pool's maximum {maximum}")
+    if mode not in WARM_MODES:
+        found.append(f"warm mode must be one of {', '.join(WARM_MODES)}, not {mode!r}")
+    return found
+
+
 @dataclass(frozen=True)
 class MemberRecord:
     """``pools/<name>/members/<uuid>`` as the clone API writes it."""
@@ -94,6 +123,7 @@ class MemberRecord:
     name: str
     template: str = ""
     created_at: float = 0.0
+    warm: str = ""  # "" serving, WARM_BOOTING or WARM_ASLEEP
 
 
 @dataclass(frozen=True)
@@ -116,6 +146,8 @@ class PoolStatus:
     flex_state: dict[str, Any] = field(default_factory=dict)
     decision: dict[str, Any] = field(default_factory=dict)
     decisions: dict[str, int] = field(default_factory=dict)
+    warm: int = 0  # asleep warm workers (capacity that is not serving)
+    warming: int = 0  # warm workers booting to ready before their sleep
 
 
 # --- plan inputs and actions ----------------------------------------------------------
@@ -142,6 +174,7 @@ class MemberView:
     created_at: float
     state: str
     busy: bool = False
+    warm: str = ""  # as in MemberRecord
 
 
 @dataclass(frozen=True)
@@ -156,10 +189,22 @@ class HostInfo:
 
 @dataclass(frozen=True)
 class Clone:
-    """Clone ``count`` workers from the pool's template, on none of ``exclude_hosts``."""
+    """Clone ``count`` workers from the pool's template, on none of ``exclude_hosts``
+    (``warm``: as warm workers, put to sleep once ready)."""
 
     count: int
     exclude_hosts: tuple[str, ...]
+    reason: str
+    warm: bool = False
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Wake an asleep warm worker (start from managed save, or resume): it then serves."""
+
+    uuid: str
+    name: str
+    host: str
     reason: str
 
 
@@ -183,7 +228,7 @@ class Forget:
     reason: str
 
 
-Action = Clone | Remove | Forget
+Action = Wake | Clone | Remove | Forget
 
 
 @dataclass(frozen=True)
@@ -198,6 +243,8 @@ class Plan:
     broken: int
     short: int  # workers the hosts have no room for this round
     actions: tuple[Action, ...]
+    warm: int = 0  # asleep warm workers left after this round's wakes
+    warming: int = 0  # warm workers booting to ready
 
     @property
     def healthy(self) -> int:
@@ -239,41 +286,94 @@ def room(hosts: Iterable[HostInfo], memory_mib: int | None) -> int | None:
     return sum(h.free_memory_mib // memory_mib for h in hosts if not h.draining)
 
 
+def warm_target(spec: PoolSpec, target: int) -> int:
+    """How many asleep (or booting) warm workers the pool keeps beside ``target``
+    serving ones: ``spec.warm``, but never so many that serving plus warm exceeds the
+    pool's maximum (a warm worker only ever becomes a serving one)."""
+    return max(0, min(spec.warm, spec.max - spec.clamp(target)))
+
+
+def wake_order(members: Iterable[MemberView],
+               live: Mapping[str, HostInfo]) -> list[MemberView]:
+    """Asleep warm workers in the order a scale-up wakes them: none on draining hosts;
+    dedicated hosts before overflow ones; the oldest first (ties by name)."""
+    usable = [m for m in members if m.host in live and not live[m.host].draining]
+    return sorted(usable, key=lambda m: (live[m.host].overflow, m.created_at, m.name))
+
+
+def classify_warm(member: MemberView, live: Mapping[str, HostInfo], now: float,
+                  grace: float = DEFAULT_GRACE) -> MemberClass:
+    """A warm worker: lost (host gone), starting (booting in grace, or asleep in a
+    sleeping state), ready (booted, not put to sleep yet) or broken."""
+    if member.host not in live:
+        return MemberClass.LOST
+    if member.warm == WARM_ASLEEP:
+        return MemberClass.STARTING if member.state in SLEEP_STATES else MemberClass.BROKEN
+    if member.state in READY_STATES:
+        return MemberClass.READY
+    return MemberClass.STARTING if now - member.created_at < grace else MemberClass.BROKEN
+
+
 def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
          hosts: Sequence[HostInfo], *, now: float, grace: float = DEFAULT_GRACE,
          worker_memory_mib: int | None = None) -> Plan:
-    """One round for one pool: what to clone, remove and forget.
+    """One round for one pool: what to wake, clone, remove and forget.
 
-    ``target`` is the wanted size (clamped here to ``[spec.min, spec.max]``). With
-    ``worker_memory_mib`` the clone count is bounded by the hosts' free memory.
+    ``target`` is the wanted number of serving workers (clamped here to ``[spec.min,
+    spec.max]``). With ``worker_memory_mib`` the clone count is bounded by the hosts'
+    free memory (serving clones before warm ones).
     """
     size = spec.clamp(target)
     live = {h.name: h for h in hosts}
-    classes = {m.uuid: classify(m, live, now, grace) for m in members}
+    serving = [m for m in members if not m.warm]
+    warm = [m for m in members if m.warm]
     by_class: dict[MemberClass, list[MemberView]] = {c: [] for c in MemberClass}
-    for m in members:
-        by_class[classes[m.uuid]].append(m)
+    for m in serving:
+        by_class[classify(m, live, now, grace)].append(m)
+    warm_class = {m.uuid: classify_warm(m, live, now, grace) for m in warm}
+    asleep = [m for m in warm if m.warm == WARM_ASLEEP
+              and warm_class[m.uuid] is MemberClass.STARTING]
+    booting = [m for m in warm if m.warm != WARM_ASLEEP
+               and warm_class[m.uuid] in (MemberClass.READY, MemberClass.STARTING)]
     healthy = by_class[MemberClass.READY] + by_class[MemberClass.STARTING]
     actions: list[Action] = []
-    short = 0
     missing = size - len(healthy)
-    if missing > 0:
-        capacity = room(hosts, worker_memory_mib)
-        count = missing if capacity is None else min(missing, capacity)
-        short = missing - count
-        if count:
-            draining = tuple(sorted(h.name for h in hosts if h.draining))
-            actions.append(Clone(count, draining, f"{len(healthy)} of {size} workers"))
+    woken = wake_order(asleep, live)[:max(0, missing)]
+    actions += [Wake(m.uuid, m.name, m.host, f"{len(healthy)} of {size} serving")
+                for m in woken]
+    left_asleep = [m for m in asleep if m not in woken]
+    capacity = room(hosts, worker_memory_mib)
+    cold = max(0, missing - len(woken))
+    cold_count = cold if capacity is None else min(cold, capacity)
+    short = cold - cold_count
+    draining = tuple(sorted(h.name for h in hosts if h.draining))
+    if cold_count:
+        actions.append(Clone(cold_count, draining,
+                             f"{len(healthy) + len(woken)} of {size} workers"))
     actions += [Forget(m.uuid, m.name, m.host, f"host {m.host} is gone")
-                for m in by_class[MemberClass.LOST]]
+                for m in by_class[MemberClass.LOST]
+                + [w for w in warm if warm_class[w.uuid] is MemberClass.LOST]]
     actions += [Remove(m.uuid, m.name, m.host, f"state {m.state} after {grace:g} s")
                 for m in by_class[MemberClass.BROKEN]]
+    actions += [Remove(m.uuid, m.name, m.host, f"warm worker {m.warm} in state {m.state}")
+                for m in warm if warm_class[m.uuid] is MemberClass.BROKEN]
     if missing < 0:
         actions += [Remove(m.uuid, m.name, m.host, f"shrink to {size}")
                     for m in removal_order(healthy, live)[:-missing]]
+    want = warm_target(spec, size)
+    have = len(left_asleep) + len(booting)
+    if want > have:
+        spare = None if capacity is None else max(0, capacity - cold_count)
+        refill = want - have if spare is None else min(want - have, spare)
+        if refill:
+            actions.append(Clone(refill, draining, f"{have} of {want} warm", warm=True))
+    elif have > want:
+        actions += [Remove(m.uuid, m.name, m.host, f"warm set to {want}")
+                    for m in removal_order(left_asleep, live)[:have - want]]
     return Plan(spec.name, size, len(by_class[MemberClass.READY]),
                 len(by_class[MemberClass.STARTING]), len(by_class[MemberClass.LOST]),
-                len(by_class[MemberClass.BROKEN]), short, tuple(actions))
+                len(by_class[MemberClass.BROKEN]), short, tuple(actions),
+                warm=len(left_asleep), warming=len(booting))
 
 
 # --- flex -----------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from gridtool.pools.rules import (
     direction,
     flex_step,
     target_size,
+    warm_problems,
 )
 from gridtool.pools.rules import engine_numbers as rules_engine_numbers
 from gridtool.registry import hostconf
@@ -62,9 +63,11 @@ _SPEC = "/spec"
 
 def new_spec(name: str, template: str, min_size: int, max_size: int, *,
              desired: int | None = None, policy: str = "fixed",
-             target_wait: float | None = None, flex: dict[str, Any] | None = None) -> PoolSpec:
+             target_wait: float | None = None, flex: dict[str, Any] | None = None,
+             warm: int = 0, warm_mode: str = "hibernate") -> PoolSpec:
     """A validated spec (UsageError, exit 2, on bad values). ``desired`` defaults to
-    ``min``; ``target_wait`` sets a flex pool's mean-wait target in seconds."""
+    ``min``; ``target_wait`` sets a flex pool's mean-wait target in seconds; ``warm``
+    asleep workers kept in ``warm_mode`` (hibernate or pause)."""
     if not _NAME.match(name):
         raise UsageError(f"invalid pool name {name!r}: use letters, digits and ._+- "
                          "(starting with a letter or digit, at most 64 chars)")
@@ -75,7 +78,8 @@ def new_spec(name: str, template: str, min_size: int, max_size: int, *,
         overrides.update(target_kind="mean_wait", target=target_wait)
     now = time.time()
     spec = PoolSpec(name, template, min_size, max_size,
-                    min_size if desired is None else desired, policy, overrides, now, now)
+                    min_size if desired is None else desired, policy, overrides, now, now,
+                    warm, warm_mode)
     problems = spec.problems()
     if problems:
         raise UsageError(f"pool {name}: {'; '.join(problems)}")
@@ -129,6 +133,8 @@ def overview(store: Store, keys: Keys) -> list[dict[str, Any]]:
         rows.append({**asdict(spec), "target": target_size(spec, st),
                      "members": counts.get(name, 0),
                      "ready": st.ready if st else None, "starting": st.starting if st else None,
+                     "warm_asleep": st.warm if st else None,
+                     "warm_booting": st.warming if st else None,
                      "decisions": dict(st.decisions) if st else {},
                      "updated": st.updated if st else None})
     return rows
@@ -140,18 +146,42 @@ def set_desired(store: Store, keys: Keys, name: str, size: int) -> PoolSpec:
     UsageError (exit 2) when ``size`` is outside ``[min, max]`` or the pool is flex (its
     size follows its policy); NotFound (exit 3) for an unknown pool.
     """
-    key = keys.pool(name)
-    for _ in range(10):
-        item = store.get(key)
-        if item is None:
-            raise NotFound(f"unknown pool {name!r}")
-        spec = _decode(PoolSpec, item.key, item.value)
+    def change(spec: PoolSpec) -> PoolSpec:
         if spec.policy == "flex":
             raise UsageError(f"pool {name} is flex: its size follows its policy "
                              f"within [{spec.min}, {spec.max}]")
         if not spec.min <= size <= spec.max:
             raise UsageError(f"pool {name}: size {size} is outside [{spec.min}, {spec.max}]")
-        new = replace(spec, desired=size, updated_at=time.time())
+        return replace(spec, desired=size)
+
+    return _update(store, keys, name, change)
+
+
+def set_warm(store: Store, keys: Keys, name: str, warm: int | None = None,
+             mode: str | None = None) -> PoolSpec:
+    """Set a pool's warm size and/or mode (the manager refills or trims the warm set).
+    UsageError (exit 2) for a negative size, one above the pool's maximum or an unknown
+    mode; NotFound (exit 3) for an unknown pool."""
+    def change(spec: PoolSpec) -> PoolSpec:
+        new = replace(spec, warm=spec.warm if warm is None else warm,
+                      warm_mode=spec.warm_mode if mode is None else mode)
+        problems = warm_problems(new.warm, new.warm_mode, new.max)
+        if problems:
+            raise UsageError(f"pool {name}: {'; '.join(problems)}")
+        return new
+
+    return _update(store, keys, name, change)
+
+
+def _update(store: Store, keys: Keys, name: str,
+            change: Callable[[PoolSpec], PoolSpec]) -> PoolSpec:
+    """Apply ``change`` to a pool's spec (compare-and-swap, retried)."""
+    key = keys.pool(name)
+    for _ in range(10):
+        item = store.get(key)
+        if item is None:
+            raise NotFound(f"unknown pool {name!r}")
+        new = replace(change(_decode(PoolSpec, item.key, item.value)), updated_at=time.time())
         if store.txn([Compare(key, "mod", item.mod_revision)], [Put(key, encode(new))]):
             return new
     raise Conflict(f"pool {name} keeps changing; try again")
@@ -250,11 +280,14 @@ def member_view(uuid: str, member: MemberRecord, records: list[GuestRecord],
     on_live = [r for r in records if r.host in live]
     if on_live:
         best = max(on_live, key=lambda r: (r.state == "running", r.updated_at))
-        return MemberView(uuid, member.name, best.host, member.created_at, best.state)
+        return MemberView(uuid, member.name, best.host, member.created_at, best.state,
+                          warm=member.warm)
     if records:  # only on hosts that are gone
         host = max(records, key=lambda r: r.updated_at).host
-        return MemberView(uuid, member.name, host, member.created_at, "unknown")
-    return MemberView(uuid, member.name, member.host, member.created_at, "missing")
+        return MemberView(uuid, member.name, host, member.created_at, "unknown",
+                          warm=member.warm)
+    return MemberView(uuid, member.name, member.host, member.created_at, "missing",
+                      warm=member.warm)
 
 
 # --- load reports ---------------------------------------------------------------------

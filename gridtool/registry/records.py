@@ -39,6 +39,8 @@ class IntentAction(StrEnum):
     REMOVE_TEMPLATE = "remove_template"
     CLONE = "clone"
     REMOVE_CLONE = "remove_clone"
+    SLEEP = "sleep"  # a warm pool worker: managed save or pause (params: mode)
+    WAKE = "wake"  # a warm pool worker: restore or resume (params: alive_timeout)
 
     @classmethod
     def parse(cls, text: str) -> IntentAction | str:

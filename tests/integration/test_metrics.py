@@ -23,8 +23,12 @@ def test_metrics_parse_and_count_the_fleet(lab_hosts, registry, store, cfg):  # 
         wait_until(lambda: len(registry.list_guests()[0]) == 2, what="sync")
         from gridtool.pools.shell import create, new_spec
 
-        create(store, cfg.keys, new_spec("web", "tmpl", 1, 9, desired=3))
+        create(store, cfg.keys, new_spec("web", "tmpl", 1, 9, desired=3, warm=3))
+        from gridtool.pools.rules import PoolStatus
         from gridtool.registry.records import Intent, encode
+
+        store.put(cfg.keys.pool_status("web"), encode(PoolStatus(
+            "web", 1.0, 3, ready=2, starting=0, warm=2, warming=1)))
 
         done = Intent("c1", "hv9", "clone", "u-c1", "w-1", 1.0, "t", "done",
                       params={"result": {"timings": {"overlay": 0.012, "define": 0.002,
@@ -47,6 +51,9 @@ def test_metrics_parse_and_count_the_fleet(lab_hosts, registry, store, cfg):  # 
         assert values["gridtool_fences_held[]"] == 1  # taken by its agent
         assert values["gridtool_pool_desired[('pool', 'web')]"] == 3
         assert values["gridtool_pool_members[('pool', 'web')]"] == 0
+        assert values["gridtool_pool_ready[('pool', 'web')]"] == 2
+        assert values["gridtool_pool_warm[('pool', 'web'), ('state', 'asleep')]"] == 2
+        assert values["gridtool_pool_warm[('pool', 'web'), ('state', 'booting')]"] == 1
         values = wait_until(lambda: (v := scrape()).get(
             "gridtool_clone_phase_seconds_count[('phase', 'overlay')]", 0) > 0 and v,
             what="a clone phase sample")

@@ -220,3 +220,91 @@ def test_reports_give_flex_numbers_and_busy_workers_before_any_manager(store, cf
     pools.report(store, cfg.keys, "q", arrivals=1, interval=10, source="q-1")
     (again,) = store.list(cfg.keys.pool_samples("q"))[0]
     assert again.lease not in (0, lease)
+
+
+def warm_members(store, cfg, pool: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """uuid -> warm state ("" serving) of the pool's members."""
+    return {u: m.warm for u, m in pools.members(store, cfg.keys, pool).items()}
+
+
+def domain_of(lab_hosts, uuid: str):  # type: ignore[no-untyped-def]
+    return lab_hosts.conn("hv1").lookupByUUIDString(uuid)
+
+
+def test_warm_pool_wakes_hibernated_and_paused_workers_first_and_refills(  # type: ignore[no-untyped-def]
+        lab_hosts, registry, store, cfg, manager, capsys):
+    """On libvirtd's test driver (it has managed save): the warm set is booted then
+    hibernated, a scale-up wakes those very workers (restored from managed save) before
+    any cold clone, the warm set is refilled to min(warm, max - size), a paused set is
+    resumed, and warm workers are reported apart from serving ones."""
+    import libvirt
+
+    start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64)
+    code, _, err = gridtool(cfg, capsys, "pool", "create", "jobs", "--template", "w",
+                            "--min", "1", "--max", "4", "--warm", "2")
+    assert code == 0 and "2 warm (hibernate)" in err
+
+    def counts() -> tuple[int, int]:  # (serving, asleep)
+        states = list(warm_members(store, cfg, "jobs").values())
+        return states.count(""), states.count("asleep")
+
+    wait_until(lambda: counts() == (1, 2), timeout=30, what="1 serving, 2 warm asleep")
+    asleep = [u for u, w in warm_members(store, cfg, "jobs").items() if w == "asleep"]
+    for uuid in asleep:  # hibernated: off, with a managed save image
+        dom = domain_of(lab_hosts, uuid)
+        assert not dom.isActive() and dom.hasManagedSaveImage(0)
+    wait_until(lambda: (pools.status(store, cfg.keys, "jobs") or pools.PoolStatus(
+        "", 0, 0, 0, 0)).warm == 2, timeout=10, what="the manager's status")
+    code, out, _ = gridtool(cfg, capsys, "pool", "show", "jobs", "--json")
+    doc = json.loads(out)
+    assert doc["warm"] == {"size": 2, "mode": "hibernate", "asleep": 2, "booting": 0}
+    assert doc["status"]["ready"] == 1 and doc["status"]["warm"] == 2
+    assert sorted(m["class"] for m in doc["members"]) == ["ready", "warm", "warm"]
+    code, out, _ = gridtool(cfg, capsys, "pool", "list", "--json")
+    row = json.loads(out)["pools"][0]
+    assert (row["ready"], row["warm"], row["warm_mode"], row["warm_asleep"]) == (
+        1, 2, "hibernate", 2)
+    code, out, _ = gridtool(cfg, capsys, "pool", "list")
+    assert "2/2 hibernate" in out
+    code, out, _ = gridtool(cfg, capsys, "pool", "show", "jobs")
+    assert re.search(r"^warm\s+2 asleep, 0 booting \(keeps 2, hibernate; not serving\)",
+                     out, re.M), out
+
+    # scale up by 2: the two hibernated workers are restored (no cold clone), then the
+    # warm set is refilled to min(2, 4 - 3) = 1
+    assert gridtool(cfg, capsys, "pool", "scale", "jobs", "3")[0] == 0
+    wait_until(lambda: counts() == (3, 1), timeout=30, what="3 serving, 1 warm")
+    states = warm_members(store, cfg, "jobs")
+    assert all(states[u] == "" for u in asleep), "the warm workers were woken"
+    for uuid in asleep:
+        dom = domain_of(lab_hosts, uuid)
+        assert dom.isActive() and not dom.hasManagedSaveImage(0)
+
+    # pause mode: scale down to 2 (one serving removed), the set refills with a paused one
+    code, out, _ = gridtool(cfg, capsys, "pool", "set", "jobs", "--warm-mode", "pause",
+                            "--json")
+    assert code == 0 and json.loads(out)["pool"]["warm_mode"] == "pause"
+    assert gridtool(cfg, capsys, "pool", "scale", "jobs", "2")[0] == 0
+    wait_until(lambda: counts() == (2, 2), timeout=30, what="2 serving, 2 warm")
+    paused = [u for u, w in warm_members(store, cfg, "jobs").items() if w == "asleep"
+              and domain_of(lab_hosts, u).state()[0] == libvirt.VIR_DOMAIN_PAUSED]
+    assert len(paused) == 1
+    assert gridtool(cfg, capsys, "pool", "scale", "jobs", "4")[0] == 0
+    wait_until(lambda: counts() == (4, 0), timeout=30, what="4 serving, none warm (max)")
+    assert domain_of(lab_hosts, paused[0]).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert len(pools.members(store, cfg.keys, "jobs")) == 4, "no cold clone was needed"
+
+    # bad input: one line each, usage (2) or unknown pool (3), nothing changed
+    for args in (("--warm", "5"), ("--warm", "-1")):
+        code, _, err = gridtool(cfg, capsys, "pool", "set", "jobs", *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "above the pool's maximum 4" in gridtool(cfg, capsys, "pool", "set", "jobs",
+                                                     "--warm", "5")[2]
+    assert gridtool(cfg, capsys, "pool", "set", "jobs", "--warm-mode", "sleep")[0] == 2
+    assert gridtool(cfg, capsys, "pool", "set", "jobs")[0] == 2
+    assert gridtool(cfg, capsys, "pool", "set", "nope", "--warm", "1")[0] == 3
+    assert gridtool(cfg, capsys, "pool", "create", "x", "--template", "w", "--min", "1",
+                    "--max", "2", "--warm", "3")[0] == 2
+    assert pools.get(store, cfg.keys, "jobs").warm == 2
+    code, _, err = gridtool(cfg, capsys, "pool", "delete", "jobs")
+    assert code == 0 and "4 clone(s) removed" in err

@@ -137,6 +137,46 @@ def test_hook_refuses_a_start_held_elsewhere_and_allows_the_holder(  # type: ign
     with pytest.raises(libvirt.libvirtError) as exc:
         other.create()
     assert "fail closed" in str(exc.value)
+    hibernated_restore_goes_through_the_hook_and_the_fences(qemu_hosts, store, cfg, dom)
+
+
+def hibernated_restore_goes_through_the_hook_and_the_fences(  # type: ignore[no-untyped-def]
+        qemu_hosts, store, cfg: Config, dom) -> None:
+    """A warm pool's hibernated worker (managed save): its fences go with the sleep, a
+    bare restore behind gridtool's back is refused by the hook, and gridtool's wake takes
+    the fences, restores it through the hook and sees it alive again."""
+    volume = record_on_volume(store, cfg, dom)
+    client = IntentClient(store, cfg.keys)
+    client.wait(client.submit("hv1", "sleep", dom.UUIDString(), "g1",
+                              {"mode": "hibernate"}), 60)
+    assert not dom.isActive() and dom.hasManagedSaveImage(0)
+    wait_until(lambda: holder(store, cfg, volume) is None, 10, what="the fence released")
+    log = qemu_hosts.serial_log("g1")
+    beats_before = qemu_testbed.heartbeats(log)
+    before = beats_before[-1][1]
+    with pytest.raises(libvirt.libvirtError) as exc:
+        dom.create()  # a bare 'virsh start': the restore of its managed save image
+    assert exc.value.get_error_code() == libvirt.VIR_ERR_HOOK_SCRIPT_FAILED, exc.value
+    assert not dom.isActive() and dom.hasManagedSaveImage(0)
+    done = client.wait(client.submit("hv1", "wake", dom.UUIDString(), "g1",
+                                     {"alive_timeout": 30}), 60)
+    assert "restored from its managed save" in done.message
+    assert {"wake", "alive"} <= set(done.params["result"]["timings"])
+    assert holder(store, cfg, volume) == "hv1"
+    assert re.search(r"event=hook_allowed host=hv1 guest=g1 op=restore",
+                     qemu_hosts.agent_log("hv1")), "the restore asked the hook"
+    # restored, not rebooted: its first heartbeat after the wake goes on from where it
+    # slept (a boot would count from 1 again)
+    after = [n for _, n in qemu_testbed.heartbeats(log)][len(beats_before):]
+    assert after and after[0] > before, (before, after[:3])
+
+
+def record_on_volume(store, cfg: Config, dom) -> str:  # type: ignore[no-untyped-def]
+    from gridtool.registry.fleet import Registry
+
+    rec = record_on(Registry(store, cfg.keys), "hv1", dom.UUIDString())
+    assert rec is not None and rec.volumes
+    return rec.volumes[0]
 
 
 def _hot_plug(dom, path: Path, target: str) -> str:  # type: ignore[no-untyped-def]

@@ -164,6 +164,10 @@ class FakeDomain:
     def undefine(self) -> None:
         self._act(self.host.undefine)
 
+    def undefineFlags(self, flags: int = 0) -> None:
+        """The fake has no managed save images: any flags undefine as plain."""
+        self.undefine()
+
 
 @dataclass
 class FakeLibvirt:

@@ -163,3 +163,14 @@ def test_ready_at_round_trips_and_old_records_without_it_decode() -> None:
     old["ready_at"] = "soon"
     with pytest.raises(ValueError, match="ready_at"):
         decode(GuestRecord, "k", json.dumps(old))
+
+
+def test_a_wake_counts_only_console_output_written_after_it() -> None:
+    from agents.readiness import wrote_since
+
+    assert not wrote_since(120, 120), "nothing new: the stale marker does not count"
+    assert wrote_since(120, 140), "a resumed guest appended"
+    assert wrote_since(120, 30), "a restore started the file afresh and wrote again"
+    assert not wrote_since(120, 0), "started afresh, nothing written yet"
+    assert not wrote_since(-1, -1), "no file"
+    assert wrote_since(-1, 10), "the file appeared"

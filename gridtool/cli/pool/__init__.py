@@ -14,6 +14,7 @@ from gridtool.cli.pool.commands import (
     numbers_cmd,
     report,
     scale,
+    set_pool,
     show,
     simulate,
 )
@@ -31,5 +32,6 @@ def pool() -> None:
     """
 
 
-for _command in (simulate, create, scale, list_pools, show, delete, report, numbers_cmd):
+for _command in (simulate, create, scale, set_pool, list_pools, show, delete, report,
+                 numbers_cmd):
     pool.add_command(_command)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -28,7 +28,26 @@ from gridtool.cli.common.output import (
 )
 
 if TYPE_CHECKING:
-    from gridtool.pools.rules import PoolSpec
+    from collections.abc import Callable
+
+    from gridtool.pools.rules import HostInfo, MemberView, PoolSpec
+
+F = TypeVar("F", bound="Callable[..., Any]")
+
+
+def warm_options(default_mode: str | None) -> Callable[[F], F]:
+    """``--warm N`` and ``--warm-mode`` (for ``create`` and ``set``)."""
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--warm-mode", type=click.Choice(["hibernate", "pause"]),
+            help="How warm workers sleep: hibernate (managed save: memory to disk, no RAM "
+                 "held) or pause (RAM held, fastest)"
+                 + (f" [default: {default_mode}]" if default_mode else ""))(func)
+        return click.option(
+            "--warm", type=int, metavar="N",
+            help="Workers kept booted and asleep beside the serving ones; a scale-up wakes "
+                 "them first (at most --max).")(func)
+    return decorate
 
 
 @click.command("simulate")
@@ -133,30 +152,36 @@ def simulate(trace_files: tuple[Path, ...], policy: str, service_time: float,
               show_default=True, help="fixed: the size you set; flex: the Erlang C policy.")
 @click.option("--target-wait", type=float, metavar="S",
               help="Flex: keep the mean wait under S seconds (default: P(wait) <= 0.2).")
+@warm_options("hibernate")
 @json_option
 @pass_app
 def create(app: AppContext, name: str, template: str, min_size: int, max_size: int,
-           size: int | None, policy: str, target_wait: float | None, as_json: bool) -> None:
-    """Create a pool; the leading manager clones it to size at once.
+           size: int | None, policy: str, target_wait: float | None, warm: int | None,
+           warm_mode: str | None, as_json: bool) -> None:
+    """Create a pool; the leading manager clones it to size at once (and boots its warm
+    workers, then puts them to sleep).
 
     \b
     Example:
       gridtool pool create workers --template worker --min 8 --max 8
       gridtool pool create api --template api --min 2 --max 40 --policy flex --target-wait 0.5
+      gridtool pool create jobs --template worker --min 1 --max 20 --warm 3 --warm-mode pause
     """
     from gridtool.errors import NotFound
     from gridtool.pools import shell as pools
 
     spec = pools.new_spec(name, template, min_size, max_size, desired=size, policy=policy,
-                          target_wait=target_wait)
+                          target_wait=target_wait, warm=warm or 0,
+                          warm_mode=warm_mode or "hibernate")
     if app.store.get(app.config.keys.template(template)) is None:
         raise NotFound(f"unknown template {template!r}")
     pools.create(app.store, app.config.keys, spec)
     if as_json:
         emit_json(pool=_spec_dict(spec))
         return
+    warm_note = f", {spec.warm} warm ({spec.warm_mode})" if spec.warm else ""
     click.echo(f"pool {name} created: {spec.desired} worker(s) of {template} "
-               f"({policy}, {min_size}..{max_size})", err=True)
+               f"({policy}, {min_size}..{max_size}){warm_note}", err=True)
 
 
 @click.command("scale")
@@ -177,6 +202,31 @@ def scale(app: AppContext, name: str, size: int, as_json: bool) -> None:
     outcome(as_json, f"pool {name}: size {spec.desired}", pool=_spec_dict(spec))
 
 
+@click.command("set")
+@click.argument("name", shell_complete=POOLS)
+@warm_options(None)
+@json_option
+@pass_app
+def set_pool(app: AppContext, name: str, warm: int | None, warm_mode: str | None,
+             as_json: bool) -> None:
+    """Change a pool's warm set: how many asleep workers it keeps and how they sleep
+    (the manager refills or trims it; a mode change applies to workers put to sleep
+    from then on).
+
+    \b
+    Example:
+      gridtool pool set jobs --warm 4 --warm-mode hibernate
+    """
+    from gridtool.errors import UsageError
+    from gridtool.pools import shell as pools
+
+    if warm is None and warm_mode is None:
+        raise UsageError("nothing to set: give --warm and/or --warm-mode")
+    spec = pools.set_warm(app.store, app.config.keys, name, warm, warm_mode)
+    outcome(as_json, f"pool {name}: {spec.warm} warm ({spec.warm_mode})",
+            pool=_spec_dict(spec))
+
+
 @click.command("list")
 @json_option
 @pass_app
@@ -194,9 +244,9 @@ def list_pools(app: AppContext, as_json: bool) -> None:
         emit_json(pools=rows)
         return
     table(None, ["NAME", "TEMPLATE", "POLICY", "MIN", "MAX", "TARGET", "MEMBERS", "READY",
-                 "UPDATED"],
+                 "WARM", "UPDATED"],
           [(r["name"], r["template"], r["policy"], r["min"], r["max"], r["target"],
-            r["members"], "-" if r["ready"] is None else r["ready"],
+            r["members"], "-" if r["ready"] is None else r["ready"], _warm_cell(r),
             age(r["updated"]) if r["updated"] else "never") for r in rows])
 
 
@@ -214,28 +264,31 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     from dataclasses import asdict
 
     from gridtool.pools import shell as pools
-    from gridtool.pools.rules import classify, engine_numbers, target_size
+    from gridtool.pools.rules import engine_numbers, target_size
 
     keys = app.config.keys
     spec = pools.get(app.store, keys, name)
     st = pools.status(app.store, keys, name)
     hosts, views = pools.observe(app.store, keys, name)
     live, now = {h.name: h for h in hosts}, time.time()
-    members = [{**asdict(v), "class": classify(v, live, now).value,
+    members = [{**asdict(v), "class": _member_class(v, live, now),
                 "overflow": v.host in live and live[v.host].overflow}
                for v in sorted(views, key=lambda v: v.name)]
     flex = pools.flex_numbers(app.store, keys, name)
+    warm = _warm_doc(spec, members)
     status = {k: v for k, v in asdict(st).items() if k != "flex_state"} if st else None
     numbers = engine_numbers(spec, flex)
     doc = {"pool": _spec_dict(spec), "target": target_size(spec, st),
            "status": status, "members": members,
-           "flex": flex, "numbers": numbers}
+           "flex": flex, "numbers": numbers, "warm": warm}
     if as_json:
         emit_json(**doc)
         return
     rows = [("template", spec.template), ("policy", spec.policy),
             ("size", f"{doc['target']} (min {spec.min}, max {spec.max})"),
             ("members", f"{len(views)} ({sum(m['class'] == 'ready' for m in members)} ready)"),
+            ("warm", f"{warm['asleep']} asleep, {warm['booting']} booting "
+                     f"(keeps {spec.warm}, {spec.warm_mode}; not serving)"),
             ("created", when(spec.created_at, now)),
             ("last round", when(st.updated, now) if st else NOTHING),
             ("manager says", text(st.message if st else None))]
@@ -378,6 +431,34 @@ def report(app: AppContext, name: str, arrivals: int, completions: int,
                           mean_service_time=service_time, queue_depth=queue_depth,
                           interval=interval, source=source)
     outcome(as_json, "", pool=name, sample=asdict(sample))  # silent for people (cron)
+
+
+def _member_class(view: MemberView, live: dict[str, HostInfo], now: float) -> str:
+    """ready/starting/broken/lost for a serving member; warm (asleep) or warming (booting
+    before its sleep) for a warm one that is fine, else its broken or lost class."""
+    from gridtool.pools.rules import MemberClass, classify, classify_warm
+
+    if not view.warm:
+        return classify(view, live, now).value
+    found = classify_warm(view, live, now)
+    if found in (MemberClass.BROKEN, MemberClass.LOST):
+        return found.value
+    return "warm" if view.warm == "asleep" else "warming"
+
+
+def _warm_doc(spec: PoolSpec, members: list[dict[str, Any]]) -> dict[str, Any]:
+    """``pool show --json``'s ``warm``: the asked size and mode, and the members' counts."""
+    return {"size": spec.warm, "mode": spec.warm_mode,
+            "asleep": sum(m["class"] == "warm" for m in members),
+            "booting": sum(m["class"] == "warming" for m in members)}
+
+
+def _warm_cell(row: dict[str, Any]) -> str:
+    """``pool list``'s WARM: asleep/asked, or the asked size before the first round."""
+    if not row["warm"]:
+        return "-"
+    asleep = "?" if row["warm_asleep"] is None else row["warm_asleep"]
+    return f"{asleep}/{row['warm']} {row['warm_mode']}"
 
 
 def _flex_target(spec: PoolSpec) -> str:

@@ -1,0 +1,139 @@
+"""Warm pools, pure: which asleep workers a scale-up wakes, how many cold clones make up
+the rest, how the warm set is refilled and trimmed (never past the pool's maximum), and
+the warm size's validation; a property over random pools."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gridtool.pools.rules import (
+    WARM_ASLEEP,
+    WARM_BOOTING,
+    Clone,
+    Forget,
+    HostInfo,
+    MemberView,
+    PoolSpec,
+    Remove,
+    Wake,
+    plan,
+    wake_order,
+    warm_problems,
+    warm_target,
+)
+
+NOW = 1_000_000.0
+SPEC = PoolSpec("web", "tmpl", min=1, max=6, desired=2, warm=2)
+HOSTS = (HostInfo("hv1"), HostInfo("hv2"), HostInfo("ov1", overflow=True))
+
+
+def serving(i: int, host: str = "hv1") -> MemberView:
+    return MemberView(f"s{i}", f"web-{i}", host, NOW - 100, "running")
+
+
+def asleep(i: int, host: str = "hv1", age: float = 100.0,
+           state: str = "shutoff") -> MemberView:
+    return MemberView(f"w{i}", f"web-w{i}", host, NOW - age, state, warm=WARM_ASLEEP)
+
+
+def test_a_pool_at_size_with_its_warm_set_does_nothing() -> None:
+    p = plan(SPEC, 2, [serving(1), serving(2), asleep(1), asleep(2)], HOSTS, now=NOW)
+    assert p.actions == () and (p.ready, p.warm, p.warming) == (2, 2, 0)
+
+
+def test_scale_up_wakes_warm_workers_first_then_clones_cold_then_refills() -> None:
+    members = [serving(1), serving(2), asleep(1, age=50), asleep(2, age=90)]
+    p = plan(SPEC, 5, members, HOSTS, now=NOW)
+    wakes = [a for a in p.actions if isinstance(a, Wake)]
+    assert [w.uuid for w in wakes] == ["w2", "w1"], "the oldest first"
+    assert Clone(1, (), "4 of 5 workers") in p.actions
+    # 5 serving of at most 6: one warm worker fits beside them
+    assert Clone(1, (), "0 of 1 warm", warm=True) in p.actions
+    assert p.warm == 0
+    assert p.actions.index(wakes[0]) == 0, "wakes come before any clone"
+
+
+def test_warm_set_never_takes_the_pool_past_its_maximum() -> None:
+    assert warm_target(SPEC, 2) == 2
+    assert warm_target(SPEC, 5) == 1
+    assert warm_target(SPEC, 6) == 0
+    assert warm_target(SPEC, 60) == 0, "the target is clamped first"
+    full = [serving(i) for i in range(6)] + [asleep(1), asleep(2)]
+    p = plan(SPEC, 6, full, HOSTS, now=NOW)
+    assert sorted(a.uuid for a in p.actions if isinstance(a, Remove)) == ["w1", "w2"]
+
+
+def test_warm_set_is_trimmed_newest_first() -> None:
+    p = plan(replace(SPEC, warm=1), 2, [serving(1), serving(2), asleep(1, age=10),
+                                        asleep(2, age=90)], HOSTS, now=NOW)
+    assert p.actions == (Remove("w1", "web-w1", "hv1", "warm set to 1"),)
+
+
+def test_no_wake_on_a_draining_host_and_dedicated_before_overflow() -> None:
+    live = {h.name: h for h in (HostInfo("hv1", draining=True), HostInfo("hv2"),
+                                HostInfo("ov1", overflow=True))}
+    order = wake_order([asleep(1, "hv1", 300), asleep(2, "ov1", 200), asleep(3, "hv2", 10)],
+                       live)
+    assert [m.uuid for m in order] == ["w3", "w2"]
+
+
+def test_booting_warm_workers_count_toward_the_warm_set_not_serving() -> None:
+    booting = MemberView("b1", "web-b1", "hv1", NOW - 5, "running", warm=WARM_BOOTING)
+    p = plan(SPEC, 2, [serving(1), serving(2), asleep(1), booting], HOSTS, now=NOW)
+    assert p.actions == () and (p.ready, p.warm, p.warming) == (2, 1, 1)
+
+
+def test_broken_and_lost_warm_workers_are_replaced() -> None:
+    vanished = asleep(1, state="missing")
+    gone = asleep(2, host="hv9")
+    stuck = MemberView("b1", "web-b1", "hv1", NOW - 500, "shutoff", warm=WARM_BOOTING)
+    p = plan(SPEC, 2, [serving(1), serving(2), vanished, gone, stuck], HOSTS, now=NOW)
+    assert {type(a) for a in p.actions} == {Remove, Forget, Clone}
+    assert Forget("w2", "web-w2", "hv9", "host hv9 is gone") in p.actions
+    assert {a.uuid for a in p.actions if isinstance(a, Remove)} == {"w1", "b1"}
+    assert Clone(2, (), "0 of 2 warm", warm=True) in p.actions
+
+
+def test_a_paused_warm_worker_is_asleep_not_serving() -> None:
+    p = plan(SPEC, 3, [serving(1), serving(2), asleep(1, state="paused")], HOSTS, now=NOW)
+    assert p.ready == 2 and isinstance(p.actions[0], Wake)
+
+
+def test_memory_bounds_serving_clones_before_warm_ones() -> None:
+    hosts = (HostInfo("hv1", free_memory_mib=256),)
+    p = plan(SPEC, 3, [serving(1)], hosts, now=NOW, worker_memory_mib=128)
+    assert [a for a in p.actions if isinstance(a, Clone)] == [Clone(2, (), "1 of 3 workers")]
+
+
+def test_warm_size_problems() -> None:
+    assert warm_problems(0, "hibernate", 4) == []
+    assert warm_problems(4, "pause", 4) == []
+    assert warm_problems(-1, "pause", 4) == ["warm size must be >= 0, not -1"]
+    assert warm_problems(5, "pause", 4) == ["warm size 5 is above the pool's maximum 4"]
+    assert warm_problems(1, "sleep", 4) == [
+        "warm mode must be one of hibernate, pause, not 'sleep'"]
+    assert PoolSpec("p", "t", 1, 3, 1, warm=4).problems() == [
+        "warm size 4 is above the pool's maximum 3"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(target=st.integers(0, 12), n_serving=st.integers(0, 8), n_asleep=st.integers(0, 8),
+       warm=st.integers(0, 6))
+def test_property_wakes_and_clones_make_up_exactly_the_shortfall(
+        target: int, n_serving: int, n_asleep: int, warm: int) -> None:
+    spec = PoolSpec("web", "tmpl", min=0, max=8, desired=0, warm=min(warm, 8))
+    members = [serving(i, "hv1" if i % 2 else "hv2") for i in range(n_serving)] + \
+        [asleep(i, "hv2" if i % 2 else "hv1", age=i) for i in range(n_asleep)]
+    p = plan(spec, target, members, HOSTS, now=NOW)
+    size = spec.clamp(target)
+    wakes = sum(isinstance(a, Wake) for a in p.actions)
+    cold = sum(a.count for a in p.actions if isinstance(a, Clone) and not a.warm)
+    refill = sum(a.count for a in p.actions if isinstance(a, Clone) and a.warm)
+    assert wakes == min(max(0, size - n_serving), n_asleep)
+    assert wakes + cold == max(0, size - n_serving)
+    trimmed = sum(isinstance(a, Remove) and a.uuid.startswith("w") for a in p.actions)
+    after = n_asleep - wakes - trimmed + refill
+    assert after == warm_target(spec, size) <= spec.max - size
