@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import click
 
-from gridtool.cli.pool.commands import create, delete, list_pools, report, scale, show, simulate
+from gridtool.cli.pool.commands import (
+    create,
+    delete,
+    feed,
+    list_pools,
+    report,
+    scale,
+    show,
+    simulate,
+)
 
 
 @click.group()
@@ -22,5 +31,5 @@ def pool() -> None:
     """
 
 
-for _command in (simulate, create, scale, list_pools, show, delete, report):
+for _command in (simulate, create, scale, list_pools, show, delete, report, feed):
     pool.add_command(_command)
