@@ -60,13 +60,17 @@ class RedisQueue:
 
     def __init__(self, url: BrokerURL, queue: str, group: str | None = None) -> None:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.queue, self.group = queue, group
         self._errors = (redis.ConnectionError, redis.TimeoutError)
+        # no retries inside the client (redis-py's default: 3, with backoff up to 10 s):
+        # the feeder retries on its own schedule and must see a failure at once
         self._client = redis.Redis(host=url.host, port=url.port, db=url.db,
                                    username=url.user, password=url.password,
                                    socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
-                                   decode_responses=True)
+                                   retry=Retry(NoBackoff(), 0), decode_responses=True)
 
     def read(self) -> Reading:
         import redis

@@ -342,6 +342,7 @@ def feed(app: AppContext, name: str, broker: str, queue: str, group: str | None,
       gridtool pool feed web --from redis://127.0.0.1:6379/0 --queue jobs
       gridtool pool feed web --from amqp://feeder:secret@mq1/prod --queue jobs --once --json
     """
+    import logging
     import signal
     import threading
 
@@ -363,7 +364,8 @@ def feed(app: AppContext, name: str, broker: str, queue: str, group: str | None,
     source = open_source(url, queue, group)
     feeder = Feeder(app.store, keys, name, source, broker=url.redacted(), queue=queue,
                     period=period)
-    if once:
+    if once:  # its failure is the one line it prints, not a log event besides
+        logging.getLogger("gridtool.pools.feeder").setLevel(logging.ERROR)
         try:
             for _ in range(2):
                 first = feeder.prev is None
