@@ -91,7 +91,7 @@ def consumer(args: argparse.Namespace) -> int:
             continue
         seen = True
         guest = decode(GuestRecord, item.key, item.value)
-        if guest.state != "running":
+        if guest.state != "running" or (args.need_marker and not guest.ready_at):
             ready_since = None
             stop.wait(0.2)
             continue
@@ -102,7 +102,7 @@ def consumer(args: argparse.Namespace) -> int:
         if not serving.is_set():
             client.set(f"serving:{args.name}", 1, px=1000)
         serving.set()
-        got = client.xreadgroup(GROUP, args.name, {STREAM: ">"}, count=1, block=500)
+        got: Any = client.xreadgroup(GROUP, args.name, {STREAM: ">"}, count=1, block=500)
         for _, messages in got or []:
             for msg_id, fields in messages:
                 taken = time.time()
@@ -124,7 +124,8 @@ class Consumers:
         self.cfg, self.store, self.port, self.args, self.logs = cfg, store, redis_port, args, logs
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def sync(self) -> None:
+    def sync(self) -> int:
+        """Start and stop consumers to match the pool's members; how many there are."""
         members = pools.members(self.store, self.cfg.keys, POOL)
         for uid, m in members.items():
             if uid not in self.procs:
@@ -134,10 +135,12 @@ class Consumers:
                      "--uuid", uid, "--name", m.name, "--redis-port", str(self.port),
                      "--service-time", str(self.args.service_time), "--boot-delay",
                      str(self.args.boot_delay), "--seed",
-                     str(zlib.crc32(f"{self.args.seed}{uid}".encode()))],
+                     str(zlib.crc32(f"{self.args.seed}{uid}".encode())),
+                     *(["--need-marker"] if self.args.hypervisor == "qemu" else [])],
                     stdout=subprocess.DEVNULL, stderr=(self.logs / f"{m.name}.log").open("w"))
         for uid in [u for u in self.procs if u not in members]:
             self.procs.pop(uid).terminate()
+        return len(self.procs)
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -160,9 +163,13 @@ def run(args: argparse.Namespace, trace: Trace) -> dict[str, Any]:
     times = trace.arrival_times(random.Random(args.seed))
     with lab_etcd(prefix="gridtool-bench-queue-") as (tmp, cluster):
         cfg = Config(endpoints=tuple(cluster.endpoints), prefix="/bench-queue/", ttl=10,
-                     timeout=3.0)
+                     timeout=3.0, images_dir=str(tmp / "lab" / "images"))
         store = EtcdStore(cfg)
-        hosts = LabHosts(tmp / "lab", cfg)
+        hosts: Any = LabHosts(tmp / "lab", cfg)
+        if args.hypervisor == "qemu":
+            from tests.harness import qemu_testbed
+
+            hosts = qemu_testbed.QemuHosts(tmp / "lab", cfg)
         broker = start_redis(tmp / "redis")
         stop = threading.Event()
         consumers = Consumers(cfg, store, broker.port, args, tmp)
@@ -172,9 +179,7 @@ def run(args: argparse.Namespace, trace: Trace) -> dict[str, Any]:
                 hosts.start_agent(f"hv{n + 1}")
             wait_until(lambda: len(store.list(cfg.keys.hosts)[0]) == args.hosts, timeout=60,
                        what="hosts")
-            hosts.conn("hv1").defineXML(domain_xml("w-src", 64, disk="/var/lib/nowhere/w.qcow2"))
-            wait_until(lambda: store.list(cfg.keys.host_guests("hv1"))[0], what="template source")
-            create_template(store, cfg, "w", "w-src", timeout=60)
+            make_template(hosts, store, cfg, args.hypervisor)
             client = redis.Redis(port=broker.port, decode_responses=True)
             client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
             pools.create(store, cfg.keys, pools.new_spec(
@@ -184,7 +189,7 @@ def run(args: argparse.Namespace, trace: Trace) -> dict[str, Any]:
                             broker=broker.url, queue=STREAM, period=args.period)
             for target in (manager.run, feeder.run):
                 threading.Thread(target=target, args=(stop,), daemon=True).start()
-            wait_until(lambda: consumers.sync() or client.keys("serving:*"), timeout=120,
+            wait_until(lambda: consumers.sync() and client.keys("serving:*"), timeout=120,
                        what="a first worker")
             start = time.time()
             producer = threading.Thread(target=produce, args=(client, times, start, stop))
@@ -212,6 +217,22 @@ def run(args: argparse.Namespace, trace: Trace) -> dict[str, Any]:
             hosts.close()
             store.close()
     return summarize(times, start, end, done, timeline, args)
+
+
+def make_template(hosts: Any, store: EtcdStore, cfg: Config, hypervisor: str) -> None:
+    """Template ``w``: a test-driver domain, or a 128 MiB TCG guest with the lab's ready
+    marker (its clones count as ready when the agent sees the marker)."""
+    if hypervisor == "qemu":
+        from gridtool.lab import qemu
+
+        hosts.define("hv1", "w")
+        ready = qemu.READY
+    else:
+        hosts.conn("hv1").defineXML(domain_xml("w", 64, disk="/var/lib/nowhere/w.qcow2"))
+        ready = ""
+    wait_until(lambda: store.list(cfg.keys.host_guests("hv1"))[0], timeout=30,
+               what="the template's source guest")
+    create_template(store, cfg, "w", "w", timeout=60, ready_marker=ready)
 
 
 def _backlog(client: Any) -> int:
@@ -255,6 +276,8 @@ def main() -> int:
     c.add_argument("--service-time", type=float, required=True)
     c.add_argument("--boot-delay", type=float, required=True)
     c.add_argument("--seed", type=int, required=True)
+    c.add_argument("--need-marker", action="store_true",
+                   help="ready only once the agent saw the guest's ready marker")
     parser.add_argument("--trace", help="start,end,rate CSV (default: the built-in burst)")
     parser.add_argument("--service-time", type=float, default=0.5, help="mean job seconds")
     parser.add_argument("--period", type=float, default=10.0,
@@ -263,8 +286,12 @@ def main() -> int:
     parser.add_argument("--min", type=int, default=1)
     parser.add_argument("--max", type=int, default=8)
     parser.add_argument("--hosts", type=int, default=2)
-    parser.add_argument("--boot-delay", type=float, default=5.0,
-                        help="seconds from a clone running to its consumer taking jobs")
+    parser.add_argument("--hypervisor", choices=("test", "qemu"), default="test",
+                        help="test: the libvirt test driver (a clone is running at once); "
+                        "qemu: 128 MiB TCG guests, ready at their ready marker")
+    parser.add_argument("--boot-delay", type=float,
+                        help="seconds from a clone being ready to its consumer taking jobs "
+                        "(default 5 on the test driver, standing in for a boot; 0 on qemu)")
     parser.add_argument("--drain", type=float, default=60.0,
                         help="seconds after the trace to let the backlog drain")
     parser.add_argument("--seed", type=int, default=1)
@@ -272,10 +299,20 @@ def main() -> int:
     args = parser.parse_args()
     if args.command == "consumer":
         return consumer(args)
+    if args.boot_delay is None:
+        args.boot_delay = 0.0 if args.hypervisor == "qemu" else 5.0
+    if args.hypervisor == "qemu":
+        from gridtool.lab import qemu
+
+        why = qemu.unavailable()
+        if why:
+            print(f"queue_pool: QEMU cannot run here: {why}", file=sys.stderr)
+            return 2
     trace = load_trace(args.trace) if args.trace else DEFAULT_TRACE
     result = run(args, trace)
     w = result["wait_s"]
-    print_table(f"queue-fed pool: trace {trace.name} ({result['jobs']} jobs, "
+    print_table(f"queue-fed pool on {args.hypervisor}: trace {trace.name} "
+                f"({result['jobs']} jobs, "
                 f"{trace.duration:g} s), jobs {args.service_time:g} s, period {args.period:g} s, "
                 f"SLA mean wait <= {args.sla_wait:g} s, boot delay {args.boot_delay:g} s",
                 [(f"{w['p50']:.2f}", f"{w['p90']:.2f}", f"{w['p99']:.2f}", f"{w['max']:.2f}",
