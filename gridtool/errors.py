@@ -88,6 +88,27 @@ class Timeout(GridtoolError):
     meaning = "timed out waiting for an outcome"
 
 
+
+class BrokerUnavailable(GridtoolError):
+    """A job queue's broker (Redis, RabbitMQ) did not answer."""
+
+    exit_code = 10
+    meaning = "the job queue's broker is unreachable"
+
+
+class QueueGone(GridtoolError):
+    """The broker answered but the queue (or its consumer group) is not there."""
+
+    exit_code = 11
+    meaning = "the job queue (or its consumer group) does not exist"
+
+
+class BadReading(GridtoolError):
+    """The broker reported numbers that cannot be (a negative count)."""
+
+    exit_code = 12
+    meaning = "the broker reported impossible queue numbers"
+
 EXIT_SUCCESS = 0
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C, at a prompt too), the shell's 128 + 2
 

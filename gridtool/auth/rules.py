@@ -17,7 +17,8 @@ For one registry prefix and a list of hosts, ``plan`` says what must exist:
   for ``gridtool check``, ``gridtool metrics serve`` (cron, Prometheus) and
   ``gridtool web serve``;
 - per pool on request, a reporter user ``pool-<name>`` (an outside policy engine) whose
-  role writes only that pool's load reports (``pools/<name>/samples/``) and its spec,
+  role writes only that pool's load reports (``pools/<name>/samples/``), the heartbeat
+  of ``pool feed`` (``pools/<name>/feed``) and its spec,
   where its desired size lives (etcd grants by key, not by field: it could change the
   spec's other fields too, never another pool's or any host, guest or fence), and reads
   the manager's status of that pool (``pool numbers``: what an outside engine decides on).
@@ -211,7 +212,8 @@ def _reporter_permissions(keys: Keys, pool: str) -> tuple[Permission, ...]:
     rw = Access.READWRITE
     return (Permission(keys.pool(pool), rw),                  # its desired size (pool scale)
             Permission.on_prefix(keys.pool_samples(pool), rw),  # its load reports
-            Permission(keys.pool_status(pool), Access.READ))  # the numbers (pool numbers)
+            Permission(keys.pool_status(pool), Access.READ),  # the numbers (pool numbers)
+            Permission(keys.pool_feed(pool), rw))             # pool feed's heartbeat
 
 
 def plan(prefix: str, hosts: Iterable[str], managers: Iterable[str] = (),

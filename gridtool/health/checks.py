@@ -15,6 +15,7 @@ from gridtool.health.params import CheckParams
 from gridtool.health.ranges import Status, fmt_number, grade
 from gridtool.health.report import Finding, Perf, Report, finite_or_none, plural
 from gridtool.health.snapshot import EndpointStatus, FenceObs, HostObs, Snapshot
+from gridtool.pools.feed import stale
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,12 @@ def _check_pools(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[F
             severity = Status.CRITICAL if pool.actual <= 0 else Status.WARNING
             msg = f"pool {pool.name} runs {pool.actual}/{pool.desired} members"
             yield Finding("POOL_UNDERSIZE", severity, "pool", pool.name, msg)
+        age = None if pool.feed is None else stale(pool.feed, snap.now)
+        if pool.feed is not None and age is not None:
+            why = f": {pool.feed.error}" if pool.feed.error else ""
+            msg = (f"pool {pool.name}: no reading of queue {pool.feed.queue} on "
+                   f"{pool.feed.broker} for {_dur(age)} (size held){why}")
+            yield Finding("POOL_FEED_STALE", Status.WARNING, "pool", pool.name, msg)
 
 
 def _check_manager(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:

@@ -25,6 +25,7 @@ from gridtool.health.snapshot import (
     Snapshot,
     ViolationObs,
 )
+from gridtool.pools.feed import FeedStatus
 from gridtool.pools.rules import PoolSpec, PoolStatus, target_size
 from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
@@ -127,9 +128,11 @@ def read_cert(path: Path) -> CertObs:
 
 def _pools(store: Store, keys: Keys, running: set[str],
            corrupt: list[CorruptRecord]) -> list[PoolObs]:
-    """Each pool's target size and how many of its members run on a live host."""
+    """Each pool's target size, how many of its members run on a live host, and its
+    queue feeder's heartbeat."""
     specs: dict[str, PoolSpec] = {}
     statuses: dict[str, PoolStatus] = {}
+    feeds: dict[str, FeedStatus] = {}
     members: dict[str, set[str]] = {}
     for item in store.list(keys.pools)[0]:
         name, _, rest = item.key.removeprefix(keys.pools).partition("/")
@@ -138,12 +141,14 @@ def _pools(store: Store, keys: Keys, running: set[str],
                 specs[name] = decode(PoolSpec, item.key, item.value)
             elif rest == "status":
                 statuses[name] = decode(PoolStatus, item.key, item.value)
+            elif rest == "feed":
+                feeds[name] = decode(FeedStatus, item.key, item.value)
         except DecodeError as exc:
             corrupt.append(CorruptRecord(item.key, exc.reason))
         if rest.startswith("members/"):
             members.setdefault(name, set()).add(rest.removeprefix("members/"))
     return [PoolObs(name, target_size(spec, statuses.get(name)),
-                    len(members.get(name, set()) & running))
+                    len(members.get(name, set()) & running), feeds.get(name))
             for name, spec in sorted(specs.items())]
 
 

@@ -35,6 +35,9 @@ CODES: Mapping[str, str] = {
     "INTENT_STALE": "a pending intent is older than the intent_age thresholds",
     "INTENT_FAILED": "an intent failed and is still recorded",
     "POOL_UNDERSIZE": "a worker pool runs fewer members than desired",
+    "POOL_FEED_STALE": "a pool's queue feeder (pool feed) has not read its queue for 3 "
+                       "periods (broker unreachable, queue gone, feeder dead): the pool "
+                       "holds its size",
     "MANAGER_NO_LEADER": "no manager holds the leader election",
     "REGISTRY_CORRUPT": "a registry record could not be decoded",
     "CERT_EXPIRY": "a TLS certificate in use (ca_cert, cert, the certificates beside "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gridtool.pools.feed import FeedStatus
+
 
 @dataclass(frozen=True)
 class EndpointStatus:
@@ -78,11 +80,13 @@ class IntentObs:
 
 @dataclass(frozen=True)
 class PoolObs:
-    """A worker pool with its desired and actually running member counts."""
+    """A worker pool with its desired and actually running member counts, and the
+    heartbeat of its queue feeder (``gridtool pool feed``) when it has one."""
 
     name: str
     desired: int
     actual: int
+    feed: FeedStatus | None = None
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,10 @@ class Keys:
         """One load report (arrivals, completions, busy seconds, queue depth)."""
         return f"{self.pool_samples(name)}{sample_id}"
 
+    def pool_feed(self, name: str) -> str:
+        """The queue feeder's heartbeat (broker, queue, last good reading, last error)."""
+        return f"{self.pools}{name}/feed"
+
     def pool_status(self, name: str) -> str:
         """What the manager last did with the pool (size, flex state and decision)."""
         return f"{self.pools}{name}/status"

@@ -136,7 +136,9 @@ def test_reporter_writes_only_its_pools_reports_and_spec() -> None:
     assert web == "pool-web" and pool_of_user(web, DEFAULT_PREFIX) == "web"
     assert R.permitted(web, K.pool("web"), write=True)
     assert R.permitted(web, K.pool_sample("web", "1-a"), write=True)
+    assert R.permitted(web, K.pool_feed("web"), write=True)  # pool feed's heartbeat
     for key in (K.pool("web2"), K.pool_sample("web2", "1-a"), K.pool_status("web"),
+                K.pool_feed("web2"),
                 K.pool_member("web", "u1"), K.host("hv1"), K.guest("hv1", "u1"),
                 K.fence("v1"), K.intent("hv1", "i1"), K.guest_settings("u1")):
         assert not R.permitted(web, key, write=True), key

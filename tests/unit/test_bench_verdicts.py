@@ -258,3 +258,26 @@ def test_writes_after_the_fence_count_the_old_boots_later_records_only() -> None
     assert writes_after(records, "old", 2) == 2
     assert writes_after(records, "old", 9) == 0
     assert writes_after(records, "new", 0) == 1
+
+
+# -- bench/queue_pool.py --------------------------------------------------------------
+
+
+def test_queue_pool_counts_waits_unserved_jobs_sla_windows_and_worker_seconds() -> None:
+    from argparse import Namespace
+
+    qp = bench("queue_pool")
+    start = 1000.0
+    times = [0.5, 1.0, 12.0, 15.0]  # trace times of 4 jobs; job 3 is never taken
+    done = [[0, 1000.5, 1000.7, 1001.0, "w1"],  # waited 0.2 s
+            [1, 1001.0, 1001.4, 1002.0, "w1"],  # 0.4 s
+            [2, 1012.0, 1015.0, 1016.0, "w2"]]  # 3.0 s
+    timeline = [{"t": 0.0, "serving": 1}, {"t": 10.0, "serving": 2}, {"t": 20.0, "serving": 0}]
+    out = qp.summarize(times, start, 1020.0, done, timeline,
+                       Namespace(period=10.0, sla_wait=1.0))
+    assert (out["jobs"], out["served"], out["unserved"]) == (4, 3, 1)
+    # window 0 (jobs 0, 1): mean 0.3 s; window 1 (job 2: 3 s, job 3 still waiting 5 s)
+    assert out["violating_windows_s"] == [10.0] and out["sla_violation_s"] == 10.0
+    assert out["wait_s"]["max"] == pytest.approx(5.0)
+    assert out["wait_s"]["p50"] == pytest.approx(0.4)
+    assert out["worker_seconds"] == 30.0 and out["peak_serving"] == 2

@@ -50,9 +50,14 @@ from gridtool.health.snapshot import (
     Snapshot,
     ViolationObs,
 )
+from gridtool.pools.feed import FeedStatus
 from tests.unit.test_architecture import product_modules, pure_set
 
 NOW = 1_700_000_000.0
+#: A queue feeder (period 10 s) whose broker stopped answering 31 s ago.
+FEED_DOWN = FeedStatus("web", "redis://127.0.0.1:6379/0", "jobs", 10.0, "m:1", NOW - 600,
+                       last_attempt=NOW - 1, last_ok=NOW - 31, failures=9,
+                       error="redis: Connection refused")
 INF = math.inf
 
 # Nagios perfdata grammar: 'label'=value[UOM];[warn];[crit];[min];[max]
@@ -516,6 +521,15 @@ CODE_CASES: list[tuple[str, Mutation, str, Status, str, str]] = [
         "pool web runs 0/2 members",
     ),
     (
+        "pool-feed-stale",
+        lambda s: replace(s, pools=(PoolObs("web", 2, 2, FEED_DOWN),)),
+        "POOL_FEED_STALE",
+        Status.WARNING,
+        "web",
+        "no reading of queue jobs on redis://127.0.0.1:6379/0 for 31s (size held): "
+        "redis: Connection refused",
+    ),
+    (
         "no-manager",
         lambda s: replace(s, manager_leader=None, manager_since=NOW - 60),
         "MANAGER_NO_LEADER",
@@ -617,6 +631,10 @@ NO_FINDING_CASES: list[tuple[str, Mutation]] = [
     ("pinned-guest-on-unprotected-host", lambda s: with_host(s, "h1", protected=False)),
     ("ha-guest-on-protected-host",
      lambda s: replace(s, fences=(FenceObs("vol-web1", "h1", "u1", ha=True),))),
+    ("feed-read-within-3-periods", lambda s: replace(s, pools=(PoolObs("web", 2, 2, replace(
+        FEED_DOWN, last_ok=NOW - 29, failures=0, error="")),))),
+    ("feed-started-recently", lambda s: replace(s, pools=(PoolObs("web", 2, 2, replace(
+        FEED_DOWN, started=NOW - 5, last_ok=0.0)),))),
     ("future-report-is-not-stale", lambda s: with_host(s, "h2", last_report=NOW + 50)),
     ("small-skew", lambda s: with_host(s, "h1", host_clock=NOW - 4.9)),
     ("no-clock-reading", lambda s: with_host(s, "h1", host_clock=None)),

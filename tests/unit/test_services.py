@@ -230,3 +230,21 @@ def test_the_manager_unit_passes_the_password_as_a_credential() -> None:
     (cred,) = [ln for ln in settings if ln.startswith("LoadCredential=")]
     name, _, path = cred.removeprefix("LoadCredential=").partition(":")
     assert name == "password_file" and path.startswith("/etc/gridtool/")
+
+
+@needs_systemd
+def test_the_pool_feed_unit_template_verifies_as_an_instance(tmp_path: Path) -> None:
+    unit = (UNITS / "gridtool-pool-feed@.service").read_text()
+    done = verify(tmp_path, unit, "gridtool-pool-feed@web.service",
+                  {"/usr/bin/gridtool": sys.executable})
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_pool_feed_unit_runs_as_the_pools_reporter_with_its_credential() -> None:
+    settings = (UNITS / "gridtool-pool-feed@.service").read_text().splitlines()
+    assert {"DynamicUser=yes", "Restart=on-failure", "RestartPreventExitStatus=2 3"} <= \
+        set(settings)
+    (cred,) = [ln for ln in settings if ln.startswith("LoadCredential=")]
+    assert cred == "LoadCredential=password_file:/etc/gridtool/credentials/pool-%i.password"
+    (start,) = [ln for ln in settings if ln.startswith("ExecStart=")]
+    assert "pool feed %i --from ${FEED_FROM} --queue ${FEED_QUEUE}" in start

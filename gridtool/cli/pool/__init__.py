@@ -10,6 +10,7 @@ import click
 from gridtool.cli.pool.commands import (
     create,
     delete,
+    feed,
     list_pools,
     numbers_cmd,
     report,
@@ -33,5 +34,5 @@ def pool() -> None:
 
 
 for _command in (simulate, create, scale, set_pool, list_pools, show, delete, report,
-                 numbers_cmd):
+                 numbers_cmd, feed):
     pool.add_command(_command)

@@ -459,6 +459,83 @@ def _warm_cell(row: dict[str, Any]) -> str:
         return "-"
     asleep = "?" if row["warm_asleep"] is None else row["warm_asleep"]
     return f"{asleep}/{row['warm']} {row['warm_mode']}"
+@click.command("feed")
+@click.argument("name", shell_complete=POOLS)
+@click.option("--from", "broker", required=True, metavar="URL",
+              help="The broker: redis://[:PASSWORD@]HOST[:PORT][/DB] or "
+              "amqp://[USER:PASSWORD@]HOST[:PORT][/VHOST].")
+@click.option("--queue", required=True, metavar="Q",
+              help="The queue: a Redis list or stream key, or a RabbitMQ queue.")
+@click.option("--group", metavar="G",
+              help="A Redis stream's consumer group (default: its only one).")
+@click.option("--period", default=10.0, show_default=True, type=float,
+              help="Seconds between readings: the manager's pool period (flex sampling).")
+@click.option("--once", is_flag=True,
+              help="Read twice, one period apart, write that one report and exit (errors "
+              "exit at once, with their code).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@json_option
+@pass_app
+def feed(app: AppContext, name: str, broker: str, queue: str, group: str | None,
+         period: float, once: bool, log_level: str, as_json: bool) -> None:
+    """Feed a pool's load reports from a job queue, every period, until SIGTERM.
+
+    Reads the queue's depth (and, for a Redis stream's consumer group, its arrivals and
+    jobs in service) and writes what changed as the pool's load report. A broker that
+    does not answer or a queue that is gone writes no report (the pool keeps its size),
+    is retried with backoff, logged, and shown by 'gridtool check' (POOL_FEED_STALE).
+    Runs as the systemd service gridtool-pool-feed@POOL with the reporter credentials.
+
+    \b
+    Example:
+      gridtool pool feed web --from redis://127.0.0.1:6379/0 --queue jobs
+      gridtool pool feed web --from amqp://feeder:secret@mq1/prod --queue jobs --once --json
+    """
+    import logging
+    import signal
+    import threading
+
+    from gridtool import logsetup
+    from gridtool.errors import UsageError
+    from gridtool.pools import shell as pools
+    from gridtool.pools.brokers import open_source
+    from gridtool.pools.feed import parse_url
+    from gridtool.pools.feeder import Feeder
+
+    try:
+        url = parse_url(broker)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not period > 0 or not queue:
+        raise UsageError("--period must be > 0 and --queue not empty")
+    keys = app.config.keys
+    pools.get(app.store, keys, name)
+    source = open_source(url, queue, group)
+    feeder = Feeder(app.store, keys, name, source, broker=url.redacted(), queue=queue,
+                    period=period)
+    if once:  # its failure is the one line it prints, not a log event besides
+        logging.getLogger("gridtool.pools.feeder").setLevel(logging.ERROR)
+        try:
+            for _ in range(2):
+                first = feeder.prev is None
+                wait = feeder.step()
+                if feeder.error is not None:
+                    raise feeder.error
+                if first:
+                    time.sleep(wait)
+        finally:
+            source.close()
+        st = feeder.status
+        outcome(as_json, f"pool {name}: depth {st.depth}, {st.reports} report(s)",
+                feed=asdict(st), samples=[asdict(s) for s in pools.samples(
+                    app.store, keys, name) if s.source == feeder.name][-1:])
+        return
+    logsetup.configure(log_level)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    feeder.run(stop)
 
 
 def _flex_target(spec: PoolSpec) -> str:

@@ -1,0 +1,173 @@
+"""``gridtool pool feed`` against real brokers: a real redis-server and etcd, the real
+manager, the feeder as a process of its own with the pool's reporter credentials.
+
+The Redis test feeds a list, sees the load report land and the flex pool grow; then stops
+the broker and sees the feeder fail and retry, no report written, the pool's size kept
+over several manager rounds, and ``gridtool check`` say POOL_FEED_STALE. The RabbitMQ
+test (marked ``slow``: Erlang boots in ~20 s here, more than CI's budget allows) reads a
+real queue through the passive declare; run it alone with
+``.venv/bin/python -m pytest -m slow tests/integration/test_pool_feed.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gridtool.auth import shell as security
+from gridtool.auth.credfiles import password_path, read_password, write_private
+from gridtool.config import Config
+from gridtool.ha.manager import Manager
+from gridtool.lab.brokers import Broker, start_rabbitmq, start_redis
+from gridtool.lab.procs import free_port, stop_pid
+from gridtool.pools import shell as pools
+from gridtool.pools.feed import FeedStatus
+from gridtool.pools.rules import PoolStatus
+from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.records import decode
+from tests.harness.testbed import run_cli, wait_until
+
+PERIOD = 0.5  # the feeder's; the manager's pool round runs every 0.3 s
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    broker = start_redis(tmp_path_factory.mktemp("redis"))
+    yield broker
+    broker.stop()
+
+
+def heartbeat(store: EtcdStore, cfg: Config, pool: str) -> FeedStatus | None:
+    item = store.get(cfg.keys.pool_feed(pool))
+    return None if item is None else decode(FeedStatus, item.key, item.value)
+
+
+def feed_once(cfg: Config, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    return run_cli(cfg, capsys, "pool", "feed", "q", "--once", "--period", "0.1", *args)
+
+
+def test_a_redis_list_feeds_the_pool_and_a_dead_broker_holds_its_size(
+        redis_server: Broker, store: EtcdStore, cfg: Config, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    import redis
+
+    pools.create(store, cfg.keys, pools.new_spec("q", "w", 1, 6, policy="flex",
+                                                 target_wait=0.5))
+    client = redis.Redis(port=redis_server.port)
+    # bad input first, in-process: one line each, its own exit code
+    code, _, err = feed_once(cfg, capsys, "--from", "redis://127.0.0.1:port/0", "--queue", "a")
+    assert (code, err.count("\n")) == (2, 1) and "malformed broker URL" in err
+    client.xgroup_create("s", "g", id="0", mkstream=True)
+    code, _, err = feed_once(cfg, capsys, "--from", redis_server.url, "--queue", "s",
+                             "--group", "nope")
+    assert (code, err.count("\n")) == (11, 1) and "no consumer group 'nope'" in err
+    code, _, err = feed_once(cfg, capsys, "--from", f"redis://127.0.0.1:{free_port()}/0",
+                             "--queue", "jobs")
+    assert (code, err.count("\n")) == (10, 1) and "Connection refused" in err
+    code, out, _ = feed_once(cfg, capsys, "--from", redis_server.url, "--queue", "s", "--json")
+    assert code == 0 and json.loads(out)["feed"]["reports"] == 1
+
+    # the feeder as its own process, as the pool's reporter user
+    creds = tmp_path / "creds"
+    root = read_password(security.credentials_dir(cfg, None) / "root.password")
+    write_private(password_path(creds, "root"), root or "")
+    code, out, err = run_cli(cfg, capsys, "registry", "user", "add", "reporter", "--pool", "q",
+                             "--credentials-dir", str(creds), "--json")
+    assert code == 0, err
+    conf = json.loads(out)["config"]
+    log = (tmp_path / "feed.log").open("w")
+    launched = time.time()
+    feeder = subprocess.Popen(
+        [sys.executable, "-m", "gridtool", "--config", conf, "--endpoints",
+         ",".join(cfg.endpoints), "--prefix", cfg.prefix, "pool", "feed", "q", "--from",
+         redis_server.url, "--queue", "jobs", "--period", str(PERIOD)],
+        stdout=log, stderr=subprocess.STDOUT)
+    stop = threading.Event()
+    manager = Manager(cfg, store, "m1", period=0.2, pool_period=0.3)
+    thread = threading.Thread(target=manager.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: (heartbeat(store, cfg, "q") or _BEAT).started > launched,
+                   timeout=30, what="the feeder's first reading")
+        client.rpush("jobs", *range(400))  # a burst: 400 jobs and nobody taking them
+        wait_until(lambda: any(s.source == "feed:jobs" and s.arrivals == 400
+                               for s in pools.samples(store, cfg.keys, "q")),
+                   timeout=10, what="the burst's load report")
+        wait_until(lambda: (pools.status(store, cfg.keys, "q") or _NONE).desired == 6,
+                   timeout=10, what="the flex policy to grow the pool to its max")
+
+        redis_server.stop()  # the broker goes away
+        wait_until(lambda: (heartbeat(store, cfg, "q") or _BEAT).failures >= 2, timeout=10,
+                   what="the feeder to fail twice")
+        reports = len([s for s in pools.samples(store, cfg.keys, "q")
+                       if s.source == "feed:jobs"])
+        before = pools.status(store, cfg.keys, "q")
+        assert before is not None
+        wait_until(lambda: (pools.status(store, cfg.keys, "q") or _NONE).updated >
+                   before.updated + 6 * 0.3, timeout=10, what="six more manager rounds")
+        after = pools.status(store, cfg.keys, "q")
+        assert after is not None and after.desired == 6  # no scale-down on missing data
+        assert after.decisions.get("down", 0) == before.decisions.get("down", 0)
+        assert len([s for s in pools.samples(store, cfg.keys, "q")
+                    if s.source == "feed:jobs"]) == reports  # no report written
+        beat = heartbeat(store, cfg, "q")
+        assert beat is not None and "Connection refused" in beat.error
+
+        def stale() -> str:
+            code, out, _ = run_cli(cfg, capsys, "check", "--json")
+            found = [f for f in json.loads(out)["findings"] if f["code"] == "POOL_FEED_STALE"]
+            return found[0]["message"] if found and code else ""
+
+        message = wait_until(stale, timeout=10, what="the POOL_FEED_STALE finding")
+        assert "queue jobs" in str(message) and "size held" in str(message)
+        assert feeder.poll() is None  # still retrying
+    finally:
+        stop.set()
+        thread.join(30)
+        stop_pid(feeder.pid, "pool")
+        feeder.wait(10)
+        log.close()
+    assert heartbeat(store, cfg, "q") is None, "a clean stop drops its heartbeat"
+    text = (tmp_path / "feed.log").read_text()
+    assert "event=pool_feed_failed pool=q" in text and "password" not in text
+
+
+@pytest.mark.slow
+def test_a_rabbitmq_queue_is_read_by_passive_declare(tmp_path: Path, store: EtcdStore,
+                                                     cfg: Config,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    import pika
+
+    broker = start_rabbitmq(tmp_path / "rabbit")
+    try:
+        pools.create(store, cfg.keys, pools.new_spec("q", "w", 0, 6, policy="flex"))
+        code, _, err = feed_once(cfg, capsys, "--from", broker.url, "--queue", "jobs")
+        assert (code, err.count("\n")) == (11, 1) and "'jobs' does not exist" in err
+        conn = pika.BlockingConnection(pika.ConnectionParameters(port=broker.port))
+        try:
+            channel = conn.channel()
+            channel.queue_declare("jobs")
+            for _ in range(5):
+                channel.basic_publish("", "jobs", b"job")
+            wait_until(lambda: channel.queue_declare("jobs", passive=True)
+                       .method.message_count == 5, what="5 messages ready")
+        finally:
+            conn.close()
+        code, out, _ = feed_once(cfg, capsys, "--from", broker.url, "--queue", "jobs",
+                                 "--json")
+        assert code == 0 and json.loads(out)["feed"]["depth"] == 5
+    finally:
+        broker.stop()
+    code, _, err = feed_once(cfg, capsys, "--from", broker.url, "--queue", "jobs")
+    assert (code, err.count("\n")) == (10, 1)
+
+
+_NONE = PoolStatus("", 0.0, -1, 0, 0)
+_BEAT = FeedStatus("", "", "", 1.0, "", 0.0)
