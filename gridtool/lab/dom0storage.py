@@ -33,10 +33,8 @@ UNIT_NAME = "gridtool-dom0-storage.service"
 UNIT = f"""\
 [Unit]
 Description=gridtool lab: attach the shared storage (AoE, iSCSI) from the segment
-Wants=network-pre.target iscsid.service
-After=network-pre.target iscsid.service systemd-udevd.service systemd-modules-load.service
-Before=libvirtd.service xendomains.service
-DefaultDependencies=no
+After=iscsid.socket systemd-udevd.service
+Before=libvirtd.service xendomains.service gridtool-agent.service
 
 [Service]
 Type=oneshot
@@ -95,7 +93,6 @@ def start(directory: Path, state: dict[str, Any], names: list[str],
     state["segment"] = seg.to_dict()  # names first: a failed up() is still torn down
     lab_segment.up(seg)
     state["segment"] = seg.to_dict()
-    targets = None
     if aoe_luns:
         targets = (lab_aoe.AoeTargets.from_dict(state["aoe"]) if "aoe" in state
                    else lab_aoe.create(directory / "shared", aoe_luns))
@@ -104,13 +101,20 @@ def start(directory: Path, state: dict[str, Any], names: list[str],
             lab_aoe.start(targets, seg)
         finally:
             state["aoe"] = targets.to_dict()
-    iscsi = None
     if "iscsi" in state:
         iscsi = lab_iscsi.add_portal(lab_iscsi.IscsiTarget.from_dict(state["iscsi"]),
                                      seg.root_addr)
         state["iscsi"] = iscsi.to_dict()
-    return [HostStorage(seg.qemu_args(i), kernel_args(seg, i, name, targets is not None, iscsi))
-            for i, name in enumerate(names)]
+    return [for_host(state, i, name) for i, name in enumerate(names)]
+
+
+def for_host(state: dict[str, Any], index: int, name: str) -> HostStorage:
+    """Host ``index`` (named ``name``)'s QEMU arguments and dom0 kernel parameters, from
+    a lab state that :func:`start` filled (what a Xen lab's machine command line adds)."""
+    seg = lab_segment.Segment.from_dict(state["segment"])
+    iscsi = lab_iscsi.IscsiTarget.from_dict(state["iscsi"]) if "iscsi" in state else None
+    return HostStorage(seg.qemu_args(index),
+                       kernel_args(seg, index, name, "aoe" in state, iscsi))
 
 
 def stop(state: dict[str, Any]) -> list[str]:

@@ -104,3 +104,13 @@ def test_script_logs_in_as_the_hosts_initiator(tmp_path: Path) -> None:
     # the fake logs in but no device appears: one error line, a failed exit
     assert done.returncode == 1
     assert done.stdout == f"GRIDTOOL-STORAGE error no iSCSI LUN of {target} within 0 s\n"
+
+
+def test_for_host_reads_the_lab_state() -> None:
+    target = lab_iscsi.IscsiTarget("/lab", 3260, 1, 16, ["hv1"], segment_portal="198.18.7.1:3260")
+    state = {"segment": seg().to_dict(), "iscsi": target.to_dict()}
+    plan = dom0storage.for_host(state, 1, "hv1")
+    assert plan.qemu_args == seg().qemu_args(1)
+    assert plan.kernel_args == dom0storage.kernel_args(seg(), 1, "hv1", False, target)
+    state["aoe"] = {"directory": "/lab/shared", "luns": 1}
+    assert "gridtool.aoe=1" in dom0storage.for_host(state, 1, "hv1").kernel_args
