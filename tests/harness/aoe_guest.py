@@ -38,8 +38,10 @@ mount -t devtmpfs dev /dev
 exec >/dev/console 2>&1
 modprobe virtio_pci
 modprobe virtio_net
+echo "UPTIME-BEFORE $(cat /proc/uptime)"
 gridtool-dom0-storage
 echo "GRIDTOOL-STORAGE-EXIT $?"
+echo "UPTIME-AFTER $(cat /proc/uptime)"
 dev=/dev/etherd/e0.1
 echo "AOE-READ $(dd if=$dev bs=512 count=1 iflag=direct 2>/dev/null | head -c 32)"
 token=
