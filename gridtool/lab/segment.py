@@ -25,7 +25,6 @@ root end (the iSCSI portal), ``.2`` the bridge (probes from the namespace), host
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import random
 import re
@@ -233,11 +232,18 @@ def _start_switch(seg: Segment) -> None:
         raise LabError(f"vde_switch: {done.stderr.strip() or done.returncode}")
 
     def started() -> bool:
-        with contextlib.suppress(OSError, ValueError):
-            seg.switch_pid = int(seg.pidfile.read_text().split()[0])
+        seg.switch_pid = _pid_from_file(seg.pidfile)
         return switch_alive(seg) and (seg.switch_dir / "ctl").exists()
 
     wait_for(started, START_TIMEOUT, "vde_switch")
+
+
+def _pid_from_file(path: Path) -> int:
+    """The PID in a pidfile; 0 while it is missing or half written."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def switch_alive(seg: Segment) -> bool:
@@ -247,7 +253,9 @@ def switch_alive(seg: Segment) -> bool:
 def down(seg: Segment) -> bool:
     """Stop the switch, delete the veth and the namespace (its bridge and tap go with it),
     remove the switch's sockets; True when anything was there."""
-    found = stop_pid(seg.switch_pid, str(seg.switch_dir), timeout=3.0)
+    # the pidfile too: a start that failed before recording the PID still leaves nothing
+    found = any([stop_pid(pid, str(seg.switch_dir), timeout=3.0)
+                 for pid in {seg.switch_pid, _pid_from_file(seg.pidfile)} if pid])
     if ip("link", "del", seg.root_if, check=False).returncode == 0:  # both ends
         found = True
     if ip("netns", "del", seg.ns, check=False).returncode == 0:

@@ -117,3 +117,17 @@ def test_a_kernel_on_the_segment_reads_and_writes_the_aoe_lun(storage: dict[str,
     with targets.lun_path(1).open("rb") as fh:
         fh.seek(512)
         assert fh.read(20) == f"GUEST-WROTE {token}".encode()
+
+
+def test_down_stops_a_switch_whose_pid_was_never_recorded(tmp_path: Path) -> None:
+    """A start that failed between the switch's start and its PID's recording (the lab
+    state keeps switch_pid 0) must still leave no vde_switch behind."""
+    seg = lab_segment.up(lab_segment.create(tmp_path / "segment"))
+    pid = seg.switch_pid
+    try:
+        unrecorded = lab_segment.Segment(seg.directory, seg.suffix, seg.network)
+        assert unrecorded.switch_pid == 0
+        assert lab_segment.down(unrecorded)
+        assert left_behind(seg, [pid]) == []
+    finally:
+        lab_segment.down(seg)
