@@ -117,6 +117,17 @@ def for_host(state: dict[str, Any], index: int, name: str) -> HostStorage:
                        kernel_args(seg, index, name, "aoe" in state, iscsi))
 
 
+def mark_alive(state: dict[str, Any]) -> None:
+    """Mark the segment's switch and each vblade alive or not (``lab status``)."""
+    if "segment" in state:
+        state["segment"]["alive"] = lab_segment.switch_alive(
+            lab_segment.Segment.from_dict(state["segment"]))
+    if "aoe" in state:
+        targets = lab_aoe.AoeTargets.from_dict(state["aoe"])
+        state["aoe"]["alive"] = {str(slot): lab_aoe.alive(targets, slot)
+                                 for slot in targets.slots()}
+
+
 def stop(state: dict[str, Any]) -> list[str]:
     """Stop the AoE targets and remove the segment; what was stopped (idempotent)."""
     stopped = []

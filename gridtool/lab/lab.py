@@ -315,6 +315,7 @@ def status(directory: Path) -> dict[str, Any] | None:
         state["iscsi"]["alive"] = lab_iscsi.alive(lab_iscsi.IscsiTarget.from_dict(state["iscsi"]))
     for entry in state.get("initiators", []):
         entry["alive"] = initiator.alive(entry["pid"])
+    dom0storage.mark_alive(state)
     return state
 
 

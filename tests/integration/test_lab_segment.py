@@ -92,6 +92,9 @@ def test_start_again_changes_nothing_and_lab_down_removes_everything(tmp_path: P
         seg = lab_segment.Segment.from_dict(state["segment"])
         pids = [seg.switch_pid, *lab_aoe.AoeTargets.from_dict(state["aoe"]).pids.values()]
         lab._save(tmp_path, state)
+        shown = lab.status(tmp_path)
+        assert shown is not None
+        assert (shown["segment"]["alive"], shown["aoe"]["alive"]) == (True, {"1": True})
         assert sorted(lab.down(tmp_path)) == ["segment", "vblade e0.1"]
         assert left_behind(seg, pids) == []
         assert dom0storage.stop(state) == []  # again: nothing left to stop
