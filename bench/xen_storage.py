@@ -28,7 +28,7 @@ from verdict import Verdict
 
 from gridtool.lab import aoe as lab_aoe
 from gridtool.lab import dom0storage, qemu, segment
-from tests.harness import aoe_guest
+from tests.harness import kernel_guest
 
 #: NIC up, modprobe aoe, discover, the device there: 0.2 s at load 11, 3.6 s at load 16.
 ATTACH_BOUND_S = 10.0
@@ -41,7 +41,7 @@ def one_boot(state: dict[str, Any], plan: dom0storage.HostStorage) -> dict[str, 
     with targets.lun_path(1).open("r+b") as fh:
         fh.write(marker.encode())
     start = time.monotonic()
-    out = aoe_guest.boot([*plan.kernel_args, f"gridtool.token={token}"], plan.qemu_args, 600)
+    out = kernel_guest.boot([*plan.kernel_args, f"gridtool.token={token}"], plan.qemu_args, 600)
     wall = time.monotonic() - start
     with targets.lun_path(1).open("rb") as fh:
         fh.seek(512)
@@ -64,7 +64,7 @@ def main() -> int:
     if why:
         print(f"xen_storage: cannot run here: {why}", file=sys.stderr)
         return 2
-    aoe_guest.initramfs()  # built (once) outside the timings
+    kernel_guest.initramfs()  # built (once) outside the timings
     rounds = []
     with tempfile.TemporaryDirectory(prefix="gt-xen-storage-") as tmp:
         state: dict[str, Any] = {}

@@ -18,7 +18,7 @@ from gridtool.lab import dom0storage, lab
 from gridtool.lab import iscsi as lab_iscsi
 from gridtool.lab import segment as lab_segment
 from gridtool.lab.procs import cmdline
-from tests.harness import aoe_guest
+from tests.harness import kernel_guest
 
 pytestmark = pytest.mark.netns
 HOSTS = ["hv1", "hv2"]
@@ -112,7 +112,7 @@ def test_a_kernel_on_the_segment_reads_and_writes_the_aoe_lun(storage: dict[str,
     token = secrets.token_hex(4)
     host = storage["hosts_storage"][0]
     args = [a for a in host.kernel_args if not a.startswith("gridtool.iscsi=")]  # no iscsiadm
-    out = aoe_guest.boot([*args, f"gridtool.token={token}"], host.qemu_args, timeout=240)
+    out = kernel_guest.boot([*args, f"gridtool.token={token}"], host.qemu_args, timeout=240)
     seg = lab_segment.Segment.from_dict(storage["segment"])
     assert f"GRIDTOOL-STORAGE seg eth0 {seg.host_addr(0)}" in out, out[-3000:]
     assert "GRIDTOOL-STORAGE aoe /dev/etherd/e0.1" in out and "GRIDTOOL-STORAGE-EXIT 0" in out
@@ -134,3 +134,53 @@ def test_down_stops_a_switch_whose_pid_was_never_recorded(tmp_path: Path) -> Non
         assert left_behind(seg, [pid]) == []
     finally:
         lab_segment.down(seg)
+
+
+def _write_line(line: str) -> tuple[int, int] | None:
+    """``W <n> <status>`` -> (n, status)."""
+    parts = line.split()
+    return (int(parts[1]), int(parts[2])) if len(parts) == 3 and parts[0] == "W" else None
+
+
+@pytest.mark.xen
+@pytest.mark.qemu
+def test_a_kernel_initiator_registers_with_sg_persist_and_is_fenced_by_preempt(
+        storage: dict[str, Any]) -> None:
+    """The dom0 way: the kernel's iSCSI session to tgtd's segment portal, the sg_persist
+    command lines of the sg_persist back end (REGISTER AND IGNORE, RESERVE type 5) through
+    it; the managers' PREEMPT over libiscsi; the kernel's next writes are refused."""
+    from gridtool.storage import fence, pr
+    from gridtool.storage.iscsi import IscsiLun
+
+    seg = lab_segment.Segment.from_dict(storage["segment"])
+    target = lab_iscsi.IscsiTarget.from_dict(storage["iscsi"])
+    key, manager = pr.host_key("hv1"), pr.host_key("manager")
+    address, port = target.segment_portal.split(":")
+    args = [seg.kernel_arg(0), f"gridtool.portal={address},{port},{target.iqn},"
+            f"{lab_iscsi.initiator_iqn('hv1')}", f"gridtool.key=0x{key:x}"]
+    with kernel_guest.Machine(args, seg.qemu_args(0)) as machine:
+        for step in ("ISCSI-LOGIN", "PR-REGISTER", "PR-RESERVE"):
+            line = machine.wait_line(lambda ln, s=step: ln.startswith(f"{s} "), 300, step)
+            assert line == f"{step} 0", machine.lines[-20:]
+        machine.wait_line(lambda ln: _write_line(ln) == (3, 0), 60, "4 writes accepted")
+        lun = IscsiLun(target.url(1), lab_iscsi.MANAGER_INITIATOR)
+        try:
+            assert key in lun.read_keys().keys and lun.read_reservation().key == key
+            fence.preempt(lun, manager, key)
+            fenced_at = len(machine.lines)
+            assert lun.read_keys().keys == (manager,)
+        finally:
+            lun.close()
+        first = machine.wait_line(lambda ln: (_write_line(ln) or (0, 0))[1] != 0, 60,
+                                  "a refused write", after=fenced_at)
+        refused = _write_line(first)
+        assert refused is not None
+        machine.wait_line(lambda ln: (_write_line(ln) or (0, 0))[0] >= refused[0] + 3, 60,
+                          "3 more writes")
+    writes = [w for w in map(_write_line, machine.lines) if w is not None]
+    accepted = [n for n, status in writes if status == 0]
+    assert accepted and max(accepted) < refused[0]  # none accepted after the first refusal
+    assert [s for n, s in writes if n >= refused[0]] == [1] * (len(writes) - refused[0])
+    with lab_iscsi.IscsiTarget.from_dict(storage["iscsi"]).lun_path(1).open("rb") as fh:
+        fh.seek(1024)
+        assert fh.read(16).rstrip(b"\0") == f"GTREC {max(accepted)}".encode()
