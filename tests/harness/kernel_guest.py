@@ -11,11 +11,13 @@ then, by ``gridtool.mode=``:
 * ``aoe``: prints ``AOE-READ <first 32 bytes of /dev/etherd/e0.1>``, writes ``GUEST-WROTE
   <token>`` (``gridtool.token=``) to the LUN's second sector with O_DIRECT, prints
   ``AOE-WROTE <dd's status>`` and powers off;
-* ``iscsi``: logs in with ``iscsistart`` to ``gridtool.portal=ADDR,PORT,TARGET,IQN``, runs
-  the ``sg_persist`` command lines of :mod:`gridtool.storage.sgcli` to register
-  ``gridtool.key=`` and reserve (type 5), prints ``PR-REGISTER``/``PR-RESERVE <status>``,
-  then writes a record ``GTREC <n>`` to the LUN's third sector every 200 ms, printing
-  ``W <n> <dd's status>``, until killed.
+* ``iscsi``: logs in with ``iscsistart`` to ``gridtool.portal=ADDR,PORT,TARGET,IQN``
+  (``UPTIME-LOGIN`` before, ``UPTIME-DISK`` once the disk is there), runs the
+  ``sg_persist`` command lines of :mod:`gridtool.storage.sgcli` to register
+  ``gridtool.key=`` and, unless the LUN is reserved already, reserve (type 5), printing
+  ``PR-REGISTER <status>`` and ``PR-RESERVE <status>`` (or ``held``), then writes a record
+  ``GTREC <n>`` to the LUN's third sector every 200 ms, printing ``W <n> <dd's status>``,
+  until killed.
 """
 
 from __future__ import annotations
@@ -67,16 +69,26 @@ if [ "$(arg gridtool.mode)" = iscsi ]; then
   modprobe iscsi_tcp; modprobe sd_mod; modprobe sg
   portal=$(arg gridtool.portal | tr , ' ')
   set -- $portal
+  echo "UPTIME-LOGIN $(cat /proc/uptime)"
   iscsistart -i "$4" -t "$3" -g 1 -a "$1" -p "$2"
   echo "ISCSI-LOGIN $?"
   n=0
   while [ -z "$(ls /sys/block | grep sd)" ] && [ $n -lt 100 ]; do usleep 100000; n=$((n+1)); done
   dev=/dev/$(ls /sys/block | grep sd | head -n 1)
+  echo "UPTIME-DISK $(cat /proc/uptime)"
   key=$(arg gridtool.key)
-  {" ".join(sgcli.register(DEV, 0)).replace("0x0", "$key")}
+  # as fence.register: register, then reserve unless the LUN is reserved already (by this
+  # key from an earlier session: a registrant writes under type 5); a unit attention
+  # (status 6, once per new nexus) is answered by sending the command once more
+  again() {{ "$@"; rc=$?; [ $rc = 6 ] && {{ "$@"; rc=$?; }}; return $rc; }}
+  again {" ".join(sgcli.register(DEV, 0)).replace("0x0", "$key")}
   echo "PR-REGISTER $?"
-  {" ".join(sgcli.reserve(DEV, 0)).replace("0x0", "$key")}
-  echo "PR-RESERVE $?"
+  if again {" ".join(sgcli.read_reservation(DEV))} | grep -q "NO reservation held"; then
+    again {" ".join(sgcli.reserve(DEV, 0)).replace("0x0", "$key")}
+    echo "PR-RESERVE $?"
+  else
+    echo "PR-RESERVE held"
+  fi
   n=0
   while true; do
     printf 'GTREC %s' $n > /tmp/rec
