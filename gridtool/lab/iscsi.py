@@ -33,6 +33,8 @@ TGT_SOCKET_DIR = Path("/var/run/tgtd")
 #: Control ports tried for the lab's tgtd (a system tgtd uses 0).
 CONTROL_PORTS = range(10000, 32768)  # tgtd takes 0..32767
 TID = 1
+#: iSCSI's well-known port (RFC 7143): the segment portal's, on an address of its own.
+ISCSI_PORT = 3260
 START_TIMEOUT = 10.0
 #: A lab LUN's size unless told (a QEMU lab's LUNs are its guests' data disks: smaller).
 LUN_MIB = 64
@@ -56,6 +58,8 @@ class IscsiTarget:
     pid: int = 0
     iqn: str = TARGET_IQN
     initiators: dict[str, str] = field(default_factory=dict)
+    #: A second portal, "ADDR:PORT" on the lab's L2 segment, for the dom0 kernels ('' none).
+    segment_portal: str = ""
 
     @property
     def portal(self) -> str:
@@ -81,7 +85,7 @@ class IscsiTarget:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IscsiTarget:
         names = ("directory", "port", "luns", "size_mb", "hosts", "control_port", "pid",
-                 "iqn", "initiators")
+                 "iqn", "initiators", "segment_portal")
         return cls(**{k: data[k] for k in names if k in data})
 
 
@@ -112,6 +116,17 @@ def setup_commands(target: IscsiTarget) -> list[list[str]]:
                     "--initiator-name", iqn)
              for iqn in [*target.initiators.values(), CLI_INITIATOR, MANAGER_INITIATOR]]
     return cmds
+
+
+def add_portal(target: IscsiTarget, address: str, port: int = ISCSI_PORT) -> IscsiTarget:
+    """Make the running tgtd listen on ``address:port`` too (its LUNs, ACL and
+    reservations are the same on every portal)."""
+    portal = f"{address}:{port}"
+    if target.segment_portal != portal:
+        _run(tgtadm(target.control_port, "--mode", "portal", "--op", "new",
+                    "--param", f"portal={portal}"))
+        target.segment_portal = portal
+    return target
 
 
 def stop_commands(control_port: int) -> list[list[str]]:

@@ -14,7 +14,7 @@ from typing import Any
 import libvirt
 
 from gridtool.config import Config, render
-from gridtool.lab import initiator, qemu
+from gridtool.lab import dom0storage, initiator, qemu
 from gridtool.lab import iscsi as lab_iscsi
 from gridtool.lab.etcd import EtcdCluster
 from gridtool.lab.hosts import LabHost, sample_domain_xml, watchdog_timeout_for
@@ -289,6 +289,7 @@ def down(directory: Path) -> list[str]:
     for entry in state.get("initiators", []):
         if initiator.stop(entry["pid"], Path(entry["dir"])):
             stopped.append(f"initiator {entry['host']}")
+    stopped += dom0storage.stop(state)  # vblades and the L2 segment of a Xen lab
     if "iscsi" in state and lab_iscsi.stop(lab_iscsi.IscsiTarget.from_dict(state["iscsi"])):
         stopped.append("tgtd")
     if "etcd" in state:
@@ -314,6 +315,7 @@ def status(directory: Path) -> dict[str, Any] | None:
         state["iscsi"]["alive"] = lab_iscsi.alive(lab_iscsi.IscsiTarget.from_dict(state["iscsi"]))
     for entry in state.get("initiators", []):
         entry["alive"] = initiator.alive(entry["pid"])
+    dom0storage.mark_alive(state)
     return state
 
 

@@ -147,17 +147,9 @@ def guest_image(cache: Path | None = None) -> GuestImage:
 def _fetch_kernel(cache: Path, kernel: Path, modules: Path) -> None:
     """``apt-get download`` Debian's current kernel package and take ``vmlinuz`` and the
     :data:`GUEST_MODULES` (named by their base name in ``modules``) only."""
-    out = _run(["apt-cache", "depends", "linux-image-amd64"], "finding the kernel package")
-    names = [w for line in out.splitlines() if "Depends:" in line
-             for w in line.split() if w.startswith("linux-image-")]
-    if not names:
-        raise LabError("no linux-image-*-amd64 package known to apt (apt-get update?)")
     work = cache / "download"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     try:
-        _run(["apt-get", "download", "-q", names[0]], f"downloading {names[0]}", cwd=work)
-        (deb,) = work.glob("*.deb")
+        deb = _download_kernel(work)
         extract = work / "root"
         extract.mkdir()
         wanted = " ".join(f"'./lib/modules/*/{m}'" for m in GUEST_MODULES)
@@ -179,6 +171,60 @@ def _fetch_kernel(cache: Path, kernel: Path, modules: Path) -> None:
         tmp.rename(kernel)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _download_kernel(work: Path) -> Path:
+    """``apt-get download`` Debian's current kernel package into ``work`` (emptied first)."""
+    out = _run(["apt-cache", "depends", "linux-image-amd64"], "finding the kernel package")
+    names = [w for line in out.splitlines() if "Depends:" in line
+             for w in line.split() if w.startswith("linux-image-")]
+    if not names:
+        raise LabError("no linux-image-*-amd64 package known to apt (apt-get update?)")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    _run(["apt-get", "download", "-q", names[0]], f"downloading {names[0]}", cwd=work)
+    (deb,) = work.glob("*.deb")
+    return deb
+
+
+def kernel_release(kernel: Path) -> str:
+    """The release (``uname -r``) of a bzImage, read from its header (the version string
+    at offset 0x200 + the 16-bit pointer at 0x20E)."""
+    data = kernel.read_bytes()[:0x10000]
+    if data[0x202:0x206] != b"HdrS":
+        raise LabError(f"{kernel} is not a Linux bzImage")
+    start = 0x200 + int.from_bytes(data[0x20E:0x210], "little")
+    return data[start:start + 256].split(b" ", 1)[0].decode()
+
+
+def kernel_modules(modules: tuple[str, ...], cache: Path | None = None) -> Path:
+    """A module tree ``lib/modules/RELEASE/...`` holding ``modules`` (paths under
+    ``lib/modules/RELEASE/``, e.g. ``kernel/drivers/block/aoe/aoe.ko``) of the guest
+    kernel's own package, built once under ``cache``; returns the tree's root."""
+    cache = cache or default_cache()
+    release = kernel_release(guest_image(cache).kernel)
+    digest = hashlib.sha256("\n".join((release, *modules)).encode()).hexdigest()[:12]
+    root = cache / f"modtree-{digest}"
+    with file_lock(cache / "build.lock"):
+        if root.is_dir():
+            return root
+        work = cache / "download"
+        try:
+            deb = _download_kernel(work)
+            extract = work / "root"
+            extract.mkdir()
+            wanted = [f"./lib/modules/{release}/{m}" for m in modules]
+            done = subprocess.run(f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{extract}' "
+                                  + " ".join(f"'{w}'" for w in wanted), shell=True,
+                                  capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise LabError(f"{deb.name} lacks modules of {release} (a newer kernel than "
+                               f"the cached vmlinuz? remove {cache} to rebuild): "
+                               f"{done.stderr.strip()[-200:]}")
+            extract.rename(root)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return root
 
 
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ipaddress
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -44,12 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gridtool.lab.procs import LabError, file_lock
+from gridtool.lab.segment import ALLOC_LOCK, free_network
+from gridtool.lab.segment import ip as _run
 from gridtool.lab.state import pid_alive
 
-#: RFC 2544: addresses for benchmarking, never routed on the internet.
-BENCH_NET = ipaddress.ip_network("198.18.0.0/15")
-STATE_DIR = Path("/run/gridtool-lab-netns")
-LOCK_FILE = STATE_DIR / "alloc.lock"
+STATE_DIR = ALLOC_LOCK.parent
+LOCK_FILE = ALLOC_LOCK
 NS_PREFIX = "gtlab-"
 CUT_MODES = ("link", "carrier")
 
@@ -63,14 +61,6 @@ def _ip() -> str:
     if found is None:
         raise NetnsUnavailable("the ip command (iproute2) is not installed")
     return found
-
-
-def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([_ip(), *argv], capture_output=True, text=True, timeout=20,
-                          stdin=subprocess.DEVNULL)
-    if check and done.returncode != 0:
-        raise LabError(f"ip {' '.join(argv)}: {done.stderr.strip() or done.returncode}")
-    return done
 
 
 def unavailable_reason() -> str | None:
@@ -190,7 +180,7 @@ class NetnsSet:
         made = HostNetns(host, ns, f"gtr{self.suffix}{index}", f"gtn{self.suffix}{index}",
                          "", "")
         with self._lock, file_lock(LOCK_FILE):
-            net = _free_block()
+            net = free_network(30)
             root_addr, ns_addr = (str(a) for a in list(net.hosts())[:2])
             made.root_addr, made.ns_addr = root_addr, ns_addr
             self.hosts[host] = made  # recorded before creation: close() removes halves
@@ -252,25 +242,3 @@ def sweep_stale() -> list[str]:
         with contextlib.suppress(OSError):
             state.unlink()
     return removed
-
-
-def _used_networks() -> list[ipaddress.IPv4Network]:
-    """The IPv4 networks of every address in the root namespace."""
-    out = _run("-o", "-4", "addr", "show").stdout
-    nets = []
-    for match in re.finditer(r"\binet (\d+\.\d+\.\d+\.\d+/\d+)", out):
-        nets.append(ipaddress.ip_interface(match.group(1)).network)
-    return nets
-
-
-def _free_block() -> ipaddress.IPv4Network:
-    """A random /30 of 198.18.0.0/15 that overlaps no address of the root namespace."""
-    used = _used_networks()
-    blocks = BENCH_NET.num_addresses // 4
-    pick = random.SystemRandom()
-    for _ in range(1000):
-        start = BENCH_NET.network_address + 4 * pick.randrange(1, blocks - 1)
-        net = ipaddress.ip_network(f"{start}/30")
-        if not any(net.overlaps(u) for u in used):
-            return net  # type: ignore[return-value]
-    raise LabError("no free /30 left in 198.18.0.0/15")
