@@ -286,7 +286,8 @@ def pv_guest_xml(name: str, disk: str, memory_mib: int = 128,
                  guest_uuid: str | None = None) -> str:
     """A PV domU: the lab guest's kernel and initramfs (in the dom0's
     :data:`xenimage.GUEST_DIR`), one file disk (never read by the guest: what fencing
-    judges), its console on hvc0."""
+    judges) on libxl's ``phy`` backend (blkback on a loop device: ``qemu`` would be the
+    qdisk backend, which needs a QEMU in the dom0, not in the image), console on hvc0."""
     gid = guest_uuid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridtool-lab-xen/{name}"))
     return f"""<domain type='xen'>
   <name>{name}</name>
@@ -301,7 +302,7 @@ def pv_guest_xml(name: str, disk: str, memory_mib: int = 128,
   </os>
   <devices>
     <disk type='file' device='disk'>
-      <driver name='qemu' type='raw'/>
+      <driver name='phy' type='raw'/>
       <source file='{disk}'/>
       <target dev='xvda' bus='xen'/>
     </disk>
