@@ -93,9 +93,8 @@ def _guest_start(state: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any
     done = time.monotonic() - t0
     wait_for(lambda: _state(registry, "hv1", uuid) == "running", 120, "ha-pv running")
     running = time.monotonic() - t0
-    wait_for(lambda: "GRIDTOOL-READY" in hosts[0].ssh(
-        f"cat /var/log/xen/console/guest-{GUEST}.log").stdout, 300, "ha-pv's ready marker",
-        interval=1.0)
+    wait_for(lambda: "GRIDTOOL-HEARTBEAT" in hosts[0].console(GUEST), 300,
+             "ha-pv's heartbeats on its console", interval=1.0)
     ready = time.monotonic() - t0
     return ({"intent_done": round(done, 1), "running_in_registry": round(running, 1),
              "console_ready": round(ready, 1)},

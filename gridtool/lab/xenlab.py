@@ -16,7 +16,7 @@ running Xen 4.17 with a Debian dom0 (:mod:`gridtool.lab.xenimage`).
   ``gridtool-lab-config`` at boot: "starting a Xen host's agent" is booting its machine,
   ``lab power-off`` kills that QEMU.
 * Guests are PV domUs (:func:`pv_guest_xml`): the QEMU lab's tiny kernel and initramfs,
-  its console in the dom0's ``/var/log/xen/console/guest-NAME.log`` (xenconsoled).
+  its console read with ``xl console`` in the dom0 (:meth:`XenHost.console`).
 """
 
 from __future__ import annotations
@@ -183,12 +183,19 @@ class XenHost(LabHost):
             return False
         return True
 
-    def ssh(self, command: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def console(self, guest: str, seconds: float = 4.0) -> str:
+        """What guest ``guest``'s console prints in ``seconds`` (``xl console`` in the dom0,
+        which wants a terminal: ``ssh -tt``)."""
+        return self.ssh(f"timeout {seconds:g} xl console {guest}", tty=True).stdout
+
+    def ssh(self, command: str, timeout: float = 60.0,
+            tty: bool = False) -> subprocess.CompletedProcess[str]:
         """Run ``command`` as root in the dom0 (through its forwarded sshd)."""
         return subprocess.run(
-            ["ssh", "-i", self.ssh_key, "-p", str(self.ssh_port), "-o", "BatchMode=yes",
-             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "root@127.0.0.1", command],
+            ["ssh", *(["-tt"] if tty else []), "-i", self.ssh_key, "-p", str(self.ssh_port),
+             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+             "-o", "ConnectTimeout=10", "root@127.0.0.1", command],
             capture_output=True, text=True, timeout=timeout, check=False)
 
     def running(self) -> bool:

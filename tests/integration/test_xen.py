@@ -107,8 +107,8 @@ def test_the_agent_follows_libxl_domains(xen_lab: dict[str, Any], store: EtcdSto
                what="pv1 running in the registry")
     recs, _ = registry.guests_of("hv1")
     assert recs[uuid].fenced and holder(store, cfg, recs[uuid].volumes[0]) == "hv1"
-    wait_until(lambda: "GRIDTOOL-READY" in host(xen_lab, "hv1").ssh(
-        "cat /var/log/xen/console/guest-pv1.log").stdout, 120, what="pv1's ready marker")
+    wait_until(lambda: "GRIDTOOL-HEARTBEAT" in host(xen_lab, "hv1").console("pv1"), 120,
+               what="pv1's heartbeats on its console")
     dom.destroy()  # behind gridtool's back: the libxl event reaches the registry
     wait_until(lambda: state_of(registry, "hv1", uuid) == "shut off", 60,
                what="the destroy seen through libxl's events")
