@@ -99,7 +99,7 @@ def test_the_agent_follows_libxl_domains(xen_lab: dict[str, Any], store: EtcdSto
                                          registry: Registry, cfg: Config) -> None:
     dom = define(xen_lab, "hv1", "pv1")
     uuid = dom.UUIDString()
-    wait_until(lambda: state_of(registry, "hv1", uuid) == "shut off", 60,
+    wait_until(lambda: state_of(registry, "hv1", uuid) == "shutoff", 60,
                what="the defined PV guest in the registry")
     client = IntentClient(store, cfg.keys)
     client.wait(client.submit("hv1", "start", uuid, "pv1"), 180)
@@ -110,7 +110,7 @@ def test_the_agent_follows_libxl_domains(xen_lab: dict[str, Any], store: EtcdSto
     wait_until(lambda: "GRIDTOOL-HEARTBEAT" in host(xen_lab, "hv1").console("pv1"), 120,
                what="pv1's heartbeats on its console")
     dom.destroy()  # behind gridtool's back: the libxl event reaches the registry
-    wait_until(lambda: state_of(registry, "hv1", uuid) == "shut off", 60,
+    wait_until(lambda: state_of(registry, "hv1", uuid) == "shutoff", 60,
                what="the destroy seen through libxl's events")
 
 
