@@ -14,7 +14,7 @@ from typing import Any
 import libvirt
 
 from gridtool.config import Config, render
-from gridtool.lab import dom0storage, initiator, qemu
+from gridtool.lab import dom0storage, initiator, qemu, xenlab
 from gridtool.lab import iscsi as lab_iscsi
 from gridtool.lab.etcd import EtcdCluster
 from gridtool.lab.hosts import LabHost, sample_domain_xml, watchdog_timeout_for
@@ -24,6 +24,8 @@ from gridtool.lab.state import pid_alive, read_state, state_path, write_file
 from gridtool.registry.upkeep import SnapshotStatus
 
 Progress = Callable[[str], None]
+#: test: libvirt's test driver; qemu: real QEMU guests; xen: Xen dom0s in QEMU machines.
+HYPERVISORS = ("test", "qemu", "xen")
 #: The lab's shared storage: files in the lab dir, or LUNs of a lab-owned iSCSI target.
 STORAGE = ("files", "iscsi")
 
@@ -54,11 +56,14 @@ def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
     manager then takes the timed path."""
     if hosts < 1 or guests < 0 or etcd_members not in (1, 3):
         raise LabError("need --hosts >= 1, --guests >= 0 and --etcd-members 1 or 3")
-    if hypervisor not in ("test", "qemu"):
-        raise LabError(f"unknown hypervisor {hypervisor!r} (test or qemu)")
+    if hypervisor not in HYPERVISORS:
+        raise LabError(f"unknown hypervisor {hypervisor!r} ({', '.join(HYPERVISORS)})")
     storage = storage or default_storage(hypervisor)
     if storage not in STORAGE:
         raise LabError(f"unknown storage {storage!r} ({' or '.join(STORAGE)})")
+    if hypervisor == "xen" and storage != "files":
+        raise LabError("a Xen lab has --storage files only (its dom0s' own initiators come "
+                       "with the lab's L2 segment)")
     if is_up(directory):
         raise LabError(f"a lab is already up in {directory} (run 'gridtool lab down' first)")
     if directory.exists():
@@ -68,7 +73,9 @@ def up(directory: Path, hosts: int = 3, guests: int = 2, etcd_members: int = 1,
                              "config": str(directory / "gridtool.conf")}
     state["hypervisor"] = hypervisor  # qemu: real guests (gridtool.lab.qemu)
     state["storage"] = storage
-    state["power_fence"] = power_fence
+    # a Xen lab's managers run in its dom0s, which cannot run the lab's fence agent (it
+    # kills processes on this machine): they take the timed path
+    state["power_fence"] = power_fence and hypervisor != "xen"
     try:
         _up(directory, state, hosts, guests, etcd_members, ttl, progress, insecure)
     except BaseException:
@@ -114,7 +121,8 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
     write_file(Path(state["config"]), render(cfg))  # password_file, never the password
     qemu_hosts = (qemu.lab_hosts(directory, names, iscsi="iscsi" in state)
                   if state.get("hypervisor") == "qemu" else [])
-    lab_hosts: list[LabHost] = (list(qemu_hosts) if qemu_hosts else
+    xen_hosts = xenlab.lab_hosts(directory, names) if state.get("hypervisor") == "xen" else []
+    lab_hosts: list[LabHost] = (list(qemu_hosts) or list(xen_hosts) or
                                 [LabHost(name, str(directory / "hosts" / name)) for name in names])
     state["hosts"] = []
     for host in lab_hosts:
@@ -125,7 +133,7 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
         progress("configuring the lab fence agent")
         _configure_fence_agents(cfg, directory, [h.name for h in lab_hosts])
     progress("defining sample guests")
-    state["keeper_pid"] = (0 if state.get("hypervisor") == "qemu"  # guests boot below
+    state["keeper_pid"] = (0 if state.get("hypervisor") != "test"  # guests boot below
                            else _seed_and_keep(directory, lab_hosts, guests, ttl))
     for host in lab_hosts:
         progress(f"starting agent for {host.name}")
@@ -134,6 +142,13 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
         host.start_agent()
     state["hosts"] = [h.to_dict() for h in lab_hosts]
     _save(directory, state)
+    if xen_hosts:  # each agent starts as its dom0 boots
+        progress("booting the Xen dom0s (TCG: minutes)")
+        xenlab.wait_booted(xen_hosts)
+        progress("waiting for the dom0s' agents to register")
+        wait_registered(cfg, names, 0, timeout=xenlab.BOOT_TIMEOUT)
+        progress("starting sample PV guests")
+        xenlab.seed_guests(cfg, xen_hosts, guests)
     if state.get("hypervisor") == "qemu":  # started through the agents: the hook lets them
         progress("booting sample QEMU guests")
         qemu.seed_guests(cfg, qemu_hosts, guests, directory, _lun_sources(directory, state))
@@ -283,6 +298,7 @@ def down(directory: Path) -> list[str]:
     if stop_pid(state.get("keeper_pid"), "gridtool.lab.keeper"):
         stopped.append("keeper")
     stopped += qemu.down_hosts(state.get("hosts", []))  # guests, daemons, hook files
+    stopped += xenlab.down_hosts(state.get("hosts", []))  # the dom0s' machines
     for host in [qemu.host_from(h) for h in state.get("hosts", [])]:
         if stop_pid(host.libvirtd_pid, "libvirtd"):
             stopped.append(f"libvirtd {host.name}")
@@ -307,6 +323,8 @@ def status(directory: Path) -> dict[str, Any] | None:
         return None
     for host in state.get("hosts", []):
         host["agent_alive"] = pid_alive(host.get("agent_pid"))
+        if host.get("hypervisor") == "xen":  # its dom0, libvirtd and agent: one QEMU
+            host["qemu_alive"] = pid_alive(host.get("qemu_pid"))
         host["libvirtd_alive"] = pid_alive(host.get("libvirtd_pid"))
     for member in state.get("etcd", {}).get("members", []):
         member["alive"] = pid_alive(member.get("pid"))

@@ -21,6 +21,11 @@ def power_off(directory: Path, name: str) -> list[str]:
     if name not in hosts:
         raise LabError(f"no lab host {name!r} (lab hosts: {', '.join(sorted(hosts)) or '-'})")
     entry = hosts[name]
+    if entry.get("hypervisor") == "xen":  # the dom0's machine: its guests die with it
+        from gridtool.lab.xenlab import kill_machine
+
+        kill_machine(entry)
+        return []
     kill_now(int(entry.get("agent_pid") or 0), AGENT_MARKER)
     for initiator in initiators_of(state, name):
         kill_now(initiator["pid"], INITIATOR_MARKER)

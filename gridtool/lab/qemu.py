@@ -524,7 +524,11 @@ def seed_guests(cfg: Config, hosts: list[QemuHost], guests: int, directory: Path
 
 
 def host_from(entry: dict) -> LabHost:
-    """A lab state entry as its host object (QEMU or test driver)."""
+    """A lab state entry as its host object (QEMU, Xen or test driver)."""
+    if entry.get("hypervisor") == "xen":
+        from gridtool.lab.xenlab import XenHost
+
+        return XenHost.from_dict(entry)
     return QemuHost.from_dict(entry) if entry.get("hypervisor") == "qemu" \
         else LabHost.from_dict(entry)
 

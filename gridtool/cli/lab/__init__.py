@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import click
 
-from gridtool.cli.lab.commands import disk_check, down, power_off, power_on, status, up
+from gridtool.cli.lab.commands import (
+    build_xen_image,
+    disk_check,
+    down,
+    power_off,
+    power_on,
+    status,
+    up,
+)
 
 
 @click.group()
@@ -20,5 +28,5 @@ def lab() -> None:
     """
 
 
-for _command in (up, status, down, power_off, power_on, disk_check):
+for _command in (up, status, down, power_off, power_on, disk_check, build_xen_image):
     lab.add_command(_command)
