@@ -30,6 +30,14 @@ HYPERVISORS = ("test", "qemu", "xen")
 STORAGE = ("files", "iscsi")
 
 
+def host_from(entry: dict) -> LabHost:
+    """A lab state entry as its host object (QEMU, Xen or test driver)."""
+    if entry.get("hypervisor") == "xen":
+        return xenlab.XenHost.from_dict(entry)
+    return qemu.QemuHost.from_dict(entry) if entry.get("hypervisor") == "qemu" \
+        else LabHost.from_dict(entry)
+
+
 def _quiet(_msg: str) -> None:
     pass
 
@@ -292,14 +300,14 @@ def down(directory: Path) -> list[str]:
     if state is None:
         return []
     stopped = []
-    for host in [qemu.host_from(h) for h in state.get("hosts", [])]:
+    for host in [host_from(h) for h in state.get("hosts", [])]:
         if stop_pid(host.agent_pid, AGENT_MARKER):
             stopped.append(f"agent {host.name}")
     if stop_pid(state.get("keeper_pid"), "gridtool.lab.keeper"):
         stopped.append("keeper")
     stopped += qemu.down_hosts(state.get("hosts", []))  # guests, daemons, hook files
     stopped += xenlab.down_hosts(state.get("hosts", []))  # the dom0s' machines
-    for host in [qemu.host_from(h) for h in state.get("hosts", [])]:
+    for host in [host_from(h) for h in state.get("hosts", [])]:
         if stop_pid(host.libvirtd_pid, "libvirtd"):
             stopped.append(f"libvirtd {host.name}")
     for entry in state.get("initiators", []):
@@ -395,7 +403,7 @@ def start_agent(directory: Path, name: str) -> int:
         raise LabError(f"no lab in {directory}")
     for entry in state["hosts"]:
         if entry["name"] == name:
-            host = qemu.host_from(entry)
+            host = host_from(entry)
             host.start_agent()
             entry.update(host.to_dict())
             _save(directory, state)

@@ -523,16 +523,6 @@ def seed_guests(cfg: Config, hosts: list[QemuHost], guests: int, directory: Path
         store.close()
 
 
-def host_from(entry: dict) -> LabHost:
-    """A lab state entry as its host object (QEMU, Xen or test driver)."""
-    if entry.get("hypervisor") == "xen":
-        from gridtool.lab.xenlab import XenHost
-
-        return XenHost.from_dict(entry)
-    return QemuHost.from_dict(entry) if entry.get("hypervisor") == "qemu" \
-        else LabHost.from_dict(entry)
-
-
 def down_hosts(entries: list[dict]) -> list[str]:
     """``lab down`` for QEMU hosts: destroy their guests, stop libvirtd and virtlogd,
     remove their hook files; what was stopped."""

@@ -190,6 +190,10 @@ class MirrorStore:
                 return items, self.mirror.revision
         return self.store.list(prefix)
 
+    def list_range(self, start: str, end: str,
+                   revision: int = 0) -> tuple[builtins.list[Item], int]:
+        return self.store.list_range(start, end, revision)
+
     def get(self, key: str) -> Item | None:
         return self.store.get(key)
 
