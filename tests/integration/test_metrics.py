@@ -21,6 +21,9 @@ def test_metrics_parse_and_count_the_fleet(lab_hosts, registry, store, cfg):  # 
         conn.defineXML(domain_xml("a", disk="/dev/etherd/e4.1", block=True)).create()
         conn.defineXML(domain_xml("b"))
         wait_until(lambda: len(registry.list_guests()[0]) == 2, what="sync")
+        # The agent adopts the running guest and takes its fence after writing
+        # the guest record: wait for the fence, not only for the records.
+        wait_until(lambda: len(store.list(cfg.keys.fences)[0]) == 1, what="a's fence")
         from gridtool.pools.shell import create, new_spec
 
         create(store, cfg.keys, new_spec("web", "tmpl", 1, 9, desired=3, warm=3))
