@@ -465,18 +465,20 @@ def _arrival_estimate(
     estimate = fast if jumped else min(max(slow, fast - margin), fast + margin)
     if slow > fast + margin:  # a significant drop: no trend, and it says so
         return estimate, True
-    return max(estimate, _trend_projection(before, interval, variance, params)), False
+    now = after.recent[-1][0] if after.recent else fast
+    return max(estimate, _trend_projection(before, now, interval, variance, params)), False
 
 
 def _trend_projection(
-    state: FlexState, interval: float, variance: float, params: PolicyParams
+    state: FlexState, rate: float, interval: float, variance: float, params: PolicyParams
 ) -> float:
     """The least-squares line through the ``trend_samples`` measured rates before this
     sample, ``lookahead`` seconds past this sample, while its slope is a significant rise
-    (``noise_z`` sd of Poisson noise) and the rates do lie on a line (``RAMP_MISFIT``); 0
-    otherwise. This is what keeps up with a ramp: the smoothed estimates stop at the
-    latest evidence, a ramp has moved on by the time new workers help. (Only earlier
-    samples: so the estimate stays monotone in this one's arrivals.)"""
+    (``noise_z`` sd of Poisson noise), the rates do lie on a line (``RAMP_MISFIT``) and
+    this sample's ``rate`` is at most ``noise_z`` sd below it; 0 otherwise. This is what
+    keeps up with a ramp: the smoothed estimates stop at the latest evidence, a ramp has
+    moved on by the time new workers help. (Fitted on earlier samples only, this one
+    only confirms: so the estimate stays monotone in its arrivals.)"""
     rates = [r for r, _ in state.recent[-params.trend_samples :]]
     count = len(rates)
     if count < 3:
@@ -490,6 +492,8 @@ def _trend_projection(
     misfit = math.fsum((r - mean - slope * (i - middle)) ** 2 for i, r in enumerate(rates))
     if misfit > RAMP_MISFIT * variance * (count - 2):
         return 0.0  # a step or a burst, not a line: the other signals handle those
+    if rate < mean + slope * (middle + 1) - params.noise_z * math.sqrt(variance):
+        return 0.0  # this sample does not confirm the line
     return mean + slope * (middle + 1 + params.lookahead / interval)
 
 

@@ -221,6 +221,13 @@ def test_erlang_projects_a_significant_ramp_past_the_last_sample() -> None:
     assert last.smoothed_rate <= last.arrival_rate + 1.0 * (1 + ERLANG.lookahead / PERIOD) + 1
 
 
+def test_erlang_ramp_must_be_confirmed_by_the_latest_sample() -> None:
+    ramp = [sample(PERIOD * k, 100 + 10 * k, 30) for k in range(1, 11)]
+    _, state = run(ERLANG, ramp)
+    fell, _ = decide(state, sample(110, 100, 30), 110, ERLANG)  # back to 10/s: no ramp
+    assert fell.smoothed_rate < 19.0  # the line would say 21 + 1.5 x 1
+
+
 def test_erlang_does_not_project_a_step() -> None:
     # a step is no line: after it the estimate sizes for the new level, not beyond
     step = [sample(PERIOD * k, 100 if k < 8 else 300, 40) for k in range(1, 12)]
