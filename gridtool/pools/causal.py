@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from gridtool.pools.flex import PolicyParams
@@ -159,7 +159,7 @@ def causal_bound(trace: Trace, params: PolicyParams, cfg: SimConfig) -> CausalBo
             for drain in DRAINS:
                 floor = params.clamp(calm + lift)
                 schedule = oracle_schedule(needs, steps, cfg, trace.duration, floor, drain)
-                run = simulate_schedule(trace, schedule, replace(cfg), name="oracle")
+                run = simulate_schedule(trace, schedule, cfg, name="oracle")
                 points.append(OraclePoint(floor, margin, drain, run.worker_seconds,
                                           run.sla_violation_seconds))
     return CausalBound(trace.name, trace.duration, len(steps), ideal, tuple(points))
