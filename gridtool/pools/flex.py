@@ -11,23 +11,28 @@ No I/O, no clock: the caller passes ``now`` and persists the returned state
     Offered load A = arrival estimate x mean service time (EWMA of measured service
     times). The arrival estimate follows a slow EWMA (``slow_tau``) so that Poisson noise
     does not move the pool, but reacts within one sample to real changes: when a fast EWMA
-    (``fast_tau``) is more than ``noise_z`` standard deviations of Poisson noise away from
-    the slow one, the estimate moves to the fast one (less that margin) - this is what
-    catches a spike; and while the slow EWMA is rising significantly (Brown's double
-    smoothing), it is de-lagged and projected ``lookahead`` seconds ahead (the time new
-    workers need to help) - this is what keeps up with ramps. Queue depth is a second
-    signal: the part beyond its (1 - ``queue_epsilon``) quantile for the ready workers at
-    their target load is backlog, drained over ``drain_time`` as extra arrival rate.
-    Workers come from Erlang C so that the pool's target (P(wait > ``wait_threshold``) or
-    mean wait) times ``margin`` (0.5: headroom for the noise of one interval, so that the
-    target holds in most intervals, not only on average) holds at A. Scale-up is
-    immediate, to exactly that count, with workers still starting counted as capacity
-    (never overshoots); it is skipped as "small" only
-    if the current size misses the target by at most ``tolerance`` (relative). Scale-down
-    goes to the highest recommendation of the last ``down_window`` seconds (60: a worker
-    comes back in a startup delay, so holding idle ones for minutes is waste), and only
-    if that removes more than ``tolerance`` of the pool. The defaults were tuned against
-    the clairvoyant schedule (``gridtool.pools.frontier``, ``bench/frontier.py``).
+    (``fast_tau``) is more than ``noise_z`` standard deviations of Poisson noise above the
+    slow one, the estimate jumps to the fast one - this is what catches a burst; when it
+    is that far below, the estimate drops to the fast one (plus that margin) and the
+    scale-down window restarts - a burst that is over holds no idle workers. While the
+    measured rates of the last ``trend_samples`` samples lie on a significantly rising
+    line, the estimate is at least that line ``lookahead`` seconds ahead (the time new
+    workers need to help) - this is what keeps up with ramps (Brown's double smoothing
+    also de-lags the slow EWMA). Queue depth is a second signal: the part beyond its
+    (1 - ``queue_epsilon``) quantile for the ready workers at their target load (or at
+    the previous rate, if lower), plus what piles up beyond the ready workers' capacity
+    during ``startup_delay``, is backlog, drained over ``drain_time`` as extra arrival
+    rate. Workers come from Erlang C so that the pool's target (P(wait >
+    ``wait_threshold``) or mean wait) times ``margin`` (0.5: headroom for the noise of
+    one interval, so that the target holds in most intervals, not only on average) holds
+    at A. Scale-up is immediate, to exactly that count, with workers still starting
+    counted as capacity (never overshoots); it is skipped as "small" only if the current
+    size misses the target by at most ``tolerance`` (relative). Scale-down goes to the
+    highest recommendation for the arrivals (backlog left out: it is drained) of the last
+    ``down_window`` seconds (60: a worker comes back in a startup delay, so holding idle
+    ones for minutes is waste), and only if that removes more than ``tolerance`` of the
+    pool. The defaults were tuned against the clairvoyant schedule on the sample traces
+    (``gridtool.pools.frontier``, ``bench/frontier.py``).
 ``classic``
     The known baseline: unweighted mean of the last ``classic_window`` samples (rate and
     service time); one worker more when the Erlang intensity A / workers reaches
@@ -63,6 +68,10 @@ from gridtool.pools.erlang import (
 )
 
 POLICY_NAMES = ("erlang", "classic", "hpa")
+
+#: The largest mean squared residual of the trend line, in units of the rate's Poisson
+#: variance, for which the recent rates still count as a ramp.
+RAMP_MISFIT = 3.0
 
 
 def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -151,8 +160,10 @@ class PolicyParams:
     slow_tau: float = 60.0
     noise_z: float = 3.0
     lookahead: float = 15.0
+    trend_samples: int = 6
     queue_epsilon: float = 0.01
-    drain_time: float = 10.0
+    drain_time: float = 5.0
+    startup_delay: float = 5.0
     service_tau: float = 60.0
     stabilization_window: float = 300.0
     tolerance: float = 0.15
@@ -180,10 +191,12 @@ class PolicyParams:
             )
             >= 0,
             "drain_time must be > 0": self.drain_time > 0,
-            "noise_z and lookahead must be >= 0": min(self.noise_z, self.lookahead) >= 0,
+            "noise_z, lookahead and startup_delay must be >= 0": min(
+                self.noise_z, self.lookahead, self.startup_delay) >= 0,
             "0 <= queue_epsilon < 1": 0 <= self.queue_epsilon < 1,
             "0 <= tolerance < 1": 0 <= self.tolerance < 1,
             "classic_window must be >= 1": self.classic_window >= 1,
+            "trend_samples must be >= 3": self.trend_samples >= 3,
             "0 < classic_down < classic_up": 0 < self.classic_down < self.classic_up,
             "0 < hpa_target_utilization <= 1": 0 < self.hpa_target_utilization <= 1,
             "hpa_tolerance must be >= 0": self.hpa_tolerance >= 0,
@@ -295,7 +308,8 @@ def _observe(state: FlexState, sample: LoadSample, params: PolicyParams) -> Flex
     if measured is not None:
         service = _ewma(service, measured, dt, params.service_tau)
     recent_service = service if service is not None else params.default_service_time
-    recent = (*state.recent, (rate, recent_service))[-params.classic_window :]
+    kept = max(params.classic_window, params.trend_samples)
+    recent = (*state.recent, (rate, recent_service))[-kept:]
     # one sample is a noisy start for the slow level: begin at its Poisson lower bound
     start = max(0.0, rate - params.noise_z * math.sqrt(rate / dt))
     return replace(
@@ -428,10 +442,11 @@ def _rise_sd(variance: float, alpha: float) -> float:
 
 def _arrival_estimate(
     before: FlexState, after: FlexState, interval: float, params: PolicyParams
-) -> float:
-    """Arrival rate to size for: the slow EWMA, projected ``lookahead`` seconds ahead along
-    its trend (Brown's double smoothing) when the rise is significant, and pulled towards
-    the fast EWMA when that one is more than ``noise_z`` sd of Poisson noise away.
+) -> tuple[float, bool]:
+    """Arrival rate to size for, and whether it dropped significantly: the slow EWMA,
+    de-lagged along its trend (Brown's double smoothing) when the rise is significant,
+    moved to the fast EWMA when that one is more than ``noise_z`` sd of Poisson noise
+    above (towards it when below), and at least the recent ramp projected ahead.
 
     Noise levels come from the previous slow rate (the sample itself on a fresh state), so
     the estimate is monotone in this sample's arrivals.
@@ -446,7 +461,40 @@ def _arrival_estimate(
         slow = max(slow, min(projected, fast))  # never beyond the latest evidence
     fast_alpha = _alpha(interval, params.fast_tau)
     margin = params.noise_z * math.sqrt(variance * fast_alpha / (2.0 - fast_alpha))
-    return min(max(slow, fast - margin), fast + margin)
+    jumped = before.slow_rate is not None and fast - margin > slow  # fresh: cautious
+    estimate = fast if jumped else min(max(slow, fast - margin), fast + margin)
+    if slow > fast + margin:  # a significant drop: no trend, and it says so
+        return estimate, True
+    now = after.recent[-1][0] if after.recent else fast
+    return max(estimate, _trend_projection(before, now, interval, variance, params)), False
+
+
+def _trend_projection(
+    state: FlexState, rate: float, interval: float, variance: float, params: PolicyParams
+) -> float:
+    """The least-squares line through the ``trend_samples`` measured rates before this
+    sample, ``lookahead`` seconds past this sample, while its slope is a significant rise
+    (``noise_z`` sd of Poisson noise), the rates do lie on a line (``RAMP_MISFIT``) and
+    this sample's ``rate`` is at most ``noise_z`` sd below it; 0 otherwise. This is what
+    keeps up with a ramp: the smoothed estimates stop at the latest evidence, a ramp has
+    moved on by the time new workers help. (Fitted on earlier samples only, this one
+    only confirms: so the estimate stays monotone in its arrivals.)"""
+    rates = [r for r, _ in state.recent[-params.trend_samples :]]
+    count = len(rates)
+    if count < 3:
+        return 0.0
+    middle = (count - 1) / 2
+    spread = math.fsum((i - middle) ** 2 for i in range(count))
+    slope = math.fsum((i - middle) * r for i, r in enumerate(rates)) / spread  # per sample
+    if slope <= params.noise_z * math.sqrt(variance / spread):
+        return 0.0
+    mean = math.fsum(rates) / count
+    misfit = math.fsum((r - mean - slope * (i - middle)) ** 2 for i, r in enumerate(rates))
+    if misfit > RAMP_MISFIT * variance * (count - 2):
+        return 0.0  # a step or a burst, not a line: the other signals handle those
+    if rate < mean + slope * (middle + 1) - params.noise_z * math.sqrt(variance):
+        return 0.0  # this sample does not confirm the line
+    return mean + slope * (middle + 1 + params.lookahead / interval)
 
 
 def _target_load(workers: int, service: float, params: PolicyParams) -> float:
@@ -461,18 +509,36 @@ def _target_load(workers: int, service: float, params: PolicyParams) -> float:
     return low
 
 
-def _excess_queue(sample: LoadSample, service: float, params: PolicyParams) -> float:
+def _excess_queue(
+    sample: LoadSample, previous: float | None, service: float, params: PolicyParams
+) -> float:
     """Queue depth beyond its (1 - queue_epsilon) quantile for the ready workers running
-    at their target load: the backlog that M/M/c noise does not explain."""
+    at their target load, or at the highest rate the previous sample allows (``noise_z``
+    sd of Poisson noise above its fast rate) if lower: the backlog that M/M/c noise does
+    not explain."""
     ready, depth = sample.workers, float(sample.queue_depth)
     if params.queue_epsilon <= 0 or ready == 0 or depth == 0:
         return depth
     load = _target_load(ready, service, params)
+    if previous is not None:  # the highest rate the previous sample's noise allows
+        high = previous + params.noise_z * math.sqrt(previous / sample.interval)
+        load = min(load, high * service)
     p_wait = erlang_c(ready, load) if load > 0 else 0.0
     if p_wait <= params.queue_epsilon:
         return depth
     normal = math.log(params.queue_epsilon / p_wait) / math.log(load / ready)
     return max(0.0, depth - normal)
+
+
+def _backlog(
+    state: FlexState, sample: LoadSample, rate: float, service: float, params: PolicyParams
+) -> float:
+    """Jobs to drain once new workers are ready: the excess queue, grown by what arrives
+    beyond the ready workers' capacity during the ``startup_delay``."""
+    excess = _excess_queue(sample, state.fast_rate, service, params)
+    if excess <= 0:
+        return 0.0
+    return excess + max(0.0, rate - sample.workers / service) * params.startup_delay
 
 
 def decide_erlang(
@@ -481,13 +547,17 @@ def decide_erlang(
     """Erlang C sizing on the gated arrival estimate plus backlog; see the module doc."""
     observed = _observe(state, sample, params)
     service = _service_time(observed, params)
-    rate = _arrival_estimate(state, observed, sample.interval, params)
-    backlog = _excess_queue(sample, service, params) / params.drain_time
+    rate, dropped = _arrival_estimate(state, observed, sample.interval, params)
+    backlog = _backlog(state, sample, rate, service, params) / params.drain_time
     load = (rate + backlog) * service
     current = sample.current
     raw = _erlang_workers(load, service, params)
     rec = params.clamp(raw)
-    held, new_state = _window(state, observed, now, current, rec, params.down_window)
+    # the window remembers what the arrivals need: a backlog is gone once drained
+    steady = params.clamp(_erlang_workers(rate * service, service, params))
+    remembered = replace(state, window=()) if dropped else state
+    held, new_state = _window(remembered, observed, now, current, steady, params.down_window)
+    held = max(held, rec)
     metric = _target_metric(current, load, service, params)
     desired, reason = _erlang_step(current, rec, held, metric, params)
     numbers = (rate, backlog, service)
@@ -503,9 +573,10 @@ def decide_classic(
 ) -> tuple[Decision, FlexState]:
     """Mean of the last N samples; +1 at intensity >= classic_up, -1 below classic_down."""
     observed = _observe(state, sample, params)
-    count = len(observed.recent)
-    rate = sum(r for r, _ in observed.recent) / count
-    service = sum(s for _, s in observed.recent) / count
+    window = observed.recent[-params.classic_window :]
+    count = len(window)
+    rate = sum(r for r, _ in window) / count
+    service = sum(s for _, s in window) / count
     current = sample.current
     load = rate * service
     intensity = _intensity(load, current)

@@ -189,19 +189,81 @@ def test_erlang_counts_starting_workers_as_capacity() -> None:
     assert again.desired <= max(first.desired, again.recommended)
 
 
-def test_erlang_scales_down_only_after_the_window() -> None:
-    params = ERLANG
-    state = steady_state(params, workers=60, until=3)
-    high = [sample(PERIOD * k, 500, 60) for k in range(3, 30)]
-    decisions, state = run(params, high, state)
-    assert all(d.change >= 0 for d in decisions)
-    low_start = 300.0
-    low = [sample(low_start + PERIOD * k, 100, 60) for k in range(1, 40)]
+def test_erlang_holds_through_a_dip_within_noise_for_the_window() -> None:
+    params = replace(ERLANG, tolerance=0.0)  # only the window holds
+    state = steady_state(params, workers=23, until=30, arrivals=200)
+    low_start = 300.0  # 20/s -> 15/s: below the 3 sd gate of one sample's noise
+    low = [sample(low_start + PERIOD * k, 150, 23) for k in range(1, 40)]
     decisions, _ = run(params, low, state)
+    assert decisions[0].recommended < 23
     downs = [d for d in decisions if d.change < 0]
     assert downs, "never scaled down"
     assert downs[0].timestamp >= low_start + params.down_window - PERIOD
     assert "window" in downs[0].reason
+
+
+def test_erlang_scales_down_at_once_after_a_significant_drop() -> None:
+    # 50/s -> 10/s is far beyond one sample's noise: the window's burst-time
+    # recommendations no longer hold the pool (they did for down_window before)
+    state = steady_state(ERLANG, workers=60, until=30, arrivals=500)
+    first, _ = decide(state, sample(310, 100, 60), 310, ERLANG)
+    assert first.change < 0
+    assert first.desired <= 25
+    assert first.smoothed_rate < 20
+
+
+def test_erlang_projects_a_significant_ramp_past_the_last_sample() -> None:
+    # +1/s per sample: the new workers serve a rate beyond the latest evidence
+    ramp = [sample(PERIOD * k, 100 + 10 * k, 30) for k in range(1, 12)]
+    decisions, _ = run(ERLANG, ramp)
+    last = decisions[-1]
+    assert last.smoothed_rate > last.arrival_rate + 1.0
+    assert last.smoothed_rate <= last.arrival_rate + 1.0 * (1 + ERLANG.lookahead / PERIOD) + 1
+
+
+def test_erlang_ramp_must_be_confirmed_by_the_latest_sample() -> None:
+    ramp = [sample(PERIOD * k, 100 + 10 * k, 30) for k in range(1, 11)]
+    _, state = run(ERLANG, ramp)
+    fell, _ = decide(state, sample(110, 100, 30), 110, ERLANG)  # back to 10/s: no ramp
+    assert fell.smoothed_rate < 19.0  # the line would say 21 + 1.5 x 1
+
+
+def test_erlang_does_not_project_a_step() -> None:
+    # a step is no line: after it the estimate sizes for the new level, not beyond
+    step = [sample(PERIOD * k, 100 if k < 8 else 300, 40) for k in range(1, 12)]
+    decisions, _ = run(ERLANG, step)
+    assert all(d.smoothed_rate <= d.arrival_rate + 0.5 for d in decisions[8:])
+
+
+def state_fast(state: FlexState, rate: float) -> float:
+    """The fast EWMA after one more sample at ``rate``."""
+    alpha = 1 - math.exp(-PERIOD / ERLANG.fast_tau)
+    return (state.fast_rate or 0.0) + alpha * (rate - (state.fast_rate or 0.0))
+
+
+def test_erlang_sizes_for_the_new_level_after_a_jump() -> None:
+    state = steady_state(ERLANG)
+    jump, _ = decide(state, sample(400, 300, 12), 400, ERLANG)
+    assert jump.smoothed_rate == pytest.approx(state_fast(state, 30.0), abs=0.01)
+
+
+def test_erlang_backlog_grows_over_the_startup_delay() -> None:
+    # 300 queued, 30/s arriving on 12 ready workers: 90 more before new ones help
+    state = steady_state(ERLANG)
+    decision, _ = decide(state, sample(400, 300, 12, queue=300), 400, ERLANG)
+    growth = (decision.smoothed_rate - 12) * ERLANG.startup_delay
+    queued = decision.backlog_rate * ERLANG.drain_time
+    assert 300 < queued <= 300 + growth
+
+
+def test_erlang_backlog_not_hidden_by_a_big_pool() -> None:
+    # 52 ready workers just added for a 26/s burst: 61 queued jobs are backlog, not the
+    # queue 52 workers would show at their target load
+    state = run(ERLANG, [sample(PERIOD * k, 100, 13) for k in range(1, 30)]
+                + [sample(300, 260, 13, queue=116)])[1]
+    decision, _ = decide(state, sample(310, 290, 52, queue=61), 310, ERLANG)
+    assert decision.backlog_rate > 5.0
+    assert decision.desired > 40
 
 
 def test_erlang_tolerance_ignores_small_decreases() -> None:

@@ -103,7 +103,8 @@ def simulate(trace_files: tuple[Path, ...], policy: str, service_time: float,
     traces = [load_trace(path) for path in trace_files]
     try:
         params = PolicyParams(min_workers=min_workers, max_workers=max_workers,
-                              target_kind="mean_wait", target=sla_wait)
+                              target_kind="mean_wait", target=sla_wait,
+                              startup_delay=startup_delay)
         configs = []
         for trace in traces:
             load = trace.rate_at(0.0) * service_time
