@@ -478,9 +478,13 @@ class IntentWorker:
     def _do_sleep(self, intent: Intent) -> str:
         """Put a booted warm worker to sleep: ``hibernate`` (managed save: memory to a
         file, the domain off, its fences released) or ``pause`` (suspended, RAM and
-        fences held)."""
+        fences held). Already asleep so: done (a manager that failed over may ask twice)."""
         mode = str(intent.params.get("mode", ""))
         dom = self._domain(intent)
+        if (mode == "hibernate" and not dom.isActive() and dom.hasManagedSaveImage(0)) or (
+                mode == "pause" and dom.isActive()
+                and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED):
+            return f"{intent.name} already asleep ({mode}) on {self.host}"
         if not dom.isActive():
             raise IntentFailed(f"{intent.name} is not running on {self.host}")
         began = self.clock.monotonic()

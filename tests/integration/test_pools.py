@@ -36,15 +36,24 @@ def start_fleet(lab_hosts, registry, store, cfg, hosts: dict[str, tuple[str, ...
     create_template(store, cfg, "w", "w-src", timeout=30)
 
 
-@pytest.fixture
-def manager(store, cfg):  # type: ignore[no-untyped-def]
+def run_manager(store, cfg, name: str):  # type: ignore[no-untyped-def]
+    """A manager candidate on its own thread: (manager, stop it: it resigns)."""
     stop = threading.Event()
-    mgr = Manager(cfg, store, "m1", period=0.2, pool_period=0.3)
+    mgr = Manager(cfg, store, name, period=0.2, pool_period=0.3)
     thread = threading.Thread(target=mgr.run, args=(stop,))
     thread.start()
+
+    def end() -> None:
+        stop.set()
+        thread.join(30)
+    return mgr, end
+
+
+@pytest.fixture
+def manager(store, cfg):  # type: ignore[no-untyped-def]
+    mgr, end = run_manager(store, cfg, "m1")
     yield mgr
-    stop.set()
-    thread.join(30)
+    end()
 
 
 def running_members(store, cfg, registry, pool: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -308,3 +317,47 @@ def test_warm_pool_wakes_hibernated_and_paused_workers_first_and_refills(  # typ
     assert pools.get(store, cfg.keys, "jobs").warm == 2
     code, _, err = gridtool(cfg, capsys, "pool", "delete", "jobs")
     assert code == 0 and "4 clone(s) removed" in err
+
+
+def test_a_warm_refill_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
+        lab_hosts, registry, store, cfg, capsys, tmp_path):
+    """A warm worker that does not come up (its template's ready marker never shows on
+    the test driver) stays ``booting`` in the registry while later rounds go on: the
+    same pool's status is written again, another pool is grown, and a new leader after
+    a failover does not clone it again."""
+    start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64)
+    _, end1 = run_manager(store, cfg, "m1")
+    serial = tmp_path / "console.log"
+    lab_hosts.conn("hv1").defineXML(domain_xml("slow-src", memory_mib=64).replace(
+        "</devices>", f"<serial type='file'><source path='{serial}'/><target port='0'/>"
+                      "</serial></devices>"))
+    wait_until(lambda: any(g.name == "slow-src" for g in registry.guests_of("hv1")[0].values()),
+               what="slow-src synced")
+    create_template(store, cfg, "slow", "slow-src", timeout=30, ready_marker="READY")
+    assert gridtool(cfg, capsys, "pool", "create", "spare", "--template", "slow",
+                    "--min", "0", "--max", "2", "--size", "0", "--warm", "1")[0] == 0
+    (booting,) = wait_until(lambda: list(warm_members(store, cfg, "spare")),
+                            timeout=10, what="the warm clone submitted")
+
+    def updated() -> float:
+        st = pools.status(store, cfg.keys, "spare")
+        return st.updated if st else 0.0
+
+    seen = wait_until(updated, timeout=10, what="the round that started the refill")
+    wait_until(lambda: updated() > seen, timeout=10, what="a later round of the same pool")
+    assert gridtool(cfg, capsys, "pool", "create", "busy", "--template", "w",
+                    "--min", "1", "--max", "2", "--size", "1")[0] == 0
+    wait_until(lambda: running_members(store, cfg, registry, "busy"), timeout=10,
+               what="another pool grown while the warm worker boots")
+    assert warm_members(store, cfg, "spare") == {booting: "booting"}
+
+    # fail over (m1 resigns, m2 leads): m2's rounds see the refill in the registry
+    end1()
+    mgr2, end2 = run_manager(store, cfg, "m2")
+    try:
+        wait_until(lambda: mgr2.leader_rev, timeout=15, what="m2 leads")
+        taken = updated()
+        wait_until(lambda: updated() > taken, timeout=10, what="a round of m2")
+        assert warm_members(store, cfg, "spare") == {booting: "booting"}, "no second refill"
+    finally:
+        end2()
