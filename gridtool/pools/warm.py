@@ -33,6 +33,7 @@ from gridtool.pools.rules import (
     MemberRecord,
     PoolSpec,
 )
+from gridtool.registry import settings
 from gridtool.registry.intents import IntentClient
 from gridtool.registry.model import DecodeError
 from gridtool.registry.records import Intent, decode, encode
@@ -84,6 +85,9 @@ def put_to_sleep(store: Store, cfg: Config, pool: str, mode: str, uuid: str, nam
     """Submit a booted warm worker's ``sleep`` intent and record it ``sleeping`` (the
     intent is withdrawn when the member is no longer ``booting``: another manager got
     there first, or it was removed). Does not wait: :func:`mark_asleep` follows."""
+    # stopped as the HA manager sees it first: a hibernated worker keeps its fences, and
+    # a held fence with no settings would read as a guest that should run
+    settings.set_desired_after(store, cfg.keys, uuid, name, "sleep")
     client = IntentClient(store, cfg.keys)
     intent = client.submit(host, "sleep", uuid, name, {"mode": mode})
     if set_member_warm(store, cfg, pool, uuid, WARM_SLEEPING, was=(WARM_BOOTING,),
@@ -136,6 +140,8 @@ def wake(store: Store, cfg: Config, pool: str, workers: Sequence[tuple[str, str,
     for (uuid, name, host), (done, error, seconds) in zip(workers, _run(
             store, cfg, "wake", workers, {"alive_timeout": alive_timeout}, timeout),
             strict=True):
+        if done is not None:  # (after: while asleep, the HA manager must not start it)
+            settings.set_desired_after(store, cfg.keys, uuid, name, "wake")
         set_member_warm(store, cfg, pool, uuid, "" if done is not None else WARM_FAILED)
         found.append(Woken(uuid, name, host, done is not None, error, seconds,
                            _timings(done)))
@@ -146,6 +152,8 @@ def sleep(store: Store, cfg: Config, pool: str, mode: str,
           workers: Sequence[tuple[str, str, str]], timeout: float = 60.0) -> list[str]:
     """Put booted warm workers to sleep; each one asleep is recorded so. The errors."""
     errors = []
+    for uuid, name, _host in workers:
+        settings.set_desired_after(store, cfg.keys, uuid, name, "sleep")
     for (uuid, name, _host), (done, error, _s) in zip(workers, _run(
             store, cfg, "sleep", workers, {"mode": mode}, timeout), strict=True):
         if done is None:

@@ -5,6 +5,7 @@ for a flex pool, and the CLI creates, scales, shows and deletes pools."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -361,3 +362,60 @@ def test_a_warm_refill_never_blocks_the_pool_round_nor_runs_twice_after_failover
         assert warm_members(store, cfg, "spare") == {booting: "booting"}, "no second refill"
     finally:
         end2()
+
+
+def test_a_hibernated_worker_whose_fence_moved_is_never_restored(  # type: ignore[no-untyped-def]
+        lab_hosts, registry, store, cfg, manager, capsys):
+    """A fenced warm worker (its overlay on storage the agent treats as shared) keeps
+    its fence while hibernated. Another host takes the fence meanwhile (an operator's
+    forced release, that host runs the disk, releases it again): the scale-up's wake
+    is refused with the reason, the stale image is discarded, never restored, and the
+    pool replaces the worker (one serving, one warm again)."""
+    import libvirt
+
+    from gridtool.fencing.rules import Fence, FenceKind
+    from gridtool.registry.records import Intent, decode
+
+    lab_hosts.add("hv1")
+    lab_hosts.start_agent("hv1", shared_patterns=(f"{lab_hosts.images_dir}/clones/*",))
+    wait_until(lambda: registry.list_hosts()[0], what="hv1 registered")
+    lab_hosts.conn("hv1").defineXML(domain_xml("w-src", memory_mib=64,
+                                               disk="/var/lib/nowhere/w.qcow2"))
+    wait_until(lambda: registry.guests_of("hv1")[0], what="template source synced")
+    create_template(store, cfg, "w", "w-src", timeout=30)
+    assert gridtool(cfg, capsys, "pool", "create", "jobs", "--template", "w",
+                    "--min", "1", "--max", "3", "--warm", "1")[0] == 0
+    wait_until(lambda: sorted(warm_members(store, cfg, "jobs").values()) == ["", "asleep"],
+               timeout=30, what="1 serving, 1 warm asleep")
+    (uuid,) = [u for u, w in warm_members(store, cfg, "jobs").items() if w == "asleep"]
+    rec = next(r for r in registry.guests_of("hv1")[0].values() if r.uuid == uuid)
+    assert rec.fenced and domain_of(lab_hosts, uuid).hasManagedSaveImage(0)
+    fence_key = cfg.keys.fence(rec.volumes[0])
+
+    # another host takes the fence while it sleeps, writes the disk, lets it go
+    store.delete(fence_key)
+    store.put(fence_key, json.dumps(Fence(rec.volumes[0], "hv2", uuid, rec.name,
+                                          FenceKind.PINNED, 1.0).to_dict()).encode())
+    store.delete(fence_key)
+    assert gridtool(cfg, capsys, "pool", "scale", "jobs", "2")[0] == 0
+
+    def wake_outcome() -> Intent | None:
+        for item in store.list(cfg.keys.intents_done)[0] + store.list(
+                cfg.keys.intents("hv1"))[0]:
+            intent = decode(Intent, item.key, item.value)
+            if intent.action == "wake" and intent.guest == uuid and intent.finished:
+                return intent
+        return None
+
+    woke = wait_until(wake_outcome, timeout=30, what="the wake's outcome")
+    assert woke.state == "failed" and "restored" not in woke.message, woke.message
+    # discarded by the wake itself, or by the agent's judgement of the guest before it
+    assert re.search(r"was released while it slept.*its saved image was discarded|"
+                     r"it has no saved image", woke.message), woke.message
+    assert re.search(rf"event=stale_image_discarded host=hv1 guest={rec.name} .*"
+                     "was released while it slept", lab_hosts.agent_log("hv1"))
+    with contextlib.suppress(libvirt.libvirtError):  # (or the pool removed it already)
+        assert not domain_of(lab_hosts, uuid).hasManagedSaveImage(0)
+    # replaced: the worker is removed, a cold clone serves, a new warm one sleeps
+    wait_until(lambda: uuid not in (m := warm_members(store, cfg, "jobs")) and sorted(
+        m.values()) == ["", "", "asleep"], timeout=30, what="2 serving, 1 new warm asleep")
