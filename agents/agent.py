@@ -31,6 +31,7 @@ from agents.intents import IntentWorker
 from agents.lease import HostLease, Watchdog
 from agents.libvirt_source import LibvirtSource
 from agents.readiness import ReadinessWatcher
+from agents.savedimage import check_saved_image
 from agents.selffence import SelfFence
 from agents.settings import HostSettings
 from agents.storagereg import Registrar, port_opener
@@ -515,7 +516,11 @@ class Agent:
                 # re-put with (or without) our lease
                 self.fencer.acquire(ref)
             return
-        verdict = judge_stopped(self.host, ref, observed, clean_stop=bool(clean_stop))
+        dom = self.libvirt.domain(rec.uuid)
+        saved = dom is not None and check_saved_image(self.host, self.fencer, dom, ref).ok \
+            and bool(dom.hasManagedSaveImage(0))
+        verdict = judge_stopped(self.host, ref, observed, clean_stop=bool(clean_stop),
+                                saved=saved)
         if verdict.act is Act.RELEASE:
             self.fencer.release(ref)
 

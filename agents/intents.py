@@ -20,6 +20,7 @@ from agents.fencer import FenceRefused
 from agents.livemigrate import LiveMigrator, receive
 from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
 from agents.readiness import console_file, console_size, wait_console_output
+from agents.savedimage import check_saved_image
 from agents.storagereg import NO_REGISTRAR, Registrar, RegistrationFailed
 from gridtool import supervise
 from gridtool.clock import SYSTEM, Clock
@@ -221,9 +222,20 @@ class IntentWorker:
             raise IntentFailed(f"{self.host} refuses to take an HA fence: {why}")
         return ref, self.fencer.acquire(ref)
 
+    def _saved_image(self, intent: Intent, dom: libvirt.virDomain, rec: GuestRecord,
+                     doing: str) -> str:
+        """Discard a stale managed save image before a start (it then boots afresh);
+        IntentFailed when one cannot be judged. The reason an image was discarded."""
+        verdict = check_saved_image(self.host, self.fencer, dom,
+                                    self.fencer.ref(rec) if rec.fenced else None)
+        if not verdict.ok and not verdict.discard:
+            raise IntentFailed(f"{intent.name} not {doing} on {self.host}: {verdict.reason}")
+        return verdict.reason
+
     def _do_start(self, intent: Intent) -> str:
         dom = self._domain(intent)
         rec = self._record(intent)
+        discarded = self._saved_image(intent, dom, rec, "started")
         ref, token = self._take_fences(rec)
         if dom.isActive():
             return f"{intent.name} already running on {self.host}"
@@ -245,6 +257,8 @@ class IntentWorker:
         log.info("event=guest_created host=%s guest=%s create_s=%.3f", self.host, intent.name,
                  self.clock.monotonic() - began)  # (what START_BUDGET_S is measured by)
         suffix = f" (fence token {token})" if token else ""
+        if discarded:
+            suffix += f"; booted afresh: its saved image was discarded ({discarded})"
         return f"{intent.name} started on {self.host}{suffix}"
 
     def _register(self, intent: Intent, ref: GuestRef) -> None:
@@ -477,18 +491,22 @@ class IntentWorker:
 
     def _do_sleep(self, intent: Intent) -> str:
         """Put a booted warm worker to sleep: ``hibernate`` (managed save: memory to a
-        file, the domain off, its fences released) or ``pause`` (suspended, RAM and
-        fences held)."""
+        file, the domain off; its fences kept, so that a wake can tell the image is not
+        stale) or ``pause`` (suspended, RAM and fences held). Already asleep so: done (a
+        manager that failed over may ask twice)."""
         mode = str(intent.params.get("mode", ""))
         dom = self._domain(intent)
+        if (mode == "hibernate" and not dom.isActive() and dom.hasManagedSaveImage(0)) or (
+                mode == "pause" and dom.isActive()
+                and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED):
+            return f"{intent.name} already asleep ({mode}) on {self.host}"
         if not dom.isActive():
             raise IntentFailed(f"{intent.name} is not running on {self.host}")
         began = self.clock.monotonic()
         if mode == "pause":
             dom.suspend()
         elif mode == "hibernate":
-            dom.managedSave(0)
-            self._release(intent)
+            dom.managedSave(0)  # its fences stay: they vouch for the image (fencing.saved)
         else:
             raise IntentFailed(f"unknown warm mode {mode!r}")
         intent.params["result"] = {"timings": {"sleep": self.clock.monotonic() - began}}
@@ -497,8 +515,10 @@ class IntentWorker:
     def _do_wake(self, intent: Intent) -> str:
         """Wake a warm worker: resume a paused one (its fences checked first), or start
         a hibernated one, which restores its managed save image through the fences and
-        the hook like any start. With ``alive_timeout`` > 0 and a serial file, done only
-        once the guest writes to its console after the wake (``timings.alive``)."""
+        the hook like any start; refused when the image is stale (discarded here:
+        :mod:`gridtool.fencing.saved`) or gone. With ``alive_timeout`` > 0 and a serial
+        file, done only once the guest writes to its console after the wake
+        (``timings.alive``)."""
         dom = self._domain(intent)
         path = console_file(self.domains.inactive_xml(dom))
         before = console_size(path) if path else -1
@@ -510,9 +530,16 @@ class IntentWorker:
             dom.resume()
             how = "resumed"
         elif not dom.isActive():
-            saved = bool(dom.hasManagedSaveImage(0))
+            stale = self._saved_image(intent, dom, self._record(intent), "woken")
+            if stale:  # never restored; the pool replaces it
+                raise IntentFailed(f"{intent.name} not woken on {self.host}: {stale}; its "
+                                   "saved image was discarded")
+            if not dom.hasManagedSaveImage(0):  # discarded as stale earlier, or lost
+                raise IntentFailed(f"{intent.name} not woken on {self.host}: it has no "
+                                   "saved image (a stale one is discarded: see the "
+                                   "agent's stale_image_discarded event)")
             self._do_start(intent)
-            how = "restored from its managed save" if saved else "booted (no saved image)"
+            how = "restored from its managed save"
         else:
             how = "already running"
         timings["wake"] = self.clock.monotonic() - began

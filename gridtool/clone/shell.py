@@ -160,12 +160,15 @@ def clone_guests(store: Store, cfg: Config, template: str, count: int, *,
                  on: str | None = None, exclude_hosts: Collection[str] = (),
                  prefer_labels: Sequence[str] = ("dedicated", "overflow"),
                  start: bool = True, timeout: float = 60.0,
-                 progress: Progress | None = None, warm: str = "") -> list[CloneResult]:
+                 progress: Progress | None = None, warm: str = "",
+                 follow: bool = True) -> list[CloneResult]:
     """Make ``count`` clones of ``template``; one :class:`CloneResult` per clone (in name
     order). ``on``: every clone on that host; else placement over the live hosts minus
     ``exclude_hosts``; hosts carrying ``prefer_labels`` score higher (the overflow label
     is never a preference: overflow hosts are used only when no other host has room).
     ``warm``: the pool members are recorded with that ``warm`` state (warm workers).
+    ``follow`` false: return once the records are written and the intents submitted
+    (each result ``ok`` with no timings; the caller watches the registry itself).
     ``progress`` gets ``"NAME: what"`` lines as clones move along and
     each :class:`CloneResult` as it is settled. Raises only for a bad request (unknown
     template or host, bad count or prefix); failed clones are results with ``ok`` false.
@@ -202,8 +205,8 @@ def clone_guests(store: Store, cfg: Config, template: str, count: int, *,
     if jobs:
         for job in jobs:
             emit(f"{job.record.name}: placed on {job.record.host}")
-        results.update(_Run(store, cfg, jobs, start, timeout, emit,
-                            ready=bool(tpl.ready_marker)).run())
+        run = _Run(store, cfg, jobs, start, timeout, emit, ready=bool(tpl.ready_marker))
+        results.update(run.run() if follow else run.submit())
     return [results[n] for n in names]
 
 
@@ -272,19 +275,25 @@ class _Run:
         self.ready_at: dict[str, tuple[float, float]] = {}  # (monotonic, agent's ready_at)
         self.emit_lock = threading.Lock()
 
+    def submit(self) -> dict[str, CloneResult]:
+        """Record every clone, then submit its intent; results without waiting."""
+        for job in self.jobs:  # recorded first: the template cannot go away under them
+            templates.put_clone(self.store, self.keys, job.record)
+        for job in self.jobs:
+            job.submitted = time.monotonic()
+            job.intent = self.client.submit(job.record.host, "clone", job.record.uuid,
+                                            job.record.name, {
+                                                "xml": job.xml, "overlays": job.overlays,
+                                                "template": job.record.template,
+                                                "start": self.start})
+        return {j.record.name: CloneResult(j.record.name, j.record.uuid, j.record.host, True,
+                                           "", {}) for j in self.jobs}
+
     def run(self) -> dict[str, CloneResult]:
         watch = self.store.watch_prefix(self.keys.guests, self._guest_event) \
             if self.start else None
         try:
-            for job in self.jobs:  # recorded first: the template cannot go away under them
-                templates.put_clone(self.store, self.keys, job.record)
-            for job in self.jobs:
-                job.submitted = time.monotonic()
-                job.intent = self.client.submit(job.record.host, "clone", job.record.uuid,
-                                                job.record.name, {
-                                                    "xml": job.xml, "overlays": job.overlays,
-                                                    "template": job.record.template,
-                                                    "start": self.start})
+            self.submit()
             by_host: dict[str, list[_Job]] = {}
             for job in self.jobs:
                 by_host.setdefault(job.record.host, []).append(job)

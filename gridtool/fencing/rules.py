@@ -515,18 +515,24 @@ def judge_running(
 
 
 def judge_stopped(
-    host: str, guest: GuestRef, observed: Mapping[str, Observation], clean_stop: bool
+    host: str, guest: GuestRef, observed: Mapping[str, Observation], clean_stop: bool,
+    saved: bool = False,
 ) -> Judgement:
     """Judge a fenced guest NOT running on ``host`` (neither running nor paused).
 
     HA fences are released at once. A pinned guest's fences are released only after a
     clean stop (shutdown or operator stop); after a crash they stay so that only this
-    host (or an operator's ``host confirm-dead``) can bring the guest back.
+    host (or an operator's ``host confirm-dead``) can bring the guest back. A guest with
+    a saved memory image (``saved``: hibernated, judged restorable by
+    :mod:`gridtool.fencing.saved`) keeps its fences: they vouch for the image.
     """
     held = [v for v in guest.volumes if _held(host, guest, _lookup(observed, v))]
     if not held:
         return Judgement(Verdict.NOTHING, Act.NONE, False, f"{guest.name} holds no fence here")
     vols = ", ".join(held)
+    if saved:
+        return Judgement(Verdict.KEEP, Act.NONE, False,
+                         f"hibernated {guest.name}: its saved image keeps fence {vols}")
     if guest.kind is FenceKind.HA or clean_stop:
         return Judgement(Verdict.RELEASE, Act.RELEASE, False,
                          f"{guest.name} is not running: release fence {vols}")

@@ -260,9 +260,10 @@ def _check_fence_missing(snap: Snapshot, view: _View, params: CheckParams) -> It
 
 
 def _check_fence_orphan(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    asleep = frozenset().union(*(p.asleep for p in snap.pools))  # hibernated: kept on purpose
     for fence in snap.fences:
         uuid = fence.guest_uuid
-        if uuid not in view.running and uuid not in view.unknown_guests:
+        if uuid not in view.running and uuid not in view.unknown_guests and uuid not in asleep:
             guest = view.names.get(uuid, uuid)
             msg = f"fence on {fence.volume} held by {fence.holder} for stopped guest {guest}"
             yield Finding("FENCE_ORPHAN", Status.WARNING, "volume", fence.volume, msg)

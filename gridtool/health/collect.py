@@ -26,7 +26,14 @@ from gridtool.health.snapshot import (
     ViolationObs,
 )
 from gridtool.pools.feed import FeedStatus
-from gridtool.pools.rules import PoolSpec, PoolStatus, target_size
+from gridtool.pools.rules import (
+    WARM_ASLEEP,
+    WARM_SLEEPING,
+    MemberRecord,
+    PoolSpec,
+    PoolStatus,
+    target_size,
+)
 from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
 from gridtool.registry.keys import Keys
@@ -126,6 +133,11 @@ def read_cert(path: Path) -> CertObs:
                    cert.not_valid_after_utc.timestamp())
 
 
+#: Warm worker states whose guest is (or is going) to sleep: a hibernated one keeps its
+#: fences while shut off (``gridtool.fencing.saved``).
+SLEEPING = (WARM_SLEEPING, WARM_ASLEEP)
+
+
 def _pools(store: Store, keys: Keys, running: set[str],
            corrupt: list[CorruptRecord]) -> list[PoolObs]:
     """Each pool's target size, how many of its members run on a live host, and its
@@ -134,6 +146,7 @@ def _pools(store: Store, keys: Keys, running: set[str],
     statuses: dict[str, PoolStatus] = {}
     feeds: dict[str, FeedStatus] = {}
     members: dict[str, set[str]] = {}
+    asleep: dict[str, set[str]] = {}
     for item in store.list(keys.pools)[0]:
         name, _, rest = item.key.removeprefix(keys.pools).partition("/")
         try:
@@ -146,9 +159,16 @@ def _pools(store: Store, keys: Keys, running: set[str],
         except DecodeError as exc:
             corrupt.append(CorruptRecord(item.key, exc.reason))
         if rest.startswith("members/"):
-            members.setdefault(name, set()).add(rest.removeprefix("members/"))
+            uuid = rest.removeprefix("members/")
+            members.setdefault(name, set()).add(uuid)
+            try:
+                if decode(MemberRecord, item.key, item.value).warm in SLEEPING:
+                    asleep.setdefault(name, set()).add(uuid)
+            except DecodeError:
+                pass  # (counted as a member all the same)
     return [PoolObs(name, target_size(spec, statuses.get(name)),
-                    len(members.get(name, set()) & running), feeds.get(name))
+                    len(members.get(name, set()) & running), feeds.get(name),
+                    frozenset(asleep.get(name, ())))
             for name, spec in sorted(specs.items())]
 
 

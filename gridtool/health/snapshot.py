@@ -80,13 +80,15 @@ class IntentObs:
 
 @dataclass(frozen=True)
 class PoolObs:
-    """A worker pool with its desired and actually running member counts, and the
-    heartbeat of its queue feeder (``gridtool pool feed``) when it has one."""
+    """A worker pool with its desired and actually running member counts, the heartbeat
+    of its queue feeder (``gridtool pool feed``) when it has one, and the UUIDs of its
+    warm workers asleep or going to sleep (a hibernated one keeps its fences)."""
 
     name: str
     desired: int
     actual: int
     feed: FeedStatus | None = None
+    asleep: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

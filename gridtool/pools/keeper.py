@@ -33,10 +33,12 @@ from gridtool.pools.rules import (
     DEFAULT_GRACE,
     Action,
     Clone,
+    MarkAsleep,
     MemberClass,
     Plan,
     PoolSpec,
     PoolStatus,
+    Sleep,
     Wake,
     aggregate,
     classify,
@@ -177,7 +179,9 @@ class PoolKeeper:
             decision, state = self._flex(spec, before, classes, now)
         target = spec.clamp(decision.desired) if decision else target_size(spec, before)
         result = plan(spec, target, views, hosts, now=now, grace=self.grace,
-                      worker_memory_mib=memory)
+                      worker_memory_mib=memory,
+                      marker=bool(spec.warm or any(v.warm for v in views))
+                      and _has_marker(store, keys, spec.template))
         self._record(spec, before, result, decision, state, now)
         if result.actions:
             log.info("event=pool_plan pool=%s target=%s ready=%s starting=%s lost=%s "
@@ -280,13 +284,24 @@ class PoolKeeper:
     def _do(self, spec: PoolSpec, action: Action) -> None:
         from gridtool.clone import shell as clone  # imported on first use (agent startup)
 
-        if isinstance(action, Clone) and action.warm:
-            errors = warm.refill(self.store, self.cfg, spec, action.count,
-                                 action.exclude_hosts, timeout=self.action_timeout)
+        if isinstance(action, Clone) and action.warm:  # submitted only: never waits
+            errors = warm.start_refill(self.store, self.cfg, spec, action.count,
+                                       action.exclude_hosts)
             log.info("event=pool_warm_refill pool=%s count=%s failed=%s reason=%s",
                      spec.name, action.count, len(errors), action.reason)
             if errors:
                 self.errors[spec.name] = "warm: " + "; ".join(errors[:3])
+            return
+        if isinstance(action, Sleep):
+            sent = warm.put_to_sleep(self.store, self.cfg, spec.name, spec.warm_mode,
+                                     action.uuid, action.name, action.host)
+            log.info("event=pool_warm_sleep pool=%s guest=%s host=%s mode=%s sent=%s",
+                     spec.name, action.name, action.host, spec.warm_mode, sent)
+            return
+        if isinstance(action, MarkAsleep):
+            warm.mark_asleep(self.store, self.cfg, spec.name, action.uuid)
+            log.info("event=pool_warm_asleep pool=%s guest=%s host=%s", spec.name,
+                     action.name, action.host)
             return
         if isinstance(action, Clone):
             started = self.clock.monotonic()

@@ -27,6 +27,13 @@ Rules:
   ones for the rest; the warm set is then refilled to :func:`warm_target`
   (``min(warm, max - target)``: serving plus warm never exceeds the pool's maximum) and
   trimmed (newest first) when above it.
+- The warm set is refilled without waiting (nothing in a round waits for a boot): a
+  refill only submits the clones, recorded ``booting`` at once; a later round sees one
+  booted (:attr:`MemberView.booted`) and plans a :class:`Sleep` (the keeper records it
+  ``sleeping`` with the intent's id, then submits it); a later round sees that intent
+  done and plans :class:`MarkAsleep`. Every step is in the member record, so a new
+  leader goes on where the old one stopped and never refills twice. A booting or
+  sleeping worker stuck past ``warm_timeout``, or whose sleep failed, is removed.
 """
 
 from __future__ import annotations
@@ -42,13 +49,19 @@ POOL_POLICIES = ("fixed", "flex")
 WARM_MODES = ("hibernate", "pause")
 #: ``MemberRecord.warm``: cloned as a warm worker, booting to ready (then put to sleep).
 WARM_BOOTING = "booting"
+#: ``MemberRecord.warm``: booted, its ``sleep`` intent submitted (``MemberRecord.intent``).
+WARM_SLEEPING = "sleeping"
 #: ``MemberRecord.warm``: asleep (hibernated or paused), waiting to be woken.
 WARM_ASLEEP = "asleep"
+#: ``MemberRecord.warm``: a wake failed (e.g. a stale image was discarded): removed.
+WARM_FAILED = "failed"
 #: Guest states in which a started worker counts as ready.
 READY_STATES = frozenset({"running", "blocked", "paused", "pmsuspended"})
 #: Guest states of an asleep warm worker: hibernated (managed save) or paused.
 SLEEP_STATES = frozenset({"shutoff", "paused", "pmsuspended"})
 DEFAULT_GRACE = 30.0
+#: Seconds a warm worker may stay booting (from its clone) or sleeping (from its sleep).
+WARM_TIMEOUT = 180.0
 #: A worker reporting at least this busy fraction is removed after idle ones.
 BUSY_UTILIZATION = 0.5
 
@@ -123,7 +136,9 @@ class MemberRecord:
     name: str
     template: str = ""
     created_at: float = 0.0
-    warm: str = ""  # "" serving, WARM_BOOTING or WARM_ASLEEP
+    warm: str = ""  # "" serving, WARM_BOOTING, WARM_SLEEPING, WARM_ASLEEP or WARM_FAILED
+    since: float = 0.0  # when ``warm`` was last set (0: at ``created_at``)
+    intent: str = ""  # WARM_SLEEPING: the id of its sleep intent
 
 
 @dataclass(frozen=True)
@@ -165,7 +180,9 @@ class MemberView:
     """A pool member as the registry shows it (``state`` "missing": no guest record).
 
     ``busy``: its own latest load report (``source`` = its name) says it is busy; a
-    worker that does not report counts as idle.
+    worker that does not report counts as idle. ``ready_at``: its guest record's (the
+    ready marker seen this run, 0 when not). ``sleep``: a sleeping warm worker's sleep
+    intent state (pending, running, done, failed; ``gone`` when not found).
     """
 
     uuid: str
@@ -175,6 +192,9 @@ class MemberView:
     state: str
     busy: bool = False
     warm: str = ""  # as in MemberRecord
+    ready_at: float = 0.0
+    since: float = 0.0
+    sleep: str = ""
 
 
 @dataclass(frozen=True)
@@ -209,6 +229,26 @@ class Wake:
 
 
 @dataclass(frozen=True)
+class Sleep:
+    """Put a booted warm worker to sleep (submit its ``sleep`` intent, recorded first)."""
+
+    uuid: str
+    name: str
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class MarkAsleep:
+    """Record a warm worker whose sleep intent is done as asleep."""
+
+    uuid: str
+    name: str
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Remove:
     """Stop and remove a worker (its domain, overlay and membership)."""
 
@@ -228,7 +268,7 @@ class Forget:
     reason: str
 
 
-Action = Wake | Clone | Remove | Forget
+Action = Wake | Clone | Sleep | MarkAsleep | Remove | Forget
 
 
 @dataclass(frozen=True)
@@ -301,27 +341,51 @@ def wake_order(members: Iterable[MemberView],
     return sorted(usable, key=lambda m: (live[m.host].overflow, m.created_at, m.name))
 
 
+def booted(member: MemberView, marker: bool) -> bool:
+    """A warm worker's guest runs and (its template has a ready ``marker``) is ready."""
+    return member.state == "running" and (member.ready_at > 0 or not marker)
+
+
+def is_asleep(member: MemberView) -> bool:
+    """Recorded asleep, or sleeping with its sleep intent done (not recorded yet)."""
+    return member.warm == WARM_ASLEEP or (member.warm == WARM_SLEEPING
+                                          and member.sleep == "done")
+
+
 def classify_warm(member: MemberView, live: Mapping[str, HostInfo], now: float,
-                  grace: float = DEFAULT_GRACE) -> MemberClass:
-    """A warm worker: lost (host gone), starting (booting in grace, or asleep in a
-    sleeping state), ready (booted, not put to sleep yet) or broken."""
+                  grace: float = DEFAULT_GRACE, marker: bool = False,
+                  warm_timeout: float = WARM_TIMEOUT) -> MemberClass:
+    """A warm worker: lost (host gone); starting (asleep in a sleeping state, booting
+    in grace or not ready yet, sleeping within ``warm_timeout``); ready (booted, to be
+    put to sleep); else broken (a failed wake or sleep, stuck, or asleep but running)."""
     if member.host not in live:
         return MemberClass.LOST
-    if member.warm == WARM_ASLEEP:
+    if is_asleep(member):
         return MemberClass.STARTING if member.state in SLEEP_STATES else MemberClass.BROKEN
-    if member.state in READY_STATES:
+    since = member.since or member.created_at
+    if member.warm == WARM_SLEEPING:
+        if member.sleep in ("failed", "gone") or now - since >= warm_timeout:
+            return MemberClass.BROKEN
+        return MemberClass.STARTING
+    if member.warm != WARM_BOOTING:  # WARM_FAILED, or unknown
+        return MemberClass.BROKEN
+    if booted(member, marker):
         return MemberClass.READY
-    return MemberClass.STARTING if now - member.created_at < grace else MemberClass.BROKEN
+    if member.state not in READY_STATES and now - member.created_at >= grace:
+        return MemberClass.BROKEN
+    return MemberClass.STARTING if now - since < warm_timeout else MemberClass.BROKEN
 
 
 def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
          hosts: Sequence[HostInfo], *, now: float, grace: float = DEFAULT_GRACE,
-         worker_memory_mib: int | None = None) -> Plan:
-    """One round for one pool: what to wake, clone, remove and forget.
+         worker_memory_mib: int | None = None, marker: bool = False,
+         warm_timeout: float = WARM_TIMEOUT) -> Plan:
+    """One round for one pool: what to wake, clone, put to sleep, remove and forget.
 
     ``target`` is the wanted number of serving workers (clamped here to ``[spec.min,
     spec.max]``). With ``worker_memory_mib`` the clone count is bounded by the hosts'
-    free memory (serving clones before warm ones).
+    free memory (serving clones before warm ones). ``marker``: the template has a ready
+    marker (a warm worker is booted once its guest reported it).
     """
     size = spec.clamp(target)
     live = {h.name: h for h in hosts}
@@ -330,10 +394,10 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
     by_class: dict[MemberClass, list[MemberView]] = {c: [] for c in MemberClass}
     for m in serving:
         by_class[classify(m, live, now, grace)].append(m)
-    warm_class = {m.uuid: classify_warm(m, live, now, grace) for m in warm}
-    asleep = [m for m in warm if m.warm == WARM_ASLEEP
-              and warm_class[m.uuid] is MemberClass.STARTING]
-    booting = [m for m in warm if m.warm != WARM_ASLEEP
+    warm_class = {m.uuid: classify_warm(m, live, now, grace, marker, warm_timeout)
+                  for m in warm}
+    asleep = [m for m in warm if is_asleep(m) and warm_class[m.uuid] is MemberClass.STARTING]
+    booting = [m for m in warm if not is_asleep(m)
                and warm_class[m.uuid] in (MemberClass.READY, MemberClass.STARTING)]
     healthy = by_class[MemberClass.READY] + by_class[MemberClass.STARTING]
     actions: list[Action] = []
@@ -342,6 +406,10 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
     actions += [Wake(m.uuid, m.name, m.host, f"{len(healthy)} of {size} serving")
                 for m in woken]
     left_asleep = [m for m in asleep if m not in woken]
+    actions += [MarkAsleep(m.uuid, m.name, m.host, "its sleep is done")
+                for m in left_asleep if m.warm == WARM_SLEEPING]
+    actions += [Sleep(m.uuid, m.name, m.host, "booted") for m in booting
+                if warm_class[m.uuid] is MemberClass.READY]
     capacity = room(hosts, worker_memory_mib)
     cold = max(0, missing - len(woken))
     cold_count = cold if capacity is None else min(cold, capacity)
@@ -355,7 +423,8 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
                 + [w for w in warm if warm_class[w.uuid] is MemberClass.LOST]]
     actions += [Remove(m.uuid, m.name, m.host, f"state {m.state} after {grace:g} s")
                 for m in by_class[MemberClass.BROKEN]]
-    actions += [Remove(m.uuid, m.name, m.host, f"warm worker {m.warm} in state {m.state}")
+    actions += [Remove(m.uuid, m.name, m.host, f"warm worker {m.warm} in state {m.state}"
+                       + (f", its sleep {m.sleep}" if m.sleep else ""))
                 for m in warm if warm_class[m.uuid] is MemberClass.BROKEN]
     if missing < 0:
         actions += [Remove(m.uuid, m.name, m.host, f"shrink to {size}")

@@ -31,6 +31,7 @@ from gridtool.errors import (
 from gridtool.placement.rules import DEFAULT_POLICY
 from gridtool.pools.flex import FlexState, LoadSample
 from gridtool.pools.rules import (
+    WARM_SLEEPING,
     HostInfo,
     MemberRecord,
     MemberView,
@@ -48,7 +49,7 @@ from gridtool.registry import hostconf
 from gridtool.registry.fleet import Registry
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError, GuestRecord
-from gridtool.registry.records import decode, encode
+from gridtool.registry.records import Intent, decode, encode
 from gridtool.registry.store import Compare, Put, Store
 
 #: Seconds a load report lives in the registry (its lease's TTL).
@@ -267,9 +268,23 @@ def observe(store: Store, keys: Keys, name: str) -> tuple[list[HostInfo], list[M
     for g in registry.list_guests()[0]:
         guests.setdefault(g.uuid, []).append(g)
     busy = busy_sources(samples(store, keys, name))
-    views = [replace(member_view(uuid, m, guests.get(uuid, []), live), busy=m.name in busy)
+    views = [replace(member_view(uuid, m, guests.get(uuid, []), live), busy=m.name in busy,
+                     sleep=sleep_state(store, keys, m) if m.warm == WARM_SLEEPING else "")
              for uuid, m in members(store, keys, name).items()]
     return hosts, views
+
+
+def sleep_state(store: Store, keys: Keys, member: MemberRecord) -> str:
+    """The state of a sleeping warm worker's sleep intent (``gone``: not found)."""
+    for key in (keys.intent(member.host, member.intent),
+                keys.intent_done(member.host, member.intent)):
+        item = store.get(key) if member.intent else None
+        if item is not None:
+            try:
+                return str(decode(Intent, key, item.value).state)
+            except DecodeError:
+                return "gone"
+    return "gone"
 
 
 def member_view(uuid: str, member: MemberRecord, records: list[GuestRecord],
@@ -277,17 +292,16 @@ def member_view(uuid: str, member: MemberRecord, records: list[GuestRecord],
     """A member with its state: from its record on a live host (it may have migrated
     since it was cloned), else ``unknown`` on the gone host of its latest record, else
     ``missing`` (no record yet, or deleted behind the pool's back)."""
+    base = MemberView(uuid, member.name, member.host, member.created_at, "missing",
+                      warm=member.warm, since=member.since)
     on_live = [r for r in records if r.host in live]
     if on_live:
         best = max(on_live, key=lambda r: (r.state == "running", r.updated_at))
-        return MemberView(uuid, member.name, best.host, member.created_at, best.state,
-                          warm=member.warm)
+        return replace(base, host=best.host, state=best.state, ready_at=best.ready_at)
     if records:  # only on hosts that are gone
-        host = max(records, key=lambda r: r.updated_at).host
-        return MemberView(uuid, member.name, host, member.created_at, "unknown",
-                          warm=member.warm)
-    return MemberView(uuid, member.name, member.host, member.created_at, "missing",
-                      warm=member.warm)
+        return replace(base, host=max(records, key=lambda r: r.updated_at).host,
+                       state="unknown")
+    return base
 
 
 # --- load reports ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ log = logging.getLogger("gridtool.registry.settings")
 #: The desired state each operator action leaves (``gridtool guest start/stop/...``): the
 #: HA manager brings a managed guest back only while it is desired running.
 DESIRED_AFTER = {"start": "running", "restart": "running", "stop": "stopped",
-                 "destroy": "stopped"}
+                 "destroy": "stopped", "sleep": "stopped", "wake": "running"}
 
 
 def read(store: Store, keys: Keys, uuid: str) -> GuestSettings | None:

@@ -5,6 +5,7 @@ for a flex pool, and the CLI creates, scales, shows and deletes pools."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -36,15 +37,24 @@ def start_fleet(lab_hosts, registry, store, cfg, hosts: dict[str, tuple[str, ...
     create_template(store, cfg, "w", "w-src", timeout=30)
 
 
-@pytest.fixture
-def manager(store, cfg):  # type: ignore[no-untyped-def]
+def run_manager(store, cfg, name: str):  # type: ignore[no-untyped-def]
+    """A manager candidate on its own thread: (manager, stop it: it resigns)."""
     stop = threading.Event()
-    mgr = Manager(cfg, store, "m1", period=0.2, pool_period=0.3)
+    mgr = Manager(cfg, store, name, period=0.2, pool_period=0.3)
     thread = threading.Thread(target=mgr.run, args=(stop,))
     thread.start()
+
+    def end() -> None:
+        stop.set()
+        thread.join(30)
+    return mgr, end
+
+
+@pytest.fixture
+def manager(store, cfg):  # type: ignore[no-untyped-def]
+    mgr, end = run_manager(store, cfg, "m1")
     yield mgr
-    stop.set()
-    thread.join(30)
+    end()
 
 
 def running_members(store, cfg, registry, pool: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -308,3 +318,104 @@ def test_warm_pool_wakes_hibernated_and_paused_workers_first_and_refills(  # typ
     assert pools.get(store, cfg.keys, "jobs").warm == 2
     code, _, err = gridtool(cfg, capsys, "pool", "delete", "jobs")
     assert code == 0 and "4 clone(s) removed" in err
+
+
+def test_a_warm_refill_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
+        lab_hosts, registry, store, cfg, capsys, tmp_path):
+    """A warm worker that does not come up (its template's ready marker never shows on
+    the test driver) stays ``booting`` in the registry while later rounds go on: the
+    same pool's status is written again, another pool is grown, and a new leader after
+    a failover does not clone it again."""
+    start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64)
+    _, end1 = run_manager(store, cfg, "m1")
+    serial = tmp_path / "console.log"
+    lab_hosts.conn("hv1").defineXML(domain_xml("slow-src", memory_mib=64).replace(
+        "</devices>", f"<serial type='file'><source path='{serial}'/><target port='0'/>"
+                      "</serial></devices>"))
+    wait_until(lambda: any(g.name == "slow-src" for g in registry.guests_of("hv1")[0].values()),
+               what="slow-src synced")
+    create_template(store, cfg, "slow", "slow-src", timeout=30, ready_marker="READY")
+    assert gridtool(cfg, capsys, "pool", "create", "spare", "--template", "slow",
+                    "--min", "0", "--max", "2", "--size", "0", "--warm", "1")[0] == 0
+    (booting,) = wait_until(lambda: list(warm_members(store, cfg, "spare")),
+                            timeout=10, what="the warm clone submitted")
+
+    def updated() -> float:
+        st = pools.status(store, cfg.keys, "spare")
+        return st.updated if st else 0.0
+
+    seen = wait_until(updated, timeout=10, what="the round that started the refill")
+    wait_until(lambda: updated() > seen, timeout=10, what="a later round of the same pool")
+    assert gridtool(cfg, capsys, "pool", "create", "busy", "--template", "w",
+                    "--min", "1", "--max", "2", "--size", "1")[0] == 0
+    wait_until(lambda: running_members(store, cfg, registry, "busy"), timeout=10,
+               what="another pool grown while the warm worker boots")
+    assert warm_members(store, cfg, "spare") == {booting: "booting"}
+
+    # fail over (m1 resigns, m2 leads): m2's rounds see the refill in the registry
+    end1()
+    mgr2, end2 = run_manager(store, cfg, "m2")
+    try:
+        wait_until(lambda: mgr2.leader_rev, timeout=15, what="m2 leads")
+        taken = updated()
+        wait_until(lambda: updated() > taken, timeout=10, what="a round of m2")
+        assert warm_members(store, cfg, "spare") == {booting: "booting"}, "no second refill"
+    finally:
+        end2()
+
+
+def test_a_hibernated_worker_whose_fence_moved_is_never_restored(  # type: ignore[no-untyped-def]
+        lab_hosts, registry, store, cfg, manager, capsys):
+    """A fenced warm worker (its overlay on storage the agent treats as shared) keeps
+    its fence while hibernated. Another host takes the fence meanwhile (an operator's
+    forced release, that host runs the disk, releases it again): the scale-up's wake
+    is refused with the reason, the stale image is discarded, never restored, and the
+    pool replaces the worker (one serving, one warm again)."""
+    import libvirt
+
+    from gridtool.fencing.rules import Fence, FenceKind
+    from gridtool.registry.records import Intent, decode
+
+    lab_hosts.add("hv1")
+    lab_hosts.start_agent("hv1", shared_patterns=(f"{lab_hosts.images_dir}/clones/*",))
+    wait_until(lambda: registry.list_hosts()[0], what="hv1 registered")
+    lab_hosts.conn("hv1").defineXML(domain_xml("w-src", memory_mib=64,
+                                               disk="/var/lib/nowhere/w.qcow2"))
+    wait_until(lambda: registry.guests_of("hv1")[0], what="template source synced")
+    create_template(store, cfg, "w", "w-src", timeout=30)
+    assert gridtool(cfg, capsys, "pool", "create", "jobs", "--template", "w",
+                    "--min", "1", "--max", "3", "--warm", "1")[0] == 0
+    wait_until(lambda: sorted(warm_members(store, cfg, "jobs").values()) == ["", "asleep"],
+               timeout=30, what="1 serving, 1 warm asleep")
+    (uuid,) = [u for u, w in warm_members(store, cfg, "jobs").items() if w == "asleep"]
+    rec = next(r for r in registry.guests_of("hv1")[0].values() if r.uuid == uuid)
+    assert rec.fenced and domain_of(lab_hosts, uuid).hasManagedSaveImage(0)
+    fence_key = cfg.keys.fence(rec.volumes[0])
+
+    # another host takes the fence while it sleeps, writes the disk, lets it go
+    store.delete(fence_key)
+    store.put(fence_key, json.dumps(Fence(rec.volumes[0], "hv2", uuid, rec.name,
+                                          FenceKind.PINNED, 1.0).to_dict()).encode())
+    store.delete(fence_key)
+    assert gridtool(cfg, capsys, "pool", "scale", "jobs", "2")[0] == 0
+
+    def wake_outcome() -> Intent | None:
+        for item in store.list(cfg.keys.intents_done)[0] + store.list(
+                cfg.keys.intents("hv1"))[0]:
+            intent = decode(Intent, item.key, item.value)
+            if intent.action == "wake" and intent.guest == uuid and intent.finished:
+                return intent
+        return None
+
+    woke = wait_until(wake_outcome, timeout=30, what="the wake's outcome")
+    assert woke.state == "failed" and "restored" not in woke.message, woke.message
+    # discarded by the wake itself, or by the agent's judgement of the guest before it
+    assert re.search(r"was released while it slept.*its saved image was discarded|"
+                     r"it has no saved image", woke.message), woke.message
+    assert re.search(rf"event=stale_image_discarded host=hv1 guest={rec.name} .*"
+                     "was released while it slept", lab_hosts.agent_log("hv1"))
+    with contextlib.suppress(libvirt.libvirtError):  # (or the pool removed it already)
+        assert not domain_of(lab_hosts, uuid).hasManagedSaveImage(0)
+    # replaced: the worker is removed, a cold clone serves, a new warm one sleeps
+    wait_until(lambda: uuid not in (m := warm_members(store, cfg, "jobs")) and sorted(
+        m.values()) == ["", "", "asleep"], timeout=30, what="2 serving, 1 new warm asleep")

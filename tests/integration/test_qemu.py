@@ -142,22 +142,24 @@ def test_hook_refuses_a_start_held_elsewhere_and_allows_the_holder(  # type: ign
 
 def hibernated_restore_goes_through_the_hook_and_the_fences(  # type: ignore[no-untyped-def]
         qemu_hosts, store, cfg: Config, dom) -> None:
-    """A warm pool's hibernated worker (managed save): its fences go with the sleep, a
-    bare restore behind gridtool's back is refused by the hook, and gridtool's wake takes
-    the fences, restores it through the hook and sees it alive again."""
+    """A warm pool's hibernated worker (managed save): it keeps its fences while it
+    sleeps (they vouch for the image, see gridtool.fencing.saved), a bare start of it
+    on another host is refused by the hook, and gridtool's wake restores it through the
+    hook and sees it alive again."""
     volume = record_on_volume(store, cfg, dom)
     client = IntentClient(store, cfg.keys)
     client.wait(client.submit("hv1", "sleep", dom.UUIDString(), "g1",
                               {"mode": "hibernate"}), 60)
     assert not dom.isActive() and dom.hasManagedSaveImage(0)
-    wait_until(lambda: holder(store, cfg, volume) is None, 10, what="the fence released")
+    assert holder(store, cfg, volume) == "hv1", "the fence stays with the saved image"
     log = qemu_hosts.serial_log("g1")
     beats_before = qemu_testbed.heartbeats(log)
     before = beats_before[-1][1]
+    other = qemu_hosts.conn("hv2").lookupByUUIDString(dom.UUIDString())
     with pytest.raises(libvirt.libvirtError) as exc:
-        dom.create()  # a bare 'virsh start': the restore of its managed save image
+        other.create()  # a bare 'virsh start' on hv2 while g1 sleeps on hv1
     assert exc.value.get_error_code() == libvirt.VIR_ERR_HOOK_SCRIPT_FAILED, exc.value
-    assert not dom.isActive() and dom.hasManagedSaveImage(0)
+    assert not other.isActive() and dom.hasManagedSaveImage(0)
     done = client.wait(client.submit("hv1", "wake", dom.UUIDString(), "g1",
                                      {"alive_timeout": 30}), 60)
     assert "restored from its managed save" in done.message

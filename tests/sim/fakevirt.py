@@ -131,6 +131,9 @@ class FakeDomain:
         self._up()
         return self.uuid in self.host.active
 
+    def hasManagedSaveImage(self, flags: int = 0) -> bool:  # (no managed save here)
+        return False
+
     def isPersistent(self) -> bool:
         return True
 

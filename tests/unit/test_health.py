@@ -644,6 +644,9 @@ NO_FINDING_CASES: list[tuple[str, Mutation]] = [
     ("future-intent", lambda s: add(s, "intents", IntentObs("h1", "x", NOW + 500, "pending"))),
     ("pool-oversize", lambda s: replace(s, pools=(PoolObs("web", 2, 3),))),
     ("pool-zero-desired", lambda s: replace(s, pools=(PoolObs("web", 0, 0),))),
+    ("fence-of-a-hibernated-warm-worker-is-no-orphan",
+     lambda s: add(add(s, "fences", FenceObs("vol-old1", "h3", "u3")), "pools",
+                   PoolObs("jobs", 1, 1, asleep=frozenset({"u3"})))),
     (
         "leader-among-unlisted-members",
         lambda s: replace(with_endpoint(s, 0, is_leader=False), member_count=5),

@@ -12,12 +12,17 @@ from hypothesis import strategies as st
 from gridtool.pools.rules import (
     WARM_ASLEEP,
     WARM_BOOTING,
+    WARM_FAILED,
+    WARM_SLEEPING,
+    WARM_TIMEOUT,
     Clone,
     Forget,
     HostInfo,
+    MarkAsleep,
     MemberView,
     PoolSpec,
     Remove,
+    Sleep,
     Wake,
     plan,
     wake_order,
@@ -82,8 +87,61 @@ def test_no_wake_on_a_draining_host_and_dedicated_before_overflow() -> None:
 
 def test_booting_warm_workers_count_toward_the_warm_set_not_serving() -> None:
     booting = MemberView("b1", "web-b1", "hv1", NOW - 5, "running", warm=WARM_BOOTING)
-    p = plan(SPEC, 2, [serving(1), serving(2), asleep(1), booting], HOSTS, now=NOW)
+    p = plan(SPEC, 2, [serving(1), serving(2), asleep(1), booting], HOSTS, now=NOW,
+             marker=True)
     assert p.actions == () and (p.ready, p.warm, p.warming) == (2, 1, 1)
+
+
+def test_a_booted_warm_worker_is_put_to_sleep_by_a_later_round() -> None:
+    """Nothing waits for a boot: the round that sees it ready (its marker, or running
+    when the template has none) plans its sleep."""
+    ready = MemberView("b1", "web-b1", "hv1", NOW - 5, "running", warm=WARM_BOOTING,
+                       ready_at=NOW - 1)
+    for view, marker in ((ready, True), (replace(ready, ready_at=0.0), False)):
+        p = plan(SPEC, 2, [serving(1), serving(2), asleep(1), view], HOSTS, now=NOW,
+                 marker=marker)
+        assert p.actions == (Sleep("b1", "web-b1", "hv1", "booted"),)
+        assert (p.warm, p.warming) == (1, 1)
+
+
+def sleeping(state: str, sleep: str, since_ago: float = 2.0) -> MemberView:
+    return MemberView("z1", "web-z1", "hv1", NOW - 60, state, warm=WARM_SLEEPING,
+                      since=NOW - since_ago, sleep=sleep)
+
+
+def test_a_sleeping_worker_is_recorded_asleep_once_its_intent_is_done() -> None:
+    members = [serving(1), serving(2), asleep(1)]
+    for sleep in ("pending", "running"):
+        p = plan(SPEC, 2, [*members, sleeping("running", sleep)], HOSTS, now=NOW)
+        assert p.actions == () and (p.warm, p.warming) == (1, 1)
+    p = plan(SPEC, 2, [*members, sleeping("shutoff", "done")], HOSTS, now=NOW)
+    assert p.actions == (MarkAsleep("z1", "web-z1", "hv1", "its sleep is done"),)
+    assert (p.warm, p.warming) == (2, 0)
+    # done and needed at once: woken (the wake records it serving), not marked
+    p = plan(SPEC, 4, [*members, sleeping("shutoff", "done")], HOSTS, now=NOW)
+    assert [type(a) for a in p.actions] == [Wake, Wake, Clone]
+
+
+def test_failed_lost_or_stuck_warm_workers_are_removed_and_refilled() -> None:
+    members = [serving(1), serving(2), asleep(1)]
+    stuck_booting = MemberView("b1", "web-b1", "hv1", NOW - WARM_TIMEOUT - 1, "running",
+                               warm=WARM_BOOTING)
+    for bad in (sleeping("running", "failed"), sleeping("shutoff", "gone"),
+                sleeping("running", "running", since_ago=WARM_TIMEOUT + 1), stuck_booting,
+                replace(asleep(7), warm=WARM_FAILED)):
+        p = plan(SPEC, 2, [*members, bad], HOSTS, now=NOW, marker=True)
+        assert Remove(bad.uuid, bad.name, "hv1", p.actions[0].reason) == p.actions[0], bad
+        assert Clone(1, (), "1 of 2 warm", warm=True) in p.actions, bad
+
+
+def test_no_second_refill_while_one_is_under_way() -> None:
+    """What a refill started is in the registry at once (booting, then sleeping), so
+    the next round, or a new leader's first, does not clone it again."""
+    members = [serving(1), serving(2),
+               MemberView("b1", "web-b1", "hv1", NOW, "missing", warm=WARM_BOOTING),
+               sleeping("running", "pending")]
+    p = plan(SPEC, 2, members, HOSTS, now=NOW, marker=True)
+    assert p.actions == () and p.warming == 2
 
 
 def test_broken_and_lost_warm_workers_are_replaced() -> None:
