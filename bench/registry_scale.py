@@ -105,8 +105,10 @@ def run_cli(cfg: Config, tree: Path, args: list[str], key: str, runs: int) -> Ti
         # GNU time measures the CLI alone: a child's own peak RSS also counts the memory
         # of the (large) process that forked it, until its exec
         start = time.perf_counter()
+        # from the tree itself: ``python -c`` puts the working directory first on
+        # sys.path, before PYTHONPATH (from this worktree, --before timed this tree)
         proc = subprocess.run(["/usr/bin/time", "-f", "TIME %U %S %M", *argv],
-                              capture_output=True, env=env, check=False)
+                              capture_output=True, env=env, check=False, cwd=tree)
         timing.seconds.append(time.perf_counter() - start)
         user, system, rss = proc.stderr.decode().rsplit("TIME ", 1)[1].split()
         timing.cpu_seconds.append(float(user) + float(system))

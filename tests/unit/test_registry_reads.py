@@ -150,6 +150,24 @@ def test_stream_json_writes_one_document(monkeypatch: pytest.MonkeyPatch) -> Non
     assert json.loads(out.getvalue()) == {"v": 1, "guests": []}
 
 
+def test_stream_json_through_the_byte_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written as bytes under a text stdout (what a terminal or pipe is), after what the
+    text layer holds; what json does not know is written as its str(), as before."""
+    from pathlib import Path
+
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="utf-8")
+    monkeypatch.setattr("sys.stdout", out)
+    out.write("before ")
+    items = [{"name": "gäst", "n": 1.5, "ok": None, "path": Path("/x"), 3: "int key"}]
+    output.stream_json("guests", iter(items), lambda: {"matched": 1})
+    text = raw.getvalue().decode()
+    assert text.startswith("before {") and text.endswith("}\n")
+    assert json.loads(text.removeprefix("before ")) == {
+        "v": 1, "guests": [{"name": "gäst", "n": 1.5, "ok": None, "path": "/x",
+                            "3": "int key"}], "matched": 1}
+
+
 class _NoIndexGrant(MemStore):
     """etcd with a host role from before the guest index: writes under it refused."""
 
