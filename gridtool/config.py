@@ -21,6 +21,7 @@ from typing import Any
 from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS, SharedStorageRules
 from gridtool.errors import ConfigError
 from gridtool.registry.keys import DEFAULT_PREFIX, Keys, validate_name
+from gridtool.storage.fence import parse_portals
 
 SYSTEM_CONFIG = Path("/etc/gridtool/gridtool.conf")
 AGENT_CONFIG = Path("/etc/gridtool/agent.conf")
@@ -271,8 +272,6 @@ def _validate(cfg: Config) -> Config:
                           f"{', '.join(PR_BACKENDS[:-1])} or {PR_BACKENDS[-1]}")
     if cfg.pr_backend == "initiator" and not cfg.pr_initiator_dir:
         raise ConfigError("setting 'pr_initiator_dir': required when 'pr_backend' is initiator")
-    from gridtool.storage.fence import parse_portals  # not imported by every command
-
     try:
         parse_portals(cfg.pr_portals)
     except ValueError as exc:
