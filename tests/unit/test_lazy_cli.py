@@ -45,6 +45,18 @@ def test_an_unknown_command_is_none_and_a_bad_entry_is_refused() -> None:
         group.get_command(ctx, "x")
 
 
+@pytest.mark.parametrize(("argv", "suggestion"), [(["guest", "lisst"], "Did you mean 'list'?"),
+                                                  (["hots"], "Did you mean 'host'?")])
+def test_a_mistyped_command_is_still_given_the_closest_name(
+        argv: list[str], suggestion: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from gridtool.cli.main import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(argv)
+    assert ended.value.code == 2
+    assert suggestion in capsys.readouterr().err
+
+
 def test_one_command_imports_its_own_module_alone() -> None:
     """Resolving ``host list`` (what running it does) imports no other command's module,
     nor the registry client, rich or libvirt: those come when the command runs."""
