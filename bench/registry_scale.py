@@ -81,18 +81,21 @@ def populate(registry: Registry, store: EtcdStore, hosts: int, per_host: int,
 @dataclass
 class Timing:
     """The runs of one command: wall seconds, CPU seconds (user + sys: what a busy shared
-    machine inflates least), peak RSS (KiB) and what each listed."""
+    machine inflates least), peak RSS (KiB), what each listed and the load average after
+    each (a shared machine's load changes from one command to the next)."""
 
     seconds: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "median_s": percentile(self.seconds, 50),
                 "cpu_seconds": self.cpu_seconds,
                 "median_cpu_s": percentile(self.cpu_seconds, 50),
-                "max_rss_kib": max(self.rss_kib), "counts": self.counts}
+                "max_rss_kib": max(self.rss_kib), "counts": self.counts,
+                "load_averages": self.loads, "median_load": percentile(self.loads, 50)}
 
 
 def run_cli(cfg: Config, tree: Path, args: list[str], key: str, runs: int) -> Timing:
@@ -105,13 +108,16 @@ def run_cli(cfg: Config, tree: Path, args: list[str], key: str, runs: int) -> Ti
         # GNU time measures the CLI alone: a child's own peak RSS also counts the memory
         # of the (large) process that forked it, until its exec
         start = time.perf_counter()
+        # from the tree itself: ``python -c`` puts the working directory first on
+        # sys.path, before PYTHONPATH (from this worktree, --before timed this tree)
         proc = subprocess.run(["/usr/bin/time", "-f", "TIME %U %S %M", *argv],
-                              capture_output=True, env=env, check=False)
+                              capture_output=True, env=env, check=False, cwd=tree)
         timing.seconds.append(time.perf_counter() - start)
         user, system, rss = proc.stderr.decode().rsplit("TIME ", 1)[1].split()
         timing.cpu_seconds.append(float(user) + float(system))
         timing.rss_kib.append(int(rss))
         timing.counts.append(len(json.loads(proc.stdout)[key]) if proc.returncode == 0 else -1)
+        timing.loads.append(os.getloadavg()[0])
     return timing
 
 
@@ -246,7 +252,7 @@ def main() -> int:
                          before["max_rss_kib"] // 1024 if before else "-",
                          after["median_s"], after["median_cpu_s"],
                          after["max_rss_kib"] // 1024, min(after["counts"]),
-                         point["load_average"]))
+                         after["median_load"]))
     print_table("registry reads (whole CLI commands, median of runs)", rows,
                 ["hosts", "guests", "command", "before s", "before CPU s", "before RSS MiB",
                  "after s", "after CPU s", "after RSS MiB", "listed", "load"])

@@ -9,13 +9,21 @@ import click
 
 from gridtool import __version__
 from gridtool.cli.common.context import AppContext
+from gridtool.cli.common.lazy import lazy_group
 from gridtool.errors import EXIT_INTERRUPTED, EXIT_SUCCESS, Aborted, GridtoolError, UsageError
 from gridtool.health.ranges import Status
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT)
+#: Every top-level command: one package per command under ``gridtool/cli/``, imported
+#: when the command runs (start-up imports only what one command needs).
+COMMANDS = {name: f"gridtool.cli.{name}:{name}" for name in (
+    "rebalance", "host", "guest", "fence", "manager", "registry", "lab", "check", "pool",
+    "metrics", "completion", "template", "clone", "intent", "web")}
+
+
+@lazy_group(COMMANDS, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="gridtool")
 @click.option("--config", "config_file", metavar="FILE", envvar="GRIDTOOL_CONFIG",
               help="Config file (default: your own running lab's, else "
@@ -37,32 +45,6 @@ def cli(ctx: click.Context, config_file: str | None, **overrides: object) -> Non
     app = AppContext(config_file, {k: v for k, v in overrides.items() if v is not None})
     ctx.obj = app
     ctx.call_on_close(app.close)
-
-
-def _register_commands() -> None:
-    """Add every top-level command: one package per command under ``gridtool/cli/``."""
-    from gridtool.cli.check import check
-    from gridtool.cli.clone import clone
-    from gridtool.cli.completion import completion
-    from gridtool.cli.fence import fence
-    from gridtool.cli.guest import guest
-    from gridtool.cli.host import host
-    from gridtool.cli.intent import intent
-    from gridtool.cli.lab import lab
-    from gridtool.cli.manager import manager
-    from gridtool.cli.metrics import metrics
-    from gridtool.cli.pool import pool
-    from gridtool.cli.rebalance import rebalance
-    from gridtool.cli.registry import registry
-    from gridtool.cli.template import template
-    from gridtool.cli.web import web
-
-    for command in (rebalance, host, guest, fence, manager, registry, lab, check, pool, metrics,
-                    completion, template, clone, intent, web):
-        cli.add_command(command)
-
-
-_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,14 +18,10 @@ from typing import Any
 
 from gridtool.config import Config
 from gridtool.errors import Conflict
-from gridtool.placement.rules import DEFAULT_POLICY
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError
 from gridtool.registry.records import decode, encode
 from gridtool.registry.store import Compare, Put, Store
-
-#: The label that makes a host an overflow host (used only when no other host fits).
-OVERFLOW = DEFAULT_POLICY.overflow_label
 
 #: Settings the agent applies while it runs; the others wait for its next start.
 LIVE = frozenset({"labels", "overflow"})
@@ -86,10 +82,13 @@ def with_settings(conf: HostConf, changes: Mapping[str, Any], by: str = "",
 
 def effective(cfg: Config, conf: HostConf) -> Config:
     """The agent's configuration with the registry's settings over agent.conf's."""
+    from gridtool.placement.rules import DEFAULT_POLICY  # not for every reader's start-up
+
+    overflow = DEFAULT_POLICY.overflow_label  # the label of hosts used when no other fits
     labels = list(cfg.labels if conf.labels is None else conf.labels)
     if conf.overflow is not None:
-        labels = [label for label in labels if label != OVERFLOW]
-        labels += [OVERFLOW] if conf.overflow else []
+        labels = [label for label in labels if label != overflow]
+        labels += [overflow] if conf.overflow else []
     changes: dict[str, Any] = {"labels": tuple(dict.fromkeys(labels))}
     if conf.manager is not None:
         changes["manager"] = conf.manager

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, TypeVar
+
+try:  # several times faster than json's (guest list parses 100,000 records: issue 20)
+    from orjson import loads as _loads
+except ImportError:  # the libvirt hook runs on the system Python, with the stdlib alone
+    from json import loads as _loads  # type: ignore[assignment]
 
 SCHEMA_VERSION = 1
 
@@ -143,7 +149,7 @@ def dump_json(body: dict[str, Any]) -> bytes:
 def load_json(key: str, raw: bytes | str) -> dict[str, Any]:
     """A registry value's JSON object without its ``"v"``; DecodeError naming ``key``."""
     try:
-        data = json.loads(raw)
+        data = _loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise DecodeError(key, f"not JSON ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):
@@ -198,8 +204,42 @@ def _fields(cls: type, key: str, data: dict[str, Any]) -> dict[str, Any]:
 
 def guest_data(key: str, raw: bytes | str) -> dict[str, Any]:
     """A guest record as ``as_dict(decode(GuestRecord, key, raw))`` gives it, checked
-    the same way but without building the record (what a listing of 100,000 streams)."""
-    return {**_GUEST_TEMPLATE, **_fields(GuestRecord, key, load_json(key, raw))}
+    the same way but without building the record (what a listing of 100,000 streams).
+    A record whose fields and disks all have known names and right types (what agents
+    write) is taken as it is; any other goes through the field-by-field check."""
+    data = load_json(key, raw)
+    disks: Any = data.get("disks")  # a list when the record's shape is plain
+    if _plain_guest(tuple(data), tuple(map(type, data.values()))) \
+            and data["state"] in GUEST_STATES \
+            and all(type(d) is dict and _plain_disk(tuple(d), tuple(map(type, d.values())))
+                    for d in disks):
+        return {**_GUEST_TEMPLATE, **data,
+                "disks": [{**_DISK_DEFAULTS, **d} for d in disks]}
+    return {**_GUEST_TEMPLATE, **_fields(GuestRecord, key, data)}
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_guest(names: tuple[str, ...], types: tuple[type, ...]) -> bool:
+    """A guest record with these fields (names, types of their JSON values) passes the
+    field-by-field check unchanged but for its state's value and its disks' contents."""
+    return _plain(GuestRecord, _TYPES, names, types) and "disks" in names
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_disk(names: tuple[str, ...], types: tuple[type, ...]) -> bool:
+    """A disk with these fields passes ``_disk`` unchanged (but for their order)."""
+    return _plain(Disk, _DISK_TYPES, names, types)
+
+
+def _plain(cls: type, known: dict[str, tuple[type, ...]], names: Iterable[str],
+           types: Iterable[type]) -> bool:
+    """Every field of ``cls`` required is there; every one there is a field with a
+    value of a type ``known`` allows (lists: only ``disks``, checked one by one)."""
+    fields_of = dict(_schema(cls))
+    given = dict(zip(names, types, strict=True))
+    return all(n in given for n, required in fields_of.items() if required) and all(
+        n in fields_of and (t in known.get(n, ()) or (n == "disks" and t is list))
+        for n, t in given.items())
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

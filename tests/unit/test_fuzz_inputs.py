@@ -378,8 +378,9 @@ def test_guest_data_is_the_decoded_record(record: GuestRecord, key: str,
     raw = json.dumps(body).encode()
     try:
         expected = as_dict(decode(GuestRecord, key, raw))
-    except DecodeError:
-        with pytest.raises(DecodeError):
+    except DecodeError as exc:
+        with pytest.raises(DecodeError) as got:
             guest_data(key, raw)
+        assert str(got.value) == str(exc)
         return
     assert guest_data(key, raw) == expected

@@ -349,3 +349,52 @@ def test_deeply_nested_json_is_a_decode_error() -> None:
 def test_wrongly_typed_disk_fields_are_decode_errors(extra: dict) -> None:
     disk = {"target": "vda", "source": "/dev/etherd/e1.2", **extra}
     decode_error(GuestRecord, dumps(guest_json(disks=[disk])))
+
+
+# -- guest_data: what guest list streams, the plain records taken as they are ----------
+
+def _body(**changes: object) -> dict:
+    body = {"v": 1, **json.loads(encode(GUEST))}
+    body.update(changes)
+    return body
+
+
+def _disk(**changes: object) -> dict:
+    return {**asdict(AOE), **changes}
+
+
+@pytest.mark.parametrize("body", [
+    _body(),  # what agents write: taken as it is
+    _body(extra="dropped"),  # an unknown field is dropped
+    _body(vcpus=True),  # a bool is not an int
+    _body(updated_at=7),  # an int timestamp is one
+    _body(state="bogus"),  # same shape as a good record, but no such state
+    _body(state=1),
+    _body(disks=[]),
+    _body(disks=[_disk(extra=1)]),  # a disk's unknown field is dropped
+    _body(disks=[{"target": "vda", "source": "/x"}]),  # a disk's defaults are filled in
+    _body(disks=[_disk(shared=1)]),
+    _body(disks=[_disk(volume=None), "not a disk"]),
+    _body(disks=[_disk(target=None)]),
+    _body(disks={"vda": 1}),
+    {k: v for k, v in _body().items() if k != "disks"},  # disks default to none
+    {k: v for k, v in _body().items() if k != "vcpus"},  # a required field is missing
+], ids=lambda b: json.dumps(b)[:60])
+def test_guest_data_is_what_decode_gives(body: dict) -> None:
+    """Refused exactly when ``decode`` refuses, with its message; else the same data,
+    fields in the record's order; twice over (the second time from the shape cache)."""
+    from gridtool.registry.model import as_dict, guest_data
+
+    raw = json.dumps(body).encode()
+    for _ in range(2):
+        try:
+            expected = as_dict(decode(GuestRecord, "k", raw))
+        except DecodeError as exc:
+            with pytest.raises(DecodeError) as got:
+                guest_data("k", raw)
+            assert str(got.value) == str(exc)
+            continue
+        data = guest_data("k", raw)
+        assert data == expected
+        assert list(data) == list(expected)
+        assert [list(d) for d in data["disks"]] == [list(d) for d in expected["disks"]]

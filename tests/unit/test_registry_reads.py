@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from dataclasses import replace
 
 import pytest
@@ -17,7 +18,7 @@ from gridtool.registry.guestindex import entry, index_ops, located
 from gridtool.registry.keys import Keys
 from gridtool.registry.memstore import MemStore
 from gridtool.registry.model import DecodeError, GuestRecord, HostRecord, encode
-from gridtool.registry.store import Delete, Put, scan
+from gridtool.registry.store import Delete, Item, Put, scan
 
 KEYS = Keys("/t/")
 U1, U2 = "11111111-0000-0000-0000-000000000001", "11111111-0000-0000-0000-000000000002"
@@ -44,6 +45,32 @@ def test_scan_reads_every_key_once_in_order(bounds: list[str]) -> None:
         store.put(f"/p/{n}", b"x")
     store.put("/q", b"outside")
     assert [i.key for i in scan(store, "/p/", bounds)] == [f"/p/{n}" for n in range(7)]
+
+
+def test_scan_reads_the_next_range_ahead_at_the_first_ones_revision() -> None:
+    """While the caller takes one range's items the next is being read (etcd serves it
+    meanwhile), as of the first range's revision (one consistent view); one range
+    ahead at most."""
+    store = MemStore(lambda: 0.0)
+    for n in range(6):
+        store.put(f"/p/{n}", b"x")
+    reads: list[tuple[str, int]] = []
+    second = threading.Event()
+    list_range = store.list_range
+
+    def recording(start: str, end: str, revision: int = 0) -> tuple[list[Item], int]:
+        reads.append((start, revision))
+        if len(reads) == 2:
+            second.set()
+        return list_range(start, end, revision)
+
+    store.list_range = recording  # type: ignore[method-assign]
+    items = scan(store, "/p/", ["/p/2", "/p/4"])
+    assert next(items).key == "/p/0"
+    assert second.wait(5)  # the second range is read while the caller holds the first
+    assert len(reads) == 2
+    assert [i.key for i in items] == [f"/p/{n}" for n in range(1, 6)]
+    assert reads == [("/p/", 0), ("/p/2", store.revision), ("/p/4", store.revision)]
 
 
 def test_page_bounds_split_by_the_hosts_counts() -> None:
@@ -148,6 +175,24 @@ def test_stream_json_writes_one_document(monkeypatch: pytest.MonkeyPatch) -> Non
     out.truncate()
     output.stream_json("guests", iter([]), dict)
     assert json.loads(out.getvalue()) == {"v": 1, "guests": []}
+
+
+def test_stream_json_through_the_byte_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written as bytes under a text stdout (what a terminal or pipe is), after what the
+    text layer holds; what json does not know is written as its str(), as before."""
+    from pathlib import Path
+
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="utf-8")
+    monkeypatch.setattr("sys.stdout", out)
+    out.write("before ")
+    items = [{"name": "gäst", "n": 1.5, "ok": None, "path": Path("/x"), 3: "int key"}]
+    output.stream_json("guests", iter(items), lambda: {"matched": 1})
+    text = raw.getvalue().decode()
+    assert text.startswith("before {") and text.endswith("}\n")
+    assert json.loads(text.removeprefix("before ")) == {
+        "v": 1, "guests": [{"name": "gäst", "n": 1.5, "ok": None, "path": "/x",
+                            "3": "int key"}], "matched": 1}
 
 
 class _NoIndexGrant(MemStore):

@@ -25,17 +25,26 @@ def emit_json(**body: Any) -> None:
 
 def stream_json(field: str, items: Iterable[Any], tail: Callable[[], dict[str, Any]]) -> None:
     """Print one JSON document ``{"v": 1, field: [items...], **tail()}``, each item written
-    as it comes (never the whole list in memory); ``tail`` is called after the last item
+    as it comes (never the whole list in memory; orjson: 100,000 guests are written in a
+    fraction of what the json module takes); ``tail`` is called after the last item
     (what the items' reading found: errors, counts)."""
-    encode = json.JSONEncoder(default=str).encode
-    write = sys.stdout.write
-    write(f'{{"v": {JSON_VERSION}, {encode(field)}: [')
-    sep = ""
+    import orjson
+
+    def encode(value: Any) -> bytes:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    write = buffer.write if buffer is not None else lambda b: sys.stdout.write(b.decode())
+    write(b'{"v":%d,%s:[' % (JSON_VERSION, encode(field)))
+    sep = b""
     for item in items:
         write(sep + encode(item))
-        sep = ", "
-    rest = encode(tail())[1:]  # '"errors": [...]}', or '}' for nothing more
-    write("]" + ("}" if rest == "}" else ", " + rest) + "\n")
+        sep = b","
+    rest = encode(tail())[1:]  # '"errors":[...]}', or '}' for nothing more
+    write(b"]" + (b"}" if rest == b"}" else b"," + rest) + b"\n")
+    if buffer is not None:
+        buffer.flush()
 
 
 def outcome(as_json: bool, message: str, **body: Any) -> None:

@@ -4,14 +4,16 @@ The group; its commands live in this package's modules."""
 
 from __future__ import annotations
 
-import click
-
-from gridtool.cli.guest.lifecycle import destroy, restart, set_guest, start, stop
-from gridtool.cli.guest.place import create_guest, migrate_guest, place_guest
-from gridtool.cli.guest.show import list_guests, show_guest
+from gridtool.cli.common.lazy import lazy_group
 
 
-@click.group()
+@lazy_group({"list": "gridtool.cli.guest.show:list_guests",
+             "show": "gridtool.cli.guest.show:show_guest",
+             **{name: f"gridtool.cli.guest.lifecycle:{name}"
+                for name in ("start", "stop", "destroy", "restart")},
+             "set": "gridtool.cli.guest.lifecycle:set_guest",
+             **{name: f"gridtool.cli.guest.place:{name}_guest"
+                for name in ("place", "create", "migrate")}})
 def guest() -> None:
     """Guests (libvirt domains) on every host.
 
@@ -19,8 +21,3 @@ def guest() -> None:
     Example:
       gridtool guest list --host hv1
     """
-
-
-for _command in (list_guests, show_guest, start, stop, destroy, restart, set_guest, place_guest,
-                 create_guest, migrate_guest):
-    guest.add_command(_command)

@@ -4,18 +4,19 @@ The group; its commands live in this package's modules."""
 
 from __future__ import annotations
 
-import click
-
-from gridtool.cli.host.admin import add_host, remove_host
-from gridtool.cli.host.credentials import credentials
-from gridtool.cli.host.dead import confirm_dead
-from gridtool.cli.host.drain import drain_host, undrain_host
-from gridtool.cli.host.fenceagent import fence_agent
-from gridtool.cli.host.settings import set_host
-from gridtool.cli.host.show import list_hosts, show_host
+from gridtool.cli.common.lazy import lazy_group
 
 
-@click.group()
+@lazy_group({"list": "gridtool.cli.host.show:list_hosts",
+             "show": "gridtool.cli.host.show:show_host",
+             "confirm-dead": "gridtool.cli.host.dead:confirm_dead",
+             "drain": "gridtool.cli.host.drain:drain_host",
+             "undrain": "gridtool.cli.host.drain:undrain_host",
+             "add": "gridtool.cli.host.admin:add_host",
+             "remove": "gridtool.cli.host.admin:remove_host",
+             "credentials": "gridtool.cli.host.credentials:credentials",
+             "fence-agent": "gridtool.cli.host.fenceagent:fence_agent",
+             "set": "gridtool.cli.host.settings:set_host"})
 def host() -> None:
     """Hypervisor hosts (each reported by its agent, under its lease).
 
@@ -23,8 +24,3 @@ def host() -> None:
     Example:
       gridtool host list
     """
-
-
-for _command in (list_hosts, show_host, confirm_dead, drain_host, undrain_host, add_host,
-                 remove_host, credentials, fence_agent, set_host):
-    host.add_command(_command)
