@@ -68,7 +68,7 @@ from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient
 from gridtool.registry.keys import Keys
-from gridtool.registry.mirror import MirrorStore
+from gridtool.registry.mirror import MirrorStore, guest_pages
 from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord
 from gridtool.registry.records import GuestSettings, Intent, ManagerStatus, decode, encode
 from gridtool.registry.store import Compare, Delete, Put, Store, Watch
@@ -190,7 +190,7 @@ class Manager:
             return watches
         view = MirrorStore(self.store, self.keys.prefix, mirrored(self.keys),
                            quiet=(self.keys.heartbeats,), on_event=self._mirror_event,
-                           catch_up=max(2.0, self.cfg.timeout))
+                           catch_up=max(2.0, self.cfg.timeout), bounds=guest_pages(self.keys))
         view.start()
         self.view, self._idle = view, None
         return [view]

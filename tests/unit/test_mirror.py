@@ -23,26 +23,26 @@ KEYS = Config().keys
 
 def test_apply_puts_deletes_and_ignores_replays() -> None:
     m = Mirror(("/r/a/", "/r/b/"), quiet=("/r/b/",))
-    assert m.apply(Event("put", "/r/a/x", b"1", 5, create_revision=5))
+    assert m.apply([Event("put", "/r/a/x", b"1", 5, create_revision=5)])
     assert m.list("/r/a/") == [Item("/r/a/x", b"1", 5, 5, 0)]
-    assert not m.apply(Event("put", "/r/a/x", b"0", 4, create_revision=4))  # a replay
-    assert not m.apply(Event("delete", "/r/a/x", b"", 3))  # older than what is held
-    assert m.apply(Event("put", "/r/a/x", b"2", 7, lease=9))
+    assert not m.apply([Event("put", "/r/a/x", b"0", 4, create_revision=4)])  # a replay
+    assert not m.apply([Event("delete", "/r/a/x", b"", 3)])  # older than what is held
+    assert m.apply([Event("put", "/r/a/x", b"2", 7, lease=9)])
     assert m.list("/r/a/") == [Item("/r/a/x", b"2", 7, 5, 9)]  # creation kept
     assert m.changes == 2
-    assert m.apply(Event("put", "/r/b/hb", b"t", 8))  # quiet: held, not counted
+    assert m.apply([Event("put", "/r/b/hb", b"t", 8)])  # quiet: held, not counted
     assert m.changes == 2 and m.list("/r/b/") != []
-    assert not m.apply(Event("put", "/r/c/z", b"", 9))  # not mirrored: only the revision
+    assert not m.apply([Event("put", "/r/c/z", b"", 9)])  # not mirrored: only the revision
     assert m.revision == 9 and m.list("/r/c/") is None
-    assert m.apply(Event("delete", "/r/a/x", b"", 10))
+    assert m.apply([Event("delete", "/r/a/x", b"", 10)])
     assert m.list("/r/a/") == [] and m.changes == 3
-    assert not m.apply(Event("delete", "/r/a/x", b"", 11))
+    assert not m.apply([Event("delete", "/r/a/x", b"", 11)])
 
 
 def test_list_is_sorted_and_answers_a_narrower_prefix() -> None:
     m = Mirror(("/r/g/",))
     for rev, key in enumerate(("/r/g/h2/u1", "/r/g/h1/u2", "/r/g/h1/u1"), start=1):
-        m.apply(Event("put", key, b"", rev))
+        m.apply([Event("put", key, b"", rev)])
     assert [i.key for i in m.list("/r/g/")] == ["/r/g/h1/u1", "/r/g/h1/u2", "/r/g/h2/u1"]
     assert [i.key for i in m.list("/r/g/h1/")] == ["/r/g/h1/u1", "/r/g/h1/u2"]
 
