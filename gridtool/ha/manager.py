@@ -69,7 +69,7 @@ from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient
 from gridtool.registry.keys import Keys
-from gridtool.registry.mirror import MirrorStore, guest_pages
+from gridtool.registry.mirror import Memo, MirrorStore, guest_pages
 from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord
 from gridtool.registry.records import GuestSettings, Intent, ManagerStatus, decode, encode
 from gridtool.registry.store import Compare, Delete, Item, Put, Store, Watch
@@ -135,6 +135,7 @@ class Manager:
         self.rounds: deque[tuple[float, bool]] = deque(maxlen=10_000)
         self.txn_limits = batch.TxnLimits()  # what one transaction of restarts may hold
         self._intent_ns = 0  # the last start intent's id (time_ns), for unique ids
+        self._memo = Memo()  # decoded records and guests' needs, kept between rounds
 
     # -- election ------------------------------------------------------------
 
@@ -349,15 +350,19 @@ class Manager:
         them first also marks failed attempts in the settings read next."""
         view = self.view
         pending = self._pending()
-        fleet = read_fleet(view, self.keys)
+        fleet = read_fleet(view, self.keys, self._memo)
         fences, _ = read_all_fences(view, self.keys)
         self._dead_marks = {item.key.removeprefix(self.keys.dead): item.mod_revision
                             for item in view.list(self.keys.dead)[0]}
         dead = set(self._dead_marks)
         live = set(fleet.records)
+        # only guests with a record on shared storage can be managed (``guest_kind``):
+        # decide skips every other one, and they are most of a large fleet
         by_uuid: dict[str, list[GuestRecord]] = {}
         for rec in fleet.guests:
             by_uuid.setdefault(rec.uuid, []).append(rec)
+        managed = {r.uuid for r in fleet.guests if r.fenced}
+        by_uuid = {u: recs for u, recs in by_uuid.items() if u in managed}
         holders = {o.fence.guest: o.fence.holder for o in fences.values()
                    if isinstance(o, Observed)}
         views = [_view(recs, live, fleet, holders.get(uuid)) for uuid, recs in by_uuid.items()]
@@ -376,6 +381,7 @@ class Manager:
             registrations={item.key.removeprefix(self.keys.machines): item.mod_revision
                            for item in view.list(self.keys.machines)[0]},
             silent=self._silences(live))
+        self._memo.sweep()  # forget deleted records
         return snap, {v.uuid: v.name for v in views}
 
     def _pending(self) -> dict[str, Pending]:

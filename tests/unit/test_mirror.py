@@ -5,6 +5,7 @@ deciding as one that lists the registry every round."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from gridtool.clock import Clock
@@ -182,3 +183,37 @@ def test_a_round_is_full_while_something_is_to_do() -> None:
     for _ in range(3):
         manager.step()
     assert all(full for _, full in manager.rounds)
+
+
+def test_a_full_round_decodes_only_the_records_that_changed(monkeypatch: Any) -> None:
+    from gridtool.placement import shell
+
+    decoded: list[str] = []
+    record = shell._record
+
+    def counting(cls: type, item: Any) -> Any:
+        decoded.append(item.key)
+        return record(cls, item)
+
+    monkeypatch.setattr(shell, "_record", counting)
+    store = MemStore(lambda: 0.0)
+    _fleet(store)
+    registry = Registry(store, KEYS)
+    plain = GuestRecord("00000000-0000-0000-0000-0000000000aa", "plain", "hv2", "running", 1,
+                        512, 0.0)
+    registry.put_guest(plain)  # no shared disk: not managed, but it uses hv2's memory
+    now = [100.0]
+    manager = _manager(store, True, now)
+    manager._watches = manager._watch()
+    manager.view.sync()  # type: ignore[attr-defined]
+    snap, _ = manager.snapshot()
+    assert len(decoded) == 2 + 5  # every host and guest record, once
+    assert plain.uuid not in {g.uuid for g in snap.guests}
+    assert "plain" in {g.name for h in snap.hosts if h.name == "hv2" for g in h.guests}
+    decoded.clear()
+    manager.snapshot()
+    assert decoded == []  # nothing changed: nothing decoded again
+    registry.put_guest(replace(plain, state="paused"))
+    manager.view.sync()  # type: ignore[attr-defined]
+    manager.snapshot()
+    assert decoded == [KEYS.guest("hv2", plain.uuid)]
