@@ -358,11 +358,11 @@ class Manager:
         live = set(fleet.records)
         # only guests with a record on shared storage can be managed (``guest_kind``):
         # decide skips every other one, and they are most of a large fleet
+        managed = {r.uuid for r in fleet.guests if r.fenced}
         by_uuid: dict[str, list[GuestRecord]] = {}
         for rec in fleet.guests:
-            by_uuid.setdefault(rec.uuid, []).append(rec)
-        managed = {r.uuid for r in fleet.guests if r.fenced}
-        by_uuid = {u: recs for u, recs in by_uuid.items() if u in managed}
+            if rec.uuid in managed:
+                by_uuid.setdefault(rec.uuid, []).append(rec)
         holders = {o.fence.guest: o.fence.holder for o in fences.values()
                    if isinstance(o, Observed)}
         views = [_view(recs, live, fleet, holders.get(uuid)) for uuid, recs in by_uuid.items()]
