@@ -54,6 +54,7 @@ from gridtool.config import Config
 from gridtool.errors import RegistryUnavailable
 from gridtool.ha.manager import Manager
 from gridtool.ha.rules import decide
+from gridtool.lab.procs import LabError
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.fleet import Registry
 from gridtool.registry.model import ACTIVE_STATES, Disk, GuestRecord, HostRecord, decode
@@ -483,7 +484,10 @@ def outage(store: EtcdStore, cluster: Any, agents: Agents, hosts: int,
     for m in cluster.members:
         cluster.stop_member(m)
     time.sleep(seconds)  # the outage itself
-    cluster.resume()
+    try:
+        cluster.resume(timeout=90)  # 100,000 guests' DB, 3 members on a loaded machine
+    except LabError as exc:
+        return {"outage_s": seconds, "resynced": 0, "failed": str(exc)}
     back = time.monotonic()
     cpu0 = etcd_cpu(cluster)
     last: dict[str, float] = {}  # each host's last resync (a worker that lost etcd
@@ -559,9 +563,14 @@ def main() -> int:
                     results["curve"].append(point)
                     print(f"{size} guests: {point}", flush=True)
                     write_json("fleet_scale", results, args.json_path)  # partial results
-                results["steady"] = steady(store, cluster, agents, args.hosts, args.steady)
-                results["failover_1"] = failover(store, cfg.keys, agents, one, ha)
-                results["failover_many"] = failover(store, cfg.keys, agents, many, ha)
+                for name, phase in (
+                        ("steady", lambda: steady(store, cluster, agents, args.hosts,
+                                                  args.steady)),
+                        ("failover_1", lambda: failover(store, cfg.keys, agents, one, ha)),
+                        ("failover_many", lambda: failover(store, cfg.keys, agents, many, ha))):
+                    results[name] = phase()
+                    print(f"{name}: {results[name]}", flush=True)
+                    write_json("fleet_scale", results, args.json_path)  # partial results
             results["outage"] = outage(store, cluster, agents, args.hosts - 2, args.outage)
         finally:
             agents.close()
