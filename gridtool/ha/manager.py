@@ -44,6 +44,7 @@ from gridtool.fencing.recovery import (
 )
 from gridtool.fencing.rules import Observed
 from gridtool.fencing.shell import read_all_fences, read_host_fences, run_plan
+from gridtool.ha import batch
 from gridtool.ha.rules import (
     Action,
     Attempt,
@@ -68,10 +69,10 @@ from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient
 from gridtool.registry.keys import Keys
-from gridtool.registry.mirror import MirrorStore
+from gridtool.registry.mirror import Memo, MirrorStore, guest_pages
 from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord
 from gridtool.registry.records import GuestSettings, Intent, ManagerStatus, decode, encode
-from gridtool.registry.store import Compare, Delete, Put, Store, Watch
+from gridtool.registry.store import Compare, Delete, Item, Put, Store, Watch
 
 log = logging.getLogger("gridtool.ha.manager")
 
@@ -132,6 +133,9 @@ class Manager:
         self._idle: tuple[int, float] | None = None  # (mirror changes, time) of an idle round
         #: the last rounds: (seconds, True for a full round / False for a quiet one)
         self.rounds: deque[tuple[float, bool]] = deque(maxlen=10_000)
+        self.txn_limits = batch.TxnLimits()  # what one transaction of restarts may hold
+        self._intent_ns = 0  # the last start intent's id (time_ns), for unique ids
+        self._memo = Memo()  # decoded records and guests' needs, kept between rounds
 
     # -- election ------------------------------------------------------------
 
@@ -190,7 +194,7 @@ class Manager:
             return watches
         view = MirrorStore(self.store, self.keys.prefix, mirrored(self.keys),
                            quiet=(self.keys.heartbeats,), on_event=self._mirror_event,
-                           catch_up=max(2.0, self.cfg.timeout))
+                           catch_up=max(2.0, self.cfg.timeout), bounds=guest_pages(self.keys))
         view.start()
         self.view, self._idle = view, None
         return [view]
@@ -328,11 +332,13 @@ class Manager:
         waiting = {a.guest for a in actions if isinstance(a, Blocked)}
         self.blocked = {g: r for g, r in self.blocked.items() if g in waiting}
         failed: set[str] = set()
-        for action in actions:
+        singles, restarts = batch.order(actions)
+        for action in singles:
             if action.guest and action.guest in failed:
                 continue
             if not self._act(action, snap):
                 failed.add(action.guest)
+        self._restart_batch([r for r in restarts if r.guest not in failed], snap)
 
     def snapshot(self) -> tuple[Snapshot, dict[str, str]]:
         """Read intents, hosts and guests (as placement sees them:
@@ -344,15 +350,19 @@ class Manager:
         them first also marks failed attempts in the settings read next."""
         view = self.view
         pending = self._pending()
-        fleet = read_fleet(view, self.keys)
+        fleet = read_fleet(view, self.keys, self._memo)
         fences, _ = read_all_fences(view, self.keys)
         self._dead_marks = {item.key.removeprefix(self.keys.dead): item.mod_revision
                             for item in view.list(self.keys.dead)[0]}
         dead = set(self._dead_marks)
         live = set(fleet.records)
+        # only guests with a record on shared storage can be managed (``guest_kind``):
+        # decide skips every other one, and they are most of a large fleet
+        managed = {r.uuid for r in fleet.guests if r.fenced}
         by_uuid: dict[str, list[GuestRecord]] = {}
         for rec in fleet.guests:
-            by_uuid.setdefault(rec.uuid, []).append(rec)
+            if rec.uuid in managed:
+                by_uuid.setdefault(rec.uuid, []).append(rec)
         holders = {o.fence.guest: o.fence.holder for o in fences.values()
                    if isinstance(o, Observed)}
         views = [_view(recs, live, fleet, holders.get(uuid)) for uuid, recs in by_uuid.items()]
@@ -371,6 +381,7 @@ class Manager:
             registrations={item.key.removeprefix(self.keys.machines): item.mod_revision
                            for item in view.list(self.keys.machines)[0]},
             silent=self._silences(live))
+        self._memo.sweep()  # forget deleted records
         return snap, {v.uuid: v.name for v in views}
 
     def _pending(self) -> dict[str, Pending]:
@@ -433,24 +444,60 @@ class Manager:
                                      lambda s: replace(s, error=action.reason))
 
     def _restart(self, action: Restart, snap: Snapshot) -> bool:
-        """Write the start intent and record the attempt, in one guarded transaction."""
+        """Write the start intent and record the attempt, in one guarded transaction
+        (the guest's settings read afresh)."""
+        compare, puts = self._restart_writes(
+            action, snap, self.store.get(self.keys.guest_settings(action.guest)))
+        ok = self.store.txn([*self.guard, compare], puts)
+        if ok:
+            self._restarted(action)
+        return ok
+
+    def _restart_batch(self, actions: Sequence[Restart], snap: Snapshot) -> None:
+        """Write many restarts in few guarded transactions (:func:`batch.pack`), each
+        guest's settings compared as the view holds them; a transaction that fails
+        (someone changed a guest's settings meanwhile) is retried one guest at a time."""
+        writes = [self._restart_writes(a, snap, self._held(self.keys.guest_settings(a.guest)))
+                  for a in actions]
+        costs = [batch.Cost(1, len(puts), sum(len(p.key) + len(p.value) for p in puts))
+                 for _, puts in writes]
+        for group in batch.pack(costs, self.txn_limits):
+            if len(group) > 1 and self.store.txn(
+                    [*self.guard, *(writes[i][0] for i in group)],
+                    [p for i in group for p in writes[i][1]]):
+                for i in group:
+                    self.blocked.pop(actions[i].guest, None)
+                    self._restarted(actions[i])
+                continue
+            for i in group:
+                self._act(actions[i], snap)
+
+    def _held(self, key: str) -> Item | None:
+        """``key``'s item as the round's view holds it (the mirror: no round trip)."""
+        return next((i for i in self.view.list(key)[0] if i.key == key), None)
+
+    def _restart_writes(self, action: Restart, snap: Snapshot,
+                        settings: Item | None) -> tuple[Compare, list[Put]]:
+        """The compare and puts of one restart: the start intent, and the attempt recorded
+        in the guest's ``settings`` (as read)."""
         # the intent's ``created`` is the attempt's time: a failed intent marks its attempt
         params = {"reason": action.reason, **({"fence": action.fence} if action.fence else {})}
-        intent = Intent(id=f"{time.time_ns():x}-ha", host=action.on_host, action="start",
+        self._intent_ns = max(self._intent_ns + 1, time.time_ns())  # unique within a batch
+        intent = Intent(id=f"{self._intent_ns:x}-ha", host=action.on_host, action="start",
                         guest=action.guest, name=action.name, created=snap.now, by=self.by,
                         params=params)
         attempt = [snap.now, 1.0 if action.relocated else 0.0]
-        ok = self._update_settings(
+        compare, put = self._settings_write(
             action.guest, action.name,
-            lambda s: replace(s, attempts=[*s.attempts[-20:], attempt]),
-            extra=[Put(self.keys.intent(action.on_host, intent.id), encode(intent))])
-        if ok:
-            log.info("event=ha_restart guest=%s on=%s from=%s reason=%s fence=%s",
-                     action.name, action.on_host, action.from_host, action.reason,
-                     action.fence or "-")
-            self._note(f"restart {action.name} on {action.on_host}: {action.reason}"
-                       + (f" (fenced by {action.fence})" if action.fence else ""))
-        return ok
+            lambda s: replace(s, attempts=[*s.attempts[-20:], attempt]), settings)
+        return compare, [put, Put(self.keys.intent(action.on_host, intent.id), encode(intent))]
+
+    def _restarted(self, action: Restart) -> None:
+        log.info("event=ha_restart guest=%s on=%s from=%s reason=%s fence=%s",
+                 action.name, action.on_host, action.from_host, action.reason,
+                 action.fence or "-")
+        self._note(f"restart {action.name} on {action.on_host}: {action.reason}"
+                   + (f" (fenced by {action.fence})" if action.fence else ""))
 
     # -- fencing a lost host ----------------------------------------------------
 
@@ -576,13 +623,19 @@ class Manager:
                          change: Callable[[GuestSettings], GuestSettings],
                          extra: Sequence[Put] = ()) -> bool:
         """Write ``change(settings)`` and the ``extra`` puts in one guarded transaction."""
+        compare, put = self._settings_write(uuid, name, change,
+                                            self.store.get(self.keys.guest_settings(uuid)))
+        return self.store.txn([*self.guard, compare], [put, *extra])
+
+    def _settings_write(self, uuid: str, name: str,
+                        change: Callable[[GuestSettings], GuestSettings],
+                        item: Item | None) -> tuple[Compare, Put]:
+        """The put of ``change(settings)``, compared against ``item`` (as read)."""
         key = self.keys.guest_settings(uuid)
-        item = self.store.get(key)
         current = (decode(GuestSettings, key, item.value) if item
                    else GuestSettings(uuid, name))
         compare = Compare(key, "mod", item.mod_revision) if item else Compare(key, "create", 0)
-        return self.store.txn([*self.guard, compare],
-                              [Put(key, encode(change(current))), *extra])
+        return compare, Put(key, encode(change(current)))
 
     def _attempt_failed(self, intent: Intent) -> bool:
         """Mark the restart attempt of a failed intent as failed (it does not count

@@ -155,7 +155,8 @@ def _frozen(mapping: Mapping | None) -> Mapping:
 @dataclass(frozen=True)
 class Snapshot:
     """What the manager read from the registry, at time ``now``; ``hosts`` are the live
-    hosts (their records exist: leases alive) with their active guests."""
+    hosts (their records exist: leases alive) with their active guests; ``guests`` those
+    it may manage (the manager leaves out a guest with no record on shared storage)."""
 
     now: float
     hosts: tuple[HostView, ...]

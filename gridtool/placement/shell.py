@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from gridtool.errors import Conflict, NotFound, OperationFailed, Timeout
@@ -61,12 +62,13 @@ from gridtool.placement.rules import (
 )
 from gridtool.registry import fenceagents, hostconf
 from gridtool.registry import settings as guest_settings
-from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient, who
 from gridtool.registry.keys import Keys
+from gridtool.registry.mirror import Memo, derive_all
 from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord, HostRecord
+from gridtool.registry.model import decode as decode_record
 from gridtool.registry.records import DomainDefinition, GuestSettings, Intent, decode
-from gridtool.registry.store import Compare, Delete, Store
+from gridtool.registry.store import Compare, Delete, Item, Store
 
 log = logging.getLogger("gridtool.placement.shell")
 
@@ -128,12 +130,15 @@ def guest_needs(rec: GuestRecord, settings: GuestSettings | None,
                       ha=settings is not None and settings.ha and rec.fenced)
 
 
-def read_fleet(store: Store, keys: Keys) -> FleetView:
-    """Read hosts, guests, guest settings and host settings into a :class:`FleetView`."""
-    registry = Registry(store, keys)
+def read_fleet(store: Store, keys: Keys, memo: Memo | None = None) -> FleetView:
+    """Read hosts, guests, guest settings and host settings into a :class:`FleetView`;
+    ``memo`` (kept between calls: the manager's) decodes only the records that changed
+    and keeps each guest's needs while its record and settings stay."""
+    memo = memo or Memo()
     powered = frozenset(fenceagents.read_all(store, keys))
-    hosts = [fenceagents.with_fencing(h, powered) for h in registry.list_hosts()[0]]
-    guests, _ = registry.list_guests()
+    hosts = [fenceagents.with_fencing(h, powered)
+             for h in derive_all(store, keys.hosts, partial(_record, HostRecord), memo)[0]]
+    guests, _ = derive_all(store, keys.guests, partial(_record, GuestRecord), memo)
     settings = guest_settings.read_all(store, keys)
     draining = hostconf.draining_hosts(store, keys)
     declared = frozenset(s for h in hosts for s in h.storage)
@@ -149,9 +154,20 @@ def read_fleet(store: Store, keys: Keys) -> FleetView:
             free_memory_mib=h.free_memory_mib, cpus=max(1, h.cpus),
             vcpus_allocated=sum(g.vcpus for g in on), draining=h.name in draining,
             labels=frozenset(h.labels), storage=frozenset(h.storage), protected=h.protected,
-            guests=tuple(guest_needs(g, settings.get(g.uuid), declared) for g in on)))
+            guests=tuple(_needs(memo, g, settings.get(g.uuid), declared) for g in on)))
     return FleetView(tuple(views), {h.name: h for h in hosts}, tuple(guests), settings,
                      declared)
+
+
+def _record(cls: type, item: Item) -> Any:
+    return decode_record(cls, item.key, item.value)
+
+
+def _needs(memo: Memo, rec: GuestRecord, settings: GuestSettings | None,
+           declared: frozenset[str]) -> GuestNeeds:
+    """:func:`guest_needs`, kept while what it depends on stays."""
+    return memo.derive(f"needs {rec.host}/{rec.uuid}", (rec, settings, declared),
+                       lambda: guest_needs(rec, settings, declared))
 
 
 def current_record(records: list[GuestRecord], live: Iterable[str]) -> GuestRecord:

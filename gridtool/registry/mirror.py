@@ -1,25 +1,37 @@
-"""A local mirror of registry prefixes, kept current by one watch (the manager's view).
+"""A local copy of registry prefixes, kept current by one watch: the manager's view and
+the web view's (one module for both).
 
-The pure core, :class:`Mirror`, holds the items under some prefixes and the revision it
-has seen up to; :meth:`Mirror.load` takes a listing, :meth:`Mirror.apply` a watch event
-(older than what it holds: ignored, so a replayed event changes nothing). The shell,
-:class:`MirrorStore`, is a ``Store`` whose ``list`` of a mirrored prefix is answered from
-the mirror; every other call goes to the registry. It loads each prefix, then watches the
-whole registry prefix from the oldest listing's revision on (events are replayed in order,
-so the mirror ends equal to the registry), and resyncs (lists again) when the watch says
-its history was compacted away or the store went back in time (``reset`` events), and
-when :meth:`MirrorStore.sync` cannot see it catch up with the registry's revision.
+The pure core, :class:`Mirror`, holds the items under some prefixes (a dict and its sorted
+keys: a listing is a bisect, not a sort) and the revision it has seen up to;
+:meth:`Mirror.reset` takes a listing, :meth:`Mirror.apply` watch events (older than what
+it holds: ignored, so a replayed event changes nothing). :meth:`Mirror.frozen` hands out
+an immutable :class:`Snapshot` that the registry's readers read like etcd (the web view).
+
+The shells: :func:`read_prefixes` lists prefixes at one revision in ranges with explicit
+ends (``bounds``: e.g. :func:`guest_pages`, one range per about ``PAGE`` guests, never one
+giant read); :class:`MirrorStore` is a ``Store`` whose ``list`` of a mirrored prefix is
+answered from the mirror and every other call goes to the registry. It loads, then
+watches the whole registry prefix from the listing's revision on (events are replayed in
+order, so the mirror ends equal to the registry), and resyncs (lists again) when the watch
+says its history was compacted away or the store went back in time (``reset`` events),
+and when :meth:`MirrorStore.sync` cannot see it catch up with the registry's revision.
 """
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NoReturn, TypeVar, cast
 
+from gridtool.registry.fleet import PAGE, page_bounds
+from gridtool.registry.keys import Keys
+from gridtool.registry.model import DecodeError, HostRecord, decode
 from gridtool.registry.store import (
     Compare,
     Delete,
@@ -29,89 +41,320 @@ from gridtool.registry.store import (
     Put,
     Store,
     Watch,
+    prefix_end,
+    scan,
 )
 
 log = logging.getLogger("gridtool.registry.mirror")
 
+T = TypeVar("T")
 
-@dataclass
+#: Where to split the range reads of each prefix (sorted keys under it), from the
+#: registry as of a revision: ``bounds(store, revision)``.
+Bounds = Callable[[Store, int], Mapping[str, Sequence[str]]]
+
+
+@dataclass(frozen=True)
+class RegistryState:
+    """Whether the mirror follows the registry: ``up``; else why not (``error``) and since
+    when (``since``, epoch seconds). ``endpoints``: the last probe's answer per endpoint;
+    ``alarms``: the etcd alarms it saw raised (member, name)."""
+
+    up: bool = False
+    error: str = "not connected yet"
+    since: float = 0.0
+    endpoints: tuple[EndpointStatus, ...] = ()
+    alarms: tuple[tuple[str, str], ...] = ()
+
+
+class Snapshot:
+    """One moment of the registry, read-only, with the Store's read methods."""
+
+    def __init__(self, items: dict[str, Item], keys: builtins.list[str], revision: int,
+                 state: RegistryState, version: int) -> None:
+        self._items = items
+        self._keys = keys  # sorted
+        self.revision = revision
+        self.state = state
+        self.version = version
+
+    def get(self, key: str) -> Item | None:
+        return self._items.get(key)
+
+    def list(self, prefix: str) -> tuple[builtins.list[Item], int]:
+        return self.list_range(prefix, prefix_end(prefix))
+
+    def list_range(self, start: str, end: str,
+                   revision: int = 0) -> tuple[builtins.list[Item], int]:
+        low, high = bisect.bisect_left(self._keys, start), bisect.bisect_left(self._keys, end)
+        return [self._items[k] for k in self._keys[low:high]], self.revision
+
+    def lease_info(self, lease: int) -> tuple[int, float] | None:
+        return None  # a watch does not tell lease TTLs; nothing in the view needs them
+
+    def status(self) -> builtins.list[EndpointStatus]:
+        return list(self.state.endpoints)
+
+    def alarms(self) -> builtins.list[tuple[str, str]]:
+        return list(self.state.alarms)
+
+    def unanswered_for(self) -> float:
+        return 0.0 if self.state.up else float("inf")
+
+    def put(self, key: str, value: bytes, lease: int | None = None) -> int:
+        _refuse()
+
+    def delete(self, key: str) -> bool:
+        _refuse()
+
+    def delete_prefix(self, prefix: str) -> None:
+        _refuse()
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Put | Delete],
+            failure: Sequence[Put | Delete] = ()) -> bool:
+        _refuse()
+
+    def grant_lease(self, ttl: int) -> int:
+        _refuse()
+
+    def keepalive(self, lease: int) -> int:
+        _refuse()
+
+    def revoke_lease(self, lease: int) -> None:
+        _refuse()
+
+    def watch_prefix(self, prefix: str, on_event: Callable[[Event], None],
+                     start_revision: int | None = None) -> Watch:
+        _refuse()
+
+    def close(self) -> None:
+        pass
+
+
+def _refuse() -> NoReturn:
+    raise PermissionError("the mirror's registry copy is read-only")
+
+
+def _nothing(_version: int) -> None:
+    pass
+
+
 class Mirror:
-    """The items under ``prefixes`` as of ``revision`` (pure: no I/O, no threads).
+    """The items under ``prefixes`` (one or several) as of ``revision``; thread-safe.
 
-    ``quiet`` prefixes (heartbeats, the manager's own status) are mirrored but do not
-    count as changes: ``changes`` counts the events that changed anything else.
+    ``version`` grows with every change (data or state); ``on_change(version)`` is called
+    after each, under the lock: it must only schedule work (the web server's
+    ``call_soon_threadsafe`` that wakes its event streams). ``changes`` counts the changes
+    outside the ``quiet`` prefixes (heartbeats, the manager's own status): what makes a
+    manager round decide again.
     """
 
-    prefixes: tuple[str, ...]
-    quiet: tuple[str, ...] = ()
-    revision: int = 0
-    changes: int = 0
-    items: dict[str, dict[str, Item]] = field(default_factory=dict)  # by prefix, then key
+    def __init__(self, prefixes: str | Sequence[str],
+                 on_change: Callable[[int], None] = _nothing,
+                 quiet: Sequence[str] = ()) -> None:
+        self.prefixes = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
+        self.quiet = tuple(quiet)
+        self.on_change = on_change
+        self.version = 0
+        self.changes = 0
+        self.revision = 0
+        self._listed = 0  # the revision of the last listing: events up to it are in it
+        self._items: dict[str, Item] = {}
+        self._keys: builtins.list[str] = []  # sorted
+        self._state = RegistryState()
+        self._frozen: Snapshot | None = None
+        self._lock = threading.Lock()
 
-    def __post_init__(self) -> None:
-        for p in self.prefixes:
-            self.items.setdefault(p, {})
+    @property
+    def prefix(self) -> str:
+        """The first (for the web view: the only) mirrored prefix."""
+        return self.prefixes[0]
 
-    def prefix_of(self, key: str) -> str | None:
-        """The mirrored prefix ``key`` falls under (the longest), or None."""
-        found = [p for p in self.prefixes if key.startswith(p)]
-        return max(found, key=len) if found else None
+    def mirrors(self, key: str) -> bool:
+        return key.startswith(self.prefixes)
 
-    def load(self, prefix: str, items: Iterable[Item], revision: int) -> None:
-        """Replace what is held under ``prefix`` with a listing read at ``revision``."""
-        self.items[prefix] = {i.key: i for i in items if self.prefix_of(i.key) == prefix}
-        self.changes += 1
+    def reset(self, items: Iterable[Item], revision: int) -> None:
+        """Replace everything with a listing read at ``revision``."""
+        with self._lock:
+            self._items = {i.key: i for i in items if self.mirrors(i.key)}
+            self._keys = sorted(self._items)
+            self.revision = self._listed = revision
+            self.changes += 1
+            self._bump()
 
-    def apply(self, ev: Event) -> bool:
-        """Take one watch event (``put`` or ``delete``); True when it changed an item.
+    def apply(self, events: Iterable[Event]) -> int:
+        """Apply watch events (``put``/``delete``); how many changed an item. One
+        transaction (or a lease's expiry) is several events at one revision: each one
+        counts. An event older than the item held, or than the listing, is a replay and
+        changes nothing; a ``reset`` is the feed's (it lists again)."""
+        changed = 0
+        with self._lock:
+            for ev in events:
+                self.revision = max(self.revision, ev.revision)
+                if ev.kind in ("put", "delete") and ev.revision > self._listed and \
+                        self.mirrors(ev.key) and self._apply(ev):
+                    changed += 1
+                    if not ev.key.startswith(self.quiet):
+                        self.changes += 1
+            if changed:
+                self._bump()
+        return changed
 
-        An event older than the item held is a replay and changes nothing; a delete of a
-        key held at a later revision too."""
-        self.revision = max(self.revision, ev.revision)
-        prefix = self.prefix_of(ev.key)
-        if prefix is None:
-            return False
-        held = self.items[prefix].get(ev.key)
+    def _apply(self, ev: Event) -> bool:
+        held = self._items.get(ev.key)
         if held is not None and held.mod_revision >= ev.revision:
             return False
         if ev.kind == "put":
-            create = held.create_revision if held is not None and not ev.create_revision \
-                else ev.create_revision
-            self.items[prefix][ev.key] = Item(ev.key, ev.value, ev.revision, create, ev.lease)
-        elif held is None:
+            create = ev.create_revision or (held.create_revision if held else ev.revision)
+            self._items[ev.key] = Item(ev.key, ev.value, ev.revision, create, ev.lease)
+            if held is None:
+                bisect.insort(self._keys, ev.key)
+            return True
+        if held is None:
             return False
-        else:
-            del self.items[prefix][ev.key]
-        if not any(ev.key.startswith(q) for q in self.quiet):
-            self.changes += 1
+        del self._items[ev.key]
+        del self._keys[bisect.bisect_left(self._keys, ev.key)]
         return True
 
     def list(self, prefix: str) -> builtins.list[Item] | None:
         """The items under ``prefix`` sorted by key, or None when ``prefix`` lies outside
         every mirrored prefix (the caller must ask the registry)."""
-        outer = self.prefix_of(prefix)
-        if outer is None:
+        if not self.mirrors(prefix):
             return None
-        return sorted((i for k, i in self.items[outer].items() if k.startswith(prefix)),
-                      key=lambda i: i.key)
+        with self._lock:
+            low = bisect.bisect_left(self._keys, prefix)
+            high = bisect.bisect_left(self._keys, prefix_end(prefix))
+            return [self._items[k] for k in self._keys[low:high]]
+
+    def set_state(self, state: RegistryState) -> None:
+        """Record whether the registry answers (a change of up/down or error wakes pages;
+        a repeated probe with the same outcome does not)."""
+        with self._lock:
+            old = self._state
+            self._state = state
+            if (old.up, old.error) != (state.up, state.error):
+                self._bump()
+            elif self._frozen is not None:
+                self._frozen.state = state
+
+    def touch(self) -> None:
+        """Wake the pages: something derived from the registry changed (the check)."""
+        with self._lock:
+            self.version += 1
+            self.on_change(self.version)
+
+    @property
+    def state(self) -> RegistryState:
+        return self._state
+
+    def frozen(self) -> Snapshot:
+        """The current moment (the same object until the next change)."""
+        with self._lock:
+            if self._frozen is None:
+                self._frozen = Snapshot(dict(self._items), list(self._keys), self.revision,
+                                        self._state, self.version)
+            return self._frozen
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._frozen = None
+        self.on_change(self.version)
+
+
+class Memo:
+    """Results of a pure function of one registry item, kept while the item's
+    ``mod_revision`` stays: a view of 10,000 guests decodes only what changed since the
+    last one. ``sweep()`` forgets the keys a build did not ask for (deleted ones)."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[Hashable, Any]] = {}
+        self._used: set[str] = set()
+
+    def __call__(self, item: Item, fn: Callable[[Item], T]) -> T:
+        return self.derive(item.key, item.mod_revision, lambda: fn(item))
+
+    def derive(self, name: str, stamp: Hashable, fn: Callable[[], T]) -> T:
+        """``fn()``, kept under ``name`` while ``stamp`` (what it depends on) stays."""
+        self._used.add(name)
+        hit = self._kept.get(name)
+        if hit is not None and hit[0] == stamp:
+            return cast(T, hit[1])
+        value = fn()
+        self._kept[name] = (stamp, value)
+        return value
+
+    def sweep(self) -> None:
+        self._kept = {k: v for k, v in self._kept.items() if k in self._used}
+        self._used = set()
+
+
+def derive_all(store: Store, prefix: str, fn: Callable[[Item], T], memo: Memo,
+               ) -> tuple[builtins.list[T], builtins.list[DecodeError]]:
+    """``fn`` of each item under ``prefix``, memoised (only what changed since the last
+    call is decoded again), and the items whose ``fn`` raised ``DecodeError``."""
+    found, errors = [], []
+    for item in store.list(prefix)[0]:
+        value = memo(item, partial(_or_error, fn))
+        if isinstance(value, DecodeError):
+            errors.append(value)
+        else:
+            found.append(value)
+    return found, errors
+
+
+def _or_error(fn: Callable[[Item], T], item: Item) -> T | DecodeError:
+    try:
+        return fn(item)
+    except DecodeError as exc:
+        return exc
+
+
+def read_prefixes(store: Store, prefixes: Sequence[str], bounds: Bounds | None = None,
+                  ) -> tuple[builtins.list[Item], int]:
+    """Every item under ``prefixes`` as of one revision (the registry's now), read in
+    ranges split at ``bounds`` (each range read names its end: etcd 3.4 walks the rest of
+    a prefix for a ``limit`` read)."""
+    _, revision = store.list(prefixes[0] + "\0")  # the revision, no keys
+    split = bounds(store, revision) if bounds is not None else {}
+    items = [i for p in prefixes for i in scan(store, p, split.get(p, ()), revision)]
+    return items, revision
+
+
+def guest_pages(keys: Keys) -> Bounds:
+    """Split the guest records' read at the hosts about ``PAGE`` guests apart (by the
+    counts in the host records read at the same revision)."""
+    def bounds(store: Store, revision: int) -> dict[str, builtins.list[str]]:
+        hosts, _ = store.list_range(keys.hosts, prefix_end(keys.hosts), revision)
+        counts: builtins.list[tuple[str, int | None]] = []
+        for item in hosts:
+            name = item.key.removeprefix(keys.hosts)
+            try:
+                counts.append((name, decode(HostRecord, item.key, item.value).guests))
+            except DecodeError:
+                counts.append((name, None))
+        return {keys.guests: [keys.host_guests(h) for h in page_bounds(counts, PAGE)]}
+
+    return bounds
 
 
 class MirrorStore:
     """A ``Store`` whose listings of the mirrored prefixes come from a watch-fed mirror.
 
     ``root`` is the prefix watched (the registry's); ``prefixes`` those mirrored under
-    it; ``on_event`` also sees every event (the manager's wake-ups and heartbeats).
-    Start it with :meth:`start`, call :meth:`sync` before reading a consistent view.
+    it; ``on_event`` also sees every event (the manager's wake-ups and heartbeats);
+    ``bounds`` splits the loads' range reads. Start it with :meth:`start`, call
+    :meth:`sync` before reading a consistent view.
     """
 
     def __init__(self, store: Store, root: str, prefixes: Sequence[str],
                  quiet: Sequence[str] = (), on_event: Callable[[Event], None] | None = None,
-                 catch_up: float = 2.0) -> None:
+                 catch_up: float = 2.0, bounds: Bounds | None = None) -> None:
         self.store = store
         self.root = root
-        self.mirror = Mirror(tuple(prefixes), tuple(quiet))
+        self.mirror = Mirror(prefixes, quiet=quiet)
         self.on_event = on_event
         self.catch_up = catch_up
+        self.bounds = bounds
         self.resyncs = 0  # full re-listings after the first load
         self._cond = threading.Condition()
         self._watch: Watch | None = None
@@ -120,23 +363,15 @@ class MirrorStore:
     # -- the mirror's life ----------------------------------------------------
 
     def start(self) -> None:
-        """List every mirrored prefix, then watch from the oldest listing on."""
+        """List every mirrored prefix at one revision, then watch from there on."""
         self.cancel()
-        oldest = 0
-        loaded: list[tuple[str, list[Item], int]] = []
-        for prefix in self.mirror.prefixes:
-            items, revision = self.store.list(prefix)
-            loaded.append((prefix, items, revision))
-            oldest = revision if not oldest else min(oldest, revision)
+        items, revision = read_prefixes(self.store, self.mirror.prefixes, self.bounds)
         with self._cond:
-            self.mirror = Mirror(self.mirror.prefixes, self.mirror.quiet, oldest,
-                                 self.mirror.changes)
-            for prefix, items, revision in loaded:
-                self.mirror.load(prefix, items, revision)
+            self.mirror.reset(items, revision)
             self._stale = False
-        self._watch = self.store.watch_prefix(self.root, self._event, start_revision=oldest + 1)
-        log.info("event=mirror_loaded revision=%s keys=%s", oldest,
-                 sum(len(v) for v in self.mirror.items.values()))
+        self._watch = self.store.watch_prefix(self.root, self._event,
+                                              start_revision=revision + 1)
+        log.info("event=mirror_loaded revision=%s keys=%s", revision, len(items))
 
     def _event(self, ev: Event) -> None:
         with self._cond:
@@ -144,7 +379,7 @@ class MirrorStore:
                 self._stale = True  # history compacted or store restored: list again
                 log.warning("event=mirror_watch_reset revision=%s", ev.revision)
             else:
-                self.mirror.apply(ev)
+                self.mirror.apply((ev,))
             self._cond.notify_all()
         if self.on_event is not None:
             self.on_event(ev)
@@ -172,8 +407,7 @@ class MirrorStore:
     @property
     def changes(self) -> int:
         """How many changes outside the quiet prefixes the mirror has taken."""
-        with self._cond:
-            return self.mirror.changes
+        return self.mirror.changes
 
     def cancel(self) -> None:
         watch, self._watch = self._watch, None

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from gridtool import supervise
 from gridtool.errors import GridtoolError
+from gridtool.registry.mirror import Bounds, Mirror, RegistryState, read_prefixes
 from gridtool.registry.store import Event, Store, Watch
-from gridtool.web.mirror import Mirror, RegistryState
 
 log = logging.getLogger("gridtool.web")
 
@@ -27,9 +27,10 @@ class Feed:
     """Keeps ``mirror`` equal to the registry under its prefix, on one thread."""
 
     def __init__(self, store: Store, mirror: Mirror, interval: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, bounds: Bounds | None = None) -> None:
         self._store = store
         self._mirror = mirror
+        self._bounds = bounds
         self._interval = interval
         self._clock = clock
         self._stop = threading.Event()
@@ -48,7 +49,8 @@ class Feed:
             watch: Watch | None = None
             try:
                 self._resync.clear()
-                items, revision = self._store.list(self._mirror.prefix)
+                items, revision = read_prefixes(self._store, self._mirror.prefixes,
+                                                self._bounds)
                 self._mirror.reset(items, revision)
                 watch = self._store.watch_prefix(self._mirror.prefix, self._on_event,
                                                  revision + 1)

@@ -33,8 +33,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gridtool import supervise
 from gridtool.registry.keys import Keys
+from gridtool.registry.mirror import Mirror, RegistryState, Snapshot
 from gridtool.web.listen import Tls
-from gridtool.web.mirror import Mirror, RegistryState, Snapshot
 from gridtool.web.view import (
     PENDING_CHECK,
     Fleet,

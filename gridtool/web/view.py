@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from gridtool.registry.keys import Keys
+from gridtool.registry.mirror import Memo, derive_all
 from gridtool.registry.model import (
     GUEST_STATES,
     DecodeError,
@@ -65,33 +66,6 @@ class Fleet:
                             "kind": list(KINDS)}}
 
 
-class Memo:
-    """Results of a pure function of one registry item, kept while the item's
-    ``mod_revision`` stays: a view of 10,000 guests decodes only what changed since the
-    last one. ``sweep()`` forgets the keys a build did not ask for (deleted ones)."""
-
-    def __init__(self) -> None:
-        self._kept: dict[str, tuple[Hashable, Any]] = {}
-        self._used: set[str] = set()
-
-    def __call__(self, item: Item, fn: Callable[[Item], T]) -> T:
-        return self.derive(item.key, item.mod_revision, lambda: fn(item))
-
-    def derive(self, name: str, stamp: Hashable, fn: Callable[[], T]) -> T:
-        """``fn()``, kept under ``name`` while ``stamp`` (what it depends on) stays."""
-        self._used.add(name)
-        hit = self._kept.get(name)
-        if hit is not None and hit[0] == stamp:
-            return cast(T, hit[1])
-        value = fn()
-        self._kept[name] = (stamp, value)
-        return value
-
-    def sweep(self) -> None:
-        self._kept = {k: v for k, v in self._kept.items() if k in self._used}
-        self._used = set()
-
-
 def fleet(store: Store, keys: Keys, now: float, memo: Memo | None = None,
           check: dict[str, Any] | None = None) -> Fleet:
     """Read the fleet from ``store`` (a snapshot); ``now`` for report ages; ``memo``
@@ -136,21 +110,8 @@ def _decode_all(store: Store, prefix: str, memo: Memo, fn: Callable[[Item], T],
                 ) -> tuple[list[T], list[dict[str, str]]]:
     """``fn`` of each item under ``prefix`` (memoised); the items that do not decode as
     ``{"key", "error"}`` rows."""
-    found, errors = [], []
-    for item in store.list(prefix)[0]:
-        value = memo(item, partial(_or_error, fn))
-        if isinstance(value, DecodeError):
-            errors.append({"key": value.key, "error": value.reason})
-        else:
-            found.append(value)
-    return found, errors
-
-
-def _or_error(fn: Callable[[Item], T], item: Item) -> T | DecodeError:
-    try:
-        return fn(item)
-    except DecodeError as exc:
-        return exc
+    found, errors = derive_all(store, prefix, fn, memo)
+    return found, [{"key": e.key, "error": e.reason} for e in errors]
 
 
 def _guest_row(base: dict[str, Any], fact: tuple[bool, str, str | None, str | None],

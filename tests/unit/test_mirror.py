@@ -5,6 +5,7 @@ deciding as one that lists the registry every round."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from gridtool.clock import Clock
@@ -23,26 +24,26 @@ KEYS = Config().keys
 
 def test_apply_puts_deletes_and_ignores_replays() -> None:
     m = Mirror(("/r/a/", "/r/b/"), quiet=("/r/b/",))
-    assert m.apply(Event("put", "/r/a/x", b"1", 5, create_revision=5))
+    assert m.apply([Event("put", "/r/a/x", b"1", 5, create_revision=5)])
     assert m.list("/r/a/") == [Item("/r/a/x", b"1", 5, 5, 0)]
-    assert not m.apply(Event("put", "/r/a/x", b"0", 4, create_revision=4))  # a replay
-    assert not m.apply(Event("delete", "/r/a/x", b"", 3))  # older than what is held
-    assert m.apply(Event("put", "/r/a/x", b"2", 7, lease=9))
+    assert not m.apply([Event("put", "/r/a/x", b"0", 4, create_revision=4)])  # a replay
+    assert not m.apply([Event("delete", "/r/a/x", b"", 3)])  # older than what is held
+    assert m.apply([Event("put", "/r/a/x", b"2", 7, lease=9)])
     assert m.list("/r/a/") == [Item("/r/a/x", b"2", 7, 5, 9)]  # creation kept
     assert m.changes == 2
-    assert m.apply(Event("put", "/r/b/hb", b"t", 8))  # quiet: held, not counted
+    assert m.apply([Event("put", "/r/b/hb", b"t", 8)])  # quiet: held, not counted
     assert m.changes == 2 and m.list("/r/b/") != []
-    assert not m.apply(Event("put", "/r/c/z", b"", 9))  # not mirrored: only the revision
+    assert not m.apply([Event("put", "/r/c/z", b"", 9)])  # not mirrored: only the revision
     assert m.revision == 9 and m.list("/r/c/") is None
-    assert m.apply(Event("delete", "/r/a/x", b"", 10))
+    assert m.apply([Event("delete", "/r/a/x", b"", 10)])
     assert m.list("/r/a/") == [] and m.changes == 3
-    assert not m.apply(Event("delete", "/r/a/x", b"", 11))
+    assert not m.apply([Event("delete", "/r/a/x", b"", 11)])
 
 
 def test_list_is_sorted_and_answers_a_narrower_prefix() -> None:
     m = Mirror(("/r/g/",))
     for rev, key in enumerate(("/r/g/h2/u1", "/r/g/h1/u2", "/r/g/h1/u1"), start=1):
-        m.apply(Event("put", key, b"", rev))
+        m.apply([Event("put", key, b"", rev)])
     assert [i.key for i in m.list("/r/g/")] == ["/r/g/h1/u1", "/r/g/h1/u2", "/r/g/h2/u1"]
     assert [i.key for i in m.list("/r/g/h1/")] == ["/r/g/h1/u1", "/r/g/h1/u2"]
 
@@ -182,3 +183,37 @@ def test_a_round_is_full_while_something_is_to_do() -> None:
     for _ in range(3):
         manager.step()
     assert all(full for _, full in manager.rounds)
+
+
+def test_a_full_round_decodes_only_the_records_that_changed(monkeypatch: Any) -> None:
+    from gridtool.placement import shell
+
+    decoded: list[str] = []
+    record = shell._record
+
+    def counting(cls: type, item: Any) -> Any:
+        decoded.append(item.key)
+        return record(cls, item)
+
+    monkeypatch.setattr(shell, "_record", counting)
+    store = MemStore(lambda: 0.0)
+    _fleet(store)
+    registry = Registry(store, KEYS)
+    plain = GuestRecord("00000000-0000-0000-0000-0000000000aa", "plain", "hv2", "running", 1,
+                        512, 0.0)
+    registry.put_guest(plain)  # no shared disk: not managed, but it uses hv2's memory
+    now = [100.0]
+    manager = _manager(store, True, now)
+    manager._watches = manager._watch()
+    manager.view.sync()  # type: ignore[attr-defined]
+    snap, _ = manager.snapshot()
+    assert len(decoded) == 2 + 5  # every host and guest record, once
+    assert plain.uuid not in {g.uuid for g in snap.guests}
+    assert "plain" in {g.name for h in snap.hosts if h.name == "hv2" for g in h.guests}
+    decoded.clear()
+    manager.snapshot()
+    assert decoded == []  # nothing changed: nothing decoded again
+    registry.put_guest(replace(plain, state="paused"))
+    manager.view.sync()  # type: ignore[attr-defined]
+    manager.snapshot()
+    assert decoded == [KEYS.guest("hv2", plain.uuid)]

@@ -15,12 +15,12 @@ from gridtool.registry.fleet import Registry
 from gridtool.registry.hostconf import set_draining
 from gridtool.registry.keys import Keys
 from gridtool.registry.memstore import MemStore
+from gridtool.registry.mirror import Mirror, RegistryState
 from gridtool.registry.model import Disk, GuestRecord, HostRecord, encode
 from gridtool.registry.records import GuestSettings
 from gridtool.registry.records import encode as encode_record
 from gridtool.registry.store import Event, Item
 from gridtool.web.listen import Listen, parse_listen, parse_users, refusal
-from gridtool.web.mirror import Mirror, RegistryState
 from gridtool.web.view import GuestQuery, Memo, QueryError, check_report, fleet, page_guests
 
 K = Keys()

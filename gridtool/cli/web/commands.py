@@ -105,8 +105,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _run(app: AppContext, sock: socket.socket, tls: Tls | None,
          users: dict[str, str] | None) -> None:
+    from gridtool.registry.mirror import Mirror, guest_pages
     from gridtool.web.feed import Feed
-    from gridtool.web.mirror import Mirror
 
     try:
         from gridtool.web.server import Views, create_app, serve
@@ -116,7 +116,7 @@ def _run(app: AppContext, sock: socket.socket, tls: Tls | None,
 
     cfg = app.config
     mirror = Mirror(cfg.keys.prefix)
-    feed = Feed(app.store, mirror)
+    feed = Feed(app.store, mirror, bounds=guest_pages(cfg.keys))
     views = Views(mirror, cfg.keys, len(cfg.endpoints))
 
     def start() -> None:
