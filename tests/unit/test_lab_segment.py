@@ -65,6 +65,9 @@ def test_install_puts_script_and_enabled_unit_in_the_root(tmp_path: Path) -> Non
     assert f"ExecStart=/{dom0storage.SCRIPT_PATH}" in unit and "Before=libvirtd" in unit
     wants = tmp_path / "etc/systemd/system/multi-user.target.wants" / dom0storage.UNIT_NAME
     assert os.readlink(wants) == f"/etc/systemd/system/{dom0storage.UNIT_NAME}"
+    network = (tmp_path / dom0storage.NETWORK_PATH).read_text()  # networkd leaves the NIC be
+    assert "Unmanaged=yes" in network and f" {seg().host_mac(1)} " in network
+    assert network.count("52:54:00:67:") == 200
 
 
 def run_script(tmp_path: Path, cmdline: str) -> subprocess.CompletedProcess[str]:
