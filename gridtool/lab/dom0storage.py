@@ -138,6 +138,24 @@ def for_host(state: dict[str, Any], index: int, name: str) -> HostStorage:
                        kernel_args(seg, index, name, "aoe" in state, iscsi))
 
 
+def iscsi_device(target: lab_iscsi.IscsiTarget, lun: int) -> str:
+    """LUN ``lun`` of the lab's target as a dom0 names it (udev's by-path link of the
+    session to the segment portal)."""
+    return f"/dev/disk/by-path/ip-{target.segment_portal}-iscsi-{target.iqn}-lun-{lun}"
+
+
+def devices(state: dict[str, Any]) -> dict[str, list[str]]:
+    """The segment's LUNs as every dom0 names them: ``{"aoe": [...], "iscsi": [...]}``."""
+    found: dict[str, list[str]] = {"aoe": [], "iscsi": []}
+    if "aoe" in state:
+        targets = lab_aoe.AoeTargets.from_dict(state["aoe"])
+        found["aoe"] = [targets.device(slot) for slot in targets.slots()]
+    if "iscsi" in state and state["iscsi"].get("segment_portal"):
+        target = lab_iscsi.IscsiTarget.from_dict(state["iscsi"])
+        found["iscsi"] = [iscsi_device(target, n) for n in target.lun_numbers()]
+    return found
+
+
 def mark_alive(state: dict[str, Any]) -> None:
     """Mark the segment's switch and each vblade alive or not (``lab status``)."""
     if "segment" in state:

@@ -382,7 +382,11 @@ def summary(state: dict[str, Any]) -> dict[str, Any]:
                       for h in state.get("hosts", [])],
             "lab_dir": state["lab_dir"], "config": state["config"],
             **({"iscsi": {k: state["iscsi"][k] for k in ("portal", "iqn", "urls", "initiators")}}
-               if "iscsi" in state else {})}
+               if "iscsi" in state else {}),
+            **({"segment": {"network": state["segment"]["network"],
+                            "iscsi_portal": state["iscsi"]["segment_portal"],
+                            "dom0_devices": dom0storage.devices(state)}}
+               if "segment" in state and "iscsi" in state else {})}
 
 
 def _save(directory: Path, state: dict[str, Any]) -> None:
