@@ -170,6 +170,9 @@ class XenHost(LabHost):
         proc = spawn(machine_argv(image, self, segment.qemu_args, segment.kernel_args),
                      Path(self.dir, "qemu.log"))
         self.qemu_pid = proc.pid
+        # Popen returns as the exec begins: /proc/PID/cmdline is empty for some ms more,
+        # and running() (wait_booted's liveness check) must not take that for an exit
+        wait_for(self.running, 10.0, f"{self.name}'s QEMU", alive=lambda: proc.poll() is None)
         return proc
 
     def wait_booted(self, timeout: float = BOOT_TIMEOUT) -> None:
