@@ -39,6 +39,10 @@ from tests.harness.testbed import wait_until
 
 pytestmark = [pytest.mark.xen, pytest.mark.netns, pytest.mark.timeout(1800)]
 HOST = "hv1"
+#: The agent's lease TTL: a TCG dom0 on a loaded machine misses a 10 s lease's deadlines.
+TTL = 30
+#: A command in the dom0 (ssh; TCG on a shared machine: slow).
+SSH_TIMEOUT = 300.0
 #: Where the checks write on a LUN (512-byte blocks; the PV guests never write).
 BEFORE_BLOCK, AFTER_BLOCK = 100, 200
 
@@ -47,7 +51,7 @@ BEFORE_BLOCK, AFTER_BLOCK = 100, 200
 def xen_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     xenimage.build()  # cached: a no-op after the first build
     directory = tmp_path_factory.mktemp("xenstorage") / "lab"
-    state = labmod.up(directory, hosts=1, guests=0, hypervisor="xen")
+    state = labmod.up(directory, hosts=1, guests=0, hypervisor="xen", ttl=TTL)
     try:
         yield state
     finally:
@@ -81,21 +85,21 @@ def start_on(xen_lab: dict[str, Any], store: EtcdStore, cfg: Config, name: str,
     finally:
         conn.close()
     client = IntentClient(store, cfg.keys)
-    client.wait(client.submit(HOST, "start", uuid, name), 300)
+    client.wait(client.submit(HOST, "start", uuid, name), 600)
     registry = Registry(store, cfg.keys)
 
     def running() -> bool:
         rec = registry.guests_of(HOST)[0].get(uuid)
         return rec is not None and rec.state == "running"
 
-    wait_until(running, 60, what=f"{name} running in the registry")
+    wait_until(running, 300, what=f"{name} running in the registry")
     rec = registry.guests_of(HOST)[0][uuid]
     volume = lun_id(device)
     assert rec.fenced and list(rec.volumes) == [volume]
     item = store.get(cfg.keys.fence(volume))
     obs = observe(volume, item.value if item else None, item.mod_revision if item else 0)
     assert getattr(getattr(obs, "fence", None), "holder", None) == HOST
-    wait_until(lambda: "GRIDTOOL-HEARTBEAT" in dom0(xen_lab).console(name), 180,
+    wait_until(lambda: "GRIDTOOL-HEARTBEAT" in dom0(xen_lab).console(name, 10.0), 600,
                what=f"{name}'s heartbeats on its console")
     return uuid
 
@@ -106,11 +110,13 @@ def test_the_dom0_kernel_attaches_the_aoe_and_iscsi_luns_at_boot(
     assert len(devices["aoe"]) == labmod.XEN_AOE_LUNS
     assert len(devices["iscsi"]) == labmod.XEN_ISCSI_LUNS
     wanted = [*devices["aoe"], *devices["iscsi"]]
-    shown = dom0(xen_lab).ssh("systemctl is-active gridtool-dom0-storage; for d in "
-                              + " ".join(wanted) + '; do test -b "$d" && echo "$d"; done')
+    shown = dom0(xen_lab).ssh("udevadm settle -t 60; systemctl is-active gridtool-dom0-storage;"
+                              " for d in " + " ".join(wanted) +
+                              '; do test -b "$d" && echo "$d"; done', timeout=SSH_TIMEOUT)
     assert shown.stdout.split() == ["active", *wanted], shown
     seg = lab_segment.Segment.from_dict(xen_lab["segment"])
-    log = dom0(xen_lab).ssh("journalctl -b -o cat -u gridtool-dom0-storage").stdout
+    log = dom0(xen_lab).ssh("journalctl -b -o cat -u gridtool-dom0-storage",
+                            timeout=SSH_TIMEOUT).stdout
     assert f" {seg.host_addr(0)}" in log and "GRIDTOOL-STORAGE error" not in log, log
 
 
@@ -120,7 +126,7 @@ def test_a_pv_guest_on_an_aoe_lun_starts_through_libxl_and_takes_its_fence(
     start_on(xen_lab, store, cfg, "aoe-pv", device)
     # the dom0 writes through its aoe driver to vblade's file on this machine
     token = secrets.token_hex(8)
-    wrote = dom0(xen_lab).ssh(_dd(device, f"AOE-{token}", BEFORE_BLOCK))
+    wrote = dom0(xen_lab).ssh(_dd(device, f"AOE-{token}", BEFORE_BLOCK), SSH_TIMEOUT)
     assert wrote.returncode == 0, wrote.stderr
     targets = lab_aoe.AoeTargets.from_dict(xen_lab["aoe"])
     assert _block(targets.lun_path(1), BEFORE_BLOCK).startswith(f"AOE-{token}".encode())
@@ -141,14 +147,14 @@ def test_a_pv_guest_on_an_iscsi_lun_registers_its_dom0_and_a_preempt_fences_the_
     try:
         assert lun.read_keys().keys == (host_key,)
         assert lun.read_reservation().key == host_key
-        assert sgcli.parse_keys(host.ssh(" ".join(sgcli.read_keys(device))).stdout).keys \
-            == (host_key,)  # the dom0 sees the same through its own session
+        seen = host.ssh(" ".join(sgcli.read_keys(device)), SSH_TIMEOUT).stdout
+        assert sgcli.parse_keys(seen).keys == (host_key,)  # the dom0's own session: the same
         before, after = (f"{w}-{secrets.token_hex(8)}" for w in ("BEFORE", "AFTER"))
-        wrote = host.ssh(_dd(device, before, BEFORE_BLOCK))
+        wrote = host.ssh(_dd(device, before, BEFORE_BLOCK), SSH_TIMEOUT)
         assert wrote.returncode == 0, wrote.stderr
         fence.preempt(lun, fencer, host_key)
         assert lun.read_keys().keys == (fencer,)
-        refused = [host.ssh(_dd(device, after, AFTER_BLOCK)) for _ in range(3)]
+        refused = [host.ssh(_dd(device, after, AFTER_BLOCK), SSH_TIMEOUT) for _ in range(3)]
     finally:
         lun.close()
     assert [r.returncode != 0 for r in refused] == [True] * 3, refused
