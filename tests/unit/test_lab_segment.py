@@ -117,3 +117,22 @@ def test_for_host_reads_the_lab_state() -> None:
     assert plan.kernel_args == dom0storage.kernel_args(seg(), 1, "hv1", False, target)
     state["aoe"] = {"directory": "/lab/shared", "luns": 1}
     assert "gridtool.aoe=1" in dom0storage.for_host(state, 1, "hv1").kernel_args
+
+
+def test_the_dom0_devices_and_the_lab_summary_name_every_lun() -> None:
+    from gridtool.lab import aoe as lab_aoe
+    from gridtool.lab import lab
+
+    target = lab_iscsi.IscsiTarget("/lab", 3260, 2, 16, ["hv1"], segment_portal="198.18.7.1:3260")
+    state = {"v": 1, "lab_dir": "/lab", "config": "/lab/gridtool.conf",
+             "segment": seg().to_dict(), "iscsi": target.to_dict(),
+             "aoe": lab_aoe.create(Path("/lab/shared"), 2).to_dict()}
+    by_path = "/dev/disk/by-path/ip-198.18.7.1:3260-iscsi-iqn.2026-12.lab.gridtool:storage-lun-"
+    devices = {"aoe": ["/dev/etherd/e0.1", "/dev/etherd/e0.2"],
+               "iscsi": [f"{by_path}1", f"{by_path}2"]}
+    assert dom0storage.devices(state) == devices
+    assert lab.summary(state)["segment"] == {"network": "198.18.7.0/24",
+                                             "iscsi_portal": "198.18.7.1:3260",
+                                             "dom0_devices": devices}
+    assert dom0storage.devices({}) == {"aoe": [], "iscsi": []}
+    assert "segment" not in lab.summary({"lab_dir": "/lab", "config": "/c"})
