@@ -197,8 +197,12 @@ class XenHost(LabHost):
 
     def console(self, guest: str, seconds: float = 4.0) -> str:
         """What guest ``guest``'s console prints in ``seconds`` (``xl console`` in the dom0,
-        which wants a terminal: ``ssh -tt``)."""
-        return self.ssh(f"timeout {seconds:g} xl console {guest}", tty=True).stdout
+        which wants a terminal: ``ssh -tt``); nothing when ssh did not finish in time (a
+        TCG dom0 on a loaded machine)."""
+        try:
+            return self.ssh(f"timeout {seconds:g} xl console {guest}", tty=True).stdout
+        except subprocess.TimeoutExpired:
+            return ""
 
     def ssh(self, command: str, timeout: float = 60.0,
             tty: bool = False) -> subprocess.CompletedProcess[str]:

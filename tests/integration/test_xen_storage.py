@@ -114,16 +114,9 @@ def start_on(xen_lab: dict[str, Any], store: EtcdStore, cfg: Config, name: str,
     item = store.get(cfg.keys.fence(volume))
     obs = observe(volume, item.value if item else None, item.mod_revision if item else 0)
     assert getattr(getattr(obs, "fence", None), "holder", None) == HOST
-    wait_until(lambda: heartbeats(xen_lab, name), 600, what=f"{name}'s heartbeats on its console")
+    wait_until(lambda: "GRIDTOOL-HEARTBEAT" in dom0(xen_lab).console(name, 10.0), 600,
+               what=f"{name}'s heartbeats on its console")
     return uuid
-
-
-def heartbeats(xen_lab: dict[str, Any], name: str) -> bool:
-    """Whether guest ``name``'s console prints heartbeats (False while ssh is too slow)."""
-    try:
-        return "GRIDTOOL-HEARTBEAT" in dom0(xen_lab).console(name, 10.0)
-    except subprocess.TimeoutExpired:
-        return False
 
 
 def test_the_dom0_kernel_attaches_the_aoe_and_iscsi_luns_at_boot(
