@@ -19,7 +19,7 @@ from gridtool.lab import iscsi as lab_iscsi
 from gridtool.lab import segment as lab_segment
 from gridtool.lab.procs import cmdline
 from tests.harness import kernel_guest
-from tests.harness.segment import left_behind
+from tests.harness.seg_leftovers import left_behind
 
 pytestmark = pytest.mark.netns
 HOSTS = ["hv1", "hv2"]

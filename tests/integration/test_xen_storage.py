@@ -35,7 +35,7 @@ from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient
 from gridtool.storage import fence, pr, sgcli
 from gridtool.storage.iscsi import IscsiLun
-from tests.harness.segment import left_behind
+from tests.harness.seg_leftovers import left_behind
 from tests.harness.testbed import wait_until
 
 pytestmark = [pytest.mark.xen, pytest.mark.netns, pytest.mark.timeout(1800)]
