@@ -35,9 +35,10 @@ from benchlib import print_table
 from verdict import Verdict
 
 from gridtool.config import load
+from gridtool.errors import GridtoolError
 from gridtool.lab import dom0storage, xenimage, xenlab
 from gridtool.lab import lab as labmod
-from gridtool.lab.procs import wait_for
+from gridtool.lab.procs import LabError, wait_for
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient
@@ -76,7 +77,7 @@ def _at(marks: dict[str, float], prefix: str) -> float:
     return round(next(v for k, v in marks.items() if k.startswith(prefix)), 1)
 
 
-def _guest_start(state: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+def _guest_start(state: dict[str, Any]) -> tuple[dict[str, float | None], dict[str, Any]]:
     """Define ``ha-pv`` on every host (HA, its disk on each dom0's pool), start it on hv1."""
     cfg = load(state["config"], env={})
     store = EtcdStore(cfg)
@@ -98,28 +99,34 @@ def _guest_start(state: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any
     return _timed_start(where, uuid, GUEST), where
 
 
-def _timed_start(where: dict[str, Any], uuid: str, name: str) -> dict[str, float]:
+def _timed_start(where: dict[str, Any], uuid: str, name: str) -> dict[str, float | None]:
     """Start guest ``name`` on hv1 through its agent: seconds to the intent done, to
-    ``running`` in the registry, to heartbeats on its console."""
+    ``running`` in the registry, to heartbeats on its console; a step not reached within
+    its deadline (and those after it) is None, which fails the verdict."""
     registry, host = where["registry"], where["host"]
     client = IntentClient(where["store"], where["cfg"].keys)
+    steps: dict[str, float | None] = dict.fromkeys(
+        ("intent_done", "running_in_registry", "console_ready"))
     t0 = time.monotonic()
-    client.wait(client.submit("hv1", "start", uuid, name), 300)
-    done = time.monotonic() - t0
-    wait_for(lambda: _state(registry, "hv1", uuid) == "running", 120, f"{name} running")
-    running = time.monotonic() - t0
-    wait_for(lambda: "GRIDTOOL-HEARTBEAT" in host.console(name), 300,
-             f"{name}'s heartbeats on its console", interval=1.0)
-    return {"intent_done": round(done, 1), "running_in_registry": round(running, 1),
-            "console_ready": round(time.monotonic() - t0, 1)}
+    try:
+        client.wait(client.submit("hv1", "start", uuid, name), 300)
+        steps["intent_done"] = round(time.monotonic() - t0, 1)
+        wait_for(lambda: _state(registry, "hv1", uuid) == "running", 120, f"{name} running")
+        steps["running_in_registry"] = round(time.monotonic() - t0, 1)
+        wait_for(lambda: "GRIDTOOL-HEARTBEAT" in host.console(name), 300,
+                 f"{name}'s heartbeats on its console", interval=1.0)
+        steps["console_ready"] = round(time.monotonic() - t0, 1)
+    except (LabError, GridtoolError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+    return steps
 
 
-def _lun_starts(state: dict[str, Any], where: dict[str, Any]) -> dict[str, float]:
+def _lun_starts(state: dict[str, Any], where: dict[str, Any]) -> dict[str, float | None]:
     """A PV guest on hv1's AoE LUN, then one on its iSCSI LUN, each started and timed."""
     import libvirt
 
     devices = dom0storage.devices(state)
-    result = {}
+    result: dict[str, float | None] = {}
     for kind, name in (("aoe", "aoe-pv"), ("iscsi", "iscsi-pv")):
         conn = libvirt.open(where["host"].libvirt_uri)
         try:
