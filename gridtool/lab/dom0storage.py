@@ -55,8 +55,26 @@ class HostStorage:
     kernel_args: list[str]
 
 
+#: systemd-networkd leaves the segment NIC to the boot script (matched by MAC: every
+#: segment MAC a lab can give): the image's DHCP network would otherwise claim it, and
+#: drop the address the script set.
+NETWORK_PATH = "etc/systemd/network/10-gridtool-segment.network"
+
+
+def network_file() -> str:
+    """The networkd file of :data:`NETWORK_PATH`: every segment NIC unmanaged."""
+    macs = " ".join(lab_segment.Segment.host_mac(i) for i in range(lab_segment.MAX_HOSTS))
+    return f"[Match]\nMACAddress={macs}\n\n[Link]\nUnmanaged=yes\n"
+
+
+def recipe() -> bytes:
+    """What :func:`install` puts into an image (part of the image's cache key)."""
+    return b"\0".join([SCRIPT.read_bytes(), UNIT.encode(), network_file().encode()])
+
+
 def install(root: Path) -> list[Path]:
-    """Install the boot script and its enabled unit into the dom0 root tree ``root``."""
+    """Install the boot script, its enabled unit and :data:`NETWORK_PATH` into the dom0
+    root tree ``root``."""
     script = root / SCRIPT_PATH
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_bytes(SCRIPT.read_bytes())
@@ -68,7 +86,10 @@ def install(root: Path) -> list[Path]:
     wants.parent.mkdir(parents=True, exist_ok=True)
     wants.unlink(missing_ok=True)
     wants.symlink_to(f"/etc/systemd/system/{UNIT_NAME}")
-    return [script, unit, wants]
+    network = root / NETWORK_PATH
+    network.parent.mkdir(parents=True, exist_ok=True)
+    network.write_text(network_file())
+    return [script, unit, wants, network]
 
 
 def kernel_args(seg: lab_segment.Segment, index: int, host: str, aoe: bool,
@@ -115,6 +136,24 @@ def for_host(state: dict[str, Any], index: int, name: str) -> HostStorage:
     iscsi = lab_iscsi.IscsiTarget.from_dict(state["iscsi"]) if "iscsi" in state else None
     return HostStorage(seg.qemu_args(index),
                        kernel_args(seg, index, name, "aoe" in state, iscsi))
+
+
+def iscsi_device(target: lab_iscsi.IscsiTarget, lun: int) -> str:
+    """LUN ``lun`` of the lab's target as a dom0 names it (udev's by-path link of the
+    session to the segment portal)."""
+    return f"/dev/disk/by-path/ip-{target.segment_portal}-iscsi-{target.iqn}-lun-{lun}"
+
+
+def devices(state: dict[str, Any]) -> dict[str, list[str]]:
+    """The segment's LUNs as every dom0 names them: ``{"aoe": [...], "iscsi": [...]}``."""
+    found: dict[str, list[str]] = {"aoe": [], "iscsi": []}
+    if "aoe" in state:
+        targets = lab_aoe.AoeTargets.from_dict(state["aoe"])
+        found["aoe"] = [targets.device(slot) for slot in targets.slots()]
+    if "iscsi" in state and state["iscsi"].get("segment_portal"):
+        target = lab_iscsi.IscsiTarget.from_dict(state["iscsi"])
+        found["iscsi"] = [iscsi_device(target, n) for n in target.lun_numbers()]
+    return found
 
 
 def mark_alive(state: dict[str, Any]) -> None:

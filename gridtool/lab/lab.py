@@ -122,6 +122,9 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
                                lun_count(state["hypervisor"], hosts, guests))
         cfg = replace(cfg, pr_fence_initiator=lab_iscsi.MANAGER_INITIATOR,
                       pr_portals=(f"{target.iqn}={target.portal}",))  # managers fence there
+    if state.get("hypervisor") == "xen":
+        progress("starting the lab segment: its iSCSI portal and AoE targets (vblade)")
+        _start_segment(directory, state, names)
     if not insecure:
         progress("enabling etcd authentication")
         cfg = _enable_auth(cfg, directory / "credentials", names)
@@ -165,26 +168,53 @@ def _up(directory: Path, state: dict[str, Any], hosts: int, guests: int, etcd_me
 
 
 def _registering(cfg: Config, state: dict[str, Any], name: str) -> Config:
-    """Host ``name``'s agent registers its PR key through its initiator (iSCSI labs)."""
+    """Host ``name``'s agent registers its PR key through its initiator (iSCSI labs), or
+    with sg_persist on its dom0 kernel's session (Xen labs: the segment's portal)."""
+    if "segment" in state:
+        return replace(cfg, pr_backend="sg_persist")
     where = {e["host"]: e["dir"] for e in state.get("initiators", [])}.get(name)
     return replace(cfg, pr_backend="initiator", pr_initiator_dir=where) if where else cfg
+
+
+#: A Xen lab's LUNs on its segment: AoE (vblade) and iSCSI (tgtd's segment portal).
+XEN_AOE_LUNS = 2
+XEN_ISCSI_LUNS = 2
+
+
+def _start_segment(directory: Path, state: dict[str, Any], names: list[str]) -> None:
+    """A Xen lab's shared storage for its dom0 kernels: tgtd (no host initiators: each
+    dom0 logs in from its own kernel), the segment, vblades, tgtd's portal on it; saved
+    at once, since each dom0's machine reads it from the lab state
+    (:func:`gridtool.lab.xenlab.netdev_args`)."""
+    _start_tgtd(directory, state, names, XEN_ISCSI_LUNS)
+    try:
+        dom0storage.start(directory, state, names, aoe_luns=XEN_AOE_LUNS)
+    finally:
+        _save(directory, state)
 
 
 def _start_target(directory: Path, state: dict[str, Any], names: list[str],
                   luns: int) -> lab_iscsi.IscsiTarget:
     """Start the lab's tgtd, then each host's initiator (``gridtool.lab.initiator``); each
     is recorded as soon as it runs, so that ``down`` stops it even after a failure."""
+    target = _start_tgtd(directory, state, names, luns)
+    state["initiators"] = []
+    for name in names:
+        entry = {"host": name, "pid": 0, "dir": str(qemu.initiators_dir(directory) / name)}
+        state["initiators"].append(entry)
+        _start_initiator(state, entry)
+    return target
+
+
+def _start_tgtd(directory: Path, state: dict[str, Any], names: list[str],
+                luns: int) -> lab_iscsi.IscsiTarget:
+    """Start the lab's tgtd, recorded in ``state`` even when the start fails."""
     target = lab_iscsi.create(directory, names, luns=luns, size_mb=(
         qemu.DATA_DISK_MIB if state["hypervisor"] == "qemu" else lab_iscsi.LUN_MIB))
     try:
         lab_iscsi.start(target)
     finally:
         state["iscsi"] = target.to_dict()
-    state["initiators"] = []
-    for name in names:
-        entry = {"host": name, "pid": 0, "dir": str(qemu.initiators_dir(directory) / name)}
-        state["initiators"].append(entry)
-        _start_initiator(state, entry)
     return target
 
 
@@ -352,7 +382,11 @@ def summary(state: dict[str, Any]) -> dict[str, Any]:
                       for h in state.get("hosts", [])],
             "lab_dir": state["lab_dir"], "config": state["config"],
             **({"iscsi": {k: state["iscsi"][k] for k in ("portal", "iqn", "urls", "initiators")}}
-               if "iscsi" in state else {})}
+               if "iscsi" in state else {}),
+            **({"segment": {"network": state["segment"]["network"],
+                            "iscsi_portal": state["iscsi"]["segment_portal"],
+                            "dom0_devices": dom0storage.devices(state)}}
+               if "segment" in state and "iscsi" in state else {})}
 
 
 def _save(directory: Path, state: dict[str, Any]) -> None:

@@ -18,9 +18,11 @@
   initrd are copied out of the image's ``/boot`` beside it.
 * The PV guests' kernel and initramfs are the QEMU lab's (:func:`gridtool.lab.qemu.guest_image`),
   copied into the image at :data:`GUEST_DIR`.
+* The dom0's shared storage (:func:`gridtool.lab.dom0storage.install`): its boot-time
+  script and unit that attach the lab segment's AoE and iSCSI LUNs.
 
-Cache key: the package list, gridtool's version and this module's recipe (a code change
-to the agent with the same version needs ``--rebuild``). Cache dir:
+Cache key: the package list, gridtool's version, this module's recipe and the storage
+script's (a code change to the agent with the same version needs ``--rebuild``). Cache dir:
 ``$GRIDTOOL_LAB_CACHE/xen`` (default ``/var/cache/gridtool-lab/xen``).
 """
 
@@ -34,6 +36,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from gridtool.lab import dom0storage
 from gridtool.lab.procs import LabError, file_lock
 from gridtool.lab.qemu import GuestImage, guest_image
 
@@ -125,7 +128,7 @@ def cache_key(packages: tuple[str, ...] = PACKAGES) -> str:
     """What the image depends on: the packages, gridtool's version, this recipe."""
     from gridtool import __version__
 
-    recipe = Path(__file__).read_bytes()
+    recipe = Path(__file__).read_bytes() + dom0storage.recipe()
     return hashlib.sha256(b"\0".join([" ".join(sorted(packages)).encode(),
                                       __version__.encode(), recipe])).hexdigest()[:16]
 
@@ -231,6 +234,7 @@ def _configure(tree: Path, guest: GuestImage) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(guest.kernel, dest / "vmlinuz")
     shutil.copyfile(guest.initramfs, dest / "initramfs.cpio.gz")
+    dom0storage.install(tree)
 
 
 def _run(argv: list[str], what: str, log: Path, env: dict[str, str] | None = None) -> str:

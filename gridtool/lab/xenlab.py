@@ -29,9 +29,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from gridtool.config import Config, render
-from gridtool.lab import xenimage
+from gridtool.lab import dom0storage, xenimage
 from gridtool.lab.hosts import LabHost
 from gridtool.lab.procs import LabError, cmdline, kill_now, spawn, stop_pid, wait_for
+from gridtool.lab.state import read_state
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 QEMU_MARKER = "qemu-system"
@@ -59,6 +60,13 @@ install -m 600 agent.conf /etc/gridtool/agent.conf
 install -m 644 libvirtd.conf /etc/libvirt/libvirtd.conf
 mkdir -p -m 700 /root/.ssh
 install -m 600 authorized_keys /root/.ssh/authorized_keys
+# under TCG on a loaded machine the agent may take minutes to be ready (seen: 123 s at
+# load 18, and its unit's 120 s killed it) and its main loop may miss the unit's 60 s
+# watchdog (seen at load 3-5 with three guests starting)
+DROPIN=/run/systemd/system/gridtool-agent.service.d
+mkdir -p $DROPIN
+printf '[Service]\\nTimeoutStartSec=900\\nWatchdogSec=300\\n' > $DROPIN/lab.conf
+systemctl daemon-reload
 systemctl start --no-block gridtool-agent.service
 """
 #: The dom0's libvirtd: TCP on the forwarded port, no auth (the lab machine's loopback
@@ -76,12 +84,15 @@ auth_unix_ro = "none"
 BOOT_TIMEOUT = 1500.0
 
 
-def netdev_args(directory: Path, name: str, index: int) -> list[str]:
-    """HOOK POINT for the lab's L2 segment (issue 17 item 2, ``gridtool.lab.segment``):
-    the QEMU arguments of every NIC a Xen host has besides its user-network NIC (the
-    segment's netdev and device). None yet."""
-    del directory, name, index
-    return []
+def netdev_args(directory: Path, name: str, index: int) -> dom0storage.HostStorage:
+    """HOOK POINT for the lab's L2 segment: host ``index`` (1-based)'s NIC on the
+    segment (QEMU arguments) and the dom0 kernel parameters of its storage script
+    (:mod:`gridtool.lab.dom0storage`), from the state of the lab in ``directory``
+    (nothing when it has no segment)."""
+    state = read_state(directory)
+    if not state or "segment" not in state:
+        return dom0storage.HostStorage([], [])
+    return dom0storage.for_host(state, index - 1, name)
 
 
 @dataclass
@@ -162,10 +173,13 @@ class XenHost(LabHost):
         if secret.exists():
             files["password"] = secret.read_text()
         xenimage.make_config_disk(self.config_disk, files)
-        proc = spawn(machine_argv(image, self, netdev_args(Path(self.dir).parent.parent,
-                                                            self.name, self.index)),
+        segment = netdev_args(Path(self.dir).parent.parent, self.name, self.index)
+        proc = spawn(machine_argv(image, self, segment.qemu_args, segment.kernel_args),
                      Path(self.dir, "qemu.log"))
         self.qemu_pid = proc.pid
+        # Popen returns as the exec begins: /proc/PID/cmdline is empty for some ms more,
+        # and running() (wait_booted's liveness check) must not take that for an exit
+        wait_for(self.running, 10.0, f"{self.name}'s QEMU", alive=lambda: proc.poll() is None)
         return proc
 
     def wait_booted(self, timeout: float = BOOT_TIMEOUT) -> None:
@@ -185,8 +199,12 @@ class XenHost(LabHost):
 
     def console(self, guest: str, seconds: float = 4.0) -> str:
         """What guest ``guest``'s console prints in ``seconds`` (``xl console`` in the dom0,
-        which wants a terminal: ``ssh -tt``)."""
-        return self.ssh(f"timeout {seconds:g} xl console {guest}", tty=True).stdout
+        which wants a terminal: ``ssh -tt``); nothing when ssh did not finish in time (a
+        TCG dom0 on a loaded machine)."""
+        try:
+            return self.ssh(f"timeout {seconds:g} xl console {guest}", tty=True).stdout
+        except subprocess.TimeoutExpired:
+            return ""
 
     def ssh(self, command: str, timeout: float = 60.0,
             tty: bool = False) -> subprocess.CompletedProcess[str]:
@@ -229,8 +247,17 @@ def _from_guest(endpoint: str) -> str:
     return endpoint
 
 
-def machine_argv(image: xenimage.XenImage, host: XenHost, extra: list[str]) -> list[str]:
-    """The QEMU command line of one Xen host."""
+def multiboot_module(path: Path, args: list[str]) -> str:
+    """A multiboot module with its command line, as QEMU's ``-initrd`` list takes it (a
+    comma separates modules: one in an argument is doubled)."""
+    return " ".join([str(path), *args]).replace(",", ",,")
+
+
+def machine_argv(image: xenimage.XenImage, host: XenHost, extra: list[str],
+                 kernel_args: list[str] | None = None) -> list[str]:
+    """The QEMU command line of one Xen host: ``extra`` QEMU arguments (its NICs on the
+    segment), ``kernel_args`` added to the dom0 kernel's."""
+    dom0 = multiboot_module(image.kernel, [DOM0_CMDLINE, *(kernel_args or [])])
     fwd = (f"tcp:127.0.0.1:{host.port}-:{host.port},"
            f"hostfwd=tcp:127.0.0.1:{host.ssh_port}-:22")
     return [QEMU, "-machine", "pc", "-accel", "tcg", "-cpu", CPU,
@@ -238,7 +265,7 @@ def machine_argv(image: xenimage.XenImage, host: XenHost, extra: list[str]) -> l
             "-name", f"gridtool-xen-{host.name}",
             "-serial", f"file:{host.console_log}",
             "-kernel", str(image.xen), "-append", XEN_CMDLINE,
-            "-initrd", f"{image.kernel} {DOM0_CMDLINE},{image.initrd}",
+            "-initrd", f"{dom0},{multiboot_module(image.initrd, [])}",
             "-drive", f"file={host.overlay},if=virtio,format=qcow2,cache=unsafe",
             "-drive", f"file={host.config_disk},if=virtio,format=raw,readonly=on",
             "-netdev", f"user,id=lab0,hostfwd={fwd}",
@@ -292,10 +319,12 @@ def down_hosts(entries: list[dict]) -> list[str]:
 def pv_guest_xml(name: str, disk: str, memory_mib: int = 128,
                  guest_uuid: str | None = None) -> str:
     """A PV domU: the lab guest's kernel and initramfs (in the dom0's
-    :data:`xenimage.GUEST_DIR`), one file disk (never read by the guest: what fencing
-    judges) on libxl's ``phy`` backend (blkback on a loop device: ``qemu`` would be the
-    qdisk backend, which needs a QEMU in the dom0, not in the image), console on hvc0."""
+    :data:`xenimage.GUEST_DIR`), one disk (never read by the guest: what fencing
+    judges) on libxl's ``phy`` backend (blkback, on a loop device for a file: ``qemu``
+    would be the qdisk backend, which needs a QEMU in the dom0, not in the image): a file,
+    or a block device of the dom0 (``/dev/...``: an AoE or iSCSI LUN); console on hvc0."""
     gid = guest_uuid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridtool-lab-xen/{name}"))
+    kind, attr = ("block", "dev") if disk.startswith("/dev/") else ("file", "file")
     return f"""<domain type='xen'>
   <name>{name}</name>
   <uuid>{gid}</uuid>
@@ -308,9 +337,9 @@ def pv_guest_xml(name: str, disk: str, memory_mib: int = 128,
     <cmdline>console=hvc0 quiet panic=-1</cmdline>
   </os>
   <devices>
-    <disk type='file' device='disk'>
+    <disk type='{kind}' device='disk'>
       <driver name='phy' type='raw'/>
-      <source file='{disk}'/>
+      <source {attr}='{disk}'/>
       <target dev='xvda' bus='xen'/>
     </disk>
     <console type='pty'><target type='xen' port='0'/></console>

@@ -19,6 +19,7 @@ from gridtool.lab import iscsi as lab_iscsi
 from gridtool.lab import segment as lab_segment
 from gridtool.lab.procs import cmdline
 from tests.harness import kernel_guest
+from tests.harness.seg_leftovers import left_behind
 
 pytestmark = pytest.mark.netns
 HOSTS = ["hv1", "hv2"]
@@ -38,15 +39,6 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     finally:
         dom0storage.stop(state)
         lab_iscsi.stop(target)
-
-
-def left_behind(seg: lab_segment.Segment, pids: list[int]) -> list[str]:
-    """What of the segment still exists: namespace, veth, processes, sockets."""
-    found = [seg.ns] if seg.ns in lab_segment.ip("netns", "list").stdout else []
-    if lab_segment.ip("link", "show", seg.root_if, check=False).returncode == 0:
-        found.append(seg.root_if)
-    found += [f"pid {p}" for p in pids if cmdline(p)]
-    return found + ([str(seg.switch_dir)] if seg.switch_dir.exists() else [])
 
 
 def test_segment_plan_and_tgtd_portal_on_it(storage: dict[str, Any]) -> None:

@@ -65,6 +65,9 @@ def test_install_puts_script_and_enabled_unit_in_the_root(tmp_path: Path) -> Non
     assert f"ExecStart=/{dom0storage.SCRIPT_PATH}" in unit and "Before=libvirtd" in unit
     wants = tmp_path / "etc/systemd/system/multi-user.target.wants" / dom0storage.UNIT_NAME
     assert os.readlink(wants) == f"/etc/systemd/system/{dom0storage.UNIT_NAME}"
+    network = (tmp_path / dom0storage.NETWORK_PATH).read_text()  # networkd leaves the NIC be
+    assert "Unmanaged=yes" in network and f" {seg().host_mac(1)} " in network
+    assert network.count("52:54:00:67:") == 200
 
 
 def run_script(tmp_path: Path, cmdline: str) -> subprocess.CompletedProcess[str]:
@@ -114,3 +117,22 @@ def test_for_host_reads_the_lab_state() -> None:
     assert plan.kernel_args == dom0storage.kernel_args(seg(), 1, "hv1", False, target)
     state["aoe"] = {"directory": "/lab/shared", "luns": 1}
     assert "gridtool.aoe=1" in dom0storage.for_host(state, 1, "hv1").kernel_args
+
+
+def test_the_dom0_devices_and_the_lab_summary_name_every_lun() -> None:
+    from gridtool.lab import aoe as lab_aoe
+    from gridtool.lab import lab
+
+    target = lab_iscsi.IscsiTarget("/lab", 3260, 2, 16, ["hv1"], segment_portal="198.18.7.1:3260")
+    state = {"v": 1, "lab_dir": "/lab", "config": "/lab/gridtool.conf",
+             "segment": seg().to_dict(), "iscsi": target.to_dict(),
+             "aoe": lab_aoe.create(Path("/lab/shared"), 2).to_dict()}
+    by_path = "/dev/disk/by-path/ip-198.18.7.1:3260-iscsi-iqn.2026-12.lab.gridtool:storage-lun-"
+    devices = {"aoe": ["/dev/etherd/e0.1", "/dev/etherd/e0.2"],
+               "iscsi": [f"{by_path}1", f"{by_path}2"]}
+    assert dom0storage.devices(state) == devices
+    assert lab.summary(state)["segment"] == {"network": "198.18.7.0/24",
+                                             "iscsi_portal": "198.18.7.1:3260",
+                                             "dom0_devices": devices}
+    assert dom0storage.devices({}) == {"aoe": [], "iscsi": []}
+    assert "segment" not in lab.summary({"lab_dir": "/lab", "config": "/c"})

@@ -4,6 +4,7 @@ PV guest's XML as the agent reads it, the image's cache key and its missing-imag
 from __future__ import annotations
 
 import configparser
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -44,14 +45,30 @@ def test_the_machine_forwards_the_libvirtd_port_and_takes_extra_nics(tmp_path: P
     image = xenimage.XenImage(tmp_path / "xen.elf", tmp_path / "vmlinuz",
                               tmp_path / "initrd.img", tmp_path / "rootfs.raw")
     host = xenlab.XenHost("hv2", str(tmp_path), port=40002, index=2, ssh_port=40003)
-    argv = xenlab.machine_argv(image, host, ["-netdev", "socket,id=seg0"])
+    argv = xenlab.machine_argv(image, host, ["-netdev", "socket,id=seg0"],
+                               ["gridtool.seg=52:54:00:67:00:01,198.18.7.11/24"])
     assert "smap" not in argv[argv.index("-cpu") + 1]  # else the PV dom0 faults
     assert argv[argv.index("-kernel") + 1] == str(image.xen)
-    assert argv[argv.index("-initrd") + 1].endswith(f",{image.initrd}")
+    # multiboot modules are comma-separated: a comma in the dom0's parameters is doubled
+    assert argv[argv.index("-initrd") + 1] == (
+        f"{image.kernel} {xenlab.DOM0_CMDLINE} gridtool.seg=52:54:00:67:00:01,,198.18.7.11/24"
+        f",{image.initrd}")
     assert ("user,id=lab0,hostfwd=tcp:127.0.0.1:40002-:40002,"
             "hostfwd=tcp:127.0.0.1:40003-:22") in argv
     assert argv[-2:] == ["-netdev", "socket,id=seg0"]
-    assert xenlab.netdev_args(tmp_path, "hv2", 2) == []  # the segment's hook point
+
+
+def test_the_segment_hook_reads_the_lab_state(tmp_path: Path) -> None:
+    from gridtool.lab import dom0storage
+    from gridtool.lab.segment import Segment
+    from gridtool.lab.state import state_path, write_file
+
+    assert xenlab.netdev_args(tmp_path, "hv2", 2) == dom0storage.HostStorage([], [])  # no lab
+    seg = Segment(str(tmp_path / "segment"), "abc123", "198.18.7.0/24")
+    write_file(state_path(tmp_path), json.dumps({"segment": seg.to_dict(), "aoe": {}}))
+    extra = xenlab.netdev_args(tmp_path, "hv2", 2)  # host 2 is the segment's index 1
+    assert extra.qemu_args == seg.qemu_args(1)
+    assert extra.kernel_args == [seg.kernel_arg(1), "gridtool.aoe=1"]
 
 
 def test_a_pv_guest_is_a_xen_guest_with_a_shared_disk() -> None:
@@ -61,6 +78,10 @@ def test_a_pv_guest_is_a_xen_guest_with_a_shared_disk() -> None:
     dom = parse_domain(xml, SharedStorageRules((f"{xenlab.POOL_DIR}/*",)))
     assert (dom.name, dom.domain_type) == ("hv1-vm2", "xen")
     assert [d.source for d in dom.disks if d.shared] == [f"{xenlab.POOL_DIR}/hv1-vm2.img"]
+    on_lun = parse_domain(xenlab.pv_guest_xml("aoe1", "/dev/etherd/e0.1"),
+                          SharedStorageRules(("/dev/etherd/*",)))
+    assert [(d.source, d.shared) for d in on_lun.disks] == [("/dev/etherd/e0.1", True)]
+    assert "<disk type='block'" in xenlab.pv_guest_xml("aoe1", "/dev/etherd/e0.1")
 
 
 def test_the_cache_key_follows_the_package_list() -> None:

@@ -40,7 +40,9 @@ def _dir(lab_dir: Path | None) -> Path:
                    "image built once in /var/cache/gridtool-lab), fence hook, live migration; "
                    "xen: each host a QEMU machine running Xen 4.17 and a Debian dom0 (libxl, "
                    "the agent from its .deb, PV guests; needs 'gridtool lab build-xen-image' "
-                   "first; minutes to boot under TCG).")
+                   "first; minutes to boot under TCG), on the lab's L2 segment with AoE "
+                   "(vblade) and iSCSI (tgtd) LUNs that each dom0's kernel attaches at boot "
+                   "(/dev/etherd/e0.N, /dev/disk/by-path/...-iscsi-...; sg_persist fencing).")
 @click.option("--storage", type=click.Choice(["files", "iscsi"]), default=None,
               help="files: shared disks are files in the lab dir; iscsi: also a lab-owned "
                    "iSCSI target (tgtd) on loopback with file-backed LUNs and one initiator "
@@ -85,6 +87,10 @@ def up(hosts: int, guests: int, etcd_members: str, ttl: int, as_json: bool, inse
         return
     console.print(f"lab up in {directory}: etcd {', '.join(summary['etcd_endpoints'])}")
     table(None, ["HOST", "LIBVIRT URI"], [(h["name"], h["libvirt_uri"]) for h in summary["hosts"]])
+    if "segment" in summary:
+        devices = summary["segment"]["dom0_devices"]
+        table("shared LUNs in every dom0", ["KIND", "DEVICE"],
+              [(kind, dev) for kind in ("aoe", "iscsi") for dev in devices[kind]])
     console.print("point the CLI at it with:\n"
                   f"  export GRIDTOOL_CONFIG={shlex.quote(summary['config'])}",
                   markup=False, highlight=False, soft_wrap=True)

@@ -13,7 +13,7 @@
 set -u
 CMDLINE=${GRIDTOOL_CMDLINE:-/proc/cmdline}  # these two are others only in the unit tests
 ISCSI_ETC=${GRIDTOOL_ISCSI_ETC:-/etc/iscsi}
-WAIT=${GRIDTOOL_STORAGE_WAIT:-20}  # seconds for devices to appear
+WAIT=${GRIDTOOL_STORAGE_WAIT:-60}  # seconds for devices to appear (TCG: slow udev)
 say() { echo "GRIDTOOL-STORAGE $*"; }
 fail() { say "error $*"; status=1; }
 status=0
