@@ -19,8 +19,9 @@
 * The PV guests' kernel and initramfs are the QEMU lab's (:func:`gridtool.lab.qemu.guest_image`),
   copied into the image at :data:`GUEST_DIR`.
 
-Cache key: the package list, gridtool's version and this module's recipe (a code change
-to the agent with the same version needs ``--rebuild``). Cache dir:
+Cache key: the package list, gridtool's version, this module's recipe and a hash of the
+sources that go into gridtool's .debs (:data:`DEB_SOURCES`: a changed agent builds a new
+image by itself, in a directory of its own). Cache dir:
 ``$GRIDTOOL_LAB_CACHE/xen`` (default ``/var/cache/gridtool-lab/xen``).
 """
 
@@ -121,13 +122,30 @@ def default_cache() -> Path:
     return Path(os.environ.get("GRIDTOOL_LAB_CACHE", "/var/cache/gridtool-lab")) / "xen"
 
 
-def cache_key(packages: tuple[str, ...] = PACKAGES) -> str:
-    """What the image depends on: the packages, gridtool's version, this recipe."""
+#: What scripts/build-deb puts into gridtool's packages (their Python code, the packaging
+#: files and the man pages), relative to :data:`ROOT`: globs.
+DEB_SOURCES = ("gridtool/**/*.py", "agents/**/*.py", "packaging/deb/*", "man/*",
+               "scripts/build-deb")
+
+
+def sources_hash(root: Path = ROOT) -> bytes:
+    """A hash of every file :data:`DEB_SOURCES` names (path and content, sorted)."""
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in DEB_SOURCES for p in root.glob(pattern) if p.is_file()})
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.digest()
+
+
+def cache_key(packages: tuple[str, ...] = PACKAGES, root: Path = ROOT) -> str:
+    """What the image depends on: the packages, gridtool's version, this recipe and the
+    sources of gridtool's .debs."""
     from gridtool import __version__
 
     recipe = Path(__file__).read_bytes()
     return hashlib.sha256(b"\0".join([" ".join(sorted(packages)).encode(),
-                                      __version__.encode(), recipe])).hexdigest()[:16]
+                                      __version__.encode(), recipe,
+                                      sources_hash(root)])).hexdigest()[:16]
 
 
 def missing_tools() -> str | None:

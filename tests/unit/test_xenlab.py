@@ -82,3 +82,19 @@ def test_the_config_disk_holds_the_files(tmp_path: Path) -> None:
     cat = subprocess.run(["debugfs", "-R", "cat /hostname", str(disk)], capture_output=True,
                          text=True, check=True)
     assert cat.stdout == "hv1\n"
+
+
+def test_the_cache_key_follows_the_agent_sources(tmp_path: Path) -> None:
+    """A changed agent (same version) makes a new image; a changed test does not."""
+    for rel in ("agents/agent.py", "gridtool/lab/lab.py", "tests/unit/test_x.py",
+                "packaging/deb/control.gridtool-agent", "scripts/build-deb"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    first = xenimage.cache_key(root=tmp_path)
+    (tmp_path / "tests/unit/test_x.py").write_text("changed")
+    assert xenimage.cache_key(root=tmp_path) == first
+    for rel in ("agents/agent.py", "gridtool/lab/lab.py",
+                "packaging/deb/control.gridtool-agent"):
+        before = xenimage.cache_key(root=tmp_path)
+        (tmp_path / rel).write_text("changed")
+        assert xenimage.cache_key(root=tmp_path) != before, rel
