@@ -24,12 +24,12 @@ from gridtool.fencing.rules import observe
 from gridtool.lab import lab as labmod
 from gridtool.lab import xenimage, xenlab
 from gridtool.lab.power import power_off
+from gridtool.lab.xenha import lab_machine_manager
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient
 from gridtool.registry.records import GuestSettings, Violation, decode, encode
 from tests.harness.testbed import wait_until
-from tests.integration.test_fencing import running_manager
 
 pytestmark = [pytest.mark.xen, pytest.mark.timeout(1800)]
 
@@ -240,37 +240,17 @@ def test_a_stopped_xenstored_makes_the_host_unhealthy_not_empty(
     wait_until(lambda: not unhealthy(registry, "hv2"), 120, what="hv2 healthy again")
 
 
-def restart_agents_without_managers(xen_lab: dict[str, Any], registry: Registry) -> None:
-    """The dom0s' agents run no manager candidate: the manager runs on the lab machine,
-    where the lab's power fence agent can pull a dom0's plug (kill its QEMU)."""
-    hosts, _ = registry.list_hosts()
-    instances = {h.name: h.instance for h in hosts}
-    for name in instances:
-        done = host(xen_lab, name).ssh(
-            "sed -i 's/^manager = .*/manager = False/' /etc/gridtool/agent.conf && "
-            "systemctl restart gridtool-agent")
-        assert done.returncode == 0, done
-
-    def restarted() -> bool:
-        now, _ = registry.list_hosts()
-        return all(h.instance != instances[h.name] for h in now) and len(now) == 2
-
-    wait_until(restarted, 180, what="both dom0 agents restarted")
-
-
 def test_an_ha_guest_restarts_on_the_other_dom0_after_a_power_off(
         xen_lab: dict[str, Any], store: EtcdStore, registry: Registry, cfg: Config) -> None:
     """hv1 runs HA guest ha1; hv1's machine is killed (``lab power-off``). The manager (on
     the lab machine) fences hv1 with the lab's power fence agent first, then restarts ha1
     on hv2, which takes its fence; ha1 prints heartbeats on hv2's console."""
     directory = Path(xen_lab["lab_dir"])
-    labmod._configure_fence_agents(cfg, directory, ["hv1", "hv2"])
-    restart_agents_without_managers(xen_lab, registry)
     dom = define(xen_lab, "hv1", "ha1")
     disk(libvirt.open(host(xen_lab, "hv2").libvirt_uri), "ha1")  # its "shared" disk there
     uuid = dom.UUIDString()
     store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, "ha1", ha=True)))
-    with running_manager(cfg, store, "labmgr", period=0.5):
+    with lab_machine_manager(directory, cfg):
         start(store, cfg, registry, "hv1", dom)
         recs, _ = registry.guests_of("hv1")
         volume = recs[uuid].volumes[0]
