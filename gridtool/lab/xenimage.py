@@ -122,10 +122,10 @@ def default_cache() -> Path:
     return Path(os.environ.get("GRIDTOOL_LAB_CACHE", "/var/cache/gridtool-lab")) / "xen"
 
 
-#: What scripts/build-deb puts into gridtool's packages (their Python code, the packaging
-#: files and the man pages), relative to :data:`ROOT`: globs.
-DEB_SOURCES = ("gridtool/**/*.py", "agents/**/*.py", "packaging/deb/*", "man/*",
-               "scripts/build-deb")
+#: What scripts/build-deb puts into gridtool's packages that can change what runs in a
+#: dom0 (their Python code and the packaging files; not the man pages, generated from
+#: that code), relative to :data:`ROOT`: globs.
+DEB_SOURCES = ("gridtool/**/*.py", "agents/**/*.py", "packaging/deb/*", "scripts/build-deb")
 #: Left out of the key: the lab's own code drives the dom0s from outside and never runs
 #: in one (this recipe, xenimage.py, is in the key by itself).
 NOT_IN_DOM0 = "gridtool/lab/"
