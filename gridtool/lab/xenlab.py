@@ -59,6 +59,11 @@ install -m 600 agent.conf /etc/gridtool/agent.conf
 install -m 644 libvirtd.conf /etc/libvirt/libvirtd.conf
 mkdir -p -m 700 /root/.ssh
 install -m 600 authorized_keys /root/.ssh/authorized_keys
+# a TCG dom0 on a loaded machine can take minutes to its first resync: the unit's 120 s
+# start timeout would restart the agent over and over (seen at load 15-25)
+mkdir -p /run/systemd/system/gridtool-agent.service.d
+printf '[Service]\nTimeoutStartSec=900\n' > /run/systemd/system/gridtool-agent.service.d/lab.conf
+systemctl daemon-reload
 systemctl start --no-block gridtool-agent.service
 """
 #: The dom0's libvirtd: TCP on the forwarded port, no auth (the lab machine's loopback
