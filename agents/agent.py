@@ -134,7 +134,8 @@ class Agent:
         self.libvirt.readiness = self.readiness
         # On a Xen dom0: Xen's own domain list beside libvirt's (xl behind libvirt's back,
         # the toolstack's health)
-        self.xen = XenWatch.for_uri(cfg.libvirt_uri or "", lambda: self.changes.put(_XEN))
+        self.xen = XenWatch.for_uri(cfg.libvirt_uri or "", lambda: self.changes.put(_XEN),
+                                    active=self._libvirt_active)
         self._xen_before: tuple[xen.XenDomain, ...] = ()
         self._xen_seen: set[tuple[int, str]] = set()  # xl-made domains already judged
         self.unhealthy = ""  # why the hypervisor cannot be trusted to list its guests
@@ -426,8 +427,8 @@ class Agent:
                 "event=host_health host=%s healthy=%s reason=%s", self.host,
                 "no" if unhealthy else "yes", unhealthy or "-")
             self.unhealthy = unhealthy
-        if probe.error is None:
-            unknown = xen.unknown_domains(probe.domains, self.libvirt.active(),
+        if probe.error is None and probe.libvirt_active is not None:
+            unknown = xen.unknown_domains(probe.domains, probe.libvirt_active,
                                           self._xen_before)
             self._xen_before = probe.domains
             for dom in unknown:
@@ -436,6 +437,14 @@ class Agent:
                     self._judge_xl_domain(dom)
             self._xen_seen &= {(d.domid, d.uuid) for d in probe.domains}
         return changed
+
+    def _libvirt_active(self) -> set[str] | None:
+        """libvirt's active guests for the Xen watch's thread (None: libvirt did not
+        answer)."""
+        try:
+            return self.libvirt.active() if self.libvirt.connected else None
+        except libvirt.libvirtError:
+            return None
 
     def _judge_xl_domain(self, seen: xen.XenDomain) -> None:
         """A domain libvirt does not know runs here (``xl create``): report it, and

@@ -3,8 +3,10 @@
 libvirt's libxl driver does not see domains made with ``xl create``, and a stopped
 xenstored or a failing libxl does not stop libvirt answering from what it remembers.
 :class:`XenWatch` runs ``xl list -v`` every ``interval`` seconds (and at once when
-woken: each resync) with a deadline, keeps the latest :class:`Probe` and tells the agent
-(``on_probe``); the agent compares it with libvirt's list and judges the host's health
+woken: each resync) with a deadline, then reads libvirt's active list (``active``: on this
+thread, so that the agent's main loop never waits on a libvirt call that a slow libxl
+start holds up), keeps the latest :class:`Probe` and tells the agent (``on_probe``); the
+agent compares the two lists and judges the host's health
 (:mod:`gridtool.domains.xen`). ``xl list -l DOMID`` reads an unknown domain's disks;
 ``xl destroy`` stops a domain libvirt cannot.
 """
@@ -16,7 +18,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gridtool import supervise
 from gridtool.bootstrap.rules import hook_driver
@@ -32,10 +34,12 @@ TIMEOUT = 20.0
 
 @dataclass(frozen=True)
 class Probe:
-    """One ``xl list -v``: the guests Xen runs, or why it did not answer."""
+    """One ``xl list -v``: the guests Xen runs, or why it did not answer; and the uuids
+    libvirt listed active right after (None: libvirt did not answer)."""
 
     domains: tuple[XenDomain, ...] = ()
     error: str | None = None
+    libvirt_active: frozenset[str] | None = None
 
 
 def run_xl(args: list[str], timeout: float = TIMEOUT, xl: str = "xl") -> str:
@@ -70,8 +74,9 @@ class XenWatch:
     """Probe Xen's domains on a period, and when woken; ``latest`` is the last probe."""
 
     def __init__(self, on_probe: Callable[[], None], interval: float = INTERVAL,
-                 xl: str = "xl") -> None:
+                 xl: str = "xl", active: Callable[[], set[str] | None] = lambda: None) -> None:
         self.on_probe = on_probe
+        self.active = active
         self.interval = interval
         self.xl = xl
         self.latest: Probe | None = None
@@ -79,7 +84,8 @@ class XenWatch:
         self._stopping = threading.Event()
 
     @classmethod
-    def for_uri(cls, uri: str, on_probe: Callable[[], None]) -> XenWatch | None:
+    def for_uri(cls, uri: str, on_probe: Callable[[], None],
+                active: Callable[[], set[str] | None] = lambda: None) -> XenWatch | None:
         """A watch when ``uri`` is a Xen (libxl) one and ``xl`` is here, else None."""
         if hook_driver(uri) != "libxl":
             return None
@@ -88,7 +94,7 @@ class XenWatch:
             log.warning("event=xl_missing uri=%s note=domains made behind libvirt's back "
                         "are not watched and xenstored's health is unknown", uri)
             return None
-        return cls(on_probe, xl=xl)
+        return cls(on_probe, xl=xl, active=active)
 
     def start(self) -> None:
         supervise.start(self._run, "xen-watch", (self._stopping,), logger=log)
@@ -104,7 +110,12 @@ class XenWatch:
     def _run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
             self._wake.clear()
-            self.latest = probe(self.xl)
+            found = probe(self.xl)
+            if found.error is None:
+                listed = self.active()
+                found = replace(found, libvirt_active=None if listed is None
+                                else frozenset(listed))
+            self.latest = found
             self.on_probe()
             self._wake.wait(self.interval)
 

@@ -41,7 +41,8 @@ def lab_machine_manager(directory: Path, cfg: Config, period: float = 0.5,
         before = {h.name: h.instance for h in registry.list_hosts()[0]}
         for host in hosts:
             done = host.ssh("sed -i 's/^manager = .*/manager = False/' "
-                            "/etc/gridtool/agent.conf && systemctl restart gridtool-agent")
+                            "/etc/gridtool/agent.conf && systemctl restart gridtool-agent",
+                            timeout=timeout)
             if done.returncode != 0:
                 raise LabError(f"{host.name}: restarting its agent without a manager: "
                                f"{(done.stderr or done.stdout).strip()}")

@@ -223,8 +223,10 @@ def test_a_stopped_xenstored_makes_the_host_unhealthy_not_empty(
     reports the host unhealthy (host record, ``gridtool check``'s HOST_UNHEALTHY) and keeps
     its guest records; healthy again once xenstored runs on."""
     hv2 = host(xen_lab, "hv2")
+    uuid = define(xen_lab, "hv2", "pv4").UUIDString()  # a guest record to keep
+    wait_until(lambda: state_of(registry, "hv2", uuid) == "shutoff", 60,
+               what="pv4 defined on hv2 in the registry")
     before, _ = registry.guests_of("hv2")
-    assert before  # pv2 and pv3 are defined there
     assert hv2.ssh("kill -STOP $(pidof oxenstored xenstored)").returncode == 0
     try:
         reason = wait_until(lambda: unhealthy(registry, "hv2"), 120,
