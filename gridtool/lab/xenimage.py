@@ -125,7 +125,8 @@ def default_cache() -> Path:
 #: What scripts/build-deb puts into gridtool's packages that can change what runs in a
 #: dom0 (their Python code and the packaging files; not the man pages, generated from
 #: that code), relative to :data:`ROOT`: globs.
-DEB_SOURCES = ("gridtool/**/*.py", "agents/**/*.py", "packaging/deb/*", "scripts/build-deb")
+DEB_SOURCES = ("gridtool/**/*.py", "agents/**/*.py", "packaging/deb/*", "scripts/build-deb",
+               "scripts/systemd/*")
 #: Left out of the key: the lab's own code drives the dom0s from outside and never runs
 #: in one (this recipe, xenimage.py, is in the key by itself).
 NOT_IN_DOM0 = "gridtool/lab/"

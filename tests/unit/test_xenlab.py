@@ -89,7 +89,7 @@ def test_the_cache_key_follows_the_agent_sources(tmp_path: Path) -> None:
     (they never run in a dom0) does not."""
     for rel in ("agents/agent.py", "gridtool/domains/xen.py", "gridtool/lab/lab.py",
                 "tests/unit/test_x.py", "packaging/deb/control.gridtool-agent",
-                "scripts/build-deb"):
+                "scripts/build-deb", "scripts/systemd/gridtool-agent.service"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(rel)
     first = xenimage.cache_key(root=tmp_path)
@@ -97,7 +97,7 @@ def test_the_cache_key_follows_the_agent_sources(tmp_path: Path) -> None:
         (tmp_path / rel).write_text("changed")
     assert xenimage.cache_key(root=tmp_path) == first
     for rel in ("agents/agent.py", "gridtool/domains/xen.py",
-                "packaging/deb/control.gridtool-agent"):
+                "packaging/deb/control.gridtool-agent", "scripts/systemd/gridtool-agent.service"):
         before = xenimage.cache_key(root=tmp_path)
         (tmp_path / rel).write_text("changed")
         assert xenimage.cache_key(root=tmp_path) != before, rel
