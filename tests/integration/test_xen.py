@@ -242,6 +242,11 @@ def test_a_stopped_xenstored_makes_the_host_unhealthy_not_empty(
     wait_until(lambda: not unhealthy(registry, "hv2"), 120, what="hv2 healthy again")
 
 
+def volume_of(registry: Registry, uuid: str) -> str:
+    recs, _ = registry.guests_of("hv1")
+    return recs[uuid].volumes[0]
+
+
 def test_an_ha_guest_restarts_on_the_other_dom0_after_a_power_off(
         xen_lab: dict[str, Any], store: EtcdStore, registry: Registry, cfg: Config) -> None:
     """hv1 runs HA guest ha1; hv1's machine is killed (``lab power-off``). The manager (on
@@ -251,9 +256,13 @@ def test_an_ha_guest_restarts_on_the_other_dom0_after_a_power_off(
     dom = define(xen_lab, "hv1", "ha1")
     disk(libvirt.open(host(xen_lab, "hv2").libvirt_uri), "ha1")  # its "shared" disk there
     uuid = dom.UUIDString()
-    store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, "ha1", ha=True)))
     with lab_machine_manager(directory, cfg):
         start(store, cfg, registry, "hv1", dom)
+        # HA only once it runs on hv1: an HA guest found off is started by the manager
+        # wherever it fits (seen: on hv2, before this start on hv1 could run)
+        store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, "ha1", ha=True)))
+        wait_until(lambda: (item := store.get(cfg.keys.fence(volume_of(registry, uuid))))
+                   is not None and item.lease != 0, 60, what="ha1's fence bound to hv1's lease")
         recs, _ = registry.guests_of("hv1")
         volume = recs[uuid].volumes[0]
         assert holder(store, cfg, volume) == "hv1"
