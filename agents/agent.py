@@ -35,9 +35,13 @@ from agents.savedimage import check_saved_image
 from agents.selffence import SelfFence
 from agents.settings import HostSettings
 from agents.storagereg import Registrar, port_opener
+from agents.xenwatch import XenWatch, XlError
 from gridtool import __version__, supervise
 from gridtool.backoff import Backoff
 from gridtool.config import Config
+from gridtool.domains import xen
+from gridtool.domains.devices import parse_local_domain
+from gridtool.domains.xml import DomainXMLError
 from gridtool.errors import AuthError, LeaseGone, RegistryUnavailable
 from gridtool.fencing.etcdversions import FIXED_VERSIONS, revokes_leases_early
 from gridtool.fencing.rules import (
@@ -64,6 +68,7 @@ log = logging.getLogger("gridtool.agent")
 _RESYNC = ("resync", "", None)
 _HOST = ("host", "", None)  # the host record changed (its watchdog began or stopped working)
 _SETTINGS = ("settings", "", None)  # the host's settings in the registry changed
+_XEN = ("xen", "", None)  # a new probe of Xen's own domain list (agents.xenwatch)
 REGISTER_ATTEMPTS = 5  # registrations racing with another agent's before a backoff
 #: A clean stop without a watchdog waits this long for its HA guests to be confirmed gone
 #: (a SIGKILLed QEMU goes in milliseconds; libvirt's destroy alone may take 10 s).
@@ -128,6 +133,13 @@ class Agent:
             faults=self.faults, registrar=Registrar(self.host, port_opener(cfg)))
         self.readiness = ReadinessWatcher(self._look_again)
         self.libvirt.readiness = self.readiness
+        # On a Xen dom0: Xen's own domain list beside libvirt's (xl behind libvirt's back,
+        # the toolstack's health)
+        self.xen = XenWatch.for_uri(cfg.libvirt_uri or "", lambda: self.changes.put(_XEN),
+                                    active=self._libvirt_active)
+        self._xen_before: tuple[xen.XenDomain, ...] = ()
+        self._xen_seen: set[tuple[int, str]] = set()  # xl-made domains already judged
+        self.unhealthy = ""  # why the hypervisor cannot be trusted to list its guests
         self.started_at = time.time()
         self.notifier = notifier or Notifier()
         self._stopping = threading.Event()
@@ -161,6 +173,8 @@ class Agent:
         self.heartbeat.start()
         self.intents.start()
         self.readiness.start()
+        if self.xen is not None:
+            self.xen.start()
         if self.hook_server is not None:
             self.hook_server.start()
         if self.cfg.manager:
@@ -202,6 +216,8 @@ class Agent:
         self.heartbeat.stop()
         self.intents.stop()
         self.readiness.stop()
+        if self.xen is not None:
+            self.xen.stop()
         if self.hook_server is not None:
             self.hook_server.stop()
         if self._intent_watch is not None:
@@ -354,7 +370,7 @@ class Agent:
             reported_at=time.time(), labels=self.cfg.labels, started_at=self.started_at,
             storage=self.cfg.storage, watchdog=self.lease.has_watchdog,
             watchdog_timeout=self.lease.watchdog_timeout, machine_id=self.identity.machine,
-            instance=self.identity.instance, **node)
+            instance=self.identity.instance, unhealthy=self.unhealthy, **node)
         if registration is None:
             return self.registry.put_host(record, self.lease.lease)
         return self.registry.put_host(record, self.lease.lease, registration.guard,
@@ -376,6 +392,8 @@ class Agent:
         bad_uuids = {e.key.rsplit("/", 1)[-1] for e in errors}
         plan = plan_sync(observed, stored)
         deletes = tuple(sorted(set(plan.deletes) | (bad_uuids - set(observed))))
+        if self.unhealthy:  # a toolstack that does not answer: keep what was last seen
+            deletes = ()
         self.registry.write_guests(plan.puts + tuple(
             observed[u] for u in sorted(bad_uuids & set(observed))), deletes, self.host, stored)
         if self._adopting:  # once a start: records written before the guest index get theirs
@@ -393,6 +411,76 @@ class Agent:
         self._release_orphans(observed)
         self.publish_host()
         self.intents.catch_up()
+        if self.xen is not None:
+            self.xen.wake()  # and compare libvirt's list with Xen's now
+
+    def _xen_probed(self) -> bool:
+        """Judge Xen's latest domain list (:class:`agents.xenwatch.XenWatch`): the host's
+        health, then each domain Xen runs behind libvirt's back. True when the health
+        changed (the host record is written again)."""
+        probe = self.xen.latest if self.xen is not None else None
+        if probe is None or not self.libvirt.connected:
+            return False
+        unhealthy = xen.health(probe.error)
+        changed = unhealthy != self.unhealthy
+        if changed:
+            (log.error if unhealthy else log.info)(
+                "event=host_health host=%s healthy=%s reason=%s", self.host,
+                "no" if unhealthy else "yes", unhealthy or "-")
+            self.unhealthy = unhealthy
+        if probe.error is None and probe.libvirt_active is not None:
+            unknown = xen.unknown_domains(probe.domains, probe.libvirt_active,
+                                          self._xen_before)
+            self._xen_before = probe.domains
+            for dom in unknown:
+                if (dom.domid, dom.uuid) not in self._xen_seen and \
+                        not self.claims.busy(dom.uuid):
+                    self._judge_xl_domain(dom)
+            self._xen_seen &= {(d.domid, d.uuid) for d in probe.domains}
+        return changed
+
+    def _libvirt_active(self) -> set[str] | None:
+        """libvirt's active guests for the Xen watch's thread (None: libvirt did not
+        answer)."""
+        try:
+            return self.libvirt.active() if self.libvirt.connected else None
+        except libvirt.libvirtError:
+            return None
+
+    def _judge_xl_domain(self, seen: xen.XenDomain) -> None:
+        """A domain libvirt does not know runs here (``xl create``): report it, and
+        destroy it with ``xl destroy`` when another host holds one of its fences."""
+        assert self.xen is not None
+        try:
+            dom = self.xen.details(seen)
+        except XlError as exc:
+            log.warning("event=xl_error host=%s domid=%d error=%s", self.host, seen.domid, exc)
+            return  # judged at the next probe
+        if dom is None:
+            return  # gone meanwhile
+        try:
+            disks = parse_local_domain(xen.domain_xml(dom), self.cfg.shared_rules).disks
+        except DomainXMLError as exc:
+            log.warning("event=bad_domain_xml guest=%s error=%s", dom.name, exc)
+            disks = ()
+        rec = xen.as_record(dom, self.host, disks, time.time())
+        holders = {v: (o.fence.holder if isinstance(o, Observed) else
+                       "an unreadable fence record" if o is not None else None)
+                   for v, o in self.fencer.observe(rec.volumes).items()}
+        action, why = xen.judge_unknown(self.host, rec, holders)
+        self._xen_seen.add((dom.domid, dom.uuid))
+        if action == "log":
+            log.warning("event=xl_domain host=%s guest=%s uuid=%s domid=%d message=%s",
+                        self.host, dom.name, dom.uuid, dom.domid, why)
+            return
+        if action == "destroy":
+            try:
+                self.xen.destroy(dom.domid)
+            except XlError as exc:
+                self._xen_seen.discard((dom.domid, dom.uuid))  # try again next probe
+                log.error("event=intruder_stop_failed host=%s guest=%s error=%s",
+                          self.host, dom.name, exc)
+        self.report_violation(rec, why, action)
 
     def _with_token(self, rec: GuestRecord) -> GuestRecord:
         token = self.fencer.tokens.get(rec.uuid, 0) if rec.fenced else 0
@@ -412,6 +500,8 @@ class Agent:
                 self._next_resync = 0.0
             elif kind == "host":
                 host_changed = True
+            elif kind == "xen":
+                host_changed |= self._xen_probed()
             elif kind == "settings":
                 if (live := self.settings.refresh(self.cfg)) is not None:
                     self.cfg = live

@@ -15,6 +15,7 @@ from agents.readiness import ReadinessWatcher
 from gridtool import supervise
 from gridtool.domains.devices import parse_local_domain
 from gridtool.domains.storage import SharedStorageRules
+from gridtool.domains.xen import is_dom0
 from gridtool.domains.xml import (
     INTRUDER_NS,
     INTRUDER_PREFIX,
@@ -60,6 +61,11 @@ def stop_was_clean(event: int, detail: int) -> bool | None:
     if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
         return detail not in _UNCLEAN_STOPS
     return None
+
+
+def _guests(domains: list[libvirt.virDomain]) -> list[libvirt.virDomain]:
+    """``domains`` without Xen's Domain-0 (:func:`gridtool.domains.xen.is_dom0`)."""
+    return [d for d in domains if not is_dom0(d.ID(), d.name())]
 
 
 class LibvirtSource:
@@ -148,16 +154,19 @@ class LibvirtSource:
             free_mib = int(info[1]) - used_kib // 1024
         else:
             free_mib = conn.getFreeMemory() // (1024 * 1024)
+        running = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)
+        guests = _guests(running)
+        dom0 = len(running) - len(guests)  # Domain-0 always runs
         return {"hypervisor": hypervisor, "cpus": int(info[2]), "memory_mib": int(info[1]),
                 "free_memory_mib": int(free_mib),
-                "guests": conn.numOfDomains() + conn.numOfDefinedDomains(),
-                "running_guests": len(conn.listAllDomains(
-                    libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING))}
+                "guests": conn.numOfDomains() - dom0 + conn.numOfDefinedDomains(),
+                "running_guests": len(guests)}
 
     def guests(self, host: str) -> dict[str, GuestRecord]:
-        """Every domain libvirt knows (running or defined), by uuid."""
+        """Every domain libvirt knows (running or defined), by uuid; never Xen's
+        Domain-0 (the host itself, which libvirt's libxl driver lists)."""
         records = {}
-        for dom in self._require().listAllDomains(0):
+        for dom in _guests(self._require().listAllDomains(0)):
             rec = self._describe(dom, host)
             if rec is not None:
                 records[rec.uuid] = rec
@@ -214,9 +223,9 @@ class LibvirtSource:
             raise
 
     def active(self) -> set[str]:
-        """The UUIDs of the domains libvirt lists active (running, paused, ...)."""
-        return {d.UUIDString() for d in self._require().listAllDomains(
-            libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+        """The UUIDs of the guests libvirt lists active (running, paused, ...)."""
+        return {d.UUIDString() for d in _guests(self._require().listAllDomains(
+            libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))}
 
     def qemu_pid(self, name: str) -> int | None:
         """The process id of guest ``name``'s QEMU on this machine, or None when none is

@@ -12,7 +12,9 @@ build-xen-image``): ``--hosts`` dom0s booting at once. Phases (seconds):
   ``/dev/disk/by-path/...-iscsi-...-lun-1`` (``iscsi-pv``: the agent's ``sg_persist``
   REGISTER and RESERVE come first), both on the lab segment;
 * failover (``--failover``): hv1's QEMU SIGKILLed -> hv1's host record gone -> ``ha-pv``
-  running on another host (the timed path: a Xen lab's managers run in the dom0s).
+  running on another host. The manager runs on the lab machine with the lab's power fence
+  agent for every dom0 (:func:`gridtool.lab.xenha.lab_machine_manager`; in a dom0 it could
+  not fence another, and an unprotected host gets no HA guest).
 
     python bench/xen.py [--hosts 2] [--ttl 10] [--failover] [--no-luns] [--json PATH]
 
@@ -39,6 +41,7 @@ from gridtool.errors import GridtoolError
 from gridtool.lab import dom0storage, xenimage, xenlab
 from gridtool.lab import lab as labmod
 from gridtool.lab.procs import LabError, wait_for
+from gridtool.lab.xenha import lab_machine_manager
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient
@@ -63,11 +66,12 @@ def run(hosts: int, ttl: int, failover: bool, luns: bool = True) -> dict[str, An
             result: dict[str, Any] = {
                 "boot_s": {"libvirtd_answering": _at(marks, "waiting for the dom0s' agents"),
                            "agents_registered": round(time.monotonic() - t0, 1)}}
-            result["guest_start_s"], where = _guest_start(state)
-            if luns:
-                result["lun_start_s"] = _lun_starts(state, where)
-            if failover:
-                result["failover_s"] = _failover(state, directory, where)
+            with lab_machine_manager(directory, load(state["config"], env={})):
+                result["guest_start_s"], where = _guest_start(state)
+                if luns:
+                    result["lun_start_s"] = _lun_starts(state, where)
+                if failover:
+                    result["failover_s"] = _failover(state, directory, where)
             return result
         finally:
             labmod.down(directory)

@@ -195,6 +195,13 @@ def _check_hosts(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[F
             yield Finding("HOST_STALE", severity, "host", name, msg)
 
 
+def _check_unhealthy(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
+    for name in sorted(view.live):
+        if view.hosts[name].unhealthy:
+            msg = f"host {name} is unhealthy: {view.hosts[name].unhealthy}"
+            yield Finding("HOST_UNHEALTHY", Status.CRITICAL, "host", name, msg)
+
+
 def _check_clock(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
     for name, skew in sorted(view.skews.items()):
         severity = grade(skew, params.clock_skew_warn, params.clock_skew_crit)
@@ -360,6 +367,7 @@ def _check_corrupt(snap: Snapshot, view: _View, params: CheckParams) -> Iterator
 CHECKS: tuple[Check, ...] = (
     _check_etcd,
     _check_hosts,
+    _check_unhealthy,
     _check_clock,
     _check_versions,
     _check_double_run,

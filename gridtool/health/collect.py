@@ -56,7 +56,8 @@ def collect(store: Store, keys: Keys, member_count: int,
     hosts = [HostObs(h.name, h.reported_at, h.agent_version,
                      host_clock=h.reported_at if h.reported_at > now else None,
                      checker_clock=now if h.reported_at > now else None,
-                     protected=fenceagents.with_fencing(h, powered).protected)
+                     protected=fenceagents.with_fencing(h, powered).protected,
+                     unhealthy=h.unhealthy)
              for h in listing.hosts]
     # A host that left guest records behind but holds no lease is a lost host.
     hosts += [HostObs(name, None, lease=False)

@@ -20,6 +20,9 @@ CODES: Mapping[str, str] = {
     "ETCD_EARLY_REVOCATION": "HA guests rely on leases of an etcd version that can revoke "
                              "them early (etcd issues 15247/12528)",
     "HOST_LEASE_LOST": "a registered host has no live lease; its guests are unknown",
+    "HOST_UNHEALTHY": "a live host's hypervisor does not answer its agent (on Xen: "
+                      "xenstored or libxl down): its guest list cannot be trusted "
+                      "(always CRITICAL)",
     "HOST_STALE": "a live host has not reported within the report_age thresholds",
     "CLOCK_SKEW": "a host clock differs from the checker's beyond clock_skew",
     "AGENT_VERSION_SKEW": "a live host runs another agent version than the fleet majority",

@@ -35,6 +35,7 @@ class HostObs:
     checker_clock: float | None = None
     lease: bool = True
     protected: bool = True  # a working watchdog, or the host can be fenced
+    unhealthy: str = ""  # why its hypervisor cannot be trusted to list its guests
 
 
 @dataclass(frozen=True)

@@ -74,12 +74,17 @@ def _plug(params: Mapping[str, str], directory: Path) -> str:
 
 
 def powered_on(directory: Path, name: str) -> bool:
-    """On while its agent process runs or its libvirtd runs a guest."""
+    """On while its agent process runs or its libvirtd runs a guest (a Xen host: while
+    its machine's QEMU runs)."""
     import libvirt
 
     from gridtool.lab.procs import AGENT_MARKER, cmdline
 
     entry = _hosts(directory)[name]
+    if entry.get("hypervisor") == "xen":  # a dom0's machine: on while its QEMU runs
+        from gridtool.lab.xenlab import XenHost
+
+        return XenHost.from_dict(entry).running()
     if AGENT_MARKER in cmdline(int(entry.get("agent_pid") or 0) or -1):
         return True
     try:

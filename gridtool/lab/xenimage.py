@@ -21,8 +21,9 @@
 * The dom0's shared storage (:func:`gridtool.lab.dom0storage.install`): its boot-time
   script and unit that attach the lab segment's AoE and iSCSI LUNs.
 
-Cache key: the package list, gridtool's version, this module's recipe and the storage
-script's (a code change to the agent with the same version needs ``--rebuild``). Cache dir:
+Cache key: the package list, gridtool's version, this module's recipe, the storage
+script's and a hash of the sources that go into gridtool's .debs (:data:`DEB_SOURCES`: a
+changed agent builds a new image by itself, in a directory of its own). Cache dir:
 ``$GRIDTOOL_LAB_CACHE/xen`` (default ``/var/cache/gridtool-lab/xen``).
 """
 
@@ -124,13 +125,36 @@ def default_cache() -> Path:
     return Path(os.environ.get("GRIDTOOL_LAB_CACHE", "/var/cache/gridtool-lab")) / "xen"
 
 
-def cache_key(packages: tuple[str, ...] = PACKAGES) -> str:
-    """What the image depends on: the packages, gridtool's version, this recipe."""
+#: What scripts/build-deb puts into gridtool's packages that can change what runs in a
+#: dom0 (their Python code and the packaging files; not the man pages, generated from
+#: that code), relative to :data:`ROOT`: globs.
+DEB_SOURCES = ("gridtool/**/*.py", "agents/**/*.py", "packaging/deb/*", "scripts/build-deb",
+               "scripts/systemd/*")
+#: Left out of the key: the lab's own code drives the dom0s from outside and never runs
+#: in one (this recipe, xenimage.py, is in the key by itself).
+NOT_IN_DOM0 = "gridtool/lab/"
+
+
+def sources_hash(root: Path = ROOT) -> bytes:
+    """A hash of every file :data:`DEB_SOURCES` names but :data:`NOT_IN_DOM0` (path and
+    content, sorted)."""
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in DEB_SOURCES for p in root.glob(pattern) if p.is_file()
+                    and not str(p.relative_to(root)).startswith(NOT_IN_DOM0)})
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.digest()
+
+
+def cache_key(packages: tuple[str, ...] = PACKAGES, root: Path = ROOT) -> str:
+    """What the image depends on: the packages, gridtool's version, this recipe and the
+    sources of gridtool's .debs."""
     from gridtool import __version__
 
     recipe = Path(__file__).read_bytes() + dom0storage.recipe()
     return hashlib.sha256(b"\0".join([" ".join(sorted(packages)).encode(),
-                                      __version__.encode(), recipe])).hexdigest()[:16]
+                                      __version__.encode(), recipe,
+                                      sources_hash(root)])).hexdigest()[:16]
 
 
 def missing_tools() -> str | None:

@@ -87,6 +87,9 @@ class HostRecord:
     #: shows without reading a guest record. None from agents before they were kept.
     guests: int | None = None
     running_guests: int | None = None
+    #: Why its hypervisor cannot be trusted to list its guests ('' when it can): on Xen,
+    #: a toolstack that does not answer (xenstored stopped, libxl failing).
+    unhealthy: str = ""
 
 
 @dataclass(frozen=True)

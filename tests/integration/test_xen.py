@@ -1,13 +1,19 @@
 """Real Xen hosts (issue 17): ``gridtool lab up --hypervisor xen`` boots two QEMU machines
 running Xen 4.17 and a Debian dom0 whose agent comes from gridtool's .deb; the checks
-share that one lab (module scope: each dom0 takes minutes to boot under TCG).
+share that one lab (module scope: each dom0 takes minutes to boot under TCG) and run in
+file order (the last one powers hv1 off).
 
 Not in CI (marker ``xen``, excluded by scripts/test): run alone with
 ``pytest -m xen tests/integration/test_xen.py`` after ``gridtool lab build-xen-image``."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -17,9 +23,12 @@ from gridtool.config import Config, load
 from gridtool.fencing.rules import observe
 from gridtool.lab import lab as labmod
 from gridtool.lab import xenimage, xenlab
+from gridtool.lab.power import power_off
+from gridtool.lab.xenha import lab_machine_manager
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient
+from gridtool.registry.records import GuestSettings, Violation, decode, encode
 from tests.harness.testbed import wait_until
 
 pytestmark = [pytest.mark.xen, pytest.mark.timeout(1800)]
@@ -57,9 +66,9 @@ def host(xen_lab: dict[str, Any], name: str) -> xenlab.XenHost:
     return xenlab.XenHost.from_dict(next(h for h in xen_lab["hosts"] if h["name"] == name))
 
 
-def define(xen_lab: dict[str, Any], on: str, name: str) -> libvirt.virDomain:
-    """Define PV guest ``name`` on host ``on`` (a disk in its pool: shared, so fenced)."""
-    conn = libvirt.open(host(xen_lab, on).libvirt_uri)
+def disk(conn: libvirt.virConnect, name: str) -> str:
+    """The path of ``name``'s disk in this dom0's pool (made when missing): the same
+    path on every dom0 stands for shared storage (fenced)."""
     pool = xenlab.ensure_pool(conn)
     try:
         vol = pool.storageVolLookupByName(f"{name}.img")  # type: ignore[attr-defined]
@@ -67,7 +76,22 @@ def define(xen_lab: dict[str, Any], on: str, name: str) -> libvirt.virDomain:
         vol = pool.createXML(  # type: ignore[attr-defined]
             f"<volume><name>{name}.img</name><capacity unit='MiB'>8</capacity>"
             "<target><format type='raw'/></target></volume>", 0)
-    return conn.defineXML(xenlab.pv_guest_xml(name, vol.path()))
+    return str(vol.path())
+
+
+def define(xen_lab: dict[str, Any], on: str, name: str) -> libvirt.virDomain:
+    """Define PV guest ``name`` on host ``on`` (a disk in its pool: shared, so fenced)."""
+    conn = libvirt.open(host(xen_lab, on).libvirt_uri)
+    return conn.defineXML(xenlab.pv_guest_xml(name, disk(conn, name)))
+
+
+def start(store: EtcdStore, cfg: Config, registry: Registry, on: str,
+          dom: libvirt.virDomain) -> None:
+    """Start ``dom`` on ``on`` through its agent; wait until the registry says running."""
+    client = IntentClient(store, cfg.keys)
+    client.wait(client.submit(on, "start", dom.UUIDString(), dom.name()), 180)
+    wait_until(lambda: state_of(registry, on, dom.UUIDString()) == "running", 60,
+               what=f"{dom.name()} running on {on}")
 
 
 def holder(store: EtcdStore, cfg: Config, volume: str) -> str | None:
@@ -93,6 +117,14 @@ def test_dom0_agents_register_from_the_package(xen_lab: dict[str, Any],
     shown = host(xen_lab, "hv1").ssh("systemctl is-active gridtool-agent; "
                                      "dpkg-query -W -f '${Version}' gridtool-agent")
     assert shown.stdout.startswith("active\n") and shown.stdout.endswith("-1"), shown
+    # Domain-0 (which libvirt's libxl driver lists, id 0) is the host, never a guest
+    conn = libvirt.open(host(xen_lab, "hv1").libvirt_uri)
+    assert "Domain-0" in [d.name() for d in conn.listAllDomains(0)]
+    for name in ("hv1", "hv2"):
+        recs, _ = registry.guests_of(name)
+        assert [r.name for r in recs.values() if r.name == "Domain-0"] == []
+        assert (by_name[name].guests, by_name[name].running_guests, by_name[name].unhealthy) \
+            == (len(recs), 0, "")
 
 
 def test_the_agent_follows_libxl_domains(xen_lab: dict[str, Any], store: EtcdStore,
@@ -128,3 +160,119 @@ def test_the_libxl_hook_refuses_a_start_held_elsewhere(xen_lab: dict[str, Any],
     assert exc.value.get_error_code() == libvirt.VIR_ERR_HOOK_SCRIPT_FAILED
     assert "fence is held by hv1" in str(exc.value)
     assert not other.isActive() and dom.isActive()
+
+
+def xl_create(xen_host: xenlab.XenHost, name: str, uuid: str, path: str) -> None:
+    """``xl create`` a PV guest of disk ``path`` in the dom0, behind libvirt's back (under
+    TCG it takes tens of seconds; the agent may destroy it before it returns)."""
+    config = (f'name = "{name}"\nuuid = "{uuid}"\ntype = "pv"\n'
+              f'kernel = "{xenimage.GUEST_DIR}/vmlinuz"\n'
+              f'ramdisk = "{xenimage.GUEST_DIR}/initramfs.cpio.gz"\n'
+              'extra = "console=hvc0 quiet panic=-1"\nmemory = 128\nvcpus = 1\n'
+              f'disk = [ "file:{path},xvda,w" ]\n')
+    xen_host.ssh(f"cat > /tmp/{name}.cfg <<'EOF'\n{config}EOF\nxl create /tmp/{name}.cfg",
+                 timeout=300)
+
+
+def xl_names(xen_host: xenlab.XenHost) -> list[str]:
+    return [line.split()[0] for line in xen_host.ssh("xl list").stdout.splitlines()[1:]
+            if line.strip()]
+
+
+def violation(store: EtcdStore, cfg: Config, on: str, uuid: str) -> Violation | None:
+    item = store.get(cfg.keys.violation(on, uuid))
+    return decode(Violation, item.key, item.value) if item else None
+
+
+def test_xl_create_behind_libvirts_back_is_caught_as_an_intruder(
+        xen_lab: dict[str, Any], store: EtcdStore, registry: Registry, cfg: Config) -> None:
+    """pv3 runs on hv1 (holding its fence); the same guest made with ``xl create`` on hv2
+    is invisible to hv2's libvirt, but its agent compares ``xl list`` with libvirt's list:
+    it destroys it with ``xl destroy`` and records the violation."""
+    dom = define(xen_lab, "hv1", "pv3")
+    start(store, cfg, registry, "hv1", dom)
+    hv2 = host(xen_lab, "hv2")
+    conn = libvirt.open(hv2.libvirt_uri)
+    xl_create(hv2, "pv3", dom.UUIDString(), disk(conn, "pv3"))
+    seen = wait_until(lambda: violation(store, cfg, "hv2", dom.UUIDString()), 120,
+                      what="hv2's agent to catch the xl-made pv3")
+    assert isinstance(seen, Violation)
+    assert seen.action == "destroy" and "behind libvirt's back" in seen.message, seen
+    assert "is held by hv1" in seen.message and seen.holder == "hv1", seen
+    wait_until(lambda: "pv3" not in xl_names(hv2), 60, what="pv3 destroyed on hv2")
+    assert dom.isActive() and holder(store, cfg, seen.volume) == "hv1"
+    assert dom.UUIDString() not in {d.UUIDString() for d in conn.listAllDomains(0)}
+    store.delete(cfg.keys.violation("hv2", dom.UUIDString()))
+
+
+def check_json(xen_lab: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run([str(Path(sys.executable).parent / "gridtool"), "--config",
+                           xen_lab["config"], "check", "--json"], capture_output=True,
+                          text=True, check=False, timeout=60)
+    return dict(json.loads(done.stdout))
+
+
+def unhealthy(registry: Registry, name: str) -> str:
+    hosts, _ = registry.list_hosts()
+    return next((h.unhealthy for h in hosts if h.name == name), "")
+
+
+def test_a_stopped_xenstored_makes_the_host_unhealthy_not_empty(
+        xen_lab: dict[str, Any], registry: Registry) -> None:
+    """xenstored stopped (SIGSTOP) in hv2's dom0: ``xl`` hangs there, and hv2's agent
+    reports the host unhealthy (host record, ``gridtool check``'s HOST_UNHEALTHY) and keeps
+    its guest records; healthy again once xenstored runs on."""
+    hv2 = host(xen_lab, "hv2")
+    uuid = define(xen_lab, "hv2", "pv4").UUIDString()  # a guest record to keep
+    wait_until(lambda: state_of(registry, "hv2", uuid) == "shutoff", 60,
+               what="pv4 defined on hv2 in the registry")
+    before, _ = registry.guests_of("hv2")
+    assert hv2.ssh("kill -STOP $(pidof oxenstored xenstored)").returncode == 0
+    try:
+        reason = wait_until(lambda: unhealthy(registry, "hv2"), 120,
+                            what="hv2 reported unhealthy")
+        assert isinstance(reason, str)
+        assert "Xen toolstack not answering: xl list -v: no answer" in reason, reason
+        found = [f for f in check_json(xen_lab)["findings"] if f["code"] == "HOST_UNHEALTHY"]
+        assert [f["subject"] for f in found] == ["hv2"], found
+        after, _ = registry.guests_of("hv2")
+        assert set(after) == set(before)
+    finally:
+        hv2.ssh("kill -CONT $(pidof oxenstored xenstored)")
+    wait_until(lambda: not unhealthy(registry, "hv2"), 120, what="hv2 healthy again")
+
+
+def volume_of(registry: Registry, uuid: str) -> str:
+    recs, _ = registry.guests_of("hv1")
+    return recs[uuid].volumes[0]
+
+
+def test_an_ha_guest_restarts_on_the_other_dom0_after_a_power_off(
+        xen_lab: dict[str, Any], store: EtcdStore, registry: Registry, cfg: Config) -> None:
+    """hv1 runs HA guest ha1; hv1's machine is killed (``lab power-off``). The manager (on
+    the lab machine) fences hv1 with the lab's power fence agent first, then restarts ha1
+    on hv2, which takes its fence; ha1 prints heartbeats on hv2's console."""
+    directory = Path(xen_lab["lab_dir"])
+    dom = define(xen_lab, "hv1", "ha1")
+    disk(libvirt.open(host(xen_lab, "hv2").libvirt_uri), "ha1")  # its "shared" disk there
+    uuid = dom.UUIDString()
+    with lab_machine_manager(directory, cfg):
+        start(store, cfg, registry, "hv1", dom)
+        # HA only once it runs on hv1: an HA guest found off is started by the manager
+        # wherever it fits (seen: on hv2, before this start on hv1 could run)
+        store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, "ha1", ha=True)))
+        wait_until(lambda: (item := store.get(cfg.keys.fence(volume_of(registry, uuid))))
+                   is not None and item.lease != 0, 60, what="ha1's fence bound to hv1's lease")
+        recs, _ = registry.guests_of("hv1")
+        volume = recs[uuid].volumes[0]
+        assert holder(store, cfg, volume) == "hv1"
+        began = time.monotonic()
+        power_off(directory, "hv1")
+        wait_until(lambda: state_of(registry, "hv2", uuid) == "running", 600,
+                   what="ha1 restarted on hv2")
+        took = time.monotonic() - began
+        assert holder(store, cfg, volume) == "hv2"
+        assert not host(xen_lab, "hv1").running()
+        wait_until(lambda: "GRIDTOOL-HEARTBEAT" in host(xen_lab, "hv2").console("ha1"), 120,
+                   what="ha1's heartbeats on hv2's console")
+    print(f"ha1 running on hv2 {took:.1f} s after hv1's power-off")

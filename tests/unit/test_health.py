@@ -563,6 +563,15 @@ CODE_CASES: list[tuple[str, Mutation, str, Status, str, str]] = [
         "host h1 runs HA 1 guest (web1) with no working watchdog and no fencing",
     ),
     (
+        "xen-toolstack-down",
+        lambda s: with_host(s, "h1", unhealthy="Xen toolstack not answering: xl list -l: "
+                                             "no answer in 10 s"),
+        "HOST_UNHEALTHY",
+        Status.CRITICAL,
+        "h1",
+        "host h1 is unhealthy: Xen toolstack not answering",
+    ),
+    (
         "fence-of-a-lost-host-failed",
         lambda s: replace(s, fence_failures=(FenceFailure(
             "h9", "power fence of h9 failed: fence agent hung on off: killed after 20.0 s"),)),

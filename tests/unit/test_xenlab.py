@@ -103,3 +103,22 @@ def test_the_config_disk_holds_the_files(tmp_path: Path) -> None:
     cat = subprocess.run(["debugfs", "-R", "cat /hostname", str(disk)], capture_output=True,
                          text=True, check=True)
     assert cat.stdout == "hv1\n"
+
+
+def test_the_cache_key_follows_the_agent_sources(tmp_path: Path) -> None:
+    """A changed agent (same version) makes a new image; a changed test or lab module
+    (they never run in a dom0) does not."""
+    for rel in ("agents/agent.py", "gridtool/domains/xen.py", "gridtool/lab/lab.py",
+                "tests/unit/test_x.py", "packaging/deb/control.gridtool-agent",
+                "scripts/build-deb", "scripts/systemd/gridtool-agent.service"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    first = xenimage.cache_key(root=tmp_path)
+    for rel in ("tests/unit/test_x.py", "gridtool/lab/lab.py"):
+        (tmp_path / rel).write_text("changed")
+    assert xenimage.cache_key(root=tmp_path) == first
+    for rel in ("agents/agent.py", "gridtool/domains/xen.py",
+                "packaging/deb/control.gridtool-agent", "scripts/systemd/gridtool-agent.service"):
+        before = xenimage.cache_key(root=tmp_path)
+        (tmp_path / rel).write_text("changed")
+        assert xenimage.cache_key(root=tmp_path) != before, rel
