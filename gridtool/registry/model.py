@@ -248,6 +248,7 @@ def _plain(cls: type, known: dict[str, tuple[type, ...]], names: Iterable[str],
 _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "libvirt_uri": (str,), "hypervisor": (str,), "agent_version": (str,),
     "uuid": (str,), "host": (str,), "state": (str,), "machine_id": (str,), "instance": (str,),
+    "unhealthy": (str,),
     "cpus": (int,), "memory_mib": (int,), "free_memory_mib": (int,), "vcpus": (int,),
     "fence_token": (int,),
     "reported_at": (int, float), "started_at": (int, float), "updated_at": (int, float),
