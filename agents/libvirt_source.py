@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import libvirt
@@ -81,6 +81,8 @@ class LibvirtSource:
         self._on_close = on_close
         self._conn: libvirt.virConnect | None = None
         self._callback_ids: list[int] = []
+        self._listeners: dict[str, list[Callable[[int], None]]] = {}
+        self._listeners_lock = threading.Lock()
         self.readiness: ReadinessWatcher | None = None  # stamps ready_at when set
 
     @property
@@ -118,9 +120,29 @@ class LibvirtSource:
         except libvirt.libvirtError:
             pass  # already broken; nothing left to release
 
+    @contextlib.contextmanager
+    def listening(self, uuid: str, heard: Callable[[int], None]) -> Iterator[None]:
+        """Within the block, ``heard(event)`` is called on libvirt's event loop with each
+        lifecycle event of ``uuid`` as it arrives (it must not block: set a flag)."""
+        with self._listeners_lock:
+            self._listeners.setdefault(uuid, []).append(heard)
+        try:
+            yield
+        finally:
+            with self._listeners_lock:
+                listeners = self._listeners.get(uuid, [])
+                listeners.remove(heard)
+                if not listeners:
+                    self._listeners.pop(uuid, None)
+
     def _lifecycle(self, _conn: object, dom: libvirt.virDomain, event: int, detail: int,
                    _opaque: object) -> None:
-        self._on_change(dom.UUIDString(), stop_was_clean(event, detail))
+        uuid = dom.UUIDString()
+        with self._listeners_lock:
+            listeners = list(self._listeners.get(uuid, ()))
+        for heard in listeners:  # first: a guest that must not run is acted on at once
+            heard(event)
+        self._on_change(uuid, stop_was_clean(event, detail))
 
     def _device_added(self, _conn: object, dom: libvirt.virDomain, _alias: str,
                       _opaque: object) -> None:

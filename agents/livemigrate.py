@@ -80,6 +80,9 @@ BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
               | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
 PROGRESS_EVERY_S = 0.25
 SWITCH_POLL_S = 0.01
+#: After the switchover, the source's copy is looked at on each of its lifecycle events
+#: and at least this often (should an event be lost).
+GUARD_POLL_S = 0.1
 #: How long a handover in flight (one etcd call is bounded by the store's timeout) is
 #: waited for once libvirt returned; after that its outcome counts as unknown.
 HANDOVER_WAIT_S = 30.0
@@ -186,8 +189,13 @@ class _Switchover:
         self.retried = False
         self.in_flight = False  # a handover still running when libvirt was done waiting
         self._began = 0.0  # when the first handover attempt began
+        # the source's copy, resumed by libvirt after the switchover: when it was heard
+        # (or seen) running and when the guard paused it (0.0: not paused by the guard)
+        self.resumed_at = self.paused_at = 0.0
+        self._heard_at = 0.0
         self._done = threading.Lock()
         self._stop = threading.Event()
+        self._woken = threading.Event()
         self._thread = supervise.thread(self._watch, "switchover", logger=log)
 
     def start(self) -> None:
@@ -197,6 +205,7 @@ class _Switchover:
     def stop(self) -> None:
         """Stop watching; a handover in flight is waited for (at most HANDOVER_WAIT_S)."""
         self._stop.set()
+        self._woken.set()
         if self._thread.is_alive():
             self._thread.join(timeout=HANDOVER_WAIT_S)
         if self._thread.is_alive():  # stuck in etcd: whatever it does is unknown
@@ -218,20 +227,72 @@ class _Switchover:
 
     def _watch(self) -> None:
         try:
-            while not self._stop.wait(SWITCH_POLL_S):
-                with contextlib.suppress(libvirt.libvirtError):
-                    state, reason = self.source.state()
-                    if (state == libvirt.VIR_DOMAIN_PAUSED
-                            and reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION):
-                        self._hand_over("source-paused")
-                        if self.outcome is not Handover.DONE:
-                            self._abort()
-                        return
+            with self.side.domains.listening(self.source.UUIDString(), self._heard):
+                if self._until_switchover():
+                    self._guard_source()
         except Exception as exc:  # never die silently, nor pass for "not reached"
             log.exception("event=live_switchover_error guest=%s", self._name)
             if self.outcome is Handover.NOT_TRIED:
                 self.outcome = Handover.UNKNOWN
                 self.error = f"the switchover watcher failed ({type(exc).__name__}: {exc})"
+
+    def _heard(self, event: int) -> None:
+        """A lifecycle event of the source's copy (on libvirt's event loop): look now."""
+        if event in (libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_STARTED):
+            self._heard_at = self._heard_at or time.monotonic()
+        self._woken.set()
+
+    def _until_switchover(self) -> bool:
+        """Wait for the switchover and hand the fences over there (aborting the job if
+        that failed); False when stopped before it."""
+        while not self._stop.wait(SWITCH_POLL_S):
+            with contextlib.suppress(libvirt.libvirtError):
+                state, reason = self.source.state()
+                if (state == libvirt.VIR_DOMAIN_PAUSED
+                        and reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION):
+                    self._hand_over("source-paused")
+                    if self.outcome is not Handover.DONE:
+                        self._abort()
+                    return True
+        return False
+
+    def _guard_source(self) -> None:
+        """From the switchover until libvirt returns, the source's copy must not run: the
+        fences may be the destination's (``pause_source_first``). libvirt resumes it
+        when the migration fails (``qemuMigrationSrcRestoreDomainState``; no flag stops
+        that), seconds before ``migrateToURI3`` returns on a loaded host: pause it the
+        moment its RESUMED event arrives (or a poll sees it running), with no etcd
+        read on the way. The recovery then decides whether it runs again."""
+        if not pause_source_first(self.outcome):
+            return
+        self._woken.set()  # resumed before the listener heard it? look once now
+        while True:
+            self._woken.wait(GUARD_POLL_S)
+            self._woken.clear()
+            stopping = self._stop.is_set()  # libvirt returned: one last look
+            self._pause_if_running()
+            if stopping:
+                return
+
+    def _pause_if_running(self) -> None:
+        try:
+            running = self.source.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        except libvirt.libvirtError:
+            return  # gone (migrated) or unreadable: the recovery looks again
+        if not running:
+            return
+        seen, self._heard_at = self._heard_at or time.monotonic(), 0.0
+        try:
+            self.source.suspend()
+        except libvirt.libvirtError as exc:  # the recovery pauses or destroys it
+            log.warning("event=live_source_guard_failed guest=%s error=%s", self._name,
+                        " ".join(str(exc).split()))
+            return
+        paused_at = time.monotonic()
+        if not self.paused_at:
+            self.resumed_at, self.paused_at = seen, paused_at
+        log.warning("event=live_source_paused guest=%s after_ms=%.1f by=guard",
+                    self._name, (paused_at - seen) * 1000)
 
     @property
     def _name(self) -> str:
@@ -337,9 +398,11 @@ class _Recovery:
         self.was_running = was_running  # before the migration: it may run again after
         self.target, self.ref = switch.target, switch.ref
         self.remote = RemoteCopy(side.connect, dest_uri, dom.UUIDString())
-        self.returned = returned  # when libvirt gave up (and resumed the source's copy)
-        self.paused = False  # this recovery paused the source's copy
-        self.paused_at = returned
+        # when libvirt resumed the source's copy: heard by the switchover's guard, which
+        # paused it at once, else no later than when libvirt gave up (``returned``)
+        self.resumed_at = switch.resumed_at or returned
+        self.paused = bool(switch.paused_at)  # the guard or this recovery paused it
+        self.paused_at = switch.paused_at or returned
         self.notes: list[str] = []
         self.observed: dict[str, Observation] | None = None
 
@@ -486,8 +549,8 @@ class _Recovery:
                 self.dom.suspend()
                 self.paused = True
                 self.paused_at = time.monotonic()
-                log.warning("event=live_source_paused guest=%s after_ms=%.1f", self.name,
-                            (self.paused_at - self.returned) * 1000)
+                log.warning("event=live_source_paused guest=%s after_ms=%.1f by=recovery",
+                            self.name, self._paused_ms())
         except libvirt.libvirtError as exc:
             why = " ".join(str(exc).split())
             if destroy:
@@ -498,7 +561,7 @@ class _Recovery:
 
     def _paused_ms(self) -> float:
         """How long the source's copy ran after libvirt resumed it, until it was paused."""
-        return (self.paused_at - self.returned) * 1000
+        return (self.paused_at - self.resumed_at) * 1000
 
 
 class RemoteCopy:

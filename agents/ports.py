@@ -5,7 +5,7 @@ libvirt-like connection, never from the whole ``Agent``."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -33,6 +33,9 @@ class Domains(Protocol):
     def wait_stopped(self, dom: libvirt.virDomain, timeout: float) -> bool: ...
 
     def connection(self) -> libvirt.virConnect: ...
+
+    def listening(self, uuid: str, heard: Callable[[int], None]
+                  ) -> AbstractContextManager[None]: ...
 
 
 class LeaseView(Protocol):

@@ -60,7 +60,13 @@ AGENT: dict[str, Any] = {"resync_interval": 30.0}
 class FenceWatch:
     """Follows, each on its own thread every ``interval``, whether libvirt says the guest
     runs on each host and who holds its fence: a daemon slow to answer (one tearing a
-    migrated domain down) delays only its own timeline. On exit the timelines are merged:
+    migrated domain down) delays only its own timeline. Each host's timeline also takes
+    the guest's lifecycle events there (RESUMED: running; SUSPENDED, STOPPED, SHUTDOWN,
+    CRASHED: not), stamped as they arrive: a read is blocked while the daemon holds the
+    domain's lock (a destroy holds it for the ~2 s qemu takes to exit), so a pause just
+    before a destroy can be missed by the reads and seen only when the destroy ends;
+    its event is not. A read saying the guest runs is stamped when it began, any other
+    when it ended: running stretches are never shortened. On exit the timelines are merged:
     ``longest_overlap`` is the longest time the guest ran on two hosts,
     ``longest_unfenced[host]`` the longest it ran on ``host`` while the fence was someone
     else's (or nobody's). A read that fails says nothing (the last value stands)."""
@@ -75,13 +81,18 @@ class FenceWatch:
         # what each timeline showed from when: "fence" -> holder, host -> running there
         self.changes: dict[str, list[tuple[float, object]]] = {}
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._follow, args=(name, read), daemon=True,
                                           name=f"fence-watch-{name}")
                          for name, read in self._readers().items()]
+        self._callbacks: list[tuple[libvirt.virConnect, int]] = []
         self._began = 0.0
 
     def __enter__(self) -> FenceWatch:
         self._began = time.monotonic()
+        for host, conn in self.conns.items():  # needs start_event_loop() before connecting
+            self._callbacks.append((conn, conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, host)))
         for thread in self._threads:
             thread.start()
         return self
@@ -90,6 +101,11 @@ class FenceWatch:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=10)
+        for conn, callback in self._callbacks:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.domainEventDeregisterAny(callback)
+        with self._lock:
+            self.changes = {name: _changes(points) for name, points in self.changes.items()}
         self._measure(time.monotonic())
 
     def running(self) -> list[str]:
@@ -119,15 +135,30 @@ class FenceWatch:
             return False
 
     def _follow(self, name: str, read: Any) -> None:
-        points = self.changes.setdefault(name, [])
+        last: object = None
         while not self._stop.wait(self.interval):
+            began = time.monotonic()
             try:
                 value = read()
             except Exception:  # a read that fails says nothing
                 continue
             self.samples += 1
-            if not points or points[-1][1] != value:
-                points.append((time.monotonic(), value))
+            if value != last:  # a guest running: since the read began; else: when it ended
+                self._note(name, began if value is True else time.monotonic(), value)
+                last = value
+
+    def _event(self, _conn: object, dom: libvirt.virDomain, event: int, _detail: int,
+               host: str) -> None:
+        if dom.UUIDString() != self.uuid:
+            return
+        if event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
+            self._note(host, time.monotonic(), True)
+        elif event in _NOT_RUNNING:
+            self._note(host, time.monotonic(), False)
+
+    def _note(self, name: str, when: float, value: object) -> None:
+        with self._lock:
+            self.changes.setdefault(name, []).append((when, value))
 
     def _measure(self, end: float) -> None:
         """Sweep the merged timelines: the longest overlap and unfenced stretches."""
@@ -155,6 +186,19 @@ class FenceWatch:
                                                       length)
             for begun in conditions - set(since):
                 since[begun] = t
+
+
+def _changes(points: list[tuple[float, object]]) -> list[tuple[float, object]]:
+    """A timeline's points in time order, each a change of its value."""
+    changes: list[tuple[float, object]] = []
+    for point in sorted(points, key=lambda p: p[0]):
+        if not changes or changes[-1][1] != point[1]:
+            changes.append(point)
+    return changes
+
+
+_NOT_RUNNING = (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_STOPPED,
+                libvirt.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt.VIR_DOMAIN_EVENT_CRASHED)
 
 
 def _value_at(points: list[tuple[float, object]], t: float) -> object:
@@ -265,6 +309,7 @@ def gone_from(conn: libvirt.virConnect, uuid: str) -> bool:
 
 def test_a_handover_failing_with_an_etcd_error_never_lets_the_destination_run_unfenced(
         tmp_path: Path, store: Any, registry: Any, cfg: Config) -> None:
+    start_event_loop()  # before any connection opens: the watch hears libvirt's events
     proxy = CuttableProxy(cfg.endpoints[0])
     cut = threading.Event()
 
@@ -340,4 +385,5 @@ def test_a_lost_finish_reply_leaves_the_guest_on_one_host(
         assert settled, watch.report()
         assert result.state is EndState.MOVED, result.message
         assert "although libvirt reported an error" in phase_message(result, "migrate")
-        assert "event=live_source_paused" in hosts.agent_log("hv1")
+        assert "event=live_source_paused guest=g1" in hosts.agent_log("hv1")
+        assert "by=guard" in hosts.agent_log("hv1"), "paused on its event, not after libvirt"

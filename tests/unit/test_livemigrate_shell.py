@@ -6,6 +6,7 @@ real daemons: tests/integration/test_qemu_migration_faults.py."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -122,11 +123,27 @@ class Lease:
 
 
 class Domains:
+    """The source's libvirt: its one domain, and who listens to its lifecycle events."""
+
     def __init__(self, dom: Dom) -> None:
         self.dom = dom
+        self.listeners: list[Callable[[int], None]] = []
 
     def domain(self, _uuid: str) -> Dom:
         return self.dom
+
+    @contextlib.contextmanager
+    def listening(self, _uuid: str, heard: Callable[[int], None]) -> Iterator[None]:
+        self.listeners.append(heard)
+        try:
+            yield
+        finally:
+            self.listeners.remove(heard)
+
+    def event(self, event: int) -> None:
+        """libvirt's event loop delivers a lifecycle event of the domain."""
+        for heard in list(self.listeners):
+            heard(event)
 
 
 class Bed:
@@ -143,8 +160,9 @@ class Bed:
         self.fencer = Fencer(etcd, KEYS, "hv1", lambda: None)  # type: ignore[arg-type]
         self.ref = GuestRef(UUID, "g1", FenceKind.PINNED, (VOLUME,))
         self.fencer.acquire(self.ref)
+        self.domains = Domains(self.source)
         self.side = LiveMigrator(host="hv1", store=etcd, keys=KEYS,  # type: ignore[arg-type]
-                                 domains=Domains(self.source),  # type: ignore[arg-type]
+                                 domains=self.domains,  # type: ignore[arg-type]
                                  fencer=self.fencer, lease=Lease(), connect=self._connect)
 
     def _connect(self, _uri: str) -> Conn:
@@ -211,6 +229,33 @@ def test_a_lost_finish_reply_keeps_the_destination_copy_that_runs_with_its_fence
     assert bed.source.calls == ["suspend", "destroy"], "paused at once, then destroyed"
     assert bed.dest.calls == [] and bed.dest.st == RUNNING
     assert bed.holder() == "hv2"
+
+
+@pytest.mark.parametrize("heard", [True, False], ids=["event", "event-lost"])
+def test_a_source_copy_libvirt_resumes_after_the_handover_is_paused_before_it_returns(
+        bed: Bed, heard: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libvirt resumes the source's copy on a failed Finish, then does more work before
+    ``migrateToURI3`` returns (seconds on a loaded host): its RESUMED event is enough (no
+    poll meanwhile), and a lost event is made up for by the guard's poll."""
+    if heard:
+        monkeypatch.setattr(livemigrate, "GUARD_POLL_S", 60.0)
+
+    def libvirt_script() -> None:
+        bed.switchover()
+        bed.wait(lambda: bed.holder() == "hv2", "the handover at switchover")
+        bed.dest.st, bed.dest.reason = RUNNING, 0  # the destination's Finish resumed it
+        bed.source.st, bed.source.reason = RUNNING, 0  # libvirt's failed Confirm resumes
+        if heard:
+            bed.domains.event(libvirt.VIR_DOMAIN_EVENT_RESUMED)  # ... and says so
+        bed.wait(lambda: bed.source.st == PAUSED, "the source's copy paused on its event")
+        bed.fail(source_resumed=False)  # libvirt returns only now
+
+    bed.source.migrate = libvirt_script
+    message = bed.migrate()
+    assert "it lives on hv2" in message
+    assert bed.source.calls == ["suspend", "destroy"], "paused once, then destroyed"
+    assert "paused after" in message
+    assert not bed.domains.listeners, "the listener goes with the migration"
 
 
 def test_the_destination_dying_after_the_handover_gives_the_fences_back(bed: Bed) -> None:
