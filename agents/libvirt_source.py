@@ -118,6 +118,17 @@ class LibvirtSource:
         except libvirt.libvirtError:
             pass  # already broken; nothing left to release
 
+    def abandon(self) -> None:
+        """Leave the connection to a call that does not return (``agents.bounded``):
+        no close, which could pull it from under that call; its close callback is
+        dropped (client-side only) so it never clears a newer connection, and the
+        connection is closed when that call lets go of it."""
+        conn, self._conn = self._conn, None
+        self._callback_ids = []
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.unregisterCloseCallback()
+
     def _lifecycle(self, _conn: object, dom: libvirt.virDomain, event: int, detail: int,
                    _opaque: object) -> None:
         self._on_change(dom.UUIDString(), stop_was_clean(event, detail))
