@@ -207,7 +207,7 @@ class Agent:
                 self._publish_stalled()
             except libvirt.libvirtError as exc:  # e.g. libvirtd died in a resync: reconnect
                 log.warning("event=libvirt_error host=%s error=%s", self.host, _one_line(exc))
-                self.libvirt.close()
+                self.libvirt.abandon()
             except HostNameTaken as exc:
                 log.error("event=host_name_taken host=%s machine=%s reason=%s", self.host,
                           self.identity.machine, exc)
@@ -415,7 +415,7 @@ class Agent:
             raise
         except libvirt.libvirtError as exc:
             log.warning("event=libvirt_error host=%s error=%s", self.host, _one_line(exc))
-            self.libvirt.close()
+            self.libvirt.abandon()
             return
         self.fencer.refresh_held()
         observed = {u: self._with_token(r) for u, r in observed.items()}
