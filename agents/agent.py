@@ -3,10 +3,12 @@ enforce its fences.
 
 Threads: libvirt's event loop (pushes changed guests onto a queue); the lease
 keepalive and its guard (``agents.lease``: self-fence at the deadline); the intent
-worker (carries out what the CLI and the manager ask of this host, one at a time); and
-the main loop here, which owns record writes: full resync on start, on reconnect and
-every ``resync_interval``, one record write per lifecycle event in between, and the
-fence judgement of every fenced guest it sees.
+worker (carries out what the CLI and the manager ask of this host, one at a time: the
+slow starts, stops and migrations); and the main loop here, which owns record writes:
+full resync on start, on reconnect and every ``resync_interval``, one record write per
+lifecycle event in between, and the fence judgement of every fenced guest it sees. Its
+libvirt calls go through ``agents.bounded`` (a deadline each; the loop keeps turning,
+and petting systemd's watchdog, while a call waits behind a slow start).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import replace
 
 import libvirt
 
+from agents.bounded import BoundedCalls, LibvirtStalled
 from agents.claims import GuestClaims
 from agents.faults import Faults
 from agents.fencer import Fencer, FenceRefused
@@ -140,8 +143,12 @@ class Agent:
         self._xen_before: tuple[xen.XenDomain, ...] = ()
         self._xen_seen: set[tuple[int, str]] = set()  # xl-made domains already judged
         self.unhealthy = ""  # why the hypervisor cannot be trusted to list its guests
-        self.started_at = time.time()
+        self.stalled = ""  # a main-loop libvirt call with no answer by its deadline
+        self._node: dict | None = None  # libvirt's node info, last read
         self.notifier = notifier or Notifier()
+        self.calls = BoundedCalls(tick=self.notifier.pet, on_stall=self._libvirt_stalled,
+                                  on_answer=self._libvirt_answered)
+        self.started_at = time.time()
         self._stopping = threading.Event()
         self._next_resync = 0.0
         self._libvirt_backoff = Backoff()
@@ -184,6 +191,7 @@ class Agent:
             manager = Manager(self.cfg, self.store, self.host,
                               storage_fencer=from_config(self.cfg))
             supervise.start(manager.run, "manager", (self._stopping,), logger=log)
+        self.calls.owner = threading.current_thread()
         while not self._stopping.is_set():
             self.notifier.pet()  # each turn of this loop, never from another thread
             try:
@@ -194,9 +202,12 @@ class Agent:
                     self.lease.lost.set()  # register again under a fresh lease
                 self._set_registry_ok(False, str(exc))
                 self._stopping.wait(self._registry_backoff.next())
+            except LibvirtStalled:  # reported; a fresh connection, the old one left behind
+                self.libvirt.abandon()
+                self._publish_stalled()
             except libvirt.libvirtError as exc:  # e.g. libvirtd died in a resync: reconnect
                 log.warning("event=libvirt_error host=%s error=%s", self.host, _one_line(exc))
-                self.libvirt.close()
+                self.libvirt.abandon()
             except HostNameTaken as exc:
                 log.error("event=host_name_taken host=%s machine=%s reason=%s", self.host,
                           self.identity.machine, exc)
@@ -297,9 +308,26 @@ class Agent:
         elif ev.kind == "reset":
             self._next_resync = 0.0
 
+    def _libvirt_stalled(self, why: str) -> None:
+        log.error("event=host_health host=%s healthy=no reason=%s", self.host, why)
+        self.stalled = why
+
+    def _libvirt_answered(self) -> None:
+        if self.stalled:
+            log.info("event=host_health host=%s healthy=yes reason=libvirt answers",
+                     self.host)
+            self.stalled = ""
+            self.changes.put(_HOST)
+
+    def _publish_stalled(self) -> None:
+        """Write the host record as unhealthy now, with the node info last read (libvirt
+        is not asked again)."""
+        if self._node is not None and self.lease.lease and not self.lease.lost.is_set():
+            self.publish_host()
+
     def _connect_libvirt(self) -> bool:
         try:
-            self.libvirt.connect()
+            self.calls("connect", self.libvirt.connect)
         except libvirt.libvirtError as exc:
             delay = self._libvirt_backoff.next()
             log.warning("event=libvirt_unreachable host=%s uri=%s retry_in=%.1fs error=%s",
@@ -364,13 +392,16 @@ class Agent:
     def publish_host(self, registration: Registration | None = None) -> bool:
         """Write the host record under the lease (with ``registration``'s claim and
         compares when registering: False when they failed and nothing was written)."""
-        node = self.libvirt.node()
+        if not self.stalled or self._node is None:
+            self._node = self.calls("node", self.libvirt.node)
+        node = self._node
         record = HostRecord(
             name=self.host, libvirt_uri=self.cfg.libvirt_uri or "", agent_version=__version__,
             reported_at=time.time(), labels=self.cfg.labels, started_at=self.started_at,
             storage=self.cfg.storage, watchdog=self.lease.has_watchdog,
             watchdog_timeout=self.lease.watchdog_timeout, machine_id=self.identity.machine,
-            instance=self.identity.instance, unhealthy=self.unhealthy, **node)
+            instance=self.identity.instance, unhealthy=self.unhealthy or self.stalled,
+            **node)
         if registration is None:
             return self.registry.put_host(record, self.lease.lease)
         return self.registry.put_host(record, self.lease.lease, registration.guard,
@@ -379,10 +410,12 @@ class Agent:
     def resync(self) -> None:
         """Make the registry match libvirt exactly, and judge every fenced guest."""
         try:
-            observed = self.libvirt.guests(self.host)
+            observed = self.calls("list", self.libvirt.guests, self.host)
+        except LibvirtStalled:
+            raise
         except libvirt.libvirtError as exc:
             log.warning("event=libvirt_error host=%s error=%s", self.host, _one_line(exc))
-            self.libvirt.close()
+            self.libvirt.abandon()
             return
         self.fencer.refresh_held()
         observed = {u: self._with_token(r) for u, r in observed.items()}
@@ -392,7 +425,7 @@ class Agent:
         bad_uuids = {e.key.rsplit("/", 1)[-1] for e in errors}
         plan = plan_sync(observed, stored)
         deletes = tuple(sorted(set(plan.deletes) | (bad_uuids - set(observed))))
-        if self.unhealthy:  # a toolstack that does not answer: keep what was last seen
+        if self.unhealthy or self.stalled:  # keep what was last seen
             deletes = ()
         self.registry.write_guests(plan.puts + tuple(
             observed[u] for u in sorted(bad_uuids & set(observed))), deletes, self.host, stored)
@@ -521,7 +554,9 @@ class Agent:
         if not self.libvirt.connected:
             return
         try:
-            rec = self.libvirt.guest(uuid, self.host)
+            rec = self.calls("read", self.libvirt.guest, uuid, self.host)
+        except LibvirtStalled:
+            raise
         except libvirt.libvirtError as exc:
             log.warning("event=libvirt_error host=%s uuid=%s error=%s", self.host, uuid,
                         _one_line(exc))
@@ -557,7 +592,7 @@ class Agent:
                 return
             ref = self.fencer.ref(rec)
             observed = self.fencer.observe(ref.volumes)
-            fresh = self.libvirt.guest(rec.uuid, self.host)
+            fresh = self.calls("read", self.libvirt.guest, rec.uuid, self.host)
             if fresh is None or not fresh.fenced:
                 return
             if fresh.volumes != ref.volumes:  # redefined meanwhile: judge it afresh
@@ -573,6 +608,8 @@ class Agent:
         with self.claims.judging(uuid) as claimed:
             try:
                 yield claimed
+            except LibvirtStalled:
+                raise  # the main loop leaves the connection behind
             except libvirt.libvirtError as exc:
                 log.warning("event=libvirt_error host=%s uuid=%s error=%s", self.host, uuid,
                             _one_line(exc))
@@ -606,9 +643,10 @@ class Agent:
                 # re-put with (or without) our lease
                 self.fencer.acquire(ref)
             return
-        dom = self.libvirt.domain(rec.uuid)
-        saved = dom is not None and check_saved_image(self.host, self.fencer, dom, ref).ok \
-            and bool(dom.hasManagedSaveImage(0))
+        dom = self.calls("lookup", self.libvirt.domain, rec.uuid)
+        saved = dom is not None and self.calls(
+            "saved image", check_saved_image, self.host, self.fencer, dom, ref).ok \
+            and bool(self.calls("saved image", dom.hasManagedSaveImage, 0))
         verdict = judge_stopped(self.host, ref, observed, clean_stop=bool(clean_stop),
                                 saved=saved)
         if verdict.act is Act.RELEASE:
@@ -617,7 +655,7 @@ class Agent:
     def _stop_intruder(self, rec: GuestRecord, verdict: Judgement) -> None:
         """Destroy, or mark (when the rule says so) and pause, an intruder; a marked copy
         found running again is reported as resumed."""
-        dom = self.libvirt.domain(rec.uuid)
+        dom = self.calls("lookup", self.libvirt.domain, rec.uuid)
         if dom is None:
             return
         if verdict.resumed:
@@ -625,7 +663,8 @@ class Agent:
                       rec.name, rec.uuid, verdict.act.value)
         if verdict.mark:  # before the pause: a paused intruder is never left unmarked
             try:
-                self.libvirt.mark_intruder(dom, self._foreign_holder(rec))
+                self.calls("mark", self.libvirt.mark_intruder, dom,
+                           self._foreign_holder(rec))
                 log.warning("event=intruder_marked host=%s guest=%s uuid=%s", self.host,
                             rec.name, rec.uuid)
                 self._look_again(rec.uuid)  # its record shows the mark
@@ -634,9 +673,11 @@ class Agent:
                           rec.name, _one_line(exc))
         try:
             if verdict.act is Act.DESTROY:
-                dom.destroy()
-            elif dom.info()[0] != libvirt.VIR_DOMAIN_PAUSED:
-                dom.suspend()
+                self.calls("destroy", dom.destroy)
+            elif self.calls("info", dom.info)[0] != libvirt.VIR_DOMAIN_PAUSED:
+                self.calls("suspend", dom.suspend)
+        except LibvirtStalled:
+            raise
         except libvirt.libvirtError as exc:
             log.error("event=intruder_stop_failed host=%s guest=%s error=%s", self.host,
                       rec.name, _one_line(exc))
@@ -668,7 +709,8 @@ class Agent:
             if fence.guest in observed:
                 continue
             with self._claimed(fence.guest) as claimed:  # busy: an intent defines it now
-                if claimed and self.libvirt.domain(fence.guest) is None:  # still gone
+                if claimed and self.calls("lookup", self.libvirt.domain,
+                                          fence.guest) is None:  # still gone
                     self.fencer.release(GuestRef(fence.guest, fence.guest_name, fence.kind,
                                                  (fence.volume,)))
 
@@ -686,10 +728,10 @@ class Agent:
         """Keep a fenced guest's XML in the registry so another host can take it over."""
         if not rec.fenced or not rec.persistent:
             return
-        dom = self.libvirt.domain(rec.uuid)
+        dom = self.calls("lookup", self.libvirt.domain, rec.uuid)
         if dom is None:
             return
-        xml = self.libvirt.inactive_xml(dom)
+        xml = self.calls("definition", self.libvirt.inactive_xml, dom)
         if self._xml_written.get(rec.uuid) == xml:
             return
         key = self.keys.domain(rec.uuid)

@@ -63,6 +63,14 @@ def stop_was_clean(event: int, detail: int) -> bool | None:
     return None
 
 
+#: The client's keepalive to libvirtd (interval s, missed answers): a daemon that stops
+#: answering for 180 s is taken for gone. Not less: libvirtd's libxl driver handles
+#: libxl's events on the daemon's event loop, which waits for libxl's context while a
+#: domain is created, and answers no keepalive meanwhile (seen in a TCG dom0: with
+#: (5, 3) the connection was dropped 20 s into a start, and the start failed with it).
+KEEPALIVE = (5, 36)
+
+
 def _guests(domains: list[libvirt.virDomain]) -> list[libvirt.virDomain]:
     """``domains`` without Xen's Domain-0 (:func:`gridtool.domains.xen.is_dom0`)."""
     return [d for d in domains if not is_dom0(d.ID(), d.name())]
@@ -83,6 +91,7 @@ class LibvirtSource:
         self._callback_ids: list[int] = []
         self._listeners: dict[str, list[Callable[[int], None]]] = {}
         self._listeners_lock = threading.Lock()
+        self._left: list[libvirt.virConnect] = []  # see abandon()
         self.readiness: ReadinessWatcher | None = None  # stamps ready_at when set
 
     @property
@@ -95,10 +104,11 @@ class LibvirtSource:
         hook never hears of it)."""
         start_event_loop()
         _silence_libvirt_errors()
+        self._left = []  # connections left behind earlier: freed here, on the main loop
         conn = libvirt.open(self.uri)
         # Local drivers have no keepalive; they cannot lose the daemon silently.
         with contextlib.suppress(libvirt.libvirtError):
-            conn.setKeepAlive(5, 3)
+            conn.setKeepAlive(*KEEPALIVE)
         conn.registerCloseCallback(self._closed, None)
         self._callback_ids = [
             conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
@@ -135,6 +145,20 @@ class LibvirtSource:
                 if not listeners:
                     self._listeners.pop(uuid, None)
 
+    def abandon(self) -> None:
+        """Drop the connection after an error, without closing it: another thread (the
+        intent worker, the hook server, a call that does not return: ``agents.bounded``)
+        may be in a call on it, and a close under that call crashed the agent (SIGSEGV,
+        seen in a dom0 when libvirt dropped the connection mid-start). Its close callback
+        goes (client-side only: it never clears a newer connection); the object is kept
+        until the next ``connect()`` and libvirt closes it once the last call lets go."""
+        conn, self._conn = self._conn, None
+        self._callback_ids = []
+        if conn is not None:
+            self._left.append(conn)
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.unregisterCloseCallback()
+
     def _lifecycle(self, _conn: object, dom: libvirt.virDomain, event: int, detail: int,
                    _opaque: object) -> None:
         uuid = dom.UUIDString()
@@ -150,6 +174,8 @@ class LibvirtSource:
 
     def _closed(self, _conn: object, reason: int, _opaque: object) -> None:
         log.warning("event=libvirt_closed uri=%s reason=%s", self.uri, reason)
+        if self._conn is not None:  # not freed here, inside libvirt's own callback
+            self._left.append(self._conn)
         self._conn = None
         self._on_close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import importlib.metadata
 import logging
@@ -78,6 +79,7 @@ def main(config_file: str | None, log_level: str, **flags: object) -> None:
           --endpoints 10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
     """
     logsetup.configure(log_level)
+    faulthandler.enable()  # a crash in libvirt's C code names the Python frames (journal)
     from agents.agent import Agent
     from gridtool.registry.etcdstore import EtcdStore
 

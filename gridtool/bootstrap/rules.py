@@ -295,11 +295,20 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: What ``xl`` writes on a Xen dom0 (``-``: nothing on other hosts): the agent's ``xl list
+#: -l`` of a domain made behind libvirt's back takes a lock under ``/var/lib/xen`` (without
+#: it xl prints an empty list: seen in the Xen tier, the domain never judged), and ``xl
+#: destroy`` runs the block hotplug script, which logs to ``/var/log/xen`` and locks under
+#: ``/run/xen-hotplug``.
+XEN_WRITABLE = ("-/var/lib/xen", "-/var/log/xen", "-/run/xen", "-/run/xen-hotplug")
+
+
 def render_unit(template: str, layout: Layout, images_dir: str = DEFAULT_IMAGES_DIR,
                 hook_socket: str | None = None) -> str:
     """The agent's unit (``scripts/systemd/gridtool-agent.service``) with this layout's
     program and config paths; ``ReadWritePaths`` covering libvirt's socket, the images
-    directory (``-``: no error while it is missing) and the hook socket's directory
+    directory (``-``: no error while it is missing), Xen's (:data:`XEN_WRITABLE`) and the
+    hook socket's directory
     (default :attr:`Layout.hook_socket`) unless that is the unit's ``RuntimeDirectory``
     ``/run/gridtool`` (writable under ``ProtectSystem=strict`` by itself)."""
     q = shlex.quote
@@ -307,7 +316,7 @@ def render_unit(template: str, layout: Layout, images_dir: str = DEFAULT_IMAGES_
                   f"ExecStart={q(layout.agent)} --config {q(layout.config)}", template)
     text = re.sub(r"(?m)^ReadOnlyPaths=.*$",
                   f"ReadOnlyPaths={posixpath.dirname(layout.config)}", text)
-    writable = ["/run/libvirt", f"-{images_dir}"]
+    writable = ["/run/libvirt", f"-{images_dir}", *XEN_WRITABLE]
     socket_dir = posixpath.dirname(hook_socket or layout.hook_socket)
     if socket_dir != RUNTIME_DIR:
         writable.append(socket_dir)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import signal
+import threading
+import time
 
 import pytest
 
 from agents.main import STOP_SIGNALS
-from gridtool.registry.model import effective_state
+from gridtool.registry.model import HostRecord, effective_state
+from gridtool.sdnotify import Notifier
 from tests.harness.testbed import domain_xml, lease_expiry_bound, wait_until
 
 
@@ -186,15 +191,11 @@ def test_agent_survives_libvirtd_restart(lab_hosts, registry):  # type: ignore[n
                what="stale record removed")
 
 
-def test_libvirt_error_in_the_main_loop_reconnects_instead_of_crashing(lab_hosts, registry):  # type: ignore[no-untyped-def]
-    """libvirtd restarting while the agent resyncs: a libvirt call outside the guarded
-    listing (here the host record's node info) failed and killed the agent (seen under
-    load in test_agent_survives_libvirtd_restart). The agent runs in this process with
-    that call failing once: it must reconnect and go on."""
-    import threading
-
-    import libvirt
-
+@contextlib.contextmanager
+def _agent_in_process(lab_hosts, registry, prepare=lambda agent: None, notifier=None):  # type: ignore[no-untyped-def]
+    """hv1's agent run in this process (its config from a first run as a process), so a
+    test can patch its libvirt calls (``prepare(agent)``, before it runs); yields the
+    agent and the list of what it raised."""
     from agents.agent import Agent
     from gridtool.config import load
     from gridtool.registry.etcdstore import EtcdStore
@@ -205,16 +206,8 @@ def test_libvirt_error_in_the_main_loop_reconnects_instead_of_crashing(lab_hosts
                what="hv1 registered")
     lab_hosts.stop_agent("hv1")  # its config is reused by the agent in this process
     agent_cfg = load(str(host.agent_conf), {}, env={})
-    agent = Agent(agent_cfg, EtcdStore(agent_cfg))
-    real_node, failed = agent.libvirt.node, threading.Event()
-
-    def node_failing_once():  # type: ignore[no-untyped-def]
-        if not failed.is_set():
-            failed.set()
-            raise libvirt.libvirtError("Cannot recv data: Connection reset by peer")
-        return real_node()
-
-    agent.libvirt.node = node_failing_once  # type: ignore[method-assign]
+    agent = Agent(agent_cfg, EtcdStore(agent_cfg), notifier)
+    prepare(agent)
     crashed: list[BaseException] = []
 
     def run() -> None:
@@ -226,14 +219,122 @@ def test_libvirt_error_in_the_main_loop_reconnects_instead_of_crashing(lab_hosts
     runner = threading.Thread(target=run, name="agent hv1")
     runner.start()
     try:
-        lab_hosts.conn("hv1").defineXML(domain_xml("after"))
-        wait_until(lambda: crashed or _state_of(registry, "hv1", "after") == "shutoff",
-                   timeout=20, what="the agent to report the new guest")
-        assert failed.is_set() and crashed == []
+        yield agent, crashed
     finally:
         agent.stop()
         runner.join(30)
     assert not runner.is_alive()
+
+
+def test_libvirt_error_in_the_main_loop_reconnects_instead_of_crashing(lab_hosts, registry):  # type: ignore[no-untyped-def]
+    """libvirtd restarting while the agent resyncs: a libvirt call outside the guarded
+    listing (here the host record's node info) failed and killed the agent (seen under
+    load in test_agent_survives_libvirtd_restart). The agent runs in this process with
+    that call failing once: it must reconnect and go on."""
+    import libvirt
+
+    failed = threading.Event()
+
+    def fail_node_once(agent):  # type: ignore[no-untyped-def]
+        real_node = agent.libvirt.node
+
+        def node_failing_once():  # type: ignore[no-untyped-def]
+            if not failed.is_set():
+                failed.set()
+                raise libvirt.libvirtError("Cannot recv data: Connection reset by peer")
+            return real_node()
+
+        agent.libvirt.node = node_failing_once
+
+    with _agent_in_process(lab_hosts, registry, fail_node_once) as (_agent, crashed):
+        lab_hosts.conn("hv1").defineXML(domain_xml("after"))
+        wait_until(lambda: crashed or _state_of(registry, "hv1", "after") == "shutoff",
+                   timeout=20, what="the agent to report the new guest")
+        assert failed.is_set() and crashed == []
+
+
+def _hv1(registry):  # type: ignore[no-untyped-def]
+    """hv1's host record (an empty one while it has none)."""
+    found = [h for h in registry.list_hosts()[0] if h.name == "hv1"]
+    return found[0] if found else HostRecord("", "", "", 0, 0, 0, "", 0.0)
+
+
+class _Pets(Notifier):
+    """systemd's notifier, recording when the agent pets the watchdog (and from where)."""
+
+    def __init__(self) -> None:
+        super().__init__(env={})
+        self.at: list[float] = []
+        self.threads: set[str] = set()
+
+    def pet(self) -> None:
+        self.at.append(time.monotonic())
+        self.threads.add(threading.current_thread().name)
+
+    def longest_gap(self, since: float) -> float:
+        times = [since, *(t for t in self.at if t > since), time.monotonic()]
+        return max(b - a for a, b in itertools.pairwise(times))
+
+
+class _HeldReads:
+    """libvirt reads of the guests named in ``names`` held (as libxl holds its context
+    while it creates a domain) until ``release`` is set or ``hold`` seconds pass."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self.hold = 0.0
+        self.held = threading.Event()  # a read was held
+        self.release = threading.Event()
+
+    def patch(self, agent) -> None:  # type: ignore[no-untyped-def]
+        guest, guests = agent.libvirt.guest, agent.libvirt.guests
+        agent.libvirt.guest = lambda uuid, host: self._after(guest(uuid, host))
+        agent.libvirt.guests = lambda host: self._after(guests(host))
+
+    def _after(self, found):  # type: ignore[no-untyped-def]
+        recs = found.values() if isinstance(found, dict) else [found]
+        if any(r is not None and r.name in self.names for r in recs):
+            self.held.set()
+            self.release.wait(self.hold)
+        return found
+
+
+def test_the_main_loop_keeps_petting_while_libvirt_holds_a_read(lab_hosts, registry):  # type: ignore[no-untyped-def]
+    """On a Xen dom0 under TCG libxl holds its context for a minute while it creates a
+    domain, and libvirt's reads wait behind it: the main loop waited with them, stopped
+    petting systemd's watchdog, and systemd killed a healthy agent mid-start. Here reads
+    of a guest are held (as libxl holds them): the loop must keep petting, write the
+    guest once the read answers, and past the call's deadline report the host unhealthy
+    (not "no guests") until libvirt answers again."""
+    pets, reads = _Pets(), _HeldReads()
+    with _agent_in_process(lab_hosts, registry, reads.patch, pets) as (agent, crashed):
+        wait_until(lambda: _hv1(registry).instance == agent.identity.instance,
+                   what="the agent in this process registered")
+        # 1. A read that answers after 4 s (within its deadline): the turns go on.
+        reads.names, reads.hold = {"held-1"}, 4.0
+        lab_hosts.conn("hv1").defineXML(domain_xml("held-1"))
+        wait_until(reads.held.is_set, what="the agent to read held-1")
+        since = time.monotonic()
+        wait_until(lambda: _state_of(registry, "hv1", "held-1") == "shutoff",
+                   what="held-1 written once its read answered")
+        assert time.monotonic() - since > 3.0  # the read was held (the loop's span)
+        assert pets.longest_gap(since) < 2.0, pets.longest_gap(since)
+        assert pets.threads == {"agent hv1"}  # only ever from the main loop's thread
+        # 2. Reads with no answer by their deadline: the host is unhealthy, not empty.
+        reads.held.clear()
+        reads.names, reads.hold = {"held-2"}, 60.0
+        agent.calls.deadline = 2.0
+        lab_hosts.conn("hv1").defineXML(domain_xml("held-2"))
+        wait_until(lambda: _hv1(registry).unhealthy, timeout=15,
+                   what="hv1 reported unhealthy")
+        assert registry.get_host("hv1").unhealthy.startswith("libvirt not answering: ")
+        assert _state_of(registry, "hv1", "held-1") == "shutoff"  # records kept
+        reads.release.set()
+        wait_until(lambda: not _hv1(registry).unhealthy, timeout=15,
+                   what="hv1 healthy once libvirt answers")
+        wait_until(lambda: _state_of(registry, "hv1", "held-2") == "shutoff",
+                   what="held-2 written once libvirt answers")
+        assert crashed == []
 
 
 def test_the_agent_warns_once_about_an_etcd_that_revokes_leases_early(  # type: ignore[no-untyped-def]

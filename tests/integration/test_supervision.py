@@ -4,6 +4,7 @@ it, instead of leaving it running without that thread."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -105,11 +106,13 @@ def next_notification(sock: socket.socket, until: float) -> str:
         return ""
 
 
-def test_under_systemd_the_agent_says_ready_once_resynced_and_pets_only_from_its_main_loop(
+def test_under_systemd_the_agent_says_ready_once_resynced_and_pets_while_libvirt_is_slow(
         lab_hosts, registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Type=notify with WatchdogSec=, as the unit runs it: READY=1 once registered and
-    resynced; WATCHDOG=1 while the main loop turns; none while it hangs in a libvirt call
-    (libvirtd stopped by SIGSTOP: the next resync never returns); again once it turns."""
+    resynced; WATCHDOG=1 while the main loop turns, and on while it waits on a libvirt
+    call that does not answer (libvirtd stopped by SIGSTOP: the resync's listing waits,
+    within its deadline, ``agents.bounded``: a slow libvirt is not a hung agent); still
+    once libvirtd answers again."""
     host = lab_hosts.add("hv1")
     host.write_agent_conf(replace(lab_hosts.cfg, resync_interval=0.5), watchdog=False)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -128,15 +131,12 @@ def test_under_systemd_the_agent_says_ready_once_resynced_and_pets_only_from_its
         assert pets.count("WATCHDOG=1") >= 2, pets  # every 0.5 s (a quarter of 2 s)
         os.kill(host.libvirtd_pid, signal.SIGSTOP)
         stopped = True
-        # Within a resync interval the main loop is stuck in libvirt: a silence of 3 s
-        # (systemd would have fired at 2 s) must come, and nothing but it.
-        deadline = time.monotonic() + 30
-        last = time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - last < 3.0:
-            got = notifications(sock, min(deadline, last + 3.0))
-            if got:
-                last = got[-1][0]
-        assert time.monotonic() - last >= 3.0, "the stuck main loop went on petting"
+        # Within a resync interval the main loop waits on libvirt: its pets go on, never
+        # 2 s apart (systemd would fire), for 4 s.
+        times = [time.monotonic(), *(t for t, m in notifications(
+            sock, time.monotonic() + 4.0) if m == "WATCHDOG=1"), time.monotonic()]
+        assert max(b - a for a, b in itertools.pairwise(times)) < 1.5, times
+        assert "event=libvirt_error" not in Path(host.dir, "agent.log").read_text()
         os.kill(host.libvirtd_pid, signal.SIGCONT)
         stopped = False
         deadline = time.monotonic() + 10

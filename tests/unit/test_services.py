@@ -208,7 +208,8 @@ def test_the_agent_unit_as_host_add_renders_it_verifies(tmp_path: Path) -> None:
                        images_dir="/srv/images", hook_socket="/run/gt/hook.sock")
     done = verify(tmp_path, unit, "gridtool-agent.service", {layout.agent: sys.executable})
     assert done.returncode == 0, done.stderr
-    assert "ReadWritePaths=/run/libvirt -/srv/images /run/gt\n" in unit
+    assert "ReadWritePaths=/run/libvirt -/srv/images -/var/lib/xen -/var/log/xen -/run/xen " \
+        "-/run/xen-hotplug /run/gt\n" in unit
 
 
 def test_the_agent_unit_is_supervised_not_tied_to_libvirtd() -> None:
@@ -217,7 +218,8 @@ def test_the_agent_unit_is_supervised_not_tied_to_libvirtd() -> None:
     assert not any(ln.startswith(("Requires=", "BindsTo=", "PartOf=")) for ln in settings)
     assert {"Type=notify", "NotifyAccess=main", "WatchdogSec=60", "Restart=always",
             "Wants=network-online.target libvirtd.service",
-            "ReadWritePaths=/run/libvirt -/var/lib/gridtool/images",
+            "ReadWritePaths=/run/libvirt -/var/lib/gridtool/images -/var/lib/xen "
+            "-/var/log/xen -/run/xen -/run/xen-hotplug",
             "RuntimeDirectory=gridtool"} <= set(settings)
     # the template is the packaged unit: the rendering for the package changes nothing
     assert render_unit(unit, PACKAGE_LAYOUT) == unit
