@@ -179,7 +179,13 @@ def test_flex_pool_follows_load_reports(lab_hosts, registry, store, cfg, manager
     code, out, _ = gridtool(cfg, capsys, "pool", "show", "api", "--json")
     flex = json.loads(out)["flex"]
     assert flex["from"] == "manager" and flex["desired"] == 4
-    assert flex["service_time"] == pytest.approx(0.5) and flex["offered_load"] > 3
+    assert flex["service_time"] == pytest.approx(0.5)
+    # the smoothed rate starts below the one report's 10/s by an amount that depends on
+    # how long after the manager's previous round it came (a short interval is a noisy
+    # sample: its Poisson lower bound), so only its bounds and the load's formula are fixed
+    assert 0 < flex["smoothed_rate"] <= 10.0 + 1e-9, flex
+    assert flex["offered_load"] == pytest.approx(
+        (flex["smoothed_rate"] + flex.get("backlog_rate", 0.0)) * flex["service_time"]), flex
     assert json.loads(out)["status"]["decisions"]["up"] >= 1
     code, out, _ = gridtool(cfg, capsys, "pool", "show", "api")
     assert code == 0 and "offered load" in out and "0.500 s" in out
