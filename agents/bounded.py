@@ -36,7 +36,15 @@ SLICE_S = 0.5
 
 
 class LibvirtStalled(libvirt.libvirtError):
-    """A libvirt call gave no answer within its deadline."""
+    """A libvirt call gave no answer within its deadline.
+
+    Its message is its own: ``libvirtError.__init__`` would take the thread's last
+    libvirt error instead (seen: a stale "client socket is closed" as the stall's reason).
+    """
+
+    def __init__(self, message: str) -> None:
+        Exception.__init__(self, message)
+        self.err = None
 
 
 class BoundedCalls:
