@@ -468,21 +468,24 @@ class Agent:
             for dom in unknown:
                 if (dom.domid, dom.uuid) not in self._xen_seen and \
                         not self.claims.busy(dom.uuid):
-                    self._judge_xl_domain(dom)
+                    self._judge_xl_domain(dom, dom.uuid in probe.libvirt_inactive)
             self._xen_seen &= {(d.domid, d.uuid) for d in probe.domains}
         return changed
 
-    def _libvirt_active(self) -> set[str] | None:
-        """libvirt's active guests for the Xen watch's thread (None: libvirt did not
-        answer)."""
+    def _libvirt_active(self) -> tuple[set[str], set[str]] | None:
+        """libvirt's active guests and its other defined ones, for the Xen watch's thread
+        (None: libvirt did not answer)."""
         try:
-            return self.libvirt.active() if self.libvirt.connected else None
+            if not self.libvirt.connected:
+                return None
+            return self.libvirt.active(), self.libvirt.inactive()
         except libvirt.libvirtError:
             return None
 
-    def _judge_xl_domain(self, seen: xen.XenDomain) -> None:
-        """A domain libvirt does not know runs here (``xl create``): report it, and
-        destroy it with ``xl destroy`` when another host holds one of its fences."""
+    def _judge_xl_domain(self, seen: xen.XenDomain, libvirt_defines: bool) -> None:
+        """A domain libvirt does not count active runs here (``xl create``, or libvirt's
+        own start still under way when libvirt ``defines`` it): report it, and destroy it
+        with ``xl destroy`` when another host holds one of its fences."""
         assert self.xen is not None
         try:
             dom = self.xen.details(seen)
@@ -500,7 +503,7 @@ class Agent:
         holders = {v: (o.fence.holder if isinstance(o, Observed) else
                        "an unreadable fence record" if o is not None else None)
                    for v, o in self.fencer.observe(rec.volumes).items()}
-        action, why = xen.judge_unknown(self.host, rec, holders)
+        action, why = xen.judge_unknown(self.host, rec, holders, libvirt_defines)
         self._xen_seen.add((dom.domid, dom.uuid))
         if action == "log":
             log.warning("event=xl_domain host=%s guest=%s uuid=%s domid=%d message=%s",

@@ -272,8 +272,15 @@ class LibvirtSource:
 
     def active(self) -> set[str]:
         """The UUIDs of the guests libvirt lists active (running, paused, ...)."""
-        return {d.UUIDString() for d in _guests(self._require().listAllDomains(
-            libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))}
+        return self._uuids(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+
+    def inactive(self) -> set[str]:
+        """The UUIDs of the guests libvirt has defined but not active (shut off, or still
+        being started or received)."""
+        return self._uuids(libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE)
+
+    def _uuids(self, flags: int) -> set[str]:
+        return {d.UUIDString() for d in _guests(self._require().listAllDomains(flags))}
 
     def qemu_pid(self, name: str) -> int | None:
         """The process id of guest ``name``'s QEMU on this machine, or None when none is

@@ -5,8 +5,9 @@ xenstored or a failing libxl does not stop libvirt answering from what it rememb
 :class:`XenWatch` runs ``xl list -v`` every ``interval`` seconds (and at once when
 woken: each resync) with a deadline, then reads libvirt's active list (``active``: on this
 thread, so that the agent's main loop never waits on a libvirt call that a slow libxl
-start holds up), keeps the latest :class:`Probe` and tells the agent (``on_probe``); the
-agent compares the two lists and judges the host's health
+start holds up) and the uuids it has defined but not active (a domain libvirt is still
+starting or receiving, which ``xl`` lists first), keeps the latest :class:`Probe` and
+tells the agent (``on_probe``); the agent compares the lists and judges the host's health
 (:mod:`gridtool.domains.xen`). ``xl list -l DOMID`` reads an unknown domain's disks;
 ``xl destroy`` stops a domain libvirt cannot.
 """
@@ -26,6 +27,9 @@ from gridtool.domains.xen import XenDomain, XlListError, parse_xl_list, parse_xl
 
 log = logging.getLogger("gridtool.agent")
 
+#: libvirt's listing for the watch: the uuids of its active domains, and of the others.
+Listing = tuple[set[str], set[str]]
+
 #: Seconds between probes, and how long one ``xl`` command may take (a stopped
 #: xenstored makes ``xl`` block, not fail; ``xl list -v`` takes 0.4 s in a TCG dom0).
 INTERVAL = 10.0
@@ -35,11 +39,13 @@ TIMEOUT = 20.0
 @dataclass(frozen=True)
 class Probe:
     """One ``xl list -v``: the guests Xen runs, or why it did not answer; and the uuids
-    libvirt listed active right after (None: libvirt did not answer)."""
+    libvirt listed active right after (None: libvirt did not answer), and those it has
+    defined but not active."""
 
     domains: tuple[XenDomain, ...] = ()
     error: str | None = None
     libvirt_active: frozenset[str] | None = None
+    libvirt_inactive: frozenset[str] = frozenset()
 
 
 def run_xl(args: list[str], timeout: float = TIMEOUT, xl: str = "xl") -> str:
@@ -74,7 +80,8 @@ class XenWatch:
     """Probe Xen's domains on a period, and when woken; ``latest`` is the last probe."""
 
     def __init__(self, on_probe: Callable[[], None], interval: float = INTERVAL,
-                 xl: str = "xl", active: Callable[[], set[str] | None] = lambda: None) -> None:
+                 xl: str = "xl", active: Callable[[], Listing | None] = lambda: None
+                 ) -> None:
         self.on_probe = on_probe
         self.active = active
         self.interval = interval
@@ -85,7 +92,7 @@ class XenWatch:
 
     @classmethod
     def for_uri(cls, uri: str, on_probe: Callable[[], None],
-                active: Callable[[], set[str] | None] = lambda: None) -> XenWatch | None:
+                active: Callable[[], Listing | None] = lambda: None) -> XenWatch | None:
         """A watch when ``uri`` is a Xen (libxl) one and ``xl`` is here, else None."""
         if hook_driver(uri) != "libxl":
             return None
@@ -113,8 +120,9 @@ class XenWatch:
             found = probe(self.xl)
             if found.error is None:
                 listed = self.active()
-                found = replace(found, libvirt_active=None if listed is None
-                                else frozenset(listed))
+                if listed is not None:
+                    found = replace(found, libvirt_active=frozenset(listed[0]),
+                                    libvirt_inactive=frozenset(listed[1]))
             self.latest = found
             self.on_probe()
             self._wake.wait(self.interval)

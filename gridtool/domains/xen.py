@@ -122,12 +122,16 @@ def as_record(dom: XenDomain, host: str, disks: tuple[Disk, ...], now: float
                        intruder=True)
 
 
-def judge_unknown(host: str, rec: GuestRecord, holders: Mapping[str, str | None]
-                  ) -> tuple[str, str]:
+def judge_unknown(host: str, rec: GuestRecord, holders: Mapping[str, str | None],
+                  libvirt_defines: bool = False) -> tuple[str, str]:
     """What to do about a domain running behind libvirt's back, given each of its shared
-    volumes' fence holder (None: free): ``("destroy", why)`` when another host holds
-    one (it must not run here), ``("report", why)`` when it is fenced but no other host
-    holds its fences, ``("log", why)`` when it has no shared disk."""
+    volumes' fence holder (None: free) and whether libvirt has a domain of its uuid
+    defined but not active: ``("destroy", why)`` when another host holds one of its fences
+    (it must not run here); ``("report", why)`` when one is free, or when this host holds
+    them all but libvirt does not know the domain (an ``xl create`` on this host's
+    fences); ``("log", why)`` when it has no shared disk, or when this host holds every
+    fence and libvirt defines it: libvirt's own start (or an incoming migration) whose
+    domain ``xl`` lists before libvirt counts it active."""
     where = f"{rec.name} ({rec.uuid}) runs on {host} behind libvirt's back (xl)"
     if not rec.fenced:
         return "log", f"{where}; no shared disk"
@@ -136,7 +140,14 @@ def judge_unknown(host: str, rec: GuestRecord, holders: Mapping[str, str | None]
         volume, holder = foreign[0]
         return "destroy", f"fence violation: {where} but fence {volume} is held by {holder}; " \
                           "destroy it"
-    return "report", f"fence violation: {where}, unfenced; libvirt cannot manage it"
+    free = sorted(v for v in rec.volumes if not holders.get(v))
+    if free:
+        return "report", f"fence violation: {where}, unfenced ({free[0]} is free); " \
+                         "libvirt cannot manage it"
+    if libvirt_defines:
+        return "log", f"{where} as libvirt starts or receives it; this host holds its fences"
+    return "report", f"fence violation: {where} on this host's fences; libvirt cannot " \
+                     "manage it"
 
 
 def health(error: str | None) -> str:

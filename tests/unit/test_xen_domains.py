@@ -92,18 +92,30 @@ def test_an_xl_domain_gets_the_volume_ids_of_the_same_libvirt_guest() -> None:
         U2, "p<v>2", "hv2", "running", True, 128)
 
 
-@pytest.mark.parametrize("holders,action,words", [
-    ({"path-v": "hv1"}, "destroy", "fence path-v is held by hv1; destroy it"),
-    ({"path-v": "an unreadable fence record"}, "destroy", "held by an unreadable"),
-    ({"path-v": None}, "report", "unfenced; libvirt cannot manage it"),
-    ({"path-v": "hv2"}, "report", "unfenced"),  # this host's own fence: not foreign
+@pytest.mark.parametrize("holders,defined,action,words", [
+    ({"aoe-e1.2": "hv1"}, False, "destroy", "fence aoe-e1.2 is held by hv1; destroy it"),
+    ({"aoe-e1.2": "hv1"}, True, "destroy", "held by hv1"),  # whatever libvirt defines
+    ({"aoe-e1.2": "an unreadable fence record"}, False, "destroy", "held by an unreadable"),
+    ({"aoe-e1.2": None}, False, "report", "unfenced (aoe-e1.2 is free); libvirt cannot"),
+    ({"aoe-e1.2": None}, True, "report", "unfenced"),  # a start without its fence
+    ({}, True, "report", "unfenced"),  # no fence record at all
+    ({"aoe-e1.2": "hv2"}, False, "report", "on this host's fences; libvirt cannot manage"),
 ])
-def test_an_xl_domain_on_a_fenced_disk_is_an_intruder(holders: dict, action: str,
-                                                      words: str) -> None:
+def test_an_xl_domain_on_a_fenced_disk_is_an_intruder(holders: dict, defined: bool,
+                                                      action: str, words: str) -> None:
     rec = record(XenDomain(4, "pv2", U2, (("xvda", "/dev/etherd/e1.2"),)))
-    got, why = judge_unknown("hv2", rec, holders)
+    got, why = judge_unknown("hv2", rec, holders, defined)
     assert got == action and words in why
     assert why.startswith("fence violation: pv2 (" + U2 + ") runs on hv2 behind libvirt's")
+
+
+def test_libvirts_own_start_on_this_hosts_fences_is_only_logged() -> None:
+    """libxl creates the domain (``xl`` lists it) long before libvirt counts it active:
+    with its fences held here and the uuid defined in libvirt it is no violation."""
+    rec = record(XenDomain(4, "pv2", U2, (("xvda", "/dev/etherd/e1.2"),)))
+    action, why = judge_unknown("hv2", rec, {"aoe-e1.2": "hv2"}, libvirt_defines=True)
+    assert action == "log" and "as libvirt starts or receives it" in why
+    assert "violation" not in why
 
 
 def test_an_xl_domain_without_shared_disks_is_only_logged() -> None:

@@ -62,12 +62,14 @@ def test_details_read_an_unknown_domains_disks(tmp_path: Path) -> None:
 def test_the_watch_probes_on_its_period_and_when_woken(tmp_path: Path) -> None:
     xl = fake_xl(tmp_path, f"cat <<'EOF'\n{TABLE}EOF\n")
     probed = threading.Semaphore(0)
-    listings: list[set[str] | None] = [None, {"u1"}]  # libvirt down, then answering
+    listings: list[tuple[set[str], set[str]] | None] = [None, ({"u1"}, {"u2"})]
+    # libvirt answering, then down
     watch = XenWatch(probed.release, interval=3600.0, xl=xl, active=listings.pop)
     watch.start()
     try:
         assert probed.acquire(timeout=10)  # the first probe at once
         assert watch.latest is not None and watch.latest.libvirt_active == frozenset({"u1"})
+        assert watch.latest.libvirt_inactive == frozenset({"u2"})
         watch.wake()
         assert probed.acquire(timeout=10)  # woken long before the period ends
         assert watch.latest is not None and len(watch.latest.domains) == 1
