@@ -178,6 +178,16 @@ class Wait:
 Verdict = Fenced | RunFence | Wait
 
 
+def due_times(record: HostFence, policy: FencePolicy) -> tuple[float, ...]:
+    """The wall times at which :func:`judge`'s verdict on ``record`` may change with time
+    alone (nothing else written): the timed grace's end once its lease is gone, and a
+    failed fence's retry. A manager rounds then rather than a period later."""
+    times = [record.gone_since + policy.grace] if record.lease_gone else []
+    if record.failed:
+        times.append(max(record.storage_at, record.power_at) + policy.retry)
+    return tuple(times)
+
+
 def suspect(silent: float | None, policy: FencePolicy, volumes: Collection[str],
             record: HostFence | None, power_agent: bool, storage_fencer: bool) -> bool:
     """May the manager treat a host whose lease is alive as lost, for a guest on

@@ -40,6 +40,7 @@ from gridtool.fencing.recovery import (
     HostFence,
     Method,
     StorageFencer,
+    due_times,
     note_lost,
 )
 from gridtool.fencing.rules import Observed
@@ -285,13 +286,16 @@ class Manager:
 
     def _until_next(self) -> float:
         """How long to wait for the next round: ``period``, or less when a host becomes
-        suspect sooner (its heartbeat silent for ``suspect_after``)."""
+        suspect sooner (its heartbeat silent for ``suspect_after``) or a lost host's fence
+        verdict changes sooner (its timed grace ends, a failed fence is retried)."""
+        wall = self.clock.wall()
+        due = [t - wall for rec in self._host_fences.values()
+               for t in due_times(rec, self.fencing)]
         after = self.fencing.suspect_after
-        if after is None:
-            return self.period
-        now = self.clock.monotonic()
-        with self._beat_lock:
-            due = [seen + after - now for _, seen in self._beats.values()]
+        if after is not None:
+            now = self.clock.monotonic()
+            with self._beat_lock:
+                due += [seen + after - now for _, seen in self._beats.values()]
         soonest = min((d for d in due if d > 0), default=self.period)
         return max(0.05, min(self.period, soonest + 0.01))
 
@@ -617,7 +621,11 @@ class Manager:
             current = None
         base = current or HostFence(host, self.clock.wall())
         compare = Compare(key, "mod", item.mod_revision) if item else Compare(key, "create", 0)
-        return self.store.txn([*self.guard, compare], [Put(key, encode(change(base)))])
+        record = change(base)
+        ok = self.store.txn([*self.guard, compare], [Put(key, encode(record))])
+        if ok:  # known before the next snapshot reads it (``_until_next``: its grace)
+            self._host_fences = {**self._host_fences, host: record}
+        return ok
 
     def _update_settings(self, uuid: str, name: str,
                          change: Callable[[GuestSettings], GuestSettings],

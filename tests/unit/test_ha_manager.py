@@ -254,3 +254,27 @@ def test_a_candidate_that_cannot_reach_etcd_backs_off_with_jitter() -> None:
         nth = [w[n] for w in waits]
         assert all(0.0 <= d <= min(5.0, 0.5 * 2 ** n) for d in nth)
         assert len(set(nth)) == 20  # twenty candidates, twenty different delays
+
+
+# --------------------------------------------------------------------------- round timing
+
+
+def test_the_round_after_a_lost_host_comes_when_its_timed_grace_ends() -> None:
+    """A timed fence is recovered by the round at the grace's end, not up to a period
+    (plus a round) later: the wait before the next round is cut to the grace left."""
+    from gridtool.clock import Clock
+
+    store = MemStore(lambda: 0.0)
+    _lost_hv1(store)
+    fenceagents.remove(store, Config().keys, "hv1")  # no fence agent: the timed path
+    now = [1000.0]
+    manager = Manager(Config(ttl=10), store, "m1", period=30.0, threaded=False,
+                      clock=Clock(lambda: now[0], lambda: now[0]))
+    manager.step()  # sees hv1 gone, notes it: the grace (TTL + 2 s = 12 s) starts now
+    assert _record(store).gone_since == 1000.0 and _intents(store) == []
+    now[0] += 5.0
+    assert manager._until_next() == pytest.approx(7.0 + 0.01)
+    now[0] += 7.0 + 0.01
+    manager.step()
+    (intent,) = _intents(store)
+    assert intent.params["fence"].startswith("timed")

@@ -19,6 +19,7 @@ from gridtool.fencing.recovery import (
     Method,
     RunFence,
     Wait,
+    due_times,
     judge,
 )
 from gridtool.ha.rules import (
@@ -212,3 +213,18 @@ def test_a_fence_record_of_an_earlier_life_of_the_host_never_counts() -> None:
                        FenceHost("u-a", "a", "h9", Method.POWER))
     same = decide(snap(ha("a"), host_fences=old, registrations={"h9": 7}), fencing=POLICY)
     assert [type(a) for a in same] == [Restart]
+
+
+def test_due_times_are_when_the_verdict_changes_by_time_alone() -> None:
+    policy = FencePolicy(grace=12.0, retry=30.0)
+    lost = HostFence("hv1", 100.0)
+    assert due_times(lost, policy) == (112.0,)
+    for t in (111.9, 112.0):  # the verdict turns at the due time, not before
+        assert isinstance(judge("hv1", ("v",), lost, t, policy, False, False),
+                          Wait if t < 112.0 else Fenced)
+    suspected = HostFence("hv1", 100.0, suspected_at=100.0, lease_gone=False)
+    assert due_times(suspected, policy) == ()  # no timed path before its lease goes
+    failed = replace(lost, power=POWER_FAILED, power_at=150.0, power_message="no answer")
+    assert due_times(failed, policy) == (112.0, 180.0)
+    assert isinstance(judge("hv1", ("v",), failed, 179.0, policy, True, False), Wait)
+    assert isinstance(judge("hv1", ("v",), failed, 180.0, policy, True, False), RunFence)
