@@ -362,12 +362,14 @@ def running_manager(cfg: Config) -> Iterator[Manager]:
         thread.join(timeout=30)
 
 
-def rounds_in(manager: Manager, seconds: float) -> tuple[list[float], list[float]]:
-    """The quiet and the full rounds the manager takes in the next ``seconds``."""
+def rounds_in(manager: Manager, seconds: float) -> tuple[list[float], list[float], list[float]]:
+    """The quiet and the full rounds the manager takes in the next ``seconds``, and the
+    barrier's part of each full round (``RoundTime.sync``)."""
     start = len(manager.rounds)
     time.sleep(seconds)  # a sampling window, not a wait for a condition
     taken = list(manager.rounds)[start:]
-    return [s for s, full in taken if not full], [s for s, full in taken if full]
+    return ([r.seconds for r in taken if not r.full], [r.seconds for r in taken if r.full],
+            [r.sync for r in taken if r.full])
 
 
 def relist_round(cfg: Config, store: EtcdStore) -> float | str:
@@ -546,11 +548,12 @@ def main() -> int:
                     populate(store, cfg.keys, args.hosts, have, size)
                     have = max(have, size)
                     write_s = time.monotonic() - t0
-                    quiet, full = rounds_in(manager, args.window)
+                    quiet, full, barrier = rounds_in(manager, args.window)
                     point = {
                         "guests": size, "populate_s": write_s, "load": os.getloadavg(),
                         "quiet_rounds": summary_ms(quiet) if quiet else {},
                         "full_rounds": summary_ms(full) if full else {},
+                        "full_rounds_barrier": summary_ms(barrier) if barrier else {},
                         "relist_round_s": relist_round(cfg, store),
                         "mirror_resyncs": getattr(manager.view, "resyncs", None),
                         "cli_s": {

@@ -2,10 +2,12 @@
 registry, asks the pure ``hadecide.decide`` what to do, and writes intents.
 
 The leader reads by watch: a :class:`gridtool.registry.mirror.MirrorStore` keeps the
-prefixes it reads, and each round first brings it up to the registry's revision (or lists
-again). A round whose inputs did not change since an idle round (no actions, nothing in
-flight, nobody fenced or suspect) skips the snapshot and ``decide`` (a *quiet* round),
-until ``full_every`` seconds have passed since the last full one.
+prefixes it reads, and each full round first brings it up to the registry's revision (or
+lists again). A round whose inputs did not change since an idle round (no actions, nothing
+in flight, nobody fenced or suspect) skips the barrier, the snapshot and ``decide`` (a
+*quiet* round: no round trip; a background probe checks that the watch keeps up), until
+``full_every`` seconds have passed since the last full one. A lost host's timed grace
+ending brings the next round forward to that moment.
 
 Every write of the leader is a transaction guarded by its election key (compare its
 create revision), so a deposed leader that has not noticed yet cannot act.
@@ -21,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from gridtool.backoff import Backoff
 from gridtool.clock import SYSTEM, Clock
@@ -78,6 +80,16 @@ from gridtool.registry.store import Compare, Delete, Item, Put, Store, Watch
 log = logging.getLogger("gridtool.ha.manager")
 
 
+class RoundTime(NamedTuple):
+    """One round: its ``seconds``, whether it was ``full`` (read and decided; False: a
+    quiet round), and the seconds of those spent bringing the view up to date (``sync``:
+    in a full round the barrier, a revision read and the wait for the watch)."""
+
+    seconds: float
+    full: bool
+    sync: float = 0.0
+
+
 class Manager:
     """One manager candidate; ``run()`` campaigns and, once elected, manages.
 
@@ -132,8 +144,7 @@ class Manager:
         self.full_every = full_every
         self.view: Store = store  # where rounds read: the mirror while leading
         self._idle: tuple[int, float] | None = None  # (mirror changes, time) of an idle round
-        #: the last rounds: (seconds, True for a full round / False for a quiet one)
-        self.rounds: deque[tuple[float, bool]] = deque(maxlen=10_000)
+        self.rounds: deque[RoundTime] = deque(maxlen=10_000)  # the last rounds
         self.txn_limits = batch.TxnLimits()  # what one transaction of restarts may hold
         self._intent_ns = 0  # the last start intent's id (time_ns), for unique ids
         self._memo = Memo()  # decoded records and guests' needs, kept between rounds
@@ -304,28 +315,42 @@ class Manager:
     def tick(self) -> None:
         started = time.perf_counter()
         full = self._sync_view()
+        synced = time.perf_counter() - started
         for _ in range(2 if full else 0):  # a 2nd pass recovers what an inline fence allowed
             self._fenced_inline = False
             self._round()
             if not self._fenced_inline:
                 break
-        self.rounds.append((time.perf_counter() - started, full))
+        self.rounds.append(RoundTime(time.perf_counter() - started, full, synced))
         self._publish_status()
         self.pools.maybe_run()
 
     def _sync_view(self) -> bool:
-        """Bring the mirror up to date; True when this round must read and decide (False:
-        a quiet round, nothing it reads changed since an idle one)."""
+        """Bring the view up to date; True when this round must read and decide (after
+        the barrier: :meth:`MirrorStore.sync`), False for a quiet round (no round trip,
+        no wait)."""
         if not isinstance(self.view, MirrorStore):
             return True
+        if self._quiet(self.view):
+            return False
         self.view.sync()
+        return True
+
+    def _quiet(self, view: MirrorStore) -> bool:
+        """Nothing a round reads changed since an idle full round less than
+        ``full_every`` ago, as far as the mirror has seen, no host's heartbeat has been
+        silent past ``suspect_after``, and the watch keeps up (``MirrorStore.check``: it
+        delivered every revision probed within its catch-up time). A change still in
+        flight makes the round after its arrival full (hosts and fences wake it at once)."""
         idle = self._idle
-        if idle is None or idle[0] != self.view.changes or \
-                self.clock.monotonic() - idle[1] >= self.full_every:
-            return True
-        live = {i.key.removeprefix(self.keys.hosts) for i in self.view.list(self.keys.hosts)[0]}
+        if idle is None or idle[0] != view.changes or \
+                self.clock.monotonic() - idle[1] >= self.full_every or not view.check():
+            return False
         after = self.fencing.suspect_after
-        return after is not None and any(s >= after for s in self._silences(live).values())
+        if after is None:
+            return True
+        live = {i.key.removeprefix(self.keys.hosts) for i in view.list(self.keys.hosts)[0]}
+        return all(s < after for s in self._silences(live).values())
 
     def _round(self) -> None:
         changes = self.view.changes if isinstance(self.view, MirrorStore) else 0

@@ -15,6 +15,9 @@ watches the whole registry prefix from the listing's revision on (events are rep
 order, so the mirror ends equal to the registry), and resyncs (lists again) when the watch
 says its history was compacted away or the store went back in time (``reset`` events),
 and when :meth:`MirrorStore.sync` cannot see it catch up with the registry's revision.
+:meth:`MirrorStore.check` is the same judgement without waiting: a background probe
+reads the registry's revision, and :func:`behind` (pure) says when the watch failed to
+deliver it within ``catch_up`` seconds (a manager's quiet round: no round trip, no wait).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NoReturn, TypeVar, cast
 
+from gridtool.errors import AuthError, RegistryUnavailable
 from gridtool.registry.fleet import PAGE, page_bounds
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError, HostRecord, decode
@@ -337,6 +341,21 @@ def guest_pages(keys: Keys) -> Bounds:
     return bounds
 
 
+@dataclass(frozen=True)
+class Probe:
+    """The registry's ``revision`` as read at ``at`` (monotonic seconds)."""
+
+    revision: int
+    at: float
+
+
+def behind(probe: Probe | None, seen: int, now: float, catch_up: float) -> bool:
+    """A watch that has delivered events up to revision ``seen`` is behind when it has
+    not reached the revision of ``probe`` within ``catch_up`` seconds of its reading:
+    an event lost, or the watch stuck (the mirror must list again)."""
+    return probe is not None and seen < probe.revision and now - probe.at > catch_up
+
+
 class MirrorStore:
     """A ``Store`` whose listings of the mirrored prefixes come from a watch-fed mirror.
 
@@ -359,6 +378,8 @@ class MirrorStore:
         self._cond = threading.Condition()
         self._watch: Watch | None = None
         self._stale = True
+        self._probe: Probe | None = None  # the last revision probed, until the watch has it
+        self._probing = False  # a probe's read is under way
 
     # -- the mirror's life ----------------------------------------------------
 
@@ -369,6 +390,7 @@ class MirrorStore:
         with self._cond:
             self.mirror.reset(items, revision)
             self._stale = False
+            self._probe = None
         self._watch = self.store.watch_prefix(self.root, self._event,
                                               start_revision=revision + 1)
         log.info("event=mirror_loaded revision=%s keys=%s", revision, len(items))
@@ -403,6 +425,36 @@ class MirrorStore:
         self.resyncs += 1
         self.start()
         return True
+
+    def check(self) -> bool:
+        """Without waiting or a round trip in the caller's thread: False when the mirror
+        cannot be trusted (stale, or :func:`behind` its last probe: :meth:`sync` then
+        lists again); True when the watch delivered, within ``catch_up``, every revision
+        probed so far. Starts the next probe (a thread reading the registry's revision)
+        once the last one was reached. The mirror may lag the registry by the events
+        in flight, at most ``catch_up`` seconds plus one probe's read."""
+        with self._cond:
+            if self._probe is not None and self.mirror.revision >= self._probe.revision:
+                self._probe = None
+            trusted = not self._stale and not behind(self._probe, self.mirror.revision,
+                                                     time.monotonic(), self.catch_up)
+            start = self._probe is None and not self._probing
+            self._probing = self._probing or start
+        if start:
+            threading.Thread(target=self._read_probe, daemon=True, name="mirror-probe").start()
+        return trusted
+
+    def _read_probe(self) -> None:
+        revision = 0
+        try:
+            _, revision = self.store.list(self.root + "\0")  # the revision, no keys
+        except (RegistryUnavailable, AuthError) as exc:  # seen by the manager's own calls
+            log.debug("event=mirror_probe_failed error=%s", exc)
+        finally:
+            with self._cond:
+                self._probing = False
+                if revision > self.mirror.revision:
+                    self._probe = Probe(revision, time.monotonic())
 
     @property
     def changes(self) -> int:
