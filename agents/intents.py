@@ -207,10 +207,16 @@ class IntentWorker:
             raise IntentFailed(f"guest {intent.name} vanished from {self.host}")
         return rec
 
-    def _take_fences(self, rec: GuestRecord) -> tuple[GuestRef | None, int]:
+    def _ref(self, rec: GuestRecord) -> GuestRef | None:
+        """The fencing view of ``rec`` (one read of its settings), None when unfenced."""
+        return self.fencer.ref(rec) if rec.fenced else None
+
+    def _take_fences(self, rec: GuestRecord, ref: GuestRef | None = None,
+                     ) -> tuple[GuestRef | None, int]:
         """Acquire (or find this host holding) a fenced guest's fences before it runs:
-        its ref and the fencing token ((None, 0) for an unfenced guest)."""
-        ref = self.fencer.ref(rec) if rec.fenced else None
+        its ref (``ref``: as read already) and the fencing token ((None, 0) for an
+        unfenced guest)."""
+        ref = ref or self._ref(rec)
         if ref is None:
             return None, 0
         if ref.kind is FenceKind.HA and not self.lease.arm():
@@ -222,12 +228,11 @@ class IntentWorker:
             raise IntentFailed(f"{self.host} refuses to take an HA fence: {why}")
         return ref, self.fencer.acquire(ref)
 
-    def _saved_image(self, intent: Intent, dom: libvirt.virDomain, rec: GuestRecord,
+    def _saved_image(self, intent: Intent, dom: libvirt.virDomain, ref: GuestRef | None,
                      doing: str) -> str:
         """Discard a stale managed save image before a start (it then boots afresh);
         IntentFailed when one cannot be judged. The reason an image was discarded."""
-        verdict = check_saved_image(self.host, self.fencer, dom,
-                                    self.fencer.ref(rec) if rec.fenced else None)
+        verdict = check_saved_image(self.host, self.fencer, dom, ref)
         if not verdict.ok and not verdict.discard:
             raise IntentFailed(f"{intent.name} not {doing} on {self.host}: {verdict.reason}")
         return verdict.reason
@@ -235,8 +240,9 @@ class IntentWorker:
     def _do_start(self, intent: Intent) -> str:
         dom = self._domain(intent)
         rec = self._record(intent)
-        discarded = self._saved_image(intent, dom, rec, "started")
-        ref, token = self._take_fences(rec)
+        ref = self._ref(rec)  # read once: a start is a handful of round trips in series
+        discarded = self._saved_image(intent, dom, ref, "started")
+        ref, token = self._take_fences(rec, ref)
         if dom.isActive():
             return f"{intent.name} already running on {self.host}"
         if ref is not None:
@@ -530,7 +536,7 @@ class IntentWorker:
             dom.resume()
             how = "resumed"
         elif not dom.isActive():
-            stale = self._saved_image(intent, dom, self._record(intent), "woken")
+            stale = self._saved_image(intent, dom, self._ref(self._record(intent)), "woken")
             if stale:  # never restored; the pool replaces it
                 raise IntentFailed(f"{intent.name} not woken on {self.host}: {stale}; its "
                                    "saved image was discarded")
