@@ -1,4 +1,5 @@
-"""Shared bits of the benchmarks: percentiles, a printed table, JSON results.
+"""Shared bits of the benchmarks: percentiles, a printed table, JSON results, the phases
+of HA failovers read from a log of the manager and the agents.
 
 Every benchmark imports this module first: it puts the repository root on ``sys.path``
 so that ``python bench/x.py`` can import the test harness (``tests.harness``), which
@@ -9,9 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +117,83 @@ def on_qemu_lab(name: str, run: Any, args: Any, members: int = 1) -> int:
         return 2
     with lab_etcd(members, prefix=f"gt-{name.replace('_', '-')}-") as (base, cluster):
         return run(base, cluster, args)
+
+
+# -- the phases of HA failovers, from a log (``fleet_scale.py --log``) ---------------------
+# One clock: the log lines' wall time (every process on this machine), from the moment the
+# manager saw the host's lease gone: restarts written, intents picked up, fences taken,
+# libvirt's starts, outcomes written and seen; the first and the last guest of each.
+
+LINE = re.compile(r"^(\S+ \S+) (\d+) \S+ event=(\S+)(.*)$")
+FIELD = re.compile(r"(\w+)=(\S+)")
+#: (event, what it marks), in the order a restart goes through them
+PHASES = (("ha_restart", "restart written (manager)"),
+          ("intent_start", "intent picked up, running written"),
+          ("fence_acquired", "fence taken (agent)"),
+          ("guest_created", "libvirt start done"),
+          ("intent_done", "outcome written"),
+          ("guest_running", "running record seen (a watch)"),
+          ("restart_done", "outcome seen by the manager"))
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """One ``event=`` line: when, which process, the event and its fields."""
+
+    at: float  # epoch seconds
+    pid: str
+    name: str
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Failover:
+    """One host's failover as its log lines tell it."""
+
+    host: str
+    lost_at: float  # the manager saw the lease gone
+    guests: int
+    #: phase -> (count, first, last), seconds after ``lost_at``
+    phases: dict[str, tuple[int, float, float]]
+    per_process: dict[str, int]  # agent process -> intents it carried out
+
+
+def parse_log(lines: Iterable[str]) -> list[LogEvent]:
+    """The ``event=`` lines of a log (``%(asctime)s PID LOGGER event=... k=v``)."""
+    events = []
+    for line in lines:
+        m = LINE.match(line.strip())
+        if m:
+            at = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            events.append(LogEvent(at, m[2], m[3], dict(FIELD.findall(m[4]))))
+    return events
+
+
+def failovers(events: list[LogEvent]) -> list[Failover]:
+    """One per host the manager saw lost and restarted guests of."""
+    found = []
+    for host in sorted({e.fields["host"] for e in events if e.name == "host_lost"}):
+        lost = min(e.at for e in events if e.name == "host_lost" and e.fields["host"] == host)
+        guests = {e.fields["guest"] for e in events
+                  if e.name == "ha_restart" and e.fields.get("from") == host}
+        if not guests:
+            continue
+        mine = [e for e in events if e.at >= lost and e.fields.get("guest") in guests]
+        phases = {}
+        for name, what in PHASES:
+            times = sorted(e.at - lost for e in mine if e.name == name)
+            if times:
+                phases[what] = (len(times), times[0], times[-1])
+        per = Counter(e.pid for e in mine if e.name == "intent_start")
+        found.append(Failover(host, lost, len(guests), phases, dict(per)))
+    return found
+
+
+def print_failovers(found: list[Failover]) -> None:
+    """Each failover's phases, one line each."""
+    for f in found:
+        print(f"\nfailover of {f.host}: {f.guests} HA guest(s); seconds after the manager "
+              "saw its lease gone")
+        for what, (n, first, last) in f.phases.items():
+            print(f"  {what:38s} n={n:3d}  first {first:7.3f}  last {last:7.3f}")
+        print(f"  intents per agent process: {sorted(f.per_process.values(), reverse=True)}")

@@ -5,9 +5,10 @@ agents packed into ``--workers`` processes. Each simulated host runs the agent's
 code: its lease is a real :class:`agents.lease.HostLease` (``keepalive_step``), its
 heartbeat a real :class:`agents.heartbeat.Heartbeat` (``beat``), its host record and
 guest records go through :class:`gridtool.registry.fleet.Registry`, and its intents are
-carried out by the real :class:`agents.intents.IntentWorker` and :class:`agents.fencer.Fencer`
-over a fake libvirt (:mod:`tests.sim.fakevirt`). The real HA manager
-(:class:`gridtool.ha.manager.Manager`, reading by watch) runs in this process.
+carried out by the real :class:`agents.intents.IntentWorker` (one thread per host, as in
+the agent) and :class:`agents.fencer.Fencer` over a fake libvirt
+(:mod:`tests.sim.fakevirt`). The real HA manager (:class:`gridtool.ha.manager.Manager`,
+reading by watch) runs in this process.
 
 For each fleet size of the curve (``--curve``: guests spread over the hosts) it measures:
 the manager's rounds (quiet and full, p50/p99) and one round by re-listing (the old way);
@@ -16,7 +17,8 @@ the CLI as a user runs it (``host list --json``, ``guest list --json``, ``guest 
 (writes/s and bytes/s per host, etcd's CPU, DB growth), one host with 1 HA guest and one
 with ``--ha-guests`` HA guests powered off (seconds until all run elsewhere), and an
 etcd outage of ``--outage`` s after which every agent reconnects and resyncs (jittered
-over ``--jitter`` s). Prints tables, writes bench/results/fleet_scale.json.
+over ``--jitter`` s). Prints tables, writes bench/results/fleet_scale.json; with ``--log``,
+each failover's phases too (``benchlib.failovers``).
 
     python bench/fleet_scale.py [--hosts 2000] [--curve 1000,10000,50000,100000]
         [--workers 8] [--ttl 30] [--beat 5] [--steady 30] [--outage 8] [--jitter 10]
@@ -29,7 +31,6 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
-import queue
 import random
 import subprocess
 import sys
@@ -42,7 +43,16 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from benchlib import lab_etcd, percentile, print_table, summary_ms, write_json
+from benchlib import (
+    failovers,
+    lab_etcd,
+    parse_log,
+    percentile,
+    print_failovers,
+    print_table,
+    summary_ms,
+    write_json,
+)
 from verdict import Verdict
 
 from agents.claims import GuestClaims
@@ -66,6 +76,7 @@ from tests.sim.fakevirt import FakeHost, FakeLibvirt
 ROUND_P99_MS = 100.0  # a round with nothing to do
 FAILOVER_EXTRA_S = 2.0  # 50 guests: at most this much longer than one
 PREFIX = "/bench-fleet/"
+log = logging.getLogger("bench.fleet_scale")
 
 
 def host_name(i: int) -> str:
@@ -110,8 +121,9 @@ class Counters:
 
 
 class AgentWorker:
-    """A process's share of the simulated agents, driven by one loop thread and one
-    intent thread (a watch on every intent, handed to the addressed host's worker)."""
+    """A process's share of the simulated agents, driven by one loop thread; each host's
+    intents are carried out by its own ``IntentWorker`` thread, as in the agent (one watch
+    on every intent offers each to the addressed host's worker)."""
 
     def __init__(self, cfg: Config, hosts: list[str], ha: dict[str, GuestRecord]) -> None:
         self.cfg, self.keys = cfg, cfg.keys
@@ -120,7 +132,6 @@ class AgentWorker:
         self.ha = ha  # the HA guests: defined on every host (shared storage)
         self.counters = Counters()
         self.hosts = {h: self._host(h) for h in hosts}
-        self.intents: queue.Queue[tuple[str, str]] = queue.Queue()
         self.down_since: float | None = None
         self.back_at: float | None = None
 
@@ -162,7 +173,9 @@ class AgentWorker:
         say ready, then answer the parent's commands."""
         stop = threading.Event()
         threading.Thread(target=self._loop, args=(stop,), daemon=True).start()
-        threading.Thread(target=self._intent_loop, args=(stop,), daemon=True).start()
+        for sim in self.hosts.values():
+            assert sim.worker is not None
+            sim.worker.start()
         watch = self.store.watch_prefix(self.keys.all_intents, self._intent_event)
         for sim in self.hosts.values():
             self.register(sim)
@@ -183,21 +196,18 @@ class AgentWorker:
             elif cmd == "stop":
                 stop.set()
                 watch.cancel()
+                for sim in self.hosts.values():
+                    assert sim.worker is not None
+                    sim.worker.stop()
                 conn.send(True)
                 return
 
     def _intent_event(self, ev: Event) -> None:
         host = ev.key.removeprefix(self.keys.all_intents).split("/", 1)[0]
-        if ev.kind == "put" and host in self.hosts and not self.hosts[host].dead:
-            self.intents.put((host, ev.key))
-
-    def _intent_loop(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(queue.Empty):
-                host, key = self.intents.get(timeout=0.5)
-                worker = self.hosts[host].worker
-                assert worker is not None
-                worker.handle(key)
+        sim = self.hosts.get(host)
+        if ev.kind == "put" and sim is not None and not sim.dead:
+            assert sim.worker is not None
+            sim.worker.offer(ev.key, ev.value)
 
     def _loop(self, stop: threading.Event) -> None:
         """Every host's keepalive when due and heartbeat every ``HEARTBEAT_S``; while the
@@ -432,9 +442,10 @@ def failover(store: EtcdStore, keys: Any, agents: Agents, host: str,
             if ev.key == keys.host(host) and ev.kind == "delete" and not gone:
                 gone.append(time.monotonic() - start)
             on, _, uid = ev.key.removeprefix(keys.guests).partition("/")
-            if ev.kind == "put" and uid in mine and on != host and \
+            if ev.kind == "put" and uid in mine and on != host and uid not in running and \
                     decode(GuestRecord, ev.key, ev.value).state in ACTIVE_STATES:
                 running.add(uid)
+                log.info("event=guest_running guest=%s host=%s", ha[uid].name, on)
             seen.notify_all()
 
     start = time.monotonic()
@@ -580,6 +591,9 @@ def main() -> int:
             store.close()
     results["load_end"] = os.getloadavg()
     report(results)
+    if args.log:
+        with open(args.log) as lines:
+            print_failovers(failovers(parse_log(lines)))
     verdict = judge(results)
     verdict.print()
     write_json("fleet_scale", {**results, **verdict.to_dict()}, args.json_path)

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NoReturn, TypeVar, cast
 
-from gridtool.errors import AuthError, RegistryUnavailable
 from gridtool.registry.fleet import PAGE, page_bounds
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError, HostRecord, decode
@@ -448,7 +447,7 @@ class MirrorStore:
         revision = 0
         try:
             _, revision = self.store.list(self.root + "\0")  # the revision, no keys
-        except (RegistryUnavailable, AuthError) as exc:  # seen by the manager's own calls
+        except Exception as exc:  # (a closed store too): the manager's own calls see it
             log.debug("event=mirror_probe_failed error=%s", exc)
         finally:
             with self._cond:

@@ -281,3 +281,28 @@ def test_queue_pool_counts_waits_unserved_jobs_sla_windows_and_worker_seconds() 
     assert out["wait_s"]["max"] == pytest.approx(5.0)
     assert out["wait_s"]["p50"] == pytest.approx(0.4)
     assert out["worker_seconds"] == 30.0 and out["peak_serving"] == 2
+
+
+# -- the failover's phases (bench/benchlib.py) --------------------------------
+
+
+def test_failover_phases_time_each_step_from_the_lease_seen_gone() -> None:
+    phases = bench("benchlib")
+    log = """\
+2026-12-03 06:52:20,000 1 gridtool.ha.manager event=host_lost host=hv1 registration=0
+2026-12-03 06:52:20,100 1 gridtool.ha.manager event=host_lost host=hv9 registration=0
+2026-12-03 06:52:52,500 1 gridtool.ha.manager event=ha_restart guest=a on=hv2 from=hv1 r=x
+2026-12-03 06:52:52,500 1 gridtool.ha.manager event=ha_restart guest=b on=hv3 from=hv1 r=x
+2026-12-03 06:52:52,600 7 gridtool.agent event=intent_start host=hv2 guest=a
+2026-12-03 06:52:52,900 7 gridtool.agent event=intent_start host=hv3 guest=b
+2026-12-03 06:52:53,000 8 gridtool.agent event=intent_done host=hv3 guest=a
+not a log line
+2026-12-03 06:52:53,250 7 gridtool.agent event=intent_done host=hv3 guest=b
+"""
+    (f,) = phases.failovers(phases.parse_log(log.splitlines()))  # hv9: nothing restarted
+    assert (f.host, f.guests, f.per_process) == ("hv1", 2, {"7": 2})
+    assert f.phases["restart written (manager)"] == (2, 32.5, 32.5)
+    n, first, last = f.phases["intent picked up, running written"]
+    assert (n, first, last) == (2, pytest.approx(32.6), pytest.approx(32.9))
+    assert f.phases["outcome written"][1:] == (pytest.approx(33.0), pytest.approx(33.25))
+    assert "fence taken (agent)" not in f.phases
