@@ -67,6 +67,7 @@ from gridtool.ha.rules import decide
 from gridtool.lab.procs import LabError
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.fleet import Registry
+from gridtool.registry.mirror import MirrorStore
 from gridtool.registry.model import ACTIVE_STATES, Disk, GuestRecord, HostRecord, decode
 from gridtool.registry.records import GuestSettings, encode
 from gridtool.registry.store import Event, Put
@@ -382,6 +383,25 @@ def rounds_in(manager: Manager, seconds: float) -> tuple[list[float], list[float
             [r.sync for r in taken if r.full])
 
 
+def barrier_samples(store: EtcdStore, manager: Manager, count: int = 30,
+                    ) -> dict[str, dict[str, float]]:
+    """What a quiet round used to cost, ``count`` times, one after another: etcd's
+    revision read (a linearizable range read) and the wait until the manager's mirror has
+    that revision (the watch's lag)."""
+    view = manager.view
+    if not isinstance(view, MirrorStore):
+        return {}
+    read, lag = [], []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        _, revision = store.list(view.root + "\0")
+        t1 = time.perf_counter()
+        view.wait_for(revision, 10.0)
+        read.append(t1 - t0)
+        lag.append(time.perf_counter() - t1)
+    return {"revision_read": summary_ms(read), "watch_catch_up": summary_ms(lag)}
+
+
 def relist_round(cfg: Config, store: EtcdStore) -> float | str:
     """One round the old way: list the registry, decide (nothing is written); or why it
     could not (a listing that outlasts the registry timeout)."""
@@ -565,6 +585,7 @@ def main() -> int:
                         "quiet_rounds": summary_ms(quiet) if quiet else {},
                         "full_rounds": summary_ms(full) if full else {},
                         "full_rounds_barrier": summary_ms(barrier) if barrier else {},
+                        "old_quiet_round_parts": barrier_samples(store, manager),
                         "relist_round_s": relist_round(cfg, store),
                         "mirror_resyncs": getattr(manager.view, "resyncs", None),
                         "cli_s": {

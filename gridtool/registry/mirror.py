@@ -410,20 +410,24 @@ class MirrorStore:
         ``catch_up`` seconds) for the watch to deliver it, else list everything again.
         True when it had to list again (a resync)."""
         _, current = self.store.list(self.root + "\0")  # the revision, no keys
-        deadline = time.monotonic() + self.catch_up
-        with self._cond:
-            while not self._stale and self.mirror.revision < current:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            fresh = not self._stale and self.mirror.revision >= current
-        if fresh:
+        if self.wait_for(current, self.catch_up):
             return False
         log.warning("event=mirror_resync revision=%s seen=%s", current, self.mirror.revision)
         self.resyncs += 1
         self.start()
         return True
+
+    def wait_for(self, revision: int, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for the watch to deliver ``revision``; whether
+        the mirror holds it now (a stale one never does)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._stale and self.mirror.revision < revision:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return not self._stale and self.mirror.revision >= revision
 
     def check(self) -> bool:
         """Without waiting or a round trip in the caller's thread: False when the mirror
