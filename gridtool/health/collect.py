@@ -29,6 +29,7 @@ from gridtool.pools.feed import FeedStatus
 from gridtool.pools.rules import (
     WARM_ASLEEP,
     WARM_SLEEPING,
+    WARM_WAKING,
     MemberRecord,
     PoolSpec,
     PoolStatus,
@@ -134,9 +135,9 @@ def read_cert(path: Path) -> CertObs:
                    cert.not_valid_after_utc.timestamp())
 
 
-#: Warm worker states whose guest is (or is going) to sleep: a hibernated one keeps its
-#: fences while shut off (``gridtool.fencing.saved``).
-SLEEPING = (WARM_SLEEPING, WARM_ASLEEP)
+#: Warm worker states whose guest is (or is going) to sleep, or is asleep until its wake
+#: runs: a hibernated one keeps its fences while shut off (``gridtool.fencing.saved``).
+SLEEPING = (WARM_SLEEPING, WARM_ASLEEP, WARM_WAKING)
 
 
 def _pools(store: Store, keys: Keys, running: set[str],

@@ -8,12 +8,14 @@ booted and calls :func:`put_to_sleep` (recorded ``sleeping`` with the id of its 
 intent: ``hibernate`` = libvirt managed save, ``pause`` = suspend), and a later one
 sees that intent done and calls :func:`mark_asleep` (``asleep``). :func:`refill` does
 the same from start to end and waits (the bench's way of making one).
-:func:`wake` sends ``wake`` intents (a hibernated worker is started, so its restore
-goes through the fences and the hook like any start; a paused one has its fences
-checked, then is resumed) and records the woken workers as serving (``warm`` "").
-A template with a ready marker has a wake count as done only once the guest writes
-to its console again after it (:data:`ALIVE_TIMEOUT`), not on the stale marker of its
-first boot.
+:func:`start_wake` records an asleep worker ``waking`` with the id of its ``wake``
+intent, then sends that intent (a hibernated worker is started, so its restore goes
+through the fences and the hook like any start; a paused one has its fences checked,
+then is resumed), and returns; a later round sees the intent done and calls
+:func:`mark_awake` (serving, ``warm`` ""). :func:`wake` does both and waits (the
+bench). A template with a ready marker has a wake count as done only once the guest
+writes to its console again after it (:data:`ALIVE_TIMEOUT`), not on the stale marker
+of its first boot.
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gridtool.config import Config
-from gridtool.errors import GridtoolError
+from gridtool.errors import Conflict, GridtoolError
 from gridtool.pools.rules import (
     WARM_ASLEEP,
     WARM_BOOTING,
-    WARM_FAILED,
     WARM_SLEEPING,
+    WARM_WAKING,
     MemberRecord,
     PoolSpec,
 )
 from gridtool.registry import settings
-from gridtool.registry.intents import IntentClient
+from gridtool.registry.intents import IntentClient, new_id, who
 from gridtool.registry.model import DecodeError
 from gridtool.registry.records import Intent, decode, encode
 from gridtool.registry.store import Compare, Delete, Put, Store
@@ -112,17 +114,19 @@ def _run(store: Store, cfg: Config, action: str, targets: Sequence[tuple[str, st
     client = IntentClient(store, cfg.keys)
     submitted = [(client.submit(host, action, uuid, name, dict(params)), time.monotonic())
                  for uuid, name, host in targets]
-    deadline = time.monotonic() + timeout
-    out: list[tuple[Intent | None, str, float]] = []
-    for intent, began in submitted:
-        try:
-            done = client.wait(intent, max(0.1, deadline - time.monotonic()),
-                               host_alive=lambda h=intent.host: store.get(  # type: ignore[misc]
-                                   cfg.keys.host(h)) is not None)
-            out.append((done, "", time.monotonic() - began))
-        except GridtoolError as exc:
-            out.append((None, str(exc), time.monotonic() - began))
-    return out
+    return [_outcome(store, cfg, intent, began, timeout) for intent, began in submitted]
+
+
+def _outcome(store: Store, cfg: Config, intent: Intent, began: float,
+             timeout: float) -> tuple[Intent | None, str, float]:
+    """Wait for ``intent`` (submitted at monotonic ``began``) until ``began + timeout``."""
+    try:
+        done = IntentClient(store, cfg.keys).wait(
+            intent, max(0.1, began + timeout - time.monotonic()),
+            host_alive=lambda: store.get(cfg.keys.host(intent.host)) is not None)
+        return done, "", time.monotonic() - began
+    except GridtoolError as exc:
+        return None, str(exc), time.monotonic() - began
 
 
 def _timings(intent: Intent | None) -> dict[str, float]:
@@ -130,21 +134,75 @@ def _timings(intent: Intent | None) -> dict[str, float]:
     return {k: float(v) for k, v in (result.get("timings") or {}).items()}
 
 
+def wake_intent(uuid: str, name: str, host: str, intent_id: str,
+                alive_timeout: float = ALIVE_TIMEOUT) -> Intent:
+    """The ``wake`` intent of an asleep warm worker, under the id recorded for it."""
+    return Intent(intent_id, host, "wake", uuid, name, time.time(), who(),
+                  params={"alive_timeout": alive_timeout})
+
+
+def start_wake(store: Store, cfg: Config, pool: str, uuid: str, name: str, host: str, *,
+               intent_id: str = "", alive_timeout: float = ALIVE_TIMEOUT) -> str:
+    """Wake an asleep warm worker without waiting: record it ``waking`` with a new wake
+    intent id, then send that intent under that id (it runs once: see
+    :meth:`IntentClient.submit_once`). With ``intent_id`` (recorded by a leader that
+    stopped before sending it): send it, if the member still waits for it. The id
+    sent, "" when nothing was (another manager got there first, or it was removed). A
+    later round sees the intent's outcome (:func:`mark_awake`, or removes it)."""
+    key = cfg.keys.pool_member(pool, uuid)
+    if intent_id:
+        item = store.get(key)
+        member = decode(MemberRecord, key, item.value) if item else None
+        if member is None or (member.warm, member.intent) != (WARM_WAKING, intent_id):
+            return ""
+    else:
+        intent_id = new_id()
+        if not set_member_warm(store, cfg, pool, uuid, WARM_WAKING,
+                               was=(WARM_ASLEEP, WARM_SLEEPING), intent=intent_id):
+            return ""
+    sent = IntentClient(store, cfg.keys).submit_once(
+        wake_intent(uuid, name, host, intent_id, alive_timeout))
+    return intent_id if sent else ""
+
+
+def mark_awake(store: Store, cfg: Config, pool: str, uuid: str, name: str) -> bool:
+    """Record a waking worker whose wake is done as serving: its guest desired running
+    again (while asleep the HA manager had to leave it stopped), then its member."""
+    key = cfg.keys.pool_member(pool, uuid)
+    item = store.get(key)
+    if item is None or decode(MemberRecord, key, item.value).warm != WARM_WAKING:
+        return False
+    try:
+        settings.update(store, cfg.keys, uuid, name,
+                        lambda s: replace(s, desired=settings.DESIRED_AFTER["wake"],
+                                          error=""),
+                        guard=[Compare(key, "mod", item.mod_revision)])
+    except Conflict:  # the member changed (removed, or marked by another manager)
+        return False
+    return set_member_warm(store, cfg, pool, uuid, "", was=(WARM_WAKING,))
+
+
 def wake(store: Store, cfg: Config, pool: str, workers: Sequence[tuple[str, str, str]], *,
          alive_timeout: float = ALIVE_TIMEOUT, timeout: float = 60.0) -> list[Woken]:
-    """Wake asleep warm workers ((uuid, name, host) each) all at once; a woken one is
-    recorded as serving, one whose wake failed (e.g. its saved image was stale and
-    discarded) as ``failed`` (the next round removes and replaces it).
-    ``alive_timeout`` 0: done when libvirt's call returns."""
+    """Wake asleep warm workers ((uuid, name, host) each) all at once and wait for each
+    (the bench; the keeper uses :func:`start_wake` and never waits): a woken one is
+    recorded as serving; one whose wake failed stays ``waking`` with its failed intent
+    (the next round removes and replaces it). ``alive_timeout`` 0: done when libvirt's
+    call returns."""
+    sent = []
+    for uuid, name, host in workers:
+        intent_id = start_wake(store, cfg, pool, uuid, name, host,
+                               alive_timeout=alive_timeout)
+        sent.append((wake_intent(uuid, name, host, intent_id, alive_timeout),
+                     time.monotonic()))
     found = []
-    for (uuid, name, host), (done, error, seconds) in zip(workers, _run(
-            store, cfg, "wake", workers, {"alive_timeout": alive_timeout}, timeout),
-            strict=True):
-        if done is not None:  # (after: while asleep, the HA manager must not start it)
-            settings.set_desired_after(store, cfg.keys, uuid, name, "wake")
-        set_member_warm(store, cfg, pool, uuid, "" if done is not None else WARM_FAILED)
-        found.append(Woken(uuid, name, host, done is not None, error, seconds,
-                           _timings(done)))
+    for intent, began in sent:
+        done, error, seconds = _outcome(store, cfg, intent, began, timeout) \
+            if intent.id else (None, "not asleep", 0.0)
+        if done is not None:
+            mark_awake(store, cfg, pool, intent.guest, intent.name)
+        found.append(Woken(intent.guest, intent.name, intent.host, done is not None, error,
+                           seconds, _timings(done)))
     return found
 
 

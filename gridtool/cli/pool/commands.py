@@ -435,11 +435,12 @@ def report(app: AppContext, name: str, arrivals: int, completions: int,
 
 
 def _member_class(view: MemberView, live: dict[str, HostInfo], now: float) -> str:
-    """ready/starting/broken/lost for a serving member; warm (asleep) or warming (booting
-    before its sleep) for a warm one that is fine, else its broken or lost class."""
-    from gridtool.pools.rules import MemberClass, classify, classify_warm
+    """ready/starting/broken/lost for a serving member (one being woken: starting until
+    its wake is done); warm (asleep) or warming (booting before its sleep) for a warm
+    one that is fine, else its broken or lost class."""
+    from gridtool.pools.rules import MemberClass, classify, classify_warm, is_serving
 
-    if not view.warm:
+    if is_serving(view):
         return classify(view, live, now).value
     found = classify_warm(view, live, now)
     if found in (MemberClass.BROKEN, MemberClass.LOST):
