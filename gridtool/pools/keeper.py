@@ -275,12 +275,12 @@ class PoolKeeper:
                 self.errors[spec.name] = "warm: " + "; ".join(errors[:3])
             return
         if isinstance(action, Wake):  # sent only: a later round sees its outcome
-            sent = warm.start_wake(self.store, self.cfg, spec.name, action.uuid,
-                                   action.name, action.host, intent_id=action.intent,
-                                   alive_timeout=warm.ALIVE_TIMEOUT if _has_marker(
-                                       self.store, self.keys, spec.template) else 0.0)
+            intent_id = warm.start_wake(
+                self.store, self.cfg, spec.name, action.uuid, action.name, action.host,
+                intent_id=action.intent, alive_timeout=warm.ALIVE_TIMEOUT if _has_marker(
+                    self.store, self.keys, spec.template) else 0.0)
             log.info("event=pool_wake pool=%s guest=%s host=%s intent=%s reason=%s",
-                     spec.name, action.name, action.host, sent or "-", action.reason)
+                     spec.name, action.name, action.host, intent_id or "-", action.reason)
             return
         if isinstance(action, MarkAwake):
             if warm.mark_awake(self.store, self.cfg, spec.name, action.uuid, action.name):

@@ -82,6 +82,26 @@ def set_member_warm(store: Store, cfg: Config, pool: str, uuid: str, warm: str, 
     return False
 
 
+def desire(store: Store, cfg: Config, pool: str, uuid: str, name: str, action: str,
+           was: tuple[str, ...]) -> bool:
+    """Set a warm worker's desired state for ``action`` (``sleep``: stopped, ``wake``:
+    running) while its member is one of ``was``, guarded by the member's revision: a
+    worker removed meanwhile never gets a settings record again (it would be left
+    behind). False when the member is gone or in another state."""
+    key = cfg.keys.pool_member(pool, uuid)
+    item = store.get(key)
+    if item is None or decode(MemberRecord, key, item.value).warm not in was:
+        return False
+    desired = settings.DESIRED_AFTER[action]
+    try:
+        settings.update(store, cfg.keys, uuid, name,
+                        lambda s: replace(s, desired=desired, error=""),
+                        guard=[Compare(key, "mod", item.mod_revision)])
+    except Conflict:  # the member changed (removed, or moved on by another manager)
+        return False
+    return True
+
+
 def put_to_sleep(store: Store, cfg: Config, pool: str, mode: str, uuid: str, name: str,
                  host: str) -> bool:
     """Submit a booted warm worker's ``sleep`` intent and record it ``sleeping`` (the
@@ -89,7 +109,8 @@ def put_to_sleep(store: Store, cfg: Config, pool: str, mode: str, uuid: str, nam
     there first, or it was removed). Does not wait: :func:`mark_asleep` follows."""
     # stopped as the HA manager sees it first: a hibernated worker keeps its fences, and
     # a held fence with no settings would read as a guest that should run
-    settings.set_desired_after(store, cfg.keys, uuid, name, "sleep")
+    if not desire(store, cfg, pool, uuid, name, "sleep", (WARM_BOOTING,)):
+        return False
     client = IntentClient(store, cfg.keys)
     intent = client.submit(host, "sleep", uuid, name, {"mode": mode})
     if set_member_warm(store, cfg, pool, uuid, WARM_SLEEPING, was=(WARM_BOOTING,),
@@ -168,18 +189,8 @@ def start_wake(store: Store, cfg: Config, pool: str, uuid: str, name: str, host:
 def mark_awake(store: Store, cfg: Config, pool: str, uuid: str, name: str) -> bool:
     """Record a waking worker whose wake is done as serving: its guest desired running
     again (while asleep the HA manager had to leave it stopped), then its member."""
-    key = cfg.keys.pool_member(pool, uuid)
-    item = store.get(key)
-    if item is None or decode(MemberRecord, key, item.value).warm != WARM_WAKING:
-        return False
-    try:
-        settings.update(store, cfg.keys, uuid, name,
-                        lambda s: replace(s, desired=settings.DESIRED_AFTER["wake"],
-                                          error=""),
-                        guard=[Compare(key, "mod", item.mod_revision)])
-    except Conflict:  # the member changed (removed, or marked by another manager)
-        return False
-    return set_member_warm(store, cfg, pool, uuid, "", was=(WARM_WAKING,))
+    return desire(store, cfg, pool, uuid, name, "wake", (WARM_WAKING,)) and \
+        set_member_warm(store, cfg, pool, uuid, "", was=(WARM_WAKING,))
 
 
 def wake(store: Store, cfg: Config, pool: str, workers: Sequence[tuple[str, str, str]], *,
@@ -211,7 +222,7 @@ def sleep(store: Store, cfg: Config, pool: str, mode: str,
     """Put booted warm workers to sleep; each one asleep is recorded so. The errors."""
     errors = []
     for uuid, name, _host in workers:
-        settings.set_desired_after(store, cfg.keys, uuid, name, "sleep")
+        desire(store, cfg, pool, uuid, name, "sleep", (WARM_BOOTING,))
     for (uuid, name, _host), (done, error, _s) in zip(workers, _run(
             store, cfg, "sleep", workers, {"mode": mode}, timeout), strict=True):
         if done is None:

@@ -256,6 +256,8 @@ def test_warm_pool_wakes_hibernated_and_paused_workers_first_and_refills(  # typ
     resumed, and warm workers are reported apart from serving ones."""
     import libvirt
 
+    from gridtool.registry import settings
+
     start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64)
     code, _, err = gridtool(cfg, capsys, "pool", "create", "jobs", "--template", "w",
                             "--min", "1", "--max", "4", "--warm", "2")
@@ -323,8 +325,22 @@ def test_warm_pool_wakes_hibernated_and_paused_workers_first_and_refills(  # typ
     assert gridtool(cfg, capsys, "pool", "create", "x", "--template", "w", "--min", "1",
                     "--max", "2", "--warm", "3")[0] == 2
     assert pools.get(store, cfg.keys, "jobs").warm == 2
+    # a worker that slept has a settings record (its desired state); a removed one (the
+    # scale-down to 2, then the delete) takes it along
+    kept = {s.uuid for s in settings.read_all(store, cfg.keys).values()}
+    assert kept and kept <= set(pools.members(store, cfg.keys, "jobs")), (
+        "settings left behind by the scale-down")
     code, _, err = gridtool(cfg, capsys, "pool", "delete", "jobs")
     assert code == 0 and "4 clone(s) removed" in err
+    assert settings.read_all(store, cfg.keys) == {}, "no settings record left behind"
+    assert not store.list(cfg.keys.clones)[0]
+    # one left by an older version (or a removal while its host was down): reported
+    settings.set_desired_after(store, cfg.keys, "0a1b2c3d-0000-4000-8000-000000000001",
+                               "jobs-old", "sleep")
+    code, out, _ = gridtool(cfg, capsys, "check", "--json")
+    found = [f for f in json.loads(out)["findings"] if f["code"] == "SETTINGS_ORPHAN"]
+    assert code == 1 and [f["subject"] for f in found] == [
+        "0a1b2c3d-0000-4000-8000-000000000001"], out
 
 
 def test_a_warm_refill_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
