@@ -12,17 +12,16 @@ the same from start to end and waits (the bench's way of making one).
 intent, then sends that intent (a hibernated worker is started, so its restore goes
 through the fences and the hook like any start; a paused one has its fences checked,
 then is resumed), and returns; a later round sees the intent done and calls
-:func:`mark_awake` (serving, ``warm`` ""). :func:`wake` does both and waits (the
-bench). A template with a ready marker has a wake count as done only once the guest
-writes to its console again after it (:data:`ALIVE_TIMEOUT`), not on the stale marker
-of its first boot.
+:func:`mark_awake` (serving, ``warm`` ""). A template with a ready marker has a wake
+count as done only once the guest writes to its console again after it
+(:data:`ALIVE_TIMEOUT`), not on the stale marker of its first boot.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from gridtool.config import Config
@@ -43,21 +42,6 @@ from gridtool.registry.store import Compare, Delete, Put, Store
 
 #: Seconds a woken worker (of a template with a ready marker) has to show it is alive.
 ALIVE_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class Woken:
-    """How one wake went: ``timings`` from the agent (``wake``: the libvirt call,
-    ``alive``: to the guest's first console output after it) and ``seconds`` from
-    submitting the intent to seeing its outcome."""
-
-    uuid: str
-    name: str
-    host: str
-    ok: bool
-    error: str = ""
-    seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def set_member_warm(store: Store, cfg: Config, pool: str, uuid: str, warm: str, *,
@@ -150,11 +134,6 @@ def _outcome(store: Store, cfg: Config, intent: Intent, began: float,
         return None, str(exc), time.monotonic() - began
 
 
-def _timings(intent: Intent | None) -> dict[str, float]:
-    result = (intent.params.get("result") or {}) if intent else {}
-    return {k: float(v) for k, v in (result.get("timings") or {}).items()}
-
-
 def wake_intent(uuid: str, name: str, host: str, intent_id: str,
                 alive_timeout: float = ALIVE_TIMEOUT) -> Intent:
     """The ``wake`` intent of an asleep warm worker, under the id recorded for it."""
@@ -191,30 +170,6 @@ def mark_awake(store: Store, cfg: Config, pool: str, uuid: str, name: str) -> bo
     again (while asleep the HA manager had to leave it stopped), then its member."""
     return desire(store, cfg, pool, uuid, name, "wake", (WARM_WAKING,)) and \
         set_member_warm(store, cfg, pool, uuid, "", was=(WARM_WAKING,))
-
-
-def wake(store: Store, cfg: Config, pool: str, workers: Sequence[tuple[str, str, str]], *,
-         alive_timeout: float = ALIVE_TIMEOUT, timeout: float = 60.0) -> list[Woken]:
-    """Wake asleep warm workers ((uuid, name, host) each) all at once and wait for each
-    (the bench; the keeper uses :func:`start_wake` and never waits): a woken one is
-    recorded as serving; one whose wake failed stays ``waking`` with its failed intent
-    (the next round removes and replaces it). ``alive_timeout`` 0: done when libvirt's
-    call returns."""
-    sent = []
-    for uuid, name, host in workers:
-        intent_id = start_wake(store, cfg, pool, uuid, name, host,
-                               alive_timeout=alive_timeout)
-        sent.append((wake_intent(uuid, name, host, intent_id, alive_timeout),
-                     time.monotonic()))
-    found = []
-    for intent, began in sent:
-        done, error, seconds = _outcome(store, cfg, intent, began, timeout) \
-            if intent.id else (None, "not asleep", 0.0)
-        if done is not None:
-            mark_awake(store, cfg, pool, intent.guest, intent.name)
-        found.append(Woken(intent.guest, intent.name, intent.host, done is not None, error,
-                           seconds, _timings(done)))
-    return found
 
 
 def sleep(store: Store, cfg: Config, pool: str, mode: str,
