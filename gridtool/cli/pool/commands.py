@@ -265,7 +265,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     from dataclasses import asdict
 
     from gridtool.pools import shell as pools
-    from gridtool.pools.rules import engine_numbers, target_size
+    from gridtool.pools.rules import WARM_SLEEPING, engine_numbers, target_size
 
     keys = app.config.keys
     spec = pools.get(app.store, keys, name)
@@ -273,7 +273,8 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     hosts, views = pools.observe(app.store, keys, name)
     live, now = {h.name: h for h in hosts}, time.time()
     members = [{**asdict(v), "class": _member_class(v, live, now),
-                "overflow": v.host in live and live[v.host].overflow}
+                "overflow": v.host in live and live[v.host].overflow,
+                "sleep": v.step if v.warm == WARM_SLEEPING else ""}  # (its old key)
                for v in sorted(views, key=lambda v: v.name)]
     flex = pools.flex_numbers(app.store, keys, name)
     warm = _warm_doc(spec, members)
