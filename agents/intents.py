@@ -598,7 +598,7 @@ class IntentWorker:
         if params.get("template"):  # (pool membership is the caller's: hosts cannot write
             # pools/, and a pool forgets a member at once when it asks for its removal)
             forget_clone(self.store, self.keys, str(params["template"]),
-                         intent.guest)
+                         intent.guest, settings=False)  # (nor settings/: the caller's)
         return (f"{intent.name} removed from {self.host} "
                 f"({len(deleted)} overlay(s) deleted)")
 

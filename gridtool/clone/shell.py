@@ -410,11 +410,14 @@ def _alive(store: Store, keys: Keys, host: str) -> bool:
 def remove_clone(store: Store, cfg: Config, host: str, uuid: str, name: str, *,
                  pool: str | None = None, timeout: float = 60.0) -> None:
     """Destroy and undefine a clone on ``host``, delete its overlays and forget its clone
-    record and pool membership.
+    record, pool membership and settings (one transaction, once it is gone).
 
     When ``host`` is not alive, its pool membership is dropped at once and the intent
     stays queued: the host's agent carries it out (and forgets the clone record) when it
-    comes back. Raises ``OperationFailed`` if the agent reports failure, ``Timeout``.
+    comes back; its settings stay (until then a hibernated warm worker's desired
+    ``stopped`` keeps the HA manager from starting it) and ``gridtool check`` reports
+    them once no host reports the guest (``SETTINGS_ORPHAN``). Raises
+    ``OperationFailed`` if the agent reports failure, ``Timeout``.
     """
     keys = cfg.keys
     record = templates.find_clone(store, keys, uuid)
@@ -429,5 +432,7 @@ def remove_clone(store: Store, cfg: Config, host: str, uuid: str, name: str, *,
     if not _alive(store, keys, host):
         return
     client.wait(intent, timeout, host_alive=lambda: _alive(store, keys, host))
-    if record is not None:
+    if record is not None:  # its clone record, membership and settings, at once
         templates.forget_clone(store, keys, record.template, uuid, pool or "")
+    else:
+        store.delete(keys.guest_settings(uuid))

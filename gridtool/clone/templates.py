@@ -5,6 +5,7 @@ golden images, memory, vCPUs). ``clones/<template>/<uuid>``: a :class:`CloneReco
 each clone made from it, written before the clone is made and removed after it is gone,
 so a template in use cannot be deleted. A clone made for a pool also has
 ``pools/<pool>/members/<uuid>`` (``{"v":1,"host","name","template","created_at"}``).
+A clone's ``settings/<uuid>``, if any, is forgotten with its clone record.
 Records go through the typed codec of :mod:`gridtool.registry.records`.
 """
 
@@ -18,7 +19,7 @@ from gridtool.errors import Conflict, CorruptRecord, NotFound
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError, dump_json
 from gridtool.registry.records import decode, encode
-from gridtool.registry.store import Compare, Put, Store
+from gridtool.registry.store import Compare, Delete, Put, Store
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -127,11 +128,16 @@ def put_clone(store: Store, keys: Keys, clone: CloneRecord) -> None:
         store.put(keys.pool_member(clone.pool, clone.uuid), member_json(clone))
 
 
-def forget_clone(store: Store, keys: Keys, template: str, uuid: str, pool: str = "") -> None:
-    """Remove a clone's records (idempotent)."""
-    if pool:
-        store.delete(keys.pool_member(pool, uuid))
-    store.delete(keys.clone(template, uuid))
+def forget_clone(store: Store, keys: Keys, template: str, uuid: str, pool: str = "", *,
+                 settings: bool = True) -> None:
+    """Remove a clone's records in one transaction (idempotent): its clone record, its
+    pool membership (``pool``) and its guest settings (``settings/<uuid>``: a warm
+    worker's desired state, an operator's HA choice). ``settings=False`` for a host's
+    agent, which may read settings but not write them (the caller that asked for the
+    removal forgets them when it sees it done)."""
+    gone = [keys.clone(template, uuid), *([keys.pool_member(pool, uuid)] if pool else []),
+            *([keys.guest_settings(uuid)] if settings else [])]
+    store.txn([], [Delete(key) for key in gone])
 
 
 def member_json(clone: CloneRecord) -> bytes:

@@ -276,6 +276,21 @@ def _check_fence_orphan(snap: Snapshot, view: _View, params: CheckParams) -> Ite
             yield Finding("FENCE_ORPHAN", Status.WARNING, "volume", fence.volume, msg)
 
 
+def _check_settings_orphan(snap: Snapshot, view: _View,
+                           params: CheckParams) -> Iterator[Finding]:
+    """A guest's settings record that nothing else names any more: no host reports the
+    guest (lost hosts' records count), no clone record or pool member is it, and no
+    unfinished intent is about it (a guest being defined, moved or removed)."""
+    known = {g.uuid for g in snap.guests} | snap.clones | {
+        i.guest for i in snap.intents if i.state not in ("done", "failed")}
+    known = known.union(*(p.members for p in snap.pools))
+    for s in sorted(snap.settings, key=lambda s: (s.name, s.uuid)):
+        if s.uuid not in known:
+            msg = (f"settings of guest {s.name or s.uuid} ({s.uuid}) left behind: no host "
+                   "reports it and no clone, pool member or intent names it")
+            yield Finding("SETTINGS_ORPHAN", Status.WARNING, "guest", s.uuid, msg)
+
+
 def _check_violations(snap: Snapshot, view: _View, params: CheckParams) -> Iterator[Finding]:
     for v in sorted(snap.violations, key=lambda v: (v.host, v.guest, v.volume)):
         msg = (f"host {v.host} ran guest {v.guest} without its fence on {v.volume} "
@@ -373,6 +388,7 @@ CHECKS: tuple[Check, ...] = (
     _check_double_run,
     _check_fence_missing,
     _check_fence_orphan,
+    _check_settings_orphan,
     _check_violations,
     _check_ha_unprotected,
     _check_fence_failed,

@@ -22,6 +22,7 @@ from gridtool.health.snapshot import (
     IntentObs,
     PoolObs,
     RunReport,
+    SettingsObs,
     Snapshot,
     ViolationObs,
 )
@@ -29,6 +30,7 @@ from gridtool.pools.feed import FeedStatus
 from gridtool.pools.rules import (
     WARM_ASLEEP,
     WARM_SLEEPING,
+    WARM_WAKING,
     MemberRecord,
     PoolSpec,
     PoolStatus,
@@ -38,7 +40,7 @@ from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError
-from gridtool.registry.records import Intent, Violation, decode
+from gridtool.registry.records import GuestSettings, Intent, Violation, decode
 from gridtool.registry.store import Store
 
 
@@ -70,7 +72,7 @@ def collect(store: Store, keys: Keys, member_count: int,
                                    ha=obs.fence.kind is FenceKind.HA))
         elif isinstance(obs, Unreadable):
             corrupt.append(CorruptRecord(keys.fence(volume), obs.error))
-    intents = [IntentObs(i.host, i.id, i.created, i.state)
+    intents = [IntentObs(i.host, i.id, i.created, i.state, i.guest)
                for i in _decoded(store, keys.all_intents, Intent, corrupt)]
     leader = store.get(keys.manager_leader)
     running = {g.uuid for g in listing.guests if g.state == "running" and g.host in live}
@@ -89,7 +91,10 @@ def collect(store: Store, keys: Keys, member_count: int,
         manager_leader=_leader_name(leader.value) if leader else None,
         corrupt=tuple(corrupt), pools=tuple(pools), fence_failures=tuple(failures),
         alarms=tuple(AlarmObs(member, alarm) for member, alarm in store.alarms()),
-        violations=tuple(violations), certs=tuple(read_cert(p) for p in cert_files))
+        violations=tuple(violations), certs=tuple(read_cert(p) for p in cert_files),
+        settings=tuple(SettingsObs(s.uuid, s.name) for s in _decoded(
+            store, keys.settings, GuestSettings, corrupt)),
+        clones=frozenset(item.key.rpartition("/")[2] for item in store.list(keys.clones)[0]))
 
 
 T = TypeVar("T", bound=Any)
@@ -134,9 +139,9 @@ def read_cert(path: Path) -> CertObs:
                    cert.not_valid_after_utc.timestamp())
 
 
-#: Warm worker states whose guest is (or is going) to sleep: a hibernated one keeps its
-#: fences while shut off (``gridtool.fencing.saved``).
-SLEEPING = (WARM_SLEEPING, WARM_ASLEEP)
+#: Warm worker states whose guest is (or is going) to sleep, or is asleep until its wake
+#: runs: a hibernated one keeps its fences while shut off (``gridtool.fencing.saved``).
+SLEEPING = (WARM_SLEEPING, WARM_ASLEEP, WARM_WAKING)
 
 
 def _pools(store: Store, keys: Keys, running: set[str],
@@ -169,7 +174,7 @@ def _pools(store: Store, keys: Keys, running: set[str],
                 pass  # (counted as a member all the same)
     return [PoolObs(name, target_size(spec, statuses.get(name)),
                     len(members.get(name, set()) & running), feeds.get(name),
-                    frozenset(asleep.get(name, ())))
+                    frozenset(asleep.get(name, ())), frozenset(members.get(name, ())))
             for name, spec in sorted(specs.items())]
 
 

@@ -31,6 +31,10 @@ CODES: Mapping[str, str] = {
     "FENCE_VIOLATION": "an agent found a fenced guest running without its fence (it paused "
                        "or destroyed it): look, then 'gridtool fence clear-violations'",
     "FENCE_ORPHAN": "a fence is held for a guest that is not running",
+    "SETTINGS_ORPHAN": "a guest's settings record (settings/<uuid>) was left behind: no "
+                       "host reports the guest and no clone record, pool member or "
+                       "unfinished intent names it (e.g. a clone removed while its host "
+                       "was down)",
     "HOST_HA_UNPROTECTED": "a live host runs HA guests with no working watchdog and no way "
                            "to fence it: a hung agent there lets them run twice",
     "HOST_FENCE_FAILED": "the manager's fence of a lost host failed or hung (power agent, "

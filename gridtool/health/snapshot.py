@@ -71,25 +71,37 @@ class FenceObs:
 
 @dataclass(frozen=True)
 class IntentObs:
-    """An intent queued for ``host``; ``state`` is "pending", "done" or "failed"."""
+    """An intent queued for ``host``; ``state`` is "pending", "running", "done" or
+    "failed"; ``guest`` the uuid it is about."""
 
     host: str
     id: str
     created: float
     state: str
+    guest: str = ""
+
+
+@dataclass(frozen=True)
+class SettingsObs:
+    """A guest's operator settings record (``settings/<uuid>``)."""
+
+    uuid: str
+    name: str
 
 
 @dataclass(frozen=True)
 class PoolObs:
     """A worker pool with its desired and actually running member counts, the heartbeat
     of its queue feeder (``gridtool pool feed``) when it has one, and the UUIDs of its
-    warm workers asleep or going to sleep (a hibernated one keeps its fences)."""
+    warm workers asleep, going to sleep or waiting for their wake (a hibernated one keeps
+    its fences); ``members``: the UUIDs of all its members."""
 
     name: str
     desired: int
     actual: int
     feed: FeedStatus | None = None
     asleep: frozenset[str] = frozenset()
+    members: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -164,3 +176,5 @@ class Snapshot:
     alarms: tuple[AlarmObs, ...] = ()
     violations: tuple[ViolationObs, ...] = ()
     certs: tuple[CertObs, ...] = ()
+    settings: tuple[SettingsObs, ...] = ()
+    clones: frozenset[str] = frozenset()  # uuids with a clone record

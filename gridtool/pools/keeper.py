@@ -34,6 +34,7 @@ from gridtool.pools.rules import (
     Action,
     Clone,
     MarkAsleep,
+    MarkAwake,
     MemberClass,
     Plan,
     PoolSpec,
@@ -44,6 +45,7 @@ from gridtool.pools.rules import (
     classify,
     direction,
     flex_step,
+    is_serving,
     plan,
     target_size,
 )
@@ -173,7 +175,8 @@ class PoolKeeper:
         memory = _worker_memory(store, keys, spec.template)
         live = {h.name: h for h in hosts}
         # warm workers are not serving: neither ready nor starting for the flex policy
-        classes = Counter(classify(v, live, now, self.grace) for v in views if not v.warm)
+        # (one being woken is: starting)
+        classes = Counter(classify(v, live, now, self.grace) for v in views if is_serving(v))
         decision, state = None, FlexState()
         if spec.policy == "flex":
             decision, state = self._flex(spec, before, classes, now)
@@ -187,30 +190,9 @@ class PoolKeeper:
             log.info("event=pool_plan pool=%s target=%s ready=%s starting=%s lost=%s "
                      "actions=%s", spec.name, result.target, result.ready, result.starting,
                      result.lost, ",".join(type(a).__name__.lower() for a in result.actions))
-        wakes = [a for a in result.actions if isinstance(a, Wake)]
-        if wakes:  # all at once, before anything slower
-            self._wake(spec, wakes)
-        for action in result.actions:
-            if not isinstance(action, Wake):
-                self._act(spec, action)
+        for action in result.actions:  # (wakes first: the plan puts them first)
+            self._act(spec, action)
         return result
-
-    def _wake(self, spec: PoolSpec, wakes: list[Wake]) -> None:
-        """Wake asleep warm workers (those that fail are removed by a later round)."""
-        if not self._leading():
-            raise _Deposed
-        alive = warm.ALIVE_TIMEOUT if _has_marker(self.store, self.keys, spec.template) \
-            else 0.0
-        woken = warm.wake(self.store, self.cfg, spec.name,
-                          [(a.uuid, a.name, a.host) for a in wakes],
-                          alive_timeout=alive, timeout=self.action_timeout)
-        for w in woken:
-            log.info("event=pool_wake pool=%s guest=%s host=%s ok=%s seconds=%.2f "
-                     "error=%s", spec.name, w.name, w.host, w.ok, w.seconds, w.error)
-        failed = [w for w in woken if not w.ok]
-        if failed:
-            self.errors[spec.name] = "wake: " + "; ".join(
-                f"{w.name}: {w.error}" for w in failed[:3])
 
     def _flex(self, spec: PoolSpec, before: PoolStatus | None, classes: Counter,
               now: float) -> tuple[Decision | None, FlexState]:
@@ -291,6 +273,19 @@ class PoolKeeper:
                      spec.name, action.count, len(errors), action.reason)
             if errors:
                 self.errors[spec.name] = "warm: " + "; ".join(errors[:3])
+            return
+        if isinstance(action, Wake):  # sent only: a later round sees its outcome
+            intent_id = warm.start_wake(
+                self.store, self.cfg, spec.name, action.uuid, action.name, action.host,
+                intent_id=action.intent, alive_timeout=warm.ALIVE_TIMEOUT if _has_marker(
+                    self.store, self.keys, spec.template) else 0.0)
+            log.info("event=pool_wake pool=%s guest=%s host=%s intent=%s reason=%s",
+                     spec.name, action.name, action.host, intent_id or "-", action.reason)
+            return
+        if isinstance(action, MarkAwake):
+            if warm.mark_awake(self.store, self.cfg, spec.name, action.uuid, action.name):
+                log.info("event=pool_woken pool=%s guest=%s host=%s", spec.name,
+                         action.name, action.host)
             return
         if isinstance(action, Sleep):
             sent = warm.put_to_sleep(self.store, self.cfg, spec.name, spec.warm_mode,

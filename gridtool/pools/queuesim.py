@@ -18,6 +18,16 @@ JSON
     ``{"segments": [[start, end, rate], ...]}`` or ``{"arrivals": [t, ...]}``, with an
     optional ``"duration"`` (default: last segment end / last arrival).
 
+A pool may keep a *warm set* (``SimConfig.warm``), as the shipped keeper does
+(:func:`gridtool.pools.rules.plan`): a scale-up wakes asleep warm workers first (ready
+``wake_delay`` after the decision: a hibernated worker's measured restore), then starts
+cold ones (``startup_delay``); the same round refills the set to ``min(warm, max -
+desired)`` with cold clones that boot, are put to sleep by the first round that sees
+them booted and can be woken from the round after (the sleep's intent done); above that
+size, asleep workers are removed. A refill's boot costs worker-seconds like a starting
+worker's; asleep (hibernated) workers cost none and are counted apart
+(``asleep_seconds``).
+
 Per policy the result holds SLA-violation seconds (sampled intervals whose jobs waited
 longer than ``sla_wait`` on average, the jobs grouped by arrival interval), worker-seconds
 (workers provisioned, starting ones included, integrated over the trace), the number of
@@ -188,12 +198,14 @@ class SimConfig:
     sla_wait: float = 0.5
     initial_workers: int | None = None
     seed: int = 0
+    warm: int = 0  # the pool's warm set (asleep workers kept beside the serving ones)
+    wake_delay: float = 0.9  # decision -> ready of a woken warm worker (hibernate, measured)
 
     def __post_init__(self) -> None:
         if not (self.service_time > 0 and self.period > 0 and self.sla_wait >= 0):
             raise ValueError("service_time and period must be > 0, sla_wait >= 0")
-        if self.startup_delay < 0:
-            raise ValueError("startup_delay must be >= 0")
+        if self.startup_delay < 0 or self.wake_delay < 0 or self.warm < 0:
+            raise ValueError("startup_delay, wake_delay and warm must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -226,6 +238,7 @@ class SimResult:
     waited_fraction: float
     series: tuple[SeriesPoint, ...]
     decisions: tuple[Decision, ...]
+    asleep_seconds: float = 0.0  # warm workers asleep, integrated (not in worker_seconds)
 
     def samples_to_scale_up(self, after: float) -> int | None:
         """1-based index, among samples taken after ``after``, of the first scale-up."""
@@ -257,8 +270,13 @@ _DEPART, _READY, _SET, _SAMPLE = 0, 1, 2, 3
 class _Pool:
     """Mutable simulation state; lives only inside :func:`simulate`."""
 
-    def __init__(self, jobs: tuple[list[float], list[float]], cfg: SimConfig, n: int, end: float):
+    def __init__(self, jobs: tuple[list[float], list[float]], cfg: SimConfig, n: int, end: float,
+                 most: int):
         self.arrivals, self.services = jobs
+        self.most = most  # the pool's maximum (serving plus warm never exceeds it)
+        self.asleep = max(0, min(cfg.warm, most - n))
+        self.refills: list[float] = []  # when each refilled warm worker can be woken
+        self.asleep_seconds = 0.0
         self.cfg, self.end = cfg, end
         self.starts: list[float | None] = [None] * len(self.arrivals)
         self.events: list[tuple[float, int, int, int]] = []
@@ -283,6 +301,7 @@ class _Pool:
         """Move the clock to t; worker-seconds are only charged up to the trace end."""
         charged = max(0.0, min(t, self.end) - min(self.now, self.end))
         self.worker_seconds += charged * (self.idle + self.busy + len(self.starting))
+        self.asleep_seconds += charged * self.asleep
         self.busy_seconds += (t - self.now) * self.busy
         self.now = t
 
@@ -340,12 +359,33 @@ class _Pool:
         if change > 0:
             undrain = min(change, self.draining)
             self.draining -= undrain
-            for _ in range(change - undrain):
+            woken = min(change - undrain, self.asleep)  # warm workers first
+            self.asleep -= woken
+            for i in range(change - undrain):
+                delay = self.cfg.wake_delay if i < woken else self.cfg.startup_delay
                 self.next_worker += 1
-                self.starting[self.next_worker] = self.now + self.cfg.startup_delay
-                self.push(self.now + self.cfg.startup_delay, _READY, self.next_worker)
+                self.starting[self.next_worker] = self.now + delay
+                self.push(self.now + delay, _READY, self.next_worker)
         elif change < 0:
             self.shrink(-change)
+
+    def wakeable(self, t: float) -> None:
+        """Refilled warm workers whose sleep is done by the round at ``t`` join the set."""
+        self.asleep += sum(1 for at in self.refills if at <= t)
+        self.refills = [at for at in self.refills if at > t]
+
+    def tend_warm(self, t: float, size: int) -> None:
+        """The round's refill (cold clones booted, then put to sleep by the first round
+        that sees them booted, wakeable from the next) or trim of the warm set."""
+        want = max(0, min(self.cfg.warm, self.most - size))
+        have = self.asleep + len(self.refills)
+        if want < have:
+            self.asleep -= min(self.asleep, have - want)
+        period = self.cfg.period
+        booted = t + period * math.ceil(self.cfg.startup_delay / period)  # its sleep sent
+        for _ in range(want - have):
+            self.refills.append(booted + period)
+            self.worker_seconds += max(0.0, min(booted, self.end) - min(t, self.end))
 
     def shrink(self, count: int) -> None:
         for worker in sorted(self.starting, key=self.starting.__getitem__, reverse=True):
@@ -386,7 +426,8 @@ def simulate(trace: Trace, params: PolicyParams, cfg: SimConfig | None = None) -
     """Replay ``trace`` with the policy ``params.policy``; deterministic for a seed."""
     cfg = cfg or SimConfig()
     initial = params.clamp(cfg.initial_workers if cfg.initial_workers is not None else 0)
-    return _run(trace, cfg, params.policy, initial, _PolicyDriver(params), ())
+    return _run(trace, cfg, params.policy, initial, _PolicyDriver(params), (),
+                params.max_workers)
 
 
 def simulate_schedule(
@@ -399,7 +440,8 @@ def simulate_schedule(
     cfg = cfg or SimConfig()
     if not schedule or schedule[0][0] != 0:
         raise ValueError("a schedule starts at time 0")
-    return _run(trace, cfg, name, schedule[0][1], _ScheduleDriver(schedule), schedule[1:])
+    return _run(trace, cfg, name, schedule[0][1], _ScheduleDriver(schedule), schedule[1:],
+                max(n for _, n in schedule) + cfg.warm)
 
 
 class _PolicyDriver:
@@ -437,11 +479,11 @@ _Driver = _PolicyDriver | _ScheduleDriver
 
 def _run(
     trace: Trace, cfg: SimConfig, name: str, initial: int, driver: _Driver,
-    sets: Sequence[tuple[float, int]],
+    sets: Sequence[tuple[float, int]], most: int,
 ) -> SimResult:
     jobs = _draw_jobs(trace, cfg)
     arrivals = jobs[0]
-    pool = _Pool(jobs, cfg, initial, trace.duration)
+    pool = _Pool(jobs, cfg, initial, trace.duration, most)
     sample_times = [cfg.period * k for k in range(1, int(trace.duration // cfg.period) + 1)]
     for t in sample_times:
         pool.push(t, _SAMPLE, 0)
@@ -464,12 +506,15 @@ def _run(
         elif kind == _READY:
             pool.worker_ready(data)
         elif kind == _SET:
+            pool.wakeable(t)
             pool.scale(data - pool.size)
         else:
+            pool.wakeable(t)
             sample = pool.take_sample(t, next_job - window_start)
             window_start = next_job
             desired = driver.sample(sample, t)
             pool.scale(desired - sample.current)
+            pool.tend_warm(t, desired)
             points.append((t, sample, desired))
     return _result(trace, name, cfg, pool, driver, points)
 
@@ -512,6 +557,7 @@ def _result(
         waited_fraction=sum(1 for w in waits if w > 1e-12) / len(waits) if waits else 0.0,
         series=series,
         decisions=tuple(driver.decisions),
+        asleep_seconds=pool.asleep_seconds,
     )
 
 

@@ -34,6 +34,13 @@ Rules:
   done and plans :class:`MarkAsleep`. Every step is in the member record, so a new
   leader goes on where the old one stopped and never refills twice. A booting or
   sleeping worker stuck past ``warm_timeout``, or whose sleep failed, is removed.
+- A wake does not wait either: the keeper records the worker ``waking`` with the id of
+  its ``wake`` intent, then submits that intent under that id (create-only), and the
+  round goes on. A waking worker is serving capacity that is *starting*; a later round
+  sees its intent done and plans :class:`MarkAwake` (serving), or failed (or stuck past
+  ``warm_timeout``) and removes it; one whose intent was never submitted (its leader
+  stopped between the two steps) is woken again under the same id, so a wake is never
+  sent twice.
 """
 
 from __future__ import annotations
@@ -53,7 +60,10 @@ WARM_BOOTING = "booting"
 WARM_SLEEPING = "sleeping"
 #: ``MemberRecord.warm``: asleep (hibernated or paused), waiting to be woken.
 WARM_ASLEEP = "asleep"
-#: ``MemberRecord.warm``: a wake failed (e.g. a stale image was discarded): removed.
+#: ``MemberRecord.warm``: its ``wake`` intent (``MemberRecord.intent``) recorded, then
+#: submitted; serving capacity that is starting until the intent is done.
+WARM_WAKING = "waking"
+#: ``MemberRecord.warm``: a wake failed (records of older keepers; removed).
 WARM_FAILED = "failed"
 #: Guest states in which a started worker counts as ready.
 READY_STATES = frozenset({"running", "blocked", "paused", "pmsuspended"})
@@ -136,9 +146,9 @@ class MemberRecord:
     name: str
     template: str = ""
     created_at: float = 0.0
-    warm: str = ""  # "" serving, WARM_BOOTING, WARM_SLEEPING, WARM_ASLEEP or WARM_FAILED
+    warm: str = ""  # "" serving, WARM_BOOTING, WARM_SLEEPING, WARM_ASLEEP, WARM_WAKING
     since: float = 0.0  # when ``warm`` was last set (0: at ``created_at``)
-    intent: str = ""  # WARM_SLEEPING: the id of its sleep intent
+    intent: str = ""  # WARM_SLEEPING, WARM_WAKING: the id of its sleep or wake intent
 
 
 @dataclass(frozen=True)
@@ -181,8 +191,8 @@ class MemberView:
 
     ``busy``: its own latest load report (``source`` = its name) says it is busy; a
     worker that does not report counts as idle. ``ready_at``: its guest record's (the
-    ready marker seen this run, 0 when not). ``sleep``: a sleeping warm worker's sleep
-    intent state (pending, running, done, failed; ``gone`` when not found).
+    ready marker seen this run, 0 when not). ``step``: the state of a sleeping or waking
+    warm worker's intent (pending, running, done, failed; ``gone`` when not found).
     """
 
     uuid: str
@@ -194,7 +204,13 @@ class MemberView:
     warm: str = ""  # as in MemberRecord
     ready_at: float = 0.0
     since: float = 0.0
-    sleep: str = ""
+    step: str = ""
+    intent: str = ""  # as in MemberRecord
+
+
+def is_serving(member: MemberView | MemberRecord) -> bool:
+    """A serving member, or a warm one being woken (serving capacity, starting)."""
+    return member.warm in ("", WARM_WAKING)
 
 
 @dataclass(frozen=True)
@@ -220,7 +236,20 @@ class Clone:
 
 @dataclass(frozen=True)
 class Wake:
-    """Wake an asleep warm worker (start from managed save, or resume): it then serves."""
+    """Wake an asleep warm worker (start from managed save, or resume): record it
+    ``waking`` with ``intent`` as its wake intent's id, then submit that intent (an
+    ``intent`` given: the recorded one, never submitted by the leader that recorded it)."""
+
+    uuid: str
+    name: str
+    host: str
+    reason: str
+    intent: str = ""
+
+
+@dataclass(frozen=True)
+class MarkAwake:
+    """Record a waking worker whose wake intent is done as serving."""
 
     uuid: str
     name: str
@@ -268,7 +297,7 @@ class Forget:
     reason: str
 
 
-Action = Wake | Clone | Sleep | MarkAsleep | Remove | Forget
+Action = Wake | Clone | Sleep | MarkAsleep | MarkAwake | Remove | Forget
 
 
 @dataclass(frozen=True)
@@ -295,10 +324,21 @@ class Plan:
 
 
 def classify(member: MemberView, live: Mapping[str, HostInfo], now: float,
-             grace: float = DEFAULT_GRACE) -> MemberClass:
-    """Where a member stands: lost (host gone), ready, starting (in grace) or broken."""
+             grace: float = DEFAULT_GRACE, warm_timeout: float = WARM_TIMEOUT) -> MemberClass:
+    """Where a serving member stands: lost (host gone), ready, starting (in grace) or
+    broken. A waking one: ready once its wake is done, starting while its intent is
+    pending, running or not yet submitted (within ``warm_timeout``), else broken."""
     if member.host not in live:
         return MemberClass.LOST
+    if member.warm == WARM_WAKING:
+        since = member.since or member.created_at
+        if member.step == "done":  # (its guest record may trail the intent a moment)
+            if member.state in READY_STATES:
+                return MemberClass.READY
+            return MemberClass.STARTING if now - since < grace else MemberClass.BROKEN
+        if member.step == "failed" or now - since >= warm_timeout:
+            return MemberClass.BROKEN
+        return MemberClass.STARTING
     if member.state in READY_STATES:
         return MemberClass.READY
     if now - member.created_at < grace:
@@ -349,7 +389,7 @@ def booted(member: MemberView, marker: bool) -> bool:
 def is_asleep(member: MemberView) -> bool:
     """Recorded asleep, or sleeping with its sleep intent done (not recorded yet)."""
     return member.warm == WARM_ASLEEP or (member.warm == WARM_SLEEPING
-                                          and member.sleep == "done")
+                                          and member.step == "done")
 
 
 def classify_warm(member: MemberView, live: Mapping[str, HostInfo], now: float,
@@ -364,7 +404,7 @@ def classify_warm(member: MemberView, live: Mapping[str, HostInfo], now: float,
         return MemberClass.STARTING if member.state in SLEEP_STATES else MemberClass.BROKEN
     since = member.since or member.created_at
     if member.warm == WARM_SLEEPING:
-        if member.sleep in ("failed", "gone") or now - since >= warm_timeout:
+        if member.step in ("failed", "gone") or now - since >= warm_timeout:
             return MemberClass.BROKEN
         return MemberClass.STARTING
     if member.warm != WARM_BOOTING:  # WARM_FAILED, or unknown
@@ -389,11 +429,11 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
     """
     size = spec.clamp(target)
     live = {h.name: h for h in hosts}
-    serving = [m for m in members if not m.warm]
-    warm = [m for m in members if m.warm]
+    serving = [m for m in members if is_serving(m)]
+    warm = [m for m in members if not is_serving(m)]
     by_class: dict[MemberClass, list[MemberView]] = {c: [] for c in MemberClass}
     for m in serving:
-        by_class[classify(m, live, now, grace)].append(m)
+        by_class[classify(m, live, now, grace, warm_timeout)].append(m)
     warm_class = {m.uuid: classify_warm(m, live, now, grace, marker, warm_timeout)
                   for m in warm}
     asleep = [m for m in warm if is_asleep(m) and warm_class[m.uuid] is MemberClass.STARTING]
@@ -401,10 +441,16 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
                and warm_class[m.uuid] in (MemberClass.READY, MemberClass.STARTING)]
     healthy = by_class[MemberClass.READY] + by_class[MemberClass.STARTING]
     actions: list[Action] = []
+    waking = [m for m in healthy if m.warm == WARM_WAKING]
+    # a recorded wake whose intent was never submitted: sent now, under its own id
+    actions += [Wake(m.uuid, m.name, m.host, "its wake was never sent", m.intent)
+                for m in waking if m.step == "gone"]
     missing = size - len(healthy)
     woken = wake_order(asleep, live)[:max(0, missing)]
     actions += [Wake(m.uuid, m.name, m.host, f"{len(healthy)} of {size} serving")
                 for m in woken]
+    actions += [MarkAwake(m.uuid, m.name, m.host, "its wake is done")
+                for m in by_class[MemberClass.READY] if m.warm == WARM_WAKING]
     left_asleep = [m for m in asleep if m not in woken]
     actions += [MarkAsleep(m.uuid, m.name, m.host, "its sleep is done")
                 for m in left_asleep if m.warm == WARM_SLEEPING]
@@ -421,10 +467,11 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
     actions += [Forget(m.uuid, m.name, m.host, f"host {m.host} is gone")
                 for m in by_class[MemberClass.LOST]
                 + [w for w in warm if warm_class[w.uuid] is MemberClass.LOST]]
-    actions += [Remove(m.uuid, m.name, m.host, f"state {m.state} after {grace:g} s")
+    actions += [Remove(m.uuid, m.name, m.host, f"wake {m.step or 'stuck'} in state {m.state}"
+                       if m.warm == WARM_WAKING else f"state {m.state} after {grace:g} s")
                 for m in by_class[MemberClass.BROKEN]]
     actions += [Remove(m.uuid, m.name, m.host, f"warm worker {m.warm} in state {m.state}"
-                       + (f", its sleep {m.sleep}" if m.sleep else ""))
+                       + (f", its sleep {m.step}" if m.step else ""))
                 for m in warm if warm_class[m.uuid] is MemberClass.BROKEN]
     if missing < 0:
         actions += [Remove(m.uuid, m.name, m.host, f"shrink to {size}")

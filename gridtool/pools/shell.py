@@ -32,6 +32,7 @@ from gridtool.placement.rules import DEFAULT_POLICY
 from gridtool.pools.flex import FlexState, LoadSample
 from gridtool.pools.rules import (
     WARM_SLEEPING,
+    WARM_WAKING,
     HostInfo,
     MemberRecord,
     MemberView,
@@ -269,13 +270,14 @@ def observe(store: Store, keys: Keys, name: str) -> tuple[list[HostInfo], list[M
         guests.setdefault(g.uuid, []).append(g)
     busy = busy_sources(samples(store, keys, name))
     views = [replace(member_view(uuid, m, guests.get(uuid, []), live), busy=m.name in busy,
-                     sleep=sleep_state(store, keys, m) if m.warm == WARM_SLEEPING else "")
+                     step=intent_state(store, keys, m)
+                     if m.warm in (WARM_SLEEPING, WARM_WAKING) else "")
              for uuid, m in members(store, keys, name).items()]
     return hosts, views
 
 
-def sleep_state(store: Store, keys: Keys, member: MemberRecord) -> str:
-    """The state of a sleeping warm worker's sleep intent (``gone``: not found)."""
+def intent_state(store: Store, keys: Keys, member: MemberRecord) -> str:
+    """The state of a sleeping or waking warm worker's intent (``gone``: not found)."""
     for key in (keys.intent(member.host, member.intent),
                 keys.intent_done(member.host, member.intent)):
         item = store.get(key) if member.intent else None
@@ -293,7 +295,7 @@ def member_view(uuid: str, member: MemberRecord, records: list[GuestRecord],
     since it was cloned), else ``unknown`` on the gone host of its latest record, else
     ``missing`` (no record yet, or deleted behind the pool's back)."""
     base = MemberView(uuid, member.name, member.host, member.created_at, "missing",
-                      warm=member.warm, since=member.since)
+                      warm=member.warm, since=member.since, intent=member.intent)
     on_live = [r for r in records if r.host in live]
     if on_live:
         best = max(on_live, key=lambda r: (r.state == "running", r.updated_at))

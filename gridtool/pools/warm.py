@@ -8,54 +8,40 @@ booted and calls :func:`put_to_sleep` (recorded ``sleeping`` with the id of its 
 intent: ``hibernate`` = libvirt managed save, ``pause`` = suspend), and a later one
 sees that intent done and calls :func:`mark_asleep` (``asleep``). :func:`refill` does
 the same from start to end and waits (the bench's way of making one).
-:func:`wake` sends ``wake`` intents (a hibernated worker is started, so its restore
-goes through the fences and the hook like any start; a paused one has its fences
-checked, then is resumed) and records the woken workers as serving (``warm`` "").
-A template with a ready marker has a wake count as done only once the guest writes
-to its console again after it (:data:`ALIVE_TIMEOUT`), not on the stale marker of its
-first boot.
+:func:`start_wake` records an asleep worker ``waking`` with the id of its ``wake``
+intent, then sends that intent (a hibernated worker is started, so its restore goes
+through the fences and the hook like any start; a paused one has its fences checked,
+then is resumed), and returns; a later round sees the intent done and calls
+:func:`mark_awake` (serving, ``warm`` ""). A template with a ready marker has a wake
+count as done only once the guest writes to its console again after it
+(:data:`ALIVE_TIMEOUT`), not on the stale marker of its first boot.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from gridtool.config import Config
-from gridtool.errors import GridtoolError
+from gridtool.errors import Conflict, GridtoolError
 from gridtool.pools.rules import (
     WARM_ASLEEP,
     WARM_BOOTING,
-    WARM_FAILED,
     WARM_SLEEPING,
+    WARM_WAKING,
     MemberRecord,
     PoolSpec,
 )
 from gridtool.registry import settings
-from gridtool.registry.intents import IntentClient
+from gridtool.registry.intents import IntentClient, new_id, who
 from gridtool.registry.model import DecodeError
 from gridtool.registry.records import Intent, decode, encode
 from gridtool.registry.store import Compare, Delete, Put, Store
 
 #: Seconds a woken worker (of a template with a ready marker) has to show it is alive.
 ALIVE_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class Woken:
-    """How one wake went: ``timings`` from the agent (``wake``: the libvirt call,
-    ``alive``: to the guest's first console output after it) and ``seconds`` from
-    submitting the intent to seeing its outcome."""
-
-    uuid: str
-    name: str
-    host: str
-    ok: bool
-    error: str = ""
-    seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def set_member_warm(store: Store, cfg: Config, pool: str, uuid: str, warm: str, *,
@@ -80,6 +66,26 @@ def set_member_warm(store: Store, cfg: Config, pool: str, uuid: str, warm: str, 
     return False
 
 
+def desire(store: Store, cfg: Config, pool: str, uuid: str, name: str, action: str,
+           was: tuple[str, ...]) -> bool:
+    """Set a warm worker's desired state for ``action`` (``sleep``: stopped, ``wake``:
+    running) while its member is one of ``was``, guarded by the member's revision: a
+    worker removed meanwhile never gets a settings record again (it would be left
+    behind). False when the member is gone or in another state."""
+    key = cfg.keys.pool_member(pool, uuid)
+    item = store.get(key)
+    if item is None or decode(MemberRecord, key, item.value).warm not in was:
+        return False
+    desired = settings.DESIRED_AFTER[action]
+    try:
+        settings.update(store, cfg.keys, uuid, name,
+                        lambda s: replace(s, desired=desired, error=""),
+                        guard=[Compare(key, "mod", item.mod_revision)])
+    except Conflict:  # the member changed (removed, or moved on by another manager)
+        return False
+    return True
+
+
 def put_to_sleep(store: Store, cfg: Config, pool: str, mode: str, uuid: str, name: str,
                  host: str) -> bool:
     """Submit a booted warm worker's ``sleep`` intent and record it ``sleeping`` (the
@@ -87,7 +93,8 @@ def put_to_sleep(store: Store, cfg: Config, pool: str, mode: str, uuid: str, nam
     there first, or it was removed). Does not wait: :func:`mark_asleep` follows."""
     # stopped as the HA manager sees it first: a hibernated worker keeps its fences, and
     # a held fence with no settings would read as a guest that should run
-    settings.set_desired_after(store, cfg.keys, uuid, name, "sleep")
+    if not desire(store, cfg, pool, uuid, name, "sleep", (WARM_BOOTING,)):
+        return False
     client = IntentClient(store, cfg.keys)
     intent = client.submit(host, "sleep", uuid, name, {"mode": mode})
     if set_member_warm(store, cfg, pool, uuid, WARM_SLEEPING, was=(WARM_BOOTING,),
@@ -112,40 +119,57 @@ def _run(store: Store, cfg: Config, action: str, targets: Sequence[tuple[str, st
     client = IntentClient(store, cfg.keys)
     submitted = [(client.submit(host, action, uuid, name, dict(params)), time.monotonic())
                  for uuid, name, host in targets]
-    deadline = time.monotonic() + timeout
-    out: list[tuple[Intent | None, str, float]] = []
-    for intent, began in submitted:
-        try:
-            done = client.wait(intent, max(0.1, deadline - time.monotonic()),
-                               host_alive=lambda h=intent.host: store.get(  # type: ignore[misc]
-                                   cfg.keys.host(h)) is not None)
-            out.append((done, "", time.monotonic() - began))
-        except GridtoolError as exc:
-            out.append((None, str(exc), time.monotonic() - began))
-    return out
+    return [_outcome(store, cfg, intent, began, timeout) for intent, began in submitted]
 
 
-def _timings(intent: Intent | None) -> dict[str, float]:
-    result = (intent.params.get("result") or {}) if intent else {}
-    return {k: float(v) for k, v in (result.get("timings") or {}).items()}
+def _outcome(store: Store, cfg: Config, intent: Intent, began: float,
+             timeout: float) -> tuple[Intent | None, str, float]:
+    """Wait for ``intent`` (submitted at monotonic ``began``) until ``began + timeout``."""
+    try:
+        done = IntentClient(store, cfg.keys).wait(
+            intent, max(0.1, began + timeout - time.monotonic()),
+            host_alive=lambda: store.get(cfg.keys.host(intent.host)) is not None)
+        return done, "", time.monotonic() - began
+    except GridtoolError as exc:
+        return None, str(exc), time.monotonic() - began
 
 
-def wake(store: Store, cfg: Config, pool: str, workers: Sequence[tuple[str, str, str]], *,
-         alive_timeout: float = ALIVE_TIMEOUT, timeout: float = 60.0) -> list[Woken]:
-    """Wake asleep warm workers ((uuid, name, host) each) all at once; a woken one is
-    recorded as serving, one whose wake failed (e.g. its saved image was stale and
-    discarded) as ``failed`` (the next round removes and replaces it).
-    ``alive_timeout`` 0: done when libvirt's call returns."""
-    found = []
-    for (uuid, name, host), (done, error, seconds) in zip(workers, _run(
-            store, cfg, "wake", workers, {"alive_timeout": alive_timeout}, timeout),
-            strict=True):
-        if done is not None:  # (after: while asleep, the HA manager must not start it)
-            settings.set_desired_after(store, cfg.keys, uuid, name, "wake")
-        set_member_warm(store, cfg, pool, uuid, "" if done is not None else WARM_FAILED)
-        found.append(Woken(uuid, name, host, done is not None, error, seconds,
-                           _timings(done)))
-    return found
+def wake_intent(uuid: str, name: str, host: str, intent_id: str,
+                alive_timeout: float = ALIVE_TIMEOUT) -> Intent:
+    """The ``wake`` intent of an asleep warm worker, under the id recorded for it."""
+    return Intent(intent_id, host, "wake", uuid, name, time.time(), who(),
+                  params={"alive_timeout": alive_timeout})
+
+
+def start_wake(store: Store, cfg: Config, pool: str, uuid: str, name: str, host: str, *,
+               intent_id: str = "", alive_timeout: float = ALIVE_TIMEOUT) -> str:
+    """Wake an asleep warm worker without waiting: record it ``waking`` with a new wake
+    intent id, then send that intent under that id (it runs once: see
+    :meth:`IntentClient.submit_once`). With ``intent_id`` (recorded by a leader that
+    stopped before sending it): send it, if the member still waits for it. The id
+    sent, "" when nothing was (another manager got there first, or it was removed). A
+    later round sees the intent's outcome (:func:`mark_awake`, or removes it)."""
+    key = cfg.keys.pool_member(pool, uuid)
+    if intent_id:
+        item = store.get(key)
+        member = decode(MemberRecord, key, item.value) if item else None
+        if member is None or (member.warm, member.intent) != (WARM_WAKING, intent_id):
+            return ""
+    else:
+        intent_id = new_id()
+        if not set_member_warm(store, cfg, pool, uuid, WARM_WAKING,
+                               was=(WARM_ASLEEP, WARM_SLEEPING), intent=intent_id):
+            return ""
+    sent = IntentClient(store, cfg.keys).submit_once(
+        wake_intent(uuid, name, host, intent_id, alive_timeout))
+    return intent_id if sent else ""
+
+
+def mark_awake(store: Store, cfg: Config, pool: str, uuid: str, name: str) -> bool:
+    """Record a waking worker whose wake is done as serving: its guest desired running
+    again (while asleep the HA manager had to leave it stopped), then its member."""
+    return desire(store, cfg, pool, uuid, name, "wake", (WARM_WAKING,)) and \
+        set_member_warm(store, cfg, pool, uuid, "", was=(WARM_WAKING,))
 
 
 def sleep(store: Store, cfg: Config, pool: str, mode: str,
@@ -153,7 +177,7 @@ def sleep(store: Store, cfg: Config, pool: str, mode: str,
     """Put booted warm workers to sleep; each one asleep is recorded so. The errors."""
     errors = []
     for uuid, name, _host in workers:
-        settings.set_desired_after(store, cfg.keys, uuid, name, "sleep")
+        desire(store, cfg, pool, uuid, name, "sleep", (WARM_BOOTING,))
     for (uuid, name, _host), (done, error, _s) in zip(workers, _run(
             store, cfg, "sleep", workers, {"mode": mode}, timeout), strict=True):
         if done is None:

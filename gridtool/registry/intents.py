@@ -15,11 +15,16 @@ from gridtool.errors import OperationFailed, Timeout
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import DecodeError
 from gridtool.registry.records import Intent, decode, encode
-from gridtool.registry.store import Delete, Put, Store
+from gridtool.registry.store import Compare, Delete, Put, Store
 
 #: How long a collected intent stays listed by ``gridtool intent list`` (under a lease of
 #: its own); the agents drop finished intents nobody collected after the same time.
 DONE_KEEP_S = 600
+
+
+def new_id() -> str:
+    """A new intent id: time-ordered, with a random tail."""
+    return f"{time.time_ns():x}-{uuidlib.uuid4().hex[:6]}"
 
 
 def who() -> str:
@@ -36,11 +41,19 @@ class IntentClient:
 
     def submit(self, host: str, action: str, guest: str, name: str,
                params: dict[str, Any] | None = None, by: str | None = None) -> Intent:
-        intent = Intent(id=f"{time.time_ns():x}-{uuidlib.uuid4().hex[:6]}", host=host,
-                        action=action, guest=guest, name=name, created=time.time(),
-                        by=by or who(), params=params or {})
+        intent = Intent(id=new_id(), host=host, action=action, guest=guest, name=name,
+                        created=time.time(), by=by or who(), params=params or {})
         self.store.put(self.keys.intent(host, intent.id), encode(intent))
         return intent
+
+    def submit_once(self, intent: Intent) -> bool:
+        """Write ``intent`` under its own id unless an intent of that id was ever
+        written (queued, finished or collected): a step recorded before it is sent can
+        be sent again by whoever finds it unsent, and runs once. False: it was there."""
+        keys = (self.keys.intent(intent.host, intent.id),
+                self.keys.intent_done(intent.host, intent.id))
+        return self.store.txn([Compare(k, "create", 0) for k in keys],
+                              [Put(keys[0], encode(intent))])
 
     def collect(self, done: Intent) -> None:
         """Move a finished intent out of its host's queue into ``intents-done/``, where

@@ -9,6 +9,7 @@ import contextlib
 import json
 import re
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -255,6 +256,8 @@ def test_warm_pool_wakes_hibernated_and_paused_workers_first_and_refills(  # typ
     resumed, and warm workers are reported apart from serving ones."""
     import libvirt
 
+    from gridtool.registry import settings
+
     start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64)
     code, _, err = gridtool(cfg, capsys, "pool", "create", "jobs", "--template", "w",
                             "--min", "1", "--max", "4", "--warm", "2")
@@ -322,8 +325,22 @@ def test_warm_pool_wakes_hibernated_and_paused_workers_first_and_refills(  # typ
     assert gridtool(cfg, capsys, "pool", "create", "x", "--template", "w", "--min", "1",
                     "--max", "2", "--warm", "3")[0] == 2
     assert pools.get(store, cfg.keys, "jobs").warm == 2
+    # a worker that slept has a settings record (its desired state); a removed one (the
+    # scale-down to 2, then the delete) takes it along
+    kept = {s.uuid for s in settings.read_all(store, cfg.keys).values()}
+    assert kept and kept <= set(pools.members(store, cfg.keys, "jobs")), (
+        "settings left behind by the scale-down")
     code, _, err = gridtool(cfg, capsys, "pool", "delete", "jobs")
     assert code == 0 and "4 clone(s) removed" in err
+    assert settings.read_all(store, cfg.keys) == {}, "no settings record left behind"
+    assert not store.list(cfg.keys.clones)[0]
+    # one left by an older version (or a removal while its host was down): reported
+    settings.set_desired_after(store, cfg.keys, "0a1b2c3d-0000-4000-8000-000000000001",
+                               "jobs-old", "sleep")
+    code, out, _ = gridtool(cfg, capsys, "check", "--json")
+    found = [f for f in json.loads(out)["findings"] if f["code"] == "SETTINGS_ORPHAN"]
+    assert code == 1 and [f["subject"] for f in found] == [
+        "0a1b2c3d-0000-4000-8000-000000000001"], out
 
 
 def test_a_warm_refill_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
@@ -425,3 +442,75 @@ def test_a_hibernated_worker_whose_fence_moved_is_never_restored(  # type: ignor
     # replaced: the worker is removed, a cold clone serves, a new warm one sleeps
     wait_until(lambda: uuid not in (m := warm_members(store, cfg, "jobs")) and sorted(
         m.values()) == ["", "", "asleep"], timeout=30, what="2 serving, 1 new warm asleep")
+
+
+def wake_intents(store, cfg, uuid: str) -> list:  # type: ignore[no-untyped-def]
+    """Every wake intent of ``uuid`` the registry has (queued, finished or collected)."""
+    from gridtool.registry.intents import read_intents
+
+    return [i for i in read_intents(store, cfg.keys)[0]
+            if i.action == "wake" and i.guest == uuid]
+
+
+def test_a_wake_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
+        lab_hosts, registry, store, cfg, capsys, tmp_path):
+    """A wake in flight (the agent waits until the woken guest writes to its console;
+    here the test writes it) does not hold the pool round: the pool's status is written
+    again while it runs. A new leader after a failover mid-wake sees the worker
+    ``waking``: no second wake, no restart, no cold clone for it; once the guest
+    writes, that leader records it serving."""
+    from gridtool.registry import settings
+
+    start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64)
+    _, end1 = run_manager(store, cfg, "m1")
+    lab_hosts.conn("hv1").defineXML(domain_xml("slow-src", memory_mib=64).replace(
+        "</devices>", f"<serial type='file'><source path='{tmp_path}/src.log'/>"
+                      "<target port='0'/></serial></devices>"))
+    wait_until(lambda: any(g.name == "slow-src" for g in registry.guests_of("hv1")[0].values()),
+               what="slow-src synced")
+    create_template(store, cfg, "slow", "slow-src", timeout=30, ready_marker="READY")
+    assert gridtool(cfg, capsys, "pool", "create", "spare", "--template", "slow",
+                    "--min", "0", "--max", "2", "--size", "0", "--warm", "1")[0] == 0
+    (uuid,) = wait_until(lambda: list(warm_members(store, cfg, "spare")), timeout=10,
+                         what="the warm clone submitted")
+    console = tmp_path / f"{pools.members(store, cfg.keys, 'spare')[uuid].name}.log"
+    console.write_text("booted\nREADY\n")  # (the clone's own serial file)
+    wait_until(lambda: warm_members(store, cfg, "spare") == {uuid: "asleep"}, timeout=30,
+               what="the warm worker hibernated")
+
+    def updated() -> float:
+        st = pools.status(store, cfg.keys, "spare")
+        return st.updated if st else 0.0
+
+    assert gridtool(cfg, capsys, "pool", "scale", "spare", "1")[0] == 0
+    wait_until(lambda: [i.state for i in wake_intents(store, cfg, uuid)] == ["running"],
+               timeout=10, what="the agent in the wake (waiting for the console)")
+    in_flight = time.time()
+    wait_until(lambda: updated() > in_flight, timeout=10,
+               what="a pool round written while the wake is in flight")
+    assert warm_members(store, cfg, "spare")[uuid] == "waking"
+
+    # fail over mid-wake (m1 resigns, m2 leads): m2 sees the wake under way
+    end1()
+    mgr2, end2 = run_manager(store, cfg, "m2")
+    try:
+        wait_until(lambda: mgr2.leader_rev, timeout=15, what="m2 leads")
+        taken = updated()
+        wait_until(lambda: updated() > taken, timeout=10, what="a round of m2")
+        assert [i.state for i in wake_intents(store, cfg, uuid)] == ["running"]
+        serving = {u for u, w in warm_members(store, cfg, "spare").items()
+                   if w in ("", "waking")}
+        assert serving == {uuid}, "no cold clone for a worker being woken"
+        run_id = domain_of(lab_hosts, uuid).ID()
+        with console.open("a") as f:
+            f.write("alive\n")  # the woken guest writes: the wake is done
+        wait_until(lambda: warm_members(store, cfg, "spare")[uuid] == "", timeout=10,
+                   what="m2 records the woken worker serving")
+        assert [i.state for i in wake_intents(store, cfg, uuid)] == ["done"], "woken once"
+        assert domain_of(lab_hosts, uuid).ID() == run_id, "not started again"
+        assert settings.read(store, cfg.keys, uuid).desired == "running"
+        code, out, _ = gridtool(cfg, capsys, "pool", "show", "spare", "--json")
+        assert code == 0 and [m["class"] for m in json.loads(out)["members"]
+                              if m["uuid"] == uuid] == ["ready"]
+    finally:
+        end2()

@@ -23,6 +23,7 @@ from gridtool.pools.queuesim import (
     plot,
     simulate,
     simulate_policies,
+    simulate_schedule,
 )
 
 SPIKE = Trace(
@@ -154,6 +155,27 @@ def test_startup_delay_keeps_new_workers_starting() -> None:
     first, second = result.decisions[0], result.decisions[1]
     assert first.change > 0
     assert second.starting == first.change and second.ready == 1
+
+
+def test_a_warm_set_wakes_first_and_is_refilled_as_the_keeper_does() -> None:
+    """Warm workers are ready ``wake_delay`` after the scale-up, cold ones after the
+    start-up; the round refills the set with clones that boot (costing worker-seconds),
+    are put to sleep by the first round that sees them booted and can be woken from the
+    round after; asleep workers cost no worker-seconds and are counted apart."""
+    slow = replace(CONFIG, startup_delay=15.0, initial_workers=None)
+    steps = [(0.0, 1), (10.0, 3), (20.0, 5), (40.0, 7)]
+    cold = simulate_schedule(SPIKE, steps, slow)
+    warm = simulate_schedule(SPIKE, steps, replace(slow, warm=2))
+    at = {p.time: (p.ready, p.workers) for p in warm.series}
+    assert at[20.0] == (3, 5), "2 woken at once at 10 s; the 2 more at 20 s are cold"
+    assert {p.time: p.ready for p in cold.series}[20.0] == 1
+    assert at[30.0] == (3, 5), "the refills of 10 s boot, sleep at 30 s: none awake yet"
+    assert at[50.0] == (7, 7), "the refills were woken at 40 s"
+    assert {p.time: p.ready for p in cold.series}[50.0] == 5
+    # the same provisioning, plus 2 refills at 10 s and 2 at 40 s booting for 20 s each
+    assert warm.worker_seconds - cold.worker_seconds == pytest.approx(80.0)
+    assert cold.asleep_seconds == 0 and warm.asleep_seconds == pytest.approx(
+        2 * 10 + 2 * (600 - 70))
 
 
 def test_empty_pool_censors_waits() -> None:

@@ -15,15 +15,18 @@ from gridtool.pools.rules import (
     WARM_FAILED,
     WARM_SLEEPING,
     WARM_TIMEOUT,
+    WARM_WAKING,
     Clone,
     Forget,
     HostInfo,
     MarkAsleep,
+    MarkAwake,
     MemberView,
     PoolSpec,
     Remove,
     Sleep,
     Wake,
+    is_serving,
     plan,
     wake_order,
     warm_problems,
@@ -106,7 +109,7 @@ def test_a_booted_warm_worker_is_put_to_sleep_by_a_later_round() -> None:
 
 def sleeping(state: str, sleep: str, since_ago: float = 2.0) -> MemberView:
     return MemberView("z1", "web-z1", "hv1", NOW - 60, state, warm=WARM_SLEEPING,
-                      since=NOW - since_ago, sleep=sleep)
+                      since=NOW - since_ago, step=sleep)
 
 
 def test_a_sleeping_worker_is_recorded_asleep_once_its_intent_is_done() -> None:
@@ -195,3 +198,33 @@ def test_property_wakes_and_clones_make_up_exactly_the_shortfall(
     trimmed = sum(isinstance(a, Remove) and a.uuid.startswith("w") for a in p.actions)
     after = n_asleep - wakes - trimmed + refill
     assert after == warm_target(spec, size) <= spec.max - size
+
+
+def waking(step: str, state: str = "shutoff", since_ago: float = 2.0) -> MemberView:
+    return MemberView("k1", "web-k1", "hv1", NOW - 60, state, warm=WARM_WAKING,
+                      since=NOW - since_ago, step=step, intent="i-1")
+
+
+def test_a_wake_in_flight_is_starting_serving_capacity_and_never_sent_twice() -> None:
+    """Nothing waits for a wake: the round that sends it returns; the next rounds count
+    the worker as starting (no second wake, no cold clone for it), record it serving
+    once its intent is done, and remove it when the wake failed or is stuck."""
+    members = [serving(1), asleep(1), asleep(2)]
+    for step in ("pending", "running"):
+        p = plan(SPEC, 2, [*members, waking(step)], HOSTS, now=NOW)
+        assert p.actions == () and (p.ready, p.starting, p.warm) == (1, 1, 2), step
+    p = plan(SPEC, 2, [*members, waking("done", "running")], HOSTS, now=NOW)
+    assert p.actions == (MarkAwake("k1", "web-k1", "hv1", "its wake is done"),)
+    assert (p.ready, p.starting) == (2, 0)
+    # done, its guest record not updated yet: starting, not broken
+    p = plan(SPEC, 2, [*members, waking("done")], HOSTS, now=NOW)
+    assert p.actions == () and p.starting == 1
+    # recorded, never sent (its leader stopped in between): sent under the same id
+    p = plan(SPEC, 2, [*members, waking("gone")], HOSTS, now=NOW)
+    assert p.actions == (Wake("k1", "web-k1", "hv1", "its wake was never sent", "i-1"),)
+    for bad in (waking("failed"), waking("running", since_ago=WARM_TIMEOUT + 1),
+                waking("gone", since_ago=WARM_TIMEOUT + 1)):
+        p = plan(SPEC, 2, [*members, bad], HOSTS, now=NOW)
+        assert [a.uuid for a in p.actions if isinstance(a, Remove)] == ["k1"], bad
+        assert [a.uuid for a in p.actions if isinstance(a, Wake)] == ["w1"], bad
+    assert is_serving(waking("pending")) and not is_serving(asleep(1))

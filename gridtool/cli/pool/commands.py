@@ -265,7 +265,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     from dataclasses import asdict
 
     from gridtool.pools import shell as pools
-    from gridtool.pools.rules import engine_numbers, target_size
+    from gridtool.pools.rules import WARM_SLEEPING, engine_numbers, target_size
 
     keys = app.config.keys
     spec = pools.get(app.store, keys, name)
@@ -273,7 +273,8 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     hosts, views = pools.observe(app.store, keys, name)
     live, now = {h.name: h for h in hosts}, time.time()
     members = [{**asdict(v), "class": _member_class(v, live, now),
-                "overflow": v.host in live and live[v.host].overflow}
+                "overflow": v.host in live and live[v.host].overflow,
+                "sleep": v.step if v.warm == WARM_SLEEPING else ""}  # (its old key)
                for v in sorted(views, key=lambda v: v.name)]
     flex = pools.flex_numbers(app.store, keys, name)
     warm = _warm_doc(spec, members)
@@ -435,11 +436,12 @@ def report(app: AppContext, name: str, arrivals: int, completions: int,
 
 
 def _member_class(view: MemberView, live: dict[str, HostInfo], now: float) -> str:
-    """ready/starting/broken/lost for a serving member; warm (asleep) or warming (booting
-    before its sleep) for a warm one that is fine, else its broken or lost class."""
-    from gridtool.pools.rules import MemberClass, classify, classify_warm
+    """ready/starting/broken/lost for a serving member (one being woken: starting until
+    its wake is done); warm (asleep) or warming (booting before its sleep) for a warm
+    one that is fine, else its broken or lost class."""
+    from gridtool.pools.rules import MemberClass, classify, classify_warm, is_serving
 
-    if not view.warm:
+    if is_serving(view):
         return classify(view, live, now).value
     found = classify_warm(view, live, now)
     if found in (MemberClass.BROKEN, MemberClass.LOST):
