@@ -9,12 +9,12 @@ import builtins
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True)
-class Item:
-    """One key with its value and etcd metadata."""
+class Item(NamedTuple):
+    """One key with its value and etcd metadata (a named tuple: a listing makes 100,000
+    of them, at a third of a frozen dataclass's cost)."""
 
     key: str
     value: bytes

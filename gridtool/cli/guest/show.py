@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,7 +19,7 @@ from gridtool.cli.common.output import (
     warn,
 )
 from gridtool.cli.guest.listing import TABLE_LIMIT, Paging
-from gridtool.registry.model import GUEST_STATES, DecodeError
+from gridtool.registry.model import GUEST_STATES, DecodeError, guest_data
 
 if TYPE_CHECKING:
     from gridtool.cli.guest.facts import GuestData
@@ -70,26 +70,32 @@ def list_guests(app: AppContext, host_name: str | None, state: str | None, pool:
       gridtool guest list --host hv1
       gridtool guest list --limit 50 --page 3
     """
-    from gridtool.registry.fleet import view_of
+    from gridtool.registry.fleet import decoded, listed_guest, view_of
 
     live = _live_hosts(app, host_name)
     members = _pool_members(app, pool) if pool else None
-    paging = Paging(limit=(0 if as_json else TABLE_LIMIT) if limit is None else limit,
-                    page=page)
-    views = (view_of(data, live) if isinstance(data, dict) else data
-             for data in app.registry.guest_data(host_name))
-    shown = paging.select(views, lambda v: (members is None or v["uuid"] in members)
-                          and (not state or v["state"] == state))
-    if as_json:
-        stream_json("guests", shown, lambda: {
+    limit = (0 if as_json else TABLE_LIMIT) if limit is None else limit
+
+    def keep(view: dict[str, Any]) -> bool:
+        return (members is None or view["uuid"] in members) and (not state
+                                                                 or view["state"] == state)
+
+    items = app.registry.guest_items(host_name)
+    paging: Paging[Any] = Paging(limit, page)
+    if as_json:  # each record's view and its JSON: a plain record is not encoded again
+        rows = paging.select(decoded(items, lambda k, v: listed_guest(k, v, live)),
+                             lambda row: keep(row[0]))
+        stream_json("guests", (raw for _, raw in rows), lambda: {
             "errors": [{"key": e.key, "error": e.reason} for e in paging.errors],
             "matched": paging.matched, "more": paging.more})
     else:
+        views = (view_of(data, live) if isinstance(data, dict) else data
+                 for data in decoded(items, guest_data))
         table(None, ["NAME", "HOST", "STATE", "VCPUS", "MEMORY", "SHARED VOLUMES", "UUID"],
               [(v["name"], v["host"], guest_state(v["state"], v["reported_state"]),
                 v["vcpus"], mib(v["memory_mib"]),
                 ",".join(d["volume"] for d in v["disks"] if d["shared"]) or "-", v["uuid"])
-               for v in shown])
+               for v in paging.select(views, keep)])
         if (footer := paging.footer()) is not None:
             click.echo(footer, err=True)
     for err in paging.errors:
