@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from gridtool.cli.common.columns import plain_lines
+
 JSON_VERSION = 1
 
 #: ``--json`` of every command that has it: one option name, one help text.
@@ -61,19 +63,39 @@ def warn(message: str) -> None:
     sys.stderr.write(f"gridtool: warning: {message}\n")
 
 
-def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Print a rich table to stdout."""
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]],
+          markup: bool = True) -> None:
+    """Print a table to stdout: rich's, or (``markup=False``: the cells are plain text,
+    brackets and all) the same lines written without rich when they fit the width
+    (``columns.plain_lines``; no rich import off a terminal)."""
+    cells = [[str(c) for c in row] for row in rows]
+    if not markup:
+        tty = sys.stdout.isatty()
+        out = console() if tty else None
+        lines = plain_lines(columns, cells, out.width if out else PIPE_WIDTH)
+        if lines is not None:
+            if title:
+                _title(title)
+            if out is not None:  # the header as rich styles it, the rows as they are
+                out.print(lines[0], style="bold", markup=False, highlight=False)
+                lines = lines[1:]
+            sys.stdout.write("".join(line + "\n" for line in lines))
+            return
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(box=None, header_style="bold", pad_edge=False)
     for col in columns:
         t.add_column(col, overflow="fold")
-    for row in rows:
-        t.add_row(*[str(c) for c in row])
-    out = console()
+    for row in cells:
+        t.add_row(*(row if markup else [Text(c) for c in row]))
     if title:
-        out.print(f"[bold]{title}[/bold]", highlight=False)
-    out.print(t)
+        _title(title)
+    console().print(t)
+
+
+def _title(title: str) -> None:
+    console().print(f"[bold]{title}[/bold]", highlight=False)
 
 
 def section(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -89,7 +111,11 @@ def console(stderr: bool = False) -> Any:
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 200)
+    return Console(stderr=stderr, width=None if stream.isatty() else PIPE_WIDTH)
+
+
+#: The width of tables written to a pipe or a file: wide enough not to fold rows.
+PIPE_WIDTH = 200
 
 
 #: What a view shows for nothing: no value, an empty list, a time that never was.

@@ -52,7 +52,7 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
               [(h.name, "draining" if h.name in draining else "up", h.hypervisor, h.cpus,
                 mib(h.memory_mib), mib(h.free_memory_mib), text(h.guests),
                 text(h.running_guests), ",".join(h.labels) or "-", h.agent_version,
-                age(h.reported_at, now)) for h in records])
+                age(h.reported_at, now)) for h in records], markup=False)
     for err in errors:
         warn(str(err))
 
