@@ -104,7 +104,7 @@ def _gather(app: AppContext, name: str) -> tuple[HostData, list[DecodeError]]:
     from gridtool.cli.common.fences import read_fence_rows
     from gridtool.cli.host.facts import HostData
     from gridtool.errors import CorruptRecord
-    from gridtool.ha.rules import guest_kind
+    from gridtool.ha.kinds import guest_kind
     from gridtool.registry import fenceagents, hostconf, settings
     from gridtool.registry.fleet import unknown_host
 
