@@ -39,8 +39,8 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
     """
     from gridtool.registry.hostconf import draining_hosts
 
-    records, errors = app.registry.list_hosts()
-    draining = draining_hosts(app.store, app.config.keys)
+    records, errors = app.reads.list_hosts()
+    draining = draining_hosts(app.reader, app.config.keys)
     records.sort(key=lambda h: h.name)
     if as_json:
         emit_json(hosts=[{**as_dict(h), "draining": h.name in draining} for h in records],
