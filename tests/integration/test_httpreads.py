@@ -5,6 +5,8 @@ is turned off, hung, or answers nonsense)."""
 from __future__ import annotations
 
 import http.server
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -148,3 +150,21 @@ def test_the_gateway_over_tls_with_auth(tmp_path: Path) -> None:
             for r in readers:
                 r.close()
             store.close()
+
+
+@pytest.mark.parametrize("command", [["host", "list"], ["guest", "list", "--host", "hv1"],
+                                     ["guest", "show", "nosuch"]], ids=" ".join)
+def test_read_commands_import_no_grpc(cfg: Config, store: Store, tmp_path: Path,
+                                      command: list[str]) -> None:
+    """The read commands answer from the gateway (auth on): gRPC is never imported."""
+    imported = tmp_path / "imported"
+    code = ("import atexit, sys\n"
+            f"atexit.register(lambda: open({str(imported)!r}, 'w').write("
+            "' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('grpc', 'pyetcd', 'google')))))\n"
+            "from gridtool.cli.main import main\nmain()\n")
+    done = subprocess.run([sys.executable, "-c", code, "--endpoints", ",".join(cfg.endpoints),
+                           "--prefix", cfg.prefix, *command], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == (3 if command[1] == "show" else 0), done.stderr
+    assert imported.read_text() == ""
