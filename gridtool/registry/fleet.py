@@ -30,8 +30,9 @@ from gridtool.registry.store import Compare, Delete, Item, Put, Store, scan
 log = logging.getLogger("gridtool.registry")
 T = TypeVar("T")
 
-#: Guest records per range read of a listing (about 0.5 MB).
-PAGE = 1000
+#: Guest records per range read of a listing (about 2.4 MB; two ranges in memory at most:
+#: measured at 100,000 guests, etcd serves them in half the CPU it takes for 1,000).
+PAGE = 5000
 #: What a host record without its guest counts (an older agent) is taken to have.
 GUESTS_UNCOUNTED = 50
 
