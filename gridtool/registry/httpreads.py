@@ -24,19 +24,14 @@ from __future__ import annotations
 import base64
 import builtins
 import http.client
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from gridtool.config import Config
 from gridtool.registry.store import (
-    Compare,
-    Delete,
-    EndpointStatus,
-    Event,
     Item,
-    Put,
     Store,
-    Watch,
+    StoreProxy,
     prefix_end,
 )
 
@@ -152,7 +147,7 @@ class Gateway:
             self._conn = None
 
 
-class ReadStore:
+class ReadStore(StoreProxy):
     """A ``Store`` whose reads go to etcd's JSON gateway while it answers them, and
     everything else (and every read after one it did not answer) to ``EtcdStore``."""
 
@@ -164,7 +159,8 @@ class ReadStore:
         self._grpc: Store | None = None
 
     @property
-    def grpc(self) -> Store:
+    def inner(self) -> Store:
+        """The gRPC store, opened on first use."""
         if self._grpc is None:
             self._grpc = self._open_grpc()
         return self._grpc
@@ -186,59 +182,22 @@ class ReadStore:
     def get(self, key: str) -> Item | None:
         answer = self._read(range_request(key, None))
         if answer is None:
-            return self.grpc.get(key)
+            return self.inner.get(key)
         return answer[0][0] if answer[0] else None
 
     def list(self, prefix: str) -> tuple[builtins.list[Item], int]:
         answer = self._read(range_request(prefix, prefix_end(prefix)))
-        return self.grpc.list(prefix) if answer is None else answer
+        return self.inner.list(prefix) if answer is None else answer
 
     def list_range(self, start: str, end: str,
                    revision: int = 0) -> tuple[builtins.list[Item], int]:
         answer = self._read(range_request(start, end, revision))
         if answer is None:
-            return self.grpc.list_range(start, end, revision)
+            return self.inner.list_range(start, end, revision)
         return answer[0], revision or answer[1]
 
-    # -- everything else: gRPC ------------------------------------------------------
-
-    def put(self, key: str, value: bytes, lease: int | None = None) -> int:
-        return self.grpc.put(key, value, lease)
-
-    def delete(self, key: str) -> bool:
-        return self.grpc.delete(key)
-
-    def delete_prefix(self, prefix: str) -> None:
-        self.grpc.delete_prefix(prefix)
-
-    def txn(self, compares: Sequence[Compare], success: Sequence[Put | Delete],
-            failure: Sequence[Put | Delete] = ()) -> bool:
-        return self.grpc.txn(compares, success, failure)
-
-    def grant_lease(self, ttl: int) -> int:
-        return self.grpc.grant_lease(ttl)
-
-    def keepalive(self, lease: int) -> int:
-        return self.grpc.keepalive(lease)
-
-    def revoke_lease(self, lease: int) -> None:
-        self.grpc.revoke_lease(lease)
-
-    def lease_info(self, lease: int) -> tuple[int, float] | None:
-        return self.grpc.lease_info(lease)
-
-    def watch_prefix(self, prefix: str, on_event: Callable[[Event], None],
-                     start_revision: int | None = None) -> Watch:
-        return self.grpc.watch_prefix(prefix, on_event, start_revision)
-
-    def status(self) -> builtins.list[EndpointStatus]:
-        return self.grpc.status()
-
-    def alarms(self) -> builtins.list[tuple[str, str]]:
-        return self.grpc.alarms()
-
     def unanswered_for(self) -> float:
-        return self.grpc.unanswered_for() if self._grpc is not None else 0.0
+        return self.inner.unanswered_for() if self._grpc is not None else 0.0
 
     def close(self) -> None:
         if self._gateway is not None:

@@ -39,15 +39,25 @@ def stream_json(field: str, items: Iterable[Any], tail: Callable[[], dict[str, A
     sys.stdout.flush()
     buffer = getattr(sys.stdout, "buffer", None)
     write = buffer.write if buffer is not None else lambda b: sys.stdout.write(b.decode())
-    write(b'{"v":%d,%s:[' % (JSON_VERSION, encode(field)))
+    # written 64 KiB at a time: with PYTHONUNBUFFERED (containers set it) each item
+    # would be a write(2) of its own (100,000 guests: 0.2-0.4 s of system time)
+    chunk = bytearray(b'{"v":%d,%s:[' % (JSON_VERSION, encode(field)))
     sep = b""
     for item in items:
-        write(sep + (item if type(item) is bytes else encode(item)))
+        chunk += sep
+        chunk += item if type(item) is bytes else encode(item)
         sep = b","
+        if len(chunk) >= CHUNK:
+            write(chunk)
+            chunk = bytearray()
     rest = encode(tail())[1:]  # '"errors":[...]}', or '}' for nothing more
-    write(b"]" + (b"}" if rest == b"}" else b"," + rest) + b"\n")
+    write(chunk + b"]" + (b"}" if rest == b"}" else b"," + rest) + b"\n")
     if buffer is not None:
         buffer.flush()
+
+
+#: Bytes ``stream_json`` gathers before it writes them.
+CHUNK = 64 * 1024
 
 
 def outcome(as_json: bool, message: str, **body: Any) -> None:
