@@ -1,6 +1,7 @@
 """The small key-value interface the registry needs (typing.Protocol), and its plain data.
 
-The etcd adapter (``gridtool.registry.etcdstore``) implements it; nothing else imports etcd.
+The etcd adapter (``gridtool.registry.etcdstore``) implements it; nothing else imports etcd
+(``gridtool.registry.httpreads`` reads over etcd's JSON gateway, the rest through it).
 """
 
 from __future__ import annotations
