@@ -48,6 +48,7 @@ from gridtool.fencing.recovery import (
 from gridtool.fencing.rules import Observed
 from gridtool.fencing.shell import read_all_fences, read_host_fences, run_plan
 from gridtool.ha import batch
+from gridtool.ha.kinds import guest_kind
 from gridtool.ha.rules import (
     Action,
     Attempt,
@@ -64,7 +65,6 @@ from gridtool.ha.rules import (
     RevokeLease,
     Snapshot,
     decide,
-    guest_kind,
 )
 from gridtool.placement.shell import FleetView, read_fleet
 from gridtool.pools.keeper import PoolKeeper

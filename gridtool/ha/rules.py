@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from types import MappingProxyType
 
 from gridtool.fencing.recovery import (
@@ -55,6 +54,7 @@ from gridtool.fencing.rules import (
     ReleasePlan,
     plan_release,
 )
+from gridtool.ha.kinds import GuestKind
 from gridtool.placement.rules import (
     DEFAULT_POLICY,
     GuestNeeds,
@@ -66,22 +66,6 @@ from gridtool.placement.rules import (
 
 #: Guest states (libvirt's names) in which a guest that should run is down.
 DOWN_STATES = frozenset({"shutoff", "crashed"})
-
-
-class GuestKind(StrEnum):
-    """How the manager treats a guest."""
-
-    HA = "ha"  # restarted elsewhere when its host dies (fences die with the host's lease)
-    PINNED = "pinned"  # left alone until an operator confirms its host dead
-    NONE = "none"  # not managed
-
-
-def guest_kind(fenced: bool, ha: bool) -> GuestKind:
-    """A fenced guest is HA when its settings say so, else pinned; an unfenced one is
-    not managed (``ha``: the guest's ``settings/<uuid>`` ``ha``, False without settings)."""
-    if not fenced:
-        return GuestKind.NONE
-    return GuestKind.HA if ha else GuestKind.PINNED
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ import pyetcd
 import pyetcd.exceptions
 
 from gridtool import supervise
-from gridtool.backoff import Backoff
 from gridtool.config import Config
 from gridtool.errors import AuthError, ConfigError, LeaseGone, RegistryUnavailable
 from gridtool.registry.store import Compare, Delete, EndpointStatus, Event, Item, Put
@@ -135,7 +134,7 @@ class EtcdStore:
         """
         deadline = time.monotonic() + self._cfg.timeout
         errors: dict[str, str] = {}
-        backoff = Backoff(first=0.1, limit=1.0)  # jittered: many clients, one etcd
+        backoff = None  # made at the first failed pass (tenacity: not imported before)
         while True:
             for endpoint in self._rotation():
                 try:
@@ -151,6 +150,10 @@ class EtcdStore:
             if time.monotonic() + 0.1 >= deadline:
                 detail = "; ".join(f"{ep}: {err}" for ep, err in errors.items())
                 raise RegistryUnavailable(f"no etcd endpoint answered: {detail}")
+            if backoff is None:
+                from gridtool.backoff import Backoff
+
+                backoff = Backoff(first=0.1, limit=1.0)  # jittered: many clients, one etcd
             time.sleep(max(0.0, min(backoff.next(), deadline - time.monotonic())))
 
     def unanswered_for(self) -> float:

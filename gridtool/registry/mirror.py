@@ -43,6 +43,7 @@ from gridtool.registry.store import (
     Item,
     Put,
     Store,
+    StoreProxy,
     Watch,
     prefix_end,
     scan,
@@ -355,7 +356,7 @@ def behind(probe: Probe | None, seen: int, now: float, catch_up: float) -> bool:
     return probe is not None and seen < probe.revision and now - probe.at > catch_up
 
 
-class MirrorStore:
+class MirrorStore(StoreProxy):
     """A ``Store`` whose listings of the mirrored prefixes come from a watch-fed mirror.
 
     ``root`` is the prefix watched (the registry's); ``prefixes`` those mirrored under
@@ -472,57 +473,16 @@ class MirrorStore:
 
     # -- Store -----------------------------------------------------------------
 
+    @property
+    def inner(self) -> Store:
+        return self.store
+
     def list(self, prefix: str) -> tuple[builtins.list[Item], int]:
         with self._cond:
             items = None if self._stale else self.mirror.list(prefix)
             if items is not None:
                 return items, self.mirror.revision
         return self.store.list(prefix)
-
-    def list_range(self, start: str, end: str,
-                   revision: int = 0) -> tuple[builtins.list[Item], int]:
-        return self.store.list_range(start, end, revision)
-
-    def get(self, key: str) -> Item | None:
-        return self.store.get(key)
-
-    def put(self, key: str, value: bytes, lease: int | None = None) -> int:
-        return self.store.put(key, value, lease)
-
-    def delete(self, key: str) -> bool:
-        return self.store.delete(key)
-
-    def delete_prefix(self, prefix: str) -> None:
-        self.store.delete_prefix(prefix)
-
-    def txn(self, compares: Sequence[Compare], success: Sequence[Put | Delete],
-            failure: Sequence[Put | Delete] = ()) -> bool:
-        return self.store.txn(compares, success, failure)
-
-    def grant_lease(self, ttl: int) -> int:
-        return self.store.grant_lease(ttl)
-
-    def keepalive(self, lease: int) -> int:
-        return self.store.keepalive(lease)
-
-    def revoke_lease(self, lease: int) -> None:
-        self.store.revoke_lease(lease)
-
-    def lease_info(self, lease: int) -> tuple[int, float] | None:
-        return self.store.lease_info(lease)
-
-    def watch_prefix(self, prefix: str, on_event: Callable[[Event], None],
-                     start_revision: int | None = None) -> Watch:
-        return self.store.watch_prefix(prefix, on_event, start_revision)
-
-    def status(self) -> builtins.list[EndpointStatus]:
-        return self.store.status()
-
-    def alarms(self) -> builtins.list[tuple[str, str]]:
-        return self.store.alarms()
-
-    def unanswered_for(self) -> float:
-        return self.store.unanswered_for()
 
     def close(self) -> None:
         self.cancel()

@@ -221,6 +221,33 @@ def guest_data(key: str, raw: bytes | str) -> dict[str, Any]:
     return {**_GUEST_TEMPLATE, **_fields(GuestRecord, key, data)}
 
 
+def complete_guest(data: dict[str, Any]) -> bool:
+    """``data`` (a guest record's JSON object without its "v") has every field of a guest
+    record and of each of its disks, each with a type ``decode`` takes as it is, a known
+    state, and nothing else: what agents write (``guest_data`` gives it unchanged but
+    for the order of its fields)."""
+    disks: Any = data.get("disks")
+    return _complete_guest(tuple(data), tuple(map(type, data.values()))) \
+        and data["state"] in GUEST_STATES \
+        and all(type(d) is dict and _complete_disk(tuple(d), tuple(map(type, d.values())))
+                for d in disks)
+
+
+@functools.lru_cache(maxsize=256)
+def _complete_guest(names: tuple[str, ...], types: tuple[type, ...]) -> bool:
+    return len(names) == len(_schema(GuestRecord)) and _plain_guest(names, types)
+
+
+@functools.lru_cache(maxsize=256)
+def _complete_disk(names: tuple[str, ...], types: tuple[type, ...]) -> bool:
+    return len(names) == len(_schema(Disk)) and _plain_disk(names, types)
+
+
+#: JSON keys of a complete guest record with its "v", and of each of its disks.
+GUEST_KEYS = len(fields(GuestRecord)) + 1
+DISK_KEYS = len(fields(Disk))
+
+
 @functools.lru_cache(maxsize=256)
 def _plain_guest(names: tuple[str, ...], types: tuple[type, ...]) -> bool:
     """A guest record with these fields (names, types of their JSON values) passes the

@@ -47,12 +47,15 @@ class TlsRegistry:
 @contextlib.contextmanager
 def tls_registry(base: Path, prefix: str, members: int = 1,
                  server_ips: tuple[str, ...] = ("127.0.0.1",),
-                 server_dns: tuple[str, ...] = ("localhost",)) -> Iterator[TlsRegistry]:
+                 server_dns: tuple[str, ...] = ("localhost",),
+                 client_cert_auth: bool = True) -> Iterator[TlsRegistry]:
     """Start ``members`` TLS etcd members under ``base`` (the server certificate names
-    ``server_ips`` and ``server_dns``), turn auth on for ``prefix``; stop them at the end."""
+    ``server_ips`` and ``server_dns``; ``client_cert_auth``: etcd's flag; clients show a
+    certificate either way, as etcd 3.4 with a trusted CA wants one), turn auth on for
+    ``prefix``; stop them at the end."""
     tls_dir = base / "tls"
     make_certs(tls_dir, [ANONYMOUS_CN], ips=server_ips, dns=server_dns)
-    cluster = EtcdCluster.create(base, members, tls=TlsFiles(str(tls_dir), client_cert_auth=True))
+    cluster = EtcdCluster.create(base, members, tls=TlsFiles(str(tls_dir), client_cert_auth))
     cluster.start()
     try:
         credentials = base / "credentials"

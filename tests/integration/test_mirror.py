@@ -15,7 +15,7 @@ from gridtool.auth.credfiles import password_path, read_password
 from gridtool.config import Config
 from gridtool.ha.manager import mirrored
 from gridtool.registry.etcdstore import EtcdStore
-from gridtool.registry.fleet import Registry
+from gridtool.registry.fleet import PAGE, Registry
 from gridtool.registry.mirror import Mirror, MirrorStore, guest_pages
 from gridtool.registry.model import HostRecord
 from gridtool.registry.store import Event, Watch, prefix_end
@@ -94,7 +94,7 @@ def test_one_mirror_for_the_manager_and_the_web_view(store: EtcdStore, cfg: Conf
     registry = Registry(store, keys)
     for h in ("hv1", "hv2", "hv3"):
         registry.put_host(HostRecord(h, "test:///", "test", 8, 8192, 8192, "0", 0.0,
-                                     guests=600), None)
+                                     guests=PAGE // 2 + 100), None)
         store.put(keys.guest(h, "u-" + h), b"{}")
     counting = CountsRanges(store)
     view = MirrorStore(counting, keys.prefix, mirrored(keys),  # type: ignore[arg-type]
@@ -106,7 +106,7 @@ def test_one_mirror_for_the_manager_and_the_web_view(store: EtcdStore, cfg: Conf
     feed.start()
     try:
         guest_reads = [(s, e) for s, e, _ in counting.ranges if s.startswith(keys.guests)]
-        assert (keys.guests, keys.host_guests("hv3")) in guest_reads  # 1,200 guests: split
+        assert (keys.guests, keys.host_guests("hv3")) in guest_reads  # PAGE + 200: split
         assert (keys.host_guests("hv3"), prefix_end(keys.guests)) in guest_reads
         assert len({r for _, _, r in counting.ranges[:6]}) == 1  # one revision
         store.delete(keys.guest("hv1", "u-hv1"))

@@ -360,6 +360,23 @@ def test_a_certificate_not_made_out_to_the_endpoint_is_refused_in_one_line(
     one_line_error(refused, 4, f"localhost:{port}", "certificate", "localhost")
 
 
+def test_reads_with_client_cert_auth_go_over_grpc(tls_etcd: TlsRegistry) -> None:
+    """With --client-cert-auth etcd refuses gateway requests that carry a client
+    certificate (HTTP 400, "CommonName ... will be ignored"): the CLI's reads go over gRPC
+    (tests/integration/test_httpreads.py: the gateway over TLS without --client-cert-auth)."""
+    from gridtool.registry.httpreads import ReadStore
+
+    cfg = tls_etcd.cfg
+    store = EtcdStore(cfg)
+    reader = ReadStore(cfg, lambda: store)
+    try:
+        store.put(cfg.prefix + "cert", b"over grpc")
+        assert reader.get(cfg.prefix + "cert") == store.get(cfg.prefix + "cert")
+        assert reader.gave_up.startswith("HTTP 400: CommonName of client"), reader.gave_up
+    finally:
+        reader.close()
+
+
 def test_monitor_user_runs_check_and_metrics_and_cannot_write(cfg: Config, store: EtcdStore,
                                                               creds: Path) -> None:
     import urllib.request

@@ -19,6 +19,7 @@ import pytest
 from gridtool.config import Config
 from gridtool.errors import LeaseGone
 from gridtool.lab.procs import wait_for
+from gridtool.registry.httpreads import ReadStore
 from gridtool.registry.memstore import MemStore
 from gridtool.registry.store import Compare, Delete, Event, Put, Store, scan
 
@@ -87,7 +88,7 @@ class Recorder:
             return list(self.events)
 
 
-@pytest.fixture(params=["etcd", "memory"])
+@pytest.fixture(params=["etcd", "etcd-gateway", "memory"])
 def kv(request: pytest.FixtureRequest) -> Iterator[Harness]:
     if request.param == "memory":
         clock = FakeClock()
@@ -96,7 +97,16 @@ def kv(request: pytest.FixtureRequest) -> Iterator[Harness]:
         mem.close()
         return
     cfg: Config = request.getfixturevalue("cfg")
-    yield Harness(request.getfixturevalue("store"), cfg.prefix, None)
+    store = request.getfixturevalue("store")
+    if request.param == "etcd":
+        yield Harness(store, cfg.prefix, None)
+        return
+    # reads over etcd's JSON gateway (with the admin's password: auth is on), the rest
+    # over gRPC: every read must have been answered by the gateway
+    reader = ReadStore(cfg, lambda: store)
+    yield Harness(reader, cfg.prefix, None)
+    assert reader.gave_up == "", reader.gave_up
+    reader.close()
 
 
 def test_put_get_and_revisions(kv: Harness) -> None:

@@ -23,7 +23,7 @@ PURE_MODULES = {
     "gridtool.fencing.etcdversions",
     "gridtool.fencing.migration", "gridtool.fencing.recovery", "gridtool.fencing.power",
     "gridtool.storage.pr", "gridtool.storage.sgcli",
-    "gridtool.placement.rebalance",
+    "gridtool.placement.rebalance", "gridtool.ha.kinds", "gridtool.cli.common.columns",
     *(f"gridtool.pools.{m}" for m in ("flex", "erlang", "queuesim", "feed")),
     *(f"gridtool.health.{m}" for m in ("ranges", "snapshot", "params", "report", "checks",
                                        "render")),

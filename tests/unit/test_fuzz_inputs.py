@@ -21,6 +21,7 @@ from gridtool import config
 from gridtool.config import Config, load, read_file
 from gridtool.domains.xml import DomainSpec, DomainXMLError, parse_domain
 from gridtool.errors import ConfigError
+from gridtool.registry.fleet import guest_view, listed_guest
 from gridtool.registry.model import (
     GUEST_STATES,
     DecodeError,
@@ -384,3 +385,31 @@ def test_guest_data_is_the_decoded_record(record: GuestRecord, key: str,
         assert str(got.value) == str(exc)
         return
     assert guest_data(key, raw) == expected
+
+
+@FUZZ
+@given(record=guests, key=keys, live=st.booleans(), compact=st.booleans(), data=st.data())
+def test_listed_guest_is_the_view(record: GuestRecord, key: str, live: bool, compact: bool,
+                                  data: st.DataObject) -> None:
+    """What ``guest list --json`` writes for a record (``listed_guest``: its own bytes
+    spliced when it is complete and compact) parses to the view of the decoded record,
+    refused exactly when ``decode`` refuses: whatever the names and strings hold
+    (quotes, ``":``, ``"v":1,``), however it was written (key order, spaces)."""
+    body: dict[str, Any] = {**asdict(record), "v": 1}
+    if data.draw(st.booleans(), label="mutate"):
+        name = data.draw(st.sampled_from(sorted(body)), label="field")
+        body[name] = data.draw(json_values | st.just('x":1,"v":1,'), label="value")
+    separators = (",", ":") if compact else (", ", ": ")
+    raw = json.dumps(body, sort_keys=data.draw(st.booleans(), label="sorted"),
+                     separators=separators).encode()
+    hosts = frozenset({record.host} if live else ())
+    try:
+        expected = guest_view(decode(GuestRecord, key, raw), hosts)
+    except DecodeError as exc:
+        with pytest.raises(DecodeError) as got:
+            listed_guest(key, raw, hosts)
+        assert str(got.value) == str(exc)
+        return
+    view, encoded = listed_guest(key, raw, hosts)
+    assert view == expected
+    assert json.loads(encoded) == expected

@@ -398,3 +398,43 @@ def test_guest_data_is_what_decode_gives(body: dict) -> None:
         assert data == expected
         assert list(data) == list(expected)
         assert [list(d) for d in data["disks"]] == [list(d) for d in expected["disks"]]
+
+
+# -- listed_guest: what guest list --json writes ----------------------------------------
+
+def test_listed_guest_splices_what_agents_write() -> None:
+    """A record as agents write it, of a live host, is written as its own bytes less its
+    "v", plus the view's two fields (never decoded into a new document)."""
+    from gridtool.registry.fleet import guest_view, listed_guest
+
+    raw = encode(GUEST)
+    view, out = listed_guest("k", raw, frozenset({GUEST.host}))
+    assert out == raw.replace(b'"v":1,', b"")[:-1] + \
+        b',"reported_state":"running","fenced":true}'
+    assert view == json.loads(out) == guest_view(GUEST, frozenset({GUEST.host}))
+
+
+@pytest.mark.parametrize("raw", [
+    encode(GUEST)[:-1] + b',"name":"web2"}',  # a key twice: the parser keeps the last
+    encode(GUEST)[:-1] + b',"v":1}',
+    encode(GUEST)[:-1] + b',"v":2}',
+    encode(GUEST).replace(b'"name":"', b'"name":"\\"v\\":1,'),  # "v":1, in a string
+    encode(GUEST).replace(b'"v":1,', b"") [:-1] + b',"v":1}',  # "v" last
+    encode(GUEST).replace(b",", b", "),
+    encode(GUEST) + b"\n",
+], ids=str)
+def test_listed_guest_is_the_view_of_what_decodes(raw: bytes) -> None:
+    """Any other record is the view of what ``decode`` gives (or refused as it is)."""
+    from gridtool.registry.fleet import guest_view, listed_guest
+
+    live = frozenset({GUEST.host})
+    try:
+        expected = guest_view(decode(GuestRecord, "k", raw), live)
+    except DecodeError as exc:
+        with pytest.raises(DecodeError, match=str(exc.reason)):
+            listed_guest("k", raw, live)
+        return
+    view, out = listed_guest("k", raw, live)
+    assert view == json.loads(out) == expected
+    names = [name for name, _ in json.loads(out, object_pairs_hook=lambda pairs: pairs)]
+    assert len(names) == len(set(names))  # no key twice

@@ -212,3 +212,22 @@ def test_a_refused_index_never_holds_back_a_guest_record() -> None:
     assert sorted(registry.guests_of("hv1")[0]) == [U1, U2]
     registry.delete_guest("hv1", U2)
     assert sorted(registry.guests_of("hv1")[0]) == [U1]
+
+
+def test_stream_json_writes_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items already JSON (bytes) and dicts mixed, over several chunks: one document,
+    written a chunk at a time (not one write per item)."""
+    writes: list[int] = []
+
+    class Buffer(io.BytesIO):
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            writes.append(len(data))
+            return super().write(data)
+
+    raw = Buffer()
+    monkeypatch.setattr("sys.stdout", io.TextIOWrapper(raw, encoding="utf-8"))
+    items = [b'{"i":%d,"pad":"%s"}' % (i, b"x" * 100) if i % 2 else {"i": i, "pad": "x" * 100}
+             for i in range(3000)]
+    output.stream_json("guests", iter(items), lambda: {"errors": []})
+    assert [g["i"] for g in json.loads(raw.getvalue())["guests"]] == list(range(3000))
+    assert len(writes) == sum(writes) // output.CHUNK + 1

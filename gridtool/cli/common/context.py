@@ -21,6 +21,7 @@ class AppContext:
     overrides: dict[str, Any] = field(default_factory=dict)
     _config: Config | None = None
     _store: Store | None = None
+    _reader: Store | None = None
 
     @property
     def config(self) -> Config:
@@ -44,9 +45,28 @@ class AppContext:
 
         return Registry(self.store, self.config.keys)
 
+    @property
+    def reader(self) -> Store:
+        """The store of commands that read a few keys: reads over etcd's JSON gateway,
+        without importing gRPC, while it answers (``registry.httpreads``)."""
+        if self._reader is None:
+            from gridtool.registry.httpreads import ReadStore
+
+            self._reader = ReadStore(self.config, lambda: self.store)
+        return self._reader
+
+    @property
+    def reads(self) -> Registry:
+        """``registry`` over ``reader``."""
+        from gridtool.registry.fleet import Registry
+
+        return Registry(self.reader, self.config.keys)
+
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         if self._store is not None:
-            self._store.close()
+            self._store.close()  # closing twice (the reader's gRPC store) is harmless
 
 
 pass_app = click.make_pass_decorator(AppContext)

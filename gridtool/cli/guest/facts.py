@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gridtool.cli.common.output import NOTHING, guest_state, mib, text, when
-from gridtool.ha.rules import GuestKind, guest_kind
+from gridtool.ha.kinds import GuestKind, guest_kind
 from gridtool.registry.records import GuestSettings
 
 Rows = list[tuple[str, str]]

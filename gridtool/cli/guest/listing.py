@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 from gridtool.registry.model import DecodeError
+
+T = TypeVar("T")
 
 #: Rows of ``guest list`` without --json unless --limit says otherwise.
 TABLE_LIMIT = 100
 
 
 @dataclass
-class Paging:
+class Paging(Generic[T]):
     """The ``page``-th run of ``limit`` matches (``limit`` 0: every match); counts the
     matches as they pass and keeps the records that do not decode."""
 
@@ -23,8 +25,8 @@ class Paging:
     matched: int = 0
     errors: list[DecodeError] = field(default_factory=list)
 
-    def select(self, records: Iterable[dict[str, Any] | DecodeError],
-               keep: Callable[[dict[str, Any]], bool]) -> Iterator[dict[str, Any]]:
+    def select(self, records: Iterable[T | DecodeError],
+               keep: Callable[[T], bool]) -> Iterator[T]:
         """The records of this page that ``keep`` accepts; read to the end, so that
         ``matched`` and ``more`` count every match."""
         first = (self.page - 1) * self.limit

@@ -39,8 +39,8 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
     """
     from gridtool.registry.hostconf import draining_hosts
 
-    records, errors = app.registry.list_hosts()
-    draining = draining_hosts(app.store, app.config.keys)
+    records, errors = app.reads.list_hosts()
+    draining = draining_hosts(app.reader, app.config.keys)
     records.sort(key=lambda h: h.name)
     if as_json:
         emit_json(hosts=[{**as_dict(h), "draining": h.name in draining} for h in records],
@@ -52,7 +52,7 @@ def list_hosts(app: AppContext, as_json: bool) -> None:
               [(h.name, "draining" if h.name in draining else "up", h.hypervisor, h.cpus,
                 mib(h.memory_mib), mib(h.free_memory_mib), text(h.guests),
                 text(h.running_guests), ",".join(h.labels) or "-", h.agent_version,
-                age(h.reported_at, now)) for h in records])
+                age(h.reported_at, now)) for h in records], markup=False)
     for err in errors:
         warn(str(err))
 
@@ -104,7 +104,7 @@ def _gather(app: AppContext, name: str) -> tuple[HostData, list[DecodeError]]:
     from gridtool.cli.common.fences import read_fence_rows
     from gridtool.cli.host.facts import HostData
     from gridtool.errors import CorruptRecord
-    from gridtool.ha.rules import guest_kind
+    from gridtool.ha.kinds import guest_kind
     from gridtool.registry import fenceagents, hostconf, settings
     from gridtool.registry.fleet import unknown_host
 
