@@ -158,8 +158,11 @@ class Registry:
         """Guests whose uuid or name is ``name_or_uuid`` (several if defined twice), by
         the guest index: the reads of those guests' keys, whatever the fleet's size."""
         uuid = name_or_uuid.lower()
-        found = self._indexed(uuid, lambda g: g.uuid == uuid) or self._indexed(
-            name_or_uuid, lambda g: g.name == name_or_uuid)
+        listed = self._indexed(uuid)
+        found = [g for g in listed if g.uuid == uuid]
+        if not found:  # a name: the same index entries when it is written in lower case
+            named = listed if name_or_uuid == uuid else self._indexed(name_or_uuid)
+            found = [g for g in named if g.name == name_or_uuid]
         if not found:
             raise NotFound(f"unknown guest {name_or_uuid!r}")
         return found
@@ -190,9 +193,9 @@ class Registry:
         except DecodeError:
             return None
 
-    def _indexed(self, term: str, match: Callable[[GuestRecord], bool]) -> list[GuestRecord]:
-        """The records the index lists under ``term`` that ``match`` (entries whose record
-        is gone, renamed or corrupt are passed over)."""
+    def _indexed(self, term: str) -> list[GuestRecord]:
+        """The records the index lists under ``term`` (entries whose record is gone,
+        moved or corrupt are passed over)."""
         items, _ = self.store.list(self.keys.guest_lookup(term))
         found = []
         for item in items:
@@ -200,7 +203,7 @@ class Registry:
             if where is None:
                 continue
             record = self._decoded(self.store.get(self.keys.guest(*where)))
-            if record is not None and record.host == where[0] and match(record):
+            if record is not None and record.host == where[0]:
                 found.append(record)
         return found
 

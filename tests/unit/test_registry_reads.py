@@ -18,7 +18,7 @@ from gridtool.registry.guestindex import entry, index_ops, located
 from gridtool.registry.keys import Keys
 from gridtool.registry.memstore import MemStore
 from gridtool.registry.model import DecodeError, GuestRecord, HostRecord, encode
-from gridtool.registry.store import Delete, Item, Put, scan
+from gridtool.registry.store import Delete, Item, Put, StoreProxy, scan
 
 KEYS = Keys("/t/")
 U1, U2 = "11111111-0000-0000-0000-000000000001", "11111111-0000-0000-0000-000000000002"
@@ -125,6 +125,40 @@ def test_the_index_follows_rename_migration_and_undefine(registry: Registry) -> 
     assert index(registry) == [f"{U1}/hv2/{U1}", f"www/hv2/{U1}"]
     registry.forget_guests("hv2")
     assert index(registry) == [] and registry.store.list(KEYS.guests)[0] == []
+
+
+class CountingStore(StoreProxy):
+    """A store that counts its reads."""
+
+    def __init__(self, inner: MemStore) -> None:
+        self._inner, self.reads = inner, 0
+
+    @property
+    def inner(self) -> MemStore:
+        return self._inner
+
+    def get(self, key: str) -> Item | None:
+        self.reads += 1
+        return self._inner.get(key)
+
+    def list(self, prefix: str) -> tuple[list[Item], int]:
+        self.reads += 1
+        return self._inner.list(prefix)
+
+
+def test_a_guest_shown_by_its_name_is_read_once() -> None:
+    """One index listing and one record read for a name in lower case (the uuid's
+    lookup and the name's are the same index entries), two listings for another."""
+    counting = CountingStore(MemStore(lambda: 0.0))
+    registry = Registry(counting, KEYS)
+    registry.write_guests((guest(U1, "web", "hv1"), guest(U2, "Db", "hv1")), (), "hv1")
+    counting.reads = 0
+    assert [g.uuid for g in registry.find_guest("web")] == [U1]
+    assert counting.reads == 2
+    counting.reads = 0
+    assert [g.uuid for g in registry.find_guest("Db")] == [U2]
+    assert counting.reads == 3  # "db" (as a uuid: no entry), then "Db" and its record
+    assert [g.name for g in registry.find_guest(U2)] == ["Db"]
 
 
 def test_a_stale_or_forged_entry_is_passed_over(registry: Registry) -> None:
