@@ -23,7 +23,9 @@ through a watch:
    passes every fence to the destination in ONE transaction comparing the holder (HA
    fences go under the destination host's lease) instead of releasing it.
 3. ``start`` on the destination: its agent finds the fences already its own (the fencing
-   token grows) and starts the guest. Skipped for a guest that was not running.
+   token grows) and starts the guest. Skipped for a guest that was not running when the
+   source agent stopped it (its ``stop`` intent's ``was_running``, not the registry record
+   the move began from, which can be a moment behind a start or a stop).
 4. ``undefine`` on the source.
 
 Any failure ends in a safe state, which the result names (:class:`EndState`): the guest
@@ -43,7 +45,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import partial
 from typing import Any
@@ -252,6 +254,18 @@ def job_progress(remaining: int, total: int, width: int = 20) -> str:
 # --------------------------------------------------------------------------- migration
 
 
+def stopped_as_found(rec: GuestRecord, result: dict[str, Any]) -> GuestRecord:
+    """``rec`` as the source agent found the guest when its ``stop`` ran (``result``:
+    ``was_running``): a record read just after a start may still say ``shutoff`` (seen
+    on Xen under TCG: the guest then arrived defined but not started), or still
+    ``running`` just after a stop. Kept as it is when the agent did not say (an older
+    agent)."""
+    found = result.get("was_running")
+    if not isinstance(found, bool) or found == (rec.state in ACTIVE_STATES):
+        return rec
+    return replace(rec, state="running" if found else "shutoff")
+
+
 class EndState(StrEnum):
     """Where a migration left the guest."""
 
@@ -310,6 +324,7 @@ class _Outcome:
     ok: bool
     message: str
     lost: bool = False  # no outcome: the host stopped answering (intent withdrawn)
+    result: dict[str, Any] = field(default_factory=dict)  # the agent's Intent.result
 
 
 class Migrator:
@@ -389,6 +404,8 @@ class Migrator:
             self._back_to_source(result, rec, target, f"stop on {source} failed "
                                  f"({done.message})", made_copy, hand_back=False)
             return
+        rec = stopped_as_found(rec, done.result)
+        running = rec.state in ACTIVE_STATES
         if xml is None:  # 1'. an unfenced guest: its XML is in the registry only now
             xml = self._definition(rec.uuid)
             done = (self._step(result, "define", target, "define", {"xml": xml}) if xml
@@ -536,7 +553,7 @@ class Migrator:
         try:
             done = self.client.wait(intent, timeout or self.intent_timeout, on_state=progress,
                                     host_alive=lambda: self._alive(host), raise_failed=False)
-            outcome = _Outcome(done.state == "done", done.message)
+            outcome = _Outcome(done.state == "done", done.message, result=done.result)
         except (OperationFailed, Timeout) as exc:
             self._withdraw(intent)
             outcome = _Outcome(False, str(exc), lost=True)
