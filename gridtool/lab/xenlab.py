@@ -30,6 +30,7 @@ from pathlib import Path
 
 from gridtool.config import Config, render
 from gridtool.lab import dom0storage, xenimage
+from gridtool.lab import segment as lab_segment
 from gridtool.lab.hosts import LabHost
 from gridtool.lab.procs import LabError, cmdline, kill_now, spawn, stop_pid, wait_for
 from gridtool.lab.state import read_state
@@ -94,6 +95,15 @@ def netdev_args(directory: Path, name: str, index: int) -> dom0storage.HostStora
     return dom0storage.for_host(state, index - 1, name)
 
 
+def segment_address(directory: Path, index: int) -> str | None:
+    """Host ``index`` (1-based)'s dom0 address on the lab's L2 segment (None: no
+    segment): where the other dom0s reach its libvirtd and libxl's migration stream."""
+    state = read_state(directory)
+    if not state or "segment" not in state:
+        return None
+    return lab_segment.Segment.from_dict(state["segment"]).host_addr(index - 1).split("/")[0]
+
+
 @dataclass
 class XenHost(LabHost):
     """One Xen lab host: a QEMU machine with Xen, its dom0's libvirtd (libxl) reached on
@@ -142,7 +152,9 @@ class XenHost(LabHost):
                       password_file="/etc/gridtool/password" if base.password_file else None,
                       password=None, images_dir=xenimage.GUEST_DIR + "/images",
                       libvirt_run_dir="/run/libvirt",
-                      shared_patterns=(*DEFAULT_SHARED_PATTERNS, f"{POOL_DIR}/*"))
+                      shared_patterns=(*DEFAULT_SHARED_PATTERNS, f"{POOL_DIR}/*"),
+                      migration_address=segment_address(Path(self.dir).parent.parent,
+                                                        self.index))
         path = path or self.agent_conf
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(cfg, include_secrets=True))

@@ -74,9 +74,10 @@ from gridtool.registry.store import Compare, Delete, Item, Store
 
 log = logging.getLogger("gridtool.placement.shell")
 
-#: Hypervisors gridtool can live-migrate between (the same one on both ends): QEMU through
-#: libvirt peer-to-peer (``agents/livemigrate.py``); the test driver cannot live-migrate.
-LIVE_HYPERVISORS: frozenset[str] = frozenset({"qemu"})
+#: Hypervisors gridtool can live-migrate between (the same one on both ends): QEMU and Xen
+#: (libxl) through libvirt peer-to-peer (``agents/livemigrate.py``); the test driver
+#: cannot live-migrate.
+LIVE_HYPERVISORS: frozenset[str] = frozenset({"qemu", "xen"})
 
 
 # --------------------------------------------------------------------------- views
