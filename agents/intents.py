@@ -9,8 +9,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import libvirt
 
@@ -150,46 +149,42 @@ class IntentWorker:
         handler = HANDLERS.get(intent.action) if isinstance(intent.action, IntentAction) \
             else None
         if handler is None:
-            state, outcome = "failed", Outcome(f"unknown action {intent.action!r}")
+            state, message = "failed", f"unknown action {intent.action!r}"
         else:
-            state, outcome = self._carry_out(handler, intent)
-        message = outcome.message
-        self._write(key, intent, state, message, outcome.result)
+            state, message = self._carry_out(handler, intent)
+        self._write(key, intent, state, message)
         log.info("event=intent_%s host=%s id=%s action=%s guest=%s message=%s", state,
                  self.host, intent.id, intent.action, intent.name, message)
         self.on_change(intent.guest)
 
-    def _carry_out(self, handler: Handler, intent: Intent) -> tuple[str, Outcome]:
+    def _carry_out(self, handler: Handler, intent: Intent) -> tuple[str, str]:
         """Run ``handler`` (with the guest busy unless it judges it itself): the state and
-        outcome to write. Registry trouble propagates (the intent is retried later); any
+        message to write. Registry trouble propagates (the intent is retried later); any
         other error fails the intent with what it was."""
         if handler.claims:  # a judgement in progress on this guest finishes first
             self.claims.enter(intent.guest, CLAIM_WAIT_S)
         try:
-            done = handler.run(self, intent)
-            return "done", done if isinstance(done, Outcome) else Outcome(done)
+            return "done", handler.run(self, intent)
         except IntentFailed as exc:
-            return "failed", Outcome(str(exc))
+            return "failed", str(exc)
         except FenceRefused as exc:
-            return "failed", Outcome(f"refused: {exc}")
+            return "failed", f"refused: {exc}"
         except libvirt.libvirtError as exc:
-            return "failed", Outcome("libvirt: " + " ".join(str(exc).split()))
+            return "failed", "libvirt: " + " ".join(str(exc).split())
         except (RegistryUnavailable, AuthError):
             raise
         except Exception as exc:
             log.exception("event=intent_error host=%s id=%s action=%s guest=%s", self.host,
                           intent.id, intent.action, intent.name)
-            return "failed", Outcome(f"{intent.action} failed on {self.host}: "
-                                     f"{type(exc).__name__}: {exc}")
+            return "failed", f"{intent.action} failed on {self.host}: " \
+                f"{type(exc).__name__}: {exc}"
         finally:
             if handler.claims:
                 self.claims.leave(intent.guest)
 
-    def _write(self, key: str, intent: Intent, state: str, message: str,
-               result: dict[str, Any] | None = None) -> None:
+    def _write(self, key: str, intent: Intent, state: str, message: str) -> None:
         self.store.put(key, encode(replace(intent, state=state, message=message,
-                                           updated=self.clock.wall(),
-                                           result=result or {})))
+                                                 updated=self.clock.wall())))
 
     # -- actions -------------------------------------------------------------
 
@@ -297,11 +292,11 @@ class IntentWorker:
             self.fencer.release(ref)
         raise IntentFailed(f"{intent.name} not started on {self.host}: {why}")
 
-    def _do_stop(self, intent: Intent) -> Outcome:
+    def _do_stop(self, intent: Intent) -> str:
         """Shut the guest down (destroyed after ``timeout``); with ``handover_to`` (a cold
-        migration) hand its fences over. Its result says whether it was running: the
-        migration starts it on the destination by that, not by a registry record that
-        may be a moment behind."""
+        migration) hand its fences over. ``params["result"]["was_running"]`` says whether
+        it ran: the migration starts it on the destination by that, not by a registry
+        record that may be a moment behind."""
         dom = self._domain(intent)
         timeout = float(intent.params.get("timeout", 60))
         target = intent.params.get("handover_to")
@@ -309,18 +304,18 @@ class IntentWorker:
             self._publish_definition(intent, dom)
         how = "was not running"
         running = bool(dom.isActive())
+        intent.params["result"] = {"was_running": running}
         if running:
             dom.shutdown()
             how = "shut down"
             if not self.domains.wait_stopped(dom, timeout):
                 dom.destroy()
                 how = f"destroyed after {timeout:g} s without shutting down"
-        result = {"was_running": running}
         if target:
-            return Outcome(f"{intent.name} {how} on {self.host}"
-                           + self._handover(intent, str(target), how), result)
+            return f"{intent.name} {how} on {self.host}" + self._handover(
+                intent, str(target), how)
         self._release(intent)
-        return Outcome(f"{intent.name} {how} on {self.host}", result)
+        return f"{intent.name} {how} on {self.host}"
 
     def _publish_definition(self, intent: Intent, dom: libvirt.virDomain) -> None:
         """Put the guest's inactive XML in ``domains/<uuid>`` (agents keep it only for
@@ -609,20 +604,11 @@ class IntentWorker:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """A handler's outcome: its line and what it found for the caller (``Intent.result``)."""
-
-    message: str
-    result: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Handler:
     """How the worker carries out one action: ``run(worker, intent)`` returns the outcome
-    line (or an :class:`Outcome`); ``claims``: the guest is busy meanwhile (refresh judges
-    it itself instead)."""
+    line; ``claims``: the guest is busy meanwhile (refresh judges it itself instead)."""
 
-    run: Callable[[IntentWorker, Intent], str | Outcome]
+    run: Callable[[IntentWorker, Intent], str]
     claims: bool = True
 
 

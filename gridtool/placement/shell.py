@@ -24,7 +24,7 @@ through a watch:
    fences go under the destination host's lease) instead of releasing it.
 3. ``start`` on the destination: its agent finds the fences already its own (the fencing
    token grows) and starts the guest. Skipped for a guest that was not running when the
-   source agent stopped it (its ``stop`` intent's ``was_running``, not the registry record
+   source agent stopped it (its ``stop`` intent's result ``was_running``, not the record
    the move began from, which can be a moment behind a start or a stop).
 4. ``undefine`` on the source.
 
@@ -325,7 +325,7 @@ class _Outcome:
     ok: bool
     message: str
     lost: bool = False  # no outcome: the host stopped answering (intent withdrawn)
-    result: dict[str, Any] = field(default_factory=dict)  # the agent's Intent.result
+    result: dict[str, Any] = field(default_factory=dict)  # the agent's params["result"]
 
 
 class Migrator:
@@ -554,7 +554,8 @@ class Migrator:
         try:
             done = self.client.wait(intent, timeout or self.intent_timeout, on_state=progress,
                                     host_alive=lambda: self._alive(host), raise_failed=False)
-            outcome = _Outcome(done.state == "done", done.message, result=done.result)
+            outcome = _Outcome(done.state == "done", done.message,
+                               result=done.params.get("result") or {})
         except (OperationFailed, Timeout) as exc:
             self._withdraw(intent)
             outcome = _Outcome(False, str(exc), lost=True)

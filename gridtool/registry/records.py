@@ -71,10 +71,6 @@ class Intent:
     message: str = ""
     updated: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
-    #: What the agent found while carrying it out, for the caller (a cold migration's
-    #: ``stop``: ``was_running``, the guest's real state, which a registry record written
-    #: a moment before may not show yet); empty from agents that report nothing.
-    result: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.action, str) and not isinstance(self.action, IntentAction):

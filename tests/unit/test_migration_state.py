@@ -1,5 +1,5 @@
 """A cold migration starts the guest on the destination by what the source agent found at
-its ``stop`` (``Intent.result['was_running']``), not by a registry record that may be a
+its ``stop`` (its ``params['result']['was_running']``), not by a registry record that may be a
 moment behind (:func:`gridtool.placement.shell.stopped_as_found`)."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import pytest
 
 from gridtool.placement.shell import stopped_as_found
 from gridtool.registry.model import GuestRecord
-from gridtool.registry.records import Intent, decode, encode
 
 
 def record(state: str) -> GuestRecord:
@@ -26,12 +25,3 @@ def record(state: str) -> GuestRecord:
 def test_the_source_agents_word_wins_over_the_record(state: str, result: dict[str, object],
                                                      after: str) -> None:
     assert stopped_as_found(record(state), result).state == after
-
-
-def test_an_intent_without_a_result_decodes_as_empty_and_a_result_round_trips() -> None:
-    old = b'{"v": 1, "id": "1", "host": "hv1", "action": "stop", "guest": "u1", "name": "vm1", ' \
-          b'"created": 0.0, "by": "me", "state": "done"}'
-    assert decode(Intent, "k", old).result == {}
-    done = Intent("1", "hv1", "stop", "u1", "vm1", 0.0, "me", "done",
-                  result={"was_running": True})
-    assert decode(Intent, "k", encode(done)).result == {"was_running": True}
