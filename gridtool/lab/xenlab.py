@@ -142,7 +142,7 @@ class XenHost(LabHost):
         """The dom0's ``/etc/gridtool/agent.conf``: the lab's etcd as the dom0 reaches it,
         this host's libvirt URI, the packaged hook's socket, the password file the config
         disk brings (kept beside it here, for the config disk)."""
-        from gridtool.bootstrap.rules import Layout
+        from gridtool.bootstrap.rules import DEFAULT_IMAGES_DIR, Layout
         from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS
 
         del watchdog  # no watchdog device in the dom0 yet
@@ -150,7 +150,10 @@ class XenHost(LabHost):
                       endpoints=tuple(_from_guest(e) for e in base.endpoints),
                       hook_socket=Layout().hook_socket,
                       password_file="/etc/gridtool/password" if base.password_file else None,
-                      password=None, images_dir=xenimage.GUEST_DIR + "/images",
+                      password=None,
+                      # the packaged unit's writable images path (ReadWritePaths): a
+                      # template's golden images and clones' overlays (gridtool clone)
+                      images_dir=DEFAULT_IMAGES_DIR,
                       libvirt_run_dir="/run/libvirt",
                       shared_patterns=(*DEFAULT_SHARED_PATTERNS, f"{POOL_DIR}/*"),
                       migration_address=segment_address(Path(self.dir).parent.parent,
