@@ -61,6 +61,9 @@ install -m 600 agent.conf /etc/gridtool/agent.conf
 install -m 644 libvirtd.conf /etc/libvirt/libvirtd.conf
 mkdir -p -m 700 /root/.ssh
 install -m 600 authorized_keys /root/.ssh/authorized_keys
+# the agent's images_dir (templates, clones' overlays): its unit writes there only if it
+# exists (ReadWritePaths=-/var/lib/gridtool/images), and the package does not make it
+mkdir -p /var/lib/gridtool/images
 # under TCG on a loaded machine the agent may take minutes to be ready (seen: 123 s at
 # load 18, and its unit's 120 s killed it); the unit's 60 s watchdog stays as packaged
 DROPIN=/run/systemd/system/gridtool-agent.service.d

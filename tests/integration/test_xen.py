@@ -12,62 +12,27 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
 
-from gridtool.config import Config, load
-from gridtool.fencing.rules import observe
-from gridtool.lab import lab as labmod
+from gridtool.config import Config
 from gridtool.lab import xenimage, xenlab
 from gridtool.lab.power import power_off
 from gridtool.lab.xenha import lab_machine_manager
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.fleet import Registry
-from gridtool.registry.intents import IntentClient
 from gridtool.registry.records import GuestSettings, Violation, decode, encode
+from tests.harness import xen as xenbed
 from tests.harness.testbed import wait_until
+from tests.harness.xen import holder, host, start, state_of
 
 pytestmark = [pytest.mark.xen, pytest.mark.timeout(1800)]
-#: A PV guest's start through libxl under TCG: 53-66 s at load 3-5, 150 s seen at load 5-7.
-START_S = 600
 
-
-@pytest.fixture(scope="module")
-def xen_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    xenimage.build()  # cached: a no-op after the first build
-    directory = tmp_path_factory.mktemp("xen") / "lab"
-    # TTL 30 (as test_xen_storage's): at load 5 a TCG dom0 busy with a libxl start (150 s)
-    # missed a 10 s lease's keepalives (event=self_fence reason=lease_deadline)
-    state = labmod.up(directory, hosts=2, guests=0, hypervisor="xen", ttl=30)
-    try:
-        yield state
-    finally:
-        labmod.down(directory)
-
-
-@pytest.fixture(scope="module")
-def cfg(xen_lab: dict[str, Any]) -> Config:
-    return load(xen_lab["config"], env={})
-
-
-@pytest.fixture(scope="module")
-def store(cfg: Config) -> Iterator[EtcdStore]:
-    s = EtcdStore(cfg)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def registry(store: EtcdStore, cfg: Config) -> Registry:
-    return Registry(store, cfg.keys)
-
-
-def host(xen_lab: dict[str, Any], name: str) -> xenlab.XenHost:
-    return xenlab.XenHost.from_dict(next(h for h in xen_lab["hosts"] if h["name"] == name))
+xen_lab = xenbed.lab_fixture("xen", hosts=2)
+cfg, store, registry = xenbed.cfg, xenbed.store, xenbed.registry  # module-scoped fixtures
 
 
 def disk(conn: libvirt.virConnect, name: str) -> str:
@@ -87,27 +52,6 @@ def define(xen_lab: dict[str, Any], on: str, name: str) -> libvirt.virDomain:
     """Define PV guest ``name`` on host ``on`` (a disk in its pool: shared, so fenced)."""
     conn = libvirt.open(host(xen_lab, on).libvirt_uri)
     return conn.defineXML(xenlab.pv_guest_xml(name, disk(conn, name)))
-
-
-def start(store: EtcdStore, cfg: Config, registry: Registry, on: str,
-          dom: libvirt.virDomain) -> None:
-    """Start ``dom`` on ``on`` through its agent; wait until the registry says running."""
-    client = IntentClient(store, cfg.keys)
-    client.wait(client.submit(on, "start", dom.UUIDString(), dom.name()), START_S)
-    wait_until(lambda: state_of(registry, on, dom.UUIDString()) == "running", 60,
-               what=f"{dom.name()} running on {on}")
-
-
-def holder(store: EtcdStore, cfg: Config, volume: str) -> str | None:
-    item = store.get(cfg.keys.fence(volume))
-    obs = observe(volume, item.value if item else None, item.mod_revision if item else 0)
-    return getattr(getattr(obs, "fence", None), "holder", None)
-
-
-def state_of(registry: Registry, on: str, uuid: str) -> str | None:
-    recs, _ = registry.guests_of(on)
-    rec = recs.get(uuid)
-    return rec.state if rec else None
 
 
 def test_dom0_agents_register_from_the_package(xen_lab: dict[str, Any],
@@ -137,7 +81,7 @@ def test_the_agent_follows_libxl_domains(xen_lab: dict[str, Any], store: EtcdSto
     uuid = dom.UUIDString()
     wait_until(lambda: state_of(registry, "hv1", uuid) == "shutoff", 60,
                what="the defined PV guest in the registry")
-    start(store, cfg, registry, "hv1", dom)
+    start(store, cfg, "hv1", dom.UUIDString(), dom.name())
     recs, _ = registry.guests_of("hv1")
     assert recs[uuid].fenced and holder(store, cfg, recs[uuid].volumes[0]) == "hv1"
     wait_until(lambda: "GRIDTOOL-HEARTBEAT" in host(xen_lab, "hv1").console("pv1"), 120,
@@ -151,7 +95,7 @@ def test_the_libxl_hook_refuses_a_start_held_elsewhere(xen_lab: dict[str, Any],
                                                        store: EtcdStore, registry: Registry,
                                                        cfg: Config) -> None:
     dom = define(xen_lab, "hv1", "pv2")
-    start(store, cfg, registry, "hv1", dom)
+    start(store, cfg, "hv1", dom.UUIDString(), dom.name())
     other = define(xen_lab, "hv2", "pv2")
     with pytest.raises(libvirt.libvirtError) as exc:
         other.create()  # a bare 'virsh start' on hv2
@@ -188,7 +132,7 @@ def test_xl_create_behind_libvirts_back_is_caught_as_an_intruder(
     is invisible to hv2's libvirt, but its agent compares ``xl list`` with libvirt's list:
     it destroys it with ``xl destroy`` and records the violation."""
     dom = define(xen_lab, "hv1", "pv3")
-    start(store, cfg, registry, "hv1", dom)
+    start(store, cfg, "hv1", dom.UUIDString(), dom.name())
     hv2 = host(xen_lab, "hv2")
     conn = libvirt.open(hv2.libvirt_uri)
     xl_create(hv2, "pv3", dom.UUIDString(), disk(conn, "pv3"))
@@ -255,7 +199,7 @@ def test_an_ha_guest_restarts_on_the_other_dom0_after_a_power_off(
     disk(libvirt.open(host(xen_lab, "hv2").libvirt_uri), "ha1")  # its "shared" disk there
     uuid = dom.UUIDString()
     with lab_machine_manager(directory, cfg):
-        start(store, cfg, registry, "hv1", dom)
+        start(store, cfg, "hv1", dom.UUIDString(), dom.name())
         # HA only once it runs on hv1: an HA guest found off is started by the manager
         # wherever it fits (seen: on hv2, before this start on hv1 could run)
         store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, "ha1", ha=True)))
