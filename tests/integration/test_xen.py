@@ -19,15 +19,16 @@ import libvirt
 import pytest
 
 from gridtool.config import Config
-from gridtool.lab import xenimage, xenlab
+from gridtool.lab import dom0storage, xenimage, xenlab
 from gridtool.lab.power import power_off
 from gridtool.lab.xenha import lab_machine_manager
+from gridtool.placement.shell import EndState, Migrator, current_record
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.fleet import Registry
 from gridtool.registry.records import GuestSettings, Violation, decode, encode
-from tests.harness import xen as xenbed
+from tests.harness import xenbed
 from tests.harness.testbed import wait_until
-from tests.harness.xen import holder, host, start, state_of
+from tests.harness.xenbed import START_S, holder, host, start, state_of
 
 pytestmark = [pytest.mark.xen, pytest.mark.timeout(1800)]
 
@@ -147,11 +148,16 @@ def test_xl_create_behind_libvirts_back_is_caught_as_an_intruder(
     store.delete(cfg.keys.violation("hv2", dom.UUIDString()))
 
 
+def gridtool(xen_lab: dict[str, Any], *argv: str, timeout: float = 60.0
+             ) -> subprocess.CompletedProcess[str]:
+    """The gridtool CLI on the lab's config, as an operator runs it."""
+    return subprocess.run([str(Path(sys.executable).parent / "gridtool"), "--config",
+                           xen_lab["config"], *argv], capture_output=True, text=True,
+                          check=False, timeout=timeout)
+
+
 def check_json(xen_lab: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run([str(Path(sys.executable).parent / "gridtool"), "--config",
-                           xen_lab["config"], "check", "--json"], capture_output=True,
-                          text=True, check=False, timeout=60)
-    return dict(json.loads(done.stdout))
+    return dict(json.loads(gridtool(xen_lab, "check", "--json").stdout))
 
 
 def unhealthy(registry: Registry, name: str) -> str:
@@ -182,6 +188,103 @@ def test_a_stopped_xenstored_makes_the_host_unhealthy_not_empty(
     finally:
         hv2.ssh("kill -CONT $(pidof oxenstored xenstored)")
     wait_until(lambda: not unhealthy(registry, "hv2"), 120, what="hv2 healthy again")
+
+
+def define_on_lun(xen_lab: dict[str, Any], on: str, name: str, lun: int,
+                  registry: Registry) -> str:
+    """Define PV guest ``name`` on ``on`` with the segment's AoE LUN ``lun`` (a block
+    device every dom0 attaches: really shared) and wait for its record; its uuid."""
+    device = dom0storage.devices(xen_lab)["aoe"][lun - 1]
+    conn = libvirt.open(host(xen_lab, on).libvirt_uri)
+    try:
+        uuid = str(conn.defineXML(xenlab.pv_guest_xml(name, device)).UUIDString())
+    finally:
+        conn.close()
+    wait_until(lambda: state_of(registry, on, uuid) == "shutoff", 120,
+               what=f"{name} defined on {on} in the registry")
+    return uuid
+
+
+def heartbeats_on(xen_lab: dict[str, Any], on: str, name: str) -> None:
+    wait_until(lambda: "GRIDTOOL-HEARTBEAT" in host(xen_lab, on).console(name), 300,
+               what=f"{name}'s heartbeats on {on}'s console")
+
+
+def test_a_cold_migration_right_after_a_start_arrives_running(
+        xen_lab: dict[str, Any], store: EtcdStore, registry: Registry, cfg: Config) -> None:
+    """Issue 17: a guest on the AoE LUN moved with --cold right after its start arrived
+    defined but not started (the registry still said shutoff under TCG). The move is
+    taken from the registry's record as ``guest migrate`` takes it, at once after the
+    start; the destination starts it by what hv1's agent found at the stop."""
+    uuid = define_on_lun(xen_lab, "hv1", "cold1", 1, registry)
+    start(store, cfg, "hv1", uuid, "cold1", wait_running=False)
+    rec = current_record(registry.find_guest("cold1"), ["hv1", "hv2"])
+    print(f"cold1's record when the move began: {rec.state}")
+    result = Migrator(store, cfg.keys, intent_timeout=START_S).migrate(rec, "hv2", "cold")
+    assert result.state is EndState.MOVED, result
+    assert "cold1 runs on hv2" in result.message, result
+    wait_until(lambda: state_of(registry, "hv2", uuid) == "running", 300,
+               what="cold1 running on hv2 in the registry")
+    assert holder(store, cfg, registry.guests_of("hv2")[0][uuid].volumes[0]) == "hv2"
+    heartbeats_on(xen_lab, "hv2", "cold1")
+    print(f"cold1 moved in {result.seconds:.1f} s: "
+          + ", ".join(f"{p.phase} {p.seconds:.1f} s" for p in result.phases))
+
+
+def test_a_live_migration_between_dom0s_through_libxl(
+        xen_lab: dict[str, Any], store: EtcdStore, registry: Registry, cfg: Config) -> None:
+    """``guest migrate --live`` between two dom0s: libvirt's libxl driver peer to peer over
+    the lab segment (the destination's libvirtd and libxl's stream at its segment
+    address), the guest on the AoE LUN both dom0s attach; it arrives paused, its fence
+    moves to hv2, then it runs there and goes on printing heartbeats."""
+    uuid = define_on_lun(xen_lab, "hv1", "live1", 2, registry)
+    start(store, cfg, "hv1", uuid, "live1")
+    heartbeats_on(xen_lab, "hv1", "live1")
+    volume = registry.guests_of("hv1")[0][uuid].volumes[0]
+    done = gridtool(xen_lab, "guest", "migrate", "live1", "--to", "hv2", "--live", "--json",
+                    timeout=900)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)["migration"]
+    assert (doc["mode"], doc["state"]) == ("live", "moved"), doc
+    assert [p["phase"] for p in doc["phases"]] == ["receive", "migrate"], doc
+    assert "resumed on hv2 after the handover" in doc["phases"][-1]["message"], doc
+    wait_until(lambda: state_of(registry, "hv2", uuid) == "running", 120,
+               what="live1 running on hv2 in the registry")
+    assert holder(store, cfg, volume) == "hv2"
+    conn = libvirt.open(host(xen_lab, "hv1").libvirt_uri)
+    try:
+        assert uuid not in {d.UUIDString() for d in conn.listAllDomains(0)}
+    finally:
+        conn.close()
+    heartbeats_on(xen_lab, "hv2", "live1")
+    print(f"live1 live-migrated in {doc['seconds']:.1f} s: {doc['phases'][-1]['message']}")
+
+
+def test_gridtool_clone_on_xen_boots_a_pv_guest_on_a_qcow2_overlay(
+        xen_lab: dict[str, Any], store: EtcdStore, registry: Registry) -> None:
+    """``template create`` freezes a PV guest's raw disk as a qcow2 golden image in hv1's
+    images_dir; ``gridtool clone`` makes a qcow2 overlay of it and starts the clone, whose
+    disk libxl serves with its qdisk back end (QEMU's Xen build in the dom0)."""
+    dom = define(xen_lab, "hv1", "gold")
+    wait_until(lambda: state_of(registry, "hv1", dom.UUIDString()) == "shutoff", 120,
+               what="gold defined on hv1 in the registry")
+    made = gridtool(xen_lab, "template", "create", "goldt", "--from", "gold", timeout=700)
+    assert made.returncode == 0, made.stderr
+    done = gridtool(xen_lab, "clone", "goldt", "--count", "1", "--on", "hv1", "--timeout",
+                    str(START_S), "--json", timeout=START_S + 120)
+    assert done.returncode == 0, done.stderr
+    (clone,) = json.loads(done.stdout)["clones"]
+    name = clone["name"]
+    rec = registry.guests_of("hv1")[0][clone["uuid"]]
+    assert rec.state == "running", rec
+    (disk,) = rec.disks
+    assert disk.source.startswith("/var/lib/gridtool/images/clones/hv1/"), disk
+    shown = host(xen_lab, "hv1").ssh(f"qemu-img info --output=json {disk.source}; "
+                                     "pgrep -fa xen-qemu-system-i386")
+    info = json.loads(shown.stdout[:shown.stdout.rindex("}") + 1])
+    assert info["format"] == "qcow2" and "templates/goldt/" in info["backing-filename"]
+    assert "-xen-domid" in shown.stdout  # libxl's qdisk back end: a QEMU for the clone
+    heartbeats_on(xen_lab, "hv1", name)
 
 
 def volume_of(registry: Registry, uuid: str) -> str:

@@ -32,10 +32,10 @@ from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.fleet import Registry
 from gridtool.storage import fence, pr, sgcli
 from gridtool.storage.iscsi import IscsiLun
-from tests.harness import xen as xenbed
+from tests.harness import xenbed
 from tests.harness.seg_leftovers import left_behind
 from tests.harness.testbed import wait_until
-from tests.harness.xen import holder, start
+from tests.harness.xenbed import holder, start
 
 pytestmark = [pytest.mark.xen, pytest.mark.netns, pytest.mark.timeout(1800)]
 HOST = "hv1"

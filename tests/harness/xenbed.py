@@ -3,7 +3,7 @@ lab (one per module: a dom0 takes minutes to boot under TCG), its config, store 
 registry, and reading a guest's state and fences.
 
 A module makes its lab with ``xen_lab = lab_fixture("name", hosts=N)`` and takes the
-rest by importing them: ``from tests.harness.xen import cfg, registry, store``."""
+rest by importing them: ``cfg, store, registry = xenbed.cfg, xenbed.store, xenbed.registry``."""
 
 from __future__ import annotations
 
