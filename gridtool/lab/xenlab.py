@@ -337,8 +337,8 @@ def pv_guest_xml(name: str, disk: str, memory_mib: int = 128,
                  guest_uuid: str | None = None) -> str:
     """A PV domU: the lab guest's kernel and initramfs (in the dom0's
     :data:`xenimage.GUEST_DIR`), one disk (never read by the guest: what fencing
-    judges) on libxl's ``phy`` backend (blkback, on a loop device for a file: ``qemu``
-    would be the qdisk backend, which needs a QEMU in the dom0, not in the image): a file,
+    judges) on libxl's ``phy`` backend (blkback, on a loop device for a file; ``qemu``
+    is the qdisk backend, a QEMU in the dom0, which gridtool clone's qcow2 overlays use): a file,
     or a block device of the dom0 (``/dev/...``: an AoE or iSCSI LUN); console on hvc0."""
     gid = guest_uuid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridtool-lab-xen/{name}"))
     kind, attr = ("block", "dev") if disk.startswith("/dev/") else ("file", "file")
