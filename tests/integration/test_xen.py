@@ -28,7 +28,7 @@ from gridtool.registry.fleet import Registry
 from gridtool.registry.records import GuestSettings, Violation, decode, encode
 from tests.harness import xenbed
 from tests.harness.testbed import wait_until
-from tests.harness.xenbed import START_S, holder, host, start, state_of
+from tests.harness.xenbed import START_S, holder, host, in_dom0, start, state_of
 
 pytestmark = [pytest.mark.xen, pytest.mark.timeout(1800)]
 
@@ -63,8 +63,8 @@ def test_dom0_agents_register_from_the_package(xen_lab: dict[str, Any],
     assert by_name["hv1"].hypervisor == "xen"
     assert by_name["hv1"].libvirt_uri == host(xen_lab, "hv1").libvirt_uri
     # the agent is the packaged one, run by its systemd unit in the dom0
-    shown = host(xen_lab, "hv1").ssh("systemctl is-active gridtool-agent; "
-                                     "dpkg-query -W -f '${Version}' gridtool-agent")
+    shown = in_dom0(host(xen_lab, "hv1"), "systemctl is-active gridtool-agent; "
+                     "dpkg-query -W -f '${Version}' gridtool-agent")
     assert shown.stdout.startswith("active\n") and shown.stdout.endswith("-1"), shown
     # Domain-0 (which libvirt's libxl driver lists, id 0) is the host, never a guest
     conn = libvirt.open(host(xen_lab, "hv1").libvirt_uri)
@@ -113,12 +113,11 @@ def xl_create(xen_host: xenlab.XenHost, name: str, uuid: str, path: str) -> None
               f'ramdisk = "{xenimage.GUEST_DIR}/initramfs.cpio.gz"\n'
               'extra = "console=hvc0 quiet panic=-1"\nmemory = 128\nvcpus = 1\n'
               f'disk = [ "file:{path},xvda,w" ]\n')
-    xen_host.ssh(f"cat > /tmp/{name}.cfg <<'EOF'\n{config}EOF\nxl create /tmp/{name}.cfg",
-                 timeout=300)
+    in_dom0(xen_host, f"cat > /tmp/{name}.cfg <<'EOF'\n{config}EOF\nxl create /tmp/{name}.cfg")
 
 
 def xl_names(xen_host: xenlab.XenHost) -> list[str]:
-    return [line.split()[0] for line in xen_host.ssh("xl list").stdout.splitlines()[1:]
+    return [line.split()[0] for line in in_dom0(xen_host, "xl list").stdout.splitlines()[1:]
             if line.strip()]
 
 
@@ -175,7 +174,7 @@ def test_a_stopped_xenstored_makes_the_host_unhealthy_not_empty(
     wait_until(lambda: state_of(registry, "hv2", uuid) == "shutoff", 60,
                what="pv4 defined on hv2 in the registry")
     before, _ = registry.guests_of("hv2")
-    assert hv2.ssh("kill -STOP $(pidof oxenstored xenstored)").returncode == 0
+    assert in_dom0(hv2, "kill -STOP $(pidof oxenstored xenstored)").returncode == 0
     try:
         reason = wait_until(lambda: unhealthy(registry, "hv2"), 120,
                             what="hv2 reported unhealthy")
@@ -186,7 +185,7 @@ def test_a_stopped_xenstored_makes_the_host_unhealthy_not_empty(
         after, _ = registry.guests_of("hv2")
         assert set(after) == set(before)
     finally:
-        hv2.ssh("kill -CONT $(pidof oxenstored xenstored)")
+        in_dom0(hv2, "kill -CONT $(pidof oxenstored xenstored)")
     wait_until(lambda: not unhealthy(registry, "hv2"), 120, what="hv2 healthy again")
 
 
@@ -279,8 +278,8 @@ def test_gridtool_clone_on_xen_boots_a_pv_guest_on_a_qcow2_overlay(
     assert rec.state == "running", rec
     (disk,) = rec.disks
     assert disk.source.startswith("/var/lib/gridtool/images/clones/hv1/"), disk
-    shown = host(xen_lab, "hv1").ssh(f"qemu-img info --output=json {disk.source}; "
-                                     "pgrep -fa xen-qemu-system-i386")
+    shown = in_dom0(host(xen_lab, "hv1"), f"qemu-img info --output=json {disk.source}; "
+                    "pgrep -fa xen-qemu-system-i386")
     info = json.loads(shown.stdout[:shown.stdout.rindex("}") + 1])
     assert info["format"] == "qcow2" and "templates/goldt/" in info["backing-filename"]
     assert "-xen-domid" in shown.stdout  # libxl's qdisk back end: a QEMU for the clone

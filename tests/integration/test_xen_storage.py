@@ -39,9 +39,6 @@ from tests.harness.xenbed import holder, start
 
 pytestmark = [pytest.mark.xen, pytest.mark.netns, pytest.mark.timeout(1800)]
 HOST = "hv1"
-#: A command in the dom0 (ssh; TCG on a shared machine: slow).
-SSH_TIMEOUT = 300.0
-SSH_FAILED = 255
 #: Where the checks write on a LUN (512-byte blocks; the PV guests never write).
 BEFORE_BLOCK, AFTER_BLOCK = 100, 200
 
@@ -55,16 +52,7 @@ def dom0(xen_lab: dict[str, Any]) -> xenlab.XenHost:
 
 
 def in_dom0(xen_lab: dict[str, Any], command: str) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` in the dom0, again while ssh itself fails (exit 255: a TCG dom0
-    on a loaded machine can miss ssh's connect deadline)."""
-    done: list[subprocess.CompletedProcess[str]] = []
-
-    def connected() -> bool:
-        done[:] = [dom0(xen_lab).ssh(command, SSH_TIMEOUT)]
-        return done[0].returncode != SSH_FAILED
-
-    wait_until(connected, SSH_TIMEOUT, what=f"ssh to the dom0 for {command!r}")
-    return done[0]
+    return xenbed.in_dom0(dom0(xen_lab), command)
 
 
 def start_on(xen_lab: dict[str, Any], store: EtcdStore, cfg: Config, name: str,
