@@ -22,7 +22,7 @@ from gridtool.config import Config
 from gridtool.lab import dom0storage, xenimage, xenlab
 from gridtool.lab.power import power_off
 from gridtool.lab.xenha import lab_machine_manager
-from gridtool.placement.shell import EndState, Migrator, current_record
+from gridtool.placement.shell import XEN_LIVE_REFUSAL, EndState, Migrator, current_record
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.fleet import Registry
 from gridtool.registry.records import GuestSettings, Violation, decode, encode
@@ -230,33 +230,18 @@ def test_a_cold_migration_right_after_a_start_arrives_running(
           + ", ".join(f"{p.phase} {p.seconds:.1f} s" for p in result.phases))
 
 
-def test_a_live_migration_between_dom0s_through_libxl(
-        xen_lab: dict[str, Any], store: EtcdStore, registry: Registry, cfg: Config) -> None:
-    """``guest migrate --live`` between two dom0s: libvirt's libxl driver peer to peer over
-    the lab segment (the destination's libvirtd and libxl's stream at its segment
-    address), the guest on the AoE LUN both dom0s attach; it arrives paused, its fence
-    moves to hv2, then it runs there and goes on printing heartbeats."""
+def test_a_live_migration_between_dom0s_is_refused_saying_why(
+        xen_lab: dict[str, Any], registry: Registry) -> None:
+    """Tried through libxl between the dom0s over the lab segment (issue 17): the
+    destination's libxl ran the fence hook's ``migrate begin`` with an empty stdin, the
+    hook refused, and libxl left the source's copy paused. Until the hook can judge it,
+    ``--live`` between Xen hosts is refused at once and nothing is touched."""
     uuid = define_on_lun(xen_lab, "hv1", "live1", 2, registry)
-    start(store, cfg, "hv1", uuid, "live1")
-    heartbeats_on(xen_lab, "hv1", "live1")
-    volume = registry.guests_of("hv1")[0][uuid].volumes[0]
-    done = gridtool(xen_lab, "guest", "migrate", "live1", "--to", "hv2", "--live", "--json",
-                    timeout=900)
-    assert done.returncode == 0, done.stderr
-    doc = json.loads(done.stdout)["migration"]
-    assert (doc["mode"], doc["state"]) == ("live", "moved"), doc
-    assert [p["phase"] for p in doc["phases"]] == ["receive", "migrate"], doc
-    assert "resumed on hv2 after the handover" in doc["phases"][-1]["message"], doc
-    wait_until(lambda: state_of(registry, "hv2", uuid) == "running", 120,
-               what="live1 running on hv2 in the registry")
-    assert holder(store, cfg, volume) == "hv2"
-    conn = libvirt.open(host(xen_lab, "hv1").libvirt_uri)
-    try:
-        assert uuid not in {d.UUIDString() for d in conn.listAllDomains(0)}
-    finally:
-        conn.close()
-    heartbeats_on(xen_lab, "hv2", "live1")
-    print(f"live1 live-migrated in {doc['seconds']:.1f} s: {doc['phases'][-1]['message']}")
+    done = gridtool(xen_lab, "guest", "migrate", "live1", "--to", "hv2", "--live")
+    assert done.returncode == 7 and done.stderr.count("\n") == 1, done.stderr
+    assert XEN_LIVE_REFUSAL in done.stderr, done.stderr
+    assert state_of(registry, "hv1", uuid) == "shutoff" and state_of(registry, "hv2", uuid) \
+        is None
 
 
 def test_gridtool_clone_on_xen_boots_a_pv_guest_on_a_qcow2_overlay(

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from gridtool.placement.shell import stopped_as_found
-from gridtool.registry.model import GuestRecord
+from gridtool.errors import Conflict
+from gridtool.placement.shell import XEN_LIVE_REFUSAL, choose_mode, stopped_as_found
+from gridtool.registry.model import GuestRecord, HostRecord
 
 
 def record(state: str) -> GuestRecord:
@@ -25,3 +26,16 @@ def record(state: str) -> GuestRecord:
 def test_the_source_agents_word_wins_over_the_record(state: str, result: dict[str, object],
                                                      after: str) -> None:
     assert stopped_as_found(record(state), result).state == after
+
+
+def host(name: str, hypervisor: str) -> HostRecord:
+    return HostRecord(name, f"{hypervisor}:///system", hypervisor, 1, 1024, 512, "0", 0.0)
+
+
+def test_xen_hosts_migrate_cold_by_default_and_refuse_live_saying_why() -> None:
+    hv1, hv2 = host("hv1", "xen"), host("hv2", "xen")
+    assert choose_mode(hv1, hv2, None) == "cold"
+    with pytest.raises(Conflict, match="fence hook gets no domain XML"):
+        choose_mode(hv1, hv2, True)
+    assert "use --cold" in XEN_LIVE_REFUSAL
+    assert choose_mode(host("q1", "qemu"), host("q2", "qemu"), None) == "live"
