@@ -401,7 +401,7 @@ class Agent:
             storage=self.cfg.storage, watchdog=self.lease.has_watchdog,
             watchdog_timeout=self.lease.watchdog_timeout, machine_id=self.identity.machine,
             instance=self.identity.instance, unhealthy=self.unhealthy or self.stalled,
-            **node)
+            migration_address=self.cfg.migration_address or "", **node)
         if registration is None:
             return self.registry.put_host(record, self.lease.lease)
         return self.registry.put_host(record, self.lease.lease, registration.guard,

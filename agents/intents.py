@@ -299,13 +299,19 @@ class IntentWorker:
         raise IntentFailed(f"{intent.name} not started on {self.host}: {why}")
 
     def _do_stop(self, intent: Intent) -> str:
+        """Shut the guest down (destroyed after ``timeout``); with ``handover_to`` (a cold
+        migration) hand its fences over. ``params["result"]["was_running"]`` says whether
+        it ran: the migration starts it on the destination by that, not by a registry
+        record that may be a moment behind."""
         dom = self._domain(intent)
         timeout = float(intent.params.get("timeout", 60))
         target = intent.params.get("handover_to")
         if target:  # cold migration: the destination defines it from the registry's copy
             self._publish_definition(intent, dom)
         how = "was not running"
-        if dom.isActive():
+        running = bool(dom.isActive())
+        intent.params["result"] = {"was_running": running}
+        if running:
             dom.shutdown()
             how = "shut down"
             if not self.domains.wait_stopped(dom, timeout):

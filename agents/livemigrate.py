@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import libvirt
 
@@ -72,7 +72,7 @@ from gridtool.fencing.shell import run_plan
 from gridtool.placement.shell import job_progress
 from gridtool.registry.fleet import Registry
 from gridtool.registry.keys import Keys
-from gridtool.registry.model import GuestRecord
+from gridtool.registry.model import GuestRecord, HostRecord
 from gridtool.registry.records import Intent, encode
 from gridtool.registry.store import Store
 
@@ -129,9 +129,9 @@ class LiveMigrator:
         was_running = dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
         if ref is not None:
             self.fencer.acquire(ref)  # ours already: confirms it before anything moves
-        dest_uri = Registry(self.store, self.keys).get_host(target).libvirt_uri
-        address = urlsplit(dest_uri).hostname or target
-        flags = BASE_FLAGS | (libvirt.VIR_MIGRATE_UNSAFE if unsafe_disks(rec) else 0)
+        dest = Registry(self.store, self.keys).get_host(target)
+        dest_uri, address = reach(dest)
+        flags = migration_flags(dest.hypervisor, rec)
         began = time.monotonic()
         reporter = _Progress(self.store, self.keys.intent(intent.host, intent.id), intent, dom)
         switch = _Switchover(self, ref, target, dom)
@@ -157,8 +157,25 @@ class LiveMigrator:
             raise IntentFailed(f"{intent.name} moved to {target}, but its fences could not "
                                f"be handed over ({switch.error}): "
                                + self._pause_remote(dest_uri, intent) + "; " + switch.where())
+        resumed = ""
+        if flags & libvirt.VIR_MIGRATE_PAUSED and was_running:
+            resumed = self._resume_remote(dest_uri, intent, target)
         return (f"{intent.name} live-migrated from {self.host} to {target} in "
-                f"{transfer:.2f} s" + (switch.summary() if ref is not None else ""))
+                f"{transfer:.2f} s" + (switch.summary() if ref is not None else "") + resumed)
+
+    def _resume_remote(self, dest_uri: str, intent: Intent, target: str) -> str:
+        """libxl's migration arrived paused (``VIR_MIGRATE_PAUSED``) and its fences are
+        the destination's now: resume it there. IntentFailed when that fails (the guest
+        is paused on ``target`` with its fences: ``virsh resume`` there)."""
+        remote = RemoteCopy(self.connect, dest_uri, intent.guest)
+        try:
+            if not remote.resume():
+                raise IntentFailed(f"{intent.name} moved to {target} with its fences, but "
+                                   f"resuming it there failed ({remote.error}): it is paused "
+                                   f"on {target}")
+        finally:
+            remote.close()
+        return f"; resumed on {target} after the handover"
 
     def _pause_remote(self, dest_uri: str, intent: Intent) -> str:
         """The destination's copy must not run without its fences: pause it there (its
@@ -588,6 +605,15 @@ class RemoteCopy:
             return copy_of(self._domain()) is Copy.ABSENT
         return self._call(run, False)
 
+    def resume(self) -> bool:
+        """Resume a paused copy; True once it runs."""
+        def run() -> bool:
+            dom = self._domain()
+            if dom is not None and copy_of(dom) is Copy.PAUSED:
+                dom.resume()
+            return copy_of(self._domain()) is Copy.RUNNING
+        return self._call(run, False)
+
     def suspend(self) -> bool:
         """Pause the copy; True once it is not running."""
         def run() -> bool:
@@ -688,6 +714,36 @@ def receive(hook: Receiver | None, host: str, intent: Intent) -> str:
 def unsafe_disks(rec: GuestRecord) -> bool:
     """True when a shared disk is a plain file (libvirt cannot tell it is shared)."""
     return any(d.shared and d.kind == "file" for d in rec.disks)
+
+
+def migration_flags(hypervisor: str, rec: GuestRecord) -> int:
+    """libvirt's flags for live-migrating ``rec`` to a ``hypervisor`` host.
+
+    QEMU: UNSAFE for plain-file shared disks (above); the switchover is the source's
+    pause for the final copy (``_Switchover``). Xen (libxl): libvirt's libxl driver never
+    shows the source paused for the final copy and resumes the destination's copy in its
+    Finish phase, before ``migrateToURI3`` returns; with PAUSED it stays paused there
+    until the source agent has handed the fences over and resumes it. libxl knows no
+    UNSAFE (it refuses flags outside its own set).
+    """
+    if hypervisor == "xen":
+        return BASE_FLAGS | libvirt.VIR_MIGRATE_PAUSED
+    return BASE_FLAGS | (libvirt.VIR_MIGRATE_UNSAFE if unsafe_disks(rec) else 0)
+
+
+def reach(dest: HostRecord) -> tuple[str, str]:
+    """The destination's libvirt URI as the source reaches it, and the address its
+    migration stream goes to: its ``migration_address`` in place of its URI's host when
+    it has one (its URI may name an address only its own side reaches, as the Xen lab's
+    forwarded loopback ports do)."""
+    parts = urlsplit(dest.libvirt_uri)
+    address = dest.migration_address or parts.hostname or dest.name
+    if not dest.migration_address or not parts.hostname:
+        return dest.libvirt_uri, address
+    netloc = address + (f":{parts.port}" if parts.port else "")
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    return urlunsplit(parts._replace(netloc=netloc)), address
 
 
 def _active(dom: libvirt.virDomain) -> bool:

@@ -77,6 +77,10 @@ class Config:
     libvirt_uri: str | None = setting(None, "agent", meaning=(
         "The libvirt URI the agent watches, such as `qemu:///system` or `xen:///system`. The agent "
         "needs it."))
+    migration_address: str | None = setting(None, "agent", meaning=(
+        "The address other hosts reach this one at for live migrations (its libvirtd on the "
+        "port of `libvirt_uri`, and the migration stream), such as its address on a migration "
+        "network. Default: the host of `libvirt_uri`."))
     machine_id_file: str = setting("/etc/machine-id", "agent", meaning=(
         "A file holding this machine's identity, read by the agent at start (surrounding white "
         "space is stripped; empty or unreadable: the agent refuses to start). The host name "

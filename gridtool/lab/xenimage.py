@@ -53,7 +53,11 @@ PACKAGES = ("linux-image-amd64", "initramfs-tools", "xen-hypervisor-4.17-amd64",
             # the lab's commands in a dom0 (xl behind libvirt's back, stopping xenstored)
             "openssh-server",
             # for the storage work (issue 17 item 2): kernel initiators from the dom0
-            "open-iscsi", "sg3-utils", "aoetools")
+            "open-iscsi", "sg3-utils", "aoetools",
+            # libxl's qdisk back end (qcow2 disks of PV guests: gridtool clone's overlays)
+            # is QEMU's Xen build, /usr/libexec/xen-qemu-system-i386 (a Recommends of
+            # xen-utils-4.17, so not there without it)
+            "qemu-system-xen")
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_DEB = ROOT / "scripts" / "build-deb"
 XEN_GZ = "boot/xen-4.17-amd64.gz"

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from gridtool.config import Config, render
 from gridtool.lab import dom0storage, xenimage
+from gridtool.lab import segment as lab_segment
 from gridtool.lab.hosts import LabHost
 from gridtool.lab.procs import LabError, cmdline, kill_now, spawn, stop_pid, wait_for
 from gridtool.lab.state import read_state
@@ -60,6 +61,9 @@ install -m 600 agent.conf /etc/gridtool/agent.conf
 install -m 644 libvirtd.conf /etc/libvirt/libvirtd.conf
 mkdir -p -m 700 /root/.ssh
 install -m 600 authorized_keys /root/.ssh/authorized_keys
+# the agent's images_dir (templates, clones' overlays): its unit writes there only if it
+# exists (ReadWritePaths=-/var/lib/gridtool/images), and the package does not make it
+mkdir -p /var/lib/gridtool/images
 # under TCG on a loaded machine the agent may take minutes to be ready (seen: 123 s at
 # load 18, and its unit's 120 s killed it); the unit's 60 s watchdog stays as packaged
 DROPIN=/run/systemd/system/gridtool-agent.service.d
@@ -92,6 +96,15 @@ def netdev_args(directory: Path, name: str, index: int) -> dom0storage.HostStora
     if not state or "segment" not in state:
         return dom0storage.HostStorage([], [])
     return dom0storage.for_host(state, index - 1, name)
+
+
+def segment_address(directory: Path, index: int) -> str | None:
+    """Host ``index`` (1-based)'s dom0 address on the lab's L2 segment (None: no
+    segment): where the other dom0s reach its libvirtd and libxl's migration stream."""
+    state = read_state(directory)
+    if not state or "segment" not in state:
+        return None
+    return lab_segment.Segment.from_dict(state["segment"]).host_addr(index - 1).split("/")[0]
 
 
 @dataclass
@@ -132,7 +145,7 @@ class XenHost(LabHost):
         """The dom0's ``/etc/gridtool/agent.conf``: the lab's etcd as the dom0 reaches it,
         this host's libvirt URI, the packaged hook's socket, the password file the config
         disk brings (kept beside it here, for the config disk)."""
-        from gridtool.bootstrap.rules import Layout
+        from gridtool.bootstrap.rules import DEFAULT_IMAGES_DIR, Layout
         from gridtool.domains.storage import DEFAULT_SHARED_PATTERNS
 
         del watchdog  # no watchdog device in the dom0 yet
@@ -140,9 +153,14 @@ class XenHost(LabHost):
                       endpoints=tuple(_from_guest(e) for e in base.endpoints),
                       hook_socket=Layout().hook_socket,
                       password_file="/etc/gridtool/password" if base.password_file else None,
-                      password=None, images_dir=xenimage.GUEST_DIR + "/images",
+                      password=None,
+                      # the packaged unit's writable images path (ReadWritePaths): a
+                      # template's golden images and clones' overlays (gridtool clone)
+                      images_dir=DEFAULT_IMAGES_DIR,
                       libvirt_run_dir="/run/libvirt",
-                      shared_patterns=(*DEFAULT_SHARED_PATTERNS, f"{POOL_DIR}/*"))
+                      shared_patterns=(*DEFAULT_SHARED_PATTERNS, f"{POOL_DIR}/*"),
+                      migration_address=segment_address(Path(self.dir).parent.parent,
+                                                        self.index))
         path = path or self.agent_conf
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(cfg, include_secrets=True))
@@ -319,8 +337,8 @@ def pv_guest_xml(name: str, disk: str, memory_mib: int = 128,
                  guest_uuid: str | None = None) -> str:
     """A PV domU: the lab guest's kernel and initramfs (in the dom0's
     :data:`xenimage.GUEST_DIR`), one disk (never read by the guest: what fencing
-    judges) on libxl's ``phy`` backend (blkback, on a loop device for a file: ``qemu``
-    would be the qdisk backend, which needs a QEMU in the dom0, not in the image): a file,
+    judges) on libxl's ``phy`` backend (blkback, on a loop device for a file; ``qemu``
+    is the qdisk backend, a QEMU in the dom0, which gridtool clone's qcow2 overlays use): a file,
     or a block device of the dom0 (``/dev/...``: an AoE or iSCSI LUN); console on hvc0."""
     gid = guest_uuid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridtool-lab-xen/{name}"))
     kind, attr = ("block", "dev") if disk.startswith("/dev/") else ("file", "file")

@@ -23,7 +23,9 @@ through a watch:
    passes every fence to the destination in ONE transaction comparing the holder (HA
    fences go under the destination host's lease) instead of releasing it.
 3. ``start`` on the destination: its agent finds the fences already its own (the fencing
-   token grows) and starts the guest. Skipped for a guest that was not running.
+   token grows) and starts the guest. Skipped for a guest that was not running when the
+   source agent stopped it (its ``stop`` intent's result ``was_running``, not the record
+   the move began from, which can be a moment behind a start or a stop).
 4. ``undefine`` on the source.
 
 Any failure ends in a safe state, which the result names (:class:`EndState`): the guest
@@ -43,7 +45,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import partial
 from typing import Any
@@ -74,7 +76,15 @@ log = logging.getLogger("gridtool.placement.shell")
 
 #: Hypervisors gridtool can live-migrate between (the same one on both ends): QEMU through
 #: libvirt peer-to-peer (``agents/livemigrate.py``); the test driver cannot live-migrate.
+#: Xen (libxl) is refused (:data:`XEN_LIVE_REFUSAL`): the agent's side of it is built
+#: (``livemigrate.migration_flags``, ``reach``), the fence hook cannot judge it yet.
 LIVE_HYPERVISORS: frozenset[str] = frozenset({"qemu"})
+#: Why: tried between two real dom0s (issue 17), libvirt's libxl driver ran the fence
+#: hook's ``migrate begin`` on the destination with an empty stdin instead of the domain
+#: XML, so the hook refused the migration (it cannot tell the guest's LUNs), and libxl
+#: then failed to resume the source's copy (left paused).
+XEN_LIVE_REFUSAL = ("live migration between xen hosts is refused: the destination's fence "
+                    "hook gets no domain XML from libxl's migrate hook: use --cold")
 
 
 # --------------------------------------------------------------------------- views
@@ -219,6 +229,8 @@ def live_refusal(source: HostRecord, target: HostRecord) -> str | None:
     if source.hypervisor != target.hypervisor:
         return (f"{source.name} runs {source.hypervisor} and {target.name} runs "
                 f"{target.hypervisor}: live migration needs the same hypervisor (use --cold)")
+    if source.hypervisor == "xen":
+        return XEN_LIVE_REFUSAL
     if source.hypervisor not in LIVE_HYPERVISORS:
         return (f"live migration between {source.hypervisor} hosts is not built yet: "
                 "use --cold")
@@ -250,6 +262,18 @@ def job_progress(remaining: int, total: int, width: int = 20) -> str:
 
 
 # --------------------------------------------------------------------------- migration
+
+
+def stopped_as_found(rec: GuestRecord, result: dict[str, Any]) -> GuestRecord:
+    """``rec`` as the source agent found the guest when its ``stop`` ran (``result``:
+    ``was_running``): a record read just after a start may still say ``shutoff`` (seen
+    on Xen under TCG: the guest then arrived defined but not started), or still
+    ``running`` just after a stop. Kept as it is when the agent did not say (an older
+    agent)."""
+    found = result.get("was_running")
+    if not isinstance(found, bool) or found == (rec.state in ACTIVE_STATES):
+        return rec
+    return replace(rec, state="running" if found else "shutoff")
 
 
 class EndState(StrEnum):
@@ -310,6 +334,7 @@ class _Outcome:
     ok: bool
     message: str
     lost: bool = False  # no outcome: the host stopped answering (intent withdrawn)
+    result: dict[str, Any] = field(default_factory=dict)  # the agent's params["result"]
 
 
 class Migrator:
@@ -389,6 +414,8 @@ class Migrator:
             self._back_to_source(result, rec, target, f"stop on {source} failed "
                                  f"({done.message})", made_copy, hand_back=False)
             return
+        rec = stopped_as_found(rec, done.result)
+        running = rec.state in ACTIVE_STATES
         if xml is None:  # 1'. an unfenced guest: its XML is in the registry only now
             xml = self._definition(rec.uuid)
             done = (self._step(result, "define", target, "define", {"xml": xml}) if xml
@@ -536,7 +563,8 @@ class Migrator:
         try:
             done = self.client.wait(intent, timeout or self.intent_timeout, on_state=progress,
                                     host_alive=lambda: self._alive(host), raise_failed=False)
-            outcome = _Outcome(done.state == "done", done.message)
+            outcome = _Outcome(done.state == "done", done.message,
+                               result=done.params.get("result") or {})
         except (OperationFailed, Timeout) as exc:
             self._withdraw(intent)
             outcome = _Outcome(False, str(exc), lost=True)

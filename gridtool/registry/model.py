@@ -90,6 +90,9 @@ class HostRecord:
     #: Why its hypervisor cannot be trusted to list its guests ('' when it can): on Xen,
     #: a toolstack that does not answer (xenstored stopped, libxl failing).
     unhealthy: str = ""
+    #: Where another host's libvirt reaches this one for a live migration ('': the host
+    #: of ``libvirt_uri``; the agent's ``migration_address``).
+    migration_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,7 @@ def _plain(cls: type, known: dict[str, tuple[type, ...]], names: Iterable[str],
 _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "libvirt_uri": (str,), "hypervisor": (str,), "agent_version": (str,),
     "uuid": (str,), "host": (str,), "state": (str,), "machine_id": (str,), "instance": (str,),
-    "unhealthy": (str,),
+    "unhealthy": (str,), "migration_address": (str,),
     "cpus": (int,), "memory_mib": (int,), "free_memory_mib": (int,), "vcpus": (int,),
     "fence_token": (int,),
     "reported_at": (int, float), "started_at": (int, float), "updated_at": (int, float),

@@ -5,6 +5,7 @@ never runs on two hosts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -215,3 +216,44 @@ def test_destination_agent_killed_mid_way_ends_safe(lab_hosts, store, cfg, regis
         assert "held by hv2" in result.message and "confirm-dead hv2" in result.message
         assert running_on(lab_hosts, UUID_HA) == []
         assert fence(store, cfg, "aoe-e9.2")[0].holder == "hv2"
+
+
+UUID_FRESH = "aaaaaaaa-0000-4000-8000-000000000003"
+UUID_OFF = "aaaaaaaa-0000-4000-8000-000000000004"
+
+
+def test_cold_migration_follows_the_state_the_source_agent_finds(lab_hosts, store, cfg,  # type: ignore[no-untyped-def]
+                                                                 registry):
+    """A record read right after a start can still say ``shutoff`` (seen on Xen under
+    TCG: the guest arrived on the destination defined but not started); one read right
+    after a stop can still say ``running``. The move follows what the source agent found
+    when its ``stop`` ran: ``fresh`` (running, record stale ``shutoff``) runs on hv2 with
+    its fence, ``off`` (stopped, record stale ``running``) is only defined there."""
+    start_hosts(lab_hosts, registry, ["hv1", "hv2"])
+    fresh = run_guest(lab_hosts, registry, "hv1",
+                      guest_xml("fresh", UUID_FRESH, "/dev/etherd/e9.3"))
+    off = run_guest(lab_hosts, registry, "hv1", guest_xml("off", UUID_OFF))
+    lab_hosts.conn("hv1").lookupByUUIDString(off).destroy()
+    wait_until(lambda: registry.guests_of("hv1")[0][off].state == "shutoff",
+               what="off stopped in the registry")
+    _, token, _ = fence(store, cfg, "aoe-e9.3")
+    stale = {fresh: "shutoff", off: "running"}
+    migrator = Migrator(store, cfg.keys, intent_timeout=30)
+    results = {}
+    with DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+        for uuid, state in stale.items():
+            rec = registry.guests_of("hv1")[0][uuid]
+            results[uuid] = migrator.migrate(dataclasses.replace(rec, state=state), "hv2",
+                                             "cold")
+    checker.assert_safe()
+    assert results[fresh].state is EndState.MOVED, results[fresh]
+    assert "fresh runs on hv2" in results[fresh].message, results[fresh]
+    assert [p.phase for p in results[fresh].phases] == ["define", "stop", "start",
+                                                        "undefine"]
+    assert running_on(lab_hosts, fresh) == ["hv2"] and defined_on(lab_hosts, fresh) == ["hv2"]
+    moved, new_token, _ = fence(store, cfg, "aoe-e9.3")
+    assert moved is not None and moved.holder == "hv2" and new_token > token
+    assert results[off].state is EndState.MOVED, results[off]
+    assert "off is defined on hv2" in results[off].message, results[off]
+    assert "start" not in [p.phase for p in results[off].phases]
+    assert running_on(lab_hosts, off) == [] and defined_on(lab_hosts, off) == ["hv2"]

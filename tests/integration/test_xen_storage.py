@@ -14,62 +14,37 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
 
-from gridtool.config import Config, load
+from gridtool.config import Config
 from gridtool.domains.storage import lun_id
-from gridtool.fencing.rules import observe
 from gridtool.lab import aoe as lab_aoe
-from gridtool.lab import dom0storage, xenimage, xenlab
+from gridtool.lab import dom0storage, xenlab
 from gridtool.lab import iscsi as lab_iscsi
 from gridtool.lab import lab as labmod
 from gridtool.lab import segment as lab_segment
 from gridtool.lab.procs import cmdline
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.fleet import Registry
-from gridtool.registry.intents import IntentClient
 from gridtool.storage import fence, pr, sgcli
 from gridtool.storage.iscsi import IscsiLun
+from tests.harness import xenbed
 from tests.harness.seg_leftovers import left_behind
 from tests.harness.testbed import wait_until
+from tests.harness.xenbed import holder, start
 
 pytestmark = [pytest.mark.xen, pytest.mark.netns, pytest.mark.timeout(1800)]
 HOST = "hv1"
-#: The agent's lease TTL: a TCG dom0 on a loaded machine misses a 10 s lease's deadlines.
-TTL = 30
-#: A command in the dom0 (ssh; TCG on a shared machine: slow).
-SSH_TIMEOUT = 300.0
-SSH_FAILED = 255
 #: Where the checks write on a LUN (512-byte blocks; the PV guests never write).
 BEFORE_BLOCK, AFTER_BLOCK = 100, 200
 
 
-@pytest.fixture(scope="module")
-def xen_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    xenimage.build()  # cached: a no-op after the first build
-    directory = tmp_path_factory.mktemp("xenstorage") / "lab"
-    state = labmod.up(directory, hosts=1, guests=0, hypervisor="xen", ttl=TTL)
-    try:
-        yield state
-    finally:
-        labmod.down(directory)
-
-
-@pytest.fixture(scope="module")
-def cfg(xen_lab: dict[str, Any]) -> Config:
-    return load(xen_lab["config"], env={})
-
-
-@pytest.fixture(scope="module")
-def store(cfg: Config) -> Iterator[EtcdStore]:
-    s = EtcdStore(cfg)
-    yield s
-    s.close()
+xen_lab = xenbed.lab_fixture("xenstorage", hosts=1)
+cfg, store = xenbed.cfg, xenbed.store  # module-scoped fixtures
 
 
 def dom0(xen_lab: dict[str, Any]) -> xenlab.XenHost:
@@ -77,16 +52,7 @@ def dom0(xen_lab: dict[str, Any]) -> xenlab.XenHost:
 
 
 def in_dom0(xen_lab: dict[str, Any], command: str) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` in the dom0, again while ssh itself fails (exit 255: a TCG dom0
-    on a loaded machine can miss ssh's connect deadline)."""
-    done: list[subprocess.CompletedProcess[str]] = []
-
-    def connected() -> bool:
-        done[:] = [dom0(xen_lab).ssh(command, SSH_TIMEOUT)]
-        return done[0].returncode != SSH_FAILED
-
-    wait_until(connected, SSH_TIMEOUT, what=f"ssh to the dom0 for {command!r}")
-    return done[0]
+    return xenbed.in_dom0(dom0(xen_lab), command)
 
 
 def start_on(xen_lab: dict[str, Any], store: EtcdStore, cfg: Config, name: str,
@@ -99,21 +65,11 @@ def start_on(xen_lab: dict[str, Any], store: EtcdStore, cfg: Config, name: str,
         uuid = conn.defineXML(xenlab.pv_guest_xml(name, device)).UUIDString()
     finally:
         conn.close()
-    client = IntentClient(store, cfg.keys)
-    client.wait(client.submit(HOST, "start", uuid, name), 600)
-    registry = Registry(store, cfg.keys)
-
-    def running() -> bool:
-        rec = registry.guests_of(HOST)[0].get(uuid)
-        return rec is not None and rec.state == "running"
-
-    wait_until(running, 300, what=f"{name} running in the registry")
-    rec = registry.guests_of(HOST)[0][uuid]
+    start(store, cfg, HOST, uuid, name)
+    rec = Registry(store, cfg.keys).guests_of(HOST)[0][uuid]
     volume = lun_id(device)
     assert rec.fenced and list(rec.volumes) == [volume]
-    item = store.get(cfg.keys.fence(volume))
-    obs = observe(volume, item.value if item else None, item.mod_revision if item else 0)
-    assert getattr(getattr(obs, "fence", None), "holder", None) == HOST
+    assert holder(store, cfg, volume) == HOST
     wait_until(lambda: "GRIDTOOL-HEARTBEAT" in dom0(xen_lab).console(name, 10.0), 600,
                what=f"{name}'s heartbeats on its console")
     return uuid

@@ -45,6 +45,7 @@ class Dom:
         self.st, self.reason = state, reason
         self.calls: list[str] = []
         self.migrate: Callable[[], None] = lambda: None
+        self.migrate_flags = 0
 
     def UUIDString(self) -> str:
         return UUID
@@ -73,7 +74,8 @@ class Dom:
     def jobStats(self) -> dict[str, int]:
         return {}
 
-    def migrateToURI3(self, _uri: str, _params: dict, _flags: int) -> None:
+    def migrateToURI3(self, _uri: str, _params: dict, flags: int) -> None:
+        self.migrate_flags = flags
         self.migrate()
 
 
@@ -149,14 +151,14 @@ class Domains:
 class Bed:
     """hv1 migrating g1 (pinned, fenced on VOLUME) to hv2."""
 
-    def __init__(self, etcd: Etcd) -> None:
+    def __init__(self, etcd: Etcd, hypervisor: str = "qemu") -> None:
         self.etcd = etcd
         self.source, self.dest = Dom(), Dom(PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
         self.reachable = True
         registry = Registry(etcd, KEYS)  # type: ignore[arg-type]
         for host in ("hv1", "hv2"):
-            registry.put_host(HostRecord(host, f"fake://{host}", "qemu", 2, 1024, 512, "0",
-                                         time.time()), lease=None)
+            registry.put_host(HostRecord(host, f"fake://{host}", hypervisor, 2, 1024, 512,
+                                         "0", time.time()), lease=None)
         self.fencer = Fencer(etcd, KEYS, "hv1", lambda: None)  # type: ignore[arg-type]
         self.ref = GuestRef(UUID, "g1", FenceKind.PINNED, (VOLUME,))
         self.fencer.acquire(self.ref)
@@ -394,3 +396,55 @@ def test_an_unexpected_error_in_the_handover_is_an_outcome_not_a_dead_thread(
     with pytest.raises(IntentFailed, match="KeyError: 'a bug'"):
         bed.migrate()
     assert seen == [Handover.UNKNOWN], "the watcher recorded it and lived on to abort"
+
+
+def test_xen_arrives_paused_and_is_resumed_there_only_after_the_handover() -> None:
+    """libxl never shows the source paused for the final copy and resumes the
+    destination's copy in its Finish phase: with VIR_MIGRATE_PAUSED the copy arrives
+    paused, the fences move once libvirt returned, and only then is it resumed there."""
+    bed = Bed(Etcd(), hypervisor="xen")
+    seen: list[tuple[int, object]] = []
+
+    def libxl_script() -> None:  # the whole stream, then Finish (paused) and Confirm
+        seen.append((bed.source.migrate_flags, bed.holder()))
+        bed.dest.st, bed.dest.reason = PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER
+        bed.source.st = SHUTOFF
+
+    bed.source.migrate = libxl_script
+    message = bed.migrate()
+    ((flags, holder_during),) = seen
+    assert flags & libvirt.VIR_MIGRATE_PAUSED and not flags & libvirt.VIR_MIGRATE_UNSAFE
+    assert holder_during == "hv1"  # nothing moved while libvirt migrated
+    assert bed.holder() == "hv2" and bed.dest.calls == ["resume"] and bed.dest.st == RUNNING
+    assert "resumed on hv2 after the handover" in message, message
+
+
+def test_xen_a_failed_resume_after_the_handover_fails_the_intent_naming_the_paused_copy(
+        ) -> None:
+    bed = Bed(Etcd(), hypervisor="xen")
+
+    def libxl_script() -> None:
+        bed.dest.st, bed.dest.reason = PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER
+        bed.source.st = SHUTOFF
+        bed.reachable = False  # hv2's libvirtd no longer answers the source
+
+    bed.source.migrate = libxl_script
+    with pytest.raises(IntentFailed, match=r"resuming it there failed .*paused on hv2"):
+        bed.migrate()
+    assert bed.holder() == "hv2" and bed.dest.st == PAUSED
+
+
+@pytest.mark.parametrize(("uri", "address", "reached", "stream"), [
+    ("xen+tcp://127.0.0.1:35903/system", "10.9.0.11",
+     "xen+tcp://10.9.0.11:35903/system", "10.9.0.11"),
+    ("qemu+ssh://root@hv2/system", "192.0.2.7", "qemu+ssh://root@192.0.2.7/system",
+     "192.0.2.7"),
+    ("qemu+tcp://hv2/system", "", "qemu+tcp://hv2/system", "hv2"),  # no address: as is
+    ("xen:///system", "", "xen:///system", "hv2"),
+])
+def test_the_destination_is_reached_at_its_migration_address(uri: str, address: str,
+                                                             reached: str,
+                                                             stream: str) -> None:
+    dest = HostRecord("hv2", uri, "xen", 2, 1024, 512, "0", 0.0,
+                      migration_address=address)
+    assert livemigrate.reach(dest) == (reached, stream)

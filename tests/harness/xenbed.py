@@ -1,0 +1,108 @@
+"""What the Xen tier's modules share (tests/integration/test_xen*.py): the module-scoped
+lab (one per module: a dom0 takes minutes to boot under TCG), its config, store and
+registry, and reading a guest's state and fences.
+
+A module makes its lab with ``xen_lab = lab_fixture("name", hosts=N)`` and takes the
+rest by importing them: ``cfg, store, registry = xenbed.cfg, xenbed.store, xenbed.registry``."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from gridtool.config import Config, load
+from gridtool.fencing.rules import observe
+from gridtool.lab import lab as labmod
+from gridtool.lab import xenimage, xenlab
+from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.fleet import Registry
+from gridtool.registry.intents import IntentClient
+from tests.harness.testbed import wait_until
+
+#: The agents' lease TTL: at load 5 a TCG dom0 busy with a libxl start (150 s) missed a
+#: 10 s lease's keepalives (event=self_fence reason=lease_deadline).
+TTL = 30
+#: A PV guest's start through libxl under TCG: 53-66 s at load 3-5, 150 s seen at load 5-7.
+START_S = 600
+#: A command in a dom0 over ssh (TCG on a shared machine: slow), and ssh's own failure.
+SSH_TIMEOUT = 300.0
+SSH_FAILED = 255
+
+
+def lab_fixture(name: str, hosts: int, ttl: int = TTL) -> Callable[..., Any]:
+    """A module-scoped fixture: a Xen lab of ``hosts`` dom0s (the image built first if
+    the cache lacks it), taken down after the module."""
+
+    @pytest.fixture(scope="module")
+    def xen_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+        xenimage.build()  # cached: a no-op after the first build
+        directory = tmp_path_factory.mktemp(name) / "lab"
+        state = labmod.up(directory, hosts=hosts, guests=0, hypervisor="xen", ttl=ttl)
+        try:
+            yield state
+        finally:
+            labmod.down(directory)
+
+    return xen_lab
+
+
+@pytest.fixture(scope="module")
+def cfg(xen_lab: dict[str, Any]) -> Config:
+    return load(xen_lab["config"], env={})
+
+
+@pytest.fixture(scope="module")
+def store(cfg: Config) -> Iterator[EtcdStore]:
+    s = EtcdStore(cfg)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def registry(store: EtcdStore, cfg: Config) -> Registry:
+    return Registry(store, cfg.keys)
+
+
+def host(xen_lab: dict[str, Any], name: str) -> xenlab.XenHost:
+    return xenlab.XenHost.from_dict(next(h for h in xen_lab["hosts"] if h["name"] == name))
+
+
+def in_dom0(xen_host: xenlab.XenHost, command: str,
+            timeout: float = SSH_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in the dom0, again while ssh itself fails (exit 255: a TCG dom0 on
+    a loaded machine misses ssh's 10 s banner exchange; seen at load 9)."""
+    done: list[subprocess.CompletedProcess[str]] = []
+
+    def connected() -> bool:
+        done[:] = [xen_host.ssh(command, timeout)]
+        return done[0].returncode != SSH_FAILED
+
+    wait_until(connected, timeout, what=f"ssh to {xen_host.name}'s dom0 for {command!r}")
+    return done[0]
+
+
+def holder(store: EtcdStore, cfg: Config, volume: str) -> str | None:
+    """The host holding ``volume``'s fence (None: no fence, or unreadable)."""
+    item = store.get(cfg.keys.fence(volume))
+    obs = observe(volume, item.value if item else None, item.mod_revision if item else 0)
+    return getattr(getattr(obs, "fence", None), "holder", None)
+
+
+def state_of(registry: Registry, on: str, uuid: str) -> str | None:
+    rec = registry.guests_of(on)[0].get(uuid)
+    return rec.state if rec else None
+
+
+def start(store: EtcdStore, cfg: Config, on: str, uuid: str, name: str,
+          wait_running: bool = True) -> None:
+    """Start guest ``uuid`` on ``on`` through its agent (libxl, the fence hook); then wait
+    until the registry says it runs there (unless ``wait_running`` is false)."""
+    client = IntentClient(store, cfg.keys)
+    client.wait(client.submit(on, "start", uuid, name), START_S)
+    if wait_running:
+        registry = Registry(store, cfg.keys)
+        wait_until(lambda: state_of(registry, on, uuid) == "running", 300,
+                   what=f"{name} running on {on}")
