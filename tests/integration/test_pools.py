@@ -343,15 +343,12 @@ def test_warm_pool_wakes_hibernated_and_paused_workers_first_and_refills(  # typ
         "0a1b2c3d-0000-4000-8000-000000000001"], out
 
 
-def test_a_warm_refill_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
-        lab_hosts, registry, store, cfg, capsys, tmp_path):
-    """A warm worker that does not come up (its template's ready marker never shows on
-    the test driver) stays ``booting`` in the registry while later rounds go on: the
-    same pool's status is written again, another pool is grown, and a new leader after
-    a failover does not clone it again."""
+def spare_pool(lab_hosts, registry, store, cfg, capsys, serial: Path):  # type: ignore[no-untyped-def]
+    """hv1 and manager m1 running, a template ``slow`` (its source writes its console to
+    ``serial``; ready marker READY) and a pool ``spare`` of it with one warm worker, whose
+    clone is submitted: (m1's stop, the warm worker's uuid)."""
     start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64)
     _, end1 = run_manager(store, cfg, "m1")
-    serial = tmp_path / "console.log"
     lab_hosts.conn("hv1").defineXML(domain_xml("slow-src", memory_mib=64).replace(
         "</devices>", f"<serial type='file'><source path='{serial}'/><target port='0'/>"
                       "</serial></devices>"))
@@ -360,8 +357,19 @@ def test_a_warm_refill_never_blocks_the_pool_round_nor_runs_twice_after_failover
     create_template(store, cfg, "slow", "slow-src", timeout=30, ready_marker="READY")
     assert gridtool(cfg, capsys, "pool", "create", "spare", "--template", "slow",
                     "--min", "0", "--max", "2", "--size", "0", "--warm", "1")[0] == 0
-    (booting,) = wait_until(lambda: list(warm_members(store, cfg, "spare")),
-                            timeout=10, what="the warm clone submitted")
+    (uuid,) = wait_until(lambda: list(warm_members(store, cfg, "spare")), timeout=10,
+                         what="the warm clone submitted")
+    return end1, uuid
+
+
+def test_a_warm_refill_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
+        lab_hosts, registry, store, cfg, capsys, tmp_path):
+    """A warm worker that does not come up (its template's ready marker never shows on
+    the test driver) stays ``booting`` in the registry while later rounds go on: the
+    same pool's status is written again, another pool is grown, and a new leader after
+    a failover does not clone it again."""
+    end1, booting = spare_pool(lab_hosts, registry, store, cfg, capsys,
+                               tmp_path / "console.log")
 
     def updated() -> float:
         st = pools.status(store, cfg.keys, "spare")
@@ -461,18 +469,7 @@ def test_a_wake_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # ty
     writes, that leader records it serving."""
     from gridtool.registry import settings
 
-    start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64)
-    _, end1 = run_manager(store, cfg, "m1")
-    lab_hosts.conn("hv1").defineXML(domain_xml("slow-src", memory_mib=64).replace(
-        "</devices>", f"<serial type='file'><source path='{tmp_path}/src.log'/>"
-                      "<target port='0'/></serial></devices>"))
-    wait_until(lambda: any(g.name == "slow-src" for g in registry.guests_of("hv1")[0].values()),
-               what="slow-src synced")
-    create_template(store, cfg, "slow", "slow-src", timeout=30, ready_marker="READY")
-    assert gridtool(cfg, capsys, "pool", "create", "spare", "--template", "slow",
-                    "--min", "0", "--max", "2", "--size", "0", "--warm", "1")[0] == 0
-    (uuid,) = wait_until(lambda: list(warm_members(store, cfg, "spare")), timeout=10,
-                         what="the warm clone submitted")
+    end1, uuid = spare_pool(lab_hosts, registry, store, cfg, capsys, tmp_path / "src.log")
     console = tmp_path / f"{pools.members(store, cfg.keys, 'spare')[uuid].name}.log"
     console.write_text("booted\nREADY\n")  # (the clone's own serial file)
     wait_until(lambda: warm_members(store, cfg, "spare") == {uuid: "asleep"}, timeout=30,
