@@ -449,6 +449,10 @@ def ha_guest_on_hv1_with_manager(lab_hosts, store, cfg, registry, name="db", uui
     store.put(cfg.keys.guest_settings(uuid), encode(GuestSettings(uuid, name, ha=True)))
     client = IntentClient(store, cfg.keys)
     assert client.wait(client.submit("hv1", "start", uuid, name), 30).state == "done"
+    # the scenario is a guest the registry knows runs on hv1: the agent writes its record
+    # from libvirt's event a moment after the intent is done
+    wait_until(lambda: getattr(registry.guests_of("hv1")[0].get(uuid), "state", "") ==
+               "running", timeout=10, what=f"{name} recorded running on hv1")
     with running_manager(cfg, store, **(manager or {})):
         yield
 
