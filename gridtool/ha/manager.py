@@ -65,6 +65,7 @@ from gridtool.ha.rules import (
     RevokeLease,
     Snapshot,
     decide,
+    round_holders,
 )
 from gridtool.placement.shell import FleetView, read_fleet
 from gridtool.pools.keeper import PoolKeeper
@@ -135,6 +136,7 @@ class Manager:
         self._fencing_now: dict[str, Method] = {}  # fences in flight, by host
         self._fenced_inline = False  # an inline fence finished: decide again this tick
         self._host_fences: dict[str, HostFence] = {}  # as last read
+        self._holders: dict[str, str] = {}  # guest uuid -> fence holder (rules.round_holders)
         #: each host's heartbeat as last seen: (mod revision, monotonic time first seen)
         self._beats: dict[str, tuple[int, float]] = {}
         self._beat_lock = threading.Lock()
@@ -392,8 +394,9 @@ class Manager:
         for rec in fleet.guests:
             if rec.uuid in managed:
                 by_uuid.setdefault(rec.uuid, []).append(rec)
-        holders = {o.fence.guest: o.fence.holder for o in fences.values()
-                   if isinstance(o, Observed)}
+        self._holders = holders = round_holders(
+            {o.fence.guest: o.fence.holder for o in fences.values() if isinstance(o, Observed)},
+            self._holders, live)
         views = [_view(recs, live, fleet, holders.get(uuid)) for uuid, recs in by_uuid.items()]
         history = {uuid: tuple(Attempt(a[0], bool(a[1]), len(a) > 2 and bool(a[2]))
                                for a in s.attempts)

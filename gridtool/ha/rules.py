@@ -31,7 +31,7 @@ allocator's explanation); the shell logs it when the reason changes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -304,6 +304,18 @@ class _Round:
 
 #: The timed path's grace when the caller gives none: the default TTL (10 s) + margin.
 DEFAULT_FENCING = FencePolicy.for_ttl(10)
+
+
+def round_holders(current: Mapping[str, str], remembered: Mapping[str, str],
+                  live: Collection[str]) -> dict[str, str]:
+    """Each guest's fence holder for a round (guest uuid -> host): the one its fence
+    names now; else the one it named when last seen, while that host is lost. An HA
+    fence dies with its holder's lease, in the same revision as the host's record, so a
+    host that dies between starting a guest and reporting it running leaves no other
+    sign that the guest ran there: remembered, its record wins the guest's view and the
+    host is fenced (or its timed grace waited) before any restart. A holder still live
+    that no longer holds the fence released it: forgotten."""
+    return {**{g: h for g, h in remembered.items() if h not in live}, **current}
 
 
 def decide(

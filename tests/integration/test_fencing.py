@@ -1034,6 +1034,42 @@ def test_timed_path_without_a_fence_agent_waits_ttl_plus_margin(  # type: ignore
     assert running_at >= record.gone_since + grace, (running_at, record.gone_since)
 
 
+def test_a_host_lost_before_it_reported_its_start_is_fenced_before_the_restart(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry):
+    """hv1 starts the HA guest (taking its fence) and dies before it reports it running:
+    its record still says shut off, and its fence goes with its lease. The manager saw
+    hv1 hold the fence, so hv1's loss still comes first: no restart before the timed
+    grace (TTL + 2 s, no fence agent here) from the lease's end, and a host-fence record."""
+    from dataclasses import replace
+
+    from gridtool.fencing.recovery import TIMED_MARGIN
+
+    lab_hosts.power_fence = False
+    grace = cfg.ttl + TIMED_MARGIN
+    hosts_with_guest(lab_hosts, ["hv1", "hv2"], shared_xml("db", UUID))
+    wait_registered(registry, ["hv1", "hv2"])
+    store.put(cfg.keys.guest_settings(UUID), encode(GuestSettings(UUID, "db", ha=True)))
+    client = IntentClient(store, cfg.keys)
+    assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+    wait_until(lambda: fence_holder(store, cfg) == "hv1", what="hv1 holding the fence")
+    with DoubleRunChecker(lambda: lab_hosts.conns) as checker:
+        lab_hosts.stop_agent("hv1", kill=True)
+        # what the registry holds when hv1 died before its report: its old record
+        before = registry.guests_of("hv1")[0][UUID]
+        registry.put_guest(replace(before, state="shutoff"))
+        with running_manager(cfg, store) as manager:
+            wait_until(lambda: "db" in manager.blocked or UUID in manager.blocked,
+                       what="the manager waiting on hv1's fence")
+            lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()  # then powered off
+            wait_until(lambda: running_on(lab_hosts) == ["hv2"],
+                       timeout=ha_restart_bound(cfg.ttl) + grace, what="the restart")
+            running_at = time.time()
+    checker.assert_safe()
+    record = host_fence(store, cfg, "hv1")
+    assert record is not None, "hv1's loss was never noted: restarted without its fence"
+    assert running_at >= record.gone_since + grace, (running_at, record.gone_since)
+
+
 def test_the_runner_speaks_the_standard_fence_agent_protocol(tmp_path):  # type: ignore[no-untyped-def]
     """Debian's fence-agents (the library fence_ipmilan and the others are built on):
     fence_dummy with a status file is powered off through the same runner the manager

@@ -26,6 +26,7 @@ from gridtool.ha.rules import (
     RestartLimits,
     Snapshot,
     decide,
+    round_holders,
 )
 from gridtool.placement.rules import GuestNeeds, HostView, PlacementPolicy, Weigher, tiebreak
 
@@ -388,3 +389,14 @@ def test_decisions_do_not_depend_on_input_order(s: Snapshot, rnd: random.Random)
     shuffled = Snapshot(s.now, tuple(hosts), tuple(guests), s.fences, s.confirmed_dead,
                         s.history, s.pending)
     assert decide(shuffled) == decide(s)
+
+
+def test_a_fence_holder_is_remembered_while_its_host_is_lost() -> None:
+    """A host that dies between starting a guest and reporting it running leaves only its
+    HA fence, which goes with its lease: the holder last seen stands for the round while
+    that host is lost, a current fence replaces it, and a live host that no longer holds
+    the fence released it."""
+    assert round_holders({}, {"u1": "h1"}, live={"h2"}) == {"u1": "h1"}
+    assert round_holders({"u1": "h2"}, {"u1": "h1"}, live={"h2"}) == {"u1": "h2"}
+    assert round_holders({}, {"u1": "h1"}, live={"h1", "h2"}) == {}
+    assert round_holders({"u2": "h2"}, {"u1": "h1"}, live={"h1", "h2"}) == {"u2": "h2"}
