@@ -6,6 +6,7 @@ for a flex pool, and the CLI creates, scales, shows and deletes pools."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import threading
@@ -362,6 +363,28 @@ def spare_pool(lab_hosts, registry, store, cfg, capsys, serial: Path):  # type: 
     return end1, uuid
 
 
+def pool_updated(store, cfg, pool: str) -> float:  # type: ignore[no-untyped-def]
+    """When the leading manager last wrote ``pool``'s status (0: never)."""
+    st = pools.status(store, cfg.keys, pool)
+    return st.updated if st else 0.0
+
+
+@contextlib.contextmanager
+def failed_over(end1, store, cfg, pool: str):  # type: ignore[no-untyped-def]
+    """m1 resigns and m2 leads: runs the block once a round of m2 wrote ``pool``'s
+    status, then stops m2."""
+    end1()
+    mgr2, end2 = run_manager(store, cfg, "m2")
+    try:
+        wait_until(lambda: mgr2.leader_rev, timeout=15, what="m2 leads")
+        taken = pool_updated(store, cfg, pool)
+        wait_until(lambda: pool_updated(store, cfg, pool) > taken, timeout=10,
+                   what="a round of m2")
+        yield mgr2
+    finally:
+        end2()
+
+
 def test_a_warm_refill_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
         lab_hosts, registry, store, cfg, capsys, tmp_path):
     """A warm worker that does not come up (its template's ready marker never shows on
@@ -371,9 +394,7 @@ def test_a_warm_refill_never_blocks_the_pool_round_nor_runs_twice_after_failover
     end1, booting = spare_pool(lab_hosts, registry, store, cfg, capsys,
                                tmp_path / "console.log")
 
-    def updated() -> float:
-        st = pools.status(store, cfg.keys, "spare")
-        return st.updated if st else 0.0
+    updated = functools.partial(pool_updated, store, cfg, "spare")
 
     seen = wait_until(updated, timeout=10, what="the round that started the refill")
     wait_until(lambda: updated() > seen, timeout=10, what="a later round of the same pool")
@@ -384,15 +405,8 @@ def test_a_warm_refill_never_blocks_the_pool_round_nor_runs_twice_after_failover
     assert warm_members(store, cfg, "spare") == {booting: "booting"}
 
     # fail over (m1 resigns, m2 leads): m2's rounds see the refill in the registry
-    end1()
-    mgr2, end2 = run_manager(store, cfg, "m2")
-    try:
-        wait_until(lambda: mgr2.leader_rev, timeout=15, what="m2 leads")
-        taken = updated()
-        wait_until(lambda: updated() > taken, timeout=10, what="a round of m2")
+    with failed_over(end1, store, cfg, "spare"):
         assert warm_members(store, cfg, "spare") == {booting: "booting"}, "no second refill"
-    finally:
-        end2()
 
 
 def test_a_hibernated_worker_whose_fence_moved_is_never_restored(  # type: ignore[no-untyped-def]
@@ -475,9 +489,7 @@ def test_a_wake_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # ty
     wait_until(lambda: warm_members(store, cfg, "spare") == {uuid: "asleep"}, timeout=30,
                what="the warm worker hibernated")
 
-    def updated() -> float:
-        st = pools.status(store, cfg.keys, "spare")
-        return st.updated if st else 0.0
+    updated = functools.partial(pool_updated, store, cfg, "spare")
 
     assert gridtool(cfg, capsys, "pool", "scale", "spare", "1")[0] == 0
     wait_until(lambda: [i.state for i in wake_intents(store, cfg, uuid)] == ["running"],
@@ -488,12 +500,7 @@ def test_a_wake_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # ty
     assert warm_members(store, cfg, "spare")[uuid] == "waking"
 
     # fail over mid-wake (m1 resigns, m2 leads): m2 sees the wake under way
-    end1()
-    mgr2, end2 = run_manager(store, cfg, "m2")
-    try:
-        wait_until(lambda: mgr2.leader_rev, timeout=15, what="m2 leads")
-        taken = updated()
-        wait_until(lambda: updated() > taken, timeout=10, what="a round of m2")
+    with failed_over(end1, store, cfg, "spare"):
         assert [i.state for i in wake_intents(store, cfg, uuid)] == ["running"]
         serving = {u for u, w in warm_members(store, cfg, "spare").items()
                    if w in ("", "waking")}
@@ -509,5 +516,3 @@ def test_a_wake_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # ty
         code, out, _ = gridtool(cfg, capsys, "pool", "show", "spare", "--json")
         assert code == 0 and [m["class"] for m in json.loads(out)["members"]
                               if m["uuid"] == uuid] == ["ready"]
-    finally:
-        end2()
