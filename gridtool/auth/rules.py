@@ -8,7 +8,7 @@ For one registry prefix and a list of hosts, ``plan`` says what must exist:
 - per host a user ``host-<name>`` whose role writes only that host's keys (its host
   record, its machine claim, its guests, its intents' outcomes, its violations, its
   ``dead/`` mark), the
-  shared ``fences/``, ``domains/``, ``clones/`` and ``guestindex/`` (keyed by volume,
+  shared ``fences/``, ``holders/``, ``domains/``, ``clones/`` and ``guestindex/`` (keyed by volume,
   uuid, template or guest name, not by host: etcd cannot restrict by value; an index
   entry is checked against the guest record it points to), and reads what an agent reads;
 - a manager role, granted to the hosts that run a manager candidate: reads everything,
@@ -184,7 +184,7 @@ def _manager_permissions(keys: Keys) -> tuple[Permission, ...]:
     return (Permission.on_prefix(keys.prefix, Access.READ),
             *(Permission.on_prefix(p, rw) for p in (
                 keys.all_intents, keys.intents_done, keys.settings, keys.manager, keys.pools,
-                keys.fences, keys.hosts, keys.heartbeats)))
+                keys.fences, keys.holders, keys.hosts, keys.heartbeats)))
 
 
 def _host_permissions(keys: Keys, host: str) -> tuple[Permission, ...]:
@@ -199,6 +199,7 @@ def _host_permissions(keys: Keys, host: str) -> tuple[Permission, ...]:
         Permission.on_prefix(keys.intents(host), rw),         # outcomes; clears old intents
         Permission.on_prefix(keys.violation(host, ""), rw),
         Permission.on_prefix(keys.fences, rw),                # fencing: any host may take a fence
+        Permission.on_prefix(keys.holders, rw),               # ... and names itself its holder
         Permission.on_prefix(keys.domains, rw),               # XML of fenced guests, by uuid
         Permission.on_prefix(keys.clones, rw),                # clone records, by template
         Permission.on_prefix(keys.templates, read),           # what a clone is made from

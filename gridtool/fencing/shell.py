@@ -67,7 +67,13 @@ def plan_ops(keys: Keys, plan: AcquirePlan | ReleasePlan, lease: int | None = No
              guard: Sequence[Compare] = ()) -> tuple[list[Compare], list[Put | Delete]] | None:
     """The transaction ``plan`` stands for: ``guard`` plus one compare per step, then the
     puts (HA fences with ``lease``) or deletes. None when an HA fence must be put and
-    there is no ``lease``: such a fence would never die with its holder."""
+    there is no ``lease``: such a fence would never die with its holder.
+
+    A plan that puts an HA fence also puts ``holders/<uuid>`` (the plan's holder, no
+    lease); a release deletes it. The fence dies with its holder's lease, in the same
+    revision as the host's record; this key stays, so any manager, a leader elected
+    after that loss too, knows the guest may run on the lost host (a host that died
+    before it reported the start leaves only this sign) and fences it first."""
     compares = list(guard)
     ops: list[Put | Delete] = []
     for step in plan.steps:
@@ -81,7 +87,19 @@ def plan_ops(keys: Keys, plan: AcquirePlan | ReleasePlan, lease: int | None = No
         compares.append(Compare(key, "create", 0) if step.expect is Expect.ABSENT
                         else Compare(key, "mod", step.mod_revision))
         ops.append(Put(key, step.value.encode(), lease if step.with_lease else None))
+    if isinstance(plan, ReleasePlan) and plan.steps:
+        ops.append(Delete(keys.holder(plan.guest)))
+    elif isinstance(plan, AcquirePlan) and any(s.with_lease for s in plan.steps):
+        ops.append(Put(keys.holder(plan.guest), plan.holder.encode()))
     return compares, ops
+
+
+def read_holders(store: Store, keys: Keys) -> dict[str, tuple[str, int]]:
+    """``holders/``: guest uuid -> (the host that last took its HA fence, the key's
+    mod revision), one range read."""
+    return {item.key.removeprefix(keys.holders): (item.value.decode(errors="replace"),
+                                                  item.mod_revision)
+            for item in store.list(keys.holders)[0]}
 
 
 def run_plan(store: Store, keys: Keys, plan: AcquirePlan | ReleasePlan,

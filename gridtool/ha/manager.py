@@ -46,7 +46,7 @@ from gridtool.fencing.recovery import (
     note_lost,
 )
 from gridtool.fencing.rules import Observed
-from gridtool.fencing.shell import read_all_fences, read_host_fences, run_plan
+from gridtool.fencing.shell import read_all_fences, read_holders, read_host_fences, run_plan
 from gridtool.ha import batch
 from gridtool.ha.kinds import guest_kind
 from gridtool.ha.rules import (
@@ -66,6 +66,7 @@ from gridtool.ha.rules import (
     Snapshot,
     decide,
     round_holders,
+    stale_holders,
 )
 from gridtool.placement.shell import FleetView, read_fleet
 from gridtool.pools.keeper import PoolKeeper
@@ -136,7 +137,7 @@ class Manager:
         self._fencing_now: dict[str, Method] = {}  # fences in flight, by host
         self._fenced_inline = False  # an inline fence finished: decide again this tick
         self._host_fences: dict[str, HostFence] = {}  # as last read
-        self._holders: dict[str, str] = {}  # guest uuid -> fence holder (rules.round_holders)
+        self._stale_holders: dict[str, int] = {}  # holders/ keys to delete (stale_holders)
         #: each host's heartbeat as last seen: (mod revision, monotonic time first seen)
         self._beats: dict[str, tuple[int, float]] = {}
         self._beat_lock = threading.Lock()
@@ -370,6 +371,15 @@ class Manager:
             if not self._act(action, snap):
                 failed.add(action.guest)
         self._restart_batch([r for r in restarts if r.guest not in failed], snap)
+        self._forget_holders()
+
+    def _forget_holders(self) -> None:
+        """Delete the ``holders/`` keys :func:`stale_holders` found, each only if it was
+        not rewritten since it was read."""
+        for uuid, rev in self._stale_holders.items():
+            key = self.keys.holder(uuid)
+            self.store.txn([*self.guard, Compare(key, "mod", rev)], [Delete(key)])
+        self._stale_holders = {}
 
     def snapshot(self) -> tuple[Snapshot, dict[str, str]]:
         """Read intents, hosts and guests (as placement sees them:
@@ -394,9 +404,13 @@ class Manager:
         for rec in fleet.guests:
             if rec.uuid in managed:
                 by_uuid.setdefault(rec.uuid, []).append(rec)
-        self._holders = holders = round_holders(
-            {o.fence.guest: o.fence.holder for o in fences.values() if isinstance(o, Observed)},
-            self._holders, live)
+        current = {o.fence.guest: o.fence.holder for o in fences.values()
+                   if isinstance(o, Observed)}
+        remembered = read_holders(view, self.keys)
+        holders = round_holders(current, {g: h for g, (h, _) in remembered.items()}, live)
+        registrations = {item.key.removeprefix(self.keys.machines): item.mod_revision
+                         for item in view.list(self.keys.machines)[0]}
+        self._stale_holders = stale_holders(remembered, current, registrations, live)
         views = [_view(recs, live, fleet, holders.get(uuid)) for uuid, recs in by_uuid.items()]
         history = {uuid: tuple(Attempt(a[0], bool(a[1]), len(a) > 2 and bool(a[2]))
                                for a in s.attempts)
@@ -410,8 +424,7 @@ class Manager:
             host_fences=self._host_fences,
             power_agents=frozenset(fenceagents.read_all(view, self.keys)),
             storage_fencer=self.storage_fencer is not None, fencing_now=running,
-            registrations={item.key.removeprefix(self.keys.machines): item.mod_revision
-                           for item in view.list(self.keys.machines)[0]},
+            registrations=registrations,
             silent=self._silences(live))
         self._memo.sweep()  # forget deleted records
         return snap, {v.uuid: v.name for v in views}
@@ -734,6 +747,8 @@ def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
         return (r.host == holder, r.state in ACTIVE_STATES, r.host in live, r.updated_at)
 
     rec = max(records, key=rank)
+    if holder is not None and holder not in live:  # it may run there, reported or not
+        rec = replace(rec, host=holder)
     settings = fleet.settings.get(rec.uuid)
     kind = guest_kind(any(r.fenced for r in records), bool(settings and settings.ha))
     if settings is not None:
@@ -750,8 +765,8 @@ def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
 def mirrored(keys: Keys) -> tuple[str, ...]:
     """The prefixes a manager round reads (what its mirror keeps)."""
     return (keys.hosts, keys.guests, keys.settings, keys.hostconfs, keys.fence_agents,
-            keys.fences, keys.all_intents, keys.dead, keys.host_fences, keys.machines,
-            keys.heartbeats)
+            keys.fences, keys.holders, keys.all_intents, keys.dead, keys.host_fences,
+            keys.machines, keys.heartbeats)
 
 
 def _cancel(watches: list[Watch]) -> list[Watch]:

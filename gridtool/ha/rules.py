@@ -309,13 +309,26 @@ DEFAULT_FENCING = FencePolicy.for_ttl(10)
 def round_holders(current: Mapping[str, str], remembered: Mapping[str, str],
                   live: Collection[str]) -> dict[str, str]:
     """Each guest's fence holder for a round (guest uuid -> host): the one its fence
-    names now; else the one it named when last seen, while that host is lost. An HA
-    fence dies with its holder's lease, in the same revision as the host's record, so a
-    host that dies between starting a guest and reporting it running leaves no other
-    sign that the guest ran there: remembered, its record wins the guest's view and the
-    host is fenced (or its timed grace waited) before any restart. A holder still live
-    that no longer holds the fence released it: forgotten."""
+    names now; else the one that last took it (``remembered``: the registry's
+    ``holders/`` keys, written with every HA fence and outliving it), while that host is
+    lost. An HA fence dies with its holder's lease, in the same revision as the host's
+    record, so a host that dies between starting a guest and reporting it running leaves
+    no other sign that the guest ran there: remembered, that host is the guest's host in
+    the round, and it is fenced (or its timed grace waited) before any restart, by this
+    leader or one elected after the loss. A holder still live that no longer holds the
+    fence released it (or lost it with its lease): not counted."""
     return {**{g: h for g, h in remembered.items() if h not in live}, **current}
+
+
+def stale_holders(remembered: Mapping[str, tuple[str, int]], current: Mapping[str, str],
+                  registrations: Mapping[str, int], live: Collection[str]) -> dict[str, int]:
+    """The ``holders/`` keys the manager may delete (guest uuid -> the key's mod revision,
+    to compare): their host is live, holds no fence of the guest now, and registered
+    again after the key was written, so the fence it stood for died with an earlier
+    lease (a fence re-taken since would have rewritten the key). A release deletes its
+    key itself; these are left by a lease that ended under a live agent."""
+    return {g: rev for g, (h, rev) in remembered.items()
+            if h in live and current.get(g) != h and registrations.get(h, 0) > rev}
 
 
 def decide(

@@ -56,6 +56,16 @@ class Keys:
         return f"{self.fences}{volume}"
 
     @property
+    def holders(self) -> str:
+        return f"{self.prefix}holders/"
+
+    def holder(self, uuid: str) -> str:
+        """The host that last took ``uuid``'s HA fence: written with the fence, in the
+        same transaction, but with no lease, so it outlives the fence when its host dies
+        (``fencing.shell.plan_ops``; read by the HA manager, ``ha.rules.round_holders``)."""
+        return f"{self.holders}{uuid}"
+
+    @property
     def all_intents(self) -> str:
         return f"{self.prefix}intents/"
 

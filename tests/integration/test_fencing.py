@@ -1034,12 +1034,17 @@ def test_timed_path_without_a_fence_agent_waits_ttl_plus_margin(  # type: ignore
     assert running_at >= record.gone_since + grace, (running_at, record.gone_since)
 
 
+@pytest.mark.parametrize("leader", ["watching", "elected_after"])
 def test_a_host_lost_before_it_reported_its_start_is_fenced_before_the_restart(  # type: ignore[no-untyped-def]
-        lab_hosts, store, cfg, registry):
+        lab_hosts, store, cfg, registry, leader):
     """hv1 starts the HA guest (taking its fence) and dies before it reports it running:
-    its record still says shut off, and its fence goes with its lease. The manager saw
-    hv1 hold the fence, so hv1's loss still comes first: no restart before the timed
-    grace (TTL + 2 s, no fence agent here) from the lease's end, and a host-fence record."""
+    its fence goes with its lease, and its record still says shut off (``watching``) or
+    it never wrote one (``elected_after``). The registry's ``holders/`` key, written
+    with the fence, still names hv1, so hv1's loss comes first: no restart before the
+    timed grace (TTL + 2 s, no fence agent here) from the lease's end, and a host-fence
+    record. ``watching``: the manager runs throughout; ``elected_after``: the first
+    leader is elected once the fence is gone, so it never saw it (the old manager's
+    memory of holders was its own, and lost in such a leader change)."""
     from dataclasses import replace
 
     from gridtool.fencing.recovery import TIMED_MARGIN
@@ -1054,13 +1059,19 @@ def test_a_host_lost_before_it_reported_its_start_is_fenced_before_the_restart( 
     wait_until(lambda: fence_holder(store, cfg) == "hv1", what="hv1 holding the fence")
     with DoubleRunChecker(lambda: lab_hosts.conns) as checker:
         lab_hosts.stop_agent("hv1", kill=True)
-        # what the registry holds when hv1 died before its report: its old record
-        before = registry.guests_of("hv1")[0][UUID]
-        registry.put_guest(replace(before, state="shutoff"))
+        # what the registry holds when hv1 died before its report
+        if leader == "watching":
+            before = registry.guests_of("hv1")[0][UUID]
+            registry.put_guest(replace(before, state="shutoff"))
+        else:
+            registry.delete_guest("hv1", UUID)
+            wait_until(lambda: fence_holder(store, cfg) is None, timeout=cfg.ttl + 10,
+                       what="hv1's fence gone with its lease")
         with running_manager(cfg, store) as manager:
             wait_until(lambda: "db" in manager.blocked or UUID in manager.blocked,
                        what="the manager waiting on hv1's fence")
-            lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()  # then powered off
+            if "hv1" in running_on(lab_hosts):  # its watchdog may have reset it already
+                lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()  # powered off
             wait_until(lambda: running_on(lab_hosts) == ["hv2"],
                        timeout=ha_restart_bound(cfg.ttl) + grace, what="the restart")
             running_at = time.time()
@@ -1068,6 +1079,8 @@ def test_a_host_lost_before_it_reported_its_start_is_fenced_before_the_restart( 
     record = host_fence(store, cfg, "hv1")
     assert record is not None, "hv1's loss was never noted: restarted without its fence"
     assert running_at >= record.gone_since + grace, (running_at, record.gone_since)
+    item = store.get(cfg.keys.holder(UUID))
+    assert item is not None and item.value == b"hv2", "the restart's fence names hv2"
 
 
 def test_the_runner_speaks_the_standard_fence_agent_protocol(tmp_path):  # type: ignore[no-untyped-def]

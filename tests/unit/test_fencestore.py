@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from gridtool.fencing.rules import Fence, FenceKind, GuestRef, Observed, plan_acquire, plan_release
+from gridtool.fencing.rules import (
+    Fence,
+    FenceKind,
+    GuestRef,
+    Observed,
+    plan_acquire,
+    plan_handover,
+    plan_release,
+)
 from gridtool.fencing.shell import plan_ops
 from gridtool.registry.keys import Keys
 from gridtool.registry.store import Compare, Delete, Put
@@ -22,7 +30,17 @@ def test_an_acquire_compares_absent_or_revision_and_puts_ha_fences_with_the_leas
     assert compares == [Compare("/p/fences/vol-a", "create", 0),
                         Compare("/p/fences/vol-b", "mod", 9)]
     assert [(o.key, o.lease) for o in ops if isinstance(o, Put)] == [
-        ("/p/fences/vol-a", 42), ("/p/fences/vol-b", 42)]
+        ("/p/fences/vol-a", 42), ("/p/fences/vol-b", 42), ("/p/holders/u1", None)]
+    assert ops[-1] == Put("/p/holders/u1", b"h1")  # outlives the lease: names who ran it
+
+
+def test_a_handover_names_the_target_the_holder_and_a_pinned_fence_names_none() -> None:
+    plan = plan_handover("h1", "h2", HA_VM, {"vol-a": held("vol-a"), "vol-b": held("vol-b")},
+                         now=5)
+    txn = plan_ops(KEYS, plan, lease=43)  # type: ignore[arg-type]
+    assert txn is not None and txn[1][-1] == Put("/p/holders/u1", b"h2")
+    pinned = plan_ops(KEYS, plan_acquire("h1", PINNED_VM, {"vol-a": None}, 5))
+    assert pinned is not None and all("holders" not in o.key for o in pinned[1])
 
 
 def test_an_ha_fence_without_a_lease_is_no_transaction_a_pinned_one_has_no_lease() -> None:
@@ -35,4 +53,5 @@ def test_a_release_compares_each_revision_then_deletes_after_the_guard() -> None
     guard = [Compare("/p/manager/leader", "create", 3)]
     plan = plan_release("h1", HA_VM, {"vol-a": held("vol-a", rev=4), "vol-b": None})
     assert plan_ops(KEYS, plan, guard=guard) == (
-        [*guard, Compare("/p/fences/vol-a", "mod", 4)], [Delete("/p/fences/vol-a")])
+        [*guard, Compare("/p/fences/vol-a", "mod", 4)],
+        [Delete("/p/fences/vol-a"), Delete("/p/holders/u1")])

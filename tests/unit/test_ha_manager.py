@@ -75,7 +75,7 @@ class _FinishingStore(MemStore):
         return super().list(prefix)
 
 
-READS = 12  # more range reads than one snapshot makes
+READS = 13  # more range reads than one snapshot makes
 
 
 @pytest.mark.parametrize("after", range(READS + 1))

@@ -27,6 +27,7 @@ from gridtool.ha.rules import (
     Snapshot,
     decide,
     round_holders,
+    stale_holders,
 )
 from gridtool.placement.rules import GuestNeeds, HostView, PlacementPolicy, Weigher, tiebreak
 
@@ -400,3 +401,13 @@ def test_a_fence_holder_is_remembered_while_its_host_is_lost() -> None:
     assert round_holders({"u1": "h2"}, {"u1": "h1"}, live={"h2"}) == {"u1": "h2"}
     assert round_holders({}, {"u1": "h1"}, live={"h1", "h2"}) == {}
     assert round_holders({"u2": "h2"}, {"u1": "h1"}, live={"h1", "h2"}) == {"u2": "h2"}
+
+
+def test_a_holder_key_is_stale_only_once_its_live_host_registered_again_without_it() -> None:
+    """``holders/`` keys outlive their fence on purpose; the manager deletes one only when
+    its host is back (registered after the key was written) and holds no fence of the
+    guest: the fence it stood for died with an earlier lease."""
+    remembered = {"u1": ("h1", 10), "u2": ("h2", 10), "u3": ("h3", 10), "u4": ("h1", 30)}
+    current = {"u2": "h2"}
+    registrations = {"h1": 20, "h2": 20}  # h3 is lost: no registration read
+    assert stale_holders(remembered, current, registrations, live={"h1", "h2"}) == {"u1": 10}
