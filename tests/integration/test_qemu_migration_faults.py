@@ -318,8 +318,10 @@ def test_a_handover_failing_with_an_etcd_error_never_lets_the_destination_run_un
             proxy.cut()  # and knows where to migrate by now: cut it off etcd
             cut.set()
 
-    # hv1's lease outlives the cut; its etcd calls give up after 1 s
-    hv1 = {**AGENT, "endpoints": (proxy.endpoint,), "ttl": 10, "timeout": 1.0}
+    # hv1's lease outlives the cut (which lasts as long as libvirt's migration under
+    # TCG, plus CUT_AFTER_S: 9.5 s at load 18 outlived a 10 s TTL); its etcd calls give
+    # up after 1 s
+    hv1 = {**AGENT, "endpoints": (proxy.endpoint,), "ttl": 30, "timeout": 1.0}
     try:
         with two_hosts(tmp_path, cfg, hv1) as (hosts, _):
             dom, rec = running_guest(hosts, store, registry, cfg)

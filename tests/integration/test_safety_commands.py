@@ -470,6 +470,9 @@ def test_metrics_serve_exports_every_family_and_registry_down(lab_hosts, store, 
     hosts_with_guest(lab_hosts, ["hv1"])
     wait_registered(registry, ["hv1"])
     assert gridtool(cfg, capsys, "guest", "start", "db", "--on", "hv1")[0] == 0
+    # the agent records it running from libvirt's event, a moment after the intent is done
+    wait_until(lambda: [g.state for g in registry.guests_of("hv1")[0].values()] == ["running"],
+               what="db recorded running on hv1")
     # A pool with the status a keeper round writes (its flex verdicts counted), so that
     # the pool families have series too (a counter with no series is not exported).
     # Its last decision: 20 requests/s of 0.5 s seen by 2 workers (the numbers' gauges).
