@@ -372,8 +372,10 @@ def mark_ha(store: EtcdStore, keys: Any, ha: dict[str, GuestRecord]) -> None:
     registry = Registry(store, keys)
     for g in ha.values():
         registry.put_guest(g)
-    store.txn([], [Put(keys.guest_settings(u), encode(GuestSettings(u, g.name, ha=True)))
-                   for u, g in ha.items()])
+    puts = [Put(keys.guest_settings(u), encode(GuestSettings(u, g.name, ha=True)))
+            for u, g in ha.items()]
+    for i in range(0, len(puts), 100):  # etcd's --max-txn-ops: 128
+        store.txn([], puts[i:i + 100])
 
 
 @contextlib.contextmanager
