@@ -43,17 +43,22 @@ AUDIT_ROUNDS = 20
 class HostGuests:
     """The guest records under one host's prefix: ``revisions`` (key -> mod revision) of
     every item, the decoded ``records`` by key (corrupt ones left out), the ``active``
-    ones sorted by name, the ``fenced`` ones (on shared storage: what the manager
-    manages)."""
+    ones (key, record) sorted by name, then key, the ``fenced`` ones (on shared storage:
+    what the manager manages)."""
 
     revisions: Mapping[str, int] = field(default_factory=dict)
     records: Mapping[str, GuestRecord] = field(default_factory=dict)
-    active: tuple[GuestRecord, ...] = ()
+    active: tuple[tuple[str, GuestRecord], ...] = ()
     fenced: tuple[GuestRecord, ...] = ()
 
     @property
     def uuids(self) -> frozenset[str]:
         return frozenset(r.uuid for r in self.records.values())
+
+    def named(self) -> frozenset[str]:
+        """The hosts its records name (their ``host`` field: the prefix's own host,
+        unless a record was written under another's)."""
+        return frozenset(r.host for r in self.records.values())
 
 
 def host_guests(items: Iterable[Item], old: HostGuests | None = None) -> HostGuests:
@@ -71,8 +76,8 @@ def host_guests(items: Iterable[Item], old: HostGuests | None = None) -> HostGue
             records[item.key] = decode(GuestRecord, item.key, item.value)
         except DecodeError:
             continue  # read_fleet skips it too
-    active = tuple(sorted((r for r in records.values() if r.state in ACTIVE_STATES),
-                          key=lambda r: r.name))
+    active = tuple(sorted(((k, r) for k, r in records.items() if r.state in ACTIVE_STATES),
+                          key=lambda kr: (kr[1].name, kr[0])))
     return HostGuests(revisions, records, active,
                       tuple(r for r in records.values() if r.fenced))
 
@@ -122,6 +127,9 @@ class FleetIndex:
         self.settings: dict[str, GuestSettings] = {}  # by uuid
         self._settings_rev: dict[str, int] = {}
         self._where: dict[str, set[str]] = {}  # uuid -> hosts with a record of it
+        #: host prefixes holding a record that names another host (read_fleet counts a
+        #: record on the host it names): normally none
+        self._foreign: set[str] = set()
         self._views: dict[str, tuple[Stamp, HostView]] = {}
         self._stale_views: set[str] = set()  # hosts whose view must be built again
         self._audit_next = 0  # where the next audit slice starts (an index into the hosts)
@@ -171,13 +179,20 @@ class FleetIndex:
             self.hosts[host] = new
         else:
             self.hosts.pop(host, None)
-        self._stale_views.add(host)
+        named = new.named() - {host}
+        if named:
+            self._foreign.add(host)
+        else:
+            self._foreign.discard(host)
+        self._stale_views |= {host} | named | (old.named() if old else frozenset())
 
     def _load_settings(self, uuid: str, lister: Lister) -> None:
         key = self.keys.guest_settings(uuid)
         item = next((i for i in lister(key) if i.key == key), None)
         self._set_settings(uuid, item)
-        self._stale_views.update(self._where.get(uuid, ()))
+        for host in self._where.get(uuid, ()):
+            self._stale_views |= {r.host for r in self.hosts[host].records.values()
+                                  if r.uuid == uuid}
 
     def _set_settings(self, uuid: str, item: Item | None) -> None:
         self.settings.pop(uuid, None)
@@ -213,13 +228,19 @@ class FleetIndex:
         return tuple(views)
 
     def _build(self, record: HostRecord, draining: bool, declared: frozenset[str]) -> HostView:
-        on = self.hosts.get(record.name, HostGuests()).active
+        name = record.name
+        on = [kr for host in {name} | self._foreign if host in self.hosts
+              for kr in self.hosts[host].active if kr[1].host == name]
+        if self._foreign:
+            on.sort(key=lambda kr: (kr[1].name, kr[0]))
         return host_view(record, draining, tuple(
-            self.needs(g, self.settings.get(g.uuid), declared) for g in on))
+            self.needs(g, self.settings.get(g.uuid), declared) for _, g in on))
 
     def fenced(self) -> tuple[GuestRecord, ...]:
-        """Every guest record on shared storage, on any host (live or not)."""
-        return tuple(r for guests in self.hosts.values() for r in guests.fenced)
+        """Every guest record on shared storage, on any host (live or not), in key order
+        as a listing gives them (the manager's view of a guest breaks ties by it)."""
+        return tuple(r for host in sorted(self.hosts, key=lambda h: h + "/")
+                     for r in self.hosts[host].fenced)
 
     # -- the audit ----------------------------------------------------------------
 
@@ -251,7 +272,8 @@ class FleetIndex:
             view = self._views.get(host)
             record = self._live.get(host)
             if record is not None and view is not None and not bad and \
-                    host not in self._stale_views and view[1] != self._build(record, host in self._draining, self._declared):
+                    host not in self._stale_views and \
+                    view[1] != self._build(record, host in self._draining, self._declared):
                 bad = True
                 self._stale_views.add(host)
             if bad:

@@ -25,7 +25,7 @@ from gridtool.registry.records import GuestSettings, encode
 from gridtool.registry.store import Event, Item
 
 KEYS = Config().keys
-HOSTS = ("hv1", "hv2", "hv3")
+HOSTS = ("hv1", "hv2", "hv2-b")  # "hv2-b/" sorts before "hv2/"
 UUIDS = tuple(f"00000000-0000-0000-0000-00000000000{n}" for n in range(4))
 
 
@@ -48,6 +48,8 @@ writes = st.one_of(
               st.sampled_from(UUIDS), st.sampled_from(HOSTS),
               st.sampled_from(("running", "shutoff", "paused")), st.booleans(),
               st.integers(1, 4)),
+    st.builds(lambda u, h, other: (KEYS.guest(h, u), _guest(u, other, "running", True, 1)),
+              st.sampled_from(UUIDS), st.sampled_from(HOSTS), st.sampled_from(HOSTS)),
     st.builds(lambda u, h: (KEYS.guest(h, u), None), st.sampled_from(UUIDS),
               st.sampled_from(HOSTS)),
     st.builds(lambda u, h: (KEYS.guest(h, u), b"{not json"), st.sampled_from(UUIDS),
@@ -84,15 +86,13 @@ class Feed:
 def _index_view(index: FleetIndex, feed: Feed) -> tuple[Any, ...]:
     """What the manager's round takes from the index (``Manager._fleet``)."""
     hosts, draining, declared = read_hosts(feed.mirror.frozen(), KEYS, Memo())
-    return (index.views(hosts, draining, declared),
-            sorted(index.fenced(), key=lambda r: (r.host, r.uuid)), dict(index.settings))
+    return index.views(hosts, draining, declared), index.fenced(), dict(index.settings)
 
 
 def _scratch(feed: Feed) -> tuple[Any, ...]:
     """The same from ``read_fleet`` reading everything."""
     fleet = read_fleet(feed.mirror.frozen(), KEYS)
-    return (fleet.hosts, sorted((r for r in fleet.guests if r.fenced),
-                                key=lambda r: (r.host, r.uuid)), fleet.settings)
+    return fleet.hosts, tuple(r for r in fleet.guests if r.fenced), fleet.settings
 
 
 @settings(max_examples=150, deadline=None)
