@@ -437,8 +437,9 @@ class Manager:
 
     def _audit(self, view: MirrorStore) -> None:
         """Check a slice of the fleet index against the mirror (after the round acted:
-        it never delays a decision); what differed is repaired and logged."""
-        wrong = self._index.audit(lambda prefix: view.list(prefix)[0])
+        it never delays a decision); what differed is repaired and logged (not what
+        changed since the round read it: the journal holds that for the next round)."""
+        wrong = self._index.audit(lambda prefix: view.list(prefix)[0], view.journaled)
         if wrong:
             self.index_repairs += len(wrong)
             log.warning("event=fleet_index_repaired hosts=%s", ",".join(wrong[:20]))

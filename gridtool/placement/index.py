@@ -244,12 +244,15 @@ class FleetIndex:
 
     # -- the audit ----------------------------------------------------------------
 
-    def audit(self, lister: Lister) -> list[str]:
+    def audit(self, lister: Lister, pending: Callable[[str], bool] = lambda _prefix: False,
+              ) -> list[str]:
         """Check the next slice of hosts (the live ones and those with guest records:
         1/``AUDIT_ROUNDS`` of them) against ``lister``: their records' revisions (a
         record is decoded again only when its revision moves), their guests' settings'
         revisions, their views rebuilt from what the last :meth:`views` was given.
-        Repairs what differs (the next :meth:`views` rebuilds it); returns those hosts."""
+        Repairs what differs (the next :meth:`views` rebuilds it); returns those hosts.
+        A difference under a prefix with changes not yet taken (``pending(prefix)``: the
+        journal's) is no error: the next :meth:`update` reads it."""
         names = sorted(set(self._live) | set(self.hosts))
         if not names:
             return []
@@ -260,11 +263,13 @@ class FleetIndex:
         for host in names[start:start + size]:
             items = lister(self.keys.host_guests(host))
             held = self.hosts.get(host, HostGuests())
-            bad = {i.key: i.mod_revision for i in items} != dict(held.revisions)
+            bad = {i.key: i.mod_revision for i in items} != dict(held.revisions) and \
+                not pending(self.keys.host_guests(host))
             for uuid in held.uuids:
                 key = self.keys.guest_settings(uuid)
                 item = next((i for i in lister(key) if i.key == key), None)
-                if (item.mod_revision if item else None) != self._settings_rev.get(uuid):
+                if (item.mod_revision if item else None) != self._settings_rev.get(uuid) \
+                        and not pending(key):
                     bad = True
                     self._set_settings(uuid, item)
             if bad:

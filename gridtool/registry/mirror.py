@@ -238,6 +238,14 @@ class Mirror:
                 self._journal.clear()
             return taken
 
+    def journaled(self, prefix: str) -> bool:
+        """Whether a key under ``prefix`` changed since the last :meth:`take_changed`
+        (an item listed newer than what was taken is journaled: both happen under one
+        lock)."""
+        with self._lock:
+            return self._everything or self._journal is None or \
+                any(k.startswith(prefix) for k in self._journal)
+
     def list(self, prefix: str) -> builtins.list[Item] | None:
         """The items under ``prefix`` sorted by key, or None when ``prefix`` lies outside
         every mirrored prefix (the caller must ask the registry)."""
@@ -486,6 +494,10 @@ class MirrorStore(StoreProxy):
         with self._cond:
             taken = self.mirror.take_changed()
             return None if self._stale else taken
+
+    def journaled(self, prefix: str) -> bool:
+        """:meth:`Mirror.journaled`."""
+        return self.mirror.journaled(prefix)
 
     @property
     def changes(self) -> int:

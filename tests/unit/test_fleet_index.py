@@ -1,7 +1,7 @@
 """The fleet index (``placement/index.py``): kept per changed key, it gives what
 ``read_fleet`` reads from scratch (by property, over the pure mirror and its journal);
-its audit finds and repairs a change the journal lost; a manager's round reads only the
-guest records of the hosts that changed."""
+its audit finds and repairs a change the journal lost (and leaves one the journal holds);
+a manager's round reads only the guest records of the hosts that changed."""
 
 from __future__ import annotations
 
@@ -180,3 +180,18 @@ def test_a_round_after_one_guest_changed_reads_only_that_hosts_guests() -> None:
 def _counted(read: list[int], items: list[Item] | None) -> list[Item] | None:
     read[0] += sum(i.key.startswith(KEYS.guests) for i in items or [])
     return items
+
+
+def test_the_audit_leaves_a_change_the_journal_holds_for_the_next_round() -> None:
+    feed, index = Feed(), FleetIndex(KEYS, guest_needs)
+    feed.write(KEYS.host("hv2"), _host("hv2", False))
+    feed.write(KEYS.guest("hv2", UUIDS[0]), _guest(UUIDS[0], "hv2", "running", True, 2))
+    index.update(feed.list, feed.mirror.take_changed())
+    _index_view(index, feed)
+    # written while the round acted, after it took the journal: the next round reads it
+    feed.write(KEYS.guest("hv2", UUIDS[1]), _guest(UUIDS[1], "hv2", "running", True, 3))
+    feed.write(KEYS.guest_settings(UUIDS[0]), encode(GuestSettings(UUIDS[0], "g0", ha=True)))
+    assert [h for _ in range(AUDIT_ROUNDS)
+            for h in index.audit(feed.list, feed.mirror.journaled)] == []
+    index.update(feed.list, feed.mirror.take_changed())
+    assert _index_view(index, feed) == _scratch(feed)
