@@ -5,8 +5,9 @@ The real :class:`gridtool.ha.manager.Manager` reading by watch over the in-memor
 ``--guests`` guests spread over them, all running; one host's guests are HA. It times
 the snapshot and ``decide`` of a full round after one guest record changed (``--rounds``
 of them, median) and of the round that decides a failover (that host's record gone),
-wall and this process's CPU time, with the load average beside them. It runs on the
-code before the fleet index too (it uses only the manager's API): the comparison.
+wall and this process's CPU time, with the load average beside them; target: each of
+those two rounds ≤ ``ROUND_CPU_MS`` of CPU. It runs on the code before the fleet index
+too (it uses only the manager's API): the comparison.
 
     python bench/manager_round.py [--hosts 2000] [--guests 100000] [--rounds 5]
 """
@@ -20,6 +21,7 @@ import time
 from typing import Any
 
 from benchlib import print_table
+from verdict import Verdict
 
 from gridtool.clock import Clock
 from gridtool.config import Config
@@ -33,6 +35,7 @@ from gridtool.registry.records import GuestSettings, encode
 
 KEYS = Config().keys
 HA_HOST = 7
+ROUND_CPU_MS = 100.0  # a full round after a change, and a failover's deciding round
 
 
 def fleet(store: MemStore, hosts: int, guests: int) -> None:
@@ -99,7 +102,11 @@ def main() -> int:
     manager._watches[0].cancel()
     print_table(f"manager full round: {args.hosts} hosts, {args.guests} guests (in memory)",
                 rows, ["round", "wall ms", "cpu ms", "actions", "load"])
-    return 0
+    verdict = Verdict("manager round")
+    for name, _wall, cpu, *_ in rows[1:]:
+        verdict.check(f"{name}: CPU", cpu, "<=", ROUND_CPU_MS, "ms")
+    verdict.print()
+    return verdict.exit_code()
 
 
 if __name__ == "__main__":
