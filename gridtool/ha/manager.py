@@ -68,7 +68,8 @@ from gridtool.ha.rules import (
     round_holders,
     stale_holders,
 )
-from gridtool.placement.shell import FleetView, read_fleet
+from gridtool.placement.index import FleetIndex
+from gridtool.placement.shell import FleetView, guest_needs, read_hosts
 from gridtool.pools.keeper import PoolKeeper
 from gridtool.registry import fenceagents
 from gridtool.registry.fleet import Registry
@@ -150,7 +151,10 @@ class Manager:
         self.rounds: deque[RoundTime] = deque(maxlen=10_000)  # the last rounds
         self.txn_limits = batch.TxnLimits()  # what one transaction of restarts may hold
         self._intent_ns = 0  # the last start intent's id (time_ns), for unique ids
-        self._memo = Memo()  # decoded records and guests' needs, kept between rounds
+        self._memo = Memo()  # decoded host records, kept between rounds
+        #: guest records per host, settings and host views, updated per changed key
+        self._index = FleetIndex(cfg.keys, guest_needs)
+        self.index_repairs = 0  # hosts the audit found the index wrong about
 
     # -- election ------------------------------------------------------------
 
@@ -209,7 +213,8 @@ class Manager:
             return watches
         view = MirrorStore(self.store, self.keys.prefix, mirrored(self.keys),
                            quiet=(self.keys.heartbeats,), on_event=self._mirror_event,
-                           catch_up=max(2.0, self.cfg.timeout), bounds=guest_pages(self.keys))
+                           catch_up=max(2.0, self.cfg.timeout), bounds=guest_pages(self.keys),
+                           journal=True)
         view.start()
         self.view, self._idle = view, None
         return [view]
@@ -324,6 +329,8 @@ class Manager:
             self._round()
             if not self._fenced_inline:
                 break
+        if full and isinstance(self.view, MirrorStore):
+            self._audit(self.view)
         self.rounds.append(RoundTime(time.perf_counter() - started, full, synced))
         self._publish_status()
         self.pools.maybe_run()
@@ -382,8 +389,8 @@ class Manager:
         self._stale_holders = {}
 
     def snapshot(self) -> tuple[Snapshot, dict[str, str]]:
-        """Read intents, hosts and guests (as placement sees them:
-        :func:`migration.read_fleet`), settings, fences: the manager's whole input.
+        """Read intents, hosts and guests (as placement sees them, from the fleet index:
+        :meth:`_fleet`), settings, fences: the manager's whole input.
 
         Intents first: an agent takes a guest's fences before it reports its intent
         done, so a restart that finishes while the snapshot is read is either still in
@@ -391,7 +398,7 @@ class Manager:
         them first also marks failed attempts in the settings read next."""
         view = self.view
         pending = self._pending()
-        fleet = read_fleet(view, self.keys, self._memo)
+        fleet = self._fleet(view)
         fences, _ = read_all_fences(view, self.keys)
         self._dead_marks = {item.key.removeprefix(self.keys.dead): item.mod_revision
                             for item in view.list(self.keys.dead)[0]}
@@ -414,7 +421,7 @@ class Manager:
         views = [_view(recs, live, fleet, holders.get(uuid)) for uuid, recs in by_uuid.items()]
         history = {uuid: tuple(Attempt(a[0], bool(a[1]), len(a) > 2 and bool(a[2]))
                                for a in s.attempts)
-                   for uuid, s in fleet.settings.items()}
+                   for uuid, s in ((u, fleet.settings.get(u)) for u in by_uuid) if s}
         self._host_fences = read_host_fences(view, self.keys)[0]
         with self._fence_lock:
             running = dict(self._fencing_now)
@@ -428,6 +435,27 @@ class Manager:
             silent=self._silences(live))
         self._memo.sweep()  # forget deleted records
         return snap, {v.uuid: v.name for v in views}
+
+    def _fleet(self, view: Store) -> FleetView:
+        """The fleet from the index, after reading again what changed since the last
+        round (everything when ``view`` is not the journaled mirror, or after it listed
+        again). Its ``guests`` are the records on shared storage only: the others
+        count on their hosts' views, and the manager manages none of them."""
+        changed = view.take_changed() if isinstance(view, MirrorStore) else None
+        self._index.update(lambda prefix: view.list(prefix)[0], changed)
+        hosts, draining, declared = read_hosts(view, self.keys, self._memo)
+        return FleetView(self._index.views(hosts, draining, declared),
+                         {h.name: h for h in hosts}, self._index.fenced(),
+                         self._index.settings, declared)
+
+    def _audit(self, view: MirrorStore) -> None:
+        """Check a slice of the fleet index against the mirror (after the round acted:
+        it never delays a decision); what differed is repaired and logged (not what
+        changed since the round read it: the journal holds that for the next round)."""
+        wrong = self._index.audit(lambda prefix: view.list(prefix)[0], view.journaled)
+        if wrong:
+            self.index_repairs += len(wrong)
+            log.warning("event=fleet_index_repaired hosts=%s", ",".join(wrong[:20]))
 
     def _pending(self) -> dict[str, Pending]:
         pending = {}

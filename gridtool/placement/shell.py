@@ -53,6 +53,7 @@ from typing import Any
 from gridtool.errors import Conflict, NotFound, OperationFailed, Timeout
 from gridtool.fencing.rules import Observed
 from gridtool.fencing.shell import read_fences
+from gridtool.placement.index import host_view
 from gridtool.placement.rules import (
     DEFAULT_POLICY,
     GuestNeeds,
@@ -145,13 +146,9 @@ def read_fleet(store: Store, keys: Keys, memo: Memo | None = None) -> FleetView:
     ``memo`` (kept between calls: the manager's) decodes only the records that changed
     and keeps each guest's needs while its record and settings stay."""
     memo = memo or Memo()
-    powered = frozenset(fenceagents.read_all(store, keys))
-    hosts = [fenceagents.with_fencing(h, powered)
-             for h in derive_all(store, keys.hosts, partial(_record, HostRecord), memo)[0]]
+    hosts, draining, declared = read_hosts(store, keys, memo)
     guests, _ = derive_all(store, keys.guests, partial(_record, GuestRecord), memo)
     settings = guest_settings.read_all(store, keys)
-    draining = hostconf.draining_hosts(store, keys)
-    declared = frozenset(s for h in hosts for s in h.storage)
     by_host: dict[str, list[GuestRecord]] = {}
     for g in guests:
         if g.state in ACTIVE_STATES:
@@ -159,14 +156,21 @@ def read_fleet(store: Store, keys: Keys, memo: Memo | None = None) -> FleetView:
     views = []
     for h in sorted(hosts, key=lambda h: h.name):
         on = sorted(by_host.get(h.name, []), key=lambda g: g.name)
-        views.append(HostView(
-            name=h.name, total_memory_mib=max(1, h.memory_mib),
-            free_memory_mib=h.free_memory_mib, cpus=max(1, h.cpus),
-            vcpus_allocated=sum(g.vcpus for g in on), draining=h.name in draining,
-            labels=frozenset(h.labels), storage=frozenset(h.storage), protected=h.protected,
-            guests=tuple(_needs(memo, g, settings.get(g.uuid), declared) for g in on)))
+        views.append(host_view(h, h.name in draining, tuple(
+            _needs(memo, g, settings.get(g.uuid), declared) for g in on)))
     return FleetView(tuple(views), {h.name: h for h in hosts}, tuple(guests), settings,
                      declared)
+
+
+def read_hosts(store: Store, keys: Keys, memo: Memo,
+               ) -> tuple[list[HostRecord], frozenset[str], frozenset[str]]:
+    """The live hosts' records (``power`` in their fencing when a fence agent is
+    configured), the hosts marked draining, and every storage id some host declares."""
+    powered = frozenset(fenceagents.read_all(store, keys))
+    hosts = [fenceagents.with_fencing(h, powered)
+             for h in derive_all(store, keys.hosts, partial(_record, HostRecord), memo)[0]]
+    return (hosts, hostconf.draining_hosts(store, keys),
+            frozenset(s for h in hosts for s in h.storage))
 
 
 def _record(cls: type, item: Item) -> Any:

@@ -150,12 +150,13 @@ class Mirror:
     after each, under the lock: it must only schedule work (the web server's
     ``call_soon_threadsafe`` that wakes its event streams). ``changes`` counts the changes
     outside the ``quiet`` prefixes (heartbeats, the manager's own status): what makes a
-    manager round decide again.
+    manager round decide again. With ``journal``, it also keeps the keys of those changes
+    until :meth:`take_changed` (what the manager's fleet index reads again).
     """
 
     def __init__(self, prefixes: str | Sequence[str],
                  on_change: Callable[[int], None] = _nothing,
-                 quiet: Sequence[str] = ()) -> None:
+                 quiet: Sequence[str] = (), journal: bool = False) -> None:
         self.prefixes = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
         self.quiet = tuple(quiet)
         self.on_change = on_change
@@ -168,6 +169,8 @@ class Mirror:
         self._state = RegistryState()
         self._frozen: Snapshot | None = None
         self._lock = threading.Lock()
+        self._journal: set[str] | None = set() if journal else None
+        self._everything = True  # a listing replaced everything since the last take
 
     @property
     def prefix(self) -> str:
@@ -184,6 +187,7 @@ class Mirror:
             self._keys = sorted(self._items)
             self.revision = self._listed = revision
             self.changes += 1
+            self._everything = True
             self._bump()
 
     def apply(self, events: Iterable[Event]) -> int:
@@ -200,6 +204,8 @@ class Mirror:
                     changed += 1
                     if not ev.key.startswith(self.quiet):
                         self.changes += 1
+                        if self._journal is not None:
+                            self._journal.add(ev.key)
             if changed:
                 self._bump()
         return changed
@@ -219,6 +225,26 @@ class Mirror:
         del self._items[ev.key]
         del self._keys[bisect.bisect_left(self._keys, ev.key)]
         return True
+
+    def take_changed(self) -> frozenset[str] | None:
+        """The keys changed outside the quiet prefixes since the last call (the journal,
+        emptied), or None when a listing may have changed anything since (the first call
+        too, and always without ``journal``)."""
+        with self._lock:
+            taken = None if self._everything or self._journal is None \
+                else frozenset(self._journal)
+            self._everything = False
+            if self._journal is not None:
+                self._journal.clear()
+            return taken
+
+    def journaled(self, prefix: str) -> bool:
+        """Whether a key under ``prefix`` changed since the last :meth:`take_changed`
+        (an item listed newer than what was taken is journaled: both happen under one
+        lock)."""
+        with self._lock:
+            return self._everything or self._journal is None or \
+                any(k.startswith(prefix) for k in self._journal)
 
     def list(self, prefix: str) -> builtins.list[Item] | None:
         """The items under ``prefix`` sorted by key, or None when ``prefix`` lies outside
@@ -361,16 +387,18 @@ class MirrorStore(StoreProxy):
 
     ``root`` is the prefix watched (the registry's); ``prefixes`` those mirrored under
     it; ``on_event`` also sees every event (the manager's wake-ups and heartbeats);
-    ``bounds`` splits the loads' range reads. Start it with :meth:`start`, call
-    :meth:`sync` before reading a consistent view.
+    ``bounds`` splits the loads' range reads; ``journal``: the mirror keeps the changed
+    keys (:meth:`Mirror.take_changed`). Start it with :meth:`start`, call :meth:`sync`
+    before reading a consistent view.
     """
 
     def __init__(self, store: Store, root: str, prefixes: Sequence[str],
                  quiet: Sequence[str] = (), on_event: Callable[[Event], None] | None = None,
-                 catch_up: float = 2.0, bounds: Bounds | None = None) -> None:
+                 catch_up: float = 2.0, bounds: Bounds | None = None,
+                 journal: bool = False) -> None:
         self.store = store
         self.root = root
-        self.mirror = Mirror(prefixes, quiet=quiet)
+        self.mirror = Mirror(prefixes, quiet=quiet, journal=journal)
         self.on_event = on_event
         self.catch_up = catch_up
         self.bounds = bounds
@@ -459,6 +487,17 @@ class MirrorStore(StoreProxy):
                 self._probing = False
                 if revision > self.mirror.revision:
                     self._probe = Probe(revision, time.monotonic())
+
+    def take_changed(self) -> frozenset[str] | None:
+        """:meth:`Mirror.take_changed`; None also while the mirror is stale (the watch
+        missed events: the journal cannot say what changed)."""
+        with self._cond:
+            taken = self.mirror.take_changed()
+            return None if self._stale else taken
+
+    def journaled(self, prefix: str) -> bool:
+        """:meth:`Mirror.journaled`."""
+        return self.mirror.journaled(prefix)
 
     @property
     def changes(self) -> int:

@@ -245,16 +245,21 @@ def test_a_round_is_full_while_something_is_to_do() -> None:
 
 
 def test_a_full_round_decodes_only_the_records_that_changed(monkeypatch: Any) -> None:
-    from gridtool.placement import shell
+    from gridtool.placement import index, shell
 
     decoded: list[str] = []
-    record = shell._record
+    record, guest = shell._record, index.decode
 
     def counting(cls: type, item: Any) -> Any:
         decoded.append(item.key)
         return record(cls, item)
 
-    monkeypatch.setattr(shell, "_record", counting)
+    def counting_guest(cls: type, key: str, value: bytes) -> Any:
+        decoded.append(key)
+        return guest(cls, key, value)
+
+    monkeypatch.setattr(shell, "_record", counting)  # host records
+    monkeypatch.setattr(index, "decode", counting_guest)  # guest records (the fleet index)
     store = MemStore(lambda: 0.0)
     _fleet(store)
     registry = Registry(store, KEYS)
