@@ -12,22 +12,25 @@ No I/O, no clock: the caller passes ``now`` and persists the returned state
     times). The arrival estimate follows a slow EWMA (``slow_tau``) so that Poisson noise
     does not move the pool, but reacts within one sample to real changes: when a fast EWMA
     (``fast_tau``) is more than ``noise_z`` standard deviations of Poisson noise above the
-    slow one, the estimate jumps to the fast one - this is what catches a burst; when it
-    is that far below, the estimate drops to the fast one (plus that margin) and the
+    slow one, or this sample's own rate is that far above it (a short sample: a surge
+    the feeder reported at once, :func:`gridtool.pools.feed.surge`), the estimate jumps to
+    the higher of the two - this is what catches a burst; when it is that far below,
+    the estimate drops to the fast one (plus that margin) and the
     scale-down window restarts - a burst that is over holds no idle workers. While the
     measured rates of the last ``trend_samples`` samples lie on a significantly rising
     line, the estimate is at least that line ``lookahead`` seconds ahead (the time new
     workers need to help) - this is what keeps up with ramps (Brown's double smoothing
     also de-lags the slow EWMA). Queue depth is a second signal: the part beyond its
     (1 - ``queue_epsilon``) quantile for the ready workers at their target load (or at
-    the previous rate, if lower), plus what piles up beyond the ready workers' capacity
-    during ``startup_delay``, is backlog, drained over ``drain_time`` as extra arrival
-    rate. Workers come from Erlang C so that the pool's target (P(wait >
-    ``wait_threshold``) or mean wait) times ``margin`` (0.5: headroom for the noise of
-    one interval, so that the target holds in most intervals, not only on average) holds
-    at A. Scale-up is immediate, to exactly that count, with workers still starting
-    counted as capacity (never overshoots); it is skipped as "small" only if the current
-    size misses the target by at most ``tolerance`` (relative). Scale-down goes to the
+    the previous rate, if lower) is backlog, and so is what piles up beyond the ready
+    workers' capacity during ``startup_delay`` (even before a queue shows); backlog is
+    drained over ``drain_time`` as extra arrival rate. Workers come from Erlang C so
+    that the pool's target (P(wait > ``wait_threshold``) or mean wait) times ``margin``
+    (0.5: headroom for the noise of one interval, so that the target holds in most
+    intervals, not only on average) holds at A. Scale-up is immediate, to exactly that
+    count, with workers still starting counted as capacity (never overshoots); it is
+    skipped as "small" only if the current size misses the target by at most
+    ``tolerance`` (relative). Scale-down goes to the
     highest recommendation for the arrivals (backlog left out: it is drained) of the last
     ``down_window`` seconds (60: a worker comes back in a startup delay, so holding idle
     ones for minutes is waste), and only if that removes more than ``tolerance`` of the
@@ -107,6 +110,7 @@ class LoadSample:
     workers: int = 0
     starting: int = 0
     source: str = ""
+    surge: bool = False  # written at once on a surge (``pool feed``), not at a period's end
 
     def __post_init__(self) -> None:
         if not self.interval > 0:
@@ -461,11 +465,14 @@ def _arrival_estimate(
         slow = max(slow, min(projected, fast))  # never beyond the latest evidence
     fast_alpha = _alpha(interval, params.fast_tau)
     margin = params.noise_z * math.sqrt(variance * fast_alpha / (2.0 - fast_alpha))
-    jumped = before.slow_rate is not None and fast - margin > slow  # fresh: cautious
-    estimate = fast if jumped else min(max(slow, fast - margin), fast + margin)
+    now = after.recent[-1][0] if after.recent else fast
+    # a jump: the fast EWMA, or this sample alone (a short one: a surge reported at once),
+    # significantly above the slow level; then the estimate is the higher of the two
+    jumped = before.slow_rate is not None and (  # fresh: cautious
+        fast - margin > slow or now - params.noise_z * math.sqrt(variance) > slow)
+    estimate = max(fast, now) if jumped else min(max(slow, fast - margin), fast + margin)
     if slow > fast + margin:  # a significant drop: no trend, and it says so
         return estimate, True
-    now = after.recent[-1][0] if after.recent else fast
     return max(estimate, _trend_projection(before, now, interval, variance, params)), False
 
 
@@ -533,11 +540,10 @@ def _excess_queue(
 def _backlog(
     state: FlexState, sample: LoadSample, rate: float, service: float, params: PolicyParams
 ) -> float:
-    """Jobs to drain once new workers are ready: the excess queue, grown by what arrives
-    beyond the ready workers' capacity during the ``startup_delay``."""
+    """Jobs to drain once new workers are ready: the excess queue, plus what arrives
+    beyond the ready workers' capacity during the ``startup_delay`` (also before any
+    queue shows: a surge reported at once has not built one yet)."""
     excess = _excess_queue(sample, state.fast_rate, service, params)
-    if excess <= 0:
-        return 0.0
     return excess + max(0.0, rate - sample.workers / service) * params.startup_delay
 
 

@@ -1,9 +1,10 @@
 """The manager's pool round: keep every pool at its size (shell around ``poolplan``).
 
-Every ``period`` seconds (and at once when a host's record vanishes or a pool's spec
-changes) the leading manager reads each pool's spec, members, the live
-hosts and the load reports, asks :func:`gridtool.pools.rules.plan` what to do, records the
-result (``pools/<name>/status``) and carries the actions out through the clone API
+Every ``period`` seconds (and at once when a host's record vanishes, a pool's spec
+changes or a load report says a surge began) the leading manager reads each pool's
+spec, members, the live hosts and the load reports, asks
+:func:`gridtool.pools.rules.plan` what to do, records the result
+(``pools/<name>/status``) and carries the actions out through the clone API
 (``gridtool.clone.shell``).
 
 The round runs on its own thread, one round at a time: cloning and removing workers
@@ -17,9 +18,11 @@ manager still leads, and a failed action is logged and planned again next round.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from gridtool import supervise
@@ -84,7 +87,7 @@ class PoolKeeper:
     def __init__(self, store: Store, cfg: Config, leader: Leader,
                  period: float = DEFAULT_PERIOD, action_timeout: float = 60.0,
                  grace: float = DEFAULT_GRACE, clock: Clock = SYSTEM,
-                 threaded: bool = True) -> None:
+                 threaded: bool = True, wake: Callable[[], None] | None = None) -> None:
         self.store = store
         self.cfg = cfg
         self.keys = cfg.keys
@@ -99,13 +102,17 @@ class PoolKeeper:
         self._last = clock.monotonic() - period
         self._stop = threading.Event()
         self._due = threading.Event()
+        self._surge = threading.Event()  # a surge report: a round now, off the period
+        self._wake = wake or (lambda: None)  # the leader's loop: call maybe_run soon
         self._watches: list[Watch] = []
 
     # -- scheduling (called from Manager.tick / Manager.run) -----------------
 
     def maybe_run(self) -> None:
         """Start a round on a worker thread if one is due and none is running: every
-        ``period``, and at once when a host vanishes or a pool spec changes."""
+        ``period``, and at once when a host vanishes, a pool spec changes or a surge is
+        reported (that round leaves the period's rounds where they were, in step with
+        the reporters' period reports)."""
         if self._stop.is_set() or not self.leader.leader_rev:
             return
         if not self._watches:
@@ -113,10 +120,14 @@ class PoolKeeper:
                              self.store.watch_prefix(self.keys.pools, self._on_pool)]
         if self.busy:
             return
-        if not self._due.is_set() and self.clock.monotonic() - self._last < self.period:
+        scheduled = self._due.is_set() or \
+            self.clock.monotonic() - self._last >= self.period
+        if not scheduled and not self._surge.is_set():
             return
-        self._due.clear()
-        self._last = self.clock.monotonic()
+        self._surge.clear()
+        if scheduled:
+            self._due.clear()
+            self._last = self.clock.monotonic()
         if not self.threaded:
             self.round()
             return
@@ -130,6 +141,9 @@ class PoolKeeper:
     def _on_pool(self, event: Event) -> None:
         if event.key.endswith("/spec"):  # created, scaled or deleted
             self._due.set()
+        elif event.kind == "put" and "/samples/" in event.key and is_surge(event.value):
+            self._surge.set()
+            self._wake()
 
     @property
     def busy(self) -> bool:
@@ -321,6 +335,14 @@ class PoolKeeper:
         log.info("event=pool_%s pool=%s guest=%s host=%s reason=%s",
                  type(action).__name__.lower(), spec.name, action.name, action.host,
                  action.reason)
+
+
+def is_surge(raw: bytes) -> bool:
+    """A load report written at once on a surge (a record that does not decode: no)."""
+    try:
+        return json.loads(raw).get("surge") is True
+    except (ValueError, AttributeError):
+        return False
 
 
 def _has_marker(store: Store, keys: Keys, template: str) -> bool:

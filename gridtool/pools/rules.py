@@ -500,7 +500,9 @@ def aggregate(samples: Iterable[LoadSample], start: float, end: float) -> LoadSa
 
     Each reporter (``source``) gives a rate (its arrivals over its reported intervals),
     so a reporter whose cadence drifts against the manager's period is neither counted
-    twice nor zero; the rates add up. Service time: total busy seconds over completions
+    twice nor zero; the rates add up. A reporter's surge report (``surge``: the load
+    jumped, reported from where it began) starts its rate anew: the reports before it
+    are the calm it ended. Service time: total busy seconds over completions
     (reports with a mean service time count as mean x completions). Queue depth: the
     latest of each reporter, summed. None when nothing was reported.
     """
@@ -511,8 +513,8 @@ def aggregate(samples: Iterable[LoadSample], start: float, end: float) -> LoadSa
     sources: dict[str, list[LoadSample]] = {}
     for s in chosen:
         sources.setdefault(s.source, []).append(s)
-    rate = sum(sum(s.arrivals for s in group) / sum(s.interval for s in group)
-               for group in sources.values())
+    rate = sum(sum(s.arrivals for s in now) / sum(s.interval for s in now)
+               for now in map(since_surge, sources.values()))
     busy = completions = 0.0
     for s in chosen:
         if s.busy_seconds is not None:
@@ -530,6 +532,13 @@ def aggregate(samples: Iterable[LoadSample], start: float, end: float) -> LoadSa
         busy_seconds=busy if completions else None,
         mean_service_time=service if service and service > 0 else None,
         queue_depth=sum(group[-1].queue_depth for group in sources.values()))
+
+
+def since_surge(reports: Sequence[LoadSample]) -> Sequence[LoadSample]:
+    """One reporter's reports (oldest first) from its latest surge report on (all of
+    them when there is none)."""
+    starts = [i for i, s in enumerate(reports) if s.surge]
+    return reports[starts[-1]:] if starts else reports
 
 
 def busy_sources(samples: Iterable[LoadSample], threshold: float = BUSY_UTILIZATION

@@ -316,18 +316,22 @@ def default_source() -> str:
 def report(store: Store, keys: Keys, pool: str, *, arrivals: int, completions: int = 0,
            busy_seconds: float | None = None, mean_service_time: float | None = None,
            queue_depth: int = 0, interval: float = 10.0, source: str | None = None,
-           timestamp: float | None = None, ttl: int = SAMPLE_TTL) -> LoadSample:
+           timestamp: float | None = None, ttl: int = SAMPLE_TTL,
+           surge: bool = False) -> LoadSample:
     """Write one load report for ``pool``: what happened over the last ``interval`` s.
 
-    Report once per interval and reporter (the manager samples every 10 s). UsageError
-    (exit 2) for bad numbers, NotFound (exit 3) for an unknown pool.
+    Report once per interval and reporter (the manager samples every 10 s); ``surge``:
+    a report written at once because the load jumped (the leading manager runs the
+    pool's round at once). UsageError (exit 2) for bad numbers, NotFound (exit 3) for an
+    unknown pool.
     """
     try:
         sample = LoadSample(time.time() if timestamp is None else timestamp, float(interval),
                             int(arrivals), int(completions),
                             None if busy_seconds is None else float(busy_seconds),
                             None if mean_service_time is None else float(mean_service_time),
-                            int(queue_depth), source=source or default_source())
+                            int(queue_depth), source=source or default_source(),
+                            surge=surge)
     except ValueError as exc:
         raise UsageError(f"load report: {exc}") from None
     if store.get(keys.pool(pool)) is None:

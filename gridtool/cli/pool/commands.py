@@ -472,7 +472,10 @@ def _warm_cell(row: dict[str, Any]) -> str:
 @click.option("--group", metavar="G",
               help="A Redis stream's consumer group (default: its only one).")
 @click.option("--period", default=10.0, show_default=True, type=float,
-              help="Seconds between readings: the manager's pool period (flex sampling).")
+              help="Seconds between reports: the manager's pool period (flex sampling).")
+@click.option("--probe", default=1.0, show_default=True, type=float,
+              help="Seconds between readings; a surge (arrivals beyond what the last "
+              "report predicts) is reported at once (0: read once a period).")
 @click.option("--once", is_flag=True,
               help="Read twice, one period apart, write that one report and exit (errors "
               "exit at once, with their code).")
@@ -481,18 +484,20 @@ def _warm_cell(row: dict[str, Any]) -> str:
 @json_option
 @pass_app
 def feed(app: AppContext, name: str, broker: str, queue: str, group: str | None,
-         period: float, once: bool, log_level: str, as_json: bool) -> None:
+         period: float, probe: float, once: bool, log_level: str, as_json: bool) -> None:
     """Feed a pool's load reports from a job queue, every period, until SIGTERM.
 
     Reads the queue's depth (and, for a Redis stream's consumer group, its arrivals and
-    jobs in service) and writes what changed as the pool's load report. A broker that
+    jobs in service) every --probe seconds and writes what changed as the pool's load
+    report every period, and at once when the arrivals jump beyond what the last report
+    predicts (the manager then runs the pool's round at once). A broker that
     does not answer or a queue that is gone writes no report (the pool keeps its size),
     is retried with backoff, logged, and shown by 'gridtool check' (POOL_FEED_STALE).
     Runs as the systemd service gridtool-pool-feed@POOL with the reporter credentials.
 
     \b
     Example:
-      gridtool pool feed web --from redis://127.0.0.1:6379/0 --queue jobs
+      gridtool pool feed web --from redis://127.0.0.1:6379/0 --queue jobs --probe 1
       gridtool pool feed web --from amqp://feeder:secret@mq1/prod --queue jobs --once --json
     """
     import logging
@@ -510,13 +515,13 @@ def feed(app: AppContext, name: str, broker: str, queue: str, group: str | None,
         url = parse_url(broker)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if not period > 0 or not queue:
-        raise UsageError("--period must be > 0 and --queue not empty")
+    if not period > 0 or probe < 0 or not queue:
+        raise UsageError("--period must be > 0, --probe >= 0 and --queue not empty")
     keys = app.config.keys
     pools.get(app.store, keys, name)
     source = open_source(url, queue, group)
     feeder = Feeder(app.store, keys, name, source, broker=url.redacted(), queue=queue,
-                    period=period)
+                    period=period, probe=0.0 if once else probe)
     if once:  # its failure is the one line it prints, not a log event besides
         logging.getLogger("gridtool.pools.feeder").setLevel(logging.ERROR)
         try:
