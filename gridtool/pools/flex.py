@@ -23,14 +23,14 @@ No I/O, no clock: the caller passes ``now`` and persists the returned state
     also de-lags the slow EWMA). Queue depth is a second signal: the part beyond its
     (1 - ``queue_epsilon``) quantile for the ready workers at their target load (or at
     the previous rate, if lower) is backlog, and so is what piles up beyond the ready
-    workers' capacity during ``startup_delay`` (even before a queue shows); backlog is
-    drained over ``drain_time`` as extra arrival rate. Workers come from Erlang C so
-    that the pool's target (P(wait > ``wait_threshold``) or mean wait) times ``margin``
-    (0.5: headroom for the noise of one interval, so that the target holds in most
-    intervals, not only on average) holds at A. Scale-up is immediate, to exactly that
-    count, with workers still starting counted as capacity (never overshoots); it is
-    skipped as "small" only if the current size misses the target by at most
-    ``tolerance`` (relative). Scale-down goes to the
+    workers' capacity during ``startup_delay`` (on a surge report even before a queue
+    shows: it was written at once); backlog is drained over ``drain_time`` as extra
+    arrival rate. Workers come from Erlang C so that the pool's target (P(wait >
+    ``wait_threshold``) or mean wait) times ``margin`` (0.5: headroom for the noise of
+    one interval, so that the target holds in most intervals, not only on average) holds
+    at A. Scale-up is immediate, to exactly that count, with workers still starting
+    counted as capacity (never overshoots); it is skipped as "small" only if the current
+    size misses the target by at most ``tolerance`` (relative). Scale-down goes to the
     highest recommendation for the arrivals (backlog left out: it is drained) of the last
     ``down_window`` seconds (60: a worker comes back in a startup delay, so holding idle
     ones for minutes is waste), and only if that removes more than ``tolerance`` of the
@@ -446,8 +446,9 @@ def _rise_sd(variance: float, alpha: float) -> float:
 
 def _arrival_estimate(
     before: FlexState, after: FlexState, interval: float, params: PolicyParams
-) -> tuple[float, bool]:
-    """Arrival rate to size for, and whether it dropped significantly: the slow EWMA,
+) -> tuple[float, str]:
+    """Arrival rate to size for, and whether it ``dropped`` or ``jumped`` significantly
+    (else ""): the slow EWMA,
     de-lagged along its trend (Brown's double smoothing) when the rise is significant,
     moved to the fast EWMA when that one is more than ``noise_z`` sd of Poisson noise
     above (towards it when below), and at least the recent ramp projected ahead.
@@ -472,8 +473,9 @@ def _arrival_estimate(
         fast - margin > slow or now - params.noise_z * math.sqrt(variance) > slow)
     estimate = max(fast, now) if jumped else min(max(slow, fast - margin), fast + margin)
     if slow > fast + margin:  # a significant drop: no trend, and it says so
-        return estimate, True
-    return max(estimate, _trend_projection(before, now, interval, variance, params)), False
+        return estimate, "dropped"
+    trend = _trend_projection(before, now, interval, variance, params)
+    return max(estimate, trend), "jumped" if jumped else ""
 
 
 def _trend_projection(
@@ -538,12 +540,15 @@ def _excess_queue(
 
 
 def _backlog(
-    state: FlexState, sample: LoadSample, rate: float, service: float, params: PolicyParams
+    state: FlexState, sample: LoadSample, rate: float, service: float, params: PolicyParams,
+    surged: bool,
 ) -> float:
-    """Jobs to drain once new workers are ready: the excess queue, plus what arrives
-    beyond the ready workers' capacity during the ``startup_delay`` (also before any
-    queue shows: a surge reported at once has not built one yet)."""
+    """Jobs to drain once new workers are ready: the excess queue, grown by what arrives
+    beyond the ready workers' capacity during the ``startup_delay`` (after a ``surged``
+    report, also before any queue shows: one reported at once has not built one yet)."""
     excess = _excess_queue(sample, state.fast_rate, service, params)
+    if excess <= 0 and not surged:
+        return 0.0
     return excess + max(0.0, rate - sample.workers / service) * params.startup_delay
 
 
@@ -553,8 +558,11 @@ def decide_erlang(
     """Erlang C sizing on the gated arrival estimate plus backlog; see the module doc."""
     observed = _observe(state, sample, params)
     service = _service_time(observed, params)
-    rate, dropped = _arrival_estimate(state, observed, sample.interval, params)
-    backlog = _backlog(state, sample, rate, service, params) / params.drain_time
+    rate, change = _arrival_estimate(state, observed, sample.interval, params)
+    dropped = change == "dropped"
+    # a surge reported at once (``pool feed``) that the estimate believes: no queue yet
+    surged = sample.surge and change == "jumped"
+    backlog = _backlog(state, sample, rate, service, params, surged) / params.drain_time
     load = (rate + backlog) * service
     current = sample.current
     raw = _erlang_workers(load, service, params)

@@ -34,6 +34,8 @@ from gridtool.pools import warm
 from gridtool.pools.flex import Decision, FlexState
 from gridtool.pools.rules import (
     DEFAULT_GRACE,
+    WARM_BOOTING,
+    WARM_CLONING,
     Action,
     Clone,
     MarkAsleep,
@@ -44,6 +46,7 @@ from gridtool.pools.rules import (
     PoolStatus,
     Sleep,
     Wake,
+    Withdraw,
     aggregate,
     classify,
     direction,
@@ -241,12 +244,19 @@ class PoolKeeper:
         notes = [self.errors.pop(spec.name, "")]
         if result.short:
             notes.append(f"no room for {result.short} worker(s)")
+        failure, failed_at = (before.failure, before.failed_at) if before else ("", 0.0)
+        if result.failures:
+            notes += result.failures
+            failure, failed_at = "; ".join(result.failures[:3]), now
+            log.warning("event=pool_member_failed pool=%s failures=%s", spec.name,
+                        " | ".join(result.failures))
         status = PoolStatus(
             spec.name, now, result.target, result.ready, result.starting, result.lost,
             "; ".join(n for n in notes if n),
             samples_until=now if spec.policy == "flex" else 0.0,
             flex_state=state.to_dict() if spec.policy == "flex" else {},
-            decision=last, decisions=counts, warm=result.warm, warming=result.warming)
+            decision=last, decisions=counts, warm=result.warm, warming=result.warming,
+            failure=failure, failed_at=failed_at)
         spec_item = self.store.get(self.keys.pool(spec.name))
         if spec_item is None:
             raise _Skip("deleted")
@@ -280,13 +290,16 @@ class PoolKeeper:
     def _do(self, spec: PoolSpec, action: Action) -> None:
         from gridtool.clone import shell as clone  # imported on first use (agent startup)
 
-        if isinstance(action, Clone) and action.warm:  # submitted only: never waits
-            errors = warm.start_refill(self.store, self.cfg, spec, action.count,
-                                       action.exclude_hosts)
-            log.info("event=pool_warm_refill pool=%s count=%s failed=%s reason=%s",
-                     spec.name, action.count, len(errors), action.reason)
+        if isinstance(action, Clone):  # submitted only: a later round sees each one run
+            errors = warm.start_clones(self.store, self.cfg, spec, action.count,
+                                       action.exclude_hosts,
+                                       WARM_BOOTING if action.warm else WARM_CLONING)
+            log.info("event=pool_%s pool=%s count=%s failed=%s reason=%s",
+                     "warm_refill" if action.warm else "clone", spec.name, action.count,
+                     len(errors), action.reason)
             if errors:
-                self.errors[spec.name] = "warm: " + "; ".join(errors[:3])
+                self.errors[spec.name] = ("warm: " if action.warm else "clone: ") + \
+                    "; ".join(errors[:3])
             return
         if isinstance(action, Wake):  # sent only: a later round sees its outcome
             intent_id = warm.start_wake(
@@ -297,9 +310,16 @@ class PoolKeeper:
                      spec.name, action.name, action.host, intent_id or "-", action.reason)
             return
         if isinstance(action, MarkAwake):
-            if warm.mark_awake(self.store, self.cfg, spec.name, action.uuid, action.name):
-                log.info("event=pool_woken pool=%s guest=%s host=%s", spec.name,
-                         action.name, action.host)
+            if warm.mark_awake(self.store, self.cfg, spec.name, action.uuid, action.name,
+                               action.was):
+                log.info("event=pool_serving pool=%s guest=%s host=%s after=%s", spec.name,
+                         action.name, action.host, action.was)
+            return
+        if isinstance(action, Withdraw):
+            taken = warm.withdraw_clone(self.store, self.cfg, spec.name, action.uuid,
+                                        action.name, action.host, action.intent)
+            log.info("event=pool_clone_withdrawn pool=%s guest=%s host=%s intent=%s "
+                     "taken=%s", spec.name, action.name, action.host, action.intent, taken)
             return
         if isinstance(action, Sleep):
             sent = warm.put_to_sleep(self.store, self.cfg, spec.name, spec.warm_mode,
@@ -312,19 +332,17 @@ class PoolKeeper:
             log.info("event=pool_warm_asleep pool=%s guest=%s host=%s", spec.name,
                      action.name, action.host)
             return
-        if isinstance(action, Clone):
-            started = self.clock.monotonic()
-            results = clone.clone_guests(
-                self.store, self.cfg, spec.template, action.count, pool=spec.name,
-                name_prefix=f"{spec.name}-", exclude_hosts=action.exclude_hosts,
-                timeout=self.action_timeout)
-            failed = [r for r in results if not r.ok]
-            log.info("event=pool_clone pool=%s count=%s ok=%s seconds=%.2f reason=%s",
-                     spec.name, action.count, len(results) - len(failed),
-                     self.clock.monotonic() - started, action.reason)
-            if failed:
-                self.errors[spec.name] = "clone: " + "; ".join(
-                    f"{r.name}: {r.error}" for r in failed[:3])
+        if isinstance(action, MarkAwake):
+            if warm.mark_awake(self.store, self.cfg, spec.name, action.uuid, action.name,
+                               action.was):
+                log.info("event=pool_serving pool=%s guest=%s host=%s after=%s", spec.name,
+                         action.name, action.host, action.was)
+            return
+        if isinstance(action, Withdraw):
+            taken = warm.withdraw_clone(self.store, self.cfg, spec.name, action.uuid,
+                                        action.name, action.host, action.intent)
+            log.info("event=pool_clone_withdrawn pool=%s guest=%s host=%s intent=%s "
+                     "taken=%s", spec.name, action.name, action.host, action.intent, taken)
             return
         # Remove, or Forget: for a host that is gone, remove_clone drops the membership
         # at once and leaves the removal queued for that host's agent, should it return.

@@ -533,7 +533,8 @@ def _run(
             load = aggregate(written, prev.at, t)  # as the keeper's round sees them
             since, reported, prev, calm = prev.at, written[-1], reading, None
             pool.wakeable(t)
-            sample = pool.take_sample(t, since, load.arrivals if load else 0)
+            sample = replace(pool.take_sample(t, since, load.arrivals if load else 0),
+                             surge=bool(load and load.surge))
             desired = driver.sample(sample, t)
             pool.scale(desired - sample.current)
             pool.tend_warm(t, desired)

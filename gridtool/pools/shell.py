@@ -31,6 +31,7 @@ from gridtool.errors import (
 from gridtool.placement.rules import DEFAULT_POLICY
 from gridtool.pools.flex import FlexState, LoadSample
 from gridtool.pools.rules import (
+    WARM_CLONING,
     WARM_SLEEPING,
     WARM_WAKING,
     HostInfo,
@@ -269,24 +270,31 @@ def observe(store: Store, keys: Keys, name: str) -> tuple[list[HostInfo], list[M
     for g in registry.list_guests()[0]:
         guests.setdefault(g.uuid, []).append(g)
     busy = busy_sources(samples(store, keys, name))
-    views = [replace(member_view(uuid, m, guests.get(uuid, []), live), busy=m.name in busy,
-                     step=intent_state(store, keys, m)
-                     if m.warm in (WARM_SLEEPING, WARM_WAKING) else "")
-             for uuid, m in members(store, keys, name).items()]
+    views = []
+    for uuid, m in members(store, keys, name).items():
+        step, error = intent_state(store, keys, m) if m.warm in WITH_STEPS else ("", "")
+        views.append(replace(member_view(uuid, m, guests.get(uuid, []), live),
+                             busy=m.name in busy, step=step, error=error))
     return hosts, views
 
 
-def intent_state(store: Store, keys: Keys, member: MemberRecord) -> str:
-    """The state of a sleeping or waking warm worker's intent (``gone``: not found)."""
+#: Member states whose intent the plan follows.
+WITH_STEPS = (WARM_CLONING, WARM_SLEEPING, WARM_WAKING)
+
+
+def intent_state(store: Store, keys: Keys, member: MemberRecord) -> tuple[str, str]:
+    """The state of a cloning, sleeping or waking worker's intent (``gone``: not found)
+    and, when it failed, its message."""
     for key in (keys.intent(member.host, member.intent),
                 keys.intent_done(member.host, member.intent)):
         item = store.get(key) if member.intent else None
         if item is not None:
             try:
-                return str(decode(Intent, key, item.value).state)
+                intent = decode(Intent, key, item.value)
             except DecodeError:
-                return "gone"
-    return "gone"
+                return "gone", ""
+            return str(intent.state), intent.message if intent.state == "failed" else ""
+    return "gone", ""
 
 
 def member_view(uuid: str, member: MemberRecord, records: list[GuestRecord],

@@ -293,7 +293,9 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
                      f"(keeps {spec.warm}, {spec.warm_mode}; not serving)"),
             ("created", when(spec.created_at, now)),
             ("last round", when(st.updated, now) if st else NOTHING),
-            ("manager says", text(st.message if st else None))]
+            ("manager says", text(st.message if st else None)),
+            ("last failure", f"{st.failure} ({when(st.failed_at, now)})"
+             if st and st.failure else NOTHING)]
     if spec.policy == "flex":
         rows.append(("flex target", _flex_target(spec)))
     table(f"pool {name}", ["FIELD", "VALUE"], rows)
