@@ -557,9 +557,9 @@ def aggregate(samples: Iterable[LoadSample], start: float, end: float) -> LoadSa
     so a reporter whose cadence drifts against the manager's period is neither counted
     twice nor zero; the rates add up. A reporter's surge report (``surge``: the load
     jumped, reported from where it began) starts its rate anew: the reports before it
-    are the calm it ended, and the load is marked ``surge``. Service time: total busy seconds over completions
-    (reports with a mean service time count as mean x completions). Queue depth: the
-    latest of each reporter, summed. None when nothing was reported.
+    are the calm it ended, and the load is marked ``surge``. Service time: total busy
+    seconds over completions (reports with a mean service time count as mean x
+    completions). Queue depth: the latest of each reporter, summed. None when nothing was reported.
     """
     chosen = sorted((s for s in samples if start < s.timestamp <= end),
                     key=lambda s: s.timestamp)
