@@ -61,7 +61,11 @@ def warm_options(default_mode: str | None) -> Callable[[F], F]:
               help="Mean service time of one request, seconds (exponential).")
 @click.option("--startup-delay", default=5.0, show_default=True,
               help="Seconds from cloning a worker to it taking work.")
-@click.option("--period", default=10.0, show_default=True, help="Sampling period, seconds.")
+@click.option("--period", default=10.0, show_default=True,
+              help="Sampling period (and the SLA's accounting interval), seconds.")
+@click.option("--probe", default=1.0, show_default=True,
+              help="Seconds between the feeder's readings: a surge is reported at once, "
+                   "as 'pool feed --probe' does (0: reports at the period only).")
 @click.option("--sla-wait", default=0.5, show_default=True,
               help="Target mean wait per interval, seconds (the SLA).")
 @click.option("--min", "min_workers", default=1, show_default=True, help="Pool minimum.")
@@ -77,7 +81,8 @@ def warm_options(default_mode: str | None) -> Callable[[F], F]:
               help="Draw arrivals, workers and wait over time to this PNG (needs matplotlib).")
 @json_option
 def simulate(trace_files: tuple[Path, ...], policy: str, service_time: float,
-             startup_delay: float, period: float, sla_wait: float, min_workers: int,
+             startup_delay: float, period: float, probe: float, sla_wait: float,
+             min_workers: int,
              max_workers: int, seed: int, frontier: bool, plot_file: Path | None,
              series_file: Path | None, as_json: bool) -> None:
     """Replay arrival traces through a queue model under each flex policy.
@@ -110,7 +115,8 @@ def simulate(trace_files: tuple[Path, ...], policy: str, service_time: float,
             load = trace.rate_at(0.0) * service_time
             start = servers_needed(load, service_time, sla_wait, kind="mean_wait") if load else 1
             configs.append(SimConfig(service_time=service_time, startup_delay=startup_delay,
-                                     period=period, sla_wait=sla_wait,
+                                     period=period, probe=probe, interval=period,
+                                     sla_wait=sla_wait,
                                      initial_workers=params.clamp(start), seed=seed))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
