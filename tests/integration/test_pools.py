@@ -471,8 +471,8 @@ def test_a_hibernated_worker_whose_fence_moved_is_never_restored(  # type: ignor
     assert code == 0 and f"wake of {rec.name} on hv1 failed: " in status["failure"]
     assert woke.message in status["failure"] and status["failed_at"] > 0
     code, out, _ = gridtool(cfg, capsys, "pool", "show", "jobs")
-    assert code == 0 and re.search(rf"last failure +wake of {rec.name} on hv1 failed: .* "
-                                   rf"\({AGO}\)", out), out
+    # (a long row is cut to the terminal's width)
+    assert code == 0 and re.search(rf"last failure +wake of {rec.name} on hv1 failed: ", out)
 
 
 def wake_intents(store, cfg, uuid: str, action: str = "wake") -> list:  # type: ignore[no-untyped-def]
