@@ -28,6 +28,14 @@ size, asleep workers are removed. A refill's boot costs worker-seconds like a st
 worker's; asleep (hibernated) workers cost none and are counted apart
 (``asleep_seconds``).
 
+The pool may be fed as ``gridtool pool feed`` feeds it (``SimConfig.probe``): the feeder
+reads the queue (a stream: its arrivals) every ``probe`` seconds between its period
+reports and, when :func:`gridtool.pools.feed.report_kind` says surge, reports at once
+(:func:`gridtool.pools.feed.reports`); the policy then decides on what the keeper's round
+makes of those reports (:func:`gridtool.pools.rules.aggregate`): the same functions as
+the shipped feeder and keeper. The SLA is accounted per ``SimConfig.interval`` (10 s)
+whatever the readings.
+
 Per policy the result holds SLA-violation seconds (sampled intervals whose jobs waited
 longer than ``sla_wait`` on average, the jobs grouped by arrival interval), worker-seconds
 (workers provisioned, starting ones included, integrated over the trace), the number of
