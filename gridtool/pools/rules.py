@@ -492,7 +492,8 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
     actions += [Wake(m.uuid, m.name, m.host, f"{len(healthy)} of {size} serving")
                 for m in woken]
     actions += [MarkAwake(m.uuid, m.name, m.host, f"its {_STEP[m.warm]} is done", m.warm)
-                for m in by_class[MemberClass.READY] if m.warm in IN_FLIGHT]
+                for m in sorted(by_class[MemberClass.READY], key=lambda m: m.name)
+                if m.warm in IN_FLIGHT]
     left_asleep = [m for m in asleep if m not in woken]
     actions += [MarkAsleep(m.uuid, m.name, m.host, "its sleep is done")
                 for m in left_asleep if m.warm == WARM_SLEEPING]

@@ -884,8 +884,10 @@ class _ManagerEvents(logging.Handler):
                                                           f"FAILED: {args[4]}"),
             "ha_blocked": lambda: (here, f"leave {args[0]}: {args[1]}"),
             "ha_error": lambda: (here, f"{args[0]} marked error: {args[1]}"),
-            "pool_clone": lambda: (here, f"pool {args[0]}: cloned {args[2]} of {args[1]} "
-                                         f"({args[4]})"),
+            "pool_clone": lambda: (here, f"pool {args[0]}: sent {args[1]} clone(s), "
+                                         f"{args[2]} failed ({args[3]})"),
+            "pool_serving": lambda: (here, f"pool {args[0]}: {args[1]} serving on {args[2]} "
+                                           f"(after {args[3]})"),
             "pool_round_crashed": lambda: (here, f"pool {args[0]}: round crashed"),
             "pool_forget": lambda: (here, f"pool {args[0]}: forgot {args[1]} on {args[2]} "
                                           f"({args[3]})"),
