@@ -437,10 +437,10 @@ class Simulator:
             self.specs[uuid] = GuestSpec(uuid, name, memory, GuestKind.NONE, ())
 
     def _intent_put(self, host: Host, agent: SimAgent, event: Event) -> None:
-        """The agent's intent watch. Intents whose submitter waits for them (the pool
-        keeper's clone and remove_clone) are carried out at once, inside the submitter's
-        put: in production it waits on its own thread while the agent works; here nothing
-        else can run meanwhile. Every other intent waits for the agent's next tick."""
+        """The agent's intent watch. The pool keeper's intents (clone, remove_clone) are
+        carried out at once, inside the submitter's put (a remove's submitter waits for
+        it: in production on its own thread while the agent works; here nothing else can
+        run meanwhile). Every other intent waits for the agent's next tick."""
         if event.kind != "put" or agent.handling or host.agent is not agent \
                 or not self._reaches(host) or not agent.libvirt_up:
             return
