@@ -41,6 +41,10 @@ SERVICE_TIME = 1.0
 SLA_WAIT = 0.5
 PARAMS = PolicyParams(min_workers=1, max_workers=200, target_kind="mean_wait", target=SLA_WAIT)
 
+#: The feeder reads the queue every second and reports a surge at once (``pool feed``'s
+#: default ``--probe``); its period report stays every 10 s.
+PROBE = 1.0
+
 SPIKE_FACTOR = 4.0  # a rate step of at least this factor is "the spike"
 SPIKE_SAMPLES = 3
 SLA_RATIO = 0.5
@@ -54,6 +58,7 @@ def sim_config(trace: Trace, seed: int) -> SimConfig:
         service_time=SERVICE_TIME,
         startup_delay=5.0,
         period=10.0,
+        probe=PROBE,
         sla_wait=SLA_WAIT,
         initial_workers=start,
         seed=seed,

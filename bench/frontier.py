@@ -13,13 +13,14 @@ frontier point at most its cost with fewer violation seconds); at most 1.3x the
 clairvoyant cost with at most 5 % of the trace's time in violation. The sample traces
 (bench/traces/*.csv) are what the policy was tuned on and decide the exit status; the
 held-out traces (bench/traces/heldout/*.csv, other shapes and seeds) are reported, misses
-included, but do not. Setup as bench/flex.py (1 s service, 5 s startup, 10 s period, SLA
-mean wait 0.5 s per interval).
+included, but do not. Setup as bench/flex.py (1 s service, 5 s startup, 10 s period
+reports, a reading every second that reports a surge at once as ``pool feed`` does, SLA
+mean wait 0.5 s per 10 s interval).
 
 Where the default misses the clairvoyant target on a trace with sudden steps up (or on
 every such trace with --bound), it also sweeps the informed oracle
 (gridtool.pools.causal): a schedule better placed than any causal policy, which learns of
-each step only at the first sample after it. Its table says what no causal policy can
+each step only at the first reading after it. Its table says what no causal policy can
 beat there: the cheapest run within 5 % violation, the fewest violations within 1.3x.
 
 Beside it, the erlang default with a warm set (the simulator's model of the shipped

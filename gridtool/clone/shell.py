@@ -45,7 +45,7 @@ from gridtool.errors import Conflict, GridtoolError, OperationFailed, Timeout, U
 from gridtool.placement.rules import DEFAULT_POLICY, GuestNeeds, HostView, add_guest, place_many
 from gridtool.placement.shell import FleetView, current_record, read_fleet
 from gridtool.registry.fleet import Registry
-from gridtool.registry.intents import IntentClient
+from gridtool.registry.intents import IntentClient, new_id, who
 from gridtool.registry.keys import Keys, validate_name
 from gridtool.registry.model import DecodeError, GuestRecord
 from gridtool.registry.model import decode as decode_guest
@@ -255,7 +255,7 @@ def _plan_job(tpl: Template, ident: cloneplan.CloneIdentity, host: str, pool: st
     xml = cloneplan.rewrite(tpl.xml, ident, {t: o["path"] for t, o in overlays.items()},
                             tpl.ready_marker)
     record = CloneRecord(ident.uuid, ident.name, tpl.name, host, now, pool,
-                         [o["path"] for o in overlays.values()], warm)
+                         [o["path"] for o in overlays.values()], warm, new_id())
     return _Job(record, xml, overlays)
 
 
@@ -276,30 +276,37 @@ class _Run:
         self.emit_lock = threading.Lock()
 
     def submit(self) -> dict[str, CloneResult]:
-        """Record every clone, then submit its intent; results without waiting."""
+        """Record every clone (with its clone intent's id), then send that intent under
+        that id (create-only: a new leader that withdrew an unsent one wins, and the
+        clone is never made); results without waiting."""
         for job in self.jobs:  # recorded first: the template cannot go away under them
             templates.put_clone(self.store, self.keys, job.record)
+        results = {}
         for job in self.jobs:
+            rec = job.record
             job.submitted = time.monotonic()
-            job.intent = self.client.submit(job.record.host, "clone", job.record.uuid,
-                                            job.record.name, {
-                                                "xml": job.xml, "overlays": job.overlays,
-                                                "template": job.record.template,
-                                                "start": self.start})
-        return {j.record.name: CloneResult(j.record.name, j.record.uuid, j.record.host, True,
-                                           "", {}) for j in self.jobs}
+            job.intent = Intent(rec.intent, rec.host, "clone", rec.uuid, rec.name, time.time(),
+                                who(), params={"xml": job.xml, "overlays": job.overlays,
+                                               "template": rec.template, "start": self.start})
+            sent = self.client.submit_once(job.intent)
+            results[rec.name] = CloneResult(rec.name, rec.uuid, rec.host, sent,
+                                            "" if sent else "withdrawn before it was sent", {})
+        return results
 
     def run(self) -> dict[str, CloneResult]:
         watch = self.store.watch_prefix(self.keys.guests, self._guest_event) \
             if self.start else None
         try:
-            self.submit()
+            unsent = {n: r for n, r in self.submit().items() if not r.ok}
             by_host: dict[str, list[_Job]] = {}
             for job in self.jobs:
-                by_host.setdefault(job.record.host, []).append(job)
+                if job.record.name not in unsent:
+                    by_host.setdefault(job.record.host, []).append(job)
+            if not by_host:
+                return unsent
             with ThreadPoolExecutor(max_workers=len(by_host)) as pool:
                 done = pool.map(self._follow_host, by_host.values())
-                return {r.name: r for results in done for r in results}
+                return {**unsent, **{r.name: r for results in done for r in results}}
         finally:
             if watch is not None:
                 watch.cancel()

@@ -58,7 +58,8 @@ class CloneRecord:
     created_at: float
     pool: str = ""
     overlays: list[str] = field(default_factory=list)
-    warm: str = ""  # a warm pool worker: its pool member's initial ``warm`` ("booting")
+    warm: str = ""  # its pool member's initial ``warm`` ("booting", "cloning")
+    intent: str = ""  # the id of its clone intent (made before it is sent)
 
 
 def _decoded(cls: type[R], key: str, raw: bytes) -> R:
@@ -142,8 +143,9 @@ def forget_clone(store: Store, keys: Keys, template: str, uuid: str, pool: str =
 
 def member_json(clone: CloneRecord) -> bytes:
     """The pool member value: ``{"v":1,"host","name","template","created_at"}`` (and
-    ``"warm"`` for a warm worker)."""
-    extra = {"warm": clone.warm} if clone.warm else {}
+    ``"warm"`` with the clone intent's id, ``"intent"``, for one still being made or a
+    warm worker)."""
+    extra = {"warm": clone.warm, "intent": clone.intent} if clone.warm else {}
     return dump_json({"host": clone.host, "name": clone.name, "template": clone.template,
                       "created_at": clone.created_at, **extra})
 

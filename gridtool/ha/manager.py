@@ -143,7 +143,7 @@ class Manager:
         self._beats: dict[str, tuple[int, float]] = {}
         self._beat_lock = threading.Lock()
         self.pools = PoolKeeper(store, cfg, self, period=pool_period, clock=clock,
-                                threaded=threaded)
+                                threaded=threaded, wake=self._wake.set)
         self.mirror = mirror  # read by watch (False: list the registry every round)
         self.full_every = full_every
         self.view: Store = store  # where rounds read: the mirror while leading

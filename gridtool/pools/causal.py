@@ -2,12 +2,13 @@
 
 A causal policy decides at its samples from what it has measured. At a step up of the
 arrival rate (a jump by at least :data:`STEP_FACTOR`), nothing it has seen says the
-step is coming, so the workers it has during the step's first sampling interval and the
-startup delay after the first sample that shows it are the ones it holds in calm time.
+step is coming, so the workers it has until the first reading that shows it (see
+:func:`detection`) and the startup delay after it are the ones it holds in calm time.
 
 The *informed oracle* is a schedule better placed than any causal policy: it knows the
-whole trace, except that it learns of each step only at the first sample after the step,
-and until then holds a constant floor (at least what the calm load needs). From that
+whole trace, except that it learns of each step only at the first reading after the
+step (the feeder's next reading when it reports a surge at once, else the next period's
+sample), and until then holds a constant floor (at least what the calm load needs). From that
 sample on it is clairvoyant again, adding at once the workers that drain the queue the
 step built within ``drain`` seconds of their start-up. It sizes every interval for the
 SLA times its own ``margin`` (like the erlang policy's headroom for one interval's
@@ -56,17 +57,17 @@ def oracle_schedule(
 
     ``needs`` are per-interval worker needs (the oracle's sizing), ``steps`` the
     ``(time, rate)`` of each unforeseen step up. Outside the blind spans it provisions
-    ``max(floor, clairvoyant)``; in a blind span ``[step - delay, first sample after the
+    ``max(floor, clairvoyant)``; in a blind span ``[step - delay, first reading after the
     step)`` it cannot have started anything for the step, so it holds what it held
-    before; from that sample it adds, for ``drain`` seconds after their start-up, the
+    before; from that reading it adds, for ``drain`` seconds after their start-up, the
     workers that empty the queue the step built by then.
     """
-    period, delay = cfg.period, cfg.startup_delay
-    full = clairvoyant_schedule(needs, period, delay, duration)
+    delay, detect = cfg.startup_delay, detection(cfg)
+    full = clairvoyant_schedule(needs, cfg.interval, delay, duration)
     cuts = {at for at, _ in full} | {0.0}
     spans: list[tuple[float, float, int, float, int]] = []
     for at, rate in steps:
-        seen = (math.floor(at / period) + 1) * period
+        seen = (math.floor(at / detect) + 1) * detect
         held = max(floor, _level(full, max(0.0, at - delay - 1e-9)) if at > delay else floor)
         ready = seen + delay
         backlog = max(0.0, rate * (ready - at) - held * (ready - at) / cfg.service_time)
@@ -84,6 +85,12 @@ def oracle_schedule(
         if not steps_out or steps_out[-1][1] != workers:
             steps_out.append((t, workers))
     return steps_out
+
+
+def detection(cfg: SimConfig) -> float:
+    """How often a causal policy can learn of a step: at each of the feeder's readings
+    (``probe``: a surge is reported at once), else at each period's report."""
+    return cfg.probe if cfg.probe > 0 else cfg.period
 
 
 @dataclass(frozen=True)
@@ -145,11 +152,11 @@ def causal_bound(trace: Trace, params: PolicyParams, cfg: SimConfig) -> CausalBo
     steps = unforeseen_steps(trace)
     if not steps:
         return None
-    count = math.ceil(trace.duration / cfg.period)
-    rates = interval_rates(((s.start, s.end, s.rate) for s in trace.segments), cfg.period,
+    count = math.ceil(trace.duration / cfg.interval)
+    rates = interval_rates(((s.start, s.end, s.rate) for s in trace.segments), cfg.interval,
                            count)
     exact = interval_needs(rates, cfg.service_time, cfg.sla_wait, params)
-    ideal = schedule_cost(clairvoyant_schedule(exact, cfg.period, cfg.startup_delay,
+    ideal = schedule_cost(clairvoyant_schedule(exact, cfg.interval, cfg.startup_delay,
                                                trace.duration), trace.duration)
     points = []
     for margin in MARGINS:

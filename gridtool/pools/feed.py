@@ -23,13 +23,22 @@ Rules:
   written (:func:`to_sample` returns None), and a pool without reports holds its size
   (:func:`gridtool.pools.rules.flex_step`). After a failed read the next good reading is
   a new baseline, so no report spans a gap.
-- The feeder writes a heartbeat, :class:`FeedStatus`, each period; ``gridtool check``
-  reports ``POOL_FEED_STALE`` when its last good reading is older than
+- Reports come every period and, between them, at once on a surge: the feeder reads the
+  queue every ``probe`` seconds (one LLEN, XINFO or passive declare), and when the
+  arrivals since the last report exceed what that report's rate predicts by more than
+  :data:`SURGE_Z` sd of Poisson noise (:func:`surge`, :func:`report_kind`) it writes the
+  report at once: the calm up to its last quiet reading, then the surge from there,
+  marked ``surge`` (:func:`reports`), and the leading manager runs the pool's round at
+  once. The simulator (:mod:`gridtool.pools.queuesim`, ``SimConfig.probe``) applies the
+  same rule. The next period report covers the time since the surge's report.
+- The feeder writes a heartbeat, :class:`FeedStatus`, with each report and failure;
+  ``gridtool check`` reports ``POOL_FEED_STALE`` when its last good reading is older than
   :data:`STALE_PERIODS` periods (:func:`stale`).
 """
 
 from __future__ import annotations
 
+import math
 import urllib.parse
 from dataclasses import dataclass, replace
 
@@ -138,6 +147,56 @@ def to_sample(prev: Reading, cur: Reading, source: str) -> LoadSample | None:
     return LoadSample(timestamp=cur.at, interval=interval, arrivals=arrivals,
                       completions=completions, busy_seconds=busy, queue_depth=cur.depth,
                       source=source)
+
+
+# --- when to report ------------------------------------------------------------------------
+
+#: Sd of Poisson noise by which arrivals must exceed the last report's rate to report now.
+SURGE_Z = 4.0
+#: ... and at least this many jobs beyond it.
+SURGE_JOBS = 5
+#: ``report_kind``: the period is over (its regular report), or a surge (reported at once).
+PERIOD, SURGE = "period", "surge"
+
+
+def surge(last: LoadSample, arrivals: int, elapsed: float, *, z: float = SURGE_Z,
+          jobs: int = SURGE_JOBS) -> bool:
+    """A surge: the ``arrivals`` counted in the ``elapsed`` seconds since the ``last``
+    report exceed what its rate predicts by more than ``z`` sd of Poisson noise (of the
+    two counts) and more than ``jobs``. The one rule of the feeder and the simulator."""
+    if elapsed <= 0:
+        return False
+    expected = last.arrival_rate * elapsed
+    noise = math.sqrt(expected * (1 + elapsed / last.interval))
+    return arrivals - expected > max(jobs, z * noise)
+
+
+def report_kind(last: LoadSample | None, sample: LoadSample, period_over: bool) -> str:
+    """What a reading makes of ``sample`` (the queue since the last report):
+    :data:`PERIOD` once the period is over, :data:`SURGE` when it is a :func:`surge`
+    against the ``last`` report, "" (no report yet) otherwise."""
+    if period_over:
+        return PERIOD
+    if last is not None and surge(last, sample.arrivals, sample.interval):
+        return SURGE
+    return ""
+
+
+def reports(prev: Reading, calm: Reading | None, cur: Reading, kind: str,
+            source: str) -> list[LoadSample]:
+    """The reports a reading of ``kind`` (:func:`report_kind`) writes, oldest first: the
+    period's, from ``prev`` (the last report's reading) to ``cur``; on a surge, the calm
+    up to ``calm`` (the last reading that showed none) and the surge from there, marked
+    ``surge`` (so its rate is the surge's, not diluted by the calm before it:
+    :func:`gridtool.pools.rules.aggregate` starts a reporter's rate anew at it)."""
+    if not kind:
+        return []
+    if kind == SURGE and calm is not None and prev.at < calm.at < cur.at:
+        quiet, part = to_sample(prev, calm, source), to_sample(calm, cur, source)
+        if quiet is not None and part is not None:
+            return [quiet, replace(part, surge=True)]
+    whole = to_sample(prev, cur, source)
+    return [] if whole is None else [replace(whole, surge=kind == SURGE)]
 
 
 # --- the heartbeat ------------------------------------------------------------------------

@@ -12,17 +12,20 @@ No I/O, no clock: the caller passes ``now`` and persists the returned state
     times). The arrival estimate follows a slow EWMA (``slow_tau``) so that Poisson noise
     does not move the pool, but reacts within one sample to real changes: when a fast EWMA
     (``fast_tau``) is more than ``noise_z`` standard deviations of Poisson noise above the
-    slow one, the estimate jumps to the fast one - this is what catches a burst; when it
-    is that far below, the estimate drops to the fast one (plus that margin) and the
+    slow one, or this sample's own rate is that far above it (a short sample: a surge
+    the feeder reported at once, :func:`gridtool.pools.feed.surge`), the estimate jumps to
+    the higher of the two - this is what catches a burst; when it is that far below,
+    the estimate drops to the fast one (plus that margin) and the
     scale-down window restarts - a burst that is over holds no idle workers. While the
     measured rates of the last ``trend_samples`` samples lie on a significantly rising
     line, the estimate is at least that line ``lookahead`` seconds ahead (the time new
     workers need to help) - this is what keeps up with ramps (Brown's double smoothing
     also de-lags the slow EWMA). Queue depth is a second signal: the part beyond its
     (1 - ``queue_epsilon``) quantile for the ready workers at their target load (or at
-    the previous rate, if lower), plus what piles up beyond the ready workers' capacity
-    during ``startup_delay``, is backlog, drained over ``drain_time`` as extra arrival
-    rate. Workers come from Erlang C so that the pool's target (P(wait >
+    the previous rate, if lower) is backlog, and so is what piles up beyond the ready
+    workers' capacity during ``startup_delay`` (on a surge report even before a queue
+    shows: it was written at once); backlog is drained over ``drain_time`` as extra
+    arrival rate. Workers come from Erlang C so that the pool's target (P(wait >
     ``wait_threshold``) or mean wait) times ``margin`` (0.5: headroom for the noise of
     one interval, so that the target holds in most intervals, not only on average) holds
     at A. Scale-up is immediate, to exactly that count, with workers still starting
@@ -107,6 +110,7 @@ class LoadSample:
     workers: int = 0
     starting: int = 0
     source: str = ""
+    surge: bool = False  # written at once on a surge (``pool feed``), not at a period's end
 
     def __post_init__(self) -> None:
         if not self.interval > 0:
@@ -442,8 +446,9 @@ def _rise_sd(variance: float, alpha: float) -> float:
 
 def _arrival_estimate(
     before: FlexState, after: FlexState, interval: float, params: PolicyParams
-) -> tuple[float, bool]:
-    """Arrival rate to size for, and whether it dropped significantly: the slow EWMA,
+) -> tuple[float, str]:
+    """Arrival rate to size for, and whether it ``dropped`` or ``jumped`` significantly
+    (else ""): the slow EWMA,
     de-lagged along its trend (Brown's double smoothing) when the rise is significant,
     moved to the fast EWMA when that one is more than ``noise_z`` sd of Poisson noise
     above (towards it when below), and at least the recent ramp projected ahead.
@@ -461,12 +466,16 @@ def _arrival_estimate(
         slow = max(slow, min(projected, fast))  # never beyond the latest evidence
     fast_alpha = _alpha(interval, params.fast_tau)
     margin = params.noise_z * math.sqrt(variance * fast_alpha / (2.0 - fast_alpha))
-    jumped = before.slow_rate is not None and fast - margin > slow  # fresh: cautious
-    estimate = fast if jumped else min(max(slow, fast - margin), fast + margin)
-    if slow > fast + margin:  # a significant drop: no trend, and it says so
-        return estimate, True
     now = after.recent[-1][0] if after.recent else fast
-    return max(estimate, _trend_projection(before, now, interval, variance, params)), False
+    # a jump: the fast EWMA, or this sample alone (a short one: a surge reported at once),
+    # significantly above the slow level; then the estimate is the higher of the two
+    jumped = before.slow_rate is not None and (  # fresh: cautious
+        fast - margin > slow or now - params.noise_z * math.sqrt(variance) > slow)
+    estimate = max(fast, now) if jumped else min(max(slow, fast - margin), fast + margin)
+    if slow > fast + margin:  # a significant drop: no trend, and it says so
+        return estimate, "dropped"
+    trend = _trend_projection(before, now, interval, variance, params)
+    return max(estimate, trend), "jumped" if jumped else ""
 
 
 def _trend_projection(
@@ -531,12 +540,14 @@ def _excess_queue(
 
 
 def _backlog(
-    state: FlexState, sample: LoadSample, rate: float, service: float, params: PolicyParams
+    state: FlexState, sample: LoadSample, rate: float, service: float, params: PolicyParams,
+    surged: bool,
 ) -> float:
     """Jobs to drain once new workers are ready: the excess queue, grown by what arrives
-    beyond the ready workers' capacity during the ``startup_delay``."""
+    beyond the ready workers' capacity during the ``startup_delay`` (after a ``surged``
+    report, also before any queue shows: one reported at once has not built one yet)."""
     excess = _excess_queue(sample, state.fast_rate, service, params)
-    if excess <= 0:
+    if excess <= 0 and not surged:
         return 0.0
     return excess + max(0.0, rate - sample.workers / service) * params.startup_delay
 
@@ -547,8 +558,11 @@ def decide_erlang(
     """Erlang C sizing on the gated arrival estimate plus backlog; see the module doc."""
     observed = _observe(state, sample, params)
     service = _service_time(observed, params)
-    rate, dropped = _arrival_estimate(state, observed, sample.interval, params)
-    backlog = _backlog(state, sample, rate, service, params) / params.drain_time
+    rate, change = _arrival_estimate(state, observed, sample.interval, params)
+    dropped = change == "dropped"
+    # a surge reported at once (``pool feed``) that the estimate believes: no queue yet
+    surged = sample.surge and change == "jumped"
+    backlog = _backlog(state, sample, rate, service, params, surged) / params.drain_time
     load = (rate + backlog) * service
     current = sample.current
     raw = _erlang_workers(load, service, params)

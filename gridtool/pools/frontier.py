@@ -226,19 +226,19 @@ def trace_frontier(trace: Trace, base: PolicyParams, cfg: SimConfig) -> TraceFro
 
 
 def clairvoyant_for(trace: Trace, params: PolicyParams, cfg: SimConfig) -> Schedule:
-    """The clairvoyant schedule of ``trace`` under ``cfg`` (its SLA, period, startup delay
-    and service time) and the pool's bounds. Rates: the trace's nominal segment rates,
-    or its arrivals per interval when it lists arrivals."""
-    count = math.ceil(trace.duration / cfg.period)
+    """The clairvoyant schedule of ``trace`` under ``cfg`` (its SLA and its accounting
+    interval, startup delay and service time) and the pool's bounds. Rates: the trace's
+    nominal segment rates, or its arrivals per interval when it lists arrivals."""
+    count = math.ceil(trace.duration / cfg.interval)
     if trace.arrivals is not None:
         rates = [0.0] * count
         for t in trace.arrival_times():
-            rates[min(int(t // cfg.period), count - 1)] += 1 / cfg.period
+            rates[min(int(t // cfg.interval), count - 1)] += 1 / cfg.interval
     else:
         rates = interval_rates(((s.start, s.end, s.rate) for s in trace.segments),
-                               cfg.period, count)
+                               cfg.interval, count)
     needs = interval_needs(rates, cfg.service_time, cfg.sla_wait, params)
-    return clairvoyant_schedule(needs, cfg.period, cfg.startup_delay, trace.duration)
+    return clairvoyant_schedule(needs, cfg.interval, cfg.startup_delay, trace.duration)
 
 
 # --- tables and the plot --------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The manager's pool round: keep every pool at its size (shell around ``poolplan``).
 
-Every ``period`` seconds (and at once when a host's record vanishes or a pool's spec
-changes) the leading manager reads each pool's spec, members, the live
-hosts and the load reports, asks :func:`gridtool.pools.rules.plan` what to do, records the
-result (``pools/<name>/status``) and carries the actions out through the clone API
+Every ``period`` seconds (and at once when a host's record vanishes, a pool's spec
+changes or a load report says a surge began) the leading manager reads each pool's
+spec, members, the live hosts and the load reports, asks
+:func:`gridtool.pools.rules.plan` what to do, records the result
+(``pools/<name>/status``) and carries the actions out through the clone API
 (``gridtool.clone.shell``).
 
 The round runs on its own thread, one round at a time: cloning and removing workers
@@ -17,9 +18,11 @@ manager still leads, and a failed action is logged and planned again next round.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from gridtool import supervise
@@ -31,6 +34,8 @@ from gridtool.pools import warm
 from gridtool.pools.flex import Decision, FlexState
 from gridtool.pools.rules import (
     DEFAULT_GRACE,
+    WARM_BOOTING,
+    WARM_CLONING,
     Action,
     Clone,
     MarkAsleep,
@@ -41,6 +46,7 @@ from gridtool.pools.rules import (
     PoolStatus,
     Sleep,
     Wake,
+    Withdraw,
     aggregate,
     classify,
     direction,
@@ -84,7 +90,7 @@ class PoolKeeper:
     def __init__(self, store: Store, cfg: Config, leader: Leader,
                  period: float = DEFAULT_PERIOD, action_timeout: float = 60.0,
                  grace: float = DEFAULT_GRACE, clock: Clock = SYSTEM,
-                 threaded: bool = True) -> None:
+                 threaded: bool = True, wake: Callable[[], None] | None = None) -> None:
         self.store = store
         self.cfg = cfg
         self.keys = cfg.keys
@@ -99,13 +105,17 @@ class PoolKeeper:
         self._last = clock.monotonic() - period
         self._stop = threading.Event()
         self._due = threading.Event()
+        self._surge = threading.Event()  # a surge report: a round now, off the period
+        self._wake = wake or (lambda: None)  # the leader's loop: call maybe_run soon
         self._watches: list[Watch] = []
 
     # -- scheduling (called from Manager.tick / Manager.run) -----------------
 
     def maybe_run(self) -> None:
         """Start a round on a worker thread if one is due and none is running: every
-        ``period``, and at once when a host vanishes or a pool spec changes."""
+        ``period``, and at once when a host vanishes, a pool spec changes or a surge is
+        reported (that round leaves the period's rounds where they were, in step with
+        the reporters' period reports)."""
         if self._stop.is_set() or not self.leader.leader_rev:
             return
         if not self._watches:
@@ -113,10 +123,14 @@ class PoolKeeper:
                              self.store.watch_prefix(self.keys.pools, self._on_pool)]
         if self.busy:
             return
-        if not self._due.is_set() and self.clock.monotonic() - self._last < self.period:
+        scheduled = self._due.is_set() or \
+            self.clock.monotonic() - self._last >= self.period
+        if not scheduled and not self._surge.is_set():
             return
-        self._due.clear()
-        self._last = self.clock.monotonic()
+        self._surge.clear()
+        if scheduled:
+            self._due.clear()
+            self._last = self.clock.monotonic()
         if not self.threaded:
             self.round()
             return
@@ -130,6 +144,9 @@ class PoolKeeper:
     def _on_pool(self, event: Event) -> None:
         if event.key.endswith("/spec"):  # created, scaled or deleted
             self._due.set()
+        elif event.kind == "put" and "/samples/" in event.key and is_surge(event.value):
+            self._surge.set()
+            self._wake()
 
     @property
     def busy(self) -> bool:
@@ -227,12 +244,19 @@ class PoolKeeper:
         notes = [self.errors.pop(spec.name, "")]
         if result.short:
             notes.append(f"no room for {result.short} worker(s)")
+        failure, failed_at = (before.failure, before.failed_at) if before else ("", 0.0)
+        if result.failures:
+            notes += result.failures
+            failure, failed_at = "; ".join(result.failures[:3]), now
+            log.warning("event=pool_member_failed pool=%s failures=%s", spec.name,
+                        " | ".join(result.failures))
         status = PoolStatus(
             spec.name, now, result.target, result.ready, result.starting, result.lost,
             "; ".join(n for n in notes if n),
             samples_until=now if spec.policy == "flex" else 0.0,
             flex_state=state.to_dict() if spec.policy == "flex" else {},
-            decision=last, decisions=counts, warm=result.warm, warming=result.warming)
+            decision=last, decisions=counts, warm=result.warm, warming=result.warming,
+            failure=failure, failed_at=failed_at)
         spec_item = self.store.get(self.keys.pool(spec.name))
         if spec_item is None:
             raise _Skip("deleted")
@@ -266,13 +290,16 @@ class PoolKeeper:
     def _do(self, spec: PoolSpec, action: Action) -> None:
         from gridtool.clone import shell as clone  # imported on first use (agent startup)
 
-        if isinstance(action, Clone) and action.warm:  # submitted only: never waits
-            errors = warm.start_refill(self.store, self.cfg, spec, action.count,
-                                       action.exclude_hosts)
-            log.info("event=pool_warm_refill pool=%s count=%s failed=%s reason=%s",
-                     spec.name, action.count, len(errors), action.reason)
+        if isinstance(action, Clone):  # submitted only: a later round sees each one run
+            errors = warm.start_clones(self.store, self.cfg, spec, action.count,
+                                       action.exclude_hosts,
+                                       WARM_BOOTING if action.warm else WARM_CLONING)
+            log.info("event=pool_%s pool=%s count=%s failed=%s reason=%s",
+                     "warm_refill" if action.warm else "clone", spec.name, action.count,
+                     len(errors), action.reason)
             if errors:
-                self.errors[spec.name] = "warm: " + "; ".join(errors[:3])
+                self.errors[spec.name] = ("warm: " if action.warm else "clone: ") + \
+                    "; ".join(errors[:3])
             return
         if isinstance(action, Wake):  # sent only: a later round sees its outcome
             intent_id = warm.start_wake(
@@ -283,9 +310,16 @@ class PoolKeeper:
                      spec.name, action.name, action.host, intent_id or "-", action.reason)
             return
         if isinstance(action, MarkAwake):
-            if warm.mark_awake(self.store, self.cfg, spec.name, action.uuid, action.name):
-                log.info("event=pool_woken pool=%s guest=%s host=%s", spec.name,
-                         action.name, action.host)
+            if warm.mark_awake(self.store, self.cfg, spec.name, action.uuid, action.name,
+                               action.was):
+                log.info("event=pool_serving pool=%s guest=%s host=%s after=%s", spec.name,
+                         action.name, action.host, action.was)
+            return
+        if isinstance(action, Withdraw):
+            taken = warm.withdraw_clone(self.store, self.cfg, spec.name, action.uuid,
+                                        action.name, action.host, action.intent)
+            log.info("event=pool_clone_withdrawn pool=%s guest=%s host=%s intent=%s "
+                     "taken=%s", spec.name, action.name, action.host, action.intent, taken)
             return
         if isinstance(action, Sleep):
             sent = warm.put_to_sleep(self.store, self.cfg, spec.name, spec.warm_mode,
@@ -298,19 +332,17 @@ class PoolKeeper:
             log.info("event=pool_warm_asleep pool=%s guest=%s host=%s", spec.name,
                      action.name, action.host)
             return
-        if isinstance(action, Clone):
-            started = self.clock.monotonic()
-            results = clone.clone_guests(
-                self.store, self.cfg, spec.template, action.count, pool=spec.name,
-                name_prefix=f"{spec.name}-", exclude_hosts=action.exclude_hosts,
-                timeout=self.action_timeout)
-            failed = [r for r in results if not r.ok]
-            log.info("event=pool_clone pool=%s count=%s ok=%s seconds=%.2f reason=%s",
-                     spec.name, action.count, len(results) - len(failed),
-                     self.clock.monotonic() - started, action.reason)
-            if failed:
-                self.errors[spec.name] = "clone: " + "; ".join(
-                    f"{r.name}: {r.error}" for r in failed[:3])
+        if isinstance(action, MarkAwake):
+            if warm.mark_awake(self.store, self.cfg, spec.name, action.uuid, action.name,
+                               action.was):
+                log.info("event=pool_serving pool=%s guest=%s host=%s after=%s", spec.name,
+                         action.name, action.host, action.was)
+            return
+        if isinstance(action, Withdraw):
+            taken = warm.withdraw_clone(self.store, self.cfg, spec.name, action.uuid,
+                                        action.name, action.host, action.intent)
+            log.info("event=pool_clone_withdrawn pool=%s guest=%s host=%s intent=%s "
+                     "taken=%s", spec.name, action.name, action.host, action.intent, taken)
             return
         # Remove, or Forget: for a host that is gone, remove_clone drops the membership
         # at once and leaves the removal queued for that host's agent, should it return.
@@ -321,6 +353,14 @@ class PoolKeeper:
         log.info("event=pool_%s pool=%s guest=%s host=%s reason=%s",
                  type(action).__name__.lower(), spec.name, action.name, action.host,
                  action.reason)
+
+
+def is_surge(raw: bytes) -> bool:
+    """A load report written at once on a surge (a record that does not decode: no)."""
+    try:
+        return json.loads(raw).get("surge") is True
+    except (ValueError, AttributeError):
+        return False
 
 
 def _has_marker(store: Store, keys: Keys, template: str) -> bool:

@@ -28,6 +28,14 @@ size, asleep workers are removed. A refill's boot costs worker-seconds like a st
 worker's; asleep (hibernated) workers cost none and are counted apart
 (``asleep_seconds``).
 
+The pool may be fed as ``gridtool pool feed`` feeds it (``SimConfig.probe``): the feeder
+reads the queue (a stream: its arrivals) every ``probe`` seconds between its period
+reports and, when :func:`gridtool.pools.feed.report_kind` says surge, reports at once
+(:func:`gridtool.pools.feed.reports`); the policy then decides on what the keeper's round
+makes of those reports (:func:`gridtool.pools.rules.aggregate`): the same functions as
+the shipped feeder and keeper. The SLA is accounted per ``SimConfig.interval`` (10 s)
+whatever the readings.
+
 Per policy the result holds SLA-violation seconds (sampled intervals whose jobs waited
 longer than ``sla_wait`` on average, the jobs grouped by arrival interval), worker-seconds
 (workers provisioned, starting ones included, integrated over the trace), the number of
@@ -49,7 +57,9 @@ from pathlib import Path
 from typing import Any
 
 from gridtool.errors import UsageError
+from gridtool.pools.feed import Reading, report_kind, reports, to_sample
 from gridtool.pools.flex import Decision, FlexState, LoadSample, PolicyParams, decide
+from gridtool.pools.rules import aggregate
 
 # --- traces ---------------------------------------------------------------------------
 
@@ -200,12 +210,16 @@ class SimConfig:
     seed: int = 0
     warm: int = 0  # the pool's warm set (asleep workers kept beside the serving ones)
     wake_delay: float = 0.9  # decision -> ready of a woken warm worker (hibernate, measured)
+    probe: float = 0.0  # the feeder reads the queue this often (0: only every period)
+    interval: float = 10.0  # the SLA's accounting interval (jobs grouped by arrival)
 
     def __post_init__(self) -> None:
         if not (self.service_time > 0 and self.period > 0 and self.sla_wait >= 0):
             raise ValueError("service_time and period must be > 0, sla_wait >= 0")
-        if self.startup_delay < 0 or self.wake_delay < 0 or self.warm < 0:
-            raise ValueError("startup_delay, wake_delay and warm must be >= 0")
+        if self.startup_delay < 0 or self.wake_delay < 0 or self.warm < 0 or self.probe < 0:
+            raise ValueError("startup_delay, wake_delay, warm and probe must be >= 0")
+        if not self.interval > 0:
+            raise ValueError("interval must be > 0")
 
 
 @dataclass(frozen=True)
@@ -239,6 +253,7 @@ class SimResult:
     series: tuple[SeriesPoint, ...]
     decisions: tuple[Decision, ...]
     asleep_seconds: float = 0.0  # warm workers asleep, integrated (not in worker_seconds)
+    edge_reports: int = 0  # reports written at once on a surge (``SimConfig.probe``)
 
     def samples_to_scale_up(self, after: float) -> int | None:
         """1-based index, among samples taken after ``after``, of the first scale-up."""
@@ -264,7 +279,7 @@ def count_reversals(changes: Iterable[int]) -> int:
     return sum(1 for a, b in pairwise(signs) if a != b)
 
 
-_DEPART, _READY, _SET, _SAMPLE = 0, 1, 2, 3
+_DEPART, _READY, _SET, _SAMPLE, _PROBE = 0, 1, 2, 3, 4
 
 
 class _Pool:
@@ -397,11 +412,11 @@ class _Pool:
         self.idle -= take
         self.draining += min(count - take, self.busy - self.draining)
 
-    def take_sample(self, t: float, arrivals: int) -> LoadSample:
+    def take_sample(self, t: float, since: float, arrivals: int) -> LoadSample:
         completed, service = self.completed, self.completed_service
         sample = LoadSample(
             timestamp=t,
-            interval=self.cfg.period,
+            interval=t - since,
             arrivals=arrivals,
             completions=completed,
             busy_seconds=self.busy_seconds,
@@ -487,10 +502,16 @@ def _run(
     sample_times = [cfg.period * k for k in range(1, int(trace.duration // cfg.period) + 1)]
     for t in sample_times:
         pool.push(t, _SAMPLE, 0)
+    for t in probe_times(cfg, trace.duration):
+        pool.push(t, _PROBE, 0)
     for t, size in sets:
         pool.push(t, _SET, size)
     points: list[tuple[float, LoadSample, int]] = []
-    next_job, window_start = 0, 0
+    next_job = 0
+    prev = Reading(0.0, 0, added=0)  # the feeder's reading at its last report
+    calm: Reading | None = None  # the last reading since then that showed no surge
+    reported: LoadSample | None = None  # the feeder's last report
+    edges = 0
     while pool.events or next_job < len(arrivals):
         if next_job < len(arrivals) and (
             not pool.events or arrivals[next_job] <= pool.events[0][0]
@@ -509,14 +530,36 @@ def _run(
             pool.wakeable(t)
             pool.scale(data - pool.size)
         else:
+            reading = Reading(t, 0, added=next_job)  # the feeder's, of a stream
+            candidate = to_sample(prev, reading, "feed")
+            got = "" if candidate is None else report_kind(reported, candidate,
+                                                           kind == _SAMPLE)
+            if not got:  # no report before the period's
+                calm = reading
+                continue
+            written = reports(prev, calm, reading, got, "feed")
+            load = aggregate(written, prev.at, t)  # as the keeper's round sees them
+            since, reported, prev, calm = prev.at, written[-1], reading, None
             pool.wakeable(t)
-            sample = pool.take_sample(t, next_job - window_start)
-            window_start = next_job
+            sample = replace(pool.take_sample(t, since, load.arrivals if load else 0),
+                             surge=bool(load and load.surge))
             desired = driver.sample(sample, t)
             pool.scale(desired - sample.current)
             pool.tend_warm(t, desired)
-            points.append((t, sample, desired))
-    return _result(trace, name, cfg, pool, driver, points)
+            if kind == _SAMPLE:
+                points.append((t, sample, desired))
+            else:
+                edges += 1
+    return _result(trace, name, cfg, pool, driver, points, edges)
+
+
+def probe_times(cfg: SimConfig, duration: float) -> list[float]:
+    """When the feeder reads the queue between its period reports (every ``probe``
+    seconds, none at a period's end: the period report is written then)."""
+    if cfg.probe <= 0:
+        return []
+    times = (j * cfg.probe for j in range(1, int(duration // cfg.probe) + 1))
+    return [t for t in times if abs(t / cfg.period - round(t / cfg.period)) > 1e-9]
 
 
 def _result(
@@ -526,9 +569,11 @@ def _result(
     pool: _Pool,
     driver: _Driver,
     points: list[tuple[float, LoadSample, int]],
+    edges: int,
 ) -> SimResult:
     waits = _waits(pool, trace.duration)
-    interval_waits = _interval_waits(pool.arrivals, waits, cfg.period, len(points))
+    count = int(trace.duration // cfg.interval)
+    interval_waits = _interval_waits(pool.arrivals, waits, cfg.interval, count)
     series = tuple(
         SeriesPoint(
             time=t,
@@ -536,10 +581,10 @@ def _result(
             workers=sample.current,
             ready=sample.workers,
             queue_depth=sample.queue_depth,
-            mean_wait=_round(interval_waits[i]),
+            mean_wait=_round(_covering(interval_waits, t, cfg.interval)),
             desired=desired,
         )
-        for i, (t, sample, desired) in enumerate(points)
+        for t, sample, desired in points
     )
     violations = sum(1 for w in interval_waits if w is not None and w > cfg.sla_wait)
     changes = driver.changes()
@@ -547,7 +592,7 @@ def _result(
         policy=name,
         trace=trace.name,
         sla_wait=cfg.sla_wait,
-        sla_violation_seconds=violations * cfg.period,
+        sla_violation_seconds=violations * cfg.interval,
         worker_seconds=pool.worker_seconds,
         reversals=count_reversals(changes),
         scale_ups=sum(1 for c in changes if c > 0),
@@ -558,7 +603,14 @@ def _result(
         series=series,
         decisions=tuple(driver.decisions),
         asleep_seconds=pool.asleep_seconds,
+        edge_reports=edges,
     )
+
+
+def _covering(waits: Sequence[float | None], t: float, interval: float) -> float | None:
+    """The mean wait of the accounting interval that ends at or last before ``t``."""
+    index = min(len(waits), math.ceil(t / interval - 1e-9)) - 1
+    return waits[index] if index >= 0 else None
 
 
 def _round(value: float | None) -> float | None:

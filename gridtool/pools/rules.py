@@ -34,6 +34,16 @@ Rules:
   done and plans :class:`MarkAsleep`. Every step is in the member record, so a new
   leader goes on where the old one stopped and never refills twice. A booting or
   sleeping worker stuck past ``warm_timeout``, or whose sleep failed, is removed.
+- A cold clone does not wait either: the clone API records the member ``cloning`` with
+  the id of its ``clone`` intent, then sends that intent under that id (create-only),
+  and the round goes on. It is serving capacity that is *starting*; a later round sees
+  the intent done and the guest running and plans :class:`MarkAwake` (serving), or
+  failed (or stuck past ``warm_timeout``) and removes it. One whose intent was never
+  sent (its leader stopped between the two steps) cannot be sent by another (its
+  identity, the XML, went with that leader): :class:`Withdraw` takes its id first, so a
+  late send by the old leader fails and nothing is cloned twice; the next round removes
+  it as failed and clones anew. Failed clones, wakes and sleeps are named with their
+  intent's error in :attr:`Plan.failures` (``pool show``'s last failure).
 - A wake does not wait either: the keeper records the worker ``waking`` with the id of
   its ``wake`` intent, then submits that intent under that id (create-only), and the
   round goes on. A waking worker is serving capacity that is *starting*; a later round
@@ -63,6 +73,9 @@ WARM_ASLEEP = "asleep"
 #: ``MemberRecord.warm``: its ``wake`` intent (``MemberRecord.intent``) recorded, then
 #: submitted; serving capacity that is starting until the intent is done.
 WARM_WAKING = "waking"
+#: ``MemberRecord.warm``: a cold clone, its ``clone`` intent (``MemberRecord.intent``)
+#: recorded, then submitted; serving capacity that is starting until it runs.
+WARM_CLONING = "cloning"
 #: ``MemberRecord.warm``: a wake failed (records of older keepers; removed).
 WARM_FAILED = "failed"
 #: Guest states in which a started worker counts as ready.
@@ -146,9 +159,10 @@ class MemberRecord:
     name: str
     template: str = ""
     created_at: float = 0.0
-    warm: str = ""  # "" serving, WARM_BOOTING, WARM_SLEEPING, WARM_ASLEEP, WARM_WAKING
+    warm: str = ""  # "" serving, WARM_CLONING, WARM_BOOTING, WARM_SLEEPING, WARM_ASLEEP,
+    #                 WARM_WAKING
     since: float = 0.0  # when ``warm`` was last set (0: at ``created_at``)
-    intent: str = ""  # WARM_SLEEPING, WARM_WAKING: the id of its sleep or wake intent
+    intent: str = ""  # the id of its clone, sleep or wake intent (as ``warm`` says)
 
 
 @dataclass(frozen=True)
@@ -173,6 +187,8 @@ class PoolStatus:
     decisions: dict[str, int] = field(default_factory=dict)
     warm: int = 0  # asleep warm workers (capacity that is not serving)
     warming: int = 0  # warm workers booting to ready before their sleep
+    failure: str = ""  # the last failed clone, wake or sleep, with its error
+    failed_at: float = 0.0  # when a round saw it (kept until a later failure)
 
 
 # --- plan inputs and actions ----------------------------------------------------------
@@ -191,8 +207,8 @@ class MemberView:
 
     ``busy``: its own latest load report (``source`` = its name) says it is busy; a
     worker that does not report counts as idle. ``ready_at``: its guest record's (the
-    ready marker seen this run, 0 when not). ``step``: the state of a sleeping or waking
-    warm worker's intent (pending, running, done, failed; ``gone`` when not found).
+    ready marker seen this run, 0 when not). ``step``: the state of a cloning, sleeping
+    or waking worker's intent (pending, running, done, failed; ``gone`` when not found).
     """
 
     uuid: str
@@ -206,11 +222,16 @@ class MemberView:
     since: float = 0.0
     step: str = ""
     intent: str = ""  # as in MemberRecord
+    error: str = ""  # a failed step's intent's message
+
+
+#: Members that become serving once their intent is done: cold clones, woken workers.
+IN_FLIGHT = (WARM_CLONING, WARM_WAKING)
 
 
 def is_serving(member: MemberView | MemberRecord) -> bool:
-    """A serving member, or a warm one being woken (serving capacity, starting)."""
-    return member.warm in ("", WARM_WAKING)
+    """A serving member, or one being cloned or woken (serving capacity, starting)."""
+    return member.warm in ("", *IN_FLIGHT)
 
 
 @dataclass(frozen=True)
@@ -249,11 +270,25 @@ class Wake:
 
 @dataclass(frozen=True)
 class MarkAwake:
-    """Record a waking worker whose wake intent is done as serving."""
+    """Record a waking (or cloning: ``was``) worker whose intent is done as serving."""
 
     uuid: str
     name: str
     host: str
+    reason: str
+    was: str = WARM_WAKING
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """Take a cloning member's recorded clone intent id before anyone sends it (its
+    leader stopped between recording and sending): the clone is never made; a later
+    round removes the member as failed."""
+
+    uuid: str
+    name: str
+    host: str
+    intent: str
     reason: str
 
 
@@ -297,7 +332,7 @@ class Forget:
     reason: str
 
 
-Action = Wake | Clone | Sleep | MarkAsleep | MarkAwake | Remove | Forget
+Action = Wake | Clone | Sleep | MarkAsleep | MarkAwake | Withdraw | Remove | Forget
 
 
 @dataclass(frozen=True)
@@ -314,6 +349,7 @@ class Plan:
     actions: tuple[Action, ...]
     warm: int = 0  # asleep warm workers left after this round's wakes
     warming: int = 0  # warm workers booting to ready
+    failures: tuple[str, ...] = ()  # clones and wakes that failed (removed this round)
 
     @property
     def healthy(self) -> int:
@@ -326,14 +362,16 @@ class Plan:
 def classify(member: MemberView, live: Mapping[str, HostInfo], now: float,
              grace: float = DEFAULT_GRACE, warm_timeout: float = WARM_TIMEOUT) -> MemberClass:
     """Where a serving member stands: lost (host gone), ready, starting (in grace) or
-    broken. A waking one: ready once its wake is done, starting while its intent is
+    broken. One being cloned or woken: ready once its intent is done and it runs (a
+    clone whose intent record has expired: once it runs), starting while its intent is
     pending, running or not yet submitted (within ``warm_timeout``), else broken."""
     if member.host not in live:
         return MemberClass.LOST
-    if member.warm == WARM_WAKING:
+    if member.warm in IN_FLIGHT:
         since = member.since or member.created_at
-        if member.step == "done":  # (its guest record may trail the intent a moment)
-            if member.state in READY_STATES:
+        expired = member.warm == WARM_CLONING and member.step == "gone"
+        if member.step == "done" or (expired and member.state in READY_STATES):
+            if member.state in READY_STATES:  # (its record may trail the intent a moment)
                 return MemberClass.READY
             return MemberClass.STARTING if now - since < grace else MemberClass.BROKEN
         if member.step == "failed" or now - since >= warm_timeout:
@@ -441,16 +479,21 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
                and warm_class[m.uuid] in (MemberClass.READY, MemberClass.STARTING)]
     healthy = by_class[MemberClass.READY] + by_class[MemberClass.STARTING]
     actions: list[Action] = []
-    waking = [m for m in healthy if m.warm == WARM_WAKING]
-    # a recorded wake whose intent was never submitted: sent now, under its own id
+    unsent = [m for m in by_class[MemberClass.STARTING]
+              if m.warm in IN_FLIGHT and m.step == "gone"]
+    # a recorded wake whose intent was never submitted: sent now, under its own id; a
+    # recorded clone's cannot be (its identity went with its leader): withdrawn
     actions += [Wake(m.uuid, m.name, m.host, "its wake was never sent", m.intent)
-                for m in waking if m.step == "gone"]
+                for m in unsent if m.warm == WARM_WAKING]
+    actions += [Withdraw(m.uuid, m.name, m.host, m.intent, "its clone was never sent")
+                for m in unsent if m.warm == WARM_CLONING]
     missing = size - len(healthy)
     woken = wake_order(asleep, live)[:max(0, missing)]
     actions += [Wake(m.uuid, m.name, m.host, f"{len(healthy)} of {size} serving")
                 for m in woken]
-    actions += [MarkAwake(m.uuid, m.name, m.host, "its wake is done")
-                for m in by_class[MemberClass.READY] if m.warm == WARM_WAKING]
+    actions += [MarkAwake(m.uuid, m.name, m.host, f"its {_STEP[m.warm]} is done", m.warm)
+                for m in sorted(by_class[MemberClass.READY], key=lambda m: m.name)
+                if m.warm in IN_FLIGHT]
     left_asleep = [m for m in asleep if m not in woken]
     actions += [MarkAsleep(m.uuid, m.name, m.host, "its sleep is done")
                 for m in left_asleep if m.warm == WARM_SLEEPING]
@@ -467,8 +510,9 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
     actions += [Forget(m.uuid, m.name, m.host, f"host {m.host} is gone")
                 for m in by_class[MemberClass.LOST]
                 + [w for w in warm if warm_class[w.uuid] is MemberClass.LOST]]
-    actions += [Remove(m.uuid, m.name, m.host, f"wake {m.step or 'stuck'} in state {m.state}"
-                       if m.warm == WARM_WAKING else f"state {m.state} after {grace:g} s")
+    actions += [Remove(m.uuid, m.name, m.host,
+                       f"{_STEP[m.warm]} {m.step or 'stuck'} in state {m.state}"
+                       if m.warm in IN_FLIGHT else f"state {m.state} after {grace:g} s")
                 for m in by_class[MemberClass.BROKEN]]
     actions += [Remove(m.uuid, m.name, m.host, f"warm worker {m.warm} in state {m.state}"
                        + (f", its sleep {m.step}" if m.step else ""))
@@ -489,7 +533,19 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
     return Plan(spec.name, size, len(by_class[MemberClass.READY]),
                 len(by_class[MemberClass.STARTING]), len(by_class[MemberClass.LOST]),
                 len(by_class[MemberClass.BROKEN]), short, tuple(actions),
-                warm=len(left_asleep), warming=len(booting))
+                warm=len(left_asleep), warming=len(booting),
+                failures=failures([*by_class[MemberClass.BROKEN], *warm]))
+
+
+#: What each in-flight or warm state's intent does, for messages.
+_STEP = {WARM_CLONING: "clone", WARM_WAKING: "wake", WARM_SLEEPING: "sleep"}
+
+
+def failures(members: Iterable[MemberView]) -> tuple[str, ...]:
+    """One line per member whose clone, wake or sleep intent failed, with its error
+    (what ``pool show`` says until a later failure replaces it)."""
+    return tuple(f"{_STEP.get(m.warm, 'intent')} of {m.name} on {m.host} failed: "
+                 f"{m.error or 'no reason given'}" for m in members if m.step == "failed")
 
 
 # --- flex -----------------------------------------------------------------------------
@@ -500,9 +556,11 @@ def aggregate(samples: Iterable[LoadSample], start: float, end: float) -> LoadSa
 
     Each reporter (``source``) gives a rate (its arrivals over its reported intervals),
     so a reporter whose cadence drifts against the manager's period is neither counted
-    twice nor zero; the rates add up. Service time: total busy seconds over completions
-    (reports with a mean service time count as mean x completions). Queue depth: the
-    latest of each reporter, summed. None when nothing was reported.
+    twice nor zero; the rates add up. A reporter's surge report (``surge``: the load
+    jumped, reported from where it began) starts its rate anew: the reports before it
+    are the calm it ended, and the load is marked ``surge``. Service time: total busy
+    seconds over completions (reports with a mean service time count as mean x
+    completions). Queue depth: the latest of each reporter, summed. None when nothing was reported.
     """
     chosen = sorted((s for s in samples if start < s.timestamp <= end),
                     key=lambda s: s.timestamp)
@@ -511,8 +569,8 @@ def aggregate(samples: Iterable[LoadSample], start: float, end: float) -> LoadSa
     sources: dict[str, list[LoadSample]] = {}
     for s in chosen:
         sources.setdefault(s.source, []).append(s)
-    rate = sum(sum(s.arrivals for s in group) / sum(s.interval for s in group)
-               for group in sources.values())
+    rate = sum(sum(s.arrivals for s in now) / sum(s.interval for s in now)
+               for now in map(since_surge, sources.values()))
     busy = completions = 0.0
     for s in chosen:
         if s.busy_seconds is not None:
@@ -529,7 +587,15 @@ def aggregate(samples: Iterable[LoadSample], start: float, end: float) -> LoadSa
         completions=sum(s.completions for s in chosen),
         busy_seconds=busy if completions else None,
         mean_service_time=service if service and service > 0 else None,
-        queue_depth=sum(group[-1].queue_depth for group in sources.values()))
+        queue_depth=sum(group[-1].queue_depth for group in sources.values()),
+        surge=any(s.surge for s in chosen))
+
+
+def since_surge(reports: Sequence[LoadSample]) -> Sequence[LoadSample]:
+    """One reporter's reports (oldest first) from its latest surge report on (all of
+    them when there is none)."""
+    starts = [i for i, s in enumerate(reports) if s.surge]
+    return reports[starts[-1]:] if starts else reports
 
 
 def busy_sources(samples: Iterable[LoadSample], threshold: float = BUSY_UTILIZATION

@@ -31,6 +31,7 @@ from gridtool.errors import (
 from gridtool.placement.rules import DEFAULT_POLICY
 from gridtool.pools.flex import FlexState, LoadSample
 from gridtool.pools.rules import (
+    WARM_CLONING,
     WARM_SLEEPING,
     WARM_WAKING,
     HostInfo,
@@ -269,24 +270,31 @@ def observe(store: Store, keys: Keys, name: str) -> tuple[list[HostInfo], list[M
     for g in registry.list_guests()[0]:
         guests.setdefault(g.uuid, []).append(g)
     busy = busy_sources(samples(store, keys, name))
-    views = [replace(member_view(uuid, m, guests.get(uuid, []), live), busy=m.name in busy,
-                     step=intent_state(store, keys, m)
-                     if m.warm in (WARM_SLEEPING, WARM_WAKING) else "")
-             for uuid, m in members(store, keys, name).items()]
+    views = []
+    for uuid, m in members(store, keys, name).items():
+        step, error = intent_state(store, keys, m) if m.warm in WITH_STEPS else ("", "")
+        views.append(replace(member_view(uuid, m, guests.get(uuid, []), live),
+                             busy=m.name in busy, step=step, error=error))
     return hosts, views
 
 
-def intent_state(store: Store, keys: Keys, member: MemberRecord) -> str:
-    """The state of a sleeping or waking warm worker's intent (``gone``: not found)."""
+#: Member states whose intent the plan follows.
+WITH_STEPS = (WARM_CLONING, WARM_SLEEPING, WARM_WAKING)
+
+
+def intent_state(store: Store, keys: Keys, member: MemberRecord) -> tuple[str, str]:
+    """The state of a cloning, sleeping or waking worker's intent (``gone``: not found)
+    and, when it failed, its message."""
     for key in (keys.intent(member.host, member.intent),
                 keys.intent_done(member.host, member.intent)):
         item = store.get(key) if member.intent else None
         if item is not None:
             try:
-                return str(decode(Intent, key, item.value).state)
+                intent = decode(Intent, key, item.value)
             except DecodeError:
-                return "gone"
-    return "gone"
+                return "gone", ""
+            return str(intent.state), intent.message if intent.state == "failed" else ""
+    return "gone", ""
 
 
 def member_view(uuid: str, member: MemberRecord, records: list[GuestRecord],
@@ -316,18 +324,22 @@ def default_source() -> str:
 def report(store: Store, keys: Keys, pool: str, *, arrivals: int, completions: int = 0,
            busy_seconds: float | None = None, mean_service_time: float | None = None,
            queue_depth: int = 0, interval: float = 10.0, source: str | None = None,
-           timestamp: float | None = None, ttl: int = SAMPLE_TTL) -> LoadSample:
+           timestamp: float | None = None, ttl: int = SAMPLE_TTL,
+           surge: bool = False) -> LoadSample:
     """Write one load report for ``pool``: what happened over the last ``interval`` s.
 
-    Report once per interval and reporter (the manager samples every 10 s). UsageError
-    (exit 2) for bad numbers, NotFound (exit 3) for an unknown pool.
+    Report once per interval and reporter (the manager samples every 10 s); ``surge``:
+    a report written at once because the load jumped (the leading manager runs the
+    pool's round at once). UsageError (exit 2) for bad numbers, NotFound (exit 3) for an
+    unknown pool.
     """
     try:
         sample = LoadSample(time.time() if timestamp is None else timestamp, float(interval),
                             int(arrivals), int(completions),
                             None if busy_seconds is None else float(busy_seconds),
                             None if mean_service_time is None else float(mean_service_time),
-                            int(queue_depth), source=source or default_source())
+                            int(queue_depth), source=source or default_source(),
+                            surge=surge)
     except ValueError as exc:
         raise UsageError(f"load report: {exc}") from None
     if store.get(keys.pool(pool)) is None:

@@ -3,9 +3,12 @@
 The rules (which to wake, how many to refill, which to put to sleep) are
 :func:`gridtool.pools.rules.plan`'s; this carries them out through the agents' intents.
 A warm worker is a pool clone recorded with ``warm`` = ``booting``. The keeper never
-waits for it: :func:`start_refill` only submits the clones; a later round sees one
-booted and calls :func:`put_to_sleep` (recorded ``sleeping`` with the id of its ``sleep``
-intent: ``hibernate`` = libvirt managed save, ``pause`` = suspend), and a later one
+waits for it: :func:`start_clones` only submits the clones (cold ones too, recorded
+``cloning``: a later round marks each serving once it runs, :func:`mark_awake`, or
+removes it; :func:`withdraw_clone` takes the id of one its leader never sent); a later
+round sees one booted and calls :func:`put_to_sleep` (recorded ``sleeping`` with the id
+of its ``sleep`` intent: ``hibernate`` = libvirt managed save, ``pause`` = suspend), and
+a later one
 sees that intent done and calls :func:`mark_asleep` (``asleep``). :func:`refill` does
 the same from start to end and waits (the bench's way of making one).
 :func:`start_wake` records an asleep worker ``waking`` with the id of its ``wake``
@@ -29,6 +32,7 @@ from gridtool.errors import Conflict, GridtoolError
 from gridtool.pools.rules import (
     WARM_ASLEEP,
     WARM_BOOTING,
+    WARM_CLONING,
     WARM_SLEEPING,
     WARM_WAKING,
     MemberRecord,
@@ -165,11 +169,30 @@ def start_wake(store: Store, cfg: Config, pool: str, uuid: str, name: str, host:
     return intent_id if sent else ""
 
 
-def mark_awake(store: Store, cfg: Config, pool: str, uuid: str, name: str) -> bool:
-    """Record a waking worker whose wake is done as serving: its guest desired running
-    again (while asleep the HA manager had to leave it stopped), then its member."""
-    return desire(store, cfg, pool, uuid, name, "wake", (WARM_WAKING,)) and \
-        set_member_warm(store, cfg, pool, uuid, "", was=(WARM_WAKING,))
+def mark_awake(store: Store, cfg: Config, pool: str, uuid: str, name: str,
+               was: str = WARM_WAKING) -> bool:
+    """Record a waking (or cloning: ``was``) worker whose intent is done as serving: a
+    woken one's guest desired running again first (while asleep the HA manager had to
+    leave it stopped), then its member."""
+    if was == WARM_WAKING and not desire(store, cfg, pool, uuid, name, "wake", (was,)):
+        return False
+    return set_member_warm(store, cfg, pool, uuid, "", was=(was,))
+
+
+def withdraw_clone(store: Store, cfg: Config, pool: str, uuid: str, name: str, host: str,
+                   intent_id: str) -> bool:
+    """Take a cloning member's recorded clone intent id, never sent (its leader stopped
+    first), so that a late send fails and the clone is never made; a later round
+    removes the member as failed. False: the id was taken (sent after all), or the
+    member moved on."""
+    key = cfg.keys.pool_member(pool, uuid)
+    item = store.get(key)
+    member = decode(MemberRecord, key, item.value) if item else None
+    if member is None or (member.warm, member.intent) != (WARM_CLONING, intent_id):
+        return False
+    return IntentClient(store, cfg.keys).withdraw(Intent(
+        intent_id, host, "clone", uuid, name, time.time(), who(),
+        message="withdrawn: its manager stopped before sending it"))
 
 
 def sleep(store: Store, cfg: Config, pool: str, mode: str,
@@ -187,22 +210,23 @@ def sleep(store: Store, cfg: Config, pool: str, mode: str,
     return errors
 
 
-def start_refill(store: Store, cfg: Config, spec: PoolSpec, count: int,
-                 exclude_hosts: Collection[str] = ()) -> list[str]:
-    """Submit ``count`` warm clones (recorded ``booting`` first) without waiting for
-    them; the errors (no host for one)."""
+def start_clones(store: Store, cfg: Config, spec: PoolSpec, count: int,
+                 exclude_hosts: Collection[str] = (), state: str = WARM_CLONING) -> list[str]:
+    """Submit ``count`` clones without waiting for them, each recorded first in
+    ``state`` (``cloning``: cold ones, serving once they run; ``booting``: warm ones, put
+    to sleep once booted) with its clone intent's id; the errors (no host for one)."""
     from gridtool.clone import shell as clone
 
     results = clone.clone_guests(store, cfg, spec.template, count, pool=spec.name,
                                  name_prefix=f"{spec.name}-", exclude_hosts=exclude_hosts,
-                                 warm=WARM_BOOTING, follow=False)
+                                 warm=state, follow=False)
     return [f"{r.name}: {r.error}" for r in results if not r.ok]
 
 
 def refill(store: Store, cfg: Config, spec: PoolSpec, count: int,
            exclude_hosts: Collection[str] = (), timeout: float = 120.0) -> list[str]:
     """Clone ``count`` warm workers, boot them until ready, put them to sleep, waiting
-    for each step (the bench; the keeper uses :func:`start_refill`). The errors (a
+    for each step (the bench; the keeper uses :func:`start_clones`). The errors (a
     failed clone leaves nothing; one that did not go to sleep stays ``booting``)."""
     from gridtool.clone import shell as clone
 

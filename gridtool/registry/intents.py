@@ -8,7 +8,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gridtool.errors import OperationFailed, Timeout
@@ -54,6 +54,17 @@ class IntentClient:
                 self.keys.intent_done(intent.host, intent.id))
         return self.store.txn([Compare(k, "create", 0) for k in keys],
                               [Put(keys[0], encode(intent))])
+
+    def withdraw(self, intent: Intent) -> bool:
+        """Take an unsent intent's id for good: record it finished and failed (in
+        ``intents-done/``, expiring like any) unless an intent of that id was ever
+        written, so that a late :meth:`submit_once` of it fails. False: it was there."""
+        keys = (self.keys.intent(intent.host, intent.id),
+                self.keys.intent_done(intent.host, intent.id))
+        gone = replace(intent, state="failed", updated=time.time(),
+                       message=intent.message or "withdrawn before it was sent")
+        return self.store.txn([Compare(k, "create", 0) for k in keys],
+                              [Put(keys[1], encode(gone), self.store.grant_lease(DONE_KEEP_S))])
 
     def collect(self, done: Intent) -> None:
         """Move a finished intent out of its host's queue into ``intents-done/``, where

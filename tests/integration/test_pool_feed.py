@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -29,6 +30,7 @@ from gridtool.lab.brokers import Broker, start_rabbitmq, start_redis
 from gridtool.lab.procs import free_port, stop_pid
 from gridtool.pools import shell as pools
 from gridtool.pools.feed import FeedStatus
+from gridtool.pools.flex import LoadSample
 from gridtool.pools.rules import PoolStatus
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.records import decode
@@ -37,8 +39,9 @@ from tests.harness.testbed import run_cli, wait_until
 PERIOD = 0.5  # the feeder's; the manager's pool round runs every 0.3 s
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A redis-server of the test's own (a test may stop it)."""
     broker = start_redis(tmp_path_factory.mktemp("redis"))
     yield broker
     broker.stop()
@@ -51,6 +54,21 @@ def heartbeat(store: EtcdStore, cfg: Config, pool: str) -> FeedStatus | None:
 
 def feed_once(cfg: Config, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return run_cli(cfg, capsys, "pool", "feed", "q", "--once", "--period", "0.1", *args)
+
+
+def launch_feeder(cfg: Config, capsys: pytest.CaptureFixture, tmp_path: Path, pool: str,
+                  log: IO[str], *args: str) -> subprocess.Popen[bytes]:
+    """``pool feed POOL ARGS`` as a process of its own, as the pool's reporter user."""
+    creds = tmp_path / "creds"
+    root = read_password(security.credentials_dir(cfg, None) / "root.password")
+    write_private(password_path(creds, "root"), root or "")
+    code, out, err = run_cli(cfg, capsys, "registry", "user", "add", "reporter", "--pool",
+                             pool, "--credentials-dir", str(creds), "--json")
+    assert code == 0, err
+    return subprocess.Popen(
+        [sys.executable, "-m", "gridtool", "--config", json.loads(out)["config"],
+         "--endpoints", ",".join(cfg.endpoints), "--prefix", cfg.prefix, "pool", "feed",
+         pool, *args], stdout=log, stderr=subprocess.STDOUT)
 
 
 def test_a_redis_list_feeds_the_pool_and_a_dead_broker_holds_its_size(
@@ -75,20 +93,10 @@ def test_a_redis_list_feeds_the_pool_and_a_dead_broker_holds_its_size(
     assert code == 0 and json.loads(out)["feed"]["reports"] == 1
 
     # the feeder as its own process, as the pool's reporter user
-    creds = tmp_path / "creds"
-    root = read_password(security.credentials_dir(cfg, None) / "root.password")
-    write_private(password_path(creds, "root"), root or "")
-    code, out, err = run_cli(cfg, capsys, "registry", "user", "add", "reporter", "--pool", "q",
-                             "--credentials-dir", str(creds), "--json")
-    assert code == 0, err
-    conf = json.loads(out)["config"]
     log = (tmp_path / "feed.log").open("w")
     launched = time.time()
-    feeder = subprocess.Popen(
-        [sys.executable, "-m", "gridtool", "--config", conf, "--endpoints",
-         ",".join(cfg.endpoints), "--prefix", cfg.prefix, "pool", "feed", "q", "--from",
-         redis_server.url, "--queue", "jobs", "--period", str(PERIOD)],
-        stdout=log, stderr=subprocess.STDOUT)
+    feeder = launch_feeder(cfg, capsys, tmp_path, "q", log, "--from", redis_server.url,
+                           "--queue", "jobs", "--period", str(PERIOD))
     stop = threading.Event()
     manager = Manager(cfg, store, "m1", period=0.2, pool_period=0.3)
     thread = threading.Thread(target=manager.run, args=(stop,))
@@ -137,6 +145,55 @@ def test_a_redis_list_feeds_the_pool_and_a_dead_broker_holds_its_size(
     assert heartbeat(store, cfg, "q") is None, "a clean stop drops its heartbeat"
     text = (tmp_path / "feed.log").read_text()
     assert "event=pool_feed_failed pool=q" in text and "password" not in text
+
+
+def test_a_burst_is_reported_and_decided_within_a_reading_not_a_period_later(
+        redis_server: Broker, store: EtcdStore, cfg: Config, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    """Readings every 0.3 s, reports every 8 s, the manager's pool rounds every 60 s: a
+    burst pushed right after a period report is reported at once (a surge) and the
+    leading manager decides on it at once, within ~2 s, not at the next period."""
+    import redis
+
+    pools.create(store, cfg.keys, pools.new_spec("b", "w", 1, 20, policy="flex",
+                                                 target_wait=0.5))
+    client = redis.Redis(port=redis_server.port)
+    with (tmp_path / "feed.log").open("w") as log:
+        feeder = launch_feeder(cfg, capsys, tmp_path, "b", log, "--from", redis_server.url,
+                               "--queue", "burst", "--period", "8", "--probe", "0.3")
+        stop = threading.Event()
+        manager = Manager(cfg, store, "m1", pool_period=60.0)  # one round at the start
+        thread = threading.Thread(target=manager.run, args=(stop,))
+        thread.start()
+        try:
+            def reports() -> list[LoadSample]:
+                return [s for s in pools.samples(store, cfg.keys, "b")
+                        if s.source == "feed:burst"]
+
+            wait_until(reports, timeout=30, what="the feeder's first period report")
+            (period,) = reports()
+            wait_until(lambda: pools.status(store, cfg.keys, "b"), timeout=10,
+                       what="the manager's first round")
+            first = pools.status(store, cfg.keys, "b") or _NONE
+            pushed = time.time()
+            client.rpush("burst", *range(200))  # nobody takes them
+            wait_until(lambda: (pools.status(store, cfg.keys, "b") or _NONE).updated >
+                       first.updated, timeout=10, what="the pool's round on the burst")
+            decided = time.time() - pushed
+            status = pools.status(store, cfg.keys, "b") or _NONE
+            surge = [s for s in reports() if s.surge]
+            assert not period.surge and len(surge) == 1, reports()
+            assert surge[0].arrivals == 200 and surge[0].interval < 8
+            assert surge[0].timestamp - pushed < 1.0  # at the next reading
+            assert decided < 2.5, f"decided {decided:.1f} s after the burst"
+            assert status.decision["direction"] == "up" and status.desired == 20
+            assert status.updated < period.timestamp + 8  # before the next period report
+        finally:
+            stop.set()
+            thread.join(30)
+            stop_pid(feeder.pid, "pool")
+            feeder.wait(10)
+    assert "event=pool_feed_surge pool=b queue=burst" in (tmp_path / "feed.log").read_text()
 
 
 @pytest.mark.slow

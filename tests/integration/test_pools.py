@@ -25,12 +25,13 @@ from tests.harness.testbed import run_cli as gridtool
 
 
 def start_fleet(lab_hosts, registry, store, cfg, hosts: dict[str, tuple[str, ...]],  # type: ignore[no-untyped-def]
-                memory_mib: int) -> None:
-    """Hosts with agents (name -> labels) and a template ``w`` of ``memory_mib``."""
+                memory_mib: int, **agent: object) -> None:
+    """Hosts with agents (name -> labels; ``agent``: more settings of each) and a
+    template ``w`` of ``memory_mib``."""
     for name in hosts:
         lab_hosts.add(name)
     for name, labels in hosts.items():
-        lab_hosts.start_agent(name, labels=labels)
+        lab_hosts.start_agent(name, labels=labels, **agent)
     wait_until(lambda: len(registry.list_hosts()[0]) == len(hosts), what="hosts registered")
     first = next(iter(hosts))
     lab_hosts.conn(first).defineXML(domain_xml("w-src", memory_mib=memory_mib,
@@ -464,14 +465,55 @@ def test_a_hibernated_worker_whose_fence_moved_is_never_restored(  # type: ignor
     # replaced: the worker is removed, a cold clone serves, a new warm one sleeps
     wait_until(lambda: uuid not in (m := warm_members(store, cfg, "jobs")) and sorted(
         m.values()) == ["", "", "asleep"], timeout=30, what="2 serving, 1 new warm asleep")
+    # the wake's error is the pool's last failure, not only the agent's log and intent
+    code, out, _ = gridtool(cfg, capsys, "pool", "show", "jobs", "--json")
+    status = json.loads(out)["status"]
+    assert code == 0 and f"wake of {rec.name} on hv1 failed: " in status["failure"]
+    assert woke.message in status["failure"] and status["failed_at"] > 0
+    code, out, _ = gridtool(cfg, capsys, "pool", "show", "jobs")
+    # (a long row is cut to the terminal's width)
+    assert code == 0 and re.search(rf"last failure +wake of {rec.name} on hv1 failed: ", out)
 
 
-def wake_intents(store, cfg, uuid: str) -> list:  # type: ignore[no-untyped-def]
-    """Every wake intent of ``uuid`` the registry has (queued, finished or collected)."""
+def wake_intents(store, cfg, uuid: str, action: str = "wake") -> list:  # type: ignore[no-untyped-def]
+    """Every wake (or ``action``) intent of ``uuid`` the registry has (queued, finished
+    or collected)."""
     from gridtool.registry.intents import read_intents
 
     return [i for i in read_intents(store, cfg.keys)[0]
-            if i.action == "wake" and i.guest == uuid]
+            if i.action == action and i.guest == uuid]
+
+
+def test_a_cold_clone_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
+        lab_hosts, registry, store, cfg, capsys):
+    """A cold clone in flight (hv1's agent waits 6 s before each start: the
+    delay-before-create fault point) does not hold the pool round: the pool's status is
+    written again while its clone intent runs, the member recorded ``cloning``. A new
+    leader after a failover mid-clone sees it cloning: no second clone; once the guest
+    runs, that leader records it serving."""
+    start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64,
+                fault_points=("delay-before-create=6",))
+    _, end1 = run_manager(store, cfg, "m1")
+    assert gridtool(cfg, capsys, "pool", "create", "cold", "--template", "w",
+                    "--min", "1", "--max", "2", "--size", "1")[0] == 0
+    (uuid,) = wait_until(lambda: list(pools.members(store, cfg.keys, "cold")), timeout=10,
+                         what="the clone recorded")
+    wait_until(lambda: [i.state for i in wake_intents(store, cfg, uuid, "clone")] ==
+               ["running"], timeout=10, what="the agent in the clone (its start delayed)")
+    in_flight = time.time()
+    updated = functools.partial(pool_updated, store, cfg, "cold")
+    wait_until(lambda: updated() > in_flight, timeout=3,
+               what="a pool round written while the clone is in flight")
+    assert warm_members(store, cfg, "cold") == {uuid: "cloning"}
+
+    with failed_over(end1, store, cfg, "cold"):  # mid-clone: m2 sees it under way
+        assert warm_members(store, cfg, "cold") == {uuid: "cloning"}, "no second clone"
+        wait_until(lambda: warm_members(store, cfg, "cold") == {uuid: ""}, timeout=20,
+                   what="m2 records the clone serving once it runs")
+        assert [i.state for i in wake_intents(store, cfg, uuid, "clone")] == ["done"]
+        assert len(pools.members(store, cfg.keys, "cold")) == 1, "cloned once"
+        code, out, _ = gridtool(cfg, capsys, "pool", "show", "cold", "--json")
+        assert code == 0 and [m["class"] for m in json.loads(out)["members"]] == ["ready"]
 
 
 def test_a_wake_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]

@@ -437,10 +437,10 @@ class Simulator:
             self.specs[uuid] = GuestSpec(uuid, name, memory, GuestKind.NONE, ())
 
     def _intent_put(self, host: Host, agent: SimAgent, event: Event) -> None:
-        """The agent's intent watch. Intents whose submitter waits for them (the pool
-        keeper's clone and remove_clone) are carried out at once, inside the submitter's
-        put: in production it waits on its own thread while the agent works; here nothing
-        else can run meanwhile. Every other intent waits for the agent's next tick."""
+        """The agent's intent watch. The pool keeper's intents (clone, remove_clone) are
+        carried out at once, inside the submitter's put (a remove's submitter waits for
+        it: in production on its own thread while the agent works; here nothing else can
+        run meanwhile). Every other intent waits for the agent's next tick."""
         if event.kind != "put" or agent.handling or host.agent is not agent \
                 or not self._reaches(host) or not agent.libvirt_up:
             return
@@ -884,8 +884,10 @@ class _ManagerEvents(logging.Handler):
                                                           f"FAILED: {args[4]}"),
             "ha_blocked": lambda: (here, f"leave {args[0]}: {args[1]}"),
             "ha_error": lambda: (here, f"{args[0]} marked error: {args[1]}"),
-            "pool_clone": lambda: (here, f"pool {args[0]}: cloned {args[2]} of {args[1]} "
-                                         f"({args[4]})"),
+            "pool_clone": lambda: (here, f"pool {args[0]}: sent {args[1]} clone(s), "
+                                         f"{args[2]} failed ({args[3]})"),
+            "pool_serving": lambda: (here, f"pool {args[0]}: {args[1]} serving on {args[2]} "
+                                           f"(after {args[3]})"),
             "pool_round_crashed": lambda: (here, f"pool {args[0]}: round crashed"),
             "pool_forget": lambda: (here, f"pool {args[0]}: forgot {args[1]} on {args[2]} "
                                           f"({args[3]})"),

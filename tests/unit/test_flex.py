@@ -244,7 +244,30 @@ def state_fast(state: FlexState, rate: float) -> float:
 def test_erlang_sizes_for_the_new_level_after_a_jump() -> None:
     state = steady_state(ERLANG)
     jump, _ = decide(state, sample(400, 300, 12), 400, ERLANG)
-    assert jump.smoothed_rate == pytest.approx(state_fast(state, 30.0), abs=0.01)
+    assert state_fast(state, 30.0) < 30.0
+    assert jump.smoothed_rate == pytest.approx(30.0)  # the sample itself, not the EWMA
+
+
+def test_erlang_believes_a_short_surge_report_and_sizes_for_its_pile_up() -> None:
+    # a surge reported at once, 1 s into it: 30 jobs in 1 s against a calm 10/s, no
+    # queue yet. The fast EWMA has moved a quarter of the way; the sample is 6 sd above
+    # the slow level: the pool is sized for 30/s plus what piles up on the 12 ready
+    # workers until new ones start (18/s for 5 s, drained over 5 s).
+    state = steady_state(ERLANG)
+    surge = replace(sample(391, 30, 12), interval=1.0, busy_seconds=12.0, surge=True)
+    decision, _ = decide(state, surge, 391, ERLANG)
+    assert decision.smoothed_rate == pytest.approx(30.0)
+    assert decision.backlog_rate == pytest.approx((30 - 12) * ERLANG.startup_delay
+                                                  / ERLANG.drain_time)
+    assert decision.desired > servers_needed(30.0, 1.0, ERLANG.sizing_target,
+                                             kind="mean_wait")
+    # not marked a surge (a worker's own short report): believed, but no pile-up before
+    # a queue shows
+    short, _ = decide(state, replace(surge, surge=False), 391, ERLANG)
+    assert short.smoothed_rate == pytest.approx(30.0) and short.backlog_rate == 0
+    # one calm second is no surge: the estimate stays at the slow level
+    calm, _ = decide(state, replace(sample(391, 12, 12), interval=1.0), 391, ERLANG)
+    assert calm.smoothed_rate < 11 and calm.desired == 12
 
 
 def test_erlang_backlog_grows_over_the_startup_delay() -> None:

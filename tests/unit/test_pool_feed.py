@@ -11,17 +11,22 @@ import pytest
 from gridtool.errors import BadReading, BrokerUnavailable, NotFound, QueueGone
 from gridtool.pools import shell as pools
 from gridtool.pools.feed import (
+    PERIOD,
     STALE_PERIODS,
+    SURGE,
     BrokerURL,
     FeedStatus,
     Reading,
     failed,
     parse_url,
+    report_kind,
     stale,
     succeeded,
+    surge,
     to_sample,
 )
 from gridtool.pools.feeder import Feeder
+from gridtool.pools.flex import LoadSample
 from gridtool.registry.keys import Keys
 from gridtool.registry.memstore import MemStore
 from gridtool.registry.records import decode
@@ -113,6 +118,32 @@ def test_a_feed_is_stale_after_three_periods_without_a_good_reading() -> None:
     assert succeeded(down, Reading(1132.0, depth=0), False).error == ""
 
 
+# --- when to report --------------------------------------------------------------------
+
+
+CALM = LoadSample(1010.0, 10.0, arrivals=100)  # the last report: 10/s over 10 s
+
+
+def test_a_surge_is_arrivals_beyond_the_last_reports_rate_by_its_noise() -> None:
+    # 1 s after a report of 10/s: noise sd sqrt(10 x 1.1) = 3.3, 4 sd = 13.3 jobs
+    assert not surge(CALM, 10, 1.0) and not surge(CALM, 23, 1.0)
+    assert surge(CALM, 24, 1.0) and surge(CALM, 28, 1.0)  # a burst at 2.8x, 1 s in
+    # the longer since the report, the more noise: 9 s in, 4 sd = 53 jobs beyond 90
+    assert not surge(CALM, 140, 9.0) and surge(CALM, 144, 9.0)
+    # at least SURGE_JOBS beyond it: an idle queue does not report one job
+    idle = LoadSample(1010.0, 10.0, arrivals=0)
+    assert not surge(idle, 5, 1.0) and surge(idle, 6, 1.0)
+    assert not surge(CALM, 1000, 0.0)
+
+
+def test_report_kind_period_first_then_a_surge() -> None:
+    burst = LoadSample(1011.0, 1.0, arrivals=28)
+    assert report_kind(CALM, burst, period_over=True) == PERIOD
+    assert report_kind(CALM, burst, period_over=False) == SURGE
+    assert report_kind(CALM, replace(burst, arrivals=12), period_over=False) == ""
+    assert report_kind(None, burst, period_over=False) == ""  # no report to predict from
+
+
 # --- the loop (scripted queue, in-memory registry) ------------------------------------------
 
 
@@ -148,10 +179,11 @@ def registry() -> tuple[MemStore, Keys]:
     return store, keys
 
 
-def feeder(registry: tuple[MemStore, Keys], *answers: Reading | Exception) -> Feeder:
+def feeder(registry: tuple[MemStore, Keys], *answers: Reading | Exception,
+           probe: float = 0.0) -> Feeder:
     store, keys = registry
     return Feeder(store, keys, "web", Script(*answers), broker="redis://h:6379/0",
-                  queue="jobs", period=10.0, clock=Clock())
+                  queue="jobs", period=10.0, probe=probe, clock=Clock())
 
 
 def heartbeat(registry: tuple[MemStore, Keys]) -> FeedStatus:
@@ -220,3 +252,34 @@ def test_a_reading_through_a_registry_outage_only_loses_that_report(
     f.step()
     (only,) = pools.samples(store, keys, "web")
     assert only.arrivals == 1 and replace(f.status).reports == 1
+
+
+def test_a_surge_is_reported_at_once_and_the_period_report_keeps_its_time(
+        registry: tuple[MemStore, Keys]) -> None:
+    store, keys = registry
+    # a stream at 10/s, read every second; 30 jobs in the second after 1010
+    calm = [Reading(1000.0 + t, 0, 0, 10 * t) for t in range(11)]
+    f = feeder(registry, *calm, Reading(1011.0, 20, 0, 130), Reading(1012.0, 40, 0, 160),
+               Reading(1020.0, 0, 0, 400), probe=1.0)
+    clock = f.clock
+    waits = []
+    for reading in calm[:10]:
+        clock.now = reading.at  # type: ignore[attr-defined]
+        waits.append(f.step())
+    assert waits == [1.0] * 10 and pools.samples(store, keys, "web") == []
+    assert store.get(keys.pool_feed("web")) is not None  # the baseline's heartbeat
+    clock.now = 1010.0  # type: ignore[attr-defined]
+    f.step()
+    (period,) = pools.samples(store, keys, "web")
+    assert (period.arrivals, period.interval, period.surge) == (100, 10.0, False)
+    clock.now = 1011.0  # type: ignore[attr-defined]
+    f.step()
+    reports = pools.samples(store, keys, "web")
+    assert [(s.arrivals, s.interval, s.surge) for s in reports][-1] == (30, 1.0, True)
+    clock.now = 1012.0  # type: ignore[attr-defined]
+    assert f.step() == 1.0 and len(pools.samples(store, keys, "web")) == 2  # as predicted
+    clock.now = 1020.0  # type: ignore[attr-defined]
+    f.step()  # the period's report, at its time, from the surge's report on
+    last = pools.samples(store, keys, "web")[-1]
+    assert (last.arrivals, last.interval, last.surge) == (270, 9.0, False)
+    assert heartbeat(registry).reports == 3

@@ -152,6 +152,18 @@ def test_aggregate_adds_reporters_and_is_robust_to_cadence() -> None:
     assert aggregate(reports, NOW, NOW + 10) is None
 
 
+def test_a_surge_report_starts_its_reporters_rate_anew() -> None:
+    # pool feed on a surge: the calm 4 s before it (10/s), then 1 s of the surge (30/s)
+    calm = LoadSample(NOW - 1, 4, 40, source="feed:q")
+    surge = LoadSample(NOW, 1, 30, source="feed:q", surge=True)
+    other = LoadSample(NOW - 2, 5, 10, source="w1")  # another reporter: 2/s, as before
+    load = aggregate([calm, surge, other], NOW - 5, NOW)
+    assert load is not None and load.arrival_rate == pytest.approx(30 + 2)
+    without = aggregate([calm, replace(surge, surge=False), other], NOW - 5, NOW)
+    assert without is not None and without.arrival_rate == pytest.approx(14 + 2)
+    assert decode(LoadSample, "k", encode(surge)).surge
+
+
 def test_flex_step_scales_up_at_once_and_holds_without_reports() -> None:
     spec = PoolSpec("p", "t", 1, 50, 2, "flex")
     load = aggregate([LoadSample(NOW, 10, 200, 200, 200.0, source="w")], NOW - 10, NOW)

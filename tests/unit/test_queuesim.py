@@ -11,10 +11,11 @@ import pytest
 
 from gridtool.errors import UsageError
 from gridtool.pools.erlang import mean_wait
-from gridtool.pools.flex import PolicyParams
+from gridtool.pools.flex import Decision, LoadSample, PolicyParams
 from gridtool.pools.queuesim import (
     Segment,
     SimConfig,
+    SimResult,
     Trace,
     count_reversals,
     dump_trace_csv,
@@ -147,6 +148,38 @@ def test_erlang_reacts_to_the_spike_and_counts_cost() -> None:
     peak = max(p.workers for p in erlang.series)
     assert peak >= 25
     assert 7 * 600 < erlang.worker_seconds < peak * 600
+
+
+def test_a_surge_is_decided_at_the_feeders_next_reading_by_the_feeders_rule(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gridtool.pools import feed
+
+    SPIKE_AT = 203.0  # 3 s into an interval: a period report sees it 7 s later
+    trace = Trace("spike", 600.0, segments=(Segment(0, SPIKE_AT, 5.0),
+                                            Segment(SPIKE_AT, 400, 25.0)))
+    def first_up(result: SimResult) -> Decision:
+        return next(d for d in result.decisions if d.timestamp > SPIKE_AT and d.change > 0)
+
+    period = simulate(trace, PARAMS, CONFIG)
+    assert first_up(period).timestamp == 210.0 and period.edge_reports == 0
+    calls: list[tuple[int, float]] = []
+    shipped = feed.surge
+
+    def rule(last: LoadSample, arrivals: int, elapsed: float) -> bool:
+        calls.append((arrivals, elapsed))
+        return shipped(last, arrivals, elapsed)
+
+    monkeypatch.setattr(feed, "surge", rule)  # the feeder's rule is the one it calls
+    probed = simulate(trace, PARAMS, replace(CONFIG, probe=1.0))
+    first = first_up(probed)
+    assert SPIKE_AT < first.timestamp <= SPIKE_AT + 2  # a reading or two in, not 7 s
+    # sized for the surge's own rate (its report starts at the last calm reading), not
+    # for the 10 s mean of calm and surge
+    assert first.arrival_rate > 15 and first.desired >= 25 and probed.edge_reports >= 1
+    assert calls and all(0 < e < CONFIG.period for _, e in calls)  # between period reports
+    assert probed.sla_violation_seconds < period.sla_violation_seconds
+    # the accounting stays per 10 s interval whatever the readings
+    assert len(probed.series) == len(period.series) == 60
 
 
 def test_startup_delay_keeps_new_workers_starting() -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gridtool.pools.rules import (
     WARM_ASLEEP,
     WARM_BOOTING,
+    WARM_CLONING,
     WARM_FAILED,
     WARM_SLEEPING,
     WARM_TIMEOUT,
@@ -26,6 +27,7 @@ from gridtool.pools.rules import (
     Remove,
     Sleep,
     Wake,
+    Withdraw,
     is_serving,
     plan,
     wake_order,
@@ -228,3 +230,38 @@ def test_a_wake_in_flight_is_starting_serving_capacity_and_never_sent_twice() ->
         assert [a.uuid for a in p.actions if isinstance(a, Remove)] == ["k1"], bad
         assert [a.uuid for a in p.actions if isinstance(a, Wake)] == ["w1"], bad
     assert is_serving(waking("pending")) and not is_serving(asleep(1))
+
+
+def cloning(step: str, state: str = "missing", since_ago: float = 5.0,
+            error: str = "") -> MemberView:
+    """A cold clone whose clone intent ``c-1`` is in ``step``."""
+    return MemberView("c1", "web-c1", "hv2", NOW - since_ago, state, warm=WARM_CLONING,
+                      since=NOW - since_ago, step=step, intent="c-1", error=error)
+
+
+def test_a_cold_clone_in_flight_is_starting_and_never_cloned_twice() -> None:
+    """Like a wake: the round that sends a cold clone returns; the next rounds count it
+    starting (no second clone), record it serving once its intent is done and it runs,
+    remove it (naming its error) when it failed or is stuck, and withdraw the id of one
+    whose intent was never sent (it cannot be sent again: its identity is gone)."""
+    members = [serving(1), asleep(1), asleep(2)]
+    for step in ("pending", "running"):
+        p = plan(SPEC, 2, [*members, cloning(step)], HOSTS, now=NOW)
+        assert p.actions == () and (p.ready, p.starting) == (1, 1), step
+    done = plan(SPEC, 2, [*members, cloning("done", "running")], HOSTS, now=NOW)
+    assert done.actions == (MarkAwake("c1", "web-c1", "hv2", "its clone is done",
+                                      WARM_CLONING),)
+    # its intent record expired (a leader away for long), the guest runs: serving
+    p = plan(SPEC, 2, [*members, cloning("gone", "running")], HOSTS, now=NOW)
+    assert p.actions == done.actions
+    p = plan(SPEC, 2, [*members, cloning("gone")], HOSTS, now=NOW)
+    assert p.actions == (Withdraw("c1", "web-c1", "hv2", "c-1", "its clone was never sent"),)
+    failed = plan(SPEC, 2, [*members, cloning("failed", error="no space left")], HOSTS,
+                  now=NOW)
+    # replaced: an asleep worker woken, the warm set refilled
+    assert [type(a).__name__ for a in failed.actions] == ["Wake", "Remove", "Clone"]
+    assert failed.failures == ("clone of web-c1 on hv2 failed: no space left",)
+    stuck = plan(SPEC, 2, [*members, cloning("running", since_ago=WARM_TIMEOUT + 1)],
+                 HOSTS, now=NOW)
+    assert [type(a).__name__ for a in stuck.actions] == ["Wake", "Remove", "Clone"]
+    assert stuck.failures == () and is_serving(cloning("pending"))

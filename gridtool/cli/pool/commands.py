@@ -61,7 +61,11 @@ def warm_options(default_mode: str | None) -> Callable[[F], F]:
               help="Mean service time of one request, seconds (exponential).")
 @click.option("--startup-delay", default=5.0, show_default=True,
               help="Seconds from cloning a worker to it taking work.")
-@click.option("--period", default=10.0, show_default=True, help="Sampling period, seconds.")
+@click.option("--period", default=10.0, show_default=True,
+              help="Sampling period (and the SLA's accounting interval), seconds.")
+@click.option("--probe", default=1.0, show_default=True,
+              help="Seconds between the feeder's readings: a surge is reported at once, "
+                   "as 'pool feed --probe' does (0: reports at the period only).")
 @click.option("--sla-wait", default=0.5, show_default=True,
               help="Target mean wait per interval, seconds (the SLA).")
 @click.option("--min", "min_workers", default=1, show_default=True, help="Pool minimum.")
@@ -77,7 +81,8 @@ def warm_options(default_mode: str | None) -> Callable[[F], F]:
               help="Draw arrivals, workers and wait over time to this PNG (needs matplotlib).")
 @json_option
 def simulate(trace_files: tuple[Path, ...], policy: str, service_time: float,
-             startup_delay: float, period: float, sla_wait: float, min_workers: int,
+             startup_delay: float, period: float, probe: float, sla_wait: float,
+             min_workers: int,
              max_workers: int, seed: int, frontier: bool, plot_file: Path | None,
              series_file: Path | None, as_json: bool) -> None:
     """Replay arrival traces through a queue model under each flex policy.
@@ -110,7 +115,8 @@ def simulate(trace_files: tuple[Path, ...], policy: str, service_time: float,
             load = trace.rate_at(0.0) * service_time
             start = servers_needed(load, service_time, sla_wait, kind="mean_wait") if load else 1
             configs.append(SimConfig(service_time=service_time, startup_delay=startup_delay,
-                                     period=period, sla_wait=sla_wait,
+                                     period=period, probe=probe, interval=period,
+                                     sla_wait=sla_wait,
                                      initial_workers=params.clamp(start), seed=seed))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -293,7 +299,9 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
                      f"(keeps {spec.warm}, {spec.warm_mode}; not serving)"),
             ("created", when(spec.created_at, now)),
             ("last round", when(st.updated, now) if st else NOTHING),
-            ("manager says", text(st.message if st else None))]
+            ("manager says", text(st.message if st else None)),
+            ("last failure", f"{st.failure} ({when(st.failed_at, now)})"
+             if st and st.failure else NOTHING)]
     if spec.policy == "flex":
         rows.append(("flex target", _flex_target(spec)))
     table(f"pool {name}", ["FIELD", "VALUE"], rows)
@@ -472,7 +480,10 @@ def _warm_cell(row: dict[str, Any]) -> str:
 @click.option("--group", metavar="G",
               help="A Redis stream's consumer group (default: its only one).")
 @click.option("--period", default=10.0, show_default=True, type=float,
-              help="Seconds between readings: the manager's pool period (flex sampling).")
+              help="Seconds between reports: the manager's pool period (flex sampling).")
+@click.option("--probe", default=1.0, show_default=True, type=float,
+              help="Seconds between readings; a surge (arrivals beyond what the last "
+              "report predicts) is reported at once (0: read once a period).")
 @click.option("--once", is_flag=True,
               help="Read twice, one period apart, write that one report and exit (errors "
               "exit at once, with their code).")
@@ -481,18 +492,20 @@ def _warm_cell(row: dict[str, Any]) -> str:
 @json_option
 @pass_app
 def feed(app: AppContext, name: str, broker: str, queue: str, group: str | None,
-         period: float, once: bool, log_level: str, as_json: bool) -> None:
+         period: float, probe: float, once: bool, log_level: str, as_json: bool) -> None:
     """Feed a pool's load reports from a job queue, every period, until SIGTERM.
 
     Reads the queue's depth (and, for a Redis stream's consumer group, its arrivals and
-    jobs in service) and writes what changed as the pool's load report. A broker that
+    jobs in service) every --probe seconds and writes what changed as the pool's load
+    report every period, and at once when the arrivals jump beyond what the last report
+    predicts (the manager then runs the pool's round at once). A broker that
     does not answer or a queue that is gone writes no report (the pool keeps its size),
     is retried with backoff, logged, and shown by 'gridtool check' (POOL_FEED_STALE).
     Runs as the systemd service gridtool-pool-feed@POOL with the reporter credentials.
 
     \b
     Example:
-      gridtool pool feed web --from redis://127.0.0.1:6379/0 --queue jobs
+      gridtool pool feed web --from redis://127.0.0.1:6379/0 --queue jobs --probe 1
       gridtool pool feed web --from amqp://feeder:secret@mq1/prod --queue jobs --once --json
     """
     import logging
@@ -510,13 +523,13 @@ def feed(app: AppContext, name: str, broker: str, queue: str, group: str | None,
         url = parse_url(broker)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if not period > 0 or not queue:
-        raise UsageError("--period must be > 0 and --queue not empty")
+    if not period > 0 or probe < 0 or not queue:
+        raise UsageError("--period must be > 0, --probe >= 0 and --queue not empty")
     keys = app.config.keys
     pools.get(app.store, keys, name)
     source = open_source(url, queue, group)
     feeder = Feeder(app.store, keys, name, source, broker=url.redacted(), queue=queue,
-                    period=period)
+                    period=period, probe=0.0 if once else probe)
     if once:  # its failure is the one line it prints, not a log event besides
         logging.getLogger("gridtool.pools.feeder").setLevel(logging.ERROR)
         try:
