@@ -51,7 +51,6 @@ from gridtool.ha import batch
 from gridtool.ha.kinds import guest_kind
 from gridtool.ha.rules import (
     Action,
-    Attempt,
     Blocked,
     FenceHost,
     ForgetFence,
@@ -64,6 +63,7 @@ from gridtool.ha.rules import (
     RestartLimits,
     RevokeLease,
     Snapshot,
+    attempts,
     decide,
     round_holders,
     stale_holders,
@@ -419,8 +419,7 @@ class Manager:
                          for item in view.list(self.keys.machines)[0]}
         self._stale_holders = stale_holders(remembered, current, registrations, live)
         views = [_view(recs, live, fleet, holders.get(uuid)) for uuid, recs in by_uuid.items()]
-        history = {uuid: tuple(Attempt(a[0], bool(a[1]), len(a) > 2 and bool(a[2]))
-                               for a in s.attempts)
+        history = {uuid: attempts(s.attempts, s.failed_on)
                    for uuid, s in ((u, fleet.settings.get(u)) for u in by_uuid) if s}
         self._host_fences = read_host_fences(view, self.keys)[0]
         with self._fence_lock:
@@ -718,9 +717,11 @@ class Manager:
         """Mark the restart attempt of a failed intent as failed (it does not count
         against the restart limit; the next try backs off); False if the write failed."""
         def mark(settings: GuestSettings) -> GuestSettings:
+            failed_on = sorted({**settings.failed_on, intent.host: intent.created}.items(),
+                               key=lambda item: item[1])[-8:]
             return replace(settings, attempts=[
                 [a[0], a[1], 1.0] if a[0] == intent.created else a
-                for a in settings.attempts])
+                for a in settings.attempts], failed_on=dict(failed_on))
 
         return self._update_settings(intent.guest, intent.name, mark)
 

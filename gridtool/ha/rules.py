@@ -31,7 +31,7 @@ allocator's explanation); the shell logs it when the reason changes.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -109,6 +109,16 @@ class Attempt:
     at: float
     relocated: bool
     failed: bool = False  # its start intent failed: not a restart of the guest
+    host: str = ""  # where it failed (when known)
+
+
+def attempts(stored: Sequence[Sequence[float]], failed_on: Mapping[str, float]
+             ) -> tuple[Attempt, ...]:
+    """A guest's restart history from its stored settings (``attempts``, ``failed_on``)."""
+    failed_at = {at: host for host, at in failed_on.items()}
+    return tuple(Attempt(a[0], bool(a[1]), failed := len(a) > 2 and bool(a[2]),
+                         failed_at.get(a[0], "") if failed else "")
+                 for a in stored)
 
 
 @dataclass(frozen=True)
@@ -515,17 +525,24 @@ def _restart(guest: GuestView, rnd: _Round, why: str, on_host: str | None = None
     if len(recent) >= limits.max_restarts:
         return MarkError(guest.uuid, guest.name,
                          f"restart limit: {len(recent)} restarts within {window}")
-    failures, wait = _retry_wait(tried, limits)
-    last = max((a.at for a in tried), default=now)
-    if failures and now - last < wait:
-        return Blocked(guest.uuid, guest.name,  # a stable text: logged once
-                       f"{failures} restart(s) in a row failed; next try {wait:g} s "
-                       "after the last")
     needs = guest.requirements()
     # the one placement rule, over every live host or only the one the guest is pinned to
     candidates = (tuple(rnd.hosts.values()) if on_host is None else
                   tuple(h for n, h in rnd.hosts.items() if n == on_host))
-    placement = place(needs, candidates, rnd.policy)
+    failures, wait = _retry_wait(tried, limits)
+    last = max(tried, key=lambda a: a.at, default=None)
+    placement = None
+    if failures == 1 and on_host is None and last is not None and last.host:
+        # the first failure in a row: at once on another host (as pve-ha-manager's
+        # relocation after a failed start); none there, or a later failure: back off
+        placement = place(needs, tuple(h for h in candidates if h.name != last.host),
+                          rnd.policy)
+        placement = placement if placement.host is not None else None
+    if placement is None and failures and last is not None and now - last.at < wait:
+        return Blocked(guest.uuid, guest.name,  # a stable text: logged once
+                       f"{failures} restart(s) in a row failed; next try {wait:g} s "
+                       "after the last")
+    placement = placement or place(needs, candidates, rnd.policy)
     if placement.host is None:
         return Blocked(guest.uuid, guest.name, placement.reason if on_host is None else
                        f"pinned to {on_host}, which cannot take it: {placement.reason}")

@@ -88,7 +88,9 @@ class GuestSettings:
     ``ha``: restart elsewhere when its host dies (fence bound to the host's lease);
     otherwise a fenced guest is pinned. ``desired``: running or stopped (set by
     start/stop, read by the HA manager). ``attempts``: HA restarts as
-    ``[epoch, relocated]`` pairs; ``error``: why the manager gave up.
+    ``[epoch, relocated]`` pairs (``[epoch, relocated, 1]`` once its intent failed);
+    ``failed_on``: host -> the epoch of the last restart whose intent failed there (the
+    next try goes elsewhere at once); ``error``: why the manager gave up.
     """
 
     uuid: str
@@ -98,6 +100,7 @@ class GuestSettings:
     attempts: list[list[float]] = field(default_factory=list)
     error: str = ""
     anti_affinity: str = ""
+    failed_on: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

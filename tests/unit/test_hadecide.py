@@ -25,6 +25,7 @@ from gridtool.ha.rules import (
     Restart,
     RestartLimits,
     Snapshot,
+    attempts,
     decide,
     round_holders,
     stale_holders,
@@ -165,6 +166,27 @@ def test_failed_restarts_do_not_count_and_back_off() -> None:
     assert isinstance(decide(snap(g, history={g.uuid: mixed}, now=9_101), limits)[0], Restart)
     two = (*mixed, Attempt(9_200, False))
     assert isinstance(decide(snap(g, history={g.uuid: two}, now=9_300), limits)[0], MarkError)
+
+
+def test_a_restart_that_failed_on_a_host_is_tried_at_once_on_another() -> None:
+    """A lost host's guest whose restart intent failed on h2 (a refusing or unhealthy
+    host) goes at once to the next host placement gives without h2; a second failure in
+    a row, or no other host, backs off as before; where it failed comes from the stored
+    settings (``attempts``: ``failed_on`` names the host of each failed attempt)."""
+    g = guest()  # on lost h9
+    limits = RestartLimits(retry_after=10)
+    one = attempts([[9_995, 1.0, 1.0]], {"h2": 9_995})
+    assert one == (Attempt(9_995, True, True, "h2"),)
+    (retry,) = decide(snap(g, history={g.uuid: one}), limits)
+    assert isinstance(retry, Restart) and retry.on_host == "h1"  # h2 has most free memory
+    (alone,) = decide(snap(g, hosts=(live("h2", 8192),), history={g.uuid: one}), limits)
+    assert alone == Blocked("u-vm1", "vm1",
+                            "1 restart(s) in a row failed; next try 10 s after the last")
+    two = attempts([[9_980, 1.0, 1.0], [9_990, 1.0, 1.0]], {"h1": 9_980, "h2": 9_990})
+    (wait,) = decide(snap(g, history={g.uuid: two}), limits)
+    assert isinstance(wait, Blocked) and "2 restart(s) in a row failed" in wait.reason
+    unknown = attempts([[9_995, 1.0, 1.0]], {})  # stored before failed_on existed
+    assert isinstance(decide(snap(g, history={g.uuid: unknown}), limits)[0], Blocked)
 
 
 def test_pinned_guest_of_a_confirmed_dead_host_is_released_then_restarted() -> None:
