@@ -75,16 +75,10 @@ from gridtool.registry.store import Compare, Delete, Item, Store
 log = logging.getLogger("gridtool.placement.shell")
 
 #: Hypervisors gridtool can live-migrate between (the same one on both ends): QEMU through
-#: libvirt peer-to-peer (``agents/livemigrate.py``); the test driver cannot live-migrate.
-#: Xen (libxl) is refused (:data:`XEN_LIVE_REFUSAL`): the agent's side of it is built
-#: (``livemigrate.migration_flags``, ``reach``), the fence hook cannot judge it yet.
-LIVE_HYPERVISORS: frozenset[str] = frozenset({"qemu"})
-#: Why: tried between two real dom0s (issue 17), libvirt's libxl driver ran the fence
-#: hook's ``migrate begin`` on the destination with an empty stdin instead of the domain
-#: XML, so the hook refused the migration (it cannot tell the guest's LUNs), and libxl
-#: then failed to resume the source's copy (left paused).
-XEN_LIVE_REFUSAL = ("live migration between xen hosts is refused: the destination's fence "
-                    "hook gets no domain XML from libxl's migrate hook: use --cold")
+#: libvirt peer-to-peer (``agents/livemigrate.py``); Xen through libvirt's libxl driver
+#: (the destination's fence hook identifies the guest by name: libxl's ``migrate begin``
+#: passes no domain XML, ``rules.incoming_named``); the test driver cannot live-migrate.
+LIVE_HYPERVISORS: frozenset[str] = frozenset({"qemu", "xen"})
 
 
 # --------------------------------------------------------------------------- views
@@ -229,8 +223,6 @@ def live_refusal(source: HostRecord, target: HostRecord) -> str | None:
     if source.hypervisor != target.hypervisor:
         return (f"{source.name} runs {source.hypervisor} and {target.name} runs "
                 f"{target.hypervisor}: live migration needs the same hypervisor (use --cold)")
-    if source.hypervisor == "xen":
-        return XEN_LIVE_REFUSAL
     if source.hypervisor not in LIVE_HYPERVISORS:
         return (f"live migration between {source.hypervisor} hosts is not built yet: "
                 "use --cold")
