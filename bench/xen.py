@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -122,7 +123,18 @@ def _timed_start(where: dict[str, Any], uuid: str, name: str) -> dict[str, float
         steps["console_ready"] = round(time.monotonic() - t0, 1)
     except (LabError, GridtoolError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
+        print(_agent_log(host), file=sys.stderr)
     return steps
+
+
+def _agent_log(host: xenlab.XenHost, lines: int = 80) -> str:
+    """The dom0 agent's last journal lines (why a step missed its deadline)."""
+    try:
+        shown = host.ssh(f"journalctl -b -o short-monotonic -u gridtool-agent | tail -n {lines}",
+                         timeout=120)
+    except subprocess.TimeoutExpired:
+        return f"({host.name}'s agent journal: ssh did not finish in 120 s)"
+    return f"--- {host.name}'s agent journal, last {lines} lines ---\n{shown.stdout}"
 
 
 def _lun_starts(state: dict[str, Any], where: dict[str, Any]) -> dict[str, float | None]:

@@ -106,3 +106,19 @@ def start(store: EtcdStore, cfg: Config, on: str, uuid: str, name: str,
         registry = Registry(store, cfg.keys)
         wait_until(lambda: state_of(registry, on, uuid) == "running", 300,
                    what=f"{name} running on {on}")
+
+
+def journals(xen_lab: dict[str, Any], names: list[str],
+             units: tuple[str, ...] = ("libvirtd", "gridtool-agent"), lines: int = 60) -> str:
+    """The last ``lines`` of each unit's journal in each named dom0 (a failed check's
+    evidence: the lab goes down with the module)."""
+    out = []
+    for name in names:
+        for unit in units:
+            try:
+                shown = host(xen_lab, name).ssh(
+                    f"journalctl -b -o short-monotonic -u {unit} | tail -n {lines}", 120).stdout
+            except subprocess.TimeoutExpired:
+                shown = "(ssh did not finish in 120 s)"
+            out.append(f"--- {name}: {unit} ---\n{shown}")
+    return "\n".join(out)

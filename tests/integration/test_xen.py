@@ -288,8 +288,10 @@ def test_a_live_migration_hands_the_fence_over_and_runs_on_one_dom0_at_a_time(
     with Overlap(xen_lab, uuid, "hv1", "hv2") as overlap:
         done = gridtool(xen_lab, "guest", "migrate", name, "--to", "hv2", "--live",
                         timeout=START_S)
-    print(done.stdout, done.stderr)
+    if done.returncode != 0:
+        print(xenbed.journals(xen_lab, ["hv1", "hv2"]))
     assert done.returncode == 0, done.stderr
+    print(done.stdout)
     assert holder(store, cfg, volume) == "hv2"
     wait_until(lambda: state_of(registry, "hv2", uuid) == "running", 300,
                what=f"{name} running on hv2 in the registry")
