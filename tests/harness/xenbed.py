@@ -23,8 +23,10 @@ from gridtool.registry.intents import IntentClient
 from tests.harness.testbed import wait_until
 
 #: The agents' lease TTL: at load 5 a TCG dom0 busy with a libxl start (150 s) missed a
-#: 10 s lease's keepalives (event=self_fence reason=lease_deadline).
-TTL = 30
+#: 10 s lease's keepalives (event=self_fence reason=lease_deadline); at load 11-12 (other
+#: engineers' benches on the 2 cores) hv1's agent lost a 30 s lease during its first
+#: guest's start (host lost, the check failed).
+TTL = 60
 #: A PV guest's start through libxl under TCG: 53-66 s at load 3-5, 150 s seen at load 5-7.
 START_S = 600
 #: A command in a dom0 over ssh (TCG on a shared machine: slow), and ssh's own failure.
