@@ -75,10 +75,18 @@ from gridtool.registry.store import Compare, Delete, Item, Store
 log = logging.getLogger("gridtool.placement.shell")
 
 #: Hypervisors gridtool can live-migrate between (the same one on both ends): QEMU through
-#: libvirt peer-to-peer (``agents/livemigrate.py``); Xen through libvirt's libxl driver
-#: (the destination's fence hook identifies the guest by name: libxl's ``migrate begin``
-#: passes no domain XML, ``rules.incoming_named``); the test driver cannot live-migrate.
-LIVE_HYPERVISORS: frozenset[str] = frozenset({"qemu", "xen"})
+#: libvirt peer-to-peer (``agents/livemigrate.py``); the test driver cannot live-migrate.
+#: Xen (libxl) is refused (:data:`XEN_LIVE_REFUSAL`): the agent's side is built
+#: (``livemigrate.migration_flags``, ``reach``) and the destination's fence hook judges
+#: libxl's ``migrate begin`` (``rules.incoming_named``), but libxl's live save failed.
+LIVE_HYPERVISORS: frozenset[str] = frozenset({"qemu"})
+#: Why: tried between two real dom0s (issue 17), the source's libxl could not start the
+#: live save ("xc: Failed to enable logdirty: 95,22,0 (22 = Invalid argument)", then
+#: "Failed to send migration data to destination host"); the guest kept running on the
+#: source with its fence. A handover through libxl was never seen to complete.
+XEN_LIVE_REFUSAL = ("live migration between xen hosts is refused: libxl's live save fails "
+                    "on these dom0s (xc: Failed to enable logdirty) and gridtool's handover "
+                    "was never seen to complete on Xen: use --cold")
 
 
 # --------------------------------------------------------------------------- views
@@ -223,6 +231,8 @@ def live_refusal(source: HostRecord, target: HostRecord) -> str | None:
     if source.hypervisor != target.hypervisor:
         return (f"{source.name} runs {source.hypervisor} and {target.name} runs "
                 f"{target.hypervisor}: live migration needs the same hypervisor (use --cold)")
+    if source.hypervisor == "xen":
+        return XEN_LIVE_REFUSAL
     if source.hypervisor not in LIVE_HYPERVISORS:
         return (f"live migration between {source.hypervisor} hosts is not built yet: "
                 "use --cold")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gridtool.errors import Conflict
-from gridtool.placement.shell import choose_mode, stopped_as_found
+from gridtool.placement.shell import XEN_LIVE_REFUSAL, choose_mode, stopped_as_found
 from gridtool.registry.model import GuestRecord, HostRecord
 
 
@@ -32,11 +32,12 @@ def host(name: str, hypervisor: str) -> HostRecord:
     return HostRecord(name, f"{hypervisor}:///system", hypervisor, 1, 1024, 512, "0", 0.0)
 
 
-def test_xen_and_qemu_hosts_migrate_live_by_default_and_the_test_driver_cold() -> None:
+def test_xen_hosts_migrate_cold_by_default_and_refuse_live_saying_why() -> None:
     hv1, hv2 = host("hv1", "xen"), host("hv2", "xen")
-    assert choose_mode(hv1, hv2, None) == "live" and choose_mode(hv1, hv2, False) == "cold"
-    with pytest.raises(Conflict, match="live migration needs the same hypervisor"):
-        choose_mode(hv1, host("q1", "qemu"), True)
+    assert choose_mode(hv1, hv2, None) == "cold"
+    with pytest.raises(Conflict, match="Failed to enable logdirty"):
+        choose_mode(hv1, hv2, True)
+    assert "use --cold" in XEN_LIVE_REFUSAL
     with pytest.raises(Conflict, match="the test driver cannot live-migrate"):
         choose_mode(host("t1", "test"), host("t2", "test"), True)
     assert choose_mode(host("q1", "qemu"), host("q2", "qemu"), None) == "live"
