@@ -16,7 +16,7 @@ build-xen-image``): ``--hosts`` dom0s booting at once. Phases (seconds):
   agent for every dom0 (:func:`gridtool.lab.xenha.lab_machine_manager`; in a dom0 it could
   not fence another, and an unprotected host gets no HA guest).
 
-    python bench/xen.py [--hosts 2] [--ttl 10] [--failover] [--no-luns] [--json PATH]
+    python bench/xen.py [--hosts 2] [--ttl 60] [--failover] [--no-luns] [--json PATH]
 
 Under TCG on a shared machine these are slow and noisy: the load average is printed with
 every run.
@@ -49,6 +49,8 @@ from gridtool.registry.intents import IntentClient
 from gridtool.registry.records import GuestSettings, encode
 
 GUEST = "ha-pv"
+#: The agents' lease TTL (the Xen tier's, tests/harness/xenbed.py).
+TTL = 60
 
 
 def run(hosts: int, ttl: int, failover: bool, luns: bool = True) -> dict[str, Any]:
@@ -184,18 +186,13 @@ def _failover(state: dict[str, Any], directory: Path,
             "running_elsewhere": round(time.monotonic() - t0, 1)}
 
 
-def xenbed_ttl() -> int:
-    """The Xen tier's lease TTL (tests/harness/xenbed.py), measured against TCG dom0s."""
-    return 60
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=int, default=2)
     # a TCG dom0 busy with a guest's start misses a 10 s lease's keepalives: the lab
     # machine's manager then powers it off as lost and restarts ha-pv elsewhere, and the
     # next start on it (the iSCSI guest's) never ends: the Xen tier's TTL
-    parser.add_argument("--ttl", type=int, default=xenbed_ttl())
+    parser.add_argument("--ttl", type=int, default=TTL)
     parser.add_argument("--failover", action="store_true")
     parser.add_argument("--no-luns", action="store_true",
                         help="skip the AoE vs iSCSI guest start phase")
