@@ -8,6 +8,10 @@ unix socket (``agents.hooksock``) whether this host holds every fence of the gue
 exits 1 with the reason on stderr otherwise: libvirt then refuses the start with
 VIR_ERR_HOOK_SCRIPT_FAILED and that message. An agent that does not answer within
 ``--timeout`` seconds means a refusal (fail closed). Every other operation is allowed.
+libvirt 9.0's libxl driver runs ``migrate begin`` with an EMPTY stdin: the hook then
+asks with the domain name alone, and the agent identifies the guest as the incoming
+migration of that name it was told to expect (``rules.incoming_named``; any other start
+without XML is refused).
 
 It imports only the standard library and gridtool's (light) disk detection, so that it
 starts fast and runs with ``python -I`` from the agent's environment. libvirt reads the
@@ -124,8 +128,8 @@ def judge(name: str, op: str, sub: str, xml: str, sock: str, patterns: list[str]
     if (op, sub) not in CHECKED:
         return None
     verb = VERB[op]
-    try:
-        if not may_be_fenced(xml, patterns):
+    try:  # no XML at all (libxl's migrate begin): the agent identifies it by name
+        if xml.strip() and not may_be_fenced(xml, patterns):
             return None
     except ImportError as exc:  # a broken install: fail closed, in one line
         return (f"gridtool fence hook: refusing to {verb} {name}: gridtool's disk "

@@ -59,6 +59,7 @@ from gridtool.fencing.rules import (
     IntruderPolicy,
     Observation,
     StartOp,
+    incoming_named,
     may_start,
 )
 
@@ -239,25 +240,37 @@ class HookServer:
               decision: _Decision | None = None) -> tuple[bool, str]:
         """(allowed, why) for starting/restoring/receiving guest ``uuid`` here; changes
         nothing when ``decision`` was given up by the time the fences are read."""
-        try:
-            spec = parse_local_domain(xml, self.rules)
-        except DomainXMLError as exc:
-            return False, f"its domain XML cannot be read ({exc})"
-        volumes = tuple(sorted({d.volume for d in spec.disks if d.shared and d.volume}))
-        if not volumes and not spec.unidentified:
+        guest = self._guest(op, uuid, name, xml)
+        if isinstance(guest, str):
+            return False, guest
+        if not guest.volumes and not guest.unidentified:
             return True, "not fenced"
-        if not uuid:
-            return False, "its domain XML has no UUID"
-        guest = GuestRef(uuid, name or uuid, FenceKind.PINNED, volumes,  # kind: not asked
-                         intruder=spec.intruder,  # a saved image of a marked copy
-                         unidentified=spec.unidentified)
-        with self.claims.working(uuid, CLAIM_WAIT_S) as claimed:
+        with self.claims.working(guest.uuid, CLAIM_WAIT_S) as claimed:
             if not claimed:
                 silent = self.registry_silence()
                 if silent > 0:  # that judgement waits on etcd: say so, not "try again"
                     return False, self._unreachable(f"no answer for {silent:.1f} s")
                 return False, f"{self.host}'s agent is judging it right now: try again"
             return self._decide(op, guest, decision or _Decision())
+
+    def _guest(self, op: str, uuid: str, name: str, xml: str) -> GuestRef | str:
+        """The guest libvirt asks about, from its domain XML, or by ``name`` from the
+        expected incoming migrations when libvirt passed none (libxl's ``migrate begin``:
+        ``rules.incoming_named``); else why it is refused."""
+        if not xml.strip():
+            with self._lock:
+                return incoming_named(name, op, self._expected, time.monotonic())
+        try:
+            spec = parse_local_domain(xml, self.rules)
+        except DomainXMLError as exc:
+            return f"its domain XML cannot be read ({exc})"
+        volumes = tuple(sorted({d.volume for d in spec.disks if d.shared and d.volume}))
+        if not uuid and (volumes or spec.unidentified):
+            return "its domain XML has no UUID"
+        return GuestRef(uuid or name or "-", name or uuid or "-", FenceKind.PINNED,
+                        volumes,  # kind: not asked
+                        intruder=spec.intruder,  # a saved image of a marked copy
+                        unidentified=spec.unidentified)
 
     def _unreachable(self, detail: str) -> str:
         return (f"{self.host}'s agent cannot read its fences: the registry (etcd) is "
@@ -302,11 +315,12 @@ class HookServer:
 
     # -- incoming live migrations ---------------------------------------------
 
-    def expect(self, uuid: str, source: str) -> None:
+    def expect(self, uuid: str, source: str, guest: GuestRef | None = None) -> None:
         """The ``receive`` intent: accept ONE incoming live migration of ``uuid`` from
-        ``source`` within :data:`EXPECT_S` seconds (its fences still with ``source``)."""
+        ``source`` within :data:`EXPECT_S` seconds (its fences still with ``source``);
+        ``guest`` as the source's record has it names it when libvirt passes no XML."""
         with self._lock:
-            self._expected[uuid] = Expected(source, time.monotonic() + EXPECT_S)
+            self._expected[uuid] = Expected(source, time.monotonic() + EXPECT_S, guest)
 
     def wake(self, uuid: str) -> None:
         """A lifecycle event of ``uuid`` (the agent calls this from libvirt's event loop):

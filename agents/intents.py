@@ -370,17 +370,17 @@ class IntentWorker:
     def _do_receive(self, intent: Intent) -> str:
         """Accept one incoming live migration of the guest from ``params['from']``."""
         source = str(intent.params.get("from") or "")
+        item = self.store.get(self.keys.guest(source, intent.guest)) if source else None
+        rec = model.decode(GuestRecord, item.key, item.value) if item is not None else None
         if self.registrar.active and self.hook is not None and source:  # before the switchover
-            item = self.store.get(self.keys.guest(source, intent.guest))
-            if item is None:
+            if rec is None:
                 raise IntentFailed(f"{self.host} will not receive {intent.name}: {source} "
                                    "has no record of it, so its LUNs are unknown")
-            rec = model.decode(GuestRecord, item.key, item.value)
             try:
                 self.registrar.register(intent.name, rec.volumes)
             except RegistrationFailed as exc:
                 raise IntentFailed(f"{self.host} will not receive {intent.name}: {exc}") from None
-        return receive(self.hook, self.host, intent)
+        return receive(self.hook, self.host, intent, rec)
 
     def _do_refresh(self, intent: Intent) -> str:
         """Settings changed (HA on/off): judge the guest again, re-putting its fences."""

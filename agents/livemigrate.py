@@ -698,16 +698,22 @@ def copy_of(dom: libvirt.virDomain | None) -> Copy:
     return Copy.RUNNING
 
 
-def receive(hook: Receiver | None, host: str, intent: Intent) -> str:
+def receive(hook: Receiver | None, host: str, intent: Intent,
+            rec: GuestRecord | None = None) -> str:
     """The destination's side: let the fence hook accept ONE incoming migration of the
-    guest from ``params['from']`` (which must hold its fences) within a minute."""
+    guest from ``params['from']`` (which must hold its fences) within a minute. ``rec``,
+    the source's record of it, names the guest and its LUNs to the hook when libvirt
+    passes no domain XML (libxl's ``migrate begin``)."""
     source = str(intent.params.get("from") or "")
     if hook is None:
         raise IntentFailed(f"{host} has no fence hook (setting 'hook_socket'): it "
                            f"cannot check an incoming live migration of {intent.name}")
     if not source or source == host:
         raise IntentFailed(f"receiving {intent.name} needs the source host")
-    hook.expect(intent.guest, source)
+    guest = None if rec is None else GuestRef(
+        intent.guest, rec.name, FenceKind.PINNED, rec.volumes,  # kind: not asked
+        unidentified=rec.unidentified)
+    hook.expect(intent.guest, source, guest)
     return f"{host} expects {intent.name} from {source}"
 
 

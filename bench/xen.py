@@ -16,7 +16,7 @@ build-xen-image``): ``--hosts`` dom0s booting at once. Phases (seconds):
   agent for every dom0 (:func:`gridtool.lab.xenha.lab_machine_manager`; in a dom0 it could
   not fence another, and an unprotected host gets no HA guest).
 
-    python bench/xen.py [--hosts 2] [--ttl 10] [--failover] [--no-luns] [--json PATH]
+    python bench/xen.py [--hosts 2] [--ttl 60] [--failover] [--no-luns] [--json PATH]
 
 Under TCG on a shared machine these are slow and noisy: the load average is printed with
 every run.
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +49,8 @@ from gridtool.registry.intents import IntentClient
 from gridtool.registry.records import GuestSettings, encode
 
 GUEST = "ha-pv"
+#: The agents' lease TTL (the Xen tier's, tests/harness/xenbed.py).
+TTL = 60
 
 
 def run(hosts: int, ttl: int, failover: bool, luns: bool = True) -> dict[str, Any]:
@@ -122,7 +125,18 @@ def _timed_start(where: dict[str, Any], uuid: str, name: str) -> dict[str, float
         steps["console_ready"] = round(time.monotonic() - t0, 1)
     except (LabError, GridtoolError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
+        print(_agent_log(host), file=sys.stderr)
     return steps
+
+
+def _agent_log(host: xenlab.XenHost, lines: int = 80) -> str:
+    """The dom0 agent's last journal lines (why a step missed its deadline)."""
+    try:
+        shown = host.ssh(f"journalctl -b -o short-monotonic -u gridtool-agent | tail -n {lines}",
+                         timeout=120)
+    except subprocess.TimeoutExpired:
+        return f"({host.name}'s agent journal: ssh did not finish in 120 s)"
+    return f"--- {host.name}'s agent journal, last {lines} lines ---\n{shown.stdout}"
 
 
 def _lun_starts(state: dict[str, Any], where: dict[str, Any]) -> dict[str, float | None]:
@@ -175,7 +189,10 @@ def _failover(state: dict[str, Any], directory: Path,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=int, default=2)
-    parser.add_argument("--ttl", type=int, default=10)
+    # a TCG dom0 busy with a guest's start misses a 10 s lease's keepalives: the lab
+    # machine's manager then powers it off as lost and restarts ha-pv elsewhere, and the
+    # next start on it (the iSCSI guest's) never ends: the Xen tier's TTL
+    parser.add_argument("--ttl", type=int, default=TTL)
     parser.add_argument("--failover", action="store_true")
     parser.add_argument("--no-luns", action="store_true",
                         help="skip the AoE vs iSCSI guest start phase")

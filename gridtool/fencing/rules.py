@@ -554,10 +554,34 @@ class StartOp(StrEnum):
 @dataclass(frozen=True)
 class Expected:
     """A ``receive`` intent told this host to accept ONE incoming live migration of the
-    guest from ``source`` until ``until`` (the shell's clock)."""
+    guest from ``source`` until ``until`` (the shell's clock). ``guest``: the guest as
+    the source's record has it (name, shared volumes; None when the source had no
+    record), which identifies it when libvirt passes no domain XML (:func:`incoming_named`)."""
 
     source: str
     until: float
+    guest: GuestRef | None = None
+
+
+def incoming_named(name: str, op: StartOp | str, expected: Mapping[str, Expected],
+                   now: float) -> GuestRef | str:
+    """The guest libvirt asks about by ``name`` alone, with no domain XML (libvirt 9.0's
+    libxl driver runs ``migrate begin`` with an empty stdin): the one guest of that name
+    whose incoming migration is expected here now, as its source's record has it; else
+    why it is refused (one line). Only ``migrate`` is identified this way: any other
+    start without XML is refused."""
+    what = f"libvirt passed no domain XML for {name or '?'} ({op} begin)"
+    if op != StartOp.MIGRATE:
+        return f"{what}: its disks cannot be told (fail closed)"
+    found = [e for e in expected.values()
+             if e.guest is not None and e.guest.name == name and now <= e.until]
+    if not found:
+        return (f"{what} and no live migration of it is expected here (migrate it "
+                f"through gridtool: 'gridtool guest migrate {name or 'NAME'} --live')")
+    if len(found) > 1:
+        return f"{what} and {len(found)} expected migrations have that name"
+    assert found[0].guest is not None
+    return found[0].guest
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,10 @@ LAB_FILES = {
     # libvirtd listens on TCP itself (its sockets masked; setup.sh writes its config)
     "etc/default/libvirtd": 'LIBVIRTD_ARGS="--listen"\n',  # and no idle --timeout
     "etc/systemd/journald.conf.d/lab.conf": "[Journal]\nForwardToConsole=no\n",
+    # a TCG dom0 on a loaded machine (load 20-25 on 2 cores) took over 4 min to start
+    # systemd-networkd and gridtool-lab-config: at systemd's 90 s default both FAILED,
+    # leaving the dom0 with no address and no agent (the lab's boot deadline decides)
+    "etc/systemd/system.conf.d/lab.conf": "[Manager]\nDefaultTimeoutStartSec=infinity\n",
 }
 #: Units enabled in the image (the agent itself starts from gridtool-lab-config).
 ENABLE = ("systemd-networkd.service", "libvirtd.service", "gridtool-lab-config.service")

@@ -77,15 +77,17 @@ log = logging.getLogger("gridtool.placement.shell")
 
 #: Hypervisors gridtool can live-migrate between (the same one on both ends): QEMU through
 #: libvirt peer-to-peer (``agents/livemigrate.py``); the test driver cannot live-migrate.
-#: Xen (libxl) is refused (:data:`XEN_LIVE_REFUSAL`): the agent's side of it is built
-#: (``livemigrate.migration_flags``, ``reach``), the fence hook cannot judge it yet.
+#: Xen (libxl) is refused (:data:`XEN_LIVE_REFUSAL`): the agent's side is built
+#: (``livemigrate.migration_flags``, ``reach``) and the destination's fence hook judges
+#: libxl's ``migrate begin`` (``rules.incoming_named``), but libxl's live save failed.
 LIVE_HYPERVISORS: frozenset[str] = frozenset({"qemu"})
-#: Why: tried between two real dom0s (issue 17), libvirt's libxl driver ran the fence
-#: hook's ``migrate begin`` on the destination with an empty stdin instead of the domain
-#: XML, so the hook refused the migration (it cannot tell the guest's LUNs), and libxl
-#: then failed to resume the source's copy (left paused).
-XEN_LIVE_REFUSAL = ("live migration between xen hosts is refused: the destination's fence "
-                    "hook gets no domain XML from libxl's migrate hook: use --cold")
+#: Why: tried between two real dom0s (issue 17), the source's libxl could not start the
+#: live save ("xc: Failed to enable logdirty: 95,22,0 (22 = Invalid argument)", then
+#: "Failed to send migration data to destination host"); the guest kept running on the
+#: source with its fence. A handover through libxl was never seen to complete.
+XEN_LIVE_REFUSAL = ("live migration between xen hosts is refused: libxl's live save fails "
+                    "on these dom0s (xc: Failed to enable logdirty) and gridtool's handover "
+                    "was never seen to complete on Xen: use --cold")
 
 
 # --------------------------------------------------------------------------- views

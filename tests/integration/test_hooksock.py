@@ -4,6 +4,7 @@ way ``agents/hook.py`` asks it. Real QEMU hooks: tests/integration/test_qemu.py.
 
 from __future__ import annotations
 
+import io
 import threading
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 import libvirt
 import pytest
 
+from agents import hook
 from agents.claims import GuestClaims
 from agents.fencer import Fencer
 from agents.hook import ask
@@ -127,7 +129,7 @@ def test_an_expected_incoming_migration_only(hosts) -> None:  # type: ignore[no-
     h1, h2, uuid, xml = hosts
     h1.fencer.acquire(ref(uuid))
     assert h2.ask("migrate", uuid, xml)["allow"] is False, "a bare 'virsh migrate'"
-    h2.server.expect(uuid, "h1")
+    h2.server.expect(uuid, "h1", ref(uuid))
     assert h2.ask("prepare", uuid, xml)["allow"] is False, "expected, not accepted yet"
     assert h2.ask("migrate", uuid, xml) == {"allow": True,
                                              "message": "incoming live migration from h1"}
@@ -139,6 +141,41 @@ def test_an_expected_incoming_migration_only(hosts) -> None:  # type: ignore[no-
                what="the arrival to end once the fences are here")
     assert h2.ask("prepare", uuid, xml)["message"] == "h2 holds its fences"
     assert h2.ask("prepare", uuid, xml)["allow"] is True
+
+
+def test_libxls_migrate_begin_without_xml_is_judged_by_the_guests_name(  # type: ignore[no-untyped-def]
+        hosts, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """libvirt 9.0's libxl driver runs the hook's ``migrate begin`` with an EMPTY stdin:
+    the hook (run as libvirt runs it) asks by the domain name, and the agent judges the
+    incoming migration of that name it was told to expect, with the same rule as with
+    the XML: only while the source holds every fence, once per ``receive``."""
+    h1, h2, uuid, xml = hosts
+
+    def libxl_runs_the_hook(op: str) -> tuple[int, str]:
+        monkeypatch.setattr("sys.stdin", io.StringIO(""))
+        status = hook.main(["--socket", h2.server.path, "--timeout", "10", "--", "g1", op,
+                            "begin", "-"])
+        return status, capsys.readouterr().err
+
+    status, err = libxl_runs_the_hook("migrate")
+    assert status == 1 and "libvirt passed no domain XML for g1 (migrate begin) and no " \
+        "live migration of it is expected here" in err, err
+    h2.server.expect(uuid, "h1", ref(uuid))
+    status, err = libxl_runs_the_hook("migrate")
+    assert status == 1 and "h2 does not hold the fence of aoe-e1.2" in err, \
+        "expected, but the source holds no fence: " + err
+    h1.fencer.acquire(ref(uuid))
+    status, err = libxl_runs_the_hook("prepare")
+    assert status == 1 and "its disks cannot be told (fail closed)" in err, err
+    assert libxl_runs_the_hook("migrate") == (0, "")
+    assert h2.claims.busy(uuid), "arriving: the agent must not judge it an intruder"
+    assert h2.ask("prepare", uuid, xml)["allow"] is True, "libxl's start of the arriving copy"
+    status, err = libxl_runs_the_hook("migrate")
+    assert status == 1 and "no live migration of it is expected here" in err, \
+        "one migration per 'receive'"
+    _hand_over(h1, uuid, "h2")
+    wait_until(lambda: not h2.claims.busy(uuid), 10,
+               what="the arrival to end once the fences are here")
 
 
 def _hand_over(source: Host, uuid: str, target: str) -> None:
@@ -166,7 +203,7 @@ def state_of(h: Host, uuid: str) -> int:
 def test_a_copy_resumed_before_its_fences_is_paused_until_the_handover(hosts) -> None:  # type: ignore[no-untyped-def]
     h1, h2, uuid, xml = hosts
     h1.fencer.acquire(ref(uuid))
-    h2.server.expect(uuid, "h1")
+    h2.server.expect(uuid, "h1", ref(uuid))
     assert h2.ask("migrate", uuid, xml)["allow"] is True
     libvirt_resumes_it(h2, uuid)  # before h1 handed the fences over
     wait_until(lambda: state_of(h2, uuid) == libvirt.VIR_DOMAIN_PAUSED, 10,
@@ -182,7 +219,7 @@ def test_a_copy_resumed_before_its_fences_is_paused_until_the_handover(hosts) ->
 def test_a_copy_resumed_while_a_third_host_holds_its_fences_is_an_intruder(hosts) -> None:  # type: ignore[no-untyped-def]
     h1, h2, uuid, xml = hosts
     h1.fencer.acquire(ref(uuid))
-    h2.server.expect(uuid, "h1")
+    h2.server.expect(uuid, "h1", ref(uuid))
     assert h2.ask("migrate", uuid, xml)["allow"] is True
     _hand_over(h1, uuid, "h3")  # the fences went elsewhere meanwhile
     libvirt_resumes_it(h2, uuid)
@@ -263,7 +300,7 @@ def test_an_answer_given_up_on_changes_nothing(hosts) -> None:  # type: ignore[n
     effect: here it would use up h2's one expected migration."""
     h1, h2, uuid, xml = hosts
     h1.fencer.acquire(ref(uuid))
-    h2.server.expect(uuid, "h1")
+    h2.server.expect(uuid, "h1", ref(uuid))
     gate = threading.Event()
 
     def hanging(volumes):  # type: ignore[no-untyped-def]

@@ -233,9 +233,10 @@ def test_a_cold_migration_right_after_a_start_arrives_running(
 def test_a_live_migration_between_dom0s_is_refused_saying_why(
         xen_lab: dict[str, Any], registry: Registry) -> None:
     """Tried through libxl between the dom0s over the lab segment (issue 17): the
-    destination's libxl ran the fence hook's ``migrate begin`` with an empty stdin, the
-    hook refused, and libxl left the source's copy paused. Until the hook can judge it,
-    ``--live`` between Xen hosts is refused at once and nothing is touched."""
+    destination's fence hook now judges libxl's ``migrate begin`` (no domain XML: the
+    guest is known by name), but the source's libxl cannot start the live save ("xc:
+    Failed to enable logdirty"). ``--live`` between Xen hosts is refused at once and
+    nothing is touched."""
     uuid = define_on_lun(xen_lab, "hv1", "live1", 2, registry)
     done = gridtool(xen_lab, "guest", "migrate", "live1", "--to", "hv2", "--live")
     assert done.returncode == 7 and done.stderr.count("\n") == 1, done.stderr

@@ -29,6 +29,7 @@ from gridtool.fencing.rules import (
     Unreadable,
     Verdict,
     default_margin,
+    incoming_named,
     judge_running,
     judge_stopped,
     may_start,
@@ -260,6 +261,30 @@ def test_the_hooks_rule(observed: dict[str, Observation], op: str, expected: Exp
                         incoming: str | None) -> None:
     answer = may_start("h2", VM1, observed, op, expected, arriving, now)
     assert (answer.allow, answer.incoming_from) == (allow, incoming), answer.reason
+
+
+def test_a_guest_without_domain_xml_is_the_expected_migration_of_its_name() -> None:
+    """libvirt 9.0's libxl driver runs ``migrate begin`` with an empty stdin: the guest is
+    the expected incoming migration of that name, whose rule is then the usual one."""
+    other = GuestRef("u9", "other", PINNED, ("vol-c",))
+    expected = {VM1.uuid: Expected("h1", 100, VM1), "u9": Expected("h1", 100, other)}
+    assert incoming_named(VM1.name, "migrate", expected, 50) == VM1
+    answer = may_start("h2", VM1, H1_HOLDS, "migrate", expected[VM1.uuid], None, 50)
+    assert (answer.allow, answer.incoming_from) == (True, "h1"), answer.reason
+    for name, op, now, why in [
+            (VM1.name, "migrate", 100.5, "no live migration of it is expected here"),
+            ("nobody", "migrate", 50, "no live migration of it is expected here"),
+            (VM1.name, "prepare", 50, "its disks cannot be told (fail closed)"),
+            (VM1.name, "restore", 50, "its disks cannot be told (fail closed)")]:
+        refusal = incoming_named(name, op, expected, now)
+        assert isinstance(refusal, str) and refusal.startswith(
+            f"libvirt passed no domain XML for {name} ({op} begin)") and why in refusal
+    unnamed = {VM1.uuid: Expected("h1", 100)}  # the source had no record: its LUNs unknown
+    assert "no live migration of it is expected" in str(
+        incoming_named(VM1.name, "migrate", unnamed, 50))
+    twice = {"a": Expected("h1", 100, VM1), "b": Expected("h3", 100, VM1)}
+    assert "2 expected migrations have that name" in str(
+        incoming_named(VM1.name, "migrate", twice, 50))
 
 
 def test_the_hooks_rule_allows_a_guest_without_shared_volumes_and_needs_every_read() -> None:

@@ -35,7 +35,9 @@ def host(name: str, hypervisor: str) -> HostRecord:
 def test_xen_hosts_migrate_cold_by_default_and_refuse_live_saying_why() -> None:
     hv1, hv2 = host("hv1", "xen"), host("hv2", "xen")
     assert choose_mode(hv1, hv2, None) == "cold"
-    with pytest.raises(Conflict, match="fence hook gets no domain XML"):
+    with pytest.raises(Conflict, match="Failed to enable logdirty"):
         choose_mode(hv1, hv2, True)
     assert "use --cold" in XEN_LIVE_REFUSAL
+    with pytest.raises(Conflict, match="the test driver cannot live-migrate"):
+        choose_mode(host("t1", "test"), host("t2", "test"), True)
     assert choose_mode(host("q1", "qemu"), host("q2", "qemu"), None) == "live"

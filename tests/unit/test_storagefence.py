@@ -18,6 +18,7 @@ from gridtool.config import Config, load
 from gridtool.domains.storage import iscsi_id, iscsi_lun
 from gridtool.errors import ConfigError
 from gridtool.fencing.recovery import StorageResult
+from gridtool.fencing.rules import GuestRef
 from gridtool.fencing.storagefence import PrStorageFencer, from_config
 from gridtool.storage import fence, pr
 
@@ -329,10 +330,12 @@ def test_the_destination_registers_before_it_accepts_an_incoming_migration() -> 
     lun = ModelLun()
     fence.register(lun.session("hv1"), HV1)
     expected: list[tuple[str, str]] = []
+    named: list[GuestRef | None] = []  # as the hook knows it when libxl passes no XML
 
     class Hook:
-        def expect(self, guest: str, source: str) -> None:
+        def expect(self, guest: str, source: str, ref: GuestRef | None = None) -> None:
             expected.append((guest, source))
+            named.append(ref)
 
     worker = IntentWorker(host="hv2", store=store, keys=keys, domains=None,  # type: ignore[arg-type]
                           fencer=None, lease=None, claims=GuestClaims(),  # type: ignore[arg-type]
@@ -342,6 +345,7 @@ def test_the_destination_registers_before_it_accepts_an_incoming_migration() -> 
     intent = Intent("i1", "hv2", "receive", uuid, "db", 0.0, "test", params={"from": "hv1"})
     assert worker._do_receive(intent) == "hv2 expects db from hv1"
     assert lun.regs == {"hv1": HV1, "hv2": HV2} and expected == [(uuid, "hv1")]
+    assert [(r.uuid, r.name, r.volumes) for r in named if r] == [(uuid, "db", (LUN1,))]
     with pytest.raises(IntentFailed, match="hv3 has no record of it"):
         worker._do_receive(Intent("i2", "hv2", "receive", uuid, "db", 0.0, "test",
                                   params={"from": "hv3"}))
