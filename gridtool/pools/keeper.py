@@ -332,18 +332,6 @@ class PoolKeeper:
             log.info("event=pool_warm_asleep pool=%s guest=%s host=%s", spec.name,
                      action.name, action.host)
             return
-        if isinstance(action, MarkAwake):
-            if warm.mark_awake(self.store, self.cfg, spec.name, action.uuid, action.name,
-                               action.was):
-                log.info("event=pool_serving pool=%s guest=%s host=%s after=%s", spec.name,
-                         action.name, action.host, action.was)
-            return
-        if isinstance(action, Withdraw):
-            taken = warm.withdraw_clone(self.store, self.cfg, spec.name, action.uuid,
-                                        action.name, action.host, action.intent)
-            log.info("event=pool_clone_withdrawn pool=%s guest=%s host=%s intent=%s "
-                     "taken=%s", spec.name, action.name, action.host, action.intent, taken)
-            return
         # Remove, or Forget: for a host that is gone, remove_clone drops the membership
         # at once and leaves the removal queued for that host's agent, should it return.
         with contextlib.suppress(NotFound):  # already gone: just drop the membership
