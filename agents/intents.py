@@ -17,7 +17,7 @@ from agents import images
 from agents.claims import GuestClaims
 from agents.faults import NO_FAULTS, Faults
 from agents.fencer import FenceRefused
-from agents.livemigrate import LiveMigrator, receive
+from agents.livemigrate import LiveMigrator, incoming_guest, receive
 from agents.ports import Domains, FenceHolder, IntentFailed, LeaseView, Receiver
 from agents.readiness import console_file, console_size, wait_console_output
 from agents.savedimage import check_saved_image
@@ -368,19 +368,25 @@ class IntentWorker:
         return outcome
 
     def _do_receive(self, intent: Intent) -> str:
-        """Accept one incoming live migration of the guest from ``params['from']``."""
+        """Accept one incoming live migration of the guest from ``params['from']``; the
+        guest's LUNs come with the intent (:func:`incoming_guest`)."""
         source = str(intent.params.get("from") or "")
-        item = self.store.get(self.keys.guest(source, intent.guest)) if source else None
-        rec = model.decode(GuestRecord, item.key, item.value) if item is not None else None
+        guest = incoming_guest(intent)
         if self.registrar.active and self.hook is not None and source:  # before the switchover
-            if rec is None:
-                raise IntentFailed(f"{self.host} will not receive {intent.name}: {source} "
-                                   "has no record of it, so its LUNs are unknown")
+            if guest is None:  # ordered by an older CLI: the source's record says
+                item = self.store.get(self.keys.guest(source, intent.guest))
+                if item is None:
+                    raise IntentFailed(f"{self.host} will not receive {intent.name}: "
+                                       f"{source} has no record of it, so its LUNs are "
+                                       "unknown")
+                rec = model.decode(GuestRecord, item.key, item.value)
+                guest = GuestRef(intent.guest, rec.name, FenceKind.PINNED, rec.volumes,
+                                 unidentified=rec.unidentified)
             try:
-                self.registrar.register(intent.name, rec.volumes)
+                self.registrar.register(intent.name, guest.volumes)
             except RegistrationFailed as exc:
                 raise IntentFailed(f"{self.host} will not receive {intent.name}: {exc}") from None
-        return receive(self.hook, self.host, intent, rec)
+        return receive(self.hook, self.host, intent, guest)
 
     def _do_refresh(self, intent: Intent) -> str:
         """Settings changed (HA on/off): judge the guest again, re-putting its fences."""

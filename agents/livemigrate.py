@@ -698,21 +698,30 @@ def copy_of(dom: libvirt.virDomain | None) -> Copy:
     return Copy.RUNNING
 
 
+def incoming_guest(intent: Intent) -> GuestRef | None:
+    """The guest a ``receive`` intent is about, as the migration read it from the
+    source's record (``params['volumes']`` and ``['unidentified']``; the destination's
+    etcd user may not read another host's records); None from a CLI that sent neither."""
+    volumes, unidentified = intent.params.get("volumes"), intent.params.get("unidentified")
+    if not isinstance(volumes, list):
+        return None
+    return GuestRef(intent.guest, intent.name, FenceKind.PINNED,  # kind: not asked
+                    tuple(str(v) for v in volumes),
+                    unidentified=tuple(str(u) for u in unidentified or ()))
+
+
 def receive(hook: Receiver | None, host: str, intent: Intent,
-            rec: GuestRecord | None = None) -> str:
+            guest: GuestRef | None = None) -> str:
     """The destination's side: let the fence hook accept ONE incoming migration of the
-    guest from ``params['from']`` (which must hold its fences) within a minute. ``rec``,
-    the source's record of it, names the guest and its LUNs to the hook when libvirt
-    passes no domain XML (libxl's ``migrate begin``)."""
+    guest from ``params['from']`` (which must hold its fences) within a minute. ``guest``
+    (:func:`incoming_guest`) names the guest and its LUNs to the hook when libvirt passes
+    no domain XML (libxl's ``migrate begin``)."""
     source = str(intent.params.get("from") or "")
     if hook is None:
         raise IntentFailed(f"{host} has no fence hook (setting 'hook_socket'): it "
                            f"cannot check an incoming live migration of {intent.name}")
     if not source or source == host:
         raise IntentFailed(f"receiving {intent.name} needs the source host")
-    guest = None if rec is None else GuestRef(
-        intent.guest, rec.name, FenceKind.PINNED, rec.volumes,  # kind: not asked
-        unidentified=rec.unidentified)
     hook.expect(intent.guest, source, guest)
     return f"{host} expects {intent.name} from {source}"
 

@@ -452,7 +452,11 @@ class Migrator:
         running on the source with its fences (libvirt aborts the job, resumes it there)."""
         source, name = rec.host, rec.name
         self._check_ends(source, target, name)
-        done = self._step(result, "receive", target, "receive", {"from": source})
+        # the guest's LUNs as the source's record has them: the destination's etcd user
+        # may not read another host's records (agents.livemigrate.incoming_guest)
+        done = self._step(result, "receive", target, "receive", {
+            "from": source, "volumes": list(rec.volumes),
+            "unidentified": list(rec.unidentified)})
         if not done.ok:  # nothing moved: the destination cannot accept it
             self._end(result, EndState.ON_SOURCE, f"{target} cannot receive {name} "
                       f"({done.message}): {name} still runs on {source}")
