@@ -333,9 +333,9 @@ def test_the_destination_registers_before_it_accepts_an_incoming_migration() -> 
     named: list[GuestRef | None] = []  # as the hook knows it when libxl passes no XML
 
     class Hook:
-        def expect(self, guest: str, source: str, ref: GuestRef | None = None) -> None:
-            expected.append((guest, source))
-            named.append(ref)
+        def expect(self, uuid: str, source: str, guest: GuestRef | None = None) -> None:
+            expected.append((uuid, source))
+            named.append(guest)
 
     worker = IntentWorker(host="hv2", store=store, keys=keys, domains=None,  # type: ignore[arg-type]
                           fencer=None, lease=None, claims=GuestClaims(),  # type: ignore[arg-type]
@@ -349,6 +349,13 @@ def test_the_destination_registers_before_it_accepts_an_incoming_migration() -> 
     with pytest.raises(IntentFailed, match="hv3 has no record of it"):
         worker._do_receive(Intent("i2", "hv2", "receive", uuid, "db", 0.0, "test",
                                   params={"from": "hv3"}))
+    # the migration's own intent carries the LUNs: no record of another host is read
+    # (a host's etcd user may not read them)
+    carried = Intent("i3", "hv2", "receive", uuid, "db", 0.0, "test",
+                     params={"from": "hv3", "volumes": [LUN1], "unidentified": []})
+    assert worker._do_receive(carried) == "hv2 expects db from hv3"
+    assert (named[-1].uuid, named[-1].volumes) == (uuid, (LUN1,))  # type: ignore[union-attr]
+    expected.pop(), named.pop()
     lun.holder, lun.type = "hv1", pr.ResType.EXCLUSIVE_ACCESS
     with pytest.raises(IntentFailed, match=r"^hv2 will not receive db: hv2 could not register"):
         worker._do_receive(intent)
