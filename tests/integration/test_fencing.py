@@ -75,6 +75,12 @@ def pinned_db_and_ha_web_on_hv1(lab_hosts, store, cfg, registry, per_host=None):
     client = IntentClient(store, cfg.keys)
     for uuid, name in ((UUID, "db"), (WEB_UUID, "web")):
         assert client.wait(client.submit("hv1", "start", uuid, name), 30).state == "done"
+        # the agent records it running from libvirt's event a moment after the intent is
+        # done: a manager started before that saw db shut off on its live host and
+        # restarted it in place ("already running"), a new fence token (the partition
+        # test's failure in CI)
+        wait_until(lambda u=uuid: getattr(registry.guests_of("hv1")[0].get(u), "state", "")
+                   == "running", timeout=10, what=f"{name} recorded running on hv1")
 
 
 def resynced(store, cfg, host, old_lease=None):  # type: ignore[no-untyped-def]

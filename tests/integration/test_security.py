@@ -342,7 +342,10 @@ def http_get(port: int, context: ssl.SSLContext | None, path: str = "/members") 
     """One HTTP/1.0 GET to 127.0.0.1:``port`` (over TLS with ``context``): the raw answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         sock = context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        # Connection: close: the answer ends with the connection (a member that kept it
+        # open left the read waiting out its 5 s timeout, twice at load 18)
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                     "\r\n".encode())
         chunks = []
         while data := sock.recv(65536):
             chunks.append(data)
