@@ -28,9 +28,9 @@ class EtcdAuth:
     def __init__(self, store: EtcdStore) -> None:
         self.store = store
 
-    def _rpc(self, method: str, request: object) -> Any:
+    def _rpc(self, method: str, request: object, exists_ok: bool = False) -> Any:
         """One Auth call; the reply is an (untyped) pyetcd protobuf message."""
-        return self.store.auth_rpc(method, request)
+        return self.store.auth_rpc(method, request, exists_ok)
 
     def users(self) -> list[str]:
         return list(self._rpc("UserList", etcdrpc.AuthUserListRequest()).users)
@@ -55,11 +55,13 @@ class EtcdAuth:
     def apply(self, step: Step, password: str | None = None) -> None:
         """Carry out one repair step; ``add_user`` needs the new user's ``password``."""
         if step.op == "add_role":
-            self._rpc("RoleAdd", etcdrpc.AuthRoleAddRequest(name=step.name))
+            self._rpc("RoleAdd", etcdrpc.AuthRoleAddRequest(name=step.name), exists_ok=True)
         elif step.op == "add_user":
             if not password:
                 raise ValueError(f"add_user {step.name}: no password")
-            self._rpc("UserAdd", etcdrpc.AuthUserAddRequest(name=step.name, password=password))
+            if self._rpc("UserAdd", etcdrpc.AuthUserAddRequest(
+                    name=step.name, password=password), exists_ok=True) is None:
+                self.change_password(step.name, password)  # whoever added it: this password
         elif step.op == "grant_role":
             self._rpc("UserGrantRole",
                       etcdrpc.AuthUserGrantRoleRequest(user=step.name, role=str(step.arg)))

@@ -263,11 +263,25 @@ class EtcdStore:
         resp = self._call(lambda c: c.get_lease_info(lease))
         return None if resp.TTL < 0 else (int(resp.grantedTTL), float(resp.TTL))
 
-    def auth_rpc(self, method: str, request: Any) -> Any:
+    def auth_rpc(self, method: str, request: Any, exists_ok: bool = False) -> Any:
         """One call of etcd's Auth service (``UserAdd``, ``RoleGrantPermission``...);
-        pyetcd has no methods for them, so ``gridtool.auth.etcdauth`` builds the requests."""
-        return self._call(lambda c: getattr(c.authstub, method)(
-            request, self._call_timeout, credentials=c.call_credentials, metadata=c.metadata))
+        pyetcd has no methods for them, so ``gridtool.auth.etcdauth`` builds the requests.
+
+        ``exists_ok``: an add answered "already exists" returns None. A retried add meets
+        its own first try that timed out yet was applied (bcrypt under load).
+        """
+        def run(c: pyetcd.Etcd3Client) -> Any:
+            try:
+                return getattr(c.authstub, method)(request, self._call_timeout,
+                                                   credentials=c.call_credentials,
+                                                   metadata=c.metadata)
+            except grpc.RpcError as exc:
+                if exists_ok and exc.code() is grpc.StatusCode.FAILED_PRECONDITION \
+                        and "already exists" in (exc.details() or ""):
+                    return None
+                raise
+
+        return self._call(run)
 
     # -- watches and status --------------------------------------------------
 
