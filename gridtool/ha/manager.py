@@ -7,7 +7,9 @@ lists again). A round whose inputs did not change since an idle round (no action
 in flight, nobody fenced or suspect) skips the barrier, the snapshot and ``decide`` (a
 *quiet* round: no round trip; a background probe checks that the watch keeps up), until
 ``full_every`` seconds have passed since the last full one. A lost host's timed grace
-ending brings the next round forward to that moment.
+ending brings the next round forward to that moment, and so does a host record or a
+fence vanishing (not a put: ``gridtool.ha.pacing``); the fleet index's audit runs after
+idle full rounds, and at most once per ``AUDIT_EVERY_S`` while rounds are busy.
 
 Every write of the leader is a transaction guarded by its election key (compare its
 create revision), so a deposed leader that has not noticed yet cannot act.
@@ -49,6 +51,7 @@ from gridtool.fencing.rules import Observed
 from gridtool.fencing.shell import read_all_fences, read_holders, read_host_fences, run_plan
 from gridtool.ha import batch
 from gridtool.ha.kinds import guest_kind
+from gridtool.ha.pacing import audit_due, wakes_round
 from gridtool.ha.rules import (
     Action,
     Blocked,
@@ -127,6 +130,7 @@ class Manager:
         self.clock = clock
         self._last_keepalive = 0.0
         self._wake = threading.Event()  # a host or fence vanishing wakes the next round
+        self._audited: float | None = None  # when the last index audit ran (monotonic)
         self._watches: list[Watch] = []
         self._dead_marks: dict[str, int] = {}  # confirm-dead marks read: host -> revision
         self.threaded = threaded
@@ -219,14 +223,15 @@ class Manager:
         self.view, self._idle = view, None
         return [view]
 
-    def _wake_event(self, _ev: Any) -> None:
-        self._wake.set()
+    def _wake_event(self, ev: Any) -> None:
+        if wakes_round(self.keys, ev.kind, ev.key):
+            self._wake.set()
 
     def _mirror_event(self, ev: Any) -> None:
         if ev.key.startswith(self.keys.heartbeats):
             self._beat_event(ev)
-        elif ev.key.startswith((self.keys.hosts, self.keys.fences)) or ev.kind == "reset":
-            self._wake.set()
+        else:
+            self._wake_event(ev)
 
     def _campaign(self) -> None:
         if self.lease is None:
@@ -329,7 +334,9 @@ class Manager:
             self._round()
             if not self._fenced_inline:
                 break
-        if full and isinstance(self.view, MirrorStore):
+        if full and isinstance(self.view, MirrorStore) and \
+                audit_due(self._idle is not None, self._audited, self.clock.monotonic()):
+            self._audited = self.clock.monotonic()
             self._audit(self.view)
         self.rounds.append(RoundTime(time.perf_counter() - started, full, synced))
         self._publish_status()
