@@ -156,6 +156,7 @@ class Failover:
     #: phase -> (count, first, last), seconds after ``lost_at``
     phases: dict[str, tuple[int, float, float]]
     per_process: dict[str, int]  # agent process -> intents it carried out
+    destinations: int = 0  # distinct hosts the restarts were addressed to
 
 
 def parse_log(lines: Iterable[str]) -> list[LogEvent]:
@@ -174,8 +175,8 @@ def failovers(events: list[LogEvent]) -> list[Failover]:
     found = []
     for host in sorted({e.fields["host"] for e in events if e.name == "host_lost"}):
         lost = min(e.at for e in events if e.name == "host_lost" and e.fields["host"] == host)
-        guests = {e.fields["guest"] for e in events
-                  if e.name == "ha_restart" and e.fields.get("from") == host}
+        restarts = [e for e in events if e.name == "ha_restart" and e.fields.get("from") == host]
+        guests = {e.fields["guest"] for e in restarts}
         if not guests:
             continue
         mine = [e for e in events if e.at >= lost and e.fields.get("guest") in guests]
@@ -185,7 +186,8 @@ def failovers(events: list[LogEvent]) -> list[Failover]:
             if times:
                 phases[what] = (len(times), times[0], times[-1])
         per = Counter(e.pid for e in mine if e.name == "intent_start")
-        found.append(Failover(host, lost, len(guests), phases, dict(per)))
+        found.append(Failover(host, lost, len(guests), phases, dict(per),
+                               len({e.fields.get("on") for e in restarts})))
     return found
 
 
@@ -196,4 +198,5 @@ def print_failovers(found: list[Failover]) -> None:
               "saw its lease gone")
         for what, (n, first, last) in f.phases.items():
             print(f"  {what:38s} n={n:3d}  first {first:7.3f}  last {last:7.3f}")
-        print(f"  intents per agent process: {sorted(f.per_process.values(), reverse=True)}")
+        print(f"  intents per agent process: {sorted(f.per_process.values(), reverse=True)}; "
+              f"restarts sent to {f.destinations} distinct host(s)")

@@ -7,7 +7,9 @@ lists again). A round whose inputs did not change since an idle round (no action
 in flight, nobody fenced or suspect) skips the barrier, the snapshot and ``decide`` (a
 *quiet* round: no round trip; a background probe checks that the watch keeps up), until
 ``full_every`` seconds have passed since the last full one. A lost host's timed grace
-ending brings the next round forward to that moment.
+ending brings the next round forward to that moment, and so does a host record or a
+fence vanishing (not a put: ``gridtool.ha.pacing``); the fleet index's audit runs after
+idle full rounds, and at most once per ``AUDIT_EVERY_S`` while rounds are busy.
 
 Every write of the leader is a transaction guarded by its election key (compare its
 create revision), so a deposed leader that has not noticed yet cannot act.
@@ -23,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from gridtool.backoff import Backoff
 from gridtool.clock import SYSTEM, Clock
@@ -45,10 +47,11 @@ from gridtool.fencing.recovery import (
     due_times,
     note_lost,
 )
-from gridtool.fencing.rules import Observed
-from gridtool.fencing.shell import read_all_fences, read_holders, read_host_fences, run_plan
+from gridtool.fencing.rules import Observation, Observed, observe
+from gridtool.fencing.shell import read_holders, read_host_fences, run_plan
 from gridtool.ha import batch
 from gridtool.ha.kinds import guest_kind
+from gridtool.ha.pacing import audit_due, wakes_round
 from gridtool.ha.rules import (
     Action,
     Blocked,
@@ -69,11 +72,14 @@ from gridtool.ha.rules import (
     stale_holders,
 )
 from gridtool.placement.index import FleetIndex
-from gridtool.placement.shell import FleetView, guest_needs, read_hosts
+from gridtool.placement.shell import FleetView, guest_needs, live_hosts
 from gridtool.pools.keeper import PoolKeeper
 from gridtool.registry import fenceagents
+from gridtool.registry.fenceagents import FenceAgentConf
 from gridtool.registry.fleet import Registry
+from gridtool.registry.hostconf import HostConf
 from gridtool.registry.intents import IntentClient
+from gridtool.registry.keyindex import KeyIndex
 from gridtool.registry.keys import Keys
 from gridtool.registry.mirror import Memo, MirrorStore, guest_pages
 from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord
@@ -81,6 +87,7 @@ from gridtool.registry.records import GuestSettings, Intent, ManagerStatus, deco
 from gridtool.registry.store import Compare, Delete, Item, Put, Store, Watch
 
 log = logging.getLogger("gridtool.ha.manager")
+D = TypeVar("D", FenceAgentConf, HostConf)
 
 
 class RoundTime(NamedTuple):
@@ -127,6 +134,7 @@ class Manager:
         self.clock = clock
         self._last_keepalive = 0.0
         self._wake = threading.Event()  # a host or fence vanishing wakes the next round
+        self._audited: float | None = None  # when the last index audit ran (monotonic)
         self._watches: list[Watch] = []
         self._dead_marks: dict[str, int] = {}  # confirm-dead marks read: host -> revision
         self.threaded = threaded
@@ -154,6 +162,11 @@ class Manager:
         self._memo = Memo()  # decoded host records, kept between rounds
         #: guest records per host, settings and host views, updated per changed key
         self._index = FleetIndex(cfg.keys, guest_needs)
+        #: fence keys, fence agents and host settings, decoded per changed key
+        self._fences: KeyIndex[Observation] = KeyIndex(
+            cfg.keys.fences, lambda volume, item: observe(volume, item.value, item.mod_revision))
+        self._agents = KeyIndex(cfg.keys.fence_agents, _decoded(FenceAgentConf))
+        self._hostconfs = KeyIndex(cfg.keys.hostconfs, _decoded(HostConf))
         self.index_repairs = 0  # hosts the audit found the index wrong about
 
     # -- election ------------------------------------------------------------
@@ -219,14 +232,15 @@ class Manager:
         self.view, self._idle = view, None
         return [view]
 
-    def _wake_event(self, _ev: Any) -> None:
-        self._wake.set()
+    def _wake_event(self, ev: Any) -> None:
+        if wakes_round(self.keys, ev.kind, ev.key):
+            self._wake.set()
 
     def _mirror_event(self, ev: Any) -> None:
         if ev.key.startswith(self.keys.heartbeats):
             self._beat_event(ev)
-        elif ev.key.startswith((self.keys.hosts, self.keys.fences)) or ev.kind == "reset":
-            self._wake.set()
+        else:
+            self._wake_event(ev)
 
     def _campaign(self) -> None:
         if self.lease is None:
@@ -329,7 +343,9 @@ class Manager:
             self._round()
             if not self._fenced_inline:
                 break
-        if full and isinstance(self.view, MirrorStore):
+        if full and isinstance(self.view, MirrorStore) and \
+                audit_due(self._idle is not None, self._audited, self.clock.monotonic()):
+            self._audited = self.clock.monotonic()
             self._audit(self.view)
         self.rounds.append(RoundTime(time.perf_counter() - started, full, synced))
         self._publish_status()
@@ -399,7 +415,7 @@ class Manager:
         view = self.view
         pending = self._pending()
         fleet = self._fleet(view)
-        fences, _ = read_all_fences(view, self.keys)
+        fences = dict(self._fences.values)
         self._dead_marks = {item.key.removeprefix(self.keys.dead): item.mod_revision
                             for item in view.list(self.keys.dead)[0]}
         dead = set(self._dead_marks)
@@ -428,7 +444,7 @@ class Manager:
             now=self.clock.wall(), hosts=fleet.hosts, guests=tuple(views), fences=fences,
             confirmed_dead=frozenset(dead), history=history, pending=pending,
             host_fences=self._host_fences,
-            power_agents=frozenset(fenceagents.read_all(view, self.keys)),
+            power_agents=frozenset(self._agents.values),
             storage_fencer=self.storage_fencer is not None, fencing_now=running,
             registrations=registrations,
             silent=self._silences(live))
@@ -438,23 +454,41 @@ class Manager:
     def _fleet(self, view: Store) -> FleetView:
         """The fleet from the index, after reading again what changed since the last
         round (everything when ``view`` is not the journaled mirror, or after it listed
-        again). Its ``guests`` are the records on shared storage only: the others
-        count on their hosts' views, and the manager manages none of them."""
+        again), and the fence keys, fence agents and host settings the same way. Its
+        ``guests`` are the records on shared storage only: the others count on their
+        hosts' views, and the manager manages none of them."""
         changed = view.take_changed() if isinstance(view, MirrorStore) else None
-        self._index.update(lambda prefix: view.list(prefix)[0], changed)
-        hosts, draining, declared = read_hosts(view, self.keys, self._memo)
+        lister = self._lister(view)
+        self._index.update(lister, changed)
+        for keyed in self._keyed:
+            keyed.update(lister, changed)
+        draining = frozenset(h for h, c in self._hostconfs.values.items() if c.draining)
+        hosts, draining, declared = live_hosts(view, self.keys, self._memo,
+                                               frozenset(self._agents.values), draining)
         return FleetView(self._index.views(hosts, draining, declared),
                          {h.name: h for h in hosts}, self._index.fenced(),
                          self._index.settings, declared)
 
     def _audit(self, view: MirrorStore) -> None:
-        """Check a slice of the fleet index against the mirror (after the round acted:
+        """Check a slice of the fleet index, and every key of the fence, fence agent and
+        host settings indexes (by revision), against the mirror (after the round acted:
         it never delays a decision); what differed is repaired and logged (not what
         changed since the round read it: the journal holds that for the next round)."""
-        wrong = self._index.audit(lambda prefix: view.list(prefix)[0], view.journaled)
-        if wrong:
-            self.index_repairs += len(wrong)
-            log.warning("event=fleet_index_repaired hosts=%s", ",".join(wrong[:20]))
+        lister = self._lister(view)
+        wrong = self._index.audit(lister, view.journaled)
+        keys = [k.prefix + n for k in self._keyed for n in k.audit(lister, view.journaled)]
+        if wrong or keys:
+            self.index_repairs += len(wrong) + len(keys)
+            log.warning("event=fleet_index_repaired hosts=%s keys=%s",
+                        ",".join(wrong[:20]) or "-", ",".join(keys[:20]) or "-")
+
+    @property
+    def _keyed(self) -> tuple[KeyIndex[Any], ...]:
+        return (self._fences, self._agents, self._hostconfs)
+
+    @staticmethod
+    def _lister(view: Store) -> Callable[[str], list[Item]]:
+        return lambda prefix: view.list(prefix)[0]
 
     def _pending(self) -> dict[str, Pending]:
         pending = {}
@@ -789,6 +823,17 @@ def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
     volumes = tuple(sorted({v for r in records for v in r.volumes}))
     return GuestView(rec.uuid, rec.name, rec.host, state, rec.memory_mib, kind, volumes,
                      desired, fleet.needs(rec))
+
+
+def _decoded(cls: type[D]) -> Callable[[str, Item], D | None]:
+    """A :class:`KeyIndex` decoder of ``cls`` records (None for a corrupt one: skipped,
+    as ``fenceagents.read_all`` and ``hostconf.read_all`` skip it)."""
+    def decode_item(_name: str, item: Item) -> D | None:
+        try:
+            return decode(cls, item.key, item.value)
+        except DecodeError:
+            return None
+    return decode_item
 
 
 def mirrored(keys: Keys) -> tuple[str, ...]:

@@ -26,14 +26,12 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gridtool.placement.rules import GuestNeeds, HostView
+from gridtool.registry.keyindex import Lister
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord, HostRecord, decode
 from gridtool.registry.records import GuestSettings
 from gridtool.registry.records import decode as decode_settings
 from gridtool.registry.store import Item
-
-#: The items under a prefix, sorted by key (the mirror's ``list``, without the revision).
-Lister = Callable[[str], list[Item]]
 
 #: How many calls of :meth:`FleetIndex.audit` check every host once.
 AUDIT_ROUNDS = 20

@@ -168,11 +168,18 @@ def read_hosts(store: Store, keys: Keys, memo: Memo,
                ) -> tuple[list[HostRecord], frozenset[str], frozenset[str]]:
     """The live hosts' records (``power`` in their fencing when a fence agent is
     configured), the hosts marked draining, and every storage id some host declares."""
-    powered = frozenset(fenceagents.read_all(store, keys))
+    return live_hosts(store, keys, memo, frozenset(fenceagents.read_all(store, keys)),
+                      hostconf.draining_hosts(store, keys))
+
+
+def live_hosts(store: Store, keys: Keys, memo: Memo, powered: frozenset[str],
+               draining: frozenset[str],
+               ) -> tuple[list[HostRecord], frozenset[str], frozenset[str]]:
+    """:func:`read_hosts` given the hosts with a fence agent (``powered``) and those
+    marked ``draining`` (the manager keeps both between rounds)."""
     hosts = [fenceagents.with_fencing(h, powered)
              for h in derive_all(store, keys.hosts, partial(_record, HostRecord), memo)[0]]
-    return (hosts, hostconf.draining_hosts(store, keys),
-            frozenset(s for h in hosts for s in h.storage))
+    return hosts, draining, frozenset(s for h in hosts for s in h.storage)
 
 
 def _record(cls: type, item: Item) -> Any:

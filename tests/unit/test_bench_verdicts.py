@@ -300,7 +300,7 @@ not a log line
 2026-12-03 06:52:53,250 7 gridtool.agent event=intent_done host=hv3 guest=b
 """
     (f,) = phases.failovers(phases.parse_log(log.splitlines()))  # hv9: nothing restarted
-    assert (f.host, f.guests, f.per_process) == ("hv1", 2, {"7": 2})
+    assert (f.host, f.guests, f.per_process, f.destinations) == ("hv1", 2, {"7": 2}, 2)
     assert f.phases["restart written (manager)"] == (2, 32.5, 32.5)
     n, first, last = f.phases["intent picked up, running written"]
     assert (n, first, last) == (2, pytest.approx(32.6), pytest.approx(32.9))
