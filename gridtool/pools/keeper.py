@@ -7,10 +7,11 @@ spec, members, the live hosts and the load reports, asks
 (``pools/<name>/status``) and carries the actions out through the clone API
 (``gridtool.clone.shell``).
 
-The round runs on its own thread, one round at a time: cloning and removing workers
-takes seconds (intents to agents, a start to be reported), while the manager's
-fencing/HA round must keep its short period. ``Manager.tick`` only starts a round when
-the previous one has finished and ``period`` has passed; it never waits for one. Each
+The round runs on its own thread, one round at a time, and sends clones, wakes, sleeps
+and removals without waiting for them (each recorded in its member first; a later round
+sees the outcome), while the manager's fencing/HA round keeps its short period.
+``Manager.tick`` only starts a round when the previous one has finished and ``period``
+has passed; it never waits for one. Each
 action is bounded by ``action_timeout``; before each one the round checks that this
 manager still leads, and a failed action is logged and planned again next round.
 """

@@ -51,6 +51,14 @@ Rules:
   ``warm_timeout``) and removes it; one whose intent was never submitted (its leader
   stopped between the two steps) is woken again under the same id, so a wake is never
   sent twice.
+- A removal (a shrink, a broken worker, a trimmed warm one) does not wait either: the
+  keeper records the member ``removing`` with the id of its ``remove_clone`` intent,
+  then sends that intent under that id (create-only). A removing member counts nowhere
+  (not serving, not warm, never picked again); a later round sees its intent done and
+  plans :class:`MarkRemoved` (its records forgotten), or sends one never sent under the
+  same id, or tries a failed one again under a new id (:func:`removals`); on a host that
+  is gone it is forgotten, its removal left queued for that host. So a failover
+  mid-removal neither removes twice nor loses a member.
 """
 
 from __future__ import annotations
