@@ -12,6 +12,8 @@ can show the agent copes with it:
   seconds more (as libvirt's destroy of a QEMU that ignores SIGTERM does, on a driver
   with no pid to SIGKILL first, such as the test driver): every guest must still be
   dead in time, so the destroys must run at once, not one after the other.
+* ``delay-before-remove=S``: a ``remove_clone`` waits S seconds before it destroys the
+  clone (a slow removal: the pool round must not wait for it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Faults:
     self_fence_destroy_fails: int = 0
     delay_before_create: float = 0.0
     self_fence_slow_destroy: float = 0.0
+    delay_before_remove: float = 0.0
 
     @classmethod
     def parse(cls, items: Iterable[str]) -> Faults:
@@ -42,7 +45,7 @@ class Faults:
             if field not in known:
                 raise ConfigError(f"setting 'fault_points': unknown fault point {name!r} "
                                   "(self-fence-destroy-fails=N, delay-before-create=S, "
-                                  "self-fence-slow-destroy=S)")
+                                  "self-fence-slow-destroy=S, delay-before-remove=S)")
             try:
                 value = float(raw)
             except ValueError:
@@ -52,7 +55,8 @@ class Faults:
             values[field] = value
         return cls(int(values.get("self_fence_destroy_fails", 0)),
                    values.get("delay_before_create", 0.0),
-                   values.get("self_fence_slow_destroy", 0.0))
+                   values.get("self_fence_slow_destroy", 0.0),
+                   values.get("delay_before_remove", 0.0))
 
     @property
     def any(self) -> bool:

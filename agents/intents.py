@@ -591,6 +591,8 @@ class IntentWorker:
         """Destroy and undefine a clone, delete its overlays, forget its records."""
         images_dir, params = self.images_dir, intent.params
         clones_dir = os.path.join(images_dir, "clones")
+        if self.faults.delay_before_remove:  # test-only: a slow removal
+            time.sleep(self.faults.delay_before_remove)
         overlays = {str(p) for p in params.get("overlays") or []}
         conn = self.domains.connection()
         dom = self.domains.domain(intent.guest)

@@ -150,7 +150,8 @@ class Config:
         "the first N times. `delay-before-create=S`: a start waits S seconds after taking "
         "the guest's fences, before the lease check and libvirt's create. "
         "`self-fence-slow-destroy=S`: the self-fence's libvirt destroy of each guest takes "
-        "S seconds more."))
+        "S seconds more. `delay-before-remove=S`: a clone's removal waits S seconds before "
+        "it destroys the clone."))
     shared_patterns: tuple[str, ...] = setting(DEFAULT_SHARED_PATTERNS, "storage", meaning=(
         "Shell glob patterns of disk source paths that live on storage several hosts can see (AoE, "
         "iSCSI by-path). A guest with such a disk must run on one host at a time, so gridtool "

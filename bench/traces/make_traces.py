@@ -97,9 +97,26 @@ def bursty_other(seed: int = 404) -> Rows:
     return bursty(seed)
 
 
+def offgrid_bursts(seed: int = 505) -> Rows:
+    """Bursts of 15-75 s at 1.8-3.5x on a base of 0.8-1.2x, each edge at any second (not
+    on the 10 s grid), every 1.5-5 minutes (seeded; added after the fifth round's tuning)."""
+    rng = random.Random(seed)
+    rows: Rows = []
+    t = 0
+    while t < HOUR:
+        calm, burst = rng.randrange(90, 301), rng.randrange(15, 76)
+        level = round(BASE * rng.uniform(0.8, 1.2), 1)
+        rows.append((t, min(t + calm, HOUR), level))
+        t += calm
+        if t < HOUR:
+            rows.append((t, min(t + burst, HOUR), round(level * rng.uniform(1.8, 3.5), 1)))
+            t += burst
+    return rows
+
+
 TRACES = {"steady": steady, "spike": spike, "diurnal": diurnal, "bursty": bursty}
 HELDOUT = {"flash_crowd": flash_crowd, "sawtooth": sawtooth, "high_steady": high_steady,
-           "bursty_404": bursty_other}
+           "bursty_404": bursty_other, "offgrid_bursts": offgrid_bursts}
 
 
 def write(name: str, rows: Rows, directory: Path = HERE, note: str = "") -> Path:

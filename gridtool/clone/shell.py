@@ -414,6 +414,12 @@ def _alive(store: Store, keys: Keys, host: str) -> bool:
     return store.get(keys.host(host)) is not None
 
 
+def removal_params(record: CloneRecord | None, pool: str) -> dict[str, Any]:
+    """A ``remove_clone`` intent's params: the clone's template, pool and overlays."""
+    return {"template": record.template if record else "", "pool": pool,
+            "overlays": record.overlays if record else []}
+
+
 def remove_clone(store: Store, cfg: Config, host: str, uuid: str, name: str, *,
                  pool: str | None = None, timeout: float = 60.0) -> None:
     """Destroy and undefine a clone on ``host``, delete its overlays and forget its clone
@@ -429,11 +435,9 @@ def remove_clone(store: Store, cfg: Config, host: str, uuid: str, name: str, *,
     keys = cfg.keys
     record = templates.find_clone(store, keys, uuid)
     pool = pool if pool is not None else (record.pool if record else None)
-    params: dict[str, Any] = {"template": record.template if record else "",
-                              "pool": pool or "",
-                              "overlays": record.overlays if record else []}
     client = IntentClient(store, keys)
-    intent = client.submit(host, "remove_clone", uuid, name, params)
+    intent = client.submit(host, "remove_clone", uuid, name,
+                           removal_params(record, pool or ""))
     if pool:
         store.delete(keys.pool_member(pool, uuid))
     if not _alive(store, keys, host):

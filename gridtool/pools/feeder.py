@@ -97,7 +97,9 @@ class Feeder:
             self.status = feed.succeeded(self.status, reading, False)
             self._heartbeat()
             return self._wait()
-        kind = feed.report_kind(self.last, sample, reading.at >= self.due - self._slack)
+        latest = None if self.calm is None else feed.to_sample(self.calm, reading, self.name)
+        kind = feed.report_kind(self.last, sample, reading.at >= self.due - self._slack,
+                                latest)
         if not kind:
             self.calm = reading
             self.status = feed.succeeded(self.status, reading, False)

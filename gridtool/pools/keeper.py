@@ -7,10 +7,11 @@ spec, members, the live hosts and the load reports, asks
 (``pools/<name>/status``) and carries the actions out through the clone API
 (``gridtool.clone.shell``).
 
-The round runs on its own thread, one round at a time: cloning and removing workers
-takes seconds (intents to agents, a start to be reported), while the manager's
-fencing/HA round must keep its short period. ``Manager.tick`` only starts a round when
-the previous one has finished and ``period`` has passed; it never waits for one. Each
+The round runs on its own thread, one round at a time, and sends clones, wakes, sleeps
+and removals without waiting for them (each recorded in its member first; a later round
+sees the outcome), while the manager's fencing/HA round keeps its short period.
+``Manager.tick`` only starts a round when the previous one has finished and ``period``
+has passed; it never waits for one. Each
 action is bounded by ``action_timeout``; before each one the round checks that this
 manager still leads, and a failed action is logged and planned again next round.
 """
@@ -40,10 +41,12 @@ from gridtool.pools.rules import (
     Clone,
     MarkAsleep,
     MarkAwake,
+    MarkRemoved,
     MemberClass,
     Plan,
     PoolSpec,
     PoolStatus,
+    Remove,
     Sleep,
     Wake,
     Withdraw,
@@ -332,8 +335,27 @@ class PoolKeeper:
             log.info("event=pool_warm_asleep pool=%s guest=%s host=%s", spec.name,
                      action.name, action.host)
             return
-        # Remove, or Forget: for a host that is gone, remove_clone drops the membership
-        # at once and leaves the removal queued for that host's agent, should it return.
+        if isinstance(action, Remove):  # sent only: a later round sees it done
+            intent_id = warm.start_removal(self.store, self.cfg, spec.name, action.uuid,
+                                           action.name, action.host, intent_id=action.intent,
+                                           retry=action.retry)
+            log.info("event=pool_remove pool=%s guest=%s host=%s intent=%s reason=%s",
+                     spec.name, action.name, action.host, intent_id or "-", action.reason)
+            return
+        if isinstance(action, MarkRemoved):
+            if warm.finish_removal(self.store, self.cfg, spec.name, action.uuid):
+                log.info("event=pool_removed pool=%s guest=%s host=%s", spec.name,
+                         action.name, action.host)
+            return
+        if action.intent:  # one being removed on a host that is gone: its removal waits
+            warm.start_removal(self.store, self.cfg, spec.name, action.uuid, action.name,
+                               action.host, intent_id=action.intent)  # (if never sent)
+            self.store.delete(self.keys.pool_member(spec.name, action.uuid))
+            log.info("event=pool_forget pool=%s guest=%s host=%s reason=%s", spec.name,
+                     action.name, action.host, action.reason)
+            return
+        # Forget: for a host that is gone, remove_clone drops the membership at once and
+        # leaves the removal queued for that host's agent, should it return.
         with contextlib.suppress(NotFound):  # already gone: just drop the membership
             clone.remove_clone(self.store, self.cfg, action.host, action.uuid,
                                action.name, pool=spec.name, timeout=self.action_timeout)

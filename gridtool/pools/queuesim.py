@@ -532,8 +532,9 @@ def _run(
         else:
             reading = Reading(t, 0, added=next_job)  # the feeder's, of a stream
             candidate = to_sample(prev, reading, "feed")
+            latest = None if calm is None else to_sample(calm, reading, "feed")
             got = "" if candidate is None else report_kind(reported, candidate,
-                                                           kind == _SAMPLE)
+                                                           kind == _SAMPLE, latest)
             if not got:  # no report before the period's
                 calm = reading
                 continue

@@ -51,6 +51,14 @@ Rules:
   ``warm_timeout``) and removes it; one whose intent was never submitted (its leader
   stopped between the two steps) is woken again under the same id, so a wake is never
   sent twice.
+- A removal (a shrink, a broken worker, a trimmed warm one) does not wait either: the
+  keeper records the member ``removing`` with the id of its ``remove_clone`` intent,
+  then sends that intent under that id (create-only). A removing member counts nowhere
+  (not serving, not warm, never picked again); a later round sees its intent done and
+  plans :class:`MarkRemoved` (its records forgotten), or sends one never sent under the
+  same id, or tries a failed one again under a new id (:func:`removals`); on a host that
+  is gone it is forgotten, its removal left queued for that host. So a failover
+  mid-removal neither removes twice nor loses a member.
 """
 
 from __future__ import annotations
@@ -76,6 +84,9 @@ WARM_WAKING = "waking"
 #: ``MemberRecord.warm``: a cold clone, its ``clone`` intent (``MemberRecord.intent``)
 #: recorded, then submitted; serving capacity that is starting until it runs.
 WARM_CLONING = "cloning"
+#: ``MemberRecord.warm``: its ``remove_clone`` intent (``MemberRecord.intent``) recorded,
+#: then submitted; no capacity at all, forgotten once the intent is done.
+WARM_REMOVING = "removing"
 #: ``MemberRecord.warm``: a wake failed (records of older keepers; removed).
 WARM_FAILED = "failed"
 #: Guest states in which a started worker counts as ready.
@@ -160,9 +171,9 @@ class MemberRecord:
     template: str = ""
     created_at: float = 0.0
     warm: str = ""  # "" serving, WARM_CLONING, WARM_BOOTING, WARM_SLEEPING, WARM_ASLEEP,
-    #                 WARM_WAKING
+    #                 WARM_WAKING, WARM_REMOVING
     since: float = 0.0  # when ``warm`` was last set (0: at ``created_at``)
-    intent: str = ""  # the id of its clone, sleep or wake intent (as ``warm`` says)
+    intent: str = ""  # the id of its clone, sleep, wake or removal intent (``warm`` says)
 
 
 @dataclass(frozen=True)
@@ -314,7 +325,23 @@ class MarkAsleep:
 
 @dataclass(frozen=True)
 class Remove:
-    """Stop and remove a worker (its domain, overlay and membership)."""
+    """Stop and remove a worker (its domain, overlays, records): record it ``removing``
+    with ``intent`` as its ``remove_clone`` intent's id, then submit that intent (an
+    ``intent`` given: the recorded one, never submitted by the leader that recorded it).
+    Not waited for: a later round sees it done (:class:`MarkRemoved`)."""
+
+    uuid: str
+    name: str
+    host: str
+    reason: str
+    intent: str = ""
+    retry: str = ""  # the failed removal intent's id this one replaces
+
+
+@dataclass(frozen=True)
+class MarkRemoved:
+    """Forget a removed worker (its removal intent done): its clone record, membership
+    and settings, in one transaction."""
 
     uuid: str
     name: str
@@ -324,15 +351,17 @@ class Remove:
 
 @dataclass(frozen=True)
 class Forget:
-    """Drop a member whose host is gone (its removal is queued for that host)."""
+    """Drop a member whose host is gone (its removal is queued for that host: the
+    recorded ``intent`` of one being removed, sent now if it never was)."""
 
     uuid: str
     name: str
     host: str
     reason: str
+    intent: str = ""
 
 
-Action = Wake | Clone | Sleep | MarkAsleep | MarkAwake | Withdraw | Remove | Forget
+Action = Wake | Clone | Sleep | MarkAsleep | MarkAwake | Withdraw | Remove | MarkRemoved | Forget
 
 
 @dataclass(frozen=True)
@@ -468,7 +497,8 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
     size = spec.clamp(target)
     live = {h.name: h for h in hosts}
     serving = [m for m in members if is_serving(m)]
-    warm = [m for m in members if not is_serving(m)]
+    removing = [m for m in members if m.warm == WARM_REMOVING]
+    warm = [m for m in members if not is_serving(m) and m.warm != WARM_REMOVING]
     by_class: dict[MemberClass, list[MemberView]] = {c: [] for c in MemberClass}
     for m in serving:
         by_class[classify(m, live, now, grace, warm_timeout)].append(m)
@@ -510,6 +540,7 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
     actions += [Forget(m.uuid, m.name, m.host, f"host {m.host} is gone")
                 for m in by_class[MemberClass.LOST]
                 + [w for w in warm if warm_class[w.uuid] is MemberClass.LOST]]
+    actions += removals(removing, live)
     actions += [Remove(m.uuid, m.name, m.host,
                        f"{_STEP[m.warm]} {m.step or 'stuck'} in state {m.state}"
                        if m.warm in IN_FLIGHT else f"state {m.state} after {grace:g} s")
@@ -534,15 +565,38 @@ def plan(spec: PoolSpec, target: int, members: Sequence[MemberView],
                 len(by_class[MemberClass.STARTING]), len(by_class[MemberClass.LOST]),
                 len(by_class[MemberClass.BROKEN]), short, tuple(actions),
                 warm=len(left_asleep), warming=len(booting),
-                failures=failures([*by_class[MemberClass.BROKEN], *warm]))
+                failures=failures([*by_class[MemberClass.BROKEN], *warm, *removing]))
+
+
+def removals(removing: Iterable[MemberView],
+             live: Mapping[str, HostInfo]) -> list[Remove | MarkRemoved | Forget]:
+    """The next step of each member being removed (none while its intent runs): its
+    host gone, forgotten (its intent sent if it never was: it waits queued for that
+    host); its intent done, or gone with the guest, forgotten with its records; never
+    sent (its leader stopped between recording and sending), sent under that id; failed,
+    tried again under a new id."""
+    steps: list[Remove | MarkRemoved | Forget] = []
+    for m in sorted(removing, key=lambda m: m.name):
+        if m.host not in live:
+            steps.append(Forget(m.uuid, m.name, m.host, f"host {m.host} is gone", m.intent))
+        elif m.step == "done" or (m.step == "gone" and m.state == "missing"):
+            steps.append(MarkRemoved(m.uuid, m.name, m.host, "its removal is done"))
+        elif m.step == "gone":
+            steps.append(Remove(m.uuid, m.name, m.host, "its removal was never sent",
+                                m.intent))
+        elif m.step == "failed":
+            steps.append(Remove(m.uuid, m.name, m.host, "its removal failed: again",
+                                retry=m.intent))
+    return steps
 
 
 #: What each in-flight or warm state's intent does, for messages.
-_STEP = {WARM_CLONING: "clone", WARM_WAKING: "wake", WARM_SLEEPING: "sleep"}
+_STEP = {WARM_CLONING: "clone", WARM_WAKING: "wake", WARM_SLEEPING: "sleep",
+         WARM_REMOVING: "removal"}
 
 
 def failures(members: Iterable[MemberView]) -> tuple[str, ...]:
-    """One line per member whose clone, wake or sleep intent failed, with its error
+    """One line per member whose clone, wake, sleep or removal intent failed, with its error
     (what ``pool show`` says until a later failure replaces it)."""
     return tuple(f"{_STEP.get(m.warm, 'intent')} of {m.name} on {m.host} failed: "
                  f"{m.error or 'no reason given'}" for m in members if m.step == "failed")

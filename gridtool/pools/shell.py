@@ -32,6 +32,7 @@ from gridtool.placement.rules import DEFAULT_POLICY
 from gridtool.pools.flex import FlexState, LoadSample
 from gridtool.pools.rules import (
     WARM_CLONING,
+    WARM_REMOVING,
     WARM_SLEEPING,
     WARM_WAKING,
     HostInfo,
@@ -279,11 +280,11 @@ def observe(store: Store, keys: Keys, name: str) -> tuple[list[HostInfo], list[M
 
 
 #: Member states whose intent the plan follows.
-WITH_STEPS = (WARM_CLONING, WARM_SLEEPING, WARM_WAKING)
+WITH_STEPS = (WARM_CLONING, WARM_SLEEPING, WARM_WAKING, WARM_REMOVING)
 
 
 def intent_state(store: Store, keys: Keys, member: MemberRecord) -> tuple[str, str]:
-    """The state of a cloning, sleeping or waking worker's intent (``gone``: not found)
+    """The state of a cloning, sleeping, waking or removing worker's intent (``gone``: not found)
     and, when it failed, its message."""
     for key in (keys.intent(member.host, member.intent),
                 keys.intent_done(member.host, member.intent)):

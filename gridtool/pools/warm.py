@@ -33,6 +33,7 @@ from gridtool.pools.rules import (
     WARM_ASLEEP,
     WARM_BOOTING,
     WARM_CLONING,
+    WARM_REMOVING,
     WARM_SLEEPING,
     WARM_WAKING,
     MemberRecord,
@@ -193,6 +194,63 @@ def withdraw_clone(store: Store, cfg: Config, pool: str, uuid: str, name: str, h
     return IntentClient(store, cfg.keys).withdraw(Intent(
         intent_id, host, "clone", uuid, name, time.time(), who(),
         message="withdrawn: its manager stopped before sending it"))
+
+
+def start_removal(store: Store, cfg: Config, pool: str, uuid: str, name: str, host: str, *,
+                  intent_id: str = "", retry: str = "") -> str:
+    """Remove a worker without waiting: record it ``removing`` with a new
+    ``remove_clone`` intent id (when it is in no removal yet, or in the failed one of id
+    ``retry``), then send that intent under that id (it runs once:
+    :meth:`IntentClient.submit_once`). With ``intent_id`` (recorded by a leader that
+    stopped before sending it): send it, if the member still waits for it. The id sent,
+    "" when nothing was (another manager got there first, or it is gone). A later round
+    sees the intent done and forgets the worker (:func:`finish_removal`)."""
+    from gridtool.clone import shell as clone
+    from gridtool.clone import templates
+
+    key = cfg.keys.pool_member(pool, uuid)
+    if not intent_id:
+        intent_id = new_id()
+        if not _take_for_removal(store, key, intent_id, retry):
+            return ""
+    item = store.get(key)
+    member = decode(MemberRecord, key, item.value) if item else None
+    if member is None or (member.warm, member.intent) != (WARM_REMOVING, intent_id):
+        return ""
+    params = clone.removal_params(templates.find_clone(store, cfg.keys, uuid), pool)
+    sent = IntentClient(store, cfg.keys).submit_once(Intent(
+        intent_id, host, "remove_clone", uuid, name, time.time(), who(), params=params))
+    return intent_id if sent else ""
+
+
+def _take_for_removal(store: Store, key: str, intent_id: str, retry: str) -> bool:
+    """Record the member at ``key`` ``removing`` under ``intent_id`` (compare-and-set on
+    its revision), unless it is already in a removal other than the failed ``retry``."""
+    item = store.get(key)
+    if item is None:
+        return False
+    try:
+        member = decode(MemberRecord, key, item.value)
+    except DecodeError:
+        return False
+    if member.warm == WARM_REMOVING and not (retry and member.intent == retry):
+        return False
+    new = replace(member, warm=WARM_REMOVING, intent=intent_id, since=time.time())
+    return store.txn([Compare(key, "mod", item.mod_revision)], [Put(key, encode(new))])
+
+
+def finish_removal(store: Store, cfg: Config, pool: str, uuid: str) -> bool:
+    """Forget a worker whose removal is done: its clone record, membership and settings
+    at once (while its member is still ``removing``). False: it is gone already."""
+    from gridtool.clone import templates
+
+    key = cfg.keys.pool_member(pool, uuid)
+    item = store.get(key)
+    if item is None or decode(MemberRecord, key, item.value).warm != WARM_REMOVING:
+        return False
+    template = decode(MemberRecord, key, item.value).template
+    templates.forget_clone(store, cfg.keys, template, uuid, pool)
+    return True
 
 
 def sleep(store: Store, cfg: Config, pool: str, mode: str,

@@ -516,6 +516,54 @@ def test_a_cold_clone_never_blocks_the_pool_round_nor_runs_twice_after_failover(
         assert code == 0 and [m["class"] for m in json.loads(out)["members"]] == ["ready"]
 
 
+def test_a_removal_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
+        lab_hosts, registry, store, cfg, capsys):
+    """A removal in flight (hv1's agent waits 6 s before each removal: the
+    delay-before-remove fault point) does not hold the pool round: the pool's status is
+    written again while it runs, the member recorded ``removing``. A new leader after a
+    failover mid-removal sends no second removal and loses no worker; once it is done,
+    that leader forgets the worker's clone record, membership and settings."""
+    import libvirt
+
+    from gridtool.clone import templates
+
+    start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64,
+                fault_points=("delay-before-remove=6",))
+    _, end1 = run_manager(store, cfg, "m1")
+    try:
+        assert gridtool(cfg, capsys, "pool", "create", "shrink", "--template", "w",
+                        "--min", "1", "--max", "2", "--size", "2")[0] == 0
+        wait_until(lambda: sorted(warm_members(store, cfg, "shrink").values()) == ["", ""],
+                   timeout=20, what="two workers serving")
+        members = set(warm_members(store, cfg, "shrink"))
+        assert gridtool(cfg, capsys, "pool", "scale", "shrink", "1")[0] == 0
+        (uuid,) = wait_until(lambda: [u for u, w in warm_members(store, cfg, "shrink").items()
+                                      if w == "removing"], timeout=10,
+                             what="one recorded removing")
+        (kept,) = members - {uuid}
+        wait_until(lambda: [i.state for i in wake_intents(store, cfg, uuid, "remove_clone")]
+                   == ["running"], timeout=10, what="the agent in the removal (delayed)")
+        in_flight = time.time()
+        updated = functools.partial(pool_updated, store, cfg, "shrink")
+        wait_until(lambda: updated() > in_flight, timeout=3,
+                   what="a pool round written while the removal is in flight")
+        assert warm_members(store, cfg, "shrink") == {uuid: "removing", kept: ""}
+    except BaseException:
+        end1()
+        raise
+
+    with failed_over(end1, store, cfg, "shrink"):  # mid-removal: m2 sees it under way
+        wait_until(lambda: warm_members(store, cfg, "shrink") == {kept: ""}, timeout=20,
+                   what="m2 forgets the worker once removed")
+        assert [i.state for i in wake_intents(store, cfg, uuid, "remove_clone")] == ["done"]
+        assert not wake_intents(store, cfg, kept, "remove_clone"), "the kept one stays"
+        assert templates.find_clone(store, cfg.keys, uuid) is None
+        assert store.get(cfg.keys.guest_settings(uuid)) is None
+        with pytest.raises(libvirt.libvirtError):
+            domain_of(lab_hosts, uuid)
+        assert domain_of(lab_hosts, kept).isActive()
+
+
 def test_a_wake_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
         lab_hosts, registry, store, cfg, capsys, tmp_path):
     """A wake in flight (the agent waits until the woken guest writes to its console;

@@ -891,8 +891,9 @@ class _ManagerEvents(logging.Handler):
             "pool_round_crashed": lambda: (here, f"pool {args[0]}: round crashed"),
             "pool_forget": lambda: (here, f"pool {args[0]}: forgot {args[1]} on {args[2]} "
                                           f"({args[3]})"),
-            "pool_remove": lambda: (here, f"pool {args[0]}: removed {args[1]} on {args[2]} "
-                                          f"({args[3]})"),
+            "pool_remove": lambda: (here, f"pool {args[0]}: removing {args[1]} on {args[2]} "
+                                          f"({args[4]})"),
+            "pool_removed": lambda: (here, f"pool {args[0]}: removed {args[1]} on {args[2]}"),
             "fences_released_for_dead_host": lambda: (
                 here, f"released the fences of {args[0]} held by dead {args[1]}"
                 if args[2] else f"release of {args[0]}'s fences failed"),

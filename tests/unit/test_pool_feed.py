@@ -144,6 +144,18 @@ def test_report_kind_period_first_then_a_surge() -> None:
     assert report_kind(None, burst, period_over=False) == ""  # no report to predict from
 
 
+def test_a_step_mid_period_is_seen_in_the_latest_reading_not_diluted_by_the_calm() -> None:
+    # a report of 10/s at 1010; calm until 1015, then 30/s: at 1016 the 6 s since the
+    # report hold 80 jobs, within 4 sd (sqrt(60 x 1.6) = 9.8: 39 beyond 60); the latest
+    # second alone holds 30, beyond 5 sd of its own noise (10 + 5 x 3.3 = 26.6)
+    since_report = LoadSample(1016.0, 6.0, arrivals=80)
+    latest = LoadSample(1016.0, 1.0, arrivals=30)
+    assert report_kind(CALM, since_report, period_over=False) == ""
+    assert report_kind(CALM, since_report, period_over=False, latest=latest) == SURGE
+    # at 4 sd the latest second would have fired on noise more often: it takes 5
+    assert report_kind(CALM, since_report, False, replace(latest, arrivals=26)) == ""
+
+
 # --- the loop (scripted queue, in-memory registry) ------------------------------------------
 
 

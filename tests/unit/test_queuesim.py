@@ -165,9 +165,9 @@ def test_a_surge_is_decided_at_the_feeders_next_reading_by_the_feeders_rule(
     calls: list[tuple[int, float]] = []
     shipped = feed.surge
 
-    def rule(last: LoadSample, arrivals: int, elapsed: float) -> bool:
+    def rule(last: LoadSample, arrivals: int, elapsed: float, **z: float) -> bool:
         calls.append((arrivals, elapsed))
-        return shipped(last, arrivals, elapsed)
+        return shipped(last, arrivals, elapsed, **z)
 
     monkeypatch.setattr(feed, "surge", rule)  # the feeder's rule is the one it calls
     probed = simulate(trace, PARAMS, replace(CONFIG, probe=1.0))
@@ -177,7 +177,12 @@ def test_a_surge_is_decided_at_the_feeders_next_reading_by_the_feeders_rule(
     # for the 10 s mean of calm and surge
     assert first.arrival_rate > 15 and first.desired >= 25 and probed.edge_reports >= 1
     assert calls and all(0 < e < CONFIG.period for _, e in calls)  # between period reports
-    assert probed.sla_violation_seconds < period.sla_violation_seconds
+    assert probed.sla_violation_seconds <= period.sla_violation_seconds
+    # the spike's two intervals wait far less (2.4 s and 1.2 s against 4.7 s and 2.9 s;
+    # both are over the SLA either way: it is seen 1 s in, the workers start 5 s later)
+    waits = {p.time: p.mean_wait or 0.0 for p in period.series}
+    assert all((p.mean_wait or 0.0) < waits[p.time] / 1.5
+               for p in probed.series if p.time in (210.0, 220.0))
     # the accounting stays per 10 s interval whatever the readings
     assert len(probed.series) == len(period.series) == 60
 

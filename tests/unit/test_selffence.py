@@ -101,8 +101,8 @@ def test_after_a_new_lease_only_guests_not_confirmed_gone_are_pursued() -> None:
 def test_fault_points_parse_and_refuse_what_they_do_not_know() -> None:
     assert Faults.parse(()) == Faults() and not Faults().any
     faults = Faults.parse(["self-fence-destroy-fails=3", "delay-before-create=2.5",
-                           "self-fence-slow-destroy=0.25"])
-    assert faults == Faults(3, 2.5, 0.25) and faults.any
+                           "self-fence-slow-destroy=0.25", "delay-before-remove=4"])
+    assert faults == Faults(3, 2.5, 0.25, 4.0) and faults.any
     assert not Faults.parse([]).any
     for bad in ("destroy=1", "delay-before-create=-1", "self-fence-destroy-fails=x"):
         with pytest.raises(ConfigError, match="fault_points"):

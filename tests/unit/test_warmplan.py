@@ -14,6 +14,7 @@ from gridtool.pools.rules import (
     WARM_BOOTING,
     WARM_CLONING,
     WARM_FAILED,
+    WARM_REMOVING,
     WARM_SLEEPING,
     WARM_TIMEOUT,
     WARM_WAKING,
@@ -22,6 +23,7 @@ from gridtool.pools.rules import (
     HostInfo,
     MarkAsleep,
     MarkAwake,
+    MarkRemoved,
     MemberView,
     PoolSpec,
     Remove,
@@ -265,3 +267,37 @@ def test_a_cold_clone_in_flight_is_starting_and_never_cloned_twice() -> None:
                  HOSTS, now=NOW)
     assert [type(a).__name__ for a in stuck.actions] == ["Wake", "Remove", "Clone"]
     assert stuck.failures == () and is_serving(cloning("pending"))
+
+
+def removing(step: str, state: str = "running", host: str = "hv1",
+             error: str = "") -> MemberView:
+    return MemberView("r1", "web-r1", host, NOW - 100, state, warm=WARM_REMOVING,
+                      since=NOW - 5, step=step, intent="r-1", error=error)
+
+
+def test_a_removal_in_flight_counts_nowhere_and_is_never_sent_twice() -> None:
+    """The round that sends a removal returns; while its intent runs, the worker is
+    neither serving nor warm (no second removal, no clone for it); once done (or its
+    intent expired with the guest gone) its records are forgotten; one never sent is
+    sent under its own id; a failed one is tried again (its error named); on a host
+    that is gone it is forgotten, its recorded id with it."""
+    members = [serving(1), serving(2), asleep(1), asleep(2)]
+    for step in ("pending", "running"):
+        p = plan(SPEC, 2, [*members, removing(step)], HOSTS, now=NOW)
+        assert p.actions == () and (p.ready, p.starting, p.warm) == (2, 0, 2), step
+    done = (MarkRemoved("r1", "web-r1", "hv1", "its removal is done"),)
+    assert plan(SPEC, 2, [*members, removing("done", "missing")], HOSTS, now=NOW).actions \
+        == done
+    assert plan(SPEC, 2, [*members, removing("gone", "missing")], HOSTS, now=NOW).actions \
+        == done
+    p = plan(SPEC, 2, [*members, removing("gone")], HOSTS, now=NOW)
+    assert p.actions == (Remove("r1", "web-r1", "hv1", "its removal was never sent", "r-1"),)
+    p = plan(SPEC, 2, [*members, removing("failed", error="busy")], HOSTS, now=NOW)
+    assert p.actions == (Remove("r1", "web-r1", "hv1", "its removal failed: again",
+                                retry="r-1"),)
+    assert p.failures == ("removal of web-r1 on hv1 failed: busy",)
+    p = plan(SPEC, 2, [*members, removing("running", host="gone")], HOSTS, now=NOW)
+    assert p.actions == (Forget("r1", "web-r1", "gone", "host gone is gone", "r-1"),)
+    # a shrink never picks a worker already being removed
+    p = plan(SPEC, 1, [*members, removing("running")], HOSTS, now=NOW)
+    assert [(type(a), a.uuid) for a in p.actions] == [(Remove, "s1")]

@@ -446,11 +446,19 @@ def report(app: AppContext, name: str, arrivals: int, completions: int,
 def _member_class(view: MemberView, live: dict[str, HostInfo], now: float) -> str:
     """ready/starting/broken/lost for a serving member (one being woken: starting until
     its wake is done); warm (asleep) or warming (booting before its sleep) for a warm
-    one that is fine, else its broken or lost class."""
-    from gridtool.pools.rules import MemberClass, classify, classify_warm, is_serving
+    one that is fine, else its broken or lost class; removing for one being removed."""
+    from gridtool.pools.rules import (
+        WARM_REMOVING,
+        MemberClass,
+        classify,
+        classify_warm,
+        is_serving,
+    )
 
     if is_serving(view):
         return classify(view, live, now).value
+    if view.warm == WARM_REMOVING:
+        return "removing"
     found = classify_warm(view, live, now)
     if found in (MemberClass.BROKEN, MemberClass.LOST):
         return found.value
