@@ -226,7 +226,11 @@ def test_reports_give_flex_numbers_and_busy_workers_before_any_manager(store, cf
     assert engine["intensity"] == pytest.approx(numbers["offered_load"], rel=0.01)  # later
     assert engine["last_decision"]["from"] == "reports"
     code, out, _ = gridtool(cfg, capsys, "pool", "numbers", "q", "--json")
-    assert code == 0 and json.loads(out)["numbers"]["recommended"] == engine["recommended"]
+    # a dry run over the reports measures the rate up to "now": a read a moment later may
+    # round to one worker more or less (seen: 5 against 4 at load 17)
+    shown = json.loads(out)["numbers"]
+    assert code == 0 and set(shown) == set(engine), (shown, engine)
+    assert abs(shown["recommended"] - engine["recommended"]) <= 1, (shown, engine)
     assert gridtool(cfg, capsys, "pool", "numbers", "nope")[0] == 3
     _, views = pools.observe(store, cfg.keys, "q")
     assert {v.name: (v.busy, v.state) for v in views} == {
