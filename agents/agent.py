@@ -478,7 +478,7 @@ class Agent:
         try:
             if not self.libvirt.connected:
                 return None
-            return self.libvirt.active(), self.libvirt.inactive()
+            return self.libvirt.listing()
         except libvirt.libvirtError:
             return None
 

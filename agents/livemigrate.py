@@ -136,7 +136,8 @@ class LiveMigrator:
         reporter = _Progress(self.store, self.keys.intent(intent.host, intent.id), intent, dom)
         switch = _Switchover(self, ref, target, dom)
         reporter.start()
-        switch.start()
+        if dest.hypervisor != "xen":  # libxl's "paused (migrating)" is not Xen's state
+            switch.start()
         params: dict[str, object] = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{address}"}
         bandwidth = int(intent.params.get("bandwidth_mib") or 0)
         if bandwidth > 0:  # MiB/s, libvirt's unit
@@ -735,11 +736,12 @@ def migration_flags(hypervisor: str, rec: GuestRecord) -> int:
     """libvirt's flags for live-migrating ``rec`` to a ``hypervisor`` host.
 
     QEMU: UNSAFE for plain-file shared disks (above); the switchover is the source's
-    pause for the final copy (``_Switchover``). Xen (libxl): libvirt's libxl driver never
-    shows the source paused for the final copy and resumes the destination's copy in its
-    Finish phase, before ``migrateToURI3`` returns; with PAUSED it stays paused there
-    until the source agent has handed the fences over and resumes it. libxl knows no
-    UNSAFE (it refuses flags outside its own set).
+    pause for the final copy (``_Switchover``). Xen (libxl): libvirt's libxl driver says
+    the source is ``paused (migrating)`` from the start of the migration while Xen still
+    runs it (seen on real dom0s), so no switchover is watched there; it resumes the
+    destination's copy in its Finish phase, before ``migrateToURI3`` returns; with PAUSED
+    it stays paused there until the source agent has handed the fences over (once libvirt
+    returned) and resumes it. libxl knows no UNSAFE (it refuses flags outside its own set).
     """
     if hypervisor == "xen":
         return BASE_FLAGS | libvirt.VIR_MIGRATE_PAUSED

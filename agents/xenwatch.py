@@ -3,10 +3,11 @@
 libvirt's libxl driver does not see domains made with ``xl create``, and a stopped
 xenstored or a failing libxl does not stop libvirt answering from what it remembers.
 :class:`XenWatch` runs ``xl list -v`` every ``interval`` seconds (and at once when
-woken: each resync) with a deadline, then reads libvirt's active list (``active``: on this
-thread, so that the agent's main loop never waits on a libvirt call that a slow libxl
-start holds up) and the uuids it has defined but not active (a domain libvirt is still
-starting or receiving, which ``xl`` lists first), keeps the latest :class:`Probe` and
+woken: each resync) with a deadline, then reads libvirt's domains in ONE listing
+(``active``: on this thread, so that the agent's main loop never waits on a libvirt call
+that a slow libxl start holds up): those it counts active and those it has but not active
+(a domain libvirt is still starting or receiving, which ``xl`` lists first; one listing,
+so a start that ends meanwhile is in one set or the other), keeps the latest :class:`Probe` and
 tells the agent (``on_probe``); the agent compares the lists and judges the host's health
 (:mod:`gridtool.domains.xen`). ``xl list -l DOMID`` reads an unknown domain's disks;
 ``xl destroy`` stops a domain libvirt cannot.

@@ -90,6 +90,16 @@ def parse_xl_list(text: str) -> tuple[XenDomain, ...]:
     return tuple(found)
 
 
+def split_listing(domains: Iterable[tuple[str, int]]) -> tuple[set[str], set[str]]:
+    """libvirt's domains from one listing, as (uuid, id) pairs (id -1: not active), split
+    into the uuids it counts active and the others (lower case)."""
+    active: set[str] = set()
+    inactive: set[str] = set()
+    for uuid, domid in domains:
+        (inactive if domid < 0 else active).add(uuid.lower())
+    return active, inactive
+
+
 def unknown_domains(xen: Iterable[XenDomain], libvirt_active: Iterable[str],
                     before: Iterable[XenDomain] = ()) -> tuple[XenDomain, ...]:
     """Domains Xen runs whose uuid libvirt does not list active, and that were already

@@ -27,7 +27,7 @@ from gridtool.registry.keys import Keys
 from gridtool.registry.memstore import MemStore
 from gridtool.registry.model import Disk, GuestRecord, HostRecord
 from gridtool.registry.records import Intent, IntentAction
-from tests.harness.testbed import wait_until
+from tests.harness.testbed import hold_for, wait_until
 from tests.sim.fakevirt import sim_error
 
 UUID = "6a1f0e2c-1111-4222-8333-944455556666"
@@ -399,8 +399,8 @@ def test_an_unexpected_error_in_the_handover_is_an_outcome_not_a_dead_thread(
 
 
 def test_xen_arrives_paused_and_is_resumed_there_only_after_the_handover() -> None:
-    """libxl never shows the source paused for the final copy and resumes the
-    destination's copy in its Finish phase: with VIR_MIGRATE_PAUSED the copy arrives
+    """libxl resumes the destination's copy in its Finish phase: with
+    VIR_MIGRATE_PAUSED the copy arrives
     paused, the fences move once libvirt returned, and only then is it resumed there."""
     bed = Bed(Etcd(), hypervisor="xen")
     seen: list[tuple[int, object]] = []
@@ -448,3 +448,29 @@ def test_the_destination_is_reached_at_its_migration_address(uri: str, address: 
     dest = HostRecord("hv2", uri, "xen", 2, 1024, 512, "0", 0.0,
                       migration_address=address)
     assert livemigrate.reach(dest) == (reached, stream)
+
+
+def test_xen_hands_the_fences_over_only_after_libvirt_returned_never_at_its_paused_state(
+        ) -> None:
+    """Seen on two real dom0s: from the start of a migration libvirt's libxl driver says
+    the source is ``paused (migrating)`` while Xen still runs the domain (``xl list``:
+    ``-b----``, its CPU time growing). The switchover watcher took that for QEMU's
+    final-copy pause and handed the fences to hv2 while the guest still ran on hv1. On
+    Xen the fences move only once ``migrateToURI3`` returned."""
+    bed = Bed(Etcd(), hypervisor="xen")
+    broken: list[str] = []
+
+    def libxl_script() -> None:
+        bed.source.st, bed.source.reason = PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION
+        try:  # the watcher polls every 10 ms: it had fifty chances
+            hold_for(0.5, lambda: bed.holder() == "hv1", "hv1 holds g1's fences while "
+                     "libxl sends it", interval=0.02)
+        except AssertionError as exc:
+            broken.append(str(exc))
+        bed.dest.st, bed.dest.reason = PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER
+        bed.source.st = SHUTOFF
+
+    bed.source.migrate = libxl_script
+    message = bed.migrate()
+    assert broken == []
+    assert bed.holder() == "hv2" and bed.dest.st == RUNNING, message
