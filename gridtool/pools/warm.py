@@ -23,7 +23,7 @@ count as done only once the guest writes to its console again after it
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -54,8 +54,21 @@ def set_member_warm(store: Store, cfg: Config, pool: str, uuid: str, warm: str, 
     """Record a member's ``warm`` state (and its sleep ``intent``), when it is now one of
     ``was`` (any when empty). False when the member is gone (removed, or its pool
     deleted) or in another state."""
-    key = cfg.keys.pool_member(pool, uuid)
-    for _ in range(5):
+    def change(member: MemberRecord) -> MemberRecord | None:
+        if was and member.warm not in was:
+            return None
+        return replace(member, warm=warm, intent=intent, since=time.time())
+
+    return _change_member(store, cfg.keys.pool_member(pool, uuid), change, attempts=5)
+
+
+def _change_member(store: Store, key: str,
+                   change: Callable[[MemberRecord], MemberRecord | None],
+                   attempts: int = 1) -> bool:
+    """Compare-and-set the member record at ``key`` to ``change(member)``, re-read up to
+    ``attempts`` times when it changed meanwhile. False when it is gone or does not
+    decode, when ``change`` returns None, or when every try lost its race."""
+    for _ in range(attempts):
         item = store.get(key)
         if item is None:
             return False
@@ -63,9 +76,9 @@ def set_member_warm(store: Store, cfg: Config, pool: str, uuid: str, warm: str, 
             member = decode(MemberRecord, key, item.value)
         except DecodeError:
             return False
-        if was and member.warm not in was:
+        new = change(member)
+        if new is None:
             return False
-        new = replace(member, warm=warm, intent=intent, since=time.time())
         if store.txn([Compare(key, "mod", item.mod_revision)], [Put(key, encode(new))]):
             return True
     return False
@@ -226,17 +239,12 @@ def start_removal(store: Store, cfg: Config, pool: str, uuid: str, name: str, ho
 def _take_for_removal(store: Store, key: str, intent_id: str, retry: str) -> bool:
     """Record the member at ``key`` ``removing`` under ``intent_id`` (compare-and-set on
     its revision), unless it is already in a removal other than the failed ``retry``."""
-    item = store.get(key)
-    if item is None:
-        return False
-    try:
-        member = decode(MemberRecord, key, item.value)
-    except DecodeError:
-        return False
-    if member.warm == WARM_REMOVING and not (retry and member.intent == retry):
-        return False
-    new = replace(member, warm=WARM_REMOVING, intent=intent_id, since=time.time())
-    return store.txn([Compare(key, "mod", item.mod_revision)], [Put(key, encode(new))])
+    def change(member: MemberRecord) -> MemberRecord | None:
+        if member.warm == WARM_REMOVING and not (retry and member.intent == retry):
+            return None
+        return replace(member, warm=WARM_REMOVING, intent=intent_id, since=time.time())
+
+    return _change_member(store, key, change)
 
 
 def finish_removal(store: Store, cfg: Config, pool: str, uuid: str) -> bool:
