@@ -414,16 +414,25 @@ def _alive(store: Store, keys: Keys, host: str) -> bool:
     return store.get(keys.host(host)) is not None
 
 
-def removal_params(record: CloneRecord | None, pool: str) -> dict[str, Any]:
-    """A ``remove_clone`` intent's params: the clone's template, pool and overlays."""
-    return {"template": record.template if record else "", "pool": pool,
-            "overlays": record.overlays if record else []}
+def removal_intent(record: CloneRecord | None, host: str, uuid: str, name: str, pool: str,
+                   intent_id: str = "") -> Intent:
+    """A clone's ``remove_clone`` intent (params: its template, pool and overlays), under
+    ``intent_id`` (one recorded for it before it was sent, so it runs once) or a new id."""
+    params = {"template": record.template if record else "", "pool": pool,
+              "overlays": record.overlays if record else []}
+    return Intent(intent_id or new_id(), host, "remove_clone", uuid, name, time.time(), who(),
+                  params=params)
 
 
 def remove_clone(store: Store, cfg: Config, host: str, uuid: str, name: str, *,
-                 pool: str | None = None, timeout: float = 60.0) -> None:
+                 pool: str | None = None, timeout: float = 60.0,
+                 intent_id: str = "") -> None:
     """Destroy and undefine a clone on ``host``, delete its overlays and forget its clone
     record, pool membership and settings (one transaction, once it is gone).
+
+    ``intent_id``: the removal's id recorded in its pool member (``removing``): that
+    intent is sent unless it was already (:meth:`IntentClient.submit_once`) and waited
+    for, so a removal under way is not sent twice.
 
     When ``host`` is not alive, its pool membership is dropped at once and the intent
     stays queued: the host's agent carries it out (and forgets the clone record) when it
@@ -436,8 +445,8 @@ def remove_clone(store: Store, cfg: Config, host: str, uuid: str, name: str, *,
     record = templates.find_clone(store, keys, uuid)
     pool = pool if pool is not None else (record.pool if record else None)
     client = IntentClient(store, keys)
-    intent = client.submit(host, "remove_clone", uuid, name,
-                           removal_params(record, pool or ""))
+    intent = removal_intent(record, host, uuid, name, pool or "", intent_id)
+    client.submit_once(intent)  # (False: that id was sent already; it is waited for)
     if pool:
         store.delete(keys.pool_member(pool, uuid))
     if not _alive(store, keys, host):

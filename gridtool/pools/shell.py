@@ -230,8 +230,10 @@ def _remove_all(store: Store, cfg: Config, pool: str, found: dict[str, MemberRec
     def one(uuid: str) -> str:
         name, host = found[uuid].name, located.get(uuid, found[uuid].host)
         error = ""
+        under_way = _removal_under_way(store, cfg.keys, found[uuid])
         try:
-            remove_clone(store, cfg, host, uuid, name, pool=pool, timeout=timeout)
+            remove_clone(store, cfg, host, uuid, name, pool=pool, timeout=timeout,
+                         intent_id=under_way)
         except NotFound:
             store.delete(cfg.keys.pool_member(pool, uuid))
         except GridtoolError as exc:
@@ -242,6 +244,14 @@ def _remove_all(store: Store, cfg: Config, pool: str, found: dict[str, MemberRec
 
     with ThreadPoolExecutor(max_workers=8) as workers:
         return [e for e in workers.map(one, sorted(found)) if e]
+
+
+def _removal_under_way(store: Store, keys: Keys, member: MemberRecord) -> str:
+    """The id of the removal the manager recorded for ``member`` (sent or not yet) to
+    follow instead of sending another; "" when there is none, or it failed (a new one)."""
+    if member.warm != WARM_REMOVING or not member.intent:
+        return ""
+    return "" if intent_state(store, keys, member)[0] == "failed" else member.intent
 
 
 # --- members and status ---------------------------------------------------------------

@@ -230,9 +230,8 @@ def start_removal(store: Store, cfg: Config, pool: str, uuid: str, name: str, ho
     member = decode(MemberRecord, key, item.value) if item else None
     if member is None or (member.warm, member.intent) != (WARM_REMOVING, intent_id):
         return ""
-    params = clone.removal_params(templates.find_clone(store, cfg.keys, uuid), pool)
-    sent = IntentClient(store, cfg.keys).submit_once(Intent(
-        intent_id, host, "remove_clone", uuid, name, time.time(), who(), params=params))
+    sent = IntentClient(store, cfg.keys).submit_once(clone.removal_intent(
+        templates.find_clone(store, cfg.keys, uuid), host, uuid, name, pool, intent_id))
     return intent_id if sent else ""
 
 

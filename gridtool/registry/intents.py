@@ -86,13 +86,17 @@ class IntentClient:
         try:
             while True:
                 item = self.store.get(key)
+                queued = item is not None
+                if item is None:  # collected already (by whoever else waited for it)?
+                    item = self.store.get(self.keys.intent_done(intent.host, intent.id))
                 current = decode(Intent, key, item.value) if item else None
                 if current is None:
                     raise OperationFailed(f"intent {intent.id} for {intent.host} was withdrawn")
                 if on_state is not None:
                     on_state(current)
                 if current.finished:
-                    self.collect(current)
+                    if queued:
+                        self.collect(current)
                     if current.state == "failed" and raise_failed:
                         raise OperationFailed(f"{intent.action} {intent.name} on "
                                               f"{intent.host} failed: {current.message}")

@@ -568,6 +568,43 @@ def test_a_removal_never_blocks_the_pool_round_nor_runs_twice_after_failover(  #
         assert domain_of(lab_hosts, kept).isActive()
 
 
+def test_pool_delete_follows_a_removal_under_way_instead_of_sending_another(  # type: ignore[no-untyped-def]
+        lab_hosts, registry, store, cfg, manager, capsys):
+    """``pool delete`` while the manager removes a worker (recorded ``removing``; hv1's
+    agent waits 3 s before each removal) follows that removal's intent, under the id
+    recorded in the member, instead of sending a second ``remove_clone``: one removal
+    per worker, and every worker, clone record and membership gone."""
+    import libvirt
+
+    from gridtool.clone import templates
+
+    start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64,
+                fault_points=("delay-before-remove=3",))
+    assert gridtool(cfg, capsys, "pool", "create", "gone", "--template", "w",
+                    "--min", "1", "--max", "2", "--size", "2")[0] == 0
+    wait_until(lambda: sorted(warm_members(store, cfg, "gone").values()) == ["", ""],
+               timeout=20, what="two workers serving")
+    workers = set(warm_members(store, cfg, "gone"))
+    assert gridtool(cfg, capsys, "pool", "scale", "gone", "1")[0] == 0
+    (uuid,) = wait_until(lambda: [u for u, w in warm_members(store, cfg, "gone").items()
+                                  if w == "removing"], timeout=10, what="one recorded removing")
+    recorded = pools.members(store, cfg.keys, "gone")[uuid].intent
+    wait_until(lambda: [i.state for i in wake_intents(store, cfg, uuid, "remove_clone")]
+               == ["running"], timeout=10, what="the agent in the removal (delayed)")
+
+    code, _, err = gridtool(cfg, capsys, "pool", "delete", "gone")
+    assert code == 0, err
+    assert [(i.id, i.state) for i in wake_intents(store, cfg, uuid, "remove_clone")] == \
+        [(recorded, "done")], "the manager's removal followed, no second one"
+    (kept,) = workers - {uuid}
+    assert [i.state for i in wake_intents(store, cfg, kept, "remove_clone")] == ["done"]
+    assert not pools.members(store, cfg.keys, "gone")
+    for worker in workers:
+        assert templates.find_clone(store, cfg.keys, worker) is None
+        with pytest.raises(libvirt.libvirtError):
+            domain_of(lab_hosts, worker)
+
+
 def test_a_wake_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
         lab_hosts, registry, store, cfg, capsys, tmp_path):
     """A wake in flight (the agent waits until the woken guest writes to its console;
