@@ -137,8 +137,15 @@ class PoolKeeper:
         if not self.threaded:
             self.round()
             return
-        self._thread = supervise.thread(self.round, "pool-round", logger=log)
+        self._thread = supervise.thread(self._round_then_wake, "pool-round", logger=log)
         self._thread.start()
+
+    def _round_then_wake(self) -> None:
+        """A round; then, if a surge or a host's loss came in while it ran (``maybe_run``
+        found it busy), have the leader's loop start the next one now, not a period on."""
+        self.round()
+        if self._surge.is_set() or self._due.is_set():
+            self._wake()
 
     def _on_host(self, event: Event) -> None:
         if event.kind == "delete":  # a host's lease expired: replace its workers now

@@ -196,6 +196,48 @@ def test_a_burst_is_reported_and_decided_within_a_reading_not_a_period_later(
     assert "event=pool_feed_surge pool=b queue=burst" in (tmp_path / "feed.log").read_text()
 
 
+def test_a_surge_reported_during_a_pool_round_starts_the_next_round_when_it_ends(
+        store: EtcdStore, cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A surge report that comes in while a pool round runs (here held until the report
+    is seen) has the next round start as soon as that one ends, not a manager period
+    (30 s here) later."""
+    from gridtool.pools.keeper import PoolKeeper
+
+    pools.create(store, cfg.keys, pools.new_spec("s", "w", 1, 20, policy="flex",
+                                                 target_wait=0.5))
+    held, release, rounds = threading.Event(), threading.Event(), []
+    tend = PoolKeeper.tend
+
+    def held_tend(keeper: PoolKeeper, spec: object) -> object:
+        rounds.append(time.time())
+        if len(rounds) == 1:  # the first round waits for the test's surge report
+            held.set()
+            release.wait(30)
+        return tend(keeper, spec)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PoolKeeper, "tend", held_tend)
+    stop = threading.Event()
+    manager = Manager(cfg, store, "m1", period=30.0, pool_period=60.0)
+    thread = threading.Thread(target=manager.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(held.is_set, timeout=10, what="the first pool round")
+        pools.report(store, cfg.keys, "s", arrivals=500, interval=1.0, queue_depth=400,
+                     surge=True)
+        wait_until(manager.pools._surge.is_set, timeout=5, what="the surge seen by the keeper")
+        released = time.time()
+        release.set()
+        wait_until(lambda: len(rounds) == 2, timeout=5, what="a round on the surge")
+        assert rounds[1] - released < 2.0
+        wait_until(lambda: (pools.status(store, cfg.keys, "s") or _NONE).desired > 1,
+                   timeout=5, what="the scale-up on the surge")
+    finally:
+        release.set()
+        stop.set()
+        manager._wake.set()  # its loop waits on this, up to its 30 s period
+        thread.join(30)
+
+
 @pytest.mark.slow
 def test_a_rabbitmq_queue_is_read_by_passive_declare(tmp_path: Path, store: EtcdStore,
                                                      cfg: Config,
