@@ -5,17 +5,22 @@ agents on the libvirt test driver, the leader-elected manager flexing a pool of 
 (the Erlang policy, mean-wait target ``--sla-wait``), and ``gridtool pool feed``'s loop
 reading the Redis stream's consumer group every ``--period`` (the flex sampling period).
 A producer replays the trace into the stream (each job stamped with its enqueue time).
-Each worker of the pool is paired with a consumer process (the lab's stand-in for the
-software inside the guest): it reads its clone's record in the registry and takes jobs,
-one at a time, only while the clone is running and ``--boot-delay`` seconds have passed
-since it came up (a test-driver guest is running at once: the delay stands in for a
-boot; the QEMU lab's ready marker is not used here), each job an exponential
-``--service-time``. Reported: each job's wait (enqueue -> taken) p50/p90/p99/max, the
-SLA-violation time (``--period`` windows, by enqueue time, whose mean wait is over
-``--sla-wait``), worker-seconds, and the workers over time. Table + JSON
-(bench/results/queue_pool.json).
+The pool starts at the size the trace's first rate needs (as ``pool simulate``'s model
+does) and the feed with the trace. ``--max`` consumer processes (the lab's stand-in for
+the software inside the guests) are started before the pool is made, as that software
+would be there when its guest boots: each claims a member nobody serves, takes jobs one
+at a time only while the clone is running and ``--boot-delay`` seconds have passed since
+it came up (a test-driver guest is running at once: the delay stands in for a boot; on
+QEMU, once the agent saw the ready marker), each job an exponential ``--service-time``,
+and claims another once its clone is gone. Reported: each job's wait (enqueue -> taken)
+p50/p90/p99/max, the SLA-violation time (``--period`` windows, by enqueue time, whose
+mean wait is over ``--sla-wait``), worker-seconds, the workers over time, and in the
+JSON (bench/results/queue_pool.json) each consumer's claimed/running/serving times and
+the feed's load reports (seconds from the trace's start); ``--logs DIR`` keeps the
+manager's, feeder's, agents' and consumers' logs.
 
     python bench/queue_pool.py [--trace CSV] [--period 10] [--sla-wait 1] [--json PATH]
+                               [--logs DIR] [--hypervisor qemu --max 4]
 
 The default trace: 2 jobs/s for 40 s, 8/s for 60 s, 2/s for 60 s; 0.5 s jobs (1, 4, 1
 Erlang). About 3 minutes, mostly idle CPU (jobs are sleeps).
@@ -26,8 +31,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import math
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +54,7 @@ from gridtool.ha.manager import Manager
 from gridtool.lab.brokers import start_redis
 from gridtool.pools import shell as pools
 from gridtool.pools.brokers import RedisQueue
+from gridtool.pools.erlang import servers_needed
 from gridtool.pools.feed import parse_url
 from gridtool.pools.feeder import Feeder
 from gridtool.pools.queuesim import Segment, Trace, load_trace
@@ -54,98 +62,129 @@ from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.model import GuestRecord, decode
 from tests.harness.testbed import LabHosts, domain_xml, wait_until
 
-POOL, STREAM, GROUP, DONE = "work", "jobs", "workers", "done"
+POOL, STREAM, GROUP, DONE, EVENTS = "work", "jobs", "workers", "done", "events"
 DEFAULT_TRACE = Trace("burst", 160.0, (Segment(0, 40, 2.0), Segment(40, 100, 8.0),
                                        Segment(100, 160, 2.0)))
 
 
-# --- the consumer: one process per worker -------------------------------------------------
+# --- the consumer: a process per worker, started ahead --------------------------------------
 
 
 def consumer(args: argparse.Namespace) -> int:
-    """Take jobs while this worker's clone is ready; exit when its record is gone."""
+    """One of ``--max`` processes started before the run: claims a pool member nobody
+    serves (``claim:<uuid>`` in Redis), takes jobs while its clone is ready, and claims
+    another once that clone is gone; until SIGTERM. (Started ahead, as the software in a
+    guest would be there when it boots: a process started per worker paid Python's
+    start-up, 4-15 s on the loaded machine, on top of the product's time.)"""
     import redis
 
     cfg = Config(endpoints=tuple(args.endpoints.split(",")), prefix=args.prefix, timeout=3.0)
     store = EtcdStore(cfg)
     client = redis.Redis(port=args.redis_port, decode_responses=True)
-    key = cfg.keys.guest(args.host, args.uuid)
     rng = random.Random(args.seed)
-    stop, serving = threading.Event(), threading.Event()
+    stop, changed = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    watch = store.watch_prefix(cfg.keys.pool_members(POOL), lambda _ev: changed.set())
+    serving: list[str] = []  # the name of the clone served now (the marker thread reads it)
 
     def mark() -> None:  # "serving:<name>" lives while the consumer takes jobs
         while not stop.wait(0.3):
-            if serving.is_set():
-                client.set(f"serving:{args.name}", 1, px=1000)
+            for name in list(serving):
+                client.set(f"serving:{name}", 1, px=1000)
 
     threading.Thread(target=mark, daemon=True).start()
+    client.rpush(EVENTS, json.dumps([args.slot, "", "started", time.time()]))
+    try:
+        while not stop.is_set():
+            claimed = _claim(store, cfg, client, args.slot)
+            if claimed is None:
+                changed.wait(1.0)
+                changed.clear()
+                continue
+            uid, member = claimed
+            try:
+                _serve(store, cfg, client, args, rng, stop, uid, member, serving)
+            finally:
+                serving.clear()
+                client.delete(f"claim:{uid}")
+    finally:
+        watch.cancel()
+        store.close()
+    return 0
+
+
+def _claim(store: EtcdStore, cfg: Config, client: Any, slot: str) -> tuple[str, Any] | None:
+    """A member of the pool that no consumer serves yet, now claimed by this one."""
+    for uid, member in sorted(pools.members(store, cfg.keys, POOL).items()):
+        if member.warm != "removing" and client.set(f"claim:{uid}", slot, nx=True):
+            client.rpush(EVENTS, json.dumps([slot, member.name, "claimed", time.time()]))
+            return uid, member
+    return None
+
+
+def _serve(store: EtcdStore, cfg: Config, client: Any, args: argparse.Namespace,
+           rng: random.Random, stop: threading.Event, uid: str, member: Any,
+           serving: list[str]) -> None:
+    """Take jobs as ``member``'s software would: once its clone runs (and shows its ready
+    marker, on QEMU) and ``--boot-delay`` has passed; return when the clone is gone."""
+    key, name = cfg.keys.guest(member.host, uid), member.name
     seen, ready_since = False, None
     while not stop.is_set():
-        serving.clear()
         item = store.get(key)
         if item is None:
-            if seen:
-                return 0  # the clone was removed
-            stop.wait(0.2)
+            if seen or store.get(cfg.keys.pool_member(POOL, uid)) is None:
+                return  # the clone was removed (or never made)
+            stop.wait(0.1)
             continue
         seen = True
         guest = decode(GuestRecord, item.key, item.value)
         if guest.state != "running" or (args.need_marker and not guest.ready_at):
+            serving.clear()
             ready_since = None
-            stop.wait(0.2)
-            continue
-        ready_since = ready_since or time.time()
-        if time.time() - ready_since < args.boot_delay:
             stop.wait(0.1)
             continue
-        if not serving.is_set():
-            client.set(f"serving:{args.name}", 1, px=1000)
-        serving.set()
-        got: Any = client.xreadgroup(GROUP, args.name, {STREAM: ">"}, count=1, block=500)
+        if ready_since is None:
+            ready_since = time.time()
+            client.rpush(EVENTS, json.dumps([args.slot, name, "running", ready_since]))
+        if time.time() - ready_since < args.boot_delay:
+            stop.wait(min(0.1, ready_since + args.boot_delay - time.time()))
+            continue
+        if not serving:
+            client.set(f"serving:{name}", 1, px=1000)
+            client.rpush(EVENTS, json.dumps([args.slot, name, "serving", time.time()]))
+            serving.append(name)
+        got: Any = client.xreadgroup(GROUP, name, {STREAM: ">"}, count=1, block=500)
         for _, messages in got or []:
             for msg_id, fields in messages:
                 taken = time.time()
                 time.sleep(rng.expovariate(1 / args.service_time))  # the job's work
                 client.xack(STREAM, GROUP, msg_id)
                 client.rpush(DONE, json.dumps([int(fields["n"]), float(fields["t"]), taken,
-                                               time.time(), args.name]))
-    return 0
+                                               time.time(), name]))
 
 
 # --- the run --------------------------------------------------------------------------------
 
 
 class Consumers:
-    """A consumer process per pool member (started when it appears, stopped when gone)."""
+    """``--max`` consumer processes, started before the pool is made (each claims a member
+    once one appears)."""
 
-    def __init__(self, cfg: Config, store: EtcdStore, redis_port: int, args: argparse.Namespace,
+    def __init__(self, cfg: Config, redis_port: int, args: argparse.Namespace,
                  logs: Path) -> None:
-        self.cfg, self.store, self.port, self.args, self.logs = cfg, store, redis_port, args, logs
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def sync(self) -> int:
-        """Start and stop consumers to match the pool's members; how many there are."""
-        members = pools.members(self.store, self.cfg.keys, POOL)
-        for uid, m in members.items():
-            if uid not in self.procs:
-                self.procs[uid] = subprocess.Popen(
-                    [sys.executable, __file__, "consumer", "--endpoints",
-                     ",".join(self.cfg.endpoints), "--prefix", self.cfg.prefix, "--host", m.host,
-                     "--uuid", uid, "--name", m.name, "--redis-port", str(self.port),
-                     "--service-time", str(self.args.service_time), "--boot-delay",
-                     str(self.args.boot_delay), "--seed",
-                     str(zlib.crc32(f"{self.args.seed}{uid}".encode())),
-                     *(["--need-marker"] if self.args.hypervisor == "qemu" else [])],
-                    stdout=subprocess.DEVNULL, stderr=(self.logs / f"{m.name}.log").open("w"))
-        for uid in [u for u in self.procs if u not in members]:
-            self.procs.pop(uid).terminate()
-        return len(self.procs)
+        self.procs = [subprocess.Popen(
+            [sys.executable, __file__, "consumer", "--endpoints", ",".join(cfg.endpoints),
+             "--prefix", cfg.prefix, "--slot", f"c{n}", "--redis-port", str(redis_port),
+             "--service-time", str(args.service_time), "--boot-delay", str(args.boot_delay),
+             "--seed", str(zlib.crc32(f"{args.seed}c{n}".encode())),
+             *(["--need-marker"] if args.hypervisor == "qemu" else [])],
+            stdout=subprocess.DEVNULL, stderr=(logs / f"consumer-c{n}.log").open("w"))
+            for n in range(args.max)]
 
     def stop(self) -> None:
-        for proc in self.procs.values():
+        for proc in self.procs:
             proc.terminate()
-        for proc in self.procs.values():
+        for proc in self.procs:
             proc.wait(10)
 
 
@@ -172,7 +211,7 @@ def run(args: argparse.Namespace, trace: Trace) -> dict[str, Any]:
             hosts = qemu_testbed.QemuHosts(tmp / "lab", cfg)
         broker = start_redis(tmp / "redis")
         stop = threading.Event()
-        consumers = Consumers(cfg, store, broker.port, args, tmp)
+        consumers = Consumers(cfg, broker.port, args, tmp)
         try:
             for n in range(args.hosts):
                 hosts.add(f"hv{n + 1}")
@@ -182,33 +221,41 @@ def run(args: argparse.Namespace, trace: Trace) -> dict[str, Any]:
             make_template(hosts, store, cfg, args.hypervisor)
             client = redis.Redis(port=broker.port, decode_responses=True)
             client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+            wait_until(lambda: client.llen(EVENTS) >= args.max, timeout=120,
+                       what="the consumers started")
+            size = initial_size(trace, args)
             pools.create(store, cfg.keys, pools.new_spec(
-                POOL, "w", args.min, args.max, policy="flex", target_wait=args.sla_wait))
+                POOL, "w", args.min, args.max, desired=size, policy="flex",
+                target_wait=args.sla_wait))
             manager = Manager(cfg, store, "bench", period=1.0, pool_period=args.period)
+            threading.Thread(target=manager.run, args=(stop,), daemon=True).start()
+            wait_until(lambda: len(client.keys("serving:*")) >= size, timeout=180,
+                       what=f"{size} workers serving")
+            # the feed starts with the trace: its first report covers the trace only
             feeder = Feeder(store, cfg.keys, POOL, RedisQueue(parse_url(broker.url), STREAM, GROUP),
                             broker=broker.url, queue=STREAM, period=args.period)
-            for target in (manager.run, feeder.run):
-                threading.Thread(target=target, args=(stop,), daemon=True).start()
-            wait_until(lambda: consumers.sync() and client.keys("serving:*"), timeout=120,
-                       what="a first worker")
             start = time.time()
+            threading.Thread(target=feeder.run, args=(stop,), daemon=True).start()
             producer = threading.Thread(target=produce, args=(client, times, start, stop))
             producer.start()
             timeline = []
             deadline = start + trace.duration + args.drain
             while producer.is_alive() or (_backlog(client) and time.time() < deadline):
-                consumers.sync()
                 st = pools.status(store, cfg.keys, POOL)
                 decision = st.decision if st else {}
                 timeline.append({"t": round(time.time() - start, 1),
                                  "desired": st.desired if st else None,
                                  "rate": round(decision.get("smoothed_rate", 0.0), 2),
                                  "load": round(decision.get("offered_load", 0.0), 2),
-                                 "members": len(consumers.procs),
+                                 "members": len(pools.members(store, cfg.keys, POOL)),
                                  "serving": len(client.keys("serving:*")),
                                  "backlog": _backlog(client)})
                 stop.wait(1.0)
             done = [json.loads(x) for x in client.lrange(DONE, 0, -1)]
+            events = [json.loads(x) for x in client.lrange(EVENTS, 0, -1)]
+            reports = [[round(r.timestamp - start, 2), round(r.interval, 2), r.arrivals,
+                        r.completions, r.busy_seconds and round(r.busy_seconds, 2),
+                        r.queue_depth, r.surge] for r in pools.samples(store, cfg.keys, POOL)]
             end = time.time()
         finally:
             stop.set()
@@ -216,7 +263,29 @@ def run(args: argparse.Namespace, trace: Trace) -> dict[str, Any]:
             broker.stop()
             hosts.close()
             store.close()
-    return summarize(times, start, end, done, timeline, args)
+            if args.logs:
+                keep_logs(tmp, Path(args.logs))
+    return {**summarize(times, start, end, done, timeline, args), "start": start,
+            "consumer_events": [[slot, name, what, round(at - start, 2)]
+                                for slot, name, what, at in events if name],
+            "reports": reports}
+
+
+def initial_size(trace: Trace, args: argparse.Namespace) -> int:
+    """The pool's size at the trace's start: what its first rate needs (as ``pool
+    simulate`` starts its model), within the pool's bounds."""
+    load = trace.rate_at(0.0) * args.service_time
+    need = servers_needed(load, args.service_time, args.sla_wait, kind="mean_wait") \
+        if load else 1
+    return max(args.min, min(args.max, need))
+
+
+def keep_logs(tmp: Path, dest: Path) -> None:
+    """Copy the agents' and consumers' logs out of the lab before it is removed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for log_file in [*tmp.glob("*.log"), *tmp.glob("lab/*/agent.log")]:
+        name = log_file.name if log_file.parent == tmp else f"{log_file.parent.name}-agent.log"
+        shutil.copyfile(log_file, dest / name)
 
 
 def make_template(hosts: Any, store: EtcdStore, cfg: Config, hypervisor: str) -> None:
@@ -269,8 +338,8 @@ def summarize(times: list[float], start: float, end: float, done: list[list[Any]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
-    c = sub.add_parser("consumer", help="internal: one worker's consumer")
-    for name in ("--endpoints", "--prefix", "--host", "--uuid", "--name"):
+    c = sub.add_parser("consumer", help="internal: a worker's consumer")
+    for name in ("--endpoints", "--prefix", "--slot"):
         c.add_argument(name, required=True)
     c.add_argument("--redis-port", type=int, required=True)
     c.add_argument("--service-time", type=float, required=True)
@@ -296,9 +365,15 @@ def main() -> int:
                         help="seconds after the trace to let the backlog drain")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--logs", help="keep the manager's, feeder's, agents' and "
+                        "consumers' logs (with times) in this directory")
     args = parser.parse_args()
     if args.command == "consumer":
         return consumer(args)
+    if args.logs:
+        Path(args.logs).mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(filename=Path(args.logs, "bench.log"), level=logging.INFO,
+                            format="%(asctime)s %(threadName)s %(message)s")
     if args.boot_delay is None:
         args.boot_delay = 0.0 if args.hypervisor == "qemu" else 5.0
     if args.hypervisor == "qemu":
