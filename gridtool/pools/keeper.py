@@ -1,7 +1,8 @@
 """The manager's pool round: keep every pool at its size (shell around ``poolplan``).
 
 Every ``period`` seconds (and at once when a host's record vanishes, a pool's spec
-changes or a load report says a surge began) the leading manager reads each pool's
+changes, a load report says a surge began, or every recent reporter of a pool has
+reported since its last round) the leading manager reads each pool's
 spec, members, the live hosts and the load reports, asks
 :func:`gridtool.pools.rules.plan` what to do, records the result
 (``pools/<name>/status``) and carries the actions out through the clone API
@@ -51,6 +52,7 @@ from gridtool.pools.rules import (
     Wake,
     Withdraw,
     aggregate,
+    all_reported,
     classify,
     direction,
     flex_step,
@@ -65,6 +67,9 @@ from gridtool.registry.store import Compare, Event, Put, Store, Watch
 log = logging.getLogger("gridtool.pools.shell")
 
 DEFAULT_PERIOD = 10.0
+#: A reporter counts as reporting (a round waits for its report) while its last report
+#: is at most this many periods old.
+REPORTERS_WINDOW = 1.5
 
 
 class _Deposed(Exception):
@@ -109,6 +114,8 @@ class PoolKeeper:
         self._stop = threading.Event()
         self._due = threading.Event()
         self._surge = threading.Event()  # a surge report: a round now, off the period
+        self._reported: set[str] = set()  # pools with a new load report since the round
+        self._reported_lock = threading.Lock()
         self._wake = wake or (lambda: None)  # the leader's loop: call maybe_run soon
         self._watches: list[Watch] = []
 
@@ -116,9 +123,10 @@ class PoolKeeper:
 
     def maybe_run(self) -> None:
         """Start a round on a worker thread if one is due and none is running: every
-        ``period``, and at once when a host vanishes, a pool spec changes or a surge is
-        reported (that round leaves the period's rounds where they were, in step with
-        the reporters' period reports)."""
+        ``period``, and at once when a host vanishes, a pool spec changes, a surge is
+        reported or a pool's reporters have all reported since its last round (those
+        rounds leave the period's rounds where they were; one of those that finds no
+        report holds the pool and leaves its reports' window open)."""
         if self._stop.is_set() or not self.leader.leader_rev:
             return
         if not self._watches:
@@ -128,7 +136,7 @@ class PoolKeeper:
             return
         scheduled = self._due.is_set() or \
             self.clock.monotonic() - self._last >= self.period
-        if not scheduled and not self._surge.is_set():
+        if not scheduled and not self._surge.is_set() and not self._reports_complete():
             return
         self._surge.clear()
         if scheduled:
@@ -141,11 +149,31 @@ class PoolKeeper:
         self._thread.start()
 
     def _round_then_wake(self) -> None:
-        """A round; then, if a surge or a host's loss came in while it ran (``maybe_run``
-        found it busy), have the leader's loop start the next one now, not a period on."""
+        """A round; then, if a surge, a report or a host's loss came in while it ran
+        (``maybe_run`` found it busy), have the leader's loop look again now, not a
+        period on."""
         self.round()
-        if self._surge.is_set() or self._due.is_set():
+        if self._surge.is_set() or self._due.is_set() or self._reported:
             self._wake()
+
+    def _reports_complete(self) -> bool:
+        """A pool with new load reports has one from every recent reporter since its
+        last round (:func:`gridtool.pools.rules.all_reported`): decide on them now, not
+        up to a period later at the rounds' own phase."""
+        with self._reported_lock:
+            pending, self._reported = self._reported, set()
+        now = self.clock.wall()
+        for name in sorted(pending):
+            try:
+                status = pools.status(self.store, self.keys, name)
+                reports = pools.samples(self.store, self.keys, name)
+            except GridtoolError as exc:
+                log.warning("event=pool_reports_unread pool=%s error=%s", name, exc)
+                continue
+            if all_reported(reports, status.samples_until if status else 0.0, now,
+                            REPORTERS_WINDOW * self.period):
+                return True
+        return False
 
     def _on_host(self, event: Event) -> None:
         if event.kind == "delete":  # a host's lease expired: replace its workers now
@@ -154,8 +182,12 @@ class PoolKeeper:
     def _on_pool(self, event: Event) -> None:
         if event.key.endswith("/spec"):  # created, scaled or deleted
             self._due.set()
-        elif event.kind == "put" and "/samples/" in event.key and is_surge(event.value):
-            self._surge.set()
+        elif event.kind == "put" and "/samples/" in event.key:
+            if is_surge(event.value):
+                self._surge.set()
+            else:
+                with self._reported_lock:
+                    self._reported.add(event.key[len(self.keys.pools):].split("/", 1)[0])
             self._wake()
 
     @property
@@ -263,7 +295,7 @@ class PoolKeeper:
         status = PoolStatus(
             spec.name, now, result.target, result.ready, result.starting, result.lost,
             "; ".join(n for n in notes if n),
-            samples_until=now if spec.policy == "flex" else 0.0,
+            samples_until=_decided_until(spec, before, decision, now),
             flex_state=state.to_dict() if spec.policy == "flex" else {},
             decision=last, decisions=counts, warm=result.warm, warming=result.warming,
             failure=failure, failed_at=failed_at)
@@ -370,6 +402,17 @@ class PoolKeeper:
         log.info("event=pool_%s pool=%s guest=%s host=%s reason=%s",
                  type(action).__name__.lower(), spec.name, action.name, action.host,
                  action.reason)
+
+
+def _decided_until(spec: PoolSpec, before: PoolStatus | None, decision: Decision | None,
+                   now: float) -> float:
+    """Up to when a flex pool's reports were decided on: ``now`` after a decision; a
+    round without reports leaves it where it was, so the next decision's load covers
+    all the time since the last one (not the last moment after a round that saw none:
+    a report decided on right after such a round would weigh as a fraction of a second)."""
+    if spec.policy != "flex":
+        return 0.0
+    return now if decision is not None else (before.samples_until if before else 0.0)
 
 
 def is_surge(raw: bytes) -> bool:

@@ -645,6 +645,19 @@ def aggregate(samples: Iterable[LoadSample], start: float, end: float) -> LoadSa
         surge=any(s.surge for s in chosen))
 
 
+def all_reported(samples: Iterable[LoadSample], since: float, now: float,
+                 window: float) -> bool:
+    """Whether every reporter with a report in the ``window`` seconds before ``now`` has
+    one after ``since`` (the last round's end): then a round can decide on all of them
+    at once instead of at its own period's phase (one reporter: at each of its reports;
+    several: once the last of them reported, so no round sees only some)."""
+    latest: dict[str, float] = {}
+    for s in samples:
+        if s.timestamp > now - window:
+            latest[s.source] = max(latest.get(s.source, s.timestamp), s.timestamp)
+    return bool(latest) and all(t > since for t in latest.values())
+
+
 def since_surge(reports: Sequence[LoadSample]) -> Sequence[LoadSample]:
     """One reporter's reports (oldest first) from its latest surge report on (all of
     them when there is none)."""

@@ -238,6 +238,36 @@ def test_a_surge_reported_during_a_pool_round_starts_the_next_round_when_it_ends
         thread.join(30)
 
 
+def test_a_period_report_is_decided_on_at_once_not_at_the_rounds_own_phase(
+        store: EtcdStore, cfg: Config) -> None:
+    """Pool rounds every 60 s: a reporter's period report (no surge) is decided on at
+    once, as every recent reporter has reported since the last round (with several,
+    once the last of them has: ``test_poolplan.py``), not up to a period later."""
+    pools.create(store, cfg.keys, pools.new_spec("r", "w", 1, 20, policy="flex",
+                                                 target_wait=0.5))
+    stop = threading.Event()
+    manager = Manager(cfg, store, "m1", period=0.2, pool_period=60.0)
+    thread = threading.Thread(target=manager.run, args=(stop,))
+    thread.start()
+
+    def decided_after(t: float) -> dict:
+        status = pools.status(store, cfg.keys, "r") or _NONE
+        return status.decision if status.updated > t and status.decision else {}
+
+    try:
+        wait_until(lambda: pools.status(store, cfg.keys, "r"), timeout=10,
+                   what="the manager's first round")
+        reported = time.time()
+        pools.report(store, cfg.keys, "r", arrivals=50, completions=50, busy_seconds=20.0,
+                     interval=10.0, source="a")
+        first = wait_until(lambda: decided_after(reported), timeout=3,
+                           what="a round on a's report")
+        assert first["arrival_rate"] == pytest.approx(5.0, rel=0.05), first
+    finally:
+        stop.set()
+        thread.join(30)
+
+
 @pytest.mark.slow
 def test_a_rabbitmq_queue_is_read_by_passive_declare(tmp_path: Path, store: EtcdStore,
                                                      cfg: Config,

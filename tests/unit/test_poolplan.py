@@ -22,6 +22,7 @@ from gridtool.pools.rules import (
     PoolStatus,
     Remove,
     aggregate,
+    all_reported,
     busy_sources,
     classify,
     engine_numbers,
@@ -136,6 +137,31 @@ def test_spec_validation_and_records_round_trip() -> None:
     with pytest.raises(DecodeError, match="min"):
         decode(PoolSpec, "k", b'{"v":1,"name":"p","template":"t","min":"x","max":1,'
                               b'"desired":1}')
+
+
+def test_a_round_is_due_once_every_recent_reporter_reported_since_the_last() -> None:
+    a, b = (LoadSample(NOW - 1, 10, 5, 5, source="a"), LoadSample(NOW - 6, 10, 5, 5, source="b"))
+    since = NOW - 3  # the last round
+    assert all_reported([a], since, NOW, 15)  # one reporter: at each of its reports
+    assert not all_reported([a, b], since, NOW, 15)  # b's report is before the round
+    assert all_reported([a, replace(b, timestamp=NOW - 0.5)], since, NOW, 15)
+    assert all_reported([a, replace(b, timestamp=NOW - 20)], since, NOW, 15), \
+        "a reporter gone quiet for longer than the window is not waited for"
+    assert not all_reported([replace(a, timestamp=since)], since, NOW, 15)
+    assert not all_reported([], since, NOW, 15)
+
+
+def test_a_round_without_reports_leaves_the_decided_until_where_it_was() -> None:
+    from gridtool.pools.keeper import _decided_until
+
+    flex = replace(SPEC, policy="flex")
+    before = PoolStatus("web", NOW - 4, 4, 4, 0, samples_until=NOW - 9)
+    decision = decide(FlexState(), LoadSample(NOW, 10, 50, 50, 20.0), NOW,
+                      flex.params())[0]
+    assert _decided_until(flex, before, None, NOW) == NOW - 9  # the next load: 9+ s
+    assert _decided_until(flex, before, decision, NOW) == NOW
+    assert _decided_until(flex, None, None, NOW) == 0.0  # first round: every live report
+    assert _decided_until(SPEC, before, None, NOW) == 0.0  # fixed pools keep none
 
 
 def test_aggregate_adds_reporters_and_is_robust_to_cadence() -> None:
