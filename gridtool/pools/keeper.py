@@ -165,8 +165,12 @@ class PoolKeeper:
         now = self.clock.wall()
         for name in sorted(pending):
             try:
+                if pools.get(self.store, self.keys, name).policy != "flex":
+                    continue  # (a fixed pool's size does not follow its reports)
                 status = pools.status(self.store, self.keys, name)
                 reports = pools.samples(self.store, self.keys, name)
+            except NotFound:
+                continue
             except GridtoolError as exc:
                 log.warning("event=pool_reports_unread pool=%s error=%s", name, exc)
                 continue

@@ -172,8 +172,9 @@ def test_a_burst_is_reported_and_decided_within_a_reading_not_a_period_later(
 
             wait_until(reports, timeout=30, what="the feeder's first period report")
             (period,) = reports()
-            wait_until(lambda: pools.status(store, cfg.keys, "b"), timeout=10,
-                       what="the manager's first round")
+            wait_until(lambda: (pools.status(store, cfg.keys, "b") or _NONE).samples_until
+                       >= period.timestamp, timeout=10,
+                       what="the manager's round on the period report")
             first = pools.status(store, cfg.keys, "b") or _NONE
             pushed = time.time()
             client.rpush("burst", *range(200))  # nobody takes them
