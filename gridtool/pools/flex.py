@@ -15,8 +15,11 @@ No I/O, no clock: the caller passes ``now`` and persists the returned state
     slow one, or this sample's own rate is that far above it (a short sample: a surge
     the feeder reported at once, :func:`gridtool.pools.feed.surge`), the estimate jumps to
     the higher of the two - this is what catches a burst; when it is that far below,
-    the estimate drops to the fast one (plus that margin) and the
-    scale-down window restarts - a burst that is over holds no idle workers. While the
+    the estimate drops to the fast one (plus that margin), the scale-down window and
+    the slow level restart there - a burst that is over holds no idle workers, neither
+    for the window nor while the slow EWMA forgets it. A report written at once on a
+    change (``surge``: the feeder's test saw the load jump or drop) restarts the fast
+    EWMA at its rate: a burst's end, reported at once, is believed at once. While the
     measured rates of the last ``trend_samples`` samples lie on a significantly rising
     line, the estimate is at least that line ``lookahead`` seconds ahead (the time new
     workers need to help) - this is what keeps up with ramps (Brown's double smoothing
@@ -316,10 +319,13 @@ def _observe(state: FlexState, sample: LoadSample, params: PolicyParams) -> Flex
     recent = (*state.recent, (rate, recent_service))[-kept:]
     # one sample is a noisy start for the slow level: begin at its Poisson lower bound
     start = max(0.0, rate - params.noise_z * math.sqrt(rate / dt))
+    # a report written at once on a change (``surge``: the feeder's significance test
+    # said the load jumped or dropped here) restarts the fast level at its rate
+    fast = rate if sample.surge else _ewma(state.fast_rate, rate, dt, params.fast_tau)
     return replace(
         state,
         last_timestamp=sample.timestamp,
-        fast_rate=_ewma(state.fast_rate, rate, dt, params.fast_tau),
+        fast_rate=fast,
         slow_rate=(slow := _ewma(state.slow_rate, rate, dt, params.slow_tau, first=start)),
         slow2_rate=_ewma(state.slow2_rate, slow, dt, params.slow_tau),
         service_time=service,
@@ -570,6 +576,9 @@ def decide_erlang(
     # the window remembers what the arrivals need: a backlog is gone once drained
     steady = params.clamp(_erlang_workers(rate * service, service, params))
     remembered = replace(state, window=()) if dropped else state
+    if dropped:  # the slow level's history is the load before the drop: restart it
+        observed = replace(observed, slow_rate=observed.fast_rate,
+                           slow2_rate=observed.fast_rate)
     held, new_state = _window(remembered, observed, now, current, steady, params.down_window)
     held = max(held, rec)
     metric = _target_metric(current, load, service, params)

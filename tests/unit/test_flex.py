@@ -212,6 +212,23 @@ def test_erlang_scales_down_at_once_after_a_significant_drop() -> None:
     assert first.smoothed_rate < 20
 
 
+def test_erlang_gives_a_burst_back_at_once_on_a_drop_report_and_forgets_it() -> None:
+    # calm 10/s, a burst at 30/s sized for, then the feeder's drop report 3 s after the
+    # burst ended (10/s, marked as a change): believed at once, not through the fast
+    # EWMA's 3 s inertia (which still said 18/s and held the burst's workers)
+    state = steady_state(ERLANG)
+    burst = [sample(400 + PERIOD * k, 300, 40) for k in range(3)]
+    decisions, state = run(ERLANG, burst, state)
+    assert decisions[-1].desired >= 33
+    report = replace(sample(423, 30, 40), interval=3.0, busy_seconds=30.0, surge=True)
+    ended, state = decide(state, report, 423, ERLANG)
+    assert ended.smoothed_rate < 16 and ended.desired <= 18
+    # and the slow level restarts at the new one: the next period's estimate is the calm
+    # rate, not the slow EWMA still remembering the burst
+    after, _ = decide(state, sample(430, 100, ended.desired), 430, ERLANG)
+    assert after.smoothed_rate == pytest.approx(10.0, abs=1.0)
+
+
 def test_erlang_projects_a_significant_ramp_past_the_last_sample() -> None:
     # +1/s per sample: the new workers serve a rate beyond the latest evidence
     ramp = [sample(PERIOD * k, 100 + 10 * k, 30) for k in range(1, 12)]
