@@ -29,9 +29,14 @@ No I/O, no clock: the caller passes ``now`` and persists the returned state
     workers' capacity during ``startup_delay`` (on a surge report even before a queue
     shows: it was written at once); backlog is drained over ``drain_time`` as extra
     arrival rate. Workers come from Erlang C so that the pool's target (P(wait >
-    ``wait_threshold``) or mean wait) times ``margin`` (0.5: headroom for the noise of
-    one interval, so that the target holds in most intervals, not only on average) holds
-    at A. Scale-up is immediate, to exactly that count, with workers still starting
+    ``wait_threshold``) or mean wait) times ``margin`` (1: the target itself) holds at
+    A plus *headroom*: ``error_z`` (1) times the estimate's measured forecast error, the
+    root mean square over ``slow_tau`` of each sample's rate minus the estimate the
+    previous decision sized for (change points left out; a fresh pool starts at one
+    sample's Poisson sd). On a steady load that is the noise of one interval, so the
+    target holds in most intervals, not only on average; on a slow ramp the estimate
+    trails, every sample misses it upwards, and the headroom grows by that lag.
+    Scale-up is immediate, to exactly that count, with workers still starting
     counted as capacity (never overshoots); it is skipped as "small" only if the current
     size misses the target by at most ``tolerance`` (relative). Scale-down goes to the
     highest recommendation for the arrivals (backlog left out: it is drained) of the last
@@ -179,8 +184,9 @@ class PolicyParams:
     classic_down: float = 0.5
     hpa_target_utilization: float = 0.7
     hpa_tolerance: float = 0.1
-    margin: float = 0.5
+    margin: float = 1.0
     down_window: float = 60.0
+    error_z: float = 1.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -208,6 +214,7 @@ class PolicyParams:
             "0 < hpa_target_utilization <= 1": 0 < self.hpa_target_utilization <= 1,
             "hpa_tolerance must be >= 0": self.hpa_tolerance >= 0,
             "margin must be > 0": self.margin > 0,
+            "error_z must be >= 0": self.error_z >= 0,
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
@@ -241,6 +248,8 @@ class FlexState:
     service_time: float | None = None
     recent: tuple[tuple[float, float], ...] = ()
     window: tuple[tuple[float, int], ...] = ()
+    estimate: float | None = None  # the arrival estimate the last decision sized for
+    error_var: float | None = None  # EWMA of (measured rate - that estimate)^2
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -276,6 +285,7 @@ class Decision:
     predicted_wait_probability: float
     predicted_mean_wait: float
     arrival_rate: float = 0.0  # measured over the sample, before any smoothing
+    headroom_rate: float = 0.0  # sized for beyond the estimate: its measured forecast error
 
     @property
     def change(self) -> int:
@@ -374,6 +384,7 @@ def _finish(
     recommended: int,
     desired: int,
     reason: str,
+    headroom: float = 0.0,
 ) -> Decision:
     """Clamp ``desired`` and assemble the Decision; numbers = (rate, backlog rate, s)."""
     rate, backlog, service = numbers
@@ -399,6 +410,7 @@ def _finish(
         predicted_wait_probability=p_wait,
         predicted_mean_wait=wait,
         arrival_rate=sample.arrival_rate,
+        headroom_rate=headroom,
     )
 
 
@@ -558,6 +570,24 @@ def _backlog(
     return excess + max(0.0, rate - sample.workers / service) * params.startup_delay
 
 
+def _track_error(
+    before: FlexState, after: FlexState, sample: LoadSample, estimate: float, change: str,
+    params: PolicyParams,
+) -> FlexState:
+    """Record ``estimate`` and fold this sample's forecast error (its measured rate minus
+    the estimate the previous decision sized for) into the mean squared error, an EWMA
+    over ``slow_tau``. Change points (a report written at once, a significant jump or
+    drop) add no error: the pool was sized for the load before them, and the gates above
+    handle them. A fresh state starts at the Poisson variance of one sample's rate."""
+    error_var = before.error_var
+    if error_var is None:
+        error_var = max(estimate, 0.0) / sample.interval
+    elif before.estimate is not None and not (change or sample.surge):
+        error = sample.arrival_rate - before.estimate
+        error_var = _ewma(error_var, error * error, sample.interval, params.slow_tau)
+    return replace(after, estimate=estimate, error_var=error_var)
+
+
 def decide_erlang(
     state: FlexState, sample: LoadSample, now: float, params: PolicyParams
 ) -> tuple[Decision, FlexState]:
@@ -565,26 +595,30 @@ def decide_erlang(
     observed = _observe(state, sample, params)
     service = _service_time(observed, params)
     rate, change = _arrival_estimate(state, observed, sample.interval, params)
+    observed = _track_error(state, observed, sample, rate, change, params)
+    headroom = params.error_z * math.sqrt(observed.error_var or 0.0)
     dropped = change == "dropped"
     # a surge reported at once (``pool feed``) that the estimate believes: no queue yet
     surged = sample.surge and change == "jumped"
     backlog = _backlog(state, sample, rate, service, params, surged) / params.drain_time
-    load = (rate + backlog) * service
+    load = (rate + backlog) * service  # offered: what the Decision reports
+    sized = load + headroom * service  # sized for: the estimate's error beyond it
     current = sample.current
-    raw = _erlang_workers(load, service, params)
+    raw = _erlang_workers(sized, service, params)
     rec = params.clamp(raw)
     # the window remembers what the arrivals need: a backlog is gone once drained
-    steady = params.clamp(_erlang_workers(rate * service, service, params))
+    steady = params.clamp(_erlang_workers((rate + headroom) * service, service, params))
     remembered = replace(state, window=()) if dropped else state
     if dropped:  # the slow level's history is the load before the drop: restart it
         observed = replace(observed, slow_rate=observed.fast_rate,
                            slow2_rate=observed.fast_rate)
     held, new_state = _window(remembered, observed, now, current, steady, params.down_window)
     held = max(held, rec)
-    metric = _target_metric(current, load, service, params)
+    metric = _target_metric(current, sized, service, params)
     desired, reason = _erlang_step(current, rec, held, metric, params)
     numbers = (rate, backlog, service)
-    decision = _finish("erlang", sample, now, params, numbers, raw, desired, reason)
+    decision = _finish("erlang", sample, now, params, numbers, raw, desired, reason,
+                       headroom=headroom)
     return decision, new_state
 
 
