@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+from itertools import pairwise
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -114,9 +115,31 @@ def offgrid_bursts(seed: int = 505) -> Rows:
     return rows
 
 
+def ramp_bursts(seed: int = 606) -> Rows:
+    """A slow ramp with bursts on top: the base rises from 0.6x to 2.5x over the hour in
+    10 s steps; every 1.5-5 minutes a burst of 15-60 s at 1.8-3x the base, its edges at
+    any second (seeded; made after issue 15's sixth round was tuned, never tuned on)."""
+    rng = random.Random(seed)
+    starts: list[tuple[int, int, float]] = []
+    t = rng.randrange(90, 301)
+    while t < HOUR:
+        length = rng.randrange(15, 61)
+        starts.append((t, min(t + length, HOUR), rng.uniform(1.8, 3.0)))
+        t += length + rng.randrange(90, 301)
+    cuts = sorted({0, HOUR, *range(0, HOUR, 10), *(a for a, _, _ in starts),
+                   *(b for _, b, _ in starts)})
+    rows: Rows = []
+    for a, b in pairwise(cuts):
+        base = BASE * (0.6 + 1.9 * (a // 10 * 10) / HOUR)
+        factor = next((f for s, e, f in starts if s <= a < e), 1.0)
+        rows.append((a, b, round(base * factor, 2)))
+    return rows
+
+
 TRACES = {"steady": steady, "spike": spike, "diurnal": diurnal, "bursty": bursty}
 HELDOUT = {"flash_crowd": flash_crowd, "sawtooth": sawtooth, "high_steady": high_steady,
-           "bursty_404": bursty_other, "offgrid_bursts": offgrid_bursts}
+           "bursty_404": bursty_other, "offgrid_bursts": offgrid_bursts,
+           "ramp_bursts": ramp_bursts}
 
 
 def write(name: str, rows: Rows, directory: Path = HERE, note: str = "") -> Path:

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from gridtool.backoff import Backoff
 from gridtool.clock import SYSTEM, Clock
@@ -79,7 +79,7 @@ from gridtool.registry.fenceagents import FenceAgentConf
 from gridtool.registry.fleet import Registry
 from gridtool.registry.hostconf import HostConf
 from gridtool.registry.intents import IntentClient
-from gridtool.registry.keyindex import KeyIndex
+from gridtool.registry.keyindex import KeyIndex, decoded
 from gridtool.registry.keys import Keys
 from gridtool.registry.mirror import Memo, MirrorStore, guest_pages
 from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord
@@ -87,7 +87,6 @@ from gridtool.registry.records import GuestSettings, Intent, ManagerStatus, deco
 from gridtool.registry.store import Compare, Delete, Item, Put, Store, Watch
 
 log = logging.getLogger("gridtool.ha.manager")
-D = TypeVar("D", FenceAgentConf, HostConf)
 
 
 class RoundTime(NamedTuple):
@@ -165,8 +164,8 @@ class Manager:
         #: fence keys, fence agents and host settings, decoded per changed key
         self._fences: KeyIndex[Observation] = KeyIndex(
             cfg.keys.fences, lambda volume, item: observe(volume, item.value, item.mod_revision))
-        self._agents = KeyIndex(cfg.keys.fence_agents, _decoded(FenceAgentConf))
-        self._hostconfs = KeyIndex(cfg.keys.hostconfs, _decoded(HostConf))
+        self._agents = KeyIndex(cfg.keys.fence_agents, decoded(FenceAgentConf))
+        self._hostconfs = KeyIndex(cfg.keys.hostconfs, decoded(HostConf))
         self.index_repairs = 0  # hosts the audit found the index wrong about
 
     # -- election ------------------------------------------------------------
@@ -823,17 +822,6 @@ def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
     volumes = tuple(sorted({v for r in records for v in r.volumes}))
     return GuestView(rec.uuid, rec.name, rec.host, state, rec.memory_mib, kind, volumes,
                      desired, fleet.needs(rec))
-
-
-def _decoded(cls: type[D]) -> Callable[[str, Item], D | None]:
-    """A :class:`KeyIndex` decoder of ``cls`` records (None for a corrupt one: skipped,
-    as ``fenceagents.read_all`` and ``hostconf.read_all`` skip it)."""
-    def decode_item(_name: str, item: Item) -> D | None:
-        try:
-            return decode(cls, item.key, item.value)
-        except DecodeError:
-            return None
-    return decode_item
 
 
 def mirrored(keys: Keys) -> tuple[str, ...]:

@@ -26,11 +26,10 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gridtool.placement.rules import GuestNeeds, HostView
-from gridtool.registry.keyindex import Lister
+from gridtool.registry.keyindex import KeyIndex, Lister, decoded
 from gridtool.registry.keys import Keys
 from gridtool.registry.model import ACTIVE_STATES, DecodeError, GuestRecord, HostRecord, decode
 from gridtool.registry.records import GuestSettings
-from gridtool.registry.records import decode as decode_settings
 from gridtool.registry.store import Item
 
 #: How many calls of :meth:`FleetIndex.audit` check every host once.
@@ -122,8 +121,8 @@ class FleetIndex:
         self.keys = keys
         self.needs = needs  # placement's reading of a guest (``shell.guest_needs``)
         self.hosts: dict[str, HostGuests] = {}  # by host, every host prefix with records
-        self.settings: dict[str, GuestSettings] = {}  # by uuid
-        self._settings_rev: dict[str, int] = {}
+        #: every guest's settings by uuid (the key's; read_all: by its field, the same)
+        self._settings = KeyIndex(keys.settings, decoded(GuestSettings))
         self._where: dict[str, set[str]] = {}  # uuid -> hosts with a record of it
         #: host prefixes holding a record that names another host (read_fleet counts a
         #: record on the host it names): normally none
@@ -159,9 +158,7 @@ class FleetIndex:
             self._load_host(host, [])
         for host, items in per_host.items():
             self._load_host(host, items)
-        self.settings, self._settings_rev = {}, {}
-        for item in lister(self.keys.settings):
-            self._set_settings(item.key.removeprefix(self.keys.settings), item)
+        self._settings.update(lister, None)
         self._stale_views = set(self._views)
 
     def _load_host(self, host: str, items: list[Item]) -> None:
@@ -185,26 +182,17 @@ class FleetIndex:
         self._stale_views |= {host} | named | (old.named() if old else frozenset())
 
     def _load_settings(self, uuid: str, lister: Lister) -> None:
-        key = self.keys.guest_settings(uuid)
-        item = next((i for i in lister(key) if i.key == key), None)
-        self._set_settings(uuid, item)
+        self._settings.update(lister, (self.keys.guest_settings(uuid),))
         for host in self._where.get(uuid, ()):
             self._stale_views |= {r.host for r in self.hosts[host].records.values()
                                   if r.uuid == uuid}
 
-    def _set_settings(self, uuid: str, item: Item | None) -> None:
-        self.settings.pop(uuid, None)
-        self._settings_rev.pop(uuid, None)
-        if item is None:
-            return
-        self._settings_rev[uuid] = item.mod_revision
-        try:
-            settings = decode_settings(GuestSettings, item.key, item.value)
-        except DecodeError:
-            return  # read_all skips it too
-        self.settings[uuid] = settings  # by its key (read_all: by its field; the same)
-
     # -- reading ----------------------------------------------------------------
+
+    @property
+    def settings(self) -> dict[str, GuestSettings]:
+        """Every guest's settings (corrupt ones left out), by uuid."""
+        return self._settings.values
 
     def views(self, hosts: Iterable[HostRecord], draining: Collection[str],
               declared: frozenset[str]) -> tuple[HostView, ...]:
@@ -266,10 +254,10 @@ class FleetIndex:
             for uuid in held.uuids:
                 key = self.keys.guest_settings(uuid)
                 item = next((i for i in lister(key) if i.key == key), None)
-                if (item.mod_revision if item else None) != self._settings_rev.get(uuid) \
-                        and not pending(key):
+                if (item.mod_revision if item else None) != \
+                        self._settings.revisions.get(uuid) and not pending(key):
                     bad = True
-                    self._set_settings(uuid, item)
+                    self._settings.put(uuid, item)
             if bad:
                 self._load_host(host, items)
             view = self._views.get(host)

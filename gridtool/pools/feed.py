@@ -30,8 +30,12 @@ Rules:
   :data:`SURGE_LATEST_Z` sd (:func:`surge`, :func:`report_kind`) it writes the
   report at once: the calm up to its last quiet reading, then the surge from there,
   marked ``surge`` (:func:`reports`), and the leading manager runs the pool's round at
-  once. The simulator (:mod:`gridtool.pools.queuesim`, ``SimConfig.probe``) applies the
-  same rule. The next period report covers the time since the surge's report.
+  once. A drop (arrivals since the last report short of its rate by :data:`SURGE_Z` sd,
+  :func:`drop`: a burst is over) is reported at once the same way, marked ``surge``
+  too (the field means "the load changed here"), so the pool gives the burst's workers
+  back within seconds, not at the period's end. The simulator
+  (:mod:`gridtool.pools.queuesim`, ``SimConfig.probe``) applies the same rule. The
+  next period report covers the time since the surge's report.
 - The feeder writes a heartbeat, :class:`FeedStatus`, with each report and failure;
   ``gridtool check`` reports ``POOL_FEED_STALE`` when its last good reading is older than
   :data:`STALE_PERIODS` periods (:func:`stale`).
@@ -160,8 +164,9 @@ SURGE_JOBS = 5
 #: steady sample trace false surges, 1.21x the clairvoyant instead of 1.08x; from 5 sd
 #: on, every sample trace is as without the test).
 SURGE_LATEST_Z = 5.0
-#: ``report_kind``: the period is over (its regular report), or a surge (reported at once).
-PERIOD, SURGE = "period", "surge"
+#: ``report_kind``: the period is over (its regular report), a surge or a drop (both
+#: reported at once, marked ``surge``: the load changed, its rate starts anew there).
+PERIOD, SURGE, DROP = "period", "surge", "drop"
 
 
 def surge(last: LoadSample, arrivals: int, elapsed: float, *, z: float = SURGE_Z,
@@ -169,11 +174,26 @@ def surge(last: LoadSample, arrivals: int, elapsed: float, *, z: float = SURGE_Z
     """A surge: the ``arrivals`` counted in the ``elapsed`` seconds since the ``last``
     report exceed what its rate predicts by more than ``z`` sd of Poisson noise (of the
     two counts) and more than ``jobs``. The one rule of the feeder and the simulator."""
+    return _beyond(last, arrivals, elapsed, z, jobs) > 0
+
+
+def drop(last: LoadSample, arrivals: int, elapsed: float, *, z: float = SURGE_Z,
+         jobs: int = SURGE_JOBS) -> bool:
+    """A drop, :func:`surge`'s mirror: the ``arrivals`` fall short of what the ``last``
+    report's rate predicts by more than ``z`` sd of Poisson noise and more than ``jobs``
+    (the end of a burst, seen at once instead of at the period's end)."""
+    return _beyond(last, arrivals, elapsed, z, jobs) < 0
+
+
+def _beyond(last: LoadSample, arrivals: int, elapsed: float, z: float, jobs: int) -> int:
+    """+1 (-1) when ``arrivals`` in ``elapsed`` s lie significantly above (below) the
+    ``last`` report's rate, 0 within its noise."""
     if elapsed <= 0:
-        return False
+        return 0
     expected = last.arrival_rate * elapsed
     noise = math.sqrt(expected * (1 + elapsed / last.interval))
-    return arrivals - expected > max(jobs, z * noise)
+    excess = arrivals - expected
+    return int(math.copysign(1, excess)) if abs(excess) > max(jobs, z * noise) else 0
 
 
 def report_kind(last: LoadSample | None, sample: LoadSample, period_over: bool,
@@ -181,10 +201,12 @@ def report_kind(last: LoadSample | None, sample: LoadSample, period_over: bool,
     """What a reading makes of ``sample`` (the queue since the last report) and
     ``latest`` (the queue since the last quiet reading, the previous one):
     :data:`PERIOD` once the period is over, :data:`SURGE` when either is a :func:`surge`
-    against the ``last`` report (the latest reading at :data:`SURGE_LATEST_Z`), ""
-    (no report yet) otherwise. (Tested on the time since the report alone, a step a few
-    seconds after it was diluted by the calm before it: seen 3-4 s late in the middle of
-    a period; the latest reading sees it sooner.)"""
+    against the ``last`` report (the latest reading at :data:`SURGE_LATEST_Z`),
+    :data:`DROP` when ``sample`` is a :func:`drop` against it, "" (no report yet)
+    otherwise. (Tested on the time since the report alone, a step a few seconds after it
+    was diluted by the calm before it: seen 3-4 s late in the middle of a period; the
+    latest reading sees it sooner. A drop is tested on the time since the report only:
+    one second of a lower rate is within 5 sd of the higher one.)"""
     if period_over:
         return PERIOD
     if last is None:
@@ -192,7 +214,7 @@ def report_kind(last: LoadSample | None, sample: LoadSample, period_over: bool,
     if surge(last, sample.arrivals, sample.interval) or (latest is not None and surge(
             last, latest.arrivals, latest.interval, z=SURGE_LATEST_Z)):
         return SURGE
-    return ""
+    return DROP if drop(last, sample.arrivals, sample.interval) else ""
 
 
 def reports(prev: Reading, calm: Reading | None, cur: Reading, kind: str,
@@ -201,7 +223,9 @@ def reports(prev: Reading, calm: Reading | None, cur: Reading, kind: str,
     period's, from ``prev`` (the last report's reading) to ``cur``; on a surge, the calm
     up to ``calm`` (the last reading that showed none) and the surge from there, marked
     ``surge`` (so its rate is the surge's, not diluted by the calm before it:
-    :func:`gridtool.pools.rules.aggregate` starts a reporter's rate anew at it)."""
+    :func:`gridtool.pools.rules.aggregate` starts a reporter's rate anew at it); on a
+    drop, the time since ``prev``, marked ``surge`` likewise (the rate before it is the
+    burst it ended, and the manager decides on it at once)."""
     if not kind:
         return []
     if kind == SURGE and calm is not None and prev.at < calm.at < cur.at:
@@ -209,7 +233,7 @@ def reports(prev: Reading, calm: Reading | None, cur: Reading, kind: str,
         if quiet is not None and part is not None:
             return [quiet, replace(part, surge=True)]
     whole = to_sample(prev, cur, source)
-    return [] if whole is None else [replace(whole, surge=kind == SURGE)]
+    return [] if whole is None else [replace(whole, surge=kind in (SURGE, DROP))]
 
 
 # --- the heartbeat ------------------------------------------------------------------------

@@ -15,8 +15,11 @@ No I/O, no clock: the caller passes ``now`` and persists the returned state
     slow one, or this sample's own rate is that far above it (a short sample: a surge
     the feeder reported at once, :func:`gridtool.pools.feed.surge`), the estimate jumps to
     the higher of the two - this is what catches a burst; when it is that far below,
-    the estimate drops to the fast one (plus that margin) and the
-    scale-down window restarts - a burst that is over holds no idle workers. While the
+    the estimate drops to the fast one (plus that margin), the scale-down window and
+    the slow level restart there - a burst that is over holds no idle workers, neither
+    for the window nor while the slow EWMA forgets it. A report written at once on a
+    change (``surge``: the feeder's test saw the load jump or drop) restarts the fast
+    EWMA at its rate: a burst's end, reported at once, is believed at once. While the
     measured rates of the last ``trend_samples`` samples lie on a significantly rising
     line, the estimate is at least that line ``lookahead`` seconds ahead (the time new
     workers need to help) - this is what keeps up with ramps (Brown's double smoothing
@@ -26,9 +29,14 @@ No I/O, no clock: the caller passes ``now`` and persists the returned state
     workers' capacity during ``startup_delay`` (on a surge report even before a queue
     shows: it was written at once); backlog is drained over ``drain_time`` as extra
     arrival rate. Workers come from Erlang C so that the pool's target (P(wait >
-    ``wait_threshold``) or mean wait) times ``margin`` (0.5: headroom for the noise of
-    one interval, so that the target holds in most intervals, not only on average) holds
-    at A. Scale-up is immediate, to exactly that count, with workers still starting
+    ``wait_threshold``) or mean wait) times ``margin`` (1: the target itself) holds at
+    A plus *headroom*: ``error_z`` (1) times the estimate's measured forecast error, the
+    root mean square over ``slow_tau`` of each sample's rate minus the estimate the
+    previous decision sized for (change points left out; a fresh pool starts at one
+    sample's Poisson sd). On a steady load that is the noise of one interval, so the
+    target holds in most intervals, not only on average; on a slow ramp the estimate
+    trails, every sample misses it upwards, and the headroom grows by that lag.
+    Scale-up is immediate, to exactly that count, with workers still starting
     counted as capacity (never overshoots); it is skipped as "small" only if the current
     size misses the target by at most ``tolerance`` (relative). Scale-down goes to the
     highest recommendation for the arrivals (backlog left out: it is drained) of the last
@@ -176,8 +184,9 @@ class PolicyParams:
     classic_down: float = 0.5
     hpa_target_utilization: float = 0.7
     hpa_tolerance: float = 0.1
-    margin: float = 0.5
+    margin: float = 1.0
     down_window: float = 60.0
+    error_z: float = 1.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -205,6 +214,7 @@ class PolicyParams:
             "0 < hpa_target_utilization <= 1": 0 < self.hpa_target_utilization <= 1,
             "hpa_tolerance must be >= 0": self.hpa_tolerance >= 0,
             "margin must be > 0": self.margin > 0,
+            "error_z must be >= 0": self.error_z >= 0,
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
@@ -238,6 +248,8 @@ class FlexState:
     service_time: float | None = None
     recent: tuple[tuple[float, float], ...] = ()
     window: tuple[tuple[float, int], ...] = ()
+    estimate: float | None = None  # the arrival estimate the last decision sized for
+    error_var: float | None = None  # EWMA of (measured rate - that estimate)^2
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -273,6 +285,7 @@ class Decision:
     predicted_wait_probability: float
     predicted_mean_wait: float
     arrival_rate: float = 0.0  # measured over the sample, before any smoothing
+    headroom_rate: float = 0.0  # sized for beyond the estimate: its measured forecast error
 
     @property
     def change(self) -> int:
@@ -316,10 +329,13 @@ def _observe(state: FlexState, sample: LoadSample, params: PolicyParams) -> Flex
     recent = (*state.recent, (rate, recent_service))[-kept:]
     # one sample is a noisy start for the slow level: begin at its Poisson lower bound
     start = max(0.0, rate - params.noise_z * math.sqrt(rate / dt))
+    # a report written at once on a change (``surge``: the feeder's significance test
+    # said the load jumped or dropped here) restarts the fast level at its rate
+    fast = rate if sample.surge else _ewma(state.fast_rate, rate, dt, params.fast_tau)
     return replace(
         state,
         last_timestamp=sample.timestamp,
-        fast_rate=_ewma(state.fast_rate, rate, dt, params.fast_tau),
+        fast_rate=fast,
         slow_rate=(slow := _ewma(state.slow_rate, rate, dt, params.slow_tau, first=start)),
         slow2_rate=_ewma(state.slow2_rate, slow, dt, params.slow_tau),
         service_time=service,
@@ -368,6 +384,7 @@ def _finish(
     recommended: int,
     desired: int,
     reason: str,
+    headroom: float = 0.0,
 ) -> Decision:
     """Clamp ``desired`` and assemble the Decision; numbers = (rate, backlog rate, s)."""
     rate, backlog, service = numbers
@@ -393,6 +410,7 @@ def _finish(
         predicted_wait_probability=p_wait,
         predicted_mean_wait=wait,
         arrival_rate=sample.arrival_rate,
+        headroom_rate=headroom,
     )
 
 
@@ -552,6 +570,24 @@ def _backlog(
     return excess + max(0.0, rate - sample.workers / service) * params.startup_delay
 
 
+def _track_error(
+    before: FlexState, after: FlexState, sample: LoadSample, estimate: float, change: str,
+    params: PolicyParams,
+) -> FlexState:
+    """Record ``estimate`` and fold this sample's forecast error (its measured rate minus
+    the estimate the previous decision sized for) into the mean squared error, an EWMA
+    over ``slow_tau``. Change points (a report written at once, a significant jump or
+    drop) add no error: the pool was sized for the load before them, and the gates above
+    handle them. A fresh state starts at the Poisson variance of one sample's rate."""
+    error_var = before.error_var
+    if error_var is None:
+        error_var = max(estimate, 0.0) / sample.interval
+    elif before.estimate is not None and not (change or sample.surge):
+        error = sample.arrival_rate - before.estimate
+        error_var = _ewma(error_var, error * error, sample.interval, params.slow_tau)
+    return replace(after, estimate=estimate, error_var=error_var)
+
+
 def decide_erlang(
     state: FlexState, sample: LoadSample, now: float, params: PolicyParams
 ) -> tuple[Decision, FlexState]:
@@ -559,23 +595,30 @@ def decide_erlang(
     observed = _observe(state, sample, params)
     service = _service_time(observed, params)
     rate, change = _arrival_estimate(state, observed, sample.interval, params)
+    observed = _track_error(state, observed, sample, rate, change, params)
+    headroom = params.error_z * math.sqrt(observed.error_var or 0.0)
     dropped = change == "dropped"
     # a surge reported at once (``pool feed``) that the estimate believes: no queue yet
     surged = sample.surge and change == "jumped"
     backlog = _backlog(state, sample, rate, service, params, surged) / params.drain_time
-    load = (rate + backlog) * service
+    load = (rate + backlog) * service  # offered: what the Decision reports
+    sized = load + headroom * service  # sized for: the estimate's error beyond it
     current = sample.current
-    raw = _erlang_workers(load, service, params)
+    raw = _erlang_workers(sized, service, params)
     rec = params.clamp(raw)
     # the window remembers what the arrivals need: a backlog is gone once drained
-    steady = params.clamp(_erlang_workers(rate * service, service, params))
+    steady = params.clamp(_erlang_workers((rate + headroom) * service, service, params))
     remembered = replace(state, window=()) if dropped else state
+    if dropped:  # the slow level's history is the load before the drop: restart it
+        observed = replace(observed, slow_rate=observed.fast_rate,
+                           slow2_rate=observed.fast_rate)
     held, new_state = _window(remembered, observed, now, current, steady, params.down_window)
     held = max(held, rec)
-    metric = _target_metric(current, load, service, params)
+    metric = _target_metric(current, sized, service, params)
     desired, reason = _erlang_step(current, rec, held, metric, params)
     numbers = (rate, backlog, service)
-    decision = _finish("erlang", sample, now, params, numbers, raw, desired, reason)
+    decision = _finish("erlang", sample, now, params, numbers, raw, desired, reason,
+                       headroom=headroom)
     return decision, new_state
 
 

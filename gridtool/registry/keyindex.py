@@ -14,11 +14,17 @@ a difference the journal does not hold is repaired and returned.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
+from gridtool.registry.model import DecodeError
+from gridtool.registry.records import decode
 from gridtool.registry.store import Item
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 T = TypeVar("T")
+R = TypeVar("R", bound="DataclassInstance")
 
 #: The items under a prefix, sorted by key (the mirror's ``list``, without the revision).
 Lister = Callable[[str], list[Item]]
@@ -42,8 +48,8 @@ class KeyIndex(Generic[T]):
             return
         for key in changed:
             if key.startswith(self.prefix):
-                self._set(key.removeprefix(self.prefix),
-                          next((i for i in lister(key) if i.key == key), None))
+                self.put(key.removeprefix(self.prefix),
+                         next((i for i in lister(key) if i.key == key), None))
 
     def audit(self, lister: Lister, pending: Callable[[str], bool] = lambda _key: False,
               ) -> list[str]:
@@ -54,15 +60,16 @@ class KeyIndex(Generic[T]):
                        if (items[n].mod_revision if n in items else None)
                        != self.revisions.get(n) and not pending(self.prefix + n))
         for name in wrong:
-            self._set(name, items.get(name))
+            self.put(name, items.get(name))
         return wrong
 
     def _reload(self, items: list[Item]) -> None:
         self.values, self.revisions = {}, {}
         for item in items:
-            self._set(item.key.removeprefix(self.prefix), item)
+            self.put(item.key.removeprefix(self.prefix), item)
 
-    def _set(self, name: str, item: Item | None) -> None:
+    def put(self, name: str, item: Item | None) -> None:
+        """Hold ``item`` as ``name``'s (None: ``name`` has no key any more)."""
         self.values.pop(name, None)
         self.revisions.pop(name, None)
         if item is None:
@@ -71,3 +78,14 @@ class KeyIndex(Generic[T]):
         value = self.decode(name, item)
         if value is not None:
             self.values[name] = value
+
+
+def decoded(cls: type[R]) -> Callable[[str, Item], R | None]:
+    """A :class:`KeyIndex` decoder of ``cls`` records (None for a corrupt one: skipped,
+    as the readers, e.g. ``fenceagents.read_all`` and ``hostconf.read_all``, skip it)."""
+    def decode_item(_name: str, item: Item) -> R | None:
+        try:
+            return decode(cls, item.key, item.value)
+        except DecodeError:
+            return None
+    return decode_item

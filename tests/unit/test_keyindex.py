@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from gridtool.config import Config
 from gridtool.fencing.rules import Fence, FenceKind
 from gridtool.fencing.shell import read_all_fences
-from gridtool.ha.manager import Manager, _decoded
+from gridtool.ha.manager import Manager
 from gridtool.registry import fenceagents, hostconf
 from gridtool.registry.fenceagents import FenceAgentConf
 from gridtool.registry.hostconf import HostConf
-from gridtool.registry.keyindex import KeyIndex
+from gridtool.registry.keyindex import KeyIndex, decoded
 from gridtool.registry.memstore import MemStore
 from gridtool.registry.records import encode
 from tests.unit.test_fleet_index import Feed
@@ -76,7 +76,7 @@ def test_kept_per_changed_key_they_read_as_a_full_decode(
 
 def test_the_audit_repairs_a_lost_change_and_leaves_a_journaled_one() -> None:
     feed = Feed()
-    index = KeyIndex(KEYS.hostconfs, _decoded(HostConf))
+    index = KeyIndex(KEYS.hostconfs, decoded(HostConf))
     feed.write(KEYS.hostconf("hv1"), encode(HostConf("hv1")))
     index.update(feed.list, feed.mirror.take_changed())
     feed.write(KEYS.hostconf("hv1"), encode(HostConf("hv1", draining=True)))
@@ -92,17 +92,17 @@ def test_the_audit_repairs_a_lost_change_and_leaves_a_journaled_one() -> None:
 
 def test_a_round_decodes_only_the_keys_that_changed() -> None:
     feed = Feed()
-    decoded: list[str] = []
-    decode = _decoded(HostConf)
-    index = KeyIndex(KEYS.hostconfs, lambda name, item: decoded.append(name) or decode(
+    seen: list[str] = []
+    decode = decoded(HostConf)
+    index = KeyIndex(KEYS.hostconfs, lambda name, item: seen.append(name) or decode(
         name, item))
     for name in NAMES:
         feed.write(KEYS.hostconf(name), encode(HostConf(name)))
     index.update(feed.list, feed.mirror.take_changed())
-    assert sorted(decoded) == sorted(NAMES)
-    decoded.clear()
+    assert sorted(seen) == sorted(NAMES)
+    seen.clear()
     feed.write(KEYS.hostconf("hv2"), encode(HostConf("hv2", draining=True)))
     index.update(feed.list, feed.mirror.take_changed())
-    assert decoded == ["hv2"]  # the old round decoded all three
+    assert seen == ["hv2"]  # the old round decoded all three
     index.update(feed.list, None)  # a listing: everything again
-    assert sorted(decoded) == sorted(["hv2", *NAMES])
+    assert sorted(seen) == sorted(["hv2", *NAMES])

@@ -11,6 +11,7 @@ import pytest
 from gridtool.errors import BadReading, BrokerUnavailable, NotFound, QueueGone
 from gridtool.pools import shell as pools
 from gridtool.pools.feed import (
+    DROP,
     PERIOD,
     STALE_PERIODS,
     SURGE,
@@ -20,11 +21,13 @@ from gridtool.pools.feed import (
     failed,
     parse_url,
     report_kind,
+    reports,
     stale,
     succeeded,
     surge,
     to_sample,
 )
+from gridtool.pools.feed import drop as dropped
 from gridtool.pools.feeder import Feeder
 from gridtool.pools.flex import LoadSample
 from gridtool.registry.keys import Keys
@@ -154,6 +157,23 @@ def test_a_step_mid_period_is_seen_in_the_latest_reading_not_diluted_by_the_calm
     assert report_kind(CALM, since_report, period_over=False, latest=latest) == SURGE
     # at 4 sd the latest second would have fired on noise more often: it takes 5
     assert report_kind(CALM, since_report, False, replace(latest, arrivals=26)) == ""
+
+
+def test_a_drop_is_reported_at_once_and_marked_as_a_change() -> None:
+    # the last report said 30/s; 3 s later only 30 jobs came (10/s): 90 expected, noise
+    # sd sqrt(90 x 1.3) = 10.8, 4 sd = 43 jobs: 60 short is a drop (the burst is over)
+    burst = LoadSample(1010.0, 10.0, arrivals=300)
+    since = LoadSample(1013.0, 3.0, arrivals=30)
+    assert dropped(burst, 30, 3.0) and not dropped(burst, 50, 3.0)
+    assert not dropped(CALM, 0, 0.0) and not dropped(LoadSample(1010.0, 10.0, 4), 0, 1.0)
+    assert report_kind(burst, since, period_over=False) == DROP
+    assert report_kind(burst, replace(since, arrivals=50), period_over=False) == ""
+    assert report_kind(burst, since, period_over=True) == PERIOD
+    # written from the last report on, marked as a change: the manager decides at once and
+    # the aggregate's rate starts anew there
+    prev, cur = Reading(1010.0, 0, added=1000), Reading(1013.0, 0, added=1030)
+    (report,) = reports(prev, Reading(1012.0, 0, added=1020), cur, DROP, "feed:q")
+    assert report.surge and report.interval == 3.0 and report.arrival_rate == 10.0
 
 
 # --- the loop (scripted queue, in-memory registry) ------------------------------------------

@@ -64,8 +64,8 @@ def warm_options(default_mode: str | None) -> Callable[[F], F]:
 @click.option("--period", default=10.0, show_default=True,
               help="Sampling period (and the SLA's accounting interval), seconds.")
 @click.option("--probe", default=1.0, show_default=True,
-              help="Seconds between the feeder's readings: a surge is reported at once, "
-                   "as 'pool feed --probe' does (0: reports at the period only).")
+              help="Seconds between the feeder's readings: a surge or a drop is reported "
+                   "at once, as 'pool feed --probe' does (0: reports at the period only).")
 @click.option("--sla-wait", default=0.5, show_default=True,
               help="Target mean wait per interval, seconds (the SLA).")
 @click.option("--min", "min_workers", default=1, show_default=True, help="Pool minimum.")
@@ -490,8 +490,9 @@ def _warm_cell(row: dict[str, Any]) -> str:
 @click.option("--period", default=10.0, show_default=True, type=float,
               help="Seconds between reports: the manager's pool period (flex sampling).")
 @click.option("--probe", default=1.0, show_default=True, type=float,
-              help="Seconds between readings; a surge (arrivals beyond what the last "
-              "report predicts) is reported at once (0: read once a period).")
+              help="Seconds between readings; a surge or a drop (arrivals beyond or short "
+              "of what the last report predicts) is reported at once (0: read once a "
+              "period).")
 @click.option("--once", is_flag=True,
               help="Read twice, one period apart, write that one report and exit (errors "
               "exit at once, with their code).")
