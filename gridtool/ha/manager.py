@@ -175,6 +175,8 @@ class Manager:
         not to (a test's stand-in for a manager that dies)."""
         log.info("event=manager_start name=%s", self.name)
         backoff = Backoff(first=0.5, limit=5.0)  # jittered: candidates must not retry together
+        threading.Thread(target=_set_on, args=(stop, self._wake), daemon=True,
+                         name=f"manager {self.name} stop").start()  # ends a round's wait
         while not stop.is_set():
             if self.step():
                 backoff.reset()
@@ -822,6 +824,12 @@ def _view(records: list[GuestRecord], live: set[str], fleet: FleetView,
     volumes = tuple(sorted({v for r in records for v in r.volumes}))
     return GuestView(rec.uuid, rec.name, rec.host, state, rec.memory_mib, kind, volumes,
                      desired, fleet.needs(rec))
+
+
+def _set_on(cause: threading.Event, effect: threading.Event) -> None:
+    """Set ``effect`` once ``cause`` is set."""
+    cause.wait()
+    effect.set()
 
 
 def mirrored(keys: Keys) -> tuple[str, ...]:

@@ -5,6 +5,9 @@ audit slice, per put)."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from gridtool.clock import Clock
@@ -90,3 +93,25 @@ def test_rounds_waiting_on_a_timed_grace_audit_once_per_period() -> None:
         manager.step()
     assert [r.full for r in list(manager.rounds)[-10:]] == [True] * 10
     assert audits == [1000.0 + AUDIT_EVERY_S, 1000.0 + 2 * AUDIT_EVERY_S]
+
+
+def test_a_stop_ends_a_leading_manager_at_once_not_at_its_next_round() -> None:
+    """``run`` waited for its next round (up to ``period``) before it saw ``stop``: a
+    manager with a 30 s period took up to 30 s to stop and resign its leadership."""
+    manager = Manager(Config(ttl=10), MemStore(time.monotonic), "m1", period=30.0,
+                      threaded=False)
+    stop = threading.Event()
+    thread = threading.Thread(target=manager.run, args=(stop,), name="manager m1")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (manager.leader_rev and manager.rounds) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert manager.leader_rev and manager.rounds, "the manager never led a round"
+        stop.set()
+        thread.join(5)
+        assert not thread.is_alive(), "stop waited for the manager's next round"
+    finally:
+        stop.set()
+        manager._wake.set()
+        thread.join(35)
