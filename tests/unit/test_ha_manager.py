@@ -226,15 +226,17 @@ class _Unreachable(MemStore):
 
 
 class _CountedStop(threading.Event):
-    """A stop event that records each wait's timeout instead of sleeping, and is set
-    after ``limit`` waits."""
+    """A stop event that records each timed wait's timeout instead of sleeping, and is
+    set after ``limit`` of them (a wait without a timeout blocks until it is set)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
-        self.waits: list[float | None] = []
+        self.waits: list[float] = []
 
     def wait(self, timeout: float | None = None) -> bool:
+        if timeout is None:
+            return super().wait()
         self.waits.append(timeout)
         if len(self.waits) >= self.limit:
             self.set()
@@ -248,7 +250,7 @@ def test_a_candidate_that_cannot_reach_etcd_backs_off_with_jitter() -> None:
     for _ in range(20):
         stop = _CountedStop(8)
         Manager(Config(), _Unreachable(lambda: 0.0), "m1", threaded=False).run(stop)
-        waits.append([w for w in stop.waits if w is not None])
+        waits.append(list(stop.waits))
     assert all(len(w) == 8 for w in waits)
     for n in range(8):
         nth = [w[n] for w in waits]
