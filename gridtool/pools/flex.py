@@ -33,7 +33,8 @@ No I/O, no clock: the caller passes ``now`` and persists the returned state
     A plus *headroom*: ``error_z`` (1) times the estimate's measured forecast error, the
     root mean square over ``slow_tau`` of each sample's rate minus the estimate the
     previous decision sized for (change points left out; a fresh pool starts at one
-    sample's Poisson sd). On a steady load that is the noise of one interval, so the
+    sample's Poisson sd, and holds it until it has its full recent history; a scale-down
+    keeps at least that much). On a steady load that is the noise of one interval, so the
     target holds in most intervals, not only on average; on a slow ramp the estimate
     trails, every sample misses it upwards, and the headroom grows by that lag.
     Scale-up is immediate, to exactly that count, with workers still starting
@@ -325,8 +326,7 @@ def _observe(state: FlexState, sample: LoadSample, params: PolicyParams) -> Flex
     if measured is not None:
         service = _ewma(service, measured, dt, params.service_tau)
     recent_service = service if service is not None else params.default_service_time
-    kept = max(params.classic_window, params.trend_samples)
-    recent = (*state.recent, (rate, recent_service))[-kept:]
+    recent = (*state.recent, (rate, recent_service))[-_kept(params):]
     # one sample is a noisy start for the slow level: begin at its Poisson lower bound
     start = max(0.0, rate - params.noise_z * math.sqrt(rate / dt))
     # a report written at once on a change (``surge``: the feeder's significance test
@@ -341,6 +341,11 @@ def _observe(state: FlexState, sample: LoadSample, params: PolicyParams) -> Flex
         service_time=service,
         recent=recent,
     )
+
+
+def _kept(params: PolicyParams) -> int:
+    """How many recent samples a state holds (the classic window, the trend line)."""
+    return max(params.classic_window, params.trend_samples)
 
 
 def _service_time(state: FlexState, params: PolicyParams) -> float:
@@ -578,11 +583,16 @@ def _track_error(
     the estimate the previous decision sized for) into the mean squared error, an EWMA
     over ``slow_tau``. Change points (a report written at once, a significant jump or
     drop) add no error: the pool was sized for the load before them, and the gates above
-    handle them. A fresh state starts at the Poisson variance of one sample's rate."""
+    handle them. A fresh state starts at the Poisson variance of one sample's rate and
+    keeps it while its first samples come in, until it holds its full recent
+    history: the slow level climbs from its deliberately low start (``_observe``) then,
+    and those errors are the start's, not the load's (a constant load's headroom rose by
+    them, then faded: a scale-up and a scale-down under an unchanging load)."""
     error_var = before.error_var
     if error_var is None:
         error_var = max(estimate, 0.0) / sample.interval
-    elif before.estimate is not None and not (change or sample.surge):
+    elif before.estimate is not None and not (change or sample.surge) and \
+            len(before.recent) >= _kept(params):
         error = sample.arrival_rate - before.estimate
         error_var = _ewma(error_var, error * error, sample.interval, params.slow_tau)
     return replace(after, estimate=estimate, error_var=error_var)
@@ -607,7 +617,11 @@ def decide_erlang(
     raw = _erlang_workers(sized, service, params)
     rec = params.clamp(raw)
     # the window remembers what the arrivals need: a backlog is gone once drained
-    steady = params.clamp(_erlang_workers((rate + headroom) * service, service, params))
+    # a scale-down never follows the headroom below a period report's Poisson noise: a
+    # run of samples closer to the estimate than that is luck, not a smaller load
+    floor = 0.0 if sample.surge else params.error_z * math.sqrt(max(rate, 0.0) / sample.interval)
+    steady = params.clamp(_erlang_workers((rate + max(headroom, floor)) * service, service,
+                                          params))
     remembered = replace(state, window=()) if dropped else state
     if dropped:  # the slow level's history is the load before the drop: restart it
         observed = replace(observed, slow_rate=observed.fast_rate,
