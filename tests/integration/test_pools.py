@@ -520,6 +520,23 @@ def test_a_cold_clone_never_blocks_the_pool_round_nor_runs_twice_after_failover(
         assert code == 0 and [m["class"] for m in json.loads(out)["members"]] == ["ready"]
 
 
+def removal_under_way(store, cfg, capsys, pool: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A pool of two serving workers scaled to one: the worker recorded ``removing``
+    once its agent runs the removal (delayed by a fault point), and the one kept."""
+    assert gridtool(cfg, capsys, "pool", "create", pool, "--template", "w",
+                    "--min", "1", "--max", "2", "--size", "2")[0] == 0
+    wait_until(lambda: sorted(warm_members(store, cfg, pool).values()) == ["", ""],
+               timeout=20, what="two workers serving")
+    members = set(warm_members(store, cfg, pool))
+    assert gridtool(cfg, capsys, "pool", "scale", pool, "1")[0] == 0
+    (uuid,) = wait_until(lambda: [u for u, w in warm_members(store, cfg, pool).items()
+                                  if w == "removing"], timeout=10, what="one recorded removing")
+    wait_until(lambda: [i.state for i in wake_intents(store, cfg, uuid, "remove_clone")]
+               == ["running"], timeout=10, what="the agent in the removal (delayed)")
+    (kept,) = members - {uuid}
+    return uuid, kept
+
+
 def test_a_removal_never_blocks_the_pool_round_nor_runs_twice_after_failover(  # type: ignore[no-untyped-def]
         lab_hosts, registry, store, cfg, capsys):
     """A removal in flight (hv1's agent waits 6 s before each removal: the
@@ -535,18 +552,7 @@ def test_a_removal_never_blocks_the_pool_round_nor_runs_twice_after_failover(  #
                 fault_points=("delay-before-remove=6",))
     _, end1 = run_manager(store, cfg, "m1")
     try:
-        assert gridtool(cfg, capsys, "pool", "create", "shrink", "--template", "w",
-                        "--min", "1", "--max", "2", "--size", "2")[0] == 0
-        wait_until(lambda: sorted(warm_members(store, cfg, "shrink").values()) == ["", ""],
-                   timeout=20, what="two workers serving")
-        members = set(warm_members(store, cfg, "shrink"))
-        assert gridtool(cfg, capsys, "pool", "scale", "shrink", "1")[0] == 0
-        (uuid,) = wait_until(lambda: [u for u, w in warm_members(store, cfg, "shrink").items()
-                                      if w == "removing"], timeout=10,
-                             what="one recorded removing")
-        (kept,) = members - {uuid}
-        wait_until(lambda: [i.state for i in wake_intents(store, cfg, uuid, "remove_clone")]
-                   == ["running"], timeout=10, what="the agent in the removal (delayed)")
+        uuid, kept = removal_under_way(store, cfg, capsys, "shrink")
         in_flight = time.time()
         updated = functools.partial(pool_updated, store, cfg, "shrink")
         wait_until(lambda: updated() > in_flight, timeout=3,
@@ -580,23 +586,14 @@ def test_pool_delete_follows_a_removal_under_way_instead_of_sending_another(  # 
 
     start_fleet(lab_hosts, registry, store, cfg, {"hv1": ()}, 64,
                 fault_points=("delay-before-remove=3",))
-    assert gridtool(cfg, capsys, "pool", "create", "gone", "--template", "w",
-                    "--min", "1", "--max", "2", "--size", "2")[0] == 0
-    wait_until(lambda: sorted(warm_members(store, cfg, "gone").values()) == ["", ""],
-               timeout=20, what="two workers serving")
-    workers = set(warm_members(store, cfg, "gone"))
-    assert gridtool(cfg, capsys, "pool", "scale", "gone", "1")[0] == 0
-    (uuid,) = wait_until(lambda: [u for u, w in warm_members(store, cfg, "gone").items()
-                                  if w == "removing"], timeout=10, what="one recorded removing")
+    uuid, kept = removal_under_way(store, cfg, capsys, "gone")
+    workers = {uuid, kept}
     recorded = pools.members(store, cfg.keys, "gone")[uuid].intent
-    wait_until(lambda: [i.state for i in wake_intents(store, cfg, uuid, "remove_clone")]
-               == ["running"], timeout=10, what="the agent in the removal (delayed)")
 
     code, _, err = gridtool(cfg, capsys, "pool", "delete", "gone")
     assert code == 0, err
     assert [(i.id, i.state) for i in wake_intents(store, cfg, uuid, "remove_clone")] == \
         [(recorded, "done")], "the manager's removal followed, no second one"
-    (kept,) = workers - {uuid}
     assert [i.state for i in wake_intents(store, cfg, kept, "remove_clone")] == ["done"]
     assert not pools.members(store, cfg.keys, "gone")
     for worker in workers:
