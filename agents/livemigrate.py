@@ -66,6 +66,7 @@ from gridtool.fencing.rules import (
     Observation,
     Observed,
     Refusal,
+    expect_window,
     plan_handover,
 )
 from gridtool.fencing.shell import run_plan
@@ -714,7 +715,8 @@ def incoming_guest(intent: Intent) -> GuestRef | None:
 def receive(hook: Receiver | None, host: str, intent: Intent,
             guest: GuestRef | None = None) -> str:
     """The destination's side: let the fence hook accept ONE incoming migration of the
-    guest from ``params['from']`` (which must hold its fences) within a minute. ``guest``
+    guest from ``params['from']`` (which must hold its fences) within the intent's
+    ``expect_s`` (:func:`expect_window`: as long as the CLI waits for the source). ``guest``
     (:func:`incoming_guest`) names the guest and its LUNs to the hook when libvirt passes
     no domain XML (libxl's ``migrate begin``)."""
     source = str(intent.params.get("from") or "")
@@ -723,8 +725,9 @@ def receive(hook: Receiver | None, host: str, intent: Intent,
                            f"cannot check an incoming live migration of {intent.name}")
     if not source or source == host:
         raise IntentFailed(f"receiving {intent.name} needs the source host")
-    hook.expect(intent.guest, source, guest)
-    return f"{host} expects {intent.name} from {source}"
+    within = expect_window(intent.params)
+    hook.expect(intent.guest, source, guest, within)
+    return f"{host} expects {intent.name} from {source} for {within:.0f} s"
 
 
 def unsafe_disks(rec: GuestRecord) -> bool:

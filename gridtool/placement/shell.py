@@ -461,9 +461,13 @@ class Migrator:
         self._check_ends(source, target, name)
         # the guest's LUNs as the source's record has them: the destination's etcd user
         # may not read another host's records (agents.livemigrate.incoming_guest)
+        # the destination accepts it as long as this waits for the source's migrate
+        # intent, which may wait behind other intents in the source agent's queue
+        migrate_wait = self.intent_timeout + LIVE_TRANSFER_S
         done = self._step(result, "receive", target, "receive", {
             "from": source, "volumes": list(rec.volumes),
-            "unidentified": list(rec.unidentified)})
+            "unidentified": list(rec.unidentified),
+            "expect_s": migrate_wait + self.intent_timeout})
         if not done.ok:  # nothing moved: the destination cannot accept it
             self._end(result, EndState.ON_SOURCE, f"{target} cannot receive {name} "
                       f"({done.message}): {name} still runs on {source}")
@@ -471,8 +475,7 @@ class Migrator:
         params: dict[str, object] = {"to": target}
         if self.bandwidth_mib:
             params["bandwidth_mib"] = self.bandwidth_mib
-        done = self._step(result, "migrate", source, "migrate", params,
-                          timeout=self.intent_timeout + LIVE_TRANSFER_S)
+        done = self._step(result, "migrate", source, "migrate", params, timeout=migrate_wait)
         if done.ok:
             token = self._token(rec)
             self._end(result, EndState.MOVED, f"{name} runs on {target}"
