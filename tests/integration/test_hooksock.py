@@ -26,8 +26,8 @@ from gridtool.config import Config
 from gridtool.domains.storage import SharedStorageRules
 from gridtool.errors import RegistryUnavailable
 from gridtool.fencing.rules import FenceKind, GuestRef, IntruderPolicy
-from gridtool.registry.records import Intent
 from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.records import Intent
 from tests.harness.proxy import CuttableProxy
 from tests.harness.testbed import domain_xml, wait_until
 
