@@ -114,6 +114,9 @@ class _Arrival:
     guest: GuestRef
     source: str
     began: float
+    #: until when a copy not seen yet is "not here yet", not "gone": the expectation's
+    #: end (libxl's incoming copy is a shut-off domain until its memory is all there)
+    appear_by: float = 0.0
     wake: threading.Event = field(default_factory=threading.Event)
     woke_at: float = 0.0  # when the last lifecycle event came (monotonic)
     seen: bool = False  # libvirt has shown the incoming domain
@@ -294,8 +297,10 @@ class HookServer:
             source = answer.incoming_from
             if source is not None and op == StartOp.MIGRATE:
                 # the expectation is used up: this migration is arriving now
+                assert expected is not None
                 del self._expected[guest.uuid]
-                arrival = self._arriving[guest.uuid] = _Arrival(guest, source, now)
+                arrival = self._arriving[guest.uuid] = _Arrival(
+                    guest, source, now, appear_by=max(expected.until, now + EXPECT_S))
             else:
                 arrival = None
                 if answer.allow and source is None and cached is None:
@@ -373,7 +378,7 @@ class HookServer:
         step = judge_arrival(
             self.host, arrival.source, guest, self.fencer.observe(guest.volumes), copy,
             paused_by_us=arrival.paused_by_us, policy=self.policy,
-            may_be_gone=arrival.seen or self.monotonic() > arrival.began + EXPECT_S)
+            may_be_gone=arrival.seen or self.monotonic() > arrival.appear_by)
         if step.act in (ArrivalAct.WAIT, ArrivalAct.DONE) or dom is None:
             return step.act is ArrivalAct.DONE
         if step.act is ArrivalAct.RESUME:
