@@ -20,7 +20,9 @@ from gridtool.lab import xenimage
 
 pytestmark = pytest.mark.skipif(shutil.which("dash") is None, reason="needs dash")
 
-# xenstore-ls [-f] PATH, xenstore-read P..., xenstore-write P V...: over a JSON file
+# xenstore-ls [-f] PATH, xenstore-read P..., xenstore-write P V...: over
+# a JSON file; xenstore-ls cuts a line at 80 columns as the real one does
+# (xenstore_client.c: `"%.*s\\..."` past max_width)
 FAKE = r'''
 import json, os, sys
 db = os.environ["FAKE_XS"]
@@ -43,7 +45,11 @@ else:
     for k in keys:
         rel = k[len(base) + 1:]
         indent = " " * rel.count("/")
-        print(f'{k} = "{tree[k]}"' if full else f'{indent}{rel.rsplit("/", 1)[-1]} = "{tree[k]}"')
+        name = k if full else indent + rel.rsplit("/", 1)[-1]
+        value = tree[k]
+        if len(name) + len(value) + 8 > 80:
+            value = value[:80 - 8 - len(name)] + "\\..."
+        print(f'{name} = "{value}"')
 '''
 
 BACKEND = "/local/domain/0/backend/vbd"
@@ -110,6 +116,21 @@ def test_add_of_a_block_device_writes_its_number_path_and_connected(xs: Path) ->
     assert tree[f"{path}/physical-device"] == major_minor(dev)
     assert tree[f"{path}/physical-device-path"] == dev
     assert tree[f"{path}/hotplug-status"] == "connected"
+
+
+def test_add_of_a_long_by_path_link_writes_the_device_it_names(xs: Path,
+                                                               tmp_path: Path) -> None:
+    """An iSCSI LUN's by-path name is longer than xenstore-ls prints a value (80 columns:
+    the first version read params that way, and the Xen tier's iSCSI guest failed to
+    start: "libxenlight failed to create new domain")."""
+    dev = block_device()
+    link = tmp_path / ("ip-198.19.248.1:3260-iscsi-iqn.2026-12.lab.gridtool:storage-lun-1"
+                       "-and-some-more-to-be-sure")
+    link.symlink_to(dev)
+    done, tree = run(xs, "add", 3, backend(3, str(link)))
+    assert done.returncode == 0, (done.stderr, tree)
+    assert tree[f"{BACKEND}/3/51712/physical-device"] == major_minor(dev)
+    assert tree[f"{BACKEND}/3/51712/physical-device-path"] == dev
 
 
 def test_add_refuses_a_device_another_guest_writes(xs: Path) -> None:
