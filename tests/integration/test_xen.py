@@ -212,9 +212,18 @@ def define_on_lun(xen_lab: dict[str, Any], on: str, name: str, lun: int,
     return uuid
 
 
-def heartbeats_on(xen_lab: dict[str, Any], on: str, name: str) -> None:
-    wait_until(lambda: "GRIDTOOL-HEARTBEAT" in host(xen_lab, on).console(name), 300,
-               what=f"{name}'s heartbeats on {on}'s console")
+def heartbeats_on(xen_lab: dict[str, Any], on: str, name: str) -> list[int]:
+    """The heartbeat counters one read of ``name``'s console on ``on`` shows, read again
+    until there are some (a 4 s ``xl console`` over ssh to a busy TCG dom0 may show none:
+    seen in the whole-tier run at load 3-5)."""
+    seen: list[int] = []
+
+    def read() -> bool:
+        seen[:] = beats(host(xen_lab, on).console(name))
+        return bool(seen)
+
+    wait_until(read, 300, what=f"{name}'s heartbeats on {on}'s console")
+    return seen
 
 
 def test_a_cold_migration_right_after_a_start_arrives_running(
@@ -293,8 +302,7 @@ def test_a_paused_migration_moves_the_running_guest_with_its_fence(
     assert XEN_LIVE_REFUSAL in done.stderr, done.stderr
     assert state_of(registry, "hv2", uuid) is None  # nothing touched
     start(store, cfg, "hv1", uuid, "moved1")
-    heartbeats_on(xen_lab, "hv1", "moved1")
-    before = beats(host(xen_lab, "hv1").console("moved1"))
+    before = heartbeats_on(xen_lab, "hv1", "moved1")
     rec = current_record(registry.find_guest("moved1"), ["hv1", "hv2"])
     hosts = {h.name: h for h in registry.list_hosts()[0]}
     mode = choose_mode(hosts["hv1"], hosts["hv2"], None)
@@ -311,8 +319,7 @@ def test_a_paused_migration_moves_the_running_guest_with_its_fence(
     assert watch.both == [] and watch.samples > 0, (watch.both, watch.samples)
     assert holder(store, cfg, rec.volumes[0]) == "hv2"
     assert state_of(registry, "hv1", uuid) in (None, "shutoff")
-    heartbeats_on(xen_lab, "hv2", "moved1")
-    after = beats(host(xen_lab, "hv2").console("moved1"))
+    after = heartbeats_on(xen_lab, "hv2", "moved1")
     assert before and after and min(after) > max(before), (before[-3:], after[:3])
 
 
