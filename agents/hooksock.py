@@ -53,6 +53,7 @@ from gridtool.domains.xml import DomainXMLError
 from gridtool.errors import RegistryUnavailable
 from gridtool.fencing.migration import ArrivalAct, Copy, judge_arrival
 from gridtool.fencing.rules import (
+    EXPECT_S,
     Expected,
     FenceKind,
     GuestRef,
@@ -67,7 +68,6 @@ log = logging.getLogger("gridtool.agent")
 
 FRESH_S = 2.0  # how long an etcd-confirmed "held" answer is trusted without a read
 INCOMING_MAX_S = 900.0  # an incoming migration is given up on after this
-EXPECT_S = 60.0  # a 'receive' intent's acceptance lasts this long
 CLAIM_WAIT_S = 1.0  # a judgement of the guest in progress must end within this
 #: The hook waits DEFAULT_TIMEOUT_S (2 s) for the answer; it is sent 0.5 s before that
 #: (the hook's connect and the answer's way back), decided or not.
@@ -114,6 +114,9 @@ class _Arrival:
     guest: GuestRef
     source: str
     began: float
+    #: until when a copy not seen yet is "not here yet", not "gone": the expectation's
+    #: end (libxl's incoming copy is a shut-off domain until its memory is all there)
+    appear_by: float = 0.0
     wake: threading.Event = field(default_factory=threading.Event)
     woke_at: float = 0.0  # when the last lifecycle event came (monotonic)
     seen: bool = False  # libvirt has shown the incoming domain
@@ -160,6 +163,7 @@ class HookServer:
         self._arriving: dict[str, _Arrival] = {}  # guest uuid -> its arrival
         self._expected: dict[str, Expected] = {}
         self._lock = threading.Lock()
+        self.monotonic: Callable[[], float] = time.monotonic  # (tests move it on)
 
     def start(self) -> HookServer:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +263,7 @@ class HookServer:
         ``rules.incoming_named``); else why it is refused."""
         if not xml.strip():
             with self._lock:
-                return incoming_named(name, op, self._expected, time.monotonic())
+                return incoming_named(name, op, self._expected, self.monotonic())
         try:
             spec = parse_local_domain(xml, self.rules)
         except DomainXMLError as exc:
@@ -277,7 +281,7 @@ class HookServer:
                 f"unreachable ({detail})")
 
     def _decide(self, op: str, guest: GuestRef, decision: _Decision) -> tuple[bool, str]:
-        now = time.monotonic()
+        now = self.monotonic()
         cached = self._cached(guest, now)
         observed = cached if cached is not None else self.fencer.observe(guest.volumes)
         with self._lock:
@@ -293,8 +297,10 @@ class HookServer:
             source = answer.incoming_from
             if source is not None and op == StartOp.MIGRATE:
                 # the expectation is used up: this migration is arriving now
+                assert expected is not None
                 del self._expected[guest.uuid]
-                arrival = self._arriving[guest.uuid] = _Arrival(guest, source, now)
+                arrival = self._arriving[guest.uuid] = _Arrival(
+                    guest, source, now, appear_by=max(expected.until, now + EXPECT_S))
             else:
                 arrival = None
                 if answer.allow and source is None and cached is None:
@@ -315,12 +321,13 @@ class HookServer:
 
     # -- incoming live migrations ---------------------------------------------
 
-    def expect(self, uuid: str, source: str, guest: GuestRef | None = None) -> None:
+    def expect(self, uuid: str, source: str, guest: GuestRef | None = None,
+               within: float = EXPECT_S) -> None:
         """The ``receive`` intent: accept ONE incoming live migration of ``uuid`` from
-        ``source`` within :data:`EXPECT_S` seconds (its fences still with ``source``);
-        ``guest`` as the source's record has it names it when libvirt passes no XML."""
+        ``source`` within ``within`` seconds (its fences still with ``source``); ``guest``
+        as the source's record has it names it when libvirt passes no XML."""
         with self._lock:
-            self._expected[uuid] = Expected(source, time.monotonic() + EXPECT_S, guest)
+            self._expected[uuid] = Expected(source, self.monotonic() + within, guest)
 
     def wake(self, uuid: str) -> None:
         """A lifecycle event of ``uuid`` (the agent calls this from libvirt's event loop):
@@ -329,7 +336,7 @@ class HookServer:
         with self._lock:
             arrival = self._arriving.get(uuid)
         if arrival is not None:
-            arrival.woke_at = time.monotonic()
+            arrival.woke_at = self.monotonic()
             arrival.wake.set()
 
     def _follow_arrival(self, arrival: _Arrival) -> None:
@@ -343,7 +350,7 @@ class HookServer:
     def _follow(self, arrival: _Arrival) -> None:
         uuid = arrival.guest.uuid
         try:
-            while time.monotonic() < arrival.began + INCOMING_MAX_S:
+            while self.monotonic() < arrival.began + INCOMING_MAX_S:
                 arrival.wake.wait(ARRIVAL_POLL_S)
                 arrival.wake.clear()
                 try:
@@ -371,7 +378,7 @@ class HookServer:
         step = judge_arrival(
             self.host, arrival.source, guest, self.fencer.observe(guest.volumes), copy,
             paused_by_us=arrival.paused_by_us, policy=self.policy,
-            may_be_gone=arrival.seen or time.monotonic() > arrival.began + EXPECT_S)
+            may_be_gone=arrival.seen or self.monotonic() > arrival.appear_by)
         if step.act in (ArrivalAct.WAIT, ArrivalAct.DONE) or dom is None:
             return step.act is ArrivalAct.DONE
         if step.act is ArrivalAct.RESUME:
@@ -381,7 +388,7 @@ class HookServer:
         else:
             dom.suspend()
             arrival.paused_by_us = True
-        since = (time.monotonic() - arrival.woke_at) * 1000 if arrival.woke_at else -1.0
+        since = (self.monotonic() - arrival.woke_at) * 1000 if arrival.woke_at else -1.0
         log.warning(_ARRIVAL_EVENTS[step.act] + " host=%s guest=%s from=%s "
                     "since_event_ms=%.1f message=%s", self.host, guest.name, arrival.source,
                     since, step.reason)

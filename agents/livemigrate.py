@@ -66,6 +66,7 @@ from gridtool.fencing.rules import (
     Observation,
     Observed,
     Refusal,
+    expect_window,
     plan_handover,
 )
 from gridtool.fencing.shell import run_plan
@@ -131,7 +132,8 @@ class LiveMigrator:
             self.fencer.acquire(ref)  # ours already: confirms it before anything moves
         dest = Registry(self.store, self.keys).get_host(target)
         dest_uri, address = reach(dest)
-        flags = migration_flags(dest.hypervisor, rec)
+        live = intent.params.get("live") is not False  # False: suspended while sent
+        flags = migration_flags(dest.hypervisor, rec, live)
         began = time.monotonic()
         reporter = _Progress(self.store, self.keys.intent(intent.host, intent.id), intent, dom)
         switch = _Switchover(self, ref, target, dom)
@@ -161,7 +163,8 @@ class LiveMigrator:
         resumed = ""
         if flags & libvirt.VIR_MIGRATE_PAUSED and was_running:
             resumed = self._resume_remote(dest_uri, intent, target)
-        return (f"{intent.name} live-migrated from {self.host} to {target} in "
+        return (f"{intent.name} {'live-' if live else 'non-live '}migrated from {self.host} "
+                f"to {target} in "
                 f"{transfer:.2f} s" + (switch.summary() if ref is not None else "") + resumed)
 
     def _resume_remote(self, dest_uri: str, intent: Intent, target: str) -> str:
@@ -714,7 +717,8 @@ def incoming_guest(intent: Intent) -> GuestRef | None:
 def receive(hook: Receiver | None, host: str, intent: Intent,
             guest: GuestRef | None = None) -> str:
     """The destination's side: let the fence hook accept ONE incoming migration of the
-    guest from ``params['from']`` (which must hold its fences) within a minute. ``guest``
+    guest from ``params['from']`` (which must hold its fences) within the intent's
+    ``expect_s`` (:func:`expect_window`: as long as the CLI waits for the source). ``guest``
     (:func:`incoming_guest`) names the guest and its LUNs to the hook when libvirt passes
     no domain XML (libxl's ``migrate begin``)."""
     source = str(intent.params.get("from") or "")
@@ -723,8 +727,9 @@ def receive(hook: Receiver | None, host: str, intent: Intent,
                            f"cannot check an incoming live migration of {intent.name}")
     if not source or source == host:
         raise IntentFailed(f"receiving {intent.name} needs the source host")
-    hook.expect(intent.guest, source, guest)
-    return f"{host} expects {intent.name} from {source}"
+    within = expect_window(intent.params)
+    hook.expect(intent.guest, source, guest, within)
+    return f"{host} expects {intent.name} from {source} for {within:.0f} s"
 
 
 def unsafe_disks(rec: GuestRecord) -> bool:
@@ -732,8 +737,10 @@ def unsafe_disks(rec: GuestRecord) -> bool:
     return any(d.shared and d.kind == "file" for d in rec.disks)
 
 
-def migration_flags(hypervisor: str, rec: GuestRecord) -> int:
-    """libvirt's flags for live-migrating ``rec`` to a ``hypervisor`` host.
+def migration_flags(hypervisor: str, rec: GuestRecord, live: bool = True) -> int:
+    """libvirt's flags for migrating ``rec`` with its memory to a ``hypervisor`` host:
+    live, or not (``live`` False: the guest is suspended while all its memory is sent,
+    libxl's non-live save, which needs no log-dirty mode).
 
     QEMU: UNSAFE for plain-file shared disks (above); the switchover is the source's
     pause for the final copy (``_Switchover``). Xen (libxl): libvirt's libxl driver says
@@ -743,9 +750,10 @@ def migration_flags(hypervisor: str, rec: GuestRecord) -> int:
     it stays paused there until the source agent has handed the fences over (once libvirt
     returned) and resumes it. libxl knows no UNSAFE (it refuses flags outside its own set).
     """
+    base = BASE_FLAGS if live else BASE_FLAGS & ~libvirt.VIR_MIGRATE_LIVE
     if hypervisor == "xen":
-        return BASE_FLAGS | libvirt.VIR_MIGRATE_PAUSED
-    return BASE_FLAGS | (libvirt.VIR_MIGRATE_UNSAFE if unsafe_disks(rec) else 0)
+        return base | libvirt.VIR_MIGRATE_PAUSED
+    return base | (libvirt.VIR_MIGRATE_UNSAFE if unsafe_disks(rec) else 0)
 
 
 def reach(dest: HostRecord) -> tuple[str, str]:

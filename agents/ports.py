@@ -83,4 +83,5 @@ class FenceHolder(FenceView, Protocol):
 class Receiver(Protocol):
     """The fence hook's side of a ``receive`` intent (``agents.hooksock.HookServer``)."""
 
-    def expect(self, uuid: str, source: str, guest: GuestRef | None = None) -> None: ...
+    def expect(self, uuid: str, source: str, guest: GuestRef | None = None,
+               within: float = 60.0) -> None: ...

@@ -551,6 +551,24 @@ class StartOp(StrEnum):
     MIGRATE = "migrate"  # an incoming live migration begins
 
 
+#: A ``receive`` intent's acceptance lasts at least this long (an older CLI's, with no
+#: ``expect_s``, this long)...
+EXPECT_S = 60.0
+#: ... and at most this long, whatever the intent asks.
+EXPECT_MAX_S = 3600.0
+
+
+def expect_window(params: Mapping[str, object]) -> float:
+    """How long a ``receive`` intent's destination accepts the incoming migration: the
+    intent's ``expect_s`` (the migrating CLI sends how long it waits for the source's
+    ``migrate`` intent, which may wait behind other intents in the source agent's one
+    queue, e.g. a failing guest's HA restarts), within [EXPECT_S, EXPECT_MAX_S]."""
+    asked = params.get("expect_s")
+    if isinstance(asked, bool) or not isinstance(asked, (int, float)) or asked != asked:
+        return EXPECT_S
+    return min(max(float(asked), EXPECT_S), EXPECT_MAX_S)
+
+
 @dataclass(frozen=True)
 class Expected:
     """A ``receive`` intent told this host to accept ONE incoming live migration of the

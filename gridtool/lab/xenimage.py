@@ -66,6 +66,10 @@ IMAGE_SIZE = "3G"
 CONFIG_LABEL = "gridtool-cfg"
 #: Where the PV guests' kernel and initramfs are in the dom0.
 GUEST_DIR = "/var/lib/gridtool-lab"
+#: The lean block hotplug script installed as ``/etc/xen/scripts/block`` (Debian's is
+#: diverted to ``block.debian``): see the script's header.
+BLOCK_SCRIPT = Path(__file__).with_name("data") / "xen-block"
+BLOCK_PATH = "/etc/xen/scripts/block"
 #: The dom0's libvirtd TCP port (forwarded from a loopback port of the lab machine).
 LIBVIRTD_PORT = 16509
 
@@ -112,6 +116,9 @@ LAB_FILES = {
     # systemd-networkd and gridtool-lab-config: at systemd's 90 s default both FAILED,
     # leaving the dom0 with no address and no agent (the lab's boot deadline decides)
     "etc/systemd/system.conf.d/lab.conf": "[Manager]\nDefaultTimeoutStartSec=infinity\n",
+    # the block hotplug script's lock directory, there before the agent's sandbox starts
+    # (its unit makes /run/xen-hotplug writable only if it exists)
+    "etc/tmpfiles.d/gridtool-xen-hotplug.conf": "d /run/xen-hotplug 0755 root root -\n",
 }
 #: Units enabled in the image (the agent itself starts from gridtool-lab-config).
 ENABLE = ("systemd-networkd.service", "libvirtd.service", "gridtool-lab-config.service")
@@ -159,7 +166,7 @@ def cache_key(packages: tuple[str, ...] = PACKAGES, root: Path = ROOT) -> str:
     sources of gridtool's .debs."""
     from gridtool import __version__
 
-    recipe = Path(__file__).read_bytes() + dom0storage.recipe()
+    recipe = Path(__file__).read_bytes() + dom0storage.recipe() + BLOCK_SCRIPT.read_bytes()
     return hashlib.sha256(b"\0".join([" ".join(sorted(packages)).encode(),
                                       __version__.encode(), recipe,
                                       sources_hash(root)])).hexdigest()[:16]
@@ -267,6 +274,18 @@ def _configure(tree: Path, guest: GuestImage) -> None:
     shutil.copyfile(guest.kernel, dest / "vmlinuz")
     shutil.copyfile(guest.initramfs, dest / "initramfs.cpio.gz")
     dom0storage.install(tree)
+    _install_block_script(tree)
+
+
+def _install_block_script(tree: Path) -> None:
+    """:data:`BLOCK_SCRIPT` as :data:`BLOCK_PATH`, Debian's diverted (dpkg keeps an
+    upgrade's copy there too)."""
+    subprocess.run(["chroot", str(tree), "dpkg-divert", "--local", "--rename", "--divert",
+                    f"{BLOCK_PATH}.debian", "--add", BLOCK_PATH], check=True,
+                   capture_output=True)
+    target = tree / BLOCK_PATH.lstrip("/")
+    shutil.copyfile(BLOCK_SCRIPT, target)
+    target.chmod(0o755)
 
 
 def _run(argv: list[str], what: str, log: Path, env: dict[str, str] | None = None) -> str:

@@ -86,8 +86,15 @@ LIVE_HYPERVISORS: frozenset[str] = frozenset({"qemu"})
 #: "Failed to send migration data to destination host"); the guest kept running on the
 #: source with its fence. A handover through libxl was never seen to complete.
 XEN_LIVE_REFUSAL = ("live migration between xen hosts is refused: libxl's live save fails "
-                    "on these dom0s (xc: Failed to enable logdirty) and gridtool's handover "
-                    "was never seen to complete on Xen: use --cold")
+                    "on these dom0s (xc: Failed to enable logdirty): use --paused (libxl's "
+                    "non-live migration: the guest is suspended while its memory is sent) "
+                    "or --cold")
+#: Hypervisors gridtool can migrate with the guest suspended while all its memory is sent
+#: (libvirt without ``VIR_MIGRATE_LIVE``; the same intents and fence handover as a live
+#: one): Xen, whose libxl non-live save needs no log-dirty mode. QEMU has live migration.
+PAUSED_HYPERVISORS: frozenset[str] = frozenset({"xen"})
+#: The migration modes, best first (the default is the first one possible).
+MODES = ("live", "paused", "cold")
 
 
 # --------------------------------------------------------------------------- views
@@ -250,15 +257,28 @@ def live_refusal(source: HostRecord, target: HostRecord) -> str | None:
     return None
 
 
-def choose_mode(source: HostRecord, target: HostRecord, live: bool | None) -> str:
-    """``live`` or ``cold``: live when asked (refused with the reason if impossible),
-    cold when asked, else live where possible and cold otherwise."""
-    refusal = live_refusal(source, target)
-    if live and refusal:
-        raise Conflict(f"cannot live-migrate from {source.name} to {target.name}: {refusal}")
-    if live is None:
-        return "cold" if refusal else "live"
-    return "live" if live else "cold"
+def paused_refusal(source: HostRecord, target: HostRecord) -> str | None:
+    """Why ``source`` -> ``target`` cannot be a paused (non-live) migration (None: it can):
+    both ends must run the same hypervisor, one of :data:`PAUSED_HYPERVISORS`."""
+    if source.hypervisor == target.hypervisor and source.hypervisor in PAUSED_HYPERVISORS:
+        return None
+    return (f"a paused migration is built between xen hosts only ({source.name}: "
+            f"{source.hypervisor}, {target.name}: {target.hypervisor}): use "
+            + ("--live" if live_refusal(source, target) is None else "--cold"))
+
+
+def choose_mode(source: HostRecord, target: HostRecord, asked: str | None) -> str:
+    """``live``, ``paused`` or ``cold`` (:data:`MODES`): the one ``asked`` for (Conflict
+    naming why when it is impossible), else the first one possible."""
+    refusals = {"live": live_refusal(source, target),
+                "paused": paused_refusal(source, target), "cold": None}
+    if asked is None:
+        return next(mode for mode in MODES if refusals[mode] is None)
+    why = refusals[asked]
+    if why:
+        verb = "live-migrate" if asked == "live" else f"migrate {asked}"
+        raise Conflict(f"cannot {verb} from {source.name} to {target.name}: {why}")
+    return asked
 
 
 #: How long a live migration's transfer may take beyond the intent timeout.
@@ -375,8 +395,8 @@ class Migrator:
         result = MigrationResult(rec.name, rec.uuid, rec.host, target, mode)
         start = time.monotonic()
         try:
-            if mode == "live" and rec.state in ACTIVE_STATES:
-                self._live(rec, target, result)
+            if mode in ("live", "paused") and rec.state in ACTIVE_STATES:
+                self._live(rec, target, result, live=mode == "live")
             else:  # a stopped guest has no memory to move live: a cold move is the same
                 result.mode = "cold"
                 self._cold(rec, target, result, follow_cleanup)
@@ -451,28 +471,36 @@ class Migrator:
                   f"{name} {'runs' if running else 'is defined'} on {target}"
                   + (f" (fence token {token})" if token else ""))
 
-    def _live(self, rec: GuestRecord, target: str, result: MigrationResult) -> None:
+    def _live(self, rec: GuestRecord, target: str, result: MigrationResult,
+              live: bool = True) -> None:
         """Live migration: a ``receive`` intent on the destination (its fence hook then
         accepts this one incoming migration), then a ``migrate`` intent on the source,
         whose agent runs libvirt's peer-to-peer migration and hands the fences over at
         switchover (the guest is paused on both ends meanwhile). A failure leaves it
-        running on the source with its fences (libvirt aborts the job, resumes it there)."""
+        running on the source with its fences (libvirt aborts the job, resumes it there).
+        Not ``live`` (mode ``paused``): the same, with the guest suspended on the source
+        while all its memory is sent (the intent's ``live: false``)."""
         source, name = rec.host, rec.name
         self._check_ends(source, target, name)
         # the guest's LUNs as the source's record has them: the destination's etcd user
         # may not read another host's records (agents.livemigrate.incoming_guest)
+        # the destination accepts it as long as this waits for the source's migrate
+        # intent, which may wait behind other intents in the source agent's queue
+        migrate_wait = self.intent_timeout + LIVE_TRANSFER_S
         done = self._step(result, "receive", target, "receive", {
             "from": source, "volumes": list(rec.volumes),
-            "unidentified": list(rec.unidentified)})
+            "unidentified": list(rec.unidentified),
+            "expect_s": migrate_wait + self.intent_timeout})
         if not done.ok:  # nothing moved: the destination cannot accept it
             self._end(result, EndState.ON_SOURCE, f"{target} cannot receive {name} "
                       f"({done.message}): {name} still runs on {source}")
             return
         params: dict[str, object] = {"to": target}
+        if not live:
+            params["live"] = False
         if self.bandwidth_mib:
             params["bandwidth_mib"] = self.bandwidth_mib
-        done = self._step(result, "migrate", source, "migrate", params,
-                          timeout=self.intent_timeout + LIVE_TRANSFER_S)
+        done = self._step(result, "migrate", source, "migrate", params, timeout=migrate_wait)
         if done.ok:
             token = self._token(rec)
             self._end(result, EndState.MOVED, f"{name} runs on {target}"

@@ -21,11 +21,13 @@ from agents.fencer import Fencer
 from agents.hook import ask
 from agents.hooksock import CLAIM_WAIT_S, HookServer
 from agents.libvirt_source import LibvirtSource
+from agents.livemigrate import receive
 from gridtool.config import Config
 from gridtool.domains.storage import SharedStorageRules
 from gridtool.errors import RegistryUnavailable
 from gridtool.fencing.rules import FenceKind, GuestRef, IntruderPolicy
 from gridtool.registry.etcdstore import EtcdStore
+from gridtool.registry.records import Intent
 from tests.harness.proxy import CuttableProxy
 from tests.harness.testbed import domain_xml, wait_until
 
@@ -141,6 +143,68 @@ def test_an_expected_incoming_migration_only(hosts) -> None:  # type: ignore[no-
                what="the arrival to end once the fences are here")
     assert h2.ask("prepare", uuid, xml)["message"] == "h2 holds its fences"
     assert h2.ask("prepare", uuid, xml)["allow"] is True
+
+
+def test_an_expected_migration_waits_as_long_as_its_receive_intent_asks(  # type: ignore[no-untyped-def]
+        hosts) -> None:
+    """The source's ``migrate`` intent may start minutes after the destination's
+    ``receive`` was done: the source agent runs its intents one at a time, and on a Xen
+    dom0 another guest's failing HA restarts (each a libxl start of up to a minute) kept
+    it busy for 5 min, so the destination's fixed one-minute expectation had expired and
+    its hook refused the migration. The expectation now lasts the intent's ``expect_s``
+    (as long as the CLI waits for the source); an older CLI's intent gets the minute."""
+    h1, h2, uuid, xml = hosts
+    h1.fencer.acquire(ref(uuid))
+    real = h2.server.monotonic
+
+    def receive_then_ask_after(seconds: float, params: dict) -> dict:  # type: ignore[type-arg]
+        h2.server.monotonic = real
+        intent = Intent("i1", "h2", "receive", uuid, "g1", 0.0, "test",
+                        params={"from": "h1", **params})
+        receive(h2.server, "h2", intent)
+        h2.server.monotonic = lambda: real() + seconds
+        return h2.ask("migrate", uuid, xml)
+
+    assert receive_then_ask_after(61, {})["allow"] is False, "an older CLI's: one minute"
+    answer = receive_then_ask_after(6 * 60, {"expect_s": 720.0})
+    assert answer == {"allow": True, "message": "incoming live migration from h1"}, answer
+    _hand_over(h1, uuid, "h2")
+    wait_until(lambda: not h2.claims.busy(uuid), 10,
+               what="the arrival to end once the fences are here")
+
+
+def test_an_arriving_copy_not_shown_yet_is_waited_for_while_it_is_expected(  # type: ignore[no-untyped-def]
+        hosts) -> None:
+    """libxl's incoming copy is a shut-off domain until its memory is all there: in the Xen
+    tier (load 3-5) hv2's libvirt showed the paused copy 115 s after libxl's ``migrate
+    begin``. The arrival took a copy unseen after a fixed 60 s for gone and let go of the
+    guest, so hv2's agent judged the copy that then appeared, paused with hv1's fences,
+    an intruder, and kept it paused after the handover. An unseen copy is now waited
+    for until the expectation's end (720 s from a CLI's receive)."""
+    h1, h2, uuid, xml = hosts
+    h1.fencer.acquire(ref(uuid))
+    receive(h2.server, "h2", Intent("i1", "h2", "receive", uuid, "g1", 0.0, "test",
+                                    params={"from": "h1", "expect_s": 720.0}))
+    assert h2.ask("migrate", uuid, xml)["allow"] is True
+    steps: list[object] = []
+    judge = h2.server._arrival_step
+
+    def counted(arrival):  # type: ignore[no-untyped-def]
+        done = judge(arrival)
+        steps.append(done)
+        return done
+
+    h2.server._arrival_step = counted  # type: ignore[method-assign]
+    real = h2.server.monotonic
+    h2.server.monotonic = lambda: real() + 120  # g1 still shut off on h2 (not shown)
+    seen = len(steps)
+    h2.server.wake(uuid)
+    wait_until(lambda: len(steps) > seen, 10, what="the arrival judged again")
+    assert h2.claims.busy(uuid) and steps[-1] is False, "still arriving at 120 s"
+    _hand_over(h1, uuid, "h2")
+    h2.server.wake(uuid)
+    wait_until(lambda: not h2.claims.busy(uuid), 10,
+               what="the arrival to end once the fences are here")
 
 
 def test_libxls_migrate_begin_without_xml_is_judged_by_the_guests_name(  # type: ignore[no-untyped-def]

@@ -24,6 +24,8 @@ from gridtool.fencing.migration import (
     pause_source_first,
 )
 from gridtool.fencing.rules import (
+    EXPECT_MAX_S,
+    EXPECT_S,
     Fence,
     FenceKind,
     GuestRef,
@@ -31,6 +33,7 @@ from gridtool.fencing.rules import (
     Observation,
     Observed,
     Unreadable,
+    expect_window,
 )
 
 GUEST = GuestRef("u1", "g1", FenceKind.PINNED, ("vol-a", "vol-b"))
@@ -220,3 +223,16 @@ def test_an_arriving_copy_never_runs_without_its_fences(
         assert copy is not Copy.RUNNING or mine, "a running copy is left only with them"
     if act is ArrivalAct.RESUME:
         assert mine and paused_by_us
+
+
+@pytest.mark.parametrize(("params", "window"), [
+    ({}, EXPECT_S),  # an older CLI's receive intent
+    ({"expect_s": 720.0}, 720.0),  # as long as the CLI waits for the source's migrate
+    ({"expect_s": 5}, EXPECT_S),  # never shorter than the old minute
+    ({"expect_s": 1e9}, EXPECT_MAX_S),
+    ({"expect_s": "600"}, EXPECT_S), ({"expect_s": True}, EXPECT_S),
+    ({"expect_s": float("nan")}, EXPECT_S),
+])
+def test_a_receive_intents_expectation_lasts_what_it_asks_within_bounds(
+        params: dict[str, object], window: float) -> None:
+    assert expect_window(params) == window

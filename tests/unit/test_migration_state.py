@@ -32,12 +32,19 @@ def host(name: str, hypervisor: str) -> HostRecord:
     return HostRecord(name, f"{hypervisor}:///system", hypervisor, 1, 1024, 512, "0", 0.0)
 
 
-def test_xen_hosts_migrate_cold_by_default_and_refuse_live_saying_why() -> None:
+def test_xen_hosts_migrate_paused_by_default_and_refuse_live_saying_why() -> None:
     hv1, hv2 = host("hv1", "xen"), host("hv2", "xen")
-    assert choose_mode(hv1, hv2, None) == "cold"
+    assert choose_mode(hv1, hv2, None) == "paused"
+    assert choose_mode(hv1, hv2, "cold") == "cold"
     with pytest.raises(Conflict, match="Failed to enable logdirty"):
-        choose_mode(hv1, hv2, True)
-    assert "use --cold" in XEN_LIVE_REFUSAL
+        choose_mode(hv1, hv2, "live")
+    assert "use --paused" in XEN_LIVE_REFUSAL and "or --cold" in XEN_LIVE_REFUSAL
     with pytest.raises(Conflict, match="the test driver cannot live-migrate"):
-        choose_mode(host("t1", "test"), host("t2", "test"), True)
-    assert choose_mode(host("q1", "qemu"), host("q2", "qemu"), None) == "live"
+        choose_mode(host("t1", "test"), host("t2", "test"), "live")
+    q1, q2 = host("q1", "qemu"), host("q2", "qemu")
+    assert choose_mode(q1, q2, None) == "live"
+    with pytest.raises(Conflict, match=r"cannot migrate paused from q1 to q2: .*use --live"):
+        choose_mode(q1, q2, "paused")
+    with pytest.raises(Conflict, match=r"xen hosts only .*use --cold"):
+        choose_mode(host("t1", "test"), host("t2", "test"), "paused")
+    assert choose_mode(host("t1", "test"), host("t2", "test"), None) == "cold"

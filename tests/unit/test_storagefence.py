@@ -333,7 +333,8 @@ def test_the_destination_registers_before_it_accepts_an_incoming_migration() -> 
     named: list[GuestRef | None] = []  # as the hook knows it when libxl passes no XML
 
     class Hook:
-        def expect(self, uuid: str, source: str, guest: GuestRef | None = None) -> None:
+        def expect(self, uuid: str, source: str, guest: GuestRef | None = None,
+                   within: float = 60.0) -> None:
             expected.append((uuid, source))
             named.append(guest)
 
@@ -343,7 +344,7 @@ def test_the_destination_registers_before_it_accepts_an_incoming_migration() -> 
                           judge=lambda _r: None, hook=Hook(),
                           registrar=Registrar("hv2", lambda _lun: lun.session("hv2")))
     intent = Intent("i1", "hv2", "receive", uuid, "db", 0.0, "test", params={"from": "hv1"})
-    assert worker._do_receive(intent) == "hv2 expects db from hv1"
+    assert worker._do_receive(intent) == "hv2 expects db from hv1 for 60 s"
     assert lun.regs == {"hv1": HV1, "hv2": HV2} and expected == [(uuid, "hv1")]
     assert [(r.uuid, r.name, r.volumes) for r in named if r] == [(uuid, "db", (LUN1,))]
     with pytest.raises(IntentFailed, match="hv3 has no record of it"):
@@ -353,7 +354,7 @@ def test_the_destination_registers_before_it_accepts_an_incoming_migration() -> 
     # (a host's etcd user may not read them)
     carried = Intent("i3", "hv2", "receive", uuid, "db", 0.0, "test",
                      params={"from": "hv3", "volumes": [LUN1], "unidentified": []})
-    assert worker._do_receive(carried) == "hv2 expects db from hv3"
+    assert worker._do_receive(carried) == "hv2 expects db from hv3 for 60 s"
     assert (named[-1].uuid, named[-1].volumes) == (uuid, (LUN1,))  # type: ignore[union-attr]
     expected.pop(), named.pop()
     lun.holder, lun.type = "hv1", pr.ResType.EXCLUSIVE_ACCESS

@@ -221,9 +221,14 @@ def _target(app: AppContext, fleet: FleetView, rec: GuestRecord, to_host: str | 
 @click.argument("name", shell_complete=GUESTS)
 @click.option("--to", "to_host", shell_complete=HOSTS, metavar="HOST", help="The destination host.")
 @click.option("--auto", is_flag=True, help="Let placement choose the destination.")
-@click.option("--live/--cold", "live", default=None,
-              help="Live (both hypervisors must support it) or cold: stop, hand the fences "
-                   "over, start on the destination. Default: live where possible, else cold.")
+@click.option("--live", "mode", flag_value="live",
+              help="Live: the guest runs while its memory is sent (both hosts QEMU/KVM).")
+@click.option("--paused", "mode", flag_value="paused",
+              help="With its memory, the guest suspended while it is sent (both hosts Xen: "
+                   "libxl's non-live migration).")
+@click.option("--cold", "mode", flag_value="cold",
+              help="Stop, hand the fences over, start on the destination. Default: live "
+                   "where possible, else paused, else cold.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Also follow the source's final undefine (--no-wait: return once the "
                    "guest runs on the destination).")
@@ -232,13 +237,15 @@ def _target(app: AppContext, fleet: FleetView, rec: GuestRecord, to_host: str | 
 @json_option
 @pass_app
 def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
-                  live: bool | None, wait: bool, timeout: float, bandwidth: int | None,
+                  mode: str | None, wait: bool, timeout: float, bandwidth: int | None,
                   as_json: bool) -> None:
     """Move a guest to another host; a fenced guest's fences move with it.
 
     Live (both hosts QEMU/KVM): the destination is told to expect the guest, the source's
     agent migrates it peer-to-peer and hands every fence to the destination in one
-    transaction at the switchover; the bar shows the memory sent. Cold (the test driver,
+    transaction at the switchover; the bar shows the memory sent. Paused (both hosts Xen:
+    libxl cannot live-migrate there): the same, the guest suspended while its memory is
+    sent, it resumes on the destination once the fences are there. Cold (the test driver,
     or --cold): define on the destination, stop on the source (whose agent then hands
     every fence to the destination in one transaction), start on the destination (the
     fencing token grows), undefine on the source. A failure leaves the guest running on
@@ -248,6 +255,7 @@ def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
     \b
     Example:
       gridtool guest migrate web1 --to hv2 --live
+      gridtool guest migrate pv1 --to hv2 --paused
       gridtool guest migrate web1 --to hv2 --cold
       gridtool guest migrate web1 --auto
     """
@@ -258,7 +266,7 @@ def migrate_guest(app: AppContext, name: str, to_host: str | None, auto: bool,
     fleet = fleet_of(app)
     rec = current_record(app.registry.find_guest(name), fleet.records)
     target = _target(app, fleet, rec, to_host)
-    mode = choose_mode(fleet.records[rec.host], fleet.records[target], live)
+    mode = choose_mode(fleet.records[rec.host], fleet.records[target], mode)
     with MigrationProgress() as progress:
         progress.begin(rec.name, rec.host, target)
         result = migrator_for(app, timeout, progress, bandwidth).migrate(
