@@ -11,7 +11,14 @@ from typing import Protocol
 
 import libvirt
 
-from gridtool.fencing.rules import Fence, FenceKind, GuestRef, LeaseClock, Observation
+from gridtool.fencing.rules import (
+    EXPECT_S,
+    Fence,
+    FenceKind,
+    GuestRef,
+    LeaseClock,
+    Observation,
+)
 from gridtool.registry.model import GuestRecord
 
 
@@ -84,4 +91,4 @@ class Receiver(Protocol):
     """The fence hook's side of a ``receive`` intent (``agents.hooksock.HookServer``)."""
 
     def expect(self, uuid: str, source: str, guest: GuestRef | None = None,
-               within: float = 60.0) -> None: ...
+               within: float = EXPECT_S) -> None: ...
