@@ -21,8 +21,9 @@ from gridtool.lab import xenimage
 pytestmark = pytest.mark.skipif(shutil.which("dash") is None, reason="needs dash")
 
 # xenstore-ls [-f] PATH, xenstore-read P..., xenstore-write P V...: over
-# a JSON file; xenstore-ls cuts a line at 80 columns as the real one does
-# (xenstore_client.c: `"%.*s\\..."` past max_width)
+# a JSON file; xenstore-ls without -f cuts a line at 80 columns as the real one does
+# (xenstore_client.c: `"%.*s\\..."` past max_width; -f sets max_width to INT_MAX/2,
+# and only a terminal on stdout would set it back to its width)
 FAKE = r'''
 import json, os, sys
 db = os.environ["FAKE_XS"]
@@ -47,7 +48,7 @@ else:
         indent = " " * rel.count("/")
         name = k if full else indent + rel.rsplit("/", 1)[-1]
         value = tree[k]
-        if len(name) + len(value) + 8 > 80:
+        if not full and len(name) + len(value) + 8 > 80:
             value = value[:80 - 8 - len(name)] + "\\..."
         print(f'{name} = "{value}"')
 '''
