@@ -418,6 +418,9 @@ class Agent:
             self.libvirt.abandon()
             return
         self.fencer.refresh_held()
+        for rec in observed.values():  # stopped ones judged first (see _write_guest)
+            if rec.state not in ACTIVE_STATES:
+                self.judge(rec, clean_stop=None)
         observed = {u: self._with_token(r) for u, r in observed.items()}
         stored, errors = self.registry.guests_of(self.host)
         for err in errors:
@@ -437,7 +440,8 @@ class Agent:
         for uuid in deletes:
             log.info("event=guest_removed host=%s uuid=%s", self.host, uuid)
         for rec in observed.values():
-            self.judge(rec, clean_stop=None)
+            if rec.state in ACTIVE_STATES:
+                self.judge(rec, clean_stop=None)
             self._publish_definition(rec)
         self._adopting = False
         self._fences_known = True  # every guest judged: the guard may tend the watchdog
@@ -569,11 +573,18 @@ class Agent:
             self.registry.delete_guest(self.host, uuid)
             log.info("event=guest_removed host=%s uuid=%s", self.host, uuid)
             return
+        # a stopped guest is judged first, so that a clean stop's fences are gone before
+        # the registry shows it stopped: a stopped record beside a held fence reads as a
+        # crash to the manager, which restarts a pinned guest in place
+        stopped = rec.state not in ACTIVE_STATES
+        if stopped:
+            self.judge(rec, clean)
         rec = self._with_token(rec)
         self.registry.put_guest(rec)
         log.info("event=guest_changed host=%s guest=%s uuid=%s state=%s",
                  self.host, rec.name, rec.uuid, rec.state)
-        self.judge(rec, clean)
+        if not stopped:
+            self.judge(rec, clean)
         self._publish_definition(rec)
 
     # -- fencing -------------------------------------------------------------
@@ -586,7 +597,9 @@ class Agent:
         state from libvirt, right before deciding. A registry read can take seconds (a
         partition that heals); a self-fence does not wait for the claim and may destroy
         the guest meanwhile: judged on an older libvirt read, a guest no longer running
-        was taken for an intruder.
+        was taken for an intruder. Whether a stop was clean (``clean_stop``) comes from its
+        lifecycle event, else from libvirt's reason for the shutoff state (a resync, or an
+        event older than the state read).
         """
         if not rec.fenced or self.self_fencer.covers(rec.uuid):
             return  # (a guest the self-fence pursues takes no fence)
@@ -601,8 +614,10 @@ class Agent:
             if fresh.volumes != ref.volumes:  # redefined meanwhile: judge it afresh
                 self._look_again(rec.uuid)
                 return
-            self._judge(fresh, self.fencer.ref(fresh, ref.kind), observed,
-                        clean_stop if fresh.state == rec.state else None)
+            clean = clean_stop if fresh.state == rec.state else None
+            if clean is None and fresh.state not in ACTIVE_STATES:  # libvirt's reason
+                clean = self.calls("read", self.libvirt.shutoff_clean, rec.uuid)
+            self._judge(fresh, self.fencer.ref(fresh, ref.kind), observed, clean)
 
     @contextlib.contextmanager
     def _claimed(self, uuid: str) -> Iterator[bool]:

@@ -63,6 +63,25 @@ def stop_was_clean(event: int, detail: int) -> bool | None:
     return None
 
 
+_CLEAN_SHUTOFFS = {libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN, libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED,
+                   libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED, libvirt.VIR_DOMAIN_SHUTOFF_SAVED,
+                   libvirt.VIR_DOMAIN_SHUTOFF_FROM_SNAPSHOT}
+_UNCLEAN_SHUTOFFS = {libvirt.VIR_DOMAIN_SHUTOFF_CRASHED, libvirt.VIR_DOMAIN_SHUTOFF_FAILED,
+                     libvirt.VIR_DOMAIN_SHUTOFF_DAEMON}
+
+
+def shutoff_was_clean(state: int, reason: int) -> bool | None:
+    """For a domain's state and its reason (``virDomainGetState``): True when it is shut
+    off by a shutdown, destroy, save or migration, False after a crash or failure (or
+    killed by the daemon); None when that is not known (not shut off, or reason unknown:
+    libvirtd restarted since)."""
+    if state != libvirt.VIR_DOMAIN_SHUTOFF:
+        return None
+    if reason in _CLEAN_SHUTOFFS:
+        return True
+    return False if reason in _UNCLEAN_SHUTOFFS else None
+
+
 #: The client's keepalive to libvirtd (interval s, missed answers): a daemon that stops
 #: answering for 180 s is taken for gone. Not less: libvirtd's libxl driver handles
 #: libxl's events on the daemon's event loop, which waits for libxl's context while a
@@ -233,6 +252,17 @@ class LibvirtSource:
                 return None
             raise
         return self._describe(dom, host)
+
+    def shutoff_clean(self, uuid: str) -> bool | None:
+        """Whether the domain with ``uuid`` was shut off cleanly, by libvirt's reason for
+        its state (:func:`shutoff_was_clean`); None when gone or not known."""
+        try:
+            state, reason = self._require().lookupByUUIDString(uuid).state()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+        return shutoff_was_clean(state, reason)
 
     def _describe(self, dom: libvirt.virDomain, host: str) -> GuestRecord | None:
         try:

@@ -20,6 +20,8 @@ from gridtool.lab import xenimage, xenlab
 from gridtool.registry.etcdstore import EtcdStore
 from gridtool.registry.fleet import Registry
 from gridtool.registry.intents import IntentClient
+from gridtool.registry.model import ACTIVE_STATES
+from gridtool.registry.settings import set_desired_after
 from tests.harness.testbed import wait_until
 
 #: The agents' lease TTL: at load 5 a TCG dom0 busy with a libxl start (150 s) missed a
@@ -66,6 +68,25 @@ def store(cfg: Config) -> Iterator[EtcdStore]:
 @pytest.fixture(scope="module")
 def registry(store: EtcdStore, cfg: Config) -> Registry:
     return Registry(store, cfg.keys)
+
+
+@pytest.fixture
+def no_guest_left_running(store: EtcdStore, cfg: Config,
+                          registry: Registry) -> Iterator[None]:
+    """After a check, every guest the registry shows running on a registered dom0 is
+    stopped through its agent, as ``guest stop`` does (desired state stopped, then a clean
+    stop: its fences go). The checks share dom0s of one emulated CPU each, and a guest's
+    10 heartbeats and 10 disk records a second keep its dom0 busy: with three earlier
+    checks' guests left running on hv1, moved1's start took 206 s and hv1's agent lost
+    its lease."""
+    yield
+    client = IntentClient(store, cfg.keys)
+    for name in sorted(h.name for h in registry.list_hosts()[0]):
+        for rec in registry.guests_of(name)[0].values():
+            if rec.state in ACTIVE_STATES:
+                set_desired_after(store, cfg.keys, rec.uuid, rec.name, "stop")
+                client.wait(client.submit(name, "stop", rec.uuid, rec.name, {"timeout": 30}),
+                            START_S)
 
 
 def host(xen_lab: dict[str, Any], name: str) -> xenlab.XenHost:

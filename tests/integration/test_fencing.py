@@ -825,6 +825,62 @@ def test_a_pinned_guest_down_on_its_live_host_is_restarted_there(  # type: ignor
         mgr.join(10)
 
 
+@pytest.mark.parametrize("seen_by", ["event", "resync"])
+def test_a_pinned_guest_destroyed_with_no_desired_state_stays_down(  # type: ignore[no-untyped-def]
+        lab_hosts, store, cfg, registry, seen_by):
+    """Pinned db, started by an intent alone (no desired state recorded: the manager reads
+    one from its held fence), is destroyed behind gridtool's back on hv1, a clean stop:
+    seen by its agent's lifecycle event, or (``resync``) while the agent was down, by the
+    restarted agent's resync through libvirt's reason for the shut-off state. The fence
+    is deleted before the registry shows db stopped, so no manager round can see "stopped
+    beside a held fence" (a crash, restarted in place): db stays down. The agent used to
+    write the record first, and a resync took every stop for a crash: in the Xen tier the
+    manager restarted guests destroyed that way, and they piled up on one dom0."""
+    from gridtool.registry.model import GuestRecord
+    from gridtool.registry.model import decode as decode_model
+
+    hosts_with_guest(lab_hosts, ["hv1", "hv2"])
+    wait_registered(registry, ["hv1", "hv2"])
+    client = IntentClient(store, cfg.keys)
+    assert client.wait(client.submit("hv1", "start", UUID, "db"), 30).state == "done"
+    record = cfg.keys.guest("hv1", UUID)
+    wait_until(lambda: running_on(lab_hosts) == ["hv1"] and store.get(record) is not None
+               and decode_model(GuestRecord, record, store.get(record).value).state
+               == "running", what="db recorded running on hv1")
+    events: list[str] = []  # db's fence and record changes, in revision order
+
+    def seen(ev) -> None:  # type: ignore[no-untyped-def]
+        if ev.key == cfg.keys.fence(VOLUME):
+            events.append(f"fence {ev.kind}")
+        elif ev.key == record and ev.kind == "put":
+            events.append(f"record {decode_model(GuestRecord, record, ev.value).state}")
+
+    watch = store.watch_prefix(cfg.keys.prefix, seen,
+                               start_revision=store.get(record).mod_revision + 1)
+    stop = threading.Event()
+    mgr = threading.Thread(target=Manager(cfg, store, "m1", period=0.2).run, args=(stop,))
+    mgr.start()
+    try:
+        if seen_by == "resync":
+            lab_hosts.stop_agent("hv1")
+        lab_hosts.conn("hv1").lookupByUUIDString(UUID).destroy()
+        if seen_by == "resync":
+            lab_hosts.start_agent("hv1")
+        wait_until(lambda: "record shutoff" in events, what="db recorded shut off")
+        wait_until(lambda: store.get(cfg.keys.manager_status) is not None,
+                   what="the manager's status")
+        first = store.get(cfg.keys.manager_status).mod_revision
+        wait_until(lambda: store.get(cfg.keys.manager_status).mod_revision >= first + 10,
+                   what="ten manager rounds")
+        assert "fence delete" in events, events
+        assert events.index("fence delete") < events.index("record shutoff"), events
+        assert running_on(lab_hosts) == [] and fence_holder(store, cfg) is None
+    finally:
+        watch.cancel()
+        stop.set()
+        mgr.join(10)
+
+
 def test_manager_failover_within_ttl_plus_one_second(store, cfg):  # type: ignore[no-untyped-def]
     import time
 

@@ -38,10 +38,12 @@ from tests.harness import xenbed
 from tests.harness.testbed import wait_until
 from tests.harness.xenbed import START_S, holder, host, in_dom0, start, state_of
 
-pytestmark = [pytest.mark.xen, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.xen, pytest.mark.timeout(1800),
+              pytest.mark.usefixtures("no_guest_left_running")]
 
 xen_lab = xenbed.lab_fixture("xen", hosts=2)
 cfg, store, registry = xenbed.cfg, xenbed.store, xenbed.registry  # module-scoped fixtures
+no_guest_left_running = xenbed.no_guest_left_running  # after each check
 
 
 def disk(conn: libvirt.virConnect, name: str) -> str:
